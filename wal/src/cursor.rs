@@ -1,0 +1,93 @@
+//! Reading frames from a segment file, forwards, in large reads.
+//!
+//! Recovery, iteration and point reads all decode frames through this one cursor, so there is
+//! one place where bytes from disk become records and one set of checks on the way. The
+//! cursor keeps the last read's buffer and serves later frames from it until it runs out;
+//! reads start on a block boundary and are a whole number of blocks, as direct I/O wants.
+
+use std::rc::Rc;
+
+use crate::batch::{self, FrameDefect, FrameHeader, FRAME_HEADER_BYTES};
+use crate::config::{align_up, BLOCK_BYTES};
+use crate::disk::DiskFile;
+
+/// A frame that passed every check, with its raw (decompressed) payload.
+pub(crate) struct FrameView<'a> {
+    pub header: FrameHeader,
+    pub raw: &'a [u8],
+}
+
+/// The outcome of decoding at an offset: I/O errors apart from bad bytes.
+pub(crate) type FrameRead<'a> = std::io::Result<Result<FrameView<'a>, FrameDefect>>;
+
+pub(crate) struct FrameCursor<F: DiskFile> {
+    file: Rc<F>,
+    /// Bytes of the file that may be read: the file size, or the visible end of the log.
+    pub end: u64,
+    chunk_bytes: usize,
+    payload_bytes_max: u32,
+    buf: Option<F::ReadBuf>,
+    buf_start: u64,
+    scratch: Vec<u8>,
+}
+
+impl<F: DiskFile> FrameCursor<F> {
+    pub(crate) fn new(file: Rc<F>, end: u64, chunk_bytes: usize, payload_bytes_max: u32) -> Self {
+        FrameCursor { file, end, chunk_bytes, payload_bytes_max, buf: None, buf_start: 0, scratch: Vec::new() }
+    }
+
+    /// Makes the buffer cover `offset .. offset + len`; false if the file ends first.
+    async fn ensure(&mut self, offset: u64, len: usize) -> std::io::Result<bool> {
+        assert_eq!(offset % BLOCK_BYTES, 0, "frames start on a block");
+        if offset + len as u64 > self.end {
+            return Ok(false);
+        }
+        if let Some(buf) = &self.buf {
+            if offset >= self.buf_start && offset + len as u64 <= self.buf_start + buf.len() as u64 {
+                return Ok(true);
+            }
+        }
+        let wanted = align_up(len.max(self.chunk_bytes) as u64).min(align_up(self.end - offset));
+        let buf = self.file.read_at(offset, wanted as usize).await?;
+        let covered = buf.len() >= len;
+        self.buf = Some(buf);
+        self.buf_start = offset;
+        Ok(covered)
+    }
+
+    fn bytes(&self, offset: u64, len: usize) -> &[u8] {
+        let buf = self.buf.as_ref().expect("ensure succeeded");
+        let start = (offset - self.buf_start) as usize;
+        &buf[start..start + len]
+    }
+
+    /// Decodes and verifies the frame at `offset` (block aligned).
+    pub(crate) async fn frame_at(&mut self, offset: u64) -> FrameRead<'_> {
+        if !self.ensure(offset, FRAME_HEADER_BYTES).await? {
+            return Ok(Err(FrameDefect::Short));
+        }
+        let header = match FrameHeader::decode(self.bytes(offset, FRAME_HEADER_BYTES), self.payload_bytes_max) {
+            Ok(header) => header,
+            Err(defect) => return Ok(Err(defect)),
+        };
+        let frame_len = header.frame_bytes() as usize;
+        if !self.ensure(offset, frame_len).await? {
+            return Ok(Err(FrameDefect::Short));
+        }
+        let bytes = {
+            let buf = self.buf.as_ref().expect("ensure succeeded");
+            let start = (offset - self.buf_start) as usize;
+            &buf[start..start + frame_len]
+        };
+        let (header_bytes, stored) = bytes.split_at(FRAME_HEADER_BYTES);
+        if let Err(defect) = batch::verify(&header, header_bytes, stored) {
+            return Ok(Err(defect));
+        }
+        Ok(batch::raw_payload(&header, stored, &mut self.scratch).map(|raw| FrameView { header, raw }))
+    }
+}
+
+/// Offset of the frame after the one at `offset` with header `header`.
+pub(crate) fn next_frame_offset(offset: u64, header: &FrameHeader) -> u64 {
+    offset + align_up(header.frame_bytes())
+}

@@ -1,0 +1,68 @@
+//! The disk as the log sees it: a flat directory of files with positional I/O.
+//!
+//! The log touches storage only through these two traits, so that the same code runs on
+//! glommio direct I/O ([`DmaDisk`]) and on a simulated disk ([`SimDisk`]) that forgets unsynced
+//! writes, tears them at sector boundaries and fails chosen operations. The calls are the ones
+//! whose crash behaviour the log relies on, and no more: a write is not durable until
+//! `fdatasync` on its file returns, and a create or remove is not durable until `sync_dir`
+//! returns.
+//!
+//! Futures are not `Send`: a disk belongs to the one executor that owns the log.
+
+#![allow(async_fn_in_trait)]
+
+use std::io;
+use std::ops::Deref;
+use std::path::PathBuf;
+
+mod dma;
+mod sim;
+
+pub use dma::DmaDisk;
+pub use sim::{Fault, SimDisk, SimFile, SplitMix64};
+
+/// A directory of files.
+pub trait Disk: Clone + 'static {
+    /// An open file of this disk.
+    type File: DiskFile;
+
+    /// Creates `name`, failing if it exists; opened for reading and writing.
+    async fn create(&self, name: &str) -> io::Result<Self::File>;
+    /// Opens the existing file `name` for reading and writing.
+    async fn open(&self, name: &str) -> io::Result<Self::File>;
+    /// Removes `name`.
+    async fn remove(&self, name: &str) -> io::Result<()>;
+    /// Makes earlier creates and removes durable.
+    async fn sync_dir(&self) -> io::Result<()>;
+    /// Names of the files in the directory, in no particular order.
+    fn list(&self) -> io::Result<Vec<String>>;
+    /// The path of `name`, for error messages.
+    fn path_of(&self, name: &str) -> PathBuf;
+}
+
+/// A buffer the disk can write without copying it again (aligned for direct I/O).
+pub trait WriteBuf {
+    /// The whole buffer, to fill before writing.
+    fn bytes_mut(&mut self) -> &mut [u8];
+}
+
+/// An open file.
+pub trait DiskFile: 'static {
+    /// The buffer type `write_at` takes.
+    type WriteBuf: WriteBuf;
+    /// The buffer type `read_at` returns.
+    type ReadBuf: Deref<Target = [u8]>;
+
+    /// A buffer of `len` bytes (a multiple of the block size); its contents are unspecified.
+    fn alloc(&self, len: usize) -> Self::WriteBuf;
+    /// Writes the whole buffer at `offset` (block aligned); returns how many bytes were written.
+    async fn write_at(&self, buf: Self::WriteBuf, offset: u64) -> io::Result<usize>;
+    /// Reads up to `len` bytes at `offset`; fewer only at the end of the file.
+    async fn read_at(&self, offset: u64, len: usize) -> io::Result<Self::ReadBuf>;
+    /// Makes every completed write of this file durable.
+    async fn fdatasync(&self) -> io::Result<()>;
+    /// Sets the file's length (durable after the next `fdatasync`).
+    async fn truncate(&self, len: u64) -> io::Result<()>;
+    /// The file's current length.
+    async fn size(&self) -> io::Result<u64>;
+}

@@ -1,0 +1,216 @@
+//! Opening a log: find its segments, verify every frame, cut a torn tail, refuse corruption.
+//!
+//! The rule that separates a torn tail from corruption: a crash can only damage bytes that were
+//! not yet durable, and those are always at the end of the last segment. So every defect in a
+//! sealed segment is corruption, and a defect in the last segment is a torn tail only if no
+//! valid frame after it proves the damaged bytes had been made durable. Each frame carries
+//! `synced_seq` (every record below it was durable when the frame was written), which is that
+//! proof: a later frame whose `synced_seq` is above the damaged frame's first record means the
+//! damage hit durable data. A torn tail is truncated and the truncation synced; corruption
+//! fails the open with the segment and offset, and nothing is changed.
+//!
+//! One ambiguity is inherent to every log and documented in `docs/FORMAT.md`: damage to the
+//! very last flush looks exactly like a torn write, so it is truncated.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::rc::Rc;
+
+use crate::config::{WalConfig, BLOCK_BYTES};
+use crate::cursor::{next_frame_offset, FrameCursor};
+use crate::disk::{Disk, DiskFile};
+use crate::error::{Error, Result};
+use crate::segment::{self, HeaderDefect, SegmentHeader, SEGMENT_HEADER_BYTES};
+use crate::state::SegmentState;
+
+/// What recovery found and did.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct RecoveryReport {
+    /// Segments opened.
+    pub segments: usize,
+    /// Frames verified.
+    pub frames: u64,
+    /// Records verified (and handed to the replay callback).
+    pub records: u64,
+    /// The first record in the log.
+    pub first_seq: u64,
+    /// The sequence number the next append gets.
+    pub next_seq: u64,
+    /// A torn tail that was cut: the segment and the offset it was cut at.
+    pub truncated: Option<(PathBuf, u64)>,
+    /// A last segment whose creation was torn (no valid header, no frames), removed.
+    pub removed_segment: Option<PathBuf>,
+}
+
+pub(crate) struct Recovered<F> {
+    pub segments: BTreeMap<u64, Rc<SegmentState<F>>>,
+    pub last_checksum: u64,
+    pub report: RecoveryReport,
+}
+
+fn corruption<D: Disk>(disk: &D, name: &str, offset: u64, reason: &'static str) -> Error {
+    Error::Corruption { path: disk.path_of(name), offset, reason }
+}
+
+/// Recovers the log in `disk`, handing every record to `replay` in order.
+pub(crate) async fn recover<D: Disk>(
+    disk: &D,
+    config: &WalConfig,
+    replay: &mut dyn FnMut(u64, &[u8]),
+) -> Result<Recovered<D::File>> {
+    let names = disk.list().map_err(|e| Error::io("list", disk.path_of(""), e))?;
+    let mut bases: Vec<u64> = names.iter().filter_map(|name| segment::parse_file_name(name)).collect();
+    bases.sort_unstable();
+
+    let mut recovered = Recovered { segments: BTreeMap::new(), last_checksum: 0, report: RecoveryReport::default() };
+    let mut expected: Option<u64> = None;
+    for (i, &base) in bases.iter().enumerate() {
+        let is_last = i + 1 == bases.len();
+        let name = segment::file_name(base);
+        let file = Rc::new(disk.open(&name).await.map_err(|e| Error::io("open", disk.path_of(&name), e))?);
+        let size = file.size().await.map_err(|e| Error::io("stat", disk.path_of(&name), e))?;
+        let header = match read_header(disk, &name, &file, config).await? {
+            Ok(header) => header,
+            Err(reason) => {
+                let torn_creation =
+                    is_last && later_durable_frame(&file, size, BLOCK_BYTES, 0, config).await.ok() == Some(None);
+                if !torn_creation {
+                    return Err(corruption(disk, &name, 0, reason));
+                }
+                drop(file);
+                disk.remove(&name).await.map_err(|e| Error::io("remove", disk.path_of(&name), e))?;
+                disk.sync_dir().await.map_err(|e| Error::io("sync directory", disk.path_of(""), e))?;
+                recovered.report.removed_segment = Some(disk.path_of(&name));
+                break;
+            }
+        };
+        if header.base_seq != base {
+            return Err(corruption(disk, &name, 0, "segment header disagrees with the file name"));
+        }
+        match expected {
+            Some(next) if next != base => {
+                return Err(corruption(disk, &name, 0, "segment does not start where the previous one ends"))
+            }
+            Some(_) if header.chain_seed != recovered.last_checksum => {
+                return Err(corruption(
+                    disk,
+                    &name,
+                    0,
+                    "segment chain seed differs from the previous segment's last frame",
+                ))
+            }
+            None => recovered.report.first_seq = base,
+            Some(_) => {}
+        }
+        let segment = Rc::new(SegmentState::new(base, name.clone(), file.clone()));
+        let scan =
+            scan_segment(disk, &segment, size, header.chain_seed, is_last, config, replay, &mut recovered.report)
+                .await?;
+        recovered.last_checksum = scan;
+        recovered.report.segments += 1;
+        expected = Some(segment.end_seq.get());
+        recovered.segments.insert(base, segment);
+    }
+    recovered.report.next_seq = expected.unwrap_or(0);
+    if expected.is_none() {
+        recovered.report.first_seq = 0;
+    }
+    Ok(recovered)
+}
+
+/// Reads the header block; `Ok(Err(reason))` is a header that is not valid (torn or corrupt).
+async fn read_header<D: Disk>(
+    disk: &D,
+    name: &str,
+    file: &D::File,
+    config: &WalConfig,
+) -> Result<Result<SegmentHeader, &'static str>> {
+    let bytes = file.read_at(0, BLOCK_BYTES as usize).await.map_err(|e| Error::io("read", disk.path_of(name), e))?;
+    match SegmentHeader::decode(&bytes[..bytes.len().min(SEGMENT_HEADER_BYTES)]) {
+        Ok(header) if header.shard_id != config.shard_id => {
+            Err(Error::ForeignSegment { path: disk.path_of(name), found: header.shard_id, expected: config.shard_id })
+        }
+        Ok(header) => Ok(Ok(header)),
+        Err(HeaderDefect::Version(found)) => {
+            Err(Error::UnsupportedVersion { path: disk.path_of(name), found, supported: segment::SEGMENT_VERSION })
+        }
+        Err(HeaderDefect::Invalid(reason)) => Ok(Err(reason)),
+    }
+}
+
+/// Verifies every frame of a segment, replays its records and notes them in its index.
+/// Returns the checksum of its last frame (or `chain_seed` if it has none).
+#[allow(clippy::too_many_arguments)]
+async fn scan_segment<D: Disk>(
+    disk: &D,
+    segment: &SegmentState<D::File>,
+    size: u64,
+    chain_seed: u64,
+    is_last: bool,
+    config: &WalConfig,
+    replay: &mut dyn FnMut(u64, &[u8]),
+    report: &mut RecoveryReport,
+) -> Result<u64> {
+    let path = || disk.path_of(&segment.name);
+    let mut cursor =
+        FrameCursor::new(segment.file.clone(), size, config.read_chunk_bytes, config.frame_payload_bytes_max);
+    let mut offset = BLOCK_BYTES;
+    let mut prev_checksum = chain_seed;
+    while offset < size {
+        let expected_seq = segment.end_seq.get();
+        let defect = match cursor.frame_at(offset).await.map_err(|e| Error::io("read", path(), e))? {
+            Ok(frame) if frame.header.first_seq == expected_seq && frame.header.prev_checksum == prev_checksum => {
+                let mut seq = frame.header.first_seq;
+                for record in crate::batch::records(frame.raw) {
+                    replay(seq, record);
+                    seq += 1;
+                }
+                let next = next_frame_offset(offset, &frame.header);
+                segment.note_frame(expected_seq, seq, offset, next, config.index_interval_bytes);
+                report.frames += 1;
+                report.records += frame.header.record_count as u64;
+                prev_checksum = frame.header.checksum;
+                offset = next;
+                continue;
+            }
+            Ok(_) => "frame out of sequence or off the checksum chain",
+            Err(defect) => defect.reason(),
+        };
+        if !is_last {
+            return Err(Error::Corruption { path: path(), offset, reason: defect });
+        }
+        let proof = later_durable_frame(&segment.file, size, offset + BLOCK_BYTES, expected_seq + 1, config)
+            .await
+            .map_err(|e| Error::io("read", path(), e))?;
+        if proof.is_some() {
+            return Err(Error::Corruption { path: path(), offset, reason: defect });
+        }
+        segment.file.truncate(offset).await.map_err(|e| Error::io("truncate", path(), e))?;
+        segment.file.fdatasync().await.map_err(|e| Error::io("fdatasync", path(), e))?;
+        report.truncated = Some((path(), offset));
+        break;
+    }
+    Ok(prev_checksum)
+}
+
+/// Looks at every block from `from` on for a valid frame whose `synced_seq` is at least
+/// `synced_min`: proof that the log was durable past a damaged spot before it. Returns its
+/// offset.
+async fn later_durable_frame<F: DiskFile>(
+    file: &Rc<F>,
+    size: u64,
+    from: u64,
+    synced_min: u64,
+    config: &WalConfig,
+) -> std::io::Result<Option<u64>> {
+    let mut cursor = FrameCursor::new(file.clone(), size, config.read_chunk_bytes, config.frame_payload_bytes_max);
+    let mut offset = from;
+    while offset < size {
+        match cursor.frame_at(offset).await? {
+            Ok(frame) if frame.header.synced_seq >= synced_min => return Ok(Some(offset)),
+            Ok(frame) => offset = next_frame_offset(offset, &frame.header),
+            Err(_) => offset += BLOCK_BYTES,
+        }
+    }
+    Ok(None)
+}

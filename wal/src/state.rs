@@ -1,0 +1,108 @@
+//! What the flusher and the readers share: the segments, the queue, the visible end, counters.
+//!
+//! Everything here lives on one executor thread, so plain `Cell`/`RefCell` suffice; no borrow
+//! is held across an await. The flusher is the only writer of segment ends and of
+//! `visible_end`, and it moves them forward only after the bytes below them are acknowledged.
+
+use std::cell::{Cell, RefCell};
+use std::collections::BTreeMap;
+use std::rc::Rc;
+
+use crate::commit::Queue;
+use crate::config::{WalConfig, BLOCK_BYTES};
+use crate::disk::Disk;
+
+/// One segment file and what is known of its contents.
+pub(crate) struct SegmentState<F> {
+    pub base_seq: u64,
+    pub name: String,
+    pub file: Rc<F>,
+    /// Sparse index: (first sequence number of a frame, its offset), ascending, starting with
+    /// the segment's first frame position; one entry per `index_interval_bytes` of log.
+    index: RefCell<Vec<(u64, u64)>>,
+    /// Offset just past the last acknowledged frame (block aligned).
+    pub end_offset: Cell<u64>,
+    /// Sequence number after the last acknowledged record in this segment.
+    pub end_seq: Cell<u64>,
+}
+
+impl<F> SegmentState<F> {
+    pub(crate) fn new(base_seq: u64, name: String, file: Rc<F>) -> Self {
+        SegmentState {
+            base_seq,
+            name,
+            file,
+            index: RefCell::new(vec![(base_seq, BLOCK_BYTES)]),
+            end_offset: Cell::new(BLOCK_BYTES),
+            end_seq: Cell::new(base_seq),
+        }
+    }
+
+    /// Records an acknowledged frame `[first_seq, end_seq)` at `offset`, ending at `next_offset`.
+    pub(crate) fn note_frame(&self, first_seq: u64, end_seq: u64, offset: u64, next_offset: u64, interval: u64) {
+        assert!(offset >= self.end_offset.get() && first_seq == self.end_seq.get(), "frames are noted in order");
+        let mut index = self.index.borrow_mut();
+        let last_indexed = index.last().map_or(0, |&(_, at)| at);
+        if offset >= last_indexed + interval {
+            index.push((first_seq, offset));
+        }
+        self.end_offset.set(next_offset);
+        self.end_seq.set(end_seq);
+    }
+
+    /// Offset of a frame at or before the one holding `seq`, to scan forward from.
+    pub(crate) fn scan_start(&self, seq: u64) -> u64 {
+        let index = self.index.borrow();
+        let at = index.partition_point(|&(first, _)| first <= seq);
+        index[at.saturating_sub(1)].1
+    }
+
+    /// Entries in the sparse index (memory accounting, tests).
+    pub(crate) fn index_len(&self) -> usize {
+        self.index.borrow().len()
+    }
+}
+
+/// Counters of the log since it was opened.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct WalStats {
+    /// Batches taken by the flusher (each one write, and one fdatasync under `Sync`).
+    pub flushes: u64,
+    /// fdatasync calls on segment files.
+    pub fsyncs: u64,
+    /// Frames written.
+    pub frames: u64,
+    /// Records acknowledged.
+    pub records: u64,
+    /// Record bytes acknowledged (without length prefixes).
+    pub record_bytes: u64,
+    /// Bytes written to segment files, headers and padding included.
+    pub disk_bytes: u64,
+    /// Segments created.
+    pub segments_created: u64,
+}
+
+pub(crate) struct Shared<D: Disk> {
+    pub disk: D,
+    pub config: WalConfig,
+    pub segments: RefCell<BTreeMap<u64, Rc<SegmentState<D::File>>>>,
+    pub queue: RefCell<Queue>,
+    /// Records below this are acknowledged and readable.
+    pub visible_end: Cell<u64>,
+    /// The first record still in the log.
+    pub first_seq: Cell<u64>,
+    pub stats: Cell<WalStats>,
+}
+
+impl<D: Disk> Shared<D> {
+    pub(crate) fn count(&self, update: impl FnOnce(&mut WalStats)) {
+        let mut stats = self.stats.get();
+        update(&mut stats);
+        self.stats.set(stats);
+    }
+
+    /// The segment that holds `seq`, if it is retained.
+    pub(crate) fn segment_for(&self, seq: u64) -> Option<Rc<SegmentState<D::File>>> {
+        self.segments.borrow().range(..=seq).next_back().map(|(_, segment)| segment.clone())
+    }
+}

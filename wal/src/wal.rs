@@ -1,0 +1,161 @@
+//! The log's public face: open (with recovery), append, read, close.
+//!
+//! A `Wal` lives on one glommio executor: `open` spawns its flusher task there, and every
+//! method must be called from that executor. It is not `Clone`; owners share it with `Rc`.
+//! Dropping it closes the queue and lets the flusher finish what was queued; nothing that was
+//! acknowledged depends on the drop.
+
+use std::rc::Rc;
+
+use crate::commit::{Appended, FramePos, Queue, Ticket};
+use crate::config::{WalConfig, BLOCK_BYTES};
+use crate::disk::Disk;
+use crate::error::{Error, Result};
+use crate::reader::LogReader;
+use crate::recovery::{self, RecoveryReport};
+use crate::state::{Shared, WalStats};
+use crate::writer::Writer;
+
+/// A segmented, checksummed, group-committed write-ahead log.
+pub struct Wal<D: Disk> {
+    shared: Rc<Shared<D>>,
+    flusher: Option<glommio::task::JoinHandle<()>>,
+}
+
+impl<D: Disk> Wal<D> {
+    /// Opens (or creates, if `disk` holds no segments) the log, verifying every frame and
+    /// handing every record to `replay` in sequence order before returning. A torn tail is cut;
+    /// corruption anywhere else fails the open and changes nothing.
+    ///
+    /// Must be called on a glommio executor, which then runs the log's flusher.
+    pub async fn open(
+        disk: D,
+        config: WalConfig,
+        mut replay: impl FnMut(u64, &[u8]),
+    ) -> Result<(Self, RecoveryReport)> {
+        config.validate()?;
+        let recovered = recovery::recover(&disk, &config, &mut replay).await?;
+        let report = recovered.report;
+        let queue = Queue::new(report.next_seq, config.pending_bytes_max, config.pending_records_max);
+        let shared = Rc::new(Shared {
+            disk,
+            config,
+            segments: recovered.segments.into(),
+            queue: queue.into(),
+            visible_end: report.next_seq.into(),
+            first_seq: report.first_seq.into(),
+            stats: Default::default(),
+        });
+        let writer = Writer::new(shared.clone(), recovered.last_checksum);
+        let flusher = glommio::spawn_local(writer.run()).detach();
+        Ok((Wal { shared, flusher: Some(flusher) }, report))
+    }
+
+    /// Queues a record for the next flush without waiting for room: `Backpressure` if the queue
+    /// is full. The returned ticket resolves once the record is acknowledged.
+    pub fn enqueue(&self, record: &[u8]) -> Result<Ticket> {
+        self.check_len(record)?;
+        self.shared.queue.borrow_mut().enqueue(record)
+    }
+
+    /// Appends a record, waiting for room in the queue if it is full, and resolves once the
+    /// record is acknowledged (per the configured `Durability`).
+    pub async fn append(&self, record: &[u8]) -> Result<Appended> {
+        self.check_len(record)?;
+        let framed_len = record.len() + crate::batch::RECORD_PREFIX_BYTES;
+        std::future::poll_fn(|cx| self.shared.queue.borrow_mut().poll_room(framed_len, cx)).await;
+        let ticket = self.shared.queue.borrow_mut().enqueue(record)?;
+        ticket.await
+    }
+
+    fn check_len(&self, record: &[u8]) -> Result<()> {
+        let max = self.shared.config.record_bytes_max as usize;
+        if record.len() > max {
+            return Err(Error::RecordTooLarge { len: record.len(), max });
+        }
+        Ok(())
+    }
+
+    /// A reader of acknowledged records from `from_seq` on (`from_seq` may equal the visible
+    /// end, to wait for new records).
+    pub fn reader(&self, from_seq: u64) -> Result<LogReader<D>> {
+        LogReader::new(self.shared.clone(), from_seq, self.shared.config.read_chunk_bytes)
+    }
+
+    /// The acknowledged record `seq`, found through the sparse index.
+    pub async fn read(&self, seq: u64) -> Result<Vec<u8>> {
+        let mut reader = self.point_reader(seq)?;
+        self.first_record(&mut reader, seq).await
+    }
+
+    /// The acknowledged record `seq`, read straight from the frame an append reported.
+    pub async fn read_at(&self, seq: u64, frame: FramePos) -> Result<Vec<u8>> {
+        let mut reader = self.point_reader(seq)?.at_frame(frame)?;
+        self.first_record(&mut reader, seq).await
+    }
+
+    fn point_reader(&self, seq: u64) -> Result<LogReader<D>> {
+        let (first, end) = (self.shared.first_seq.get(), self.shared.visible_end.get());
+        if seq >= end {
+            return Err(Error::OutOfRange { seq, first, end });
+        }
+        LogReader::new(self.shared.clone(), seq, BLOCK_BYTES as usize)
+    }
+
+    async fn first_record(&self, reader: &mut LogReader<D>, seq: u64) -> Result<Vec<u8>> {
+        match reader.next().await? {
+            Some((found, record)) if found == seq => Ok(record.to_vec()),
+            _ => Err(Error::OutOfRange { seq, first: self.shared.first_seq.get(), end: self.shared.visible_end.get() }),
+        }
+    }
+
+    /// Records below this are acknowledged and readable.
+    pub fn durable_end(&self) -> u64 {
+        self.shared.visible_end.get()
+    }
+
+    /// The first record still in the log.
+    pub fn first_seq(&self) -> u64 {
+        self.shared.first_seq.get()
+    }
+
+    /// The sequence number the next enqueued record gets.
+    pub fn next_seq(&self) -> u64 {
+        self.shared.queue.borrow().next_seq()
+    }
+
+    /// Counters since open.
+    pub fn stats(&self) -> WalStats {
+        self.shared.stats.get()
+    }
+
+    /// The configuration the log was opened with.
+    pub fn config(&self) -> &WalConfig {
+        &self.shared.config
+    }
+
+    /// Segments in the log and entries in their sparse indexes (for memory accounting).
+    pub fn index_footprint(&self) -> (usize, usize) {
+        let segments = self.shared.segments.borrow();
+        (segments.len(), segments.values().map(|s| s.index_len()).sum())
+    }
+
+    /// Stops accepting records, flushes and syncs what was queued, and waits for the flusher.
+    /// Fails with `Poisoned` if any write or sync failed while the log was open.
+    pub async fn close(mut self) -> Result<()> {
+        self.shared.queue.borrow_mut().close();
+        if let Some(flusher) = self.flusher.take() {
+            flusher.await;
+        }
+        match self.shared.queue.borrow().failure() {
+            Some(cause) => Err(Error::Poisoned { cause: cause.into() }),
+            None => Ok(()),
+        }
+    }
+}
+
+impl<D: Disk> Drop for Wal<D> {
+    fn drop(&mut self) {
+        self.shared.queue.borrow_mut().close();
+    }
+}

@@ -1,0 +1,321 @@
+//! The flusher: the one task per log that turns queued records into durable frames.
+//!
+//! Each round takes every record waiting (so a lone record waits for no timer, and under load
+//! one write and one fdatasync carry everything that arrived during the previous round), cuts
+//! them into frames of at most `frame_payload_bytes_max`, places the frames on fresh blocks
+//! (a block that holds acknowledged records is never written again), rolls to a new segment
+//! when the next frame would not fit, writes each run of frames with one write, and under
+//! `Durability::Sync` ends with one fdatasync. Only then does it move the visible end and
+//! complete the batch's tickets.
+//!
+//! A failed write or fdatasync fails the batch and poisons the queue: the log acknowledges
+//! nothing more until it is reopened, because after a failed fdatasync the kernel may have
+//! dropped the dirty data while reporting later syncs as clean.
+
+use std::rc::Rc;
+use std::time::{Duration, Instant};
+
+use futures_lite::future;
+
+use crate::batch::{self, FrameHeader, FRAME_HEADER_BYTES, RECORD_PREFIX_BYTES};
+use crate::commit::{Batch, FlushedFrames, FramePos, Work};
+use crate::config::{align_up, Durability, BLOCK_BYTES};
+use crate::disk::{Disk, DiskFile, WriteBuf};
+use crate::error::{Error, Result};
+use crate::segment::{self, SegmentHeader};
+use crate::state::{SegmentState, Shared};
+
+/// A frame placed but not yet written.
+struct PlannedFrame {
+    header: FrameHeader,
+    raw: std::ops::Range<usize>,
+    /// Index into the writer's compression buffers when the payload is stored compressed.
+    compressed: Option<usize>,
+    /// The frame opens a new segment.
+    opens_segment: bool,
+    offset: u64,
+}
+
+pub(crate) struct Writer<D: Disk> {
+    shared: Rc<Shared<D>>,
+    tail: Option<Rc<SegmentState<D::File>>>,
+    write_offset: u64,
+    last_checksum: u64,
+    /// Every record below this was fdatasync'd.
+    synced_end: u64,
+    /// Bytes written to the tail segment since its last fdatasync.
+    tail_dirty: bool,
+    last_sync: Instant,
+    compressed: Vec<Vec<u8>>,
+    plan: Vec<PlannedFrame>,
+}
+
+impl<D: Disk> Writer<D> {
+    pub(crate) fn new(shared: Rc<Shared<D>>, last_checksum: u64) -> Self {
+        let tail = shared.segments.borrow().values().next_back().cloned();
+        let write_offset = tail.as_ref().map_or(BLOCK_BYTES, |t| t.end_offset.get());
+        let synced_end = shared.visible_end.get();
+        Writer {
+            shared,
+            tail,
+            write_offset,
+            last_checksum,
+            synced_end,
+            tail_dirty: false,
+            last_sync: Instant::now(),
+            compressed: Vec::new(),
+            plan: Vec::new(),
+        }
+    }
+
+    /// The flusher's life: flush batches until the log closes or fails.
+    pub(crate) async fn run(mut self) {
+        loop {
+            if self.sync_due() {
+                if let Err(error) = self.sync_tail().await {
+                    self.shared.queue.borrow_mut().poison(error);
+                    return;
+                }
+            }
+            match self.next_work().await {
+                Some(Work::Flush(batch)) => match self.flush(&batch).await {
+                    Ok(frames) => {
+                        batch.completion.complete(Ok(frames));
+                        self.shared.queue.borrow_mut().recycle(batch.raw);
+                    }
+                    Err(error) => {
+                        self.shared.queue.borrow_mut().poison(error.clone());
+                        batch.completion.complete(Err(error));
+                        return;
+                    }
+                },
+                Some(Work::Exit) => {
+                    if self.tail_dirty {
+                        if let Err(error) = self.sync_tail().await {
+                            self.shared.queue.borrow_mut().poison(error);
+                        }
+                    }
+                    return;
+                }
+                None => {} // the buffered sync interval elapsed; synced at the top of the loop
+            }
+        }
+    }
+
+    fn sync_interval(&self) -> Option<Duration> {
+        match self.shared.config.durability {
+            Durability::Sync => None,
+            Durability::Buffered { sync_interval } => Some(sync_interval),
+        }
+    }
+
+    fn sync_due(&self) -> bool {
+        self.tail_dirty && self.sync_interval().is_some_and(|interval| self.last_sync.elapsed() >= interval)
+    }
+
+    /// Waits for a batch, for close, or (`None`) for the buffered sync deadline.
+    async fn next_work(&self) -> Option<Work> {
+        let shared = self.shared.clone();
+        let work = async move { Some(std::future::poll_fn(|cx| shared.queue.borrow_mut().poll_work(cx)).await) };
+        match self.sync_interval() {
+            Some(interval) if self.tail_dirty => {
+                let wait = interval.saturating_sub(self.last_sync.elapsed());
+                future::or(work, async move {
+                    glommio::timer::sleep(wait).await;
+                    None
+                })
+                .await
+            }
+            _ => work.await,
+        }
+    }
+
+    async fn flush(&mut self, batch: &Batch) -> Result<FlushedFrames> {
+        self.plan_frames(batch);
+        let mut flushed = Vec::with_capacity(self.plan.len());
+        let mut start = 0;
+        while start < self.plan.len() {
+            let mut end = start + 1;
+            while end < self.plan.len() && !self.plan[end].opens_segment {
+                end += 1;
+            }
+            if self.plan[start].opens_segment {
+                let first = &self.plan[start].header;
+                self.roll(first.first_seq, first.prev_checksum).await?;
+            }
+            self.write_run(batch, start..end).await?;
+            let tail = self.tail.as_ref().expect("a run is written to a segment");
+            for planned in &self.plan[start..end] {
+                flushed
+                    .push((planned.header.first_seq, FramePos { segment_base: tail.base_seq, offset: planned.offset }));
+            }
+            start = end;
+        }
+        if self.sync_interval().is_none() {
+            self.sync_tail().await?;
+        }
+        self.publish(batch, &flushed);
+        Ok(flushed.into())
+    }
+
+    /// Cuts the batch into frames, seals them, and gives each its place on disk.
+    fn plan_frames(&mut self, batch: &Batch) {
+        let config = &self.shared.config;
+        let synced_seq = match config.durability {
+            Durability::Sync => batch.first_seq,
+            Durability::Buffered { .. } => self.synced_end,
+        };
+        self.plan.clear();
+        let mut offset = if self.tail.is_some() { self.write_offset } else { config.segment_bytes };
+        let (mut at, mut first_seq, mut prev) = (0usize, batch.first_seq, self.last_checksum);
+        while at < batch.raw.len() {
+            let (start, mut count) = (at, 0u32);
+            while at < batch.raw.len() {
+                let framed = RECORD_PREFIX_BYTES + batch::record_len_at(&batch.raw, at);
+                if count > 0 && at + framed - start > config.frame_payload_bytes_max as usize {
+                    break;
+                }
+                at += framed;
+                count += 1;
+            }
+            let slot = self.plan.len();
+            if self.compressed.len() <= slot {
+                self.compressed.push(Vec::new());
+            }
+            let raw = &batch.raw[start..at];
+            let (header, stored) = batch::seal_frame(
+                raw,
+                count,
+                first_seq,
+                synced_seq,
+                prev,
+                config.compression,
+                &mut self.compressed[slot],
+            );
+            let compressed = (stored.len() != raw.len()).then_some(slot);
+            let disk_bytes = align_up(header.frame_bytes());
+            let opens_segment = offset + disk_bytes > config.segment_bytes;
+            if opens_segment {
+                offset = BLOCK_BYTES;
+            }
+            self.plan.push(PlannedFrame { header, raw: start..at, compressed, opens_segment, offset });
+            offset += disk_bytes;
+            first_seq = header.end_seq();
+            prev = header.checksum;
+        }
+    }
+
+    /// Writes frames `run` (all in the tail segment, contiguous) with one write.
+    async fn write_run(&mut self, batch: &Batch, run: std::ops::Range<usize>) -> Result<()> {
+        let tail = self.tail.clone().expect("rolled before writing");
+        let first_offset = self.plan[run.start].offset;
+        assert_eq!(first_offset, self.write_offset, "frames are written where the log ends");
+        let last = &self.plan[run.end - 1];
+        let run_bytes = (last.offset + align_up(last.header.frame_bytes()) - first_offset) as usize;
+        let mut buf = tail.file.alloc(run_bytes);
+        let bytes = buf.bytes_mut();
+        for planned in &self.plan[run.clone()] {
+            let at = (planned.offset - first_offset) as usize;
+            let stored: &[u8] = match planned.compressed {
+                Some(slot) => &self.compressed[slot][..planned.header.stored_len as usize],
+                None => &batch.raw[planned.raw.clone()],
+            };
+            let end = at + FRAME_HEADER_BYTES + stored.len();
+            bytes[at..at + FRAME_HEADER_BYTES].copy_from_slice(&planned.header.encode());
+            bytes[at + FRAME_HEADER_BYTES..end].copy_from_slice(stored);
+            bytes[end..at + align_up(planned.header.frame_bytes()) as usize].fill(0);
+            self.last_checksum = planned.header.checksum;
+        }
+        let path = || self.shared.disk.path_of(&tail.name);
+        self.tail_dirty = true;
+        let written = tail.file.write_at(buf, first_offset).await.map_err(|e| Error::io("write", path(), e))?;
+        if written != run_bytes {
+            let short =
+                std::io::Error::new(std::io::ErrorKind::WriteZero, format!("wrote {written} of {run_bytes} bytes"));
+            return Err(Error::io("write", path(), short));
+        }
+        self.write_offset = first_offset + run_bytes as u64;
+        self.shared.count(|s| {
+            s.disk_bytes += run_bytes as u64;
+            s.frames += run.len() as u64;
+        });
+        Ok(())
+    }
+
+    /// Seals the tail segment (synced) and creates the next one, starting at `base_seq`.
+    async fn roll(&mut self, base_seq: u64, chain_seed: u64) -> Result<()> {
+        if self.tail_dirty {
+            let tail = self.tail.clone().expect("dirty implies a tail");
+            let path = self.shared.disk.path_of(&tail.name);
+            tail.file.fdatasync().await.map_err(|e| Error::io("fdatasync", path, e))?;
+            self.tail_dirty = false;
+            self.shared.count(|s| s.fsyncs += 1);
+        }
+        let disk = &self.shared.disk;
+        let name = segment::file_name(base_seq);
+        let path = || disk.path_of(&name);
+        let file = disk.create(&name).await.map_err(|e| Error::io("create", path(), e))?;
+        let mut buf = file.alloc(BLOCK_BYTES as usize);
+        let header = SegmentHeader { shard_id: self.shared.config.shard_id, base_seq, chain_seed };
+        let bytes = buf.bytes_mut();
+        bytes.fill(0);
+        bytes[..segment::SEGMENT_HEADER_BYTES].copy_from_slice(&header.encode());
+        let written = file.write_at(buf, 0).await.map_err(|e| Error::io("write", path(), e))?;
+        if written != BLOCK_BYTES as usize {
+            let short = std::io::Error::new(std::io::ErrorKind::WriteZero, "short segment header write");
+            return Err(Error::io("write", path(), short));
+        }
+        file.fdatasync().await.map_err(|e| Error::io("fdatasync", path(), e))?;
+        disk.sync_dir().await.map_err(|e| Error::io("sync directory", disk.path_of(""), e))?;
+        let segment = Rc::new(SegmentState::new(base_seq, name, Rc::new(file)));
+        self.shared.segments.borrow_mut().insert(base_seq, segment.clone());
+        self.shared.count(|s| {
+            s.segments_created += 1;
+            s.fsyncs += 1;
+            s.disk_bytes += BLOCK_BYTES;
+        });
+        self.tail = Some(segment);
+        self.write_offset = BLOCK_BYTES;
+        Ok(())
+    }
+
+    async fn sync_tail(&mut self) -> Result<()> {
+        if let Some(tail) = self.tail.clone() {
+            if self.tail_dirty {
+                let path = self.shared.disk.path_of(&tail.name);
+                tail.file.fdatasync().await.map_err(|e| Error::io("fdatasync", path, e))?;
+                self.shared.count(|s| s.fsyncs += 1);
+            }
+        }
+        self.tail_dirty = false;
+        self.last_sync = Instant::now();
+        self.synced_end = self.write_end_seq();
+        Ok(())
+    }
+
+    /// Sequence number after the last record written (acknowledged or about to be).
+    fn write_end_seq(&self) -> u64 {
+        self.plan
+            .last()
+            .map_or(self.shared.visible_end.get(), |p| p.header.end_seq())
+            .max(self.shared.visible_end.get())
+    }
+
+    /// Makes a flushed batch visible to readers: segment ends, sparse index, visible end.
+    fn publish(&mut self, batch: &Batch, flushed: &[(u64, FramePos)]) {
+        let interval = self.shared.config.index_interval_bytes;
+        for (planned, (_, pos)) in self.plan.iter().zip(flushed) {
+            let segment =
+                self.shared.segments.borrow().get(&pos.segment_base).cloned().expect("flushed into a known segment");
+            let next = pos.offset + align_up(planned.header.frame_bytes());
+            segment.note_frame(planned.header.first_seq, planned.header.end_seq(), pos.offset, next, interval);
+        }
+        self.shared.visible_end.set(batch.end_seq());
+        let record_bytes = (batch.raw.len() - batch.count * RECORD_PREFIX_BYTES) as u64;
+        self.shared.count(|s| {
+            s.flushes += 1;
+            s.records += batch.count as u64;
+            s.record_bytes += record_bytes;
+        });
+    }
+}
