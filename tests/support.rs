@@ -1,1 +1,56 @@
-//! placeholder
+//! Helpers shared by the integration tests: an executor to run on, log configurations sized
+//! for tests, deterministic record contents, and the seed count of the simulated campaigns.
+
+use std::future::Future;
+
+use tradeshard_wal::disk::SplitMix64;
+use tradeshard_wal::{Compression, Durability, WalConfig};
+
+/// Runs `future` to completion on a fresh glommio executor on this thread.
+pub fn run<T>(future: impl Future<Output = T>) -> T {
+    glommio::LocalExecutorBuilder::default().make().expect("glommio executor").run(future)
+}
+
+/// A log configuration small enough that tests roll segments, split frames and fill queues.
+pub fn small_config() -> WalConfig {
+    WalConfig {
+        shard_id: 7,
+        segment_bytes: 64 << 10,
+        frame_payload_bytes_max: 16 << 10,
+        record_bytes_max: 4 << 10,
+        pending_bytes_max: 48 << 10,
+        pending_records_max: 512,
+        durability: Durability::Sync,
+        compression: Compression::Lz4,
+        read_chunk_bytes: 16 << 10,
+        index_interval_bytes: 8 << 10,
+    }
+}
+
+/// A record of random length up to `max_len`: random bytes, or a compressible pattern.
+pub fn random_record(rng: &mut SplitMix64, max_len: usize) -> Vec<u8> {
+    let len = match rng.below(8) {
+        0 => 0,
+        1 => max_len,
+        _ => rng.below(max_len as u64 + 1) as usize,
+    };
+    if rng.one_in(2) {
+        let fill = rng.next_u64() as u8;
+        (0..len).map(|i| fill.wrapping_add((i / 64) as u8)).collect()
+    } else {
+        (0..len).map(|_| rng.next_u64() as u8).collect()
+    }
+}
+
+/// How many seeds a simulated campaign runs: `TRADESHARD_SIM_SEEDS` or `default`.
+pub fn seed_count(default: u64) -> u64 {
+    std::env::var("TRADESHARD_SIM_SEEDS").ok().and_then(|v| v.parse().ok()).unwrap_or(default)
+}
+
+/// The seeds to run: only `TRADESHARD_SIM_SEED` when set (to replay a failure), else `0..count`.
+pub fn seeds(default_count: u64) -> Vec<u64> {
+    match std::env::var("TRADESHARD_SIM_SEED").ok().and_then(|v| v.parse().ok()) {
+        Some(seed) => vec![seed],
+        None => (0..seed_count(default_count)).collect(),
+    }
+}

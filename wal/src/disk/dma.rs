@@ -3,7 +3,7 @@
 //! Writes bypass the page cache, so a completed write is in the device's hands and a crash of
 //! the process alone loses nothing; `fdatasync` is still what makes it survive power loss.
 
-use std::cell::RefCell;
+use std::cell::{Cell, RefCell};
 use std::fs::DirBuilder;
 use std::io;
 use std::os::unix::fs::DirBuilderExt;
@@ -20,19 +20,41 @@ pub struct DmaDisk {
     dir: PathBuf,
     // Opened on first use and kept, so that each directory sync is one io_uring fsync.
     dir_handle: Rc<RefCell<Option<Rc<Directory>>>>,
+    probed: Rc<Cell<bool>>,
 }
+
+/// Name of the scratch file used to probe the device before the first real open.
+const PROBE_NAME: &str = ".iopoll-probe";
 
 impl DmaDisk {
     /// Uses `dir`, creating it (mode 0700) if it does not exist.
     pub fn new(dir: impl AsRef<Path>) -> io::Result<Self> {
         let dir = dir.as_ref().to_path_buf();
         DirBuilder::new().recursive(true).mode(0o700).create(&dir)?;
-        Ok(DmaDisk { dir, dir_handle: Rc::new(RefCell::new(None)) })
+        Ok(DmaDisk { dir, dir_handle: Rc::new(RefCell::new(None)), probed: Rc::new(Cell::new(false)) })
     }
 
     /// The directory this disk holds.
     pub fn dir(&self) -> &Path {
         &self.dir
+    }
+
+    /// glommio decides once per device and thread whether reads may use the polled ring, by
+    /// reading block 0 of the first file opened there; on a new, empty file that read succeeds
+    /// at end-of-file without touching the device, glommio wrongly concludes that polling
+    /// works, and every later read fails with EOPNOTSUPP on devices without it (glommio issue
+    /// 605). Opening a file that holds a block first makes the probe real.
+    async fn probe_device(&self) -> io::Result<()> {
+        if self.probed.get() {
+            return Ok(());
+        }
+        let path = self.dir.join(PROBE_NAME);
+        std::fs::write(&path, vec![0u8; 4096])?;
+        let file = DmaFile::open(&path).await.map_err(io::Error::from);
+        std::fs::remove_file(&path)?;
+        file?.close().await.map_err(io::Error::from)?;
+        self.probed.set(true);
+        Ok(())
     }
 
     async fn directory(&self) -> io::Result<Rc<Directory>> {
@@ -55,12 +77,14 @@ impl Disk for DmaDisk {
     type File = DmaFile;
 
     async fn create(&self, name: &str) -> io::Result<DmaFile> {
+        self.probe_device().await?;
         let mut options = OpenOptions::new();
         options.create_new(true).read(true).write(true);
         options.dma_open(self.dir.join(name)).await.map_err(io::Error::from)
     }
 
     async fn open(&self, name: &str) -> io::Result<DmaFile> {
+        self.probe_device().await?;
         let mut options = OpenOptions::new();
         options.read(true).write(true);
         options.dma_open(self.dir.join(name)).await.map_err(io::Error::from)
@@ -77,7 +101,7 @@ impl Disk for DmaDisk {
     fn list(&self) -> io::Result<Vec<String>> {
         let mut names = Vec::new();
         for entry in std::fs::read_dir(&self.dir)? {
-            if let Some(name) = entry?.file_name().to_str() {
+            if let Some(name) = entry?.file_name().to_str().filter(|n| *n != PROBE_NAME) {
                 names.push(name.to_string());
             }
         }

@@ -238,6 +238,11 @@ impl SimDisk {
         write_into(&mut inode.live, offset, data);
     }
 
+    /// Names of the files that exist now.
+    pub fn list_names(&self) -> Vec<String> {
+        self.state.borrow().live_names.keys().cloned().collect()
+    }
+
     /// The live length of `name`, if it exists.
     pub fn file_len(&self, name: &str) -> Option<u64> {
         let state = self.state.borrow();

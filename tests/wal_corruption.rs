@@ -1,0 +1,169 @@
+//! Damaged logs: what recovery cuts (a torn tail) and what it refuses (everything else).
+//!
+//! Refusals must name the segment and offset, and must leave every byte as it was.
+
+use tradeshard_tests::{run, small_config};
+use tradeshard_wal::disk::{Disk, SimDisk, SplitMix64};
+use tradeshard_wal::segment::{self, SegmentHeader};
+use tradeshard_wal::{Error, Wal, WalConfig, BLOCK_BYTES};
+
+/// A log with `records` incompressible records of 3000 bytes, each in a frame of its own
+/// (one block), so that every damaged offset below falls inside a frame.
+async fn log_of(records: u32) -> SimDisk {
+    let disk = SimDisk::new();
+    let (wal, _) = Wal::open(disk.clone(), small_config(), |_, _| {}).await.unwrap();
+    let mut rng = SplitMix64::new(records as u64);
+    for _ in 0..records {
+        let record: Vec<u8> = (0..3000).map(|_| rng.next_u64() as u8).collect();
+        wal.append(&record).await.unwrap();
+    }
+    wal.close().await.unwrap();
+    disk
+}
+
+async fn reopen(disk: &SimDisk) -> Result<(Wal<SimDisk>, Vec<Vec<u8>>, tradeshard_wal::RecoveryReport), Error> {
+    let mut replayed = Vec::new();
+    let (wal, report) = Wal::open(disk.clone(), small_config(), |_, r| replayed.push(r.to_vec())).await?;
+    Ok((wal, replayed, report))
+}
+
+fn snapshot(disk: &SimDisk) -> Vec<(String, Vec<u8>)> {
+    disk.list_names().into_iter().map(|name| (name.clone(), disk.read_file(&name).unwrap())).collect()
+}
+
+/// Opening must fail with corruption at `offset` of `name`, and change nothing.
+async fn assert_refused(disk: &SimDisk, name: &str, offset: u64) {
+    let before = snapshot(disk);
+    match reopen(disk).await {
+        Err(Error::Corruption { path, offset: at, .. }) => {
+            assert!(path.ends_with(name), "corruption names {path:?}, expected {name}");
+            assert_eq!(at, offset, "corruption offset");
+        }
+        Err(other) => panic!("expected corruption, got {other:?}"),
+        Ok(_) => panic!("a corrupt log opened"),
+    }
+    assert!(snapshot(disk) == before, "a refused open changed the directory");
+}
+
+#[test]
+fn a_torn_tail_is_truncated_and_the_log_continues() {
+    run(async {
+        let disk = log_of(10).await;
+        let name = segment::file_name(0);
+        let end = disk.file_len(&name).unwrap();
+        // The first 1000 bytes of a copy of the last frame: a valid header, a cut payload.
+        let last_frame = disk.read_file(&name).unwrap()[(end - BLOCK_BYTES) as usize..][..1000].to_vec();
+        disk.overwrite(&name, end, &last_frame);
+        let (wal, replayed, report) = reopen(&disk).await.unwrap();
+        assert_eq!(replayed.len(), 10);
+        assert_eq!(report.truncated.as_ref().map(|(_, at)| *at), Some(end));
+        assert_eq!(disk.file_len(&name), Some(end));
+        assert_eq!(wal.append(b"next").await.unwrap().seq, 10);
+        wal.close().await.unwrap();
+        let (_, replayed, report) = reopen(&disk).await.unwrap();
+        assert_eq!((replayed.len(), report.truncated), (11, None));
+    });
+}
+
+#[test]
+fn a_flipped_bit_in_the_middle_is_refused_not_truncated() {
+    run(async {
+        let disk = log_of(10).await;
+        let name = segment::file_name(0);
+        let third_frame = BLOCK_BYTES * 3;
+        disk.flip_bit(&name, third_frame + 100, 3);
+        assert_refused(&disk, &name, third_frame).await;
+    });
+}
+
+#[test]
+fn a_flipped_bit_in_a_sealed_segment_is_refused() {
+    run(async {
+        let disk = log_of(45).await;
+        let names = disk.list_names();
+        assert!(names.len() >= 3, "45 records of 3000 bytes span three 64 KiB segments");
+        let last_frame = disk.file_len(&names[0]).unwrap() - BLOCK_BYTES;
+        disk.flip_bit(&names[0], last_frame + 2000, 0);
+        assert_refused(&disk, &names[0], last_frame).await;
+    });
+}
+
+#[test]
+fn a_flipped_bit_in_a_segment_header_is_refused() {
+    run(async {
+        let disk = log_of(45).await;
+        let names = disk.list_names();
+        disk.flip_bit(&names[1], 17, 1);
+        assert_refused(&disk, &names[1], 0).await;
+    });
+}
+
+#[test]
+fn damage_to_the_last_flush_reads_as_a_torn_tail() {
+    // Inherent to any log: damage to the newest flush looks exactly like a write torn by a
+    // crash, so it is cut (docs/FORMAT.md, "Torn tail or corruption").
+    run(async {
+        let disk = log_of(10).await;
+        let name = segment::file_name(0);
+        let last_frame = disk.file_len(&name).unwrap() - BLOCK_BYTES;
+        disk.flip_bit(&name, last_frame + 500, 5);
+        let (_, replayed, report) = reopen(&disk).await.unwrap();
+        assert_eq!(replayed.len(), 9);
+        assert_eq!(report.truncated.map(|(_, at)| at), Some(last_frame));
+    });
+}
+
+#[test]
+fn a_missing_middle_segment_is_refused() {
+    run(async {
+        let disk = log_of(45).await;
+        let names = disk.list_names();
+        disk.remove(&names[1]).await.unwrap();
+        disk.sync_dir().await.unwrap();
+        assert_refused(&disk, &names[2], 0).await;
+    });
+}
+
+#[test]
+fn a_segment_of_a_newer_version_is_refused() {
+    run(async {
+        let disk = log_of(3).await;
+        let name = segment::file_name(0);
+        let mut header = SegmentHeader { shard_id: small_config().shard_id, base_seq: 0, chain_seed: 0 }.encode();
+        header[8] = 2;
+        let checksum = xxhash_rust::xxh3::xxh3_64(&header[..56]);
+        header[56..].copy_from_slice(&checksum.to_le_bytes());
+        disk.overwrite(&name, 0, &header);
+        let before = snapshot(&disk);
+        let error = reopen(&disk).await.err().expect("a newer version must not open");
+        assert!(matches!(error, Error::UnsupportedVersion { found: 2, supported: 1, .. }), "got {error:?}");
+        assert!(snapshot(&disk) == before);
+    });
+}
+
+#[test]
+fn a_segment_of_another_shard_is_refused() {
+    run(async {
+        let disk = log_of(3).await;
+        let config = WalConfig { shard_id: 8, ..small_config() };
+        let error = Wal::open(disk.clone(), config, |_, _| {}).await.err().expect("foreign segment");
+        assert!(matches!(error, Error::ForeignSegment { found: 7, expected: 8, .. }), "got {error:?}");
+    });
+}
+
+#[test]
+fn a_segment_torn_while_being_created_is_removed() {
+    run(async {
+        let disk = log_of(5).await;
+        let torn = segment::file_name(5);
+        let file = disk.create(&torn).await.unwrap();
+        drop(file);
+        disk.overwrite(&torn, 0, &[0x5A; 700]);
+        let (wal, replayed, report) = reopen(&disk).await.unwrap();
+        assert_eq!(replayed.len(), 5);
+        assert!(report.removed_segment.is_some_and(|p| p.ends_with(&torn)));
+        assert!(!disk.list_names().contains(&torn));
+        assert_eq!(wal.append(b"continues").await.unwrap().seq, 5);
+        wal.close().await.unwrap();
+    });
+}
