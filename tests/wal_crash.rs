@@ -54,21 +54,21 @@ fn check_recovery(model: &mut Model, replayed: &[(u64, Vec<u8>)], durability: Du
     Ok(())
 }
 
-async fn verify_reads(wal: &Wal<SimDisk>, model: &Model, rng: &mut SplitMix64) -> Result<(), String> {
+async fn verify_reads(wal: &Wal<SimDisk>, acked: &BTreeMap<u64, Vec<u8>>, rng: &mut SplitMix64) -> Result<(), String> {
     let mut reader = wal.reader(0).map_err(|e| e.to_string())?;
     let mut count = 0;
     while let Some((seq, record)) = reader.next().await.map_err(|e| e.to_string())? {
-        if model.acked.get(&seq).map(Vec::as_slice) != Some(record) {
+        if acked.get(&seq).map(Vec::as_slice) != Some(record) {
             return Err(format!("reader returned wrong bytes for seq {seq}"));
         }
         count += 1;
     }
-    if count != model.acked.len() {
-        return Err(format!("reader returned {count} records, the log holds {}", model.acked.len()));
+    if count != acked.len() {
+        return Err(format!("reader returned {count} records, the log holds {}", acked.len()));
     }
     for _ in 0..4.min(count) {
         let seq = rng.below(count as u64);
-        if wal.read(seq).await.map_err(|e| e.to_string())? != model.acked[&seq] {
+        if wal.read(seq).await.map_err(|e| e.to_string())? != acked[&seq] {
             return Err(format!("point read of seq {seq} returned wrong bytes"));
         }
     }
@@ -134,11 +134,11 @@ async fn run_seed(seed: u64, durability: Durability, coverage: &mut Coverage) ->
             Err(error) => return Err(format!("incarnation {incarnation}: open failed after a crash: {error}")),
         };
         disk.crash_at_op(u64::MAX);
-        let mut model_ref = model.borrow_mut();
-        coverage.acked += model_ref.acked.len() as u64;
-        check_recovery(&mut model_ref, &replayed, durability).map_err(|e| format!("incarnation {incarnation}: {e}"))?;
-        verify_reads(&wal, &model_ref, &mut rng).await.map_err(|e| format!("incarnation {incarnation}: {e}"))?;
-        drop(model_ref);
+        coverage.acked += model.borrow().acked.len() as u64;
+        check_recovery(&mut model.borrow_mut(), &replayed, durability)
+            .map_err(|e| format!("incarnation {incarnation}: {e}"))?;
+        let recovered = model.borrow().acked.clone();
+        verify_reads(&wal, &recovered, &mut rng).await.map_err(|e| format!("incarnation {incarnation}: {e}"))?;
 
         disk.crash_at_op(disk.ops() + 1 + rng.below(80));
         let tasks: Vec<_> = (0..1 + rng.below(8))
