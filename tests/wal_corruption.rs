@@ -8,7 +8,8 @@ use tradeshard_wal::segment::{self, SegmentHeader};
 use tradeshard_wal::{Error, Wal, WalConfig, BLOCK_BYTES};
 
 /// A log with `records` incompressible records of 3000 bytes, each in a frame of its own
-/// (one block), so that every damaged offset below falls inside a frame.
+/// (one block), so that every damaged offset below falls inside a frame: record `i` of the
+/// first segment is the frame at block `i + 1`, and a 64 KiB segment holds 15 of them.
 async fn log_of(records: u32) -> SimDisk {
     let disk = SimDisk::new();
     let (wal, _) = Wal::open(disk.clone(), small_config(), |_, _| {}).await.unwrap();
@@ -50,14 +51,15 @@ fn a_torn_tail_is_truncated_and_the_log_continues() {
     run(async {
         let disk = log_of(10).await;
         let name = segment::file_name(0);
-        let end = disk.file_len(&name).unwrap();
+        let end = BLOCK_BYTES * 11;
         // The first 1000 bytes of a copy of the last frame: a valid header, a cut payload.
         let last_frame = disk.read_file(&name).unwrap()[(end - BLOCK_BYTES) as usize..][..1000].to_vec();
         disk.overwrite(&name, end, &last_frame);
         let (wal, replayed, report) = reopen(&disk).await.unwrap();
         assert_eq!(replayed.len(), 10);
         assert_eq!(report.truncated.as_ref().map(|(_, at)| *at), Some(end));
-        assert_eq!(disk.file_len(&name), Some(end));
+        let after_cut = disk.read_file(&name).unwrap();
+        assert!(after_cut[end as usize..].iter().all(|&b| b == 0), "the torn bytes are gone");
         assert_eq!(wal.append(b"next").await.unwrap().seq, 10);
         wal.close().await.unwrap();
         let (_, replayed, report) = reopen(&disk).await.unwrap();
@@ -105,7 +107,7 @@ fn damage_to_the_last_flush_reads_as_a_torn_tail() {
     run(async {
         let disk = log_of(10).await;
         let name = segment::file_name(0);
-        let last_frame = disk.file_len(&name).unwrap() - BLOCK_BYTES;
+        let last_frame = BLOCK_BYTES * 10;
         disk.flip_bit(&name, last_frame + 500, 5);
         let (_, replayed, report) = reopen(&disk).await.unwrap();
         assert_eq!(replayed.len(), 9);
@@ -165,5 +167,36 @@ fn a_segment_torn_while_being_created_is_removed() {
         assert!(!disk.list_names().contains(&torn));
         assert_eq!(wal.append(b"continues").await.unwrap().seq, 5);
         wal.close().await.unwrap();
+    });
+}
+
+#[test]
+fn a_zeroed_block_before_durable_frames_is_refused() {
+    run(async {
+        let disk = log_of(10).await;
+        let name = segment::file_name(0);
+        disk.overwrite(&name, BLOCK_BYTES * 4, &[0u8; BLOCK_BYTES as usize]);
+        assert_refused(&disk, &name, BLOCK_BYTES * 4).await;
+    });
+}
+
+#[test]
+fn a_reader_reports_corruption_found_after_open() {
+    run(async {
+        let disk = log_of(10).await;
+        let (wal, _, _) = reopen(&disk).await.unwrap();
+        let name = segment::file_name(0);
+        disk.flip_bit(&name, BLOCK_BYTES * 2 + 300, 6);
+        assert_eq!(wal.read(0).await.unwrap().len(), 3000, "undamaged frames still read");
+        match wal.read(1).await {
+            Err(Error::Corruption { path, offset, .. }) => {
+                assert!(path.ends_with(&name));
+                assert_eq!(offset, BLOCK_BYTES * 2);
+            }
+            other => panic!("expected corruption, got {other:?}"),
+        }
+        let mut reader = wal.reader(0).unwrap();
+        assert!(reader.next().await.unwrap().is_some());
+        assert!(matches!(reader.next().await, Err(Error::Corruption { .. })));
     });
 }

@@ -37,7 +37,9 @@ const _: () = assert!(FRAME_HEADER_BYTES as u64 <= crate::config::BLOCK_BYTES);
 pub enum FrameDefect {
     /// Fewer bytes than a header or than the declared payload.
     Short,
-    /// The magic number is absent (zeros are the usual case: nothing was ever written here).
+    /// The header is all zeros: nothing was ever written here (the end of the log).
+    Unwritten,
+    /// The magic number is absent.
     NoMagic,
     /// A version this build does not read.
     Version,
@@ -56,6 +58,7 @@ impl FrameDefect {
     pub fn reason(self) -> &'static str {
         match self {
             FrameDefect::Short => "frame is cut short",
+            FrameDefect::Unwritten => "unwritten (zero) block",
             FrameDefect::NoMagic => "no frame magic",
             FrameDefect::Version => "unknown frame version",
             FrameDefect::Header => "frame header field out of bounds",
@@ -120,7 +123,8 @@ impl FrameHeader {
             return Err(FrameDefect::Short);
         }
         if le_u32(bytes, 0) != FRAME_MAGIC {
-            return Err(FrameDefect::NoMagic);
+            let unwritten = bytes[..FRAME_HEADER_BYTES].iter().all(|&b| b == 0);
+            return Err(if unwritten { FrameDefect::Unwritten } else { FrameDefect::NoMagic });
         }
         if le_u16(bytes, 4) != FRAME_VERSION {
             return Err(FrameDefect::Version);
@@ -375,7 +379,8 @@ mod tests {
     }
 
     #[test]
-    fn zeros_have_no_magic() {
-        assert_eq!(FrameHeader::decode(&[0u8; 64], 1 << 20), Err(FrameDefect::NoMagic));
+    fn zeros_read_as_unwritten() {
+        assert_eq!(FrameHeader::decode(&[0u8; 64], 1 << 20), Err(FrameDefect::Unwritten));
+        assert_eq!(FrameHeader::decode(&[1u8; 64], 1 << 20), Err(FrameDefect::NoMagic));
     }
 }

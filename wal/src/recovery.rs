@@ -16,6 +16,7 @@ use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::rc::Rc;
 
+use crate::batch::FrameDefect;
 use crate::config::{WalConfig, BLOCK_BYTES};
 use crate::cursor::{next_frame_offset, FrameCursor};
 use crate::disk::{Disk, DiskFile};
@@ -72,8 +73,8 @@ pub(crate) async fn recover<D: Disk>(
         let header = match read_header(disk, &name, &file, config).await? {
             Ok(header) => header,
             Err(reason) => {
-                let torn_creation =
-                    is_last && later_durable_frame(&file, size, BLOCK_BYTES, 0, config).await.ok() == Some(None);
+                let rest = scan_rest(&file, size, BLOCK_BYTES, 0, config).await;
+                let torn_creation = is_last && rest.is_ok_and(|rest| rest.proof.is_none());
                 if !torn_creation {
                     return Err(corruption(disk, &name, 0, reason));
                 }
@@ -173,44 +174,77 @@ async fn scan_segment<D: Disk>(
                 offset = next;
                 continue;
             }
-            Ok(_) => "frame out of sequence or off the checksum chain",
-            Err(defect) => defect.reason(),
+            Ok(_) => Some("frame out of sequence or off the checksum chain"),
+            Err(FrameDefect::Unwritten) => None,
+            Err(defect) => Some(defect.reason()),
         };
-        if !is_last {
-            return Err(Error::Corruption { path: path(), offset, reason: defect });
+        // Past the last frame of a sealed segment is space never written; any defect other
+        // than that, or any valid frame after it, is corruption.
+        let synced_min = if is_last { expected_seq + 1 } else { 0 };
+        if let (false, Some(reason)) = (is_last, defect) {
+            return Err(Error::Corruption { path: path(), offset, reason });
         }
-        let proof = later_durable_frame(&segment.file, size, offset + BLOCK_BYTES, expected_seq + 1, config)
+        let rest = scan_rest(&segment.file, size, offset + BLOCK_BYTES, synced_min, config)
             .await
             .map_err(|e| Error::io("read", path(), e))?;
-        if proof.is_some() {
-            return Err(Error::Corruption { path: path(), offset, reason: defect });
+        if rest.proof.is_some() {
+            let reason = defect.unwrap_or("unwritten block before a durable frame");
+            return Err(Error::Corruption { path: path(), offset, reason });
         }
-        segment.file.truncate(offset).await.map_err(|e| Error::io("truncate", path(), e))?;
-        segment.file.fdatasync().await.map_err(|e| Error::io("fdatasync", path(), e))?;
-        report.truncated = Some((path(), offset));
+        if is_last && (defect.is_some() || rest.dirty) {
+            cut_tail(disk, segment, offset, config).await?;
+            report.truncated = Some((path(), offset));
+        }
         break;
     }
     Ok(prev_checksum)
 }
 
+/// What lies after the end of a segment's valid frames.
+struct Rest {
+    /// Offset of a valid frame whose `synced_seq` proves the log was durable past the end.
+    proof: Option<u64>,
+    /// Some block after the end holds bytes (a torn write), not zeros.
+    dirty: bool,
+}
+
 /// Looks at every block from `from` on for a valid frame whose `synced_seq` is at least
-/// `synced_min`: proof that the log was durable past a damaged spot before it. Returns its
-/// offset.
-async fn later_durable_frame<F: DiskFile>(
+/// `synced_min` (proof that the log was durable past a damaged spot before it), and for any
+/// written block at all.
+async fn scan_rest<F: DiskFile>(
     file: &Rc<F>,
     size: u64,
     from: u64,
     synced_min: u64,
     config: &WalConfig,
-) -> std::io::Result<Option<u64>> {
+) -> std::io::Result<Rest> {
     let mut cursor = FrameCursor::new(file.clone(), size, config.read_chunk_bytes, config.frame_payload_bytes_max);
+    let mut rest = Rest { proof: None, dirty: false };
     let mut offset = from;
     while offset < size {
         match cursor.frame_at(offset).await? {
-            Ok(frame) if frame.header.synced_seq >= synced_min => return Ok(Some(offset)),
-            Ok(frame) => offset = next_frame_offset(offset, &frame.header),
-            Err(_) => offset += BLOCK_BYTES,
+            Ok(frame) if frame.header.synced_seq >= synced_min => {
+                rest.proof = Some(offset);
+                return Ok(rest);
+            }
+            Ok(frame) => {
+                rest.dirty = true;
+                offset = next_frame_offset(offset, &frame.header);
+            }
+            Err(defect) => {
+                rest.dirty |= defect != FrameDefect::Unwritten;
+                offset += BLOCK_BYTES;
+            }
         }
     }
-    Ok(None)
+    Ok(rest)
+}
+
+/// Cuts the last segment at `offset`: everything after reads as zeros again, durably, with the
+/// segment's space still reserved.
+async fn cut_tail<D: Disk>(disk: &D, segment: &SegmentState<D::File>, offset: u64, config: &WalConfig) -> Result<()> {
+    let path = || disk.path_of(&segment.name);
+    segment.file.truncate(offset).await.map_err(|e| Error::io("truncate", path(), e))?;
+    segment.file.preallocate(config.segment_bytes).await.map_err(|e| Error::io("fallocate", path(), e))?;
+    segment.file.fdatasync().await.map_err(|e| Error::io("fdatasync", path(), e))
 }

@@ -265,6 +265,7 @@ impl<D: Disk> Writer<D> {
             let short = std::io::Error::new(std::io::ErrorKind::WriteZero, "short segment header write");
             return Err(Error::io("write", path(), short));
         }
+        file.preallocate(self.shared.config.segment_bytes).await.map_err(|e| Error::io("fallocate", path(), e))?;
         file.fdatasync().await.map_err(|e| Error::io("fdatasync", path(), e))?;
         disk.sync_dir().await.map_err(|e| Error::io("sync directory", disk.path_of(""), e))?;
         let segment = Rc::new(SegmentState::new(base_seq, name, Rc::new(file)));

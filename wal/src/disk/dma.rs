@@ -133,6 +133,10 @@ impl DiskFile for DmaFile {
         DmaFile::fdatasync(self).await.map_err(io::Error::from)
     }
 
+    async fn preallocate(&self, len: u64) -> io::Result<()> {
+        DmaFile::pre_allocate(self, len, false).await.map_err(io::Error::from)
+    }
+
     async fn truncate(&self, len: u64) -> io::Result<()> {
         DmaFile::truncate(self, len).await.map_err(io::Error::from)
     }

@@ -61,6 +61,9 @@ pub trait DiskFile: 'static {
     async fn read_at(&self, offset: u64, len: usize) -> io::Result<Self::ReadBuf>;
     /// Makes every completed write of this file durable.
     async fn fdatasync(&self) -> io::Result<()>;
+    /// Reserves space for the file to grow to `len` bytes and sets its length to `len`; the
+    /// new bytes read as zeros (durable after the next `fdatasync`).
+    async fn preallocate(&self, len: u64) -> io::Result<()>;
     /// Sets the file's length (durable after the next `fdatasync`).
     async fn truncate(&self, len: u64) -> io::Result<()>;
     /// The file's current length.

@@ -357,6 +357,16 @@ impl DiskFile for SimFile {
         Ok(())
     }
 
+    async fn preallocate(&self, len: u64) -> io::Result<()> {
+        self.disk.begin(Some(self.generation))?;
+        let mut inode = self.inode.borrow_mut();
+        if (inode.live.len() as u64) < len {
+            inode.live.resize(len as usize, 0);
+            inode.unsynced.push(UnsyncedOp::Truncate(len));
+        }
+        Ok(())
+    }
+
     async fn truncate(&self, len: u64) -> io::Result<()> {
         self.disk.begin(Some(self.generation))?;
         let mut inode = self.inode.borrow_mut();

@@ -1,0 +1,208 @@
+//! `tradeshard wal-bench`: N appenders append B-byte records to one log for a duration.
+//!
+//! It measures what an acknowledged append costs on this disk: records and bytes per second,
+//! fsyncs per second, records carried by each fsync (group commit at work), and the latency
+//! of each append from call to acknowledgement. The log runs on one pinned glommio executor,
+//! as a shard would.
+
+use std::cell::{Cell, RefCell};
+use std::path::PathBuf;
+use std::rc::Rc;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context};
+use glommio::{LocalExecutorBuilder, Placement};
+use indicatif::{ProgressBar, ProgressStyle};
+use serde::Serialize;
+use tradeshard_wal::disk::DmaDisk;
+use tradeshard_wal::{Compression, Durability, Wal, WalConfig, WalStats};
+
+use crate::latency::{self, LatencySummary};
+
+#[derive(clap::Args, Debug, Clone)]
+pub struct Args {
+    /// Directory for the log (must be empty or absent); a temporary one when omitted.
+    #[arg(long)]
+    dir: Option<PathBuf>,
+    /// Appenders, each with one append outstanding.
+    #[arg(long, default_value_t = 256)]
+    concurrency: usize,
+    /// Bytes per record.
+    #[arg(long, default_value_t = 256)]
+    record_bytes: usize,
+    /// How long to append (500ms, 5s, 1m).
+    #[arg(long, default_value = "5s", value_parser = latency::parse_duration)]
+    duration: Duration,
+    /// sync: acknowledge after fdatasync; buffered: after the write, fdatasync every 10 ms.
+    #[arg(long, default_value = "sync", value_parser = ["sync", "buffered"])]
+    durability: String,
+    /// Compress frames with LZ4 when it pays (records are random bytes, so it rarely does).
+    #[arg(long)]
+    lz4: bool,
+    /// CPU to pin the log's executor to.
+    #[arg(long, default_value_t = 0)]
+    cpu: usize,
+    /// Print the summary as one JSON object on stdout.
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(Serialize)]
+struct Summary {
+    records_per_sec: f64,
+    bytes_per_sec: f64,
+    fsyncs_per_sec: f64,
+    records_per_fsync: f64,
+    latency_us: LatencySummary,
+    records: u64,
+    fsyncs: u64,
+    disk_bytes_written: u64,
+    elapsed_sec: f64,
+    concurrency: usize,
+    record_bytes: usize,
+    durability: String,
+    errors: u64,
+}
+
+pub fn run(args: Args) -> anyhow::Result<()> {
+    if args.concurrency == 0 || args.concurrency > 1 << 20 {
+        bail!("--concurrency must be between 1 and 1048576");
+    }
+    let config = WalConfig {
+        durability: match args.durability.as_str() {
+            "sync" => Durability::Sync,
+            _ => Durability::Buffered { sync_interval: Duration::from_millis(10) },
+        },
+        compression: if args.lz4 { Compression::Lz4 } else { Compression::None },
+        pending_records_max: args.concurrency.max(1 << 10),
+        pending_bytes_max: (args.concurrency * (args.record_bytes + 4)).clamp(16 << 20, 1 << 30),
+        ..WalConfig::default()
+    };
+    if args.record_bytes > config.record_bytes_max as usize {
+        bail!("--record-bytes is above the log's record limit of {} bytes", config.record_bytes_max);
+    }
+    let temp;
+    let dir = match &args.dir {
+        Some(dir) => {
+            if dir.exists() && std::fs::read_dir(dir)?.next().is_some() {
+                bail!("{} is not empty: wal-bench needs a fresh directory", dir.display());
+            }
+            dir.clone()
+        }
+        None => {
+            temp = tempfile::Builder::new().prefix("tradeshard-wal-bench").tempdir_in(".")?;
+            temp.path().to_path_buf()
+        }
+    };
+    eprintln!(
+        "wal-bench: dir={} concurrency={} record_bytes={} duration={:?} durability={} lz4={} cpu={}",
+        dir.display(),
+        args.concurrency,
+        args.record_bytes,
+        args.duration,
+        args.durability,
+        args.lz4,
+        args.cpu
+    );
+    let executor = LocalExecutorBuilder::new(Placement::Fixed(args.cpu))
+        .name("wal-bench")
+        .make()
+        .map_err(|e| anyhow::anyhow!("starting the executor on cpu {}: {e}", args.cpu))?;
+    let bench_args = args.clone();
+    let summary = executor.run(async move { bench(bench_args, dir, config).await })?;
+    if args.json {
+        println!("{}", serde_json::to_string(&summary)?);
+    } else {
+        print_table(&summary);
+    }
+    if summary.errors > 0 {
+        bail!("{} appends failed", summary.errors);
+    }
+    Ok(())
+}
+
+async fn bench(args: Args, dir: PathBuf, config: WalConfig) -> anyhow::Result<Summary> {
+    let disk = DmaDisk::new(&dir).with_context(|| format!("opening {}", dir.display()))?;
+    let (wal, _) = Wal::open(disk, config, |_, _| {}).await?;
+    let wal = Rc::new(wal);
+    let stop = Rc::new(Cell::new(false));
+    let errors = Rc::new(Cell::new(0u64));
+    let histogram = Rc::new(RefCell::new(latency::new_histogram()));
+    let start = Instant::now();
+    let appenders: Vec<_> = (0..args.concurrency)
+        .map(|i| {
+            let (wal, stop, errors, histogram) = (wal.clone(), stop.clone(), errors.clone(), histogram.clone());
+            let record: Vec<u8> = (0..args.record_bytes).map(|b| (b * 31 + i * 7) as u8).collect();
+            glommio::spawn_local(async move {
+                while !stop.get() {
+                    let sent = Instant::now();
+                    if wal.append(&record).await.is_err() {
+                        errors.set(errors.get() + 1);
+                        stop.set(true);
+                    }
+                    latency::record(&mut histogram.borrow_mut(), sent.elapsed().as_micros() as u64);
+                }
+            })
+        })
+        .collect();
+    let progress = progress_bar(args.duration);
+    while start.elapsed() < args.duration && !stop.get() {
+        glommio::timer::sleep(Duration::from_millis(200).min(args.duration)).await;
+        let stats = wal.stats();
+        let elapsed = start.elapsed().as_secs_f64();
+        progress.set_position(start.elapsed().as_millis().min(args.duration.as_millis()) as u64);
+        progress.set_message(format!(
+            "{:.0} records/s, {:.0} fsyncs/s",
+            stats.records as f64 / elapsed,
+            stats.fsyncs as f64 / elapsed
+        ));
+    }
+    stop.set(true);
+    let stats_at_stop = wal.stats();
+    let elapsed = start.elapsed().as_secs_f64();
+    for appender in appenders {
+        appender.await;
+    }
+    progress.finish_and_clear();
+    let wal = Rc::try_unwrap(wal).map_err(|_| anyhow::anyhow!("appenders still hold the log"))?;
+    wal.close().await?;
+    let histogram = histogram.borrow();
+    Ok(summarize(&args, stats_at_stop, elapsed, latency::summarize(&histogram), errors.get()))
+}
+
+fn summarize(args: &Args, stats: WalStats, elapsed: f64, latency_us: LatencySummary, errors: u64) -> Summary {
+    Summary {
+        records_per_sec: stats.records as f64 / elapsed,
+        bytes_per_sec: stats.record_bytes as f64 / elapsed,
+        fsyncs_per_sec: stats.fsyncs as f64 / elapsed,
+        records_per_fsync: if stats.fsyncs == 0 { 0.0 } else { stats.records as f64 / stats.fsyncs as f64 },
+        latency_us,
+        records: stats.records,
+        fsyncs: stats.fsyncs,
+        disk_bytes_written: stats.disk_bytes,
+        elapsed_sec: elapsed,
+        concurrency: args.concurrency,
+        record_bytes: args.record_bytes,
+        durability: args.durability.clone(),
+        errors,
+    }
+}
+
+fn progress_bar(duration: Duration) -> ProgressBar {
+    let bar = ProgressBar::new(duration.as_millis() as u64);
+    let style = ProgressStyle::with_template("{elapsed_precise} [{bar:30}] {msg}").expect("valid template");
+    bar.set_style(style.progress_chars("=> "));
+    bar
+}
+
+fn print_table(s: &Summary) {
+    println!("records/s          {:>14.0}", s.records_per_sec);
+    println!("MB/s               {:>14.1}", s.bytes_per_sec / 1e6);
+    println!("fsyncs/s           {:>14.0}", s.fsyncs_per_sec);
+    println!("records per fsync  {:>14.1}", s.records_per_fsync);
+    println!(
+        "append latency µs  p50 {} / p99 {} / p99.9 {} / max {}",
+        s.latency_us.p50, s.latency_us.p99, s.latency_us.p999, s.latency_us.max
+    );
+    println!("records {} in {:.2} s, {} bytes written to disk", s.records, s.elapsed_sec, s.disk_bytes_written);
+}
