@@ -106,6 +106,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     );
     let executor = LocalExecutorBuilder::new(Placement::Fixed(args.cpu))
         .name("wal-bench")
+        .io_memory(64 << 20)
         .make()
         .map_err(|e| anyhow::anyhow!("starting the executor on cpu {}: {e}", args.cpu))?;
     let bench_args = args.clone();

@@ -230,6 +230,15 @@ impl SimDisk {
         inode.live[offset as usize] ^= 1 << (bit % 8);
     }
 
+    /// Creates (or replaces) `name` holding `bytes`, durably: a disk image for tests and fuzzing.
+    pub fn put_file(&self, name: &str, bytes: &[u8]) {
+        let inode =
+            InodeRef::new(RefCell::new(Inode { live: bytes.to_vec(), durable: bytes.to_vec(), unsynced: Vec::new() }));
+        let mut state = self.state.borrow_mut();
+        state.live_names.insert(name.to_string(), inode.clone());
+        state.durable_names.insert(name.to_string(), inode);
+    }
+
     /// Overwrites durable (and live) bytes directly, bypassing the fault model.
     pub fn overwrite(&self, name: &str, offset: u64, data: &[u8]) {
         let state = self.state.borrow();
