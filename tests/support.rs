@@ -4,7 +4,7 @@
 use std::future::Future;
 
 use tradeshard_wal::disk::SplitMix64;
-use tradeshard_wal::{Compression, Durability, WalConfig};
+use tradeshard_wal::{Compression, Durability, Preallocation, WalConfig};
 
 /// Runs `future` to completion on a fresh glommio executor on this thread.
 pub fn run<T>(future: impl Future<Output = T>) -> T {
@@ -12,6 +12,8 @@ pub fn run<T>(future: impl Future<Output = T>) -> T {
 }
 
 /// A log configuration small enough that tests roll segments, split frames and fill queues.
+/// Segments are made at the roll (`Preallocation::Reserved`), so that a test can name the
+/// operations of one flush; `zeroed_config` prepares them in the background instead.
 pub fn small_config() -> WalConfig {
     WalConfig {
         shard_id: 7,
@@ -22,9 +24,15 @@ pub fn small_config() -> WalConfig {
         pending_records_max: 512,
         durability: Durability::Sync,
         compression: Compression::Lz4,
+        preallocation: Preallocation::Reserved,
         read_chunk_bytes: 16 << 10,
         index_interval_bytes: 8 << 10,
     }
+}
+
+/// `small_config` with the next segment zero-filled in the background.
+pub fn zeroed_config() -> WalConfig {
+    WalConfig { preallocation: Preallocation::Zeroed, ..small_config() }
 }
 
 /// A record of random length up to `max_len`: random bytes, or a compressible pattern.

@@ -12,7 +12,7 @@ use std::collections::BTreeMap;
 use std::rc::Rc;
 use std::time::Duration;
 
-use tradeshard_tests::{random_record, run, seeds, small_config};
+use tradeshard_tests::{random_record, run, seeds, small_config, zeroed_config};
 use tradeshard_wal::disk::{SimDisk, SplitMix64};
 use tradeshard_wal::{Durability, Error, Wal, WalConfig};
 
@@ -107,11 +107,11 @@ async fn appender(wal: Rc<Wal<SimDisk>>, model: Rc<RefCell<Model>>, seed: u64, c
     }
 }
 
-async fn run_seed(seed: u64, durability: Durability, coverage: &mut Coverage) -> Result<(), String> {
+async fn run_seed(seed: u64, config: &WalConfig, coverage: &mut Coverage) -> Result<(), String> {
     let mut rng = SplitMix64::new(seed);
     let disk = SimDisk::new();
     let model = Rc::new(RefCell::new(Model::default()));
-    let config = WalConfig { durability, ..small_config() };
+    let durability = config.durability;
     for incarnation in 0..4 {
         if rng.one_in(6) {
             disk.crash_at_op(disk.ops() + 1 + rng.below(8));
@@ -154,26 +154,29 @@ async fn run_seed(seed: u64, durability: Durability, coverage: &mut Coverage) ->
         disk.crash(rng.next_u64());
     }
     let mut replayed = Vec::new();
-    let (wal, _) = Wal::open(disk.clone(), config, |seq, r| replayed.push((seq, r.to_vec())))
+    let (wal, _) = Wal::open(disk.clone(), config.clone(), |seq, r| replayed.push((seq, r.to_vec())))
         .await
         .map_err(|e| format!("final open failed: {e}"))?;
     check_recovery(&mut model.borrow_mut(), &replayed, durability).map_err(|e| format!("final: {e}"))?;
     wal.close().await.map_err(|e| format!("close: {e}"))
 }
 
-fn campaign(default_seeds: u64, durability: Durability) {
+fn campaign(default_seeds: u64, config: WalConfig) {
     let seeds = seeds(default_seeds);
     let count = seeds.len();
+    let (durability, preallocation) = (config.durability, config.preallocation);
     let coverage = run(async move {
         let mut coverage = Coverage::default();
         for seed in seeds {
-            if let Err(failure) = run_seed(seed, durability, &mut coverage).await {
-                panic!("seed {seed} ({durability:?}): {failure}\nreplay with TRADESHARD_SIM_SEED={seed}");
+            if let Err(failure) = run_seed(seed, &config, &mut coverage).await {
+                panic!(
+                    "seed {seed} ({durability:?}, {preallocation:?}): {failure}\nreplay with TRADESHARD_SIM_SEED={seed}"
+                );
             }
         }
         coverage
     });
-    println!("crash campaign: {count} seeds under {durability:?}, no violation; {coverage:?}");
+    println!("crash campaign: {count} seeds, {durability:?}, {preallocation:?}, no violation; {coverage:?}");
     if count >= 100 {
         assert!(
             coverage.acked > 0
@@ -187,10 +190,16 @@ fn campaign(default_seeds: u64, durability: Durability) {
 
 #[test]
 fn acknowledged_records_survive_crashes_exactly_once() {
-    campaign(1500, Durability::Sync);
+    campaign(1000, small_config());
+}
+
+#[test]
+fn acknowledged_records_survive_crashes_with_segments_prepared_ahead() {
+    campaign(700, zeroed_config());
 }
 
 #[test]
 fn buffered_crashes_lose_only_a_suffix_and_never_look_corrupt() {
-    campaign(500, Durability::Buffered { sync_interval: Duration::from_micros(200) });
+    let buffered = Durability::Buffered { sync_interval: Duration::from_micros(200) };
+    campaign(400, WalConfig { durability: buffered, ..zeroed_config() });
 }

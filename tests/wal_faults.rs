@@ -5,13 +5,17 @@
 //! disk works again, keeps acknowledged records readable, and loses none of them across a
 //! crash; a failure during recovery fails the open and a later open succeeds.
 
-use tradeshard_tests::{run, small_config};
+use tradeshard_tests::{run, small_config, zeroed_config};
 use tradeshard_wal::disk::{Fault, SimDisk};
-use tradeshard_wal::{Error, Wal};
+use tradeshard_wal::{Error, Wal, WalConfig};
 
 async fn open(disk: &SimDisk) -> (Wal<SimDisk>, Vec<Vec<u8>>) {
+    open_with(disk, small_config()).await
+}
+
+async fn open_with(disk: &SimDisk, config: WalConfig) -> (Wal<SimDisk>, Vec<Vec<u8>>) {
     let mut replayed = Vec::new();
-    let (wal, _) = Wal::open(disk.clone(), small_config(), |_, r| replayed.push(r.to_vec())).await.unwrap();
+    let (wal, _) = Wal::open(disk.clone(), config, |_, r| replayed.push(r.to_vec())).await.unwrap();
     (wal, replayed)
 }
 
@@ -67,9 +71,9 @@ fn full_disk_is_a_clear_error_and_loses_nothing_acknowledged() {
 
 /// Appends 40 records of 3 KiB (rolling a 64 KiB segment every ~18) with operation `n` of
 /// the write path failing; returns how many were acknowledged, after checking the rules.
-async fn append_with_fault_at(n: u64, fault: Fault) -> Option<usize> {
+async fn append_with_fault_at(n: u64, fault: Fault, config: &WalConfig) -> Option<usize> {
     let disk = SimDisk::new();
-    let (wal, _) = open(&disk).await;
+    let (wal, _) = open_with(&disk, config.clone()).await;
     disk.fail_op(disk.ops() + n, fault);
     let mut acked = Vec::new();
     let mut first_error = None;
@@ -109,11 +113,24 @@ fn every_write_path_operation_failing_is_a_typed_error_and_loses_nothing() {
     run(async {
         for fault in [Fault::Eio, Fault::Enospc] {
             let mut n = 1;
-            while append_with_fault_at(n, fault).await.is_some() {
+            while append_with_fault_at(n, fault, &small_config()).await.is_some() {
                 n += 1;
             }
             // 40 flushes of a write and an fdatasync, plus the segment creations.
             assert!(n > 80, "{fault:?}: the sweep stopped hitting the write path after {n} operations");
+        }
+    });
+}
+
+#[test]
+fn faults_while_preparing_segments_ahead_are_typed_errors_and_lose_nothing() {
+    run(async {
+        for fault in [Fault::Eio, Fault::Enospc] {
+            let mut hit = 0;
+            for n in 1..=150 {
+                hit += append_with_fault_at(n, fault, &zeroed_config()).await.is_some() as u32;
+            }
+            assert!(hit > 80, "{fault:?}: only {hit} of 150 faults reached an append");
         }
     });
 }

@@ -4,7 +4,7 @@
 
 use std::rc::Rc;
 
-use tradeshard_tests::{random_record, run, small_config};
+use tradeshard_tests::{random_record, run, small_config, zeroed_config};
 use tradeshard_wal::disk::{Disk, DmaDisk, SimDisk, SplitMix64};
 use tradeshard_wal::{Error, Wal, WalConfig};
 
@@ -60,8 +60,8 @@ async fn append_all<D: Disk>(wal: &Wal<D>, records: &[Vec<u8>]) -> Vec<tradeshar
     acks
 }
 
-async fn appended_records_read_back_in_order<D: Disk>(disk: D) {
-    let (wal, replayed) = open(&disk, small_config()).await;
+async fn appended_records_read_back_in_order<D: Disk>(disk: D, config: WalConfig) {
+    let (wal, replayed) = open(&disk, config).await;
     assert!(replayed.is_empty());
     let mut rng = SplitMix64::new(1);
     let records: Vec<Vec<u8>> = (0..300).map(|_| random_record(&mut rng, 4096)).collect();
@@ -89,7 +89,20 @@ async fn appended_records_read_back_in_order<D: Disk>(disk: D) {
 
 #[test]
 fn appended_records_read_back_in_order_and_roll_segments() {
-    on_both_disks(|choice| async move { with_disk!(choice(), |disk| appended_records_read_back_in_order(disk).await) });
+    let config = small_config();
+    on_both_disks(|choice| {
+        let config = config.clone();
+        async move { with_disk!(choice(), |disk| appended_records_read_back_in_order(disk, config).await) }
+    });
+}
+
+#[test]
+fn segments_prepared_ahead_read_back_in_order() {
+    let config = zeroed_config();
+    on_both_disks(|choice| {
+        let config = config.clone();
+        async move { with_disk!(choice(), |disk| appended_records_read_back_in_order(disk, config).await) }
+    });
 }
 
 async fn reopen_continues_numbering<D: Disk>(disk: D) {

@@ -34,6 +34,19 @@ pub enum Compression {
     Lz4,
 }
 
+/// How segment files get their space.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Preallocation {
+    /// The next segment is created ahead of need, reserved with `fallocate` and filled with
+    /// zeros, in the background. Appends then overwrite blocks the filesystem already counts as
+    /// written, so fdatasync flushes data alone, without a metadata journal commit: on the
+    /// measured disk that nearly doubles fdatasyncs per second. Each segment is written twice.
+    Zeroed,
+    /// Segments are reserved with `fallocate` when created; the first write to each block
+    /// still changes extent metadata, which fdatasync must journal.
+    Reserved,
+}
+
 /// The smallest payload worth trying to compress.
 pub const LZ4_MIN_BYTES: usize = 512;
 
@@ -56,6 +69,8 @@ pub struct WalConfig {
     pub durability: Durability,
     /// Whether payloads are compressed.
     pub compression: Compression,
+    /// How segment files get their space.
+    pub preallocation: Preallocation,
     /// Size of the reads made when scanning the log sequentially (recovery, iteration).
     pub read_chunk_bytes: usize,
     /// Distance in bytes between entries of a segment's sparse sequence-number index.
@@ -73,6 +88,7 @@ impl Default for WalConfig {
             pending_records_max: 1 << 18,
             durability: Durability::Sync,
             compression: Compression::Lz4,
+            preallocation: Preallocation::Zeroed,
             read_chunk_bytes: 1 << 20,
             index_interval_bytes: 64 << 10,
         }

@@ -16,13 +16,14 @@ pub mod disk;
 mod error;
 mod reader;
 mod recovery;
+mod roll;
 pub mod segment;
 mod state;
 mod wal;
 mod writer;
 
 pub use commit::{Appended, FramePos, Ticket};
-pub use config::{align_up, Compression, Durability, WalConfig, BLOCK_BYTES, LZ4_MIN_BYTES};
+pub use config::{align_up, Compression, Durability, Preallocation, WalConfig, BLOCK_BYTES, LZ4_MIN_BYTES};
 pub use error::{Error, Result};
 pub use reader::LogReader;
 pub use recovery::RecoveryReport;

@@ -60,6 +60,11 @@ pub(crate) async fn recover<D: Disk>(
     replay: &mut dyn FnMut(u64, &[u8]),
 ) -> Result<Recovered<D::File>> {
     let names = disk.list().map_err(|e| Error::io("list", disk.path_of(""), e))?;
+    if names.iter().any(|name| name == segment::PREPARED_NAME) {
+        let path = disk.path_of(segment::PREPARED_NAME);
+        disk.remove(segment::PREPARED_NAME).await.map_err(|e| Error::io("remove", path, e))?;
+        disk.sync_dir().await.map_err(|e| Error::io("sync directory", disk.path_of(""), e))?;
+    }
     let mut bases: Vec<u64> = names.iter().filter_map(|name| segment::parse_file_name(name)).collect();
     bases.sort_unstable();
 

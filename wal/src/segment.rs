@@ -22,6 +22,11 @@ const DIGITS: usize = 20;
 const CHECKSUM_OFFSET: usize = 56;
 const _: () = assert!(SEGMENT_HEADER_BYTES as u64 <= BLOCK_BYTES);
 
+/// The file name of the next segment while it is being prepared (zero-filled) ahead of need.
+/// It never holds a frame: it is renamed to its segment name once its header is durable, and
+/// recovery removes a leftover one.
+pub const PREPARED_NAME: &str = "next-segment.prep";
+
 /// The file name of the segment whose first record is `base_seq`.
 pub fn file_name(base_seq: u64) -> String {
     format!("{base_seq:0DIGITS$}{SUFFIX}")

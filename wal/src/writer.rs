@@ -22,7 +22,7 @@ use crate::commit::{Batch, FlushedFrames, FramePos, Work};
 use crate::config::{align_up, Durability, BLOCK_BYTES};
 use crate::disk::{Disk, DiskFile, WriteBuf};
 use crate::error::{Error, Result};
-use crate::segment::{self, SegmentHeader};
+use crate::roll::{write_all, SegmentMaker};
 use crate::state::{SegmentState, Shared};
 
 /// A frame placed but not yet written.
@@ -48,6 +48,7 @@ pub(crate) struct Writer<D: Disk> {
     last_sync: Instant,
     compressed: Vec<Vec<u8>>,
     plan: Vec<PlannedFrame>,
+    maker: SegmentMaker<D>,
 }
 
 impl<D: Disk> Writer<D> {
@@ -56,7 +57,6 @@ impl<D: Disk> Writer<D> {
         let write_offset = tail.as_ref().map_or(BLOCK_BYTES, |t| t.end_offset.get());
         let synced_end = shared.visible_end.get();
         Writer {
-            shared,
             tail,
             write_offset,
             last_checksum,
@@ -65,11 +65,14 @@ impl<D: Disk> Writer<D> {
             last_sync: Instant::now(),
             compressed: Vec::new(),
             plan: Vec::new(),
+            maker: SegmentMaker::new(shared.disk.clone(), &shared.config),
+            shared,
         }
     }
 
     /// The flusher's life: flush batches until the log closes or fails.
     pub(crate) async fn run(mut self) {
+        self.maker.prepare_next();
         loop {
             if self.sync_due() {
                 if let Err(error) = self.sync_tail().await {
@@ -86,6 +89,7 @@ impl<D: Disk> Writer<D> {
                     Err(error) => {
                         self.shared.queue.borrow_mut().poison(error.clone());
                         batch.completion.complete(Err(error));
+                        self.maker.finish().await;
                         return;
                     }
                 },
@@ -95,6 +99,7 @@ impl<D: Disk> Writer<D> {
                             self.shared.queue.borrow_mut().poison(error);
                         }
                     }
+                    self.maker.finish().await;
                     return;
                 }
                 None => {} // the buffered sync interval elapsed; synced at the top of the loop
@@ -131,6 +136,7 @@ impl<D: Disk> Writer<D> {
     }
 
     async fn flush(&mut self, batch: &Batch) -> Result<FlushedFrames> {
+        self.maker.prepare_next();
         self.plan_frames(batch);
         let mut flushed = Vec::with_capacity(self.plan.len());
         let mut start = 0;
@@ -228,12 +234,7 @@ impl<D: Disk> Writer<D> {
         }
         let path = || self.shared.disk.path_of(&tail.name);
         self.tail_dirty = true;
-        let written = tail.file.write_at(buf, first_offset).await.map_err(|e| Error::io("write", path(), e))?;
-        if written != run_bytes {
-            let short =
-                std::io::Error::new(std::io::ErrorKind::WriteZero, format!("wrote {written} of {run_bytes} bytes"));
-            return Err(Error::io("write", path(), short));
-        }
+        write_all(&*tail.file, buf, first_offset, run_bytes).await.map_err(|e| Error::io("write", path(), e))?;
         self.write_offset = first_offset + run_bytes as u64;
         self.shared.count(|s| {
             s.disk_bytes += run_bytes as u64;
@@ -242,7 +243,7 @@ impl<D: Disk> Writer<D> {
         Ok(())
     }
 
-    /// Seals the tail segment (synced) and creates the next one, starting at `base_seq`.
+    /// Seals the tail segment (synced) and moves to a new one, starting at `base_seq`.
     async fn roll(&mut self, base_seq: u64, chain_seed: u64) -> Result<()> {
         if self.tail_dirty {
             let tail = self.tail.clone().expect("dirty implies a tail");
@@ -251,29 +252,13 @@ impl<D: Disk> Writer<D> {
             self.tail_dirty = false;
             self.shared.count(|s| s.fsyncs += 1);
         }
-        let disk = &self.shared.disk;
-        let name = segment::file_name(base_seq);
-        let path = || disk.path_of(&name);
-        let file = disk.create(&name).await.map_err(|e| Error::io("create", path(), e))?;
-        let mut buf = file.alloc(BLOCK_BYTES as usize);
-        let header = SegmentHeader { shard_id: self.shared.config.shard_id, base_seq, chain_seed };
-        let bytes = buf.bytes_mut();
-        bytes.fill(0);
-        bytes[..segment::SEGMENT_HEADER_BYTES].copy_from_slice(&header.encode());
-        let written = file.write_at(buf, 0).await.map_err(|e| Error::io("write", path(), e))?;
-        if written != BLOCK_BYTES as usize {
-            let short = std::io::Error::new(std::io::ErrorKind::WriteZero, "short segment header write");
-            return Err(Error::io("write", path(), short));
-        }
-        file.preallocate(self.shared.config.segment_bytes).await.map_err(|e| Error::io("fallocate", path(), e))?;
-        file.fdatasync().await.map_err(|e| Error::io("fdatasync", path(), e))?;
-        disk.sync_dir().await.map_err(|e| Error::io("sync directory", disk.path_of(""), e))?;
-        let segment = Rc::new(SegmentState::new(base_seq, name, Rc::new(file)));
+        let made = self.maker.make(base_seq, chain_seed).await?;
+        let segment = Rc::new(SegmentState::new(base_seq, made.name, Rc::new(made.file)));
         self.shared.segments.borrow_mut().insert(base_seq, segment.clone());
         self.shared.count(|s| {
             s.segments_created += 1;
-            s.fsyncs += 1;
-            s.disk_bytes += BLOCK_BYTES;
+            s.fsyncs += made.fsyncs;
+            s.disk_bytes += made.bytes_written;
         });
         self.tail = Some(segment);
         self.write_offset = BLOCK_BYTES;

@@ -94,6 +94,10 @@ impl Disk for DmaDisk {
         glommio::io::remove(self.dir.join(name)).await.map_err(io::Error::from)
     }
 
+    async fn rename(&self, from: &str, to: &str) -> io::Result<()> {
+        glommio::io::rename(self.dir.join(from), self.dir.join(to)).await.map_err(io::Error::from)
+    }
+
     async fn sync_dir(&self) -> io::Result<()> {
         self.directory().await?.sync().await.map_err(io::Error::from)
     }

@@ -32,6 +32,8 @@ pub trait Disk: Clone + 'static {
     async fn open(&self, name: &str) -> io::Result<Self::File>;
     /// Removes `name`.
     async fn remove(&self, name: &str) -> io::Result<()>;
+    /// Renames `from` to `to`, replacing `to` if it exists.
+    async fn rename(&self, from: &str, to: &str) -> io::Result<()>;
     /// Makes earlier creates and removes durable.
     async fn sync_dir(&self) -> io::Result<()>;
     /// Names of the files in the directory, in no particular order.

@@ -5,8 +5,10 @@
 //!   *durable*. Likewise a create or remove is durable only after `sync_dir`.
 //! - At a crash ([`SimDisk::crash`]) every unsynced write is, independently and driven by the
 //!   seed, lost, kept, or torn: a random subset of its 512-byte sectors reaches the media and
-//!   the rest does not (holes read back as zeros). Unsynced creates and removes each happen or
-//!   not. Unsynced truncations each happen or not.
+//!   the rest does not (holes read back as zeros). Each name whose entry changed since the last
+//!   `sync_dir` (create, remove, rename) ends up with its old or its new entry, independently
+//!   of every other name: harsher than a real rename, which is atomic. Unsynced truncations
+//!   and preallocations each happen or not.
 //! - Any chosen operation can fail with EIO or ENOSPC ([`SimDisk::fail_op`]); a failed write
 //!   writes nothing and a failed fdatasync makes nothing durable.
 //! - From a chosen operation on, the machine is down ([`SimDisk::crash_at_op`]): that call and
@@ -317,6 +319,14 @@ impl Disk for SimDisk {
         self.begin(None)?;
         let removed = self.state.borrow_mut().live_names.remove(name);
         removed.map(|_| ()).ok_or_else(|| io::Error::from(io::ErrorKind::NotFound))
+    }
+
+    async fn rename(&self, from: &str, to: &str) -> io::Result<()> {
+        self.begin(None)?;
+        let mut state = self.state.borrow_mut();
+        let inode = state.live_names.remove(from).ok_or_else(|| io::Error::from(io::ErrorKind::NotFound))?;
+        state.live_names.insert(to.to_string(), inode);
+        Ok(())
     }
 
     async fn sync_dir(&self) -> io::Result<()> {
