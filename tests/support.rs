@@ -62,3 +62,28 @@ pub fn seeds(default_count: u64) -> Vec<u64> {
         None => (0..seed_count(default_count)).collect(),
     }
 }
+
+/// Engine options for tests: a fresh directory, small segments (fast to prepare), `shards`
+/// physical shards on `executors` executors, unpinned (tests share the machine).
+pub fn engine_options(dir: &std::path::Path, shards: u32, executors: usize) -> tradeshard_engine::Options {
+    tradeshard_engine::Options {
+        physical_shards: Some(shards),
+        executors: Some(executors),
+        pin: false,
+        segment_bytes: 4 << 20,
+        io_memory_bytes: 4 << 20,
+        ..tradeshard_engine::Options::new(dir)
+    }
+}
+
+/// A valid new trade for `buyer`, order number `order`.
+pub fn new_trade(buyer: u64, order: u64, amount: u64) -> tradeshard_engine::NewTrade {
+    tradeshard_engine::NewTrade {
+        buyer_id: buyer,
+        merchant_id: 1000 + buyer % 7,
+        merchant_order_no: format!("ORD-{buyer}-{order}"),
+        amount,
+        currency: "CNY".into(),
+        memo: format!("order {order} of buyer {buyer}"),
+    }
+}

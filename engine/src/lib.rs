@@ -1,1 +1,140 @@
-//! placeholder
+//! tradeshard's embedded engine: open a data directory, get an [`EngineHandle`], create and
+//! change trades, read them back.
+//!
+//! ```no_run
+//! use tradeshard_engine::{Engine, NewTrade, Options};
+//!
+//! let engine = Engine::open(Options::new("/var/lib/trades"))?;
+//! let handle = engine.handle();
+//! let receipt = handle.create_trade_blocking(NewTrade {
+//!     buyer_id: 42,
+//!     merchant_id: 7,
+//!     merchant_order_no: "ORDER-1".into(),
+//!     amount: 1999,
+//!     currency: "CNY".into(),
+//!     memo: String::new(),
+//! })?;
+//! handle.pay_blocking(receipt.id)?;
+//! engine.close()?;
+//! # Ok::<(), tradeshard_engine::Error>(())
+//! ```
+//!
+//! The engine owns the executors (one per core, pinned), the routing of users and trade ids
+//! to shards, and the data directory (manifest and lock). It knows nothing of the bytes of the
+//! log.
+
+mod error;
+mod executor;
+mod handle;
+mod inbox;
+mod manifest;
+mod options;
+mod reply;
+mod routing;
+
+use glommio::ExecutorJoinHandle;
+
+pub use error::{Error, Result, TradeError};
+pub use handle::{EngineHandle, EngineStats};
+pub use manifest::{Manifest, FORMAT_VERSION};
+pub use options::{cores, Backpressure, Durability, Options};
+pub use routing::Routing;
+pub use tradeshard_shard::{Currency, NewTrade, Receipt, Trade, TradeId, TradeStatus};
+
+use crate::executor::ExecutorPlan;
+use crate::handle::HandleInner;
+use crate::inbox::Inbox;
+use crate::manifest::DataDir;
+
+/// An open engine. Close it with [`Engine::close`]; dropping it also closes it (errors are
+/// then lost, data is not: nothing acknowledged depends on closing).
+pub struct Engine {
+    handle: EngineHandle,
+    executors: Vec<ExecutorJoinHandle<Result<()>>>,
+    data_dir: DataDir,
+}
+
+impl Engine {
+    /// Opens (or creates) the data directory in `options` and starts the executors, each
+    /// replaying its shards' logs before this returns.
+    pub fn open(options: Options) -> Result<Engine> {
+        let logical_shards = options.logical_shards;
+        if logical_shards == 0 || logical_shards > tradeshard_shard::trade::LOGICAL_SHARDS_MAX {
+            return Err(Error::InvalidOptions(format!("logical_shards {logical_shards} is not in 1..=65536")));
+        }
+        let physical_shards = options.physical_shards.unwrap_or(cores() as u32);
+        if physical_shards == 0 || physical_shards > logical_shards {
+            return Err(Error::InvalidOptions(format!(
+                "physical_shards {physical_shards} is not in 1..=logical_shards"
+            )));
+        }
+        if options.queue_depth_max == 0 || options.executors == Some(0) {
+            return Err(Error::InvalidOptions("queue_depth_max and executors must be above zero".into()));
+        }
+        let new_layout = Manifest {
+            format_version: FORMAT_VERSION,
+            logical_shards,
+            physical_shards,
+            created_ms: std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_millis() as u64),
+        };
+        let data_dir = DataDir::open(&options.dir, new_layout)?;
+        let manifest = data_dir.manifest;
+        let executors = options.executors.unwrap_or(cores()).min(manifest.physical_shards as usize).max(1);
+        let routing =
+            Routing { logical_shards: manifest.logical_shards, physical_shards: manifest.physical_shards, executors };
+        let inboxes: Vec<_> =
+            (0..executors).map(|_| std::sync::Arc::new(Inbox::new(options.queue_depth_max))).collect();
+        let handle = EngineHandle {
+            inner: std::sync::Arc::new(HandleInner {
+                routing,
+                inboxes: inboxes.clone(),
+                backpressure: options.backpressure,
+            }),
+        };
+        let mut engine = Engine { handle, executors: Vec::new(), data_dir };
+        for (index, inbox) in inboxes.into_iter().enumerate() {
+            let shard_dirs = routing.shards_of_executor(index).map(|s| (s, engine.data_dir.shard_dir(s))).collect();
+            let plan = ExecutorPlan { index, shard_dirs, inbox };
+            engine.executors.push(executor::start(plan, &options)?);
+        }
+        Ok(engine)
+    }
+
+    /// A handle for requests; clone it freely, use it from any thread.
+    pub fn handle(&self) -> EngineHandle {
+        self.handle.clone()
+    }
+
+    /// The layout fixed when the data directory was created.
+    pub fn manifest(&self) -> Manifest {
+        self.data_dir.manifest
+    }
+
+    /// Finishes every request already queued, syncs and closes every shard, stops the
+    /// executors and releases the directory. Requests made after this fail with `Closed`.
+    pub fn close(mut self) -> Result<()> {
+        self.shutdown()
+    }
+
+    fn shutdown(&mut self) -> Result<()> {
+        for inbox in &self.handle.inner.inboxes {
+            inbox.close();
+        }
+        let mut first_error = None;
+        for (index, executor) in self.executors.drain(..).enumerate() {
+            let outcome = executor.join().map_err(|e| Error::Executor { executor: index, message: e.to_string() });
+            if let Err(error) = outcome.and_then(|closed| closed) {
+                first_error.get_or_insert(error);
+            }
+        }
+        first_error.map_or(Ok(()), Err)
+    }
+}
+
+impl Drop for Engine {
+    fn drop(&mut self) {
+        let _ = self.shutdown();
+    }
+}

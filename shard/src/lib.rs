@@ -1,1 +1,19 @@
-//! placeholder
+//! One shard of the trade store: the trade and its lifecycle, the records that are at once the
+//! log and the settlement events, the in-memory indexes rebuilt from them, and the path of a
+//! request through one shard's log.
+//!
+//! A shard lives on one executor and knows nothing of threads, routing or other shards.
+
+pub mod currency;
+pub mod error;
+pub mod index;
+pub mod record;
+pub mod shard;
+pub mod trade;
+
+pub use currency::Currency;
+pub use error::TradeError;
+pub use index::Action;
+pub use record::{RecordKind, TradeRecord};
+pub use shard::{Command, Done, ListQuery, Shard, ShardStats};
+pub use trade::{NewTrade, Receipt, Trade, TradeId, TradeStatus, ValidTrade};

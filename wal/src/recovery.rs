@@ -17,6 +17,7 @@ use std::path::PathBuf;
 use std::rc::Rc;
 
 use crate::batch::FrameDefect;
+use crate::commit::{Appended, FramePos};
 use crate::config::{WalConfig, BLOCK_BYTES};
 use crate::cursor::{next_frame_offset, FrameCursor};
 use crate::disk::{Disk, DiskFile};
@@ -57,7 +58,7 @@ fn corruption<D: Disk>(disk: &D, name: &str, offset: u64, reason: &'static str) 
 pub(crate) async fn recover<D: Disk>(
     disk: &D,
     config: &WalConfig,
-    replay: &mut dyn FnMut(u64, &[u8]),
+    replay: &mut dyn FnMut(Appended, &[u8]),
 ) -> Result<Recovered<D::File>> {
     let names = disk.list().map_err(|e| Error::io("list", disk.path_of(""), e))?;
     if names.iter().any(|name| name == segment::PREPARED_NAME) {
@@ -154,7 +155,7 @@ async fn scan_segment<D: Disk>(
     chain_seed: u64,
     is_last: bool,
     config: &WalConfig,
-    replay: &mut dyn FnMut(u64, &[u8]),
+    replay: &mut dyn FnMut(Appended, &[u8]),
     report: &mut RecoveryReport,
 ) -> Result<u64> {
     let path = || disk.path_of(&segment.name);
@@ -167,8 +168,9 @@ async fn scan_segment<D: Disk>(
         let defect = match cursor.frame_at(offset).await.map_err(|e| Error::io("read", path(), e))? {
             Ok(frame) if frame.header.first_seq == expected_seq && frame.header.prev_checksum == prev_checksum => {
                 let mut seq = frame.header.first_seq;
+                let frame_pos = FramePos { segment_base: segment.base_seq, offset };
                 for record in crate::batch::records(frame.raw) {
-                    replay(seq, record);
+                    replay(Appended { seq, frame: frame_pos }, record);
                     seq += 1;
                 }
                 let next = next_frame_offset(offset, &frame.header);

@@ -33,6 +33,16 @@ impl<D: Disk> Wal<D> {
         config: WalConfig,
         mut replay: impl FnMut(u64, &[u8]),
     ) -> Result<(Self, RecoveryReport)> {
+        Self::open_with_positions(disk, config, |at, record| replay(at.seq, record)).await
+    }
+
+    /// Like [`Wal::open`], handing `replay` each record's frame position as well, for owners
+    /// that keep where a record lies.
+    pub async fn open_with_positions(
+        disk: D,
+        config: WalConfig,
+        mut replay: impl FnMut(Appended, &[u8]),
+    ) -> Result<(Self, RecoveryReport)> {
         config.validate()?;
         let recovered = recovery::recover(&disk, &config, &mut replay).await?;
         let report = recovered.report;

@@ -1,0 +1,113 @@
+//! Executor threads: one glommio executor per core, pinned, each owning whole physical shards.
+//!
+//! An executor opens its shards (replaying their logs), reports that it is ready, then runs
+//! its dispatcher: drain the inbox, hand each request to its shard (writes join the shard's
+//! next group commit), yield so that the logs flush and the committers answer, and park when
+//! there is nothing to do. Nothing is shared between executors.
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::mpsc;
+use std::sync::Arc;
+
+use glommio::{ExecutorJoinHandle, LocalExecutorBuilder, Placement};
+use tradeshard_shard::{Shard, TradeError};
+use tradeshard_wal::disk::DmaDisk;
+use tradeshard_wal::WalConfig;
+
+use crate::error::{Error, Result};
+use crate::inbox::{Inbox, Request};
+use crate::options::Options;
+
+/// Requests handed to shards before the dispatcher yields to the flushers.
+const DRAIN_BATCH_MAX: usize = 4096;
+
+/// What an executor needs to start.
+pub(crate) struct ExecutorPlan {
+    pub index: usize,
+    pub shard_dirs: Vec<(u32, PathBuf)>,
+    pub inbox: Arc<Inbox>,
+}
+
+/// Starts executor `plan.index` and waits until its shards are open.
+pub(crate) fn start(plan: ExecutorPlan, options: &Options) -> Result<ExecutorJoinHandle<Result<()>>> {
+    let index = plan.index;
+    let placement = if options.pin { Placement::Fixed(index % crate::options::cores()) } else { Placement::Unbound };
+    let wal_config = WalConfig {
+        durability: options.durability,
+        segment_bytes: options.segment_bytes,
+        pending_records_max: options.queue_depth_max.max(1 << 16),
+        ..WalConfig::default()
+    };
+    let (ready_tx, ready_rx) = mpsc::channel();
+    let handle = LocalExecutorBuilder::new(placement)
+        .name(&format!("tradeshard-{index}"))
+        .io_memory(options.io_memory_bytes)
+        .spawn(move || run(plan, wal_config, ready_tx))
+        .map_err(|e| Error::Executor { executor: index, message: e.to_string() })?;
+    match ready_rx.recv() {
+        Ok(Ok(())) => Ok(handle),
+        Ok(Err(error)) => {
+            let _ = handle.join();
+            Err(error)
+        }
+        Err(_) => Err(Error::Executor { executor: index, message: "stopped while opening its shards".into() }),
+    }
+}
+
+async fn run(plan: ExecutorPlan, wal_config: WalConfig, ready: mpsc::Sender<Result<()>>) -> Result<()> {
+    let mut shards = HashMap::new();
+    for (shard_id, dir) in &plan.shard_dirs {
+        let config = WalConfig { shard_id: *shard_id, ..wal_config.clone() };
+        let opened = match DmaDisk::new(dir) {
+            Ok(disk) => Shard::open(disk, config).await,
+            Err(e) => Err(TradeError::Log(tradeshard_wal::Error::Io {
+                op: "create directory",
+                path: dir.clone(),
+                source: Arc::new(e),
+            })),
+        };
+        match opened {
+            Ok(shard) => {
+                shards.insert(*shard_id, shard);
+            }
+            Err(source) => {
+                let _ = ready.send(Err(Error::ShardOpen { shard: *shard_id, source }));
+                return Ok(());
+            }
+        }
+    }
+    let _ = ready.send(Ok(()));
+    let inbox = plan.inbox;
+    loop {
+        std::future::poll_fn(|cx| inbox.poll_requests(cx)).await;
+        let taken = inbox.drain(DRAIN_BATCH_MAX, |request| dispatch(&shards, request));
+        if taken == 0 && inbox.is_closed() && inbox.is_empty() {
+            break;
+        }
+        futures_lite::future::yield_now().await;
+    }
+    let mut first_error = None;
+    for (shard_id, shard) in shards {
+        if let Err(source) = shard.close().await {
+            first_error.get_or_insert(Error::ShardOpen { shard: shard_id, source });
+        }
+    }
+    first_error.map_or(Ok(()), Err)
+}
+
+fn dispatch(shards: &HashMap<u32, Shard<DmaDisk>>, request: Request) {
+    let shard = |id: u32| shards.get(&id).expect("requests are routed to the executor owning the shard");
+    match request {
+        Request::Write { shard: id, command, reply } => {
+            shard(id).submit(command, Box::new(move |outcome| reply.send(outcome.map_err(Error::from))))
+        }
+        Request::Get { shard: id, id: trade, reply } => {
+            shard(id).get(trade, Box::new(move |outcome| reply.send(outcome.map_err(Error::from))))
+        }
+        Request::List { shard: id, query, reply } => {
+            shard(id).list(query, Box::new(move |outcome| reply.send(outcome.map_err(Error::from))))
+        }
+        Request::Stats { reply } => reply.send(shards.iter().map(|(id, shard)| (*id, shard.stats())).collect()),
+    }
+}

@@ -1,0 +1,159 @@
+//! The data directory: its manifest (the layout fixed at creation) and its lock.
+//!
+//! ```text
+//! DIR/                     mode 0700
+//!   MANIFEST               the layout, JSON, with a checksum line
+//!   LOCK                   flock'd while an engine has the directory open
+//!   shards/0000/ ...       one write-ahead log per physical shard
+//! ```
+//!
+//! The manifest is written once, atomically (temporary file, fsync, rename, directory fsync),
+//! and read-checked before anything else is touched, so a directory that is refused (another
+//! version, a damaged manifest) is left exactly as it was.
+
+use std::fs::{self, DirBuilder, File, OpenOptions};
+use std::io::Write;
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+use crate::error::{Error, Result};
+
+/// The data directory format this build writes and reads.
+pub const FORMAT_VERSION: u32 = 1;
+const MANIFEST: &str = "MANIFEST";
+const LOCK: &str = "LOCK";
+
+/// The layout of a data directory, fixed when it is created.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Manifest {
+    pub format_version: u32,
+    pub logical_shards: u32,
+    pub physical_shards: u32,
+    pub created_ms: u64,
+}
+
+/// An open, locked data directory. The lock is released when this is dropped.
+pub struct DataDir {
+    pub path: PathBuf,
+    pub manifest: Manifest,
+    _lock: File,
+}
+
+impl DataDir {
+    /// Opens `path`, creating it with `new_layout` if it holds no manifest.
+    pub fn open(path: &Path, new_layout: Manifest) -> Result<DataDir> {
+        let manifest_path = path.join(MANIFEST);
+        let existing = match fs::read(&manifest_path) {
+            Ok(bytes) => Some(parse(&manifest_path, &bytes)?),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
+            Err(e) => return Err(Error::io("reading", &manifest_path, e)),
+        };
+        if existing.is_none() {
+            DirBuilder::new().recursive(true).mode(0o700).create(path).map_err(|e| Error::io("creating", path, e))?;
+            if fs::read_dir(path).map_err(|e| Error::io("listing", path, e))?.next().is_some() {
+                return Err(Error::BadManifest {
+                    path: manifest_path,
+                    reason: "missing, and the directory is not empty: not a tradeshard data directory".into(),
+                });
+            }
+        }
+        let lock_path = path.join(LOCK);
+        let lock = OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .mode(0o600)
+            .open(&lock_path)
+            .map_err(|e| Error::io("opening", &lock_path, e))?;
+        match lock.try_lock() {
+            Ok(()) => {}
+            Err(fs::TryLockError::WouldBlock) => return Err(Error::Locked { path: path.to_path_buf() }),
+            Err(fs::TryLockError::Error(e)) => return Err(Error::io("locking", &lock_path, e)),
+        }
+        let manifest = match existing {
+            Some(manifest) => manifest,
+            None => {
+                write_manifest(path, &new_layout)?;
+                new_layout
+            }
+        };
+        Ok(DataDir { path: path.to_path_buf(), manifest, _lock: lock })
+    }
+
+    /// The directory of physical shard `shard`'s log.
+    pub fn shard_dir(&self, shard: u32) -> PathBuf {
+        self.path.join("shards").join(format!("{shard:04}"))
+    }
+}
+
+fn encode(manifest: &Manifest) -> String {
+    let json = serde_json::to_string(manifest).expect("a manifest serializes");
+    let checksum = xxhash_rust::xxh3::xxh3_64(json.as_bytes());
+    format!("{json}\n{checksum:016x}\n")
+}
+
+fn parse(path: &Path, bytes: &[u8]) -> Result<Manifest> {
+    let bad = |reason: &str| Error::BadManifest { path: path.to_path_buf(), reason: reason.to_string() };
+    let text = std::str::from_utf8(bytes).map_err(|_| bad("not UTF-8"))?;
+    let mut lines = text.lines();
+    let (json, checksum) = (lines.next().unwrap_or(""), lines.next().unwrap_or(""));
+    if format!("{:016x}", xxhash_rust::xxh3::xxh3_64(json.as_bytes())) != checksum || lines.next().is_some() {
+        return Err(bad("checksum mismatch (truncated or damaged)"));
+    }
+    let value: serde_json::Value = serde_json::from_str(json).map_err(|e| bad(&e.to_string()))?;
+    let version = value.get("format_version").and_then(|v| v.as_u64()).ok_or_else(|| bad("no format_version"))?;
+    if version != FORMAT_VERSION as u64 {
+        return Err(Error::UnsupportedVersion {
+            path: path.to_path_buf(),
+            found: version.min(u32::MAX as u64) as u32,
+            supported: FORMAT_VERSION,
+        });
+    }
+    let manifest: Manifest = serde_json::from_value(value).map_err(|e| bad(&e.to_string()))?;
+    if manifest.logical_shards == 0
+        || manifest.physical_shards == 0
+        || manifest.physical_shards > manifest.logical_shards
+    {
+        return Err(bad("shard counts out of range"));
+    }
+    Ok(manifest)
+}
+
+fn write_manifest(dir: &Path, manifest: &Manifest) -> Result<()> {
+    let temporary = dir.join("MANIFEST.tmp");
+    let final_path = dir.join(MANIFEST);
+    let mut file = File::create(&temporary).map_err(|e| Error::io("creating", &temporary, e))?;
+    file.write_all(encode(manifest).as_bytes()).map_err(|e| Error::io("writing", &temporary, e))?;
+    file.sync_all().map_err(|e| Error::io("syncing", &temporary, e))?;
+    fs::rename(&temporary, &final_path).map_err(|e| Error::io("renaming", &final_path, e))?;
+    File::open(dir).and_then(|d| d.sync_all()).map_err(|e| Error::io("syncing", dir, e))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn layout() -> Manifest {
+        Manifest { format_version: FORMAT_VERSION, logical_shards: 1024, physical_shards: 4, created_ms: 1 }
+    }
+
+    #[test]
+    fn manifest_round_trips_and_detects_truncation() {
+        let text = encode(&layout());
+        assert_eq!(parse(Path::new("m"), text.as_bytes()).unwrap(), layout());
+        for cut in [0, 1, text.len() / 2, text.len() - 2] {
+            assert!(
+                matches!(parse(Path::new("m"), &text.as_bytes()[..cut]), Err(Error::BadManifest { .. })),
+                "cut {cut}"
+            );
+        }
+    }
+
+    #[test]
+    fn newer_version_is_refused() {
+        let text = encode(&Manifest { format_version: 2, ..layout() });
+        assert!(matches!(parse(Path::new("m"), text.as_bytes()), Err(Error::UnsupportedVersion { found: 2, .. })));
+    }
+}

@@ -1,0 +1,73 @@
+//! How an engine is opened: the data directory, its fixed layout (on creation), executors,
+//! durability and limits.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+pub use tradeshard_wal::Durability;
+
+/// What a caller wants when an executor's request queue is full.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Backpressure {
+    /// Wait until the queue has room (async callers yield, blocking callers park).
+    Wait,
+    /// Fail at once with `Error::Backpressure`.
+    Fail,
+}
+
+/// Options of `Engine::open`.
+#[derive(Debug, Clone)]
+pub struct Options {
+    /// The data directory; created (mode 0700) if absent.
+    pub dir: PathBuf,
+    /// Logical shards, fixed when the directory is created (a user's shard is
+    /// `xxh3_64(user) % logical_shards`). Ignored when opening an existing directory.
+    pub logical_shards: u32,
+    /// Physical shards (one log each), fixed when the directory is created; `None` means one
+    /// per core. Ignored when opening an existing directory.
+    pub physical_shards: Option<u32>,
+    /// Executor threads, each pinned to a core and owning physical shards `shard % executors`;
+    /// `None` means one per core (at most one per physical shard).
+    pub executors: Option<usize>,
+    /// Pin executor `i` to CPU `i % cores`.
+    pub pin: bool,
+    /// What a write's acknowledgement promises.
+    pub durability: Durability,
+    /// Requests waiting in one executor's queue.
+    pub queue_depth_max: usize,
+    /// What to do when that queue is full.
+    pub backpressure: Backpressure,
+    /// Bytes of each shard log's segments.
+    pub segment_bytes: u64,
+    /// glommio io_memory per executor (registered buffers for the logs' writes).
+    pub io_memory_bytes: usize,
+}
+
+impl Options {
+    /// Defaults for a data directory at `dir`.
+    pub fn new(dir: impl Into<PathBuf>) -> Options {
+        Options {
+            dir: dir.into(),
+            logical_shards: 1024,
+            physical_shards: None,
+            executors: None,
+            pin: true,
+            durability: Durability::Sync,
+            queue_depth_max: 65_536,
+            backpressure: Backpressure::Wait,
+            segment_bytes: 128 << 20,
+            io_memory_bytes: 64 << 20,
+        }
+    }
+
+    /// `Durability::Buffered` with this sync interval.
+    pub fn buffered(mut self, sync_interval: Duration) -> Options {
+        self.durability = Durability::Buffered { sync_interval };
+        self
+    }
+}
+
+/// Cores available to this process.
+pub fn cores() -> usize {
+    std::thread::available_parallelism().map_or(1, |n| n.get())
+}

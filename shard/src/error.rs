@@ -1,0 +1,57 @@
+//! Why a trade operation was refused or failed.
+//!
+//! Validation and lifecycle refusals are decided before anything reaches the log and leave no
+//! trace; `Log` is the shard's log failing, after which the shard acknowledges nothing more.
+
+use crate::trade::{TradeId, TradeStatus};
+
+/// Everything a shard can answer instead of doing the operation.
+#[derive(Debug, Clone, thiserror::Error)]
+#[non_exhaustive]
+pub enum TradeError {
+    /// The buyer (user) id is zero.
+    #[error("user id must not be zero")]
+    ZeroUserId,
+    /// The merchant id is zero.
+    #[error("merchant id must not be zero")]
+    ZeroMerchantId,
+    /// The amount is zero.
+    #[error("amount must be above zero")]
+    ZeroAmount,
+    /// The amount is above the limit of one trade.
+    #[error("amount {amount} is above the limit of {max} minor units")]
+    AmountTooLarge { amount: u64, max: u64 },
+    /// The currency is not an active ISO 4217 code.
+    #[error("'{0}' is not an ISO 4217 currency code")]
+    UnknownCurrency(String),
+    /// The merchant order number is empty, too long, or not printable ASCII.
+    #[error("merchant order number of {len} bytes must be 1..={max} printable ASCII bytes")]
+    BadOrderNo { len: usize, max: usize },
+    /// The memo is longer than allowed.
+    #[error("memo of {len} bytes is above the limit of {max}")]
+    MemoTooLong { len: usize, max: usize },
+    /// The trade id is zero or names a logical shard the directory does not have.
+    #[error("trade id {id:#x} is not valid for {logical_shards} logical shards")]
+    BadTradeId { id: u64, logical_shards: u32 },
+    /// No trade has this id.
+    #[error("no trade {0}")]
+    NotFound(TradeId),
+    /// The trade's status does not allow the operation.
+    #[error("trade {id} is {from:?}: cannot {action}")]
+    IllegalTransition { id: TradeId, from: TradeStatus, action: &'static str },
+    /// The refund would take the refunded total above what was paid.
+    #[error("refund of {requested} on trade {id} exceeds the {refundable} still refundable")]
+    RefundExceedsPaid { id: TradeId, requested: u64, refundable: u64 },
+    /// The merchant order number is taken by a trade with a different body.
+    #[error("merchant {merchant_id} order '{order_no}' already created trade {existing} with a different body")]
+    IdempotencyConflict { existing: TradeId, merchant_id: u64, order_no: String },
+    /// The shard issued every id its counter can hold.
+    #[error("trade id counter exhausted")]
+    CounterExhausted,
+    /// The shard's log refused or failed (backpressure, full disk, failed sync, corruption).
+    #[error("shard log: {0}")]
+    Log(#[from] tradeshard_wal::Error),
+    /// A record in the log does not decode: the log holds bytes this build does not understand.
+    #[error("undecodable trade record at seq {seq}: {reason}")]
+    BadRecord { seq: u64, reason: &'static str },
+}

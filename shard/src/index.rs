@@ -1,0 +1,239 @@
+//! The shard's in-memory indexes, rebuilt from the log on open and kept current as records
+//! become durable: trade id → the trade's current state and where its `Created` record lies;
+//! (merchant, order number) → trade id; user → that user's trades in creation order.
+//!
+//! The lifecycle rules live here too ([`next_state`]), shared by the checks made before a write
+//! and by replay, so the log and the index can never disagree on what a record means.
+//!
+//! Memory per trade: a 72-byte entry under an 8-byte key in the trade map, 32 bytes in the
+//! order map, 8 bytes in the user's list, plus hash-table slack (see `ARCHITECTURE.md`).
+
+use std::collections::HashMap;
+
+use tradeshard_wal::Appended;
+
+use crate::currency::Currency;
+use crate::error::TradeError;
+use crate::record::{RecordKind, TradeRecord};
+use crate::trade::{TradeId, TradeStatus, COUNTER_BITS};
+
+/// What a change does to a trade.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Action {
+    Pay,
+    Settle,
+    Close,
+    /// Refund this many minor units.
+    Refund(u64),
+}
+
+impl Action {
+    fn name(self) -> &'static str {
+        match self {
+            Action::Pay => "pay",
+            Action::Settle => "settle",
+            Action::Close => "close",
+            Action::Refund(_) => "refund",
+        }
+    }
+
+    /// The record kind that carries this action.
+    pub fn record_kind(self) -> RecordKind {
+        match self {
+            Action::Pay => RecordKind::Paid,
+            Action::Settle => RecordKind::Settled,
+            Action::Close => RecordKind::Closed,
+            Action::Refund(_) => RecordKind::Refunded,
+        }
+    }
+}
+
+/// The part of a trade's state the lifecycle rules look at.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Lifecycle {
+    pub status: TradeStatus,
+    pub amount: u64,
+    pub refunded: u64,
+}
+
+/// The lifecycle after `action`, or why it is not allowed:
+/// `Created → Paid → Settled`, `Created → Closed`, `Paid → Refunded`, and `Refunded → Refunded`
+/// while the refunded total stays within the amount paid.
+pub fn next_state(id: TradeId, current: Lifecycle, action: Action) -> Result<Lifecycle, TradeError> {
+    use TradeStatus::*;
+    let illegal = || TradeError::IllegalTransition { id, from: current.status, action: action.name() };
+    match (current.status, action) {
+        (Created, Action::Pay) => Ok(Lifecycle { status: Paid, ..current }),
+        (Created, Action::Close) => Ok(Lifecycle { status: Closed, ..current }),
+        (Paid, Action::Settle) => Ok(Lifecycle { status: Settled, ..current }),
+        (Paid | Refunded, Action::Refund(requested)) => {
+            let refundable = current.amount - current.refunded;
+            if requested == 0 {
+                return Err(TradeError::ZeroAmount);
+            }
+            if requested > refundable {
+                return Err(TradeError::RefundExceedsPaid { id, requested, refundable });
+            }
+            Ok(Lifecycle { status: Refunded, refunded: current.refunded + requested, ..current })
+        }
+        _ => Err(illegal()),
+    }
+}
+
+/// A durable trade's state in memory.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TradeEntry {
+    pub user_id: u64,
+    pub merchant_id: u64,
+    pub lifecycle: Lifecycle,
+    pub currency: Currency,
+    pub updated_ms: u64,
+    /// Where the trade's `Created` record lies (order number, memo, creation time).
+    pub created_at: Appended,
+}
+
+/// The key of the idempotency map: a 128-bit hash of (merchant id, order number).
+pub fn order_key(merchant_id: u64, order_no: &str) -> u128 {
+    let mut bytes = Vec::with_capacity(8 + order_no.len());
+    bytes.extend_from_slice(&merchant_id.to_le_bytes());
+    bytes.extend_from_slice(order_no.as_bytes());
+    xxhash_rust::xxh3::xxh3_128(&bytes)
+}
+
+/// A hash of what makes two creates with one order number "the same trade".
+pub fn body_hash(buyer_id: u64, amount: u64, currency: Currency, memo: &str) -> u64 {
+    let mut bytes = Vec::with_capacity(24 + memo.len());
+    bytes.extend_from_slice(&buyer_id.to_le_bytes());
+    bytes.extend_from_slice(&amount.to_le_bytes());
+    bytes.extend_from_slice(&currency.bytes());
+    bytes.extend_from_slice(memo.as_bytes());
+    xxhash_rust::xxh3::xxh3_64(&bytes)
+}
+
+/// The durable indexes of one shard.
+#[derive(Default)]
+pub struct ShardIndex {
+    trades: HashMap<TradeId, TradeEntry>,
+    by_order: HashMap<u128, (TradeId, u64)>,
+    by_user: HashMap<u64, Vec<TradeId>>,
+    /// Highest counter part of any trade id in the shard.
+    counter_max: u64,
+}
+
+impl ShardIndex {
+    pub fn get(&self, id: TradeId) -> Option<&TradeEntry> {
+        self.trades.get(&id)
+    }
+
+    /// The trade created with this order key, and its body hash.
+    pub fn by_order(&self, key: u128) -> Option<(TradeId, u64)> {
+        self.by_order.get(&key).copied()
+    }
+
+    /// The user's trades, oldest first.
+    pub fn user_trades(&self, user_id: u64) -> &[TradeId] {
+        self.by_user.get(&user_id).map_or(&[], Vec::as_slice)
+    }
+
+    /// Trades in the shard.
+    pub fn len(&self) -> usize {
+        self.trades.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.trades.is_empty()
+    }
+
+    /// Highest counter of any trade id seen: new ids continue above it.
+    pub fn counter_max(&self) -> u64 {
+        self.counter_max
+    }
+
+    /// Applies a durable record. A record that breaks the lifecycle cannot have been written by
+    /// this engine, so it is an error (the log is not what it should be), not something to skip.
+    pub fn apply(&mut self, record: &TradeRecord, at: Appended) -> Result<(), &'static str> {
+        let id = record.trade_id;
+        if record.kind == RecordKind::Created {
+            let created = record.created.as_ref().ok_or("created record without its fields")?;
+            if self.trades.contains_key(&id) {
+                return Err("trade created twice");
+            }
+            let entry = TradeEntry {
+                user_id: record.user_id,
+                merchant_id: record.merchant_id,
+                lifecycle: Lifecycle { status: TradeStatus::Created, amount: record.amount, refunded: 0 },
+                currency: record.currency,
+                updated_ms: record.at_ms,
+                created_at: at,
+            };
+            let key = order_key(record.merchant_id, &created.merchant_order_no);
+            let body = body_hash(record.user_id, record.amount, record.currency, &created.memo);
+            if self.by_order.insert(key, (id, body)).is_some() {
+                return Err("order number used by two trades");
+            }
+            self.trades.insert(id, entry);
+            self.by_user.entry(record.user_id).or_default().push(id);
+            self.counter_max = self.counter_max.max(id.counter());
+            return Ok(());
+        }
+        let entry = self.trades.get_mut(&id).ok_or("change to a trade that does not exist")?;
+        let action = match record.kind {
+            RecordKind::Paid => Action::Pay,
+            RecordKind::Settled => Action::Settle,
+            RecordKind::Closed => Action::Close,
+            RecordKind::Refunded => Action::Refund(record.amount),
+            RecordKind::Created => unreachable!("handled above"),
+        };
+        entry.lifecycle = next_state(id, entry.lifecycle, action).map_err(|_| "change breaks the trade lifecycle")?;
+        entry.updated_ms = record.at_ms;
+        Ok(())
+    }
+}
+
+const _: () = assert!(COUNTER_BITS >= 40, "a shard issues at least 2^40 trade ids");
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use TradeStatus::*;
+
+    fn at(status: TradeStatus, amount: u64, refunded: u64) -> Lifecycle {
+        Lifecycle { status, amount, refunded }
+    }
+
+    #[test]
+    fn lifecycle_allows_only_the_documented_transitions() {
+        let id = TradeId::new(0, 1);
+        let allowed = [
+            (Created, Action::Pay, Paid),
+            (Created, Action::Close, Closed),
+            (Paid, Action::Settle, Settled),
+            (Paid, Action::Refund(40), Refunded),
+            (Refunded, Action::Refund(40), Refunded),
+        ];
+        for status in [Created, Paid, Settled, Closed, Refunded] {
+            for action in [Action::Pay, Action::Settle, Action::Close, Action::Refund(40)] {
+                let result = next_state(id, at(status, 100, if status == Refunded { 40 } else { 0 }), action);
+                match allowed.iter().find(|(from, a, _)| *from == status && *a == action) {
+                    Some((_, _, to)) => assert_eq!(result.unwrap().status, *to),
+                    None => {
+                        assert!(matches!(result, Err(TradeError::IllegalTransition { .. })), "{status:?} {action:?}")
+                    }
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn refunds_never_exceed_what_was_paid() {
+        let id = TradeId::new(0, 1);
+        let after = next_state(id, at(Paid, 100, 0), Action::Refund(60)).unwrap();
+        assert_eq!(after.refunded, 60);
+        assert!(matches!(
+            next_state(id, after, Action::Refund(41)),
+            Err(TradeError::RefundExceedsPaid { requested: 41, refundable: 40, .. })
+        ));
+        assert_eq!(next_state(id, after, Action::Refund(40)).unwrap().refunded, 100);
+        assert!(matches!(next_state(id, after, Action::Refund(0)), Err(TradeError::ZeroAmount)));
+    }
+}

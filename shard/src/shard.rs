@@ -1,0 +1,448 @@
+//! One shard: its log, its indexes, and the path of every request through them.
+//!
+//! A write is checked against the shard's *accepted* view (durable state plus writes still in
+//! flight), encoded, and queued in the log at once, so every request that arrives while a flush
+//! is on the disk joins the next group commit. Its effect is applied to the durable indexes,
+//! and its caller answered, only once the log reports it durable, in log order, by the
+//! shard's committer task. Reads look at durable state only: nothing is read before it is
+//! durable, and a caller that got an answer to a write reads that write.
+//!
+//! A create whose order number is already in flight waits for the first create to become
+//! durable and answers with it. After the log fails, the shard answers every write with the
+//! failure (the log acknowledges nothing more until reopened); reads of durable state go on.
+
+use std::cell::RefCell;
+use std::collections::{HashMap, VecDeque};
+use std::future::Future;
+use std::pin::Pin;
+use std::rc::Rc;
+use std::task::{Context, Poll, Waker};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use tradeshard_wal::disk::Disk;
+use tradeshard_wal::{Appended, Ticket, Wal, WalConfig, WalStats};
+
+use crate::currency::Currency;
+use crate::error::TradeError;
+use crate::index::{body_hash, next_state, order_key, Action, Lifecycle, ShardIndex, TradeEntry};
+use crate::record::TradeRecord;
+use crate::trade::{Receipt, Trade, TradeId, TradeStatus, ValidTrade, COUNTER_BITS};
+
+/// Called once with the outcome of a request.
+pub type Done<T> = Box<dyn FnOnce(Result<T, TradeError>)>;
+
+/// A write to one shard.
+#[derive(Debug, Clone)]
+pub enum Command {
+    /// Create a trade for a buyer of `logical_shard` (which this shard owns).
+    Create { trade: ValidTrade, logical_shard: u32 },
+    /// Change an existing trade.
+    Change { id: TradeId, action: Action },
+}
+
+/// Which of a user's trades to list: newest first, at most `limit`, older than `before`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ListQuery {
+    pub user_id: u64,
+    pub limit: usize,
+    pub before: Option<TradeId>,
+}
+
+/// Counters of one shard.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct ShardStats {
+    pub trades: u64,
+    pub writes_in_flight: u64,
+    pub wal: WalStats,
+}
+
+/// A trade with writes in flight: its accepted (not yet durable) state.
+#[derive(Clone, Copy)]
+struct InFlight {
+    lifecycle: Lifecycle,
+    last_seq: u64,
+    user_id: u64,
+    merchant_id: u64,
+    currency: Currency,
+}
+
+struct Effect {
+    seq: u64,
+    ticket: Option<Ticket>,
+    record: TradeRecord,
+    done: Done<Receipt>,
+}
+
+#[derive(Default)]
+struct Accepted {
+    trades: HashMap<TradeId, InFlight>,
+    orders: HashMap<u128, (TradeId, u64, u64)>,
+    effects: VecDeque<Effect>,
+    /// Duplicate creates waiting for the original (at this seq) to become durable.
+    waiting: VecDeque<(u64, TradeId, Done<Receipt>)>,
+    next_counter: u64,
+    committer: Option<Waker>,
+    failed: Option<TradeError>,
+    closing: bool,
+}
+
+struct Inner<D: Disk> {
+    wal: Wal<D>,
+    index: RefCell<ShardIndex>,
+    accepted: RefCell<Accepted>,
+}
+
+/// One shard of the trade store, on the executor that opened it.
+pub struct Shard<D: Disk> {
+    inner: Rc<Inner<D>>,
+    committer: Option<glommio::task::JoinHandle<()>>,
+}
+
+fn now_ms() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64)
+}
+
+impl<D: Disk> Shard<D> {
+    /// Opens the shard's log on `disk`, rebuilding the indexes from every record.
+    pub async fn open(disk: D, wal_config: WalConfig) -> Result<Shard<D>, TradeError> {
+        let mut index = ShardIndex::default();
+        let mut replay_error = None;
+        let (wal, _) = Wal::open_with_positions(disk, wal_config, |at, bytes| {
+            if replay_error.is_some() {
+                return;
+            }
+            let applied = TradeRecord::decode(bytes).and_then(|record| index.apply(&record, at));
+            if let Err(reason) = applied {
+                replay_error = Some(TradeError::BadRecord { seq: at.seq, reason });
+            }
+        })
+        .await?;
+        if let Some(error) = replay_error {
+            return Err(error);
+        }
+        let accepted = Accepted { next_counter: index.counter_max() + 1, ..Accepted::default() };
+        let inner = Rc::new(Inner { wal, index: RefCell::new(index), accepted: RefCell::new(accepted) });
+        let committer = glommio::spawn_local(run_committer(inner.clone())).detach();
+        Ok(Shard { inner, committer: Some(committer) })
+    }
+
+    /// Starts a write; `done` is called once it is durable, or with why not.
+    pub fn submit(&self, command: Command, done: Done<Receipt>) {
+        let mut accepted = self.inner.accepted.borrow_mut();
+        if let Some(failure) = &accepted.failed {
+            return done(Err(failure.clone()));
+        }
+        let index = self.inner.index.borrow();
+        let outcome = match command {
+            Command::Create { trade, logical_shard } => self.create(&mut accepted, &index, trade, logical_shard, done),
+            Command::Change { id, action } => self.change(&mut accepted, &index, id, action, done),
+        };
+        if let Err((error, done)) = outcome {
+            done(Err(error));
+        }
+    }
+
+    #[allow(clippy::type_complexity)]
+    fn create(
+        &self,
+        accepted: &mut Accepted,
+        index: &ShardIndex,
+        trade: ValidTrade,
+        logical_shard: u32,
+        done: Done<Receipt>,
+    ) -> Result<(), (TradeError, Done<Receipt>)> {
+        let key = order_key(trade.merchant_id, &trade.merchant_order_no);
+        let body = body_hash(trade.buyer_id, trade.amount, trade.currency, &trade.memo);
+        let conflict = |existing| TradeError::IdempotencyConflict {
+            existing,
+            merchant_id: trade.merchant_id,
+            order_no: trade.merchant_order_no.clone(),
+        };
+        if let Some(&(id, original_body, seq)) = accepted.orders.get(&key) {
+            if original_body != body {
+                return Err((conflict(id), done));
+            }
+            accepted.waiting.push_back((seq, id, done));
+            return Ok(());
+        }
+        if let Some((id, original_body)) = index.by_order(key) {
+            if original_body != body {
+                return Err((conflict(id), done));
+            }
+            let entry = index.get(id).expect("order index points at a trade");
+            done(Ok(receipt(id, entry, true)));
+            return Ok(());
+        }
+        let counter = accepted.next_counter;
+        if counter >= 1 << COUNTER_BITS {
+            return Err((TradeError::CounterExhausted, done));
+        }
+        let id = TradeId::new(logical_shard, counter);
+        let record = TradeRecord::created(id, &trade, now_ms());
+        let ticket = match self.inner.wal.enqueue(&record.encode()) {
+            Ok(ticket) => ticket,
+            Err(error) => return Err((error.into(), done)),
+        };
+        let seq = ticket.seq();
+        accepted.next_counter += 1;
+        let lifecycle = Lifecycle { status: TradeStatus::Created, amount: trade.amount, refunded: 0 };
+        let in_flight = InFlight {
+            lifecycle,
+            last_seq: seq,
+            user_id: trade.buyer_id,
+            merchant_id: trade.merchant_id,
+            currency: trade.currency,
+        };
+        accepted.trades.insert(id, in_flight);
+        accepted.orders.insert(key, (id, body, seq));
+        accepted.push(Effect { seq, ticket: Some(ticket), record, done });
+        Ok(())
+    }
+
+    #[allow(clippy::type_complexity)]
+    fn change(
+        &self,
+        accepted: &mut Accepted,
+        index: &ShardIndex,
+        id: TradeId,
+        action: Action,
+        done: Done<Receipt>,
+    ) -> Result<(), (TradeError, Done<Receipt>)> {
+        let current = match (accepted.trades.get(&id), index.get(id)) {
+            (Some(in_flight), _) => *in_flight,
+            (None, Some(entry)) => InFlight {
+                lifecycle: entry.lifecycle,
+                last_seq: entry.created_at.seq,
+                user_id: entry.user_id,
+                merchant_id: entry.merchant_id,
+                currency: entry.currency,
+            },
+            (None, None) => return Err((TradeError::NotFound(id), done)),
+        };
+        let next = match next_state(id, current.lifecycle, action) {
+            Ok(next) => next,
+            Err(error) => return Err((error, done)),
+        };
+        let record = TradeRecord {
+            kind: action.record_kind(),
+            trade_id: id,
+            user_id: current.user_id,
+            merchant_id: current.merchant_id,
+            at_ms: now_ms(),
+            amount: if let Action::Refund(amount) = action { amount } else { current.lifecycle.amount },
+            currency: current.currency,
+            created: None,
+        };
+        let ticket = match self.inner.wal.enqueue(&record.encode()) {
+            Ok(ticket) => ticket,
+            Err(error) => return Err((error.into(), done)),
+        };
+        let seq = ticket.seq();
+        accepted.trades.insert(id, InFlight { lifecycle: next, last_seq: seq, ..current });
+        accepted.push(Effect { seq, ticket: Some(ticket), record, done });
+        Ok(())
+    }
+
+    /// Reads a trade's durable state.
+    pub fn get(&self, id: TradeId, done: Done<Trade>) {
+        let inner = self.inner.clone();
+        glommio::spawn_local(async move { done(read_trade(&inner, id).await) }).detach();
+    }
+
+    /// Lists a user's durable trades, newest first.
+    pub fn list(&self, query: ListQuery, done: Done<Vec<Trade>>) {
+        let ids: Vec<TradeId> = {
+            let index = self.inner.index.borrow();
+            let all = index.user_trades(query.user_id);
+            // A cursor that is not one of the user's trades lists nothing.
+            let end = query.before.map_or(all.len(), |before| all.iter().rposition(|id| *id == before).unwrap_or(0));
+            all[..end].iter().rev().take(query.limit).copied().collect()
+        };
+        let inner = self.inner.clone();
+        glommio::spawn_local(async move {
+            let mut trades = Vec::with_capacity(ids.len());
+            for id in ids {
+                match read_trade(&inner, id).await {
+                    Ok(trade) => trades.push(trade),
+                    Err(error) => return done(Err(error)),
+                }
+            }
+            done(Ok(trades))
+        })
+        .detach();
+    }
+
+    /// Counters of the shard.
+    pub fn stats(&self) -> ShardStats {
+        ShardStats {
+            trades: self.inner.index.borrow().len() as u64,
+            writes_in_flight: self.inner.accepted.borrow().effects.len() as u64,
+            wal: self.inner.wal.stats(),
+        }
+    }
+
+    /// Stops taking writes, waits for those in flight, and closes the log (synced).
+    pub async fn close(mut self) -> Result<(), TradeError> {
+        {
+            let mut accepted = self.inner.accepted.borrow_mut();
+            accepted.closing = true;
+            accepted.wake();
+        }
+        if let Some(committer) = self.committer.take() {
+            committer.await;
+        }
+        // Reads in flight hold the shard; they finish on their own.
+        while Rc::strong_count(&self.inner) > 1 {
+            glommio::timer::sleep(std::time::Duration::from_millis(1)).await;
+        }
+        let inner = self.inner.clone();
+        drop(self);
+        let inner = Rc::try_unwrap(inner).ok().expect("no other holder is left");
+        Ok(inner.wal.close().await?)
+    }
+}
+
+impl<D: Disk> Drop for Shard<D> {
+    /// Without `close`, writes in flight still complete; the log closes once they have.
+    fn drop(&mut self) {
+        let mut accepted = self.inner.accepted.borrow_mut();
+        accepted.closing = true;
+        accepted.wake();
+    }
+}
+
+impl Accepted {
+    fn push(&mut self, effect: Effect) {
+        self.effects.push_back(effect);
+        self.wake();
+    }
+
+    fn wake(&mut self) {
+        if let Some(waker) = self.committer.take() {
+            waker.wake();
+        }
+    }
+}
+
+fn receipt(id: TradeId, entry: &TradeEntry, replayed: bool) -> Receipt {
+    Receipt {
+        id,
+        status: entry.lifecycle.status,
+        amount: entry.lifecycle.amount,
+        refunded_amount: entry.lifecycle.refunded,
+        updated_ms: entry.updated_ms,
+        replayed,
+    }
+}
+
+async fn read_trade<D: Disk>(inner: &Inner<D>, id: TradeId) -> Result<Trade, TradeError> {
+    let created_at = inner.index.borrow().get(id).map(|entry| entry.created_at).ok_or(TradeError::NotFound(id))?;
+    let bytes = inner.wal.read_at(created_at.seq, created_at.frame).await?;
+    let record = TradeRecord::decode(&bytes).map_err(|reason| TradeError::BadRecord { seq: created_at.seq, reason })?;
+    let created =
+        record.created.ok_or(TradeError::BadRecord { seq: created_at.seq, reason: "not a created record" })?;
+    let entry = *inner.index.borrow().get(id).expect("trades are never removed");
+    Ok(Trade {
+        id,
+        buyer_id: entry.user_id,
+        merchant_id: entry.merchant_id,
+        merchant_order_no: created.merchant_order_no,
+        amount: entry.lifecycle.amount,
+        refunded_amount: entry.lifecycle.refunded,
+        currency: entry.currency,
+        status: entry.lifecycle.status,
+        created_ms: record.at_ms,
+        updated_ms: entry.updated_ms,
+        memo: created.memo,
+    })
+}
+
+/// Waits for the oldest write in flight (or for close), returning its ticket.
+fn next_ticket<D: Disk>(inner: &Inner<D>) -> impl Future<Output = Option<Ticket>> + '_ {
+    std::future::poll_fn(move |cx| {
+        let mut accepted = inner.accepted.borrow_mut();
+        if let Some(front) = accepted.effects.front_mut() {
+            return Poll::Ready(Some(front.ticket.take().expect("the front ticket is taken once")));
+        }
+        if accepted.closing || accepted.failed.is_some() {
+            return Poll::Ready(None);
+        }
+        accepted.committer = Some(cx.waker().clone());
+        Poll::Pending
+    })
+}
+
+/// Applies durable writes to the indexes, in log order, and answers their callers.
+async fn run_committer<D: Disk>(inner: Rc<Inner<D>>) {
+    while let Some(ticket) = next_ticket(&inner).await {
+        let front = ticket.await;
+        match front {
+            Ok(appended) => apply_durable(&inner, appended),
+            Err(error) => {
+                fail_all(&inner, error.into());
+                return;
+            }
+        }
+    }
+}
+
+/// Applies every write the log now holds durably (the front one is `front`).
+fn apply_durable<D: Disk>(inner: &Inner<D>, front: Appended) {
+    let durable_end = inner.wal.durable_end();
+    let mut answers: Vec<(Done<Receipt>, Receipt)> = Vec::new();
+    {
+        let mut accepted = inner.accepted.borrow_mut();
+        let mut index = inner.index.borrow_mut();
+        let mut front = Some(front);
+        while accepted.effects.front().is_some_and(|effect| effect.seq < durable_end) {
+            let mut effect = accepted.effects.pop_front().expect("checked");
+            let appended = match front.take() {
+                Some(appended) => appended,
+                None => resolved(effect.ticket.take().expect("only the front ticket was taken")),
+            };
+            assert_eq!(appended.seq, effect.seq, "effects are applied in log order");
+            index.apply(&effect.record, appended).expect("a write checked against the accepted view applies");
+            let id = effect.record.trade_id;
+            if accepted.trades.get(&id).is_some_and(|in_flight| in_flight.last_seq == effect.seq) {
+                accepted.trades.remove(&id);
+            }
+            if let Some(created) = &effect.record.created {
+                accepted.orders.remove(&order_key(effect.record.merchant_id, &created.merchant_order_no));
+            }
+            answers.push((effect.done, receipt(id, index.get(id).expect("just applied"), false)));
+        }
+        while accepted.waiting.front().is_some_and(|(seq, _, _)| *seq < durable_end) {
+            let (_, id, done) = accepted.waiting.pop_front().expect("checked");
+            answers.push((done, receipt(id, index.get(id).expect("durable original"), true)));
+        }
+    }
+    for (done, receipt) in answers {
+        done(Ok(receipt));
+    }
+}
+
+/// The outcome of a ticket whose batch is known to be complete.
+fn resolved(mut ticket: Ticket) -> Appended {
+    let mut cx = Context::from_waker(Waker::noop());
+    match Pin::new(&mut ticket).poll(&mut cx) {
+        Poll::Ready(Ok(appended)) => appended,
+        other => panic!("a ticket below the durable end is resolved: {:?}", other.map(|r| r.map(|a| a.seq))),
+    }
+}
+
+/// After the log failed: every write in flight fails, and so does every later one.
+fn fail_all<D: Disk>(inner: &Inner<D>, error: TradeError) {
+    let (effects, waiting) = {
+        let mut accepted = inner.accepted.borrow_mut();
+        accepted.failed = Some(error.clone());
+        accepted.trades.clear();
+        accepted.orders.clear();
+        (std::mem::take(&mut accepted.effects), std::mem::take(&mut accepted.waiting))
+    };
+    for effect in effects {
+        (effect.done)(Err(error.clone()));
+    }
+    for (_, _, done) in waiting {
+        done(Err(error.clone()));
+    }
+}

@@ -1,0 +1,250 @@
+//! The trade: its identity, its lifecycle, and the checks every input passes before it can
+//! reach the log.
+//!
+//! A trade id carries the logical shard of its buyer in its top 16 bits and a per-shard
+//! counter in the low 48, so any id routes to its shard without an index. Amounts are minor
+//! units in a `u64`, never floats, and bounded so that sums of refunds cannot overflow.
+
+use serde::{Deserialize, Serialize};
+
+use crate::currency::Currency;
+use crate::error::TradeError;
+
+/// Bits of a trade id that hold the logical shard.
+pub const LOGICAL_SHARD_BITS: u32 = 16;
+/// Bits of a trade id that hold the per-shard counter.
+pub const COUNTER_BITS: u32 = 64 - LOGICAL_SHARD_BITS;
+/// Largest number of logical shards a data directory can have.
+pub const LOGICAL_SHARDS_MAX: u32 = 1 << LOGICAL_SHARD_BITS;
+/// Largest amount of one trade, in minor units (10^15: ten trillion in a two-decimal currency).
+pub const AMOUNT_MAX: u64 = 1_000_000_000_000_000;
+/// Largest memo, in bytes of UTF-8.
+pub const MEMO_BYTES_MAX: usize = 256;
+/// Largest merchant order number, in bytes.
+pub const ORDER_NO_BYTES_MAX: usize = 64;
+
+const _: () = assert!(AMOUNT_MAX.checked_mul(2).is_some(), "amount + refunds never overflow");
+const _: () = assert!(ORDER_NO_BYTES_MAX <= u8::MAX as usize && MEMO_BYTES_MAX <= u16::MAX as usize);
+
+/// A trade id issued by the engine. Zero is never issued.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct TradeId(pub u64);
+
+impl TradeId {
+    /// The id of the `counter`th trade (from 1) of logical shard `logical_shard`.
+    pub fn new(logical_shard: u32, counter: u64) -> TradeId {
+        assert!(logical_shard < LOGICAL_SHARDS_MAX && counter > 0 && counter < 1 << COUNTER_BITS);
+        TradeId(((logical_shard as u64) << COUNTER_BITS) | counter)
+    }
+
+    /// The logical shard encoded in the id.
+    pub fn logical_shard(self) -> u32 {
+        (self.0 >> COUNTER_BITS) as u32
+    }
+
+    /// The counter part of the id.
+    pub fn counter(self) -> u64 {
+        self.0 & ((1 << COUNTER_BITS) - 1)
+    }
+
+    /// Checks that the id could have been issued by a directory with `logical_shards` shards.
+    pub fn validate(self, logical_shards: u32) -> Result<TradeId, TradeError> {
+        if self.counter() == 0 || self.logical_shard() >= logical_shards {
+            return Err(TradeError::BadTradeId { id: self.0, logical_shards });
+        }
+        Ok(self)
+    }
+}
+
+impl std::fmt::Display for TradeId {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{:04x}-{:012x}", self.logical_shard(), self.counter())
+    }
+}
+
+/// Where a trade is in its lifecycle.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[repr(u8)]
+pub enum TradeStatus {
+    /// Created, awaiting payment.
+    Created = 1,
+    /// Paid by the buyer.
+    Paid = 2,
+    /// Settled to the merchant; final.
+    Settled = 3,
+    /// Closed before payment; final.
+    Closed = 4,
+    /// Paid, then refunded in part or in full (further partial refunds allowed up to the amount).
+    Refunded = 5,
+}
+
+impl TradeStatus {
+    /// The status of its stored byte.
+    pub fn from_u8(byte: u8) -> Option<TradeStatus> {
+        Some(match byte {
+            1 => TradeStatus::Created,
+            2 => TradeStatus::Paid,
+            3 => TradeStatus::Settled,
+            4 => TradeStatus::Closed,
+            5 => TradeStatus::Refunded,
+            _ => return None,
+        })
+    }
+}
+
+/// A request to create a trade.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NewTrade {
+    /// The paying user; chooses the shard. Not zero.
+    pub buyer_id: u64,
+    /// The merchant being paid. Not zero.
+    pub merchant_id: u64,
+    /// The merchant's own order number: with `merchant_id`, the idempotency key. 1..=64 bytes,
+    /// printable ASCII.
+    pub merchant_order_no: String,
+    /// Minor units, 1..=`AMOUNT_MAX`.
+    pub amount: u64,
+    /// ISO 4217 code, e.g. "CNY".
+    pub currency: String,
+    /// Free text, at most `MEMO_BYTES_MAX` bytes.
+    pub memo: String,
+}
+
+/// A `NewTrade` whose fields passed every check.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ValidTrade {
+    pub buyer_id: u64,
+    pub merchant_id: u64,
+    pub merchant_order_no: String,
+    pub amount: u64,
+    pub currency: Currency,
+    pub memo: String,
+}
+
+impl NewTrade {
+    /// Checks every field; the first failure is the error.
+    pub fn validate(&self) -> Result<ValidTrade, TradeError> {
+        if self.buyer_id == 0 {
+            return Err(TradeError::ZeroUserId);
+        }
+        if self.merchant_id == 0 {
+            return Err(TradeError::ZeroMerchantId);
+        }
+        validate_amount(self.amount)?;
+        let currency =
+            Currency::parse(&self.currency).ok_or_else(|| TradeError::UnknownCurrency(self.currency.clone()))?;
+        let order_no = &self.merchant_order_no;
+        if order_no.is_empty() || order_no.len() > ORDER_NO_BYTES_MAX || !order_no.bytes().all(|b| b.is_ascii_graphic())
+        {
+            return Err(TradeError::BadOrderNo { len: order_no.len(), max: ORDER_NO_BYTES_MAX });
+        }
+        if self.memo.len() > MEMO_BYTES_MAX {
+            return Err(TradeError::MemoTooLong { len: self.memo.len(), max: MEMO_BYTES_MAX });
+        }
+        Ok(ValidTrade {
+            buyer_id: self.buyer_id,
+            merchant_id: self.merchant_id,
+            merchant_order_no: order_no.clone(),
+            amount: self.amount,
+            currency,
+            memo: self.memo.clone(),
+        })
+    }
+}
+
+/// Checks an amount: above zero, at most `AMOUNT_MAX`.
+pub fn validate_amount(amount: u64) -> Result<u64, TradeError> {
+    match amount {
+        0 => Err(TradeError::ZeroAmount),
+        a if a > AMOUNT_MAX => Err(TradeError::AmountTooLarge { amount: a, max: AMOUNT_MAX }),
+        a => Ok(a),
+    }
+}
+
+/// A trade as a reader sees it: its last durable state.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Trade {
+    pub id: TradeId,
+    pub buyer_id: u64,
+    pub merchant_id: u64,
+    pub merchant_order_no: String,
+    /// Minor units.
+    pub amount: u64,
+    /// Minor units refunded so far.
+    pub refunded_amount: u64,
+    pub currency: Currency,
+    pub status: TradeStatus,
+    /// Milliseconds since the Unix epoch.
+    pub created_ms: u64,
+    pub updated_ms: u64,
+    pub memo: String,
+}
+
+/// What a write returns once durable.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Receipt {
+    pub id: TradeId,
+    pub status: TradeStatus,
+    pub amount: u64,
+    pub refunded_amount: u64,
+    pub updated_ms: u64,
+    /// The trade existed already: this create was a retry of it and wrote nothing.
+    pub replayed: bool,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    type Case = (NewTrade, fn(&TradeError) -> bool);
+
+    fn new_trade() -> NewTrade {
+        NewTrade {
+            buyer_id: 1,
+            merchant_id: 2,
+            merchant_order_no: "ORD-1".into(),
+            amount: 100,
+            currency: "CNY".into(),
+            memo: String::new(),
+        }
+    }
+
+    #[test]
+    fn trade_ids_carry_their_shard() {
+        let id = TradeId::new(1023, 77);
+        assert_eq!((id.logical_shard(), id.counter()), (1023, 77));
+        assert!(id.validate(1024).is_ok());
+        assert!(id.validate(1023).is_err());
+        assert!(TradeId(0).validate(1024).is_err());
+        assert!(TradeId(5 << COUNTER_BITS).validate(1024).is_err(), "counter zero is never issued");
+    }
+
+    #[test]
+    fn every_field_is_checked() {
+        assert!(new_trade().validate().is_ok());
+        let cases: Vec<Case> = vec![
+            (NewTrade { buyer_id: 0, ..new_trade() }, |e| matches!(e, TradeError::ZeroUserId)),
+            (NewTrade { merchant_id: 0, ..new_trade() }, |e| matches!(e, TradeError::ZeroMerchantId)),
+            (NewTrade { amount: 0, ..new_trade() }, |e| matches!(e, TradeError::ZeroAmount)),
+            (NewTrade { amount: AMOUNT_MAX + 1, ..new_trade() }, |e| matches!(e, TradeError::AmountTooLarge { .. })),
+            (NewTrade { amount: u64::MAX, ..new_trade() }, |e| matches!(e, TradeError::AmountTooLarge { .. })),
+            (NewTrade { currency: "XYZ".into(), ..new_trade() }, |e| matches!(e, TradeError::UnknownCurrency(_))),
+            (NewTrade { merchant_order_no: String::new(), ..new_trade() }, |e| {
+                matches!(e, TradeError::BadOrderNo { .. })
+            }),
+            (NewTrade { merchant_order_no: "x".repeat(65), ..new_trade() }, |e| {
+                matches!(e, TradeError::BadOrderNo { .. })
+            }),
+            (NewTrade { merchant_order_no: "a b".into(), ..new_trade() }, |e| {
+                matches!(e, TradeError::BadOrderNo { .. })
+            }),
+            (NewTrade { memo: "m".repeat(257), ..new_trade() }, |e| matches!(e, TradeError::MemoTooLong { .. })),
+        ];
+        for (input, expected) in cases {
+            let error = input.validate().unwrap_err();
+            assert!(expected(&error), "{input:?} gave {error:?}");
+        }
+        assert!(NewTrade { memo: "m".repeat(256), amount: AMOUNT_MAX, ..new_trade() }.validate().is_ok());
+    }
+}

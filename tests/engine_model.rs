@@ -1,0 +1,134 @@
+//! A property test of the engine against a plain in-memory model: random sequences of
+//! creates (including retries and conflicting retries), pays, settles, closes and refunds
+//! over a few users, with every answer and then every read compared, before and after a
+//! reopen.
+
+use std::collections::HashMap;
+
+use proptest::prelude::*;
+use tradeshard_engine::{Engine, EngineHandle, Error, TradeError, TradeId, TradeStatus};
+use tradeshard_tests::{engine_options, new_trade};
+
+#[derive(Debug, Clone)]
+enum Op {
+    Create { buyer: u64, order: u64, amount: u64 },
+    Pay(usize),
+    Settle(usize),
+    Close(usize),
+    Refund(usize, u64),
+}
+
+fn op() -> impl Strategy<Value = Op> {
+    prop_oneof![
+        3 => (1u64..5, 0u64..6, 1u64..1000).prop_map(|(buyer, order, amount)| Op::Create { buyer, order, amount }),
+        2 => any::<usize>().prop_map(Op::Pay),
+        1 => any::<usize>().prop_map(Op::Settle),
+        1 => any::<usize>().prop_map(Op::Close),
+        2 => (any::<usize>(), 1u64..700).prop_map(|(i, a)| Op::Refund(i, a)),
+    ]
+}
+
+/// The model: what each trade should be.
+#[derive(Debug, Clone, Copy, PartialEq)]
+struct ModelTrade {
+    buyer: u64,
+    amount: u64,
+    refunded: u64,
+    status: TradeStatus,
+}
+
+fn apply_model(trade: &mut ModelTrade, op: &Op) -> bool {
+    use TradeStatus::*;
+    let next = match (trade.status, op) {
+        (Created, Op::Pay(_)) => Paid,
+        (Created, Op::Close(_)) => Closed,
+        (Paid, Op::Settle(_)) => Settled,
+        (Paid | Refunded, Op::Refund(_, amount)) if trade.refunded + amount <= trade.amount => {
+            trade.refunded += amount;
+            Refunded
+        }
+        _ => return false,
+    };
+    trade.status = next;
+    true
+}
+
+fn check_reads(handle: &EngineHandle, model: &HashMap<TradeId, ModelTrade>) {
+    for (id, expected) in model {
+        let trade = handle.get_blocking(*id).unwrap();
+        assert_eq!(
+            (trade.buyer_id, trade.amount, trade.refunded_amount, trade.status),
+            (expected.buyer, expected.amount, expected.refunded, expected.status),
+            "trade {id}"
+        );
+    }
+    for buyer in 1..5 {
+        let listed: Vec<TradeId> =
+            handle.list_user_trades_blocking(buyer, 100, None).unwrap().iter().map(|t| t.id).collect();
+        let mut expected: Vec<TradeId> = model.iter().filter(|(_, t)| t.buyer == buyer).map(|(id, _)| *id).collect();
+        expected.sort_by_key(|id| std::cmp::Reverse(id.counter()));
+        assert_eq!(listed, expected, "buyer {buyer}'s trades, newest first");
+    }
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 24, ..ProptestConfig::default() })]
+
+    #[test]
+    fn the_engine_agrees_with_a_simple_model(ops in prop::collection::vec(op(), 1..60)) {
+        let dir = tempfile::tempdir().unwrap();
+        let engine = Engine::open(engine_options(dir.path(), 2, 2)).unwrap();
+        let handle = engine.handle();
+        let mut model: HashMap<TradeId, ModelTrade> = HashMap::new();
+        let mut ids: Vec<TradeId> = Vec::new();
+        let mut orders: HashMap<(u64, u64), (TradeId, u64)> = HashMap::new();
+        for op in &ops {
+            match op {
+                Op::Create { buyer, order, amount } => {
+                    let outcome = handle.create_trade_blocking(new_trade(*buyer, *order, *amount));
+                    match orders.get(&(*buyer, *order)) {
+                        Some(&(id, original)) if original == *amount => {
+                            let receipt = outcome.unwrap();
+                            prop_assert_eq!((receipt.id, receipt.replayed), (id, true));
+                        }
+                        Some(_) => {
+                            let conflict = matches!(outcome, Err(Error::Trade(TradeError::IdempotencyConflict { .. })));
+                            prop_assert!(conflict, "a different body under a used order number must conflict");
+                        }
+                        None => {
+                            let receipt = outcome.unwrap();
+                            orders.insert((*buyer, *order), (receipt.id, *amount));
+                            model.insert(receipt.id, ModelTrade { buyer: *buyer, amount: *amount, refunded: 0, status: TradeStatus::Created });
+                            ids.push(receipt.id);
+                        }
+                    }
+                }
+                Op::Pay(i) | Op::Settle(i) | Op::Close(i) | Op::Refund(i, _) => {
+                    if ids.is_empty() {
+                        continue;
+                    }
+                    let id = ids[i % ids.len()];
+                    let outcome = match op {
+                        Op::Pay(_) => handle.pay_blocking(id),
+                        Op::Settle(_) => handle.settle_blocking(id),
+                        Op::Close(_) => handle.close_trade_blocking(id),
+                        Op::Refund(_, amount) => handle.refund_blocking(id, *amount),
+                        Op::Create { .. } => unreachable!(),
+                    };
+                    let trade = model.get_mut(&id).unwrap();
+                    if apply_model(trade, op) {
+                        let receipt = outcome.unwrap();
+                        prop_assert_eq!((receipt.status, receipt.refunded_amount), (trade.status, trade.refunded));
+                    } else {
+                        prop_assert!(outcome.is_err(), "{:?} on {:?} was accepted", op, trade);
+                    }
+                }
+            }
+        }
+        check_reads(&handle, &model);
+        engine.close().unwrap();
+        let engine = Engine::open(engine_options(dir.path(), 2, 1)).unwrap();
+        check_reads(&engine.handle(), &model);
+        engine.close().unwrap();
+    }
+}
