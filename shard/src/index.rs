@@ -15,7 +15,7 @@ use tradeshard_wal::Appended;
 use crate::currency::Currency;
 use crate::error::TradeError;
 use crate::record::{RecordKind, TradeRecord};
-use crate::trade::{TradeId, TradeStatus, COUNTER_BITS};
+use crate::trade::{TradeId, TradeStatus, COUNTER_BITS, ORDER_NO_BYTES_MAX};
 
 /// What a change does to a trade.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -94,28 +94,61 @@ pub struct TradeEntry {
 
 /// The key of the idempotency map: a 128-bit hash of (merchant id, order number).
 pub fn order_key(merchant_id: u64, order_no: &str) -> u128 {
-    let mut bytes = Vec::with_capacity(8 + order_no.len());
-    bytes.extend_from_slice(&merchant_id.to_le_bytes());
-    bytes.extend_from_slice(order_no.as_bytes());
-    xxhash_rust::xxh3::xxh3_128(&bytes)
+    let mut bytes = [0u8; 8 + ORDER_NO_BYTES_MAX];
+    bytes[..8].copy_from_slice(&merchant_id.to_le_bytes());
+    let order_no = &order_no.as_bytes()[..order_no.len().min(ORDER_NO_BYTES_MAX)];
+    bytes[8..8 + order_no.len()].copy_from_slice(order_no);
+    xxhash_rust::xxh3::xxh3_128(&bytes[..8 + order_no.len()])
 }
 
 /// A hash of what makes two creates with one order number "the same trade".
 pub fn body_hash(buyer_id: u64, amount: u64, currency: Currency, memo: &str) -> u64 {
-    let mut bytes = Vec::with_capacity(24 + memo.len());
-    bytes.extend_from_slice(&buyer_id.to_le_bytes());
-    bytes.extend_from_slice(&amount.to_le_bytes());
-    bytes.extend_from_slice(&currency.bytes());
-    bytes.extend_from_slice(memo.as_bytes());
-    xxhash_rust::xxh3::xxh3_64(&bytes)
+    let mut fixed = [0u8; 19];
+    fixed[..8].copy_from_slice(&buyer_id.to_le_bytes());
+    fixed[8..16].copy_from_slice(&amount.to_le_bytes());
+    fixed[16..].copy_from_slice(&currency.bytes());
+    xxhash_rust::xxh3::xxh3_64_with_seed(memo.as_bytes(), xxhash_rust::xxh3::xxh3_64(&fixed))
 }
+
+/// A hasher for keys that are already well spread or dense integers (trade ids, user ids,
+/// 128-bit order hashes): one multiply instead of SipHash, which the maps of millions of
+/// entries on the write path cannot afford. Keys come from the engine, not from an attacker
+/// choosing collisions (order keys are xxh3 hashes of the caller's text).
+#[derive(Default, Clone, Copy)]
+pub struct IdHasher(u64);
+
+impl std::hash::Hasher for IdHasher {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+
+    fn write(&mut self, bytes: &[u8]) {
+        for chunk in bytes.chunks(8) {
+            let mut word = [0u8; 8];
+            word[..chunk.len()].copy_from_slice(chunk);
+            self.write_u64(u64::from_le_bytes(word));
+        }
+    }
+
+    fn write_u64(&mut self, word: u64) {
+        self.0 = (self.0.rotate_left(5) ^ word).wrapping_mul(0x9E37_79B9_7F4A_7C15);
+    }
+
+    fn write_u128(&mut self, word: u128) {
+        self.write_u64(word as u64);
+        self.write_u64((word >> 64) as u64);
+    }
+}
+
+/// `HashMap` with [`IdHasher`].
+pub type IdMap<K, V> = HashMap<K, V, std::hash::BuildHasherDefault<IdHasher>>;
 
 /// The durable indexes of one shard.
 #[derive(Default)]
 pub struct ShardIndex {
-    trades: HashMap<TradeId, TradeEntry>,
-    by_order: HashMap<u128, (TradeId, u64)>,
-    by_user: HashMap<u64, Vec<TradeId>>,
+    trades: IdMap<TradeId, TradeEntry>,
+    by_order: IdMap<u128, (TradeId, u64)>,
+    by_user: IdMap<u64, Vec<TradeId>>,
     /// Highest counter part of any trade id in the shard.
     counter_max: u64,
 }
@@ -152,9 +185,24 @@ impl ShardIndex {
     /// Applies a durable record. A record that breaks the lifecycle cannot have been written by
     /// this engine, so it is an error (the log is not what it should be), not something to skip.
     pub fn apply(&mut self, record: &TradeRecord, at: Appended) -> Result<(), &'static str> {
+        let keys = record.created.as_ref().map(|created| {
+            let key = order_key(record.merchant_id, &created.merchant_order_no);
+            (key, body_hash(record.user_id, record.amount, record.currency, &created.memo))
+        });
+        self.apply_keyed(record, at, keys)
+    }
+
+    /// [`apply`](Self::apply) with a `Created` record's order key and body hash already
+    /// computed (the write path computed them when it checked the create).
+    pub fn apply_keyed(
+        &mut self,
+        record: &TradeRecord,
+        at: Appended,
+        keys: Option<(u128, u64)>,
+    ) -> Result<(), &'static str> {
         let id = record.trade_id;
         if record.kind == RecordKind::Created {
-            let created = record.created.as_ref().ok_or("created record without its fields")?;
+            let (key, body) = keys.ok_or("created record without its fields")?;
             if self.trades.contains_key(&id) {
                 return Err("trade created twice");
             }
@@ -166,8 +214,6 @@ impl ShardIndex {
                 updated_ms: record.at_ms,
                 created_at: at,
             };
-            let key = order_key(record.merchant_id, &created.merchant_order_no);
-            let body = body_hash(record.user_id, record.amount, record.currency, &created.memo);
             if self.by_order.insert(key, (id, body)).is_some() {
                 return Err("order number used by two trades");
             }

@@ -12,7 +12,7 @@
 //! failure (the log acknowledges nothing more until reopened); reads of durable state go on.
 
 use std::cell::RefCell;
-use std::collections::{HashMap, VecDeque};
+use std::collections::VecDeque;
 use std::future::Future;
 use std::pin::Pin;
 use std::rc::Rc;
@@ -24,7 +24,7 @@ use tradeshard_wal::{Appended, Ticket, Wal, WalConfig, WalStats};
 
 use crate::currency::Currency;
 use crate::error::TradeError;
-use crate::index::{body_hash, next_state, order_key, Action, Lifecycle, ShardIndex, TradeEntry};
+use crate::index::{body_hash, next_state, order_key, Action, IdMap, Lifecycle, ShardIndex, TradeEntry};
 use crate::record::TradeRecord;
 use crate::trade::{Receipt, Trade, TradeId, TradeStatus, ValidTrade, COUNTER_BITS};
 
@@ -70,13 +70,15 @@ struct Effect {
     seq: u64,
     ticket: Option<Ticket>,
     record: TradeRecord,
+    /// A create's order key and body hash, computed once when it was checked.
+    keys: Option<(u128, u64)>,
     done: Done<Receipt>,
 }
 
 #[derive(Default)]
 struct Accepted {
-    trades: HashMap<TradeId, InFlight>,
-    orders: HashMap<u128, (TradeId, u64, u64)>,
+    trades: IdMap<TradeId, InFlight>,
+    orders: IdMap<u128, (TradeId, u64, u64)>,
     effects: VecDeque<Effect>,
     /// Duplicate creates waiting for the original (at this seq) to become durable.
     waiting: VecDeque<(u64, TradeId, Done<Receipt>)>,
@@ -195,7 +197,7 @@ impl<D: Disk> Shard<D> {
         };
         accepted.trades.insert(id, in_flight);
         accepted.orders.insert(key, (id, body, seq));
-        accepted.push(Effect { seq, ticket: Some(ticket), record, done });
+        accepted.push(Effect { seq, ticket: Some(ticket), record, keys: Some((key, body)), done });
         Ok(())
     }
 
@@ -239,7 +241,7 @@ impl<D: Disk> Shard<D> {
         };
         let seq = ticket.seq();
         accepted.trades.insert(id, InFlight { lifecycle: next, last_seq: seq, ..current });
-        accepted.push(Effect { seq, ticket: Some(ticket), record, done });
+        accepted.push(Effect { seq, ticket: Some(ticket), record, keys: None, done });
         Ok(())
     }
 
@@ -401,13 +403,15 @@ fn apply_durable<D: Disk>(inner: &Inner<D>, front: Appended) {
                 None => resolved(effect.ticket.take().expect("only the front ticket was taken")),
             };
             assert_eq!(appended.seq, effect.seq, "effects are applied in log order");
-            index.apply(&effect.record, appended).expect("a write checked against the accepted view applies");
+            index
+                .apply_keyed(&effect.record, appended, effect.keys)
+                .expect("a write checked against the accepted view applies");
             let id = effect.record.trade_id;
             if accepted.trades.get(&id).is_some_and(|in_flight| in_flight.last_seq == effect.seq) {
                 accepted.trades.remove(&id);
             }
-            if let Some(created) = &effect.record.created {
-                accepted.orders.remove(&order_key(effect.record.merchant_id, &created.merchant_order_no));
+            if let Some((key, _)) = effect.keys {
+                accepted.orders.remove(&key);
             }
             answers.push((effect.done, receipt(id, index.get(id).expect("just applied"), false)));
         }

@@ -1,10 +1,12 @@
 //! `tradeshard`: the command-line tool of the engine.
 //!
-//! Today it measures the write-ahead log (`wal-bench`); the trade store's load generator,
-//! the settlement consumer and log inspection join it as the engine grows.
+//! `load` drives the embedded engine (the main job); `wal-bench` measures one write-ahead log
+//! alone. The settlement consumer and log inspection join them as the engine grows.
 
 mod latency;
+mod load;
 mod wal_bench;
+mod workload;
 
 use clap::{Parser, Subcommand};
 
@@ -17,12 +19,15 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
+    /// Run a trade workload against an embedded engine and report throughput and latency.
+    Load(load::Args),
     /// Measure durable appends to one write-ahead log: N appenders for a duration.
     WalBench(wal_bench::Args),
 }
 
 fn main() -> anyhow::Result<()> {
     match Cli::parse().command {
+        Command::Load(args) => load::run(args),
         Command::WalBench(args) => wal_bench::run(args),
     }
 }

@@ -1,0 +1,493 @@
+//! `tradeshard load`: the main job. Opens an engine (in a fresh temporary directory unless
+//! `--dir` is given), drives a workload through the public handle from a client thread with
+//! `--inflight` requests outstanding, reports throughput and latency per operation, and at the
+//! end reads back every acknowledged trade and fails if any is not in its acknowledged state.
+//!
+//! Workloads: `ingest` creates trades only (the durable-ingest headline); `mixed` creates, pays
+//! and settles trades, and reads (`get`, `list`) in `--read-ratio` of its operations.
+
+use std::cell::{Cell, RefCell};
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::rc::Rc;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context};
+use glommio::{LocalExecutorBuilder, Placement};
+use hdrhistogram::Histogram;
+use indicatif::{ProgressBar, ProgressStyle};
+use serde::Serialize;
+use tradeshard_engine::{Engine, EngineHandle, NewTrade, Options, TradeId, TradeStatus};
+
+use crate::latency::{self, LatencySummary};
+use crate::workload::{Rng, UserChooser};
+
+#[derive(clap::Args, Debug, Clone)]
+pub struct Args {
+    /// Data directory to keep (must be new); a temporary one under the current directory when
+    /// omitted, removed at the end.
+    #[arg(long)]
+    dir: Option<PathBuf>,
+    /// ingest: creates only; mixed: create, pay, settle, get and list.
+    #[arg(long, default_value = "mixed", value_parser = ["mixed", "ingest"])]
+    workload: String,
+    /// Distinct buyers.
+    #[arg(long, default_value_t = 100_000)]
+    users: u64,
+    /// Zipf exponent of the choice of buyer (0: uniform).
+    #[arg(long, default_value_t = 0.0)]
+    zipf: f64,
+    /// How long to run (e.g. 10s); the default when --ops is not given.
+    #[arg(long, value_parser = latency::parse_duration)]
+    duration: Option<Duration>,
+    /// Operations to run instead of a duration.
+    #[arg(long)]
+    ops: Option<u64>,
+    /// Requests outstanding at once.
+    #[arg(long, default_value_t = 256)]
+    inflight: usize,
+    /// Share of reads in the mixed workload.
+    #[arg(long, default_value_t = 0.2)]
+    read_ratio: f64,
+    /// sync: acknowledged after fdatasync; buffered: after the write, fdatasync every 10 ms.
+    #[arg(long, default_value = "sync", value_parser = ["sync", "buffered"])]
+    durability: String,
+    /// Seed of every random choice.
+    #[arg(long, default_value_t = 1)]
+    seed: u64,
+    /// Operations per second to send (open loop; latency counts from the intended send time).
+    #[arg(long)]
+    rate: Option<f64>,
+    /// Executors (default: one per core).
+    #[arg(long)]
+    executors: Option<usize>,
+    /// Physical shards of a new directory (default: one per core).
+    #[arg(long)]
+    shards: Option<u32>,
+    /// Print the report as one JSON object on stdout.
+    #[arg(long)]
+    json: bool,
+}
+
+const OPS: [&str; 5] = ["create", "pay", "settle", "get", "list"];
+const CREATE: usize = 0;
+const PAY: usize = 1;
+const SETTLE: usize = 2;
+const GET: usize = 3;
+const LIST: usize = 4;
+
+#[derive(Serialize)]
+struct OpReport {
+    count: u64,
+    ops_per_sec: f64,
+    latency_us: LatencySummary,
+}
+
+#[derive(Serialize)]
+struct Report {
+    workload: String,
+    elapsed_sec: f64,
+    trades_per_sec: f64,
+    ops_per_sec: f64,
+    fsyncs_per_sec: f64,
+    records_per_fsync: f64,
+    ops: HashMap<&'static str, OpReport>,
+    verified: u64,
+    mismatches: u64,
+    errors: u64,
+    inflight: usize,
+    users: u64,
+    zipf: f64,
+    durability: String,
+    executors: usize,
+    shards: u32,
+}
+
+/// What the client tasks share (one client thread, so `RefCell`).
+struct Client {
+    handle: EngineHandle,
+    users: UserChooser,
+    read_ratio: f64,
+    ingest: bool,
+    stop: Cell<bool>,
+    issued: Cell<u64>,
+    ops_max: Option<u64>,
+    histograms: RefCell<Vec<Histogram<u64>>>,
+    /// Every acknowledgement in order (the last one of a trade is its acknowledged state);
+    /// appended, not looked up, so that bookkeeping costs the client little.
+    acked: RefCell<Vec<(TradeId, TradeStatus)>>,
+    created: RefCell<Vec<TradeId>>,
+    errors: Cell<u64>,
+    first_error: RefCell<Option<String>>,
+    rate: Option<f64>,
+    inflight: usize,
+    start: Instant,
+}
+
+pub fn run(args: Args) -> anyhow::Result<()> {
+    if args.inflight == 0 || args.inflight > 1 << 20 {
+        bail!("--inflight must be between 1 and 1048576");
+    }
+    if !(0.0..=1.0).contains(&args.read_ratio) {
+        bail!("--read-ratio must be between 0 and 1");
+    }
+    let users = UserChooser::new(args.users, args.zipf).map_err(anyhow::Error::msg)?;
+    let temp;
+    let dir = match &args.dir {
+        Some(dir) => {
+            if dir.exists() && std::fs::read_dir(dir)?.next().is_some() {
+                bail!("{} is not empty: load needs a new directory", dir.display());
+            }
+            dir.clone()
+        }
+        None => {
+            temp = tempfile::Builder::new().prefix("tradeshard-load").tempdir_in(".")?;
+            temp.path().to_path_buf()
+        }
+    };
+    let mut options = Options { executors: args.executors, physical_shards: args.shards, ..Options::new(&dir) };
+    if args.durability == "buffered" {
+        options = options.buffered(Duration::from_millis(10));
+    }
+    let engine = Engine::open(options).with_context(|| format!("opening the engine in {}", dir.display()))?;
+    let handle = engine.handle();
+    let routing = handle.routing();
+    let duration = match (args.duration, args.ops) {
+        (Some(d), _) => Some(d),
+        (None, Some(_)) => None,
+        (None, None) => Some(Duration::from_secs(10)),
+    };
+    eprintln!(
+        "load: workload={} dir={} users={} zipf={} inflight={} read_ratio={} durability={} seed={} rate={:?} \
+         duration={:?} ops={:?} executors={} shards={}",
+        args.workload,
+        dir.display(),
+        args.users,
+        args.zipf,
+        args.inflight,
+        args.read_ratio,
+        args.durability,
+        args.seed,
+        args.rate,
+        duration,
+        args.ops,
+        routing.executors,
+        routing.physical_shards
+    );
+    let client_args = args.clone();
+    let client = std::thread::spawn(move || -> anyhow::Result<Report> {
+        let executor = LocalExecutorBuilder::new(Placement::Unbound)
+            .name("load-client")
+            .make()
+            .map_err(|e| anyhow::anyhow!("starting the client executor: {e}"))?;
+        executor.run(drive(client_args, handle, users, duration))
+    });
+    let report = client.join().map_err(|_| anyhow::anyhow!("the client thread panicked"))??;
+    engine.close().context("closing the engine")?;
+    if args.json {
+        println!("{}", serde_json::to_string(&report)?);
+    } else {
+        print_table(&report);
+    }
+    if report.mismatches > 0 || report.errors > 0 {
+        bail!(
+            "{} acknowledged trades did not read back as acknowledged, {} operations failed",
+            report.mismatches,
+            report.errors
+        );
+    }
+    Ok(())
+}
+
+async fn drive(
+    args: Args,
+    handle: EngineHandle,
+    users: UserChooser,
+    duration: Option<Duration>,
+) -> anyhow::Result<Report> {
+    let before = handle.stats().await?;
+    let client = Rc::new(Client {
+        handle: handle.clone(),
+        users,
+        read_ratio: args.read_ratio,
+        ingest: args.workload == "ingest",
+        stop: Cell::new(false),
+        issued: Cell::new(0),
+        ops_max: args.ops,
+        histograms: RefCell::new((0..OPS.len()).map(|_| latency::new_histogram()).collect()),
+        acked: RefCell::new(Vec::new()),
+        created: RefCell::new(Vec::new()),
+        errors: Cell::new(0),
+        first_error: RefCell::new(None),
+        rate: args.rate,
+        inflight: args.inflight,
+        start: Instant::now(),
+    });
+    let tasks: Vec<_> = (0..args.inflight)
+        .map(|task| glommio::spawn_local(worker(client.clone(), task, args.seed.wrapping_mul(1_000_003) ^ task as u64)))
+        .collect();
+    let progress = progress_bar(duration);
+    while !client.stop.get() {
+        glommio::timer::sleep(Duration::from_millis(200)).await;
+        let elapsed = client.start.elapsed();
+        let done = client.histograms.borrow().iter().map(|h| h.len()).sum::<u64>();
+        progress.set_message(format!("{done} ops, {:.0} ops/s", done as f64 / elapsed.as_secs_f64()));
+        match duration {
+            Some(d) => {
+                progress.set_position(elapsed.as_millis().min(d.as_millis()) as u64);
+                if elapsed >= d {
+                    client.stop.set(true);
+                }
+            }
+            None => progress.set_position(done),
+        }
+        if client.ops_max.is_some_and(|max| client.issued.get() >= max) || client.first_error.borrow().is_some() {
+            client.stop.set(true);
+        }
+    }
+    for task in tasks {
+        task.await;
+    }
+    let elapsed = client.start.elapsed().as_secs_f64();
+    let after = handle.stats().await?;
+    progress.finish_and_clear();
+    if let Some(error) = client.first_error.borrow().as_ref() {
+        eprintln!("load: first error: {error}");
+    }
+    let (verified, mismatches) = verify(&client, args.inflight).await;
+    let histograms = client.histograms.borrow();
+    let ops = OPS
+        .iter()
+        .enumerate()
+        .filter(|(i, _)| histograms[*i].len() > 0)
+        .map(|(i, name)| {
+            let count = histograms[i].len();
+            (
+                *name,
+                OpReport { count, ops_per_sec: count as f64 / elapsed, latency_us: latency::summarize(&histograms[i]) },
+            )
+        })
+        .collect::<HashMap<_, _>>();
+    let fsyncs = after.fsyncs - before.fsyncs;
+    let records = after.records - before.records;
+    Ok(Report {
+        workload: args.workload.clone(),
+        elapsed_sec: elapsed,
+        trades_per_sec: histograms[CREATE].len() as f64 / elapsed,
+        ops_per_sec: histograms.iter().map(|h| h.len()).sum::<u64>() as f64 / elapsed,
+        fsyncs_per_sec: fsyncs as f64 / elapsed,
+        records_per_fsync: if fsyncs == 0 { 0.0 } else { records as f64 / fsyncs as f64 },
+        ops,
+        verified,
+        mismatches,
+        errors: client.errors.get(),
+        inflight: args.inflight,
+        users: args.users,
+        zipf: args.zipf,
+        durability: args.durability.clone(),
+        executors: handle.routing().executors,
+        shards: handle.routing().physical_shards,
+    })
+}
+
+/// One outstanding request at a time, until told to stop.
+async fn worker(client: Rc<Client>, task: usize, seed: u64) {
+    let mut rng = Rng::new(seed);
+    // This task's trades that can still move forward: (id, status).
+    let mut open: Vec<(TradeId, TradeStatus)> = Vec::new();
+    let mut sent: u64 = 0;
+    while !client.stop.get() {
+        if let Some(max) = client.ops_max {
+            if client.issued.get() >= max {
+                break;
+            }
+        }
+        client.issued.set(client.issued.get() + 1);
+        let intended = match client.rate {
+            Some(rate) => {
+                // Tasks interleave their send slots: task i sends at slots i, i + inflight, ...
+                let slot = (sent as f64 * client.inflight as f64 + task as f64) / rate;
+                let at = client.start + Duration::from_secs_f64(slot);
+                let now = Instant::now();
+                if at > now {
+                    glommio::timer::sleep(at - now).await;
+                }
+                at
+            }
+            None => Instant::now(),
+        };
+        sent += 1;
+        let op = choose(&client, &mut rng, &open);
+        let outcome = run_op(&client, &mut rng, &mut open, op, task, sent).await;
+        let micros = intended.elapsed().as_micros() as u64;
+        match outcome {
+            Ok(()) => latency::record(&mut client.histograms.borrow_mut()[op], micros),
+            Err(error) => {
+                client.errors.set(client.errors.get() + 1);
+                client.first_error.borrow_mut().get_or_insert(format!("{}: {error}", OPS[op]));
+            }
+        }
+    }
+}
+
+fn choose(client: &Client, rng: &mut Rng, open: &[(TradeId, TradeStatus)]) -> usize {
+    if client.ingest {
+        return CREATE;
+    }
+    if rng.unit() < client.read_ratio {
+        return if rng.below(4) == 0 { LIST } else { GET };
+    }
+    let has = |status| open.iter().any(|(_, s)| *s == status);
+    match rng.below(10) {
+        0..=4 => CREATE,
+        5..=7 if has(TradeStatus::Created) => PAY,
+        8..=9 if has(TradeStatus::Paid) => SETTLE,
+        _ => CREATE,
+    }
+}
+
+async fn run_op(
+    client: &Client,
+    rng: &mut Rng,
+    open: &mut Vec<(TradeId, TradeStatus)>,
+    op: usize,
+    task: usize,
+    sent: u64,
+) -> Result<(), tradeshard_engine::Error> {
+    let handle = &client.handle;
+    match op {
+        CREATE => {
+            let buyer = client.users.pick(rng);
+            let amount = 1 + rng.below(100_000);
+            let mut order_no = String::with_capacity(24);
+            {
+                use std::fmt::Write;
+                let _ = write!(order_no, "L{task}-{sent}");
+            }
+            let trade = NewTrade {
+                buyer_id: buyer,
+                merchant_id: 1 + buyer % 997,
+                merchant_order_no: order_no,
+                amount,
+                currency: "CNY".into(),
+                memo: String::new(),
+            };
+            let receipt = handle.create_trade(trade).await?;
+            client.acked.borrow_mut().push((receipt.id, receipt.status));
+            if !client.ingest {
+                client.created.borrow_mut().push(receipt.id);
+                open.push((receipt.id, receipt.status));
+                if open.len() > 64 {
+                    open.remove(0);
+                }
+            }
+        }
+        PAY | SETTLE => {
+            let want = if op == PAY { TradeStatus::Created } else { TradeStatus::Paid };
+            let at = open.iter().position(|(_, s)| *s == want).expect("chosen only when present");
+            let id = open[at].0;
+            let receipt = if op == PAY { handle.pay(id).await? } else { handle.settle(id).await? };
+            client.acked.borrow_mut().push((id, receipt.status));
+            if receipt.status == TradeStatus::Settled {
+                open.remove(at);
+            } else {
+                open[at].1 = receipt.status;
+            }
+        }
+        GET => {
+            let id = {
+                let created = client.created.borrow();
+                if created.is_empty() {
+                    None
+                } else {
+                    Some(created[rng.below(created.len() as u64) as usize])
+                }
+            };
+            if let Some(id) = id {
+                handle.get(id).await?;
+            }
+        }
+        _ => {
+            handle.list_user_trades(client.users.pick(rng), 20, None).await?;
+        }
+    }
+    Ok(())
+}
+
+/// Reads back every acknowledged trade, `inflight` at a time.
+async fn verify(client: &Rc<Client>, inflight: usize) -> (u64, u64) {
+    let last: HashMap<TradeId, TradeStatus> = client.acked.borrow().iter().copied().collect();
+    let expected: Vec<(TradeId, TradeStatus)> = last.into_iter().collect();
+    let expected = Rc::new(expected);
+    let next = Rc::new(Cell::new(0usize));
+    let mismatches = Rc::new(Cell::new(0u64));
+    let bar = ProgressBar::new(expected.len() as u64);
+    bar.set_style(ProgressStyle::with_template("verify {pos}/{len} {bar:30}").expect("valid template"));
+    let tasks: Vec<_> = (0..inflight.min(expected.len()).max(1))
+        .map(|_| {
+            let (client, expected, next, mismatches, bar) =
+                (client.clone(), expected.clone(), next.clone(), mismatches.clone(), bar.clone());
+            glommio::spawn_local(async move {
+                loop {
+                    let i = next.get();
+                    if i >= expected.len() {
+                        break;
+                    }
+                    next.set(i + 1);
+                    let (id, status) = expected[i];
+                    match client.handle.get(id).await {
+                        Ok(trade) if trade.status == status => {}
+                        Ok(trade) => {
+                            eprintln!("verify: trade {id} is {:?}, acknowledged {status:?}", trade.status);
+                            mismatches.set(mismatches.get() + 1);
+                        }
+                        Err(error) => {
+                            eprintln!("verify: trade {id}: {error}");
+                            mismatches.set(mismatches.get() + 1);
+                        }
+                    }
+                    if i % 1024 == 0 {
+                        bar.set_position(i as u64);
+                    }
+                }
+            })
+        })
+        .collect();
+    for task in tasks {
+        task.await;
+    }
+    bar.finish_and_clear();
+    (expected.len() as u64, mismatches.get())
+}
+
+fn progress_bar(duration: Option<Duration>) -> ProgressBar {
+    let bar = ProgressBar::new(duration.map_or(0, |d| d.as_millis() as u64));
+    bar.set_style(ProgressStyle::with_template("{elapsed_precise} [{bar:30}] {msg}").expect("valid template"));
+    bar
+}
+
+fn print_table(report: &Report) {
+    println!(
+        "workload {} for {:.2} s: {:.0} trades/s, {:.0} ops/s, {:.0} fsyncs/s, {:.1} records per fsync",
+        report.workload,
+        report.elapsed_sec,
+        report.trades_per_sec,
+        report.ops_per_sec,
+        report.fsyncs_per_sec,
+        report.records_per_fsync
+    );
+    println!(
+        "{:<8} {:>10} {:>12} {:>9} {:>9} {:>9} {:>9}",
+        "op", "count", "ops/s", "p50 µs", "p99 µs", "p99.9 µs", "max µs"
+    );
+    for name in OPS {
+        if let Some(op) = report.ops.get(name) {
+            let l = op.latency_us;
+            println!(
+                "{name:<8} {:>10} {:>12.0} {:>9} {:>9} {:>9} {:>9}",
+                op.count, op.ops_per_sec, l.p50, l.p99, l.p999, l.max
+            );
+        }
+    }
+    println!("verified {} acknowledged trades: {} mismatches", report.verified, report.mismatches);
+}
