@@ -259,7 +259,7 @@ async fn drive(
     let ops = OPS
         .iter()
         .enumerate()
-        .filter(|(i, _)| histograms[*i].len() > 0)
+        .filter(|(i, _)| !histograms[*i].is_empty())
         .map(|(i, name)| {
             let count = histograms[i].len();
             (
