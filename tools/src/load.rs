@@ -95,6 +95,10 @@ struct Report {
     verified: u64,
     mismatches: u64,
     errors: u64,
+    /// Trades in the engine at the end of the timed phase.
+    engine_trades: u64,
+    /// Resident memory of the process (engine and client) at the end of the timed phase.
+    resident_bytes: u64,
     inflight: usize,
     users: u64,
     zipf: f64,
@@ -250,6 +254,7 @@ async fn drive(
     }
     let elapsed = client.start.elapsed().as_secs_f64();
     let after = handle.stats().await?;
+    let resident = resident_bytes();
     progress.finish_and_clear();
     if let Some(error) = client.first_error.borrow().as_ref() {
         eprintln!("load: first error: {error}");
@@ -281,6 +286,8 @@ async fn drive(
         verified,
         mismatches,
         errors: client.errors.get(),
+        engine_trades: after.trades,
+        resident_bytes: resident,
         inflight: args.inflight,
         users: args.users,
         zipf: args.zipf,
@@ -460,6 +467,13 @@ async fn verify(client: &Rc<Client>, inflight: usize) -> (u64, u64) {
     (expected.len() as u64, mismatches.get())
 }
 
+/// Resident set size of this process, from `/proc/self/statm` (0 where unavailable).
+fn resident_bytes() -> u64 {
+    let statm = std::fs::read_to_string("/proc/self/statm").unwrap_or_default();
+    let pages: u64 = statm.split_whitespace().nth(1).and_then(|p| p.parse().ok()).unwrap_or(0);
+    pages * 4096
+}
+
 fn progress_bar(duration: Option<Duration>) -> ProgressBar {
     let bar = ProgressBar::new(duration.map_or(0, |d| d.as_millis() as u64));
     bar.set_style(ProgressStyle::with_template("{elapsed_precise} [{bar:30}] {msg}").expect("valid template"));
@@ -489,5 +503,11 @@ fn print_table(report: &Report) {
             );
         }
     }
-    println!("verified {} acknowledged trades: {} mismatches", report.verified, report.mismatches);
+    println!(
+        "{} trades in the engine, {:.1} MiB resident; verified {} acknowledged trades: {} mismatches",
+        report.engine_trades,
+        report.resident_bytes as f64 / (1 << 20) as f64,
+        report.verified,
+        report.mismatches
+    );
 }

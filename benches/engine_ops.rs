@@ -1,0 +1,116 @@
+//! Requests through the public handle of an engine on the real disk: `create_trade` and `get`,
+//! one at a time from a plain thread (blocking calls) and 256 in flight from a client executor.
+
+use std::rc::Rc;
+use std::time::{Duration, Instant};
+
+use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
+use glommio::{LocalExecutorBuilder, Placement};
+use tradeshard_engine::{Engine, EngineHandle, NewTrade, Options, TradeId};
+
+fn trade(buyer: u64, order: u64) -> NewTrade {
+    NewTrade {
+        buyer_id: buyer,
+        merchant_id: 7,
+        merchant_order_no: format!("B{buyer}-{order}"),
+        amount: 100,
+        currency: "CNY".into(),
+        memo: String::new(),
+    }
+}
+
+fn open() -> (tempfile::TempDir, Engine) {
+    let dir = tempfile::Builder::new().prefix("tradeshard-bench").tempdir_in(".").expect("temporary directory");
+    let engine = Engine::open(Options { segment_bytes: 16 << 20, ..Options::new(dir.path()) }).expect("engine");
+    (dir, engine)
+}
+
+/// Runs `iters` rounds of `in_flight` concurrent requests made by `request`, from a client
+/// executor on this thread.
+fn concurrent<F, Fut>(handle: &EngineHandle, iters: u64, in_flight: u64, request: F) -> Duration
+where
+    F: Fn(EngineHandle, u64) -> Fut + 'static,
+    Fut: std::future::Future<Output = ()> + 'static,
+{
+    let client = LocalExecutorBuilder::new(Placement::Unbound).make().expect("client executor");
+    let request = Rc::new(request);
+    let handle = handle.clone();
+    client.run(async move {
+        let start = Instant::now();
+        for round in 0..iters {
+            let tasks: Vec<_> = (0..in_flight)
+                .map(|i| glommio::spawn_local((request.clone())(handle.clone(), round * in_flight + i)))
+                .collect();
+            for task in tasks {
+                task.await;
+            }
+        }
+        start.elapsed()
+    })
+}
+
+fn create_trade(c: &mut Criterion) {
+    let (_dir, engine) = open();
+    let handle = engine.handle();
+    let mut group = c.benchmark_group("engine_create_trade");
+    let mut next = 0u64;
+    group.throughput(Throughput::Elements(1));
+    group.bench_function(BenchmarkId::from_parameter("blocking_1"), |b| {
+        b.iter(|| {
+            next += 1;
+            handle.create_trade_blocking(trade(next, 0)).unwrap()
+        })
+    });
+    for in_flight in [256u64] {
+        group.throughput(Throughput::Elements(in_flight));
+        group.bench_function(BenchmarkId::from_parameter(format!("in_flight_{in_flight}")), |b| {
+            b.iter_custom(|iters| {
+                concurrent(&handle, iters, in_flight, |handle, i| async move {
+                    handle.create_trade(trade(1_000_000_000 + i, 1)).await.unwrap();
+                })
+            })
+        });
+    }
+    group.finish();
+    drop(handle);
+    engine.close().unwrap();
+}
+
+fn get(c: &mut Criterion) {
+    let (_dir, engine) = open();
+    let handle = engine.handle();
+    let ids: Vec<TradeId> =
+        (1..=10_000u64).map(|buyer| handle.create_trade_blocking(trade(buyer, 0)).unwrap().id).collect();
+    let ids = Rc::new(ids);
+    let mut group = c.benchmark_group("engine_get");
+    let mut next = 0usize;
+    group.throughput(Throughput::Elements(1));
+    group.bench_function(BenchmarkId::from_parameter("blocking_1"), |b| {
+        b.iter(|| {
+            next = (next + 7919) % ids.len();
+            handle.get_blocking(ids[next]).unwrap()
+        })
+    });
+    group.throughput(Throughput::Elements(256));
+    group.bench_function(BenchmarkId::from_parameter("in_flight_256"), |b| {
+        b.iter_custom(|iters| {
+            let ids: Vec<TradeId> = ids.as_ref().clone();
+            concurrent(&handle, iters, 256, move |handle, i| {
+                let id = ids[(i as usize * 7919) % ids.len()];
+                async move {
+                    handle.get(id).await.unwrap();
+                }
+            })
+        })
+    });
+    group.finish();
+    drop(handle);
+    engine.close().unwrap();
+}
+
+criterion_group! {
+    name = benches;
+    config = Criterion::default().sample_size(20).measurement_time(Duration::from_secs(3));
+    targets = create_trade, get
+}
+criterion_main!(benches);

@@ -1,0 +1,63 @@
+//! The `tradeshard` command as scripts use it: `load` and `wal-bench` run, print the JSON
+//! keys they promise, and refuse bad arguments with a non-zero exit.
+
+use std::process::Command;
+
+fn tradeshard(args: &[&str], dir: &std::path::Path) -> std::process::Output {
+    Command::new(env!("CARGO_BIN_EXE_tradeshard")).args(args).current_dir(dir).output().expect("tradeshard runs")
+}
+
+fn json(output: &std::process::Output) -> serde_json::Value {
+    assert!(output.status.success(), "exit {:?}: {}", output.status, String::from_utf8_lossy(&output.stderr));
+    serde_json::from_slice(&output.stdout).expect("stdout is one JSON object")
+}
+
+#[test]
+fn load_reports_json_and_verifies_every_trade() {
+    let dir = tempfile::tempdir().unwrap();
+    let output = tradeshard(&["load", "--ops", "3000", "--inflight", "32", "--users", "100", "--json"], dir.path());
+    let report = json(&output);
+    for key in ["trades_per_sec", "fsyncs_per_sec", "records_per_fsync"] {
+        assert!(report[key].as_f64().is_some_and(|v| v > 0.0), "{key} in {report}");
+    }
+    let create = &report["ops"]["create"];
+    assert!(create["count"].as_u64().unwrap() > 0 && create["ops_per_sec"].as_f64().unwrap() > 0.0);
+    for percentile in ["p50", "p99", "p999", "max"] {
+        assert!(create["latency_us"][percentile].as_u64().is_some(), "{percentile}");
+    }
+    assert_eq!(report["mismatches"], 0);
+    assert!(report["verified"].as_u64().unwrap() >= create["count"].as_u64().unwrap() / 2);
+    assert!(std::fs::read_dir(dir.path()).unwrap().next().is_none(), "the temporary data directory is removed");
+}
+
+#[test]
+fn load_keeps_its_data_in_dir_and_refuses_a_used_one() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let data_arg = data.to_str().unwrap();
+    let args = ["load", "--workload", "ingest", "--ops", "500", "--dir", data_arg, "--json"];
+    let report = json(&tradeshard(&args, dir.path()));
+    assert_eq!(report["ops"]["create"]["count"].as_u64(), Some(500));
+    assert!(data.join("MANIFEST").exists());
+    let again = tradeshard(&args, dir.path());
+    assert!(!again.status.success(), "a directory with data is refused");
+}
+
+#[test]
+fn wal_bench_reports_json() {
+    let dir = tempfile::tempdir().unwrap();
+    let args = ["wal-bench", "--concurrency", "8", "--duration", "300ms", "--preallocation", "reserved", "--json"];
+    let report = json(&tradeshard(&args, dir.path()));
+    for key in ["records_per_sec", "bytes_per_sec", "fsyncs_per_sec", "records_per_fsync"] {
+        assert!(report[key].as_f64().is_some_and(|v| v > 0.0), "{key} in {report}");
+    }
+    assert!(report["latency_us"]["p999"].as_u64().is_some());
+}
+
+#[test]
+fn bad_arguments_exit_non_zero() {
+    let dir = tempfile::tempdir().unwrap();
+    for args in [&["load", "--inflight", "0"][..], &["load", "--read-ratio", "2"], &["load", "--duration", "soon"]] {
+        assert!(!tradeshard(args, dir.path()).status.success(), "{args:?}");
+    }
+}
