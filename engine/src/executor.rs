@@ -22,6 +22,9 @@ use crate::options::Options;
 /// Requests handed to shards before the dispatcher yields to the flushers.
 const DRAIN_BATCH_MAX: usize = 4096;
 
+/// Frame payload limit of the shards' logs. Trade records are at most a few hundred bytes.
+const TRADE_FRAME_PAYLOAD_BYTES: u32 = 64 << 10;
+
 /// What an executor needs to start.
 pub(crate) struct ExecutorPlan {
     pub index: usize,
@@ -37,6 +40,9 @@ pub(crate) fn start(plan: ExecutorPlan, options: &Options) -> Result<ExecutorJoi
         durability: options.durability,
         segment_bytes: options.segment_bytes,
         pending_records_max: options.queue_depth_max.max(1 << 16),
+        // A point read fetches and verifies a whole frame: small frames keep that cheap.
+        frame_payload_bytes_max: TRADE_FRAME_PAYLOAD_BYTES,
+        record_bytes_max: tradeshard_shard::record::RECORD_BYTES_MAX as u32,
         ..WalConfig::default()
     };
     let (ready_tx, ready_rx) = mpsc::channel();
