@@ -1,0 +1,116 @@
+//! Read-through loading with miss coalescing, for a cache shared by tasks of one thread.
+//!
+//! The first miss on a key starts the load; later misses on the same key, while it runs, wait
+//! for it instead of loading again. The outcome goes to every waiter; only a success is cached.
+//! No `RefCell` borrow is held across an await.
+
+use std::cell::RefCell;
+use std::collections::HashMap;
+use std::future::Future;
+use std::hash::Hash;
+use std::rc::Rc;
+use std::task::{Poll, Waker};
+
+use crate::fifo::Cache;
+
+struct Pending<V, E> {
+    outcome: Option<Result<V, E>>,
+    /// The loading caller went away before finishing: waiters load for themselves.
+    abandoned: bool,
+    wakers: Vec<Waker>,
+}
+
+type PendingRef<V, E> = Rc<RefCell<Pending<V, E>>>;
+
+/// Ends a load: on drop without an outcome (the loader's future was dropped), frees the key
+/// and wakes the waiters so that one of them loads instead.
+struct LoadGuard<'a, K: Hash + Eq, V, E> {
+    key: &'a K,
+    pending: PendingRef<V, E>,
+    loading: &'a RefCell<HashMap<K, PendingRef<V, E>>>,
+}
+
+impl<K: Hash + Eq, V, E> Drop for LoadGuard<'_, K, V, E> {
+    fn drop(&mut self) {
+        self.loading.borrow_mut().remove(self.key);
+        let wakers = {
+            let mut pending = self.pending.borrow_mut();
+            if pending.outcome.is_none() {
+                pending.abandoned = true;
+            }
+            std::mem::take(&mut pending.wakers)
+        };
+        for waker in wakers {
+            waker.wake();
+        }
+    }
+}
+
+/// A [`Cache`] with read-through loading.
+pub struct ReadThrough<K, V, E> {
+    cache: RefCell<Cache<K, V>>,
+    loading: RefCell<HashMap<K, PendingRef<V, E>>>,
+}
+
+impl<K: Hash + Eq + Clone, V: Clone, E: Clone> ReadThrough<K, V, E> {
+    pub fn new(budget_bytes: usize) -> Self {
+        ReadThrough { cache: RefCell::new(Cache::new(budget_bytes)), loading: RefCell::new(HashMap::new()) }
+    }
+
+    /// The cache itself (for inserts on the write path and for counters).
+    pub fn cache(&self) -> &RefCell<Cache<K, V>> {
+        &self.cache
+    }
+
+    /// The cached value, or the outcome of `load` (run once for all concurrent misses on
+    /// `key`); a loaded value is cached with the size `size_of` gives it.
+    pub async fn get_or_load<F, Fut>(&self, key: K, load: F, size_of: impl Fn(&V) -> usize) -> Result<V, E>
+    where
+        F: FnOnce() -> Fut,
+        Fut: Future<Output = Result<V, E>>,
+    {
+        let mut load = Some(load);
+        loop {
+            if let Some(value) = self.cache.borrow_mut().get(&key) {
+                return Ok(value);
+            }
+            let existing = self.loading.borrow().get(&key).cloned();
+            if let Some(pending) = existing {
+                self.cache.borrow_mut().stats_mut().coalesced += 1;
+                match wait(&pending).await {
+                    Some(outcome) => return outcome,
+                    None => continue,
+                }
+            }
+            let pending = Rc::new(RefCell::new(Pending { outcome: None, abandoned: false, wakers: Vec::new() }));
+            self.loading.borrow_mut().insert(key.clone(), pending.clone());
+            self.cache.borrow_mut().stats_mut().loads += 1;
+            let guard = LoadGuard { key: &key, pending: pending.clone(), loading: &self.loading };
+            let load = load.take().expect("a caller loads at most once: it returns after loading");
+            let outcome = load().await;
+            if let Ok(value) = &outcome {
+                let size = size_of(value);
+                self.cache.borrow_mut().insert(key.clone(), value.clone(), size);
+            }
+            pending.borrow_mut().outcome = Some(outcome.clone());
+            drop(guard);
+            return outcome;
+        }
+    }
+}
+
+/// The outcome of another caller's load, or `None` if that caller gave up.
+async fn wait<V: Clone, E: Clone>(pending: &PendingRef<V, E>) -> Option<Result<V, E>> {
+    std::future::poll_fn(|cx| {
+        let mut pending = pending.borrow_mut();
+        match &pending.outcome {
+            Some(outcome) => Poll::Ready(Some(outcome.clone())),
+            None if pending.abandoned => Poll::Ready(None),
+            None => {
+                pending.wakers.push(cx.waker().clone());
+                Poll::Pending
+            }
+        }
+    })
+    .await
+}
