@@ -29,6 +29,7 @@ const TRADE_FRAME_PAYLOAD_BYTES: u32 = 64 << 10;
 pub(crate) struct ExecutorPlan {
     pub index: usize,
     pub shard_dirs: Vec<(u32, PathBuf)>,
+    pub cache_bytes_per_shard: usize,
     pub inbox: Arc<Inbox>,
 }
 
@@ -66,7 +67,7 @@ async fn run(plan: ExecutorPlan, wal_config: WalConfig, ready: mpsc::Sender<Resu
     for (shard_id, dir) in &plan.shard_dirs {
         let config = WalConfig { shard_id: *shard_id, ..wal_config.clone() };
         let opened = match DmaDisk::new(dir) {
-            Ok(disk) => Shard::open(disk, config).await,
+            Ok(disk) => Shard::open(disk, config, plan.cache_bytes_per_shard).await,
             Err(e) => Err(TradeError::Log(tradeshard_wal::Error::Io {
                 op: "create directory",
                 path: dir.clone(),

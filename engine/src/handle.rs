@@ -38,6 +38,8 @@ pub struct EngineStats {
     pub fsyncs: u64,
     pub flushes: u64,
     pub disk_bytes: u64,
+    /// Cache counters summed over the shards.
+    pub cache: tradeshard_shard::CacheStats,
 }
 
 impl EngineHandle {
@@ -144,6 +146,14 @@ impl EngineHandle {
             stats.fsyncs += shard.wal.fsyncs;
             stats.flushes += shard.wal.flushes;
             stats.disk_bytes += shard.wal.disk_bytes;
+            let (total, cache) = (&mut stats.cache, &shard.cache);
+            total.hits += cache.hits;
+            total.misses += cache.misses;
+            total.loads += cache.loads;
+            total.coalesced += cache.coalesced;
+            total.evictions += cache.evictions;
+            total.bytes += cache.bytes;
+            total.entries += cache.entries;
         }
         Ok(stats)
     }

@@ -39,7 +39,7 @@ pub use handle::{EngineHandle, EngineStats};
 pub use manifest::{Manifest, FORMAT_VERSION};
 pub use options::{cores, Backpressure, Durability, Options};
 pub use routing::Routing;
-pub use tradeshard_shard::{Currency, NewTrade, Receipt, Trade, TradeId, TradeStatus};
+pub use tradeshard_shard::{CacheStats, Currency, NewTrade, Receipt, Trade, TradeId, TradeStatus};
 
 use crate::executor::ExecutorPlan;
 use crate::handle::HandleInner;
@@ -96,7 +96,8 @@ impl Engine {
         let mut engine = Engine { handle, executors: Vec::new(), data_dir };
         for (index, inbox) in inboxes.into_iter().enumerate() {
             let shard_dirs = routing.shards_of_executor(index).map(|s| (s, engine.data_dir.shard_dir(s))).collect();
-            let plan = ExecutorPlan { index, shard_dirs, inbox };
+            let cache_bytes_per_shard = options.cache_bytes / manifest.physical_shards as usize;
+            let plan = ExecutorPlan { index, shard_dirs, inbox, cache_bytes_per_shard };
             engine.executors.push(executor::start(plan, &options)?);
         }
         Ok(engine)

@@ -41,6 +41,9 @@ pub struct Options {
     pub segment_bytes: u64,
     /// glommio io_memory per executor (registered buffers for the logs' writes).
     pub io_memory_bytes: usize,
+    /// Bytes of read-through cache in all, split evenly across the physical shards; 0 turns
+    /// the cache off (every `get` reads the log).
+    pub cache_bytes: usize,
 }
 
 impl Options {
@@ -57,6 +60,7 @@ impl Options {
             backpressure: Backpressure::Wait,
             segment_bytes: 128 << 20,
             io_memory_bytes: 64 << 20,
+            cache_bytes: 256 << 20,
         }
     }
 

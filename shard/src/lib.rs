@@ -15,5 +15,6 @@ pub use currency::Currency;
 pub use error::TradeError;
 pub use index::Action;
 pub use record::{RecordKind, TradeRecord};
-pub use shard::{Command, Done, ListQuery, Shard, ShardStats};
+pub use shard::{Command, CreatedPart, Done, ListQuery, Shard, ShardStats};
 pub use trade::{NewTrade, Receipt, Trade, TradeId, TradeStatus, ValidTrade};
+pub use tradeshard_cache::CacheStats;

@@ -7,6 +7,13 @@
 //! shard's committer task. Reads look at durable state only: nothing is read before it is
 //! durable, and a caller that got an answer to a write reads that write.
 //!
+//! A `get` composes the trade from two parts: its state (status, amounts, times), always from
+//! the durable index in memory, and its immutable part (order number, memo, creation time)
+//! from the `Created` record, served by the shard's read-through cache and read from the log
+//! on a miss. Because the cached part never changes and the changing part is never cached, a
+//! read can be neither stale nor ahead of durability; a create puts its immutable part in the
+//! cache when it becomes durable.
+//!
 //! A create whose order number is already in flight waits for the first create to become
 //! durable and answers with it. After the log fails, the shard answers every write with the
 //! failure (the log acknowledges nothing more until reopened); reads of durable state go on.
@@ -19,6 +26,7 @@ use std::rc::Rc;
 use std::task::{Context, Poll, Waker};
 use std::time::{SystemTime, UNIX_EPOCH};
 
+use tradeshard_cache::{CacheStats, ReadThrough};
 use tradeshard_wal::disk::Disk;
 use tradeshard_wal::{Appended, Ticket, Wal, WalConfig, WalStats};
 
@@ -54,6 +62,22 @@ pub struct ShardStats {
     pub trades: u64,
     pub writes_in_flight: u64,
     pub wal: WalStats,
+    pub cache: CacheStats,
+}
+
+/// The immutable part of a trade, from its `Created` record: what the cache holds.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CreatedPart {
+    pub merchant_order_no: String,
+    pub memo: String,
+    pub created_ms: u64,
+}
+
+impl CreatedPart {
+    /// Bytes the cache charges for it.
+    fn cache_bytes(part: &Rc<CreatedPart>) -> usize {
+        std::mem::size_of::<CreatedPart>() + part.merchant_order_no.len() + part.memo.len()
+    }
 }
 
 /// A trade with writes in flight: its accepted (not yet durable) state.
@@ -92,6 +116,7 @@ struct Inner<D: Disk> {
     wal: Wal<D>,
     index: RefCell<ShardIndex>,
     accepted: RefCell<Accepted>,
+    created_parts: ReadThrough<TradeId, Rc<CreatedPart>, TradeError>,
 }
 
 /// One shard of the trade store, on the executor that opened it.
@@ -105,8 +130,9 @@ fn now_ms() -> u64 {
 }
 
 impl<D: Disk> Shard<D> {
-    /// Opens the shard's log on `disk`, rebuilding the indexes from every record.
-    pub async fn open(disk: D, wal_config: WalConfig) -> Result<Shard<D>, TradeError> {
+    /// Opens the shard's log on `disk`, rebuilding the indexes from every record, with a
+    /// read-through cache of `cache_bytes` (0: every read goes to the log).
+    pub async fn open(disk: D, wal_config: WalConfig, cache_bytes: usize) -> Result<Shard<D>, TradeError> {
         let mut index = ShardIndex::default();
         let mut replay_error = None;
         let (wal, _) = Wal::open_with_positions(disk, wal_config, |at, bytes| {
@@ -123,7 +149,12 @@ impl<D: Disk> Shard<D> {
             return Err(error);
         }
         let accepted = Accepted { next_counter: index.counter_max() + 1, ..Accepted::default() };
-        let inner = Rc::new(Inner { wal, index: RefCell::new(index), accepted: RefCell::new(accepted) });
+        let inner = Rc::new(Inner {
+            wal,
+            index: RefCell::new(index),
+            accepted: RefCell::new(accepted),
+            created_parts: ReadThrough::new(cache_bytes),
+        });
         let committer = glommio::spawn_local(run_committer(inner.clone())).detach();
         Ok(Shard { inner, committer: Some(committer) })
     }
@@ -280,6 +311,7 @@ impl<D: Disk> Shard<D> {
             trades: self.inner.index.borrow().len() as u64,
             writes_in_flight: self.inner.accepted.borrow().effects.len() as u64,
             wal: self.inner.wal.stats(),
+            cache: self.inner.created_parts.cache().borrow().stats(),
         }
     }
 
@@ -337,26 +369,39 @@ fn receipt(id: TradeId, entry: &TradeEntry, replayed: bool) -> Receipt {
     }
 }
 
+/// The trade's durable state: its immutable part from the cache (or the log), the rest from
+/// the index.
 async fn read_trade<D: Disk>(inner: &Inner<D>, id: TradeId) -> Result<Trade, TradeError> {
     let created_at = inner.index.borrow().get(id).map(|entry| entry.created_at).ok_or(TradeError::NotFound(id))?;
-    let bytes = inner.wal.read_at(created_at.seq, created_at.frame).await?;
-    let record = TradeRecord::decode(&bytes).map_err(|reason| TradeError::BadRecord { seq: created_at.seq, reason })?;
-    let created =
-        record.created.ok_or(TradeError::BadRecord { seq: created_at.seq, reason: "not a created record" })?;
+    let load = || read_created_part(inner, created_at);
+    let part = inner.created_parts.get_or_load(id, load, CreatedPart::cache_bytes).await?;
     let entry = *inner.index.borrow().get(id).expect("trades are never removed");
     Ok(Trade {
         id,
         buyer_id: entry.user_id,
         merchant_id: entry.merchant_id,
-        merchant_order_no: created.merchant_order_no,
+        merchant_order_no: part.merchant_order_no.clone(),
         amount: entry.lifecycle.amount,
         refunded_amount: entry.lifecycle.refunded,
         currency: entry.currency,
         status: entry.lifecycle.status,
-        created_ms: record.at_ms,
+        created_ms: part.created_ms,
         updated_ms: entry.updated_ms,
-        memo: created.memo,
+        memo: part.memo.clone(),
     })
+}
+
+/// Reads a trade's `Created` record from the log (direct I/O): a cache miss.
+async fn read_created_part<D: Disk>(inner: &Inner<D>, created_at: Appended) -> Result<Rc<CreatedPart>, TradeError> {
+    let bytes = inner.wal.read_at(created_at.seq, created_at.frame).await?;
+    let record = TradeRecord::decode(&bytes).map_err(|reason| TradeError::BadRecord { seq: created_at.seq, reason })?;
+    let created =
+        record.created.ok_or(TradeError::BadRecord { seq: created_at.seq, reason: "not a created record" })?;
+    Ok(Rc::new(CreatedPart {
+        merchant_order_no: created.merchant_order_no,
+        memo: created.memo,
+        created_ms: record.at_ms,
+    }))
 }
 
 /// Waits for the oldest write in flight (or for close), returning its ticket.
@@ -412,6 +457,15 @@ fn apply_durable<D: Disk>(inner: &Inner<D>, front: Appended) {
             }
             if let Some((key, _)) = effect.keys {
                 accepted.orders.remove(&key);
+            }
+            if let Some(created) = effect.record.created.take() {
+                let part = Rc::new(CreatedPart {
+                    merchant_order_no: created.merchant_order_no,
+                    memo: created.memo,
+                    created_ms: effect.record.at_ms,
+                });
+                let bytes = CreatedPart::cache_bytes(&part);
+                inner.created_parts.cache().borrow_mut().insert(id, part, bytes);
             }
             answers.push((effect.done, receipt(id, index.get(id).expect("just applied"), false)));
         }

@@ -1,0 +1,75 @@
+//! The read-through cache seen through the engine: reads after an acknowledged write show
+//! that write (cache on or off), hot reads hit the cache, and with the cache off every read
+//! goes to the log and is still right.
+
+use tradeshard_engine::{Engine, Options, TradeStatus};
+use tradeshard_tests::{engine_options, new_trade};
+
+fn options(dir: &std::path::Path, cache_bytes: usize) -> Options {
+    Options { cache_bytes, ..engine_options(dir, 2, 2) }
+}
+
+#[test]
+fn reads_after_each_acknowledged_write_show_it_with_the_cache_on_and_off() {
+    for cache_bytes in [1 << 20, 0] {
+        let dir = tempfile::tempdir().unwrap();
+        let engine = Engine::open(options(dir.path(), cache_bytes)).unwrap();
+        let handle = engine.handle();
+        // Four threads, each driving its own trades through their lifecycle and reading each
+        // one back after every acknowledgement, while the others do the same.
+        let workers: Vec<_> = (0..4u64)
+            .map(|worker| {
+                let handle = handle.clone();
+                std::thread::spawn(move || {
+                    for n in 0..25u64 {
+                        let buyer = worker * 1000 + n % 5 + 1;
+                        let created = handle.create_trade_blocking(new_trade(buyer, n, 1000)).unwrap();
+                        assert_eq!(handle.get_blocking(created.id).unwrap().status, TradeStatus::Created);
+                        handle.pay_blocking(created.id).unwrap();
+                        assert_eq!(handle.get_blocking(created.id).unwrap().status, TradeStatus::Paid);
+                        for refunded in [100, 250] {
+                            let receipt =
+                                handle.refund_blocking(created.id, refunded - (refunded / 250) * 100).unwrap();
+                            let trade = handle.get_blocking(created.id).unwrap();
+                            assert_eq!(
+                                (trade.status, trade.refunded_amount),
+                                (receipt.status, receipt.refunded_amount)
+                            );
+                        }
+                        let trade = handle.get_blocking(created.id).unwrap();
+                        assert_eq!(
+                            (trade.merchant_order_no, trade.memo),
+                            (format!("ORD-{buyer}-{n}"), format!("order {n} of buyer {buyer}"))
+                        );
+                    }
+                })
+            })
+            .collect();
+        for worker in workers {
+            worker.join().unwrap();
+        }
+        let cache = handle.stats_blocking().unwrap().cache;
+        if cache_bytes == 0 {
+            assert_eq!((cache.hits, cache.entries), (0, 0), "a zero budget caches nothing");
+            assert!(cache.loads >= 400, "every read went to the log: {cache:?}");
+        } else {
+            assert!(cache.hits >= 400, "reads of just-created trades hit the cache: {cache:?}");
+        }
+        engine.close().unwrap();
+    }
+}
+
+#[test]
+fn after_reopen_the_first_read_loads_and_the_next_hits() {
+    let dir = tempfile::tempdir().unwrap();
+    let engine = Engine::open(options(dir.path(), 1 << 20)).unwrap();
+    let id = engine.handle().create_trade_blocking(new_trade(1, 1, 10)).unwrap().id;
+    engine.close().unwrap();
+    let engine = Engine::open(options(dir.path(), 1 << 20)).unwrap();
+    let handle = engine.handle();
+    assert_eq!(handle.get_blocking(id).unwrap().amount, 10);
+    assert_eq!(handle.get_blocking(id).unwrap().amount, 10);
+    let cache = handle.stats_blocking().unwrap().cache;
+    assert_eq!((cache.loads, cache.hits, cache.misses), (1, 1, 1));
+    engine.close().unwrap();
+}
