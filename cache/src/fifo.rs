@@ -85,6 +85,14 @@ impl<K: Hash + Eq + Clone, V: Clone> Cache<K, V> {
         }
     }
 
+    /// The value of `key` as a hit would return it (marking it used), without counting a hit
+    /// or a miss: for a second look after a counted miss.
+    pub fn peek(&mut self, key: &K) -> Option<V> {
+        let entry = self.map.get_mut(key)?;
+        entry.freq = (entry.freq + 1).min(FREQ_MAX);
+        Some(entry.value.clone())
+    }
+
     /// True if `key` is cached (no hit is counted).
     pub fn contains(&self, key: &K) -> bool {
         self.map.contains_key(key)

@@ -69,9 +69,22 @@ impl<K: Hash + Eq + Clone, V: Clone, E: Clone> ReadThrough<K, V, E> {
         F: FnOnce() -> Fut,
         Fut: Future<Output = Result<V, E>>,
     {
+        if let Some(value) = self.cache.borrow_mut().get(&key) {
+            return Ok(value);
+        }
+        self.load_after_miss(key, load, size_of).await
+    }
+
+    /// [`get_or_load`](Self::get_or_load) for a caller that already looked the key up with
+    /// [`Cache::get`] and missed (the miss is counted once).
+    pub async fn load_after_miss<F, Fut>(&self, key: K, load: F, size_of: impl Fn(&V) -> usize) -> Result<V, E>
+    where
+        F: FnOnce() -> Fut,
+        Fut: Future<Output = Result<V, E>>,
+    {
         let mut load = Some(load);
         loop {
-            if let Some(value) = self.cache.borrow_mut().get(&key) {
+            if let Some(value) = self.cache.borrow_mut().peek(&key) {
                 return Ok(value);
             }
             let existing = self.loading.borrow().get(&key).cloned();

@@ -276,10 +276,22 @@ impl<D: Disk> Shard<D> {
         Ok(())
     }
 
-    /// Reads a trade's durable state.
+    /// Reads a trade's durable state: at once when its immutable part is cached, else after
+    /// reading the log.
     pub fn get(&self, id: TradeId, done: Done<Trade>) {
-        let inner = self.inner.clone();
-        glommio::spawn_local(async move { done(read_trade(&inner, id).await) }).detach();
+        let cached = {
+            let index = self.inner.index.borrow();
+            let Some(entry) = index.get(id) else { return done(Err(TradeError::NotFound(id))) };
+            let part = self.inner.created_parts.cache().borrow_mut().get(&id);
+            part.map(|part| compose(id, entry, &part))
+        };
+        match cached {
+            Some(trade) => done(Ok(trade)),
+            None => {
+                let inner = self.inner.clone();
+                glommio::spawn_local(async move { done(read_trade(&inner, id, true).await) }).detach();
+            }
+        }
     }
 
     /// Lists a user's durable trades, newest first.
@@ -295,7 +307,7 @@ impl<D: Disk> Shard<D> {
         glommio::spawn_local(async move {
             let mut trades = Vec::with_capacity(ids.len());
             for id in ids {
-                match read_trade(&inner, id).await {
+                match read_trade(&inner, id, false).await {
                     Ok(trade) => trades.push(trade),
                     Err(error) => return done(Err(error)),
                 }
@@ -371,12 +383,23 @@ fn receipt(id: TradeId, entry: &TradeEntry, replayed: bool) -> Receipt {
 
 /// The trade's durable state: its immutable part from the cache (or the log), the rest from
 /// the index.
-async fn read_trade<D: Disk>(inner: &Inner<D>, id: TradeId) -> Result<Trade, TradeError> {
+/// `missed`: the caller already looked the cache up and missed.
+async fn read_trade<D: Disk>(inner: &Inner<D>, id: TradeId, missed: bool) -> Result<Trade, TradeError> {
     let created_at = inner.index.borrow().get(id).map(|entry| entry.created_at).ok_or(TradeError::NotFound(id))?;
     let load = || read_created_part(inner, created_at);
-    let part = inner.created_parts.get_or_load(id, load, CreatedPart::cache_bytes).await?;
-    let entry = *inner.index.borrow().get(id).expect("trades are never removed");
-    Ok(Trade {
+    let parts = &inner.created_parts;
+    let part = if missed {
+        parts.load_after_miss(id, load, CreatedPart::cache_bytes).await?
+    } else {
+        parts.get_or_load(id, load, CreatedPart::cache_bytes).await?
+    };
+    let index = inner.index.borrow();
+    Ok(compose(id, index.get(id).expect("trades are never removed"), &part))
+}
+
+/// A trade from its durable state and its immutable part.
+fn compose(id: TradeId, entry: &TradeEntry, part: &CreatedPart) -> Trade {
+    Trade {
         id,
         buyer_id: entry.user_id,
         merchant_id: entry.merchant_id,
@@ -388,7 +411,7 @@ async fn read_trade<D: Disk>(inner: &Inner<D>, id: TradeId) -> Result<Trade, Tra
         created_ms: part.created_ms,
         updated_ms: entry.updated_ms,
         memo: part.memo.clone(),
-    })
+    }
 }
 
 /// Reads a trade's `Created` record from the log (direct I/O): a cache miss.

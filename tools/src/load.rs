@@ -4,7 +4,9 @@
 //! end reads back every acknowledged trade and fails if any is not in its acknowledged state.
 //!
 //! Workloads: `ingest` creates trades only (the durable-ingest headline); `mixed` creates, pays
-//! and settles trades, and reads (`get`, `list`) in `--read-ratio` of its operations.
+//! and settles trades, and reads (`get`, `list`) in `--read-ratio` of its operations; `read`
+//! first creates `--read-trades` trades (untimed), then reads them by id, uniformly or with
+//! `--zipf` skew over the trades, reporting the cache's hit ratio.
 
 use std::cell::{Cell, RefCell};
 use std::collections::HashMap;
@@ -28,13 +30,20 @@ pub struct Args {
     /// omitted, removed at the end.
     #[arg(long)]
     dir: Option<PathBuf>,
-    /// ingest: creates only; mixed: create, pay, settle, get and list.
-    #[arg(long, default_value = "mixed", value_parser = ["mixed", "ingest"])]
+    /// ingest: creates only; mixed: create, pay, settle, get and list; read: gets by trade id
+    /// after an untimed ingest of --read-trades trades.
+    #[arg(long, default_value = "mixed", value_parser = ["mixed", "ingest", "read"])]
     workload: String,
+    /// Trades created before the timed phase of the read workload.
+    #[arg(long, default_value_t = 200_000)]
+    read_trades: u64,
+    /// Bytes of read-through cache in all (0 turns it off).
+    #[arg(long, default_value_t = 256 << 20)]
+    cache_bytes: usize,
     /// Distinct buyers.
     #[arg(long, default_value_t = 100_000)]
     users: u64,
-    /// Zipf exponent of the choice of buyer (0: uniform).
+    /// Zipf exponent of the choice of buyer, or of trade in the read workload (0: uniform).
     #[arg(long, default_value_t = 0.0)]
     zipf: f64,
     /// How long to run (e.g. 10s); the default when --ops is not given.
@@ -89,6 +98,11 @@ struct Report {
     elapsed_sec: f64,
     trades_per_sec: f64,
     ops_per_sec: f64,
+    /// `get`s per second in the timed phase.
+    reads_per_sec: f64,
+    /// Cache hits over cache lookups in the timed phase.
+    hit_ratio: f64,
+    cache_bytes: usize,
     fsyncs_per_sec: f64,
     records_per_fsync: f64,
     ops: HashMap<&'static str, OpReport>,
@@ -113,6 +127,8 @@ struct Client {
     users: UserChooser,
     read_ratio: f64,
     ingest: bool,
+    /// The read workload's trades, and how to pick among them.
+    read_only: Option<(Vec<TradeId>, UserChooser)>,
     stop: Cell<bool>,
     issued: Cell<u64>,
     ops_max: Option<u64>,
@@ -149,7 +165,12 @@ pub fn run(args: Args) -> anyhow::Result<()> {
             temp.path().to_path_buf()
         }
     };
-    let mut options = Options { executors: args.executors, physical_shards: args.shards, ..Options::new(&dir) };
+    let mut options = Options {
+        executors: args.executors,
+        physical_shards: args.shards,
+        cache_bytes: args.cache_bytes,
+        ..Options::new(&dir)
+    };
     if args.durability == "buffered" {
         options = options.buffered(Duration::from_millis(10));
     }
@@ -209,12 +230,20 @@ async fn drive(
     users: UserChooser,
     duration: Option<Duration>,
 ) -> anyhow::Result<Report> {
+    let read_only = if args.workload == "read" {
+        let ids = ingest_untimed(&handle, &args).await?;
+        let chooser = UserChooser::new(ids.len() as u64, args.zipf).map_err(anyhow::Error::msg)?;
+        Some((ids, chooser))
+    } else {
+        None
+    };
     let before = handle.stats().await?;
     let client = Rc::new(Client {
         handle: handle.clone(),
         users,
         read_ratio: args.read_ratio,
         ingest: args.workload == "ingest",
+        read_only,
         stop: Cell::new(false),
         issued: Cell::new(0),
         ops_max: args.ops,
@@ -227,6 +256,9 @@ async fn drive(
         inflight: args.inflight,
         start: Instant::now(),
     });
+    if let Some((ids, _)) = &client.read_only {
+        client.acked.borrow_mut().extend(ids.iter().map(|id| (*id, TradeStatus::Created)));
+    }
     let tasks: Vec<_> = (0..args.inflight)
         .map(|task| glommio::spawn_local(worker(client.clone(), task, args.seed.wrapping_mul(1_000_003) ^ task as u64)))
         .collect();
@@ -275,11 +307,15 @@ async fn drive(
         .collect::<HashMap<_, _>>();
     let fsyncs = after.fsyncs - before.fsyncs;
     let records = after.records - before.records;
+    let (hits, misses) = (after.cache.hits - before.cache.hits, after.cache.misses - before.cache.misses);
     Ok(Report {
         workload: args.workload.clone(),
         elapsed_sec: elapsed,
         trades_per_sec: histograms[CREATE].len() as f64 / elapsed,
         ops_per_sec: histograms.iter().map(|h| h.len()).sum::<u64>() as f64 / elapsed,
+        reads_per_sec: histograms[GET].len() as f64 / elapsed,
+        hit_ratio: if hits + misses == 0 { 0.0 } else { hits as f64 / (hits + misses) as f64 },
+        cache_bytes: args.cache_bytes,
         fsyncs_per_sec: fsyncs as f64 / elapsed,
         records_per_fsync: if fsyncs == 0 { 0.0 } else { records as f64 / fsyncs as f64 },
         ops,
@@ -341,6 +377,9 @@ fn choose(client: &Client, rng: &mut Rng, open: &[(TradeId, TradeStatus)]) -> us
     if client.ingest {
         return CREATE;
     }
+    if client.read_only.is_some() {
+        return GET;
+    }
     if rng.unit() < client.read_ratio {
         return if rng.below(4) == 0 { LIST } else { GET };
     }
@@ -401,6 +440,12 @@ async fn run_op(
                 open[at].1 = receipt.status;
             }
         }
+        GET if client.read_only.is_some() => {
+            let (ids, chooser) = client.read_only.as_ref().expect("checked");
+            // Rank r of the skew is trade (r * 7919) mod n, so hot trades spread over shards.
+            let rank = chooser.pick(rng) - 1;
+            handle.get(ids[((rank * 7919) % ids.len() as u64) as usize]).await?;
+        }
         GET => {
             let id = {
                 let created = client.created.borrow();
@@ -419,6 +464,48 @@ async fn run_op(
         }
     }
     Ok(())
+}
+
+/// Creates `--read-trades` trades for the read workload, `--inflight` at a time, untimed.
+async fn ingest_untimed(handle: &EngineHandle, args: &Args) -> anyhow::Result<Vec<TradeId>> {
+    let total = args.read_trades.max(1);
+    let ids = Rc::new(RefCell::new(Vec::with_capacity(total as usize)));
+    let next = Rc::new(Cell::new(0u64));
+    let bar = ProgressBar::new(total);
+    bar.set_style(ProgressStyle::with_template("ingest {pos}/{len} {bar:30}").expect("valid template"));
+    let tasks: Vec<_> = (0..args.inflight.min(total as usize))
+        .map(|_| {
+            let (handle, ids, next, bar, users) = (handle.clone(), ids.clone(), next.clone(), bar.clone(), args.users);
+            glommio::spawn_local(async move {
+                loop {
+                    let n = next.get();
+                    if n >= total {
+                        return Ok::<_, tradeshard_engine::Error>(());
+                    }
+                    next.set(n + 1);
+                    let buyer = 1 + n % users.max(1);
+                    let trade = NewTrade {
+                        buyer_id: buyer,
+                        merchant_id: 1 + buyer % 997,
+                        merchant_order_no: format!("R{n}"),
+                        amount: 1 + n % 100_000,
+                        currency: "CNY".into(),
+                        memo: format!("read workload trade {n}"),
+                    };
+                    let id = handle.create_trade(trade).await?.id;
+                    ids.borrow_mut().push(id);
+                    if n % 4096 == 0 {
+                        bar.set_position(n);
+                    }
+                }
+            })
+        })
+        .collect();
+    for task in tasks {
+        task.await?;
+    }
+    bar.finish_and_clear();
+    Ok(Rc::try_unwrap(ids).map_err(|_| anyhow::anyhow!("ingest tasks still running"))?.into_inner())
 }
 
 /// Reads back every acknowledged trade, `inflight` at a time.
@@ -482,13 +569,15 @@ fn progress_bar(duration: Option<Duration>) -> ProgressBar {
 
 fn print_table(report: &Report) {
     println!(
-        "workload {} for {:.2} s: {:.0} trades/s, {:.0} ops/s, {:.0} fsyncs/s, {:.1} records per fsync",
+        "workload {} for {:.2} s: {:.0} trades/s, {:.0} ops/s, {:.0} fsyncs/s, {:.1} records per fsync, \
+         cache hit ratio {:.3}",
         report.workload,
         report.elapsed_sec,
         report.trades_per_sec,
         report.ops_per_sec,
         report.fsyncs_per_sec,
-        report.records_per_fsync
+        report.records_per_fsync,
+        report.hit_ratio
     );
     println!(
         "{:<8} {:>10} {:>12} {:>9} {:>9} {:>9} {:>9}",
