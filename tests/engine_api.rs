@@ -204,3 +204,29 @@ fn four_shards_open_on_two_executors_and_on_one() {
         engine.close().unwrap();
     }
 }
+
+#[test]
+fn get_many_answers_each_id_in_order() {
+    let dir = tempfile::tempdir().unwrap();
+    let engine = Engine::open(engine_options(dir.path(), 4, 2)).unwrap();
+    let h = engine.handle();
+    let ids: Vec<TradeId> =
+        (1..=40).map(|user| h.create_trade_blocking(new_trade(user, 1, user)).unwrap().id).collect();
+    let unknown = TradeId::new(ids[0].logical_shard(), ids[0].counter() + 10_000);
+    let mut asked = ids.clone();
+    asked.insert(3, unknown);
+    asked.insert(7, TradeId(0));
+    let answers = h.get_many_blocking(&asked).unwrap();
+    assert_eq!(answers.len(), asked.len());
+    for (id, answer) in asked.iter().zip(&answers) {
+        match answer {
+            Ok(trade) => assert_eq!(trade.id, *id),
+            Err(Error::Trade(TradeError::NotFound(missing))) => assert_eq!(*missing, unknown),
+            Err(Error::Trade(TradeError::BadTradeId { id: 0, .. })) => assert_eq!(id.0, 0),
+            Err(other) => panic!("{id}: {other:?}"),
+        }
+    }
+    assert_eq!(answers.iter().filter(|a| a.is_ok()).count(), 40);
+    assert!(h.get_many_blocking(&[]).unwrap().is_empty());
+    engine.close().unwrap();
+}

@@ -5,8 +5,9 @@
 //! the map, and after any insert `bytes <= budget` unless a single entry is larger than the
 //! budget (it is then not kept at all).
 
+use std::collections::hash_map::RandomState;
 use std::collections::{HashMap, HashSet, VecDeque};
-use std::hash::Hash;
+use std::hash::{BuildHasher, Hash};
 
 /// Bytes charged per entry on top of its own size: map slot, queue slot, bookkeeping.
 pub const ENTRY_OVERHEAD_BYTES: usize = 64;
@@ -41,31 +42,32 @@ pub struct CacheStats {
     pub entries: u64,
 }
 
-/// A byte-bounded S3-FIFO cache.
-pub struct Cache<K, V> {
+/// A byte-bounded S3-FIFO cache; `S` hashes its keys (std's SipHash unless the owner knows
+/// its keys are spread already).
+pub struct Cache<K, V, S = RandomState> {
     budget: usize,
     bytes: usize,
     small_bytes: usize,
-    map: HashMap<K, Entry<V>>,
+    map: HashMap<K, Entry<V>, S>,
     small: VecDeque<K>,
     main: VecDeque<K>,
     ghost: VecDeque<K>,
-    ghost_set: HashSet<K>,
+    ghost_set: HashSet<K, S>,
     stats: CacheStats,
 }
 
-impl<K: Hash + Eq + Clone, V: Clone> Cache<K, V> {
+impl<K: Hash + Eq + Clone, V: Clone, S: BuildHasher + Default> Cache<K, V, S> {
     /// A cache that keeps at most `budget_bytes` of entries (0: keeps nothing).
     pub fn new(budget_bytes: usize) -> Self {
         Cache {
             budget: budget_bytes,
             bytes: 0,
             small_bytes: 0,
-            map: HashMap::new(),
+            map: HashMap::default(),
             small: VecDeque::new(),
             main: VecDeque::new(),
             ghost: VecDeque::new(),
-            ghost_set: HashSet::new(),
+            ghost_set: HashSet::default(),
             stats: CacheStats::default(),
         }
     }

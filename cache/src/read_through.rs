@@ -5,9 +5,10 @@
 //! No `RefCell` borrow is held across an await.
 
 use std::cell::RefCell;
+use std::collections::hash_map::RandomState;
 use std::collections::HashMap;
 use std::future::Future;
-use std::hash::Hash;
+use std::hash::{BuildHasher, Hash};
 use std::rc::Rc;
 use std::task::{Poll, Waker};
 
@@ -47,18 +48,18 @@ impl<K: Hash + Eq, V, E> Drop for LoadGuard<'_, K, V, E> {
 }
 
 /// A [`Cache`] with read-through loading.
-pub struct ReadThrough<K, V, E> {
-    cache: RefCell<Cache<K, V>>,
+pub struct ReadThrough<K, V, E, S = RandomState> {
+    cache: RefCell<Cache<K, V, S>>,
     loading: RefCell<HashMap<K, PendingRef<V, E>>>,
 }
 
-impl<K: Hash + Eq + Clone, V: Clone, E: Clone> ReadThrough<K, V, E> {
+impl<K: Hash + Eq + Clone, V: Clone, E: Clone, S: BuildHasher + Default> ReadThrough<K, V, E, S> {
     pub fn new(budget_bytes: usize) -> Self {
         ReadThrough { cache: RefCell::new(Cache::new(budget_bytes)), loading: RefCell::new(HashMap::new()) }
     }
 
     /// The cache itself (for inserts on the write path and for counters).
-    pub fn cache(&self) -> &RefCell<Cache<K, V>> {
+    pub fn cache(&self) -> &RefCell<Cache<K, V, S>> {
         &self.cache
     }
 

@@ -5,19 +5,22 @@
 //! next group commit), yield so that the logs flush and the committers answer, and park when
 //! there is nothing to do. Nothing is shared between executors.
 
+use std::cell::RefCell;
 use std::collections::HashMap;
 use std::path::PathBuf;
+use std::rc::Rc;
 use std::sync::mpsc;
 use std::sync::Arc;
 
 use glommio::{ExecutorJoinHandle, LocalExecutorBuilder, Placement};
-use tradeshard_shard::{Shard, TradeError};
+use tradeshard_shard::{Shard, Trade, TradeError, TradeId};
 use tradeshard_wal::disk::DmaDisk;
 use tradeshard_wal::WalConfig;
 
 use crate::error::{Error, Result};
 use crate::inbox::{Inbox, Request};
 use crate::options::Options;
+use crate::reply::ReplyTx;
 
 /// Requests handed to shards before the dispatcher yields to the flushers.
 const DRAIN_BATCH_MAX: usize = 4096;
@@ -103,6 +106,37 @@ async fn run(plan: ExecutorPlan, wal_config: WalConfig, ready: mpsc::Sender<Resu
     first_error.map_or(Ok(()), Err)
 }
 
+/// Starts every get of a batch; the reply goes once the last one is answered (at once when
+/// all were cache hits).
+fn get_many(shards: &HashMap<u32, Shard<DmaDisk>>, items: Vec<(u32, TradeId)>, reply: ReplyTx<Vec<Result<Trade>>>) {
+    struct Gathering {
+        results: Vec<Option<Result<Trade>>>,
+        missing: usize,
+        reply: Option<ReplyTx<Vec<Result<Trade>>>>,
+    }
+    if items.is_empty() {
+        return reply.send(Vec::new());
+    }
+    let gathering =
+        Rc::new(RefCell::new(Gathering { results: vec![None; items.len()], missing: items.len(), reply: Some(reply) }));
+    for (slot, (shard, id)) in items.into_iter().enumerate() {
+        let gathering = gathering.clone();
+        let shard = shards.get(&shard).expect("requests are routed to the executor owning the shard");
+        shard.get(
+            id,
+            Box::new(move |outcome| {
+                let mut gathering = gathering.borrow_mut();
+                gathering.results[slot] = Some(outcome.map_err(Error::from));
+                gathering.missing -= 1;
+                if gathering.missing == 0 {
+                    let results = gathering.results.drain(..).map(|r| r.expect("every slot answered")).collect();
+                    gathering.reply.take().expect("replied once").send(results);
+                }
+            }),
+        );
+    }
+}
+
 fn dispatch(shards: &HashMap<u32, Shard<DmaDisk>>, request: Request) {
     let shard = |id: u32| shards.get(&id).expect("requests are routed to the executor owning the shard");
     match request {
@@ -112,6 +146,7 @@ fn dispatch(shards: &HashMap<u32, Shard<DmaDisk>>, request: Request) {
         Request::Get { shard: id, id: trade, reply } => {
             shard(id).get(trade, Box::new(move |outcome| reply.send(outcome.map_err(Error::from))))
         }
+        Request::GetMany { items, reply } => get_many(shards, items, reply),
         Request::List { shard: id, query, reply } => {
             shard(id).list(query, Box::new(move |outcome| reply.send(outcome.map_err(Error::from))))
         }

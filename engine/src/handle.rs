@@ -50,11 +50,16 @@ impl EngineHandle {
 
     async fn call<T>(&self, executor: usize, make: impl FnOnce(ReplyTx<Result<T>>) -> Request) -> Result<T> {
         let (tx, rx) = reply::channel();
+        self.send(executor, make(tx)).await?;
+        rx.await.unwrap_or(Err(Error::Closed))
+    }
+
+    /// Queues a request for `executor`, waiting for room or failing per the backpressure choice.
+    async fn send(&self, executor: usize, mut request: Request) -> Result<()> {
         let inbox = &self.inner.inboxes[executor];
-        let mut request = make(tx);
         loop {
             match inbox.push(request) {
-                Ok(()) => break,
+                Ok(()) => return Ok(()),
                 Err(Refused::Closed) => return Err(Error::Closed),
                 Err(Refused::Full(back)) => {
                     if self.inner.backpressure == Backpressure::Fail {
@@ -65,7 +70,6 @@ impl EngineHandle {
                 }
             }
         }
-        rx.await.unwrap_or(Err(Error::Closed))
     }
 
     async fn write(&self, shard: u32, command: Command) -> Result<Receipt> {
@@ -114,6 +118,42 @@ impl EngineHandle {
         let shard = self.inner.routing.physical_of_trade(id)?;
         let executor = self.inner.routing.executor_of_physical(shard);
         self.call(executor, |reply| Request::Get { shard, id, reply }).await
+    }
+
+    /// Many trades in one trip per executor: the answers in the order of `ids`, each the
+    /// trade or why not. Batching amortises the hand-off between threads, which dominates a
+    /// cached read.
+    pub async fn get_many(&self, ids: &[TradeId]) -> Result<Vec<Result<Trade>>> {
+        let routing = self.inner.routing;
+        let mut results: Vec<Option<Result<Trade>>> = vec![None; ids.len()];
+        let mut per_executor: Vec<(Vec<usize>, Vec<(u32, TradeId)>)> =
+            vec![(Vec::new(), Vec::new()); self.inner.inboxes.len()];
+        for (slot, id) in ids.iter().enumerate() {
+            match routing.physical_of_trade(*id) {
+                Ok(shard) => {
+                    let (slots, items) = &mut per_executor[routing.executor_of_physical(shard)];
+                    slots.push(slot);
+                    items.push((shard, *id));
+                }
+                Err(error) => results[slot] = Some(Err(error.into())),
+            }
+        }
+        let mut waiting = Vec::new();
+        for (executor, (slots, items)) in per_executor.into_iter().enumerate() {
+            if items.is_empty() {
+                continue;
+            }
+            let (tx, rx) = reply::channel();
+            self.send(executor, Request::GetMany { items, reply: tx }).await?;
+            waiting.push((slots, rx));
+        }
+        for (slots, rx) in waiting {
+            let answers = rx.await.ok_or(Error::Closed)?;
+            for (slot, answer) in slots.into_iter().zip(answers) {
+                results[slot] = Some(answer);
+            }
+        }
+        Ok(results.into_iter().map(|r| r.expect("every id answered")).collect())
     }
 
     /// A user's trades, newest first: at most `limit`, older than `before` when given.
@@ -186,6 +226,11 @@ impl EngineHandle {
     /// Blocking [`get`](Self::get).
     pub fn get_blocking(&self, id: TradeId) -> Result<Trade> {
         block_on(self.get(id))
+    }
+
+    /// Blocking [`get_many`](Self::get_many).
+    pub fn get_many_blocking(&self, ids: &[TradeId]) -> Result<Vec<Result<Trade>>> {
+        block_on(self.get_many(ids))
     }
 
     /// Blocking [`list_user_trades`](Self::list_user_trades).

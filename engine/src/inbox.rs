@@ -19,10 +19,29 @@ use crate::reply::ReplyTx;
 
 /// What a caller asks an executor.
 pub(crate) enum Request {
-    Write { shard: u32, command: Command, reply: ReplyTx<Result<Receipt>> },
-    Get { shard: u32, id: TradeId, reply: ReplyTx<Result<Trade>> },
-    List { shard: u32, query: ListQuery, reply: ReplyTx<Result<Vec<Trade>>> },
-    Stats { reply: ReplyTx<Vec<(u32, ShardStats)>> },
+    Write {
+        shard: u32,
+        command: Command,
+        reply: ReplyTx<Result<Receipt>>,
+    },
+    Get {
+        shard: u32,
+        id: TradeId,
+        reply: ReplyTx<Result<Trade>>,
+    },
+    /// Many gets in one trip: (shard, id) pairs, answered together in their order.
+    GetMany {
+        items: Vec<(u32, TradeId)>,
+        reply: ReplyTx<Vec<Result<Trade>>>,
+    },
+    List {
+        shard: u32,
+        query: ListQuery,
+        reply: ReplyTx<Result<Vec<Trade>>>,
+    },
+    Stats {
+        reply: ReplyTx<Vec<(u32, ShardStats)>>,
+    },
 }
 
 pub(crate) struct Inbox {

@@ -21,6 +21,7 @@
 use std::cell::RefCell;
 use std::collections::VecDeque;
 use std::future::Future;
+use std::hash::BuildHasherDefault;
 use std::pin::Pin;
 use std::rc::Rc;
 use std::task::{Context, Poll, Waker};
@@ -32,7 +33,7 @@ use tradeshard_wal::{Appended, Ticket, Wal, WalConfig, WalStats};
 
 use crate::currency::Currency;
 use crate::error::TradeError;
-use crate::index::{body_hash, next_state, order_key, Action, IdMap, Lifecycle, ShardIndex, TradeEntry};
+use crate::index::{body_hash, next_state, order_key, Action, IdHasher, IdMap, Lifecycle, ShardIndex, TradeEntry};
 use crate::record::TradeRecord;
 use crate::trade::{Receipt, Trade, TradeId, TradeStatus, ValidTrade, COUNTER_BITS};
 
@@ -116,7 +117,7 @@ struct Inner<D: Disk> {
     wal: Wal<D>,
     index: RefCell<ShardIndex>,
     accepted: RefCell<Accepted>,
-    created_parts: ReadThrough<TradeId, Rc<CreatedPart>, TradeError>,
+    created_parts: ReadThrough<TradeId, Rc<CreatedPart>, TradeError, BuildHasherDefault<IdHasher>>,
 }
 
 /// One shard of the trade store, on the executor that opened it.

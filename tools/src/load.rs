@@ -37,6 +37,9 @@ pub struct Args {
     /// Trades created before the timed phase of the read workload.
     #[arg(long, default_value_t = 200_000)]
     read_trades: u64,
+    /// Gets per request in the read workload (`get_many` when above 1).
+    #[arg(long, default_value_t = 1)]
+    batch: usize,
     /// Bytes of read-through cache in all (0 turns it off).
     #[arg(long, default_value_t = 256 << 20)]
     cache_bytes: usize,
@@ -129,6 +132,10 @@ struct Client {
     ingest: bool,
     /// The read workload's trades, and how to pick among them.
     read_only: Option<(Vec<TradeId>, UserChooser)>,
+    /// Gets per request of the read workload.
+    batch: usize,
+    /// Trades read (a batch counts each of its gets).
+    reads: Cell<u64>,
     stop: Cell<bool>,
     issued: Cell<u64>,
     ops_max: Option<u64>,
@@ -147,6 +154,9 @@ struct Client {
 pub fn run(args: Args) -> anyhow::Result<()> {
     if args.inflight == 0 || args.inflight > 1 << 20 {
         bail!("--inflight must be between 1 and 1048576");
+    }
+    if args.batch == 0 || args.batch > 1 << 16 {
+        bail!("--batch must be between 1 and 65536");
     }
     if !(0.0..=1.0).contains(&args.read_ratio) {
         bail!("--read-ratio must be between 0 and 1");
@@ -244,6 +254,8 @@ async fn drive(
         read_ratio: args.read_ratio,
         ingest: args.workload == "ingest",
         read_only,
+        batch: args.batch.max(1),
+        reads: Cell::new(0),
         stop: Cell::new(false),
         issued: Cell::new(0),
         ops_max: args.ops,
@@ -313,7 +325,7 @@ async fn drive(
         elapsed_sec: elapsed,
         trades_per_sec: histograms[CREATE].len() as f64 / elapsed,
         ops_per_sec: histograms.iter().map(|h| h.len()).sum::<u64>() as f64 / elapsed,
-        reads_per_sec: histograms[GET].len() as f64 / elapsed,
+        reads_per_sec: client.reads.get() as f64 / elapsed,
         hit_ratio: if hits + misses == 0 { 0.0 } else { hits as f64 / (hits + misses) as f64 },
         cache_bytes: args.cache_bytes,
         fsyncs_per_sec: fsyncs as f64 / elapsed,
@@ -443,8 +455,16 @@ async fn run_op(
         GET if client.read_only.is_some() => {
             let (ids, chooser) = client.read_only.as_ref().expect("checked");
             // Rank r of the skew is trade (r * 7919) mod n, so hot trades spread over shards.
-            let rank = chooser.pick(rng) - 1;
-            handle.get(ids[((rank * 7919) % ids.len() as u64) as usize]).await?;
+            let mut pick = || ids[(((chooser.pick(rng) - 1) * 7919) % ids.len() as u64) as usize];
+            if client.batch == 1 {
+                handle.get(pick()).await?;
+            } else {
+                let batch: Vec<TradeId> = (0..client.batch).map(|_| pick()).collect();
+                for answer in handle.get_many(&batch).await? {
+                    answer?;
+                }
+            }
+            client.reads.set(client.reads.get() + client.batch as u64);
         }
         GET => {
             let id = {
@@ -457,6 +477,7 @@ async fn run_op(
             };
             if let Some(id) = id {
                 handle.get(id).await?;
+                client.reads.set(client.reads.get() + 1);
             }
         }
         _ => {
