@@ -9,8 +9,9 @@ use std::collections::hash_map::RandomState;
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::hash::{BuildHasher, Hash};
 
-/// Bytes charged per entry on top of its own size: map slot, queue slot, bookkeeping.
-pub const ENTRY_OVERHEAD_BYTES: usize = 64;
+/// Bytes charged per entry on top of its own size: its hash-map slot at the table's load
+/// factor, its queue slot, and its later ghost slot (measured: see `BENCHMARKS.md`).
+pub const ENTRY_OVERHEAD_BYTES: usize = 128;
 const FREQ_MAX: u8 = 3;
 /// The small FIFO's share of the budget, in tenths.
 const SMALL_TENTHS: usize = 1;
@@ -56,9 +57,16 @@ pub struct Cache<K, V, S = RandomState> {
     stats: CacheStats,
 }
 
-impl<K: Hash + Eq + Clone, V: Clone, S: BuildHasher + Default> Cache<K, V, S> {
+impl<K: Hash + Eq + Clone, V: Clone> Cache<K, V> {
     /// A cache that keeps at most `budget_bytes` of entries (0: keeps nothing).
     pub fn new(budget_bytes: usize) -> Self {
+        Self::with_hasher(budget_bytes)
+    }
+}
+
+impl<K: Hash + Eq + Clone, V: Clone, S: BuildHasher + Default> Cache<K, V, S> {
+    /// [`Cache::new`] with the hasher `S`.
+    pub fn with_hasher(budget_bytes: usize) -> Self {
         Cache {
             budget: budget_bytes,
             bytes: 0,

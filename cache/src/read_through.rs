@@ -53,9 +53,16 @@ pub struct ReadThrough<K, V, E, S = RandomState> {
     loading: RefCell<HashMap<K, PendingRef<V, E>>>,
 }
 
-impl<K: Hash + Eq + Clone, V: Clone, E: Clone, S: BuildHasher + Default> ReadThrough<K, V, E, S> {
+impl<K: Hash + Eq + Clone, V: Clone, E: Clone> ReadThrough<K, V, E> {
     pub fn new(budget_bytes: usize) -> Self {
-        ReadThrough { cache: RefCell::new(Cache::new(budget_bytes)), loading: RefCell::new(HashMap::new()) }
+        Self::with_hasher(budget_bytes)
+    }
+}
+
+impl<K: Hash + Eq + Clone, V: Clone, E: Clone, S: BuildHasher + Default> ReadThrough<K, V, E, S> {
+    /// [`ReadThrough::new`] with the hasher `S` for the cache.
+    pub fn with_hasher(budget_bytes: usize) -> Self {
+        ReadThrough { cache: RefCell::new(Cache::with_hasher(budget_bytes)), loading: RefCell::new(HashMap::new()) }
     }
 
     /// The cache itself (for inserts on the write path and for counters).

@@ -22,6 +22,9 @@ pub(crate) struct HandleInner {
     pub backpressure: Backpressure,
 }
 
+/// One executor's share of a `get_many`: the caller's slots and the (shard, id) pairs.
+type ExecutorBatch = (Vec<usize>, Vec<(u32, TradeId)>);
+
 /// A cheap, cloneable handle to an open engine (`Clone + Send + Sync`).
 #[derive(Clone)]
 pub struct EngineHandle {
@@ -126,8 +129,7 @@ impl EngineHandle {
     pub async fn get_many(&self, ids: &[TradeId]) -> Result<Vec<Result<Trade>>> {
         let routing = self.inner.routing;
         let mut results: Vec<Option<Result<Trade>>> = vec![None; ids.len()];
-        let mut per_executor: Vec<(Vec<usize>, Vec<(u32, TradeId)>)> =
-            vec![(Vec::new(), Vec::new()); self.inner.inboxes.len()];
+        let mut per_executor: Vec<ExecutorBatch> = vec![(Vec::new(), Vec::new()); self.inner.inboxes.len()];
         for (slot, id) in ids.iter().enumerate() {
             match routing.physical_of_trade(*id) {
                 Ok(shard) => {

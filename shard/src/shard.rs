@@ -75,9 +75,13 @@ pub struct CreatedPart {
 }
 
 impl CreatedPart {
-    /// Bytes the cache charges for it.
+    /// Bytes it really occupies: three heap blocks (the `Rc` and two strings), each rounded as
+    /// the allocator rounds it, so that the cache's budget bounds resident memory.
     fn cache_bytes(part: &Rc<CreatedPart>) -> usize {
-        std::mem::size_of::<CreatedPart>() + part.merchant_order_no.len() + part.memo.len()
+        let block = |bytes: usize| (bytes + 8).next_multiple_of(16).max(32);
+        block(std::mem::size_of::<CreatedPart>() + 16)
+            + block(part.merchant_order_no.capacity())
+            + block(part.memo.capacity())
     }
 }
 
@@ -154,7 +158,7 @@ impl<D: Disk> Shard<D> {
             wal,
             index: RefCell::new(index),
             accepted: RefCell::new(accepted),
-            created_parts: ReadThrough::new(cache_bytes),
+            created_parts: ReadThrough::with_hasher(cache_bytes),
         });
         let committer = glommio::spawn_local(run_committer(inner.clone())).detach();
         Ok(Shard { inner, committer: Some(committer) })
