@@ -19,10 +19,10 @@ fn trade(buyer: u64, order: u64) -> NewTrade {
     }
 }
 
-fn open() -> (tempfile::TempDir, Engine) {
+fn open(cache_bytes: usize) -> (tempfile::TempDir, Engine) {
     let dir = tempfile::Builder::new().prefix("tradeshard-bench").tempdir_in(".").expect("temporary directory");
-    let engine = Engine::open(Options { segment_bytes: 16 << 20, ..Options::new(dir.path()) }).expect("engine");
-    (dir, engine)
+    let options = Options { segment_bytes: 16 << 20, cache_bytes, ..Options::new(dir.path()) };
+    (dir, Engine::open(options).expect("engine"))
 }
 
 /// Runs `iters` rounds of `in_flight` concurrent requests made by `request`, from a client
@@ -50,7 +50,7 @@ where
 }
 
 fn create_trade(c: &mut Criterion) {
-    let (_dir, engine) = open();
+    let (_dir, engine) = open(256 << 20);
     let handle = engine.handle();
     let mut group = c.benchmark_group("engine_create_trade");
     let mut next = 0u64;
@@ -74,13 +74,21 @@ fn create_trade(c: &mut Criterion) {
     engine.close().unwrap();
 }
 
+/// Gets with the cache on (every read hits: the creates filled it) and off (every read is a
+/// direct read of the log).
 fn get(c: &mut Criterion) {
-    let (_dir, engine) = open();
+    for (name, cache_bytes) in [("engine_get_cached", 256 << 20), ("engine_get_cache_off", 0)] {
+        get_with(c, name, cache_bytes);
+    }
+}
+
+fn get_with(c: &mut Criterion, name: &str, cache_bytes: usize) {
+    let (_dir, engine) = open(cache_bytes);
     let handle = engine.handle();
     let ids: Vec<TradeId> =
         (1..=10_000u64).map(|buyer| handle.create_trade_blocking(trade(buyer, 0)).unwrap().id).collect();
     let ids = Rc::new(ids);
-    let mut group = c.benchmark_group("engine_get");
+    let mut group = c.benchmark_group(name);
     let mut next = 0usize;
     group.throughput(Throughput::Elements(1));
     group.bench_function(BenchmarkId::from_parameter("blocking_1"), |b| {
@@ -97,6 +105,20 @@ fn get(c: &mut Criterion) {
                 let id = ids[(i as usize * 7919) % ids.len()];
                 async move {
                     handle.get(id).await.unwrap();
+                }
+            })
+        })
+    });
+    group.throughput(Throughput::Elements(256 * 64));
+    group.bench_function(BenchmarkId::from_parameter("in_flight_256_batch_64"), |b| {
+        b.iter_custom(|iters| {
+            let ids: Vec<TradeId> = ids.as_ref().clone();
+            concurrent(&handle, iters, 256, move |handle, i| {
+                let batch: Vec<TradeId> = (0..64).map(|j| ids[((i * 64 + j) as usize * 7919) % ids.len()]).collect();
+                async move {
+                    for answer in handle.get_many(&batch).await.unwrap() {
+                        answer.unwrap();
+                    }
                 }
             })
         })
