@@ -21,8 +21,10 @@ use indicatif::{ProgressBar, ProgressStyle};
 use serde::Serialize;
 use tradeshard_engine::{Engine, EngineHandle, NewTrade, Options, TradeId, TradeStatus};
 
+use crate::data_dir::DataDir;
 use crate::latency::{self, LatencySummary};
-use crate::workload::{Rng, UserChooser};
+use crate::workload::UserChooser;
+use tradeshard_wal::disk::SplitMix64 as Rng;
 
 #[derive(clap::Args, Debug, Clone)]
 pub struct Args {
@@ -162,19 +164,8 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         bail!("--read-ratio must be between 0 and 1");
     }
     let users = UserChooser::new(args.users, args.zipf).map_err(anyhow::Error::msg)?;
-    let temp;
-    let dir = match &args.dir {
-        Some(dir) => {
-            if dir.exists() && std::fs::read_dir(dir)?.next().is_some() {
-                bail!("{} is not empty: load needs a new directory", dir.display());
-            }
-            dir.clone()
-        }
-        None => {
-            temp = tempfile::Builder::new().prefix("tradeshard-load").tempdir_in(".")?;
-            temp.path().to_path_buf()
-        }
-    };
+    let data_dir = DataDir::new(args.dir.as_deref(), "tradeshard-load")?;
+    let dir = data_dir.path().to_path_buf();
     let mut options = Options {
         executors: args.executors,
         physical_shards: args.shards,

@@ -3,6 +3,7 @@
 //! `load` drives the embedded engine (the main job); `wal-bench` measures one write-ahead log
 //! alone. The settlement consumer and log inspection join them as the engine grows.
 
+mod data_dir;
 mod latency;
 mod load;
 mod wal_bench;

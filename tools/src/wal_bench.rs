@@ -17,6 +17,7 @@ use serde::Serialize;
 use tradeshard_wal::disk::DmaDisk;
 use tradeshard_wal::{Compression, Durability, Preallocation, Wal, WalConfig, WalStats};
 
+use crate::data_dir::DataDir;
 use crate::latency::{self, LatencySummary};
 
 #[derive(clap::Args, Debug, Clone)]
@@ -90,19 +91,8 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     if args.record_bytes > config.record_bytes_max as usize {
         bail!("--record-bytes is above the log's record limit of {} bytes", config.record_bytes_max);
     }
-    let temp;
-    let dir = match &args.dir {
-        Some(dir) => {
-            if dir.exists() && std::fs::read_dir(dir)?.next().is_some() {
-                bail!("{} is not empty: wal-bench needs a fresh directory", dir.display());
-            }
-            dir.clone()
-        }
-        None => {
-            temp = tempfile::Builder::new().prefix("tradeshard-wal-bench").tempdir_in(".")?;
-            temp.path().to_path_buf()
-        }
-    };
+    let data_dir = DataDir::new(args.dir.as_deref(), "tradeshard-wal-bench")?;
+    let dir = data_dir.path().to_path_buf();
     eprintln!(
         "wal-bench: dir={} concurrency={} record_bytes={} duration={:?} durability={} preallocation={} lz4={} cpu={}",
         dir.display(),

@@ -1,32 +1,7 @@
-//! Choosing what the load generator does next: users uniform or Zipf-skewed, and a small
-//! deterministic random generator so that `--seed` replays a run's choices.
+//! Choosing what the load generator does next: users (or trades) uniform or Zipf-skewed, from
+//! the deterministic generator of the simulated disk, so that `--seed` replays a run's choices.
 
-/// SplitMix64: fast, small, and good enough to pick users and operations.
-#[derive(Debug, Clone)]
-pub struct Rng(u64);
-
-impl Rng {
-    pub fn new(seed: u64) -> Rng {
-        Rng(seed)
-    }
-
-    pub fn next_u64(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^ (z >> 31)
-    }
-
-    /// Uniform in [0, 1).
-    pub fn unit(&mut self) -> f64 {
-        (self.next_u64() >> 11) as f64 / (1u64 << 53) as f64
-    }
-
-    pub fn below(&mut self, bound: u64) -> u64 {
-        self.next_u64() % bound.max(1)
-    }
-}
+use tradeshard_wal::disk::SplitMix64 as Rng;
 
 /// Picks user ids in 1..=users: uniformly, or Zipf with exponent `skew` (rank 1 hottest).
 pub enum UserChooser {
