@@ -5,42 +5,12 @@
 
 use std::cell::RefCell;
 use std::collections::HashMap;
-use std::future::Future;
 use std::rc::Rc;
-use std::task::{Poll, Waker};
 
-use tradeshard_shard::{Action, Command, Done, Shard, TradeError, TradeId, TradeStatus};
-use tradeshard_tests::{new_trade, run, seeds};
+use tradeshard_shard::{Action, Command, Shard, TradeId, TradeStatus};
+use tradeshard_tests::{call, new_trade, run, seeds};
 use tradeshard_wal::disk::{SimDisk, SplitMix64};
 use tradeshard_wal::{Preallocation, WalConfig};
-
-type Slot<T> = Rc<RefCell<(Option<Result<T, TradeError>>, Option<Waker>)>>;
-
-/// Turns a callback-style shard call into a future.
-fn call<T: 'static>(start: impl FnOnce(Done<T>)) -> impl Future<Output = Result<T, TradeError>> {
-    let slot: Slot<T> = Rc::new(RefCell::new((None, None)));
-    let filler = slot.clone();
-    start(Box::new(move |outcome| {
-        let waker = {
-            let mut slot = filler.borrow_mut();
-            slot.0 = Some(outcome);
-            slot.1.take()
-        };
-        if let Some(waker) = waker {
-            waker.wake();
-        }
-    }));
-    std::future::poll_fn(move |cx| {
-        let mut slot = slot.borrow_mut();
-        match slot.0.take() {
-            Some(outcome) => Poll::Ready(outcome),
-            None => {
-                slot.1 = Some(cx.waker().clone());
-                Poll::Pending
-            }
-        }
-    })
-}
 
 fn config() -> WalConfig {
     WalConfig {

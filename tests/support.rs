@@ -87,3 +87,33 @@ pub fn new_trade(buyer: u64, order: u64, amount: u64) -> tradeshard_engine::NewT
         memo: format!("order {order} of buyer {buyer}"),
     }
 }
+
+type Slot<T> = std::rc::Rc<std::cell::RefCell<(Option<T>, Option<std::task::Waker>)>>;
+
+/// Turns a callback-style shard call (`Done<T>`) into a future of its outcome.
+pub fn call<T: 'static, E: 'static>(
+    start: impl FnOnce(Box<dyn FnOnce(Result<T, E>)>),
+) -> impl Future<Output = Result<T, E>> {
+    let slot: Slot<Result<T, E>> = Default::default();
+    let filler = slot.clone();
+    start(Box::new(move |outcome| {
+        let waker = {
+            let mut slot = filler.borrow_mut();
+            slot.0 = Some(outcome);
+            slot.1.take()
+        };
+        if let Some(waker) = waker {
+            waker.wake();
+        }
+    }));
+    std::future::poll_fn(move |cx| {
+        let mut slot = slot.borrow_mut();
+        match slot.0.take() {
+            Some(outcome) => std::task::Poll::Ready(outcome),
+            None => {
+                slot.1 = Some(cx.waker().clone());
+                std::task::Poll::Pending
+            }
+        }
+    })
+}

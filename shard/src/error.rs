@@ -45,6 +45,12 @@ pub enum TradeError {
     /// The merchant order number is taken by a trade with a different body.
     #[error("merchant {merchant_id} order '{order_no}' already created trade {existing} with a different body")]
     IdempotencyConflict { existing: TradeId, merchant_id: u64, order_no: String },
+    /// A consumer group name is empty, too long, or not printable ASCII.
+    #[error("consumer group name of {len} bytes must be 1..=64 printable ASCII bytes")]
+    BadGroup { len: usize },
+    /// An offset to commit or to read from lies beyond the durable end of the log.
+    #[error("offset {offset} is beyond the durable end {end}")]
+    OffsetBeyondEnd { offset: u64, end: u64 },
     /// The shard issued every id its counter can hold.
     #[error("trade id counter exhausted")]
     CounterExhausted,

@@ -14,7 +14,7 @@ use tradeshard_wal::Appended;
 
 use crate::currency::Currency;
 use crate::error::TradeError;
-use crate::record::{RecordKind, TradeRecord};
+use crate::record::{OffsetCommit, RecordKind, TradeRecord};
 use crate::trade::{TradeId, TradeStatus, COUNTER_BITS, ORDER_NO_BYTES_MAX};
 
 /// What a change does to a trade.
@@ -151,6 +151,8 @@ pub struct ShardIndex {
     by_user: IdMap<u64, Vec<TradeId>>,
     /// Highest counter part of any trade id in the shard.
     counter_max: u64,
+    /// Each consumer group's committed offset in this shard's log.
+    offsets: HashMap<String, u64>,
 }
 
 impl ShardIndex {
@@ -180,6 +182,17 @@ impl ShardIndex {
     /// Highest counter of any trade id seen: new ids continue above it.
     pub fn counter_max(&self) -> u64 {
         self.counter_max
+    }
+
+    /// A consumer group's committed offset.
+    pub fn committed_offset(&self, group: &str) -> Option<u64> {
+        self.offsets.get(group).copied()
+    }
+
+    /// Applies a durable offset commit: the latest commit of a group wins (a group may move
+    /// back, with a seek).
+    pub fn apply_offset(&mut self, commit: &OffsetCommit) {
+        self.offsets.insert(commit.group.clone(), commit.offset);
     }
 
     /// Applies a durable record. A record that breaks the lifecycle cannot have been written by

@@ -6,6 +6,7 @@
 
 pub mod currency;
 pub mod error;
+pub mod events;
 pub mod index;
 pub mod record;
 pub mod shard;
@@ -13,8 +14,9 @@ pub mod trade;
 
 pub use currency::Currency;
 pub use error::TradeError;
+pub use events::{Event, EventBatch, PollQuery};
 pub use index::Action;
-pub use record::{RecordKind, TradeRecord};
+pub use record::{LogRecord, OffsetCommit, RecordKind, TradeRecord};
 pub use shard::{Command, CreatedPart, Done, ListQuery, Shard, ShardStats};
 pub use trade::{NewTrade, Receipt, Trade, TradeId, TradeStatus, ValidTrade};
 pub use tradeshard_cache::CacheStats;

@@ -33,8 +33,9 @@ use tradeshard_wal::{Appended, Ticket, Wal, WalConfig, WalStats};
 
 use crate::currency::Currency;
 use crate::error::TradeError;
+use crate::events::{EventBatch, PollQuery};
 use crate::index::{body_hash, next_state, order_key, Action, IdHasher, IdMap, Lifecycle, ShardIndex, TradeEntry};
-use crate::record::TradeRecord;
+use crate::record::{LogRecord, OffsetCommit, TradeRecord};
 use crate::trade::{Receipt, Trade, TradeId, TradeStatus, ValidTrade, COUNTER_BITS};
 
 /// Called once with the outcome of a request.
@@ -95,13 +96,25 @@ struct InFlight {
     currency: Currency,
 }
 
+/// Who waits for a write, and for what.
+enum Reply {
+    Trade(Done<Receipt>),
+    Offset(Done<u64>),
+}
+
+/// A durable write's answer, collected under the borrows and given after them.
+enum Answer {
+    Trade(Done<Receipt>, Receipt),
+    Offset(Done<u64>, u64),
+}
+
 struct Effect {
     seq: u64,
     ticket: Option<Ticket>,
-    record: TradeRecord,
+    record: LogRecord,
     /// A create's order key and body hash, computed once when it was checked.
     keys: Option<(u128, u64)>,
-    done: Done<Receipt>,
+    reply: Reply,
 }
 
 #[derive(Default)]
@@ -144,7 +157,13 @@ impl<D: Disk> Shard<D> {
             if replay_error.is_some() {
                 return;
             }
-            let applied = TradeRecord::decode(bytes).and_then(|record| index.apply(&record, at));
+            let applied = LogRecord::decode(bytes).and_then(|record| match record {
+                LogRecord::Trade(record) => index.apply(&record, at),
+                LogRecord::Offset(commit) => {
+                    index.apply_offset(&commit);
+                    Ok(())
+                }
+            });
             if let Err(reason) = applied {
                 replay_error = Some(TradeError::BadRecord { seq: at.seq, reason });
             }
@@ -233,7 +252,8 @@ impl<D: Disk> Shard<D> {
         };
         accepted.trades.insert(id, in_flight);
         accepted.orders.insert(key, (id, body, seq));
-        accepted.push(Effect { seq, ticket: Some(ticket), record, keys: Some((key, body)), done });
+        let record = LogRecord::Trade(record);
+        accepted.push(Effect { seq, ticket: Some(ticket), record, keys: Some((key, body)), reply: Reply::Trade(done) });
         Ok(())
     }
 
@@ -277,7 +297,8 @@ impl<D: Disk> Shard<D> {
         };
         let seq = ticket.seq();
         accepted.trades.insert(id, InFlight { lifecycle: next, last_seq: seq, ..current });
-        accepted.push(Effect { seq, ticket: Some(ticket), record, keys: None, done });
+        let record = LogRecord::Trade(record);
+        accepted.push(Effect { seq, ticket: Some(ticket), record, keys: None, reply: Reply::Trade(done) });
         Ok(())
     }
 
@@ -320,6 +341,53 @@ impl<D: Disk> Shard<D> {
             done(Ok(trades))
         })
         .detach();
+    }
+
+    /// Records `group`'s position in this shard's log: `offset` is the next event the group
+    /// will read. Durable (like any write) when `done` is called; at most the durable end.
+    pub fn commit_offset(&self, group: &str, offset: u64, done: Done<u64>) {
+        let mut accepted = self.inner.accepted.borrow_mut();
+        if let Some(failure) = &accepted.failed {
+            return done(Err(failure.clone()));
+        }
+        if !OffsetCommit::valid_group(group) {
+            return done(Err(TradeError::BadGroup { len: group.len() }));
+        }
+        let end = self.inner.wal.durable_end();
+        if offset > end {
+            return done(Err(TradeError::OffsetBeyondEnd { offset, end }));
+        }
+        let commit = OffsetCommit { group: group.to_string(), offset, at_ms: now_ms() };
+        let ticket = match self.inner.wal.enqueue(&commit.encode()) {
+            Ok(ticket) => ticket,
+            Err(error) => return done(Err(error.into())),
+        };
+        let seq = ticket.seq();
+        let effect = Effect {
+            seq,
+            ticket: Some(ticket),
+            record: LogRecord::Offset(commit),
+            keys: None,
+            reply: Reply::Offset(done),
+        };
+        accepted.push(effect);
+    }
+
+    /// `group`'s durable committed offset in this shard, if it ever committed one.
+    pub fn committed_offset(&self, group: &str) -> Option<u64> {
+        self.inner.index.borrow().committed_offset(group)
+    }
+
+    /// The offsets a consumer can read: the first retained and the durable end.
+    pub fn offset_range(&self) -> (u64, u64) {
+        (self.inner.wal.first_seq(), self.inner.wal.durable_end())
+    }
+
+    /// Trade events from `query.from` on, durable only, in log order; waits up to
+    /// `query.wait` for one if there is none yet (a long poll).
+    pub fn poll_events(&self, query: PollQuery, done: Done<EventBatch>) {
+        let inner = self.inner.clone();
+        glommio::spawn_local(async move { done(crate::events::poll(&inner.wal, query).await) }).detach();
     }
 
     /// Counters of the shard.
@@ -464,7 +532,7 @@ async fn run_committer<D: Disk>(inner: Rc<Inner<D>>) {
 /// Applies every write the log now holds durably (the front one is `front`).
 fn apply_durable<D: Disk>(inner: &Inner<D>, front: Appended) {
     let durable_end = inner.wal.durable_end();
-    let mut answers: Vec<(Done<Receipt>, Receipt)> = Vec::new();
+    let mut answers: Vec<Answer> = Vec::new();
     {
         let mut accepted = inner.accepted.borrow_mut();
         let mut index = inner.index.borrow_mut();
@@ -476,35 +544,59 @@ fn apply_durable<D: Disk>(inner: &Inner<D>, front: Appended) {
                 None => resolved(effect.ticket.take().expect("only the front ticket was taken")),
             };
             assert_eq!(appended.seq, effect.seq, "effects are applied in log order");
-            index
-                .apply_keyed(&effect.record, appended, effect.keys)
-                .expect("a write checked against the accepted view applies");
-            let id = effect.record.trade_id;
-            if accepted.trades.get(&id).is_some_and(|in_flight| in_flight.last_seq == effect.seq) {
-                accepted.trades.remove(&id);
+            match (effect.record, effect.reply) {
+                (LogRecord::Trade(record), Reply::Trade(done)) => {
+                    let id = apply_trade(inner, &mut accepted, &mut index, record, appended, effect.keys);
+                    answers.push(Answer::Trade(done, receipt(id, index.get(id).expect("just applied"), false)));
+                }
+                (LogRecord::Offset(commit), Reply::Offset(done)) => {
+                    index.apply_offset(&commit);
+                    answers.push(Answer::Offset(done, commit.offset));
+                }
+                _ => unreachable!("a record and its reply are of one family"),
             }
-            if let Some((key, _)) = effect.keys {
-                accepted.orders.remove(&key);
-            }
-            if let Some(created) = effect.record.created.take() {
-                let part = Rc::new(CreatedPart {
-                    merchant_order_no: created.merchant_order_no,
-                    memo: created.memo,
-                    created_ms: effect.record.at_ms,
-                });
-                let bytes = CreatedPart::cache_bytes(&part);
-                inner.created_parts.cache().borrow_mut().insert(id, part, bytes);
-            }
-            answers.push((effect.done, receipt(id, index.get(id).expect("just applied"), false)));
         }
         while accepted.waiting.front().is_some_and(|(seq, _, _)| *seq < durable_end) {
             let (_, id, done) = accepted.waiting.pop_front().expect("checked");
-            answers.push((done, receipt(id, index.get(id).expect("durable original"), true)));
+            answers.push(Answer::Trade(done, receipt(id, index.get(id).expect("durable original"), true)));
         }
     }
-    for (done, receipt) in answers {
-        done(Ok(receipt));
+    for answer in answers {
+        match answer {
+            Answer::Trade(done, receipt) => done(Ok(receipt)),
+            Answer::Offset(done, offset) => done(Ok(offset)),
+        }
     }
+}
+
+/// Applies a durable trade record to the index, retires its in-flight state and caches a
+/// create's immutable part. Returns the trade's id.
+fn apply_trade<D: Disk>(
+    inner: &Inner<D>,
+    accepted: &mut Accepted,
+    index: &mut ShardIndex,
+    mut record: TradeRecord,
+    appended: Appended,
+    keys: Option<(u128, u64)>,
+) -> TradeId {
+    index.apply_keyed(&record, appended, keys).expect("a write checked against the accepted view applies");
+    let id = record.trade_id;
+    if accepted.trades.get(&id).is_some_and(|in_flight| in_flight.last_seq == appended.seq) {
+        accepted.trades.remove(&id);
+    }
+    if let Some((key, _)) = keys {
+        accepted.orders.remove(&key);
+    }
+    if let Some(created) = record.created.take() {
+        let part = Rc::new(CreatedPart {
+            merchant_order_no: created.merchant_order_no,
+            memo: created.memo,
+            created_ms: record.at_ms,
+        });
+        let bytes = CreatedPart::cache_bytes(&part);
+        inner.created_parts.cache().borrow_mut().insert(id, part, bytes);
+    }
+    id
 }
 
 /// The outcome of a ticket whose batch is known to be complete.
@@ -526,7 +618,10 @@ fn fail_all<D: Disk>(inner: &Inner<D>, error: TradeError) {
         (std::mem::take(&mut accepted.effects), std::mem::take(&mut accepted.waiting))
     };
     for effect in effects {
-        (effect.done)(Err(error.clone()));
+        match effect.reply {
+            Reply::Trade(done) => done(Err(error.clone())),
+            Reply::Offset(done) => done(Err(error.clone())),
+        }
     }
     for (_, _, done) in waiting {
         done(Err(error.clone()));

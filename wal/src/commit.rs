@@ -259,6 +259,11 @@ impl Queue {
         }
     }
 
+    /// True once the log was closed.
+    pub(crate) fn is_closing(&self) -> bool {
+        self.closing
+    }
+
     /// The failure that poisoned the queue, if any.
     pub(crate) fn failure(&self) -> Option<Error> {
         self.failed.clone()

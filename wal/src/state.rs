@@ -92,6 +92,8 @@ pub(crate) struct Shared<D: Disk> {
     /// The first record still in the log.
     pub first_seq: Cell<u64>,
     pub stats: Cell<WalStats>,
+    /// Readers waiting for the visible end to move (long polls), woken when it does.
+    pub end_waiters: RefCell<Vec<std::task::Waker>>,
 }
 
 impl<D: Disk> Shared<D> {
@@ -99,6 +101,14 @@ impl<D: Disk> Shared<D> {
         let mut stats = self.stats.get();
         update(&mut stats);
         self.stats.set(stats);
+    }
+
+    /// Moves the visible end and wakes every reader waiting for it.
+    pub(crate) fn advance_visible_end(&self, end: u64) {
+        self.visible_end.set(end);
+        for waker in self.end_waiters.take() {
+            waker.wake();
+        }
     }
 
     /// The segment that holds `seq`, if it is retained.

@@ -55,6 +55,7 @@ impl<D: Disk> Wal<D> {
             visible_end: report.next_seq.into(),
             first_seq: report.first_seq.into(),
             stats: Default::default(),
+            end_waiters: Default::default(),
         });
         let writer = Writer::new(shared.clone(), recovered.last_checksum);
         let flusher = glommio::spawn_local(writer.run()).detach();
@@ -122,6 +123,20 @@ impl<D: Disk> Wal<D> {
     /// Records below this are acknowledged and readable.
     pub fn durable_end(&self) -> u64 {
         self.shared.visible_end.get()
+    }
+
+    /// Resolves once the durable end is above `seq` (at once if it is), or the log is closed
+    /// or failed: the wait of a long poll. Callers bound it with their own timer.
+    pub async fn wait_beyond(&self, seq: u64) {
+        std::future::poll_fn(|cx| {
+            let queue = self.shared.queue.borrow();
+            if self.shared.visible_end.get() > seq || queue.failure().is_some() || queue.is_closing() {
+                return std::task::Poll::Ready(());
+            }
+            self.shared.end_waiters.borrow_mut().push(cx.waker().clone());
+            std::task::Poll::Pending
+        })
+        .await
     }
 
     /// The first record still in the log.

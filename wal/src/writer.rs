@@ -296,7 +296,7 @@ impl<D: Disk> Writer<D> {
             let next = pos.offset + align_up(planned.header.frame_bytes());
             segment.note_frame(planned.header.first_seq, planned.header.end_seq(), pos.offset, next, interval);
         }
-        self.shared.visible_end.set(batch.end_seq());
+        self.shared.advance_visible_end(batch.end_seq());
         let record_bytes = (batch.raw.len() - batch.count * RECORD_PREFIX_BYTES) as u64;
         self.shared.count(|s| {
             s.flushes += 1;
