@@ -150,6 +150,16 @@ fn dispatch(shards: &HashMap<u32, Shard<DmaDisk>>, request: Request) {
         Request::List { shard: id, query, reply } => {
             shard(id).list(query, Box::new(move |outcome| reply.send(outcome.map_err(Error::from))))
         }
+        Request::Poll { shard: id, query, reply } => {
+            shard(id).poll_events(query, Box::new(move |outcome| reply.send(outcome.map_err(Error::from))))
+        }
+        Request::CommitOffset { shard: id, group, offset, reply } => {
+            shard(id).commit_offset(&group, offset, Box::new(move |outcome| reply.send(outcome.map_err(Error::from))))
+        }
+        Request::Position { shard: id, group, reply } => {
+            let shard = shard(id);
+            reply.send((shard.committed_offset(&group), shard.offset_range(), shard.events_end()))
+        }
         Request::Stats { reply } => reply.send(shards.iter().map(|(id, shard)| (*id, shard.stats())).collect()),
     }
 }

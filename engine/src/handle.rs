@@ -20,6 +20,7 @@ pub(crate) struct HandleInner {
     pub routing: Routing,
     pub inboxes: Vec<Arc<Inbox>>,
     pub backpressure: Backpressure,
+    pub groups: crate::consumer::Groups,
 }
 
 /// One executor's share of a `get_many`: the caller's slots and the (shard, id) pairs.
@@ -57,8 +58,13 @@ impl EngineHandle {
         rx.await.unwrap_or(Err(Error::Closed))
     }
 
+    /// A settlement consumer (see [`Consumer`](crate::Consumer)).
+    pub fn consumer(&self, config: crate::ConsumerConfig) -> Result<crate::Consumer> {
+        crate::Consumer::new(self.clone(), config)
+    }
+
     /// Queues a request for `executor`, waiting for room or failing per the backpressure choice.
-    async fn send(&self, executor: usize, mut request: Request) -> Result<()> {
+    pub(crate) async fn send(&self, executor: usize, mut request: Request) -> Result<()> {
         let inbox = &self.inner.inboxes[executor];
         loop {
             match inbox.push(request) {

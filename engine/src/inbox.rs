@@ -12,7 +12,7 @@ use std::sync::Mutex;
 use std::task::{Context, Poll, Waker};
 
 use crossbeam_queue::ArrayQueue;
-use tradeshard_shard::{Command, ListQuery, Receipt, ShardStats, Trade, TradeId};
+use tradeshard_shard::{Command, EventBatch, ListQuery, PollQuery, Receipt, ShardStats, Trade, TradeId};
 
 use crate::error::Result;
 use crate::reply::ReplyTx;
@@ -41,6 +41,26 @@ pub(crate) enum Request {
     },
     Stats {
         reply: ReplyTx<Vec<(u32, ShardStats)>>,
+    },
+    /// Settlement events of one shard (partition).
+    Poll {
+        shard: u32,
+        query: PollQuery,
+        reply: ReplyTx<Result<EventBatch>>,
+    },
+    /// A consumer group's position in one shard.
+    CommitOffset {
+        shard: u32,
+        group: String,
+        offset: u64,
+        reply: ReplyTx<Result<u64>>,
+    },
+    /// A group's committed offset in one shard, the shard's readable range, and the end of its
+    /// trade events.
+    Position {
+        shard: u32,
+        group: String,
+        reply: ReplyTx<(Option<u64>, (u64, u64), u64)>,
     },
 }
 

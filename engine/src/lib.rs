@@ -23,6 +23,7 @@
 //! to shards, and the data directory (manifest and lock). It knows nothing of the bytes of the
 //! log.
 
+mod consumer;
 mod error;
 mod executor;
 mod handle;
@@ -34,12 +35,15 @@ mod routing;
 
 use glommio::ExecutorJoinHandle;
 
+pub use consumer::{Consumer, ConsumerConfig, ConsumerMode, SettlementEvent, StartPosition};
 pub use error::{Error, Result, TradeError};
 pub use handle::{EngineHandle, EngineStats};
 pub use manifest::{Manifest, FORMAT_VERSION};
 pub use options::{cores, Backpressure, Durability, Options};
 pub use routing::Routing;
-pub use tradeshard_shard::{CacheStats, Currency, NewTrade, Receipt, Trade, TradeId, TradeStatus};
+pub use tradeshard_shard::{
+    CacheStats, Currency, NewTrade, Receipt, RecordKind, Trade, TradeId, TradeRecord, TradeStatus,
+};
 
 use crate::executor::ExecutorPlan;
 use crate::handle::HandleInner;
@@ -91,6 +95,7 @@ impl Engine {
                 routing,
                 inboxes: inboxes.clone(),
                 backpressure: options.backpressure,
+                groups: Default::default(),
             }),
         };
         let mut engine = Engine { handle, executors: Vec::new(), data_dir };

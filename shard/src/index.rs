@@ -153,6 +153,8 @@ pub struct ShardIndex {
     counter_max: u64,
     /// Each consumer group's committed offset in this shard's log.
     offsets: HashMap<String, u64>,
+    /// The offset after the last durable trade event (system records after it are no events).
+    events_end: u64,
 }
 
 impl ShardIndex {
@@ -182,6 +184,11 @@ impl ShardIndex {
     /// Highest counter of any trade id seen: new ids continue above it.
     pub fn counter_max(&self) -> u64 {
         self.counter_max
+    }
+
+    /// The offset after the last durable trade event: what a consumer's lag is measured to.
+    pub fn events_end(&self) -> u64 {
+        self.events_end
     }
 
     /// A consumer group's committed offset.
@@ -214,6 +221,7 @@ impl ShardIndex {
         keys: Option<(u128, u64)>,
     ) -> Result<(), &'static str> {
         let id = record.trade_id;
+        self.events_end = self.events_end.max(at.seq + 1);
         if record.kind == RecordKind::Created {
             let (key, body) = keys.ok_or("created record without its fields")?;
             if self.trades.contains_key(&id) {

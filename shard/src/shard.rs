@@ -383,6 +383,11 @@ impl<D: Disk> Shard<D> {
         (self.inner.wal.first_seq(), self.inner.wal.durable_end())
     }
 
+    /// The offset after the last durable trade event (offset commits after it are no events).
+    pub fn events_end(&self) -> u64 {
+        self.inner.index.borrow().events_end()
+    }
+
     /// Trade events from `query.from` on, durable only, in log order; waits up to
     /// `query.wait` for one if there is none yet (a long poll).
     pub fn poll_events(&self, query: PollQuery, done: Done<EventBatch>) {
@@ -410,7 +415,8 @@ impl<D: Disk> Shard<D> {
         if let Some(committer) = self.committer.take() {
             committer.await;
         }
-        // Reads in flight hold the shard; they finish on their own.
+        // Reads and polls in flight hold the shard; long polls are cut short, the rest finish.
+        self.inner.wal.stop_waits();
         while Rc::strong_count(&self.inner) > 1 {
             glommio::timer::sleep(std::time::Duration::from_millis(1)).await;
         }
@@ -424,6 +430,7 @@ impl<D: Disk> Shard<D> {
 impl<D: Disk> Drop for Shard<D> {
     /// Without `close`, writes in flight still complete; the log closes once they have.
     fn drop(&mut self) {
+        self.inner.wal.stop_waits();
         let mut accepted = self.inner.accepted.borrow_mut();
         accepted.closing = true;
         accepted.wake();

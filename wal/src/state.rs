@@ -94,6 +94,8 @@ pub(crate) struct Shared<D: Disk> {
     pub stats: Cell<WalStats>,
     /// Readers waiting for the visible end to move (long polls), woken when it does.
     pub end_waiters: RefCell<Vec<std::task::Waker>>,
+    /// Set when the owner shuts down: waits end at once.
+    pub waits_stopped: Cell<bool>,
 }
 
 impl<D: Disk> Shared<D> {

@@ -56,6 +56,7 @@ impl<D: Disk> Wal<D> {
             first_seq: report.first_seq.into(),
             stats: Default::default(),
             end_waiters: Default::default(),
+            waits_stopped: Default::default(),
         });
         let writer = Writer::new(shared.clone(), recovered.last_checksum);
         let flusher = glommio::spawn_local(writer.run()).detach();
@@ -126,17 +127,27 @@ impl<D: Disk> Wal<D> {
     }
 
     /// Resolves once the durable end is above `seq` (at once if it is), or the log is closed
-    /// or failed: the wait of a long poll. Callers bound it with their own timer.
+    /// or failed, or [`stop_waits`](Self::stop_waits) was called: the wait of a long poll.
+    /// Callers bound it with their own timer.
     pub async fn wait_beyond(&self, seq: u64) {
         std::future::poll_fn(|cx| {
             let queue = self.shared.queue.borrow();
-            if self.shared.visible_end.get() > seq || queue.failure().is_some() || queue.is_closing() {
+            let over = queue.failure().is_some() || queue.is_closing() || self.shared.waits_stopped.get();
+            if self.shared.visible_end.get() > seq || over {
                 return std::task::Poll::Ready(());
             }
             self.shared.end_waiters.borrow_mut().push(cx.waker().clone());
             std::task::Poll::Pending
         })
         .await
+    }
+
+    /// Ends every `wait_beyond` now and from now on (the owner is shutting down).
+    pub fn stop_waits(&self) {
+        self.shared.waits_stopped.set(true);
+        for waker in self.shared.end_waiters.take() {
+            waker.wake();
+        }
     }
 
     /// The first record still in the log.

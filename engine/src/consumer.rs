@@ -1,0 +1,380 @@
+//! Settlement consumers: the shards' logs read as partitions of a message queue, with MetaQ /
+//! Kafka semantics.
+//!
+//! - A partition is a physical shard; an event's offset is its sequence number in that log;
+//!   events come in log order, so order per partition (and per user) is total.
+//! - A consumer group's position in a partition is committed durably in that partition's own
+//!   log (an offset-commit record), so a commit that returned survives any crash.
+//! - Delivery is at least once: after a crash, a reopen or a reassignment, a consumer resumes
+//!   at the committed offset, and whatever was delivered but not committed is delivered again.
+//! - Clustered mode: the members of a group in this process split the partitions (partition
+//!   `p` goes to the `p % n`th member by join order); when one joins or leaves, every member
+//!   takes its new share at its next poll, each new partition from its committed offset.
+//!   Broadcast mode: the consumer reads every partition, with offsets of its own (the group
+//!   name plus `/` plus its `instance`).
+//! - `poll` answers at once when events are there and otherwise waits (a long poll, woken by
+//!   the logs, no busy loop) up to its timeout; events and bytes per poll are bounded.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Mutex;
+use std::task::Poll;
+use std::time::Duration;
+
+use futures_lite::future::block_on;
+use tradeshard_shard::{EventBatch, OffsetCommit, PollQuery, TradeError, TradeRecord};
+
+use crate::error::{Error, Result};
+use crate::handle::EngineHandle;
+use crate::inbox::Request;
+use crate::reply::{self, ReplyRx};
+
+/// How a consumer shares a group's partitions.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ConsumerMode {
+    /// The group's members in this process split the partitions between them.
+    Clustered,
+    /// This consumer reads every partition, with its own offsets, kept under `instance`.
+    Broadcast { instance: String },
+}
+
+/// Where a consumer starts in a partition its group has no committed offset for (or always,
+/// for `Earliest`/`Latest`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StartPosition {
+    /// The group's committed offset; the earliest event if it has none.
+    Committed,
+    /// The first event still in the log.
+    Earliest,
+    /// The durable end: only events written from now on.
+    Latest,
+}
+
+/// What a consumer is.
+#[derive(Debug, Clone)]
+pub struct ConsumerConfig {
+    /// The consumer group: 1..=64 printable ASCII bytes (with `/instance` in broadcast mode).
+    pub group: String,
+    pub mode: ConsumerMode,
+    pub start: StartPosition,
+    /// Record bytes one poll reads at most per partition (at least one event always).
+    pub max_bytes_per_poll: usize,
+}
+
+impl ConsumerConfig {
+    /// A clustered consumer of `group` starting at its committed offsets.
+    pub fn new(group: impl Into<String>) -> ConsumerConfig {
+        ConsumerConfig {
+            group: group.into(),
+            mode: ConsumerMode::Clustered,
+            start: StartPosition::Committed,
+            max_bytes_per_poll: 4 << 20,
+        }
+    }
+}
+
+/// One delivered event: a trade record at its offset in its partition.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SettlementEvent {
+    pub partition: u32,
+    pub offset: u64,
+    pub record: TradeRecord,
+}
+
+/// A poll sent to one partition, awaiting its answer.
+type PendingPoll = Pin<Box<ReplyRx<Result<EventBatch>>>>;
+
+/// Largest number of events one poll returns.
+pub const POLL_EVENTS_MAX: usize = tradeshard_shard::events::POLL_EVENTS_MAX;
+
+#[derive(Default)]
+struct GroupState {
+    /// Members in join order (member ids are increasing).
+    members: BTreeSet<u64>,
+    generation: u64,
+}
+
+/// The clustered groups of one engine: who is in each, and a generation that moves on every
+/// join and leave.
+#[derive(Default)]
+pub(crate) struct Groups {
+    groups: Mutex<HashMap<String, GroupState>>,
+    next_member: AtomicU64,
+}
+
+impl Groups {
+    fn join(&self, group: &str) -> u64 {
+        let member = self.next_member.fetch_add(1, Ordering::Relaxed);
+        let mut groups = self.groups.lock().expect("groups lock");
+        let state = groups.entry(group.to_string()).or_default();
+        state.members.insert(member);
+        state.generation += 1;
+        member
+    }
+
+    fn leave(&self, group: &str, member: u64) {
+        let mut groups = self.groups.lock().expect("groups lock");
+        if let Some(state) = groups.get_mut(group) {
+            state.members.remove(&member);
+            state.generation += 1;
+        }
+    }
+
+    /// The generation and the partitions `member` owns now.
+    fn assignment(&self, group: &str, member: u64, partitions: u32) -> (u64, Vec<u32>) {
+        let groups = self.groups.lock().expect("groups lock");
+        let state = &groups[group];
+        let rank = state.members.iter().position(|m| *m == member).expect("a member until it leaves");
+        let n = state.members.len();
+        (state.generation, (0..partitions).filter(|p| *p as usize % n == rank).collect())
+    }
+}
+
+/// A consumer of the settlement events; `Send`, usable from any thread or async runtime.
+pub struct Consumer {
+    handle: EngineHandle,
+    config: ConsumerConfig,
+    /// The name offsets are committed under.
+    offsets_key: String,
+    member: Option<u64>,
+    generation: u64,
+    /// Assigned partitions → offset of the next event to deliver.
+    positions: BTreeMap<u32, u64>,
+    /// Where the next poll starts among the partitions, so that none starves.
+    next_first: usize,
+}
+
+impl Consumer {
+    pub(crate) fn new(handle: EngineHandle, config: ConsumerConfig) -> Result<Consumer> {
+        let offsets_key = match &config.mode {
+            ConsumerMode::Clustered => config.group.clone(),
+            ConsumerMode::Broadcast { instance } => format!("{}/{instance}", config.group),
+        };
+        if !OffsetCommit::valid_group(&offsets_key) {
+            return Err(TradeError::BadGroup { len: offsets_key.len() }.into());
+        }
+        let member = (config.mode == ConsumerMode::Clustered).then(|| handle.inner.groups.join(&config.group));
+        Ok(Consumer { handle, config, offsets_key, member, generation: 0, positions: BTreeMap::new(), next_first: 0 })
+    }
+
+    /// The partitions this consumer reads now, with the offset of the next event of each
+    /// (taken at the first poll, and after each change of the group).
+    pub fn assignment(&self) -> Vec<(u32, u64)> {
+        self.positions.iter().map(|(p, o)| (*p, *o)).collect()
+    }
+
+    /// Follows the group's membership: drops partitions given away, takes new ones at their
+    /// start position.
+    async fn rebalance(&mut self) -> Result<()> {
+        let partitions = self.handle.routing().physical_shards;
+        let (generation, owned) = match self.member {
+            Some(member) => self.handle.inner.groups.assignment(&self.config.group, member, partitions),
+            // Broadcast: every partition, once.
+            None => (1, (0..partitions).collect()),
+        };
+        if generation == self.generation {
+            return Ok(());
+        }
+        self.positions.retain(|p, _| owned.contains(p));
+        let new: Vec<u32> = owned.into_iter().filter(|p| !self.positions.contains_key(p)).collect();
+        self.take_partitions(new).await?;
+        self.generation = generation;
+        Ok(())
+    }
+
+    async fn take_partitions(&mut self, partitions: Vec<u32>) -> Result<()> {
+        for partition in partitions {
+            let (committed, (first, end), _) = self.position_of(partition).await?;
+            let start = match self.config.start {
+                StartPosition::Committed => committed.unwrap_or(first),
+                StartPosition::Earliest => first,
+                StartPosition::Latest => end,
+            };
+            self.positions.insert(partition, start.max(first));
+        }
+        Ok(())
+    }
+
+    async fn position_of(&self, shard: u32) -> Result<(Option<u64>, (u64, u64), u64)> {
+        let (tx, rx) = reply::channel();
+        let request = Request::Position { shard, group: self.offsets_key.clone(), reply: tx };
+        self.handle.send(self.handle.routing().executor_of_physical(shard), request).await?;
+        rx.await.ok_or(Error::Closed)
+    }
+
+    async fn send_poll(
+        &self,
+        partition: u32,
+        from: u64,
+        max_events: usize,
+        wait: Duration,
+    ) -> Result<ReplyRx<Result<EventBatch>>> {
+        let (tx, rx) = reply::channel();
+        let query = PollQuery { from, max_events, max_bytes: self.config.max_bytes_per_poll, wait };
+        let request = Request::Poll { shard: partition, query, reply: tx };
+        self.handle.send(self.handle.routing().executor_of_physical(partition), request).await?;
+        Ok(rx)
+    }
+
+    /// Up to `max_events` durable events, in log order per partition, waiting up to `timeout`
+    /// for the first when none is there yet. Delivered events move this consumer's positions;
+    /// they are committed only by [`commit`](Self::commit).
+    pub async fn poll(&mut self, max_events: usize, timeout: Duration) -> Result<Vec<SettlementEvent>> {
+        self.rebalance().await?;
+        let max_events = max_events.clamp(1, POLL_EVENTS_MAX);
+        let mut events = self.poll_once(max_events, Duration::ZERO).await?;
+        if events.is_empty() && !timeout.is_zero() {
+            events = self.poll_once(max_events, timeout).await?;
+        }
+        Ok(events)
+    }
+
+    /// One round: a poll to every assigned partition; without `wait`, gathers all answers,
+    /// with it, returns as soon as one partition has events (the others' answers are dropped:
+    /// undelivered, they are read again next time).
+    async fn poll_once(&mut self, max_events: usize, wait: Duration) -> Result<Vec<SettlementEvent>> {
+        let partitions: Vec<(u32, u64)> = self.assignment();
+        if partitions.is_empty() {
+            return Ok(Vec::new());
+        }
+        let first = self.next_first % partitions.len();
+        self.next_first = self.next_first.wrapping_add(1);
+        let mut pending: Vec<(u32, PendingPoll)> = Vec::new();
+        for (partition, from) in partitions[first..].iter().chain(&partitions[..first]) {
+            pending.push((*partition, Box::pin(self.send_poll(*partition, *from, max_events, wait).await?)));
+        }
+        let mut batches: Vec<(u32, EventBatch)> = Vec::new();
+        let wait_for_all = wait.is_zero();
+        std::future::poll_fn(|cx| {
+            let mut index = 0;
+            while index < pending.len() {
+                match pending[index].1.as_mut().poll(cx) {
+                    Poll::Ready(answer) => {
+                        let (partition, _) = pending.remove(index);
+                        let batch = match answer {
+                            Some(batch) => batch,
+                            None => return Poll::Ready(Err(Error::Closed)),
+                        };
+                        match batch {
+                            Ok(batch) => batches.push((partition, batch)),
+                            Err(error) => return Poll::Ready(Err(error)),
+                        }
+                    }
+                    Poll::Pending => index += 1,
+                }
+            }
+            let any_events = batches.iter().any(|(_, b)| !b.events.is_empty());
+            if pending.is_empty() || (!wait_for_all && any_events) {
+                Poll::Ready(Ok(()))
+            } else {
+                Poll::Pending
+            }
+        })
+        .await?;
+        Ok(self.deliver(batches, max_events))
+    }
+
+    /// Takes up to `max_events` from the batches in the order they were asked for, moving the
+    /// positions past what is delivered (and past system records read along).
+    fn deliver(&mut self, batches: Vec<(u32, EventBatch)>, max_events: usize) -> Vec<SettlementEvent> {
+        let mut delivered = Vec::new();
+        for (partition, batch) in batches {
+            let room = max_events - delivered.len();
+            let Some(position) = self.positions.get_mut(&partition) else { continue };
+            if batch.events.len() <= room {
+                *position = (*position).max(batch.next_offset);
+            } else if room > 0 {
+                *position = batch.events[room].offset;
+            }
+            for event in batch.events.into_iter().take(room) {
+                delivered.push(SettlementEvent { partition, offset: event.offset, record: event.record });
+            }
+        }
+        delivered
+    }
+
+    /// Commits the current positions (everything delivered so far) durably.
+    pub async fn commit(&mut self) -> Result<()> {
+        self.rebalance().await?;
+        let positions = self.assignment();
+        self.commit_offsets(&positions).await
+    }
+
+    /// Commits explicit (partition, next offset) pairs durably.
+    pub async fn commit_offsets(&mut self, offsets: &[(u32, u64)]) -> Result<()> {
+        let mut waiting = Vec::new();
+        for (partition, offset) in offsets {
+            let (tx, rx) = reply::channel();
+            let request = Request::CommitOffset {
+                shard: *partition,
+                group: self.offsets_key.clone(),
+                offset: *offset,
+                reply: tx,
+            };
+            self.handle.send(self.handle.routing().executor_of_physical(*partition), request).await?;
+            waiting.push(rx);
+        }
+        for rx in waiting {
+            rx.await.ok_or(Error::Closed)??;
+        }
+        Ok(())
+    }
+
+    /// Moves the position in an assigned partition (the next poll reads from `offset`).
+    pub async fn seek(&mut self, partition: u32, offset: u64) -> Result<()> {
+        self.rebalance().await?;
+        match self.positions.get_mut(&partition) {
+            Some(position) => {
+                *position = offset;
+                Ok(())
+            }
+            None => Err(Error::InvalidOptions(format!("partition {partition} is not assigned to this consumer"))),
+        }
+    }
+
+    /// Per assigned partition: the durable end of its events minus the group's committed
+    /// offset (the earliest offset when it has none); the group's own offset commits, which are
+    /// records of the log but no events, do not count.
+    pub async fn lag(&mut self) -> Result<Vec<(u32, u64)>> {
+        self.rebalance().await?;
+        let mut lags = Vec::new();
+        for (partition, _) in self.assignment() {
+            let (committed, (first, _), events_end) = self.position_of(partition).await?;
+            lags.push((partition, events_end.saturating_sub(committed.unwrap_or(first))));
+        }
+        Ok(lags)
+    }
+
+    /// Blocking [`poll`](Self::poll).
+    pub fn poll_blocking(&mut self, max_events: usize, timeout: Duration) -> Result<Vec<SettlementEvent>> {
+        block_on(self.poll(max_events, timeout))
+    }
+
+    /// Blocking [`commit`](Self::commit).
+    pub fn commit_blocking(&mut self) -> Result<()> {
+        block_on(self.commit())
+    }
+
+    /// Blocking [`seek`](Self::seek).
+    pub fn seek_blocking(&mut self, partition: u32, offset: u64) -> Result<()> {
+        block_on(self.seek(partition, offset))
+    }
+
+    /// Blocking [`lag`](Self::lag).
+    pub fn lag_blocking(&mut self) -> Result<Vec<(u32, u64)>> {
+        block_on(self.lag())
+    }
+
+    /// Leaves the group (its partitions go to the other members); nothing is committed.
+    pub fn close(self) {}
+}
+
+impl Drop for Consumer {
+    fn drop(&mut self) {
+        if let Some(member) = self.member.take() {
+            self.handle.inner.groups.leave(&self.config.group, member);
+        }
+    }
+}

@@ -1,0 +1,186 @@
+//! Settlement consumers through the public API: order per partition, at-least-once with
+//! committed offsets that survive reopening, clustered reassignment, broadcast, seek, lag and
+//! the long poll.
+
+use std::collections::{BTreeMap, HashSet};
+use std::time::Duration;
+
+use tradeshard_engine::{
+    ConsumerConfig, ConsumerMode, Engine, EngineHandle, RecordKind, SettlementEvent, StartPosition, TradeId,
+};
+use tradeshard_tests::{engine_options, new_trade};
+
+/// Creates and pays `count` trades per buyer for buyers 1..=buyers; returns the trade ids.
+fn write(handle: &EngineHandle, buyers: u64, count: u64, first_order: u64) -> Vec<TradeId> {
+    let mut ids = Vec::new();
+    for order in first_order..first_order + count {
+        for buyer in 1..=buyers {
+            let id = handle.create_trade_blocking(new_trade(buyer, order, 10 + order)).unwrap().id;
+            handle.pay_blocking(id).unwrap();
+            ids.push(id);
+        }
+    }
+    ids
+}
+
+fn drain(consumer: &mut tradeshard_engine::Consumer) -> Vec<SettlementEvent> {
+    let mut events = Vec::new();
+    loop {
+        let batch = consumer.poll_blocking(100, Duration::ZERO).unwrap();
+        if batch.is_empty() {
+            return events;
+        }
+        events.extend(batch);
+    }
+}
+
+#[test]
+fn every_event_arrives_once_in_order_per_partition_and_per_user() {
+    let dir = tempfile::tempdir().unwrap();
+    let engine = Engine::open(engine_options(dir.path(), 4, 2)).unwrap();
+    let handle = engine.handle();
+    let writers: Vec<_> = (0..4u64)
+        .map(|w| {
+            let handle = handle.clone();
+            std::thread::spawn(move || write(&handle, 5, 10, w * 100))
+        })
+        .collect();
+    let ids: Vec<TradeId> = writers.into_iter().flat_map(|w| w.join().unwrap()).collect();
+    let mut consumer = handle.consumer(ConsumerConfig::new("settlement")).unwrap();
+    let events = drain(&mut consumer);
+    assert_eq!(events.len(), ids.len() * 2, "a created and a paid event per trade");
+    let mut last_offset: BTreeMap<u32, u64> = BTreeMap::new();
+    let mut seen_created = HashSet::new();
+    for event in &events {
+        if let Some(previous) = last_offset.insert(event.partition, event.offset) {
+            assert!(event.offset > previous, "partition {} out of order", event.partition);
+        }
+        match event.record.kind {
+            RecordKind::Created => assert!(seen_created.insert(event.record.trade_id), "delivered twice"),
+            RecordKind::Paid => assert!(seen_created.contains(&event.record.trade_id), "paid before created"),
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+    assert_eq!(last_offset.len(), 4, "every partition delivered");
+    engine.close().unwrap();
+}
+
+#[test]
+fn after_reopen_delivery_resumes_at_the_committed_offset() {
+    let dir = tempfile::tempdir().unwrap();
+    let engine = Engine::open(engine_options(dir.path(), 2, 2)).unwrap();
+    let handle = engine.handle();
+    write(&handle, 4, 10, 0);
+    let mut consumer = handle.consumer(ConsumerConfig::new("ledger")).unwrap();
+    let first = consumer.poll_blocking(30, Duration::ZERO).unwrap();
+    assert_eq!(first.len(), 30);
+    consumer.commit_blocking().unwrap();
+    let committed = consumer.assignment();
+    let uncommitted = drain(&mut consumer);
+    assert!(!uncommitted.is_empty());
+    drop(consumer);
+    drop(handle);
+    drop(engine); // no close: a returned commit must not depend on it
+
+    let engine = Engine::open(engine_options(dir.path(), 2, 2)).unwrap();
+    let mut consumer = engine.handle().consumer(ConsumerConfig::new("ledger")).unwrap();
+    let by_partition = |mut events: Vec<SettlementEvent>| {
+        events.sort_by_key(|e| (e.partition, e.offset));
+        events
+    };
+    let again = by_partition(drain(&mut consumer));
+    assert_eq!(again, by_partition(uncommitted), "exactly the uncommitted suffix is delivered again");
+    for (partition, offset) in committed {
+        let first_again = again.iter().find(|e| e.partition == partition).map(|e| e.offset);
+        assert!(first_again.is_none_or(|o| o >= offset));
+    }
+    engine.close().unwrap();
+}
+
+#[test]
+fn a_leaving_member_hands_its_partitions_over_at_their_committed_offsets() {
+    let dir = tempfile::tempdir().unwrap();
+    let engine = Engine::open(engine_options(dir.path(), 4, 2)).unwrap();
+    let handle = engine.handle();
+    write(&handle, 8, 5, 0);
+    let mut a = handle.consumer(ConsumerConfig::new("clearing")).unwrap();
+    let mut b = handle.consumer(ConsumerConfig::new("clearing")).unwrap();
+    let from_a = drain(&mut a);
+    let from_b = drain(&mut b);
+    let parts = |events: &[SettlementEvent]| events.iter().map(|e| e.partition).collect::<HashSet<u32>>();
+    assert_eq!(parts(&from_a).len(), 2);
+    assert_eq!(parts(&from_b).len(), 2);
+    assert!(parts(&from_a).is_disjoint(&parts(&from_b)), "members split the partitions");
+    a.commit_blocking().unwrap();
+    // b delivered everything of its share but commits nothing, then leaves.
+    drop(b);
+    let after = drain(&mut a);
+    assert_eq!(parts(&after), parts(&from_b), "a takes b's partitions");
+    assert_eq!(after.len(), from_b.len(), "from their committed offset: all of b's uncommitted events again");
+    engine.close().unwrap();
+}
+
+#[test]
+fn broadcast_consumers_each_see_everything_with_their_own_offsets() {
+    let dir = tempfile::tempdir().unwrap();
+    let engine = Engine::open(engine_options(dir.path(), 2, 2)).unwrap();
+    let handle = engine.handle();
+    let ids = write(&handle, 3, 4, 0);
+    let broadcast = |instance: &str| ConsumerConfig {
+        mode: ConsumerMode::Broadcast { instance: instance.into() },
+        ..ConsumerConfig::new("audit")
+    };
+    let mut one = handle.consumer(broadcast("one")).unwrap();
+    let mut two = handle.consumer(broadcast("two")).unwrap();
+    assert_eq!(drain(&mut one).len(), ids.len() * 2);
+    one.commit_blocking().unwrap();
+    assert_eq!(drain(&mut two).len(), ids.len() * 2, "the other instance still sees everything");
+    assert!(one.lag_blocking().unwrap().iter().all(|(_, lag)| *lag == 0));
+    assert!(two.lag_blocking().unwrap().iter().any(|(_, lag)| *lag > 0), "two committed nothing");
+    engine.close().unwrap();
+}
+
+#[test]
+fn seek_lag_and_start_positions() {
+    let dir = tempfile::tempdir().unwrap();
+    let engine = Engine::open(engine_options(dir.path(), 1, 1)).unwrap();
+    let handle = engine.handle();
+    write(&handle, 2, 5, 0); // 20 events in the one partition
+    let mut consumer = handle.consumer(ConsumerConfig::new("risk")).unwrap();
+    assert_eq!(consumer.lag_blocking().unwrap(), vec![(0, 20)]);
+    consumer.seek_blocking(0, 15).unwrap();
+    let tail = drain(&mut consumer);
+    assert_eq!(tail.iter().map(|e| e.offset).collect::<Vec<_>>(), vec![15, 16, 17, 18, 19]);
+    consumer.commit_blocking().unwrap();
+    assert_eq!(consumer.lag_blocking().unwrap(), vec![(0, 0)]);
+    assert!(consumer.seek_blocking(3, 0).is_err(), "partition 3 does not exist here");
+    let mut latest =
+        handle.consumer(ConsumerConfig { start: StartPosition::Latest, ..ConsumerConfig::new("fresh") }).unwrap();
+    assert!(latest.poll_blocking(10, Duration::ZERO).unwrap().is_empty(), "latest starts at the end");
+    write(&handle, 1, 1, 100);
+    assert_eq!(latest.poll_blocking(10, Duration::ZERO).unwrap().len(), 2);
+    engine.close().unwrap();
+}
+
+#[test]
+fn a_long_poll_wakes_on_new_data() {
+    let dir = tempfile::tempdir().unwrap();
+    let engine = Engine::open(engine_options(dir.path(), 2, 2)).unwrap();
+    let handle = engine.handle();
+    let mut consumer = handle.consumer(ConsumerConfig::new("waiter")).unwrap();
+    assert!(consumer.poll_blocking(10, Duration::ZERO).unwrap().is_empty());
+    let writer = {
+        let handle = handle.clone();
+        std::thread::spawn(move || {
+            std::thread::sleep(Duration::from_millis(50));
+            write(&handle, 1, 1, 0)
+        })
+    };
+    // An hour's timeout: if new data did not wake the poll, this test would hang, not pass.
+    let events = consumer.poll_blocking(10, Duration::from_secs(3600)).unwrap();
+    assert!(!events.is_empty());
+    assert_eq!(events[0].record.kind, RecordKind::Created);
+    writer.join().unwrap();
+    // The other partition's poll still waits: closing cuts it short instead of waiting an hour.
+    engine.close().unwrap();
+}
