@@ -160,6 +160,9 @@ fn dispatch(shards: &HashMap<u32, Shard<DmaDisk>>, request: Request) {
             let shard = shard(id);
             reply.send((shard.committed_offset(&group), shard.offset_range(), shard.events_end()))
         }
+        Request::SettledTotals { reply } => {
+            reply.send(shards.values().flat_map(|shard| shard.settled_totals()).collect())
+        }
         Request::Stats { reply } => reply.send(shards.iter().map(|(id, shard)| (*id, shard.stats())).collect()),
     }
 }

@@ -8,7 +8,7 @@ use std::sync::Arc;
 
 use futures_lite::future::block_on;
 use tradeshard_shard::trade::validate_amount;
-use tradeshard_shard::{Action, Command, ListQuery, NewTrade, Receipt, ShardStats, Trade, TradeId};
+use tradeshard_shard::{Action, Command, Currency, ListQuery, NewTrade, Receipt, ShardStats, Trade, TradeId};
 
 use crate::error::{Error, Result};
 use crate::inbox::{Inbox, Refused, Request};
@@ -204,6 +204,25 @@ impl EngineHandle {
             total.entries += cache.entries;
         }
         Ok(stats)
+    }
+
+    /// The amounts of every durable settled trade, summed per (merchant, currency): a scan of
+    /// the store that a settlement consumer's totals can be reconciled against.
+    pub async fn settled_totals(&self) -> Result<std::collections::BTreeMap<(u64, Currency), u64>> {
+        let mut totals = std::collections::BTreeMap::new();
+        for executor in 0..self.inner.inboxes.len() {
+            let (tx, rx) = reply::channel();
+            self.send(executor, Request::SettledTotals { reply: tx }).await?;
+            for (key, amount) in rx.await.ok_or(Error::Closed)? {
+                *totals.entry(key).or_insert(0) += amount;
+            }
+        }
+        Ok(totals)
+    }
+
+    /// Blocking [`settled_totals`](Self::settled_totals).
+    pub fn settled_totals_blocking(&self) -> Result<std::collections::BTreeMap<(u64, Currency), u64>> {
+        block_on(self.settled_totals())
     }
 
     /// Blocking [`create_trade`](Self::create_trade).

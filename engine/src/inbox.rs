@@ -12,7 +12,7 @@ use std::sync::Mutex;
 use std::task::{Context, Poll, Waker};
 
 use crossbeam_queue::ArrayQueue;
-use tradeshard_shard::{Command, EventBatch, ListQuery, PollQuery, Receipt, ShardStats, Trade, TradeId};
+use tradeshard_shard::{Command, Currency, EventBatch, ListQuery, PollQuery, Receipt, ShardStats, Trade, TradeId};
 
 use crate::error::Result;
 use crate::reply::ReplyTx;
@@ -41,6 +41,10 @@ pub(crate) enum Request {
     },
     Stats {
         reply: ReplyTx<Vec<(u32, ShardStats)>>,
+    },
+    /// Settled amounts per (merchant, currency) over the executor's shards.
+    SettledTotals {
+        reply: ReplyTx<Vec<((u64, Currency), u64)>>,
     },
     /// Settlement events of one shard (partition).
     Poll {

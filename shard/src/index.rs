@@ -186,6 +186,11 @@ impl ShardIndex {
         self.counter_max
     }
 
+    /// Every durable trade's id and entry, in no particular order.
+    pub fn trades(&self) -> impl Iterator<Item = (&TradeId, &TradeEntry)> {
+        self.trades.iter()
+    }
+
     /// The offset after the last durable trade event: what a consumer's lag is measured to.
     pub fn events_end(&self) -> u64 {
         self.events_end

@@ -395,6 +395,18 @@ impl<D: Disk> Shard<D> {
         glommio::spawn_local(async move { done(crate::events::poll(&inner.wal, query).await) }).detach();
     }
 
+    /// The amounts of the durable settled trades, summed per (merchant, currency): what a
+    /// settlement consumer's totals must equal.
+    pub fn settled_totals(&self) -> Vec<((u64, Currency), u64)> {
+        let mut totals: std::collections::HashMap<(u64, Currency), u64> = std::collections::HashMap::new();
+        for (_, entry) in self.inner.index.borrow().trades() {
+            if entry.lifecycle.status == TradeStatus::Settled {
+                *totals.entry((entry.merchant_id, entry.currency)).or_default() += entry.lifecycle.amount;
+            }
+        }
+        totals.into_iter().collect()
+    }
+
     /// Counters of the shard.
     pub fn stats(&self) -> ShardStats {
         ShardStats {

@@ -78,6 +78,9 @@ pub struct Args {
     /// Physical shards of a new directory (default: one per core).
     #[arg(long)]
     shards: Option<u32>,
+    /// Run a settlement consumer alongside the load and reconcile its totals at the end.
+    #[arg(long)]
+    settle: bool,
     /// Print the report as one JSON object on stdout.
     #[arg(long)]
     json: bool,
@@ -118,6 +121,15 @@ struct Report {
     engine_trades: u64,
     /// Resident memory of the process (engine and client) at the end of the timed phase.
     resident_bytes: u64,
+    /// With `--settle`: events the settlement consumer consumed per second.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    events_per_sec: Option<f64>,
+    /// With `--settle`: p99 from an event's write to its delivery, microseconds.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    end_to_end_p99_us: Option<u64>,
+    /// With `--settle`: the settlement consumer's whole report.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    settlement: Option<crate::settle::SettleReport>,
     inflight: usize,
     users: u64,
     zipf: f64,
@@ -200,6 +212,9 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         routing.executors,
         routing.physical_shards
     );
+    let settle_stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let settler =
+        args.settle.then(|| crate::settle::spawn(handle.clone(), "load-settlement".into(), settle_stop.clone()));
     let client_args = args.clone();
     let client = std::thread::spawn(move || -> anyhow::Result<Report> {
         let executor = LocalExecutorBuilder::new(Placement::Unbound)
@@ -208,12 +223,24 @@ pub fn run(args: Args) -> anyhow::Result<()> {
             .map_err(|e| anyhow::anyhow!("starting the client executor: {e}"))?;
         executor.run(drive(client_args, handle, users, duration))
     });
-    let report = client.join().map_err(|_| anyhow::anyhow!("the client thread panicked"))??;
+    let mut report = client.join().map_err(|_| anyhow::anyhow!("the client thread panicked"))??;
+    settle_stop.store(true, std::sync::atomic::Ordering::Release);
+    if let Some(settler) = settler {
+        let settlement = settler.join().map_err(|_| anyhow::anyhow!("the settlement thread panicked"))??;
+        report.events_per_sec = Some(settlement.events_per_sec);
+        report.end_to_end_p99_us = Some(settlement.end_to_end_us.p99);
+        report.settlement = Some(settlement);
+    }
     engine.close().context("closing the engine")?;
     if args.json {
         println!("{}", serde_json::to_string(&report)?);
     } else {
         print_table(&report);
+    }
+    if let Some(settlement) = &report.settlement {
+        if !settlement.differences.is_empty() {
+            bail!("settlement totals differ from the store: {:?}", settlement.differences);
+        }
     }
     if report.mismatches > 0 || report.errors > 0 {
         bail!(
@@ -327,6 +354,9 @@ async fn drive(
         errors: client.errors.get(),
         engine_trades: after.trades,
         resident_bytes: resident,
+        events_per_sec: None,
+        end_to_end_p99_us: None,
+        settlement: None,
         inflight: args.inflight,
         users: args.users,
         zipf: args.zipf,
@@ -611,4 +641,17 @@ fn print_table(report: &Report) {
         report.verified,
         report.mismatches
     );
+    if let Some(s) = &report.settlement {
+        let l = s.end_to_end_us;
+        println!(
+            "settlement: {} events at {:.0}/s, end to end p50 {} / p99 {} / max {} µs, {} redelivered, {} differences",
+            s.events,
+            s.events_per_sec,
+            l.p50,
+            l.p99,
+            l.max,
+            s.redelivered,
+            s.differences.len()
+        );
+    }
 }

@@ -61,3 +61,18 @@ fn bad_arguments_exit_non_zero() {
         assert!(!tradeshard(args, dir.path()).status.success(), "{args:?}");
     }
 }
+
+#[test]
+fn load_with_settle_reconciles_and_settle_rereads_a_directory() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let args = ["load", "--ops", "3000", "--inflight", "16", "--settle", "--dir", data.to_str().unwrap(), "--json"];
+    let report = json(&tradeshard(&args, dir.path()));
+    assert!(report["events_per_sec"].as_f64().is_some_and(|v| v > 0.0), "{report}");
+    assert!(report["end_to_end_p99_us"].as_u64().is_some());
+    assert_eq!(report["settlement"]["differences"].as_array().map(Vec::len), Some(0));
+    let settled =
+        json(&tradeshard(&["settle", "--dir", data.to_str().unwrap(), "--group", "audit", "--json"], dir.path()));
+    assert!(settled["events"].as_u64().unwrap() > 0);
+    assert_eq!(settled["differences"].as_array().map(Vec::len), Some(0));
+}

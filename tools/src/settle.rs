@@ -1,0 +1,157 @@
+//! `tradeshard settle` and `load --settle`: a settlement consumer that sums settled amounts per
+//! merchant and currency, commits its offsets as it goes, and reconciles its totals with a
+//! scan of the trade store.
+//!
+//! Delivery is at least once, so the consumer is idempotent on (partition, offset): events of
+//! a partition come in offset order, and one at or below the highest offset already applied
+//! in that partition is a redelivery and is not counted again.
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use anyhow::{bail, Context};
+use serde::Serialize;
+use tradeshard_engine::{
+    ConsumerConfig, Currency, Engine, EngineHandle, Options, RecordKind, SettlementEvent, StartPosition,
+};
+
+use crate::latency::{self, LatencySummary};
+
+#[derive(clap::Args, Debug, Clone)]
+pub struct Args {
+    /// The data directory to settle (an engine must not have it open).
+    #[arg(long)]
+    dir: PathBuf,
+    /// Consumer group; a new group reads from the earliest event.
+    #[arg(long, default_value = "settlement")]
+    group: String,
+    /// Print the report as one JSON object on stdout.
+    #[arg(long)]
+    json: bool,
+}
+
+/// Totals of settled amounts, idempotent on (partition, offset).
+#[derive(Default)]
+pub struct Settlement {
+    pub totals: BTreeMap<(u64, Currency), u64>,
+    applied_up_to: HashMap<u32, u64>,
+    pub events: u64,
+    pub redelivered: u64,
+}
+
+impl Settlement {
+    /// Counts an event once, however often it is delivered.
+    pub fn apply(&mut self, event: &SettlementEvent) {
+        if self.applied_up_to.get(&event.partition).is_some_and(|last| event.offset <= *last) {
+            self.redelivered += 1;
+            return;
+        }
+        self.applied_up_to.insert(event.partition, event.offset);
+        self.events += 1;
+        if event.record.kind == RecordKind::Settled {
+            *self.totals.entry((event.record.merchant_id, event.record.currency)).or_insert(0) += event.record.amount;
+        }
+    }
+
+    /// The (merchant, currency) keys where the totals differ from the store's.
+    pub fn differences(&self, store: &BTreeMap<(u64, Currency), u64>) -> Vec<String> {
+        let mut keys: Vec<_> = self.totals.keys().chain(store.keys()).collect();
+        keys.sort();
+        keys.dedup();
+        keys.into_iter()
+            .filter_map(|key| {
+                let (ours, theirs) = (self.totals.get(key).copied().unwrap_or(0), store.get(key).copied().unwrap_or(0));
+                (ours != theirs).then(|| format!("merchant {} {}: consumer {ours}, store {theirs}", key.0, key.1))
+            })
+            .collect()
+    }
+}
+
+/// What a settlement run reports.
+#[derive(Serialize)]
+pub struct SettleReport {
+    pub events: u64,
+    pub redelivered: u64,
+    pub events_per_sec: f64,
+    pub merchants_settled: usize,
+    /// From the event's write to its delivery (millisecond clock), microseconds.
+    pub end_to_end_us: LatencySummary,
+    pub differences: Vec<String>,
+}
+
+fn now_ms() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64)
+}
+
+/// Consumes until `stop` is set and the group has caught up, committing after every poll,
+/// then reconciles with the store.
+pub fn consume(handle: &EngineHandle, group: &str, stop: &AtomicBool) -> anyhow::Result<SettleReport> {
+    let config = ConsumerConfig { start: StartPosition::Committed, ..ConsumerConfig::new(group) };
+    let mut consumer = handle.consumer(config)?;
+    let mut settlement = Settlement::default();
+    let mut end_to_end = latency::new_histogram();
+    let started = Instant::now();
+    loop {
+        let events = consumer.poll_blocking(4096, Duration::from_millis(50))?;
+        let now = now_ms();
+        for event in &events {
+            settlement.apply(event);
+            latency::record(&mut end_to_end, now.saturating_sub(event.record.at_ms) * 1000);
+        }
+        if !events.is_empty() {
+            consumer.commit_blocking()?;
+        } else if stop.load(Ordering::Acquire) && consumer.lag_blocking()?.iter().all(|(_, lag)| *lag == 0) {
+            break;
+        }
+    }
+    let elapsed = started.elapsed().as_secs_f64();
+    let store = handle.settled_totals_blocking()?;
+    Ok(SettleReport {
+        events: settlement.events,
+        redelivered: settlement.redelivered,
+        events_per_sec: settlement.events as f64 / elapsed,
+        merchants_settled: settlement.totals.len(),
+        end_to_end_us: latency::summarize(&end_to_end),
+        differences: settlement.differences(&store),
+    })
+}
+
+/// Runs [`consume`] on its own thread until `stop` is set.
+pub fn spawn(
+    handle: EngineHandle,
+    group: String,
+    stop: Arc<AtomicBool>,
+) -> std::thread::JoinHandle<anyhow::Result<SettleReport>> {
+    std::thread::spawn(move || consume(&handle, &group, &stop))
+}
+
+pub fn run(args: Args) -> anyhow::Result<()> {
+    if !args.dir.join("MANIFEST").exists() {
+        bail!("{} is not a tradeshard data directory", args.dir.display());
+    }
+    let engine = Engine::open(Options::new(&args.dir)).with_context(|| format!("opening {}", args.dir.display()))?;
+    let report = consume(&engine.handle(), &args.group, &AtomicBool::new(true))?;
+    engine.close()?;
+    if args.json {
+        println!("{}", serde_json::to_string(&report)?);
+    } else {
+        println!(
+            "settled {} events ({} redelivered) at {:.0} events/s over {} merchant/currency pairs; {} differences",
+            report.events,
+            report.redelivered,
+            report.events_per_sec,
+            report.merchants_settled,
+            report.differences.len()
+        );
+        for difference in &report.differences {
+            println!("  {difference}");
+        }
+    }
+    if !report.differences.is_empty() {
+        bail!("the settlement totals differ from the store");
+    }
+    Ok(())
+}
