@@ -128,9 +128,41 @@ fn get_with(c: &mut Criterion, name: &str, cache_bytes: usize) {
     engine.close().unwrap();
 }
 
+/// A consumer reading 100,000 just-written events (each poll up to 4096, decoded) from two
+/// partitions, seeking back to the start each iteration.
+fn consume(c: &mut Criterion) {
+    let (_dir, engine) = open(256 << 20);
+    let handle = engine.handle();
+    let events: u64 = 100_000;
+    concurrent(&handle, 1, 1000, move |handle, i| async move {
+        for n in 0..(events / 1000) {
+            handle.create_trade(trade(i + 1, n)).await.unwrap();
+        }
+    });
+    let mut consumer = handle.consumer(tradeshard_engine::ConsumerConfig::new("bench")).unwrap();
+    let mut group = c.benchmark_group("engine_consume");
+    group.throughput(Throughput::Elements(events));
+    group.bench_function("drain_100k", |b| {
+        b.iter(|| {
+            for (partition, _) in consumer.assignment() {
+                consumer.seek_blocking(partition, 0).unwrap();
+            }
+            let mut seen = 0;
+            while seen < events {
+                seen += consumer.poll_blocking(4096, Duration::ZERO).unwrap().len() as u64;
+            }
+            assert!(consumer.poll_blocking(4096, Duration::ZERO).unwrap().is_empty());
+        })
+    });
+    group.finish();
+    drop(consumer);
+    drop(handle);
+    engine.close().unwrap();
+}
+
 criterion_group! {
     name = benches;
     config = Criterion::default().sample_size(20).measurement_time(Duration::from_secs(3));
-    targets = create_trade, get
+    targets = create_trade, get, consume
 }
 criterion_main!(benches);
