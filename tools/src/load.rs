@@ -259,7 +259,7 @@ async fn drive(
     duration: Option<Duration>,
 ) -> anyhow::Result<Report> {
     let read_only = if args.workload == "read" {
-        let ids = ingest_untimed(&handle, &args).await?;
+        let ids = crate::readback::ingest_untimed(&handle, args.read_trades, args.inflight, args.users).await?;
         let chooser = UserChooser::new(ids.len() as u64, args.zipf).map_err(anyhow::Error::msg)?;
         Some((ids, chooser))
     } else {
@@ -321,7 +321,8 @@ async fn drive(
     if let Some(error) = client.first_error.borrow().as_ref() {
         eprintln!("load: first error: {error}");
     }
-    let (verified, mismatches) = verify(&client, args.inflight).await;
+    let acked = std::mem::take(&mut *client.acked.borrow_mut());
+    let (verified, mismatches) = crate::readback::verify(&handle, &acked, args.inflight).await;
     let histograms = client.histograms.borrow();
     let ops = OPS
         .iter()
@@ -506,94 +507,6 @@ async fn run_op(
         }
     }
     Ok(())
-}
-
-/// Creates `--read-trades` trades for the read workload, `--inflight` at a time, untimed.
-async fn ingest_untimed(handle: &EngineHandle, args: &Args) -> anyhow::Result<Vec<TradeId>> {
-    let total = args.read_trades.max(1);
-    let ids = Rc::new(RefCell::new(Vec::with_capacity(total as usize)));
-    let next = Rc::new(Cell::new(0u64));
-    let bar = ProgressBar::new(total);
-    bar.set_style(ProgressStyle::with_template("ingest {pos}/{len} {bar:30}").expect("valid template"));
-    let tasks: Vec<_> = (0..args.inflight.min(total as usize))
-        .map(|_| {
-            let (handle, ids, next, bar, users) = (handle.clone(), ids.clone(), next.clone(), bar.clone(), args.users);
-            glommio::spawn_local(async move {
-                loop {
-                    let n = next.get();
-                    if n >= total {
-                        return Ok::<_, tradeshard_engine::Error>(());
-                    }
-                    next.set(n + 1);
-                    let buyer = 1 + n % users.max(1);
-                    let trade = NewTrade {
-                        buyer_id: buyer,
-                        merchant_id: 1 + buyer % 997,
-                        merchant_order_no: format!("R{n}"),
-                        amount: 1 + n % 100_000,
-                        currency: "CNY".into(),
-                        memo: format!("read workload trade {n}"),
-                    };
-                    let id = handle.create_trade(trade).await?.id;
-                    ids.borrow_mut().push(id);
-                    if n % 4096 == 0 {
-                        bar.set_position(n);
-                    }
-                }
-            })
-        })
-        .collect();
-    for task in tasks {
-        task.await?;
-    }
-    bar.finish_and_clear();
-    Ok(Rc::try_unwrap(ids).map_err(|_| anyhow::anyhow!("ingest tasks still running"))?.into_inner())
-}
-
-/// Reads back every acknowledged trade, `inflight` at a time.
-async fn verify(client: &Rc<Client>, inflight: usize) -> (u64, u64) {
-    let last: HashMap<TradeId, TradeStatus> = client.acked.borrow().iter().copied().collect();
-    let expected: Vec<(TradeId, TradeStatus)> = last.into_iter().collect();
-    let expected = Rc::new(expected);
-    let next = Rc::new(Cell::new(0usize));
-    let mismatches = Rc::new(Cell::new(0u64));
-    let bar = ProgressBar::new(expected.len() as u64);
-    bar.set_style(ProgressStyle::with_template("verify {pos}/{len} {bar:30}").expect("valid template"));
-    let tasks: Vec<_> = (0..inflight.min(expected.len()).max(1))
-        .map(|_| {
-            let (client, expected, next, mismatches, bar) =
-                (client.clone(), expected.clone(), next.clone(), mismatches.clone(), bar.clone());
-            glommio::spawn_local(async move {
-                loop {
-                    let i = next.get();
-                    if i >= expected.len() {
-                        break;
-                    }
-                    next.set(i + 1);
-                    let (id, status) = expected[i];
-                    match client.handle.get(id).await {
-                        Ok(trade) if trade.status == status => {}
-                        Ok(trade) => {
-                            eprintln!("verify: trade {id} is {:?}, acknowledged {status:?}", trade.status);
-                            mismatches.set(mismatches.get() + 1);
-                        }
-                        Err(error) => {
-                            eprintln!("verify: trade {id}: {error}");
-                            mismatches.set(mismatches.get() + 1);
-                        }
-                    }
-                    if i % 1024 == 0 {
-                        bar.set_position(i as u64);
-                    }
-                }
-            })
-        })
-        .collect();
-    for task in tasks {
-        task.await;
-    }
-    bar.finish_and_clear();
-    (expected.len() as u64, mismatches.get())
 }
 
 /// Resident set size of this process, from `/proc/self/statm` (0 where unavailable).

@@ -6,6 +6,7 @@
 mod data_dir;
 mod latency;
 mod load;
+mod readback;
 mod settle;
 mod wal_bench;
 mod workload;
