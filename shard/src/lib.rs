@@ -4,6 +4,7 @@
 //!
 //! A shard lives on one executor and knows nothing of threads, routing or other shards.
 
+mod committer;
 pub mod currency;
 pub mod error;
 pub mod events;

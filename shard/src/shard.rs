@@ -20,11 +20,9 @@
 
 use std::cell::RefCell;
 use std::collections::VecDeque;
-use std::future::Future;
 use std::hash::BuildHasherDefault;
-use std::pin::Pin;
 use std::rc::Rc;
-use std::task::{Context, Poll, Waker};
+use std::task::Waker;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use tradeshard_cache::{CacheStats, ReadThrough};
@@ -78,7 +76,7 @@ pub struct CreatedPart {
 impl CreatedPart {
     /// Bytes it really occupies: three heap blocks (the `Rc` and two strings), each rounded as
     /// the allocator rounds it, so that the cache's budget bounds resident memory.
-    fn cache_bytes(part: &Rc<CreatedPart>) -> usize {
+    pub(crate) fn cache_bytes(part: &Rc<CreatedPart>) -> usize {
         let block = |bytes: usize| (bytes + 8).next_multiple_of(16).max(32);
         block(std::mem::size_of::<CreatedPart>() + 16)
             + block(part.merchant_order_no.capacity())
@@ -88,53 +86,53 @@ impl CreatedPart {
 
 /// A trade with writes in flight: its accepted (not yet durable) state.
 #[derive(Clone, Copy)]
-struct InFlight {
+pub(crate) struct InFlight {
     lifecycle: Lifecycle,
-    last_seq: u64,
+    pub last_seq: u64,
     user_id: u64,
     merchant_id: u64,
     currency: Currency,
 }
 
 /// Who waits for a write, and for what.
-enum Reply {
+pub(crate) enum Reply {
     Trade(Done<Receipt>),
     Offset(Done<u64>),
 }
 
 /// A durable write's answer, collected under the borrows and given after them.
-enum Answer {
+pub(crate) enum Answer {
     Trade(Done<Receipt>, Receipt),
     Offset(Done<u64>, u64),
 }
 
-struct Effect {
-    seq: u64,
-    ticket: Option<Ticket>,
-    record: LogRecord,
+pub(crate) struct Effect {
+    pub seq: u64,
+    pub ticket: Option<Ticket>,
+    pub record: LogRecord,
     /// A create's order key and body hash, computed once when it was checked.
-    keys: Option<(u128, u64)>,
-    reply: Reply,
+    pub keys: Option<(u128, u64)>,
+    pub reply: Reply,
 }
 
 #[derive(Default)]
-struct Accepted {
-    trades: IdMap<TradeId, InFlight>,
-    orders: IdMap<u128, (TradeId, u64, u64)>,
-    effects: VecDeque<Effect>,
+pub(crate) struct Accepted {
+    pub trades: IdMap<TradeId, InFlight>,
+    pub orders: IdMap<u128, (TradeId, u64, u64)>,
+    pub effects: VecDeque<Effect>,
     /// Duplicate creates waiting for the original (at this seq) to become durable.
-    waiting: VecDeque<(u64, TradeId, Done<Receipt>)>,
-    next_counter: u64,
-    committer: Option<Waker>,
-    failed: Option<TradeError>,
-    closing: bool,
+    pub waiting: VecDeque<(u64, TradeId, Done<Receipt>)>,
+    pub next_counter: u64,
+    pub committer: Option<Waker>,
+    pub failed: Option<TradeError>,
+    pub closing: bool,
 }
 
-struct Inner<D: Disk> {
-    wal: Wal<D>,
-    index: RefCell<ShardIndex>,
-    accepted: RefCell<Accepted>,
-    created_parts: ReadThrough<TradeId, Rc<CreatedPart>, TradeError, BuildHasherDefault<IdHasher>>,
+pub(crate) struct Inner<D: Disk> {
+    pub wal: Wal<D>,
+    pub index: RefCell<ShardIndex>,
+    pub accepted: RefCell<Accepted>,
+    pub created_parts: ReadThrough<TradeId, Rc<CreatedPart>, TradeError, BuildHasherDefault<IdHasher>>,
 }
 
 /// One shard of the trade store, on the executor that opened it.
@@ -179,7 +177,7 @@ impl<D: Disk> Shard<D> {
             accepted: RefCell::new(accepted),
             created_parts: ReadThrough::with_hasher(cache_bytes),
         });
-        let committer = glommio::spawn_local(run_committer(inner.clone())).detach();
+        let committer = glommio::spawn_local(crate::committer::run(inner.clone())).detach();
         Ok(Shard { inner, committer: Some(committer) })
     }
 
@@ -462,7 +460,7 @@ impl Accepted {
     }
 }
 
-fn receipt(id: TradeId, entry: &TradeEntry, replayed: bool) -> Receipt {
+pub(crate) fn receipt(id: TradeId, entry: &TradeEntry, replayed: bool) -> Receipt {
     Receipt {
         id,
         status: entry.lifecycle.status,
@@ -517,132 +515,4 @@ async fn read_created_part<D: Disk>(inner: &Inner<D>, created_at: Appended) -> R
         memo: created.memo,
         created_ms: record.at_ms,
     }))
-}
-
-/// Waits for the oldest write in flight (or for close), returning its ticket.
-fn next_ticket<D: Disk>(inner: &Inner<D>) -> impl Future<Output = Option<Ticket>> + '_ {
-    std::future::poll_fn(move |cx| {
-        let mut accepted = inner.accepted.borrow_mut();
-        if let Some(front) = accepted.effects.front_mut() {
-            return Poll::Ready(Some(front.ticket.take().expect("the front ticket is taken once")));
-        }
-        if accepted.closing || accepted.failed.is_some() {
-            return Poll::Ready(None);
-        }
-        accepted.committer = Some(cx.waker().clone());
-        Poll::Pending
-    })
-}
-
-/// Applies durable writes to the indexes, in log order, and answers their callers.
-async fn run_committer<D: Disk>(inner: Rc<Inner<D>>) {
-    while let Some(ticket) = next_ticket(&inner).await {
-        let front = ticket.await;
-        match front {
-            Ok(appended) => apply_durable(&inner, appended),
-            Err(error) => {
-                fail_all(&inner, error.into());
-                return;
-            }
-        }
-    }
-}
-
-/// Applies every write the log now holds durably (the front one is `front`).
-fn apply_durable<D: Disk>(inner: &Inner<D>, front: Appended) {
-    let durable_end = inner.wal.durable_end();
-    let mut answers: Vec<Answer> = Vec::new();
-    {
-        let mut accepted = inner.accepted.borrow_mut();
-        let mut index = inner.index.borrow_mut();
-        let mut front = Some(front);
-        while accepted.effects.front().is_some_and(|effect| effect.seq < durable_end) {
-            let mut effect = accepted.effects.pop_front().expect("checked");
-            let appended = match front.take() {
-                Some(appended) => appended,
-                None => resolved(effect.ticket.take().expect("only the front ticket was taken")),
-            };
-            assert_eq!(appended.seq, effect.seq, "effects are applied in log order");
-            match (effect.record, effect.reply) {
-                (LogRecord::Trade(record), Reply::Trade(done)) => {
-                    let id = apply_trade(inner, &mut accepted, &mut index, record, appended, effect.keys);
-                    answers.push(Answer::Trade(done, receipt(id, index.get(id).expect("just applied"), false)));
-                }
-                (LogRecord::Offset(commit), Reply::Offset(done)) => {
-                    index.apply_offset(&commit);
-                    answers.push(Answer::Offset(done, commit.offset));
-                }
-                _ => unreachable!("a record and its reply are of one family"),
-            }
-        }
-        while accepted.waiting.front().is_some_and(|(seq, _, _)| *seq < durable_end) {
-            let (_, id, done) = accepted.waiting.pop_front().expect("checked");
-            answers.push(Answer::Trade(done, receipt(id, index.get(id).expect("durable original"), true)));
-        }
-    }
-    for answer in answers {
-        match answer {
-            Answer::Trade(done, receipt) => done(Ok(receipt)),
-            Answer::Offset(done, offset) => done(Ok(offset)),
-        }
-    }
-}
-
-/// Applies a durable trade record to the index, retires its in-flight state and caches a
-/// create's immutable part. Returns the trade's id.
-fn apply_trade<D: Disk>(
-    inner: &Inner<D>,
-    accepted: &mut Accepted,
-    index: &mut ShardIndex,
-    mut record: TradeRecord,
-    appended: Appended,
-    keys: Option<(u128, u64)>,
-) -> TradeId {
-    index.apply_keyed(&record, appended, keys).expect("a write checked against the accepted view applies");
-    let id = record.trade_id;
-    if accepted.trades.get(&id).is_some_and(|in_flight| in_flight.last_seq == appended.seq) {
-        accepted.trades.remove(&id);
-    }
-    if let Some((key, _)) = keys {
-        accepted.orders.remove(&key);
-    }
-    if let Some(created) = record.created.take() {
-        let part = Rc::new(CreatedPart {
-            merchant_order_no: created.merchant_order_no,
-            memo: created.memo,
-            created_ms: record.at_ms,
-        });
-        let bytes = CreatedPart::cache_bytes(&part);
-        inner.created_parts.cache().borrow_mut().insert(id, part, bytes);
-    }
-    id
-}
-
-/// The outcome of a ticket whose batch is known to be complete.
-fn resolved(mut ticket: Ticket) -> Appended {
-    let mut cx = Context::from_waker(Waker::noop());
-    match Pin::new(&mut ticket).poll(&mut cx) {
-        Poll::Ready(Ok(appended)) => appended,
-        other => panic!("a ticket below the durable end is resolved: {:?}", other.map(|r| r.map(|a| a.seq))),
-    }
-}
-
-/// After the log failed: every write in flight fails, and so does every later one.
-fn fail_all<D: Disk>(inner: &Inner<D>, error: TradeError) {
-    let (effects, waiting) = {
-        let mut accepted = inner.accepted.borrow_mut();
-        accepted.failed = Some(error.clone());
-        accepted.trades.clear();
-        accepted.orders.clear();
-        (std::mem::take(&mut accepted.effects), std::mem::take(&mut accepted.waiting))
-    };
-    for effect in effects {
-        match effect.reply {
-            Reply::Trade(done) => done(Err(error.clone())),
-            Reply::Offset(done) => done(Err(error.clone())),
-        }
-    }
-    for (_, _, done) in waiting {
-        done(Err(error.clone()));
-    }
 }

@@ -1,0 +1,148 @@
+//! The shard's committer: the one task that turns durable log records into durable state.
+//!
+//! It awaits the oldest write in flight; once the log reports it durable, every write below
+//! the log's durable end is applied to the indexes in log order (a create also fills the
+//! cache), its in-flight state is retired, and its caller is answered, after the borrows are
+//! released. If the log fails, every write in flight and every later one fails with it.
+
+use std::future::Future;
+use std::pin::Pin;
+use std::rc::Rc;
+use std::task::{Context, Poll, Waker};
+
+use tradeshard_wal::disk::Disk;
+use tradeshard_wal::{Appended, Ticket};
+
+use crate::error::TradeError;
+use crate::index::ShardIndex;
+use crate::record::{LogRecord, TradeRecord};
+use crate::shard::{receipt, Accepted, Answer, CreatedPart, Inner, Reply};
+use crate::trade::TradeId;
+
+/// Waits for the oldest write in flight (or for close), returning its ticket.
+fn next_ticket<D: Disk>(inner: &Inner<D>) -> impl Future<Output = Option<Ticket>> + '_ {
+    std::future::poll_fn(move |cx| {
+        let mut accepted = inner.accepted.borrow_mut();
+        if let Some(front) = accepted.effects.front_mut() {
+            return Poll::Ready(Some(front.ticket.take().expect("the front ticket is taken once")));
+        }
+        if accepted.closing || accepted.failed.is_some() {
+            return Poll::Ready(None);
+        }
+        accepted.committer = Some(cx.waker().clone());
+        Poll::Pending
+    })
+}
+
+/// Applies durable writes to the indexes, in log order, and answers their callers.
+pub(crate) async fn run<D: Disk>(inner: Rc<Inner<D>>) {
+    while let Some(ticket) = next_ticket(&inner).await {
+        let front = ticket.await;
+        match front {
+            Ok(appended) => apply_durable(&inner, appended),
+            Err(error) => {
+                fail_all(&inner, error.into());
+                return;
+            }
+        }
+    }
+}
+
+/// Applies every write the log now holds durably (the front one is `front`).
+fn apply_durable<D: Disk>(inner: &Inner<D>, front: Appended) {
+    let durable_end = inner.wal.durable_end();
+    let mut answers: Vec<Answer> = Vec::new();
+    {
+        let mut accepted = inner.accepted.borrow_mut();
+        let mut index = inner.index.borrow_mut();
+        let mut front = Some(front);
+        while accepted.effects.front().is_some_and(|effect| effect.seq < durable_end) {
+            let mut effect = accepted.effects.pop_front().expect("checked");
+            let appended = match front.take() {
+                Some(appended) => appended,
+                None => resolved(effect.ticket.take().expect("only the front ticket was taken")),
+            };
+            assert_eq!(appended.seq, effect.seq, "effects are applied in log order");
+            match (effect.record, effect.reply) {
+                (LogRecord::Trade(record), Reply::Trade(done)) => {
+                    let id = apply_trade(inner, &mut accepted, &mut index, record, appended, effect.keys);
+                    answers.push(Answer::Trade(done, receipt(id, index.get(id).expect("just applied"), false)));
+                }
+                (LogRecord::Offset(commit), Reply::Offset(done)) => {
+                    index.apply_offset(&commit);
+                    answers.push(Answer::Offset(done, commit.offset));
+                }
+                _ => unreachable!("a record and its reply are of one family"),
+            }
+        }
+        while accepted.waiting.front().is_some_and(|(seq, _, _)| *seq < durable_end) {
+            let (_, id, done) = accepted.waiting.pop_front().expect("checked");
+            answers.push(Answer::Trade(done, receipt(id, index.get(id).expect("durable original"), true)));
+        }
+    }
+    for answer in answers {
+        match answer {
+            Answer::Trade(done, receipt) => done(Ok(receipt)),
+            Answer::Offset(done, offset) => done(Ok(offset)),
+        }
+    }
+}
+
+/// Applies a durable trade record to the index, retires its in-flight state and caches a
+/// create's immutable part. Returns the trade's id.
+fn apply_trade<D: Disk>(
+    inner: &Inner<D>,
+    accepted: &mut Accepted,
+    index: &mut ShardIndex,
+    mut record: TradeRecord,
+    appended: Appended,
+    keys: Option<(u128, u64)>,
+) -> TradeId {
+    index.apply_keyed(&record, appended, keys).expect("a write checked against the accepted view applies");
+    let id = record.trade_id;
+    if accepted.trades.get(&id).is_some_and(|in_flight| in_flight.last_seq == appended.seq) {
+        accepted.trades.remove(&id);
+    }
+    if let Some((key, _)) = keys {
+        accepted.orders.remove(&key);
+    }
+    if let Some(created) = record.created.take() {
+        let part = Rc::new(CreatedPart {
+            merchant_order_no: created.merchant_order_no,
+            memo: created.memo,
+            created_ms: record.at_ms,
+        });
+        let bytes = CreatedPart::cache_bytes(&part);
+        inner.created_parts.cache().borrow_mut().insert(id, part, bytes);
+    }
+    id
+}
+
+/// The outcome of a ticket whose batch is known to be complete.
+fn resolved(mut ticket: Ticket) -> Appended {
+    let mut cx = Context::from_waker(Waker::noop());
+    match Pin::new(&mut ticket).poll(&mut cx) {
+        Poll::Ready(Ok(appended)) => appended,
+        other => panic!("a ticket below the durable end is resolved: {:?}", other.map(|r| r.map(|a| a.seq))),
+    }
+}
+
+/// After the log failed: every write in flight fails, and so does every later one.
+fn fail_all<D: Disk>(inner: &Inner<D>, error: TradeError) {
+    let (effects, waiting) = {
+        let mut accepted = inner.accepted.borrow_mut();
+        accepted.failed = Some(error.clone());
+        accepted.trades.clear();
+        accepted.orders.clear();
+        (std::mem::take(&mut accepted.effects), std::mem::take(&mut accepted.waiting))
+    };
+    for effect in effects {
+        match effect.reply {
+            Reply::Trade(done) => done(Err(error.clone())),
+            Reply::Offset(done) => done(Err(error.clone())),
+        }
+    }
+    for (_, _, done) in waiting {
+        done(Err(error.clone()));
+    }
+}
