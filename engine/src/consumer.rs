@@ -220,7 +220,8 @@ impl Consumer {
 
     /// Up to `max_events` durable events, in log order per partition, waiting up to `timeout`
     /// for the first when none is there yet. Delivered events move this consumer's positions;
-    /// they are committed only by [`commit`](Self::commit).
+    /// they are committed only by [`commit`](Self::commit). A clustered member with no
+    /// partition (more members than partitions) has nothing to wait on and returns at once.
     pub async fn poll(&mut self, max_events: usize, timeout: Duration) -> Result<Vec<SettlementEvent>> {
         self.rebalance().await?;
         let max_events = max_events.clamp(1, POLL_EVENTS_MAX);
