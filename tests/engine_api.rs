@@ -230,3 +230,40 @@ fn get_many_answers_each_id_in_order() {
     assert!(h.get_many_blocking(&[]).unwrap().is_empty());
     engine.close().unwrap();
 }
+
+#[test]
+fn a_full_queue_is_backpressure_by_the_callers_choice() {
+    use tradeshard_engine::{Backpressure, Options};
+    for backpressure in [Backpressure::Fail, Backpressure::Wait] {
+        let dir = tempfile::tempdir().unwrap();
+        let options = Options { queue_depth_max: 1, backpressure, ..engine_options(dir.path(), 2, 2) };
+        let engine = Engine::open(options).unwrap();
+        let handle = engine.handle();
+        let threads: Vec<_> = (0..16u64)
+            .map(|t| {
+                let handle = handle.clone();
+                std::thread::spawn(move || {
+                    let (mut created, mut refused) = (0u64, 0u64);
+                    for order in 0..200 {
+                        match handle.create_trade_blocking(new_trade(t + 1, order, 5)) {
+                            Ok(_) => created += 1,
+                            Err(Error::Backpressure { .. }) => refused += 1,
+                            Err(other) => panic!("{other:?}"),
+                        }
+                    }
+                    (created, refused)
+                })
+            })
+            .collect();
+        let (created, refused) =
+            threads.into_iter().map(|t| t.join().unwrap()).fold((0, 0), |(c, r), (c2, r2)| (c + c2, r + r2));
+        assert_eq!(created + refused, 3200);
+        eprintln!("{backpressure:?}: {created} created, {refused} refused");
+        assert_eq!(handle.stats_blocking().unwrap().trades, created, "a refused request left no trace");
+        match backpressure {
+            Backpressure::Fail => assert!(refused > 0, "16 threads on a queue of one must collide"),
+            Backpressure::Wait => assert_eq!(refused, 0, "waiting callers are never refused"),
+        }
+        engine.close().unwrap();
+    }
+}
