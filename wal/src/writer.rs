@@ -77,6 +77,8 @@ impl<D: Disk> Writer<D> {
             if self.sync_due() {
                 if let Err(error) = self.sync_tail().await {
                     self.shared.queue.borrow_mut().poison(error);
+                    self.end_waits();
+                    self.maker.finish().await;
                     return;
                 }
             }
@@ -89,6 +91,7 @@ impl<D: Disk> Writer<D> {
                     Err(error) => {
                         self.shared.queue.borrow_mut().poison(error.clone());
                         batch.completion.complete(Err(error));
+                        self.end_waits();
                         self.maker.finish().await;
                         return;
                     }
@@ -99,11 +102,19 @@ impl<D: Disk> Writer<D> {
                             self.shared.queue.borrow_mut().poison(error);
                         }
                     }
+                    self.end_waits();
                     self.maker.finish().await;
                     return;
                 }
                 None => {} // the buffered sync interval elapsed; synced at the top of the loop
             }
+        }
+    }
+
+    /// Wakes the readers waiting for the visible end: it will not move any more.
+    fn end_waits(&self) {
+        for waker in self.shared.end_waiters.take() {
+            waker.wake();
         }
     }
 
