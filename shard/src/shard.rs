@@ -94,6 +94,9 @@ pub(crate) struct InFlight {
     currency: Currency,
 }
 
+/// A caller's callback and the answer to give it once the shard's borrows have ended.
+type AnswerNow = (Done<Receipt>, Result<Receipt, TradeError>);
+
 /// Who waits for a write, and for what.
 pub(crate) enum Reply {
     Trade(Done<Receipt>),
@@ -183,21 +186,30 @@ impl<D: Disk> Shard<D> {
 
     /// Starts a write; `done` is called once it is durable, or with why not.
     pub fn submit(&self, command: Command, done: Done<Receipt>) {
-        let mut accepted = self.inner.accepted.borrow_mut();
-        if let Some(failure) = &accepted.failed {
-            return done(Err(failure.clone()));
-        }
-        let index = self.inner.index.borrow();
-        let outcome = match command {
-            Command::Create { trade, logical_shard } => self.create(&mut accepted, &index, trade, logical_shard, done),
-            Command::Change { id, action } => self.change(&mut accepted, &index, id, action, done),
+        // Callers are answered only after the shard's borrows end, so that an answer may call
+        // back into the shard.
+        let answer_now = {
+            let mut accepted = self.inner.accepted.borrow_mut();
+            match &accepted.failed {
+                Some(failure) => Some((done, Err(failure.clone()))),
+                None => {
+                    let index = self.inner.index.borrow();
+                    match command {
+                        Command::Create { trade, logical_shard } => {
+                            self.create(&mut accepted, &index, trade, logical_shard, done)
+                        }
+                        Command::Change { id, action } => self.change(&mut accepted, &index, id, action, done),
+                    }
+                }
+            }
         };
-        if let Err((error, done)) = outcome {
-            done(Err(error));
+        if let Some((done, answer)) = answer_now {
+            done(answer);
         }
     }
 
-    #[allow(clippy::type_complexity)]
+    /// Queues a create, or returns the answer to give at once (a refusal, or the original of
+    /// a retried create that is already durable).
     fn create(
         &self,
         accepted: &mut Accepted,
@@ -205,7 +217,7 @@ impl<D: Disk> Shard<D> {
         trade: ValidTrade,
         logical_shard: u32,
         done: Done<Receipt>,
-    ) -> Result<(), (TradeError, Done<Receipt>)> {
+    ) -> Option<AnswerNow> {
         let key = order_key(trade.merchant_id, &trade.merchant_order_no);
         let body = body_hash(trade.buyer_id, trade.amount, trade.currency, &trade.memo);
         let conflict = |existing| TradeError::IdempotencyConflict {
@@ -215,28 +227,27 @@ impl<D: Disk> Shard<D> {
         };
         if let Some(&(id, original_body, seq)) = accepted.orders.get(&key) {
             if original_body != body {
-                return Err((conflict(id), done));
+                return Some((done, Err(conflict(id))));
             }
             accepted.waiting.push_back((seq, id, done));
-            return Ok(());
+            return None;
         }
         if let Some((id, original_body)) = index.by_order(key) {
             if original_body != body {
-                return Err((conflict(id), done));
+                return Some((done, Err(conflict(id))));
             }
             let entry = index.get(id).expect("order index points at a trade");
-            done(Ok(receipt(id, entry, true)));
-            return Ok(());
+            return Some((done, Ok(receipt(id, entry, true))));
         }
         let counter = accepted.next_counter;
         if counter >= 1 << COUNTER_BITS {
-            return Err((TradeError::CounterExhausted, done));
+            return Some((done, Err(TradeError::CounterExhausted)));
         }
         let id = TradeId::new(logical_shard, counter);
         let record = TradeRecord::created(id, &trade, now_ms());
         let ticket = match self.inner.wal.enqueue(&record.encode()) {
             Ok(ticket) => ticket,
-            Err(error) => return Err((error.into(), done)),
+            Err(error) => return Some((done, Err(error.into()))),
         };
         let seq = ticket.seq();
         accepted.next_counter += 1;
@@ -252,10 +263,10 @@ impl<D: Disk> Shard<D> {
         accepted.orders.insert(key, (id, body, seq));
         let record = LogRecord::Trade(record);
         accepted.push(Effect { seq, ticket: Some(ticket), record, keys: Some((key, body)), reply: Reply::Trade(done) });
-        Ok(())
+        None
     }
 
-    #[allow(clippy::type_complexity)]
+    /// Queues a change, or returns the refusal to give at once.
     fn change(
         &self,
         accepted: &mut Accepted,
@@ -263,7 +274,7 @@ impl<D: Disk> Shard<D> {
         id: TradeId,
         action: Action,
         done: Done<Receipt>,
-    ) -> Result<(), (TradeError, Done<Receipt>)> {
+    ) -> Option<AnswerNow> {
         let current = match (accepted.trades.get(&id), index.get(id)) {
             (Some(in_flight), _) => *in_flight,
             (None, Some(entry)) => InFlight {
@@ -273,11 +284,11 @@ impl<D: Disk> Shard<D> {
                 merchant_id: entry.merchant_id,
                 currency: entry.currency,
             },
-            (None, None) => return Err((TradeError::NotFound(id), done)),
+            (None, None) => return Some((done, Err(TradeError::NotFound(id)))),
         };
         let next = match next_state(id, current.lifecycle, action) {
             Ok(next) => next,
-            Err(error) => return Err((error, done)),
+            Err(error) => return Some((done, Err(error))),
         };
         let record = TradeRecord {
             kind: action.record_kind(),
@@ -291,13 +302,13 @@ impl<D: Disk> Shard<D> {
         };
         let ticket = match self.inner.wal.enqueue(&record.encode()) {
             Ok(ticket) => ticket,
-            Err(error) => return Err((error.into(), done)),
+            Err(error) => return Some((done, Err(error.into()))),
         };
         let seq = ticket.seq();
         accepted.trades.insert(id, InFlight { lifecycle: next, last_seq: seq, ..current });
         let record = LogRecord::Trade(record);
         accepted.push(Effect { seq, ticket: Some(ticket), record, keys: None, reply: Reply::Trade(done) });
-        Ok(())
+        None
     }
 
     /// Reads a trade's durable state: at once when its immutable part is cached, else after
@@ -305,12 +316,16 @@ impl<D: Disk> Shard<D> {
     pub fn get(&self, id: TradeId, done: Done<Trade>) {
         let cached = {
             let index = self.inner.index.borrow();
-            let Some(entry) = index.get(id) else { return done(Err(TradeError::NotFound(id))) };
-            let part = self.inner.created_parts.cache().borrow_mut().get(&id);
-            part.map(|part| compose(id, entry, &part))
+            match index.get(id) {
+                None => Some(Err(TradeError::NotFound(id))),
+                Some(entry) => {
+                    let part = self.inner.created_parts.cache().borrow_mut().get(&id);
+                    part.map(|part| Ok(compose(id, entry, &part)))
+                }
+            }
         };
         match cached {
-            Some(trade) => done(Ok(trade)),
+            Some(answer) => done(answer),
             None => {
                 let inner = self.inner.clone();
                 glommio::spawn_local(async move { done(read_trade(&inner, id, true).await) }).detach();
@@ -344,9 +359,8 @@ impl<D: Disk> Shard<D> {
     /// Records `group`'s position in this shard's log: `offset` is the next event the group
     /// will read. Durable (like any write) when `done` is called; at most the durable end.
     pub fn commit_offset(&self, group: &str, offset: u64, done: Done<u64>) {
-        let mut accepted = self.inner.accepted.borrow_mut();
-        if let Some(failure) = &accepted.failed {
-            return done(Err(failure.clone()));
+        if let Some(failure) = self.inner.accepted.borrow().failed.clone() {
+            return done(Err(failure));
         }
         if !OffsetCommit::valid_group(group) {
             return done(Err(TradeError::BadGroup { len: group.len() }));
@@ -360,6 +374,7 @@ impl<D: Disk> Shard<D> {
             Ok(ticket) => ticket,
             Err(error) => return done(Err(error.into())),
         };
+        let mut accepted = self.inner.accepted.borrow_mut();
         let seq = ticket.seq();
         let effect = Effect {
             seq,
