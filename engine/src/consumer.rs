@@ -348,6 +348,21 @@ impl Consumer {
         Ok(lags)
     }
 
+    /// The group's durable committed offset of every partition (`None` where it has committed
+    /// nothing), whatever this consumer is assigned: what a restarted member would resume from.
+    pub async fn committed(&self) -> Result<Vec<(u32, Option<u64>)>> {
+        let mut committed = Vec::new();
+        for partition in 0..self.handle.routing().physical_shards {
+            committed.push((partition, self.position_of(partition).await?.0));
+        }
+        Ok(committed)
+    }
+
+    /// Blocking [`committed`](Self::committed).
+    pub fn committed_blocking(&self) -> Result<Vec<(u32, Option<u64>)>> {
+        block_on(self.committed())
+    }
+
     /// Blocking [`poll`](Self::poll).
     pub fn poll_blocking(&mut self, max_events: usize, timeout: Duration) -> Result<Vec<SettlementEvent>> {
         block_on(self.poll(max_events, timeout))

@@ -30,6 +30,14 @@ impl DataDir {
         }
     }
 
+    /// Keeps a temporary directory on disk (to inspect a failure) and returns its path.
+    pub fn keep(self) -> PathBuf {
+        if let Some(temporary) = self._temporary {
+            return temporary.keep();
+        }
+        self.path
+    }
+
     pub fn path(&self) -> &Path {
         &self.path
     }

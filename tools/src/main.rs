@@ -1,13 +1,15 @@
 //! `tradeshard`: the command-line tool of the engine.
 //!
 //! `load` drives the embedded engine (the main job), `settle` consumes and reconciles the
-//! settlement events, `wal-bench` measures one write-ahead log alone.
+//! settlement events, `stress` kills and recovers the engine and checks what survived,
+//! `wal-bench` measures one write-ahead log alone.
 
 mod data_dir;
 mod latency;
 mod load;
 mod readback;
 mod settle;
+mod stress;
 mod wal_bench;
 mod workload;
 
@@ -26,6 +28,12 @@ enum Command {
     Load(load::Args),
     /// Consume the settlement events of a data directory and reconcile them with the store.
     Settle(settle::Args),
+    /// Kill the engine's process at random instants and check every recovery against what it
+    /// acknowledged.
+    Stress(stress::Args),
+    /// The process that `stress` kills (started by `stress` itself).
+    #[command(hide = true)]
+    StressChild(stress::child::ChildArgs),
     /// Measure durable appends to one write-ahead log: N appenders for a duration.
     WalBench(wal_bench::Args),
 }
@@ -34,6 +42,8 @@ fn main() -> anyhow::Result<()> {
     match Cli::parse().command {
         Command::Load(args) => load::run(args),
         Command::Settle(args) => settle::run(args),
+        Command::Stress(args) => stress::run(args),
+        Command::StressChild(args) => stress::child::run(args),
         Command::WalBench(args) => wal_bench::run(args),
     }
 }

@@ -1,4 +1,4 @@
-//! The `tradeshard` command as scripts use it: `load` and `wal-bench` run, print the JSON
+//! The `tradeshard` command as scripts use it: `load`, `wal-bench` and `stress` run, print the JSON
 //! keys they promise, and refuse bad arguments with a non-zero exit.
 
 use std::process::Command;
@@ -75,4 +75,18 @@ fn load_with_settle_reconciles_and_settle_rereads_a_directory() {
         json(&tradeshard(&["settle", "--dir", data.to_str().unwrap(), "--group", "audit", "--json"], dir.path()));
     assert!(settled["events"].as_u64().unwrap() > 0);
     assert_eq!(settled["differences"].as_array().map(Vec::len), Some(0));
+}
+
+#[test]
+fn stress_kills_and_recovers_the_engine_and_reports_what_it_checked() {
+    let dir = tempfile::tempdir().unwrap();
+    let args = ["stress", "--cycles", "4", "--cycles-per-dir", "2", "--seed", "7", "--json"];
+    let summary = json(&tradeshard(&args, dir.path()));
+    assert_eq!(summary["cycles"], 4);
+    assert_eq!(summary["data_dirs"], 2);
+    assert_eq!(summary["seed"], 7);
+    assert!(summary["journal_entries"].as_u64().unwrap() > 0, "{summary}");
+    assert!(std::fs::read_dir(dir.path()).unwrap().next().is_none(), "the temporary directory is removed");
+    let refused = tradeshard(&["stress", "--workers", "0"], dir.path());
+    assert!(!refused.status.success());
 }

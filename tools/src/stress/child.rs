@@ -1,0 +1,179 @@
+//! The child process of a stress cycle: opens the engine, says `READY` on stdout, then runs a
+//! random trade workload (creates, pays, settles, closes, partial refunds) on `workers` threads
+//! and a settlement consumer that polls and commits, journaling every intent before it is sent
+//! and every acknowledgement after it arrives, until the parent kills it.
+//!
+//! The child checks what only it can see: the consumer's events come in log order per
+//! partition and in lifecycle order per trade. Anything unexpected (an error that is not
+//! backpressure, an event out of order) is journaled as a failure and the child exits with a
+//! non-zero status, which the parent reports as a violation.
+
+use std::collections::HashMap;
+use std::io::Write;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use tradeshard_engine::{ConsumerConfig, Engine, EngineHandle, RecordKind, StartPosition, TradeId, TradeStatus};
+use tradeshard_wal::disk::SplitMix64;
+
+use super::journal::{Change, Entry, JournalWriter};
+
+/// Arguments of the child; the parent builds them.
+#[derive(clap::Args, Clone, Debug)]
+pub struct ChildArgs {
+    #[arg(long)]
+    pub dir: PathBuf,
+    /// Directory of this cycle's journal files (one per thread).
+    #[arg(long)]
+    pub journal: PathBuf,
+    #[arg(long)]
+    pub seed: u64,
+    #[arg(long)]
+    pub workers: usize,
+    /// The first buyer id of this cycle; worker `w` uses buyers `base + w * 1000 + 0..50`.
+    #[arg(long)]
+    pub buyer_base: u64,
+}
+
+/// Runs until killed; returns only if the engine does not open.
+pub fn run(args: ChildArgs) -> anyhow::Result<()> {
+    let engine = Engine::open(super::engine_options(&args.dir))?;
+    let handle = engine.handle();
+    println!("READY");
+    std::io::stdout().flush()?;
+    let mut threads = Vec::new();
+    for worker in 0..args.workers {
+        let (handle, args) = (handle.clone(), args.clone());
+        threads.push(std::thread::spawn(move || trade_worker(&handle, &args, worker)));
+    }
+    let consumer_args = args.clone();
+    threads.push(std::thread::spawn(move || settlement_consumer(&handle, &consumer_args)));
+    for thread in threads {
+        let _ = thread.join();
+    }
+    std::process::exit(5)
+}
+
+fn fail(journal: &mut JournalWriter, text: String) -> ! {
+    journal.write(&Entry::Failure(text.clone()));
+    eprintln!("stress child: {text}");
+    std::process::exit(3)
+}
+
+/// Calls `op` until it is not refused for backpressure.
+fn retrying<T>(journal: &mut JournalWriter, what: &str, mut op: impl FnMut() -> tradeshard_engine::Result<T>) -> T {
+    loop {
+        match op() {
+            Ok(value) => return value,
+            Err(e) if e.is_retryable() => std::thread::sleep(Duration::from_micros(200)),
+            Err(e) => fail(journal, format!("{what}: {e}")),
+        }
+    }
+}
+
+struct OpenTrade {
+    id: TradeId,
+    status: TradeStatus,
+    amount: u64,
+    refunded: u64,
+}
+
+fn trade_worker(handle: &EngineHandle, args: &ChildArgs, worker: usize) {
+    let path = args.journal.join(format!("worker-{worker}.log"));
+    let mut journal = JournalWriter::create(&path).unwrap_or_else(|e| {
+        eprintln!("stress child: {e:#}");
+        std::process::exit(4)
+    });
+    let mut rng = SplitMix64::new(args.seed ^ (worker as u64 + 1).wrapping_mul(0x9E37_79B9_7F4A_7C15));
+    let mut open: Vec<OpenTrade> = Vec::new();
+    for order in 1.. {
+        if open.is_empty() || rng.below(10) < 4 {
+            let buyer = args.buyer_base + worker as u64 * 1000 + rng.below(50);
+            let amount = 1 + rng.below(100_000);
+            journal.write(&Entry::CreateSent { buyer, order, amount });
+            let receipt = retrying(&mut journal, "create", || {
+                handle.create_trade_blocking(super::new_trade(buyer, order, amount))
+            });
+            journal.write(&Entry::CreateAcked { buyer, order, id: receipt.id.0 });
+            open.push(OpenTrade { id: receipt.id, status: TradeStatus::Created, amount, refunded: 0 });
+            continue;
+        }
+        let at = rng.below(open.len() as u64) as usize;
+        let trade = &mut open[at];
+        let refundable = trade.amount - trade.refunded;
+        let change = match trade.status {
+            TradeStatus::Created if rng.one_in(5) => Change::Close,
+            TradeStatus::Created => Change::Pay,
+            TradeStatus::Paid if rng.one_in(3) => Change::Refund(1 + rng.below(refundable)),
+            TradeStatus::Paid => Change::Settle,
+            TradeStatus::Refunded if refundable > 0 => Change::Refund(1 + rng.below(refundable)),
+            _ => {
+                open.swap_remove(at);
+                continue;
+            }
+        };
+        let id = trade.id;
+        journal.write(&Entry::ChangeSent { id: id.0, change });
+        let receipt = retrying(&mut journal, "change", || match change {
+            Change::Pay => handle.pay_blocking(id),
+            Change::Settle => handle.settle_blocking(id),
+            Change::Close => handle.close_trade_blocking(id),
+            Change::Refund(amount) => handle.refund_blocking(id, amount),
+        });
+        journal.write(&Entry::ChangeAcked { id: id.0 });
+        trade.status = receipt.status;
+        trade.refunded = receipt.refunded_amount;
+        if matches!(receipt.status, TradeStatus::Settled | TradeStatus::Closed) {
+            open.swap_remove(at);
+        }
+    }
+}
+
+/// Whether a trade whose last event was `previous` may have an event of `kind` next.
+fn follows(previous: RecordKind, kind: RecordKind) -> bool {
+    use RecordKind::*;
+    matches!((previous, kind), (Created, Paid | Closed) | (Paid, Settled | Refunded) | (Refunded, Refunded))
+}
+
+fn settlement_consumer(handle: &EngineHandle, args: &ChildArgs) {
+    let mut journal = JournalWriter::create(&args.journal.join("consumer.log")).unwrap_or_else(|e| {
+        eprintln!("stress child: {e:#}");
+        std::process::exit(4)
+    });
+    let config = ConsumerConfig { start: StartPosition::Committed, ..ConsumerConfig::new(super::GROUP) };
+    let mut consumer = retrying(&mut journal, "consumer", || handle.consumer(config.clone()));
+    let mut rng = SplitMix64::new(args.seed ^ 0xC0FFEE);
+    let mut last_offset: HashMap<u32, u64> = HashMap::new();
+    let mut last_kind: HashMap<TradeId, RecordKind> = HashMap::new();
+    loop {
+        let events = retrying(&mut journal, "poll", || consumer.poll_blocking(2000, Duration::from_millis(20)));
+        for event in &events {
+            if let Some(previous) = last_offset.insert(event.partition, event.offset) {
+                if event.offset <= previous {
+                    fail(
+                        &mut journal,
+                        format!("partition {}: offset {} after {previous}", event.partition, event.offset),
+                    );
+                }
+            }
+            // A change to a trade created before this consumer's start has nothing to follow.
+            let record = &event.record;
+            match last_kind.insert(record.trade_id, record.kind) {
+                Some(previous) if !follows(previous, record.kind) => {
+                    fail(&mut journal, format!("trade {}: event {:?} after {previous:?}", record.trade_id, record.kind))
+                }
+                _ => {}
+            }
+        }
+        if !events.is_empty() && rng.one_in(3) {
+            let positions = consumer.assignment();
+            for (partition, offset) in &positions {
+                journal.write(&Entry::CommitSent { partition: *partition, offset: *offset });
+            }
+            retrying(&mut journal, "commit", || futures_lite::future::block_on(consumer.commit_offsets(&positions)));
+            for (partition, offset) in &positions {
+                journal.write(&Entry::CommitAcked { partition: *partition, offset: *offset });
+            }
+        }
+    }
+}

@@ -1,0 +1,249 @@
+//! `tradeshard stress`: kill the engine's process at random instants and check, after every
+//! recovery, that it holds exactly what it acknowledged.
+//!
+//! Each cycle starts a child process (`tradeshard stress-child`, this same binary) on the
+//! data directory; the child runs a random workload and journals each intent before sending
+//! it and each acknowledgement after it ([`journal`]). The parent kills the child with SIGKILL
+//! at a random instant (now and then while it is still recovering), reopens the directory in
+//! its own process and checks it against the model of every journal so far ([`model`]). A new
+//! data directory is started every `--cycles-per-dir` cycles so that a long campaign also
+//! covers recovery of young logs and keeps each check bounded.
+//!
+//! A violation prints the cycle and the seed, keeps the directory, and exits non-zero. Timing
+//! decides where a kill lands, so a seed fixes the workload and the kill delays, not the
+//! instant within the child's progress.
+
+pub mod child;
+mod journal;
+mod model;
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+use anyhow::{anyhow, bail, Context};
+use tradeshard_engine::{Engine, NewTrade, Options};
+use tradeshard_wal::disk::SplitMix64;
+
+use crate::data_dir::DataDir;
+
+/// The consumer group whose commits the campaign checks.
+const GROUP: &str = "stress-settlement";
+
+#[derive(clap::Args, Clone, Debug)]
+pub struct Args {
+    /// Kill-and-recover cycles to run.
+    #[arg(long, default_value_t = 100)]
+    cycles: u64,
+    /// Seed of the workload and of the kill delays (default: from the clock; printed).
+    #[arg(long)]
+    seed: Option<u64>,
+    /// Where to keep the data directories and journals (new or empty); a temporary directory
+    /// under the current one when not given.
+    #[arg(long)]
+    dir: Option<PathBuf>,
+    /// Cycles on one data directory before a fresh one is started.
+    #[arg(long, default_value_t = 20)]
+    cycles_per_dir: u64,
+    /// Writer threads in the child.
+    #[arg(long, default_value_t = 8)]
+    workers: usize,
+    /// Longest time the child runs after opening before it is killed, in milliseconds.
+    #[arg(long, default_value_t = 200)]
+    run_ms_max: u64,
+    /// Print the summary as one JSON object on stdout.
+    #[arg(long)]
+    json: bool,
+}
+
+/// What a campaign covered.
+#[derive(Debug, Default, serde::Serialize)]
+struct Summary {
+    seed: u64,
+    cycles: u64,
+    kills_while_recovering: u64,
+    data_dirs: u64,
+    acknowledged_trades_checked: u64,
+    in_flight_found_present: u64,
+    in_flight_found_absent: u64,
+    offset_commits_checked: u64,
+    journal_entries: u64,
+    seconds: f64,
+}
+
+/// Engine options of both the child and the checking parent: small segments so that the
+/// campaign crosses segment rolls, four shards on two executors.
+fn engine_options(dir: &Path) -> Options {
+    Options {
+        physical_shards: Some(4),
+        executors: Some(2),
+        pin: false,
+        segment_bytes: 1 << 20,
+        io_memory_bytes: 4 << 20,
+        cache_bytes: 16 << 20,
+        ..Options::new(dir)
+    }
+}
+
+fn order_no(buyer: u64, order: u64) -> String {
+    format!("S-{buyer}-{order}")
+}
+
+/// The (buyer, order) of an order number made by [`order_no`].
+fn order_of(order_no: &str) -> Option<(u64, u64)> {
+    let (buyer, order) = order_no.strip_prefix("S-")?.split_once('-')?;
+    Some((buyer.parse().ok()?, order.parse().ok()?))
+}
+
+fn new_trade(buyer: u64, order: u64, amount: u64) -> NewTrade {
+    NewTrade {
+        buyer_id: buyer,
+        merchant_id: 1 + buyer % 5,
+        merchant_order_no: order_no(buyer, order),
+        amount,
+        currency: "CNY".into(),
+        memo: format!("stress order {order}"),
+    }
+}
+
+pub fn run(args: Args) -> anyhow::Result<()> {
+    if args.cycles_per_dir == 0 || args.workers == 0 || args.workers > 256 || args.run_ms_max == 0 {
+        bail!("--cycles-per-dir, --workers (at most 256) and --run-ms-max must be above zero");
+    }
+    let seed = args.seed.unwrap_or_else(|| {
+        std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(1, |d| d.as_nanos() as u64)
+    });
+    let root = DataDir::new(args.dir.as_deref(), "tradeshard-stress")?;
+    eprintln!("stress: {} cycles, seed {seed}, in {}", args.cycles, root.path().display());
+    let started = Instant::now();
+    let mut summary = Summary { seed, ..Summary::default() };
+    let mut rng = SplitMix64::new(seed);
+    let mut model = model::Model::default();
+    let mut data = PathBuf::new();
+    for cycle in 0..args.cycles {
+        if cycle % args.cycles_per_dir == 0 {
+            if !data.as_os_str().is_empty() {
+                std::fs::remove_dir_all(&data).with_context(|| format!("removing {}", data.display()))?;
+            }
+            data = root.path().join(format!("data-{cycle:06}"));
+            model = model::Model::default();
+            summary.data_dirs += 1;
+        }
+        let cycle_seed = rng.next_u64();
+        if let Err(violation) =
+            run_cycle(&args, &mut rng, &data, root.path(), cycle, cycle_seed, &mut model, &mut summary)
+        {
+            let kept = root.keep();
+            eprintln!("stress: VIOLATION in cycle {cycle} (seed {seed}, cycle seed {cycle_seed}): {violation:#}");
+            eprintln!("stress: the data directory and journals are kept in {}", kept.display());
+            bail!("violation in cycle {cycle}; rerun with --seed {seed}");
+        }
+        summary.cycles += 1;
+        if (cycle + 1) % 100 == 0 || cycle + 1 == args.cycles {
+            eprintln!(
+                "stress: {}/{} cycles, {} acknowledged trades checked, {:.0} s",
+                cycle + 1,
+                args.cycles,
+                summary.acknowledged_trades_checked,
+                started.elapsed().as_secs_f64()
+            );
+        }
+    }
+    summary.seconds = started.elapsed().as_secs_f64();
+    if args.json {
+        println!("{}", serde_json::to_string(&summary)?);
+    } else {
+        println!(
+            "stress: {} cycles ({} kills while recovering, {} data directories) in {:.0} s, seed {}: 0 violations\n\
+             checked {} acknowledged trades, {} in-flight writes found, {} found absent, {} offset commits",
+            summary.cycles,
+            summary.kills_while_recovering,
+            summary.data_dirs,
+            summary.seconds,
+            seed,
+            summary.acknowledged_trades_checked,
+            summary.in_flight_found_present,
+            summary.in_flight_found_absent,
+            summary.offset_commits_checked
+        );
+    }
+    Ok(())
+}
+
+/// One cycle: start the child, kill it, merge its journals, reopen and verify.
+#[allow(clippy::too_many_arguments)]
+fn run_cycle(
+    args: &Args,
+    rng: &mut SplitMix64,
+    data: &Path,
+    root: &Path,
+    cycle: u64,
+    cycle_seed: u64,
+    model: &mut model::Model,
+    summary: &mut Summary,
+) -> anyhow::Result<()> {
+    let journal_dir = root.join("journal");
+    if journal_dir.exists() {
+        std::fs::remove_dir_all(&journal_dir)?;
+    }
+    std::fs::create_dir_all(&journal_dir)?;
+    let stderr_path = root.join("child-stderr.log");
+    let mut child = Command::new(std::env::current_exe()?)
+        .arg("stress-child")
+        .args(["--dir".as_ref(), data.as_os_str()])
+        .args(["--journal".as_ref(), journal_dir.as_os_str()])
+        .args(["--seed", &cycle_seed.to_string(), "--workers", &args.workers.to_string()])
+        .args(["--buyer-base", &((cycle + 1) * 1_000_000).to_string()])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(std::fs::File::create(&stderr_path)?)
+        .spawn()
+        .context("starting the child")?;
+    let stdout = child.stdout.take().expect("piped");
+    let (ready_tx, ready_rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            if line == "READY" {
+                let _ = ready_tx.send(());
+            }
+        }
+    });
+    let child_failed = |status: std::process::ExitStatus| {
+        let stderr = std::fs::read_to_string(&stderr_path).unwrap_or_default();
+        anyhow!("the child stopped by itself ({status}): {}", stderr.trim())
+    };
+    if rng.one_in(8) {
+        // Kill during open and recovery, READY or not.
+        std::thread::sleep(Duration::from_millis(rng.below(40)));
+        summary.kills_while_recovering += u64::from(ready_rx.try_recv().is_err());
+    } else {
+        let delay = Duration::from_millis(1 + rng.below(args.run_ms_max));
+        if ready_rx.recv_timeout(Duration::from_secs(60)).is_err() {
+            let _ = child.kill();
+            let status = child.wait()?;
+            return Err(child_failed(status).context("the child did not open the engine within 60 s"));
+        }
+        std::thread::sleep(delay);
+    }
+    if let Some(status) = child.try_wait()? {
+        return Err(child_failed(status));
+    }
+    child.kill()?;
+    child.wait()?;
+    for entry in std::fs::read_dir(&journal_dir)? {
+        let entries = journal::read(&entry?.path())?;
+        summary.journal_entries += entries.len() as u64;
+        model.merge(entries)?;
+    }
+    let engine = Engine::open(engine_options(data)).context("reopening after the kill")?;
+    let checked = model.verify(&engine.handle());
+    engine.close().context("closing after the check")?;
+    let checked = checked?;
+    summary.acknowledged_trades_checked += checked.acknowledged_trades;
+    summary.in_flight_found_present += checked.in_flight_present;
+    summary.in_flight_found_absent += checked.in_flight_absent;
+    summary.offset_commits_checked += checked.offset_commits;
+    Ok(())
+}

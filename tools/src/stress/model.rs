@@ -1,0 +1,303 @@
+//! What the engine must hold after a kill, built from the journals of every cycle since the
+//! data directory was made, and the check of a reopened engine against it.
+//!
+//! An acknowledged create or change must be there, exactly once, in its acknowledged state,
+//! or in the state of the one change sent after it and not acknowledged (in flight at the
+//! kill). An unacknowledged create is there once or not at all. Whatever a recovery shows of
+//! an in-flight write is final: the model takes it as the new acknowledged state, so a later
+//! recovery that loses it, or brings back a create that was absent, is a violation too.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+
+use anyhow::{anyhow, bail};
+use tradeshard_engine::{ConsumerConfig, EngineHandle, Error, Trade, TradeError, TradeId, TradeStatus};
+
+use super::journal::{Change, Entry};
+
+/// A trade's status and refunded total.
+type State = (TradeStatus, u64);
+
+/// What the journals say of one create (a buyer's order).
+struct Expected {
+    amount: u64,
+    /// The trade id, once a create was acknowledged or a recovery showed the trade.
+    id: Option<TradeId>,
+    /// A recovery found this unacknowledged create absent: it must stay absent.
+    absent: bool,
+    state: State,
+    /// A change sent and not acknowledged: the state it would lead to.
+    in_flight: Option<State>,
+}
+
+/// Counts of what the checks covered.
+#[derive(Debug, Default, Clone, serde::Serialize)]
+pub struct Checked {
+    pub acknowledged_trades: u64,
+    pub in_flight_present: u64,
+    pub in_flight_absent: u64,
+    pub offset_commits: u64,
+}
+
+/// The expected state of one data directory.
+#[derive(Default)]
+pub struct Model {
+    orders: HashMap<(u64, u64), Expected>,
+    by_id: HashMap<TradeId, (u64, u64)>,
+    buyers: BTreeSet<u64>,
+    /// Per partition, the highest offset a returned commit acknowledged.
+    committed: BTreeMap<u32, u64>,
+    /// Checks made so far: rotates the sample of users listed.
+    listings: u64,
+}
+
+fn after(state: State, amount: u64, change: Change) -> Option<State> {
+    use TradeStatus::*;
+    Some(match (state.0, change) {
+        (Created, Change::Pay) => (Paid, state.1),
+        (Created, Change::Close) => (Closed, state.1),
+        (Paid, Change::Settle) => (Settled, state.1),
+        (Paid | Refunded, Change::Refund(part)) if part > 0 && state.1 + part <= amount => (Refunded, state.1 + part),
+        _ => return None,
+    })
+}
+
+impl Model {
+    /// Adds one thread's journal of the cycle that just ended.
+    pub fn merge(&mut self, entries: Vec<Entry>) -> anyhow::Result<()> {
+        for entry in entries {
+            match entry {
+                Entry::CreateSent { buyer, order, amount } => {
+                    self.buyers.insert(buyer);
+                    let expected =
+                        Expected { amount, id: None, absent: false, state: (TradeStatus::Created, 0), in_flight: None };
+                    if self.orders.insert((buyer, order), expected).is_some() {
+                        bail!("the child sent order {order} of buyer {buyer} twice");
+                    }
+                }
+                Entry::CreateAcked { buyer, order, id } => {
+                    let expected =
+                        self.orders.get_mut(&(buyer, order)).ok_or_else(|| anyhow!("ack of an unsent create"))?;
+                    expected.id = Some(TradeId(id));
+                    self.by_id.insert(TradeId(id), (buyer, order));
+                }
+                Entry::ChangeSent { id, change } => {
+                    let expected = self.expected_mut(TradeId(id))?;
+                    let next = after(expected.state, expected.amount, change).ok_or_else(|| {
+                        anyhow!("the child sent {change:?} to {} in {:?}", TradeId(id), expected.state)
+                    })?;
+                    expected.in_flight = Some(next);
+                }
+                Entry::ChangeAcked { id } => {
+                    let expected = self.expected_mut(TradeId(id))?;
+                    expected.state = expected.in_flight.take().ok_or_else(|| anyhow!("ack of an unsent change"))?;
+                }
+                Entry::CommitSent { .. } => {}
+                Entry::CommitAcked { partition, offset } => {
+                    let highest = self.committed.entry(partition).or_default();
+                    *highest = (*highest).max(offset);
+                }
+                Entry::Failure(text) => bail!("the child stopped: {text}"),
+            }
+        }
+        Ok(())
+    }
+
+    fn expected_mut(&mut self, id: TradeId) -> anyhow::Result<&mut Expected> {
+        let key = self.by_id.get(&id).ok_or_else(|| anyhow!("change to {id}, never acknowledged as created"))?;
+        Ok(self.orders.get_mut(key).expect("by_id names known orders"))
+    }
+
+    /// Checks a reopened engine against the model, then takes what it showed of in-flight
+    /// writes as settled.
+    pub fn verify(&mut self, handle: &EngineHandle) -> anyhow::Result<Checked> {
+        let mut checked = Checked::default();
+        let mut found: HashMap<(u64, u64), Trade> = HashMap::new();
+        // By id: every trade whose id is known, in batches.
+        let known: Vec<TradeId> = self.orders.values().filter_map(|e| e.id).collect();
+        for chunk in known.chunks(1024) {
+            for (id, result) in chunk.iter().zip(handle.get_many_blocking(chunk)?) {
+                match result {
+                    Ok(trade) if trade.id == *id => {
+                        found.insert(self.by_id[id], trade);
+                    }
+                    Ok(trade) => bail!("reading {id} returned {}", trade.id),
+                    Err(Error::Trade(TradeError::NotFound(_))) => {}
+                    Err(e) => return Err(e.into()),
+                }
+            }
+        }
+        // By user: the buyers of creates whose outcome is unknown (an id-less create can only be
+        // found so), and a rotating sample of the others for the listing path.
+        let listed: BTreeSet<u64> = self
+            .orders
+            .iter()
+            .filter(|(_, e)| e.id.is_none() && !e.absent)
+            .map(|((buyer, _), _)| *buyer)
+            .chain(self.buyers.iter().copied().skip(self.listings as usize % 16).step_by(16))
+            .collect();
+        self.listings += 1;
+        for buyer in listed {
+            for trade in handle.list_user_trades_blocking(buyer, 10_000, None)? {
+                let order = super::order_of(&trade.merchant_order_no)
+                    .filter(|(b, order)| *b == buyer && self.orders.contains_key(&(buyer, *order)))
+                    .ok_or_else(|| anyhow!("trade {} ({}) was never sent", trade.id, trade.merchant_order_no))?;
+                match found.get(&order) {
+                    Some(by_id) if by_id.id != trade.id => {
+                        bail!("order {} is held twice: {} and {}", trade.merchant_order_no, by_id.id, trade.id)
+                    }
+                    Some(by_id) if (by_id.status, by_id.refunded_amount) != (trade.status, trade.refunded_amount) => {
+                        bail!("trade {} reads {:?} by id, {:?} by user", trade.id, by_id.status, trade.status)
+                    }
+                    Some(_) => {}
+                    None => {
+                        found.insert(order, trade);
+                    }
+                }
+            }
+        }
+        let mut settled: BTreeMap<u64, u64> = BTreeMap::new();
+        for (key, expected) in self.orders.iter_mut() {
+            let Some(trade) = found.get(key) else {
+                if let Some(id) = expected.id {
+                    bail!("acknowledged order {key:?} (trade {id}) is lost");
+                }
+                checked.in_flight_absent += u64::from(!expected.absent);
+                expected.absent = true;
+                continue;
+            };
+            let actual = (trade.status, trade.refunded_amount);
+            match expected.id {
+                Some(id) if id != trade.id => bail!("order {key:?} was acknowledged as {id}, holds {}", trade.id),
+                Some(_) => {
+                    if actual != expected.state && Some(actual) != expected.in_flight {
+                        bail!(
+                            "trade {} is {actual:?}: acknowledged {:?}, in flight {:?}",
+                            trade.id,
+                            expected.state,
+                            expected.in_flight
+                        );
+                    }
+                    if expected.in_flight.is_some() {
+                        checked.in_flight_present += u64::from(Some(actual) == expected.in_flight);
+                    }
+                    checked.acknowledged_trades += 1;
+                }
+                None if expected.absent => bail!("unacknowledged order {key:?} was absent, now is {}", trade.id),
+                None => {
+                    if actual != (TradeStatus::Created, 0) {
+                        bail!("unacknowledged create {} is {actual:?}", trade.id);
+                    }
+                    expected.id = Some(trade.id);
+                    self.by_id.insert(trade.id, *key);
+                    checked.in_flight_present += 1;
+                }
+            }
+            if trade.amount != expected.amount {
+                bail!("trade {} holds amount {}, was sent {}", trade.id, trade.amount, expected.amount);
+            }
+            expected.state = actual;
+            expected.in_flight = None;
+            if actual.0 == TradeStatus::Settled {
+                *settled.entry(trade.merchant_id).or_default() += trade.amount;
+            }
+        }
+        // Nothing held that was never sent, and no order twice: the engine holds exactly the
+        // trades found.
+        let stats = handle.stats_blocking()?;
+        if stats.trades != found.len() as u64 {
+            bail!("the engine counts {} trades, the users hold {}", stats.trades, found.len());
+        }
+        let totals: BTreeMap<u64, u64> =
+            handle.settled_totals_blocking()?.into_iter().map(|((merchant, _), sum)| (merchant, sum)).collect();
+        if totals != settled {
+            bail!("settled totals {totals:?} do not reconcile with the settled trades {settled:?}");
+        }
+        let consumer = handle.consumer(ConsumerConfig::new(super::GROUP))?;
+        for (partition, offset) in consumer.committed_blocking()? {
+            let acknowledged = self.committed.get(&partition).copied().unwrap_or(0);
+            if offset.unwrap_or(0) < acknowledged {
+                bail!("partition {partition}: committed offset {offset:?} is behind acknowledged {acknowledged}");
+            }
+            checked.offset_commits += u64::from(self.committed.contains_key(&partition));
+        }
+        Ok(checked)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tradeshard_engine::Engine;
+
+    fn engine(dir: &std::path::Path) -> Engine {
+        Engine::open(super::super::engine_options(dir)).unwrap()
+    }
+
+    #[test]
+    fn the_check_accepts_what_was_acknowledged_and_catches_what_was_not() {
+        let dir = tempfile::tempdir().unwrap();
+        let engine = engine(dir.path());
+        let handle = engine.handle();
+        let paid = handle.create_trade_blocking(super::super::new_trade(10, 1, 500)).unwrap();
+        handle.pay_blocking(paid.id).unwrap();
+        let settled = handle.create_trade_blocking(super::super::new_trade(11, 2, 700)).unwrap();
+        handle.pay_blocking(settled.id).unwrap();
+        handle.settle_blocking(settled.id).unwrap();
+        let unacknowledged = handle.create_trade_blocking(super::super::new_trade(12, 3, 900)).unwrap();
+        let journal = vec![
+            Entry::CreateSent { buyer: 10, order: 1, amount: 500 },
+            Entry::CreateAcked { buyer: 10, order: 1, id: paid.id.0 },
+            Entry::ChangeSent { id: paid.id.0, change: Change::Pay },
+            Entry::ChangeAcked { id: paid.id.0 },
+            // Sent, not acknowledged: the engine may hold the trade Paid or Settled.
+            Entry::ChangeSent { id: paid.id.0, change: Change::Settle },
+            Entry::CreateSent { buyer: 11, order: 2, amount: 700 },
+            Entry::CreateAcked { buyer: 11, order: 2, id: settled.id.0 },
+            Entry::ChangeSent { id: settled.id.0, change: Change::Pay },
+            Entry::ChangeAcked { id: settled.id.0 },
+            Entry::ChangeSent { id: settled.id.0, change: Change::Settle },
+            Entry::ChangeAcked { id: settled.id.0 },
+            Entry::CreateSent { buyer: 12, order: 3, amount: 900 },
+            Entry::CreateSent { buyer: 13, order: 4, amount: 100 },
+        ];
+        let mut model = Model::default();
+        model.merge(journal.clone()).unwrap();
+        let checked = model.verify(&handle).unwrap();
+        assert_eq!(checked.acknowledged_trades, 2);
+        assert_eq!((checked.in_flight_present, checked.in_flight_absent), (1, 1), "order 3 found, order 4 not");
+        assert_eq!(model.orders[&(12, 3)].id, Some(unacknowledged.id));
+
+        // What the engine holds must not go back behind what an earlier check found.
+        let lost = |entries: Vec<Entry>| {
+            let mut model = Model::default();
+            model.merge(entries).unwrap();
+            model.verify(&handle).unwrap_err().to_string()
+        };
+        let mut acked_more = journal[..4].to_vec();
+        acked_more.extend([
+            Entry::ChangeSent { id: paid.id.0, change: Change::Settle },
+            Entry::ChangeAcked { id: paid.id.0 },
+        ]);
+        assert!(lost(acked_more).contains("acknowledged"), "an acknowledged settle that is not there");
+        let never_created = vec![
+            Entry::CreateSent { buyer: 14, order: 5, amount: 1 },
+            Entry::CreateAcked { buyer: 14, order: 5, id: 99 },
+        ];
+        assert!(lost(never_created).contains("lost"));
+        let other_amount = vec![
+            Entry::CreateSent { buyer: 12, order: 3, amount: 901 },
+            Entry::CreateAcked { buyer: 12, order: 3, id: unacknowledged.id.0 },
+        ];
+        assert!(lost(other_amount).contains("amount"));
+        // Trades the journals never mention are found by the count.
+        assert!(lost(journal[..4].to_vec()).contains("counts"));
+        handle
+            .consumer(ConsumerConfig::new(super::super::GROUP))
+            .and_then(|mut c| futures_lite::future::block_on(c.commit_offsets(&[(0, 0)])))
+            .unwrap();
+        let mut ahead = journal.clone();
+        ahead.push(Entry::CommitAcked { partition: 0, offset: 1 });
+        assert!(lost(ahead).contains("behind"));
+        engine.close().unwrap();
+    }
+}
