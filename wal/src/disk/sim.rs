@@ -181,6 +181,11 @@ impl SimDisk {
         self.state.borrow_mut().faults.insert(op, fault);
     }
 
+    /// Forgets every injected failure that has not happened yet: the disk works again.
+    pub fn clear_faults(&self) {
+        self.state.borrow_mut().faults.clear();
+    }
+
     /// From operation number `op` on, the machine is down: every call fails until [`crash`].
     ///
     /// [`crash`]: SimDisk::crash
