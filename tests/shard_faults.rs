@@ -69,7 +69,11 @@ fn is_log_failure(error: &TradeError) -> bool {
 type SharedShard = Rc<Shard<SimDisk>>;
 
 /// Sends one write; checks the rules on its outcome.
-async fn write(shard: &SharedShard, model: &RefCell<Model>, command: Command) -> Result<Option<(TradeId, TradeStatus, u64)>, String> {
+async fn write(
+    shard: &SharedShard,
+    model: &RefCell<Model>,
+    command: Command,
+) -> Result<Option<(TradeId, TradeStatus, u64)>, String> {
     let failed_before = model.borrow().write_failed.get();
     match call(|done| shard.submit(command, done)).await {
         Ok(receipt) if failed_before => Err(format!("{} acknowledged after a write had failed", receipt.id)),
@@ -82,7 +86,14 @@ async fn write(shard: &SharedShard, model: &RefCell<Model>, command: Command) ->
     }
 }
 
-async fn trade_task(shard: SharedShard, model: Rc<RefCell<Model>>, buyer: u64, first_order: u64, steps: u64, refund: bool) -> Result<(), String> {
+async fn trade_task(
+    shard: SharedShard,
+    model: Rc<RefCell<Model>>,
+    buyer: u64,
+    first_order: u64,
+    steps: u64,
+    refund: bool,
+) -> Result<(), String> {
     for step in 0..steps {
         let trade = new_trade(buyer, first_order + step, 1000).validate().unwrap();
         let command = Command::Create { trade, logical_shard: (buyer % 16) as u32 };
@@ -95,13 +106,18 @@ async fn trade_task(shard: SharedShard, model: Rc<RefCell<Model>>, buyer: u64, f
             }
         }
         let plan: &[(Action, TradeStatus, u64)] = if refund {
-            &[(Action::Pay, TradeStatus::Paid, 0), (Action::Refund(300), TradeStatus::Refunded, 300), (Action::Refund(700), TradeStatus::Refunded, 1000)]
+            &[
+                (Action::Pay, TradeStatus::Paid, 0),
+                (Action::Refund(300), TradeStatus::Refunded, 300),
+                (Action::Refund(700), TradeStatus::Refunded, 1000),
+            ]
         } else {
             &[(Action::Pay, TradeStatus::Paid, 0), (Action::Settle, TradeStatus::Settled, 0)]
         };
         for (action, status, refunded) in plan {
             model.borrow_mut().sent.get_mut(&id).unwrap().push((*status, *refunded));
-            let Some((_, status, refunded)) = write(&shard, &model, Command::Change { id, action: *action }).await? else {
+            let Some((_, status, refunded)) = write(&shard, &model, Command::Change { id, action: *action }).await?
+            else {
                 return Ok(());
             };
             model.borrow_mut().acked.insert(id, (status, refunded));
@@ -240,7 +256,10 @@ fn every_operation_of_the_write_path_fails_in_turn() {
     }
     let count = cases.len() as u64;
     let seen = run_cases(cases);
-    println!("write-path sweep: {count} cases over {} operations, {} saw a failed write", clean.ops, seen.write_failures);
+    println!(
+        "write-path sweep: {count} cases over {} operations, {} saw a failed write",
+        clean.ops, seen.write_failures
+    );
     assert!(clean.ops > 20, "the workload must do I/O: {} operations", clean.ops);
     assert!(seen.write_failures * 2 > count, "most injected failures must fail a write: {seen:?} of {count}");
 }
@@ -273,6 +292,9 @@ fn random_failures_then_power_loss() {
         })
         .collect();
     let seen = run_cases(cases);
-    println!("fault campaign: {count} seeds, {} failed writes, {} failed opens", seen.write_failures, seen.failed_opens);
+    println!(
+        "fault campaign: {count} seeds, {} failed writes, {} failed opens",
+        seen.write_failures, seen.failed_opens
+    );
     assert!(count < 100 || seen.write_failures > count as u64 / 4, "{seen:?}");
 }

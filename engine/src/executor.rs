@@ -82,6 +82,10 @@ async fn run(plan: ExecutorPlan, wal_config: WalConfig, ready: mpsc::Sender<Resu
                 shards.insert(*shard_id, shard);
             }
             Err(source) => {
+                for (_, shard) in shards {
+                    let _ = shard.close().await;
+                }
+                release_closed_files().await;
                 let _ = ready.send(Err(Error::ShardOpen { shard: *shard_id, source }));
                 return Ok(());
             }
@@ -103,7 +107,14 @@ async fn run(plan: ExecutorPlan, wal_config: WalConfig, ready: mpsc::Sender<Resu
             first_error.get_or_insert(Error::ShardOpen { shard: shard_id, source });
         }
     }
+    release_closed_files().await;
     first_error.map_or(Ok(()), Err)
+}
+
+/// glommio closes a dropped file by queueing an asynchronous close on the executor's ring; one
+/// more turn of the reactor submits them, so that no descriptor outlives the executor.
+async fn release_closed_files() {
+    glommio::timer::sleep(std::time::Duration::from_millis(1)).await;
 }
 
 /// Starts every get of a batch; the reply goes once the last one is answered (at once when

@@ -115,6 +115,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     let seed = args.seed.unwrap_or_else(|| {
         std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(1, |d| d.as_nanos() as u64)
     });
+    check_descriptor_budget(args.cycles)?;
     let root = DataDir::new(args.dir.as_deref(), "tradeshard-stress")?;
     eprintln!("stress: {} cycles, seed {seed}, in {}", args.cycles, root.path().display());
     let started = Instant::now();
@@ -170,6 +171,23 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         );
     }
     Ok(())
+}
+
+/// Refuses a campaign longer than the process's open-file limit allows: each check leaves
+/// one descriptor behind (see `run_cycle`). Raise `ulimit -n`, or run shorter campaigns.
+fn check_descriptor_budget(cycles: u64) -> anyhow::Result<()> {
+    let limits = std::fs::read_to_string("/proc/self/limits").unwrap_or_default();
+    let soft = limits
+        .lines()
+        .find(|line| line.starts_with("Max open files"))
+        .and_then(|line| line.split_whitespace().nth(3))
+        .and_then(|soft| soft.parse::<u64>().ok());
+    match soft {
+        Some(soft) if cycles + 256 > soft => {
+            bail!("{cycles} cycles need an open-file limit above {}; it is {soft} (ulimit -n)", cycles + 256)
+        }
+        _ => Ok(()),
+    }
 }
 
 /// One cycle: start the child, kill it, merge its journals, reopen and verify.
@@ -237,7 +255,10 @@ fn run_cycle(
         summary.journal_entries += entries.len() as u64;
         model.merge(entries)?;
     }
-    let engine = Engine::open(engine_options(data)).context("reopening after the kill")?;
+    // One executor: glommio 0.9 keeps one eventfd of every executor it ever ran (glommio
+    // issue 448), so each check costs the parent one descriptor; see `check_descriptor_budget`.
+    let options = Options { executors: Some(1), ..engine_options(data) };
+    let engine = Engine::open(options).context("reopening after the kill")?;
     let checked = model.verify(&engine.handle());
     engine.close().context("closing after the check")?;
     let checked = checked?;
