@@ -99,7 +99,8 @@ fn parse(path: &Path, bytes: &[u8]) -> Result<Manifest> {
     let text = std::str::from_utf8(bytes).map_err(|_| bad("not UTF-8"))?;
     let mut lines = text.lines();
     let (json, checksum) = (lines.next().unwrap_or(""), lines.next().unwrap_or(""));
-    if format!("{:016x}", xxhash_rust::xxh3::xxh3_64(json.as_bytes())) != checksum || lines.next().is_some() {
+    let complete = text.ends_with('\n') && lines.next().is_none();
+    if format!("{:016x}", xxhash_rust::xxh3::xxh3_64(json.as_bytes())) != checksum || !complete {
         return Err(bad("checksum mismatch (truncated or damaged)"));
     }
     let value: serde_json::Value = serde_json::from_str(json).map_err(|e| bad(&e.to_string()))?;
@@ -143,7 +144,7 @@ mod tests {
     fn manifest_round_trips_and_detects_truncation() {
         let text = encode(&layout());
         assert_eq!(parse(Path::new("m"), text.as_bytes()).unwrap(), layout());
-        for cut in [0, 1, text.len() / 2, text.len() - 2] {
+        for cut in [0, 1, text.len() / 2, text.len() - 2, text.len() - 1] {
             assert!(
                 matches!(parse(Path::new("m"), &text.as_bytes()[..cut]), Err(Error::BadManifest { .. })),
                 "cut {cut}"

@@ -61,11 +61,6 @@ pub(crate) async fn recover<D: Disk>(
     replay: &mut dyn FnMut(Appended, &[u8]),
 ) -> Result<Recovered<D::File>> {
     let names = disk.list().map_err(|e| Error::io("list", disk.path_of(""), e))?;
-    if names.iter().any(|name| name == segment::PREPARED_NAME) {
-        let path = disk.path_of(segment::PREPARED_NAME);
-        disk.remove(segment::PREPARED_NAME).await.map_err(|e| Error::io("remove", path, e))?;
-        disk.sync_dir().await.map_err(|e| Error::io("sync directory", disk.path_of(""), e))?;
-    }
     let mut bases: Vec<u64> = names.iter().filter_map(|name| segment::parse_file_name(name)).collect();
     bases.sort_unstable();
 
@@ -121,6 +116,13 @@ pub(crate) async fn recover<D: Disk>(
     recovered.report.next_seq = expected.unwrap_or(0);
     if expected.is_none() {
         recovered.report.first_seq = 0;
+    }
+    // A preparation left by the last run may be half made: it is made anew. Removed only once
+    // the log is known good, so that a refused open leaves the directory as it was.
+    if names.iter().any(|name| name == segment::PREPARED_NAME) {
+        let path = disk.path_of(segment::PREPARED_NAME);
+        disk.remove(segment::PREPARED_NAME).await.map_err(|e| Error::io("remove", path, e))?;
+        disk.sync_dir().await.map_err(|e| Error::io("sync directory", disk.path_of(""), e))?;
     }
     Ok(recovered)
 }

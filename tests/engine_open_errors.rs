@@ -1,0 +1,229 @@
+//! Opening a data directory that cannot be opened: each case is a clear typed error naming
+//! the path at fault, and leaves every file of the directory as it was (names, modes, bytes).
+//!
+//! Cases: locked by another process; a manifest of a newer format version; a truncated
+//! manifest; a segment with a flipped bit in the middle; a directory and a segment the opening
+//! user may not read (as root, the check runs in a child process under uid 65534, skipped with
+//! a message where that is not possible). New data directories are created with mode 0700.
+
+use std::collections::BTreeMap;
+use std::io::{BufRead, BufReader, Write};
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+
+use tradeshard_engine::{Engine, Error, Options, TradeError};
+use tradeshard_tests::{engine_options, new_trade};
+
+const HOLD_ENV: &str = "TRADESHARD_OPEN_ERRORS_HOLD_DIR";
+const TRY_ENV: &str = "TRADESHARD_OPEN_ERRORS_TRY_DIR";
+const NOBODY: u32 = 65534;
+
+/// Every file and directory under `dir`: mode and, for files, the bytes' hash.
+fn snapshot(dir: &Path) -> BTreeMap<PathBuf, (u32, Option<u64>)> {
+    let mut entries = BTreeMap::new();
+    let mut pending = vec![dir.to_path_buf()];
+    while let Some(path) = pending.pop() {
+        let meta = std::fs::symlink_metadata(&path).unwrap();
+        let hash = if meta.is_dir() {
+            pending.extend(std::fs::read_dir(&path).unwrap().map(|e| e.unwrap().path()));
+            None
+        } else {
+            Some(xxhash_rust::xxh3::xxh3_64(&std::fs::read(&path).unwrap()))
+        };
+        entries.insert(path.strip_prefix(dir).unwrap().to_path_buf(), (meta.mode(), hash));
+    }
+    entries
+}
+
+fn options(dir: &Path) -> Options {
+    Options { segment_bytes: 1 << 20, ..engine_options(dir, 1, 1) }
+}
+
+/// A closed data directory holding `trades` trades written one at a time (a flush each).
+fn populated(dir: &Path, trades: u64) {
+    let engine = Engine::open(options(dir)).unwrap();
+    let handle = engine.handle();
+    for n in 0..trades {
+        handle.create_trade_blocking(new_trade(1 + n % 10, n, 100)).unwrap();
+    }
+    engine.close().unwrap();
+}
+
+/// Opens `dir` expecting a failure; checks it left the directory as it was.
+fn open_fails(dir: &Path, opts: Options) -> Error {
+    let before = snapshot(dir);
+    let error = match Engine::open(opts) {
+        Ok(_) => panic!("{} opened", dir.display()),
+        Err(error) => error,
+    };
+    assert_eq!(snapshot(dir), before, "a refused open changed {}: {error}", dir.display());
+    error
+}
+
+/// Not a test of its own: the child that holds a directory open, or tries to open one as
+/// another user (returns at once unless started by a test below).
+#[test]
+fn child_process_entry_point() {
+    if let Ok(dir) = std::env::var(HOLD_ENV) {
+        let _engine = Engine::open(options(Path::new(&dir))).unwrap();
+        println!("READY");
+        std::io::stdout().flush().unwrap();
+        // Hold it until the parent closes our stdin.
+        let _ = std::io::stdin().lines().count();
+    } else if let Ok(dir) = std::env::var(TRY_ENV) {
+        match Engine::open(options(Path::new(&dir))) {
+            Ok(_) => println!("OUTCOME opened"),
+            Err(error) => println!("OUTCOME {error}"),
+        }
+    }
+}
+
+fn child(env: &str, dir: &Path) -> Command {
+    let mut command = Command::new(std::env::current_exe().unwrap());
+    command.args(["--exact", "child_process_entry_point", "--nocapture", "--test-threads=1"]).env(env, dir);
+    command
+}
+
+#[test]
+fn a_directory_locked_by_another_process_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    populated(dir.path(), 3);
+    let mut holder = child(HOLD_ENV, dir.path()).stdin(Stdio::piped()).stdout(Stdio::piped()).spawn().unwrap();
+    let mut lines = BufReader::new(holder.stdout.take().unwrap()).lines();
+    assert!(lines.any(|line| line.unwrap().contains("READY")), "the holder opened the engine");
+    // The holder is writing to the directory, so no snapshot here: the lock is taken before
+    // anything but the manifest is read.
+    match Engine::open(options(dir.path())) {
+        Err(Error::Locked { path }) => assert_eq!(path, dir.path()),
+        Err(other) => panic!("expected Locked, got {other:?}"),
+        Ok(_) => panic!("opened a directory another process holds"),
+    }
+    drop(holder.stdin.take());
+    assert!(holder.wait().unwrap().success());
+    Engine::open(options(dir.path())).unwrap().close().unwrap();
+}
+
+fn rewrite_manifest(dir: &Path, edit: impl FnOnce(&str) -> String) {
+    let path = dir.join("MANIFEST");
+    let text = std::fs::read_to_string(&path).unwrap();
+    let json = edit(text.lines().next().unwrap());
+    let checksum = xxhash_rust::xxh3::xxh3_64(json.as_bytes());
+    std::fs::write(&path, format!("{json}\n{checksum:016x}\n")).unwrap();
+}
+
+#[test]
+fn a_newer_format_version_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    populated(dir.path(), 3);
+    rewrite_manifest(dir.path(), |json| json.replace("\"format_version\":1", "\"format_version\":2"));
+    match open_fails(dir.path(), options(dir.path())) {
+        Error::UnsupportedVersion { path, found: 2, supported: 1 } => assert_eq!(path, dir.path().join("MANIFEST")),
+        other => panic!("expected UnsupportedVersion, got {other:?}"),
+    }
+}
+
+#[test]
+fn a_truncated_or_missing_manifest_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    populated(dir.path(), 3);
+    let manifest = dir.path().join("MANIFEST");
+    let bytes = std::fs::read(&manifest).unwrap();
+    for cut in [0, 1, bytes.len() / 2, bytes.len() - 2, bytes.len() - 1] {
+        std::fs::write(&manifest, &bytes[..cut]).unwrap();
+        match open_fails(dir.path(), options(dir.path())) {
+            Error::BadManifest { path, .. } => assert_eq!(path, manifest),
+            other => panic!("cut at {cut}: expected BadManifest, got {other:?}"),
+        }
+    }
+    // A directory that holds files but no manifest is not taken over as a new one.
+    std::fs::remove_file(&manifest).unwrap();
+    assert!(matches!(open_fails(dir.path(), options(dir.path())), Error::BadManifest { .. }));
+}
+
+#[test]
+fn a_segment_with_a_flipped_bit_in_the_middle_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    // Each create is its own flush of at least one block: 400 fill more than one 1 MiB segment.
+    populated(dir.path(), 400);
+    let shard_dir = dir.path().join("shards/0000");
+    let mut segments: Vec<_> = std::fs::read_dir(&shard_dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|e| e == "log"))
+        .collect();
+    segments.sort();
+    assert!(segments.len() >= 2, "the first segment is sealed: {segments:?}");
+    let mut bytes = std::fs::read(&segments[0]).unwrap();
+    let middle = bytes.len() / 2;
+    bytes[middle] ^= 0x10;
+    std::fs::write(&segments[0], &bytes).unwrap();
+    match open_fails(dir.path(), options(dir.path())) {
+        Error::ShardOpen { shard: 0, source: TradeError::Log(tradeshard_wal::Error::Corruption { path, .. }) } => {
+            assert_eq!(path, segments[0])
+        }
+        other => panic!("expected a corrupt segment, got {other:?}"),
+    }
+}
+
+/// Runs an open of `dir` as uid 65534 in a child process; `None` (with a message) where this
+/// test cannot switch users.
+fn open_as_nobody(dir: &Path) -> Option<String> {
+    if std::fs::metadata("/proc/self").unwrap().uid() != 0 {
+        eprintln!("skipped: switching to an unprivileged user needs root");
+        return None;
+    }
+    let output = match child(TRY_ENV, dir).uid(NOBODY).gid(NOBODY).stderr(Stdio::null()).output() {
+        Ok(output) => output,
+        Err(e) => {
+            eprintln!("skipped: the test binary cannot run as uid {NOBODY}: {e}");
+            return None;
+        }
+    };
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    match stdout.lines().find_map(|line| line.split_once("OUTCOME ").map(|(_, o)| o.to_string())) {
+        Some(outcome) => Some(outcome),
+        None => {
+            eprintln!("skipped: the test binary did not run as uid {NOBODY} (status {:?})", output.status);
+            None
+        }
+    }
+}
+
+#[test]
+fn files_the_user_may_not_read_are_refused_with_their_path() {
+    let parent = tempfile::tempdir().unwrap();
+    std::fs::set_permissions(parent.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    let dir = parent.path().join("data");
+    populated(&dir, 3);
+    // The directory is 0700 and the child's user does not own it.
+    let before = snapshot(&dir);
+    let Some(outcome) = open_as_nobody(&dir) else { return };
+    assert!(outcome.contains(&dir.join("MANIFEST").display().to_string()), "{outcome}");
+    assert!(outcome.contains("ermission denied"), "{outcome}");
+    assert_eq!(snapshot(&dir), before);
+
+    // The user owns the directory, not one segment.
+    let chown = |path: &Path, uid: u32| std::os::unix::fs::chown(path, Some(uid), Some(uid)).unwrap();
+    for entry in snapshot(&dir).keys() {
+        chown(&dir.join(entry), NOBODY);
+    }
+    let segment = dir.join("shards/0000/00000000000000000000.log");
+    chown(&segment, 0);
+    std::fs::set_permissions(&segment, std::fs::Permissions::from_mode(0o600)).unwrap();
+    let before = snapshot(&dir);
+    let outcome = open_as_nobody(&dir).expect("ran once already");
+    assert!(outcome.contains(&segment.display().to_string()), "{outcome}");
+    assert!(outcome.contains("ermission denied"), "{outcome}");
+    assert_eq!(snapshot(&dir), before);
+}
+
+#[test]
+fn new_data_directories_are_private() {
+    let parent = tempfile::tempdir().unwrap();
+    let dir = parent.path().join("a/b/data");
+    Engine::open(options(&dir)).unwrap().close().unwrap();
+    assert_eq!(std::fs::metadata(&dir).unwrap().mode() & 0o777, 0o700);
+    assert_eq!(std::fs::metadata(dir.join("shards/0000")).unwrap().mode() & 0o777, 0o700);
+}
