@@ -2,11 +2,9 @@
 //! transition, every class of bad input (a typed error and nothing in the log), idempotent
 //! creates, listing, reopening, the directory lock and reopening on fewer executors.
 
-use tradeshard_engine::{Engine, Error, NewTrade, TradeError, TradeId, TradeStatus};
+use tradeshard_engine::{ConsumerConfig, Engine, EngineHandle, Error, NewTrade, TradeError, TradeId, TradeStatus};
+use tradeshard_shard::trade::{AMOUNT_MAX, MEMO_BYTES_MAX, ORDER_NO_BYTES_MAX};
 use tradeshard_tests::{engine_options, new_trade};
-
-/// An input and the error it must produce.
-type Case = (NewTrade, fn(&TradeError) -> bool);
 
 fn records(handle: &tradeshard_engine::EngineHandle) -> u64 {
     handle.stats_blocking().unwrap().records
@@ -52,44 +50,204 @@ fn every_operation_and_transition_through_the_handle() {
     engine.close().unwrap();
 }
 
+/// Sends one request through a handle.
+type Send = Box<dyn Fn(&EngineHandle) -> Result<(), Error>>;
+
+/// One refused request: what it is, how to send it, and the error it must get.
+struct Refusal {
+    name: &'static str,
+    send: Send,
+    expected: fn(&TradeError) -> bool,
+}
+
+fn create(name: &'static str, trade: NewTrade, expected: fn(&TradeError) -> bool) -> Refusal {
+    Refusal { name, send: Box::new(move |h| h.create_trade_blocking(trade.clone()).map(drop)), expected }
+}
+
+fn on_trade(
+    name: &'static str,
+    id: TradeId,
+    send: fn(&EngineHandle, TradeId) -> Result<(), Error>,
+    expected: fn(&TradeError) -> bool,
+) -> Refusal {
+    Refusal { name, send: Box::new(move |h| send(h, id)), expected }
+}
+
 #[test]
 fn bad_input_is_a_typed_error_and_leaves_no_trace() {
+    use TradeError as E;
     let dir = tempfile::tempdir().unwrap();
     let engine = Engine::open(engine_options(dir.path(), 2, 2)).unwrap();
     let h = engine.handle();
-    let good = h.create_trade_blocking(new_trade(3, 1, 100)).unwrap();
-    let before = records(&h);
+    let created = h.create_trade_blocking(new_trade(3, 1, 100)).unwrap();
+    let paid = h.create_trade_blocking(new_trade(4, 1, 100)).unwrap();
+    h.pay_blocking(paid.id).unwrap();
+    let logical_shards = engine.manifest().logical_shards as u64;
 
     let base = new_trade(3, 99, 100);
-    let cases: Vec<Case> = vec![
-        (NewTrade { buyer_id: 0, ..base.clone() }, |e| matches!(e, TradeError::ZeroUserId)),
-        (NewTrade { merchant_id: 0, ..base.clone() }, |e| matches!(e, TradeError::ZeroMerchantId)),
-        (NewTrade { amount: 0, ..base.clone() }, |e| matches!(e, TradeError::ZeroAmount)),
-        (NewTrade { amount: u64::MAX, ..base.clone() }, |e| matches!(e, TradeError::AmountTooLarge { .. })),
-        (NewTrade { currency: "ABC".into(), ..base.clone() }, |e| matches!(e, TradeError::UnknownCurrency(_))),
-        (NewTrade { currency: "cny".into(), ..base.clone() }, |e| matches!(e, TradeError::UnknownCurrency(_))),
-        (NewTrade { memo: "x".repeat(257), ..base.clone() }, |e| matches!(e, TradeError::MemoTooLong { len: 257, .. })),
-        (NewTrade { merchant_order_no: String::new(), ..base.clone() }, |e| matches!(e, TradeError::BadOrderNo { .. })),
+    let unknown = TradeId::new(created.id.logical_shard(), created.id.counter() + 1000);
+    let foreign_shard = TradeId((logical_shards << 48) | 1);
+    let top_shard = TradeId(u64::MAX);
+    let zero_counter = TradeId(u64::from(created.id.logical_shard()) << 48);
+    let cases = vec![
+        create("zero buyer", NewTrade { buyer_id: 0, ..base.clone() }, |e| matches!(e, E::ZeroUserId)),
+        create("zero merchant", NewTrade { merchant_id: 0, ..base.clone() }, |e| matches!(e, E::ZeroMerchantId)),
+        create("zero amount", NewTrade { amount: 0, ..base.clone() }, |e| matches!(e, E::ZeroAmount)),
+        create(
+            "amount max + 1",
+            NewTrade { amount: AMOUNT_MAX + 1, ..base.clone() },
+            |e| matches!(e, E::AmountTooLarge { amount, max: AMOUNT_MAX } if *amount == AMOUNT_MAX + 1),
+        ),
+        create("u64::MAX amount", NewTrade { amount: u64::MAX, ..base.clone() }, |e| {
+            matches!(e, E::AmountTooLarge { .. })
+        }),
+        create(
+            "unknown currency",
+            NewTrade { currency: "ABC".into(), ..base.clone() },
+            |e| matches!(e, E::UnknownCurrency(c) if c == "ABC"),
+        ),
+        create("lower-case currency", NewTrade { currency: "cny".into(), ..base.clone() }, |e| {
+            matches!(e, E::UnknownCurrency(_))
+        }),
+        create("empty currency", NewTrade { currency: String::new(), ..base.clone() }, |e| {
+            matches!(e, E::UnknownCurrency(_))
+        }),
+        create("memo max + 1", NewTrade { memo: "x".repeat(MEMO_BYTES_MAX + 1), ..base.clone() }, |e| {
+            matches!(e, E::MemoTooLong { len: 257, max: 256 })
+        }),
+        create("memo max + 1 in multi-byte UTF-8", NewTrade { memo: "é".repeat(128) + "x", ..base.clone() }, |e| {
+            matches!(e, E::MemoTooLong { len: 257, .. })
+        }),
+        create("empty order number", NewTrade { merchant_order_no: String::new(), ..base.clone() }, |e| {
+            matches!(e, E::BadOrderNo { len: 0, .. })
+        }),
+        create(
+            "order number max + 1",
+            NewTrade { merchant_order_no: "o".repeat(ORDER_NO_BYTES_MAX + 1), ..base.clone() },
+            |e| matches!(e, E::BadOrderNo { len: 65, max: 64 }),
+        ),
+        create("order number with a space", NewTrade { merchant_order_no: "A 1".into(), ..base.clone() }, |e| {
+            matches!(e, E::BadOrderNo { .. })
+        }),
+        create("order number not ASCII", NewTrade { merchant_order_no: "订单1".into(), ..base.clone() }, |e| {
+            matches!(e, E::BadOrderNo { .. })
+        }),
+        create("order number reused with another amount", NewTrade { amount: 101, ..new_trade(3, 1, 100) }, |e| {
+            matches!(e, E::IdempotencyConflict { .. })
+        }),
+        on_trade("pay id 0", TradeId(0), |h, id| h.pay_blocking(id).map(drop), |e| matches!(e, E::BadTradeId { .. })),
+        on_trade("get id 0", TradeId(0), |h, id| h.get_blocking(id).map(drop), |e| matches!(e, E::BadTradeId { .. })),
+        on_trade(
+            "get counter 0",
+            zero_counter,
+            |h, id| h.get_blocking(id).map(drop),
+            |e| matches!(e, E::BadTradeId { .. }),
+        ),
+        on_trade(
+            "get foreign shard bits",
+            foreign_shard,
+            |h, id| h.get_blocking(id).map(drop),
+            |e| matches!(e, E::BadTradeId { .. }),
+        ),
+        on_trade(
+            "settle foreign shard bits",
+            foreign_shard,
+            |h, id| h.settle_blocking(id).map(drop),
+            |e| matches!(e, E::BadTradeId { .. }),
+        ),
+        on_trade(
+            "close u64::MAX id",
+            top_shard,
+            |h, id| h.close_trade_blocking(id).map(drop),
+            |e| matches!(e, E::BadTradeId { .. }),
+        ),
+        on_trade(
+            "refund u64::MAX id",
+            top_shard,
+            |h, id| h.refund_blocking(id, 1).map(drop),
+            |e| matches!(e, E::BadTradeId { .. }),
+        ),
+        on_trade("pay unknown", unknown, |h, id| h.pay_blocking(id).map(drop), |e| matches!(e, E::NotFound(_))),
+        on_trade("get unknown", unknown, |h, id| h.get_blocking(id).map(drop), |e| matches!(e, E::NotFound(_))),
+        on_trade("refund zero", paid.id, |h, id| h.refund_blocking(id, 0).map(drop), |e| matches!(e, E::ZeroAmount)),
+        on_trade(
+            "refund u64::MAX",
+            paid.id,
+            |h, id| h.refund_blocking(id, u64::MAX).map(drop),
+            |e| matches!(e, E::RefundExceedsPaid { .. } | E::AmountTooLarge { .. }),
+        ),
+        on_trade(
+            "refund paid + 1",
+            paid.id,
+            |h, id| h.refund_blocking(id, 101).map(drop),
+            |e| matches!(e, E::RefundExceedsPaid { requested: 101, refundable: 100, .. }),
+        ),
+        on_trade(
+            "refund unpaid",
+            created.id,
+            |h, id| h.refund_blocking(id, 1).map(drop),
+            |e| matches!(e, E::IllegalTransition { from: TradeStatus::Created, .. }),
+        ),
+        on_trade(
+            "settle unpaid",
+            created.id,
+            |h, id| h.settle_blocking(id).map(drop),
+            |e| matches!(e, E::IllegalTransition { .. }),
+        ),
+        on_trade(
+            "close paid",
+            paid.id,
+            |h, id| h.close_trade_blocking(id).map(drop),
+            |e| matches!(e, E::IllegalTransition { from: TradeStatus::Paid, .. }),
+        ),
+        Refusal {
+            name: "list user 0",
+            send: Box::new(|h| h.list_user_trades_blocking(0, 10, None).map(drop)),
+            expected: |e| matches!(e, E::ZeroUserId),
+        },
+        Refusal {
+            name: "empty consumer group",
+            send: Box::new(|h| h.consumer(ConsumerConfig::new("")).map(drop)),
+            expected: |e| matches!(e, E::BadGroup { len: 0 }),
+        },
+        Refusal {
+            name: "consumer group too long",
+            send: Box::new(|h| h.consumer(ConsumerConfig::new("g".repeat(1000))).map(drop)),
+            expected: |e| matches!(e, E::BadGroup { len: 1000 }),
+        },
+        Refusal {
+            name: "offset commit beyond the end",
+            send: Box::new(|h| {
+                let mut consumer = h.consumer(ConsumerConfig::new("settlement"))?;
+                futures_lite::future::block_on(consumer.commit_offsets(&[(0, u64::MAX)]))
+            }),
+            expected: |e| matches!(e, E::OffsetBeyondEnd { offset: u64::MAX, .. }),
+        },
     ];
-    for (input, expected) in cases {
-        match h.create_trade_blocking(input.clone()) {
-            Err(Error::Trade(error)) => assert!(expected(&error), "{input:?} gave {error:?}"),
-            other => panic!("{input:?} gave {other:?}"),
+    let log_ends = |h: &EngineHandle| -> Vec<(u32, u64)> {
+        let consumer = h.consumer(ConsumerConfig::new("observer")).unwrap();
+        futures_lite::future::block_on(consumer.end_offsets()).unwrap()
+    };
+    let before = (log_ends(&h), records(&h), h.stats_blocking().unwrap().trades);
+    for case in &cases {
+        match (case.send)(&h) {
+            Err(Error::Trade(error)) => assert!((case.expected)(&error), "{}: wrong error {error:?}", case.name),
+            other => panic!("{}: expected a typed refusal, got {other:?}", case.name),
         }
+        let after = (log_ends(&h), records(&h), h.stats_blocking().unwrap().trades);
+        assert_eq!(after, before, "{}: a refused request moved the log", case.name);
     }
-    let foreign = TradeId((5000u64 << 48) | 1);
-    assert!(matches!(h.get_blocking(foreign), Err(Error::Trade(TradeError::BadTradeId { .. }))));
-    assert!(matches!(h.pay_blocking(TradeId(0)), Err(Error::Trade(TradeError::BadTradeId { .. }))));
-    let unknown = TradeId::new(good.id.logical_shard(), good.id.counter() + 1000);
-    assert!(matches!(h.pay_blocking(unknown), Err(Error::Trade(TradeError::NotFound(_)))));
-    assert!(matches!(h.get_blocking(unknown), Err(Error::Trade(TradeError::NotFound(_)))));
-    assert!(matches!(h.refund_blocking(good.id, 0), Err(Error::Trade(TradeError::ZeroAmount))));
-    assert!(matches!(h.list_user_trades_blocking(0, 10, None), Err(Error::Trade(TradeError::ZeroUserId))));
-    assert!(matches!(h.settle_blocking(good.id), Err(Error::Trade(TradeError::IllegalTransition { .. }))));
-    assert_eq!(records(&h), before, "refused requests wrote nothing");
-    // Boundary values that are valid.
-    let max = NewTrade { amount: 1_000_000_000_000_000, memo: "m".repeat(256), ..new_trade(3, 2, 1) };
-    assert_eq!(h.create_trade_blocking(max).unwrap().amount, 1_000_000_000_000_000);
+    assert_eq!(h.get_blocking(paid.id).unwrap().refunded_amount, 0);
+    // The boundary values themselves are accepted.
+    let max = NewTrade {
+        amount: AMOUNT_MAX,
+        memo: "é".repeat(MEMO_BYTES_MAX / 2),
+        merchant_order_no: "o".repeat(ORDER_NO_BYTES_MAX),
+        ..new_trade(3, 2, 1)
+    };
+    let accepted = h.create_trade_blocking(max).unwrap();
+    assert_eq!(h.get_blocking(accepted.id).unwrap().memo.len(), MEMO_BYTES_MAX);
+    assert_eq!(h.refund_blocking(paid.id, 100).unwrap().refunded_amount, 100);
     engine.close().unwrap();
 }
 

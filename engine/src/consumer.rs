@@ -358,6 +358,16 @@ impl Consumer {
         Ok(committed)
     }
 
+    /// Every partition's end: the offset the next record of its log will get (events and
+    /// offset commits alike), as Kafka's end offsets.
+    pub async fn end_offsets(&self) -> Result<Vec<(u32, u64)>> {
+        let mut ends = Vec::new();
+        for partition in 0..self.handle.routing().physical_shards {
+            ends.push((partition, self.position_of(partition).await?.1 .1));
+        }
+        Ok(ends)
+    }
+
     /// Blocking [`committed`](Self::committed).
     pub fn committed_blocking(&self) -> Result<Vec<(u32, Option<u64>)>> {
         block_on(self.committed())
