@@ -24,6 +24,8 @@ use crate::error::{Error, Result};
 pub const FORMAT_VERSION: u32 = 1;
 const MANIFEST: &str = "MANIFEST";
 const LOCK: &str = "LOCK";
+/// Where the manifest is written before its rename; a leftover of an interrupted creation.
+const MANIFEST_TEMPORARY: &str = "MANIFEST.tmp";
 
 /// The layout of a data directory, fixed when it is created.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -32,6 +34,19 @@ pub struct Manifest {
     pub logical_shards: u32,
     pub physical_shards: u32,
     pub created_ms: u64,
+}
+
+impl Manifest {
+    /// The bytes of a MANIFEST file holding this layout.
+    pub fn encode(&self) -> String {
+        encode(self)
+    }
+
+    /// Reads the bytes of the MANIFEST file at `path` (named in errors): a typed error for
+    /// anything but a complete, checksummed manifest of this build's format version.
+    pub fn decode(path: &Path, bytes: &[u8]) -> Result<Manifest> {
+        parse(path, bytes)
+    }
 }
 
 /// An open, locked data directory. The lock is released when this is dropped.
@@ -43,48 +58,65 @@ pub struct DataDir {
 
 impl DataDir {
     /// Opens `path`, creating it with `new_layout` if it holds no manifest.
+    ///
+    /// Creation is safe to interrupt: the manifest appears by an atomic rename, after which
+    /// the directory is a data directory; before it, the directory holds at most the lock file
+    /// and a temporary manifest, and the next open creates it again.
     pub fn open(path: &Path, new_layout: Manifest) -> Result<DataDir> {
         let manifest_path = path.join(MANIFEST);
-        let existing = match fs::read(&manifest_path) {
-            Ok(bytes) => Some(parse(&manifest_path, &bytes)?),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
-            Err(e) => return Err(Error::io("reading", &manifest_path, e)),
-        };
-        if existing.is_none() {
-            DirBuilder::new().recursive(true).mode(0o700).create(path).map_err(|e| Error::io("creating", path, e))?;
-            if fs::read_dir(path).map_err(|e| Error::io("listing", path, e))?.next().is_some() {
+        // Refusals (another version, a damaged manifest) come before anything is touched.
+        if let Some(manifest) = read_manifest(&manifest_path)? {
+            let lock = lock(path)?;
+            return Ok(DataDir { path: path.to_path_buf(), manifest, _lock: lock });
+        }
+        DirBuilder::new().recursive(true).mode(0o700).create(path).map_err(|e| Error::io("creating", path, e))?;
+        let lock = lock(path)?;
+        // Under the lock: another process may have created it meanwhile.
+        if let Some(manifest) = read_manifest(&manifest_path)? {
+            return Ok(DataDir { path: path.to_path_buf(), manifest, _lock: lock });
+        }
+        for entry in fs::read_dir(path).map_err(|e| Error::io("listing", path, e))? {
+            let name = entry.map_err(|e| Error::io("listing", path, e))?.file_name();
+            if name != LOCK && name != MANIFEST_TEMPORARY {
                 return Err(Error::BadManifest {
                     path: manifest_path,
-                    reason: "missing, and the directory is not empty: not a tradeshard data directory".into(),
+                    reason: format!("missing, and the directory holds {name:?}: not a tradeshard data directory"),
                 });
             }
         }
-        let lock_path = path.join(LOCK);
-        let lock = OpenOptions::new()
-            .create(true)
-            .truncate(false)
-            .write(true)
-            .mode(0o600)
-            .open(&lock_path)
-            .map_err(|e| Error::io("opening", &lock_path, e))?;
-        match lock.try_lock() {
-            Ok(()) => {}
-            Err(fs::TryLockError::WouldBlock) => return Err(Error::Locked { path: path.to_path_buf() }),
-            Err(fs::TryLockError::Error(e)) => return Err(Error::io("locking", &lock_path, e)),
-        }
-        let manifest = match existing {
-            Some(manifest) => manifest,
-            None => {
-                write_manifest(path, &new_layout)?;
-                new_layout
-            }
-        };
-        Ok(DataDir { path: path.to_path_buf(), manifest, _lock: lock })
+        write_manifest(path, &new_layout)?;
+        Ok(DataDir { path: path.to_path_buf(), manifest: new_layout, _lock: lock })
     }
 
     /// The directory of physical shard `shard`'s log.
     pub fn shard_dir(&self, shard: u32) -> PathBuf {
         self.path.join("shards").join(format!("{shard:04}"))
+    }
+}
+
+/// The manifest at `path`, `None` if there is none.
+fn read_manifest(path: &Path) -> Result<Option<Manifest>> {
+    match fs::read(path) {
+        Ok(bytes) => parse(path, &bytes).map(Some),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(Error::io("reading", path, e)),
+    }
+}
+
+/// Takes the directory's lock (created if missing), or fails with `Locked`.
+fn lock(dir: &Path) -> Result<File> {
+    let lock_path = dir.join(LOCK);
+    let lock = OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .mode(0o600)
+        .open(&lock_path)
+        .map_err(|e| Error::io("opening", &lock_path, e))?;
+    match lock.try_lock() {
+        Ok(()) => Ok(lock),
+        Err(fs::TryLockError::WouldBlock) => Err(Error::Locked { path: dir.to_path_buf() }),
+        Err(fs::TryLockError::Error(e)) => Err(Error::io("locking", &lock_path, e)),
     }
 }
 
@@ -123,7 +155,7 @@ fn parse(path: &Path, bytes: &[u8]) -> Result<Manifest> {
 }
 
 fn write_manifest(dir: &Path, manifest: &Manifest) -> Result<()> {
-    let temporary = dir.join("MANIFEST.tmp");
+    let temporary = dir.join(MANIFEST_TEMPORARY);
     let final_path = dir.join(MANIFEST);
     let mut file = File::create(&temporary).map_err(|e| Error::io("creating", &temporary, e))?;
     file.write_all(encode(manifest).as_bytes()).map_err(|e| Error::io("writing", &temporary, e))?;
