@@ -9,7 +9,7 @@ fuzz_target!(|bytes: &[u8]| {
     let Ok(record) = LogRecord::decode(bytes) else { return };
     let encoded = match &record {
         LogRecord::Trade(trade) => trade.encode(),
-        LogRecord::OffsetCommit(commit) => commit.encode(),
+        LogRecord::Offset(commit) => commit.encode(),
     };
     assert_eq!(LogRecord::decode(&encoded).expect("an encoded record decodes"), record);
 });

@@ -1,0 +1,119 @@
+//! The seed corpus of the fuzz targets, `fuzz/seeds/<target>/`: real encodings made by this
+//! build's encoders (frames, segment headers, records, a manifest, a segment file, a record
+//! stream), from which the fuzzers start instead of from nothing.
+//!
+//! This test checks that the committed seeds are what the encoders make today, so that a
+//! format change cannot leave the fuzzers starting from bytes of an old format. Refresh them
+//! with `TRADESHARD_WRITE_FUZZ_SEEDS=1 cargo test -p tradeshard-tests --test fuzz_seeds`.
+
+use std::path::PathBuf;
+
+use tradeshard_engine::{Manifest, FORMAT_VERSION};
+use tradeshard_shard::{OffsetCommit, RecordKind, TradeId, TradeRecord};
+use tradeshard_tests::{new_trade, run};
+use tradeshard_wal::batch::{push_record, seal_frame};
+use tradeshard_wal::disk::SimDisk;
+use tradeshard_wal::segment::{file_name, SegmentHeader};
+use tradeshard_wal::{Compression, Preallocation, Wal, WalConfig};
+
+type Seed = (&'static str, String, Vec<u8>);
+
+/// A trade's records: created, paid, partly refunded twice.
+fn trade_records() -> Vec<Vec<u8>> {
+    let id = TradeId::new(3, 41);
+    let trade = new_trade(7, 1, 5000).validate().unwrap();
+    let created = TradeRecord::created(id, &trade, 1_700_000_000_000);
+    let change = |kind: RecordKind, amount: u64, at: u64| TradeRecord {
+        kind,
+        amount,
+        at_ms: at,
+        created: None,
+        ..created.clone()
+    };
+    vec![
+        created.encode(),
+        change(RecordKind::Paid, 5000, 1_700_000_000_100).encode(),
+        change(RecordKind::Refunded, 1000, 1_700_000_000_200).encode(),
+        change(RecordKind::Refunded, 4000, 1_700_000_000_300).encode(),
+        OffsetCommit { group: "settlement".into(), offset: 2, at_ms: 1_700_000_000_400 }.encode(),
+    ]
+}
+
+fn frame(records: &[Vec<u8>], compression: Compression) -> Vec<u8> {
+    let mut raw = Vec::new();
+    for record in records {
+        push_record(&mut raw, record);
+    }
+    let mut scratch = Vec::new();
+    let (header, stored) = seal_frame(&raw, records.len() as u32, 10, 9, 0x1234, compression, &mut scratch);
+    let mut bytes = header.encode().to_vec();
+    bytes.extend_from_slice(stored);
+    bytes
+}
+
+/// The first segment of a log holding `records`, without its unused zeros.
+fn segment_file(records: &[Vec<u8>]) -> Vec<u8> {
+    let config = WalConfig {
+        segment_bytes: 1 << 20,
+        frame_payload_bytes_max: 64 << 10,
+        record_bytes_max: 16 << 10,
+        preallocation: Preallocation::Reserved,
+        ..WalConfig::default()
+    };
+    let disk = SimDisk::new();
+    run(async {
+        let (wal, _) = Wal::open(disk.clone(), config, |_, _| {}).await.unwrap();
+        for record in records {
+            wal.append(record).await.unwrap();
+        }
+        wal.close().await.unwrap();
+    });
+    let mut bytes = disk.read_file(&file_name(0)).unwrap();
+    let used = bytes.iter().rposition(|b| *b != 0).map_or(0, |last| last + 1);
+    bytes.truncate(used.div_ceil(4096) * 4096);
+    bytes
+}
+
+fn seeds() -> Vec<Seed> {
+    let records = trade_records();
+    let mut seeds: Vec<Seed> = Vec::new();
+    for (i, record) in records.iter().enumerate() {
+        seeds.push(("record", format!("record-{i}"), record.clone()));
+    }
+    seeds.push(("frame_decode", "frame-plain".into(), frame(&records, Compression::None)));
+    seeds.push(("frame_decode", "frame-lz4".into(), frame(&[vec![b'x'; 600], vec![b'y'; 300]], Compression::Lz4)));
+    for (name, header) in [
+        ("first", SegmentHeader { shard_id: 0, base_seq: 0, chain_seed: 0 }),
+        ("later", SegmentHeader { shard_id: 7, base_seq: 1 << 20, chain_seed: 0xDEAD_BEEF }),
+    ] {
+        seeds.push(("segment_header", format!("header-{name}"), header.encode().to_vec()));
+    }
+    let manifest = Manifest { format_version: FORMAT_VERSION, logical_shards: 1024, physical_shards: 4, created_ms: 1 };
+    seeds.push(("manifest", "manifest".into(), manifest.encode().into_bytes()));
+    let mut image = vec![0u8];
+    image.extend(segment_file(&records));
+    seeds.push(("recovery", "one-segment".into(), image));
+    let mut stream = Vec::new();
+    for record in &records {
+        stream.extend_from_slice(&(record.len() as u16).to_le_bytes());
+        stream.extend_from_slice(record);
+    }
+    seeds.push(("shard_recovery", "one-trade".into(), stream));
+    seeds
+}
+
+#[test]
+fn the_committed_fuzz_seeds_are_what_the_encoders_make() {
+    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../fuzz/seeds");
+    let write = std::env::var_os("TRADESHARD_WRITE_FUZZ_SEEDS").is_some();
+    for (target, name, bytes) in seeds() {
+        let path = root.join(target).join(&name);
+        if write {
+            std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+            std::fs::write(&path, &bytes).unwrap();
+            continue;
+        }
+        let committed = std::fs::read(&path).unwrap_or_else(|e| panic!("{}: {e}; refresh the seeds", path.display()));
+        assert!(committed == bytes, "{} differs from what the encoders make; refresh the seeds", path.display());
+    }
+}
