@@ -84,6 +84,29 @@ pub struct Args {
     /// Print the report as one JSON object on stdout.
     #[arg(long)]
     json: bool,
+    /// Report throughput, p99 latency and resident memory every interval (e.g. 60s) on stderr
+    /// and in the report's `intervals`: the soak test's view of a long run.
+    #[arg(long, value_parser = latency::parse_duration)]
+    report_every: Option<Duration>,
+}
+
+/// Trades whose acknowledgements are kept for the final read-back; later ones are not checked
+/// (the report says how many), so that a long run's bookkeeping stays bounded.
+const TRACKED_TRADES_MAX: u64 = 4 << 20;
+/// Created trade ids kept for the mixed workload's gets (a uniform sample once full).
+const READABLE_TRADES_MAX: usize = 4 << 20;
+
+/// One `--report-every` interval.
+#[derive(Serialize, Clone, Debug)]
+struct IntervalReport {
+    /// Seconds since the timed phase started, at the interval's end.
+    at_sec: f64,
+    ops_per_sec: f64,
+    p99_us: u64,
+    resident_bytes: u64,
+    engine_trades: u64,
+    /// Resident bytes over trades held: flat when memory grows only with the data.
+    resident_bytes_per_trade: f64,
 }
 
 const OPS: [&str; 5] = ["create", "pay", "settle", "get", "list"];
@@ -136,6 +159,18 @@ struct Report {
     durability: String,
     executors: usize,
     shards: u32,
+    /// Trades created beyond `TRACKED_TRADES_MAX`, not read back at the end.
+    untracked_trades: u64,
+    /// With `--report-every`: one entry per interval.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    intervals: Vec<IntervalReport>,
+    /// With `--report-every`: (max - min) / min of resident memory over the intervals after
+    /// the first fifth (the warm-up).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    resident_growth_after_warmup: Option<f64>,
+    /// The same for resident bytes per trade held.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    resident_per_trade_growth_after_warmup: Option<f64>,
 }
 
 /// What the client tasks share (one client thread, so `RefCell`).
@@ -154,6 +189,11 @@ struct Client {
     issued: Cell<u64>,
     ops_max: Option<u64>,
     histograms: RefCell<Vec<Histogram<u64>>>,
+    /// Every operation's latency since the last `--report-every` line.
+    interval: RefCell<Histogram<u64>>,
+    /// Trades whose acknowledgements are kept (at most `TRACKED_TRADES_MAX`), and the rest.
+    tracked: Cell<u64>,
+    untracked: Cell<u64>,
     /// Every acknowledgement in order (the last one of a trade is its acknowledged state);
     /// appended, not looked up, so that bookkeeping costs the client little.
     acked: RefCell<Vec<(TradeId, TradeStatus)>>,
@@ -278,6 +318,9 @@ async fn drive(
         issued: Cell::new(0),
         ops_max: args.ops,
         histograms: RefCell::new((0..OPS.len()).map(|_| latency::new_histogram()).collect()),
+        interval: RefCell::new(latency::new_histogram()),
+        tracked: Cell::new(0),
+        untracked: Cell::new(0),
         acked: RefCell::new(Vec::new()),
         created: RefCell::new(Vec::new()),
         errors: Cell::new(0),
@@ -293,9 +336,18 @@ async fn drive(
         .map(|task| glommio::spawn_local(worker(client.clone(), task, args.seed.wrapping_mul(1_000_003) ^ task as u64)))
         .collect();
     let progress = progress_bar(duration);
+    let mut intervals = Vec::new();
+    let mut interval_start = Instant::now();
     while !client.stop.get() {
         glommio::timer::sleep(Duration::from_millis(200)).await;
         let elapsed = client.start.elapsed();
+        if args.report_every.is_some_and(|every| interval_start.elapsed() >= every) {
+            let line = interval_report(&client, interval_start.elapsed(), &handle).await?;
+            let text = serde_json::to_string(&line)?;
+            progress.suspend(|| eprintln!("interval: {text}"));
+            intervals.push(line);
+            interval_start = Instant::now();
+        }
         let done = client.histograms.borrow().iter().map(|h| h.len()).sum::<u64>();
         progress.set_message(format!("{done} ops, {:.0} ops/s", done as f64 / elapsed.as_secs_f64()));
         match duration {
@@ -323,6 +375,7 @@ async fn drive(
     }
     let acked = std::mem::take(&mut *client.acked.borrow_mut());
     let (verified, mismatches) = crate::readback::verify(&handle, &acked, args.inflight).await;
+    let (resident_growth_after_warmup, resident_per_trade_growth_after_warmup) = growth_after_warmup(&intervals);
     let histograms = client.histograms.borrow();
     let ops = OPS
         .iter()
@@ -364,14 +417,53 @@ async fn drive(
         durability: args.durability.clone(),
         executors: handle.routing().executors,
         shards: handle.routing().physical_shards,
+        untracked_trades: client.untracked.get(),
+        intervals,
+        resident_growth_after_warmup,
+        resident_per_trade_growth_after_warmup,
     })
+}
+
+/// The interval since the last report: throughput, p99, memory (and resets the histogram).
+async fn interval_report(client: &Client, length: Duration, handle: &EngineHandle) -> anyhow::Result<IntervalReport> {
+    let (ops, p99_us) = {
+        let mut interval = client.interval.borrow_mut();
+        let measured = (interval.len(), interval.value_at_quantile(0.99));
+        interval.reset();
+        measured
+    };
+    let engine_trades = handle.stats().await?.trades;
+    let resident_bytes = resident_bytes();
+    Ok(IntervalReport {
+        at_sec: client.start.elapsed().as_secs_f64(),
+        ops_per_sec: ops as f64 / length.as_secs_f64(),
+        p99_us,
+        resident_bytes,
+        engine_trades,
+        resident_bytes_per_trade: resident_bytes as f64 / engine_trades.max(1) as f64,
+    })
+}
+
+/// (max - min) / min of resident bytes, and of resident bytes per trade, over the intervals
+/// after the first fifth; `None` with fewer than five intervals.
+fn growth_after_warmup(intervals: &[IntervalReport]) -> (Option<f64>, Option<f64>) {
+    if intervals.len() < 5 {
+        return (None, None);
+    }
+    let steady = &intervals[intervals.len() / 5..];
+    let growth = |value: fn(&IntervalReport) -> f64| {
+        let min = steady.iter().map(value).fold(f64::INFINITY, f64::min);
+        let max = steady.iter().map(value).fold(0.0, f64::max);
+        (max - min) / min.max(1.0)
+    };
+    (Some(growth(|i| i.resident_bytes as f64)), Some(growth(|i| i.resident_bytes_per_trade)))
 }
 
 /// One outstanding request at a time, until told to stop.
 async fn worker(client: Rc<Client>, task: usize, seed: u64) {
     let mut rng = Rng::new(seed);
     // This task's trades that can still move forward: (id, status).
-    let mut open: Vec<(TradeId, TradeStatus)> = Vec::new();
+    let mut open: Vec<(TradeId, TradeStatus, bool)> = Vec::new();
     let mut sent: u64 = 0;
     while !client.stop.get() {
         if let Some(max) = client.ops_max {
@@ -398,7 +490,10 @@ async fn worker(client: Rc<Client>, task: usize, seed: u64) {
         let outcome = run_op(&client, &mut rng, &mut open, op, task, sent).await;
         let micros = intended.elapsed().as_micros() as u64;
         match outcome {
-            Ok(()) => latency::record(&mut client.histograms.borrow_mut()[op], micros),
+            Ok(()) => {
+                latency::record(&mut client.histograms.borrow_mut()[op], micros);
+                latency::record(&mut client.interval.borrow_mut(), micros);
+            }
             Err(error) => {
                 client.errors.set(client.errors.get() + 1);
                 client.first_error.borrow_mut().get_or_insert(format!("{}: {error}", OPS[op]));
@@ -407,7 +502,7 @@ async fn worker(client: Rc<Client>, task: usize, seed: u64) {
     }
 }
 
-fn choose(client: &Client, rng: &mut Rng, open: &[(TradeId, TradeStatus)]) -> usize {
+fn choose(client: &Client, rng: &mut Rng, open: &[(TradeId, TradeStatus, bool)]) -> usize {
     if client.ingest {
         return CREATE;
     }
@@ -417,7 +512,7 @@ fn choose(client: &Client, rng: &mut Rng, open: &[(TradeId, TradeStatus)]) -> us
     if rng.unit() < client.read_ratio {
         return if rng.below(4) == 0 { LIST } else { GET };
     }
-    let has = |status| open.iter().any(|(_, s)| *s == status);
+    let has = |status| open.iter().any(|(_, s, _)| *s == status);
     match rng.below(10) {
         0..=4 => CREATE,
         5..=7 if has(TradeStatus::Created) => PAY,
@@ -429,7 +524,7 @@ fn choose(client: &Client, rng: &mut Rng, open: &[(TradeId, TradeStatus)]) -> us
 async fn run_op(
     client: &Client,
     rng: &mut Rng,
-    open: &mut Vec<(TradeId, TradeStatus)>,
+    open: &mut Vec<(TradeId, TradeStatus, bool)>,
     op: usize,
     task: usize,
     sent: u64,
@@ -453,10 +548,23 @@ async fn run_op(
                 memo: String::new(),
             };
             let receipt = handle.create_trade(trade).await?;
-            client.acked.borrow_mut().push((receipt.id, receipt.status));
+            let tracked = client.tracked.get() < TRACKED_TRADES_MAX;
+            if tracked {
+                client.tracked.set(client.tracked.get() + 1);
+                client.acked.borrow_mut().push((receipt.id, receipt.status));
+            } else {
+                client.untracked.set(client.untracked.get() + 1);
+            }
             if !client.ingest {
-                client.created.borrow_mut().push(receipt.id);
-                open.push((receipt.id, receipt.status));
+                let mut created = client.created.borrow_mut();
+                if created.len() < READABLE_TRADES_MAX {
+                    created.push(receipt.id);
+                } else {
+                    let at = rng.below(created.len() as u64) as usize;
+                    created[at] = receipt.id;
+                }
+                drop(created);
+                open.push((receipt.id, receipt.status, tracked));
                 if open.len() > 64 {
                     open.remove(0);
                 }
@@ -464,10 +572,12 @@ async fn run_op(
         }
         PAY | SETTLE => {
             let want = if op == PAY { TradeStatus::Created } else { TradeStatus::Paid };
-            let at = open.iter().position(|(_, s)| *s == want).expect("chosen only when present");
-            let id = open[at].0;
+            let at = open.iter().position(|(_, s, _)| *s == want).expect("chosen only when present");
+            let (id, _, tracked) = open[at];
             let receipt = if op == PAY { handle.pay(id).await? } else { handle.settle(id).await? };
-            client.acked.borrow_mut().push((id, receipt.status));
+            if tracked {
+                client.acked.borrow_mut().push((id, receipt.status));
+            }
             if receipt.status == TradeStatus::Settled {
                 open.remove(at);
             } else {
