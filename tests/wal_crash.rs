@@ -119,6 +119,13 @@ async fn run_seed(seed: u64, config: &WalConfig, coverage: &mut Coverage) -> Res
         let mut replayed = Vec::new();
         let opened = Wal::open(disk.clone(), config.clone(), |seq, r| replayed.push((seq, r.to_vec()))).await;
         let wal = match opened {
+            // Power was cut while the segment preparation the open started ran alongside its
+            // last steps: the open returned, then the machine went down.
+            Ok(_) if disk.is_down() => {
+                coverage.crashes_during_open += 1;
+                disk.crash(rng.next_u64());
+                continue;
+            }
             Ok((wal, report)) => {
                 coverage.truncated_tails += report.truncated.is_some() as u64;
                 coverage.removed_segments += report.removed_segment.is_some() as u64;
