@@ -2,10 +2,10 @@
 //! percentiles every report of the tool uses (p50, p99, p99.9, max).
 
 use hdrhistogram::Histogram;
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 /// Percentiles of one latency histogram, in microseconds.
-#[derive(Debug, Clone, Copy, Serialize)]
+#[derive(Debug, Clone, Copy, Serialize, Deserialize)]
 pub struct LatencySummary {
     pub p50: u64,
     pub p99: u64,

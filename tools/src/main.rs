@@ -2,8 +2,9 @@
 //!
 //! `load` drives the embedded engine (the main job), `settle` consumes and reconciles the
 //! settlement events, `stress` kills and recovers the engine and checks what survived,
-//! `wal-bench` measures one write-ahead log alone.
+//! `compare` runs the same workload on RocksDB, `wal-bench` measures one write-ahead log alone.
 
+mod compare;
 mod data_dir;
 mod latency;
 mod load;
@@ -34,6 +35,12 @@ enum Command {
     /// The process that `stress` kills (started by `stress` itself).
     #[command(hide = true)]
     StressChild(stress::child::ChildArgs),
+    /// The same trade workload on tradeshard and on RocksDB (with the `rocksdb` feature), and
+    /// the ratio of every figure.
+    Compare(compare::Args),
+    /// One engine's run of `compare` (started by `compare` itself).
+    #[command(hide = true)]
+    CompareSide(compare::SideArgs),
     /// Measure durable appends to one write-ahead log: N appenders for a duration.
     WalBench(wal_bench::Args),
 }
@@ -42,6 +49,8 @@ fn main() -> anyhow::Result<()> {
     match Cli::parse().command {
         Command::Load(args) => load::run(args),
         Command::Settle(args) => settle::run(args),
+        Command::Compare(args) => compare::run(args),
+        Command::CompareSide(args) => compare::run_side(args),
         Command::Stress(args) => stress::run(args),
         Command::StressChild(args) => stress::child::run(args),
         Command::WalBench(args) => wal_bench::run(args),

@@ -4,6 +4,7 @@
 use tradeshard_wal::disk::SplitMix64 as Rng;
 
 /// Picks user ids in 1..=users: uniformly, or Zipf with exponent `skew` (rank 1 hottest).
+#[derive(Clone)]
 pub enum UserChooser {
     Uniform {
         users: u64,

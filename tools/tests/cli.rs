@@ -1,5 +1,5 @@
-//! The `tradeshard` command as scripts use it: `load`, `wal-bench` and `stress` run, print the JSON
-//! keys they promise, and refuse bad arguments with a non-zero exit.
+//! The `tradeshard` command as scripts use it: `load`, `wal-bench`, `stress` and `compare` run,
+//! print the JSON keys they promise, and refuse bad arguments with a non-zero exit.
 
 use std::process::Command;
 
@@ -89,4 +89,20 @@ fn stress_kills_and_recovers_the_engine_and_reports_what_it_checked() {
     assert!(std::fs::read_dir(dir.path()).unwrap().next().is_none(), "the temporary directory is removed");
     let refused = tradeshard(&["stress", "--workers", "0"], dir.path());
     assert!(!refused.status.success());
+}
+
+#[test]
+fn compare_reports_every_figure_with_its_goal() {
+    let dir = tempfile::tempdir().unwrap();
+    let args =
+        ["compare", "--inflight", "1,8", "--ingest-time", "300ms", "--read-time", "200ms", "--users", "100", "--json"];
+    let output = json(&tradeshard(&args, dir.path()));
+    let rows = output["rows"].as_array().unwrap();
+    let row = |figure: &str| rows.iter().find(|r| r["figure"] == figure).unwrap_or_else(|| panic!("{figure}"));
+    assert!(row("ingest trades/s, 8 in flight")["tradeshard"].as_f64().unwrap() > 0.0);
+    assert!(row("consumption events/s, after reopen")["tradeshard"].as_f64().unwrap() > 0.0);
+    assert_eq!(row("point reads/s, uniform, warm")["goal"], "2x or better");
+    let run = &output["runs"][0];
+    assert_eq!(run["events"], run["trades"], "every trade's event is consumed, hot and after reopening");
+    assert!(std::fs::read_dir(dir.path()).unwrap().next().is_none(), "the temporary directory is removed");
 }

@@ -1,0 +1,190 @@
+//! The workload both engines run, phase by phase, and what is measured of each: the same
+//! trades (buyers, merchants, order numbers, amounts, memos) in the same order, the same read
+//! distributions, the same in-flight counts. An engine is a [`Store`]; [`run_suite`] drives
+//! one through every phase in one process, so that its resident memory and the bytes the
+//! process wrote are its own.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use hdrhistogram::Histogram;
+use serde::{Deserialize, Serialize};
+use tradeshard_engine::NewTrade;
+
+use crate::latency::{self, LatencySummary};
+use crate::workload::UserChooser;
+
+/// One engine under test.
+pub trait Store {
+    /// Creates trades from `trades` with `inflight` outstanding, for `duration`: how many
+    /// were acknowledged (durably), each one's latency, and their ids.
+    fn ingest(&mut self, inflight: usize, duration: Duration, trades: &Arc<TradeSource>) -> anyhow::Result<Timed>;
+    /// Point reads of `ids` picked by `chooser` (ranks spread over the ids), for `duration`.
+    fn get(&mut self, ids: &[u64], chooser: &UserChooser, duration: Duration) -> anyhow::Result<Timed>;
+    /// A user's latest 20 trades, users uniform in 1..=`users`, for `duration`.
+    fn list_latest(&mut self, users: u64, duration: Duration) -> anyhow::Result<Timed>;
+    /// Every settlement event in order, from the first: how many.
+    fn consume_all(&mut self) -> anyhow::Result<u64>;
+    /// Closes and reopens (caches cold).
+    fn reopen(&mut self) -> anyhow::Result<()>;
+    /// Bytes the engine itself says it wrote since it opened, where it counts them.
+    fn engine_written_bytes(&mut self) -> anyhow::Result<Option<u64>>;
+}
+
+/// Operations done in a timed phase, their latencies, and (for ingest) the ids made.
+pub struct Timed {
+    pub ops: u64,
+    pub seconds: f64,
+    pub latency: Histogram<u64>,
+    pub ids: Vec<u64>,
+}
+
+/// The trades of the run: trade `n` is the same on both engines.
+pub struct TradeSource {
+    pub users: u64,
+    pub next: std::sync::atomic::AtomicU64,
+}
+
+impl TradeSource {
+    pub fn new(users: u64) -> TradeSource {
+        TradeSource { users, next: std::sync::atomic::AtomicU64::new(0) }
+    }
+
+    /// The next trade of the run.
+    pub fn take(&self) -> NewTrade {
+        let n = self.next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let buyer = 1 + n.wrapping_mul(0x9E37_79B9) % self.users;
+        NewTrade {
+            buyer_id: buyer,
+            merchant_id: 1 + buyer % 997,
+            merchant_order_no: format!("C{n}"),
+            amount: 1 + n % 100_000,
+            currency: "CNY".into(),
+            memo: format!("trade {n}"),
+        }
+    }
+}
+
+/// What the suite sets.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Plan {
+    pub inflight_levels: Vec<usize>,
+    pub ingest_seconds: f64,
+    pub read_seconds: f64,
+    pub users: u64,
+    pub cache_bytes: usize,
+}
+
+/// A timed phase's rate and latency.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Rate {
+    pub ops: u64,
+    pub ops_per_sec: f64,
+    pub latency_us: LatencySummary,
+}
+
+impl Rate {
+    fn of(timed: &Timed) -> Rate {
+        Rate {
+            ops: timed.ops,
+            ops_per_sec: timed.ops as f64 / timed.seconds.max(1e-9),
+            latency_us: latency::summarize(&timed.latency),
+        }
+    }
+}
+
+/// Everything measured of one engine.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct SideReport {
+    pub engine: String,
+    /// Per in-flight level: trades per second and per-trade latency.
+    pub ingest: Vec<(usize, Rate)>,
+    pub get_uniform: Rate,
+    pub get_zipf: Rate,
+    pub list_latest_20: Rate,
+    pub consume_hot_events_per_sec: f64,
+    pub consume_reopened_events_per_sec: f64,
+    pub events: u64,
+    pub trades: u64,
+    /// Bytes this process wrote to storage (`/proc/self/io` write_bytes) over the whole suite.
+    pub written_bytes: u64,
+    pub written_bytes_per_trade: f64,
+    pub engine_written_bytes: Option<u64>,
+    pub resident_bytes: u64,
+}
+
+/// Bytes this process has caused to be written to storage so far.
+pub fn written_bytes() -> u64 {
+    let io = std::fs::read_to_string("/proc/self/io").unwrap_or_default();
+    io.lines().find_map(|l| l.strip_prefix("write_bytes: ")).and_then(|v| v.trim().parse().ok()).unwrap_or(0)
+}
+
+/// Resident set size of this process.
+pub fn resident_bytes() -> u64 {
+    let statm = std::fs::read_to_string("/proc/self/statm").unwrap_or_default();
+    statm.split_whitespace().nth(1).and_then(|p| p.parse::<u64>().ok()).unwrap_or(0) * 4096
+}
+
+/// Asks the kernel to drop clean page-cache pages, so that "after reopen" reads the disk for
+/// engines that read through the page cache (needs root; skipped quietly otherwise).
+pub fn drop_page_cache() {
+    let _ = std::process::Command::new("sync").status();
+    let _ = std::fs::write("/proc/sys/vm/drop_caches", "3");
+}
+
+/// Runs every phase on `store`, in order: ingest at each in-flight level, uniform and Zipf
+/// point reads (each after an untimed warm-up of the same reads), listing, consumption hot,
+/// then after a reopen.
+pub fn run_suite(engine: &str, store: &mut dyn Store, plan: &Plan) -> anyhow::Result<SideReport> {
+    let written_before = written_bytes();
+    let trades = Arc::new(TradeSource::new(plan.users));
+    let ingest_time = Duration::from_secs_f64(plan.ingest_seconds);
+    let read_time = Duration::from_secs_f64(plan.read_seconds);
+    let mut ids = Vec::new();
+    let mut ingest = Vec::new();
+    for &inflight in &plan.inflight_levels {
+        let timed = store.ingest(inflight, ingest_time, &trades)?;
+        eprintln!("compare: {engine} ingest at {inflight} in flight: {:.0} trades/s", timed.ops as f64 / timed.seconds);
+        ingest.push((inflight, Rate::of(&timed)));
+        ids.extend_from_slice(&timed.ids);
+    }
+    anyhow::ensure!(!ids.is_empty(), "no trade was ingested");
+    let mut reads = Vec::new();
+    for skew in [0.0, 0.99] {
+        let chooser = UserChooser::new(ids.len() as u64, skew).map_err(anyhow::Error::msg)?;
+        store.get(&ids, &chooser, read_time.min(Duration::from_secs(1)))?;
+        let timed = store.get(&ids, &chooser, read_time)?;
+        eprintln!("compare: {engine} gets, zipf {skew}: {:.0}/s", timed.ops as f64 / timed.seconds);
+        reads.push(Rate::of(&timed));
+    }
+    let list = Rate::of(&store.list_latest(plan.users, read_time)?);
+    let started = std::time::Instant::now();
+    let events = store.consume_all()?;
+    let hot = events as f64 / started.elapsed().as_secs_f64();
+    // Engines may count their writes since they opened: ask before reopening.
+    let engine_written_bytes = store.engine_written_bytes()?;
+    store.reopen()?;
+    let started = std::time::Instant::now();
+    let events_reopened = store.consume_all()?;
+    let reopened = events_reopened as f64 / started.elapsed().as_secs_f64();
+    anyhow::ensure!(events_reopened == events, "{events} events hot, {events_reopened} after reopening");
+    eprintln!("compare: {engine} consumption: {hot:.0} events/s hot, {reopened:.0} after reopening");
+    let written = written_bytes() - written_before;
+    let get_zipf = reads.pop().expect("two read phases");
+    let get_uniform = reads.pop().expect("two read phases");
+    Ok(SideReport {
+        engine: engine.to_string(),
+        ingest,
+        get_uniform,
+        get_zipf,
+        list_latest_20: list,
+        consume_hot_events_per_sec: hot,
+        consume_reopened_events_per_sec: reopened,
+        events,
+        trades: ids.len() as u64,
+        written_bytes: written,
+        written_bytes_per_trade: written as f64 / ids.len() as f64,
+        engine_written_bytes,
+        resident_bytes: resident_bytes(),
+    })
+}

@@ -1,0 +1,146 @@
+//! tradeshard as a [`Store`]: the embedded engine, driven by async tasks on a client executor,
+//! each task one outstanding request (as `tradeshard load` drives it).
+
+use std::cell::RefCell;
+use std::path::PathBuf;
+use std::rc::Rc;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use glommio::{LocalExecutorBuilder, Placement};
+use tradeshard_engine::{ConsumerConfig, Engine, EngineHandle, Options, StartPosition, TradeId};
+use tradeshard_wal::disk::SplitMix64;
+
+use super::suite::{Store, Timed, TradeSource};
+use crate::latency;
+use crate::workload::UserChooser;
+
+pub struct TradeshardStore {
+    dir: PathBuf,
+    cache_bytes: usize,
+    engine: Option<Engine>,
+    /// Consumer groups used so far (each consumption starts a new one at the earliest event).
+    passes: u32,
+}
+
+impl TradeshardStore {
+    pub fn open(dir: PathBuf, cache_bytes: usize) -> anyhow::Result<TradeshardStore> {
+        let engine = Engine::open(Options { cache_bytes, ..Options::new(&dir) })?;
+        Ok(TradeshardStore { dir, cache_bytes, engine: Some(engine), passes: 0 })
+    }
+
+    fn handle(&self) -> EngineHandle {
+        self.engine.as_ref().expect("open").handle()
+    }
+}
+
+/// Runs `tasks` async tasks on a client executor thread until `duration` has passed; each
+/// calls `op(task, rng)` in a loop and its latency is recorded. Returns the merged outcome.
+fn drive<F, Fut>(tasks: usize, duration: Duration, op: F) -> anyhow::Result<Timed>
+where
+    F: Fn(usize, Rc<RefCell<SplitMix64>>) -> Fut + Send + Clone + 'static,
+    Fut: std::future::Future<Output = anyhow::Result<Option<u64>>> + 'static,
+{
+    let client = std::thread::spawn(move || -> anyhow::Result<Timed> {
+        let executor = LocalExecutorBuilder::new(Placement::Unbound)
+            .name("compare-client")
+            .make()
+            .map_err(|e| anyhow::anyhow!("starting the client executor: {e}"))?;
+        executor.run(async move {
+            let started = Instant::now();
+            let deadline = started + duration;
+            let outcome = Rc::new(RefCell::new(Timed {
+                ops: 0,
+                seconds: 0.0,
+                latency: latency::new_histogram(),
+                ids: Vec::new(),
+            }));
+            let handles: Vec<_> = (0..tasks)
+                .map(|task| {
+                    let (op, outcome) = (op.clone(), outcome.clone());
+                    let rng = Rc::new(RefCell::new(SplitMix64::new(task as u64 + 1)));
+                    glommio::spawn_local(async move {
+                        while Instant::now() < deadline {
+                            let sent = Instant::now();
+                            let id = op(task, rng.clone()).await?;
+                            let mut outcome = outcome.borrow_mut();
+                            latency::record(&mut outcome.latency, sent.elapsed().as_micros() as u64);
+                            outcome.ops += 1;
+                            outcome.ids.extend(id);
+                        }
+                        Ok::<_, anyhow::Error>(())
+                    })
+                })
+                .collect();
+            for handle in handles {
+                handle.await?;
+            }
+            let mut outcome = Rc::try_unwrap(outcome).map_err(|_| anyhow::anyhow!("tasks still running"))?.into_inner();
+            outcome.seconds = started.elapsed().as_secs_f64();
+            Ok(outcome)
+        })
+    });
+    client.join().map_err(|_| anyhow::anyhow!("the client thread panicked"))?
+}
+
+impl Store for TradeshardStore {
+    fn ingest(&mut self, inflight: usize, duration: Duration, trades: &Arc<TradeSource>) -> anyhow::Result<Timed> {
+        let (handle, trades) = (self.handle(), trades.clone());
+        drive(inflight, duration, move |_, _| {
+            let (handle, trade) = (handle.clone(), trades.take());
+            async move { Ok(Some(handle.create_trade(trade).await?.id.0)) }
+        })
+    }
+
+    fn get(&mut self, ids: &[u64], chooser: &UserChooser, duration: Duration) -> anyhow::Result<Timed> {
+        let handle = self.handle();
+        let (ids, chooser) = (Arc::new(ids.to_vec()), Arc::new(chooser.clone()));
+        drive(256, duration, move |_, rng| {
+            let rank = chooser.pick(&mut rng.borrow_mut());
+            let id = TradeId(ids[((rank - 1) * 7919 % ids.len() as u64) as usize]);
+            let handle = handle.clone();
+            async move {
+                handle.get(id).await?;
+                Ok(None)
+            }
+        })
+    }
+
+    fn list_latest(&mut self, users: u64, duration: Duration) -> anyhow::Result<Timed> {
+        let handle = self.handle();
+        drive(64, duration, move |_, rng| {
+            let user = 1 + rng.borrow_mut().below(users);
+            let handle = handle.clone();
+            async move {
+                handle.list_user_trades(user, 20, None).await?;
+                Ok(None)
+            }
+        })
+    }
+
+    fn consume_all(&mut self) -> anyhow::Result<u64> {
+        self.passes += 1;
+        let group = format!("compare-{}", self.passes);
+        let config = ConsumerConfig { start: StartPosition::Earliest, ..ConsumerConfig::new(group) };
+        let mut consumer = self.handle().consumer(config)?;
+        let mut events = 0u64;
+        loop {
+            let batch = consumer.poll_blocking(100_000, Duration::ZERO)?;
+            if batch.is_empty() {
+                return Ok(events);
+            }
+            events += batch.len() as u64;
+        }
+    }
+
+    fn reopen(&mut self) -> anyhow::Result<()> {
+        self.engine.take().expect("open").close()?;
+        super::suite::drop_page_cache();
+        self.engine = Some(Engine::open(Options { cache_bytes: self.cache_bytes, ..Options::new(&self.dir) })?);
+        Ok(())
+    }
+
+    fn engine_written_bytes(&mut self) -> anyhow::Result<Option<u64>> {
+        Ok(Some(self.handle().stats_blocking()?.disk_bytes))
+    }
+}
