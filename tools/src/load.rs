@@ -168,9 +168,12 @@ struct Report {
     /// the first fifth (the warm-up).
     #[serde(skip_serializing_if = "Option::is_none")]
     resident_growth_after_warmup: Option<f64>,
-    /// The same for resident bytes per trade held.
+    /// With `--report-every`, when trades were added after the warm-up: resident memory fitted
+    /// as a + b * trades held (least squares over the intervals after the warm-up); `b` is
+    /// the resident bytes each added trade costs, and the fit's largest miss, as a share of
+    /// resident memory, says whether anything but the data grew.
     #[serde(skip_serializing_if = "Option::is_none")]
-    resident_per_trade_growth_after_warmup: Option<f64>,
+    resident_fit: Option<ResidentFit>,
 }
 
 /// What the client tasks share (one client thread, so `RefCell`).
@@ -375,7 +378,7 @@ async fn drive(
     }
     let acked = std::mem::take(&mut *client.acked.borrow_mut());
     let (verified, mismatches) = crate::readback::verify(&handle, &acked, args.inflight).await;
-    let (resident_growth_after_warmup, resident_per_trade_growth_after_warmup) = growth_after_warmup(&intervals);
+    let (resident_growth_after_warmup, resident_fit) = growth_after_warmup(&intervals);
     let histograms = client.histograms.borrow();
     let ops = OPS
         .iter()
@@ -420,7 +423,7 @@ async fn drive(
         untracked_trades: client.untracked.get(),
         intervals,
         resident_growth_after_warmup,
-        resident_per_trade_growth_after_warmup,
+        resident_fit,
     })
 }
 
@@ -444,19 +447,39 @@ async fn interval_report(client: &Client, length: Duration, handle: &EngineHandl
     })
 }
 
-/// (max - min) / min of resident bytes, and of resident bytes per trade, over the intervals
-/// after the first fifth; `None` with fewer than five intervals.
-fn growth_after_warmup(intervals: &[IntervalReport]) -> (Option<f64>, Option<f64>) {
+/// Resident memory against trades held, after the warm-up.
+#[derive(Serialize, Clone, Copy, Debug, PartialEq)]
+struct ResidentFit {
+    bytes_per_added_trade: f64,
+    largest_miss: f64,
+}
+
+/// (max - min) / min of resident bytes over the intervals after the first fifth, and the fit
+/// of resident bytes to trades held over them; `None` with fewer than five intervals (and no
+/// fit when the trades held did not change).
+fn growth_after_warmup(intervals: &[IntervalReport]) -> (Option<f64>, Option<ResidentFit>) {
     if intervals.len() < 5 {
         return (None, None);
     }
     let steady = &intervals[intervals.len() / 5..];
-    let growth = |value: fn(&IntervalReport) -> f64| {
-        let min = steady.iter().map(value).fold(f64::INFINITY, f64::min);
-        let max = steady.iter().map(value).fold(0.0, f64::max);
-        (max - min) / min.max(1.0)
-    };
-    (Some(growth(|i| i.resident_bytes as f64)), Some(growth(|i| i.resident_bytes_per_trade)))
+    let resident: Vec<f64> = steady.iter().map(|i| i.resident_bytes as f64).collect();
+    let min = resident.iter().copied().fold(f64::INFINITY, f64::min);
+    let max = resident.iter().copied().fold(0.0, f64::max);
+    let growth = (max - min) / min.max(1.0);
+    let trades: Vec<f64> = steady.iter().map(|i| i.engine_trades as f64).collect();
+    let n = trades.len() as f64;
+    let (mean_t, mean_r) = (trades.iter().sum::<f64>() / n, resident.iter().sum::<f64>() / n);
+    let spread: f64 = trades.iter().map(|t| (t - mean_t).powi(2)).sum();
+    if spread == 0.0 {
+        return (Some(growth), None);
+    }
+    let slope = trades.iter().zip(&resident).map(|(t, r)| (t - mean_t) * (r - mean_r)).sum::<f64>() / spread;
+    let largest_miss = trades
+        .iter()
+        .zip(&resident)
+        .map(|(t, r)| (r - (mean_r + slope * (t - mean_t))).abs() / r.max(1.0))
+        .fold(0.0, f64::max);
+    (Some(growth), Some(ResidentFit { bytes_per_added_trade: slope, largest_miss }))
 }
 
 /// One outstanding request at a time, until told to stop.
@@ -676,5 +699,38 @@ fn print_table(report: &Report) {
             s.redelivered,
             s.differences.len()
         );
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn interval(trades: u64, resident: u64) -> IntervalReport {
+        IntervalReport {
+            at_sec: 0.0,
+            ops_per_sec: 0.0,
+            p99_us: 0,
+            resident_bytes: resident,
+            engine_trades: trades,
+            resident_bytes_per_trade: 0.0,
+        }
+    }
+
+    #[test]
+    fn memory_that_grows_with_the_data_fits_a_line_and_flat_memory_has_no_fit() {
+        // A warm-up interval that does not count, then 150 bytes per trade over a 100 MB base.
+        let mut growing = vec![interval(0, 10)];
+        growing.extend((1..10).map(|k| interval(k * 1_000_000, 100_000_000 + k * 150_000_000)));
+        let (growth, fit) = growth_after_warmup(&growing);
+        let fit = fit.expect("trades were added");
+        assert!((fit.bytes_per_added_trade - 150.0).abs() < 1e-6, "{fit:?}");
+        assert!(fit.largest_miss < 1e-9 && growth.unwrap() > 1.0, "{fit:?} {growth:?}");
+
+        let flat: Vec<_> = (0..10).map(|k| interval(5, 1_000_000 + (k % 2) * 50_000)).collect();
+        let (growth, fit) = growth_after_warmup(&flat);
+        assert!(fit.is_none());
+        assert!((growth.unwrap() - 0.05).abs() < 1e-9);
+        assert_eq!(growth_after_warmup(&flat[..4]), (None, None));
     }
 }
