@@ -2,8 +2,8 @@
 //! invocation, and a table of each figure with the ratio and the goal it is held to.
 //!
 //! Each engine runs the whole suite ([`suite::run_suite`]) in a child process of its own
-//! (`tradeshard compare-side`), so that the resident memory and the bytes written that it
-//! reports are that engine's alone. With `--rounds 2` the engines alternate which goes first,
+//! (`tradeshard compare-side`), so that the resident memory it reports is that engine's
+//! alone; bytes written are counted at the device, so the machine should be otherwise quiet. With `--rounds 2` the engines alternate which goes first,
 //! and each figure is the median of the rounds. RocksDB is built only with the `rocksdb`
 //! feature; without it the table holds tradeshard's column alone.
 
@@ -78,13 +78,13 @@ pub fn run_side(args: SideArgs) -> anyhow::Result<()> {
     let plan: Plan = serde_json::from_str(&args.plan).context("the plan")?;
     let report = match args.engine.as_str() {
         "tradeshard" => {
-            let mut store = tradeshard_side::TradeshardStore::open(args.dir, plan.cache_bytes)?;
-            suite::run_suite("tradeshard", &mut store, &plan)?
+            let mut store = tradeshard_side::TradeshardStore::open(args.dir.clone(), plan.cache_bytes)?;
+            suite::run_suite("tradeshard", &mut store, &plan, &args.dir)?
         }
         #[cfg(feature = "rocksdb")]
         "rocksdb" => {
-            let mut store = rocksdb_side::RocksStore::open(args.dir, plan.cache_bytes)?;
-            suite::run_suite("rocksdb", &mut store, &plan)?
+            let mut store = rocksdb_side::RocksStore::open(args.dir.clone(), plan.cache_bytes)?;
+            suite::run_suite("rocksdb", &mut store, &plan, &args.dir)?
         }
         other => bail!("unknown engine {other}: this build has {:?}", engines()),
     };

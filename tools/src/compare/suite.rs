@@ -1,8 +1,7 @@
 //! The workload both engines run, phase by phase, and what is measured of each: the same
 //! trades (buyers, merchants, order numbers, amounts, memos) in the same order, the same read
 //! distributions, the same in-flight counts. An engine is a [`Store`]; [`run_suite`] drives
-//! one through every phase in one process, so that its resident memory and the bytes the
-//! process wrote are its own.
+//! one through every phase in one process, so that its resident memory is its own.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -106,17 +105,25 @@ pub struct SideReport {
     pub consume_reopened_events_per_sec: f64,
     pub events: u64,
     pub trades: u64,
-    /// Bytes this process wrote to storage (`/proc/self/io` write_bytes) over the whole suite.
+    /// Bytes written to the data directory's device over the whole suite (0 where the device
+    /// counters are not readable).
     pub written_bytes: u64,
     pub written_bytes_per_trade: f64,
     pub engine_written_bytes: Option<u64>,
     pub resident_bytes: u64,
 }
 
-/// Bytes this process has caused to be written to storage so far.
-pub fn written_bytes() -> u64 {
-    let io = std::fs::read_to_string("/proc/self/io").unwrap_or_default();
-    io.lines().find_map(|l| l.strip_prefix("write_bytes: ")).and_then(|v| v.trim().parse().ok()).unwrap_or(0)
+/// Bytes written to the block device holding `dir` so far (sectors written, from sysfs), or
+/// `None` where that is not readable. Counted at the device, not per process: it sees what
+/// reaches the disk, page-cache writeback and compactions included, and it sees other
+/// processes' writes too, so the comparison runs on an otherwise quiet machine.
+pub fn device_written_bytes(dir: &std::path::Path) -> Option<u64> {
+    use std::os::unix::fs::MetadataExt;
+    let dev = std::fs::metadata(dir).ok()?.dev();
+    let (major, minor) = (((dev >> 8) & 0xfff) | ((dev >> 32) & !0xfff), (dev & 0xff) | ((dev >> 12) & !0xff));
+    let stat = std::fs::read_to_string(format!("/sys/dev/block/{major}:{minor}/stat")).ok()?;
+    let sectors: u64 = stat.split_whitespace().nth(6)?.parse().ok()?;
+    Some(sectors * 512)
 }
 
 /// Resident set size of this process.
@@ -135,8 +142,13 @@ pub fn drop_page_cache() {
 /// Runs every phase on `store`, in order: ingest at each in-flight level, uniform and Zipf
 /// point reads (each after an untimed warm-up of the same reads), listing, consumption hot,
 /// then after a reopen.
-pub fn run_suite(engine: &str, store: &mut dyn Store, plan: &Plan) -> anyhow::Result<SideReport> {
-    let written_before = written_bytes();
+pub fn run_suite(
+    engine: &str,
+    store: &mut dyn Store,
+    plan: &Plan,
+    dir: &std::path::Path,
+) -> anyhow::Result<SideReport> {
+    let written_before = device_written_bytes(dir);
     let trades = Arc::new(TradeSource::new(plan.users));
     let ingest_time = Duration::from_secs_f64(plan.ingest_seconds);
     let read_time = Duration::from_secs_f64(plan.read_seconds);
@@ -169,7 +181,7 @@ pub fn run_suite(engine: &str, store: &mut dyn Store, plan: &Plan) -> anyhow::Re
     let reopened = events_reopened as f64 / started.elapsed().as_secs_f64();
     anyhow::ensure!(events_reopened == events, "{events} events hot, {events_reopened} after reopening");
     eprintln!("compare: {engine} consumption: {hot:.0} events/s hot, {reopened:.0} after reopening");
-    let written = written_bytes() - written_before;
+    let written = written_before.zip(device_written_bytes(dir)).map_or(0, |(before, after)| after - before);
     let get_zipf = reads.pop().expect("two read phases");
     let get_uniform = reads.pop().expect("two read phases");
     Ok(SideReport {
