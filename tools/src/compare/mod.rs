@@ -41,6 +41,10 @@ pub struct Args {
     /// Bytes of cache of each engine (tradeshard's read-through cache, RocksDB's block cache).
     #[arg(long, default_value_t = 256 << 20)]
     cache_bytes: usize,
+    /// RocksDB reads with O_DIRECT (its block cache is then its only cache, like tradeshard's);
+    /// by default it also has the operating system's page cache.
+    #[arg(long)]
+    rocksdb_direct_reads: bool,
     /// Rounds; the engines alternate which goes first, figures are medians over rounds.
     #[arg(long, default_value_t = 1)]
     rounds: usize,
@@ -83,7 +87,8 @@ pub fn run_side(args: SideArgs) -> anyhow::Result<()> {
         }
         #[cfg(feature = "rocksdb")]
         "rocksdb" => {
-            let mut store = rocksdb_side::RocksStore::open(args.dir.clone(), plan.cache_bytes)?;
+            let mut store =
+                rocksdb_side::RocksStore::open(args.dir.clone(), plan.cache_bytes, plan.rocksdb_direct_reads)?;
             suite::run_suite("rocksdb", &mut store, &plan, &args.dir)?
         }
         other => bail!("unknown engine {other}: this build has {:?}", engines()),
@@ -117,6 +122,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         read_seconds: args.read_time.as_secs_f64(),
         users: args.users,
         cache_bytes: args.cache_bytes,
+        rocksdb_direct_reads: args.rocksdb_direct_reads,
     };
     let plan_json = serde_json::to_string(&plan)?;
     let root = DataDir::new(args.dir.as_deref(), "tradeshard-compare")?;

@@ -26,6 +26,7 @@ use crate::workload::UserChooser;
 pub struct RocksStore {
     dir: PathBuf,
     cache_bytes: usize,
+    direct_reads: bool,
     db: Option<Arc<DB>>,
     next_id: Arc<AtomicU64>,
     next_event: Arc<AtomicU64>,
@@ -35,8 +36,9 @@ fn cores() -> usize {
     std::thread::available_parallelism().map_or(1, |n| n.get())
 }
 
-fn options(cache_bytes: usize) -> Options {
+fn options(cache_bytes: usize, direct_reads: bool) -> Options {
     let mut options = Options::default();
+    options.set_use_direct_reads(direct_reads);
     options.create_if_missing(true);
     options.set_compression_type(DBCompressionType::Lz4);
     options.increase_parallelism(cores() as i32);
@@ -82,9 +84,16 @@ fn event_row(id: u64, trade: &NewTrade, at_ms: u64) -> Vec<u8> {
 }
 
 impl RocksStore {
-    pub fn open(dir: PathBuf, cache_bytes: usize) -> anyhow::Result<RocksStore> {
-        let db = DB::open(&options(cache_bytes), &dir)?;
-        Ok(RocksStore { dir, cache_bytes, db: Some(Arc::new(db)), next_id: Arc::default(), next_event: Arc::default() })
+    pub fn open(dir: PathBuf, cache_bytes: usize, direct_reads: bool) -> anyhow::Result<RocksStore> {
+        let db = DB::open(&options(cache_bytes, direct_reads), &dir)?;
+        Ok(RocksStore {
+            dir,
+            cache_bytes,
+            direct_reads,
+            db: Some(Arc::new(db)),
+            next_id: Arc::default(),
+            next_event: Arc::default(),
+        })
     }
 
     fn db(&self) -> Arc<DB> {
@@ -214,7 +223,7 @@ impl Store for RocksStore {
         let db = self.db.take().expect("open");
         drop(Arc::try_unwrap(db).map_err(|_| anyhow::anyhow!("RocksDB still in use"))?);
         super::suite::drop_page_cache();
-        self.db = Some(Arc::new(DB::open(&options(self.cache_bytes), &self.dir)?));
+        self.db = Some(Arc::new(DB::open(&options(self.cache_bytes, self.direct_reads), &self.dir)?));
         Ok(())
     }
 

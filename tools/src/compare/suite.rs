@@ -72,6 +72,9 @@ pub struct Plan {
     pub read_seconds: f64,
     pub users: u64,
     pub cache_bytes: usize,
+    /// RocksDB reads with O_DIRECT, so that its block cache is its only cache, as
+    /// tradeshard's cache is (its log is read with direct I/O).
+    pub rocksdb_direct_reads: bool,
 }
 
 /// A timed phase's rate and latency.
