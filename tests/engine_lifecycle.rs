@@ -6,6 +6,9 @@
 use tradeshard_engine::Engine;
 use tradeshard_tests::{engine_options, new_trade};
 
+/// The tests of this file run one at a time: descriptors are counted per process.
+static ONE_AT_A_TIME: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
 /// Open descriptors of this process: (eventfds, all others).
 fn open_fds() -> (usize, usize) {
     let targets: Vec<_> = std::fs::read_dir("/proc/self/fd")
@@ -18,6 +21,7 @@ fn open_fds() -> (usize, usize) {
 
 #[test]
 fn closing_an_engine_releases_every_file_descriptor() {
+    let _alone = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
     let dir = tempfile::tempdir().unwrap();
     let mut counts = Vec::new();
     for round in 0..12u64 {
@@ -38,6 +42,7 @@ fn closing_an_engine_releases_every_file_descriptor() {
 /// the next open refused as "not a data directory".
 #[test]
 fn a_creation_interrupted_before_the_manifest_is_created_again() {
+    let _alone = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
     let parent = tempfile::tempdir().unwrap();
     for leftovers in [&["LOCK"][..], &["LOCK", "MANIFEST.tmp"], &["MANIFEST.tmp"]] {
         let dir = parent.path().join(leftovers.join("+"));

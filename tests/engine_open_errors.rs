@@ -140,6 +140,10 @@ fn a_truncated_or_missing_manifest_is_refused() {
     // A directory that holds files but no manifest is not taken over as a new one.
     std::fs::remove_file(&manifest).unwrap();
     assert!(matches!(open_fails(dir.path(), options(dir.path())), Error::BadManifest { .. }));
+    // Nor is it given a lock file when it never was one.
+    let foreign = tempfile::tempdir().unwrap();
+    std::fs::write(foreign.path().join("notes.txt"), b"not trades").unwrap();
+    assert!(matches!(open_fails(foreign.path(), options(foreign.path())), Error::BadManifest { .. }));
 }
 
 #[test]

@@ -69,21 +69,17 @@ impl DataDir {
             let lock = lock(path)?;
             return Ok(DataDir { path: path.to_path_buf(), manifest, _lock: lock });
         }
+        // A directory holding anything else is refused before the lock file is made in it.
+        if path.exists() {
+            refuse_foreign(path, &manifest_path)?;
+        }
         DirBuilder::new().recursive(true).mode(0o700).create(path).map_err(|e| Error::io("creating", path, e))?;
         let lock = lock(path)?;
         // Under the lock: another process may have created it meanwhile.
         if let Some(manifest) = read_manifest(&manifest_path)? {
             return Ok(DataDir { path: path.to_path_buf(), manifest, _lock: lock });
         }
-        for entry in fs::read_dir(path).map_err(|e| Error::io("listing", path, e))? {
-            let name = entry.map_err(|e| Error::io("listing", path, e))?.file_name();
-            if name != LOCK && name != MANIFEST_TEMPORARY {
-                return Err(Error::BadManifest {
-                    path: manifest_path,
-                    reason: format!("missing, and the directory holds {name:?}: not a tradeshard data directory"),
-                });
-            }
-        }
+        refuse_foreign(path, &manifest_path)?;
         write_manifest(path, &new_layout)?;
         Ok(DataDir { path: path.to_path_buf(), manifest: new_layout, _lock: lock })
     }
@@ -92,6 +88,21 @@ impl DataDir {
     pub fn shard_dir(&self, shard: u32) -> PathBuf {
         self.path.join("shards").join(format!("{shard:04}"))
     }
+}
+
+/// Fails if `dir` holds anything but the leftovers of an interrupted creation (the lock file
+/// and a temporary manifest): it is not a tradeshard data directory.
+fn refuse_foreign(dir: &Path, manifest_path: &Path) -> Result<()> {
+    for entry in fs::read_dir(dir).map_err(|e| Error::io("listing", dir, e))? {
+        let name = entry.map_err(|e| Error::io("listing", dir, e))?.file_name();
+        if name != LOCK && name != MANIFEST_TEMPORARY {
+            return Err(Error::BadManifest {
+                path: manifest_path.to_path_buf(),
+                reason: format!("missing, and the directory holds {name:?}: not a tradeshard data directory"),
+            });
+        }
+    }
+    Ok(())
 }
 
 /// The manifest at `path`, `None` if there is none.

@@ -1,9 +1,10 @@
-//! RocksDB as a [`Store`], as a payments team would build the trade store on it: per trade one
-//! synced `WriteBatch` holding the trade row, a row of the buyer's index and an outbox row for
-//! settlement; settlement reads the outbox in key order. RocksDB's defaults otherwise, with
+//! RocksDB as a [`Store`], as a payments team would build the trade store on it: per trade a
+//! trade row, a row of the buyer's index and an outbox row for settlement, written in a synced
+//! `WriteBatch`; settlement reads the outbox in key order. RocksDB's defaults otherwise, with
 //! LZ4, a block cache of the same bytes as tradeshard's cache, and background jobs sized to
-//! the cores. Writers are threads (RocksDB's writes block); a level of N trades in flight is
-//! N trades spread over up to 64 threads as batches.
+//! the cores. Writers are threads (RocksDB's writes block): a level of N trades in flight is N
+//! trades spread over min(N, 64) threads, each writing its share as one synced batch. Reads
+//! and lists run on two threads per core, which saturate its blocking calls.
 //!
 //! Keys: `t` + trade id, `u` + buyer + (NOT trade id) (newest first), `o` + event number; all
 //! integers big-endian.
@@ -103,7 +104,7 @@ impl RocksStore {
     /// Runs `threads` threads, each calling `op(rng)` until `duration` has passed.
     fn on_threads<F>(&self, threads: usize, duration: Duration, op: F) -> anyhow::Result<Timed>
     where
-        F: Fn(&DB, &mut SplitMix64, &mut Timed) -> anyhow::Result<()> + Send + Sync + 'static,
+        F: Fn(usize, &DB, &mut SplitMix64, &mut Timed) -> anyhow::Result<()> + Send + Sync + 'static,
     {
         let op = Arc::new(op);
         let started = Instant::now();
@@ -115,7 +116,7 @@ impl RocksStore {
                     let mut rng = SplitMix64::new(thread as u64 + 1);
                     let mut timed = Timed { ops: 0, seconds: 0.0, latency: latency::new_histogram(), ids: Vec::new() };
                     while Instant::now() < deadline {
-                        op(&db, &mut rng, &mut timed)?;
+                        op(thread, &db, &mut rng, &mut timed)?;
                     }
                     Ok(timed)
                 })
@@ -140,9 +141,10 @@ fn now_ms() -> u64 {
 impl Store for RocksStore {
     fn ingest(&mut self, inflight: usize, duration: Duration, trades: &Arc<TradeSource>) -> anyhow::Result<Timed> {
         let threads = inflight.clamp(1, 64);
-        let per_batch = (inflight / threads).max(1);
         let (trades, next_id, next_event) = (trades.clone(), self.next_id.clone(), self.next_event.clone());
-        self.on_threads(threads, duration, move |db, _, timed| {
+        self.on_threads(threads, duration, move |thread, db, _, timed| {
+            // The level's trades, shared out: the first `inflight % threads` threads take one more.
+            let per_batch = inflight / threads + usize::from(thread < inflight % threads);
             let mut batch = WriteBatch::default();
             let mut ids = Vec::with_capacity(per_batch);
             let at_ms = now_ms();
@@ -170,7 +172,7 @@ impl Store for RocksStore {
 
     fn get(&mut self, ids: &[u64], chooser: &UserChooser, duration: Duration) -> anyhow::Result<Timed> {
         let (ids, chooser) = (Arc::new(ids.to_vec()), Arc::new(chooser.clone()));
-        self.on_threads(2 * cores(), duration, move |db, rng, timed| {
+        self.on_threads(2 * cores(), duration, move |_, db, rng, timed| {
             let id = ids[((chooser.pick(rng) - 1) * 7919 % ids.len() as u64) as usize];
             let sent = Instant::now();
             anyhow::ensure!(db.get_pinned(key(b't', &[id]))?.is_some(), "trade {id} missing");
@@ -181,7 +183,7 @@ impl Store for RocksStore {
     }
 
     fn list_latest(&mut self, users: u64, duration: Duration) -> anyhow::Result<Timed> {
-        self.on_threads(2 * cores(), duration, move |db, rng, timed| {
+        self.on_threads(2 * cores(), duration, move |_, db, rng, timed| {
             let user = 1 + rng.below(users);
             let prefix = key(b'u', &[user]);
             let sent = Instant::now();

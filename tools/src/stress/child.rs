@@ -37,6 +37,12 @@ pub struct ChildArgs {
 
 /// Runs until killed; returns only if the engine does not open.
 pub fn run(args: ChildArgs) -> anyhow::Result<()> {
+    // A panic in any thread ends the process at once, which the parent reports as a violation
+    // (a panicking worker would otherwise die alone while the others go on).
+    std::panic::set_hook(Box::new(|info| {
+        eprintln!("stress child: {info}");
+        std::process::exit(6);
+    }));
     let engine = Engine::open(super::engine_options(&args.dir))?;
     let handle = engine.handle();
     println!("READY");
