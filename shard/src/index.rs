@@ -14,6 +14,7 @@ use tradeshard_wal::Appended;
 
 use crate::currency::Currency;
 use crate::error::TradeError;
+use crate::partitioned::PartitionedMap;
 use crate::record::{OffsetCommit, RecordKind, TradeRecord};
 use crate::trade::{TradeId, TradeStatus, COUNTER_BITS, ORDER_NO_BYTES_MAX};
 
@@ -146,9 +147,10 @@ pub type IdMap<K, V> = HashMap<K, V, std::hash::BuildHasherDefault<IdHasher>>;
 /// The durable indexes of one shard.
 #[derive(Default)]
 pub struct ShardIndex {
-    trades: IdMap<TradeId, TradeEntry>,
-    by_order: IdMap<u128, (TradeId, u64)>,
-    by_user: IdMap<u64, Vec<TradeId>>,
+    // Partitioned: a map of millions of entries must not grow all at once (see partitioned.rs).
+    trades: PartitionedMap<TradeId, TradeEntry>,
+    by_order: PartitionedMap<u128, (TradeId, u64)>,
+    by_user: PartitionedMap<u64, Vec<TradeId>>,
     /// Highest counter part of any trade id in the shard.
     counter_max: u64,
     /// Each consumer group's committed offset in this shard's log.
@@ -244,7 +246,7 @@ impl ShardIndex {
                 return Err("order number used by two trades");
             }
             self.trades.insert(id, entry);
-            self.by_user.entry(record.user_id).or_default().push(id);
+            self.by_user.get_or_default(record.user_id).push(id);
             self.counter_max = self.counter_max.max(id.counter());
             return Ok(());
         }

@@ -9,6 +9,7 @@ pub mod currency;
 pub mod error;
 pub mod events;
 pub mod index;
+mod partitioned;
 pub mod record;
 pub mod shard;
 pub mod trade;
