@@ -6,7 +6,7 @@ use std::collections::HashMap;
 use std::rc::Rc;
 
 use indicatif::{ProgressBar, ProgressStyle};
-use tradeshard_engine::{EngineHandle, NewTrade, TradeId, TradeStatus};
+use tradeshard_engine::{EngineHandle, TradeId, TradeStatus};
 
 /// Creates `--read-trades` trades for the read workload, `--inflight` at a time, untimed.
 pub async fn ingest_untimed(
@@ -30,15 +30,7 @@ pub async fn ingest_untimed(
                         return Ok::<_, tradeshard_engine::Error>(());
                     }
                     next.set(n + 1);
-                    let buyer = 1 + n % users.max(1);
-                    let trade = NewTrade {
-                        buyer_id: buyer,
-                        merchant_id: 1 + buyer % 997,
-                        merchant_order_no: format!("R{n}"),
-                        amount: 1 + n % 100_000,
-                        currency: "CNY".into(),
-                        memo: format!("read workload trade {n}"),
-                    };
+                    let trade = crate::workload::numbered_trade("R", n, 1 + n % users.max(1));
                     let id = handle.create_trade(trade).await?.id;
                     ids.borrow_mut().push(id);
                     if n % 4096 == 0 {

@@ -1,7 +1,21 @@
 //! Choosing what the load generator does next: users (or trades) uniform or Zipf-skewed, from
 //! the deterministic generator of the simulated disk, so that `--seed` replays a run's choices.
 
+use tradeshard_engine::NewTrade;
 use tradeshard_wal::disk::SplitMix64 as Rng;
+
+/// Trade number `n` of a generated workload, for `buyer`: order number `{prefix}{n}`, the
+/// same fields whichever command makes it.
+pub fn numbered_trade(prefix: &str, n: u64, buyer: u64) -> NewTrade {
+    NewTrade {
+        buyer_id: buyer,
+        merchant_id: 1 + buyer % 997,
+        merchant_order_no: format!("{prefix}{n}"),
+        amount: 1 + n % 100_000,
+        currency: "CNY".into(),
+        memo: format!("trade {prefix}{n}"),
+    }
+}
 
 /// Picks user ids in 1..=users: uniformly, or Zipf with exponent `skew` (rank 1 hottest).
 #[derive(Clone)]

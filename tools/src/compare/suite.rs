@@ -55,15 +55,7 @@ impl TradeSource {
     /// The next trade of the run.
     pub fn take(&self) -> NewTrade {
         let n = self.next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        let buyer = 1 + n.wrapping_mul(0x9E37_79B9) % self.users;
-        NewTrade {
-            buyer_id: buyer,
-            merchant_id: 1 + buyer % 997,
-            merchant_order_no: format!("C{n}"),
-            amount: 1 + n % 100_000,
-            currency: "CNY".into(),
-            memo: format!("trade {n}"),
-        }
+        crate::workload::numbered_trade("C", n, 1 + n.wrapping_mul(0x9E37_79B9) % self.users)
     }
 }
 
