@@ -28,11 +28,12 @@ fn child_process_entry_point() {
             let handle = handle.clone();
             std::thread::spawn(move || {
                 for order in 0.. {
-                    let buyer = offset + writer * 1_000_000 + order;
-                    let receipt = handle.create_trade_blocking(new_trade(buyer, order, 100 + order)).unwrap();
+                    // User id 0 is refused (`ZeroUserId`): buyers count from 1.
+                    let buyer = offset + writer * 1_000_000 + order + 1;
+                    let receipt = or_exit(handle.create_trade_blocking(new_trade(buyer, order, 100 + order)));
                     println!("ACK created {} {}", receipt.id.0, receipt.amount);
                     if order % 2 == 0 {
-                        handle.pay_blocking(receipt.id).unwrap();
+                        or_exit(handle.pay_blocking(receipt.id));
                         println!("ACK paid {}", receipt.id.0);
                     }
                 }
@@ -44,14 +45,27 @@ fn child_process_entry_point() {
     }
 }
 
-/// Runs the child until it has acknowledged at least `acks` writes, then SIGKILLs it.
-fn run_child_and_kill(dir: &std::path::Path, offset: u64, acks: usize) -> Vec<String> {
+/// A failed write ends the child at once (no unwinding, no backtrace to print first), so the
+/// parent sees the acknowledgements stop and reads the reason on stderr instead of the other
+/// writers hiding it.
+fn or_exit<T>(outcome: Result<T, tradeshard_engine::Error>) -> T {
+    outcome.unwrap_or_else(|error| {
+        eprintln!("write failed: {error:?}");
+        std::process::exit(6)
+    })
+}
+
+/// Runs the child until it has acknowledged at least `acks` writes, then SIGKILLs it. Returns
+/// the acknowledgements and what the child wrote on stderr (which explains an early end).
+fn run_child_and_kill(dir: &std::path::Path, offset: u64, acks: usize) -> (Vec<String>, String) {
+    let stderr_path = dir.with_extension("child-stderr");
+    let stderr_file = std::fs::File::create(&stderr_path).unwrap();
     let mut child = Command::new(std::env::current_exe().unwrap())
         .args(["--exact", "child_process_entry_point", "--nocapture", "--test-threads=1"])
         .env(CHILD_ENV, dir)
         .env("TRADESHARD_CRASH_CHILD_OFFSET", offset.to_string())
         .stdout(Stdio::piped())
-        .stderr(Stdio::null())
+        .stderr(stderr_file)
         .spawn()
         .unwrap();
     let mut lines = Vec::new();
@@ -67,9 +81,15 @@ fn run_child_and_kill(dir: &std::path::Path, offset: u64, acks: usize) -> Vec<St
             break;
         }
     }
+    let exited_early = child.try_wait().unwrap();
     child.kill().unwrap();
     child.wait().unwrap();
-    lines
+    let stderr = std::fs::read_to_string(&stderr_path).unwrap_or_default();
+    let _ = std::fs::remove_file(&stderr_path);
+    if let Some(status) = exited_early {
+        panic!("the child ended by itself ({status}) after {} acknowledgements; its stderr:\n{stderr}", lines.len());
+    }
+    (lines, stderr)
 }
 
 #[test]
@@ -77,8 +97,12 @@ fn acknowledged_writes_survive_kill_9_exactly_once() {
     let dir = tempfile::tempdir().unwrap();
     let mut expected: HashMap<TradeId, (u64, TradeStatus)> = HashMap::new();
     for cycle in 0..3u64 {
-        let lines = run_child_and_kill(dir.path(), cycle * 100_000_000, 300 + 200 * cycle as usize);
-        assert!(lines.len() >= 300, "cycle {cycle}: the child acknowledged only {} writes", lines.len());
+        let (lines, stderr) = run_child_and_kill(dir.path(), cycle * 100_000_000, 300 + 200 * cycle as usize);
+        assert!(
+            lines.len() >= 300,
+            "cycle {cycle}: the child acknowledged only {} writes; its stderr:\n{stderr}",
+            lines.len()
+        );
         for line in lines {
             let mut words = line.split(' ');
             let (what, id) = (words.next().unwrap(), TradeId(words.next().unwrap().parse().unwrap()));
