@@ -48,6 +48,9 @@ pub enum Command {
     Change { id: TradeId, action: Action },
 }
 
+/// Most trade reads one listing has in flight at once.
+const LIST_READS_IN_FLIGHT: usize = 32;
+
 /// Which of a user's trades to list: newest first, at most `limit`, older than `before`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct ListQuery {
@@ -342,13 +345,24 @@ impl<D: Disk> Shard<D> {
             let end = query.before.map_or(all.len(), |before| all.iter().rposition(|id| *id == before).unwrap_or(0));
             all[..end].iter().rev().take(query.limit).copied().collect()
         };
+        // The reads go out `LIST_READS_IN_FLIGHT` at a time, so a page of a listing costs
+        // about one read's latency, not one per trade, and a long listing no more I/O memory.
         let inner = self.inner.clone();
         glommio::spawn_local(async move {
             let mut trades = Vec::with_capacity(ids.len());
-            for id in ids {
-                match read_trade(&inner, id, false).await {
-                    Ok(trade) => trades.push(trade),
-                    Err(error) => return done(Err(error)),
+            for window in ids.chunks(LIST_READS_IN_FLIGHT) {
+                let reads: Vec<_> = window
+                    .iter()
+                    .map(|&id| {
+                        let inner = inner.clone();
+                        glommio::spawn_local(async move { read_trade(&inner, id, false).await })
+                    })
+                    .collect();
+                for read in reads {
+                    match read.await {
+                        Ok(trade) => trades.push(trade),
+                        Err(error) => return done(Err(error)),
+                    }
                 }
             }
             done(Ok(trades))
