@@ -8,8 +8,8 @@ use std::collections::HashMap;
 use std::rc::Rc;
 
 use tradeshard_shard::{Action, Command, Shard, TradeId, TradeStatus};
-use tradeshard_tests::{call, new_trade, run, seeds};
-use tradeshard_wal::disk::{SimDisk, SplitMix64};
+use tradeshard_tests::{call, new_trade, run, seeds, sim_disk_for_seed};
+use tradeshard_wal::disk::SplitMix64;
 use tradeshard_wal::{Preallocation, WalConfig};
 
 fn config() -> WalConfig {
@@ -31,7 +31,7 @@ struct Model {
 
 async fn run_seed(seed: u64) -> Result<usize, String> {
     let mut rng = SplitMix64::new(seed);
-    let disk = SimDisk::new();
+    let disk = sim_disk_for_seed(seed);
     let model = Rc::new(RefCell::new(Model::default()));
     let mut order = 0u64;
     let mut checked = 0;

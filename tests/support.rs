@@ -63,6 +63,17 @@ pub fn seeds(default_count: u64) -> Vec<u64> {
     }
 }
 
+/// The simulated disk of campaign seed `seed`: odd seeds model files opened `O_DSYNC` (a write
+/// is durable once it completes and the log skips its fdatasync), even seeds a write followed
+/// by an fdatasync, so that every campaign covers both sync methods.
+pub fn sim_disk_for_seed(seed: u64) -> tradeshard_wal::disk::SimDisk {
+    if seed % 2 == 1 {
+        tradeshard_wal::disk::SimDisk::with_dsync_writes()
+    } else {
+        tradeshard_wal::disk::SimDisk::new()
+    }
+}
+
 /// Engine options for tests: a fresh directory, small segments (fast to prepare), `shards`
 /// physical shards on `executors` executors, unpinned (tests share the machine).
 pub fn engine_options(dir: &std::path::Path, shards: u32, executors: usize) -> tradeshard_engine::Options {

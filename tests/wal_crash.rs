@@ -12,7 +12,7 @@ use std::collections::BTreeMap;
 use std::rc::Rc;
 use std::time::Duration;
 
-use tradeshard_tests::{random_record, run, seeds, small_config, zeroed_config};
+use tradeshard_tests::{random_record, run, seeds, sim_disk_for_seed, small_config, zeroed_config};
 use tradeshard_wal::disk::{SimDisk, SplitMix64};
 use tradeshard_wal::{Durability, Error, Wal, WalConfig};
 
@@ -109,7 +109,7 @@ async fn appender(wal: Rc<Wal<SimDisk>>, model: Rc<RefCell<Model>>, seed: u64, c
 
 async fn run_seed(seed: u64, config: &WalConfig, coverage: &mut Coverage) -> Result<(), String> {
     let mut rng = SplitMix64::new(seed);
-    let disk = SimDisk::new();
+    let disk = sim_disk_for_seed(seed);
     let model = Rc::new(RefCell::new(Model::default()));
     let durability = config.durability;
     for incarnation in 0..4 {

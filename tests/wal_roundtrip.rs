@@ -1,23 +1,27 @@
-//! Round trips through the log, each run on the simulated disk and on a real directory with
-//! glommio direct I/O: append and read back, roll segments, reopen and continue numbering,
+//! Round trips through the log, each run on the simulated disk and on real directories with
+//! glommio direct I/O (writes then fdatasyncs, and O_DSYNC writes): append and read back, roll segments, reopen and continue numbering,
 //! limits and backpressure, and visibility only after acknowledgement.
 
+use std::os::fd::AsRawFd;
 use std::rc::Rc;
 
 use tradeshard_tests::{random_record, run, small_config, zeroed_config};
 use tradeshard_wal::disk::{Disk, DmaDisk, SimDisk, SplitMix64};
-use tradeshard_wal::{Error, Wal, WalConfig};
+use tradeshard_wal::{Error, SyncMethod, Wal, WalConfig};
 
-/// Runs `scenario` once on a simulated disk and once on a temporary real directory.
+/// Runs `scenario` once on a simulated disk and on temporary real directories, once with each
+/// sync method.
 fn on_both_disks<F, Fut>(scenario: F)
 where
     F: Fn(Box<dyn FnOnce() -> DiskChoice>) -> Fut,
     Fut: std::future::Future<Output = ()>,
 {
     run(scenario(Box::new(|| DiskChoice::Sim(SimDisk::new()))));
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("log");
-    run(scenario(Box::new(move || DiskChoice::Real(DmaDisk::new(&path).unwrap()))));
+    for method in [SyncMethod::Fdatasync, SyncMethod::DsyncWrites] {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("log");
+        run(scenario(Box::new(move || DiskChoice::Real(DmaDisk::new(&path).unwrap().with_sync_method(method)))));
+    }
 }
 
 enum DiskChoice {
@@ -217,4 +221,41 @@ async fn concurrent_appenders_share_flushes<D: Disk>(disk: D) {
 #[test]
 fn concurrent_appenders_share_one_flush() {
     on_both_disks(|choice| async move { with_disk!(choice(), |disk| concurrent_appenders_share_flushes(disk).await) });
+}
+
+/// With `SyncMethod::DsyncWrites` the segment files are really opened `O_DSYNC` (the kernel's
+/// own account of the descriptor says so) and no flush pays an fdatasync: only the segment
+/// preparation syncs.
+#[test]
+fn dsync_writes_open_segments_o_dsync_and_skip_fdatasync() {
+    const O_DSYNC: u32 = 0o10000;
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("log");
+    run(async move {
+        let disk = DmaDisk::new(&path).unwrap().with_sync_method(SyncMethod::DsyncWrites);
+        let file = disk.create("probe").await.unwrap();
+        let fdinfo = std::fs::read_to_string(format!("/proc/self/fdinfo/{}", file.as_raw_fd())).unwrap();
+        let flags = fdinfo.lines().find_map(|l| l.strip_prefix("flags:")).unwrap().trim();
+        let flags = u32::from_str_radix(flags, 8).unwrap();
+        assert_eq!(flags & O_DSYNC, O_DSYNC, "flags {flags:o} of a file of a dsync disk");
+        drop(file);
+        disk.remove("probe").await.unwrap();
+
+        let (wal, _) = open(&disk, small_config()).await;
+        let before = wal.stats();
+        for i in 0..50u32 {
+            wal.append(&i.to_le_bytes()).await.unwrap();
+        }
+        let stats = wal.stats();
+        assert_eq!(stats.durable_writes - before.durable_writes, stats.flushes - before.flushes);
+        assert!(stats.flushes - before.flushes >= 50, "one append at a time: one flush each");
+        let roll_syncs = 2 * (stats.segments_created - before.segments_created);
+        assert!(
+            stats.fsyncs - before.fsyncs <= roll_syncs,
+            "{} fdatasyncs for {} new segments",
+            stats.fsyncs - before.fsyncs,
+            stats.segments_created - before.segments_created
+        );
+        wal.close().await.unwrap();
+    });
 }

@@ -15,7 +15,7 @@ use std::sync::Arc;
 use glommio::{ExecutorJoinHandle, LocalExecutorBuilder, Placement};
 use tradeshard_shard::{Shard, Trade, TradeError, TradeId};
 use tradeshard_wal::disk::DmaDisk;
-use tradeshard_wal::WalConfig;
+use tradeshard_wal::{SyncMethod, WalConfig};
 
 use crate::error::{Error, Result};
 use crate::inbox::{Inbox, Request};
@@ -49,11 +49,12 @@ pub(crate) fn start(plan: ExecutorPlan, options: &Options) -> Result<ExecutorJoi
         record_bytes_max: tradeshard_shard::record::RECORD_BYTES_MAX as u32,
         ..WalConfig::default()
     };
+    let sync_method = options.sync_method;
     let (ready_tx, ready_rx) = mpsc::channel();
     let handle = LocalExecutorBuilder::new(placement)
         .name(&format!("tradeshard-{index}"))
         .io_memory(options.io_memory_bytes)
-        .spawn(move || run(plan, wal_config, ready_tx))
+        .spawn(move || run(plan, wal_config, sync_method, ready_tx))
         .map_err(|e| Error::Executor { executor: index, message: e.to_string() })?;
     match ready_rx.recv() {
         Ok(Ok(())) => Ok(handle),
@@ -65,12 +66,17 @@ pub(crate) fn start(plan: ExecutorPlan, options: &Options) -> Result<ExecutorJoi
     }
 }
 
-async fn run(plan: ExecutorPlan, wal_config: WalConfig, ready: mpsc::Sender<Result<()>>) -> Result<()> {
+async fn run(
+    plan: ExecutorPlan,
+    wal_config: WalConfig,
+    sync_method: SyncMethod,
+    ready: mpsc::Sender<Result<()>>,
+) -> Result<()> {
     let mut shards = HashMap::new();
     for (shard_id, dir) in &plan.shard_dirs {
         let config = WalConfig { shard_id: *shard_id, ..wal_config.clone() };
         let opened = match DmaDisk::new(dir) {
-            Ok(disk) => Shard::open(disk, config, plan.cache_bytes_per_shard).await,
+            Ok(disk) => Shard::open(disk.with_sync_method(sync_method), config, plan.cache_bytes_per_shard).await,
             Err(e) => Err(TradeError::Log(tradeshard_wal::Error::Io {
                 op: "create directory",
                 path: dir.clone(),

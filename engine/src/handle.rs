@@ -39,6 +39,8 @@ pub struct EngineStats {
     pub shards: Vec<(u32, ShardStats)>,
     pub trades: u64,
     pub records: u64,
+    /// Points where the logs made writes durable: fdatasync calls, plus frame writes that
+    /// were durable on completion (`SyncMethod::DsyncWrites`).
     pub fsyncs: u64,
     pub flushes: u64,
     pub disk_bytes: u64,
@@ -191,7 +193,7 @@ impl EngineHandle {
         for (_, shard) in &stats.shards {
             stats.trades += shard.trades;
             stats.records += shard.wal.records;
-            stats.fsyncs += shard.wal.fsyncs;
+            stats.fsyncs += shard.wal.fsyncs + shard.wal.durable_writes;
             stats.flushes += shard.wal.flushes;
             stats.disk_bytes += shard.wal.disk_bytes;
             let (total, cache) = (&mut stats.cache, &shard.cache);

@@ -39,7 +39,7 @@ pub use consumer::{Consumer, ConsumerConfig, ConsumerMode, SettlementEvent, Star
 pub use error::{Error, Result, TradeError};
 pub use handle::{EngineHandle, EngineStats};
 pub use manifest::{Manifest, FORMAT_VERSION};
-pub use options::{cores, Backpressure, Durability, Options};
+pub use options::{cores, Backpressure, Durability, Options, SyncMethod};
 pub use routing::Routing;
 pub use tradeshard_shard::{
     CacheStats, Currency, NewTrade, Receipt, RecordKind, Trade, TradeId, TradeRecord, TradeStatus,

@@ -4,7 +4,7 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
-pub use tradeshard_wal::Durability;
+pub use tradeshard_wal::{Durability, SyncMethod};
 
 /// What a caller wants when an executor's request queue is full.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -33,6 +33,10 @@ pub struct Options {
     pub pin: bool,
     /// What a write's acknowledgement promises.
     pub durability: Durability,
+    /// How the logs make a write durable: `O_DSYNC` writes (one device operation per group
+    /// commit, the default: faster on the measured disk, `BENCHMARKS.md`) or a write and then
+    /// an fdatasync.
+    pub sync_method: SyncMethod,
     /// Requests waiting in one executor's queue.
     pub queue_depth_max: usize,
     /// What to do when that queue is full.
@@ -56,6 +60,7 @@ impl Options {
             executors: None,
             pin: true,
             durability: Durability::Sync,
+            sync_method: SyncMethod::DsyncWrites,
             queue_depth_max: 65_536,
             backpressure: Backpressure::Wait,
             segment_bytes: 128 << 20,

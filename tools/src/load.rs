@@ -19,7 +19,7 @@ use glommio::{LocalExecutorBuilder, Placement};
 use hdrhistogram::Histogram;
 use indicatif::{ProgressBar, ProgressStyle};
 use serde::Serialize;
-use tradeshard_engine::{Engine, EngineHandle, NewTrade, Options, TradeId, TradeStatus};
+use tradeshard_engine::{Engine, EngineHandle, NewTrade, Options, SyncMethod, TradeId, TradeStatus};
 
 use crate::data_dir::DataDir;
 use crate::latency::{self, LatencySummary};
@@ -66,6 +66,10 @@ pub struct Args {
     /// sync: acknowledged after fdatasync; buffered: after the write, fdatasync every 10 ms.
     #[arg(long, default_value = "sync", value_parser = ["sync", "buffered"])]
     durability: String,
+    /// dsync: the logs' files are opened O_DSYNC and a group commit is one durable write (the
+    /// engine's default); fdatasync: a write and then an fdatasync.
+    #[arg(long, default_value = "dsync", value_parser = ["dsync", "fdatasync"])]
+    sync_method: String,
     /// Seed of every random choice.
     #[arg(long, default_value_t = 1)]
     seed: u64,
@@ -157,6 +161,7 @@ struct Report {
     users: u64,
     zipf: f64,
     durability: String,
+    sync_method: String,
     executors: usize,
     shards: u32,
     /// Trades created beyond `TRACKED_TRADES_MAX`, not read back at the end.
@@ -225,6 +230,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         executors: args.executors,
         physical_shards: args.shards,
         cache_bytes: args.cache_bytes,
+        sync_method: if args.sync_method == "dsync" { SyncMethod::DsyncWrites } else { SyncMethod::Fdatasync },
         ..Options::new(&dir)
     };
     if args.durability == "buffered" {
@@ -239,7 +245,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         (None, None) => Some(Duration::from_secs(10)),
     };
     eprintln!(
-        "load: workload={} dir={} users={} zipf={} inflight={} read_ratio={} durability={} seed={} rate={:?} \
+        "load: workload={} dir={} users={} zipf={} inflight={} read_ratio={} durability={} sync_method={} seed={} rate={:?} \
          duration={:?} ops={:?} executors={} shards={}",
         args.workload,
         dir.display(),
@@ -248,6 +254,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         args.inflight,
         args.read_ratio,
         args.durability,
+        args.sync_method,
         args.seed,
         args.rate,
         duration,
@@ -418,6 +425,7 @@ async fn drive(
         users: args.users,
         zipf: args.zipf,
         durability: args.durability.clone(),
+        sync_method: args.sync_method.clone(),
         executors: handle.routing().executors,
         shards: handle.routing().physical_shards,
         untracked_trades: client.untracked.get(),

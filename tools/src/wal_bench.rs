@@ -1,8 +1,9 @@
 //! `tradeshard wal-bench`: N appenders append B-byte records to one log for a duration.
 //!
 //! It measures what an acknowledged append costs on this disk: records and bytes per second,
-//! fsyncs per second, records carried by each fsync (group commit at work), and the latency
-//! of each append from call to acknowledgement. The log runs on one pinned glommio executor,
+//! syncs per second (fdatasyncs, or writes that were durable on completion under
+//! `--sync-method dsync`), records carried by each sync (group commit at work), and the
+//! latency of each append from call to acknowledgement. The log runs on one pinned glommio executor,
 //! as a shard would.
 
 use std::cell::{Cell, RefCell};
@@ -15,7 +16,7 @@ use glommio::{LocalExecutorBuilder, Placement};
 use indicatif::{ProgressBar, ProgressStyle};
 use serde::Serialize;
 use tradeshard_wal::disk::DmaDisk;
-use tradeshard_wal::{Compression, Durability, Preallocation, Wal, WalConfig, WalStats};
+use tradeshard_wal::{Compression, Durability, Preallocation, SyncMethod, Wal, WalConfig, WalStats};
 
 use crate::data_dir::DataDir;
 use crate::latency::{self, LatencySummary};
@@ -41,6 +42,10 @@ pub struct Args {
     /// segment twice); reserved: segments are only fallocate'd.
     #[arg(long, default_value = "zeroed", value_parser = ["zeroed", "reserved"])]
     preallocation: String,
+    /// dsync: segment files are opened O_DSYNC and each flush is one durable write (the
+    /// engine's default); fdatasync: each flush is a write and then an fdatasync.
+    #[arg(long, default_value = "dsync", value_parser = ["dsync", "fdatasync"])]
+    sync_method: String,
     /// Compress frames with LZ4 when it pays (records are random bytes, so it rarely does).
     #[arg(long)]
     lz4: bool,
@@ -56,11 +61,17 @@ pub struct Args {
 struct Summary {
     records_per_sec: f64,
     bytes_per_sec: f64,
+    /// fdatasyncs plus durable (O_DSYNC) writes per second: the points where records became
+    /// durable.
     fsyncs_per_sec: f64,
     records_per_fsync: f64,
     latency_us: LatencySummary,
     records: u64,
+    /// fdatasync calls (segment preparation and rolls included).
     fsyncs: u64,
+    /// Frame writes that were durable on completion.
+    durable_writes: u64,
+    sync_method: String,
     disk_bytes_written: u64,
     elapsed_sec: f64,
     concurrency: usize,
@@ -94,12 +105,13 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     let data_dir = DataDir::new(args.dir.as_deref(), "tradeshard-wal-bench")?;
     let dir = data_dir.path().to_path_buf();
     eprintln!(
-        "wal-bench: dir={} concurrency={} record_bytes={} duration={:?} durability={} preallocation={} lz4={} cpu={}",
+        "wal-bench: dir={} concurrency={} record_bytes={} duration={:?} durability={} sync_method={} preallocation={} lz4={} cpu={}",
         dir.display(),
         args.concurrency,
         args.record_bytes,
         args.duration,
         args.durability,
+        args.sync_method,
         args.preallocation,
         args.lz4,
         args.cpu
@@ -123,7 +135,8 @@ pub fn run(args: Args) -> anyhow::Result<()> {
 }
 
 async fn bench(args: Args, dir: PathBuf, config: WalConfig) -> anyhow::Result<Summary> {
-    let disk = DmaDisk::new(&dir).with_context(|| format!("opening {}", dir.display()))?;
+    let sync_method = if args.sync_method == "dsync" { SyncMethod::DsyncWrites } else { SyncMethod::Fdatasync };
+    let disk = DmaDisk::new(&dir).with_context(|| format!("opening {}", dir.display()))?.with_sync_method(sync_method);
     let (wal, _) = Wal::open(disk, config, |_, _| {}).await?;
     let wal = Rc::new(wal);
     let stop = Rc::new(Cell::new(false));
@@ -153,9 +166,9 @@ async fn bench(args: Args, dir: PathBuf, config: WalConfig) -> anyhow::Result<Su
         let elapsed = start.elapsed().as_secs_f64();
         progress.set_position(start.elapsed().as_millis().min(args.duration.as_millis()) as u64);
         progress.set_message(format!(
-            "{:.0} records/s, {:.0} fsyncs/s",
+            "{:.0} records/s, {:.0} syncs/s",
             stats.records as f64 / elapsed,
-            stats.fsyncs as f64 / elapsed
+            syncs(&stats) as f64 / elapsed
         ));
     }
     stop.set(true);
@@ -175,11 +188,13 @@ fn summarize(args: &Args, stats: WalStats, elapsed: f64, latency_us: LatencySumm
     Summary {
         records_per_sec: stats.records as f64 / elapsed,
         bytes_per_sec: stats.record_bytes as f64 / elapsed,
-        fsyncs_per_sec: stats.fsyncs as f64 / elapsed,
-        records_per_fsync: if stats.fsyncs == 0 { 0.0 } else { stats.records as f64 / stats.fsyncs as f64 },
+        fsyncs_per_sec: syncs(&stats) as f64 / elapsed,
+        records_per_fsync: if syncs(&stats) == 0 { 0.0 } else { stats.records as f64 / syncs(&stats) as f64 },
         latency_us,
         records: stats.records,
         fsyncs: stats.fsyncs,
+        durable_writes: stats.durable_writes,
+        sync_method: args.sync_method.clone(),
         disk_bytes_written: stats.disk_bytes,
         elapsed_sec: elapsed,
         concurrency: args.concurrency,
@@ -188,6 +203,11 @@ fn summarize(args: &Args, stats: WalStats, elapsed: f64, latency_us: LatencySumm
         preallocation: args.preallocation.clone(),
         errors,
     }
+}
+
+/// Points where records became durable: fdatasync calls and durable writes.
+fn syncs(stats: &WalStats) -> u64 {
+    stats.fsyncs + stats.durable_writes
 }
 
 fn progress_bar(duration: Duration) -> ProgressBar {
@@ -200,8 +220,8 @@ fn progress_bar(duration: Duration) -> ProgressBar {
 fn print_table(s: &Summary) {
     println!("records/s          {:>14.0}", s.records_per_sec);
     println!("MB/s               {:>14.1}", s.bytes_per_sec / 1e6);
-    println!("fsyncs/s           {:>14.0}", s.fsyncs_per_sec);
-    println!("records per fsync  {:>14.1}", s.records_per_fsync);
+    println!("syncs/s            {:>14.0}  ({})", s.fsyncs_per_sec, s.sync_method);
+    println!("records per sync   {:>14.1}", s.records_per_fsync);
     println!(
         "append latency µs  p50 {} / p99 {} / p99.9 {} / max {}",
         s.latency_us.p50, s.latency_us.p99, s.latency_us.p999, s.latency_us.max

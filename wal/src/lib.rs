@@ -24,6 +24,7 @@ mod writer;
 
 pub use commit::{Appended, FramePos, Ticket};
 pub use config::{align_up, Compression, Durability, Preallocation, WalConfig, BLOCK_BYTES, LZ4_MIN_BYTES};
+pub use disk::SyncMethod;
 pub use error::{Error, Result};
 pub use reader::LogReader;
 pub use recovery::RecoveryReport;

@@ -70,6 +70,9 @@ pub struct WalStats {
     pub flushes: u64,
     /// fdatasync calls on segment files.
     pub fsyncs: u64,
+    /// Writes of frames that were durable on completion (`SyncMethod::DsyncWrites`), each
+    /// standing in for the fdatasync it made unnecessary.
+    pub durable_writes: u64,
     /// Frames written.
     pub frames: u64,
     /// Records acknowledged.

@@ -5,8 +5,9 @@
 //! them into frames of at most `frame_payload_bytes_max`, places the frames on fresh blocks
 //! (a block that holds acknowledged records is never written again), rolls to a new segment
 //! when the next frame would not fit, writes each run of frames with one write, and under
-//! `Durability::Sync` ends with one fdatasync. Only then does it move the visible end and
-//! complete the batch's tickets.
+//! `Durability::Sync` ends with one fdatasync (none when the disk's writes are durable on
+//! completion, `SyncMethod::DsyncWrites`). Only then does it move the visible end and complete
+//! the batch's tickets.
 //!
 //! A failed write or fdatasync fails the batch and poisons the queue: the log acknowledges
 //! nothing more until it is reopened, because after a failed fdatasync the kernel may have
@@ -20,7 +21,7 @@ use futures_lite::future;
 use crate::batch::{self, FrameHeader, FRAME_HEADER_BYTES, RECORD_PREFIX_BYTES};
 use crate::commit::{Batch, FlushedFrames, FramePos, Work};
 use crate::config::{align_up, Durability, BLOCK_BYTES};
-use crate::disk::{Disk, DiskFile, WriteBuf};
+use crate::disk::{Disk, DiskFile, SyncMethod, WriteBuf};
 use crate::error::{Error, Result};
 use crate::roll::{write_all, SegmentMaker};
 use crate::state::{SegmentState, Shared};
@@ -246,10 +247,14 @@ impl<D: Disk> Writer<D> {
         let path = || self.shared.disk.path_of(&tail.name);
         self.tail_dirty = true;
         write_all(&*tail.file, buf, first_offset, run_bytes).await.map_err(|e| Error::io("write", path(), e))?;
+        // A completed write of an O_DSYNC file is durable: no fdatasync is owed for it.
+        let durable = self.shared.disk.sync_method() == SyncMethod::DsyncWrites;
+        self.tail_dirty = !durable;
         self.write_offset = first_offset + run_bytes as u64;
         self.shared.count(|s| {
             s.disk_bytes += run_bytes as u64;
             s.frames += run.len() as u64;
+            s.durable_writes += u64::from(durable);
         });
         Ok(())
     }

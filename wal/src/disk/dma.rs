@@ -1,7 +1,8 @@
 //! The real disk: glommio direct-I/O files (`O_DIRECT`, submitted through io_uring).
 //!
 //! Writes bypass the page cache, so a completed write is in the device's hands and a crash of
-//! the process alone loses nothing; `fdatasync` is still what makes it survive power loss.
+//! the process alone loses nothing; `fdatasync`, or `O_DSYNC` on the file
+//! ([`SyncMethod::DsyncWrites`]), is what makes it survive power loss.
 
 use std::cell::{Cell, RefCell};
 use std::fs::DirBuilder;
@@ -12,7 +13,7 @@ use std::rc::Rc;
 
 use glommio::io::{Directory, DmaBuffer, DmaFile, OpenOptions, ReadResult};
 
-use super::{Disk, DiskFile, WriteBuf};
+use super::{Disk, DiskFile, SyncMethod, WriteBuf};
 
 /// A directory on a real filesystem, accessed with direct I/O.
 #[derive(Clone)]
@@ -21,17 +22,42 @@ pub struct DmaDisk {
     // Opened on first use and kept, so that each directory sync is one io_uring fsync.
     dir_handle: Rc<RefCell<Option<Rc<Directory>>>>,
     probed: Rc<Cell<bool>>,
+    sync_method: SyncMethod,
 }
+
+/// `O_DSYNC` of Linux (asm-generic, the value on every architecture glommio runs on).
+const O_DSYNC: i32 = 0o10000;
 
 /// Name of the scratch file used to probe the device before the first real open.
 const PROBE_NAME: &str = ".iopoll-probe";
 
 impl DmaDisk {
-    /// Uses `dir`, creating it (mode 0700) if it does not exist.
+    /// Uses `dir`, creating it (mode 0700) if it does not exist; writes are made durable by
+    /// `fdatasync` until [`with_sync_method`](Self::with_sync_method) says otherwise.
     pub fn new(dir: impl AsRef<Path>) -> io::Result<Self> {
         let dir = dir.as_ref().to_path_buf();
         DirBuilder::new().recursive(true).mode(0o700).create(&dir)?;
-        Ok(DmaDisk { dir, dir_handle: Rc::new(RefCell::new(None)), probed: Rc::new(Cell::new(false)) })
+        Ok(DmaDisk {
+            dir,
+            dir_handle: Rc::new(RefCell::new(None)),
+            probed: Rc::new(Cell::new(false)),
+            sync_method: SyncMethod::Fdatasync,
+        })
+    }
+
+    /// The same disk, opening its files for `method` (affects files opened from now on).
+    pub fn with_sync_method(mut self, method: SyncMethod) -> Self {
+        self.sync_method = method;
+        self
+    }
+
+    fn open_options(&self) -> OpenOptions {
+        let mut options = OpenOptions::new();
+        options.read(true).write(true);
+        if self.sync_method == SyncMethod::DsyncWrites {
+            options.custom_flags(O_DSYNC);
+        }
+        options
     }
 
     /// The directory this disk holds.
@@ -78,16 +104,14 @@ impl Disk for DmaDisk {
 
     async fn create(&self, name: &str) -> io::Result<DmaFile> {
         self.probe_device().await?;
-        let mut options = OpenOptions::new();
-        options.create_new(true).read(true).write(true);
+        let mut options = self.open_options();
+        options.create_new(true);
         options.dma_open(self.dir.join(name)).await.map_err(io::Error::from)
     }
 
     async fn open(&self, name: &str) -> io::Result<DmaFile> {
         self.probe_device().await?;
-        let mut options = OpenOptions::new();
-        options.read(true).write(true);
-        options.dma_open(self.dir.join(name)).await.map_err(io::Error::from)
+        self.open_options().dma_open(self.dir.join(name)).await.map_err(io::Error::from)
     }
 
     async fn remove(&self, name: &str) -> io::Result<()> {
@@ -114,6 +138,10 @@ impl Disk for DmaDisk {
 
     fn path_of(&self, name: &str) -> PathBuf {
         self.dir.join(name)
+    }
+
+    fn sync_method(&self) -> SyncMethod {
+        self.sync_method
     }
 }
 

@@ -4,8 +4,9 @@
 //! glommio direct I/O ([`DmaDisk`]) and on a simulated disk ([`SimDisk`]) that forgets unsynced
 //! writes, tears them at sector boundaries and fails chosen operations. The calls are the ones
 //! whose crash behaviour the log relies on, and no more: a write is not durable until
-//! `fdatasync` on its file returns, and a create or remove is not durable until `sync_dir`
-//! returns.
+//! `fdatasync` on its file returns, unless the disk writes durably ([`SyncMethod::DsyncWrites`]:
+//! then a write is durable once it completes), and a create or remove is not durable until
+//! `sync_dir` returns.
 //!
 //! Futures are not `Send`: a disk belongs to the one executor that owns the log.
 
@@ -20,6 +21,18 @@ mod sim;
 
 pub use dma::DmaDisk;
 pub use sim::{Fault, SimDisk, SimFile, SplitMix64};
+
+/// How the log's writes become durable.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SyncMethod {
+    /// Each write is followed by an `fdatasync` of its file: two operations per flush.
+    Fdatasync,
+    /// Files are opened with `O_DSYNC`, so a write returns only once it is durable (the device
+    /// writes it with FUA, or the kernel flushes after it): one operation per flush, and the
+    /// log skips the `fdatasync` after its writes. Files are still synced where the length or
+    /// the directory changes.
+    DsyncWrites,
+}
 
 /// A directory of files.
 pub trait Disk: Clone + 'static {
@@ -40,6 +53,9 @@ pub trait Disk: Clone + 'static {
     fn list(&self) -> io::Result<Vec<String>>;
     /// The path of `name`, for error messages.
     fn path_of(&self, name: &str) -> PathBuf;
+    /// How this disk's writes become durable: with [`SyncMethod::DsyncWrites`] a completed
+    /// write is durable and needs no `fdatasync`.
+    fn sync_method(&self) -> SyncMethod;
 }
 
 /// A buffer the disk can write without copying it again (aligned for direct I/O).

@@ -13,6 +13,9 @@
 //!   writes nothing and a failed fdatasync makes nothing durable.
 //! - From a chosen operation on, the machine is down ([`SimDisk::crash_at_op`]): that call and
 //!   every later one fail, as if power was cut while it ran.
+//! - A disk made with [`SimDisk::with_dsync_writes`] models files opened with `O_DSYNC`: a
+//!   write that returns is durable at once; one that fails with EIO or is cut by power loss
+//!   may still land, whole, torn or not at all; lengths still wait for `fdatasync`.
 //! - Bits of durable data can be flipped ([`SimDisk::flip_bit`]) to model media corruption.
 //!
 //! Every operation is counted, so a test can name "the Nth operation" and sweep N. Handles
@@ -25,7 +28,7 @@ use std::io;
 use std::path::PathBuf;
 use std::rc::Rc;
 
-use super::{Disk, DiskFile, WriteBuf};
+use super::{Disk, DiskFile, SyncMethod, WriteBuf};
 
 const SECTOR_BYTES: usize = 512;
 const EIO: i32 = 5;
@@ -144,6 +147,7 @@ struct SimState {
     faults: BTreeMap<u64, Fault>,
     crash_at_op: Option<u64>,
     down: bool,
+    sync_method: Option<SyncMethod>,
 }
 
 /// An in-memory disk with the fault model above. Clones share one disk.
@@ -166,9 +170,17 @@ impl WriteBuf for Vec<u8> {
 }
 
 impl SimDisk {
-    /// An empty disk.
+    /// An empty disk whose writes are durable after `fdatasync`.
     pub fn new() -> Self {
         SimDisk::default()
+    }
+
+    /// An empty disk whose writes are durable once they complete, as files opened with
+    /// `O_DSYNC` are ([`SyncMethod::DsyncWrites`]); lengths still need `fdatasync`.
+    pub fn with_dsync_writes() -> Self {
+        let disk = SimDisk::default();
+        disk.state.borrow_mut().sync_method = Some(SyncMethod::DsyncWrites);
+        disk
     }
 
     /// How many operations have been issued so far (the next one is number `ops() + 1`).
@@ -353,6 +365,10 @@ impl Disk for SimDisk {
     fn path_of(&self, name: &str) -> PathBuf {
         PathBuf::from("sim").join(name)
     }
+
+    fn sync_method(&self) -> SyncMethod {
+        self.state.borrow().sync_method.unwrap_or(SyncMethod::Fdatasync)
+    }
 }
 
 impl DiskFile for SimFile {
@@ -364,11 +380,39 @@ impl DiskFile for SimFile {
     }
 
     async fn write_at(&self, buf: Vec<u8>, offset: u64) -> io::Result<usize> {
-        self.disk.begin(Some(self.generation))?;
+        let dsync = self.disk.sync_method() == SyncMethod::DsyncWrites;
+        if let Err(error) = self.disk.begin(Some(self.generation)) {
+            // A durable write that failed in the device, or was cut by power loss, may have
+            // reached the media in whole, in part or not at all: it stays pending, and a crash
+            // resolves it like any unsynced write. One refused for space wrote nothing.
+            let reached_device =
+                self.generation == self.disk.state.borrow().generation && error.raw_os_error() != Some(ENOSPC);
+            if dsync && reached_device {
+                let mut inode = self.inode.borrow_mut();
+                write_into(&mut inode.live, offset, &buf);
+                inode.unsynced.push(UnsyncedOp::Write { offset, data: buf });
+            }
+            return Err(error);
+        }
         let mut inode = self.inode.borrow_mut();
         write_into(&mut inode.live, offset, &buf);
         let len = buf.len();
-        inode.unsynced.push(UnsyncedOp::Write { offset, data: buf });
+        if dsync {
+            // Durable on completion. A failed write still pending is taken to have landed
+            // whole (one of its possible outcomes), so that it can never land over this one.
+            let pending = std::mem::take(&mut inode.unsynced);
+            let (writes, lengths): (Vec<_>, Vec<_>) =
+                pending.into_iter().partition(|op| matches!(op, UnsyncedOp::Write { .. }));
+            for op in writes {
+                if let UnsyncedOp::Write { offset, data } = op {
+                    write_into(&mut inode.durable, offset, &data);
+                }
+            }
+            inode.unsynced = lengths;
+            write_into(&mut inode.durable, offset, &buf);
+        } else {
+            inode.unsynced.push(UnsyncedOp::Write { offset, data: buf });
+        }
         Ok(len)
     }
 
