@@ -79,6 +79,10 @@ pub struct Args {
     /// Executors (default: one per core).
     #[arg(long)]
     executors: Option<usize>,
+    /// Leave the executors unpinned (the operating system places them, and this tool's client
+    /// thread, as it likes).
+    #[arg(long)]
+    unpinned: bool,
     /// Physical shards of a new directory (default: one per core).
     #[arg(long)]
     shards: Option<u32>,
@@ -230,6 +234,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         executors: args.executors,
         physical_shards: args.shards,
         cache_bytes: args.cache_bytes,
+        pin: !args.unpinned,
         sync_method: if args.sync_method == "dsync" { SyncMethod::DsyncWrites } else { SyncMethod::Fdatasync },
         ..Options::new(&dir)
     };
