@@ -14,6 +14,9 @@
 //!   name plus `/` plus its `instance`).
 //! - `poll` answers at once when events are there and otherwise waits (a long poll, woken by
 //!   the logs, no busy loop) up to its timeout; events and bytes per poll are bounded.
+//! - The shards answer polls with record bytes ([`RawEventBatch`]); `poll` decodes them into
+//!   owned events on the caller's thread, `poll_raw` hands them over as they are, to be read
+//!   in place (`RawEventBatch::views`) with no allocation per event.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::future::Future;
@@ -24,7 +27,7 @@ use std::task::Poll;
 use std::time::Duration;
 
 use futures_lite::future::block_on;
-use tradeshard_shard::{EventBatch, OffsetCommit, PollQuery, TradeError, TradeRecord};
+use tradeshard_shard::{OffsetCommit, PollQuery, RawEventBatch, TradeError, TradeRecord};
 
 use crate::error::{Error, Result};
 use crate::handle::EngineHandle;
@@ -84,7 +87,18 @@ pub struct SettlementEvent {
 }
 
 /// A poll sent to one partition, awaiting its answer.
-type PendingPoll = Pin<Box<ReplyRx<Result<EventBatch>>>>;
+type PendingPoll = Pin<Box<ReplyRx<Result<RawEventBatch>>>>;
+
+/// What a poll took: the events, and each partition's position after them.
+type Polled = (Vec<PartitionEvents>, Vec<(u32, u64)>);
+
+/// The events one poll read from one partition, undecoded.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PartitionEvents {
+    pub partition: u32,
+    /// Offsets and record bytes; `events.views()` decodes them in place.
+    pub events: RawEventBatch,
+}
 
 /// Largest number of events one poll returns.
 pub const POLL_EVENTS_MAX: usize = tradeshard_shard::events::POLL_EVENTS_MAX;
@@ -210,7 +224,7 @@ impl Consumer {
         from: u64,
         max_events: usize,
         wait: Duration,
-    ) -> Result<ReplyRx<Result<EventBatch>>> {
+    ) -> Result<ReplyRx<Result<RawEventBatch>>> {
         let (tx, rx) = reply::channel();
         let query = PollQuery { from, max_events, max_bytes: self.config.max_bytes_per_poll, wait };
         let request = Request::Poll { shard: partition, query, reply: tx };
@@ -223,22 +237,55 @@ impl Consumer {
     /// they are committed only by [`commit`](Self::commit). A clustered member with no
     /// partition (more members than partitions) has nothing to wait on and returns at once.
     pub async fn poll(&mut self, max_events: usize, timeout: Duration) -> Result<Vec<SettlementEvent>> {
+        let (batches, moves) = self.poll_undelivered(max_events, timeout).await?;
+        let mut delivered = Vec::with_capacity(batches.iter().map(|b| b.events.len()).sum());
+        for PartitionEvents { partition, events } in &batches {
+            for view in events.views() {
+                // A bad record fails the poll before any position moves.
+                let (offset, view) = view?;
+                delivered.push(SettlementEvent { partition: *partition, offset, record: view.to_record() });
+            }
+        }
+        self.move_positions(&moves);
+        Ok(delivered)
+    }
+
+    /// [`poll`](Self::poll), delivering each partition's events as the log holds them: read
+    /// them in place with `events.views()` (or forward the bytes). Positions move exactly as
+    /// `poll` moves them, past every event delivered, including one whose record `views()`
+    /// then reports as bad (`seek` back to read it again).
+    pub async fn poll_raw(&mut self, max_events: usize, timeout: Duration) -> Result<Vec<PartitionEvents>> {
+        let (batches, moves) = self.poll_undelivered(max_events, timeout).await?;
+        self.move_positions(&moves);
+        Ok(batches)
+    }
+
+    /// The events a poll would deliver, and the positions delivering them moves to.
+    async fn poll_undelivered(&mut self, max_events: usize, timeout: Duration) -> Result<Polled> {
         self.rebalance().await?;
         let max_events = max_events.clamp(1, POLL_EVENTS_MAX);
-        let mut events = self.poll_once(max_events, Duration::ZERO).await?;
-        if events.is_empty() && !timeout.is_zero() {
-            events = self.poll_once(max_events, timeout).await?;
+        let mut polled = self.poll_once(max_events, Duration::ZERO).await?;
+        if polled.0.is_empty() && !timeout.is_zero() {
+            polled = self.poll_once(max_events, timeout).await?;
         }
-        Ok(events)
+        Ok(polled)
+    }
+
+    fn move_positions(&mut self, moves: &[(u32, u64)]) {
+        for (partition, next) in moves {
+            if let Some(position) = self.positions.get_mut(partition) {
+                *position = (*position).max(*next);
+            }
+        }
     }
 
     /// One round: a poll to every assigned partition; without `wait`, gathers all answers,
     /// with it, returns as soon as one partition has events (the others' answers are dropped:
     /// undelivered, they are read again next time).
-    async fn poll_once(&mut self, max_events: usize, wait: Duration) -> Result<Vec<SettlementEvent>> {
+    async fn poll_once(&mut self, max_events: usize, wait: Duration) -> Result<Polled> {
         let partitions: Vec<(u32, u64)> = self.assignment();
         if partitions.is_empty() {
-            return Ok(Vec::new());
+            return Ok((Vec::new(), Vec::new()));
         }
         let first = self.next_first % partitions.len();
         self.next_first = self.next_first.wrapping_add(1);
@@ -246,7 +293,7 @@ impl Consumer {
         for (partition, from) in partitions[first..].iter().chain(&partitions[..first]) {
             pending.push((*partition, Box::pin(self.send_poll(*partition, *from, max_events, wait).await?)));
         }
-        let mut batches: Vec<(u32, EventBatch)> = Vec::new();
+        let mut batches: Vec<(u32, RawEventBatch)> = Vec::new();
         let wait_for_all = wait.is_zero();
         std::future::poll_fn(|cx| {
             let mut index = 0;
@@ -266,7 +313,7 @@ impl Consumer {
                     Poll::Pending => index += 1,
                 }
             }
-            let any_events = batches.iter().any(|(_, b)| !b.events.is_empty());
+            let any_events = batches.iter().any(|(_, b)| !b.is_empty());
             if pending.is_empty() || (!wait_for_all && any_events) {
                 Poll::Ready(Ok(()))
             } else {
@@ -277,23 +324,24 @@ impl Consumer {
         Ok(self.deliver(batches, max_events))
     }
 
-    /// Takes up to `max_events` from the batches in the order they were asked for, moving the
-    /// positions past what is delivered (and past system records read along).
-    fn deliver(&mut self, batches: Vec<(u32, EventBatch)>, max_events: usize) -> Vec<SettlementEvent> {
-        let mut delivered = Vec::new();
-        for (partition, batch) in batches {
-            let room = max_events - delivered.len();
-            let Some(position) = self.positions.get_mut(&partition) else { continue };
-            if batch.events.len() <= room {
-                *position = (*position).max(batch.next_offset);
-            } else if room > 0 {
-                *position = batch.events[room].offset;
+    /// Takes up to `max_events` from the batches in the order they were asked for, and the
+    /// positions past what is taken (and past system records read along). Partitions with
+    /// nothing to deliver are left out of the events.
+    fn deliver(&self, batches: Vec<(u32, RawEventBatch)>, max_events: usize) -> Polled {
+        let (mut delivered, mut moves) = (Vec::new(), Vec::new());
+        let mut room = max_events;
+        for (partition, mut events) in batches {
+            if !self.positions.contains_key(&partition) || (room == 0 && !events.is_empty()) {
+                continue;
             }
-            for event in batch.events.into_iter().take(room) {
-                delivered.push(SettlementEvent { partition, offset: event.offset, record: event.record });
+            events.truncate(room);
+            moves.push((partition, events.next_offset));
+            room -= events.len();
+            if !events.is_empty() {
+                delivered.push(PartitionEvents { partition, events });
             }
         }
-        delivered
+        (delivered, moves)
     }
 
     /// Commits the current positions (everything delivered so far) durably.
@@ -376,6 +424,11 @@ impl Consumer {
     /// Blocking [`poll`](Self::poll).
     pub fn poll_blocking(&mut self, max_events: usize, timeout: Duration) -> Result<Vec<SettlementEvent>> {
         block_on(self.poll(max_events, timeout))
+    }
+
+    /// Blocking [`poll_raw`](Self::poll_raw).
+    pub fn poll_raw_blocking(&mut self, max_events: usize, timeout: Duration) -> Result<Vec<PartitionEvents>> {
+        block_on(self.poll_raw(max_events, timeout))
     }
 
     /// Blocking [`commit`](Self::commit).

@@ -168,7 +168,7 @@ fn dispatch(shards: &HashMap<u32, Shard<DmaDisk>>, request: Request) {
             shard(id).list(query, Box::new(move |outcome| reply.send(outcome.map_err(Error::from))))
         }
         Request::Poll { shard: id, query, reply } => {
-            shard(id).poll_events(query, Box::new(move |outcome| reply.send(outcome.map_err(Error::from))))
+            shard(id).poll_raw_events(query, Box::new(move |outcome| reply.send(outcome.map_err(Error::from))))
         }
         Request::CommitOffset { shard: id, group, offset, reply } => {
             shard(id).commit_offset(&group, offset, Box::new(move |outcome| reply.send(outcome.map_err(Error::from))))

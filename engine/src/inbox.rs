@@ -12,7 +12,7 @@ use std::sync::Mutex;
 use std::task::{Context, Poll, Waker};
 
 use crossbeam_queue::ArrayQueue;
-use tradeshard_shard::{Command, Currency, EventBatch, ListQuery, PollQuery, Receipt, ShardStats, Trade, TradeId};
+use tradeshard_shard::{Command, Currency, ListQuery, PollQuery, RawEventBatch, Receipt, ShardStats, Trade, TradeId};
 
 use crate::error::Result;
 use crate::reply::ReplyTx;
@@ -50,7 +50,7 @@ pub(crate) enum Request {
     Poll {
         shard: u32,
         query: PollQuery,
-        reply: ReplyTx<Result<EventBatch>>,
+        reply: ReplyTx<Result<RawEventBatch>>,
     },
     /// A consumer group's position in one shard.
     CommitOffset {

@@ -35,7 +35,7 @@ mod routing;
 
 use glommio::ExecutorJoinHandle;
 
-pub use consumer::{Consumer, ConsumerConfig, ConsumerMode, SettlementEvent, StartPosition};
+pub use consumer::{Consumer, ConsumerConfig, ConsumerMode, PartitionEvents, SettlementEvent, StartPosition};
 pub use error::{Error, Result, TradeError};
 pub use handle::{EngineHandle, EngineStats};
 pub use manifest::{Manifest, FORMAT_VERSION};

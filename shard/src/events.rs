@@ -5,6 +5,11 @@
 //! `max_bytes` of records (always at least one event when one is there), and waits up to
 //! `wait` for the first when there is none yet (a long poll: woken by the log as soon as its
 //! durable end moves, no polling loop).
+//!
+//! A poll answers with a [`RawEventBatch`]: the trade records' bytes back to back, as the log
+//! holds them, decoded by whoever reads them (borrowed with [`RawEventBatch::views`], owned
+//! with [`RawEventBatch::decode`]). The shard's executor only copies bytes, and a consumer that
+//! needs a few fields, or forwards the bytes, allocates nothing per event.
 
 use std::time::Duration;
 
@@ -13,7 +18,7 @@ use tradeshard_wal::disk::Disk;
 use tradeshard_wal::Wal;
 
 use crate::error::TradeError;
-use crate::record::{LogRecord, TradeRecord};
+use crate::record::{LogRecord, TradeRecord, TradeRecordView};
 
 /// Largest number of events one poll may ask for.
 pub const POLL_EVENTS_MAX: usize = 65_536;
@@ -48,8 +53,79 @@ pub struct EventBatch {
     pub end_offset: u64,
 }
 
-/// Reads events per `query` from `wal`.
+/// Where one event's record lies in a [`RawEventBatch`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct RawEvent {
+    offset: u64,
+    start: u32,
+    len: u32,
+}
+
+/// The answer to a poll, undecoded: each event's offset and record bytes.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct RawEventBatch {
+    bytes: Vec<u8>,
+    events: Vec<RawEvent>,
+    /// Where the next poll should start (past any system records read).
+    pub next_offset: u64,
+    /// The durable end of the log when the poll answered (for lag).
+    pub end_offset: u64,
+}
+
+impl RawEventBatch {
+    pub fn len(&self) -> usize {
+        self.events.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.events.is_empty()
+    }
+
+    /// Offset of event `index`.
+    pub fn offset(&self, index: usize) -> u64 {
+        self.events[index].offset
+    }
+
+    /// Each event's offset and record bytes, in log order.
+    pub fn records(&self) -> impl ExactSizeIterator<Item = (u64, &[u8])> {
+        self.events.iter().map(|e| (e.offset, &self.bytes[e.start as usize..(e.start + e.len) as usize]))
+    }
+
+    /// Each event decoded in place (checked as [`TradeRecord::decode`] checks), in log order.
+    pub fn views(&self) -> impl ExactSizeIterator<Item = Result<(u64, TradeRecordView<'_>), TradeError>> {
+        self.records().map(|(offset, bytes)| {
+            TradeRecordView::decode(bytes)
+                .map(|view| (offset, view))
+                .map_err(|reason| TradeError::BadRecord { seq: offset, reason })
+        })
+    }
+
+    /// Keeps the first `count` events; the next poll then starts at the first one dropped.
+    pub fn truncate(&mut self, count: usize) {
+        if count < self.events.len() {
+            self.next_offset = self.events[count].offset;
+            self.events.truncate(count);
+        }
+    }
+
+    /// The owned events.
+    pub fn decode(&self) -> Result<EventBatch, TradeError> {
+        let mut events = Vec::with_capacity(self.len());
+        for view in self.views() {
+            let (offset, view) = view?;
+            events.push(Event { offset, record: view.to_record() });
+        }
+        Ok(EventBatch { events, next_offset: self.next_offset, end_offset: self.end_offset })
+    }
+}
+
+/// Reads events per `query` from `wal`, decoded.
 pub async fn poll<D: Disk>(wal: &Wal<D>, query: PollQuery) -> Result<EventBatch, TradeError> {
+    poll_raw(wal, query).await?.decode()
+}
+
+/// Reads events per `query` from `wal`, as record bytes.
+pub async fn poll_raw<D: Disk>(wal: &Wal<D>, query: PollQuery) -> Result<RawEventBatch, TradeError> {
     let (max_events, max_bytes) =
         (query.max_events.clamp(1, POLL_EVENTS_MAX), query.max_bytes.clamp(1, POLL_BYTES_MAX));
     if query.from > wal.durable_end() {
@@ -58,18 +134,77 @@ pub async fn poll<D: Disk>(wal: &Wal<D>, query: PollQuery) -> Result<EventBatch,
     if query.from == wal.durable_end() && !query.wait.is_zero() {
         futures_lite::future::or(wal.wait_beyond(query.from), glommio::timer::sleep(query.wait)).await;
     }
-    let mut batch = EventBatch { events: Vec::new(), next_offset: query.from, end_offset: wal.durable_end() };
+    let mut batch = RawEventBatch { next_offset: query.from, end_offset: wal.durable_end(), ..Default::default() };
     let mut reader = wal.reader(query.from)?;
     let mut bytes = 0;
     while batch.events.len() < max_events && (bytes < max_bytes || batch.events.is_empty()) {
         let Some((offset, record)) = reader.next().await? else { break };
         bytes += record.len();
         batch.next_offset = offset + 1;
-        match LogRecord::decode(record).map_err(|reason| TradeError::BadRecord { seq: offset, reason })? {
-            LogRecord::Trade(record) => batch.events.push(Event { offset, record }),
-            LogRecord::Offset(_) => {}
+        if LogRecord::is_system(record) {
+            // Not an event; checked all the same, so a bad one is reported where it lies.
+            LogRecord::decode(record).map_err(|reason| TradeError::BadRecord { seq: offset, reason })?;
+            continue;
         }
+        let start = batch.bytes.len() as u32;
+        batch.bytes.extend_from_slice(record);
+        batch.events.push(RawEvent { offset, start, len: record.len() as u32 });
     }
     batch.end_offset = batch.end_offset.max(wal.durable_end());
     Ok(batch)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::record::RecordKind;
+    use crate::trade::TradeId;
+    use crate::Currency;
+
+    fn record(id: u64) -> Vec<u8> {
+        TradeRecord {
+            kind: RecordKind::Paid,
+            trade_id: TradeId(id),
+            user_id: 7,
+            merchant_id: 9,
+            at_ms: 1,
+            amount: 100,
+            currency: Currency::parse("CNY").unwrap(),
+            created: None,
+        }
+        .encode()
+    }
+
+    fn batch(records: &[(u64, Vec<u8>)]) -> RawEventBatch {
+        let mut batch = RawEventBatch { next_offset: 100, end_offset: 100, ..Default::default() };
+        for (offset, bytes) in records {
+            let start = batch.bytes.len() as u32;
+            batch.bytes.extend_from_slice(bytes);
+            batch.events.push(RawEvent { offset: *offset, start, len: bytes.len() as u32 });
+        }
+        batch
+    }
+
+    #[test]
+    fn a_bad_record_is_reported_at_its_offset() {
+        let mut bad = record(2);
+        bad[2] = b'?'; // no currency
+        let raw = batch(&[(10, record(1)), (11, bad), (12, record(3))]);
+        let views: Vec<_> = raw.views().collect();
+        assert_eq!(views[0].as_ref().unwrap().1.trade_id, TradeId(1));
+        assert!(matches!(views[1], Err(TradeError::BadRecord { seq: 11, .. })));
+        assert!(views[2].is_ok());
+        assert!(matches!(raw.decode(), Err(TradeError::BadRecord { seq: 11, .. })));
+    }
+
+    #[test]
+    fn truncating_moves_the_next_offset_to_the_first_event_dropped() {
+        let mut raw = batch(&[(10, record(1)), (12, record(2)), (15, record(3))]);
+        raw.truncate(5);
+        assert_eq!((raw.len(), raw.next_offset), (3, 100));
+        raw.truncate(2);
+        assert_eq!((raw.len(), raw.next_offset), (2, 15));
+        assert_eq!(raw.records().map(|(offset, _)| offset).collect::<Vec<_>>(), vec![10, 12]);
+        assert_eq!(raw.decode().unwrap().events[1].record.trade_id, TradeId(2));
+    }
 }

@@ -16,9 +16,9 @@ pub mod trade;
 
 pub use currency::Currency;
 pub use error::TradeError;
-pub use events::{Event, EventBatch, PollQuery};
+pub use events::{Event, EventBatch, PollQuery, RawEventBatch};
 pub use index::Action;
-pub use record::{LogRecord, OffsetCommit, RecordKind, TradeRecord};
+pub use record::{CreatedView, LogRecord, OffsetCommit, RecordKind, TradeRecord, TradeRecordView};
 pub use shard::{Command, CreatedPart, Done, ListQuery, Shard, ShardStats};
 pub use trade::{NewTrade, Receipt, Trade, TradeId, TradeStatus, ValidTrade};
 pub use tradeshard_cache::CacheStats;

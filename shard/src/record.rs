@@ -114,6 +114,54 @@ impl TradeRecord {
 
     /// Decodes a record, checking everything.
     pub fn decode(bytes: &[u8]) -> Result<TradeRecord, &'static str> {
+        TradeRecordView::decode(bytes).map(|view| view.to_record())
+    }
+}
+
+/// A decoded trade record whose strings borrow the bytes it was decoded from: what a reader of
+/// raw event batches gets without allocating. The one decoder of trade records;
+/// [`TradeRecord::decode`] copies a view.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TradeRecordView<'a> {
+    pub kind: RecordKind,
+    pub trade_id: TradeId,
+    pub user_id: u64,
+    pub merchant_id: u64,
+    /// Milliseconds since the Unix epoch.
+    pub at_ms: u64,
+    pub amount: u64,
+    pub currency: Currency,
+    /// `Created` only.
+    pub created: Option<CreatedView<'a>>,
+}
+
+/// The fields only a `Created` record carries, borrowed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CreatedView<'a> {
+    pub merchant_order_no: &'a str,
+    pub memo: &'a str,
+}
+
+impl<'a> TradeRecordView<'a> {
+    /// The owned record.
+    pub fn to_record(&self) -> TradeRecord {
+        TradeRecord {
+            kind: self.kind,
+            trade_id: self.trade_id,
+            user_id: self.user_id,
+            merchant_id: self.merchant_id,
+            at_ms: self.at_ms,
+            amount: self.amount,
+            currency: self.currency,
+            created: self.created.map(|created| CreatedFields {
+                merchant_order_no: created.merchant_order_no.to_string(),
+                memo: created.memo.to_string(),
+            }),
+        }
+    }
+
+    /// Decodes a record, checking everything.
+    pub fn decode(bytes: &'a [u8]) -> Result<TradeRecordView<'a>, &'static str> {
         if bytes.len() < FIXED_BYTES {
             return Err("record shorter than its fixed part");
         }
@@ -126,7 +174,7 @@ impl TradeRecord {
             return Err("reserved record bytes are not zero");
         }
         let field = |i: usize| u64::from_le_bytes(bytes[8 + 8 * i..16 + 8 * i].try_into().expect("8 bytes"));
-        let mut record = TradeRecord {
+        let mut record = TradeRecordView {
             kind,
             trade_id: TradeId(field(0)),
             user_id: field(1),
@@ -145,13 +193,13 @@ impl TradeRecord {
         if !rest.is_empty() {
             return Err("trailing bytes after record");
         }
-        record.created = Some(CreatedFields { merchant_order_no: order_no, memo });
+        record.created = Some(CreatedView { merchant_order_no: order_no, memo });
         Ok(record)
     }
 }
 
 /// A length-prefixed (1 or 2 bytes, little-endian) UTF-8 string of at most `max` bytes.
-fn take_string(bytes: &[u8], prefix: usize, max: usize) -> Result<(String, &[u8]), &'static str> {
+fn take_string(bytes: &[u8], prefix: usize, max: usize) -> Result<(&str, &[u8]), &'static str> {
     if bytes.len() < prefix {
         return Err("record cut short");
     }
@@ -160,7 +208,7 @@ fn take_string(bytes: &[u8], prefix: usize, max: usize) -> Result<(String, &[u8]
         return Err("string length out of bounds");
     }
     let text = std::str::from_utf8(&bytes[prefix..prefix + len]).map_err(|_| "string is not UTF-8")?;
-    Ok((text.to_string(), &bytes[prefix + len..]))
+    Ok((text, &bytes[prefix + len..]))
 }
 
 #[cfg(test)]
@@ -273,6 +321,12 @@ pub enum LogRecord {
 }
 
 impl LogRecord {
+    /// True when `bytes` are a system record (an offset commit, or a kind of one this build
+    /// does not know), from the kind byte alone: what a reader of events skips.
+    pub fn is_system(bytes: &[u8]) -> bool {
+        bytes.get(1).is_some_and(|kind| *kind >= SYSTEM_KIND_MIN)
+    }
+
     /// Decodes a record of either family, checking everything.
     pub fn decode(bytes: &[u8]) -> Result<LogRecord, &'static str> {
         match bytes.get(1) {

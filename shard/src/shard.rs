@@ -31,7 +31,7 @@ use tradeshard_wal::{Appended, Ticket, Wal, WalConfig, WalStats};
 
 use crate::currency::Currency;
 use crate::error::TradeError;
-use crate::events::{EventBatch, PollQuery};
+use crate::events::{EventBatch, PollQuery, RawEventBatch};
 use crate::index::{body_hash, next_state, order_key, Action, IdHasher, IdMap, Lifecycle, ShardIndex, TradeEntry};
 use crate::record::{LogRecord, OffsetCommit, TradeRecord};
 use crate::trade::{Receipt, Trade, TradeId, TradeStatus, ValidTrade, COUNTER_BITS};
@@ -420,6 +420,13 @@ impl<D: Disk> Shard<D> {
     pub fn poll_events(&self, query: PollQuery, done: Done<EventBatch>) {
         let inner = self.inner.clone();
         glommio::spawn_local(async move { done(crate::events::poll(&inner.wal, query).await) }).detach();
+    }
+
+    /// [`poll_events`](Self::poll_events), answered with the records' bytes (decoded by the
+    /// reader, on its own thread).
+    pub fn poll_raw_events(&self, query: PollQuery, done: Done<RawEventBatch>) {
+        let inner = self.inner.clone();
+        glommio::spawn_local(async move { done(crate::events::poll_raw(&inner.wal, query).await) }).detach();
     }
 
     /// The amounts of the durable settled trades, summed per (merchant, currency): what a

@@ -123,13 +123,20 @@ impl Store for TradeshardStore {
         let group = format!("compare-{}", self.passes);
         let config = ConsumerConfig { start: StartPosition::Earliest, ..ConsumerConfig::new(group) };
         let mut consumer = self.handle().consumer(config)?;
-        let mut events = 0u64;
+        // Each event's record bytes, read in place, as RocksDB's side reads its outbox rows.
+        let (mut events, mut bytes) = (0u64, 0usize);
         loop {
-            let batch = consumer.poll_blocking(100_000, Duration::ZERO)?;
-            if batch.is_empty() {
+            let batches = consumer.poll_raw_blocking(100_000, Duration::ZERO)?;
+            if batches.is_empty() {
+                anyhow::ensure!(bytes > 0 || events == 0, "empty events");
                 return Ok(events);
             }
-            events += batch.len() as u64;
+            for batch in &batches {
+                for (_, record) in batch.events.records() {
+                    bytes += record.len();
+                    events += 1;
+                }
+            }
         }
     }
 
