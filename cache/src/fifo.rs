@@ -24,7 +24,9 @@ enum Queue {
 
 struct Entry<V> {
     value: V,
-    charge: usize,
+    /// Bytes charged (u32: an entry above 4 GiB is refused by `insert`), so that an entry of a
+    /// two-word value still fits three words.
+    charge: u32,
     freq: u8,
     queue: Queue,
 }
@@ -111,18 +113,18 @@ impl<K: Hash + Eq + Clone, V: Clone, S: BuildHasher + Default> Cache<K, V, S> {
     /// Caches `value` under `key`, charged `size_bytes` plus the per-entry overhead, replacing
     /// any previous value, and evicts until the budget holds.
     pub fn insert(&mut self, key: K, value: V, size_bytes: usize) {
-        let charge = size_bytes + ENTRY_OVERHEAD_BYTES;
-        if charge > self.budget {
+        let charge = size_bytes.saturating_add(ENTRY_OVERHEAD_BYTES);
+        let Some(stored_charge) = u32::try_from(charge).ok().filter(|_| charge <= self.budget) else {
             self.remove(&key);
             return;
-        }
+        };
         if let Some(entry) = self.map.get_mut(&key) {
-            self.bytes = self.bytes - entry.charge + charge;
+            self.bytes = self.bytes - entry.charge as usize + charge;
             if entry.queue == Queue::Small {
-                self.small_bytes = self.small_bytes - entry.charge + charge;
+                self.small_bytes = self.small_bytes - entry.charge as usize + charge;
             }
             entry.value = value;
-            entry.charge = charge;
+            entry.charge = stored_charge;
         } else {
             let queue = if self.ghost_set.remove(&key) { Queue::Main } else { Queue::Small };
             match queue {
@@ -133,7 +135,7 @@ impl<K: Hash + Eq + Clone, V: Clone, S: BuildHasher + Default> Cache<K, V, S> {
                 Queue::Main => self.main.push_back(key.clone()),
             }
             self.bytes += charge;
-            self.map.insert(key, Entry { value, charge, freq: 0, queue });
+            self.map.insert(key, Entry { value, charge: stored_charge, freq: 0, queue });
         }
         while self.bytes > self.budget {
             self.evict_one();
@@ -146,9 +148,9 @@ impl<K: Hash + Eq + Clone, V: Clone, S: BuildHasher + Default> Cache<K, V, S> {
     /// Drops `key` if cached.
     pub fn remove(&mut self, key: &K) {
         if let Some(entry) = self.map.remove(key) {
-            self.bytes -= entry.charge;
+            self.bytes -= entry.charge as usize;
             if entry.queue == Queue::Small {
-                self.small_bytes -= entry.charge;
+                self.small_bytes -= entry.charge as usize;
             }
             self.stats.bytes = self.bytes as u64;
             self.stats.entries = self.map.len() as u64;
@@ -184,7 +186,7 @@ impl<K: Hash + Eq + Clone, V: Clone, S: BuildHasher + Default> Cache<K, V, S> {
             if entry.queue != Queue::Small {
                 continue;
             }
-            self.small_bytes -= entry.charge;
+            self.small_bytes -= entry.charge as usize;
             if entry.freq > 0 {
                 entry.queue = Queue::Main;
                 entry.freq = 0;
@@ -192,7 +194,7 @@ impl<K: Hash + Eq + Clone, V: Clone, S: BuildHasher + Default> Cache<K, V, S> {
                 return;
             }
             let entry = self.map.remove(&key).expect("present");
-            self.bytes -= entry.charge;
+            self.bytes -= entry.charge as usize;
             self.stats.evictions += 1;
             self.remember(key);
             return;
@@ -213,7 +215,7 @@ impl<K: Hash + Eq + Clone, V: Clone, S: BuildHasher + Default> Cache<K, V, S> {
                 continue;
             }
             let entry = self.map.remove(&key).expect("present");
-            self.bytes -= entry.charge;
+            self.bytes -= entry.charge as usize;
             self.stats.evictions += 1;
             return;
         }

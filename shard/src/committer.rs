@@ -107,11 +107,7 @@ fn apply_trade<D: Disk>(
         accepted.orders.remove(&key);
     }
     if let Some(created) = record.created.take() {
-        let part = Rc::new(CreatedPart {
-            merchant_order_no: created.merchant_order_no,
-            memo: created.memo,
-            created_ms: record.at_ms,
-        });
+        let part = CreatedPart::new(record.at_ms, &created.merchant_order_no, &created.memo);
         let bytes = CreatedPart::cache_bytes(&part);
         inner.created_parts.cache().borrow_mut().insert(id, part, bytes);
     }

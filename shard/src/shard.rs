@@ -33,7 +33,7 @@ use crate::currency::Currency;
 use crate::error::TradeError;
 use crate::events::{EventBatch, PollQuery, RawEventBatch};
 use crate::index::{body_hash, next_state, order_key, Action, IdHasher, IdMap, Lifecycle, ShardIndex, TradeEntry};
-use crate::record::{LogRecord, OffsetCommit, TradeRecord};
+use crate::record::{LogRecord, OffsetCommit, TradeRecord, TradeRecordView};
 use crate::trade::{Receipt, Trade, TradeId, TradeStatus, ValidTrade, COUNTER_BITS};
 
 /// Called once with the outcome of a request.
@@ -68,22 +68,53 @@ pub struct ShardStats {
     pub cache: CacheStats,
 }
 
-/// The immutable part of a trade, from its `Created` record: what the cache holds.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct CreatedPart {
-    pub merchant_order_no: String,
-    pub memo: String,
-    pub created_ms: u64,
-}
+/// The immutable part of a trade, from its `Created` record: what the cache holds. One heap
+/// block, shared by clones: the creation time (8 bytes), the order number's length (1), the
+/// order number, the memo. (It was a struct of two `String`s behind an `Rc`: three blocks,
+/// about twice the bytes, so the same budget cached fewer trades.)
+#[derive(Clone, PartialEq, Eq)]
+pub struct CreatedPart(Rc<[u8]>);
 
 impl CreatedPart {
-    /// Bytes it really occupies: three heap blocks (the `Rc` and two strings), each rounded as
+    pub fn new(created_ms: u64, merchant_order_no: &str, memo: &str) -> CreatedPart {
+        let order_len = u8::try_from(merchant_order_no.len()).expect("order numbers are validated to fit a byte");
+        let mut bytes = Vec::with_capacity(9 + merchant_order_no.len() + memo.len());
+        bytes.extend_from_slice(&created_ms.to_le_bytes());
+        bytes.push(order_len);
+        bytes.extend_from_slice(merchant_order_no.as_bytes());
+        bytes.extend_from_slice(memo.as_bytes());
+        CreatedPart(bytes.into())
+    }
+
+    /// Milliseconds since the Unix epoch.
+    pub fn created_ms(&self) -> u64 {
+        u64::from_le_bytes(self.0[..8].try_into().expect("eight bytes"))
+    }
+
+    pub fn merchant_order_no(&self) -> &str {
+        let len = self.0[8] as usize;
+        std::str::from_utf8(&self.0[9..9 + len]).expect("made from a str")
+    }
+
+    pub fn memo(&self) -> &str {
+        let len = self.0[8] as usize;
+        std::str::from_utf8(&self.0[9 + len..]).expect("made from a str")
+    }
+
+    /// Bytes it really occupies: its one heap block (with the `Rc`'s two counts), rounded as
     /// the allocator rounds it, so that the cache's budget bounds resident memory.
-    pub(crate) fn cache_bytes(part: &Rc<CreatedPart>) -> usize {
-        let block = |bytes: usize| (bytes + 8).next_multiple_of(16).max(32);
-        block(std::mem::size_of::<CreatedPart>() + 16)
-            + block(part.merchant_order_no.capacity())
-            + block(part.memo.capacity())
+    pub(crate) fn cache_bytes(part: &CreatedPart) -> usize {
+        (16 + part.0.len() + 8).next_multiple_of(16).max(32)
+    }
+}
+
+impl std::fmt::Debug for CreatedPart {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("CreatedPart")
+            .field("created_ms", &self.created_ms())
+            .field("merchant_order_no", &self.merchant_order_no())
+            .field("memo", &self.memo())
+            .finish()
     }
 }
 
@@ -138,7 +169,7 @@ pub(crate) struct Inner<D: Disk> {
     pub wal: Wal<D>,
     pub index: RefCell<ShardIndex>,
     pub accepted: RefCell<Accepted>,
-    pub created_parts: ReadThrough<TradeId, Rc<CreatedPart>, TradeError, BuildHasherDefault<IdHasher>>,
+    pub created_parts: ReadThrough<TradeId, CreatedPart, TradeError, BuildHasherDefault<IdHasher>>,
 }
 
 /// One shard of the trade store, on the executor that opened it.
@@ -529,26 +560,50 @@ fn compose(id: TradeId, entry: &TradeEntry, part: &CreatedPart) -> Trade {
         id,
         buyer_id: entry.user_id,
         merchant_id: entry.merchant_id,
-        merchant_order_no: part.merchant_order_no.clone(),
+        merchant_order_no: part.merchant_order_no().to_string(),
         amount: entry.lifecycle.amount,
         refunded_amount: entry.lifecycle.refunded,
         currency: entry.currency,
         status: entry.lifecycle.status,
-        created_ms: part.created_ms,
+        created_ms: part.created_ms(),
         updated_ms: entry.updated_ms,
-        memo: part.memo.clone(),
+        memo: part.memo().to_string(),
     }
 }
 
 /// Reads a trade's `Created` record from the log (direct I/O): a cache miss.
-async fn read_created_part<D: Disk>(inner: &Inner<D>, created_at: Appended) -> Result<Rc<CreatedPart>, TradeError> {
+async fn read_created_part<D: Disk>(inner: &Inner<D>, created_at: Appended) -> Result<CreatedPart, TradeError> {
     let bytes = inner.wal.read_at(created_at.seq, created_at.frame).await?;
-    let record = TradeRecord::decode(&bytes).map_err(|reason| TradeError::BadRecord { seq: created_at.seq, reason })?;
-    let created =
-        record.created.ok_or(TradeError::BadRecord { seq: created_at.seq, reason: "not a created record" })?;
-    Ok(Rc::new(CreatedPart {
-        merchant_order_no: created.merchant_order_no,
-        memo: created.memo,
-        created_ms: record.at_ms,
-    }))
+    let bad = |reason| TradeError::BadRecord { seq: created_at.seq, reason };
+    let record = TradeRecordView::decode(&bytes).map_err(bad)?;
+    let created = record.created.ok_or(bad("not a created record"))?;
+    Ok(CreatedPart::new(record.at_ms, created.merchant_order_no, created.memo))
+}
+
+#[cfg(test)]
+mod created_part_tests {
+    use super::CreatedPart;
+    use crate::trade::{MEMO_BYTES_MAX, ORDER_NO_BYTES_MAX};
+
+    #[test]
+    fn fields_come_back_as_they_went_in() {
+        let longest_order = "9".repeat(ORDER_NO_BYTES_MAX);
+        let longest_memo = "备".repeat(MEMO_BYTES_MAX / 3);
+        for (ms, order, memo) in
+            [(0, "", ""), (u64::MAX, "ORD-1", "order 1 of buyer 7"), (7, longest_order.as_str(), longest_memo.as_str())]
+        {
+            let part = CreatedPart::new(ms, order, memo);
+            assert_eq!((part.created_ms(), part.merchant_order_no(), part.memo()), (ms, order, memo));
+            assert_eq!(part.clone(), part);
+        }
+    }
+
+    /// One heap block, charged as the allocator rounds it: a typical trade's part is charged
+    /// 80 bytes (three blocks of 160 before).
+    #[test]
+    fn a_part_is_charged_its_one_block() {
+        let part = CreatedPart::new(1, "ORD-123456-78", "order 78 of buyer 123456");
+        assert_eq!(CreatedPart::cache_bytes(&part), 80);
+        assert!(CreatedPart::cache_bytes(&CreatedPart::new(1, "", "")) >= 16 + 9);
+    }
 }
