@@ -154,6 +154,24 @@ fn consume(c: &mut Criterion) {
             assert!(consumer.poll_blocking(4096, Duration::ZERO).unwrap().is_empty());
         })
     });
+    // The same drain read in place: each event's record decoded as a borrowed view.
+    group.bench_function("drain_100k_raw", |b| {
+        b.iter(|| {
+            for (partition, _) in consumer.assignment() {
+                consumer.seek_blocking(partition, 0).unwrap();
+            }
+            let mut seen = 0;
+            while seen < events {
+                for batch in consumer.poll_raw_blocking(4096, Duration::ZERO).unwrap() {
+                    for view in batch.events.views() {
+                        std::hint::black_box(view.unwrap().1.amount);
+                        seen += 1;
+                    }
+                }
+            }
+            assert!(consumer.poll_raw_blocking(4096, Duration::ZERO).unwrap().is_empty());
+        })
+    });
     group.finish();
     drop(consumer);
     drop(handle);

@@ -231,3 +231,62 @@ fn new_data_directories_are_private() {
     assert_eq!(std::fs::metadata(&dir).unwrap().mode() & 0o777, 0o700);
     assert_eq!(std::fs::metadata(dir.join("shards/0000")).unwrap().mode() & 0o777, 0o700);
 }
+
+/// The segments of one shard's log, oldest first.
+fn segments_of(shard_dir: &Path) -> Vec<PathBuf> {
+    let mut segments: Vec<_> = std::fs::read_dir(shard_dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|e| e == "log"))
+        .collect();
+    segments.sort();
+    segments
+}
+
+/// An engine of four shards on two executors, one shard corrupt: the others, which a
+/// successful open would repair (a torn tail cut, a leftover segment preparation removed), are
+/// left as they were too, since no shard starts before every shard recovered. Once the corrupt
+/// bit is put back, the open succeeds and makes those repairs.
+#[test]
+fn a_refused_open_changes_none_of_the_other_shards() {
+    let dir = tempfile::tempdir().unwrap();
+    let opts = || Options { segment_bytes: 1 << 20, ..engine_options(dir.path(), 4, 2) };
+    let engine = Engine::open(opts()).unwrap();
+    let handle = engine.handle();
+    // One flush of at least a block per create: more than a 1 MiB segment per shard.
+    for n in 0..1600u64 {
+        handle.create_trade_blocking(new_trade(1 + n % 97, n, 100)).unwrap();
+    }
+    engine.close().unwrap();
+    // Shard 0: a torn write beyond its last frame. Shard 1: a preparation left half made.
+    let torn = segments_of(&dir.path().join("shards/0000")).pop().unwrap();
+    let mut bytes = std::fs::read(&torn).unwrap();
+    let len = bytes.len();
+    bytes[len - 4096..].fill(0xAB);
+    std::fs::write(&torn, &bytes).unwrap();
+    std::fs::write(dir.path().join("shards/0001/next-segment.prep"), vec![0u8; 8192]).unwrap();
+    // Shard 3: a flipped bit in the middle of a sealed segment.
+    let sealed = segments_of(&dir.path().join("shards/0003"));
+    assert!(sealed.len() >= 2, "shard 3's first segment is sealed: {sealed:?}");
+    let mut corrupt = std::fs::read(&sealed[0]).unwrap();
+    let middle = corrupt.len() / 2;
+    corrupt[middle] ^= 0x10;
+    std::fs::write(&sealed[0], &corrupt).unwrap();
+
+    match open_fails(dir.path(), opts()) {
+        Error::ShardOpen { shard: 3, source: TradeError::Log(tradeshard_wal::Error::Corruption { path, .. }) } => {
+            assert_eq!(path, sealed[0])
+        }
+        other => panic!("expected shard 3's corrupt segment, got {other:?}"),
+    }
+
+    corrupt[middle] ^= 0x10;
+    std::fs::write(&sealed[0], &corrupt).unwrap();
+    let engine = Engine::open(opts()).unwrap();
+    assert_eq!(engine.handle().stats_blocking().unwrap().trades, 1600);
+    engine.close().unwrap();
+    let repaired = std::fs::read(&torn).unwrap();
+    assert!(repaired[len - 4096..].iter().all(|b| *b == 0), "the torn tail was cut");
+    let prep = std::fs::read(dir.path().join("shards/0001/next-segment.prep"));
+    assert!(prep.map_or(true, |bytes| bytes.len() != 8192), "the half-made preparation was made anew");
+}

@@ -36,8 +36,52 @@ pub(crate) struct ExecutorPlan {
     pub inbox: Arc<Inbox>,
 }
 
-/// Starts executor `plan.index` and waits until its shards are open.
-pub(crate) fn start(plan: ExecutorPlan, options: &Options) -> Result<ExecutorJoinHandle<Result<()>>> {
+/// An executor recovering its shards, waiting to be told whether to start them.
+pub(crate) struct StartingExecutor {
+    index: usize,
+    handle: ExecutorJoinHandle<Result<()>>,
+    /// The executor's two reports: its shards recovered, then its shards started.
+    reports: mpsc::Receiver<Result<()>>,
+    go: mpsc::Sender<bool>,
+}
+
+impl StartingExecutor {
+    fn stopped(&self) -> Error {
+        Error::Executor { executor: self.index, message: "stopped while opening its shards".into() }
+    }
+
+    /// Waits until the executor has verified and replayed its shards' logs (nothing on disk
+    /// changed yet), or refused one of them.
+    pub(crate) fn recovered(&self) -> Result<()> {
+        self.reports.recv().unwrap_or_else(|_| Err(self.stopped()))
+    }
+
+    /// With `go`, has the executor repair and start its shards and returns it running; without,
+    /// has it drop what it recovered (changing nothing) and stop. Called once `recovered`
+    /// answered, whatever it answered.
+    pub(crate) fn finish(self, go: bool) -> Result<Option<ExecutorJoinHandle<Result<()>>>> {
+        if self.go.send(go).is_err() || !go {
+            let _ = self.handle.join();
+            return Ok(None);
+        }
+        match self.reports.recv() {
+            Ok(Ok(())) => Ok(Some(self.handle)),
+            Ok(Err(error)) => {
+                let _ = self.handle.join();
+                Err(error)
+            }
+            Err(_) => {
+                let error = self.stopped();
+                let _ = self.handle.join();
+                Err(error)
+            }
+        }
+    }
+}
+
+/// Starts executor `plan.index`, which recovers its shards and then waits for
+/// [`StartingExecutor::finish`].
+pub(crate) fn start(plan: ExecutorPlan, options: &Options) -> Result<StartingExecutor> {
     let index = plan.index;
     let placement = if options.pin { Placement::Fixed(index % crate::options::cores()) } else { Placement::Unbound };
     let wal_config = WalConfig {
@@ -50,54 +94,70 @@ pub(crate) fn start(plan: ExecutorPlan, options: &Options) -> Result<ExecutorJoi
         ..WalConfig::default()
     };
     let sync_method = options.sync_method;
-    let (ready_tx, ready_rx) = mpsc::channel();
+    let (report_tx, reports) = mpsc::channel();
+    let (go, go_rx) = mpsc::channel();
     let handle = LocalExecutorBuilder::new(placement)
         .name(&format!("tradeshard-{index}"))
         .io_memory(options.io_memory_bytes)
-        .spawn(move || run(plan, wal_config, sync_method, ready_tx))
+        .spawn(move || run(plan, wal_config, sync_method, report_tx, go_rx))
         .map_err(|e| Error::Executor { executor: index, message: e.to_string() })?;
-    match ready_rx.recv() {
-        Ok(Ok(())) => Ok(handle),
-        Ok(Err(error)) => {
-            let _ = handle.join();
-            Err(error)
-        }
-        Err(_) => Err(Error::Executor { executor: index, message: "stopped while opening its shards".into() }),
-    }
+    Ok(StartingExecutor { index, handle, reports, go })
 }
 
 async fn run(
     plan: ExecutorPlan,
     wal_config: WalConfig,
     sync_method: SyncMethod,
-    ready: mpsc::Sender<Result<()>>,
+    report: mpsc::Sender<Result<()>>,
+    go: mpsc::Receiver<bool>,
 ) -> Result<()> {
-    let mut shards = HashMap::new();
+    // First every shard is recovered, reading only.
+    let mut recovered = Vec::new();
     for (shard_id, dir) in &plan.shard_dirs {
         let config = WalConfig { shard_id: *shard_id, ..wal_config.clone() };
-        let opened = match DmaDisk::new(dir) {
-            Ok(disk) => Shard::open(disk.with_sync_method(sync_method), config, plan.cache_bytes_per_shard).await,
+        let outcome = match DmaDisk::new(dir) {
+            Ok(disk) => Shard::recover(disk.with_sync_method(sync_method), config, plan.cache_bytes_per_shard).await,
             Err(e) => Err(TradeError::Log(tradeshard_wal::Error::Io {
                 op: "create directory",
                 path: dir.clone(),
                 source: Arc::new(e),
             })),
         };
-        match opened {
+        match outcome {
+            Ok(shard) => recovered.push((*shard_id, shard)),
+            Err(source) => {
+                drop(recovered);
+                release_closed_files().await;
+                let _ = report.send(Err(Error::ShardOpen { shard: *shard_id, source }));
+                return Ok(());
+            }
+        }
+    }
+    let _ = report.send(Ok(()));
+    // Then, once every executor's shards recovered, they start (repairs included). Nothing
+    // else runs on this executor yet, so waiting on the channel blocks nothing.
+    if !go.recv().unwrap_or(false) {
+        drop(recovered);
+        release_closed_files().await;
+        return Ok(());
+    }
+    let mut shards = HashMap::new();
+    for (shard_id, shard) in recovered {
+        match shard.start().await {
             Ok(shard) => {
-                shards.insert(*shard_id, shard);
+                shards.insert(shard_id, shard);
             }
             Err(source) => {
                 for (_, shard) in shards {
                     let _ = shard.close().await;
                 }
                 release_closed_files().await;
-                let _ = ready.send(Err(Error::ShardOpen { shard: *shard_id, source }));
+                let _ = report.send(Err(Error::ShardOpen { shard: shard_id, source }));
                 return Ok(());
             }
         }
     }
-    let _ = ready.send(Ok(()));
+    let _ = report.send(Ok(()));
     let inbox = plan.inbox;
     loop {
         std::future::poll_fn(|cx| inbox.poll_requests(cx)).await;

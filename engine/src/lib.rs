@@ -99,13 +99,41 @@ impl Engine {
             }),
         };
         let mut engine = Engine { handle, executors: Vec::new(), data_dir };
+        // Two phases, so that a refused open changes no shard: every executor recovers its
+        // shards (in parallel, reading only); only if all succeed do they repair and start them.
+        let mut starting = Vec::new();
+        let mut refusal = None;
         for (index, inbox) in inboxes.into_iter().enumerate() {
             let shard_dirs = routing.shards_of_executor(index).map(|s| (s, engine.data_dir.shard_dir(s))).collect();
             let cache_bytes_per_shard = options.cache_bytes / manifest.physical_shards as usize;
             let plan = ExecutorPlan { index, shard_dirs, inbox, cache_bytes_per_shard };
-            engine.executors.push(executor::start(plan, &options)?);
+            match executor::start(plan, &options) {
+                Ok(executor) => starting.push(executor),
+                Err(error) => {
+                    refusal = Some(error);
+                    break;
+                }
+            }
         }
-        Ok(engine)
+        for executor in &starting {
+            if let Err(error) = executor.recovered() {
+                refusal.get_or_insert(error);
+            }
+        }
+        let go = refusal.is_none();
+        for executor in starting {
+            match executor.finish(go) {
+                Ok(running) => engine.executors.extend(running),
+                Err(error) => {
+                    refusal.get_or_insert(error);
+                }
+            }
+        }
+        match refusal {
+            // Dropping the engine closes and joins the executors that did start.
+            Some(error) => Err(error),
+            None => Ok(engine),
+        }
     }
 
     /// A handle for requests; clone it freely, use it from any thread.

@@ -19,6 +19,6 @@ pub use error::TradeError;
 pub use events::{Event, EventBatch, PollQuery, RawEventBatch};
 pub use index::Action;
 pub use record::{CreatedView, LogRecord, OffsetCommit, RecordKind, TradeRecord, TradeRecordView};
-pub use shard::{Command, CreatedPart, Done, ListQuery, Shard, ShardStats};
+pub use shard::{Command, CreatedPart, Done, ListQuery, RecoveredShard, Shard, ShardStats};
 pub use trade::{NewTrade, Receipt, Trade, TradeId, TradeStatus, ValidTrade};
 pub use tradeshard_cache::CacheStats;

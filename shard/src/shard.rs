@@ -27,7 +27,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use tradeshard_cache::{CacheStats, ReadThrough};
 use tradeshard_wal::disk::Disk;
-use tradeshard_wal::{Appended, Ticket, Wal, WalConfig, WalStats};
+use tradeshard_wal::{Appended, RecoveredWal, Ticket, Wal, WalConfig, WalStats};
 
 use crate::currency::Currency;
 use crate::error::TradeError;
@@ -182,13 +182,44 @@ fn now_ms() -> u64 {
     SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64)
 }
 
+/// A shard whose log was verified and replayed into its indexes, not yet started: nothing on
+/// disk has changed, and dropping it leaves the files as they were.
+pub struct RecoveredShard<D: Disk> {
+    wal: RecoveredWal<D>,
+    index: ShardIndex,
+    cache_bytes: usize,
+}
+
+impl<D: Disk> RecoveredShard<D> {
+    /// Makes the log's repairs, starts it and the shard's committer.
+    pub async fn start(self) -> Result<Shard<D>, TradeError> {
+        let RecoveredShard { wal, index, cache_bytes } = self;
+        let wal = wal.start().await?;
+        let accepted = Accepted { next_counter: index.counter_max() + 1, ..Accepted::default() };
+        let inner = Rc::new(Inner {
+            wal,
+            index: RefCell::new(index),
+            accepted: RefCell::new(accepted),
+            created_parts: ReadThrough::with_hasher(cache_bytes),
+        });
+        let committer = glommio::spawn_local(crate::committer::run(inner.clone())).detach();
+        Ok(Shard { inner, committer: Some(committer) })
+    }
+}
+
 impl<D: Disk> Shard<D> {
     /// Opens the shard's log on `disk`, rebuilding the indexes from every record, with a
     /// read-through cache of `cache_bytes` (0: every read goes to the log).
     pub async fn open(disk: D, wal_config: WalConfig, cache_bytes: usize) -> Result<Shard<D>, TradeError> {
+        Self::recover(disk, wal_config, cache_bytes).await?.start().await
+    }
+
+    /// The first half of [`open`](Self::open): verifies the log and rebuilds the indexes from
+    /// it, changing nothing on disk (see [`RecoveredShard::start`]).
+    pub async fn recover(disk: D, wal_config: WalConfig, cache_bytes: usize) -> Result<RecoveredShard<D>, TradeError> {
         let mut index = ShardIndex::default();
         let mut replay_error = None;
-        let (wal, _) = Wal::open_with_positions(disk, wal_config, |at, bytes| {
+        let (wal, _) = Wal::recover_with_positions(disk, wal_config, |at, bytes| {
             if replay_error.is_some() {
                 return;
             }
@@ -207,15 +238,7 @@ impl<D: Disk> Shard<D> {
         if let Some(error) = replay_error {
             return Err(error);
         }
-        let accepted = Accepted { next_counter: index.counter_max() + 1, ..Accepted::default() };
-        let inner = Rc::new(Inner {
-            wal,
-            index: RefCell::new(index),
-            accepted: RefCell::new(accepted),
-            created_parts: ReadThrough::with_hasher(cache_bytes),
-        });
-        let committer = glommio::spawn_local(crate::committer::run(inner.clone())).detach();
-        Ok(Shard { inner, committer: Some(committer) })
+        Ok(RecoveredShard { wal, index, cache_bytes })
     }
 
     /// Starts a write; `done` is called once it is durable, or with why not.

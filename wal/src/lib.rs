@@ -29,4 +29,4 @@ pub use error::{Error, Result};
 pub use reader::LogReader;
 pub use recovery::RecoveryReport;
 pub use state::WalStats;
-pub use wal::Wal;
+pub use wal::{RecoveredWal, Wal};

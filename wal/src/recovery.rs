@@ -9,6 +9,11 @@
 //! damage hit durable data. A torn tail is truncated and the truncation synced; corruption
 //! fails the open with the segment and offset, and nothing is changed.
 //!
+//! Recovery reads only: what it would change (cut a torn tail, remove a torn segment creation
+//! or a leftover preparation) it notes as [`Repair`]s, made by [`repair`] when the owner
+//! starts the log. An owner of several logs (the engine) recovers them all first and starts
+//! none if any is refused, so a refused open changes no log.
+//!
 //! One ambiguity is inherent to every log and documented in `docs/FORMAT.md`: damage to the
 //! very last flush looks exactly like a torn write, so it is truncated.
 
@@ -38,16 +43,30 @@ pub struct RecoveryReport {
     pub first_seq: u64,
     /// The sequence number the next append gets.
     pub next_seq: u64,
-    /// A torn tail that was cut: the segment and the offset it was cut at.
+    /// A torn tail, cut when the log starts: the segment and the offset it is cut at.
     pub truncated: Option<(PathBuf, u64)>,
-    /// A last segment whose creation was torn (no valid header, no frames), removed.
+    /// A last segment whose creation was torn (no valid header, no frames), removed when the
+    /// log starts.
     pub removed_segment: Option<PathBuf>,
+}
+
+/// A change to the log's files that recovery found necessary, made only when the log starts.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum Repair {
+    /// Remove the last segment, whose creation was torn.
+    RemoveTornSegment { name: String },
+    /// Cut the last segment (by base sequence number) at `offset`: a torn tail.
+    CutTail { base: u64, offset: u64 },
+    /// Remove a segment preparation left by the last run (it is made anew).
+    RemovePrepared,
 }
 
 pub(crate) struct Recovered<F> {
     pub segments: BTreeMap<u64, Rc<SegmentState<F>>>,
     pub last_checksum: u64,
     pub report: RecoveryReport,
+    /// In the order they are to be made.
+    pub repairs: Vec<Repair>,
 }
 
 fn corruption<D: Disk>(disk: &D, name: &str, offset: u64, reason: &'static str) -> Error {
@@ -64,7 +83,12 @@ pub(crate) async fn recover<D: Disk>(
     let mut bases: Vec<u64> = names.iter().filter_map(|name| segment::parse_file_name(name)).collect();
     bases.sort_unstable();
 
-    let mut recovered = Recovered { segments: BTreeMap::new(), last_checksum: 0, report: RecoveryReport::default() };
+    let mut recovered = Recovered {
+        segments: BTreeMap::new(),
+        last_checksum: 0,
+        report: RecoveryReport::default(),
+        repairs: Vec::new(),
+    };
     let mut expected: Option<u64> = None;
     for (i, &base) in bases.iter().enumerate() {
         let is_last = i + 1 == bases.len();
@@ -79,10 +103,8 @@ pub(crate) async fn recover<D: Disk>(
                 if !torn_creation {
                     return Err(corruption(disk, &name, 0, reason));
                 }
-                drop(file);
-                disk.remove(&name).await.map_err(|e| Error::io("remove", disk.path_of(&name), e))?;
-                disk.sync_dir().await.map_err(|e| Error::io("sync directory", disk.path_of(""), e))?;
                 recovered.report.removed_segment = Some(disk.path_of(&name));
+                recovered.repairs.push(Repair::RemoveTornSegment { name });
                 break;
             }
         };
@@ -106,8 +128,7 @@ pub(crate) async fn recover<D: Disk>(
         }
         let segment = Rc::new(SegmentState::new(base, name.clone(), file.clone()));
         let scan =
-            scan_segment(disk, &segment, size, header.chain_seed, is_last, config, replay, &mut recovered.report)
-                .await?;
+            scan_segment(disk, &segment, size, header.chain_seed, is_last, config, replay, &mut recovered).await?;
         recovered.last_checksum = scan;
         recovered.report.segments += 1;
         expected = Some(segment.end_seq.get());
@@ -117,14 +138,34 @@ pub(crate) async fn recover<D: Disk>(
     if expected.is_none() {
         recovered.report.first_seq = 0;
     }
-    // A preparation left by the last run may be half made: it is made anew. Removed only once
-    // the log is known good, so that a refused open leaves the directory as it was.
+    // A preparation left by the last run may be half made: it is made anew.
     if names.iter().any(|name| name == segment::PREPARED_NAME) {
-        let path = disk.path_of(segment::PREPARED_NAME);
-        disk.remove(segment::PREPARED_NAME).await.map_err(|e| Error::io("remove", path, e))?;
-        disk.sync_dir().await.map_err(|e| Error::io("sync directory", disk.path_of(""), e))?;
+        recovered.repairs.push(Repair::RemovePrepared);
     }
     Ok(recovered)
+}
+
+/// Makes the repairs recovery noted, in order, each durable before the next.
+pub(crate) async fn repair<D: Disk>(disk: &D, config: &WalConfig, recovered: &Recovered<D::File>) -> Result<()> {
+    let sync_dir = || async { disk.sync_dir().await.map_err(|e| Error::io("sync directory", disk.path_of(""), e)) };
+    for repair in &recovered.repairs {
+        match repair {
+            Repair::RemoveTornSegment { name } => {
+                disk.remove(name).await.map_err(|e| Error::io("remove", disk.path_of(name), e))?;
+                sync_dir().await?;
+            }
+            Repair::CutTail { base, offset } => {
+                let segment = recovered.segments.get(base).expect("the cut segment was recovered");
+                cut_tail(disk, segment, *offset, config).await?;
+            }
+            Repair::RemovePrepared => {
+                let path = disk.path_of(segment::PREPARED_NAME);
+                disk.remove(segment::PREPARED_NAME).await.map_err(|e| Error::io("remove", path, e))?;
+                sync_dir().await?;
+            }
+        }
+    }
+    Ok(())
 }
 
 /// Reads the header block; `Ok(Err(reason))` is a header that is not valid (torn or corrupt).
@@ -158,8 +199,9 @@ async fn scan_segment<D: Disk>(
     is_last: bool,
     config: &WalConfig,
     replay: &mut dyn FnMut(Appended, &[u8]),
-    report: &mut RecoveryReport,
+    recovered: &mut Recovered<D::File>,
 ) -> Result<u64> {
+    let report = &mut recovered.report;
     let path = || disk.path_of(&segment.name);
     let mut cursor =
         FrameCursor::new(segment.file.clone(), size, config.read_chunk_bytes, config.frame_payload_bytes_max);
@@ -201,8 +243,8 @@ async fn scan_segment<D: Disk>(
             return Err(Error::Corruption { path: path(), offset, reason });
         }
         if is_last && (defect.is_some() || rest.dirty) {
-            cut_tail(disk, segment, offset, config).await?;
             report.truncated = Some((path(), offset));
+            recovered.repairs.push(Repair::CutTail { base: segment.base_seq, offset });
         }
         break;
     }

@@ -22,6 +22,38 @@ pub struct Wal<D: Disk> {
     flusher: Option<glommio::task::JoinHandle<()>>,
 }
 
+/// A log verified and replayed but not yet started: nothing on disk has changed.
+pub struct RecoveredWal<D: Disk> {
+    disk: D,
+    config: WalConfig,
+    recovered: recovery::Recovered<D::File>,
+}
+
+impl<D: Disk> RecoveredWal<D> {
+    /// Makes the repairs recovery found and starts the log (its flusher, and the preparation
+    /// of the next segment).
+    pub async fn start(self) -> Result<Wal<D>> {
+        let RecoveredWal { disk, config, recovered } = self;
+        recovery::repair(&disk, &config, &recovered).await?;
+        let report = recovered.report;
+        let queue = Queue::new(report.next_seq, config.pending_bytes_max, config.pending_records_max);
+        let shared = Rc::new(Shared {
+            disk,
+            config,
+            segments: recovered.segments.into(),
+            queue: queue.into(),
+            visible_end: report.next_seq.into(),
+            first_seq: report.first_seq.into(),
+            stats: Default::default(),
+            end_waiters: Default::default(),
+            waits_stopped: Default::default(),
+        });
+        let writer = Writer::new(shared.clone(), recovered.last_checksum);
+        let flusher = glommio::spawn_local(writer.run()).detach();
+        Ok(Wal { shared, flusher: Some(flusher) })
+    }
+}
+
 impl<D: Disk> Wal<D> {
     /// Opens (or creates, if `disk` holds no segments) the log, verifying every frame and
     /// handing every record to `replay` in sequence order before returning. A torn tail is cut;
@@ -41,26 +73,25 @@ impl<D: Disk> Wal<D> {
     pub async fn open_with_positions(
         disk: D,
         config: WalConfig,
-        mut replay: impl FnMut(Appended, &[u8]),
+        replay: impl FnMut(Appended, &[u8]),
     ) -> Result<(Self, RecoveryReport)> {
+        let (recovered, report) = Self::recover_with_positions(disk, config, replay).await?;
+        Ok((recovered.start().await?, report))
+    }
+
+    /// The first half of [`open_with_positions`](Self::open_with_positions): verifies the log
+    /// and replays it, changing nothing on disk. The repairs it finds (a torn tail to cut, a
+    /// torn segment creation or a leftover preparation to remove) are made by
+    /// [`RecoveredWal::start`]; dropping the `RecoveredWal` instead leaves the files as they were.
+    pub async fn recover_with_positions(
+        disk: D,
+        config: WalConfig,
+        mut replay: impl FnMut(Appended, &[u8]),
+    ) -> Result<(RecoveredWal<D>, RecoveryReport)> {
         config.validate()?;
         let recovered = recovery::recover(&disk, &config, &mut replay).await?;
-        let report = recovered.report;
-        let queue = Queue::new(report.next_seq, config.pending_bytes_max, config.pending_records_max);
-        let shared = Rc::new(Shared {
-            disk,
-            config,
-            segments: recovered.segments.into(),
-            queue: queue.into(),
-            visible_end: report.next_seq.into(),
-            first_seq: report.first_seq.into(),
-            stats: Default::default(),
-            end_waiters: Default::default(),
-            waits_stopped: Default::default(),
-        });
-        let writer = Writer::new(shared.clone(), recovered.last_checksum);
-        let flusher = glommio::spawn_local(writer.run()).detach();
-        Ok((Wal { shared, flusher: Some(flusher) }, report))
+        let report = recovered.report.clone();
+        Ok((RecoveredWal { disk, config, recovered }, report))
     }
 
     /// Queues a record for the next flush without waiting for room: `Backpressure` if the queue
