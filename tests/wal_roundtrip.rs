@@ -259,3 +259,38 @@ fn dsync_writes_open_segments_o_dsync_and_skip_fdatasync() {
         wal.close().await.unwrap();
     });
 }
+
+/// Segments zero-filled ahead of need are filled without O_DSYNC (one sync at the end) and
+/// opened again for appends: every descriptor of a segment the log appends to is O_DSYNC.
+#[test]
+fn prepared_segments_are_appended_to_through_o_dsync_descriptors() {
+    const O_DSYNC: u32 = 0o10000;
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("log");
+    let log_dir = path.clone();
+    run(async move {
+        let disk = DmaDisk::new(&path).unwrap().with_sync_method(SyncMethod::DsyncWrites);
+        let (wal, _) = open(&disk, zeroed_config()).await;
+        // 64 KiB segments: a few hundred records of 1 KiB roll onto prepared ones.
+        for i in 0..300u32 {
+            wal.append(&vec![i as u8; 1024]).await.unwrap();
+        }
+        assert!(wal.stats().segments_created >= 2);
+        let mut segment_fds = 0;
+        for fd in std::fs::read_dir("/proc/self/fd").unwrap() {
+            let fd = fd.unwrap();
+            let Ok(target) = std::fs::read_link(fd.path()) else { continue };
+            if target.parent() != Some(log_dir.as_path()) || target.extension().is_none_or(|e| e != "log") {
+                continue;
+            }
+            let fdinfo = std::fs::read_to_string(format!("/proc/self/fdinfo/{}", fd.file_name().to_str().unwrap()));
+            let Ok(fdinfo) = fdinfo else { continue };
+            let flags = fdinfo.lines().find_map(|l| l.strip_prefix("flags:")).unwrap().trim();
+            let flags = u32::from_str_radix(flags, 8).unwrap();
+            assert_eq!(flags & O_DSYNC, O_DSYNC, "{} open without O_DSYNC", target.display());
+            segment_fds += 1;
+        }
+        assert!(segment_fds >= 2, "the log's segments are open: {segment_fds}");
+        wal.close().await.unwrap();
+    });
+}

@@ -12,7 +12,7 @@
 use glommio::task::JoinHandle;
 
 use crate::config::{Preallocation, WalConfig, BLOCK_BYTES};
-use crate::disk::{Disk, DiskFile, WriteBuf};
+use crate::disk::{Disk, DiskFile, SyncMethod, WriteBuf};
 use crate::error::{Error, Result};
 use crate::segment::{self, SegmentHeader, PREPARED_NAME};
 
@@ -114,10 +114,12 @@ async fn write_header<D: Disk>(disk: &D, file: &D::File, name: &str, header: &Se
 /// Creates the prepared file: reserved, zero-filled and synced.
 async fn prepare<D: Disk>(disk: D, segment_bytes: u64) -> Result<D::File> {
     let path = || disk.path_of(PREPARED_NAME);
-    let file = match disk.create(PREPARED_NAME).await {
+    // Filled without O_DSYNC (one sync at the end, not one per chunk), then opened again as
+    // the disk opens files for appends.
+    let file = match disk.create_for_fill(PREPARED_NAME).await {
         Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
             disk.remove(PREPARED_NAME).await.map_err(|e| Error::io("remove", path(), e))?;
-            disk.create(PREPARED_NAME).await
+            disk.create_for_fill(PREPARED_NAME).await
         }
         other => other,
     };
@@ -133,6 +135,10 @@ async fn prepare<D: Disk>(disk: D, segment_bytes: u64) -> Result<D::File> {
         offset += len as u64;
     }
     file.fdatasync().await.map_err(|e| Error::io("fdatasync", path(), e))?;
+    if disk.sync_method() == SyncMethod::DsyncWrites {
+        drop(file);
+        return disk.open(PREPARED_NAME).await.map_err(|e| Error::io("open", path(), e));
+    }
     Ok(file)
 }
 

@@ -109,6 +109,13 @@ impl Disk for DmaDisk {
         options.dma_open(self.dir.join(name)).await.map_err(io::Error::from)
     }
 
+    async fn create_for_fill(&self, name: &str) -> io::Result<DmaFile> {
+        self.probe_device().await?;
+        let mut options = OpenOptions::new();
+        options.read(true).write(true).create_new(true);
+        options.dma_open(self.dir.join(name)).await.map_err(io::Error::from)
+    }
+
     async fn open(&self, name: &str) -> io::Result<DmaFile> {
         self.probe_device().await?;
         self.open_options().dma_open(self.dir.join(name)).await.map_err(io::Error::from)

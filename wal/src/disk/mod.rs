@@ -41,6 +41,12 @@ pub trait Disk: Clone + 'static {
 
     /// Creates `name`, failing if it exists; opened for reading and writing.
     async fn create(&self, name: &str) -> io::Result<Self::File>;
+    /// Creates `name` like `create`, opened for filling: its writes are durable only after
+    /// `fdatasync`, whatever the disk's sync method, so that filling a file with many writes
+    /// costs one sync at the end, not one per write.
+    async fn create_for_fill(&self, name: &str) -> io::Result<Self::File> {
+        self.create(name).await
+    }
     /// Opens the existing file `name` for reading and writing.
     async fn open(&self, name: &str) -> io::Result<Self::File>;
     /// Removes `name`.

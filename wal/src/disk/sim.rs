@@ -15,7 +15,8 @@
 //!   every later one fail, as if power was cut while it ran.
 //! - A disk made with [`SimDisk::with_dsync_writes`] models files opened with `O_DSYNC`: a
 //!   write that returns is durable at once; one that fails with EIO or is cut by power loss
-//!   may still land, whole, torn or not at all; lengths still wait for `fdatasync`.
+//!   may still land, whole, torn or not at all; lengths still wait for `fdatasync`. Files made
+//!   with `create_for_fill` are not `O_DSYNC`: their writes wait for `fdatasync`.
 //! - Bits of durable data can be flipped ([`SimDisk::flip_bit`]) to model media corruption.
 //!
 //! Every operation is counted, so a test can name "the Nth operation" and sweep N. Handles
@@ -161,6 +162,8 @@ pub struct SimFile {
     disk: SimDisk,
     inode: InodeRef,
     generation: u64,
+    /// Opened as `O_DSYNC` would be: its writes are durable once they complete.
+    dsync: bool,
 }
 
 impl WriteBuf for Vec<u8> {
@@ -309,7 +312,8 @@ impl SimDisk {
 
     fn handle(&self, inode: InodeRef) -> SimFile {
         let generation = self.state.borrow().generation;
-        SimFile { disk: self.clone(), inode, generation }
+        let dsync = self.sync_method() == SyncMethod::DsyncWrites;
+        SimFile { disk: self.clone(), inode, generation, dsync }
     }
 }
 
@@ -328,6 +332,11 @@ impl Disk for SimDisk {
             inode
         };
         Ok(self.handle(inode))
+    }
+
+    async fn create_for_fill(&self, name: &str) -> io::Result<SimFile> {
+        let file = self.create(name).await?;
+        Ok(SimFile { dsync: false, ..file })
     }
 
     async fn open(&self, name: &str) -> io::Result<SimFile> {
@@ -380,7 +389,7 @@ impl DiskFile for SimFile {
     }
 
     async fn write_at(&self, buf: Vec<u8>, offset: u64) -> io::Result<usize> {
-        let dsync = self.disk.sync_method() == SyncMethod::DsyncWrites;
+        let dsync = self.dsync;
         if let Err(error) = self.disk.begin(Some(self.generation)) {
             // A durable write that failed in the device, or was cut by power loss, may have
             // reached the media in whole, in part or not at all: it stays pending, and a crash
