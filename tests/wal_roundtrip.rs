@@ -294,3 +294,24 @@ fn prepared_segments_are_appended_to_through_o_dsync_descriptors() {
         wal.close().await.unwrap();
     });
 }
+
+/// A point read through the position an append returned reads its frame with one read, even
+/// when the frame spans many blocks (the position carries the frame's length).
+#[test]
+fn a_point_read_of_a_long_frame_is_one_read() {
+    run(async {
+        let disk = SimDisk::new();
+        let (wal, _) = open(&disk, small_config()).await;
+        let mut rng = SplitMix64::new(5);
+        // Random bytes do not compress: sixteen 1 KiB records in one flush make a frame of
+        // four blocks.
+        let records: Vec<Vec<u8>> = (0..16).map(|_| (0..1024).map(|_| rng.next_u64() as u8).collect()).collect();
+        let acks = append_all(&wal, &records).await;
+        assert_eq!(acks[3].frame, acks[12].frame, "one frame holds them");
+        assert!(acks[12].frame.disk_bytes() >= 4 * 4096, "a frame of {} bytes", acks[12].frame.disk_bytes());
+        let before = disk.ops();
+        assert_eq!(wal.read_at(acks[12].seq, acks[12].frame).await.unwrap(), records[12]);
+        assert_eq!(disk.ops() - before, 1, "one read");
+        wal.close().await.unwrap();
+    });
+}

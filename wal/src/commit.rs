@@ -15,15 +15,39 @@ use std::rc::Rc;
 use std::sync::Arc;
 use std::task::{Context, Poll, Waker};
 
+use crate::config::BLOCK_BYTES;
 use crate::error::{Error, Result};
 
-/// Where a frame was written: enough to read a record back without an index lookup.
+/// Where a frame was written, and how long it is on disk: enough to read a record back with
+/// one read and no index lookup. Sixteen bytes (owners keep one per record they index): the
+/// offset and length are counted in blocks, which fit 32 bits (segments are at most 1 TiB).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub struct FramePos {
     /// Base sequence number (and so the name) of the segment holding the frame.
     pub segment_base: u64,
-    /// Byte offset of the frame within that segment.
-    pub offset: u64,
+    block: u32,
+    blocks: u32,
+}
+
+impl FramePos {
+    /// The frame at byte `offset` of segment `segment_base`, `disk_bytes` long (padding
+    /// included); both are whole blocks.
+    pub(crate) fn new(segment_base: u64, offset: u64, disk_bytes: u64) -> FramePos {
+        debug_assert!(offset.is_multiple_of(BLOCK_BYTES) && disk_bytes.is_multiple_of(BLOCK_BYTES));
+        let block = u32::try_from(offset / BLOCK_BYTES).expect("segments are at most 1 TiB");
+        let blocks = u32::try_from(disk_bytes / BLOCK_BYTES).expect("frames are at most 64 MiB");
+        FramePos { segment_base, block, blocks }
+    }
+
+    /// Byte offset of the frame within its segment.
+    pub fn offset(&self) -> u64 {
+        u64::from(self.block) * BLOCK_BYTES
+    }
+
+    /// Bytes the frame occupies on disk, padding included.
+    pub fn disk_bytes(&self) -> u64 {
+        u64::from(self.blocks) * BLOCK_BYTES
+    }
 }
 
 /// An acknowledged record.

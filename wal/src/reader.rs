@@ -59,7 +59,9 @@ impl<D: Disk> LogReader<D> {
                 end: self.shared.visible_end.get(),
             });
         };
-        self.enter(segment, frame.offset);
+        // The frame's length is known: the first read takes all of it at once.
+        self.chunk_bytes = self.chunk_bytes.max(frame.disk_bytes() as usize);
+        self.enter(segment, frame.offset());
         Ok(self)
     }
 

@@ -212,12 +212,12 @@ async fn scan_segment<D: Disk>(
         let defect = match cursor.frame_at(offset).await.map_err(|e| Error::io("read", path(), e))? {
             Ok(frame) if frame.header.first_seq == expected_seq && frame.header.prev_checksum == prev_checksum => {
                 let mut seq = frame.header.first_seq;
-                let frame_pos = FramePos { segment_base: segment.base_seq, offset };
+                let next = next_frame_offset(offset, &frame.header);
+                let frame_pos = FramePos::new(segment.base_seq, offset, next - offset);
                 for record in crate::batch::records(frame.raw) {
                     replay(Appended { seq, frame: frame_pos }, record);
                     seq += 1;
                 }
-                let next = next_frame_offset(offset, &frame.header);
                 segment.note_frame(expected_seq, seq, offset, next, config.index_interval_bytes);
                 report.frames += 1;
                 report.records += frame.header.record_count as u64;

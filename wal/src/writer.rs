@@ -26,6 +26,12 @@ use crate::error::{Error, Result};
 use crate::roll::{write_all, SegmentMaker};
 use crate::state::{SegmentState, Shared};
 
+impl PlannedFrame {
+    fn position(&self, segment_base: u64) -> FramePos {
+        FramePos::new(segment_base, self.offset, align_up(self.header.frame_bytes()))
+    }
+}
+
 /// A frame placed but not yet written.
 struct PlannedFrame {
     header: FrameHeader,
@@ -164,8 +170,7 @@ impl<D: Disk> Writer<D> {
             self.write_run(batch, start..end).await?;
             let tail = self.tail.as_ref().expect("a run is written to a segment");
             for planned in &self.plan[start..end] {
-                flushed
-                    .push((planned.header.first_seq, FramePos { segment_base: tail.base_seq, offset: planned.offset }));
+                flushed.push((planned.header.first_seq, planned.position(tail.base_seq)));
             }
             start = end;
         }
@@ -309,8 +314,8 @@ impl<D: Disk> Writer<D> {
         for (planned, (_, pos)) in self.plan.iter().zip(flushed) {
             let segment =
                 self.shared.segments.borrow().get(&pos.segment_base).cloned().expect("flushed into a known segment");
-            let next = pos.offset + align_up(planned.header.frame_bytes());
-            segment.note_frame(planned.header.first_seq, planned.header.end_seq(), pos.offset, next, interval);
+            let next = pos.offset() + align_up(planned.header.frame_bytes());
+            segment.note_frame(planned.header.first_seq, planned.header.end_seq(), pos.offset(), next, interval);
         }
         self.shared.advance_visible_end(batch.end_seq());
         let record_bytes = (batch.raw.len() - batch.count * RECORD_PREFIX_BYTES) as u64;
