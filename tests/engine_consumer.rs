@@ -185,6 +185,39 @@ fn a_long_poll_wakes_on_new_data() {
     engine.close().unwrap();
 }
 
+/// A consumer that has read everything and committed (so each log ends with its own offset
+/// commit, a record but no event) still waits in a long poll, owned or raw, and is woken by the
+/// next event.
+#[test]
+fn a_long_poll_waits_past_the_commits_at_the_end_of_the_logs() {
+    let dir = tempfile::tempdir().unwrap();
+    let engine = Engine::open(engine_options(dir.path(), 1, 1)).unwrap();
+    let handle = engine.handle();
+    write(&handle, 2, 3, 0);
+    for raw in [false, true] {
+        let mut consumer = handle.consumer(ConsumerConfig::new(format!("tail-{raw}"))).unwrap();
+        assert_eq!(drain(&mut consumer).len(), if raw { 14 } else { 12 }, "every event so far");
+        consumer.commit_blocking().unwrap();
+        let first_order = if raw { 200 } else { 100 };
+        let writer = {
+            let handle = handle.clone();
+            std::thread::spawn(move || {
+                std::thread::sleep(Duration::from_millis(100));
+                write(&handle, 1, 1, first_order)
+            })
+        };
+        // Without the wait, the poll would answer at once, empty, before the writer wrote.
+        let delivered = if raw {
+            consumer.poll_raw_blocking(10, Duration::from_secs(3600)).unwrap().iter().map(|p| p.events.len()).sum()
+        } else {
+            consumer.poll_blocking(10, Duration::from_secs(3600)).unwrap().len()
+        };
+        assert!(delivered > 0, "raw {raw}: the long poll returned before the next event");
+        writer.join().unwrap();
+    }
+    engine.close().unwrap();
+}
+
 /// `poll_raw` delivers the same events as `poll`, read in place, and moves the positions the
 /// same way: a raw consumer and an owned one of two groups see identical streams per
 /// partition, in pages that end mid-partition, with offset commits (system records)

@@ -266,6 +266,9 @@ impl Consumer {
         let max_events = max_events.clamp(1, POLL_EVENTS_MAX);
         let mut polled = self.poll_once(max_events, Duration::ZERO).await?;
         if polled.0.is_empty() && !timeout.is_zero() {
+            // Nothing delivered: moving past the system records read (offset commits at the
+            // end of a log) is safe, and needed for the long poll to wait at the end.
+            self.move_positions(&polled.1);
             polled = self.poll_once(max_events, timeout).await?;
         }
         Ok(polled)
