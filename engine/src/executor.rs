@@ -60,9 +60,16 @@ impl StartingExecutor {
     /// has it drop what it recovered (changing nothing) and stop. Called once `recovered`
     /// answered, whatever it answered.
     pub(crate) fn finish(self, go: bool) -> Result<Option<ExecutorJoinHandle<Result<()>>>> {
-        if self.go.send(go).is_err() || !go {
+        if !go {
+            // An executor that refused has stopped already; the send then fails, harmlessly.
+            let _ = self.go.send(false);
             let _ = self.handle.join();
             return Ok(None);
+        }
+        if self.go.send(true).is_err() {
+            let error = self.stopped();
+            let _ = self.handle.join();
+            return Err(error);
         }
         match self.reports.recv() {
             Ok(Ok(())) => Ok(Some(self.handle)),
