@@ -240,10 +240,9 @@ impl Consumer {
         let (batches, moves) = self.poll_undelivered(max_events, timeout).await?;
         let mut delivered = Vec::with_capacity(batches.iter().map(|b| b.events.len()).sum());
         for PartitionEvents { partition, events } in &batches {
-            for view in events.views() {
-                // A bad record fails the poll before any position moves.
-                let (offset, view) = view?;
-                delivered.push(SettlementEvent { partition: *partition, offset, record: view.to_record() });
+            // A bad record fails the poll before any position moves.
+            for event in events.decode()?.events {
+                delivered.push(SettlementEvent { partition: *partition, offset: event.offset, record: event.record });
             }
         }
         self.move_positions(&moves);

@@ -81,11 +81,6 @@ impl RawEventBatch {
         self.events.is_empty()
     }
 
-    /// Offset of event `index`.
-    pub fn offset(&self, index: usize) -> u64 {
-        self.events[index].offset
-    }
-
     /// Each event's offset and record bytes, in log order.
     pub fn records(&self) -> impl ExactSizeIterator<Item = (u64, &[u8])> {
         self.events.iter().map(|e| (e.offset, &self.bytes[e.start as usize..(e.start + e.len) as usize]))
