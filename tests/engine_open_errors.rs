@@ -117,9 +117,22 @@ fn rewrite_manifest(dir: &Path, edit: impl FnOnce(&str) -> String) {
 fn a_newer_format_version_is_refused() {
     let dir = tempfile::tempdir().unwrap();
     populated(dir.path(), 3);
-    rewrite_manifest(dir.path(), |json| json.replace("\"format_version\":1", "\"format_version\":2"));
+    rewrite_manifest(dir.path(), |json| json.replace("\"format_version\":2", "\"format_version\":3"));
     match open_fails(dir.path(), options(dir.path())) {
-        Error::UnsupportedVersion { path, found: 2, supported: 1 } => assert_eq!(path, dir.path().join("MANIFEST")),
+        Error::UnsupportedVersion { path, found: 3, supported: 2 } => assert_eq!(path, dir.path().join("MANIFEST")),
+        other => panic!("expected UnsupportedVersion, got {other:?}"),
+    }
+}
+
+/// A directory of the first format (frames without pieces) is refused by its manifest,
+/// before any of its segments is read.
+#[test]
+fn an_older_format_version_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    populated(dir.path(), 3);
+    rewrite_manifest(dir.path(), |json| json.replace("\"format_version\":2", "\"format_version\":1"));
+    match open_fails(dir.path(), options(dir.path())) {
+        Error::UnsupportedVersion { found: 1, supported: 2, .. } => {}
         other => panic!("expected UnsupportedVersion, got {other:?}"),
     }
 }

@@ -11,7 +11,7 @@ use std::path::PathBuf;
 use tradeshard_engine::{Manifest, FORMAT_VERSION};
 use tradeshard_shard::{OffsetCommit, RecordKind, TradeId, TradeRecord};
 use tradeshard_tests::{new_trade, run};
-use tradeshard_wal::batch::{push_record, seal_frame};
+use tradeshard_wal::batch::{push_record, seal_frame, SealParams, FRAME_HEADER_BYTES};
 use tradeshard_wal::disk::SimDisk;
 use tradeshard_wal::segment::{file_name, SegmentHeader};
 use tradeshard_wal::{Compression, Preallocation, Wal, WalConfig};
@@ -44,10 +44,11 @@ fn frame(records: &[Vec<u8>], compression: Compression) -> Vec<u8> {
     for record in records {
         push_record(&mut raw, record);
     }
-    let mut scratch = Vec::new();
-    let (header, stored) = seal_frame(&raw, records.len() as u32, 10, 9, 0x1234, compression, &mut scratch);
+    let (mut stored, mut pieces) = (Vec::new(), Vec::new());
+    let params = SealParams { first_seq: 10, synced_seq: 9, prev_checksum: 0x1234, compression, piece_raw_bytes: 4096 };
+    let header = seal_frame(&raw, records.len() as u32, params, &mut stored, &mut pieces);
     let mut bytes = header.encode().to_vec();
-    bytes.extend_from_slice(stored);
+    bytes.extend_from_slice(&stored);
     bytes
 }
 
@@ -82,6 +83,14 @@ fn seeds() -> Vec<Seed> {
     }
     seeds.push(("frame_decode", "frame-plain".into(), frame(&records, Compression::None)));
     seeds.push(("frame_decode", "frame-lz4".into(), frame(&[vec![b'x'; 600], vec![b'y'; 300]], Compression::Lz4)));
+    // A frame's first piece starts right after the frame's header.
+    let pieces = [
+        ("piece-plain", frame(&records, Compression::None)),
+        ("piece-lz4", frame(&[vec![b'x'; 600]], Compression::Lz4)),
+    ];
+    for (name, bytes) in pieces {
+        seeds.push(("piece_decode", name.into(), bytes[FRAME_HEADER_BYTES..].to_vec()));
+    }
     for (name, header) in [
         ("first", SegmentHeader { shard_id: 0, base_seq: 0, chain_seed: 0 }),
         ("later", SegmentHeader { shard_id: 7, base_seq: 1 << 20, chain_seed: 0xDEAD_BEEF }),

@@ -30,6 +30,7 @@ fn config() -> WalConfig {
         // Small enough that the workload rolls segments.
         segment_bytes: 32 << 10,
         frame_payload_bytes_max: 8 << 10,
+        piece_raw_bytes: 1 << 10,
         record_bytes_max: 4 << 10,
         preallocation: Preallocation::Zeroed,
         ..WalConfig::default()

@@ -19,6 +19,7 @@ pub fn small_config() -> WalConfig {
         shard_id: 7,
         segment_bytes: 64 << 10,
         frame_payload_bytes_max: 16 << 10,
+        piece_raw_bytes: 4 << 10,
         record_bytes_max: 4 << 10,
         pending_bytes_max: 48 << 10,
         pending_records_max: 512,

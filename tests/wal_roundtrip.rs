@@ -76,7 +76,7 @@ async fn appended_records_read_back_in_order<D: Disk>(disk: D, config: WalConfig
     for (i, ack) in acks.iter().enumerate() {
         assert_eq!(ack.seq, i as u64);
         assert_eq!(wal.read(ack.seq).await.unwrap(), records[i], "read of seq {i}");
-        assert_eq!(wal.read_at(ack.seq, ack.frame).await.unwrap(), records[i], "read_at of seq {i}");
+        assert_eq!(wal.read_at(ack.seq, ack.piece).await.unwrap(), records[i], "read_at of seq {i}");
     }
     let mut reader = wal.reader(0).unwrap();
     let mut seen = 0;
@@ -295,23 +295,46 @@ fn prepared_segments_are_appended_to_through_o_dsync_descriptors() {
     });
 }
 
-/// A point read through the position an append returned reads its frame with one read, even
-/// when the frame spans many blocks (the position carries the frame's length).
+/// A point read through the position an append returned reads the blocks of the record's
+/// piece, with one read, not its whole frame.
 #[test]
-fn a_point_read_of_a_long_frame_is_one_read() {
+fn a_point_read_reads_one_piece_of_a_long_frame_with_one_read() {
     run(async {
         let disk = SimDisk::new();
         let (wal, _) = open(&disk, small_config()).await;
         let mut rng = SplitMix64::new(5);
-        // Random bytes do not compress: sixteen 1 KiB records in one flush make a frame of
-        // four blocks.
+        // Random bytes do not compress: sixteen 1 KiB records make frames of up to four
+        // blocks (16 KiB payloads), cut into pieces of at most four records (4 KiB).
         let records: Vec<Vec<u8>> = (0..16).map(|_| (0..1024).map(|_| rng.next_u64() as u8).collect()).collect();
         let acks = append_all(&wal, &records).await;
-        assert_eq!(acks[3].frame, acks[12].frame, "one frame holds them");
-        assert!(acks[12].frame.disk_bytes() >= 4 * 4096, "a frame of {} bytes", acks[12].frame.disk_bytes());
+        let mut pieces: Vec<_> = acks.iter().map(|ack| ack.piece).collect();
+        pieces.dedup();
+        assert!((5..=8).contains(&pieces.len()), "16 records in {} pieces", pieces.len());
+        assert!(acks.windows(2).any(|w| w[0].piece == w[1].piece), "a piece holds several records");
+        let (_, len) = acks[12].piece.blocks();
+        assert!(len <= 2 * 4096, "a piece of 4 KiB is read as at most two blocks, not {len} bytes");
         let before = disk.ops();
-        assert_eq!(wal.read_at(acks[12].seq, acks[12].frame).await.unwrap(), records[12]);
+        assert_eq!(wal.read_at(acks[12].seq, acks[12].piece).await.unwrap(), records[12]);
         assert_eq!(disk.ops() - before, 1, "one read");
+        for (ack, record) in acks.iter().zip(&records) {
+            assert_eq!(&wal.read_at(ack.seq, ack.piece).await.unwrap(), record);
+        }
+        wal.close().await.unwrap();
+    });
+}
+
+/// A point read given a position that does not hold the record is refused as corruption,
+/// never answered with another record.
+#[test]
+fn a_point_read_through_the_wrong_piece_is_refused() {
+    run(async {
+        let disk = SimDisk::new();
+        let (wal, _) = open(&disk, small_config()).await;
+        let mut rng = SplitMix64::new(6);
+        let records: Vec<Vec<u8>> = (0..16).map(|_| (0..1024).map(|_| rng.next_u64() as u8).collect()).collect();
+        let acks = append_all(&wal, &records).await;
+        let error = wal.read_at(acks[0].seq, acks[12].piece).await.unwrap_err();
+        assert!(matches!(error, Error::Corruption { .. }), "{error}");
         wal.close().await.unwrap();
     });
 }

@@ -95,7 +95,8 @@ pub(crate) fn start(plan: ExecutorPlan, options: &Options) -> Result<StartingExe
         durability: options.durability,
         segment_bytes: options.segment_bytes,
         pending_records_max: options.queue_depth_max.max(1 << 16),
-        // A point read fetches and verifies a whole frame: small frames keep that cheap.
+        // A point read decodes one piece (`WalConfig::piece_raw_bytes`), not its frame; the
+        // frame limit bounds what a sequential reader decodes at once.
         frame_payload_bytes_max: TRADE_FRAME_PAYLOAD_BYTES,
         record_bytes_max: tradeshard_shard::record::RECORD_BYTES_MAX as u32,
         ..WalConfig::default()

@@ -3,7 +3,7 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use tradeshard_wal::batch::{decode_frame, push_record, seal_frame, FRAME_HEADER_BYTES};
+use tradeshard_wal::batch::{decode_frame, push_record, seal_frame, SealParams, FRAME_HEADER_BYTES};
 use tradeshard_wal::Compression;
 
 const PAYLOAD_BYTES_MAX: u32 = 1 << 20;
@@ -16,11 +16,17 @@ fuzz_target!(|bytes: &[u8]| {
     for record in &records {
         push_record(&mut raw, record);
     }
-    let mut scratch = Vec::new();
-    let (resealed, stored) =
-        seal_frame(&raw, header.record_count, header.first_seq, header.synced_seq, header.prev_checksum, Compression::Lz4, &mut scratch);
+    let params = SealParams {
+        first_seq: header.first_seq,
+        synced_seq: header.synced_seq,
+        prev_checksum: header.prev_checksum,
+        compression: Compression::Lz4,
+        piece_raw_bytes: 4096,
+    };
+    let (mut stored, mut pieces) = (Vec::new(), Vec::new());
+    let resealed = seal_frame(&raw, header.record_count, params, &mut stored, &mut pieces);
     let mut again = resealed.encode().to_vec();
-    again.extend_from_slice(stored);
+    again.extend_from_slice(&stored);
     assert_eq!(again.len(), FRAME_HEADER_BYTES + resealed.stored_len as usize);
     let (_, decoded) = decode_frame(&again, PAYLOAD_BYTES_MAX).expect("a sealed frame decodes");
     assert_eq!(decoded, records);

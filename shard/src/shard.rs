@@ -596,7 +596,7 @@ fn compose(id: TradeId, entry: &TradeEntry, part: &CreatedPart) -> Trade {
 
 /// Reads a trade's `Created` record from the log (direct I/O): a cache miss.
 async fn read_created_part<D: Disk>(inner: &Inner<D>, created_at: Appended) -> Result<CreatedPart, TradeError> {
-    let bytes = inner.wal.read_at(created_at.seq, created_at.frame).await?;
+    let bytes = inner.wal.read_at(created_at.seq, created_at.piece).await?;
     let bad = |reason| TradeError::BadRecord { seq: created_at.seq, reason };
     let record = TradeRecordView::decode(&bytes).map_err(bad)?;
     let created = record.created.ok_or(bad("not a created record"))?;

@@ -18,35 +18,42 @@ use std::task::{Context, Poll, Waker};
 use crate::config::BLOCK_BYTES;
 use crate::error::{Error, Result};
 
-/// Where a frame was written, and how long it is on disk: enough to read a record back with
-/// one read and no index lookup. Sixteen bytes (owners keep one per record they index): the
-/// offset and length are counted in blocks, which fit 32 bits (segments are at most 1 TiB).
+/// Where the piece holding a record lies: enough to read the record back with one read of a
+/// few blocks and no index lookup. Sixteen bytes (owners keep one per record they index): the
+/// blocks covering the piece (32 bits of block number: segments are at most 1 TiB; 16 bits of
+/// length: a piece is at most a frame, 64 MiB) and where in the first block the piece begins.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub struct FramePos {
-    /// Base sequence number (and so the name) of the segment holding the frame.
+pub struct PiecePos {
+    /// Base sequence number (and so the name) of the segment holding the piece.
     pub segment_base: u64,
     block: u32,
-    blocks: u32,
+    in_block: u16,
+    blocks: u16,
 }
 
-impl FramePos {
-    /// The frame at byte `offset` of segment `segment_base`, `disk_bytes` long (padding
-    /// included); both are whole blocks.
-    pub(crate) fn new(segment_base: u64, offset: u64, disk_bytes: u64) -> FramePos {
-        debug_assert!(offset.is_multiple_of(BLOCK_BYTES) && disk_bytes.is_multiple_of(BLOCK_BYTES));
+impl PiecePos {
+    /// The piece at byte `offset` of segment `segment_base`, `len` bytes long (header included).
+    pub(crate) fn new(segment_base: u64, offset: u64, len: u64) -> PiecePos {
         let block = u32::try_from(offset / BLOCK_BYTES).expect("segments are at most 1 TiB");
-        let blocks = u32::try_from(disk_bytes / BLOCK_BYTES).expect("frames are at most 64 MiB");
-        FramePos { segment_base, block, blocks }
+        let in_block = (offset % BLOCK_BYTES) as u16;
+        let blocks = (offset % BLOCK_BYTES + len).div_ceil(BLOCK_BYTES);
+        let blocks = u16::try_from(blocks).expect("pieces are at most 64 MiB");
+        PiecePos { segment_base, block, in_block, blocks }
     }
 
-    /// Byte offset of the frame within its segment.
+    /// Byte offset of the piece within its segment.
     pub fn offset(&self) -> u64 {
-        u64::from(self.block) * BLOCK_BYTES
+        u64::from(self.block) * BLOCK_BYTES + u64::from(self.in_block)
     }
 
-    /// Bytes the frame occupies on disk, padding included.
-    pub fn disk_bytes(&self) -> u64 {
-        u64::from(self.blocks) * BLOCK_BYTES
+    /// The whole blocks to read for the piece: their offset within the segment and length.
+    pub fn blocks(&self) -> (u64, usize) {
+        (u64::from(self.block) * BLOCK_BYTES, usize::from(self.blocks) * BLOCK_BYTES as usize)
+    }
+
+    /// Where the piece begins within those blocks.
+    pub fn start_in_blocks(&self) -> usize {
+        usize::from(self.in_block)
     }
 }
 
@@ -55,16 +62,16 @@ impl FramePos {
 pub struct Appended {
     /// The record's sequence number.
     pub seq: u64,
-    /// The frame that holds it.
-    pub frame: FramePos,
+    /// The piece that holds it.
+    pub piece: PiecePos,
 }
 
-/// The frames one flush wrote: first sequence number of each, in order, and where it lies.
-pub(crate) type FlushedFrames = Rc<[(u64, FramePos)]>;
+/// The pieces one flush wrote: first sequence number of each, in order, and where it lies.
+pub(crate) type FlushedPieces = Rc<[(u64, PiecePos)]>;
 
 #[derive(Default)]
 struct CompletionState {
-    outcome: Option<Result<FlushedFrames>>,
+    outcome: Option<Result<FlushedPieces>>,
     wakers: Vec<Waker>,
 }
 
@@ -76,7 +83,7 @@ pub(crate) struct Completion {
 
 impl Completion {
     /// Records the outcome and wakes every ticket of the batch. Called exactly once.
-    pub(crate) fn complete(&self, outcome: Result<FlushedFrames>) {
+    pub(crate) fn complete(&self, outcome: Result<FlushedPieces>) {
         let wakers = {
             let mut state = self.state.borrow_mut();
             assert!(state.outcome.is_none(), "a batch completes once");
@@ -112,10 +119,10 @@ impl Future for Ticket {
         let completion = self.completion.clone();
         let mut state = completion.state.borrow_mut();
         match &state.outcome {
-            Some(Ok(frames)) => {
-                let index = frames.partition_point(|(first, _)| *first <= self.seq);
+            Some(Ok(pieces)) => {
+                let index = pieces.partition_point(|(first, _)| *first <= self.seq);
                 assert!(index > 0, "a completed batch holds every one of its tickets");
-                Poll::Ready(Ok(Appended { seq: self.seq, frame: frames[index - 1].1 }))
+                Poll::Ready(Ok(Appended { seq: self.seq, piece: pieces[index - 1].1 }))
             }
             Some(Err(error)) => Poll::Ready(Err(error.clone())),
             None => {

@@ -59,6 +59,11 @@ pub struct WalConfig {
     pub segment_bytes: u64,
     /// Largest uncompressed payload of one frame; a flush larger than this spans frames.
     pub frame_payload_bytes_max: u32,
+    /// A frame's records are cut into pieces of at least this many raw bytes (the last piece
+    /// of a frame may be smaller), each compressed and checksummed on its own: a point read
+    /// reads and decompresses one piece. Smaller pieces make point reads cheaper and
+    /// compress less well.
+    pub piece_raw_bytes: u32,
     /// Largest single record.
     pub record_bytes_max: u32,
     /// Most record bytes (with their length prefixes) waiting for the next flush.
@@ -83,6 +88,7 @@ impl Default for WalConfig {
             shard_id: 0,
             segment_bytes: 128 << 20,
             frame_payload_bytes_max: 1 << 20,
+            piece_raw_bytes: 4 << 10,
             record_bytes_max: 256 << 10,
             pending_bytes_max: 16 << 20,
             pending_records_max: 1 << 18,
@@ -101,9 +107,13 @@ pub const fn align_up(bytes: u64) -> u64 {
 }
 
 impl WalConfig {
-    /// Largest number of bytes one frame occupies on disk, padding included.
+    /// Largest number of bytes one frame occupies on disk, padding included: every piece
+    /// but the last holds at least `piece_raw_bytes`, and a piece is stored compressed only
+    /// when that makes it smaller.
     pub fn frame_disk_bytes_max(&self) -> u64 {
-        align_up(crate::batch::FRAME_HEADER_BYTES as u64 + self.frame_payload_bytes_max as u64)
+        let payload = self.frame_payload_bytes_max as u64;
+        let pieces = payload / self.piece_raw_bytes.max(1) as u64 + 1;
+        align_up(crate::batch::FRAME_HEADER_BYTES as u64 + payload + pieces * crate::batch::PIECE_HEADER_BYTES as u64)
     }
 
     /// Checks that the limits fit together; every open and every create calls it.
@@ -134,6 +144,12 @@ impl WalConfig {
         }
         if (self.pending_bytes_max as u64) < record_framed || self.pending_records_max == 0 {
             return fail("pending limits cannot hold one record".into());
+        }
+        if self.piece_raw_bytes == 0 || self.piece_raw_bytes > self.frame_payload_bytes_max {
+            return fail(format!(
+                "piece_raw_bytes {} must be above 0 and at most frame_payload_bytes_max {}",
+                self.piece_raw_bytes, self.frame_payload_bytes_max
+            ));
         }
         if self.read_chunk_bytes < BLOCK_BYTES as usize || self.index_interval_bytes == 0 {
             return fail("read_chunk_bytes must be at least one block and index_interval_bytes above 0".into());

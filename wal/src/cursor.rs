@@ -7,14 +7,16 @@
 
 use std::rc::Rc;
 
-use crate::batch::{self, FrameDefect, FrameHeader, FRAME_HEADER_BYTES};
+use crate::batch::{self, FrameDefect, FrameHeader, PieceSpan, FRAME_HEADER_BYTES};
 use crate::config::{align_up, BLOCK_BYTES};
 use crate::disk::DiskFile;
 
-/// A frame that passed every check, with its raw (decompressed) payload.
+/// A frame that passed every check, with its raw (decompressed) payload and where its pieces
+/// lie in it.
 pub(crate) struct FrameView<'a> {
     pub header: FrameHeader,
     pub raw: &'a [u8],
+    pub pieces: &'a [PieceSpan],
 }
 
 /// The outcome of decoding at an offset: I/O errors apart from bad bytes.
@@ -29,11 +31,21 @@ pub(crate) struct FrameCursor<F: DiskFile> {
     buf: Option<F::ReadBuf>,
     buf_start: u64,
     scratch: Vec<u8>,
+    pieces: Vec<PieceSpan>,
 }
 
 impl<F: DiskFile> FrameCursor<F> {
     pub(crate) fn new(file: Rc<F>, end: u64, chunk_bytes: usize, payload_bytes_max: u32) -> Self {
-        FrameCursor { file, end, chunk_bytes, payload_bytes_max, buf: None, buf_start: 0, scratch: Vec::new() }
+        FrameCursor {
+            file,
+            end,
+            chunk_bytes,
+            payload_bytes_max,
+            buf: None,
+            buf_start: 0,
+            scratch: Vec::new(),
+            pieces: Vec::new(),
+        }
     }
 
     /// Makes the buffer cover `offset .. offset + len`; false if the file ends first.
@@ -83,7 +95,11 @@ impl<F: DiskFile> FrameCursor<F> {
         if let Err(defect) = batch::verify(&header, header_bytes, stored) {
             return Ok(Err(defect));
         }
-        Ok(batch::raw_payload(&header, stored, &mut self.scratch).map(|raw| FrameView { header, raw }))
+        let raw = match batch::raw_payload(&header, stored, &mut self.scratch, &mut self.pieces) {
+            Ok(raw) => raw,
+            Err(defect) => return Ok(Err(defect)),
+        };
+        Ok(Ok(FrameView { header, raw, pieces: &self.pieces }))
     }
 }
 

@@ -22,7 +22,7 @@ mod state;
 mod wal;
 mod writer;
 
-pub use commit::{Appended, FramePos, Ticket};
+pub use commit::{Appended, PiecePos, Ticket};
 pub use config::{align_up, Compression, Durability, Preallocation, WalConfig, BLOCK_BYTES, LZ4_MIN_BYTES};
 pub use disk::SyncMethod;
 pub use error::{Error, Result};

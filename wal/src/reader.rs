@@ -1,15 +1,14 @@
 //! Reading the log back: forward iteration from any sequence number, and point reads.
 //!
 //! A reader never returns a record at or beyond the visible end, so nothing is observed
-//! before it is acknowledged. It finds its starting frame through the segment's sparse index
-//! (or an exact [`FramePos`] the caller kept from the append), then decodes frames in order
+//! before it is acknowledged. It finds its starting frame through the segment's sparse index,
+//! then decodes frames in order
 //! through the same checked cursor as recovery; bytes that fail their checks are reported as
 //! corruption naming the segment and offset, never skipped.
 
 use std::rc::Rc;
 
 use crate::batch::{record_len_at, RECORD_PREFIX_BYTES};
-use crate::commit::FramePos;
 use crate::cursor::{next_frame_offset, FrameCursor};
 use crate::disk::Disk;
 use crate::error::{Error, Result};
@@ -47,22 +46,6 @@ impl<D: Disk> LogReader<D> {
             raw_seq: 0,
             raw_end_seq: 0,
         })
-    }
-
-    /// Starts at the frame `frame`, which must hold `seq`.
-    pub(crate) fn at_frame(mut self, frame: FramePos) -> Result<Self> {
-        let segment = self.shared.segments.borrow().get(&frame.segment_base).cloned();
-        let Some(segment) = segment else {
-            return Err(Error::OutOfRange {
-                seq: self.next_seq,
-                first: self.shared.first_seq.get(),
-                end: self.shared.visible_end.get(),
-            });
-        };
-        // The frame's length is known: the first read takes all of it at once.
-        self.chunk_bytes = self.chunk_bytes.max(frame.disk_bytes() as usize);
-        self.enter(segment, frame.offset());
-        Ok(self)
     }
 
     /// The sequence number of the next record this reader returns.

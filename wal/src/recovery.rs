@@ -22,7 +22,7 @@ use std::path::PathBuf;
 use std::rc::Rc;
 
 use crate::batch::FrameDefect;
-use crate::commit::{Appended, FramePos};
+use crate::commit::{Appended, PiecePos};
 use crate::config::{WalConfig, BLOCK_BYTES};
 use crate::cursor::{next_frame_offset, FrameCursor};
 use crate::disk::{Disk, DiskFile};
@@ -213,9 +213,15 @@ async fn scan_segment<D: Disk>(
             Ok(frame) if frame.header.first_seq == expected_seq && frame.header.prev_checksum == prev_checksum => {
                 let mut seq = frame.header.first_seq;
                 let next = next_frame_offset(offset, &frame.header);
-                let frame_pos = FramePos::new(segment.base_seq, offset, next - offset);
+                let payload_at = offset + crate::batch::FRAME_HEADER_BYTES as u64;
+                let mut pieces = frame.pieces.iter().peekable();
+                let mut piece = pieces.next().expect("a valid frame has a piece");
                 for record in crate::batch::records(frame.raw) {
-                    replay(Appended { seq, frame: frame_pos }, record);
+                    while pieces.peek().is_some_and(|p| p.first_seq <= seq) {
+                        piece = pieces.next().expect("peeked");
+                    }
+                    let at = PiecePos::new(segment.base_seq, payload_at + piece.start as u64, piece.len as u64);
+                    replay(Appended { seq, piece: at }, record);
                     seq += 1;
                 }
                 segment.note_frame(expected_seq, seq, offset, next, config.index_interval_bytes);

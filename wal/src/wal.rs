@@ -7,9 +7,10 @@
 
 use std::rc::Rc;
 
-use crate::commit::{Appended, FramePos, Queue, Ticket};
+use crate::batch::FrameDefect;
+use crate::commit::{Appended, PiecePos, Queue, Ticket};
 use crate::config::{WalConfig, BLOCK_BYTES};
-use crate::disk::Disk;
+use crate::disk::{Disk, DiskFile};
 use crate::error::{Error, Result};
 use crate::reader::LogReader;
 use crate::recovery::{self, RecoveryReport};
@@ -131,10 +132,33 @@ impl<D: Disk> Wal<D> {
         self.first_record(&mut reader, seq).await
     }
 
-    /// The acknowledged record `seq`, read straight from the frame an append reported.
-    pub async fn read_at(&self, seq: u64, frame: FramePos) -> Result<Vec<u8>> {
-        let mut reader = self.point_reader(seq)?.at_frame(frame)?;
-        self.first_record(&mut reader, seq).await
+    /// The acknowledged record `seq`, read straight from the piece an append (or replay)
+    /// reported: one read of the piece's blocks, one piece checked and decompressed.
+    pub async fn read_at(&self, seq: u64, piece: PiecePos) -> Result<Vec<u8>> {
+        let (first, end) = (self.shared.first_seq.get(), self.shared.visible_end.get());
+        let out_of_range = Error::OutOfRange { seq, first, end };
+        if seq < first || seq >= end {
+            return Err(out_of_range);
+        }
+        let segment = self.shared.segments.borrow().get(&piece.segment_base).cloned();
+        let segment = segment.ok_or(out_of_range)?;
+        let path = || self.shared.disk.path_of(&segment.name);
+        let corrupt = |reason| Error::Corruption { path: path(), offset: piece.offset(), reason };
+        let (offset, len) = piece.blocks();
+        let buf = segment.file.read_at(offset, len).await.map_err(|e| Error::io("read", path(), e))?;
+        let bytes = buf.get(piece.start_in_blocks()..).ok_or_else(|| corrupt(FrameDefect::Short.reason()))?;
+        let mut raw = Vec::new();
+        let header = crate::batch::decode_piece_into(bytes, self.shared.config.frame_payload_bytes_max, &mut raw)
+            .map_err(|defect| corrupt(defect.reason()))?;
+        if seq < header.first_seq || seq >= header.end_seq() {
+            return Err(corrupt("piece does not hold the record sought"));
+        }
+        let record = crate::batch::records(&raw).nth((seq - header.first_seq) as usize).expect("records checked");
+        let start = record.as_ptr() as usize - raw.as_ptr() as usize;
+        let len = record.len();
+        raw.copy_within(start..start + len, 0);
+        raw.truncate(len);
+        Ok(raw)
     }
 
     fn point_reader(&self, seq: u64) -> Result<LogReader<D>> {

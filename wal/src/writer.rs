@@ -18,26 +18,20 @@ use std::time::{Duration, Instant};
 
 use futures_lite::future;
 
-use crate::batch::{self, FrameHeader, FRAME_HEADER_BYTES, RECORD_PREFIX_BYTES};
-use crate::commit::{Batch, FlushedFrames, FramePos, Work};
+use crate::batch::{self, FrameHeader, PieceSpan, SealParams, FRAME_HEADER_BYTES, RECORD_PREFIX_BYTES};
+use crate::commit::{Batch, FlushedPieces, PiecePos, Work};
 use crate::config::{align_up, Durability, BLOCK_BYTES};
 use crate::disk::{Disk, DiskFile, SyncMethod, WriteBuf};
 use crate::error::{Error, Result};
 use crate::roll::{write_all, SegmentMaker};
 use crate::state::{SegmentState, Shared};
 
-impl PlannedFrame {
-    fn position(&self, segment_base: u64) -> FramePos {
-        FramePos::new(segment_base, self.offset, align_up(self.header.frame_bytes()))
-    }
-}
-
 /// A frame placed but not yet written.
 struct PlannedFrame {
     header: FrameHeader,
-    raw: std::ops::Range<usize>,
-    /// Index into the writer's compression buffers when the payload is stored compressed.
-    compressed: Option<usize>,
+    /// Its pieces, in the writer's list of pieces; its stored payload is the writer's
+    /// `stored` buffer of the same index as the frame.
+    pieces: std::ops::Range<usize>,
     /// The frame opens a new segment.
     opens_segment: bool,
     offset: u64,
@@ -53,7 +47,9 @@ pub(crate) struct Writer<D: Disk> {
     /// Bytes written to the tail segment since its last fdatasync.
     tail_dirty: bool,
     last_sync: Instant,
-    compressed: Vec<Vec<u8>>,
+    /// Stored payloads of the planned frames, one buffer per frame, kept across flushes.
+    stored: Vec<Vec<u8>>,
+    pieces: Vec<PieceSpan>,
     plan: Vec<PlannedFrame>,
     maker: SegmentMaker<D>,
 }
@@ -70,7 +66,8 @@ impl<D: Disk> Writer<D> {
             synced_end,
             tail_dirty: false,
             last_sync: Instant::now(),
-            compressed: Vec::new(),
+            stored: Vec::new(),
+            pieces: Vec::new(),
             plan: Vec::new(),
             maker: SegmentMaker::new(shared.disk.clone(), &shared.config),
             shared,
@@ -153,10 +150,10 @@ impl<D: Disk> Writer<D> {
         }
     }
 
-    async fn flush(&mut self, batch: &Batch) -> Result<FlushedFrames> {
+    async fn flush(&mut self, batch: &Batch) -> Result<FlushedPieces> {
         self.maker.prepare_next();
         self.plan_frames(batch);
-        let mut flushed = Vec::with_capacity(self.plan.len());
+        let mut flushed = Vec::with_capacity(self.pieces.len());
         let mut start = 0;
         while start < self.plan.len() {
             let mut end = start + 1;
@@ -167,17 +164,21 @@ impl<D: Disk> Writer<D> {
                 let first = &self.plan[start].header;
                 self.roll(first.first_seq, first.prev_checksum).await?;
             }
-            self.write_run(batch, start..end).await?;
+            self.write_run(start..end).await?;
             let tail = self.tail.as_ref().expect("a run is written to a segment");
             for planned in &self.plan[start..end] {
-                flushed.push((planned.header.first_seq, planned.position(tail.base_seq)));
+                let payload_at = planned.offset + FRAME_HEADER_BYTES as u64;
+                for span in &self.pieces[planned.pieces.clone()] {
+                    let at = PiecePos::new(tail.base_seq, payload_at + span.start as u64, span.len as u64);
+                    flushed.push((span.first_seq, at));
+                }
             }
             start = end;
         }
         if self.sync_interval().is_none() {
             self.sync_tail().await?;
         }
-        self.publish(batch, &flushed);
+        self.publish(batch);
         Ok(flushed.into())
     }
 
@@ -189,6 +190,7 @@ impl<D: Disk> Writer<D> {
             Durability::Buffered { .. } => self.synced_end,
         };
         self.plan.clear();
+        self.pieces.clear();
         let mut offset = if self.tail.is_some() { self.write_offset } else { config.segment_bytes };
         let (mut at, mut first_seq, mut prev) = (0usize, batch.first_seq, self.last_checksum);
         while at < batch.raw.len() {
@@ -202,26 +204,26 @@ impl<D: Disk> Writer<D> {
                 count += 1;
             }
             let slot = self.plan.len();
-            if self.compressed.len() <= slot {
-                self.compressed.push(Vec::new());
+            if self.stored.len() <= slot {
+                self.stored.push(Vec::new());
             }
-            let raw = &batch.raw[start..at];
-            let (header, stored) = batch::seal_frame(
-                raw,
-                count,
+            let params = SealParams {
                 first_seq,
                 synced_seq,
-                prev,
-                config.compression,
-                &mut self.compressed[slot],
-            );
-            let compressed = (stored.len() != raw.len()).then_some(slot);
+                prev_checksum: prev,
+                compression: config.compression,
+                piece_raw_bytes: config.piece_raw_bytes,
+            };
+            let first_piece = self.pieces.len();
+            let header =
+                batch::seal_frame(&batch.raw[start..at], count, params, &mut self.stored[slot], &mut self.pieces);
+            let pieces = first_piece..self.pieces.len();
             let disk_bytes = align_up(header.frame_bytes());
             let opens_segment = offset + disk_bytes > config.segment_bytes;
             if opens_segment {
                 offset = BLOCK_BYTES;
             }
-            self.plan.push(PlannedFrame { header, raw: start..at, compressed, opens_segment, offset });
+            self.plan.push(PlannedFrame { header, pieces, opens_segment, offset });
             offset += disk_bytes;
             first_seq = header.end_seq();
             prev = header.checksum;
@@ -229,7 +231,7 @@ impl<D: Disk> Writer<D> {
     }
 
     /// Writes frames `run` (all in the tail segment, contiguous) with one write.
-    async fn write_run(&mut self, batch: &Batch, run: std::ops::Range<usize>) -> Result<()> {
+    async fn write_run(&mut self, run: std::ops::Range<usize>) -> Result<()> {
         let tail = self.tail.clone().expect("rolled before writing");
         let first_offset = self.plan[run.start].offset;
         assert_eq!(first_offset, self.write_offset, "frames are written where the log ends");
@@ -237,12 +239,9 @@ impl<D: Disk> Writer<D> {
         let run_bytes = (last.offset + align_up(last.header.frame_bytes()) - first_offset) as usize;
         let mut buf = tail.file.alloc(run_bytes);
         let bytes = buf.bytes_mut();
-        for planned in &self.plan[run.clone()] {
+        for (index, planned) in self.plan.iter().enumerate().take(run.end).skip(run.start) {
             let at = (planned.offset - first_offset) as usize;
-            let stored: &[u8] = match planned.compressed {
-                Some(slot) => &self.compressed[slot][..planned.header.stored_len as usize],
-                None => &batch.raw[planned.raw.clone()],
-            };
+            let stored = &self.stored[index][..planned.header.stored_len as usize];
             let end = at + FRAME_HEADER_BYTES + stored.len();
             bytes[at..at + FRAME_HEADER_BYTES].copy_from_slice(&planned.header.encode());
             bytes[at + FRAME_HEADER_BYTES..end].copy_from_slice(stored);
@@ -309,13 +308,17 @@ impl<D: Disk> Writer<D> {
     }
 
     /// Makes a flushed batch visible to readers: segment ends, sparse index, visible end.
-    fn publish(&mut self, batch: &Batch, flushed: &[(u64, FramePos)]) {
+    fn publish(&mut self, batch: &Batch) {
         let interval = self.shared.config.index_interval_bytes;
-        for (planned, (_, pos)) in self.plan.iter().zip(flushed) {
-            let segment =
-                self.shared.segments.borrow().get(&pos.segment_base).cloned().expect("flushed into a known segment");
-            let next = pos.offset() + align_up(planned.header.frame_bytes());
-            segment.note_frame(planned.header.first_seq, planned.header.end_seq(), pos.offset(), next, interval);
+        let mut segment = None;
+        for planned in &self.plan {
+            if planned.opens_segment || segment.is_none() {
+                let first = self.pieces[planned.pieces.start].first_seq;
+                segment = self.shared.segment_for(first);
+            }
+            let segment = segment.as_ref().expect("flushed into a known segment");
+            let next = planned.offset + align_up(planned.header.frame_bytes());
+            segment.note_frame(planned.header.first_seq, planned.header.end_seq(), planned.offset, next, interval);
         }
         self.shared.advance_visible_end(batch.end_seq());
         let record_bytes = (batch.raw.len() - batch.count * RECORD_PREFIX_BYTES) as u64;
