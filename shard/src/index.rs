@@ -5,8 +5,9 @@
 //! The lifecycle rules live here too ([`next_state`]), shared by the checks made before a write
 //! and by replay, so the log and the index can never disagree on what a record means.
 //!
-//! Memory per trade: a 72-byte entry under an 8-byte key in the trade map, 32 bytes in the
-//! order map, 8 bytes in the user's list, plus hash-table slack (see `ARCHITECTURE.md`).
+//! Memory per trade: an 80-byte slot (the entry and its id) in the trade table, 32 bytes in
+//! the order map and 8 bytes in the user's list, plus the order and user maps' hash-table
+//! slack (see `ARCHITECTURE.md`).
 
 use std::collections::HashMap;
 
@@ -17,6 +18,7 @@ use crate::error::TradeError;
 use crate::partitioned::PartitionedMap;
 use crate::record::{OffsetCommit, RecordKind, TradeRecord};
 use crate::trade::{TradeId, TradeStatus, COUNTER_BITS, ORDER_NO_BYTES_MAX};
+use crate::trade_table::TradeTable;
 
 /// What a change does to a trade.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -81,9 +83,17 @@ pub fn next_state(id: TradeId, current: Lifecycle, action: Action) -> Result<Lif
     }
 }
 
+impl crate::trade_table::Entry for TradeEntry {
+    fn logical_shard(&self) -> u32 {
+        u32::from(self.logical_shard)
+    }
+}
+
 /// A durable trade's state in memory.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct TradeEntry {
+    /// The logical shard of the trade's id (the trade table keeps the counter).
+    pub logical_shard: u16,
     pub user_id: u64,
     pub merchant_id: u64,
     pub lifecycle: Lifecycle,
@@ -147,8 +157,9 @@ pub type IdMap<K, V> = HashMap<K, V, std::hash::BuildHasherDefault<IdHasher>>;
 /// The durable indexes of one shard.
 #[derive(Default)]
 pub struct ShardIndex {
-    // Partitioned: a map of millions of entries must not grow all at once (see partitioned.rs).
-    trades: PartitionedMap<TradeId, TradeEntry>,
+    // Laid out by counter (trade_table.rs); the others are partitioned, so that a map of
+    // millions of entries never grows all at once (partitioned.rs).
+    trades: TradeTable<TradeEntry>,
     by_order: PartitionedMap<u128, (TradeId, u64)>,
     by_user: PartitionedMap<u64, Vec<TradeId>>,
     /// Highest counter part of any trade id in the shard.
@@ -161,7 +172,7 @@ pub struct ShardIndex {
 
 impl ShardIndex {
     pub fn get(&self, id: TradeId) -> Option<&TradeEntry> {
-        self.trades.get(&id)
+        self.trades.get(id)
     }
 
     /// The trade created with this order key, and its body hash.
@@ -189,7 +200,7 @@ impl ShardIndex {
     }
 
     /// Every durable trade's id and entry, in no particular order.
-    pub fn trades(&self) -> impl Iterator<Item = (&TradeId, &TradeEntry)> {
+    pub fn trades(&self) -> impl Iterator<Item = (TradeId, &TradeEntry)> {
         self.trades.iter()
     }
 
@@ -231,10 +242,11 @@ impl ShardIndex {
         self.events_end = self.events_end.max(at.seq + 1);
         if record.kind == RecordKind::Created {
             let (key, body) = keys.ok_or("created record without its fields")?;
-            if self.trades.contains_key(&id) {
+            if self.trades.contains(id) {
                 return Err("trade created twice");
             }
             let entry = TradeEntry {
+                logical_shard: id.logical_shard() as u16,
                 user_id: record.user_id,
                 merchant_id: record.merchant_id,
                 lifecycle: Lifecycle { status: TradeStatus::Created, amount: record.amount, refunded: 0 },
@@ -242,15 +254,16 @@ impl ShardIndex {
                 updated_ms: record.at_ms,
                 created_at: at,
             };
-            if self.by_order.insert(key, (id, body)).is_some() {
+            if self.by_order.get(&key).is_some() {
                 return Err("order number used by two trades");
             }
-            self.trades.insert(id, entry);
+            self.trades.insert_new(id, entry);
+            self.by_order.insert(key, (id, body));
             self.by_user.get_or_default(record.user_id).push(id);
             self.counter_max = self.counter_max.max(id.counter());
             return Ok(());
         }
-        let entry = self.trades.get_mut(&id).ok_or("change to a trade that does not exist")?;
+        let entry = self.trades.get_mut(id).ok_or("change to a trade that does not exist")?;
         let action = match record.kind {
             RecordKind::Paid => Action::Pay,
             RecordKind::Settled => Action::Settle,

@@ -13,6 +13,7 @@ mod partitioned;
 pub mod record;
 pub mod shard;
 pub mod trade;
+mod trade_table;
 
 pub use currency::Currency;
 pub use error::TradeError;

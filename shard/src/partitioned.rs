@@ -20,12 +20,11 @@ const PARTS: usize = 256;
 /// A map of `K` to `V` in 256 parts (see the module's text).
 pub struct PartitionedMap<K, V> {
     parts: Vec<IdMap<K, V>>,
-    len: usize,
 }
 
 impl<K, V> Default for PartitionedMap<K, V> {
     fn default() -> Self {
-        PartitionedMap { parts: (0..PARTS).map(|_| IdMap::default()).collect(), len: 0 }
+        PartitionedMap { parts: (0..PARTS).map(|_| IdMap::default()).collect() }
     }
 }
 
@@ -38,19 +37,9 @@ impl<K: Hash + Eq, V> PartitionedMap<K, V> {
         self.parts[Self::part(key)].get(key)
     }
 
-    pub fn get_mut(&mut self, key: &K) -> Option<&mut V> {
-        self.parts[Self::part(key)].get_mut(key)
-    }
-
-    pub fn contains_key(&self, key: &K) -> bool {
-        self.parts[Self::part(key)].contains_key(key)
-    }
-
     /// Inserts, returning the value `key` held before.
     pub fn insert(&mut self, key: K, value: V) -> Option<V> {
-        let old = self.parts[Self::part(&key)].insert(key, value);
-        self.len += usize::from(old.is_none());
-        old
+        self.parts[Self::part(&key)].insert(key, value)
     }
 
     /// The value of `key`, inserted as `V::default()` first if absent.
@@ -60,24 +49,8 @@ impl<K: Hash + Eq, V> PartitionedMap<K, V> {
     {
         match self.parts[Self::part(&key)].entry(key) {
             Entry::Occupied(entry) => entry.into_mut(),
-            Entry::Vacant(entry) => {
-                self.len += 1;
-                entry.insert(V::default())
-            }
+            Entry::Vacant(entry) => entry.insert(V::default()),
         }
-    }
-
-    pub fn len(&self) -> usize {
-        self.len
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.len == 0
-    }
-
-    /// Every entry, in no particular order.
-    pub fn iter(&self) -> impl Iterator<Item = (&K, &V)> {
-        self.parts.iter().flat_map(|part| part.iter())
     }
 }
 
@@ -98,17 +71,15 @@ mod tests {
         *model.entry(1 << 40).or_default() += 5;
         *map.get_or_default(7) += 1;
         *model.entry(7).or_default() += 1;
-        *map.get_mut(&14).unwrap() = 99;
-        model.insert(14, 99);
-        assert_eq!(map.len(), model.len());
-        assert!(!map.is_empty() && map.contains_key(&(1 << 40)) && !map.contains_key(&3));
+        assert!(map.get(&(1 << 40)).is_some() && map.get(&3).is_none());
         for (key, value) in &model {
             assert_eq!(map.get(key), Some(value));
         }
-        assert_eq!(map.iter().count(), model.len());
-        // Sequential ids (as trade counters are) land in every part, evenly.
+        let len: usize = map.parts.iter().map(|p| p.len()).sum();
+        assert_eq!(len, model.len());
+        // Sequential keys land in every part, evenly.
         let sizes: Vec<usize> = map.parts.iter().map(|p| p.len()).collect();
         let (min, max) = (sizes.iter().min().unwrap(), sizes.iter().max().unwrap());
-        assert!(*min > 0 && *max < 3 * (map.len() / PARTS), "part sizes {min}..{max}");
+        assert!(*min > 0 && *max < 3 * (len / PARTS), "part sizes {min}..{max}");
     }
 }
