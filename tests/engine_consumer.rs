@@ -270,3 +270,34 @@ fn raw_polls_deliver_what_owned_polls_deliver() {
     assert_eq!(by_partition(&owned_events), by_partition(&raw_events));
     engine.close().unwrap();
 }
+
+/// A clustered member with no partition (three members, two partitions) waits out its
+/// timeout instead of returning at once, and a member leaving ends the wait early: the idle
+/// member takes the partition and the events come at its next poll.
+#[test]
+fn a_member_without_partitions_waits_for_its_timeout_or_a_change_of_its_group() {
+    let dir = tempfile::tempdir().unwrap();
+    let engine = Engine::open(engine_options(dir.path(), 2, 2)).unwrap();
+    let handle = engine.handle();
+    write(&handle, 4, 3, 0);
+    let a = handle.consumer(ConsumerConfig::new("clearing")).unwrap();
+    let mut b = handle.consumer(ConsumerConfig::new("clearing")).unwrap();
+    let mut idle = handle.consumer(ConsumerConfig::new("clearing")).unwrap();
+    assert!(!b.poll_blocking(100, Duration::ZERO).unwrap().is_empty());
+    let started = std::time::Instant::now();
+    assert!(idle.poll_blocking(100, Duration::from_millis(300)).unwrap().is_empty());
+    assert!(started.elapsed() >= Duration::from_millis(300), "returned after {:?}", started.elapsed());
+    assert!(idle.assignment().is_empty(), "three members, two partitions");
+
+    let leaver = std::thread::spawn(move || {
+        std::thread::sleep(Duration::from_millis(100));
+        drop(a);
+    });
+    // An hour's timeout: if the group's change did not end the wait, this test would hang.
+    let events = idle.poll_blocking(100, Duration::from_secs(3600)).unwrap();
+    leaver.join().unwrap();
+    assert_eq!(idle.assignment().len(), 1, "the idle member took the leaver's partition");
+    let events = if events.is_empty() { drain(&mut idle) } else { events };
+    assert!(!events.is_empty(), "and reads it from its start");
+    engine.close().unwrap();
+}

@@ -13,7 +13,9 @@
 //!   Broadcast mode: the consumer reads every partition, with offsets of its own (the group
 //!   name plus `/` plus its `instance`).
 //! - `poll` answers at once when events are there and otherwise waits (a long poll, woken by
-//!   the logs, no busy loop) up to its timeout; events and bytes per poll are bounded.
+//!   the logs, no busy loop) up to its timeout; events and bytes per poll are bounded. A
+//!   clustered member with no partition (more members than partitions) waits too, for its
+//!   timeout or a change of its group, whichever comes first.
 //! - The shards answer polls with record bytes ([`RawEventBatch`]); `poll` decodes them into
 //!   owned events on the caller's thread, `poll_raw` hands them over as they are, to be read
 //!   in place (`RawEventBatch::views`) with no allocation per event.
@@ -23,7 +25,7 @@ use std::future::Future;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Mutex;
-use std::task::Poll;
+use std::task::{Poll, Waker};
 use std::time::Duration;
 
 use futures_lite::future::block_on;
@@ -108,6 +110,17 @@ struct GroupState {
     /// Members in join order (member ids are increasing).
     members: BTreeSet<u64>,
     generation: u64,
+    /// Members waiting for the next change (members with no partition, in a long poll).
+    waiting: Vec<Waker>,
+}
+
+impl GroupState {
+    fn changed(&mut self) {
+        self.generation += 1;
+        for waker in self.waiting.drain(..) {
+            waker.wake();
+        }
+    }
 }
 
 /// The clustered groups of one engine: who is in each, and a generation that moves on every
@@ -124,7 +137,7 @@ impl Groups {
         let mut groups = self.groups.lock().expect("groups lock");
         let state = groups.entry(group.to_string()).or_default();
         state.members.insert(member);
-        state.generation += 1;
+        state.changed();
         member
     }
 
@@ -132,7 +145,7 @@ impl Groups {
         let mut groups = self.groups.lock().expect("groups lock");
         if let Some(state) = groups.get_mut(group) {
             state.members.remove(&member);
-            state.generation += 1;
+            state.changed();
         }
     }
 
@@ -143,6 +156,22 @@ impl Groups {
         let rank = state.members.iter().position(|m| *m == member).expect("a member until it leaves");
         let n = state.members.len();
         (state.generation, (0..partitions).filter(|p| *p as usize % n == rank).collect())
+    }
+
+    /// Resolves once `group` has moved past `generation` (a member joined or left).
+    async fn changed_since(&self, group: &str, generation: u64) {
+        std::future::poll_fn(|cx| {
+            let mut groups = self.groups.lock().expect("groups lock");
+            let Some(state) = groups.get_mut(group) else { return Poll::Ready(()) };
+            if state.generation != generation {
+                return Poll::Ready(());
+            }
+            if !state.waiting.iter().any(|w| w.will_wake(cx.waker())) {
+                state.waiting.push(cx.waker().clone());
+            }
+            Poll::Pending
+        })
+        .await
     }
 }
 
@@ -235,7 +264,8 @@ impl Consumer {
     /// Up to `max_events` durable events, in log order per partition, waiting up to `timeout`
     /// for the first when none is there yet. Delivered events move this consumer's positions;
     /// they are committed only by [`commit`](Self::commit). A clustered member with no
-    /// partition (more members than partitions) has nothing to wait on and returns at once.
+    /// partition (more members than partitions) waits for its group to change, up to
+    /// `timeout`, then polls what it owns then without waiting more.
     pub async fn poll(&mut self, max_events: usize, timeout: Duration) -> Result<Vec<SettlementEvent>> {
         let (batches, moves) = self.poll_undelivered(max_events, timeout).await?;
         let mut delivered = Vec::with_capacity(batches.iter().map(|b| b.events.len()).sum());
@@ -262,6 +292,13 @@ impl Consumer {
     /// The events a poll would deliver, and the positions delivering them moves to.
     async fn poll_undelivered(&mut self, max_events: usize, timeout: Duration) -> Result<Polled> {
         self.rebalance().await?;
+        if self.positions.is_empty() && !timeout.is_zero() {
+            // A member with no partition: wait for the group to change (a member leaving may
+            // hand it some) or for the timeout, then poll what it owns then, once.
+            self.wait_for_partitions(timeout).await?;
+            self.rebalance().await?;
+            return self.poll_once(max_events.clamp(1, POLL_EVENTS_MAX), Duration::ZERO).await;
+        }
         let max_events = max_events.clamp(1, POLL_EVENTS_MAX);
         let mut polled = self.poll_once(max_events, Duration::ZERO).await?;
         if polled.0.is_empty() && !timeout.is_zero() {
@@ -271,6 +308,21 @@ impl Consumer {
             polled = self.poll_once(max_events, timeout).await?;
         }
         Ok(polled)
+    }
+
+    /// Waits until this member's group changes or `timeout` passes. The timer runs on an
+    /// executor (a consumer may be polled from any thread or runtime); a closed engine ends
+    /// the wait at once.
+    async fn wait_for_partitions(&self, timeout: Duration) -> Result<()> {
+        let Some(_) = self.member else { return Ok(()) };
+        let (tx, rx) = reply::channel();
+        self.handle.send(0, Request::Sleep { duration: timeout, reply: tx }).await?;
+        let changed = self.handle.inner.groups.changed_since(&self.config.group, self.generation);
+        futures_lite::future::or(changed, async move {
+            let _ = rx.await;
+        })
+        .await;
+        Ok(())
     }
 
     fn move_positions(&mut self, moves: &[(u32, u64)]) {

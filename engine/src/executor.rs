@@ -249,5 +249,12 @@ fn dispatch(shards: &HashMap<u32, Shard<DmaDisk>>, request: Request) {
             reply.send(shards.values().flat_map(|shard| shard.settled_totals()).collect())
         }
         Request::Stats { reply } => reply.send(shards.iter().map(|(id, shard)| (*id, shard.stats())).collect()),
+        Request::Sleep { duration, reply } => {
+            glommio::spawn_local(async move {
+                glommio::timer::sleep(duration).await;
+                reply.send(());
+            })
+            .detach();
+        }
     }
 }

@@ -10,6 +10,7 @@
 use std::sync::atomic::{AtomicBool, Ordering::SeqCst};
 use std::sync::Mutex;
 use std::task::{Context, Poll, Waker};
+use std::time::Duration;
 
 use crossbeam_queue::ArrayQueue;
 use tradeshard_shard::{Command, Currency, ListQuery, PollQuery, RawEventBatch, Receipt, ShardStats, Trade, TradeId};
@@ -58,6 +59,12 @@ pub(crate) enum Request {
         group: String,
         offset: u64,
         reply: ReplyTx<Result<u64>>,
+    },
+    /// A reply after `duration`: the timer of a wait that has no shard to wait on (a
+    /// clustered consumer with no partition).
+    Sleep {
+        duration: Duration,
+        reply: ReplyTx<()>,
     },
     /// A group's committed offset in one shard, the shard's readable range, and the end of its
     /// trade events.
