@@ -338,3 +338,32 @@ fn a_point_read_through_the_wrong_piece_is_refused() {
         wal.close().await.unwrap();
     });
 }
+
+/// A log reopened with room left in its tail segment prepares no segment until it is written
+/// to: an opener that only reads does not write a segment's worth of zeros. Once appended to,
+/// it prepares the next.
+#[test]
+fn a_reopened_log_prepares_its_next_segment_only_when_written() {
+    run(async {
+        let disk = SimDisk::new();
+        let config = WalConfig { segment_bytes: 1 << 20, ..zeroed_config() };
+        let (wal, _) = open(&disk, config.clone()).await;
+        let mut rng = SplitMix64::new(9);
+        let records: Vec<Vec<u8>> = (0..20).map(|_| random_record(&mut rng, 500)).collect();
+        append_all(&wal, &records).await;
+        wal.close().await.unwrap();
+        let prepared = tradeshard_wal::segment::PREPARED_NAME;
+        let _ = disk.remove(prepared).await;
+
+        let (wal, replayed) = open(&disk, config.clone()).await;
+        assert_eq!(replayed.len(), 20);
+        assert_eq!(wal.read(3).await.unwrap(), records[3]);
+        wal.close().await.unwrap();
+        assert!(!disk.list_names().iter().any(|n| n == prepared), "a read-only open prepared a segment");
+
+        let (wal, _) = open(&disk, config).await;
+        append_all(&wal, &records[..1]).await;
+        wal.close().await.unwrap();
+        assert!(disk.list_names().iter().any(|n| n == prepared), "the first append prepares the next segment");
+    });
+}

@@ -2,7 +2,8 @@
 //! before any frame is written into it.
 //!
 //! Under `Preallocation::Zeroed` the next segment is prepared in the background while the
-//! current one fills: created as `PREPARED_NAME`, reserved, filled with zeros and synced, so
+//! current one fills (from the first flush after an open; at the open itself only when the log
+//! has no segment yet or its tail is three quarters full): created as `PREPARED_NAME`, reserved, filled with zeros and synced, so
 //! that appends overwrite written blocks and each fdatasync flushes data alone. At the roll its
 //! header is written and synced, and only then is it renamed to its segment name and the
 //! directory synced: a crash leaves either no new segment or a complete empty one, and a

@@ -76,7 +76,13 @@ impl<D: Disk> Writer<D> {
 
     /// The flusher's life: flush batches until the log closes or fails.
     pub(crate) async fn run(mut self) {
-        self.maker.prepare_next();
+        // The next segment is prepared at the first flush (each flush asks), not at open, so
+        // that an opener that only reads writes nothing; unless the log has no segment yet or
+        // its tail is nearly full, when the first appends would soon wait for it.
+        let segment_bytes = self.shared.config.segment_bytes;
+        if self.tail.is_none() || segment_bytes - self.write_offset < segment_bytes / 4 {
+            self.maker.prepare_next();
+        }
         loop {
             if self.sync_due() {
                 if let Err(error) = self.sync_tail().await {
