@@ -69,7 +69,7 @@ impl<D: Disk> Wal<D> {
         Self::open_with_positions(disk, config, |at, record| replay(at.seq, record)).await
     }
 
-    /// Like [`Wal::open`], handing `replay` each record's frame position as well, for owners
+    /// Like [`Wal::open`], handing `replay` each record's piece position as well, for owners
     /// that keep where a record lies.
     pub async fn open_with_positions(
         disk: D,
