@@ -36,7 +36,8 @@ const _: () = assert!(
 pub struct TradeTable<V> {
     /// Chunk `c` holds counters `c * 4096 .. (c + 1) * 4096`.
     chunks: Vec<Box<[Slot<V>]>>,
-    /// Entries whose counter lies beyond the next chunk when inserted.
+    /// Entries whose counter lay beyond the next chunk when inserted, or whose slot held an
+    /// entry of another logical shard.
     scattered: IdMap<TradeId, V>,
     len: usize,
 }
