@@ -295,6 +295,12 @@ fn prepared_segments_are_appended_to_through_o_dsync_descriptors() {
     });
 }
 
+/// Sixteen records of 1 KiB of random bytes, which do not compress.
+fn incompressible_records(seed: u64) -> Vec<Vec<u8>> {
+    let mut rng = SplitMix64::new(seed);
+    (0..16).map(|_| (0..1024).map(|_| rng.next_u64() as u8).collect()).collect()
+}
+
 /// A point read through the position an append returned reads the blocks of the record's
 /// piece, with one read, not its whole frame.
 #[test]
@@ -302,10 +308,9 @@ fn a_point_read_reads_one_piece_of_a_long_frame_with_one_read() {
     run(async {
         let disk = SimDisk::new();
         let (wal, _) = open(&disk, small_config()).await;
-        let mut rng = SplitMix64::new(5);
-        // Random bytes do not compress: sixteen 1 KiB records make frames of up to four
-        // blocks (16 KiB payloads), cut into pieces of at most four records (4 KiB).
-        let records: Vec<Vec<u8>> = (0..16).map(|_| (0..1024).map(|_| rng.next_u64() as u8).collect()).collect();
+        // Sixteen 1 KiB records make frames of up to four blocks (16 KiB payloads), cut into
+        // pieces of at most four records (4 KiB).
+        let records = incompressible_records(5);
         let acks = append_all(&wal, &records).await;
         let mut pieces: Vec<_> = acks.iter().map(|ack| ack.piece).collect();
         pieces.dedup();
@@ -330,8 +335,7 @@ fn a_point_read_through_the_wrong_piece_is_refused() {
     run(async {
         let disk = SimDisk::new();
         let (wal, _) = open(&disk, small_config()).await;
-        let mut rng = SplitMix64::new(6);
-        let records: Vec<Vec<u8>> = (0..16).map(|_| (0..1024).map(|_| rng.next_u64() as u8).collect()).collect();
+        let records = incompressible_records(6);
         let acks = append_all(&wal, &records).await;
         let error = wal.read_at(acks[0].seq, acks[12].piece).await.unwrap_err();
         assert!(matches!(error, Error::Corruption { .. }), "{error}");
