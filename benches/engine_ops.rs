@@ -163,7 +163,7 @@ fn consume(c: &mut Criterion) {
             let mut seen = 0;
             while seen < events {
                 for batch in consumer.poll_raw_blocking(4096, Duration::ZERO).unwrap() {
-                    for view in batch.events.views() {
+                    for view in batch.views() {
                         std::hint::black_box(view.unwrap().1.amount);
                         seen += 1;
                     }

@@ -6,7 +6,7 @@ use std::collections::{BTreeMap, HashSet};
 use std::time::Duration;
 
 use tradeshard_engine::{
-    ConsumerConfig, ConsumerMode, Engine, EngineHandle, RecordKind, SettlementEvent, StartPosition, TradeId,
+    ConsumerConfig, ConsumerMode, Engine, EngineHandle, Event, RecordKind, StartPosition, TradeId,
 };
 use tradeshard_tests::{engine_options, new_trade};
 
@@ -23,7 +23,11 @@ fn write(handle: &EngineHandle, buyers: u64, count: u64, first_order: u64) -> Ve
     ids
 }
 
-fn drain(consumer: &mut tradeshard_engine::Consumer) -> Vec<SettlementEvent> {
+/// How long a test's long poll may wait: far above any wake-up, so that a poll that reaches it
+/// was not woken, and the assertion after it fails with a message instead of hanging.
+const LONG_POLL_BOUND: Duration = Duration::from_secs(30);
+
+fn drain(consumer: &mut tradeshard_engine::Consumer) -> Vec<Event> {
     let mut events = Vec::new();
     loop {
         let batch = consumer.poll_blocking(100, Duration::ZERO).unwrap();
@@ -84,7 +88,7 @@ fn after_reopen_delivery_resumes_at_the_committed_offset() {
 
     let engine = Engine::open(engine_options(dir.path(), 2, 2)).unwrap();
     let mut consumer = engine.handle().consumer(ConsumerConfig::new("ledger")).unwrap();
-    let by_partition = |mut events: Vec<SettlementEvent>| {
+    let by_partition = |mut events: Vec<Event>| {
         events.sort_by_key(|e| (e.partition, e.offset));
         events
     };
@@ -107,7 +111,7 @@ fn a_leaving_member_hands_its_partitions_over_at_their_committed_offsets() {
     let mut b = handle.consumer(ConsumerConfig::new("clearing")).unwrap();
     let from_a = drain(&mut a);
     let from_b = drain(&mut b);
-    let parts = |events: &[SettlementEvent]| events.iter().map(|e| e.partition).collect::<HashSet<u32>>();
+    let parts = |events: &[Event]| events.iter().map(|e| e.partition).collect::<HashSet<u32>>();
     assert_eq!(parts(&from_a).len(), 2);
     assert_eq!(parts(&from_b).len(), 2);
     assert!(parts(&from_a).is_disjoint(&parts(&from_b)), "members split the partitions");
@@ -176,12 +180,11 @@ fn a_long_poll_wakes_on_new_data() {
             write(&handle, 1, 1, 0)
         })
     };
-    // An hour's timeout: if new data did not wake the poll, this test would hang, not pass.
-    let events = consumer.poll_blocking(10, Duration::from_secs(3600)).unwrap();
-    assert!(!events.is_empty());
+    let events = consumer.poll_blocking(10, LONG_POLL_BOUND).unwrap();
+    assert!(!events.is_empty(), "the long poll ran to its bound: new data did not wake it");
     assert_eq!(events[0].record.kind, RecordKind::Created);
     writer.join().unwrap();
-    // The other partition's poll still waits: closing cuts it short instead of waiting an hour.
+    // The other partition's poll still waits: closing cuts it short instead of waiting it out.
     engine.close().unwrap();
 }
 
@@ -208,9 +211,9 @@ fn a_long_poll_waits_past_the_commits_at_the_end_of_the_logs() {
         };
         // Without the wait, the poll would answer at once, empty, before the writer wrote.
         let delivered = if raw {
-            consumer.poll_raw_blocking(10, Duration::from_secs(3600)).unwrap().iter().map(|p| p.events.len()).sum()
+            consumer.poll_raw_blocking(10, LONG_POLL_BOUND).unwrap().iter().map(|batch| batch.len()).sum()
         } else {
-            consumer.poll_blocking(10, Duration::from_secs(3600)).unwrap().len()
+            consumer.poll_blocking(10, LONG_POLL_BOUND).unwrap().len()
         };
         assert!(delivered > 0, "raw {raw}: the long poll returned before the next event");
         writer.join().unwrap();
@@ -240,16 +243,16 @@ fn raw_polls_deliver_what_owned_polls_deliver() {
         // 13 per page: pages end inside partitions.
         let owned_page = owned.poll_blocking(13, Duration::ZERO).unwrap();
         let raw_page = raw.poll_raw_blocking(13, Duration::ZERO).unwrap();
-        let raw_count: usize = raw_page.iter().map(|p| p.events.len()).sum();
+        let raw_count: usize = raw_page.iter().map(|batch| batch.len()).sum();
         assert_eq!(owned_page.len(), raw_count, "pages of the same size");
         if raw_count == 0 {
             break;
         }
         owned_events.extend(owned_page);
         for page in &raw_page {
-            for view in page.events.views() {
+            for view in page.views() {
                 let (offset, view) = view.unwrap();
-                raw_events.push(SettlementEvent { partition: page.partition, offset, record: view.to_record() });
+                raw_events.push(Event { partition: page.partition, offset, record: view.to_record() });
             }
         }
     }
@@ -260,8 +263,8 @@ fn raw_polls_deliver_what_owned_polls_deliver() {
     assert!(raw.lag_blocking().unwrap().iter().all(|(_, lag)| *lag == 0));
     assert_eq!(owned_events.len(), 7 * 12 * 2);
     // Partitions answer in whatever order their executors do; within one, order is total.
-    let by_partition = |events: &[SettlementEvent]| {
-        let mut split: BTreeMap<u32, Vec<SettlementEvent>> = BTreeMap::new();
+    let by_partition = |events: &[Event]| {
+        let mut split: BTreeMap<u32, Vec<Event>> = BTreeMap::new();
         for event in events {
             split.entry(event.partition).or_default().push(event.clone());
         }
@@ -293,10 +296,13 @@ fn a_member_without_partitions_waits_for_its_timeout_or_a_change_of_its_group() 
         std::thread::sleep(Duration::from_millis(100));
         drop(a);
     });
-    // An hour's timeout: if the group's change did not end the wait, this test would hang.
-    let events = idle.poll_blocking(100, Duration::from_secs(3600)).unwrap();
+    let events = idle.poll_blocking(100, LONG_POLL_BOUND).unwrap();
     leaver.join().unwrap();
-    assert_eq!(idle.assignment().len(), 1, "the idle member took the leaver's partition");
+    assert_eq!(
+        idle.assignment().len(),
+        1,
+        "the idle member took the leaver's partition (or its poll ran to its bound)"
+    );
     let events = if events.is_empty() { drain(&mut idle) } else { events };
     assert!(!events.is_empty(), "and reads it from its start");
     engine.close().unwrap();

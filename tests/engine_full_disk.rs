@@ -13,9 +13,8 @@ use std::process::Command;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 
-use tradeshard_engine::{Engine, Error, Options, TradeError, TradeId};
+use tradeshard_engine::{Engine, Error, Options, TradeId};
 use tradeshard_tests::new_trade;
-use tradeshard_wal::Error as LogError;
 
 /// A loop-mounted ext4 filesystem, unmounted on drop.
 struct SmallDisk {
@@ -66,8 +65,8 @@ fn options(dir: &Path) -> Options {
 
 fn is_disk_full(error: &Error) -> bool {
     match error {
-        Error::Trade(TradeError::Log(LogError::DiskFull { .. })) => true,
-        Error::Trade(TradeError::Log(LogError::Poisoned { cause })) => matches!(**cause, LogError::DiskFull { .. }),
+        Error::DiskFull { .. } => true,
+        Error::Poisoned { cause } => matches!(**cause, Error::DiskFull { .. }),
         _ => false,
     }
 }

@@ -6,7 +6,7 @@
 use std::collections::HashMap;
 
 use proptest::prelude::*;
-use tradeshard_engine::{Engine, EngineHandle, Error, TradeError, TradeId, TradeStatus};
+use tradeshard_engine::{Engine, EngineHandle, Error, Refusal, TradeId, TradeStatus};
 use tradeshard_tests::{engine_options, new_trade};
 
 #[derive(Debug, Clone)]
@@ -92,7 +92,7 @@ proptest! {
                             prop_assert_eq!((receipt.id, receipt.replayed), (id, true));
                         }
                         Some(_) => {
-                            let conflict = matches!(outcome, Err(Error::Trade(TradeError::IdempotencyConflict { .. })));
+                            let conflict = matches!(outcome, Err(Error::Refused(Refusal::IdempotencyConflict { .. })));
                             prop_assert!(conflict, "a different body under a used order number must conflict");
                         }
                         None => {

@@ -7,7 +7,6 @@ use std::time::Duration;
 
 use tradeshard_engine::{ConsumerConfig, Currency, Engine, EngineHandle, RecordKind};
 use tradeshard_tests::{engine_options, new_trade};
-use tradeshard_wal::disk::SplitMix64;
 
 #[derive(Default)]
 struct Totals {
@@ -17,7 +16,7 @@ struct Totals {
 }
 
 impl Totals {
-    fn apply(&mut self, events: &[tradeshard_engine::SettlementEvent]) {
+    fn apply(&mut self, events: &[tradeshard_engine::Event]) {
         for event in events {
             if self.applied_up_to.get(&event.partition).is_some_and(|last| event.offset <= *last) {
                 self.redelivered += 1;
@@ -32,13 +31,13 @@ impl Totals {
     }
 }
 
-fn random_trades(handle: &EngineHandle, rng: &mut SplitMix64, round: u64) {
+fn random_trades(handle: &EngineHandle, rng: &mut fastrand::Rng, round: u64) {
     for n in 0..40 {
-        let buyer = 1 + rng.below(20);
-        let receipt = handle.create_trade_blocking(new_trade(buyer, round * 1000 + n, 1 + rng.below(500))).unwrap();
-        if rng.below(4) > 0 {
+        let buyer = 1 + rng.u64(..20);
+        let receipt = handle.create_trade_blocking(new_trade(buyer, round * 1000 + n, 1 + rng.u64(..500))).unwrap();
+        if rng.u64(..4) > 0 {
             handle.pay_blocking(receipt.id).unwrap();
-            if rng.below(3) > 0 {
+            if rng.u64(..3) > 0 {
                 handle.settle_blocking(receipt.id).unwrap();
             }
         }
@@ -48,22 +47,22 @@ fn random_trades(handle: &EngineHandle, rng: &mut SplitMix64, round: u64) {
 #[test]
 fn settlement_totals_reconcile_with_the_store_across_restarts() {
     let dir = tempfile::tempdir().unwrap();
-    let mut rng = SplitMix64::new(42);
+    let mut rng = fastrand::Rng::with_seed(42);
     let mut totals = Totals::default();
     for round in 0..6 {
         let engine = Engine::open(engine_options(dir.path(), 2, 2)).unwrap();
         let handle = engine.handle();
         let mut consumer = handle.consumer(ConsumerConfig::new("settlement")).unwrap();
         random_trades(&handle, &mut rng, round);
-        for _ in 0..rng.below(4) {
-            let events = consumer.poll_blocking(1 + rng.below(60) as usize, Duration::ZERO).unwrap();
+        for _ in 0..rng.u64(..4) {
+            let events = consumer.poll_blocking(1 + rng.u64(..60) as usize, Duration::ZERO).unwrap();
             totals.apply(&events);
-            if rng.one_in(2) {
+            if rng.bool() {
                 consumer.commit_blocking().unwrap();
             }
         }
         drop(consumer);
-        if rng.one_in(2) {
+        if rng.bool() {
             engine.close().unwrap();
         } else {
             drop(engine);

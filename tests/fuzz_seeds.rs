@@ -11,9 +11,8 @@ use std::path::PathBuf;
 use tradeshard_engine::{Manifest, FORMAT_VERSION};
 use tradeshard_shard::{OffsetCommit, RecordKind, TradeId, TradeRecord};
 use tradeshard_tests::{new_trade, run};
-use tradeshard_wal::batch::{push_record, seal_frame, SealParams, FRAME_HEADER_BYTES};
 use tradeshard_wal::disk::SimDisk;
-use tradeshard_wal::segment::{file_name, SegmentHeader};
+use tradeshard_wal::testing::{file_name, push_record, seal_frame, SealParams, SegmentHeader, FRAME_HEADER_BYTES};
 use tradeshard_wal::{Compression, Preallocation, Wal, WalConfig};
 
 type Seed = (&'static str, String, Vec<u8>);

@@ -291,7 +291,7 @@ fn every_operation_of_recovery_fails_in_turn() {
 }
 
 #[test]
-fn random_failures_then_power_loss() {
+fn random_write_and_recovery_failures_then_power_loss_lose_nothing_acknowledged() {
     let seeds = seeds(1000);
     let count = seeds.len();
     let cases = seeds

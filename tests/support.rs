@@ -100,32 +100,9 @@ pub fn new_trade(buyer: u64, order: u64, amount: u64) -> tradeshard_engine::NewT
     }
 }
 
-type Slot<T> = std::rc::Rc<std::cell::RefCell<(Option<T>, Option<std::task::Waker>)>>;
-
-/// Turns a callback-style shard call (`Done<T>`) into a future of its outcome.
-pub fn call<T: 'static, E: 'static>(
-    start: impl FnOnce(Box<dyn FnOnce(Result<T, E>)>),
-) -> impl Future<Output = Result<T, E>> {
-    let slot: Slot<Result<T, E>> = Default::default();
-    let filler = slot.clone();
-    start(Box::new(move |outcome| {
-        let waker = {
-            let mut slot = filler.borrow_mut();
-            slot.0 = Some(outcome);
-            slot.1.take()
-        };
-        if let Some(waker) = waker {
-            waker.wake();
-        }
-    }));
-    std::future::poll_fn(move |cx| {
-        let mut slot = slot.borrow_mut();
-        match slot.0.take() {
-            Some(outcome) => std::task::Poll::Ready(outcome),
-            None => {
-                slot.1 = Some(cx.waker().clone());
-                std::task::Poll::Pending
-            }
-        }
-    })
+/// Runs a shard call that answers through a `Reply` and resolves to its answer.
+pub async fn call<T>(start: impl FnOnce(tradeshard_shard::ShardReply<T>)) -> Result<T, tradeshard_shard::TradeError> {
+    let (reply, answer) = tradeshard_shard::reply::channel();
+    start(reply);
+    answer.await.expect("a shard answers every request it takes")
 }

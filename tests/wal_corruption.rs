@@ -4,7 +4,7 @@
 
 use tradeshard_tests::{run, small_config};
 use tradeshard_wal::disk::{Disk, SimDisk, SplitMix64};
-use tradeshard_wal::segment::{self, SegmentHeader};
+use tradeshard_wal::testing::{file_name, SegmentHeader};
 use tradeshard_wal::{Error, Wal, WalConfig, BLOCK_BYTES};
 
 /// A log with `records` incompressible records of 3000 bytes, each in a frame of its own
@@ -50,7 +50,7 @@ async fn assert_refused(disk: &SimDisk, name: &str, offset: u64) {
 fn a_torn_tail_is_truncated_and_the_log_continues() {
     run(async {
         let disk = log_of(10).await;
-        let name = segment::file_name(0);
+        let name = file_name(0);
         let end = BLOCK_BYTES * 11;
         // The first 1000 bytes of a copy of the last frame: a valid header, a cut payload.
         let last_frame = disk.read_file(&name).unwrap()[(end - BLOCK_BYTES) as usize..][..1000].to_vec();
@@ -71,7 +71,7 @@ fn a_torn_tail_is_truncated_and_the_log_continues() {
 fn a_flipped_bit_in_the_middle_is_refused_not_truncated() {
     run(async {
         let disk = log_of(10).await;
-        let name = segment::file_name(0);
+        let name = file_name(0);
         let third_frame = BLOCK_BYTES * 3;
         disk.flip_bit(&name, third_frame + 100, 3);
         assert_refused(&disk, &name, third_frame).await;
@@ -106,7 +106,7 @@ fn damage_to_the_last_flush_reads_as_a_torn_tail() {
     // crash, so it is cut (docs/FORMAT.md, "Torn tail or corruption").
     run(async {
         let disk = log_of(10).await;
-        let name = segment::file_name(0);
+        let name = file_name(0);
         let last_frame = BLOCK_BYTES * 10;
         disk.flip_bit(&name, last_frame + 500, 5);
         let (_, replayed, report) = reopen(&disk).await.unwrap();
@@ -130,7 +130,7 @@ fn a_missing_middle_segment_is_refused() {
 fn a_segment_of_a_newer_version_is_refused() {
     run(async {
         let disk = log_of(3).await;
-        let name = segment::file_name(0);
+        let name = file_name(0);
         let mut header = SegmentHeader { shard_id: small_config().shard_id, base_seq: 0, chain_seed: 0 }.encode();
         header[8] = 2;
         let checksum = xxhash_rust::xxh3::xxh3_64(&header[..56]);
@@ -157,7 +157,7 @@ fn a_segment_of_another_shard_is_refused() {
 fn a_segment_torn_while_being_created_is_removed() {
     run(async {
         let disk = log_of(5).await;
-        let torn = segment::file_name(5);
+        let torn = file_name(5);
         let file = disk.create(&torn).await.unwrap();
         drop(file);
         disk.overwrite(&torn, 0, &[0x5A; 700]);
@@ -174,7 +174,7 @@ fn a_segment_torn_while_being_created_is_removed() {
 fn a_zeroed_block_before_durable_frames_is_refused() {
     run(async {
         let disk = log_of(10).await;
-        let name = segment::file_name(0);
+        let name = file_name(0);
         disk.overwrite(&name, BLOCK_BYTES * 4, &[0u8; BLOCK_BYTES as usize]);
         assert_refused(&disk, &name, BLOCK_BYTES * 4).await;
     });
@@ -185,7 +185,7 @@ fn a_reader_reports_corruption_found_after_open() {
     run(async {
         let disk = log_of(10).await;
         let (wal, _, _) = reopen(&disk).await.unwrap();
-        let name = segment::file_name(0);
+        let name = file_name(0);
         disk.flip_bit(&name, BLOCK_BYTES * 2 + 300, 6);
         assert_eq!(wal.read(0).await.unwrap().len(), 3000, "undamaged frames still read");
         match wal.read(1).await {

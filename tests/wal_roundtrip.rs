@@ -356,7 +356,7 @@ fn a_reopened_log_prepares_its_next_segment_only_when_written() {
         let records: Vec<Vec<u8>> = (0..20).map(|_| random_record(&mut rng, 500)).collect();
         append_all(&wal, &records).await;
         wal.close().await.unwrap();
-        let prepared = tradeshard_wal::segment::PREPARED_NAME;
+        let prepared = tradeshard_wal::testing::PREPARED_NAME;
         let _ = disk.remove(prepared).await;
 
         let (wal, replayed) = open(&disk, config.clone()).await;

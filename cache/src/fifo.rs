@@ -45,6 +45,19 @@ pub struct CacheStats {
     pub entries: u64,
 }
 
+impl CacheStats {
+    /// Adds `other`'s counters to these (totals over several caches).
+    pub fn add(&mut self, other: &CacheStats) {
+        self.hits += other.hits;
+        self.misses += other.misses;
+        self.loads += other.loads;
+        self.coalesced += other.coalesced;
+        self.evictions += other.evictions;
+        self.bytes += other.bytes;
+        self.entries += other.entries;
+    }
+}
+
 /// A byte-bounded S3-FIFO cache; `S` hashes its keys (std's SipHash unless the owner knows
 /// its keys are spread already).
 pub struct Cache<K, V, S = RandomState> {

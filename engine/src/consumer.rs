@@ -16,25 +16,22 @@
 //!   the logs, no busy loop) up to its timeout; events and bytes per poll are bounded. A
 //!   clustered member with no partition (more members than partitions) waits too, for its
 //!   timeout or a change of its group, whichever comes first.
-//! - The shards answer polls with record bytes ([`RawEventBatch`]); `poll` decodes them into
-//!   owned events on the caller's thread, `poll_raw` hands them over as they are, to be read
-//!   in place (`RawEventBatch::views`) with no allocation per event.
+//! - The shards answer polls with record bytes ([`EventBatch`]); `poll` decodes them into
+//!   owned [`Event`]s on the caller's thread, `poll_raw` hands them over as they are, to be
+//!   read in place (`EventBatch::views`) with no allocation per event.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::BTreeMap;
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Mutex;
-use std::task::{Poll, Waker};
+use std::task::Poll;
 use std::time::Duration;
 
-use futures_lite::future::block_on;
-use tradeshard_shard::{OffsetCommit, PollQuery, RawEventBatch, TradeError, TradeRecord};
+use tradeshard_shard::{validate_group, Event, EventBatch, PollQuery, Refusal, ReplyFuture, TradeError};
 
+use crate::blocking::blocking;
 use crate::error::{Error, Result};
 use crate::handle::EngineHandle;
-use crate::inbox::Request;
-use crate::reply::{self, ReplyRx};
+use crate::ops::{self, CommitOffset, PartitionPosition, PollEvents, Position};
 
 /// How a consumer shares a group's partitions.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -80,100 +77,18 @@ impl ConsumerConfig {
     }
 }
 
-/// One delivered event: a trade record at its offset in its partition.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct SettlementEvent {
-    pub partition: u32,
-    pub offset: u64,
-    pub record: TradeRecord,
-}
-
 /// A poll sent to one partition, awaiting its answer.
-type PendingPoll = Pin<Box<ReplyRx<Result<RawEventBatch>>>>;
+type PendingPoll = Pin<Box<ReplyFuture<Result<EventBatch, TradeError>>>>;
 
 /// What a poll took: the events, and each partition's position after them.
-type Polled = (Vec<PartitionEvents>, Vec<(u32, u64)>);
-
-/// The events one poll read from one partition, undecoded.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct PartitionEvents {
-    pub partition: u32,
-    /// Offsets and record bytes; `events.views()` decodes them in place.
-    pub events: RawEventBatch,
+struct Polled {
+    batches: Vec<EventBatch>,
+    /// (partition, next offset) past everything read, events or not.
+    moves: Vec<(u32, u64)>,
 }
 
 /// Largest number of events one poll returns.
-pub const POLL_EVENTS_MAX: usize = tradeshard_shard::events::POLL_EVENTS_MAX;
-
-#[derive(Default)]
-struct GroupState {
-    /// Members in join order (member ids are increasing).
-    members: BTreeSet<u64>,
-    generation: u64,
-    /// Members waiting for the next change (members with no partition, in a long poll).
-    waiting: Vec<Waker>,
-}
-
-impl GroupState {
-    fn changed(&mut self) {
-        self.generation += 1;
-        for waker in self.waiting.drain(..) {
-            waker.wake();
-        }
-    }
-}
-
-/// The clustered groups of one engine: who is in each, and a generation that moves on every
-/// join and leave.
-#[derive(Default)]
-pub(crate) struct Groups {
-    groups: Mutex<HashMap<String, GroupState>>,
-    next_member: AtomicU64,
-}
-
-impl Groups {
-    fn join(&self, group: &str) -> u64 {
-        let member = self.next_member.fetch_add(1, Ordering::Relaxed);
-        let mut groups = self.groups.lock().expect("groups lock");
-        let state = groups.entry(group.to_string()).or_default();
-        state.members.insert(member);
-        state.changed();
-        member
-    }
-
-    fn leave(&self, group: &str, member: u64) {
-        let mut groups = self.groups.lock().expect("groups lock");
-        if let Some(state) = groups.get_mut(group) {
-            state.members.remove(&member);
-            state.changed();
-        }
-    }
-
-    /// The generation and the partitions `member` owns now.
-    fn assignment(&self, group: &str, member: u64, partitions: u32) -> (u64, Vec<u32>) {
-        let groups = self.groups.lock().expect("groups lock");
-        let state = &groups[group];
-        let rank = state.members.iter().position(|m| *m == member).expect("a member until it leaves");
-        let n = state.members.len();
-        (state.generation, (0..partitions).filter(|p| *p as usize % n == rank).collect())
-    }
-
-    /// Resolves once `group` has moved past `generation` (a member joined or left).
-    async fn changed_since(&self, group: &str, generation: u64) {
-        std::future::poll_fn(|cx| {
-            let mut groups = self.groups.lock().expect("groups lock");
-            let Some(state) = groups.get_mut(group) else { return Poll::Ready(()) };
-            if state.generation != generation {
-                return Poll::Ready(());
-            }
-            if !state.waiting.iter().any(|w| w.will_wake(cx.waker())) {
-                state.waiting.push(cx.waker().clone());
-            }
-            Poll::Pending
-        })
-        .await
-    }
-}
+pub const POLL_EVENTS_MAX: usize = tradeshard_shard::POLL_EVENTS_MAX;
 
 /// A consumer of the settlement events; `Send`, usable from any thread or async runtime.
 pub struct Consumer {
@@ -190,14 +105,12 @@ pub struct Consumer {
 }
 
 impl Consumer {
-    pub(crate) fn new(handle: EngineHandle, config: ConsumerConfig) -> Result<Consumer> {
+    fn new(handle: EngineHandle, config: ConsumerConfig) -> Result<Consumer> {
         let offsets_key = match &config.mode {
             ConsumerMode::Clustered => config.group.clone(),
             ConsumerMode::Broadcast { instance } => format!("{}/{instance}", config.group),
         };
-        if !OffsetCommit::valid_group(&offsets_key) {
-            return Err(TradeError::BadGroup { len: offsets_key.len() }.into());
-        }
+        validate_group(&offsets_key)?;
         let member = (config.mode == ConsumerMode::Clustered).then(|| handle.inner.groups.join(&config.group));
         Ok(Consumer { handle, config, offsets_key, member, generation: 0, positions: BTreeMap::new(), next_first: 0 })
     }
@@ -229,7 +142,7 @@ impl Consumer {
 
     async fn take_partitions(&mut self, partitions: Vec<u32>) -> Result<()> {
         for partition in partitions {
-            let (committed, (first, end), _) = self.position_of(partition).await?;
+            let PartitionPosition { committed, first, end, .. } = self.position_of(partition).await?;
             let start = match self.config.start {
                 StartPosition::Committed => committed.unwrap_or(first),
                 StartPosition::Earliest => first,
@@ -240,25 +153,14 @@ impl Consumer {
         Ok(())
     }
 
-    async fn position_of(&self, shard: u32) -> Result<(Option<u64>, (u64, u64), u64)> {
-        let (tx, rx) = reply::channel();
-        let request = Request::Position { shard, group: self.offsets_key.clone(), reply: tx };
-        self.handle.send(self.handle.routing().executor_of_physical(shard), request).await?;
-        rx.await.ok_or(Error::Closed)
+    async fn position_of(&self, shard: u32) -> Result<PartitionPosition> {
+        self.handle.on_shard(shard, Position { group: self.offsets_key.clone() }).await
     }
 
-    async fn send_poll(
-        &self,
-        partition: u32,
-        from: u64,
-        max_events: usize,
-        wait: Duration,
-    ) -> Result<ReplyRx<Result<RawEventBatch>>> {
-        let (tx, rx) = reply::channel();
+    async fn send_poll(&self, partition: u32, from: u64, max_events: usize, wait: Duration) -> Result<PendingPoll> {
         let query = PollQuery { from, max_events, max_bytes: self.config.max_bytes_per_poll, wait };
-        let request = Request::Poll { shard: partition, query, reply: tx };
-        self.handle.send(self.handle.routing().executor_of_physical(partition), request).await?;
-        Ok(rx)
+        let answer = self.handle.submit_to_shard(partition, PollEvents(query)).await?;
+        Ok(Box::pin(answer))
     }
 
     /// Up to `max_events` durable events, in log order per partition, waiting up to `timeout`
@@ -266,14 +168,12 @@ impl Consumer {
     /// they are committed only by [`commit`](Self::commit). A clustered member with no
     /// partition (more members than partitions) waits for its group to change, up to
     /// `timeout`, then polls what it owns then without waiting more.
-    pub async fn poll(&mut self, max_events: usize, timeout: Duration) -> Result<Vec<SettlementEvent>> {
-        let (batches, moves) = self.poll_undelivered(max_events, timeout).await?;
-        let mut delivered = Vec::with_capacity(batches.iter().map(|b| b.events.len()).sum());
-        for PartitionEvents { partition, events } in &batches {
+    pub async fn poll(&mut self, max_events: usize, timeout: Duration) -> Result<Vec<Event>> {
+        let Polled { batches, moves } = self.poll_undelivered(max_events, timeout).await?;
+        let mut delivered = Vec::with_capacity(batches.iter().map(EventBatch::len).sum());
+        for batch in &batches {
             // A bad record fails the poll before any position moves.
-            for event in events.decode()?.events {
-                delivered.push(SettlementEvent { partition: *partition, offset: event.offset, record: event.record });
-            }
+            delivered.extend(batch.decode()?);
         }
         self.move_positions(&moves);
         Ok(delivered)
@@ -283,8 +183,8 @@ impl Consumer {
     /// them in place with `events.views()` (or forward the bytes). Positions move exactly as
     /// `poll` moves them, past every event delivered, including one whose record `views()`
     /// then reports as bad (`seek` back to read it again).
-    pub async fn poll_raw(&mut self, max_events: usize, timeout: Duration) -> Result<Vec<PartitionEvents>> {
-        let (batches, moves) = self.poll_undelivered(max_events, timeout).await?;
+    pub async fn poll_raw(&mut self, max_events: usize, timeout: Duration) -> Result<Vec<EventBatch>> {
+        let Polled { batches, moves } = self.poll_undelivered(max_events, timeout).await?;
         self.move_positions(&moves);
         Ok(batches)
     }
@@ -301,10 +201,10 @@ impl Consumer {
         }
         let max_events = max_events.clamp(1, POLL_EVENTS_MAX);
         let mut polled = self.poll_once(max_events, Duration::ZERO).await?;
-        if polled.0.is_empty() && !timeout.is_zero() {
+        if polled.batches.is_empty() && !timeout.is_zero() {
             // Nothing delivered: moving past the system records read (offset commits at the
             // end of a log) is safe, and needed for the long poll to wait at the end.
-            self.move_positions(&polled.1);
+            self.move_positions(&polled.moves);
             polled = self.poll_once(max_events, timeout).await?;
         }
         Ok(polled)
@@ -315,11 +215,10 @@ impl Consumer {
     /// the wait at once.
     async fn wait_for_partitions(&self, timeout: Duration) -> Result<()> {
         let Some(_) = self.member else { return Ok(()) };
-        let (tx, rx) = reply::channel();
-        self.handle.send(0, Request::Sleep { duration: timeout, reply: tx }).await?;
+        let timer = self.handle.submit(0, ops::Sleep(timeout)).await?;
         let changed = self.handle.inner.groups.changed_since(&self.config.group, self.generation);
         futures_lite::future::or(changed, async move {
-            let _ = rx.await;
+            let _ = timer.await;
         })
         .await;
         Ok(())
@@ -339,35 +238,32 @@ impl Consumer {
     async fn poll_once(&mut self, max_events: usize, wait: Duration) -> Result<Polled> {
         let partitions: Vec<(u32, u64)> = self.assignment();
         if partitions.is_empty() {
-            return Ok((Vec::new(), Vec::new()));
+            return Ok(Polled { batches: Vec::new(), moves: Vec::new() });
         }
         let first = self.next_first % partitions.len();
         self.next_first = self.next_first.wrapping_add(1);
         let mut pending: Vec<(u32, PendingPoll)> = Vec::new();
         for (partition, from) in partitions[first..].iter().chain(&partitions[..first]) {
-            pending.push((*partition, Box::pin(self.send_poll(*partition, *from, max_events, wait).await?)));
+            pending.push((*partition, self.send_poll(*partition, *from, max_events, wait).await?));
         }
-        let mut batches: Vec<(u32, RawEventBatch)> = Vec::new();
+        let mut batches: Vec<EventBatch> = Vec::new();
         let wait_for_all = wait.is_zero();
         std::future::poll_fn(|cx| {
             let mut index = 0;
             while index < pending.len() {
                 match pending[index].1.as_mut().poll(cx) {
                     Poll::Ready(answer) => {
-                        let (partition, _) = pending.remove(index);
-                        let batch = match answer {
-                            Some(batch) => batch,
+                        pending.remove(index);
+                        match answer {
+                            Some(Ok(batch)) => batches.push(batch),
+                            Some(Err(error)) => return Poll::Ready(Err(error.into())),
                             None => return Poll::Ready(Err(Error::Closed)),
-                        };
-                        match batch {
-                            Ok(batch) => batches.push((partition, batch)),
-                            Err(error) => return Poll::Ready(Err(error)),
                         }
                     }
                     Poll::Pending => index += 1,
                 }
             }
-            let any_events = batches.iter().any(|(_, b)| !b.is_empty());
+            let any_events = batches.iter().any(|b| !b.is_empty());
             if pending.is_empty() || (!wait_for_all && any_events) {
                 Poll::Ready(Ok(()))
             } else {
@@ -381,21 +277,21 @@ impl Consumer {
     /// Takes up to `max_events` from the batches in the order they were asked for, and the
     /// positions past what is taken (and past system records read along). Partitions with
     /// nothing to deliver are left out of the events.
-    fn deliver(&self, batches: Vec<(u32, RawEventBatch)>, max_events: usize) -> Polled {
-        let (mut delivered, mut moves) = (Vec::new(), Vec::new());
+    fn deliver(&self, batches: Vec<EventBatch>, max_events: usize) -> Polled {
+        let mut polled = Polled { batches: Vec::new(), moves: Vec::new() };
         let mut room = max_events;
-        for (partition, mut events) in batches {
-            if !self.positions.contains_key(&partition) || (room == 0 && !events.is_empty()) {
+        for mut batch in batches {
+            if !self.positions.contains_key(&batch.partition) || (room == 0 && !batch.is_empty()) {
                 continue;
             }
-            events.truncate(room);
-            moves.push((partition, events.next_offset));
-            room -= events.len();
-            if !events.is_empty() {
-                delivered.push(PartitionEvents { partition, events });
+            batch.truncate(room);
+            polled.moves.push((batch.partition, batch.next_offset));
+            room -= batch.len();
+            if !batch.is_empty() {
+                polled.batches.push(batch);
             }
         }
-        (delivered, moves)
+        polled
     }
 
     /// Commits the current positions (everything delivered so far) durably.
@@ -409,18 +305,11 @@ impl Consumer {
     pub async fn commit_offsets(&mut self, offsets: &[(u32, u64)]) -> Result<()> {
         let mut waiting = Vec::new();
         for (partition, offset) in offsets {
-            let (tx, rx) = reply::channel();
-            let request = Request::CommitOffset {
-                shard: *partition,
-                group: self.offsets_key.clone(),
-                offset: *offset,
-                reply: tx,
-            };
-            self.handle.send(self.handle.routing().executor_of_physical(*partition), request).await?;
-            waiting.push(rx);
+            let commit = CommitOffset { group: self.offsets_key.clone(), offset: *offset };
+            waiting.push(self.handle.submit_to_shard(*partition, commit).await?);
         }
-        for rx in waiting {
-            rx.await.ok_or(Error::Closed)??;
+        for answer in waiting {
+            answer.await.ok_or(Error::Closed)??;
         }
         Ok(())
     }
@@ -433,7 +322,7 @@ impl Consumer {
                 *position = offset;
                 Ok(())
             }
-            None => Err(Error::InvalidOptions(format!("partition {partition} is not assigned to this consumer"))),
+            None => Err(Refusal::NotAssigned { partition }.into()),
         }
     }
 
@@ -444,7 +333,7 @@ impl Consumer {
         self.rebalance().await?;
         let mut lags = Vec::new();
         for (partition, _) in self.assignment() {
-            let (committed, (first, _), events_end) = self.position_of(partition).await?;
+            let PartitionPosition { committed, first, events_end, .. } = self.position_of(partition).await?;
             lags.push((partition, events_end.saturating_sub(committed.unwrap_or(first))));
         }
         Ok(lags)
@@ -455,7 +344,7 @@ impl Consumer {
     pub async fn committed(&self) -> Result<Vec<(u32, Option<u64>)>> {
         let mut committed = Vec::new();
         for partition in 0..self.handle.routing().physical_shards {
-            committed.push((partition, self.position_of(partition).await?.0));
+            committed.push((partition, self.position_of(partition).await?.committed));
         }
         Ok(committed)
     }
@@ -465,43 +354,29 @@ impl Consumer {
     pub async fn end_offsets(&self) -> Result<Vec<(u32, u64)>> {
         let mut ends = Vec::new();
         for partition in 0..self.handle.routing().physical_shards {
-            ends.push((partition, self.position_of(partition).await?.1 .1));
+            ends.push((partition, self.position_of(partition).await?.end));
         }
         Ok(ends)
     }
 
-    /// Blocking [`committed`](Self::committed).
-    pub fn committed_blocking(&self) -> Result<Vec<(u32, Option<u64>)>> {
-        block_on(self.committed())
-    }
-
-    /// Blocking [`poll`](Self::poll).
-    pub fn poll_blocking(&mut self, max_events: usize, timeout: Duration) -> Result<Vec<SettlementEvent>> {
-        block_on(self.poll(max_events, timeout))
-    }
-
-    /// Blocking [`poll_raw`](Self::poll_raw).
-    pub fn poll_raw_blocking(&mut self, max_events: usize, timeout: Duration) -> Result<Vec<PartitionEvents>> {
-        block_on(self.poll_raw(max_events, timeout))
-    }
-
-    /// Blocking [`commit`](Self::commit).
-    pub fn commit_blocking(&mut self) -> Result<()> {
-        block_on(self.commit())
-    }
-
-    /// Blocking [`seek`](Self::seek).
-    pub fn seek_blocking(&mut self, partition: u32, offset: u64) -> Result<()> {
-        block_on(self.seek(partition, offset))
-    }
-
-    /// Blocking [`lag`](Self::lag).
-    pub fn lag_blocking(&mut self) -> Result<Vec<(u32, u64)>> {
-        block_on(self.lag())
-    }
+    blocking!(poll_blocking = poll(&mut self, max_events: usize, timeout: Duration) -> Result<Vec<Event>>);
+    blocking!(poll_raw_blocking = poll_raw(&mut self, max_events: usize, timeout: Duration) -> Result<Vec<EventBatch>>);
+    blocking!(commit_blocking = commit(&mut self) -> Result<()>);
+    blocking!(commit_offsets_blocking = commit_offsets(&mut self, offsets: &[(u32, u64)]) -> Result<()>);
+    blocking!(seek_blocking = seek(&mut self, partition: u32, offset: u64) -> Result<()>);
+    blocking!(lag_blocking = lag(&mut self) -> Result<Vec<(u32, u64)>>);
+    blocking!(committed_blocking = committed(&self) -> Result<Vec<(u32, Option<u64>)>>);
+    blocking!(end_offsets_blocking = end_offsets(&self) -> Result<Vec<(u32, u64)>>);
 
     /// Leaves the group (its partitions go to the other members); nothing is committed.
     pub fn close(self) {}
+}
+
+impl EngineHandle {
+    /// A settlement consumer (see [`Consumer`]).
+    pub fn consumer(&self, config: ConsumerConfig) -> Result<Consumer> {
+        Consumer::new(self.clone(), config)
+    }
 }
 
 impl Drop for Consumer {

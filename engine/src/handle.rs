@@ -3,28 +3,33 @@
 //! Every method checks its input first (bad input never reaches a queue), routes to the
 //! executor owning the shard, and resolves when the shard answers: writes once durable, reads
 //! with durable state. Each async method has a blocking twin for plain threads.
+//!
+//! A method sends one named operation (`ops.rs`) through [`EngineHandle::on_shard`] or
+//! [`EngineHandle::submit`]; the plumbing between threads (the inbox, the reply, the blocking
+//! twin) is written once, here and in `blocking.rs`.
 
+use std::collections::BTreeMap;
 use std::sync::Arc;
 
-use futures_lite::future::block_on;
-use tradeshard_shard::trade::validate_amount;
-use tradeshard_shard::{Action, Command, Currency, ListQuery, NewTrade, Receipt, ShardStats, Trade, TradeId};
+use tradeshard_shard::{
+    validate_amount, Action, Command, Currency, InputError, ListQuery, NewTrade, Receipt, ReplyFuture, ShardStats,
+    Trade, TradeError, TradeId,
+};
 
-use crate::error::{Error, Result};
+use crate::blocking::blocking;
+use crate::error::{Error, FullQueue, Result};
+use crate::groups::Groups;
 use crate::inbox::{Inbox, Refused, Request};
+use crate::ops::{self, ExecutorOp, OnShard, ShardOp};
 use crate::options::Backpressure;
-use crate::reply::{self, ReplyTx};
 use crate::routing::Routing;
 
 pub(crate) struct HandleInner {
     pub routing: Routing,
     pub inboxes: Vec<Arc<Inbox>>,
     pub backpressure: Backpressure,
-    pub groups: crate::consumer::Groups,
+    pub groups: Groups,
 }
-
-/// One executor's share of a `get_many`: the caller's slots and the (shard, id) pairs.
-type ExecutorBatch = (Vec<usize>, Vec<(u32, TradeId)>);
 
 /// A cheap, cloneable handle to an open engine (`Clone + Send + Sync`).
 #[derive(Clone)]
@@ -36,7 +41,7 @@ pub struct EngineHandle {
 #[derive(Debug, Clone, Default)]
 pub struct EngineStats {
     /// Per physical shard, in shard order.
-    pub shards: Vec<(u32, ShardStats)>,
+    pub shards: Vec<ShardStats>,
     pub trades: u64,
     pub records: u64,
     /// Points where the logs made writes durable: fdatasync calls, plus frame writes that
@@ -54,19 +59,43 @@ impl EngineHandle {
         self.inner.routing
     }
 
-    async fn call<T>(&self, executor: usize, make: impl FnOnce(ReplyTx<Result<T>>) -> Request) -> Result<T> {
-        let (tx, rx) = reply::channel();
-        self.send(executor, make(tx)).await?;
-        rx.await.unwrap_or(Err(Error::Closed))
+    /// Queues `op` for `executor`, waiting for room or failing per the backpressure choice;
+    /// resolves to the future of its answer once queued.
+    pub(crate) async fn submit<Op: ExecutorOp>(&self, executor: usize, op: Op) -> Result<ReplyFuture<Op::Output>> {
+        let (job, answer) = ops::job(op);
+        self.send(executor, job).await?;
+        Ok(answer)
     }
 
-    /// A settlement consumer (see [`Consumer`](crate::Consumer)).
-    pub fn consumer(&self, config: crate::ConsumerConfig) -> Result<crate::Consumer> {
-        crate::Consumer::new(self.clone(), config)
+    /// [`submit`](Self::submit) of an operation on one shard, to the executor owning it.
+    pub(crate) async fn submit_to_shard<Op: ShardOp>(
+        &self,
+        shard: u32,
+        op: Op,
+    ) -> Result<ReplyFuture<Result<Op::Output, TradeError>>> {
+        self.submit(self.inner.routing.executor_of_physical(shard), OnShard { shard, op }).await
     }
 
-    /// Queues a request for `executor`, waiting for room or failing per the backpressure choice.
-    pub(crate) async fn send(&self, executor: usize, mut request: Request) -> Result<()> {
+    /// Runs an operation on one shard and waits for its answer.
+    pub(crate) async fn on_shard<Op: ShardOp>(&self, shard: u32, op: Op) -> Result<Op::Output> {
+        let answer = self.submit_to_shard(shard, op).await?;
+        Ok(answer.await.ok_or(Error::Closed)??)
+    }
+
+    /// Runs an operation on every executor and gathers the answers, in executor order.
+    async fn on_every_executor<Op: ExecutorOp + Clone>(&self, op: Op) -> Result<Vec<Op::Output>> {
+        let mut answers = Vec::with_capacity(self.inner.inboxes.len());
+        for executor in 0..self.inner.inboxes.len() {
+            answers.push(self.submit(executor, op.clone()).await?);
+        }
+        let mut outputs = Vec::with_capacity(answers.len());
+        for answer in answers {
+            outputs.push(answer.await.ok_or(Error::Closed)?);
+        }
+        Ok(outputs)
+    }
+
+    async fn send(&self, executor: usize, mut request: Request) -> Result<()> {
         let inbox = &self.inner.inboxes[executor];
         loop {
             match inbox.push(request) {
@@ -74,7 +103,7 @@ impl EngineHandle {
                 Err(Refused::Closed) => return Err(Error::Closed),
                 Err(Refused::Full(back)) => {
                     if self.inner.backpressure == Backpressure::Fail {
-                        return Err(Error::Backpressure { executor });
+                        return Err(Error::Backpressure { queue: FullQueue::Executor { executor } });
                     }
                     request = back;
                     std::future::poll_fn(|cx| inbox.poll_room(cx)).await;
@@ -83,24 +112,20 @@ impl EngineHandle {
         }
     }
 
-    async fn write(&self, shard: u32, command: Command) -> Result<Receipt> {
-        let executor = self.inner.routing.executor_of_physical(shard);
-        self.call(executor, |reply| Request::Write { shard, command, reply }).await
-    }
-
     /// Creates a trade, durable when this resolves. Idempotent on (merchant, order number): a
     /// retry with the same body returns the original (`replayed: true`); the same key with a
-    /// different body is `TradeError::IdempotencyConflict`.
+    /// different body is `Refusal::IdempotencyConflict`.
     pub async fn create_trade(&self, trade: NewTrade) -> Result<Receipt> {
         let trade = trade.validate()?;
         let routing = self.inner.routing;
         let logical_shard = routing.logical_of_user(trade.buyer_id);
-        self.write(routing.physical_of_logical(logical_shard), Command::Create { trade, logical_shard }).await
+        let shard = routing.physical_of_logical(logical_shard);
+        self.on_shard(shard, ops::Write(Command::Create { trade, logical_shard })).await
     }
 
     async fn change(&self, id: TradeId, action: Action) -> Result<Receipt> {
         let shard = self.inner.routing.physical_of_trade(id)?;
-        self.write(shard, Command::Change { id, action }).await
+        self.on_shard(shard, ops::Write(Command::Change { id, action })).await
     }
 
     /// `Created → Paid`.
@@ -127,8 +152,7 @@ impl EngineHandle {
     /// The trade's last durable state.
     pub async fn get(&self, id: TradeId) -> Result<Trade> {
         let shard = self.inner.routing.physical_of_trade(id)?;
-        let executor = self.inner.routing.executor_of_physical(shard);
-        self.call(executor, |reply| Request::Get { shard, id, reply }).await
+        self.on_shard(shard, ops::Get(id)).await
     }
 
     /// Many trades in one trip per executor: the answers in the order of `ids`, each the
@@ -137,138 +161,122 @@ impl EngineHandle {
     pub async fn get_many(&self, ids: &[TradeId]) -> Result<Vec<Result<Trade>>> {
         let routing = self.inner.routing;
         let mut results: Vec<Option<Result<Trade>>> = vec![None; ids.len()];
-        let mut per_executor: Vec<ExecutorBatch> = vec![(Vec::new(), Vec::new()); self.inner.inboxes.len()];
+        let mut slots_of_executor: Vec<Vec<usize>> = vec![Vec::new(); self.inner.inboxes.len()];
+        let mut ids_of_executor: Vec<Vec<TradeId>> = vec![Vec::new(); self.inner.inboxes.len()];
         for (slot, id) in ids.iter().enumerate() {
             match routing.physical_of_trade(*id) {
                 Ok(shard) => {
-                    let (slots, items) = &mut per_executor[routing.executor_of_physical(shard)];
-                    slots.push(slot);
-                    items.push((shard, *id));
+                    let executor = routing.executor_of_physical(shard);
+                    slots_of_executor[executor].push(slot);
+                    ids_of_executor[executor].push(*id);
                 }
                 Err(error) => results[slot] = Some(Err(error.into())),
             }
         }
         let mut waiting = Vec::new();
-        for (executor, (slots, items)) in per_executor.into_iter().enumerate() {
-            if items.is_empty() {
-                continue;
+        for (executor, (slots, ids)) in slots_of_executor.into_iter().zip(ids_of_executor).enumerate() {
+            if !ids.is_empty() {
+                waiting.push((slots, self.submit(executor, ops::GetMany(ids)).await?));
             }
-            let (tx, rx) = reply::channel();
-            self.send(executor, Request::GetMany { items, reply: tx }).await?;
-            waiting.push((slots, rx));
         }
-        for (slots, rx) in waiting {
-            let answers = rx.await.ok_or(Error::Closed)?;
-            for (slot, answer) in slots.into_iter().zip(answers) {
-                results[slot] = Some(answer);
+        for (slots, answer) in waiting {
+            for (slot, trade) in slots.into_iter().zip(answer.await.ok_or(Error::Closed)?) {
+                results[slot] = Some(trade.map_err(Error::from));
             }
         }
         Ok(results.into_iter().map(|r| r.expect("every id answered")).collect())
     }
 
-    /// A user's trades, newest first: at most `limit`, older than `before` when given.
+    /// A user's trades, newest first: at most `limit` (at most 10,000), older than `before`
+    /// when given.
     pub async fn list_user_trades(&self, user_id: u64, limit: usize, before: Option<TradeId>) -> Result<Vec<Trade>> {
         if user_id == 0 {
-            return Err(tradeshard_shard::TradeError::ZeroUserId.into());
+            return Err(InputError::ZeroUserId.into());
         }
         let routing = self.inner.routing;
         let shard = routing.physical_of_logical(routing.logical_of_user(user_id));
-        let query = ListQuery { user_id, limit: limit.min(10_000), before };
-        self.call(routing.executor_of_physical(shard), |reply| Request::List { shard, query, reply }).await
+        self.on_shard(shard, ops::List(ListQuery { user_id, limit: limit.min(10_000), before })).await
     }
 
     /// Counters of every shard, summed.
     pub async fn stats(&self) -> Result<EngineStats> {
         let mut stats = EngineStats::default();
-        for executor in 0..self.inner.inboxes.len() {
-            let (tx, rx) = reply::channel();
-            match self.inner.inboxes[executor].push(Request::Stats { reply: tx }) {
-                Ok(()) => {}
-                Err(Refused::Closed) => return Err(Error::Closed),
-                Err(Refused::Full(_)) => return Err(Error::Backpressure { executor }),
-            }
-            stats.shards.extend(rx.await.ok_or(Error::Closed)?);
+        for shards in self.on_every_executor(ops::Stats).await? {
+            stats.shards.extend(shards);
         }
-        stats.shards.sort_by_key(|(id, _)| *id);
-        for (_, shard) in &stats.shards {
+        stats.shards.sort_by_key(|shard| shard.shard);
+        for shard in &stats.shards {
             stats.trades += shard.trades;
             stats.records += shard.wal.records;
             stats.fsyncs += shard.wal.fsyncs + shard.wal.durable_writes;
             stats.flushes += shard.wal.flushes;
             stats.disk_bytes += shard.wal.disk_bytes;
-            let (total, cache) = (&mut stats.cache, &shard.cache);
-            total.hits += cache.hits;
-            total.misses += cache.misses;
-            total.loads += cache.loads;
-            total.coalesced += cache.coalesced;
-            total.evictions += cache.evictions;
-            total.bytes += cache.bytes;
-            total.entries += cache.entries;
+            stats.cache.add(&shard.cache);
         }
         Ok(stats)
     }
 
     /// The amounts of every durable settled trade, summed per (merchant, currency): a scan of
     /// the store that a settlement consumer's totals can be reconciled against.
-    pub async fn settled_totals(&self) -> Result<std::collections::BTreeMap<(u64, Currency), u64>> {
-        let mut totals = std::collections::BTreeMap::new();
-        for executor in 0..self.inner.inboxes.len() {
-            let (tx, rx) = reply::channel();
-            self.send(executor, Request::SettledTotals { reply: tx }).await?;
-            for (key, amount) in rx.await.ok_or(Error::Closed)? {
+    pub async fn settled_totals(&self) -> Result<BTreeMap<(u64, Currency), u64>> {
+        let mut totals = BTreeMap::new();
+        for executor_totals in self.on_every_executor(ops::SettledTotals).await? {
+            for (key, amount) in executor_totals {
                 *totals.entry(key).or_insert(0) += amount;
             }
         }
         Ok(totals)
     }
 
-    /// Blocking [`settled_totals`](Self::settled_totals).
-    pub fn settled_totals_blocking(&self) -> Result<std::collections::BTreeMap<(u64, Currency), u64>> {
-        block_on(self.settled_totals())
+    blocking!(create_trade_blocking = create_trade(&self, trade: NewTrade) -> Result<Receipt>);
+    blocking!(pay_blocking = pay(&self, id: TradeId) -> Result<Receipt>);
+    blocking!(settle_blocking = settle(&self, id: TradeId) -> Result<Receipt>);
+    blocking!(close_trade_blocking = close_trade(&self, id: TradeId) -> Result<Receipt>);
+    blocking!(refund_blocking = refund(&self, id: TradeId, amount: u64) -> Result<Receipt>);
+    blocking!(get_blocking = get(&self, id: TradeId) -> Result<Trade>);
+    blocking!(get_many_blocking = get_many(&self, ids: &[TradeId]) -> Result<Vec<Result<Trade>>>);
+    blocking!(list_user_trades_blocking = list_user_trades(&self, user_id: u64, limit: usize, before: Option<TradeId>) -> Result<Vec<Trade>>);
+    blocking!(stats_blocking = stats(&self) -> Result<EngineStats>);
+    blocking!(settled_totals_blocking = settled_totals(&self) -> Result<BTreeMap<(u64, Currency), u64>>);
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use futures_lite::future::block_on;
+
+    use super::*;
+
+    /// A handle to one inbox of one request that no executor drains.
+    fn handle_of_unserved_inbox(backpressure: Backpressure) -> (EngineHandle, Arc<Inbox>) {
+        let inbox = Arc::new(Inbox::new(1));
+        let routing = Routing { logical_shards: 1, physical_shards: 1, executors: 1 };
+        let inner = HandleInner { routing, inboxes: vec![inbox.clone()], backpressure, groups: Groups::default() };
+        (EngineHandle { inner: Arc::new(inner) }, inbox)
     }
 
-    /// Blocking [`create_trade`](Self::create_trade).
-    pub fn create_trade_blocking(&self, trade: NewTrade) -> Result<Receipt> {
-        block_on(self.create_trade(trade))
+    #[test]
+    fn a_full_queue_refuses_a_caller_that_chose_to_fail() {
+        let (handle, _inbox) = handle_of_unserved_inbox(Backpressure::Fail);
+        assert!(block_on(handle.submit(0, ops::Sleep(Duration::ZERO))).is_ok(), "the one place is free");
+        match block_on(handle.submit(0, ops::Sleep(Duration::ZERO))) {
+            Err(Error::Backpressure { queue: FullQueue::Executor { executor: 0 } }) => {}
+            other => panic!("expected backpressure of executor 0, got {:?}", other.map(|_| ())),
+        }
     }
 
-    /// Blocking [`pay`](Self::pay).
-    pub fn pay_blocking(&self, id: TradeId) -> Result<Receipt> {
-        block_on(self.pay(id))
-    }
-
-    /// Blocking [`settle`](Self::settle).
-    pub fn settle_blocking(&self, id: TradeId) -> Result<Receipt> {
-        block_on(self.settle(id))
-    }
-
-    /// Blocking [`close_trade`](Self::close_trade).
-    pub fn close_trade_blocking(&self, id: TradeId) -> Result<Receipt> {
-        block_on(self.close_trade(id))
-    }
-
-    /// Blocking [`refund`](Self::refund).
-    pub fn refund_blocking(&self, id: TradeId, amount: u64) -> Result<Receipt> {
-        block_on(self.refund(id, amount))
-    }
-
-    /// Blocking [`get`](Self::get).
-    pub fn get_blocking(&self, id: TradeId) -> Result<Trade> {
-        block_on(self.get(id))
-    }
-
-    /// Blocking [`get_many`](Self::get_many).
-    pub fn get_many_blocking(&self, ids: &[TradeId]) -> Result<Vec<Result<Trade>>> {
-        block_on(self.get_many(ids))
-    }
-
-    /// Blocking [`list_user_trades`](Self::list_user_trades).
-    pub fn list_user_trades_blocking(&self, user_id: u64, limit: usize, before: Option<TradeId>) -> Result<Vec<Trade>> {
-        block_on(self.list_user_trades(user_id, limit, before))
-    }
-
-    /// Blocking [`stats`](Self::stats).
-    pub fn stats_blocking(&self) -> Result<EngineStats> {
-        block_on(self.stats())
+    #[test]
+    fn a_full_queue_holds_a_waiting_caller_until_there_is_room() {
+        let (handle, inbox) = handle_of_unserved_inbox(Backpressure::Wait);
+        assert!(block_on(handle.submit(0, ops::Sleep(Duration::ZERO))).is_ok(), "the one place is free");
+        let waiter = {
+            let handle = handle.clone();
+            std::thread::spawn(move || block_on(handle.submit(0, ops::Sleep(Duration::ZERO))).map(drop))
+        };
+        std::thread::sleep(Duration::from_millis(50));
+        assert!(!waiter.is_finished(), "a waiting caller returned while the queue was full");
+        assert_eq!(inbox.drain(1, drop), 1);
+        assert!(waiter.join().unwrap().is_ok(), "the waiting caller got the room");
     }
 }

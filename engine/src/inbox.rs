@@ -10,70 +10,13 @@
 use std::sync::atomic::{AtomicBool, Ordering::SeqCst};
 use std::sync::Mutex;
 use std::task::{Context, Poll, Waker};
-use std::time::Duration;
 
 use crossbeam_queue::ArrayQueue;
-use tradeshard_shard::{Command, Currency, ListQuery, PollQuery, RawEventBatch, Receipt, ShardStats, Trade, TradeId};
 
-use crate::error::Result;
-use crate::reply::ReplyTx;
+use crate::ops::Job;
 
-/// What a caller asks an executor.
-pub(crate) enum Request {
-    Write {
-        shard: u32,
-        command: Command,
-        reply: ReplyTx<Result<Receipt>>,
-    },
-    Get {
-        shard: u32,
-        id: TradeId,
-        reply: ReplyTx<Result<Trade>>,
-    },
-    /// Many gets in one trip: (shard, id) pairs, answered together in their order.
-    GetMany {
-        items: Vec<(u32, TradeId)>,
-        reply: ReplyTx<Vec<Result<Trade>>>,
-    },
-    List {
-        shard: u32,
-        query: ListQuery,
-        reply: ReplyTx<Result<Vec<Trade>>>,
-    },
-    Stats {
-        reply: ReplyTx<Vec<(u32, ShardStats)>>,
-    },
-    /// Settled amounts per (merchant, currency) over the executor's shards.
-    SettledTotals {
-        reply: ReplyTx<Vec<((u64, Currency), u64)>>,
-    },
-    /// Settlement events of one shard (partition).
-    Poll {
-        shard: u32,
-        query: PollQuery,
-        reply: ReplyTx<Result<RawEventBatch>>,
-    },
-    /// A consumer group's position in one shard.
-    CommitOffset {
-        shard: u32,
-        group: String,
-        offset: u64,
-        reply: ReplyTx<Result<u64>>,
-    },
-    /// A reply after `duration`: the timer of a wait that has no shard to wait on (a
-    /// clustered consumer with no partition).
-    Sleep {
-        duration: Duration,
-        reply: ReplyTx<()>,
-    },
-    /// A group's committed offset in one shard, the shard's readable range, and the end of its
-    /// trade events.
-    Position {
-        shard: u32,
-        group: String,
-        reply: ReplyTx<(Option<u64>, (u64, u64), u64)>,
-    },
-}
+/// What a caller hands an executor: an operation and the reply it owes (`ops.rs`).
+pub(crate) type Request = Box<dyn Job>;
 
 pub(crate) struct Inbox {
     queue: ArrayQueue<Request>,

@@ -23,26 +23,30 @@
 //! to shards, and the data directory (manifest and lock). It knows nothing of the bytes of the
 //! log.
 
+mod blocking;
 mod consumer;
 mod error;
 mod executor;
+mod groups;
 mod handle;
 mod inbox;
 mod manifest;
+mod ops;
 mod options;
-mod reply;
 mod routing;
 
 use glommio::ExecutorJoinHandle;
 
-pub use consumer::{Consumer, ConsumerConfig, ConsumerMode, PartitionEvents, SettlementEvent, StartPosition};
-pub use error::{Error, Result, TradeError};
+pub use consumer::{Consumer, ConsumerConfig, ConsumerMode, StartPosition, POLL_EVENTS_MAX};
+pub use error::{Error, FullQueue, Result};
 pub use handle::{EngineHandle, EngineStats};
 pub use manifest::{Manifest, FORMAT_VERSION};
 pub use options::{cores, Backpressure, Durability, Options, SyncMethod};
 pub use routing::Routing;
 pub use tradeshard_shard::{
-    CacheStats, Currency, NewTrade, Receipt, RecordKind, Trade, TradeId, TradeRecord, TradeStatus,
+    CacheStats, CreatedFields, CreatedFieldsView, Currency, Event, EventBatch, InputError, NewTrade, Receipt,
+    RecordKind, Refusal, ShardStats, Trade, TradeId, TradeRecord, TradeRecordView, TradeStatus, WalStats, AMOUNT_MAX,
+    LOGICAL_SHARDS_MAX, MEMO_BYTES_MAX, ORDER_NO_BYTES_MAX,
 };
 
 use crate::executor::ExecutorPlan;
@@ -63,7 +67,7 @@ impl Engine {
     /// replaying its shards' logs before this returns.
     pub fn open(options: Options) -> Result<Engine> {
         let logical_shards = options.logical_shards;
-        if logical_shards == 0 || logical_shards > tradeshard_shard::trade::LOGICAL_SHARDS_MAX {
+        if logical_shards == 0 || logical_shards > LOGICAL_SHARDS_MAX {
             return Err(Error::InvalidOptions(format!("logical_shards {logical_shards} is not in 1..=65536")));
         }
         let physical_shards = options.physical_shards.unwrap_or(cores() as u32);
@@ -95,7 +99,7 @@ impl Engine {
                 routing,
                 inboxes: inboxes.clone(),
                 backpressure: options.backpressure,
-                groups: Default::default(),
+                groups: groups::Groups::default(),
             }),
         };
         let mut engine = Engine { handle, executors: Vec::new(), data_dir };
@@ -106,7 +110,7 @@ impl Engine {
         for (index, inbox) in inboxes.into_iter().enumerate() {
             let shard_dirs = routing.shards_of_executor(index).map(|s| (s, engine.data_dir.shard_dir(s))).collect();
             let cache_bytes_per_shard = options.cache_bytes / manifest.physical_shards as usize;
-            let plan = ExecutorPlan { index, shard_dirs, inbox, cache_bytes_per_shard };
+            let plan = ExecutorPlan { index, shard_dirs, inbox, cache_bytes_per_shard, routing };
             match executor::start(plan, &options) {
                 Ok(executor) => starting.push(executor),
                 Err(error) => {
@@ -158,7 +162,8 @@ impl Engine {
         }
         let mut first_error = None;
         for (index, executor) in self.executors.drain(..).enumerate() {
-            let outcome = executor.join().map_err(|e| Error::Executor { executor: index, message: e.to_string() });
+            let outcome =
+                executor.join().map_err(|e| Error::Executor { executor: index, source: std::sync::Arc::new(e.into()) });
             if let Err(error) = outcome.and_then(|closed| closed) {
                 first_error.get_or_insert(error);
             }

@@ -4,7 +4,7 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
-pub use tradeshard_wal::{Durability, SyncMethod};
+pub use tradeshard_shard::{Durability, SyncMethod};
 
 /// What a caller wants when an executor's request queue is full.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -3,7 +3,7 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use tradeshard_wal::batch::{decode_frame, push_record, seal_frame, SealParams, FRAME_HEADER_BYTES};
+use tradeshard_wal::testing::{decode_frame, push_record, seal_frame, SealParams, FRAME_HEADER_BYTES};
 use tradeshard_wal::Compression;
 
 const PAYLOAD_BYTES_MAX: u32 = 1 << 20;

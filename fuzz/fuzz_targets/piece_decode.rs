@@ -4,7 +4,7 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use tradeshard_wal::batch::{decode_frame, decode_piece_into, push_record, records, seal_frame, SealParams};
+use tradeshard_wal::testing::{decode_frame, decode_piece_into, push_record, records, seal_frame, SealParams};
 use tradeshard_wal::Compression;
 
 const RAW_BYTES_MAX: u32 = 1 << 20;

@@ -3,7 +3,7 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use tradeshard_shard::record::LogRecord;
+use tradeshard_shard::LogRecord;
 
 fuzz_target!(|bytes: &[u8]| {
     let Ok(record) = LogRecord::decode(bytes) else { return };

@@ -5,7 +5,7 @@
 
 use libfuzzer_sys::fuzz_target;
 use tradeshard_wal::disk::SimDisk;
-use tradeshard_wal::segment::file_name;
+use tradeshard_wal::testing::file_name;
 use tradeshard_wal::{Wal, WalConfig};
 
 thread_local! {
@@ -21,7 +21,12 @@ fuzz_target!(|bytes: &[u8]| {
         let base = u64::from(split >> 2) * i as u64;
         disk.put_file(&file_name(base), part);
     }
-    let config = WalConfig { segment_bytes: 1 << 20, frame_payload_bytes_max: 64 << 10, record_bytes_max: 16 << 10, ..WalConfig::default() };
+    let config = WalConfig {
+        segment_bytes: 1 << 20,
+        frame_payload_bytes_max: 64 << 10,
+        record_bytes_max: 16 << 10,
+        ..WalConfig::default()
+    };
     EXECUTOR.with(|executor| {
         executor.run(async {
             let mut replayed = Vec::new();

@@ -3,7 +3,7 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use tradeshard_wal::segment::{SegmentHeader, SEGMENT_HEADER_BYTES};
+use tradeshard_wal::testing::{SegmentHeader, SEGMENT_HEADER_BYTES};
 
 fuzz_target!(|bytes: &[u8]| {
     if let Ok(header) = SegmentHeader::decode(bytes) {

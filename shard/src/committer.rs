@@ -2,8 +2,8 @@
 //!
 //! It awaits the oldest write in flight; once the log reports it durable, every write below
 //! the log's durable end is applied to the indexes in log order (a create also fills the
-//! cache), its in-flight state is retired, and its caller is answered, after the borrows are
-//! released. If the log fails, every write in flight and every later one fails with it.
+//! cache), its in-flight state is retired, and its caller is answered. If the log fails, every
+//! write in flight and every later one fails with it.
 
 use std::future::Future;
 use std::pin::Pin;
@@ -13,10 +13,11 @@ use std::task::{Context, Poll, Waker};
 use tradeshard_wal::disk::Disk;
 use tradeshard_wal::{Appended, Ticket};
 
+use crate::created::CreatedPart;
 use crate::error::TradeError;
 use crate::index::ShardIndex;
 use crate::record::{LogRecord, TradeRecord};
-use crate::shard::{receipt, Accepted, Answer, CreatedPart, Inner, Reply};
+use crate::state::{Accepted, Inner, Waiter};
 use crate::trade::TradeId;
 
 /// Waits for the oldest write in flight (or for close), returning its ticket.
@@ -48,43 +49,36 @@ pub(crate) async fn run<D: Disk>(inner: Rc<Inner<D>>) {
     }
 }
 
-/// Applies every write the log now holds durably (the front one is `front`).
+/// Applies every write the log now holds durably (the front one is `front`). Answers only
+/// wake their askers, so they are sent under the borrows.
 fn apply_durable<D: Disk>(inner: &Inner<D>, front: Appended) {
     let durable_end = inner.wal.durable_end();
-    let mut answers: Vec<Answer> = Vec::new();
-    {
-        let mut accepted = inner.accepted.borrow_mut();
-        let mut index = inner.index.borrow_mut();
-        let mut front = Some(front);
-        while accepted.effects.front().is_some_and(|effect| effect.seq < durable_end) {
-            let mut effect = accepted.effects.pop_front().expect("checked");
-            let appended = match front.take() {
-                Some(appended) => appended,
-                None => resolved(effect.ticket.take().expect("only the front ticket was taken")),
-            };
-            assert_eq!(appended.seq, effect.seq, "effects are applied in log order");
-            match (effect.record, effect.reply) {
-                (LogRecord::Trade(record), Reply::Trade(done)) => {
-                    let id = apply_trade(inner, &mut accepted, &mut index, record, appended, effect.keys);
-                    answers.push(Answer::Trade(done, receipt(id, index.get(id).expect("just applied"), false)));
-                }
-                (LogRecord::Offset(commit), Reply::Offset(done)) => {
-                    index.apply_offset(&commit);
-                    answers.push(Answer::Offset(done, commit.offset));
-                }
-                _ => unreachable!("a record and its reply are of one family"),
+    let mut accepted = inner.accepted.borrow_mut();
+    let mut index = inner.index.borrow_mut();
+    let mut front = Some(front);
+    while accepted.effects.front().is_some_and(|effect| effect.seq < durable_end) {
+        let mut effect = accepted.effects.pop_front().expect("checked");
+        let appended = match front.take() {
+            Some(appended) => appended,
+            None => resolved(effect.ticket.take().expect("only the front ticket was taken")),
+        };
+        assert_eq!(appended.seq, effect.seq, "effects are applied in log order");
+        match (effect.record, effect.waiter) {
+            (LogRecord::Trade(record), Waiter::Trade(reply)) => {
+                let id = apply_trade(inner, &mut accepted, &mut index, record, appended, effect.keys);
+                reply.send(Ok(index.get(id).expect("just applied").receipt(id, false)));
             }
-        }
-        while accepted.waiting.front().is_some_and(|(seq, _, _)| *seq < durable_end) {
-            let (_, id, done) = accepted.waiting.pop_front().expect("checked");
-            answers.push(Answer::Trade(done, receipt(id, index.get(id).expect("durable original"), true)));
+            (LogRecord::Offset(commit), Waiter::Offset(reply)) => {
+                index.apply_offset(&commit);
+                reply.send(Ok(commit.offset));
+            }
+            _ => unreachable!("a record and its waiter are of one family"),
         }
     }
-    for answer in answers {
-        match answer {
-            Answer::Trade(done, receipt) => done(Ok(receipt)),
-            Answer::Offset(done, offset) => done(Ok(offset)),
-        }
+    while accepted.repeats.front().is_some_and(|repeat| repeat.original_seq < durable_end) {
+        let repeat = accepted.repeats.pop_front().expect("checked");
+        let entry = index.get(repeat.id).expect("durable original");
+        repeat.reply.send(Ok(entry.receipt(repeat.id, true)));
     }
 }
 
@@ -125,20 +119,14 @@ fn resolved(mut ticket: Ticket) -> Appended {
 
 /// After the log failed: every write in flight fails, and so does every later one.
 fn fail_all<D: Disk>(inner: &Inner<D>, error: TradeError) {
-    let (effects, waiting) = {
-        let mut accepted = inner.accepted.borrow_mut();
-        accepted.failed = Some(error.clone());
-        accepted.trades.clear();
-        accepted.orders.clear();
-        (std::mem::take(&mut accepted.effects), std::mem::take(&mut accepted.waiting))
-    };
-    for effect in effects {
-        match effect.reply {
-            Reply::Trade(done) => done(Err(error.clone())),
-            Reply::Offset(done) => done(Err(error.clone())),
-        }
+    let mut accepted = inner.accepted.borrow_mut();
+    accepted.failed = Some(error.clone());
+    accepted.trades.clear();
+    accepted.orders.clear();
+    for effect in std::mem::take(&mut accepted.effects) {
+        effect.waiter.fail(error.clone());
     }
-    for (_, _, done) in waiting {
-        done(Err(error.clone()));
+    for repeat in std::mem::take(&mut accepted.repeats) {
+        repeat.reply.send(Err(error.clone()));
     }
 }

@@ -1,14 +1,40 @@
-//! Why a trade operation was refused or failed.
+//! Why a shard operation was refused or failed, split by what a caller can do about it.
 //!
-//! Validation and lifecycle refusals are decided before anything reaches the log and leave no
-//! trace; `Log` is the shard's log failing, after which the shard acknowledges nothing more.
+//! Bad input ([`InputError`]) and refusals by the trade's state ([`Refusal`]) are decided
+//! before anything reaches the log and leave no trace; `Log` is the shard's log refusing
+//! (backpressure) or failing, after which the shard acknowledges nothing more; `BadRecord` is a
+//! log holding bytes this build cannot apply.
 
 use crate::trade::{TradeId, TradeStatus};
+
+/// The log's error, named here so that the shard's users need not depend on the log.
+pub use tradeshard_wal::Error as LogError;
 
 /// Everything a shard can answer instead of doing the operation.
 #[derive(Debug, Clone, thiserror::Error)]
 #[non_exhaustive]
 pub enum TradeError {
+    /// The input was refused before anything was queued (see [`InputError`]).
+    #[error(transparent)]
+    Invalid(#[from] InputError),
+    /// No trade has this id.
+    #[error("no trade {0}")]
+    NotFound(TradeId),
+    /// The state of the trade or of the log does not allow the operation (see [`Refusal`]).
+    #[error(transparent)]
+    Refused(#[from] Refusal),
+    /// The shard's log refused (backpressure) or failed (full disk, failed sync, corruption).
+    #[error("shard log: {0}")]
+    Log(#[from] LogError),
+    /// A record in the log does not decode: the log holds bytes this build does not understand.
+    #[error("undecodable record at seq {seq}: {reason}")]
+    BadRecord { seq: u64, reason: &'static str },
+}
+
+/// Input that no state of the store could accept; nothing was queued.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum InputError {
     /// The buyer (user) id is zero.
     #[error("user id must not be zero")]
     ZeroUserId,
@@ -33,9 +59,15 @@ pub enum TradeError {
     /// The trade id is zero or names a logical shard the directory does not have.
     #[error("trade id {id:#x} is not valid for {logical_shards} logical shards")]
     BadTradeId { id: u64, logical_shards: u32 },
-    /// No trade has this id.
-    #[error("no trade {0}")]
-    NotFound(TradeId),
+    /// A consumer group name is empty, too long, or not printable ASCII.
+    #[error("consumer group name of {len} bytes must be 1..=64 printable ASCII bytes")]
+    BadGroup { len: usize },
+}
+
+/// A well-formed request that the current state does not allow; nothing was written.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum Refusal {
     /// The trade's status does not allow the operation.
     #[error("trade {id} is {from:?}: cannot {action}")]
     IllegalTransition { id: TradeId, from: TradeStatus, action: &'static str },
@@ -45,19 +77,13 @@ pub enum TradeError {
     /// The merchant order number is taken by a trade with a different body.
     #[error("merchant {merchant_id} order '{order_no}' already created trade {existing} with a different body")]
     IdempotencyConflict { existing: TradeId, merchant_id: u64, order_no: String },
-    /// A consumer group name is empty, too long, or not printable ASCII.
-    #[error("consumer group name of {len} bytes must be 1..=64 printable ASCII bytes")]
-    BadGroup { len: usize },
-    /// An offset to commit or to read from lies beyond the durable end of the log.
-    #[error("offset {offset} is beyond the durable end {end}")]
-    OffsetBeyondEnd { offset: u64, end: u64 },
+    /// An offset to commit or to read from lies outside the log's readable range.
+    #[error("offset {offset} is outside the readable range {first}..={end}")]
+    OffsetOutOfRange { offset: u64, first: u64, end: u64 },
+    /// A consumer asked about a partition its group did not assign it.
+    #[error("partition {partition} is not assigned to this consumer")]
+    NotAssigned { partition: u32 },
     /// The shard issued every id its counter can hold.
     #[error("trade id counter exhausted")]
     CounterExhausted,
-    /// The shard's log refused or failed (backpressure, full disk, failed sync, corruption).
-    #[error("shard log: {0}")]
-    Log(#[from] tradeshard_wal::Error),
-    /// A record in the log does not decode: the log holds bytes this build does not understand.
-    #[error("undecodable trade record at seq {seq}: {reason}")]
-    BadRecord { seq: u64, reason: &'static str },
 }

@@ -6,9 +6,9 @@
 //! `wait` for the first when there is none yet (a long poll: woken by the log as soon as its
 //! durable end moves, no polling loop).
 //!
-//! A poll answers with a [`RawEventBatch`]: the trade records' bytes back to back, as the log
-//! holds them, decoded by whoever reads them (borrowed with [`RawEventBatch::views`], owned
-//! with [`RawEventBatch::decode`]). The shard's executor only copies bytes, and a consumer that
+//! A poll answers with an [`EventBatch`]: the trade records' bytes back to back, as the log
+//! holds them, decoded by whoever reads them (borrowed with [`EventBatch::views`], owned
+//! with [`EventBatch::decode`] into [`Event`]s). The shard's executor only copies bytes, and a consumer that
 //! needs a few fields, or forwards the bytes, allocates nothing per event.
 
 use std::time::Duration;
@@ -17,7 +17,7 @@ use serde::{Deserialize, Serialize};
 use tradeshard_wal::disk::Disk;
 use tradeshard_wal::Wal;
 
-use crate::error::TradeError;
+use crate::error::{Refusal, TradeError};
 use crate::record::{LogRecord, TradeRecord, TradeRecordView};
 
 /// Largest number of events one poll may ask for.
@@ -36,24 +36,15 @@ pub struct PollQuery {
     pub wait: Duration,
 }
 
-/// One settlement event: a trade record at its offset in its shard's log.
+/// One settlement event, decoded and owned: a trade record at its offset in its partition.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Event {
+    pub partition: u32,
     pub offset: u64,
     pub record: TradeRecord,
 }
 
-/// The answer to a poll.
-#[derive(Debug, Clone, PartialEq, Eq, Default)]
-pub struct EventBatch {
-    pub events: Vec<Event>,
-    /// Where the next poll should start (past any system records read).
-    pub next_offset: u64,
-    /// The durable end of the log when the poll answered (for lag).
-    pub end_offset: u64,
-}
-
-/// Where one event's record lies in a [`RawEventBatch`].
+/// Where one event's record lies in an [`EventBatch`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 struct RawEvent {
     offset: u64,
@@ -61,9 +52,13 @@ struct RawEvent {
     len: u32,
 }
 
-/// The answer to a poll, undecoded: each event's offset and record bytes.
+/// The events one poll read from one partition, undecoded: each event's offset and record
+/// bytes, as the log holds them. Read them in place with [`views`](EventBatch::views) or own
+/// them with [`decode`](EventBatch::decode).
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
-pub struct RawEventBatch {
+pub struct EventBatch {
+    /// The partition (physical shard) the events come from.
+    pub partition: u32,
     bytes: Vec<u8>,
     events: Vec<RawEvent>,
     /// Where the next poll should start (past any system records read).
@@ -72,7 +67,7 @@ pub struct RawEventBatch {
     pub end_offset: u64,
 }
 
-impl RawEventBatch {
+impl EventBatch {
     pub fn len(&self) -> usize {
         self.events.len()
     }
@@ -103,33 +98,30 @@ impl RawEventBatch {
         }
     }
 
-    /// The owned events.
-    pub fn decode(&self) -> Result<EventBatch, TradeError> {
+    /// The owned events; the first record that does not decode fails the whole batch.
+    pub fn decode(&self) -> Result<Vec<Event>, TradeError> {
         let mut events = Vec::with_capacity(self.len());
         for view in self.views() {
             let (offset, view) = view?;
-            events.push(Event { offset, record: view.to_record() });
+            events.push(Event { partition: self.partition, offset, record: view.to_record() });
         }
-        Ok(EventBatch { events, next_offset: self.next_offset, end_offset: self.end_offset })
+        Ok(events)
     }
 }
 
-/// Reads events per `query` from `wal`, decoded.
-pub async fn poll<D: Disk>(wal: &Wal<D>, query: PollQuery) -> Result<EventBatch, TradeError> {
-    poll_raw(wal, query).await?.decode()
-}
-
-/// Reads events per `query` from `wal`, as record bytes.
-pub async fn poll_raw<D: Disk>(wal: &Wal<D>, query: PollQuery) -> Result<RawEventBatch, TradeError> {
+/// Reads events of partition `partition` per `query` from `wal`, as record bytes.
+pub(crate) async fn poll<D: Disk>(partition: u32, wal: &Wal<D>, query: PollQuery) -> Result<EventBatch, TradeError> {
     let (max_events, max_bytes) =
         (query.max_events.clamp(1, POLL_EVENTS_MAX), query.max_bytes.clamp(1, POLL_BYTES_MAX));
     if query.from > wal.durable_end() {
-        return Err(TradeError::OffsetBeyondEnd { offset: query.from, end: wal.durable_end() });
+        let (offset, first, end) = (query.from, wal.first_seq(), wal.durable_end());
+        return Err(Refusal::OffsetOutOfRange { offset, first, end }.into());
     }
     if query.from == wal.durable_end() && !query.wait.is_zero() {
         futures_lite::future::or(wal.wait_beyond(query.from), glommio::timer::sleep(query.wait)).await;
     }
-    let mut batch = RawEventBatch { next_offset: query.from, end_offset: wal.durable_end(), ..Default::default() };
+    let mut batch =
+        EventBatch { partition, next_offset: query.from, end_offset: wal.durable_end(), ..Default::default() };
     let mut reader = wal.reader(query.from)?;
     let mut bytes = 0;
     while batch.events.len() < max_events && (bytes < max_bytes || batch.events.is_empty()) {
@@ -170,8 +162,8 @@ mod tests {
         .encode()
     }
 
-    fn batch(records: &[(u64, Vec<u8>)]) -> RawEventBatch {
-        let mut batch = RawEventBatch { next_offset: 100, end_offset: 100, ..Default::default() };
+    fn batch(records: &[(u64, Vec<u8>)]) -> EventBatch {
+        let mut batch = EventBatch { partition: 0, next_offset: 100, end_offset: 100, ..Default::default() };
         for (offset, bytes) in records {
             let start = batch.bytes.len() as u32;
             batch.bytes.extend_from_slice(bytes);
@@ -200,6 +192,6 @@ mod tests {
         raw.truncate(2);
         assert_eq!((raw.len(), raw.next_offset), (2, 15));
         assert_eq!(raw.records().map(|(offset, _)| offset).collect::<Vec<_>>(), vec![10, 12]);
-        assert_eq!(raw.decode().unwrap().events[1].record.trade_id, TradeId(2));
+        assert_eq!(raw.decode().unwrap()[1].record.trade_id, TradeId(2));
     }
 }

@@ -14,11 +14,11 @@ use std::collections::HashMap;
 use tradeshard_wal::Appended;
 
 use crate::currency::Currency;
-use crate::error::TradeError;
+use crate::error::{InputError, Refusal, TradeError};
 use crate::partitioned::PartitionedMap;
 use crate::record::{OffsetCommit, RecordKind, TradeRecord};
-use crate::trade::{TradeId, TradeStatus, COUNTER_BITS, ORDER_NO_BYTES_MAX};
-use crate::trade_table::TradeTable;
+use crate::trade::{Receipt, TradeId, TradeStatus, COUNTER_BITS, ORDER_NO_BYTES_MAX};
+use crate::trade_table::{Slot, TradeTable};
 
 /// What a change does to a trade.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -64,7 +64,7 @@ pub struct Lifecycle {
 /// while the refunded total stays within the amount paid.
 pub fn next_state(id: TradeId, current: Lifecycle, action: Action) -> Result<Lifecycle, TradeError> {
     use TradeStatus::*;
-    let illegal = || TradeError::IllegalTransition { id, from: current.status, action: action.name() };
+    let illegal = || Refusal::IllegalTransition { id, from: current.status, action: action.name() }.into();
     match (current.status, action) {
         (Created, Action::Pay) => Ok(Lifecycle { status: Paid, ..current }),
         (Created, Action::Close) => Ok(Lifecycle { status: Closed, ..current }),
@@ -72,16 +72,21 @@ pub fn next_state(id: TradeId, current: Lifecycle, action: Action) -> Result<Lif
         (Paid | Refunded, Action::Refund(requested)) => {
             let refundable = current.amount - current.refunded;
             if requested == 0 {
-                return Err(TradeError::ZeroAmount);
+                return Err(InputError::ZeroAmount.into());
             }
             if requested > refundable {
-                return Err(TradeError::RefundExceedsPaid { id, requested, refundable });
+                return Err(Refusal::RefundExceedsPaid { id, requested, refundable }.into());
             }
             Ok(Lifecycle { status: Refunded, refunded: current.refunded + requested, ..current })
         }
         _ => Err(illegal()),
     }
 }
+
+const _: () = assert!(
+    std::mem::size_of::<Slot<TradeEntry>>() == std::mem::size_of::<TradeEntry>(),
+    "a slot of the trade table is a trade's entry, nothing more"
+);
 
 impl crate::trade_table::Entry for TradeEntry {
     fn logical_shard(&self) -> u32 {
@@ -103,6 +108,20 @@ pub struct TradeEntry {
     pub created_at: Appended,
 }
 
+impl TradeEntry {
+    /// The answer to a write that left the trade in this state.
+    pub fn receipt(&self, id: TradeId, replayed: bool) -> Receipt {
+        Receipt {
+            id,
+            status: self.lifecycle.status,
+            amount: self.lifecycle.amount,
+            refunded_amount: self.lifecycle.refunded,
+            updated_ms: self.updated_ms,
+            replayed,
+        }
+    }
+}
+
 /// The key of the idempotency map: a 128-bit hash of (merchant id, order number).
 pub fn order_key(merchant_id: u64, order_no: &str) -> u128 {
     let mut bytes = [0u8; 8 + ORDER_NO_BYTES_MAX];
@@ -120,39 +139,6 @@ pub fn body_hash(buyer_id: u64, amount: u64, currency: Currency, memo: &str) -> 
     fixed[16..].copy_from_slice(&currency.bytes());
     xxhash_rust::xxh3::xxh3_64_with_seed(memo.as_bytes(), xxhash_rust::xxh3::xxh3_64(&fixed))
 }
-
-/// A hasher for keys that are already well spread or dense integers (trade ids, user ids,
-/// 128-bit order hashes): one multiply instead of SipHash, which the maps of millions of
-/// entries on the write path cannot afford. Keys come from the engine, not from an attacker
-/// choosing collisions (order keys are xxh3 hashes of the caller's text).
-#[derive(Default, Clone, Copy)]
-pub struct IdHasher(u64);
-
-impl std::hash::Hasher for IdHasher {
-    fn finish(&self) -> u64 {
-        self.0
-    }
-
-    fn write(&mut self, bytes: &[u8]) {
-        for chunk in bytes.chunks(8) {
-            let mut word = [0u8; 8];
-            word[..chunk.len()].copy_from_slice(chunk);
-            self.write_u64(u64::from_le_bytes(word));
-        }
-    }
-
-    fn write_u64(&mut self, word: u64) {
-        self.0 = (self.0.rotate_left(5) ^ word).wrapping_mul(0x9E37_79B9_7F4A_7C15);
-    }
-
-    fn write_u128(&mut self, word: u128) {
-        self.write_u64(word as u64);
-        self.write_u64((word >> 64) as u64);
-    }
-}
-
-/// `HashMap` with [`IdHasher`].
-pub type IdMap<K, V> = HashMap<K, V, std::hash::BuildHasherDefault<IdHasher>>;
 
 /// The durable indexes of one shard.
 #[derive(Default)]
@@ -188,10 +174,6 @@ impl ShardIndex {
     /// Trades in the shard.
     pub fn len(&self) -> usize {
         self.trades.len()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.trades.is_empty()
     }
 
     /// Highest counter of any trade id seen: new ids continue above it.
@@ -304,7 +286,10 @@ mod tests {
                 match allowed.iter().find(|(from, a, _)| *from == status && *a == action) {
                     Some((_, _, to)) => assert_eq!(result.unwrap().status, *to),
                     None => {
-                        assert!(matches!(result, Err(TradeError::IllegalTransition { .. })), "{status:?} {action:?}")
+                        assert!(
+                            matches!(result, Err(TradeError::Refused(Refusal::IllegalTransition { .. }))),
+                            "{status:?} {action:?}"
+                        )
                     }
                 }
             }
@@ -318,9 +303,9 @@ mod tests {
         assert_eq!(after.refunded, 60);
         assert!(matches!(
             next_state(id, after, Action::Refund(41)),
-            Err(TradeError::RefundExceedsPaid { requested: 41, refundable: 40, .. })
+            Err(TradeError::Refused(Refusal::RefundExceedsPaid { requested: 41, refundable: 40, .. }))
         ));
         assert_eq!(next_state(id, after, Action::Refund(40)).unwrap().refunded, 100);
-        assert!(matches!(next_state(id, after, Action::Refund(0)), Err(TradeError::ZeroAmount)));
+        assert!(matches!(next_state(id, after, Action::Refund(0)), Err(TradeError::Invalid(InputError::ZeroAmount))));
     }
 }

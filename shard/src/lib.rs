@@ -2,24 +2,47 @@
 //! log and the settlement events, the in-memory indexes rebuilt from them, and the path of a
 //! request through one shard's log.
 //!
-//! A shard lives on one executor and knows nothing of threads, routing or other shards.
+//! A shard lives on one executor and knows nothing of threads, routing or other shards. Every
+//! request is answered through a [`Reply`], the one one-shot that carries answers back to
+//! whoever asked, on any thread.
 
 mod committer;
-pub mod currency;
-pub mod error;
-pub mod events;
-pub mod index;
+mod config;
+mod created;
+mod currency;
+mod error;
+mod events;
+mod id_hash;
+mod index;
 mod partitioned;
-pub mod record;
-pub mod shard;
-pub mod trade;
+mod read;
+mod record;
+pub mod reply;
+mod shard;
+mod state;
+mod trade;
 mod trade_table;
+mod validate;
+mod write;
 
+pub use config::{DiskShard, ShardConfig};
 pub use currency::Currency;
-pub use error::TradeError;
-pub use events::{Event, EventBatch, PollQuery, RawEventBatch};
+pub use error::{InputError, LogError, Refusal, TradeError};
+pub use events::{Event, EventBatch, PollQuery, POLL_BYTES_MAX, POLL_EVENTS_MAX};
 pub use index::Action;
-pub use record::{CreatedView, LogRecord, OffsetCommit, RecordKind, TradeRecord, TradeRecordView};
-pub use shard::{Command, CreatedPart, Done, ListQuery, RecoveredShard, Shard, ShardStats};
-pub use trade::{NewTrade, Receipt, Trade, TradeId, TradeStatus, ValidTrade};
+pub use read::ListQuery;
+pub use record::{CreatedFields, CreatedFieldsView, RecordKind, TradeRecord, TradeRecordView};
+/// The codec of every record of a shard's log, for fuzzing and tests (`testing` feature).
+#[cfg(any(test, feature = "testing"))]
+pub use record::{LogRecord, OffsetCommit};
+pub use reply::{Reply, ReplyFuture};
+pub use shard::{RecoveredShard, Shard, ShardStats};
+pub use state::ShardReply;
+pub use trade::{
+    NewTrade, Receipt, Trade, TradeId, TradeStatus, ValidTrade, AMOUNT_MAX, COUNTER_BITS, LOGICAL_SHARDS_MAX,
+    LOGICAL_SHARD_BITS, MEMO_BYTES_MAX, ORDER_NO_BYTES_MAX,
+};
 pub use tradeshard_cache::CacheStats;
+pub use tradeshard_wal::{Durability, SyncMethod, WalStats};
+pub use validate::{validate_amount, validate_group};
+pub use write::Command;

@@ -13,7 +13,7 @@
 use std::collections::hash_map::Entry;
 use std::hash::{BuildHasher, BuildHasherDefault, Hash};
 
-use crate::index::{IdHasher, IdMap};
+use crate::id_hash::{IdHasher, IdMap};
 
 const PARTS: usize = 256;
 

@@ -132,12 +132,12 @@ pub struct TradeRecordView<'a> {
     pub amount: u64,
     pub currency: Currency,
     /// `Created` only.
-    pub created: Option<CreatedView<'a>>,
+    pub created: Option<CreatedFieldsView<'a>>,
 }
 
 /// The fields only a `Created` record carries, borrowed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct CreatedView<'a> {
+pub struct CreatedFieldsView<'a> {
     pub merchant_order_no: &'a str,
     pub memo: &'a str,
 }
@@ -193,7 +193,7 @@ impl<'a> TradeRecordView<'a> {
         if !rest.is_empty() {
             return Err("trailing bytes after record");
         }
-        record.created = Some(CreatedView { merchant_order_no: order_no, memo });
+        record.created = Some(CreatedFieldsView { merchant_order_no: order_no, memo });
         Ok(record)
     }
 }

@@ -1,5 +1,5 @@
-//! The trade: its identity, its lifecycle, and the checks every input passes before it can
-//! reach the log.
+//! The trade: its identity, its states, what a caller sends and what it gets back. The checks
+//! every input passes before it can reach the log are in `validate.rs`.
 //!
 //! A trade id carries the logical shard of its buyer in its top 16 bits and a per-shard
 //! counter in the low 48, so any id routes to its shard without an index. Amounts are minor
@@ -8,7 +8,6 @@
 use serde::{Deserialize, Serialize};
 
 use crate::currency::Currency;
-use crate::error::TradeError;
 
 /// Bits of a trade id that hold the logical shard.
 pub const LOGICAL_SHARD_BITS: u32 = 16;
@@ -46,14 +45,6 @@ impl TradeId {
     /// The counter part of the id.
     pub fn counter(self) -> u64 {
         self.0 & ((1 << COUNTER_BITS) - 1)
-    }
-
-    /// Checks that the id could have been issued by a directory with `logical_shards` shards.
-    pub fn validate(self, logical_shards: u32) -> Result<TradeId, TradeError> {
-        if self.counter() == 0 || self.logical_shard() >= logical_shards {
-            return Err(TradeError::BadTradeId { id: self.0, logical_shards });
-        }
-        Ok(self)
     }
 }
 
@@ -122,46 +113,6 @@ pub struct ValidTrade {
     pub memo: String,
 }
 
-impl NewTrade {
-    /// Checks every field; the first failure is the error.
-    pub fn validate(&self) -> Result<ValidTrade, TradeError> {
-        if self.buyer_id == 0 {
-            return Err(TradeError::ZeroUserId);
-        }
-        if self.merchant_id == 0 {
-            return Err(TradeError::ZeroMerchantId);
-        }
-        validate_amount(self.amount)?;
-        let currency =
-            Currency::parse(&self.currency).ok_or_else(|| TradeError::UnknownCurrency(self.currency.clone()))?;
-        let order_no = &self.merchant_order_no;
-        if order_no.is_empty() || order_no.len() > ORDER_NO_BYTES_MAX || !order_no.bytes().all(|b| b.is_ascii_graphic())
-        {
-            return Err(TradeError::BadOrderNo { len: order_no.len(), max: ORDER_NO_BYTES_MAX });
-        }
-        if self.memo.len() > MEMO_BYTES_MAX {
-            return Err(TradeError::MemoTooLong { len: self.memo.len(), max: MEMO_BYTES_MAX });
-        }
-        Ok(ValidTrade {
-            buyer_id: self.buyer_id,
-            merchant_id: self.merchant_id,
-            merchant_order_no: order_no.clone(),
-            amount: self.amount,
-            currency,
-            memo: self.memo.clone(),
-        })
-    }
-}
-
-/// Checks an amount: above zero, at most `AMOUNT_MAX`.
-pub fn validate_amount(amount: u64) -> Result<u64, TradeError> {
-    match amount {
-        0 => Err(TradeError::ZeroAmount),
-        a if a > AMOUNT_MAX => Err(TradeError::AmountTooLarge { amount: a, max: AMOUNT_MAX }),
-        a => Ok(a),
-    }
-}
-
 /// A trade as a reader sees it: its last durable state.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Trade {
@@ -191,60 +142,4 @@ pub struct Receipt {
     pub updated_ms: u64,
     /// The trade existed already: this create was a retry of it and wrote nothing.
     pub replayed: bool,
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    type Case = (NewTrade, fn(&TradeError) -> bool);
-
-    fn new_trade() -> NewTrade {
-        NewTrade {
-            buyer_id: 1,
-            merchant_id: 2,
-            merchant_order_no: "ORD-1".into(),
-            amount: 100,
-            currency: "CNY".into(),
-            memo: String::new(),
-        }
-    }
-
-    #[test]
-    fn trade_ids_carry_their_shard() {
-        let id = TradeId::new(1023, 77);
-        assert_eq!((id.logical_shard(), id.counter()), (1023, 77));
-        assert!(id.validate(1024).is_ok());
-        assert!(id.validate(1023).is_err());
-        assert!(TradeId(0).validate(1024).is_err());
-        assert!(TradeId(5 << COUNTER_BITS).validate(1024).is_err(), "counter zero is never issued");
-    }
-
-    #[test]
-    fn every_field_is_checked() {
-        assert!(new_trade().validate().is_ok());
-        let cases: Vec<Case> = vec![
-            (NewTrade { buyer_id: 0, ..new_trade() }, |e| matches!(e, TradeError::ZeroUserId)),
-            (NewTrade { merchant_id: 0, ..new_trade() }, |e| matches!(e, TradeError::ZeroMerchantId)),
-            (NewTrade { amount: 0, ..new_trade() }, |e| matches!(e, TradeError::ZeroAmount)),
-            (NewTrade { amount: AMOUNT_MAX + 1, ..new_trade() }, |e| matches!(e, TradeError::AmountTooLarge { .. })),
-            (NewTrade { amount: u64::MAX, ..new_trade() }, |e| matches!(e, TradeError::AmountTooLarge { .. })),
-            (NewTrade { currency: "XYZ".into(), ..new_trade() }, |e| matches!(e, TradeError::UnknownCurrency(_))),
-            (NewTrade { merchant_order_no: String::new(), ..new_trade() }, |e| {
-                matches!(e, TradeError::BadOrderNo { .. })
-            }),
-            (NewTrade { merchant_order_no: "x".repeat(65), ..new_trade() }, |e| {
-                matches!(e, TradeError::BadOrderNo { .. })
-            }),
-            (NewTrade { merchant_order_no: "a b".into(), ..new_trade() }, |e| {
-                matches!(e, TradeError::BadOrderNo { .. })
-            }),
-            (NewTrade { memo: "m".repeat(257), ..new_trade() }, |e| matches!(e, TradeError::MemoTooLong { .. })),
-        ];
-        for (input, expected) in cases {
-            let error = input.validate().unwrap_err();
-            assert!(expected(&error), "{input:?} gave {error:?}");
-        }
-        assert!(NewTrade { memo: "m".repeat(256), amount: AMOUNT_MAX, ..new_trade() }.validate().is_ok());
-    }
 }

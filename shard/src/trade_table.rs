@@ -14,7 +14,7 @@
 //! hash map instead, so that no id can make the table allocate more than one chunk for one
 //! entry and the table stays a map of whole ids.
 
-use crate::index::IdMap;
+use crate::id_hash::IdMap;
 use crate::trade::TradeId;
 
 const CHUNK_BITS: u32 = 12;
@@ -26,11 +26,9 @@ pub trait Entry {
     fn logical_shard(&self) -> u32;
 }
 
-type Slot<V> = Option<V>;
-const _: () = assert!(
-    std::mem::size_of::<Slot<crate::index::TradeEntry>>() == std::mem::size_of::<crate::index::TradeEntry>(),
-    "a slot is a trade's entry, nothing more"
-);
+/// A slot of the table: `Option<V>`, which costs nothing beside `V` when `V` has a niche
+/// (the index asserts it for its entry).
+pub type Slot<V> = Option<V>;
 
 /// Trade id → `V` for the trades of one shard (see the module's text).
 pub struct TradeTable<V> {
@@ -98,10 +96,6 @@ impl<V: Entry> TradeTable<V> {
 
     pub fn len(&self) -> usize {
         self.len
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.len == 0
     }
 
     /// Every trade and its entry, in no particular order.

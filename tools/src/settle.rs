@@ -14,9 +14,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use anyhow::{bail, Context};
 use serde::Serialize;
-use tradeshard_engine::{
-    ConsumerConfig, Currency, Engine, EngineHandle, Options, RecordKind, SettlementEvent, StartPosition,
-};
+use tradeshard_engine::{ConsumerConfig, Currency, Engine, EngineHandle, Event, Options, RecordKind, StartPosition};
 
 use crate::latency::{self, LatencySummary};
 
@@ -44,7 +42,7 @@ pub struct Settlement {
 
 impl Settlement {
     /// Counts an event once, however often it is delivered.
-    pub fn apply(&mut self, event: &SettlementEvent) {
+    pub fn apply(&mut self, event: &Event) {
         if self.applied_up_to.get(&event.partition).is_some_and(|last| event.offset <= *last) {
             self.redelivered += 1;
             return;

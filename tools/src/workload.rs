@@ -1,8 +1,8 @@
 //! Choosing what the load generator does next: users (or trades) uniform or Zipf-skewed, from
-//! the deterministic generator of the simulated disk, so that `--seed` replays a run's choices.
+//! the deterministic generator of the `fastrand` crate, so that `--seed` replays a run's choices.
 
+use fastrand::Rng;
 use tradeshard_engine::NewTrade;
-use tradeshard_wal::disk::SplitMix64 as Rng;
 
 /// Trade number `n` of a generated workload, for `buyer`: order number `{prefix}{n}`, the
 /// same fields whichever command makes it.
@@ -57,9 +57,9 @@ impl UserChooser {
 
     pub fn pick(&self, rng: &mut Rng) -> u64 {
         match self {
-            UserChooser::Uniform { users } => 1 + rng.below(*users),
+            UserChooser::Uniform { users } => 1 + rng.u64(..*users),
             UserChooser::Zipf { cdf } => {
-                let u = rng.unit();
+                let u = rng.f64();
                 (cdf.partition_point(|&p| p < u) as u64 + 1).min(cdf.len() as u64)
             }
         }
@@ -73,7 +73,7 @@ mod tests {
     #[test]
     fn zipf_favours_low_ranks_and_stays_in_range() {
         let chooser = UserChooser::new(1000, 0.99).unwrap();
-        let mut rng = Rng::new(7);
+        let mut rng = Rng::with_seed(7);
         let mut counts = vec![0u32; 1001];
         for _ in 0..100_000 {
             let user = chooser.pick(&mut rng);
@@ -87,7 +87,7 @@ mod tests {
     #[test]
     fn uniform_covers_the_range() {
         let chooser = UserChooser::new(10, 0.0).unwrap();
-        let mut rng = Rng::new(1);
+        let mut rng = Rng::with_seed(1);
         let mut seen = [false; 11];
         for _ in 0..1000 {
             seen[chooser.pick(&mut rng) as usize] = true;

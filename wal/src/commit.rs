@@ -15,8 +15,9 @@ use std::rc::Rc;
 use std::sync::Arc;
 use std::task::{Context, Poll, Waker};
 
-use crate::config::BLOCK_BYTES;
 use crate::error::{Error, Result};
+use crate::layout::{BLOCK_BYTES, RECORD_PREFIX_BYTES};
+use crate::record::push_record;
 
 /// Where the piece holding a record lies: enough to read the record back with one read of a
 /// few blocks and no index lookup. Sixteen bytes (owners keep one per record they index): the
@@ -209,11 +210,11 @@ impl Queue {
         if let Some(refusal) = self.refusal() {
             return Err(refusal);
         }
-        let framed_len = record.len() + crate::batch::RECORD_PREFIX_BYTES;
+        let framed_len = record.len() + RECORD_PREFIX_BYTES;
         if !self.has_room(framed_len) {
             return Err(Error::Backpressure { records: self.count, bytes: self.raw.len() });
         }
-        crate::batch::push_record(&mut self.raw, record);
+        push_record(&mut self.raw, record);
         self.count += 1;
         let seq = self.next_seq;
         self.next_seq += 1;
@@ -301,6 +302,7 @@ impl Queue {
     }
 
     /// The next sequence number to be handed out.
+    #[cfg(any(test, feature = "testing"))]
     pub(crate) fn next_seq(&self) -> u64 {
         self.next_seq
     }

@@ -1,15 +1,17 @@
 //! What a log may hold and how it commits: every limit of the log in one place.
 //!
 //! Limits are checked together by [`WalConfig::validate`] before anything is opened, so a frame
-//! always fits in an empty segment and a record always fits in a frame; the block size and the
-//! header sizes are tied together by compile-time assertions.
+//! always fits in an empty segment and a record always fits in a frame. The sizes they are
+//! checked against (block, headers, the largest any configuration may allow) are the on-disk
+//! layout's, in `layout`, where compile-time assertions tie them together.
 
 use std::time::Duration;
 
 use crate::error::{Error, Result};
-
-/// The unit of alignment on disk: every segment header and every frame starts on a block.
-pub const BLOCK_BYTES: u64 = 4096;
+use crate::layout::{
+    align_up, BLOCK_BYTES, FRAME_HEADER_BYTES, FRAME_PAYLOAD_BYTES_LIMIT, PIECE_HEADER_BYTES, RECORD_PREFIX_BYTES,
+    SEGMENT_BYTES_LIMIT,
+};
 
 /// How much an acknowledgement promises, and so what a crash may lose.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -29,8 +31,8 @@ pub enum Durability {
 pub enum Compression {
     /// Payloads are stored as they are.
     None,
-    /// Payloads of at least `LZ4_MIN_BYTES` are compressed with LZ4, and stored compressed only
-    /// when that saves at least an eighth of their size.
+    /// Each piece of at least 512 bytes of records is compressed with LZ4 (`LZ4_MIN_BYTES`),
+    /// and stored compressed only when that saves at least an eighth of its size.
     Lz4,
 }
 
@@ -48,7 +50,7 @@ pub enum Preallocation {
 }
 
 /// The smallest payload worth trying to compress.
-pub const LZ4_MIN_BYTES: usize = 512;
+pub(crate) const LZ4_MIN_BYTES: usize = 512;
 
 /// Configuration of one write-ahead log.
 #[derive(Debug, Clone)]
@@ -101,11 +103,6 @@ impl Default for WalConfig {
     }
 }
 
-/// Rounds `bytes` up to a whole number of blocks.
-pub const fn align_up(bytes: u64) -> u64 {
-    bytes.div_ceil(BLOCK_BYTES) * BLOCK_BYTES
-}
-
 impl WalConfig {
     /// Largest number of bytes one frame occupies on disk, padding included: every piece
     /// but the last holds at least `piece_raw_bytes`, and a piece is stored compressed only
@@ -113,7 +110,7 @@ impl WalConfig {
     pub fn frame_disk_bytes_max(&self) -> u64 {
         let payload = self.frame_payload_bytes_max as u64;
         let pieces = payload / self.piece_raw_bytes.max(1) as u64 + 1;
-        align_up(crate::batch::FRAME_HEADER_BYTES as u64 + payload + pieces * crate::batch::PIECE_HEADER_BYTES as u64)
+        align_up(FRAME_HEADER_BYTES as u64 + payload + pieces * PIECE_HEADER_BYTES as u64)
     }
 
     /// Checks that the limits fit together; every open and every create calls it.
@@ -129,17 +126,17 @@ impl WalConfig {
                 self.frame_disk_bytes_max()
             ));
         }
-        if self.segment_bytes > crate::segment::SEGMENT_BYTES_LIMIT {
+        if self.segment_bytes > SEGMENT_BYTES_LIMIT {
             return fail(format!("segment_bytes {} is above 2^40", self.segment_bytes));
         }
-        let record_framed = self.record_bytes_max as u64 + crate::batch::RECORD_PREFIX_BYTES as u64;
+        let record_framed = self.record_bytes_max as u64 + RECORD_PREFIX_BYTES as u64;
         if record_framed > self.frame_payload_bytes_max as u64 {
             return fail(format!(
                 "record_bytes_max {} does not fit a frame payload of {}",
                 self.record_bytes_max, self.frame_payload_bytes_max
             ));
         }
-        if self.frame_payload_bytes_max > crate::batch::FRAME_PAYLOAD_BYTES_LIMIT {
+        if self.frame_payload_bytes_max > FRAME_PAYLOAD_BYTES_LIMIT {
             return fail(format!("frame_payload_bytes_max {} is above 64 MiB", self.frame_payload_bytes_max));
         }
         if (self.pending_bytes_max as u64) < record_framed || self.pending_records_max == 0 {

@@ -7,9 +7,11 @@
 
 use std::rc::Rc;
 
-use crate::batch::{self, FrameDefect, FrameHeader, PieceSpan, FRAME_HEADER_BYTES};
-use crate::config::{align_up, BLOCK_BYTES};
+use crate::defect::FrameDefect;
 use crate::disk::DiskFile;
+use crate::frame::{self, FrameHeader};
+use crate::layout::{align_up, BLOCK_BYTES, FRAME_HEADER_BYTES};
+use crate::piece::PieceSpan;
 
 /// A frame that passed every check, with its raw (decompressed) payload and where its pieces
 /// lie in it.
@@ -92,10 +94,10 @@ impl<F: DiskFile> FrameCursor<F> {
             &buf[start..start + frame_len]
         };
         let (header_bytes, stored) = bytes.split_at(FRAME_HEADER_BYTES);
-        if let Err(defect) = batch::verify(&header, header_bytes, stored) {
+        if let Err(defect) = frame::verify(&header, header_bytes, stored) {
             return Ok(Err(defect));
         }
-        let raw = match batch::raw_payload(&header, stored, &mut self.scratch, &mut self.pieces) {
+        let raw = match frame::raw_payload(&header, stored, &mut self.scratch, &mut self.pieces) {
             Ok(raw) => raw,
             Err(defect) => return Ok(Err(defect)),
         };

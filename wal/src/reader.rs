@@ -8,10 +8,11 @@
 
 use std::rc::Rc;
 
-use crate::batch::{record_len_at, RECORD_PREFIX_BYTES};
 use crate::cursor::{next_frame_offset, FrameCursor};
 use crate::disk::Disk;
 use crate::error::{Error, Result};
+use crate::layout::RECORD_PREFIX_BYTES;
+use crate::record::record_len_at;
 use crate::state::{SegmentState, Shared};
 
 /// A forward iterator over acknowledged records.

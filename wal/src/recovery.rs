@@ -21,13 +21,15 @@ use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::rc::Rc;
 
-use crate::batch::FrameDefect;
 use crate::commit::{Appended, PiecePos};
-use crate::config::{WalConfig, BLOCK_BYTES};
+use crate::config::WalConfig;
 use crate::cursor::{next_frame_offset, FrameCursor};
+use crate::defect::FrameDefect;
 use crate::disk::{Disk, DiskFile};
 use crate::error::{Error, Result};
-use crate::segment::{self, HeaderDefect, SegmentHeader, SEGMENT_HEADER_BYTES};
+use crate::layout::{BLOCK_BYTES, FRAME_HEADER_BYTES, SEGMENT_HEADER_BYTES, SEGMENT_VERSION};
+use crate::record::records;
+use crate::segment::{self, HeaderDefect, SegmentHeader};
 use crate::state::SegmentState;
 
 /// What recovery found and did.
@@ -182,7 +184,7 @@ async fn read_header<D: Disk>(
         }
         Ok(header) => Ok(Ok(header)),
         Err(HeaderDefect::Version(found)) => {
-            Err(Error::UnsupportedVersion { path: disk.path_of(name), found, supported: segment::SEGMENT_VERSION })
+            Err(Error::UnsupportedVersion { path: disk.path_of(name), found, supported: SEGMENT_VERSION })
         }
         Err(HeaderDefect::Invalid(reason)) => Ok(Err(reason)),
     }
@@ -213,10 +215,10 @@ async fn scan_segment<D: Disk>(
             Ok(frame) if frame.header.first_seq == expected_seq && frame.header.prev_checksum == prev_checksum => {
                 let mut seq = frame.header.first_seq;
                 let next = next_frame_offset(offset, &frame.header);
-                let payload_at = offset + crate::batch::FRAME_HEADER_BYTES as u64;
+                let payload_at = offset + FRAME_HEADER_BYTES as u64;
                 let mut pieces = frame.pieces.iter().peekable();
                 let mut piece = pieces.next().expect("a valid frame has a piece");
-                for record in crate::batch::records(frame.raw) {
+                for record in records(frame.raw) {
                     while pieces.peek().is_some_and(|p| p.first_seq <= seq) {
                         piece = pieces.next().expect("peeked");
                     }

@@ -12,9 +12,10 @@
 
 use glommio::task::JoinHandle;
 
-use crate::config::{Preallocation, WalConfig, BLOCK_BYTES};
+use crate::config::{Preallocation, WalConfig};
 use crate::disk::{Disk, DiskFile, SyncMethod, WriteBuf};
 use crate::error::{Error, Result};
+use crate::layout::{BLOCK_BYTES, SEGMENT_HEADER_BYTES};
 use crate::segment::{self, SegmentHeader, PREPARED_NAME};
 
 /// Zeros are written in pieces of this size.
@@ -107,7 +108,7 @@ async fn write_header<D: Disk>(disk: &D, file: &D::File, name: &str, header: &Se
     let mut buf = file.alloc(BLOCK_BYTES as usize);
     let bytes = buf.bytes_mut();
     bytes.fill(0);
-    bytes[..segment::SEGMENT_HEADER_BYTES].copy_from_slice(&header.encode());
+    bytes[..SEGMENT_HEADER_BYTES].copy_from_slice(&header.encode());
     write_all(file, buf, 0, BLOCK_BYTES as usize).await.map_err(|e| Error::io("write", path(), e))?;
     file.fdatasync().await.map_err(|e| Error::io("fdatasync", path(), e))
 }

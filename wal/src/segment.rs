@@ -2,25 +2,16 @@
 //!
 //! A segment is named by the sequence number of its first record, zero-padded to 20 digits so
 //! that names sort in log order. Its first block is a header (magic, version, shard id, base
-//! sequence number, the checksum chain seed, a checksum of its own); frames follow from the
-//! second block on. A segment is written once from start to end and never reopened for
+//! sequence number, the checksum chain seed, a checksum of its own; its sizes are in
+//! `layout`); frames follow from the second block on. A segment is written once from start to end and never reopened for
 //! writing after it is sealed.
 
-use crate::batch::{le_u16, le_u32, le_u64};
-use crate::config::BLOCK_BYTES;
+use crate::layout::{
+    le_u16, le_u32, le_u64, BLOCK_BYTES, SEGMENT_CHECKSUM_OFFSET, SEGMENT_HEADER_BYTES, SEGMENT_MAGIC, SEGMENT_VERSION,
+};
 
-/// "TSSEGMNT", little-endian.
-pub const SEGMENT_MAGIC: u64 = u64::from_le_bytes(*b"TSSEGMNT");
-/// The segment format this build writes and reads.
-pub const SEGMENT_VERSION: u16 = 1;
-/// Bytes of the header that carry fields; the rest of the header block is zeros.
-pub const SEGMENT_HEADER_BYTES: usize = 64;
-/// No configuration may allow segments above this (offsets stay well inside u64 arithmetic).
-pub const SEGMENT_BYTES_LIMIT: u64 = 1 << 40;
 const SUFFIX: &str = ".log";
 const DIGITS: usize = 20;
-const CHECKSUM_OFFSET: usize = 56;
-const _: () = assert!(SEGMENT_HEADER_BYTES as u64 <= BLOCK_BYTES);
 
 /// The file name of the next segment while it is being prepared (zero-filled) ahead of need.
 /// It never holds a frame: it is renamed to its segment name once its header is durable, and
@@ -33,7 +24,7 @@ pub fn file_name(base_seq: u64) -> String {
 }
 
 /// The base sequence number of a segment file name, or `None` for any other name.
-pub fn parse_file_name(name: &str) -> Option<u64> {
+pub(crate) fn parse_file_name(name: &str) -> Option<u64> {
     let digits = name.strip_suffix(SUFFIX)?;
     if digits.len() != DIGITS || !digits.bytes().all(|b| b.is_ascii_digit()) {
         return None;
@@ -72,8 +63,8 @@ impl SegmentHeader {
         out[16..24].copy_from_slice(&self.base_seq.to_le_bytes());
         out[24..32].copy_from_slice(&self.chain_seed.to_le_bytes());
         out[32..36].copy_from_slice(&(BLOCK_BYTES as u32).to_le_bytes());
-        let checksum = xxhash_rust::xxh3::xxh3_64(&out[..CHECKSUM_OFFSET]);
-        out[CHECKSUM_OFFSET..].copy_from_slice(&checksum.to_le_bytes());
+        let checksum = xxhash_rust::xxh3::xxh3_64(&out[..SEGMENT_CHECKSUM_OFFSET]);
+        out[SEGMENT_CHECKSUM_OFFSET..].copy_from_slice(&checksum.to_le_bytes());
         out
     }
 
@@ -85,7 +76,7 @@ impl SegmentHeader {
         if le_u64(bytes, 0) != SEGMENT_MAGIC {
             return Err(HeaderDefect::Invalid("no segment magic"));
         }
-        if xxhash_rust::xxh3::xxh3_64(&bytes[..CHECKSUM_OFFSET]) != le_u64(bytes, CHECKSUM_OFFSET) {
+        if xxhash_rust::xxh3::xxh3_64(&bytes[..SEGMENT_CHECKSUM_OFFSET]) != le_u64(bytes, SEGMENT_CHECKSUM_OFFSET) {
             return Err(HeaderDefect::Invalid("segment header checksum mismatch"));
         }
         let version = le_u16(bytes, 8);

@@ -9,8 +9,9 @@ use std::collections::BTreeMap;
 use std::rc::Rc;
 
 use crate::commit::Queue;
-use crate::config::{WalConfig, BLOCK_BYTES};
+use crate::config::WalConfig;
 use crate::disk::Disk;
+use crate::layout::BLOCK_BYTES;
 
 /// One segment file and what is known of its contents.
 pub(crate) struct SegmentState<F> {
@@ -57,7 +58,8 @@ impl<F> SegmentState<F> {
         index[at.saturating_sub(1)].1
     }
 
-    /// Entries in the sparse index (memory accounting, tests).
+    /// Entries in the sparse index (for tests of memory use).
+    #[cfg(any(test, feature = "testing"))]
     pub(crate) fn index_len(&self) -> usize {
         self.index.borrow().len()
     }

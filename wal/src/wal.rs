@@ -3,16 +3,20 @@
 //! A `Wal` lives on one glommio executor: `open` spawns its flusher task there, and every
 //! method must be called from that executor. It is not `Clone`; owners share it with `Rc`.
 //! Dropping it closes the queue and lets the flusher finish what was queued; nothing that was
-//! acknowledged depends on the drop.
+//! acknowledged depends on the drop. Methods that only tests call (a point read by sequence
+//! number, `next_seq`, `index_footprint`) exist with the `testing` feature, not in release.
 
 use std::rc::Rc;
 
-use crate::batch::FrameDefect;
 use crate::commit::{Appended, PiecePos, Queue, Ticket};
-use crate::config::{WalConfig, BLOCK_BYTES};
+use crate::config::WalConfig;
+use crate::defect::FrameDefect;
 use crate::disk::{Disk, DiskFile};
 use crate::error::{Error, Result};
+use crate::layout::RECORD_PREFIX_BYTES;
+use crate::piece::decode_piece_into;
 use crate::reader::LogReader;
+use crate::record::records;
 use crate::recovery::{self, RecoveryReport};
 use crate::state::{Shared, WalStats};
 use crate::writer::Writer;
@@ -106,7 +110,7 @@ impl<D: Disk> Wal<D> {
     /// record is acknowledged (per the configured `Durability`).
     pub async fn append(&self, record: &[u8]) -> Result<Appended> {
         self.check_len(record)?;
-        let framed_len = record.len() + crate::batch::RECORD_PREFIX_BYTES;
+        let framed_len = record.len() + RECORD_PREFIX_BYTES;
         std::future::poll_fn(|cx| self.shared.queue.borrow_mut().poll_room(framed_len, cx)).await;
         let ticket = self.shared.queue.borrow_mut().enqueue(record)?;
         ticket.await
@@ -126,7 +130,9 @@ impl<D: Disk> Wal<D> {
         LogReader::new(self.shared.clone(), from_seq, self.shared.config.read_chunk_bytes)
     }
 
-    /// The acknowledged record `seq`, found through the sparse index.
+    /// The acknowledged record `seq`, found through the sparse index. For tests: owners read
+    /// through the piece positions they keep ([`read_at`](Self::read_at)).
+    #[cfg(any(test, feature = "testing"))]
     pub async fn read(&self, seq: u64) -> Result<Vec<u8>> {
         let mut reader = self.point_reader(seq)?;
         self.first_record(&mut reader, seq).await
@@ -148,12 +154,12 @@ impl<D: Disk> Wal<D> {
         let buf = segment.file.read_at(offset, len).await.map_err(|e| Error::io("read", path(), e))?;
         let bytes = buf.get(piece.start_in_blocks()..).ok_or_else(|| corrupt(FrameDefect::Short.reason()))?;
         let mut raw = Vec::new();
-        let header = crate::batch::decode_piece_into(bytes, self.shared.config.frame_payload_bytes_max, &mut raw)
+        let header = decode_piece_into(bytes, self.shared.config.frame_payload_bytes_max, &mut raw)
             .map_err(|defect| corrupt(defect.reason()))?;
         if seq < header.first_seq || seq >= header.end_seq() {
             return Err(corrupt("piece does not hold the record sought"));
         }
-        let record = crate::batch::records(&raw).nth((seq - header.first_seq) as usize).expect("records checked");
+        let record = records(&raw).nth((seq - header.first_seq) as usize).expect("records checked");
         let start = record.as_ptr() as usize - raw.as_ptr() as usize;
         let len = record.len();
         raw.copy_within(start..start + len, 0);
@@ -161,14 +167,16 @@ impl<D: Disk> Wal<D> {
         Ok(raw)
     }
 
+    #[cfg(any(test, feature = "testing"))]
     fn point_reader(&self, seq: u64) -> Result<LogReader<D>> {
         let (first, end) = (self.shared.first_seq.get(), self.shared.visible_end.get());
         if seq >= end {
             return Err(Error::OutOfRange { seq, first, end });
         }
-        LogReader::new(self.shared.clone(), seq, BLOCK_BYTES as usize)
+        LogReader::new(self.shared.clone(), seq, crate::layout::BLOCK_BYTES as usize)
     }
 
+    #[cfg(any(test, feature = "testing"))]
     async fn first_record(&self, reader: &mut LogReader<D>, seq: u64) -> Result<Vec<u8>> {
         match reader.next().await? {
             Some((found, record)) if found == seq => Ok(record.to_vec()),
@@ -210,7 +218,8 @@ impl<D: Disk> Wal<D> {
         self.shared.first_seq.get()
     }
 
-    /// The sequence number the next enqueued record gets.
+    /// The sequence number the next enqueued record gets (for tests).
+    #[cfg(any(test, feature = "testing"))]
     pub fn next_seq(&self) -> u64 {
         self.shared.queue.borrow().next_seq()
     }
@@ -225,7 +234,8 @@ impl<D: Disk> Wal<D> {
         &self.shared.config
     }
 
-    /// Segments in the log and entries in their sparse indexes (for memory accounting).
+    /// Segments in the log and entries in their sparse indexes (for tests of memory use).
+    #[cfg(any(test, feature = "testing"))]
     pub fn index_footprint(&self) -> (usize, usize) {
         let segments = self.shared.segments.borrow();
         (segments.len(), segments.values().map(|s| s.index_len()).sum())

@@ -18,11 +18,14 @@ use std::time::{Duration, Instant};
 
 use futures_lite::future;
 
-use crate::batch::{self, FrameHeader, PieceSpan, SealParams, FRAME_HEADER_BYTES, RECORD_PREFIX_BYTES};
 use crate::commit::{Batch, FlushedPieces, PiecePos, Work};
-use crate::config::{align_up, Durability, BLOCK_BYTES};
+use crate::config::Durability;
 use crate::disk::{Disk, DiskFile, SyncMethod, WriteBuf};
 use crate::error::{Error, Result};
+use crate::frame::{seal_frame, FrameHeader, SealParams};
+use crate::layout::{align_up, BLOCK_BYTES, FRAME_HEADER_BYTES, RECORD_PREFIX_BYTES};
+use crate::piece::PieceSpan;
+use crate::record::record_len_at;
 use crate::roll::{write_all, SegmentMaker};
 use crate::state::{SegmentState, Shared};
 
@@ -202,7 +205,7 @@ impl<D: Disk> Writer<D> {
         while at < batch.raw.len() {
             let (start, mut count) = (at, 0u32);
             while at < batch.raw.len() {
-                let framed = RECORD_PREFIX_BYTES + batch::record_len_at(&batch.raw, at);
+                let framed = RECORD_PREFIX_BYTES + record_len_at(&batch.raw, at);
                 if count > 0 && at + framed - start > config.frame_payload_bytes_max as usize {
                     break;
                 }
@@ -221,8 +224,7 @@ impl<D: Disk> Writer<D> {
                 piece_raw_bytes: config.piece_raw_bytes,
             };
             let first_piece = self.pieces.len();
-            let header =
-                batch::seal_frame(&batch.raw[start..at], count, params, &mut self.stored[slot], &mut self.pieces);
+            let header = seal_frame(&batch.raw[start..at], count, params, &mut self.stored[slot], &mut self.pieces);
             let pieces = first_piece..self.pieces.len();
             let disk_bytes = align_up(header.frame_bytes());
             let opens_segment = offset + disk_bytes > config.segment_bytes;

@@ -18,7 +18,6 @@ use rocksdb::{
     BlockBasedOptions, Cache, DBCompressionType, Direction, IteratorMode, Options, WriteBatch, WriteOptions, DB,
 };
 use tradeshard_engine::NewTrade;
-use tradeshard_wal::disk::SplitMix64;
 
 use super::suite::{Store, Timed, TradeSource};
 use crate::latency;
@@ -104,7 +103,7 @@ impl RocksStore {
     /// Runs `threads` threads, each calling `op(rng)` until `duration` has passed.
     fn on_threads<F>(&self, threads: usize, duration: Duration, op: F) -> anyhow::Result<Timed>
     where
-        F: Fn(usize, &DB, &mut SplitMix64, &mut Timed) -> anyhow::Result<()> + Send + Sync + 'static,
+        F: Fn(usize, &DB, &mut fastrand::Rng, &mut Timed) -> anyhow::Result<()> + Send + Sync + 'static,
     {
         let op = Arc::new(op);
         let started = Instant::now();
@@ -113,7 +112,7 @@ impl RocksStore {
             .map(|thread| {
                 let (db, op) = (self.db(), op.clone());
                 std::thread::spawn(move || -> anyhow::Result<Timed> {
-                    let mut rng = SplitMix64::new(thread as u64 + 1);
+                    let mut rng = fastrand::Rng::with_seed(thread as u64 + 1);
                     let mut timed = Timed { ops: 0, seconds: 0.0, latency: latency::new_histogram(), ids: Vec::new() };
                     while Instant::now() < deadline {
                         op(thread, &db, &mut rng, &mut timed)?;
@@ -184,7 +183,7 @@ impl Store for RocksStore {
 
     fn list_latest(&mut self, users: u64, duration: Duration) -> anyhow::Result<Timed> {
         self.on_threads(2 * cores(), duration, move |_, db, rng, timed| {
-            let user = 1 + rng.below(users);
+            let user = 1 + rng.u64(..users);
             let prefix = key(b'u', &[user]);
             let sent = Instant::now();
             let mut keys = Vec::with_capacity(20);

@@ -9,7 +9,6 @@ use std::time::{Duration, Instant};
 
 use glommio::{LocalExecutorBuilder, Placement};
 use tradeshard_engine::{ConsumerConfig, Engine, EngineHandle, Options, StartPosition, TradeId};
-use tradeshard_wal::disk::SplitMix64;
 
 use super::suite::{Store, Timed, TradeSource};
 use crate::latency;
@@ -38,7 +37,7 @@ impl TradeshardStore {
 /// calls `op(task, rng)` in a loop and its latency is recorded. Returns the merged outcome.
 fn drive<F, Fut>(tasks: usize, duration: Duration, op: F) -> anyhow::Result<Timed>
 where
-    F: Fn(usize, Rc<RefCell<SplitMix64>>) -> Fut + Send + Clone + 'static,
+    F: Fn(usize, Rc<RefCell<fastrand::Rng>>) -> Fut + Send + Clone + 'static,
     Fut: std::future::Future<Output = anyhow::Result<Option<u64>>> + 'static,
 {
     let client = std::thread::spawn(move || -> anyhow::Result<Timed> {
@@ -58,7 +57,7 @@ where
             let handles: Vec<_> = (0..tasks)
                 .map(|task| {
                     let (op, outcome) = (op.clone(), outcome.clone());
-                    let rng = Rc::new(RefCell::new(SplitMix64::new(task as u64 + 1)));
+                    let rng = Rc::new(RefCell::new(fastrand::Rng::with_seed(task as u64 + 1)));
                     glommio::spawn_local(async move {
                         while Instant::now() < deadline {
                             let sent = Instant::now();
@@ -109,7 +108,7 @@ impl Store for TradeshardStore {
     fn list_latest(&mut self, users: u64, duration: Duration) -> anyhow::Result<Timed> {
         let handle = self.handle();
         drive(64, duration, move |_, rng| {
-            let user = 1 + rng.borrow_mut().below(users);
+            let user = 1 + rng.borrow_mut().u64(..users);
             let handle = handle.clone();
             async move {
                 handle.list_user_trades(user, 20, None).await?;
@@ -132,7 +131,7 @@ impl Store for TradeshardStore {
                 return Ok(events);
             }
             for batch in &batches {
-                for (_, record) in batch.events.records() {
+                for (_, record) in batch.records() {
                     bytes += record.len();
                     events += 1;
                 }

@@ -14,7 +14,6 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use tradeshard_engine::{ConsumerConfig, Engine, EngineHandle, RecordKind, StartPosition, TradeId, TradeStatus};
-use tradeshard_wal::disk::SplitMix64;
 
 use super::journal::{Change, Entry, JournalWriter};
 
@@ -43,7 +42,7 @@ pub fn run(args: ChildArgs) -> anyhow::Result<()> {
         eprintln!("stress child: {info}");
         std::process::exit(6);
     }));
-    let engine = Engine::open(super::engine_options(&args.dir))?;
+    let engine = Engine::open(super::common::engine_options(&args.dir))?;
     let handle = engine.handle();
     println!("READY");
     std::io::stdout().flush()?;
@@ -90,29 +89,29 @@ fn trade_worker(handle: &EngineHandle, args: &ChildArgs, worker: usize) {
         eprintln!("stress child: {e:#}");
         std::process::exit(4)
     });
-    let mut rng = SplitMix64::new(args.seed ^ (worker as u64 + 1).wrapping_mul(0x9E37_79B9_7F4A_7C15));
+    let mut rng = fastrand::Rng::with_seed(args.seed ^ (worker as u64 + 1).wrapping_mul(0x9E37_79B9_7F4A_7C15));
     let mut open: Vec<OpenTrade> = Vec::new();
     for order in 1.. {
-        if open.is_empty() || rng.below(10) < 4 {
-            let buyer = args.buyer_base + worker as u64 * 1000 + rng.below(50);
-            let amount = 1 + rng.below(100_000);
+        if open.is_empty() || rng.u64(..10) < 4 {
+            let buyer = args.buyer_base + worker as u64 * 1000 + rng.u64(..50);
+            let amount = 1 + rng.u64(..100_000);
             journal.write(&Entry::CreateSent { buyer, order, amount });
             let receipt = retrying(&mut journal, "create", || {
-                handle.create_trade_blocking(super::new_trade(buyer, order, amount))
+                handle.create_trade_blocking(super::common::new_trade(buyer, order, amount))
             });
             journal.write(&Entry::CreateAcked { buyer, order, id: receipt.id.0 });
             open.push(OpenTrade { id: receipt.id, status: TradeStatus::Created, amount, refunded: 0 });
             continue;
         }
-        let at = rng.below(open.len() as u64) as usize;
+        let at = rng.u64(..open.len() as u64) as usize;
         let trade = &mut open[at];
         let refundable = trade.amount - trade.refunded;
         let change = match trade.status {
-            TradeStatus::Created if rng.one_in(5) => Change::Close,
+            TradeStatus::Created if rng.u64(..5) == 0 => Change::Close,
             TradeStatus::Created => Change::Pay,
-            TradeStatus::Paid if rng.one_in(3) => Change::Refund(1 + rng.below(refundable)),
+            TradeStatus::Paid if rng.u64(..3) == 0 => Change::Refund(1 + rng.u64(..refundable)),
             TradeStatus::Paid => Change::Settle,
-            TradeStatus::Refunded if refundable > 0 => Change::Refund(1 + rng.below(refundable)),
+            TradeStatus::Refunded if refundable > 0 => Change::Refund(1 + rng.u64(..refundable)),
             _ => {
                 open.swap_remove(at);
                 continue;
@@ -146,9 +145,9 @@ fn settlement_consumer(handle: &EngineHandle, args: &ChildArgs) {
         eprintln!("stress child: {e:#}");
         std::process::exit(4)
     });
-    let config = ConsumerConfig { start: StartPosition::Committed, ..ConsumerConfig::new(super::GROUP) };
+    let config = ConsumerConfig { start: StartPosition::Committed, ..ConsumerConfig::new(super::common::GROUP) };
     let mut consumer = retrying(&mut journal, "consumer", || handle.consumer(config.clone()));
-    let mut rng = SplitMix64::new(args.seed ^ 0xC0FFEE);
+    let mut rng = fastrand::Rng::with_seed(args.seed ^ 0xC0FFEE);
     let mut last_offset: HashMap<u32, u64> = HashMap::new();
     let mut last_kind: HashMap<TradeId, RecordKind> = HashMap::new();
     loop {
@@ -171,7 +170,7 @@ fn settlement_consumer(handle: &EngineHandle, args: &ChildArgs) {
                 _ => {}
             }
         }
-        if !events.is_empty() && rng.one_in(3) {
+        if !events.is_empty() && rng.u64(..3) == 0 {
             let positions = consumer.assignment();
             for (partition, offset) in &positions {
                 journal.write(&Entry::CommitSent { partition: *partition, offset: *offset });

@@ -14,6 +14,7 @@
 //! instant within the child's progress.
 
 pub mod child;
+mod common;
 mod journal;
 mod model;
 
@@ -24,13 +25,10 @@ use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, bail, Context};
-use tradeshard_engine::{Engine, NewTrade, Options};
-use tradeshard_wal::disk::SplitMix64;
+use tradeshard_engine::{Engine, Options};
 
 use crate::data_dir::DataDir;
-
-/// The consumer group whose commits the campaign checks.
-const GROUP: &str = "stress-settlement";
+use common::engine_options;
 
 #[derive(clap::Args, Clone, Debug)]
 pub struct Args {
@@ -73,41 +71,6 @@ struct Summary {
     seconds: f64,
 }
 
-/// Engine options of both the child and the checking parent: small segments so that the
-/// campaign crosses segment rolls, four shards on two executors.
-fn engine_options(dir: &Path) -> Options {
-    Options {
-        physical_shards: Some(4),
-        executors: Some(2),
-        pin: false,
-        segment_bytes: 1 << 20,
-        io_memory_bytes: 4 << 20,
-        cache_bytes: 16 << 20,
-        ..Options::new(dir)
-    }
-}
-
-fn order_no(buyer: u64, order: u64) -> String {
-    format!("S-{buyer}-{order}")
-}
-
-/// The (buyer, order) of an order number made by [`order_no`].
-fn order_of(order_no: &str) -> Option<(u64, u64)> {
-    let (buyer, order) = order_no.strip_prefix("S-")?.split_once('-')?;
-    Some((buyer.parse().ok()?, order.parse().ok()?))
-}
-
-fn new_trade(buyer: u64, order: u64, amount: u64) -> NewTrade {
-    NewTrade {
-        buyer_id: buyer,
-        merchant_id: 1 + buyer % 5,
-        merchant_order_no: order_no(buyer, order),
-        amount,
-        currency: "CNY".into(),
-        memo: format!("stress order {order}"),
-    }
-}
-
 pub fn run(args: Args) -> anyhow::Result<()> {
     if args.cycles_per_dir == 0 || args.workers == 0 || args.workers > 256 || args.run_ms_max == 0 {
         bail!("--cycles-per-dir, --workers (at most 256) and --run-ms-max must be above zero");
@@ -120,7 +83,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     eprintln!("stress: {} cycles, seed {seed}, in {}", args.cycles, root.path().display());
     let started = Instant::now();
     let mut summary = Summary { seed, ..Summary::default() };
-    let mut rng = SplitMix64::new(seed);
+    let mut rng = fastrand::Rng::with_seed(seed);
     let mut model = model::Model::default();
     let mut data = PathBuf::new();
     for cycle in 0..args.cycles {
@@ -132,7 +95,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
             model = model::Model::default();
             summary.data_dirs += 1;
         }
-        let cycle_seed = rng.next_u64();
+        let cycle_seed = rng.u64(..);
         if let Err(violation) =
             run_cycle(&args, &mut rng, &data, root.path(), cycle, cycle_seed, &mut model, &mut summary)
         {
@@ -194,7 +157,7 @@ fn check_descriptor_budget(cycles: u64) -> anyhow::Result<()> {
 #[allow(clippy::too_many_arguments)]
 fn run_cycle(
     args: &Args,
-    rng: &mut SplitMix64,
+    rng: &mut fastrand::Rng,
     data: &Path,
     root: &Path,
     cycle: u64,
@@ -232,12 +195,12 @@ fn run_cycle(
         let stderr = std::fs::read_to_string(&stderr_path).unwrap_or_default();
         anyhow!("the child stopped by itself ({status}): {}", stderr.trim())
     };
-    if rng.one_in(8) {
+    if rng.u64(..8) == 0 {
         // Kill during open and recovery, READY or not.
-        std::thread::sleep(Duration::from_millis(rng.below(40)));
+        std::thread::sleep(Duration::from_millis(rng.u64(..40)));
         summary.kills_while_recovering += u64::from(ready_rx.try_recv().is_err());
     } else {
-        let delay = Duration::from_millis(1 + rng.below(args.run_ms_max));
+        let delay = Duration::from_millis(1 + rng.u64(..args.run_ms_max));
         if ready_rx.recv_timeout(Duration::from_secs(60)).is_err() {
             let _ = child.kill();
             let status = child.wait()?;

@@ -10,7 +10,7 @@
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 
 use anyhow::{anyhow, bail};
-use tradeshard_engine::{ConsumerConfig, EngineHandle, Error, Trade, TradeError, TradeId, TradeStatus};
+use tradeshard_engine::{ConsumerConfig, EngineHandle, Error, Trade, TradeId, TradeStatus};
 
 use super::journal::{Change, Entry};
 
@@ -121,7 +121,7 @@ impl Model {
                         found.insert(self.by_id[id], trade);
                     }
                     Ok(trade) => bail!("reading {id} returned {}", trade.id),
-                    Err(Error::Trade(TradeError::NotFound(_))) => {}
+                    Err(Error::NotFound(_)) => {}
                     Err(e) => return Err(e.into()),
                 }
             }
@@ -138,7 +138,7 @@ impl Model {
         self.listings += 1;
         for buyer in listed {
             for trade in handle.list_user_trades_blocking(buyer, 10_000, None)? {
-                let order = super::order_of(&trade.merchant_order_no)
+                let order = super::common::order_of(&trade.merchant_order_no)
                     .filter(|(b, order)| *b == buyer && self.orders.contains_key(&(buyer, *order)))
                     .ok_or_else(|| anyhow!("trade {} ({}) was never sent", trade.id, trade.merchant_order_no))?;
                 match found.get(&order) {
@@ -212,7 +212,7 @@ impl Model {
         if totals != settled {
             bail!("settled totals {totals:?} do not reconcile with the settled trades {settled:?}");
         }
-        let consumer = handle.consumer(ConsumerConfig::new(super::GROUP))?;
+        let consumer = handle.consumer(ConsumerConfig::new(super::common::GROUP))?;
         for (partition, offset) in consumer.committed_blocking()? {
             let acknowledged = self.committed.get(&partition).copied().unwrap_or(0);
             if offset.unwrap_or(0) < acknowledged {
@@ -230,7 +230,7 @@ mod tests {
     use tradeshard_engine::Engine;
 
     fn engine(dir: &std::path::Path) -> Engine {
-        Engine::open(super::super::engine_options(dir)).unwrap()
+        Engine::open(super::super::common::engine_options(dir)).unwrap()
     }
 
     #[test]
@@ -238,12 +238,12 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let engine = engine(dir.path());
         let handle = engine.handle();
-        let paid = handle.create_trade_blocking(super::super::new_trade(10, 1, 500)).unwrap();
+        let paid = handle.create_trade_blocking(super::super::common::new_trade(10, 1, 500)).unwrap();
         handle.pay_blocking(paid.id).unwrap();
-        let settled = handle.create_trade_blocking(super::super::new_trade(11, 2, 700)).unwrap();
+        let settled = handle.create_trade_blocking(super::super::common::new_trade(11, 2, 700)).unwrap();
         handle.pay_blocking(settled.id).unwrap();
         handle.settle_blocking(settled.id).unwrap();
-        let unacknowledged = handle.create_trade_blocking(super::super::new_trade(12, 3, 900)).unwrap();
+        let unacknowledged = handle.create_trade_blocking(super::super::common::new_trade(12, 3, 900)).unwrap();
         let journal = vec![
             Entry::CreateSent { buyer: 10, order: 1, amount: 500 },
             Entry::CreateAcked { buyer: 10, order: 1, id: paid.id.0 },
@@ -292,7 +292,7 @@ mod tests {
         // Trades the journals never mention are found by the count.
         assert!(lost(journal[..4].to_vec()).contains("counts"));
         handle
-            .consumer(ConsumerConfig::new(super::super::GROUP))
+            .consumer(ConsumerConfig::new(super::super::common::GROUP))
             .and_then(|mut c| futures_lite::future::block_on(c.commit_offsets(&[(0, 0)])))
             .unwrap();
         let mut ahead = journal.clone();

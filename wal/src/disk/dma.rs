@@ -13,7 +13,7 @@ use std::rc::Rc;
 
 use glommio::io::{Directory, DmaBuffer, DmaFile, OpenOptions, ReadResult};
 
-use super::{Disk, DiskFile, SyncMethod, WriteBuf};
+use super::traits::{Disk, DiskFile, SyncMethod, WriteBuf};
 
 /// A directory on a real filesystem, accessed with direct I/O.
 #[derive(Clone)]

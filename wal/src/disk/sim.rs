@@ -1,4 +1,4 @@
-//! A simulated disk for crash and fault tests.
+//! A simulated disk for crash and fault tests (built for tests and with the `testing` feature).
 //!
 //! Fault model (what a real disk and kernel may do to us, and so what the log must survive):
 //! - A write is only in the *live* image until `fdatasync` on its file returns; then it is
@@ -29,7 +29,8 @@ use std::io;
 use std::path::PathBuf;
 use std::rc::Rc;
 
-use super::{Disk, DiskFile, SyncMethod, WriteBuf};
+use super::rng::SplitMix64;
+use super::traits::{Disk, DiskFile, SyncMethod, WriteBuf};
 
 const SECTOR_BYTES: usize = 512;
 const EIO: i32 = 5;
@@ -42,42 +43,6 @@ pub enum Fault {
     Eio,
     /// The call fails with ENOSPC.
     Enospc,
-}
-
-/// A small deterministic random generator (SplitMix64), so that a seed replays a run exactly.
-#[derive(Debug, Clone)]
-pub struct SplitMix64(u64);
-
-impl SplitMix64 {
-    /// A generator seeded with `seed`.
-    pub fn new(seed: u64) -> Self {
-        SplitMix64(seed)
-    }
-
-    /// The next 64 random bits.
-    pub fn next_u64(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^ (z >> 31)
-    }
-
-    /// A number in `0..bound` (`bound` above zero).
-    pub fn below(&mut self, bound: u64) -> u64 {
-        assert!(bound > 0);
-        self.next_u64() % bound
-    }
-
-    /// Uniform in [0, 1).
-    pub fn unit(&mut self) -> f64 {
-        (self.next_u64() >> 11) as f64 / (1u64 << 53) as f64
-    }
-
-    /// True with probability `1 / n`.
-    pub fn one_in(&mut self, n: u64) -> bool {
-        self.below(n) == 0
-    }
 }
 
 enum UnsyncedOp {

@@ -1,8 +1,10 @@
-//! A one-shot reply from an executor thread to whoever asked, on any thread or runtime.
+//! The one-shot reply of every request: the shard answers through it, the asker awaits it, on
+//! any thread or runtime.
 //!
-//! One allocation per request (the shared slot); the sender wakes the receiver's waker, which
-//! is a thread unpark for blocking callers and a (cross-thread) task wake for async ones. A
-//! sender dropped without a reply (an executor that stopped) resolves the receiver to `None`.
+//! One allocation per request (the shared slot). Sending stores the answer and wakes the
+//! asker's waker (a thread unpark for blocking callers, a task wake for async ones); it never
+//! runs the asker's code, so a shard may answer while it holds its own borrows. A [`Reply`]
+//! dropped without an answer (an executor that stopped) resolves the future to `None`.
 
 use std::future::Future;
 use std::pin::Pin;
@@ -15,19 +17,21 @@ struct Slot<T> {
     sender_gone: bool,
 }
 
-/// The executor's end.
-pub(crate) struct ReplyTx<T>(Option<Arc<Mutex<Slot<T>>>>);
+/// Where the answer to one request goes; answer it once with [`send`](Reply::send).
+pub struct Reply<T>(Option<Arc<Mutex<Slot<T>>>>);
 
-/// The caller's end: a future of the reply.
-pub(crate) struct ReplyRx<T>(Arc<Mutex<Slot<T>>>);
+/// The asker's end: a future of the answer, `None` if the [`Reply`] was dropped unanswered.
+pub struct ReplyFuture<T>(Arc<Mutex<Slot<T>>>);
 
-pub(crate) fn channel<T>() -> (ReplyTx<T>, ReplyRx<T>) {
+/// A connected [`Reply`] and [`ReplyFuture`].
+pub fn channel<T>() -> (Reply<T>, ReplyFuture<T>) {
     let slot = Arc::new(Mutex::new(Slot { value: None, waker: None, sender_gone: false }));
-    (ReplyTx(Some(slot.clone())), ReplyRx(slot))
+    (Reply(Some(slot.clone())), ReplyFuture(slot))
 }
 
-impl<T> ReplyTx<T> {
-    pub(crate) fn send(mut self, value: T) {
+impl<T> Reply<T> {
+    /// Delivers the answer and wakes the asker.
+    pub fn send(mut self, value: T) {
         let slot = self.0.take().expect("a reply is sent once");
         let waker = {
             let mut slot = slot.lock().expect("reply slot lock");
@@ -40,7 +44,7 @@ impl<T> ReplyTx<T> {
     }
 }
 
-impl<T> Drop for ReplyTx<T> {
+impl<T> Drop for Reply<T> {
     fn drop(&mut self) {
         if let Some(slot) = self.0.take() {
             let waker = {
@@ -55,7 +59,14 @@ impl<T> Drop for ReplyTx<T> {
     }
 }
 
-impl<T> Future for ReplyRx<T> {
+impl<T> ReplyFuture<T> {
+    /// The answer, if it has come (without waiting).
+    pub fn try_take(&mut self) -> Option<T> {
+        self.0.lock().expect("reply slot lock").value.take()
+    }
+}
+
+impl<T> Future for ReplyFuture<T> {
     type Output = Option<T>;
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<T>> {
@@ -91,5 +102,14 @@ mod tests {
         let (tx, rx) = channel::<u32>();
         drop(tx);
         assert_eq!(futures_lite::future::block_on(rx), None);
+    }
+
+    #[test]
+    fn try_take_answers_only_once_sent() {
+        let (tx, mut rx) = channel();
+        assert_eq!(rx.try_take(), None);
+        tx.send(7);
+        assert_eq!(rx.try_take(), Some(7));
+        assert_eq!(rx.try_take(), None);
     }
 }

@@ -1,0 +1,78 @@
+//! The clustered consumer groups of one engine: who is in each, and a generation that moves
+//! on every join and leave, so that each member notices a change at its next call and takes
+//! its new share (partition `p` goes to the `p % n`th member by join order).
+
+use std::collections::{BTreeSet, HashMap};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Mutex;
+use std::task::{Poll, Waker};
+
+#[derive(Default)]
+struct GroupState {
+    /// Members in join order (member ids are increasing).
+    members: BTreeSet<u64>,
+    generation: u64,
+    /// Members waiting for the next change (members with no partition, in a long poll).
+    waiting: Vec<Waker>,
+}
+
+impl GroupState {
+    fn changed(&mut self) {
+        self.generation += 1;
+        for waker in self.waiting.drain(..) {
+            waker.wake();
+        }
+    }
+}
+
+/// The clustered groups of one engine: who is in each, and a generation that moves on every
+/// join and leave.
+#[derive(Default)]
+pub(crate) struct Groups {
+    groups: Mutex<HashMap<String, GroupState>>,
+    next_member: AtomicU64,
+}
+
+impl Groups {
+    pub(crate) fn join(&self, group: &str) -> u64 {
+        let member = self.next_member.fetch_add(1, Ordering::Relaxed);
+        let mut groups = self.groups.lock().expect("groups lock");
+        let state = groups.entry(group.to_string()).or_default();
+        state.members.insert(member);
+        state.changed();
+        member
+    }
+
+    pub(crate) fn leave(&self, group: &str, member: u64) {
+        let mut groups = self.groups.lock().expect("groups lock");
+        if let Some(state) = groups.get_mut(group) {
+            state.members.remove(&member);
+            state.changed();
+        }
+    }
+
+    /// The generation and the partitions `member` owns now.
+    pub(crate) fn assignment(&self, group: &str, member: u64, partitions: u32) -> (u64, Vec<u32>) {
+        let groups = self.groups.lock().expect("groups lock");
+        let state = &groups[group];
+        let rank = state.members.iter().position(|m| *m == member).expect("a member until it leaves");
+        let n = state.members.len();
+        (state.generation, (0..partitions).filter(|p| *p as usize % n == rank).collect())
+    }
+
+    /// Resolves once `group` has moved past `generation` (a member joined or left).
+    pub(crate) async fn changed_since(&self, group: &str, generation: u64) {
+        std::future::poll_fn(|cx| {
+            let mut groups = self.groups.lock().expect("groups lock");
+            let Some(state) = groups.get_mut(group) else { return Poll::Ready(()) };
+            if state.generation != generation {
+                return Poll::Ready(());
+            }
+            if !state.waiting.iter().any(|w| w.will_wake(cx.waker())) {
+                state.waiting.push(cx.waker().clone());
+            }
+            Poll::Pending
+        })
+        .await
+    }
+}

@@ -1,0 +1,234 @@
+//! The operations an executor runs: one named request type each, and what the executor does
+//! with it. Everything that crosses from a caller's thread to an executor is one of these,
+//! boxed as a [`Job`] with the [`Reply`] its answer goes to.
+//!
+//! Adding an operation on one shard is a type here with a [`ShardOp`] impl that calls one
+//! shard method, and one `EngineHandle` method that sends it (`ARCHITECTURE.md`, "How to add
+//! an operation"). An operation over all of an executor's shards is an [`ExecutorOp`].
+
+use std::collections::{BTreeMap, HashMap};
+use std::time::Duration;
+
+use tradeshard_shard::reply::{self, Reply, ReplyFuture};
+use tradeshard_shard::{
+    Command, Currency, DiskShard, EventBatch, ListQuery, LogError, PollQuery, Receipt, ShardReply, ShardStats, Trade,
+    TradeError, TradeId,
+};
+
+use crate::routing::Routing;
+
+/// The shards one executor owns, and the routing that tells which one holds a trade.
+pub(crate) struct ExecutorShards {
+    pub routing: Routing,
+    pub shards: HashMap<u32, DiskShard>,
+}
+
+impl ExecutorShards {
+    fn shard(&self, shard: u32) -> &DiskShard {
+        self.shards.get(&shard).expect("requests are routed to the executor owning the shard")
+    }
+}
+
+/// An operation on one shard.
+pub(crate) trait ShardOp: Send + 'static {
+    type Output: Send + 'static;
+    fn start(self, shard: &DiskShard, reply: ShardReply<Self::Output>);
+}
+
+/// An operation over the shards of one executor.
+pub(crate) trait ExecutorOp: Send + 'static {
+    type Output: Send + 'static;
+    fn start(self, shards: &ExecutorShards, reply: Reply<Self::Output>);
+}
+
+/// A [`ShardOp`] addressed to its shard.
+pub(crate) struct OnShard<Op> {
+    pub shard: u32,
+    pub op: Op,
+}
+
+impl<Op: ShardOp> ExecutorOp for OnShard<Op> {
+    type Output = Result<Op::Output, TradeError>;
+    fn start(self, shards: &ExecutorShards, reply: Reply<Self::Output>) {
+        self.op.start(shards.shard(self.shard), reply)
+    }
+}
+
+/// What an executor's inbox carries: an operation with the reply it owes.
+pub(crate) trait Job: Send {
+    fn run(self: Box<Self>, shards: &ExecutorShards);
+}
+
+struct Call<Op: ExecutorOp> {
+    op: Op,
+    reply: Reply<Op::Output>,
+}
+
+impl<Op: ExecutorOp> Job for Call<Op> {
+    fn run(self: Box<Self>, shards: &ExecutorShards) {
+        let Call { op, reply } = *self;
+        op.start(shards, reply)
+    }
+}
+
+/// `op` as a job for an inbox, and the future of its answer.
+pub(crate) fn job<Op: ExecutorOp>(op: Op) -> (Box<dyn Job>, ReplyFuture<Op::Output>) {
+    let (reply, answer) = reply::channel();
+    (Box::new(Call { op, reply }), answer)
+}
+
+/// A create or a change of a trade; answered once durable.
+pub(crate) struct Write(pub Command);
+
+impl ShardOp for Write {
+    type Output = Receipt;
+    fn start(self, shard: &DiskShard, reply: ShardReply<Receipt>) {
+        shard.submit(self.0, reply)
+    }
+}
+
+/// One trade's durable state.
+pub(crate) struct Get(pub TradeId);
+
+impl ShardOp for Get {
+    type Output = Trade;
+    fn start(self, shard: &DiskShard, reply: ShardReply<Trade>) {
+        shard.get(self.0, reply)
+    }
+}
+
+/// A page of a user's trades.
+pub(crate) struct List(pub ListQuery);
+
+impl ShardOp for List {
+    type Output = Vec<Trade>;
+    fn start(self, shard: &DiskShard, reply: ShardReply<Vec<Trade>>) {
+        shard.list(self.0, reply)
+    }
+}
+
+/// Settlement events of one shard (partition), as record bytes.
+pub(crate) struct PollEvents(pub PollQuery);
+
+impl ShardOp for PollEvents {
+    type Output = EventBatch;
+    fn start(self, shard: &DiskShard, reply: ShardReply<EventBatch>) {
+        shard.poll_events(self.0, reply)
+    }
+}
+
+/// A consumer group's new position in one shard; answered with it once durable.
+pub(crate) struct CommitOffset {
+    pub group: String,
+    pub offset: u64,
+}
+
+impl ShardOp for CommitOffset {
+    type Output = u64;
+    fn start(self, shard: &DiskShard, reply: ShardReply<u64>) {
+        shard.commit_offset(&self.group, self.offset, reply)
+    }
+}
+
+/// Where a consumer group stands in one partition.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct PartitionPosition {
+    /// The group's committed offset, if it ever committed one.
+    pub committed: Option<u64>,
+    /// The first offset still in the log.
+    pub first: u64,
+    /// The durable end: the offset the next record will get.
+    pub end: u64,
+    /// The offset after the last trade event (offset commits are no events).
+    pub events_end: u64,
+}
+
+/// A group's position in one partition.
+pub(crate) struct Position {
+    pub group: String,
+}
+
+impl ShardOp for Position {
+    type Output = PartitionPosition;
+    fn start(self, shard: &DiskShard, reply: ShardReply<PartitionPosition>) {
+        let (first, end) = shard.offset_range();
+        let committed = shard.committed_offset(&self.group);
+        reply.send(Ok(PartitionPosition { committed, first, end, events_end: shard.events_end() }))
+    }
+}
+
+/// Many trades in one trip: the answers in the order of the ids, sent once the last is in
+/// (at once when every one was a cache hit).
+pub(crate) struct GetMany(pub Vec<TradeId>);
+
+impl ExecutorOp for GetMany {
+    type Output = Vec<Result<Trade, TradeError>>;
+    fn start(self, shards: &ExecutorShards, reply: Reply<Self::Output>) {
+        let mut answers: Vec<ReplyFuture<Result<Trade, TradeError>>> = Vec::with_capacity(self.0.len());
+        for id in self.0 {
+            let (one, answer) = reply::channel();
+            let shard = shards.routing.physical_of_trade(id).expect("ids are checked before they are sent");
+            shards.shard(shard).get(id, one);
+            answers.push(answer);
+        }
+        let mut ready = Vec::with_capacity(answers.len());
+        for answer in &mut answers {
+            match answer.try_take() {
+                Some(trade) => ready.push(trade),
+                None => break,
+            }
+        }
+        if ready.len() == answers.len() {
+            return reply.send(ready);
+        }
+        glommio::spawn_local(async move {
+            for answer in answers.drain(ready.len()..) {
+                ready.push(answer.await.unwrap_or(Err(TradeError::Log(LogError::Closed))));
+            }
+            reply.send(ready)
+        })
+        .detach();
+    }
+}
+
+/// Counters of every shard of the executor.
+#[derive(Clone, Copy)]
+pub(crate) struct Stats;
+
+impl ExecutorOp for Stats {
+    type Output = Vec<ShardStats>;
+    fn start(self, shards: &ExecutorShards, reply: Reply<Vec<ShardStats>>) {
+        reply.send(shards.shards.values().map(|shard| shard.stats()).collect())
+    }
+}
+
+/// Settled amounts per (merchant, currency) over the executor's shards.
+#[derive(Clone, Copy)]
+pub(crate) struct SettledTotals;
+
+impl ExecutorOp for SettledTotals {
+    type Output = BTreeMap<(u64, Currency), u64>;
+    fn start(self, shards: &ExecutorShards, reply: Reply<Self::Output>) {
+        let mut totals = BTreeMap::new();
+        for (key, amount) in shards.shards.values().flat_map(|shard| shard.settled_totals()) {
+            *totals.entry(key).or_insert(0) += amount;
+        }
+        reply.send(totals)
+    }
+}
+
+/// An answer after `duration`: the timer of a wait that has no shard to wait on (a clustered
+/// consumer with no partition; a consumer may run on any thread, so it has no timer of its
+/// own).
+pub(crate) struct Sleep(pub Duration);
+
+impl ExecutorOp for Sleep {
+    type Output = ();
+    fn start(self, _: &ExecutorShards, reply: Reply<()>) {
+        glommio::spawn_local(async move {
+            glommio::timer::sleep(self.0).await;
+            reply.send(());
+        })
+        .detach();
+    }
+}

@@ -1,0 +1,127 @@
+//! The read path of a shard: a trade is composed of its state (status, amounts, times),
+//! always from the durable index in memory, and its immutable part (order number, memo,
+//! creation time) from the `Created` record, served by the read-through cache and read from the
+//! log on a miss. Because the cached part never changes and the changing part is never cached,
+//! a read can be neither stale nor ahead of durability; a create puts its immutable part in the
+//! cache when it becomes durable. A hit is answered at once; only a miss spawns a task.
+
+use tradeshard_wal::disk::Disk;
+use tradeshard_wal::Appended;
+
+use crate::created::CreatedPart;
+use crate::error::TradeError;
+use crate::index::TradeEntry;
+use crate::record::TradeRecordView;
+use crate::shard::Shard;
+use crate::state::{Inner, ShardReply};
+use crate::trade::{Trade, TradeId};
+
+/// Most trade reads one listing has in flight at once.
+const LIST_READS_IN_FLIGHT: usize = 32;
+
+/// Which of a user's trades to list: newest first, at most `limit`, older than `before`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ListQuery {
+    pub user_id: u64,
+    pub limit: usize,
+    pub before: Option<TradeId>,
+}
+
+impl<D: Disk> Shard<D> {
+    /// Reads a trade's durable state: at once when its immutable part is cached, else after
+    /// reading the log.
+    pub fn get(&self, id: TradeId, reply: ShardReply<Trade>) {
+        let cached = {
+            let index = self.inner.index.borrow();
+            match index.get(id) {
+                None => Some(Err(TradeError::NotFound(id))),
+                Some(entry) => {
+                    let part = self.inner.created_parts.cache().borrow_mut().get(&id);
+                    part.map(|part| Ok(compose(id, entry, &part)))
+                }
+            }
+        };
+        match cached {
+            Some(answer) => reply.send(answer),
+            None => {
+                let inner = self.inner.clone();
+                glommio::spawn_local(async move { reply.send(read_trade(&inner, id, true).await) }).detach();
+            }
+        }
+    }
+
+    /// Lists a user's durable trades, newest first.
+    pub fn list(&self, query: ListQuery, reply: ShardReply<Vec<Trade>>) {
+        let ids: Vec<TradeId> = {
+            let index = self.inner.index.borrow();
+            let all = index.user_trades(query.user_id);
+            // A cursor that is not one of the user's trades lists nothing.
+            let end = query.before.map_or(all.len(), |before| all.iter().rposition(|id| *id == before).unwrap_or(0));
+            all[..end].iter().rev().take(query.limit).copied().collect()
+        };
+        // The reads go out `LIST_READS_IN_FLIGHT` at a time, so a page of a listing costs
+        // about one read's latency, not one per trade, and a long listing no more I/O memory.
+        let inner = self.inner.clone();
+        glommio::spawn_local(async move {
+            let mut trades = Vec::with_capacity(ids.len());
+            for window in ids.chunks(LIST_READS_IN_FLIGHT) {
+                let reads: Vec<_> = window
+                    .iter()
+                    .map(|&id| {
+                        let inner = inner.clone();
+                        glommio::spawn_local(async move { read_trade(&inner, id, false).await })
+                    })
+                    .collect();
+                for read in reads {
+                    match read.await {
+                        Ok(trade) => trades.push(trade),
+                        Err(error) => return reply.send(Err(error)),
+                    }
+                }
+            }
+            reply.send(Ok(trades))
+        })
+        .detach();
+    }
+}
+
+/// The trade's durable state: its immutable part from the cache (or the log), the rest from
+/// the index. `missed`: the caller already looked the cache up and missed.
+async fn read_trade<D: Disk>(inner: &Inner<D>, id: TradeId, missed: bool) -> Result<Trade, TradeError> {
+    let created_at = inner.index.borrow().get(id).map(|entry| entry.created_at).ok_or(TradeError::NotFound(id))?;
+    let load = || read_created_part(inner, created_at);
+    let parts = &inner.created_parts;
+    let part = if missed {
+        parts.load_after_miss(id, load, CreatedPart::cache_bytes).await?
+    } else {
+        parts.get_or_load(id, load, CreatedPart::cache_bytes).await?
+    };
+    let index = inner.index.borrow();
+    Ok(compose(id, index.get(id).expect("trades are never removed"), &part))
+}
+
+/// A trade from its durable state and its immutable part.
+fn compose(id: TradeId, entry: &TradeEntry, part: &CreatedPart) -> Trade {
+    Trade {
+        id,
+        buyer_id: entry.user_id,
+        merchant_id: entry.merchant_id,
+        merchant_order_no: part.merchant_order_no().to_string(),
+        amount: entry.lifecycle.amount,
+        refunded_amount: entry.lifecycle.refunded,
+        currency: entry.currency,
+        status: entry.lifecycle.status,
+        created_ms: part.created_ms(),
+        updated_ms: entry.updated_ms,
+        memo: part.memo().to_string(),
+    }
+}
+
+/// Reads a trade's `Created` record from the log (direct I/O): a cache miss.
+async fn read_created_part<D: Disk>(inner: &Inner<D>, created_at: Appended) -> Result<CreatedPart, TradeError> {
+    let bytes = inner.wal.read_at(created_at.seq, created_at.piece).await?;
+    let bad = |reason| TradeError::BadRecord { seq: created_at.seq, reason };
+    let record = TradeRecordView::decode(&bytes).map_err(bad)?;
+    let created = record.created.ok_or(bad("not a created record"))?;
+    Ok(CreatedPart::new(record.at_ms, created.merchant_order_no, created.memo))
+}

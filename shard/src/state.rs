@@ -1,0 +1,105 @@
+//! What one shard holds between its request path and its committer: the log, the durable
+//! indexes, the cache, and the *accepted* view (the writes queued in the log but not yet
+//! durable, with whoever waits for each).
+//!
+//! The request path (`write.rs`) checks a write against durable state plus the accepted view
+//! and queues it; the committer (`committer.rs`) moves it from the accepted view into the
+//! durable indexes once the log says it is durable, and answers its caller.
+
+use std::cell::RefCell;
+use std::collections::VecDeque;
+use std::hash::BuildHasherDefault;
+use std::task::Waker;
+
+use tradeshard_cache::ReadThrough;
+use tradeshard_wal::disk::Disk;
+use tradeshard_wal::{Ticket, Wal};
+
+use crate::created::CreatedPart;
+use crate::currency::Currency;
+use crate::error::TradeError;
+use crate::id_hash::{IdHasher, IdMap};
+use crate::index::{Lifecycle, ShardIndex};
+use crate::record::LogRecord;
+use crate::reply::Reply;
+use crate::trade::{Receipt, TradeId};
+
+/// A shard's answer to one request: the result, or why not.
+pub type ShardReply<T> = Reply<Result<T, TradeError>>;
+
+/// A trade with writes in flight: its accepted (not yet durable) state.
+#[derive(Clone, Copy)]
+pub(crate) struct InFlight {
+    pub lifecycle: Lifecycle,
+    pub last_seq: u64,
+    pub user_id: u64,
+    pub merchant_id: u64,
+    pub currency: Currency,
+}
+
+/// Who waits for a write, and for what.
+pub(crate) enum Waiter {
+    Trade(ShardReply<Receipt>),
+    Offset(ShardReply<u64>),
+}
+
+impl Waiter {
+    pub(crate) fn fail(self, error: TradeError) {
+        match self {
+            Waiter::Trade(reply) => reply.send(Err(error)),
+            Waiter::Offset(reply) => reply.send(Err(error)),
+        }
+    }
+}
+
+/// A write queued in the log, waiting to become durable.
+pub(crate) struct Effect {
+    pub seq: u64,
+    pub ticket: Option<Ticket>,
+    pub record: LogRecord,
+    /// A create's order key and body hash, computed once when it was checked.
+    pub keys: Option<(u128, u64)>,
+    pub waiter: Waiter,
+}
+
+/// A create that repeated one still in flight: answered with the original once that is
+/// durable.
+pub(crate) struct Repeat {
+    pub original_seq: u64,
+    pub id: TradeId,
+    pub reply: ShardReply<Receipt>,
+}
+
+#[derive(Default)]
+pub(crate) struct Accepted {
+    pub trades: IdMap<TradeId, InFlight>,
+    /// Order key → (trade id, body hash, seq of its create).
+    pub orders: IdMap<u128, (TradeId, u64, u64)>,
+    pub effects: VecDeque<Effect>,
+    pub repeats: VecDeque<Repeat>,
+    pub next_counter: u64,
+    pub committer: Option<Waker>,
+    pub failed: Option<TradeError>,
+    pub closing: bool,
+}
+
+impl Accepted {
+    pub(crate) fn push(&mut self, effect: Effect) {
+        self.effects.push_back(effect);
+        self.wake();
+    }
+
+    pub(crate) fn wake(&mut self) {
+        if let Some(waker) = self.committer.take() {
+            waker.wake();
+        }
+    }
+}
+
+pub(crate) struct Inner<D: Disk> {
+    pub shard_id: u32,
+    pub wal: Wal<D>,
+    pub index: RefCell<ShardIndex>,
+    pub accepted: RefCell<Accepted>,
+    pub created_parts: ReadThrough<TradeId, CreatedPart, TradeError, BuildHasherDefault<IdHasher>>,
+}

@@ -1,0 +1,123 @@
+//! The checks every input passes before it can reach the log: a refused input is an
+//! [`InputError`] and leaves no trace.
+
+use crate::currency::Currency;
+use crate::error::InputError;
+use crate::record::OffsetCommit;
+use crate::trade::{NewTrade, TradeId, ValidTrade, AMOUNT_MAX, MEMO_BYTES_MAX, ORDER_NO_BYTES_MAX};
+
+impl TradeId {
+    /// Checks that the id could have been issued by a directory with `logical_shards` shards.
+    pub fn validate(self, logical_shards: u32) -> Result<TradeId, InputError> {
+        if self.counter() == 0 || self.logical_shard() >= logical_shards {
+            return Err(InputError::BadTradeId { id: self.0, logical_shards });
+        }
+        Ok(self)
+    }
+}
+
+impl NewTrade {
+    /// Checks every field; the first failure is the error.
+    pub fn validate(&self) -> Result<ValidTrade, InputError> {
+        if self.buyer_id == 0 {
+            return Err(InputError::ZeroUserId);
+        }
+        if self.merchant_id == 0 {
+            return Err(InputError::ZeroMerchantId);
+        }
+        validate_amount(self.amount)?;
+        let currency =
+            Currency::parse(&self.currency).ok_or_else(|| InputError::UnknownCurrency(self.currency.clone()))?;
+        let order_no = &self.merchant_order_no;
+        if order_no.is_empty() || order_no.len() > ORDER_NO_BYTES_MAX || !order_no.bytes().all(|b| b.is_ascii_graphic())
+        {
+            return Err(InputError::BadOrderNo { len: order_no.len(), max: ORDER_NO_BYTES_MAX });
+        }
+        if self.memo.len() > MEMO_BYTES_MAX {
+            return Err(InputError::MemoTooLong { len: self.memo.len(), max: MEMO_BYTES_MAX });
+        }
+        Ok(ValidTrade {
+            buyer_id: self.buyer_id,
+            merchant_id: self.merchant_id,
+            merchant_order_no: order_no.clone(),
+            amount: self.amount,
+            currency,
+            memo: self.memo.clone(),
+        })
+    }
+}
+
+/// Checks a consumer group name: 1..=64 printable ASCII bytes.
+pub fn validate_group(group: &str) -> Result<(), InputError> {
+    if OffsetCommit::valid_group(group) {
+        Ok(())
+    } else {
+        Err(InputError::BadGroup { len: group.len() })
+    }
+}
+
+/// Checks an amount: above zero, at most `AMOUNT_MAX`.
+pub fn validate_amount(amount: u64) -> Result<u64, InputError> {
+    match amount {
+        0 => Err(InputError::ZeroAmount),
+        a if a > AMOUNT_MAX => Err(InputError::AmountTooLarge { amount: a, max: AMOUNT_MAX }),
+        a => Ok(a),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::trade::COUNTER_BITS;
+
+    type Case = (NewTrade, fn(&InputError) -> bool);
+
+    fn new_trade() -> NewTrade {
+        NewTrade {
+            buyer_id: 1,
+            merchant_id: 2,
+            merchant_order_no: "ORD-1".into(),
+            amount: 100,
+            currency: "CNY".into(),
+            memo: String::new(),
+        }
+    }
+
+    #[test]
+    fn trade_ids_carry_their_shard() {
+        let id = TradeId::new(1023, 77);
+        assert_eq!((id.logical_shard(), id.counter()), (1023, 77));
+        assert!(id.validate(1024).is_ok());
+        assert!(id.validate(1023).is_err());
+        assert!(TradeId(0).validate(1024).is_err());
+        assert!(TradeId(5 << COUNTER_BITS).validate(1024).is_err(), "counter zero is never issued");
+    }
+
+    #[test]
+    fn every_field_is_checked() {
+        assert!(new_trade().validate().is_ok());
+        let cases: Vec<Case> = vec![
+            (NewTrade { buyer_id: 0, ..new_trade() }, |e| matches!(e, InputError::ZeroUserId)),
+            (NewTrade { merchant_id: 0, ..new_trade() }, |e| matches!(e, InputError::ZeroMerchantId)),
+            (NewTrade { amount: 0, ..new_trade() }, |e| matches!(e, InputError::ZeroAmount)),
+            (NewTrade { amount: AMOUNT_MAX + 1, ..new_trade() }, |e| matches!(e, InputError::AmountTooLarge { .. })),
+            (NewTrade { amount: u64::MAX, ..new_trade() }, |e| matches!(e, InputError::AmountTooLarge { .. })),
+            (NewTrade { currency: "XYZ".into(), ..new_trade() }, |e| matches!(e, InputError::UnknownCurrency(_))),
+            (NewTrade { merchant_order_no: String::new(), ..new_trade() }, |e| {
+                matches!(e, InputError::BadOrderNo { .. })
+            }),
+            (NewTrade { merchant_order_no: "x".repeat(65), ..new_trade() }, |e| {
+                matches!(e, InputError::BadOrderNo { .. })
+            }),
+            (NewTrade { merchant_order_no: "a b".into(), ..new_trade() }, |e| {
+                matches!(e, InputError::BadOrderNo { .. })
+            }),
+            (NewTrade { memo: "m".repeat(257), ..new_trade() }, |e| matches!(e, InputError::MemoTooLong { .. })),
+        ];
+        for (input, expected) in cases {
+            let error = input.validate().unwrap_err();
+            assert!(expected(&error), "{input:?} gave {error:?}");
+        }
+        assert!(NewTrade { memo: "m".repeat(256), amount: AMOUNT_MAX, ..new_trade() }.validate().is_ok());
+    }
+}

@@ -1,0 +1,87 @@
+//! The child process of the engine's process-level tests: a real engine in a process of its
+//! own, that a test kills, or that holds a directory while a test opens it.
+//!
+//! - `engine_child crash-writer DIR OFFSET`: eight writers create trades (and pay every
+//!   other), printing `ACK created ID AMOUNT` / `ACK paid ID` after each acknowledgement,
+//!   until killed; a failed write ends the process at once with status 6 and the reason on
+//!   stderr (`engine_crash.rs`).
+//! - `engine_child hold DIR`: opens DIR, prints `READY`, and holds it until stdin closes
+//!   (`engine_open_errors.rs`).
+//! - `engine_child try-open DIR`: opens DIR and prints `OUTCOME opened` or `OUTCOME <error>`
+//!   (`engine_open_errors.rs`, run under another uid).
+
+use std::io::Write;
+use std::path::Path;
+
+use tradeshard_engine::{Engine, Options};
+use tradeshard_tests::{engine_options, new_trade};
+
+fn main() {
+    let args: Vec<String> = std::env::args().collect();
+    match args.get(1).map(String::as_str) {
+        Some("crash-writer") if args.len() == 4 => {
+            let offset = args[3].parse().expect("OFFSET is a number");
+            crash_writer(Path::new(&args[2]), offset)
+        }
+        Some("hold") if args.len() == 3 => hold(Path::new(&args[2])),
+        Some("try-open") if args.len() == 3 => try_open(Path::new(&args[2])),
+        _ => {
+            eprintln!("usage: engine_child crash-writer DIR OFFSET | hold DIR | try-open DIR");
+            std::process::exit(2)
+        }
+    }
+}
+
+/// The options of the directories `engine_open_errors.rs` makes.
+fn open_errors_options(dir: &Path) -> Options {
+    Options { segment_bytes: 1 << 20, ..engine_options(dir, 1, 1) }
+}
+
+fn crash_writer(dir: &Path, offset: u64) {
+    let engine = Engine::open(engine_options(dir, 2, 2)).unwrap_or_else(exit_with);
+    let handle = engine.handle();
+    let writers: Vec<_> = (0..8u64)
+        .map(|writer| {
+            let handle = handle.clone();
+            std::thread::spawn(move || {
+                for order in 0.. {
+                    // User id 0 is refused (`ZeroUserId`): buyers count from 1.
+                    let buyer = offset + writer * 1_000_000 + order + 1;
+                    let receipt =
+                        handle.create_trade_blocking(new_trade(buyer, order, 100 + order)).unwrap_or_else(exit_with);
+                    println!("ACK created {} {}", receipt.id.0, receipt.amount);
+                    if order % 2 == 0 {
+                        handle.pay_blocking(receipt.id).unwrap_or_else(exit_with);
+                        println!("ACK paid {}", receipt.id.0);
+                    }
+                }
+            })
+        })
+        .collect();
+    for writer in writers {
+        writer.join().expect("writers end only by exiting the process");
+    }
+}
+
+/// A failed write ends the child at once (no unwinding, no backtrace to print first), so the
+/// parent sees the acknowledgements stop and reads the reason on stderr instead of the other
+/// writers hiding it.
+fn exit_with<T>(error: tradeshard_engine::Error) -> T {
+    eprintln!("write failed: {error:?}");
+    std::process::exit(6)
+}
+
+fn hold(dir: &Path) {
+    let _engine = Engine::open(open_errors_options(dir)).expect("the holder opens the directory");
+    println!("READY");
+    std::io::stdout().flush().expect("stdout");
+    // Hold it until the parent closes our stdin.
+    let _ = std::io::stdin().lines().count();
+}
+
+fn try_open(dir: &Path) {
+    match Engine::open(open_errors_options(dir)) {
+        Ok(_) => println!("OUTCOME opened"),
+        Err(error) => println!("OUTCOME {error}"),
+    }
+}

@@ -1,0 +1,218 @@
+//! The client of the load tool: its tasks, each with one request outstanding, the mix of
+//! operations they choose from, and what they record of each answer.
+
+use std::cell::{Cell, RefCell};
+use std::rc::Rc;
+use std::time::{Duration, Instant};
+
+use fastrand::Rng;
+use hdrhistogram::Histogram;
+use tradeshard_engine::{EngineHandle, NewTrade, TradeId, TradeStatus};
+
+use crate::latency;
+use crate::workload::UserChooser;
+
+/// Trades whose acknowledgements are kept for the final read-back; later ones are not checked
+/// (the report says how many), so that a long run's bookkeeping stays bounded.
+pub(super) const TRACKED_TRADES_MAX: u64 = 4 << 20;
+/// Created trade ids kept for the mixed workload's gets (a uniform sample once full).
+const READABLE_TRADES_MAX: usize = 4 << 20;
+
+pub(super) const OPS: [&str; 5] = ["create", "pay", "settle", "get", "list"];
+pub(super) const CREATE: usize = 0;
+pub(super) const PAY: usize = 1;
+pub(super) const SETTLE: usize = 2;
+pub(super) const GET: usize = 3;
+pub(super) const LIST: usize = 4;
+
+/// What the client tasks share (one client thread, so `RefCell`).
+pub(super) struct Client {
+    pub(super) handle: EngineHandle,
+    pub(super) users: UserChooser,
+    pub(super) read_ratio: f64,
+    pub(super) ingest: bool,
+    /// The read workload's trades, and how to pick among them.
+    pub(super) read_only: Option<(Vec<TradeId>, UserChooser)>,
+    /// Gets per request of the read workload.
+    pub(super) batch: usize,
+    /// Trades read (a batch counts each of its gets).
+    pub(super) reads: Cell<u64>,
+    pub(super) stop: Cell<bool>,
+    pub(super) issued: Cell<u64>,
+    pub(super) ops_max: Option<u64>,
+    pub(super) histograms: RefCell<Vec<Histogram<u64>>>,
+    /// Every operation's latency since the last `--report-every` line.
+    pub(super) interval: RefCell<Histogram<u64>>,
+    /// Trades whose acknowledgements are kept (at most `TRACKED_TRADES_MAX`), and the rest.
+    pub(super) tracked: Cell<u64>,
+    pub(super) untracked: Cell<u64>,
+    /// Every acknowledgement in order (the last one of a trade is its acknowledged state);
+    /// appended, not looked up, so that bookkeeping costs the client little.
+    pub(super) acked: RefCell<Vec<(TradeId, TradeStatus)>>,
+    pub(super) created: RefCell<Vec<TradeId>>,
+    pub(super) errors: Cell<u64>,
+    pub(super) first_error: RefCell<Option<String>>,
+    pub(super) rate: Option<f64>,
+    pub(super) inflight: usize,
+    pub(super) start: Instant,
+}
+
+/// One outstanding request at a time, until told to stop.
+pub(super) async fn worker(client: Rc<Client>, task: usize, seed: u64) {
+    let mut rng = Rng::with_seed(seed);
+    // This task's trades that can still move forward: (id, status).
+    let mut open: Vec<(TradeId, TradeStatus, bool)> = Vec::new();
+    let mut sent: u64 = 0;
+    while !client.stop.get() {
+        if let Some(max) = client.ops_max {
+            if client.issued.get() >= max {
+                break;
+            }
+        }
+        client.issued.set(client.issued.get() + 1);
+        let intended = match client.rate {
+            Some(rate) => {
+                // Tasks interleave their send slots: task i sends at slots i, i + inflight, ...
+                let slot = (sent as f64 * client.inflight as f64 + task as f64) / rate;
+                let at = client.start + Duration::from_secs_f64(slot);
+                let now = Instant::now();
+                if at > now {
+                    glommio::timer::sleep(at - now).await;
+                }
+                at
+            }
+            None => Instant::now(),
+        };
+        sent += 1;
+        let op = choose(&client, &mut rng, &open);
+        let outcome = run_op(&client, &mut rng, &mut open, op, task, sent).await;
+        let micros = intended.elapsed().as_micros() as u64;
+        match outcome {
+            Ok(()) => {
+                latency::record(&mut client.histograms.borrow_mut()[op], micros);
+                latency::record(&mut client.interval.borrow_mut(), micros);
+            }
+            Err(error) => {
+                client.errors.set(client.errors.get() + 1);
+                client.first_error.borrow_mut().get_or_insert(format!("{}: {error}", OPS[op]));
+            }
+        }
+    }
+}
+
+fn choose(client: &Client, rng: &mut Rng, open: &[(TradeId, TradeStatus, bool)]) -> usize {
+    if client.ingest {
+        return CREATE;
+    }
+    if client.read_only.is_some() {
+        return GET;
+    }
+    if rng.f64() < client.read_ratio {
+        return if rng.u64(..4) == 0 { LIST } else { GET };
+    }
+    let has = |status| open.iter().any(|(_, s, _)| *s == status);
+    match rng.u64(..10) {
+        0..=4 => CREATE,
+        5..=7 if has(TradeStatus::Created) => PAY,
+        8..=9 if has(TradeStatus::Paid) => SETTLE,
+        _ => CREATE,
+    }
+}
+
+async fn run_op(
+    client: &Client,
+    rng: &mut Rng,
+    open: &mut Vec<(TradeId, TradeStatus, bool)>,
+    op: usize,
+    task: usize,
+    sent: u64,
+) -> Result<(), tradeshard_engine::Error> {
+    let handle = &client.handle;
+    match op {
+        CREATE => {
+            let buyer = client.users.pick(rng);
+            let amount = 1 + rng.u64(..100_000);
+            let mut order_no = String::with_capacity(24);
+            {
+                use std::fmt::Write;
+                let _ = write!(order_no, "L{task}-{sent}");
+            }
+            let trade = NewTrade {
+                buyer_id: buyer,
+                merchant_id: 1 + buyer % 997,
+                merchant_order_no: order_no,
+                amount,
+                currency: "CNY".into(),
+                memo: String::new(),
+            };
+            let receipt = handle.create_trade(trade).await?;
+            let tracked = client.tracked.get() < TRACKED_TRADES_MAX;
+            if tracked {
+                client.tracked.set(client.tracked.get() + 1);
+                client.acked.borrow_mut().push((receipt.id, receipt.status));
+            } else {
+                client.untracked.set(client.untracked.get() + 1);
+            }
+            if !client.ingest {
+                let mut created = client.created.borrow_mut();
+                if created.len() < READABLE_TRADES_MAX {
+                    created.push(receipt.id);
+                } else {
+                    let at = rng.u64(..created.len() as u64) as usize;
+                    created[at] = receipt.id;
+                }
+                drop(created);
+                open.push((receipt.id, receipt.status, tracked));
+                if open.len() > 64 {
+                    open.remove(0);
+                }
+            }
+        }
+        PAY | SETTLE => {
+            let want = if op == PAY { TradeStatus::Created } else { TradeStatus::Paid };
+            let at = open.iter().position(|(_, s, _)| *s == want).expect("chosen only when present");
+            let (id, _, tracked) = open[at];
+            let receipt = if op == PAY { handle.pay(id).await? } else { handle.settle(id).await? };
+            if tracked {
+                client.acked.borrow_mut().push((id, receipt.status));
+            }
+            if receipt.status == TradeStatus::Settled {
+                open.remove(at);
+            } else {
+                open[at].1 = receipt.status;
+            }
+        }
+        GET if client.read_only.is_some() => {
+            let (ids, chooser) = client.read_only.as_ref().expect("checked");
+            // Rank r of the skew is trade (r * 7919) mod n, so hot trades spread over shards.
+            let mut pick = || ids[(((chooser.pick(rng) - 1) * 7919) % ids.len() as u64) as usize];
+            if client.batch == 1 {
+                handle.get(pick()).await?;
+            } else {
+                let batch: Vec<TradeId> = (0..client.batch).map(|_| pick()).collect();
+                for answer in handle.get_many(&batch).await? {
+                    answer?;
+                }
+            }
+            client.reads.set(client.reads.get() + client.batch as u64);
+        }
+        GET => {
+            let id = {
+                let created = client.created.borrow();
+                if created.is_empty() {
+                    None
+                } else {
+                    Some(created[rng.u64(..created.len() as u64) as usize])
+                }
+            };
+            if let Some(id) = id {
+                handle.get(id).await?;
+                client.reads.set(client.reads.get() + 1);
+            }
+        }
+        _ => {
+            handle.list_user_trades(client.users.pick(rng), 20, None).await?;
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,350 @@
+//! `tradeshard load`: the main job. Opens an engine (in a fresh temporary directory unless
+//! `--dir` is given), drives a workload through the public handle from a client thread with
+//! `--inflight` requests outstanding, reports throughput and latency per operation, and at the
+//! end reads back every acknowledged trade and fails if any is not in its acknowledged state.
+//!
+//! Workloads: `ingest` creates trades only (the durable-ingest headline); `mixed` creates, pays
+//! and settles trades, and reads (`get`, `list`) in `--read-ratio` of its operations; `read`
+//! first creates `--read-trades` trades (untimed), then reads them by id, uniformly or with
+//! `--zipf` skew over the trades, reporting the cache's hit ratio.
+
+use std::cell::{Cell, RefCell};
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::rc::Rc;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context};
+use glommio::{LocalExecutorBuilder, Placement};
+use indicatif::{ProgressBar, ProgressStyle};
+use tradeshard_engine::{Engine, EngineHandle, Options, SyncMethod, TradeStatus};
+
+mod client;
+mod report;
+
+use crate::data_dir::DataDir;
+use crate::latency;
+use crate::workload::UserChooser;
+use client::{worker, Client, CREATE, OPS};
+use report::{growth_after_warmup, print_table, resident_bytes, IntervalReport, OpReport, Report};
+
+#[derive(clap::Args, Debug, Clone)]
+pub struct Args {
+    /// Data directory to keep (must be new); a temporary one under the current directory when
+    /// omitted, removed at the end.
+    #[arg(long)]
+    dir: Option<PathBuf>,
+    /// ingest: creates only; mixed: create, pay, settle, get and list; read: gets by trade id
+    /// after an untimed ingest of --read-trades trades.
+    #[arg(long, default_value = "mixed", value_parser = ["mixed", "ingest", "read"])]
+    workload: String,
+    /// Trades created before the timed phase of the read workload.
+    #[arg(long, default_value_t = 200_000)]
+    read_trades: u64,
+    /// Gets per request in the read workload (`get_many` when above 1).
+    #[arg(long, default_value_t = 1)]
+    batch: usize,
+    /// Bytes of read-through cache in all (0 turns it off).
+    #[arg(long, default_value_t = 256 << 20)]
+    cache_bytes: usize,
+    /// Distinct buyers.
+    #[arg(long, default_value_t = 100_000)]
+    users: u64,
+    /// Zipf exponent of the choice of buyer, or of trade in the read workload (0: uniform).
+    #[arg(long, default_value_t = 0.0)]
+    zipf: f64,
+    /// How long to run (e.g. 10s); the default when --ops is not given.
+    #[arg(long, value_parser = latency::parse_duration)]
+    duration: Option<Duration>,
+    /// Operations to run instead of a duration.
+    #[arg(long)]
+    ops: Option<u64>,
+    /// Requests outstanding at once.
+    #[arg(long, default_value_t = 256)]
+    inflight: usize,
+    /// Share of reads in the mixed workload.
+    #[arg(long, default_value_t = 0.2)]
+    read_ratio: f64,
+    /// sync: acknowledged after fdatasync; buffered: after the write, fdatasync every 10 ms.
+    #[arg(long, default_value = "sync", value_parser = ["sync", "buffered"])]
+    durability: String,
+    /// dsync: the logs' files are opened O_DSYNC and a group commit is one durable write (the
+    /// engine's default); fdatasync: a write and then an fdatasync.
+    #[arg(long, default_value = "dsync", value_parser = ["dsync", "fdatasync"])]
+    sync_method: String,
+    /// Seed of every random choice.
+    #[arg(long, default_value_t = 1)]
+    seed: u64,
+    /// Operations per second to send (open loop; latency counts from the intended send time).
+    #[arg(long)]
+    rate: Option<f64>,
+    /// Executors (default: one per core).
+    #[arg(long)]
+    executors: Option<usize>,
+    /// Leave the executors unpinned (the operating system places them, and this tool's client
+    /// thread, as it likes).
+    #[arg(long)]
+    unpinned: bool,
+    /// Physical shards of a new directory (default: one per core).
+    #[arg(long)]
+    shards: Option<u32>,
+    /// Run a settlement consumer alongside the load and reconcile its totals at the end.
+    #[arg(long)]
+    settle: bool,
+    /// Print the report as one JSON object on stdout.
+    #[arg(long)]
+    json: bool,
+    /// Report throughput, p99 latency and resident memory every interval (e.g. 60s) on stderr
+    /// and in the report's `intervals`: the soak test's view of a long run.
+    #[arg(long, value_parser = latency::parse_duration)]
+    report_every: Option<Duration>,
+}
+
+pub fn run(args: Args) -> anyhow::Result<()> {
+    if args.inflight == 0 || args.inflight > 1 << 20 {
+        bail!("--inflight must be between 1 and 1048576");
+    }
+    if args.batch == 0 || args.batch > 1 << 16 {
+        bail!("--batch must be between 1 and 65536");
+    }
+    if !(0.0..=1.0).contains(&args.read_ratio) {
+        bail!("--read-ratio must be between 0 and 1");
+    }
+    let users = UserChooser::new(args.users, args.zipf).map_err(anyhow::Error::msg)?;
+    let data_dir = DataDir::new(args.dir.as_deref(), "tradeshard-load")?;
+    let dir = data_dir.path().to_path_buf();
+    let mut options = Options {
+        executors: args.executors,
+        physical_shards: args.shards,
+        cache_bytes: args.cache_bytes,
+        pin: !args.unpinned,
+        sync_method: if args.sync_method == "dsync" { SyncMethod::DsyncWrites } else { SyncMethod::Fdatasync },
+        ..Options::new(&dir)
+    };
+    if args.durability == "buffered" {
+        options = options.buffered(Duration::from_millis(10));
+    }
+    let engine = Engine::open(options).with_context(|| format!("opening the engine in {}", dir.display()))?;
+    let handle = engine.handle();
+    let routing = handle.routing();
+    let duration = match (args.duration, args.ops) {
+        (Some(d), _) => Some(d),
+        (None, Some(_)) => None,
+        (None, None) => Some(Duration::from_secs(10)),
+    };
+    eprintln!(
+        "load: workload={} dir={} users={} zipf={} inflight={} read_ratio={} durability={} sync_method={} seed={} rate={:?} \
+         duration={:?} ops={:?} executors={} shards={}",
+        args.workload,
+        dir.display(),
+        args.users,
+        args.zipf,
+        args.inflight,
+        args.read_ratio,
+        args.durability,
+        args.sync_method,
+        args.seed,
+        args.rate,
+        duration,
+        args.ops,
+        routing.executors,
+        routing.physical_shards
+    );
+    let settle_stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let settler =
+        args.settle.then(|| crate::settle::spawn(handle.clone(), "load-settlement".into(), settle_stop.clone()));
+    let client_args = args.clone();
+    let client = std::thread::spawn(move || -> anyhow::Result<Report> {
+        let executor = LocalExecutorBuilder::new(Placement::Unbound)
+            .name("load-client")
+            .make()
+            .map_err(|e| anyhow::anyhow!("starting the client executor: {e}"))?;
+        executor.run(drive(client_args, handle, users, duration))
+    });
+    let mut report = client.join().map_err(|_| anyhow::anyhow!("the client thread panicked"))??;
+    settle_stop.store(true, std::sync::atomic::Ordering::Release);
+    if let Some(settler) = settler {
+        let settlement = settler.join().map_err(|_| anyhow::anyhow!("the settlement thread panicked"))??;
+        report.events_per_sec = Some(settlement.events_per_sec);
+        report.end_to_end_p99_us = Some(settlement.end_to_end_us.p99);
+        report.settlement = Some(settlement);
+    }
+    engine.close().context("closing the engine")?;
+    if args.json {
+        println!("{}", serde_json::to_string(&report)?);
+    } else {
+        print_table(&report);
+    }
+    if let Some(settlement) = &report.settlement {
+        if !settlement.differences.is_empty() {
+            bail!("settlement totals differ from the store: {:?}", settlement.differences);
+        }
+    }
+    if report.mismatches > 0 || report.errors > 0 {
+        bail!(
+            "{} acknowledged trades did not read back as acknowledged, {} operations failed",
+            report.mismatches,
+            report.errors
+        );
+    }
+    Ok(())
+}
+
+async fn drive(
+    args: Args,
+    handle: EngineHandle,
+    users: UserChooser,
+    duration: Option<Duration>,
+) -> anyhow::Result<Report> {
+    let read_only = if args.workload == "read" {
+        let ids = crate::readback::ingest_untimed(&handle, args.read_trades, args.inflight, args.users).await?;
+        let chooser = UserChooser::new(ids.len() as u64, args.zipf).map_err(anyhow::Error::msg)?;
+        Some((ids, chooser))
+    } else {
+        None
+    };
+    let before = handle.stats().await?;
+    let client = Rc::new(Client {
+        handle: handle.clone(),
+        users,
+        read_ratio: args.read_ratio,
+        ingest: args.workload == "ingest",
+        read_only,
+        batch: args.batch.max(1),
+        reads: Cell::new(0),
+        stop: Cell::new(false),
+        issued: Cell::new(0),
+        ops_max: args.ops,
+        histograms: RefCell::new((0..OPS.len()).map(|_| latency::new_histogram()).collect()),
+        interval: RefCell::new(latency::new_histogram()),
+        tracked: Cell::new(0),
+        untracked: Cell::new(0),
+        acked: RefCell::new(Vec::new()),
+        created: RefCell::new(Vec::new()),
+        errors: Cell::new(0),
+        first_error: RefCell::new(None),
+        rate: args.rate,
+        inflight: args.inflight,
+        start: Instant::now(),
+    });
+    if let Some((ids, _)) = &client.read_only {
+        client.acked.borrow_mut().extend(ids.iter().map(|id| (*id, TradeStatus::Created)));
+    }
+    let tasks: Vec<_> = (0..args.inflight)
+        .map(|task| glommio::spawn_local(worker(client.clone(), task, args.seed.wrapping_mul(1_000_003) ^ task as u64)))
+        .collect();
+    let progress = progress_bar(duration);
+    let mut intervals = Vec::new();
+    let mut interval_start = Instant::now();
+    while !client.stop.get() {
+        glommio::timer::sleep(Duration::from_millis(200)).await;
+        let elapsed = client.start.elapsed();
+        if args.report_every.is_some_and(|every| interval_start.elapsed() >= every) {
+            let line = interval_report(&client, interval_start.elapsed(), &handle).await?;
+            let text = serde_json::to_string(&line)?;
+            progress.suspend(|| eprintln!("interval: {text}"));
+            intervals.push(line);
+            interval_start = Instant::now();
+        }
+        let done = client.histograms.borrow().iter().map(|h| h.len()).sum::<u64>();
+        progress.set_message(format!("{done} ops, {:.0} ops/s", done as f64 / elapsed.as_secs_f64()));
+        match duration {
+            Some(d) => {
+                progress.set_position(elapsed.as_millis().min(d.as_millis()) as u64);
+                if elapsed >= d {
+                    client.stop.set(true);
+                }
+            }
+            None => progress.set_position(done),
+        }
+        if client.ops_max.is_some_and(|max| client.issued.get() >= max) || client.first_error.borrow().is_some() {
+            client.stop.set(true);
+        }
+    }
+    for task in tasks {
+        task.await;
+    }
+    let elapsed = client.start.elapsed().as_secs_f64();
+    let after = handle.stats().await?;
+    let resident = resident_bytes();
+    progress.finish_and_clear();
+    if let Some(error) = client.first_error.borrow().as_ref() {
+        eprintln!("load: first error: {error}");
+    }
+    let acked = std::mem::take(&mut *client.acked.borrow_mut());
+    let (verified, mismatches) = crate::readback::verify(&handle, &acked, args.inflight).await;
+    let (resident_growth_after_warmup, resident_fit) = growth_after_warmup(&intervals);
+    let histograms = client.histograms.borrow();
+    let ops = OPS
+        .iter()
+        .enumerate()
+        .filter(|(i, _)| !histograms[*i].is_empty())
+        .map(|(i, name)| {
+            let count = histograms[i].len();
+            (
+                *name,
+                OpReport { count, ops_per_sec: count as f64 / elapsed, latency_us: latency::summarize(&histograms[i]) },
+            )
+        })
+        .collect::<HashMap<_, _>>();
+    let fsyncs = after.fsyncs - before.fsyncs;
+    let records = after.records - before.records;
+    let (hits, misses) = (after.cache.hits - before.cache.hits, after.cache.misses - before.cache.misses);
+    Ok(Report {
+        workload: args.workload.clone(),
+        elapsed_sec: elapsed,
+        trades_per_sec: histograms[CREATE].len() as f64 / elapsed,
+        ops_per_sec: histograms.iter().map(|h| h.len()).sum::<u64>() as f64 / elapsed,
+        reads_per_sec: client.reads.get() as f64 / elapsed,
+        hit_ratio: if hits + misses == 0 { 0.0 } else { hits as f64 / (hits + misses) as f64 },
+        cache_bytes: args.cache_bytes,
+        fsyncs_per_sec: fsyncs as f64 / elapsed,
+        records_per_fsync: if fsyncs == 0 { 0.0 } else { records as f64 / fsyncs as f64 },
+        ops,
+        verified,
+        mismatches,
+        errors: client.errors.get(),
+        engine_trades: after.trades,
+        resident_bytes: resident,
+        events_per_sec: None,
+        end_to_end_p99_us: None,
+        settlement: None,
+        inflight: args.inflight,
+        users: args.users,
+        zipf: args.zipf,
+        durability: args.durability.clone(),
+        sync_method: args.sync_method.clone(),
+        executors: handle.routing().executors,
+        shards: handle.routing().physical_shards,
+        untracked_trades: client.untracked.get(),
+        intervals,
+        resident_growth_after_warmup,
+        resident_fit,
+    })
+}
+
+/// The interval since the last report: throughput, p99, memory (and resets the histogram).
+async fn interval_report(client: &Client, length: Duration, handle: &EngineHandle) -> anyhow::Result<IntervalReport> {
+    let (ops, p99_us) = {
+        let mut interval = client.interval.borrow_mut();
+        let measured = (interval.len(), interval.value_at_quantile(0.99));
+        interval.reset();
+        measured
+    };
+    let engine_trades = handle.stats().await?.trades;
+    let resident_bytes = resident_bytes();
+    Ok(IntervalReport {
+        at_sec: client.start.elapsed().as_secs_f64(),
+        ops_per_sec: ops as f64 / length.as_secs_f64(),
+        p99_us,
+        resident_bytes,
+        engine_trades,
+        resident_bytes_per_trade: resident_bytes as f64 / engine_trades.max(1) as f64,
+    })
+}
+
+fn progress_bar(duration: Option<Duration>) -> ProgressBar {
+    let bar = ProgressBar::new(duration.map_or(0, |d| d.as_millis() as u64));
+    bar.set_style(ProgressStyle::with_template("{elapsed_precise} [{bar:30}] {msg}").expect("valid template"));
+    bar
+}

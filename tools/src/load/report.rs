@@ -1,0 +1,205 @@
+//! What the load tool reports: per operation, per interval, and the fit of resident memory
+//! to the trades held, as a table or as JSON.
+
+use std::collections::HashMap;
+
+use serde::Serialize;
+
+use super::client::OPS;
+use crate::latency::LatencySummary;
+
+/// One `--report-every` interval.
+#[derive(Serialize, Clone, Debug)]
+pub(super) struct IntervalReport {
+    /// Seconds since the timed phase started, at the interval's end.
+    pub(super) at_sec: f64,
+    pub(super) ops_per_sec: f64,
+    pub(super) p99_us: u64,
+    pub(super) resident_bytes: u64,
+    pub(super) engine_trades: u64,
+    /// Resident bytes over trades held: flat when memory grows only with the data.
+    pub(super) resident_bytes_per_trade: f64,
+}
+
+#[derive(Serialize)]
+pub(super) struct OpReport {
+    pub(super) count: u64,
+    pub(super) ops_per_sec: f64,
+    pub(super) latency_us: LatencySummary,
+}
+
+#[derive(Serialize)]
+pub(super) struct Report {
+    pub(super) workload: String,
+    pub(super) elapsed_sec: f64,
+    pub(super) trades_per_sec: f64,
+    pub(super) ops_per_sec: f64,
+    /// `get`s per second in the timed phase.
+    pub(super) reads_per_sec: f64,
+    /// Cache hits over cache lookups in the timed phase.
+    pub(super) hit_ratio: f64,
+    pub(super) cache_bytes: usize,
+    pub(super) fsyncs_per_sec: f64,
+    pub(super) records_per_fsync: f64,
+    pub(super) ops: HashMap<&'static str, OpReport>,
+    pub(super) verified: u64,
+    pub(super) mismatches: u64,
+    pub(super) errors: u64,
+    /// Trades in the engine at the end of the timed phase.
+    pub(super) engine_trades: u64,
+    /// Resident memory of the process (engine and client) at the end of the timed phase.
+    pub(super) resident_bytes: u64,
+    /// With `--settle`: events the settlement consumer consumed per second.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(super) events_per_sec: Option<f64>,
+    /// With `--settle`: p99 from an event's write to its delivery, microseconds.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(super) end_to_end_p99_us: Option<u64>,
+    /// With `--settle`: the settlement consumer's whole report.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(super) settlement: Option<crate::settle::SettleReport>,
+    pub(super) inflight: usize,
+    pub(super) users: u64,
+    pub(super) zipf: f64,
+    pub(super) durability: String,
+    pub(super) sync_method: String,
+    pub(super) executors: usize,
+    pub(super) shards: u32,
+    /// Trades created beyond `TRACKED_TRADES_MAX`, not read back at the end.
+    pub(super) untracked_trades: u64,
+    /// With `--report-every`: one entry per interval.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub(super) intervals: Vec<IntervalReport>,
+    /// With `--report-every`: (max - min) / min of resident memory over the intervals after
+    /// the first fifth (the warm-up).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(super) resident_growth_after_warmup: Option<f64>,
+    /// With `--report-every`, when trades were added after the warm-up: resident memory fitted
+    /// as a + b * trades held (least squares over the intervals after the warm-up); `b` is
+    /// the resident bytes each added trade costs, and the fit's largest miss, as a share of
+    /// resident memory, says whether anything but the data grew.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(super) resident_fit: Option<ResidentFit>,
+}
+
+/// Resident memory against trades held, after the warm-up.
+#[derive(Serialize, Clone, Copy, Debug, PartialEq)]
+pub(super) struct ResidentFit {
+    pub(super) bytes_per_added_trade: f64,
+    pub(super) largest_miss: f64,
+}
+
+/// (max - min) / min of resident bytes over the intervals after the first fifth, and the fit
+/// of resident bytes to trades held over them; `None` with fewer than five intervals (and no
+/// fit when the trades held did not change).
+pub(super) fn growth_after_warmup(intervals: &[IntervalReport]) -> (Option<f64>, Option<ResidentFit>) {
+    if intervals.len() < 5 {
+        return (None, None);
+    }
+    let steady = &intervals[intervals.len() / 5..];
+    let resident: Vec<f64> = steady.iter().map(|i| i.resident_bytes as f64).collect();
+    let min = resident.iter().copied().fold(f64::INFINITY, f64::min);
+    let max = resident.iter().copied().fold(0.0, f64::max);
+    let growth = (max - min) / min.max(1.0);
+    let trades: Vec<f64> = steady.iter().map(|i| i.engine_trades as f64).collect();
+    let n = trades.len() as f64;
+    let (mean_t, mean_r) = (trades.iter().sum::<f64>() / n, resident.iter().sum::<f64>() / n);
+    let spread: f64 = trades.iter().map(|t| (t - mean_t).powi(2)).sum();
+    if spread == 0.0 {
+        return (Some(growth), None);
+    }
+    let slope = trades.iter().zip(&resident).map(|(t, r)| (t - mean_t) * (r - mean_r)).sum::<f64>() / spread;
+    let largest_miss = trades
+        .iter()
+        .zip(&resident)
+        .map(|(t, r)| (r - (mean_r + slope * (t - mean_t))).abs() / r.max(1.0))
+        .fold(0.0, f64::max);
+    (Some(growth), Some(ResidentFit { bytes_per_added_trade: slope, largest_miss }))
+}
+
+/// Resident set size of this process, from `/proc/self/statm` (0 where unavailable).
+pub(super) fn resident_bytes() -> u64 {
+    let statm = std::fs::read_to_string("/proc/self/statm").unwrap_or_default();
+    let pages: u64 = statm.split_whitespace().nth(1).and_then(|p| p.parse().ok()).unwrap_or(0);
+    pages * 4096
+}
+
+pub(super) fn print_table(report: &Report) {
+    println!(
+        "workload {} for {:.2} s: {:.0} trades/s, {:.0} ops/s, {:.0} fsyncs/s, {:.1} records per fsync, \
+         cache hit ratio {:.3}",
+        report.workload,
+        report.elapsed_sec,
+        report.trades_per_sec,
+        report.ops_per_sec,
+        report.fsyncs_per_sec,
+        report.records_per_fsync,
+        report.hit_ratio
+    );
+    println!(
+        "{:<8} {:>10} {:>12} {:>9} {:>9} {:>9} {:>9}",
+        "op", "count", "ops/s", "p50 µs", "p99 µs", "p99.9 µs", "max µs"
+    );
+    for name in OPS {
+        if let Some(op) = report.ops.get(name) {
+            let l = op.latency_us;
+            println!(
+                "{name:<8} {:>10} {:>12.0} {:>9} {:>9} {:>9} {:>9}",
+                op.count, op.ops_per_sec, l.p50, l.p99, l.p999, l.max
+            );
+        }
+    }
+    println!(
+        "{} trades in the engine, {:.1} MiB resident; verified {} acknowledged trades: {} mismatches",
+        report.engine_trades,
+        report.resident_bytes as f64 / (1 << 20) as f64,
+        report.verified,
+        report.mismatches
+    );
+    if let Some(s) = &report.settlement {
+        let l = s.end_to_end_us;
+        println!(
+            "settlement: {} events at {:.0}/s, end to end p50 {} / p99 {} / max {} µs, {} redelivered, {} differences",
+            s.events,
+            s.events_per_sec,
+            l.p50,
+            l.p99,
+            l.max,
+            s.redelivered,
+            s.differences.len()
+        );
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn interval(trades: u64, resident: u64) -> IntervalReport {
+        IntervalReport {
+            at_sec: 0.0,
+            ops_per_sec: 0.0,
+            p99_us: 0,
+            resident_bytes: resident,
+            engine_trades: trades,
+            resident_bytes_per_trade: 0.0,
+        }
+    }
+
+    #[test]
+    fn memory_that_grows_with_the_data_fits_a_line_and_flat_memory_has_no_fit() {
+        // A warm-up interval that does not count, then 150 bytes per trade over a 100 MB base.
+        let mut growing = vec![interval(0, 10)];
+        growing.extend((1..10).map(|k| interval(k * 1_000_000, 100_000_000 + k * 150_000_000)));
+        let (growth, fit) = growth_after_warmup(&growing);
+        let fit = fit.expect("trades were added");
+        assert!((fit.bytes_per_added_trade - 150.0).abs() < 1e-6, "{fit:?}");
+        assert!(fit.largest_miss < 1e-9 && growth.unwrap() > 1.0, "{fit:?} {growth:?}");
+
+        let flat: Vec<_> = (0..10).map(|k| interval(5, 1_000_000 + (k % 2) * 50_000)).collect();
+        let (growth, fit) = growth_after_warmup(&flat);
+        assert!(fit.is_none());
+        assert!((growth.unwrap() - 0.05).abs() < 1e-9);
+        assert_eq!(growth_after_warmup(&flat[..4]), (None, None));
+    }
+}

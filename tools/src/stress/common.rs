@@ -1,0 +1,44 @@
+//! What the campaign's parent and child agree on: the engine's options, the consumer group,
+//! and how order numbers name their buyer and order.
+
+use std::path::Path;
+
+use tradeshard_engine::{NewTrade, Options};
+
+/// The consumer group whose commits the campaign checks.
+pub(super) const GROUP: &str = "stress-settlement";
+
+/// Engine options of both the child and the checking parent: small segments so that the
+/// campaign crosses segment rolls, four shards on two executors.
+pub(super) fn engine_options(dir: &Path) -> Options {
+    Options {
+        physical_shards: Some(4),
+        executors: Some(2),
+        pin: false,
+        segment_bytes: 1 << 20,
+        io_memory_bytes: 4 << 20,
+        cache_bytes: 16 << 20,
+        ..Options::new(dir)
+    }
+}
+
+fn order_no(buyer: u64, order: u64) -> String {
+    format!("S-{buyer}-{order}")
+}
+
+/// The (buyer, order) of an order number made by [`order_no`].
+pub(super) fn order_of(order_no: &str) -> Option<(u64, u64)> {
+    let (buyer, order) = order_no.strip_prefix("S-")?.split_once('-')?;
+    Some((buyer.parse().ok()?, order.parse().ok()?))
+}
+
+pub(super) fn new_trade(buyer: u64, order: u64, amount: u64) -> NewTrade {
+    NewTrade {
+        buyer_id: buyer,
+        merchant_id: 1 + buyer % 5,
+        merchant_order_no: order_no(buyer, order),
+        amount,
+        currency: "CNY".into(),
+        memo: format!("stress order {order}"),
+    }
+}
