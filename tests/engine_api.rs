@@ -3,8 +3,8 @@
 //! creates, listing, reopening, the directory lock and reopening on fewer executors.
 
 use tradeshard_engine::{
-    ConsumerConfig, Engine, EngineHandle, Error, InputError, NewTrade, Refusal, TradeId, TradeStatus, AMOUNT_MAX,
-    MEMO_BYTES_MAX, ORDER_NO_BYTES_MAX,
+    ConsumerConfig, Engine, EngineHandle, Error, InputError, NewTrade, Receipt, Refusal, TradeId, TradeStatus,
+    AMOUNT_MAX, MEMO_BYTES_MAX, ORDER_NO_BYTES_MAX, REFUND_NO_BYTES_MAX,
 };
 use tradeshard_tests::{engine_options, new_trade};
 
@@ -39,15 +39,18 @@ fn every_operation_and_transition_through_the_handle() {
     assert!(h.pay_blocking(closing.id).is_err(), "a closed trade cannot be paid");
 
     let refunding = h.create_trade_blocking(new_trade(2, 1, 1000)).unwrap();
-    assert!(matches!(h.refund_blocking(refunding.id, 10), Err(Error::Refused(Refusal::IllegalTransition { .. }))));
+    assert!(matches!(
+        h.refund_blocking(refunding.id, "R-0", 10),
+        Err(Error::Refused(Refusal::IllegalTransition { .. }))
+    ));
     h.pay_blocking(refunding.id).unwrap();
-    let partial = h.refund_blocking(refunding.id, 400).unwrap();
+    let partial = h.refund_blocking(refunding.id, "R-1", 400).unwrap();
     assert_eq!((partial.status, partial.refunded_amount), (TradeStatus::Refunded, 400));
     assert!(matches!(
-        h.refund_blocking(refunding.id, 601),
+        h.refund_blocking(refunding.id, "R-2", 601),
         Err(Error::Refused(Refusal::RefundExceedsPaid { requested: 601, refundable: 600, .. }))
     ));
-    assert_eq!(h.refund_blocking(refunding.id, 600).unwrap().refunded_amount, 1000);
+    assert_eq!(h.refund_blocking(refunding.id, "R-3", 600).unwrap().refunded_amount, 1000);
     assert!(h.settle_blocking(refunding.id).is_err(), "a refunded trade is not settled");
     engine.close().unwrap();
 }
@@ -181,21 +184,39 @@ fn bad_input_is_a_typed_error_and_leaves_no_trace() {
         on_trade(
             "refund u64::MAX id",
             top_shard,
-            |h, id| h.refund_blocking(id, 1).map(drop),
+            |h, id| h.refund_blocking(id, "R-1", 1).map(drop),
             |e| matches!(e, Error::Invalid(InputError::BadTradeId { .. })),
         ),
         on_trade("pay unknown", unknown, |h, id| h.pay_blocking(id).map(drop), |e| matches!(e, Error::NotFound(_))),
         on_trade("get unknown", unknown, |h, id| h.get_blocking(id).map(drop), |e| matches!(e, Error::NotFound(_))),
         on_trade(
+            "empty refund number",
+            paid.id,
+            |h, id| h.refund_blocking(id, "", 1).map(drop),
+            |e| matches!(e, Error::Invalid(InputError::BadRefundNo { len: 0, .. })),
+        ),
+        on_trade(
+            "refund number max + 1",
+            paid.id,
+            |h, id| h.refund_blocking(id, &"r".repeat(REFUND_NO_BYTES_MAX + 1), 1).map(drop),
+            |e| matches!(e, Error::Invalid(InputError::BadRefundNo { len: 65, max: 64 })),
+        ),
+        on_trade(
+            "refund number with a space",
+            paid.id,
+            |h, id| h.refund_blocking(id, "R 1", 1).map(drop),
+            |e| matches!(e, Error::Invalid(InputError::BadRefundNo { .. })),
+        ),
+        on_trade(
             "refund zero",
             paid.id,
-            |h, id| h.refund_blocking(id, 0).map(drop),
+            |h, id| h.refund_blocking(id, "R-1", 0).map(drop),
             |e| matches!(e, Error::Invalid(InputError::ZeroAmount)),
         ),
         on_trade(
             "refund u64::MAX",
             paid.id,
-            |h, id| h.refund_blocking(id, u64::MAX).map(drop),
+            |h, id| h.refund_blocking(id, "R-1", u64::MAX).map(drop),
             |e| {
                 matches!(
                     e,
@@ -207,13 +228,13 @@ fn bad_input_is_a_typed_error_and_leaves_no_trace() {
         on_trade(
             "refund paid + 1",
             paid.id,
-            |h, id| h.refund_blocking(id, 101).map(drop),
+            |h, id| h.refund_blocking(id, "R-1", 101).map(drop),
             |e| matches!(e, Error::Refused(Refusal::RefundExceedsPaid { requested: 101, refundable: 100, .. })),
         ),
         on_trade(
             "refund unpaid",
             created.id,
-            |h, id| h.refund_blocking(id, 1).map(drop),
+            |h, id| h.refund_blocking(id, "R-1", 1).map(drop),
             |e| matches!(e, Error::Refused(Refusal::IllegalTransition { from: TradeStatus::Created, .. })),
         ),
         on_trade(
@@ -275,7 +296,62 @@ fn bad_input_is_a_typed_error_and_leaves_no_trace() {
     };
     let accepted = h.create_trade_blocking(max).unwrap();
     assert_eq!(h.get_blocking(accepted.id).unwrap().memo.len(), MEMO_BYTES_MAX);
-    assert_eq!(h.refund_blocking(paid.id, 100).unwrap().refunded_amount, 100);
+    assert_eq!(h.refund_blocking(paid.id, "R-9", 100).unwrap().refunded_amount, 100);
+    engine.close().unwrap();
+}
+
+/// A client that lost an answer sends the request again: a move the trade made already and a
+/// refund under a request number already refunded answer the original receipt, marked
+/// `replayed`, and write nothing, also after a reopen; a request number reused with another
+/// amount or for another trade is a typed conflict; refunds under different numbers add up.
+#[test]
+fn retried_moves_and_refunds_answer_the_original_receipt_and_write_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let engine = Engine::open(engine_options(dir.path(), 2, 2)).unwrap();
+    let h = engine.handle();
+    let trade = h.create_trade_blocking(new_trade(5, 1, 1000)).unwrap();
+    let paid = h.pay_blocking(trade.id).unwrap();
+    let written = records(&h);
+    assert_eq!(h.pay_blocking(trade.id).unwrap(), Receipt { replayed: true, ..paid });
+    let first = h.refund_blocking(trade.id, "R-A", 100).unwrap();
+    assert_eq!((first.refunded_amount, first.replayed), (100, false));
+    assert_eq!(h.refund_blocking(trade.id, "R-A", 100).unwrap(), Receipt { replayed: true, ..first });
+    assert_eq!(records(&h), written + 1, "a repeat writes nothing");
+    assert_eq!(h.refund_blocking(trade.id, "R-B", 50).unwrap().refunded_amount, 150, "refunds add up");
+    match h.refund_blocking(trade.id, "R-A", 60) {
+        Err(Error::Refused(Refusal::RefundRequestConflict { existing, amount: 100, .. })) => {
+            assert_eq!(existing, trade.id)
+        }
+        other => panic!("the same number with another amount must conflict: {other:?}"),
+    }
+    let other = h.create_trade_blocking(new_trade(5, 2, 1000)).unwrap();
+    h.pay_blocking(other.id).unwrap();
+    assert!(
+        matches!(h.refund_blocking(other.id, "R-A", 100), Err(Error::Refused(Refusal::RefundRequestConflict { .. }))),
+        "the same number for another trade of the merchant and buyer must conflict"
+    );
+    assert!(matches!(h.refund_blocking(trade.id, "R-C", 851), Err(Error::Refused(Refusal::RefundExceedsPaid { .. }))));
+
+    let settling = h.create_trade_blocking(new_trade(6, 1, 300)).unwrap();
+    h.pay_blocking(settling.id).unwrap();
+    let settled = h.settle_blocking(settling.id).unwrap();
+    assert_eq!(h.settle_blocking(settling.id).unwrap(), Receipt { replayed: true, ..settled });
+    assert!(
+        matches!(h.pay_blocking(settling.id), Err(Error::Refused(Refusal::IllegalTransition { .. }))),
+        "a settled trade is not paid again, not even as a repeat"
+    );
+    let closing = h.create_trade_blocking(new_trade(6, 2, 300)).unwrap();
+    let closed = h.close_trade_blocking(closing.id).unwrap();
+    assert_eq!(h.close_trade_blocking(closing.id).unwrap(), Receipt { replayed: true, ..closed });
+    engine.close().unwrap();
+
+    let engine = Engine::open(engine_options(dir.path(), 2, 2)).unwrap();
+    let h = engine.handle();
+    let written = records(&h);
+    assert_eq!(h.refund_blocking(trade.id, "R-A", 100).unwrap(), Receipt { replayed: true, ..first });
+    assert_eq!(h.settle_blocking(settling.id).unwrap(), Receipt { replayed: true, ..settled });
+    assert_eq!(records(&h), written, "repeats after a reopen write nothing");
+    assert_eq!(h.get_blocking(trade.id).unwrap().refunded_amount, 150);
     engine.close().unwrap();
 }
 

@@ -28,8 +28,13 @@ fn reads_after_each_acknowledged_write_show_it_with_the_cache_on_and_off() {
                         handle.pay_blocking(created.id).unwrap();
                         assert_eq!(handle.get_blocking(created.id).unwrap().status, TradeStatus::Paid);
                         for refunded in [100, 250] {
-                            let receipt =
-                                handle.refund_blocking(created.id, refunded - (refunded / 250) * 100).unwrap();
+                            let receipt = handle
+                                .refund_blocking(
+                                    created.id,
+                                    &format!("R-{n}-{refunded}"),
+                                    refunded - (refunded / 250) * 100,
+                                )
+                                .unwrap();
                             let trade = handle.get_blocking(created.id).unwrap();
                             assert_eq!(
                                 (trade.status, trade.refunded_amount),

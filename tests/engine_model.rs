@@ -1,7 +1,9 @@
 //! A property test of the engine against a plain in-memory model: random sequences of
 //! creates (including retries and conflicting retries), pays, settles, closes and refunds
-//! over a few users, with every answer and then every read compared, before and after a
-//! reopen.
+//! (their request numbers drawn from a few, so that refunds are retried, and reused with
+//! another amount or on another trade) over a few users, with every answer and then every
+//! read compared, before and after a reopen. A repeated move or refund must answer the
+//! original receipt, marked `replayed`, and change nothing.
 
 use std::collections::HashMap;
 
@@ -11,11 +13,16 @@ use tradeshard_tests::{engine_options, new_trade};
 
 #[derive(Debug, Clone)]
 enum Op {
-    Create { buyer: u64, order: u64, amount: u64 },
+    Create {
+        buyer: u64,
+        order: u64,
+        amount: u64,
+    },
     Pay(usize),
     Settle(usize),
     Close(usize),
-    Refund(usize, u64),
+    /// A refund of an amount under refund request number `R-{n}`.
+    Refund(usize, u64, u8),
 }
 
 fn op() -> impl Strategy<Value = Op> {
@@ -24,7 +31,7 @@ fn op() -> impl Strategy<Value = Op> {
         2 => any::<usize>().prop_map(Op::Pay),
         1 => any::<usize>().prop_map(Op::Settle),
         1 => any::<usize>().prop_map(Op::Close),
-        2 => (any::<usize>(), 1u64..700).prop_map(|(i, a)| Op::Refund(i, a)),
+        2 => (any::<usize>(), 1u64..700, 0u8..4).prop_map(|(i, a, n)| Op::Refund(i, a, n)),
     ]
 }
 
@@ -37,20 +44,45 @@ struct ModelTrade {
     status: TradeStatus,
 }
 
-fn apply_model(trade: &mut ModelTrade, op: &Op) -> bool {
+/// What the engine must answer to a change.
+#[derive(Debug, PartialEq)]
+enum Expected {
+    /// Done now: the trade's new status and refunded total.
+    Done(TradeStatus, u64),
+    /// A repeat: the original's status and refunded total, nothing changed.
+    Repeat(TradeStatus, u64),
+    Refused,
+    RefundConflict,
+}
+
+/// A refund done under a request number: its trade, amount and the refunded total after it.
+type Refunds = HashMap<(u64, u8), (TradeId, u64, u64)>;
+
+fn apply_model(id: TradeId, trade: &mut ModelTrade, refunds: &mut Refunds, op: &Op) -> Expected {
     use TradeStatus::*;
     let next = match (trade.status, op) {
+        (Paid, Op::Pay(_)) | (Settled, Op::Settle(_)) | (Closed, Op::Close(_)) => {
+            return Expected::Repeat(trade.status, trade.refunded)
+        }
+        (_, Op::Refund(_, amount, n)) if refunds.contains_key(&(trade.buyer, *n)) => {
+            let (original, original_amount, refunded_after) = refunds[&(trade.buyer, *n)];
+            return match original == id && original_amount == *amount {
+                true => Expected::Repeat(Refunded, refunded_after),
+                false => Expected::RefundConflict,
+            };
+        }
         (Created, Op::Pay(_)) => Paid,
         (Created, Op::Close(_)) => Closed,
         (Paid, Op::Settle(_)) => Settled,
-        (Paid | Refunded, Op::Refund(_, amount)) if trade.refunded + amount <= trade.amount => {
+        (Paid | Refunded, Op::Refund(_, amount, n)) if trade.refunded + amount <= trade.amount => {
             trade.refunded += amount;
+            refunds.insert((trade.buyer, *n), (id, *amount, trade.refunded));
             Refunded
         }
-        _ => return false,
+        _ => return Expected::Refused,
     };
     trade.status = next;
-    true
+    Expected::Done(next, trade.refunded)
 }
 
 fn check_reads(handle: &EngineHandle, model: &HashMap<TradeId, ModelTrade>) {
@@ -82,6 +114,7 @@ proptest! {
         let mut model: HashMap<TradeId, ModelTrade> = HashMap::new();
         let mut ids: Vec<TradeId> = Vec::new();
         let mut orders: HashMap<(u64, u64), (TradeId, u64)> = HashMap::new();
+        let mut refunds = Refunds::new();
         for op in &ops {
             match op {
                 Op::Create { buyer, order, amount } => {
@@ -103,7 +136,7 @@ proptest! {
                         }
                     }
                 }
-                Op::Pay(i) | Op::Settle(i) | Op::Close(i) | Op::Refund(i, _) => {
+                Op::Pay(i) | Op::Settle(i) | Op::Close(i) | Op::Refund(i, _, _) => {
                     if ids.is_empty() {
                         continue;
                     }
@@ -112,15 +145,24 @@ proptest! {
                         Op::Pay(_) => handle.pay_blocking(id),
                         Op::Settle(_) => handle.settle_blocking(id),
                         Op::Close(_) => handle.close_trade_blocking(id),
-                        Op::Refund(_, amount) => handle.refund_blocking(id, *amount),
+                        Op::Refund(_, amount, n) => handle.refund_blocking(id, &format!("R-{n}"), *amount),
                         Op::Create { .. } => unreachable!(),
                     };
                     let trade = model.get_mut(&id).unwrap();
-                    if apply_model(trade, op) {
-                        let receipt = outcome.unwrap();
-                        prop_assert_eq!((receipt.status, receipt.refunded_amount), (trade.status, trade.refunded));
-                    } else {
-                        prop_assert!(outcome.is_err(), "{:?} on {:?} was accepted", op, trade);
+                    match apply_model(id, trade, &mut refunds, op) {
+                        Expected::Done(status, refunded) => {
+                            let receipt = outcome.unwrap();
+                            prop_assert_eq!((receipt.status, receipt.refunded_amount, receipt.replayed), (status, refunded, false));
+                        }
+                        Expected::Repeat(status, refunded) => {
+                            let receipt = outcome.unwrap();
+                            prop_assert_eq!((receipt.status, receipt.refunded_amount, receipt.replayed), (status, refunded, true));
+                        }
+                        Expected::RefundConflict => {
+                            let conflict = matches!(outcome, Err(Error::Refused(Refusal::RefundRequestConflict { .. })));
+                            prop_assert!(conflict, "{:?} on {:?} reused a refund number: {:?}", op, trade, outcome);
+                        }
+                        Expected::Refused => prop_assert!(outcome.is_err(), "{:?} on {:?} was accepted", op, trade),
                     }
                 }
             }

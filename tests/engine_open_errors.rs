@@ -98,23 +98,28 @@ fn rewrite_manifest(dir: &Path, edit: impl FnOnce(&str) -> String) {
 fn a_newer_format_version_is_refused() {
     let dir = tempfile::tempdir().unwrap();
     populated(dir.path(), 3);
-    rewrite_manifest(dir.path(), |json| json.replace("\"format_version\":2", "\"format_version\":3"));
+    rewrite_manifest(dir.path(), |json| json.replace("\"format_version\":3", "\"format_version\":4"));
     match open_fails(dir.path(), options(dir.path())) {
-        Error::UnsupportedVersion { path, found: 3, supported: 2 } => assert_eq!(path, dir.path().join("MANIFEST")),
+        Error::UnsupportedVersion { path, found: 4, supported: 3 } => assert_eq!(path, dir.path().join("MANIFEST")),
         other => panic!("expected UnsupportedVersion, got {other:?}"),
     }
 }
 
-/// A directory of the first format (frames without pieces) is refused by its manifest,
-/// before any of its segments is read.
+/// Directories of the earlier formats (1: frames without pieces; 2: refunds without request
+/// numbers, order numbers unique only per shard) are refused by their manifest, before any
+/// of their segments is read.
 #[test]
 fn an_older_format_version_is_refused() {
-    let dir = tempfile::tempdir().unwrap();
-    populated(dir.path(), 3);
-    rewrite_manifest(dir.path(), |json| json.replace("\"format_version\":2", "\"format_version\":1"));
-    match open_fails(dir.path(), options(dir.path())) {
-        Error::UnsupportedVersion { found: 1, supported: 2, .. } => {}
-        other => panic!("expected UnsupportedVersion, got {other:?}"),
+    for older in [1, 2] {
+        let dir = tempfile::tempdir().unwrap();
+        populated(dir.path(), 3);
+        rewrite_manifest(dir.path(), |json| {
+            json.replace("\"format_version\":3", &format!("\"format_version\":{older}"))
+        });
+        match open_fails(dir.path(), options(dir.path())) {
+            Error::UnsupportedVersion { found, supported: 3, .. } => assert_eq!(found, older),
+            other => panic!("expected UnsupportedVersion, got {other:?}"),
+        }
     }
 }
 

@@ -27,6 +27,7 @@ fn trade_records() -> Vec<Vec<u8>> {
         amount,
         at_ms: at,
         created: None,
+        refund_no: (kind == RecordKind::Refunded).then(|| format!("R-{at}")),
         ..created.clone()
     };
     vec![

@@ -7,7 +7,7 @@ use std::cell::RefCell;
 use std::collections::HashMap;
 use std::rc::Rc;
 
-use tradeshard_shard::{Action, Command, Shard, TradeId, TradeStatus};
+use tradeshard_shard::{Command, Move, Shard, TradeId, TradeStatus};
 use tradeshard_tests::{call, new_trade, run, seeds, sim_disk_for_seed};
 use tradeshard_wal::disk::SplitMix64;
 use tradeshard_wal::{Preallocation, WalConfig};
@@ -68,9 +68,9 @@ async fn run_seed(seed: u64) -> Result<usize, String> {
                         }
                         model.sent.insert(receipt.id, vec![TradeStatus::Created]);
                     }
-                    for (action, status) in [(Action::Pay, TradeStatus::Paid), (Action::Settle, TradeStatus::Settled)] {
+                    for (to, status) in [(Move::Pay, TradeStatus::Paid), (Move::Settle, TradeStatus::Settled)] {
                         model.borrow_mut().sent.get_mut(&receipt.id).unwrap().push(status);
-                        let command = Command::Change { id: receipt.id, action };
+                        let command = Command::Move { id: receipt.id, to };
                         match call(|done| shard.submit(command, done)).await {
                             Ok(changed) => {
                                 model.borrow_mut().acked.insert(receipt.id, changed.status);

@@ -5,7 +5,7 @@
 use std::rc::Rc;
 use std::time::Duration;
 
-use tradeshard_shard::{Action, Command, InputError, PollQuery, RecordKind, Refusal, Shard, TradeError};
+use tradeshard_shard::{Command, InputError, Move, PollQuery, RecordKind, Refusal, Shard, TradeError};
 use tradeshard_tests::{call, new_trade, run};
 use tradeshard_wal::disk::SimDisk;
 use tradeshard_wal::{Preallocation, WalConfig};
@@ -27,7 +27,7 @@ fn query(from: u64, max_events: usize) -> PollQuery {
 async fn create_and_pay(shard: &Shard<SimDisk>, buyer: u64, order: u64) {
     let trade = new_trade(buyer, order, 100 + order).validate().unwrap();
     let receipt = call(|done| shard.submit(Command::Create { trade, logical_shard: 0 }, done)).await.unwrap();
-    call(|done| shard.submit(Command::Change { id: receipt.id, action: Action::Pay }, done)).await.unwrap();
+    call(|done| shard.submit(Command::Move { id: receipt.id, to: Move::Pay }, done)).await.unwrap();
 }
 
 #[test]

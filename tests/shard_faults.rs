@@ -18,7 +18,7 @@ use std::collections::HashMap;
 use std::rc::Rc;
 use std::time::Duration;
 
-use tradeshard_shard::{Action, Command, PollQuery, Shard, TradeError, TradeId, TradeStatus};
+use tradeshard_shard::{Command, Move, PollQuery, Shard, TradeError, TradeId, TradeStatus};
 use tradeshard_tests::{call, new_trade, run, seeds, sim_disk_for_seed};
 use tradeshard_wal::disk::{Fault, SimDisk, SplitMix64};
 use tradeshard_wal::{Preallocation, WalConfig};
@@ -106,19 +106,21 @@ async fn trade_task(
                 return Err(format!("trade id {id} issued twice"));
             }
         }
-        let plan: &[(Action, TradeStatus, u64)] = if refund {
-            &[
-                (Action::Pay, TradeStatus::Paid, 0),
-                (Action::Refund(300), TradeStatus::Refunded, 300),
-                (Action::Refund(700), TradeStatus::Refunded, 1000),
+        let plan: Vec<(Command, TradeStatus, u64)> = if refund {
+            vec![
+                (Command::Move { id, to: Move::Pay }, TradeStatus::Paid, 0),
+                (Command::Refund { id, amount: 300, refund_no: format!("R-{id}-1") }, TradeStatus::Refunded, 300),
+                (Command::Refund { id, amount: 700, refund_no: format!("R-{id}-2") }, TradeStatus::Refunded, 1000),
             ]
         } else {
-            &[(Action::Pay, TradeStatus::Paid, 0), (Action::Settle, TradeStatus::Settled, 0)]
+            vec![
+                (Command::Move { id, to: Move::Pay }, TradeStatus::Paid, 0),
+                (Command::Move { id, to: Move::Settle }, TradeStatus::Settled, 0),
+            ]
         };
-        for (action, status, refunded) in plan {
-            model.borrow_mut().sent.get_mut(&id).unwrap().push((*status, *refunded));
-            let Some((_, status, refunded)) = write(&shard, &model, Command::Change { id, action: *action }).await?
-            else {
+        for (command, status, refunded) in plan {
+            model.borrow_mut().sent.get_mut(&id).unwrap().push((status, refunded));
+            let Some((_, status, refunded)) = write(&shard, &model, command).await? else {
                 return Ok(());
             };
             model.borrow_mut().acked.insert(id, (status, refunded));

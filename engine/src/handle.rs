@@ -12,8 +12,8 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use tradeshard_shard::{
-    validate_amount, Action, Command, Currency, InputError, ListQuery, NewTrade, Receipt, ReplyFuture, ShardStats,
-    Trade, TradeError, TradeId,
+    validate_amount, validate_refund_no, Command, Currency, InputError, ListQuery, Move, NewTrade, Receipt,
+    ReplyFuture, ShardStats, Trade, TradeError, TradeId,
 };
 
 use crate::blocking::blocking;
@@ -123,30 +123,36 @@ impl EngineHandle {
         self.on_shard(shard, ops::Write(Command::Create { trade, logical_shard })).await
     }
 
-    async fn change(&self, id: TradeId, action: Action) -> Result<Receipt> {
+    async fn write_to_trade(&self, id: TradeId, command: Command) -> Result<Receipt> {
         let shard = self.inner.routing.physical_of_trade(id)?;
-        self.on_shard(shard, ops::Write(Command::Change { id, action })).await
+        self.on_shard(shard, ops::Write(command)).await
     }
 
-    /// `Created → Paid`.
+    /// `Created → Paid`. Repeating it on a paid trade answers the original receipt
+    /// (`replayed: true`).
     pub async fn pay(&self, id: TradeId) -> Result<Receipt> {
-        self.change(id, Action::Pay).await
+        self.write_to_trade(id, Command::Move { id, to: Move::Pay }).await
     }
 
-    /// `Paid → Settled`.
+    /// `Paid → Settled`. Repeating it on a settled trade answers the original receipt.
     pub async fn settle(&self, id: TradeId) -> Result<Receipt> {
-        self.change(id, Action::Settle).await
+        self.write_to_trade(id, Command::Move { id, to: Move::Settle }).await
     }
 
-    /// `Created → Closed`.
+    /// `Created → Closed`. Repeating it on a closed trade answers the original receipt.
     pub async fn close_trade(&self, id: TradeId) -> Result<Receipt> {
-        self.change(id, Action::Close).await
+        self.write_to_trade(id, Command::Move { id, to: Move::Close }).await
     }
 
-    /// `Paid → Refunded` (or a further partial refund), never above what was paid.
-    pub async fn refund(&self, id: TradeId, amount: u64) -> Result<Receipt> {
+    /// `Paid → Refunded` (or a further partial refund), never above what was paid. `refund_no`
+    /// is the caller's refund request number (1..=64 printable ASCII bytes, unique per merchant
+    /// and buyer): repeating a refund with it answers the original receipt (`replayed: true`)
+    /// and refunds nothing more; the same number with another amount or another trade is
+    /// `Refusal::RefundRequestConflict`. Refunds with different numbers add up.
+    pub async fn refund(&self, id: TradeId, refund_no: &str, amount: u64) -> Result<Receipt> {
         validate_amount(amount)?;
-        self.change(id, Action::Refund(amount)).await
+        validate_refund_no(refund_no)?;
+        self.write_to_trade(id, Command::Refund { id, amount, refund_no: refund_no.to_string() }).await
     }
 
     /// The trade's last durable state.
@@ -232,7 +238,7 @@ impl EngineHandle {
     blocking!(pay_blocking = pay(&self, id: TradeId) -> Result<Receipt>);
     blocking!(settle_blocking = settle(&self, id: TradeId) -> Result<Receipt>);
     blocking!(close_trade_blocking = close_trade(&self, id: TradeId) -> Result<Receipt>);
-    blocking!(refund_blocking = refund(&self, id: TradeId, amount: u64) -> Result<Receipt>);
+    blocking!(refund_blocking = refund(&self, id: TradeId, refund_no: &str, amount: u64) -> Result<Receipt>);
     blocking!(get_blocking = get(&self, id: TradeId) -> Result<Trade>);
     blocking!(get_many_blocking = get_many(&self, ids: &[TradeId]) -> Result<Vec<Result<Trade>>>);
     blocking!(list_user_trades_blocking = list_user_trades(&self, user_id: u64, limit: usize, before: Option<TradeId>) -> Result<Vec<Trade>>);

@@ -46,7 +46,7 @@ pub use routing::Routing;
 pub use tradeshard_shard::{
     CacheStats, CreatedFields, CreatedFieldsView, Currency, Event, EventBatch, InputError, NewTrade, Receipt,
     RecordKind, Refusal, ShardStats, Trade, TradeId, TradeRecord, TradeRecordView, TradeStatus, WalStats, AMOUNT_MAX,
-    LOGICAL_SHARDS_MAX, MEMO_BYTES_MAX, ORDER_NO_BYTES_MAX,
+    LOGICAL_SHARDS_MAX, MEMO_BYTES_MAX, ORDER_NO_BYTES_MAX, REFUND_NO_BYTES_MAX,
 };
 
 use crate::executor::ExecutorPlan;

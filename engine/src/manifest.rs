@@ -20,9 +20,10 @@ use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, Result};
 
-/// The data directory format this build writes and reads (2: log frames made of pieces,
-/// frame format 2; directories of format 1 are refused).
-pub const FORMAT_VERSION: u32 = 2;
+/// The data directory format this build writes and reads (3: refund records carry their
+/// refund request number, and merchant order numbers are claimed in their home shards;
+/// directories of formats 1 and 2 are refused).
+pub const FORMAT_VERSION: u32 = 3;
 const MANIFEST: &str = "MANIFEST";
 const LOCK: &str = "LOCK";
 /// Where the manifest is written before its rename; a leftover of an interrupted creation.

@@ -17,8 +17,8 @@ use crate::created::CreatedPart;
 use crate::error::TradeError;
 use crate::index::ShardIndex;
 use crate::record::{LogRecord, TradeRecord};
-use crate::state::{Accepted, Inner, Waiter};
-use crate::trade::TradeId;
+use crate::state::{Accepted, EffectKeys, Inner, Waiter};
+use crate::trade::{Receipt, TradeId};
 
 /// Waits for the oldest write in flight (or for close), returning its ticket.
 fn next_ticket<D: Disk>(inner: &Inner<D>) -> impl Future<Output = Option<Ticket>> + '_ {
@@ -66,7 +66,11 @@ fn apply_durable<D: Disk>(inner: &Inner<D>, front: Appended) {
         match (effect.record, effect.waiter) {
             (LogRecord::Trade(record), Waiter::Trade(reply)) => {
                 let id = apply_trade(inner, &mut accepted, &mut index, record, appended, effect.keys);
-                reply.send(Ok(index.get(id).expect("just applied").receipt(id, false)));
+                let receipt = index.get(id).expect("just applied").receipt(id, false);
+                reply.send(Ok(receipt));
+                for repeat in accepted.repeats.remove(&appended.seq).unwrap_or_default() {
+                    repeat.send(Ok(Receipt { replayed: true, ..receipt }));
+                }
             }
             (LogRecord::Offset(commit), Waiter::Offset(reply)) => {
                 index.apply_offset(&commit);
@@ -74,11 +78,6 @@ fn apply_durable<D: Disk>(inner: &Inner<D>, front: Appended) {
             }
             _ => unreachable!("a record and its waiter are of one family"),
         }
-    }
-    while accepted.repeats.front().is_some_and(|repeat| repeat.original_seq < durable_end) {
-        let repeat = accepted.repeats.pop_front().expect("checked");
-        let entry = index.get(repeat.id).expect("durable original");
-        repeat.reply.send(Ok(entry.receipt(repeat.id, true)));
     }
 }
 
@@ -90,15 +89,21 @@ fn apply_trade<D: Disk>(
     index: &mut ShardIndex,
     mut record: TradeRecord,
     appended: Appended,
-    keys: Option<(u128, u64)>,
+    keys: EffectKeys,
 ) -> TradeId {
-    index.apply_keyed(&record, appended, keys).expect("a write checked against the accepted view applies");
+    let order = match keys {
+        EffectKeys::Order { key, body } => Some((key, body)),
+        _ => None,
+    };
+    index.apply_keyed(&record, appended, order).expect("a write checked against the accepted view applies");
     let id = record.trade_id;
     if accepted.trades.get(&id).is_some_and(|in_flight| in_flight.last_seq == appended.seq) {
         accepted.trades.remove(&id);
     }
-    if let Some((key, _)) = keys {
-        accepted.orders.remove(&key);
+    match keys {
+        EffectKeys::Order { key, .. } => drop(accepted.orders.remove(&key)),
+        EffectKeys::Refund { key } => drop(accepted.refunds.remove(&key)),
+        EffectKeys::None => {}
     }
     if let Some(created) = record.created.take() {
         let part = CreatedPart::new(record.at_ms, &created.merchant_order_no, &created.memo);
@@ -123,10 +128,11 @@ fn fail_all<D: Disk>(inner: &Inner<D>, error: TradeError) {
     accepted.failed = Some(error.clone());
     accepted.trades.clear();
     accepted.orders.clear();
+    accepted.refunds.clear();
     for effect in std::mem::take(&mut accepted.effects) {
         effect.waiter.fail(error.clone());
     }
-    for repeat in std::mem::take(&mut accepted.repeats) {
-        repeat.reply.send(Err(error.clone()));
+    for repeat in std::mem::take(&mut accepted.repeats).into_values().flatten() {
+        repeat.send(Err(error.clone()));
     }
 }

@@ -59,6 +59,9 @@ pub enum InputError {
     /// The trade id is zero or names a logical shard the directory does not have.
     #[error("trade id {id:#x} is not valid for {logical_shards} logical shards")]
     BadTradeId { id: u64, logical_shards: u32 },
+    /// The refund request number is empty, too long, or not printable ASCII.
+    #[error("refund request number of {len} bytes must be 1..={max} printable ASCII bytes")]
+    BadRefundNo { len: usize, max: usize },
     /// A consumer group name is empty, too long, or not printable ASCII.
     #[error("consumer group name of {len} bytes must be 1..=64 printable ASCII bytes")]
     BadGroup { len: usize },
@@ -77,6 +80,9 @@ pub enum Refusal {
     /// The merchant order number is taken by a trade with a different body.
     #[error("merchant {merchant_id} order '{order_no}' already created trade {existing} with a different body")]
     IdempotencyConflict { existing: TradeId, merchant_id: u64, order_no: String },
+    /// The refund request number was used already, for another trade or another amount.
+    #[error("refund request '{refund_no}' already refunded {amount} of trade {existing}")]
+    RefundRequestConflict { refund_no: String, existing: TradeId, amount: u64 },
     /// An offset to commit or to read from lies outside the log's readable range.
     #[error("offset {offset} is outside the readable range {first}..={end}")]
     OffsetOutOfRange { offset: u64, first: u64, end: u64 },

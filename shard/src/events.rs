@@ -158,6 +158,7 @@ mod tests {
             amount: 100,
             currency: Currency::parse("CNY").unwrap(),
             created: None,
+            refund_no: None,
         }
         .encode()
     }

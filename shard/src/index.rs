@@ -20,9 +20,37 @@ use crate::record::{OffsetCommit, RecordKind, TradeRecord};
 use crate::trade::{Receipt, TradeId, TradeStatus, COUNTER_BITS, ORDER_NO_BYTES_MAX};
 use crate::trade_table::{Slot, TradeTable};
 
-/// What a change does to a trade.
+/// A move of a trade's lifecycle that a caller asks for by name. Repeating one the trade has
+/// made already (its status is the move's target) answers the original receipt.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Action {
+pub enum Move {
+    Pay,
+    Settle,
+    Close,
+}
+
+impl Move {
+    /// The status the move leads to (and only this move does).
+    pub fn target(self) -> TradeStatus {
+        match self {
+            Move::Pay => TradeStatus::Paid,
+            Move::Settle => TradeStatus::Settled,
+            Move::Close => TradeStatus::Closed,
+        }
+    }
+
+    pub(crate) fn action(self) -> Action {
+        match self {
+            Move::Pay => Action::Pay,
+            Move::Settle => Action::Settle,
+            Move::Close => Action::Close,
+        }
+    }
+}
+
+/// What a change does to a trade: a move, or a refund of an amount.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Action {
     Pay,
     Settle,
     Close,
@@ -41,7 +69,7 @@ impl Action {
     }
 
     /// The record kind that carries this action.
-    pub fn record_kind(self) -> RecordKind {
+    pub(crate) fn record_kind(self) -> RecordKind {
         match self {
             Action::Pay => RecordKind::Paid,
             Action::Settle => RecordKind::Settled,
@@ -62,7 +90,7 @@ pub struct Lifecycle {
 /// The lifecycle after `action`, or why it is not allowed:
 /// `Created → Paid → Settled`, `Created → Closed`, `Paid → Refunded`, and `Refunded → Refunded`
 /// while the refunded total stays within the amount paid.
-pub fn next_state(id: TradeId, current: Lifecycle, action: Action) -> Result<Lifecycle, TradeError> {
+pub(crate) fn next_state(id: TradeId, current: Lifecycle, action: Action) -> Result<Lifecycle, TradeError> {
     use TradeStatus::*;
     let illegal = || Refusal::IllegalTransition { id, from: current.status, action: action.name() }.into();
     match (current.status, action) {
@@ -122,6 +150,26 @@ impl TradeEntry {
     }
 }
 
+/// A durable refund, by its request number: what a retry of it is answered with.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RefundEntry {
+    pub trade_id: TradeId,
+    pub amount: u64,
+    /// The trade's refunded total after this refund.
+    pub refunded_after: u64,
+    pub at_ms: u64,
+}
+
+/// The key of the refund map: a 128-bit hash of (merchant, buyer, refund request number).
+/// Request numbers are unique per merchant and buyer, so every trade a number could be
+/// reused for lives in this shard.
+pub fn refund_key(merchant_id: u64, buyer_id: u64, refund_no: &str) -> u128 {
+    let mut fixed = [0u8; 16];
+    fixed[..8].copy_from_slice(&merchant_id.to_le_bytes());
+    fixed[8..].copy_from_slice(&buyer_id.to_le_bytes());
+    xxhash_rust::xxh3::xxh3_128_with_seed(refund_no.as_bytes(), xxhash_rust::xxh3::xxh3_64(&fixed))
+}
+
 /// The key of the idempotency map: a 128-bit hash of (merchant id, order number).
 pub fn order_key(merchant_id: u64, order_no: &str) -> u128 {
     let mut bytes = [0u8; 8 + ORDER_NO_BYTES_MAX];
@@ -148,6 +196,7 @@ pub struct ShardIndex {
     trades: TradeTable<TradeEntry>,
     by_order: PartitionedMap<u128, (TradeId, u64)>,
     by_user: PartitionedMap<u64, Vec<TradeId>>,
+    refunds: PartitionedMap<u128, RefundEntry>,
     /// Highest counter part of any trade id in the shard.
     counter_max: u64,
     /// Each consumer group's committed offset in this shard's log.
@@ -164,6 +213,24 @@ impl ShardIndex {
     /// The trade created with this order key, and its body hash.
     pub fn by_order(&self, key: u128) -> Option<(TradeId, u64)> {
         self.by_order.get(&key).copied()
+    }
+
+    /// The refund made under this refund key.
+    pub fn refund(&self, key: u128) -> Option<&RefundEntry> {
+        self.refunds.get(&key)
+    }
+
+    /// The answer a repeat of a durable refund gets: the trade as that refund left it.
+    pub fn refund_receipt(&self, refund: &RefundEntry) -> Receipt {
+        let amount = self.get(refund.trade_id).map_or(0, |entry| entry.lifecycle.amount);
+        Receipt {
+            id: refund.trade_id,
+            status: TradeStatus::Refunded,
+            amount,
+            refunded_amount: refund.refunded_after,
+            updated_ms: refund.at_ms,
+            replayed: true,
+        }
     }
 
     /// The user's trades, oldest first.
@@ -255,6 +322,18 @@ impl ShardIndex {
         };
         entry.lifecycle = next_state(id, entry.lifecycle, action).map_err(|_| "change breaks the trade lifecycle")?;
         entry.updated_ms = record.at_ms;
+        if record.kind == RecordKind::Refunded {
+            let refund_no = record.refund_no.as_deref().ok_or("refund record without its request number")?;
+            let refund = RefundEntry {
+                trade_id: id,
+                amount: record.amount,
+                refunded_after: entry.lifecycle.refunded,
+                at_ms: record.at_ms,
+            };
+            if self.refunds.insert(refund_key(record.merchant_id, record.user_id, refund_no), refund).is_some() {
+                return Err("refund request number used twice");
+            }
+        }
         Ok(())
     }
 }

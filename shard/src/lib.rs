@@ -29,7 +29,7 @@ pub use config::{DiskShard, ShardConfig};
 pub use currency::Currency;
 pub use error::{InputError, LogError, Refusal, TradeError};
 pub use events::{Event, EventBatch, PollQuery, POLL_BYTES_MAX, POLL_EVENTS_MAX};
-pub use index::Action;
+pub use index::{Move, RefundEntry};
 pub use read::ListQuery;
 pub use record::{CreatedFields, CreatedFieldsView, RecordKind, TradeRecord, TradeRecordView};
 /// The codec of every record of a shard's log, for fuzzing and tests (`testing` feature).
@@ -40,9 +40,9 @@ pub use shard::{RecoveredShard, Shard, ShardStats};
 pub use state::ShardReply;
 pub use trade::{
     NewTrade, Receipt, Trade, TradeId, TradeStatus, ValidTrade, AMOUNT_MAX, COUNTER_BITS, LOGICAL_SHARDS_MAX,
-    LOGICAL_SHARD_BITS, MEMO_BYTES_MAX, ORDER_NO_BYTES_MAX,
+    LOGICAL_SHARD_BITS, MEMO_BYTES_MAX, ORDER_NO_BYTES_MAX, REFUND_NO_BYTES_MAX,
 };
 pub use tradeshard_cache::CacheStats;
 pub use tradeshard_wal::{Durability, SyncMethod, WalStats};
-pub use validate::{validate_amount, validate_group};
+pub use validate::{validate_amount, validate_group, validate_refund_no};
 pub use write::Command;

@@ -9,7 +9,7 @@
 use serde::{Deserialize, Serialize};
 
 use crate::currency::Currency;
-use crate::trade::{TradeId, ValidTrade, MEMO_BYTES_MAX, ORDER_NO_BYTES_MAX};
+use crate::trade::{TradeId, ValidTrade, MEMO_BYTES_MAX, ORDER_NO_BYTES_MAX, REFUND_NO_BYTES_MAX};
 
 /// The record encoding this build writes and reads.
 pub const RECORD_VERSION: u8 = 1;
@@ -17,6 +17,8 @@ pub const RECORD_VERSION: u8 = 1;
 pub const FIXED_BYTES: usize = 48;
 /// Largest record this build writes.
 pub const RECORD_BYTES_MAX: usize = FIXED_BYTES + 1 + ORDER_NO_BYTES_MAX + 2 + MEMO_BYTES_MAX;
+
+const _: () = assert!(REFUND_NO_BYTES_MAX <= ORDER_NO_BYTES_MAX, "a refund record is never the largest");
 
 /// What a record says happened.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -30,7 +32,8 @@ pub enum RecordKind {
     Settled = 3,
     /// The trade was closed unpaid (amount: the trade's amount).
     Closed = 4,
-    /// Part or all of the trade was refunded (amount: this refund).
+    /// Part or all of the trade was refunded (amount: this refund; it carries the caller's
+    /// refund request number).
     Refunded = 5,
 }
 
@@ -60,6 +63,9 @@ pub struct TradeRecord {
     pub currency: Currency,
     /// `Created` only.
     pub created: Option<CreatedFields>,
+    /// `Refunded` only: the caller's refund request number, which makes a retried refund
+    /// answer the original instead of refunding twice.
+    pub refund_no: Option<String>,
 }
 
 /// The fields only a `Created` record carries.
@@ -84,6 +90,7 @@ impl TradeRecord {
                 merchant_order_no: trade.merchant_order_no.clone(),
                 memo: trade.memo.clone(),
             }),
+            refund_no: None,
         }
     }
 
@@ -102,6 +109,11 @@ impl TradeRecord {
             out.extend_from_slice(created.merchant_order_no.as_bytes());
             out.extend_from_slice(&(created.memo.len() as u16).to_le_bytes());
             out.extend_from_slice(created.memo.as_bytes());
+        }
+        if let Some(refund_no) = &self.refund_no {
+            assert!(self.kind == RecordKind::Refunded && (1..=REFUND_NO_BYTES_MAX).contains(&refund_no.len()));
+            out.push(refund_no.len() as u8);
+            out.extend_from_slice(refund_no.as_bytes());
         }
     }
 
@@ -133,6 +145,8 @@ pub struct TradeRecordView<'a> {
     pub currency: Currency,
     /// `Created` only.
     pub created: Option<CreatedFieldsView<'a>>,
+    /// `Refunded` only: the caller's refund request number.
+    pub refund_no: Option<&'a str>,
 }
 
 /// The fields only a `Created` record carries, borrowed.
@@ -157,6 +171,7 @@ impl<'a> TradeRecordView<'a> {
                 merchant_order_no: created.merchant_order_no.to_string(),
                 memo: created.memo.to_string(),
             }),
+            refund_no: self.refund_no.map(str::to_string),
         }
     }
 
@@ -183,8 +198,17 @@ impl<'a> TradeRecordView<'a> {
             amount: field(4),
             currency,
             created: None,
+            refund_no: None,
         };
         let rest = &bytes[FIXED_BYTES..];
+        if kind == RecordKind::Refunded {
+            let (refund_no, rest) = take_string(rest, 1, REFUND_NO_BYTES_MAX)?;
+            if refund_no.is_empty() || !refund_no.bytes().all(|b| b.is_ascii_graphic()) {
+                return Err("refund request number empty or not printable ASCII");
+            }
+            record.refund_no = Some(refund_no);
+            return if rest.is_empty() { Ok(record) } else { Err("trailing bytes after record") };
+        }
         if kind != RecordKind::Created {
             return if rest.is_empty() { Ok(record) } else { Err("trailing bytes after record") };
         }
@@ -227,6 +251,7 @@ mod tests {
             currency: Currency::parse("JPY").unwrap(),
             created: (kind == RecordKind::Created)
                 .then(|| CreatedFields { merchant_order_no: "A-1".into(), memo: "gift wrap, 礼物".into() }),
+            refund_no: (kind == RecordKind::Refunded).then(|| "R-2026-1".into()),
         }
     }
 

@@ -7,7 +7,7 @@
 //! durable indexes once the log says it is durable, and answers its caller.
 
 use std::cell::RefCell;
-use std::collections::VecDeque;
+use std::collections::{BTreeMap, VecDeque};
 use std::hash::BuildHasherDefault;
 use std::task::Waker;
 
@@ -52,22 +52,28 @@ impl Waiter {
     }
 }
 
+/// The keys a write claimed in the accepted view, computed once when it was checked.
+#[derive(Clone, Copy)]
+pub(crate) enum EffectKeys {
+    None,
+    /// A create's order key and body hash.
+    Order {
+        key: u128,
+        body: u64,
+    },
+    /// A refund's refund key.
+    Refund {
+        key: u128,
+    },
+}
+
 /// A write queued in the log, waiting to become durable.
 pub(crate) struct Effect {
     pub seq: u64,
     pub ticket: Option<Ticket>,
     pub record: LogRecord,
-    /// A create's order key and body hash, computed once when it was checked.
-    pub keys: Option<(u128, u64)>,
+    pub keys: EffectKeys,
     pub waiter: Waiter,
-}
-
-/// A create that repeated one still in flight: answered with the original once that is
-/// durable.
-pub(crate) struct Repeat {
-    pub original_seq: u64,
-    pub id: TradeId,
-    pub reply: ShardReply<Receipt>,
 }
 
 #[derive(Default)]
@@ -75,8 +81,12 @@ pub(crate) struct Accepted {
     pub trades: IdMap<TradeId, InFlight>,
     /// Order key → (trade id, body hash, seq of its create).
     pub orders: IdMap<u128, (TradeId, u64, u64)>,
+    /// Refund key → (trade id, amount, seq of its refund).
+    pub refunds: IdMap<u128, (TradeId, u64, u64)>,
     pub effects: VecDeque<Effect>,
-    pub repeats: VecDeque<Repeat>,
+    /// Requests that repeated a write still in flight, by the seq of that write: answered
+    /// with its receipt, marked as a repeat, once it is durable.
+    pub repeats: BTreeMap<u64, Vec<ShardReply<Receipt>>>,
     pub next_counter: u64,
     pub committer: Option<Waker>,
     pub failed: Option<TradeError>,
@@ -87,6 +97,11 @@ impl Accepted {
     pub(crate) fn push(&mut self, effect: Effect) {
         self.effects.push_back(effect);
         self.wake();
+    }
+
+    /// Answers `reply` with the receipt of the write at `seq` once that is durable.
+    pub(crate) fn repeat_of(&mut self, seq: u64, reply: ShardReply<Receipt>) {
+        self.repeats.entry(seq).or_default().push(reply);
     }
 
     pub(crate) fn wake(&mut self) {

@@ -21,6 +21,8 @@ pub const AMOUNT_MAX: u64 = 1_000_000_000_000_000;
 pub const MEMO_BYTES_MAX: usize = 256;
 /// Largest merchant order number, in bytes.
 pub const ORDER_NO_BYTES_MAX: usize = 64;
+/// Largest refund request number, in bytes.
+pub const REFUND_NO_BYTES_MAX: usize = 64;
 
 const _: () = assert!(AMOUNT_MAX.checked_mul(2).is_some(), "amount + refunds never overflow");
 const _: () = assert!(ORDER_NO_BYTES_MAX <= u8::MAX as usize && MEMO_BYTES_MAX <= u16::MAX as usize);
@@ -140,6 +142,8 @@ pub struct Receipt {
     pub amount: u64,
     pub refunded_amount: u64,
     pub updated_ms: u64,
-    /// The trade existed already: this create was a retry of it and wrote nothing.
+    /// The request repeated one already done (a create of an order number already taken with
+    /// the same body, a move the trade already made, a refund request number already
+    /// refunded): this is the original's answer and nothing was written.
     pub replayed: bool,
 }

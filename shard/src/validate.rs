@@ -4,7 +4,9 @@
 use crate::currency::Currency;
 use crate::error::InputError;
 use crate::record::OffsetCommit;
-use crate::trade::{NewTrade, TradeId, ValidTrade, AMOUNT_MAX, MEMO_BYTES_MAX, ORDER_NO_BYTES_MAX};
+use crate::trade::{
+    NewTrade, TradeId, ValidTrade, AMOUNT_MAX, MEMO_BYTES_MAX, ORDER_NO_BYTES_MAX, REFUND_NO_BYTES_MAX,
+};
 
 impl TradeId {
     /// Checks that the id could have been issued by a directory with `logical_shards` shards.
@@ -54,6 +56,15 @@ pub fn validate_group(group: &str) -> Result<(), InputError> {
     } else {
         Err(InputError::BadGroup { len: group.len() })
     }
+}
+
+/// Checks a refund request number: 1..=64 printable ASCII bytes.
+pub fn validate_refund_no(refund_no: &str) -> Result<(), InputError> {
+    let len = refund_no.len();
+    if len == 0 || len > REFUND_NO_BYTES_MAX || !refund_no.bytes().all(|b| b.is_ascii_graphic()) {
+        return Err(InputError::BadRefundNo { len, max: REFUND_NO_BYTES_MAX });
+    }
+    Ok(())
 }
 
 /// Checks an amount: above zero, at most `AMOUNT_MAX`.

@@ -2,26 +2,37 @@
 //! in flight (the accepted view), encoded and queued in the log at once, and answered by the
 //! committer once durable.
 //!
-//! A create whose order number is already in flight waits for the first create to become
-//! durable and answers with it; one already durable is answered at once. A refusal (bad
-//! state, a conflict, a full log queue) is answered at once and leaves no trace.
+//! Every write can be repeated safely. A create whose order number is taken with the same
+//! body, a move the trade has made already (its status is the move's target), a refund whose
+//! request number was refunded already with the same amount: each is answered with the
+//! original's receipt, marked `replayed`, and writes nothing; when the original is still in
+//! flight, the answer waits until it is durable. A refusal (bad state, a conflict, a full log
+//! queue) is answered at once and leaves no trace.
 
 use tradeshard_wal::disk::Disk;
 
 use crate::error::{InputError, Refusal, TradeError};
-use crate::index::{body_hash, next_state, order_key, Action, Lifecycle, ShardIndex};
+use crate::index::{body_hash, next_state, order_key, refund_key, Action, Lifecycle, Move, ShardIndex};
 use crate::record::{LogRecord, OffsetCommit, TradeRecord};
 use crate::shard::{now_ms, Shard};
-use crate::state::{Accepted, Effect, InFlight, Repeat, ShardReply, Waiter};
+use crate::state::{Accepted, Effect, EffectKeys, InFlight, ShardReply, Waiter};
 use crate::trade::{Receipt, TradeId, TradeStatus, ValidTrade, COUNTER_BITS};
+
+/// A change to an existing trade, as the write path checks it.
+enum Change {
+    Move(Move),
+    Refund { amount: u64, refund_no: String },
+}
 
 /// A write to one shard.
 #[derive(Debug, Clone)]
 pub enum Command {
     /// Create a trade for a buyer of `logical_shard` (which this shard owns).
     Create { trade: ValidTrade, logical_shard: u32 },
-    /// Change an existing trade.
-    Change { id: TradeId, action: Action },
+    /// Move an existing trade along its lifecycle.
+    Move { id: TradeId, to: Move },
+    /// Refund part of a paid trade, once per refund request number (checked by the caller).
+    Refund { id: TradeId, amount: u64, refund_no: String },
 }
 
 impl<D: Disk> Shard<D> {
@@ -34,7 +45,10 @@ impl<D: Disk> Shard<D> {
         let index = self.inner.index.borrow();
         match command {
             Command::Create { trade, logical_shard } => self.create(&mut accepted, &index, trade, logical_shard, reply),
-            Command::Change { id, action } => self.change(&mut accepted, &index, id, action, reply),
+            Command::Move { id, to } => self.change(&mut accepted, &index, id, Change::Move(to), reply),
+            Command::Refund { id, amount, refund_no } => {
+                self.change(&mut accepted, &index, id, Change::Refund { amount, refund_no }, reply)
+            }
         }
     }
 
@@ -62,7 +76,7 @@ impl<D: Disk> Shard<D> {
             if original_body != body {
                 return reply.send(Err(conflict(id)));
             }
-            return accepted.repeats.push_back(Repeat { original_seq, id, reply });
+            return accepted.repeat_of(original_seq, reply);
         }
         if let Some((id, original_body)) = index.by_order(key) {
             if original_body != body {
@@ -95,20 +109,22 @@ impl<D: Disk> Shard<D> {
         accepted.orders.insert(key, (id, body, seq));
         let record = LogRecord::Trade(record);
         let waiter = Waiter::Trade(reply);
-        accepted.push(Effect { seq, ticket: Some(ticket), record, keys: Some((key, body)), waiter });
+        accepted.push(Effect { seq, ticket: Some(ticket), record, keys: EffectKeys::Order { key, body }, waiter });
     }
 
-    /// Queues a change, or answers at once with the refusal.
+    /// Queues a move or a refund, or answers at once: the original's receipt for a repeat, or
+    /// the refusal.
     fn change(
         &self,
         accepted: &mut Accepted,
         index: &ShardIndex,
         id: TradeId,
-        action: Action,
+        change: Change,
         reply: ShardReply<Receipt>,
     ) {
-        let current = match (accepted.trades.get(&id), index.get(id)) {
-            (Some(in_flight), _) => *in_flight,
+        let in_flight = accepted.trades.get(&id).copied();
+        let current = match (in_flight, index.get(id)) {
+            (Some(in_flight), _) => in_flight,
             (None, Some(entry)) => InFlight {
                 lifecycle: entry.lifecycle,
                 last_seq: entry.created_at.seq,
@@ -117,6 +133,37 @@ impl<D: Disk> Shard<D> {
                 currency: entry.currency,
             },
             (None, None) => return reply.send(Err(TradeError::NotFound(id))),
+        };
+        let (action, keys, refund_no) = match change {
+            Change::Move(to) if current.lifecycle.status == to.target() => {
+                // The trade made this move already: its last write made it (only this move
+                // leads to its status).
+                return match (in_flight, index.get(id)) {
+                    (Some(in_flight), _) => accepted.repeat_of(in_flight.last_seq, reply),
+                    (None, Some(entry)) => reply.send(Ok(entry.receipt(id, true))),
+                    (None, None) => unreachable!("found above"),
+                };
+            }
+            Change::Move(to) => (to.action(), EffectKeys::None, None),
+            Change::Refund { amount, refund_no } => {
+                let key = refund_key(current.merchant_id, current.user_id, &refund_no);
+                let conflict = |existing, original| -> TradeError {
+                    Refusal::RefundRequestConflict { refund_no: refund_no.clone(), existing, amount: original }.into()
+                };
+                if let Some(&(existing, original, seq)) = accepted.refunds.get(&key) {
+                    return match existing == id && original == amount {
+                        true => accepted.repeat_of(seq, reply),
+                        false => reply.send(Err(conflict(existing, original))),
+                    };
+                }
+                if let Some(refund) = index.refund(key) {
+                    return match refund.trade_id == id && refund.amount == amount {
+                        true => reply.send(Ok(index.refund_receipt(refund))),
+                        false => reply.send(Err(conflict(refund.trade_id, refund.amount))),
+                    };
+                }
+                (Action::Refund(amount), EffectKeys::Refund { key }, Some(refund_no))
+            }
         };
         let next = match next_state(id, current.lifecycle, action) {
             Ok(next) => next,
@@ -131,6 +178,7 @@ impl<D: Disk> Shard<D> {
             amount: if let Action::Refund(amount) = action { amount } else { current.lifecycle.amount },
             currency: current.currency,
             created: None,
+            refund_no,
         };
         let ticket = match self.inner.wal.enqueue(&record.encode()) {
             Ok(ticket) => ticket,
@@ -138,8 +186,11 @@ impl<D: Disk> Shard<D> {
         };
         let seq = ticket.seq();
         accepted.trades.insert(id, InFlight { lifecycle: next, last_seq: seq, ..current });
+        if let (EffectKeys::Refund { key }, Action::Refund(amount)) = (keys, action) {
+            accepted.refunds.insert(key, (id, amount, seq));
+        }
         let record = LogRecord::Trade(record);
-        accepted.push(Effect { seq, ticket: Some(ticket), record, keys: None, waiter: Waiter::Trade(reply) });
+        accepted.push(Effect { seq, ticket: Some(ticket), record, keys, waiter: Waiter::Trade(reply) });
     }
 
     /// Records `group`'s position in this shard's log: `offset` is the next event the group
@@ -171,7 +222,7 @@ impl<D: Disk> Shard<D> {
             seq,
             ticket: Some(ticket),
             record: LogRecord::Offset(commit),
-            keys: None,
+            keys: EffectKeys::None,
             waiter: Waiter::Offset(reply),
         };
         self.inner.accepted.borrow_mut().push(effect);

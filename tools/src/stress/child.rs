@@ -117,13 +117,15 @@ fn trade_worker(handle: &EngineHandle, args: &ChildArgs, worker: usize) {
                 continue;
             }
         };
-        let id = trade.id;
+        let (id, refunded_before) = (trade.id, trade.refunded);
         journal.write(&Entry::ChangeSent { id: id.0, change });
         let receipt = retrying(&mut journal, "change", || match change {
             Change::Pay => handle.pay_blocking(id),
             Change::Settle => handle.settle_blocking(id),
             Change::Close => handle.close_trade_blocking(id),
-            Change::Refund(amount) => handle.refund_blocking(id, amount),
+            Change::Refund(amount) => {
+                handle.refund_blocking(id, &super::common::refund_no(id, refunded_before), amount)
+            }
         });
         journal.write(&Entry::ChangeAcked { id: id.0 });
         trade.status = receipt.status;

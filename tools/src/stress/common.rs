@@ -42,3 +42,10 @@ pub(super) fn new_trade(buyer: u64, order: u64, amount: u64) -> NewTrade {
         memo: format!("stress order {order}"),
     }
 }
+
+/// The refund request number of a refund of trade `id` sent when `refunded_before` of it was
+/// refunded: unique per trade and refund, and known again from the journal and the model, so
+/// that a refund whose answer was lost can be sent again under its own number.
+pub(super) fn refund_no(id: tradeshard_engine::TradeId, refunded_before: u64) -> String {
+    format!("RF-{}-{refunded_before}", id.0)
+}
