@@ -355,6 +355,70 @@ fn retried_moves_and_refunds_answer_the_original_receipt_and_write_nothing() {
     engine.close().unwrap();
 }
 
+/// A create of merchant `merchant`'s order `order_no` for `buyer`.
+fn order(merchant: u64, order_no: &str, buyer: u64, amount: u64) -> NewTrade {
+    NewTrade {
+        buyer_id: buyer,
+        merchant_id: merchant,
+        merchant_order_no: order_no.into(),
+        amount,
+        currency: "CNY".into(),
+        memo: String::new(),
+    }
+}
+
+/// An order number is unique per merchant across all shards: the same number sent with
+/// another buyer (almost always another shard) is a conflict naming the first trade, a retry
+/// answers the first trade, and a lookup by merchant and order number finds it, also after a
+/// reopen, whether the number's home shard is the buyer's or another.
+#[test]
+fn merchant_order_numbers_are_unique_across_shards_and_found_by_order() {
+    let dir = tempfile::tempdir().unwrap();
+    let engine = Engine::open(engine_options(dir.path(), 4, 2)).unwrap();
+    let h = engine.handle();
+    let routing = h.routing();
+    let shard_of = |buyer: u64| routing.physical_of_logical(routing.logical_of_user(buyer));
+    let first = h.create_trade_blocking(order(77, "O-1", 1, 500)).unwrap();
+    let mut other_shards = 0;
+    for buyer in 2..=40 {
+        match h.create_trade_blocking(order(77, "O-1", buyer, 500)) {
+            Err(Error::Refused(Refusal::IdempotencyConflict { existing, .. })) => assert_eq!(existing, Some(first.id)),
+            other => panic!("buyer {buyer} took merchant 77's order O-1 again: {other:?}"),
+        }
+        other_shards += u32::from(shard_of(buyer) != shard_of(1));
+    }
+    assert!(other_shards > 10, "buyers of other shards tried the number: {other_shards}");
+    let retry = h.create_trade_blocking(order(77, "O-1", 1, 500)).unwrap();
+    assert_eq!((retry.id, retry.replayed), (first.id, true));
+    assert!(!h.create_trade_blocking(order(78, "O-1", 2, 500)).unwrap().replayed, "another merchant's number");
+
+    let created: Vec<(String, TradeId)> = (0..64u64)
+        .map(|n| {
+            let order_no = format!("O-{}", n + 100);
+            (order_no.clone(), h.create_trade_blocking(order(77, &order_no, n + 1, 10 + n)).unwrap().id)
+        })
+        .collect();
+    let check = |h: &EngineHandle| {
+        assert_eq!(h.get_by_order_blocking(77, "O-1").unwrap().id, first.id);
+        for (order_no, id) in &created {
+            let trade = h.get_by_order_blocking(77, order_no).unwrap();
+            assert_eq!((trade.id, trade.merchant_order_no.as_str()), (*id, order_no.as_str()));
+        }
+        assert!(matches!(h.get_by_order_blocking(77, "never-used"), Err(Error::OrderNotFound { merchant_id: 77, .. })));
+        assert!(matches!(h.get_by_order_blocking(0, "O-1"), Err(Error::Invalid(InputError::ZeroMerchantId))));
+        assert!(matches!(h.get_by_order_blocking(77, ""), Err(Error::Invalid(InputError::BadOrderNo { len: 0, .. }))));
+        assert!(matches!(
+            h.create_trade_blocking(order(77, "O-100", 99, 10)),
+            Err(Error::Refused(Refusal::IdempotencyConflict { .. }))
+        ));
+    };
+    check(&h);
+    engine.close().unwrap();
+    let engine = Engine::open(engine_options(dir.path(), 4, 2)).unwrap();
+    check(&engine.handle());
+    engine.close().unwrap();
+}
+
 #[test]
 fn creates_are_idempotent_on_merchant_and_order_number() {
     let dir = tempfile::tempdir().unwrap();
@@ -365,7 +429,9 @@ fn creates_are_idempotent_on_merchant_and_order_number() {
     assert_eq!((retry.id, retry.replayed), (first.id, true));
     let records_before = records(&h);
     let different = h.create_trade_blocking(new_trade(4, 1, 251)).unwrap_err();
-    assert!(matches!(different, Error::Refused(Refusal::IdempotencyConflict { existing, .. }) if existing == first.id));
+    assert!(
+        matches!(different, Error::Refused(Refusal::IdempotencyConflict { existing, .. }) if existing == Some(first.id))
+    );
     assert_eq!(records(&h), records_before);
 
     // Retries racing the original in flight get the original too.

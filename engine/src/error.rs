@@ -25,6 +25,9 @@ pub enum Error {
     /// No trade has this id.
     #[error("no trade {0}")]
     NotFound(TradeId),
+    /// No trade has this merchant order number.
+    #[error("no trade of merchant {merchant_id} has order number '{order_no}'")]
+    OrderNotFound { merchant_id: u64, order_no: String },
     /// The state of the trade, the log or the consumer does not allow the operation; nothing
     /// was written.
     #[error(transparent)]

@@ -12,7 +12,7 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use tradeshard_shard::{
-    validate_amount, validate_refund_no, Command, Currency, InputError, ListQuery, Move, NewTrade, Receipt,
+    order_key, validate_amount, validate_refund_no, Command, Currency, InputError, ListQuery, Move, NewTrade, Receipt,
     ReplyFuture, ShardStats, Trade, TradeError, TradeId,
 };
 
@@ -62,8 +62,28 @@ impl EngineHandle {
     /// Queues `op` for `executor`, waiting for room or failing per the backpressure choice;
     /// resolves to the future of its answer once queued.
     pub(crate) async fn submit<Op: ExecutorOp>(&self, executor: usize, op: Op) -> Result<ReplyFuture<Op::Output>> {
+        self.submit_with(executor, op, self.inner.backpressure).await
+    }
+
+    /// [`submit`](Self::submit), waiting for room whatever the caller chose: for the engine's
+    /// own follow-up steps (the second step of a create across shards, a claim's confirmation)
+    /// and observers (stats), which a full queue must not cut short.
+    pub(crate) async fn submit_waiting<Op: ExecutorOp>(
+        &self,
+        executor: usize,
+        op: Op,
+    ) -> Result<ReplyFuture<Op::Output>> {
+        self.submit_with(executor, op, Backpressure::Wait).await
+    }
+
+    async fn submit_with<Op: ExecutorOp>(
+        &self,
+        executor: usize,
+        op: Op,
+        backpressure: Backpressure,
+    ) -> Result<ReplyFuture<Op::Output>> {
         let (job, answer) = ops::job(op);
-        self.send(executor, job).await?;
+        self.send(executor, job, backpressure).await?;
         Ok(answer)
     }
 
@@ -82,11 +102,20 @@ impl EngineHandle {
         Ok(answer.await.ok_or(Error::Closed)??)
     }
 
-    /// Runs an operation on every executor and gathers the answers, in executor order.
-    async fn on_every_executor<Op: ExecutorOp + Clone>(&self, op: Op) -> Result<Vec<Op::Output>> {
+    /// [`on_shard`](Self::on_shard), waiting for room in the executor's queue whatever the
+    /// caller chose (see [`submit_waiting`](Self::submit_waiting)).
+    pub(crate) async fn on_shard_waiting<Op: ShardOp>(&self, shard: u32, op: Op) -> Result<Op::Output> {
+        let executor = self.inner.routing.executor_of_physical(shard);
+        let answer = self.submit_waiting(executor, OnShard { shard, op }).await?;
+        Ok(answer.await.ok_or(Error::Closed)??)
+    }
+
+    /// Runs an operation on every executor and gathers the answers, in executor order; an
+    /// observer, it waits for room in full queues.
+    pub(crate) async fn on_every_executor<Op: ExecutorOp + Clone>(&self, op: Op) -> Result<Vec<Op::Output>> {
         let mut answers = Vec::with_capacity(self.inner.inboxes.len());
         for executor in 0..self.inner.inboxes.len() {
-            answers.push(self.submit(executor, op.clone()).await?);
+            answers.push(self.submit_waiting(executor, op.clone()).await?);
         }
         let mut outputs = Vec::with_capacity(answers.len());
         for answer in answers {
@@ -95,14 +124,14 @@ impl EngineHandle {
         Ok(outputs)
     }
 
-    async fn send(&self, executor: usize, mut request: Request) -> Result<()> {
+    async fn send(&self, executor: usize, mut request: Request, backpressure: Backpressure) -> Result<()> {
         let inbox = &self.inner.inboxes[executor];
         loop {
             match inbox.push(request) {
                 Ok(()) => return Ok(()),
                 Err(Refused::Closed) => return Err(Error::Closed),
                 Err(Refused::Full(back)) => {
-                    if self.inner.backpressure == Backpressure::Fail {
+                    if backpressure == Backpressure::Fail {
                         return Err(Error::Backpressure { queue: FullQueue::Executor { executor } });
                     }
                     request = back;
@@ -112,15 +141,25 @@ impl EngineHandle {
         }
     }
 
-    /// Creates a trade, durable when this resolves. Idempotent on (merchant, order number): a
-    /// retry with the same body returns the original (`replayed: true`); the same key with a
-    /// different body is `Refusal::IdempotencyConflict`.
+    /// Creates a trade, durable when this resolves. Idempotent on (merchant, order number),
+    /// unique per merchant across all shards: a retry with the same body returns the original
+    /// (`replayed: true`); the same key with a different body (another buyer included) is
+    /// `Refusal::IdempotencyConflict`.
     pub async fn create_trade(&self, trade: NewTrade) -> Result<Receipt> {
         let trade = trade.validate()?;
         let routing = self.inner.routing;
         let logical_shard = routing.logical_of_user(trade.buyer_id);
         let shard = routing.physical_of_logical(logical_shard);
-        self.on_shard(shard, ops::Write(Command::Create { trade, logical_shard })).await
+        let key = order_key(trade.merchant_id, &trade.merchant_order_no);
+        let home = routing.physical_of_order_key(key);
+        if home != shard {
+            return self.create_claimed(trade, logical_shard, key, home, shard).await;
+        }
+        // The order number's home is the buyer's shard: its `Created` record holds it.
+        match self.on_shard(shard, ops::Write(Command::Create { trade, logical_shard })).await {
+            Ok(receipt) => Ok(receipt),
+            Err(error) => Err(self.naming_the_holder(error, key).await),
+        }
     }
 
     async fn write_to_trade(&self, id: TradeId, command: Command) -> Result<Receipt> {

@@ -33,6 +33,7 @@ mod inbox;
 mod manifest;
 mod ops;
 mod options;
+mod orders;
 mod routing;
 
 use glommio::ExecutorJoinHandle;
@@ -133,11 +134,14 @@ impl Engine {
                 }
             }
         }
-        match refusal {
+        if let Some(error) = refusal {
             // Dropping the engine closes and joins the executors that did start.
-            Some(error) => Err(error),
-            None => Ok(engine),
+            return Err(error);
         }
+        // Before any request is taken: creates interrupted between their two steps end with
+        // exactly one trade or none (`orders.rs`).
+        futures_lite::future::block_on(engine.handle.resolve_pending_claims())?;
+        Ok(engine)
     }
 
     /// A handle for requests; clone it freely, use it from any thread.

@@ -11,8 +11,8 @@ use std::time::Duration;
 
 use tradeshard_shard::reply::{self, Reply, ReplyFuture};
 use tradeshard_shard::{
-    Command, Currency, DiskShard, EventBatch, ListQuery, LogError, PollQuery, Receipt, ShardReply, ShardStats, Trade,
-    TradeError, TradeId,
+    ClaimOutcome, ClaimRequest, Command, Currency, DiskShard, EventBatch, ListQuery, LogError, OrderLookup,
+    PendingClaim, PollQuery, Receipt, ShardReply, ShardStats, Trade, TradeError, TradeId,
 };
 
 use crate::routing::Routing;
@@ -154,6 +154,54 @@ impl ShardOp for Position {
         let (first, end) = shard.offset_range();
         let committed = shard.committed_offset(&self.group);
         reply.send(Ok(PartitionPosition { committed, first, end, events_end: shard.events_end() }))
+    }
+}
+
+/// A create's claim of its order key in the key's home shard.
+pub(crate) struct ClaimOrder(pub ClaimRequest);
+
+impl ShardOp for ClaimOrder {
+    type Output = Option<TradeId>;
+    fn start(self, shard: &DiskShard, reply: ShardReply<Option<TradeId>>) {
+        shard.claim_order(self.0, reply)
+    }
+}
+
+/// The end of a pending claim: confirmed with its trade, or released.
+pub(crate) struct SettleClaim {
+    pub key: u128,
+    pub outcome: ClaimOutcome,
+}
+
+impl ShardOp for SettleClaim {
+    type Output = ();
+    fn start(self, shard: &DiskShard, reply: ShardReply<()>) {
+        shard.settle_claim(self.key, self.outcome, reply)
+    }
+}
+
+/// Where a shard knows an order key from.
+pub(crate) struct FindOrder(pub u128);
+
+impl ShardOp for FindOrder {
+    type Output = OrderLookup;
+    fn start(self, shard: &DiskShard, reply: ShardReply<OrderLookup>) {
+        reply.send(Ok(shard.find_order(self.0)))
+    }
+}
+
+/// The pending claims of every shard of the executor, with their home shard.
+#[derive(Clone, Copy)]
+pub(crate) struct PendingClaims;
+
+impl ExecutorOp for PendingClaims {
+    type Output = Vec<(u32, PendingClaim)>;
+    fn start(self, shards: &ExecutorShards, reply: Reply<Self::Output>) {
+        let mut pending = Vec::new();
+        for (id, shard) in &shards.shards {
+            pending.extend(shard.pending_claims().into_iter().map(|claim| (*id, claim)));
+        }
+        reply.send(pending)
     }
 }
 

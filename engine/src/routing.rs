@@ -4,7 +4,8 @@
 //! logical shards map onto physical shards by `logical % physical` (fixed at creation), and
 //! physical shards onto executors by `physical % executors` (chosen at each open), so a
 //! directory made on 16 cores opens on 2. A trade id carries its logical shard, so it routes
-//! the same way without its user.
+//! the same way without its user. A merchant order number has a home shard of its own, by the
+//! hash of (merchant, order number), where it is claimed (`orders.rs`).
 
 use tradeshard_shard::{TradeError, TradeId};
 
@@ -20,6 +21,12 @@ impl Routing {
     /// The logical shard of a user.
     pub fn logical_of_user(&self, user_id: u64) -> u32 {
         (xxhash_rust::xxh3::xxh3_64(&user_id.to_le_bytes()) % self.logical_shards as u64) as u32
+    }
+
+    /// The home shard of a merchant order number, by its order key (`order_key`, an xxh3-128
+    /// hash of merchant and order number): where the key is claimed.
+    pub fn physical_of_order_key(&self, key: u128) -> u32 {
+        self.physical_of_logical(((key as u64) % self.logical_shards as u64) as u32)
     }
 
     /// The physical shard holding a logical shard.

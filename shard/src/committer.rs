@@ -16,8 +16,9 @@ use tradeshard_wal::{Appended, Ticket};
 use crate::created::CreatedPart;
 use crate::error::TradeError;
 use crate::index::ShardIndex;
-use crate::record::{LogRecord, TradeRecord};
+use crate::record::TradeRecord;
 use crate::state::{Accepted, EffectKeys, Inner, Waiter};
+use crate::system_record::LogRecord;
 use crate::trade::{Receipt, TradeId};
 
 /// Waits for the oldest write in flight (or for close), returning its ticket.
@@ -76,6 +77,19 @@ fn apply_durable<D: Disk>(inner: &Inner<D>, front: Appended) {
                 index.apply_offset(&commit);
                 reply.send(Ok(commit.offset));
             }
+            (LogRecord::Claim(claim), Waiter::Claim(reply)) => {
+                index.apply_claim(&claim).expect("a claim checked against the accepted view applies");
+                accepted.claims.remove(&claim.key);
+                reply.send(Ok(None));
+                for repeat in accepted.claim_repeats.remove(&appended.seq).unwrap_or_default() {
+                    repeat.send(Ok(None));
+                }
+            }
+            (LogRecord::ClaimSettled(settled), Waiter::Settled(reply)) => {
+                index.apply_claim_settled(&settled).expect("a settlement of a pending claim applies");
+                accepted.settling.remove(&settled.key);
+                reply.send(Ok(()));
+            }
             _ => unreachable!("a record and its waiter are of one family"),
         }
     }
@@ -129,10 +143,15 @@ fn fail_all<D: Disk>(inner: &Inner<D>, error: TradeError) {
     accepted.trades.clear();
     accepted.orders.clear();
     accepted.refunds.clear();
+    accepted.claims.clear();
+    accepted.settling.clear();
     for effect in std::mem::take(&mut accepted.effects) {
         effect.waiter.fail(error.clone());
     }
     for repeat in std::mem::take(&mut accepted.repeats).into_values().flatten() {
+        repeat.send(Err(error.clone()));
+    }
+    for repeat in std::mem::take(&mut accepted.claim_repeats).into_values().flatten() {
         repeat.send(Err(error.clone()));
     }
 }

@@ -77,9 +77,10 @@ pub enum Refusal {
     /// The refund would take the refunded total above what was paid.
     #[error("refund of {requested} on trade {id} exceeds the {refundable} still refundable")]
     RefundExceedsPaid { id: TradeId, requested: u64, refundable: u64 },
-    /// The merchant order number is taken by a trade with a different body.
-    #[error("merchant {merchant_id} order '{order_no}' already created trade {existing} with a different body")]
-    IdempotencyConflict { existing: TradeId, merchant_id: u64, order_no: String },
+    /// The merchant order number is taken by a trade with a different body (`existing`; `None`
+    /// while the create that took it has not finished).
+    #[error("merchant {merchant_id} order '{order_no}' is taken by another create ({existing:?})")]
+    IdempotencyConflict { existing: Option<TradeId>, merchant_id: u64, order_no: String },
     /// The refund request number was used already, for another trade or another amount.
     #[error("refund request '{refund_no}' already refunded {amount} of trade {existing}")]
     RefundRequestConflict { refund_no: String, existing: TradeId, amount: u64 },

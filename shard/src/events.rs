@@ -18,7 +18,8 @@ use tradeshard_wal::disk::Disk;
 use tradeshard_wal::Wal;
 
 use crate::error::{Refusal, TradeError};
-use crate::record::{LogRecord, TradeRecord, TradeRecordView};
+use crate::record::{TradeRecord, TradeRecordView};
+use crate::system_record::LogRecord;
 
 /// Largest number of events one poll may ask for.
 pub const POLL_EVENTS_MAX: usize = 65_536;

@@ -16,7 +16,8 @@ use tradeshard_wal::Appended;
 use crate::currency::Currency;
 use crate::error::{InputError, Refusal, TradeError};
 use crate::partitioned::PartitionedMap;
-use crate::record::{OffsetCommit, RecordKind, TradeRecord};
+use crate::record::{RecordKind, TradeRecord};
+use crate::system_record::{ClaimOutcome, ClaimSettled, OffsetCommit, OrderClaim};
 use crate::trade::{Receipt, TradeId, TradeStatus, COUNTER_BITS, ORDER_NO_BYTES_MAX};
 use crate::trade_table::{Slot, TradeTable};
 
@@ -170,6 +171,16 @@ pub fn refund_key(merchant_id: u64, buyer_id: u64, refund_no: &str) -> u128 {
     xxhash_rust::xxh3::xxh3_128_with_seed(refund_no.as_bytes(), xxhash_rust::xxh3::xxh3_64(&fixed))
 }
 
+/// An order number claimed in this shard, its home, for a trade of a buyer in another shard.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ClaimEntry {
+    /// The body hash of the create that claimed it.
+    pub body: u64,
+    pub buyer_id: u64,
+    /// The trade, once the claim is confirmed; `None` while it is pending.
+    pub trade: Option<TradeId>,
+}
+
 /// The key of the idempotency map: a 128-bit hash of (merchant id, order number).
 pub fn order_key(merchant_id: u64, order_no: &str) -> u128 {
     let mut bytes = [0u8; 8 + ORDER_NO_BYTES_MAX];
@@ -197,6 +208,11 @@ pub struct ShardIndex {
     by_order: PartitionedMap<u128, (TradeId, u64)>,
     by_user: PartitionedMap<u64, Vec<TradeId>>,
     refunds: PartitionedMap<u128, RefundEntry>,
+    /// Order numbers whose home is this shard, claimed for trades of other shards.
+    claims: PartitionedMap<u128, ClaimEntry>,
+    /// The claims not settled yet: few (the creates in flight when the engine stopped, and
+    /// confirmations not yet written), resolved when the engine opens.
+    pending_claims: HashMap<u128, ClaimEntry>,
     /// Highest counter part of any trade id in the shard.
     counter_max: u64,
     /// Each consumer group's committed offset in this shard's log.
@@ -213,6 +229,42 @@ impl ShardIndex {
     /// The trade created with this order key, and its body hash.
     pub fn by_order(&self, key: u128) -> Option<(TradeId, u64)> {
         self.by_order.get(&key).copied()
+    }
+
+    /// The claim of an order key, if this shard is its home and it is claimed.
+    pub fn claim(&self, key: u128) -> Option<&ClaimEntry> {
+        self.claims.get(&key)
+    }
+
+    /// The claims not settled yet, with their keys.
+    pub fn pending_claims(&self) -> impl Iterator<Item = (u128, &ClaimEntry)> {
+        self.pending_claims.iter().map(|(key, claim)| (*key, claim))
+    }
+
+    /// Applies a durable claim: the key must be free here (no trade of this shard has it, no
+    /// claim holds it).
+    pub fn apply_claim(&mut self, claim: &OrderClaim) -> Result<(), &'static str> {
+        if self.by_order.get(&claim.key).is_some() || self.claims.get(&claim.key).is_some() {
+            return Err("order number claimed twice");
+        }
+        let entry = ClaimEntry { body: claim.body, buyer_id: claim.buyer_id, trade: None };
+        self.claims.insert(claim.key, entry);
+        self.pending_claims.insert(claim.key, entry);
+        Ok(())
+    }
+
+    /// Applies the end of a pending claim: confirmed for a trade, or released.
+    pub fn apply_claim_settled(&mut self, settled: &ClaimSettled) -> Result<(), &'static str> {
+        if self.pending_claims.remove(&settled.key).is_none() {
+            return Err("settlement of a claim that is not pending");
+        }
+        match settled.outcome {
+            ClaimOutcome::Confirmed(id) => {
+                self.claims.get_mut(&settled.key).expect("a pending claim is a claim").trade = Some(id);
+            }
+            ClaimOutcome::Released => drop(self.claims.remove(&settled.key)),
+        }
+        Ok(())
     }
 
     /// The refund made under this refund key.
@@ -303,7 +355,7 @@ impl ShardIndex {
                 updated_ms: record.at_ms,
                 created_at: at,
             };
-            if self.by_order.get(&key).is_some() {
+            if self.by_order.get(&key).is_some() || self.claims.get(&key).is_some() {
                 return Err("order number used by two trades");
             }
             self.trades.insert_new(id, entry);

@@ -6,6 +6,7 @@
 //! request is answered through a [`Reply`], the one one-shot that carries answers back to
 //! whoever asked, on any thread.
 
+mod claims;
 mod committer;
 mod config;
 mod created;
@@ -20,24 +21,27 @@ mod record;
 pub mod reply;
 mod shard;
 mod state;
+mod system_record;
 mod trade;
 mod trade_table;
 mod validate;
 mod write;
 
+pub use claims::{ClaimRequest, OrderLookup, PendingClaim};
 pub use config::{DiskShard, ShardConfig};
 pub use currency::Currency;
 pub use error::{InputError, LogError, Refusal, TradeError};
 pub use events::{Event, EventBatch, PollQuery, POLL_BYTES_MAX, POLL_EVENTS_MAX};
-pub use index::{Move, RefundEntry};
+pub use index::{body_hash, order_key, Move, RefundEntry};
 pub use read::ListQuery;
 pub use record::{CreatedFields, CreatedFieldsView, RecordKind, TradeRecord, TradeRecordView};
-/// The codec of every record of a shard's log, for fuzzing and tests (`testing` feature).
-#[cfg(any(test, feature = "testing"))]
-pub use record::{LogRecord, OffsetCommit};
 pub use reply::{Reply, ReplyFuture};
 pub use shard::{RecoveredShard, Shard, ShardStats};
 pub use state::ShardReply;
+pub use system_record::ClaimOutcome;
+/// The codec of every record of a shard's log, for fuzzing and tests (`testing` feature).
+#[cfg(any(test, feature = "testing"))]
+pub use system_record::{ClaimSettled, LogRecord, OffsetCommit, OrderClaim};
 pub use trade::{
     NewTrade, Receipt, Trade, TradeId, TradeStatus, ValidTrade, AMOUNT_MAX, COUNTER_BITS, LOGICAL_SHARDS_MAX,
     LOGICAL_SHARD_BITS, MEMO_BYTES_MAX, ORDER_NO_BYTES_MAX, REFUND_NO_BYTES_MAX,

@@ -37,6 +37,15 @@ impl<K: Hash + Eq, V> PartitionedMap<K, V> {
         self.parts[Self::part(key)].get(key)
     }
 
+    pub fn get_mut(&mut self, key: &K) -> Option<&mut V> {
+        self.parts[Self::part(key)].get_mut(key)
+    }
+
+    /// Removes `key`, returning its value.
+    pub fn remove(&mut self, key: &K) -> Option<V> {
+        self.parts[Self::part(key)].remove(key)
+    }
+
     /// Inserts, returning the value `key` held before.
     pub fn insert(&mut self, key: K, value: V) -> Option<V> {
         self.parts[Self::part(&key)].insert(key, value)
@@ -71,6 +80,10 @@ mod tests {
         *model.entry(1 << 40).or_default() += 5;
         *map.get_or_default(7) += 1;
         *model.entry(7).or_default() += 1;
+        *map.get_mut(&7).unwrap() += 1;
+        *model.get_mut(&7).unwrap() += 1;
+        assert_eq!(map.remove(&8), model.remove(&8));
+        assert_eq!(map.remove(&8), None);
         assert!(map.get(&(1 << 40)).is_some() && map.get(&3).is_none());
         for (key, value) in &model {
             assert_eq!(map.get(key), Some(value));

@@ -23,8 +23,8 @@ use crate::currency::Currency;
 use crate::error::TradeError;
 use crate::events::{EventBatch, PollQuery};
 use crate::index::ShardIndex;
-use crate::record::LogRecord;
 use crate::state::{Accepted, Inner, ShardReply};
+use crate::system_record::LogRecord;
 use crate::trade::TradeStatus;
 
 /// Counters of one shard.
@@ -98,6 +98,8 @@ impl<D: Disk> Shard<D> {
                     index.apply_offset(&commit);
                     Ok(())
                 }
+                LogRecord::Claim(claim) => index.apply_claim(&claim),
+                LogRecord::ClaimSettled(settled) => index.apply_claim_settled(&settled),
             });
             if let Err(reason) = applied {
                 replay_error = Some(TradeError::BadRecord { seq: at.seq, reason });

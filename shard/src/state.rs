@@ -20,8 +20,8 @@ use crate::currency::Currency;
 use crate::error::TradeError;
 use crate::id_hash::{IdHasher, IdMap};
 use crate::index::{Lifecycle, ShardIndex};
-use crate::record::LogRecord;
 use crate::reply::Reply;
+use crate::system_record::LogRecord;
 use crate::trade::{Receipt, TradeId};
 
 /// A shard's answer to one request: the result, or why not.
@@ -41,6 +41,10 @@ pub(crate) struct InFlight {
 pub(crate) enum Waiter {
     Trade(ShardReply<Receipt>),
     Offset(ShardReply<u64>),
+    /// A claim: answered with the trade it was confirmed with (none for a new claim).
+    Claim(ShardReply<Option<TradeId>>),
+    /// A claim's settlement.
+    Settled(ShardReply<()>),
 }
 
 impl Waiter {
@@ -48,6 +52,8 @@ impl Waiter {
         match self {
             Waiter::Trade(reply) => reply.send(Err(error)),
             Waiter::Offset(reply) => reply.send(Err(error)),
+            Waiter::Claim(reply) => reply.send(Err(error)),
+            Waiter::Settled(reply) => reply.send(Err(error)),
         }
     }
 }
@@ -87,6 +93,12 @@ pub(crate) struct Accepted {
     /// Requests that repeated a write still in flight, by the seq of that write: answered
     /// with its receipt, marked as a repeat, once it is durable.
     pub repeats: BTreeMap<u64, Vec<ShardReply<Receipt>>>,
+    /// Order key → (body hash, seq) of claims in flight.
+    pub claims: IdMap<u128, (u64, u64)>,
+    /// Claims that repeated one in flight, by the seq of that claim.
+    pub claim_repeats: BTreeMap<u64, Vec<ShardReply<Option<TradeId>>>>,
+    /// Order keys whose claim settlement is in flight.
+    pub settling: IdMap<u128, ()>,
     pub next_counter: u64,
     pub committer: Option<Waker>,
     pub failed: Option<TradeError>,

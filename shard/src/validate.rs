@@ -3,7 +3,7 @@
 
 use crate::currency::Currency;
 use crate::error::InputError;
-use crate::record::OffsetCommit;
+use crate::system_record::OffsetCommit;
 use crate::trade::{
     NewTrade, TradeId, ValidTrade, AMOUNT_MAX, MEMO_BYTES_MAX, ORDER_NO_BYTES_MAX, REFUND_NO_BYTES_MAX,
 };

@@ -13,9 +13,10 @@ use tradeshard_wal::disk::Disk;
 
 use crate::error::{InputError, Refusal, TradeError};
 use crate::index::{body_hash, next_state, order_key, refund_key, Action, Lifecycle, Move, ShardIndex};
-use crate::record::{LogRecord, OffsetCommit, TradeRecord};
+use crate::record::TradeRecord;
 use crate::shard::{now_ms, Shard};
 use crate::state::{Accepted, Effect, EffectKeys, InFlight, ShardReply, Waiter};
+use crate::system_record::{LogRecord, OffsetCommit};
 use crate::trade::{Receipt, TradeId, TradeStatus, ValidTrade, COUNTER_BITS};
 
 /// A change to an existing trade, as the write path checks it.
@@ -64,23 +65,27 @@ impl<D: Disk> Shard<D> {
     ) {
         let key = order_key(trade.merchant_id, &trade.merchant_order_no);
         let body = body_hash(trade.buyer_id, trade.amount, trade.currency, &trade.memo);
-        let conflict = |existing| -> TradeError {
-            Refusal::IdempotencyConflict {
-                existing,
-                merchant_id: trade.merchant_id,
-                order_no: trade.merchant_order_no.clone(),
-            }
-            .into()
+        let conflict = |existing: Option<TradeId>| -> TradeError {
+            let (merchant_id, order_no) = (trade.merchant_id, trade.merchant_order_no.clone());
+            Refusal::IdempotencyConflict { existing, merchant_id, order_no }.into()
         };
         if let Some(&(id, original_body, original_seq)) = accepted.orders.get(&key) {
             if original_body != body {
-                return reply.send(Err(conflict(id)));
+                return reply.send(Err(conflict(Some(id))));
             }
             return accepted.repeat_of(original_seq, reply);
         }
+        // This shard is the key's home and holds it for a buyer of another shard (a create
+        // routed here is for a buyer of this shard, so its body differs).
+        if accepted.claims.contains_key(&key) {
+            return reply.send(Err(conflict(None)));
+        }
+        if let Some(claim) = index.claim(key) {
+            return reply.send(Err(conflict(claim.trade)));
+        }
         if let Some((id, original_body)) = index.by_order(key) {
             if original_body != body {
-                return reply.send(Err(conflict(id)));
+                return reply.send(Err(conflict(Some(id))));
             }
             let entry = index.get(id).expect("order index points at a trade");
             return reply.send(Ok(entry.receipt(id, true)));

@@ -13,7 +13,9 @@ use std::io::Write;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use tradeshard_engine::{ConsumerConfig, Engine, EngineHandle, RecordKind, StartPosition, TradeId, TradeStatus};
+use tradeshard_engine::{
+    ConsumerConfig, Engine, EngineHandle, Error, NewTrade, RecordKind, Refusal, StartPosition, TradeId, TradeStatus,
+};
 
 use super::journal::{Change, Entry, JournalWriter};
 
@@ -100,6 +102,16 @@ fn trade_worker(handle: &EngineHandle, args: &ChildArgs, worker: usize) {
                 handle.create_trade_blocking(super::common::new_trade(buyer, order, amount))
             });
             journal.write(&Entry::CreateAcked { buyer, order, id: receipt.id.0 });
+            if rng.u64(..16) == 0 {
+                // The same order number for another buyer (of another shard, mostly): refused,
+                // naming the trade that holds it, and nothing written.
+                let taken = NewTrade { buyer_id: buyer + 1, ..super::common::new_trade(buyer, order, amount) };
+                match handle.create_trade_blocking(taken) {
+                    Err(Error::Refused(Refusal::IdempotencyConflict { existing: Some(id), .. }))
+                        if id == receipt.id => {}
+                    other => fail(&mut journal, format!("order {order} of buyer {buyer} taken again: {other:?}")),
+                }
+            }
             open.push(OpenTrade { id: receipt.id, status: TradeStatus::Created, amount, refunded: 0 });
             continue;
         }

@@ -67,6 +67,10 @@ struct Summary {
     in_flight_found_present: u64,
     in_flight_found_absent: u64,
     offset_commits_checked: u64,
+    /// Requests in flight at a kill, sent again after the check, and how many of them were
+    /// answered as repeats of writes that had landed.
+    retries_sent: u64,
+    retries_answered_as_repeat: u64,
     journal_entries: u64,
     seconds: f64,
 }
@@ -121,7 +125,8 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     } else {
         println!(
             "stress: {} cycles ({} kills while recovering, {} data directories) in {:.0} s, seed {}: 0 violations\n\
-             checked {} acknowledged trades, {} in-flight writes found, {} found absent, {} offset commits",
+             checked {} acknowledged trades, {} in-flight writes found, {} found absent, {} offset commits; \
+             {} lost requests sent again, {} answered as repeats",
             summary.cycles,
             summary.kills_while_recovering,
             summary.data_dirs,
@@ -130,7 +135,9 @@ pub fn run(args: Args) -> anyhow::Result<()> {
             summary.acknowledged_trades_checked,
             summary.in_flight_found_present,
             summary.in_flight_found_absent,
-            summary.offset_commits_checked
+            summary.offset_commits_checked,
+            summary.retries_sent,
+            summary.retries_answered_as_repeat
         );
     }
     Ok(())
@@ -235,5 +242,7 @@ fn run_cycle(
     summary.in_flight_found_present += checked.in_flight_present;
     summary.in_flight_found_absent += checked.in_flight_absent;
     summary.offset_commits_checked += checked.offset_commits;
+    summary.retries_sent += checked.retries_sent;
+    summary.retries_answered_as_repeat += checked.retries_answered_as_repeat;
     Ok(())
 }

@@ -6,12 +6,20 @@
 //! kill). An unacknowledged create is there once or not at all. Whatever a recovery shows of
 //! an in-flight write is final: the model takes it as the new acknowledged state, so a later
 //! recovery that loses it, or brings back a create that was absent, is a violation too.
+//!
+//! Then the parent does what a client that lost its answers does: it sends every request in
+//! flight at the kill again, and checks that each has its effect exactly once. A retry of a
+//! write that landed answers the original (`replayed`) and changes nothing; one that did not
+//! land lands now; a refund is sent again under its own request number, and the trade's
+//! refunded total must be the sum of its refunds, each counted once. Every order number is
+//! then looked up by merchant and order number and must name its one trade.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 
 use anyhow::{anyhow, bail};
 use tradeshard_engine::{ConsumerConfig, EngineHandle, Error, Trade, TradeId, TradeStatus};
 
+use super::common::{new_trade, refund_no};
 use super::journal::{Change, Entry};
 
 /// A trade's status and refunded total.
@@ -27,6 +35,8 @@ struct Expected {
     state: State,
     /// A change sent and not acknowledged: the state it would lead to.
     in_flight: Option<State>,
+    /// That change.
+    in_flight_change: Option<Change>,
 }
 
 /// Counts of what the checks covered.
@@ -36,6 +46,16 @@ pub struct Checked {
     pub in_flight_present: u64,
     pub in_flight_absent: u64,
     pub offset_commits: u64,
+    /// Requests in flight at the kill, sent again after the check.
+    pub retries_sent: u64,
+    /// Retries answered as repeats of writes that had landed.
+    pub retries_answered_as_repeat: u64,
+}
+
+/// A request whose answer the kill took, to send again.
+enum Lost {
+    Create { key: (u64, u64), landed: bool },
+    Change { key: (u64, u64), change: Change, before: State, landed: bool },
 }
 
 /// The expected state of one data directory.
@@ -68,8 +88,14 @@ impl Model {
             match entry {
                 Entry::CreateSent { buyer, order, amount } => {
                     self.buyers.insert(buyer);
-                    let expected =
-                        Expected { amount, id: None, absent: false, state: (TradeStatus::Created, 0), in_flight: None };
+                    let expected = Expected {
+                        amount,
+                        id: None,
+                        absent: false,
+                        state: (TradeStatus::Created, 0),
+                        in_flight: None,
+                        in_flight_change: None,
+                    };
                     if self.orders.insert((buyer, order), expected).is_some() {
                         bail!("the child sent order {order} of buyer {buyer} twice");
                     }
@@ -86,10 +112,12 @@ impl Model {
                         anyhow!("the child sent {change:?} to {} in {:?}", TradeId(id), expected.state)
                     })?;
                     expected.in_flight = Some(next);
+                    expected.in_flight_change = Some(change);
                 }
                 Entry::ChangeAcked { id } => {
                     let expected = self.expected_mut(TradeId(id))?;
                     expected.state = expected.in_flight.take().ok_or_else(|| anyhow!("ack of an unsent change"))?;
+                    expected.in_flight_change = None;
                 }
                 Entry::CommitSent { .. } => {}
                 Entry::CommitAcked { partition, offset } => {
@@ -156,15 +184,26 @@ impl Model {
             }
         }
         let mut settled: BTreeMap<u64, u64> = BTreeMap::new();
+        let mut lost = Vec::new();
         for (key, expected) in self.orders.iter_mut() {
             let Some(trade) = found.get(key) else {
                 if let Some(id) = expected.id {
                     bail!("acknowledged order {key:?} (trade {id}) is lost");
                 }
                 checked.in_flight_absent += u64::from(!expected.absent);
+                if !expected.absent {
+                    lost.push(Lost::Create { key: *key, landed: false });
+                }
                 expected.absent = true;
                 continue;
             };
+            if expected.id.is_none() {
+                lost.push(Lost::Create { key: *key, landed: true });
+            }
+            let landed = expected.in_flight == Some((trade.status, trade.refunded_amount));
+            if let Some(change) = expected.in_flight_change {
+                lost.push(Lost::Change { key: *key, change, before: expected.state, landed });
+            }
             let actual = (trade.status, trade.refunded_amount);
             match expected.id {
                 Some(id) if id != trade.id => bail!("order {key:?} was acknowledged as {id}, holds {}", trade.id),
@@ -197,6 +236,7 @@ impl Model {
             }
             expected.state = actual;
             expected.in_flight = None;
+            expected.in_flight_change = None;
             if actual.0 == TradeStatus::Settled {
                 *settled.entry(trade.merchant_id).or_default() += trade.amount;
             }
@@ -220,7 +260,68 @@ impl Model {
             }
             checked.offset_commits += u64::from(self.committed.contains_key(&partition));
         }
+        self.retry(handle, lost, &mut checked)?;
+        self.check_lookups_by_order(handle)?;
         Ok(checked)
+    }
+
+    /// Sends every lost request again and checks each has its effect exactly once.
+    fn retry(&mut self, handle: &EngineHandle, lost: Vec<Lost>, checked: &mut Checked) -> anyhow::Result<()> {
+        for lost in lost {
+            checked.retries_sent += 1;
+            match lost {
+                Lost::Create { key: (buyer, order), landed } => {
+                    let expected = self.orders.get_mut(&(buyer, order)).expect("lost creates are known");
+                    let receipt = handle.create_trade_blocking(new_trade(buyer, order, expected.amount))?;
+                    match (landed, expected.id) {
+                        (true, Some(id)) if receipt.id == id && receipt.replayed => {}
+                        (false, _) if !receipt.replayed => {}
+                        _ => bail!("a retried create of order {order} of buyer {buyer} answered {receipt:?}"),
+                    }
+                    checked.retries_answered_as_repeat += u64::from(receipt.replayed);
+                    expected.id = Some(receipt.id);
+                    expected.absent = false;
+                    expected.state = (receipt.status, receipt.refunded_amount);
+                    self.by_id.insert(receipt.id, (buyer, order));
+                }
+                Lost::Change { key, change, before, landed } => {
+                    let expected = self.orders.get_mut(&key).expect("lost changes are known");
+                    let id = expected.id.expect("changes follow acknowledged creates");
+                    let receipt = match change {
+                        Change::Pay => handle.pay_blocking(id)?,
+                        Change::Settle => handle.settle_blocking(id)?,
+                        Change::Close => handle.close_trade_blocking(id)?,
+                        Change::Refund(amount) => handle.refund_blocking(id, &refund_no(id, before.1), amount)?,
+                    };
+                    let wanted = after(before, expected.amount, change).expect("the change was valid when sent");
+                    if (receipt.status, receipt.refunded_amount) != wanted || receipt.replayed != landed {
+                        bail!("a retried {change:?} of {id} answered {receipt:?}: wanted {wanted:?}, landed {landed}");
+                    }
+                    checked.retries_answered_as_repeat += u64::from(receipt.replayed);
+                    expected.state = wanted;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Every order number known to hold a trade is found by merchant and order number, and
+    /// names that trade.
+    fn check_lookups_by_order(&self, handle: &EngineHandle) -> anyhow::Result<()> {
+        for ((buyer, order), expected) in &self.orders {
+            let Some(id) = expected.id else { continue };
+            let trade = new_trade(*buyer, *order, expected.amount);
+            let found = handle.get_by_order_blocking(trade.merchant_id, &trade.merchant_order_no)?;
+            if found.id != id {
+                bail!(
+                    "order {} of merchant {} names {}, not {id}",
+                    trade.merchant_order_no,
+                    trade.merchant_id,
+                    found.id
+                );
+            }
+        }
+        Ok(())
     }
 }
 

@@ -1,0 +1,130 @@
+//! Merchant order numbers across shards: the engine's side of the claim protocol (the home
+//! shard's side is `shard/src/claims.rs`), and the lookup of a trade by its order number.
+//!
+//! A create whose order number's home shard is not its buyer's shard takes two steps, each a
+//! group-committed write: the claim in the home shard, then the trade in the buyer's shard.
+//! The trade is acknowledged only after both are durable. Then the claim is confirmed with the
+//! trade's id, without waiting: a confirmation lost to a stop is made when the engine opens.
+//! The handle drives the steps from the caller's side, so executors never wait on each other
+//! (no queue between executors, no cycle).
+//!
+//! A stop between the steps leaves a pending claim, resolved to exactly one trade or none:
+//! by the next retry of the create (the same body goes on to the buyer's shard, which answers
+//! the original trade or creates it), or when the engine opens, before it takes requests:
+//! the buyer's shard is asked whether the trade exists, and the claim is confirmed or
+//! released accordingly. Since nothing is created before the open returns, no trade can
+//! appear under a claim being released.
+
+use tradeshard_shard::{
+    body_hash, order_key, ClaimOutcome, ClaimRequest, Command, InputError, OrderLookup, Receipt, Refusal, Trade,
+    TradeId, ValidTrade, ORDER_NO_BYTES_MAX,
+};
+
+use crate::blocking::blocking;
+use crate::error::{Error, Result};
+use crate::handle::EngineHandle;
+use crate::ops;
+
+impl EngineHandle {
+    /// The create of a trade whose order number's home shard is `home`, not the buyer's shard
+    /// `buyer_shard`: claim, then create, then confirm (see the module's text).
+    pub(crate) async fn create_claimed(
+        &self,
+        trade: ValidTrade,
+        logical_shard: u32,
+        key: u128,
+        home: u32,
+        buyer_shard: u32,
+    ) -> Result<Receipt> {
+        let request = ClaimRequest {
+            key,
+            body: body_hash(trade.buyer_id, trade.amount, trade.currency, &trade.memo),
+            buyer_id: trade.buyer_id,
+            merchant_id: trade.merchant_id,
+            order_no: trade.merchant_order_no.clone(),
+        };
+        let confirmed = match self.on_shard(home, ops::ClaimOrder(request)).await {
+            Ok(confirmed) => confirmed,
+            Err(error) => return Err(self.naming_the_holder(error, key).await),
+        };
+        // Past the claim, a full queue makes this wait, whatever the caller chose: refused
+        // here, the create would hold its order number until a retry or the next open.
+        let create = ops::Write(Command::Create { trade, logical_shard });
+        let receipt = self.on_shard_waiting(buyer_shard, create).await?;
+        if confirmed.is_none() {
+            // Not awaited: the trade is durable and its claim is, so the confirmation only
+            // spares the next open a question; if it is lost, that open asks.
+            let confirm = ops::SettleClaim { key, outcome: ClaimOutcome::Confirmed(receipt.id) };
+            let executor = self.routing().executor_of_physical(home);
+            let _ = self.submit_waiting(executor, ops::OnShard { shard: home, op: confirm }).await;
+        }
+        Ok(receipt)
+    }
+
+    /// A conflict over an order number whose claim is not confirmed yet (its confirmation is
+    /// on its way) names the trade that holds the number all the same, found in the buyer's
+    /// shard; other errors pass unchanged.
+    pub(crate) async fn naming_the_holder(&self, error: Error, key: u128) -> Error {
+        match error {
+            Error::Refused(Refusal::IdempotencyConflict { existing: None, merchant_id, order_no }) => {
+                let existing = self.trade_of_order_key(key).await.ok().flatten();
+                Refusal::IdempotencyConflict { existing, merchant_id, order_no }.into()
+            }
+            other => other,
+        }
+    }
+
+    /// The durable trade holding an order key, asked of its home shard and, for a claim not
+    /// confirmed yet, of the claim's buyer shard.
+    async fn trade_of_order_key(&self, key: u128) -> Result<Option<TradeId>> {
+        let routing = self.routing();
+        Ok(match self.on_shard(routing.physical_of_order_key(key), ops::FindOrder(key)).await? {
+            OrderLookup::Trade(id) | OrderLookup::Claimed { trade: Some(id), .. } => Some(id),
+            OrderLookup::Claimed { buyer_id, trade: None } => {
+                let buyer_shard = routing.physical_of_logical(routing.logical_of_user(buyer_id));
+                match self.on_shard(buyer_shard, ops::FindOrder(key)).await? {
+                    OrderLookup::Trade(id) => Some(id),
+                    _ => None,
+                }
+            }
+            OrderLookup::Free => None,
+        })
+    }
+
+    /// The trade created with this merchant order number, or `Error::OrderNotFound`.
+    pub async fn get_by_order(&self, merchant_id: u64, order_no: &str) -> Result<Trade> {
+        if merchant_id == 0 {
+            return Err(InputError::ZeroMerchantId.into());
+        }
+        if order_no.is_empty() || order_no.len() > ORDER_NO_BYTES_MAX || !order_no.bytes().all(|b| b.is_ascii_graphic())
+        {
+            return Err(InputError::BadOrderNo { len: order_no.len(), max: ORDER_NO_BYTES_MAX }.into());
+        }
+        match self.trade_of_order_key(order_key(merchant_id, order_no)).await? {
+            Some(id) => self.get(id).await,
+            None => Err(Error::OrderNotFound { merchant_id, order_no: order_no.to_string() }),
+        }
+    }
+
+    blocking!(get_by_order_blocking = get_by_order(&self, merchant_id: u64, order_no: &str) -> Result<Trade>);
+
+    /// Confirms or releases every claim left pending, asking each claim's buyer shard whether
+    /// its trade exists; returns how many were resolved. Run by `Engine::open` before it
+    /// returns.
+    pub(crate) async fn resolve_pending_claims(&self) -> Result<usize> {
+        let routing = self.routing();
+        let mut resolved = 0;
+        for pending in self.on_every_executor(ops::PendingClaims).await? {
+            for (home, claim) in pending {
+                let buyer_shard = routing.physical_of_logical(routing.logical_of_user(claim.buyer_id));
+                let outcome = match self.on_shard(buyer_shard, ops::FindOrder(claim.key)).await? {
+                    OrderLookup::Trade(id) => ClaimOutcome::Confirmed(id),
+                    _ => ClaimOutcome::Released,
+                };
+                self.on_shard(home, ops::SettleClaim { key: claim.key, outcome }).await?;
+                resolved += 1;
+            }
+        }
+        Ok(resolved)
+    }
+}

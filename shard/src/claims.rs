@@ -1,0 +1,164 @@
+//! A merchant order number's home shard: the claims that keep an order number to one trade
+//! across all shards.
+//!
+//! The key (merchant, order number) has a home shard of its own. A create whose buyer lives in
+//! another shard first claims the key there ([`Shard::claim_order`]): the claim, durable
+//! before the trade is created in the buyer's shard, holds the create's body hash and buyer.
+//! A second create of the key is answered from the claim: the same body goes on to the buyer's
+//! shard (which answers the original trade, or creates it if the first attempt never got
+//! there); another body is a conflict. Once the trade exists the claim is confirmed with its
+//! id ([`Shard::settle_claim`]); a claim left pending by a stop between the two steps is
+//! confirmed or released when the engine opens, by asking the buyer's shard whether the trade
+//! exists. A create whose buyer lives in the home shard needs no claim: its own `Created`
+//! record holds the key, and the checks here and in `write.rs` look at both.
+
+use tradeshard_wal::disk::Disk;
+
+use crate::error::{Refusal, TradeError};
+use crate::shard::{now_ms, Shard};
+use crate::state::{Effect, EffectKeys, ShardReply, Waiter};
+use crate::system_record::{ClaimOutcome, ClaimSettled, LogRecord, OrderClaim};
+use crate::trade::TradeId;
+
+/// A create's claim of its order key, sent to the key's home shard.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ClaimRequest {
+    /// `order_key(merchant_id, order_no)`.
+    pub key: u128,
+    /// `body_hash` of the create.
+    pub body: u64,
+    pub buyer_id: u64,
+    pub merchant_id: u64,
+    /// For the conflict's message.
+    pub order_no: String,
+}
+
+/// Where a shard knows an order key from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OrderLookup {
+    /// A durable trade of this shard has it.
+    Trade(TradeId),
+    /// This shard is its home and holds a claim for a buyer of another shard: confirmed with
+    /// its trade, or pending.
+    Claimed { buyer_id: u64, trade: Option<TradeId> },
+    /// Neither.
+    Free,
+}
+
+/// A claim not settled yet, as the engine resolves it when it opens.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PendingClaim {
+    pub key: u128,
+    pub buyer_id: u64,
+}
+
+impl<D: Disk> Shard<D> {
+    /// Claims `request.key` for a create of a buyer of another shard. Answers once the claim
+    /// is durable, with the trade the key was confirmed with if a create of the same body got
+    /// that far (`None` for a new or pending claim); another body holding the key is
+    /// `Refusal::IdempotencyConflict`.
+    pub fn claim_order(&self, request: ClaimRequest, reply: ShardReply<Option<TradeId>>) {
+        let mut accepted = self.inner.accepted.borrow_mut();
+        if let Some(failure) = &accepted.failed {
+            return reply.send(Err(failure.clone()));
+        }
+        let index = self.inner.index.borrow();
+        let conflict = |existing| -> TradeError {
+            let ClaimRequest { merchant_id, order_no, .. } = request.clone();
+            Refusal::IdempotencyConflict { existing, merchant_id, order_no }.into()
+        };
+        if let Some(&(body, seq)) = accepted.claims.get(&request.key) {
+            return match body == request.body {
+                true => accepted.claim_repeats.entry(seq).or_default().push(reply),
+                false => reply.send(Err(conflict(None))),
+            };
+        }
+        if let Some(&(id, _, _)) = accepted.orders.get(&request.key) {
+            return reply.send(Err(conflict(Some(id))));
+        }
+        if let Some(claim) = index.claim(request.key) {
+            return match claim.body == request.body {
+                true => reply.send(Ok(claim.trade)),
+                false => reply.send(Err(conflict(claim.trade))),
+            };
+        }
+        if let Some((id, _)) = index.by_order(request.key) {
+            return reply.send(Err(conflict(Some(id))));
+        }
+        let claim = OrderClaim {
+            key: request.key,
+            body: request.body,
+            buyer_id: request.buyer_id,
+            merchant_id: request.merchant_id,
+            at_ms: now_ms(),
+        };
+        let ticket = match self.inner.wal.enqueue(&claim.encode()) {
+            Ok(ticket) => ticket,
+            Err(error) => return reply.send(Err(error.into())),
+        };
+        let seq = ticket.seq();
+        accepted.claims.insert(request.key, (request.body, seq));
+        let record = LogRecord::Claim(claim);
+        accepted.push(Effect {
+            seq,
+            ticket: Some(ticket),
+            record,
+            keys: EffectKeys::None,
+            waiter: Waiter::Claim(reply),
+        });
+    }
+
+    /// Ends the pending claim of `key`: confirmed with its trade, or released. Idempotent: a
+    /// claim settled the same way already (or being settled) is answered at once.
+    pub fn settle_claim(&self, key: u128, outcome: ClaimOutcome, reply: ShardReply<()>) {
+        let mut accepted = self.inner.accepted.borrow_mut();
+        if let Some(failure) = &accepted.failed {
+            return reply.send(Err(failure.clone()));
+        }
+        if accepted.settling.contains_key(&key) {
+            return reply.send(Ok(()));
+        }
+        let settled_already = match (self.inner.index.borrow().claim(key).map(|claim| claim.trade), outcome) {
+            (Some(None), _) => false,
+            (Some(Some(confirmed)), ClaimOutcome::Confirmed(id)) if confirmed == id => true,
+            (None, ClaimOutcome::Released) => true,
+            _ => return reply.send(Err(TradeError::BadRecord { seq: 0, reason: "settlement contradicts the claim" })),
+        };
+        if settled_already {
+            return reply.send(Ok(()));
+        }
+        let settled = ClaimSettled { key, outcome, at_ms: now_ms() };
+        let ticket = match self.inner.wal.enqueue(&settled.encode()) {
+            Ok(ticket) => ticket,
+            Err(error) => return reply.send(Err(error.into())),
+        };
+        accepted.settling.insert(key, ());
+        let record = LogRecord::ClaimSettled(settled);
+        let effect = Effect {
+            seq: ticket.seq(),
+            ticket: Some(ticket),
+            record,
+            keys: EffectKeys::None,
+            waiter: Waiter::Settled(reply),
+        };
+        accepted.push(effect);
+    }
+
+    /// Where this shard knows `key` from, in durable state.
+    pub fn find_order(&self, key: u128) -> OrderLookup {
+        let index = self.inner.index.borrow();
+        if let Some((id, _)) = index.by_order(key) {
+            return OrderLookup::Trade(id);
+        }
+        match index.claim(key) {
+            Some(claim) => OrderLookup::Claimed { buyer_id: claim.buyer_id, trade: claim.trade },
+            None => OrderLookup::Free,
+        }
+    }
+
+    /// The durable claims of this shard that are not settled yet.
+    pub fn pending_claims(&self) -> Vec<PendingClaim> {
+        let index = self.inner.index.borrow();
+        index.pending_claims().map(|(key, claim)| PendingClaim { key, buyer_id: claim.buyer_id }).collect()
+    }
+}
