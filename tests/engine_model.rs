@@ -8,15 +8,18 @@
 use std::collections::HashMap;
 
 use proptest::prelude::*;
-use tradeshard_engine::{Engine, EngineHandle, Error, Refusal, TradeId, TradeStatus};
+use tradeshard_engine::{Engine, EngineHandle, Error, NewTrade, Refusal, TradeId, TradeStatus};
 use tradeshard_tests::{engine_options, new_trade};
 
 #[derive(Debug, Clone)]
 enum Op {
+    /// Order `order` of `buyer`'s merchant and numbering, created for `as_buyer` when given
+    /// (the same order number sent with another buyer, whose shard is mostly another).
     Create {
         buyer: u64,
         order: u64,
         amount: u64,
+        as_buyer: Option<u64>,
     },
     Pay(usize),
     Settle(usize),
@@ -27,7 +30,8 @@ enum Op {
 
 fn op() -> impl Strategy<Value = Op> {
     prop_oneof![
-        3 => (1u64..5, 0u64..6, 1u64..1000).prop_map(|(buyer, order, amount)| Op::Create { buyer, order, amount }),
+        3 => (1u64..5, 0u64..6, 1u64..1000, prop::option::weighted(0.25, 1u64..5))
+            .prop_map(|(buyer, order, amount, as_buyer)| Op::Create { buyer, order, amount, as_buyer }),
         2 => any::<usize>().prop_map(Op::Pay),
         1 => any::<usize>().prop_map(Op::Settle),
         1 => any::<usize>().prop_map(Op::Close),
@@ -39,6 +43,7 @@ fn op() -> impl Strategy<Value = Op> {
 #[derive(Debug, Clone, Copy, PartialEq)]
 struct ModelTrade {
     buyer: u64,
+    merchant: u64,
     amount: u64,
     refunded: u64,
     status: TradeStatus,
@@ -55,8 +60,9 @@ enum Expected {
     RefundConflict,
 }
 
-/// A refund done under a request number: its trade, amount and the refunded total after it.
-type Refunds = HashMap<(u64, u8), (TradeId, u64, u64)>;
+/// A refund done under a request number, by (merchant, buyer, number): its trade, amount and
+/// the refunded total after it.
+type Refunds = HashMap<(u64, u64, u8), (TradeId, u64, u64)>;
 
 fn apply_model(id: TradeId, trade: &mut ModelTrade, refunds: &mut Refunds, op: &Op) -> Expected {
     use TradeStatus::*;
@@ -64,8 +70,8 @@ fn apply_model(id: TradeId, trade: &mut ModelTrade, refunds: &mut Refunds, op: &
         (Paid, Op::Pay(_)) | (Settled, Op::Settle(_)) | (Closed, Op::Close(_)) => {
             return Expected::Repeat(trade.status, trade.refunded)
         }
-        (_, Op::Refund(_, amount, n)) if refunds.contains_key(&(trade.buyer, *n)) => {
-            let (original, original_amount, refunded_after) = refunds[&(trade.buyer, *n)];
+        (_, Op::Refund(_, amount, n)) if refunds.contains_key(&(trade.merchant, trade.buyer, *n)) => {
+            let (original, original_amount, refunded_after) = refunds[&(trade.merchant, trade.buyer, *n)];
             return match original == id && original_amount == *amount {
                 true => Expected::Repeat(Refunded, refunded_after),
                 false => Expected::RefundConflict,
@@ -76,7 +82,7 @@ fn apply_model(id: TradeId, trade: &mut ModelTrade, refunds: &mut Refunds, op: &
         (Paid, Op::Settle(_)) => Settled,
         (Paid | Refunded, Op::Refund(_, amount, n)) if trade.refunded + amount <= trade.amount => {
             trade.refunded += amount;
-            refunds.insert((trade.buyer, *n), (id, *amount, trade.refunded));
+            refunds.insert((trade.merchant, trade.buyer, *n), (id, *amount, trade.refunded));
             Refunded
         }
         _ => return Expected::Refused,
@@ -103,6 +109,15 @@ fn check_reads(handle: &EngineHandle, model: &HashMap<TradeId, ModelTrade>) {
     }
 }
 
+/// Every order number names its one trade when looked up by merchant and order number.
+fn check_orders(handle: &EngineHandle, orders: &HashMap<(u64, u64), (TradeId, u64, u64)>) {
+    for ((buyer, order), (id, _, _)) in orders {
+        let numbering = new_trade(*buyer, *order, 1);
+        let found = handle.get_by_order_blocking(numbering.merchant_id, &numbering.merchant_order_no).unwrap();
+        assert_eq!(found.id, *id, "order {}", numbering.merchant_order_no);
+    }
+}
+
 proptest! {
     #![proptest_config(ProptestConfig { cases: 24, ..ProptestConfig::default() })]
 
@@ -113,25 +128,29 @@ proptest! {
         let handle = engine.handle();
         let mut model: HashMap<TradeId, ModelTrade> = HashMap::new();
         let mut ids: Vec<TradeId> = Vec::new();
-        let mut orders: HashMap<(u64, u64), (TradeId, u64)> = HashMap::new();
+        // (numbering buyer, order) -> (trade, amount, the buyer it was created for).
+        let mut orders: HashMap<(u64, u64), (TradeId, u64, u64)> = HashMap::new();
         let mut refunds = Refunds::new();
         for op in &ops {
             match op {
-                Op::Create { buyer, order, amount } => {
-                    let outcome = handle.create_trade_blocking(new_trade(*buyer, *order, *amount));
+                Op::Create { buyer, order, amount, as_buyer } => {
+                    let actual_buyer = as_buyer.unwrap_or(*buyer);
+                    let trade = NewTrade { buyer_id: actual_buyer, ..new_trade(*buyer, *order, *amount) };
+                    let outcome = handle.create_trade_blocking(trade);
                     match orders.get(&(*buyer, *order)) {
-                        Some(&(id, original)) if original == *amount => {
+                        Some(&(id, original, original_buyer)) if original == *amount && original_buyer == actual_buyer => {
                             let receipt = outcome.unwrap();
                             prop_assert_eq!((receipt.id, receipt.replayed), (id, true));
                         }
                         Some(_) => {
-                            let conflict = matches!(outcome, Err(Error::Refused(Refusal::IdempotencyConflict { .. })));
-                            prop_assert!(conflict, "a different body under a used order number must conflict");
+                            let holder = orders[&(*buyer, *order)].0;
+                            let conflict = matches!(outcome, Err(Error::Refused(Refusal::IdempotencyConflict { existing, .. })) if existing == Some(holder));
+                            prop_assert!(conflict, "a different body under a used order number must conflict: {:?}", outcome);
                         }
                         None => {
                             let receipt = outcome.unwrap();
-                            orders.insert((*buyer, *order), (receipt.id, *amount));
-                            model.insert(receipt.id, ModelTrade { buyer: *buyer, amount: *amount, refunded: 0, status: TradeStatus::Created });
+                            orders.insert((*buyer, *order), (receipt.id, *amount, actual_buyer));
+                            model.insert(receipt.id, ModelTrade { buyer: actual_buyer, merchant: new_trade(*buyer, 0, 1).merchant_id, amount: *amount, refunded: 0, status: TradeStatus::Created });
                             ids.push(receipt.id);
                         }
                     }
@@ -168,9 +187,11 @@ proptest! {
             }
         }
         check_reads(&handle, &model);
+        check_orders(&handle, &orders);
         engine.close().unwrap();
         let engine = Engine::open(engine_options(dir.path(), 2, 1)).unwrap();
         check_reads(&engine.handle(), &model);
+        check_orders(&engine.handle(), &orders);
         engine.close().unwrap();
     }
 }
