@@ -30,6 +30,23 @@ fn load_reports_json_and_verifies_every_trade() {
     assert!(std::fs::read_dir(dir.path()).unwrap().next().is_none(), "the temporary data directory is removed");
 }
 
+/// With `--retry-ratio`, a fifth of the acknowledged writes are sent again: every retry is
+/// answered as the original's repeat (or, for the order number sent with another buyer, a
+/// conflict), and every order number kept is found by merchant and order number.
+#[test]
+fn load_retries_answer_the_originals_and_order_numbers_name_their_trades() {
+    let dir = tempfile::tempdir().unwrap();
+    let args = ["load", "--ops", "3000", "--inflight", "32", "--users", "100", "--retry-ratio", "0.2", "--json"];
+    let report = json(&tradeshard(&args, dir.path()));
+    let count = |key: &str| report[key].as_u64().unwrap_or_else(|| panic!("{key} in {report}"));
+    assert!(count("retries_sent") > 100, "{report}");
+    assert!(count("retry_conflicts") > 10, "{report}");
+    assert_eq!(count("retries_sent"), count("retries_answered_as_repeat") + count("retry_conflicts"));
+    assert_eq!((count("retry_mismatches"), count("order_mismatches")), (0, 0));
+    assert_eq!(count("orders_checked"), report["ops"]["create"]["count"].as_u64().unwrap());
+    assert!(report["ops"]["refund"]["count"].as_u64().is_some_and(|n| n > 0), "the mixed workload refunds");
+}
+
 #[test]
 fn load_keeps_its_data_in_dir_and_refuses_a_used_one() {
     let dir = tempfile::tempdir().unwrap();

@@ -18,12 +18,13 @@ pub(super) const TRACKED_TRADES_MAX: u64 = 4 << 20;
 /// Created trade ids kept for the mixed workload's gets (a uniform sample once full).
 const READABLE_TRADES_MAX: usize = 4 << 20;
 
-pub(super) const OPS: [&str; 5] = ["create", "pay", "settle", "get", "list"];
+pub(super) const OPS: [&str; 6] = ["create", "pay", "settle", "get", "list", "refund"];
 pub(super) const CREATE: usize = 0;
 pub(super) const PAY: usize = 1;
 pub(super) const SETTLE: usize = 2;
 pub(super) const GET: usize = 3;
 pub(super) const LIST: usize = 4;
+pub(super) const REFUND: usize = 5;
 
 /// What the client tasks share (one client thread, so `RefCell`).
 pub(super) struct Client {
@@ -55,13 +56,24 @@ pub(super) struct Client {
     pub(super) rate: Option<f64>,
     pub(super) inflight: usize,
     pub(super) start: Instant,
+    pub(super) retries: super::retry::Retries,
+}
+
+/// A trade of one task that can still move forward.
+#[derive(Clone, Copy)]
+pub(super) struct OpenTrade {
+    id: TradeId,
+    status: TradeStatus,
+    /// Its acknowledgements are kept for the read-back.
+    tracked: bool,
+    amount: u64,
 }
 
 /// One outstanding request at a time, until told to stop.
 pub(super) async fn worker(client: Rc<Client>, task: usize, seed: u64) {
     let mut rng = Rng::with_seed(seed);
     // This task's trades that can still move forward: (id, status).
-    let mut open: Vec<(TradeId, TradeStatus, bool)> = Vec::new();
+    let mut open: Vec<OpenTrade> = Vec::new();
     let mut sent: u64 = 0;
     while !client.stop.get() {
         if let Some(max) = client.ops_max {
@@ -100,7 +112,7 @@ pub(super) async fn worker(client: Rc<Client>, task: usize, seed: u64) {
     }
 }
 
-fn choose(client: &Client, rng: &mut Rng, open: &[(TradeId, TradeStatus, bool)]) -> usize {
+fn choose(client: &Client, rng: &mut Rng, open: &[OpenTrade]) -> usize {
     if client.ingest {
         return CREATE;
     }
@@ -110,11 +122,12 @@ fn choose(client: &Client, rng: &mut Rng, open: &[(TradeId, TradeStatus, bool)])
     if rng.f64() < client.read_ratio {
         return if rng.u64(..4) == 0 { LIST } else { GET };
     }
-    let has = |status| open.iter().any(|(_, s, _)| *s == status);
+    let has = |status| open.iter().any(|trade| trade.status == status);
     match rng.u64(..10) {
         0..=4 => CREATE,
         5..=7 if has(TradeStatus::Created) => PAY,
-        8..=9 if has(TradeStatus::Paid) => SETTLE,
+        8 if has(TradeStatus::Paid) => SETTLE,
+        9 if has(TradeStatus::Paid) => REFUND,
         _ => CREATE,
     }
 }
@@ -122,7 +135,7 @@ fn choose(client: &Client, rng: &mut Rng, open: &[(TradeId, TradeStatus, bool)])
 async fn run_op(
     client: &Client,
     rng: &mut Rng,
-    open: &mut Vec<(TradeId, TradeStatus, bool)>,
+    open: &mut Vec<OpenTrade>,
     op: usize,
     task: usize,
     sent: u64,
@@ -145,7 +158,15 @@ async fn run_op(
                 currency: "CNY".into(),
                 memo: String::new(),
             };
+            let retry = client.retries.ratio > 0.0 && rng.f64() < client.retries.ratio;
+            let kept = (retry || client.retries.wants_order()).then(|| trade.clone());
             let receipt = handle.create_trade(trade).await?;
+            if let Some(trade) = kept {
+                client.retries.created(&trade, receipt.id);
+                if retry {
+                    client.retries.create(handle, trade, &receipt).await;
+                }
+            }
             let tracked = client.tracked.get() < TRACKED_TRADES_MAX;
             if tracked {
                 client.tracked.set(client.tracked.get() + 1);
@@ -162,24 +183,39 @@ async fn run_op(
                     created[at] = receipt.id;
                 }
                 drop(created);
-                open.push((receipt.id, receipt.status, tracked));
+                open.push(OpenTrade { id: receipt.id, status: receipt.status, tracked, amount });
                 if open.len() > 64 {
                     open.remove(0);
                 }
             }
         }
-        PAY | SETTLE => {
+        PAY | SETTLE | REFUND => {
             let want = if op == PAY { TradeStatus::Created } else { TradeStatus::Paid };
-            let at = open.iter().position(|(_, s, _)| *s == want).expect("chosen only when present");
-            let (id, _, tracked) = open[at];
-            let receipt = if op == PAY { handle.pay(id).await? } else { handle.settle(id).await? };
+            let at = open.iter().position(|trade| trade.status == want).expect("chosen only when present");
+            let OpenTrade { id, tracked, amount, .. } = open[at];
+            let mut refund_no = String::new();
+            if op == REFUND {
+                use std::fmt::Write;
+                let _ = write!(refund_no, "LR{task}-{sent}");
+            }
+            let send = || async {
+                match op {
+                    PAY => handle.pay(id).await,
+                    SETTLE => handle.settle(id).await,
+                    _ => handle.refund(id, &refund_no, amount).await,
+                }
+            };
+            let receipt = send().await?;
+            if client.retries.ratio > 0.0 && rng.f64() < client.retries.ratio {
+                client.retries.changed_again(send().await, &receipt);
+            }
             if tracked {
                 client.acked.borrow_mut().push((id, receipt.status));
             }
-            if receipt.status == TradeStatus::Settled {
-                open.remove(at);
+            if receipt.status == TradeStatus::Paid {
+                open[at].status = receipt.status;
             } else {
-                open[at].1 = receipt.status;
+                open.remove(at);
             }
         }
         GET if client.read_only.is_some() => {

@@ -21,6 +21,7 @@ use tradeshard_engine::{Engine, EngineHandle, Options, SyncMethod, TradeStatus};
 
 mod client;
 mod report;
+mod retry;
 
 use crate::data_dir::DataDir;
 use crate::latency;
@@ -65,6 +66,11 @@ pub struct Args {
     /// Share of reads in the mixed workload.
     #[arg(long, default_value_t = 0.2)]
     read_ratio: f64,
+    /// Share of acknowledged writes sent again, as a client that lost the answer would: creates
+    /// (also with the same order number for another buyer), moves and refunds. Each must
+    /// answer the original (a conflict for the other buyer); the report counts them.
+    #[arg(long, default_value_t = 0.0)]
+    retry_ratio: f64,
     /// sync: acknowledged after fdatasync; buffered: after the write, fdatasync every 10 ms.
     #[arg(long, default_value = "sync", value_parser = ["sync", "buffered"])]
     durability: String,
@@ -106,6 +112,9 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     }
     if args.batch == 0 || args.batch > 1 << 16 {
         bail!("--batch must be between 1 and 65536");
+    }
+    if !(0.0..=1.0).contains(&args.retry_ratio) {
+        bail!("--retry-ratio must be between 0 and 1");
     }
     if !(0.0..=1.0).contains(&args.read_ratio) {
         bail!("--read-ratio must be between 0 and 1");
@@ -180,6 +189,13 @@ pub fn run(args: Args) -> anyhow::Result<()> {
             bail!("settlement totals differ from the store: {:?}", settlement.differences);
         }
     }
+    if report.retries.retry_mismatches > 0 || report.retries.order_mismatches > 0 {
+        bail!(
+            "{} retries answered otherwise than the original, {} order numbers did not name their trade",
+            report.retries.retry_mismatches,
+            report.retries.order_mismatches
+        );
+    }
     if report.mismatches > 0 || report.errors > 0 {
         bail!(
             "{} acknowledged trades did not read back as acknowledged, {} operations failed",
@@ -226,6 +242,7 @@ async fn drive(
         rate: args.rate,
         inflight: args.inflight,
         start: Instant::now(),
+        retries: retry::Retries::new(args.retry_ratio),
     });
     if let Some((ids, _)) = &client.read_only {
         client.acked.borrow_mut().extend(ids.iter().map(|id| (*id, TradeStatus::Created)));
@@ -273,6 +290,7 @@ async fn drive(
     }
     let acked = std::mem::take(&mut *client.acked.borrow_mut());
     let (verified, mismatches) = crate::readback::verify(&handle, &acked, args.inflight).await;
+    let retries = client.retries.check_orders(&handle).await;
     let (resident_growth_after_warmup, resident_fit) = growth_after_warmup(&intervals);
     let histograms = client.histograms.borrow();
     let ops = OPS
@@ -320,6 +338,7 @@ async fn drive(
         intervals,
         resident_growth_after_warmup,
         resident_fit,
+        retries,
     })
 }
 

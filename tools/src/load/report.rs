@@ -80,6 +80,10 @@ pub(super) struct Report {
     /// resident memory, says whether anything but the data grew.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub(super) resident_fit: Option<ResidentFit>,
+    /// With `--retry-ratio`: the retries and what they answered; always: the order numbers
+    /// looked up in the read-back.
+    #[serde(flatten)]
+    pub(super) retries: super::retry::RetryReport,
 }
 
 /// Resident memory against trades held, after the warm-up.
@@ -155,6 +159,16 @@ pub(super) fn print_table(report: &Report) {
         report.resident_bytes as f64 / (1 << 20) as f64,
         report.verified,
         report.mismatches
+    );
+    let r = &report.retries;
+    println!(
+        "retries: {} sent, {} answered as repeats, {} conflicts, {} mismatches; {} order numbers looked up, {} wrong",
+        r.retries_sent,
+        r.retries_answered_as_repeat,
+        r.retry_conflicts,
+        r.retry_mismatches,
+        r.orders_checked,
+        r.order_mismatches
     );
     if let Some(s) = &report.settlement {
         let l = s.end_to_end_us;
