@@ -75,7 +75,7 @@ fn create_trade(c: &mut Criterion) {
 }
 
 /// Gets with the cache on (every read hits: the creates filled it) and off (every read is a
-/// direct read of the log).
+/// direct read of the log), by trade id and by merchant order number.
 fn get(c: &mut Criterion) {
     for (name, cache_bytes) in [("engine_get_cached", 256 << 20), ("engine_get_cache_off", 0)] {
         get_with(c, name, cache_bytes);
@@ -106,6 +106,15 @@ fn get_with(c: &mut Criterion, name: &str, cache_bytes: usize) {
                 async move {
                     handle.get(id).await.unwrap();
                 }
+            })
+        })
+    });
+    group.throughput(Throughput::Elements(256));
+    group.bench_function(BenchmarkId::from_parameter("by_order_in_flight_256"), |b| {
+        b.iter_custom(|iters| {
+            concurrent(&handle, iters, 256, move |handle, i| async move {
+                let buyer = 1 + (i * 7919) % 10_000;
+                handle.get_by_order(7, &format!("B{buyer}-0")).await.unwrap();
             })
         })
     });

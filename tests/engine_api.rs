@@ -12,6 +12,21 @@ fn records(handle: &tradeshard_engine::EngineHandle) -> u64 {
     handle.stats_blocking().unwrap().records
 }
 
+/// The records of the logs once they stand still: the confirmation of a create's order-number
+/// claim is written after the create is answered (bounded wait).
+fn settled_records(handle: &tradeshard_engine::EngineHandle) -> u64 {
+    let mut last = records(handle);
+    for _ in 0..250 {
+        std::thread::sleep(std::time::Duration::from_millis(20));
+        let now = records(handle);
+        if now == last {
+            return now;
+        }
+        last = now;
+    }
+    panic!("the logs kept moving with no request sent");
+}
+
 #[test]
 fn every_operation_and_transition_through_the_handle() {
     let dir = tempfile::tempdir().unwrap();
@@ -277,7 +292,19 @@ fn bad_input_is_a_typed_error_and_leaves_no_trace() {
         let consumer = h.consumer(ConsumerConfig::new("observer")).unwrap();
         futures_lite::future::block_on(consumer.end_offsets()).unwrap()
     };
-    let before = (log_ends(&h), records(&h), h.stats_blocking().unwrap().trades);
+    // The confirmations of the claims of the creates above are written after their answers:
+    // wait until the logs stand still (bounded), so that the cases alone are measured.
+    let snapshot = |h: &EngineHandle| (log_ends(h), records(h), h.stats_blocking().unwrap().trades);
+    let mut before = snapshot(&h);
+    for attempt in 0.. {
+        std::thread::sleep(std::time::Duration::from_millis(20));
+        let now = snapshot(&h);
+        if now == before {
+            break;
+        }
+        assert!(attempt < 250, "the logs kept moving with no request sent");
+        before = now;
+    }
     for case in &cases {
         match (case.send)(&h) {
             Err(error) => assert!((case.expected)(&error), "{}: wrong error {error:?}", case.name),
@@ -311,12 +338,12 @@ fn retried_moves_and_refunds_answer_the_original_receipt_and_write_nothing() {
     let h = engine.handle();
     let trade = h.create_trade_blocking(new_trade(5, 1, 1000)).unwrap();
     let paid = h.pay_blocking(trade.id).unwrap();
-    let written = records(&h);
+    let written = settled_records(&h);
     assert_eq!(h.pay_blocking(trade.id).unwrap(), Receipt { replayed: true, ..paid });
     let first = h.refund_blocking(trade.id, "R-A", 100).unwrap();
     assert_eq!((first.refunded_amount, first.replayed), (100, false));
     assert_eq!(h.refund_blocking(trade.id, "R-A", 100).unwrap(), Receipt { replayed: true, ..first });
-    assert_eq!(records(&h), written + 1, "a repeat writes nothing");
+    assert_eq!(settled_records(&h), written + 1, "a repeat writes nothing");
     assert_eq!(h.refund_blocking(trade.id, "R-B", 50).unwrap().refunded_amount, 150, "refunds add up");
     match h.refund_blocking(trade.id, "R-A", 60) {
         Err(Error::Refused(Refusal::RefundRequestConflict { existing, amount: 100, .. })) => {
@@ -347,10 +374,10 @@ fn retried_moves_and_refunds_answer_the_original_receipt_and_write_nothing() {
 
     let engine = Engine::open(engine_options(dir.path(), 2, 2)).unwrap();
     let h = engine.handle();
-    let written = records(&h);
+    let written = settled_records(&h);
     assert_eq!(h.refund_blocking(trade.id, "R-A", 100).unwrap(), Receipt { replayed: true, ..first });
     assert_eq!(h.settle_blocking(settling.id).unwrap(), Receipt { replayed: true, ..settled });
-    assert_eq!(records(&h), written, "repeats after a reopen write nothing");
+    assert_eq!(settled_records(&h), written, "repeats after a reopen write nothing");
     assert_eq!(h.get_blocking(trade.id).unwrap().refunded_amount, 150);
     engine.close().unwrap();
 }
@@ -427,12 +454,12 @@ fn creates_are_idempotent_on_merchant_and_order_number() {
     let first = h.create_trade_blocking(new_trade(4, 1, 250)).unwrap();
     let retry = h.create_trade_blocking(new_trade(4, 1, 250)).unwrap();
     assert_eq!((retry.id, retry.replayed), (first.id, true));
-    let records_before = records(&h);
+    let records_before = settled_records(&h);
     let different = h.create_trade_blocking(new_trade(4, 1, 251)).unwrap_err();
     assert!(
         matches!(different, Error::Refused(Refusal::IdempotencyConflict { existing, .. }) if existing == Some(first.id))
     );
-    assert_eq!(records(&h), records_before);
+    assert_eq!(settled_records(&h), records_before);
 
     // Retries racing the original in flight get the original too.
     let racers: Vec<_> = (0..8)

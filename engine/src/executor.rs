@@ -27,7 +27,9 @@ pub(crate) struct ExecutorPlan {
     pub index: usize,
     pub shard_dirs: Vec<(u32, PathBuf)>,
     pub cache_bytes_per_shard: usize,
-    pub inbox: Arc<Inbox>,
+    /// Every executor's inbox; this executor drains its own (`index`) and may push
+    /// follow-ups onto the others without waiting.
+    pub inboxes: Vec<Arc<Inbox>>,
     pub routing: Routing,
 }
 
@@ -136,7 +138,7 @@ async fn run(
         release_closed_files().await;
         return Ok(());
     }
-    let mut shards = ExecutorShards { routing: plan.routing, shards: HashMap::new() };
+    let mut shards = ExecutorShards { routing: plan.routing, shards: HashMap::new(), inboxes: plan.inboxes.clone() };
     for (shard_id, shard) in recovered {
         match shard.start().await {
             Ok(shard) => {
@@ -153,7 +155,7 @@ async fn run(
         }
     }
     let _ = report.send(Ok(()));
-    let inbox = plan.inbox;
+    let inbox = plan.inboxes[plan.index].clone();
     loop {
         std::future::poll_fn(|cx| inbox.poll_requests(cx)).await;
         let taken = inbox.drain(DRAIN_BATCH_MAX, |job| job.run(&shards));

@@ -65,9 +65,9 @@ impl EngineHandle {
         self.submit_with(executor, op, self.inner.backpressure).await
     }
 
-    /// [`submit`](Self::submit), waiting for room whatever the caller chose: for the engine's
-    /// own follow-up steps (the second step of a create across shards, a claim's confirmation)
-    /// and observers (stats), which a full queue must not cut short.
+    /// [`submit`](Self::submit), waiting for room whatever the caller chose: for observers
+    /// (stats, totals, the resolution of claims at open), which a full queue must not cut
+    /// short.
     pub(crate) async fn submit_waiting<Op: ExecutorOp>(
         &self,
         executor: usize,
@@ -99,14 +99,6 @@ impl EngineHandle {
     /// Runs an operation on one shard and waits for its answer.
     pub(crate) async fn on_shard<Op: ShardOp>(&self, shard: u32, op: Op) -> Result<Op::Output> {
         let answer = self.submit_to_shard(shard, op).await?;
-        Ok(answer.await.ok_or(Error::Closed)??)
-    }
-
-    /// [`on_shard`](Self::on_shard), waiting for room in the executor's queue whatever the
-    /// caller chose (see [`submit_waiting`](Self::submit_waiting)).
-    pub(crate) async fn on_shard_waiting<Op: ShardOp>(&self, shard: u32, op: Op) -> Result<Op::Output> {
-        let executor = self.inner.routing.executor_of_physical(shard);
-        let answer = self.submit_waiting(executor, OnShard { shard, op }).await?;
         Ok(answer.await.ok_or(Error::Closed)??)
     }
 

@@ -108,10 +108,10 @@ impl Engine {
         // shards (in parallel, reading only); only if all succeed do they repair and start them.
         let mut starting = Vec::new();
         let mut refusal = None;
-        for (index, inbox) in inboxes.into_iter().enumerate() {
+        for index in 0..inboxes.len() {
             let shard_dirs = routing.shards_of_executor(index).map(|s| (s, engine.data_dir.shard_dir(s))).collect();
             let cache_bytes_per_shard = options.cache_bytes / manifest.physical_shards as usize;
-            let plan = ExecutorPlan { index, shard_dirs, inbox, cache_bytes_per_shard, routing };
+            let plan = ExecutorPlan { index, shard_dirs, inboxes: inboxes.clone(), cache_bytes_per_shard, routing };
             match executor::start(plan, &options) {
                 Ok(executor) => starting.push(executor),
                 Err(error) => {

@@ -7,20 +7,24 @@
 //! an operation"). An operation over all of an executor's shards is an [`ExecutorOp`].
 
 use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
 use std::time::Duration;
 
 use tradeshard_shard::reply::{self, Reply, ReplyFuture};
 use tradeshard_shard::{
     ClaimOutcome, ClaimRequest, Command, Currency, DiskShard, EventBatch, ListQuery, LogError, OrderLookup,
-    PendingClaim, PollQuery, Receipt, ShardReply, ShardStats, Trade, TradeError, TradeId,
+    PendingClaim, PollQuery, Receipt, ShardReply, ShardStats, Trade, TradeError, TradeId, ValidTrade,
 };
 
+use crate::inbox::{Inbox, Refused};
 use crate::routing::Routing;
 
-/// The shards one executor owns, and the routing that tells which one holds a trade.
+/// The shards one executor owns, the routing that tells which one holds a trade, and every
+/// executor's inbox, for follow-ups pushed without waiting.
 pub(crate) struct ExecutorShards {
     pub routing: Routing,
     pub shards: HashMap<u32, DiskShard>,
+    pub inboxes: Vec<Arc<Inbox>>,
 }
 
 impl ExecutorShards {
@@ -75,6 +79,61 @@ impl<Op: ExecutorOp> Job for Call<Op> {
 pub(crate) fn job<Op: ExecutorOp>(op: Op) -> (Box<dyn Job>, ReplyFuture<Op::Output>) {
     let (reply, answer) = reply::channel();
     (Box::new(Call { op, reply }), answer)
+}
+
+/// Hands `job` to another executor's inbox from a task of this one, waiting for room as a task
+/// (the executors keep draining their own inboxes meanwhile, so two executors handing jobs to
+/// each other cannot wait on each other forever). A closed inbox drops the job, which answers
+/// its asker `None` (the engine is closing).
+async fn hand_over(inbox: Arc<Inbox>, mut job: Box<dyn Job>) {
+    loop {
+        match inbox.push(job) {
+            Ok(()) | Err(Refused::Closed) => return,
+            Err(Refused::Full(back)) => {
+                job = back;
+                std::future::poll_fn(|cx| inbox.poll_room(cx)).await;
+            }
+        }
+    }
+}
+
+/// A create whose order number's home shard is not its buyer's: sent to the home shard's
+/// executor, which claims the key and, once the claim is durable, hands the create to the
+/// buyer shard's executor with the caller's reply (see `orders.rs`). The caller makes one
+/// hand-off, as for any create.
+pub(crate) struct CreateAcross {
+    pub claim: ClaimRequest,
+    pub trade: ValidTrade,
+    pub logical_shard: u32,
+    pub home: u32,
+    pub buyer_shard: u32,
+}
+
+impl ExecutorOp for CreateAcross {
+    type Output = Result<Receipt, TradeError>;
+    fn start(self, shards: &ExecutorShards, reply: Reply<Self::Output>) {
+        let CreateAcross { claim, trade, logical_shard, home, buyer_shard } = self;
+        let key = claim.key;
+        let (claimed, answer) = reply::channel();
+        shards.shard(home).claim_order(claim, claimed);
+        let buyer_inbox = shards.inboxes[shards.routing.executor_of_physical(buyer_shard)].clone();
+        glommio::spawn_local(async move {
+            let job: Box<dyn Job> = match answer.await {
+                None => return reply.send(Err(TradeError::Log(LogError::Closed))),
+                Some(Err(refused)) => return reply.send(Err(refused)),
+                // Confirmed already (a retry of a create that finished): the trade is there.
+                Some(Ok(Some(_))) => {
+                    let op = OnShard { shard: buyer_shard, op: Write(Command::Create { trade, logical_shard }) };
+                    Box::new(Call { op, reply })
+                }
+                Some(Ok(None)) => {
+                    Box::new(Call { op: CreateClaimed { shard: buyer_shard, trade, logical_shard, home, key }, reply })
+                }
+            };
+            hand_over(buyer_inbox, job).await
+        })
+        .detach();
+    }
 }
 
 /// A create or a change of a trade; answered once durable.
@@ -157,13 +216,29 @@ impl ShardOp for Position {
     }
 }
 
-/// A create's claim of its order key in the key's home shard.
-pub(crate) struct ClaimOrder(pub ClaimRequest);
+/// The second step of a create across shards: the trade in the buyer's shard, and, once it is
+/// durable, the confirmation of its claim pushed to the home shard's executor from here (not
+/// through the caller: one hand-off fewer per create). The push never waits: when that inbox
+/// is full or closed the claim stays pending, and the next open confirms it.
+pub(crate) struct CreateClaimed {
+    pub shard: u32,
+    pub trade: ValidTrade,
+    pub logical_shard: u32,
+    pub home: u32,
+    pub key: u128,
+}
 
-impl ShardOp for ClaimOrder {
-    type Output = Option<TradeId>;
-    fn start(self, shard: &DiskShard, reply: ShardReply<Option<TradeId>>) {
-        shard.claim_order(self.0, reply)
+impl ExecutorOp for CreateClaimed {
+    type Output = Result<Receipt, TradeError>;
+    fn start(self, shards: &ExecutorShards, reply: Reply<Self::Output>) {
+        let CreateClaimed { shard, trade, logical_shard, home, key } = self;
+        let home_inbox = shards.inboxes[shards.routing.executor_of_physical(home)].clone();
+        let confirm = Box::new(move |receipt: &Receipt| {
+            let settle = SettleClaim { key, outcome: ClaimOutcome::Confirmed(receipt.id) };
+            let (job, _unawaited) = job(OnShard { shard: home, op: settle });
+            let _ = home_inbox.push(job);
+        });
+        shards.shard(shard).create_then(trade, logical_shard, reply, confirm)
     }
 }
 

@@ -3,10 +3,14 @@
 //!
 //! A create whose order number's home shard is not its buyer's shard takes two steps, each a
 //! group-committed write: the claim in the home shard, then the trade in the buyer's shard.
-//! The trade is acknowledged only after both are durable. Then the claim is confirmed with the
-//! trade's id, without waiting: a confirmation lost to a stop is made when the engine opens.
-//! The handle drives the steps from the caller's side, so executors never wait on each other
-//! (no queue between executors, no cycle).
+//! The caller hands the create to the home shard's executor; once the claim is durable, that
+//! executor hands the create on to the buyer shard's executor with the caller's reply, so the
+//! caller makes one hand-off as for any create. The trade is acknowledged only after both
+//! writes are durable. Then the buyer shard's executor confirms the claim with the trade's id,
+//! pushing it to the home shard's executor without waiting (a full or closed inbox drops it):
+//! a confirmation lost so, or to a stop, is made when the engine opens. Executors hand jobs to
+//! each other only from tasks that wait for room as tasks, never from their dispatchers, so
+//! they cannot wait on each other forever.
 //!
 //! A stop between the steps leaves a pending claim, resolved to exactly one trade or none:
 //! by the next retry of the create (the same body goes on to the buyer's shard, which answers
@@ -16,8 +20,8 @@
 //! appear under a claim being released.
 
 use tradeshard_shard::{
-    body_hash, order_key, ClaimOutcome, ClaimRequest, Command, InputError, OrderLookup, Receipt, Refusal, Trade,
-    TradeId, ValidTrade, ORDER_NO_BYTES_MAX,
+    body_hash, order_key, ClaimOutcome, ClaimRequest, InputError, OrderLookup, Receipt, Refusal, Trade, TradeId,
+    ValidTrade, ORDER_NO_BYTES_MAX,
 };
 
 use crate::blocking::blocking;
@@ -43,22 +47,15 @@ impl EngineHandle {
             merchant_id: trade.merchant_id,
             order_no: trade.merchant_order_no.clone(),
         };
-        let confirmed = match self.on_shard(home, ops::ClaimOrder(request)).await {
-            Ok(confirmed) => confirmed,
-            Err(error) => return Err(self.naming_the_holder(error, key).await),
-        };
-        // Past the claim, a full queue makes this wait, whatever the caller chose: refused
-        // here, the create would hold its order number until a retry or the next open.
-        let create = ops::Write(Command::Create { trade, logical_shard });
-        let receipt = self.on_shard_waiting(buyer_shard, create).await?;
-        if confirmed.is_none() {
-            // Not awaited: the trade is durable and its claim is, so the confirmation only
-            // spares the next open a question; if it is lost, that open asks.
-            let confirm = ops::SettleClaim { key, outcome: ClaimOutcome::Confirmed(receipt.id) };
-            let executor = self.routing().executor_of_physical(home);
-            let _ = self.submit_waiting(executor, ops::OnShard { shard: home, op: confirm }).await;
+        // Past the caller's hand-off to the home shard, the steps move between executors and
+        // wait for room there, whatever the caller chose: refused in between, the create would
+        // hold its order number until a retry or the next open.
+        let create = ops::CreateAcross { claim: request, trade, logical_shard, home, buyer_shard };
+        let answer = self.submit(self.routing().executor_of_physical(home), create).await?;
+        match answer.await.ok_or(Error::Closed)? {
+            Ok(receipt) => Ok(receipt),
+            Err(error) => Err(self.naming_the_holder(error.into(), key).await),
         }
-        Ok(receipt)
     }
 
     /// A conflict over an order number whose claim is not confirmed yet (its confirmation is

@@ -105,6 +105,7 @@ impl<D: Disk> Shard<D> {
             record,
             keys: EffectKeys::None,
             waiter: Waiter::Claim(reply),
+            after: None,
         });
     }
 
@@ -140,6 +141,7 @@ impl<D: Disk> Shard<D> {
             record,
             keys: EffectKeys::None,
             waiter: Waiter::Settled(reply),
+            after: None,
         };
         accepted.push(effect);
     }

@@ -68,6 +68,9 @@ fn apply_durable<D: Disk>(inner: &Inner<D>, front: Appended) {
             (LogRecord::Trade(record), Waiter::Trade(reply)) => {
                 let id = apply_trade(inner, &mut accepted, &mut index, record, appended, effect.keys);
                 let receipt = index.get(id).expect("just applied").receipt(id, false);
+                if let Some(after) = effect.after {
+                    after(&receipt);
+                }
                 reply.send(Ok(receipt));
                 for repeat in accepted.repeats.remove(&appended.seq).unwrap_or_default() {
                     repeat.send(Ok(Receipt { replayed: true, ..receipt }));

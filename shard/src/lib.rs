@@ -37,7 +37,7 @@ pub use read::ListQuery;
 pub use record::{CreatedFields, CreatedFieldsView, RecordKind, TradeRecord, TradeRecordView};
 pub use reply::{Reply, ReplyFuture};
 pub use shard::{RecoveredShard, Shard, ShardStats};
-pub use state::ShardReply;
+pub use state::{AfterDurable, ShardReply};
 pub use system_record::ClaimOutcome;
 /// The codec of every record of a shard's log, for fuzzing and tests (`testing` feature).
 #[cfg(any(test, feature = "testing"))]

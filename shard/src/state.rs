@@ -73,6 +73,10 @@ pub(crate) enum EffectKeys {
     },
 }
 
+/// What the caller of a create wants done on the shard's executor once the trade is durable,
+/// before it is answered (the engine confirms an order number's claim with it).
+pub type AfterDurable = Box<dyn FnOnce(&Receipt)>;
+
 /// A write queued in the log, waiting to become durable.
 pub(crate) struct Effect {
     pub seq: u64,
@@ -80,6 +84,7 @@ pub(crate) struct Effect {
     pub record: LogRecord,
     pub keys: EffectKeys,
     pub waiter: Waiter,
+    pub after: Option<AfterDurable>,
 }
 
 #[derive(Default)]

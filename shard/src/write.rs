@@ -15,7 +15,7 @@ use crate::error::{InputError, Refusal, TradeError};
 use crate::index::{body_hash, next_state, order_key, refund_key, Action, Lifecycle, Move, ShardIndex};
 use crate::record::TradeRecord;
 use crate::shard::{now_ms, Shard};
-use crate::state::{Accepted, Effect, EffectKeys, InFlight, ShardReply, Waiter};
+use crate::state::{Accepted, AfterDurable, Effect, EffectKeys, InFlight, ShardReply, Waiter};
 use crate::system_record::{LogRecord, OffsetCommit};
 use crate::trade::{Receipt, TradeId, TradeStatus, ValidTrade, COUNTER_BITS};
 
@@ -45,12 +45,26 @@ impl<D: Disk> Shard<D> {
         }
         let index = self.inner.index.borrow();
         match command {
-            Command::Create { trade, logical_shard } => self.create(&mut accepted, &index, trade, logical_shard, reply),
+            Command::Create { trade, logical_shard } => {
+                self.create(&mut accepted, &index, trade, logical_shard, reply, None)
+            }
             Command::Move { id, to } => self.change(&mut accepted, &index, id, Change::Move(to), reply),
             Command::Refund { id, amount, refund_no } => {
                 self.change(&mut accepted, &index, id, Change::Refund { amount, refund_no }, reply)
             }
         }
+    }
+
+    /// [`submit`](Self::submit) of a create, with `after` run on this executor with the
+    /// receipt once the trade is durable (a new trade, or the durable original of a repeat;
+    /// not for a repeat of a create still in flight, whose own `after` runs).
+    pub fn create_then(&self, trade: ValidTrade, logical_shard: u32, reply: ShardReply<Receipt>, after: AfterDurable) {
+        let mut accepted = self.inner.accepted.borrow_mut();
+        if let Some(failure) = &accepted.failed {
+            return reply.send(Err(failure.clone()));
+        }
+        let index = self.inner.index.borrow();
+        self.create(&mut accepted, &index, trade, logical_shard, reply, Some(after))
     }
 
     /// Queues a create, or answers at once (a refusal, or the original of a retried create
@@ -62,6 +76,7 @@ impl<D: Disk> Shard<D> {
         trade: ValidTrade,
         logical_shard: u32,
         reply: ShardReply<Receipt>,
+        after: Option<AfterDurable>,
     ) {
         let key = order_key(trade.merchant_id, &trade.merchant_order_no);
         let body = body_hash(trade.buyer_id, trade.amount, trade.currency, &trade.memo);
@@ -87,8 +102,11 @@ impl<D: Disk> Shard<D> {
             if original_body != body {
                 return reply.send(Err(conflict(Some(id))));
             }
-            let entry = index.get(id).expect("order index points at a trade");
-            return reply.send(Ok(entry.receipt(id, true)));
+            let receipt = index.get(id).expect("order index points at a trade").receipt(id, true);
+            if let Some(after) = after {
+                after(&receipt);
+            }
+            return reply.send(Ok(receipt));
         }
         let counter = accepted.next_counter;
         if counter >= 1 << COUNTER_BITS {
@@ -114,7 +132,14 @@ impl<D: Disk> Shard<D> {
         accepted.orders.insert(key, (id, body, seq));
         let record = LogRecord::Trade(record);
         let waiter = Waiter::Trade(reply);
-        accepted.push(Effect { seq, ticket: Some(ticket), record, keys: EffectKeys::Order { key, body }, waiter });
+        accepted.push(Effect {
+            seq,
+            ticket: Some(ticket),
+            record,
+            keys: EffectKeys::Order { key, body },
+            waiter,
+            after,
+        });
     }
 
     /// Queues a move or a refund, or answers at once: the original's receipt for a repeat, or
@@ -195,7 +220,7 @@ impl<D: Disk> Shard<D> {
             accepted.refunds.insert(key, (id, amount, seq));
         }
         let record = LogRecord::Trade(record);
-        accepted.push(Effect { seq, ticket: Some(ticket), record, keys, waiter: Waiter::Trade(reply) });
+        accepted.push(Effect { seq, ticket: Some(ticket), record, keys, waiter: Waiter::Trade(reply), after: None });
     }
 
     /// Records `group`'s position in this shard's log: `offset` is the next event the group
@@ -229,6 +254,7 @@ impl<D: Disk> Shard<D> {
             record: LogRecord::Offset(commit),
             keys: EffectKeys::None,
             waiter: Waiter::Offset(reply),
+            after: None,
         };
         self.inner.accepted.borrow_mut().push(effect);
     }
