@@ -15,7 +15,7 @@ use tradeshard_shard::{DiskShard, ShardConfig};
 
 use crate::error::{Error, Result};
 use crate::inbox::Inbox;
-use crate::ops::ExecutorShards;
+use crate::ops::{ExecutorShards, Request};
 use crate::options::Options;
 use crate::routing::Routing;
 
@@ -29,7 +29,7 @@ pub(crate) struct ExecutorPlan {
     pub cache_bytes_per_shard: usize,
     /// Every executor's inbox; this executor drains its own (`index`) and may push
     /// follow-ups onto the others without waiting.
-    pub inboxes: Vec<Arc<Inbox>>,
+    pub inboxes: Vec<Arc<Inbox<Request>>>,
     pub routing: Routing,
 }
 

@@ -19,14 +19,14 @@ use tradeshard_shard::{
 use crate::blocking::blocking;
 use crate::error::{Error, FullQueue, Result};
 use crate::groups::Groups;
-use crate::inbox::{Inbox, Refused, Request};
-use crate::ops::{self, ExecutorOp, OnShard, ShardOp};
+use crate::inbox::{Inbox, Refused};
+use crate::ops::{self, ExecutorOp, OnShard, Request, ShardOp};
 use crate::options::Backpressure;
 use crate::routing::Routing;
 
 pub(crate) struct HandleInner {
     pub routing: Routing,
-    pub inboxes: Vec<Arc<Inbox>>,
+    pub inboxes: Vec<Arc<Inbox<Request>>>,
     pub backpressure: Backpressure,
     pub groups: Groups,
 }
@@ -286,7 +286,7 @@ mod tests {
     use super::*;
 
     /// A handle to one inbox of one request that no executor drains.
-    fn handle_of_unserved_inbox(backpressure: Backpressure) -> (EngineHandle, Arc<Inbox>) {
+    fn handle_of_unserved_inbox(backpressure: Backpressure) -> (EngineHandle, Arc<Inbox<Request>>) {
         let inbox = Arc::new(Inbox::new(1));
         let routing = Routing { logical_shards: 1, physical_shards: 1, executors: 1 };
         let inner = HandleInner { routing, inboxes: vec![inbox.clone()], backpressure, groups: Groups::default() };

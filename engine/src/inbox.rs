@@ -1,4 +1,5 @@
-//! An executor's inbox: the bounded queue through which any thread hands it requests.
+//! An executor's inbox: the bounded queue through which any thread hands it requests (the
+//! jobs of `ops.rs`; the queue knows nothing of them).
 //!
 //! Senders push without locks (`crossbeam_queue::ArrayQueue`); the executor drains it in
 //! batches, so one wake-up serves every request that arrived meanwhile. When the executor has
@@ -13,13 +14,8 @@ use std::task::{Context, Poll, Waker};
 
 use crossbeam_queue::ArrayQueue;
 
-use crate::ops::Job;
-
-/// What a caller hands an executor: an operation and the reply it owes (`ops.rs`).
-pub(crate) type Request = Box<dyn Job>;
-
-pub(crate) struct Inbox {
-    queue: ArrayQueue<Request>,
+pub(crate) struct Inbox<T> {
+    queue: ArrayQueue<T>,
     parked: AtomicBool,
     dispatcher: Mutex<Option<Waker>>,
     space_wanted: AtomicBool,
@@ -28,13 +24,13 @@ pub(crate) struct Inbox {
 }
 
 /// Why a request was not queued.
-pub(crate) enum Refused {
-    Full(Request),
+pub(crate) enum Refused<T> {
+    Full(T),
     Closed,
 }
 
-impl Inbox {
-    pub(crate) fn new(capacity: usize) -> Inbox {
+impl<T> Inbox<T> {
+    pub(crate) fn new(capacity: usize) -> Inbox<T> {
         Inbox {
             queue: ArrayQueue::new(capacity.max(1)),
             parked: AtomicBool::new(false),
@@ -46,7 +42,7 @@ impl Inbox {
     }
 
     /// Queues a request and wakes the executor if it sleeps.
-    pub(crate) fn push(&self, request: Request) -> Result<(), Refused> {
+    pub(crate) fn push(&self, request: T) -> Result<(), Refused<T>> {
         if self.closed.load(SeqCst) {
             return Err(Refused::Closed);
         }
@@ -87,7 +83,7 @@ impl Inbox {
     }
 
     /// Takes up to `max` requests; wakes senders waiting for room if any were taken.
-    pub(crate) fn drain(&self, max: usize, mut handle: impl FnMut(Request)) -> usize {
+    pub(crate) fn drain(&self, max: usize, mut handle: impl FnMut(T)) -> usize {
         let mut taken = 0;
         while taken < max {
             match self.queue.pop() {

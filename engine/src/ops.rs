@@ -24,7 +24,7 @@ use crate::routing::Routing;
 pub(crate) struct ExecutorShards {
     pub routing: Routing,
     pub shards: HashMap<u32, DiskShard>,
-    pub inboxes: Vec<Arc<Inbox>>,
+    pub inboxes: Vec<Arc<Inbox<Request>>>,
 }
 
 impl ExecutorShards {
@@ -58,6 +58,9 @@ impl<Op: ShardOp> ExecutorOp for OnShard<Op> {
     }
 }
 
+/// What a caller hands an executor: an operation and the reply it owes.
+pub(crate) type Request = Box<dyn Job>;
+
 /// What an executor's inbox carries: an operation with the reply it owes.
 pub(crate) trait Job: Send {
     fn run(self: Box<Self>, shards: &ExecutorShards);
@@ -85,7 +88,7 @@ pub(crate) fn job<Op: ExecutorOp>(op: Op) -> (Box<dyn Job>, ReplyFuture<Op::Outp
 /// (the executors keep draining their own inboxes meanwhile, so two executors handing jobs to
 /// each other cannot wait on each other forever). A closed inbox drops the job, which answers
 /// its asker `None` (the engine is closing).
-async fn hand_over(inbox: Arc<Inbox>, mut job: Box<dyn Job>) {
+async fn hand_over(inbox: Arc<Inbox<Request>>, mut job: Request) {
     loop {
         match inbox.push(job) {
             Ok(()) | Err(Refused::Closed) => return,
