@@ -71,6 +71,22 @@ fn is_disk_full(error: &Error) -> bool {
     }
 }
 
+/// The physical shard whose log a full-disk error names (`.../shards/NNNN/...`): a create may
+/// fail in its buyer's shard or in its order number's home shard.
+fn full_shard(error: &Error) -> Option<usize> {
+    let path = match error {
+        Error::DiskFull { path, .. } => path,
+        Error::Poisoned { cause } => match &**cause {
+            Error::DiskFull { path, .. } => path,
+            _ => return None,
+        },
+        _ => return None,
+    };
+    let mut parts = path.iter().map(|part| part.to_string_lossy());
+    parts.by_ref().find(|part| part == "shards")?;
+    parts.next()?.parse().ok()
+}
+
 #[test]
 fn a_full_disk_refuses_writes_keeps_reads_and_recovers_once_space_is_freed() {
     let Some(disk) = SmallDisk::make(32) else { return };
@@ -90,7 +106,9 @@ fn a_full_disk_refuses_writes_keeps_reads_and_recovers_once_space_is_freed() {
                 for order in 0..200_000u64 {
                     let buyer = 1 + writer * 1_000_000 + order;
                     let shard = routing.physical_of_logical(routing.logical_of_user(buyer)) as usize;
-                    // Sent after a write to this shard failed: must not be acknowledged.
+                    // Sent after a write to the buyer's shard failed: must not be acknowledged (a
+                    // create always writes there; when its order number lives in another
+                    // shard it writes there first).
                     let after_full = full[shard].load(Ordering::Acquire);
                     match handle.create_trade_blocking(new_trade(buyer, order, 100 + order)) {
                         Ok(receipt) if after_full => {
@@ -98,7 +116,8 @@ fn a_full_disk_refuses_writes_keeps_reads_and_recovers_once_space_is_freed() {
                         }
                         Ok(receipt) => acked.lock().unwrap().push((receipt.id, buyer)),
                         Err(error) if is_disk_full(&error) => {
-                            full[shard].store(true, Ordering::Release);
+                            let failed = full_shard(&error).ok_or(format!("{error:?} names no shard"))?;
+                            full[failed].store(true, Ordering::Release);
                             if full.iter().all(|f| f.load(Ordering::Acquire)) {
                                 return Ok(());
                             }

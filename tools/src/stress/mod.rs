@@ -233,7 +233,10 @@ fn run_cycle(
     // issue 448), so each check costs the parent one descriptor; see `check_descriptor_budget`.
     let options = Options { executors: Some(1), ..engine_options(data) };
     let engine = Engine::open(options).context("reopening after the kill")?;
-    let checked = model.verify(&engine.handle());
+    let checked = model.verify(&engine.handle()).and_then(|mut checked| {
+        model.retry_lost(&engine.handle(), &mut checked)?;
+        Ok(checked)
+    });
     let closed = engine.close();
     // A violation found by the check is the news; a failed close only after it.
     let checked = checked?;

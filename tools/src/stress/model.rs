@@ -68,6 +68,8 @@ pub struct Model {
     committed: BTreeMap<u32, u64>,
     /// Checks made so far: rotates the sample of users listed.
     listings: u64,
+    /// The requests whose answers the last kill took, found by the last check.
+    lost: Vec<Lost>,
 }
 
 fn after(state: State, amount: u64, change: Change) -> Option<State> {
@@ -260,14 +262,14 @@ impl Model {
             }
             checked.offset_commits += u64::from(self.committed.contains_key(&partition));
         }
-        self.retry(handle, lost, &mut checked)?;
-        self.check_lookups_by_order(handle)?;
+        self.lost = lost;
         Ok(checked)
     }
 
-    /// Sends every lost request again and checks each has its effect exactly once.
-    fn retry(&mut self, handle: &EngineHandle, lost: Vec<Lost>, checked: &mut Checked) -> anyhow::Result<()> {
-        for lost in lost {
+    /// After [`verify`](Self::verify): sends every request the kill took the answer of again,
+    /// checks each has its effect exactly once, then looks every order number up.
+    pub fn retry_lost(&mut self, handle: &EngineHandle, checked: &mut Checked) -> anyhow::Result<()> {
+        for lost in std::mem::take(&mut self.lost) {
             checked.retries_sent += 1;
             match lost {
                 Lost::Create { key: (buyer, order), landed } => {
@@ -302,7 +304,7 @@ impl Model {
                 }
             }
         }
-        Ok(())
+        self.check_lookups_by_order(handle)
     }
 
     /// Every order number known to hold a trade is found by merchant and order number, and
@@ -399,6 +401,15 @@ mod tests {
         let mut ahead = journal.clone();
         ahead.push(Entry::CommitAcked { partition: 0, offset: 1 });
         assert!(lost(ahead).contains("behind"));
+
+        // The requests the kill took the answers of (found by the first check) are sent again,
+        // each to effect once: the settle in flight lands now, order 4 (absent) is created now,
+        // order 3 (found) answers as a repeat.
+        let mut retried = Checked::default();
+        model.retry_lost(&handle, &mut retried).unwrap();
+        assert_eq!((retried.retries_sent, retried.retries_answered_as_repeat), (3, 1));
+        assert_eq!(handle.get_blocking(paid.id).unwrap().status, TradeStatus::Settled);
+        assert!(handle.get_by_order_blocking(1 + 13 % 5, "S-13-4").is_ok(), "order 4 created by its retry");
         engine.close().unwrap();
     }
 }
