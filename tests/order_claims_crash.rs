@@ -12,10 +12,9 @@
 use std::collections::HashMap;
 
 use tradeshard_shard::{
-    body_hash, order_key, ClaimOutcome, ClaimRequest, Command, NewTrade, OrderLookup, Receipt, Refusal, Shard,
-    TradeError, TradeId,
+    order_key, ClaimOutcome, ClaimRequest, Command, NewTrade, OrderLookup, Receipt, Refusal, Shard, TradeError, TradeId,
 };
-use tradeshard_tests::{call, run, seeds, sim_disk_for_seed};
+use tradeshard_tests::{call, run_campaign, sim_disk_for_seed};
 use tradeshard_wal::disk::{SimDisk, SplitMix64};
 use tradeshard_wal::{Preallocation, WalConfig};
 
@@ -63,13 +62,7 @@ async fn create(
 ) -> Result<Option<Receipt>, TradeError> {
     let trade = trade.validate().map_err(TradeError::from)?;
     let key = order_key(trade.merchant_id, &trade.merchant_order_no);
-    let request = ClaimRequest {
-        key,
-        body: body_hash(trade.buyer_id, trade.amount, trade.currency, &trade.memo),
-        buyer_id: trade.buyer_id,
-        merchant_id: trade.merchant_id,
-        order_no: trade.merchant_order_no.clone(),
-    };
+    let request = ClaimRequest::of(&trade);
     let confirmed = call(|reply| home.claim_order(request, reply)).await?;
     if matches!(stop, Stop::AfterClaim) {
         return Ok(None);
@@ -174,18 +167,7 @@ async fn run_seed(seed: u64) -> Result<usize, String> {
 
 #[test]
 fn a_create_across_shards_ends_as_one_trade_or_none_after_power_loss_between_its_steps() {
-    let seeds = seeds(300);
-    let count = seeds.len();
-    let checked = run(async move {
-        let mut checked = 0;
-        for seed in seeds {
-            match run_seed(seed).await {
-                Ok(n) => checked += n,
-                Err(failure) => panic!("seed {seed}: {failure}\nreplay with TRADESHARD_SIM_SEED={seed}"),
-            }
-        }
-        checked
-    });
+    let (count, checked) = run_campaign(300, run_seed);
     println!("claim crash campaign: {count} seeds, {checked} order numbers checked after crashes");
     assert!(count < 100 || checked > 1000, "the campaign must check order numbers: {checked}");
 }

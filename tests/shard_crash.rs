@@ -8,7 +8,7 @@ use std::collections::HashMap;
 use std::rc::Rc;
 
 use tradeshard_shard::{Command, Move, Shard, TradeId, TradeStatus};
-use tradeshard_tests::{call, new_trade, run, seeds, sim_disk_for_seed};
+use tradeshard_tests::{call, new_trade, run_campaign, sim_disk_for_seed};
 use tradeshard_wal::disk::SplitMix64;
 use tradeshard_wal::{Preallocation, WalConfig};
 
@@ -93,18 +93,7 @@ async fn run_seed(seed: u64) -> Result<usize, String> {
 
 #[test]
 fn acknowledged_trade_changes_survive_power_loss_exactly_once() {
-    let seeds = seeds(300);
-    let count = seeds.len();
-    let checked = run(async move {
-        let mut checked = 0;
-        for seed in seeds {
-            match run_seed(seed).await {
-                Ok(n) => checked += n,
-                Err(failure) => panic!("seed {seed}: {failure}\nreplay with TRADESHARD_SIM_SEED={seed}"),
-            }
-        }
-        checked
-    });
+    let (count, checked) = run_campaign(300, run_seed);
     println!("shard crash campaign: {count} seeds, {checked} acknowledged trades checked after crashes");
     assert!(count < 100 || checked > 1000, "the campaign must check trades: {checked}");
 }

@@ -106,3 +106,26 @@ pub async fn call<T>(start: impl FnOnce(tradeshard_shard::ShardReply<T>)) -> Res
     start(reply);
     answer.await.expect("a shard answers every request it takes")
 }
+
+/// Runs a simulated campaign over `seeds(default_count)` seeds, one after another on one
+/// executor; each seed's run returns how many things it checked, or a failure, which panics
+/// with the seed to replay. Returns (seeds run, things checked).
+pub fn run_campaign<F, Fut>(default_count: u64, run_seed: F) -> (usize, usize)
+where
+    F: Fn(u64) -> Fut + 'static,
+    Fut: Future<Output = Result<usize, String>>,
+{
+    let seeds = seeds(default_count);
+    let count = seeds.len();
+    let checked = run(async move {
+        let mut checked = 0;
+        for seed in seeds {
+            match run_seed(seed).await {
+                Ok(n) => checked += n,
+                Err(failure) => panic!("seed {seed}: {failure}\nreplay with TRADESHARD_SIM_SEED={seed}"),
+            }
+        }
+        checked
+    });
+    (count, checked)
+}

@@ -20,8 +20,8 @@
 //! appear under a claim being released.
 
 use tradeshard_shard::{
-    body_hash, order_key, ClaimOutcome, ClaimRequest, InputError, OrderLookup, Receipt, Refusal, Trade, TradeId,
-    ValidTrade, ORDER_NO_BYTES_MAX,
+    order_key, ClaimOutcome, ClaimRequest, InputError, OrderLookup, Receipt, Refusal, Trade, TradeId, ValidTrade,
+    ORDER_NO_BYTES_MAX,
 };
 
 use crate::blocking::blocking;
@@ -40,13 +40,7 @@ impl EngineHandle {
         home: u32,
         buyer_shard: u32,
     ) -> Result<Receipt> {
-        let request = ClaimRequest {
-            key,
-            body: body_hash(trade.buyer_id, trade.amount, trade.currency, &trade.memo),
-            buyer_id: trade.buyer_id,
-            merchant_id: trade.merchant_id,
-            order_no: trade.merchant_order_no.clone(),
-        };
+        let request = ClaimRequest::of(&trade);
         // Past the caller's hand-off to the home shard, the steps move between executors and
         // wait for room there, whatever the caller chose: refused in between, the create would
         // hold its order number until a retry or the next open.

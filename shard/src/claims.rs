@@ -15,10 +15,11 @@
 use tradeshard_wal::disk::Disk;
 
 use crate::error::{Refusal, TradeError};
+use crate::index::{body_hash, order_key};
 use crate::shard::{now_ms, Shard};
 use crate::state::{Effect, EffectKeys, ShardReply, Waiter};
 use crate::system_record::{ClaimOutcome, ClaimSettled, LogRecord, OrderClaim};
-use crate::trade::TradeId;
+use crate::trade::{TradeId, ValidTrade};
 
 /// A create's claim of its order key, sent to the key's home shard.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -31,6 +32,19 @@ pub struct ClaimRequest {
     pub merchant_id: u64,
     /// For the conflict's message.
     pub order_no: String,
+}
+
+impl ClaimRequest {
+    /// The claim of a validated create's order number.
+    pub fn of(trade: &ValidTrade) -> ClaimRequest {
+        ClaimRequest {
+            key: order_key(trade.merchant_id, &trade.merchant_order_no),
+            body: body_hash(trade.buyer_id, trade.amount, trade.currency, &trade.memo),
+            buyer_id: trade.buyer_id,
+            merchant_id: trade.merchant_id,
+            order_no: trade.merchant_order_no.clone(),
+        }
+    }
 }
 
 /// Where a shard knows an order key from.
