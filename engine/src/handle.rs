@@ -102,6 +102,14 @@ impl EngineHandle {
         Ok(answer.await.ok_or(Error::Closed)??)
     }
 
+    /// [`on_shard`](Self::on_shard), waiting for room in a full queue whatever the caller
+    /// chose (see [`submit_waiting`](Self::submit_waiting)).
+    pub(crate) async fn on_shard_waiting<Op: ShardOp>(&self, shard: u32, op: Op) -> Result<Op::Output> {
+        let executor = self.inner.routing.executor_of_physical(shard);
+        let answer = self.submit_waiting(executor, OnShard { shard, op }).await?;
+        Ok(answer.await.ok_or(Error::Closed)??)
+    }
+
     /// Runs an operation on every executor and gathers the answers, in executor order; an
     /// observer, it waits for room in full queues.
     pub(crate) async fn on_every_executor<Op: ExecutorOp + Clone>(&self, op: Op) -> Result<Vec<Op::Output>> {

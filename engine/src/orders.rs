@@ -108,11 +108,11 @@ impl EngineHandle {
         for pending in self.on_every_executor(ops::PendingClaims).await? {
             for (home, claim) in pending {
                 let buyer_shard = routing.physical_of_logical(routing.logical_of_user(claim.buyer_id));
-                let outcome = match self.on_shard(buyer_shard, ops::FindOrder(claim.key)).await? {
+                let outcome = match self.on_shard_waiting(buyer_shard, ops::FindOrder(claim.key)).await? {
                     OrderLookup::Trade(id) => ClaimOutcome::Confirmed(id),
                     _ => ClaimOutcome::Released,
                 };
-                self.on_shard(home, ops::SettleClaim { key: claim.key, outcome }).await?;
+                self.on_shard_waiting(home, ops::SettleClaim { key: claim.key, outcome }).await?;
                 resolved += 1;
             }
         }

@@ -130,14 +130,20 @@ impl<D: Disk> Shard<D> {
         if let Some(failure) = &accepted.failed {
             return reply.send(Err(failure.clone()));
         }
-        if accepted.settling.contains_key(&key) {
-            return reply.send(Ok(()));
+        // Only the engine settles claims, after the claim is durable: a settlement that meets
+        // a claim still in flight, or contradicts one made or being made, is its bug.
+        let contradiction = || TradeError::BadRecord { seq: 0, reason: "settlement contradicts the claim" };
+        match accepted.settling.get(&key) {
+            Some(settling) if *settling == outcome => return reply.send(Ok(())),
+            Some(_) => return reply.send(Err(contradiction())),
+            None if accepted.claims.contains_key(&key) => return reply.send(Err(contradiction())),
+            None => {}
         }
         let settled_already = match (self.inner.index.borrow().claim(key).map(|claim| claim.trade), outcome) {
             (Some(None), _) => false,
             (Some(Some(confirmed)), ClaimOutcome::Confirmed(id)) if confirmed == id => true,
             (None, ClaimOutcome::Released) => true,
-            _ => return reply.send(Err(TradeError::BadRecord { seq: 0, reason: "settlement contradicts the claim" })),
+            _ => return reply.send(Err(contradiction())),
         };
         if settled_already {
             return reply.send(Ok(()));
@@ -147,7 +153,7 @@ impl<D: Disk> Shard<D> {
             Ok(ticket) => ticket,
             Err(error) => return reply.send(Err(error.into())),
         };
-        accepted.settling.insert(key, ());
+        accepted.settling.insert(key, outcome);
         let record = LogRecord::ClaimSettled(settled);
         let effect = Effect {
             seq: ticket.seq(),

@@ -21,7 +21,7 @@ use crate::error::TradeError;
 use crate::id_hash::{IdHasher, IdMap};
 use crate::index::{Lifecycle, ShardIndex};
 use crate::reply::Reply;
-use crate::system_record::LogRecord;
+use crate::system_record::{ClaimOutcome, LogRecord};
 use crate::trade::{Receipt, TradeId};
 
 /// A shard's answer to one request: the result, or why not.
@@ -102,8 +102,8 @@ pub(crate) struct Accepted {
     pub claims: IdMap<u128, (u64, u64)>,
     /// Claims that repeated one in flight, by the seq of that claim.
     pub claim_repeats: BTreeMap<u64, Vec<ShardReply<Option<TradeId>>>>,
-    /// Order keys whose claim settlement is in flight.
-    pub settling: IdMap<u128, ()>,
+    /// Order keys whose claim settlement is in flight, with its outcome.
+    pub settling: IdMap<u128, ClaimOutcome>,
     pub next_counter: u64,
     pub committer: Option<Waker>,
     pub failed: Option<TradeError>,
