@@ -129,3 +129,24 @@ where
     });
     (count, checked)
 }
+
+/// What `read` gives once it stops changing between two reads 20 ms apart: the logs standing
+/// still, since a claim's confirmation is written after its create is answered. A bounded wait
+/// (5 s) that fails with a message.
+pub fn once_still<T: PartialEq>(read: impl Fn() -> T) -> T {
+    let mut last = read();
+    for _ in 0..250 {
+        std::thread::sleep(std::time::Duration::from_millis(20));
+        let now = read();
+        if now == last {
+            return now;
+        }
+        last = now;
+    }
+    panic!("the logs kept moving with no request sent");
+}
+
+/// The records in every log of the engine once they stand still (see [`once_still`]).
+pub fn settled_records(handle: &tradeshard_engine::EngineHandle) -> u64 {
+    once_still(|| handle.stats_blocking().unwrap().records)
+}

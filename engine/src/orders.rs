@@ -20,8 +20,8 @@
 //! appear under a claim being released.
 
 use tradeshard_shard::{
-    order_key, ClaimOutcome, ClaimRequest, InputError, OrderLookup, Receipt, Refusal, Trade, TradeId, ValidTrade,
-    ORDER_NO_BYTES_MAX,
+    order_key, validate_order_no, ClaimOutcome, ClaimRequest, InputError, OrderLookup, Receipt, Refusal, Trade,
+    TradeId, ValidTrade,
 };
 
 use crate::blocking::blocking;
@@ -87,10 +87,7 @@ impl EngineHandle {
         if merchant_id == 0 {
             return Err(InputError::ZeroMerchantId.into());
         }
-        if order_no.is_empty() || order_no.len() > ORDER_NO_BYTES_MAX || !order_no.bytes().all(|b| b.is_ascii_graphic())
-        {
-            return Err(InputError::BadOrderNo { len: order_no.len(), max: ORDER_NO_BYTES_MAX }.into());
-        }
+        validate_order_no(order_no)?;
         match self.trade_of_order_key(order_key(merchant_id, order_no)).await? {
             Some(id) => self.get(id).await,
             None => Err(Error::OrderNotFound { merchant_id, order_no: order_no.to_string() }),

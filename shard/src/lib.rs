@@ -32,7 +32,7 @@ pub use config::{DiskShard, ShardConfig};
 pub use currency::Currency;
 pub use error::{InputError, LogError, Refusal, TradeError};
 pub use events::{Event, EventBatch, PollQuery, POLL_BYTES_MAX, POLL_EVENTS_MAX};
-pub use index::{order_key, Move, RefundEntry};
+pub use index::{order_key, Move};
 pub use read::ListQuery;
 pub use record::{CreatedFields, CreatedFieldsView, RecordKind, TradeRecord, TradeRecordView};
 pub use reply::{Reply, ReplyFuture};
@@ -48,5 +48,5 @@ pub use trade::{
 };
 pub use tradeshard_cache::CacheStats;
 pub use tradeshard_wal::{Durability, SyncMethod, WalStats};
-pub use validate::{validate_amount, validate_group, validate_refund_no};
+pub use validate::{validate_amount, validate_group, validate_order_no, validate_refund_no};
 pub use write::Command;

@@ -112,11 +112,6 @@ impl<D: Disk> Shard<D> {
         Ok(RecoveredShard { shard_id, wal, index, cache_bytes })
     }
 
-    /// The shard's id (its partition), as its log's segments name it.
-    pub fn id(&self) -> u32 {
-        self.inner.shard_id
-    }
-
     /// `group`'s durable committed offset in this shard, if it ever committed one.
     pub fn committed_offset(&self, group: &str) -> Option<u64> {
         self.inner.index.borrow().committed_offset(group)

@@ -31,10 +31,7 @@ impl NewTrade {
         let currency =
             Currency::parse(&self.currency).ok_or_else(|| InputError::UnknownCurrency(self.currency.clone()))?;
         let order_no = &self.merchant_order_no;
-        if order_no.is_empty() || order_no.len() > ORDER_NO_BYTES_MAX || !order_no.bytes().all(|b| b.is_ascii_graphic())
-        {
-            return Err(InputError::BadOrderNo { len: order_no.len(), max: ORDER_NO_BYTES_MAX });
-        }
+        validate_order_no(order_no)?;
         if self.memo.len() > MEMO_BYTES_MAX {
             return Err(InputError::MemoTooLong { len: self.memo.len(), max: MEMO_BYTES_MAX });
         }
@@ -56,6 +53,15 @@ pub fn validate_group(group: &str) -> Result<(), InputError> {
     } else {
         Err(InputError::BadGroup { len: group.len() })
     }
+}
+
+/// Checks a merchant order number: 1..=64 printable ASCII bytes.
+pub fn validate_order_no(order_no: &str) -> Result<(), InputError> {
+    let len = order_no.len();
+    if len == 0 || len > ORDER_NO_BYTES_MAX || !order_no.bytes().all(|b| b.is_ascii_graphic()) {
+        return Err(InputError::BadOrderNo { len, max: ORDER_NO_BYTES_MAX });
+    }
+    Ok(())
 }
 
 /// Checks a refund request number: 1..=64 printable ASCII bytes.
