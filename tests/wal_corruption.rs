@@ -131,14 +131,15 @@ fn a_segment_of_a_newer_version_is_refused() {
     run(async {
         let disk = log_of(3).await;
         let name = file_name(0);
-        let mut header = SegmentHeader { shard_id: small_config().shard_id, base_seq: 0, chain_seed: 0 }.encode();
-        header[8] = 2;
+        let mut header =
+            SegmentHeader { shard_id: small_config().shard_id, base_seq: 0, chain_seed: 0, created_ms: 0 }.encode();
+        header[8] = 3;
         let checksum = xxhash_rust::xxh3::xxh3_64(&header[..56]);
         header[56..].copy_from_slice(&checksum.to_le_bytes());
         disk.overwrite(&name, 0, &header);
         let before = snapshot(&disk);
         let error = reopen(&disk).await.err().expect("a newer version must not open");
-        assert!(matches!(error, Error::UnsupportedVersion { found: 2, supported: 1, .. }), "got {error:?}");
+        assert!(matches!(error, Error::UnsupportedVersion { found: 3, supported: 2, .. }), "got {error:?}");
         assert!(snapshot(&disk) == before);
     });
 }

@@ -66,7 +66,7 @@ pub enum Error {
 
 impl Error {
     /// Wraps an I/O failure, telling a full device apart from other failures.
-    pub(crate) fn io(op: &'static str, path: PathBuf, source: io::Error) -> Self {
+    pub fn io(op: &'static str, path: PathBuf, source: io::Error) -> Self {
         if source.kind() == io::ErrorKind::StorageFull || source.raw_os_error() == Some(28) {
             Error::DiskFull { path, source: Arc::new(source) }
         } else {

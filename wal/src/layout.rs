@@ -18,8 +18,8 @@ pub(crate) const fn align_up(bytes: u64) -> u64 {
 
 /// "TSSEGMNT", little-endian.
 pub(crate) const SEGMENT_MAGIC: u64 = u64::from_le_bytes(*b"TSSEGMNT");
-/// The segment format this build writes and reads.
-pub(crate) const SEGMENT_VERSION: u16 = 1;
+/// The segment format this build writes and reads (2: the header carries its creation time).
+pub(crate) const SEGMENT_VERSION: u16 = 2;
 /// Bytes of the segment header that carry fields; the rest of the header block is zeros.
 pub const SEGMENT_HEADER_BYTES: usize = 64;
 /// Where the segment header's checksum (of the bytes before it) sits.

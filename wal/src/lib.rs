@@ -40,5 +40,5 @@ pub use error::{Error, Result};
 pub use layout::BLOCK_BYTES;
 pub use reader::LogReader;
 pub use recovery::RecoveryReport;
-pub use state::WalStats;
+pub use state::{SegmentInfo, WalStats};
 pub use wal::{RecoveredWal, Wal};

@@ -39,8 +39,13 @@ pub struct RecoveryReport {
     pub segments: usize,
     /// Frames verified.
     pub frames: u64,
-    /// Records verified (and handed to the replay callback).
+    /// Records verified.
     pub records: u64,
+    /// Records handed to the replay callback (those at or after the position replayed from).
+    pub replayed: u64,
+    /// Sealed segments wholly below the position replayed from: their headers checked, their
+    /// frames not read (they were verified when written and by earlier opens).
+    pub skipped_segments: usize,
     /// The first record in the log.
     pub first_seq: u64,
     /// The sequence number the next append gets.
@@ -50,6 +55,13 @@ pub struct RecoveryReport {
     /// A last segment whose creation was torn (no valid header, no frames), removed when the
     /// log starts.
     pub removed_segment: Option<PathBuf>,
+}
+
+impl RecoveryReport {
+    /// The file name of the log's first segment (for errors about the log as a whole).
+    pub fn first_segment_name(&self) -> String {
+        segment::file_name(self.first_seq)
+    }
 }
 
 /// A change to the log's files that recovery found necessary, made only when the log starts.
@@ -75,10 +87,14 @@ fn corruption<D: Disk>(disk: &D, name: &str, offset: u64, reason: &'static str) 
     Error::Corruption { path: disk.path_of(name), offset, reason }
 }
 
-/// Recovers the log in `disk`, handing every record to `replay` in order.
+/// Recovers the log in `disk`, handing every record from `from_seq` on to `replay` in order.
+/// Sealed segments wholly below `from_seq` are opened and their headers checked, not scanned:
+/// the owner holds their effect elsewhere (a checkpoint), and an open must not cost the whole
+/// history.
 pub(crate) async fn recover<D: Disk>(
     disk: &D,
     config: &WalConfig,
+    from_seq: u64,
     replay: &mut dyn FnMut(Appended, &[u8]),
 ) -> Result<Recovered<D::File>> {
     let names = disk.list().map_err(|e| Error::io("list", disk.path_of(""), e))?;
@@ -92,8 +108,17 @@ pub(crate) async fn recover<D: Disk>(
         repairs: Vec::new(),
     };
     let mut expected: Option<u64> = None;
+    // The chain seed of a segment after a skipped one cannot be checked: its predecessor's
+    // last frame was not read.
+    let mut chain_known = true;
+    let mut gated = |at: Appended, record: &[u8]| {
+        if at.seq >= from_seq {
+            replay(at, record);
+        }
+    };
     for (i, &base) in bases.iter().enumerate() {
         let is_last = i + 1 == bases.len();
+        let skipped_end = bases.get(i + 1).copied().filter(|&next| next <= from_seq);
         let name = segment::file_name(base);
         let file = Rc::new(disk.open(&name).await.map_err(|e| Error::io("open", disk.path_of(&name), e))?);
         let size = file.size().await.map_err(|e| Error::io("stat", disk.path_of(&name), e))?;
@@ -117,7 +142,7 @@ pub(crate) async fn recover<D: Disk>(
             Some(next) if next != base => {
                 return Err(corruption(disk, &name, 0, "segment does not start where the previous one ends"))
             }
-            Some(_) if header.chain_seed != recovered.last_checksum => {
+            Some(_) if chain_known && header.chain_seed != recovered.last_checksum => {
                 return Err(corruption(
                     disk,
                     &name,
@@ -128,15 +153,27 @@ pub(crate) async fn recover<D: Disk>(
             None => recovered.report.first_seq = base,
             Some(_) => {}
         }
-        let segment = Rc::new(SegmentState::new(base, name.clone(), file.clone()));
+        let segment = Rc::new(SegmentState::new(base, name.clone(), file.clone(), header.created_ms));
+        if let Some(end_seq) = skipped_end {
+            segment.note_unscanned(end_seq, size);
+            recovered.report.skipped_segments += 1;
+            recovered.report.segments += 1;
+            chain_known = false;
+            expected = Some(end_seq);
+            recovered.segments.insert(base, segment);
+            continue;
+        }
         let scan =
-            scan_segment(disk, &segment, size, header.chain_seed, is_last, config, replay, &mut recovered).await?;
+            scan_segment(disk, &segment, size, header.chain_seed, is_last, config, &mut gated, &mut recovered).await?;
+        chain_known = true;
         recovered.last_checksum = scan;
         recovered.report.segments += 1;
         expected = Some(segment.end_seq.get());
         recovered.segments.insert(base, segment);
     }
     recovered.report.next_seq = expected.unwrap_or(0);
+    let first = recovered.report.first_seq;
+    recovered.report.replayed = recovered.report.next_seq.saturating_sub(from_seq.max(first));
     if expected.is_none() {
         recovered.report.first_seq = 0;
     }

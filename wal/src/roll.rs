@@ -27,6 +27,7 @@ pub(crate) struct MadeSegment<F> {
     pub file: F,
     pub bytes_written: u64,
     pub fsyncs: u64,
+    pub created_ms: u64,
 }
 
 type Preparing<F> = JoinHandle<Result<F>>;
@@ -68,7 +69,7 @@ impl<D: Disk> SegmentMaker<D> {
 
     /// The segment whose first record will be `base_seq`, durable in name and header.
     pub(crate) async fn make(&mut self, base_seq: u64, chain_seed: u64) -> Result<MadeSegment<D::File>> {
-        let header = SegmentHeader { shard_id: self.shard_id, base_seq, chain_seed };
+        let header = SegmentHeader { shard_id: self.shard_id, base_seq, chain_seed, created_ms: segment::now_ms() };
         let name = segment::file_name(base_seq);
         match self.preallocation {
             Preallocation::Zeroed => {
@@ -82,7 +83,13 @@ impl<D: Disk> SegmentMaker<D> {
                 disk.rename(PREPARED_NAME, &name).await.map_err(|e| Error::io("rename", disk.path_of(&name), e))?;
                 sync_dir(disk).await?;
                 self.prepare_next();
-                Ok(MadeSegment { name, file, bytes_written: self.segment_bytes, fsyncs: 2 })
+                Ok(MadeSegment {
+                    name,
+                    file,
+                    bytes_written: self.segment_bytes,
+                    fsyncs: 2,
+                    created_ms: header.created_ms,
+                })
             }
             Preallocation::Reserved => {
                 let disk = &self.disk;
@@ -92,7 +99,7 @@ impl<D: Disk> SegmentMaker<D> {
                     .map_err(|e| Error::io("fallocate", disk.path_of(&name), e))?;
                 write_header(disk, &file, &name, &header).await?;
                 sync_dir(disk).await?;
-                Ok(MadeSegment { name, file, bytes_written: BLOCK_BYTES, fsyncs: 1 })
+                Ok(MadeSegment { name, file, bytes_written: BLOCK_BYTES, fsyncs: 1, created_ms: header.created_ms })
             }
         }
     }

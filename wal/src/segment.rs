@@ -32,6 +32,12 @@ pub(crate) fn parse_file_name(name: &str) -> Option<u64> {
     digits.parse().ok()
 }
 
+/// Milliseconds since the Unix epoch (0 if the clock is before it).
+pub(crate) fn now_ms() -> u64 {
+    use std::time::{SystemTime, UNIX_EPOCH};
+    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64)
+}
+
 /// What is wrong with a segment header.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum HeaderDefect {
@@ -51,6 +57,9 @@ pub struct SegmentHeader {
     /// Checksum of the last frame of the previous segment (0 for a log's first segment):
     /// the first frame of this segment must carry it as its `prev_checksum`.
     pub chain_seed: u64,
+    /// When the segment was made (ms since the Unix epoch): the time of the newest record of
+    /// the segment before it, which retention by time goes by.
+    pub created_ms: u64,
 }
 
 impl SegmentHeader {
@@ -63,6 +72,7 @@ impl SegmentHeader {
         out[16..24].copy_from_slice(&self.base_seq.to_le_bytes());
         out[24..32].copy_from_slice(&self.chain_seed.to_le_bytes());
         out[32..36].copy_from_slice(&(BLOCK_BYTES as u32).to_le_bytes());
+        out[40..48].copy_from_slice(&self.created_ms.to_le_bytes());
         let checksum = xxhash_rust::xxh3::xxh3_64(&out[..SEGMENT_CHECKSUM_OFFSET]);
         out[SEGMENT_CHECKSUM_OFFSET..].copy_from_slice(&checksum.to_le_bytes());
         out
@@ -86,7 +96,12 @@ impl SegmentHeader {
         if le_u32(bytes, 32) as u64 != BLOCK_BYTES {
             return Err(HeaderDefect::Invalid("segment block size differs from this build's"));
         }
-        Ok(SegmentHeader { shard_id: le_u32(bytes, 12), base_seq: le_u64(bytes, 16), chain_seed: le_u64(bytes, 24) })
+        Ok(SegmentHeader {
+            shard_id: le_u32(bytes, 12),
+            base_seq: le_u64(bytes, 16),
+            chain_seed: le_u64(bytes, 24),
+            created_ms: le_u64(bytes, 40),
+        })
     }
 }
 
@@ -109,7 +124,8 @@ mod tests {
 
     #[test]
     fn header_round_trips_and_detects_flips() {
-        let header = SegmentHeader { shard_id: 3, base_seq: 77, chain_seed: 0xdead_beef };
+        let header =
+            SegmentHeader { shard_id: 3, base_seq: 77, chain_seed: 0xdead_beef, created_ms: 1_700_000_000_000 };
         let bytes = header.encode();
         assert_eq!(SegmentHeader::decode(&bytes), Ok(header));
         for bit in 0..SEGMENT_HEADER_BYTES * 8 {

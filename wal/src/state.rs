@@ -18,6 +18,8 @@ pub(crate) struct SegmentState<F> {
     pub base_seq: u64,
     pub name: String,
     pub file: Rc<F>,
+    /// When the segment was made (from its header).
+    pub created_ms: u64,
     /// Sparse index: (first sequence number of a frame, its offset), ascending, starting with
     /// the segment's first frame position; one entry per `index_interval_bytes` of log.
     index: RefCell<Vec<(u64, u64)>>,
@@ -28,11 +30,12 @@ pub(crate) struct SegmentState<F> {
 }
 
 impl<F> SegmentState<F> {
-    pub(crate) fn new(base_seq: u64, name: String, file: Rc<F>) -> Self {
+    pub(crate) fn new(base_seq: u64, name: String, file: Rc<F>, created_ms: u64) -> Self {
         SegmentState {
             base_seq,
             name,
             file,
+            created_ms,
             index: RefCell::new(vec![(base_seq, BLOCK_BYTES)]),
             end_offset: Cell::new(BLOCK_BYTES),
             end_seq: Cell::new(base_seq),
@@ -48,6 +51,14 @@ impl<F> SegmentState<F> {
             index.push((first_seq, offset));
         }
         self.end_offset.set(next_offset);
+        self.end_seq.set(end_seq);
+    }
+
+    /// Notes a sealed segment that recovery did not scan (all of it lies below the position
+    /// the owner replays from): it holds `[base_seq, end_seq)` somewhere below `size`. A reader
+    /// of it scans from its first frame.
+    pub(crate) fn note_unscanned(&self, end_seq: u64, size: u64) {
+        self.end_offset.set(size);
         self.end_seq.set(end_seq);
     }
 
@@ -85,6 +96,24 @@ pub struct WalStats {
     pub disk_bytes: u64,
     /// Segments created.
     pub segments_created: u64,
+    /// Segments removed (retention).
+    pub segments_removed: u64,
+}
+
+/// What a log's owner sees of one segment.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SegmentInfo {
+    /// The first record of the segment.
+    pub base_seq: u64,
+    /// The record after its last one (for the tail segment: after the last acknowledged one).
+    pub end_seq: u64,
+    /// When it was made.
+    pub created_ms: u64,
+    /// When its last record was written, as far as the log knows: when the next segment was
+    /// made (`None` for the tail segment, still written).
+    pub last_write_ms: Option<u64>,
+    /// Bytes it takes on disk (segments are made whole).
+    pub bytes: u64,
 }
 
 pub(crate) struct Shared<D: Disk> {
@@ -96,6 +125,9 @@ pub(crate) struct Shared<D: Disk> {
     pub visible_end: Cell<u64>,
     /// The first record still in the log.
     pub first_seq: Cell<u64>,
+    /// Every record below this was fdatasync'd (under `Durability::Buffered`; under `Sync` the
+    /// visible end is synced).
+    pub synced_end: Cell<u64>,
     pub stats: Cell<WalStats>,
     /// Readers waiting for the visible end to move (long polls), woken when it does.
     pub end_waiters: RefCell<Vec<std::task::Waker>>,

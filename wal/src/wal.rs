@@ -18,7 +18,7 @@ use crate::piece::decode_piece_into;
 use crate::reader::LogReader;
 use crate::record::records;
 use crate::recovery::{self, RecoveryReport};
-use crate::state::{Shared, WalStats};
+use crate::state::{SegmentInfo, Shared, WalStats};
 use crate::writer::Writer;
 
 /// A segmented, checksummed, group-committed write-ahead log.
@@ -49,6 +49,7 @@ impl<D: Disk> RecoveredWal<D> {
             queue: queue.into(),
             visible_end: report.next_seq.into(),
             first_seq: report.first_seq.into(),
+            synced_end: report.next_seq.into(),
             stats: Default::default(),
             end_waiters: Default::default(),
             waits_stopped: Default::default(),
@@ -91,10 +92,24 @@ impl<D: Disk> Wal<D> {
     pub async fn recover_with_positions(
         disk: D,
         config: WalConfig,
+        replay: impl FnMut(Appended, &[u8]),
+    ) -> Result<(RecoveredWal<D>, RecoveryReport)> {
+        Self::recover_from(disk, config, 0, replay).await
+    }
+
+    /// [`recover_with_positions`](Self::recover_with_positions) for an owner that holds the
+    /// effect of every record below `from_seq` already (a checkpoint): only records from
+    /// `from_seq` on are handed to `replay`, and sealed segments wholly below it are not read
+    /// (their headers are checked). The report's `first_seq` and `next_seq` tell the owner
+    /// whether the log still reaches back to `from_seq` and forward to it.
+    pub async fn recover_from(
+        disk: D,
+        config: WalConfig,
+        from_seq: u64,
         mut replay: impl FnMut(Appended, &[u8]),
     ) -> Result<(RecoveredWal<D>, RecoveryReport)> {
         config.validate()?;
-        let recovered = recovery::recover(&disk, &config, &mut replay).await?;
+        let recovered = recovery::recover(&disk, &config, from_seq, &mut replay).await?;
         let report = recovered.report.clone();
         Ok((RecoveredWal { disk, config, recovered }, report))
     }
@@ -218,6 +233,62 @@ impl<D: Disk> Wal<D> {
         self.shared.first_seq.get()
     }
 
+    /// Records below this are durable on the device: the durable end under
+    /// `Durability::Sync`, the end of the last fdatasync under `Buffered`.
+    pub fn synced_end(&self) -> u64 {
+        match self.shared.config.durability {
+            crate::Durability::Sync => self.shared.visible_end.get(),
+            crate::Durability::Buffered { .. } => self.shared.synced_end.get().min(self.shared.visible_end.get()),
+        }
+    }
+
+    /// The segments, oldest first.
+    pub fn segments(&self) -> Vec<SegmentInfo> {
+        let segments = self.shared.segments.borrow();
+        let mut infos: Vec<SegmentInfo> = segments
+            .values()
+            .map(|s| SegmentInfo {
+                base_seq: s.base_seq,
+                end_seq: s.end_seq.get(),
+                created_ms: s.created_ms,
+                last_write_ms: None,
+                bytes: self.shared.config.segment_bytes,
+            })
+            .collect();
+        for i in 1..infos.len() {
+            infos[i - 1].last_write_ms = Some(infos[i].created_ms);
+        }
+        infos
+    }
+
+    /// Removes the sealed segments that hold only records below `keep_from` (never the tail
+    /// segment), oldest first, each removal durable before the next, so that a crash leaves
+    /// the log a contiguous run of segments. Readers asking for a removed record get
+    /// `OutOfRange` naming the new first record; a reader already inside a removed segment
+    /// finishes reading it (its file stays open). Returns how many segments went.
+    pub async fn remove_segments_below(&self, keep_from: u64) -> Result<usize> {
+        let mut removed = 0;
+        loop {
+            let victim = {
+                let segments = self.shared.segments.borrow();
+                let mut iter = segments.values();
+                match (iter.next(), iter.next()) {
+                    (Some(first), Some(next)) if next.base_seq <= keep_from => Some((first.clone(), next.base_seq)),
+                    _ => None,
+                }
+            };
+            let Some((segment, next_base)) = victim else { return Ok(removed) };
+            self.shared.segments.borrow_mut().remove(&segment.base_seq);
+            self.shared.first_seq.set(next_base);
+            let disk = &self.shared.disk;
+            let path = || disk.path_of(&segment.name);
+            disk.remove(&segment.name).await.map_err(|e| Error::io("remove", path(), e))?;
+            disk.sync_dir().await.map_err(|e| Error::io("sync directory", disk.path_of(""), e))?;
+            removed += 1;
+            self.shared.count(|s| s.segments_removed += 1);
+        }
+    }
+
     /// The sequence number the next enqueued record gets (for tests).
     #[cfg(any(test, feature = "testing"))]
     pub fn next_seq(&self) -> u64 {
@@ -227,6 +298,11 @@ impl<D: Disk> Wal<D> {
     /// Counters since open.
     pub fn stats(&self) -> WalStats {
         self.shared.stats.get()
+    }
+
+    /// The disk the log lives on (its directory), for owners that keep files beside it.
+    pub fn disk(&self) -> &D {
+        &self.shared.disk
     }
 
     /// The configuration the log was opened with.

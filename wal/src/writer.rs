@@ -281,7 +281,7 @@ impl<D: Disk> Writer<D> {
             self.shared.count(|s| s.fsyncs += 1);
         }
         let made = self.maker.make(base_seq, chain_seed).await?;
-        let segment = Rc::new(SegmentState::new(base_seq, made.name, Rc::new(made.file)));
+        let segment = Rc::new(SegmentState::new(base_seq, made.name, Rc::new(made.file), made.created_ms));
         self.shared.segments.borrow_mut().insert(base_seq, segment.clone());
         self.shared.count(|s| {
             s.segments_created += 1;
@@ -304,6 +304,7 @@ impl<D: Disk> Writer<D> {
         self.tail_dirty = false;
         self.last_sync = Instant::now();
         self.synced_end = self.write_end_seq();
+        self.shared.synced_end.set(self.synced_end);
         Ok(())
     }
 

@@ -70,11 +70,16 @@ impl DmaDisk {
     /// at end-of-file without touching the device, glommio wrongly concludes that polling
     /// works, and every later read fails with EOPNOTSUPP on devices without it (glommio issue
     /// 605). Opening a file that holds a block first makes the probe real.
+    ///
+    /// Two tasks may probe at once (the first opens of a new directory); each uses a file of
+    /// its own, so that neither removes the other's.
     async fn probe_device(&self) -> io::Result<()> {
+        static PROBES: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
         if self.probed.get() {
             return Ok(());
         }
-        let path = self.dir.join(PROBE_NAME);
+        let probe = PROBES.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let path = self.dir.join(format!("{PROBE_NAME}-{probe}"));
         std::fs::write(&path, vec![0u8; 4096])?;
         let file = DmaFile::open(&path).await.map_err(io::Error::from);
         std::fs::remove_file(&path)?;
