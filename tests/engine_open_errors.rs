@@ -13,7 +13,7 @@ use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 
-use tradeshard_engine::{Engine, Error, Options};
+use tradeshard_engine::{ConsumerConfig, Engine, Error, Options, StartPosition, Upkeep};
 use tradeshard_tests::{engine_options, new_trade};
 
 const NOBODY: u32 = 65534;
@@ -37,6 +37,22 @@ fn snapshot(dir: &Path) -> BTreeMap<PathBuf, (u32, Option<u64>)> {
 
 fn options(dir: &Path) -> Options {
     Options { segment_bytes: 1 << 20, ..engine_options(dir, 1, 1) }
+}
+
+/// Options whose close takes no checkpoint, so that the next open reads the whole log as it
+/// does after a crash before the first checkpoint.
+fn no_checkpoint(options: Options) -> Options {
+    Options { upkeep: Upkeep { checkpoint_on_close: false, ..options.upkeep }, ..options }
+}
+
+/// A closed data directory of `trades` trades with no checkpoint.
+fn populated_without_checkpoint(dir: &Path, trades: u64) {
+    let engine = Engine::open(no_checkpoint(options(dir))).unwrap();
+    let handle = engine.handle();
+    for n in 0..trades {
+        handle.create_trade_blocking(new_trade(1 + n % 10, n, 100)).unwrap();
+    }
+    engine.close().unwrap();
 }
 
 /// A closed data directory holding `trades` trades written one at a time (a flush each).
@@ -98,26 +114,26 @@ fn rewrite_manifest(dir: &Path, edit: impl FnOnce(&str) -> String) {
 fn a_newer_format_version_is_refused() {
     let dir = tempfile::tempdir().unwrap();
     populated(dir.path(), 3);
-    rewrite_manifest(dir.path(), |json| json.replace("\"format_version\":3", "\"format_version\":4"));
+    rewrite_manifest(dir.path(), |json| json.replace("\"format_version\":4", "\"format_version\":5"));
     match open_fails(dir.path(), options(dir.path())) {
-        Error::UnsupportedVersion { path, found: 4, supported: 3 } => assert_eq!(path, dir.path().join("MANIFEST")),
+        Error::UnsupportedVersion { path, found: 5, supported: 4 } => assert_eq!(path, dir.path().join("MANIFEST")),
         other => panic!("expected UnsupportedVersion, got {other:?}"),
     }
 }
 
 /// Directories of the earlier formats (1: frames without pieces; 2: refunds without request
-/// numbers, order numbers unique only per shard) are refused by their manifest, before any
-/// of their segments is read.
+/// numbers, order numbers unique only per shard; 3: no checkpoints, segment headers without
+/// their creation time) are refused by their manifest, before any of their segments is read.
 #[test]
 fn an_older_format_version_is_refused() {
-    for older in [1, 2] {
+    for older in [1, 2, 3] {
         let dir = tempfile::tempdir().unwrap();
         populated(dir.path(), 3);
         rewrite_manifest(dir.path(), |json| {
-            json.replace("\"format_version\":3", &format!("\"format_version\":{older}"))
+            json.replace("\"format_version\":4", &format!("\"format_version\":{older}"))
         });
         match open_fails(dir.path(), options(dir.path())) {
-            Error::UnsupportedVersion { found, supported: 3, .. } => assert_eq!(found, older),
+            Error::UnsupportedVersion { found, supported: 4, .. } => assert_eq!(found, older),
             other => panic!("expected UnsupportedVersion, got {other:?}"),
         }
     }
@@ -149,7 +165,7 @@ fn a_truncated_or_missing_manifest_is_refused() {
 fn a_segment_with_a_flipped_bit_in_the_middle_is_refused() {
     let dir = tempfile::tempdir().unwrap();
     // Each create is its own flush of at least one block: 400 fill more than one 1 MiB segment.
-    populated(dir.path(), 400);
+    populated_without_checkpoint(dir.path(), 400);
     let shard_dir = dir.path().join("shards/0000");
     let mut segments: Vec<_> = std::fs::read_dir(&shard_dir)
         .unwrap()
@@ -166,6 +182,37 @@ fn a_segment_with_a_flipped_bit_in_the_middle_is_refused() {
         Error::Corrupt { path, .. } => assert_eq!(path, segments[0]),
         other => panic!("expected a corrupt segment, got {other:?}"),
     }
+}
+
+/// Below a checkpoint an open does not read the log (that is what bounds its time); the
+/// damage is found, and named, by the first reader of that segment.
+#[test]
+fn a_damaged_segment_below_the_checkpoint_is_refused_to_its_reader() {
+    let dir = tempfile::tempdir().unwrap();
+    populated(dir.path(), 400);
+    let shard_dir = dir.path().join("shards/0000");
+    let segments = segments_of(&shard_dir);
+    assert!(segments.len() >= 2, "the first segment is sealed: {segments:?}");
+    let mut bytes = std::fs::read(&segments[0]).unwrap();
+    let middle = bytes.len() / 2;
+    bytes[middle] ^= 0x10;
+    std::fs::write(&segments[0], &bytes).unwrap();
+    let engine = Engine::open(options(dir.path())).unwrap();
+    let handle = engine.handle();
+    assert_eq!(
+        handle.stats_blocking().unwrap().shards[0].opened.replayed_records,
+        0,
+        "a clean close left a checkpoint"
+    );
+    let config = ConsumerConfig { start: StartPosition::Earliest, ..ConsumerConfig::new("audit") };
+    let mut consumer = handle.consumer(config).unwrap();
+    let error = (0..100).find_map(|_| consumer.poll_blocking(1000, std::time::Duration::from_millis(10)).err());
+    match error {
+        Some(Error::Corrupt { path, .. }) => assert_eq!(path, segments[0]),
+        other => panic!("expected the damaged segment, got {other:?}"),
+    }
+    drop(consumer);
+    engine.close().unwrap();
 }
 
 /// Runs an open of `dir` as uid 65534 in a child process; `None` (with a message) where this
@@ -247,7 +294,7 @@ fn segments_of(shard_dir: &Path) -> Vec<PathBuf> {
 #[test]
 fn a_refused_open_changes_none_of_the_other_shards() {
     let dir = tempfile::tempdir().unwrap();
-    let opts = || Options { segment_bytes: 1 << 20, ..engine_options(dir.path(), 4, 2) };
+    let opts = || no_checkpoint(Options { segment_bytes: 1 << 20, ..engine_options(dir.path(), 4, 2) });
     let engine = Engine::open(opts()).unwrap();
     let handle = engine.handle();
     // One flush of at least a block per create: more than a 1 MiB segment per shard.

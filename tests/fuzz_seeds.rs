@@ -1,6 +1,6 @@
 //! The seed corpus of the fuzz targets, `fuzz/seeds/<target>/`: real encodings made by this
 //! build's encoders (frames, segment headers, records, a manifest, a segment file, a record
-//! stream), from which the fuzzers start instead of from nothing.
+//! stream, a checkpoint), from which the fuzzers start instead of from nothing.
 //!
 //! This test checks that the committed seeds are what the encoders make today, so that a
 //! format change cannot leave the fuzzers starting from bytes of an old format. Refresh them
@@ -72,6 +72,10 @@ fn segment_file(records: &[Vec<u8>]) -> Vec<u8> {
     let mut bytes = disk.read_file(&file_name(0)).unwrap();
     let used = bytes.iter().rposition(|b| *b != 0).map_or(0, |last| last + 1);
     bytes.truncate(used.div_ceil(4096) * 4096);
+    // The header as made at a fixed time, so that the seed does not change with the clock.
+    let mut header = SegmentHeader::decode(&bytes[..64]).unwrap();
+    header.created_ms = 1;
+    bytes[..64].copy_from_slice(&header.encode());
     bytes
 }
 
@@ -92,8 +96,8 @@ fn seeds() -> Vec<Seed> {
         seeds.push(("piece_decode", name.into(), bytes[FRAME_HEADER_BYTES..].to_vec()));
     }
     for (name, header) in [
-        ("first", SegmentHeader { shard_id: 0, base_seq: 0, chain_seed: 0 }),
-        ("later", SegmentHeader { shard_id: 7, base_seq: 1 << 20, chain_seed: 0xDEAD_BEEF }),
+        ("first", SegmentHeader { shard_id: 0, base_seq: 0, chain_seed: 0, created_ms: 0 }),
+        ("later", SegmentHeader { shard_id: 7, base_seq: 1 << 20, chain_seed: 0xDEAD_BEEF, created_ms: 1 }),
     ] {
         seeds.push(("segment_header", format!("header-{name}"), header.encode().to_vec()));
     }
@@ -108,6 +112,7 @@ fn seeds() -> Vec<Seed> {
         stream.extend_from_slice(record);
     }
     seeds.push(("shard_recovery", "one-trade".into(), stream));
+    seeds.push(("checkpoint", "every-kind".into(), tradeshard_shard::sample_checkpoint()));
     seeds
 }
 

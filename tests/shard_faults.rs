@@ -19,7 +19,7 @@ use std::rc::Rc;
 use std::time::Duration;
 
 use tradeshard_shard::{Command, Move, PollQuery, Shard, TradeError, TradeId, TradeStatus};
-use tradeshard_tests::{call, new_trade, run, seeds, sim_disk_for_seed};
+use tradeshard_tests::{call, check_read_back, new_trade, run, seeds, sim_disk_for_seed};
 use tradeshard_wal::disk::{Fault, SimDisk, SplitMix64};
 use tradeshard_wal::{Preallocation, WalConfig};
 
@@ -159,13 +159,7 @@ async fn check(shard: &SharedShard, model: &RefCell<Model>) -> Result<(), String
     for (id, state) in acked {
         let trade = call(|done| shard.get(id, done)).await.map_err(|e| format!("acknowledged {id} unreadable: {e}"))?;
         let actual = (trade.status, trade.refunded_amount);
-        // The states a trade was sent to, in order: it may be in its acknowledged one or one
-        // sent after it, never one before it.
-        let sent = model.borrow().sent[&id].clone();
-        let from = sent.iter().rposition(|s| *s == state).unwrap_or(0);
-        if !sent[from..].contains(&actual) {
-            return Err(format!("{id} is {actual:?}: acknowledged {state:?}, sent {sent:?}"));
-        }
+        check_read_back(id, &model.borrow().sent[&id], &state, &actual)?;
         model.borrow_mut().acked.insert(id, actual);
     }
     Ok(())

@@ -150,3 +150,18 @@ pub fn once_still<T: PartialEq>(read: impl Fn() -> T) -> T {
 pub fn settled_records(handle: &tradeshard_engine::EngineHandle) -> u64 {
     once_still(|| handle.stats_blocking().unwrap().records)
 }
+
+/// Checks a trade read back after a crash: `sent` is every state it was sent to, in order;
+/// it may be in its acknowledged state `acked` or one sent after it, never one before it.
+pub fn check_read_back<S: PartialEq + std::fmt::Debug>(
+    id: impl std::fmt::Display,
+    sent: &[S],
+    acked: &S,
+    actual: &S,
+) -> Result<(), String> {
+    let from = sent.iter().rposition(|s| s == acked).unwrap_or(0);
+    if sent[from..].contains(actual) {
+        return Ok(());
+    }
+    Err(format!("{id} is {actual:?}: acknowledged {acked:?}, sent {sent:?}"))
+}

@@ -99,6 +99,7 @@ pub(crate) fn start(plan: ExecutorPlan, options: &Options) -> Result<StartingExe
         segment_bytes: options.segment_bytes,
         pending_records_max: options.queue_depth_max,
         cache_bytes: plan.cache_bytes_per_shard,
+        upkeep: options.upkeep,
     };
     let (report_tx, reports) = mpsc::channel();
     let (go, go_rx) = mpsc::channel();

@@ -261,6 +261,27 @@ impl EngineHandle {
         Ok(stats)
     }
 
+    /// Takes a checkpoint of every shard now (after any under way) and applies retention:
+    /// each shard's checkpoint position, `None` where nothing changed since its last one.
+    /// Shards also checkpoint on their own (`Options::upkeep`); this is for tools and tests.
+    pub async fn checkpoint(&self) -> Result<Vec<Option<u64>>> {
+        let mut positions = Vec::new();
+        for shard in 0..self.inner.routing.physical_shards {
+            positions.push(self.on_shard_waiting(shard, ops::Checkpoint).await?);
+        }
+        Ok(positions)
+    }
+
+    /// Every consumer group's durable committed offset per physical shard (in shard order):
+    /// (group, offset, committed at in ms since the Unix epoch).
+    pub async fn groups(&self) -> Result<Vec<Vec<(String, u64, u64)>>> {
+        let mut groups = Vec::new();
+        for shard in 0..self.inner.routing.physical_shards {
+            groups.push(self.on_shard_waiting(shard, ops::Groups).await?);
+        }
+        Ok(groups)
+    }
+
     /// The amounts of every durable settled trade, summed per (merchant, currency): a scan of
     /// the store that a settlement consumer's totals can be reconciled against.
     pub async fn settled_totals(&self) -> Result<BTreeMap<(u64, Currency), u64>> {
@@ -282,6 +303,8 @@ impl EngineHandle {
     blocking!(get_many_blocking = get_many(&self, ids: &[TradeId]) -> Result<Vec<Result<Trade>>>);
     blocking!(list_user_trades_blocking = list_user_trades(&self, user_id: u64, limit: usize, before: Option<TradeId>) -> Result<Vec<Trade>>);
     blocking!(stats_blocking = stats(&self) -> Result<EngineStats>);
+    blocking!(checkpoint_blocking = checkpoint(&self) -> Result<Vec<Option<u64>>>);
+    blocking!(groups_blocking = groups(&self) -> Result<Vec<Vec<(String, u64, u64)>>>);
     blocking!(settled_totals_blocking = settled_totals(&self) -> Result<BTreeMap<(u64, Currency), u64>>);
 }
 

@@ -42,12 +42,12 @@ pub use consumer::{Consumer, ConsumerConfig, ConsumerMode, StartPosition, POLL_E
 pub use error::{Error, FullQueue, Result};
 pub use handle::{EngineHandle, EngineStats};
 pub use manifest::{Manifest, FORMAT_VERSION};
-pub use options::{cores, Backpressure, Durability, Options, SyncMethod};
+pub use options::{cores, Backpressure, Durability, Options, SyncMethod, Upkeep};
 pub use routing::Routing;
 pub use tradeshard_shard::{
-    CacheStats, CreatedFields, CreatedFieldsView, Currency, Event, EventBatch, InputError, NewTrade, Receipt,
-    RecordKind, Refusal, ShardStats, Trade, TradeId, TradeRecord, TradeRecordView, TradeStatus, WalStats, AMOUNT_MAX,
-    LOGICAL_SHARDS_MAX, MEMO_BYTES_MAX, ORDER_NO_BYTES_MAX, REFUND_NO_BYTES_MAX,
+    CacheStats, CheckpointStats, CreatedFields, CreatedFieldsView, Currency, Event, EventBatch, InputError, NewTrade,
+    OpenReport, Receipt, RecordKind, Refusal, ShardStats, Trade, TradeId, TradeRecord, TradeRecordView, TradeStatus,
+    WalStats, AMOUNT_MAX, LOGICAL_SHARDS_MAX, MEMO_BYTES_MAX, ORDER_NO_BYTES_MAX, REFUND_NO_BYTES_MAX,
 };
 
 use crate::executor::ExecutorPlan;
@@ -79,6 +79,12 @@ impl Engine {
         }
         if options.queue_depth_max == 0 || options.executors == Some(0) {
             return Err(Error::InvalidOptions("queue_depth_max and executors must be above zero".into()));
+        }
+        let upkeep = &options.upkeep;
+        if upkeep.checkpoint_log_bytes == 0 || upkeep.checkpoint_interval.is_zero() {
+            return Err(Error::InvalidOptions(
+                "checkpoint_log_bytes and checkpoint_interval must be above zero".into(),
+            ));
         }
         let new_layout = Manifest {
             format_version: FORMAT_VERSION,

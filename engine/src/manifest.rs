@@ -20,10 +20,10 @@ use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, Result};
 
-/// The data directory format this build writes and reads (3: refund records carry their
-/// refund request number, and merchant order numbers are claimed in their home shards;
-/// directories of formats 1 and 2 are refused).
-pub const FORMAT_VERSION: u32 = 3;
+/// The data directory format this build writes and reads (4: shards keep checkpoints and a
+/// store of created parts, and segment headers carry their creation time; directories of
+/// formats 1 to 3 are refused).
+pub const FORMAT_VERSION: u32 = 4;
 const MANIFEST: &str = "MANIFEST";
 const LOCK: &str = "LOCK";
 /// Where the manifest is written before its rename; a leftover of an interrupted creation.

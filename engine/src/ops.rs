@@ -317,6 +317,28 @@ impl ExecutorOp for GetMany {
     }
 }
 
+/// A checkpoint of one shard, then its retention: the position, or `None` if nothing was
+/// applied since the last one.
+pub(crate) struct Checkpoint;
+
+impl ShardOp for Checkpoint {
+    type Output = Option<u64>;
+    fn start(self, shard: &DiskShard, reply: ShardReply<Option<u64>>) {
+        let checkpoint = shard.checkpoint();
+        glommio::spawn_local(async move { reply.send(checkpoint.await) }).detach();
+    }
+}
+
+/// The consumer groups of one shard: (group, committed offset, committed at ms).
+pub(crate) struct Groups;
+
+impl ShardOp for Groups {
+    type Output = Vec<(String, u64, u64)>;
+    fn start(self, shard: &DiskShard, reply: ShardReply<Self::Output>) {
+        reply.send(Ok(shard.groups()))
+    }
+}
+
 /// Counters of every shard of the executor.
 #[derive(Clone, Copy)]
 pub(crate) struct Stats;

@@ -4,7 +4,7 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
-pub use tradeshard_shard::{Durability, SyncMethod};
+pub use tradeshard_shard::{Durability, SyncMethod, Upkeep};
 
 /// What a caller wants when an executor's request queue is full.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -48,6 +48,9 @@ pub struct Options {
     /// Bytes of read-through cache in all, split evenly across the physical shards; 0 turns
     /// the cache off (every `get` reads the log).
     pub cache_bytes: usize,
+    /// Checkpoints (how often each shard makes its state durable, so that an open replays
+    /// only the log after it) and retention (which log segments go).
+    pub upkeep: Upkeep,
 }
 
 impl Options {
@@ -66,6 +69,7 @@ impl Options {
             segment_bytes: 128 << 20,
             io_memory_bytes: 64 << 20,
             cache_bytes: 256 << 20,
+            upkeep: Upkeep::default(),
         }
     }
 

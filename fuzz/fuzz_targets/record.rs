@@ -1,4 +1,4 @@
-//! Any bytes through the log record decoder (trade records and offset commits): no panic, and
+//! Any bytes through the log record decoder (trade records and system records): no panic, and
 //! whatever decodes encodes to bytes that decode to the same record.
 #![no_main]
 
@@ -10,6 +10,8 @@ fuzz_target!(|bytes: &[u8]| {
     let encoded = match &record {
         LogRecord::Trade(trade) => trade.encode(),
         LogRecord::Offset(commit) => commit.encode(),
+        LogRecord::Claim(claim) => claim.encode(),
+        LogRecord::ClaimSettled(settled) => settled.encode(),
     };
     assert_eq!(LogRecord::decode(&encoded).expect("an encoded record decodes"), record);
 });

@@ -64,6 +64,7 @@ fn apply_durable<D: Disk>(inner: &Inner<D>, front: Appended) {
             None => resolved(effect.ticket.take().expect("only the front ticket was taken")),
         };
         assert_eq!(appended.seq, effect.seq, "effects are applied in log order");
+        index.note_applied(appended.seq);
         match (effect.record, effect.waiter) {
             (LogRecord::Trade(record), Waiter::Trade(reply)) => {
                 let id = apply_trade(inner, &mut accepted, &mut index, record, appended, effect.keys);

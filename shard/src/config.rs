@@ -10,6 +10,7 @@ use tradeshard_wal::{Durability, SyncMethod, WalConfig};
 
 use crate::error::{LogError, TradeError};
 use crate::record::RECORD_BYTES_MAX;
+use crate::retention::Upkeep;
 use crate::shard::{RecoveredShard, Shard};
 
 /// Frame payload limit of a shard's log. Trade records are at most a few hundred bytes; a
@@ -35,6 +36,8 @@ pub struct ShardConfig {
     pub pending_records_max: usize,
     /// Bytes of the read-through cache; 0 turns it off.
     pub cache_bytes: usize,
+    /// Checkpoints and retention.
+    pub upkeep: Upkeep,
 }
 
 impl ShardConfig {
@@ -62,6 +65,12 @@ impl Shard<DmaDisk> {
         let disk = DmaDisk::new(dir).map_err(|source| {
             TradeError::Log(LogError::Io { op: "create directory", path: dir.to_path_buf(), source: Arc::new(source) })
         })?;
-        Shard::recover(disk.with_sync_method(config.sync_method), config.wal_config(), config.cache_bytes).await
+        Shard::recover(
+            disk.with_sync_method(config.sync_method),
+            config.wal_config(),
+            config.cache_bytes,
+            config.upkeep,
+        )
+        .await
     }
 }

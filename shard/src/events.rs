@@ -114,7 +114,8 @@ impl EventBatch {
 pub(crate) async fn poll<D: Disk>(partition: u32, wal: &Wal<D>, query: PollQuery) -> Result<EventBatch, TradeError> {
     let (max_events, max_bytes) =
         (query.max_events.clamp(1, POLL_EVENTS_MAX), query.max_bytes.clamp(1, POLL_BYTES_MAX));
-    if query.from > wal.durable_end() {
+    if query.from > wal.durable_end() || query.from < wal.first_seq() {
+        // Past the end, or removed by retention: the refusal names the offsets there are.
         let (offset, first, end) = (query.from, wal.first_seq(), wal.durable_end());
         return Err(Refusal::OffsetOutOfRange { offset, first, end }.into());
     }

@@ -134,7 +134,36 @@ pub struct TradeEntry {
     pub currency: Currency,
     pub updated_ms: u64,
     /// Where the trade's `Created` record lies (order number, memo, creation time).
-    pub created_at: Appended,
+    pub created_at: CreatedAt,
+}
+
+/// Where a trade's `Created` record can be read: in the log until a checkpoint copies it to
+/// the shard's store of created parts (`parts.rs`), from which it is read ever after, so that
+/// retention can remove the log segment it was written in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CreatedAt {
+    Log(Appended),
+    Stored(StoredPart),
+}
+
+/// A `Created` record in the store of created parts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct StoredPart {
+    /// The record's sequence number in the log.
+    pub seq: u64,
+    /// Where its entry starts in the store, and the entry's length (header included).
+    pub offset: u64,
+    pub len: u32,
+}
+
+impl CreatedAt {
+    /// The `Created` record's sequence number.
+    pub fn seq(&self) -> u64 {
+        match self {
+            CreatedAt::Log(at) => at.seq,
+            CreatedAt::Stored(part) => part.seq,
+        }
+    }
 }
 
 impl TradeEntry {
@@ -199,8 +228,16 @@ pub fn body_hash(buyer_id: u64, amount: u64, currency: Currency, memo: &str) -> 
     xxhash_rust::xxh3::xxh3_64_with_seed(memo.as_bytes(), xxhash_rust::xxh3::xxh3_64(&fixed))
 }
 
-/// The durable indexes of one shard.
-#[derive(Default)]
+/// A consumer group's durable committed offset in a shard, and when it was committed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct GroupOffset {
+    pub offset: u64,
+    pub at_ms: u64,
+}
+
+/// The durable indexes of one shard. Cloning shares the large maps with the clone, part by
+/// part (`trade_table.rs`, `partitioned.rs`): a checkpoint's snapshot.
+#[derive(Default, Clone)]
 pub struct ShardIndex {
     // Laid out by counter (trade_table.rs); the others are partitioned, so that a map of
     // millions of entries never grows all at once (partitioned.rs).
@@ -216,12 +253,99 @@ pub struct ShardIndex {
     /// Highest counter part of any trade id in the shard.
     counter_max: u64,
     /// Each consumer group's committed offset in this shard's log.
-    offsets: HashMap<String, u64>,
+    offsets: HashMap<String, GroupOffset>,
     /// The offset after the last durable trade event (system records after it are no events).
     events_end: u64,
+    /// The record after the last one applied: the index holds the effect of every record
+    /// below it and of none above (a checkpoint's position).
+    applied_end: u64,
+}
+
+/// One entry of the indexes, as a checkpoint holds it (`checkpoint.rs`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum Item {
+    Trade(TradeId, TradeEntry),
+    /// Order key → (trade, body hash).
+    Order(u128, TradeId, u64),
+    /// A user's trades, oldest first (a long list comes as several items, in order).
+    User(u64, Vec<TradeId>),
+    Refund(u128, RefundEntry),
+    Claim(u128, ClaimEntry),
+    Group(String, GroupOffset),
+}
+
+/// The numbers of an index beside its maps.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub(crate) struct Scalars {
+    pub applied_end: u64,
+    pub events_end: u64,
+    pub counter_max: u64,
 }
 
 impl ShardIndex {
+    /// Every entry of the indexes (a checkpoint writes them; `restore` reads them back).
+    pub(crate) fn items(&self) -> impl Iterator<Item = Item> + '_ {
+        let trades = self.trades.iter().map(|(id, entry)| Item::Trade(id, *entry));
+        let orders = self.by_order.iter().map(|(key, (id, body))| Item::Order(*key, *id, *body));
+        let users = self.by_user.iter().map(|(user, ids)| Item::User(*user, ids.clone()));
+        let refunds = self.refunds.iter().map(|(key, refund)| Item::Refund(*key, *refund));
+        let claims = self.claims.iter().map(|(key, claim)| Item::Claim(*key, *claim));
+        let groups = self.offsets.iter().map(|(group, offset)| Item::Group(group.clone(), *offset));
+        trades.chain(orders).chain(users).chain(refunds).chain(claims).chain(groups)
+    }
+
+    pub(crate) fn scalars(&self) -> Scalars {
+        Scalars { applied_end: self.applied_end, events_end: self.events_end, counter_max: self.counter_max }
+    }
+
+    /// An index holding `scalars` and nothing else yet.
+    pub(crate) fn with_scalars(scalars: Scalars) -> ShardIndex {
+        ShardIndex {
+            applied_end: scalars.applied_end,
+            events_end: scalars.events_end,
+            counter_max: scalars.counter_max,
+            ..ShardIndex::default()
+        }
+    }
+
+    /// Adds an entry read from a checkpoint; an entry that contradicts those before it means
+    /// the checkpoint is not what was written.
+    pub(crate) fn restore(&mut self, item: Item) -> Result<(), &'static str> {
+        match item {
+            Item::Trade(id, entry) => {
+                if self.trades.contains(id) || id.counter() > self.counter_max {
+                    return Err("trade twice in a checkpoint, or above its counter");
+                }
+                self.trades.insert_new(id, entry);
+            }
+            Item::Order(key, id, body) => {
+                if self.by_order.insert(key, (id, body)).is_some() {
+                    return Err("order key twice in a checkpoint");
+                }
+            }
+            Item::User(user, ids) => self.by_user.get_or_default(user).extend(ids),
+            Item::Refund(key, refund) => {
+                if self.refunds.insert(key, refund).is_some() {
+                    return Err("refund key twice in a checkpoint");
+                }
+            }
+            Item::Claim(key, claim) => {
+                if self.claims.insert(key, claim).is_some() {
+                    return Err("claim twice in a checkpoint");
+                }
+                if claim.trade.is_none() {
+                    self.pending_claims.insert(key, claim);
+                }
+            }
+            Item::Group(group, offset) => {
+                if self.offsets.insert(group, offset).is_some() {
+                    return Err("group twice in a checkpoint");
+                }
+            }
+        }
+        Ok(())
+    }
+
     pub fn get(&self, id: TradeId) -> Option<&TradeEntry> {
         self.trades.get(id)
     }
@@ -312,13 +436,48 @@ impl ShardIndex {
 
     /// A consumer group's committed offset.
     pub fn committed_offset(&self, group: &str) -> Option<u64> {
-        self.offsets.get(group).copied()
+        self.offsets.get(group).map(|group| group.offset)
+    }
+
+    /// Every group's committed offset, in no particular order.
+    pub fn groups(&self) -> impl Iterator<Item = (&str, GroupOffset)> {
+        self.offsets.iter().map(|(group, offset)| (group.as_str(), *offset))
+    }
+
+    /// Forgets the groups that committed nothing since `idle_before_ms` (their offsets
+    /// expire, as Kafka's `offsets.retention.minutes`); returns how many.
+    pub fn expire_groups(&mut self, idle_before_ms: u64) -> usize {
+        let before = self.offsets.len();
+        self.offsets.retain(|_, group| group.at_ms >= idle_before_ms);
+        before - self.offsets.len()
     }
 
     /// Applies a durable offset commit: the latest commit of a group wins (a group may move
     /// back, with a seek).
     pub fn apply_offset(&mut self, commit: &OffsetCommit) {
-        self.offsets.insert(commit.group.clone(), commit.offset);
+        self.offsets.insert(commit.group.clone(), GroupOffset { offset: commit.offset, at_ms: commit.at_ms });
+    }
+
+    /// The record after the last one applied.
+    pub fn applied_end(&self) -> u64 {
+        self.applied_end
+    }
+
+    /// Notes that the record `seq` was applied (every record is, in log order, whatever its
+    /// kind).
+    pub fn note_applied(&mut self, seq: u64) {
+        debug_assert!(seq >= self.applied_end, "records are applied in log order");
+        self.applied_end = seq + 1;
+    }
+
+    /// Points a trade's `Created` record at its copy in the store of created parts, unless the
+    /// trade is gone or already points elsewhere.
+    pub fn note_stored(&mut self, id: TradeId, part: StoredPart) {
+        if let Some(entry) = self.trades.get_mut(id) {
+            if matches!(entry.created_at, CreatedAt::Log(at) if at.seq == part.seq) {
+                entry.created_at = CreatedAt::Stored(part);
+            }
+        }
     }
 
     /// Applies a durable record. A record that breaks the lifecycle cannot have been written by
@@ -353,7 +512,7 @@ impl ShardIndex {
                 lifecycle: Lifecycle { status: TradeStatus::Created, amount: record.amount, refunded: 0 },
                 currency: record.currency,
                 updated_ms: record.at_ms,
-                created_at: at,
+                created_at: CreatedAt::Log(at),
             };
             if self.by_order.get(&key).is_some() || self.claims.get(&key).is_some() {
                 return Err("order number used by two trades");

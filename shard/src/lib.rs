@@ -6,6 +6,8 @@
 //! request is answered through a [`Reply`], the one one-shot that carries answers back to
 //! whoever asked, on any thread.
 
+mod checkpoint;
+mod checkpointer;
 mod claims;
 mod committer;
 mod config;
@@ -16,9 +18,11 @@ mod events;
 mod id_hash;
 mod index;
 mod partitioned;
+mod parts;
 mod read;
 mod record;
 pub mod reply;
+mod retention;
 mod shard;
 mod state;
 mod system_record;
@@ -27,6 +31,10 @@ mod trade_table;
 mod validate;
 mod write;
 
+/// The decoder of a checkpoint file, for fuzzing (`testing` feature).
+#[cfg(any(test, feature = "testing"))]
+pub use checkpoint::{decode_file as decode_checkpoint, sample_file as sample_checkpoint};
+pub use checkpointer::CheckpointStats;
 pub use claims::{ClaimRequest, OrderLookup, PendingClaim};
 pub use config::{DiskShard, ShardConfig};
 pub use currency::Currency;
@@ -36,7 +44,8 @@ pub use index::{order_key, Move};
 pub use read::ListQuery;
 pub use record::{CreatedFields, CreatedFieldsView, RecordKind, TradeRecord, TradeRecordView};
 pub use reply::{Reply, ReplyFuture};
-pub use shard::{RecoveredShard, Shard, ShardStats};
+pub use retention::Upkeep;
+pub use shard::{OpenReport, RecoveredShard, Shard, ShardStats};
 pub use state::{AfterDurable, ShardReply};
 pub use system_record::ClaimOutcome;
 /// The codec of every record of a shard's log, for fuzzing and tests (`testing` feature).
@@ -47,6 +56,6 @@ pub use trade::{
     LOGICAL_SHARD_BITS, MEMO_BYTES_MAX, ORDER_NO_BYTES_MAX, REFUND_NO_BYTES_MAX,
 };
 pub use tradeshard_cache::CacheStats;
-pub use tradeshard_wal::{Durability, SyncMethod, WalStats};
+pub use tradeshard_wal::{Durability, SegmentInfo, SyncMethod, WalStats};
 pub use validate::{validate_amount, validate_group, validate_order_no, validate_refund_no};
 pub use write::Command;

@@ -6,29 +6,40 @@
 //! shard), holding up every request of the shard. Split 256 ways, each doubling moves a
 //! 256th of the entries, and the parts double at different times.
 //!
+//! Parts are shared, not owned (`Rc`): a checkpoint's snapshot clones the list of parts, and
+//! a write to a part the snapshot still holds copies that part first (a 256th of the map).
+//!
 //! A key's part comes from bits 48..56 of its hash. The parts hash the key the same way and
 //! use its low bits to place it and its top seven bits as the tag they compare first, so the
 //! bits that choose the part are bits no part uses: each part's keys stay spread.
 
 use std::collections::hash_map::Entry;
 use std::hash::{BuildHasher, BuildHasherDefault, Hash};
+use std::rc::Rc;
 
 use crate::id_hash::{IdHasher, IdMap};
 
 const PARTS: usize = 256;
 
-/// A map of `K` to `V` in 256 parts (see the module's text).
+/// A map of `K` to `V` in 256 parts (see the module's text). Cloning it shares every part
+/// with the clone.
 pub struct PartitionedMap<K, V> {
-    parts: Vec<IdMap<K, V>>,
+    parts: Vec<Rc<IdMap<K, V>>>,
+}
+
+impl<K, V> Clone for PartitionedMap<K, V> {
+    fn clone(&self) -> Self {
+        PartitionedMap { parts: self.parts.clone() }
+    }
 }
 
 impl<K, V> Default for PartitionedMap<K, V> {
     fn default() -> Self {
-        PartitionedMap { parts: (0..PARTS).map(|_| IdMap::default()).collect() }
+        PartitionedMap { parts: (0..PARTS).map(|_| Rc::new(IdMap::default())).collect() }
     }
 }
 
-impl<K: Hash + Eq, V> PartitionedMap<K, V> {
+impl<K: Hash + Eq + Clone, V: Clone> PartitionedMap<K, V> {
     fn part(key: &K) -> usize {
         (BuildHasherDefault::<IdHasher>::default().hash_one(key) >> 48) as usize % PARTS
     }
@@ -38,17 +49,30 @@ impl<K: Hash + Eq, V> PartitionedMap<K, V> {
     }
 
     pub fn get_mut(&mut self, key: &K) -> Option<&mut V> {
-        self.parts[Self::part(key)].get_mut(key)
+        let part = &mut self.parts[Self::part(key)];
+        if !part.contains_key(key) {
+            return None;
+        }
+        Rc::make_mut(part).get_mut(key)
     }
 
     /// Removes `key`, returning its value.
     pub fn remove(&mut self, key: &K) -> Option<V> {
-        self.parts[Self::part(key)].remove(key)
+        let part = &mut self.parts[Self::part(key)];
+        if !part.contains_key(key) {
+            return None;
+        }
+        Rc::make_mut(part).remove(key)
     }
 
     /// Inserts, returning the value `key` held before.
     pub fn insert(&mut self, key: K, value: V) -> Option<V> {
-        self.parts[Self::part(&key)].insert(key, value)
+        Rc::make_mut(&mut self.parts[Self::part(&key)]).insert(key, value)
+    }
+
+    /// Every entry, in no particular order.
+    pub fn iter(&self) -> impl Iterator<Item = (&K, &V)> {
+        self.parts.iter().flat_map(|part| part.iter())
     }
 
     /// The value of `key`, inserted as `V::default()` first if absent.
@@ -56,7 +80,7 @@ impl<K: Hash + Eq, V> PartitionedMap<K, V> {
     where
         V: Default,
     {
-        match self.parts[Self::part(&key)].entry(key) {
+        match Rc::make_mut(&mut self.parts[Self::part(&key)]).entry(key) {
             Entry::Occupied(entry) => entry.into_mut(),
             Entry::Vacant(entry) => entry.insert(V::default()),
         }

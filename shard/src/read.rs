@@ -6,11 +6,10 @@
 //! cache when it becomes durable. A hit is answered at once; only a miss spawns a task.
 
 use tradeshard_wal::disk::Disk;
-use tradeshard_wal::Appended;
 
 use crate::created::CreatedPart;
-use crate::error::TradeError;
-use crate::index::TradeEntry;
+use crate::error::{LogError, TradeError};
+use crate::index::{CreatedAt, TradeEntry};
 use crate::record::TradeRecordView;
 use crate::shard::Shard;
 use crate::state::{Inner, ShardReply};
@@ -89,7 +88,7 @@ impl<D: Disk> Shard<D> {
 /// the index. `missed`: the caller already looked the cache up and missed.
 async fn read_trade<D: Disk>(inner: &Inner<D>, id: TradeId, missed: bool) -> Result<Trade, TradeError> {
     let created_at = inner.index.borrow().get(id).map(|entry| entry.created_at).ok_or(TradeError::NotFound(id))?;
-    let load = || read_created_part(inner, created_at);
+    let load = || read_created_part(inner, id, created_at);
     let parts = &inner.created_parts;
     let part = if missed {
         parts.load_after_miss(id, load, CreatedPart::cache_bytes).await?
@@ -117,10 +116,29 @@ fn compose(id: TradeId, entry: &TradeEntry, part: &CreatedPart) -> Trade {
     }
 }
 
-/// Reads a trade's `Created` record from the log (direct I/O): a cache miss.
-async fn read_created_part<D: Disk>(inner: &Inner<D>, created_at: Appended) -> Result<CreatedPart, TradeError> {
-    let bytes = inner.wal.read_at(created_at.seq, created_at.piece).await?;
-    let bad = |reason| TradeError::BadRecord { seq: created_at.seq, reason };
+/// Reads a trade's `Created` record (direct I/O): a cache miss. From the log, or from the
+/// store of created parts once a checkpoint copied it there; a read of the log that finds the
+/// segment removed by retention meanwhile reads the store instead.
+async fn read_created_part<D: Disk>(
+    inner: &Inner<D>,
+    id: TradeId,
+    created_at: CreatedAt,
+) -> Result<CreatedPart, TradeError> {
+    let bytes = match created_at {
+        CreatedAt::Stored(part) => inner.checkpoints.parts.read(part).await?,
+        CreatedAt::Log(at) => match inner.wal.read_at(at.seq, at.piece).await {
+            Ok(bytes) => bytes,
+            Err(LogError::OutOfRange { .. }) => {
+                let now = inner.index.borrow().get(id).map(|entry| entry.created_at).ok_or(TradeError::NotFound(id))?;
+                match now {
+                    CreatedAt::Stored(part) => inner.checkpoints.parts.read(part).await?,
+                    CreatedAt::Log(at) => inner.wal.read_at(at.seq, at.piece).await?,
+                }
+            }
+            Err(error) => return Err(error.into()),
+        },
+    };
+    let bad = |reason| TradeError::BadRecord { seq: created_at.seq(), reason };
     let record = TradeRecordView::decode(&bytes).map_err(bad)?;
     let created = record.created.ok_or(bad("not a created record"))?;
     Ok(CreatedPart::new(record.at_ms, created.merchant_order_no, created.memo))

@@ -13,16 +13,20 @@
 
 use std::cell::RefCell;
 use std::rc::Rc;
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
 use tradeshard_cache::{CacheStats, ReadThrough};
 use tradeshard_wal::disk::Disk;
 use tradeshard_wal::{RecoveredWal, Wal, WalConfig, WalStats};
 
+use crate::checkpoint::Header;
+use crate::checkpointer::{CheckpointStats, Checkpoints, Loaded};
 use crate::currency::Currency;
-use crate::error::TradeError;
+use crate::error::{LogError, TradeError};
 use crate::events::{EventBatch, PollQuery};
 use crate::index::ShardIndex;
+use crate::parts::PartsStore;
+use crate::retention::Upkeep;
 use crate::state::{Accepted, Inner, ShardReply};
 use crate::system_record::LogRecord;
 use crate::trade::TradeStatus;
@@ -36,12 +40,39 @@ pub struct ShardStats {
     pub writes_in_flight: u64,
     pub wal: WalStats,
     pub cache: CacheStats,
+    pub checkpoints: CheckpointStats,
+    /// What the open found and cost.
+    pub opened: OpenReport,
+    /// The first record the log still holds, and the record after its last.
+    pub log_first: u64,
+    pub log_end: u64,
+    /// The offset after the last trade event (a consumer's lag is measured to it).
+    pub events_end: u64,
+    /// Segments in the log and the bytes they take.
+    pub segments: u64,
+    pub segment_bytes: u64,
+}
+
+/// What opening a shard found and cost.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct OpenReport {
+    /// The checkpoint the open started from (its position), if any.
+    pub checkpoint: Option<u64>,
+    /// A newer checkpoint was damaged and passed over for an older one.
+    pub passed_over_damaged_checkpoint: bool,
+    /// Log records replayed after the checkpoint.
+    pub replayed_records: u64,
+    /// Segments not read at all (wholly below the checkpoint).
+    pub skipped_segments: u64,
+    /// Time from the start of the recovery to the shard's start.
+    pub open_ms: u64,
 }
 
 /// One shard of the trade store, on the executor that opened it.
 pub struct Shard<D: Disk> {
     pub(crate) inner: Rc<Inner<D>>,
     committer: Option<glommio::task::JoinHandle<()>>,
+    checkpointer: Option<glommio::task::JoinHandle<()>>,
 }
 
 pub(crate) fn now_ms() -> u64 {
@@ -53,45 +84,80 @@ pub(crate) fn now_ms() -> u64 {
 pub struct RecoveredShard<D: Disk> {
     shard_id: u32,
     wal: RecoveredWal<D>,
+    disk: D,
     index: ShardIndex,
     cache_bytes: usize,
+    upkeep: Upkeep,
+    checkpoint: Option<Header>,
+    opened: OpenReport,
+    began: Instant,
 }
 
 impl<D: Disk> RecoveredShard<D> {
-    /// Makes the log's repairs, starts it and the shard's committer.
+    /// Makes the log's repairs, starts it, the shard's committer and its checkpoints.
     pub async fn start(self) -> Result<Shard<D>, TradeError> {
-        let RecoveredShard { shard_id, wal, index, cache_bytes } = self;
+        let RecoveredShard { shard_id, wal, disk, index, cache_bytes, upkeep, checkpoint, mut opened, began } = self;
         let wal = wal.start().await?;
+        let parts_len = checkpoint.as_ref().map_or(0, |header| header.parts_len);
+        let parts = PartsStore::open(&disk, parts_len).await?;
         let accepted = Accepted { next_counter: index.counter_max() + 1, ..Accepted::default() };
+        opened.open_ms = began.elapsed().as_millis() as u64;
         let inner = Rc::new(Inner {
             shard_id,
             wal,
+            checkpoints: Checkpoints::new(upkeep, parts, checkpoint.as_ref()),
+            opened,
             index: RefCell::new(index),
             accepted: RefCell::new(accepted),
             created_parts: ReadThrough::with_hasher(cache_bytes),
         });
         let committer = glommio::spawn_local(crate::committer::run(inner.clone())).detach();
-        Ok(Shard { inner, committer: Some(committer) })
+        let checkpointer = glommio::spawn_local(crate::checkpointer::run(inner.clone())).detach();
+        Ok(Shard { inner, committer: Some(committer), checkpointer: Some(checkpointer) })
     }
 }
 
 impl<D: Disk> Shard<D> {
-    /// Opens the shard's log on `disk`, rebuilding the indexes from every record, with a
-    /// read-through cache of `cache_bytes` (0: every read goes to the log).
+    /// Opens the shard's log on `disk`, loading the latest checkpoint and replaying the log
+    /// after it, with a read-through cache of `cache_bytes` (0: every read goes to the log)
+    /// and the default upkeep.
     pub async fn open(disk: D, wal_config: WalConfig, cache_bytes: usize) -> Result<Shard<D>, TradeError> {
-        Self::recover(disk, wal_config, cache_bytes).await?.start().await
+        Self::open_with(disk, wal_config, cache_bytes, Upkeep::default()).await
     }
 
-    /// The first half of [`open`](Self::open): verifies the log and rebuilds the indexes from
-    /// it, changing nothing on disk (see [`RecoveredShard::start`]).
-    pub async fn recover(disk: D, wal_config: WalConfig, cache_bytes: usize) -> Result<RecoveredShard<D>, TradeError> {
-        let mut index = ShardIndex::default();
-        let mut replay_error = None;
+    /// [`open`](Self::open) with the given checkpoints and retention.
+    pub async fn open_with(
+        disk: D,
+        wal_config: WalConfig,
+        cache_bytes: usize,
+        upkeep: Upkeep,
+    ) -> Result<Shard<D>, TradeError> {
+        Self::recover(disk, wal_config, cache_bytes, upkeep).await?.start().await
+    }
+
+    /// The first half of [`open`](Self::open): loads the latest checkpoint, verifies the log
+    /// after it and replays it into the indexes, changing nothing on disk (see
+    /// [`RecoveredShard::start`]).
+    pub async fn recover(
+        disk: D,
+        wal_config: WalConfig,
+        cache_bytes: usize,
+        upkeep: Upkeep,
+    ) -> Result<RecoveredShard<D>, TradeError> {
+        let began = Instant::now();
         let shard_id = wal_config.shard_id;
-        let (wal, _) = Wal::recover_with_positions(disk, wal_config, |at, bytes| {
+        let found = crate::checkpointer::load_latest(&disk, shard_id).await?;
+        let (checkpoint, mut index) = match found.loaded {
+            Some(Loaded { header, index }) => (Some(header), index),
+            None => (None, ShardIndex::default()),
+        };
+        let from = index.applied_end();
+        let mut replay_error = None;
+        let (wal, report) = Wal::recover_from(disk.clone(), wal_config, from, |at, bytes| {
             if replay_error.is_some() {
                 return;
             }
+            index.note_applied(at.seq);
             let applied = LogRecord::decode(bytes).and_then(|record| match record {
                 LogRecord::Trade(record) => index.apply(&record, at),
                 LogRecord::Offset(commit) => {
@@ -109,7 +175,31 @@ impl<D: Disk> Shard<D> {
         if let Some(error) = replay_error {
             return Err(error);
         }
-        Ok(RecoveredShard { shard_id, wal, index, cache_bytes })
+        let log_path = || disk.path_of(&report.first_segment_name());
+        let refuse = |reason| TradeError::Log(LogError::Corruption { path: log_path(), offset: 0, reason });
+        if report.segments > 0 && report.first_seq > from {
+            // The log no longer reaches back to the checkpoint loaded: the one it was kept for
+            // was passed over as damaged (that is the error to report), or is missing.
+            return Err(found.passed_over.unwrap_or_else(|| refuse("the log starts after the latest checkpoint")));
+        }
+        if report.next_seq < from {
+            return Err(refuse("the log ends before the latest checkpoint"));
+        }
+        let opened = OpenReport {
+            checkpoint: checkpoint.as_ref().map(|header| header.scalars.applied_end),
+            passed_over_damaged_checkpoint: found.passed_over.is_some(),
+            replayed_records: report.replayed,
+            skipped_segments: report.skipped_segments as u64,
+            open_ms: 0,
+        };
+        Ok(RecoveredShard { shard_id, wal, disk, index, cache_bytes, upkeep, checkpoint, opened, began })
+    }
+
+    /// Takes a checkpoint now (after one under way), then applies retention; `None` if nothing
+    /// was applied since the last one.
+    pub fn checkpoint(&self) -> impl std::future::Future<Output = Result<Option<u64>, TradeError>> + 'static {
+        let inner = self.inner.clone();
+        async move { crate::checkpointer::take(&inner).await }
     }
 
     /// `group`'s durable committed offset in this shard, if it ever committed one.
@@ -150,13 +240,30 @@ impl<D: Disk> Shard<D> {
 
     /// Counters of the shard.
     pub fn stats(&self) -> ShardStats {
+        let segments = self.inner.wal.segments();
         ShardStats {
             shard: self.inner.shard_id,
             trades: self.inner.index.borrow().len() as u64,
             writes_in_flight: self.inner.accepted.borrow().effects.len() as u64,
             wal: self.inner.wal.stats(),
             cache: self.inner.created_parts.cache().borrow().stats(),
+            checkpoints: self.inner.checkpoints.stats(),
+            opened: self.inner.opened,
+            log_first: self.inner.wal.first_seq(),
+            log_end: self.inner.wal.durable_end(),
+            events_end: self.inner.index.borrow().events_end(),
+            segments: segments.len() as u64,
+            segment_bytes: segments.iter().map(|s| s.bytes).sum(),
         }
+    }
+
+    /// Every consumer group's durable committed offset in this shard, and when it was
+    /// committed (ms since the Unix epoch).
+    pub fn groups(&self) -> Vec<(String, u64, u64)> {
+        let index = self.inner.index.borrow();
+        let mut groups: Vec<_> = index.groups().map(|(name, g)| (name.to_string(), g.offset, g.at_ms)).collect();
+        groups.sort();
+        groups
     }
 
     /// Stops taking writes, waits for those in flight, and closes the log (synced).
@@ -168,6 +275,14 @@ impl<D: Disk> Shard<D> {
         }
         if let Some(committer) = self.committer.take() {
             committer.await;
+        }
+        if let Some(checkpointer) = self.checkpointer.take() {
+            checkpointer.await;
+        }
+        if self.inner.checkpoints.upkeep.checkpoint_on_close && self.inner.accepted.borrow().failed.is_none() {
+            // A clean close leaves a checkpoint at the log's end, so the next open replays
+            // nothing; if it fails, the next open replays more, and nothing is lost.
+            let _ = crate::checkpointer::take(&self.inner).await;
         }
         // Reads and polls in flight hold the shard; long polls are cut short, the rest finish.
         self.inner.wal.stop_waits();

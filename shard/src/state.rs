@@ -15,12 +15,14 @@ use tradeshard_cache::ReadThrough;
 use tradeshard_wal::disk::Disk;
 use tradeshard_wal::{Ticket, Wal};
 
+use crate::checkpointer::Checkpoints;
 use crate::created::CreatedPart;
 use crate::currency::Currency;
 use crate::error::TradeError;
 use crate::id_hash::{IdHasher, IdMap};
 use crate::index::{Lifecycle, ShardIndex};
 use crate::reply::Reply;
+use crate::shard::OpenReport;
 use crate::system_record::{ClaimOutcome, LogRecord};
 use crate::trade::{Receipt, TradeId};
 
@@ -131,6 +133,8 @@ impl Accepted {
 pub(crate) struct Inner<D: Disk> {
     pub shard_id: u32,
     pub wal: Wal<D>,
+    pub checkpoints: Checkpoints<D>,
+    pub opened: OpenReport,
     pub index: RefCell<ShardIndex>,
     pub accepted: RefCell<Accepted>,
     pub created_parts: ReadThrough<TradeId, CreatedPart, TradeError, BuildHasherDefault<IdHasher>>,

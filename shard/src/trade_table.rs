@@ -9,10 +9,17 @@
 //! an id whose counter is known but whose logical shard differs is not found (an entry knows its
 //! logical shard).
 //!
+//! Chunks are shared, not owned (`Rc`): a checkpoint takes a snapshot of the table by
+//! cloning the list of chunks, and a write to a chunk the snapshot still holds copies that one
+//! chunk first (`Rc::make_mut`), so a snapshot costs a pointer per 4,096 trades and a write
+//! during a checkpoint at most one chunk's copy.
+//!
 //! Ids far from the chunks already made, and an id whose counter's slot is taken under another
 //! logical shard (the engine issues neither; a log crafted by hand could hold them), go to a
 //! hash map instead, so that no id can make the table allocate more than one chunk for one
 //! entry and the table stays a map of whole ids.
+
+use std::rc::Rc;
 
 use crate::id_hash::IdMap;
 use crate::trade::TradeId;
@@ -30,10 +37,12 @@ pub trait Entry {
 /// (the index asserts it for its entry).
 pub type Slot<V> = Option<V>;
 
-/// Trade id → `V` for the trades of one shard (see the module's text).
+/// Trade id → `V` for the trades of one shard (see the module's text). Cloning it shares
+/// every chunk with the clone.
+#[derive(Clone)]
 pub struct TradeTable<V> {
     /// Chunk `c` holds counters `c * 4096 .. (c + 1) * 4096`.
-    chunks: Vec<Box<[Slot<V>]>>,
+    chunks: Vec<Rc<[Slot<V>]>>,
     /// Entries whose counter lay beyond the next chunk when inserted, or whose slot held an
     /// entry of another logical shard.
     scattered: IdMap<TradeId, V>,
@@ -51,7 +60,7 @@ fn place(id: TradeId) -> (usize, usize) {
     ((counter >> CHUNK_BITS) as usize, (counter as usize) & (CHUNK_SLOTS - 1))
 }
 
-impl<V: Entry> TradeTable<V> {
+impl<V: Entry + Clone> TradeTable<V> {
     pub fn get(&self, id: TradeId) -> Option<&V> {
         let (chunk, slot) = place(id);
         match self.chunks.get(chunk).and_then(|c| c[slot].as_ref()) {
@@ -65,7 +74,7 @@ impl<V: Entry> TradeTable<V> {
         let (chunk, slot) = place(id);
         let held = self.chunks.get(chunk).and_then(|c| c[slot].as_ref());
         if held.is_some_and(|entry| entry.logical_shard() == id.logical_shard()) {
-            return self.chunks[chunk][slot].as_mut();
+            return Rc::make_mut(&mut self.chunks[chunk])[slot].as_mut();
         }
         self.scattered.get_mut(&id)
     }
@@ -83,7 +92,7 @@ impl<V: Entry> TradeTable<V> {
             self.chunks.push((0..CHUNK_SLOTS).map(|_| None).collect());
         }
         self.len += 1;
-        match self.chunks.get_mut(chunk).map(|c| &mut c[slot]) {
+        match self.chunks.get_mut(chunk).map(|c| &mut Rc::make_mut(c)[slot]) {
             Some(free @ None) => *free = Some(entry),
             // Far from the chunks made so far, or the counter taken under another logical
             // shard: neither happens to ids the engine issues.

@@ -157,7 +157,7 @@ impl<D: Disk> Shard<D> {
             (Some(in_flight), _) => in_flight,
             (None, Some(entry)) => InFlight {
                 lifecycle: entry.lifecycle,
-                last_seq: entry.created_at.seq,
+                last_seq: entry.created_at.seq(),
                 user_id: entry.user_id,
                 merchant_id: entry.merchant_id,
                 currency: entry.currency,

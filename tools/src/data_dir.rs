@@ -1,6 +1,7 @@
-//! Where a command keeps its data: a directory the user named (which must be new, so that a
-//! measurement never mixes with old data), or a temporary one under the current directory
-//! (on the disk being measured, not a tmpfs), removed when the command ends.
+//! Where a command keeps its data: a directory the user named (new, so that a measurement
+//! never mixes with old data, unless the command runs on an existing engine directory on
+//! purpose), or a temporary one under the current directory (on the disk being measured, not
+//! a tmpfs), removed when the command ends unless kept.
 
 use std::path::{Path, PathBuf};
 
@@ -30,6 +31,21 @@ impl DataDir {
         }
     }
 
+    /// `given` if it is absent, empty, or an engine's data directory (it holds a `MANIFEST`),
+    /// else an error; a new temporary directory named `prefix…` when `given` is `None`.
+    pub fn new_or_engine(given: Option<&Path>, prefix: &str) -> anyhow::Result<DataDir> {
+        match given {
+            Some(dir) if dir.join("MANIFEST").is_file() => Ok(DataDir { path: dir.to_path_buf(), _temporary: None }),
+            _ => DataDir::new(given, prefix),
+        }
+    }
+
+    /// Bytes of the files under the directory, as the filesystem counts them (allocated
+    /// blocks, so preallocated segments count whole).
+    pub fn disk_bytes(&self) -> u64 {
+        disk_bytes(&self.path)
+    }
+
     /// Keeps a temporary directory on disk (to inspect a failure) and returns its path.
     pub fn keep(self) -> PathBuf {
         if let Some(temporary) = self._temporary {
@@ -41,4 +57,18 @@ impl DataDir {
     pub fn path(&self) -> &Path {
         &self.path
     }
+}
+
+/// Bytes allocated to the files under `dir` (0 for what cannot be read).
+pub fn disk_bytes(dir: &Path) -> u64 {
+    use std::os::unix::fs::MetadataExt;
+    let Ok(entries) = std::fs::read_dir(dir) else { return 0 };
+    entries
+        .flatten()
+        .map(|entry| match entry.metadata() {
+            Ok(meta) if meta.is_dir() => disk_bytes(&entry.path()),
+            Ok(meta) => meta.blocks() * 512,
+            Err(_) => 0,
+        })
+        .sum()
 }

@@ -2,10 +2,12 @@
 //!
 //! `load` drives the embedded engine (the main job), `settle` consumes and reconciles the
 //! settlement events, `stress` kills and recovers the engine and checks what survived,
-//! `compare` runs the same workload on RocksDB, `wal-bench` measures one write-ahead log alone.
+//! `compare` runs the same workload on RocksDB, `wal-bench` measures one write-ahead log alone,
+//! `inspect` shows what a data directory holds.
 
 mod compare;
 mod data_dir;
+mod inspect;
 mod latency;
 mod load;
 mod readback;
@@ -43,6 +45,9 @@ enum Command {
     CompareSide(compare::SideArgs),
     /// Measure durable appends to one write-ahead log: N appenders for a duration.
     WalBench(wal_bench::Args),
+    /// Show what a data directory holds: per shard its segments, checkpoint, trades, consumer
+    /// groups and their lag, and what opening it cost.
+    Inspect(inspect::Args),
 }
 
 fn main() -> anyhow::Result<()> {
@@ -54,5 +59,6 @@ fn main() -> anyhow::Result<()> {
         Command::Stress(args) => stress::run(args),
         Command::StressChild(args) => stress::child::run(args),
         Command::WalBench(args) => wal_bench::run(args),
+        Command::Inspect(args) => inspect::run(args),
     }
 }

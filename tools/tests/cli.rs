@@ -1,4 +1,4 @@
-//! The `tradeshard` command as scripts use it: `load`, `wal-bench`, `stress` and `compare` run,
+//! The `tradeshard` command as scripts use it: `load`, `inspect`, `wal-bench`, `stress` and `compare` run,
 //! print the JSON keys they promise, and refuse bad arguments with a non-zero exit.
 
 use std::process::Command;
@@ -47,8 +47,11 @@ fn load_retries_answer_the_originals_and_order_numbers_name_their_trades() {
     assert!(report["ops"]["refund"]["count"].as_u64().is_some_and(|n| n > 0), "the mixed workload refunds");
 }
 
+/// `--dir` keeps the data; a second run opens it again (from the checkpoint the first run's
+/// close left, replaying nothing) and adds to it; `inspect` reports it; a directory holding
+/// anything but an engine's data is refused.
 #[test]
-fn load_keeps_its_data_in_dir_and_refuses_a_used_one() {
+fn load_keeps_its_data_in_dir_runs_again_on_it_and_inspect_reports_it() {
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().join("data");
     let data_arg = data.to_str().unwrap();
@@ -56,8 +59,25 @@ fn load_keeps_its_data_in_dir_and_refuses_a_used_one() {
     let report = json(&tradeshard(&args, dir.path()));
     assert_eq!(report["ops"]["create"]["count"].as_u64(), Some(500));
     assert!(data.join("MANIFEST").exists());
-    let again = tradeshard(&args, dir.path());
-    assert!(!again.status.success(), "a directory with data is refused");
+    let again = json(&tradeshard(&args, dir.path()));
+    assert_eq!(again["engine_trades"].as_u64(), Some(1000), "the second run added its trades: {again}");
+    assert_eq!(again["replayed_records"].as_u64(), Some(0), "opened from the checkpoint: {again}");
+    assert!(again["open_ms"].as_u64().is_some() && again["disk_bytes"].as_u64().is_some_and(|b| b > 0));
+
+    let inspect = json(&tradeshard(&["inspect", "--dir", data_arg, "--json"], dir.path()));
+    assert_eq!(inspect["trades"].as_u64(), Some(1000), "{inspect}");
+    let shards = inspect["shards"].as_array().unwrap();
+    assert!(!shards.is_empty());
+    for shard in shards {
+        assert!(shard["checkpoint_position"].as_u64().is_some(), "{shard}");
+        assert!(shard["segments"].as_u64().is_some_and(|n| n >= 1), "{shard}");
+    }
+
+    let other = dir.path().join("other");
+    std::fs::create_dir(&other).unwrap();
+    std::fs::write(other.join("notes.txt"), b"not an engine").unwrap();
+    let refused = tradeshard(&["load", "--ops", "10", "--dir", other.to_str().unwrap()], dir.path());
+    assert!(!refused.status.success(), "a directory with other data is refused");
 }
 
 #[test]

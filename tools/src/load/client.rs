@@ -56,6 +56,8 @@ pub(super) struct Client {
     pub(super) rate: Option<f64>,
     pub(super) inflight: usize,
     pub(super) start: Instant,
+    /// This run's tag, in its order numbers.
+    pub(super) run: String,
     pub(super) retries: super::retry::Retries,
 }
 
@@ -148,7 +150,7 @@ async fn run_op(
             let mut order_no = String::with_capacity(24);
             {
                 use std::fmt::Write;
-                let _ = write!(order_no, "L{task}-{sent}");
+                let _ = write!(order_no, "L{}-{task}-{sent}", client.run);
             }
             let trade = NewTrade {
                 buyer_id: buyer,

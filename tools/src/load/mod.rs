@@ -17,7 +17,7 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context};
 use glommio::{LocalExecutorBuilder, Placement};
 use indicatif::{ProgressBar, ProgressStyle};
-use tradeshard_engine::{Engine, EngineHandle, Options, SyncMethod, TradeStatus};
+use tradeshard_engine::{Engine, EngineHandle, Options, SyncMethod, TradeStatus, Upkeep};
 
 mod client;
 mod report;
@@ -31,10 +31,26 @@ use report::{growth_after_warmup, print_table, resident_bytes, IntervalReport, O
 
 #[derive(clap::Args, Debug, Clone)]
 pub struct Args {
-    /// Data directory to keep (must be new); a temporary one under the current directory when
-    /// omitted, removed at the end.
+    /// Data directory to keep: new, or the directory of an earlier run (opened as it is, and
+    /// its open timed); a temporary one under the current directory when omitted, removed at
+    /// the end unless --keep.
     #[arg(long)]
     dir: Option<PathBuf>,
+    /// Keep the temporary directory at the end (its path is printed).
+    #[arg(long)]
+    keep: bool,
+    /// Each shard checkpoints once its log grew by this many bytes (e.g. 256MiB)...
+    #[arg(long, value_parser = parse_bytes)]
+    checkpoint_bytes: Option<u64>,
+    /// ... or this long after its last checkpoint (e.g. 60s).
+    #[arg(long, value_parser = latency::parse_duration)]
+    checkpoint_every: Option<Duration>,
+    /// Log segments whose last record is older than this go (e.g. 2m; default 7 days).
+    #[arg(long, value_parser = latency::parse_duration)]
+    retention: Option<Duration>,
+    /// The oldest segments go while a shard's log without them holds this many bytes.
+    #[arg(long, value_parser = parse_bytes)]
+    retention_bytes: Option<u64>,
     /// ingest: creates only; mixed: create, pay, settle, get and list; read: gets by trade id
     /// after an untimed ingest of --read-trades trades.
     #[arg(long, default_value = "mixed", value_parser = ["mixed", "ingest", "read"])]
@@ -120,9 +136,18 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         bail!("--read-ratio must be between 0 and 1");
     }
     let users = UserChooser::new(args.users, args.zipf).map_err(anyhow::Error::msg)?;
-    let data_dir = DataDir::new(args.dir.as_deref(), "tradeshard-load")?;
+    let data_dir = DataDir::new_or_engine(args.dir.as_deref(), "tradeshard-load")?;
     let dir = data_dir.path().to_path_buf();
+    let defaults = Upkeep::default();
+    let upkeep = Upkeep {
+        checkpoint_log_bytes: args.checkpoint_bytes.unwrap_or(defaults.checkpoint_log_bytes),
+        checkpoint_interval: args.checkpoint_every.unwrap_or(defaults.checkpoint_interval),
+        retention_time: args.retention.or(defaults.retention_time),
+        retention_bytes: args.retention_bytes.or(defaults.retention_bytes),
+        ..defaults
+    };
     let mut options = Options {
+        upkeep,
         executors: args.executors,
         physical_shards: args.shards,
         cache_bytes: args.cache_bytes,
@@ -133,7 +158,9 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     if args.durability == "buffered" {
         options = options.buffered(Duration::from_millis(10));
     }
+    let opening = Instant::now();
     let engine = Engine::open(options).with_context(|| format!("opening the engine in {}", dir.display()))?;
+    let open_ms = opening.elapsed().as_millis() as u64;
     let handle = engine.handle();
     let routing = handle.routing();
     let duration = match (args.duration, args.ops) {
@@ -163,14 +190,18 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     let settler =
         args.settle.then(|| crate::settle::spawn(handle.clone(), "load-settlement".into(), settle_stop.clone()));
     let client_args = args.clone();
+    let dir_for_client = dir.clone();
+    let opened: Vec<_> = engine.handle().stats_blocking()?.shards.iter().map(|shard| shard.opened).collect();
     let client = std::thread::spawn(move || -> anyhow::Result<Report> {
         let executor = LocalExecutorBuilder::new(Placement::Unbound)
             .name("load-client")
             .make()
             .map_err(|e| anyhow::anyhow!("starting the client executor: {e}"))?;
-        executor.run(drive(client_args, handle, users, duration))
+        executor.run(drive(client_args, handle, users, duration, dir_for_client))
     });
     let mut report = client.join().map_err(|_| anyhow::anyhow!("the client thread panicked"))??;
+    report.open_ms = open_ms;
+    report.replayed_records = opened.iter().map(|shard| shard.replayed_records).sum();
     settle_stop.store(true, std::sync::atomic::Ordering::Release);
     if let Some(settler) = settler {
         let settlement = settler.join().map_err(|_| anyhow::anyhow!("the settlement thread panicked"))??;
@@ -179,6 +210,10 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         report.settlement = Some(settlement);
     }
     engine.close().context("closing the engine")?;
+    report.disk_bytes = data_dir.disk_bytes();
+    if args.keep {
+        eprintln!("load: kept {}", data_dir.keep().display());
+    }
     if args.json {
         println!("{}", serde_json::to_string(&report)?);
     } else {
@@ -211,6 +246,7 @@ async fn drive(
     handle: EngineHandle,
     users: UserChooser,
     duration: Option<Duration>,
+    dir: PathBuf,
 ) -> anyhow::Result<Report> {
     let read_only = if args.workload == "read" {
         let ids = crate::readback::ingest_untimed(&handle, args.read_trades, args.inflight, args.users).await?;
@@ -242,6 +278,7 @@ async fn drive(
         rate: args.rate,
         inflight: args.inflight,
         start: Instant::now(),
+        run: run_tag(),
         retries: retry::Retries::new(args.retry_ratio),
     });
     if let Some((ids, _)) = &client.read_only {
@@ -257,7 +294,7 @@ async fn drive(
         glommio::timer::sleep(Duration::from_millis(200)).await;
         let elapsed = client.start.elapsed();
         if args.report_every.is_some_and(|every| interval_start.elapsed() >= every) {
-            let line = interval_report(&client, interval_start.elapsed(), &handle).await?;
+            let line = interval_report(&client, interval_start.elapsed(), &handle, &dir).await?;
             let text = serde_json::to_string(&line)?;
             progress.suspend(|| eprintln!("interval: {text}"));
             intervals.push(line);
@@ -339,11 +376,19 @@ async fn drive(
         resident_growth_after_warmup,
         resident_fit,
         retries,
+        open_ms: 0,
+        replayed_records: 0,
+        disk_bytes: 0,
     })
 }
 
 /// The interval since the last report: throughput, p99, memory (and resets the histogram).
-async fn interval_report(client: &Client, length: Duration, handle: &EngineHandle) -> anyhow::Result<IntervalReport> {
+async fn interval_report(
+    client: &Client,
+    length: Duration,
+    handle: &EngineHandle,
+    dir: &std::path::Path,
+) -> anyhow::Result<IntervalReport> {
     let (ops, p99_us) = {
         let mut interval = client.interval.borrow_mut();
         let measured = (interval.len(), interval.value_at_quantile(0.99));
@@ -359,7 +404,38 @@ async fn interval_report(client: &Client, length: Duration, handle: &EngineHandl
         resident_bytes,
         engine_trades,
         resident_bytes_per_trade: resident_bytes as f64 / engine_trades.max(1) as f64,
+        disk_bytes: crate::data_dir::disk_bytes(dir),
     })
+}
+
+/// A tag unique to this run (its start time in base 36), put in its order numbers so that a run
+/// on the directory of an earlier one makes new trades, not repeats of the old ones.
+fn run_tag() -> String {
+    let mut ms = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis());
+    let mut tag = Vec::new();
+    while ms > 0 {
+        tag.push(b"0123456789abcdefghijklmnopqrstuvwxyz"[(ms % 36) as usize]);
+        ms /= 36;
+    }
+    tag.reverse();
+    String::from_utf8(tag).expect("ASCII")
+}
+
+/// A byte count: a number with an optional KiB, MiB or GiB suffix.
+fn parse_bytes(text: &str) -> Result<u64, String> {
+    let (number, unit) = match text.find(|c: char| !c.is_ascii_digit()) {
+        Some(at) => text.split_at(at),
+        None => (text, ""),
+    };
+    let scale = match unit {
+        "" | "B" => 1,
+        "KiB" => 1 << 10,
+        "MiB" => 1 << 20,
+        "GiB" => 1 << 30,
+        _ => return Err(format!("{text}: a number of bytes, with KiB, MiB or GiB")),
+    };
+    let number: u64 = number.parse().map_err(|_| format!("{text}: a number of bytes"))?;
+    number.checked_mul(scale).filter(|&b| b > 0).ok_or_else(|| format!("{text}: out of range"))
 }
 
 fn progress_bar(duration: Option<Duration>) -> ProgressBar {

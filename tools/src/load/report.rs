@@ -19,6 +19,8 @@ pub(super) struct IntervalReport {
     pub(super) engine_trades: u64,
     /// Resident bytes over trades held: flat when memory grows only with the data.
     pub(super) resident_bytes_per_trade: f64,
+    /// Bytes the data directory takes on disk.
+    pub(super) disk_bytes: u64,
 }
 
 #[derive(Serialize)]
@@ -84,6 +86,11 @@ pub(super) struct Report {
     /// looked up in the read-back.
     #[serde(flatten)]
     pub(super) retries: super::retry::RetryReport,
+    /// How long `Engine::open` took, and the log records it replayed after the checkpoints.
+    pub(super) open_ms: u64,
+    pub(super) replayed_records: u64,
+    /// Bytes the data directory takes on disk after the engine closed.
+    pub(super) disk_bytes: u64,
 }
 
 /// Resident memory against trades held, after the warm-up.
@@ -154,12 +161,14 @@ pub(super) fn print_table(report: &Report) {
         }
     }
     println!(
-        "{} trades in the engine, {:.1} MiB resident; verified {} acknowledged trades: {} mismatches",
+        "{} trades in the engine, {:.1} MiB resident, {:.1} MiB on disk; verified {} acknowledged trades: {} mismatches",
         report.engine_trades,
         report.resident_bytes as f64 / (1 << 20) as f64,
+        report.disk_bytes as f64 / (1 << 20) as f64,
         report.verified,
         report.mismatches
     );
+    println!("opened in {} ms, replaying {} log records", report.open_ms, report.replayed_records);
     let r = &report.retries;
     println!(
         "retries: {} sent, {} answered as repeats, {} conflicts, {} mismatches; {} order numbers looked up, {} wrong",
@@ -197,6 +206,7 @@ mod tests {
             resident_bytes: resident,
             engine_trades: trades,
             resident_bytes_per_trade: 0.0,
+            disk_bytes: 0,
         }
     }
 

@@ -2,15 +2,23 @@
 //! and how order numbers name their buyer and order.
 
 use std::path::Path;
+use std::time::Duration;
 
-use tradeshard_engine::{NewTrade, Options};
+use tradeshard_engine::{NewTrade, Options, Upkeep};
 
 /// The consumer group whose commits the campaign checks.
 pub(super) const GROUP: &str = "stress-settlement";
 
 /// Engine options of both the child and the checking parent: small segments so that the
-/// campaign crosses segment rolls, four shards on two executors.
+/// campaign crosses segment rolls, four shards on two executors, and checkpoints every
+/// 256 KiB of log or 200 ms, so that kills land in checkpoints and in the removal of the
+/// segments the settlement group consumed.
 pub(super) fn engine_options(dir: &Path) -> Options {
+    let upkeep = Upkeep {
+        checkpoint_log_bytes: 256 << 10,
+        checkpoint_interval: Duration::from_millis(200),
+        ..Upkeep::default()
+    };
     Options {
         physical_shards: Some(4),
         executors: Some(2),
@@ -18,6 +26,7 @@ pub(super) fn engine_options(dir: &Path) -> Options {
         segment_bytes: 1 << 20,
         io_memory_bytes: 4 << 20,
         cache_bytes: 16 << 20,
+        upkeep,
         ..Options::new(dir)
     }
 }

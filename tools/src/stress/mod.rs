@@ -71,6 +71,12 @@ struct Summary {
     /// answered as repeats of writes that had landed.
     retries_sent: u64,
     retries_answered_as_repeat: u64,
+    /// Shards whose reopen after a kill started from a checkpoint, and the log records those
+    /// reopens replayed after it.
+    shard_opens_from_checkpoint: u64,
+    replayed_records: u64,
+    /// Shards whose log no longer started at its first record when reopened (retention ran).
+    shard_opens_with_retained_log: u64,
     journal_entries: u64,
     seconds: f64,
 }
@@ -126,7 +132,8 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         println!(
             "stress: {} cycles ({} kills while recovering, {} data directories) in {:.0} s, seed {}: 0 violations\n\
              checked {} acknowledged trades, {} in-flight writes found, {} found absent, {} offset commits; \
-             {} lost requests sent again, {} answered as repeats",
+             {} lost requests sent again, {} answered as repeats; {} shard opens from a checkpoint \
+             ({} records replayed), {} with segments removed by retention",
             summary.cycles,
             summary.kills_while_recovering,
             summary.data_dirs,
@@ -137,7 +144,10 @@ pub fn run(args: Args) -> anyhow::Result<()> {
             summary.in_flight_found_absent,
             summary.offset_commits_checked,
             summary.retries_sent,
-            summary.retries_answered_as_repeat
+            summary.retries_answered_as_repeat,
+            summary.shard_opens_from_checkpoint,
+            summary.replayed_records,
+            summary.shard_opens_with_retained_log
         );
     }
     Ok(())
@@ -233,6 +243,11 @@ fn run_cycle(
     // issue 448), so each check costs the parent one descriptor; see `check_descriptor_budget`.
     let options = Options { executors: Some(1), ..engine_options(data) };
     let engine = Engine::open(options).context("reopening after the kill")?;
+    for shard in engine.handle().stats_blocking()?.shards {
+        summary.shard_opens_from_checkpoint += u64::from(shard.opened.checkpoint.is_some());
+        summary.replayed_records += shard.opened.replayed_records;
+        summary.shard_opens_with_retained_log += u64::from(shard.log_first > 0);
+    }
     let checked = model.verify(&engine.handle()).and_then(|mut checked| {
         model.retry_lost(&engine.handle(), &mut checked)?;
         Ok(checked)

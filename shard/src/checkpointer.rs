@@ -1,0 +1,377 @@
+//! Taking checkpoints and applying retention, in the background of a shard's executor, and
+//! loading the latest checkpoint when the shard opens.
+//!
+//! A checkpoint at position `P` (the index's applied end) is taken without stopping the
+//! shard's requests:
+//!
+//! 1. the indexes are cloned; the clone shares their chunks and parts, and a write during the
+//!    checkpoint copies the one chunk or part it touches (`trade_table.rs`, `partitioned.rs`);
+//! 2. once the log is synced up to `P` (at once under `Durability::Sync`), the `Created`
+//!    records written since the last checkpoint are read back from the log and appended to
+//!    the store of created parts (`parts.rs`), which is synced;
+//! 3. the clone is written as `checkpoint.tmp` in pages, yielding between them, synced,
+//!    renamed to its name, and the directory synced: from here on an open starts from it;
+//! 4. the live indexes point the copied trades at the store; checkpoints older than the one
+//!    before are removed; retention removes the segments it allows (`retention.rs`).
+//!
+//! A crash anywhere leaves the previous checkpoint in force and the log it needs; a failed
+//! step fails this checkpoint only (counted in the stats), since the log still holds
+//! everything: the next one starts again from the last that completed.
+
+use std::cell::Cell;
+use std::rc::Rc;
+use std::time::{Duration, Instant};
+
+use tradeshard_wal::disk::{Disk, DiskFile, WriteBuf};
+
+use crate::checkpoint::{self, Encoder, Header, Restored, Restorer};
+use crate::error::{LogError, TradeError};
+use crate::id_hash::IdMap;
+use crate::index::{CreatedAt, Item, ShardIndex, StoredPart};
+use crate::parts::{encode_entry, PartsStore};
+use crate::record::{RecordKind, TradeRecordView};
+use crate::retention::{keep_from, Upkeep};
+use crate::shard::now_ms;
+use crate::state::Inner;
+use crate::system_record::LogRecord;
+use crate::trade::TradeId;
+
+/// How often the background task looks whether a checkpoint is due.
+const DUE_CHECK_EVERY: Duration = Duration::from_millis(50);
+/// Entries encoded between yields to the shard's requests.
+const ITEMS_PER_YIELD: usize = 4096;
+
+/// Counters of a shard's checkpoints and retention.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct CheckpointStats {
+    /// The position of the latest checkpoint (0: none yet).
+    pub position: u64,
+    /// When it was taken (ms since the Unix epoch; 0: none yet).
+    pub taken_ms: u64,
+    /// Bytes of its file.
+    pub bytes: u64,
+    /// Checkpoints written since open.
+    pub written: u64,
+    /// Checkpoints that failed since open (the log still holds everything).
+    pub failed: u64,
+    /// Bytes of the store of created parts.
+    pub parts_bytes: u64,
+    /// Consumer groups expired since open.
+    pub groups_expired: u64,
+}
+
+/// What a shard keeps of its checkpoints.
+pub(crate) struct Checkpoints<D: Disk> {
+    pub upkeep: Upkeep,
+    pub parts: PartsStore<D>,
+    /// The latest checkpoint's position and the one before it (kept as a fallback).
+    latest: Cell<Option<u64>>,
+    previous: Cell<Option<u64>>,
+    /// One checkpoint at a time.
+    busy: glommio::sync::Semaphore,
+    stats: Cell<CheckpointStats>,
+    log_bytes_at_last: Cell<u64>,
+    last_at: Cell<Instant>,
+}
+
+impl<D: Disk> Checkpoints<D> {
+    pub(crate) fn new(upkeep: Upkeep, parts: PartsStore<D>, loaded: Option<&Header>) -> Checkpoints<D> {
+        let stats = CheckpointStats {
+            position: loaded.map_or(0, |h| h.scalars.applied_end),
+            taken_ms: loaded.map_or(0, |h| h.created_ms),
+            parts_bytes: parts.len(),
+            ..CheckpointStats::default()
+        };
+        Checkpoints {
+            upkeep,
+            parts,
+            latest: Cell::new(loaded.map(|h| h.scalars.applied_end)),
+            previous: Cell::new(None),
+            busy: glommio::sync::Semaphore::new(1),
+            stats: Cell::new(stats),
+            log_bytes_at_last: Cell::new(0),
+            last_at: Cell::new(Instant::now()),
+        }
+    }
+
+    pub(crate) fn stats(&self) -> CheckpointStats {
+        self.stats.get()
+    }
+
+    fn count(&self, update: impl FnOnce(&mut CheckpointStats)) {
+        let mut stats = self.stats.get();
+        update(&mut stats);
+        self.stats.set(stats);
+    }
+}
+
+/// The background task: takes a checkpoint when one is due, until the shard closes.
+pub(crate) async fn run<D: Disk>(inner: Rc<Inner<D>>) {
+    loop {
+        glommio::timer::sleep(DUE_CHECK_EVERY).await;
+        if inner.accepted.borrow().closing || inner.accepted.borrow().failed.is_some() {
+            return;
+        }
+        if due(&inner) {
+            // A failure is counted; the next attempt starts again from the last checkpoint.
+            let _ = take(&inner).await;
+        }
+    }
+}
+
+fn due<D: Disk>(inner: &Inner<D>) -> bool {
+    let checkpoints = &inner.checkpoints;
+    let upkeep = &checkpoints.upkeep;
+    let grown = inner.wal.stats().disk_bytes - checkpoints.log_bytes_at_last.get();
+    let behind = inner.index.borrow().applied_end() > checkpoints.latest.get().unwrap_or(0);
+    behind
+        && (grown >= upkeep.checkpoint_log_bytes || checkpoints.last_at.get().elapsed() >= upkeep.checkpoint_interval)
+}
+
+/// Takes a checkpoint now (waiting for one under way), then applies retention. Returns the
+/// checkpoint's position, or `None` if nothing was applied since the last one.
+pub(crate) async fn take<D: Disk>(inner: &Inner<D>) -> Result<Option<u64>, TradeError> {
+    let checkpoints = &inner.checkpoints;
+    let _one_at_a_time = checkpoints.busy.acquire_permit(1).await.map_err(|_| TradeError::Log(LogError::Closed))?;
+    let result = write_checkpoint(inner).await;
+    match &result {
+        Ok(Some(_)) => {
+            checkpoints.log_bytes_at_last.set(inner.wal.stats().disk_bytes);
+            checkpoints.last_at.set(Instant::now());
+            apply_retention(inner).await?;
+        }
+        Ok(None) => checkpoints.last_at.set(Instant::now()),
+        Err(_) => checkpoints.count(|s| s.failed += 1),
+    }
+    result
+}
+
+async fn write_checkpoint<D: Disk>(inner: &Inner<D>) -> Result<Option<u64>, TradeError> {
+    let checkpoints = &inner.checkpoints;
+    let now = now_ms();
+    let snapshot = {
+        let mut index = inner.index.borrow_mut();
+        if let Some(idle) = checkpoints.upkeep.group_idle_expiry {
+            let expired = index.expire_groups(now.saturating_sub(idle.as_millis() as u64));
+            checkpoints.count(|s| s.groups_expired += expired as u64);
+        }
+        index.clone()
+    };
+    let position = snapshot.applied_end();
+    let since = checkpoints.latest.get().unwrap_or(0);
+    if checkpoints.latest.get().is_some() && position == since {
+        return Ok(None);
+    }
+    wait_synced(inner, position).await?;
+    let stored = store_created_parts(inner, since, position).await?;
+    let header = Header {
+        shard_id: inner.shard_id,
+        scalars: snapshot.scalars(),
+        parts_len: checkpoints.parts.len(),
+        created_ms: now,
+    };
+    let bytes = write_file(inner, &snapshot, &header, &stored).await?;
+    drop(snapshot);
+    {
+        let mut index = inner.index.borrow_mut();
+        for (id, part) in stored {
+            index.note_stored(id, part);
+        }
+    }
+    checkpoints.previous.set(checkpoints.latest.get());
+    checkpoints.latest.set(Some(position));
+    checkpoints.count(|s| {
+        s.position = position;
+        s.taken_ms = now;
+        s.bytes = bytes;
+        s.written += 1;
+        s.parts_bytes = checkpoints.parts.len();
+    });
+    Ok(Some(position))
+}
+
+/// Waits until every record below `position` is durable on the device (under `Buffered`, the
+/// index may hold records written but not yet synced).
+async fn wait_synced<D: Disk>(inner: &Inner<D>, position: u64) -> Result<(), TradeError> {
+    while inner.wal.synced_end() < position {
+        if let Some(failure) = inner.accepted.borrow().failed.clone() {
+            return Err(failure);
+        }
+        glommio::timer::sleep(Duration::from_millis(5)).await;
+    }
+    Ok(())
+}
+
+/// Copies the `Created` records in `[since, position)` to the store of created parts, synced.
+async fn store_created_parts<D: Disk>(
+    inner: &Inner<D>,
+    since: u64,
+    position: u64,
+) -> Result<IdMap<TradeId, StoredPart>, TradeError> {
+    let parts = &inner.checkpoints.parts;
+    let mut entries = Vec::new();
+    let mut stored = IdMap::default();
+    let base = parts.len();
+    let mut reader = inner.wal.reader(since)?;
+    while let Some((seq, record)) = reader.next().await? {
+        if seq >= position {
+            break;
+        }
+        if LogRecord::is_system(record) {
+            continue;
+        }
+        let view = TradeRecordView::decode(record).map_err(|reason| TradeError::BadRecord { seq, reason })?;
+        if view.kind == RecordKind::Created {
+            let offset = base + entries.len() as u64;
+            let len = encode_entry(record, &mut entries);
+            stored.insert(view.trade_id, StoredPart { seq, offset, len });
+        }
+    }
+    parts.append(&entries).await?;
+    parts.sync().await?;
+    Ok(stored)
+}
+
+/// Writes the checkpoint file and makes it the one an open starts from. Returns its bytes.
+async fn write_file<D: Disk>(
+    inner: &Inner<D>,
+    snapshot: &ShardIndex,
+    header: &Header,
+    stored: &IdMap<TradeId, StoredPart>,
+) -> Result<u64, TradeError> {
+    let disk = inner.wal.disk();
+    let io = |op, name: &str, e| TradeError::Log(LogError::io(op, disk.path_of(name), e));
+    let name = checkpoint::file_name(header.scalars.applied_end);
+    match disk.remove(checkpoint::TEMP_NAME).await {
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(io("remove", checkpoint::TEMP_NAME, e)),
+        _ => {}
+    }
+    let file = disk.create_for_fill(checkpoint::TEMP_NAME).await.map_err(|e| io("create", checkpoint::TEMP_NAME, e))?;
+    let mut out = Vec::new();
+    let mut written = 0u64;
+    let mut encoder = Encoder::new(header, &mut out);
+    for (n, item) in snapshot.items().enumerate() {
+        let item = match item {
+            Item::Trade(id, mut entry) if matches!(entry.created_at, CreatedAt::Log(_)) => {
+                let part = stored.get(&id).ok_or(TradeError::BadRecord {
+                    seq: entry.created_at.seq(),
+                    reason: "a trade's created part is neither stored nor among those to store",
+                })?;
+                entry.created_at = CreatedAt::Stored(*part);
+                Item::Trade(id, entry)
+            }
+            item => item,
+        };
+        if encoder.push(&item, &mut out) {
+            written +=
+                write_pages(&file, &mut out, written).await.map_err(|e| io("write", checkpoint::TEMP_NAME, e))?;
+        }
+        if n % ITEMS_PER_YIELD == 0 {
+            glommio::yield_if_needed().await;
+        }
+    }
+    encoder.finish(&mut out);
+    written += write_pages(&file, &mut out, written).await.map_err(|e| io("write", checkpoint::TEMP_NAME, e))?;
+    file.fdatasync().await.map_err(|e| io("fdatasync", checkpoint::TEMP_NAME, e))?;
+    drop(file);
+    disk.rename(checkpoint::TEMP_NAME, &name).await.map_err(|e| io("rename", &name, e))?;
+    disk.sync_dir().await.map_err(|e| io("sync directory", "", e))?;
+    Ok(written)
+}
+
+/// Writes whole pages at `offset` and empties `out`; returns the bytes written.
+async fn write_pages<F: DiskFile>(file: &F, out: &mut Vec<u8>, offset: u64) -> std::io::Result<u64> {
+    let len = out.len();
+    let mut buf = file.alloc(len);
+    buf.bytes_mut().copy_from_slice(out);
+    let done = file.write_at(buf, offset).await?;
+    if done != len {
+        return Err(std::io::Error::new(std::io::ErrorKind::WriteZero, "short write of a checkpoint page"));
+    }
+    out.clear();
+    Ok(len as u64)
+}
+
+/// Removes checkpoints older than the previous one, and the segments retention allows.
+async fn apply_retention<D: Disk>(inner: &Inner<D>) -> Result<(), TradeError> {
+    let checkpoints = &inner.checkpoints;
+    let disk = inner.wal.disk();
+    let io = |op, name: &str, e| TradeError::Log(LogError::io(op, disk.path_of(name), e));
+    let Some(previous) = checkpoints.previous.get() else { return Ok(()) };
+    let names = disk.list().map_err(|e| io("list", "", e))?;
+    for name in names {
+        if checkpoint::parse_file_name(&name).is_some_and(|position| position < previous) {
+            disk.remove(&name).await.map_err(|e| io("remove", &name, e))?;
+        }
+    }
+    disk.sync_dir().await.map_err(|e| io("sync directory", "", e))?;
+    let groups_floor = inner.index.borrow().groups().map(|(_, group)| group.offset).min();
+    let keep = keep_from(&inner.wal.segments(), previous, groups_floor, &checkpoints.upkeep, now_ms());
+    inner.wal.remove_segments_below(keep).await?;
+    Ok(())
+}
+
+/// A checkpoint read back: its header and the indexes it holds.
+pub(crate) struct Loaded {
+    pub header: Header,
+    pub index: ShardIndex,
+}
+
+/// What an open found among the checkpoints.
+pub(crate) struct Found {
+    /// The newest checkpoint that reads back whole.
+    pub loaded: Option<Loaded>,
+    /// Why a newer one did not (its path and offset are in the error).
+    pub passed_over: Option<TradeError>,
+}
+
+/// Reads the newest checkpoint in `disk` that reads back whole; a newer damaged one is passed
+/// over and reported, so that the open can refuse it if the log no longer holds what the older
+/// one needs.
+pub(crate) async fn load_latest<D: Disk>(disk: &D, shard_id: u32) -> Result<Found, TradeError> {
+    let names = disk.list().map_err(|e| TradeError::Log(LogError::io("list", disk.path_of(""), e)))?;
+    let mut positions: Vec<u64> = names.iter().filter_map(|name| checkpoint::parse_file_name(name)).collect();
+    positions.sort_unstable_by(|a, b| b.cmp(a));
+    let mut passed_over = None;
+    for position in positions {
+        match load(disk, shard_id, position).await {
+            Ok(loaded) => return Ok(Found { loaded: Some(loaded), passed_over }),
+            Err(error @ TradeError::Log(LogError::Corruption { .. })) => {
+                passed_over.get_or_insert(error);
+            }
+            Err(error) => return Err(error),
+        }
+    }
+    Ok(Found { loaded: None, passed_over })
+}
+
+async fn load<D: Disk>(disk: &D, shard_id: u32, position: u64) -> Result<Loaded, TradeError> {
+    let name = checkpoint::file_name(position);
+    let path = || disk.path_of(&name);
+    let io = |op, e| TradeError::Log(LogError::io(op, path(), e));
+    let file = disk.open(&name).await.map_err(|e| io("open", e))?;
+    let size = file.size().await.map_err(|e| io("stat", e))?;
+    let mut restorer = Restorer::new(shard_id, position);
+    let mut at = 0u64;
+    loop {
+        let page = read_page(&file, at).await.map_err(|e| io("read", e))?;
+        let corrupt = |reason| TradeError::Log(LogError::Corruption { path: path(), offset: at, reason });
+        let len = checkpoint::page_payload_len(&page).map_err(corrupt)?;
+        let end = at + checkpoint::page_bytes(len) as u64;
+        match restorer.page(&page, end, size).map_err(corrupt)? {
+            Restored::More => at = end,
+            Restored::Done(header, index) => return Ok(Loaded { header, index: *index }),
+        }
+    }
+}
+
+/// The page at `at`, whole (its header announces its length).
+async fn read_page<F: DiskFile>(file: &F, at: u64) -> std::io::Result<Vec<u8>> {
+    let first = file.read_at(at, checkpoint::PAGE_ALIGN).await?;
+    let Ok(len) = checkpoint::page_payload_len(&first) else { return Ok(first.to_vec()) };
+    let bytes = checkpoint::page_bytes(len);
+    if bytes <= first.len() {
+        return Ok(first.to_vec());
+    }
+    Ok(file.read_at(at, bytes).await?.to_vec())
+}

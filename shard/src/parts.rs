@@ -1,0 +1,138 @@
+//! The store of created parts: every trade's `Created` record (order number, memo, creation
+//! time) copied out of the log by a checkpoint, so that retention can remove the segment it was
+//! written in while the trade lives on.
+//!
+//! One append-only file per shard, `created.parts`: entries back to back, each a 4-byte
+//! length, an 8-byte checksum of the record and the record's bytes as the log held them. An
+//! entry is read with one read of the blocks it covers. The file's valid length is what the
+//! latest checkpoint says (`checkpoint.rs`): bytes after it are from a checkpoint that did not
+//! complete, and the next one writes over them. Appends write whole blocks (direct I/O), so
+//! the partial block at the end is kept in memory and written again with the next append.
+
+use std::cell::{Cell, RefCell};
+use std::rc::Rc;
+
+use tradeshard_wal::disk::{Disk, DiskFile, WriteBuf};
+use tradeshard_wal::BLOCK_BYTES;
+
+use crate::error::{LogError, TradeError};
+use crate::index::StoredPart;
+
+/// The store's file name in the shard's directory.
+pub(crate) const PARTS_NAME: &str = "created.parts";
+/// Bytes in front of each record.
+const ENTRY_HEADER_BYTES: usize = 12;
+/// Bytes written at once.
+const WRITE_CHUNK_BYTES: usize = 1 << 20;
+
+fn io(disk: &impl Disk, op: &'static str, source: std::io::Error) -> TradeError {
+    TradeError::Log(LogError::io(op, disk.path_of(PARTS_NAME), source))
+}
+
+/// The store of one shard (see the module's text).
+pub(crate) struct PartsStore<D: Disk> {
+    disk: D,
+    file: Rc<D::File>,
+    end: Cell<u64>,
+    /// The bytes of the block `end` lies in, before `end`.
+    tail: RefCell<Vec<u8>>,
+}
+
+/// Appends one record's entry to `out`; returns the entry's length.
+pub(crate) fn encode_entry(record: &[u8], out: &mut Vec<u8>) -> u32 {
+    out.extend_from_slice(&(record.len() as u32).to_le_bytes());
+    out.extend_from_slice(&xxhash_rust::xxh3::xxh3_64(record).to_le_bytes());
+    out.extend_from_slice(record);
+    (ENTRY_HEADER_BYTES + record.len()) as u32
+}
+
+impl<D: Disk> PartsStore<D> {
+    /// Opens the store (created if absent) with `len` valid bytes.
+    pub(crate) async fn open(disk: &D, len: u64) -> Result<PartsStore<D>, TradeError> {
+        let file = match disk.open(PARTS_NAME).await {
+            Ok(file) => file,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                let file = disk.create(PARTS_NAME).await.map_err(|e| io(disk, "create", e))?;
+                disk.sync_dir().await.map_err(|e| io(disk, "sync directory", e))?;
+                file
+            }
+            Err(e) => return Err(io(disk, "open", e)),
+        };
+        let in_block = (len % BLOCK_BYTES) as usize;
+        let mut tail = Vec::with_capacity(BLOCK_BYTES as usize);
+        if in_block > 0 {
+            let block =
+                file.read_at(len - in_block as u64, BLOCK_BYTES as usize).await.map_err(|e| io(disk, "read", e))?;
+            let held = block.get(..in_block).ok_or_else(|| corrupt(disk, len, "store of created parts cut short"))?;
+            tail.extend_from_slice(held);
+        }
+        Ok(PartsStore { disk: disk.clone(), file: Rc::new(file), end: Cell::new(len), tail: RefCell::new(tail) })
+    }
+
+    /// Bytes of entries in the store.
+    pub(crate) fn len(&self) -> u64 {
+        self.end.get()
+    }
+
+    /// Writes `entries` (made by [`encode_entry`]) after the last entry; they are durable after
+    /// [`sync`](Self::sync). Returns the offset the first one starts at.
+    pub(crate) async fn append(&self, entries: &[u8]) -> Result<u64, TradeError> {
+        let start = self.end.get();
+        let block_start = start - self.tail.borrow().len() as u64;
+        // The tail is replaced only once every write succeeded: a failed append leaves the
+        // store as it was, and the next one writes the same blocks again.
+        let mut data = self.tail.borrow().clone();
+        data.extend_from_slice(entries);
+        let mut written = 0;
+        while written < data.len() {
+            let chunk = &data[written..(written + WRITE_CHUNK_BYTES).min(data.len())];
+            let len = chunk.len().div_ceil(BLOCK_BYTES as usize) * BLOCK_BYTES as usize;
+            let mut buf = self.file.alloc(len);
+            let bytes = buf.bytes_mut();
+            bytes[..chunk.len()].copy_from_slice(chunk);
+            bytes[chunk.len()..].fill(0);
+            let at = block_start + written as u64;
+            let done = self.file.write_at(buf, at).await.map_err(|e| io(&self.disk, "write", e))?;
+            if done != len {
+                let short = std::io::Error::new(std::io::ErrorKind::WriteZero, "short write");
+                return Err(io(&self.disk, "write", short));
+            }
+            written += chunk.len();
+        }
+        let full_blocks = data.len() / BLOCK_BYTES as usize * BLOCK_BYTES as usize;
+        data.drain(..full_blocks);
+        *self.tail.borrow_mut() = data;
+        self.end.set(start + entries.len() as u64);
+        Ok(start)
+    }
+
+    /// Makes every entry appended durable.
+    pub(crate) async fn sync(&self) -> Result<(), TradeError> {
+        self.file.fdatasync().await.map_err(|e| io(&self.disk, "fdatasync", e))
+    }
+
+    /// The record of one entry, checked.
+    pub(crate) async fn read(&self, part: StoredPart) -> Result<Vec<u8>, TradeError> {
+        if part.offset + part.len as u64 > self.end.get() || (part.len as usize) < ENTRY_HEADER_BYTES {
+            return Err(corrupt(&self.disk, part.offset, "trade points past the store of created parts"));
+        }
+        let first_block = part.offset / BLOCK_BYTES * BLOCK_BYTES;
+        let end = part.offset + part.len as u64;
+        let len = (end - first_block).div_ceil(BLOCK_BYTES) * BLOCK_BYTES;
+        let blocks = self.file.read_at(first_block, len as usize).await.map_err(|e| io(&self.disk, "read", e))?;
+        let entry = blocks
+            .get((part.offset - first_block) as usize..(end - first_block) as usize)
+            .ok_or_else(|| corrupt(&self.disk, part.offset, "store of created parts cut short"))?;
+        let record_len = u32::from_le_bytes(entry[0..4].try_into().expect("4 bytes")) as usize;
+        let checksum = u64::from_le_bytes(entry[4..12].try_into().expect("8 bytes"));
+        let record = &entry[ENTRY_HEADER_BYTES..];
+        if record_len != record.len() || xxhash_rust::xxh3::xxh3_64(record) != checksum {
+            return Err(corrupt(&self.disk, part.offset, "created part checksum mismatch"));
+        }
+        Ok(record.to_vec())
+    }
+}
+
+fn corrupt(disk: &impl Disk, offset: u64, reason: &'static str) -> TradeError {
+    TradeError::Log(LogError::Corruption { path: disk.path_of(PARTS_NAME), offset, reason })
+}

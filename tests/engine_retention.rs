@@ -1,0 +1,113 @@
+//! Checkpoints and retention through the engine's API: an open after a clean close replays
+//! nothing; segments go once every live group consumed them (and only then), idle groups
+//! expire and stop holding the log, a consumer asking for a removed offset gets the typed
+//! refusal naming the first offset kept, and every trade stays readable and changeable after
+//! the log that held it is gone.
+
+use std::time::Duration;
+
+use tradeshard_engine::{
+    ConsumerConfig, Engine, EngineHandle, Error, Options, Refusal, StartPosition, TradeId, TradeStatus, Upkeep,
+};
+use tradeshard_tests::{engine_options, new_trade};
+
+/// One shard, 1 MiB segments, checkpoints only when asked (and on close).
+fn options(dir: &std::path::Path, group_idle_expiry: Option<Duration>) -> Options {
+    let upkeep = Upkeep {
+        checkpoint_log_bytes: u64::MAX,
+        checkpoint_interval: Duration::from_secs(3600),
+        retention_time: None,
+        group_idle_expiry,
+        ..Upkeep::default()
+    };
+    Options { segment_bytes: 1 << 20, upkeep, ..engine_options(dir, 1, 1) }
+}
+
+/// Creates `n` trades one at a time: each its own flush, so several segments fill.
+fn create(handle: &EngineHandle, first: u64, n: u64) -> Vec<TradeId> {
+    (first..first + n)
+        .map(|order| handle.create_trade_blocking(new_trade(1 + order % 13, order, 100)).unwrap().id)
+        .collect()
+}
+
+/// Consumes everything there is as `group` and commits it.
+fn consume_all(handle: &EngineHandle, group: &str) {
+    let mut consumer = handle.consumer(ConsumerConfig::new(group)).unwrap();
+    while !consumer.poll_blocking(10_000, Duration::from_millis(20)).unwrap().is_empty() {}
+    consumer.commit_blocking().unwrap();
+}
+
+#[test]
+fn an_open_after_a_clean_close_replays_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let engine = Engine::open(Options { ..engine_options(dir.path(), 2, 2) }).unwrap();
+    let ids = create(&engine.handle(), 0, 300);
+    engine.close().unwrap();
+    let engine = Engine::open(engine_options(dir.path(), 2, 2)).unwrap();
+    let stats = engine.handle().stats_blocking().unwrap();
+    for shard in &stats.shards {
+        assert!(shard.opened.checkpoint.is_some(), "shard {} opened from its checkpoint", shard.shard);
+        assert_eq!(shard.opened.replayed_records, 0, "shard {} replayed nothing", shard.shard);
+    }
+    for id in ids {
+        assert_eq!(engine.handle().get_blocking(id).unwrap().status, TradeStatus::Created);
+    }
+    engine.close().unwrap();
+}
+
+#[test]
+fn segments_go_once_every_live_group_consumed_them_and_trades_live_on() {
+    let dir = tempfile::tempdir().unwrap();
+    let engine = Engine::open(options(dir.path(), Some(Duration::from_millis(300)))).unwrap();
+    let handle = engine.handle();
+    let ids = create(&handle, 0, 200);
+    // A group that commits the start and then stays away.
+    let mut stale = handle.consumer(ConsumerConfig::new("stale")).unwrap();
+    stale.commit_offsets_blocking(&[(0, 0)]).unwrap();
+    drop(stale);
+    let ids = [ids, create(&handle, 200, 800)].concat();
+    consume_all(&handle, "settlement");
+    handle.checkpoint_blocking().unwrap();
+    handle.checkpoint_blocking().unwrap();
+    let shard = handle.stats_blocking().unwrap().shards[0];
+    assert!(shard.segments >= 4, "the log filled several segments: {shard:?}");
+    assert_eq!(shard.wal.segments_removed, 0, "the stale group still holds the log");
+
+    // Past its idle time the stale group expires; the live one commits again.
+    std::thread::sleep(Duration::from_millis(400));
+    consume_all(&handle, "settlement");
+    handle.checkpoint_blocking().unwrap();
+    handle.checkpoint_blocking().unwrap();
+    let shard = handle.stats_blocking().unwrap().shards[0];
+    assert!(shard.wal.segments_removed > 0 && shard.log_first > 0, "retention removed segments: {shard:?}");
+    assert!(shard.checkpoints.groups_expired >= 1, "the stale group expired: {shard:?}");
+    let groups = handle.groups_blocking().unwrap();
+    assert!(groups[0].iter().all(|(group, _, _)| group != "stale"), "expired groups are forgotten: {groups:?}");
+
+    // A consumer asking for a removed offset is told where the log now starts.
+    let mut late =
+        handle.consumer(ConsumerConfig { start: StartPosition::Earliest, ..ConsumerConfig::new("late") }).unwrap();
+    late.seek_blocking(0, 0).unwrap();
+    match late.poll_blocking(10, Duration::from_millis(10)) {
+        Err(Error::Refused(Refusal::OffsetOutOfRange { offset: 0, first, .. })) => assert_eq!(first, shard.log_first),
+        other => panic!("expected the refusal naming the first offset, got {other:?}"),
+    }
+
+    // Every trade is readable, and a change to one whose creation left the log works.
+    for id in &ids {
+        handle.get_blocking(*id).unwrap();
+    }
+    assert_eq!(handle.pay_blocking(ids[0]).unwrap().status, TradeStatus::Paid);
+    engine.close().unwrap();
+
+    // And after reopening, from the checkpoint, with the log cut.
+    let engine = Engine::open(options(dir.path(), None)).unwrap();
+    let handle = engine.handle();
+    assert_eq!(handle.get_blocking(ids[0]).unwrap().status, TradeStatus::Paid);
+    let first = new_trade(1, 0, 100);
+    let by_order = handle.get_by_order_blocking(first.merchant_id, &first.merchant_order_no).unwrap();
+    assert_eq!(by_order.id, ids[0]);
+    let listed = handle.list_user_trades_blocking(1, 1000, None).unwrap();
+    assert_eq!(listed.len(), ids.len() / 13 + 1, "user 1's trades, all of them");
+    engine.close().unwrap();
+}

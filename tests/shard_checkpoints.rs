@@ -1,0 +1,315 @@
+//! Power loss under a shard that checkpoints and retains: trades created, paid, settled and
+//! refunded, a consumer committing offsets, and checkpoints taken all the while, each followed
+//! by retention (segments removed past a byte budget); the simulated machine loses power at a
+//! random operation, during a checkpoint's write, its switch, the copy of created parts or a
+//! segment's removal as often as anywhere else; the shard reopens from whatever checkpoint
+//! survived, over and over.
+//!
+//! After every reopen: every acknowledged trade is there in its acknowledged state or a later
+//! one sent to it (read through the store of created parts once the log that held it is gone);
+//! a repeated create answers the same trade, a repeated refund the original refund; no
+//! acknowledged offset commit went back; trade ids are never issued twice. A consumer whose
+//! offset retention removed gets the typed error naming the first offset kept.
+//!
+//! Also: a damaged newest checkpoint is passed over for the one before it while the log still
+//! holds what that one needs, and refused (with its path and offset) once it does not.
+//! A failure names its seed (`TRADESHARD_SIM_SEED=<seed>`).
+
+use std::cell::RefCell;
+use std::collections::HashMap;
+use std::rc::Rc;
+use std::time::Duration;
+
+use tradeshard_shard::{Command, Move, PollQuery, Refusal, Shard, TradeError, TradeId, TradeStatus, Upkeep};
+use tradeshard_tests::{call, check_read_back, new_trade, run, run_campaign, sim_disk_for_seed};
+use tradeshard_wal::disk::{SimDisk, SplitMix64};
+use tradeshard_wal::{Preallocation, WalConfig};
+
+const GROUP: &str = "settlement";
+const SEGMENT_BYTES: u64 = 32 << 10;
+
+fn config() -> WalConfig {
+    WalConfig {
+        segment_bytes: SEGMENT_BYTES,
+        frame_payload_bytes_max: 8 << 10,
+        piece_raw_bytes: 1 << 10,
+        record_bytes_max: 4 << 10,
+        preallocation: Preallocation::Zeroed,
+        ..WalConfig::default()
+    }
+}
+
+/// Checkpoints only when asked; retention keeps about three segments.
+fn upkeep() -> Upkeep {
+    Upkeep {
+        checkpoint_log_bytes: u64::MAX,
+        checkpoint_interval: Duration::from_secs(3600),
+        checkpoint_on_close: true,
+        retention_time: None,
+        retention_bytes: Some(3 * SEGMENT_BYTES),
+        group_idle_expiry: None,
+    }
+}
+
+#[derive(Default)]
+struct Model {
+    /// Acknowledged (status, refunded) of each trade, and every state it was sent to.
+    acked: HashMap<TradeId, (TradeStatus, u64)>,
+    sent: HashMap<TradeId, Vec<(TradeStatus, u64)>>,
+    /// The create of each acknowledged trade: (buyer, order).
+    creates: HashMap<TradeId, (u64, u64)>,
+    /// Acknowledged refunds: (trade, refund number, amount).
+    refunds: Vec<(TradeId, String, u64)>,
+    committed: u64,
+}
+
+#[derive(Default)]
+struct Seen {
+    checkpoints: u64,
+    opened_from_checkpoint: u64,
+    segments_removed: u64,
+    offsets_retained_away: u64,
+}
+
+type SharedShard = Rc<Shard<SimDisk>>;
+
+async fn trade_task(
+    shard: SharedShard,
+    model: Rc<RefCell<Model>>,
+    buyer: u64,
+    first_order: u64,
+    steps: u64,
+    refund: bool,
+) {
+    for step in 0..steps {
+        let order = first_order + step;
+        let trade = new_trade(buyer, order, 1000).validate().unwrap();
+        let command = Command::Create { trade, logical_shard: (buyer % 16) as u32 };
+        let Ok(receipt) = call(|done| shard.submit(command, done)).await else { return };
+        let id = receipt.id;
+        {
+            let mut model = model.borrow_mut();
+            assert!(model.acked.insert(id, (TradeStatus::Created, 0)).is_none(), "trade id {id} issued twice");
+            model.sent.insert(id, vec![(TradeStatus::Created, 0)]);
+            model.creates.insert(id, (buyer, order));
+        }
+        let mut plan = vec![(Command::Move { id, to: Move::Pay }, TradeStatus::Paid, 0, None)];
+        if refund {
+            let number = format!("R-{id}-1");
+            let command = Command::Refund { id, amount: 400, refund_no: number.clone() };
+            plan.push((command, TradeStatus::Refunded, 400, Some(number)));
+        } else {
+            plan.push((Command::Move { id, to: Move::Settle }, TradeStatus::Settled, 0, None));
+        }
+        for (command, status, refunded, refund_no) in plan {
+            model.borrow_mut().sent.get_mut(&id).unwrap().push((status, refunded));
+            let Ok(changed) = call(|done| shard.submit(command, done)).await else { return };
+            let mut model = model.borrow_mut();
+            model.acked.insert(id, (changed.status, changed.refunded_amount));
+            if let Some(number) = refund_no {
+                model.refunds.push((id, number, refunded));
+            }
+        }
+    }
+}
+
+/// Polls and commits as a settlement consumer; an offset retention removed moves it to the
+/// first offset kept. Returns how many times that happened.
+async fn consumer_task(shard: SharedShard, model: Rc<RefCell<Model>>, rounds: u64) -> Result<u64, String> {
+    let mut from = model.borrow().committed;
+    let mut retained_away = 0;
+    for _ in 0..rounds {
+        let query = PollQuery { from, max_events: 16, max_bytes: 1 << 20, wait: Duration::from_millis(1) };
+        match call(|done| shard.poll_events(query, done)).await {
+            Ok(batch) => from = batch.next_offset,
+            Err(TradeError::Refused(Refusal::OffsetOutOfRange { offset, first, .. })) if offset < first => {
+                retained_away += 1;
+                from = first;
+                continue;
+            }
+            Err(TradeError::Refused(refusal)) => return Err(format!("poll refused: {refusal:?}")),
+            Err(_) => return Ok(retained_away),
+        }
+        match call(|done| shard.commit_offset(GROUP, from, done)).await {
+            Ok(_) => model.borrow_mut().committed = from,
+            Err(_) => return Ok(retained_away),
+        }
+    }
+    Ok(retained_away)
+}
+
+async fn checkpoint_task(shard: SharedShard, rounds: u64) {
+    for _ in 0..rounds {
+        for _ in 0..20 {
+            futures_lite::future::yield_now().await;
+        }
+        if shard.checkpoint().await.is_err() {
+            return;
+        }
+    }
+}
+
+/// The rules after a reopen (see the module's text).
+async fn check(shard: &SharedShard, model: &RefCell<Model>) -> Result<usize, String> {
+    let mut checked = 0;
+    let acked: Vec<_> = model.borrow().acked.iter().map(|(id, s)| (*id, *s)).collect();
+    for (id, state) in acked {
+        let trade = call(|done| shard.get(id, done)).await.map_err(|e| format!("acknowledged {id} unreadable: {e}"))?;
+        let actual = (trade.status, trade.refunded_amount);
+        check_read_back(id, &model.borrow().sent[&id], &state, &actual)?;
+        let (buyer, order) = model.borrow().creates[&id];
+        if trade.merchant_order_no != new_trade(buyer, order, 1000).merchant_order_no {
+            return Err(format!("{id} reads another trade's order number: {}", trade.merchant_order_no));
+        }
+        let again = new_trade(buyer, order, 1000).validate().unwrap();
+        let command = Command::Create { trade: again, logical_shard: (buyer % 16) as u32 };
+        let repeat = call(|done| shard.submit(command, done)).await.map_err(|e| format!("repeated create: {e}"))?;
+        if repeat.id != id || !repeat.replayed {
+            return Err(format!("a repeated create of {id} answered {repeat:?}"));
+        }
+        model.borrow_mut().acked.insert(id, actual);
+        checked += 1;
+    }
+    let refunds = model.borrow().refunds.clone();
+    for (id, refund_no, amount) in refunds {
+        let command = Command::Refund { id, amount, refund_no: refund_no.clone() };
+        match call(|done| shard.submit(command, done)).await {
+            Ok(receipt) if receipt.replayed && receipt.id == id => checked += 1,
+            other => return Err(format!("a repeated refund {refund_no} of {id} answered {other:?}")),
+        }
+    }
+    let committed = shard.committed_offset(GROUP).unwrap_or(0);
+    if committed < model.borrow().committed {
+        return Err(format!("committed offset {committed} is behind the acknowledged {}", model.borrow().committed));
+    }
+    Ok(checked)
+}
+
+async fn run_seed(seed: u64, seen: Rc<RefCell<Seen>>) -> Result<usize, String> {
+    let mut rng = SplitMix64::new(seed);
+    let disk = sim_disk_for_seed(seed);
+    let model = Rc::new(RefCell::new(Model::default()));
+    let mut order = 0u64;
+    let mut checked = 0;
+    for _incarnation in 0..4 {
+        let shard = Shard::open_with(disk.clone(), config(), 0, upkeep()).await.map_err(|e| format!("open: {e}"))?;
+        let shard = Rc::new(shard);
+        if shard.stats().opened.checkpoint.is_some() {
+            seen.borrow_mut().opened_from_checkpoint += 1;
+        }
+        checked += check(&shard, &model).await?;
+        disk.crash_at_op(disk.ops() + 1 + rng.below(600));
+        let mut tasks = Vec::new();
+        for _ in 0..1 + rng.below(5) {
+            let (shard, model) = (shard.clone(), model.clone());
+            let (buyer, steps, refund) = (1 + rng.below(50), 1 + rng.below(10), rng.one_in(2));
+            tasks.push(glommio::spawn_local(trade_task(shard, model, buyer, order, steps, refund)));
+            order += 100;
+        }
+        let consumer = glommio::spawn_local(consumer_task(shard.clone(), model.clone(), 2 + rng.below(6)));
+        let checkpoints = glommio::spawn_local(checkpoint_task(shard.clone(), 1 + rng.below(6)));
+        for task in tasks {
+            task.await;
+        }
+        let retained_away = consumer.await?;
+        checkpoints.await;
+        let stats = shard.stats();
+        {
+            let mut seen = seen.borrow_mut();
+            seen.checkpoints += stats.checkpoints.written;
+            seen.segments_removed += stats.wal.segments_removed;
+            seen.offsets_retained_away += retained_away;
+        }
+        drop(shard);
+        disk.crash(rng.next_u64());
+    }
+    Ok(checked)
+}
+
+#[test]
+fn power_loss_during_checkpoints_and_retention_loses_nothing_acknowledged() {
+    let seen = Rc::new(RefCell::new(Seen::default()));
+    let totals = seen.clone();
+    let (count, checked) = run_campaign(200, move |seed| run_seed(seed, totals.clone()));
+    let seen = seen.borrow();
+    println!(
+        "checkpoint campaign: {count} seeds, {checked} checks, {} checkpoints, {} opens from a checkpoint, {} segments removed, {} offsets retained away",
+        seen.checkpoints, seen.opened_from_checkpoint, seen.segments_removed, seen.offsets_retained_away
+    );
+    if count >= 100 {
+        assert!(checked > 1000, "the campaign must check trades: {checked}");
+        assert!(seen.opened_from_checkpoint > count as u64, "opens must start from checkpoints");
+        assert!(seen.segments_removed > count as u64, "retention must remove segments");
+    }
+}
+
+/// Writes trades and checkpoints until the log has `segments` segments and two checkpoints
+/// exist; returns the disk and the trades.
+async fn build(disk: &SimDisk, trades: u64) -> Vec<TradeId> {
+    let shard =
+        Shard::open_with(disk.clone(), config(), 0, Upkeep { retention_bytes: None, ..upkeep() }).await.unwrap();
+    let mut ids = Vec::new();
+    for order in 0..trades {
+        let trade = new_trade(1, order, 100).validate().unwrap();
+        let receipt = call(|done| shard.submit(Command::Create { trade, logical_shard: 1 }, done)).await.unwrap();
+        ids.push(receipt.id);
+        if order % 100 == 99 {
+            shard.checkpoint().await.unwrap();
+        }
+    }
+    shard.checkpoint().await.unwrap();
+    drop(shard);
+    ids
+}
+
+fn checkpoint_names(disk: &SimDisk) -> Vec<String> {
+    let mut names: Vec<String> = disk.list_names().into_iter().filter(|n| n.starts_with("checkpoint-")).collect();
+    names.sort();
+    names
+}
+
+#[test]
+fn a_damaged_newest_checkpoint_falls_back_while_the_log_reaches_the_one_before() {
+    run(async {
+        let disk = SimDisk::new();
+        let ids = build(&disk, 250).await;
+        let names = checkpoint_names(&disk);
+        assert_eq!(names.len(), 2, "the newest checkpoint and the one before it are kept: {names:?}");
+        disk.flip_bit(&names[1], 4096 + 40, 3);
+        let shard = Shard::open_with(disk.clone(), config(), 0, upkeep()).await.unwrap();
+        let opened = shard.stats().opened;
+        assert!(opened.passed_over_damaged_checkpoint);
+        assert_eq!(opened.checkpoint, names[0].strip_prefix("checkpoint-").and_then(|n| n[..20].parse().ok()));
+        for id in ids {
+            call(|done| shard.get(id, done)).await.unwrap();
+        }
+    });
+}
+
+#[test]
+fn a_damaged_checkpoint_the_log_no_longer_covers_is_refused_with_its_path_and_offset() {
+    run(async {
+        let disk = SimDisk::new();
+        build(&disk, 400).await;
+        // Retention down to the older checkpoint: the log no longer reaches back further.
+        let shard = Shard::open_with(disk.clone(), config(), 0, upkeep()).await.unwrap();
+        let trade = new_trade(2, 1, 100).validate().unwrap();
+        call(|done| shard.submit(Command::Create { trade, logical_shard: 1 }, done)).await.unwrap();
+        shard.checkpoint().await.unwrap();
+        assert!(shard.stats().wal.segments_removed > 0, "retention removed segments");
+        drop(shard);
+        let names = checkpoint_names(&disk);
+        let newest = names.last().unwrap().clone();
+        for name in &names {
+            disk.flip_bit(name, 4096 + 40, 3);
+        }
+        match Shard::open_with(disk.clone(), config(), 0, upkeep()).await {
+            Err(TradeError::Log(tradeshard_wal::Error::Corruption { path, offset, .. })) => {
+                assert!(path.ends_with(&newest), "names the newest checkpoint: {path:?}");
+                assert_eq!(offset, 4096, "names the damaged page");
+            }
+            Err(other) => panic!("wrong error: {other:?}"),
+            Ok(_) => panic!("opened with every checkpoint damaged and the log cut"),
+        }
+    });
+}

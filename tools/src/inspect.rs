@@ -1,0 +1,156 @@
+//! `tradeshard inspect`: what a data directory holds, shard by shard: its log's segments and
+//! bytes, its checkpoint's position and age, the trades it holds, the store of created parts,
+//! each consumer group's offset and lag, and what the open cost (`open_ms`,
+//! `replayed_records`). It opens the engine (so no other may have the directory open) and
+//! closes it again, which leaves a checkpoint at the log's end.
+
+use std::path::PathBuf;
+use std::time::{Instant, SystemTime, UNIX_EPOCH};
+
+use anyhow::{bail, Context};
+use serde::Serialize;
+use tradeshard_engine::{Engine, Options};
+
+#[derive(clap::Args, Debug, Clone)]
+pub struct Args {
+    /// The data directory (an engine must not have it open).
+    #[arg(long)]
+    dir: PathBuf,
+    /// Print the report as one JSON object on stdout.
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(Serialize)]
+struct GroupReport {
+    group: String,
+    offset: u64,
+    /// Trade events after the offset.
+    lag: u64,
+    committed_ms_ago: u64,
+}
+
+#[derive(Serialize)]
+struct ShardReport {
+    shard: u32,
+    segments: u64,
+    segment_bytes: u64,
+    /// The first offset the log still holds, and the offset after its last record.
+    log_first: u64,
+    log_end: u64,
+    /// The checkpoint the open started from, and how old it was.
+    checkpoint_position: Option<u64>,
+    checkpoint_age_ms: Option<u64>,
+    trades: u64,
+    /// Bytes of the store of created parts (every checkpointed trade's order number and memo).
+    parts_bytes: u64,
+    groups: Vec<GroupReport>,
+    open_ms: u64,
+    replayed_records: u64,
+    skipped_segments: u64,
+    passed_over_damaged_checkpoint: bool,
+}
+
+#[derive(Serialize)]
+struct Report {
+    dir: PathBuf,
+    open_ms: u64,
+    replayed_records: u64,
+    trades: u64,
+    disk_bytes: u64,
+    shards: Vec<ShardReport>,
+}
+
+pub fn run(args: Args) -> anyhow::Result<()> {
+    if !args.dir.join("MANIFEST").is_file() {
+        bail!("{} is not a tradeshard data directory (no MANIFEST)", args.dir.display());
+    }
+    let opening = Instant::now();
+    let engine = Engine::open(Options::new(&args.dir)).with_context(|| format!("opening {}", args.dir.display()))?;
+    let open_ms = opening.elapsed().as_millis() as u64;
+    let handle = engine.handle();
+    let stats = handle.stats_blocking()?;
+    let groups = handle.groups_blocking()?;
+    let now_ms = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64);
+    let mut shards = Vec::new();
+    for (shard, groups) in stats.shards.iter().zip(groups) {
+        let events_end = shard.events_end;
+        let checkpoint = shard.opened.checkpoint;
+        shards.push(ShardReport {
+            shard: shard.shard,
+            segments: shard.segments,
+            segment_bytes: shard.segment_bytes,
+            log_first: shard.log_first,
+            log_end: shard.log_end,
+            checkpoint_position: checkpoint,
+            checkpoint_age_ms: checkpoint.map(|_| now_ms.saturating_sub(shard.checkpoints.taken_ms)),
+            trades: shard.trades,
+            parts_bytes: shard.checkpoints.parts_bytes,
+            groups: groups
+                .into_iter()
+                .map(|(group, offset, at_ms)| GroupReport {
+                    group,
+                    offset,
+                    lag: events_end.saturating_sub(offset),
+                    committed_ms_ago: now_ms.saturating_sub(at_ms),
+                })
+                .collect(),
+            open_ms: shard.opened.open_ms,
+            replayed_records: shard.opened.replayed_records,
+            skipped_segments: shard.opened.skipped_segments,
+            passed_over_damaged_checkpoint: shard.opened.passed_over_damaged_checkpoint,
+        });
+    }
+    engine.close().context("closing the engine")?;
+    let report = Report {
+        open_ms,
+        replayed_records: shards.iter().map(|s| s.replayed_records).sum(),
+        trades: stats.trades,
+        disk_bytes: crate::data_dir::disk_bytes(&args.dir),
+        dir: args.dir,
+        shards,
+    };
+    if args.json {
+        println!("{}", serde_json::to_string(&report)?);
+        return Ok(());
+    }
+    println!(
+        "{}: {} trades, {:.1} MiB on disk, opened in {} ms replaying {} records",
+        report.dir.display(),
+        report.trades,
+        report.disk_bytes as f64 / (1 << 20) as f64,
+        report.open_ms,
+        report.replayed_records
+    );
+    for s in &report.shards {
+        let checkpoint = match (s.checkpoint_position, s.checkpoint_age_ms) {
+            (Some(position), Some(age)) => format!("checkpoint at {position} ({:.1} s old)", age as f64 / 1000.0),
+            _ => "no checkpoint".into(),
+        };
+        println!(
+            "shard {}: {} trades; log {}..{} in {} segments ({:.1} MiB); {checkpoint}; created parts {:.1} MiB; \
+             open {} ms, {} records replayed, {} segments skipped{}",
+            s.shard,
+            s.trades,
+            s.log_first,
+            s.log_end,
+            s.segments,
+            s.segment_bytes as f64 / (1 << 20) as f64,
+            s.parts_bytes as f64 / (1 << 20) as f64,
+            s.open_ms,
+            s.replayed_records,
+            s.skipped_segments,
+            if s.passed_over_damaged_checkpoint { ", a damaged checkpoint passed over" } else { "" }
+        );
+        for g in &s.groups {
+            println!(
+                "  group {}: offset {}, lag {}, committed {:.1} s ago",
+                g.group,
+                g.offset,
+                g.lag,
+                g.committed_ms_ago as f64 / 1000.0
+            );
+        }
+    }
+    Ok(())
+}
