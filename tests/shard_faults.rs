@@ -1,10 +1,12 @@
 //! EIO and ENOSPC at every I/O operation of a shard's write and recovery paths, under the
-//! engine's workload (creates, pays, settles, refunds, event polls, offset commits).
+//! engine's workload (creates, pays, settles, refunds, event polls, offset commits, and
+//! checkpoints with their copy of created parts, their switch and the removal of segments).
 //!
 //! For each case the simulated disk fails one chosen operation (the Nth after the workload
 //! starts, swept over every operation a clean run makes), then the machine loses power and the
 //! shard reopens, itself with an injected failure now and then. The rules checked:
 //! - every failure reaches its caller as a typed log error (`Io`, `DiskFull`, `Poisoned`);
+//! - a failed checkpoint fails only itself: the log holds everything, writes go on;
 //! - once a write has failed, no write sent afterwards is acknowledged, even though the disk
 //!   works again, until the shard is reopened;
 //! - acknowledged trades stay readable, and after the crash they are all there, each in its
@@ -18,7 +20,7 @@ use std::collections::HashMap;
 use std::rc::Rc;
 use std::time::Duration;
 
-use tradeshard_shard::{Command, Move, PollQuery, Shard, TradeError, TradeId, TradeStatus};
+use tradeshard_shard::{Command, Move, PollQuery, Refusal, Shard, TradeError, TradeId, TradeStatus, Upkeep};
 use tradeshard_tests::{call, check_read_back, new_trade, run, seeds, sim_disk_for_seed};
 use tradeshard_wal::disk::{Fault, SimDisk, SplitMix64};
 use tradeshard_wal::{Preallocation, WalConfig};
@@ -35,6 +37,36 @@ fn config() -> WalConfig {
         preallocation: Preallocation::Zeroed,
         ..WalConfig::default()
     }
+}
+
+/// Checkpoints only when the workload asks; retention keeps about two segments, so that
+/// checkpoints remove segments.
+fn upkeep() -> Upkeep {
+    Upkeep {
+        checkpoint_log_bytes: u64::MAX,
+        checkpoint_interval: Duration::from_secs(3600),
+        checkpoint_on_close: false,
+        retention_time: None,
+        retention_bytes: Some(64 << 10),
+        group_idle_expiry: None,
+    }
+}
+
+/// Takes `rounds` checkpoints between the other tasks' requests; a failure must be typed.
+/// Returns how many failed.
+async fn checkpoint_task(shard: SharedShard, rounds: u64) -> Result<u64, String> {
+    let mut failed = 0;
+    for _ in 0..rounds {
+        for _ in 0..10 {
+            futures_lite::future::yield_now().await;
+        }
+        match shard.checkpoint().await {
+            Ok(_) => {}
+            Err(e) if is_log_failure(&e) => failed += 1,
+            Err(e) => return Err(format!("a checkpoint failed with a wrong error: {e:?}")),
+        }
+    }
+    Ok(failed)
 }
 
 /// One case: the workload's seed, the failure of the write path, the failure during reopen.
@@ -58,6 +90,7 @@ struct Model {
 #[derive(Default, Debug)]
 struct Seen {
     write_failures: u64,
+    failed_checkpoints: u64,
     failed_opens: u64,
     ops: u64,
 }
@@ -136,6 +169,11 @@ async fn consumer_task(shard: SharedShard, model: Rc<RefCell<Model>>, rounds: u6
         let query = PollQuery { from, max_events: 64, max_bytes: 1 << 20, wait: Duration::from_millis(1) };
         match call(|done| shard.poll_events(query, done)).await {
             Ok(batch) => from = batch.next_offset,
+            // Retention removed the offset: the refusal names the first one kept.
+            Err(TradeError::Refused(Refusal::OffsetOutOfRange { offset, first, .. })) if offset < first => {
+                from = first;
+                continue;
+            }
             Err(e) if is_log_failure(&e) => return Ok(()),
             Err(e) => return Err(format!("a poll failed with a wrong error: {e:?}")),
         }
@@ -165,14 +203,21 @@ async fn check(shard: &SharedShard, model: &RefCell<Model>) -> Result<(), String
     Ok(())
 }
 
+/// The shard on `disk`, with no cache, so that every read goes to the log or the store of
+/// created parts.
+async fn open(disk: &SimDisk) -> Result<Shard<SimDisk>, TradeError> {
+    Shard::open_with(disk.clone(), config(), 0, upkeep()).await
+}
+
 async fn run_case(case: Case) -> Result<Seen, String> {
     let mut rng = SplitMix64::new(case.seed);
     let disk = sim_disk_for_seed(case.seed);
     let model = Rc::new(RefCell::new(Model::default()));
     let mut seen = Seen::default();
-    let shard = Rc::new(Shard::open(disk.clone(), config(), 1 << 16).await.map_err(|e| format!("open: {e}"))?);
-    // Acknowledged before any failure.
+    let shard = Rc::new(open(&disk).await.map_err(|e| format!("open: {e}"))?);
+    // Acknowledged before any failure, and a checkpoint of them.
     trade_task(shard.clone(), model.clone(), 1, 0, 2, false).await?;
+    shard.checkpoint().await.map_err(|e| format!("the first checkpoint: {e}"))?;
     let start = disk.ops();
     if let Some((nth, fault)) = case.write_fault {
         disk.fail_op(start + nth, fault);
@@ -184,9 +229,11 @@ async fn run_case(case: Case) -> Result<Seen, String> {
         tasks.push(glommio::spawn_local(trade_task(shard, model, buyer, 100 * (task + 1), steps, refund)));
     }
     tasks.push(glommio::spawn_local(consumer_task(shard.clone(), model.clone(), 1 + rng.below(4))));
+    let checkpoints = glommio::spawn_local(checkpoint_task(shard.clone(), 1 + rng.below(3)));
     for task in tasks {
         task.await?;
     }
+    seen.failed_checkpoints += checkpoints.await?;
     seen.ops = disk.ops() - start;
     // A failure chosen past the workload's last operation never happens.
     disk.clear_faults();
@@ -203,7 +250,7 @@ async fn run_case(case: Case) -> Result<Seen, String> {
     disk.crash(rng.next_u64());
     if let Some((nth, fault)) = case.recovery_fault {
         disk.fail_op(disk.ops() + nth, fault);
-        match Shard::open(disk.clone(), config(), 1 << 16).await {
+        match open(&disk).await {
             Err(e) if is_log_failure(&e) => {
                 seen.failed_opens += 1;
                 // Power is lost again right after the failed recovery.
@@ -219,7 +266,7 @@ async fn run_case(case: Case) -> Result<Seen, String> {
             }
         }
     }
-    let shard = Rc::new(Shard::open(disk.clone(), config(), 1 << 16).await.map_err(|e| format!("reopen: {e}"))?);
+    let shard = Rc::new(open(&disk).await.map_err(|e| format!("reopen: {e}"))?);
     check(&shard, &model).await?;
     let committed = shard.committed_offset(GROUP).unwrap_or(0);
     if committed < model.borrow().committed {
@@ -239,6 +286,7 @@ fn run_cases(cases: Vec<Case>) -> Seen {
             match run_case(case).await {
                 Ok(seen) => {
                     total.write_failures += seen.write_failures;
+                    total.failed_checkpoints += seen.failed_checkpoints;
                     total.failed_opens += seen.failed_opens;
                     total.ops = total.ops.max(seen.ops);
                 }
@@ -263,11 +311,15 @@ fn every_operation_of_the_write_path_fails_in_turn() {
         let count = cases.len() as u64;
         let seen = run_cases(cases);
         println!(
-            "write-path sweep (seed {seed}): {count} cases over {} operations, {} saw a failed write",
-            clean.ops, seen.write_failures
+            "write-path sweep (seed {seed}): {count} cases over {} operations, {} saw a failed write, {} a failed checkpoint",
+            clean.ops, seen.write_failures, seen.failed_checkpoints
         );
         assert!(clean.ops > 20, "the workload must do I/O: {} operations", clean.ops);
-        assert!(seen.write_failures * 2 > count, "most injected failures must fail a write: {seen:?} of {count}");
+        assert!(seen.failed_checkpoints > 0, "failures must hit checkpoints: {seen:?}");
+        assert!(
+            (seen.write_failures + seen.failed_checkpoints) * 2 > count,
+            "most injected failures must fail a write or a checkpoint: {seen:?} of {count}"
+        );
     }
 }
 
