@@ -87,6 +87,9 @@ impl Header {
         if u16::from_le_bytes([bytes[0], bytes[1]]) != CHECKPOINT_VERSION {
             return Err("checkpoint version this build does not read");
         }
+        if bytes[2..4] != [0, 0] {
+            return Err("checkpoint header has reserved bytes set");
+        }
         let mut reader = Reader { bytes, at: 4 };
         let shard_id = reader.u32()?;
         let scalars = Scalars { applied_end: reader.u64()?, events_end: reader.u64()?, counter_max: reader.u64()? };

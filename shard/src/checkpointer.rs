@@ -172,11 +172,15 @@ async fn write_checkpoint<D: Disk>(inner: &Inner<D>) -> Result<Option<u64>, Trad
     };
     let bytes = write_file(inner, &snapshot, &header, &stored).await?;
     drop(snapshot);
-    {
+    // In batches, so that a checkpoint of many new trades does not hold up requests.
+    let stored: Vec<(TradeId, StoredPart)> = stored.into_iter().collect();
+    for batch in stored.chunks(ITEMS_PER_YIELD) {
         let mut index = inner.index.borrow_mut();
-        for (id, part) in stored {
-            index.note_stored(id, part);
+        for (id, part) in batch {
+            index.note_stored(*id, *part);
         }
+        drop(index);
+        glommio::yield_if_needed().await;
     }
     checkpoints.previous.set(checkpoints.latest.get());
     checkpoints.latest.set(Some(position));
@@ -202,16 +206,17 @@ async fn wait_synced<D: Disk>(inner: &Inner<D>, position: u64) -> Result<(), Tra
     Ok(())
 }
 
-/// Copies the `Created` records in `[since, position)` to the store of created parts, synced.
+/// Copies the `Created` records in `[since, position)` to the store of created parts, synced,
+/// a megabyte at a time.
 async fn store_created_parts<D: Disk>(
     inner: &Inner<D>,
     since: u64,
     position: u64,
 ) -> Result<IdMap<TradeId, StoredPart>, TradeError> {
+    const APPEND_BYTES: usize = 1 << 20;
     let parts = &inner.checkpoints.parts;
-    let mut entries = Vec::new();
+    let mut entries = Vec::with_capacity(APPEND_BYTES + 4096);
     let mut stored = IdMap::default();
-    let base = parts.len();
     let mut reader = inner.wal.reader(since)?;
     while let Some((seq, record)) = reader.next().await? {
         if seq >= position {
@@ -222,9 +227,13 @@ async fn store_created_parts<D: Disk>(
         }
         let view = TradeRecordView::decode(record).map_err(|reason| TradeError::BadRecord { seq, reason })?;
         if view.kind == RecordKind::Created {
-            let offset = base + entries.len() as u64;
+            let offset = parts.len() + entries.len() as u64;
             let len = encode_entry(record, &mut entries);
             stored.insert(view.trade_id, StoredPart { seq, offset, len });
+        }
+        if entries.len() >= APPEND_BYTES {
+            parts.append(&entries).await?;
+            entries.clear();
         }
     }
     parts.append(&entries).await?;

@@ -35,7 +35,7 @@ impl Default for Upkeep {
     fn default() -> Self {
         const WEEK: Duration = Duration::from_secs(7 * 24 * 3600);
         Upkeep {
-            checkpoint_log_bytes: 256 << 20,
+            checkpoint_log_bytes: 1 << 30,
             checkpoint_interval: Duration::from_secs(60),
             checkpoint_on_close: true,
             retention_time: Some(WEEK),

@@ -32,11 +32,13 @@ const O_DSYNC: i32 = 0o10000;
 const PROBE_NAME: &str = ".iopoll-probe";
 
 impl DmaDisk {
-    /// Uses `dir`, creating it (mode 0700) if it does not exist; writes are made durable by
+    /// Uses `dir` (made absolute), creating it (mode 0700) if it does not exist; writes are made durable by
     /// `fdatasync` until [`with_sync_method`](Self::with_sync_method) says otherwise.
     pub fn new(dir: impl AsRef<Path>) -> io::Result<Self> {
-        let dir = dir.as_ref().to_path_buf();
-        DirBuilder::new().recursive(true).mode(0o700).create(&dir)?;
+        DirBuilder::new().recursive(true).mode(0o700).create(dir.as_ref())?;
+        // Absolute, because glommio opens a directory for syncing by a path it does not
+        // resolve against the working directory: a relative one failed every directory sync.
+        let dir = std::fs::canonicalize(dir.as_ref())?;
         Ok(DmaDisk {
             dir,
             dir_handle: Rc::new(RefCell::new(None)),
