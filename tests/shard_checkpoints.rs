@@ -12,7 +12,8 @@
 //! offset retention removed gets the typed error naming the first offset kept.
 //!
 //! Also: a damaged newest checkpoint is passed over for the one before it while the log still
-//! holds what that one needs, and refused (with its path and offset) once it does not.
+//! holds what that one needs, and refused (with its path and offset) once it does not; a
+//! missing or cut store of created parts is refused.
 //! A failure names its seed (`TRADESHARD_SIM_SEED=<seed>`).
 
 use std::cell::RefCell;
@@ -310,6 +311,23 @@ fn a_damaged_checkpoint_the_log_no_longer_covers_is_refused_with_its_path_and_of
             }
             Err(other) => panic!("wrong error: {other:?}"),
             Ok(_) => panic!("opened with every checkpoint damaged and the log cut"),
+        }
+    });
+}
+
+#[test]
+fn a_missing_or_cut_store_of_created_parts_is_refused() {
+    run(async {
+        let disk = SimDisk::new();
+        build(&disk, 50).await;
+        let parts = disk.read_file("created.parts").unwrap();
+        disk.put_file("created.parts", &parts[..parts.len() / 2]);
+        match Shard::open_with(disk.clone(), config(), 0, upkeep()).await {
+            Err(TradeError::Log(tradeshard_wal::Error::Corruption { path, .. })) => {
+                assert!(path.ends_with("created.parts"), "{path:?}")
+            }
+            Err(other) => panic!("wrong error: {other:?}"),
+            Ok(_) => panic!("opened over a cut store of created parts"),
         }
     });
 }

@@ -46,6 +46,26 @@ pub(crate) fn encode_entry(record: &[u8], out: &mut Vec<u8>) -> u32 {
     (ENTRY_HEADER_BYTES + record.len()) as u32
 }
 
+/// Checks, reading only, that the store holds the `len` bytes a checkpoint vouches for: a
+/// missing or shorter store is damage, refused before anything is repaired or written.
+pub(crate) async fn check_len<D: Disk>(disk: &D, len: u64) -> Result<(), TradeError> {
+    if len == 0 {
+        return Ok(());
+    }
+    let file = match disk.open(PARTS_NAME).await {
+        Ok(file) => file,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            return Err(corrupt(disk, 0, "the store of created parts a checkpoint points into is missing"))
+        }
+        Err(e) => return Err(io(disk, "open", e)),
+    };
+    let size = file.size().await.map_err(|e| io(disk, "stat", e))?;
+    if size < len {
+        return Err(corrupt(disk, size, "the store of created parts is shorter than its checkpoint says"));
+    }
+    Ok(())
+}
+
 impl<D: Disk> PartsStore<D> {
     /// Opens the store (created if absent) with `len` valid bytes.
     pub(crate) async fn open(disk: &D, len: u64) -> Result<PartsStore<D>, TradeError> {

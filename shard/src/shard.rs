@@ -152,6 +152,9 @@ impl<D: Disk> Shard<D> {
             None => (None, ShardIndex::default()),
         };
         let from = index.applied_end();
+        if let Some(header) = &checkpoint {
+            crate::parts::check_len(&disk, header.parts_len).await?;
+        }
         let mut replay_error = None;
         let (wal, report) = Wal::recover_from(disk.clone(), wal_config, from, |at, bytes| {
             if replay_error.is_some() {
