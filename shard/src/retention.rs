@@ -16,7 +16,8 @@ use tradeshard_wal::SegmentInfo;
 /// When a shard checkpoints and what its log keeps.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Upkeep {
-    /// A checkpoint is taken once the log has grown by this many bytes since the last one.
+    /// A checkpoint is taken once the log has written this many bytes since the last one
+    /// (frames with their padding, and the zeros of segments prepared ahead).
     pub checkpoint_log_bytes: u64,
     /// ... or once this long has passed with records applied since the last one.
     pub checkpoint_interval: Duration,
