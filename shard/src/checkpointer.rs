@@ -175,11 +175,12 @@ async fn write_checkpoint<D: Disk>(inner: &Inner<D>) -> Result<Option<u64>, Trad
     // In batches, so that a checkpoint of many new trades does not hold up requests.
     let stored: Vec<(TradeId, StoredPart)> = stored.into_iter().collect();
     for batch in stored.chunks(ITEMS_PER_YIELD) {
-        let mut index = inner.index.borrow_mut();
-        for (id, part) in batch {
-            index.note_stored(*id, *part);
+        {
+            let mut index = inner.index.borrow_mut();
+            for (id, part) in batch {
+                index.note_stored(*id, *part);
+            }
         }
-        drop(index);
         glommio::yield_if_needed().await;
     }
     checkpoints.previous.set(checkpoints.latest.get());

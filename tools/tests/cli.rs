@@ -140,6 +140,7 @@ fn compare_reports_every_figure_with_its_goal() {
     assert!(row("ingest trades/s, 8 in flight")["tradeshard"].as_f64().unwrap() > 0.0);
     assert!(row("consumption events/s, after reopen")["tradeshard"].as_f64().unwrap() > 0.0);
     assert_eq!(row("point reads/s, uniform, warm")["goal"], "2x or better");
+    assert!(row("bytes on disk per trade, log consumed")["tradeshard"].as_f64().unwrap() > 0.0);
     let run = &output["runs"][0];
     assert_eq!(run["events"], run["trades"], "every trade's event is consumed, hot and after reopening");
     assert!(std::fs::read_dir(dir.path()).unwrap().next().is_none(), "the temporary directory is removed");

@@ -213,6 +213,7 @@ fn table(reports: &[SideReport], levels: &[usize]) -> Vec<Row> {
     if reports.iter().all(|r| r.written_bytes_per_trade.is_some()) {
         row("bytes written per trade".into(), &|r| r.written_bytes_per_trade.unwrap_or(0.0), false, Some(1.0));
     }
+    row("bytes on disk per trade, log consumed".into(), &|r| r.disk_bytes_per_trade, false, Some(1.0));
     row("resident bytes at the end".into(), &|r| r.resident_bytes as f64, false, None);
     row("trades ingested".into(), &|r| r.trades as f64, true, None);
     rows

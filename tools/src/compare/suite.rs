@@ -31,6 +31,11 @@ pub trait Store {
     fn reopen(&mut self) -> anyhow::Result<()>;
     /// Bytes the engine itself says it wrote since it opened, where it counts them.
     fn engine_written_bytes(&mut self) -> anyhow::Result<Option<u64>>;
+    /// Lets the engine settle what it keeps on disk once every event was consumed (a store
+    /// of record retains its log away); nothing by default.
+    fn settle_disk(&mut self) -> anyhow::Result<()> {
+        Ok(())
+    }
 }
 
 /// Operations done in a timed phase, their latencies, and (for ingest) the ids made.
@@ -108,6 +113,10 @@ pub struct SideReport {
     pub written_bytes: Option<u64>,
     pub written_bytes_per_trade: Option<f64>,
     pub engine_written_bytes: Option<u64>,
+    /// Bytes the data directory takes on disk at the end (allocated blocks, after
+    /// `settle_disk`), and per trade.
+    pub disk_bytes: u64,
+    pub disk_bytes_per_trade: f64,
     pub resident_bytes: u64,
 }
 
@@ -180,6 +189,8 @@ pub fn run_suite(
     anyhow::ensure!(events_reopened == events, "{events} events hot, {events_reopened} after reopening");
     eprintln!("compare: {engine} consumption: {hot:.0} events/s hot, {reopened:.0} after reopening");
     let written = written_before.zip(device_written_bytes(dir)).map(|(before, after)| after - before);
+    store.settle_disk()?;
+    let disk_bytes = crate::data_dir::disk_bytes(dir);
     let get_zipf = reads.pop().expect("two read phases");
     let get_uniform = reads.pop().expect("two read phases");
     Ok(SideReport {
@@ -195,6 +206,8 @@ pub fn run_suite(
         written_bytes: written,
         written_bytes_per_trade: written.map(|w| w as f64 / ids.len() as f64),
         engine_written_bytes,
+        disk_bytes,
+        disk_bytes_per_trade: disk_bytes as f64 / ids.len() as f64,
         resident_bytes: resident_bytes(),
     })
 }

@@ -128,6 +128,8 @@ impl Store for TradeshardStore {
             let batches = consumer.poll_raw_blocking(100_000, Duration::ZERO)?;
             if batches.is_empty() {
                 anyhow::ensure!(bytes > 0 || events == 0, "empty events");
+                // The group's offsets, so that retention may remove what it consumed.
+                consumer.commit_blocking()?;
                 return Ok(events);
             }
             for batch in &batches {
@@ -137,6 +139,14 @@ impl Store for TradeshardStore {
                 }
             }
         }
+    }
+
+    /// Two checkpoints: the second lets retention remove every segment the groups consumed
+    /// (the log is kept back to the previous checkpoint).
+    fn settle_disk(&mut self) -> anyhow::Result<()> {
+        self.handle().checkpoint_blocking()?;
+        self.handle().checkpoint_blocking()?;
+        Ok(())
     }
 
     fn reopen(&mut self) -> anyhow::Result<()> {
