@@ -308,7 +308,9 @@ async fn apply_retention<D: Disk>(inner: &Inner<D>) -> Result<(), TradeError> {
     let disk = inner.wal.disk();
     let io = |op, name: &str, e| TradeError::Log(LogError::io(op, disk.path_of(name), e));
     let Some(previous) = checkpoints.previous.get() else { return Ok(()) };
-    let names = disk.list().map_err(|e| io("list", "", e))?;
+    let mut names = disk.list().map_err(|e| io("list", "", e))?;
+    // In order, so that a simulated campaign's operations are the same on every run.
+    names.sort_unstable();
     for name in names {
         if checkpoint::parse_file_name(&name).is_some_and(|position| position < previous) {
             disk.remove(&name).await.map_err(|e| io("remove", &name, e))?;
