@@ -4,6 +4,11 @@
 //! one place where bytes from disk become records and one set of checks on the way. The
 //! cursor keeps the last read's buffer and serves later frames from it until it runs out;
 //! reads start on a block boundary and are a whole number of blocks, as direct I/O wants.
+//!
+//! Each read also starts the read of the chunk after it, in the background: a reader going
+//! forwards (a consumer, recovery) then finds its next chunk read or on the way, instead of
+//! waiting for one read at a time, which held a cold pass at about a tenth of the device's
+//! sequential rate.
 
 use std::rc::Rc;
 
@@ -32,6 +37,8 @@ pub(crate) struct FrameCursor<F: DiskFile> {
     payload_bytes_max: u32,
     buf: Option<F::ReadBuf>,
     buf_start: u64,
+    /// The read of the chunk after the buffer, under way: its offset and length.
+    ahead: Option<(u64, usize, glommio::task::JoinHandle<std::io::Result<F::ReadBuf>>)>,
     scratch: Vec<u8>,
     pieces: Vec<PieceSpan>,
 }
@@ -45,6 +52,7 @@ impl<F: DiskFile> FrameCursor<F> {
             payload_bytes_max,
             buf: None,
             buf_start: 0,
+            ahead: None,
             scratch: Vec::new(),
             pieces: Vec::new(),
         }
@@ -62,10 +70,24 @@ impl<F: DiskFile> FrameCursor<F> {
             }
         }
         let wanted = align_up(len.max(self.chunk_bytes) as u64).min(align_up(self.end - offset));
-        let buf = self.file.read_at(offset, wanted as usize).await?;
+        let buf = match self.ahead.take() {
+            Some((start, ahead_len, read)) if start == offset && ahead_len >= len => match read.await {
+                Some(result) => result?,
+                None => self.file.read_at(offset, wanted as usize).await?,
+            },
+            // Not what this read needs (a frame across chunks, a jump): left to finish alone.
+            _ => self.file.read_at(offset, wanted as usize).await?,
+        };
         let covered = buf.len() >= len;
+        let next = offset + buf.len() as u64;
         self.buf = Some(buf);
         self.buf_start = offset;
+        if covered && next < self.end && next % BLOCK_BYTES == 0 {
+            let ahead_len = align_up(self.chunk_bytes as u64).min(align_up(self.end - next)) as usize;
+            let file = self.file.clone();
+            let read = glommio::spawn_local(async move { file.read_at(next, ahead_len).await }).detach();
+            self.ahead = Some((next, ahead_len, read));
+        }
         Ok(covered)
     }
 
