@@ -29,6 +29,9 @@ pub(crate) struct FrameView<'a> {
 /// The outcome of decoding at an offset: I/O errors apart from bad bytes.
 pub(crate) type FrameRead<'a> = std::io::Result<Result<FrameView<'a>, FrameDefect>>;
 
+/// A read started before it is needed: its offset, its length, and the task doing it.
+type ReadAhead<B> = (u64, usize, glommio::task::JoinHandle<std::io::Result<B>>);
+
 pub(crate) struct FrameCursor<F: DiskFile> {
     file: Rc<F>,
     /// Bytes of the file that may be read: the file size, or the visible end of the log.
@@ -37,8 +40,8 @@ pub(crate) struct FrameCursor<F: DiskFile> {
     payload_bytes_max: u32,
     buf: Option<F::ReadBuf>,
     buf_start: u64,
-    /// The read of the chunk after the buffer, under way: its offset and length.
-    ahead: Option<(u64, usize, glommio::task::JoinHandle<std::io::Result<F::ReadBuf>>)>,
+    /// The read of the chunk after the buffer, under way.
+    ahead: Option<ReadAhead<F::ReadBuf>>,
     scratch: Vec<u8>,
     pieces: Vec<PieceSpan>,
 }
@@ -82,7 +85,7 @@ impl<F: DiskFile> FrameCursor<F> {
         let next = offset + buf.len() as u64;
         self.buf = Some(buf);
         self.buf_start = offset;
-        if covered && next < self.end && next % BLOCK_BYTES == 0 {
+        if covered && next < self.end && next.is_multiple_of(BLOCK_BYTES) {
             let ahead_len = align_up(self.chunk_bytes as u64).min(align_up(self.end - next)) as usize;
             let file = self.file.clone();
             let read = glommio::spawn_local(async move { file.read_at(next, ahead_len).await }).detach();
