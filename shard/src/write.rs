@@ -12,7 +12,8 @@
 use tradeshard_wal::disk::Disk;
 
 use crate::error::{InputError, Refusal, TradeError};
-use crate::index::{body_hash, next_state, order_key, refund_key, Action, Lifecycle, Move, ShardIndex};
+use crate::index::{body_hash, order_key, refund_key, ShardIndex};
+use crate::lifecycle::{next_state, Action, Lifecycle, Move};
 use crate::record::TradeRecord;
 use crate::shard::{now_ms, Shard};
 use crate::state::{Accepted, AfterDurable, Effect, EffectKeys, InFlight, ShardReply, Waiter};

@@ -14,8 +14,9 @@
 
 use crate::currency::Currency;
 use crate::index::{
-    ClaimEntry, CreatedAt, GroupOffset, Item, Lifecycle, RefundEntry, Scalars, ShardIndex, StoredPart, TradeEntry,
+    ClaimEntry, CreatedAt, GroupOffset, Item, RefundEntry, Scalars, ShardIndex, StoredPart, TradeEntry,
 };
+use crate::lifecycle::Lifecycle;
 use crate::system_record::OffsetCommit;
 use crate::trade::{TradeId, TradeStatus, LOGICAL_SHARDS_MAX};
 
@@ -462,133 +463,10 @@ pub fn decode_file(bytes: &[u8], shard_id: u32, position: u64) -> Result<usize, 
     }
 }
 
-/// A checkpoint file of shard 2 at position 100 holding one entry of each kind: the fuzz
-/// target's seed and the tests' sample (`testing` feature).
 #[cfg(any(test, feature = "testing"))]
-pub fn sample_file() -> Vec<u8> {
-    encode_sample(&sample_items())
-}
-
+mod sample;
 #[cfg(any(test, feature = "testing"))]
-fn sample_items() -> Vec<Item> {
-    let id = TradeId::new(3, 7);
-    let entry = TradeEntry {
-        logical_shard: 3,
-        user_id: 11,
-        merchant_id: 12,
-        lifecycle: Lifecycle { status: TradeStatus::Refunded, amount: 500, refunded: 120 },
-        currency: Currency::parse("EUR").unwrap(),
-        updated_ms: 1_700_000_000_123,
-        created_at: CreatedAt::Stored(StoredPart { seq: 99, offset: 4_000, len: 140 }),
-    };
-    vec![
-        Item::Trade(id, entry),
-        Item::Order(u128::MAX - 5, id, 77),
-        Item::User(11, vec![id, TradeId::new(3, 9)]),
-        Item::Refund(42, RefundEntry { trade_id: id, amount: 120, refunded_after: 120, at_ms: 5 }),
-        Item::Claim(43, ClaimEntry { body: 1, buyer_id: 2, trade: None }),
-        Item::Claim(44, ClaimEntry { body: 1, buyer_id: 2, trade: Some(id) }),
-        Item::Group("settlement".into(), GroupOffset { offset: 1234, at_ms: 6 }),
-    ]
-}
-
-#[cfg(any(test, feature = "testing"))]
-fn encode_sample(items: &[Item]) -> Vec<u8> {
-    let header = Header {
-        shard_id: 2,
-        scalars: Scalars { applied_end: 100, events_end: 98, counter_max: 9 },
-        parts_len: 4_140,
-        created_ms: 8,
-    };
-    let mut out = Vec::new();
-    let mut encoder = Encoder::new(&header, &mut out);
-    for item in items {
-        encoder.push(item, &mut out);
-    }
-    encoder.finish(&mut out);
-    out
-}
+pub use sample::sample_file;
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn encode(items: &[Item]) -> Vec<u8> {
-        encode_sample(items)
-    }
-
-    /// Decodes a whole file held in memory: the header and every entry.
-    fn decode(bytes: &[u8]) -> Result<(Header, Vec<Item>), &'static str> {
-        let mut at = 0;
-        let first = open_page(bytes)?;
-        let header = Header::decode(first)?;
-        at += page_bytes(first.len());
-        let mut items = Vec::new();
-        loop {
-            let payload = open_page(bytes.get(at..).ok_or("cut")?)?;
-            at += page_bytes(payload.len());
-            let page = decode_items(payload)?;
-            items.extend(page.items);
-            if page.end.is_some() {
-                return Ok((header, items));
-            }
-        }
-    }
-
-    #[test]
-    fn round_trips_every_kind_of_entry() {
-        let items = sample_items();
-        let bytes = encode(&items);
-        assert_eq!(bytes.len() % PAGE_ALIGN, 0);
-        let (header, decoded) = decode(&bytes).unwrap();
-        assert_eq!(decode_file(&bytes, 2, 100), Ok(1), "restores whole");
-        assert_eq!(decode_file(&bytes, 3, 100), Err((0, "checkpoint of another shard")));
-        assert_eq!(header.scalars.applied_end, 100);
-        assert_eq!(header.parts_len, 4_140);
-        assert_eq!(decoded, items);
-    }
-
-    #[test]
-    fn long_user_lists_and_many_entries_span_pages() {
-        let ids: Vec<TradeId> = (1..=10_000).map(|c| TradeId::new(0, c)).collect();
-        let mut items = vec![Item::User(5, ids.clone())];
-        items.extend((0..20_000u128).map(|k| Item::Order(k, TradeId::new(0, 1), 0)));
-        let bytes = encode(&items);
-        let (_, decoded) = decode(&bytes).unwrap();
-        let listed: Vec<TradeId> = decoded
-            .iter()
-            .filter_map(|item| match item {
-                Item::User(5, ids) => Some(ids.clone()),
-                _ => None,
-            })
-            .flatten()
-            .collect();
-        assert_eq!(listed, ids, "a long list comes back whole and in order");
-        assert!(bytes.len() > 2 * PAGE_PAYLOAD_TARGET, "several pages");
-    }
-
-    #[test]
-    fn every_flipped_bit_is_detected() {
-        let bytes = encode(&sample_items());
-        // Every byte of every page's header and payload (the padding after is not read).
-        let mut used = Vec::new();
-        let mut at = 0;
-        while at < bytes.len() {
-            let len = page_payload_len(&bytes[at..]).unwrap();
-            used.extend(at..at + PAGE_HEADER_BYTES + len);
-            at += page_bytes(len);
-        }
-        for &byte in &used {
-            let mut flipped = bytes.clone();
-            flipped[byte] ^= 1 << (byte % 8);
-            assert!(decode_file(&flipped, 2, 100).is_err(), "flip at byte {byte} not detected");
-        }
-    }
-
-    #[test]
-    fn names_parse_back() {
-        assert_eq!(parse_file_name(&file_name(123)), Some(123));
-        assert_eq!(parse_file_name("checkpoint.tmp"), None);
-        assert_eq!(parse_file_name("checkpoint-12.ckpt"), None);
-    }
-}
+mod tests;

@@ -1,0 +1,52 @@
+//! A sample checkpoint holding one entry of each kind: the fuzz target's seed and the tests'
+//! sample (`testing` feature).
+
+use super::{Encoder, Header};
+use crate::currency::Currency;
+use crate::index::{ClaimEntry, CreatedAt, GroupOffset, Item, RefundEntry, Scalars, StoredPart, TradeEntry};
+use crate::lifecycle::Lifecycle;
+use crate::trade::{TradeId, TradeStatus};
+
+/// A checkpoint file of shard 2 at position 100 holding one entry of each kind: the fuzz
+/// target's seed and the tests' sample (`testing` feature).
+pub fn sample_file() -> Vec<u8> {
+    encode_sample(&sample_items())
+}
+
+pub(super) fn sample_items() -> Vec<Item> {
+    let id = TradeId::new(3, 7);
+    let entry = TradeEntry {
+        logical_shard: 3,
+        user_id: 11,
+        merchant_id: 12,
+        lifecycle: Lifecycle { status: TradeStatus::Refunded, amount: 500, refunded: 120 },
+        currency: Currency::parse("EUR").unwrap(),
+        updated_ms: 1_700_000_000_123,
+        created_at: CreatedAt::Stored(StoredPart { seq: 99, offset: 4_000, len: 140 }),
+    };
+    vec![
+        Item::Trade(id, entry),
+        Item::Order(u128::MAX - 5, id, 77),
+        Item::User(11, vec![id, TradeId::new(3, 9)]),
+        Item::Refund(42, RefundEntry { trade_id: id, amount: 120, refunded_after: 120, at_ms: 5 }),
+        Item::Claim(43, ClaimEntry { body: 1, buyer_id: 2, trade: None }),
+        Item::Claim(44, ClaimEntry { body: 1, buyer_id: 2, trade: Some(id) }),
+        Item::Group("settlement".into(), GroupOffset { offset: 1234, at_ms: 6 }),
+    ]
+}
+
+pub(super) fn encode_sample(items: &[Item]) -> Vec<u8> {
+    let header = Header {
+        shard_id: 2,
+        scalars: Scalars { applied_end: 100, events_end: 98, counter_max: 9 },
+        parts_len: 4_140,
+        created_ms: 8,
+    };
+    let mut out = Vec::new();
+    let mut encoder = Encoder::new(&header, &mut out);
+    for item in items {
+        encoder.push(item, &mut out);
+    }
+    encoder.finish(&mut out);
+    out
+}

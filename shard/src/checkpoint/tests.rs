@@ -1,0 +1,82 @@
+//! The checkpoint codec's tests: round trips, long lists across pages, every flipped bit.
+use super::sample::{encode_sample, sample_items};
+use super::*;
+
+fn encode(items: &[Item]) -> Vec<u8> {
+    encode_sample(items)
+}
+
+/// Decodes a whole file held in memory: the header and every entry.
+fn decode(bytes: &[u8]) -> Result<(Header, Vec<Item>), &'static str> {
+    let mut at = 0;
+    let first = open_page(bytes)?;
+    let header = Header::decode(first)?;
+    at += page_bytes(first.len());
+    let mut items = Vec::new();
+    loop {
+        let payload = open_page(bytes.get(at..).ok_or("cut")?)?;
+        at += page_bytes(payload.len());
+        let page = decode_items(payload)?;
+        items.extend(page.items);
+        if page.end.is_some() {
+            return Ok((header, items));
+        }
+    }
+}
+
+#[test]
+fn round_trips_every_kind_of_entry() {
+    let items = sample_items();
+    let bytes = encode(&items);
+    assert_eq!(bytes.len() % PAGE_ALIGN, 0);
+    let (header, decoded) = decode(&bytes).unwrap();
+    assert_eq!(decode_file(&bytes, 2, 100), Ok(1), "restores whole");
+    assert_eq!(decode_file(&bytes, 3, 100), Err((0, "checkpoint of another shard")));
+    assert_eq!(header.scalars.applied_end, 100);
+    assert_eq!(header.parts_len, 4_140);
+    assert_eq!(decoded, items);
+}
+
+#[test]
+fn long_user_lists_and_many_entries_span_pages() {
+    let ids: Vec<TradeId> = (1..=10_000).map(|c| TradeId::new(0, c)).collect();
+    let mut items = vec![Item::User(5, ids.clone())];
+    items.extend((0..20_000u128).map(|k| Item::Order(k, TradeId::new(0, 1), 0)));
+    let bytes = encode(&items);
+    let (_, decoded) = decode(&bytes).unwrap();
+    let listed: Vec<TradeId> = decoded
+        .iter()
+        .filter_map(|item| match item {
+            Item::User(5, ids) => Some(ids.clone()),
+            _ => None,
+        })
+        .flatten()
+        .collect();
+    assert_eq!(listed, ids, "a long list comes back whole and in order");
+    assert!(bytes.len() > 2 * PAGE_PAYLOAD_TARGET, "several pages");
+}
+
+#[test]
+fn every_flipped_bit_is_detected() {
+    let bytes = encode(&sample_items());
+    // Every byte of every page's header and payload (the padding after is not read).
+    let mut used = Vec::new();
+    let mut at = 0;
+    while at < bytes.len() {
+        let len = page_payload_len(&bytes[at..]).unwrap();
+        used.extend(at..at + PAGE_HEADER_BYTES + len);
+        at += page_bytes(len);
+    }
+    for &byte in &used {
+        let mut flipped = bytes.clone();
+        flipped[byte] ^= 1 << (byte % 8);
+        assert!(decode_file(&flipped, 2, 100).is_err(), "flip at byte {byte} not detected");
+    }
+}
+
+#[test]
+fn names_parse_back() {
+    assert_eq!(parse_file_name(&file_name(123)), Some(123));
+    assert_eq!(parse_file_name("checkpoint.tmp"), None);
+    assert_eq!(parse_file_name("checkpoint-12.ckpt"), None);
+}
