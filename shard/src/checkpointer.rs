@@ -18,7 +18,6 @@
 //! step fails this checkpoint only (counted in the stats), since the log still holds
 //! everything: the next one starts again from the last that completed.
 
-use std::cell::Cell;
 use std::rc::Rc;
 use std::time::{Duration, Instant};
 
@@ -28,82 +27,18 @@ use crate::checkpoint::{self, Encoder, Header, Restored, Restorer};
 use crate::error::{LogError, TradeError};
 use crate::id_hash::IdMap;
 use crate::index::{CreatedAt, Item, ShardIndex, StoredPart};
-use crate::parts::{encode_entry, PartsStore};
+use crate::parts::encode_entry;
 use crate::record::{RecordKind, TradeRecordView};
-use crate::retention::{keep_from, Upkeep};
-use crate::shard::now_ms;
+use crate::retention::keep_from;
 use crate::state::Inner;
 use crate::system_record::LogRecord;
+use crate::trade::now_ms;
 use crate::trade::TradeId;
 
 /// How often the background task looks whether a checkpoint is due.
 const DUE_CHECK_EVERY: Duration = Duration::from_millis(50);
 /// Entries encoded between yields to the shard's requests.
 const ITEMS_PER_YIELD: usize = 4096;
-
-/// Counters of a shard's checkpoints and retention.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct CheckpointStats {
-    /// The position of the latest checkpoint (0: none yet).
-    pub position: u64,
-    /// When it was taken (ms since the Unix epoch; 0: none yet).
-    pub taken_ms: u64,
-    /// Bytes of its file.
-    pub bytes: u64,
-    /// Checkpoints written since open.
-    pub written: u64,
-    /// Checkpoints that failed since open (the log still holds everything).
-    pub failed: u64,
-    /// Bytes of the store of created parts.
-    pub parts_bytes: u64,
-    /// Consumer groups expired since open.
-    pub groups_expired: u64,
-}
-
-/// What a shard keeps of its checkpoints.
-pub(crate) struct Checkpoints<D: Disk> {
-    pub upkeep: Upkeep,
-    pub parts: PartsStore<D>,
-    /// The latest checkpoint's position and the one before it (kept as a fallback).
-    latest: Cell<Option<u64>>,
-    previous: Cell<Option<u64>>,
-    /// One checkpoint at a time.
-    busy: glommio::sync::Semaphore,
-    stats: Cell<CheckpointStats>,
-    log_bytes_at_last: Cell<u64>,
-    last_at: Cell<Instant>,
-}
-
-impl<D: Disk> Checkpoints<D> {
-    pub(crate) fn new(upkeep: Upkeep, parts: PartsStore<D>, loaded: Option<&Header>) -> Checkpoints<D> {
-        let stats = CheckpointStats {
-            position: loaded.map_or(0, |h| h.scalars.applied_end),
-            taken_ms: loaded.map_or(0, |h| h.created_ms),
-            parts_bytes: parts.len(),
-            ..CheckpointStats::default()
-        };
-        Checkpoints {
-            upkeep,
-            parts,
-            latest: Cell::new(loaded.map(|h| h.scalars.applied_end)),
-            previous: Cell::new(None),
-            busy: glommio::sync::Semaphore::new(1),
-            stats: Cell::new(stats),
-            log_bytes_at_last: Cell::new(0),
-            last_at: Cell::new(Instant::now()),
-        }
-    }
-
-    pub(crate) fn stats(&self) -> CheckpointStats {
-        self.stats.get()
-    }
-
-    fn count(&self, update: impl FnOnce(&mut CheckpointStats)) {
-        let mut stats = self.stats.get();
-        update(&mut stats);
-        self.stats.set(stats);
-    }
-}
 
 /// The background task: takes a checkpoint when one is due, until the shard closes.
 pub(crate) async fn run<D: Disk>(inner: Rc<Inner<D>>) {

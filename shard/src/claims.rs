@@ -16,9 +16,10 @@ use tradeshard_wal::disk::Disk;
 
 use crate::error::{Refusal, TradeError};
 use crate::index::{body_hash, order_key};
-use crate::shard::{now_ms, Shard};
+use crate::shard::Shard;
 use crate::state::{Effect, EffectKeys, ShardReply, Waiter};
 use crate::system_record::{ClaimOutcome, ClaimSettled, LogRecord, OrderClaim};
+use crate::trade::now_ms;
 use crate::trade::{TradeId, ValidTrade};
 
 /// A create's claim of its order key, sent to the key's home shard.

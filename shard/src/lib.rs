@@ -8,6 +8,7 @@
 
 mod checkpoint;
 mod checkpointer;
+mod checkpoints;
 mod claims;
 mod committer;
 mod config;
@@ -35,7 +36,7 @@ mod write;
 /// The decoder of a checkpoint file, for fuzzing (`testing` feature).
 #[cfg(any(test, feature = "testing"))]
 pub use checkpoint::{decode_file as decode_checkpoint, sample_file as sample_checkpoint};
-pub use checkpointer::CheckpointStats;
+pub use checkpoints::{CheckpointStats, OpenReport};
 pub use claims::{ClaimRequest, OrderLookup, PendingClaim};
 pub use config::{DiskShard, ShardConfig};
 pub use currency::Currency;
@@ -47,7 +48,7 @@ pub use read::ListQuery;
 pub use record::{CreatedFields, CreatedFieldsView, RecordKind, TradeRecord, TradeRecordView};
 pub use reply::{Reply, ReplyFuture};
 pub use retention::Upkeep;
-pub use shard::{OpenReport, RecoveredShard, Shard, ShardStats};
+pub use shard::{RecoveredShard, Shard, ShardStats};
 pub use state::{AfterDurable, ShardReply};
 pub use system_record::ClaimOutcome;
 /// The codec of every record of a shard's log, for fuzzing and tests (`testing` feature).

@@ -13,14 +13,15 @@
 
 use std::cell::RefCell;
 use std::rc::Rc;
-use std::time::{Instant, SystemTime, UNIX_EPOCH};
+use std::time::Instant;
 
 use tradeshard_cache::{CacheStats, ReadThrough};
 use tradeshard_wal::disk::Disk;
 use tradeshard_wal::{RecoveredWal, Wal, WalConfig, WalStats};
 
 use crate::checkpoint::Header;
-use crate::checkpointer::{CheckpointStats, Checkpoints, Loaded};
+use crate::checkpointer::Loaded;
+use crate::checkpoints::{CheckpointStats, Checkpoints, OpenReport};
 use crate::currency::Currency;
 use crate::error::{LogError, TradeError};
 use crate::events::{EventBatch, PollQuery};
@@ -53,30 +54,11 @@ pub struct ShardStats {
     pub segment_bytes: u64,
 }
 
-/// What opening a shard found and cost.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct OpenReport {
-    /// The checkpoint the open started from (its position), if any.
-    pub checkpoint: Option<u64>,
-    /// A newer checkpoint was damaged and passed over for an older one.
-    pub passed_over_damaged_checkpoint: bool,
-    /// Log records replayed after the checkpoint.
-    pub replayed_records: u64,
-    /// Segments not read at all (wholly below the checkpoint).
-    pub skipped_segments: u64,
-    /// Time from the start of the recovery to the shard's start.
-    pub open_ms: u64,
-}
-
 /// One shard of the trade store, on the executor that opened it.
 pub struct Shard<D: Disk> {
     pub(crate) inner: Rc<Inner<D>>,
     committer: Option<glommio::task::JoinHandle<()>>,
     checkpointer: Option<glommio::task::JoinHandle<()>>,
-}
-
-pub(crate) fn now_ms() -> u64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64)
 }
 
 /// A shard whose log was verified and replayed into its indexes, not yet started: nothing on

@@ -15,7 +15,7 @@ use tradeshard_cache::ReadThrough;
 use tradeshard_wal::disk::Disk;
 use tradeshard_wal::{Ticket, Wal};
 
-use crate::checkpointer::Checkpoints;
+use crate::checkpoints::{Checkpoints, OpenReport};
 use crate::created::CreatedPart;
 use crate::currency::Currency;
 use crate::error::TradeError;
@@ -23,7 +23,6 @@ use crate::id_hash::{IdHasher, IdMap};
 use crate::index::ShardIndex;
 use crate::lifecycle::Lifecycle;
 use crate::reply::Reply;
-use crate::shard::OpenReport;
 use crate::system_record::{ClaimOutcome, LogRecord};
 use crate::trade::{Receipt, TradeId};
 

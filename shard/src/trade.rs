@@ -147,3 +147,9 @@ pub struct Receipt {
     /// refunded): this is the original's answer and nothing was written.
     pub replayed: bool,
 }
+
+/// Milliseconds since the Unix epoch (0 if the clock is before it): the time records carry.
+pub(crate) fn now_ms() -> u64 {
+    use std::time::{SystemTime, UNIX_EPOCH};
+    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64)
+}

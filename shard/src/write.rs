@@ -15,9 +15,10 @@ use crate::error::{InputError, Refusal, TradeError};
 use crate::index::{body_hash, order_key, refund_key, ShardIndex};
 use crate::lifecycle::{next_state, Action, Lifecycle, Move};
 use crate::record::TradeRecord;
-use crate::shard::{now_ms, Shard};
+use crate::shard::Shard;
 use crate::state::{Accepted, AfterDurable, Effect, EffectKeys, InFlight, ShardReply, Waiter};
 use crate::system_record::{LogRecord, OffsetCommit};
+use crate::trade::now_ms;
 use crate::trade::{Receipt, TradeId, TradeStatus, ValidTrade, COUNTER_BITS};
 
 /// A change to an existing trade, as the write path checks it.

@@ -9,7 +9,7 @@
 use std::rc::Rc;
 
 use crate::commit::{Appended, PiecePos, Queue, Ticket};
-use crate::config::WalConfig;
+use crate::config::{Durability, WalConfig};
 use crate::defect::FrameDefect;
 use crate::disk::{Disk, DiskFile};
 use crate::error::{Error, Result};
@@ -237,8 +237,8 @@ impl<D: Disk> Wal<D> {
     /// `Durability::Sync`, the end of the last fdatasync under `Buffered`.
     pub fn synced_end(&self) -> u64 {
         match self.shared.config.durability {
-            crate::Durability::Sync => self.shared.visible_end.get(),
-            crate::Durability::Buffered { .. } => self.shared.synced_end.get().min(self.shared.visible_end.get()),
+            Durability::Sync => self.shared.visible_end.get(),
+            Durability::Buffered { .. } => self.shared.synced_end.get().min(self.shared.visible_end.get()),
         }
     }
 

@@ -1,7 +1,7 @@
 //! A sample checkpoint holding one entry of each kind: the fuzz target's seed and the tests'
 //! sample (`testing` feature).
 
-use super::{Encoder, Header};
+use super::codec::{Encoder, Header};
 use crate::currency::Currency;
 use crate::index::{ClaimEntry, CreatedAt, GroupOffset, Item, RefundEntry, Scalars, StoredPart, TradeEntry};
 use crate::lifecycle::Lifecycle;

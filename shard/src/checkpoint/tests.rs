@@ -1,6 +1,8 @@
 //! The checkpoint codec's tests: round trips, long lists across pages, every flipped bit.
+use super::codec::*;
 use super::sample::{encode_sample, sample_items};
-use super::*;
+use crate::index::Item;
+use crate::trade::TradeId;
 
 fn encode(items: &[Item]) -> Vec<u8> {
     encode_sample(items)

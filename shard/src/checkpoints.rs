@@ -1,0 +1,91 @@
+//! What a shard keeps of its checkpoints between them: the policy, the store of created parts,
+//! the positions of the two checkpoints kept, the one-at-a-time permit, the counters; and what
+//! its open found. The work itself is `checkpointer.rs`.
+
+use std::cell::Cell;
+use std::time::Instant;
+
+use tradeshard_wal::disk::Disk;
+
+use crate::checkpoint::Header;
+use crate::parts::PartsStore;
+use crate::retention::Upkeep;
+
+/// Counters of a shard's checkpoints and retention.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct CheckpointStats {
+    /// The position of the latest checkpoint (0: none yet).
+    pub position: u64,
+    /// When it was taken (ms since the Unix epoch; 0: none yet).
+    pub taken_ms: u64,
+    /// Bytes of its file.
+    pub bytes: u64,
+    /// Checkpoints written since open.
+    pub written: u64,
+    /// Checkpoints that failed since open (the log still holds everything).
+    pub failed: u64,
+    /// Bytes of the store of created parts.
+    pub parts_bytes: u64,
+    /// Consumer groups expired since open.
+    pub groups_expired: u64,
+}
+
+/// What a shard keeps of its checkpoints.
+pub(crate) struct Checkpoints<D: Disk> {
+    pub upkeep: Upkeep,
+    pub parts: PartsStore<D>,
+    /// The latest checkpoint's position and the one before it (kept as a fallback).
+    pub latest: Cell<Option<u64>>,
+    pub previous: Cell<Option<u64>>,
+    /// One checkpoint at a time.
+    pub busy: glommio::sync::Semaphore,
+    stats: Cell<CheckpointStats>,
+    pub log_bytes_at_last: Cell<u64>,
+    pub last_at: Cell<Instant>,
+}
+
+impl<D: Disk> Checkpoints<D> {
+    pub(crate) fn new(upkeep: Upkeep, parts: PartsStore<D>, loaded: Option<&Header>) -> Checkpoints<D> {
+        let stats = CheckpointStats {
+            position: loaded.map_or(0, |h| h.scalars.applied_end),
+            taken_ms: loaded.map_or(0, |h| h.created_ms),
+            parts_bytes: parts.len(),
+            ..CheckpointStats::default()
+        };
+        Checkpoints {
+            upkeep,
+            parts,
+            latest: Cell::new(loaded.map(|h| h.scalars.applied_end)),
+            previous: Cell::new(None),
+            busy: glommio::sync::Semaphore::new(1),
+            stats: Cell::new(stats),
+            log_bytes_at_last: Cell::new(0),
+            last_at: Cell::new(Instant::now()),
+        }
+    }
+
+    pub(crate) fn stats(&self) -> CheckpointStats {
+        self.stats.get()
+    }
+
+    pub(crate) fn count(&self, update: impl FnOnce(&mut CheckpointStats)) {
+        let mut stats = self.stats.get();
+        update(&mut stats);
+        self.stats.set(stats);
+    }
+}
+
+/// What opening a shard found and cost.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct OpenReport {
+    /// The checkpoint the open started from (its position), if any.
+    pub checkpoint: Option<u64>,
+    /// A newer checkpoint was damaged and passed over for an older one.
+    pub passed_over_damaged_checkpoint: bool,
+    /// Log records replayed after the checkpoint.
+    pub replayed_records: u64,
+    /// Segments not read at all (wholly below the checkpoint).
+    pub skipped_segments: u64,
+    /// Time from the start of the recovery to the shard's start.
+    pub open_ms: u64,
+}
