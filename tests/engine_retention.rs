@@ -9,17 +9,11 @@ use std::time::Duration;
 use tradeshard_engine::{
     ConsumerConfig, Engine, EngineHandle, Error, Options, Refusal, StartPosition, TradeId, TradeStatus, Upkeep,
 };
-use tradeshard_tests::{engine_options, new_trade};
+use tradeshard_tests::{engine_options, new_trade, upkeep_on_request};
 
 /// One shard, 1 MiB segments, checkpoints only when asked (and on close).
 fn options(dir: &std::path::Path, group_idle_expiry: Option<Duration>) -> Options {
-    let upkeep = Upkeep {
-        checkpoint_log_bytes: u64::MAX,
-        checkpoint_interval: Duration::from_secs(3600),
-        retention_time: None,
-        group_idle_expiry,
-        ..Upkeep::default()
-    };
+    let upkeep = Upkeep { group_idle_expiry, ..upkeep_on_request(true, None) };
     Options { segment_bytes: 1 << 20, upkeep, ..engine_options(dir, 1, 1) }
 }
 
@@ -40,7 +34,7 @@ fn consume_all(handle: &EngineHandle, group: &str) {
 #[test]
 fn an_open_after_a_clean_close_replays_nothing() {
     let dir = tempfile::tempdir().unwrap();
-    let engine = Engine::open(Options { ..engine_options(dir.path(), 2, 2) }).unwrap();
+    let engine = Engine::open(engine_options(dir.path(), 2, 2)).unwrap();
     let ids = create(&engine.handle(), 0, 300);
     engine.close().unwrap();
     let engine = Engine::open(engine_options(dir.path(), 2, 2)).unwrap();

@@ -22,34 +22,21 @@ use std::rc::Rc;
 use std::time::Duration;
 
 use tradeshard_shard::{Command, Move, PollQuery, Refusal, Shard, TradeError, TradeId, TradeStatus, Upkeep};
-use tradeshard_tests::{call, check_read_back, new_trade, run, run_campaign, sim_disk_for_seed};
+use tradeshard_tests::{
+    call, check_read_back, new_trade, rolling_shard_config, run, run_campaign, sim_disk_for_seed, upkeep_on_request,
+};
 use tradeshard_wal::disk::{SimDisk, SplitMix64};
-use tradeshard_wal::{Preallocation, WalConfig};
+use tradeshard_wal::WalConfig;
 
 const GROUP: &str = "settlement";
-const SEGMENT_BYTES: u64 = 32 << 10;
 
 fn config() -> WalConfig {
-    WalConfig {
-        segment_bytes: SEGMENT_BYTES,
-        frame_payload_bytes_max: 8 << 10,
-        piece_raw_bytes: 1 << 10,
-        record_bytes_max: 4 << 10,
-        preallocation: Preallocation::Zeroed,
-        ..WalConfig::default()
-    }
+    rolling_shard_config()
 }
 
 /// Checkpoints only when asked; retention keeps about three segments.
 fn upkeep() -> Upkeep {
-    Upkeep {
-        checkpoint_log_bytes: u64::MAX,
-        checkpoint_interval: Duration::from_secs(3600),
-        checkpoint_on_close: true,
-        retention_time: None,
-        retention_bytes: Some(3 * SEGMENT_BYTES),
-        group_idle_expiry: None,
-    }
+    upkeep_on_request(true, Some(3 * config().segment_bytes))
 }
 
 #[derive(Default)]

@@ -21,35 +21,23 @@ use std::rc::Rc;
 use std::time::Duration;
 
 use tradeshard_shard::{Command, Move, PollQuery, Refusal, Shard, TradeError, TradeId, TradeStatus, Upkeep};
-use tradeshard_tests::{call, check_read_back, new_trade, run, seeds, sim_disk_for_seed};
+use tradeshard_tests::{
+    call, check_read_back, new_trade, rolling_shard_config, run, seeds, sim_disk_for_seed, upkeep_on_request,
+};
 use tradeshard_wal::disk::{Fault, SimDisk, SplitMix64};
-use tradeshard_wal::{Preallocation, WalConfig};
+use tradeshard_wal::WalConfig;
 
 const GROUP: &str = "settlement";
 
+/// Small enough that the workload rolls segments.
 fn config() -> WalConfig {
-    WalConfig {
-        // Small enough that the workload rolls segments.
-        segment_bytes: 32 << 10,
-        frame_payload_bytes_max: 8 << 10,
-        piece_raw_bytes: 1 << 10,
-        record_bytes_max: 4 << 10,
-        preallocation: Preallocation::Zeroed,
-        ..WalConfig::default()
-    }
+    rolling_shard_config()
 }
 
 /// Checkpoints only when the workload asks; retention keeps about two segments, so that
 /// checkpoints remove segments.
 fn upkeep() -> Upkeep {
-    Upkeep {
-        checkpoint_log_bytes: u64::MAX,
-        checkpoint_interval: Duration::from_secs(3600),
-        checkpoint_on_close: false,
-        retention_time: None,
-        retention_bytes: Some(64 << 10),
-        group_idle_expiry: None,
-    }
+    upkeep_on_request(false, Some(64 << 10))
 }
 
 /// Takes `rounds` checkpoints between the other tasks' requests; a failure must be typed.

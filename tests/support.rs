@@ -165,3 +165,29 @@ pub fn check_read_back<S: PartialEq + std::fmt::Debug>(
     }
     Err(format!("{id} is {actual:?}: acknowledged {acked:?}, sent {sent:?}"))
 }
+
+/// A shard's log small enough that a workload rolls segments (32 KiB) and cuts frames into
+/// several pieces (1 KiB), with segments zero-filled ahead as the engine makes them.
+pub fn rolling_shard_config() -> WalConfig {
+    WalConfig {
+        segment_bytes: 32 << 10,
+        frame_payload_bytes_max: 8 << 10,
+        piece_raw_bytes: 1 << 10,
+        record_bytes_max: 4 << 10,
+        preallocation: Preallocation::Zeroed,
+        ..WalConfig::default()
+    }
+}
+
+/// Checkpoints only when a test asks (and at close if `on_close`); segments go by bytes alone
+/// (`retention_bytes`), never by time, and groups never expire.
+pub fn upkeep_on_request(on_close: bool, retention_bytes: Option<u64>) -> tradeshard_shard::Upkeep {
+    tradeshard_shard::Upkeep {
+        checkpoint_log_bytes: u64::MAX,
+        checkpoint_interval: std::time::Duration::from_secs(3600),
+        checkpoint_on_close: on_close,
+        retention_time: None,
+        retention_bytes,
+        group_idle_expiry: None,
+    }
+}

@@ -68,15 +68,20 @@ fn due<D: Disk>(inner: &Inner<D>) -> bool {
 pub(crate) async fn take<D: Disk>(inner: &Inner<D>) -> Result<Option<u64>, TradeError> {
     let checkpoints = &inner.checkpoints;
     let _one_at_a_time = checkpoints.busy.acquire_permit(1).await.map_err(|_| TradeError::Log(LogError::Closed))?;
-    let result = write_checkpoint(inner).await;
-    match &result {
-        Ok(Some(_)) => {
+    let result = match write_checkpoint(inner).await {
+        Ok(Some(position)) => {
             checkpoints.log_bytes_at_last.set(inner.wal.stats().disk_bytes);
             checkpoints.last_at.set(Instant::now());
-            apply_retention(inner).await?;
+            apply_retention(inner).await.map(|()| Some(position))
         }
-        Ok(None) => checkpoints.last_at.set(Instant::now()),
-        Err(_) => checkpoints.count(|s| s.failed += 1),
+        Ok(None) => {
+            checkpoints.last_at.set(Instant::now());
+            Ok(None)
+        }
+        Err(error) => Err(error),
+    };
+    if result.is_err() {
+        checkpoints.count(|s| s.failed += 1);
     }
     result
 }
@@ -84,6 +89,12 @@ pub(crate) async fn take<D: Disk>(inner: &Inner<D>) -> Result<Option<u64>, Trade
 async fn write_checkpoint<D: Disk>(inner: &Inner<D>) -> Result<Option<u64>, TradeError> {
     let checkpoints = &inner.checkpoints;
     let now = now_ms();
+    let since = checkpoints.latest.get().unwrap_or(0);
+    if checkpoints.latest.get().is_some() && inner.index.borrow().applied_end() == since {
+        return Ok(None);
+    }
+    // Groups expire only with a checkpoint that records it: an expiry kept in memory alone
+    // would be undone by the next open.
     let snapshot = {
         let mut index = inner.index.borrow_mut();
         if let Some(idle) = checkpoints.upkeep.group_idle_expiry {
@@ -93,10 +104,6 @@ async fn write_checkpoint<D: Disk>(inner: &Inner<D>) -> Result<Option<u64>, Trad
         index.clone()
     };
     let position = snapshot.applied_end();
-    let since = checkpoints.latest.get().unwrap_or(0);
-    if checkpoints.latest.get().is_some() && position == since {
-        return Ok(None);
-    }
     wait_synced(inner, position).await?;
     let stored = store_created_parts(inner, since, position).await?;
     let header = Header {

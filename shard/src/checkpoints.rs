@@ -22,7 +22,8 @@ pub struct CheckpointStats {
     pub bytes: u64,
     /// Checkpoints written since open.
     pub written: u64,
-    /// Checkpoints that failed since open (the log still holds everything).
+    /// Checkpoints, or the retention after one, that failed since open (the log still holds
+    /// everything).
     pub failed: u64,
     /// Bytes of the store of created parts.
     pub parts_bytes: u64,

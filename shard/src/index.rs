@@ -5,7 +5,7 @@
 //! What a record does to a trade is decided by the lifecycle rules (`lifecycle.rs`), shared
 //! with the checks made before a write, so the log and the index never disagree on it.
 //!
-//! Memory per trade: an 80-byte slot (the entry and its id) in the trade table, 32 bytes in
+//! Memory per trade: an 88-byte slot (the entry and its id) in the trade table, 32 bytes in
 //! the order map and 8 bytes in the user's list, plus the order and user maps' hash-table
 //! slack (see `ARCHITECTURE.md`).
 
@@ -20,6 +20,11 @@ use crate::record::{RecordKind, TradeRecord};
 use crate::system_record::{ClaimOutcome, ClaimSettled, OffsetCommit, OrderClaim};
 use crate::trade::{Receipt, TradeId, TradeStatus, COUNTER_BITS, ORDER_NO_BYTES_MAX};
 use crate::trade_table::{Slot, TradeTable};
+
+const _: () = assert!(
+    std::mem::size_of::<TradeEntry>() == 88,
+    "the memory per trade stated here and in ARCHITECTURE.md; a trade's created part is in the log or the store"
+);
 
 const _: () = assert!(
     std::mem::size_of::<Slot<TradeEntry>>() == std::mem::size_of::<TradeEntry>(),
