@@ -13,7 +13,7 @@ use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 
-use tradeshard_engine::{ConsumerConfig, Engine, Error, Options, StartPosition, Upkeep};
+use tradeshard_engine::{ConsumerConfig, Engine, Error, Options, StartPosition, Upkeep, FORMAT_VERSION};
 use tradeshard_tests::{engine_options, new_trade};
 
 const NOBODY: u32 = 65534;
@@ -114,26 +114,35 @@ fn rewrite_manifest(dir: &Path, edit: impl FnOnce(&str) -> String) {
 fn a_newer_format_version_is_refused() {
     let dir = tempfile::tempdir().unwrap();
     populated(dir.path(), 3);
-    rewrite_manifest(dir.path(), |json| json.replace("\"format_version\":4", "\"format_version\":5"));
+    let (current, newer) = (FORMAT_VERSION, FORMAT_VERSION + 1);
+    rewrite_manifest(dir.path(), |json| {
+        json.replace(&format!("\"format_version\":{current}"), &format!("\"format_version\":{newer}"))
+    });
     match open_fails(dir.path(), options(dir.path())) {
-        Error::UnsupportedVersion { path, found: 5, supported: 4 } => assert_eq!(path, dir.path().join("MANIFEST")),
+        Error::UnsupportedVersion { path, found, supported } => {
+            assert_eq!((found, supported), (newer, current));
+            assert_eq!(path, dir.path().join("MANIFEST"));
+        }
         other => panic!("expected UnsupportedVersion, got {other:?}"),
     }
 }
 
 /// Directories of the earlier formats (1: frames without pieces; 2: refunds without request
 /// numbers, order numbers unique only per shard; 3: no checkpoints, segment headers without
-/// their creation time) are refused by their manifest, before any of their segments is read.
+/// their creation time; 4: checkpoints holding every trade, no table of trades) are refused by
+/// their manifest, before any of their segments is read.
 #[test]
 fn an_older_format_version_is_refused() {
-    for older in [1, 2, 3] {
+    for older in 1..FORMAT_VERSION {
         let dir = tempfile::tempdir().unwrap();
         populated(dir.path(), 3);
         rewrite_manifest(dir.path(), |json| {
-            json.replace("\"format_version\":4", &format!("\"format_version\":{older}"))
+            json.replace(&format!("\"format_version\":{FORMAT_VERSION}"), &format!("\"format_version\":{older}"))
         });
         match open_fails(dir.path(), options(dir.path())) {
-            Error::UnsupportedVersion { found, supported: 4, .. } => assert_eq!(found, older),
+            Error::UnsupportedVersion { found, supported, .. } => {
+                assert_eq!((found, supported), (older, FORMAT_VERSION))
+            }
             other => panic!("expected UnsupportedVersion, got {other:?}"),
         }
     }

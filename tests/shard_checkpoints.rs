@@ -11,6 +11,9 @@
 //! acknowledged offset commit went back; trade ids are never issued twice. A consumer whose
 //! offset retention removed gets the typed error naming the first offset kept.
 //!
+//! Trades beyond a small memory budget leave memory at every checkpoint, so reads, retries and
+//! changes find them in the table on disk, and power is lost during the table's writes too.
+//!
 //! Also: a damaged newest checkpoint is passed over for the one before it while the log still
 //! holds what that one needs, and refused (with its path and offset) once it does not; a
 //! missing or cut store of created parts is refused.
@@ -57,6 +60,7 @@ struct Seen {
     opened_from_checkpoint: u64,
     segments_removed: u64,
     offsets_retained_away: u64,
+    trades_evicted: u64,
 }
 
 type SharedShard = Rc<Shard<SimDisk>>;
@@ -98,6 +102,30 @@ async fn trade_task(
                 model.refunds.push((id, number, refunded));
             }
         }
+    }
+}
+
+/// Refunds 100 more of up to `count` trades of earlier incarnations that can take it: most
+/// have left memory, so the change reads the trade back from the table on disk.
+async fn late_refund_task(shard: SharedShard, model: Rc<RefCell<Model>>, count: usize, round: u64) {
+    let mut candidates: Vec<(TradeId, u64)> = model
+        .borrow()
+        .acked
+        .iter()
+        .filter(|(_, (status, refunded))| {
+            matches!(status, TradeStatus::Paid | TradeStatus::Refunded) && *refunded <= 900
+        })
+        .map(|(id, (_, refunded))| (*id, *refunded))
+        .collect();
+    candidates.sort();
+    for (id, refunded) in candidates.into_iter().take(count) {
+        let number = format!("R-{id}-late-{round}");
+        let command = Command::Refund { id, amount: 100, refund_no: number.clone() };
+        model.borrow_mut().sent.get_mut(&id).unwrap().push((TradeStatus::Refunded, refunded + 100));
+        let Ok(changed) = call(|done| shard.submit(command, done)).await else { return };
+        let mut model = model.borrow_mut();
+        model.acked.insert(id, (changed.status, changed.refunded_amount));
+        model.refunds.push((id, number, 100));
     }
 }
 
@@ -179,7 +207,7 @@ async fn run_seed(seed: u64, seen: Rc<RefCell<Seen>>) -> Result<usize, String> {
     let model = Rc::new(RefCell::new(Model::default()));
     let mut order = 0u64;
     let mut checked = 0;
-    for _incarnation in 0..4 {
+    for incarnation in 0..4 {
         let shard = Shard::open_with(disk.clone(), config(), 0, upkeep()).await.map_err(|e| format!("open: {e}"))?;
         let shard = Rc::new(shard);
         if shard.stats().opened.checkpoint.is_some() {
@@ -194,6 +222,8 @@ async fn run_seed(seed: u64, seen: Rc<RefCell<Seen>>) -> Result<usize, String> {
             tasks.push(glommio::spawn_local(trade_task(shard, model, buyer, order, steps, refund)));
             order += 100;
         }
+        let late = (shard.clone(), model.clone(), rng.below(8) as usize);
+        tasks.push(glommio::spawn_local(late_refund_task(late.0, late.1, late.2, incarnation)));
         let consumer = glommio::spawn_local(consumer_task(shard.clone(), model.clone(), 2 + rng.below(6)));
         let checkpoints = glommio::spawn_local(checkpoint_task(shard.clone(), 1 + rng.below(6)));
         for task in tasks {
@@ -206,6 +236,7 @@ async fn run_seed(seed: u64, seen: Rc<RefCell<Seen>>) -> Result<usize, String> {
             let mut seen = seen.borrow_mut();
             seen.checkpoints += stats.checkpoints.written;
             seen.segments_removed += stats.wal.segments_removed;
+            seen.trades_evicted += stats.checkpoints.trades_evicted;
             seen.offsets_retained_away += retained_away;
         }
         drop(shard);
@@ -221,13 +252,14 @@ fn power_loss_during_checkpoints_and_retention_loses_nothing_acknowledged() {
     let (count, checked) = run_campaign(200, move |seed| run_seed(seed, totals.clone()));
     let seen = seen.borrow();
     println!(
-        "checkpoint campaign: {count} seeds, {checked} checks, {} checkpoints, {} opens from a checkpoint, {} segments removed, {} offsets retained away",
-        seen.checkpoints, seen.opened_from_checkpoint, seen.segments_removed, seen.offsets_retained_away
+        "checkpoint campaign: {count} seeds, {checked} checks, {} checkpoints, {} opens from a checkpoint, {} segments removed, {} offsets retained away, {} trades left memory",
+        seen.checkpoints, seen.opened_from_checkpoint, seen.segments_removed, seen.offsets_retained_away, seen.trades_evicted
     );
     if count >= 100 {
         assert!(checked > 1000, "the campaign must check trades: {checked}");
         assert!(seen.opened_from_checkpoint > count as u64, "opens must start from checkpoints");
         assert!(seen.segments_removed > count as u64, "retention must remove segments");
+        assert!(seen.trades_evicted > count as u64, "trades must leave memory for the table");
     }
 }
 

@@ -179,8 +179,13 @@ pub fn rolling_shard_config() -> WalConfig {
     }
 }
 
+/// Memory for 32 trades (chunks of 8), so that every checkpoint of a test sends trades to the
+/// table on disk and reads and changes find them there.
+pub const SMALL_TRADE_MEMORY: u64 = 32 * 88;
+
 /// Checkpoints only when a test asks (and at close if `on_close`); segments go by bytes alone
-/// (`retention_bytes`), never by time, and groups never expire.
+/// (`retention_bytes`), never by time, and groups never expire; trades beyond a small memory
+/// leave memory at each checkpoint.
 pub fn upkeep_on_request(on_close: bool, retention_bytes: Option<u64>) -> tradeshard_shard::Upkeep {
     tradeshard_shard::Upkeep {
         checkpoint_log_bytes: u64::MAX,
@@ -189,5 +194,6 @@ pub fn upkeep_on_request(on_close: bool, retention_bytes: Option<u64>) -> trades
         retention_time: None,
         retention_bytes,
         group_idle_expiry: None,
+        trade_memory_bytes: SMALL_TRADE_MEMORY,
     }
 }

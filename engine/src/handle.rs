@@ -287,7 +287,7 @@ impl EngineHandle {
     pub async fn settled_totals(&self) -> Result<BTreeMap<(u64, Currency), u64>> {
         let mut totals = BTreeMap::new();
         for executor_totals in self.on_every_executor(ops::SettledTotals).await? {
-            for (key, amount) in executor_totals {
+            for (key, amount) in executor_totals? {
                 *totals.entry(key).or_insert(0) += amount;
             }
         }

@@ -20,10 +20,10 @@ use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, Result};
 
-/// The data directory format this build writes and reads (4: shards keep checkpoints and a
-/// store of created parts, and segment headers carry their creation time; directories of
-/// formats 1 to 3 are refused).
-pub const FORMAT_VERSION: u32 = 4;
+/// The data directory format this build writes and reads (5: shards keep their trades in a
+/// table on disk, `trades.table`, and checkpoints no longer hold them; directories of formats
+/// 1 to 4 are refused).
+pub const FORMAT_VERSION: u32 = 5;
 const MANIFEST: &str = "MANIFEST";
 const LOCK: &str = "LOCK";
 /// Where the manifest is written before its rename; a leftover of an interrupted creation.

@@ -355,13 +355,25 @@ impl ExecutorOp for Stats {
 pub(crate) struct SettledTotals;
 
 impl ExecutorOp for SettledTotals {
-    type Output = BTreeMap<(u64, Currency), u64>;
+    type Output = Result<BTreeMap<(u64, Currency), u64>, TradeError>;
     fn start(self, shards: &ExecutorShards, reply: Reply<Self::Output>) {
-        let mut totals = BTreeMap::new();
-        for (key, amount) in shards.shards.values().flat_map(|shard| shard.settled_totals()) {
-            *totals.entry(key).or_insert(0) += amount;
-        }
-        reply.send(totals)
+        // Trades not in memory are read from each shard's table on disk.
+        let scans: Vec<_> = shards.shards.values().map(|shard| shard.settled_totals()).collect();
+        glommio::spawn_local(async move {
+            let mut totals = BTreeMap::new();
+            for scan in scans {
+                match scan.await {
+                    Ok(shard_totals) => {
+                        for (key, amount) in shard_totals {
+                            *totals.entry(key).or_insert(0) += amount;
+                        }
+                    }
+                    Err(error) => return reply.send(Err(error)),
+                }
+            }
+            reply.send(Ok(totals))
+        })
+        .detach();
     }
 }
 

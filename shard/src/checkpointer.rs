@@ -9,10 +9,14 @@
 //! 2. once the log is synced up to `P` (at once under `Durability::Sync`), the `Created`
 //!    records written since the last checkpoint are read back from the log and appended to
 //!    the store of created parts (`parts.rs`), which is synced;
-//! 3. the clone is written as `checkpoint.tmp` in pages, yielding between them, synced,
-//!    renamed to its name, and the directory synced: from here on an open starts from it;
-//! 4. the live indexes point the copied trades at the store; checkpoints older than the one
-//!    before are removed; retention removes the segments it allows (`retention.rs`).
+//! 3. the trades changed since the last checkpoint are written to the table on disk
+//!    (`cold.rs`, `trade_file.rs`), which is synced;
+//! 4. the clone (without the trades of the table) is written as `checkpoint.tmp` in pages,
+//!    yielding between them, synced, renamed to its name, and the directory synced: from here
+//!    on an open starts from it;
+//! 5. the live indexes point the copied trades at the store; trades past the memory budget
+//!    leave memory (`trade_table.rs`); checkpoints older than the one before are removed;
+//!    retention removes the segments it allows (`retention.rs`).
 //!
 //! A crash anywhere leaves the previous checkpoint in force and the log it needs; a failed
 //! step fails this checkpoint only (counted in the stats), since the log still holds
@@ -34,6 +38,7 @@ use crate::state::Inner;
 use crate::system_record::LogRecord;
 use crate::trade::now_ms;
 use crate::trade::TradeId;
+use crate::trade_table::Dirty;
 
 /// How often the background task looks whether a checkpoint is due.
 const DUE_CHECK_EVERY: Duration = Duration::from_millis(50);
@@ -95,24 +100,25 @@ async fn write_checkpoint<D: Disk>(inner: &Inner<D>) -> Result<Option<u64>, Trad
     }
     // Groups expire only with a checkpoint that records it: an expiry kept in memory alone
     // would be undone by the next open.
-    let snapshot = {
+    let (snapshot, dirty) = {
         let mut index = inner.index.borrow_mut();
         if let Some(idle) = checkpoints.upkeep.group_idle_expiry {
             let expired = index.expire_groups(now.saturating_sub(idle.as_millis() as u64));
             checkpoints.count(|s| s.groups_expired += expired as u64);
         }
-        index.clone()
+        let dirty = index.take_dirty();
+        (index.clone(), dirty)
     };
     let position = snapshot.applied_end();
-    wait_synced(inner, position).await?;
-    let stored = store_created_parts(inner, since, position).await?;
-    let header = Header {
-        shard_id: inner.shard_id,
-        scalars: snapshot.scalars(),
-        parts_len: checkpoints.parts.len(),
-        created_ms: now,
+    let written = match write_durable(inner, &snapshot, &dirty, since, now).await {
+        Ok(written) => written,
+        Err(error) => {
+            // The next checkpoint writes these trades again.
+            inner.index.borrow_mut().trade_table_mut().restore_dirty(dirty);
+            return Err(error);
+        }
     };
-    let bytes = write_file(inner, &snapshot, &header, &stored).await?;
+    let (bytes, stored, table_bytes) = written;
     drop(snapshot);
     // In batches, so that a checkpoint of many new trades does not hold up requests.
     let stored: Vec<(TradeId, StoredPart)> = stored.into_iter().collect();
@@ -125,6 +131,12 @@ async fn write_checkpoint<D: Disk>(inner: &Inner<D>) -> Result<Option<u64>, Trad
         }
         glommio::yield_if_needed().await;
     }
+    // Only now may trades leave memory: the table holds them as of this checkpoint.
+    let evicted = {
+        let pinned: Vec<TradeId> = inner.accepted.borrow().trades.keys().copied().collect();
+        let keep = checkpoints.upkeep.resident_chunks();
+        inner.index.borrow_mut().trade_table_mut().evict(keep, &pinned)
+    };
     checkpoints.previous.set(checkpoints.latest.get());
     checkpoints.latest.set(Some(position));
     checkpoints.count(|s| {
@@ -133,8 +145,34 @@ async fn write_checkpoint<D: Disk>(inner: &Inner<D>) -> Result<Option<u64>, Trad
         s.bytes = bytes;
         s.written += 1;
         s.parts_bytes = checkpoints.parts.len();
+        s.table_bytes_written += table_bytes;
+        s.trades_evicted += evicted as u64;
     });
     Ok(Some(position))
+}
+
+/// The durable steps of a checkpoint of `snapshot`: the created parts stored, the changed
+/// trades written to the table, the file written and switched to. Returns the file's bytes,
+/// where the parts went, and the bytes written to the table.
+async fn write_durable<D: Disk>(
+    inner: &Inner<D>,
+    snapshot: &ShardIndex,
+    dirty: &Dirty,
+    since: u64,
+    now: u64,
+) -> Result<(u64, IdMap<TradeId, StoredPart>, u64), TradeError> {
+    let position = snapshot.applied_end();
+    wait_synced(inner, position).await?;
+    let stored = store_created_parts(inner, since, position).await?;
+    let table_bytes = crate::cold::write_dirty(&inner.checkpoints.table, snapshot, dirty, &stored, position).await?;
+    let header = Header {
+        shard_id: inner.shard_id,
+        scalars: snapshot.scalars(),
+        parts_len: inner.checkpoints.parts.len(),
+        created_ms: now,
+    };
+    let bytes = write_file(inner, snapshot, &header, &stored).await?;
+    Ok((bytes, stored, table_bytes))
 }
 
 /// Waits until every record below `position` is durable on the device (under `Buffered`, the

@@ -10,6 +10,7 @@ use tradeshard_wal::disk::Disk;
 use crate::checkpoint::Header;
 use crate::parts::PartsStore;
 use crate::retention::Upkeep;
+use crate::trade_file::TradeFile;
 
 /// Counters of a shard's checkpoints and retention.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -29,12 +30,18 @@ pub struct CheckpointStats {
     pub parts_bytes: u64,
     /// Consumer groups expired since open.
     pub groups_expired: u64,
+    /// Bytes written to the table of trades since open.
+    pub table_bytes_written: u64,
+    /// Trades that left memory since open.
+    pub trades_evicted: u64,
 }
 
 /// What a shard keeps of its checkpoints.
 pub(crate) struct Checkpoints<D: Disk> {
     pub upkeep: Upkeep,
     pub parts: PartsStore<D>,
+    /// The table of trades on disk, where trades that leave memory are.
+    pub table: TradeFile<D>,
     /// The latest checkpoint's position and the one before it (kept as a fallback).
     pub latest: Cell<Option<u64>>,
     pub previous: Cell<Option<u64>>,
@@ -46,7 +53,12 @@ pub(crate) struct Checkpoints<D: Disk> {
 }
 
 impl<D: Disk> Checkpoints<D> {
-    pub(crate) fn new(upkeep: Upkeep, parts: PartsStore<D>, loaded: Option<&Header>) -> Checkpoints<D> {
+    pub(crate) fn new(
+        upkeep: Upkeep,
+        parts: PartsStore<D>,
+        table: TradeFile<D>,
+        loaded: Option<&Header>,
+    ) -> Checkpoints<D> {
         let stats = CheckpointStats {
             position: loaded.map_or(0, |h| h.scalars.applied_end),
             taken_ms: loaded.map_or(0, |h| h.created_ms),
@@ -56,6 +68,7 @@ impl<D: Disk> Checkpoints<D> {
         Checkpoints {
             upkeep,
             parts,
+            table,
             latest: Cell::new(loaded.map(|h| h.scalars.applied_end)),
             previous: Cell::new(None),
             busy: glommio::sync::Semaphore::new(1),

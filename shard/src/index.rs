@@ -5,149 +5,25 @@
 //! What a record does to a trade is decided by the lifecycle rules (`lifecycle.rs`), shared
 //! with the checks made before a write, so the log and the index never disagree on it.
 //!
-//! Memory per trade: an 88-byte slot (the entry and its id) in the trade table, 32 bytes in
-//! the order map and 8 bytes in the user's list, plus the order and user maps' hash-table
-//! slack (see `ARCHITECTURE.md`).
+//! Memory per trade: an 88-byte slot (the entry and its id) in the trade table while the trade
+//! is in memory (`trade_table.rs`: trades leave memory for the table on disk), 32 bytes in the
+//! order map and 8 bytes in the user's list, plus the order and user maps' hash-table slack
+//! (see `ARCHITECTURE.md`).
 
 use std::collections::HashMap;
 
+use crate::id_hash::IdMap;
+
 use tradeshard_wal::Appended;
 
-use crate::currency::Currency;
+pub use crate::entries::{ClaimEntry, CreatedAt, GroupOffset, RefundEntry, StoredPart, TradeEntry};
+pub use crate::keys::{body_hash, order_key, refund_key};
 use crate::lifecycle::{next_state, Action, Lifecycle};
 use crate::partitioned::PartitionedMap;
 use crate::record::{RecordKind, TradeRecord};
 use crate::system_record::{ClaimOutcome, ClaimSettled, OffsetCommit, OrderClaim};
-use crate::trade::{Receipt, TradeId, TradeStatus, COUNTER_BITS, ORDER_NO_BYTES_MAX};
-use crate::trade_table::{Slot, TradeTable};
-
-const _: () = assert!(
-    std::mem::size_of::<TradeEntry>() == 88,
-    "the memory per trade stated here and in ARCHITECTURE.md; a trade's created part is in the log or the store"
-);
-
-const _: () = assert!(
-    std::mem::size_of::<Slot<TradeEntry>>() == std::mem::size_of::<TradeEntry>(),
-    "a slot of the trade table is a trade's entry, nothing more"
-);
-
-impl crate::trade_table::Entry for TradeEntry {
-    fn logical_shard(&self) -> u32 {
-        u32::from(self.logical_shard)
-    }
-}
-
-/// A durable trade's state in memory.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct TradeEntry {
-    /// The logical shard of the trade's id (the trade table keeps the counter).
-    pub logical_shard: u16,
-    pub user_id: u64,
-    pub merchant_id: u64,
-    pub lifecycle: Lifecycle,
-    pub currency: Currency,
-    pub updated_ms: u64,
-    /// Where the trade's `Created` record lies (order number, memo, creation time).
-    pub created_at: CreatedAt,
-}
-
-/// Where a trade's `Created` record can be read: in the log until a checkpoint copies it to
-/// the shard's store of created parts (`parts.rs`), from which it is read ever after, so that
-/// retention can remove the log segment it was written in.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum CreatedAt {
-    Log(Appended),
-    Stored(StoredPart),
-}
-
-/// A `Created` record in the store of created parts.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct StoredPart {
-    /// The record's sequence number in the log.
-    pub seq: u64,
-    /// Where its entry starts in the store, and the entry's length (header included).
-    pub offset: u64,
-    pub len: u32,
-}
-
-impl CreatedAt {
-    /// The `Created` record's sequence number.
-    pub fn seq(&self) -> u64 {
-        match self {
-            CreatedAt::Log(at) => at.seq,
-            CreatedAt::Stored(part) => part.seq,
-        }
-    }
-}
-
-impl TradeEntry {
-    /// The answer to a write that left the trade in this state.
-    pub fn receipt(&self, id: TradeId, replayed: bool) -> Receipt {
-        Receipt {
-            id,
-            status: self.lifecycle.status,
-            amount: self.lifecycle.amount,
-            refunded_amount: self.lifecycle.refunded,
-            updated_ms: self.updated_ms,
-            replayed,
-        }
-    }
-}
-
-/// A durable refund, by its request number: what a retry of it is answered with.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct RefundEntry {
-    pub trade_id: TradeId,
-    pub amount: u64,
-    /// The trade's refunded total after this refund.
-    pub refunded_after: u64,
-    pub at_ms: u64,
-}
-
-/// The key of the refund map: a 128-bit hash of (merchant, buyer, refund request number).
-/// Request numbers are unique per merchant and buyer, so every trade a number could be
-/// reused for lives in this shard.
-pub fn refund_key(merchant_id: u64, buyer_id: u64, refund_no: &str) -> u128 {
-    let mut fixed = [0u8; 16];
-    fixed[..8].copy_from_slice(&merchant_id.to_le_bytes());
-    fixed[8..].copy_from_slice(&buyer_id.to_le_bytes());
-    xxhash_rust::xxh3::xxh3_128_with_seed(refund_no.as_bytes(), xxhash_rust::xxh3::xxh3_64(&fixed))
-}
-
-/// An order number claimed in this shard, its home, for a trade of a buyer in another shard.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct ClaimEntry {
-    /// The body hash of the create that claimed it.
-    pub body: u64,
-    pub buyer_id: u64,
-    /// The trade, once the claim is confirmed; `None` while it is pending.
-    pub trade: Option<TradeId>,
-}
-
-/// The key of the idempotency map: a 128-bit hash of (merchant id, order number).
-pub fn order_key(merchant_id: u64, order_no: &str) -> u128 {
-    let mut bytes = [0u8; 8 + ORDER_NO_BYTES_MAX];
-    bytes[..8].copy_from_slice(&merchant_id.to_le_bytes());
-    let order_no = &order_no.as_bytes()[..order_no.len().min(ORDER_NO_BYTES_MAX)];
-    bytes[8..8 + order_no.len()].copy_from_slice(order_no);
-    xxhash_rust::xxh3::xxh3_128(&bytes[..8 + order_no.len()])
-}
-
-/// A hash of what makes two creates with one order number "the same trade".
-pub fn body_hash(buyer_id: u64, amount: u64, currency: Currency, memo: &str) -> u64 {
-    let mut fixed = [0u8; 19];
-    fixed[..8].copy_from_slice(&buyer_id.to_le_bytes());
-    fixed[8..16].copy_from_slice(&amount.to_le_bytes());
-    fixed[16..].copy_from_slice(&currency.bytes());
-    xxhash_rust::xxh3::xxh3_64_with_seed(memo.as_bytes(), xxhash_rust::xxh3::xxh3_64(&fixed))
-}
-
-/// A consumer group's durable committed offset in a shard, and when it was committed.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct GroupOffset {
-    pub offset: u64,
-    pub at_ms: u64,
-}
+use crate::trade::{Receipt, TradeId, TradeStatus, COUNTER_BITS};
+use crate::trade_table::{Dirty, TradeTable};
 
 /// The durable indexes of one shard. Cloning shares the large maps with the clone, part by
 /// part (`trade_table.rs`, `partitioned.rs`): a checkpoint's snapshot.
@@ -173,6 +49,12 @@ pub struct ShardIndex {
     /// The record after the last one applied: the index holds the effect of every record
     /// below it and of none above (a checkpoint's position).
     applied_end: u64,
+    /// While an open replays the log: the trades read from the table on disk whose record is
+    /// newer than the checkpoint (a later checkpoint failed after writing the table), with
+    /// the record's version and refunded amount; and the refunds such a record holds already,
+    /// in log order (`finish_replay`).
+    table_newer: IdMap<TradeId, (u64, u64)>,
+    refunds_held: Vec<(TradeId, u128)>,
 }
 
 /// One entry of the indexes, as a checkpoint holds it (`checkpoint.rs`).
@@ -199,7 +81,8 @@ pub(crate) struct Scalars {
 impl ShardIndex {
     /// Every entry of the indexes (a checkpoint writes them; `restore` reads them back).
     pub(crate) fn items(&self) -> impl Iterator<Item = Item> + '_ {
-        let trades = self.trades.iter().map(|(id, entry)| Item::Trade(id, *entry));
+        // Dense trades are in the table on disk (`trade_file.rs`); only scattered ones here.
+        let trades = self.trades.scattered().map(|(id, entry)| Item::Trade(id, *entry));
         let orders = self.by_order.iter().map(|(key, (id, body))| Item::Order(*key, *id, *body));
         let users = self.by_user.iter().map(|(user, ids)| Item::User(*user, ids.clone()));
         let refunds = self.refunds.iter().map(|(key, refund)| Item::Refund(*key, *refund));
@@ -230,7 +113,7 @@ impl ShardIndex {
                 if self.trades.contains(id) || id.counter() > self.counter_max {
                     return Err("trade twice in a checkpoint, or above its counter");
                 }
-                self.trades.insert_new(id, entry);
+                self.trades.insert_scattered(id, entry);
             }
             Item::Order(key, id, body) => {
                 if self.by_order.insert(key, (id, body)).is_some() {
@@ -260,8 +143,58 @@ impl ShardIndex {
         Ok(())
     }
 
+    /// The trade's entry, if it is in memory (a cold one is in the table on disk).
     pub fn get(&self, id: TradeId) -> Option<&TradeEntry> {
         self.trades.get(id)
+    }
+
+    /// The trades by counter, and which are in memory (`trade_table.rs`).
+    pub(crate) fn trade_table(&self) -> &TradeTable<TradeEntry> {
+        &self.trades
+    }
+
+    pub(crate) fn trade_table_mut(&mut self) -> &mut TradeTable<TradeEntry> {
+        &mut self.trades
+    }
+
+    /// Lays the trade table out in chunks of `2^chunk_bits`, every chunk up to the counter
+    /// cold (in the table on disk): how an open finds it, before loading the newest chunks.
+    pub(crate) fn lay_out_trades(&mut self, chunk_bits: u32) {
+        let mut table = TradeTable::with_chunk_bits(chunk_bits);
+        for (id, entry) in self.trades.scattered() {
+            table.insert_scattered(id, *entry);
+        }
+        table.lay_out_cold(self.counter_max);
+        self.trades = table;
+    }
+
+    /// A trade read back from the table on disk while an open replays the log from
+    /// `replay_from` (the checkpoint's position): `version` is its record's, and a record newer
+    /// than the checkpoint holds the log's changes below it.
+    pub(crate) fn note_table_record(&mut self, id: TradeId, entry: &TradeEntry, version: u64, replay_from: u64) {
+        if version > replay_from {
+            self.table_newer.insert(id, (version, entry.lifecycle.refunded));
+        }
+    }
+
+    /// Ends an open's replay: the refunds a table record held already get the refunded total
+    /// each left (counted back from the record's).
+    pub(crate) fn finish_replay(&mut self) -> Result<(), &'static str> {
+        let held = std::mem::take(&mut self.refunds_held);
+        let mut refunded: IdMap<TradeId, u64> = self.table_newer.iter().map(|(id, (_, r))| (*id, *r)).collect();
+        for (id, key) in held.into_iter().rev() {
+            let after = refunded.get_mut(&id).ok_or("a held refund of a trade not read back")?;
+            let refund = self.refunds.get_mut(&key).ok_or("a held refund not in the refunds")?;
+            refund.refunded_after = *after;
+            *after = after.checked_sub(refund.amount).ok_or("refunds beyond a table record's refunded amount")?;
+        }
+        self.table_newer = IdMap::default();
+        Ok(())
+    }
+
+    /// Takes the trades changed since the last call: a checkpoint writes them to the table.
+    pub(crate) fn take_dirty(&mut self) -> Dirty {
+        self.trades.take_dirty()
     }
 
     /// The trade created with this order key, and its body hash.
@@ -328,19 +261,19 @@ impl ShardIndex {
         self.by_user.get(&user_id).map_or(&[], Vec::as_slice)
     }
 
-    /// Trades in the shard.
+    /// Trades in the shard, in memory or not.
     pub fn len(&self) -> usize {
         self.trades.len()
+    }
+
+    /// Trades in memory.
+    pub fn resident_len(&self) -> usize {
+        self.trades.resident_len()
     }
 
     /// Highest counter of any trade id seen: new ids continue above it.
     pub fn counter_max(&self) -> u64 {
         self.counter_max
-    }
-
-    /// Every durable trade's id and entry, in no particular order.
-    pub fn trades(&self) -> impl Iterator<Item = (TradeId, &TradeEntry)> {
-        self.trades.iter()
     }
 
     /// The offset after the last durable trade event: what a consumer's lag is measured to.
@@ -387,7 +320,8 @@ impl ShardIndex {
     /// Points a trade's `Created` record at its copy in the store of created parts, unless the
     /// trade is gone or already points elsewhere.
     pub fn note_stored(&mut self, id: TradeId, part: StoredPart) {
-        if let Some(entry) = self.trades.get_mut(id) {
+        // Unmarked: the table on disk holds the stored part already (`checkpointer.rs`).
+        if let Some(entry) = self.trades.get_mut_unmarked(id) {
             if matches!(entry.created_at, CreatedAt::Log(at) if at.seq == part.seq) {
                 entry.created_at = CreatedAt::Stored(part);
             }
@@ -436,6 +370,23 @@ impl ShardIndex {
             self.by_user.get_or_default(record.user_id).push(id);
             self.counter_max = self.counter_max.max(id.counter());
             return Ok(());
+        }
+        if let Some(&(version, _)) = self.table_newer.get(&id) {
+            if at.seq < version {
+                // The trade's record in the table holds this change already.
+                self.trades.get(id).ok_or("change to a trade that does not exist")?;
+                if record.kind == RecordKind::Refunded {
+                    let refund_no = record.refund_no.as_deref().ok_or("refund record without its request number")?;
+                    let key = refund_key(record.merchant_id, record.user_id, refund_no);
+                    let refund =
+                        RefundEntry { trade_id: id, amount: record.amount, refunded_after: 0, at_ms: record.at_ms };
+                    if self.refunds.insert(key, refund).is_some() {
+                        return Err("refund request number used twice");
+                    }
+                    self.refunds_held.push((id, key));
+                }
+                return Ok(());
+            }
         }
         let entry = self.trades.get_mut(id).ok_or("change to a trade that does not exist")?;
         let action = match record.kind {

@@ -69,15 +69,7 @@ pub(crate) async fn check_len<D: Disk>(disk: &D, len: u64) -> Result<(), TradeEr
 impl<D: Disk> PartsStore<D> {
     /// Opens the store (created if absent) with `len` valid bytes.
     pub(crate) async fn open(disk: &D, len: u64) -> Result<PartsStore<D>, TradeError> {
-        let file = match disk.open(PARTS_NAME).await {
-            Ok(file) => file,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-                let file = disk.create(PARTS_NAME).await.map_err(|e| io(disk, "create", e))?;
-                disk.sync_dir().await.map_err(|e| io(disk, "sync directory", e))?;
-                file
-            }
-            Err(e) => return Err(io(disk, "open", e)),
-        };
+        let file = crate::files::open_or_create(disk, PARTS_NAME).await?;
         let in_block = (len % BLOCK_BYTES) as usize;
         let mut tail = Vec::with_capacity(BLOCK_BYTES as usize);
         if in_block > 0 {

@@ -3,7 +3,8 @@
 //! creation time) from the `Created` record, served by the read-through cache and read from the
 //! log on a miss. Because the cached part never changes and the changing part is never cached,
 //! a read can be neither stale nor ahead of durability; a create puts its immutable part in the
-//! cache when it becomes durable. A hit is answered at once; only a miss spawns a task.
+//! cache when it becomes durable. A hit is answered at once; only a miss spawns a task. A trade
+//! that left memory has its state read from the table on disk (`cold.rs`).
 
 use tradeshard_wal::disk::Disk;
 
@@ -33,6 +34,7 @@ impl<D: Disk> Shard<D> {
         let cached = {
             let index = self.inner.index.borrow();
             match index.get(id) {
+                None if index.trade_table().is_cold(id) => None,
                 None => Some(Err(TradeError::NotFound(id))),
                 Some(entry) => {
                     let part = self.inner.created_parts.cache().borrow_mut().get(&id);
@@ -87,7 +89,8 @@ impl<D: Disk> Shard<D> {
 /// The trade's durable state: its immutable part from the cache (or the log), the rest from
 /// the index. `missed`: the caller already looked the cache up and missed.
 async fn read_trade<D: Disk>(inner: &Inner<D>, id: TradeId, missed: bool) -> Result<Trade, TradeError> {
-    let created_at = inner.index.borrow().get(id).map(|entry| entry.created_at).ok_or(TradeError::NotFound(id))?;
+    let entry = crate::cold::entry(inner, id).await?.ok_or(TradeError::NotFound(id))?;
+    let created_at = entry.created_at;
     let load = || read_created_part(inner, id, created_at);
     let parts = &inner.created_parts;
     let part = if missed {
@@ -95,8 +98,9 @@ async fn read_trade<D: Disk>(inner: &Inner<D>, id: TradeId, missed: bool) -> Res
     } else {
         parts.get_or_load(id, load, CreatedPart::cache_bytes).await?
     };
-    let index = inner.index.borrow();
-    Ok(compose(id, index.get(id).expect("trades are never removed"), &part))
+    // A change made while the part was read is the newer state.
+    let latest = inner.index.borrow().get(id).copied().unwrap_or(entry);
+    Ok(compose(id, &latest, &part))
 }
 
 /// A trade from its durable state and its immutable part.
@@ -129,7 +133,7 @@ async fn read_created_part<D: Disk>(
         CreatedAt::Log(at) => match inner.wal.read_at(at.seq, at.piece).await {
             Ok(bytes) => bytes,
             Err(LogError::OutOfRange { .. }) => {
-                let now = inner.index.borrow().get(id).map(|entry| entry.created_at).ok_or(TradeError::NotFound(id))?;
+                let now = crate::cold::entry(inner, id).await?.map(|e| e.created_at).ok_or(TradeError::NotFound(id))?;
                 match now {
                     CreatedAt::Stored(part) => inner.checkpoints.parts.read(part).await?,
                     CreatedAt::Log(at) => inner.wal.read_at(at.seq, at.piece).await?,

@@ -13,6 +13,8 @@ use std::time::Duration;
 
 use tradeshard_wal::SegmentInfo;
 
+use crate::trade_table::{CHUNK_BITS_MAX, CHUNK_BITS_MIN};
+
 /// When a shard checkpoints and what its log keeps.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Upkeep {
@@ -30,6 +32,32 @@ pub struct Upkeep {
     /// A group that committed nothing for this long expires: its offsets are forgotten and no
     /// longer hold the log (Kafka's `offsets.retention.minutes`).
     pub group_idle_expiry: Option<Duration>,
+    /// Memory for the shard's trades (88 bytes each): past it, after each checkpoint, the
+    /// oldest trades leave memory for the table on disk (`trade_table.rs`). The trades changed
+    /// since the last checkpoint stay on top of it.
+    pub trade_memory_bytes: u64,
+}
+
+/// Bytes of a trade's entry in memory (asserted in `index.rs`).
+pub(crate) const TRADE_ENTRY_BYTES: u64 = 88;
+
+impl Upkeep {
+    /// Trades the memory budget holds.
+    fn trades_in_budget(&self) -> u64 {
+        self.trade_memory_bytes / TRADE_ENTRY_BYTES
+    }
+
+    /// The trade table's chunks hold 2^this slots: 4,096, fewer when the budget holds fewer
+    /// than sixteen such chunks, so that eviction stays fine-grained under a small budget.
+    pub(crate) fn chunk_bits(&self) -> u32 {
+        let per_chunk = (self.trades_in_budget() / 16).max(1);
+        (63 - per_chunk.leading_zeros()).clamp(CHUNK_BITS_MIN, CHUNK_BITS_MAX)
+    }
+
+    /// Chunks of the trade table kept in memory (at least two).
+    pub(crate) fn resident_chunks(&self) -> usize {
+        ((self.trades_in_budget() >> self.chunk_bits()) as usize).max(2)
+    }
 }
 
 impl Default for Upkeep {
@@ -42,6 +70,7 @@ impl Default for Upkeep {
             retention_time: Some(WEEK),
             retention_bytes: None,
             group_idle_expiry: Some(WEEK),
+            trade_memory_bytes: 512 << 20,
         }
     }
 }

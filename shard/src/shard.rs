@@ -22,22 +22,28 @@ use tradeshard_wal::{RecoveredWal, Wal, WalConfig, WalStats};
 use crate::checkpoint::Header;
 use crate::checkpointer::Loaded;
 use crate::checkpoints::{CheckpointStats, Checkpoints, OpenReport};
-use crate::currency::Currency;
+use crate::cold::{self, SettledTotals};
 use crate::error::{LogError, TradeError};
 use crate::events::{EventBatch, PollQuery};
+use crate::id_hash::IdMap;
 use crate::index::ShardIndex;
 use crate::parts::PartsStore;
+use crate::record::{RecordKind, TradeRecord};
 use crate::retention::Upkeep;
 use crate::state::{Accepted, Inner, ShardReply};
 use crate::system_record::LogRecord;
-use crate::trade::TradeStatus;
+use crate::trade::TradeId;
+use crate::trade_file::TradeFile;
+use tradeshard_wal::Appended;
 
 /// Counters of one shard.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct ShardStats {
     /// The shard's id (its partition).
     pub shard: u32,
+    /// Trades in the shard, and those of them in memory (the rest are in the table on disk).
     pub trades: u64,
+    pub trades_in_memory: u64,
     pub writes_in_flight: u64,
     pub wal: WalStats,
     pub cache: CacheStats,
@@ -68,6 +74,7 @@ pub struct RecoveredShard<D: Disk> {
     wal: RecoveredWal<D>,
     disk: D,
     index: ShardIndex,
+    table: Option<TradeFile<D>>,
     cache_bytes: usize,
     upkeep: Upkeep,
     checkpoint: Option<Header>,
@@ -78,16 +85,21 @@ pub struct RecoveredShard<D: Disk> {
 impl<D: Disk> RecoveredShard<D> {
     /// Makes the log's repairs, starts it, the shard's committer and its checkpoints.
     pub async fn start(self) -> Result<Shard<D>, TradeError> {
-        let RecoveredShard { shard_id, wal, disk, index, cache_bytes, upkeep, checkpoint, mut opened, began } = self;
+        let RecoveredShard { shard_id, wal, disk, index, table, cache_bytes, upkeep, checkpoint, mut opened, began } =
+            self;
         let wal = wal.start().await?;
         let parts_len = checkpoint.as_ref().map_or(0, |header| header.parts_len);
         let parts = PartsStore::open(&disk, parts_len).await?;
+        let table = match table {
+            Some(table) => table,
+            None => TradeFile::open(&disk).await?,
+        };
         let accepted = Accepted { next_counter: index.counter_max() + 1, ..Accepted::default() };
         opened.open_ms = began.elapsed().as_millis() as u64;
         let inner = Rc::new(Inner {
             shard_id,
             wal,
-            checkpoints: Checkpoints::new(upkeep, parts, checkpoint.as_ref()),
+            checkpoints: Checkpoints::new(upkeep, parts, table, checkpoint.as_ref()),
             opened,
             index: RefCell::new(index),
             accepted: RefCell::new(accepted),
@@ -134,16 +146,30 @@ impl<D: Disk> Shard<D> {
             None => (None, ShardIndex::default()),
         };
         let from = index.applied_end();
+        index.lay_out_trades(upkeep.chunk_bits());
+        let table = TradeFile::open_existing(&disk).await?;
         if let Some(header) = &checkpoint {
             crate::parts::check_len(&disk, header.parts_len).await?;
+            match &table {
+                Some(table) => cold::load_newest(table, &mut index, upkeep.resident_chunks(), header.parts_len).await?,
+                None if index.counter_max() > 0 => return Err(missing_table(&disk)),
+                None => {}
+            }
         }
         let mut replay_error = None;
+        // Changes to trades that are not in memory wait until the replay ends, when their
+        // records are read from the table (the replay cannot wait for the device).
+        let mut deferred = Deferred::default();
         let (wal, report) = Wal::recover_from(disk.clone(), wal_config, from, |at, bytes| {
             if replay_error.is_some() {
                 return;
             }
             index.note_applied(at.seq);
             let applied = LogRecord::decode(bytes).and_then(|record| match record {
+                LogRecord::Trade(record) if deferred.takes(&index, &record) => {
+                    deferred.records.push((record, at));
+                    Ok(())
+                }
                 LogRecord::Trade(record) => index.apply(&record, at),
                 LogRecord::Offset(commit) => {
                     index.apply_offset(&commit);
@@ -160,6 +186,12 @@ impl<D: Disk> Shard<D> {
         if let Some(error) = replay_error {
             return Err(error);
         }
+        if let Some(table) = &table {
+            deferred.apply(table, &mut index, from).await?;
+        } else if !deferred.records.is_empty() {
+            return Err(missing_table(&disk));
+        }
+        index.finish_replay().map_err(|reason| TradeError::BadRecord { seq: from, reason })?;
         let log_path = || disk.path_of(&report.first_segment_name());
         let refuse = |reason| TradeError::Log(LogError::Corruption { path: log_path(), offset: 0, reason });
         if report.segments > 0 && report.first_seq > from {
@@ -177,7 +209,7 @@ impl<D: Disk> Shard<D> {
             skipped_segments: report.skipped_segments as u64,
             open_ms: 0,
         };
-        Ok(RecoveredShard { shard_id, wal, disk, index, cache_bytes, upkeep, checkpoint, opened, began })
+        Ok(RecoveredShard { shard_id, wal, disk, index, table, cache_bytes, upkeep, checkpoint, opened, began })
     }
 
     /// Takes a checkpoint now (after one under way), then applies retention; `None` if nothing
@@ -212,15 +244,10 @@ impl<D: Disk> Shard<D> {
     }
 
     /// The amounts of the durable settled trades, summed per (merchant, currency): what a
-    /// settlement consumer's totals must equal.
-    pub fn settled_totals(&self) -> Vec<((u64, Currency), u64)> {
-        let mut totals: std::collections::HashMap<(u64, Currency), u64> = std::collections::HashMap::new();
-        for (_, entry) in self.inner.index.borrow().trades() {
-            if entry.lifecycle.status == TradeStatus::Settled {
-                *totals.entry((entry.merchant_id, entry.currency)).or_default() += entry.lifecycle.amount;
-            }
-        }
-        totals.into_iter().collect()
+    /// settlement consumer's totals must equal. Trades not in memory are read from the table.
+    pub fn settled_totals(&self) -> impl std::future::Future<Output = Result<SettledTotals, TradeError>> + 'static {
+        let inner = self.inner.clone();
+        async move { cold::settled_totals(&inner).await }
     }
 
     /// Counters of the shard.
@@ -229,6 +256,7 @@ impl<D: Disk> Shard<D> {
         ShardStats {
             shard: self.inner.shard_id,
             trades: self.inner.index.borrow().len() as u64,
+            trades_in_memory: self.inner.index.borrow().resident_len() as u64,
             writes_in_flight: self.inner.accepted.borrow().effects.len() as u64,
             wal: self.inner.wal.stats(),
             cache: self.inner.created_parts.cache().borrow().stats(),
@@ -289,4 +317,49 @@ impl<D: Disk> Drop for Shard<D> {
         accepted.closing = true;
         accepted.wake();
     }
+}
+
+/// The changes an open's replay met for trades not in memory, in log order.
+#[derive(Default)]
+struct Deferred {
+    records: Vec<(TradeRecord, Appended)>,
+    ids: IdMap<TradeId, ()>,
+}
+
+impl Deferred {
+    /// Whether `record` waits: it changes a trade not in memory, or one with changes waiting.
+    fn takes(&mut self, index: &ShardIndex, record: &TradeRecord) -> bool {
+        let id = record.trade_id;
+        let waits =
+            record.kind != RecordKind::Created && (self.ids.contains_key(&id) || index.trade_table().is_cold(id));
+        if waits {
+            self.ids.insert(id, ());
+        }
+        waits
+    }
+
+    /// Reads the trades from the table and applies their changes, in log order (the replay
+    /// started at `from`).
+    async fn apply<D: Disk>(self, table: &TradeFile<D>, index: &mut ShardIndex, from: u64) -> Result<(), TradeError> {
+        let mut ids: Vec<TradeId> = self.ids.into_keys().collect();
+        ids.sort_unstable();
+        for id in ids {
+            if let Some(record) = cold::read(table, id).await? {
+                index.note_table_record(id, &record.entry, record.version, from);
+                index.trade_table_mut().thaw(id, record.entry);
+            }
+        }
+        for (record, at) in self.records {
+            index.apply(&record, at).map_err(|reason| TradeError::BadRecord { seq: at.seq, reason })?;
+        }
+        Ok(())
+    }
+}
+
+fn missing_table<D: Disk>(disk: &D) -> TradeError {
+    TradeError::Log(LogError::Corruption {
+        path: disk.path_of(crate::trade_file::TABLE_NAME),
+        offset: 0,
+        reason: "the table of trades a checkpoint points into is missing",
+    })
 }

@@ -9,6 +9,8 @@
 //! flight, the answer waits until it is durable. A refusal (bad state, a conflict, a full log
 //! queue) is answered at once and leaves no trace.
 
+use std::rc::Rc;
+
 use tradeshard_wal::disk::Disk;
 
 use crate::error::{InputError, Refusal, TradeError};
@@ -16,7 +18,7 @@ use crate::index::{body_hash, order_key, refund_key, ShardIndex};
 use crate::lifecycle::{next_state, Action, Lifecycle, Move};
 use crate::record::TradeRecord;
 use crate::shard::Shard;
-use crate::state::{Accepted, AfterDurable, Effect, EffectKeys, InFlight, ShardReply, Waiter};
+use crate::state::{Accepted, AfterDurable, Effect, EffectKeys, InFlight, Inner, ShardReply, Waiter};
 use crate::system_record::{LogRecord, OffsetCommit};
 use crate::trade::now_ms;
 use crate::trade::{Receipt, TradeId, TradeStatus, ValidTrade, COUNTER_BITS};
@@ -41,190 +43,219 @@ pub enum Command {
 impl<D: Disk> Shard<D> {
     /// Starts a write; `reply` is answered once it is durable, or with why not.
     pub fn submit(&self, command: Command, reply: ShardReply<Receipt>) {
-        let mut accepted = self.inner.accepted.borrow_mut();
-        if let Some(failure) = &accepted.failed {
-            return reply.send(Err(failure.clone()));
-        }
-        let index = self.inner.index.borrow();
-        match command {
-            Command::Create { trade, logical_shard } => {
-                self.create(&mut accepted, &index, trade, logical_shard, reply, None)
-            }
-            Command::Move { id, to } => self.change(&mut accepted, &index, id, Change::Move(to), reply),
-            Command::Refund { id, amount, refund_no } => {
-                self.change(&mut accepted, &index, id, Change::Refund { amount, refund_no }, reply)
-            }
-        }
+        submit_to(&self.inner, command, reply, None, true)
     }
 
     /// [`submit`](Self::submit) of a create, with `after` run on this executor with the
     /// receipt once the trade is durable (a new trade, or the durable original of a repeat;
     /// not for a repeat of a create still in flight, whose own `after` runs).
     pub fn create_then(&self, trade: ValidTrade, logical_shard: u32, reply: ShardReply<Receipt>, after: AfterDurable) {
-        let mut accepted = self.inner.accepted.borrow_mut();
-        if let Some(failure) = &accepted.failed {
-            return reply.send(Err(failure.clone()));
-        }
-        let index = self.inner.index.borrow();
-        self.create(&mut accepted, &index, trade, logical_shard, reply, Some(after))
+        submit_to(&self.inner, Command::Create { trade, logical_shard }, reply, Some(after), true)
     }
+}
 
-    /// Queues a create, or answers at once (a refusal, or the original of a retried create
-    /// that is already durable).
-    fn create(
-        &self,
-        accepted: &mut Accepted,
-        index: &ShardIndex,
-        trade: ValidTrade,
-        logical_shard: u32,
-        reply: ShardReply<Receipt>,
-        after: Option<AfterDurable>,
-    ) {
-        let key = order_key(trade.merchant_id, &trade.merchant_order_no);
-        let body = body_hash(trade.buyer_id, trade.amount, trade.currency, &trade.memo);
-        let conflict = |existing: Option<TradeId>| -> TradeError {
-            let (merchant_id, order_no) = (trade.merchant_id, trade.merchant_order_no.clone());
-            Refusal::IdempotencyConflict { existing, merchant_id, order_no }.into()
-        };
-        if let Some(&(id, original_body, original_seq)) = accepted.orders.get(&key) {
-            if original_body != body {
-                return reply.send(Err(conflict(Some(id))));
-            }
-            return accepted.repeat_of(original_seq, reply);
-        }
-        // This shard is the key's home and holds it for a buyer of another shard (a create
-        // routed here is for a buyer of this shard, so its body differs).
-        if accepted.claims.contains_key(&key) {
-            return reply.send(Err(conflict(None)));
-        }
-        if let Some(claim) = index.claim(key) {
-            return reply.send(Err(conflict(claim.trade)));
-        }
-        if let Some((id, original_body)) = index.by_order(key) {
-            if original_body != body {
-                return reply.send(Err(conflict(Some(id))));
-            }
-            let receipt = index.get(id).expect("order index points at a trade").receipt(id, true);
-            if let Some(after) = after {
-                after(&receipt);
-            }
-            return reply.send(Ok(receipt));
-        }
-        let counter = accepted.next_counter;
-        if counter >= 1 << COUNTER_BITS {
-            return reply.send(Err(Refusal::CounterExhausted.into()));
-        }
-        let id = TradeId::new(logical_shard, counter);
-        let record = TradeRecord::created(id, &trade, now_ms());
-        let ticket = match self.inner.wal.enqueue(&record.encode()) {
-            Ok(ticket) => ticket,
-            Err(error) => return reply.send(Err(error.into())),
-        };
-        let seq = ticket.seq();
-        accepted.next_counter += 1;
-        let lifecycle = Lifecycle { status: TradeStatus::Created, amount: trade.amount, refunded: 0 };
-        let in_flight = InFlight {
-            lifecycle,
-            last_seq: seq,
-            user_id: trade.buyer_id,
-            merchant_id: trade.merchant_id,
-            currency: trade.currency,
-        };
-        accepted.trades.insert(id, in_flight);
-        accepted.orders.insert(key, (id, body, seq));
-        let record = LogRecord::Trade(record);
-        let waiter = Waiter::Trade(reply);
-        accepted.push(Effect {
-            seq,
-            ticket: Some(ticket),
-            record,
-            keys: EffectKeys::Order { key, body },
-            waiter,
-            after,
-        });
+/// Checks and queues a write. A write to a trade that is not in memory first brings it back
+/// from the table on disk (`may_thaw`), then is checked as any other.
+fn submit_to<D: Disk>(
+    inner: &Rc<Inner<D>>,
+    command: Command,
+    reply: ShardReply<Receipt>,
+    after: Option<AfterDurable>,
+    may_thaw: bool,
+) {
+    let mut accepted = inner.accepted.borrow_mut();
+    if let Some(failure) = &accepted.failed {
+        return reply.send(Err(failure.clone()));
     }
+    let index = inner.index.borrow();
+    if let Some(id) = cold_trade(&accepted, &index, &command).filter(|_| may_thaw) {
+        drop((accepted, index));
+        let inner = inner.clone();
+        glommio::spawn_local(async move {
+            match crate::cold::thaw(&inner, id).await {
+                Ok(_) => submit_to(&inner, command, reply, after, false),
+                Err(error) => reply.send(Err(error)),
+            }
+        })
+        .detach();
+        return;
+    }
+    match command {
+        Command::Create { trade, logical_shard } => {
+            create(inner, &mut accepted, &index, trade, logical_shard, reply, after)
+        }
+        Command::Move { id, to } => change(inner, &mut accepted, &index, id, Change::Move(to), reply),
+        Command::Refund { id, amount, refund_no } => {
+            change(inner, &mut accepted, &index, id, Change::Refund { amount, refund_no }, reply)
+        }
+    }
+}
 
-    /// Queues a move or a refund, or answers at once: the original's receipt for a repeat, or
-    /// the refusal.
-    fn change(
-        &self,
-        accepted: &mut Accepted,
-        index: &ShardIndex,
-        id: TradeId,
-        change: Change,
-        reply: ShardReply<Receipt>,
-    ) {
-        let in_flight = accepted.trades.get(&id).copied();
-        let current = match (in_flight, index.get(id)) {
-            (Some(in_flight), _) => in_flight,
-            (None, Some(entry)) => InFlight {
-                lifecycle: entry.lifecycle,
-                last_seq: entry.created_at.seq(),
-                user_id: entry.user_id,
-                merchant_id: entry.merchant_id,
-                currency: entry.currency,
-            },
-            (None, None) => return reply.send(Err(TradeError::NotFound(id))),
+/// The trade a write needs that is only in the table on disk, if any: the one it changes, or
+/// the original of a repeated create.
+fn cold_trade(accepted: &Accepted, index: &ShardIndex, command: &Command) -> Option<TradeId> {
+    let id = match command {
+        Command::Create { trade, .. } => index.by_order(order_key(trade.merchant_id, &trade.merchant_order_no))?.0,
+        Command::Move { id, .. } | Command::Refund { id, .. } => *id,
+    };
+    (!accepted.trades.contains_key(&id) && index.trade_table().is_cold(id)).then_some(id)
+}
+
+/// Queues a create, or answers at once (a refusal, or the original of a retried create
+/// that is already durable).
+fn create<D: Disk>(
+    inner: &Inner<D>,
+    accepted: &mut Accepted,
+    index: &ShardIndex,
+    trade: ValidTrade,
+    logical_shard: u32,
+    reply: ShardReply<Receipt>,
+    after: Option<AfterDurable>,
+) {
+    let key = order_key(trade.merchant_id, &trade.merchant_order_no);
+    let body = body_hash(trade.buyer_id, trade.amount, trade.currency, &trade.memo);
+    let conflict = |existing: Option<TradeId>| -> TradeError {
+        let (merchant_id, order_no) = (trade.merchant_id, trade.merchant_order_no.clone());
+        Refusal::IdempotencyConflict { existing, merchant_id, order_no }.into()
+    };
+    if let Some(&(id, original_body, original_seq)) = accepted.orders.get(&key) {
+        if original_body != body {
+            return reply.send(Err(conflict(Some(id))));
+        }
+        return accepted.repeat_of(original_seq, reply);
+    }
+    // This shard is the key's home and holds it for a buyer of another shard (a create
+    // routed here is for a buyer of this shard, so its body differs).
+    if accepted.claims.contains_key(&key) {
+        return reply.send(Err(conflict(None)));
+    }
+    if let Some(claim) = index.claim(key) {
+        return reply.send(Err(conflict(claim.trade)));
+    }
+    if let Some((id, original_body)) = index.by_order(key) {
+        if original_body != body {
+            return reply.send(Err(conflict(Some(id))));
+        }
+        let Some(entry) = index.get(id) else {
+            // Not in memory even after a read of the table: the order index points at
+            // nothing, which no log this engine wrote can make.
+            return reply.send(Err(TradeError::BadRecord { seq: 0, reason: "an order number points at no trade" }));
         };
-        let (action, keys, refund_no) = match change {
-            Change::Move(to) if current.lifecycle.status == to.target() => {
-                // The trade made this move already: its last write made it (only this move
-                // leads to its status).
-                return match (in_flight, index.get(id)) {
-                    (Some(in_flight), _) => accepted.repeat_of(in_flight.last_seq, reply),
-                    (None, Some(entry)) => reply.send(Ok(entry.receipt(id, true))),
-                    (None, None) => unreachable!("found above"),
+        let receipt = entry.receipt(id, true);
+        if let Some(after) = after {
+            after(&receipt);
+        }
+        return reply.send(Ok(receipt));
+    }
+    let counter = accepted.next_counter;
+    if counter >= 1 << COUNTER_BITS {
+        return reply.send(Err(Refusal::CounterExhausted.into()));
+    }
+    let id = TradeId::new(logical_shard, counter);
+    let record = TradeRecord::created(id, &trade, now_ms());
+    let ticket = match inner.wal.enqueue(&record.encode()) {
+        Ok(ticket) => ticket,
+        Err(error) => return reply.send(Err(error.into())),
+    };
+    let seq = ticket.seq();
+    accepted.next_counter += 1;
+    let lifecycle = Lifecycle { status: TradeStatus::Created, amount: trade.amount, refunded: 0 };
+    let in_flight = InFlight {
+        lifecycle,
+        last_seq: seq,
+        user_id: trade.buyer_id,
+        merchant_id: trade.merchant_id,
+        currency: trade.currency,
+    };
+    accepted.trades.insert(id, in_flight);
+    accepted.orders.insert(key, (id, body, seq));
+    let record = LogRecord::Trade(record);
+    let waiter = Waiter::Trade(reply);
+    accepted.push(Effect { seq, ticket: Some(ticket), record, keys: EffectKeys::Order { key, body }, waiter, after });
+}
+
+/// Queues a move or a refund, or answers at once: the original's receipt for a repeat, or
+/// the refusal.
+fn change<D: Disk>(
+    inner: &Inner<D>,
+    accepted: &mut Accepted,
+    index: &ShardIndex,
+    id: TradeId,
+    change: Change,
+    reply: ShardReply<Receipt>,
+) {
+    let in_flight = accepted.trades.get(&id).copied();
+    let current = match (in_flight, index.get(id)) {
+        (Some(in_flight), _) => in_flight,
+        (None, Some(entry)) => InFlight {
+            lifecycle: entry.lifecycle,
+            last_seq: entry.created_at.seq(),
+            user_id: entry.user_id,
+            merchant_id: entry.merchant_id,
+            currency: entry.currency,
+        },
+        (None, None) => return reply.send(Err(TradeError::NotFound(id))),
+    };
+    let (action, keys, refund_no) = match change {
+        Change::Move(to) if current.lifecycle.status == to.target() => {
+            // The trade made this move already: its last write made it (only this move
+            // leads to its status).
+            return match (in_flight, index.get(id)) {
+                (Some(in_flight), _) => accepted.repeat_of(in_flight.last_seq, reply),
+                (None, Some(entry)) => reply.send(Ok(entry.receipt(id, true))),
+                (None, None) => unreachable!("found above"),
+            };
+        }
+        Change::Move(to) => (to.action(), EffectKeys::None, None),
+        Change::Refund { amount, refund_no } => {
+            let key = refund_key(current.merchant_id, current.user_id, &refund_no);
+            let conflict = |existing, original| -> TradeError {
+                Refusal::RefundRequestConflict { refund_no: refund_no.clone(), existing, amount: original }.into()
+            };
+            if let Some(&(existing, original, seq)) = accepted.refunds.get(&key) {
+                return match existing == id && original == amount {
+                    true => accepted.repeat_of(seq, reply),
+                    false => reply.send(Err(conflict(existing, original))),
                 };
             }
-            Change::Move(to) => (to.action(), EffectKeys::None, None),
-            Change::Refund { amount, refund_no } => {
-                let key = refund_key(current.merchant_id, current.user_id, &refund_no);
-                let conflict = |existing, original| -> TradeError {
-                    Refusal::RefundRequestConflict { refund_no: refund_no.clone(), existing, amount: original }.into()
+            if let Some(refund) = index.refund(key) {
+                return match refund.trade_id == id && refund.amount == amount {
+                    true => reply.send(Ok(index.refund_receipt(refund))),
+                    false => reply.send(Err(conflict(refund.trade_id, refund.amount))),
                 };
-                if let Some(&(existing, original, seq)) = accepted.refunds.get(&key) {
-                    return match existing == id && original == amount {
-                        true => accepted.repeat_of(seq, reply),
-                        false => reply.send(Err(conflict(existing, original))),
-                    };
-                }
-                if let Some(refund) = index.refund(key) {
-                    return match refund.trade_id == id && refund.amount == amount {
-                        true => reply.send(Ok(index.refund_receipt(refund))),
-                        false => reply.send(Err(conflict(refund.trade_id, refund.amount))),
-                    };
-                }
-                (Action::Refund(amount), EffectKeys::Refund { key }, Some(refund_no))
             }
-        };
-        let next = match next_state(id, current.lifecycle, action) {
-            Ok(next) => next,
-            Err(error) => return reply.send(Err(error)),
-        };
-        let record = TradeRecord {
-            kind: action.record_kind(),
-            trade_id: id,
-            user_id: current.user_id,
-            merchant_id: current.merchant_id,
-            at_ms: now_ms(),
-            amount: if let Action::Refund(amount) = action { amount } else { current.lifecycle.amount },
-            currency: current.currency,
-            created: None,
-            refund_no,
-        };
-        let ticket = match self.inner.wal.enqueue(&record.encode()) {
-            Ok(ticket) => ticket,
-            Err(error) => return reply.send(Err(error.into())),
-        };
-        let seq = ticket.seq();
-        accepted.trades.insert(id, InFlight { lifecycle: next, last_seq: seq, ..current });
-        if let (EffectKeys::Refund { key }, Action::Refund(amount)) = (keys, action) {
-            accepted.refunds.insert(key, (id, amount, seq));
+            (Action::Refund(amount), EffectKeys::Refund { key }, Some(refund_no))
         }
-        let record = LogRecord::Trade(record);
-        accepted.push(Effect { seq, ticket: Some(ticket), record, keys, waiter: Waiter::Trade(reply), after: None });
+    };
+    let next = match next_state(id, current.lifecycle, action) {
+        Ok(next) => next,
+        Err(error) => return reply.send(Err(error)),
+    };
+    let record = TradeRecord {
+        kind: action.record_kind(),
+        trade_id: id,
+        user_id: current.user_id,
+        merchant_id: current.merchant_id,
+        at_ms: now_ms(),
+        amount: if let Action::Refund(amount) = action { amount } else { current.lifecycle.amount },
+        currency: current.currency,
+        created: None,
+        refund_no,
+    };
+    let ticket = match inner.wal.enqueue(&record.encode()) {
+        Ok(ticket) => ticket,
+        Err(error) => return reply.send(Err(error.into())),
+    };
+    let seq = ticket.seq();
+    accepted.trades.insert(id, InFlight { lifecycle: next, last_seq: seq, ..current });
+    if let (EffectKeys::Refund { key }, Action::Refund(amount)) = (keys, action) {
+        accepted.refunds.insert(key, (id, amount, seq));
     }
+    let record = LogRecord::Trade(record);
+    accepted.push(Effect { seq, ticket: Some(ticket), record, keys, waiter: Waiter::Trade(reply), after: None });
+}
 
+impl<D: Disk> Shard<D> {
     /// Records `group`'s position in this shard's log: `offset` is the next event the group
     /// will read. Durable (like any write) when answered; at most the durable end.
     pub fn commit_offset(&self, group: &str, offset: u64, reply: ShardReply<u64>) {

@@ -1,0 +1,109 @@
+//! What the shard's indexes hold per trade, refund, claim and consumer group: small fixed
+//! records, so that memory per entry is stated and asserted here.
+
+use tradeshard_wal::Appended;
+
+use crate::currency::Currency;
+use crate::lifecycle::Lifecycle;
+use crate::trade::{Receipt, TradeId};
+use crate::trade_table::Slot;
+
+const _: () = assert!(
+    std::mem::size_of::<TradeEntry>() as u64 == crate::retention::TRADE_ENTRY_BYTES,
+    "the memory per trade stated here and in ARCHITECTURE.md; a trade's created part is in the log or the store"
+);
+
+const _: () = assert!(
+    std::mem::size_of::<Slot<TradeEntry>>() == std::mem::size_of::<TradeEntry>(),
+    "a slot of the trade table is a trade's entry, nothing more"
+);
+
+impl crate::trade_table::Entry for TradeEntry {
+    fn logical_shard(&self) -> u32 {
+        u32::from(self.logical_shard)
+    }
+}
+
+/// A durable trade's state in memory.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TradeEntry {
+    /// The logical shard of the trade's id (the trade table keeps the counter).
+    pub logical_shard: u16,
+    pub user_id: u64,
+    pub merchant_id: u64,
+    pub lifecycle: Lifecycle,
+    pub currency: Currency,
+    pub updated_ms: u64,
+    /// Where the trade's `Created` record lies (order number, memo, creation time).
+    pub created_at: CreatedAt,
+}
+
+/// Where a trade's `Created` record can be read: in the log until a checkpoint copies it to
+/// the shard's store of created parts (`parts.rs`), from which it is read ever after, so that
+/// retention can remove the log segment it was written in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CreatedAt {
+    Log(Appended),
+    Stored(StoredPart),
+}
+
+/// A `Created` record in the store of created parts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct StoredPart {
+    /// The record's sequence number in the log.
+    pub seq: u64,
+    /// Where its entry starts in the store, and the entry's length (header included).
+    pub offset: u64,
+    pub len: u32,
+}
+
+impl CreatedAt {
+    /// The `Created` record's sequence number.
+    pub fn seq(&self) -> u64 {
+        match self {
+            CreatedAt::Log(at) => at.seq,
+            CreatedAt::Stored(part) => part.seq,
+        }
+    }
+}
+
+impl TradeEntry {
+    /// The answer to a write that left the trade in this state.
+    pub fn receipt(&self, id: TradeId, replayed: bool) -> Receipt {
+        Receipt {
+            id,
+            status: self.lifecycle.status,
+            amount: self.lifecycle.amount,
+            refunded_amount: self.lifecycle.refunded,
+            updated_ms: self.updated_ms,
+            replayed,
+        }
+    }
+}
+
+/// A durable refund, by its request number: what a retry of it is answered with.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RefundEntry {
+    pub trade_id: TradeId,
+    pub amount: u64,
+    /// The trade's refunded total after this refund.
+    pub refunded_after: u64,
+    pub at_ms: u64,
+}
+
+/// An order number claimed in this shard, its home, for a trade of a buyer in another shard.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ClaimEntry {
+    /// The body hash of the create that claimed it.
+    pub body: u64,
+    pub buyer_id: u64,
+    /// The trade, once the claim is confirmed; `None` while it is pending.
+    pub trade: Option<TradeId>,
+}
+
+/// A consumer group's durable committed offset in a shard, and when it was committed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct GroupOffset {
+    pub offset: u64,
+    pub at_ms: u64,
+}

@@ -1,0 +1,273 @@
+//! The table of trades on disk, `trades.table`: every trade's state as of a checkpoint, so that
+//! a trade can leave memory and be read back with one device read.
+//!
+//! A shard's trade ids have dense counters (`trade.rs`), so a trade's place is computed, not
+//! looked up: record `counter` is the `counter % 6`th 80-byte record of 512-byte sector
+//! `counter / 6` (six records and 32 zero bytes a sector). A record never straddles a sector,
+//! so a write torn at a sector boundary leaves each record either as it was or as written,
+//! never half of each; the checksum (seeded with the counter, so a record in the wrong place
+//! does not pass) finds a record damaged otherwise.
+//!
+//! Each record carries its *version*: the position of the checkpoint that wrote it; it holds the
+//! effect of every log record below that position. A checkpoint writes the trades changed
+//! since the last one before its own file (`checkpointer.rs`), so a record is never older than
+//! the latest checkpoint says; it can be newer, when a later checkpoint failed after writing
+//! the table, and an open skips the log records a record already holds (`index.rs`). The
+//! layout is in `docs/FORMAT.md`.
+
+use tradeshard_wal::disk::{Disk, DiskFile, WriteBuf};
+use tradeshard_wal::BLOCK_BYTES;
+
+use crate::currency::Currency;
+use crate::error::{LogError, TradeError};
+use crate::index::{CreatedAt, StoredPart, TradeEntry};
+use crate::lifecycle::Lifecycle;
+use crate::trade::{TradeId, TradeStatus};
+
+/// The table's file name in the shard's directory.
+pub(crate) const TABLE_NAME: &str = "trades.table";
+/// Bytes of one record.
+pub const RECORD_BYTES: usize = 80;
+const SECTOR_BYTES: usize = 512;
+const RECORDS_PER_SECTOR: u64 = (SECTOR_BYTES / RECORD_BYTES) as u64;
+const PAGE_BYTES: usize = BLOCK_BYTES as usize;
+/// Records in one page (the unit of a write).
+pub(crate) const RECORDS_PER_PAGE: u64 = RECORDS_PER_SECTOR * (PAGE_BYTES / SECTOR_BYTES) as u64;
+/// Pages written at once.
+const PAGES_PER_WRITE: usize = 256;
+const CHECKSUM_AT: usize = 72;
+
+const _: () = assert!(PAGE_BYTES.is_multiple_of(SECTOR_BYTES) && CHECKSUM_AT + 4 <= RECORD_BYTES);
+
+/// A trade as the table holds it: its entry (whose created part is in the store) and the
+/// record's version.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct TableRecord {
+    pub id: TradeId,
+    pub entry: TradeEntry,
+    pub version: u64,
+}
+
+/// The page that holds `counter`'s record, and where in it the record starts.
+pub(crate) fn place(counter: u64) -> (u64, usize) {
+    let page = counter / RECORDS_PER_PAGE;
+    let in_page = counter % RECORDS_PER_PAGE;
+    let at =
+        (in_page / RECORDS_PER_SECTOR) as usize * SECTOR_BYTES + (in_page % RECORDS_PER_SECTOR) as usize * RECORD_BYTES;
+    (page, at)
+}
+
+fn checksum(counter: u64, bytes: &[u8]) -> u32 {
+    xxhash_rust::xxh3::xxh3_64_with_seed(&bytes[..CHECKSUM_AT], counter) as u32
+}
+
+/// Writes the record of trade `id` into `out` (`RECORD_BYTES` long). Its created part must be
+/// in the store: the table outlives the log.
+pub(crate) fn encode(id: TradeId, entry: &TradeEntry, version: u64, out: &mut [u8]) -> Result<(), &'static str> {
+    let CreatedAt::Stored(part) = entry.created_at else { return Err("a trade's created part is not stored") };
+    let part_len = u16::try_from(part.len).map_err(|_| "a created part longer than a record can say")?;
+    let out = &mut out[..RECORD_BYTES];
+    out[0..2].copy_from_slice(&entry.logical_shard.to_le_bytes());
+    out[2] = entry.lifecycle.status as u8;
+    out[3..6].copy_from_slice(&entry.currency.bytes());
+    out[6..8].copy_from_slice(&part_len.to_le_bytes());
+    let words = [
+        entry.user_id,
+        entry.merchant_id,
+        entry.lifecycle.amount,
+        entry.lifecycle.refunded,
+        entry.updated_ms,
+        part.offset,
+        part.seq,
+        version,
+    ];
+    for (n, word) in words.iter().enumerate() {
+        out[8 + 8 * n..16 + 8 * n].copy_from_slice(&word.to_le_bytes());
+    }
+    let sum = checksum(id.counter(), out);
+    out[CHECKSUM_AT..CHECKSUM_AT + 4].copy_from_slice(&sum.to_le_bytes());
+    out[CHECKSUM_AT + 4..].fill(0);
+    Ok(())
+}
+
+/// The record of `counter` in `bytes` (`RECORD_BYTES` long): `None` if it was never written
+/// (all zeros).
+pub fn decode(counter: u64, bytes: &[u8]) -> Result<Option<TableRecord>, &'static str> {
+    let bytes = bytes.get(..RECORD_BYTES).ok_or("a trade record cut short")?;
+    if bytes.iter().all(|&b| b == 0) {
+        return Ok(None);
+    }
+    let word = |n: usize| u64::from_le_bytes(bytes[8 + 8 * n..16 + 8 * n].try_into().expect("8 bytes"));
+    let stored_sum = u32::from_le_bytes(bytes[CHECKSUM_AT..CHECKSUM_AT + 4].try_into().expect("4 bytes"));
+    if stored_sum != checksum(counter, bytes) || bytes[CHECKSUM_AT + 4..].iter().any(|&b| b != 0) {
+        return Err("trade record checksum mismatch");
+    }
+    let logical_shard = u16::from_le_bytes([bytes[0], bytes[1]]);
+    let status = TradeStatus::from_u8(bytes[2]).ok_or("trade record with an unknown status")?;
+    let currency =
+        Currency::from_bytes([bytes[3], bytes[4], bytes[5]]).ok_or("trade record with an unknown currency")?;
+    let part_len = u16::from_le_bytes([bytes[6], bytes[7]]);
+    let (amount, refunded) = (word(2), word(3));
+    if counter == 0 || counter >= 1 << crate::trade::COUNTER_BITS || refunded > amount || part_len == 0 {
+        return Err("trade record out of bounds");
+    }
+    let id = TradeId::new(u32::from(logical_shard), counter);
+    let entry = TradeEntry {
+        logical_shard,
+        user_id: word(0),
+        merchant_id: word(1),
+        lifecycle: Lifecycle { status, amount, refunded },
+        currency,
+        updated_ms: word(4),
+        created_at: CreatedAt::Stored(StoredPart { offset: word(5), seq: word(6), len: u32::from(part_len) }),
+    };
+    Ok(Some(TableRecord { id, entry, version: word(7) }))
+}
+
+/// The table file of one shard.
+pub(crate) struct TradeFile<D: Disk> {
+    disk: D,
+    file: D::File,
+}
+
+impl<D: Disk> TradeFile<D> {
+    /// Opens the table, creating it if absent.
+    pub(crate) async fn open(disk: &D) -> Result<TradeFile<D>, TradeError> {
+        let file = crate::files::open_or_create(disk, TABLE_NAME).await?;
+        Ok(TradeFile { disk: disk.clone(), file })
+    }
+
+    /// Opens the table if it exists, changing nothing.
+    pub(crate) async fn open_existing(disk: &D) -> Result<Option<TradeFile<D>>, TradeError> {
+        match disk.open(TABLE_NAME).await {
+            Ok(file) => Ok(Some(TradeFile { disk: disk.clone(), file })),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(io(disk, "open", e)),
+        }
+    }
+
+    /// The record of `counter`, with one read.
+    pub(crate) async fn read(&self, counter: u64) -> Result<Option<TableRecord>, TradeError> {
+        let (page, at) = place(counter);
+        let sector_at = at / SECTOR_BYTES * SECTOR_BYTES;
+        let offset = page * PAGE_BYTES as u64 + sector_at as u64;
+        let sector = self.file.read_at(offset, SECTOR_BYTES).await.map_err(|e| io(&self.disk, "read", e))?;
+        let Some(bytes) = sector.get(at - sector_at..at - sector_at + RECORD_BYTES) else { return Ok(None) };
+        decode(counter, bytes).map_err(|reason| self.corrupt(offset + (at - sector_at) as u64, reason))
+    }
+
+    /// `count` pages from page `first`, zeros past the end of the file.
+    pub(crate) async fn read_pages(&self, first: u64, count: usize) -> Result<Vec<u8>, TradeError> {
+        let len = count * PAGE_BYTES;
+        let read = self.file.read_at(first * PAGE_BYTES as u64, len).await.map_err(|e| io(&self.disk, "read", e))?;
+        let mut bytes = read.to_vec();
+        bytes.resize(len, 0);
+        Ok(bytes)
+    }
+
+    /// Writes whole pages starting at page `first` (`bytes` a multiple of a page long), a run
+    /// of pages per write; durable after [`sync`](Self::sync).
+    pub(crate) async fn write_pages(&self, first: u64, bytes: &[u8]) -> Result<(), TradeError> {
+        debug_assert_eq!(bytes.len() % PAGE_BYTES, 0);
+        for (n, run) in bytes.chunks(PAGES_PER_WRITE * PAGE_BYTES).enumerate() {
+            let mut buf = self.file.alloc(run.len());
+            buf.bytes_mut().copy_from_slice(run);
+            let at = (first + (n * PAGES_PER_WRITE) as u64) * PAGE_BYTES as u64;
+            let done = self.file.write_at(buf, at).await.map_err(|e| io(&self.disk, "write", e))?;
+            if done != run.len() {
+                let short = std::io::Error::new(std::io::ErrorKind::WriteZero, "short write");
+                return Err(io(&self.disk, "write", short));
+            }
+        }
+        Ok(())
+    }
+
+    pub(crate) async fn sync(&self) -> Result<(), TradeError> {
+        self.file.fdatasync().await.map_err(|e| io(&self.disk, "fdatasync", e))
+    }
+
+    /// The error for a damaged record at `offset`.
+    pub(crate) fn corrupt(&self, offset: u64, reason: &'static str) -> TradeError {
+        TradeError::Log(LogError::Corruption { path: self.disk.path_of(TABLE_NAME), offset, reason })
+    }
+}
+
+fn io(disk: &impl Disk, op: &'static str, source: std::io::Error) -> TradeError {
+    TradeError::Log(LogError::io(op, disk.path_of(TABLE_NAME), source))
+}
+
+/// Decodes the record of `counter` out of its page (`page` is `place(counter).0`'s bytes).
+pub(crate) fn record_in_page(counter: u64, page: &[u8]) -> Result<Option<TableRecord>, &'static str> {
+    let (_, at) = place(counter);
+    decode(counter, &page[at..at + RECORD_BYTES])
+}
+
+/// Where in the file the record of `counter` starts (for error reports).
+pub(crate) fn file_offset(counter: u64) -> u64 {
+    let (page, at) = place(counter);
+    page * PAGE_BYTES as u64 + at as u64
+}
+
+/// Bytes of one page.
+pub(crate) const fn page_bytes() -> usize {
+    PAGE_BYTES
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn entry(status: TradeStatus, refunded: u64) -> TradeEntry {
+        TradeEntry {
+            logical_shard: 7,
+            user_id: 42,
+            merchant_id: 9,
+            lifecycle: Lifecycle { status, amount: 1_000, refunded },
+            currency: Currency::parse("CNY").unwrap(),
+            updated_ms: 1_700_000_000_000,
+            created_at: CreatedAt::Stored(StoredPart { seq: 5, offset: 4_096, len: 140 }),
+        }
+    }
+
+    #[test]
+    fn a_record_reads_back_only_at_its_own_counter() {
+        let id = TradeId::new(7, 1_234);
+        let mut bytes = [0u8; RECORD_BYTES];
+        encode(id, &entry(TradeStatus::Refunded, 300), 99, &mut bytes).unwrap();
+        let record = decode(1_234, &bytes).unwrap().unwrap();
+        assert_eq!(record, TableRecord { id, entry: entry(TradeStatus::Refunded, 300), version: 99 });
+        assert!(decode(1_235, &bytes).is_err(), "a record copied to another place does not pass");
+        assert_eq!(decode(1_234, &[0u8; RECORD_BYTES]).unwrap(), None, "a place never written");
+    }
+
+    #[test]
+    fn every_flipped_bit_is_found() {
+        let mut bytes = [0u8; RECORD_BYTES];
+        encode(TradeId::new(7, 3), &entry(TradeStatus::Paid, 0), 1, &mut bytes).unwrap();
+        for bit in 0..RECORD_BYTES * 8 {
+            let mut damaged = bytes;
+            damaged[bit / 8] ^= 1 << (bit % 8);
+            assert!(decode(3, &damaged).is_err(), "bit {bit}");
+        }
+    }
+
+    #[test]
+    fn records_never_straddle_a_sector() {
+        for counter in 0..10 * RECORDS_PER_PAGE {
+            let (page, at) = place(counter);
+            assert_eq!(page, counter / RECORDS_PER_PAGE);
+            assert_eq!(at / SECTOR_BYTES, (at + RECORD_BYTES - 1) / SECTOR_BYTES, "counter {counter}");
+            assert!(at + RECORD_BYTES <= PAGE_BYTES);
+        }
+        let places: std::collections::HashSet<_> = (0..RECORDS_PER_PAGE).map(|c| place(c).1).collect();
+        assert_eq!(places.len() as u64, RECORDS_PER_PAGE, "no two records share a place");
+    }
+
+    #[test]
+    fn a_part_too_long_or_in_the_log_is_refused() {
+        let mut bytes = [0u8; RECORD_BYTES];
+        let mut long = entry(TradeStatus::Paid, 0);
+        long.created_at = CreatedAt::Stored(StoredPart { seq: 1, offset: 0, len: 70_000 });
+        assert!(encode(TradeId::new(7, 3), &long, 1, &mut bytes).is_err());
+    }
+}

@@ -1,0 +1,120 @@
+//! The table of trades on disk against the checkpoints that vouch for it, on the simulated
+//! disk: a table written by a checkpoint whose file never became durable holds records newer
+//! than the checkpoint an open starts from, and the open must apply each change of the log
+//! exactly once (no refund counted twice, every refund's receipt as it was); a table missing
+//! under a checkpoint that needs it is refused; a bit flipped in a record is found.
+
+use tradeshard_shard::{Command, Move, Shard, TradeError, TradeId, TradeStatus, Upkeep};
+use tradeshard_tests::{call, new_trade, rolling_shard_config, run, upkeep_on_request};
+use tradeshard_wal::disk::{Disk, SimDisk};
+
+fn upkeep() -> Upkeep {
+    upkeep_on_request(false, None)
+}
+
+async fn open(disk: &SimDisk) -> Result<Shard<SimDisk>, TradeError> {
+    Shard::open_with(disk.clone(), rolling_shard_config(), 0, upkeep()).await
+}
+
+async fn submit(shard: &Shard<SimDisk>, command: Command) -> tradeshard_shard::Receipt {
+    call(|done| shard.submit(command, done)).await.unwrap()
+}
+
+/// `n` paid trades of buyer 1, then a checkpoint; returns their ids.
+async fn paid_trades(shard: &Shard<SimDisk>, n: u64) -> Vec<TradeId> {
+    let mut ids = Vec::new();
+    for order in 0..n {
+        let trade = new_trade(1, order, 1_000).validate().unwrap();
+        let id = submit(shard, Command::Create { trade, logical_shard: 1 }).await.id;
+        submit(shard, Command::Move { id, to: Move::Pay }).await;
+        ids.push(id);
+    }
+    shard.checkpoint().await.unwrap();
+    ids
+}
+
+fn newest_checkpoint(disk: &SimDisk) -> String {
+    let mut names: Vec<String> = disk.list_names().into_iter().filter(|n| n.starts_with("checkpoint-")).collect();
+    names.sort();
+    names.pop().expect("a checkpoint")
+}
+
+#[test]
+fn a_table_newer_than_the_checkpoint_applies_each_change_once() {
+    run(async {
+        let disk = SimDisk::new();
+        let shard = open(&disk).await.unwrap();
+        let ids = paid_trades(&shard, 100).await;
+        let (old, new) = (ids[3], ids[97]);
+        // Two refunds on a trade that left memory and one on a trade still in memory; the
+        // checkpoint writes them to the table, then its file is lost.
+        for (id, number, amount) in [(old, "A", 100), (old, "B", 250), (new, "C", 70)] {
+            submit(&shard, Command::Refund { id, amount, refund_no: number.into() }).await;
+        }
+        shard.checkpoint().await.unwrap();
+        submit(&shard, Command::Move { id: ids[5], to: Move::Settle }).await;
+        drop(shard);
+        disk.remove(&newest_checkpoint(&disk)).await.unwrap();
+        disk.sync_dir().await.unwrap();
+
+        let shard = open(&disk).await.unwrap();
+        assert!(shard.stats().opened.replayed_records >= 4, "the open replayed the refunds");
+        for (id, status, refunded) in
+            [(old, TradeStatus::Refunded, 350), (new, TradeStatus::Refunded, 70), (ids[5], TradeStatus::Settled, 0)]
+        {
+            let trade = call(|done| shard.get(id, done)).await.unwrap();
+            assert_eq!((trade.status, trade.refunded_amount), (status, refunded), "{id}");
+        }
+        // Each repeated refund answers its own receipt: the refunded total it left.
+        for (id, number, amount, after) in [(old, "A", 100, 100), (old, "B", 250, 350), (new, "C", 70, 70)] {
+            let again = submit(&shard, Command::Refund { id, amount, refund_no: number.into() }).await;
+            assert_eq!((again.replayed, again.refunded_amount), (true, after), "refund {number}");
+        }
+        // And the trade still takes new changes, counted from the right total.
+        let more = submit(&shard, Command::Refund { id: old, amount: 650, refund_no: "D".into() }).await;
+        assert_eq!(more.refunded_amount, 1_000);
+        let over = call(|done| shard.submit(Command::Refund { id: old, amount: 1, refund_no: "E".into() }, done)).await;
+        assert!(over.is_err(), "nothing is left to refund");
+    });
+}
+
+#[test]
+fn a_missing_table_under_a_checkpoint_is_refused() {
+    run(async {
+        let disk = SimDisk::new();
+        let shard = open(&disk).await.unwrap();
+        paid_trades(&shard, 40).await;
+        drop(shard);
+        disk.remove("trades.table").await.unwrap();
+        disk.sync_dir().await.unwrap();
+        match open(&disk).await {
+            Err(TradeError::Log(tradeshard_wal::Error::Corruption { path, .. })) => {
+                assert!(path.ends_with("trades.table"), "{path:?}")
+            }
+            Err(other) => panic!("wrong error: {other:?}"),
+            Ok(_) => panic!("opened without the table a checkpoint points into"),
+        }
+    });
+}
+
+#[test]
+fn a_flipped_bit_in_a_loaded_record_fails_the_open_with_its_offset() {
+    run(async {
+        let disk = SimDisk::new();
+        let shard = open(&disk).await.unwrap();
+        let ids = paid_trades(&shard, 40).await;
+        drop(shard);
+        // The newest trade is loaded at open; its record is the counter's place in the table.
+        let counter = ids.last().unwrap().counter();
+        let offset = counter / 48 * 4096 + (counter % 48 / 6) * 512 + counter % 6 * 80;
+        disk.flip_bit("trades.table", offset + 20, 2);
+        match open(&disk).await {
+            Err(TradeError::Log(tradeshard_wal::Error::Corruption { path, offset: at, .. })) => {
+                assert!(path.ends_with("trades.table"), "{path:?}");
+                assert_eq!(at, offset);
+            }
+            Err(other) => panic!("wrong error: {other:?}"),
+            Ok(_) => panic!("opened over a damaged record"),
+        }
+    });
+}
