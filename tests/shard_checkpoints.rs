@@ -204,6 +204,9 @@ async fn check(shard: &SharedShard, model: &RefCell<Model>) -> Result<usize, Str
 async fn run_seed(seed: u64, seen: Rc<RefCell<Seen>>) -> Result<usize, String> {
     let mut rng = SplitMix64::new(seed);
     let disk = sim_disk_for_seed(seed);
+    // Reads in flight together complete in a seeded order: writes and reads of trades on disk
+    // race with checkpoints and with each other.
+    disk.slow_reads(seed);
     let model = Rc::new(RefCell::new(Model::default()));
     let mut order = 0u64;
     let mut checked = 0;

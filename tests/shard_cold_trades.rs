@@ -1,8 +1,10 @@
 //! The table of trades on disk against the checkpoints that vouch for it, on the simulated
 //! disk: a table written by a checkpoint whose file never became durable holds records newer
 //! than the checkpoint an open starts from, and the open must apply each change of the log
-//! exactly once (no refund counted twice, every refund's receipt as it was); a table missing
-//! under a checkpoint that needs it is refused; a bit flipped in a record is found.
+//! exactly once (no refund counted twice, every refund's receipt as it was); writes sent
+//! together to a trade on disk are checked in the order they came; a table missing under a
+//! checkpoint that needs it, a missing record, a bit flipped in a record: each refused with the
+//! table's path and the record's offset.
 
 use tradeshard_shard::{Command, Move, Shard, TradeError, TradeId, TradeStatus, Upkeep};
 use tradeshard_tests::{call, new_trade, rolling_shard_config, run, upkeep_on_request};
@@ -115,6 +117,76 @@ fn a_flipped_bit_in_a_loaded_record_fails_the_open_with_its_offset() {
             }
             Err(other) => panic!("wrong error: {other:?}"),
             Ok(_) => panic!("opened over a damaged record"),
+        }
+    });
+}
+
+#[test]
+fn writes_sent_together_to_a_trade_on_disk_are_checked_in_order() {
+    for seed in 0..20 {
+        run(writes_in_order(seed));
+    }
+}
+
+/// One case of the test above: reads complete after a seeded number of yields, so the reads
+/// of a trade's record for several writes would complete in any order.
+async fn writes_in_order(seed: u64) {
+    {
+        let disk = SimDisk::new();
+        disk.slow_reads(seed);
+        let shard = open(&disk).await.unwrap();
+        let mut ids = Vec::new();
+        for order in 0..100 {
+            let trade = new_trade(1, order, 1_000).validate().unwrap();
+            ids.push(submit(&shard, Command::Create { trade, logical_shard: 1 }).await.id);
+        }
+        shard.checkpoint().await.unwrap();
+        let id = ids[3];
+        assert!(shard.stats().trades_in_memory < 100, "the oldest trades left memory");
+        // Pay, refund, refund again under another number, settle: each valid only after the one
+        // before it, all sent before any is answered.
+        let commands = [
+            Command::Move { id, to: Move::Pay },
+            Command::Refund { id, amount: 100, refund_no: "A".into() },
+            Command::Refund { id, amount: 200, refund_no: "B".into() },
+            Command::Move { id, to: Move::Close },
+        ];
+        let answers: Vec<_> = commands
+            .into_iter()
+            .map(|command| {
+                let (reply, answer) = tradeshard_shard::reply::channel();
+                shard.submit(command, reply);
+                answer
+            })
+            .collect();
+        let mut results = Vec::new();
+        for answer in answers {
+            results.push(answer.await.unwrap());
+        }
+        let states: Vec<_> =
+            results[..3].iter().map(|r| r.as_ref().map(|r| (r.status, r.refunded_amount)).unwrap()).collect();
+        assert_eq!(states, [(TradeStatus::Paid, 0), (TradeStatus::Refunded, 100), (TradeStatus::Refunded, 300)]);
+        assert!(results[3].is_err(), "a close after the refunds is refused: {:?}", results[3]);
+    }
+}
+
+#[test]
+fn a_missing_record_of_a_trade_on_disk_is_damage_not_a_missing_trade() {
+    run(async {
+        let disk = SimDisk::new();
+        let shard = open(&disk).await.unwrap();
+        let ids = paid_trades(&shard, 100).await;
+        drop(shard);
+        let counter = ids[3].counter();
+        let offset = counter / 48 * 4096 + (counter % 48 / 6) * 512 + counter % 6 * 80;
+        disk.overwrite("trades.table", offset, &[0u8; 80]);
+        let shard = open(&disk).await.unwrap();
+        match call(|done| shard.get(ids[3], done)).await {
+            Err(TradeError::Log(tradeshard_wal::Error::Corruption { path, offset: at, .. })) => {
+                assert!(path.ends_with("trades.table"), "{path:?}");
+                assert_eq!(at, offset);
+            }
+            other => panic!("a zeroed record must be reported, not read as no trade: {other:?}"),
         }
     });
 }

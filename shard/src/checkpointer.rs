@@ -5,7 +5,7 @@
 //! shard's requests:
 //!
 //! 1. the indexes are cloned; the clone shares their chunks and parts, and a write during the
-//!    checkpoint copies the one chunk or part it touches (`trade_table.rs`, `partitioned.rs`);
+//!    checkpoint copies the one chunk or part it touches (`trade_table/`, `partitioned.rs`);
 //! 2. once the log is synced up to `P` (at once under `Durability::Sync`), the `Created`
 //!    records written since the last checkpoint are read back from the log and appended to
 //!    the store of created parts (`parts.rs`), which is synced;
@@ -15,7 +15,7 @@
 //!    yielding between them, synced, renamed to its name, and the directory synced: from here
 //!    on an open starts from it;
 //! 5. the live indexes point the copied trades at the store; trades past the memory budget
-//!    leave memory (`trade_table.rs`); checkpoints older than the one before are removed;
+//!    leave memory (`trade_table/`); checkpoints older than the one before are removed;
 //!    retention removes the segments it allows (`retention.rs`).
 //!
 //! A crash anywhere leaves the previous checkpoint in force and the log it needs; a failed
@@ -110,15 +110,10 @@ async fn write_checkpoint<D: Disk>(inner: &Inner<D>) -> Result<Option<u64>, Trad
         (index.clone(), dirty)
     };
     let position = snapshot.applied_end();
-    let written = match write_durable(inner, &snapshot, &dirty, since, now).await {
-        Ok(written) => written,
-        Err(error) => {
-            // The next checkpoint writes these trades again.
-            inner.index.borrow_mut().trade_table_mut().restore_dirty(dirty);
-            return Err(error);
-        }
-    };
-    let (bytes, stored, table_bytes) = written;
+    let mut taken = TakenDirty { inner, dirty: Some(dirty) };
+    let (bytes, stored, table_bytes) =
+        write_durable(inner, &snapshot, taken.dirty.as_ref().expect("taken"), since, now).await?;
+    taken.dirty = None;
     drop(snapshot);
     // In batches, so that a checkpoint of many new trades does not hold up requests.
     let stored: Vec<(TradeId, StoredPart)> = stored.into_iter().collect();
@@ -149,6 +144,21 @@ async fn write_checkpoint<D: Disk>(inner: &Inner<D>) -> Result<Option<u64>, Trad
         s.trades_evicted += evicted as u64;
     });
     Ok(Some(position))
+}
+
+/// The trades a checkpoint took to write to the table: put back for the next checkpoint unless
+/// this one completed, whether it failed or was dropped half way.
+struct TakenDirty<'a, D: Disk> {
+    inner: &'a Inner<D>,
+    dirty: Option<Dirty>,
+}
+
+impl<D: Disk> Drop for TakenDirty<'_, D> {
+    fn drop(&mut self) {
+        if let Some(dirty) = self.dirty.take() {
+            self.inner.index.borrow_mut().trade_table_mut().restore_dirty(dirty);
+        }
+    }
 }
 
 /// The durable steps of a checkpoint of `snapshot`: the created parts stored, the changed

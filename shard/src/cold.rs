@@ -3,7 +3,7 @@
 //! trade that is not in memory reads its record, with one device read.
 //!
 //! The in-memory side (which chunks are resident, which trades are thawed or dirty) is the
-//! trade table's (`trade_table.rs`); this module moves records between it and the file.
+//! trade table's (`trade_table/`); this module moves records between it and the file.
 
 use std::collections::HashMap;
 
@@ -26,9 +26,12 @@ pub type SettledTotals = Vec<((u64, Currency), u64)>;
 /// Pages of the table in one write or one read.
 const PAGES_PER_RUN: u64 = 256;
 
+/// Reads in flight at once when many records or pages are read apart.
+const READS_IN_FLIGHT: usize = 32;
+
 /// Writes the trades of `dirty`, as `snapshot` holds them, to the table with version
-/// `position`, and syncs it. A page holding a trade only the table knows is read first;
-/// `stored`: where the created parts copied by this checkpoint went.
+/// `position`, and syncs it. A page holding a trade only the table knows is read first (those
+/// reads go out together); `stored`: where the created parts copied by this checkpoint went.
 pub(crate) async fn write_dirty<D: Disk>(
     table: &TradeFile<D>,
     snapshot: &ShardIndex,
@@ -37,10 +40,19 @@ pub(crate) async fn write_dirty<D: Disk>(
     position: u64,
 ) -> Result<u64, TradeError> {
     let trades = snapshot.trade_table();
-    let counter_max = snapshot.counter_max();
     let page_bytes = trade_file::page_bytes();
+    let counters_of = |page: u64| page * RECORDS_PER_PAGE..(page + 1) * RECORDS_PER_PAGE;
     let mut pages: Vec<u64> = dirty.counters().map(|counter| counter / RECORDS_PER_PAGE).collect();
     pages.dedup();
+    let to_read: Vec<u64> =
+        pages.iter().copied().filter(|&page| counters_of(page).any(|c| trades.at_counter(c).is_err())).collect();
+    let mut on_disk: IdMap<u64, Vec<u8>> = IdMap::default();
+    for window in to_read.chunks(READS_IN_FLIGHT) {
+        let reads = join_all(window.iter().map(|&page| table.read_pages(page, 1))).await;
+        for (page, read) in window.iter().zip(reads) {
+            on_disk.insert(*page, read?);
+        }
+    }
     let mut written = 0u64;
     let mut run_start = 0;
     while run_start < pages.len() {
@@ -56,12 +68,11 @@ pub(crate) async fn write_dirty<D: Disk>(
         let count = pages[run_end - 1] - first + 1;
         let mut bytes = vec![0u8; count as usize * page_bytes];
         for (n, page) in bytes.chunks_mut(page_bytes).enumerate() {
-            let counters = (first + n as u64) * RECORDS_PER_PAGE..(first + n as u64 + 1) * RECORDS_PER_PAGE;
-            let only_on_disk = counters.clone().any(|c| c >= 1 && c <= counter_max && trades.at_counter(c).is_err());
-            if only_on_disk {
-                page.copy_from_slice(&table.read_pages(first + n as u64, 1).await?);
+            let page_no = first + n as u64;
+            if let Some(held) = on_disk.get(&page_no) {
+                page.copy_from_slice(held);
             }
-            for counter in counters {
+            for counter in counters_of(page_no) {
                 let (_, at) = trade_file::place(counter);
                 let record = &mut page[at..at + RECORD_BYTES];
                 match trades.at_counter(counter) {
@@ -101,17 +112,16 @@ pub(crate) async fn load_newest<D: Disk>(
     chunks: usize,
     parts_len: u64,
 ) -> Result<(), TradeError> {
-    let (counter_max, replay_from) = (index.counter_max(), index.applied_end());
+    let (dense_max, replay_from) = (index.trade_table().dense_max(), index.applied_end());
     let ranges: Vec<_> = index.trade_table().cold_ranges().collect();
     let slots = index.trade_table().chunk_slots();
     for range in ranges.into_iter().rev().take(chunks) {
-        let first_counter = range.start.max(1);
-        let end_counter = range.end.min(counter_max + 1);
+        let counters = range.start.max(1)..range.end.min(dense_max + 1);
         let chunk = (range.start / slots) as usize;
-        let mut loaded = Vec::with_capacity((end_counter - first_counter) as usize);
+        let mut loaded = Vec::with_capacity(counters.clone().count());
         scan(
             table,
-            first_counter..end_counter,
+            counters,
             |_| false,
             |c, record| {
                 check_part(table, c, &record, parts_len)?;
@@ -142,70 +152,137 @@ fn check_part<D: Disk>(
     }
 }
 
-/// The trade `id` from the table, if it has a record there under that id.
-pub(crate) async fn read<D: Disk>(table: &TradeFile<D>, id: TradeId) -> Result<Option<TableRecord>, TradeError> {
-    Ok(table.read(id.counter()).await?.filter(|record| record.id == id))
+/// The record of trade `id` from the table: `None` if the table has no such trade (its counter
+/// is past `dense_max`, or is another logical shard's). Every counter up to `dense_max` is a
+/// trade, so a missing record there is damage; a record must point inside the `parts_len`
+/// bytes of the store.
+pub(crate) async fn read<D: Disk>(
+    table: &TradeFile<D>,
+    id: TradeId,
+    dense_max: u64,
+    parts_len: u64,
+) -> Result<Option<TableRecord>, TradeError> {
+    if id.counter() > dense_max {
+        return Ok(None);
+    }
+    match table.read(id.counter()).await? {
+        None => Err(table.corrupt(trade_file::file_offset(id.counter()), "no record for a trade the table holds")),
+        Some(record) => {
+            check_part(table, id.counter(), &record, parts_len)?;
+            Ok(Some(record).filter(|record| record.id == id))
+        }
+    }
 }
 
 /// The trade's durable entry: from memory, or from the table when it is cold. `None`: no such
 /// trade.
 pub(crate) async fn entry<D: Disk>(inner: &Inner<D>, id: TradeId) -> Result<Option<TradeEntry>, TradeError> {
-    let cold = {
+    loop {
+        let (cold, evictions) = {
+            let index = inner.index.borrow();
+            if let Some(entry) = index.get(id) {
+                return Ok(Some(*entry));
+            }
+            (index.trade_table().is_cold(id), index.trade_table().evictions())
+        };
+        if !cold {
+            return Ok(None);
+        }
+        let record = read_cold(inner, id).await?;
         let index = inner.index.borrow();
+        // Brought back (and maybe changed) meanwhile: memory wins. Let go and written again
+        // meanwhile: the read may have seen the disk before the write; read again.
         if let Some(entry) = index.get(id) {
             return Ok(Some(*entry));
         }
-        index.trade_table().is_cold(id)
-    };
-    if !cold {
-        return Ok(None);
+        if index.trade_table().evictions() == evictions {
+            return Ok(record.map(|record| record.entry));
+        }
     }
-    let record = read(&inner.checkpoints.table, id).await?;
-    // The trade may have been brought back and changed meanwhile: memory wins.
-    Ok(inner.index.borrow().get(id).copied().or(record.map(|record| record.entry)))
 }
 
 /// Brings the trade back into memory (to be changed), unless it is there already or is no
 /// trade. Returns whether it is in memory now.
 pub(crate) async fn thaw<D: Disk>(inner: &Inner<D>, id: TradeId) -> Result<bool, TradeError> {
-    if inner.index.borrow().get(id).is_some() {
-        return Ok(true);
+    loop {
+        let evictions = {
+            let index = inner.index.borrow();
+            if index.get(id).is_some() {
+                return Ok(true);
+            }
+            index.trade_table().evictions()
+        };
+        let record = read_cold(inner, id).await?;
+        let mut index = inner.index.borrow_mut();
+        if index.trade_table().evictions() != evictions {
+            continue; // see `entry`
+        }
+        let Some(record) = record else { return Ok(index.get(id).is_some()) };
+        index.trade_table_mut().thaw(id, record.entry);
+        return Ok(index.get(id).is_some());
     }
-    let Some(record) = read(&inner.checkpoints.table, id).await? else { return Ok(false) };
-    let mut index = inner.index.borrow_mut();
-    index.trade_table_mut().thaw(id, record.entry);
-    Ok(index.get(id).is_some())
 }
 
-/// The amounts of the durable settled trades, summed per (merchant, currency), as of now: the
-/// trades in memory, and those of the cold chunks from the table.
+async fn read_cold<D: Disk>(inner: &Inner<D>, id: TradeId) -> Result<Option<TableRecord>, TradeError> {
+    let dense_max = inner.index.borrow().trade_table().dense_max();
+    read(&inner.checkpoints.table, id, dense_max, inner.checkpoints.parts.len()).await
+}
+
+/// Reads the records of `ids` from the table (a window of reads at a time), for an open.
+pub(crate) async fn read_many<D: Disk>(
+    table: &TradeFile<D>,
+    ids: &[TradeId],
+    dense_max: u64,
+    parts_len: u64,
+) -> Result<Vec<Option<TableRecord>>, TradeError> {
+    let mut records = Vec::with_capacity(ids.len());
+    for window in ids.chunks(READS_IN_FLIGHT) {
+        for read in join_all(window.iter().map(|&id| read(table, id, dense_max, parts_len))).await {
+            records.push(read?);
+        }
+    }
+    Ok(records)
+}
+
+/// The amounts of the durable settled trades, summed per (merchant, currency): the trades in
+/// memory as the call finds them, and those of the cold chunks as the table holds them while
+/// it is read (a trade changed meanwhile may be counted in its state before or after).
 pub(crate) async fn settled_totals<D: Disk>(inner: &Inner<D>) -> Result<SettledTotals, TradeError> {
-    // A snapshot shares the index's chunks: the scan sees one moment, whatever writes do.
-    let snapshot = inner.index.borrow().clone();
-    let trades = snapshot.trade_table();
     let mut totals: HashMap<(u64, Currency), u64> = HashMap::new();
     let mut add = |entry: &TradeEntry| {
         if entry.lifecycle.status == TradeStatus::Settled {
             *totals.entry((entry.merchant_id, entry.currency)).or_default() += entry.lifecycle.amount;
         }
     };
-    trades.iter().for_each(|(_, entry)| add(entry));
-    let counter_max = snapshot.counter_max();
-    for range in trades.cold_ranges() {
-        let counters = range.start.max(1)..range.end.min(counter_max + 1);
-        // A thawed trade is counted from memory.
-        let thawed = |c| trades.at_counter(c).is_ok();
-        scan(&inner.checkpoints.table, counters, thawed, |_, record| {
-            add(&record.entry);
-            Ok(())
-        })
+    // The memory side first, without holding a snapshot across the reads below (a snapshot
+    // would make every write during the scan copy its chunk).
+    let (cold, in_memory, dense_max) = {
+        let index = inner.index.borrow();
+        let trades = index.trade_table();
+        trades.iter().for_each(|(_, entry)| add(entry));
+        let cold: Vec<_> = trades.cold_ranges().collect();
+        let in_memory: std::collections::HashSet<u64> =
+            cold.iter().flat_map(|range| range.clone().filter(|&c| trades.at_counter(c).is_ok())).collect();
+        (cold, in_memory, trades.dense_max())
+    };
+    for range in cold {
+        let counters = range.start.max(1)..range.end.min(dense_max + 1);
+        scan(
+            &inner.checkpoints.table,
+            counters,
+            |c| in_memory.contains(&c),
+            |_, record| {
+                add(&record.entry);
+                Ok(())
+            },
+        )
         .await?;
     }
     Ok(totals.into_iter().collect())
 }
 
 /// Reads the records of `counters` from the table, a run of pages at a time, and calls `each`
-/// with every record found, but for the counters `skip` names.
+/// with every record, but for the counters `skip` names. Every counter must have its record.
 async fn scan<D: Disk>(
     table: &TradeFile<D>,
     counters: std::ops::Range<u64>,
@@ -220,14 +297,42 @@ async fn scan<D: Disk>(
         let run_end = ((last_page + 1) * RECORDS_PER_PAGE).min(counters.end);
         for c in (counter..run_end).filter(|&c| !skip(c)) {
             let page = &bytes[((c / RECORDS_PER_PAGE - first_page) as usize) * trade_file::page_bytes()..];
-            let found = trade_file::record_in_page(c, page)
-                .map_err(|reason| table.corrupt(trade_file::file_offset(c), reason))?;
-            if let Some(record) = found {
-                each(c, record)?;
+            let offset = trade_file::file_offset(c);
+            match trade_file::record_in_page(c, page).map_err(|reason| table.corrupt(offset, reason))? {
+                Some(record) => each(c, record)?,
+                None => return Err(table.corrupt(offset, "no record for a trade the table holds")),
             }
         }
         counter = run_end;
         glommio::yield_if_needed().await;
     }
     Ok(())
+}
+
+/// Polls every future of `futures` to its end, concurrently, and returns their outputs in
+/// order.
+async fn join_all<F: std::future::Future>(futures: impl IntoIterator<Item = F>) -> Vec<F::Output> {
+    let mut pending: Vec<_> = futures.into_iter().map(|f| Some(Box::pin(f))).collect();
+    let mut outputs: Vec<Option<F::Output>> = pending.iter().map(|_| None).collect();
+    std::future::poll_fn(|cx| {
+        let mut done = true;
+        for (slot, output) in pending.iter_mut().zip(outputs.iter_mut()) {
+            if let Some(future) = slot {
+                match future.as_mut().poll(cx) {
+                    std::task::Poll::Ready(value) => {
+                        *output = Some(value);
+                        *slot = None;
+                    }
+                    std::task::Poll::Pending => done = false,
+                }
+            }
+        }
+        if done {
+            std::task::Poll::Ready(())
+        } else {
+            std::task::Poll::Pending
+        }
+    })
+    .await;
+    outputs.into_iter().map(|output| output.expect("every future ended")).collect()
 }

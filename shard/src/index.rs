@@ -5,8 +5,9 @@
 //! What a record does to a trade is decided by the lifecycle rules (`lifecycle.rs`), shared
 //! with the checks made before a write, so the log and the index never disagree on it.
 //!
-//! Memory per trade: an 88-byte slot (the entry and its id) in the trade table while the trade
-//! is in memory (`trade_table.rs`: trades leave memory for the table on disk), 32 bytes in the
+//! Memory per trade: an 88-byte slot (the entry, which knows its id's logical shard; the slot is
+//! the counter) in the trade table while the trade
+//! is in memory (`trade_table/`: trades leave memory for the table on disk), 32 bytes in the
 //! order map and 8 bytes in the user's list, plus the order and user maps' hash-table slack
 //! (see `ARCHITECTURE.md`).
 
@@ -26,10 +27,10 @@ use crate::trade::{Receipt, TradeId, TradeStatus, COUNTER_BITS};
 use crate::trade_table::{Dirty, TradeTable};
 
 /// The durable indexes of one shard. Cloning shares the large maps with the clone, part by
-/// part (`trade_table.rs`, `partitioned.rs`): a checkpoint's snapshot.
+/// part (`trade_table/`, `partitioned.rs`): a checkpoint's snapshot.
 #[derive(Default, Clone)]
 pub struct ShardIndex {
-    // Laid out by counter (trade_table.rs); the others are partitioned, so that a map of
+    // Laid out by counter (trade_table/); the others are partitioned, so that a map of
     // millions of entries never grows all at once (partitioned.rs).
     trades: TradeTable<TradeEntry>,
     by_order: PartitionedMap<u128, (TradeId, u64)>,
@@ -54,6 +55,8 @@ pub struct ShardIndex {
     /// the record's version and refunded amount; and the refunds such a record holds already,
     /// in log order (`finish_replay`).
     table_newer: IdMap<TradeId, (u64, u64)>,
+    /// The highest counter of the table of trades, as the checkpoint loaded said.
+    restored_table_max: u64,
     refunds_held: Vec<(TradeId, u128)>,
 }
 
@@ -76,6 +79,8 @@ pub(crate) struct Scalars {
     pub applied_end: u64,
     pub events_end: u64,
     pub counter_max: u64,
+    /// The highest counter the table of trades holds (`TradeTable::dense_max`).
+    pub table_counter_max: u64,
 }
 
 impl ShardIndex {
@@ -92,7 +97,12 @@ impl ShardIndex {
     }
 
     pub(crate) fn scalars(&self) -> Scalars {
-        Scalars { applied_end: self.applied_end, events_end: self.events_end, counter_max: self.counter_max }
+        Scalars {
+            applied_end: self.applied_end,
+            events_end: self.events_end,
+            counter_max: self.counter_max,
+            table_counter_max: self.trades.dense_max(),
+        }
     }
 
     /// An index holding `scalars` and nothing else yet.
@@ -101,6 +111,7 @@ impl ShardIndex {
             applied_end: scalars.applied_end,
             events_end: scalars.events_end,
             counter_max: scalars.counter_max,
+            restored_table_max: scalars.table_counter_max,
             ..ShardIndex::default()
         }
     }
@@ -148,7 +159,7 @@ impl ShardIndex {
         self.trades.get(id)
     }
 
-    /// The trades by counter, and which are in memory (`trade_table.rs`).
+    /// The trades by counter, and which are in memory (`trade_table/`).
     pub(crate) fn trade_table(&self) -> &TradeTable<TradeEntry> {
         &self.trades
     }
@@ -164,7 +175,7 @@ impl ShardIndex {
         for (id, entry) in self.trades.scattered() {
             table.insert_scattered(id, *entry);
         }
-        table.lay_out_cold(self.counter_max);
+        table.lay_out_cold(self.restored_table_max);
         self.trades = table;
     }
 

@@ -11,6 +11,7 @@ mod checkpointer;
 mod checkpoints;
 mod claims;
 mod cold;
+mod command;
 mod committer;
 mod config;
 mod created;
@@ -43,6 +44,7 @@ mod write;
 pub use checkpoint::{decode_file as decode_checkpoint, sample_file as sample_checkpoint};
 pub use checkpoints::{CheckpointStats, OpenReport};
 pub use claims::{ClaimRequest, OrderLookup, PendingClaim};
+pub use command::Command;
 pub use config::{DiskShard, ShardConfig};
 pub use currency::Currency;
 pub use error::{InputError, LogError, Refusal, TradeError};
@@ -63,7 +65,9 @@ pub use trade::{
     NewTrade, Receipt, Trade, TradeId, TradeStatus, ValidTrade, AMOUNT_MAX, COUNTER_BITS, LOGICAL_SHARDS_MAX,
     LOGICAL_SHARD_BITS, MEMO_BYTES_MAX, ORDER_NO_BYTES_MAX, REFUND_NO_BYTES_MAX,
 };
+/// The decoder of a record of the table of trades, for fuzzing (`testing` feature).
+#[cfg(any(test, feature = "testing"))]
+pub use trade_file::{decode_for_fuzzing as decode_trade_record, sample_for_fuzzing as sample_trade_record};
 pub use tradeshard_cache::CacheStats;
 pub use tradeshard_wal::{Durability, SegmentInfo, SyncMethod, WalStats};
 pub use validate::{validate_amount, validate_group, validate_order_no, validate_refund_no};
-pub use write::Command;

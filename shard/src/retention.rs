@@ -33,7 +33,7 @@ pub struct Upkeep {
     /// longer hold the log (Kafka's `offsets.retention.minutes`).
     pub group_idle_expiry: Option<Duration>,
     /// Memory for the shard's trades (88 bytes each): past it, after each checkpoint, the
-    /// oldest trades leave memory for the table on disk (`trade_table.rs`). The trades changed
+    /// oldest trades leave memory for the table on disk (`trade_table/`). The trades changed
     /// since the last checkpoint stay on top of it.
     pub trade_memory_bytes: u64,
 }

@@ -187,7 +187,8 @@ impl<D: Disk> Shard<D> {
             return Err(error);
         }
         if let Some(table) = &table {
-            deferred.apply(table, &mut index, from).await?;
+            let parts_len = checkpoint.as_ref().map_or(0, |header| header.parts_len);
+            deferred.apply(table, &mut index, from, parts_len).await?;
         } else if !deferred.records.is_empty() {
             return Err(missing_table(&disk));
         }
@@ -339,14 +340,21 @@ impl Deferred {
     }
 
     /// Reads the trades from the table and applies their changes, in log order (the replay
-    /// started at `from`).
-    async fn apply<D: Disk>(self, table: &TradeFile<D>, index: &mut ShardIndex, from: u64) -> Result<(), TradeError> {
+    /// started at `from`; records must point inside the `parts_len` bytes of the store).
+    async fn apply<D: Disk>(
+        self,
+        table: &TradeFile<D>,
+        index: &mut ShardIndex,
+        from: u64,
+        parts_len: u64,
+    ) -> Result<(), TradeError> {
         let mut ids: Vec<TradeId> = self.ids.into_keys().collect();
         ids.sort_unstable();
-        for id in ids {
-            if let Some(record) = cold::read(table, id).await? {
-                index.note_table_record(id, &record.entry, record.version, from);
-                index.trade_table_mut().thaw(id, record.entry);
+        let dense_max = index.trade_table().dense_max();
+        for (id, record) in ids.iter().zip(cold::read_many(table, &ids, dense_max, parts_len).await?) {
+            if let Some(record) = record {
+                index.note_table_record(*id, &record.entry, record.version, from);
+                index.trade_table_mut().thaw(*id, record.entry);
             }
         }
         for (record, at) in self.records {

@@ -16,6 +16,7 @@ use tradeshard_wal::disk::Disk;
 use tradeshard_wal::{Ticket, Wal};
 
 use crate::checkpoints::{Checkpoints, OpenReport};
+use crate::command::Command;
 use crate::created::CreatedPart;
 use crate::currency::Currency;
 use crate::error::TradeError;
@@ -80,6 +81,13 @@ pub(crate) enum EffectKeys {
 pub type AfterDurable = Box<dyn FnOnce(&Receipt)>;
 
 /// A write queued in the log, waiting to become durable.
+/// A write waiting for its trade to come back from the table on disk.
+pub(crate) struct WaitingWrite {
+    pub command: Command,
+    pub reply: ShardReply<Receipt>,
+    pub after: Option<AfterDurable>,
+}
+
 pub(crate) struct Effect {
     pub seq: u64,
     pub ticket: Option<Ticket>,
@@ -106,6 +114,9 @@ pub(crate) struct Accepted {
     pub claim_repeats: BTreeMap<u64, Vec<ShardReply<Option<TradeId>>>>,
     /// Order keys whose claim settlement is in flight, with its outcome.
     pub settling: IdMap<u128, ClaimOutcome>,
+    /// Writes waiting for their trade to come back from the table on disk, by trade, in the
+    /// order they came (`write.rs`).
+    pub thawing: IdMap<TradeId, Vec<WaitingWrite>>,
     pub next_counter: u64,
     pub committer: Option<Waker>,
     pub failed: Option<TradeError>,

@@ -213,6 +213,39 @@ pub(crate) const fn page_bytes() -> usize {
     PAGE_BYTES
 }
 
+/// A record's bytes as read, and as encoded again from what they decoded to.
+#[cfg(any(test, feature = "testing"))]
+pub type ReadAndAgain = (Vec<u8>, Vec<u8>);
+
+/// For fuzzing: the first 8 bytes are a counter, the rest a record at that counter. A record
+/// that decodes is encoded again; the fuzz target checks the bytes come back the same.
+#[cfg(any(test, feature = "testing"))]
+pub fn decode_for_fuzzing(bytes: &[u8]) -> Result<Option<ReadAndAgain>, &'static str> {
+    let counter = u64::from_le_bytes(bytes.get(..8).ok_or("no counter")?.try_into().expect("8 bytes"));
+    let Some(record) = decode(counter, &bytes[8..])? else { return Ok(None) };
+    let mut again = vec![0u8; RECORD_BYTES];
+    encode(record.id, &record.entry, record.version, &mut again)?;
+    Ok(Some((bytes[8..8 + RECORD_BYTES].to_vec(), again)))
+}
+
+/// A record of every field, as [`decode_for_fuzzing`] takes it (the fuzzers' seed).
+#[cfg(any(test, feature = "testing"))]
+pub fn sample_for_fuzzing() -> Vec<u8> {
+    let entry = TradeEntry {
+        logical_shard: 3,
+        user_id: 7,
+        merchant_id: 1007,
+        lifecycle: Lifecycle { status: TradeStatus::Refunded, amount: 5_000, refunded: 1_000 },
+        currency: Currency::parse("CNY").expect("a known code"),
+        updated_ms: 1_700_000_000_300,
+        created_at: CreatedAt::Stored(StoredPart { seq: 10, offset: 8_192, len: 120 }),
+    };
+    let mut bytes = 41u64.to_le_bytes().to_vec();
+    bytes.resize(8 + RECORD_BYTES, 0);
+    encode(TradeId::new(3, 41), &entry, 400, &mut bytes[8..]).expect("a stored part");
+    bytes
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -261,6 +294,31 @@ mod tests {
         }
         let places: std::collections::HashSet<_> = (0..RECORDS_PER_PAGE).map(|c| place(c).1).collect();
         assert_eq!(places.len() as u64, RECORDS_PER_PAGE, "no two records share a place");
+    }
+
+    proptest::proptest! {
+        /// Any bytes (and the sample with bytes changed) decode to a record, no record or a
+        /// defect, never a panic; a record that decodes encodes back to its bytes.
+        #[test]
+        fn any_bytes_decode_without_panic(
+            noise in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..100),
+            edits in proptest::collection::vec((0usize..88, proptest::prelude::any::<u8>()), 0..3),
+        ) {
+            let _ = decode_for_fuzzing(&noise);
+            let mut sample = sample_for_fuzzing();
+            for (at, byte) in edits {
+                sample[at] = byte;
+            }
+            if let Ok(Some((read, again))) = decode_for_fuzzing(&sample) {
+                proptest::prop_assert_eq!(read, again);
+            }
+        }
+    }
+
+    #[test]
+    fn the_fuzzing_sample_decodes_and_encodes_again_the_same() {
+        let (read, again) = decode_for_fuzzing(&sample_for_fuzzing()).unwrap().unwrap();
+        assert_eq!(read, again);
     }
 
     #[test]

@@ -13,12 +13,13 @@ use std::rc::Rc;
 
 use tradeshard_wal::disk::Disk;
 
-use crate::error::{InputError, Refusal, TradeError};
+use crate::command::Command;
+use crate::error::{InputError, LogError, Refusal, TradeError};
 use crate::index::{body_hash, order_key, refund_key, ShardIndex};
 use crate::lifecycle::{next_state, Action, Lifecycle, Move};
 use crate::record::TradeRecord;
 use crate::shard::Shard;
-use crate::state::{Accepted, AfterDurable, Effect, EffectKeys, InFlight, Inner, ShardReply, Waiter};
+use crate::state::{Accepted, AfterDurable, Effect, EffectKeys, InFlight, Inner, ShardReply, Waiter, WaitingWrite};
 use crate::system_record::{LogRecord, OffsetCommit};
 use crate::trade::now_ms;
 use crate::trade::{Receipt, TradeId, TradeStatus, ValidTrade, COUNTER_BITS};
@@ -27,17 +28,6 @@ use crate::trade::{Receipt, TradeId, TradeStatus, ValidTrade, COUNTER_BITS};
 enum Change {
     Move(Move),
     Refund { amount: u64, refund_no: String },
-}
-
-/// A write to one shard.
-#[derive(Debug, Clone)]
-pub enum Command {
-    /// Create a trade for a buyer of `logical_shard` (which this shard owns).
-    Create { trade: ValidTrade, logical_shard: u32 },
-    /// Move an existing trade along its lifecycle.
-    Move { id: TradeId, to: Move },
-    /// Refund part of a paid trade, once per refund request number (checked by the caller).
-    Refund { id: TradeId, amount: u64, refund_no: String },
 }
 
 impl<D: Disk> Shard<D> {
@@ -55,7 +45,8 @@ impl<D: Disk> Shard<D> {
 }
 
 /// Checks and queues a write. A write to a trade that is not in memory first brings it back
-/// from the table on disk (`may_thaw`), then is checked as any other.
+/// from the table on disk (`may_thaw`), then is checked as any other; writes to that trade
+/// arriving meanwhile wait behind it, so that they are checked in the order they came.
 fn submit_to<D: Disk>(
     inner: &Rc<Inner<D>>,
     command: Command,
@@ -67,18 +58,24 @@ fn submit_to<D: Disk>(
     if let Some(failure) = &accepted.failed {
         return reply.send(Err(failure.clone()));
     }
+    if accepted.closing {
+        // Only a write that waited for its trade to come back can arrive this late.
+        return reply.send(Err(TradeError::Log(LogError::Closed)));
+    }
     let index = inner.index.borrow();
-    if let Some(id) = cold_trade(&accepted, &index, &command).filter(|_| may_thaw) {
-        drop((accepted, index));
-        let inner = inner.clone();
-        glommio::spawn_local(async move {
-            match crate::cold::thaw(&inner, id).await {
-                Ok(_) => submit_to(&inner, command, reply, after, false),
-                Err(error) => reply.send(Err(error)),
+    if index.trade_table().has_cold() || !accepted.thawing.is_empty() {
+        if let Some(id) = target(&index, &command) {
+            if let Some(waiting) = accepted.thawing.get_mut(&id) {
+                return waiting.push(WaitingWrite { command, reply, after });
             }
-        })
-        .detach();
-        return;
+            if may_thaw && !accepted.trades.contains_key(&id) && index.trade_table().is_cold(id) {
+                accepted.thawing.insert(id, vec![WaitingWrite { command, reply, after }]);
+                // The task may start at once: not under these borrows.
+                drop((accepted, index));
+                glommio::spawn_local(thaw_then_submit(inner.clone(), id)).detach();
+                return;
+            }
+        }
     }
     match command {
         Command::Create { trade, logical_shard } => {
@@ -91,14 +88,27 @@ fn submit_to<D: Disk>(
     }
 }
 
-/// The trade a write needs that is only in the table on disk, if any: the one it changes, or
-/// the original of a repeated create.
-fn cold_trade(accepted: &Accepted, index: &ShardIndex, command: &Command) -> Option<TradeId> {
-    let id = match command {
-        Command::Create { trade, .. } => index.by_order(order_key(trade.merchant_id, &trade.merchant_order_no))?.0,
-        Command::Move { id, .. } | Command::Refund { id, .. } => *id,
-    };
-    (!accepted.trades.contains_key(&id) && index.trade_table().is_cold(id)).then_some(id)
+/// Brings trade `id` back from the table, then submits the writes that waited for it, in the
+/// order they came.
+async fn thaw_then_submit<D: Disk>(inner: Rc<Inner<D>>, id: TradeId) {
+    let thawed = crate::cold::thaw(&inner, id).await;
+    let waiting = inner.accepted.borrow_mut().thawing.remove(&id).unwrap_or_default();
+    for WaitingWrite { command, reply, after } in waiting {
+        match &thawed {
+            Ok(_) => submit_to(&inner, command, reply, after, false),
+            Err(error) => reply.send(Err(error.clone())),
+        }
+    }
+}
+
+/// The trade a write needs: the one it changes, or the original of a repeated create.
+fn target(index: &ShardIndex, command: &Command) -> Option<TradeId> {
+    match command {
+        Command::Create { trade, .. } => {
+            Some(index.by_order(order_key(trade.merchant_id, &trade.merchant_order_no))?.0)
+        }
+        Command::Move { id, .. } | Command::Refund { id, .. } => Some(*id),
+    }
 }
 
 /// Queues a create, or answers at once (a refusal, or the original of a retried create

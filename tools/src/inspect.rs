@@ -42,6 +42,8 @@ struct ShardReport {
     checkpoint_position: Option<u64>,
     checkpoint_age_ms: Option<u64>,
     trades: u64,
+    /// Of them, loaded in memory by the open (the rest are in the table on disk).
+    trades_in_memory: u64,
     /// Bytes of the store of created parts (every checkpointed trade's order number and memo).
     parts_bytes: u64,
     groups: Vec<GroupReport>,
@@ -85,6 +87,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
             checkpoint_position: checkpoint,
             checkpoint_age_ms: checkpoint.map(|_| now_ms.saturating_sub(shard.checkpoints.taken_ms)),
             trades: shard.trades,
+            trades_in_memory: shard.trades_in_memory,
             parts_bytes: shard.checkpoints.parts_bytes,
             groups: groups
                 .into_iter()
@@ -128,10 +131,11 @@ pub fn run(args: Args) -> anyhow::Result<()> {
             _ => "no checkpoint".into(),
         };
         println!(
-            "shard {}: {} trades; log {}..{} in {} segments ({:.1} MiB); {checkpoint}; created parts {:.1} MiB; \
+            "shard {}: {} trades ({} in memory); log {}..{} in {} segments ({:.1} MiB); {checkpoint}; created parts {:.1} MiB; \
              open {} ms, {} records replayed, {} segments skipped{}",
             s.shard,
             s.trades,
+            s.trades_in_memory,
             s.log_first,
             s.log_end,
             s.segments,

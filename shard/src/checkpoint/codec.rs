@@ -20,7 +20,8 @@ pub(crate) const PAGE_PAYLOAD_MAX: usize = PAGE_PAYLOAD_TARGET + (64 << 10);
 /// "TSCK", little-endian.
 const PAGE_MAGIC: u32 = u32::from_le_bytes(*b"TSCK");
 /// The checkpoint format this build writes and reads.
-pub(crate) const CHECKPOINT_VERSION: u16 = 1;
+/// (2: the header records the table of trades' highest counter; the trades are in the table.)
+pub(crate) const CHECKPOINT_VERSION: u16 = 2;
 /// The name a checkpoint is written under before it is complete.
 pub(crate) const TEMP_NAME: &str = "checkpoint.tmp";
 /// Longest run of a user's trades in one entry.
@@ -67,6 +68,7 @@ impl Header {
         out[24..32].copy_from_slice(&self.scalars.counter_max.to_le_bytes());
         out[32..40].copy_from_slice(&self.parts_len.to_le_bytes());
         out[40..48].copy_from_slice(&self.created_ms.to_le_bytes());
+        out[48..56].copy_from_slice(&self.scalars.table_counter_max.to_le_bytes());
         out
     }
 
@@ -82,9 +84,14 @@ impl Header {
         }
         let mut reader = Reader { bytes, at: 4 };
         let shard_id = reader.u32()?;
-        let scalars = Scalars { applied_end: reader.u64()?, events_end: reader.u64()?, counter_max: reader.u64()? };
-        let header = Header { shard_id, scalars, parts_len: reader.u64()?, created_ms: reader.u64()? };
-        if bytes[48..].iter().any(|&b| b != 0) {
+        let (applied_end, events_end, counter_max) = (reader.u64()?, reader.u64()?, reader.u64()?);
+        let (parts_len, created_ms, table_counter_max) = (reader.u64()?, reader.u64()?, reader.u64()?);
+        if table_counter_max > counter_max {
+            return Err("checkpoint header's table counter above its counter");
+        }
+        let scalars = Scalars { applied_end, events_end, counter_max, table_counter_max };
+        let header = Header { shard_id, scalars, parts_len, created_ms };
+        if bytes[56..].iter().any(|&b| b != 0) {
             return Err("checkpoint header has reserved bytes set");
         }
         Ok(header)

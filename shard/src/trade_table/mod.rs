@@ -25,7 +25,8 @@
 //! logical shard (the engine issues neither; a log crafted by hand could hold them), go to a
 //! hash map instead (*scattered*), always in memory and kept by the checkpoint itself, so that
 //! no id can make the table allocate more than one chunk for one entry and the table stays a
-//! map of whole ids.
+//! map of whole ids. The chunks an open lays out go up to the highest counter in chunks, which
+//! a checkpoint records apart from the highest counter of any id.
 //!
 //! [`evict`]: TradeTable::evict
 
@@ -90,6 +91,13 @@ pub struct TradeTable<V> {
     /// entry of another logical shard.
     scattered: IdMap<TradeId, V>,
     len: usize,
+    /// The highest counter laid out in chunks: every counter from 1 to it is a trade (the
+    /// engine leaves no gaps), so the table on disk must hold a record for each.
+    dense_max: u64,
+    cold_chunks: usize,
+    /// Goes up with every eviction, so that a read of the disk can tell whether memory let a
+    /// trade go while it waited (and read again: the disk may have changed under it).
+    evictions: u64,
 }
 
 impl<V: Entry> Default for TradeTable<V> {
@@ -110,6 +118,9 @@ impl<V: Entry> TradeTable<V> {
             thawed: IdMap::default(),
             scattered: IdMap::default(),
             len: 0,
+            dense_max: 0,
+            cold_chunks: 0,
+            evictions: 0,
         }
     }
 }
@@ -235,6 +246,7 @@ impl<V: Entry + Clone> TradeTable<V> {
         if free {
             self.counts[chunk] += 1;
             self.mark(chunk, slot);
+            self.dense_max = self.dense_max.max(id.counter());
         }
     }
 
@@ -248,6 +260,8 @@ impl<V: Entry + Clone> TradeTable<V> {
     /// Lays out cold chunks for counters `1..=counter_max`, all in the table on disk: the
     /// table as a checkpoint left it, before [`load_chunk`](Self::load_chunk) brings the
     /// newest back. Trades are counted from the counters (the engine leaves no gaps).
+    /// `counter_max` is the dense one a checkpoint recorded ([`dense_max`](Self::dense_max)),
+    /// never a scattered id's, so the chunks laid out are those the trades filled.
     pub fn lay_out_cold(&mut self, counter_max: u64) {
         assert!(self.chunks.is_empty() && self.thawed.is_empty(), "laid out before any dense trade");
         if counter_max == 0 {
@@ -262,6 +276,8 @@ impl<V: Entry + Clone> TradeTable<V> {
             self.dirty.push(None);
             self.len += (end - first) as usize;
         }
+        self.cold_chunks = last + 1;
+        self.dense_max = counter_max;
     }
 
     /// Makes cold chunk `chunk` resident with `entries` (slot, entry), read from the table.
@@ -277,6 +293,7 @@ impl<V: Entry + Clone> TradeTable<V> {
         self.len = self.len - self.counts[chunk] as usize + count as usize;
         self.counts[chunk] = count;
         self.chunks[chunk] = Some(slots.into());
+        self.cold_chunks -= 1;
     }
 
     /// Takes the counters changed since the last call (a checkpoint is about to write them).
@@ -329,6 +346,7 @@ impl<V: Entry + Clone> TradeTable<V> {
                 continue;
             }
             self.chunks[chunk] = None;
+            self.cold_chunks += 1;
             left += self.counts[chunk] as usize;
         }
         let before = self.thawed.len();
@@ -337,7 +355,26 @@ impl<V: Entry + Clone> TradeTable<V> {
             .into_iter()
             .filter(|(counter, _)| self.is_dirty(*counter) || pinned_counters.contains(counter))
             .collect();
-        left + before - self.thawed.len()
+        let left = left + before - self.thawed.len();
+        if left > 0 {
+            self.evictions += 1;
+        }
+        left
+    }
+
+    /// The highest counter laid out in chunks (see the field).
+    pub fn dense_max(&self) -> u64 {
+        self.dense_max
+    }
+
+    /// Whether any chunk is cold.
+    pub fn has_cold(&self) -> bool {
+        self.cold_chunks > 0
+    }
+
+    /// How many evictions let trades go so far.
+    pub fn evictions(&self) -> u64 {
+        self.evictions
     }
 
     /// Trades in the table, in memory or not.

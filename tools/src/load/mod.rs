@@ -51,6 +51,10 @@ pub struct Args {
     /// The oldest segments go while a shard's log without them holds this many bytes.
     #[arg(long, value_parser = parse_bytes)]
     retention_bytes: Option<u64>,
+    /// Memory for each shard's trades (e.g. 64MiB; default 512MiB): past it, the oldest trades
+    /// leave memory for the shard's table on disk at each checkpoint.
+    #[arg(long, value_parser = parse_bytes)]
+    trade_memory: Option<u64>,
     /// ingest: creates only; mixed: create, pay, settle, get and list; read: gets by trade id
     /// after an untimed ingest of --read-trades trades.
     #[arg(long, default_value = "mixed", value_parser = ["mixed", "ingest", "read"])]
@@ -144,6 +148,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         checkpoint_interval: args.checkpoint_every.unwrap_or(defaults.checkpoint_interval),
         retention_time: args.retention.or(defaults.retention_time),
         retention_bytes: args.retention_bytes.or(defaults.retention_bytes),
+        trade_memory_bytes: args.trade_memory.unwrap_or(defaults.trade_memory_bytes),
         ..defaults
     };
     let mut options = Options {
@@ -360,6 +365,7 @@ async fn drive(
         mismatches,
         errors: client.errors.get(),
         engine_trades: after.trades,
+        trades_in_memory: after.shards.iter().map(|shard| shard.trades_in_memory).sum(),
         resident_bytes: resident,
         events_per_sec: None,
         end_to_end_p99_us: None,
@@ -395,7 +401,9 @@ async fn interval_report(
         interval.reset();
         measured
     };
-    let engine_trades = handle.stats().await?.trades;
+    let stats = handle.stats().await?;
+    let engine_trades = stats.trades;
+    let trades_in_memory = stats.shards.iter().map(|shard| shard.trades_in_memory).sum();
     let resident_bytes = resident_bytes();
     Ok(IntervalReport {
         at_sec: client.start.elapsed().as_secs_f64(),
@@ -403,6 +411,7 @@ async fn interval_report(
         p99_us,
         resident_bytes,
         engine_trades,
+        trades_in_memory,
         resident_bytes_per_trade: resident_bytes as f64 / engine_trades.max(1) as f64,
         disk_bytes: crate::data_dir::disk_bytes(dir),
     })

@@ -17,6 +17,8 @@ pub(super) struct IntervalReport {
     pub(super) p99_us: u64,
     pub(super) resident_bytes: u64,
     pub(super) engine_trades: u64,
+    /// Of them, in memory (the rest are in the shards' tables on disk).
+    pub(super) trades_in_memory: u64,
     /// Resident bytes over trades held: flat when memory grows only with the data.
     pub(super) resident_bytes_per_trade: f64,
     /// Bytes the data directory takes on disk.
@@ -47,8 +49,9 @@ pub(super) struct Report {
     pub(super) verified: u64,
     pub(super) mismatches: u64,
     pub(super) errors: u64,
-    /// Trades in the engine at the end of the timed phase.
+    /// Trades in the engine at the end of the timed phase, and of them those in memory.
     pub(super) engine_trades: u64,
+    pub(super) trades_in_memory: u64,
     /// Resident memory of the process (engine and client) at the end of the timed phase.
     pub(super) resident_bytes: u64,
     /// With `--settle`: events the settlement consumer consumed per second.
@@ -161,8 +164,9 @@ pub(super) fn print_table(report: &Report) {
         }
     }
     println!(
-        "{} trades in the engine, {:.1} MiB resident, {:.1} MiB on disk; verified {} acknowledged trades: {} mismatches",
+        "{} trades in the engine ({} in memory), {:.1} MiB resident, {:.1} MiB on disk; verified {} acknowledged trades: {} mismatches",
         report.engine_trades,
+        report.trades_in_memory,
         report.resident_bytes as f64 / (1 << 20) as f64,
         report.disk_bytes as f64 / (1 << 20) as f64,
         report.verified,
@@ -205,6 +209,7 @@ mod tests {
             p99_us: 0,
             resident_bytes: resident,
             engine_trades: trades,
+            trades_in_memory: trades,
             resident_bytes_per_trade: 0.0,
             disk_bytes: 0,
         }

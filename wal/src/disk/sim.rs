@@ -114,6 +114,8 @@ struct SimState {
     crash_at_op: Option<u64>,
     down: bool,
     sync_method: Option<SyncMethod>,
+    /// With `slow_reads`: how many times each read yields before it completes.
+    read_latency: Option<SplitMix64>,
 }
 
 /// An in-memory disk with the fault model above. Clones share one disk.
@@ -257,6 +259,17 @@ impl SimDisk {
     }
 
     /// Counts one operation and decides whether it fails.
+    /// Makes every later read yield to other tasks 0 to 3 times (chosen by `seed`) before it
+    /// completes, so that reads in flight together complete in an order of the seed's, as a
+    /// device's do.
+    pub fn slow_reads(&self, seed: u64) {
+        self.state.borrow_mut().read_latency = Some(SplitMix64::new(seed));
+    }
+
+    fn read_yields(&self) -> u64 {
+        self.state.borrow_mut().read_latency.as_mut().map_or(0, |rng| rng.below(4))
+    }
+
     fn begin(&self, generation: Option<u64>) -> io::Result<()> {
         let mut state = self.state.borrow_mut();
         if generation.is_some_and(|g| g != state.generation) {
@@ -392,6 +405,9 @@ impl DiskFile for SimFile {
 
     async fn read_at(&self, offset: u64, len: usize) -> io::Result<Vec<u8>> {
         self.disk.begin(Some(self.generation))?;
+        for _ in 0..self.disk.read_yields() {
+            futures_lite::future::yield_now().await;
+        }
         let inode = self.inode.borrow();
         let start = (offset as usize).min(inode.live.len());
         let end = (start + len).min(inode.live.len());
