@@ -1,6 +1,6 @@
 //! Checkpoints and retention through the engine's API: an open after a clean close replays
 //! nothing; segments go once every live group consumed them (and only then), idle groups
-//! expire and stop holding the log, a consumer asking for a removed offset gets the typed
+//! expire and stop holding the log (also in a shard that takes no more writes), a consumer asking for a removed offset gets the typed
 //! refusal naming the first offset kept, and every trade stays readable and changeable after
 //! the log that held it is gone.
 
@@ -103,5 +103,45 @@ fn segments_go_once_every_live_group_consumed_them_and_trades_live_on() {
     assert_eq!(by_order.id, ids[0]);
     let listed = handle.list_user_trades_blocking(1, 1000, None).unwrap();
     assert_eq!(listed.len(), ids.len() / 13 + 1, "user 1's trades, all of them");
+    engine.close().unwrap();
+}
+
+/// A shard that takes no more writes still lets an idle group expire and old segments go: its
+/// background upkeep looks once a checkpoint interval, with no write and no call to wake it.
+#[test]
+fn an_idle_shard_still_expires_groups_and_removes_old_segments() {
+    let dir = tempfile::tempdir().unwrap();
+    let upkeep = Upkeep {
+        checkpoint_interval: Duration::from_millis(100),
+        group_idle_expiry: Some(Duration::from_millis(300)),
+        retention_time: Some(Duration::from_millis(500)),
+        ..upkeep_on_request(true, None)
+    };
+    let engine = Engine::open(Options { segment_bytes: 1 << 20, upkeep, ..engine_options(dir.path(), 1, 1) }).unwrap();
+    let handle = engine.handle();
+    create(&handle, 0, 600);
+    let mut stale = handle.consumer(ConsumerConfig::new("stale")).unwrap();
+    stale.commit_offsets_blocking(&[(0, 0)]).unwrap();
+    drop(stale);
+    create(&handle, 600, 600);
+    // Two checkpoints while writing: retention may go down to the older one.
+    handle.checkpoint_blocking().unwrap();
+    create(&handle, 1200, 10);
+    handle.checkpoint_blocking().unwrap();
+    let before = handle.stats_blocking().unwrap().shards[0];
+    assert!(before.segments >= 3, "the log filled several segments: {before:?}");
+
+    // Then nothing: no write, no call, only time.
+    let mut after = before;
+    for _ in 0..100 {
+        std::thread::sleep(Duration::from_millis(50));
+        after = handle.stats_blocking().unwrap().shards[0];
+        if after.checkpoints.groups_expired > 0 && after.wal.segments_removed > before.wal.segments_removed {
+            break;
+        }
+    }
+    assert!(after.checkpoints.groups_expired >= 1, "the idle group expired: {after:?}");
+    assert!(after.wal.segments_removed > before.wal.segments_removed, "old segments went: {after:?}");
+    assert_eq!(after.log_end, before.log_end, "nothing was written meanwhile");
     engine.close().unwrap();
 }

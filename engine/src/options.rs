@@ -49,7 +49,8 @@ pub struct Options {
     /// the cache off (every `get` reads the log).
     pub cache_bytes: usize,
     /// Checkpoints (how often each shard makes its state durable, so that an open replays
-    /// only the log after it) and retention (which log segments go).
+    /// only the log after it), retention (which log segments go) and the memory for each
+    /// shard's trades (past it, trades leave memory for the shard's table on disk).
     pub upkeep: Upkeep,
 }
 

@@ -64,8 +64,28 @@ fn due<D: Disk>(inner: &Inner<D>) -> bool {
     let upkeep = &checkpoints.upkeep;
     let grown = inner.wal.stats().disk_bytes - checkpoints.log_bytes_at_last.get();
     let behind = inner.index.borrow().applied_end() > checkpoints.latest.get().unwrap_or(0);
-    behind
-        && (grown >= upkeep.checkpoint_log_bytes || checkpoints.last_at.get().elapsed() >= upkeep.checkpoint_interval)
+    let interval_passed = checkpoints.last_at.get().elapsed() >= upkeep.checkpoint_interval;
+    if behind {
+        return grown >= upkeep.checkpoint_log_bytes || interval_passed;
+    }
+    // A shard that takes no writes still lets idle groups expire and old segments go, once
+    // an interval.
+    interval_passed && (groups_to_expire(inner, now_ms()) || retention_would_remove(inner))
+}
+
+/// Whether a group committed nothing for the idle expiry.
+fn groups_to_expire<D: Disk>(inner: &Inner<D>, now: u64) -> bool {
+    let Some(idle) = inner.checkpoints.upkeep.group_idle_expiry else { return false };
+    let idle_before = now.saturating_sub(idle.as_millis() as u64);
+    inner.index.borrow().groups().any(|(_, group)| group.at_ms < idle_before)
+}
+
+/// Whether retention would remove a segment now.
+fn retention_would_remove<D: Disk>(inner: &Inner<D>) -> bool {
+    let Some(previous) = inner.checkpoints.previous.get() else { return false };
+    let groups_floor = inner.index.borrow().groups().map(|(_, group)| group.offset).min();
+    let keep = keep_from(&inner.wal.segments(), previous, groups_floor, &inner.checkpoints.upkeep, now_ms());
+    keep > inner.wal.first_seq()
 }
 
 /// Takes a checkpoint now (waiting for one under way), then applies retention. Returns the
@@ -81,7 +101,8 @@ pub(crate) async fn take<D: Disk>(inner: &Inner<D>) -> Result<Option<u64>, Trade
         }
         Ok(None) => {
             checkpoints.last_at.set(Instant::now());
-            Ok(None)
+            // Nothing new to hold, but time passes: segments may have aged out.
+            apply_retention(inner).await.map(|()| None)
         }
         Err(error) => Err(error),
     };
@@ -95,7 +116,10 @@ async fn write_checkpoint<D: Disk>(inner: &Inner<D>) -> Result<Option<u64>, Trad
     let checkpoints = &inner.checkpoints;
     let now = now_ms();
     let since = checkpoints.latest.get().unwrap_or(0);
-    if checkpoints.latest.get().is_some() && inner.index.borrow().applied_end() == since {
+    let nothing_applied = checkpoints.latest.get().is_some() && inner.index.borrow().applied_end() == since;
+    // With nothing applied, a checkpoint is still written when groups expire (at the same
+    // position: it replaces the latest, and the one before stays the fallback).
+    if nothing_applied && !groups_to_expire(inner, now) {
         return Ok(None);
     }
     // Groups expire only with a checkpoint that records it: an expiry kept in memory alone
@@ -132,7 +156,9 @@ async fn write_checkpoint<D: Disk>(inner: &Inner<D>) -> Result<Option<u64>, Trad
         let keep = checkpoints.upkeep.resident_chunks();
         inner.index.borrow_mut().trade_table_mut().evict(keep, &pinned)
     };
-    checkpoints.previous.set(checkpoints.latest.get());
+    if checkpoints.latest.get() != Some(position) {
+        checkpoints.previous.set(checkpoints.latest.get());
+    }
     checkpoints.latest.set(Some(position));
     checkpoints.count(|s| {
         s.position = position;

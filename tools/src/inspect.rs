@@ -19,6 +19,10 @@ pub struct Args {
     /// Print the report as one JSON object on stdout.
     #[arg(long)]
     json: bool,
+    /// Memory for each shard's trades, as the engine that uses the directory sets it (e.g.
+    /// 64MiB; default 512MiB): the open loads that many of the newest trades.
+    #[arg(long, value_parser = crate::load::parse_bytes)]
+    trade_memory: Option<u64>,
 }
 
 #[derive(Serialize)]
@@ -68,7 +72,11 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         bail!("{} is not a tradeshard data directory (no MANIFEST)", args.dir.display());
     }
     let opening = Instant::now();
-    let engine = Engine::open(Options::new(&args.dir)).with_context(|| format!("opening {}", args.dir.display()))?;
+    let mut options = Options::new(&args.dir);
+    if let Some(bytes) = args.trade_memory {
+        options.upkeep.trade_memory_bytes = bytes;
+    }
+    let engine = Engine::open(options).with_context(|| format!("opening {}", args.dir.display()))?;
     let open_ms = opening.elapsed().as_millis() as u64;
     let handle = engine.handle();
     let stats = handle.stats_blocking()?;

@@ -431,7 +431,7 @@ fn run_tag() -> String {
 }
 
 /// A byte count: a number with an optional KiB, MiB or GiB suffix.
-fn parse_bytes(text: &str) -> Result<u64, String> {
+pub(crate) fn parse_bytes(text: &str) -> Result<u64, String> {
     let (number, unit) = match text.find(|c: char| !c.is_ascii_digit()) {
         Some(at) => text.split_at(at),
         None => (text, ""),
