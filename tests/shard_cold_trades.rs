@@ -190,3 +190,22 @@ fn a_missing_record_of_a_trade_on_disk_is_damage_not_a_missing_trade() {
         }
     });
 }
+
+#[test]
+fn a_flipped_bit_in_the_store_of_created_parts_fails_the_open() {
+    run(async {
+        let disk = SimDisk::new();
+        let shard = open(&disk).await.unwrap();
+        paid_trades(&shard, 40).await;
+        drop(shard);
+        // The open rebuilds the order-number map from every stored part, so it reads them all.
+        disk.flip_bit("created.parts", 200, 4);
+        match open(&disk).await {
+            Err(TradeError::Log(tradeshard_wal::Error::Corruption { path, .. })) => {
+                assert!(path.ends_with("created.parts"), "{path:?}")
+            }
+            Err(other) => panic!("wrong error: {other:?}"),
+            Ok(_) => panic!("opened over a damaged created part"),
+        }
+    });
+}

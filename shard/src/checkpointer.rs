@@ -31,7 +31,7 @@ use crate::checkpoint::{self, Encoder, Header, Restored, Restorer};
 use crate::error::{LogError, TradeError};
 use crate::id_hash::IdMap;
 use crate::index::{CreatedAt, Item, ShardIndex, StoredPart};
-use crate::parts::encode_entry;
+use crate::parts::{encode_entry, PartsMark};
 use crate::record::{RecordKind, TradeRecordView};
 use crate::retention::keep_from;
 use crate::state::Inner;
@@ -134,10 +134,10 @@ async fn write_checkpoint<D: Disk>(inner: &Inner<D>) -> Result<Option<u64>, Trad
         (index.clone(), dirty)
     };
     let position = snapshot.applied_end();
-    let mut taken = TakenDirty { inner, dirty: Some(dirty) };
+    let mut taken = Undo { inner, dirty: Some(dirty), parts: Some(inner.checkpoints.parts.mark()) };
     let (bytes, stored, table_bytes) =
         write_durable(inner, &snapshot, taken.dirty.as_ref().expect("taken"), since, now).await?;
-    taken.dirty = None;
+    (taken.dirty, taken.parts) = (None, None);
     drop(snapshot);
     // In batches, so that a checkpoint of many new trades does not hold up requests.
     let stored: Vec<(TradeId, StoredPart)> = stored.into_iter().collect();
@@ -172,17 +172,23 @@ async fn write_checkpoint<D: Disk>(inner: &Inner<D>) -> Result<Option<u64>, Trad
     Ok(Some(position))
 }
 
-/// The trades a checkpoint took to write to the table: put back for the next checkpoint unless
-/// this one completed, whether it failed or was dropped half way.
-struct TakenDirty<'a, D: Disk> {
+/// What a checkpoint undoes unless it completes (whether it failed or was dropped half way):
+/// the trades it took to write to the table are put back for the next checkpoint, and the
+/// store of created parts is rewound to where it ended, so that the next checkpoint's copy of
+/// the same records writes over this one's instead of after it.
+struct Undo<'a, D: Disk> {
     inner: &'a Inner<D>,
     dirty: Option<Dirty>,
+    parts: Option<PartsMark>,
 }
 
-impl<D: Disk> Drop for TakenDirty<'_, D> {
+impl<D: Disk> Drop for Undo<'_, D> {
     fn drop(&mut self) {
         if let Some(dirty) = self.dirty.take() {
             self.inner.index.borrow_mut().trade_table_mut().restore_dirty(dirty);
+        }
+        if let Some(mark) = self.parts.take() {
+            self.inner.checkpoints.parts.rewind(mark);
         }
     }
 }

@@ -21,7 +21,7 @@ pub use crate::entries::{ClaimEntry, CreatedAt, GroupOffset, RefundEntry, Stored
 pub use crate::keys::{body_hash, order_key, refund_key};
 use crate::lifecycle::{next_state, Action, Lifecycle};
 use crate::partitioned::PartitionedMap;
-use crate::record::{RecordKind, TradeRecord};
+use crate::record::{RecordKind, TradeRecord, TradeRecordView};
 use crate::system_record::{ClaimOutcome, ClaimSettled, OffsetCommit, OrderClaim};
 use crate::trade::{Receipt, TradeId, TradeStatus, COUNTER_BITS};
 use crate::trade_table::{Dirty, TradeTable};
@@ -88,12 +88,12 @@ impl ShardIndex {
     pub(crate) fn items(&self) -> impl Iterator<Item = Item> + '_ {
         // Dense trades are in the table on disk (`trade_file.rs`); only scattered ones here.
         let trades = self.trades.scattered().map(|(id, entry)| Item::Trade(id, *entry));
-        let orders = self.by_order.iter().map(|(key, (id, body))| Item::Order(*key, *id, *body));
-        let users = self.by_user.iter().map(|(user, ids)| Item::User(*user, ids.clone()));
+        // The order-number map and the users' lists are rebuilt from the store of created
+        // parts, which holds every checkpointed trade's `Created` record (`parts.rs`).
         let refunds = self.refunds.iter().map(|(key, refund)| Item::Refund(*key, *refund));
         let claims = self.claims.iter().map(|(key, claim)| Item::Claim(*key, *claim));
         let groups = self.offsets.iter().map(|(group, offset)| Item::Group(group.clone(), *offset));
-        trades.chain(orders).chain(users).chain(refunds).chain(claims).chain(groups)
+        trades.chain(refunds).chain(claims).chain(groups)
     }
 
     pub(crate) fn scalars(&self) -> Scalars {
@@ -151,6 +151,19 @@ impl ShardIndex {
                 }
             }
         }
+        Ok(())
+    }
+
+    /// Adds a checkpointed trade's order key and its place in its user's list, from its
+    /// `Created` record read back from the store of created parts when the shard opens.
+    pub(crate) fn restore_created(&mut self, record: &TradeRecordView) -> Result<(), &'static str> {
+        let created = record.created.ok_or("a created part that is not a created record")?;
+        let key = order_key(record.merchant_id, created.merchant_order_no);
+        let body = body_hash(record.user_id, record.amount, record.currency, created.memo);
+        if self.by_order.insert(key, (record.trade_id, body)).is_some() {
+            return Err("an order key twice in the store of created parts");
+        }
+        self.by_user.get_or_default(record.user_id).push(record.trade_id);
         Ok(())
     }
 

@@ -1,12 +1,14 @@
 //! The store of created parts: every trade's `Created` record (order number, memo, creation
 //! time) copied out of the log by a checkpoint, so that retention can remove the segment it was
-//! written in while the trade lives on.
+//! written in while the trade lives on. It is also where an open rebuilds the order-number map
+//! and the users' lists from ([`scan`]): checkpoints do not hold them, so a checkpoint writes
+//! only what changed since the last one, not every trade's keys.
 //!
 //! One append-only file per shard, `created.parts`: entries back to back, each a 4-byte
 //! length, an 8-byte checksum of the record and the record's bytes as the log held them. An
 //! entry is read with one read of the blocks it covers. The file's valid length is what the
 //! latest checkpoint says (`checkpoint.rs`): bytes after it are from a checkpoint that did not
-//! complete, and the next one writes over them. Appends write whole blocks (direct I/O), so
+//! complete, and the next one writes over them (a failed checkpoint rewinds the store). Appends write whole blocks (direct I/O), so
 //! the partial block at the end is kept in memory and written again with the next append.
 
 use std::cell::{Cell, RefCell};
@@ -24,6 +26,8 @@ pub(crate) const PARTS_NAME: &str = "created.parts";
 const ENTRY_HEADER_BYTES: usize = 12;
 /// Bytes written at once.
 const WRITE_CHUNK_BYTES: usize = 1 << 20;
+/// No record of the store is longer (a `Created` record is at most a few hundred bytes).
+const RECORD_BYTES_MAX: usize = 64 << 10;
 
 fn io(disk: &impl Disk, op: &'static str, source: std::io::Error) -> TradeError {
     TradeError::Log(LogError::io(op, disk.path_of(PARTS_NAME), source))
@@ -36,6 +40,12 @@ pub(crate) struct PartsStore<D: Disk> {
     end: Cell<u64>,
     /// The bytes of the block `end` lies in, before `end`.
     tail: RefCell<Vec<u8>>,
+}
+
+/// Where the store ended at some moment (see [`PartsStore::mark`]).
+pub(crate) struct PartsMark {
+    end: u64,
+    tail: Vec<u8>,
 }
 
 /// Appends one record's entry to `out`; returns the entry's length.
@@ -84,6 +94,18 @@ impl<D: Disk> PartsStore<D> {
     /// Bytes of entries in the store.
     pub(crate) fn len(&self) -> u64 {
         self.end.get()
+    }
+
+    /// Where the store ends now, to [`rewind`](Self::rewind) to.
+    pub(crate) fn mark(&self) -> PartsMark {
+        PartsMark { end: self.end.get(), tail: self.tail.borrow().clone() }
+    }
+
+    /// Forgets the entries appended after `mark` (by a checkpoint that failed): the next
+    /// append writes over them, so that the store never holds a record twice.
+    pub(crate) fn rewind(&self, mark: PartsMark) {
+        self.end.set(mark.end);
+        *self.tail.borrow_mut() = mark.tail;
     }
 
     /// Writes `entries` (made by [`encode_entry`]) after the last entry; they are durable after
@@ -145,6 +167,95 @@ impl<D: Disk> PartsStore<D> {
     }
 }
 
+/// Reads the store's `len` valid bytes from the start, a megabyte at a time, and calls `each`
+/// with every entry's offset and record, checked: an open rebuilds the order-number map and the
+/// users' lists from the `Created` records (the checkpoint does not hold them).
+pub(crate) async fn scan<D: Disk>(
+    disk: &D,
+    len: u64,
+    mut each: impl FnMut(u64, &[u8]) -> Result<(), &'static str>,
+) -> Result<(), TradeError> {
+    if len == 0 {
+        return Ok(());
+    }
+    let file = disk.open(PARTS_NAME).await.map_err(|e| io(disk, "open", e))?;
+    let mut pending: Vec<u8> = Vec::new();
+    // The offset of `pending`'s first byte, and of the next byte to read.
+    let (mut at, mut read_to) = (0u64, 0u64);
+    while at < len {
+        if read_to < len && pending.len() < (1 << 20) {
+            let want = (len - read_to).min(1 << 20) as usize;
+            let bytes = file.read_at(read_to, want).await.map_err(|e| io(disk, "read", e))?;
+            if bytes.len() < want {
+                return Err(corrupt(disk, read_to + bytes.len() as u64, "store of created parts cut short"));
+            }
+            pending.extend_from_slice(&bytes);
+            read_to += want as u64;
+        }
+        let mut used = 0;
+        while let Some(entry) = next_entry(&pending[used..]) {
+            let entry_at = at + used as u64;
+            let (record, entry_len) = entry.map_err(|reason| corrupt(disk, entry_at, reason))?;
+            each(entry_at, record).map_err(|reason| corrupt(disk, entry_at, reason))?;
+            used += entry_len;
+        }
+        if used == 0 && read_to >= len {
+            return Err(corrupt(disk, at, "store of created parts ends inside an entry"));
+        }
+        pending.drain(..used);
+        at += used as u64;
+        glommio::yield_if_needed().await;
+    }
+    Ok(())
+}
+
+/// The entry at the start of `bytes`: `None` if `bytes` does not hold it whole yet; its record
+/// and length, or why it is damaged.
+#[allow(clippy::type_complexity)]
+fn next_entry(bytes: &[u8]) -> Option<Result<(&[u8], usize), &'static str>> {
+    let header = bytes.get(..ENTRY_HEADER_BYTES)?;
+    let record_len = u32::from_le_bytes(header[0..4].try_into().expect("4 bytes")) as usize;
+    if record_len == 0 || record_len > RECORD_BYTES_MAX {
+        return Some(Err("created part of an impossible length"));
+    }
+    let record = bytes.get(ENTRY_HEADER_BYTES..ENTRY_HEADER_BYTES + record_len)?;
+    let checksum = u64::from_le_bytes(header[4..12].try_into().expect("8 bytes"));
+    if xxhash_rust::xxh3::xxh3_64(record) != checksum {
+        return Some(Err("created part checksum mismatch"));
+    }
+    Some(Ok((record, ENTRY_HEADER_BYTES + record_len)))
+}
+
 fn corrupt(disk: &impl Disk, offset: u64, reason: &'static str) -> TradeError {
     TradeError::Log(LogError::Corruption { path: disk.path_of(PARTS_NAME), offset, reason })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    proptest::proptest! {
+        /// Any bytes as the start of the store: an entry, not yet a whole one, or a defect;
+        /// never a panic, and an entry never longer than the bytes.
+        #[test]
+        fn any_bytes_parse_without_panic(bytes in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..200)) {
+            if let Some(Ok((record, len))) = next_entry(&bytes) {
+                proptest::prop_assert!(len <= bytes.len() && record.len() + ENTRY_HEADER_BYTES == len);
+            }
+        }
+    }
+
+    #[test]
+    fn entries_parse_back_one_after_another() {
+        let mut bytes = Vec::new();
+        let lens: Vec<u32> =
+            [b"first".as_slice(), b"the second record"].iter().map(|r| encode_entry(r, &mut bytes)).collect();
+        let (first, len) = next_entry(&bytes).unwrap().unwrap();
+        assert_eq!((first, len as u32), (b"first".as_slice(), lens[0]));
+        let (second, _) = next_entry(&bytes[len..]).unwrap().unwrap();
+        assert_eq!(second, b"the second record");
+        assert!(next_entry(&bytes[..len - 1]).is_none(), "an entry cut short is not whole yet");
+        bytes[ENTRY_HEADER_BYTES] ^= 1;
+        assert!(next_entry(&bytes).unwrap().is_err(), "a flipped bit is found");
+    }
 }

@@ -28,7 +28,7 @@ use crate::events::{EventBatch, PollQuery};
 use crate::id_hash::IdMap;
 use crate::index::ShardIndex;
 use crate::parts::PartsStore;
-use crate::record::{RecordKind, TradeRecord};
+use crate::record::{RecordKind, TradeRecord, TradeRecordView};
 use crate::retention::Upkeep;
 use crate::state::{Accepted, Inner, ShardReply};
 use crate::system_record::LogRecord;
@@ -150,6 +150,10 @@ impl<D: Disk> Shard<D> {
         let table = TradeFile::open_existing(&disk).await?;
         if let Some(header) = &checkpoint {
             crate::parts::check_len(&disk, header.parts_len).await?;
+            crate::parts::scan(&disk, header.parts_len, |_, bytes| {
+                index.restore_created(&TradeRecordView::decode(bytes)?)
+            })
+            .await?;
             match &table {
                 Some(table) => cold::load_newest(table, &mut index, upkeep.resident_chunks(), header.parts_len).await?,
                 None if index.counter_max() > 0 => return Err(missing_table(&disk)),
