@@ -192,20 +192,20 @@ fn a_missing_record_of_a_trade_on_disk_is_damage_not_a_missing_trade() {
 }
 
 #[test]
-fn a_flipped_bit_in_the_store_of_created_parts_fails_the_open() {
+fn a_flipped_bit_in_the_store_of_order_keys_fails_the_open() {
     run(async {
         let disk = SimDisk::new();
         let shard = open(&disk).await.unwrap();
         paid_trades(&shard, 40).await;
         drop(shard);
-        // The open rebuilds the order-number map from every stored part, so it reads them all.
-        disk.flip_bit("created.parts", 200, 4);
+        // The open rebuilds the order-number map from the store of order keys, read whole.
+        disk.flip_bit("order.keys", 200, 4);
         match open(&disk).await {
             Err(TradeError::Log(tradeshard_wal::Error::Corruption { path, .. })) => {
-                assert!(path.ends_with("created.parts"), "{path:?}")
+                assert!(path.ends_with("order.keys"), "{path:?}")
             }
             Err(other) => panic!("wrong error: {other:?}"),
-            Ok(_) => panic!("opened over a damaged created part"),
+            Ok(_) => panic!("opened over a damaged order key entry"),
         }
     });
 }

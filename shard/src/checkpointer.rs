@@ -30,7 +30,7 @@ use tradeshard_wal::disk::{Disk, DiskFile, WriteBuf};
 use crate::checkpoint::{self, Encoder, Header, Restored, Restorer};
 use crate::error::{LogError, TradeError};
 use crate::id_hash::IdMap;
-use crate::index::{CreatedAt, Item, ShardIndex, StoredPart};
+use crate::index::{CreatedAt, Item, ShardIndex, StoredPart, KEY_ENTRIES_PER_RUN, KEY_ENTRY_BYTES};
 use crate::parts::{encode_entry, PartsMark};
 use crate::record::{RecordKind, TradeRecordView};
 use crate::retention::keep_from;
@@ -134,10 +134,11 @@ async fn write_checkpoint<D: Disk>(inner: &Inner<D>) -> Result<Option<u64>, Trad
         (index.clone(), dirty)
     };
     let position = snapshot.applied_end();
-    let mut taken = Undo { inner, dirty: Some(dirty), parts: Some(inner.checkpoints.parts.mark()) };
+    let marks = (inner.checkpoints.parts.mark(), inner.checkpoints.keys.mark());
+    let mut taken = Undo { inner, dirty: Some(dirty), stores: Some(marks) };
     let (bytes, stored, table_bytes) =
         write_durable(inner, &snapshot, taken.dirty.as_ref().expect("taken"), since, now).await?;
-    (taken.dirty, taken.parts) = (None, None);
+    (taken.dirty, taken.stores) = (None, None);
     drop(snapshot);
     // In batches, so that a checkpoint of many new trades does not hold up requests.
     let stored: Vec<(TradeId, StoredPart)> = stored.into_iter().collect();
@@ -179,7 +180,8 @@ async fn write_checkpoint<D: Disk>(inner: &Inner<D>) -> Result<Option<u64>, Trad
 struct Undo<'a, D: Disk> {
     inner: &'a Inner<D>,
     dirty: Option<Dirty>,
-    parts: Option<PartsMark>,
+    /// Where the stores of created parts and of order keys ended.
+    stores: Option<(PartsMark, PartsMark)>,
 }
 
 impl<D: Disk> Drop for Undo<'_, D> {
@@ -187,8 +189,9 @@ impl<D: Disk> Drop for Undo<'_, D> {
         if let Some(dirty) = self.dirty.take() {
             self.inner.index.borrow_mut().trade_table_mut().restore_dirty(dirty);
         }
-        if let Some(mark) = self.parts.take() {
-            self.inner.checkpoints.parts.rewind(mark);
+        if let Some((parts, keys)) = self.stores.take() {
+            self.inner.checkpoints.parts.rewind(parts);
+            self.inner.checkpoints.keys.rewind(keys);
         }
     }
 }
@@ -211,6 +214,7 @@ async fn write_durable<D: Disk>(
         shard_id: inner.shard_id,
         scalars: snapshot.scalars(),
         parts_len: inner.checkpoints.parts.len(),
+        keys_len: inner.checkpoints.keys.len(),
         created_ms: now,
     };
     let bytes = write_file(inner, snapshot, &header, &stored).await?;
@@ -229,16 +233,18 @@ async fn wait_synced<D: Disk>(inner: &Inner<D>, position: u64) -> Result<(), Tra
     Ok(())
 }
 
-/// Copies the `Created` records in `[since, position)` to the store of created parts, synced,
-/// a megabyte at a time.
+/// Copies the `Created` records in `[since, position)` to the store of created parts, and their
+/// order keys to the store of order keys, synced, a megabyte at a time.
 async fn store_created_parts<D: Disk>(
     inner: &Inner<D>,
     since: u64,
     position: u64,
 ) -> Result<IdMap<TradeId, StoredPart>, TradeError> {
     const APPEND_BYTES: usize = 1 << 20;
-    let parts = &inner.checkpoints.parts;
+    let (parts, keys) = (&inner.checkpoints.parts, &inner.checkpoints.keys);
     let mut entries = Vec::with_capacity(APPEND_BYTES + 4096);
+    let mut key_entries = Vec::with_capacity(APPEND_BYTES + 4096);
+    let mut key_run = Vec::with_capacity(KEY_ENTRIES_PER_RUN * KEY_ENTRY_BYTES);
     let mut stored = IdMap::default();
     let mut reader = inner.wal.reader(since)?;
     while let Some((seq, record)) = reader.next().await? {
@@ -253,14 +259,30 @@ async fn store_created_parts<D: Disk>(
             let offset = parts.len() + entries.len() as u64;
             let len = encode_entry(record, &mut entries);
             stored.insert(view.trade_id, StoredPart { seq, offset, len });
+            let key = ShardIndex::key_entry(&view)
+                .ok_or(TradeError::BadRecord { seq, reason: "created without its fields" })?;
+            key_run.extend_from_slice(&key);
+            if key_run.len() == KEY_ENTRIES_PER_RUN * KEY_ENTRY_BYTES {
+                encode_entry(&key_run, &mut key_entries);
+                key_run.clear();
+            }
         }
         if entries.len() >= APPEND_BYTES {
             parts.append(&entries).await?;
             entries.clear();
         }
+        if key_entries.len() >= APPEND_BYTES {
+            keys.append(&key_entries).await?;
+            key_entries.clear();
+        }
+    }
+    if !key_run.is_empty() {
+        encode_entry(&key_run, &mut key_entries);
     }
     parts.append(&entries).await?;
+    keys.append(&key_entries).await?;
     parts.sync().await?;
+    keys.sync().await?;
     Ok(stored)
 }
 

@@ -40,6 +40,8 @@ pub struct CheckpointStats {
 pub(crate) struct Checkpoints<D: Disk> {
     pub upkeep: Upkeep,
     pub parts: PartsStore<D>,
+    /// The store of order keys, from which an open rebuilds the order-number map.
+    pub keys: PartsStore<D>,
     /// The table of trades on disk, where trades that leave memory are.
     pub table: TradeFile<D>,
     /// The latest checkpoint's position and the one before it (kept as a fallback).
@@ -56,6 +58,7 @@ impl<D: Disk> Checkpoints<D> {
     pub(crate) fn new(
         upkeep: Upkeep,
         parts: PartsStore<D>,
+        keys: PartsStore<D>,
         table: TradeFile<D>,
         loaded: Option<&Header>,
     ) -> Checkpoints<D> {
@@ -68,6 +71,7 @@ impl<D: Disk> Checkpoints<D> {
         Checkpoints {
             upkeep,
             parts,
+            keys,
             table,
             latest: Cell::new(loaded.map(|h| h.scalars.applied_end)),
             previous: Cell::new(None),

@@ -26,6 +26,11 @@ use crate::system_record::{ClaimOutcome, ClaimSettled, OffsetCommit, OrderClaim}
 use crate::trade::{Receipt, TradeId, TradeStatus, COUNTER_BITS};
 use crate::trade_table::{Dirty, TradeTable};
 
+/// Bytes of one trade's order key entry; the store of order keys holds runs of them.
+pub(crate) const KEY_ENTRY_BYTES: usize = 32;
+/// Most order key entries in one entry of the store (a checksum per run, not per trade).
+pub(crate) const KEY_ENTRIES_PER_RUN: usize = 2000;
+
 /// The durable indexes of one shard. Cloning shares the large maps with the clone, part by
 /// part (`trade_table/`, `partitioned.rs`): a checkpoint's snapshot.
 #[derive(Default, Clone)]
@@ -88,12 +93,13 @@ impl ShardIndex {
     pub(crate) fn items(&self) -> impl Iterator<Item = Item> + '_ {
         // Dense trades are in the table on disk (`trade_file.rs`); only scattered ones here.
         let trades = self.trades.scattered().map(|(id, entry)| Item::Trade(id, *entry));
-        // The order-number map and the users' lists are rebuilt from the store of created
-        // parts, which holds every checkpointed trade's `Created` record (`parts.rs`).
+        // The order-number map is rebuilt from the store of order keys, which checkpoints
+        // append to (`checkpointer.rs`).
+        let users = self.by_user.iter().map(|(user, ids)| Item::User(*user, ids.clone()));
         let refunds = self.refunds.iter().map(|(key, refund)| Item::Refund(*key, *refund));
         let claims = self.claims.iter().map(|(key, claim)| Item::Claim(*key, *claim));
         let groups = self.offsets.iter().map(|(group, offset)| Item::Group(group.clone(), *offset));
-        trades.chain(refunds).chain(claims).chain(groups)
+        trades.chain(users).chain(refunds).chain(claims).chain(groups)
     }
 
     pub(crate) fn scalars(&self) -> Scalars {
@@ -154,17 +160,42 @@ impl ShardIndex {
         Ok(())
     }
 
-    /// Adds a checkpointed trade's order key and its place in its user's list, from its
-    /// `Created` record read back from the store of created parts when the shard opens.
-    pub(crate) fn restore_created(&mut self, record: &TradeRecordView) -> Result<(), &'static str> {
-        let created = record.created.ok_or("a created part that is not a created record")?;
-        let key = order_key(record.merchant_id, created.merchant_order_no);
-        let body = body_hash(record.user_id, record.amount, record.currency, created.memo);
-        if self.by_order.insert(key, (record.trade_id, body)).is_some() {
-            return Err("an order key twice in the store of created parts");
+    /// Adds checkpointed trades' order keys, from an entry of the store of order keys (a run
+    /// of [`key_entry`](Self::key_entry)s), read when the shard opens.
+    pub(crate) fn restore_keys(&mut self, entries: &[u8]) -> Result<(), &'static str> {
+        if entries.is_empty() || !entries.len().is_multiple_of(KEY_ENTRY_BYTES) {
+            return Err("an order key entry of the wrong length");
         }
-        self.by_user.get_or_default(record.user_id).push(record.trade_id);
+        for entry in entries.chunks_exact(KEY_ENTRY_BYTES) {
+            self.restore_key(entry.try_into().expect("chunks of the entry's length"))?;
+        }
         Ok(())
+    }
+
+    fn restore_key(&mut self, entry: &[u8; KEY_ENTRY_BYTES]) -> Result<(), &'static str> {
+        let word = |at: usize| u64::from_le_bytes(entry[at..at + 8].try_into().expect("8 bytes"));
+        let key = u128::from_le_bytes(entry[..16].try_into().expect("16 bytes"));
+        let (id, body) = (TradeId(word(16)), word(24));
+        if id.counter() == 0 || id.counter() > self.counter_max {
+            return Err("an order key entry of a trade id this shard did not issue");
+        }
+        if self.by_order.insert(key, (id, body)).is_some() {
+            return Err("an order key twice in the store of order keys");
+        }
+        Ok(())
+    }
+
+    /// The entry of the store of order keys for a `Created` record: its order key, body hash
+    /// and trade id.
+    pub(crate) fn key_entry(record: &TradeRecordView) -> Option<[u8; KEY_ENTRY_BYTES]> {
+        let created = record.created?;
+        let mut entry = [0u8; KEY_ENTRY_BYTES];
+        entry[..16].copy_from_slice(&order_key(record.merchant_id, created.merchant_order_no).to_le_bytes());
+        let body = body_hash(record.user_id, record.amount, record.currency, created.memo);
+        for (n, word) in [record.trade_id.0, body].iter().enumerate() {
+            entry[16 + 8 * n..24 + 8 * n].copy_from_slice(&word.to_le_bytes());
+        }
+        Some(entry)
     }
 
     /// The trade's entry, if it is in memory (a cold one is in the table on disk).

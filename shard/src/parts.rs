@@ -1,8 +1,11 @@
 //! The store of created parts: every trade's `Created` record (order number, memo, creation
 //! time) copied out of the log by a checkpoint, so that retention can remove the segment it was
-//! written in while the trade lives on. It is also where an open rebuilds the order-number map
-//! and the users' lists from ([`scan`]): checkpoints do not hold them, so a checkpoint writes
-//! only what changed since the last one, not every trade's keys.
+//! written in while the trade lives on.
+//!
+//! The same kind of store, `order.keys`, holds each checkpointed trade's order key, body hash
+//! and id (32 bytes, in runs of up to 2,000 under one checksum): an open rebuilds the
+//! order-number map from it ([`scan`]), so checkpoints do not hold the map and write only the
+//! keys added since the last one, not every trade's.
 //!
 //! One append-only file per shard, `created.parts`: entries back to back, each a 4-byte
 //! length, an 8-byte checksum of the record and the record's bytes as the log held them. An
@@ -22,6 +25,9 @@ use crate::index::StoredPart;
 
 /// The store's file name in the shard's directory.
 pub(crate) const PARTS_NAME: &str = "created.parts";
+/// The store of order keys in the shard's directory: per checkpointed trade, its order key,
+/// body hash and id, from which an open rebuilds the order-number map (`checkpointer.rs`).
+pub(crate) const KEYS_NAME: &str = "order.keys";
 /// Bytes in front of each record.
 const ENTRY_HEADER_BYTES: usize = 12;
 /// Bytes written at once.
@@ -29,13 +35,14 @@ const WRITE_CHUNK_BYTES: usize = 1 << 20;
 /// No record of the store is longer (a `Created` record is at most a few hundred bytes).
 const RECORD_BYTES_MAX: usize = 64 << 10;
 
-fn io(disk: &impl Disk, op: &'static str, source: std::io::Error) -> TradeError {
-    TradeError::Log(LogError::io(op, disk.path_of(PARTS_NAME), source))
+fn io(disk: &impl Disk, name: &str, op: &'static str, source: std::io::Error) -> TradeError {
+    TradeError::Log(LogError::io(op, disk.path_of(name), source))
 }
 
 /// The store of one shard (see the module's text).
 pub(crate) struct PartsStore<D: Disk> {
     disk: D,
+    name: &'static str,
     file: Rc<D::File>,
     end: Cell<u64>,
     /// The bytes of the block `end` lies in, before `end`.
@@ -58,37 +65,40 @@ pub(crate) fn encode_entry(record: &[u8], out: &mut Vec<u8>) -> u32 {
 
 /// Checks, reading only, that the store holds the `len` bytes a checkpoint vouches for: a
 /// missing or shorter store is damage, refused before anything is repaired or written.
-pub(crate) async fn check_len<D: Disk>(disk: &D, len: u64) -> Result<(), TradeError> {
+pub(crate) async fn check_len<D: Disk>(disk: &D, name: &str, len: u64) -> Result<(), TradeError> {
     if len == 0 {
         return Ok(());
     }
-    let file = match disk.open(PARTS_NAME).await {
+    let file = match disk.open(name).await {
         Ok(file) => file,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-            return Err(corrupt(disk, 0, "the store of created parts a checkpoint points into is missing"))
+            return Err(corrupt(disk, name, 0, "the store of created parts a checkpoint points into is missing"))
         }
-        Err(e) => return Err(io(disk, "open", e)),
+        Err(e) => return Err(io(disk, name, "open", e)),
     };
-    let size = file.size().await.map_err(|e| io(disk, "stat", e))?;
+    let size = file.size().await.map_err(|e| io(disk, name, "stat", e))?;
     if size < len {
-        return Err(corrupt(disk, size, "the store of created parts is shorter than its checkpoint says"));
+        return Err(corrupt(disk, name, size, "the store of created parts is shorter than its checkpoint says"));
     }
     Ok(())
 }
 
 impl<D: Disk> PartsStore<D> {
     /// Opens the store (created if absent) with `len` valid bytes.
-    pub(crate) async fn open(disk: &D, len: u64) -> Result<PartsStore<D>, TradeError> {
-        let file = crate::files::open_or_create(disk, PARTS_NAME).await?;
+    pub(crate) async fn open(disk: &D, name: &'static str, len: u64) -> Result<PartsStore<D>, TradeError> {
+        let file = crate::files::open_or_create(disk, name).await?;
         let in_block = (len % BLOCK_BYTES) as usize;
         let mut tail = Vec::with_capacity(BLOCK_BYTES as usize);
         if in_block > 0 {
-            let block =
-                file.read_at(len - in_block as u64, BLOCK_BYTES as usize).await.map_err(|e| io(disk, "read", e))?;
-            let held = block.get(..in_block).ok_or_else(|| corrupt(disk, len, "store of created parts cut short"))?;
+            let block = file
+                .read_at(len - in_block as u64, BLOCK_BYTES as usize)
+                .await
+                .map_err(|e| io(disk, name, "read", e))?;
+            let held =
+                block.get(..in_block).ok_or_else(|| corrupt(disk, name, len, "store of created parts cut short"))?;
             tail.extend_from_slice(held);
         }
-        Ok(PartsStore { disk: disk.clone(), file: Rc::new(file), end: Cell::new(len), tail: RefCell::new(tail) })
+        Ok(PartsStore { disk: disk.clone(), name, file: Rc::new(file), end: Cell::new(len), tail: RefCell::new(tail) })
     }
 
     /// Bytes of entries in the store.
@@ -126,10 +136,10 @@ impl<D: Disk> PartsStore<D> {
             bytes[..chunk.len()].copy_from_slice(chunk);
             bytes[chunk.len()..].fill(0);
             let at = block_start + written as u64;
-            let done = self.file.write_at(buf, at).await.map_err(|e| io(&self.disk, "write", e))?;
+            let done = self.file.write_at(buf, at).await.map_err(|e| io(&self.disk, self.name, "write", e))?;
             if done != len {
                 let short = std::io::Error::new(std::io::ErrorKind::WriteZero, "short write");
-                return Err(io(&self.disk, "write", short));
+                return Err(io(&self.disk, self.name, "write", short));
             }
             written += chunk.len();
         }
@@ -142,52 +152,54 @@ impl<D: Disk> PartsStore<D> {
 
     /// Makes every entry appended durable.
     pub(crate) async fn sync(&self) -> Result<(), TradeError> {
-        self.file.fdatasync().await.map_err(|e| io(&self.disk, "fdatasync", e))
+        self.file.fdatasync().await.map_err(|e| io(&self.disk, self.name, "fdatasync", e))
     }
 
     /// The record of one entry, checked.
     pub(crate) async fn read(&self, part: StoredPart) -> Result<Vec<u8>, TradeError> {
         if part.offset + part.len as u64 > self.end.get() || (part.len as usize) < ENTRY_HEADER_BYTES {
-            return Err(corrupt(&self.disk, part.offset, "trade points past the store of created parts"));
+            return Err(corrupt(&self.disk, self.name, part.offset, "trade points past the store of created parts"));
         }
         let first_block = part.offset / BLOCK_BYTES * BLOCK_BYTES;
         let end = part.offset + part.len as u64;
         let len = (end - first_block).div_ceil(BLOCK_BYTES) * BLOCK_BYTES;
-        let blocks = self.file.read_at(first_block, len as usize).await.map_err(|e| io(&self.disk, "read", e))?;
+        let blocks =
+            self.file.read_at(first_block, len as usize).await.map_err(|e| io(&self.disk, self.name, "read", e))?;
         let entry = blocks
             .get((part.offset - first_block) as usize..(end - first_block) as usize)
-            .ok_or_else(|| corrupt(&self.disk, part.offset, "store of created parts cut short"))?;
+            .ok_or_else(|| corrupt(&self.disk, self.name, part.offset, "store of created parts cut short"))?;
         let record_len = u32::from_le_bytes(entry[0..4].try_into().expect("4 bytes")) as usize;
         let checksum = u64::from_le_bytes(entry[4..12].try_into().expect("8 bytes"));
         let record = &entry[ENTRY_HEADER_BYTES..];
         if record_len != record.len() || xxhash_rust::xxh3::xxh3_64(record) != checksum {
-            return Err(corrupt(&self.disk, part.offset, "created part checksum mismatch"));
+            return Err(corrupt(&self.disk, self.name, part.offset, "created part checksum mismatch"));
         }
         Ok(record.to_vec())
     }
 }
 
 /// Reads the store's `len` valid bytes from the start, a megabyte at a time, and calls `each`
-/// with every entry's offset and record, checked: an open rebuilds the order-number map and the
-/// users' lists from the `Created` records (the checkpoint does not hold them).
+/// with every entry's offset and record, checked: an open rebuilds the order-number map from the
+/// store of order keys this way (the checkpoint does not hold it).
 pub(crate) async fn scan<D: Disk>(
     disk: &D,
+    name: &str,
     len: u64,
     mut each: impl FnMut(u64, &[u8]) -> Result<(), &'static str>,
 ) -> Result<(), TradeError> {
     if len == 0 {
         return Ok(());
     }
-    let file = disk.open(PARTS_NAME).await.map_err(|e| io(disk, "open", e))?;
+    let file = disk.open(name).await.map_err(|e| io(disk, name, "open", e))?;
     let mut pending: Vec<u8> = Vec::new();
     // The offset of `pending`'s first byte, and of the next byte to read.
     let (mut at, mut read_to) = (0u64, 0u64);
     while at < len {
         if read_to < len && pending.len() < (1 << 20) {
             let want = (len - read_to).min(1 << 20) as usize;
-            let bytes = file.read_at(read_to, want).await.map_err(|e| io(disk, "read", e))?;
+            let bytes = file.read_at(read_to, want).await.map_err(|e| io(disk, name, "read", e))?;
             if bytes.len() < want {
-                return Err(corrupt(disk, read_to + bytes.len() as u64, "store of created parts cut short"));
+                return Err(corrupt(disk, name, read_to + bytes.len() as u64, "store of created parts cut short"));
             }
             pending.extend_from_slice(&bytes);
             read_to += want as u64;
@@ -195,12 +207,12 @@ pub(crate) async fn scan<D: Disk>(
         let mut used = 0;
         while let Some(entry) = next_entry(&pending[used..]) {
             let entry_at = at + used as u64;
-            let (record, entry_len) = entry.map_err(|reason| corrupt(disk, entry_at, reason))?;
-            each(entry_at, record).map_err(|reason| corrupt(disk, entry_at, reason))?;
+            let (record, entry_len) = entry.map_err(|reason| corrupt(disk, name, entry_at, reason))?;
+            each(entry_at, record).map_err(|reason| corrupt(disk, name, entry_at, reason))?;
             used += entry_len;
         }
         if used == 0 && read_to >= len {
-            return Err(corrupt(disk, at, "store of created parts ends inside an entry"));
+            return Err(corrupt(disk, name, at, "store of created parts ends inside an entry"));
         }
         pending.drain(..used);
         at += used as u64;
@@ -226,8 +238,8 @@ fn next_entry(bytes: &[u8]) -> Option<Result<(&[u8], usize), &'static str>> {
     Some(Ok((record, ENTRY_HEADER_BYTES + record_len)))
 }
 
-fn corrupt(disk: &impl Disk, offset: u64, reason: &'static str) -> TradeError {
-    TradeError::Log(LogError::Corruption { path: disk.path_of(PARTS_NAME), offset, reason })
+fn corrupt(disk: &impl Disk, name: &str, offset: u64, reason: &'static str) -> TradeError {
+    TradeError::Log(LogError::Corruption { path: disk.path_of(name), offset, reason })
 }
 
 #[cfg(test)]

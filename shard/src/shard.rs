@@ -28,7 +28,7 @@ use crate::events::{EventBatch, PollQuery};
 use crate::id_hash::IdMap;
 use crate::index::ShardIndex;
 use crate::parts::PartsStore;
-use crate::record::{RecordKind, TradeRecord, TradeRecordView};
+use crate::record::{RecordKind, TradeRecord};
 use crate::retention::Upkeep;
 use crate::state::{Accepted, Inner, ShardReply};
 use crate::system_record::LogRecord;
@@ -89,7 +89,9 @@ impl<D: Disk> RecoveredShard<D> {
             self;
         let wal = wal.start().await?;
         let parts_len = checkpoint.as_ref().map_or(0, |header| header.parts_len);
-        let parts = PartsStore::open(&disk, parts_len).await?;
+        let parts = PartsStore::open(&disk, crate::parts::PARTS_NAME, parts_len).await?;
+        let keys_len = checkpoint.as_ref().map_or(0, |header| header.keys_len);
+        let keys = PartsStore::open(&disk, crate::parts::KEYS_NAME, keys_len).await?;
         let table = match table {
             Some(table) => table,
             None => TradeFile::open(&disk).await?,
@@ -99,7 +101,7 @@ impl<D: Disk> RecoveredShard<D> {
         let inner = Rc::new(Inner {
             shard_id,
             wal,
-            checkpoints: Checkpoints::new(upkeep, parts, table, checkpoint.as_ref()),
+            checkpoints: Checkpoints::new(upkeep, parts, keys, table, checkpoint.as_ref()),
             opened,
             index: RefCell::new(index),
             accepted: RefCell::new(accepted),
@@ -149,11 +151,10 @@ impl<D: Disk> Shard<D> {
         index.lay_out_trades(upkeep.chunk_bits());
         let table = TradeFile::open_existing(&disk).await?;
         if let Some(header) = &checkpoint {
-            crate::parts::check_len(&disk, header.parts_len).await?;
-            crate::parts::scan(&disk, header.parts_len, |_, bytes| {
-                index.restore_created(&TradeRecordView::decode(bytes)?)
-            })
-            .await?;
+            crate::parts::check_len(&disk, crate::parts::PARTS_NAME, header.parts_len).await?;
+            crate::parts::check_len(&disk, crate::parts::KEYS_NAME, header.keys_len).await?;
+            crate::parts::scan(&disk, crate::parts::KEYS_NAME, header.keys_len, |_, bytes| index.restore_keys(bytes))
+                .await?;
             match &table {
                 Some(table) => cold::load_newest(table, &mut index, upkeep.resident_chunks(), header.parts_len).await?,
                 None if index.counter_max() > 0 => return Err(missing_table(&disk)),

@@ -55,6 +55,8 @@ pub(crate) struct Header {
     pub scalars: Scalars,
     /// Bytes of the store of created parts that the checkpoint's trades point into.
     pub parts_len: u64,
+    /// Bytes of the store of order keys (`parts.rs`) the checkpoint vouches for.
+    pub keys_len: u64,
     pub created_ms: u64,
 }
 
@@ -69,6 +71,7 @@ impl Header {
         out[32..40].copy_from_slice(&self.parts_len.to_le_bytes());
         out[40..48].copy_from_slice(&self.created_ms.to_le_bytes());
         out[48..56].copy_from_slice(&self.scalars.table_counter_max.to_le_bytes());
+        out[56..64].copy_from_slice(&self.keys_len.to_le_bytes());
         out
     }
 
@@ -86,15 +89,12 @@ impl Header {
         let shard_id = reader.u32()?;
         let (applied_end, events_end, counter_max) = (reader.u64()?, reader.u64()?, reader.u64()?);
         let (parts_len, created_ms, table_counter_max) = (reader.u64()?, reader.u64()?, reader.u64()?);
+        let keys_len = reader.u64()?;
         if table_counter_max > counter_max {
             return Err("checkpoint header's table counter above its counter");
         }
         let scalars = Scalars { applied_end, events_end, counter_max, table_counter_max };
-        let header = Header { shard_id, scalars, parts_len, created_ms };
-        if bytes[56..].iter().any(|&b| b != 0) {
-            return Err("checkpoint header has reserved bytes set");
-        }
-        Ok(header)
+        Ok(Header { shard_id, scalars, parts_len, keys_len, created_ms })
     }
 }
 

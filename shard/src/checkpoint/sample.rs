@@ -40,6 +40,7 @@ pub(super) fn encode_sample(items: &[Item]) -> Vec<u8> {
         shard_id: 2,
         scalars: Scalars { applied_end: 100, events_end: 98, counter_max: 9, table_counter_max: 0 },
         parts_len: 4_140,
+        keys_len: 56,
         created_ms: 8,
     };
     let mut out = Vec::new();
