@@ -51,6 +51,11 @@ pub use error::{InputError, LogError, Refusal, TradeError};
 pub use events::{Event, EventBatch, PollQuery, POLL_BYTES_MAX, POLL_EVENTS_MAX};
 pub use index::order_key;
 pub use lifecycle::Move;
+/// The reader of the store of order keys, for fuzzing (`testing` feature).
+#[cfg(any(test, feature = "testing"))]
+pub use parts::{
+    decode_order_keys_for_fuzzing as decode_order_keys, sample_order_keys_for_fuzzing as sample_order_keys,
+};
 pub use read::ListQuery;
 pub use record::{CreatedFields, CreatedFieldsView, RecordKind, TradeRecord, TradeRecordView};
 pub use reply::{Reply, ReplyFuture};
