@@ -35,6 +35,23 @@ async fn paid_trades(shard: &Shard<SimDisk>, n: u64) -> Vec<TradeId> {
     ids
 }
 
+/// Where the table of trades keeps the record of `counter` (`docs/FORMAT.md`).
+fn record_offset(counter: u64) -> u64 {
+    counter / 48 * 4096 + (counter % 48 / 6) * 512 + counter % 6 * 80
+}
+
+/// The offset a refusal for damage to `file` names; any other outcome fails the test.
+fn damage_in<T>(outcome: Result<T, TradeError>, file: &str) -> u64 {
+    match outcome {
+        Err(TradeError::Log(tradeshard_wal::Error::Corruption { path, offset, .. })) => {
+            assert!(path.ends_with(file), "the refusal names {file}: {path:?}");
+            offset
+        }
+        Err(other) => panic!("wrong error: {other:?}"),
+        Ok(_) => panic!("damage to {file} went unreported"),
+    }
+}
+
 fn newest_checkpoint(disk: &SimDisk) -> String {
     let mut names: Vec<String> = disk.list_names().into_iter().filter(|n| n.starts_with("checkpoint-")).collect();
     names.sort();
@@ -89,13 +106,7 @@ fn a_missing_table_under_a_checkpoint_is_refused() {
         drop(shard);
         disk.remove("trades.table").await.unwrap();
         disk.sync_dir().await.unwrap();
-        match open(&disk).await {
-            Err(TradeError::Log(tradeshard_wal::Error::Corruption { path, .. })) => {
-                assert!(path.ends_with("trades.table"), "{path:?}")
-            }
-            Err(other) => panic!("wrong error: {other:?}"),
-            Ok(_) => panic!("opened without the table a checkpoint points into"),
-        }
+        damage_in(open(&disk).await, "trades.table");
     });
 }
 
@@ -108,16 +119,9 @@ fn a_flipped_bit_in_a_loaded_record_fails_the_open_with_its_offset() {
         drop(shard);
         // The newest trade is loaded at open; its record is the counter's place in the table.
         let counter = ids.last().unwrap().counter();
-        let offset = counter / 48 * 4096 + (counter % 48 / 6) * 512 + counter % 6 * 80;
+        let offset = record_offset(counter);
         disk.flip_bit("trades.table", offset + 20, 2);
-        match open(&disk).await {
-            Err(TradeError::Log(tradeshard_wal::Error::Corruption { path, offset: at, .. })) => {
-                assert!(path.ends_with("trades.table"), "{path:?}");
-                assert_eq!(at, offset);
-            }
-            Err(other) => panic!("wrong error: {other:?}"),
-            Ok(_) => panic!("opened over a damaged record"),
-        }
+        assert_eq!(damage_in(open(&disk).await, "trades.table"), offset);
     });
 }
 
@@ -178,16 +182,11 @@ fn a_missing_record_of_a_trade_on_disk_is_damage_not_a_missing_trade() {
         let ids = paid_trades(&shard, 100).await;
         drop(shard);
         let counter = ids[3].counter();
-        let offset = counter / 48 * 4096 + (counter % 48 / 6) * 512 + counter % 6 * 80;
+        let offset = record_offset(counter);
         disk.overwrite("trades.table", offset, &[0u8; 80]);
         let shard = open(&disk).await.unwrap();
-        match call(|done| shard.get(ids[3], done)).await {
-            Err(TradeError::Log(tradeshard_wal::Error::Corruption { path, offset: at, .. })) => {
-                assert!(path.ends_with("trades.table"), "{path:?}");
-                assert_eq!(at, offset);
-            }
-            other => panic!("a zeroed record must be reported, not read as no trade: {other:?}"),
-        }
+        // Reported, not read as no trade.
+        assert_eq!(damage_in(call(|done| shard.get(ids[3], done)).await, "trades.table"), offset);
     });
 }
 
@@ -200,12 +199,6 @@ fn a_flipped_bit_in_the_store_of_order_keys_fails_the_open() {
         drop(shard);
         // The open rebuilds the order-number map from the store of order keys, read whole.
         disk.flip_bit("order.keys", 200, 4);
-        match open(&disk).await {
-            Err(TradeError::Log(tradeshard_wal::Error::Corruption { path, .. })) => {
-                assert!(path.ends_with("order.keys"), "{path:?}")
-            }
-            Err(other) => panic!("wrong error: {other:?}"),
-            Ok(_) => panic!("opened over a damaged order key entry"),
-        }
+        damage_in(open(&disk).await, "order.keys");
     });
 }

@@ -73,10 +73,14 @@ fn due<D: Disk>(inner: &Inner<D>) -> bool {
     interval_passed && (groups_to_expire(inner, now_ms()) || retention_would_remove(inner))
 }
 
+/// Groups that committed nothing since this time expire (`None`: groups never expire).
+fn idle_before<D: Disk>(inner: &Inner<D>, now: u64) -> Option<u64> {
+    Some(now.saturating_sub(inner.checkpoints.upkeep.group_idle_expiry?.as_millis() as u64))
+}
+
 /// Whether a group committed nothing for the idle expiry.
 fn groups_to_expire<D: Disk>(inner: &Inner<D>, now: u64) -> bool {
-    let Some(idle) = inner.checkpoints.upkeep.group_idle_expiry else { return false };
-    let idle_before = now.saturating_sub(idle.as_millis() as u64);
+    let Some(idle_before) = idle_before(inner, now) else { return false };
     inner.index.borrow().groups().any(|(_, group)| group.at_ms < idle_before)
 }
 
@@ -122,17 +126,18 @@ async fn write_checkpoint<D: Disk>(inner: &Inner<D>) -> Result<Option<u64>, Trad
     if nothing_applied && !groups_to_expire(inner, now) {
         return Ok(None);
     }
-    // Groups expire only with a checkpoint that records it: an expiry kept in memory alone
-    // would be undone by the next open.
-    let (snapshot, dirty) = {
+    // Groups expire in the snapshot, and in memory only once the checkpoint recording it is
+    // durable: an expiry in memory alone would let retention remove what the group still holds
+    // after the next open.
+    let idle_before = idle_before(inner, now);
+    let (mut snapshot, dirty) = {
         let mut index = inner.index.borrow_mut();
-        if let Some(idle) = checkpoints.upkeep.group_idle_expiry {
-            let expired = index.expire_groups(now.saturating_sub(idle.as_millis() as u64));
-            checkpoints.count(|s| s.groups_expired += expired as u64);
-        }
         let dirty = index.take_dirty();
         (index.clone(), dirty)
     };
+    if let Some(idle_before) = idle_before {
+        snapshot.expire_groups(idle_before);
+    }
     let position = snapshot.applied_end();
     let marks = (inner.checkpoints.parts.mark(), inner.checkpoints.keys.mark());
     let mut taken = Undo { inner, dirty: Some(dirty), stores: Some(marks) };
@@ -150,6 +155,11 @@ async fn write_checkpoint<D: Disk>(inner: &Inner<D>) -> Result<Option<u64>, Trad
             }
         }
         glommio::yield_if_needed().await;
+    }
+    if let Some(idle_before) = idle_before {
+        // A group that committed since the snapshot is not idle any more, and stays.
+        let expired = inner.index.borrow_mut().expire_groups(idle_before);
+        checkpoints.count(|s| s.groups_expired += expired as u64);
     }
     // Only now may trades leave memory: the table holds them as of this checkpoint.
     let evicted = {

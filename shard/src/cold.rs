@@ -174,52 +174,60 @@ pub(crate) async fn read<D: Disk>(
     }
 }
 
+/// Where a trade's durable state is, found by [`find`].
+enum Found {
+    InMemory(TradeEntry),
+    /// Cold: its record in the table (`None`: no such trade).
+    OnDisk(Option<TableRecord>),
+}
+
+/// The trade in memory, or, when it is cold, its record read from the table so that no
+/// eviction overtook the read (the table may have been written under a read that one did).
+/// Returns with no await after its last look at memory.
+async fn find<D: Disk>(inner: &Inner<D>, id: TradeId) -> Result<Found, TradeError> {
+    loop {
+        let evictions = {
+            let index = inner.index.borrow();
+            if let Some(entry) = index.get(id) {
+                return Ok(Found::InMemory(*entry));
+            }
+            if !index.trade_table().is_cold(id) {
+                return Ok(Found::OnDisk(None));
+            }
+            index.trade_table().evictions()
+        };
+        let record = read_cold(inner, id).await?;
+        let index = inner.index.borrow();
+        // Brought back (and maybe changed) meanwhile: memory wins.
+        if let Some(entry) = index.get(id) {
+            return Ok(Found::InMemory(*entry));
+        }
+        if index.trade_table().evictions() == evictions {
+            return Ok(Found::OnDisk(record));
+        }
+    }
+}
+
 /// The trade's durable entry: from memory, or from the table when it is cold. `None`: no such
 /// trade.
 pub(crate) async fn entry<D: Disk>(inner: &Inner<D>, id: TradeId) -> Result<Option<TradeEntry>, TradeError> {
-    loop {
-        let (cold, evictions) = {
-            let index = inner.index.borrow();
-            if let Some(entry) = index.get(id) {
-                return Ok(Some(*entry));
-            }
-            (index.trade_table().is_cold(id), index.trade_table().evictions())
-        };
-        if !cold {
-            return Ok(None);
-        }
-        let record = read_cold(inner, id).await?;
-        let index = inner.index.borrow();
-        // Brought back (and maybe changed) meanwhile: memory wins. Let go and written again
-        // meanwhile: the read may have seen the disk before the write; read again.
-        if let Some(entry) = index.get(id) {
-            return Ok(Some(*entry));
-        }
-        if index.trade_table().evictions() == evictions {
-            return Ok(record.map(|record| record.entry));
-        }
-    }
+    Ok(match find(inner, id).await? {
+        Found::InMemory(entry) => Some(entry),
+        Found::OnDisk(record) => record.map(|record| record.entry),
+    })
 }
 
 /// Brings the trade back into memory (to be changed), unless it is there already or is no
 /// trade. Returns whether it is in memory now.
 pub(crate) async fn thaw<D: Disk>(inner: &Inner<D>, id: TradeId) -> Result<bool, TradeError> {
-    loop {
-        let evictions = {
-            let index = inner.index.borrow();
-            if index.get(id).is_some() {
-                return Ok(true);
-            }
-            index.trade_table().evictions()
-        };
-        let record = read_cold(inner, id).await?;
-        let mut index = inner.index.borrow_mut();
-        if index.trade_table().evictions() != evictions {
-            continue; // see `entry`
+    match find(inner, id).await? {
+        Found::InMemory(_) => Ok(true),
+        Found::OnDisk(None) => Ok(false),
+        Found::OnDisk(Some(record)) => {
+            let mut index = inner.index.borrow_mut();
+            index.trade_table_mut().thaw(id, record.entry);
+            Ok(index.get(id).is_some())
         }
-        let Some(record) = record else { return Ok(index.get(id).is_some()) };
-        index.trade_table_mut().thaw(id, record.entry);
-        return Ok(index.get(id).is_some());
     }
 }
 

@@ -72,13 +72,13 @@ pub(crate) async fn check_len<D: Disk>(disk: &D, name: &str, len: u64) -> Result
     let file = match disk.open(name).await {
         Ok(file) => file,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-            return Err(corrupt(disk, name, 0, "the store of created parts a checkpoint points into is missing"))
+            return Err(corrupt(disk, name, 0, "a store a checkpoint points into is missing"))
         }
         Err(e) => return Err(io(disk, name, "open", e)),
     };
     let size = file.size().await.map_err(|e| io(disk, name, "stat", e))?;
     if size < len {
-        return Err(corrupt(disk, name, size, "the store of created parts is shorter than its checkpoint says"));
+        return Err(corrupt(disk, name, size, "a store shorter than its checkpoint says"));
     }
     Ok(())
 }
@@ -94,8 +94,7 @@ impl<D: Disk> PartsStore<D> {
                 .read_at(len - in_block as u64, BLOCK_BYTES as usize)
                 .await
                 .map_err(|e| io(disk, name, "read", e))?;
-            let held =
-                block.get(..in_block).ok_or_else(|| corrupt(disk, name, len, "store of created parts cut short"))?;
+            let held = block.get(..in_block).ok_or_else(|| corrupt(disk, name, len, "store cut short"))?;
             tail.extend_from_slice(held);
         }
         Ok(PartsStore { disk: disk.clone(), name, file: Rc::new(file), end: Cell::new(len), tail: RefCell::new(tail) })
@@ -199,7 +198,7 @@ pub(crate) async fn scan<D: Disk>(
             let want = (len - read_to).min(1 << 20) as usize;
             let bytes = file.read_at(read_to, want).await.map_err(|e| io(disk, name, "read", e))?;
             if bytes.len() < want {
-                return Err(corrupt(disk, name, read_to + bytes.len() as u64, "store of created parts cut short"));
+                return Err(corrupt(disk, name, read_to + bytes.len() as u64, "store cut short"));
             }
             pending.extend_from_slice(&bytes);
             read_to += want as u64;
@@ -212,7 +211,7 @@ pub(crate) async fn scan<D: Disk>(
             used += entry_len;
         }
         if used == 0 && read_to >= len {
-            return Err(corrupt(disk, name, at, "store of created parts ends inside an entry"));
+            return Err(corrupt(disk, name, at, "a store ending inside an entry"));
         }
         pending.drain(..used);
         at += used as u64;
@@ -228,12 +227,12 @@ fn next_entry(bytes: &[u8]) -> Option<Result<(&[u8], usize), &'static str>> {
     let header = bytes.get(..ENTRY_HEADER_BYTES)?;
     let record_len = u32::from_le_bytes(header[0..4].try_into().expect("4 bytes")) as usize;
     if record_len == 0 || record_len > RECORD_BYTES_MAX {
-        return Some(Err("created part of an impossible length"));
+        return Some(Err("a store entry of an impossible length"));
     }
     let record = bytes.get(ENTRY_HEADER_BYTES..ENTRY_HEADER_BYTES + record_len)?;
     let checksum = u64::from_le_bytes(header[4..12].try_into().expect("8 bytes"));
     if xxhash_rust::xxh3::xxh3_64(record) != checksum {
-        return Some(Err("created part checksum mismatch"));
+        return Some(Err("store entry checksum mismatch"));
     }
     Some(Ok((record, ENTRY_HEADER_BYTES + record_len)))
 }

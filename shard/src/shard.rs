@@ -157,7 +157,7 @@ impl<D: Disk> Shard<D> {
                 .await?;
             match &table {
                 Some(table) => cold::load_newest(table, &mut index, upkeep.resident_chunks(), header.parts_len).await?,
-                None if index.counter_max() > 0 => return Err(missing_table(&disk)),
+                None if index.trade_table().dense_max() > 0 => return Err(missing_table(&disk)),
                 None => {}
             }
         }
