@@ -165,3 +165,43 @@ fn the_default_budget_keeps_small_shards_in_memory() {
     assert_eq!(memory(&handle), (TRADES, TRADES));
     engine.close().unwrap();
 }
+
+#[test]
+fn order_numbers_and_claims_in_runs_hold_across_shards_and_reopens() {
+    let dir = tempfile::tempdir().unwrap();
+    let options =
+        |dir: &std::path::Path| Options { upkeep: upkeep_on_request(true, None), ..engine_options(dir, 4, 1) };
+    let engine = Engine::open(options(dir.path())).unwrap();
+    let handle = engine.handle();
+    // Most order numbers' home is another shard than the buyer's: a claim there, confirmed.
+    let mut ids = Vec::new();
+    for n in 0..400 {
+        ids.push(handle.create_trade_blocking(new_trade(1 + n % 23, n, 1_000)).unwrap().id);
+        if n % 100 == 99 {
+            handle.checkpoint_blocking().unwrap();
+        }
+    }
+    let runs = |handle: &EngineHandle| -> u64 {
+        handle.stats_blocking().unwrap().shards.iter().map(|shard| shard.checkpoints.key_run_entries).sum()
+    };
+    // Every trade's key in its shard's runs, and most also a confirmed claim in a home's.
+    assert!(runs(&handle) > 400 + 200, "order keys and claims in runs: {}", runs(&handle));
+    engine.close().unwrap();
+
+    for _ in 0..2 {
+        let engine = Engine::open(options(dir.path())).unwrap();
+        let handle = engine.handle();
+        for (n, id) in ids.iter().enumerate() {
+            let trade = new_trade(1 + n as u64 % 23, n as u64, 1_000);
+            let again = handle.create_trade_blocking(trade.clone()).unwrap();
+            assert_eq!((again.id, again.replayed), (*id, true), "order {n} answered by its trade");
+            let found = handle.get_by_order_blocking(trade.merchant_id, &trade.merchant_order_no).unwrap();
+            assert_eq!(found.id, *id);
+            let other = handle.create_trade_blocking(tradeshard_engine::NewTrade { amount: 999, ..trade });
+            assert!(matches!(other, Err(Error::Refused(_))), "another body under order {n}: {other:?}");
+        }
+        let trades: u64 = handle.stats_blocking().unwrap().shards.iter().map(|shard| shard.trades).sum();
+        assert_eq!(trades, 400, "no retry created a trade");
+        engine.close().unwrap();
+    }
+}

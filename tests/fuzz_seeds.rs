@@ -1,6 +1,7 @@
 //! The seed corpus of the fuzz targets, `fuzz/seeds/<target>/`: real encodings made by this
 //! build's encoders (frames, segment headers, records, a manifest, a segment file, a record
-//! stream, a checkpoint, a record of the table of trades, a store of order keys), from which the fuzzers start instead of from nothing.
+//! stream, a checkpoint, a record of the table of trades, a run of order keys), from which the
+//! fuzzers start instead of from nothing.
 //!
 //! This test checks that the committed seeds are what the encoders make today, so that a
 //! format change cannot leave the fuzzers starting from bytes of an old format. Refresh them
@@ -114,7 +115,7 @@ fn seeds() -> Vec<Seed> {
     seeds.push(("shard_recovery", "one-trade".into(), stream));
     seeds.push(("checkpoint", "every-kind".into(), tradeshard_shard::sample_checkpoint()));
     seeds.push(("trade_record", "refunded".into(), tradeshard_shard::sample_trade_record()));
-    seeds.push(("order_keys", "one-run".into(), tradeshard_shard::sample_order_keys()));
+    seeds.push(("run_file", "three-entries".into(), tradeshard_shard::sample_run_file(1)));
     seeds
 }
 

@@ -77,7 +77,7 @@ async fn create(
 /// What the engine does when it opens: every pending claim confirmed or released.
 async fn resolve(home: &SimShard, buyer: &SimShard) -> Result<(), TradeError> {
     for claim in home.pending_claims() {
-        let outcome = match buyer.find_order(claim.key) {
+        let outcome = match call(|reply| buyer.find_order(claim.key, reply)).await? {
             OrderLookup::Trade(id) => ClaimOutcome::Confirmed(id),
             _ => ClaimOutcome::Released,
         };
@@ -87,15 +87,20 @@ async fn resolve(home: &SimShard, buyer: &SimShard) -> Result<(), TradeError> {
 }
 
 /// Checks one order number after a reopen and a resolution; returns its trade, if any.
-fn check(home: &SimShard, buyer: &SimShard, order_no: u64, acked: Option<TradeId>) -> Result<Option<TradeId>, String> {
+async fn check(
+    home: &SimShard,
+    buyer: &SimShard,
+    order_no: u64,
+    acked: Option<TradeId>,
+) -> Result<Option<TradeId>, String> {
     let key = order_key(9, &format!("X-{order_no}"));
-    let trade = match buyer.find_order(key) {
+    let trade = match call(|reply| buyer.find_order(key, reply)).await.map_err(|e| format!("order {order_no}: {e}"))? {
         OrderLookup::Trade(id) => Some(id),
         other => {
             (other == OrderLookup::Free).then_some(None).ok_or(format!("order {order_no}: buyer shard {other:?}"))?
         }
     };
-    let claim = home.find_order(key);
+    let claim = call(|reply| home.find_order(key, reply)).await.map_err(|e| format!("order {order_no}: {e}"))?;
     match (acked, trade, claim) {
         (Some(acked), Some(id), OrderLookup::Claimed { trade: Some(confirmed), .. })
             if acked == id && id == confirmed => {}
@@ -122,14 +127,14 @@ async fn run_seed(seed: u64) -> Result<usize, String> {
             return Err("claims left pending after the resolution".into());
         }
         for (order_no, acked) in orders.clone() {
-            check(&home, &buyer, order_no, acked)?;
+            check(&home, &buyer, order_no, acked).await?;
             // The client retries what it has no answer for: exactly one trade comes of it.
             if acked.is_none() && rng.one_in(2) {
                 let retried = create(&home, &buyer, &order(order_no, order_no + 1), Stop::Never)
                     .await
                     .map_err(|e| format!("retry of order {order_no}: {e}"))?
                     .expect("not stopped");
-                let existing = check(&home, &buyer, order_no, Some(retried.id))?;
+                let existing = check(&home, &buyer, order_no, Some(retried.id)).await?;
                 if existing != Some(retried.id) {
                     return Err(format!(
                         "order {order_no}: the retry answered {retried:?}, the shards hold {existing:?}"

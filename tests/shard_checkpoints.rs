@@ -13,6 +13,8 @@
 //!
 //! Trades beyond a small memory budget leave memory at every checkpoint, so reads, retries and
 //! changes find them in the table on disk, and power is lost during the table's writes too.
+//! Order keys leave memory for runs on disk at every checkpoint, so repeated creates read the
+//! runs, and power is lost during the runs' writes, merges and removals.
 //!
 //! Also: a damaged newest checkpoint is passed over for the one before it while the log still
 //! holds what that one needs, and refused (with its path and offset) once it does not; a
@@ -26,7 +28,8 @@ use std::time::Duration;
 
 use tradeshard_shard::{Command, Move, PollQuery, Refusal, Shard, TradeError, TradeId, TradeStatus, Upkeep};
 use tradeshard_tests::{
-    call, check_read_back, new_trade, rolling_shard_config, run, run_campaign, sim_disk_for_seed, upkeep_on_request,
+    call, check_read_back, damage_in, new_trade, rolling_shard_config, run, run_campaign, sim_disk_for_seed,
+    upkeep_on_request,
 };
 use tradeshard_wal::disk::{SimDisk, SplitMix64};
 use tradeshard_wal::WalConfig;
@@ -61,6 +64,8 @@ struct Seen {
     segments_removed: u64,
     offsets_retained_away: u64,
     trades_evicted: u64,
+    /// Opens that found order keys in runs on disk (the repeated creates read them).
+    opened_with_key_runs: u64,
 }
 
 type SharedShard = Rc<Shard<SimDisk>>;
@@ -216,6 +221,9 @@ async fn run_seed(seed: u64, seen: Rc<RefCell<Seen>>) -> Result<usize, String> {
         if shard.stats().opened.checkpoint.is_some() {
             seen.borrow_mut().opened_from_checkpoint += 1;
         }
+        if shard.stats().checkpoints.key_runs > 0 {
+            seen.borrow_mut().opened_with_key_runs += 1;
+        }
         checked += check(&shard, &model).await?;
         disk.crash_at_op(disk.ops() + 1 + rng.below(600));
         let mut tasks = Vec::new();
@@ -255,14 +263,20 @@ fn power_loss_during_checkpoints_and_retention_loses_nothing_acknowledged() {
     let (count, checked) = run_campaign(200, move |seed| run_seed(seed, totals.clone()));
     let seen = seen.borrow();
     println!(
-        "checkpoint campaign: {count} seeds, {checked} checks, {} checkpoints, {} opens from a checkpoint, {} segments removed, {} offsets retained away, {} trades left memory",
-        seen.checkpoints, seen.opened_from_checkpoint, seen.segments_removed, seen.offsets_retained_away, seen.trades_evicted
+        "checkpoint campaign: {count} seeds, {checked} checks, {} checkpoints, {} opens from a checkpoint, {} segments removed, {} offsets retained away, {} trades left memory, {} opens with order keys in runs",
+        seen.checkpoints,
+        seen.opened_from_checkpoint,
+        seen.segments_removed,
+        seen.offsets_retained_away,
+        seen.trades_evicted,
+        seen.opened_with_key_runs
     );
     if count >= 100 {
         assert!(checked > 1000, "the campaign must check trades: {checked}");
         assert!(seen.opened_from_checkpoint > count as u64, "opens must start from checkpoints");
         assert!(seen.segments_removed > count as u64, "retention must remove segments");
         assert!(seen.trades_evicted > count as u64, "trades must leave memory for the table");
+        assert!(seen.opened_with_key_runs > count as u64, "repeated creates must find their keys in runs");
     }
 }
 
@@ -326,14 +340,8 @@ fn a_damaged_checkpoint_the_log_no_longer_covers_is_refused_with_its_path_and_of
         for name in &names {
             disk.flip_bit(name, 4096 + 40, 3);
         }
-        match Shard::open_with(disk.clone(), config(), 0, upkeep()).await {
-            Err(TradeError::Log(tradeshard_wal::Error::Corruption { path, offset, .. })) => {
-                assert!(path.ends_with(&newest), "names the newest checkpoint: {path:?}");
-                assert_eq!(offset, 4096, "names the damaged page");
-            }
-            Err(other) => panic!("wrong error: {other:?}"),
-            Ok(_) => panic!("opened with every checkpoint damaged and the log cut"),
-        }
+        let offset = damage_in(Shard::open_with(disk.clone(), config(), 0, upkeep()).await, &newest);
+        assert_eq!(offset, 4096, "names the damaged page");
     });
 }
 
@@ -344,12 +352,6 @@ fn a_missing_or_cut_store_of_created_parts_is_refused() {
         build(&disk, 50).await;
         let parts = disk.read_file("created.parts").unwrap();
         disk.put_file("created.parts", &parts[..parts.len() / 2]);
-        match Shard::open_with(disk.clone(), config(), 0, upkeep()).await {
-            Err(TradeError::Log(tradeshard_wal::Error::Corruption { path, .. })) => {
-                assert!(path.ends_with("created.parts"), "{path:?}")
-            }
-            Err(other) => panic!("wrong error: {other:?}"),
-            Ok(_) => panic!("opened over a cut store of created parts"),
-        }
+        damage_in(Shard::open_with(disk.clone(), config(), 0, upkeep()).await, "created.parts");
     });
 }

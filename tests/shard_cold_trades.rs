@@ -7,7 +7,7 @@
 //! table's path and the record's offset.
 
 use tradeshard_shard::{Command, Move, Shard, TradeError, TradeId, TradeStatus, Upkeep};
-use tradeshard_tests::{call, new_trade, rolling_shard_config, run, upkeep_on_request};
+use tradeshard_tests::{call, damage_in, new_trade, rolling_shard_config, run, upkeep_on_request};
 use tradeshard_wal::disk::{Disk, SimDisk};
 
 fn upkeep() -> Upkeep {
@@ -38,18 +38,6 @@ async fn paid_trades(shard: &Shard<SimDisk>, n: u64) -> Vec<TradeId> {
 /// Where the table of trades keeps the record of `counter` (`docs/FORMAT.md`).
 fn record_offset(counter: u64) -> u64 {
     counter / 48 * 4096 + (counter % 48 / 6) * 512 + counter % 6 * 80
-}
-
-/// The offset a refusal for damage to `file` names; any other outcome fails the test.
-fn damage_in<T>(outcome: Result<T, TradeError>, file: &str) -> u64 {
-    match outcome {
-        Err(TradeError::Log(tradeshard_wal::Error::Corruption { path, offset, .. })) => {
-            assert!(path.ends_with(file), "the refusal names {file}: {path:?}");
-            offset
-        }
-        Err(other) => panic!("wrong error: {other:?}"),
-        Ok(_) => panic!("damage to {file} went unreported"),
-    }
 }
 
 fn newest_checkpoint(disk: &SimDisk) -> String {
@@ -187,18 +175,5 @@ fn a_missing_record_of_a_trade_on_disk_is_damage_not_a_missing_trade() {
         let shard = open(&disk).await.unwrap();
         // Reported, not read as no trade.
         assert_eq!(damage_in(call(|done| shard.get(ids[3], done)).await, "trades.table"), offset);
-    });
-}
-
-#[test]
-fn a_flipped_bit_in_the_store_of_order_keys_fails_the_open() {
-    run(async {
-        let disk = SimDisk::new();
-        let shard = open(&disk).await.unwrap();
-        paid_trades(&shard, 40).await;
-        drop(shard);
-        // The open rebuilds the order-number map from the store of order keys, read whole.
-        disk.flip_bit("order.keys", 200, 4);
-        damage_in(open(&disk).await, "order.keys");
     });
 }

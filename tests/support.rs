@@ -197,3 +197,16 @@ pub fn upkeep_on_request(on_close: bool, retention_bytes: Option<u64>) -> trades
         trade_memory_bytes: SMALL_TRADE_MEMORY,
     }
 }
+
+/// The offset a refusal for damage to the shard file `file` names; any other outcome fails the
+/// test.
+pub fn damage_in<T>(outcome: Result<T, tradeshard_shard::TradeError>, file: &str) -> u64 {
+    match outcome {
+        Err(tradeshard_shard::TradeError::Log(tradeshard_wal::Error::Corruption { path, offset, .. })) => {
+            assert!(path.ends_with(file), "the refusal names {file}: {path:?}");
+            offset
+        }
+        Err(other) => panic!("wrong error: {other:?}"),
+        Ok(_) => panic!("damage to {file} went unreported"),
+    }
+}

@@ -21,9 +21,9 @@ use serde::{Deserialize, Serialize};
 use crate::error::{Error, Result};
 
 /// The data directory format this build writes and reads (5: shards keep their trades in a
-/// table on disk, `trades.table`, and checkpoints no longer hold them; directories of formats
-/// 1 to 4 are refused).
-pub const FORMAT_VERSION: u32 = 5;
+/// table on disk, `trades.table`, and checkpoints no longer hold them; 6: order keys and
+/// confirmed claims are in sorted runs on disk; directories of formats 1 to 5 are refused).
+pub const FORMAT_VERSION: u32 = 6;
 const MANIFEST: &str = "MANIFEST";
 const LOCK: &str = "LOCK";
 /// Where the manifest is written before its rename; a leftover of an interrupted creation.

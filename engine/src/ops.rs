@@ -264,7 +264,7 @@ pub(crate) struct FindOrder(pub u128);
 impl ShardOp for FindOrder {
     type Output = OrderLookup;
     fn start(self, shard: &DiskShard, reply: ShardReply<OrderLookup>) {
-        reply.send(Ok(shard.find_order(self.0)))
+        shard.find_order(self.0, reply)
     }
 }
 

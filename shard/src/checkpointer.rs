@@ -11,12 +11,15 @@
 //!    the store of created parts (`parts.rs`), which is synced;
 //! 3. the trades changed since the last checkpoint are written to the table on disk
 //!    (`cold.rs`, `trade_file.rs`), which is synced;
-//! 4. the clone (without the trades of the table) is written as `checkpoint.tmp` in pages,
-//!    yielding between them, synced, renamed to its name, and the directory synced: from here
-//!    on an open starts from it;
-//! 5. the live indexes point the copied trades at the store; trades past the memory budget
-//!    leave memory (`trade_table/`); checkpoints older than the one before are removed;
-//!    retention removes the segments it allows (`retention.rs`).
+//! 4. the order keys and confirmed claims applied since the last checkpoint are written as new
+//!    runs, and runs merged as their policy says (`order_runs.rs`), synced;
+//! 5. the clone (without the trades of the table and the keys of the runs, with the list of
+//!    runs) is written as `checkpoint.tmp` in pages, yielding between them, synced, renamed to
+//!    its name, and the directory synced: from here on an open starts from it;
+//! 6. the live indexes point the copied trades at the store and take the new runs in place of
+//!    the keys they hold; trades past the memory budget leave memory (`trade_table/`);
+//!    checkpoints older than the one before, and runs neither lists, are removed; retention
+//!    removes the segments it allows (`retention.rs`).
 //!
 //! A crash anywhere leaves the previous checkpoint in force and the log it needs; a failed
 //! step fails this checkpoint only (counted in the stats), since the log still holds
@@ -30,7 +33,8 @@ use tradeshard_wal::disk::{Disk, DiskFile, WriteBuf};
 use crate::checkpoint::{self, Encoder, Header, Restored, Restorer};
 use crate::error::{LogError, TradeError};
 use crate::id_hash::IdMap;
-use crate::index::{CreatedAt, Item, ShardIndex, StoredPart, KEY_ENTRIES_PER_RUN, KEY_ENTRY_BYTES};
+use crate::index::{CreatedAt, Item, RunStore, ShardIndex, StoredPart};
+use crate::order_runs::WrittenRuns;
 use crate::parts::{encode_entry, PartsMark};
 use crate::record::{RecordKind, TradeRecordView};
 use crate::retention::keep_from;
@@ -139,12 +143,13 @@ async fn write_checkpoint<D: Disk>(inner: &Inner<D>) -> Result<Option<u64>, Trad
         snapshot.expire_groups(idle_before);
     }
     let position = snapshot.applied_end();
-    let marks = (inner.checkpoints.parts.mark(), inner.checkpoints.keys.mark());
-    let mut taken = Undo { inner, dirty: Some(dirty), stores: Some(marks) };
-    let (bytes, stored, table_bytes) =
+    let mut taken = Undo { inner, dirty: Some(dirty), parts: Some(inner.checkpoints.parts.mark()) };
+    let (bytes, stored, table_bytes, runs) =
         write_durable(inner, &snapshot, taken.dirty.as_ref().expect("taken"), since, now).await?;
-    (taken.dirty, taken.stores) = (None, None);
+    (taken.dirty, taken.parts) = (None, None);
     drop(snapshot);
+    let new_position = checkpoints.latest.get() != Some(position);
+    take_runs(inner, runs, new_position).await?;
     // In batches, so that a checkpoint of many new trades does not hold up requests.
     let stored: Vec<(TradeId, StoredPart)> = stored.into_iter().collect();
     for batch in stored.chunks(ITEMS_PER_YIELD) {
@@ -186,12 +191,13 @@ async fn write_checkpoint<D: Disk>(inner: &Inner<D>) -> Result<Option<u64>, Trad
 /// What a checkpoint undoes unless it completes (whether it failed or was dropped half way):
 /// the trades it took to write to the table are put back for the next checkpoint, and the
 /// store of created parts is rewound to where it ended, so that the next checkpoint's copy of
-/// the same records writes over this one's instead of after it.
+/// the same records writes over this one's instead of after it. (Runs it wrote are not in
+/// force, and go with the next checkpoint's removal of unlisted runs.)
 struct Undo<'a, D: Disk> {
     inner: &'a Inner<D>,
     dirty: Option<Dirty>,
-    /// Where the stores of created parts and of order keys ended.
-    stores: Option<(PartsMark, PartsMark)>,
+    /// Where the store of created parts ended.
+    parts: Option<PartsMark>,
 }
 
 impl<D: Disk> Drop for Undo<'_, D> {
@@ -199,11 +205,42 @@ impl<D: Disk> Drop for Undo<'_, D> {
         if let Some(dirty) = self.dirty.take() {
             self.inner.index.borrow_mut().trade_table_mut().restore_dirty(dirty);
         }
-        if let Some((parts, keys)) = self.stores.take() {
+        if let Some(parts) = self.parts.take() {
             self.inner.checkpoints.parts.rewind(parts);
-            self.inner.checkpoints.keys.rewind(keys);
         }
     }
+}
+
+/// Puts a durable checkpoint's runs in force: lookups read them from now on (a read made
+/// against the runs before is made again), and the keys they hold leave memory, in batches.
+/// Runs that neither this checkpoint nor the one before it lists are removed.
+async fn take_runs<D: Disk>(inner: &Inner<D>, written: WrittenRuns<D>, new_position: bool) -> Result<(), TradeError> {
+    let kept = {
+        let mut runs = inner.order_runs.borrow_mut();
+        if new_position {
+            runs.previous_ids = runs.listed().into_iter().map(|(_, id)| id).collect();
+        }
+        if written.bytes > 0 {
+            (runs.orders, runs.claims, runs.next_id) = (written.orders, written.claims, written.next_id);
+            runs.generation += 1;
+        }
+        let kept: Vec<u64> =
+            runs.listed().into_iter().map(|(_, id)| id).chain(runs.previous_ids.iter().copied()).collect();
+        inner.checkpoints.count(|s| {
+            s.key_run_bytes_written += written.bytes;
+        });
+        kept
+    };
+    // Until a key is forgotten, memory and the runs both hold it, alike.
+    for batch in written.order_keys.chunks(ITEMS_PER_YIELD) {
+        inner.index.borrow_mut().forget_in_runs(batch, &[]);
+        glommio::yield_if_needed().await;
+    }
+    for batch in written.claim_keys.chunks(ITEMS_PER_YIELD) {
+        inner.index.borrow_mut().forget_in_runs(&[], batch);
+        glommio::yield_if_needed().await;
+    }
+    crate::order_runs::remove_unlisted(inner.wal.disk(), &kept).await
 }
 
 /// The durable steps of a checkpoint of `snapshot`: the created parts stored, the changed
@@ -215,20 +252,24 @@ async fn write_durable<D: Disk>(
     dirty: &Dirty,
     since: u64,
     now: u64,
-) -> Result<(u64, IdMap<TradeId, StoredPart>, u64), TradeError> {
+) -> Result<(u64, IdMap<TradeId, StoredPart>, u64, WrittenRuns<D>), TradeError> {
     let position = snapshot.applied_end();
     wait_synced(inner, position).await?;
     let stored = store_created_parts(inner, since, position).await?;
     let table_bytes = crate::cold::write_dirty(&inner.checkpoints.table, snapshot, dirty, &stored, position).await?;
+    let sets = {
+        let runs = inner.order_runs.borrow();
+        (runs.orders.clone(), runs.claims.clone(), runs.next_id)
+    };
+    let runs = crate::order_runs::write_runs(inner.wal.disk(), sets, snapshot).await?;
     let header = Header {
         shard_id: inner.shard_id,
         scalars: snapshot.scalars(),
         parts_len: inner.checkpoints.parts.len(),
-        keys_len: inner.checkpoints.keys.len(),
         created_ms: now,
     };
-    let bytes = write_file(inner, snapshot, &header, &stored).await?;
-    Ok((bytes, stored, table_bytes))
+    let bytes = write_file(inner, snapshot, &header, &stored, &runs.listed()).await?;
+    Ok((bytes, stored, table_bytes, runs))
 }
 
 /// Waits until every record below `position` is durable on the device (under `Buffered`, the
@@ -243,18 +284,16 @@ async fn wait_synced<D: Disk>(inner: &Inner<D>, position: u64) -> Result<(), Tra
     Ok(())
 }
 
-/// Copies the `Created` records in `[since, position)` to the store of created parts, and their
-/// order keys to the store of order keys, synced, a megabyte at a time.
+/// Copies the `Created` records in `[since, position)` to the store of created parts, synced, a
+/// megabyte at a time.
 async fn store_created_parts<D: Disk>(
     inner: &Inner<D>,
     since: u64,
     position: u64,
 ) -> Result<IdMap<TradeId, StoredPart>, TradeError> {
     const APPEND_BYTES: usize = 1 << 20;
-    let (parts, keys) = (&inner.checkpoints.parts, &inner.checkpoints.keys);
+    let parts = &inner.checkpoints.parts;
     let mut entries = Vec::with_capacity(APPEND_BYTES + 4096);
-    let mut key_entries = Vec::with_capacity(APPEND_BYTES + 4096);
-    let mut key_run = Vec::with_capacity(KEY_ENTRIES_PER_RUN * KEY_ENTRY_BYTES);
     let mut stored = IdMap::default();
     let mut reader = inner.wal.reader(since)?;
     while let Some((seq, record)) = reader.next().await? {
@@ -269,30 +308,14 @@ async fn store_created_parts<D: Disk>(
             let offset = parts.len() + entries.len() as u64;
             let len = encode_entry(record, &mut entries);
             stored.insert(view.trade_id, StoredPart { seq, offset, len });
-            let key = ShardIndex::key_entry(&view)
-                .ok_or(TradeError::BadRecord { seq, reason: "created without its fields" })?;
-            key_run.extend_from_slice(&key);
-            if key_run.len() == KEY_ENTRIES_PER_RUN * KEY_ENTRY_BYTES {
-                encode_entry(&key_run, &mut key_entries);
-                key_run.clear();
-            }
         }
         if entries.len() >= APPEND_BYTES {
             parts.append(&entries).await?;
             entries.clear();
         }
-        if key_entries.len() >= APPEND_BYTES {
-            keys.append(&key_entries).await?;
-            key_entries.clear();
-        }
-    }
-    if !key_run.is_empty() {
-        encode_entry(&key_run, &mut key_entries);
     }
     parts.append(&entries).await?;
-    keys.append(&key_entries).await?;
     parts.sync().await?;
-    keys.sync().await?;
     Ok(stored)
 }
 
@@ -302,6 +325,7 @@ async fn write_file<D: Disk>(
     snapshot: &ShardIndex,
     header: &Header,
     stored: &IdMap<TradeId, StoredPart>,
+    runs: &[(RunStore, u64)],
 ) -> Result<u64, TradeError> {
     let disk = inner.wal.disk();
     let io = |op, name: &str, e| TradeError::Log(LogError::io(op, disk.path_of(name), e));
@@ -314,7 +338,8 @@ async fn write_file<D: Disk>(
     let mut out = Vec::new();
     let mut written = 0u64;
     let mut encoder = Encoder::new(header, &mut out);
-    for (n, item) in snapshot.items().enumerate() {
+    let listed = runs.iter().map(|(store, id)| Item::Run(*store, *id));
+    for (n, item) in listed.chain(snapshot.items()).enumerate() {
         let item = match item {
             Item::Trade(id, mut entry) if matches!(entry.created_at, CreatedAt::Log(_)) => {
                 let part = stored.get(&id).ok_or(TradeError::BadRecord {

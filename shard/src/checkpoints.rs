@@ -34,14 +34,20 @@ pub struct CheckpointStats {
     pub table_bytes_written: u64,
     /// Trades that left memory since open.
     pub trades_evicted: u64,
+    /// Runs of order keys and confirmed claims in force (`order_runs.rs`), the keys they
+    /// hold, their files' bytes and the bytes their Bloom filters and fences take in memory.
+    pub key_runs: u64,
+    pub key_run_entries: u64,
+    pub key_run_bytes: u64,
+    pub key_run_memory_bytes: u64,
+    /// Bytes written to runs since open (merges included).
+    pub key_run_bytes_written: u64,
 }
 
 /// What a shard keeps of its checkpoints.
 pub(crate) struct Checkpoints<D: Disk> {
     pub upkeep: Upkeep,
     pub parts: PartsStore<D>,
-    /// The store of order keys, from which an open rebuilds the order-number map.
-    pub keys: PartsStore<D>,
     /// The table of trades on disk, where trades that leave memory are.
     pub table: TradeFile<D>,
     /// The latest checkpoint's position and the one before it (kept as a fallback).
@@ -58,7 +64,6 @@ impl<D: Disk> Checkpoints<D> {
     pub(crate) fn new(
         upkeep: Upkeep,
         parts: PartsStore<D>,
-        keys: PartsStore<D>,
         table: TradeFile<D>,
         loaded: Option<&Header>,
     ) -> Checkpoints<D> {
@@ -71,7 +76,6 @@ impl<D: Disk> Checkpoints<D> {
         Checkpoints {
             upkeep,
             parts,
-            keys,
             table,
             latest: Cell::new(loaded.map(|h| h.scalars.applied_end)),
             previous: Cell::new(None),

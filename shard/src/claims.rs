@@ -10,14 +10,19 @@
 //! id ([`Shard::settle_claim`]); a claim left pending by a stop between the two steps is
 //! confirmed or released when the engine opens, by asking the buyer's shard whether the trade
 //! exists. A create whose buyer lives in the home shard needs no claim: its own `Created`
-//! record holds the key, and the checks here and in `write.rs` look at both.
+//! record holds the key, and the checks here and in `write.rs` look at both. Confirmed claims
+//! older than the last checkpoint are in runs on disk (`order_runs.rs`): a request whose key a
+//! run may hold reads the runs first, on a task, and is checked again with what it read.
+
+use std::rc::Rc;
 
 use tradeshard_wal::disk::Disk;
 
 use crate::error::{Refusal, TradeError};
 use crate::index::{body_hash, order_key};
+use crate::order_runs::{Lookup, RunRead};
 use crate::shard::Shard;
-use crate::state::{Effect, EffectKeys, ShardReply, Waiter};
+use crate::state::{Effect, EffectKeys, Inner, ShardReply, Waiter};
 use crate::system_record::{ClaimOutcome, ClaimSettled, LogRecord, OrderClaim};
 use crate::trade::now_ms;
 use crate::trade::{TradeId, ValidTrade};
@@ -73,110 +78,18 @@ impl<D: Disk> Shard<D> {
     /// that far (`None` for a new or pending claim); another body holding the key is
     /// `Refusal::IdempotencyConflict`.
     pub fn claim_order(&self, request: ClaimRequest, reply: ShardReply<Option<TradeId>>) {
-        let mut accepted = self.inner.accepted.borrow_mut();
-        if let Some(failure) = &accepted.failed {
-            return reply.send(Err(failure.clone()));
-        }
-        let index = self.inner.index.borrow();
-        let conflict = |existing| -> TradeError {
-            let ClaimRequest { merchant_id, order_no, .. } = request.clone();
-            Refusal::IdempotencyConflict { existing, merchant_id, order_no }.into()
-        };
-        if let Some(&(body, seq)) = accepted.claims.get(&request.key) {
-            return match body == request.body {
-                true => accepted.claim_repeats.entry(seq).or_default().push(reply),
-                false => reply.send(Err(conflict(None))),
-            };
-        }
-        if let Some(&(id, _, _)) = accepted.orders.get(&request.key) {
-            return reply.send(Err(conflict(Some(id))));
-        }
-        if let Some(claim) = index.claim(request.key) {
-            return match claim.body == request.body {
-                true => reply.send(Ok(claim.trade)),
-                false => reply.send(Err(conflict(claim.trade))),
-            };
-        }
-        if let Some((id, _)) = index.by_order(request.key) {
-            return reply.send(Err(conflict(Some(id))));
-        }
-        let claim = OrderClaim {
-            key: request.key,
-            body: request.body,
-            buyer_id: request.buyer_id,
-            merchant_id: request.merchant_id,
-            at_ms: now_ms(),
-        };
-        let ticket = match self.inner.wal.enqueue(&claim.encode()) {
-            Ok(ticket) => ticket,
-            Err(error) => return reply.send(Err(error.into())),
-        };
-        let seq = ticket.seq();
-        accepted.claims.insert(request.key, (request.body, seq));
-        let record = LogRecord::Claim(claim);
-        accepted.push(Effect {
-            seq,
-            ticket: Some(ticket),
-            record,
-            keys: EffectKeys::None,
-            waiter: Waiter::Claim(reply),
-            after: None,
-        });
+        claim_order(&self.inner, request, reply, None)
     }
 
     /// Ends the pending claim of `key`: confirmed with its trade, or released. Idempotent: a
     /// claim settled the same way already (or being settled) is answered at once.
     pub fn settle_claim(&self, key: u128, outcome: ClaimOutcome, reply: ShardReply<()>) {
-        let mut accepted = self.inner.accepted.borrow_mut();
-        if let Some(failure) = &accepted.failed {
-            return reply.send(Err(failure.clone()));
-        }
-        // Only the engine settles claims, after the claim is durable: a settlement that meets
-        // a claim still in flight, or contradicts one made or being made, is its bug.
-        let contradiction = || TradeError::BadRecord { seq: 0, reason: "settlement contradicts the claim" };
-        match accepted.settling.get(&key) {
-            Some(settling) if *settling == outcome => return reply.send(Ok(())),
-            Some(_) => return reply.send(Err(contradiction())),
-            None if accepted.claims.contains_key(&key) => return reply.send(Err(contradiction())),
-            None => {}
-        }
-        let settled_already = match (self.inner.index.borrow().claim(key).map(|claim| claim.trade), outcome) {
-            (Some(None), _) => false,
-            (Some(Some(confirmed)), ClaimOutcome::Confirmed(id)) if confirmed == id => true,
-            (None, ClaimOutcome::Released) => true,
-            _ => return reply.send(Err(contradiction())),
-        };
-        if settled_already {
-            return reply.send(Ok(()));
-        }
-        let settled = ClaimSettled { key, outcome, at_ms: now_ms() };
-        let ticket = match self.inner.wal.enqueue(&settled.encode()) {
-            Ok(ticket) => ticket,
-            Err(error) => return reply.send(Err(error.into())),
-        };
-        accepted.settling.insert(key, outcome);
-        let record = LogRecord::ClaimSettled(settled);
-        let effect = Effect {
-            seq: ticket.seq(),
-            ticket: Some(ticket),
-            record,
-            keys: EffectKeys::None,
-            waiter: Waiter::Settled(reply),
-            after: None,
-        };
-        accepted.push(effect);
+        settle_claim(&self.inner, key, outcome, reply, None)
     }
 
     /// Where this shard knows `key` from, in durable state.
-    pub fn find_order(&self, key: u128) -> OrderLookup {
-        let index = self.inner.index.borrow();
-        if let Some((id, _)) = index.by_order(key) {
-            return OrderLookup::Trade(id);
-        }
-        match index.claim(key) {
-            Some(claim) => OrderLookup::Claimed { buyer_id: claim.buyer_id, trade: claim.trade },
-            None => OrderLookup::Free,
-        }
+    pub fn find_order(&self, key: u128, reply: ShardReply<OrderLookup>) {
+        find_order(&self.inner, key, reply, None)
     }
 
     /// The durable claims of this shard that are not settled yet.
@@ -184,4 +97,168 @@ impl<D: Disk> Shard<D> {
         let index = self.inner.index.borrow();
         index.pending_claims().map(|(key, claim)| PendingClaim { key, buyer_id: claim.buyer_id }).collect()
     }
+}
+
+/// Reads `key` from the runs on disk on a task, then calls `then` with what was read (or
+/// answers `reply` with why it could not be). The caller holds no borrow of the shard's state:
+/// the task may start at once.
+fn read_then<D: Disk, R: 'static>(
+    inner: &Rc<Inner<D>>,
+    key: u128,
+    reply: ShardReply<R>,
+    then: impl FnOnce(&Rc<Inner<D>>, ShardReply<R>, RunRead) + 'static,
+) {
+    let reading = inner.order_runs.borrow().read(key);
+    let inner = inner.clone();
+    let task = async move {
+        match reading.await {
+            Ok(read) => then(&inner, reply, read),
+            Err(error) => reply.send(Err(error)),
+        }
+    };
+    glommio::spawn_local(task).detach();
+}
+
+/// [`Shard::claim_order`], with the key's state read from the runs if it was.
+fn claim_order<D: Disk>(
+    inner: &Rc<Inner<D>>,
+    request: ClaimRequest,
+    reply: ShardReply<Option<TradeId>>,
+    read: Option<RunRead>,
+) {
+    let mut accepted = inner.accepted.borrow_mut();
+    if let Some(failure) = &accepted.failed {
+        return reply.send(Err(failure.clone()));
+    }
+    let index = inner.index.borrow();
+    let conflict = |existing| -> TradeError {
+        let ClaimRequest { merchant_id, order_no, .. } = request.clone();
+        Refusal::IdempotencyConflict { existing, merchant_id, order_no }.into()
+    };
+    if let Some(&(body, seq)) = accepted.claims.get(&request.key) {
+        return match body == request.body {
+            true => accepted.claim_repeats.entry(seq).or_default().push(reply),
+            false => reply.send(Err(conflict(None))),
+        };
+    }
+    if let Some(&(id, _, _)) = accepted.orders.get(&request.key) {
+        return reply.send(Err(conflict(Some(id))));
+    }
+    let lookup = inner.order_runs.borrow().lookup(&index, request.key, read.as_ref());
+    let durable = match lookup {
+        Lookup::Known(state) => state,
+        Lookup::MustRead => {
+            drop((accepted, index));
+            let key = request.key;
+            return read_then(inner, key, reply, move |inner, reply, read| {
+                claim_order(inner, request, reply, Some(read))
+            });
+        }
+    };
+    if let Some(claim) = durable.claim {
+        return match claim.body == request.body {
+            true => reply.send(Ok(claim.trade)),
+            false => reply.send(Err(conflict(claim.trade))),
+        };
+    }
+    if let Some((id, _)) = durable.order {
+        return reply.send(Err(conflict(Some(id))));
+    }
+    let claim = OrderClaim {
+        key: request.key,
+        body: request.body,
+        buyer_id: request.buyer_id,
+        merchant_id: request.merchant_id,
+        at_ms: now_ms(),
+    };
+    let ticket = match inner.wal.enqueue(&claim.encode()) {
+        Ok(ticket) => ticket,
+        Err(error) => return reply.send(Err(error.into())),
+    };
+    let seq = ticket.seq();
+    accepted.claims.insert(request.key, (request.body, seq));
+    let record = LogRecord::Claim(claim);
+    accepted.push(Effect {
+        seq,
+        ticket: Some(ticket),
+        record,
+        keys: EffectKeys::None,
+        waiter: Waiter::Claim(reply),
+        after: None,
+    });
+}
+
+/// [`Shard::settle_claim`], with the key's state read from the runs if it was.
+fn settle_claim<D: Disk>(
+    inner: &Rc<Inner<D>>,
+    key: u128,
+    outcome: ClaimOutcome,
+    reply: ShardReply<()>,
+    read: Option<RunRead>,
+) {
+    let mut accepted = inner.accepted.borrow_mut();
+    if let Some(failure) = &accepted.failed {
+        return reply.send(Err(failure.clone()));
+    }
+    // Only the engine settles claims, after the claim is durable: a settlement that meets
+    // a claim still in flight, or contradicts one made or being made, is its bug.
+    let contradiction = || TradeError::BadRecord { seq: 0, reason: "settlement contradicts the claim" };
+    match accepted.settling.get(&key) {
+        Some(settling) if *settling == outcome => return reply.send(Ok(())),
+        Some(_) => return reply.send(Err(contradiction())),
+        None if accepted.claims.contains_key(&key) => return reply.send(Err(contradiction())),
+        None => {}
+    }
+    let lookup = inner.order_runs.borrow().lookup(&inner.index.borrow(), key, read.as_ref());
+    let claim = match lookup {
+        Lookup::Known(state) => state.claim,
+        Lookup::MustRead => {
+            drop(accepted);
+            return read_then(inner, key, reply, move |inner, reply, read| {
+                settle_claim(inner, key, outcome, reply, Some(read))
+            });
+        }
+    };
+    let settled_already = match (claim.map(|claim| claim.trade), outcome) {
+        (Some(None), _) => false,
+        (Some(Some(confirmed)), ClaimOutcome::Confirmed(id)) if confirmed == id => true,
+        (None, ClaimOutcome::Released) => true,
+        _ => return reply.send(Err(contradiction())),
+    };
+    if settled_already {
+        return reply.send(Ok(()));
+    }
+    let settled = ClaimSettled { key, outcome, at_ms: now_ms() };
+    let ticket = match inner.wal.enqueue(&settled.encode()) {
+        Ok(ticket) => ticket,
+        Err(error) => return reply.send(Err(error.into())),
+    };
+    accepted.settling.insert(key, outcome);
+    let record = LogRecord::ClaimSettled(settled);
+    let effect = Effect {
+        seq: ticket.seq(),
+        ticket: Some(ticket),
+        record,
+        keys: EffectKeys::None,
+        waiter: Waiter::Settled(reply),
+        after: None,
+    };
+    accepted.push(effect);
+}
+
+/// [`Shard::find_order`], with the key's state read from the runs if it was.
+fn find_order<D: Disk>(inner: &Rc<Inner<D>>, key: u128, reply: ShardReply<OrderLookup>, read: Option<RunRead>) {
+    let lookup = inner.order_runs.borrow().lookup(&inner.index.borrow(), key, read.as_ref());
+    let state = match lookup {
+        Lookup::Known(state) => state,
+        Lookup::MustRead => {
+            return read_then(inner, key, reply, move |inner, reply, read| find_order(inner, key, reply, Some(read)))
+        }
+    };
+    let found = match (state.order, state.claim) {
+        (Some((id, _)), _) => OrderLookup::Trade(id),
+        (None, Some(claim)) => OrderLookup::Claimed { buyer_id: claim.buyer_id, trade: claim.trade },
+        (None, None) => OrderLookup::Free,
+    };
+    reply.send(Ok(found))
 }

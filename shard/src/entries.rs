@@ -107,3 +107,32 @@ pub struct GroupOffset {
     pub offset: u64,
     pub at_ms: u64,
 }
+
+/// The store of order keys a run on disk belongs to, as a checkpoint lists it
+/// (`order_runs.rs`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(u8)]
+pub(crate) enum RunStore {
+    /// Order key → this shard's trade with that order number, and its body hash.
+    Orders = 1,
+    /// Order key → the confirmed claim of a buyer of another shard.
+    Claims = 2,
+}
+
+impl RunStore {
+    pub(crate) fn from_u8(byte: u8) -> Option<RunStore> {
+        match byte {
+            1 => Some(RunStore::Orders),
+            2 => Some(RunStore::Claims),
+            _ => None,
+        }
+    }
+
+    /// The prefix of its run files' names.
+    pub(crate) fn prefix(self) -> &'static str {
+        match self {
+            RunStore::Orders => "orders",
+            RunStore::Claims => "claims",
+        }
+    }
+}

@@ -1,15 +1,16 @@
 //! The shard's in-memory indexes, rebuilt from the log on open and kept current as records
 //! become durable: trade id → the trade's current state and where its `Created` record lies;
-//! (merchant, order number) → trade id; user → that user's trades in creation order.
+//! (merchant, order number) → trade id, for the keys added since the last checkpoint (older
+//! ones are in runs on disk, `order_runs.rs`); user → that user's trades in creation order.
 //!
 //! What a record does to a trade is decided by the lifecycle rules (`lifecycle.rs`), shared
 //! with the checks made before a write, so the log and the index never disagree on it.
 //!
 //! Memory per trade: an 88-byte slot (the entry, which knows its id's logical shard; the slot is
-//! the counter) in the trade table while the trade
-//! is in memory (`trade_table/`: trades leave memory for the table on disk), 32 bytes in the
-//! order map and 8 bytes in the user's list, plus the order and user maps' hash-table slack
-//! (see `ARCHITECTURE.md`).
+//! the counter) in the trade table while the trade is in memory (`trade_table/`: trades leave
+//! memory for the table on disk), 8 bytes in the user's list plus the user map's hash-table
+//! slack, and about 1.4 bytes of Bloom filter and fence keys in the runs of order keys (see
+//! `ARCHITECTURE.md`).
 
 use std::collections::HashMap;
 
@@ -17,19 +18,15 @@ use crate::id_hash::IdMap;
 
 use tradeshard_wal::Appended;
 
+pub(crate) use crate::entries::RunStore;
 pub use crate::entries::{ClaimEntry, CreatedAt, GroupOffset, RefundEntry, StoredPart, TradeEntry};
 pub use crate::keys::{body_hash, order_key, refund_key};
 use crate::lifecycle::{next_state, Action, Lifecycle};
 use crate::partitioned::PartitionedMap;
-use crate::record::{RecordKind, TradeRecord, TradeRecordView};
+use crate::record::{RecordKind, TradeRecord};
 use crate::system_record::{ClaimOutcome, ClaimSettled, OffsetCommit, OrderClaim};
 use crate::trade::{Receipt, TradeId, TradeStatus, COUNTER_BITS};
 use crate::trade_table::{Dirty, TradeTable};
-
-/// Bytes of one trade's order key entry; the store of order keys holds runs of them.
-pub(crate) const KEY_ENTRY_BYTES: usize = 32;
-/// Most order key entries in one entry of the store (a checksum per run, not per trade).
-pub(crate) const KEY_ENTRIES_PER_RUN: usize = 2000;
 
 /// The durable indexes of one shard. Cloning shares the large maps with the clone, part by
 /// part (`trade_table/`, `partitioned.rs`): a checkpoint's snapshot.
@@ -38,10 +35,12 @@ pub struct ShardIndex {
     // Laid out by counter (trade_table/); the others are partitioned, so that a map of
     // millions of entries never grows all at once (partitioned.rs).
     trades: TradeTable<TradeEntry>,
+    /// Order keys of this shard's trades applied since the last checkpoint's run.
     by_order: PartitionedMap<u128, (TradeId, u64)>,
     by_user: PartitionedMap<u64, Vec<TradeId>>,
     refunds: PartitionedMap<u128, RefundEntry>,
-    /// Order numbers whose home is this shard, claimed for trades of other shards.
+    /// Order numbers whose home is this shard, claimed for trades of other shards: pending
+    /// ones, and those confirmed since the last checkpoint's run.
     claims: PartitionedMap<u128, ClaimEntry>,
     /// The claims not settled yet: few (the creates in flight when the engine stopped, and
     /// confirmations not yet written), resolved when the engine opens.
@@ -63,14 +62,16 @@ pub struct ShardIndex {
     /// The highest counter of the table of trades, as the checkpoint loaded said.
     restored_table_max: u64,
     refunds_held: Vec<(TradeId, u128)>,
+    /// The runs of order keys the checkpoint loaded lists, oldest first (`order_runs.rs`).
+    listed_runs: Vec<(RunStore, u64)>,
 }
 
 /// One entry of the indexes, as a checkpoint holds it (`checkpoint.rs`).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) enum Item {
     Trade(TradeId, TradeEntry),
-    /// Order key → (trade, body hash).
-    Order(u128, TradeId, u64),
+    /// A run of order keys in force, with its store (listed oldest first).
+    Run(RunStore, u64),
     /// A user's trades, oldest first (a long list comes as several items, in order).
     User(u64, Vec<TradeId>),
     Refund(u128, RefundEntry),
@@ -93,11 +94,11 @@ impl ShardIndex {
     pub(crate) fn items(&self) -> impl Iterator<Item = Item> + '_ {
         // Dense trades are in the table on disk (`trade_file.rs`); only scattered ones here.
         let trades = self.trades.scattered().map(|(id, entry)| Item::Trade(id, *entry));
-        // The order-number map is rebuilt from the store of order keys, which checkpoints
-        // append to (`checkpointer.rs`).
+        // Order keys and confirmed claims are in runs (`order_runs.rs`): the checkpointer lists
+        // them, and writes the pending claims only.
         let users = self.by_user.iter().map(|(user, ids)| Item::User(*user, ids.clone()));
         let refunds = self.refunds.iter().map(|(key, refund)| Item::Refund(*key, *refund));
-        let claims = self.claims.iter().map(|(key, claim)| Item::Claim(*key, *claim));
+        let claims = self.pending_claims.iter().map(|(key, claim)| Item::Claim(*key, *claim));
         let groups = self.offsets.iter().map(|(group, offset)| Item::Group(group.clone(), *offset));
         trades.chain(users).chain(refunds).chain(claims).chain(groups)
     }
@@ -132,10 +133,11 @@ impl ShardIndex {
                 }
                 self.trades.insert_scattered(id, entry);
             }
-            Item::Order(key, id, body) => {
-                if self.by_order.insert(key, (id, body)).is_some() {
-                    return Err("order key twice in a checkpoint");
+            Item::Run(store, id) => {
+                if self.listed_runs.iter().any(|(_, listed)| *listed == id) {
+                    return Err("run twice in a checkpoint");
                 }
+                self.listed_runs.push((store, id));
             }
             Item::User(user, ids) => self.by_user.get_or_default(user).extend(ids),
             Item::Refund(key, refund) => {
@@ -160,42 +162,31 @@ impl ShardIndex {
         Ok(())
     }
 
-    /// Adds checkpointed trades' order keys, from an entry of the store of order keys (a run
-    /// of [`key_entry`](Self::key_entry)s), read when the shard opens.
-    pub(crate) fn restore_keys(&mut self, entries: &[u8]) -> Result<(), &'static str> {
-        if entries.is_empty() || !entries.len().is_multiple_of(KEY_ENTRY_BYTES) {
-            return Err("an order key entry of the wrong length");
-        }
-        for entry in entries.chunks_exact(KEY_ENTRY_BYTES) {
-            self.restore_key(entry.try_into().expect("chunks of the entry's length"))?;
-        }
-        Ok(())
+    /// The runs of order keys the loaded checkpoint listed (an open opens them).
+    pub(crate) fn take_listed_runs(&mut self) -> Vec<(RunStore, u64)> {
+        std::mem::take(&mut self.listed_runs)
     }
 
-    fn restore_key(&mut self, entry: &[u8; KEY_ENTRY_BYTES]) -> Result<(), &'static str> {
-        let word = |at: usize| u64::from_le_bytes(entry[at..at + 8].try_into().expect("8 bytes"));
-        let key = u128::from_le_bytes(entry[..16].try_into().expect("16 bytes"));
-        let (id, body) = (TradeId(word(16)), word(24));
-        if id.counter() == 0 || id.counter() > self.counter_max {
-            return Err("an order key entry of a trade id this shard did not issue");
-        }
-        if self.by_order.insert(key, (id, body)).is_some() {
-            return Err("an order key twice in the store of order keys");
-        }
-        Ok(())
+    /// The order keys applied since the last checkpoint's run: key, trade, body hash.
+    pub(crate) fn recent_orders(&self) -> impl Iterator<Item = (u128, TradeId, u64)> + '_ {
+        self.by_order.iter().map(|(key, (id, body))| (*key, *id, *body))
     }
 
-    /// The entry of the store of order keys for a `Created` record: its order key, body hash
-    /// and trade id.
-    pub(crate) fn key_entry(record: &TradeRecordView) -> Option<[u8; KEY_ENTRY_BYTES]> {
-        let created = record.created?;
-        let mut entry = [0u8; KEY_ENTRY_BYTES];
-        entry[..16].copy_from_slice(&order_key(record.merchant_id, created.merchant_order_no).to_le_bytes());
-        let body = body_hash(record.user_id, record.amount, record.currency, created.memo);
-        for (n, word) in [record.trade_id.0, body].iter().enumerate() {
-            entry[16 + 8 * n..24 + 8 * n].copy_from_slice(&word.to_le_bytes());
+    /// The claims confirmed since the last checkpoint's run, with their trades.
+    pub(crate) fn recent_confirmed_claims(&self) -> impl Iterator<Item = (u128, &ClaimEntry, TradeId)> + '_ {
+        self.claims.iter().filter_map(|(key, claim)| Some((*key, claim, claim.trade?)))
+    }
+
+    /// Forgets the order keys and confirmed claims a durable checkpoint's runs now hold.
+    pub(crate) fn forget_in_runs(&mut self, order_keys: &[u128], claim_keys: &[u128]) {
+        for key in order_keys {
+            self.by_order.remove(key);
         }
-        Some(entry)
+        for key in claim_keys {
+            if self.claims.get(key).is_some_and(|claim| claim.trade.is_some()) {
+                self.claims.remove(key);
+            }
+        }
     }
 
     /// The trade's entry, if it is in memory (a cold one is in the table on disk).
@@ -252,12 +243,14 @@ impl ShardIndex {
         self.trades.take_dirty()
     }
 
-    /// The trade created with this order key, and its body hash.
+    /// The trade created with this order key, and its body hash, if it is among the keys
+    /// since the last checkpoint's run (`order_runs.rs` asks the runs for the others).
     pub fn by_order(&self, key: u128) -> Option<(TradeId, u64)> {
         self.by_order.get(&key).copied()
     }
 
-    /// The claim of an order key, if this shard is its home and it is claimed.
+    /// The claim of an order key, if this shard is its home and it is claimed: pending, or
+    /// confirmed since the last checkpoint's run.
     pub fn claim(&self, key: u128) -> Option<&ClaimEntry> {
         self.claims.get(&key)
     }
@@ -268,7 +261,8 @@ impl ShardIndex {
     }
 
     /// Applies a durable claim: the key must be free here (no trade of this shard has it, no
-    /// claim holds it).
+    /// claim holds it; checked against memory only: the runs were checked before the claim
+    /// was written).
     pub fn apply_claim(&mut self, claim: &OrderClaim) -> Result<(), &'static str> {
         if self.by_order.get(&claim.key).is_some() || self.claims.get(&claim.key).is_some() {
             return Err("order number claimed twice");

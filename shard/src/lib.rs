@@ -24,12 +24,14 @@ mod id_hash;
 mod index;
 mod keys;
 mod lifecycle;
+mod order_runs;
 mod partitioned;
 mod parts;
 mod read;
 mod record;
 pub mod reply;
 mod retention;
+mod runs;
 mod shard;
 mod state;
 mod system_record;
@@ -51,15 +53,13 @@ pub use error::{InputError, LogError, Refusal, TradeError};
 pub use events::{Event, EventBatch, PollQuery, POLL_BYTES_MAX, POLL_EVENTS_MAX};
 pub use index::order_key;
 pub use lifecycle::Move;
-/// The reader of the store of order keys, for fuzzing (`testing` feature).
-#[cfg(any(test, feature = "testing"))]
-pub use parts::{
-    decode_order_keys_for_fuzzing as decode_order_keys, sample_order_keys_for_fuzzing as sample_order_keys,
-};
 pub use read::ListQuery;
 pub use record::{CreatedFields, CreatedFieldsView, RecordKind, TradeRecord, TradeRecordView};
 pub use reply::{Reply, ReplyFuture};
 pub use retention::Upkeep;
+/// The reader of a run file, for fuzzing (`testing` feature).
+#[cfg(any(test, feature = "testing"))]
+pub use runs::{decode_for_fuzzing as decode_run_file, sample_for_fuzzing as sample_run_file};
 pub use shard::{RecoveredShard, Shard, ShardStats};
 pub use state::{AfterDurable, ShardReply};
 pub use system_record::ClaimOutcome;

@@ -2,17 +2,13 @@
 //! time) copied out of the log by a checkpoint, so that retention can remove the segment it was
 //! written in while the trade lives on.
 //!
-//! The same kind of store, `order.keys`, holds each checkpointed trade's order key, body hash
-//! and id (32 bytes, in runs of up to 2,000 under one checksum): an open rebuilds the
-//! order-number map from it ([`scan`]), so checkpoints do not hold the map and write only the
-//! keys added since the last one, not every trade's.
-//!
 //! One append-only file per shard, `created.parts`: entries back to back, each a 4-byte
 //! length, an 8-byte checksum of the record and the record's bytes as the log held them. An
 //! entry is read with one read of the blocks it covers. The file's valid length is what the
 //! latest checkpoint says (`checkpoint.rs`): bytes after it are from a checkpoint that did not
-//! complete, and the next one writes over them (a failed checkpoint rewinds the store). Appends write whole blocks (direct I/O), so
-//! the partial block at the end is kept in memory and written again with the next append.
+//! complete, and the next one writes over them (a failed checkpoint rewinds the store). Appends
+//! write whole blocks (direct I/O), so the partial block at the end is kept in memory and
+//! written again with the next append.
 
 use std::cell::{Cell, RefCell};
 use std::rc::Rc;
@@ -25,9 +21,6 @@ use crate::index::StoredPart;
 
 /// The store's file name in the shard's directory.
 pub(crate) const PARTS_NAME: &str = "created.parts";
-/// The store of order keys in the shard's directory: per checkpointed trade, its order key,
-/// body hash and id, from which an open rebuilds the order-number map (`checkpointer.rs`).
-pub(crate) const KEYS_NAME: &str = "order.keys";
 /// Bytes in front of each record.
 const ENTRY_HEADER_BYTES: usize = 12;
 /// Bytes written at once.
@@ -167,57 +160,12 @@ impl<D: Disk> PartsStore<D> {
         let entry = blocks
             .get((part.offset - first_block) as usize..(end - first_block) as usize)
             .ok_or_else(|| corrupt(&self.disk, self.name, part.offset, "store of created parts cut short"))?;
-        let record_len = u32::from_le_bytes(entry[0..4].try_into().expect("4 bytes")) as usize;
-        let checksum = u64::from_le_bytes(entry[4..12].try_into().expect("8 bytes"));
-        let record = &entry[ENTRY_HEADER_BYTES..];
-        if record_len != record.len() || xxhash_rust::xxh3::xxh3_64(record) != checksum {
-            return Err(corrupt(&self.disk, self.name, part.offset, "created part checksum mismatch"));
+        match next_entry(entry) {
+            Some(Ok((record, len))) if len == entry.len() => Ok(record.to_vec()),
+            Some(Err(reason)) => Err(corrupt(&self.disk, self.name, part.offset, reason)),
+            _ => Err(corrupt(&self.disk, self.name, part.offset, "created part of another length than its trade says")),
         }
-        Ok(record.to_vec())
     }
-}
-
-/// Reads the store's `len` valid bytes from the start, a megabyte at a time, and calls `each`
-/// with every entry's offset and record, checked: an open rebuilds the order-number map from the
-/// store of order keys this way (the checkpoint does not hold it).
-pub(crate) async fn scan<D: Disk>(
-    disk: &D,
-    name: &str,
-    len: u64,
-    mut each: impl FnMut(u64, &[u8]) -> Result<(), &'static str>,
-) -> Result<(), TradeError> {
-    if len == 0 {
-        return Ok(());
-    }
-    let file = disk.open(name).await.map_err(|e| io(disk, name, "open", e))?;
-    let mut pending: Vec<u8> = Vec::new();
-    // The offset of `pending`'s first byte, and of the next byte to read.
-    let (mut at, mut read_to) = (0u64, 0u64);
-    while at < len {
-        if read_to < len && pending.len() < (1 << 20) {
-            let want = (len - read_to).min(1 << 20) as usize;
-            let bytes = file.read_at(read_to, want).await.map_err(|e| io(disk, name, "read", e))?;
-            if bytes.len() < want {
-                return Err(corrupt(disk, name, read_to + bytes.len() as u64, "store cut short"));
-            }
-            pending.extend_from_slice(&bytes);
-            read_to += want as u64;
-        }
-        let mut used = 0;
-        while let Some(entry) = next_entry(&pending[used..]) {
-            let entry_at = at + used as u64;
-            let (record, entry_len) = entry.map_err(|reason| corrupt(disk, name, entry_at, reason))?;
-            each(entry_at, record).map_err(|reason| corrupt(disk, name, entry_at, reason))?;
-            used += entry_len;
-        }
-        if used == 0 && read_to >= len {
-            return Err(corrupt(disk, name, at, "a store ending inside an entry"));
-        }
-        pending.drain(..used);
-        at += used as u64;
-        glommio::yield_if_needed().await;
-    }
-    Ok(())
 }
 
 /// The entry at the start of `bytes`: `None` if `bytes` does not hold it whole yet; its record
@@ -241,37 +189,6 @@ fn corrupt(disk: &impl Disk, name: &str, offset: u64, reason: &'static str) -> T
     TradeError::Log(LogError::Corruption { path: disk.path_of(name), offset, reason })
 }
 
-/// For fuzzing: `bytes` as the store of order keys, read as an open reads it. Returns the keys
-/// restored, or why the store is refused.
-#[cfg(any(test, feature = "testing"))]
-pub fn decode_order_keys_for_fuzzing(bytes: &[u8]) -> Result<usize, &'static str> {
-    use crate::index::{Scalars, ShardIndex, KEY_ENTRY_BYTES};
-    let counter_max = (1 << crate::trade::COUNTER_BITS) - 1;
-    let mut index = ShardIndex::with_scalars(Scalars { counter_max, ..Scalars::default() });
-    let (mut at, mut keys) = (0, 0);
-    while at < bytes.len() {
-        let (record, len) = next_entry(&bytes[at..]).ok_or("store ends inside an entry")??;
-        index.restore_keys(record)?;
-        keys += record.len() / KEY_ENTRY_BYTES;
-        at += len;
-    }
-    Ok(keys)
-}
-
-/// A store of order keys holding one run of three keys (the fuzzer's seed).
-#[cfg(any(test, feature = "testing"))]
-pub fn sample_order_keys_for_fuzzing() -> Vec<u8> {
-    let mut run = Vec::new();
-    for n in 1..=3u64 {
-        run.extend_from_slice(&(u128::from(n) * 0x9E37_79B9_7F4A_7C15).to_le_bytes());
-        run.extend_from_slice(&crate::trade::TradeId::new(3, n).0.to_le_bytes());
-        run.extend_from_slice(&(n * 7).to_le_bytes());
-    }
-    let mut bytes = Vec::new();
-    encode_entry(&run, &mut bytes);
-    bytes
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -285,14 +202,6 @@ mod tests {
                 proptest::prop_assert!(len <= bytes.len() && record.len() + ENTRY_HEADER_BYTES == len);
             }
         }
-    }
-
-    #[test]
-    fn the_sample_store_of_order_keys_reads_back_and_a_key_twice_is_refused() {
-        let sample = sample_order_keys_for_fuzzing();
-        assert_eq!(decode_order_keys_for_fuzzing(&sample), Ok(3));
-        let twice = [sample.clone(), sample].concat();
-        assert!(decode_order_keys_for_fuzzing(&twice).is_err());
     }
 
     #[test]

@@ -27,6 +27,7 @@ use crate::error::{LogError, TradeError};
 use crate::events::{EventBatch, PollQuery};
 use crate::id_hash::IdMap;
 use crate::index::ShardIndex;
+use crate::order_runs::OrderRuns;
 use crate::parts::PartsStore;
 use crate::record::{RecordKind, TradeRecord};
 use crate::retention::Upkeep;
@@ -74,6 +75,7 @@ pub struct RecoveredShard<D: Disk> {
     wal: RecoveredWal<D>,
     disk: D,
     index: ShardIndex,
+    order_runs: OrderRuns<D>,
     table: Option<TradeFile<D>>,
     cache_bytes: usize,
     upkeep: Upkeep,
@@ -85,13 +87,22 @@ pub struct RecoveredShard<D: Disk> {
 impl<D: Disk> RecoveredShard<D> {
     /// Makes the log's repairs, starts it, the shard's committer and its checkpoints.
     pub async fn start(self) -> Result<Shard<D>, TradeError> {
-        let RecoveredShard { shard_id, wal, disk, index, table, cache_bytes, upkeep, checkpoint, mut opened, began } =
-            self;
+        let RecoveredShard {
+            shard_id,
+            wal,
+            disk,
+            index,
+            order_runs,
+            table,
+            cache_bytes,
+            upkeep,
+            checkpoint,
+            mut opened,
+            began,
+        } = self;
         let wal = wal.start().await?;
         let parts_len = checkpoint.as_ref().map_or(0, |header| header.parts_len);
         let parts = PartsStore::open(&disk, crate::parts::PARTS_NAME, parts_len).await?;
-        let keys_len = checkpoint.as_ref().map_or(0, |header| header.keys_len);
-        let keys = PartsStore::open(&disk, crate::parts::KEYS_NAME, keys_len).await?;
         let table = match table {
             Some(table) => table,
             None => TradeFile::open(&disk).await?,
@@ -101,9 +112,10 @@ impl<D: Disk> RecoveredShard<D> {
         let inner = Rc::new(Inner {
             shard_id,
             wal,
-            checkpoints: Checkpoints::new(upkeep, parts, keys, table, checkpoint.as_ref()),
+            checkpoints: Checkpoints::new(upkeep, parts, table, checkpoint.as_ref()),
             opened,
             index: RefCell::new(index),
+            order_runs: RefCell::new(order_runs),
             accepted: RefCell::new(accepted),
             created_parts: ReadThrough::with_hasher(cache_bytes),
         });
@@ -150,11 +162,9 @@ impl<D: Disk> Shard<D> {
         let from = index.applied_end();
         index.lay_out_trades(upkeep.chunk_bits());
         let table = TradeFile::open_existing(&disk).await?;
+        let order_runs = OrderRuns::open(&disk, &index.take_listed_runs()).await?;
         if let Some(header) = &checkpoint {
             crate::parts::check_len(&disk, crate::parts::PARTS_NAME, header.parts_len).await?;
-            crate::parts::check_len(&disk, crate::parts::KEYS_NAME, header.keys_len).await?;
-            crate::parts::scan(&disk, crate::parts::KEYS_NAME, header.keys_len, |_, bytes| index.restore_keys(bytes))
-                .await?;
             match &table {
                 Some(table) => cold::load_newest(table, &mut index, upkeep.resident_chunks(), header.parts_len).await?,
                 None if index.trade_table().dense_max() > 0 => return Err(missing_table(&disk)),
@@ -215,7 +225,19 @@ impl<D: Disk> Shard<D> {
             skipped_segments: report.skipped_segments as u64,
             open_ms: 0,
         };
-        Ok(RecoveredShard { shard_id, wal, disk, index, table, cache_bytes, upkeep, checkpoint, opened, began })
+        Ok(RecoveredShard {
+            shard_id,
+            wal,
+            disk,
+            index,
+            order_runs,
+            table,
+            cache_bytes,
+            upkeep,
+            checkpoint,
+            opened,
+            began,
+        })
     }
 
     /// Takes a checkpoint now (after one under way), then applies retention; `None` if nothing
@@ -266,7 +288,16 @@ impl<D: Disk> Shard<D> {
             writes_in_flight: self.inner.accepted.borrow().effects.len() as u64,
             wal: self.inner.wal.stats(),
             cache: self.inner.created_parts.cache().borrow().stats(),
-            checkpoints: self.inner.checkpoints.stats(),
+            checkpoints: {
+                let runs = self.inner.order_runs.borrow();
+                let sets = [&runs.orders, &runs.claims];
+                let mut stats = self.inner.checkpoints.stats();
+                stats.key_runs = sets.iter().map(|set| set.runs().len() as u64).sum();
+                stats.key_run_entries = sets.iter().map(|set| set.entries()).sum();
+                stats.key_run_bytes = sets.iter().map(|set| set.file_bytes()).sum();
+                stats.key_run_memory_bytes = sets.iter().map(|set| set.memory_bytes() as u64).sum();
+                stats
+            },
             opened: self.inner.opened,
             log_first: self.inner.wal.first_seq(),
             log_end: self.inner.wal.durable_end(),

@@ -23,6 +23,7 @@ use crate::error::TradeError;
 use crate::id_hash::{IdHasher, IdMap};
 use crate::index::ShardIndex;
 use crate::lifecycle::Lifecycle;
+use crate::order_runs::{OrderRuns, RunRead};
 use crate::reply::Reply;
 use crate::system_record::{ClaimOutcome, LogRecord};
 use crate::trade::{Receipt, TradeId};
@@ -80,14 +81,17 @@ pub(crate) enum EffectKeys {
 /// before it is answered (the engine confirms an order number's claim with it).
 pub type AfterDurable = Box<dyn FnOnce(&Receipt)>;
 
-/// A write queued in the log, waiting to become durable.
-/// A write waiting for its trade to come back from the table on disk.
+/// A write waiting for its trade to come back from the table on disk, or for its order key
+/// to be read from the runs on disk.
 pub(crate) struct WaitingWrite {
     pub command: Command,
     pub reply: ShardReply<Receipt>,
     pub after: Option<AfterDurable>,
+    /// The order key's state read from the runs, if it was.
+    pub read: Option<RunRead>,
 }
 
+/// A write queued in the log, waiting to become durable.
 pub(crate) struct Effect {
     pub seq: u64,
     pub ticket: Option<Ticket>,
@@ -117,6 +121,9 @@ pub(crate) struct Accepted {
     /// Writes waiting for their trade to come back from the table on disk, by trade, in the
     /// order they came (`write.rs`).
     pub thawing: IdMap<TradeId, Vec<WaitingWrite>>,
+    /// Creates waiting for their order key to be read from the runs on disk, by key, in the
+    /// order they came (`write.rs`).
+    pub reading: IdMap<u128, Vec<WaitingWrite>>,
     pub next_counter: u64,
     pub committer: Option<Waker>,
     pub failed: Option<TradeError>,
@@ -147,6 +154,8 @@ pub(crate) struct Inner<D: Disk> {
     pub checkpoints: Checkpoints<D>,
     pub opened: OpenReport,
     pub index: RefCell<ShardIndex>,
+    /// The order keys and confirmed claims that checkpoints moved to disk.
+    pub order_runs: RefCell<OrderRuns<D>>,
     pub accepted: RefCell<Accepted>,
     pub created_parts: ReadThrough<TradeId, CreatedPart, TradeError, BuildHasherDefault<IdHasher>>,
 }

@@ -8,6 +8,10 @@
 //! original's receipt, marked `replayed`, and writes nothing; when the original is still in
 //! flight, the answer waits until it is durable. A refusal (bad state, a conflict, a full log
 //! queue) is answered at once and leaves no trace.
+//!
+//! Order numbers older than the last checkpoint are in runs on disk (`order_runs.rs`): a
+//! create whose key a run's Bloom filter may hold waits for one read of the runs, then is
+//! checked.
 
 use std::rc::Rc;
 
@@ -17,6 +21,7 @@ use crate::command::Command;
 use crate::error::{InputError, LogError, Refusal, TradeError};
 use crate::index::{body_hash, order_key, refund_key, ShardIndex};
 use crate::lifecycle::{next_state, Action, Lifecycle, Move};
+use crate::order_runs::{KeyState, Lookup, RunRead};
 use crate::record::TradeRecord;
 use crate::shard::Shard;
 use crate::state::{Accepted, AfterDurable, Effect, EffectKeys, InFlight, Inner, ShardReply, Waiter, WaitingWrite};
@@ -33,25 +38,28 @@ enum Change {
 impl<D: Disk> Shard<D> {
     /// Starts a write; `reply` is answered once it is durable, or with why not.
     pub fn submit(&self, command: Command, reply: ShardReply<Receipt>) {
-        submit_to(&self.inner, command, reply, None, true)
+        submit_to(&self.inner, command, reply, None, None, true)
     }
 
     /// [`submit`](Self::submit) of a create, with `after` run on this executor with the
     /// receipt once the trade is durable (a new trade, or the durable original of a repeat;
     /// not for a repeat of a create still in flight, whose own `after` runs).
     pub fn create_then(&self, trade: ValidTrade, logical_shard: u32, reply: ShardReply<Receipt>, after: AfterDurable) {
-        submit_to(&self.inner, Command::Create { trade, logical_shard }, reply, Some(after), true)
+        submit_to(&self.inner, Command::Create { trade, logical_shard }, reply, Some(after), None, true)
     }
 }
 
-/// Checks and queues a write. A write to a trade that is not in memory first brings it back
-/// from the table on disk (`may_thaw`), then is checked as any other; writes to that trade
-/// arriving meanwhile wait behind it, so that they are checked in the order they came.
+/// Checks and queues a write. A create whose order key the memory cannot place (a run on disk
+/// may hold it) first has the runs read (`read`), then is checked again; a write to a trade
+/// that is not in memory first brings it back from the table on disk (`may_thaw`). Writes
+/// arriving meanwhile for the same order key, or the same trade, wait behind it, so that they
+/// are checked in the order they came.
 fn submit_to<D: Disk>(
     inner: &Rc<Inner<D>>,
     command: Command,
     reply: ShardReply<Receipt>,
     after: Option<AfterDurable>,
+    read: Option<RunRead>,
     may_thaw: bool,
 ) {
     let mut accepted = inner.accepted.borrow_mut();
@@ -59,18 +67,40 @@ fn submit_to<D: Disk>(
         return reply.send(Err(failure.clone()));
     }
     if accepted.closing {
-        // Only a write that waited for its trade to come back can arrive this late.
+        // Only a write that waited for its trade or its key can arrive this late.
         return reply.send(Err(TradeError::Log(LogError::Closed)));
     }
     let index = inner.index.borrow();
+    // A create's order key, as durable state holds it (the writes in flight are checked first,
+    // by `create`).
+    let mut durable = KeyState::default();
+    if let Command::Create { trade, .. } = &command {
+        let key = order_key(trade.merchant_id, &trade.merchant_order_no);
+        if let Some(waiting) = accepted.reading.get_mut(&key) {
+            return waiting.push(WaitingWrite { command, reply, after, read });
+        }
+        let in_flight = accepted.orders.contains_key(&key) || accepted.claims.contains_key(&key);
+        let runs = inner.order_runs.borrow();
+        match runs.lookup(&index, key, read.as_ref()) {
+            _ if in_flight => {}
+            Lookup::Known(state) => durable = state,
+            Lookup::MustRead => {
+                accepted.reading.insert(key, vec![WaitingWrite { command, reply, after, read: None }]);
+                let reading = runs.read(key);
+                // The task may start at once: not under these borrows.
+                drop((accepted, index, runs));
+                glommio::spawn_local(read_then_submit(inner.clone(), key, reading)).detach();
+                return;
+            }
+        }
+    }
     if index.trade_table().has_cold() || !accepted.thawing.is_empty() {
-        if let Some(id) = target(&index, &command) {
+        if let Some(id) = target(&command, &durable) {
             if let Some(waiting) = accepted.thawing.get_mut(&id) {
-                return waiting.push(WaitingWrite { command, reply, after });
+                return waiting.push(WaitingWrite { command, reply, after, read });
             }
             if may_thaw && !accepted.trades.contains_key(&id) && index.trade_table().is_cold(id) {
-                accepted.thawing.insert(id, vec![WaitingWrite { command, reply, after }]);
-                // The task may start at once: not under these borrows.
+                accepted.thawing.insert(id, vec![WaitingWrite { command, reply, after, read }]);
                 drop((accepted, index));
                 glommio::spawn_local(thaw_then_submit(inner.clone(), id)).detach();
                 return;
@@ -79,11 +109,28 @@ fn submit_to<D: Disk>(
     }
     match command {
         Command::Create { trade, logical_shard } => {
-            create(inner, &mut accepted, &index, trade, logical_shard, reply, after)
+            create(inner, &mut accepted, &index, durable, trade, logical_shard, reply, after)
         }
         Command::Move { id, to } => change(inner, &mut accepted, &index, id, Change::Move(to), reply),
         Command::Refund { id, amount, refund_no } => {
             change(inner, &mut accepted, &index, id, Change::Refund { amount, refund_no }, reply)
+        }
+    }
+}
+
+/// Waits for the runs' answer on order key `key`, then submits the creates that waited for it,
+/// in the order they came.
+async fn read_then_submit<D: Disk>(
+    inner: Rc<Inner<D>>,
+    key: u128,
+    reading: impl std::future::Future<Output = Result<RunRead, TradeError>>,
+) {
+    let read = reading.await;
+    let waiting = inner.accepted.borrow_mut().reading.remove(&key).unwrap_or_default();
+    for WaitingWrite { command, reply, after, .. } in waiting {
+        match &read {
+            Ok(read) => submit_to(&inner, command, reply, after, Some(*read), true),
+            Err(error) => reply.send(Err(error.clone())),
         }
     }
 }
@@ -93,30 +140,30 @@ fn submit_to<D: Disk>(
 async fn thaw_then_submit<D: Disk>(inner: Rc<Inner<D>>, id: TradeId) {
     let thawed = crate::cold::thaw(&inner, id).await;
     let waiting = inner.accepted.borrow_mut().thawing.remove(&id).unwrap_or_default();
-    for WaitingWrite { command, reply, after } in waiting {
+    for WaitingWrite { command, reply, after, read } in waiting {
         match &thawed {
-            Ok(_) => submit_to(&inner, command, reply, after, false),
+            Ok(_) => submit_to(&inner, command, reply, after, read, false),
             Err(error) => reply.send(Err(error.clone())),
         }
     }
 }
 
 /// The trade a write needs: the one it changes, or the original of a repeated create.
-fn target(index: &ShardIndex, command: &Command) -> Option<TradeId> {
+fn target(command: &Command, durable: &KeyState) -> Option<TradeId> {
     match command {
-        Command::Create { trade, .. } => {
-            Some(index.by_order(order_key(trade.merchant_id, &trade.merchant_order_no))?.0)
-        }
+        Command::Create { .. } => Some(durable.order?.0),
         Command::Move { id, .. } | Command::Refund { id, .. } => Some(*id),
     }
 }
 
 /// Queues a create, or answers at once (a refusal, or the original of a retried create
-/// that is already durable).
+/// that is already durable). `durable`: the order key's durable state.
+#[allow(clippy::too_many_arguments)]
 fn create<D: Disk>(
     inner: &Inner<D>,
     accepted: &mut Accepted,
     index: &ShardIndex,
+    durable: KeyState,
     trade: ValidTrade,
     logical_shard: u32,
     reply: ShardReply<Receipt>,
@@ -139,10 +186,10 @@ fn create<D: Disk>(
     if accepted.claims.contains_key(&key) {
         return reply.send(Err(conflict(None)));
     }
-    if let Some(claim) = index.claim(key) {
+    if let Some(claim) = durable.claim {
         return reply.send(Err(conflict(claim.trade)));
     }
-    if let Some((id, original_body)) = index.by_order(key) {
+    if let Some((id, original_body)) = durable.order {
         if original_body != body {
             return reply.send(Err(conflict(Some(id))));
         }

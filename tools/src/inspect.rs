@@ -50,6 +50,12 @@ struct ShardReport {
     trades_in_memory: u64,
     /// Bytes of the store of created parts (every checkpointed trade's order number and memo).
     parts_bytes: u64,
+    /// Runs of order keys on disk, the keys they hold, their bytes on disk and in memory
+    /// (Bloom filters and fences).
+    key_runs: u64,
+    key_run_entries: u64,
+    key_run_bytes: u64,
+    key_run_memory_bytes: u64,
     groups: Vec<GroupReport>,
     open_ms: u64,
     replayed_records: u64,
@@ -97,6 +103,10 @@ pub fn run(args: Args) -> anyhow::Result<()> {
             trades: shard.trades,
             trades_in_memory: shard.trades_in_memory,
             parts_bytes: shard.checkpoints.parts_bytes,
+            key_runs: shard.checkpoints.key_runs,
+            key_run_entries: shard.checkpoints.key_run_entries,
+            key_run_bytes: shard.checkpoints.key_run_bytes,
+            key_run_memory_bytes: shard.checkpoints.key_run_memory_bytes,
             groups: groups
                 .into_iter()
                 .map(|(group, offset, at_ms)| GroupReport {
@@ -140,7 +150,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         };
         println!(
             "shard {}: {} trades ({} in memory); log {}..{} in {} segments ({:.1} MiB); {checkpoint}; created parts {:.1} MiB; \
-             open {} ms, {} records replayed, {} segments skipped{}",
+             {} order keys in {} runs ({:.1} MiB, {:.1} MiB in memory); open {} ms, {} records replayed, {} segments skipped{}",
             s.shard,
             s.trades,
             s.trades_in_memory,
@@ -149,6 +159,10 @@ pub fn run(args: Args) -> anyhow::Result<()> {
             s.segments,
             s.segment_bytes as f64 / (1 << 20) as f64,
             s.parts_bytes as f64 / (1 << 20) as f64,
+            s.key_run_entries,
+            s.key_runs,
+            s.key_run_bytes as f64 / (1 << 20) as f64,
+            s.key_run_memory_bytes as f64 / (1 << 20) as f64,
             s.open_ms,
             s.replayed_records,
             s.skipped_segments,

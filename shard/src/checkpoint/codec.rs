@@ -3,7 +3,7 @@
 
 use crate::currency::Currency;
 use crate::index::{
-    ClaimEntry, CreatedAt, GroupOffset, Item, RefundEntry, Scalars, ShardIndex, StoredPart, TradeEntry,
+    ClaimEntry, CreatedAt, GroupOffset, Item, RefundEntry, RunStore, Scalars, ShardIndex, StoredPart, TradeEntry,
 };
 use crate::lifecycle::Lifecycle;
 use crate::system_record::OffsetCommit;
@@ -20,8 +20,9 @@ pub(crate) const PAGE_PAYLOAD_MAX: usize = PAGE_PAYLOAD_TARGET + (64 << 10);
 /// "TSCK", little-endian.
 const PAGE_MAGIC: u32 = u32::from_le_bytes(*b"TSCK");
 /// The checkpoint format this build writes and reads.
-/// (2: the header records the table of trades' highest counter; the trades are in the table.)
-pub(crate) const CHECKPOINT_VERSION: u16 = 2;
+/// (2: the header records the table of trades' highest counter; the trades are in the table.
+/// 3: the order keys and confirmed claims are in runs on disk, which the checkpoint lists.)
+pub(crate) const CHECKPOINT_VERSION: u16 = 3;
 /// The name a checkpoint is written under before it is complete.
 pub(crate) const TEMP_NAME: &str = "checkpoint.tmp";
 /// Longest run of a user's trades in one entry.
@@ -29,7 +30,7 @@ const USER_IDS_PER_ITEM: usize = 4096;
 
 const HEADER_PAYLOAD_BYTES: usize = 64;
 const KIND_TRADE: u8 = 1;
-const KIND_ORDER: u8 = 2;
+const KIND_RUN: u8 = 2;
 const KIND_USER: u8 = 3;
 const KIND_REFUND: u8 = 4;
 const KIND_CLAIM: u8 = 5;
@@ -55,8 +56,6 @@ pub(crate) struct Header {
     pub scalars: Scalars,
     /// Bytes of the store of created parts that the checkpoint's trades point into.
     pub parts_len: u64,
-    /// Bytes of the store of order keys (`parts.rs`) the checkpoint vouches for.
-    pub keys_len: u64,
     pub created_ms: u64,
 }
 
@@ -71,7 +70,6 @@ impl Header {
         out[32..40].copy_from_slice(&self.parts_len.to_le_bytes());
         out[40..48].copy_from_slice(&self.created_ms.to_le_bytes());
         out[48..56].copy_from_slice(&self.scalars.table_counter_max.to_le_bytes());
-        out[56..64].copy_from_slice(&self.keys_len.to_le_bytes());
         out
     }
 
@@ -89,12 +87,14 @@ impl Header {
         let shard_id = reader.u32()?;
         let (applied_end, events_end, counter_max) = (reader.u64()?, reader.u64()?, reader.u64()?);
         let (parts_len, created_ms, table_counter_max) = (reader.u64()?, reader.u64()?, reader.u64()?);
-        let keys_len = reader.u64()?;
+        if reader.u64()? != 0 {
+            return Err("checkpoint header has reserved bytes set");
+        }
         if table_counter_max > counter_max {
             return Err("checkpoint header's table counter above its counter");
         }
         let scalars = Scalars { applied_end, events_end, counter_max, table_counter_max };
-        Ok(Header { shard_id, scalars, parts_len, keys_len, created_ms })
+        Ok(Header { shard_id, scalars, parts_len, created_ms })
     }
 }
 
@@ -102,7 +102,7 @@ impl Header {
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub(crate) struct Counts {
     pub trades: u64,
-    pub orders: u64,
+    pub runs: u64,
     pub users: u64,
     pub refunds: u64,
     pub claims: u64,
@@ -113,7 +113,7 @@ impl Counts {
     fn note(&mut self, item: &Item) {
         match item {
             Item::Trade(..) => self.trades += 1,
-            Item::Order(..) => self.orders += 1,
+            Item::Run(..) => self.runs += 1,
             Item::User(..) => self.users += 1,
             Item::Refund(..) => self.refunds += 1,
             Item::Claim(..) => self.claims += 1,
@@ -122,7 +122,7 @@ impl Counts {
     }
 
     fn fields(&self) -> [u64; 6] {
-        [self.trades, self.orders, self.users, self.refunds, self.claims, self.groups]
+        [self.trades, self.runs, self.users, self.refunds, self.claims, self.groups]
     }
 }
 
@@ -231,10 +231,10 @@ fn encode_item(item: &Item, out: &mut Vec<u8>) {
             u64s(out, &[part.seq, part.offset]);
             out.extend_from_slice(&part.len.to_le_bytes());
         }
-        Item::Order(key, id, body) => {
-            out.push(KIND_ORDER);
-            out.extend_from_slice(&key.to_le_bytes());
-            u64s(out, &[id.0, *body]);
+        Item::Run(store, id) => {
+            out.push(KIND_RUN);
+            out.push(*store as u8);
+            u64s(out, &[*id]);
         }
         Item::User(user, ids) => {
             out.push(KIND_USER);
@@ -331,7 +331,10 @@ pub(crate) fn decode_items(payload: &[u8]) -> Result<PageItems, &'static str> {
                 };
                 Item::Trade(id, entry)
             }
-            KIND_ORDER => Item::Order(reader.u128()?, reader.trade_id()?, reader.u64()?),
+            KIND_RUN => {
+                let store = RunStore::from_u8(reader.u8()?).ok_or("checkpoint run of an unknown store")?;
+                Item::Run(store, reader.u64()?)
+            }
             KIND_USER => {
                 let user = reader.u64()?;
                 let n = reader.u32()? as usize;
@@ -375,8 +378,8 @@ pub(crate) fn decode_items(payload: &[u8]) -> Result<PageItems, &'static str> {
                 if !reader.done() {
                     return Err("checkpoint end marker is not the last entry");
                 }
-                let [trades, orders, users, refunds, claims, groups] = counts;
-                let end = Counts { trades, orders, users, refunds, claims, groups };
+                let [trades, runs, users, refunds, claims, groups] = counts;
+                let end = Counts { trades, runs, users, refunds, claims, groups };
                 return Ok(PageItems { items, end: Some(end) });
             }
             _ => return Err("checkpoint entry of an unknown kind"),

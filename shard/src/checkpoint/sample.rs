@@ -3,7 +3,7 @@
 
 use super::codec::{Encoder, Header};
 use crate::currency::Currency;
-use crate::index::{ClaimEntry, CreatedAt, GroupOffset, Item, RefundEntry, Scalars, StoredPart, TradeEntry};
+use crate::index::{ClaimEntry, CreatedAt, GroupOffset, Item, RefundEntry, RunStore, Scalars, StoredPart, TradeEntry};
 use crate::lifecycle::Lifecycle;
 use crate::trade::{TradeId, TradeStatus};
 
@@ -26,7 +26,8 @@ pub(super) fn sample_items() -> Vec<Item> {
     };
     vec![
         Item::Trade(id, entry),
-        Item::Order(u128::MAX - 5, id, 77),
+        Item::Run(RunStore::Orders, 3),
+        Item::Run(RunStore::Claims, 4),
         Item::User(11, vec![id, TradeId::new(3, 9)]),
         Item::Refund(42, RefundEntry { trade_id: id, amount: 120, refunded_after: 120, at_ms: 5 }),
         Item::Claim(43, ClaimEntry { body: 1, buyer_id: 2, trade: None }),
@@ -40,7 +41,6 @@ pub(super) fn encode_sample(items: &[Item]) -> Vec<u8> {
         shard_id: 2,
         scalars: Scalars { applied_end: 100, events_end: 98, counter_max: 9, table_counter_max: 0 },
         parts_len: 4_140,
-        keys_len: 56,
         created_ms: 8,
     };
     let mut out = Vec::new();

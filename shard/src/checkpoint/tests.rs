@@ -1,7 +1,7 @@
 //! The checkpoint codec's tests: round trips, long lists across pages, every flipped bit.
 use super::codec::*;
 use super::sample::{encode_sample, sample_items};
-use crate::index::Item;
+use crate::index::{Item, RefundEntry};
 use crate::trade::TradeId;
 
 fn encode(items: &[Item]) -> Vec<u8> {
@@ -43,7 +43,9 @@ fn round_trips_every_kind_of_entry() {
 fn long_user_lists_and_many_entries_span_pages() {
     let ids: Vec<TradeId> = (1..=10_000).map(|c| TradeId::new(0, c)).collect();
     let mut items = vec![Item::User(5, ids.clone())];
-    items.extend((0..20_000u128).map(|k| Item::Order(k, TradeId::new(0, 1), 0)));
+    items.extend((0..20_000u128).map(|k| {
+        Item::Refund(k, RefundEntry { trade_id: TradeId::new(0, 1), amount: 1, refunded_after: 1, at_ms: 2 })
+    }));
     let bytes = encode(&items);
     let (_, decoded) = decode(&bytes).unwrap();
     let listed: Vec<TradeId> = decoded

@@ -1,0 +1,240 @@
+//! Where a shard keeps its order keys once a checkpoint holds them: on disk, in sorted runs
+//! (`runs/`), so that memory holds only the keys added since the last checkpoint, not every
+//! trade's.
+//!
+//! Two stores of runs per shard: `orders` (order key → the shard's trade with that order
+//! number and its body hash) and `claims` (order key → the confirmed claim of a buyer of
+//! another shard: body hash, buyer, trade). Pending claims are few and stay in memory and in
+//! the checkpoint file. Each checkpoint writes the keys applied since the one before as one
+//! new run of each store and merges runs as the sets' policy says; the checkpoint file lists
+//! the runs in force (`Item::Run`). A run is removed once neither the latest checkpoint nor
+//! the one before it (the fallback) lists it.
+//!
+//! Asking for a key: the memory first (the index's keys since the last checkpoint, and the
+//! pending claims), then the runs' Bloom filters; only a key some filter may hold is read from
+//! disk (one 4 KiB read per run that may hold it), by a task, after which the request is
+//! checked again with what was read ([`RunRead`]). A read is good only for the sets it was
+//! made against: a checkpoint that moves keys from memory into a new run changes the
+//! generation, and a request holding an older read reads again.
+
+use std::rc::Rc;
+
+use tradeshard_wal::disk::Disk;
+
+use crate::error::{LogError, TradeError};
+use crate::index::{ClaimEntry, RunStore, ShardIndex};
+use crate::runs::{merge, Run, RunSet, Value, VALUE_BYTES};
+use crate::trade::TradeId;
+
+/// The runs of one shard's two stores.
+pub(crate) struct OrderRuns<D: Disk> {
+    pub orders: RunSet<D>,
+    pub claims: RunSet<D>,
+    /// Changes whenever the sets do (see the module's text).
+    pub generation: u64,
+    /// The id the next run written gets (ids only grow, across both stores).
+    pub next_id: u64,
+    /// The runs the checkpoint before the latest lists: kept while it is the fallback.
+    pub previous_ids: Vec<u64>,
+}
+
+/// What the memory and the runs know of an order key's durable state.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub(crate) struct KeyState {
+    /// A trade of this shard has it, with this body hash.
+    pub order: Option<(TradeId, u64)>,
+    /// A buyer of another shard claimed it here.
+    pub claim: Option<ClaimEntry>,
+}
+
+/// A key's state as read from the runs, good while the runs are those of `generation`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct RunRead {
+    pub key: u128,
+    generation: u64,
+    state: KeyState,
+}
+
+/// What asking the memory found.
+pub(crate) enum Lookup {
+    Known(KeyState),
+    /// A run may hold the key: read it ([`OrderRuns::read`]) and ask again with the read.
+    MustRead,
+}
+
+/// A trade's order key entry: its id and body hash.
+pub(crate) fn order_value(id: TradeId, body: u64) -> Value {
+    let mut value = [0u8; VALUE_BYTES];
+    value[..8].copy_from_slice(&id.0.to_le_bytes());
+    value[8..16].copy_from_slice(&body.to_le_bytes());
+    value
+}
+
+/// A confirmed claim's entry: body hash, buyer and trade.
+pub(crate) fn claim_value(claim: &ClaimEntry, trade: TradeId) -> Value {
+    let mut value = [0u8; VALUE_BYTES];
+    for (n, word) in [claim.body, claim.buyer_id, trade.0].into_iter().enumerate() {
+        value[8 * n..8 * n + 8].copy_from_slice(&word.to_le_bytes());
+    }
+    value
+}
+
+fn word(value: &Value, n: usize) -> u64 {
+    u64::from_le_bytes(value[8 * n..8 * n + 8].try_into().expect("8 bytes"))
+}
+
+fn bad_entry(reason: &'static str) -> TradeError {
+    TradeError::BadRecord { seq: 0, reason }
+}
+
+fn decode_order(value: &Value) -> Result<(TradeId, u64), TradeError> {
+    let id = TradeId(word(value, 0));
+    if id.counter() == 0 || word(value, 2) != 0 {
+        return Err(bad_entry("an order run entry that no checkpoint writes"));
+    }
+    Ok((id, word(value, 1)))
+}
+
+fn decode_claim(value: &Value) -> Result<ClaimEntry, TradeError> {
+    let trade = TradeId(word(value, 2));
+    if trade.counter() == 0 {
+        return Err(bad_entry("a claim run entry without its trade"));
+    }
+    Ok(ClaimEntry { body: word(value, 0), buyer_id: word(value, 1), trade: Some(trade) })
+}
+
+impl<D: Disk> OrderRuns<D> {
+    /// The runs a loaded checkpoint lists (oldest first, per store), opened; `next_id` is
+    /// above every run file in the directory, listed or not.
+    pub(crate) async fn open(disk: &D, listed: &[(RunStore, u64)]) -> Result<OrderRuns<D>, TradeError> {
+        let (mut orders, mut claims) = (Vec::new(), Vec::new());
+        for &(store, id) in listed {
+            let run = Rc::new(Run::open(disk, store.prefix(), id).await?);
+            match store {
+                RunStore::Orders => orders.push(run),
+                RunStore::Claims => claims.push(run),
+            }
+        }
+        let on_disk = disk.list().map_err(|e| TradeError::Log(LogError::io("list", disk.path_of(""), e)))?;
+        let highest =
+            on_disk.iter().filter_map(|name| run_file_id::<D>(name)).chain(listed.iter().map(|(_, id)| *id)).max();
+        Ok(OrderRuns {
+            orders: RunSet::from_runs(orders),
+            claims: RunSet::from_runs(claims),
+            generation: 0,
+            next_id: highest.map_or(1, |id| id + 1),
+            previous_ids: Vec::new(),
+        })
+    }
+
+    /// Every run in force, as a checkpoint lists them.
+    pub(crate) fn listed(&self) -> Vec<(RunStore, u64)> {
+        let orders = self.orders.runs().iter().map(|run| (RunStore::Orders, run.id()));
+        orders.chain(self.claims.runs().iter().map(|run| (RunStore::Claims, run.id()))).collect()
+    }
+
+    /// What the memory (`index`) and the Bloom filters tell of `key`, or that the runs must be
+    /// read; `read`, a read of the runs made before, counts if the runs are still those it read.
+    pub(crate) fn lookup(&self, index: &ShardIndex, key: u128, read: Option<&RunRead>) -> Lookup {
+        let in_memory = KeyState { order: index.by_order(key), claim: index.claim(key).copied() };
+        if in_memory != KeyState::default() {
+            return Lookup::Known(in_memory);
+        }
+        match read {
+            Some(read) if read.key == key && read.generation == self.generation => Lookup::Known(read.state),
+            _ if self.orders.may_hold(key) || self.claims.may_hold(key) => Lookup::MustRead,
+            _ => Lookup::Known(KeyState::default()),
+        }
+    }
+
+    /// Reads `key` from the runs in force now; the future holds no borrow of `self`.
+    pub(crate) fn read(&self, key: u128) -> impl std::future::Future<Output = Result<RunRead, TradeError>> + 'static {
+        let (order, claim, generation) = (self.orders.get(key), self.claims.get(key), self.generation);
+        async move {
+            let order = order.await?.as_ref().map(decode_order).transpose()?;
+            let claim = claim.await?.as_ref().map(decode_claim).transpose()?;
+            Ok(RunRead { key, generation, state: KeyState { order, claim } })
+        }
+    }
+}
+
+/// The id of a run file of either store, or `None` for any other name.
+fn run_file_id<D: Disk>(name: &str) -> Option<u64> {
+    [RunStore::Orders, RunStore::Claims].into_iter().find_map(|store| Run::<D>::parse_file_name(store.prefix(), name))
+}
+
+/// The sets after a checkpoint's runs were written, and what they cost.
+pub(crate) struct WrittenRuns<D: Disk> {
+    pub orders: RunSet<D>,
+    pub claims: RunSet<D>,
+    pub next_id: u64,
+    /// The keys now in a run, to forget from memory once the checkpoint is durable.
+    pub order_keys: Vec<u128>,
+    pub claim_keys: Vec<u128>,
+    /// Bytes of the runs written, merges included.
+    pub bytes: u64,
+}
+
+/// Writes the keys `snapshot` holds in memory as a new run of each store (after `sets`, the
+/// runs in force), merges as the sets' policy says, and syncs the directory. Nothing is in
+/// force until the checkpoint listing the runs is durable.
+pub(crate) async fn write_runs<D: Disk>(
+    disk: &D,
+    sets: (RunSet<D>, RunSet<D>, u64),
+    snapshot: &ShardIndex,
+) -> Result<WrittenRuns<D>, TradeError> {
+    let (mut orders, mut claims, mut next_id) = sets;
+    let mut order_entries: Vec<(u128, Value)> =
+        snapshot.recent_orders().map(|(key, id, body)| (key, order_value(id, body))).collect();
+    let mut claim_entries: Vec<(u128, Value)> =
+        snapshot.recent_confirmed_claims().map(|(key, claim, trade)| (key, claim_value(claim, trade))).collect();
+    order_entries.sort_unstable_by_key(|(key, _)| *key);
+    claim_entries.sort_unstable_by_key(|(key, _)| *key);
+    let order_keys = order_entries.iter().map(|(key, _)| *key).collect();
+    let claim_keys = claim_entries.iter().map(|(key, _)| *key).collect();
+    let mut bytes = 0;
+    for (store, set, entries) in
+        [(RunStore::Orders, &mut orders, order_entries), (RunStore::Claims, &mut claims, claim_entries)]
+    {
+        if entries.is_empty() {
+            continue;
+        }
+        let run = Run::write(disk, store.prefix(), next_id, 0, entries.len() as u64, entries).await?;
+        next_id += 1;
+        bytes += run.file_bytes();
+        set.push(Rc::new(run));
+        while let Some((range, level)) = set.merge_plan() {
+            let merged = merge(disk, store.prefix(), next_id, level, &set.runs()[range.clone()]).await?;
+            next_id += 1;
+            bytes += merged.file_bytes();
+            set.replace(range, Rc::new(merged));
+        }
+    }
+    if bytes > 0 {
+        disk.sync_dir().await.map_err(|e| TradeError::Log(LogError::io("sync directory", disk.path_of(""), e)))?;
+    }
+    Ok(WrittenRuns { orders, claims, next_id, order_keys, claim_keys, bytes })
+}
+
+impl<D: Disk> WrittenRuns<D> {
+    /// The runs in force once the checkpoint is, as it lists them.
+    pub(crate) fn listed(&self) -> Vec<(RunStore, u64)> {
+        let orders = self.orders.runs().iter().map(|run| (RunStore::Orders, run.id()));
+        orders.chain(self.claims.runs().iter().map(|run| (RunStore::Claims, run.id()))).collect()
+    }
+}
+
+/// Removes the run files whose ids `kept` does not hold (runs merged away two checkpoints ago,
+/// and runs of checkpoints that did not complete).
+pub(crate) async fn remove_unlisted<D: Disk>(disk: &D, kept: &[u64]) -> Result<(), TradeError> {
+    let io = |op, name: &str, e| TradeError::Log(LogError::io(op, disk.path_of(name), e));
+    let mut names = disk.list().map_err(|e| io("list", "", e))?;
+    // In order, so that a simulated campaign's operations are the same on every run.
+    names.sort_unstable();
+    for name in names {
+        if run_file_id::<D>(&name).is_some_and(|id| !kept.contains(&id)) {
+            disk.remove(&name).await.map_err(|e| io("remove", &name, e))?;
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,421 @@
+//! The bytes of a run file (the layout is in `mod.rs`): sealing and checking data blocks,
+//! encoding and decoding the footer and the index section, and the encoder that turns sorted
+//! entries into a file's bytes.
+//!
+//! Everything here is a pure function over byte slices, so that the disk path (`mod.rs`,
+//! `write.rs`) and the fuzzer (`fuzzing.rs`) run the same checks: a file the fuzzer cannot
+//! make an open or a read accept is a file the store does not accept either.
+
+use xxhash_rust::xxh3::{xxh3_64, xxh3_64_with_seed, Xxh3};
+
+use super::bloom::{Bloom, HASHES_MAX, LINE_WORDS};
+use super::{Value, KEY_BYTES, VALUE_BYTES};
+
+/// Bytes of a block: the unit of the data section, of the index section's padding and of the
+/// footer, and of every write.
+pub(super) const BLOCK: usize = tradeshard_wal::BLOCK_BYTES as usize;
+const BLOCK_U64: u64 = BLOCK as u64;
+pub(super) const ENTRY_BYTES: usize = KEY_BYTES + VALUE_BYTES;
+/// Entries of a full block.
+pub(super) const BLOCK_ENTRIES: usize = 102;
+/// Where a block's trailer starts: the entry count (u32), 4 reserved zero bytes, the checksum.
+const TRAILER_AT: usize = BLOCK_ENTRIES * ENTRY_BYTES;
+const RESERVED_AT: usize = TRAILER_AT + 4;
+const CHECKSUM_AT: usize = TRAILER_AT + 8;
+const MAGIC: [u8; 4] = *b"TSRN";
+const VERSION: u16 = 1;
+/// Bytes of the footer's fields; the rest of its block is reserved (zero).
+const FOOTER_FIELDS: usize = 64;
+const FOOTER_CHECKSUM_AT: usize = FOOTER_FIELDS - 8;
+const FENCE_BYTES: u64 = KEY_BYTES as u64;
+
+const _: () = assert!(CHECKSUM_AT + 8 == BLOCK && BLOCK_ENTRIES == (BLOCK - 16) / ENTRY_BYTES);
+
+/// The seed of block `number`'s checksum in run `id`: a block copied into another place or
+/// another run does not pass. Injective while ids and block numbers stay below 2^32.
+pub(super) fn block_seed(id: u64, number: u64) -> u64 {
+    id.rotate_left(32) ^ number
+}
+
+/// What a run's footer says.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) struct Footer {
+    pub id: u64,
+    pub level: u32,
+    pub entries: u64,
+    pub data_blocks: u64,
+    pub bloom_words: u64,
+    pub hashes: u32,
+    /// xxh3_64 of the index section without its padding.
+    pub index_checksum: u64,
+}
+
+impl Footer {
+    /// Bytes of the index section without its padding.
+    pub(super) fn index_bytes(&self) -> u64 {
+        self.bloom_words * 8 + self.data_blocks * FENCE_BYTES
+    }
+
+    pub(super) fn index_offset(&self) -> u64 {
+        self.data_blocks * BLOCK_U64
+    }
+
+    /// Where the footer starts.
+    pub(super) fn footer_offset(&self) -> u64 {
+        self.index_offset() + self.index_bytes().div_ceil(BLOCK_U64) * BLOCK_U64
+    }
+
+    pub(super) fn file_bytes(&self) -> u64 {
+        self.footer_offset() + BLOCK_U64
+    }
+
+    /// Entries block `number` holds: every block but the last is full.
+    pub(super) fn block_entries(&self, number: u64) -> usize {
+        if number + 1 < self.data_blocks {
+            BLOCK_ENTRIES
+        } else {
+            (self.entries - (self.data_blocks - 1) * BLOCK_ENTRIES as u64) as usize
+        }
+    }
+
+    pub(super) fn encode(&self) -> Vec<u8> {
+        let mut out = Vec::with_capacity(BLOCK);
+        out.extend_from_slice(&MAGIC);
+        out.extend_from_slice(&VERSION.to_le_bytes());
+        out.extend_from_slice(&(ENTRY_BYTES as u16).to_le_bytes());
+        out.extend_from_slice(&self.id.to_le_bytes());
+        out.extend_from_slice(&self.level.to_le_bytes());
+        out.extend_from_slice(&self.entries.to_le_bytes());
+        out.extend_from_slice(&self.data_blocks.to_le_bytes());
+        out.extend_from_slice(&self.bloom_words.to_le_bytes());
+        out.extend_from_slice(&self.hashes.to_le_bytes());
+        out.extend_from_slice(&self.index_checksum.to_le_bytes());
+        debug_assert_eq!(out.len(), FOOTER_CHECKSUM_AT);
+        let sum = xxh3_64(&out);
+        out.extend_from_slice(&sum.to_le_bytes());
+        out.resize(BLOCK, 0);
+        out
+    }
+
+    /// The footer of run `id` in `bytes` (the file's last block), checked against the file's
+    /// length: every size it states must add up to exactly `file_len`, so nothing read after it
+    /// can lie past the end of the file or be sized from a damaged number.
+    pub(super) fn decode(bytes: &[u8], id: u64, file_len: u64) -> Result<Footer, &'static str> {
+        let bytes = bytes.get(..BLOCK).ok_or("a run footer cut short")?;
+        let u16_at = |at: usize| u16::from_le_bytes([bytes[at], bytes[at + 1]]);
+        let u32_at = |at: usize| u32::from_le_bytes(bytes[at..at + 4].try_into().expect("4 bytes"));
+        let u64_at = |at: usize| u64::from_le_bytes(bytes[at..at + 8].try_into().expect("8 bytes"));
+        if bytes[..4] != MAGIC {
+            return Err("not a run file (no run footer)");
+        }
+        if u64_at(FOOTER_CHECKSUM_AT) != xxh3_64(&bytes[..FOOTER_CHECKSUM_AT]) {
+            return Err("run footer checksum mismatch");
+        }
+        if bytes[FOOTER_FIELDS..].iter().any(|&b| b != 0) {
+            return Err("a run footer with bytes where zeros belong");
+        }
+        if u16_at(4) != VERSION {
+            return Err("a run file of an unknown format version");
+        }
+        if usize::from(u16_at(6)) != ENTRY_BYTES {
+            return Err("a run file of entries of another size");
+        }
+        let footer = Footer {
+            id: u64_at(8),
+            level: u32_at(16),
+            entries: u64_at(20),
+            data_blocks: u64_at(28),
+            bloom_words: u64_at(36),
+            hashes: u32_at(44),
+            index_checksum: u64_at(48),
+        };
+        if footer.id != id {
+            return Err("a run file whose footer names another run");
+        }
+        if footer.entries == 0 || footer.data_blocks != footer.entries.div_ceil(BLOCK_ENTRIES as u64) {
+            return Err("a run footer whose entry and block counts disagree");
+        }
+        if footer.bloom_words == 0 || !footer.bloom_words.is_multiple_of(LINE_WORDS as u64) {
+            return Err("a run footer with a Bloom filter of no whole lines");
+        }
+        if !(1..=HASHES_MAX).contains(&footer.hashes) {
+            return Err("a run footer with an impossible Bloom probe count");
+        }
+        // The same sums as the methods above, checked: a footer whose sizes overflow cannot
+        // add up to a real file's length.
+        let blocks = footer
+            .bloom_words
+            .checked_mul(8)
+            .and_then(|bloom| bloom.checked_add(footer.data_blocks.checked_mul(FENCE_BYTES)?))
+            .map(|index| index.div_ceil(BLOCK_U64))
+            .and_then(|index_blocks| index_blocks.checked_add(footer.data_blocks)?.checked_add(1));
+        if blocks.and_then(|blocks| blocks.checked_mul(BLOCK_U64)) != Some(file_len) {
+            return Err("a run file whose length is not what its footer says");
+        }
+        Ok(footer)
+    }
+}
+
+/// Writes block `number` of run `id`'s trailer into `block` (whose first `count` entries are
+/// filled and the rest zero).
+fn seal_block(block: &mut [u8], id: u64, number: u64, count: usize) {
+    block[TRAILER_AT..RESERVED_AT].copy_from_slice(&(count as u32).to_le_bytes());
+    block[RESERVED_AT..CHECKSUM_AT].fill(0);
+    let sum = xxh3_64_with_seed(&block[..CHECKSUM_AT], block_seed(id, number));
+    block[CHECKSUM_AT..].copy_from_slice(&sum.to_le_bytes());
+}
+
+/// Checks block `number` (`bytes`, the block as read) of the run `footer` describes, whose
+/// fence keys are `fences`; returns how many entries it holds. A block that passes holds the
+/// entries the run was written with, in strictly ascending order, all at or above its fence
+/// key and below the next block's.
+pub(super) fn check_block(bytes: &[u8], footer: &Footer, number: u64, fences: &[u128]) -> Result<usize, &'static str> {
+    let block = bytes.get(..BLOCK).ok_or("a run file cut short inside a block")?;
+    let stored = u64::from_le_bytes(block[CHECKSUM_AT..].try_into().expect("8 bytes"));
+    if stored != xxh3_64_with_seed(&block[..CHECKSUM_AT], block_seed(footer.id, number)) {
+        return Err("run block checksum mismatch");
+    }
+    let count = u32::from_le_bytes(block[TRAILER_AT..RESERVED_AT].try_into().expect("4 bytes")) as usize;
+    if number >= footer.data_blocks || count != footer.block_entries(number) {
+        return Err("a run block holding another number of entries than its footer says");
+    }
+    if block[count * ENTRY_BYTES..TRAILER_AT].iter().chain(&block[RESERVED_AT..CHECKSUM_AT]).any(|&b| b != 0) {
+        return Err("a run block with bytes where zeros belong");
+    }
+    let fence = fences.get(number as usize).ok_or("a run block without a fence key")?;
+    if key_at(block, 0) != *fence {
+        return Err("a run block whose first key is not its fence key");
+    }
+    if (1..count).any(|i| key_at(block, i - 1) >= key_at(block, i)) {
+        return Err("run block keys not strictly ascending");
+    }
+    if fences.get(number as usize + 1).is_some_and(|next| key_at(block, count - 1) >= *next) {
+        return Err("a run block reaching past the next block's fence key");
+    }
+    Ok(count)
+}
+
+/// The key of entry `i` of a block.
+pub(super) fn key_at(block: &[u8], i: usize) -> u128 {
+    let at = i * ENTRY_BYTES;
+    u128::from_le_bytes(block[at..at + KEY_BYTES].try_into().expect("16 bytes"))
+}
+
+/// The value of entry `i` of a block.
+pub(super) fn value_at(block: &[u8], i: usize) -> Value {
+    let at = i * ENTRY_BYTES + KEY_BYTES;
+    block[at..at + VALUE_BYTES].try_into().expect("24 bytes")
+}
+
+/// The value of `key` among the first `count` entries of a checked block (ascending keys).
+pub(super) fn find_in_block(block: &[u8], count: usize, key: u128) -> Option<Value> {
+    let (mut low, mut high) = (0, count);
+    while low < high {
+        let mid = low + (high - low) / 2;
+        match key_at(block, mid).cmp(&key) {
+            std::cmp::Ordering::Less => low = mid + 1,
+            std::cmp::Ordering::Greater => high = mid,
+            std::cmp::Ordering::Equal => return Some(value_at(block, mid)),
+        }
+    }
+    None
+}
+
+/// Reads an index section fed in pieces (the disk path reads it a megabyte at a time): the
+/// Bloom filter's words, then the fence keys, then zero padding to a block.
+pub(super) struct IndexDecoder {
+    footer: Footer,
+    /// Bytes of the section taken so far.
+    at: u64,
+    hasher: Box<Xxh3>,
+    bloom: Vec<u64>,
+    fences: Vec<u128>,
+}
+
+impl IndexDecoder {
+    /// A decoder for the index of the run `footer` describes (a footer [`Footer::decode`]
+    /// accepted against the file's real length, so the sizes are those of bytes that exist).
+    pub(super) fn new(footer: Footer) -> IndexDecoder {
+        IndexDecoder {
+            footer,
+            at: 0,
+            hasher: Box::new(Xxh3::new()),
+            bloom: Vec::with_capacity(footer.bloom_words as usize),
+            fences: Vec::with_capacity(footer.data_blocks as usize),
+        }
+    }
+
+    /// Takes the next `bytes` of the section (a multiple of 16 bytes long: the disk path feeds
+    /// whole blocks).
+    pub(super) fn feed(&mut self, bytes: &[u8]) -> Result<(), &'static str> {
+        if !bytes.len().is_multiple_of(16) {
+            return Err("a run index fed in pieces of no whole words");
+        }
+        let bloom_end = self.footer.bloom_words * 8;
+        let end = self.footer.index_bytes();
+        let padded_end = self.footer.footer_offset() - self.footer.index_offset();
+        if self.at + bytes.len() as u64 > padded_end {
+            return Err("a run index longer than its footer says");
+        }
+        let held = end.saturating_sub(self.at).min(bytes.len() as u64) as usize;
+        self.hasher.update(&bytes[..held]);
+        for piece in bytes.chunks_exact(16) {
+            if self.at < bloom_end {
+                self.bloom.push(u64::from_le_bytes(piece[..8].try_into().expect("8 bytes")));
+                self.bloom.push(u64::from_le_bytes(piece[8..].try_into().expect("8 bytes")));
+            } else if self.at < end {
+                let fence = u128::from_le_bytes(piece.try_into().expect("16 bytes"));
+                if self.fences.last().is_some_and(|last| *last >= fence) {
+                    return Err("run fence keys not strictly ascending");
+                }
+                self.fences.push(fence);
+            } else if piece.iter().any(|&b| b != 0) {
+                return Err("a run index with bytes where zeros belong");
+            }
+            self.at += 16;
+        }
+        Ok(())
+    }
+
+    /// The Bloom filter and the fence keys, once the whole section was fed and checked.
+    pub(super) fn finish(self) -> Result<(Bloom, Vec<u128>), &'static str> {
+        if self.at != self.footer.footer_offset() - self.footer.index_offset() {
+            return Err("a run index cut short");
+        }
+        if self.hasher.digest() != self.footer.index_checksum {
+            return Err("run index checksum mismatch");
+        }
+        Ok((Bloom::from_words(self.bloom, self.footer.hashes), self.fences))
+    }
+}
+
+/// Turns entries in strictly ascending key order into a run file's bytes: data blocks as they
+/// fill, then (once finished) the index section and the footer.
+pub(super) struct Encoder {
+    id: u64,
+    level: u32,
+    block: Vec<u8>,
+    in_block: usize,
+    entries: u64,
+    bloom: Bloom,
+    fences: Vec<u128>,
+    last: Option<u128>,
+}
+
+impl Encoder {
+    /// An encoder of run `id` at `level`, its Bloom filter sized for `capacity` entries.
+    pub(super) fn new(id: u64, level: u32, capacity: u64) -> Encoder {
+        Encoder {
+            id,
+            level,
+            block: vec![0; BLOCK],
+            in_block: 0,
+            entries: 0,
+            bloom: Bloom::with_capacity(capacity),
+            fences: Vec::new(),
+            last: None,
+        }
+    }
+
+    /// Entries pushed so far.
+    pub(super) fn entries(&self) -> u64 {
+        self.entries
+    }
+
+    /// Adds an entry (its key above every key pushed before); appends the block it fills, if
+    /// it fills one, to `out`.
+    pub(super) fn push(&mut self, key: u128, value: &Value, out: &mut Vec<u8>) -> Result<(), &'static str> {
+        if self.last.is_some_and(|last| last >= key) {
+            return Err("keys of a run not strictly ascending");
+        }
+        self.last = Some(key);
+        if self.in_block == 0 {
+            self.fences.push(key);
+        }
+        let at = self.in_block * ENTRY_BYTES;
+        self.block[at..at + KEY_BYTES].copy_from_slice(&key.to_le_bytes());
+        self.block[at + KEY_BYTES..at + ENTRY_BYTES].copy_from_slice(value);
+        self.bloom.insert(key);
+        self.in_block += 1;
+        self.entries += 1;
+        if self.in_block == BLOCK_ENTRIES {
+            self.seal(out);
+        }
+        Ok(())
+    }
+
+    fn seal(&mut self, out: &mut Vec<u8>) {
+        let number = self.fences.len() as u64 - 1;
+        seal_block(&mut self.block, self.id, number, self.in_block);
+        out.extend_from_slice(&self.block);
+        self.block.fill(0);
+        self.in_block = 0;
+    }
+
+    /// Seals the last block (appended to `out`); the index section and the footer are left to
+    /// [`Tail::write_to`]. An empty run is refused: it would have no block to read.
+    pub(super) fn finish(mut self, out: &mut Vec<u8>) -> Result<Tail, &'static str> {
+        if self.entries == 0 {
+            return Err("an empty run");
+        }
+        if self.in_block > 0 {
+            self.seal(out);
+        }
+        self.fences.shrink_to_fit();
+        let footer = Footer {
+            id: self.id,
+            level: self.level,
+            entries: self.entries,
+            data_blocks: self.fences.len() as u64,
+            bloom_words: self.bloom.words().len() as u64,
+            hashes: self.bloom.hashes(),
+            index_checksum: 0,
+        };
+        Ok(Tail { footer, bloom: self.bloom, fences: self.fences, next: 0, hasher: Box::new(Xxh3::new()), done: false })
+    }
+}
+
+/// The end of a run file being encoded: its index section and footer, appended in pieces so
+/// that a large filter is never copied whole.
+pub(super) struct Tail {
+    footer: Footer,
+    bloom: Bloom,
+    fences: Vec<u128>,
+    /// The next word of the index to append: Bloom words first, then fence keys.
+    next: usize,
+    hasher: Box<Xxh3>,
+    done: bool,
+}
+
+impl Tail {
+    /// Appends the rest of the index section and then the footer to `out`, stopping once `out`
+    /// holds `limit` bytes or more; true once the footer is appended.
+    pub(super) fn write_to(&mut self, out: &mut Vec<u8>, limit: usize) -> bool {
+        let words = self.bloom.words();
+        let items = words.len() + self.fences.len();
+        let start = out.len();
+        while self.next < items && out.len() < limit {
+            match words.get(self.next) {
+                Some(word) => out.extend_from_slice(&word.to_le_bytes()),
+                None => out.extend_from_slice(&self.fences[self.next - words.len()].to_le_bytes()),
+            }
+            self.next += 1;
+        }
+        self.hasher.update(&out[start..]);
+        if self.next < items || out.len() >= limit || self.done {
+            return self.done;
+        }
+        let padding = (BLOCK_U64 - self.footer.index_bytes() % BLOCK_U64) % BLOCK_U64;
+        out.resize(out.len() + padding as usize, 0);
+        self.footer.index_checksum = self.hasher.digest();
+        out.extend_from_slice(&self.footer.encode());
+        self.done = true;
+        true
+    }
+
+    /// The footer (complete once [`write_to`](Self::write_to) answered true), the Bloom
+    /// filter and the fence keys.
+    pub(super) fn into_parts(self) -> (Footer, Bloom, Vec<u128>) {
+        (self.footer, self.bloom, self.fences)
+    }
+}

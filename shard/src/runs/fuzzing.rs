@@ -1,0 +1,49 @@
+//! A run file held in memory, read the way the disk path reads one, for the fuzzer and its
+//! seeds (`testing` feature): the same footer, index and block checks, in the same order.
+
+use super::format::{check_block, key_at, value_at, Encoder, Footer, IndexDecoder, BLOCK};
+use super::{Value, READ_BYTES};
+
+/// For fuzzing: `bytes` as the file of run `id`, read as an open reads it (footer, then the
+/// index section a megabyte at a time) and then as a full scan does (every block, and every
+/// key asked of the Bloom filter). Returns the entries, or why the file is refused; never
+/// panics.
+pub fn decode_for_fuzzing(bytes: &[u8], id: u64) -> Result<Vec<(u128, Value)>, &'static str> {
+    let size = bytes.len() as u64;
+    if size < BLOCK as u64 || !size.is_multiple_of(BLOCK as u64) {
+        return Err("a run file cut short or not of whole blocks");
+    }
+    let footer_at = bytes.len() - BLOCK;
+    let footer = Footer::decode(&bytes[footer_at..], id, size)?;
+    let mut index = IndexDecoder::new(footer);
+    let index_at = footer.index_offset() as usize;
+    for piece in bytes[index_at..footer_at].chunks(READ_BYTES) {
+        index.feed(piece)?;
+    }
+    let (bloom, fences) = index.finish()?;
+    let mut entries = Vec::with_capacity(footer.entries as usize);
+    for (number, block) in bytes[..index_at].chunks(BLOCK).enumerate() {
+        let count = check_block(block, &footer, number as u64, &fences)?;
+        for i in 0..count {
+            let key = key_at(block, i);
+            if !bloom.may_hold(key) {
+                return Err("a run key its Bloom filter does not hold");
+            }
+            entries.push((key, value_at(block, i)));
+        }
+    }
+    Ok(entries)
+}
+
+/// The file of run `id` holding three entries (the fuzzer's seed).
+pub fn sample_for_fuzzing(id: u64) -> Vec<u8> {
+    let mut encoder = Encoder::new(id, 1, 3);
+    let mut bytes = Vec::new();
+    for n in 1..=3u8 {
+        let key = u128::from(n) * 0x09E3_779B_97F4_A7C1_5F39_CC06_05CE_DC83;
+        encoder.push(key, &[n; 24], &mut bytes).expect("ascending keys");
+    }
+    let mut tail = encoder.finish(&mut bytes).expect("three entries");
+    tail.write_to(&mut bytes, usize::MAX);
+    bytes
+}

@@ -1,0 +1,204 @@
+//! Immutable sorted runs of fixed-size entries on disk, and the set of runs of one store with
+//! its merge policy: a key's value is found with its Bloom filter and fence keys in memory and
+//! at most one 4 KiB read per run that may hold it, so a store can keep far more keys than
+//! memory could hold as a map.
+//!
+//! A run is written once, whole, and never changed ([`Run::write`], [`merge`]); the newest run
+//! holding a key has its value ([`RunSet`]). Runs are merged when the newest [`MERGE_FANOUT`]
+//! share a level, so every entry is rewritten once per level and a store of `n` entries keeps
+//! at most `(MERGE_FANOUT - 1)` runs per level, about `log4(n)` levels.
+//!
+//! # File format
+//!
+//! A run is the file `{prefix}-{id:016x}.run` (16 lowercase hex digits); every integer is
+//! little-endian, every section starts on a 4096-byte block.
+//!
+//! - Data blocks of 4096 bytes from offset 0, numbered from 0: up to 102 entries of 40 bytes
+//!   (the key as a u128, then the 24-byte value) from byte 0, keys strictly ascending within
+//!   and across blocks, zeros up to byte 4080, then a 16-byte trailer: the entry count (u32,
+//!   1..=102), 4 zero bytes, and at 4088..4096 the checksum `xxh3_64_with_seed(block[0..4088],
+//!   id.rotate_left(32) ^ block_number)` (u64), so a block read from another place or another
+//!   run does not pass. Every block but the last holds 102 entries; the last holds the rest.
+//! - The index section from offset `data_blocks × 4096`: the Bloom filter's words (u64 each),
+//!   then the fence keys (the first key of each data block, u128 each, strictly ascending),
+//!   zero-padded to a multiple of 4096 bytes.
+//! - The footer, the file's last 4096 bytes: at 0 the magic `TSRN`, 4 the format version (u16,
+//!   1), 6 the entry bytes (u16, 40), 8 the run id (u64), 16 the level (u32), 20 the entry
+//!   count (u64, at least 1), 28 the data blocks (u64, `ceil(entries / 102)`), 36 the Bloom
+//!   filter's words (u64, a multiple of 8, at least 8), 44 the Bloom probe count (u32, 1..=7),
+//!   48 `xxh3_64` of the index section without its padding (u64), 56 `xxh3_64` of footer bytes
+//!   0..56 (u64); bytes 64..4096 are reserved and zero.
+//!
+//! The file is exactly `(data_blocks + ceil(index_bytes / 4096) + 1) × 4096` bytes long, where
+//! `index_bytes = 8 × bloom_words + 16 × data_blocks`. An open reads and checks the footer
+//! (checksum, magic, version, entry size, the id against the file's name, the sizes against the
+//! file's length) and the index section (checksum, padding, fences ascending); a read checks
+//! the one block it reads (checksum, count, padding, keys ascending, first key equal to its
+//! fence key, last key below the next fence key). The Bloom filter is in `bloom.rs`: a blocked
+//! filter of 64-byte lines, 10 bits and 6 probes per entry.
+
+mod bloom;
+mod format;
+#[cfg(any(test, feature = "testing"))]
+mod fuzzing;
+mod set;
+#[cfg(test)]
+mod tests;
+mod write;
+
+use tradeshard_wal::disk::{Disk, DiskFile};
+
+use crate::error::{LogError, TradeError};
+use bloom::Bloom;
+use format::{check_block, find_in_block, Footer, IndexDecoder, BLOCK};
+
+#[cfg(any(test, feature = "testing"))]
+pub use fuzzing::{decode_for_fuzzing, sample_for_fuzzing};
+pub(crate) use set::RunSet;
+pub(crate) use write::merge;
+
+/// Bytes of a key and of a value; an entry is their sum (40 B), 102 to a 4 KiB block.
+pub(crate) const KEY_BYTES: usize = 16;
+pub(crate) const VALUE_BYTES: usize = 24;
+pub(crate) type Value = [u8; VALUE_BYTES];
+/// Runs merged at once: when the newest `MERGE_FANOUT` runs share a level, they become one run
+/// of the next level.
+pub(crate) const MERGE_FANOUT: usize = 4;
+/// Bytes of the index section read at once by an open.
+const READ_BYTES: usize = 1 << 20;
+
+/// One run file, open: its Bloom filter and fence keys in memory, its entries on disk.
+pub(crate) struct Run<D: Disk> {
+    disk: D,
+    name: String,
+    file: D::File,
+    footer: Footer,
+    bloom: Bloom,
+    fences: Vec<u128>,
+}
+
+impl<D: Disk> Run<D> {
+    /// The file name of run `id` of the store `prefix`: `{prefix}-{id:016x}.run`.
+    pub(crate) fn file_name(prefix: &str, id: u64) -> String {
+        format!("{prefix}-{id:016x}.run")
+    }
+
+    /// The id of a run file name of this prefix, or `None`: only the name
+    /// [`file_name`](Self::file_name) makes for some id, so a name and an id are one to one.
+    pub(crate) fn parse_file_name(prefix: &str, name: &str) -> Option<u64> {
+        let hex = name.strip_prefix(prefix)?.strip_prefix('-')?.strip_suffix(".run")?;
+        if hex.len() != 16 || !hex.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b)) {
+            return None;
+        }
+        u64::from_str_radix(hex, 16).ok()
+    }
+
+    /// Opens run `id` of the store `prefix`, reading and checking its footer and index section.
+    /// A missing file is damage: only runs a checkpoint lists are opened.
+    pub(crate) async fn open(disk: &D, prefix: &str, id: u64) -> Result<Run<D>, TradeError> {
+        let name = Self::file_name(prefix, id);
+        let file = match disk.open(&name).await {
+            Ok(file) => file,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                return Err(corrupt(disk, &name, 0, "a run a checkpoint lists is missing"))
+            }
+            Err(e) => return Err(io(disk, &name, "open", e)),
+        };
+        let size = file.size().await.map_err(|e| io(disk, &name, "stat", e))?;
+        if size < BLOCK as u64 || !size.is_multiple_of(BLOCK as u64) {
+            return Err(corrupt(disk, &name, size, "a run file cut short or not of whole blocks"));
+        }
+        let footer_at = size - BLOCK as u64;
+        let bytes = file.read_at(footer_at, BLOCK).await.map_err(|e| io(disk, &name, "read", e))?;
+        let footer = Footer::decode(&bytes, id, size).map_err(|reason| corrupt(disk, &name, footer_at, reason))?;
+        let mut index = IndexDecoder::new(footer);
+        let mut at = footer.index_offset();
+        while at < footer_at {
+            let want = (footer_at - at).min(READ_BYTES as u64) as usize;
+            let bytes = file.read_at(at, want).await.map_err(|e| io(disk, &name, "read", e))?;
+            if bytes.len() != want {
+                return Err(corrupt(disk, &name, at + bytes.len() as u64, "a run file cut short"));
+            }
+            index.feed(&bytes).map_err(|reason| corrupt(disk, &name, at, reason))?;
+            at += want as u64;
+            glommio::yield_if_needed().await;
+        }
+        let (bloom, fences) = index.finish().map_err(|reason| corrupt(disk, &name, footer.index_offset(), reason))?;
+        Ok(Run { disk: disk.clone(), name, file, footer, bloom, fences })
+    }
+
+    pub(crate) fn id(&self) -> u64 {
+        self.footer.id
+    }
+
+    pub(crate) fn level(&self) -> u32 {
+        self.footer.level
+    }
+
+    pub(crate) fn entries(&self) -> u64 {
+        self.footer.entries
+    }
+
+    /// Bytes the run holds in memory (Bloom filter and fence keys).
+    pub(crate) fn memory_bytes(&self) -> usize {
+        self.bloom.memory_bytes() + self.fences.capacity() * KEY_BYTES
+    }
+
+    /// Bytes of the file.
+    pub(crate) fn file_bytes(&self) -> u64 {
+        self.footer.file_bytes()
+    }
+
+    /// False only if the key is surely not in the run (the Bloom filter has no false
+    /// negatives).
+    pub(crate) fn may_hold(&self, key: u128) -> bool {
+        self.bloom.may_hold(key)
+    }
+
+    /// The key's value in this run: the Bloom filter, then the fence keys, then one read of
+    /// the one block that can hold it, checked.
+    pub(crate) async fn get(&self, key: u128) -> Result<Option<Value>, TradeError> {
+        if !self.may_hold(key) {
+            return Ok(None);
+        }
+        self.read(key).await
+    }
+
+    /// The key's value, read without asking the Bloom filter first.
+    async fn read(&self, key: u128) -> Result<Option<Value>, TradeError> {
+        // The block whose fence key is the greatest at or below the key; none below the first.
+        let Some(number) = self.fences.partition_point(|fence| *fence <= key).checked_sub(1) else {
+            return Ok(None);
+        };
+        let offset = number as u64 * BLOCK as u64;
+        let block = self.file.read_at(offset, BLOCK).await.map_err(|e| io(&self.disk, &self.name, "read", e))?;
+        let count = check_block(&block, &self.footer, number as u64, &self.fences)
+            .map_err(|reason| self.corrupt(offset, reason))?;
+        Ok(find_in_block(&block, count, key))
+    }
+
+    /// The error for a defect found at `offset` of this run's file.
+    fn corrupt(&self, offset: u64, reason: &'static str) -> TradeError {
+        corrupt(&self.disk, &self.name, offset, reason)
+    }
+}
+
+impl<D: Disk> std::fmt::Debug for Run<D> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let Footer { id, level, entries, .. } = self.footer;
+        f.debug_struct("Run")
+            .field("name", &self.name)
+            .field("id", &id)
+            .field("level", &level)
+            .field("entries", &entries)
+            .finish()
+    }
+}
+
+fn io(disk: &impl Disk, name: &str, op: &'static str, source: std::io::Error) -> TradeError {
+    TradeError::Log(LogError::io(op, disk.path_of(name), source))
+}
+
+fn corrupt(disk: &impl Disk, name: &str, offset: u64, reason: &'static str) -> TradeError {
+    TradeError::Log(LogError::Corruption { path: disk.path_of(name), offset, reason })
+}

@@ -1,0 +1,398 @@
+//! The runs' tests: lookups after a write and after an open, the Bloom filter's false
+//! positives, merges against a model, the merge policy, damage of every section, and the
+//! decoder the fuzzer drives.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::future::Future;
+use std::rc::Rc;
+
+use tradeshard_wal::disk::{Disk, Fault, SimDisk, SplitMix64};
+
+use super::format::{block_seed, BLOCK, BLOCK_ENTRIES};
+use super::*;
+use crate::error::{LogError, TradeError};
+
+const PREFIX: &str = "t";
+
+fn run<T>(future: impl Future<Output = T>) -> T {
+    glommio::LocalExecutorBuilder::default().make().unwrap().run(future)
+}
+
+fn value(key: u128, version: u64) -> Value {
+    let mut value = [0u8; VALUE_BYTES];
+    value[..8].copy_from_slice(&(key as u64 ^ (key >> 64) as u64).to_le_bytes());
+    value[8..16].copy_from_slice(&version.to_le_bytes());
+    value[16..].fill(version as u8);
+    value
+}
+
+/// `count` distinct keys, ascending, from `seed`.
+fn keys(seed: u64, count: usize) -> Vec<u128> {
+    let mut rng = SplitMix64::new(seed);
+    let mut keys = BTreeSet::new();
+    while keys.len() < count {
+        keys.insert(u128::from(rng.next_u64()) << 64 | u128::from(rng.next_u64()));
+    }
+    keys.into_iter().collect()
+}
+
+async fn write(disk: &SimDisk, id: u64, level: u32, entries: &[(u128, Value)]) -> Result<Run<SimDisk>, TradeError> {
+    Run::write(disk, PREFIX, id, level, entries.len() as u64, entries.iter().copied()).await
+}
+
+/// The path and offset of a corruption error.
+fn corruption(error: TradeError) -> (String, u64, &'static str) {
+    match error {
+        TradeError::Log(LogError::Corruption { path, offset, reason }) => (path.display().to_string(), offset, reason),
+        other => panic!("not a corruption: {other}"),
+    }
+}
+
+#[test]
+fn every_key_reads_back_after_a_write_and_after_an_open() {
+    run(async {
+        let disk = SimDisk::new();
+        let keys = keys(1, 5_000);
+        let entries: Vec<(u128, Value)> = keys.iter().map(|&k| (k, value(k, 1))).collect();
+        let written = write(&disk, 7, 2, &entries).await.unwrap();
+        let opened = Run::open(&disk, PREFIX, 7).await.unwrap();
+        let name = Run::<SimDisk>::file_name(PREFIX, 7);
+        assert_eq!(name, "t-0000000000000007.run");
+        for run in [&written, &opened] {
+            assert_eq!((run.id(), run.level(), run.entries()), (7, 2, 5_000));
+            assert_eq!(run.file_bytes(), disk.file_len(&name).unwrap());
+            assert_eq!(run.data_blocks(), 5_000u64.div_ceil(BLOCK_ENTRIES as u64));
+            for &(key, value) in &entries {
+                assert!(run.may_hold(key), "no false negative");
+                assert_eq!(run.get(key).await.unwrap(), Some(value));
+            }
+            // Absent keys: below the first, above the last, between neighbours, at random.
+            let mut absent = vec![0, u128::MAX, keys[0] - 1, keys[4_999] + 1];
+            absent.extend(keys.windows(2).filter(|w| w[1] - w[0] > 1).take(500).map(|w| w[0] + 1));
+            absent.extend(self::keys(2, 500));
+            for key in absent.into_iter().filter(|k| keys.binary_search(k).is_err()) {
+                assert_eq!(run.get(key).await.unwrap(), None, "{key:#x}");
+                assert_eq!(run.read(key).await.unwrap(), None, "{key:#x}, the filter not asked");
+            }
+        }
+        assert_eq!(written.bloom, opened.bloom);
+        assert_eq!(written.fences, opened.fences);
+        assert_eq!(written.footer, opened.footer);
+    });
+}
+
+impl<D: Disk> Run<D> {
+    fn data_blocks(&self) -> u64 {
+        self.footer.data_blocks
+    }
+}
+
+#[test]
+fn the_bloom_filter_has_few_false_positives_and_no_false_negatives() {
+    run(async {
+        let disk = SimDisk::new();
+        let keys = keys(3, 20_000);
+        let entries: Vec<(u128, Value)> = keys.iter().map(|&k| (k, value(k, 1))).collect();
+        let run = write(&disk, 1, 0, &entries).await.unwrap();
+        assert!(keys.iter().all(|&k| run.may_hold(k)));
+        let mut rng = SplitMix64::new(4);
+        let (mut asked, mut positives) = (0, 0);
+        while asked < 100_000 {
+            let key = u128::from(rng.next_u64()) << 64 | u128::from(rng.next_u64());
+            if keys.binary_search(&key).is_ok() {
+                continue;
+            }
+            asked += 1;
+            positives += usize::from(run.may_hold(key));
+        }
+        let rate = positives as f64 / asked as f64;
+        assert!(rate < 0.03, "false positive rate {rate}");
+        // Sequential keys (not hashes) fare the same: the filter hashes every key.
+        let sequential: Vec<(u128, Value)> = (0..20_000u128).map(|k| (k, value(k, 1))).collect();
+        let run = write(&disk, 2, 0, &sequential).await.unwrap();
+        let positives = (20_000..120_000u128).filter(|&k| run.may_hold(k)).count();
+        assert!((positives as f64) < 0.03 * 100_000.0, "sequential false positives {positives}");
+        let memory = run.memory_bytes() as f64 / 20_000.0;
+        assert!(memory < 1.6, "{memory} bytes per entry");
+    });
+}
+
+#[test]
+fn a_merge_keeps_the_newest_value_of_each_key() {
+    run(async {
+        let disk = SimDisk::new();
+        let mut model = BTreeMap::new();
+        let mut runs = Vec::new();
+        for (version, seed) in [(1, 10), (2, 11), (3, 10)] {
+            // Seed 10 twice: the third run overwrites every key of the first.
+            let mut keys = keys(seed, 700);
+            keys.extend(self::keys(99, 300));
+            keys.sort_unstable();
+            keys.dedup();
+            let entries: Vec<(u128, Value)> = keys.iter().map(|&k| (k, value(k, version))).collect();
+            model.extend(entries.iter().copied());
+            runs.push(Rc::new(write(&disk, version, 0, &entries).await.unwrap()));
+        }
+        let merged = merge(&disk, PREFIX, 10, 1, &runs).await.unwrap();
+        assert_eq!((merged.id(), merged.level(), merged.entries()), (10, 1, model.len() as u64));
+        let bytes = disk.read_file(&Run::<SimDisk>::file_name(PREFIX, 10)).unwrap();
+        let scanned: BTreeMap<u128, Value> = decode_for_fuzzing(&bytes, 10).unwrap().into_iter().collect();
+        assert_eq!(scanned, model);
+        let reopened = Run::open(&disk, PREFIX, 10).await.unwrap();
+        for (&key, &value) in &model {
+            assert_eq!(reopened.get(key).await.unwrap(), Some(value));
+        }
+        let single = merge(&disk, PREFIX, 11, 4, &runs[..1]).await.unwrap();
+        assert_eq!((single.entries(), single.level()), (runs[0].entries(), 4));
+        assert!(merge(&disk, PREFIX, 12, 1, &[]).await.is_err(), "a merge of nothing");
+    });
+}
+
+proptest::proptest! {
+    #![proptest_config(proptest::prelude::ProptestConfig::with_cases(24))]
+
+    /// Batches written as runs, merged whenever the plan says: every lookup answers what a
+    /// map with later batches overwriting earlier ones answers, and the runs stay few.
+    #[test]
+    fn a_run_set_answers_like_a_map(
+        batches in proptest::collection::vec(proptest::collection::vec(0u128..3_000, 1..200), 1..40),
+    ) {
+        run(async move {
+            let disk = SimDisk::new();
+            let mut set = RunSet::default();
+            let mut model = BTreeMap::new();
+            let mut next_id = 0;
+            for (version, mut batch) in batches.into_iter().enumerate() {
+                batch.sort_unstable();
+                batch.dedup();
+                let entries: Vec<(u128, Value)> = batch.iter().map(|&k| (k, value(k, version as u64))).collect();
+                model.extend(entries.iter().copied());
+                next_id += 1;
+                set.push(Rc::new(write(&disk, next_id, 0, &entries).await.unwrap()));
+                while let Some((range, level)) = set.merge_plan() {
+                    next_id += 1;
+                    let merged = merge(&disk, PREFIX, next_id, level, &set.runs()[range.clone()]).await.unwrap();
+                    set.replace(range, Rc::new(merged));
+                }
+                let levels: Vec<u32> = set.runs().iter().map(|run| run.level()).collect();
+                assert!(levels.windows(2).all(|w| w[0] >= w[1]), "levels {levels:?}");
+                let top = u64::from(levels[0]);
+                assert!(set.runs().len() as u64 <= (MERGE_FANOUT as u64 - 1) * (top + 1), "levels {levels:?}");
+            }
+            let reopened: Vec<_> = {
+                let mut runs = Vec::new();
+                for run in set.runs() {
+                    runs.push(Rc::new(Run::open(&disk, PREFIX, run.id()).await.unwrap()));
+                }
+                runs
+            };
+            let clone = set.clone();
+            for set in [set, RunSet::from_runs(reopened)] {
+                assert_eq!(set.memory_bytes(), clone.memory_bytes());
+                assert_eq!(set.file_bytes(), clone.file_bytes());
+                assert!(set.entries() >= model.len() as u64);
+                for key in 0..3_100u128 {
+                    let want = model.get(&key).copied();
+                    assert_eq!(set.get(key).await.unwrap(), want, "key {key}");
+                    if want.is_some() {
+                        assert!(set.may_hold(key));
+                    }
+                }
+            }
+        });
+    }
+}
+
+#[test]
+fn file_names_and_ids_are_one_to_one() {
+    type R = Run<SimDisk>;
+    for id in [0, 1, 0xabc, u64::MAX] {
+        assert_eq!(R::parse_file_name("keys", &R::file_name("keys", id)), Some(id));
+    }
+    for name in [
+        "keys-00000000000000ab.run",
+        "keys-00000000000000AB.run",
+        "keys-0000000000000ab.run",
+        "keys-+00000000000000a.run",
+        "keys-00000000000000ab.runs",
+        "keyz-00000000000000ab.run",
+        "keys00000000000000ab.run",
+        "keys-00000000000000ab",
+    ] {
+        let want = (name == "keys-00000000000000ab.run").then_some(0xab);
+        assert_eq!(R::parse_file_name("keys", name), want, "{name}");
+    }
+}
+
+/// A run of 500 entries (five blocks) on a fresh disk.
+async fn five_blocks() -> (SimDisk, Vec<(u128, Value)>, String) {
+    let disk = SimDisk::new();
+    let entries: Vec<(u128, Value)> = keys(5, 500).iter().map(|&k| (k, value(k, 1))).collect();
+    write(&disk, 3, 0, &entries).await.unwrap();
+    (disk, entries, Run::<SimDisk>::file_name(PREFIX, 3))
+}
+
+#[test]
+fn a_flipped_bit_in_a_block_fails_the_read_of_that_block_only() {
+    run(async {
+        let (disk, entries, name) = five_blocks().await;
+        disk.flip_bit(&name, 2 * BLOCK as u64 + 100, 3);
+        let run = Rc::new(Run::open(&disk, PREFIX, 3).await.unwrap());
+        let in_block = |n: usize| entries[n * BLOCK_ENTRIES];
+        let (path, offset, reason) = corruption(run.get(in_block(2).0).await.unwrap_err());
+        assert_eq!(
+            (path.as_str(), offset, reason),
+            ("sim/t-0000000000000003.run", 8192, "run block checksum mismatch")
+        );
+        assert_eq!(run.get(in_block(1).0).await.unwrap(), Some(in_block(1).1));
+        assert_eq!(run.get(in_block(3).0).await.unwrap(), Some(in_block(3).1));
+        // A merge reads every block: it fails, and leaves no file behind.
+        let (_, offset, _) = corruption(merge(&disk, PREFIX, 4, 1, &[run]).await.unwrap_err());
+        assert_eq!(offset, 8192);
+        assert_eq!(disk.file_len(&Run::<SimDisk>::file_name(PREFIX, 4)), None);
+    });
+}
+
+#[test]
+fn a_flipped_bit_in_the_index_or_the_footer_fails_the_open() {
+    run(async {
+        let (disk, _, name) = five_blocks().await;
+        let len = disk.file_len(&name).unwrap();
+        let index = 5 * BLOCK as u64;
+        // Bloom words, fence keys, index padding; footer fields, checksum, reserved bytes.
+        for offset in [index, index + 700, index + 720, index + 4000, len - 4096, len - 4040, len - 2000, len - 1] {
+            let (disk, _, name) = five_blocks().await;
+            disk.flip_bit(&name, offset, 5);
+            let error = Run::open(&disk, PREFIX, 3).await.err().unwrap_or_else(|| panic!("offset {offset} passed"));
+            let (path, at, _) = corruption(error);
+            assert_eq!(path, "sim/t-0000000000000003.run");
+            assert!(at == index || at == len - 4096, "offset {offset} reported at {at}");
+        }
+        assert!(Run::open(&disk, PREFIX, 3).await.is_ok(), "the undamaged file opens");
+    });
+}
+
+#[test]
+fn a_file_cut_short_or_missing_or_named_for_another_run_is_refused() {
+    run(async {
+        let (disk, _, name) = five_blocks().await;
+        let bytes = disk.read_file(&name).unwrap();
+        for cut in [1, 40, 4096, 8192, bytes.len() - 4096, bytes.len()] {
+            disk.put_file(&name, &bytes[..bytes.len() - cut]);
+            assert!(Run::open(&disk, PREFIX, 3).await.is_err(), "cut by {cut}");
+        }
+        disk.put_file(&name, &[bytes.clone(), vec![0; 4096]].concat());
+        assert!(Run::open(&disk, PREFIX, 3).await.is_err(), "a block too many");
+        disk.put_file(&Run::<SimDisk>::file_name(PREFIX, 9), &bytes);
+        let (_, _, reason) = corruption(Run::open(&disk, PREFIX, 9).await.err().unwrap());
+        assert_eq!(reason, "a run file whose footer names another run");
+        disk.remove(&name).await.unwrap();
+        let (_, _, reason) = corruption(Run::open(&disk, PREFIX, 3).await.err().unwrap());
+        assert_eq!(reason, "a run a checkpoint lists is missing");
+    });
+}
+
+#[test]
+fn entries_out_of_order_or_not_as_many_as_counted_are_refused_and_leave_no_file() {
+    run(async {
+        let disk = SimDisk::new();
+        let name = Run::<SimDisk>::file_name(PREFIX, 1);
+        let ascending: Vec<(u128, Value)> = (1..=300u128).map(|k| (k * 10, value(k, 1))).collect();
+        let mut swapped = ascending.clone();
+        swapped.swap(250, 251);
+        let mut repeated = ascending.clone();
+        repeated[120].0 = repeated[119].0;
+        for bad in [swapped, repeated] {
+            let (_, _, reason) = corruption(write(&disk, 1, 0, &bad).await.err().unwrap());
+            assert_eq!(reason, "keys of a run not strictly ascending");
+            assert_eq!(disk.file_len(&name), None);
+        }
+        for count in [299, 301] {
+            let result = Run::write(&disk, PREFIX, 1, 0, count, ascending.iter().copied()).await;
+            assert!(result.is_err(), "count {count}");
+            assert_eq!(disk.file_len(&name), None);
+        }
+        assert!(Run::write(&disk, PREFIX, 1, 0, 0, std::iter::empty::<(u128, Value)>()).await.is_err(), "an empty run");
+        // A leftover file of the name is replaced.
+        disk.put_file(&name, b"leftover");
+        write(&disk, 1, 0, &ascending).await.unwrap();
+        assert_eq!(Run::open(&disk, PREFIX, 1).await.unwrap().get(10).await.unwrap(), Some(value(1, 1)));
+    });
+}
+
+#[test]
+fn a_failed_write_leaves_no_file_and_a_written_run_is_durable() {
+    run(async {
+        let entries: Vec<(u128, Value)> = (0..30_000u128).map(|k| (k, value(k, 1))).collect();
+        let name = Run::<SimDisk>::file_name(PREFIX, 1);
+        // Operation 1 creates the file, 2 writes the first megabyte, then the second, ...
+        for op in [2, 3, 4] {
+            let disk = SimDisk::new();
+            disk.fail_op(op, Fault::Eio);
+            assert!(write(&disk, 1, 0, &entries).await.is_err(), "operation {op}");
+            assert_eq!(disk.file_len(&name), None, "operation {op}");
+        }
+        let disk = SimDisk::new();
+        write(&disk, 1, 0, &entries).await.unwrap();
+        disk.sync_dir().await.unwrap();
+        disk.crash(7);
+        let run = Run::open(&disk, PREFIX, 1).await.unwrap();
+        for &(key, value) in entries.iter().step_by(97) {
+            assert_eq!(run.get(key).await.unwrap(), Some(value));
+        }
+    });
+}
+
+#[test]
+fn the_sample_file_is_laid_out_as_documented() {
+    let bytes = sample_for_fuzzing(1);
+    assert_eq!(bytes.len(), 3 * BLOCK, "a data block, an index block, the footer");
+    let footer = &bytes[2 * BLOCK..];
+    let u64_at = |at: usize| u64::from_le_bytes(footer[at..at + 8].try_into().unwrap());
+    assert_eq!(&footer[..8], b"TSRN\x01\x00\x28\x00");
+    assert_eq!((u64_at(8), &footer[16..20], u64_at(20), u64_at(28), u64_at(36)), (1, &[1, 0, 0, 0][..], 3, 1, 8));
+    assert_eq!(&footer[44..48], &[6, 0, 0, 0]);
+    assert_eq!(u64_at(48), xxhash_rust::xxh3::xxh3_64(&bytes[BLOCK..BLOCK + 8 * 8 + 16]));
+    assert_eq!(u64_at(56), xxhash_rust::xxh3::xxh3_64(&footer[..56]));
+    let block = &bytes[..BLOCK];
+    assert_eq!(&block[4080..4088], &[3, 0, 0, 0, 0, 0, 0, 0]);
+    let sum = xxhash_rust::xxh3::xxh3_64_with_seed(&block[..4088], 1u64.rotate_left(32));
+    assert_eq!(block_seed(1, 0), 1 << 32);
+    assert_eq!(&block[4088..], &sum.to_le_bytes());
+    assert_eq!(&bytes[BLOCK + 64..BLOCK + 80], &block[..16], "the fence key is the block's first key");
+}
+
+#[test]
+fn the_fuzzing_decoder_reads_the_sample_and_refuses_every_damage() {
+    let sample = sample_for_fuzzing(1);
+    let entries = decode_for_fuzzing(&sample, 1).unwrap();
+    assert_eq!(entries.len(), 3);
+    assert!(entries.windows(2).all(|w| w[0].0 < w[1].0));
+    assert_eq!(entries[2].1, [3; 24]);
+    assert!(decode_for_fuzzing(&sample, 2).is_err(), "another run's id");
+    for at in 0..sample.len() {
+        let mut damaged = sample.clone();
+        damaged[at] ^= 1 << (at % 8);
+        assert!(decode_for_fuzzing(&damaged, 1).is_err(), "byte {at}");
+    }
+    for len in 0..sample.len() {
+        assert!(decode_for_fuzzing(&sample[..len], 1).is_err(), "cut to {len}");
+    }
+}
+
+proptest::proptest! {
+    /// Any bytes, and the sample with bytes changed: entries or a refusal, never a panic.
+    #[test]
+    fn any_bytes_decode_without_panic(
+        noise in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..9_000),
+        edits in proptest::collection::vec((0usize..3 * 4096, proptest::prelude::any::<u8>()), 0..4),
+    ) {
+        let _ = decode_for_fuzzing(&noise, 1);
+        let original = sample_for_fuzzing(1);
+        let mut sample = original.clone();
+        for (at, byte) in edits {
+            sample[at] = byte;
+        }
+        proptest::prop_assert_eq!(decode_for_fuzzing(&sample, 1).is_ok(), sample == original);
+    }
+}

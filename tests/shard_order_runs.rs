@@ -1,0 +1,137 @@
+//! Order numbers that checkpoints moved out of memory into sorted runs on disk, on the
+//! simulated disk: retries of old creates answer the original trade, another body under an old
+//! order number is a conflict naming the trade, runs merge and stay few, all of it again after
+//! reopens; a run whose read fails refuses the create rather than creating a second trade; a
+//! damaged run is refused with its path and offset.
+
+use tradeshard_shard::{Command, Refusal, Shard, TradeError, TradeId};
+use tradeshard_tests::{call, damage_in, new_trade, rolling_shard_config, run, upkeep_on_request};
+use tradeshard_wal::disk::{Fault, SimDisk};
+
+async fn open(disk: &SimDisk) -> Result<Shard<SimDisk>, TradeError> {
+    Shard::open_with(disk.clone(), rolling_shard_config(), 0, upkeep_on_request(false, None)).await
+}
+
+fn create(buyer: u64, order: u64, amount: u64) -> Command {
+    Command::Create { trade: new_trade(buyer, order, amount).validate().unwrap(), logical_shard: 1 }
+}
+
+/// Creates orders `orders` of buyer 1, a checkpoint after every `per_checkpoint`; their ids.
+async fn create_in_checkpoints(
+    shard: &Shard<SimDisk>,
+    orders: std::ops::Range<u64>,
+    per_checkpoint: u64,
+) -> Vec<TradeId> {
+    let mut ids = Vec::new();
+    for order in orders {
+        ids.push(call(|done| shard.submit(create(1, order, 1_000), done)).await.unwrap().id);
+        if (order + 1) % per_checkpoint == 0 {
+            shard.checkpoint().await.unwrap();
+        }
+    }
+    ids
+}
+
+/// Every create of `ids` (orders from 0) sent again answers its trade, marked a repeat; the
+/// same order number with another amount is a conflict naming that trade.
+async fn retries_answer_the_originals(shard: &Shard<SimDisk>, ids: &[TradeId]) {
+    for (order, id) in ids.iter().enumerate() {
+        let again = call(|done| shard.submit(create(1, order as u64, 1_000), done)).await.unwrap();
+        assert_eq!((again.id, again.replayed), (*id, true), "order {order} answered by its trade");
+        let other = call(|done| shard.submit(create(1, order as u64, 999), done)).await;
+        match other {
+            Err(TradeError::Refused(Refusal::IdempotencyConflict { existing, .. })) => {
+                assert_eq!(existing, Some(*id), "the conflict names the trade holding order {order}")
+            }
+            other => panic!("another body under order {order}: {other:?}"),
+        }
+    }
+}
+
+fn run_files(disk: &SimDisk) -> Vec<String> {
+    disk.list_names().into_iter().filter(|name| name.ends_with(".run")).collect()
+}
+
+#[test]
+fn order_numbers_in_runs_answer_retries_and_conflicts_before_and_after_reopens() {
+    run(async {
+        let disk = SimDisk::new();
+        let shard = open(&disk).await.unwrap();
+        // 16 checkpoints of 40: runs of level 0 merge by fours into level 1, those into one of
+        // level 2.
+        let ids = create_in_checkpoints(&shard, 0..640, 40).await;
+        let stats = shard.stats().checkpoints;
+        assert_eq!(stats.key_run_entries, 640, "every order key is in a run");
+        assert_eq!(stats.key_runs, 1, "16 runs merged by fours leave one");
+        assert!(stats.key_run_memory_bytes > 0);
+        retries_answer_the_originals(&shard, &ids).await;
+        // New order numbers are still free, and their trades follow on.
+        let more = create_in_checkpoints(&shard, 640..680, 20).await;
+        assert_eq!(shard.stats().checkpoints.key_runs, 3);
+        assert!(more.iter().all(|id| id.counter() > ids.last().unwrap().counter()));
+        shard.close().await.unwrap();
+        // Runs of merged-away levels go once no checkpoint kept lists them.
+        // The latest checkpoint lists 3 runs, the one before it 2 of them.
+        assert_eq!(run_files(&disk).len(), 3, "unlisted runs are removed: {:?}", run_files(&disk));
+
+        let shard = open(&disk).await.unwrap();
+        assert_eq!(shard.stats().checkpoints.key_run_entries, 680);
+        let all: Vec<TradeId> = ids.into_iter().chain(more).collect();
+        retries_answer_the_originals(&shard, &all).await;
+        assert_eq!(shard.stats().trades, 680, "no retry created a trade");
+        shard.close().await.unwrap();
+    });
+}
+
+#[test]
+fn a_failed_read_of_a_run_refuses_the_create_and_creates_nothing() {
+    run(async {
+        let disk = SimDisk::new();
+        let shard = open(&disk).await.unwrap();
+        let ids = create_in_checkpoints(&shard, 0..10, 10).await;
+        // The retry's next operation is its read of the run.
+        disk.fail_op(disk.ops() + 1, Fault::Eio);
+        let failed = call(|done| shard.submit(create(1, 3, 1_000), done)).await;
+        assert!(matches!(failed, Err(TradeError::Log(_))), "the read's failure is the answer: {failed:?}");
+        let again = call(|done| shard.submit(create(1, 3, 1_000), done)).await.unwrap();
+        assert_eq!((again.id, again.replayed), (ids[3], true), "the next retry reads the run");
+        assert_eq!(shard.stats().trades, 10);
+        shard.close().await.unwrap();
+    });
+}
+
+#[test]
+fn a_damaged_run_is_refused_with_its_path_and_offset() {
+    run(async {
+        let disk = SimDisk::new();
+        let shard = open(&disk).await.unwrap();
+        create_in_checkpoints(&shard, 0..300, 300).await;
+        shard.close().await.unwrap();
+        let files = run_files(&disk);
+        assert_eq!(files.len(), 1, "one checkpoint, one run: {files:?}");
+        let run_file = files[0].clone();
+
+        // A flipped bit in a block of keys: found by the read that needs the block, and the
+        // create is refused (not taken for a new order number).
+        disk.flip_bit(&run_file, 4096 + 100, 2);
+        let shard = open(&disk).await.unwrap();
+        let mut refused = 0;
+        for order in 0..300 {
+            let outcome = call(|done| shard.submit(create(1, order, 1_000), done)).await;
+            if outcome.as_ref().is_err() {
+                assert_eq!(damage_in(outcome, &run_file), 4096, "the damaged block's offset");
+                refused += 1;
+            } else {
+                assert!(outcome.unwrap().replayed, "order {order} is no new trade");
+            }
+        }
+        assert!(refused > 0, "the creates whose keys the damaged block holds are refused");
+        assert_eq!(shard.stats().trades, 300);
+        shard.close().await.unwrap();
+
+        // A flipped bit at the end of the file (its footer): the open refuses.
+        let len = disk.file_len(&run_file).unwrap();
+        disk.flip_bit(&run_file, len - 4096 + 20, 0);
+        damage_in(open(&disk).await, &run_file);
+    });
+}
