@@ -42,6 +42,9 @@ pub struct CheckpointStats {
     pub key_run_memory_bytes: u64,
     /// Bytes written to runs since open (merges included).
     pub key_run_bytes_written: u64,
+    /// Requests that read the runs since open: retries of old keys, and the Bloom filters'
+    /// false positives.
+    pub key_run_reads: u64,
 }
 
 /// What a shard keeps of its checkpoints.

@@ -9,7 +9,7 @@
 //! Memory per trade: an 88-byte slot (the entry, which knows its id's logical shard; the slot is
 //! the counter) in the trade table while the trade is in memory (`trade_table/`: trades leave
 //! memory for the table on disk), 8 bytes in the user's list plus the user map's hash-table
-//! slack, and about 1.4 bytes of Bloom filter and fence keys in the runs of order keys (see
+//! slack, and about 2.2 bytes of Bloom filter and fence keys in the runs of order keys (see
 //! `ARCHITECTURE.md`).
 
 use std::collections::HashMap;

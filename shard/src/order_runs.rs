@@ -17,6 +17,7 @@
 //! made against: a checkpoint that moves keys from memory into a new run changes the
 //! generation, and a request holding an older read reads again.
 
+use std::cell::Cell;
 use std::rc::Rc;
 
 use tradeshard_wal::disk::Disk;
@@ -36,6 +37,8 @@ pub(crate) struct OrderRuns<D: Disk> {
     pub next_id: u64,
     /// The runs the checkpoint before the latest lists: kept while it is the fallback.
     pub previous_ids: Vec<u64>,
+    /// Keys read from the runs since open (retries, and the Bloom filters' false positives).
+    pub reads: Cell<u64>,
 }
 
 /// What the memory and the runs know of an order key's durable state.
@@ -124,6 +127,7 @@ impl<D: Disk> OrderRuns<D> {
             generation: 0,
             next_id: highest.map_or(1, |id| id + 1),
             previous_ids: Vec::new(),
+            reads: Cell::new(0),
         })
     }
 
@@ -149,6 +153,7 @@ impl<D: Disk> OrderRuns<D> {
 
     /// Reads `key` from the runs in force now; the future holds no borrow of `self`.
     pub(crate) fn read(&self, key: u128) -> impl std::future::Future<Output = Result<RunRead, TradeError>> + 'static {
+        self.reads.set(self.reads.get() + 1);
         let (order, claim, generation) = (self.orders.get(key), self.claims.get(key), self.generation);
         async move {
             let order = order.await?.as_ref().map(decode_order).transpose()?;

@@ -35,7 +35,7 @@
 //! file's length) and the index section (checksum, padding, fences ascending); a read checks
 //! the one block it reads (checksum, count, padding, keys ascending, first key equal to its
 //! fence key, last key below the next fence key). The Bloom filter is in `bloom.rs`: a blocked
-//! filter of 64-byte lines, 10 bits and 6 probes per entry.
+//! filter of 64-byte lines, 16 bits and 7 probes per entry.
 
 mod bloom;
 mod format;

@@ -106,14 +106,14 @@ fn the_bloom_filter_has_few_false_positives_and_no_false_negatives() {
             positives += usize::from(run.may_hold(key));
         }
         let rate = positives as f64 / asked as f64;
-        assert!(rate < 0.03, "false positive rate {rate}");
+        assert!(rate < 0.004, "false positive rate {rate}");
         // Sequential keys (not hashes) fare the same: the filter hashes every key.
         let sequential: Vec<(u128, Value)> = (0..20_000u128).map(|k| (k, value(k, 1))).collect();
         let run = write(&disk, 2, 0, &sequential).await.unwrap();
         let positives = (20_000..120_000u128).filter(|&k| run.may_hold(k)).count();
-        assert!((positives as f64) < 0.03 * 100_000.0, "sequential false positives {positives}");
+        assert!((positives as f64) < 0.004 * 100_000.0, "sequential false positives {positives}");
         let memory = run.memory_bytes() as f64 / 20_000.0;
-        assert!(memory < 1.6, "{memory} bytes per entry");
+        assert!(memory < 2.4, "{memory} bytes per entry");
     });
 }
 
@@ -351,7 +351,7 @@ fn the_sample_file_is_laid_out_as_documented() {
     let u64_at = |at: usize| u64::from_le_bytes(footer[at..at + 8].try_into().unwrap());
     assert_eq!(&footer[..8], b"TSRN\x01\x00\x28\x00");
     assert_eq!((u64_at(8), &footer[16..20], u64_at(20), u64_at(28), u64_at(36)), (1, &[1, 0, 0, 0][..], 3, 1, 8));
-    assert_eq!(&footer[44..48], &[6, 0, 0, 0]);
+    assert_eq!(&footer[44..48], &[7, 0, 0, 0]);
     assert_eq!(u64_at(48), xxhash_rust::xxh3::xxh3_64(&bytes[BLOCK..BLOCK + 8 * 8 + 16]));
     assert_eq!(u64_at(56), xxhash_rust::xxh3::xxh3_64(&footer[..56]));
     let block = &bytes[..BLOCK];

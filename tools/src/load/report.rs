@@ -52,6 +52,12 @@ pub(super) struct Report {
     /// Trades in the engine at the end of the timed phase, and of them those in memory.
     pub(super) engine_trades: u64,
     pub(super) trades_in_memory: u64,
+    /// Order keys the shards hold in runs on disk, the bytes those runs' Bloom filters and
+    /// fences take in memory, and the requests that read the runs (retries of old order
+    /// numbers, and the filters' false positives).
+    pub(super) key_run_entries: u64,
+    pub(super) key_run_memory_bytes: u64,
+    pub(super) key_run_reads: u64,
     /// Resident memory of the process (engine and client) at the end of the timed phase.
     pub(super) resident_bytes: u64,
     /// With `--settle`: events the settlement consumer consumed per second.
