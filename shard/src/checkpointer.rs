@@ -12,7 +12,7 @@
 //! 3. the trades changed since the last checkpoint are written to the table on disk
 //!    (`cold.rs`, `trade_file.rs`), which is synced;
 //! 4. the order keys and confirmed claims applied since the last checkpoint are written as new
-//!    runs, and runs merged as their policy says (`order_runs.rs`), synced;
+//!    runs, and runs merged as their policy says (`key_runs.rs`), synced;
 //! 5. the clone (without the trades of the table and the keys of the runs, with the list of
 //!    runs) is written as `checkpoint.tmp` in pages, yielding between them, synced, renamed to
 //!    its name, and the directory synced: from here on an open starts from it;
@@ -34,7 +34,7 @@ use crate::checkpoint::{self, Encoder, Header, Restored, Restorer};
 use crate::error::{LogError, TradeError};
 use crate::id_hash::IdMap;
 use crate::index::{CreatedAt, Item, RunStore, ShardIndex, StoredPart};
-use crate::order_runs::WrittenRuns;
+use crate::key_runs::WrittenRuns;
 use crate::parts::{encode_entry, PartsMark};
 use crate::record::{RecordKind, TradeRecordView};
 use crate::retention::keep_from;
@@ -216,16 +216,16 @@ impl<D: Disk> Drop for Undo<'_, D> {
 /// Runs that neither this checkpoint nor the one before it lists are removed.
 async fn take_runs<D: Disk>(inner: &Inner<D>, written: WrittenRuns<D>, new_position: bool) -> Result<(), TradeError> {
     let kept = {
-        let mut runs = inner.order_runs.borrow_mut();
+        let mut runs = inner.key_runs.borrow_mut();
         if new_position {
-            runs.previous_ids = runs.listed().into_iter().map(|(_, id)| id).collect();
+            runs.previous_ids = runs.sets.listed().into_iter().map(|(_, id)| id).collect();
         }
         if written.bytes > 0 {
-            (runs.orders, runs.claims, runs.next_id) = (written.orders, written.claims, written.next_id);
+            (runs.sets, runs.next_id) = (written.sets, written.next_id);
             runs.generation += 1;
         }
         let kept: Vec<u64> =
-            runs.listed().into_iter().map(|(_, id)| id).chain(runs.previous_ids.iter().copied()).collect();
+            runs.sets.listed().into_iter().map(|(_, id)| id).chain(runs.previous_ids.iter().copied()).collect();
         inner.checkpoints.count(|s| {
             s.key_run_bytes_written += written.bytes;
         });
@@ -240,7 +240,11 @@ async fn take_runs<D: Disk>(inner: &Inner<D>, written: WrittenRuns<D>, new_posit
         inner.index.borrow_mut().forget_in_runs(&[], batch);
         glommio::yield_if_needed().await;
     }
-    crate::order_runs::remove_unlisted(inner.wal.disk(), &kept).await
+    for batch in written.user_counts.chunks(ITEMS_PER_YIELD) {
+        inner.index.borrow_mut().forget_user_trades(batch);
+        glommio::yield_if_needed().await;
+    }
+    crate::key_runs::remove_unlisted(inner.wal.disk(), &kept).await
 }
 
 /// The durable steps of a checkpoint of `snapshot`: the created parts stored, the changed
@@ -257,18 +261,18 @@ async fn write_durable<D: Disk>(
     wait_synced(inner, position).await?;
     let stored = store_created_parts(inner, since, position).await?;
     let table_bytes = crate::cold::write_dirty(&inner.checkpoints.table, snapshot, dirty, &stored, position).await?;
-    let sets = {
-        let runs = inner.order_runs.borrow();
-        (runs.orders.clone(), runs.claims.clone(), runs.next_id)
+    let (sets, next_id) = {
+        let runs = inner.key_runs.borrow();
+        (runs.sets.clone(), runs.next_id)
     };
-    let runs = crate::order_runs::write_runs(inner.wal.disk(), sets, snapshot).await?;
+    let runs = crate::key_runs::write_runs(inner.wal.disk(), sets, next_id, snapshot).await?;
     let header = Header {
         shard_id: inner.shard_id,
         scalars: snapshot.scalars(),
         parts_len: inner.checkpoints.parts.len(),
         created_ms: now,
     };
-    let bytes = write_file(inner, snapshot, &header, &stored, &runs.listed()).await?;
+    let bytes = write_file(inner, snapshot, &header, &stored, &runs.sets.listed()).await?;
     Ok((bytes, stored, table_bytes, runs))
 }
 

@@ -34,7 +34,7 @@ pub struct CheckpointStats {
     pub table_bytes_written: u64,
     /// Trades that left memory since open.
     pub trades_evicted: u64,
-    /// Runs of order keys and confirmed claims in force (`order_runs.rs`), the keys they
+    /// Runs of order keys and confirmed claims in force (`key_runs.rs`), the keys they
     /// hold, their files' bytes and the bytes their Bloom filters and fences take in memory.
     pub key_runs: u64,
     pub key_run_entries: u64,

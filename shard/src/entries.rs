@@ -109,7 +109,7 @@ pub struct GroupOffset {
 }
 
 /// The store of order keys a run on disk belongs to, as a checkpoint lists it
-/// (`order_runs.rs`).
+/// (`key_runs.rs`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 #[repr(u8)]
 pub(crate) enum RunStore {
@@ -117,6 +117,8 @@ pub(crate) enum RunStore {
     Orders = 1,
     /// Order key → the confirmed claim of a buyer of another shard.
     Claims = 2,
+    /// (User, trade id) → nothing: each user's trades, in creation order.
+    Users = 3,
 }
 
 impl RunStore {
@@ -124,6 +126,7 @@ impl RunStore {
         match byte {
             1 => Some(RunStore::Orders),
             2 => Some(RunStore::Claims),
+            3 => Some(RunStore::Users),
             _ => None,
         }
     }
@@ -133,6 +136,7 @@ impl RunStore {
         match self {
             RunStore::Orders => "orders",
             RunStore::Claims => "claims",
+            RunStore::Users => "users",
         }
     }
 }

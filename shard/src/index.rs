@@ -1,15 +1,15 @@
 //! The shard's in-memory indexes, rebuilt from the log on open and kept current as records
 //! become durable: trade id → the trade's current state and where its `Created` record lies;
-//! (merchant, order number) → trade id, for the keys added since the last checkpoint (older
-//! ones are in runs on disk, `order_runs.rs`); user → that user's trades in creation order.
+//! (merchant, order number) → trade id and user → that user's trades in creation order, both
+//! for what was added since the last checkpoint (the rest is in runs on disk, `key_runs.rs`).
 //!
 //! What a record does to a trade is decided by the lifecycle rules (`lifecycle.rs`), shared
 //! with the checks made before a write, so the log and the index never disagree on it.
 //!
 //! Memory per trade: an 88-byte slot (the entry, which knows its id's logical shard; the slot is
 //! the counter) in the trade table while the trade is in memory (`trade_table/`: trades leave
-//! memory for the table on disk), 8 bytes in the user's list plus the user map's hash-table
-//! slack, and about 2.2 bytes of Bloom filter and fence keys in the runs of order keys (see
+//! memory for the table on disk), and about 2.4 bytes of Bloom filter and fence keys in the
+//! runs; until the next checkpoint, 32 bytes in the order map and 8 in the user's list (see
 //! `ARCHITECTURE.md`).
 
 use std::collections::HashMap;
@@ -37,6 +37,7 @@ pub struct ShardIndex {
     trades: TradeTable<TradeEntry>,
     /// Order keys of this shard's trades applied since the last checkpoint's run.
     by_order: PartitionedMap<u128, (TradeId, u64)>,
+    /// Each user's trades applied since the last checkpoint's run, oldest first.
     by_user: PartitionedMap<u64, Vec<TradeId>>,
     refunds: PartitionedMap<u128, RefundEntry>,
     /// Order numbers whose home is this shard, claimed for trades of other shards: pending
@@ -62,7 +63,7 @@ pub struct ShardIndex {
     /// The highest counter of the table of trades, as the checkpoint loaded said.
     restored_table_max: u64,
     refunds_held: Vec<(TradeId, u128)>,
-    /// The runs of order keys the checkpoint loaded lists, oldest first (`order_runs.rs`).
+    /// The runs of order keys the checkpoint loaded lists, oldest first (`key_runs.rs`).
     listed_runs: Vec<(RunStore, u64)>,
 }
 
@@ -94,13 +95,12 @@ impl ShardIndex {
     pub(crate) fn items(&self) -> impl Iterator<Item = Item> + '_ {
         // Dense trades are in the table on disk (`trade_file.rs`); only scattered ones here.
         let trades = self.trades.scattered().map(|(id, entry)| Item::Trade(id, *entry));
-        // Order keys and confirmed claims are in runs (`order_runs.rs`): the checkpointer lists
-        // them, and writes the pending claims only.
-        let users = self.by_user.iter().map(|(user, ids)| Item::User(*user, ids.clone()));
+        // Order keys, confirmed claims and the users' lists are in runs (`key_runs.rs`): the
+        // checkpointer lists them, and writes the pending claims only.
         let refunds = self.refunds.iter().map(|(key, refund)| Item::Refund(*key, *refund));
         let claims = self.pending_claims.iter().map(|(key, claim)| Item::Claim(*key, *claim));
         let groups = self.offsets.iter().map(|(group, offset)| Item::Group(group.clone(), *offset));
-        trades.chain(users).chain(refunds).chain(claims).chain(groups)
+        trades.chain(refunds).chain(claims).chain(groups)
     }
 
     pub(crate) fn scalars(&self) -> Scalars {
@@ -177,6 +177,24 @@ impl ShardIndex {
         self.claims.iter().filter_map(|(key, claim)| Some((*key, claim, claim.trade?)))
     }
 
+    /// Each user's trades applied since the last checkpoint's run, oldest first.
+    pub(crate) fn recent_users(&self) -> impl Iterator<Item = (u64, &[TradeId])> + '_ {
+        self.by_user.iter().map(|(user, ids)| (*user, ids.as_slice()))
+    }
+
+    /// Forgets the oldest `count` trades in memory of each user: a durable checkpoint's run
+    /// holds them (trades applied since were added after them).
+    pub(crate) fn forget_user_trades(&mut self, counts: &[(u64, usize)]) {
+        for &(user, count) in counts {
+            if let Some(ids) = self.by_user.get_mut(&user) {
+                ids.drain(..count.min(ids.len()));
+                if ids.is_empty() {
+                    self.by_user.remove(&user);
+                }
+            }
+        }
+    }
+
     /// Forgets the order keys and confirmed claims a durable checkpoint's runs now hold.
     pub(crate) fn forget_in_runs(&mut self, order_keys: &[u128], claim_keys: &[u128]) {
         for key in order_keys {
@@ -244,7 +262,7 @@ impl ShardIndex {
     }
 
     /// The trade created with this order key, and its body hash, if it is among the keys
-    /// since the last checkpoint's run (`order_runs.rs` asks the runs for the others).
+    /// since the last checkpoint's run (`key_runs.rs` asks the runs for the others).
     pub fn by_order(&self, key: u128) -> Option<(TradeId, u64)> {
         self.by_order.get(&key).copied()
     }
@@ -305,7 +323,8 @@ impl ShardIndex {
         }
     }
 
-    /// The user's trades, oldest first.
+    /// The user's trades since the last checkpoint's run, oldest first (`key_runs.rs` lists
+    /// the others).
     pub fn user_trades(&self, user_id: u64) -> &[TradeId] {
         self.by_user.get(&user_id).map_or(&[], Vec::as_slice)
     }

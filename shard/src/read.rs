@@ -51,19 +51,23 @@ impl<D: Disk> Shard<D> {
         }
     }
 
-    /// Lists a user's durable trades, newest first.
+    /// Lists a user's durable trades, newest first: those older than `query.before` when
+    /// given (a user's trade ids grow with time).
     pub fn list(&self, query: ListQuery, reply: ShardReply<Vec<Trade>>) {
-        let ids: Vec<TradeId> = {
+        // The trades since the last checkpoint are in memory, the others in runs on disk.
+        let ids = {
             let index = self.inner.index.borrow();
-            let all = index.user_trades(query.user_id);
-            // A cursor that is not one of the user's trades lists nothing.
-            let end = query.before.map_or(all.len(), |before| all.iter().rposition(|id| *id == before).unwrap_or(0));
-            all[..end].iter().rev().take(query.limit).copied().collect()
+            let users = &self.inner.key_runs.borrow().sets.users;
+            crate::key_runs::user_trades(&index, users, query.user_id, query.limit, query.before)
         };
         // The reads go out `LIST_READS_IN_FLIGHT` at a time, so a page of a listing costs
         // about one read's latency, not one per trade, and a long listing no more I/O memory.
         let inner = self.inner.clone();
         glommio::spawn_local(async move {
+            let ids = match ids.await {
+                Ok(ids) => ids,
+                Err(error) => return reply.send(Err(error)),
+            };
             let mut trades = Vec::with_capacity(ids.len());
             for window in ids.chunks(LIST_READS_IN_FLIGHT) {
                 let reads: Vec<_> = window

@@ -27,7 +27,7 @@ use crate::error::{LogError, TradeError};
 use crate::events::{EventBatch, PollQuery};
 use crate::id_hash::IdMap;
 use crate::index::ShardIndex;
-use crate::order_runs::OrderRuns;
+use crate::key_runs::KeyRuns;
 use crate::parts::PartsStore;
 use crate::record::{RecordKind, TradeRecord};
 use crate::retention::Upkeep;
@@ -75,7 +75,7 @@ pub struct RecoveredShard<D: Disk> {
     wal: RecoveredWal<D>,
     disk: D,
     index: ShardIndex,
-    order_runs: OrderRuns<D>,
+    key_runs: KeyRuns<D>,
     table: Option<TradeFile<D>>,
     cache_bytes: usize,
     upkeep: Upkeep,
@@ -92,7 +92,7 @@ impl<D: Disk> RecoveredShard<D> {
             wal,
             disk,
             index,
-            order_runs,
+            key_runs,
             table,
             cache_bytes,
             upkeep,
@@ -115,7 +115,7 @@ impl<D: Disk> RecoveredShard<D> {
             checkpoints: Checkpoints::new(upkeep, parts, table, checkpoint.as_ref()),
             opened,
             index: RefCell::new(index),
-            order_runs: RefCell::new(order_runs),
+            key_runs: RefCell::new(key_runs),
             accepted: RefCell::new(accepted),
             created_parts: ReadThrough::with_hasher(cache_bytes),
         });
@@ -162,7 +162,7 @@ impl<D: Disk> Shard<D> {
         let from = index.applied_end();
         index.lay_out_trades(upkeep.chunk_bits());
         let table = TradeFile::open_existing(&disk).await?;
-        let order_runs = OrderRuns::open(&disk, &index.take_listed_runs()).await?;
+        let key_runs = KeyRuns::open(&disk, &index.take_listed_runs()).await?;
         if let Some(header) = &checkpoint {
             crate::parts::check_len(&disk, crate::parts::PARTS_NAME, header.parts_len).await?;
             match &table {
@@ -230,7 +230,7 @@ impl<D: Disk> Shard<D> {
             wal,
             disk,
             index,
-            order_runs,
+            key_runs,
             table,
             cache_bytes,
             upkeep,
@@ -289,8 +289,8 @@ impl<D: Disk> Shard<D> {
             wal: self.inner.wal.stats(),
             cache: self.inner.created_parts.cache().borrow().stats(),
             checkpoints: {
-                let runs = self.inner.order_runs.borrow();
-                let sets = [&runs.orders, &runs.claims];
+                let runs = self.inner.key_runs.borrow();
+                let sets = runs.sets.stores().map(|(_, set)| set);
                 let mut stats = self.inner.checkpoints.stats();
                 stats.key_runs = sets.iter().map(|set| set.runs().len() as u64).sum();
                 stats.key_run_entries = sets.iter().map(|set| set.entries()).sum();

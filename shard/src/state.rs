@@ -22,8 +22,8 @@ use crate::currency::Currency;
 use crate::error::TradeError;
 use crate::id_hash::{IdHasher, IdMap};
 use crate::index::ShardIndex;
+use crate::key_runs::{KeyRuns, RunRead};
 use crate::lifecycle::Lifecycle;
-use crate::order_runs::{OrderRuns, RunRead};
 use crate::reply::Reply;
 use crate::system_record::{ClaimOutcome, LogRecord};
 use crate::trade::{Receipt, TradeId};
@@ -155,7 +155,7 @@ pub(crate) struct Inner<D: Disk> {
     pub opened: OpenReport,
     pub index: RefCell<ShardIndex>,
     /// The order keys and confirmed claims that checkpoints moved to disk.
-    pub order_runs: RefCell<OrderRuns<D>>,
+    pub key_runs: RefCell<KeyRuns<D>>,
     pub accepted: RefCell<Accepted>,
     pub created_parts: ReadThrough<TradeId, CreatedPart, TradeError, BuildHasherDefault<IdHasher>>,
 }

@@ -9,7 +9,7 @@
 //! flight, the answer waits until it is durable. A refusal (bad state, a conflict, a full log
 //! queue) is answered at once and leaves no trace.
 //!
-//! Order numbers older than the last checkpoint are in runs on disk (`order_runs.rs`): a
+//! Order numbers older than the last checkpoint are in runs on disk (`key_runs.rs`): a
 //! create whose key a run's Bloom filter may hold waits for one read of the runs, then is
 //! checked.
 
@@ -20,8 +20,8 @@ use tradeshard_wal::disk::Disk;
 use crate::command::Command;
 use crate::error::{InputError, LogError, Refusal, TradeError};
 use crate::index::{body_hash, order_key, refund_key, ShardIndex};
+use crate::key_runs::{KeyState, Lookup, RunRead};
 use crate::lifecycle::{next_state, Action, Lifecycle, Move};
-use crate::order_runs::{KeyState, Lookup, RunRead};
 use crate::record::TradeRecord;
 use crate::shard::Shard;
 use crate::state::{Accepted, AfterDurable, Effect, EffectKeys, InFlight, Inner, ShardReply, Waiter, WaitingWrite};
@@ -80,7 +80,7 @@ fn submit_to<D: Disk>(
             return waiting.push(WaitingWrite { command, reply, after, read });
         }
         let in_flight = accepted.orders.contains_key(&key) || accepted.claims.contains_key(&key);
-        let runs = inner.order_runs.borrow();
+        let runs = inner.key_runs.borrow();
         match runs.lookup(&index, key, read.as_ref()) {
             _ if in_flight => {}
             Lookup::Known(state) => durable = state,

@@ -50,7 +50,7 @@ use tradeshard_wal::disk::{Disk, DiskFile};
 
 use crate::error::{LogError, TradeError};
 use bloom::Bloom;
-use format::{check_block, find_in_block, Footer, IndexDecoder, BLOCK};
+use format::{check_block, find_in_block, key_at, Footer, IndexDecoder, BLOCK};
 
 #[cfg(any(test, feature = "testing"))]
 pub use fuzzing::{decode_for_fuzzing, sample_for_fuzzing};
@@ -170,11 +170,41 @@ impl<D: Disk> Run<D> {
         let Some(number) = self.fences.partition_point(|fence| *fence <= key).checked_sub(1) else {
             return Ok(None);
         };
+        let (block, count) = self.read_block(number).await?;
+        Ok(find_in_block(&block, count, key))
+    }
+
+    /// Data block `number` and its entry count, checked.
+    async fn read_block(&self, number: usize) -> Result<(<D::File as DiskFile>::ReadBuf, usize), TradeError> {
         let offset = number as u64 * BLOCK as u64;
         let block = self.file.read_at(offset, BLOCK).await.map_err(|e| io(&self.disk, &self.name, "read", e))?;
         let count = check_block(&block, &self.footer, number as u64, &self.fences)
             .map_err(|reason| self.corrupt(offset, reason))?;
-        Ok(find_in_block(&block, count, key))
+        Ok((block, count))
+    }
+
+    /// The run's keys in `low..=high`, greatest first, at most `limit`: the blocks that can
+    /// hold them are read from the last back (the Bloom filter cannot tell of a range).
+    pub(crate) async fn keys_down(&self, low: u128, high: u128, limit: usize) -> Result<Vec<u128>, TradeError> {
+        let mut keys = Vec::new();
+        let Some(mut number) = self.fences.partition_point(|fence| *fence <= high).checked_sub(1) else {
+            return Ok(keys);
+        };
+        while keys.len() < limit {
+            let (block, count) = self.read_block(number).await?;
+            for key in (0..count).rev().map(|i| key_at(&block, i)).filter(|key| *key <= high) {
+                if key < low || keys.len() == limit {
+                    return Ok(keys);
+                }
+                keys.push(key);
+            }
+            // The blocks before hold keys below this one's first.
+            if number == 0 || self.fences[number] <= low {
+                break;
+            }
+            number -= 1;
+        }
+        Ok(keys)
     }
 
     /// The error for a defect found at `offset` of this run's file.

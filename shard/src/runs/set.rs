@@ -68,6 +68,28 @@ impl<D: Disk> RunSet<D> {
         }
     }
 
+    /// The keys in `low..=high`, at most `limit`: each run's greatest first, the newest run's
+    /// first. For keys that grow with time (a user's trades), that is greatest first overall:
+    /// a newer run holds only keys added after an older one's. Borrows nothing of the set.
+    pub(crate) fn keys_down(
+        &self,
+        low: u128,
+        high: u128,
+        limit: usize,
+    ) -> impl Future<Output = Result<Vec<u128>, TradeError>> + 'static {
+        let runs: Vec<Rc<Run<D>>> = self.runs.iter().rev().cloned().collect();
+        async move {
+            let mut keys = Vec::new();
+            for run in runs {
+                if keys.len() == limit {
+                    break;
+                }
+                keys.extend(run.keys_down(low, high, limit - keys.len()).await?);
+            }
+            Ok(keys)
+        }
+    }
+
     /// The runs to merge now, if any, and the level of the run they become: the newest
     /// `MERGE_FANOUT` runs when they all have the same level.
     pub(crate) fn merge_plan(&self) -> Option<(Range<usize>, u32)> {

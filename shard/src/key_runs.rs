@@ -1,14 +1,15 @@
-//! Where a shard keeps its order keys once a checkpoint holds them: on disk, in sorted runs
-//! (`runs/`), so that memory holds only the keys added since the last checkpoint, not every
-//! trade's.
+//! Where a shard keeps its order keys and its users' lists once a checkpoint holds them: on
+//! disk, in sorted runs (`runs/`), so that memory holds only what was added since the last
+//! checkpoint, not every trade's keys.
 //!
-//! Two stores of runs per shard: `orders` (order key → the shard's trade with that order
-//! number and its body hash) and `claims` (order key → the confirmed claim of a buyer of
-//! another shard: body hash, buyer, trade). Pending claims are few and stay in memory and in
-//! the checkpoint file. Each checkpoint writes the keys applied since the one before as one
-//! new run of each store and merges runs as the sets' policy says; the checkpoint file lists
-//! the runs in force (`Item::Run`). A run is removed once neither the latest checkpoint nor
-//! the one before it (the fallback) lists it.
+//! Three stores of runs per shard: `orders` (order key → the shard's trade with that order
+//! number and its body hash), `claims` (order key → the confirmed claim of a buyer of another
+//! shard: body hash, buyer, trade) and `users` (user and trade id → nothing: a user's trades
+//! are a range of keys, in creation order, since a user's trade ids grow with time). Pending
+//! claims are few and stay in memory and in the checkpoint file. Each checkpoint writes what
+//! was applied since the one before as one new run of each store and merges runs as the sets'
+//! policy says; the checkpoint file lists the runs in force (`Item::Run`). A run is removed
+//! once neither the latest checkpoint nor the one before it (the fallback) lists it.
 //!
 //! Asking for a key: the memory first (the index's keys since the last checkpoint, and the
 //! pending claims), then the runs' Bloom filters; only a key some filter may hold is read from
@@ -16,6 +17,10 @@
 //! checked again with what was read ([`RunRead`]). A read is good only for the sets it was
 //! made against: a checkpoint that moves keys from memory into a new run changes the
 //! generation, and a request holding an older read reads again.
+//!
+//! Listing a user's trades: the ids in memory (newest), then each run's range of the user's
+//! keys, newest run first, one 4 KiB read per run at least (a Bloom filter cannot tell of a
+//! range), until the page is full.
 
 use std::cell::Cell;
 use std::rc::Rc;
@@ -27,13 +32,33 @@ use crate::index::{ClaimEntry, RunStore, ShardIndex};
 use crate::runs::{merge, Run, RunSet, Value, VALUE_BYTES};
 use crate::trade::TradeId;
 
-/// The runs of one shard's two stores.
-pub(crate) struct OrderRuns<D: Disk> {
+/// The runs of one shard's three stores, oldest first each. A clone shares the runs.
+#[derive(Clone)]
+pub(crate) struct RunSets<D: Disk> {
     pub orders: RunSet<D>,
     pub claims: RunSet<D>,
+    pub users: RunSet<D>,
+}
+
+impl<D: Disk> RunSets<D> {
+    /// Each store with its runs.
+    pub(crate) fn stores(&self) -> [(RunStore, &RunSet<D>); 3] {
+        [(RunStore::Orders, &self.orders), (RunStore::Claims, &self.claims), (RunStore::Users, &self.users)]
+    }
+
+    /// Every run, as a checkpoint lists them.
+    pub(crate) fn listed(&self) -> Vec<(RunStore, u64)> {
+        let stores = self.stores();
+        stores.into_iter().flat_map(|(store, set)| set.runs().iter().map(move |run| (store, run.id()))).collect()
+    }
+}
+
+/// The runs of one shard's stores, and what reading them needs.
+pub(crate) struct KeyRuns<D: Disk> {
+    pub sets: RunSets<D>,
     /// Changes whenever the sets do (see the module's text).
     pub generation: u64,
-    /// The id the next run written gets (ids only grow, across both stores).
+    /// The id the next run written gets (ids only grow, across the stores).
     pub next_id: u64,
     /// The runs the checkpoint before the latest lists: kept while it is the fallback.
     pub previous_ids: Vec<u64>,
@@ -61,7 +86,7 @@ pub(crate) struct RunRead {
 /// What asking the memory found.
 pub(crate) enum Lookup {
     Known(KeyState),
-    /// A run may hold the key: read it ([`OrderRuns::read`]) and ask again with the read.
+    /// A run may hold the key: read it ([`KeyRuns::read`]) and ask again with the read.
     MustRead,
 }
 
@@ -106,35 +131,34 @@ fn decode_claim(value: &Value) -> Result<ClaimEntry, TradeError> {
     Ok(ClaimEntry { body: word(value, 0), buyer_id: word(value, 1), trade: Some(trade) })
 }
 
-impl<D: Disk> OrderRuns<D> {
+impl<D: Disk> KeyRuns<D> {
     /// The runs a loaded checkpoint lists (oldest first, per store), opened; `next_id` is
     /// above every run file in the directory, listed or not.
-    pub(crate) async fn open(disk: &D, listed: &[(RunStore, u64)]) -> Result<OrderRuns<D>, TradeError> {
-        let (mut orders, mut claims) = (Vec::new(), Vec::new());
+    pub(crate) async fn open(disk: &D, listed: &[(RunStore, u64)]) -> Result<KeyRuns<D>, TradeError> {
+        let (mut orders, mut claims, mut users) = (Vec::new(), Vec::new(), Vec::new());
         for &(store, id) in listed {
             let run = Rc::new(Run::open(disk, store.prefix(), id).await?);
             match store {
                 RunStore::Orders => orders.push(run),
                 RunStore::Claims => claims.push(run),
+                RunStore::Users => users.push(run),
             }
         }
         let on_disk = disk.list().map_err(|e| TradeError::Log(LogError::io("list", disk.path_of(""), e)))?;
         let highest =
             on_disk.iter().filter_map(|name| run_file_id::<D>(name)).chain(listed.iter().map(|(_, id)| *id)).max();
-        Ok(OrderRuns {
+        let sets = RunSets {
             orders: RunSet::from_runs(orders),
             claims: RunSet::from_runs(claims),
+            users: RunSet::from_runs(users),
+        };
+        Ok(KeyRuns {
+            sets,
             generation: 0,
             next_id: highest.map_or(1, |id| id + 1),
             previous_ids: Vec::new(),
             reads: Cell::new(0),
         })
-    }
-
-    /// Every run in force, as a checkpoint lists them.
-    pub(crate) fn listed(&self) -> Vec<(RunStore, u64)> {
-        let orders = self.orders.runs().iter().map(|run| (RunStore::Orders, run.id()));
-        orders.chain(self.claims.runs().iter().map(|run| (RunStore::Claims, run.id()))).collect()
     }
 
     /// What the memory (`index`) and the Bloom filters tell of `key`, or that the runs must be
@@ -146,7 +170,7 @@ impl<D: Disk> OrderRuns<D> {
         }
         match read {
             Some(read) if read.key == key && read.generation == self.generation => Lookup::Known(read.state),
-            _ if self.orders.may_hold(key) || self.claims.may_hold(key) => Lookup::MustRead,
+            _ if self.sets.orders.may_hold(key) || self.sets.claims.may_hold(key) => Lookup::MustRead,
             _ => Lookup::Known(KeyState::default()),
         }
     }
@@ -154,7 +178,7 @@ impl<D: Disk> OrderRuns<D> {
     /// Reads `key` from the runs in force now; the future holds no borrow of `self`.
     pub(crate) fn read(&self, key: u128) -> impl std::future::Future<Output = Result<RunRead, TradeError>> + 'static {
         self.reads.set(self.reads.get() + 1);
-        let (order, claim, generation) = (self.orders.get(key), self.claims.get(key), self.generation);
+        let (order, claim, generation) = (self.sets.orders.get(key), self.sets.claims.get(key), self.generation);
         async move {
             let order = order.await?.as_ref().map(decode_order).transpose()?;
             let claim = claim.await?.as_ref().map(decode_claim).transpose()?;
@@ -163,19 +187,57 @@ impl<D: Disk> OrderRuns<D> {
     }
 }
 
-/// The id of a run file of either store, or `None` for any other name.
+/// The key of a user's trade in the runs of users: the user, then the trade id, so that a
+/// user's trades are one range, in creation order.
+pub(crate) fn user_key(user_id: u64, id: TradeId) -> u128 {
+    (u128::from(user_id) << 64) | u128::from(id.0)
+}
+
+/// A user's trades newest first, at most `limit`, older than `before` if given: those still in
+/// `index`'s memory, then those in `users`' runs (taken together with the memory, so that a
+/// checkpoint between the two neither hides nor repeats a trade). Borrows neither.
+pub(crate) fn user_trades<D: Disk>(
+    index: &ShardIndex,
+    users: &RunSet<D>,
+    user_id: u64,
+    limit: usize,
+    before: Option<TradeId>,
+) -> impl std::future::Future<Output = Result<Vec<TradeId>, TradeError>> + 'static {
+    let recent = index.user_trades(user_id);
+    let below = before.map_or(recent.len(), |before| recent.partition_point(|id| id.0 < before.0));
+    let mut ids: Vec<TradeId> = recent[..below].iter().rev().take(limit).copied().collect();
+    let high = match before {
+        Some(before) if before.0 == 0 => None,
+        Some(before) => Some(user_key(user_id, TradeId(before.0 - 1))),
+        None => Some(user_key(user_id, TradeId(u64::MAX))),
+    };
+    let from_runs = (ids.len() < limit)
+        .then_some(high)
+        .flatten()
+        .map(|high| users.keys_down(user_key(user_id, TradeId(0)), high, limit - ids.len()));
+    async move {
+        if let Some(from_runs) = from_runs {
+            ids.extend(from_runs.await?.into_iter().map(|key| TradeId(key as u64)));
+        }
+        Ok(ids)
+    }
+}
+
+/// The id of a run file of any store, or `None` for any other name.
 fn run_file_id<D: Disk>(name: &str) -> Option<u64> {
-    [RunStore::Orders, RunStore::Claims].into_iter().find_map(|store| Run::<D>::parse_file_name(store.prefix(), name))
+    let stores = [RunStore::Orders, RunStore::Claims, RunStore::Users];
+    stores.into_iter().find_map(|store| Run::<D>::parse_file_name(store.prefix(), name))
 }
 
 /// The sets after a checkpoint's runs were written, and what they cost.
 pub(crate) struct WrittenRuns<D: Disk> {
-    pub orders: RunSet<D>,
-    pub claims: RunSet<D>,
+    pub sets: RunSets<D>,
     pub next_id: u64,
-    /// The keys now in a run, to forget from memory once the checkpoint is durable.
+    /// What is now in a run, to forget from memory once the checkpoint is durable: order
+    /// keys, confirmed claims, and how many of each user's oldest trades in memory.
     pub order_keys: Vec<u128>,
     pub claim_keys: Vec<u128>,
+    pub user_counts: Vec<(u64, usize)>,
     /// Bytes of the runs written, merges included.
     pub bytes: u64,
 }
@@ -185,10 +247,11 @@ pub(crate) struct WrittenRuns<D: Disk> {
 /// force until the checkpoint listing the runs is durable.
 pub(crate) async fn write_runs<D: Disk>(
     disk: &D,
-    sets: (RunSet<D>, RunSet<D>, u64),
+    sets: RunSets<D>,
+    mut next_id: u64,
     snapshot: &ShardIndex,
 ) -> Result<WrittenRuns<D>, TradeError> {
-    let (mut orders, mut claims, mut next_id) = sets;
+    let RunSets { mut orders, mut claims, mut users } = sets;
     let mut order_entries: Vec<(u128, Value)> =
         snapshot.recent_orders().map(|(key, id, body)| (key, order_value(id, body))).collect();
     let mut claim_entries: Vec<(u128, Value)> =
@@ -197,10 +260,19 @@ pub(crate) async fn write_runs<D: Disk>(
     claim_entries.sort_unstable_by_key(|(key, _)| *key);
     let order_keys = order_entries.iter().map(|(key, _)| *key).collect();
     let claim_keys = claim_entries.iter().map(|(key, _)| *key).collect();
+    let user_counts: Vec<(u64, usize)> = snapshot.recent_users().map(|(user, ids)| (user, ids.len())).collect();
+    let mut user_entries: Vec<(u128, Value)> = snapshot
+        .recent_users()
+        .flat_map(|(user, ids)| ids.iter().map(move |id| (user_key(user, *id), [0u8; VALUE_BYTES])))
+        .collect();
+    user_entries.sort_unstable_by_key(|(key, _)| *key);
     let mut bytes = 0;
-    for (store, set, entries) in
-        [(RunStore::Orders, &mut orders, order_entries), (RunStore::Claims, &mut claims, claim_entries)]
-    {
+    let stores = [
+        (RunStore::Orders, &mut orders, order_entries),
+        (RunStore::Claims, &mut claims, claim_entries),
+        (RunStore::Users, &mut users, user_entries),
+    ];
+    for (store, set, entries) in stores {
         if entries.is_empty() {
             continue;
         }
@@ -218,15 +290,8 @@ pub(crate) async fn write_runs<D: Disk>(
     if bytes > 0 {
         disk.sync_dir().await.map_err(|e| TradeError::Log(LogError::io("sync directory", disk.path_of(""), e)))?;
     }
-    Ok(WrittenRuns { orders, claims, next_id, order_keys, claim_keys, bytes })
-}
-
-impl<D: Disk> WrittenRuns<D> {
-    /// The runs in force once the checkpoint is, as it lists them.
-    pub(crate) fn listed(&self) -> Vec<(RunStore, u64)> {
-        let orders = self.orders.runs().iter().map(|run| (RunStore::Orders, run.id()));
-        orders.chain(self.claims.runs().iter().map(|run| (RunStore::Claims, run.id()))).collect()
-    }
+    let sets = RunSets { orders, claims, users };
+    Ok(WrittenRuns { sets, next_id, order_keys, claim_keys, user_counts, bytes })
 }
 
 /// Removes the run files whose ids `kept` does not hold (runs merged away two checkpoints ago,

@@ -4,7 +4,7 @@
 //! reopens; a run whose read fails refuses the create rather than creating a second trade; a
 //! damaged run is refused with its path and offset.
 
-use tradeshard_shard::{Command, Refusal, Shard, TradeError, TradeId};
+use tradeshard_shard::{Command, ListQuery, Refusal, Shard, TradeError, TradeId};
 use tradeshard_tests::{call, damage_in, new_trade, rolling_shard_config, run, upkeep_on_request};
 use tradeshard_wal::disk::{Fault, SimDisk};
 
@@ -48,8 +48,9 @@ async fn retries_answer_the_originals(shard: &Shard<SimDisk>, ids: &[TradeId]) {
     }
 }
 
+/// The runs of order keys on the disk.
 fn run_files(disk: &SimDisk) -> Vec<String> {
-    disk.list_names().into_iter().filter(|name| name.ends_with(".run")).collect()
+    disk.list_names().into_iter().filter(|name| name.starts_with("orders-")).collect()
 }
 
 #[test]
@@ -61,13 +62,14 @@ fn order_numbers_in_runs_answer_retries_and_conflicts_before_and_after_reopens()
         // level 2.
         let ids = create_in_checkpoints(&shard, 0..640, 40).await;
         let stats = shard.stats().checkpoints;
-        assert_eq!(stats.key_run_entries, 640, "every order key is in a run");
-        assert_eq!(stats.key_runs, 1, "16 runs merged by fours leave one");
+        // Each trade is in the runs twice: its order key, and its place in its user's list.
+        assert_eq!(stats.key_run_entries, 2 * 640, "every order key is in a run");
+        assert_eq!(stats.key_runs, 2, "16 runs of each store merged by fours leave one");
         assert!(stats.key_run_memory_bytes > 0);
         retries_answer_the_originals(&shard, &ids).await;
         // New order numbers are still free, and their trades follow on.
         let more = create_in_checkpoints(&shard, 640..680, 20).await;
-        assert_eq!(shard.stats().checkpoints.key_runs, 3);
+        assert_eq!(shard.stats().checkpoints.key_runs, 2 * 3);
         assert!(more.iter().all(|id| id.counter() > ids.last().unwrap().counter()));
         shard.close().await.unwrap();
         // Runs of merged-away levels go once no checkpoint kept lists them.
@@ -75,7 +77,7 @@ fn order_numbers_in_runs_answer_retries_and_conflicts_before_and_after_reopens()
         assert_eq!(run_files(&disk).len(), 3, "unlisted runs are removed: {:?}", run_files(&disk));
 
         let shard = open(&disk).await.unwrap();
-        assert_eq!(shard.stats().checkpoints.key_run_entries, 680);
+        assert_eq!(shard.stats().checkpoints.key_run_entries, 2 * 680);
         let all: Vec<TradeId> = ids.into_iter().chain(more).collect();
         retries_answer_the_originals(&shard, &all).await;
         assert_eq!(shard.stats().trades, 680, "no retry created a trade");
@@ -133,5 +135,57 @@ fn a_damaged_run_is_refused_with_its_path_and_offset() {
         let len = disk.file_len(&run_file).unwrap();
         disk.flip_bit(&run_file, len - 4096 + 20, 0);
         damage_in(open(&disk).await, &run_file);
+    });
+}
+
+/// Every trade of `user` by paging `page` at a time with the cursor, newest first.
+async fn list_by_pages(shard: &Shard<SimDisk>, user: u64, page: usize) -> Vec<TradeId> {
+    let mut listed = Vec::new();
+    loop {
+        let query = ListQuery { user_id: user, limit: page, before: listed.last().copied() };
+        let trades = call(|done| shard.list(query, done)).await.unwrap();
+        assert!(trades.iter().all(|trade| trade.buyer_id == user), "only the user's trades");
+        listed.extend(trades.iter().map(|trade| trade.id));
+        if trades.len() < page {
+            return listed;
+        }
+    }
+}
+
+#[test]
+fn users_lists_span_memory_and_runs_newest_first_before_and_after_reopens() {
+    run(async {
+        let disk = SimDisk::new();
+        let shard = open(&disk).await.unwrap();
+        let mut expected: Vec<Vec<TradeId>> = vec![Vec::new(); 3];
+        for n in 0..420u64 {
+            let user = 1 + n % 3;
+            let id = call(|done| shard.submit(create(user, n, 1_000), done)).await.unwrap().id;
+            expected[(user - 1) as usize].insert(0, id);
+            // Runs of level 0 and 1, and the last 20 trades only in memory.
+            if n % 50 == 49 {
+                shard.checkpoint().await.unwrap();
+            }
+        }
+        assert!(shard.stats().checkpoints.key_runs >= 4, "the lists span several runs");
+        for _ in 0..2 {
+            for user in 1..=3u64 {
+                let want = &expected[(user - 1) as usize];
+                let all = ListQuery { user_id: user, limit: 1_000, before: None };
+                let listed: Vec<TradeId> =
+                    call(|done| shard.list(all, done)).await.unwrap().iter().map(|t| t.id).collect();
+                assert_eq!(&listed, want, "user {user}: every trade, newest first");
+                assert_eq!(&list_by_pages(&shard, user, 7).await, want, "user {user}: by pages of 7");
+            }
+            let nobody = ListQuery { user_id: 99, limit: 10, before: None };
+            assert!(call(|done| shard.list(nobody, done)).await.unwrap().is_empty());
+            shard.checkpoint().await.unwrap();
+        }
+        shard.close().await.unwrap();
+        let shard = open(&disk).await.unwrap();
+        for user in 1..=3u64 {
+            assert_eq!(&list_by_pages(&shard, user, 50).await, &expected[(user - 1) as usize], "after a reopen");
+        }
+        shard.close().await.unwrap();
     });
 }
