@@ -10,6 +10,7 @@ use std::collections::HashMap;
 use tradeshard_wal::disk::Disk;
 
 use crate::currency::Currency;
+use crate::join::join_all;
 use crate::trade::TradeStatus;
 
 use crate::error::TradeError;
@@ -315,32 +316,4 @@ async fn scan<D: Disk>(
         glommio::yield_if_needed().await;
     }
     Ok(())
-}
-
-/// Polls every future of `futures` to its end, concurrently, and returns their outputs in
-/// order.
-async fn join_all<F: std::future::Future>(futures: impl IntoIterator<Item = F>) -> Vec<F::Output> {
-    let mut pending: Vec<_> = futures.into_iter().map(|f| Some(Box::pin(f))).collect();
-    let mut outputs: Vec<Option<F::Output>> = pending.iter().map(|_| None).collect();
-    std::future::poll_fn(|cx| {
-        let mut done = true;
-        for (slot, output) in pending.iter_mut().zip(outputs.iter_mut()) {
-            if let Some(future) = slot {
-                match future.as_mut().poll(cx) {
-                    std::task::Poll::Ready(value) => {
-                        *output = Some(value);
-                        *slot = None;
-                    }
-                    std::task::Poll::Pending => done = false,
-                }
-            }
-        }
-        if done {
-            std::task::Poll::Ready(())
-        } else {
-            std::task::Poll::Pending
-        }
-    })
-    .await;
-    outputs.into_iter().map(|output| output.expect("every future ended")).collect()
 }

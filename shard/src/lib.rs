@@ -22,6 +22,7 @@ mod events;
 mod files;
 mod id_hash;
 mod index;
+mod join;
 mod key_runs;
 mod keys;
 mod lifecycle;

@@ -79,6 +79,9 @@ impl<D: Disk> RunSet<D> {
     ) -> impl Future<Output = Result<Vec<u128>, TradeError>> + 'static {
         let runs: Vec<Rc<Run<D>>> = self.runs.iter().rev().cloned().collect();
         async move {
+            // One run after another, newest first, so that a page found in the newest runs
+            // reads no older one: reading every run at once waited less per listing but read
+            // more, and the reads slowed the log's writes on the same device.
             let mut keys = Vec::new();
             for run in runs {
                 if keys.len() == limit {
