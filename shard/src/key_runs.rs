@@ -29,7 +29,7 @@ use tradeshard_wal::disk::Disk;
 
 use crate::error::{LogError, TradeError};
 use crate::index::{ClaimEntry, RunStore, ShardIndex};
-use crate::runs::{merge, Run, RunSet, Value, VALUE_BYTES};
+use crate::runs::{merge, Filter, Run, RunSet, Value, VALUE_BYTES};
 use crate::trade::TradeId;
 
 /// The runs of one shard's three stores, oldest first each. A clone shares the runs.
@@ -276,12 +276,14 @@ pub(crate) async fn write_runs<D: Disk>(
         if entries.is_empty() {
             continue;
         }
-        let run = Run::write(disk, store.prefix(), next_id, 0, entries.len() as u64, entries).await?;
+        // A user's trades are asked for as a range only.
+        let filter = if store == RunStore::Users { Filter::RangesOnly } else { Filter::PerKey };
+        let run = Run::write(disk, store.prefix(), next_id, 0, filter, entries.len() as u64, entries).await?;
         next_id += 1;
         bytes += run.file_bytes();
         set.push(Rc::new(run));
         while let Some((range, level)) = set.merge_plan() {
-            let merged = merge(disk, store.prefix(), next_id, level, &set.runs()[range.clone()]).await?;
+            let merged = merge(disk, store.prefix(), next_id, level, filter, &set.runs()[range.clone()]).await?;
             next_id += 1;
             bytes += merged.file_bytes();
             set.replace(range, Rc::new(merged));

@@ -64,6 +64,27 @@ pub(crate) type Value = [u8; VALUE_BYTES];
 /// Runs merged at once: when the newest `MERGE_FANOUT` runs share a level, they become one run
 /// of the next level.
 pub(crate) const MERGE_FANOUT: usize = 4;
+/// What a run's Bloom filter is for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Filter {
+    /// Sized to answer for each key (16 bits a key): the store is asked for keys.
+    PerKey,
+    /// The format's least, one 64-byte line that holds every key: the store is asked only for
+    /// ranges, which a Bloom filter cannot answer, so a filter per key would be memory for
+    /// nothing.
+    RangesOnly,
+}
+
+impl Filter {
+    /// The entries to size the filter of a run of `entries` for.
+    fn capacity(self, entries: u64) -> u64 {
+        match self {
+            Filter::PerKey => entries,
+            Filter::RangesOnly => 0,
+        }
+    }
+}
+
 /// Bytes of the index section read at once by an open.
 const READ_BYTES: usize = 1 << 20;
 

@@ -37,7 +37,7 @@ fn keys(seed: u64, count: usize) -> Vec<u128> {
 }
 
 async fn write(disk: &SimDisk, id: u64, level: u32, entries: &[(u128, Value)]) -> Result<Run<SimDisk>, TradeError> {
-    Run::write(disk, PREFIX, id, level, entries.len() as u64, entries.iter().copied()).await
+    Run::write(disk, PREFIX, id, level, Filter::PerKey, entries.len() as u64, entries.iter().copied()).await
 }
 
 /// The path and offset of a corruption error.
@@ -88,6 +88,44 @@ impl<D: Disk> Run<D> {
 }
 
 #[test]
+fn ranges_read_greatest_first_with_a_filter_per_key_or_none() {
+    run(async {
+        let disk = SimDisk::new();
+        // Three "users" of 700 keys each (several blocks apiece), every third key.
+        let keys: Vec<u128> =
+            (1..=3u128).flat_map(|user| (0..2_100u128).step_by(3).map(move |n| user << 64 | n)).collect();
+        let entries: Vec<(u128, Value)> = keys.iter().map(|&k| (k, [0u8; VALUE_BYTES])).collect();
+        for (id, filter) in [(1, Filter::PerKey), (2, Filter::RangesOnly)] {
+            let count = entries.len() as u64;
+            let written = Run::write(&disk, PREFIX, id, 0, filter, count, entries.iter().copied()).await.unwrap();
+            let opened = Run::open(&disk, PREFIX, id).await.unwrap();
+            for run in [&written, &opened] {
+                for (low, high, limit) in [
+                    (2u128 << 64, 2u128 << 64 | u64::MAX as u128, 5_000),
+                    (2 << 64, 2 << 64 | 1_000, 20),
+                    (0, 1 << 64, 10),
+                    (0, u128::MAX, 3),
+                ] {
+                    let want: Vec<u128> =
+                        keys.iter().rev().filter(|&&k| low <= k && k <= high).take(limit).copied().collect();
+                    assert_eq!(
+                        run.keys_down(low, high, limit).await.unwrap(),
+                        want,
+                        "{filter:?} {low:x}..={high:x}, {limit}"
+                    );
+                }
+                assert!(run.keys_down(4 << 64, 5 << 64, 10).await.unwrap().is_empty(), "past the last key");
+            }
+            let per_entry = written.memory_bytes() as f64 / count as f64;
+            match filter {
+                Filter::PerKey => assert!(per_entry > 1.5, "a filter per key: {per_entry}"),
+                Filter::RangesOnly => assert!(per_entry < 0.3, "fences and one line: {per_entry}"),
+            }
+        }
+    });
+}
+
+#[test]
 fn the_bloom_filter_has_few_false_positives_and_no_false_negatives() {
     run(async {
         let disk = SimDisk::new();
@@ -133,7 +171,7 @@ fn a_merge_keeps_the_newest_value_of_each_key() {
             model.extend(entries.iter().copied());
             runs.push(Rc::new(write(&disk, version, 0, &entries).await.unwrap()));
         }
-        let merged = merge(&disk, PREFIX, 10, 1, &runs).await.unwrap();
+        let merged = merge(&disk, PREFIX, 10, 1, Filter::PerKey, &runs).await.unwrap();
         assert_eq!((merged.id(), merged.level(), merged.entries()), (10, 1, model.len() as u64));
         let bytes = disk.read_file(&Run::<SimDisk>::file_name(PREFIX, 10)).unwrap();
         let scanned: BTreeMap<u128, Value> = decode_for_fuzzing(&bytes, 10).unwrap().into_iter().collect();
@@ -142,9 +180,9 @@ fn a_merge_keeps_the_newest_value_of_each_key() {
         for (&key, &value) in &model {
             assert_eq!(reopened.get(key).await.unwrap(), Some(value));
         }
-        let single = merge(&disk, PREFIX, 11, 4, &runs[..1]).await.unwrap();
+        let single = merge(&disk, PREFIX, 11, 4, Filter::PerKey, &runs[..1]).await.unwrap();
         assert_eq!((single.entries(), single.level()), (runs[0].entries(), 4));
-        assert!(merge(&disk, PREFIX, 12, 1, &[]).await.is_err(), "a merge of nothing");
+        assert!(merge(&disk, PREFIX, 12, 1, Filter::PerKey, &[]).await.is_err(), "a merge of nothing");
     });
 }
 
@@ -171,7 +209,7 @@ proptest::proptest! {
                 set.push(Rc::new(write(&disk, next_id, 0, &entries).await.unwrap()));
                 while let Some((range, level)) = set.merge_plan() {
                     next_id += 1;
-                    let merged = merge(&disk, PREFIX, next_id, level, &set.runs()[range.clone()]).await.unwrap();
+                    let merged = merge(&disk, PREFIX, next_id, level, Filter::PerKey, &set.runs()[range.clone()]).await.unwrap();
                     set.replace(range, Rc::new(merged));
                 }
                 let levels: Vec<u32> = set.runs().iter().map(|run| run.level()).collect();
@@ -247,7 +285,7 @@ fn a_flipped_bit_in_a_block_fails_the_read_of_that_block_only() {
         assert_eq!(run.get(in_block(1).0).await.unwrap(), Some(in_block(1).1));
         assert_eq!(run.get(in_block(3).0).await.unwrap(), Some(in_block(3).1));
         // A merge reads every block: it fails, and leaves no file behind.
-        let (_, offset, _) = corruption(merge(&disk, PREFIX, 4, 1, &[run]).await.unwrap_err());
+        let (_, offset, _) = corruption(merge(&disk, PREFIX, 4, 1, Filter::PerKey, &[run]).await.unwrap_err());
         assert_eq!(offset, 8192);
         assert_eq!(disk.file_len(&Run::<SimDisk>::file_name(PREFIX, 4)), None);
     });
@@ -308,11 +346,14 @@ fn entries_out_of_order_or_not_as_many_as_counted_are_refused_and_leave_no_file(
             assert_eq!(disk.file_len(&name), None);
         }
         for count in [299, 301] {
-            let result = Run::write(&disk, PREFIX, 1, 0, count, ascending.iter().copied()).await;
+            let result = Run::write(&disk, PREFIX, 1, 0, Filter::PerKey, count, ascending.iter().copied()).await;
             assert!(result.is_err(), "count {count}");
             assert_eq!(disk.file_len(&name), None);
         }
-        assert!(Run::write(&disk, PREFIX, 1, 0, 0, std::iter::empty::<(u128, Value)>()).await.is_err(), "an empty run");
+        assert!(
+            Run::write(&disk, PREFIX, 1, 0, Filter::PerKey, 0, std::iter::empty::<(u128, Value)>()).await.is_err(),
+            "an empty run"
+        );
         // A leftover file of the name is replaced.
         disk.put_file(&name, b"leftover");
         write(&disk, 1, 0, &ascending).await.unwrap();

@@ -12,7 +12,7 @@ use std::rc::Rc;
 use tradeshard_wal::disk::{Disk, DiskFile, WriteBuf};
 
 use super::format::{check_block, key_at, value_at, Encoder, Tail, BLOCK};
-use super::{corrupt, io, Run, Value};
+use super::{corrupt, io, Filter, Run, Value};
 use crate::error::TradeError;
 
 /// Bytes written at once.
@@ -148,19 +148,21 @@ impl<D: Disk> Sink<D> {
 impl<D: Disk> Run<D> {
     /// Writes run `id` of the store `prefix` at `level`: `count` entries, keys strictly
     /// ascending (an error otherwise, and the file is removed; so is it if the entries are not
-    /// `count`, which sizes the Bloom filter). The file is synced, its directory is not.
+    /// `count`, which sizes the Bloom filter as `filter` says). The file is synced, its
+    /// directory is not.
     pub(crate) async fn write(
         disk: &D,
         prefix: &str,
         id: u64,
         level: u32,
+        filter: Filter,
         count: u64,
         entries: impl IntoIterator<Item = (u128, Value)>,
     ) -> Result<Run<D>, TradeError> {
         if count == 0 {
             return Err(corrupt(disk, &Run::<D>::file_name(prefix, id), 0, "an empty run"));
         }
-        let mut writer = RunWriter::create(disk, prefix, id, level, count).await?;
+        let mut writer = RunWriter::create(disk, prefix, id, level, filter.capacity(count)).await?;
         let mut filled = Ok(());
         for (key, value) in entries {
             if writer.encoder.entries() == count {
@@ -194,6 +196,7 @@ pub(crate) async fn merge<D: Disk>(
     prefix: &str,
     id: u64,
     level: u32,
+    filter: Filter,
     runs: &[Rc<Run<D>>],
 ) -> Result<Run<D>, TradeError> {
     if runs.is_empty() {
@@ -202,7 +205,7 @@ pub(crate) async fn merge<D: Disk>(
     // Sized for every input entry: keys in several runs make the filter a little larger than
     // needed, never too small.
     let capacity = runs.iter().fold(0u64, |sum, run| sum.saturating_add(run.entries()));
-    let mut writer = RunWriter::create(disk, prefix, id, level, capacity).await?;
+    let mut writer = RunWriter::create(disk, prefix, id, level, filter.capacity(capacity)).await?;
     match merge_into(&mut writer, runs).await {
         Ok(()) => writer.finish().await,
         Err(e) => {
