@@ -4,7 +4,9 @@
 //! reopens; a run whose read fails refuses the create rather than creating a second trade; a
 //! damaged run is refused with its path and offset.
 
-use tradeshard_shard::{Command, ListQuery, Refusal, Shard, TradeError, TradeId};
+use std::time::Duration;
+
+use tradeshard_shard::{Command, ListQuery, Refusal, Shard, TradeError, TradeId, Upkeep};
 use tradeshard_tests::{call, damage_in, new_trade, rolling_shard_config, run, upkeep_on_request};
 use tradeshard_wal::disk::{Fault, SimDisk};
 
@@ -186,6 +188,32 @@ fn users_lists_span_memory_and_runs_newest_first_before_and_after_reopens() {
         for user in 1..=3u64 {
             assert_eq!(&list_by_pages(&shard, user, 50).await, &expected[(user - 1) as usize], "after a reopen");
         }
+        shard.close().await.unwrap();
+    });
+}
+
+#[test]
+fn a_checkpoint_at_the_same_position_after_an_open_keeps_the_fallbacks_runs() {
+    run(async {
+        let disk = SimDisk::new();
+        let upkeep = Upkeep { group_idle_expiry: Some(Duration::from_millis(500)), ..upkeep_on_request(false, None) };
+        let open = || Shard::open_with(disk.clone(), rolling_shard_config(), 0, upkeep.clone());
+        let shard = open().await.unwrap();
+        create_in_checkpoints(&shard, 0..120, 40).await;
+        call(|done| shard.commit_offset("settlement", 0, done)).await.unwrap();
+        // The fourth checkpoint merges the three runs of each store into one; the third, its
+        // fallback, still lists the three.
+        create_in_checkpoints(&shard, 120..160, 40).await;
+        assert_eq!(run_files(&disk).len(), 4);
+        shard.close().await.unwrap();
+
+        let shard = open().await.unwrap();
+        glommio::timer::sleep(Duration::from_millis(600)).await;
+        // Nothing applied since the open; the idle group expires, so a checkpoint replaces the
+        // latest at its position, and the one before stays the fallback, with its runs.
+        assert_eq!(shard.checkpoint().await.unwrap(), Some(shard.stats().checkpoints.position));
+        assert_eq!(shard.stats().checkpoints.groups_expired, 1);
+        assert_eq!(run_files(&disk).len(), 4, "the fallback's runs are kept: {:?}", run_files(&disk));
         shard.close().await.unwrap();
     });
 }

@@ -149,7 +149,7 @@ async fn write_checkpoint<D: Disk>(inner: &Inner<D>) -> Result<Option<u64>, Trad
     (taken.dirty, taken.parts) = (None, None);
     drop(snapshot);
     let new_position = checkpoints.latest.get() != Some(position);
-    take_runs(inner, runs, new_position).await?;
+    let kept_runs = take_runs(inner, runs, new_position).await;
     // In batches, so that a checkpoint of many new trades does not hold up requests.
     let stored: Vec<(TradeId, StoredPart)> = stored.into_iter().collect();
     for batch in stored.chunks(ITEMS_PER_YIELD) {
@@ -185,6 +185,9 @@ async fn write_checkpoint<D: Disk>(inner: &Inner<D>) -> Result<Option<u64>, Trad
         s.table_bytes_written += table_bytes;
         s.trades_evicted += evicted as u64;
     });
+    // Last: the checkpoint is complete and recorded whatever becomes of the removal (a failure
+    // fails it as counted, and the next checkpoint removes them).
+    crate::key_runs::remove_unlisted(inner.wal.disk(), &kept_runs).await?;
     Ok(Some(position))
 }
 
@@ -213,15 +216,15 @@ impl<D: Disk> Drop for Undo<'_, D> {
 
 /// Puts a durable checkpoint's runs in force: lookups read them from now on (a read made
 /// against the runs before is made again), and the keys they hold leave memory, in batches.
-/// Runs that neither this checkpoint nor the one before it lists are removed.
-async fn take_runs<D: Disk>(inner: &Inner<D>, written: WrittenRuns<D>, new_position: bool) -> Result<(), TradeError> {
+/// Returns the runs this checkpoint and the one before it list (the others may go).
+async fn take_runs<D: Disk>(inner: &Inner<D>, written: WrittenRuns<D>, new_position: bool) -> Vec<u64> {
     let kept = {
         let mut runs = inner.key_runs.borrow_mut();
         if new_position {
             runs.previous_ids = runs.sets.listed().into_iter().map(|(_, id)| id).collect();
         }
         if written.bytes > 0 {
-            (runs.sets, runs.next_id) = (written.sets, written.next_id);
+            runs.sets = written.sets;
             runs.generation += 1;
         }
         let kept: Vec<u64> =
@@ -244,7 +247,7 @@ async fn take_runs<D: Disk>(inner: &Inner<D>, written: WrittenRuns<D>, new_posit
         inner.index.borrow_mut().forget_user_trades(batch);
         glommio::yield_if_needed().await;
     }
-    crate::key_runs::remove_unlisted(inner.wal.disk(), &kept).await
+    kept
 }
 
 /// The durable steps of a checkpoint of `snapshot`: the created parts stored, the changed
@@ -263,9 +266,9 @@ async fn write_durable<D: Disk>(
     let table_bytes = crate::cold::write_dirty(&inner.checkpoints.table, snapshot, dirty, &stored, position).await?;
     let (sets, next_id) = {
         let runs = inner.key_runs.borrow();
-        (runs.sets.clone(), runs.next_id)
+        (runs.sets.clone(), runs.next_id.clone())
     };
-    let runs = crate::key_runs::write_runs(inner.wal.disk(), sets, next_id, snapshot).await?;
+    let runs = crate::key_runs::write_runs(inner.wal.disk(), sets, &next_id, snapshot).await?;
     let header = Header {
         shard_id: inner.shard_id,
         scalars: snapshot.scalars(),

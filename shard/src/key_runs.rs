@@ -58,9 +58,12 @@ pub(crate) struct KeyRuns<D: Disk> {
     pub sets: RunSets<D>,
     /// Changes whenever the sets do (see the module's text).
     pub generation: u64,
-    /// The id the next run written gets (ids only grow, across the stores).
-    pub next_id: u64,
-    /// The runs the checkpoint before the latest lists: kept while it is the fallback.
+    /// The id the next run written gets: ids only grow, across the stores, and an id is used
+    /// once even when the checkpoint that wrote it failed (its file may already be listed by a
+    /// checkpoint renamed into place before the failure).
+    pub next_id: Rc<Cell<u64>>,
+    /// The runs the checkpoint before the latest lists: kept while it is the fallback. At open,
+    /// every run in the directory (the fallback there may list runs the latest merged away).
     pub previous_ids: Vec<u64>,
     /// Keys read from the runs since open (retries, and the Bloom filters' false positives).
     pub reads: Cell<u64>,
@@ -145,8 +148,15 @@ impl<D: Disk> KeyRuns<D> {
             }
         }
         let on_disk = disk.list().map_err(|e| TradeError::Log(LogError::io("list", disk.path_of(""), e)))?;
-        let highest =
-            on_disk.iter().filter_map(|name| run_file_id::<D>(name)).chain(listed.iter().map(|(_, id)| *id)).max();
+        let on_disk: Vec<u64> = on_disk.iter().filter_map(|name| run_file_id::<D>(name)).collect();
+        let highest = on_disk.iter().copied().chain(listed.iter().map(|(_, id)| *id)).max().unwrap_or(0);
+        let next_id = highest.checked_add(1).ok_or_else(|| {
+            TradeError::Log(LogError::Corruption {
+                path: disk.path_of(""),
+                offset: 0,
+                reason: "a run file with the highest id there is",
+            })
+        })?;
         let sets = RunSets {
             orders: RunSet::from_runs(orders),
             claims: RunSet::from_runs(claims),
@@ -155,8 +165,8 @@ impl<D: Disk> KeyRuns<D> {
         Ok(KeyRuns {
             sets,
             generation: 0,
-            next_id: highest.map_or(1, |id| id + 1),
-            previous_ids: Vec::new(),
+            next_id: Rc::new(Cell::new(next_id)),
+            previous_ids: on_disk,
             reads: Cell::new(0),
         })
     }
@@ -206,9 +216,12 @@ pub(crate) fn user_trades<D: Disk>(
     let recent = index.user_trades(user_id);
     let below = before.map_or(recent.len(), |before| recent.partition_point(|id| id.0 < before.0));
     let mut ids: Vec<TradeId> = recent[..below].iter().rev().take(limit).copied().collect();
-    let high = match before {
-        Some(before) if before.0 == 0 => None,
-        Some(before) => Some(user_key(user_id, TradeId(before.0 - 1))),
+    // The runs hold only trades older than those in memory; while a checkpoint forgets what
+    // its runs now hold, both have them, and the bound keeps a listing from naming one twice.
+    let below_memory = recent.first().map(|oldest| oldest.0);
+    let high = match before.map(|before| before.0).into_iter().chain(below_memory).min() {
+        Some(0) => None,
+        Some(bound) => Some(user_key(user_id, TradeId(bound - 1))),
         None => Some(user_key(user_id, TradeId(u64::MAX))),
     };
     let from_runs = (ids.len() < limit)
@@ -232,7 +245,6 @@ fn run_file_id<D: Disk>(name: &str) -> Option<u64> {
 /// The sets after a checkpoint's runs were written, and what they cost.
 pub(crate) struct WrittenRuns<D: Disk> {
     pub sets: RunSets<D>,
-    pub next_id: u64,
     /// What is now in a run, to forget from memory once the checkpoint is durable: order
     /// keys, confirmed claims, and how many of each user's oldest trades in memory.
     pub order_keys: Vec<u128>,
@@ -248,7 +260,7 @@ pub(crate) struct WrittenRuns<D: Disk> {
 pub(crate) async fn write_runs<D: Disk>(
     disk: &D,
     sets: RunSets<D>,
-    mut next_id: u64,
+    next_id: &Cell<u64>,
     snapshot: &ShardIndex,
 ) -> Result<WrittenRuns<D>, TradeError> {
     let RunSets { mut orders, mut claims, mut users } = sets;
@@ -278,13 +290,13 @@ pub(crate) async fn write_runs<D: Disk>(
         }
         // A user's trades are asked for as a range only.
         let filter = if store == RunStore::Users { Filter::RangesOnly } else { Filter::PerKey };
-        let run = Run::write(disk, store.prefix(), next_id, 0, filter, entries.len() as u64, entries).await?;
-        next_id += 1;
+        let id = take_id(next_id);
+        let run = Run::write(disk, store.prefix(), id, 0, filter, entries.len() as u64, entries).await?;
         bytes += run.file_bytes();
         set.push(Rc::new(run));
         while let Some((range, level)) = set.merge_plan() {
-            let merged = merge(disk, store.prefix(), next_id, level, filter, &set.runs()[range.clone()]).await?;
-            next_id += 1;
+            let merged =
+                merge(disk, store.prefix(), take_id(next_id), level, filter, &set.runs()[range.clone()]).await?;
             bytes += merged.file_bytes();
             set.replace(range, Rc::new(merged));
         }
@@ -293,7 +305,14 @@ pub(crate) async fn write_runs<D: Disk>(
         disk.sync_dir().await.map_err(|e| TradeError::Log(LogError::io("sync directory", disk.path_of(""), e)))?;
     }
     let sets = RunSets { orders, claims, users };
-    Ok(WrittenRuns { sets, next_id, order_keys, claim_keys, user_counts, bytes })
+    Ok(WrittenRuns { sets, order_keys, claim_keys, user_counts, bytes })
+}
+
+/// The next run id, used up now whatever becomes of the run.
+fn take_id(next_id: &Cell<u64>) -> u64 {
+    let id = next_id.get();
+    next_id.set(id + 1);
+    id
 }
 
 /// Removes the run files whose ids `kept` does not hold (runs merged away two checkpoints ago,

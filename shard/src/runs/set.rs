@@ -82,12 +82,19 @@ impl<D: Disk> RunSet<D> {
             // One run after another, newest first, so that a page found in the newest runs
             // reads no older one: reading every run at once waited less per listing but read
             // more, and the reads slowed the log's writes on the same device.
-            let mut keys = Vec::new();
+            let (mut keys, mut high) = (Vec::new(), high);
             for run in runs {
                 if keys.len() == limit {
                     break;
                 }
                 keys.extend(run.keys_down(low, high, limit - keys.len()).await?);
+                // An older run holds only smaller keys; one that holds a key again (written
+                // twice by checkpoints that did not complete) does not list it twice.
+                match keys.last() {
+                    Some(0) => break,
+                    Some(last) => high = high.min(last - 1),
+                    None => {}
+                }
             }
             Ok(keys)
         }
