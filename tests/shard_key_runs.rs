@@ -197,7 +197,7 @@ fn a_checkpoint_at_the_same_position_after_an_open_keeps_the_fallbacks_runs() {
     run(async {
         let disk = SimDisk::new();
         let upkeep = Upkeep { group_idle_expiry: Some(Duration::from_millis(500)), ..upkeep_on_request(false, None) };
-        let open = || Shard::open_with(disk.clone(), rolling_shard_config(), 0, upkeep.clone());
+        let open = || Shard::open_with(disk.clone(), rolling_shard_config(), 0, upkeep);
         let shard = open().await.unwrap();
         create_in_checkpoints(&shard, 0..120, 40).await;
         call(|done| shard.commit_offset("settlement", 0, done)).await.unwrap();
