@@ -108,7 +108,7 @@ pub struct GroupOffset {
     pub at_ms: u64,
 }
 
-/// The store of order keys a run on disk belongs to, as a checkpoint lists it
+/// The store of keys a run on disk belongs to, as a checkpoint lists it
 /// (`key_runs.rs`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 #[repr(u8)]

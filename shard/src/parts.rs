@@ -28,14 +28,13 @@ const WRITE_CHUNK_BYTES: usize = 1 << 20;
 /// No record of the store is longer (a `Created` record is at most a few hundred bytes).
 const RECORD_BYTES_MAX: usize = 64 << 10;
 
-fn io(disk: &impl Disk, name: &str, op: &'static str, source: std::io::Error) -> TradeError {
-    TradeError::Log(LogError::io(op, disk.path_of(name), source))
+fn io(disk: &impl Disk, op: &'static str, source: std::io::Error) -> TradeError {
+    TradeError::Log(LogError::io(op, disk.path_of(PARTS_NAME), source))
 }
 
 /// The store of one shard (see the module's text).
 pub(crate) struct PartsStore<D: Disk> {
     disk: D,
-    name: &'static str,
     file: Rc<D::File>,
     end: Cell<u64>,
     /// The bytes of the block `end` lies in, before `end`.
@@ -58,39 +57,37 @@ pub(crate) fn encode_entry(record: &[u8], out: &mut Vec<u8>) -> u32 {
 
 /// Checks, reading only, that the store holds the `len` bytes a checkpoint vouches for: a
 /// missing or shorter store is damage, refused before anything is repaired or written.
-pub(crate) async fn check_len<D: Disk>(disk: &D, name: &str, len: u64) -> Result<(), TradeError> {
+pub(crate) async fn check_len<D: Disk>(disk: &D, len: u64) -> Result<(), TradeError> {
     if len == 0 {
         return Ok(());
     }
-    let file = match disk.open(name).await {
+    let file = match disk.open(PARTS_NAME).await {
         Ok(file) => file,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-            return Err(corrupt(disk, name, 0, "a store a checkpoint points into is missing"))
+            return Err(corrupt(disk, 0, "the store of created parts a checkpoint points into is missing"))
         }
-        Err(e) => return Err(io(disk, name, "open", e)),
+        Err(e) => return Err(io(disk, "open", e)),
     };
-    let size = file.size().await.map_err(|e| io(disk, name, "stat", e))?;
+    let size = file.size().await.map_err(|e| io(disk, "stat", e))?;
     if size < len {
-        return Err(corrupt(disk, name, size, "a store shorter than its checkpoint says"));
+        return Err(corrupt(disk, size, "the store of created parts is shorter than its checkpoint says"));
     }
     Ok(())
 }
 
 impl<D: Disk> PartsStore<D> {
     /// Opens the store (created if absent) with `len` valid bytes.
-    pub(crate) async fn open(disk: &D, name: &'static str, len: u64) -> Result<PartsStore<D>, TradeError> {
-        let file = crate::files::open_or_create(disk, name).await?;
+    pub(crate) async fn open(disk: &D, len: u64) -> Result<PartsStore<D>, TradeError> {
+        let file = crate::files::open_or_create(disk, PARTS_NAME).await?;
         let in_block = (len % BLOCK_BYTES) as usize;
         let mut tail = Vec::with_capacity(BLOCK_BYTES as usize);
         if in_block > 0 {
-            let block = file
-                .read_at(len - in_block as u64, BLOCK_BYTES as usize)
-                .await
-                .map_err(|e| io(disk, name, "read", e))?;
-            let held = block.get(..in_block).ok_or_else(|| corrupt(disk, name, len, "store cut short"))?;
+            let block =
+                file.read_at(len - in_block as u64, BLOCK_BYTES as usize).await.map_err(|e| io(disk, "read", e))?;
+            let held = block.get(..in_block).ok_or_else(|| corrupt(disk, len, "store cut short"))?;
             tail.extend_from_slice(held);
         }
-        Ok(PartsStore { disk: disk.clone(), name, file: Rc::new(file), end: Cell::new(len), tail: RefCell::new(tail) })
+        Ok(PartsStore { disk: disk.clone(), file: Rc::new(file), end: Cell::new(len), tail: RefCell::new(tail) })
     }
 
     /// Bytes of entries in the store.
@@ -128,10 +125,10 @@ impl<D: Disk> PartsStore<D> {
             bytes[..chunk.len()].copy_from_slice(chunk);
             bytes[chunk.len()..].fill(0);
             let at = block_start + written as u64;
-            let done = self.file.write_at(buf, at).await.map_err(|e| io(&self.disk, self.name, "write", e))?;
+            let done = self.file.write_at(buf, at).await.map_err(|e| io(&self.disk, "write", e))?;
             if done != len {
                 let short = std::io::Error::new(std::io::ErrorKind::WriteZero, "short write");
-                return Err(io(&self.disk, self.name, "write", short));
+                return Err(io(&self.disk, "write", short));
             }
             written += chunk.len();
         }
@@ -144,26 +141,25 @@ impl<D: Disk> PartsStore<D> {
 
     /// Makes every entry appended durable.
     pub(crate) async fn sync(&self) -> Result<(), TradeError> {
-        self.file.fdatasync().await.map_err(|e| io(&self.disk, self.name, "fdatasync", e))
+        self.file.fdatasync().await.map_err(|e| io(&self.disk, "fdatasync", e))
     }
 
     /// The record of one entry, checked.
     pub(crate) async fn read(&self, part: StoredPart) -> Result<Vec<u8>, TradeError> {
         if part.offset + part.len as u64 > self.end.get() || (part.len as usize) < ENTRY_HEADER_BYTES {
-            return Err(corrupt(&self.disk, self.name, part.offset, "trade points past the store of created parts"));
+            return Err(corrupt(&self.disk, part.offset, "trade points past the store of created parts"));
         }
         let first_block = part.offset / BLOCK_BYTES * BLOCK_BYTES;
         let end = part.offset + part.len as u64;
         let len = (end - first_block).div_ceil(BLOCK_BYTES) * BLOCK_BYTES;
-        let blocks =
-            self.file.read_at(first_block, len as usize).await.map_err(|e| io(&self.disk, self.name, "read", e))?;
+        let blocks = self.file.read_at(first_block, len as usize).await.map_err(|e| io(&self.disk, "read", e))?;
         let entry = blocks
             .get((part.offset - first_block) as usize..(end - first_block) as usize)
-            .ok_or_else(|| corrupt(&self.disk, self.name, part.offset, "store of created parts cut short"))?;
+            .ok_or_else(|| corrupt(&self.disk, part.offset, "store of created parts cut short"))?;
         match next_entry(entry) {
             Some(Ok((record, len))) if len == entry.len() => Ok(record.to_vec()),
-            Some(Err(reason)) => Err(corrupt(&self.disk, self.name, part.offset, reason)),
-            _ => Err(corrupt(&self.disk, self.name, part.offset, "created part of another length than its trade says")),
+            Some(Err(reason)) => Err(corrupt(&self.disk, part.offset, reason)),
+            _ => Err(corrupt(&self.disk, part.offset, "created part of another length than its trade says")),
         }
     }
 }
@@ -185,8 +181,8 @@ fn next_entry(bytes: &[u8]) -> Option<Result<(&[u8], usize), &'static str>> {
     Some(Ok((record, ENTRY_HEADER_BYTES + record_len)))
 }
 
-fn corrupt(disk: &impl Disk, name: &str, offset: u64, reason: &'static str) -> TradeError {
-    TradeError::Log(LogError::Corruption { path: disk.path_of(name), offset, reason })
+fn corrupt(disk: &impl Disk, offset: u64, reason: &'static str) -> TradeError {
+    TradeError::Log(LogError::Corruption { path: disk.path_of(PARTS_NAME), offset, reason })
 }
 
 #[cfg(test)]

@@ -102,7 +102,7 @@ impl<D: Disk> RecoveredShard<D> {
         } = self;
         let wal = wal.start().await?;
         let parts_len = checkpoint.as_ref().map_or(0, |header| header.parts_len);
-        let parts = PartsStore::open(&disk, crate::parts::PARTS_NAME, parts_len).await?;
+        let parts = PartsStore::open(&disk, parts_len).await?;
         let table = match table {
             Some(table) => table,
             None => TradeFile::open(&disk).await?,
@@ -164,7 +164,7 @@ impl<D: Disk> Shard<D> {
         let table = TradeFile::open_existing(&disk).await?;
         let key_runs = KeyRuns::open(&disk, &index.take_listed_runs()).await?;
         if let Some(header) = &checkpoint {
-            crate::parts::check_len(&disk, crate::parts::PARTS_NAME, header.parts_len).await?;
+            crate::parts::check_len(&disk, header.parts_len).await?;
             match &table {
                 Some(table) => cold::load_newest(table, &mut index, upkeep.resident_chunks(), header.parts_len).await?,
                 None if index.trade_table().dense_max() > 0 => return Err(missing_table(&disk)),
