@@ -78,3 +78,26 @@ fn after_reopen_the_first_read_loads_and_the_next_hits() {
     assert_eq!((cache.loads, cache.hits, cache.misses), (1, 1, 1));
     engine.close().unwrap();
 }
+
+/// A cached trade is read on the caller's thread: `get` and `get_many` of trades created (and
+/// so cached) count as hits with no load, and after the engine is closed a handle's read of a
+/// trade it had cached answers `Closed`, as every other request does.
+#[test]
+fn hits_are_read_on_the_callers_thread_and_a_closed_engine_answers_closed() {
+    let dir = tempfile::tempdir().unwrap();
+    let engine = Engine::open(options(dir.path(), 1 << 20)).unwrap();
+    let handle = engine.handle();
+    let ids: Vec<_> = (1..=20u64).map(|n| handle.create_trade_blocking(new_trade(n, n, 10)).unwrap().id).collect();
+    let before = handle.stats_blocking().unwrap().cache;
+    for &id in &ids {
+        assert_eq!(handle.get_blocking(id).unwrap().amount, 10);
+    }
+    for read in handle.get_many_blocking(&ids).unwrap() {
+        assert_eq!(read.unwrap().amount, 10);
+    }
+    let after = handle.stats_blocking().unwrap().cache;
+    assert_eq!((after.hits - before.hits, after.misses - before.misses, after.loads - before.loads), (40, 0, 0));
+    engine.close().unwrap();
+    assert!(matches!(handle.get_blocking(ids[0]), Err(tradeshard_engine::Error::Closed)));
+    assert!(matches!(handle.get_many_blocking(&ids), Err(tradeshard_engine::Error::Closed)));
+}

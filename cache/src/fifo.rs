@@ -97,16 +97,33 @@ impl<K: Hash + Eq + Clone, V: Clone, S: BuildHasher + Default> Cache<K, V, S> {
 
     /// The value of `key`, counting a hit or a miss.
     pub fn get(&mut self, key: &K) -> Option<V> {
+        self.get_with(key, V::clone)
+    }
+
+    /// What `read` makes of the value of `key` (no clone of it), counting a hit or a miss.
+    pub fn get_with<R>(&mut self, key: &K, read: impl FnOnce(&V) -> R) -> Option<R> {
         match self.map.get_mut(key) {
             Some(entry) => {
                 entry.freq = (entry.freq + 1).min(FREQ_MAX);
                 self.stats.hits += 1;
-                Some(entry.value.clone())
+                Some(read(&entry.value))
             }
             None => {
                 self.stats.misses += 1;
                 None
             }
+        }
+    }
+
+    /// Changes the value of `key` in place if it is cached, keeping its charge, its queue and
+    /// its access count; returns whether it was.
+    pub fn update(&mut self, key: &K, change: impl FnOnce(&mut V)) -> bool {
+        match self.map.get_mut(key) {
+            Some(entry) => {
+                change(&mut entry.value);
+                true
+            }
+            None => false,
         }
     }
 

@@ -6,15 +6,19 @@
 //!   a ghost list so that a quick return goes straight to main. The main FIFO gives each entry
 //!   that was read a second pass (a CLOCK). One-hit wonders and scans therefore pass through
 //!   the small queue without flushing the hot set, which plain LRU cannot do.
-//! - [`ReadThrough`]: `get_or_load` over a `Cache` in a `RefCell`: concurrent misses on one key
-//!   run one load and share its outcome; a failed load caches nothing and every waiter gets
-//!   the error.
+//! - [`SharedCache`]: stripes of `Cache`, each behind a lock, so that threads other than the
+//!   owner read hits themselves.
+//! - [`ReadThrough`]: `get_or_load` over a `SharedCache`, for the owner's tasks: concurrent
+//!   misses on one key run one load and share its outcome; a failed load caches nothing and
+//!   every waiter gets the error.
 //!
-//! It knows nothing of executors, disks or trades: one per shard, on the shard's thread, no
-//! locks. A budget of zero turns caching off (every read is a miss and loads).
+//! It knows nothing of executors, disks or trades: one per shard, written on the shard's
+//! thread, read on any. A budget of zero turns caching off (every read is a miss and loads).
 
 mod fifo;
 mod read_through;
+mod shared;
 
 pub use fifo::{Cache, CacheStats, ENTRY_OVERHEAD_BYTES};
 pub use read_through::ReadThrough;
+pub use shared::SharedCache;

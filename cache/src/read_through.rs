@@ -1,8 +1,10 @@
-//! Read-through loading with miss coalescing, for a cache shared by tasks of one thread.
+//! Read-through loading with miss coalescing, for the tasks of the thread that owns a cache.
 //!
 //! The first miss on a key starts the load; later misses on the same key, while it runs, wait
-//! for it instead of loading again. The outcome goes to every waiter; only a success is cached.
-//! No `RefCell` borrow is held across an await.
+//! for it instead of loading again. The outcome goes to every waiter; only a success is cached,
+//! in the same poll that finished the load. Other threads may read the cache meanwhile
+//! ([`SharedCache`]); the loads are the owner's alone. No borrow or lock is held across an
+//! await.
 
 use std::cell::RefCell;
 use std::collections::hash_map::RandomState;
@@ -10,9 +12,10 @@ use std::collections::HashMap;
 use std::future::Future;
 use std::hash::{BuildHasher, Hash};
 use std::rc::Rc;
+use std::sync::Arc;
 use std::task::{Poll, Waker};
 
-use crate::fifo::Cache;
+use crate::shared::SharedCache;
 
 struct Pending<V, E> {
     outcome: Option<Result<V, E>>,
@@ -47,9 +50,9 @@ impl<K: Hash + Eq, V, E> Drop for LoadGuard<'_, K, V, E> {
     }
 }
 
-/// A [`Cache`] with read-through loading.
+/// A [`SharedCache`] with read-through loading.
 pub struct ReadThrough<K, V, E, S = RandomState> {
-    cache: RefCell<Cache<K, V, S>>,
+    cache: Arc<SharedCache<K, V, S>>,
     loading: RefCell<HashMap<K, PendingRef<V, E>>>,
 }
 
@@ -62,11 +65,17 @@ impl<K: Hash + Eq + Clone, V: Clone, E: Clone> ReadThrough<K, V, E> {
 impl<K: Hash + Eq + Clone, V: Clone, E: Clone, S: BuildHasher + Default> ReadThrough<K, V, E, S> {
     /// [`ReadThrough::new`] with the hasher `S` for the cache.
     pub fn with_hasher(budget_bytes: usize) -> Self {
-        ReadThrough { cache: RefCell::new(Cache::with_hasher(budget_bytes)), loading: RefCell::new(HashMap::new()) }
+        ReadThrough { cache: Arc::new(SharedCache::with_hasher(budget_bytes)), loading: RefCell::new(HashMap::new()) }
     }
 
-    /// The cache itself (for inserts on the write path and for counters).
-    pub fn cache(&self) -> &RefCell<Cache<K, V, S>> {
+    /// Read-through loading into `cache`, which others may hold too.
+    pub fn over(cache: Arc<SharedCache<K, V, S>>) -> Self {
+        ReadThrough { cache, loading: RefCell::new(HashMap::new()) }
+    }
+
+    /// The cache itself (for inserts on the write path, for counters, and to hand to readers
+    /// on other threads).
+    pub fn cache(&self) -> &Arc<SharedCache<K, V, S>> {
         &self.cache
     }
 
@@ -77,14 +86,14 @@ impl<K: Hash + Eq + Clone, V: Clone, E: Clone, S: BuildHasher + Default> ReadThr
         F: FnOnce() -> Fut,
         Fut: Future<Output = Result<V, E>>,
     {
-        if let Some(value) = self.cache.borrow_mut().get(&key) {
+        if let Some(value) = self.cache.get(&key) {
             return Ok(value);
         }
         self.load_after_miss(key, load, size_of).await
     }
 
     /// [`get_or_load`](Self::get_or_load) for a caller that already looked the key up with
-    /// [`Cache::get`] and missed (the miss is counted once).
+    /// [`SharedCache::get`] and missed (the miss is counted once).
     pub async fn load_after_miss<F, Fut>(&self, key: K, load: F, size_of: impl Fn(&V) -> usize) -> Result<V, E>
     where
         F: FnOnce() -> Fut,
@@ -92,12 +101,12 @@ impl<K: Hash + Eq + Clone, V: Clone, E: Clone, S: BuildHasher + Default> ReadThr
     {
         let mut load = Some(load);
         loop {
-            if let Some(value) = self.cache.borrow_mut().peek(&key) {
+            if let Some(value) = self.cache.peek(&key) {
                 return Ok(value);
             }
             let existing = self.loading.borrow().get(&key).cloned();
             if let Some(pending) = existing {
-                self.cache.borrow_mut().stats_mut().coalesced += 1;
+                self.cache.count(&key, |stats| stats.coalesced += 1);
                 match wait(&pending).await {
                     Some(outcome) => return outcome,
                     None => continue,
@@ -105,13 +114,13 @@ impl<K: Hash + Eq + Clone, V: Clone, E: Clone, S: BuildHasher + Default> ReadThr
             }
             let pending = Rc::new(RefCell::new(Pending { outcome: None, abandoned: false, wakers: Vec::new() }));
             self.loading.borrow_mut().insert(key.clone(), pending.clone());
-            self.cache.borrow_mut().stats_mut().loads += 1;
+            self.cache.count(&key, |stats| stats.loads += 1);
             let guard = LoadGuard { key: &key, pending: pending.clone(), loading: &self.loading };
             let load = load.take().expect("a caller loads at most once: it returns after loading");
             let outcome = load().await;
             if let Ok(value) = &outcome {
                 let size = size_of(value);
-                self.cache.borrow_mut().insert(key.clone(), value.clone(), size);
+                self.cache.insert(key.clone(), value.clone(), size);
             }
             pending.borrow_mut().outcome = Some(outcome.clone());
             drop(guard);

@@ -72,7 +72,7 @@ fn concurrent_misses_on_one_key_run_one_load() {
     ));
     assert_eq!((a.unwrap(), b.unwrap(), c.unwrap()), ("value".into(), "value".into(), "value".into()));
     assert_eq!(loads.get(), 1);
-    let stats = cache.cache().borrow().stats();
+    let stats = cache.cache().stats();
     assert_eq!((stats.loads, stats.coalesced, stats.misses), (1, 2, 3));
     assert_eq!(block_on(cache.get_or_load(7, load, |v| v.len())).unwrap(), "value");
     assert_eq!(loads.get(), 1, "the loaded value was cached");
@@ -87,7 +87,7 @@ fn a_failed_load_caches_nothing_and_fails_every_waiter() {
     };
     let (a, b) = block_on(zip(cache.get_or_load(1, failing, |v| v.len()), cache.get_or_load(1, failing, |v| v.len())));
     assert_eq!((a.unwrap_err(), b.unwrap_err()), ("disk on fire".to_string(), "disk on fire".to_string()));
-    assert!(!cache.cache().borrow().contains(&1));
+    assert!(!cache.cache().contains(&1));
     let ok = block_on(cache.get_or_load(1, || async { Ok::<_, String>("fine".into()) }, |v| v.len()));
     assert_eq!(ok.unwrap(), "fine");
 }

@@ -11,7 +11,7 @@ use std::sync::mpsc;
 use std::sync::Arc;
 
 use glommio::{ExecutorJoinHandle, LocalExecutorBuilder, Placement};
-use tradeshard_shard::{DiskShard, ShardConfig};
+use tradeshard_shard::{DiskShard, ShardConfig, TradeCache};
 
 use crate::error::{Error, Result};
 use crate::inbox::Inbox;
@@ -25,7 +25,8 @@ const DRAIN_BATCH_MAX: usize = 4096;
 /// What an executor needs to start.
 pub(crate) struct ExecutorPlan {
     pub index: usize,
-    pub shard_dirs: Vec<(u32, PathBuf)>,
+    /// Each shard's id, directory, and cache of trades (which the handle reads too).
+    pub shard_dirs: Vec<(u32, PathBuf, Arc<TradeCache>)>,
     pub cache_bytes_per_shard: usize,
     /// Every executor's inbox; this executor drains its own (`index`) and may push
     /// follow-ups onto the others without waiting.
@@ -119,10 +120,10 @@ async fn run(
 ) -> Result<()> {
     // First every shard is recovered, reading only.
     let mut recovered = Vec::new();
-    for (shard_id, dir) in &plan.shard_dirs {
+    for (shard_id, dir, cache) in &plan.shard_dirs {
         let config = ShardConfig { shard_id: *shard_id, ..shard_config.clone() };
         match DiskShard::recover_dir(dir, &config).await {
-            Ok(shard) => recovered.push((*shard_id, shard)),
+            Ok(shard) => recovered.push((*shard_id, shard, cache.clone())),
             Err(error) => {
                 drop(recovered);
                 release_closed_files().await;
@@ -140,8 +141,8 @@ async fn run(
         return Ok(());
     }
     let mut shards = ExecutorShards { routing: plan.routing, shards: HashMap::new(), inboxes: plan.inboxes.clone() };
-    for (shard_id, shard) in recovered {
-        match shard.start().await {
+    for (shard_id, shard, cache) in recovered {
+        match shard.start_with_cache(cache).await {
             Ok(shard) => {
                 shards.shards.insert(shard_id, shard);
             }

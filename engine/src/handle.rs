@@ -2,7 +2,9 @@
 //!
 //! Every method checks its input first (bad input never reaches a queue), routes to the
 //! executor owning the shard, and resolves when the shard answers: writes once durable, reads
-//! with durable state. Each async method has a blocking twin for plain threads.
+//! with durable state. A read of a trade its shard has cached is answered on the caller's
+//! thread, from the cache the shard keeps current (`trade_cache.rs` in the shard crate), with
+//! no hand-off to the executor. Each async method has a blocking twin for plain threads.
 //!
 //! A method sends one named operation (`ops.rs`) through [`EngineHandle::on_shard`] or
 //! [`EngineHandle::submit`]; the plumbing between threads (the inbox, the reply, the blocking
@@ -13,7 +15,7 @@ use std::sync::Arc;
 
 use tradeshard_shard::{
     order_key, validate_amount, validate_refund_no, Command, Currency, InputError, ListQuery, Move, NewTrade, Receipt,
-    ReplyFuture, ShardStats, Trade, TradeError, TradeId,
+    ReplyFuture, ShardStats, Trade, TradeCache, TradeError, TradeId,
 };
 
 use crate::blocking::blocking;
@@ -27,6 +29,8 @@ use crate::routing::Routing;
 pub(crate) struct HandleInner {
     pub routing: Routing,
     pub inboxes: Vec<Arc<Inbox<Request>>>,
+    /// Each physical shard's cache of trades, read here, written by its executor.
+    pub trade_caches: Vec<Arc<TradeCache>>,
     pub backpressure: Backpressure,
     pub groups: Groups,
 }
@@ -194,15 +198,27 @@ impl EngineHandle {
         self.write_to_trade(id, Command::Refund { id, amount, refund_no: refund_no.to_string() }).await
     }
 
-    /// The trade's last durable state.
+    /// The trade's last durable state: from its shard's cache on this thread when cached,
+    /// else from its shard.
     pub async fn get(&self, id: TradeId) -> Result<Trade> {
         let shard = self.inner.routing.physical_of_trade(id)?;
+        if let Some(trade) = self.cached(shard, id) {
+            return Ok(trade);
+        }
         self.on_shard(shard, ops::Get(id)).await
     }
 
-    /// Many trades in one trip per executor: the answers in the order of `ids`, each the
-    /// trade or why not. Batching amortises the hand-off between threads, which dominates a
-    /// cached read.
+    /// The trade from its shard's cache, read on this thread; `None` when it is not cached
+    /// or the engine is closing (a closed engine answers `Closed`, as its queues do).
+    fn cached(&self, shard: u32, id: TradeId) -> Option<Trade> {
+        if self.inner.inboxes[self.inner.routing.executor_of_physical(shard)].is_closed() {
+            return None;
+        }
+        self.inner.trade_caches[shard as usize].get_with(&id, |cached| cached.trade(id))
+    }
+
+    /// Many trades, those cached read on this thread and the others in one trip per
+    /// executor: the answers in the order of `ids`, each the trade or why not.
     pub async fn get_many(&self, ids: &[TradeId]) -> Result<Vec<Result<Trade>>> {
         let routing = self.inner.routing;
         let mut results: Vec<Option<Result<Trade>>> = vec![None; ids.len()];
@@ -210,11 +226,14 @@ impl EngineHandle {
         let mut ids_of_executor: Vec<Vec<TradeId>> = vec![Vec::new(); self.inner.inboxes.len()];
         for (slot, id) in ids.iter().enumerate() {
             match routing.physical_of_trade(*id) {
-                Ok(shard) => {
-                    let executor = routing.executor_of_physical(shard);
-                    slots_of_executor[executor].push(slot);
-                    ids_of_executor[executor].push(*id);
-                }
+                Ok(shard) => match self.cached(shard, *id) {
+                    Some(trade) => results[slot] = Some(Ok(trade)),
+                    None => {
+                        let executor = routing.executor_of_physical(shard);
+                        slots_of_executor[executor].push(slot);
+                        ids_of_executor[executor].push(*id);
+                    }
+                },
                 Err(error) => results[slot] = Some(Err(error.into())),
             }
         }
@@ -320,7 +339,13 @@ mod tests {
     fn handle_of_unserved_inbox(backpressure: Backpressure) -> (EngineHandle, Arc<Inbox<Request>>) {
         let inbox = Arc::new(Inbox::new(1));
         let routing = Routing { logical_shards: 1, physical_shards: 1, executors: 1 };
-        let inner = HandleInner { routing, inboxes: vec![inbox.clone()], backpressure, groups: Groups::default() };
+        let inner = HandleInner {
+            routing,
+            inboxes: vec![inbox.clone()],
+            trade_caches: vec![Arc::new(TradeCache::with_hasher(0))],
+            backpressure,
+            groups: Groups::default(),
+        };
         (EngineHandle { inner: Arc::new(inner) }, inbox)
     }
 

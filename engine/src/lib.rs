@@ -37,6 +37,7 @@ mod orders;
 mod routing;
 
 use glommio::ExecutorJoinHandle;
+use tradeshard_shard::TradeCache;
 
 pub use consumer::{Consumer, ConsumerConfig, ConsumerMode, StartPosition, POLL_EVENTS_MAX};
 pub use error::{Error, FullQueue, Result};
@@ -101,10 +102,15 @@ impl Engine {
             Routing { logical_shards: manifest.logical_shards, physical_shards: manifest.physical_shards, executors };
         let inboxes: Vec<_> =
             (0..executors).map(|_| std::sync::Arc::new(Inbox::new(options.queue_depth_max))).collect();
+        let cache_bytes_per_shard = options.cache_bytes / manifest.physical_shards as usize;
+        let trade_caches: Vec<_> = (0..manifest.physical_shards)
+            .map(|_| std::sync::Arc::new(TradeCache::with_hasher(cache_bytes_per_shard)))
+            .collect();
         let handle = EngineHandle {
             inner: std::sync::Arc::new(HandleInner {
                 routing,
                 inboxes: inboxes.clone(),
+                trade_caches: trade_caches.clone(),
                 backpressure: options.backpressure,
                 groups: groups::Groups::default(),
             }),
@@ -115,8 +121,10 @@ impl Engine {
         let mut starting = Vec::new();
         let mut refusal = None;
         for index in 0..inboxes.len() {
-            let shard_dirs = routing.shards_of_executor(index).map(|s| (s, engine.data_dir.shard_dir(s))).collect();
-            let cache_bytes_per_shard = options.cache_bytes / manifest.physical_shards as usize;
+            let shard_dirs = routing
+                .shards_of_executor(index)
+                .map(|s| (s, engine.data_dir.shard_dir(s), trade_caches[s as usize].clone()))
+                .collect();
             let plan = ExecutorPlan { index, shard_dirs, inboxes: inboxes.clone(), cache_bytes_per_shard, routing };
             match executor::start(plan, &options) {
                 Ok(executor) => starting.push(executor),

@@ -149,13 +149,13 @@ impl ShardOp for Write {
     }
 }
 
-/// One trade's durable state.
+/// One trade's durable state, for a caller that missed it in the shard's cache.
 pub(crate) struct Get(pub TradeId);
 
 impl ShardOp for Get {
     type Output = Trade;
     fn start(self, shard: &DiskShard, reply: ShardReply<Trade>) {
-        shard.get(self.0, reply)
+        shard.get_after_miss(self.0, reply)
     }
 }
 
@@ -283,8 +283,8 @@ impl ExecutorOp for PendingClaims {
     }
 }
 
-/// Many trades in one trip: the answers in the order of the ids, sent once the last is in
-/// (at once when every one was a cache hit).
+/// Many trades in one trip, for a caller that missed them in the shards' caches: the answers
+/// in the order of the ids, sent once the last is in (at once when every one is cached now).
 pub(crate) struct GetMany(pub Vec<TradeId>);
 
 impl ExecutorOp for GetMany {
@@ -294,7 +294,7 @@ impl ExecutorOp for GetMany {
         for id in self.0 {
             let (one, answer) = reply::channel();
             let shard = shards.routing.physical_of_trade(id).expect("ids are checked before they are sent");
-            shards.shard(shard).get(id, one);
+            shards.shard(shard).get_after_miss(id, one);
             answers.push(answer);
         }
         let mut ready = Vec::with_capacity(answers.len());

@@ -20,6 +20,7 @@ use crate::record::TradeRecord;
 use crate::state::{Accepted, EffectKeys, Inner, Waiter};
 use crate::system_record::LogRecord;
 use crate::trade::{Receipt, TradeId};
+use crate::trade_cache::CachedTrade;
 
 /// Waits for the oldest write in flight (or for close), returning its ticket.
 fn next_ticket<D: Disk>(inner: &Inner<D>) -> impl Future<Output = Option<Ticket>> + '_ {
@@ -99,8 +100,8 @@ fn apply_durable<D: Disk>(inner: &Inner<D>, front: Appended) {
     }
 }
 
-/// Applies a durable trade record to the index, retires its in-flight state and caches a
-/// create's immutable part. Returns the trade's id.
+/// Applies a durable trade record to the index, retires its in-flight state, and caches a
+/// created trade or brings its cached copy up to date. Returns the trade's id.
 fn apply_trade<D: Disk>(
     inner: &Inner<D>,
     accepted: &mut Accepted,
@@ -123,10 +124,17 @@ fn apply_trade<D: Disk>(
         EffectKeys::Refund { key } => drop(accepted.refunds.remove(&key)),
         EffectKeys::None => {}
     }
-    if let Some(created) = record.created.take() {
-        let part = CreatedPart::new(record.at_ms, &created.merchant_order_no, &created.memo);
-        let bytes = CreatedPart::cache_bytes(&part);
-        inner.created_parts.cache().borrow_mut().insert(id, part, bytes);
+    let entry = index.get(id).expect("just applied");
+    let cache = inner.trade_cache.cache();
+    match record.created.take() {
+        Some(created) => {
+            let part = CreatedPart::new(record.at_ms, &created.merchant_order_no, &created.memo);
+            let trade = CachedTrade::new(*entry, part);
+            let bytes = trade.cache_bytes();
+            cache.insert(id, trade, bytes);
+        }
+        // Readers on other threads see the change from now on, before its caller is answered.
+        None => drop(cache.update(&id, |trade| trade.set_state(entry))),
     }
     id
 }

@@ -1,14 +1,13 @@
 //! The immutable part of a trade (creation time, order number, memo), from its `Created`
-//! record: what the shard's read-through cache holds. Since it never changes, a cached copy is
-//! never stale and nothing needs invalidating.
+//! record: the part of a cached trade (`trade_cache.rs`) that never changes.
 
-use std::rc::Rc;
+use std::sync::Arc;
 
 /// The immutable part of a trade in one heap block, shared by clones: the creation time (8
 /// bytes), the order number's length (1), the order number, the memo. One block rather than
 /// two `String`s so that a budget of cache bytes holds as many trades as it can.
 #[derive(Clone, PartialEq, Eq)]
-pub(crate) struct CreatedPart(Rc<[u8]>);
+pub(crate) struct CreatedPart(Arc<[u8]>);
 
 impl CreatedPart {
     pub(crate) fn new(created_ms: u64, merchant_order_no: &str, memo: &str) -> CreatedPart {
@@ -36,7 +35,7 @@ impl CreatedPart {
         std::str::from_utf8(&self.0[9 + len..]).expect("made from a str")
     }
 
-    /// Bytes it really occupies: its one heap block (with the `Rc`'s two counts), rounded as
+    /// Bytes it really occupies: its one heap block (with the `Arc`'s two counts), rounded as
     /// the allocator rounds it, so that the cache's budget bounds resident memory.
     pub(crate) fn cache_bytes(part: &CreatedPart) -> usize {
         (16 + part.0.len() + 8).next_multiple_of(16).max(32)

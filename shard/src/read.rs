@@ -1,20 +1,20 @@
-//! The read path of a shard: a trade is composed of its state (status, amounts, times),
-//! always from the durable index in memory, and its immutable part (order number, memo,
-//! creation time) from the `Created` record, served by the read-through cache and read from the
-//! log on a miss. Because the cached part never changes and the changing part is never cached,
-//! a read can be neither stale nor ahead of durability; a create puts its immutable part in the
-//! cache when it becomes durable. A hit is answered at once; only a miss spawns a task. A trade
-//! that left memory has its state read from the table on disk (`cold.rs`).
+//! The read path of a shard: a trade is its state (status, amounts, times), from the durable
+//! index in memory or, once it left memory, the table on disk (`cold.rs`), and its immutable
+//! part (order number, memo, creation time) from its `Created` record in the log or the store
+//! of created parts. Whole trades are cached (`trade_cache.rs`): a hit is answered at once,
+//! here or on the caller's own thread; only a miss spawns a task, which loads the trade and
+//! caches it composed from the durable state of the moment it is cached.
 
 use tradeshard_wal::disk::Disk;
 
 use crate::created::CreatedPart;
 use crate::error::{LogError, TradeError};
-use crate::index::{CreatedAt, TradeEntry};
+use crate::index::CreatedAt;
 use crate::record::TradeRecordView;
 use crate::shard::Shard;
 use crate::state::{Inner, ShardReply};
 use crate::trade::{Trade, TradeId};
+use crate::trade_cache::{CachedTrade, TradeCache};
 
 /// Most trade reads one listing has in flight at once.
 const LIST_READS_IN_FLIGHT: usize = 32;
@@ -28,27 +28,42 @@ pub struct ListQuery {
 }
 
 impl<D: Disk> Shard<D> {
-    /// Reads a trade's durable state: at once when its immutable part is cached, else after
-    /// reading the log.
+    /// Reads a trade's durable state: at once when it is cached, else after reading it.
     pub fn get(&self, id: TradeId, reply: ShardReply<Trade>) {
-        let cached = {
-            let index = self.inner.index.borrow();
-            match index.get(id) {
-                None if index.trade_table().is_cold(id) => None,
-                None => Some(Err(TradeError::NotFound(id))),
-                Some(entry) => {
-                    let part = self.inner.created_parts.cache().borrow_mut().get(&id);
-                    part.map(|part| Ok(compose(id, entry, &part)))
-                }
-            }
-        };
-        match cached {
-            Some(answer) => reply.send(answer),
-            None => {
-                let inner = self.inner.clone();
-                glommio::spawn_local(async move { reply.send(read_trade(&inner, id, true).await) }).detach();
-            }
+        let cache = self.inner.trade_cache.cache();
+        match cache.get_with(&id, |cached| cached.trade(id)) {
+            Some(trade) => reply.send(Ok(trade)),
+            None => self.load(id, reply),
         }
+    }
+
+    /// [`get`](Self::get) for a caller that looked the trade up in the shard's cache on its
+    /// own thread and missed: that miss was counted, so this looks again without counting
+    /// (the trade may have been cached since).
+    pub fn get_after_miss(&self, id: TradeId, reply: ShardReply<Trade>) {
+        match self.inner.trade_cache.cache().peek(&id) {
+            Some(cached) => reply.send(Ok(cached.trade(id))),
+            None => self.load(id, reply),
+        }
+    }
+
+    /// Reads a trade that was not cached, and caches it.
+    fn load(&self, id: TradeId, reply: ShardReply<Trade>) {
+        let unknown = {
+            let index = self.inner.index.borrow();
+            index.get(id).is_none() && !index.trade_table().is_cold(id)
+        };
+        if unknown {
+            return reply.send(Err(TradeError::NotFound(id)));
+        }
+        let inner = self.inner.clone();
+        glommio::spawn_local(async move { reply.send(read_trade(&inner, id, true).await) }).detach();
+    }
+
+    /// The cache of whole trades, for readers on other threads (see `trade_cache.rs` for why
+    /// what they read is durable and current).
+    pub fn trade_cache(&self) -> std::sync::Arc<TradeCache> {
+        self.inner.trade_cache.cache().clone()
     }
 
     /// Lists a user's durable trades, newest first: those older than `query.before` when
@@ -90,37 +105,39 @@ impl<D: Disk> Shard<D> {
     }
 }
 
-/// The trade's durable state: its immutable part from the cache (or the log), the rest from
-/// the index. `missed`: the caller already looked the cache up and missed.
+/// The trade's durable state, from the cache or loaded into it. `missed`: the caller already
+/// looked the cache up and missed.
 async fn read_trade<D: Disk>(inner: &Inner<D>, id: TradeId, missed: bool) -> Result<Trade, TradeError> {
-    let entry = crate::cold::entry(inner, id).await?.ok_or(TradeError::NotFound(id))?;
-    let created_at = entry.created_at;
-    let load = || read_created_part(inner, id, created_at);
-    let parts = &inner.created_parts;
-    let part = if missed {
-        parts.load_after_miss(id, load, CreatedPart::cache_bytes).await?
+    let load = || load_trade(inner, id);
+    let cache = &inner.trade_cache;
+    let cached = if missed {
+        cache.load_after_miss(id, load, CachedTrade::cache_bytes).await?
     } else {
-        parts.get_or_load(id, load, CreatedPart::cache_bytes).await?
+        cache.get_or_load(id, load, CachedTrade::cache_bytes).await?
     };
-    // A change made while the part was read is the newer state.
-    let latest = inner.index.borrow().get(id).copied().unwrap_or(entry);
-    Ok(compose(id, &latest, &part))
+    Ok(cached.trade(id))
 }
 
-/// A trade from its durable state and its immutable part.
-fn compose(id: TradeId, entry: &TradeEntry, part: &CreatedPart) -> Trade {
-    Trade {
-        id,
-        buyer_id: entry.user_id,
-        merchant_id: entry.merchant_id,
-        merchant_order_no: part.merchant_order_no().to_string(),
-        amount: entry.lifecycle.amount,
-        refunded_amount: entry.lifecycle.refunded,
-        currency: entry.currency,
-        status: entry.lifecycle.status,
-        created_ms: part.created_ms(),
-        updated_ms: entry.updated_ms,
-        memo: part.memo().to_string(),
+/// Reads a trade that is not cached. What it returns is cached in the same poll, so its state
+/// must be the durable state of that moment: a change applied while the reads were under way
+/// is in the index (a change brings a cold trade into memory), and a trade that left memory
+/// meanwhile is read again, since the table now holds what it had then.
+async fn load_trade<D: Disk>(inner: &Inner<D>, id: TradeId) -> Result<CachedTrade, TradeError> {
+    let mut part = None;
+    loop {
+        let evictions = inner.index.borrow().trade_table().evictions();
+        let entry = crate::cold::entry(inner, id).await?.ok_or(TradeError::NotFound(id))?;
+        let part = match &part {
+            Some(part) => part,
+            None => part.insert(read_created_part(inner, id, entry.created_at).await?),
+        };
+        let index = inner.index.borrow();
+        let latest = match index.get(id) {
+            Some(latest) => *latest,
+            None if index.trade_table().evictions() == evictions => entry,
+            None => continue,
+        };
+        return Ok(CachedTrade::new(latest, part.clone()));
     }
 }
 

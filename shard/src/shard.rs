@@ -13,6 +13,7 @@
 
 use std::cell::RefCell;
 use std::rc::Rc;
+use std::sync::Arc;
 use std::time::Instant;
 
 use tradeshard_cache::{CacheStats, ReadThrough};
@@ -34,6 +35,7 @@ use crate::retention::Upkeep;
 use crate::state::{Accepted, Inner, ShardReply};
 use crate::system_record::LogRecord;
 use crate::trade::TradeId;
+use crate::trade_cache::TradeCache;
 use crate::trade_file::TradeFile;
 use tradeshard_wal::Appended;
 
@@ -85,8 +87,18 @@ pub struct RecoveredShard<D: Disk> {
 }
 
 impl<D: Disk> RecoveredShard<D> {
-    /// Makes the log's repairs, starts it, the shard's committer and its checkpoints.
+    /// Makes the log's repairs, starts it, the shard's committer and its checkpoints, with a
+    /// cache of whole trades of the configured size.
     pub async fn start(self) -> Result<Shard<D>, TradeError> {
+        let cache = Arc::new(TradeCache::with_hasher(self.cache_bytes));
+        self.start_with_cache(cache).await
+    }
+
+    /// [`start`](Self::start) with a cache of whole trades made by the caller (which reads it
+    /// on its own threads: see `trade_cache.rs`). The cache must be empty: what it holds is
+    /// the shard's durable state.
+    pub async fn start_with_cache(self, cache: Arc<TradeCache>) -> Result<Shard<D>, TradeError> {
+        assert_eq!(cache.stats().entries, 0, "a shard starts with an empty cache of trades");
         let RecoveredShard {
             shard_id,
             wal,
@@ -94,7 +106,7 @@ impl<D: Disk> RecoveredShard<D> {
             index,
             key_runs,
             table,
-            cache_bytes,
+            cache_bytes: _,
             upkeep,
             checkpoint,
             mut opened,
@@ -117,7 +129,7 @@ impl<D: Disk> RecoveredShard<D> {
             index: RefCell::new(index),
             key_runs: RefCell::new(key_runs),
             accepted: RefCell::new(accepted),
-            created_parts: ReadThrough::with_hasher(cache_bytes),
+            trade_cache: ReadThrough::over(cache),
         });
         let committer = glommio::spawn_local(crate::committer::run(inner.clone())).detach();
         let checkpointer = glommio::spawn_local(crate::checkpointer::run(inner.clone())).detach();
@@ -287,7 +299,7 @@ impl<D: Disk> Shard<D> {
             trades_in_memory: self.inner.index.borrow().resident_len() as u64,
             writes_in_flight: self.inner.accepted.borrow().effects.len() as u64,
             wal: self.inner.wal.stats(),
-            cache: self.inner.created_parts.cache().borrow().stats(),
+            cache: self.inner.trade_cache.cache().stats(),
             checkpoints: {
                 let runs = self.inner.key_runs.borrow();
                 let sets = runs.sets.stores().map(|(_, set)| set);

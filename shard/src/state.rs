@@ -17,7 +17,6 @@ use tradeshard_wal::{Ticket, Wal};
 
 use crate::checkpoints::{Checkpoints, OpenReport};
 use crate::command::Command;
-use crate::created::CreatedPart;
 use crate::currency::Currency;
 use crate::error::TradeError;
 use crate::id_hash::{IdHasher, IdMap};
@@ -27,6 +26,7 @@ use crate::lifecycle::Lifecycle;
 use crate::reply::Reply;
 use crate::system_record::{ClaimOutcome, LogRecord};
 use crate::trade::{Receipt, TradeId};
+use crate::trade_cache::CachedTrade;
 
 /// A shard's answer to one request: the result, or why not.
 pub type ShardReply<T> = Reply<Result<T, TradeError>>;
@@ -157,5 +157,6 @@ pub(crate) struct Inner<D: Disk> {
     /// The order keys and confirmed claims that checkpoints moved to disk.
     pub key_runs: RefCell<KeyRuns<D>>,
     pub accepted: RefCell<Accepted>,
-    pub created_parts: ReadThrough<TradeId, CreatedPart, TradeError, BuildHasherDefault<IdHasher>>,
+    /// Whole trades, read by callers on other threads too (`trade_cache.rs`).
+    pub trade_cache: ReadThrough<TradeId, CachedTrade, TradeError, BuildHasherDefault<IdHasher>>,
 }

@@ -28,7 +28,7 @@ struct Cli {
 #[derive(Subcommand)]
 enum Command {
     /// Run a trade workload against an embedded engine and report throughput and latency.
-    Load(load::Args),
+    Load(Box<load::Args>),
     /// Consume the settlement events of a data directory and reconcile them with the store.
     Settle(settle::Args),
     /// Kill the engine's process at random instants and check every recovery against what it
@@ -52,7 +52,7 @@ enum Command {
 
 fn main() -> anyhow::Result<()> {
     match Cli::parse().command {
-        Command::Load(args) => load::run(args),
+        Command::Load(args) => load::run(*args),
         Command::Settle(args) => settle::run(args),
         Command::Compare(args) => compare::run(args),
         Command::CompareSide(args) => compare::run_side(args),

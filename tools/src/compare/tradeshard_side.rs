@@ -40,9 +40,47 @@ where
     F: Fn(usize, Rc<RefCell<fastrand::Rng>>) -> Fut + Send + Clone + 'static,
     Fut: std::future::Future<Output = anyhow::Result<Option<u64>>> + 'static,
 {
-    let client = std::thread::spawn(move || -> anyhow::Result<Timed> {
+    drive_on(1, tasks, duration, op)
+}
+
+/// [`drive`] on `clients` client threads at once, each with `tasks` tasks (their random
+/// choices differ): for reads, which a cache hit answers on the calling thread, as RocksDB's
+/// side reads on several threads.
+fn drive_on<F, Fut>(clients: usize, tasks: usize, duration: Duration, op: F) -> anyhow::Result<Timed>
+where
+    F: Fn(usize, Rc<RefCell<fastrand::Rng>>) -> Fut + Send + Clone + 'static,
+    Fut: std::future::Future<Output = anyhow::Result<Option<u64>>> + 'static,
+{
+    let threads: Vec<_> = (0..clients).map(|client| drive_one(client, tasks, duration, op.clone())).collect();
+    let mut total: Option<Timed> = None;
+    for thread in threads {
+        let timed = thread.join().map_err(|_| anyhow::anyhow!("a client thread panicked"))??;
+        match &mut total {
+            None => total = Some(timed),
+            Some(total) => {
+                total.ops += timed.ops;
+                total.seconds = total.seconds.max(timed.seconds);
+                total.latency.add(&timed.latency)?;
+                total.ids.extend(timed.ids);
+            }
+        }
+    }
+    total.ok_or_else(|| anyhow::anyhow!("no client thread ran"))
+}
+
+fn drive_one<F, Fut>(
+    client: usize,
+    tasks: usize,
+    duration: Duration,
+    op: F,
+) -> std::thread::JoinHandle<anyhow::Result<Timed>>
+where
+    F: Fn(usize, Rc<RefCell<fastrand::Rng>>) -> Fut + Send + Clone + 'static,
+    Fut: std::future::Future<Output = anyhow::Result<Option<u64>>> + 'static,
+{
+    std::thread::spawn(move || -> anyhow::Result<Timed> {
         let executor = LocalExecutorBuilder::new(Placement::Unbound)
-            .name("compare-client")
+            .name(&format!("compare-client-{client}"))
             .make()
             .map_err(|e| anyhow::anyhow!("starting the client executor: {e}"))?;
         executor.run(async move {
@@ -57,7 +95,8 @@ where
             let handles: Vec<_> = (0..tasks)
                 .map(|task| {
                     let (op, outcome) = (op.clone(), outcome.clone());
-                    let rng = Rc::new(RefCell::new(fastrand::Rng::with_seed(task as u64 + 1)));
+                    let seed = (client * tasks + task) as u64 + 1;
+                    let rng = Rc::new(RefCell::new(fastrand::Rng::with_seed(seed)));
                     glommio::spawn_local(async move {
                         while Instant::now() < deadline {
                             let sent = Instant::now();
@@ -78,8 +117,7 @@ where
             outcome.seconds = started.elapsed().as_secs_f64();
             Ok(outcome)
         })
-    });
-    client.join().map_err(|_| anyhow::anyhow!("the client thread panicked"))?
+    })
 }
 
 impl Store for TradeshardStore {
@@ -94,7 +132,8 @@ impl Store for TradeshardStore {
     fn get(&mut self, ids: &[u64], chooser: &UserChooser, duration: Duration) -> anyhow::Result<Timed> {
         let handle = self.handle();
         let (ids, chooser) = (Arc::new(ids.to_vec()), Arc::new(chooser.clone()));
-        drive(256, duration, move |_, rng| {
+        let clients = std::thread::available_parallelism().map_or(1, |n| n.get());
+        drive_on(clients, 256 / clients, duration, move |_, rng| {
             let rank = chooser.pick(&mut rng.borrow_mut());
             let id = TradeId(ids[((rank - 1) * 7919 % ids.len() as u64) as usize]);
             let handle = handle.clone();

@@ -39,6 +39,9 @@ pub(super) struct Client {
     /// Trades read (a batch counts each of its gets).
     pub(super) reads: Cell<u64>,
     pub(super) stop: Cell<bool>,
+    /// When the tasks stop of themselves (`--duration`): the timer that sets `stop` runs only
+    /// when they yield, which tasks answered from the cache alone seldom do.
+    pub(super) deadline: Option<Instant>,
     pub(super) issued: Cell<u64>,
     pub(super) ops_max: Option<u64>,
     pub(super) histograms: RefCell<Vec<Histogram<u64>>>,
@@ -71,13 +74,62 @@ pub(super) struct OpenTrade {
     amount: u64,
 }
 
+/// A client thread's `inflight` tasks, run until they stop; `index`: which client thread,
+/// so that each thread's tasks choose differently.
+pub(super) async fn run_workers(client: Rc<Client>, inflight: usize, seed: u64, index: usize) {
+    let tasks: Vec<_> = (0..inflight)
+        .map(|task| {
+            let task_seed = seed.wrapping_mul(1_000_003) ^ (index * inflight + task) as u64;
+            glommio::spawn_local(worker(client.clone(), task, task_seed))
+        })
+        .collect();
+    for task in tasks {
+        task.await;
+    }
+}
+
+/// What a further client thread did, added to the first one's before the report.
+pub(super) struct ClientTotals {
+    histograms: Vec<Histogram<u64>>,
+    reads: u64,
+    errors: u64,
+    first_error: Option<String>,
+}
+
+impl ClientTotals {
+    pub(super) fn of(client: &Client) -> ClientTotals {
+        ClientTotals {
+            histograms: client.histograms.borrow().clone(),
+            reads: client.reads.get(),
+            errors: client.errors.get(),
+            first_error: client.first_error.borrow().clone(),
+        }
+    }
+
+    pub(super) fn add_to(self, client: &Client) -> anyhow::Result<()> {
+        for (mine, theirs) in client.histograms.borrow_mut().iter_mut().zip(&self.histograms) {
+            mine.add(theirs)?;
+        }
+        client.reads.set(client.reads.get() + self.reads);
+        client.errors.set(client.errors.get() + self.errors);
+        if let Some(error) = self.first_error {
+            client.first_error.borrow_mut().get_or_insert(error);
+        }
+        Ok(())
+    }
+}
+
 /// One outstanding request at a time, until told to stop.
-pub(super) async fn worker(client: Rc<Client>, task: usize, seed: u64) {
+async fn worker(client: Rc<Client>, task: usize, seed: u64) {
     let mut rng = Rng::with_seed(seed);
     // This task's trades that can still move forward: (id, status).
     let mut open: Vec<OpenTrade> = Vec::new();
     let mut sent: u64 = 0;
     while !client.stop.get() {
+        if client.deadline.is_some_and(|deadline| Instant::now() >= deadline) {
+            client.stop.set(true);
+            break;
+        }
         if let Some(max) = client.ops_max {
             if client.issued.get() >= max {
                 break;
@@ -111,6 +163,8 @@ pub(super) async fn worker(client: Rc<Client>, task: usize, seed: u64) {
                 client.first_error.borrow_mut().get_or_insert(format!("{}: {error}", OPS[op]));
             }
         }
+        // A cache hit is answered without ever waiting: let the progress reports run.
+        glommio::yield_if_needed().await;
     }
 }
 

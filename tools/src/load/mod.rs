@@ -26,7 +26,7 @@ mod retry;
 use crate::data_dir::DataDir;
 use crate::latency;
 use crate::workload::UserChooser;
-use client::{worker, Client, CREATE, OPS};
+use client::{run_workers, Client, ClientTotals, CREATE, OPS};
 use report::{growth_after_warmup, print_table, resident_bytes, IntervalReport, OpReport, Report};
 
 #[derive(clap::Args, Debug, Clone)]
@@ -80,9 +80,13 @@ pub struct Args {
     /// Operations to run instead of a duration.
     #[arg(long)]
     ops: Option<u64>,
-    /// Requests outstanding at once.
+    /// Requests outstanding at once, per client thread.
     #[arg(long, default_value_t = 256)]
     inflight: usize,
+    /// Client threads (read workload only), each with --inflight requests outstanding: a read
+    /// of a cached trade is answered on its caller's thread, so more callers read more.
+    #[arg(long, default_value_t = 1)]
+    clients: usize,
     /// Share of reads in the mixed workload.
     #[arg(long, default_value_t = 0.2)]
     read_ratio: f64,
@@ -129,6 +133,12 @@ pub struct Args {
 pub fn run(args: Args) -> anyhow::Result<()> {
     if args.inflight == 0 || args.inflight > 1 << 20 {
         bail!("--inflight must be between 1 and 1048576");
+    }
+    if args.clients == 0 || args.clients > 256 {
+        bail!("--clients must be between 1 and 256");
+    }
+    if args.clients > 1 && args.workload != "read" {
+        bail!("--clients above 1 is for the read workload");
     }
     if args.batch == 0 || args.batch > 1 << 16 {
         bail!("--batch must be between 1 and 65536");
@@ -261,37 +271,28 @@ async fn drive(
         None
     };
     let before = handle.stats().await?;
-    let client = Rc::new(Client {
-        handle: handle.clone(),
-        users,
-        read_ratio: args.read_ratio,
-        ingest: args.workload == "ingest",
-        read_only,
-        batch: args.batch.max(1),
-        reads: Cell::new(0),
-        stop: Cell::new(false),
-        issued: Cell::new(0),
-        ops_max: args.ops,
-        histograms: RefCell::new((0..OPS.len()).map(|_| latency::new_histogram()).collect()),
-        interval: RefCell::new(latency::new_histogram()),
-        tracked: Cell::new(0),
-        untracked: Cell::new(0),
-        acked: RefCell::new(Vec::new()),
-        created: RefCell::new(Vec::new()),
-        errors: Cell::new(0),
-        first_error: RefCell::new(None),
-        rate: args.rate,
-        inflight: args.inflight,
-        start: Instant::now(),
-        run: run_tag(),
-        retries: retry::Retries::new(args.retry_ratio),
-    });
+    let deadline = duration.map(|d| Instant::now() + d);
+    let more_clients: Vec<_> = (1..args.clients)
+        .map(|index| {
+            let (args, handle, users, read_only) = (args.clone(), handle.clone(), users.clone(), read_only.clone());
+            std::thread::spawn(move || -> anyhow::Result<ClientTotals> {
+                let executor = LocalExecutorBuilder::new(Placement::Unbound)
+                    .name(&format!("load-client-{index}"))
+                    .make()
+                    .map_err(|e| anyhow::anyhow!("starting a client executor: {e}"))?;
+                Ok(executor.run(async move {
+                    let client = Rc::new(new_client(&args, handle, users, read_only, deadline));
+                    run_workers(client.clone(), args.inflight, args.seed, index).await;
+                    ClientTotals::of(&client)
+                }))
+            })
+        })
+        .collect();
+    let client = Rc::new(new_client(&args, handle.clone(), users, read_only, deadline));
     if let Some((ids, _)) = &client.read_only {
         client.acked.borrow_mut().extend(ids.iter().map(|id| (*id, TradeStatus::Created)));
     }
-    let tasks: Vec<_> = (0..args.inflight)
-        .map(|task| glommio::spawn_local(worker(client.clone(), task, args.seed.wrapping_mul(1_000_003) ^ task as u64)))
-        .collect();
+    let tasks = glommio::spawn_local(run_workers(client.clone(), args.inflight, args.seed, 0));
     let progress = progress_bar(duration);
     let mut intervals = Vec::new();
     let mut interval_start = Instant::now();
@@ -320,8 +321,9 @@ async fn drive(
             client.stop.set(true);
         }
     }
-    for task in tasks {
-        task.await;
+    tasks.await;
+    for more in more_clients {
+        more.join().map_err(|_| anyhow::anyhow!("a client thread panicked"))??.add_to(&client)?;
     }
     let elapsed = client.start.elapsed().as_secs_f64();
     let after = handle.stats().await?;
@@ -422,6 +424,42 @@ async fn interval_report(
 
 /// A tag unique to this run (its start time in base 36), put in its order numbers so that a run
 /// on the directory of an earlier one makes new trades, not repeats of the old ones.
+/// A client thread's state, before its tasks start.
+fn new_client(
+    args: &Args,
+    handle: EngineHandle,
+    users: UserChooser,
+    read_only: Option<(Vec<tradeshard_engine::TradeId>, UserChooser)>,
+    deadline: Option<Instant>,
+) -> Client {
+    Client {
+        handle,
+        users,
+        read_ratio: args.read_ratio,
+        ingest: args.workload == "ingest",
+        read_only,
+        batch: args.batch.max(1),
+        reads: Cell::new(0),
+        stop: Cell::new(false),
+        deadline,
+        issued: Cell::new(0),
+        ops_max: args.ops,
+        histograms: RefCell::new((0..OPS.len()).map(|_| latency::new_histogram()).collect()),
+        interval: RefCell::new(latency::new_histogram()),
+        tracked: Cell::new(0),
+        untracked: Cell::new(0),
+        acked: RefCell::new(Vec::new()),
+        created: RefCell::new(Vec::new()),
+        errors: Cell::new(0),
+        first_error: RefCell::new(None),
+        rate: args.rate,
+        inflight: args.inflight,
+        start: Instant::now(),
+        run: run_tag(),
+        retries: retry::Retries::new(args.retry_ratio),
+    }
+}
+
 fn run_tag() -> String {
     let mut ms = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis());
     let mut tag = Vec::new();
