@@ -114,7 +114,8 @@ fn an_idle_shard_still_expires_groups_and_removes_old_segments() {
     let upkeep = Upkeep {
         checkpoint_interval: Duration::from_millis(100),
         group_idle_expiry: Some(Duration::from_millis(300)),
-        retention_time: Some(Duration::from_millis(500)),
+        // Long enough that the writes below end before it, on a loaded machine too.
+        retention_time: Some(Duration::from_millis(2_000)),
         ..upkeep_on_request(true, None)
     };
     let engine = Engine::open(Options { segment_bytes: 1 << 20, upkeep, ..engine_options(dir.path(), 1, 1) }).unwrap();
@@ -133,7 +134,7 @@ fn an_idle_shard_still_expires_groups_and_removes_old_segments() {
 
     // Then nothing: no write, no call, only time.
     let mut after = before;
-    for _ in 0..100 {
+    for _ in 0..200 {
         std::thread::sleep(Duration::from_millis(50));
         after = handle.stats_blocking().unwrap().shards[0];
         if after.checkpoints.groups_expired > 0 && after.wal.segments_removed > before.wal.segments_removed {

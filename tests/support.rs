@@ -13,7 +13,8 @@ pub fn run<T>(future: impl Future<Output = T>) -> T {
 
 /// A log configuration small enough that tests roll segments, split frames and fill queues.
 /// Segments are made at the roll (`Preallocation::Reserved`), so that a test can name the
-/// operations of one flush; `zeroed_config` prepares them in the background instead.
+/// operations of one flush; `zeroed_config` prepares them in the background instead. No
+/// recent frames are kept in memory, so that every read reaches the (simulated) device.
 pub fn small_config() -> WalConfig {
     WalConfig {
         shard_id: 7,
@@ -28,6 +29,7 @@ pub fn small_config() -> WalConfig {
         preallocation: Preallocation::Reserved,
         read_chunk_bytes: 16 << 10,
         index_interval_bytes: 8 << 10,
+        recent_frames_bytes: 0,
     }
 }
 

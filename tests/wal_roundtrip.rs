@@ -78,6 +78,15 @@ async fn appended_records_read_back_in_order<D: Disk>(disk: D, config: WalConfig
         assert_eq!(wal.read(ack.seq).await.unwrap(), records[i], "read of seq {i}");
         assert_eq!(wal.read_at(ack.seq, ack.piece).await.unwrap(), records[i], "read_at of seq {i}");
     }
+    reads_back_from_the_start(&wal, &records).await;
+    let (segments, _) = wal.index_footprint();
+    assert!(segments > 3, "300 records of up to 4 KiB roll 64 KiB segments, got {segments}");
+    assert!(matches!(wal.read(300).await, Err(Error::OutOfRange { seq: 300, .. })));
+    wal.close().await.unwrap();
+}
+
+/// A reader from the first record returns `records`, in order, and nothing more.
+async fn reads_back_from_the_start<D: Disk>(wal: &Wal<D>, records: &[Vec<u8>]) {
     let mut reader = wal.reader(0).unwrap();
     let mut seen = 0;
     while let Some((seq, record)) = reader.next().await.unwrap() {
@@ -85,10 +94,6 @@ async fn appended_records_read_back_in_order<D: Disk>(disk: D, config: WalConfig
         seen += 1;
     }
     assert_eq!(seen, records.len() as u64);
-    let (segments, _) = wal.index_footprint();
-    assert!(segments > 3, "300 records of up to 4 KiB roll 64 KiB segments, got {segments}");
-    assert!(matches!(wal.read(300).await, Err(Error::OutOfRange { seq: 300, .. })));
-    wal.close().await.unwrap();
 }
 
 #[test]
@@ -369,5 +374,45 @@ fn a_reopened_log_prepares_its_next_segment_only_when_written() {
         append_all(&wal, &records[..1]).await;
         wal.close().await.unwrap();
         assert!(disk.list_names().iter().any(|n| n == prepared), "the first append prepares the next segment");
+    });
+}
+
+/// With recent frames kept in memory, readers that keep up with the writer and point reads of
+/// what was just written read no device, and what they read is what the device holds: a
+/// reader from the start crosses from the device into memory without a seam.
+#[test]
+fn recent_frames_serve_readers_that_keep_up_and_agree_with_the_device() {
+    run(async {
+        let disk = SimDisk::new();
+        let config = WalConfig { recent_frames_bytes: 32 << 10, ..small_config() };
+        let (wal, _) = open(&disk, config).await;
+        let mut rng = SplitMix64::new(9);
+        let records: Vec<Vec<u8>> = (0..400).map(|_| random_record(&mut rng, 2048)).collect();
+        let mut acks = Vec::new();
+        let mut tail = wal.reader(0).unwrap();
+        for chunk in records.chunks(20) {
+            acks.extend(append_all(&wal, chunk).await);
+            // A tailing reader takes each new chunk from memory.
+            let before = disk.ops();
+            let first = acks.len() - chunk.len();
+            for (expected, sent) in records.iter().enumerate().skip(first).take(chunk.len()) {
+                let (seq, record) = tail.next().await.unwrap().expect("acknowledged");
+                assert_eq!((seq, record), (expected as u64, sent.as_slice()));
+            }
+            assert_eq!(disk.ops(), before, "a reader that keeps up reads no device");
+            let last = acks.last().unwrap();
+            assert!(wal.read_at(last.seq, last.piece).await.unwrap() == records[acks.len() - 1]);
+            assert_eq!(disk.ops(), before, "a point read of the latest record reads no device");
+        }
+        assert!(wal.stats().recent_frame_bytes <= 32 << 10);
+        assert!(wal.stats().memory_reads > 0);
+        // From the start: the oldest records from the device, the latest from memory.
+        let before = disk.ops();
+        reads_back_from_the_start(&wal, &records).await;
+        assert!(disk.ops() > before, "the oldest records are no longer in memory");
+        for (ack, record) in acks.iter().zip(&records) {
+            assert_eq!(&wal.read_at(ack.seq, ack.piece).await.unwrap(), record);
+        }
+        wal.close().await.unwrap();
     });
 }

@@ -82,6 +82,10 @@ pub struct WalConfig {
     pub read_chunk_bytes: usize,
     /// Distance in bytes between entries of a segment's sparse sequence-number index.
     pub index_interval_bytes: u64,
+    /// Bytes of the latest acknowledged records kept in memory for readers that keep up with
+    /// the writer (a tailing consumer, a read of a record just written): they read no device.
+    /// 0 keeps none.
+    pub recent_frames_bytes: usize,
 }
 
 impl Default for WalConfig {
@@ -99,6 +103,7 @@ impl Default for WalConfig {
             preallocation: Preallocation::Zeroed,
             read_chunk_bytes: 1 << 20,
             index_interval_bytes: 64 << 10,
+            recent_frames_bytes: 8 << 20,
         }
     }
 }

@@ -23,6 +23,7 @@ mod frame;
 mod layout;
 mod piece;
 mod reader;
+mod recent;
 mod record;
 mod recovery;
 mod roll;

@@ -82,8 +82,20 @@ impl<D: Disk> LogReader<D> {
         self.segment = Some(segment);
     }
 
-    /// Decodes the next frame that holds `next_seq` into `raw`.
+    /// Takes the frame that holds `next_seq` into `raw`: from the recent frames in memory if
+    /// they hold it, else decoded from the device.
     async fn load_frame(&mut self) -> Result<()> {
+        if let Some((first_seq, end_seq, raw)) = self.shared.recent.borrow().find(self.next_seq) {
+            self.raw.clear();
+            self.raw.extend_from_slice(raw);
+            self.raw_at = 0;
+            self.raw_seq = first_seq;
+            self.raw_end_seq = end_seq;
+            // A later read from the device finds its place again through the sparse index.
+            self.segment = None;
+            self.shared.count(|s| s.memory_reads += 1);
+            return Ok(());
+        }
         loop {
             let current = self.segment.clone().filter(|s| self.next_seq < s.end_seq.get());
             let segment = match current {

@@ -12,6 +12,7 @@ use crate::commit::Queue;
 use crate::config::WalConfig;
 use crate::disk::Disk;
 use crate::layout::BLOCK_BYTES;
+use crate::recent::RecentFrames;
 
 /// One segment file and what is known of its contents.
 pub(crate) struct SegmentState<F> {
@@ -98,6 +99,10 @@ pub struct WalStats {
     pub segments_created: u64,
     /// Segments removed (retention).
     pub segments_removed: u64,
+    /// Frames that readers took from the recent frames in memory instead of the device.
+    pub memory_reads: u64,
+    /// Bytes of records held in memory as recent frames (now, not a total).
+    pub recent_frame_bytes: u64,
 }
 
 /// What a log's owner sees of one segment.
@@ -133,6 +138,8 @@ pub(crate) struct Shared<D: Disk> {
     pub end_waiters: RefCell<Vec<std::task::Waker>>,
     /// Set when the owner shuts down: waits end at once.
     pub waits_stopped: Cell<bool>,
+    /// The last acknowledged frames, for readers that keep up (`recent.rs`).
+    pub recent: RefCell<RecentFrames>,
 }
 
 impl<D: Disk> Shared<D> {

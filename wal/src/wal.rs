@@ -6,6 +6,7 @@
 //! acknowledged depends on the drop. Methods that only tests call (a point read by sequence
 //! number, `next_seq`, `index_footprint`) exist with the `testing` feature, not in release.
 
+use std::cell::RefCell;
 use std::rc::Rc;
 
 use crate::commit::{Appended, PiecePos, Queue, Ticket};
@@ -16,6 +17,7 @@ use crate::error::{Error, Result};
 use crate::layout::RECORD_PREFIX_BYTES;
 use crate::piece::decode_piece_into;
 use crate::reader::LogReader;
+use crate::recent::RecentFrames;
 use crate::record::records;
 use crate::recovery::{self, RecoveryReport};
 use crate::state::{SegmentInfo, Shared, WalStats};
@@ -42,6 +44,7 @@ impl<D: Disk> RecoveredWal<D> {
         recovery::repair(&disk, &config, &recovered).await?;
         let report = recovered.report;
         let queue = Queue::new(report.next_seq, config.pending_bytes_max, config.pending_records_max);
+        let config_recent_bytes = config.recent_frames_bytes;
         let shared = Rc::new(Shared {
             disk,
             config,
@@ -53,6 +56,7 @@ impl<D: Disk> RecoveredWal<D> {
             stats: Default::default(),
             end_waiters: Default::default(),
             waits_stopped: Default::default(),
+            recent: RefCell::new(RecentFrames::new(config_recent_bytes)),
         });
         let writer = Writer::new(shared.clone(), recovered.last_checksum);
         let flusher = glommio::spawn_local(writer.run()).detach();
@@ -161,6 +165,9 @@ impl<D: Disk> Wal<D> {
         if seq < first || seq >= end {
             return Err(out_of_range);
         }
+        if let Some(record) = self.recent_record(seq) {
+            return Ok(record);
+        }
         let segment = self.shared.segments.borrow().get(&piece.segment_base).cloned();
         let segment = segment.ok_or(out_of_range)?;
         let path = || self.shared.disk.path_of(&segment.name);
@@ -180,6 +187,15 @@ impl<D: Disk> Wal<D> {
         raw.copy_within(start..start + len, 0);
         raw.truncate(len);
         Ok(raw)
+    }
+
+    /// The record `seq` from the recent frames in memory, if they hold it.
+    fn recent_record(&self, seq: u64) -> Option<Vec<u8>> {
+        let recent = self.shared.recent.borrow();
+        let (first_seq, _, raw) = recent.find(seq)?;
+        let record = records(raw).nth((seq - first_seq) as usize).expect("a kept frame holds its records");
+        self.shared.count(|s| s.memory_reads += 1);
+        Some(record.to_vec())
     }
 
     #[cfg(any(test, feature = "testing"))]
@@ -297,7 +313,7 @@ impl<D: Disk> Wal<D> {
 
     /// Counters since open.
     pub fn stats(&self) -> WalStats {
-        self.shared.stats.get()
+        WalStats { recent_frame_bytes: self.shared.recent.borrow().bytes() as u64, ..self.shared.stats.get() }
     }
 
     /// The disk the log lives on (its directory), for owners that keep files beside it.

@@ -38,6 +38,8 @@ struct PlannedFrame {
     /// The frame opens a new segment.
     opens_segment: bool,
     offset: u64,
+    /// Its records (with their prefixes) in the batch.
+    raw: std::ops::Range<usize>,
 }
 
 pub(crate) struct Writer<D: Disk> {
@@ -231,7 +233,7 @@ impl<D: Disk> Writer<D> {
             if opens_segment {
                 offset = BLOCK_BYTES;
             }
-            self.plan.push(PlannedFrame { header, pieces, opens_segment, offset });
+            self.plan.push(PlannedFrame { header, pieces, opens_segment, offset, raw: start..at });
             offset += disk_bytes;
             first_seq = header.end_seq();
             prev = header.checksum;
@@ -330,6 +332,10 @@ impl<D: Disk> Writer<D> {
             segment.note_frame(planned.header.first_seq, planned.header.end_seq(), planned.offset, next, interval);
         }
         self.shared.advance_visible_end(batch.end_seq());
+        let mut recent = self.shared.recent.borrow_mut();
+        for planned in &self.plan {
+            recent.push(planned.header.first_seq, planned.header.end_seq(), &batch.raw[planned.raw.clone()]);
+        }
         let record_bytes = (batch.raw.len() - batch.count * RECORD_PREFIX_BYTES) as u64;
         self.shared.count(|s| {
             s.flushes += 1;
