@@ -101,3 +101,26 @@ fn hits_are_read_on_the_callers_thread_and_a_closed_engine_answers_closed() {
     assert!(matches!(handle.get_blocking(ids[0]), Err(tradeshard_engine::Error::Closed)));
     assert!(matches!(handle.get_many_blocking(&ids), Err(tradeshard_engine::Error::Closed)));
 }
+
+/// `get_by_order` keeps the trade an order number names: the second lookup of a number is
+/// answered without asking its home shard, also for a number whose home is not the buyer's
+/// shard, and after the engine closes the lookup answers `Closed`.
+#[test]
+fn a_found_order_number_is_kept_and_the_next_lookup_uses_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let engine = Engine::open(options(dir.path(), 1 << 20)).unwrap();
+    let handle = engine.handle();
+    let trades: Vec<_> = (1..=8u64).map(|n| handle.create_trade_blocking(new_trade(n, n, 10 + n)).unwrap()).collect();
+    for (n, receipt) in (1..=8u64).zip(&trades) {
+        let (merchant, order_no) = (1000 + n % 7, format!("ORD-{n}-{n}"));
+        for _ in 0..2 {
+            assert_eq!(handle.get_by_order_blocking(merchant, &order_no).unwrap().id, receipt.id);
+        }
+    }
+    let kept = handle.stats_blocking().unwrap().order_ids;
+    assert_eq!((kept.misses, kept.hits, kept.entries), (8, 8, 8));
+    assert!(handle.get_by_order_blocking(1001, "ORD-none").is_err());
+    assert_eq!(handle.stats_blocking().unwrap().order_ids.entries, 8, "a number not found is not kept");
+    engine.close().unwrap();
+    assert!(matches!(handle.get_by_order_blocking(1001, "ORD-1-1"), Err(tradeshard_engine::Error::Closed)));
+}

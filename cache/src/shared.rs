@@ -40,7 +40,8 @@ impl<K: Hash + Eq + Clone, V: Clone> SharedCache<K, V> {
 impl<K: Hash + Eq + Clone, V: Clone, S: BuildHasher + Default> SharedCache<K, V, S> {
     /// [`SharedCache::new`] with the hasher `S` (for the stripes' choice and their maps).
     pub fn with_hasher(budget_bytes: usize) -> Self {
-        let stripes = (budget_bytes / STRIPE_BYTES_MIN).clamp(1, STRIPES_MAX).next_power_of_two().min(STRIPES_MAX);
+        // A power of two, rounded down, so that each stripe gets at least its minimum.
+        let stripes = 1 << (budget_bytes / STRIPE_BYTES_MIN).clamp(1, STRIPES_MAX).ilog2();
         let per_stripe = budget_bytes / stripes;
         let stripes = (0..stripes).map(|_| Stripe(Mutex::new(Cache::with_hasher(per_stripe)))).collect();
         SharedCache { stripes, hasher: S::default() }
@@ -98,6 +99,17 @@ impl<K: Hash + Eq + Clone, V: Clone, S: BuildHasher + Default> SharedCache<K, V,
         note(self.stripe(key).stats_mut())
     }
 
+    /// Drops every entry, keeping the budget and the counters: for an owner that stops, while
+    /// others may still hold the cache.
+    pub fn clear(&self) {
+        for stripe in self.stripes.iter() {
+            let mut cache = stripe.0.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+            let stats = cache.stats();
+            *cache = Cache::with_hasher(cache.budget());
+            *cache.stats_mut() = CacheStats { bytes: 0, entries: 0, ..stats };
+        }
+    }
+
     /// Counters summed over the stripes.
     pub fn stats(&self) -> CacheStats {
         let mut total = CacheStats::default();
@@ -125,6 +137,8 @@ mod tests {
         let large: SharedCache<u64, u64> = SharedCache::new(1 << 30);
         assert_eq!(large.stripes.len(), STRIPES_MAX);
         assert_eq!(large.budget(), 1 << 30);
+        let uneven: SharedCache<u64, u64> = SharedCache::new(12 << 20);
+        assert_eq!(uneven.stripes.len(), 2, "each stripe gets at least 4 MiB");
         let off: SharedCache<u64, u64> = SharedCache::new(0);
         off.insert(1, 1, 8);
         assert_eq!(off.get(&1), None, "a budget of zero keeps nothing");
@@ -154,5 +168,8 @@ mod tests {
         assert!(!cache.update(&10_001, |value| *value += 1), "an absent key is not added");
         assert_eq!(cache.stats().entries, 10_000);
         assert_eq!(cache.stats().hits, 3 * 10_000);
+        cache.clear();
+        assert_eq!((cache.get(&1), cache.stats().entries, cache.stats().bytes), (None, 0, 0));
+        assert_eq!(cache.budget(), 64 << 20, "a cleared cache keeps its budget");
     }
 }

@@ -15,7 +15,7 @@ use std::sync::Arc;
 
 use tradeshard_shard::{
     order_key, validate_amount, validate_refund_no, Command, Currency, InputError, ListQuery, Move, NewTrade, Receipt,
-    ReplyFuture, ShardStats, Trade, TradeCache, TradeError, TradeId,
+    ReplyFuture, ShardStats, SharedCache, Trade, TradeCache, TradeError, TradeId,
 };
 
 use crate::blocking::blocking;
@@ -31,6 +31,8 @@ pub(crate) struct HandleInner {
     pub inboxes: Vec<Arc<Inbox<Request>>>,
     /// Each physical shard's cache of trades, read here, written by its executor.
     pub trade_caches: Vec<Arc<TradeCache>>,
+    /// Order keys found by `get_by_order`, with the trade each names (`orders.rs`).
+    pub order_ids: SharedCache<u128, TradeId>,
     pub backpressure: Backpressure,
     pub groups: Groups,
 }
@@ -55,6 +57,8 @@ pub struct EngineStats {
     pub disk_bytes: u64,
     /// Cache counters summed over the shards.
     pub cache: tradeshard_shard::CacheStats,
+    /// Counters of the handle's cache of order numbers found by `get_by_order`.
+    pub order_ids: tradeshard_shard::CacheStats,
 }
 
 impl EngineHandle {
@@ -214,7 +218,9 @@ impl EngineHandle {
         if self.inner.inboxes[self.inner.routing.executor_of_physical(shard)].is_closed() {
             return None;
         }
-        self.inner.trade_caches[shard as usize].get_with(&id, |cached| cached.trade(id))
+        // The trade is composed after the stripe's lock is let go: the executor takes that
+        // lock to apply changes, and must not wait while this thread allocates.
+        self.inner.trade_caches[shard as usize].get(&id).map(|cached| cached.trade(id))
     }
 
     /// Many trades, those cached read on this thread and the others in one trip per
@@ -277,6 +283,7 @@ impl EngineHandle {
             stats.disk_bytes += shard.wal.disk_bytes;
             stats.cache.add(&shard.cache);
         }
+        stats.order_ids = self.inner.order_ids.stats();
         Ok(stats)
     }
 
@@ -343,6 +350,7 @@ mod tests {
             routing,
             inboxes: vec![inbox.clone()],
             trade_caches: vec![Arc::new(TradeCache::with_hasher(0))],
+            order_ids: SharedCache::new(0),
             backpressure,
             groups: Groups::default(),
         };

@@ -51,6 +51,10 @@ pub use tradeshard_shard::{
     WalStats, AMOUNT_MAX, LOGICAL_SHARDS_MAX, MEMO_BYTES_MAX, ORDER_NO_BYTES_MAX, REFUND_NO_BYTES_MAX,
 };
 
+/// The share of `Options::cache_bytes` kept for order numbers found by `get_by_order` (one
+/// part in this many); the rest goes to the shards' caches of trades.
+const ORDER_IDS_SHARE: usize = 16;
+
 use crate::executor::ExecutorPlan;
 use crate::handle::HandleInner;
 use crate::inbox::Inbox;
@@ -102,7 +106,8 @@ impl Engine {
             Routing { logical_shards: manifest.logical_shards, physical_shards: manifest.physical_shards, executors };
         let inboxes: Vec<_> =
             (0..executors).map(|_| std::sync::Arc::new(Inbox::new(options.queue_depth_max))).collect();
-        let cache_bytes_per_shard = options.cache_bytes / manifest.physical_shards as usize;
+        let cache_bytes_per_shard =
+            (options.cache_bytes - options.cache_bytes / ORDER_IDS_SHARE) / manifest.physical_shards as usize;
         let trade_caches: Vec<_> = (0..manifest.physical_shards)
             .map(|_| std::sync::Arc::new(TradeCache::with_hasher(cache_bytes_per_shard)))
             .collect();
@@ -111,6 +116,7 @@ impl Engine {
                 routing,
                 inboxes: inboxes.clone(),
                 trade_caches: trade_caches.clone(),
+                order_ids: tradeshard_shard::SharedCache::new(options.cache_bytes / ORDER_IDS_SHARE),
                 backpressure: options.backpressure,
                 groups: groups::Groups::default(),
             }),
@@ -186,6 +192,11 @@ impl Engine {
                 first_error.get_or_insert(error);
             }
         }
+        // Handles outlive the engine; what their caches hold goes with it.
+        for cache in &self.handle.inner.trade_caches {
+            cache.clear();
+        }
+        self.handle.inner.order_ids.clear();
         first_error.map_or(Ok(()), Err)
     }
 }

@@ -45,8 +45,9 @@ pub struct Options {
     pub segment_bytes: u64,
     /// glommio io_memory per executor (registered buffers for the logs' writes).
     pub io_memory_bytes: usize,
-    /// Bytes of read-through cache in all, split evenly across the physical shards; 0 turns
-    /// the cache off (every `get` reads the log).
+    /// Bytes of read-through cache in all: a sixteenth for order numbers found by
+    /// `get_by_order`, the rest split evenly across the physical shards' caches of trades; 0
+    /// turns caching off (every `get` reads the log).
     pub cache_bytes: usize,
     /// Checkpoints (how often each shard makes its state durable, so that an open replays
     /// only the log after it), retention (which log segments go) and the memory for each

@@ -12,6 +12,11 @@
 //! each other only from tasks that wait for room as tasks, never from their dispatchers, so
 //! they cannot wait on each other forever.
 //!
+//! `get_by_order` keeps what it found in the handle's cache of order keys (a sixteenth of
+//! `Options::cache_bytes`): an order number, once a durable trade holds it, names that trade
+//! forever, so a cached answer is never stale, and the next lookup of it reads the trade
+//! without asking the home shard (and, for a cached trade, on the caller's thread).
+//!
 //! A stop between the steps leaves a pending claim, resolved to exactly one trade or none:
 //! by the next retry of the create (the same body goes on to the buyer's shard, which answers
 //! the original trade or creates it), or when the engine opens, before it takes requests:
@@ -28,6 +33,9 @@ use crate::blocking::blocking;
 use crate::error::{Error, Result};
 use crate::handle::EngineHandle;
 use crate::ops;
+
+/// Bytes an order key and its trade id take in the cache's slot.
+const ORDER_ID_BYTES: usize = 24;
 
 impl EngineHandle {
     /// The create of a trade whose order number's home shard is `home`, not the buyer's shard
@@ -88,8 +96,15 @@ impl EngineHandle {
             return Err(InputError::ZeroMerchantId.into());
         }
         validate_order_no(order_no)?;
-        match self.trade_of_order_key(order_key(merchant_id, order_no)).await? {
-            Some(id) => self.get(id).await,
+        let key = order_key(merchant_id, order_no);
+        if let Some(id) = self.inner.order_ids.get(&key) {
+            return self.get(id).await;
+        }
+        match self.trade_of_order_key(key).await? {
+            Some(id) => {
+                self.inner.order_ids.insert(key, id, ORDER_ID_BYTES);
+                self.get(id).await
+            }
             None => Err(Error::OrderNotFound { merchant_id, order_no: order_no.to_string() }),
         }
     }

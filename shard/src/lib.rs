@@ -76,6 +76,6 @@ pub use trade_cache::{CachedTrade, TradeCache};
 /// The decoder of a record of the table of trades, for fuzzing (`testing` feature).
 #[cfg(any(test, feature = "testing"))]
 pub use trade_file::{decode_for_fuzzing as decode_trade_record, sample_for_fuzzing as sample_trade_record};
-pub use tradeshard_cache::CacheStats;
+pub use tradeshard_cache::{CacheStats, SharedCache};
 pub use tradeshard_wal::{Durability, SegmentInfo, SyncMethod, WalStats};
 pub use validate::{validate_amount, validate_group, validate_order_no, validate_refund_no};

@@ -30,9 +30,8 @@ pub struct ListQuery {
 impl<D: Disk> Shard<D> {
     /// Reads a trade's durable state: at once when it is cached, else after reading it.
     pub fn get(&self, id: TradeId, reply: ShardReply<Trade>) {
-        let cache = self.inner.trade_cache.cache();
-        match cache.get_with(&id, |cached| cached.trade(id)) {
-            Some(trade) => reply.send(Ok(trade)),
+        match self.inner.trade_cache.cache().get(&id) {
+            Some(cached) => reply.send(Ok(cached.trade(id))),
             None => self.load(id, reply),
         }
     }

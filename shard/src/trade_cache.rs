@@ -14,14 +14,21 @@ use std::hash::BuildHasherDefault;
 use tradeshard_cache::SharedCache;
 
 use crate::created::CreatedPart;
+use crate::currency::Currency;
 use crate::id_hash::IdHasher;
 use crate::index::TradeEntry;
+use crate::lifecycle::Lifecycle;
 use crate::trade::{Trade, TradeId};
 
-/// A trade as the cache holds it: one heap block of text and its durable state.
+/// A trade as the cache holds it: one heap block of text and its durable state (what a
+/// reader sees of it, nothing of where it lies).
 #[derive(Clone, Debug)]
 pub struct CachedTrade {
-    entry: TradeEntry,
+    buyer_id: u64,
+    merchant_id: u64,
+    lifecycle: Lifecycle,
+    currency: Currency,
+    updated_ms: u64,
     part: CreatedPart,
 }
 
@@ -30,39 +37,45 @@ pub type TradeCache = SharedCache<TradeId, CachedTrade, BuildHasherDefault<IdHas
 
 impl CachedTrade {
     pub(crate) fn new(entry: TradeEntry, part: CreatedPart) -> CachedTrade {
-        CachedTrade { entry, part }
+        let mut cached = CachedTrade {
+            buyer_id: entry.user_id,
+            merchant_id: entry.merchant_id,
+            lifecycle: entry.lifecycle,
+            currency: entry.currency,
+            updated_ms: entry.updated_ms,
+            part,
+        };
+        cached.set_state(&entry);
+        cached
     }
 
     /// The trade `id` as a reader sees it.
     pub fn trade(&self, id: TradeId) -> Trade {
-        compose(id, &self.entry, &self.part)
+        Trade {
+            id,
+            buyer_id: self.buyer_id,
+            merchant_id: self.merchant_id,
+            merchant_order_no: self.part.merchant_order_no().to_string(),
+            amount: self.lifecycle.amount,
+            refunded_amount: self.lifecycle.refunded,
+            currency: self.currency,
+            status: self.lifecycle.status,
+            created_ms: self.part.created_ms(),
+            updated_ms: self.updated_ms,
+            memo: self.part.memo().to_string(),
+        }
     }
 
-    /// Bytes it occupies, so that the cache's budget bounds resident memory: the state in
-    /// the cache's slot and the text's one heap block.
+    /// Bytes it occupies, so that the cache's budget bounds resident memory: the text's one
+    /// heap block, and the state in the map's bucket with the map's slack (its load factor is
+    /// at least 7/16); the cache charges the rest of an entry's slots itself.
     pub(crate) fn cache_bytes(&self) -> usize {
-        std::mem::size_of::<TradeEntry>() + CreatedPart::cache_bytes(&self.part)
+        CreatedPart::cache_bytes(&self.part) + std::mem::size_of::<(TradeId, CachedTrade)>() * 16 / 7
     }
 
     /// The durable state after a change was applied.
     pub(crate) fn set_state(&mut self, entry: &TradeEntry) {
-        self.entry = *entry;
-    }
-}
-
-/// A trade from its durable state and its immutable part.
-pub(crate) fn compose(id: TradeId, entry: &TradeEntry, part: &CreatedPart) -> Trade {
-    Trade {
-        id,
-        buyer_id: entry.user_id,
-        merchant_id: entry.merchant_id,
-        merchant_order_no: part.merchant_order_no().to_string(),
-        amount: entry.lifecycle.amount,
-        refunded_amount: entry.lifecycle.refunded,
-        currency: entry.currency,
-        status: entry.lifecycle.status,
-        created_ms: part.created_ms(),
-        updated_ms: entry.updated_ms,
-        memo: part.memo().to_string(),
+        self.lifecycle = entry.lifecycle;
+        self.updated_ms = entry.updated_ms;
     }
 }

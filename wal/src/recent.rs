@@ -10,6 +10,10 @@
 
 use std::collections::VecDeque;
 
+/// Bytes a kept frame costs beyond its records: its slot in the list and its allocation's
+/// header.
+const FRAME_OVERHEAD_BYTES: usize = std::mem::size_of::<RecentFrame>() + 16;
+
 /// One frame's records: `first_seq..end_seq`.
 struct RecentFrame {
     first_seq: u64,
@@ -20,6 +24,7 @@ struct RecentFrame {
 /// Acknowledged frames at the end of the log, oldest first.
 pub(crate) struct RecentFrames {
     frames: VecDeque<RecentFrame>,
+    /// What the kept frames cost: their records and their overhead.
     bytes: usize,
     budget: usize,
 }
@@ -33,7 +38,8 @@ impl RecentFrames {
     /// dropping the oldest frames past the budget. A frame that does not follow the last one
     /// kept (the log was reopened) starts the list again.
     pub(crate) fn push(&mut self, first_seq: u64, end_seq: u64, raw: &[u8]) {
-        if raw.len() > self.budget {
+        let cost = raw.len() + FRAME_OVERHEAD_BYTES;
+        if cost > self.budget {
             self.frames.clear();
             self.bytes = 0;
             return;
@@ -42,11 +48,11 @@ impl RecentFrames {
             self.frames.clear();
             self.bytes = 0;
         }
-        while self.bytes + raw.len() > self.budget {
+        while self.bytes + cost > self.budget {
             let oldest = self.frames.pop_front().expect("bytes above zero means a frame is kept");
-            self.bytes -= oldest.raw.len();
+            self.bytes -= oldest.raw.len() + FRAME_OVERHEAD_BYTES;
         }
-        self.bytes += raw.len();
+        self.bytes += cost;
         self.frames.push_back(RecentFrame { first_seq, end_seq, raw: raw.into() });
     }
 
@@ -61,7 +67,7 @@ impl RecentFrames {
         Some((frame.first_seq, frame.end_seq, &frame.raw))
     }
 
-    /// Bytes of records held.
+    /// Bytes held: the records and what keeping each frame costs.
     pub(crate) fn bytes(&self) -> usize {
         self.bytes
     }
@@ -73,7 +79,7 @@ mod tests {
 
     #[test]
     fn frames_are_found_by_any_of_their_records_until_the_budget_drops_them() {
-        let mut recent = RecentFrames::new(100);
+        let mut recent = RecentFrames::new(2 * (40 + FRAME_OVERHEAD_BYTES) + 20);
         recent.push(10, 15, &[1; 40]);
         recent.push(15, 16, &[2; 40]);
         assert_eq!(recent.find(12).map(|(f, e, raw)| (f, e, raw[0])), Some((10, 15, 1)));
@@ -81,13 +87,14 @@ mod tests {
         assert!(recent.find(9).is_none() && recent.find(16).is_none());
         recent.push(16, 20, &[3; 40]);
         assert!(recent.find(12).is_none(), "the oldest frame left for the budget");
-        assert_eq!(recent.bytes(), 80);
+        assert_eq!(recent.bytes(), 2 * (40 + FRAME_OVERHEAD_BYTES));
         assert_eq!(recent.find(19).map(|(f, e, _)| (f, e)), Some((16, 20)));
     }
 
     #[test]
     fn a_gap_or_a_frame_above_the_budget_starts_again() {
-        let mut recent = RecentFrames::new(100);
+        let budget = 100 + FRAME_OVERHEAD_BYTES;
+        let mut recent = RecentFrames::new(budget);
         recent.push(10, 15, &[1; 40]);
         recent.push(30, 31, &[2; 10]);
         assert!(recent.find(12).is_none(), "a frame after a gap drops what came before");

@@ -101,7 +101,7 @@ pub struct WalStats {
     pub segments_removed: u64,
     /// Frames that readers took from the recent frames in memory instead of the device.
     pub memory_reads: u64,
-    /// Bytes of records held in memory as recent frames (now, not a total).
+    /// Bytes held in memory by the recent frames, records and slots (now, not a total).
     pub recent_frame_bytes: u64,
 }
 
