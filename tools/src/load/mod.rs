@@ -371,6 +371,7 @@ async fn drive(
         key_run_entries: after.shards.iter().map(|shard| shard.checkpoints.key_run_entries).sum(),
         key_run_memory_bytes: after.shards.iter().map(|shard| shard.checkpoints.key_run_memory_bytes).sum(),
         key_run_reads: after.shards.iter().map(|shard| shard.checkpoints.key_run_reads).sum(),
+        log_memory_reads: after.shards.iter().map(|shard| shard.wal.memory_reads).sum(),
         resident_bytes: resident,
         events_per_sec: None,
         end_to_end_p99_us: None,

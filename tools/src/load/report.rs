@@ -58,6 +58,8 @@ pub(super) struct Report {
     pub(super) key_run_entries: u64,
     pub(super) key_run_memory_bytes: u64,
     pub(super) key_run_reads: u64,
+    /// Frames the logs' readers took from their recent frames in memory, not the device.
+    pub(super) log_memory_reads: u64,
     /// Resident memory of the process (engine and client) at the end of the timed phase.
     pub(super) resident_bytes: u64,
     /// With `--settle`: events the settlement consumer consumed per second.
