@@ -14,8 +14,8 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use tradeshard_shard::{
-    order_key, validate_amount, validate_refund_no, Command, Currency, InputError, ListQuery, Move, NewTrade, Receipt,
-    ReplyFuture, ShardStats, SharedCache, Trade, TradeCache, TradeError, TradeId,
+    order_key, validate_amount, validate_refund_no, CachedTrade, Command, Currency, InputError, ListQuery, Move,
+    NewTrade, Receipt, ReplyFuture, ShardStats, SharedCache, Trade, TradeCache, TradeError, TradeId,
 };
 
 use crate::blocking::blocking;
@@ -220,7 +220,7 @@ impl EngineHandle {
         }
         // The trade is composed after the stripe's lock is let go: the executor takes that
         // lock to apply changes, and must not wait while this thread allocates.
-        self.inner.trade_caches[shard as usize].get(&id).map(|cached| cached.trade(id))
+        self.inner.trade_caches[shard as usize].get_with(&id, CachedTrade::copy).map(|copy| copy.trade(id))
     }
 
     /// Many trades, those cached read on this thread and the others in one trip per

@@ -53,7 +53,7 @@ pub use tradeshard_shard::{
 
 /// The share of `Options::cache_bytes` kept for order numbers found by `get_by_order` (one
 /// part in this many); the rest goes to the shards' caches of trades.
-const ORDER_IDS_SHARE: usize = 16;
+const ORDER_IDS_SHARE: usize = 32;
 
 use crate::executor::ExecutorPlan;
 use crate::handle::HandleInner;

@@ -45,7 +45,7 @@ pub struct Options {
     pub segment_bytes: u64,
     /// glommio io_memory per executor (registered buffers for the logs' writes).
     pub io_memory_bytes: usize,
-    /// Bytes of read-through cache in all: a sixteenth for order numbers found by
+    /// Bytes of read-through cache in all: a thirty-second for order numbers found by
     /// `get_by_order`, the rest split evenly across the physical shards' caches of trades; 0
     /// turns caching off (every `get` reads the log).
     pub cache_bytes: usize,

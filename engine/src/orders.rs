@@ -12,7 +12,7 @@
 //! each other only from tasks that wait for room as tasks, never from their dispatchers, so
 //! they cannot wait on each other forever.
 //!
-//! `get_by_order` keeps what it found in the handle's cache of order keys (a sixteenth of
+//! `get_by_order` keeps what it found in the handle's cache of order keys (a thirty-second of
 //! `Options::cache_bytes`): an order number, once a durable trade holds it, names that trade
 //! forever, so a cached answer is never stale, and the next lookup of it reads the trade
 //! without asking the home shard (and, for a cached trade, on the caller's thread).

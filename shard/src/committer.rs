@@ -129,7 +129,7 @@ fn apply_trade<D: Disk>(
     match record.created.take() {
         Some(created) => {
             let part = CreatedPart::new(record.at_ms, &created.merchant_order_no, &created.memo);
-            let trade = CachedTrade::new(*entry, part);
+            let trade = CachedTrade::new(entry, &part);
             let bytes = trade.cache_bytes();
             cache.insert(id, trade, bytes);
         }

@@ -1,13 +1,12 @@
 //! The immutable part of a trade (creation time, order number, memo), from its `Created`
-//! record: the part of a cached trade (`trade_cache.rs`) that never changes.
+//! record, as a read loads it to cache the trade (`trade_cache.rs`).
 
-use std::sync::Arc;
+use std::rc::Rc;
 
 /// The immutable part of a trade in one heap block, shared by clones: the creation time (8
-/// bytes), the order number's length (1), the order number, the memo. One block rather than
-/// two `String`s so that a budget of cache bytes holds as many trades as it can.
+/// bytes), the order number's length (1), the order number, the memo.
 #[derive(Clone, PartialEq, Eq)]
-pub(crate) struct CreatedPart(Arc<[u8]>);
+pub(crate) struct CreatedPart(Rc<[u8]>);
 
 impl CreatedPart {
     pub(crate) fn new(created_ms: u64, merchant_order_no: &str, memo: &str) -> CreatedPart {
@@ -33,12 +32,6 @@ impl CreatedPart {
     pub(crate) fn memo(&self) -> &str {
         let len = self.0[8] as usize;
         std::str::from_utf8(&self.0[9 + len..]).expect("made from a str")
-    }
-
-    /// Bytes it really occupies: its one heap block (with the `Arc`'s two counts), rounded as
-    /// the allocator rounds it, so that the cache's budget bounds resident memory.
-    pub(crate) fn cache_bytes(part: &CreatedPart) -> usize {
-        (16 + part.0.len() + 8).next_multiple_of(16).max(32)
     }
 }
 
@@ -68,13 +61,5 @@ mod created_part_tests {
             assert_eq!((part.created_ms(), part.merchant_order_no(), part.memo()), (ms, order, memo));
             assert_eq!(part.clone(), part);
         }
-    }
-
-    /// One heap block, charged as the allocator rounds it: a typical trade's part is 80 bytes.
-    #[test]
-    fn a_part_is_charged_its_one_block() {
-        let part = CreatedPart::new(1, "ORD-123456-78", "order 78 of buyer 123456");
-        assert_eq!(CreatedPart::cache_bytes(&part), 80);
-        assert!(CreatedPart::cache_bytes(&CreatedPart::new(1, "", "")) >= 16 + 9);
     }
 }

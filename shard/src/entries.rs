@@ -140,3 +140,18 @@ impl RunStore {
         }
     }
 }
+
+/// A trade of user 42 and merchant 9, 1,000 CNY, in `status` with `refunded` refunded, for
+/// the tests of the codecs and caches of entries.
+#[cfg(test)]
+pub(crate) fn sample_entry(status: crate::trade::TradeStatus, refunded: u64) -> TradeEntry {
+    TradeEntry {
+        logical_shard: 7,
+        user_id: 42,
+        merchant_id: 9,
+        lifecycle: crate::lifecycle::Lifecycle { status, amount: 1_000, refunded },
+        currency: crate::currency::Currency::parse("CNY").unwrap(),
+        updated_ms: 1_700_000_000_000,
+        created_at: CreatedAt::Stored(StoredPart { seq: 5, offset: 4_096, len: 140 }),
+    }
+}

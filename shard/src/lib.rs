@@ -72,7 +72,7 @@ pub use trade::{
     NewTrade, Receipt, Trade, TradeId, TradeStatus, ValidTrade, AMOUNT_MAX, COUNTER_BITS, LOGICAL_SHARDS_MAX,
     LOGICAL_SHARD_BITS, MEMO_BYTES_MAX, ORDER_NO_BYTES_MAX, REFUND_NO_BYTES_MAX,
 };
-pub use trade_cache::{CachedTrade, TradeCache};
+pub use trade_cache::{CachedTrade, TradeCache, TradeCopy};
 /// The decoder of a record of the table of trades, for fuzzing (`testing` feature).
 #[cfg(any(test, feature = "testing"))]
 pub use trade_file::{decode_for_fuzzing as decode_trade_record, sample_for_fuzzing as sample_trade_record};

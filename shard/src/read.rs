@@ -30,8 +30,8 @@ pub struct ListQuery {
 impl<D: Disk> Shard<D> {
     /// Reads a trade's durable state: at once when it is cached, else after reading it.
     pub fn get(&self, id: TradeId, reply: ShardReply<Trade>) {
-        match self.inner.trade_cache.cache().get(&id) {
-            Some(cached) => reply.send(Ok(cached.trade(id))),
+        match self.inner.trade_cache.cache().get_with(&id, CachedTrade::copy) {
+            Some(copy) => reply.send(Ok(copy.trade(id))),
             None => self.load(id, reply),
         }
     }
@@ -136,7 +136,7 @@ async fn load_trade<D: Disk>(inner: &Inner<D>, id: TradeId) -> Result<CachedTrad
             None if index.trade_table().evictions() == evictions => entry,
             None => continue,
         };
-        return Ok(CachedTrade::new(latest, part.clone()));
+        return Ok(CachedTrade::new(&latest, part));
     }
 }
 

@@ -251,15 +251,7 @@ mod tests {
     use super::*;
 
     fn entry(status: TradeStatus, refunded: u64) -> TradeEntry {
-        TradeEntry {
-            logical_shard: 7,
-            user_id: 42,
-            merchant_id: 9,
-            lifecycle: Lifecycle { status, amount: 1_000, refunded },
-            currency: Currency::parse("CNY").unwrap(),
-            updated_ms: 1_700_000_000_000,
-            created_at: CreatedAt::Stored(StoredPart { seq: 5, offset: 4_096, len: 140 }),
-        }
+        crate::entries::sample_entry(status, refunded)
     }
 
     #[test]
