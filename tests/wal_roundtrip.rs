@@ -416,3 +416,47 @@ fn recent_frames_serve_readers_that_keep_up_and_agree_with_the_device() {
         wal.close().await.unwrap();
     });
 }
+
+/// A segment that recovery did not scan (it lies below the position the owner replays from)
+/// gets its sparse index from its readers: the first reader scans it from its first frame,
+/// and a reader made afterwards for a record deep in it starts near that record, as a
+/// consumer's next poll does, instead of scanning the segment again from its start.
+#[test]
+fn readers_index_a_segment_recovery_did_not_scan() {
+    run(async {
+        let disk = SimDisk::new();
+        let config = WalConfig { segment_bytes: 1 << 20, ..small_config() };
+        let (wal, _) = open(&disk, config.clone()).await;
+        let records = incompressible_records(3).into_iter().cycle().take(1_500).collect::<Vec<_>>();
+        for chunk in records.chunks(8) {
+            append_all(&wal, chunk).await;
+        }
+        let (segments, _) = wal.index_footprint();
+        assert!(segments >= 2, "the records fill more than one segment");
+        wal.close().await.unwrap();
+        // Replaying from the last record leaves the sealed segments unscanned.
+        let from = records.len() as u64 - 1;
+        let (recovered, _) = Wal::recover_from(disk.clone(), config, from, |_, _| {}).await.unwrap();
+        let wal = recovered.start().await.unwrap();
+        let (_, unindexed) = wal.index_footprint();
+        let deep = 600u64;
+        let read_deep = |wal: &Wal<SimDisk>| {
+            let mut reader = wal.reader(deep).unwrap();
+            async move { reader.next().await.unwrap().map(|(seq, record)| (seq, record.to_vec())) }
+        };
+        let before = disk.ops();
+        assert_eq!(read_deep(&wal).await, Some((deep, records[deep as usize].clone())));
+        let first_read_ops = disk.ops() - before;
+        let (_, indexed) = wal.index_footprint();
+        assert!(indexed > unindexed, "the reader indexed what it scanned: {unindexed} -> {indexed}");
+        let before = disk.ops();
+        assert_eq!(read_deep(&wal).await, Some((deep, records[deep as usize].clone())));
+        let second_read_ops = disk.ops() - before;
+        assert!(
+            second_read_ops < first_read_ops,
+            "the second reader starts near the record: {second_read_ops} reads against {first_read_ops}"
+        );
+        reads_back_from_the_start(&wal, &records).await;
+        wal.close().await.unwrap();
+    });
+}

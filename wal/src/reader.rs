@@ -126,6 +126,7 @@ impl<D: Disk> LogReader<D> {
                     reason: "frame starts past the record sought",
                 });
             }
+            segment.note_read_frame(header.first_seq, self.offset, self.shared.config.index_interval_bytes);
             self.offset = next_frame_offset(self.offset, &header);
             if header.end_seq() <= self.next_seq {
                 continue;

@@ -56,11 +56,24 @@ impl<F> SegmentState<F> {
     }
 
     /// Notes a sealed segment that recovery did not scan (all of it lies below the position
-    /// the owner replays from): it holds `[base_seq, end_seq)` somewhere below `size`. A reader
-    /// of it scans from its first frame.
+    /// the owner replays from): it holds `[base_seq, end_seq)` somewhere below `size`. Its
+    /// sparse index is built by its readers (`note_read_frame`).
     pub(crate) fn note_unscanned(&self, end_seq: u64, size: u64) {
         self.end_offset.set(size);
         self.end_seq.set(end_seq);
+    }
+
+    /// Adds a frame a reader found at `offset` to the sparse index when it lies an interval or
+    /// more past the index's last entry: a segment that recovery did not scan gets its index as
+    /// it is read, so that the next reader (each poll of a consumer makes one) starts near the
+    /// records it wants, not at the segment's first frame. The flusher's entries come in the
+    /// same order, so the index stays sorted either way.
+    pub(crate) fn note_read_frame(&self, first_seq: u64, offset: u64, interval: u64) {
+        let mut index = self.index.borrow_mut();
+        let &(last_seq, last_at) = index.last().expect("an index starts at the segment's first frame");
+        if first_seq > last_seq && offset >= last_at + interval {
+            index.push((first_seq, offset));
+        }
     }
 
     /// Offset of a frame at or before the one holding `seq`, to scan forward from.
