@@ -130,9 +130,14 @@ impl<K: Hash + Eq + Clone, V: Clone, S: BuildHasher + Default> Cache<K, V, S> {
     /// The value of `key` as a hit would return it (marking it used), without counting a hit
     /// or a miss: for a second look after a counted miss.
     pub fn peek(&mut self, key: &K) -> Option<V> {
+        self.peek_with(key, V::clone)
+    }
+
+    /// What `read` makes of the value of `key` as [`peek`](Self::peek) would return it.
+    pub fn peek_with<R>(&mut self, key: &K, read: impl FnOnce(&V) -> R) -> Option<R> {
         let entry = self.map.get_mut(key)?;
         entry.freq = (entry.freq + 1).min(FREQ_MAX);
-        Some(entry.value.clone())
+        Some(read(&entry.value))
     }
 
     /// True if `key` is cached (no hit is counted).

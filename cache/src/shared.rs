@@ -66,6 +66,11 @@ impl<K: Hash + Eq + Clone, V: Clone, S: BuildHasher + Default> SharedCache<K, V,
         self.get_with(key, V::clone)
     }
 
+    /// What `read` makes of the value of `key` as a hit would, counting nothing.
+    pub fn peek_with<R>(&self, key: &K, read: impl FnOnce(&V) -> R) -> Option<R> {
+        self.stripe(key).peek_with(key, read)
+    }
+
     /// The value of `key` as a hit would return it, counting nothing (see [`Cache::peek`]).
     pub fn peek(&self, key: &K) -> Option<V> {
         self.stripe(key).peek(key)

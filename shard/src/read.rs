@@ -40,8 +40,8 @@ impl<D: Disk> Shard<D> {
     /// own thread and missed: that miss was counted, so this looks again without counting
     /// (the trade may have been cached since).
     pub fn get_after_miss(&self, id: TradeId, reply: ShardReply<Trade>) {
-        match self.inner.trade_cache.cache().peek(&id) {
-            Some(cached) => reply.send(Ok(cached.trade(id))),
+        match self.inner.trade_cache.cache().peek_with(&id, CachedTrade::copy) {
+            Some(copy) => reply.send(Ok(copy.trade(id))),
             None => self.load(id, reply),
         }
     }

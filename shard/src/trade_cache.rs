@@ -60,6 +60,7 @@ impl CachedTrade {
         block.push(u8::try_from(order.len()).expect("order numbers are validated to fit a byte"));
         block.extend_from_slice(order.as_bytes());
         block.extend_from_slice(memo.as_bytes());
+        debug_assert!(block.len() <= BLOCK_BYTES_MAX, "a reader's copy holds every block");
         let mut cached = CachedTrade(block.into());
         cached.set_state(entry);
         cached

@@ -48,7 +48,7 @@ impl<F> SegmentState<F> {
         assert!(offset >= self.end_offset.get() && first_seq == self.end_seq.get(), "frames are noted in order");
         let mut index = self.index.borrow_mut();
         let last_indexed = index.last().map_or(0, |&(_, at)| at);
-        if offset >= last_indexed + interval {
+        if offset >= last_indexed.saturating_add(interval) {
             index.push((first_seq, offset));
         }
         self.end_offset.set(next_offset);
@@ -66,12 +66,13 @@ impl<F> SegmentState<F> {
     /// Adds a frame a reader found at `offset` to the sparse index when it lies an interval or
     /// more past the index's last entry: a segment that recovery did not scan gets its index as
     /// it is read, so that the next reader (each poll of a consumer makes one) starts near the
-    /// records it wants, not at the segment's first frame. The flusher's entries come in the
-    /// same order, so the index stays sorted either way.
+    /// records it wants, not at the segment's first frame. The index stays sorted: an entry
+    /// goes only past the last one, readers see only frames below the segment's end, and the
+    /// flusher notes only frames at or past it.
     pub(crate) fn note_read_frame(&self, first_seq: u64, offset: u64, interval: u64) {
         let mut index = self.index.borrow_mut();
         let &(last_seq, last_at) = index.last().expect("an index starts at the segment's first frame");
-        if first_seq > last_seq && offset >= last_at + interval {
+        if first_seq > last_seq && offset >= last_at.saturating_add(interval) {
             index.push((first_seq, offset));
         }
     }
