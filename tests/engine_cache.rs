@@ -79,11 +79,12 @@ fn after_reopen_the_first_read_loads_and_the_next_hits() {
     engine.close().unwrap();
 }
 
-/// A cached trade is read on the caller's thread: `get` and `get_many` of trades created (and
-/// so cached) count as hits with no load, and after the engine is closed a handle's read of a
-/// trade it had cached answers `Closed`, as every other request does.
+/// `get` and `get_many` of trades created (and so cached) count as hits, with no miss and no
+/// load (that they are read on the caller's thread is `handle.rs`'s test with the executor
+/// held), and after the engine is closed a handle's read of a trade it had cached answers
+/// `Closed`, as every other request does.
 #[test]
-fn hits_are_read_on_the_callers_thread_and_a_closed_engine_answers_closed() {
+fn created_trades_read_as_hits_and_a_closed_engine_answers_closed() {
     let dir = tempfile::tempdir().unwrap();
     let engine = Engine::open(options(dir.path(), 1 << 20)).unwrap();
     let handle = engine.handle();

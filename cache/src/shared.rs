@@ -93,11 +93,6 @@ impl<K: Hash + Eq + Clone, V: Clone, S: BuildHasher + Default> SharedCache<K, V,
         self.stripe(key).update(key, change)
     }
 
-    /// Drops `key` if cached.
-    pub fn remove(&self, key: &K) {
-        self.stripe(key).remove(key)
-    }
-
     /// Adds to the counters of `key`'s stripe (loads and coalesced misses, counted by the
     /// read-through layer).
     pub fn count(&self, key: &K, note: impl FnOnce(&mut CacheStats)) {

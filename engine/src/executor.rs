@@ -27,7 +27,6 @@ pub(crate) struct ExecutorPlan {
     pub index: usize,
     /// Each shard's id, directory, and cache of trades (which the handle reads too).
     pub shard_dirs: Vec<(u32, PathBuf, Arc<TradeCache>)>,
-    pub cache_bytes_per_shard: usize,
     /// Every executor's inbox; this executor drains its own (`index`) and may push
     /// follow-ups onto the others without waiting.
     pub inboxes: Vec<Arc<Inbox<Request>>>,
@@ -99,7 +98,8 @@ pub(crate) fn start(plan: ExecutorPlan, options: &Options) -> Result<StartingExe
         sync_method: options.sync_method,
         segment_bytes: options.segment_bytes,
         pending_records_max: options.queue_depth_max,
-        cache_bytes: plan.cache_bytes_per_shard,
+        // Each shard's is its cache's budget (set below, with its id).
+        cache_bytes: 0,
         upkeep: options.upkeep,
     };
     let (report_tx, reports) = mpsc::channel();
@@ -121,7 +121,7 @@ async fn run(
     // First every shard is recovered, reading only.
     let mut recovered = Vec::new();
     for (shard_id, dir, cache) in &plan.shard_dirs {
-        let config = ShardConfig { shard_id: *shard_id, ..shard_config.clone() };
+        let config = ShardConfig { shard_id: *shard_id, cache_bytes: cache.budget(), ..shard_config.clone() };
         match DiskShard::recover_dir(dir, &config).await {
             Ok(shard) => recovered.push((*shard_id, shard, cache.clone())),
             Err(error) => {

@@ -380,4 +380,45 @@ mod tests {
         assert_eq!(inbox.drain(1, drop), 1);
         assert!(waiter.join().unwrap().is_ok(), "the waiting caller got the room");
     }
+
+    /// Holds its executor's thread until told to let go: nothing else runs there meanwhile.
+    struct HoldExecutor(std::sync::mpsc::Receiver<()>);
+
+    impl ExecutorOp for HoldExecutor {
+        type Output = ();
+        fn start(self, _: &ops::ExecutorShards, reply: tradeshard_shard::Reply<()>) {
+            let _ = self.0.recv();
+            reply.send(());
+        }
+    }
+
+    /// A cached trade is read on the caller's thread: `get` answers while the executor that
+    /// owns the trade's shard is held, where a request handed to it would wait behind the hold.
+    #[test]
+    fn a_cached_get_is_answered_while_its_executor_is_held() {
+        let dir = tempfile::tempdir().unwrap();
+        let options =
+            crate::Options { physical_shards: Some(1), executors: Some(1), ..crate::Options::new(dir.path()) };
+        let engine = crate::Engine::open(options).unwrap();
+        let handle = engine.handle();
+        let trade = NewTrade {
+            buyer_id: 7,
+            merchant_id: 9,
+            merchant_order_no: "ORD-1".into(),
+            amount: 100,
+            currency: "CNY".into(),
+            memo: String::new(),
+        };
+        let id = handle.create_trade_blocking(trade).unwrap().id;
+        let (release, held) = std::sync::mpsc::channel();
+        let hold = block_on(handle.submit(0, HoldExecutor(held))).unwrap();
+        let (answer_tx, answer) = std::sync::mpsc::channel();
+        let reader = handle.clone();
+        std::thread::spawn(move || answer_tx.send(reader.get_blocking(id).map(|trade| trade.amount)));
+        let read = answer.recv_timeout(Duration::from_secs(10));
+        release.send(()).unwrap();
+        block_on(hold).unwrap();
+        assert_eq!(read.expect("the read was answered while the executor was held").unwrap(), 100);
+        engine.close().unwrap();
+    }
 }

@@ -131,7 +131,7 @@ impl Engine {
                 .shards_of_executor(index)
                 .map(|s| (s, engine.data_dir.shard_dir(s), trade_caches[s as usize].clone()))
                 .collect();
-            let plan = ExecutorPlan { index, shard_dirs, inboxes: inboxes.clone(), cache_bytes_per_shard, routing };
+            let plan = ExecutorPlan { index, shard_dirs, inboxes: inboxes.clone(), routing };
             match executor::start(plan, &options) {
                 Ok(executor) => starting.push(executor),
                 Err(error) => {

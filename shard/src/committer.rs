@@ -13,7 +13,6 @@ use std::task::{Context, Poll, Waker};
 use tradeshard_wal::disk::Disk;
 use tradeshard_wal::{Appended, Ticket};
 
-use crate::created::CreatedPart;
 use crate::error::TradeError;
 use crate::index::ShardIndex;
 use crate::record::TradeRecord;
@@ -128,8 +127,7 @@ fn apply_trade<D: Disk>(
     let cache = inner.trade_cache.cache();
     match record.created.take() {
         Some(created) => {
-            let part = CreatedPart::new(record.at_ms, &created.merchant_order_no, &created.memo);
-            let trade = CachedTrade::new(entry, &part);
+            let trade = CachedTrade::new(entry, record.at_ms, &created.merchant_order_no, &created.memo);
             let bytes = trade.cache_bytes();
             cache.insert(id, trade, bytes);
         }

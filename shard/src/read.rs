@@ -107,13 +107,14 @@ impl<D: Disk> Shard<D> {
 /// The trade's durable state, from the cache or loaded into it. `missed`: the caller already
 /// looked the cache up and missed.
 async fn read_trade<D: Disk>(inner: &Inner<D>, id: TradeId, missed: bool) -> Result<Trade, TradeError> {
-    let load = || load_trade(inner, id);
     let cache = &inner.trade_cache;
-    let cached = if missed {
-        cache.load_after_miss(id, load, CachedTrade::cache_bytes).await?
-    } else {
-        cache.get_or_load(id, load, CachedTrade::cache_bytes).await?
-    };
+    if !missed {
+        // A hit is copied out under the stripe's lock without allocating, as callers copy it.
+        if let Some(copy) = cache.cache().get_with(&id, CachedTrade::copy) {
+            return Ok(copy.trade(id));
+        }
+    }
+    let cached = cache.load_after_miss(id, || load_trade(inner, id), CachedTrade::cache_bytes).await?;
     Ok(cached.trade(id))
 }
 
@@ -136,7 +137,7 @@ async fn load_trade<D: Disk>(inner: &Inner<D>, id: TradeId) -> Result<CachedTrad
             None if index.trade_table().evictions() == evictions => entry,
             None => continue,
         };
-        return Ok(CachedTrade::new(&latest, part));
+        return Ok(CachedTrade::new(&latest, part.created_ms(), part.merchant_order_no(), part.memo()));
     }
 }
 

@@ -18,7 +18,6 @@ use std::hash::BuildHasherDefault;
 
 use tradeshard_cache::SharedCache;
 
-use crate::created::CreatedPart;
 use crate::currency::Currency;
 use crate::id_hash::IdHasher;
 use crate::index::TradeEntry;
@@ -49,10 +48,11 @@ pub struct TradeCopy {
 }
 
 impl CachedTrade {
-    pub(crate) fn new(entry: &TradeEntry, part: &CreatedPart) -> CachedTrade {
-        let (order, memo) = (part.merchant_order_no(), part.memo());
+    /// The trade of durable state `entry`, created at `created_ms` with this order number
+    /// and memo.
+    pub(crate) fn new(entry: &TradeEntry, created_ms: u64, order: &str, memo: &str) -> CachedTrade {
         let mut block = Vec::with_capacity(FIXED_BYTES + order.len() + memo.len());
-        for word in [part.created_ms(), entry.user_id, entry.merchant_id, 0, 0, 0] {
+        for word in [created_ms, entry.user_id, entry.merchant_id, 0, 0, 0] {
             block.extend_from_slice(&word.to_le_bytes());
         }
         block.push(0);
@@ -138,9 +138,8 @@ mod tests {
         let longest_order = "9".repeat(ORDER_NO_BYTES_MAX);
         let longest_memo = "备".repeat(MEMO_BYTES_MAX / 3);
         for (order, memo) in [("", ""), ("ORD-1", "order 1"), (longest_order.as_str(), longest_memo.as_str())] {
-            let part = CreatedPart::new(5, order, memo);
             let id = TradeId::new(3, 12);
-            let mut cached = CachedTrade::new(&entry(TradeStatus::Paid, 0, 6), &part);
+            let mut cached = CachedTrade::new(&entry(TradeStatus::Paid, 0, 6), 5, order, memo);
             let trade = cached.trade(id);
             assert_eq!((trade.merchant_order_no.as_str(), trade.memo.as_str()), (order, memo));
             assert_eq!((trade.buyer_id, trade.merchant_id, trade.amount, trade.created_ms), (42, 9, 1_000, 5));
@@ -155,8 +154,8 @@ mod tests {
     /// One heap block, charged as the allocator rounds it: a typical trade is 112 bytes.
     #[test]
     fn a_cached_trade_is_charged_its_one_block() {
-        let part = CreatedPart::new(1, "ORD-123456-78", "order 78 of buyer 123456");
-        let cached = CachedTrade::new(&entry(TradeStatus::Created, 0, 1), &part);
+        let cached =
+            CachedTrade::new(&entry(TradeStatus::Created, 0, 1), 1, "ORD-123456-78", "order 78 of buyer 123456");
         assert_eq!(cached.cache_bytes(), 112);
         assert_eq!(std::mem::size_of::<CachedTrade>(), 16, "the map's bucket holds two words");
     }
