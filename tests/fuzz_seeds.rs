@@ -10,7 +10,7 @@
 use std::path::PathBuf;
 
 use tradeshard_engine::{Manifest, FORMAT_VERSION};
-use tradeshard_shard::{OffsetCommit, RecordKind, TradeId, TradeRecord};
+use tradeshard_shard::{AccountOp, Currency, JournalRecord, OffsetCommit, RecordKind, TradeId, TradeRecord};
 use tradeshard_tests::{new_trade, run};
 use tradeshard_wal::disk::SimDisk;
 use tradeshard_wal::testing::{file_name, push_record, seal_frame, SealParams, SegmentHeader, FRAME_HEADER_BYTES};
@@ -37,6 +37,15 @@ fn trade_records() -> Vec<Vec<u8>> {
         change(RecordKind::Refunded, 1000, 1_700_000_000_200).encode(),
         change(RecordKind::Refunded, 4000, 1_700_000_000_300).encode(),
         OffsetCommit { group: "settlement".into(), offset: 2, at_ms: 1_700_000_000_400 }.encode(),
+        JournalRecord {
+            op: AccountOp::Transfer { to_user: 8 },
+            user_id: 7,
+            currency: Currency::parse("CNY").unwrap(),
+            amount: 250,
+            at_ms: 1_700_000_000_500,
+            request_no: "T-1".into(),
+        }
+        .encode(),
     ]
 }
 

@@ -23,6 +23,7 @@
 //! to shards, and the data directory (manifest and lock). It knows nothing of the bytes of the
 //! log.
 
+mod accounts;
 mod blocking;
 mod consumer;
 mod error;
@@ -46,9 +47,10 @@ pub use manifest::{Manifest, FORMAT_VERSION};
 pub use options::{cores, Backpressure, Durability, Options, SyncMethod, Upkeep};
 pub use routing::Routing;
 pub use tradeshard_shard::{
-    CacheStats, CheckpointStats, CreatedFields, CreatedFieldsView, Currency, Event, EventBatch, InputError, NewTrade,
-    OpenReport, Receipt, RecordKind, Refusal, ShardStats, Trade, TradeId, TradeRecord, TradeRecordView, TradeStatus,
-    WalStats, AMOUNT_MAX, LOGICAL_SHARDS_MAX, MEMO_BYTES_MAX, ORDER_NO_BYTES_MAX, REFUND_NO_BYTES_MAX,
+    AccountOp, AccountReceipt, Balance, CacheStats, CheckpointStats, CreatedFields, CreatedFieldsView, Currency, Event,
+    EventBatch, InputError, NewTrade, OpenReport, Receipt, RecordKind, Refusal, ShardStats, Trade, TradeId,
+    TradeRecord, TradeRecordView, TradeStatus, WalStats, AMOUNT_MAX, BALANCE_MAX, LOGICAL_SHARDS_MAX, MEMO_BYTES_MAX,
+    ORDER_NO_BYTES_MAX, REFUND_NO_BYTES_MAX, REQUEST_NO_BYTES_MAX,
 };
 
 /// The share of `Options::cache_bytes` kept for order numbers found by `get_by_order` (one

@@ -23,7 +23,7 @@ use crate::error::{Error, Result};
 /// The data directory format this build writes and reads (5: shards keep their trades in a
 /// table on disk, `trades.table`, and checkpoints no longer hold them; 6: order keys and
 /// confirmed claims are in sorted runs on disk; directories of formats 1 to 5 are refused).
-pub const FORMAT_VERSION: u32 = 6;
+pub const FORMAT_VERSION: u32 = 7;
 const MANIFEST: &str = "MANIFEST";
 const LOCK: &str = "LOCK";
 /// Where the manifest is written before its rename; a leftover of an interrupted creation.

@@ -12,8 +12,9 @@ use std::time::Duration;
 
 use tradeshard_shard::reply::{self, Reply, ReplyFuture};
 use tradeshard_shard::{
-    ClaimOutcome, ClaimRequest, Command, Currency, DiskShard, EventBatch, ListQuery, LogError, OrderLookup,
-    PendingClaim, PollQuery, Receipt, ShardReply, ShardStats, Trade, TradeError, TradeId, ValidTrade,
+    AccountCommand, AccountReceipt, Balance, ClaimOutcome, ClaimRequest, Command, Currency, DiskShard, EventBatch,
+    ListQuery, LogError, OrderLookup, PendingClaim, PollQuery, Receipt, ShardReply, ShardStats, Trade, TradeError,
+    TradeId, ValidTrade,
 };
 
 use crate::inbox::{Inbox, Refused};
@@ -374,6 +375,46 @@ impl ExecutorOp for SettledTotals {
             reply.send(Ok(totals))
         })
         .detach();
+    }
+}
+
+/// An account request (a deposit, a withdrawal) in the user's shard.
+pub(crate) struct Post(pub AccountCommand);
+
+impl ShardOp for Post {
+    type Output = AccountReceipt;
+    fn start(self, shard: &DiskShard, reply: ShardReply<AccountReceipt>) {
+        shard.post(self.0, reply)
+    }
+}
+
+/// An account's durable balance.
+pub(crate) struct GetBalance {
+    pub user_id: u64,
+    pub currency: Currency,
+}
+
+impl ShardOp for GetBalance {
+    type Output = Balance;
+    fn start(self, shard: &DiskShard, reply: ShardReply<Balance>) {
+        reply.send(Ok(shard.balance(self.user_id, self.currency)))
+    }
+}
+
+/// The sums of the balances per currency over the executor's shards.
+#[derive(Clone, Copy)]
+pub(crate) struct AccountTotals;
+
+impl ExecutorOp for AccountTotals {
+    type Output = BTreeMap<Currency, u128>;
+    fn start(self, shards: &ExecutorShards, reply: Reply<Self::Output>) {
+        let mut totals = BTreeMap::new();
+        for shard in shards.shards.values() {
+            for (currency, total) in shard.account_totals() {
+                *totals.entry(currency).or_insert(0) += total;
+            }
+        }
+        reply.send(totals)
     }
 }
 

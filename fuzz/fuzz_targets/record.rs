@@ -12,6 +12,7 @@ fuzz_target!(|bytes: &[u8]| {
         LogRecord::Offset(commit) => commit.encode(),
         LogRecord::Claim(claim) => claim.encode(),
         LogRecord::ClaimSettled(settled) => settled.encode(),
+        LogRecord::Journal(journal) => journal.encode(),
     };
     assert_eq!(LogRecord::decode(&encoded).expect("an encoded record decodes"), record);
 });

@@ -94,6 +94,14 @@ fn apply_durable<D: Disk>(inner: &Inner<D>, front: Appended) {
                 accepted.settling.remove(&settled.key);
                 reply.send(Ok(()));
             }
+            (LogRecord::Journal(record), Waiter::Account(reply)) => {
+                let entry =
+                    index.accounts_mut().apply(&record).expect("a request checked against the accepted view applies");
+                let receipt = entry.receipt(record.user_id, false);
+                let EffectKeys::Account { key } = effect.keys else { unreachable!("an account request has its key") };
+                accepted.accounts.retire(appended.seq, key, &record, receipt);
+                reply.send(Ok(receipt));
+            }
             _ => unreachable!("a record and its waiter are of one family"),
         }
     }
@@ -121,7 +129,7 @@ fn apply_trade<D: Disk>(
     match keys {
         EffectKeys::Order { key, .. } => drop(accepted.orders.remove(&key)),
         EffectKeys::Refund { key } => drop(accepted.refunds.remove(&key)),
-        EffectKeys::None => {}
+        EffectKeys::None | EffectKeys::Account { .. } => {}
     }
     let entry = index.get(id).expect("just applied");
     let cache = inner.trade_cache.cache();
@@ -155,6 +163,7 @@ fn fail_all<D: Disk>(inner: &Inner<D>, error: TradeError) {
     accepted.refunds.clear();
     accepted.claims.clear();
     accepted.settling.clear();
+    accepted.accounts.fail(&error);
     for effect in std::mem::take(&mut accepted.effects) {
         effect.waiter.fail(error.clone());
     }

@@ -5,6 +5,7 @@
 //! (backpressure) or failing, after which the shard acknowledges nothing more; `BadRecord` is a
 //! log holding bytes this build cannot apply.
 
+use crate::currency::Currency;
 use crate::trade::{TradeId, TradeStatus};
 
 /// The log's error, named here so that the shard's users need not depend on the log.
@@ -62,6 +63,12 @@ pub enum InputError {
     /// The refund request number is empty, too long, or not printable ASCII.
     #[error("refund request number of {len} bytes must be 1..={max} printable ASCII bytes")]
     BadRefundNo { len: usize, max: usize },
+    /// The account request number is empty, too long, or not printable ASCII.
+    #[error("account request number of {len} bytes must be 1..={max} printable ASCII bytes")]
+    BadRequestNo { len: usize, max: usize },
+    /// A transfer names the same user on both sides.
+    #[error("a transfer must name two different users")]
+    SameAccount,
     /// A consumer group name is empty, too long, or not printable ASCII.
     #[error("consumer group name of {len} bytes must be 1..=64 printable ASCII bytes")]
     BadGroup { len: usize },
@@ -90,6 +97,15 @@ pub enum Refusal {
     /// A consumer asked about a partition its group did not assign it.
     #[error("partition {partition} is not assigned to this consumer")]
     NotAssigned { partition: u32 },
+    /// The account has less available than the request takes.
+    #[error("user {user_id} has {available} {currency} available: cannot take {requested}")]
+    InsufficientFunds { user_id: u64, currency: Currency, available: u64, requested: u64 },
+    /// The account would hold more than the most a balance may hold.
+    #[error("user {user_id} holds {balance} {currency}: {amount} more passes the limit of {max}")]
+    BalanceLimit { user_id: u64, currency: Currency, balance: u64, amount: u64, max: u64 },
+    /// The account request number was used already, for another operation or amount.
+    #[error("account request '{request_no}' was already a {op} of {amount}")]
+    AccountRequestConflict { request_no: String, op: &'static str, amount: u64 },
     /// The shard issued every id its counter can hold.
     #[error("trade id counter exhausted")]
     CounterExhausted,

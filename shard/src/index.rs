@@ -18,6 +18,7 @@ use crate::id_hash::IdMap;
 
 use tradeshard_wal::Appended;
 
+use crate::accounts::{AccountBook, AccountItem};
 pub(crate) use crate::entries::RunStore;
 pub use crate::entries::{ClaimEntry, CreatedAt, GroupOffset, RefundEntry, StoredPart, TradeEntry};
 pub use crate::keys::{body_hash, order_key, refund_key};
@@ -50,6 +51,8 @@ pub struct ShardIndex {
     counter_max: u64,
     /// Each consumer group's committed offset in this shard's log.
     offsets: HashMap<String, GroupOffset>,
+    /// The users' accounts and the account request numbers applied (`accounts.rs`).
+    accounts: AccountBook,
     /// The offset after the last durable trade event (system records after it are no events).
     events_end: u64,
     /// The record after the last one applied: the index holds the effect of every record
@@ -78,6 +81,7 @@ pub(crate) enum Item {
     Refund(u128, RefundEntry),
     Claim(u128, ClaimEntry),
     Group(String, GroupOffset),
+    Account(AccountItem),
 }
 
 /// The numbers of an index beside its maps.
@@ -100,7 +104,8 @@ impl ShardIndex {
         let refunds = self.refunds.iter().map(|(key, refund)| Item::Refund(*key, *refund));
         let claims = self.pending_claims.iter().map(|(key, claim)| Item::Claim(*key, *claim));
         let groups = self.offsets.iter().map(|(group, offset)| Item::Group(group.clone(), *offset));
-        trades.chain(refunds).chain(claims).chain(groups)
+        let accounts = self.accounts.items().map(Item::Account);
+        trades.chain(refunds).chain(claims).chain(groups).chain(accounts)
     }
 
     pub(crate) fn scalars(&self) -> Scalars {
@@ -158,6 +163,7 @@ impl ShardIndex {
                     return Err("group twice in a checkpoint");
                 }
             }
+            Item::Account(item) => self.accounts.restore(item)?,
         }
         Ok(())
     }
@@ -205,6 +211,16 @@ impl ShardIndex {
                 self.claims.remove(key);
             }
         }
+    }
+
+    /// The accounts and the account requests applied.
+    pub(crate) fn accounts(&self) -> &AccountBook {
+        &self.accounts
+    }
+
+    /// The accounts, to apply a durable journal record to.
+    pub(crate) fn accounts_mut(&mut self) -> &mut AccountBook {
+        &mut self.accounts
     }
 
     /// The trade's entry, if it is in memory (a cold one is in the table on disk).

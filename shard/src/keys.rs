@@ -1,5 +1,6 @@
-//! The keys of the shard's maps of requests: merchant order numbers, refund request numbers,
-//! and the hash that tells whether two creates with one order number are the same trade.
+//! The keys of the shard's maps of requests: merchant order numbers, refund and account request
+//! numbers, and the hash that tells whether two creates with one order number are the same
+//! trade.
 
 use crate::currency::Currency;
 use crate::trade::ORDER_NO_BYTES_MAX;
@@ -12,6 +13,15 @@ pub fn refund_key(merchant_id: u64, buyer_id: u64, refund_no: &str) -> u128 {
     fixed[..8].copy_from_slice(&merchant_id.to_le_bytes());
     fixed[8..].copy_from_slice(&buyer_id.to_le_bytes());
     xxhash_rust::xxh3::xxh3_128_with_seed(refund_no.as_bytes(), xxhash_rust::xxh3::xxh3_64(&fixed))
+}
+
+/// The key of the map of account requests: a 128-bit hash of (user, request number).
+/// Request numbers are unique per user, and a user's accounts all live in this shard.
+pub fn account_request_key(user_id: u64, request_no: &str) -> u128 {
+    let mut fixed = *b"account:\0\0\0\0\0\0\0\0";
+    fixed[8..].copy_from_slice(&user_id.to_le_bytes());
+    let seed = xxhash_rust::xxh3::xxh3_64(&fixed);
+    xxhash_rust::xxh3::xxh3_128_with_seed(request_no.as_bytes(), seed)
 }
 
 /// The key of the idempotency map: a 128-bit hash of (merchant id, order number).

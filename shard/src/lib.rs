@@ -6,6 +6,8 @@
 //! request is answered through a [`Reply`], the one one-shot that carries answers back to
 //! whoever asked, on any thread.
 
+mod account_write;
+mod accounts;
 mod checkpoint;
 mod checkpointer;
 mod checkpoints;
@@ -23,6 +25,7 @@ mod files;
 mod id_hash;
 mod index;
 mod join;
+mod journal;
 mod key_runs;
 mod keys;
 mod lifecycle;
@@ -43,6 +46,7 @@ mod trade_table;
 mod validate;
 mod write;
 
+pub use accounts::{AccountCommand, AccountReceipt, Balance, BALANCE_MAX};
 /// The decoder of a checkpoint file, for fuzzing (`testing` feature).
 #[cfg(any(test, feature = "testing"))]
 pub use checkpoint::{decode_file as decode_checkpoint, sample_file as sample_checkpoint};
@@ -54,6 +58,10 @@ pub use currency::Currency;
 pub use error::{InputError, LogError, Refusal, TradeError};
 pub use events::{Event, EventBatch, PollQuery, POLL_BYTES_MAX, POLL_EVENTS_MAX};
 pub use index::order_key;
+/// The codec of every record of a shard's log, for fuzzing and tests (`testing` feature).
+#[cfg(any(test, feature = "testing"))]
+pub use journal::JournalRecord;
+pub use journal::{AccountOp, REQUEST_NO_BYTES_MAX};
 pub use lifecycle::Move;
 pub use read::ListQuery;
 pub use record::{CreatedFields, CreatedFieldsView, RecordKind, TradeRecord, TradeRecordView};
@@ -65,7 +73,6 @@ pub use runs::{decode_for_fuzzing as decode_run_file, sample_for_fuzzing as samp
 pub use shard::{RecoveredShard, Shard, ShardStats};
 pub use state::{AfterDurable, ShardReply};
 pub use system_record::ClaimOutcome;
-/// The codec of every record of a shard's log, for fuzzing and tests (`testing` feature).
 #[cfg(any(test, feature = "testing"))]
 pub use system_record::{ClaimSettled, LogRecord, OffsetCommit, OrderClaim};
 pub use trade::{

@@ -70,6 +70,11 @@ impl<K: Hash + Eq + Clone, V: Clone> PartitionedMap<K, V> {
         Rc::make_mut(&mut self.parts[Self::part(&key)]).insert(key, value)
     }
 
+    /// Entries held (a sum over the parts).
+    pub fn len(&self) -> usize {
+        self.parts.iter().map(|part| part.len()).sum()
+    }
+
     /// Every entry, in no particular order.
     pub fn iter(&self) -> impl Iterator<Item = (&K, &V)> {
         self.parts.iter().flat_map(|part| part.iter())

@@ -47,6 +47,9 @@ pub struct ShardStats {
     /// Trades in the shard, and those of them in memory (the rest are in the table on disk).
     pub trades: u64,
     pub trades_in_memory: u64,
+    /// Accounts (user and currency) and account request numbers held.
+    pub accounts: u64,
+    pub account_requests: u64,
     pub writes_in_flight: u64,
     pub wal: WalStats,
     pub cache: CacheStats,
@@ -204,6 +207,7 @@ impl<D: Disk> Shard<D> {
                 }
                 LogRecord::Claim(claim) => index.apply_claim(&claim),
                 LogRecord::ClaimSettled(settled) => index.apply_claim_settled(&settled),
+                LogRecord::Journal(record) => index.accounts_mut().apply(&record).map(drop),
             });
             if let Err(reason) = applied {
                 replay_error = Some(TradeError::BadRecord { seq: at.seq, reason });
@@ -297,6 +301,8 @@ impl<D: Disk> Shard<D> {
             shard: self.inner.shard_id,
             trades: self.inner.index.borrow().len() as u64,
             trades_in_memory: self.inner.index.borrow().resident_len() as u64,
+            accounts: self.inner.index.borrow().accounts().len().0 as u64,
+            account_requests: self.inner.index.borrow().accounts().len().1 as u64,
             writes_in_flight: self.inner.accepted.borrow().effects.len() as u64,
             wal: self.inner.wal.stats(),
             cache: self.inner.trade_cache.cache().stats(),

@@ -15,6 +15,8 @@ use tradeshard_cache::ReadThrough;
 use tradeshard_wal::disk::Disk;
 use tradeshard_wal::{Ticket, Wal};
 
+use crate::account_write::InFlightAccounts;
+use crate::accounts::AccountReceipt;
 use crate::checkpoints::{Checkpoints, OpenReport};
 use crate::command::Command;
 use crate::currency::Currency;
@@ -49,6 +51,8 @@ pub(crate) enum Waiter {
     Claim(ShardReply<Option<TradeId>>),
     /// A claim's settlement.
     Settled(ShardReply<()>),
+    /// An account request.
+    Account(ShardReply<AccountReceipt>),
 }
 
 impl Waiter {
@@ -58,6 +62,7 @@ impl Waiter {
             Waiter::Offset(reply) => reply.send(Err(error)),
             Waiter::Claim(reply) => reply.send(Err(error)),
             Waiter::Settled(reply) => reply.send(Err(error)),
+            Waiter::Account(reply) => reply.send(Err(error)),
         }
     }
 }
@@ -73,6 +78,10 @@ pub(crate) enum EffectKeys {
     },
     /// A refund's refund key.
     Refund {
+        key: u128,
+    },
+    /// An account request's request key.
+    Account {
         key: u128,
     },
 }
@@ -124,6 +133,8 @@ pub(crate) struct Accepted {
     /// Creates waiting for their order key to be read from the runs on disk, by key, in the
     /// order they came (`write.rs`).
     pub reading: IdMap<u128, Vec<WaitingWrite>>,
+    /// Account requests in flight (`account_write.rs`).
+    pub accounts: InFlightAccounts,
     pub next_counter: u64,
     pub committer: Option<Waker>,
     pub failed: Option<TradeError>,

@@ -1,10 +1,11 @@
 //! The records of a shard's log that are not trade events (system records, kinds 16 and
-//! above): consumer groups' offset commits, and the claims of merchant order numbers in their
-//! home shard with how each ended. Consumers skip them; replay applies them. Layout in
+//! above): consumer groups' offset commits, the claims of merchant order numbers in their
+//! home shard with how each ended, and account journal records (`journal.rs`). Consumers skip them; replay applies them. Layout in
 //! `docs/FORMAT.md`. Decoding checks every byte and never panics.
 
 use serde::{Deserialize, Serialize};
 
+use crate::journal::{JournalRecord, KIND_JOURNAL};
 use crate::record::{TradeRecord, RECORD_VERSION};
 use crate::trade::TradeId;
 
@@ -171,6 +172,7 @@ pub enum LogRecord {
     Offset(OffsetCommit),
     Claim(OrderClaim),
     ClaimSettled(ClaimSettled),
+    Journal(JournalRecord),
 }
 
 impl LogRecord {
@@ -190,6 +192,7 @@ impl LogRecord {
             Some(&KIND_CLAIM_SETTLED) if bytes[0] == RECORD_VERSION => {
                 ClaimSettled::decode(bytes).map(LogRecord::ClaimSettled)
             }
+            Some(&KIND_JOURNAL) if bytes[0] == RECORD_VERSION => JournalRecord::decode(bytes).map(LogRecord::Journal),
             Some(kind) if *kind >= SYSTEM_KIND_MIN => Err("unknown system record kind"),
             _ => TradeRecord::decode(bytes).map(LogRecord::Trade),
         }

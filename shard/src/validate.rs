@@ -1,8 +1,10 @@
 //! The checks every input passes before it can reach the log: a refused input is an
 //! [`InputError`] and leaves no trace.
 
+use crate::accounts::AccountCommand;
 use crate::currency::Currency;
 use crate::error::InputError;
+use crate::journal::{AccountOp, REQUEST_NO_BYTES_MAX};
 use crate::system_record::OffsetCommit;
 use crate::trade::{
     NewTrade, TradeId, ValidTrade, AMOUNT_MAX, MEMO_BYTES_MAX, ORDER_NO_BYTES_MAX, REFUND_NO_BYTES_MAX,
@@ -43,6 +45,37 @@ impl NewTrade {
             currency,
             memo: self.memo.clone(),
         })
+    }
+}
+
+impl AccountCommand {
+    /// Checks an account request: users not zero and distinct, a known currency, an amount
+    /// in bounds, a request number of 1..=64 printable ASCII bytes.
+    pub fn new(
+        op: AccountOp,
+        user_id: u64,
+        currency: &str,
+        amount: u64,
+        request_no: &str,
+    ) -> Result<AccountCommand, InputError> {
+        if user_id == 0 {
+            return Err(InputError::ZeroUserId);
+        }
+        if let AccountOp::Transfer { to_user } = op {
+            if to_user == 0 {
+                return Err(InputError::ZeroUserId);
+            }
+            if to_user == user_id {
+                return Err(InputError::SameAccount);
+            }
+        }
+        let currency = Currency::parse(currency).ok_or_else(|| InputError::UnknownCurrency(currency.to_string()))?;
+        validate_amount(amount)?;
+        let len = request_no.len();
+        if len == 0 || len > REQUEST_NO_BYTES_MAX || !request_no.bytes().all(|b| b.is_ascii_graphic()) {
+            return Err(InputError::BadRequestNo { len, max: REQUEST_NO_BYTES_MAX });
+        }
+        Ok(AccountCommand { op, user_id, currency, amount, request_no: request_no.to_string() })
     }
 }
 

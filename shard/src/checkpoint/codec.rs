@@ -1,10 +1,12 @@
 //! The checkpoint file's codec: pages, the header, entries, and the restorer that rebuilds an
 //! index from them (the layout is in the module above and in `docs/FORMAT.md`).
 
+use crate::accounts::{AccountItem, AccountKey, Balance, RequestEntry, BALANCE_MAX};
 use crate::currency::Currency;
 use crate::index::{
     ClaimEntry, CreatedAt, GroupOffset, Item, RefundEntry, RunStore, Scalars, ShardIndex, StoredPart, TradeEntry,
 };
+use crate::journal::AccountOp;
 use crate::lifecycle::Lifecycle;
 use crate::system_record::OffsetCommit;
 use crate::trade::{TradeId, TradeStatus, LOGICAL_SHARDS_MAX};
@@ -21,8 +23,9 @@ pub(crate) const PAGE_PAYLOAD_MAX: usize = PAGE_PAYLOAD_TARGET + (64 << 10);
 const PAGE_MAGIC: u32 = u32::from_le_bytes(*b"TSCK");
 /// The checkpoint format this build writes and reads.
 /// (2: the header records the table of trades' highest counter; the trades are in the table.
-/// 3: the order keys and confirmed claims are in runs on disk, which the checkpoint lists.)
-pub(crate) const CHECKPOINT_VERSION: u16 = 3;
+/// 3: the order keys and confirmed claims are in runs on disk, which the checkpoint lists.
+/// 4: accounts and account request numbers.)
+pub(crate) const CHECKPOINT_VERSION: u16 = 4;
 /// The name a checkpoint is written under before it is complete.
 pub(crate) const TEMP_NAME: &str = "checkpoint.tmp";
 /// Longest run of a user's trades in one entry.
@@ -36,6 +39,10 @@ const KIND_REFUND: u8 = 4;
 const KIND_CLAIM: u8 = 5;
 const KIND_GROUP: u8 = 6;
 const KIND_END: u8 = 7;
+const KIND_ACCOUNT: u8 = 8;
+const KIND_ACCOUNT_REQUEST: u8 = 9;
+/// Kinds of entry the end marker counts.
+const COUNTED_KINDS: usize = 8;
 
 /// The file name of the checkpoint at `position`.
 pub(crate) fn file_name(position: u64) -> String {
@@ -107,6 +114,8 @@ pub(crate) struct Counts {
     pub refunds: u64,
     pub claims: u64,
     pub groups: u64,
+    pub accounts: u64,
+    pub account_requests: u64,
 }
 
 impl Counts {
@@ -118,11 +127,14 @@ impl Counts {
             Item::Refund(..) => self.refunds += 1,
             Item::Claim(..) => self.claims += 1,
             Item::Group(..) => self.groups += 1,
+            Item::Account(AccountItem::Balance(..)) => self.accounts += 1,
+            Item::Account(AccountItem::Request(..)) => self.account_requests += 1,
         }
     }
 
-    fn fields(&self) -> [u64; 6] {
-        [self.trades, self.runs, self.users, self.refunds, self.claims, self.groups]
+    fn fields(&self) -> [u64; COUNTED_KINDS] {
+        let Counts { trades, runs, users, refunds, claims, groups, accounts, account_requests } = *self;
+        [trades, runs, users, refunds, claims, groups, accounts, account_requests]
     }
 }
 
@@ -258,6 +270,23 @@ fn encode_item(item: &Item, out: &mut Vec<u8>) {
             out.extend_from_slice(group.as_bytes());
             u64s(out, &[offset.offset, offset.at_ms]);
         }
+        Item::Account(AccountItem::Balance(key, balance)) => {
+            out.push(KIND_ACCOUNT);
+            out.extend_from_slice(&key.currency.bytes());
+            u64s(out, &[key.user_id, balance.available, balance.frozen]);
+        }
+        Item::Account(AccountItem::Request(key, entry)) => {
+            out.push(KIND_ACCOUNT_REQUEST);
+            out.extend_from_slice(&key.to_le_bytes());
+            let (op, counterparty) = match entry.op {
+                AccountOp::Deposit => (1, 0),
+                AccountOp::Withdraw => (2, 0),
+                AccountOp::Transfer { to_user } => (3, to_user),
+            };
+            out.push(op);
+            out.extend_from_slice(&entry.currency.bytes());
+            u64s(out, &[counterparty, entry.amount, entry.at_ms, entry.after.available, entry.after.frozen]);
+        }
     }
 }
 
@@ -291,6 +320,17 @@ impl<'a> Reader<'a> {
             return Err("checkpoint names a trade id this engine does not issue");
         }
         Ok(id)
+    }
+    fn currency(&mut self) -> Result<Currency, &'static str> {
+        let bytes: [u8; 3] = self.take(3)?.try_into().expect("3 bytes");
+        Currency::from_bytes(bytes).ok_or("checkpoint entry has no valid currency")
+    }
+    fn balance(&mut self) -> Result<Balance, &'static str> {
+        let balance = Balance { available: self.u64()?, frozen: self.u64()? };
+        match balance.available.checked_add(balance.frozen) {
+            Some(total) if total <= BALANCE_MAX => Ok(balance),
+            _ => Err("checkpoint balance above the most an account may hold"),
+        }
     }
     fn done(&self) -> bool {
         self.at == self.bytes.len()
@@ -370,16 +410,39 @@ pub(crate) fn decode_items(payload: &[u8]) -> Result<PageItems, &'static str> {
                 }
                 Item::Group(name.to_string(), GroupOffset { offset: reader.u64()?, at_ms: reader.u64()? })
             }
+            KIND_ACCOUNT => {
+                let currency = reader.currency()?;
+                let user_id = reader.u64()?;
+                let balance = reader.balance()?;
+                if user_id == 0 {
+                    return Err("checkpoint account of user zero");
+                }
+                Item::Account(AccountItem::Balance(AccountKey { user_id, currency }, balance))
+            }
+            KIND_ACCOUNT_REQUEST => {
+                let key = reader.u128()?;
+                let op_code = reader.u8()?;
+                let currency = reader.currency()?;
+                let (counterparty, amount, at_ms) = (reader.u64()?, reader.u64()?, reader.u64()?);
+                let op = match (op_code, counterparty) {
+                    (1, 0) => AccountOp::Deposit,
+                    (2, 0) => AccountOp::Withdraw,
+                    (3, to_user) if to_user != 0 => AccountOp::Transfer { to_user },
+                    _ => return Err("checkpoint account request of an unknown operation"),
+                };
+                let after = reader.balance()?;
+                Item::Account(AccountItem::Request(key, RequestEntry { op, currency, amount, at_ms, after }))
+            }
             KIND_END => {
-                let mut counts = [0u64; 6];
+                let mut counts = [0u64; COUNTED_KINDS];
                 for count in &mut counts {
                     *count = reader.u64()?;
                 }
                 if !reader.done() {
                     return Err("checkpoint end marker is not the last entry");
                 }
-                let [trades, runs, users, refunds, claims, groups] = counts;
-                let end = Counts { trades, runs, users, refunds, claims, groups };
+                let [trades, runs, users, refunds, claims, groups, accounts, account_requests] = counts;
+                let end = Counts { trades, runs, users, refunds, claims, groups, accounts, account_requests };
                 return Ok(PageItems { items, end: Some(end) });
             }
             _ => return Err("checkpoint entry of an unknown kind"),

@@ -2,8 +2,10 @@
 //! sample (`testing` feature).
 
 use super::codec::{Encoder, Header};
+use crate::accounts::{AccountItem, AccountKey, Balance, RequestEntry};
 use crate::currency::Currency;
 use crate::index::{ClaimEntry, CreatedAt, GroupOffset, Item, RefundEntry, RunStore, Scalars, StoredPart, TradeEntry};
+use crate::journal::AccountOp;
 use crate::lifecycle::Lifecycle;
 use crate::trade::{TradeId, TradeStatus};
 
@@ -24,6 +26,7 @@ pub(super) fn sample_items() -> Vec<Item> {
         updated_ms: 1_700_000_000_123,
         created_at: CreatedAt::Stored(StoredPart { seq: 99, offset: 4_000, len: 140 }),
     };
+    let eur = Currency::parse("EUR").unwrap();
     vec![
         Item::Trade(id, entry),
         Item::Run(RunStore::Orders, 3),
@@ -33,6 +36,20 @@ pub(super) fn sample_items() -> Vec<Item> {
         Item::Claim(43, ClaimEntry { body: 1, buyer_id: 2, trade: None }),
         Item::Claim(44, ClaimEntry { body: 1, buyer_id: 2, trade: Some(id) }),
         Item::Group("settlement".into(), GroupOffset { offset: 1234, at_ms: 6 }),
+        Item::Account(AccountItem::Balance(
+            AccountKey { user_id: 11, currency: eur },
+            Balance { available: 7, frozen: 3 },
+        )),
+        Item::Account(AccountItem::Request(
+            45,
+            RequestEntry {
+                op: AccountOp::Transfer { to_user: 12 },
+                currency: eur,
+                amount: 9,
+                at_ms: 7,
+                after: Balance { available: 7, frozen: 3 },
+            },
+        )),
     ]
 }
 

@@ -1,0 +1,124 @@
+//! The write path of account requests (deposits, withdrawals, transfers between two accounts
+//! of this shard): checked against the durable balances plus the requests still in flight,
+//! queued in the log as one journal record, answered by the committer once durable.
+//!
+//! A request number already applied answers the original's receipt, marked `replayed`, and
+//! writes nothing (after waiting for the original if it is still in flight); reused for
+//! another operation or amount it is `Refusal::AccountRequestConflict`. A refusal (too little
+//! available, a balance past its limit, a full log queue) is answered at once and leaves no
+//! trace. One journal record is one movement naming both its sides, so a transfer is atomic:
+//! recovery applies all of it or nothing.
+
+use std::collections::{BTreeMap, HashMap};
+
+use tradeshard_wal::disk::Disk;
+
+use crate::accounts::{movement, AccountCommand, AccountKey, AccountReceipt, Balance, RequestEntry};
+use crate::currency::Currency;
+use crate::error::{LogError, TradeError};
+use crate::id_hash::IdMap;
+use crate::journal::{AccountOp, JournalRecord};
+use crate::keys::account_request_key;
+use crate::shard::Shard;
+use crate::state::{Accepted, Effect, EffectKeys, ShardReply, Waiter};
+use crate::system_record::LogRecord;
+use crate::trade::now_ms;
+
+/// The account requests in flight: the balances they leave, and their request numbers.
+#[derive(Default)]
+pub(crate) struct InFlightAccounts {
+    /// Account → its balance once every request in flight is durable, and the seq of the last.
+    balances: HashMap<AccountKey, (Balance, u64)>,
+    /// Request key → (operation, currency, amount) and the seq of its record.
+    requests: IdMap<u128, ((AccountOp, Currency, u64), u64)>,
+    /// Requests that repeated one in flight, by the seq of that one.
+    repeats: BTreeMap<u64, Vec<ShardReply<AccountReceipt>>>,
+}
+
+impl InFlightAccounts {
+    /// Retires a durable record's in-flight state and answers its repeats with `receipt`.
+    pub(crate) fn retire(&mut self, seq: u64, key: u128, record: &JournalRecord, receipt: AccountReceipt) {
+        self.requests.remove(&key);
+        let touched = [Some(record.user_id), Some(record.op.counterparty()).filter(|user| *user != 0)];
+        for user_id in touched.into_iter().flatten() {
+            let account = AccountKey { user_id, currency: record.currency };
+            if self.balances.get(&account).is_some_and(|(_, last)| *last == seq) {
+                self.balances.remove(&account);
+            }
+        }
+        for repeat in self.repeats.remove(&seq).unwrap_or_default() {
+            repeat.send(Ok(AccountReceipt { replayed: true, ..receipt }));
+        }
+    }
+
+    /// After the log failed: forgets everything and fails the repeats waiting.
+    pub(crate) fn fail(&mut self, error: &TradeError) {
+        self.balances.clear();
+        self.requests.clear();
+        for repeat in std::mem::take(&mut self.repeats).into_values().flatten() {
+            repeat.send(Err(error.clone()));
+        }
+    }
+}
+
+impl<D: Disk> Shard<D> {
+    /// Makes an account request durable; `reply` is answered once it is, or with why not.
+    pub fn post(&self, command: AccountCommand, reply: ShardReply<AccountReceipt>) {
+        let inner = &self.inner;
+        let mut accepted = inner.accepted.borrow_mut();
+        if let Some(failure) = &accepted.failed {
+            return reply.send(Err(failure.clone()));
+        }
+        if accepted.closing {
+            return reply.send(Err(TradeError::Log(LogError::Closed)));
+        }
+        let index = inner.index.borrow();
+        let book = index.accounts();
+        let key = account_request_key(command.user_id, &command.request_no);
+        let asked = (command.op, command.currency, command.amount);
+        let Accepted { accounts, .. } = &mut *accepted;
+        if let Some(&((op, currency, amount), seq)) = accounts.requests.get(&key) {
+            if (op, currency, amount) != asked {
+                let original = RequestEntry { op, currency, amount, at_ms: 0, after: Balance::default() };
+                return reply.send(Err(original.conflict(&command.request_no).into()));
+            }
+            return accounts.repeats.entry(seq).or_default().push(reply);
+        }
+        if let Some(entry) = book.request(key) {
+            return match entry.same_as(&command) {
+                true => reply.send(Ok(entry.receipt(command.user_id, true))),
+                false => reply.send(Err(entry.conflict(&command.request_no).into())),
+            };
+        }
+        let balance_of = |account| accounts.balances.get(&account).map_or_else(|| book.balance(account), |b| b.0);
+        let moved = match movement(command.op, command.user_id, command.currency, command.amount, balance_of) {
+            Ok(moved) => moved,
+            Err(refusal) => return reply.send(Err(refusal.into())),
+        };
+        let AccountCommand { op, user_id, currency, amount, request_no } = command;
+        let record = JournalRecord { op, user_id, currency, amount, at_ms: now_ms(), request_no };
+        let ticket = match inner.wal.enqueue(&record.encode()) {
+            Ok(ticket) => ticket,
+            Err(error) => return reply.send(Err(error.into())),
+        };
+        let seq = ticket.seq();
+        for (account, balance) in moved.changed() {
+            accounts.balances.insert(account, (balance, seq));
+        }
+        accounts.requests.insert(key, (asked, seq));
+        let record = LogRecord::Journal(record);
+        let keys = EffectKeys::Account { key };
+        accepted.push(Effect { seq, ticket: Some(ticket), record, keys, waiter: Waiter::Account(reply), after: None });
+    }
+
+    /// The account's durable balance (zero for an account never used).
+    pub fn balance(&self, user_id: u64, currency: Currency) -> Balance {
+        self.inner.index.borrow().accounts().balance(AccountKey { user_id, currency })
+    }
+
+    /// Per currency, the sum of this shard's balances (available and frozen): durable
+    /// deposits less durable withdrawals.
+    pub fn account_totals(&self) -> BTreeMap<Currency, u128> {
+        self.inner.index.borrow().accounts().totals()
+    }
+}
