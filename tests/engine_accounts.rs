@@ -31,7 +31,7 @@ fn retried_account_requests_answer_the_original_and_move_nothing() {
         user_id: 7,
         currency: usd(),
         amount: 1_000,
-        balance: Balance { available: 1_000, frozen: 0 },
+        balance: Balance { available: 1_000, ..Balance::default() },
         at_ms: deposit.at_ms,
         replayed: false,
     };
@@ -143,7 +143,10 @@ fn balances_and_request_numbers_survive_reopens_from_the_log_and_from_a_checkpoi
     }
     let check = |h: &EngineHandle| {
         for (user, available) in &expected {
-            assert_eq!(h.balance_blocking(*user, "CNY").unwrap(), Balance { available: *available, frozen: 0 });
+            assert_eq!(
+                h.balance_blocking(*user, "CNY").unwrap(),
+                Balance { available: *available, ..Balance::default() }
+            );
         }
         for (user, request_no, receipt) in &receipts {
             let again = match *request_no {

@@ -51,6 +51,25 @@ impl InFlightAccounts {
         }
     }
 
+    /// An account's balance once every request in flight is durable.
+    pub(crate) fn balance(&self, key: AccountKey) -> Option<Balance> {
+        self.balances.get(&key).map(|(balance, _)| *balance)
+    }
+
+    /// Notes a balance a write at `seq` leaves.
+    pub(crate) fn note_balance(&mut self, key: AccountKey, balance: Balance, seq: u64) {
+        self.balances.insert(key, (balance, seq));
+    }
+
+    /// Forgets the balances the write at `seq` left, unless a later write changed them again.
+    pub(crate) fn retire_balances(&mut self, seq: u64, keys: &[AccountKey]) {
+        for key in keys {
+            if self.balances.get(key).is_some_and(|(_, last)| *last == seq) {
+                self.balances.remove(key);
+            }
+        }
+    }
+
     /// After the log failed: forgets everything and fails the repeats waiting.
     pub(crate) fn fail(&mut self, error: &TradeError) {
         self.balances.clear();

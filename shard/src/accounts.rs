@@ -19,7 +19,7 @@ use crate::journal::{AccountOp, JournalRecord};
 use crate::keys::account_request_key;
 use crate::partitioned::PartitionedMap;
 
-/// The most a balance (available plus frozen) may hold, in minor units: room for 4,000
+/// The most a balance (available, frozen and incoming) may hold, in minor units: room for 4,000
 /// transfers of the largest amount, and far from overflowing a `u64` when summed twice.
 pub const BALANCE_MAX: u64 = 4_000_000_000_000_000_000;
 
@@ -35,14 +35,23 @@ pub struct AccountKey {
 pub struct Balance {
     /// What the user can spend.
     pub available: u64,
-    /// What reservations hold (a TCC Try); not spendable until released.
+    /// What reservations hold (a TCC Try of a debit); not spendable until released.
     pub frozen: u64,
+    /// Room reserved under the limit for credits on their way (a TCC Try of a credit): not
+    /// money yet.
+    pub incoming: u64,
 }
 
 impl Balance {
-    /// Available plus frozen (saturating: a checked balance never reaches `u64::MAX`).
-    fn total(self) -> u64 {
+    /// Available plus frozen: the money the account holds.
+    pub fn money(self) -> u64 {
         self.available.saturating_add(self.frozen)
+    }
+
+    /// What the limit counts: the money and the room reserved for credits (saturating: a
+    /// checked balance never reaches `u64::MAX`).
+    pub(crate) fn held(self) -> u64 {
+        self.money().saturating_add(self.incoming)
     }
 }
 
@@ -155,8 +164,8 @@ pub(crate) fn movement(
         Some(user_id) => {
             let key = AccountKey { user_id, currency };
             let mut balance = balance_of(key);
-            if balance.total().checked_add(amount).is_none_or(|total| total > BALANCE_MAX) {
-                let holds = balance.total();
+            if balance.held().checked_add(amount).is_none_or(|total| total > BALANCE_MAX) {
+                let holds = balance.held();
                 return Err(Refusal::BalanceLimit { user_id, currency, balance: holds, amount, max: BALANCE_MAX });
             }
             balance.available += amount;
@@ -185,6 +194,11 @@ impl AccountBook {
     /// The account's durable balance (zero for an account never used).
     pub(crate) fn balance(&self, key: AccountKey) -> Balance {
         self.balances.get(&key).copied().unwrap_or_default()
+    }
+
+    /// Sets an account's balance (a step of a flexible transaction moved money).
+    pub(crate) fn set_balance(&mut self, key: AccountKey, balance: Balance) {
+        self.balances.insert(key, balance);
     }
 
     /// The durable request made under this request key.
@@ -239,7 +253,7 @@ impl AccountBook {
     pub(crate) fn totals(&self) -> BTreeMap<Currency, u128> {
         let mut totals = BTreeMap::new();
         for (key, balance) in self.balances.iter() {
-            *totals.entry(key.currency).or_default() += u128::from(balance.total());
+            *totals.entry(key.currency).or_default() += u128::from(balance.money());
         }
         totals
     }
@@ -264,7 +278,7 @@ mod tests {
         let mut book = AccountBook::default();
         book.apply(&record(AccountOp::Deposit, 1, 500, "a")).unwrap();
         let moved = book.apply(&record(AccountOp::Transfer { to_user: 2 }, 1, 200, "b")).unwrap();
-        assert_eq!(moved.after, Balance { available: 300, frozen: 0 });
+        assert_eq!(moved.after, Balance { available: 300, ..Balance::default() });
         book.apply(&record(AccountOp::Withdraw, 1, 100, "c")).unwrap();
         let usd = Currency::parse("USD").unwrap();
         assert_eq!(book.balance(AccountKey { user_id: 2, currency: usd }).available, 200);
@@ -278,10 +292,11 @@ mod tests {
         book.apply(&record(AccountOp::Deposit, 1, 5, "a")).unwrap();
         assert!(book.apply(&record(AccountOp::Deposit, 1, 5, "a")).is_err(), "a request number twice");
         let usd = Currency::parse("USD").unwrap();
-        let full = |_| Balance { available: BALANCE_MAX, frozen: 0 };
+        let full = |_| Balance { available: BALANCE_MAX, ..Balance::default() };
         let refused = movement(AccountOp::Deposit, 1, usd, 1, full);
         assert!(matches!(refused, Err(Refusal::BalanceLimit { .. })), "{refused:?}");
-        let refused = movement(AccountOp::Deposit, 1, usd, 1, |_| Balance { available: u64::MAX, frozen: 9 });
+        let refused =
+            movement(AccountOp::Deposit, 1, usd, 1, |_| Balance { available: u64::MAX, frozen: 9, incoming: 0 });
         assert!(matches!(refused, Err(Refusal::BalanceLimit { .. })), "{refused:?}");
     }
 }

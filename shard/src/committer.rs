@@ -18,6 +18,7 @@ use crate::index::ShardIndex;
 use crate::record::TradeRecord;
 use crate::state::{Accepted, EffectKeys, Inner, Waiter};
 use crate::system_record::LogRecord;
+use crate::tcc_write::Parked;
 use crate::trade::{Receipt, TradeId};
 use crate::trade_cache::CachedTrade;
 
@@ -41,7 +42,13 @@ pub(crate) async fn run<D: Disk>(inner: Rc<Inner<D>>) {
     while let Some(ticket) = next_ticket(&inner).await {
         let front = ticket.await;
         match front {
-            Ok(appended) => apply_durable(&inner, appended),
+            Ok(appended) => {
+                // Transactions that waited for a step now durable are checked again, outside
+                // the borrows of the application.
+                for (steps, reply) in apply_durable(&inner, appended) {
+                    crate::tcc_write::transact_on(&inner, steps, reply);
+                }
+            }
             Err(error) => {
                 fail_all(&inner, error.into());
                 return;
@@ -51,8 +58,10 @@ pub(crate) async fn run<D: Disk>(inner: Rc<Inner<D>>) {
 }
 
 /// Applies every write the log now holds durably (the front one is `front`). Answers only
-/// wake their askers, so they are sent under the borrows.
-fn apply_durable<D: Disk>(inner: &Inner<D>, front: Appended) {
+/// wake their askers, so they are sent under the borrows. Returns the local transactions that
+/// waited for one of these writes.
+fn apply_durable<D: Disk>(inner: &Inner<D>, front: Appended) -> Vec<Parked> {
+    let mut parked = Vec::new();
     let durable_end = inner.wal.durable_end();
     let mut accepted = inner.accepted.borrow_mut();
     let mut index = inner.index.borrow_mut();
@@ -102,9 +111,17 @@ fn apply_durable<D: Disk>(inner: &Inner<D>, front: Appended) {
                 accepted.accounts.retire(appended.seq, key, &record, receipt);
                 reply.send(Ok(receipt));
             }
+            (LogRecord::Tcc(record), Waiter::Tcc(reply)) => {
+                let answers =
+                    index.apply_tcc(&record).expect("a transaction checked against the accepted view applies");
+                let Accepted { tcc, accounts, .. } = &mut *accepted;
+                parked.extend(tcc.retire(appended.seq, &record, accounts));
+                reply.send(Ok(answers));
+            }
             _ => unreachable!("a record and its waiter are of one family"),
         }
     }
+    parked
 }
 
 /// Applies a durable trade record to the index, retires its in-flight state, and caches a
@@ -164,6 +181,7 @@ fn fail_all<D: Disk>(inner: &Inner<D>, error: TradeError) {
     accepted.claims.clear();
     accepted.settling.clear();
     accepted.accounts.fail(&error);
+    accepted.tcc.fail(&error);
     for effect in std::mem::take(&mut accepted.effects) {
         effect.waiter.fail(error.clone());
     }

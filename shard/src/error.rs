@@ -6,6 +6,7 @@
 //! log holding bytes this build cannot apply.
 
 use crate::currency::Currency;
+use crate::tcc::CancelReason;
 use crate::trade::{TradeId, TradeStatus};
 
 /// The log's error, named here so that the shard's users need not depend on the log.
@@ -69,6 +70,9 @@ pub enum InputError {
     /// A transfer names the same user on both sides.
     #[error("a transfer must name two different users")]
     SameAccount,
+    /// A local transaction of no steps or of more than `STEPS_MAX`.
+    #[error("a local transaction holds 1..={max} steps, not {count}")]
+    BadSteps { count: usize, max: usize },
     /// A consumer group name is empty, too long, or not printable ASCII.
     #[error("consumer group name of {len} bytes must be 1..=64 printable ASCII bytes")]
     BadGroup { len: usize },
@@ -106,6 +110,24 @@ pub enum Refusal {
     /// The account request number was used already, for another operation or amount.
     #[error("account request '{request_no}' was already a {op} of {amount}")]
     AccountRequestConflict { request_no: String, op: &'static str, amount: u64 },
+    /// A step of a flexible transaction that the activity's or branch's record forbids (an
+    /// activity begun twice with other branches, completed before its decision; a branch
+    /// tried twice with other actions).
+    #[error("activity {activity:#x}: {reason}")]
+    StepConflict { activity: u128, reason: &'static str },
+    /// A Try or Confirm of a branch that was cancelled (or fenced by a Cancel that came
+    /// before its Try).
+    #[error("branch {branch} of activity {activity:#x} was cancelled")]
+    BranchCancelled { activity: u128, branch: u16 },
+    /// A Cancel of a branch that was confirmed.
+    #[error("branch {branch} of activity {activity:#x} was confirmed")]
+    BranchConfirmed { activity: u128, branch: u16 },
+    /// A Confirm of a branch with no Try.
+    #[error("branch {branch} of activity {activity:#x} was never tried")]
+    BranchNotTried { activity: u128, branch: u16 },
+    /// The transfer's activity was cancelled, and nothing moved.
+    #[error("transfer cancelled ({reason:?}); activity {activity:#x}")]
+    TransferCancelled { activity: u128, reason: CancelReason },
     /// The shard issued every id its counter can hold.
     #[error("trade id counter exhausted")]
     CounterExhausted,

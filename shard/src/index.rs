@@ -26,6 +26,9 @@ use crate::lifecycle::{next_state, Action, Lifecycle};
 use crate::partitioned::PartitionedMap;
 use crate::record::{RecordKind, TradeRecord};
 use crate::system_record::{ClaimOutcome, ClaimSettled, OffsetCommit, OrderClaim};
+use crate::tcc::TccRecord;
+use crate::tcc_book::{apply_step, StepAnswer, TccBook, TccItem};
+use crate::tcc_write::Books;
 use crate::trade::{Receipt, TradeId, TradeStatus, COUNTER_BITS};
 use crate::trade_table::{Dirty, TradeTable};
 
@@ -53,6 +56,8 @@ pub struct ShardIndex {
     offsets: HashMap<String, GroupOffset>,
     /// The users' accounts and the account request numbers applied (`accounts.rs`).
     accounts: AccountBook,
+    /// The branches and activities of flexible transactions (`tcc_book.rs`).
+    tcc: TccBook,
     /// The offset after the last durable trade event (system records after it are no events).
     events_end: u64,
     /// The record after the last one applied: the index holds the effect of every record
@@ -82,6 +87,7 @@ pub(crate) enum Item {
     Claim(u128, ClaimEntry),
     Group(String, GroupOffset),
     Account(AccountItem),
+    Tcc(TccItem),
 }
 
 /// The numbers of an index beside its maps.
@@ -105,7 +111,8 @@ impl ShardIndex {
         let claims = self.pending_claims.iter().map(|(key, claim)| Item::Claim(*key, *claim));
         let groups = self.offsets.iter().map(|(group, offset)| Item::Group(group.clone(), *offset));
         let accounts = self.accounts.items().map(Item::Account);
-        trades.chain(refunds).chain(claims).chain(groups).chain(accounts)
+        let tcc = self.tcc.items().map(Item::Tcc);
+        trades.chain(refunds).chain(claims).chain(groups).chain(accounts).chain(tcc)
     }
 
     pub(crate) fn scalars(&self) -> Scalars {
@@ -164,6 +171,7 @@ impl ShardIndex {
                 }
             }
             Item::Account(item) => self.accounts.restore(item)?,
+            Item::Tcc(item) => self.tcc.restore(item)?,
         }
         Ok(())
     }
@@ -221,6 +229,25 @@ impl ShardIndex {
     /// The accounts, to apply a durable journal record to.
     pub(crate) fn accounts_mut(&mut self) -> &mut AccountBook {
         &mut self.accounts
+    }
+
+    /// The branches, activities and money in transit.
+    pub(crate) fn tcc(&self) -> &TccBook {
+        &self.tcc
+    }
+
+    /// The accounts and the flexible transactions together, as the rules of a step see them.
+    pub(crate) fn books(&mut self) -> Books<'_> {
+        Books { accounts: &mut self.accounts, tcc: &mut self.tcc }
+    }
+
+    /// Applies a durable local transaction, step by step; returns each step's answer.
+    pub(crate) fn apply_tcc(&mut self, record: &TccRecord) -> Result<Vec<StepAnswer>, &'static str> {
+        let mut books = self.books();
+        let apply = |step| {
+            apply_step(&mut books, step, record.at_ms).map_err(|_| "a step of a local transaction does not apply")
+        };
+        record.steps.iter().map(apply).collect()
     }
 
     /// The trade's entry, if it is in memory (a cold one is in the table on disk).

@@ -39,6 +39,9 @@ mod runs;
 mod shard;
 mod state;
 mod system_record;
+mod tcc;
+mod tcc_book;
+mod tcc_write;
 mod trade;
 mod trade_cache;
 mod trade_file;
@@ -75,6 +78,8 @@ pub use state::{AfterDurable, ShardReply};
 pub use system_record::ClaimOutcome;
 #[cfg(any(test, feature = "testing"))]
 pub use system_record::{ClaimSettled, LogRecord, OffsetCommit, OrderClaim};
+pub use tcc::{BranchAction, BranchPlan, CancelReason, Decision, Step, TccRecord, STEPS_MAX};
+pub use tcc_book::{ActivityEntry, ActivityState, BranchEntry, BranchState, StepAnswer, StepOutcome};
 pub use trade::{
     NewTrade, Receipt, Trade, TradeId, TradeStatus, ValidTrade, AMOUNT_MAX, COUNTER_BITS, LOGICAL_SHARDS_MAX,
     LOGICAL_SHARD_BITS, MEMO_BYTES_MAX, ORDER_NO_BYTES_MAX, REFUND_NO_BYTES_MAX,

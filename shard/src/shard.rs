@@ -50,6 +50,11 @@ pub struct ShardStats {
     /// Accounts (user and currency) and account request numbers held.
     pub accounts: u64,
     pub account_requests: u64,
+    /// Branches of flexible transactions this shard takes part in, activities it initiated,
+    /// and those of them not completed (in doubt until recovery drives them to their end).
+    pub branches: u64,
+    pub activities: u64,
+    pub activities_in_doubt: u64,
     pub writes_in_flight: u64,
     pub wal: WalStats,
     pub cache: CacheStats,
@@ -208,6 +213,7 @@ impl<D: Disk> Shard<D> {
                 LogRecord::Claim(claim) => index.apply_claim(&claim),
                 LogRecord::ClaimSettled(settled) => index.apply_claim_settled(&settled),
                 LogRecord::Journal(record) => index.accounts_mut().apply(&record).map(drop),
+                LogRecord::Tcc(record) => index.apply_tcc(&record).map(drop),
             });
             if let Err(reason) = applied {
                 replay_error = Some(TradeError::BadRecord { seq: at.seq, reason });
@@ -303,6 +309,9 @@ impl<D: Disk> Shard<D> {
             trades_in_memory: self.inner.index.borrow().resident_len() as u64,
             accounts: self.inner.index.borrow().accounts().len().0 as u64,
             account_requests: self.inner.index.borrow().accounts().len().1 as u64,
+            branches: self.inner.index.borrow().tcc().len().0 as u64,
+            activities: self.inner.index.borrow().tcc().len().1 as u64,
+            activities_in_doubt: self.inner.index.borrow().tcc().unfinished().count() as u64,
             writes_in_flight: self.inner.accepted.borrow().effects.len() as u64,
             wal: self.inner.wal.stats(),
             cache: self.inner.trade_cache.cache().stats(),

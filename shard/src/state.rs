@@ -27,6 +27,8 @@ use crate::key_runs::{KeyRuns, RunRead};
 use crate::lifecycle::Lifecycle;
 use crate::reply::Reply;
 use crate::system_record::{ClaimOutcome, LogRecord};
+use crate::tcc_book::StepAnswer;
+use crate::tcc_write::InFlightTcc;
 use crate::trade::{Receipt, TradeId};
 use crate::trade_cache::CachedTrade;
 
@@ -53,6 +55,8 @@ pub(crate) enum Waiter {
     Settled(ShardReply<()>),
     /// An account request.
     Account(ShardReply<AccountReceipt>),
+    /// A local transaction of flexible-transaction steps.
+    Tcc(ShardReply<Vec<StepAnswer>>),
 }
 
 impl Waiter {
@@ -63,6 +67,7 @@ impl Waiter {
             Waiter::Claim(reply) => reply.send(Err(error)),
             Waiter::Settled(reply) => reply.send(Err(error)),
             Waiter::Account(reply) => reply.send(Err(error)),
+            Waiter::Tcc(reply) => reply.send(Err(error)),
         }
     }
 }
@@ -135,6 +140,8 @@ pub(crate) struct Accepted {
     pub reading: IdMap<u128, Vec<WaitingWrite>>,
     /// Account requests in flight (`account_write.rs`).
     pub accounts: InFlightAccounts,
+    /// Local transactions in flight (`tcc_write.rs`).
+    pub tcc: InFlightTcc,
     pub next_counter: u64,
     pub committer: Option<Waker>,
     pub failed: Option<TradeError>,

@@ -7,6 +7,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::journal::{JournalRecord, KIND_JOURNAL};
 use crate::record::{TradeRecord, RECORD_VERSION};
+use crate::tcc::{TccRecord, KIND_TCC};
 use crate::trade::TradeId;
 
 /// Record kinds from this value on are system records, not trade events.
@@ -173,6 +174,7 @@ pub enum LogRecord {
     Claim(OrderClaim),
     ClaimSettled(ClaimSettled),
     Journal(JournalRecord),
+    Tcc(TccRecord),
 }
 
 impl LogRecord {
@@ -193,6 +195,7 @@ impl LogRecord {
                 ClaimSettled::decode(bytes).map(LogRecord::ClaimSettled)
             }
             Some(&KIND_JOURNAL) if bytes[0] == RECORD_VERSION => JournalRecord::decode(bytes).map(LogRecord::Journal),
+            Some(&KIND_TCC) if bytes[0] == RECORD_VERSION => TccRecord::decode(bytes).map(LogRecord::Tcc),
             Some(kind) if *kind >= SYSTEM_KIND_MIN => Err("unknown system record kind"),
             _ => TradeRecord::decode(bytes).map(LogRecord::Trade),
         }

@@ -9,6 +9,8 @@ use crate::index::{
 use crate::journal::AccountOp;
 use crate::lifecycle::Lifecycle;
 use crate::system_record::OffsetCommit;
+use crate::tcc::{action_of, push_action, BranchPlan, Decision, ACTION_BYTES, STEPS_MAX};
+use crate::tcc_book::{ActivityEntry, ActivityState, BranchEntry, BranchState, TccItem};
 use crate::trade::{TradeId, TradeStatus, LOGICAL_SHARDS_MAX};
 
 /// The block pages start on.
@@ -41,8 +43,11 @@ const KIND_GROUP: u8 = 6;
 const KIND_END: u8 = 7;
 const KIND_ACCOUNT: u8 = 8;
 const KIND_ACCOUNT_REQUEST: u8 = 9;
+const KIND_BRANCH: u8 = 10;
+const KIND_ACTIVITY: u8 = 11;
+const KIND_IN_TRANSIT: u8 = 12;
 /// Kinds of entry the end marker counts.
-const COUNTED_KINDS: usize = 8;
+const COUNTED_KINDS: usize = 11;
 
 /// The file name of the checkpoint at `position`.
 pub(crate) fn file_name(position: u64) -> String {
@@ -116,6 +121,9 @@ pub(crate) struct Counts {
     pub groups: u64,
     pub accounts: u64,
     pub account_requests: u64,
+    pub branches: u64,
+    pub activities: u64,
+    pub in_transit: u64,
 }
 
 impl Counts {
@@ -129,12 +137,16 @@ impl Counts {
             Item::Group(..) => self.groups += 1,
             Item::Account(AccountItem::Balance(..)) => self.accounts += 1,
             Item::Account(AccountItem::Request(..)) => self.account_requests += 1,
+            Item::Tcc(TccItem::Branch(..)) => self.branches += 1,
+            Item::Tcc(TccItem::Activity(..)) => self.activities += 1,
+            Item::Tcc(TccItem::InTransit(..)) => self.in_transit += 1,
         }
     }
 
     fn fields(&self) -> [u64; COUNTED_KINDS] {
-        let Counts { trades, runs, users, refunds, claims, groups, accounts, account_requests } = *self;
-        [trades, runs, users, refunds, claims, groups, accounts, account_requests]
+        let Counts { trades, runs, users, refunds, claims, groups, accounts, account_requests, .. } = *self;
+        let Counts { branches, activities, in_transit, .. } = *self;
+        [trades, runs, users, refunds, claims, groups, accounts, account_requests, branches, activities, in_transit]
     }
 }
 
@@ -273,7 +285,7 @@ fn encode_item(item: &Item, out: &mut Vec<u8>) {
         Item::Account(AccountItem::Balance(key, balance)) => {
             out.push(KIND_ACCOUNT);
             out.extend_from_slice(&key.currency.bytes());
-            u64s(out, &[key.user_id, balance.available, balance.frozen]);
+            u64s(out, &[key.user_id, balance.available, balance.frozen, balance.incoming]);
         }
         Item::Account(AccountItem::Request(key, entry)) => {
             out.push(KIND_ACCOUNT_REQUEST);
@@ -285,8 +297,48 @@ fn encode_item(item: &Item, out: &mut Vec<u8>) {
             };
             out.push(op);
             out.extend_from_slice(&entry.currency.bytes());
-            u64s(out, &[counterparty, entry.amount, entry.at_ms, entry.after.available, entry.after.frozen]);
+            let after = entry.after;
+            u64s(out, &[counterparty, entry.amount, entry.at_ms, after.available, after.frozen, after.incoming]);
         }
+        Item::Tcc(TccItem::Branch(activity, branch, entry)) => {
+            out.push(KIND_BRANCH);
+            out.extend_from_slice(&activity.to_le_bytes());
+            out.extend_from_slice(&branch.to_le_bytes());
+            out.push(branch_state_code(entry.state));
+            push_action(out, &entry.action);
+        }
+        Item::Tcc(TccItem::Activity(id, entry)) => {
+            out.push(KIND_ACTIVITY);
+            out.extend_from_slice(&id.to_le_bytes());
+            u64s(out, &[entry.deadline_ms, entry.begun_ms]);
+            let (state, decision) = match entry.state {
+                ActivityState::Open => (1, [0, 0]),
+                ActivityState::Decided(decision) => (2, decision.code()),
+                ActivityState::Completed(decision) => (3, decision.code()),
+            };
+            out.push(state);
+            out.extend_from_slice(&decision);
+            out.push(entry.branches.len() as u8);
+            for plan in &entry.branches {
+                out.extend_from_slice(&plan.shard.to_le_bytes());
+                out.extend_from_slice(&plan.branch.to_le_bytes());
+                push_action(out, &plan.action);
+            }
+        }
+        Item::Tcc(TccItem::InTransit(currency, amount)) => {
+            out.push(KIND_IN_TRANSIT);
+            out.extend_from_slice(&currency.bytes());
+            out.extend_from_slice(&amount.to_le_bytes());
+        }
+    }
+}
+
+fn branch_state_code(state: BranchState) -> u8 {
+    match state {
+        BranchState::Tried => 1,
+        BranchState::Confirmed => 2,
+        BranchState::Cancelled => 3,
+        BranchState::Fenced => 4,
     }
 }
 
@@ -304,6 +356,9 @@ impl<'a> Reader<'a> {
     }
     fn u8(&mut self) -> Result<u8, &'static str> {
         Ok(self.take(1)?[0])
+    }
+    fn u16(&mut self) -> Result<u16, &'static str> {
+        Ok(u16::from_le_bytes(self.take(2)?.try_into().expect("2 bytes")))
     }
     fn u32(&mut self) -> Result<u32, &'static str> {
         Ok(u32::from_le_bytes(self.take(4)?.try_into().expect("4 bytes")))
@@ -326,9 +381,9 @@ impl<'a> Reader<'a> {
         Currency::from_bytes(bytes).ok_or("checkpoint entry has no valid currency")
     }
     fn balance(&mut self) -> Result<Balance, &'static str> {
-        let balance = Balance { available: self.u64()?, frozen: self.u64()? };
-        match balance.available.checked_add(balance.frozen) {
-            Some(total) if total <= BALANCE_MAX => Ok(balance),
+        let balance = Balance { available: self.u64()?, frozen: self.u64()?, incoming: self.u64()? };
+        match balance.available.checked_add(balance.frozen).and_then(|money| money.checked_add(balance.incoming)) {
+            Some(held) if held <= BALANCE_MAX => Ok(balance),
             _ => Err("checkpoint balance above the most an account may hold"),
         }
     }
@@ -433,6 +488,46 @@ pub(crate) fn decode_items(payload: &[u8]) -> Result<PageItems, &'static str> {
                 let after = reader.balance()?;
                 Item::Account(AccountItem::Request(key, RequestEntry { op, currency, amount, at_ms, after }))
             }
+            KIND_BRANCH => {
+                let (activity, branch) = (reader.u128()?, reader.u16()?);
+                let state = match reader.u8()? {
+                    1 => BranchState::Tried,
+                    2 => BranchState::Confirmed,
+                    3 => BranchState::Cancelled,
+                    4 => BranchState::Fenced,
+                    _ => return Err("checkpoint branch of an unknown state"),
+                };
+                let action = action_of(reader.take(ACTION_BYTES)?)?;
+                Item::Tcc(TccItem::Branch(activity, branch, BranchEntry { action, state }))
+            }
+            KIND_ACTIVITY => {
+                let id = reader.u128()?;
+                let (deadline_ms, begun_ms) = (reader.u64()?, reader.u64()?);
+                let (state, decision) = (reader.u8()?, [reader.u8()?, reader.u8()?]);
+                let state = match state {
+                    1 if decision == [0, 0] => ActivityState::Open,
+                    2 => ActivityState::Decided(Decision::of(decision)?),
+                    3 => ActivityState::Completed(Decision::of(decision)?),
+                    _ => return Err("checkpoint activity of an unknown state"),
+                };
+                let n = reader.u8()? as usize;
+                if n == 0 || n > STEPS_MAX {
+                    return Err("checkpoint activity with no branches or too many");
+                }
+                let mut branches = Vec::with_capacity(n);
+                for _ in 0..n {
+                    let (shard, branch) = (reader.u32()?, reader.u16()?);
+                    branches.push(BranchPlan { shard, branch, action: action_of(reader.take(ACTION_BYTES)?)? });
+                }
+                Item::Tcc(TccItem::Activity(id, ActivityEntry { branches, deadline_ms, begun_ms, state }))
+            }
+            KIND_IN_TRANSIT => {
+                let currency = reader.currency()?;
+                Item::Tcc(TccItem::InTransit(
+                    currency,
+                    i128::from_le_bytes(reader.take(16)?.try_into().expect("16 bytes")),
+                ))
+            }
             KIND_END => {
                 let mut counts = [0u64; COUNTED_KINDS];
                 for count in &mut counts {
@@ -441,8 +536,21 @@ pub(crate) fn decode_items(payload: &[u8]) -> Result<PageItems, &'static str> {
                 if !reader.done() {
                     return Err("checkpoint end marker is not the last entry");
                 }
-                let [trades, runs, users, refunds, claims, groups, accounts, account_requests] = counts;
-                let end = Counts { trades, runs, users, refunds, claims, groups, accounts, account_requests };
+                let [trades, runs, users, refunds, claims, groups, accounts, account_requests, branches, activities, in_transit] =
+                    counts;
+                let end = Counts {
+                    trades,
+                    runs,
+                    users,
+                    refunds,
+                    claims,
+                    groups,
+                    accounts,
+                    account_requests,
+                    branches,
+                    activities,
+                    in_transit,
+                };
                 return Ok(PageItems { items, end: Some(end) });
             }
             _ => return Err("checkpoint entry of an unknown kind"),

@@ -7,6 +7,8 @@ use crate::currency::Currency;
 use crate::index::{ClaimEntry, CreatedAt, GroupOffset, Item, RefundEntry, RunStore, Scalars, StoredPart, TradeEntry};
 use crate::journal::AccountOp;
 use crate::lifecycle::Lifecycle;
+use crate::tcc::{BranchAction, BranchPlan, CancelReason, Decision};
+use crate::tcc_book::{ActivityEntry, ActivityState, BranchEntry, BranchState, TccItem};
 use crate::trade::{TradeId, TradeStatus};
 
 /// A checkpoint file of shard 2 at position 100 holding one entry of each kind: the fuzz
@@ -27,6 +29,8 @@ pub(super) fn sample_items() -> Vec<Item> {
         created_at: CreatedAt::Stored(StoredPart { seq: 99, offset: 4_000, len: 140 }),
     };
     let eur = Currency::parse("EUR").unwrap();
+    let credit = BranchAction::Credit { user_id: 11, currency: eur, amount: 70 };
+    let plan = BranchPlan { shard: 1, branch: 1, action: credit };
     vec![
         Item::Trade(id, entry),
         Item::Run(RunStore::Orders, 3),
@@ -38,8 +42,19 @@ pub(super) fn sample_items() -> Vec<Item> {
         Item::Group("settlement".into(), GroupOffset { offset: 1234, at_ms: 6 }),
         Item::Account(AccountItem::Balance(
             AccountKey { user_id: 11, currency: eur },
-            Balance { available: 7, frozen: 3 },
+            Balance { available: 7, frozen: 3, incoming: 2 },
         )),
+        Item::Tcc(TccItem::Branch(46, 1, BranchEntry { action: credit, state: BranchState::Fenced })),
+        Item::Tcc(TccItem::Activity(
+            47,
+            ActivityEntry {
+                branches: vec![plan],
+                deadline_ms: 9,
+                begun_ms: 8,
+                state: ActivityState::Decided(Decision::Cancel(CancelReason::Timeout)),
+            },
+        )),
+        Item::Tcc(TccItem::InTransit(eur, -70)),
         Item::Account(AccountItem::Request(
             45,
             RequestEntry {
@@ -47,7 +62,7 @@ pub(super) fn sample_items() -> Vec<Item> {
                 currency: eur,
                 amount: 9,
                 at_ms: 7,
-                after: Balance { available: 7, frozen: 3 },
+                after: Balance { available: 7, frozen: 3, incoming: 2 },
             },
         )),
     ]

@@ -1,0 +1,366 @@
+//! The steps of flexible (TCC) transactions and the record that makes several of them durable
+//! at once in one shard (a system record, kind 20: a local transaction).
+//!
+//! A business activity is recorded in its initiator's shard (`Begin`, `Decide`, `Complete`);
+//! each branch is a participant's reservation in the shard of the account it touches (`Try`,
+//! `Confirm`, `Cancel`). One record holds 1..=8 steps and is applied whole or not at all (it
+//! is one log record), so the initiator's own first Try is durable with the activity's begin,
+//! and its Confirm or Cancel with the decision. Layout in `docs/FORMAT.md`. Decoding checks
+//! every byte and never panics.
+
+use crate::currency::Currency;
+use crate::record::RECORD_VERSION;
+use crate::trade::AMOUNT_MAX;
+
+/// The kind of a [`TccRecord`].
+pub const KIND_TCC: u8 = 20;
+/// Most steps in one record, and most branches in one activity.
+pub const STEPS_MAX: usize = 8;
+const FIXED_BYTES: usize = 16;
+/// Bytes of an encoded [`BranchAction`].
+pub(crate) const ACTION_BYTES: usize = 20;
+
+/// What a branch reserves at its Try and uses at its Confirm.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
+pub enum BranchAction {
+    /// Try moves `amount` from the user's available balance to frozen; Confirm takes it from
+    /// frozen into the activity's hands; Cancel gives it back to available.
+    Freeze { user_id: u64, currency: Currency, amount: u64 },
+    /// Try reserves room for `amount` under the balance limit; Confirm puts it from the
+    /// activity's hands into the user's available balance; Cancel releases the room.
+    Credit { user_id: u64, currency: Currency, amount: u64 },
+}
+
+impl BranchAction {
+    pub fn user_id(&self) -> u64 {
+        match *self {
+            BranchAction::Freeze { user_id, .. } | BranchAction::Credit { user_id, .. } => user_id,
+        }
+    }
+
+    pub fn currency(&self) -> Currency {
+        match *self {
+            BranchAction::Freeze { currency, .. } | BranchAction::Credit { currency, .. } => currency,
+        }
+    }
+
+    pub fn amount(&self) -> u64 {
+        match *self {
+            BranchAction::Freeze { amount, .. } | BranchAction::Credit { amount, .. } => amount,
+        }
+    }
+}
+
+/// A branch of an activity as its initiator records it: where it runs and what it does.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct BranchPlan {
+    /// The physical shard of the branch's account.
+    pub shard: u32,
+    pub branch: u16,
+    pub action: BranchAction,
+}
+
+/// Why an activity was cancelled.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
+pub enum CancelReason {
+    /// A branch's Try was refused (too little available, a balance past its limit, a branch
+    /// cancelled before its Try arrived).
+    TryRefused,
+    /// The activity stayed undecided past its timeout (its initiator stopped).
+    Timeout,
+}
+
+impl CancelReason {
+    fn code(self) -> u8 {
+        match self {
+            CancelReason::TryRefused => 1,
+            CancelReason::Timeout => 2,
+        }
+    }
+
+    fn of(code: u8) -> Option<CancelReason> {
+        match code {
+            1 => Some(CancelReason::TryRefused),
+            2 => Some(CancelReason::Timeout),
+            _ => None,
+        }
+    }
+}
+
+/// An activity's decision.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
+pub enum Decision {
+    Commit,
+    Cancel(CancelReason),
+}
+
+impl Decision {
+    /// Two bytes: the kind (1 commit, 2 cancel) and the cancel's reason (0 for a commit).
+    pub(crate) fn code(self) -> [u8; 2] {
+        match self {
+            Decision::Commit => [1, 0],
+            Decision::Cancel(reason) => [2, reason.code()],
+        }
+    }
+
+    pub(crate) fn of(code: [u8; 2]) -> Result<Decision, &'static str> {
+        match code {
+            [1, 0] => Ok(Decision::Commit),
+            [2, reason] => Ok(Decision::Cancel(CancelReason::of(reason).ok_or("a cancel of no known reason")?)),
+            _ => Err("a decision of an unknown kind"),
+        }
+    }
+}
+
+/// One step of a flexible transaction.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Step {
+    /// Records an activity in its initiator's shard, with its branches and its deadline.
+    Begin {
+        activity: u128,
+        deadline_ms: u64,
+        branches: Vec<BranchPlan>,
+    },
+    Try {
+        activity: u128,
+        branch: u16,
+        action: BranchAction,
+    },
+    Confirm {
+        activity: u128,
+        branch: u16,
+    },
+    /// Carries the branch's action, so that a Cancel arriving before its Try records what it
+    /// fences off.
+    Cancel {
+        activity: u128,
+        branch: u16,
+        action: BranchAction,
+    },
+    Decide {
+        activity: u128,
+        decision: Decision,
+    },
+    Complete {
+        activity: u128,
+    },
+}
+
+impl Step {
+    /// The activity the step belongs to.
+    pub fn activity(&self) -> u128 {
+        match *self {
+            Step::Begin { activity, .. }
+            | Step::Try { activity, .. }
+            | Step::Confirm { activity, .. }
+            | Step::Cancel { activity, .. }
+            | Step::Decide { activity, .. }
+            | Step::Complete { activity } => activity,
+        }
+    }
+}
+
+/// Several steps made durable together, in one shard.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TccRecord {
+    pub at_ms: u64,
+    /// 1..=8 steps, applied in order.
+    pub steps: Vec<Step>,
+}
+
+/// Appends an action's [`ACTION_BYTES`]: kind (1 freeze, 2 credit), currency, user, amount.
+pub(crate) fn push_action(out: &mut Vec<u8>, action: &BranchAction) {
+    out.push(match action {
+        BranchAction::Freeze { .. } => 1,
+        BranchAction::Credit { .. } => 2,
+    });
+    out.extend_from_slice(&action.currency().bytes());
+    out.extend_from_slice(&action.user_id().to_le_bytes());
+    out.extend_from_slice(&action.amount().to_le_bytes());
+}
+
+impl TccRecord {
+    pub fn encode(&self) -> Vec<u8> {
+        assert!((1..=STEPS_MAX).contains(&self.steps.len()), "a checked number of steps");
+        let mut out = Vec::with_capacity(FIXED_BYTES + self.steps.len() * 64);
+        out.extend_from_slice(&[RECORD_VERSION, KIND_TCC, self.steps.len() as u8, 0, 0, 0, 0, 0]);
+        out.extend_from_slice(&self.at_ms.to_le_bytes());
+        for step in &self.steps {
+            let (code, branch) = match step {
+                Step::Begin { .. } => (1, None),
+                Step::Try { branch, .. } => (2, Some(*branch)),
+                Step::Confirm { branch, .. } => (3, Some(*branch)),
+                Step::Cancel { branch, .. } => (4, Some(*branch)),
+                Step::Decide { .. } => (5, None),
+                Step::Complete { .. } => (6, None),
+            };
+            out.push(code);
+            out.extend_from_slice(&step.activity().to_le_bytes());
+            if let Some(branch) = branch {
+                out.extend_from_slice(&branch.to_le_bytes());
+            }
+            match step {
+                Step::Begin { deadline_ms, branches, .. } => {
+                    assert!((1..=STEPS_MAX).contains(&branches.len()), "a checked number of branches");
+                    out.extend_from_slice(&deadline_ms.to_le_bytes());
+                    out.push(branches.len() as u8);
+                    for plan in branches {
+                        out.extend_from_slice(&plan.shard.to_le_bytes());
+                        out.extend_from_slice(&plan.branch.to_le_bytes());
+                        push_action(&mut out, &plan.action);
+                    }
+                }
+                Step::Try { action, .. } | Step::Cancel { action, .. } => push_action(&mut out, action),
+                Step::Decide { decision, .. } => out.extend_from_slice(&decision.code()),
+                Step::Confirm { .. } | Step::Complete { .. } => {}
+            }
+        }
+        out
+    }
+
+    pub(crate) fn decode(bytes: &[u8]) -> Result<TccRecord, &'static str> {
+        if bytes.len() < FIXED_BYTES || bytes[3..8] != [0; 5] {
+            return Err("tcc record cut short or with reserved bytes set");
+        }
+        let count = bytes[2] as usize;
+        if count == 0 || count > STEPS_MAX {
+            return Err("tcc record with no steps or too many");
+        }
+        let mut reader = Reader { bytes, at: 8 };
+        let at_ms = reader.u64()?;
+        let mut steps = Vec::with_capacity(count);
+        for _ in 0..count {
+            let code = reader.u8()?;
+            let activity = reader.u128()?;
+            let step = match code {
+                1 => {
+                    let deadline_ms = reader.u64()?;
+                    let n = reader.u8()? as usize;
+                    if n == 0 || n > STEPS_MAX {
+                        return Err("tcc activity with no branches or too many");
+                    }
+                    let mut branches = Vec::with_capacity(n);
+                    for _ in 0..n {
+                        let (shard, branch) = (reader.u32()?, reader.u16()?);
+                        branches.push(BranchPlan { shard, branch, action: reader.action()? });
+                    }
+                    Step::Begin { activity, deadline_ms, branches }
+                }
+                2 => Step::Try { activity, branch: reader.u16()?, action: reader.action()? },
+                3 => Step::Confirm { activity, branch: reader.u16()? },
+                4 => Step::Cancel { activity, branch: reader.u16()?, action: reader.action()? },
+                5 => Step::Decide { activity, decision: Decision::of([reader.u8()?, reader.u8()?])? },
+                6 => Step::Complete { activity },
+                _ => return Err("tcc step of an unknown kind"),
+            };
+            steps.push(step);
+        }
+        if reader.at != bytes.len() {
+            return Err("tcc record longer than its steps");
+        }
+        Ok(TccRecord { at_ms, steps })
+    }
+}
+
+struct Reader<'a> {
+    bytes: &'a [u8],
+    at: usize,
+}
+
+impl<'a> Reader<'a> {
+    fn take(&mut self, n: usize) -> Result<&'a [u8], &'static str> {
+        let taken = self.bytes.get(self.at..self.at + n).ok_or("tcc record cut short")?;
+        self.at += n;
+        Ok(taken)
+    }
+    fn u8(&mut self) -> Result<u8, &'static str> {
+        Ok(self.take(1)?[0])
+    }
+    fn u16(&mut self) -> Result<u16, &'static str> {
+        Ok(u16::from_le_bytes(self.take(2)?.try_into().expect("2 bytes")))
+    }
+    fn u32(&mut self) -> Result<u32, &'static str> {
+        Ok(u32::from_le_bytes(self.take(4)?.try_into().expect("4 bytes")))
+    }
+    fn u64(&mut self) -> Result<u64, &'static str> {
+        Ok(u64::from_le_bytes(self.take(8)?.try_into().expect("8 bytes")))
+    }
+    fn u128(&mut self) -> Result<u128, &'static str> {
+        Ok(u128::from_le_bytes(self.take(16)?.try_into().expect("16 bytes")))
+    }
+    fn action(&mut self) -> Result<BranchAction, &'static str> {
+        action_of(self.take(ACTION_BYTES)?)
+    }
+}
+
+/// Decodes an action's [`ACTION_BYTES`].
+pub(crate) fn action_of(fixed: &[u8]) -> Result<BranchAction, &'static str> {
+    {
+        let currency = Currency::from_bytes(fixed[1..4].try_into().expect("3 bytes")).ok_or("tcc action currency")?;
+        let user_id = u64::from_le_bytes(fixed[4..12].try_into().expect("8 bytes"));
+        let amount = u64::from_le_bytes(fixed[12..20].try_into().expect("8 bytes"));
+        if user_id == 0 || amount == 0 || amount > AMOUNT_MAX {
+            return Err("tcc action without its user or with an amount out of bounds");
+        }
+        match fixed[0] {
+            1 => Ok(BranchAction::Freeze { user_id, currency, amount }),
+            2 => Ok(BranchAction::Credit { user_id, currency, amount }),
+            _ => Err("tcc action of an unknown kind"),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::system_record::LogRecord;
+    use proptest::prelude::*;
+
+    pub(crate) fn sample() -> TccRecord {
+        let cny = Currency::parse("CNY").unwrap();
+        let freeze = BranchAction::Freeze { user_id: 5, currency: cny, amount: 70 };
+        let credit = BranchAction::Credit { user_id: 6, currency: cny, amount: 70 };
+        let activity = u128::MAX - 3;
+        let branches = vec![
+            BranchPlan { shard: 0, branch: 0, action: freeze },
+            BranchPlan { shard: 3, branch: 1, action: credit },
+        ];
+        TccRecord {
+            at_ms: 11,
+            steps: vec![
+                Step::Begin { activity, deadline_ms: 99, branches },
+                Step::Try { activity, branch: 0, action: freeze },
+                Step::Confirm { activity, branch: 0 },
+                Step::Cancel { activity, branch: 1, action: credit },
+                Step::Decide { activity, decision: Decision::Cancel(CancelReason::Timeout) },
+                Step::Decide { activity, decision: Decision::Commit },
+                Step::Complete { activity },
+            ],
+        }
+    }
+
+    #[test]
+    fn every_step_round_trips_in_one_system_record() {
+        let bytes = sample().encode();
+        assert_eq!(LogRecord::decode(&bytes), Ok(LogRecord::Tcc(sample())));
+        assert!(LogRecord::is_system(&bytes));
+        for cut in 0..bytes.len() {
+            assert!(LogRecord::decode(&bytes[..cut]).is_err(), "cut at {cut}");
+        }
+        let mut longer = bytes.clone();
+        longer.push(0);
+        assert!(LogRecord::decode(&longer).is_err());
+    }
+
+    proptest! {
+        #[test]
+        fn flipped_bytes_never_panic(at in 0usize..200, value in any::<u8>()) {
+            let mut bytes = sample().encode();
+            let at = at % bytes.len();
+            bytes[at] = value;
+            if let Ok(LogRecord::Tcc(record)) = LogRecord::decode(&bytes) {
+                prop_assert_eq!(LogRecord::decode(&record.encode()), Ok(LogRecord::Tcc(record.clone())));
+            }
+        }
+    }
+}

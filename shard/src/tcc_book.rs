@@ -1,0 +1,345 @@
+//! What a shard holds of flexible transactions, and the rules of every step: the branches it
+//! takes part in (by activity and branch), the activities it initiated, and the money in the
+//! hands of activities (confirmed from a payer, not yet confirmed to a payee).
+//!
+//! The rules ([`apply_step`]) are written once, over a [`MoneyView`]: the write path runs them
+//! on a scratch view (durable state, the balances of requests in flight, and the record's own
+//! earlier steps) to check a record before it is written; the committer and replay run them on
+//! the durable books. A step the write path accepted therefore applies, and a record that
+//! does not apply cannot have been written by this engine.
+//!
+//! Fences (the lessons of Seata's TCC fence): a Cancel that comes before its Try records the
+//! branch as fenced, and the Try that comes later is refused, so nothing stays reserved for an
+//! activity that is over; Confirm and Cancel answer a repeat with the first answer; Confirm
+//! after Cancel and Cancel after Confirm are refused. An activity's decision is the first one
+//! recorded: a later Decide of the other outcome answers the decision in force.
+//!
+//! Memory: a branch about 64 bytes, an activity about 100 plus 48 per branch; both are kept
+//! after their end (so that late and repeated steps are answered) and are in checkpoints.
+
+use std::collections::BTreeMap;
+
+use crate::accounts::{AccountKey, Balance, BALANCE_MAX};
+use crate::currency::Currency;
+use crate::error::Refusal;
+use crate::partitioned::PartitionedMap;
+use crate::tcc::{BranchAction, BranchPlan, Decision, Step};
+
+/// Where a branch stands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub enum BranchState {
+    /// Its Try reserved what its action needs.
+    Tried,
+    Confirmed,
+    /// Cancelled after its Try: the reservation was released.
+    Cancelled,
+    /// Cancelled before any Try: nothing was reserved, and a later Try is refused.
+    Fenced,
+}
+
+/// A branch this shard takes part in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct BranchEntry {
+    pub action: BranchAction,
+    pub state: BranchState,
+}
+
+/// Where an activity stands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub enum ActivityState {
+    /// Begun, its Tries under way; cancelled once past its deadline.
+    Open,
+    /// Decided; its Confirms or Cancels under way.
+    Decided(Decision),
+    /// Every branch answered the decision.
+    Completed(Decision),
+}
+
+/// An activity this shard initiated.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ActivityEntry {
+    pub branches: Vec<BranchPlan>,
+    pub deadline_ms: u64,
+    pub begun_ms: u64,
+    pub state: ActivityState,
+}
+
+/// What a step answers: its outcome, and whether it repeated one already recorded.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct StepAnswer {
+    pub outcome: StepOutcome,
+    pub repeat: bool,
+}
+
+/// The state a step left (or found, for a repeat).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StepOutcome {
+    Begun,
+    Branch(BranchState),
+    /// The decision in force (the first one recorded).
+    Decided(Decision),
+    Completed(Decision),
+}
+
+/// The state the rules read and change.
+pub(crate) trait MoneyView {
+    fn balance(&self, key: AccountKey) -> Balance;
+    fn set_balance(&mut self, key: AccountKey, balance: Balance);
+    fn branch(&self, activity: u128, branch: u16) -> Option<BranchEntry>;
+    fn set_branch(&mut self, activity: u128, branch: u16, entry: BranchEntry);
+    fn activity(&self, activity: u128) -> Option<ActivityEntry>;
+    fn set_activity(&mut self, activity: u128, entry: ActivityEntry);
+    /// Money moves into (`+`) or out of (`-`) the hands of activities.
+    fn add_in_transit(&mut self, currency: Currency, amount: i128);
+}
+
+fn key_of(action: &BranchAction) -> AccountKey {
+    AccountKey { user_id: action.user_id(), currency: action.currency() }
+}
+
+fn answer(outcome: StepOutcome, repeat: bool) -> Result<StepAnswer, Refusal> {
+    Ok(StepAnswer { outcome, repeat })
+}
+
+/// Applies one step to `view` (see the module's text); a refusal changes nothing.
+pub(crate) fn apply_step(view: &mut impl MoneyView, step: &Step, at_ms: u64) -> Result<StepAnswer, Refusal> {
+    match step {
+        Step::Begin { activity, deadline_ms, branches } => match view.activity(*activity) {
+            Some(entry) if entry.branches == *branches => answer(StepOutcome::Begun, true),
+            Some(_) => Err(Refusal::StepConflict { activity: *activity, reason: "begun with other branches" }),
+            None => {
+                let entry = ActivityEntry {
+                    branches: branches.clone(),
+                    deadline_ms: *deadline_ms,
+                    begun_ms: at_ms,
+                    state: ActivityState::Open,
+                };
+                view.set_activity(*activity, entry);
+                answer(StepOutcome::Begun, false)
+            }
+        },
+        Step::Try { activity, branch, action } => try_branch(view, *activity, *branch, *action),
+        Step::Confirm { activity, branch } => confirm_branch(view, *activity, *branch),
+        Step::Cancel { activity, branch, action } => cancel_branch(view, *activity, *branch, *action),
+        Step::Decide { activity, decision } => {
+            let mut entry = view
+                .activity(*activity)
+                .ok_or(Refusal::StepConflict { activity: *activity, reason: "decision of an activity never begun" })?;
+            match entry.state {
+                ActivityState::Open => {
+                    entry.state = ActivityState::Decided(*decision);
+                    view.set_activity(*activity, entry);
+                    answer(StepOutcome::Decided(*decision), false)
+                }
+                ActivityState::Decided(first) => answer(StepOutcome::Decided(first), true),
+                ActivityState::Completed(first) => answer(StepOutcome::Completed(first), true),
+            }
+        }
+        Step::Complete { activity } => {
+            let mut entry = view.activity(*activity).ok_or(Refusal::StepConflict {
+                activity: *activity,
+                reason: "completion of an activity never begun",
+            })?;
+            match entry.state {
+                ActivityState::Open => {
+                    Err(Refusal::StepConflict { activity: *activity, reason: "completion before a decision" })
+                }
+                ActivityState::Decided(decision) => {
+                    entry.state = ActivityState::Completed(decision);
+                    view.set_activity(*activity, entry);
+                    answer(StepOutcome::Completed(decision), false)
+                }
+                ActivityState::Completed(decision) => answer(StepOutcome::Completed(decision), true),
+            }
+        }
+    }
+}
+
+fn try_branch(
+    view: &mut impl MoneyView,
+    activity: u128,
+    branch: u16,
+    action: BranchAction,
+) -> Result<StepAnswer, Refusal> {
+    if let Some(entry) = view.branch(activity, branch) {
+        return match entry.state {
+            _ if entry.action != action => {
+                Err(Refusal::StepConflict { activity, reason: "a branch tried with another action" })
+            }
+            BranchState::Tried | BranchState::Confirmed => answer(StepOutcome::Branch(BranchState::Tried), true),
+            BranchState::Cancelled | BranchState::Fenced => Err(Refusal::BranchCancelled { activity, branch }),
+        };
+    }
+    let key = key_of(&action);
+    let mut balance = view.balance(key);
+    let (user_id, currency, amount) = (key.user_id, key.currency, action.amount());
+    match action {
+        BranchAction::Freeze { .. } => {
+            if balance.available < amount {
+                let available = balance.available;
+                return Err(Refusal::InsufficientFunds { user_id, currency, available, requested: amount });
+            }
+            balance.available -= amount;
+            balance.frozen += amount;
+        }
+        BranchAction::Credit { .. } => {
+            if balance.held().checked_add(amount).is_none_or(|held| held > BALANCE_MAX) {
+                let holds = balance.held();
+                return Err(Refusal::BalanceLimit { user_id, currency, balance: holds, amount, max: BALANCE_MAX });
+            }
+            balance.incoming += amount;
+        }
+    }
+    view.set_balance(key, balance);
+    view.set_branch(activity, branch, BranchEntry { action, state: BranchState::Tried });
+    answer(StepOutcome::Branch(BranchState::Tried), false)
+}
+
+fn confirm_branch(view: &mut impl MoneyView, activity: u128, branch: u16) -> Result<StepAnswer, Refusal> {
+    let Some(mut entry) = view.branch(activity, branch) else {
+        return Err(Refusal::BranchNotTried { activity, branch });
+    };
+    match entry.state {
+        BranchState::Confirmed => return answer(StepOutcome::Branch(BranchState::Confirmed), true),
+        BranchState::Cancelled | BranchState::Fenced => return Err(Refusal::BranchCancelled { activity, branch }),
+        BranchState::Tried => {}
+    }
+    // Confirm uses only what the Try reserved: it fails only on books this engine cannot
+    // have made.
+    let key = key_of(&entry.action);
+    let mut balance = view.balance(key);
+    let amount = entry.action.amount();
+    let broken = Refusal::StepConflict { activity, reason: "the account does not hold the branch's reservation" };
+    match entry.action {
+        BranchAction::Freeze { .. } => {
+            balance.frozen = balance.frozen.checked_sub(amount).ok_or(broken)?;
+            view.add_in_transit(key.currency, i128::from(amount));
+        }
+        BranchAction::Credit { .. } => {
+            balance.incoming = balance.incoming.checked_sub(amount).ok_or(broken.clone())?;
+            balance.available = balance.available.checked_add(amount).ok_or(broken)?;
+            view.add_in_transit(key.currency, -i128::from(amount));
+        }
+    }
+    view.set_balance(key, balance);
+    entry.state = BranchState::Confirmed;
+    view.set_branch(activity, branch, entry);
+    answer(StepOutcome::Branch(BranchState::Confirmed), false)
+}
+
+fn cancel_branch(
+    view: &mut impl MoneyView,
+    activity: u128,
+    branch: u16,
+    action: BranchAction,
+) -> Result<StepAnswer, Refusal> {
+    let Some(mut entry) = view.branch(activity, branch) else {
+        // An empty rollback: nothing was reserved, and a Try that comes later is refused.
+        view.set_branch(activity, branch, BranchEntry { action, state: BranchState::Fenced });
+        return answer(StepOutcome::Branch(BranchState::Fenced), false);
+    };
+    match entry.state {
+        BranchState::Cancelled | BranchState::Fenced => return answer(StepOutcome::Branch(entry.state), true),
+        BranchState::Confirmed => return Err(Refusal::BranchConfirmed { activity, branch }),
+        BranchState::Tried => {}
+    }
+    let key = key_of(&entry.action);
+    let mut balance = view.balance(key);
+    let amount = entry.action.amount();
+    let broken = Refusal::StepConflict { activity, reason: "the account does not hold the branch's reservation" };
+    match entry.action {
+        BranchAction::Freeze { .. } => {
+            balance.frozen = balance.frozen.checked_sub(amount).ok_or(broken.clone())?;
+            balance.available = balance.available.checked_add(amount).ok_or(broken)?;
+        }
+        BranchAction::Credit { .. } => balance.incoming = balance.incoming.checked_sub(amount).ok_or(broken)?,
+    }
+    view.set_balance(key, balance);
+    entry.state = BranchState::Cancelled;
+    view.set_branch(activity, branch, entry);
+    answer(StepOutcome::Branch(BranchState::Cancelled), false)
+}
+
+/// One entry of the book, as a checkpoint holds it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum TccItem {
+    Branch(u128, u16, BranchEntry),
+    Activity(u128, ActivityEntry),
+    InTransit(Currency, i128),
+}
+
+/// The durable branches, activities and money in transit of one shard. Cloning shares the
+/// maps with the clone, part by part (a checkpoint's snapshot).
+#[derive(Default, Clone)]
+pub(crate) struct TccBook {
+    branches: PartitionedMap<(u128, u16), BranchEntry>,
+    activities: PartitionedMap<u128, ActivityEntry>,
+    /// Activities begun or decided and not completed: few, and what recovery drives on.
+    unfinished: BTreeMap<u128, ()>,
+    in_transit: BTreeMap<Currency, i128>,
+}
+
+impl TccBook {
+    pub(crate) fn branch(&self, activity: u128, branch: u16) -> Option<BranchEntry> {
+        self.branches.get(&(activity, branch)).copied()
+    }
+
+    pub(crate) fn set_branch(&mut self, activity: u128, branch: u16, entry: BranchEntry) {
+        self.branches.insert((activity, branch), entry);
+    }
+
+    pub(crate) fn activity(&self, activity: u128) -> Option<&ActivityEntry> {
+        self.activities.get(&activity)
+    }
+
+    pub(crate) fn set_activity(&mut self, activity: u128, entry: ActivityEntry) {
+        match entry.state {
+            ActivityState::Completed(_) => drop(self.unfinished.remove(&activity)),
+            _ => drop(self.unfinished.insert(activity, ())),
+        }
+        self.activities.insert(activity, entry);
+    }
+
+    pub(crate) fn add_in_transit(&mut self, currency: Currency, amount: i128) {
+        *self.in_transit.entry(currency).or_default() += amount;
+    }
+
+    /// Per currency, money confirmed out of this shard's payers less money confirmed into its
+    /// payees (negative when its payees were paid before the payers' shards confirmed).
+    pub(crate) fn in_transit(&self) -> &BTreeMap<Currency, i128> {
+        &self.in_transit
+    }
+
+    /// The activities this shard initiated that are not completed, with their entries.
+    pub(crate) fn unfinished(&self) -> impl Iterator<Item = (u128, &ActivityEntry)> + '_ {
+        self.unfinished.keys().filter_map(|id| Some((*id, self.activities.get(id)?)))
+    }
+
+    /// Branches and activities held.
+    pub(crate) fn len(&self) -> (usize, usize) {
+        (self.branches.len(), self.activities.len())
+    }
+
+    pub(crate) fn items(&self) -> impl Iterator<Item = TccItem> + '_ {
+        let branches = self.branches.iter().map(|((a, b), entry)| TccItem::Branch(*a, *b, *entry));
+        let activities = self.activities.iter().map(|(id, entry)| TccItem::Activity(*id, entry.clone()));
+        let transit = self.in_transit.iter().map(|(currency, amount)| TccItem::InTransit(*currency, *amount));
+        branches.chain(activities).chain(transit)
+    }
+
+    pub(crate) fn restore(&mut self, item: TccItem) -> Result<(), &'static str> {
+        let twice = match item {
+            TccItem::Branch(activity, branch, entry) => self.branches.insert((activity, branch), entry).is_some(),
+            TccItem::Activity(id, entry) => {
+                let twice = self.activities.get(&id).is_some();
+                self.set_activity(id, entry);
+                twice
+            }
+            TccItem::InTransit(currency, amount) => self.in_transit.insert(currency, amount).is_some(),
+        };
+        match twice {
+            true => Err("tcc entry twice in a checkpoint"),
+            false => Ok(()),
+        }
+    }
+}

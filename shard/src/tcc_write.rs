@@ -1,0 +1,225 @@
+//! The write path of local transactions: 1..=8 steps of flexible transactions (`tcc.rs`)
+//! checked together and made durable as one record, or refused with no trace.
+//!
+//! A transaction is checked by running the rules (`tcc_book.rs`) on a scratch view: durable
+//! state, the balances that writes in flight leave, and the transaction's own earlier steps.
+//! A transaction that touches an activity or branch with a step still in flight waits until
+//! that step is durable and is then checked afresh, so the durable state it is checked against
+//! is the state it will apply to. A transaction whose every step repeats one recorded answers
+//! at once and writes nothing.
+
+use std::collections::{BTreeMap, HashMap};
+use std::rc::Rc;
+
+use tradeshard_wal::disk::Disk;
+
+use crate::account_write::InFlightAccounts;
+use crate::accounts::{AccountBook, AccountKey, Balance};
+use crate::currency::Currency;
+use crate::error::{InputError, LogError, TradeError};
+use crate::id_hash::IdMap;
+use crate::shard::Shard;
+use crate::state::{Effect, EffectKeys, Inner, ShardReply, Waiter};
+use crate::system_record::LogRecord;
+use crate::tcc::{Step, TccRecord, STEPS_MAX};
+use crate::tcc_book::{apply_step, ActivityEntry, BranchEntry, MoneyView, StepAnswer, TccBook};
+use crate::trade::now_ms;
+
+/// The branch number standing for an activity's own record in the keys of steps in flight.
+const ACTIVITY: u32 = u32::MAX;
+
+/// A transaction waiting for a step in flight on one of its activities or branches.
+pub(crate) type Parked = (Vec<Step>, ShardReply<Vec<StepAnswer>>);
+
+/// The local transactions in flight: which activities and branches they touch, and who waits.
+#[derive(Default)]
+pub(crate) struct InFlightTcc {
+    /// (activity, branch or `ACTIVITY`) → seq of the last record touching it.
+    keys: IdMap<(u128, u32), u64>,
+    /// The accounts each record in flight changed, by its seq.
+    touched: IdMap<u64, Vec<AccountKey>>,
+    /// Transactions waiting for the record at a seq.
+    parked: BTreeMap<u64, Vec<Parked>>,
+}
+
+impl InFlightTcc {
+    /// Retires the durable record at `seq`: forgets its keys and the balances it left; returns
+    /// the transactions that waited for it, to be checked again.
+    pub(crate) fn retire(&mut self, seq: u64, record: &TccRecord, accounts: &mut InFlightAccounts) -> Vec<Parked> {
+        for step in &record.steps {
+            let key = key_of(step);
+            if self.keys.get(&key) == Some(&seq) {
+                self.keys.remove(&key);
+            }
+        }
+        accounts.retire_balances(seq, &self.touched.remove(&seq).unwrap_or_default());
+        self.parked.remove(&seq).unwrap_or_default()
+    }
+
+    /// After the log failed: forgets everything and fails the waiting transactions.
+    pub(crate) fn fail(&mut self, error: &TradeError) {
+        self.keys.clear();
+        self.touched.clear();
+        for (_, reply) in std::mem::take(&mut self.parked).into_values().flatten() {
+            reply.send(Err(error.clone()));
+        }
+    }
+}
+
+fn key_of(step: &Step) -> (u128, u32) {
+    match *step {
+        Step::Try { activity, branch, .. }
+        | Step::Confirm { activity, branch }
+        | Step::Cancel { activity, branch, .. } => (activity, u32::from(branch)),
+        Step::Begin { activity, .. } | Step::Decide { activity, .. } | Step::Complete { activity } => {
+            (activity, ACTIVITY)
+        }
+    }
+}
+
+/// The durable books, as the rules change them.
+pub(crate) struct Books<'a> {
+    pub accounts: &'a mut AccountBook,
+    pub tcc: &'a mut TccBook,
+}
+
+impl MoneyView for Books<'_> {
+    fn balance(&self, key: AccountKey) -> Balance {
+        self.accounts.balance(key)
+    }
+    fn set_balance(&mut self, key: AccountKey, balance: Balance) {
+        self.accounts.set_balance(key, balance)
+    }
+    fn branch(&self, activity: u128, branch: u16) -> Option<BranchEntry> {
+        self.tcc.branch(activity, branch)
+    }
+    fn set_branch(&mut self, activity: u128, branch: u16, entry: BranchEntry) {
+        self.tcc.set_branch(activity, branch, entry)
+    }
+    fn activity(&self, activity: u128) -> Option<ActivityEntry> {
+        self.tcc.activity(activity).cloned()
+    }
+    fn set_activity(&mut self, activity: u128, entry: ActivityEntry) {
+        self.tcc.set_activity(activity, entry)
+    }
+    fn add_in_transit(&mut self, currency: Currency, amount: i128) {
+        self.tcc.add_in_transit(currency, amount)
+    }
+}
+
+/// Durable state seen through the writes in flight, with a transaction's changes on top.
+struct Scratch<'a> {
+    accounts: &'a AccountBook,
+    tcc: &'a TccBook,
+    in_flight: &'a InFlightAccounts,
+    balances: HashMap<AccountKey, Balance>,
+    branches: HashMap<(u128, u16), BranchEntry>,
+    activities: HashMap<u128, ActivityEntry>,
+}
+
+impl MoneyView for Scratch<'_> {
+    fn balance(&self, key: AccountKey) -> Balance {
+        let durable = || self.in_flight.balance(key).unwrap_or_else(|| self.accounts.balance(key));
+        self.balances.get(&key).copied().unwrap_or_else(durable)
+    }
+    fn set_balance(&mut self, key: AccountKey, balance: Balance) {
+        self.balances.insert(key, balance);
+    }
+    fn branch(&self, activity: u128, branch: u16) -> Option<BranchEntry> {
+        self.branches.get(&(activity, branch)).copied().or_else(|| self.tcc.branch(activity, branch))
+    }
+    fn set_branch(&mut self, activity: u128, branch: u16, entry: BranchEntry) {
+        self.branches.insert((activity, branch), entry);
+    }
+    fn activity(&self, activity: u128) -> Option<ActivityEntry> {
+        self.activities.get(&activity).cloned().or_else(|| self.tcc.activity(activity).cloned())
+    }
+    fn set_activity(&mut self, activity: u128, entry: ActivityEntry) {
+        self.activities.insert(activity, entry);
+    }
+    fn add_in_transit(&mut self, _: Currency, _: i128) {}
+}
+
+impl<D: Disk> Shard<D> {
+    /// Makes `steps` durable together, or none of them; `reply` is answered with each step's
+    /// answer once durable, or with why not (the first step refused, nothing written).
+    pub fn transact(&self, steps: Vec<Step>, reply: ShardReply<Vec<StepAnswer>>) {
+        transact_on(&self.inner, steps, reply)
+    }
+
+    /// An activity this shard initiated.
+    pub fn activity(&self, activity: u128) -> Option<ActivityEntry> {
+        self.inner.index.borrow().tcc().activity(activity).cloned()
+    }
+
+    /// The activities this shard initiated that are not completed (recovery drives them).
+    pub fn unfinished_activities(&self) -> Vec<(u128, ActivityEntry)> {
+        self.inner.index.borrow().tcc().unfinished().map(|(id, entry)| (id, entry.clone())).collect()
+    }
+
+    /// Per currency, money this shard's branches confirmed out of payers less money they
+    /// confirmed into payees: summed over all shards, the money inside open activities.
+    pub fn in_transit(&self) -> BTreeMap<Currency, i128> {
+        self.inner.index.borrow().tcc().in_transit().clone()
+    }
+}
+
+/// [`Shard::transact`] on a shard's state (the committer calls it again for parked ones).
+pub(crate) fn transact_on<D: Disk>(inner: &Rc<Inner<D>>, steps: Vec<Step>, reply: ShardReply<Vec<StepAnswer>>) {
+    let mut accepted = inner.accepted.borrow_mut();
+    if let Some(failure) = &accepted.failed {
+        return reply.send(Err(failure.clone()));
+    }
+    if accepted.closing {
+        return reply.send(Err(TradeError::Log(LogError::Closed)));
+    }
+    if steps.is_empty() || steps.len() > STEPS_MAX {
+        return reply.send(Err(InputError::BadSteps { count: steps.len(), max: STEPS_MAX }.into()));
+    }
+    if let Some(seq) = steps.iter().filter_map(|step| accepted.tcc.keys.get(&key_of(step)).copied()).max() {
+        return accepted.tcc.parked.entry(seq).or_default().push((steps, reply));
+    }
+    let index = inner.index.borrow();
+    let at_ms = now_ms();
+    let mut scratch = Scratch {
+        accounts: index.accounts(),
+        tcc: index.tcc(),
+        in_flight: &accepted.accounts,
+        balances: HashMap::new(),
+        branches: HashMap::new(),
+        activities: HashMap::new(),
+    };
+    let mut answers = Vec::with_capacity(steps.len());
+    for step in &steps {
+        match apply_step(&mut scratch, step, at_ms) {
+            Ok(answer) => answers.push(answer),
+            Err(refusal) => return reply.send(Err(refusal.into())),
+        }
+    }
+    if answers.iter().all(|answer| answer.repeat) {
+        return reply.send(Ok(answers));
+    }
+    let balances: Vec<(AccountKey, Balance)> = scratch.balances.into_iter().collect();
+    let record = TccRecord { at_ms, steps };
+    let ticket = match inner.wal.enqueue(&record.encode()) {
+        Ok(ticket) => ticket,
+        Err(error) => return reply.send(Err(error.into())),
+    };
+    let seq = ticket.seq();
+    for (key, balance) in &balances {
+        accepted.accounts.note_balance(*key, *balance, seq);
+    }
+    accepted.tcc.touched.insert(seq, balances.iter().map(|(key, _)| *key).collect());
+    for step in &record.steps {
+        accepted.tcc.keys.insert(key_of(step), seq);
+    }
+    let record = LogRecord::Tcc(record);
+    accepted.push(Effect {
+        seq,
+        ticket: Some(ticket),
+        record,
+        keys: EffectKeys::None,
+        waiter: Waiter::Tcc(reply),
+        after: None,
+    });
+}
