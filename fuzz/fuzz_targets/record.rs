@@ -13,6 +13,7 @@ fuzz_target!(|bytes: &[u8]| {
         LogRecord::Claim(claim) => claim.encode(),
         LogRecord::ClaimSettled(settled) => settled.encode(),
         LogRecord::Journal(journal) => journal.encode(),
+        LogRecord::Tcc(tcc) => tcc.encode(),
     };
     assert_eq!(LogRecord::decode(&encoded).expect("an encoded record decodes"), record);
 });

@@ -51,6 +51,11 @@ impl InFlightAccounts {
         }
     }
 
+    /// True when an account request in flight has this request key.
+    pub(crate) fn has_request(&self, key: u128) -> bool {
+        self.requests.contains_key(&key)
+    }
+
     /// An account's balance once every request in flight is durable.
     pub(crate) fn balance(&self, key: AccountKey) -> Option<Balance> {
         self.balances.get(&key).map(|(balance, _)| *balance)
@@ -95,13 +100,17 @@ impl<D: Disk> Shard<D> {
         let book = index.accounts();
         let key = account_request_key(command.user_id, &command.request_no);
         let asked = (command.op, command.currency, command.amount);
-        let Accepted { accounts, .. } = &mut *accepted;
+        let Accepted { accounts, tcc, .. } = &mut *accepted;
         if let Some(&((op, currency, amount), seq)) = accounts.requests.get(&key) {
             if (op, currency, amount) != asked {
                 let original = RequestEntry { op, currency, amount, at_ms: 0, after: Balance::default() };
                 return reply.send(Err(original.conflict(&command.request_no).into()));
             }
             return accounts.repeats.entry(seq).or_default().push(reply);
+        }
+        if index.tcc().activity(key).is_some() || tcc.has_activity(key) {
+            let reason = "the request number names a transfer across shards";
+            return reply.send(Err(crate::error::Refusal::StepConflict { activity: key, reason }.into()));
         }
         if let Some(entry) = book.request(key) {
             return match entry.same_as(&command) {

@@ -125,6 +125,9 @@ pub enum Refusal {
     /// A Confirm of a branch with no Try.
     #[error("branch {branch} of activity {activity:#x} was never tried")]
     BranchNotTried { activity: u128, branch: u16 },
+    /// A Decide (or a Complete) of an activity whose decision in force is the other one.
+    #[error("activity {activity:#x} was decided otherwise: {decision:?}")]
+    DecidedOtherwise { activity: u128, decision: crate::tcc::Decision },
     /// The transfer's activity was cancelled, and nothing moved.
     #[error("transfer cancelled ({reason:?}); activity {activity:#x}")]
     TransferCancelled { activity: u128, reason: CancelReason },

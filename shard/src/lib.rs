@@ -41,6 +41,7 @@ mod state;
 mod system_record;
 mod tcc;
 mod tcc_book;
+mod tcc_driver;
 mod tcc_write;
 mod trade;
 mod trade_cache;
@@ -65,6 +66,7 @@ pub use index::order_key;
 #[cfg(any(test, feature = "testing"))]
 pub use journal::JournalRecord;
 pub use journal::{AccountOp, REQUEST_NO_BYTES_MAX};
+pub use keys::account_request_key;
 pub use lifecycle::Move;
 pub use read::ListQuery;
 pub use record::{CreatedFields, CreatedFieldsView, RecordKind, TradeRecord, TradeRecordView};
@@ -80,6 +82,7 @@ pub use system_record::ClaimOutcome;
 pub use system_record::{ClaimSettled, LogRecord, OffsetCommit, OrderClaim};
 pub use tcc::{BranchAction, BranchPlan, CancelReason, Decision, Step, TccRecord, STEPS_MAX};
 pub use tcc_book::{ActivityEntry, ActivityState, BranchEntry, BranchState, StepAnswer, StepOutcome};
+pub use tcc_driver::{finish_activity, run_activity, Driven, StepSender};
 pub use trade::{
     NewTrade, Receipt, Trade, TradeId, TradeStatus, ValidTrade, AMOUNT_MAX, COUNTER_BITS, LOGICAL_SHARDS_MAX,
     LOGICAL_SHARD_BITS, MEMO_BYTES_MAX, ORDER_NO_BYTES_MAX, REFUND_NO_BYTES_MAX,

@@ -12,7 +12,8 @@
 //! branch as fenced, and the Try that comes later is refused, so nothing stays reserved for an
 //! activity that is over; Confirm and Cancel answer a repeat with the first answer; Confirm
 //! after Cancel and Cancel after Confirm are refused. An activity's decision is the first one
-//! recorded: a later Decide of the other outcome answers the decision in force.
+//! recorded: a later Decide of the other outcome is refused naming the decision in force
+//! (`Refusal::DecidedOtherwise`), so that the steps sent with it are not applied.
 //!
 //! Memory: a branch about 64 bytes, an activity about 100 plus 48 per branch; both are kept
 //! after their end (so that late and repeated steps are answered) and are in checkpoints.
@@ -130,6 +131,9 @@ pub(crate) fn apply_step(view: &mut impl MoneyView, step: &Step, at_ms: u64) -> 
                     entry.state = ActivityState::Decided(*decision);
                     view.set_activity(*activity, entry);
                     answer(StepOutcome::Decided(*decision), false)
+                }
+                ActivityState::Decided(first) | ActivityState::Completed(first) if first != *decision => {
+                    Err(Refusal::DecidedOtherwise { activity: *activity, decision: first })
                 }
                 ActivityState::Decided(first) => answer(StepOutcome::Decided(first), true),
                 ActivityState::Completed(first) => answer(StepOutcome::Completed(first), true),

@@ -16,7 +16,7 @@ use tradeshard_wal::disk::Disk;
 use crate::account_write::InFlightAccounts;
 use crate::accounts::{AccountBook, AccountKey, Balance};
 use crate::currency::Currency;
-use crate::error::{InputError, LogError, TradeError};
+use crate::error::{InputError, LogError, Refusal, TradeError};
 use crate::id_hash::IdMap;
 use crate::shard::Shard;
 use crate::state::{Effect, EffectKeys, Inner, ShardReply, Waiter};
@@ -54,6 +54,11 @@ impl InFlightTcc {
         }
         accounts.retire_balances(seq, &self.touched.remove(&seq).unwrap_or_default());
         self.parked.remove(&seq).unwrap_or_default()
+    }
+
+    /// True when a record in flight touches this activity's own entry.
+    pub(crate) fn has_activity(&self, activity: u128) -> bool {
+        self.keys.contains_key(&(activity, ACTIVITY))
     }
 
     /// After the log failed: forgets everything and fails the waiting transactions.
@@ -180,6 +185,16 @@ pub(crate) fn transact_on<D: Disk>(inner: &Rc<Inner<D>>, steps: Vec<Step>, reply
         return accepted.tcc.parked.entry(seq).or_default().push((steps, reply));
     }
     let index = inner.index.borrow();
+    // An activity's id may be its initiator's account request number (a transfer's): one
+    // number is one request, either an account request or an activity.
+    for step in &steps {
+        if let Step::Begin { activity, .. } = step {
+            if index.accounts().request(*activity).is_some() || accepted.accounts.has_request(*activity) {
+                let reason = "the activity's id is an account request already made";
+                return reply.send(Err(Refusal::StepConflict { activity: *activity, reason }.into()));
+            }
+        }
+    }
     let at_ms = now_ms();
     let mut scratch = Scratch {
         accounts: index.accounts(),

@@ -1,0 +1,171 @@
+//! The activity manager's protocol: the order in which an activity's steps are sent to the
+//! shards, written once for whoever carries them (the engine between its executors, the tests
+//! between shards on simulated disks), through a [`StepSender`].
+//!
+//! Running an activity from its start:
+//!
+//! 1. **Begin** in the initiator's shard, with the Tries of the branches that live there, as one
+//!    local transaction: a refused Try (too little available) refuses the whole, and nothing
+//!    is recorded.
+//! 2. **Try** each other branch in its shard, all at once.
+//! 3. **Decide**: commit if every Try succeeded, else cancel; the decision is durable (with the
+//!    initiator's own Confirms or Cancels, in one local transaction) before any other Confirm
+//!    or Cancel is sent. If the activity was decided otherwise meanwhile (recovery cancelled it
+//!    past its deadline), that decision is the one carried out.
+//! 4. **Confirm** (or **Cancel**) each other branch, all at once.
+//! 5. **Complete** in the initiator's shard once every branch answered.
+//!
+//! Every step is idempotent, so a step sent twice (a retry, recovery driving an activity its
+//! initiator is still driving) changes nothing more. Recovery ([`finish_activity`]) takes an
+//! activity not completed from where its record stands: undecided past its deadline, it is
+//! cancelled; decided, the decision is sent again to every branch until each answered.
+
+use std::future::Future;
+
+use crate::error::{Refusal, TradeError};
+use crate::tcc::{BranchPlan, CancelReason, Decision, Step};
+use crate::tcc_book::{ActivityEntry, ActivityState, StepAnswer};
+
+/// Carries a local transaction to a shard and brings back its answers.
+pub trait StepSender {
+    fn send(&self, shard: u32, steps: Vec<Step>) -> impl Future<Output = Result<Vec<StepAnswer>, TradeError>>;
+}
+
+/// How an activity ended, or where it stopped.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Driven {
+    /// The decision in force.
+    pub decision: Decision,
+    /// Every branch answered the decision and the activity is recorded complete; if not,
+    /// recovery finishes it.
+    pub completed: bool,
+}
+
+/// The step that carries `decision` out on a branch.
+fn outcome_step(activity: u128, plan: &BranchPlan, decision: Decision) -> Step {
+    match decision {
+        Decision::Commit => Step::Confirm { activity, branch: plan.branch },
+        Decision::Cancel(_) => Step::Cancel { activity, branch: plan.branch, action: plan.action },
+    }
+}
+
+/// Runs a new activity from its start (see the module's text). A refusal of the initiator's
+/// own Tries is returned as the error, with nothing recorded.
+pub async fn run_activity<S: StepSender>(
+    sender: &S,
+    home: u32,
+    activity: u128,
+    deadline_ms: u64,
+    branches: Vec<BranchPlan>,
+) -> Result<Driven, TradeError> {
+    let (local, remote): (Vec<BranchPlan>, Vec<BranchPlan>) = branches.iter().partition(|plan| plan.shard == home);
+    let mut begin = vec![Step::Begin { activity, deadline_ms, branches: branches.clone() }];
+    begin.extend(local.iter().map(|plan| Step::Try { activity, branch: plan.branch, action: plan.action }));
+    sender.send(home, begin).await?;
+    let tries = remote.iter().map(|plan| {
+        let step = Step::Try { activity, branch: plan.branch, action: plan.action };
+        sender.send(plan.shard, vec![step])
+    });
+    // Any failure, a refusal or not knowing whether the Try landed, cancels: a Cancel releases
+    // what a Try reserved, or fences a Try still on its way.
+    let all_tried = join_all(tries).await.iter().all(Result::is_ok);
+    let decision = if all_tried { Decision::Commit } else { Decision::Cancel(CancelReason::TryRefused) };
+    let mut decide = vec![Step::Decide { activity, decision }];
+    decide.extend(local.iter().map(|plan| outcome_step(activity, plan, decision)));
+    match sender.send(home, decide).await {
+        Ok(_) => carry_out(sender, home, activity, &remote, decision).await,
+        Err(TradeError::Refused(Refusal::DecidedOtherwise { decision, .. })) => {
+            finish_decided(sender, home, activity, &branches, decision).await
+        }
+        Err(error) => Err(error),
+    }
+}
+
+/// Drives an activity not completed to its end from where its record stands (recovery):
+/// `None` for an undecided one still before its deadline at `now_ms`, which is left to its
+/// initiator.
+pub async fn finish_activity<S: StepSender>(
+    sender: &S,
+    home: u32,
+    activity: u128,
+    entry: &ActivityEntry,
+    now_ms: u64,
+) -> Result<Option<Driven>, TradeError> {
+    let decision = match entry.state {
+        ActivityState::Open if now_ms < entry.deadline_ms => return Ok(None),
+        ActivityState::Open => {
+            let decision = Decision::Cancel(CancelReason::Timeout);
+            match sender.send(home, vec![Step::Decide { activity, decision }]).await {
+                Ok(_) => decision,
+                Err(TradeError::Refused(Refusal::DecidedOtherwise { decision, .. })) => decision,
+                Err(error) => return Err(error),
+            }
+        }
+        ActivityState::Decided(decision) => decision,
+        ActivityState::Completed(decision) => return Ok(Some(Driven { decision, completed: true })),
+    };
+    finish_decided(sender, home, activity, &entry.branches, decision).await.map(Some)
+}
+
+/// Sends a durable decision to every branch (the initiator's own first), then completes.
+async fn finish_decided<S: StepSender>(
+    sender: &S,
+    home: u32,
+    activity: u128,
+    branches: &[BranchPlan],
+    decision: Decision,
+) -> Result<Driven, TradeError> {
+    let (local, remote): (Vec<BranchPlan>, Vec<BranchPlan>) = branches.iter().partition(|plan| plan.shard == home);
+    if !local.is_empty() {
+        sender.send(home, local.iter().map(|plan| outcome_step(activity, plan, decision)).collect()).await?;
+    }
+    carry_out(sender, home, activity, &remote, decision).await
+}
+
+/// Sends the decision to the branches of other shards; completes the activity once each
+/// answered. A branch that did not answer leaves the activity to recovery.
+async fn carry_out<S: StepSender>(
+    sender: &S,
+    home: u32,
+    activity: u128,
+    remote: &[BranchPlan],
+    decision: Decision,
+) -> Result<Driven, TradeError> {
+    let steps = remote.iter().map(|plan| sender.send(plan.shard, vec![outcome_step(activity, plan, decision)]));
+    let answered = join_all(steps).await.iter().all(Result::is_ok);
+    if !answered {
+        return Ok(Driven { decision, completed: false });
+    }
+    match sender.send(home, vec![Step::Complete { activity }]).await {
+        Ok(_) => Ok(Driven { decision, completed: true }),
+        Err(TradeError::Refused(refusal)) => Err(refusal.into()),
+        Err(_) => Ok(Driven { decision, completed: false }),
+    }
+}
+
+/// Polls every future until all are ready; their outputs in order.
+async fn join_all<F: Future>(futures: impl Iterator<Item = F>) -> Vec<F::Output> {
+    let mut pending: Vec<_> = futures.map(|future| Some(Box::pin(future))).collect();
+    let mut outputs: Vec<Option<F::Output>> = pending.iter().map(|_| None).collect();
+    std::future::poll_fn(|cx| {
+        let mut all = true;
+        for (slot, output) in pending.iter_mut().zip(outputs.iter_mut()) {
+            if let Some(future) = slot {
+                match future.as_mut().poll(cx) {
+                    std::task::Poll::Ready(value) => {
+                        *output = Some(value);
+                        *slot = None;
+                    }
+                    std::task::Poll::Pending => all = false,
+                }
+            }
+        }
+        if all {
+            std::task::Poll::Ready(())
+        } else {
+            std::task::Poll::Pending
+        }
+    })
+    .await;
+    outputs.into_iter().map(|output| output.expect("every future finished")).collect()
+}

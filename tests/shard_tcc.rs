@@ -1,0 +1,175 @@
+//! The rules of flexible-transaction steps in one shard, through `Shard::transact`: a branch's
+//! Try, Confirm and Cancel with their fences and repeats; an activity's Begin, Decide and
+//! Complete; a local transaction applied whole or refused whole; a step sent while another on
+//! the same branch is in flight waits for it; all of it found again after reopens from the log
+//! and from a checkpoint.
+
+use tradeshard_shard::{
+    AccountCommand, AccountOp, ActivityState, Balance, BranchAction, BranchPlan, BranchState, CancelReason, Currency,
+    Decision, Refusal, Shard, Step, StepAnswer, StepOutcome, TradeError,
+};
+use tradeshard_tests::{call, run, small_config, upkeep_on_request};
+use tradeshard_wal::disk::SimDisk;
+
+type SimShard = Shard<SimDisk>;
+
+fn cny() -> Currency {
+    Currency::parse("CNY").unwrap()
+}
+
+fn freeze(user_id: u64, amount: u64) -> BranchAction {
+    BranchAction::Freeze { user_id, currency: cny(), amount }
+}
+
+async fn send(shard: &SimShard, steps: Vec<Step>) -> Result<Vec<StepAnswer>, TradeError> {
+    call(|reply| shard.transact(steps, reply)).await
+}
+
+fn fresh(outcome: StepOutcome) -> StepAnswer {
+    StepAnswer { outcome, repeat: false }
+}
+
+fn repeat(outcome: StepOutcome) -> StepAnswer {
+    StepAnswer { outcome, repeat: true }
+}
+
+async fn deposit(shard: &SimShard, user: u64, amount: u64, request_no: &str) {
+    let command = AccountCommand::new(AccountOp::Deposit, user, "CNY", amount, request_no).unwrap();
+    call(|reply| shard.post(command, reply)).await.unwrap();
+}
+
+#[test]
+fn branches_keep_their_fences_and_answer_repeats_with_the_first_answer() {
+    run(async {
+        let shard = Shard::open(SimDisk::new(), small_config(), 0).await.unwrap();
+        deposit(&shard, 1, 1_000, "d").await;
+        let (a, b) = (1u128, 2u128);
+        // Try freezes; Confirm takes the frozen money into the activity's hands.
+        let tried = send(&shard, vec![Step::Try { activity: a, branch: 0, action: freeze(1, 300) }]).await.unwrap();
+        assert_eq!(tried, vec![fresh(StepOutcome::Branch(BranchState::Tried))]);
+        assert_eq!(shard.balance(1, cny()), Balance { available: 700, frozen: 300, incoming: 0 });
+        let again = send(&shard, vec![Step::Try { activity: a, branch: 0, action: freeze(1, 300) }]).await.unwrap();
+        assert_eq!(again, vec![repeat(StepOutcome::Branch(BranchState::Tried))]);
+        match send(&shard, vec![Step::Try { activity: a, branch: 0, action: freeze(1, 301) }]).await {
+            Err(TradeError::Refused(Refusal::StepConflict { .. })) => {}
+            other => panic!("a branch tried with another action: {other:?}"),
+        }
+        let confirmed = send(&shard, vec![Step::Confirm { activity: a, branch: 0 }]).await.unwrap();
+        assert_eq!(confirmed, vec![fresh(StepOutcome::Branch(BranchState::Confirmed))]);
+        assert_eq!(shard.balance(1, cny()), Balance { available: 700, frozen: 0, incoming: 0 });
+        assert_eq!(shard.in_transit()[&cny()], 300, "the activity holds the confirmed money");
+        let again = send(&shard, vec![Step::Confirm { activity: a, branch: 0 }]).await.unwrap();
+        assert_eq!(again, vec![repeat(StepOutcome::Branch(BranchState::Confirmed))]);
+        match send(&shard, vec![Step::Cancel { activity: a, branch: 0, action: freeze(1, 300) }]).await {
+            Err(TradeError::Refused(Refusal::BranchConfirmed { activity: 1, branch: 0 })) => {}
+            other => panic!("Cancel after Confirm: {other:?}"),
+        }
+        // Cancel before any Try: an empty rollback, and the Try that comes late is refused.
+        let fenced = send(&shard, vec![Step::Cancel { activity: b, branch: 3, action: freeze(1, 50) }]).await.unwrap();
+        assert_eq!(fenced, vec![fresh(StepOutcome::Branch(BranchState::Fenced))]);
+        match send(&shard, vec![Step::Try { activity: b, branch: 3, action: freeze(1, 50) }]).await {
+            Err(TradeError::Refused(Refusal::BranchCancelled { activity: 2, branch: 3 })) => {}
+            other => panic!("a Try after its Cancel: {other:?}"),
+        }
+        match send(&shard, vec![Step::Confirm { activity: b, branch: 3 }]).await {
+            Err(TradeError::Refused(Refusal::BranchCancelled { .. })) => {}
+            other => panic!("Confirm after Cancel: {other:?}"),
+        }
+        match send(&shard, vec![Step::Confirm { activity: b, branch: 4 }]).await {
+            Err(TradeError::Refused(Refusal::BranchNotTried { .. })) => {}
+            other => panic!("Confirm without a Try: {other:?}"),
+        }
+        // Cancel after a Try gives the money back.
+        send(&shard, vec![Step::Try { activity: b, branch: 5, action: freeze(1, 200) }]).await.unwrap();
+        let cancelled =
+            send(&shard, vec![Step::Cancel { activity: b, branch: 5, action: freeze(1, 200) }]).await.unwrap();
+        assert_eq!(cancelled, vec![fresh(StepOutcome::Branch(BranchState::Cancelled))]);
+        assert_eq!(shard.balance(1, cny()).available, 700);
+        // A Try past what is available is refused and leaves no trace.
+        match send(&shard, vec![Step::Try { activity: b, branch: 6, action: freeze(1, 701) }]).await {
+            Err(TradeError::Refused(Refusal::InsufficientFunds { available: 700, requested: 701, .. })) => {}
+            other => panic!("an overdraft Try: {other:?}"),
+        }
+        let later = send(&shard, vec![Step::Try { activity: b, branch: 6, action: freeze(1, 700) }]).await.unwrap();
+        assert_eq!(later, vec![fresh(StepOutcome::Branch(BranchState::Tried))], "the refused Try left no trace");
+    });
+}
+
+#[test]
+fn an_activity_is_decided_once_and_a_local_transaction_applies_whole_or_not_at_all() {
+    run(async {
+        let shard = Shard::open(SimDisk::new(), small_config(), 0).await.unwrap();
+        deposit(&shard, 1, 100, "d").await;
+        let activity = 9u128;
+        let plan = BranchPlan { shard: 0, branch: 0, action: freeze(1, 80) };
+        let begin = Step::Begin { activity, deadline_ms: 5, branches: vec![plan] };
+        // The second step is refused (too little available): nothing of the first is recorded.
+        let over = Step::Try { activity, branch: 0, action: freeze(1, 101) };
+        assert!(send(&shard, vec![begin.clone(), over]).await.is_err());
+        assert_eq!(shard.activity(activity), None, "a refused local transaction leaves no trace");
+        let tried = Step::Try { activity, branch: 0, action: plan.action };
+        let answers = send(&shard, vec![begin.clone(), tried]).await.unwrap();
+        assert_eq!(answers, vec![fresh(StepOutcome::Begun), fresh(StepOutcome::Branch(BranchState::Tried))]);
+        match send(&shard, vec![Step::Complete { activity }]).await {
+            Err(TradeError::Refused(Refusal::StepConflict { .. })) => {}
+            other => panic!("completion before a decision: {other:?}"),
+        }
+        let cancel = Decision::Cancel(CancelReason::Timeout);
+        let decided = send(&shard, vec![Step::Decide { activity, decision: cancel }]).await.unwrap();
+        assert_eq!(decided, vec![fresh(StepOutcome::Decided(cancel))]);
+        // The other decision, with a Confirm sent along: refused whole, naming the decision.
+        let confirm = Step::Confirm { activity, branch: 0 };
+        match send(&shard, vec![Step::Decide { activity, decision: Decision::Commit }, confirm]).await {
+            Err(TradeError::Refused(Refusal::DecidedOtherwise { decision, .. })) => assert_eq!(decision, cancel),
+            other => panic!("a second decision: {other:?}"),
+        }
+        assert_eq!(shard.balance(1, cny()).frozen, 80, "the Confirm sent with it was not applied");
+        let steps = vec![Step::Cancel { activity, branch: 0, action: plan.action }, Step::Complete { activity }];
+        send(&shard, steps).await.unwrap();
+        assert_eq!(shard.activity(activity).unwrap().state, ActivityState::Completed(cancel));
+        assert!(shard.unfinished_activities().is_empty());
+        assert_eq!(shard.balance(1, cny()), Balance { available: 100, frozen: 0, incoming: 0 });
+        // One number is one request: an activity cannot take an account request's number.
+        let key = tradeshard_shard::account_request_key(1, "d");
+        let taken = Step::Begin { activity: key, deadline_ms: 5, branches: vec![plan] };
+        assert!(matches!(send(&shard, vec![taken]).await, Err(TradeError::Refused(Refusal::StepConflict { .. }))));
+    });
+}
+
+#[test]
+fn a_step_waits_for_one_in_flight_on_its_branch_and_everything_survives_reopens() {
+    run(async {
+        let disk = SimDisk::new();
+        let upkeep = upkeep_on_request(false, None);
+        {
+            let shard = Shard::open_with(disk.clone(), small_config(), 0, upkeep).await.unwrap();
+            deposit(&shard, 1, 500, "d").await;
+            // Sent back to back: the Confirm is checked once the Try is durable.
+            let (try_reply, tried) = tradeshard_shard::reply::channel();
+            shard.transact(vec![Step::Try { activity: 3, branch: 0, action: freeze(1, 120) }], try_reply);
+            let (confirm_reply, confirmed) = tradeshard_shard::reply::channel();
+            shard.transact(vec![Step::Confirm { activity: 3, branch: 0 }], confirm_reply);
+            assert!(tried.await.unwrap().is_ok());
+            let confirmed = confirmed.await.unwrap().unwrap();
+            assert_eq!(confirmed, vec![fresh(StepOutcome::Branch(BranchState::Confirmed))]);
+            let fence = Step::Cancel { activity: 4, branch: 1, action: freeze(1, 9) };
+            send(&shard, vec![fence]).await.unwrap();
+            let plan = BranchPlan { shard: 0, branch: 0, action: freeze(1, 10) };
+            send(&shard, vec![Step::Begin { activity: 5, deadline_ms: 77, branches: vec![plan] }]).await.unwrap();
+        }
+        for checkpoint in [false, true] {
+            let shard = Shard::open_with(disk.clone(), small_config(), 0, upkeep).await.unwrap();
+            assert_eq!(shard.stats().opened.checkpoint.is_some(), checkpoint);
+            assert_eq!(shard.balance(1, cny()), Balance { available: 380, frozen: 0, incoming: 0 });
+            assert_eq!(shard.in_transit()[&cny()], 120);
+            let again = send(&shard, vec![Step::Confirm { activity: 3, branch: 0 }]).await.unwrap();
+            assert_eq!(again, vec![repeat(StepOutcome::Branch(BranchState::Confirmed))]);
+            let late = send(&shard, vec![Step::Try { activity: 4, branch: 1, action: freeze(1, 9) }]).await;
+            assert!(matches!(late, Err(TradeError::Refused(Refusal::BranchCancelled { .. }))));
+            let open = shard.unfinished_activities();
+            assert_eq!(open.len(), 1);
+            assert_eq!((open[0].0, open[0].1.deadline_ms, open[0].1.state), (5, 77, ActivityState::Open));
+            shard.checkpoint().await.unwrap();
+        }
+    });
+}

@@ -1,0 +1,293 @@
+//! Power loss at every step of flexible transactions: two shards on simulated disks, users in
+//! each, funded by deposits, moving money to each other by the activity manager's protocol
+//! (`shard/src/tcc_driver.rs`: begin with the payer's Try, the payee's Try, the decision with
+//! the payer's Confirm or Cancel, the payee's Confirm or Cancel, completion). Each incarnation
+//! ends in a crash at a random operation of either disk, and a fraction of the transfers stop
+//! on purpose after a random number of steps (the initiator dying between any two of them).
+//!
+//! After each reopen, recovery drives every activity not completed to its end (undecided ones
+//! as past their deadline: cancelled), and the checks are: nothing is left unfinished; no
+//! account holds a frozen amount or a reservation for a credit, and no money is in transit;
+//! every balance is what the acknowledged deposits and the transfers' decisions make it, and
+//! the balances sum to the deposits (money conserved); every acknowledged transfer's activity
+//! ended as acknowledged, and a retry of it answers the same; a Try arriving after its
+//! activity was cancelled is refused. A failure names its seed (`TRADESHARD_SIM_SEED=<seed>`).
+
+use std::cell::{Cell, RefCell};
+use std::collections::HashMap;
+use std::rc::Rc;
+
+use tradeshard_shard::{
+    account_request_key, finish_activity, run_activity, AccountCommand, AccountOp, ActivityState, BranchAction,
+    BranchPlan, Currency, Decision, LogError, Refusal, Shard, Step, StepAnswer, StepSender, TradeError,
+};
+use tradeshard_tests::{call, run_campaign, sim_disk_for_seed};
+use tradeshard_wal::disk::{SimDisk, SplitMix64};
+use tradeshard_wal::{Preallocation, WalConfig};
+
+/// Users 1..=3 live in shard 0, users 4..=6 in shard 1.
+const USERS: u64 = 6;
+
+fn shard_of(user: u64) -> u32 {
+    u32::from(user > 3)
+}
+
+fn config(shard_id: u32) -> WalConfig {
+    WalConfig {
+        shard_id,
+        segment_bytes: 256 << 10,
+        frame_payload_bytes_max: 16 << 10,
+        record_bytes_max: 4 << 10,
+        preallocation: Preallocation::Zeroed,
+        ..WalConfig::default()
+    }
+}
+
+fn cny() -> Currency {
+    Currency::parse("CNY").unwrap()
+}
+
+/// The two shards, as the activity manager reaches them; after `budget` sends every send fails
+/// without reaching a shard, as a dying initiator's would.
+struct Pair {
+    shards: [Rc<Shard<SimDisk>>; 2],
+    budget: Cell<usize>,
+}
+
+impl StepSender for Pair {
+    async fn send(&self, shard: u32, steps: Vec<Step>) -> Result<Vec<StepAnswer>, TradeError> {
+        if self.budget.get() == 0 {
+            return Err(TradeError::Log(LogError::Closed));
+        }
+        self.budget.set(self.budget.get() - 1);
+        call(|reply| self.shards[shard as usize].transact(steps, reply)).await
+    }
+}
+
+#[derive(Clone, Debug)]
+struct Transfer {
+    from: u64,
+    to: u64,
+    amount: u64,
+    request_no: String,
+}
+
+impl Transfer {
+    fn activity(&self) -> u128 {
+        account_request_key(self.from, &self.request_no)
+    }
+
+    fn branches(&self) -> Vec<BranchPlan> {
+        let (currency, amount) = (cny(), self.amount);
+        vec![
+            BranchPlan {
+                shard: shard_of(self.from),
+                branch: 0,
+                action: BranchAction::Freeze { user_id: self.from, currency, amount },
+            },
+            BranchPlan {
+                shard: shard_of(self.to),
+                branch: 1,
+                action: BranchAction::Credit { user_id: self.to, currency, amount },
+            },
+        ]
+    }
+}
+
+/// A transfer as the engine makes one: an activity already recorded is finished (or its end
+/// answered); a new one is run. `Ok(None)`: refused at its start, nothing recorded.
+async fn transfer(pair: &Pair, transfer: &Transfer) -> Result<Option<Decision>, TradeError> {
+    let (home, activity) = (shard_of(transfer.from), transfer.activity());
+    if let Some(entry) = pair.shards[home as usize].activity(activity) {
+        let driven = finish_activity(pair, home, activity, &entry, u64::MAX).await?;
+        return Ok(driven.map(|driven| driven.decision));
+    }
+    match run_activity(pair, home, activity, u64::MAX, transfer.branches()).await {
+        Ok(driven) => Ok(Some(driven.decision)),
+        Err(TradeError::Refused(Refusal::InsufficientFunds { .. })) => Ok(None),
+        Err(error) => Err(error),
+    }
+}
+
+/// What the campaign went through, so that a run shows it reached the cases it is about.
+#[derive(Default, Clone, Copy, Debug)]
+struct Seen {
+    committed: usize,
+    cancelled: usize,
+    /// Activities recovery finished: committed, and cancelled.
+    recovered_commit: usize,
+    recovered_cancel: usize,
+    /// Transfers whose initiator stopped on purpose between two steps.
+    stopped: usize,
+}
+
+thread_local! {
+    static SEEN: RefCell<Seen> = RefCell::new(Seen::default());
+}
+
+#[derive(Default)]
+struct Model {
+    /// Acknowledged deposits (user, amount), and those whose answer was lost.
+    deposits: Vec<(u64, u64)>,
+    lost_deposits: Vec<AccountCommand>,
+    /// Transfers with the decision acknowledged (`None`: refused at the start), and those
+    /// whose answer was lost.
+    transfers: Vec<(Transfer, Option<Decision>)>,
+    lost_transfers: Vec<Transfer>,
+}
+
+async fn open(disks: &[SimDisk; 2]) -> Result<Pair, String> {
+    let a = Shard::open(disks[0].clone(), config(0), 1 << 16).await.map_err(|e| format!("open 0: {e}"))?;
+    let b = Shard::open(disks[1].clone(), config(1), 1 << 16).await.map_err(|e| format!("open 1: {e}"))?;
+    Ok(Pair { shards: [Rc::new(a), Rc::new(b)], budget: Cell::new(usize::MAX) })
+}
+
+/// What recovery does: every activity not completed driven to its end.
+async fn recover(pair: &Pair) -> Result<(), String> {
+    for home in 0..2u32 {
+        for (activity, entry) in pair.shards[home as usize].unfinished_activities() {
+            let driven = finish_activity(pair, home, activity, &entry, u64::MAX).await;
+            match driven {
+                Ok(Some(driven)) if driven.completed => SEEN.with(|seen| match driven.decision {
+                    Decision::Commit => seen.borrow_mut().recovered_commit += 1,
+                    Decision::Cancel(_) => seen.borrow_mut().recovered_cancel += 1,
+                }),
+                other => return Err(format!("recovery of {activity:#x} ({entry:?}): {other:?}")),
+            }
+        }
+    }
+    Ok(())
+}
+
+async fn check(pair: &Pair, model: &mut Model) -> Result<usize, String> {
+    let mut balances: HashMap<u64, i128> = HashMap::new();
+    for (user, amount) in &model.deposits {
+        *balances.entry(*user).or_default() += i128::from(*amount);
+    }
+    let mut checked = 0;
+    for (transfer, acked) in model.transfers.clone() {
+        let home = &pair.shards[shard_of(transfer.from) as usize];
+        let found = home.activity(transfer.activity()).map(|entry| entry.state);
+        let decision = match (acked, found) {
+            (None, None) => continue,
+            (Some(acked), Some(ActivityState::Completed(found))) if acked == found => found,
+            other => return Err(format!("{transfer:?}: acknowledged, found {other:?}")),
+        };
+        SEEN.with(|seen| match decision {
+            Decision::Commit => seen.borrow_mut().committed += 1,
+            Decision::Cancel(_) => seen.borrow_mut().cancelled += 1,
+        });
+        if decision == Decision::Commit {
+            *balances.entry(transfer.from).or_default() -= i128::from(transfer.amount);
+            *balances.entry(transfer.to).or_default() += i128::from(transfer.amount);
+        }
+        // A retry answers what was acknowledged.
+        let again = self::transfer(pair, &transfer).await.map_err(|e| format!("retry of {transfer:?}: {e}"))?;
+        if again != Some(decision) {
+            return Err(format!("retry of {transfer:?} answered {again:?}, acknowledged {decision:?}"));
+        }
+        // A Try that arrives after its activity was cancelled is refused.
+        if let Decision::Cancel(_) = decision {
+            let plan = transfer.branches()[1];
+            let late = Step::Try { activity: transfer.activity(), branch: 1, action: plan.action };
+            match call(|reply| pair.shards[plan.shard as usize].transact(vec![late], reply)).await {
+                Err(TradeError::Refused(Refusal::BranchCancelled { .. })) => {}
+                other => return Err(format!("a late Try of cancelled {transfer:?} answered {other:?}")),
+            }
+        }
+        checked += 1;
+    }
+    let mut total = 0i128;
+    for user in 1..=USERS {
+        let found = pair.shards[shard_of(user) as usize].balance(user, cny());
+        let want = balances.get(&user).copied().unwrap_or(0);
+        if found.frozen != 0 || found.incoming != 0 || i128::from(found.available) != want {
+            return Err(format!("user {user} holds {found:?}, the model {want}"));
+        }
+        total += want;
+    }
+    let deposited: i128 = model.deposits.iter().map(|(_, amount)| i128::from(*amount)).sum();
+    if total != deposited {
+        return Err(format!("balances sum to {total}, deposits to {deposited}"));
+    }
+    // Each shard's count is its payers' confirmed money less its payees': summed, what is
+    // inside open activities, and none is open.
+    let in_transit: i128 = pair.shards.iter().flat_map(|shard| shard.in_transit().into_values()).sum();
+    let unfinished = pair.shards.iter().map(|shard| shard.unfinished_activities().len()).sum::<usize>();
+    if in_transit != 0 || unfinished != 0 {
+        return Err(format!("after recovery: {in_transit} in transit, {unfinished} activities unfinished"));
+    }
+    Ok(checked)
+}
+
+async fn run_seed(seed: u64) -> Result<usize, String> {
+    let mut rng = SplitMix64::new(seed);
+    let disks = [sim_disk_for_seed(seed), sim_disk_for_seed(seed ^ 1)];
+    let mut model = Model::default();
+    let mut checked = 0;
+    let mut next = 0u64;
+    for incarnation in 0..3 {
+        let pair = open(&disks).await?;
+        recover(&pair).await?;
+        // Lost answers: sent again, each takes effect once.
+        for command in std::mem::take(&mut model.lost_deposits) {
+            let (user, amount, sent) = (command.user_id, command.amount, command.clone());
+            call(|reply| pair.shards[shard_of(user) as usize].post(sent, reply))
+                .await
+                .map_err(|e| format!("retried deposit: {e}"))?;
+            model.deposits.push((user, amount));
+        }
+        for lost in std::mem::take(&mut model.lost_transfers) {
+            let decision = transfer(&pair, &lost).await.map_err(|e| format!("retried transfer: {e}"))?;
+            model.transfers.push((lost, decision));
+        }
+        checked += check(&pair, &mut model).await?;
+        let crashing = &disks[rng.below(2) as usize];
+        crashing.crash_at_op(crashing.ops() + 1 + rng.below(80));
+        for _ in 0..1 + rng.below(16) {
+            next += 1;
+            if rng.one_in(3) {
+                let user = 1 + rng.below(USERS);
+                let command =
+                    AccountCommand::new(AccountOp::Deposit, user, "CNY", 1 + rng.below(300), &format!("d{next}"))
+                        .expect("a valid deposit");
+                let sent = command.clone();
+                match call(|reply| pair.shards[shard_of(user) as usize].post(sent, reply)).await {
+                    Ok(receipt) => model.deposits.push((user, receipt.amount)),
+                    Err(_) => {
+                        model.lost_deposits.push(command);
+                        break;
+                    }
+                }
+                continue;
+            }
+            let from = 1 + rng.below(USERS);
+            let to = 1 + (from + rng.below(USERS - 1)) % USERS;
+            let sent = Transfer { from, to, amount: 1 + rng.below(200), request_no: format!("t{incarnation}-{next}") };
+            // Now and then the initiator dies after a few steps.
+            pair.budget.set(if rng.one_in(4) { rng.below(6) as usize } else { usize::MAX });
+            let answer = transfer(&pair, &sent).await;
+            let stopped = pair.budget.get() == 0;
+            SEEN.with(|seen| seen.borrow_mut().stopped += usize::from(stopped));
+            pair.budget.set(usize::MAX);
+            match answer {
+                Ok(decision) if !stopped => model.transfers.push((sent, decision)),
+                _ => model.lost_transfers.push(sent),
+            }
+        }
+        drop(pair);
+        disks[0].crash(rng.next_u64());
+        disks[1].crash(rng.next_u64());
+    }
+    Ok(checked)
+}
+
+#[test]
+fn transfers_across_shards_end_once_and_conserve_money_after_power_loss_at_any_step() {
+    let (count, checked) = run_campaign(300, run_seed);
+    let seen = SEEN.with(|seen| *seen.borrow());
+    println!("tcc crash campaign: {count} seeds, {checked} transfers checked after crashes; {seen:?}");
+    assert!(count < 100 || checked > 1000, "the campaign must check transfers: {checked}");
+    let every_path = seen.committed > 0 && seen.cancelled > 0 && seen.stopped > 0;
+    assert!(count < 100 || every_path && seen.recovered_commit > 0 && seen.recovered_cancel > 0, "{seen:?}");
+}
