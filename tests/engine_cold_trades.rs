@@ -49,7 +49,7 @@ fn check_all(handle: &EngineHandle, expected: &Expected) {
 }
 
 fn memory(handle: &EngineHandle) -> (u64, u64) {
-    let shard = handle.stats_blocking().unwrap().shards[0];
+    let shard = handle.stats_blocking().unwrap().shards[0].clone();
     (shard.trades, shard.trades_in_memory)
 }
 
@@ -119,7 +119,7 @@ fn an_open_replays_changes_to_trades_on_disk() {
     engine.close().unwrap();
     let engine = Engine::open(options(dir.path(), false)).unwrap();
     let handle = engine.handle();
-    let shard = handle.stats_blocking().unwrap().shards[0];
+    let shard = handle.stats_blocking().unwrap().shards[0].clone();
     assert!(shard.opened.replayed_records >= 50, "the refunds were replayed: {:?}", shard.opened);
     check_all(&handle, &expected);
     // A retried refund answers the original, from the refunds replayed.

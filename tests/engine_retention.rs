@@ -63,7 +63,7 @@ fn segments_go_once_every_live_group_consumed_them_and_trades_live_on() {
     consume_all(&handle, "settlement");
     handle.checkpoint_blocking().unwrap();
     handle.checkpoint_blocking().unwrap();
-    let shard = handle.stats_blocking().unwrap().shards[0];
+    let shard = handle.stats_blocking().unwrap().shards[0].clone();
     assert!(shard.segments >= 4, "the log filled several segments: {shard:?}");
     assert_eq!(shard.wal.segments_removed, 0, "the stale group still holds the log");
 
@@ -72,7 +72,7 @@ fn segments_go_once_every_live_group_consumed_them_and_trades_live_on() {
     consume_all(&handle, "settlement");
     handle.checkpoint_blocking().unwrap();
     handle.checkpoint_blocking().unwrap();
-    let shard = handle.stats_blocking().unwrap().shards[0];
+    let shard = handle.stats_blocking().unwrap().shards[0].clone();
     assert!(shard.wal.segments_removed > 0 && shard.log_first > 0, "retention removed segments: {shard:?}");
     assert!(shard.checkpoints.groups_expired >= 1, "the stale group expired: {shard:?}");
     let groups = handle.groups_blocking().unwrap();
@@ -129,14 +129,14 @@ fn an_idle_shard_still_expires_groups_and_removes_old_segments() {
     handle.checkpoint_blocking().unwrap();
     create(&handle, 1200, 10);
     handle.checkpoint_blocking().unwrap();
-    let before = handle.stats_blocking().unwrap().shards[0];
+    let before = handle.stats_blocking().unwrap().shards[0].clone();
     assert!(before.segments >= 3, "the log filled several segments: {before:?}");
 
     // Then nothing: no write, no call, only time.
-    let mut after = before;
+    let mut after = before.clone();
     for _ in 0..200 {
         std::thread::sleep(Duration::from_millis(50));
-        after = handle.stats_blocking().unwrap().shards[0];
+        after = handle.stats_blocking().unwrap().shards[0].clone();
         if after.checkpoints.groups_expired > 0 && after.wal.segments_removed > before.wal.segments_removed {
             break;
         }

@@ -55,6 +55,7 @@ struct Pair {
 }
 
 impl StepSender for Pair {
+    type Error = TradeError;
     async fn send(&self, shard: u32, steps: Vec<Step>) -> Result<Vec<StepAnswer>, TradeError> {
         if self.budget.get() == 0 {
             return Err(TradeError::Log(LogError::Closed));

@@ -35,6 +35,8 @@ pub(crate) struct HandleInner {
     pub order_ids: SharedCache<u128, TradeId>,
     pub backpressure: Backpressure,
     pub groups: Groups,
+    /// How long a transfer's activity may stay undecided.
+    pub activity_timeout: std::time::Duration,
 }
 
 /// A cheap, cloneable handle to an open engine (`Clone + Send + Sync`).
@@ -353,6 +355,7 @@ mod tests {
             order_ids: SharedCache::new(0),
             backpressure,
             groups: Groups::default(),
+            activity_timeout: Duration::from_secs(1),
         };
         (EngineHandle { inner: Arc::new(inner) }, inbox)
     }

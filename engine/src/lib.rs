@@ -24,6 +24,7 @@
 //! log.
 
 mod accounts;
+mod activities;
 mod blocking;
 mod consumer;
 mod error;
@@ -36,6 +37,7 @@ mod ops;
 mod options;
 mod orders;
 mod routing;
+mod transfers;
 
 use glommio::ExecutorJoinHandle;
 use tradeshard_shard::TradeCache;
@@ -47,11 +49,13 @@ pub use manifest::{Manifest, FORMAT_VERSION};
 pub use options::{cores, Backpressure, Durability, Options, SyncMethod, Upkeep};
 pub use routing::Routing;
 pub use tradeshard_shard::{
-    AccountOp, AccountReceipt, Balance, CacheStats, CheckpointStats, CreatedFields, CreatedFieldsView, Currency, Event,
-    EventBatch, InputError, NewTrade, OpenReport, Receipt, RecordKind, Refusal, ShardStats, Trade, TradeId,
-    TradeRecord, TradeRecordView, TradeStatus, WalStats, AMOUNT_MAX, BALANCE_MAX, LOGICAL_SHARDS_MAX, MEMO_BYTES_MAX,
-    ORDER_NO_BYTES_MAX, REFUND_NO_BYTES_MAX, REQUEST_NO_BYTES_MAX,
+    AccountOp, AccountReceipt, ActivityEntry, ActivityState, Balance, BranchAction, BranchPlan, CacheStats,
+    CancelReason, CheckpointStats, CreatedFields, CreatedFieldsView, Currency, Decision, Event, EventBatch, InputError,
+    NewTrade, OpenReport, Receipt, RecordKind, Refusal, ShardStats, Trade, TradeId, TradeRecord, TradeRecordView,
+    TradeStatus, WalStats, AMOUNT_MAX, BALANCE_MAX, LOGICAL_SHARDS_MAX, MEMO_BYTES_MAX, ORDER_NO_BYTES_MAX,
+    REFUND_NO_BYTES_MAX, REQUEST_NO_BYTES_MAX,
 };
+pub use transfers::TransferReceipt;
 
 /// The share of `Options::cache_bytes` kept for order numbers found by `get_by_order` (one
 /// part in this many); the rest goes to the shards' caches of trades.
@@ -68,6 +72,7 @@ pub struct Engine {
     handle: EngineHandle,
     executors: Vec<ExecutorJoinHandle<Result<()>>>,
     data_dir: DataDir,
+    activities: Option<activities::ActivityRecovery>,
 }
 
 impl Engine {
@@ -83,6 +88,11 @@ impl Engine {
             return Err(Error::InvalidOptions(format!(
                 "physical_shards {physical_shards} is not in 1..=logical_shards"
             )));
+        }
+        if options.activity_timeout.is_zero() || options.activity_recovery_interval.is_zero() {
+            return Err(Error::InvalidOptions(
+                "activity_timeout and activity_recovery_interval must be above zero".into(),
+            ));
         }
         if options.queue_depth_max == 0 || options.executors == Some(0) {
             return Err(Error::InvalidOptions("queue_depth_max and executors must be above zero".into()));
@@ -121,9 +131,10 @@ impl Engine {
                 order_ids: tradeshard_shard::SharedCache::new(options.cache_bytes / ORDER_IDS_SHARE),
                 backpressure: options.backpressure,
                 groups: groups::Groups::default(),
+                activity_timeout: options.activity_timeout,
             }),
         };
-        let mut engine = Engine { handle, executors: Vec::new(), data_dir };
+        let mut engine = Engine { handle, executors: Vec::new(), data_dir, activities: None };
         // Two phases, so that a refused open changes no shard: every executor recovers its
         // shards (in parallel, reading only); only if all succeed do they repair and start them.
         let mut starting = Vec::new();
@@ -163,6 +174,10 @@ impl Engine {
         // Before any request is taken: creates interrupted between their two steps end with
         // exactly one trade or none (`orders.rs`).
         futures_lite::future::block_on(engine.handle.resolve_pending_claims())?;
+        // Activities decided before a stop are carried out; undecided ones are cancelled once
+        // past their deadline (`activities.rs`).
+        let recovery = activities::ActivityRecovery::start(engine.handle.clone(), options.activity_recovery_interval)?;
+        engine.activities = Some(recovery);
         Ok(engine)
     }
 
@@ -183,6 +198,9 @@ impl Engine {
     }
 
     fn shutdown(&mut self) -> Result<()> {
+        if let Some(mut recovery) = self.activities.take() {
+            recovery.stop();
+        }
         for inbox in &self.handle.inner.inboxes {
             inbox.close();
         }

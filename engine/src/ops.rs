@@ -12,9 +12,9 @@ use std::time::Duration;
 
 use tradeshard_shard::reply::{self, Reply, ReplyFuture};
 use tradeshard_shard::{
-    AccountCommand, AccountReceipt, Balance, ClaimOutcome, ClaimRequest, Command, Currency, DiskShard, EventBatch,
-    ListQuery, LogError, OrderLookup, PendingClaim, PollQuery, Receipt, ShardReply, ShardStats, Trade, TradeError,
-    TradeId, ValidTrade,
+    AccountCommand, AccountReceipt, ActivityEntry, Balance, ClaimOutcome, ClaimRequest, Command, Currency, DiskShard,
+    EventBatch, ListQuery, LogError, OrderLookup, PendingClaim, PollQuery, Receipt, ShardReply, ShardStats, Step,
+    StepAnswer, Trade, TradeError, TradeId, ValidTrade,
 };
 
 use crate::inbox::{Inbox, Refused};
@@ -385,6 +385,59 @@ impl ShardOp for Post {
     type Output = AccountReceipt;
     fn start(self, shard: &DiskShard, reply: ShardReply<AccountReceipt>) {
         shard.post(self.0, reply)
+    }
+}
+
+/// A local transaction of flexible-transaction steps.
+pub(crate) struct Transact(pub Vec<Step>);
+
+impl ShardOp for Transact {
+    type Output = Vec<StepAnswer>;
+    fn start(self, shard: &DiskShard, reply: ShardReply<Vec<StepAnswer>>) {
+        shard.transact(self.0, reply)
+    }
+}
+
+/// An activity the shard initiated.
+pub(crate) struct GetActivity(pub u128);
+
+impl ShardOp for GetActivity {
+    type Output = Option<ActivityEntry>;
+    fn start(self, shard: &DiskShard, reply: ShardReply<Option<ActivityEntry>>) {
+        reply.send(Ok(shard.activity(self.0)))
+    }
+}
+
+/// The activities not completed of every shard of the executor, with their shard.
+#[derive(Clone, Copy)]
+pub(crate) struct UnfinishedActivities;
+
+impl ExecutorOp for UnfinishedActivities {
+    type Output = Vec<(u32, u128, ActivityEntry)>;
+    fn start(self, shards: &ExecutorShards, reply: Reply<Self::Output>) {
+        let mut unfinished = Vec::new();
+        for (id, shard) in &shards.shards {
+            unfinished
+                .extend(shard.unfinished_activities().into_iter().map(|(activity, entry)| (*id, activity, entry)));
+        }
+        reply.send(unfinished)
+    }
+}
+
+/// Per currency, the money in the hands of activities, over the executor's shards.
+#[derive(Clone, Copy)]
+pub(crate) struct InTransit;
+
+impl ExecutorOp for InTransit {
+    type Output = BTreeMap<Currency, i128>;
+    fn start(self, shards: &ExecutorShards, reply: Reply<Self::Output>) {
+        let mut totals = BTreeMap::new();
+        for shard in shards.shards.values() {
+            for (currency, amount) in shard.in_transit() {
+                *totals.entry(currency).or_insert(0) += amount;
+            }
+        }
+        reply.send(totals)
     }
 }
 

@@ -53,6 +53,12 @@ pub struct Options {
     /// only the log after it), retention (which log segments go) and the memory for each
     /// shard's trades (past it, trades leave memory for the shard's table on disk).
     pub upkeep: Upkeep,
+    /// How long a flexible transaction (a transfer across shards) may stay undecided: past
+    /// it, recovery cancels it (its initiator stopped).
+    pub activity_timeout: Duration,
+    /// How often recovery looks for activities not completed (it also looks once when the
+    /// engine opens).
+    pub activity_recovery_interval: Duration,
 }
 
 impl Options {
@@ -72,6 +78,8 @@ impl Options {
             io_memory_bytes: 64 << 20,
             cache_bytes: 256 << 20,
             upkeep: Upkeep::default(),
+            activity_timeout: Duration::from_secs(10),
+            activity_recovery_interval: Duration::from_secs(1),
         }
     }
 

@@ -40,7 +40,7 @@ use crate::trade_file::TradeFile;
 use tradeshard_wal::Appended;
 
 /// Counters of one shard.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct ShardStats {
     /// The shard's id (its partition).
     pub shard: u32,
@@ -55,6 +55,10 @@ pub struct ShardStats {
     pub branches: u64,
     pub activities: u64,
     pub activities_in_doubt: u64,
+    /// Per currency, the shard's balances plus its count of money in transit: moved only by
+    /// deposits and withdrawals (a transfer's every step keeps it), so a reader can check
+    /// conservation shard by shard at any instant.
+    pub money: std::collections::BTreeMap<crate::currency::Currency, i128>,
     pub writes_in_flight: u64,
     pub wal: WalStats,
     pub cache: CacheStats,
@@ -312,6 +316,15 @@ impl<D: Disk> Shard<D> {
             branches: self.inner.index.borrow().tcc().len().0 as u64,
             activities: self.inner.index.borrow().tcc().len().1 as u64,
             activities_in_doubt: self.inner.index.borrow().tcc().unfinished().count() as u64,
+            money: {
+                let index = self.inner.index.borrow();
+                let mut money: std::collections::BTreeMap<_, i128> =
+                    index.accounts().totals().into_iter().map(|(currency, total)| (currency, total as i128)).collect();
+                for (currency, amount) in index.tcc().in_transit() {
+                    *money.entry(*currency).or_default() += amount;
+                }
+                money
+            },
             writes_in_flight: self.inner.accepted.borrow().effects.len() as u64,
             wal: self.inner.wal.stats(),
             cache: self.inner.trade_cache.cache().stats(),

@@ -28,7 +28,31 @@ use crate::tcc_book::{ActivityEntry, ActivityState, StepAnswer};
 
 /// Carries a local transaction to a shard and brings back its answers.
 pub trait StepSender {
-    fn send(&self, shard: u32, steps: Vec<Step>) -> impl Future<Output = Result<Vec<StepAnswer>, TradeError>>;
+    type Error: StepError;
+    fn send(&self, shard: u32, steps: Vec<Step>) -> impl Future<Output = Result<Vec<StepAnswer>, Self::Error>>;
+}
+
+/// An error of a [`StepSender`]: a shard's refusal, or a failure to carry the steps.
+pub trait StepError: From<Refusal> {
+    /// The refusal, if the shard refused the steps.
+    fn refusal(&self) -> Option<&Refusal>;
+}
+
+impl StepError for TradeError {
+    fn refusal(&self) -> Option<&Refusal> {
+        match self {
+            TradeError::Refused(refusal) => Some(refusal),
+            _ => None,
+        }
+    }
+}
+
+/// The decision in force named by a refused Decide, if that is what `error` is.
+fn decided_otherwise(error: &impl StepError) -> Option<Decision> {
+    match error.refusal() {
+        Some(Refusal::DecidedOtherwise { decision, .. }) => Some(*decision),
+        _ => None,
+    }
 }
 
 /// How an activity ended, or where it stopped.
@@ -57,7 +81,7 @@ pub async fn run_activity<S: StepSender>(
     activity: u128,
     deadline_ms: u64,
     branches: Vec<BranchPlan>,
-) -> Result<Driven, TradeError> {
+) -> Result<Driven, S::Error> {
     let (local, remote): (Vec<BranchPlan>, Vec<BranchPlan>) = branches.iter().partition(|plan| plan.shard == home);
     let mut begin = vec![Step::Begin { activity, deadline_ms, branches: branches.clone() }];
     begin.extend(local.iter().map(|plan| Step::Try { activity, branch: plan.branch, action: plan.action }));
@@ -74,10 +98,10 @@ pub async fn run_activity<S: StepSender>(
     decide.extend(local.iter().map(|plan| outcome_step(activity, plan, decision)));
     match sender.send(home, decide).await {
         Ok(_) => carry_out(sender, home, activity, &remote, decision).await,
-        Err(TradeError::Refused(Refusal::DecidedOtherwise { decision, .. })) => {
-            finish_decided(sender, home, activity, &branches, decision).await
-        }
-        Err(error) => Err(error),
+        Err(error) => match decided_otherwise(&error) {
+            Some(decision) => finish_decided(sender, home, activity, &branches, decision).await,
+            None => Err(error),
+        },
     }
 }
 
@@ -90,15 +114,14 @@ pub async fn finish_activity<S: StepSender>(
     activity: u128,
     entry: &ActivityEntry,
     now_ms: u64,
-) -> Result<Option<Driven>, TradeError> {
+) -> Result<Option<Driven>, S::Error> {
     let decision = match entry.state {
         ActivityState::Open if now_ms < entry.deadline_ms => return Ok(None),
         ActivityState::Open => {
             let decision = Decision::Cancel(CancelReason::Timeout);
             match sender.send(home, vec![Step::Decide { activity, decision }]).await {
                 Ok(_) => decision,
-                Err(TradeError::Refused(Refusal::DecidedOtherwise { decision, .. })) => decision,
-                Err(error) => return Err(error),
+                Err(error) => decided_otherwise(&error).ok_or(error)?,
             }
         }
         ActivityState::Decided(decision) => decision,
@@ -114,7 +137,7 @@ async fn finish_decided<S: StepSender>(
     activity: u128,
     branches: &[BranchPlan],
     decision: Decision,
-) -> Result<Driven, TradeError> {
+) -> Result<Driven, S::Error> {
     let (local, remote): (Vec<BranchPlan>, Vec<BranchPlan>) = branches.iter().partition(|plan| plan.shard == home);
     if !local.is_empty() {
         sender.send(home, local.iter().map(|plan| outcome_step(activity, plan, decision)).collect()).await?;
@@ -130,7 +153,7 @@ async fn carry_out<S: StepSender>(
     activity: u128,
     remote: &[BranchPlan],
     decision: Decision,
-) -> Result<Driven, TradeError> {
+) -> Result<Driven, S::Error> {
     let steps = remote.iter().map(|plan| sender.send(plan.shard, vec![outcome_step(activity, plan, decision)]));
     let answered = join_all(steps).await.iter().all(Result::is_ok);
     if !answered {
@@ -138,7 +161,7 @@ async fn carry_out<S: StepSender>(
     }
     match sender.send(home, vec![Step::Complete { activity }]).await {
         Ok(_) => Ok(Driven { decision, completed: true }),
-        Err(TradeError::Refused(refusal)) => Err(refusal.into()),
+        Err(error) if error.refusal().is_some() => Err(error),
         Err(_) => Ok(Driven { decision, completed: false }),
     }
 }

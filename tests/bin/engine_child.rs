@@ -5,6 +5,11 @@
 //!   other), printing `ACK created ID AMOUNT` / `ACK paid ID` after each acknowledgement,
 //!   until killed; a failed write ends the process at once with status 6 and the reason on
 //!   stderr (`engine_crash.rs`).
+//! - `engine_child transfer-writer DIR`: deposits 1,000 CNY to each of users 1..=16
+//!   (`ACK deposit USER`, then `FUNDED`), then eight threads transfer between them, within
+//!   and across shards, printing `ACK transfer FROM TO AMOUNT REQUEST` or `ACK cancelled
+//!   FROM TO AMOUNT REQUEST` after each answer, until killed (`engine_crash.rs`). Activities
+//!   time out after 50 ms, so that an open after the kill finds some past their deadline.
 //! - `engine_child hold DIR`: opens DIR, prints `READY`, and holds it until stdin closes
 //!   (`engine_open_errors.rs`).
 //! - `engine_child try-open DIR`: opens DIR and prints `OUTCOME opened` or `OUTCOME <error>`
@@ -23,6 +28,7 @@ fn main() {
             let offset = args[3].parse().expect("OFFSET is a number");
             crash_writer(Path::new(&args[2]), offset)
         }
+        Some("transfer-writer") if args.len() == 3 => transfer_writer(Path::new(&args[2])),
         Some("hold") if args.len() == 3 => hold(Path::new(&args[2])),
         Some("try-open") if args.len() == 3 => try_open(Path::new(&args[2])),
         _ => {
@@ -53,6 +59,43 @@ fn crash_writer(dir: &Path, offset: u64) {
                     if order % 2 == 0 {
                         handle.pay_blocking(receipt.id).unwrap_or_else(exit_with);
                         println!("ACK paid {}", receipt.id.0);
+                    }
+                }
+            })
+        })
+        .collect();
+    for writer in writers {
+        writer.join().expect("writers end only by exiting the process");
+    }
+}
+
+fn transfer_writer(dir: &Path) {
+    let options = Options { activity_timeout: std::time::Duration::from_millis(50), ..engine_options(dir, 2, 2) };
+    let engine = Engine::open(options).unwrap_or_else(exit_with);
+    let handle = engine.handle();
+    for user in 1..=16u64 {
+        handle.deposit_blocking(user, "CNY", 1_000, "fund").unwrap_or_else(exit_with);
+        println!("ACK deposit {user}");
+    }
+    println!("FUNDED");
+    let writers: Vec<_> = (0..8u64)
+        .map(|writer| {
+            let handle = handle.clone();
+            std::thread::spawn(move || {
+                for n in 0u64.. {
+                    let from = 1 + (writer * 7 + n * 3) % 16;
+                    let to = 1 + (from + n % 15) % 16;
+                    let amount = 1 + (n * 37 + writer) % 90;
+                    let request_no = format!("w{writer}-{n}");
+                    match handle.transfer_blocking(from, to, "CNY", amount, &request_no) {
+                        Ok(_) => println!("ACK transfer {from} {to} {amount} {request_no}"),
+                        Err(tradeshard_engine::Error::Refused(tradeshard_engine::Refusal::TransferCancelled {
+                            ..
+                        })) => println!("ACK cancelled {from} {to} {amount} {request_no}"),
+                        Err(tradeshard_engine::Error::Refused(tradeshard_engine::Refusal::InsufficientFunds {
+                            ..
+                        })) => {}
+                        Err(error) => exit_with(error),
                     }
                 }
             })

@@ -1,0 +1,87 @@
+//! Recovery of flexible transactions: a thread that finds every activity not completed and
+//! drives it to its end, once when the engine opens and then every
+//! `Options::activity_recovery_interval`, until the engine closes.
+//!
+//! Undecided past its deadline, an activity is cancelled (its initiator stopped); decided, its
+//! decision is sent again to every branch until each answered, then it is completed. Steps are
+//! idempotent, so driving an activity that its initiator is still driving changes nothing
+//! more; to spare that work, recovery leaves alone a decided activity younger than one
+//! interval. The thread only sends requests through a handle: the executors stay the only
+//! owners of the shards.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+use tradeshard_shard::{finish_activity, ActivityState};
+
+use crate::error::{Error, Result};
+use crate::handle::EngineHandle;
+use crate::ops;
+use crate::transfers::now_ms;
+
+/// The recovery thread, stopped and joined by [`ActivityRecovery::stop`].
+pub(crate) struct ActivityRecovery {
+    stop: Arc<AtomicBool>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl ActivityRecovery {
+    /// Drives every activity not completed once (before the engine takes requests), then
+    /// starts the thread that does it every `interval`.
+    pub(crate) fn start(handle: EngineHandle, interval: Duration) -> Result<ActivityRecovery> {
+        futures_lite::future::block_on(recover_once(&handle, Duration::ZERO))?;
+        let stop = Arc::new(AtomicBool::new(false));
+        let stopping = stop.clone();
+        let thread = std::thread::Builder::new()
+            .name("tradeshard-activities".into())
+            .spawn(move || {
+                while !stopping.load(Ordering::Acquire) {
+                    std::thread::park_timeout(interval);
+                    if stopping.load(Ordering::Acquire) {
+                        return;
+                    }
+                    // A failure (a shard that failed, the engine closing) is met again at the
+                    // next pass; what recovery owes stays recorded in the shards.
+                    if let Err(Error::Closed) = futures_lite::future::block_on(recover_once(&handle, interval)) {
+                        return;
+                    }
+                }
+            })
+            .map_err(|source| Error::Io {
+                op: "start the activity recovery thread",
+                path: "".into(),
+                source: Arc::new(source),
+            })?;
+        Ok(ActivityRecovery { stop, thread: Some(thread) })
+    }
+
+    /// Stops the thread and waits for it.
+    pub(crate) fn stop(&mut self) {
+        self.stop.store(true, Ordering::Release);
+        if let Some(thread) = self.thread.take() {
+            thread.thread().unpark();
+            let _ = thread.join();
+        }
+    }
+}
+
+/// Drives every activity not completed; a decided one younger than `grace` is left to its
+/// initiator. Returns how many were driven.
+pub(crate) async fn recover_once(handle: &EngineHandle, grace: Duration) -> Result<usize> {
+    let mut driven = 0;
+    for unfinished in handle.on_every_executor(ops::UnfinishedActivities).await? {
+        for (home, activity, entry) in unfinished {
+            let now = now_ms();
+            let young = now.saturating_sub(entry.begun_ms) < grace.as_millis() as u64;
+            if matches!(entry.state, ActivityState::Decided(_)) && young {
+                continue;
+            }
+            if finish_activity(handle, home, activity, &entry, now).await?.is_some() {
+                driven += 1;
+            }
+        }
+    }
+    Ok(driven)
+}
