@@ -103,25 +103,17 @@ impl EngineHandle {
                 action: BranchAction::Credit { user_id: to_user, currency, amount },
             },
         ];
-        let (decision, replayed) = match self.on_shard(home, ops::GetActivity(activity)).await? {
-            Some(entry) if entry.branches != branches => {
-                let reason = "the request number was used for another transfer";
-                return Err(Refusal::StepConflict { activity, reason }.into());
-            }
-            Some(entry) => (self.finish_existing(home, activity, &entry).await?, true),
-            None => {
-                let deadline_ms = now_ms() + self.inner.activity_timeout.as_millis() as u64;
-                match run_activity(self, home, activity, deadline_ms, branches).await {
-                    Ok(driven) => (driven.decision, false),
-                    // A transfer with the same number running at once may have got there first.
-                    Err(error) => match self.on_shard(home, ops::GetActivity(activity)).await? {
-                        Some(entry) if error.refusal().is_some() => {
-                            (self.finish_existing(home, activity, &entry).await?, true)
-                        }
-                        _ => return Err(error),
-                    },
+        // A retry finds its activity begun (the Begin answers a repeat), or refused (its
+        // branch was cancelled): then it is driven to its end from its record.
+        let deadline_ms = now_ms() + self.inner.activity_timeout.as_millis() as u64;
+        let (decision, replayed) = match run_activity(self, home, activity, deadline_ms, branches.clone()).await {
+            Ok(driven) => (driven.decision, driven.begun_before),
+            Err(error) => match self.on_shard(home, ops::GetActivity(activity)).await? {
+                Some(entry) if error.refusal().is_some() && entry.branches == branches => {
+                    (self.finish_existing(home, activity, &entry).await?, true)
                 }
-            }
+                _ => return Err(error),
+            },
         };
         match decision {
             Decision::Commit => Ok(receipt(false, replayed)),

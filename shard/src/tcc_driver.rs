@@ -63,6 +63,9 @@ pub struct Driven {
     /// Every branch answered the decision and the activity is recorded complete; if not,
     /// recovery finishes it.
     pub completed: bool,
+    /// The activity was begun before this run (a retry): nothing new was recorded for it
+    /// unless its first run had stopped midway.
+    pub begun_before: bool,
 }
 
 /// The step that carries `decision` out on a branch.
@@ -85,7 +88,7 @@ pub async fn run_activity<S: StepSender>(
     let (local, remote): (Vec<BranchPlan>, Vec<BranchPlan>) = branches.iter().partition(|plan| plan.shard == home);
     let mut begin = vec![Step::Begin { activity, deadline_ms, branches: branches.clone() }];
     begin.extend(local.iter().map(|plan| Step::Try { activity, branch: plan.branch, action: plan.action }));
-    sender.send(home, begin).await?;
+    let begun_before = sender.send(home, begin).await?.first().is_some_and(|answer| answer.repeat);
     let tries = remote.iter().map(|plan| {
         let step = Step::Try { activity, branch: plan.branch, action: plan.action };
         sender.send(plan.shard, vec![step])
@@ -96,13 +99,14 @@ pub async fn run_activity<S: StepSender>(
     let decision = if all_tried { Decision::Commit } else { Decision::Cancel(CancelReason::TryRefused) };
     let mut decide = vec![Step::Decide { activity, decision }];
     decide.extend(local.iter().map(|plan| outcome_step(activity, plan, decision)));
-    match sender.send(home, decide).await {
+    let driven = match sender.send(home, decide).await {
         Ok(_) => carry_out(sender, home, activity, &remote, decision).await,
         Err(error) => match decided_otherwise(&error) {
             Some(decision) => finish_decided(sender, home, activity, &branches, decision).await,
             None => Err(error),
         },
-    }
+    };
+    driven.map(|driven| Driven { begun_before, ..driven })
 }
 
 /// Drives an activity not completed to its end from where its record stands (recovery):
@@ -125,7 +129,9 @@ pub async fn finish_activity<S: StepSender>(
             }
         }
         ActivityState::Decided(decision) => decision,
-        ActivityState::Completed(decision) => return Ok(Some(Driven { decision, completed: true })),
+        ActivityState::Completed(decision) => {
+            return Ok(Some(Driven { decision, completed: true, begun_before: true }));
+        }
     };
     finish_decided(sender, home, activity, &entry.branches, decision).await.map(Some)
 }
@@ -157,12 +163,12 @@ async fn carry_out<S: StepSender>(
     let steps = remote.iter().map(|plan| sender.send(plan.shard, vec![outcome_step(activity, plan, decision)]));
     let answered = join_all(steps).await.iter().all(Result::is_ok);
     if !answered {
-        return Ok(Driven { decision, completed: false });
+        return Ok(Driven { decision, completed: false, begun_before: true });
     }
     match sender.send(home, vec![Step::Complete { activity }]).await {
-        Ok(_) => Ok(Driven { decision, completed: true }),
+        Ok(_) => Ok(Driven { decision, completed: true, begun_before: true }),
         Err(error) if error.refusal().is_some() => Err(error),
-        Err(_) => Ok(Driven { decision, completed: false }),
+        Err(_) => Ok(Driven { decision, completed: false, begun_before: true }),
     }
 }
 

@@ -30,6 +30,25 @@ fn load_reports_json_and_verifies_every_trade() {
     assert!(std::fs::read_dir(dir.path()).unwrap().next().is_none(), "the temporary data directory is removed");
 }
 
+/// The transfer workload funds its users, moves money within and across shards, and counts it
+/// at the end: balances plus money in transit equal the deposits, nothing left in doubt.
+#[test]
+fn load_transfers_report_their_rate_and_conserve_money() {
+    let dir = tempfile::tempdir().unwrap();
+    let args = ["load", "--workload", "transfer", "--ops", "3000", "--inflight", "32", "--users", "200", "--json"];
+    let report = json(&tradeshard(&args, dir.path()));
+    assert!(report["transfers_per_sec"].as_f64().is_some_and(|v| v > 0.0), "{report}");
+    let transfers = report["transfers"].as_u64().unwrap();
+    let cross = report["cross_shard"].as_u64().unwrap();
+    assert!(transfers > 2_000 && cross > 500 && cross < transfers, "{report}");
+    for percentile in ["p50", "p99", "p999", "max"] {
+        assert!(report["latency_us"][percentile].as_u64().is_some(), "{percentile}");
+    }
+    assert_eq!(report["conservation_ok"], true, "{report}");
+    assert_eq!(report["money_counted"].as_i64(), report["money_deposited"].as_i64());
+    assert_eq!((report["in_transit_at_end"].as_i64(), report["errors"].as_u64()), (Some(0), Some(0)));
+}
+
 /// With `--retry-ratio`, a fifth of the acknowledged writes are sent again: every retry is
 /// answered as the original's repeat (or, for the order number sent with another buyer, a
 /// conflict), and every order number kept is found by merchant and order number.

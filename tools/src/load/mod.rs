@@ -22,6 +22,7 @@ use tradeshard_engine::{Engine, EngineHandle, Options, SyncMethod, TradeStatus, 
 mod client;
 mod report;
 mod retry;
+mod transfer;
 
 use crate::data_dir::DataDir;
 use crate::latency;
@@ -56,9 +57,14 @@ pub struct Args {
     #[arg(long, value_parser = parse_bytes)]
     trade_memory: Option<u64>,
     /// ingest: creates only; mixed: create, pay, settle, get and list; read: gets by trade id
-    /// after an untimed ingest of --read-trades trades.
-    #[arg(long, default_value = "mixed", value_parser = ["mixed", "ingest", "read"])]
+    /// after an untimed ingest of --read-trades trades; transfer: money moved between --users
+    /// users funded before the timed phase, then counted (`conservation_ok`).
+    #[arg(long, default_value = "mixed", value_parser = ["mixed", "ingest", "read", "transfer"])]
     workload: String,
+    /// Share of the transfer workload's transfers between users of two shards (each a TCC
+    /// activity); the rest stay within one shard (one journal record each).
+    #[arg(long, default_value_t = 0.5)]
+    cross_shard_ratio: f64,
     /// Trades created before the timed phase of the read workload.
     #[arg(long, default_value_t = 200_000)]
     read_trades: u64,
@@ -146,6 +152,9 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     if !(0.0..=1.0).contains(&args.retry_ratio) {
         bail!("--retry-ratio must be between 0 and 1");
     }
+    if !(0.0..=1.0).contains(&args.cross_shard_ratio) {
+        bail!("--cross-shard-ratio must be between 0 and 1");
+    }
     if !(0.0..=1.0).contains(&args.read_ratio) {
         bail!("--read-ratio must be between 0 and 1");
     }
@@ -201,6 +210,9 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         routing.executors,
         routing.physical_shards
     );
+    if args.workload == "transfer" {
+        return run_transfers(&args, engine, data_dir, open_ms, duration);
+    }
     let settle_stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
     let settler =
         args.settle.then(|| crate::settle::spawn(handle.clone(), "load-settlement".into(), settle_stop.clone()));
@@ -250,6 +262,56 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         bail!(
             "{} acknowledged trades did not read back as acknowledged, {} operations failed",
             report.mismatches,
+            report.errors
+        );
+    }
+    Ok(())
+}
+
+/// The transfer workload (`transfer.rs`): on a client thread of its own, then the report.
+fn run_transfers(
+    args: &Args,
+    engine: Engine,
+    data_dir: DataDir,
+    open_ms: u64,
+    duration: Option<Duration>,
+) -> anyhow::Result<()> {
+    let (handle, args_for_client) = (engine.handle(), args.clone());
+    let client = std::thread::spawn(move || -> anyhow::Result<transfer::TransferReport> {
+        let executor = LocalExecutorBuilder::new(Placement::Unbound)
+            .name("load-client")
+            .make()
+            .map_err(|e| anyhow::anyhow!("starting the client executor: {e}"))?;
+        let a = args_for_client;
+        let plan = transfer::TransferPlan {
+            users: a.users,
+            cross_ratio: a.cross_shard_ratio,
+            inflight: a.inflight,
+            duration,
+            ops_max: a.ops,
+            seed: a.seed,
+            run: run_tag(),
+        };
+        executor.run(transfer::run(handle, plan))
+    });
+    let report = client.join().map_err(|_| anyhow::anyhow!("the client thread panicked"))??;
+    engine.close().context("closing the engine")?;
+    eprintln!("load: opened in {open_ms} ms; data directory {} bytes", data_dir.disk_bytes());
+    if args.keep {
+        eprintln!("load: kept {}", data_dir.keep().display());
+    }
+    if args.json {
+        println!("{}", serde_json::to_string(&report)?);
+    } else {
+        println!("{}", serde_json::to_string_pretty(&report)?);
+    }
+    if !report.conservation_ok || report.errors > 0 {
+        bail!(
+            "money counted {} against {} deposited ({} in transit, {} activities in doubt); {} transfers failed",
+            report.money_counted,
+            report.money_deposited,
+            report.in_transit_at_end,
+            report.activities_in_doubt_at_end,
             report.errors
         );
     }

@@ -1,0 +1,237 @@
+//! The transfer workload of the load tool: users funded before the timed phase, then tasks
+//! that move money between them, within a shard or across shards (`--cross-shard-ratio`), each
+//! with one transfer outstanding. At the end, once no activity is in doubt, the money is
+//! counted: balances plus money in transit must equal what was deposited (`conservation_ok`).
+
+use std::cell::{Cell, RefCell};
+use std::rc::Rc;
+use std::time::{Duration, Instant};
+
+use fastrand::Rng;
+use hdrhistogram::Histogram;
+use serde::Serialize;
+use tradeshard_engine::{EngineHandle, Error, Refusal};
+
+use crate::latency::{self, LatencySummary};
+
+/// What each user is given before the timed phase, in minor units.
+const FUNDING: u64 = 1_000_000;
+const CURRENCY: &str = "CNY";
+
+/// The transfer workload's report.
+#[derive(Serialize)]
+pub(super) struct TransferReport {
+    pub(super) workload: &'static str,
+    pub(super) elapsed_sec: f64,
+    /// Transfers answered (committed) per second.
+    pub(super) transfers_per_sec: f64,
+    pub(super) transfers: u64,
+    /// Of them, between users of two shards (a TCC activity each).
+    pub(super) cross_shard: u64,
+    pub(super) cross_shard_ratio: f64,
+    /// Transfers cancelled (a branch refused, a timeout) and refused for too little money.
+    pub(super) cancelled: u64,
+    pub(super) refused: u64,
+    pub(super) errors: u64,
+    pub(super) latency_us: LatencySummary,
+    pub(super) cross_shard_latency_us: LatencySummary,
+    pub(super) inflight: usize,
+    pub(super) users: u64,
+    pub(super) fsyncs_per_sec: f64,
+    pub(super) records_per_fsync: f64,
+    /// Deposited before the timed phase, and balances plus money in transit at the end.
+    pub(super) money_deposited: u128,
+    pub(super) money_counted: i128,
+    pub(super) in_transit_at_end: i128,
+    pub(super) activities_in_doubt_at_end: u64,
+    pub(super) conservation_ok: bool,
+    pub(super) executors: usize,
+    pub(super) shards: u32,
+}
+
+struct Transfers {
+    handle: EngineHandle,
+    /// Users of each physical shard.
+    by_shard: Vec<Vec<u64>>,
+    users: u64,
+    cross_ratio: f64,
+    stop: Cell<bool>,
+    deadline: Option<Instant>,
+    ops_max: Option<u64>,
+    issued: Cell<u64>,
+    local: RefCell<Histogram<u64>>,
+    across: RefCell<Histogram<u64>>,
+    cancelled: Cell<u64>,
+    refused: Cell<u64>,
+    errors: Cell<u64>,
+    first_error: RefCell<Option<String>>,
+    run: String,
+}
+
+/// What the transfer workload runs.
+pub(super) struct TransferPlan {
+    pub(super) users: u64,
+    pub(super) cross_ratio: f64,
+    pub(super) inflight: usize,
+    pub(super) duration: Option<Duration>,
+    pub(super) ops_max: Option<u64>,
+    pub(super) seed: u64,
+    /// This run's tag, in its request numbers.
+    pub(super) run: String,
+}
+
+/// Funds the users, runs the timed phase, and counts the money.
+pub(super) async fn run(handle: EngineHandle, plan: TransferPlan) -> anyhow::Result<TransferReport> {
+    let TransferPlan { users, cross_ratio, inflight, duration, ops_max, seed, run } = plan;
+    let routing = handle.routing();
+    let mut by_shard = vec![Vec::new(); routing.physical_shards as usize];
+    for user in 1..=users {
+        by_shard[routing.physical_of_logical(routing.logical_of_user(user)) as usize].push(user);
+    }
+    if by_shard.iter().filter(|users| !users.is_empty()).count() < 2 && cross_ratio > 0.0 {
+        anyhow::bail!("transfers across shards need users in two shards: more --users or --shards");
+    }
+    fund(&handle, users, inflight, &run).await?;
+    let before = handle.stats().await?;
+    let state = Rc::new(Transfers {
+        handle: handle.clone(),
+        by_shard,
+        users,
+        cross_ratio,
+        stop: Cell::new(false),
+        deadline: duration.map(|d| Instant::now() + d),
+        ops_max,
+        issued: Cell::new(0),
+        local: RefCell::new(latency::new_histogram()),
+        across: RefCell::new(latency::new_histogram()),
+        cancelled: Cell::new(0),
+        refused: Cell::new(0),
+        errors: Cell::new(0),
+        first_error: RefCell::new(None),
+        run,
+    });
+    let start = Instant::now();
+    let tasks: Vec<_> = (0..inflight)
+        .map(|task| glommio::spawn_local(worker(state.clone(), task, seed.wrapping_mul(1_000_003) ^ task as u64)))
+        .collect();
+    for task in tasks {
+        task.await;
+    }
+    let elapsed = start.elapsed().as_secs_f64();
+    let after = handle.stats().await?;
+    if let Some(error) = state.first_error.borrow().as_ref() {
+        eprintln!("load: first error: {error}");
+    }
+    // Activities a task left (none, unless a step failed) are finished by recovery.
+    let waiting = Instant::now();
+    let mut in_doubt = u64::MAX;
+    while in_doubt > 0 && waiting.elapsed() < Duration::from_secs(30) {
+        in_doubt = handle.stats().await?.shards.iter().map(|shard| shard.activities_in_doubt).sum();
+        if in_doubt > 0 {
+            glommio::timer::sleep(Duration::from_millis(50)).await;
+        }
+    }
+    let deposited = u128::from(users) * u128::from(FUNDING);
+    let currency = tradeshard_engine::Currency::parse(CURRENCY).expect("a known currency");
+    let balances = handle.account_totals().await?.get(&currency).copied().unwrap_or(0) as i128;
+    let in_transit: i128 = handle.money_in_transit().await?.values().sum();
+    let (local, across) = (state.local.borrow(), state.across.borrow());
+    let mut all = local.clone();
+    all.add(&*across)?;
+    let fsyncs = after.fsyncs - before.fsyncs;
+    let records = after.records - before.records;
+    Ok(TransferReport {
+        workload: "transfer",
+        elapsed_sec: elapsed,
+        transfers_per_sec: all.len() as f64 / elapsed,
+        transfers: all.len(),
+        cross_shard: across.len(),
+        cross_shard_ratio: cross_ratio,
+        cancelled: state.cancelled.get(),
+        refused: state.refused.get(),
+        errors: state.errors.get(),
+        latency_us: latency::summarize(&all),
+        cross_shard_latency_us: latency::summarize(&across),
+        inflight,
+        users,
+        fsyncs_per_sec: fsyncs as f64 / elapsed,
+        records_per_fsync: if fsyncs == 0 { 0.0 } else { records as f64 / fsyncs as f64 },
+        money_deposited: deposited,
+        money_counted: balances + in_transit,
+        in_transit_at_end: in_transit,
+        activities_in_doubt_at_end: in_doubt,
+        conservation_ok: balances + in_transit == deposited as i128 && in_transit == 0 && in_doubt == 0,
+        executors: routing.executors,
+        shards: routing.physical_shards,
+    })
+}
+
+/// Deposits `FUNDING` to every user, `inflight` at a time (untimed).
+async fn fund(handle: &EngineHandle, users: u64, inflight: usize, run: &str) -> anyhow::Result<()> {
+    let next = Rc::new(Cell::new(1u64));
+    let tasks: Vec<_> = (0..inflight.min(users as usize))
+        .map(|_| {
+            let (handle, next, request_no) = (handle.clone(), next.clone(), format!("fund-{run}"));
+            glommio::spawn_local(async move {
+                loop {
+                    let user = next.get();
+                    if user > users {
+                        return Ok(());
+                    }
+                    next.set(user + 1);
+                    handle.deposit(user, CURRENCY, FUNDING, &request_no).await?;
+                }
+            })
+        })
+        .collect();
+    for task in tasks {
+        task.await.map_err(|error: Error| anyhow::anyhow!("funding: {error}"))?;
+    }
+    Ok(())
+}
+
+async fn worker(state: Rc<Transfers>, task: usize, seed: u64) {
+    let mut rng = Rng::with_seed(seed);
+    let mut n = 0u64;
+    while !state.stop.get() {
+        if state.deadline.is_some_and(|deadline| Instant::now() >= deadline)
+            || state.ops_max.is_some_and(|max| state.issued.get() >= max)
+        {
+            state.stop.set(true);
+            return;
+        }
+        state.issued.set(state.issued.get() + 1);
+        let from = 1 + rng.u64(..state.users);
+        let routing = state.handle.routing();
+        let home = routing.physical_of_logical(routing.logical_of_user(from)) as usize;
+        let cross = rng.f64() < state.cross_ratio;
+        let shard = match cross {
+            true => (home + 1 + rng.usize(..state.by_shard.len() - 1)) % state.by_shard.len(),
+            false => home,
+        };
+        let candidates = &state.by_shard[shard];
+        if candidates.is_empty() {
+            continue;
+        }
+        let to = candidates[rng.usize(..candidates.len())];
+        if to == from {
+            continue;
+        }
+        let request_no = format!("{}-{task}-{n}", state.run);
+        n += 1;
+        let started = Instant::now();
+        match state.handle.transfer(from, to, CURRENCY, 1 + rng.u64(..100), &request_no).await {
+            Ok(_) => {
+                let histogram = if cross { &state.across } else { &state.local };
+                latency::record(&mut histogram.borrow_mut(), started.elapsed().as_micros() as u64);
+            }
+            Err(Error::Refused(Refusal::TransferCancelled { .. })) => state.cancelled.set(state.cancelled.get() + 1),
+            Err(Error::Refused(Refusal::InsufficientFunds { .. })) => state.refused.set(state.refused.get() + 1),
+            Err(error) => {
+                state.errors.set(state.errors.get() + 1);
+                state.first_error.borrow_mut().get_or_insert(error.to_string());
+                state.stop.set(true);
+            }
+        }
+    }
+}
