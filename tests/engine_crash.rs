@@ -119,6 +119,10 @@ fn transfers_end_once_and_conserve_money_after_kill_9() {
         let engine = Engine::open(options()).unwrap();
         let handle = engine.handle();
         let opened = handle.stats_blocking().unwrap();
+        let listed = handle.activities_in_doubt_blocking().unwrap();
+        assert!(listed
+            .iter()
+            .all(|(_, _, entry)| !matches!(entry.state, tradeshard_engine::ActivityState::Completed(_))));
         let frozen: u64 = (1..=16).map(|user| handle.balance_blocking(user, "CNY").unwrap().frozen).sum();
         println!(
             "cycle {cycle}: {} activities, {} in doubt at open, {frozen} frozen",

@@ -154,6 +154,13 @@ impl EngineHandle {
         Ok(totals)
     }
 
+    /// Every activity not completed, with the physical shard that initiated it: the
+    /// activities in doubt, which recovery drives to their end.
+    pub async fn activities_in_doubt(&self) -> Result<Vec<(u32, u128, tradeshard_shard::ActivityEntry)>> {
+        Ok(self.on_every_executor(ops::UnfinishedActivities).await?.into_iter().flatten().collect())
+    }
+
+    blocking!(activities_in_doubt_blocking = activities_in_doubt(&self) -> Result<Vec<(u32, u128, tradeshard_shard::ActivityEntry)>>);
     blocking!(transfer_blocking = transfer(&self, from_user: u64, to_user: u64, currency: &str, amount: u64, request_no: &str) -> Result<TransferReceipt>);
     blocking!(money_in_transit_blocking = money_in_transit(&self) -> Result<BTreeMap<Currency, i128>>);
 }

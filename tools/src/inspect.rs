@@ -9,7 +9,7 @@ use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
 use anyhow::{bail, Context};
 use serde::Serialize;
-use tradeshard_engine::{Engine, Options};
+use tradeshard_engine::{ActivityState, Engine, Options};
 
 #[derive(clap::Args, Debug, Clone)]
 pub struct Args {
@@ -32,6 +32,19 @@ struct GroupReport {
     /// Trade events after the offset.
     lag: u64,
     committed_ms_ago: u64,
+}
+
+/// An activity not completed, as recovery will drive it.
+#[derive(Serialize)]
+struct ActivityReport {
+    id: String,
+    /// `open` (undecided), or the decision being carried out.
+    state: String,
+    age_ms: u64,
+    /// Until recovery cancels it, for an undecided one (negative: past).
+    deadline_in_ms: i64,
+    /// Each branch: its shard and what it does.
+    branches: Vec<String>,
 }
 
 #[derive(Serialize)]
@@ -57,6 +70,13 @@ struct ShardReport {
     key_run_bytes: u64,
     key_run_memory_bytes: u64,
     groups: Vec<GroupReport>,
+    /// Accounts (user and currency), account request numbers, branches of flexible
+    /// transactions, activities initiated here, and those not completed.
+    accounts: u64,
+    account_requests: u64,
+    branches: u64,
+    activities: u64,
+    activities_in_doubt: Vec<ActivityReport>,
     open_ms: u64,
     replayed_records: u64,
     skipped_segments: u64,
@@ -87,6 +107,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     let handle = engine.handle();
     let stats = handle.stats_blocking()?;
     let groups = handle.groups_blocking()?;
+    let in_doubt = handle.activities_in_doubt_blocking()?;
     let now_ms = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64);
     let mut shards = Vec::new();
     for (shard, groups) in stats.shards.iter().zip(groups) {
@@ -114,6 +135,30 @@ pub fn run(args: Args) -> anyhow::Result<()> {
                     offset,
                     lag: events_end.saturating_sub(offset),
                     committed_ms_ago: now_ms.saturating_sub(at_ms),
+                })
+                .collect(),
+            accounts: shard.accounts,
+            account_requests: shard.account_requests,
+            branches: shard.branches,
+            activities: shard.activities,
+            activities_in_doubt: in_doubt
+                .iter()
+                .filter(|(home, _, _)| *home == shard.shard)
+                .map(|(_, id, entry)| ActivityReport {
+                    id: format!("{id:032x}"),
+                    state: match entry.state {
+                        ActivityState::Open => "open".into(),
+                        ActivityState::Decided(decision) | ActivityState::Completed(decision) => {
+                            format!("{decision:?}")
+                        }
+                    },
+                    age_ms: now_ms.saturating_sub(entry.begun_ms),
+                    deadline_in_ms: entry.deadline_ms as i64 - now_ms as i64,
+                    branches: entry
+                        .branches
+                        .iter()
+                        .map(|plan| format!("shard {} branch {}: {:?}", plan.shard, plan.branch, plan.action))
+                        .collect(),
                 })
                 .collect(),
             open_ms: shard.opened.open_ms,
@@ -168,6 +213,24 @@ pub fn run(args: Args) -> anyhow::Result<()> {
             s.skipped_segments,
             if s.passed_over_damaged_checkpoint { ", a damaged checkpoint passed over" } else { "" }
         );
+        println!(
+            "  {} accounts, {} account requests, {} branches, {} activities, {} in doubt",
+            s.accounts,
+            s.account_requests,
+            s.branches,
+            s.activities,
+            s.activities_in_doubt.len()
+        );
+        for a in &s.activities_in_doubt {
+            println!(
+                "  activity {}: {}, {:.1} s old, deadline in {:.1} s; {}",
+                a.id,
+                a.state,
+                a.age_ms as f64 / 1000.0,
+                a.deadline_in_ms as f64 / 1000.0,
+                a.branches.join("; ")
+            );
+        }
         for g in &s.groups {
             println!(
                 "  group {}: offset {}, lag {}, committed {:.1} s ago",

@@ -35,7 +35,20 @@ fn load_reports_json_and_verifies_every_trade() {
 #[test]
 fn load_transfers_report_their_rate_and_conserve_money() {
     let dir = tempfile::tempdir().unwrap();
-    let args = ["load", "--workload", "transfer", "--ops", "3000", "--inflight", "32", "--users", "200", "--json"];
+    let args = [
+        "load",
+        "--workload",
+        "transfer",
+        "--ops",
+        "3000",
+        "--inflight",
+        "32",
+        "--users",
+        "200",
+        "--dir",
+        "d",
+        "--json",
+    ];
     let report = json(&tradeshard(&args, dir.path()));
     assert!(report["transfers_per_sec"].as_f64().is_some_and(|v| v > 0.0), "{report}");
     let transfers = report["transfers"].as_u64().unwrap();
@@ -47,6 +60,13 @@ fn load_transfers_report_their_rate_and_conserve_money() {
     assert_eq!(report["conservation_ok"], true, "{report}");
     assert_eq!(report["money_counted"].as_i64(), report["money_deposited"].as_i64());
     assert_eq!((report["in_transit_at_end"].as_i64(), report["errors"].as_u64()), (Some(0), Some(0)));
+    // `inspect` counts the accounts and activities, and lists none in doubt.
+    let inspect = json(&tradeshard(&["inspect", "--dir", "d", "--json"], dir.path()));
+    let shards = inspect["shards"].as_array().unwrap();
+    let sum = |key: &str| shards.iter().map(|shard| shard[key].as_u64().unwrap()).sum::<u64>();
+    assert_eq!(sum("accounts"), 200, "{inspect}");
+    assert_eq!(sum("activities"), cross, "one activity per transfer across shards: {inspect}");
+    assert!(shards.iter().all(|shard| shard["activities_in_doubt"].as_array().is_some_and(Vec::is_empty)));
 }
 
 /// With `--retry-ratio`, a fifth of the acknowledged writes are sent again: every retry is
