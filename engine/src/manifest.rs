@@ -22,7 +22,9 @@ use crate::error::{Error, Result};
 
 /// The data directory format this build writes and reads (5: shards keep their trades in a
 /// table on disk, `trades.table`, and checkpoints no longer hold them; 6: order keys and
-/// confirmed claims are in sorted runs on disk; directories of formats 1 to 5 are refused).
+/// confirmed claims are in sorted runs on disk; 7: accounts, journal records and flexible
+/// transactions, in the logs and in checkpoints of version 4; directories of formats 1 to 6
+/// are refused).
 pub const FORMAT_VERSION: u32 = 7;
 const MANIFEST: &str = "MANIFEST";
 const LOCK: &str = "LOCK";
