@@ -19,7 +19,7 @@ use std::rc::Rc;
 
 use tradeshard_shard::{
     account_request_key, finish_activity, run_activity, AccountCommand, AccountOp, ActivityState, BranchAction,
-    BranchPlan, Currency, Decision, LogError, Refusal, Shard, Step, StepAnswer, StepSender, TradeError,
+    BranchCall, BranchPlan, Currency, Decision, LogError, Refusal, Shard, Step, StepAnswer, StepSender, TradeError,
 };
 use tradeshard_tests::{call, run_campaign, sim_disk_for_seed};
 use tradeshard_wal::disk::{SimDisk, SplitMix64};
@@ -62,6 +62,10 @@ impl StepSender for Pair {
         }
         self.budget.set(self.budget.get() - 1);
         call(|reply| self.shards[shard as usize].transact(steps, reply)).await
+    }
+
+    async fn call(&self, _: u16, _: BranchCall, activity: u128, _: u16, _: u64) -> Result<(), TradeError> {
+        Err(Refusal::StepConflict { activity, reason: "the campaign's activities have no participants" }.into())
     }
 }
 

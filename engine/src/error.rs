@@ -77,6 +77,9 @@ pub enum Error {
     /// A failure of a kind this build does not classify (a lower crate newer than the engine).
     #[error("{0}")]
     Other(String),
+    /// An embedder's participant of an activity failed, or none is registered under its id.
+    #[error("participant {participant}: {message}")]
+    Participant { participant: u16, message: String },
 }
 
 /// Which queue was full.

@@ -37,6 +37,8 @@ pub(crate) struct HandleInner {
     pub groups: Groups,
     /// How long a transfer's activity may stay undecided.
     pub activity_timeout: std::time::Duration,
+    /// The embedder's participants in activities.
+    pub participants: crate::participants::Participants,
 }
 
 /// A cheap, cloneable handle to an open engine (`Clone + Send + Sync`).
@@ -356,6 +358,7 @@ mod tests {
             backpressure,
             groups: Groups::default(),
             activity_timeout: Duration::from_secs(1),
+            participants: Default::default(),
         };
         (EngineHandle { inner: Arc::new(inner) }, inbox)
     }

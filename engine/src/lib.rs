@@ -36,6 +36,7 @@ mod manifest;
 mod ops;
 mod options;
 mod orders;
+mod participants;
 mod routing;
 mod transfers;
 
@@ -47,6 +48,7 @@ pub use error::{Error, FullQueue, Result};
 pub use handle::{EngineHandle, EngineStats};
 pub use manifest::{Manifest, FORMAT_VERSION};
 pub use options::{cores, Backpressure, Durability, Options, SyncMethod, Upkeep};
+pub use participants::{BranchCall, Participant, ParticipantFuture, Participants};
 pub use routing::Routing;
 pub use tradeshard_shard::{
     AccountOp, AccountReceipt, ActivityEntry, ActivityState, Balance, BranchAction, BranchPlan, CacheStats,
@@ -55,7 +57,7 @@ pub use tradeshard_shard::{
     TradeStatus, WalStats, AMOUNT_MAX, BALANCE_MAX, LOGICAL_SHARDS_MAX, MEMO_BYTES_MAX, ORDER_NO_BYTES_MAX,
     REFUND_NO_BYTES_MAX, REQUEST_NO_BYTES_MAX,
 };
-pub use transfers::TransferReceipt;
+pub use transfers::{ActivityOutcome, TransferReceipt};
 
 /// The share of `Options::cache_bytes` kept for order numbers found by `get_by_order` (one
 /// part in this many); the rest goes to the shards' caches of trades.
@@ -132,6 +134,7 @@ impl Engine {
                 backpressure: options.backpressure,
                 groups: groups::Groups::default(),
                 activity_timeout: options.activity_timeout,
+                participants: options.participants.clone(),
             }),
         };
         let mut engine = Engine { handle, executors: Vec::new(), data_dir, activities: None };

@@ -59,6 +59,9 @@ pub struct Options {
     /// How often recovery looks for activities not completed (it also looks once when the
     /// engine opens).
     pub activity_recovery_interval: Duration,
+    /// The embedder's services that activities can name as branches
+    /// (`EngineHandle::run_activity`), by id.
+    pub participants: crate::participants::Participants,
 }
 
 impl Options {
@@ -80,6 +83,7 @@ impl Options {
             upkeep: Upkeep::default(),
             activity_timeout: Duration::from_secs(10),
             activity_recovery_interval: Duration::from_secs(1),
+            participants: Default::default(),
         }
     }
 

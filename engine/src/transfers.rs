@@ -1,18 +1,20 @@
-//! Transfers between any two users, and the engine's side of flexible transactions: the
-//! activity manager's protocol (`tradeshard_shard::run_activity`) carried between executors.
+//! Transfers between any two users, and activities of any branches: the engine's side of
+//! flexible transactions, the activity manager's protocol (`tradeshard_shard::run_activity`)
+//! carried between executors and to the embedder's participants (`participants.rs`).
 //!
-//! Both users in one shard: one journal record moves the money (a local transaction). In
-//! two shards: a TCC activity recorded in the payer's shard, with two branches, a Freeze of the
-//! payer's money and a Credit of the payee, whose id is the payer's request key, so that a
-//! retry of the transfer finds it. A transfer answers once the decision is durable and every
-//! branch answered it; if a branch could not be reached the decision stands and recovery
+//! A transfer between two users of one shard is one journal record (a local transaction).
+//! Across shards it is a TCC activity recorded in the payer's shard, with a Freeze branch of
+//! the payer's money and a Credit branch of the payee; its id is the payer's request key, so
+//! that a retry finds it. An activity answers once its decision is durable and every branch
+//! answered it; if a branch could not be reached the decision stands and recovery
 //! (`activities.rs`) finishes it.
 
 use std::collections::BTreeMap;
 
 use tradeshard_shard::{
-    account_request_key, finish_activity, run_activity, AccountCommand, AccountOp, ActivityState, BranchAction,
-    BranchPlan, Currency, Decision, Refusal, Step, StepAnswer, StepError, StepSender,
+    account_request_key, finish_activity, run_activity, validate_amount, validate_request_no, AccountCommand,
+    AccountOp, ActivityEntry, ActivityState, BranchAction, BranchCall, BranchPlan, Currency, Decision, InputError,
+    Refusal, Step, StepAnswer, StepError, StepSender, NO_SHARD, STEPS_MAX,
 };
 
 use crate::blocking::blocking;
@@ -36,6 +38,19 @@ pub struct TransferReceipt {
     pub replayed: bool,
 }
 
+/// How an activity run by [`EngineHandle::run_activity`] ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ActivityOutcome {
+    /// The initiator's request key.
+    pub activity: u128,
+    /// The decision in force: every branch confirmed, or every branch cancelled.
+    pub decision: Decision,
+    /// Every branch answered the decision; if not, recovery keeps sending it.
+    pub completed: bool,
+    /// The request number named an activity begun before (a retry).
+    pub replayed: bool,
+}
+
 impl StepError for Error {
     fn refusal(&self) -> Option<&Refusal> {
         match self {
@@ -47,10 +62,26 @@ impl StepError for Error {
 
 impl StepSender for EngineHandle {
     type Error = Error;
+
     async fn send(&self, shard: u32, steps: Vec<Step>) -> Result<Vec<StepAnswer>> {
         // Steps wait for room in a full queue whatever the caller chose: refused in between,
         // an activity would wait for recovery.
         self.on_shard_waiting(shard, ops::Transact(steps)).await
+    }
+
+    async fn call(
+        &self,
+        participant: u16,
+        call: BranchCall,
+        activity: u128,
+        branch: u16,
+        reference: u64,
+    ) -> Result<()> {
+        let Some(service) = self.inner.participants.get(participant) else {
+            return Err(InputError::UnknownParticipant { participant }.into());
+        };
+        let answer = service.call(call, activity, branch, reference).await;
+        answer.map_err(|message| Error::Participant { participant, message })
     }
 }
 
@@ -77,20 +108,13 @@ impl EngineHandle {
         let command = AccountCommand::new(AccountOp::Transfer { to_user }, from_user, currency, amount, request_no)?;
         let (home, payee_shard) = (self.shard_of_user(from_user), self.shard_of_user(to_user));
         let activity = account_request_key(from_user, request_no);
-        let receipt = |local, replayed| TransferReceipt {
-            activity,
-            from_user,
-            to_user,
-            currency: command.currency,
-            amount,
-            local,
-            replayed,
-        };
+        let currency = command.currency;
+        let receipt =
+            |local, replayed| TransferReceipt { activity, from_user, to_user, currency, amount, local, replayed };
         if home == payee_shard {
-            let answer = self.on_shard(home, ops::Post(command.clone())).await?;
+            let answer = self.on_shard(home, ops::Post(command)).await?;
             return Ok(receipt(true, answer.replayed));
         }
-        let currency = command.currency;
         let branches = vec![
             BranchPlan {
                 shard: home,
@@ -103,34 +127,94 @@ impl EngineHandle {
                 action: BranchAction::Credit { user_id: to_user, currency, amount },
             },
         ];
+        let outcome = self.drive(home, activity, branches).await?;
+        match outcome.decision {
+            Decision::Commit => Ok(receipt(false, outcome.replayed)),
+            Decision::Cancel(reason) => Err(Refusal::TransferCancelled { activity, reason }.into()),
+        }
+    }
+
+    /// Runs an activity of up to eight branches, initiated by `initiator` under its
+    /// `request_no` (its id is the initiator's request key, recorded in the initiator's shard):
+    /// Freeze and Credit branches of users' accounts, which must balance per currency (money
+    /// only moves between accounts), and branches of the embedder's participants
+    /// (`Options::participants`). Every Try succeeding commits it, else it is cancelled; the
+    /// answer comes once the decision is durable and every branch answered it (or could not
+    /// be reached: `completed: false`, and recovery keeps sending the decision). A retry with
+    /// the same request number answers the same decision (`replayed: true`).
+    pub async fn run_activity(
+        &self,
+        initiator: u64,
+        request_no: &str,
+        actions: &[BranchAction],
+    ) -> Result<ActivityOutcome> {
+        if initiator == 0 {
+            return Err(InputError::ZeroUserId.into());
+        }
+        validate_request_no(request_no)?;
+        if actions.is_empty() || actions.len() > STEPS_MAX {
+            return Err(InputError::BadSteps { count: actions.len(), max: STEPS_MAX }.into());
+        }
+        let mut sums: BTreeMap<Currency, (u128, u128)> = BTreeMap::new();
+        let mut branches = Vec::with_capacity(actions.len());
+        for (branch, action) in actions.iter().enumerate() {
+            let shard = match *action {
+                BranchAction::Freeze { user_id, currency, amount }
+                | BranchAction::Credit { user_id, currency, amount } => {
+                    if user_id == 0 {
+                        return Err(InputError::ZeroUserId.into());
+                    }
+                    validate_amount(amount)?;
+                    let (taken, given) = sums.entry(currency).or_default();
+                    match action {
+                        BranchAction::Freeze { .. } => *taken += u128::from(amount),
+                        _ => *given += u128::from(amount),
+                    }
+                    self.shard_of_user(user_id)
+                }
+                BranchAction::External { participant, .. } => {
+                    if self.inner.participants.get(participant).is_none() {
+                        return Err(InputError::UnknownParticipant { participant }.into());
+                    }
+                    NO_SHARD
+                }
+            };
+            branches.push(BranchPlan { shard, branch: branch as u16, action: *action });
+        }
+        if let Some((currency, (taken, given))) = sums.into_iter().find(|(_, (taken, given))| taken != given) {
+            return Err(InputError::UnbalancedActivity { currency, taken, given }.into());
+        }
+        let home = self.shard_of_user(initiator);
+        self.drive(home, account_request_key(initiator, request_no), branches).await
+    }
+
+    /// Runs an activity, or, for a retry, drives the one begun before to its end.
+    async fn drive(&self, home: u32, activity: u128, branches: Vec<BranchPlan>) -> Result<ActivityOutcome> {
         // A retry finds its activity begun (the Begin answers a repeat), or refused (its
         // branch was cancelled): then it is driven to its end from its record.
         let deadline_ms = now_ms() + self.inner.activity_timeout.as_millis() as u64;
-        let (decision, replayed) = match run_activity(self, home, activity, deadline_ms, branches.clone()).await {
-            Ok(driven) => (driven.decision, driven.begun_before),
+        match run_activity(self, home, activity, deadline_ms, branches.clone()).await {
+            Ok(driven) => Ok(ActivityOutcome {
+                activity,
+                decision: driven.decision,
+                completed: driven.completed,
+                replayed: driven.begun_before,
+            }),
             Err(error) => match self.on_shard(home, ops::GetActivity(activity)).await? {
                 Some(entry) if error.refusal().is_some() && entry.branches == branches => {
-                    (self.finish_existing(home, activity, &entry).await?, true)
+                    let (decision, completed) = self.finish_existing(home, activity, &entry).await?;
+                    Ok(ActivityOutcome { activity, decision, completed, replayed: true })
                 }
-                _ => return Err(error),
+                _ => Err(error),
             },
-        };
-        match decision {
-            Decision::Commit => Ok(receipt(false, replayed)),
-            Decision::Cancel(reason) => Err(Refusal::TransferCancelled { activity, reason }.into()),
         }
     }
 
     /// The decision of an activity already recorded, driving it to its end first if it is
     /// still under way (its first attempt stopped, or runs at the same time).
-    async fn finish_existing(
-        &self,
-        home: u32,
-        activity: u128,
-        entry: &tradeshard_shard::ActivityEntry,
-    ) -> Result<Decision> {
+    async fn finish_existing(&self, home: u32, activity: u128, entry: &ActivityEntry) -> Result<(Decision, bool)> {
         if let ActivityState::Completed(decision) = entry.state {
-            return Ok(decision);
+            return Ok((decision, true));
         }
         // An undecided one is cancelled now: its first attempt's caller has this answer.
         let mut entry = entry.clone();
@@ -139,7 +223,9 @@ impl EngineHandle {
         }
         let driven = finish_activity(self, home, activity, &entry, now_ms()).await?;
         let reason = "an activity past its deadline was left undecided";
-        driven.map(|driven| driven.decision).ok_or_else(|| Refusal::StepConflict { activity, reason }.into())
+        driven
+            .map(|driven| (driven.decision, driven.completed))
+            .ok_or_else(|| Refusal::StepConflict { activity, reason }.into())
     }
 
     /// Per currency, money confirmed out of payers and not yet into payees: inside open
@@ -156,12 +242,13 @@ impl EngineHandle {
 
     /// Every activity not completed, with the physical shard that initiated it: the
     /// activities in doubt, which recovery drives to their end.
-    pub async fn activities_in_doubt(&self) -> Result<Vec<(u32, u128, tradeshard_shard::ActivityEntry)>> {
+    pub async fn activities_in_doubt(&self) -> Result<Vec<(u32, u128, ActivityEntry)>> {
         Ok(self.on_every_executor(ops::UnfinishedActivities).await?.into_iter().flatten().collect())
     }
 
-    blocking!(activities_in_doubt_blocking = activities_in_doubt(&self) -> Result<Vec<(u32, u128, tradeshard_shard::ActivityEntry)>>);
+    blocking!(activities_in_doubt_blocking = activities_in_doubt(&self) -> Result<Vec<(u32, u128, ActivityEntry)>>);
     blocking!(transfer_blocking = transfer(&self, from_user: u64, to_user: u64, currency: &str, amount: u64, request_no: &str) -> Result<TransferReceipt>);
+    blocking!(run_activity_blocking = run_activity(&self, initiator: u64, request_no: &str, actions: &[BranchAction]) -> Result<ActivityOutcome>);
     blocking!(money_in_transit_blocking = money_in_transit(&self) -> Result<BTreeMap<Currency, i128>>);
 }
 

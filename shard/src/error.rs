@@ -70,6 +70,13 @@ pub enum InputError {
     /// A transfer names the same user on both sides.
     #[error("a transfer must name two different users")]
     SameAccount,
+    /// An activity's account branches do not balance: per currency, what its Freeze branches
+    /// take must equal what its Credit branches give.
+    #[error("an activity's branches take {taken} and give {given} of {currency}")]
+    UnbalancedActivity { currency: Currency, taken: u128, given: u128 },
+    /// An activity names a participant no `Options::participants` registers.
+    #[error("no participant is registered under id {participant}")]
+    UnknownParticipant { participant: u16 },
     /// A local transaction of no steps or of more than `STEPS_MAX`.
     #[error("a local transaction holds 1..={max} steps, not {count}")]
     BadSteps { count: usize, max: usize },

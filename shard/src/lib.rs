@@ -80,9 +80,9 @@ pub use state::{AfterDurable, ShardReply};
 pub use system_record::ClaimOutcome;
 #[cfg(any(test, feature = "testing"))]
 pub use system_record::{ClaimSettled, LogRecord, OffsetCommit, OrderClaim};
-pub use tcc::{BranchAction, BranchPlan, CancelReason, Decision, Step, TccRecord, STEPS_MAX};
+pub use tcc::{BranchAction, BranchPlan, CancelReason, Decision, Step, TccRecord, NO_SHARD, STEPS_MAX};
 pub use tcc_book::{ActivityEntry, ActivityState, BranchEntry, BranchState, StepAnswer, StepOutcome};
-pub use tcc_driver::{finish_activity, run_activity, Driven, StepError, StepSender};
+pub use tcc_driver::{finish_activity, run_activity, BranchCall, Driven, StepError, StepSender};
 pub use trade::{
     NewTrade, Receipt, Trade, TradeId, TradeStatus, ValidTrade, AMOUNT_MAX, COUNTER_BITS, LOGICAL_SHARDS_MAX,
     LOGICAL_SHARD_BITS, MEMO_BYTES_MAX, ORDER_NO_BYTES_MAX, REFUND_NO_BYTES_MAX,
@@ -93,4 +93,4 @@ pub use trade_cache::{CachedTrade, TradeCache, TradeCopy};
 pub use trade_file::{decode_for_fuzzing as decode_trade_record, sample_for_fuzzing as sample_trade_record};
 pub use tradeshard_cache::{CacheStats, SharedCache};
 pub use tradeshard_wal::{Durability, SegmentInfo, SyncMethod, WalStats};
-pub use validate::{validate_amount, validate_group, validate_order_no, validate_refund_no};
+pub use validate::{validate_amount, validate_group, validate_order_no, validate_refund_no, validate_request_no};

@@ -29,32 +29,32 @@ pub enum BranchAction {
     /// Try reserves room for `amount` under the balance limit; Confirm puts it from the
     /// activity's hands into the user's available balance; Cancel releases the room.
     Credit { user_id: u64, currency: Currency, amount: u64 },
+    /// A service of the embedder's: the manager calls the participant registered under
+    /// `participant` with the activity, the branch and `reference` (the embedder's own key of
+    /// what the branch reserves). It has no step in any shard.
+    External { participant: u16, reference: u64 },
 }
 
 impl BranchAction {
-    pub fn user_id(&self) -> u64 {
+    /// The account the branch moves money in (user, currency) and the amount; `None` for an
+    /// embedder's branch.
+    pub fn account(&self) -> Option<(u64, Currency, u64)> {
         match *self {
-            BranchAction::Freeze { user_id, .. } | BranchAction::Credit { user_id, .. } => user_id,
-        }
-    }
-
-    pub fn currency(&self) -> Currency {
-        match *self {
-            BranchAction::Freeze { currency, .. } | BranchAction::Credit { currency, .. } => currency,
-        }
-    }
-
-    pub fn amount(&self) -> u64 {
-        match *self {
-            BranchAction::Freeze { amount, .. } | BranchAction::Credit { amount, .. } => amount,
+            BranchAction::Freeze { user_id, currency, amount } | BranchAction::Credit { user_id, currency, amount } => {
+                Some((user_id, currency, amount))
+            }
+            BranchAction::External { .. } => None,
         }
     }
 }
+
+/// The shard of an embedder's branch in its [`BranchPlan`]: none.
+pub const NO_SHARD: u32 = u32::MAX;
 
 /// A branch of an activity as its initiator records it: where it runs and what it does.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct BranchPlan {
-    /// The physical shard of the branch's account.
+    /// The physical shard of the branch's account ([`NO_SHARD`] for an embedder's branch).
     pub shard: u32,
     pub branch: u16,
     pub action: BranchAction,
@@ -168,15 +168,18 @@ pub struct TccRecord {
     pub steps: Vec<Step>,
 }
 
-/// Appends an action's [`ACTION_BYTES`]: kind (1 freeze, 2 credit), currency, user, amount.
+/// Appends an action's [`ACTION_BYTES`]: kind (1 freeze, 2 credit), currency, user, amount;
+/// or kind 3 (an embedder's), three zero bytes, participant, reference.
 pub(crate) fn push_action(out: &mut Vec<u8>, action: &BranchAction) {
-    out.push(match action {
-        BranchAction::Freeze { .. } => 1,
-        BranchAction::Credit { .. } => 2,
-    });
-    out.extend_from_slice(&action.currency().bytes());
-    out.extend_from_slice(&action.user_id().to_le_bytes());
-    out.extend_from_slice(&action.amount().to_le_bytes());
+    let (kind, currency, first, second) = match *action {
+        BranchAction::Freeze { user_id, currency, amount } => (1, currency.bytes(), user_id, amount),
+        BranchAction::Credit { user_id, currency, amount } => (2, currency.bytes(), user_id, amount),
+        BranchAction::External { participant, reference } => (3, [0; 3], u64::from(participant), reference),
+    };
+    out.push(kind);
+    out.extend_from_slice(&currency);
+    out.extend_from_slice(&first.to_le_bytes());
+    out.extend_from_slice(&second.to_le_bytes());
 }
 
 impl TccRecord {
@@ -295,6 +298,14 @@ impl<'a> Reader<'a> {
 
 /// Decodes an action's [`ACTION_BYTES`].
 pub(crate) fn action_of(fixed: &[u8]) -> Result<BranchAction, &'static str> {
+    let field = |at: usize| u64::from_le_bytes(fixed[at..at + 8].try_into().expect("8 bytes"));
+    if fixed[0] == 3 {
+        let participant = u16::try_from(field(4)).map_err(|_| "tcc participant out of bounds")?;
+        if fixed[1..4] != [0; 3] {
+            return Err("tcc embedder's action with a currency");
+        }
+        return Ok(BranchAction::External { participant, reference: field(12) });
+    }
     {
         let currency = Currency::from_bytes(fixed[1..4].try_into().expect("3 bytes")).ok_or("tcc action currency")?;
         let user_id = u64::from_le_bytes(fixed[4..12].try_into().expect("8 bytes"));

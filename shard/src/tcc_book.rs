@@ -94,8 +94,13 @@ pub(crate) trait MoneyView {
     fn add_in_transit(&mut self, currency: Currency, amount: i128);
 }
 
-fn key_of(action: &BranchAction) -> AccountKey {
-    AccountKey { user_id: action.user_id(), currency: action.currency() }
+/// The account a branch moves money in, and the amount; an embedder's branch has no step in a
+/// shard.
+fn account_of(action: &BranchAction, activity: u128) -> Result<(AccountKey, u64), Refusal> {
+    match action.account() {
+        Some((user_id, currency, amount)) => Ok((AccountKey { user_id, currency }, amount)),
+        None => Err(Refusal::StepConflict { activity, reason: "an embedder's branch has no step in a shard" }),
+    }
 }
 
 fn answer(outcome: StepOutcome, repeat: bool) -> Result<StepAnswer, Refusal> {
@@ -174,9 +179,9 @@ fn try_branch(
             BranchState::Cancelled | BranchState::Fenced => Err(Refusal::BranchCancelled { activity, branch }),
         };
     }
-    let key = key_of(&action);
+    let (key, amount) = account_of(&action, activity)?;
     let mut balance = view.balance(key);
-    let (user_id, currency, amount) = (key.user_id, key.currency, action.amount());
+    let (user_id, currency) = (key.user_id, key.currency);
     match action {
         BranchAction::Freeze { .. } => {
             if balance.available < amount {
@@ -193,6 +198,7 @@ fn try_branch(
             }
             balance.incoming += amount;
         }
+        BranchAction::External { .. } => unreachable!("refused by account_of"),
     }
     view.set_balance(key, balance);
     view.set_branch(activity, branch, BranchEntry { action, state: BranchState::Tried });
@@ -210,11 +216,11 @@ fn confirm_branch(view: &mut impl MoneyView, activity: u128, branch: u16) -> Res
     }
     // Confirm uses only what the Try reserved: it fails only on books this engine cannot
     // have made.
-    let key = key_of(&entry.action);
+    let (key, amount) = account_of(&entry.action, activity)?;
     let mut balance = view.balance(key);
-    let amount = entry.action.amount();
     let broken = Refusal::StepConflict { activity, reason: "the account does not hold the branch's reservation" };
     match entry.action {
+        BranchAction::External { .. } => unreachable!("refused by account_of"),
         BranchAction::Freeze { .. } => {
             balance.frozen = balance.frozen.checked_sub(amount).ok_or(broken)?;
             view.add_in_transit(key.currency, i128::from(amount));
@@ -237,6 +243,7 @@ fn cancel_branch(
     branch: u16,
     action: BranchAction,
 ) -> Result<StepAnswer, Refusal> {
+    account_of(&action, activity)?;
     let Some(mut entry) = view.branch(activity, branch) else {
         // An empty rollback: nothing was reserved, and a Try that comes later is refused.
         view.set_branch(activity, branch, BranchEntry { action, state: BranchState::Fenced });
@@ -247,11 +254,11 @@ fn cancel_branch(
         BranchState::Confirmed => return Err(Refusal::BranchConfirmed { activity, branch }),
         BranchState::Tried => {}
     }
-    let key = key_of(&entry.action);
+    let (key, amount) = account_of(&entry.action, activity)?;
     let mut balance = view.balance(key);
-    let amount = entry.action.amount();
     let broken = Refusal::StepConflict { activity, reason: "the account does not hold the branch's reservation" };
     match entry.action {
+        BranchAction::External { .. } => unreachable!("refused by account_of"),
         BranchAction::Freeze { .. } => {
             balance.frozen = balance.frozen.checked_sub(amount).ok_or(broken.clone())?;
             balance.available = balance.available.checked_add(amount).ok_or(broken)?;

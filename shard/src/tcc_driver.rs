@@ -1,6 +1,9 @@
 //! The activity manager's protocol: the order in which an activity's steps are sent to the
-//! shards, written once for whoever carries them (the engine between its executors, the tests
-//! between shards on simulated disks), through a [`StepSender`].
+//! shards and the embedder's participants are called, written once for whoever carries them
+//! (the engine between its executors, the tests between shards on simulated disks), through a
+//! [`StepSender`]. A branch of an account in the initiator's shard goes with the initiator's
+//! own records; any other branch (an account of another shard, an embedder's participant) is
+//! reached on its own.
 //!
 //! Running an activity from its start:
 //!
@@ -23,13 +26,67 @@
 use std::future::Future;
 
 use crate::error::{Refusal, TradeError};
-use crate::tcc::{BranchPlan, CancelReason, Decision, Step};
+use std::pin::Pin;
+
+use crate::tcc::{BranchAction, BranchPlan, CancelReason, Decision, Step};
 use crate::tcc_book::{ActivityEntry, ActivityState, StepAnswer};
 
-/// Carries a local transaction to a shard and brings back its answers.
+/// Carries a local transaction to a shard and brings back its answers, and calls the
+/// embedder's participants.
 pub trait StepSender {
     type Error: StepError;
     fn send(&self, shard: u32, steps: Vec<Step>) -> impl Future<Output = Result<Vec<StepAnswer>, Self::Error>>;
+    /// Asks the embedder's participant `participant` to try, confirm or cancel its branch.
+    fn call(
+        &self,
+        participant: u16,
+        call: BranchCall,
+        activity: u128,
+        branch: u16,
+        reference: u64,
+    ) -> impl Future<Output = Result<(), Self::Error>>;
+}
+
+/// What the manager asks of a branch.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BranchCall {
+    Try,
+    Confirm,
+    Cancel,
+}
+
+/// Sends one step to a branch of another shard, or calls an embedder's participant; true when
+/// it answered with success.
+fn reach<'a, S: StepSender>(
+    sender: &'a S,
+    activity: u128,
+    plan: &BranchPlan,
+    call: BranchCall,
+) -> Pin<Box<dyn Future<Output = bool> + 'a>> {
+    let (branch, action) = (plan.branch, plan.action);
+    if let BranchAction::External { participant, reference } = action {
+        return Box::pin(async move { sender.call(participant, call, activity, branch, reference).await.is_ok() });
+    }
+    let step = match call {
+        BranchCall::Try => Step::Try { activity, branch, action },
+        BranchCall::Confirm => Step::Confirm { activity, branch },
+        BranchCall::Cancel => Step::Cancel { activity, branch, action },
+    };
+    let shard = plan.shard;
+    Box::pin(async move { sender.send(shard, vec![step]).await.is_ok() })
+}
+
+/// The branches whose steps go with the initiator's own records (accounts of its shard), and
+/// the others (accounts of other shards, and the embedder's participants).
+fn split(branches: &[BranchPlan], home: u32) -> (Vec<BranchPlan>, Vec<BranchPlan>) {
+    branches.iter().partition(|plan| plan.shard == home && plan.action.account().is_some())
+}
+
+fn call_of(decision: Decision) -> BranchCall {
+    match decision {
+        Decision::Commit => BranchCall::Confirm,
+        Decision::Cancel(_) => BranchCall::Cancel,
+    }
 }
 
 /// An error of a [`StepSender`]: a shard's refusal, or a failure to carry the steps.
@@ -85,17 +142,14 @@ pub async fn run_activity<S: StepSender>(
     deadline_ms: u64,
     branches: Vec<BranchPlan>,
 ) -> Result<Driven, S::Error> {
-    let (local, remote): (Vec<BranchPlan>, Vec<BranchPlan>) = branches.iter().partition(|plan| plan.shard == home);
+    let (local, remote) = split(&branches, home);
     let mut begin = vec![Step::Begin { activity, deadline_ms, branches: branches.clone() }];
     begin.extend(local.iter().map(|plan| Step::Try { activity, branch: plan.branch, action: plan.action }));
     let begun_before = sender.send(home, begin).await?.first().is_some_and(|answer| answer.repeat);
-    let tries = remote.iter().map(|plan| {
-        let step = Step::Try { activity, branch: plan.branch, action: plan.action };
-        sender.send(plan.shard, vec![step])
-    });
+    let tries = remote.iter().map(|plan| reach(sender, activity, plan, BranchCall::Try));
     // Any failure, a refusal or not knowing whether the Try landed, cancels: a Cancel releases
     // what a Try reserved, or fences a Try still on its way.
-    let all_tried = join_all(tries).await.iter().all(Result::is_ok);
+    let all_tried = join_all(tries).await.iter().all(|tried| *tried);
     let decision = if all_tried { Decision::Commit } else { Decision::Cancel(CancelReason::TryRefused) };
     let mut decide = vec![Step::Decide { activity, decision }];
     decide.extend(local.iter().map(|plan| outcome_step(activity, plan, decision)));
@@ -144,14 +198,14 @@ async fn finish_decided<S: StepSender>(
     branches: &[BranchPlan],
     decision: Decision,
 ) -> Result<Driven, S::Error> {
-    let (local, remote): (Vec<BranchPlan>, Vec<BranchPlan>) = branches.iter().partition(|plan| plan.shard == home);
+    let (local, remote) = split(branches, home);
     if !local.is_empty() {
         sender.send(home, local.iter().map(|plan| outcome_step(activity, plan, decision)).collect()).await?;
     }
     carry_out(sender, home, activity, &remote, decision).await
 }
 
-/// Sends the decision to the branches of other shards; completes the activity once each
+/// Sends the decision to the branches of other shards and to the embedder's; completes the activity once each
 /// answered. A branch that did not answer leaves the activity to recovery.
 async fn carry_out<S: StepSender>(
     sender: &S,
@@ -160,8 +214,8 @@ async fn carry_out<S: StepSender>(
     remote: &[BranchPlan],
     decision: Decision,
 ) -> Result<Driven, S::Error> {
-    let steps = remote.iter().map(|plan| sender.send(plan.shard, vec![outcome_step(activity, plan, decision)]));
-    let answered = join_all(steps).await.iter().all(Result::is_ok);
+    let steps = remote.iter().map(|plan| reach(sender, activity, plan, call_of(decision)));
+    let answered = join_all(steps).await.iter().all(|answered| *answered);
     if !answered {
         return Ok(Driven { decision, completed: false, begun_before: true });
     }

@@ -71,12 +71,19 @@ impl AccountCommand {
         }
         let currency = Currency::parse(currency).ok_or_else(|| InputError::UnknownCurrency(currency.to_string()))?;
         validate_amount(amount)?;
-        let len = request_no.len();
-        if len == 0 || len > REQUEST_NO_BYTES_MAX || !request_no.bytes().all(|b| b.is_ascii_graphic()) {
-            return Err(InputError::BadRequestNo { len, max: REQUEST_NO_BYTES_MAX });
-        }
+        validate_request_no(request_no)?;
         Ok(AccountCommand { op, user_id, currency, amount, request_no: request_no.to_string() })
     }
+}
+
+/// Checks an account request number (also a transfer's or an activity's): 1..=64 printable
+/// ASCII bytes.
+pub fn validate_request_no(request_no: &str) -> Result<(), InputError> {
+    let len = request_no.len();
+    if len == 0 || len > REQUEST_NO_BYTES_MAX || !request_no.bytes().all(|b| b.is_ascii_graphic()) {
+        return Err(InputError::BadRequestNo { len, max: REQUEST_NO_BYTES_MAX });
+    }
+    Ok(())
 }
 
 /// Checks a consumer group name: 1..=64 printable ASCII bytes.

@@ -1,0 +1,171 @@
+//! Activities with the embedder's own participants, through `EngineHandle::run_activity`: a
+//! participant's Try refused cancels every branch (the account's money comes back, the
+//! participant is told to cancel); a Confirm that fails is sent again by recovery until it
+//! succeeds, and the activity completes; account branches must balance; an unknown
+//! participant and bad input are refused with no trace.
+
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use tradeshard_engine::{
+    BranchAction, BranchCall, CancelReason, Currency, Decision, Engine, EngineHandle, Error, InputError, Options,
+    Participant, ParticipantFuture, Participants,
+};
+use tradeshard_tests::engine_options;
+
+/// A participant keeping TCC's contract in memory: it records every call; refuses a Try
+/// whose reference is odd, a Try after its Cancel (the fence), and fails the first
+/// `confirm_failures` Confirms.
+#[derive(Default)]
+struct Coupons {
+    calls: Mutex<Vec<(BranchCall, u128, u64)>>,
+    cancelled: Mutex<Vec<u128>>,
+    confirm_failures: Mutex<u32>,
+}
+
+struct Shared(Arc<Coupons>);
+
+impl Participant for Shared {
+    fn call(&self, call: BranchCall, activity: u128, _branch: u16, reference: u64) -> ParticipantFuture<'_> {
+        Box::pin(async move {
+            let coupons = &self.0;
+            coupons.calls.lock().unwrap().push((call, activity, reference));
+            match call {
+                BranchCall::Try if reference % 2 == 1 => Err("coupon already used".to_string()),
+                BranchCall::Try if coupons.cancelled.lock().unwrap().contains(&activity) => Err("fenced".into()),
+                BranchCall::Try => Ok(()),
+                BranchCall::Cancel => {
+                    coupons.cancelled.lock().unwrap().push(activity);
+                    Ok(())
+                }
+                BranchCall::Confirm => {
+                    let mut failures = coupons.confirm_failures.lock().unwrap();
+                    match *failures {
+                        0 => Ok(()),
+                        _ => {
+                            *failures -= 1;
+                            Err("coupon service unavailable".into())
+                        }
+                    }
+                }
+            }
+        })
+    }
+}
+
+fn open(dir: &std::path::Path, coupons: &Arc<Coupons>) -> Engine {
+    let options = Options {
+        participants: Participants::default().with(7, Shared(coupons.clone())),
+        activity_recovery_interval: Duration::from_millis(20),
+        ..engine_options(dir, 2, 2)
+    };
+    Engine::open(options).unwrap()
+}
+
+fn cny() -> Currency {
+    Currency::parse("CNY").unwrap()
+}
+
+/// Users 1 and one of another shard, 1,000 CNY each.
+fn two_users(h: &EngineHandle) -> (u64, u64) {
+    let routing = h.routing();
+    let shard = |user| routing.physical_of_logical(routing.logical_of_user(user));
+    let other = (2..100).find(|user| shard(*user) != shard(1)).unwrap();
+    h.deposit_blocking(1, "CNY", 1_000, "fund").unwrap();
+    h.deposit_blocking(other, "CNY", 1_000, "fund").unwrap();
+    (1, other)
+}
+
+fn calls(coupons: &Coupons, activity: u128) -> Vec<BranchCall> {
+    coupons.calls.lock().unwrap().iter().filter(|(_, a, _)| *a == activity).map(|(call, _, _)| *call).collect()
+}
+
+#[test]
+fn a_participant_refusing_its_try_cancels_every_branch() {
+    let dir = tempfile::tempdir().unwrap();
+    let coupons = Arc::new(Coupons::default());
+    let engine = open(dir.path(), &coupons);
+    let h = engine.handle();
+    let (a, b) = two_users(&h);
+    let pay = |reference| {
+        vec![
+            BranchAction::Freeze { user_id: a, currency: cny(), amount: 300 },
+            BranchAction::Credit { user_id: b, currency: cny(), amount: 300 },
+            BranchAction::External { participant: 7, reference },
+        ]
+    };
+    let refused = h.run_activity_blocking(a, "buy-1", &pay(41)).unwrap();
+    assert_eq!((refused.decision, refused.completed), (Decision::Cancel(CancelReason::TryRefused), true));
+    assert_eq!(calls(&coupons, refused.activity), vec![BranchCall::Try, BranchCall::Cancel]);
+    assert_eq!(h.balance_blocking(a, "CNY").unwrap().available, 1_000, "the payer's money came back");
+    assert_eq!(h.balance_blocking(b, "CNY").unwrap().incoming, 0, "the payee's room was released");
+    let again = h.run_activity_blocking(a, "buy-1", &pay(41)).unwrap();
+    assert_eq!((again.decision, again.replayed), (refused.decision, true), "a retry answers the decision");
+
+    let bought = h.run_activity_blocking(a, "buy-2", &pay(42)).unwrap();
+    assert_eq!((bought.decision, bought.completed, bought.replayed), (Decision::Commit, true, false));
+    assert_eq!(calls(&coupons, bought.activity), vec![BranchCall::Try, BranchCall::Confirm]);
+    assert_eq!(h.balance_blocking(a, "CNY").unwrap().available, 700);
+    assert_eq!(h.balance_blocking(b, "CNY").unwrap().available, 1_300);
+    assert_eq!(h.money_in_transit_blocking().unwrap().values().sum::<i128>(), 0);
+    engine.close().unwrap();
+}
+
+#[test]
+fn a_failing_confirm_is_sent_again_by_recovery_until_the_activity_completes() {
+    let dir = tempfile::tempdir().unwrap();
+    let coupons = Arc::new(Coupons { confirm_failures: Mutex::new(3), ..Coupons::default() });
+    let engine = open(dir.path(), &coupons);
+    let h = engine.handle();
+    let (a, b) = two_users(&h);
+    let actions = [
+        BranchAction::Freeze { user_id: a, currency: cny(), amount: 100 },
+        BranchAction::Credit { user_id: b, currency: cny(), amount: 100 },
+        BranchAction::External { participant: 7, reference: 8 },
+    ];
+    let outcome = h.run_activity_blocking(a, "buy", &actions).unwrap();
+    assert_eq!((outcome.decision, outcome.completed), (Decision::Commit, false), "the decision stands");
+    let started = Instant::now();
+    while !h.activities_in_doubt_blocking().unwrap().is_empty() {
+        assert!(started.elapsed() < Duration::from_secs(10), "recovery did not complete the activity");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let confirms = calls(&coupons, outcome.activity).iter().filter(|call| **call == BranchCall::Confirm).count();
+    assert!(confirms >= 4, "three failed Confirms and one that succeeded: {confirms}");
+    assert_eq!(h.balance_blocking(b, "CNY").unwrap().available, 1_100);
+    let again = h.run_activity_blocking(a, "buy", &actions).unwrap();
+    assert_eq!((again.decision, again.completed, again.replayed), (Decision::Commit, true, true));
+    engine.close().unwrap();
+}
+
+type ErrorCheck = fn(&Error) -> bool;
+
+#[test]
+fn unbalanced_branches_unknown_participants_and_bad_input_are_refused_with_no_trace() {
+    let dir = tempfile::tempdir().unwrap();
+    let coupons = Arc::new(Coupons::default());
+    let engine = open(dir.path(), &coupons);
+    let h = engine.handle();
+    let (a, b) = two_users(&h);
+    let freeze = BranchAction::Freeze { user_id: a, currency: cny(), amount: 100 };
+    let credit = |amount| BranchAction::Credit { user_id: b, currency: cny(), amount };
+    let cases: Vec<(Vec<BranchAction>, &str, ErrorCheck)> = vec![
+        (vec![freeze, credit(99)], "x", |e| matches!(e, Error::Invalid(InputError::UnbalancedActivity { .. }))),
+        (vec![freeze], "x", |e| matches!(e, Error::Invalid(InputError::UnbalancedActivity { .. }))),
+        (vec![BranchAction::External { participant: 9, reference: 0 }], "x", |e| {
+            matches!(e, Error::Invalid(InputError::UnknownParticipant { participant: 9 }))
+        }),
+        (vec![], "x", |e| matches!(e, Error::Invalid(InputError::BadSteps { count: 0, .. }))),
+        (vec![freeze; 9], "x", |e| matches!(e, Error::Invalid(InputError::BadSteps { count: 9, .. }))),
+        (vec![freeze, credit(100)], "", |e| matches!(e, Error::Invalid(InputError::BadRequestNo { .. }))),
+    ];
+    for (n, (actions, request_no, expected)) in cases.into_iter().enumerate() {
+        match h.run_activity_blocking(a, request_no, &actions) {
+            Err(error) if expected(&error) => {}
+            other => panic!("case {n}: {other:?}"),
+        }
+    }
+    assert!(h.stats_blocking().unwrap().shards.iter().all(|shard| shard.activities == 0), "nothing recorded");
+    assert!(coupons.calls.lock().unwrap().is_empty(), "no participant called");
+    engine.close().unwrap();
+}
