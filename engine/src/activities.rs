@@ -29,9 +29,11 @@ pub(crate) struct ActivityRecovery {
 
 impl ActivityRecovery {
     /// Drives every activity not completed once (before the engine takes requests), then
-    /// starts the thread that does it every `interval`.
+    /// starts the thread that does it every `interval`. A failure of that first pass (a full
+    /// disk) does not refuse the open: what it could not finish stays recorded, in doubt, for
+    /// the thread's next passes.
     pub(crate) fn start(handle: EngineHandle, interval: Duration) -> Result<ActivityRecovery> {
-        futures_lite::future::block_on(recover_once(&handle, Duration::ZERO))?;
+        let _ = futures_lite::future::block_on(recover_once(&handle, Duration::ZERO));
         let stop = Arc::new(AtomicBool::new(false));
         let stopping = stop.clone();
         let thread = std::thread::Builder::new()
