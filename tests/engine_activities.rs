@@ -14,8 +14,8 @@ use tradeshard_engine::{
 use tradeshard_tests::engine_options;
 
 /// A participant keeping TCC's contract in memory: it records every call; refuses a Try
-/// whose reference is odd, a Try after its Cancel (the fence), and fails the first
-/// `confirm_failures` Confirms.
+/// whose reference is odd, a Try after its Cancel (the fence), fails the first
+/// `confirm_failures` Confirms, and every Confirm of a reference from 1,000 on.
 #[derive(Default)]
 struct Coupons {
     calls: Mutex<Vec<(BranchCall, u128, u64)>>,
@@ -38,6 +38,7 @@ impl Participant for Shared {
                     coupons.cancelled.lock().unwrap().push(activity);
                     Ok(())
                 }
+                BranchCall::Confirm if reference >= 1_000 => Err("this coupon's service is down".into()),
                 BranchCall::Confirm => {
                     let mut failures = coupons.confirm_failures.lock().unwrap();
                     match *failures {
@@ -123,16 +124,30 @@ fn a_failing_confirm_is_sent_again_by_recovery_until_the_activity_completes() {
         BranchAction::Credit { user_id: b, currency: cny(), amount: 100 },
         BranchAction::External { participant: 7, reference: 8 },
     ];
+    // An activity whose participant never confirms stays in doubt, and does not hold up the
+    // recovery of the others.
+    let stuck = [
+        BranchAction::Freeze { user_id: a, currency: cny(), amount: 1 },
+        BranchAction::Credit { user_id: b, currency: cny(), amount: 1 },
+        BranchAction::External { participant: 7, reference: 1_000 },
+    ];
+    // Recovery meets activities in the order of their ids: this one comes first.
+    let buy_id = tradeshard_shard::account_request_key(a, "buy");
+    let stuck_no = (0..).map(|n| format!("stuck-{n}")).find(|no| tradeshard_shard::account_request_key(a, no) < buy_id);
+    let stuck = h.run_activity_blocking(a, &stuck_no.unwrap(), &stuck).unwrap();
+    assert_eq!((stuck.decision, stuck.completed), (Decision::Commit, false));
     let outcome = h.run_activity_blocking(a, "buy", &actions).unwrap();
     assert_eq!((outcome.decision, outcome.completed), (Decision::Commit, false), "the decision stands");
     let started = Instant::now();
-    while !h.activities_in_doubt_blocking().unwrap().is_empty() {
+    while h.activities_in_doubt_blocking().unwrap().len() > 1 {
         assert!(started.elapsed() < Duration::from_secs(10), "recovery did not complete the activity");
         std::thread::sleep(Duration::from_millis(10));
     }
     let confirms = calls(&coupons, outcome.activity).iter().filter(|call| **call == BranchCall::Confirm).count();
     assert!(confirms >= 4, "three failed Confirms and one that succeeded: {confirms}");
-    assert_eq!(h.balance_blocking(b, "CNY").unwrap().available, 1_100);
+    let in_doubt = h.activities_in_doubt_blocking().unwrap();
+    assert_eq!(in_doubt.iter().map(|(_, id, _)| *id).collect::<Vec<_>>(), vec![stuck.activity]);
+    assert_eq!(h.balance_blocking(b, "CNY").unwrap().available, 1_101, "both credits confirmed");
     let again = h.run_activity_blocking(a, "buy", &actions).unwrap();
     assert_eq!((again.decision, again.completed, again.replayed), (Decision::Commit, true, true));
     engine.close().unwrap();

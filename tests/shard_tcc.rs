@@ -109,7 +109,10 @@ fn an_activity_is_decided_once_and_a_local_transaction_applies_whole_or_not_at_a
         assert_eq!(shard.activity(activity), None, "a refused local transaction leaves no trace");
         let tried = Step::Try { activity, branch: 0, action: plan.action };
         let answers = send(&shard, vec![begin.clone(), tried]).await.unwrap();
-        assert_eq!(answers, vec![fresh(StepOutcome::Begun), fresh(StepOutcome::Branch(BranchState::Tried))]);
+        assert_eq!(
+            answers,
+            vec![fresh(StepOutcome::Begun(ActivityState::Open)), fresh(StepOutcome::Branch(BranchState::Tried))]
+        );
         match send(&shard, vec![Step::Complete { activity }]).await {
             Err(TradeError::Refused(Refusal::StepConflict { .. })) => {}
             other => panic!("completion before a decision: {other:?}"),
@@ -171,5 +174,56 @@ fn a_step_waits_for_one_in_flight_on_its_branch_and_everything_survives_reopens(
             assert_eq!((open[0].0, open[0].1.deadline_ms, open[0].1.state), (5, 77, ActivityState::Open));
             shard.checkpoint().await.unwrap();
         }
+    });
+}
+
+/// The shard's own API checks what it is given as the engine does: what no state could
+/// accept is refused with no trace, never written (a decoder would refuse it on replay) and
+/// never a panic.
+#[test]
+fn input_no_check_would_pass_is_refused_by_the_shard_itself() {
+    run(async {
+        let shard = Shard::open(SimDisk::new(), small_config(), 0).await.unwrap();
+        deposit(&shard, 1, 100, "d").await;
+        let written = shard.stats().log_end;
+        let mut to_self = AccountCommand::new(AccountOp::Deposit, 1, "CNY", 5, "x").unwrap();
+        to_self.op = AccountOp::Transfer { to_user: 1 };
+        let mut no_number = AccountCommand::new(AccountOp::Deposit, 1, "CNY", 5, "x").unwrap();
+        no_number.request_no.clear();
+        let mut zero = AccountCommand::new(AccountOp::Deposit, 1, "CNY", 5, "x").unwrap();
+        zero.amount = 0;
+        for command in [to_self, no_number, zero] {
+            let answer = call(|reply| shard.post(command.clone(), reply)).await;
+            assert!(matches!(answer, Err(TradeError::Invalid(_))), "{command:?}: {answer:?}");
+        }
+        let plan = BranchPlan { shard: 0, branch: 0, action: freeze(1, 10) };
+        let bad_steps = [
+            vec![],
+            vec![Step::Begin { activity: 1, deadline_ms: 0, branches: vec![] }],
+            vec![Step::Begin { activity: 1, deadline_ms: 0, branches: vec![plan; 9] }],
+            vec![Step::Try { activity: 1, branch: 0, action: freeze(1, 0) }],
+            vec![Step::Cancel { activity: 1, branch: 0, action: freeze(0, 5) }],
+            vec![Step::Complete { activity: 1 }; 18],
+        ];
+        for steps in bad_steps {
+            let answer = send(&shard, steps.clone()).await;
+            assert!(matches!(answer, Err(TradeError::Invalid(_))), "{steps:?}: {answer:?}");
+        }
+        assert_eq!(shard.stats().log_end, written, "nothing refused was written");
+        // An activity of eight branches all in this shard: its begin and eight Tries are one
+        // local transaction.
+        deposit(&shard, 2, 800, "d").await;
+        let plans: Vec<BranchPlan> = (0..8u16)
+            .map(|branch| {
+                let action = match branch % 2 {
+                    0 => freeze(2, 100),
+                    _ => BranchAction::Credit { user_id: 3, currency: cny(), amount: 100 },
+                };
+                BranchPlan { shard: 0, branch, action }
+            })
+            .collect();
+        let mut steps = vec![Step::Begin { activity: 9, deadline_ms: 0, branches: plans.clone() }];
+        steps.extend(plans.iter().map(|plan| Step::Try { activity: 9, branch: plan.branch, action: plan.action }));
+        assert_eq!(send(&shard, steps).await.unwrap().len(), 9);
     });
 }

@@ -70,7 +70,9 @@ impl ActivityRecovery {
 }
 
 /// Drives every activity not completed; a decided one younger than `grace` is left to its
-/// initiator. Returns how many were driven.
+/// initiator. One that fails (a shard that failed, a participant that does not answer) does
+/// not hold up the others: it is met again at the next pass. Returns how many were driven to
+/// their end; `Closed` once the engine closes.
 pub(crate) async fn recover_once(handle: &EngineHandle, grace: Duration) -> Result<usize> {
     let mut driven = 0;
     for unfinished in handle.on_every_executor(ops::UnfinishedActivities).await? {
@@ -80,8 +82,11 @@ pub(crate) async fn recover_once(handle: &EngineHandle, grace: Duration) -> Resu
             if matches!(entry.state, ActivityState::Decided(_)) && young {
                 continue;
             }
-            if finish_activity(handle, home, activity, &entry, now).await?.is_some() {
-                driven += 1;
+            match finish_activity(handle, home, activity, &entry, now).await {
+                Ok(Some(end)) if end.completed => driven += 1,
+                Ok(_) => {}
+                Err(Error::Closed) => return Err(Error::Closed),
+                Err(_) => {}
             }
         }
     }

@@ -37,8 +37,9 @@ pub(crate) struct HandleInner {
     pub groups: Groups,
     /// How long a transfer's activity may stay undecided.
     pub activity_timeout: std::time::Duration,
-    /// The embedder's participants in activities.
+    /// The embedder's participants in activities, and how long a call to one may take.
     pub participants: crate::participants::Participants,
+    pub participant_timeout: std::time::Duration,
 }
 
 /// A cheap, cloneable handle to an open engine (`Clone + Send + Sync`).
@@ -359,6 +360,7 @@ mod tests {
             groups: Groups::default(),
             activity_timeout: Duration::from_secs(1),
             participants: Default::default(),
+            participant_timeout: Duration::from_secs(1),
         };
         (EngineHandle { inner: Arc::new(inner) }, inbox)
     }

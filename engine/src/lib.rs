@@ -91,9 +91,12 @@ impl Engine {
                 "physical_shards {physical_shards} is not in 1..=logical_shards"
             )));
         }
-        if options.activity_timeout.is_zero() || options.activity_recovery_interval.is_zero() {
+        if options.activity_timeout.is_zero()
+            || options.activity_recovery_interval.is_zero()
+            || options.participant_timeout.is_zero()
+        {
             return Err(Error::InvalidOptions(
-                "activity_timeout and activity_recovery_interval must be above zero".into(),
+                "activity_timeout, activity_recovery_interval and participant_timeout must be above zero".into(),
             ));
         }
         if options.queue_depth_max == 0 || options.executors == Some(0) {
@@ -135,6 +138,7 @@ impl Engine {
                 groups: groups::Groups::default(),
                 activity_timeout: options.activity_timeout,
                 participants: options.participants.clone(),
+                participant_timeout: options.participant_timeout,
             }),
         };
         let mut engine = Engine { handle, executors: Vec::new(), data_dir, activities: None };

@@ -62,6 +62,8 @@ pub struct Options {
     /// The embedder's services that activities can name as branches
     /// (`EngineHandle::run_activity`), by id.
     pub participants: crate::participants::Participants,
+    /// How long a call to a participant may take before it counts as failed.
+    pub participant_timeout: Duration,
 }
 
 impl Options {
@@ -84,6 +86,7 @@ impl Options {
             activity_timeout: Duration::from_secs(10),
             activity_recovery_interval: Duration::from_secs(1),
             participants: Default::default(),
+            participant_timeout: Duration::from_secs(5),
         }
     }
 

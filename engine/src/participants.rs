@@ -5,9 +5,12 @@
 //! The contract is TCC's, and the participant keeps it in its own store: Try does every check
 //! and reserves what the branch needs; Confirm uses only what Try reserved and is idempotent;
 //! Cancel releases it and is idempotent; a Cancel that comes before its Try (an empty
-//! rollback) must succeed and make the late Try fail (a fence). The manager calls Try once,
-//! and Confirm or Cancel until one answers with success: once in the caller's request, then at
-//! every pass of recovery (`Options::activity_recovery_interval`), which is its backoff.
+//! rollback) must succeed and make the late Try fail (a fence). Try is called again when the
+//! activity's request is retried before a decision was recorded, and must then answer as it
+//! did the first time without reserving twice. Confirm or Cancel is called until one answers
+//! with success: once in the caller's request, then at every pass of recovery
+//! (`Options::activity_recovery_interval`), which is its backoff. A call that takes longer than
+//! `Options::participant_timeout` counts as failed.
 
 use std::collections::BTreeMap;
 use std::fmt;

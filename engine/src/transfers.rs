@@ -14,11 +14,14 @@ use std::collections::BTreeMap;
 use tradeshard_shard::{
     account_request_key, finish_activity, run_activity, validate_amount, validate_request_no, AccountCommand,
     AccountOp, ActivityEntry, ActivityState, BranchAction, BranchCall, BranchPlan, Currency, Decision, InputError,
-    Refusal, Step, StepAnswer, StepError, StepSender, NO_SHARD, STEPS_MAX,
+    Refusal, Step, StepAnswer, StepError, StepSender, BRANCHES_MAX, NO_SHARD,
 };
 
 use crate::blocking::blocking;
-use crate::error::{Error, Result};
+use crate::error::{Error, FullQueue, Result};
+
+/// How long a step waits before it is sent again to a shard whose log queue was full.
+const LOG_FULL_PAUSE: std::time::Duration = std::time::Duration::from_millis(1);
 use crate::handle::EngineHandle;
 use crate::ops;
 
@@ -64,9 +67,17 @@ impl StepSender for EngineHandle {
     type Error = Error;
 
     async fn send(&self, shard: u32, steps: Vec<Step>) -> Result<Vec<StepAnswer>> {
-        // Steps wait for room in a full queue whatever the caller chose: refused in between,
-        // an activity would wait for recovery.
-        self.on_shard_waiting(shard, ops::Transact(steps)).await
+        // Steps wait for room in a full queue, the executor's or the log's, whatever the
+        // caller chose: refused in between, an activity would be cancelled or left to recovery.
+        let executor = self.routing().executor_of_physical(shard);
+        loop {
+            match self.on_shard_waiting(shard, ops::Transact(steps.clone())).await {
+                Err(Error::Backpressure { queue: FullQueue::Log { .. } }) => {
+                    self.submit_waiting(executor, ops::Sleep(LOG_FULL_PAUSE)).await?.await;
+                }
+                answer => return answer,
+            }
+        }
     }
 
     async fn call(
@@ -80,8 +91,15 @@ impl StepSender for EngineHandle {
         let Some(service) = self.inner.participants.get(participant) else {
             return Err(InputError::UnknownParticipant { participant }.into());
         };
-        let answer = service.call(call, activity, branch, reference).await;
-        answer.map_err(|message| Error::Participant { participant, message })
+        // A participant that never answers must not hold the activity, recovery or a close
+        // forever: past the timeout the call failed (a Try: the activity is cancelled; a
+        // Confirm or Cancel: recovery calls again).
+        let timeout = self.submit_waiting(0, ops::Sleep(self.inner.participant_timeout)).await?;
+        let answered = futures_lite::future::or(service.call(call, activity, branch, reference), async {
+            timeout.await;
+            Err(format!("no answer within {:?}", self.inner.participant_timeout))
+        });
+        answered.await.map_err(|message| Error::Participant { participant, message })
     }
 }
 
@@ -152,8 +170,8 @@ impl EngineHandle {
             return Err(InputError::ZeroUserId.into());
         }
         validate_request_no(request_no)?;
-        if actions.is_empty() || actions.len() > STEPS_MAX {
-            return Err(InputError::BadSteps { count: actions.len(), max: STEPS_MAX }.into());
+        if actions.is_empty() || actions.len() > BRANCHES_MAX {
+            return Err(InputError::BadSteps { count: actions.len(), max: BRANCHES_MAX }.into());
         }
         let mut sums: BTreeMap<Currency, (u128, u128)> = BTreeMap::new();
         let mut branches = Vec::with_capacity(actions.len());

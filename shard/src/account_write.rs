@@ -96,6 +96,9 @@ impl<D: Disk> Shard<D> {
         if accepted.closing {
             return reply.send(Err(TradeError::Log(LogError::Closed)));
         }
+        if let Err(error) = command.check() {
+            return reply.send(Err(error.into()));
+        }
         let index = inner.index.borrow();
         let book = index.accounts();
         let key = account_request_key(command.user_id, &command.request_no);

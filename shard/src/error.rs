@@ -77,8 +77,10 @@ pub enum InputError {
     /// An activity names a participant no `Options::participants` registers.
     #[error("no participant is registered under id {participant}")]
     UnknownParticipant { participant: u16 },
-    /// A local transaction of no steps or of more than `STEPS_MAX`.
-    #[error("a local transaction holds 1..={max} steps, not {count}")]
+    /// A local transaction of no steps or of more than `STEPS_MAX`, an activity of no
+    /// branches or of more than `BRANCHES_MAX`, or a step whose fields no check would pass (a
+    /// user zero, an amount out of bounds).
+    #[error("a local transaction holds 1..={max} steps (an activity 1..=8 branches) of valid fields, not {count}")]
     BadSteps { count: usize, max: usize },
     /// A consumer group name is empty, too long, or not printable ASCII.
     #[error("consumer group name of {len} bytes must be 1..=64 printable ASCII bytes")]

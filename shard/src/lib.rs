@@ -80,7 +80,7 @@ pub use state::{AfterDurable, ShardReply};
 pub use system_record::ClaimOutcome;
 #[cfg(any(test, feature = "testing"))]
 pub use system_record::{ClaimSettled, LogRecord, OffsetCommit, OrderClaim};
-pub use tcc::{BranchAction, BranchPlan, CancelReason, Decision, Step, TccRecord, NO_SHARD, STEPS_MAX};
+pub use tcc::{BranchAction, BranchPlan, CancelReason, Decision, Step, TccRecord, BRANCHES_MAX, NO_SHARD, STEPS_MAX};
 pub use tcc_book::{ActivityEntry, ActivityState, BranchEntry, BranchState, StepAnswer, StepOutcome};
 pub use tcc_driver::{finish_activity, run_activity, BranchCall, Driven, StepError, StepSender};
 pub use trade::{

@@ -3,7 +3,7 @@
 //!
 //! A business activity is recorded in its initiator's shard (`Begin`, `Decide`, `Complete`);
 //! each branch is a participant's reservation in the shard of the account it touches (`Try`,
-//! `Confirm`, `Cancel`). One record holds 1..=8 steps and is applied whole or not at all (it
+//! `Confirm`, `Cancel`). One record holds 1..=17 steps and is applied whole or not at all (it
 //! is one log record), so the initiator's own first Try is durable with the activity's begin,
 //! and its Confirm or Cancel with the decision. Layout in `docs/FORMAT.md`. Decoding checks
 //! every byte and never panics.
@@ -14,8 +14,10 @@ use crate::trade::AMOUNT_MAX;
 
 /// The kind of a [`TccRecord`].
 pub const KIND_TCC: u8 = 20;
-/// Most steps in one record, and most branches in one activity.
-pub const STEPS_MAX: usize = 8;
+/// Most branches in one activity.
+pub const BRANCHES_MAX: usize = 8;
+/// Most steps in one record: an activity's begin with a Try of each of its branches.
+pub const STEPS_MAX: usize = 2 * BRANCHES_MAX + 1;
 const FIXED_BYTES: usize = 16;
 /// Bytes of an encoded [`BranchAction`].
 pub(crate) const ACTION_BYTES: usize = 20;
@@ -164,7 +166,7 @@ impl Step {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct TccRecord {
     pub at_ms: u64,
-    /// 1..=8 steps, applied in order.
+    /// 1..=17 steps, applied in order.
     pub steps: Vec<Step>,
 }
 
@@ -204,7 +206,7 @@ impl TccRecord {
             }
             match step {
                 Step::Begin { deadline_ms, branches, .. } => {
-                    assert!((1..=STEPS_MAX).contains(&branches.len()), "a checked number of branches");
+                    assert!((1..=BRANCHES_MAX).contains(&branches.len()), "a checked number of branches");
                     out.extend_from_slice(&deadline_ms.to_le_bytes());
                     out.push(branches.len() as u8);
                     for plan in branches {
@@ -239,7 +241,7 @@ impl TccRecord {
                 1 => {
                     let deadline_ms = reader.u64()?;
                     let n = reader.u8()? as usize;
-                    if n == 0 || n > STEPS_MAX {
+                    if n == 0 || n > BRANCHES_MAX {
                         return Err("tcc activity with no branches or too many");
                     }
                     let mut branches = Vec::with_capacity(n);

@@ -75,7 +75,8 @@ pub struct StepAnswer {
 /// The state a step left (or found, for a repeat).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum StepOutcome {
-    Begun,
+    /// The activity is recorded; a repeat answers where it stands.
+    Begun(ActivityState),
     Branch(BranchState),
     /// The decision in force (the first one recorded).
     Decided(Decision),
@@ -111,7 +112,7 @@ fn answer(outcome: StepOutcome, repeat: bool) -> Result<StepAnswer, Refusal> {
 pub(crate) fn apply_step(view: &mut impl MoneyView, step: &Step, at_ms: u64) -> Result<StepAnswer, Refusal> {
     match step {
         Step::Begin { activity, deadline_ms, branches } => match view.activity(*activity) {
-            Some(entry) if entry.branches == *branches => answer(StepOutcome::Begun, true),
+            Some(entry) if entry.branches == *branches => answer(StepOutcome::Begun(entry.state), true),
             Some(_) => Err(Refusal::StepConflict { activity: *activity, reason: "begun with other branches" }),
             None => {
                 let entry = ActivityEntry {
@@ -121,7 +122,7 @@ pub(crate) fn apply_step(view: &mut impl MoneyView, step: &Step, at_ms: u64) -> 
                     state: ActivityState::Open,
                 };
                 view.set_activity(*activity, entry);
-                answer(StepOutcome::Begun, false)
+                answer(StepOutcome::Begun(ActivityState::Open), false)
             }
         },
         Step::Try { activity, branch, action } => try_branch(view, *activity, *branch, *action),

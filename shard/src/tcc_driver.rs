@@ -29,7 +29,7 @@ use crate::error::{Refusal, TradeError};
 use std::pin::Pin;
 
 use crate::tcc::{BranchAction, BranchPlan, CancelReason, Decision, Step};
-use crate::tcc_book::{ActivityEntry, ActivityState, StepAnswer};
+use crate::tcc_book::{ActivityEntry, ActivityState, StepAnswer, StepOutcome};
 
 /// Carries a local transaction to a shard and brings back its answers, and calls the
 /// embedder's participants.
@@ -145,7 +145,19 @@ pub async fn run_activity<S: StepSender>(
     let (local, remote) = split(&branches, home);
     let mut begin = vec![Step::Begin { activity, deadline_ms, branches: branches.clone() }];
     begin.extend(local.iter().map(|plan| Step::Try { activity, branch: plan.branch, action: plan.action }));
-    let begun_before = sender.send(home, begin).await?.first().is_some_and(|answer| answer.repeat);
+    let begun = sender.send(home, begin).await?.first().copied();
+    let begun_before = begun.is_some_and(|answer| answer.repeat);
+    // A retry of an activity already decided carries its decision out: no branch is asked to
+    // try again.
+    if let Some(StepAnswer { outcome: StepOutcome::Begun(state), repeat: true }) = begun {
+        match state {
+            ActivityState::Open => {}
+            ActivityState::Completed(decision) => return Ok(Driven { decision, completed: true, begun_before }),
+            ActivityState::Decided(decision) => {
+                return finish_decided(sender, home, activity, &branches, decision).await;
+            }
+        }
+    }
     let tries = remote.iter().map(|plan| reach(sender, activity, plan, BranchCall::Try));
     // Any failure, a refusal or not knowing whether the Try landed, cancels: a Cancel releases
     // what a Try reserved, or fences a Try still on its way.

@@ -21,9 +21,10 @@ use crate::id_hash::IdMap;
 use crate::shard::Shard;
 use crate::state::{Effect, EffectKeys, Inner, ShardReply, Waiter};
 use crate::system_record::LogRecord;
-use crate::tcc::{Step, TccRecord, STEPS_MAX};
+use crate::tcc::{BranchAction, Step, TccRecord, BRANCHES_MAX, STEPS_MAX};
 use crate::tcc_book::{apply_step, ActivityEntry, BranchEntry, MoneyView, StepAnswer, TccBook};
 use crate::trade::now_ms;
+use crate::validate::validate_amount;
 
 /// The branch number standing for an activity's own record in the keys of steps in flight.
 const ACTIVITY: u32 = u32::MAX;
@@ -68,6 +69,27 @@ impl InFlightTcc {
         for (_, reply) in std::mem::take(&mut self.parked).into_values().flatten() {
             reply.send(Err(error.clone()));
         }
+    }
+}
+
+/// What no state could accept: 1..=`STEPS_MAX` steps, an activity of 1..=`BRANCHES_MAX`
+/// branches, actions of a user and an amount in bounds (the decoders refuse the rest).
+fn check_steps(steps: &[Step]) -> Result<(), InputError> {
+    let bad = InputError::BadSteps { count: steps.len(), max: STEPS_MAX };
+    let action_ok = |action: &BranchAction| match action.account() {
+        Some((user_id, _, amount)) => user_id != 0 && validate_amount(amount).is_ok(),
+        None => true,
+    };
+    let step_ok = |step: &Step| match step {
+        Step::Begin { branches, .. } => {
+            (1..=BRANCHES_MAX).contains(&branches.len()) && branches.iter().all(|plan| action_ok(&plan.action))
+        }
+        Step::Try { action, .. } | Step::Cancel { action, .. } => action_ok(action),
+        Step::Confirm { .. } | Step::Decide { .. } | Step::Complete { .. } => true,
+    };
+    match (1..=STEPS_MAX).contains(&steps.len()) && steps.iter().all(step_ok) {
+        true => Ok(()),
+        false => Err(bad),
     }
 }
 
@@ -178,8 +200,8 @@ pub(crate) fn transact_on<D: Disk>(inner: &Rc<Inner<D>>, steps: Vec<Step>, reply
     if accepted.closing {
         return reply.send(Err(TradeError::Log(LogError::Closed)));
     }
-    if steps.is_empty() || steps.len() > STEPS_MAX {
-        return reply.send(Err(InputError::BadSteps { count: steps.len(), max: STEPS_MAX }.into()));
+    if let Err(error) = check_steps(&steps) {
+        return reply.send(Err(error.into()));
     }
     if let Some(seq) = steps.iter().filter_map(|step| accepted.tcc.keys.get(&key_of(step)).copied()).max() {
         return accepted.tcc.parked.entry(seq).or_default().push((steps, reply));

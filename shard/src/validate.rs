@@ -58,21 +58,27 @@ impl AccountCommand {
         amount: u64,
         request_no: &str,
     ) -> Result<AccountCommand, InputError> {
-        if user_id == 0 {
+        let currency = Currency::parse(currency).ok_or_else(|| InputError::UnknownCurrency(currency.to_string()))?;
+        let command = AccountCommand { op, user_id, currency, amount, request_no: request_no.to_string() };
+        command.check()?;
+        Ok(command)
+    }
+
+    /// Checks a command built field by field: what [`new`](Self::new) checks.
+    pub fn check(&self) -> Result<(), InputError> {
+        if self.user_id == 0 {
             return Err(InputError::ZeroUserId);
         }
-        if let AccountOp::Transfer { to_user } = op {
+        if let AccountOp::Transfer { to_user } = self.op {
             if to_user == 0 {
                 return Err(InputError::ZeroUserId);
             }
-            if to_user == user_id {
+            if to_user == self.user_id {
                 return Err(InputError::SameAccount);
             }
         }
-        let currency = Currency::parse(currency).ok_or_else(|| InputError::UnknownCurrency(currency.to_string()))?;
-        validate_amount(amount)?;
-        validate_request_no(request_no)?;
-        Ok(AccountCommand { op, user_id, currency, amount, request_no: request_no.to_string() })
+        validate_amount(self.amount)?;
+        validate_request_no(&self.request_no)
     }
 }
 

@@ -9,7 +9,7 @@ use crate::index::{
 use crate::journal::AccountOp;
 use crate::lifecycle::Lifecycle;
 use crate::system_record::OffsetCommit;
-use crate::tcc::{action_of, push_action, BranchPlan, Decision, ACTION_BYTES, STEPS_MAX};
+use crate::tcc::{action_of, push_action, BranchPlan, Decision, ACTION_BYTES, BRANCHES_MAX};
 use crate::tcc_book::{ActivityEntry, ActivityState, BranchEntry, BranchState, TccItem};
 use crate::trade::{TradeId, TradeStatus, LOGICAL_SHARDS_MAX};
 
@@ -511,7 +511,7 @@ pub(crate) fn decode_items(payload: &[u8]) -> Result<PageItems, &'static str> {
                     _ => return Err("checkpoint activity of an unknown state"),
                 };
                 let n = reader.u8()? as usize;
-                if n == 0 || n > STEPS_MAX {
+                if n == 0 || n > BRANCHES_MAX {
                     return Err("checkpoint activity with no branches or too many");
                 }
                 let mut branches = Vec::with_capacity(n);
