@@ -10,7 +10,10 @@
 use std::path::PathBuf;
 
 use tradeshard_engine::{Manifest, FORMAT_VERSION};
-use tradeshard_shard::{AccountOp, Currency, JournalRecord, OffsetCommit, RecordKind, TradeId, TradeRecord};
+use tradeshard_shard::{
+    AccountOp, BranchAction, BranchPlan, Currency, Decision, JournalRecord, OffsetCommit, RecordKind, Step, TccRecord,
+    TradeId, TradeRecord,
+};
 use tradeshard_tests::{new_trade, run};
 use tradeshard_wal::disk::SimDisk;
 use tradeshard_wal::testing::{file_name, push_record, seal_frame, SealParams, SegmentHeader, FRAME_HEADER_BYTES};
@@ -46,7 +49,33 @@ fn trade_records() -> Vec<Vec<u8>> {
             request_no: "T-1".into(),
         }
         .encode(),
+        tcc_record().encode(),
     ]
+}
+
+/// A transfer's first local transaction: its begin with the payer's Try, then a decision.
+fn tcc_record() -> TccRecord {
+    let currency = Currency::parse("CNY").unwrap();
+    let freeze = BranchAction::Freeze { user_id: 7, currency, amount: 250 };
+    let credit = BranchAction::Credit { user_id: 8, currency, amount: 250 };
+    let external = BranchAction::External { participant: 3, reference: 99 };
+    let branches = vec![
+        BranchPlan { shard: 0, branch: 0, action: freeze },
+        BranchPlan { shard: 1, branch: 1, action: credit },
+        BranchPlan { shard: u32::MAX, branch: 2, action: external },
+    ];
+    let activity = 1 << 100;
+    TccRecord {
+        at_ms: 1_700_000_000_600,
+        steps: vec![
+            Step::Begin { activity, deadline_ms: 1_700_000_010_600, branches },
+            Step::Try { activity, branch: 0, action: freeze },
+            Step::Decide { activity, decision: Decision::Commit },
+            Step::Confirm { activity, branch: 0 },
+            Step::Cancel { activity, branch: 1, action: credit },
+            Step::Complete { activity },
+        ],
+    }
 }
 
 fn frame(records: &[Vec<u8>], compression: Compression) -> Vec<u8> {

@@ -14,22 +14,15 @@ use std::collections::HashMap;
 use tradeshard_shard::{
     order_key, ClaimOutcome, ClaimRequest, Command, NewTrade, OrderLookup, Receipt, Refusal, Shard, TradeError, TradeId,
 };
-use tradeshard_tests::{call, run_campaign, sim_disk_for_seed};
+use tradeshard_tests::{call, campaign_shard_config, run_campaign, sim_disk_for_seed};
 use tradeshard_wal::disk::{SimDisk, SplitMix64};
-use tradeshard_wal::{Preallocation, WalConfig};
+use tradeshard_wal::WalConfig;
 
 /// The buyer shard's logical shard (every buyer of the campaign lives there).
 const BUYER_LOGICAL: u32 = 1;
 
 fn config(shard_id: u32) -> WalConfig {
-    WalConfig {
-        shard_id,
-        segment_bytes: 256 << 10,
-        frame_payload_bytes_max: 16 << 10,
-        record_bytes_max: 4 << 10,
-        preallocation: Preallocation::Zeroed,
-        ..WalConfig::default()
-    }
+    campaign_shard_config(shard_id)
 }
 
 fn order(order: u64, buyer: u64) -> NewTrade {

@@ -168,6 +168,19 @@ pub fn check_read_back<S: PartialEq + std::fmt::Debug>(
     Err(format!("{id} is {actual:?}: acknowledged {acked:?}, sent {sent:?}"))
 }
 
+/// The log of shard `shard_id` of a campaign of several shards: 256 KiB segments zero-filled
+/// ahead, 16 KiB frames.
+pub fn campaign_shard_config(shard_id: u32) -> WalConfig {
+    WalConfig {
+        shard_id,
+        segment_bytes: 256 << 10,
+        frame_payload_bytes_max: 16 << 10,
+        record_bytes_max: 4 << 10,
+        preallocation: Preallocation::Zeroed,
+        ..WalConfig::default()
+    }
+}
+
 /// A shard's log small enough that a workload rolls segments (32 KiB) and cuts frames into
 /// several pieces (1 KiB), with segments zero-filled ahead as the engine makes them.
 pub fn rolling_shard_config() -> WalConfig {

@@ -21,9 +21,9 @@ use tradeshard_shard::{
     account_request_key, finish_activity, run_activity, AccountCommand, AccountOp, ActivityState, BranchAction,
     BranchCall, BranchPlan, Currency, Decision, LogError, Refusal, Shard, Step, StepAnswer, StepSender, TradeError,
 };
-use tradeshard_tests::{call, run_campaign, sim_disk_for_seed};
+use tradeshard_tests::{call, campaign_shard_config, run_campaign, sim_disk_for_seed};
 use tradeshard_wal::disk::{SimDisk, SplitMix64};
-use tradeshard_wal::{Preallocation, WalConfig};
+use tradeshard_wal::WalConfig;
 
 /// Users 1..=3 live in shard 0, users 4..=6 in shard 1.
 const USERS: u64 = 6;
@@ -33,14 +33,7 @@ fn shard_of(user: u64) -> u32 {
 }
 
 fn config(shard_id: u32) -> WalConfig {
-    WalConfig {
-        shard_id,
-        segment_bytes: 256 << 10,
-        frame_payload_bytes_max: 16 << 10,
-        record_bytes_max: 4 << 10,
-        preallocation: Preallocation::Zeroed,
-        ..WalConfig::default()
-    }
+    campaign_shard_config(shard_id)
 }
 
 fn cny() -> Currency {

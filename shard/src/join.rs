@@ -1,6 +1,6 @@
-//! Waiting for several futures at once on the shard's executor, without a task each: reads of
-//! the disk that one piece of work needs together go out together (`cold.rs`), so it waits
-//! about one read's latency rather than one per read.
+//! Waiting for several futures at once, without a task each: reads of the disk that one piece
+//! of work needs together go out together (`cold.rs`), so it waits about one read's latency
+//! rather than one per read; an activity's branches are reached together (`tcc_driver.rs`).
 
 /// Polls every future of `futures` to its end, concurrently, and returns their outputs in
 /// order.

@@ -8,6 +8,7 @@
 
 mod account_write;
 mod accounts;
+mod bytes;
 mod checkpoint;
 mod checkpointer;
 mod checkpoints;

@@ -8,6 +8,7 @@
 //! and its Confirm or Cancel with the decision. Layout in `docs/FORMAT.md`. Decoding checks
 //! every byte and never panics.
 
+use crate::bytes::Reader;
 use crate::currency::Currency;
 use crate::record::RECORD_VERSION;
 use crate::trade::AMOUNT_MAX;
@@ -231,7 +232,7 @@ impl TccRecord {
         if count == 0 || count > STEPS_MAX {
             return Err("tcc record with no steps or too many");
         }
-        let mut reader = Reader { bytes, at: 8 };
+        let mut reader = Reader::new(bytes, 8, "tcc record cut short");
         let at_ms = reader.u64()?;
         let mut steps = Vec::with_capacity(count);
         for _ in 0..count {
@@ -260,39 +261,15 @@ impl TccRecord {
             };
             steps.push(step);
         }
-        if reader.at != bytes.len() {
+        if !reader.done() {
             return Err("tcc record longer than its steps");
         }
         Ok(TccRecord { at_ms, steps })
     }
 }
 
-struct Reader<'a> {
-    bytes: &'a [u8],
-    at: usize,
-}
-
-impl<'a> Reader<'a> {
-    fn take(&mut self, n: usize) -> Result<&'a [u8], &'static str> {
-        let taken = self.bytes.get(self.at..self.at + n).ok_or("tcc record cut short")?;
-        self.at += n;
-        Ok(taken)
-    }
-    fn u8(&mut self) -> Result<u8, &'static str> {
-        Ok(self.take(1)?[0])
-    }
-    fn u16(&mut self) -> Result<u16, &'static str> {
-        Ok(u16::from_le_bytes(self.take(2)?.try_into().expect("2 bytes")))
-    }
-    fn u32(&mut self) -> Result<u32, &'static str> {
-        Ok(u32::from_le_bytes(self.take(4)?.try_into().expect("4 bytes")))
-    }
-    fn u64(&mut self) -> Result<u64, &'static str> {
-        Ok(u64::from_le_bytes(self.take(8)?.try_into().expect("8 bytes")))
-    }
-    fn u128(&mut self) -> Result<u128, &'static str> {
-        Ok(u128::from_le_bytes(self.take(16)?.try_into().expect("16 bytes")))
-    }
+/// The local transaction's own fields, read off the shared cursor.
+impl Reader<'_> {
     fn action(&mut self) -> Result<BranchAction, &'static str> {
         action_of(self.take(ACTION_BYTES)?)
     }

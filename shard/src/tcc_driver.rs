@@ -26,6 +26,7 @@
 use std::future::Future;
 
 use crate::error::{Refusal, TradeError};
+use crate::join::join_all;
 use std::pin::Pin;
 
 use crate::tcc::{BranchAction, BranchPlan, CancelReason, Decision, Step};
@@ -236,31 +237,4 @@ async fn carry_out<S: StepSender>(
         Err(error) if error.refusal().is_some() => Err(error),
         Err(_) => Ok(Driven { decision, completed: false, begun_before: true }),
     }
-}
-
-/// Polls every future until all are ready; their outputs in order.
-async fn join_all<F: Future>(futures: impl Iterator<Item = F>) -> Vec<F::Output> {
-    let mut pending: Vec<_> = futures.map(|future| Some(Box::pin(future))).collect();
-    let mut outputs: Vec<Option<F::Output>> = pending.iter().map(|_| None).collect();
-    std::future::poll_fn(|cx| {
-        let mut all = true;
-        for (slot, output) in pending.iter_mut().zip(outputs.iter_mut()) {
-            if let Some(future) = slot {
-                match future.as_mut().poll(cx) {
-                    std::task::Poll::Ready(value) => {
-                        *output = Some(value);
-                        *slot = None;
-                    }
-                    std::task::Poll::Pending => all = false,
-                }
-            }
-        }
-        if all {
-            std::task::Poll::Ready(())
-        } else {
-            std::task::Poll::Pending
-        }
-    })
-    .await;
-    outputs.into_iter().map(|output| output.expect("every future finished")).collect()
 }

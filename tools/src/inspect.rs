@@ -21,7 +21,7 @@ pub struct Args {
     json: bool,
     /// Memory for each shard's trades, as the engine that uses the directory sets it (e.g.
     /// 64MiB; default 512MiB): the open loads that many of the newest trades.
-    #[arg(long, value_parser = crate::load::parse_bytes)]
+    #[arg(long, value_parser = crate::units::parse_bytes)]
     trade_memory: Option<u64>,
 }
 

@@ -13,6 +13,7 @@ mod load;
 mod readback;
 mod settle;
 mod stress;
+mod units;
 mod wal_bench;
 mod workload;
 

@@ -2,6 +2,7 @@
 //! index from them (the layout is in the module above and in `docs/FORMAT.md`).
 
 use crate::accounts::{AccountItem, AccountKey, Balance, RequestEntry, BALANCE_MAX};
+use crate::bytes::Reader;
 use crate::currency::Currency;
 use crate::index::{
     ClaimEntry, CreatedAt, GroupOffset, Item, RefundEntry, RunStore, Scalars, ShardIndex, StoredPart, TradeEntry,
@@ -95,7 +96,7 @@ impl Header {
         if bytes[2..4] != [0, 0] {
             return Err("checkpoint header has reserved bytes set");
         }
-        let mut reader = Reader { bytes, at: 4 };
+        let mut reader = cursor(bytes, 4);
         let shard_id = reader.u32()?;
         let (applied_end, events_end, counter_max) = (reader.u64()?, reader.u64()?, reader.u64()?);
         let (parts_len, created_ms, table_counter_max) = (reader.u64()?, reader.u64()?, reader.u64()?);
@@ -342,33 +343,13 @@ fn branch_state_code(state: BranchState) -> u8 {
     }
 }
 
-/// Reads fixed fields off a payload.
-struct Reader<'a> {
-    bytes: &'a [u8],
-    at: usize,
+/// A cursor over a checkpoint's payload.
+fn cursor(bytes: &[u8], at: usize) -> Reader<'_> {
+    Reader::new(bytes, at, "checkpoint entry cut short")
 }
 
-impl<'a> Reader<'a> {
-    fn take(&mut self, n: usize) -> Result<&'a [u8], &'static str> {
-        let taken = self.bytes.get(self.at..self.at + n).ok_or("checkpoint entry cut short")?;
-        self.at += n;
-        Ok(taken)
-    }
-    fn u8(&mut self) -> Result<u8, &'static str> {
-        Ok(self.take(1)?[0])
-    }
-    fn u16(&mut self) -> Result<u16, &'static str> {
-        Ok(u16::from_le_bytes(self.take(2)?.try_into().expect("2 bytes")))
-    }
-    fn u32(&mut self) -> Result<u32, &'static str> {
-        Ok(u32::from_le_bytes(self.take(4)?.try_into().expect("4 bytes")))
-    }
-    fn u64(&mut self) -> Result<u64, &'static str> {
-        Ok(u64::from_le_bytes(self.take(8)?.try_into().expect("8 bytes")))
-    }
-    fn u128(&mut self) -> Result<u128, &'static str> {
-        Ok(u128::from_le_bytes(self.take(16)?.try_into().expect("16 bytes")))
-    }
+/// The checkpoint's own fields, read off the shared cursor.
+impl Reader<'_> {
     fn trade_id(&mut self) -> Result<TradeId, &'static str> {
         let id = TradeId(self.u64()?);
         if id.counter() == 0 || id.logical_shard() >= LOGICAL_SHARDS_MAX {
@@ -387,9 +368,6 @@ impl<'a> Reader<'a> {
             _ => Err("checkpoint balance above the most an account may hold"),
         }
     }
-    fn done(&self) -> bool {
-        self.at == self.bytes.len()
-    }
 }
 
 /// What one entries page held: its entries, and the end marker's counts if it was the last.
@@ -400,7 +378,7 @@ pub(crate) struct PageItems {
 
 /// Decodes an entries page's payload.
 pub(crate) fn decode_items(payload: &[u8]) -> Result<PageItems, &'static str> {
-    let mut reader = Reader { bytes: payload, at: 0 };
+    let mut reader = cursor(payload, 0);
     let mut items = Vec::new();
     while !reader.done() {
         let item = match reader.u8()? {
@@ -453,7 +431,7 @@ pub(crate) fn decode_items(payload: &[u8]) -> Result<PageItems, &'static str> {
                 let (body, buyer_id) = (reader.u64()?, reader.u64()?);
                 let trade = match reader.u64()? {
                     0 => None,
-                    raw => Some(Reader { bytes: &raw.to_le_bytes(), at: 0 }.trade_id()?),
+                    raw => Some(cursor(&raw.to_le_bytes(), 0).trade_id()?),
                 };
                 Item::Claim(key, ClaimEntry { body, buyer_id, trade })
             }

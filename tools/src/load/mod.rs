@@ -26,6 +26,7 @@ mod transfer;
 
 use crate::data_dir::DataDir;
 use crate::latency;
+use crate::units::parse_bytes;
 use crate::workload::UserChooser;
 use client::{run_workers, Client, ClientTotals, CREATE, OPS};
 use report::{growth_after_warmup, print_table, resident_bytes, IntervalReport, OpReport, Report};
@@ -211,7 +212,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         routing.physical_shards
     );
     if args.workload == "transfer" {
-        return run_transfers(&args, engine, data_dir, open_ms, duration);
+        return transfer::run_on_thread(&args, engine, data_dir, open_ms, duration, run_tag());
     }
     let settle_stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
     let settler =
@@ -262,56 +263,6 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         bail!(
             "{} acknowledged trades did not read back as acknowledged, {} operations failed",
             report.mismatches,
-            report.errors
-        );
-    }
-    Ok(())
-}
-
-/// The transfer workload (`transfer.rs`): on a client thread of its own, then the report.
-fn run_transfers(
-    args: &Args,
-    engine: Engine,
-    data_dir: DataDir,
-    open_ms: u64,
-    duration: Option<Duration>,
-) -> anyhow::Result<()> {
-    let (handle, args_for_client) = (engine.handle(), args.clone());
-    let client = std::thread::spawn(move || -> anyhow::Result<transfer::TransferReport> {
-        let executor = LocalExecutorBuilder::new(Placement::Unbound)
-            .name("load-client")
-            .make()
-            .map_err(|e| anyhow::anyhow!("starting the client executor: {e}"))?;
-        let a = args_for_client;
-        let plan = transfer::TransferPlan {
-            users: a.users,
-            cross_ratio: a.cross_shard_ratio,
-            inflight: a.inflight,
-            duration,
-            ops_max: a.ops,
-            seed: a.seed,
-            run: run_tag(),
-        };
-        executor.run(transfer::run(handle, plan))
-    });
-    let report = client.join().map_err(|_| anyhow::anyhow!("the client thread panicked"))??;
-    engine.close().context("closing the engine")?;
-    eprintln!("load: opened in {open_ms} ms; data directory {} bytes", data_dir.disk_bytes());
-    if args.keep {
-        eprintln!("load: kept {}", data_dir.keep().display());
-    }
-    if args.json {
-        println!("{}", serde_json::to_string(&report)?);
-    } else {
-        println!("{}", serde_json::to_string_pretty(&report)?);
-    }
-    if !report.conservation_ok || report.errors > 0 {
-        bail!(
-            "money counted {} against {} deposited ({} in transit, {} activities in doubt); {} transfers failed",
-            report.money_counted,
-            report.money_deposited,
-            report.in_transit_at_end,
-            report.activities_in_doubt_at_end,
             report.errors
         );
     }
@@ -532,23 +483,6 @@ fn run_tag() -> String {
     }
     tag.reverse();
     String::from_utf8(tag).expect("ASCII")
-}
-
-/// A byte count: a number with an optional KiB, MiB or GiB suffix.
-pub(crate) fn parse_bytes(text: &str) -> Result<u64, String> {
-    let (number, unit) = match text.find(|c: char| !c.is_ascii_digit()) {
-        Some(at) => text.split_at(at),
-        None => (text, ""),
-    };
-    let scale = match unit {
-        "" | "B" => 1,
-        "KiB" => 1 << 10,
-        "MiB" => 1 << 20,
-        "GiB" => 1 << 30,
-        _ => return Err(format!("{text}: a number of bytes, with KiB, MiB or GiB")),
-    };
-    let number: u64 = number.parse().map_err(|_| format!("{text}: a number of bytes"))?;
-    number.checked_mul(scale).filter(|&b| b > 0).ok_or_else(|| format!("{text}: out of range"))
 }
 
 fn progress_bar(duration: Option<Duration>) -> ProgressBar {

@@ -7,7 +7,9 @@ use std::cell::{Cell, RefCell};
 use std::rc::Rc;
 use std::time::{Duration, Instant};
 
+use anyhow::bail;
 use fastrand::Rng;
+use glommio::{LocalExecutorBuilder, Placement};
 use hdrhistogram::Histogram;
 use serde::Serialize;
 use tradeshard_engine::{EngineHandle, Error, Refusal};
@@ -234,4 +236,55 @@ async fn worker(state: Rc<Transfers>, task: usize, seed: u64) {
             }
         }
     }
+}
+
+/// The transfer workload on a client thread of its own, then its report.
+pub(super) fn run_on_thread(
+    args: &super::Args,
+    engine: tradeshard_engine::Engine,
+    data_dir: crate::data_dir::DataDir,
+    open_ms: u64,
+    duration: Option<Duration>,
+    run_tag: String,
+) -> anyhow::Result<()> {
+    let (handle, args_for_client) = (engine.handle(), args.clone());
+    let client = std::thread::spawn(move || -> anyhow::Result<TransferReport> {
+        let executor = LocalExecutorBuilder::new(Placement::Unbound)
+            .name("load-client")
+            .make()
+            .map_err(|e| anyhow::anyhow!("starting the client executor: {e}"))?;
+        let a = args_for_client;
+        let plan = TransferPlan {
+            users: a.users,
+            cross_ratio: a.cross_shard_ratio,
+            inflight: a.inflight,
+            duration,
+            ops_max: a.ops,
+            seed: a.seed,
+            run: run_tag,
+        };
+        executor.run(run(handle, plan))
+    });
+    let report = client.join().map_err(|_| anyhow::anyhow!("the client thread panicked"))??;
+    engine.close().map_err(|e| anyhow::anyhow!("closing the engine: {e}"))?;
+    eprintln!("load: opened in {open_ms} ms; data directory {} bytes", data_dir.disk_bytes());
+    if args.keep {
+        eprintln!("load: kept {}", data_dir.keep().display());
+    }
+    if args.json {
+        println!("{}", serde_json::to_string(&report)?);
+    } else {
+        println!("{}", serde_json::to_string_pretty(&report)?);
+    }
+    if !report.conservation_ok || report.errors > 0 {
+        bail!(
+            "money counted {} against {} deposited ({} in transit, {} activities in doubt); {} transfers failed",
+            report.money_counted,
+            report.money_deposited,
+            report.in_transit_at_end,
+            report.activities_in_doubt_at_end,
+            report.errors
+        );
+    }
+    Ok(())
 }
