@@ -227,3 +227,25 @@ fn input_no_check_would_pass_is_refused_by_the_shard_itself() {
         assert_eq!(send(&shard, steps).await.unwrap().len(), 9);
     });
 }
+
+/// More local transactions at once than the log's queue holds (512 records here): those that
+/// find it full wait in the shard for room and all land, none refused midway.
+#[test]
+fn transactions_that_find_the_log_queue_full_wait_for_room_and_land() {
+    run(async {
+        let shard = Shard::open(SimDisk::new(), small_config(), 0).await.unwrap();
+        deposit(&shard, 1, 10_000, "d").await;
+        let answers: Vec<_> = (0..2_000u128)
+            .map(|activity| {
+                let (reply, answer) = tradeshard_shard::reply::channel();
+                shard.transact(vec![Step::Try { activity, branch: 0, action: freeze(1, 5) }], reply);
+                answer
+            })
+            .collect();
+        for answer in answers {
+            let tried = answer.await.unwrap().unwrap();
+            assert_eq!(tried, vec![fresh(StepOutcome::Branch(BranchState::Tried))]);
+        }
+        assert_eq!(shard.balance(1, cny()), Balance { available: 0, frozen: 10_000, incoming: 0 });
+    });
+}

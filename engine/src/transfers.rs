@@ -18,10 +18,7 @@ use tradeshard_shard::{
 };
 
 use crate::blocking::blocking;
-use crate::error::{Error, FullQueue, Result};
-
-/// How long a step waits before it is sent again to a shard whose log queue was full.
-const LOG_FULL_PAUSE: std::time::Duration = std::time::Duration::from_millis(1);
+use crate::error::{Error, Result};
 use crate::handle::EngineHandle;
 use crate::ops;
 
@@ -67,17 +64,10 @@ impl StepSender for EngineHandle {
     type Error = Error;
 
     async fn send(&self, shard: u32, steps: Vec<Step>) -> Result<Vec<StepAnswer>> {
-        // Steps wait for room in a full queue, the executor's or the log's, whatever the
-        // caller chose: refused in between, an activity would be cancelled or left to recovery.
-        let executor = self.routing().executor_of_physical(shard);
-        loop {
-            match self.on_shard_waiting(shard, ops::Transact(steps.clone())).await {
-                Err(Error::Backpressure { queue: FullQueue::Log { .. } }) => {
-                    self.submit_waiting(executor, ops::Sleep(LOG_FULL_PAUSE)).await?.await;
-                }
-                answer => return answer,
-            }
-        }
+        // Steps wait for room in a full queue whatever the caller chose: the executor's here,
+        // the log's in the shard (`Shard::transact`). Refused in between, an activity would be
+        // cancelled or left to recovery.
+        self.on_shard_waiting(shard, ops::Transact(steps)).await
     }
 
     async fn call(

@@ -27,8 +27,6 @@ use std::future::Future;
 
 use crate::error::{Refusal, TradeError};
 use crate::join::join_all;
-use std::pin::Pin;
-
 use crate::tcc::{BranchAction, BranchPlan, CancelReason, Decision, Step};
 use crate::tcc_book::{ActivityEntry, ActivityState, StepAnswer, StepOutcome};
 
@@ -58,23 +56,17 @@ pub enum BranchCall {
 
 /// Sends one step to a branch of another shard, or calls an embedder's participant; true when
 /// it answered with success.
-fn reach<'a, S: StepSender>(
-    sender: &'a S,
-    activity: u128,
-    plan: &BranchPlan,
-    call: BranchCall,
-) -> Pin<Box<dyn Future<Output = bool> + 'a>> {
+async fn reach<S: StepSender>(sender: &S, activity: u128, plan: BranchPlan, call: BranchCall) -> bool {
     let (branch, action) = (plan.branch, plan.action);
     if let BranchAction::External { participant, reference } = action {
-        return Box::pin(async move { sender.call(participant, call, activity, branch, reference).await.is_ok() });
+        return sender.call(participant, call, activity, branch, reference).await.is_ok();
     }
     let step = match call {
         BranchCall::Try => Step::Try { activity, branch, action },
         BranchCall::Confirm => Step::Confirm { activity, branch },
         BranchCall::Cancel => Step::Cancel { activity, branch, action },
     };
-    let shard = plan.shard;
-    Box::pin(async move { sender.send(shard, vec![step]).await.is_ok() })
+    sender.send(plan.shard, vec![step]).await.is_ok()
 }
 
 /// The branches whose steps go with the initiator's own records (accounts of its shard), and
@@ -159,7 +151,7 @@ pub async fn run_activity<S: StepSender>(
             }
         }
     }
-    let tries = remote.iter().map(|plan| reach(sender, activity, plan, BranchCall::Try));
+    let tries = remote.iter().map(|plan| reach(sender, activity, *plan, BranchCall::Try));
     // Any failure, a refusal or not knowing whether the Try landed, cancels: a Cancel releases
     // what a Try reserved, or fences a Try still on its way.
     let all_tried = join_all(tries).await.iter().all(|tried| *tried);
@@ -227,7 +219,7 @@ async fn carry_out<S: StepSender>(
     remote: &[BranchPlan],
     decision: Decision,
 ) -> Result<Driven, S::Error> {
-    let steps = remote.iter().map(|plan| reach(sender, activity, plan, call_of(decision)));
+    let steps = remote.iter().map(|plan| reach(sender, activity, *plan, call_of(decision)));
     let answered = join_all(steps).await.iter().all(|answered| *answered);
     if !answered {
         return Ok(Driven { decision, completed: false, begun_before: true });

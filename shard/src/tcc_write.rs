@@ -6,7 +6,8 @@
 //! A transaction that touches an activity or branch with a step still in flight waits until
 //! that step is durable and is then checked afresh, so the durable state it is checked against
 //! is the state it will apply to. A transaction whose every step repeats one recorded answers
-//! at once and writes nothing.
+//! at once and writes nothing. A transaction that finds the log's queue full waits for the
+//! last write in flight to be durable and is checked again, as a parked one is.
 
 use std::collections::{BTreeMap, HashMap};
 use std::rc::Rc;
@@ -240,6 +241,12 @@ pub(crate) fn transact_on<D: Disk>(inner: &Rc<Inner<D>>, steps: Vec<Step>, reply
     let record = TccRecord { at_ms, steps };
     let ticket = match inner.wal.enqueue(&record.encode()) {
         Ok(ticket) => ticket,
+        // The log's queue is full: the steps of an activity wait here, for the last write in
+        // flight to be durable, rather than be refused midway through an activity.
+        Err(LogError::Backpressure { .. }) if !accepted.effects.is_empty() => {
+            let last = accepted.effects.back().expect("checked").seq;
+            return accepted.tcc.parked.entry(last).or_default().push((record.steps, reply));
+        }
         Err(error) => return reply.send(Err(error.into())),
     };
     let seq = ticket.seq();
