@@ -1,6 +1,6 @@
 //! An embedder's view of tradeshard, through `tradeshard-engine` alone: open a data directory,
-//! create and pay a trade, read it back, consume the settlement events, and tell the errors a
-//! payment service acts on apart with one `match`.
+//! create and pay a trade, read it back, consume the settlement events, move money between two
+//! users' accounts, and tell the errors a payment service acts on apart with one `match`.
 //!
 //!     cargo run -p tradeshard-engine --example embedder [DIR]
 //!
@@ -50,6 +50,15 @@ fn main() -> Result<(), Error> {
     }
     consumer.commit_blocking()?;
     drop(consumer);
+
+    // Accounts: a deposit and a transfer, each idempotent on its request number; across shards
+    // a transfer is a TCC activity that recovery finishes if the process stops midway.
+    act_on(handle.deposit_blocking(42, "CNY", 10_000, "TOPUP-1"))?;
+    let moved = act_on(handle.transfer_blocking(42, 7, "CNY", 2_500, "PAYOUT-1"))?;
+    let again = act_on(handle.transfer_blocking(42, 7, "CNY", 2_500, "PAYOUT-1"))?;
+    assert!(again.replayed && again.activity == moved.activity);
+    let (payer, payee) = (handle.balance_blocking(42, "CNY")?, handle.balance_blocking(7, "CNY")?);
+    println!("user 42 holds {}, user 7 holds {} (across shards: {})", payer.available, payee.available, !moved.local);
 
     engine.close()?;
     if std::env::args().nth(1).is_none() {
