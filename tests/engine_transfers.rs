@@ -79,13 +79,18 @@ fn transfers_move_money_once_within_a_shard_and_across_shards() {
         );
         assert_eq!(settled_records(&h), written, "a repeat writes nothing");
         assert_eq!((available(&h, from), available(&h, to)), (700, 1_300), "a repeat moves nothing");
+        // The same number for something else names what it did, within a shard or across.
         match h.transfer_blocking(from, to, "CNY", 301, "T-1") {
-            Err(Error::Refused(Refusal::AccountRequestConflict { .. } | Refusal::StepConflict { .. })) => {}
+            Err(Error::Refused(Refusal::AccountRequestConflict { op: "transfer", amount: 300, .. })) => {}
             other => panic!("the same number for another amount must conflict: {other:?}"),
         }
         match h.deposit_blocking(from, "CNY", 5, "T-1") {
-            Err(Error::Refused(Refusal::AccountRequestConflict { .. } | Refusal::StepConflict { .. })) => {}
+            Err(Error::Refused(Refusal::AccountRequestConflict { op: "transfer", amount: 300, .. })) => {}
             other => panic!("a transfer's number is not free for a deposit: {other:?}"),
+        }
+        match h.transfer_blocking(from, to, "CNY", 5, "fund") {
+            Err(Error::Refused(Refusal::AccountRequestConflict { op: "deposit", amount: 1_000, .. })) => {}
+            other => panic!("a deposit's number is not free for a transfer: {other:?}"),
         }
         // Too little available: refused, nothing recorded, the number still free.
         let written = settled_records(&h);

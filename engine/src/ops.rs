@@ -398,6 +398,16 @@ impl ShardOp for Transact {
     }
 }
 
+/// What a durable account request did, by its request key.
+pub(crate) struct GetAccountRequest(pub u128);
+
+impl ShardOp for GetAccountRequest {
+    type Output = Option<(tradeshard_shard::AccountOp, u64)>;
+    fn start(self, shard: &DiskShard, reply: ShardReply<Self::Output>) {
+        reply.send(Ok(shard.account_request(self.0)))
+    }
+}
+
 /// An activity the shard initiated.
 pub(crate) struct GetActivity(pub u128);
 

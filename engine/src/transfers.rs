@@ -135,11 +135,31 @@ impl EngineHandle {
                 action: BranchAction::Credit { user_id: to_user, currency, amount },
             },
         ];
-        let outcome = self.drive(home, activity, branches).await?;
+        let outcome = match self.drive(home, activity, branches).await {
+            Err(Error::Refused(Refusal::StepConflict { activity: conflicting, .. })) if conflicting == activity => {
+                return Err(self.request_conflict(home, activity, request_no).await);
+            }
+            outcome => outcome?,
+        };
         match outcome.decision {
             Decision::Commit => Ok(receipt(false, outcome.replayed)),
             Decision::Cancel(reason) => Err(Refusal::TransferCancelled { activity, reason }.into()),
         }
+    }
+
+    /// The conflict of a transfer's request number used before for something else: another
+    /// transfer across shards, or an account request, named with what it did.
+    async fn request_conflict(&self, home: u32, key: u128, request_no: &str) -> Error {
+        let request_no = request_no.to_string();
+        let original = match self.on_shard(home, ops::GetActivity(key)).await {
+            Ok(Some(entry)) => entry.branches.first().and_then(|plan| plan.action.account()).map(|a| ("transfer", a.2)),
+            _ => match self.on_shard(home, ops::GetAccountRequest(key)).await {
+                Ok(Some((op, amount))) => Some((op.name(), amount)),
+                _ => None,
+            },
+        };
+        let (op, amount) = original.unwrap_or(("request", 0));
+        Refusal::AccountRequestConflict { request_no, op, amount }.into()
     }
 
     /// Runs an activity of up to eight branches, initiated by `initiator` under its

@@ -15,7 +15,7 @@ use tradeshard_wal::disk::Disk;
 
 use crate::accounts::{movement, AccountCommand, AccountKey, AccountReceipt, Balance, RequestEntry};
 use crate::currency::Currency;
-use crate::error::{LogError, TradeError};
+use crate::error::{LogError, Refusal, TradeError};
 use crate::id_hash::IdMap;
 use crate::journal::{AccountOp, JournalRecord};
 use crate::keys::account_request_key;
@@ -112,8 +112,11 @@ impl<D: Disk> Shard<D> {
             return accounts.repeats.entry(seq).or_default().push(reply);
         }
         if index.tcc().activity(key).is_some() || tcc.has_activity(key) {
-            let reason = "the request number names a transfer across shards";
-            return reply.send(Err(crate::error::Refusal::StepConflict { activity: key, reason }.into()));
+            // The number names an activity (a transfer across shards): the amount of its first
+            // branch, the payer's, once it is durable.
+            let amount = index.tcc().activity(key).and_then(|entry| entry.branches.first()?.action.account());
+            let (request_no, amount) = (command.request_no, amount.map_or(0, |(_, _, amount)| amount));
+            return reply.send(Err(Refusal::AccountRequestConflict { request_no, op: "transfer", amount }.into()));
         }
         if let Some(entry) = book.request(key) {
             return match entry.same_as(&command) {
@@ -140,6 +143,11 @@ impl<D: Disk> Shard<D> {
         let record = LogRecord::Journal(record);
         let keys = EffectKeys::Account { key };
         accepted.push(Effect { seq, ticket: Some(ticket), record, keys, waiter: Waiter::Account(reply), after: None });
+    }
+
+    /// What the durable account request under `key` did: its operation and amount.
+    pub fn account_request(&self, key: u128) -> Option<(AccountOp, u64)> {
+        self.inner.index.borrow().accounts().request(key).map(|entry| (entry.op, entry.amount))
     }
 
     /// The account's durable balance (zero for an account never used).
