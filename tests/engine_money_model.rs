@@ -100,9 +100,7 @@ fn classify<T>(answer: Result<T, Error>, replayed: impl Fn(&T) -> bool) -> Expec
         Ok(receipt) if replayed(&receipt) => Expected::Repeat,
         Ok(_) => Expected::Done,
         Err(Error::Refused(Refusal::InsufficientFunds { .. })) => Expected::TooLittle,
-        Err(Error::Refused(Refusal::AccountRequestConflict { .. })) => {
-            Expected::Conflict
-        }
+        Err(Error::Refused(Refusal::AccountRequestConflict { .. })) => Expected::Conflict,
         Err(other) => panic!("an answer the model has no place for: {other}"),
     }
 }

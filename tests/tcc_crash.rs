@@ -57,6 +57,10 @@ impl StepSender for Pair {
         call(|reply| self.shards[shard as usize].transact(steps, reply)).await
     }
 
+    async fn post(&self, shard: u32, steps: Vec<Step>) {
+        let _ = self.send(shard, steps).await;
+    }
+
     async fn call(&self, _: u16, _: BranchCall, activity: u128, _: u16, _: u64) -> Result<(), TradeError> {
         Err(Refusal::StepConflict { activity, reason: "the campaign's activities have no participants" }.into())
     }

@@ -70,6 +70,12 @@ impl StepSender for EngineHandle {
         self.on_shard_waiting(shard, ops::Transact(steps)).await
     }
 
+    async fn post(&self, shard: u32, steps: Vec<Step>) {
+        let executor = self.routing().executor_of_physical(shard);
+        // Queued, its answer dropped: a completion lost to a stop is made by recovery.
+        let _ = self.submit_waiting(executor, ops::OnShard { shard, op: ops::Transact(steps) }).await;
+    }
+
     async fn call(
         &self,
         participant: u16,

@@ -35,6 +35,9 @@ use crate::tcc_book::{ActivityEntry, ActivityState, StepAnswer, StepOutcome};
 pub trait StepSender {
     type Error: StepError;
     fn send(&self, shard: u32, steps: Vec<Step>) -> impl Future<Output = Result<Vec<StepAnswer>, Self::Error>>;
+    /// Queues steps whose answer nobody waits for (an activity's completion): lost, they are
+    /// sent again by recovery.
+    fn post(&self, shard: u32, steps: Vec<Step>) -> impl Future<Output = ()>;
     /// Asks the embedder's participant `participant` to try, confirm or cancel its branch.
     fn call(
         &self,
@@ -110,8 +113,8 @@ fn decided_otherwise(error: &impl StepError) -> Option<Decision> {
 pub struct Driven {
     /// The decision in force.
     pub decision: Decision,
-    /// Every branch answered the decision and the activity is recorded complete; if not,
-    /// recovery finishes it.
+    /// Every branch answered the decision (the activity's completion is queued behind it); if
+    /// not, recovery finishes it.
     pub completed: bool,
     /// The activity was begun before this run (a retry): nothing new was recorded for it
     /// unless its first run had stopped midway.
@@ -224,9 +227,7 @@ async fn carry_out<S: StepSender>(
     if !answered {
         return Ok(Driven { decision, completed: false, begun_before: true });
     }
-    match sender.send(home, vec![Step::Complete { activity }]).await {
-        Ok(_) => Ok(Driven { decision, completed: true, begun_before: true }),
-        Err(error) if error.refusal().is_some() => Err(error),
-        Err(_) => Ok(Driven { decision, completed: false, begun_before: true }),
-    }
+    // The answer does not wait for the completion: every branch has answered.
+    sender.post(home, vec![Step::Complete { activity }]).await;
+    Ok(Driven { decision, completed: true, begun_before: true })
 }
