@@ -98,11 +98,11 @@ fn acknowledged_writes_survive_kill_9_exactly_once() {
 /// Kill -9 under transfers within and across shards: after each reopen, recovery leaves no
 /// activity unfinished (the child's were past their 50 ms deadline or decided), no account
 /// holds a reservation, no money is in transit, the balances sum to the deposits, and every
-/// acknowledged transfer, sent again, answers as it was acknowledged. Three cycles, or
+/// acknowledged transfer, sent again, answers as it was acknowledged. Twenty cycles, or
 /// `TRADESHARD_KILL_CYCLES` (the long run in `TESTING.md`).
 #[test]
 fn transfers_end_once_and_conserve_money_after_kill_9() {
-    let cycles: usize = std::env::var("TRADESHARD_KILL_CYCLES").ok().and_then(|n| n.parse().ok()).unwrap_or(3);
+    let cycles: usize = std::env::var("TRADESHARD_KILL_CYCLES").ok().and_then(|n| n.parse().ok()).unwrap_or(20);
     let (mut in_doubt_at_open, mut frozen_at_open) = (0u64, 0u64);
     let dir = tempfile::tempdir().unwrap();
     let options =
