@@ -70,7 +70,7 @@ fn cny() -> Currency {
 /// Users 1 and one of another shard, 1,000 CNY each.
 fn two_users(h: &EngineHandle) -> (u64, u64) {
     let routing = h.routing();
-    let shard = |user| routing.physical_of_logical(routing.logical_of_user(user));
+    let shard = |user| routing.physical_of_user(user);
     let other = (2..100).find(|user| shard(*user) != shard(1)).unwrap();
     h.deposit_blocking(1, "CNY", 1_000, "fund").unwrap();
     h.deposit_blocking(other, "CNY", 1_000, "fund").unwrap();

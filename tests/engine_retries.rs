@@ -83,7 +83,7 @@ fn merchant_order_numbers_are_unique_across_shards_and_found_by_order() {
     let engine = Engine::open(engine_options(dir.path(), 4, 2)).unwrap();
     let h = engine.handle();
     let routing = h.routing();
-    let shard_of = |buyer: u64| routing.physical_of_logical(routing.logical_of_user(buyer));
+    let shard_of = |buyer: u64| routing.physical_of_user(buyer);
     let first = h.create_trade_blocking(order(77, "O-1", 1, 500)).unwrap();
     let mut other_shards = 0;
     for buyer in 2..=40 {

@@ -11,7 +11,7 @@ use tradeshard_tests::{engine_options, settled_records};
 
 fn shard_of(h: &EngineHandle, user: u64) -> u32 {
     let routing = h.routing();
-    routing.physical_of_logical(routing.logical_of_user(user))
+    routing.physical_of_user(user)
 }
 
 /// Two users in one shard and two in different shards, all funded with 1,000 CNY.

@@ -17,7 +17,7 @@ use crate::ops;
 impl EngineHandle {
     async fn post(&self, command: AccountCommand) -> Result<AccountReceipt> {
         let routing = self.routing();
-        let shard = routing.physical_of_logical(routing.logical_of_user(command.user_id));
+        let shard = routing.physical_of_user(command.user_id);
         self.on_shard(shard, ops::Post(command)).await
     }
 
@@ -49,7 +49,7 @@ impl EngineHandle {
         }
         let currency = Currency::parse(currency).ok_or_else(|| InputError::UnknownCurrency(currency.to_string()))?;
         let routing = self.routing();
-        let shard = routing.physical_of_logical(routing.logical_of_user(user_id));
+        let shard = routing.physical_of_user(user_id);
         self.on_shard(shard, ops::GetBalance { user_id, currency }).await
     }
 

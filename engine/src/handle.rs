@@ -269,7 +269,7 @@ impl EngineHandle {
             return Err(InputError::ZeroUserId.into());
         }
         let routing = self.inner.routing;
-        let shard = routing.physical_of_logical(routing.logical_of_user(user_id));
+        let shard = routing.physical_of_user(user_id);
         self.on_shard(shard, ops::List(ListQuery { user_id, limit: limit.min(10_000), before })).await
     }
 

@@ -80,7 +80,7 @@ impl EngineHandle {
         Ok(match self.on_shard(routing.physical_of_order_key(key), ops::FindOrder(key)).await? {
             OrderLookup::Trade(id) | OrderLookup::Claimed { trade: Some(id), .. } => Some(id),
             OrderLookup::Claimed { buyer_id, trade: None } => {
-                let buyer_shard = routing.physical_of_logical(routing.logical_of_user(buyer_id));
+                let buyer_shard = routing.physical_of_user(buyer_id);
                 match self.on_shard(buyer_shard, ops::FindOrder(key)).await? {
                     OrderLookup::Trade(id) => Some(id),
                     _ => None,
@@ -119,7 +119,7 @@ impl EngineHandle {
         let mut resolved = 0;
         for pending in self.on_every_executor(ops::PendingClaims).await? {
             for (home, claim) in pending {
-                let buyer_shard = routing.physical_of_logical(routing.logical_of_user(claim.buyer_id));
+                let buyer_shard = routing.physical_of_user(claim.buyer_id);
                 let outcome = match self.on_shard_waiting(buyer_shard, ops::FindOrder(claim.key)).await? {
                     OrderLookup::Trade(id) => ClaimOutcome::Confirmed(id),
                     _ => ClaimOutcome::Released,

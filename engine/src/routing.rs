@@ -29,6 +29,11 @@ impl Routing {
         self.physical_of_logical(((key as u64) % self.logical_shards as u64) as u32)
     }
 
+    /// The physical shard holding a user's trades and accounts.
+    pub fn physical_of_user(&self, user_id: u64) -> u32 {
+        self.physical_of_logical(self.logical_of_user(user_id))
+    }
+
     /// The physical shard holding a logical shard.
     pub fn physical_of_logical(&self, logical: u32) -> u32 {
         logical % self.physical_shards
@@ -63,7 +68,7 @@ mod tests {
         assert_eq!(owned, vec![0, 1, 2, 3]);
         let mut per_shard = [0u32; 4];
         for user in 1..=10_000u64 {
-            per_shard[routing.physical_of_logical(routing.logical_of_user(user)) as usize] += 1;
+            per_shard[routing.physical_of_user(user) as usize] += 1;
         }
         assert!(per_shard.iter().all(|&n| n > 2000), "users spread over shards: {per_shard:?}");
     }

@@ -100,11 +100,6 @@ impl StepSender for EngineHandle {
 }
 
 impl EngineHandle {
-    fn shard_of_user(&self, user_id: u64) -> u32 {
-        let routing = self.routing();
-        routing.physical_of_logical(routing.logical_of_user(user_id))
-    }
-
     /// Moves `amount` of `currency` from `from_user`'s available balance to `to_user`'s,
     /// never below zero (`Refusal::InsufficientFunds`, nothing moved). Idempotent on
     /// (`from_user`, `request_no`): a repeat answers the original (`replayed: true`), or for a
@@ -120,7 +115,8 @@ impl EngineHandle {
         request_no: &str,
     ) -> Result<TransferReceipt> {
         let command = AccountCommand::new(AccountOp::Transfer { to_user }, from_user, currency, amount, request_no)?;
-        let (home, payee_shard) = (self.shard_of_user(from_user), self.shard_of_user(to_user));
+        let (home, payee_shard) =
+            (self.routing().physical_of_user(from_user), self.routing().physical_of_user(to_user));
         let activity = account_request_key(from_user, request_no);
         let currency = command.currency;
         let receipt =
@@ -204,7 +200,7 @@ impl EngineHandle {
                         BranchAction::Freeze { .. } => *taken += u128::from(amount),
                         _ => *given += u128::from(amount),
                     }
-                    self.shard_of_user(user_id)
+                    self.routing().physical_of_user(user_id)
                 }
                 BranchAction::External { participant, .. } => {
                     if self.inner.participants.get(participant).is_none() {
@@ -218,7 +214,7 @@ impl EngineHandle {
         if let Some((currency, (taken, given))) = sums.into_iter().find(|(_, (taken, given))| taken != given) {
             return Err(InputError::UnbalancedActivity { currency, taken, given }.into());
         }
-        let home = self.shard_of_user(initiator);
+        let home = self.routing().physical_of_user(initiator);
         self.drive(home, account_request_key(initiator, request_no), branches).await
     }
 

@@ -26,7 +26,8 @@ pub enum AccountOp {
 }
 
 impl AccountOp {
-    fn code(self) -> u8 {
+    /// The operation's byte in records and checkpoints.
+    pub(crate) fn code(self) -> u8 {
         match self {
             AccountOp::Deposit => 1,
             AccountOp::Withdraw => 2,
@@ -42,7 +43,8 @@ impl AccountOp {
         }
     }
 
-    fn of(code: u8, counterparty: u64) -> Option<AccountOp> {
+    /// The operation of a code and counterparty, if they make one.
+    pub(crate) fn of(code: u8, counterparty: u64) -> Option<AccountOp> {
         match (code, counterparty) {
             (1, 0) => Some(AccountOp::Deposit),
             (2, 0) => Some(AccountOp::Withdraw),

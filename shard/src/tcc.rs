@@ -171,6 +171,16 @@ pub struct TccRecord {
     pub steps: Vec<Step>,
 }
 
+/// Appends an activity's branches: their count, then each one's shard, number and action.
+pub(crate) fn push_plans(out: &mut Vec<u8>, branches: &[BranchPlan]) {
+    out.push(branches.len() as u8);
+    for plan in branches {
+        out.extend_from_slice(&plan.shard.to_le_bytes());
+        out.extend_from_slice(&plan.branch.to_le_bytes());
+        push_action(out, &plan.action);
+    }
+}
+
 /// Appends an action's [`ACTION_BYTES`]: kind (1 freeze, 2 credit), currency, user, amount;
 /// or kind 3 (an embedder's), three zero bytes, participant, reference.
 pub(crate) fn push_action(out: &mut Vec<u8>, action: &BranchAction) {
@@ -209,12 +219,7 @@ impl TccRecord {
                 Step::Begin { deadline_ms, branches, .. } => {
                     assert!((1..=BRANCHES_MAX).contains(&branches.len()), "a checked number of branches");
                     out.extend_from_slice(&deadline_ms.to_le_bytes());
-                    out.push(branches.len() as u8);
-                    for plan in branches {
-                        out.extend_from_slice(&plan.shard.to_le_bytes());
-                        out.extend_from_slice(&plan.branch.to_le_bytes());
-                        push_action(&mut out, &plan.action);
-                    }
+                    push_plans(&mut out, branches);
                 }
                 Step::Try { action, .. } | Step::Cancel { action, .. } => push_action(&mut out, action),
                 Step::Decide { decision, .. } => out.extend_from_slice(&decision.code()),
@@ -239,19 +244,7 @@ impl TccRecord {
             let code = reader.u8()?;
             let activity = reader.u128()?;
             let step = match code {
-                1 => {
-                    let deadline_ms = reader.u64()?;
-                    let n = reader.u8()? as usize;
-                    if n == 0 || n > BRANCHES_MAX {
-                        return Err("tcc activity with no branches or too many");
-                    }
-                    let mut branches = Vec::with_capacity(n);
-                    for _ in 0..n {
-                        let (shard, branch) = (reader.u32()?, reader.u16()?);
-                        branches.push(BranchPlan { shard, branch, action: reader.action()? });
-                    }
-                    Step::Begin { activity, deadline_ms, branches }
-                }
+                1 => Step::Begin { activity, deadline_ms: reader.u64()?, branches: reader.plans()? },
                 2 => Step::Try { activity, branch: reader.u16()?, action: reader.action()? },
                 3 => Step::Confirm { activity, branch: reader.u16()? },
                 4 => Step::Cancel { activity, branch: reader.u16()?, action: reader.action()? },
@@ -270,8 +263,17 @@ impl TccRecord {
 
 /// The local transaction's own fields, read off the shared cursor.
 impl Reader<'_> {
-    fn action(&mut self) -> Result<BranchAction, &'static str> {
+    pub(crate) fn action(&mut self) -> Result<BranchAction, &'static str> {
         action_of(self.take(ACTION_BYTES)?)
+    }
+
+    /// An activity's branches, as [`push_plans`] wrote them: 1..=`BRANCHES_MAX`.
+    pub(crate) fn plans(&mut self) -> Result<Vec<BranchPlan>, &'static str> {
+        let n = self.u8()? as usize;
+        if n == 0 || n > BRANCHES_MAX {
+            return Err("an activity with no branches or too many");
+        }
+        (0..n).map(|_| Ok(BranchPlan { shard: self.u32()?, branch: self.u16()?, action: self.action()? })).collect()
     }
 }
 

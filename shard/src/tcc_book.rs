@@ -18,7 +18,7 @@
 //! Memory: a branch about 64 bytes, an activity about 100 plus 48 per branch; both are kept
 //! after their end (so that late and repeated steps are answered) and are in checkpoints.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
 use crate::accounts::{AccountKey, Balance, BALANCE_MAX};
 use crate::currency::Currency;
@@ -287,7 +287,7 @@ pub(crate) struct TccBook {
     branches: PartitionedMap<(u128, u16), BranchEntry>,
     activities: PartitionedMap<u128, ActivityEntry>,
     /// Activities begun or decided and not completed: few, and what recovery drives on.
-    unfinished: BTreeMap<u128, ()>,
+    unfinished: BTreeSet<u128>,
     in_transit: BTreeMap<Currency, i128>,
 }
 
@@ -307,7 +307,7 @@ impl TccBook {
     pub(crate) fn set_activity(&mut self, activity: u128, entry: ActivityEntry) {
         match entry.state {
             ActivityState::Completed(_) => drop(self.unfinished.remove(&activity)),
-            _ => drop(self.unfinished.insert(activity, ())),
+            _ => drop(self.unfinished.insert(activity)),
         }
         self.activities.insert(activity, entry);
     }
@@ -324,7 +324,7 @@ impl TccBook {
 
     /// The activities this shard initiated that are not completed, with their entries.
     pub(crate) fn unfinished(&self) -> impl Iterator<Item = (u128, &ActivityEntry)> + '_ {
-        self.unfinished.keys().filter_map(|id| Some((*id, self.activities.get(id)?)))
+        self.unfinished.iter().filter_map(|id| Some((*id, self.activities.get(id)?)))
     }
 
     /// Branches and activities held.

@@ -1,17 +1,15 @@
 //! The checkpoint file's codec: pages, the header, entries, and the restorer that rebuilds an
 //! index from them (the layout is in the module above and in `docs/FORMAT.md`).
 
-use crate::accounts::{AccountItem, AccountKey, Balance, RequestEntry, BALANCE_MAX};
+use crate::accounts::AccountItem;
 use crate::bytes::Reader;
 use crate::currency::Currency;
 use crate::index::{
     ClaimEntry, CreatedAt, GroupOffset, Item, RefundEntry, RunStore, Scalars, ShardIndex, StoredPart, TradeEntry,
 };
-use crate::journal::AccountOp;
 use crate::lifecycle::Lifecycle;
 use crate::system_record::OffsetCommit;
-use crate::tcc::{action_of, push_action, BranchPlan, Decision, ACTION_BYTES, BRANCHES_MAX};
-use crate::tcc_book::{ActivityEntry, ActivityState, BranchEntry, BranchState, TccItem};
+use crate::tcc_book::TccItem;
 use crate::trade::{TradeId, TradeStatus, LOGICAL_SHARDS_MAX};
 
 /// The block pages start on.
@@ -42,11 +40,6 @@ const KIND_REFUND: u8 = 4;
 const KIND_CLAIM: u8 = 5;
 const KIND_GROUP: u8 = 6;
 const KIND_END: u8 = 7;
-const KIND_ACCOUNT: u8 = 8;
-const KIND_ACCOUNT_REQUEST: u8 = 9;
-const KIND_BRANCH: u8 = 10;
-const KIND_ACTIVITY: u8 = 11;
-const KIND_IN_TRANSIT: u8 = 12;
 /// Kinds of entry the end marker counts.
 const COUNTED_KINDS: usize = 11;
 
@@ -283,63 +276,7 @@ fn encode_item(item: &Item, out: &mut Vec<u8>) {
             out.extend_from_slice(group.as_bytes());
             u64s(out, &[offset.offset, offset.at_ms]);
         }
-        Item::Account(AccountItem::Balance(key, balance)) => {
-            out.push(KIND_ACCOUNT);
-            out.extend_from_slice(&key.currency.bytes());
-            u64s(out, &[key.user_id, balance.available, balance.frozen, balance.incoming]);
-        }
-        Item::Account(AccountItem::Request(key, entry)) => {
-            out.push(KIND_ACCOUNT_REQUEST);
-            out.extend_from_slice(&key.to_le_bytes());
-            let (op, counterparty) = match entry.op {
-                AccountOp::Deposit => (1, 0),
-                AccountOp::Withdraw => (2, 0),
-                AccountOp::Transfer { to_user } => (3, to_user),
-            };
-            out.push(op);
-            out.extend_from_slice(&entry.currency.bytes());
-            let after = entry.after;
-            u64s(out, &[counterparty, entry.amount, entry.at_ms, after.available, after.frozen, after.incoming]);
-        }
-        Item::Tcc(TccItem::Branch(activity, branch, entry)) => {
-            out.push(KIND_BRANCH);
-            out.extend_from_slice(&activity.to_le_bytes());
-            out.extend_from_slice(&branch.to_le_bytes());
-            out.push(branch_state_code(entry.state));
-            push_action(out, &entry.action);
-        }
-        Item::Tcc(TccItem::Activity(id, entry)) => {
-            out.push(KIND_ACTIVITY);
-            out.extend_from_slice(&id.to_le_bytes());
-            u64s(out, &[entry.deadline_ms, entry.begun_ms]);
-            let (state, decision) = match entry.state {
-                ActivityState::Open => (1, [0, 0]),
-                ActivityState::Decided(decision) => (2, decision.code()),
-                ActivityState::Completed(decision) => (3, decision.code()),
-            };
-            out.push(state);
-            out.extend_from_slice(&decision);
-            out.push(entry.branches.len() as u8);
-            for plan in &entry.branches {
-                out.extend_from_slice(&plan.shard.to_le_bytes());
-                out.extend_from_slice(&plan.branch.to_le_bytes());
-                push_action(out, &plan.action);
-            }
-        }
-        Item::Tcc(TccItem::InTransit(currency, amount)) => {
-            out.push(KIND_IN_TRANSIT);
-            out.extend_from_slice(&currency.bytes());
-            out.extend_from_slice(&amount.to_le_bytes());
-        }
-    }
-}
-
-fn branch_state_code(state: BranchState) -> u8 {
-    match state {
-        BranchState::Tried => 1,
-        BranchState::Confirmed => 2,
-        BranchState::Cancelled => 3,
-        BranchState::Fenced => 4,
+        Item::Account(_) | Item::Tcc(_) => super::money::encode(item, out),
     }
 }
 
@@ -356,17 +293,6 @@ impl Reader<'_> {
             return Err("checkpoint names a trade id this engine does not issue");
         }
         Ok(id)
-    }
-    fn currency(&mut self) -> Result<Currency, &'static str> {
-        let bytes: [u8; 3] = self.take(3)?.try_into().expect("3 bytes");
-        Currency::from_bytes(bytes).ok_or("checkpoint entry has no valid currency")
-    }
-    fn balance(&mut self) -> Result<Balance, &'static str> {
-        let balance = Balance { available: self.u64()?, frozen: self.u64()?, incoming: self.u64()? };
-        match balance.available.checked_add(balance.frozen).and_then(|money| money.checked_add(balance.incoming)) {
-            Some(held) if held <= BALANCE_MAX => Ok(balance),
-            _ => Err("checkpoint balance above the most an account may hold"),
-        }
     }
 }
 
@@ -443,68 +369,8 @@ pub(crate) fn decode_items(payload: &[u8]) -> Result<PageItems, &'static str> {
                 }
                 Item::Group(name.to_string(), GroupOffset { offset: reader.u64()?, at_ms: reader.u64()? })
             }
-            KIND_ACCOUNT => {
-                let currency = reader.currency()?;
-                let user_id = reader.u64()?;
-                let balance = reader.balance()?;
-                if user_id == 0 {
-                    return Err("checkpoint account of user zero");
-                }
-                Item::Account(AccountItem::Balance(AccountKey { user_id, currency }, balance))
-            }
-            KIND_ACCOUNT_REQUEST => {
-                let key = reader.u128()?;
-                let op_code = reader.u8()?;
-                let currency = reader.currency()?;
-                let (counterparty, amount, at_ms) = (reader.u64()?, reader.u64()?, reader.u64()?);
-                let op = match (op_code, counterparty) {
-                    (1, 0) => AccountOp::Deposit,
-                    (2, 0) => AccountOp::Withdraw,
-                    (3, to_user) if to_user != 0 => AccountOp::Transfer { to_user },
-                    _ => return Err("checkpoint account request of an unknown operation"),
-                };
-                let after = reader.balance()?;
-                Item::Account(AccountItem::Request(key, RequestEntry { op, currency, amount, at_ms, after }))
-            }
-            KIND_BRANCH => {
-                let (activity, branch) = (reader.u128()?, reader.u16()?);
-                let state = match reader.u8()? {
-                    1 => BranchState::Tried,
-                    2 => BranchState::Confirmed,
-                    3 => BranchState::Cancelled,
-                    4 => BranchState::Fenced,
-                    _ => return Err("checkpoint branch of an unknown state"),
-                };
-                let action = action_of(reader.take(ACTION_BYTES)?)?;
-                Item::Tcc(TccItem::Branch(activity, branch, BranchEntry { action, state }))
-            }
-            KIND_ACTIVITY => {
-                let id = reader.u128()?;
-                let (deadline_ms, begun_ms) = (reader.u64()?, reader.u64()?);
-                let (state, decision) = (reader.u8()?, [reader.u8()?, reader.u8()?]);
-                let state = match state {
-                    1 if decision == [0, 0] => ActivityState::Open,
-                    2 => ActivityState::Decided(Decision::of(decision)?),
-                    3 => ActivityState::Completed(Decision::of(decision)?),
-                    _ => return Err("checkpoint activity of an unknown state"),
-                };
-                let n = reader.u8()? as usize;
-                if n == 0 || n > BRANCHES_MAX {
-                    return Err("checkpoint activity with no branches or too many");
-                }
-                let mut branches = Vec::with_capacity(n);
-                for _ in 0..n {
-                    let (shard, branch) = (reader.u32()?, reader.u16()?);
-                    branches.push(BranchPlan { shard, branch, action: action_of(reader.take(ACTION_BYTES)?)? });
-                }
-                Item::Tcc(TccItem::Activity(id, ActivityEntry { branches, deadline_ms, begun_ms, state }))
-            }
-            KIND_IN_TRANSIT => {
-                let currency = reader.currency()?;
-                Item::Tcc(TccItem::InTransit(
-                    currency,
-                    i128::from_le_bytes(reader.take(16)?.try_into().expect("16 bytes")),
-                ))
+            kind @ super::money::KIND_ACCOUNT..=super::money::KIND_IN_TRANSIT => {
+                super::money::decode(kind, &mut reader)?
             }
             KIND_END => {
                 let mut counts = [0u64; COUNTED_KINDS];

@@ -88,7 +88,7 @@ pub(super) async fn run(handle: EngineHandle, plan: TransferPlan) -> anyhow::Res
     let routing = handle.routing();
     let mut by_shard = vec![Vec::new(); routing.physical_shards as usize];
     for user in 1..=users {
-        by_shard[routing.physical_of_logical(routing.logical_of_user(user)) as usize].push(user);
+        by_shard[routing.physical_of_user(user) as usize].push(user);
     }
     if by_shard.iter().filter(|users| !users.is_empty()).count() < 2 && cross_ratio > 0.0 {
         anyhow::bail!("transfers across shards need users in two shards: more --users or --shards");
@@ -205,7 +205,7 @@ async fn worker(state: Rc<Transfers>, task: usize, seed: u64) {
         state.issued.set(state.issued.get() + 1);
         let from = 1 + rng.u64(..state.users);
         let routing = state.handle.routing();
-        let home = routing.physical_of_logical(routing.logical_of_user(from)) as usize;
+        let home = routing.physical_of_user(from) as usize;
         let cross = rng.f64() < state.cross_ratio;
         let shard = match cross {
             true => (home + 1 + rng.usize(..state.by_shard.len() - 1)) % state.by_shard.len(),
