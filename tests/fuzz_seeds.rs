@@ -11,8 +11,8 @@ use std::path::PathBuf;
 
 use tradeshard_engine::{Manifest, FORMAT_VERSION};
 use tradeshard_shard::{
-    AccountOp, BranchAction, BranchPlan, Currency, Decision, JournalRecord, OffsetCommit, RecordKind, Step, TccRecord,
-    TradeId, TradeRecord,
+    AccountOp, BranchAction, BranchPlan, Currency, Decision, JournalRecord, MessageBody, MessageOp, MessageRecord,
+    OffsetCommit, RecordKind, Step, TccRecord, TradeId, TradeRecord,
 };
 use tradeshard_tests::{new_trade, run};
 use tradeshard_wal::disk::SimDisk;
@@ -50,7 +50,28 @@ fn trade_records() -> Vec<Vec<u8>> {
         }
         .encode(),
         tcc_record().encode(),
+        message_record(MessageOp::Publish).encode(),
+        message_record(MessageOp::Nack).encode(),
     ]
+}
+
+/// A message published by an idempotent producer, or a group's nack of it.
+fn message_record(op: MessageOp) -> MessageRecord {
+    let mut record = MessageRecord::new(op, 1_700_000_000_600);
+    record.body = Some(MessageBody {
+        topic: "orders".into(),
+        key: b"user-7".to_vec(),
+        headers: vec![("trace".into(), b"t-1".to_vec())],
+        payload: b"{\"paid\":250}".to_vec(),
+    });
+    match op {
+        MessageOp::Nack => {
+            (record.reference, record.group, record.attempt) = (Some(9), "billing".into(), 1);
+            record.due_ms = Some(1_700_000_010_600);
+        }
+        _ => record.producer = Some((0xfeed, 1)),
+    }
+    record
 }
 
 /// A transfer's first local transaction: its begin with the payer's Try, then a decision.

@@ -26,7 +26,9 @@ use std::collections::HashMap;
 use std::rc::Rc;
 use std::time::Duration;
 
-use tradeshard_shard::{Command, Move, PollQuery, Refusal, Shard, TradeError, TradeId, TradeStatus, Upkeep};
+use tradeshard_shard::{
+    Command, Move, PollQuery, Refusal, Shard, Subscription, TradeError, TradeId, TradeStatus, Upkeep,
+};
 use tradeshard_tests::{
     call, check_read_back, damage_in, new_trade, rolling_shard_config, run, run_campaign, sim_disk_for_seed,
     upkeep_on_request,
@@ -140,7 +142,13 @@ async fn consumer_task(shard: SharedShard, model: Rc<RefCell<Model>>, rounds: u6
     let mut from = model.borrow().committed;
     let mut retained_away = 0;
     for _ in 0..rounds {
-        let query = PollQuery { from, max_events: 16, max_bytes: 1 << 20, wait: Duration::from_millis(1) };
+        let query = PollQuery {
+            from,
+            max_events: 16,
+            max_bytes: 1 << 20,
+            wait: Duration::from_millis(1),
+            subscription: Subscription::trades(),
+        };
         match call(|done| shard.poll_events(query, done)).await {
             Ok(batch) => from = batch.next_offset,
             Err(TradeError::Refused(Refusal::OffsetOutOfRange { offset, first, .. })) if offset < first => {

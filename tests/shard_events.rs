@@ -5,7 +5,7 @@
 use std::rc::Rc;
 use std::time::Duration;
 
-use tradeshard_shard::{Command, InputError, Move, PollQuery, RecordKind, Refusal, Shard, TradeError};
+use tradeshard_shard::{Command, InputError, Move, PollQuery, RecordKind, Refusal, Shard, Subscription, TradeError};
 use tradeshard_tests::{call, new_trade, run};
 use tradeshard_wal::disk::SimDisk;
 use tradeshard_wal::{Preallocation, WalConfig};
@@ -21,7 +21,7 @@ fn config() -> WalConfig {
 }
 
 fn query(from: u64, max_events: usize) -> PollQuery {
-    PollQuery { from, max_events, max_bytes: 1 << 20, wait: Duration::ZERO }
+    PollQuery { from, max_events, max_bytes: 1 << 20, wait: Duration::ZERO, subscription: Subscription::trades() }
 }
 
 async fn create_and_pay(shard: &Shard<SimDisk>, buyer: u64, order: u64) {

@@ -20,7 +20,9 @@ use std::collections::HashMap;
 use std::rc::Rc;
 use std::time::Duration;
 
-use tradeshard_shard::{Command, Move, PollQuery, Refusal, Shard, TradeError, TradeId, TradeStatus, Upkeep};
+use tradeshard_shard::{
+    Command, Move, PollQuery, Refusal, Shard, Subscription, TradeError, TradeId, TradeStatus, Upkeep,
+};
 use tradeshard_tests::{
     call, check_read_back, new_trade, rolling_shard_config, run, seeds, sim_disk_for_seed, upkeep_on_request,
 };
@@ -154,7 +156,13 @@ async fn trade_task(
 async fn consumer_task(shard: SharedShard, model: Rc<RefCell<Model>>, rounds: u64) -> Result<(), String> {
     let mut from = model.borrow().committed;
     for _ in 0..rounds {
-        let query = PollQuery { from, max_events: 64, max_bytes: 1 << 20, wait: Duration::from_millis(1) };
+        let query = PollQuery {
+            from,
+            max_events: 64,
+            max_bytes: 1 << 20,
+            wait: Duration::from_millis(1),
+            subscription: Subscription::trades(),
+        };
         match call(|done| shard.poll_events(query, done)).await {
             Ok(batch) => from = batch.next_offset,
             // Retention removed the offset: the refusal names the first one kept.

@@ -210,6 +210,7 @@ pub fn upkeep_on_request(on_close: bool, retention_bytes: Option<u64>) -> trades
         retention_bytes,
         group_idle_expiry: None,
         trade_memory_bytes: SMALL_TRADE_MEMORY,
+        ..tradeshard_shard::Upkeep::default()
     }
 }
 

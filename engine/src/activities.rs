@@ -49,6 +49,9 @@ impl ActivityRecovery {
                     if let Err(Error::Closed) = futures_lite::future::block_on(recover_once(&handle, interval)) {
                         return;
                     }
+                    if let Err(Error::Closed) = futures_lite::future::block_on(crate::checkers::check_once(&handle)) {
+                        return;
+                    }
                 }
             })
             .map_err(|source| Error::Io {

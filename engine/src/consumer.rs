@@ -26,11 +26,15 @@ use std::pin::Pin;
 use std::task::Poll;
 use std::time::Duration;
 
-use tradeshard_shard::{validate_group, Event, EventBatch, PollQuery, Refusal, ReplyFuture, TradeError};
+use tradeshard_shard::{
+    validate_group, validate_topic, Event, EventBatch, InputError, Message, PollQuery, Refusal, ReplyFuture,
+    Subscription, TradeError, TRADES_TOPIC,
+};
 
 use crate::blocking::blocking;
 use crate::error::{Error, Result};
 use crate::handle::EngineHandle;
+use crate::messages::{MessageId, Published};
 use crate::ops::{self, CommitOffset, PartitionPosition, PollEvents, Position};
 
 /// How a consumer shares a group's partitions.
@@ -63,6 +67,9 @@ pub struct ConsumerConfig {
     pub start: StartPosition,
     /// Record bytes one poll reads at most per partition (at least one event always).
     pub max_bytes_per_poll: usize,
+    /// The topics read: `trades` (trade events, the default) and application topics. The
+    /// group's offsets in a partition cover every topic it reads there.
+    pub topics: Vec<String>,
 }
 
 impl ConsumerConfig {
@@ -73,7 +80,13 @@ impl ConsumerConfig {
             mode: ConsumerMode::Clustered,
             start: StartPosition::Committed,
             max_bytes_per_poll: 4 << 20,
+            topics: vec![TRADES_TOPIC.to_string()],
         }
+    }
+
+    /// A clustered consumer of `group` reading `topics`, starting at its committed offsets.
+    pub fn topics(group: impl Into<String>, topics: &[&str]) -> ConsumerConfig {
+        ConsumerConfig { topics: topics.iter().map(|topic| topic.to_string()).collect(), ..ConsumerConfig::new(group) }
     }
 }
 
@@ -102,6 +115,8 @@ pub struct Consumer {
     positions: BTreeMap<u32, u64>,
     /// Where the next poll starts among the partitions, so that none starves.
     next_first: usize,
+    /// What the shards deliver to this consumer.
+    subscription: Subscription,
 }
 
 impl Consumer {
@@ -111,8 +126,21 @@ impl Consumer {
             ConsumerMode::Broadcast { instance } => format!("{}/{instance}", config.group),
         };
         validate_group(&offsets_key)?;
+        let mut topics = Vec::new();
+        for topic in &config.topics {
+            validate_topic(topic)?;
+            if topic != TRADES_TOPIC && !topics.contains(topic) {
+                topics.push(topic.clone());
+            }
+        }
+        let subscription = Subscription {
+            trades: config.topics.iter().any(|topic| topic == TRADES_TOPIC),
+            topics: topics.into(),
+            group: offsets_key.as_str().into(),
+        };
         let member = (config.mode == ConsumerMode::Clustered).then(|| handle.inner.groups.join(&config.group));
-        Ok(Consumer { handle, config, offsets_key, member, generation: 0, positions: BTreeMap::new(), next_first: 0 })
+        let positions = BTreeMap::new();
+        Ok(Consumer { handle, config, offsets_key, member, generation: 0, positions, next_first: 0, subscription })
     }
 
     /// The partitions this consumer reads now, with the offset of the next event of each
@@ -158,7 +186,13 @@ impl Consumer {
     }
 
     async fn send_poll(&self, partition: u32, from: u64, max_events: usize, wait: Duration) -> Result<PendingPoll> {
-        let query = PollQuery { from, max_events, max_bytes: self.config.max_bytes_per_poll, wait };
+        let query = PollQuery {
+            from,
+            max_events,
+            max_bytes: self.config.max_bytes_per_poll,
+            wait,
+            subscription: self.subscription.clone(),
+        };
         let answer = self.handle.submit_to_shard(partition, PollEvents(query)).await?;
         Ok(Box::pin(answer))
     }
@@ -168,7 +202,12 @@ impl Consumer {
     /// they are committed only by [`commit`](Self::commit). A clustered member with no
     /// partition (more members than partitions) waits for its group to change, up to
     /// `timeout`, then polls what it owns then without waiting more.
+    /// A consumer of application topics is refused (`InputError::NotTradeEvents`): it polls
+    /// with [`poll_messages`](Self::poll_messages).
     pub async fn poll(&mut self, max_events: usize, timeout: Duration) -> Result<Vec<Event>> {
+        if !self.subscription.topics.is_empty() {
+            return Err(InputError::NotTradeEvents.into());
+        }
         let Polled { batches, moves } = self.poll_undelivered(max_events, timeout).await?;
         let mut delivered = Vec::with_capacity(batches.iter().map(EventBatch::len).sum());
         for batch in &batches {
@@ -177,6 +216,29 @@ impl Consumer {
         }
         self.move_positions(&moves);
         Ok(delivered)
+    }
+
+    /// [`poll`](Self::poll) for every topic subscribed: each event as a [`Message`] (trade
+    /// events as the topic `trades` carries them), in log order per partition. A message of
+    /// one key comes after every earlier message of that key, except a retry, which comes
+    /// where its release lies: after the messages published before it came due.
+    pub async fn poll_messages(&mut self, max_events: usize, timeout: Duration) -> Result<Vec<Message>> {
+        let Polled { batches, moves } = self.poll_undelivered(max_events, timeout).await?;
+        let mut delivered = Vec::with_capacity(batches.iter().map(EventBatch::len).sum());
+        for batch in &batches {
+            delivered.extend(batch.decode_messages()?);
+        }
+        self.move_positions(&moves);
+        Ok(delivered)
+    }
+
+    /// This consumer's group failed on `message`: it comes back to the group after the next
+    /// delay of the shards' retry policy, or goes to the group's dead letters after the last
+    /// (see `EngineHandle::nack`). The rest of the partition is not held back. Trade events
+    /// are not retried (`Refusal::NotDelivered`): seek back to read them again.
+    pub async fn nack(&self, message: &Message) -> Result<Published> {
+        let id = MessageId { partition: message.partition, offset: message.offset };
+        self.handle.nack(&self.offsets_key, id).await
     }
 
     /// [`poll`](Self::poll), delivering each partition's events as the log holds them: read
@@ -360,6 +422,8 @@ impl Consumer {
     }
 
     blocking!(poll_blocking = poll(&mut self, max_events: usize, timeout: Duration) -> Result<Vec<Event>>);
+    blocking!(poll_messages_blocking = poll_messages(&mut self, max_events: usize, timeout: Duration) -> Result<Vec<Message>>);
+    blocking!(nack_blocking = nack(&self, message: &Message) -> Result<Published>);
     blocking!(poll_raw_blocking = poll_raw(&mut self, max_events: usize, timeout: Duration) -> Result<Vec<EventBatch>>);
     blocking!(commit_blocking = commit(&mut self) -> Result<()>);
     blocking!(commit_offsets_blocking = commit_offsets(&mut self, offsets: &[(u32, u64)]) -> Result<()>);

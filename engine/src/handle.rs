@@ -40,6 +40,11 @@ pub(crate) struct HandleInner {
     /// The embedder's participants in activities, and how long a call to one may take.
     pub participants: crate::participants::Participants,
     pub participant_timeout: std::time::Duration,
+    /// The checkers of half messages, by topic, and when they are asked.
+    pub checkers: crate::checkers::MessageCheckers,
+    pub half_checks: crate::checkers::HalfChecks,
+    /// The next partition of a message with an empty key.
+    pub next_partition: std::sync::atomic::AtomicU32,
 }
 
 /// A cheap, cloneable handle to an open engine (`Clone + Send + Sync`).
@@ -361,6 +366,13 @@ mod tests {
             activity_timeout: Duration::from_secs(1),
             participants: Default::default(),
             participant_timeout: Duration::from_secs(1),
+            checkers: Default::default(),
+            half_checks: crate::checkers::HalfChecks {
+                delay: Duration::from_secs(1),
+                interval: Duration::from_secs(1),
+                max: 1,
+            },
+            next_partition: Default::default(),
         };
         (EngineHandle { inner: Arc::new(inner) }, inbox)
     }

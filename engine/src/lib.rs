@@ -26,6 +26,7 @@
 mod accounts;
 mod activities;
 mod blocking;
+mod checkers;
 mod consumer;
 mod error;
 mod executor;
@@ -33,6 +34,8 @@ mod groups;
 mod handle;
 mod inbox;
 mod manifest;
+mod message_ops;
+mod messages;
 mod ops;
 mod options;
 mod orders;
@@ -43,19 +46,23 @@ mod transfers;
 use glommio::ExecutorJoinHandle;
 use tradeshard_shard::TradeCache;
 
+pub use checkers::{CheckAnswer, CheckFuture, MessageChecker, MessageCheckers};
 pub use consumer::{Consumer, ConsumerConfig, ConsumerMode, StartPosition, POLL_EVENTS_MAX};
 pub use error::{Error, FullQueue, Result};
 pub use handle::{EngineHandle, EngineStats};
 pub use manifest::{Manifest, FORMAT_VERSION};
+pub use messages::{DeadLetter, HalfMessage, MessageId, OutgoingMessage, Producer, Published};
 pub use options::{cores, Backpressure, Durability, Options, SyncMethod, Upkeep};
 pub use participants::{BranchCall, Participant, ParticipantFuture, Participants};
 pub use routing::Routing;
 pub use tradeshard_shard::{
     AccountOp, AccountReceipt, ActivityEntry, ActivityState, Balance, BranchAction, BranchPlan, CacheStats,
-    CancelReason, CheckpointStats, CreatedFields, CreatedFieldsView, Currency, Decision, Event, EventBatch, InputError,
-    NewTrade, OpenReport, Receipt, RecordKind, Refusal, ShardStats, Trade, TradeId, TradeRecord, TradeRecordView,
-    TradeStatus, WalStats, AMOUNT_MAX, BALANCE_MAX, LOGICAL_SHARDS_MAX, MEMO_BYTES_MAX, ORDER_NO_BYTES_MAX,
-    REFUND_NO_BYTES_MAX, REQUEST_NO_BYTES_MAX,
+    CancelReason, CheckpointStats, CreatedFields, CreatedFieldsView, Currency, DeadEntry, Decision, Event, EventBatch,
+    HalfEntry, InputError, Message, MessageBody, MessageOutcome, MessagePolicy, MessageView, NewTrade, OpenReport,
+    Receipt, RecordKind, Refusal, RollbackReason, ShardStats, Trade, TradeId, TradeRecord, TradeRecordView,
+    TradeStatus, WalStats, AMOUNT_MAX, BALANCE_MAX, DELAY_MAX, HEADERS_MAX, HEADER_BYTES_MAX, KEY_BYTES_MAX,
+    LOGICAL_SHARDS_MAX, MEMO_BYTES_MAX, ORDER_NO_BYTES_MAX, PAYLOAD_BYTES_MAX, REFUND_NO_BYTES_MAX,
+    REQUEST_NO_BYTES_MAX, TOPIC_BYTES_MAX, TRADES_TOPIC,
 };
 pub use transfers::{ActivityOutcome, TransferReceipt};
 
@@ -139,6 +146,13 @@ impl Engine {
                 activity_timeout: options.activity_timeout,
                 participants: options.participants.clone(),
                 participant_timeout: options.participant_timeout,
+                checkers: options.checkers.clone(),
+                half_checks: checkers::HalfChecks {
+                    delay: options.half_check_delay,
+                    interval: options.half_check_interval,
+                    max: options.half_checks_max,
+                },
+                next_partition: Default::default(),
             }),
         };
         let mut engine = Engine { handle, executors: Vec::new(), data_dir, activities: None };

@@ -62,8 +62,17 @@ pub struct Options {
     /// The embedder's services that activities can name as branches
     /// (`EngineHandle::run_activity`), by id.
     pub participants: crate::participants::Participants,
-    /// How long a call to a participant may take before it counts as failed.
+    /// How long a call to a participant (or to a checker of half messages) may take before
+    /// it counts as failed.
     pub participant_timeout: Duration,
+    /// The embedder's checkers of half messages, by topic (`MessageChecker`).
+    pub checkers: crate::checkers::MessageCheckers,
+    /// A half message left unresolved is checked first this long after its prepare...
+    pub half_check_delay: Duration,
+    /// ... then at this interval...
+    pub half_check_interval: Duration,
+    /// ... at most this many times, then rolled back (RocketMQ's defaults: 6 s, 60 s, 15).
+    pub half_checks_max: u8,
 }
 
 impl Options {
@@ -87,6 +96,10 @@ impl Options {
             activity_recovery_interval: Duration::from_secs(1),
             participants: Default::default(),
             participant_timeout: Duration::from_secs(5),
+            checkers: Default::default(),
+            half_check_delay: Duration::from_secs(6),
+            half_check_interval: Duration::from_secs(60),
+            half_checks_max: 15,
         }
     }
 

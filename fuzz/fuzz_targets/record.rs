@@ -14,6 +14,7 @@ fuzz_target!(|bytes: &[u8]| {
         LogRecord::ClaimSettled(settled) => settled.encode(),
         LogRecord::Journal(journal) => journal.encode(),
         LogRecord::Tcc(tcc) => tcc.encode(),
+        LogRecord::Message(message) => message.encode(),
     };
     assert_eq!(LogRecord::decode(&encoded).expect("an encoded record decodes"), record);
 });

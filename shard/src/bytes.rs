@@ -40,6 +40,11 @@ impl<'a> Reader<'a> {
         Ok(u128::from_le_bytes(self.take(16)?.try_into().expect("16 bytes")))
     }
 
+    /// The bytes from `start` to where the cursor is.
+    pub(crate) fn slice(&self, start: usize) -> &'a [u8] {
+        &self.bytes[start..self.at]
+    }
+
     /// True when every byte was read.
     pub(crate) fn done(&self) -> bool {
         self.at == self.bytes.len()

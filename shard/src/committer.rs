@@ -15,6 +15,7 @@ use tradeshard_wal::{Appended, Ticket};
 
 use crate::error::TradeError;
 use crate::index::ShardIndex;
+use crate::message_write::ParkedMessage;
 use crate::record::TradeRecord;
 use crate::state::{Accepted, EffectKeys, Inner, Waiter};
 use crate::system_record::LogRecord;
@@ -45,8 +46,12 @@ pub(crate) async fn run<D: Disk>(inner: Rc<Inner<D>>) {
             Ok(appended) => {
                 // Transactions that waited for a step now durable are checked again, outside
                 // the borrows of the application.
-                for (steps, reply) in apply_durable(&inner, appended) {
+                let (parked, messages) = apply_durable(&inner, appended);
+                for (steps, reply) in parked {
                     crate::tcc_write::transact_on(&inner, steps, reply);
+                }
+                for (command, reply) in messages {
+                    crate::message_write::message_on(&inner, command, reply);
                 }
             }
             Err(error) => {
@@ -58,10 +63,11 @@ pub(crate) async fn run<D: Disk>(inner: Rc<Inner<D>>) {
 }
 
 /// Applies every write the log now holds durably (the front one is `front`). Answers only
-/// wake their askers, so they are sent under the borrows. Returns the local transactions that
-/// waited for one of these writes.
-fn apply_durable<D: Disk>(inner: &Inner<D>, front: Appended) -> Vec<Parked> {
+/// wake their askers, so they are sent under the borrows. Returns the local transactions and
+/// the message writes that waited for one of these writes.
+fn apply_durable<D: Disk>(inner: &Inner<D>, front: Appended) -> (Vec<Parked>, Vec<ParkedMessage>) {
     let mut parked = Vec::new();
+    let mut messages = Vec::new();
     let durable_end = inner.wal.durable_end();
     let mut accepted = inner.accepted.borrow_mut();
     let mut index = inner.index.borrow_mut();
@@ -118,10 +124,23 @@ fn apply_durable<D: Disk>(inner: &Inner<D>, front: Appended) -> Vec<Parked> {
                 parked.extend(tcc.retire(appended.seq, &record, accounts));
                 reply.send(Ok(answers));
             }
+            (LogRecord::Message(record), Waiter::Message(reply)) => {
+                let receipt = index
+                    .apply_message(appended.seq, &record)
+                    .expect("a message write checked against the accepted view applies");
+                messages.extend(accepted.messages.retire(appended.seq));
+                if record.due_ms.is_some() || record.op == crate::message::MessageOp::Nack {
+                    // Something new is scheduled: the scheduler may have to wake sooner.
+                    if let Some(scheduler) = accepted.scheduler.take() {
+                        scheduler.wake();
+                    }
+                }
+                reply.send(Ok(receipt));
+            }
             _ => unreachable!("a record and its waiter are of one family"),
         }
     }
-    parked
+    (parked, messages)
 }
 
 /// Applies a durable trade record to the index, retires its in-flight state, and caches a
@@ -182,6 +201,7 @@ fn fail_all<D: Disk>(inner: &Inner<D>, error: TradeError) {
     accepted.settling.clear();
     accepted.accounts.fail(&error);
     accepted.tcc.fail(&error);
+    accepted.messages.fail(&error);
     for effect in std::mem::take(&mut accepted.effects) {
         effect.waiter.fail(error.clone());
     }

@@ -85,6 +85,30 @@ pub enum InputError {
     /// A consumer group name is empty, too long, or not printable ASCII.
     #[error("consumer group name of {len} bytes must be 1..=64 printable ASCII bytes")]
     BadGroup { len: usize },
+    /// A topic name is empty, too long, or not printable ASCII.
+    #[error("topic name of {len} bytes must be 1..=64 printable ASCII bytes")]
+    BadTopic { len: usize },
+    /// Messages cannot be published to the topic of trade events.
+    #[error("the topic 'trades' holds trade events only")]
+    ReservedTopic,
+    /// A message key longer than allowed.
+    #[error("message key of {len} bytes is above the limit of {max}")]
+    KeyTooLong { len: usize, max: usize },
+    /// A message payload larger than allowed.
+    #[error("message payload of {len} bytes is above the limit of {max}")]
+    PayloadTooLarge { len: usize, max: usize },
+    /// Too many headers, too many header bytes, or a header with an empty name.
+    #[error("{count} headers of {bytes} bytes: at most 16 of non-empty names and 4096 bytes")]
+    BadHeaders { count: usize, bytes: usize },
+    /// A delayed publish due further ahead than allowed.
+    #[error("a message may be delayed at most {max_ms} ms")]
+    DelayTooLong { max_ms: u64 },
+    /// A message id naming a partition the engine does not have.
+    #[error("partition {partition} is not one of the {partitions} partitions")]
+    BadPartition { partition: u32, partitions: u32 },
+    /// A consumer subscribed to application topics polled for trade events only.
+    #[error("this consumer subscribes to application topics: poll it with poll_messages")]
+    NotTradeEvents,
 }
 
 /// A well-formed request that the current state does not allow; nothing was written.
@@ -140,6 +164,23 @@ pub enum Refusal {
     /// The transfer's activity was cancelled, and nothing moved.
     #[error("transfer cancelled ({reason:?}); activity {activity:#x}")]
     TransferCancelled { activity: u128, reason: CancelReason },
+    /// A producer's sequence number older than the window the shard remembers: it was stored
+    /// (a repeat), and its offset is no longer known.
+    #[error("producer {producer:#x} sequence {sequence} is an old duplicate")]
+    StaleSequence { producer: u64, sequence: u64 },
+    /// No half message, scheduled message or dead letter is at this offset (or its answer
+    /// is older than the answers kept).
+    #[error("no message to act on at offset {offset}")]
+    UnknownMessage { offset: u64 },
+    /// A half message (or dead letter) that was resolved the other way.
+    #[error("the message at offset {offset} was {outcome}")]
+    HalfResolved { offset: u64, outcome: &'static str },
+    /// A nack of an offset that holds no message delivered to the group.
+    #[error("offset {offset} holds no message delivered to group '{group}'")]
+    NotDelivered { offset: u64, group: String },
+    /// The shard holds the most message bodies (half, scheduled, dead) its policy allows.
+    #[error("the shard holds {held} bytes of half, scheduled and dead messages; the most is {max}")]
+    MessagesFull { held: usize, max: usize },
     /// The shard issued every id its counter can hold.
     #[error("trade id counter exhausted")]
     CounterExhausted,

@@ -1,5 +1,8 @@
-//! The shard's log read as a stream of settlement events: each trade record is an event whose
-//! offset is its sequence number; system records (offset commits) are skipped.
+//! The shard's log read as a stream of events: each trade record (topic `trades`) and each
+//! delivered application message (`message.rs`) is an event whose offset is its sequence
+//! number; a poll returns those of the topics it subscribes to (and, of messages meant for one
+//! group, those of its group), and skips the rest: system records, half messages, scheduled
+//! ones, other topics.
 //!
 //! A poll returns durable events only, in log order, at most `max_events` and about
 //! `max_bytes` of records (always at least one event when one is there), and waits up to
@@ -11,6 +14,7 @@
 //! with [`EventBatch::decode`] into [`Event`]s). The shard's executor only copies bytes, and a consumer that
 //! needs a few fields, or forwards the bytes, allocates nothing per event.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
@@ -18,6 +22,7 @@ use tradeshard_wal::disk::Disk;
 use tradeshard_wal::Wal;
 
 use crate::error::{Refusal, TradeError};
+use crate::message::{MessageBody, MessageView, KIND_MESSAGE, TRADES_TOPIC};
 use crate::record::{TradeRecord, TradeRecordView};
 use crate::system_record::LogRecord;
 
@@ -26,8 +31,34 @@ pub const POLL_EVENTS_MAX: usize = 65_536;
 /// Largest number of record bytes one poll may ask for.
 pub const POLL_BYTES_MAX: usize = 64 << 20;
 
+/// The topics a poll reads, and the group it reads for (retries and replays are delivered to
+/// their group alone).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Subscription {
+    /// Trade events (the topic `trades`).
+    pub trades: bool,
+    /// Application topics.
+    pub topics: Arc<[String]>,
+    /// The group's offsets key.
+    pub group: Arc<str>,
+}
+
+impl Subscription {
+    /// Trade events only.
+    pub fn trades() -> Subscription {
+        Subscription { trades: true, topics: Arc::new([]), group: Arc::from("") }
+    }
+
+    /// Whether a message record is delivered to this subscription.
+    fn takes(&self, message: &MessageView<'_>) -> bool {
+        message.is_delivered()
+            && (message.group.is_empty() || message.group == &*self.group)
+            && self.topics.iter().any(|topic| topic == message.topic)
+    }
+}
+
 /// What to read.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PollQuery {
     /// Offset of the first event wanted.
     pub from: u64,
@@ -35,6 +66,7 @@ pub struct PollQuery {
     pub max_bytes: usize,
     /// How long to wait for a first event when there is none yet.
     pub wait: Duration,
+    pub subscription: Subscription,
 }
 
 /// One settlement event, decoded and owned: a trade record at its offset in its partition.
@@ -51,6 +83,25 @@ struct RawEvent {
     offset: u64,
     start: u32,
     len: u32,
+    /// An application message (not a trade event).
+    message: bool,
+}
+
+/// One event decoded and owned as a message: an application message, or a trade event as the
+/// topic `trades` carries it (key: the user id, 8 bytes little-endian; payload: the trade
+/// record's bytes, `docs/FORMAT.md`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Message {
+    pub topic: String,
+    pub partition: u32,
+    pub offset: u64,
+    pub key: Vec<u8>,
+    pub headers: Vec<(String, Vec<u8>)>,
+    pub payload: Vec<u8>,
+    /// Milliseconds since the Unix epoch when the record delivering it was written.
+    pub at_ms: u64,
+    /// 0 for a first delivery; `n` for the `n`th retry to this group.
+    pub attempt: u8,
 }
 
 /// The events one poll read from one partition, undecoded: each event's offset and record
@@ -82,13 +133,54 @@ impl EventBatch {
         self.events.iter().map(|e| (e.offset, &self.bytes[e.start as usize..(e.start + e.len) as usize]))
     }
 
-    /// Each event decoded in place (checked as [`TradeRecord::decode`] checks), in log order.
-    pub fn views(&self) -> impl ExactSizeIterator<Item = Result<(u64, TradeRecordView<'_>), TradeError>> {
-        self.records().map(|(offset, bytes)| {
+    /// True when the batch holds application messages (not only trade events).
+    pub fn has_messages(&self) -> bool {
+        self.events.iter().any(|e| e.message)
+    }
+
+    /// Each trade event decoded in place (checked as [`TradeRecord::decode`] checks), in log
+    /// order; application messages are left out ([`messages`](Self::messages) reads them).
+    pub fn views(&self) -> impl Iterator<Item = Result<(u64, TradeRecordView<'_>), TradeError>> {
+        self.events.iter().filter(|e| !e.message).map(|e| {
+            let bytes = &self.bytes[e.start as usize..(e.start + e.len) as usize];
             TradeRecordView::decode(bytes)
-                .map(|view| (offset, view))
-                .map_err(|reason| TradeError::BadRecord { seq: offset, reason })
+                .map(|view| (e.offset, view))
+                .map_err(|reason| TradeError::BadRecord { seq: e.offset, reason })
         })
+    }
+
+    /// Each application message read in place, in log order; trade events are left out.
+    pub fn messages(&self) -> impl Iterator<Item = Result<(u64, MessageView<'_>), TradeError>> {
+        self.events.iter().filter(|e| e.message).map(|e| {
+            let bytes = &self.bytes[e.start as usize..(e.start + e.len) as usize];
+            MessageView::decode(bytes)
+                .map(|view| (e.offset, view))
+                .map_err(|reason| TradeError::BadRecord { seq: e.offset, reason })
+        })
+    }
+
+    /// Every event owned as a [`Message`], trade events as the topic `trades` carries them;
+    /// the first record that does not decode fails the whole batch.
+    pub fn decode_messages(&self) -> Result<Vec<Message>, TradeError> {
+        let mut messages = Vec::with_capacity(self.len());
+        for e in &self.events {
+            let bytes = &self.bytes[e.start as usize..(e.start + e.len) as usize];
+            let bad = |reason| TradeError::BadRecord { seq: e.offset, reason };
+            let (partition, offset) = (self.partition, e.offset);
+            messages.push(if e.message {
+                let view = MessageView::decode(bytes).map_err(bad)?;
+                let body = view.body().ok_or_else(|| bad("a delivered message without its message"))?;
+                let (at_ms, attempt) = (view.at_ms, view.attempt);
+                let MessageBody { topic, key, headers, payload } = body;
+                Message { topic, partition, offset, key, headers, payload, at_ms, attempt }
+            } else {
+                let view = TradeRecordView::decode(bytes).map_err(bad)?;
+                let (key, payload) = (view.user_id.to_le_bytes().to_vec(), bytes.to_vec());
+                let (topic, headers) = (TRADES_TOPIC.to_string(), Vec::new());
+                Message { topic, partition, offset, key, headers, payload, at_ms: view.at_ms, attempt: 0 }
+            });
+        }
+        Ok(messages)
     }
 
     /// Keeps the first `count` events; the next poll then starts at the first one dropped.
@@ -99,7 +191,7 @@ impl EventBatch {
         }
     }
 
-    /// The owned events; the first record that does not decode fails the whole batch.
+    /// The owned trade events; the first record that does not decode fails the whole batch.
     pub fn decode(&self) -> Result<Vec<Event>, TradeError> {
         let mut events = Vec::with_capacity(self.len());
         for view in self.views() {
@@ -130,14 +222,23 @@ pub(crate) async fn poll<D: Disk>(partition: u32, wal: &Wal<D>, query: PollQuery
         let Some((offset, record)) = reader.next().await? else { break };
         bytes += record.len();
         batch.next_offset = offset + 1;
-        if LogRecord::is_system(record) {
-            // Not an event; checked all the same, so a bad one is reported where it lies.
-            LogRecord::decode(record).map_err(|reason| TradeError::BadRecord { seq: offset, reason })?;
+        let bad = |reason| TradeError::BadRecord { seq: offset, reason };
+        let message = record.get(1) == Some(&KIND_MESSAGE);
+        let taken = match message {
+            true => query.subscription.takes(&MessageView::decode(record).map_err(bad)?),
+            false if LogRecord::is_system(record) => {
+                // Not an event; checked all the same, so a bad one is reported where it lies.
+                LogRecord::decode(record).map_err(bad)?;
+                false
+            }
+            false => query.subscription.trades,
+        };
+        if !taken {
             continue;
         }
         let start = batch.bytes.len() as u32;
         batch.bytes.extend_from_slice(record);
-        batch.events.push(RawEvent { offset, start, len: record.len() as u32 });
+        batch.events.push(RawEvent { offset, start, len: record.len() as u32, message });
     }
     batch.end_offset = batch.end_offset.max(wal.durable_end());
     Ok(batch)
@@ -170,7 +271,7 @@ mod tests {
         for (offset, bytes) in records {
             let start = batch.bytes.len() as u32;
             batch.bytes.extend_from_slice(bytes);
-            batch.events.push(RawEvent { offset: *offset, start, len: bytes.len() as u32 });
+            batch.events.push(RawEvent { offset: *offset, start, len: bytes.len() as u32, message: false });
         }
         batch
     }

@@ -30,6 +30,9 @@ mod journal;
 mod key_runs;
 mod keys;
 mod lifecycle;
+mod message;
+mod message_book;
+mod message_write;
 mod partitioned;
 mod parts;
 mod read;
@@ -37,6 +40,7 @@ mod record;
 pub mod reply;
 mod retention;
 mod runs;
+mod scheduler;
 mod shard;
 mod state;
 mod system_record;
@@ -61,7 +65,7 @@ pub use command::Command;
 pub use config::{DiskShard, ShardConfig};
 pub use currency::Currency;
 pub use error::{InputError, LogError, Refusal, TradeError};
-pub use events::{Event, EventBatch, PollQuery, POLL_BYTES_MAX, POLL_EVENTS_MAX};
+pub use events::{Event, EventBatch, Message, PollQuery, Subscription, POLL_BYTES_MAX, POLL_EVENTS_MAX};
 pub use index::order_key;
 /// The codec of every record of a shard's log, for fuzzing and tests (`testing` feature).
 #[cfg(any(test, feature = "testing"))]
@@ -69,6 +73,15 @@ pub use journal::JournalRecord;
 pub use journal::{AccountOp, REQUEST_NO_BYTES_MAX};
 pub use keys::account_request_key;
 pub use lifecycle::Move;
+pub use message::{
+    validate_topic, MessageBody, MessageOp, MessageRecord, MessageView, RollbackReason, HEADERS_MAX, HEADER_BYTES_MAX,
+    KEY_BYTES_MAX, PAYLOAD_BYTES_MAX, TOPIC_BYTES_MAX, TRADES_TOPIC,
+};
+pub use message_book::{
+    DeadEntry, HalfEntry, MessageBook, MessageOutcome, MessagePolicy, MessageReceipt, ScheduledEntry, ANSWERS_KEPT,
+    PRODUCERS_MAX, PRODUCER_WINDOW, RETRIES_MAX,
+};
+pub use message_write::{MessageCommand, DELAY_MAX};
 pub use read::ListQuery;
 pub use record::{CreatedFields, CreatedFieldsView, RecordKind, TradeRecord, TradeRecordView};
 pub use reply::{Reply, ReplyFuture};

@@ -36,6 +36,8 @@ pub struct Upkeep {
     /// oldest trades leave memory for the table on disk (`trade_table/`). The trades changed
     /// since the last checkpoint stay on top of it.
     pub trade_memory_bytes: u64,
+    /// How application messages are retried, and how many bytes of them the shard holds.
+    pub messages: crate::message_book::MessagePolicy,
 }
 
 /// Bytes of a trade's entry in memory (asserted in `index.rs`).
@@ -71,6 +73,7 @@ impl Default for Upkeep {
             retention_bytes: None,
             group_idle_expiry: Some(WEEK),
             trade_memory_bytes: 512 << 20,
+            messages: crate::message_book::MessagePolicy::default(),
         }
     }
 }

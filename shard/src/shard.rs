@@ -80,6 +80,7 @@ pub struct Shard<D: Disk> {
     pub(crate) inner: Rc<Inner<D>>,
     committer: Option<glommio::task::JoinHandle<()>>,
     checkpointer: Option<glommio::task::JoinHandle<()>>,
+    scheduler: Option<glommio::task::JoinHandle<()>>,
 }
 
 /// A shard whose log was verified and replayed into its indexes, not yet started: nothing on
@@ -145,7 +146,8 @@ impl<D: Disk> RecoveredShard<D> {
         });
         let committer = glommio::spawn_local(crate::committer::run(inner.clone())).detach();
         let checkpointer = glommio::spawn_local(crate::checkpointer::run(inner.clone())).detach();
-        Ok(Shard { inner, committer: Some(committer), checkpointer: Some(checkpointer) })
+        let scheduler = glommio::spawn_local(crate::scheduler::run(inner.clone())).detach();
+        Ok(Shard { inner, committer: Some(committer), checkpointer: Some(checkpointer), scheduler: Some(scheduler) })
     }
 }
 
@@ -218,6 +220,7 @@ impl<D: Disk> Shard<D> {
                 LogRecord::ClaimSettled(settled) => index.apply_claim_settled(&settled),
                 LogRecord::Journal(record) => index.accounts_mut().apply(&record).map(drop),
                 LogRecord::Tcc(record) => index.apply_tcc(&record).map(drop),
+                LogRecord::Message(record) => index.apply_message(at.seq, &record).map(drop),
             });
             if let Err(reason) = applied {
                 replay_error = Some(TradeError::BadRecord { seq: at.seq, reason });
@@ -363,6 +366,12 @@ impl<D: Disk> Shard<D> {
             let mut accepted = self.inner.accepted.borrow_mut();
             accepted.closing = true;
             accepted.wake();
+            if let Some(scheduler) = accepted.scheduler.take() {
+                scheduler.wake();
+            }
+        }
+        if let Some(scheduler) = self.scheduler.take() {
+            scheduler.await;
         }
         if let Some(committer) = self.committer.take() {
             committer.await;
@@ -394,6 +403,9 @@ impl<D: Disk> Drop for Shard<D> {
         let mut accepted = self.inner.accepted.borrow_mut();
         accepted.closing = true;
         accepted.wake();
+        if let Some(scheduler) = accepted.scheduler.take() {
+            scheduler.wake();
+        }
     }
 }
 

@@ -25,6 +25,8 @@ use crate::id_hash::{IdHasher, IdMap};
 use crate::index::ShardIndex;
 use crate::key_runs::{KeyRuns, RunRead};
 use crate::lifecycle::Lifecycle;
+use crate::message_book::MessageReceipt;
+use crate::message_write::InFlightMessages;
 use crate::reply::Reply;
 use crate::system_record::{ClaimOutcome, LogRecord};
 use crate::tcc_book::StepAnswer;
@@ -57,6 +59,8 @@ pub(crate) enum Waiter {
     Account(ShardReply<AccountReceipt>),
     /// A local transaction of flexible-transaction steps.
     Tcc(ShardReply<Vec<StepAnswer>>),
+    /// A message write.
+    Message(ShardReply<MessageReceipt>),
 }
 
 impl Waiter {
@@ -68,6 +72,7 @@ impl Waiter {
             Waiter::Settled(reply) => reply.send(Err(error)),
             Waiter::Account(reply) => reply.send(Err(error)),
             Waiter::Tcc(reply) => reply.send(Err(error)),
+            Waiter::Message(reply) => reply.send(Err(error)),
         }
     }
 }
@@ -142,6 +147,10 @@ pub(crate) struct Accepted {
     pub accounts: InFlightAccounts,
     /// Local transactions in flight (`tcc_write.rs`).
     pub tcc: InFlightTcc,
+    /// Message writes in flight (`message_write.rs`).
+    pub messages: InFlightMessages,
+    /// The shard's scheduler, waiting for the next message due (`message_write.rs`).
+    pub scheduler: Option<Waker>,
     pub next_counter: u64,
     pub committer: Option<Waker>,
     pub failed: Option<TradeError>,

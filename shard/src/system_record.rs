@@ -6,6 +6,7 @@
 use serde::{Deserialize, Serialize};
 
 use crate::journal::{JournalRecord, KIND_JOURNAL};
+use crate::message::{MessageRecord, MessageView, KIND_MESSAGE};
 use crate::record::{TradeRecord, RECORD_VERSION};
 use crate::tcc::{TccRecord, KIND_TCC};
 use crate::trade::TradeId;
@@ -175,6 +176,7 @@ pub enum LogRecord {
     ClaimSettled(ClaimSettled),
     Journal(JournalRecord),
     Tcc(TccRecord),
+    Message(MessageRecord),
 }
 
 impl LogRecord {
@@ -196,6 +198,7 @@ impl LogRecord {
             }
             Some(&KIND_JOURNAL) if bytes[0] == RECORD_VERSION => JournalRecord::decode(bytes).map(LogRecord::Journal),
             Some(&KIND_TCC) if bytes[0] == RECORD_VERSION => TccRecord::decode(bytes).map(LogRecord::Tcc),
+            Some(&KIND_MESSAGE) => MessageView::decode(bytes).map(|view| LogRecord::Message(view.to_record())),
             Some(kind) if *kind >= SYSTEM_KIND_MIN => Err("unknown system record kind"),
             _ => TradeRecord::decode(bytes).map(LogRecord::Trade),
         }

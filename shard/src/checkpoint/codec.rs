@@ -26,7 +26,7 @@ const PAGE_MAGIC: u32 = u32::from_le_bytes(*b"TSCK");
 /// (2: the header records the table of trades' highest counter; the trades are in the table.
 /// 3: the order keys and confirmed claims are in runs on disk, which the checkpoint lists.
 /// 4: accounts and account request numbers.)
-pub(crate) const CHECKPOINT_VERSION: u16 = 4;
+pub(crate) const CHECKPOINT_VERSION: u16 = 5;
 /// The name a checkpoint is written under before it is complete.
 pub(crate) const TEMP_NAME: &str = "checkpoint.tmp";
 /// Longest run of a user's trades in one entry.
@@ -41,7 +41,7 @@ const KIND_CLAIM: u8 = 5;
 const KIND_GROUP: u8 = 6;
 const KIND_END: u8 = 7;
 /// Kinds of entry the end marker counts.
-const COUNTED_KINDS: usize = 11;
+const COUNTED_KINDS: usize = 12;
 
 /// The file name of the checkpoint at `position`.
 pub(crate) fn file_name(position: u64) -> String {
@@ -118,6 +118,7 @@ pub(crate) struct Counts {
     pub branches: u64,
     pub activities: u64,
     pub in_transit: u64,
+    pub messages: u64,
 }
 
 impl Counts {
@@ -134,13 +135,27 @@ impl Counts {
             Item::Tcc(TccItem::Branch(..)) => self.branches += 1,
             Item::Tcc(TccItem::Activity(..)) => self.activities += 1,
             Item::Tcc(TccItem::InTransit(..)) => self.in_transit += 1,
+            Item::Message(..) => self.messages += 1,
         }
     }
 
     fn fields(&self) -> [u64; COUNTED_KINDS] {
         let Counts { trades, runs, users, refunds, claims, groups, accounts, account_requests, .. } = *self;
-        let Counts { branches, activities, in_transit, .. } = *self;
-        [trades, runs, users, refunds, claims, groups, accounts, account_requests, branches, activities, in_transit]
+        let Counts { branches, activities, in_transit, messages, .. } = *self;
+        [
+            trades,
+            runs,
+            users,
+            refunds,
+            claims,
+            groups,
+            accounts,
+            account_requests,
+            branches,
+            activities,
+            in_transit,
+            messages,
+        ]
     }
 }
 
@@ -277,6 +292,7 @@ fn encode_item(item: &Item, out: &mut Vec<u8>) {
             u64s(out, &[offset.offset, offset.at_ms]);
         }
         Item::Account(_) | Item::Tcc(_) => super::money::encode(item, out),
+        Item::Message(_) => super::messages::encode(item, out),
     }
 }
 
@@ -372,6 +388,9 @@ pub(crate) fn decode_items(payload: &[u8]) -> Result<PageItems, &'static str> {
             kind @ super::money::KIND_ACCOUNT..=super::money::KIND_IN_TRANSIT => {
                 super::money::decode(kind, &mut reader)?
             }
+            kind @ super::messages::KIND_PRODUCER..=super::messages::KIND_ANSWER => {
+                super::messages::decode(kind, &mut reader)?
+            }
             KIND_END => {
                 let mut counts = [0u64; COUNTED_KINDS];
                 for count in &mut counts {
@@ -380,7 +399,7 @@ pub(crate) fn decode_items(payload: &[u8]) -> Result<PageItems, &'static str> {
                 if !reader.done() {
                     return Err("checkpoint end marker is not the last entry");
                 }
-                let [trades, runs, users, refunds, claims, groups, accounts, account_requests, branches, activities, in_transit] =
+                let [trades, runs, users, refunds, claims, groups, accounts, account_requests, branches, activities, in_transit, messages] =
                     counts;
                 let end = Counts {
                     trades,
@@ -394,6 +413,7 @@ pub(crate) fn decode_items(payload: &[u8]) -> Result<PageItems, &'static str> {
                     branches,
                     activities,
                     in_transit,
+                    messages,
                 };
                 return Ok(PageItems { items, end: Some(end) });
             }

@@ -13,6 +13,7 @@
 //! offset of the page that holds it. The layout is in `docs/FORMAT.md`.
 
 mod codec;
+mod messages;
 mod money;
 #[cfg(any(test, feature = "testing"))]
 mod sample;

@@ -7,6 +7,10 @@ use crate::currency::Currency;
 use crate::index::{ClaimEntry, CreatedAt, GroupOffset, Item, RefundEntry, RunStore, Scalars, StoredPart, TradeEntry};
 use crate::journal::AccountOp;
 use crate::lifecycle::Lifecycle;
+use crate::message::{MessageBody, RollbackReason};
+use crate::message_book::{
+    AnswerKey, DeadEntry, HalfEntry, MessageItem, MessageOutcome, MessageReceipt, ScheduledEntry,
+};
 use crate::tcc::{BranchAction, BranchPlan, CancelReason, Decision};
 use crate::tcc_book::{ActivityEntry, ActivityState, BranchEntry, BranchState, TccItem};
 use crate::trade::{TradeId, TradeStatus};
@@ -66,6 +70,35 @@ pub(super) fn sample_items() -> Vec<Item> {
             },
         )),
     ]
+    .into_iter()
+    .chain(sample_messages())
+    .collect()
+}
+
+fn sample_messages() -> Vec<Item> {
+    let body = MessageBody {
+        topic: "orders".into(),
+        key: b"k".to_vec(),
+        headers: vec![("h".into(), b"v".to_vec())],
+        payload: b"payload".to_vec(),
+    };
+    let answer = |offset, outcome| MessageReceipt { offset, outcome, replayed: false };
+    let items = vec![
+        MessageItem::Producer { id: 77, last_ms: 5, entries: vec![(1, 20), (2, 21)] },
+        MessageItem::Half(22, HalfEntry { body: body.clone(), prepared_ms: 6, checks: 2, checked_ms: 9 }),
+        MessageItem::Scheduled(
+            23,
+            ScheduledEntry { body: body.clone(), due_ms: 50, group: "billing".into(), attempt: 3 },
+        ),
+        MessageItem::Dead(24, DeadEntry { body, group: "billing".into(), attempts: 17, at_ms: 8, origin: 19 }),
+        MessageItem::Answer(AnswerKey::Half(18), answer(25, MessageOutcome::RolledBack(RollbackReason::Checker))),
+        MessageItem::Answer(
+            AnswerKey::Nack { group: 5, offset: 19 },
+            answer(24, MessageOutcome::Retrying { attempt: 1, due_ms: 40 }),
+        ),
+        MessageItem::Answer(AnswerKey::Dead(12), answer(26, MessageOutcome::Dropped)),
+    ];
+    items.into_iter().map(Item::Message).collect()
 }
 
 pub(super) fn encode_sample(items: &[Item]) -> Vec<u8> {

@@ -16,6 +16,7 @@ pub(crate) enum Item {
     Group(String, GroupOffset),
     Account(AccountItem),
     Tcc(TccItem),
+    Message(MessageItem),
 }
 
 /// The numbers of an index beside its maps.
@@ -40,7 +41,8 @@ impl ShardIndex {
         let groups = self.offsets.iter().map(|(group, offset)| Item::Group(group.clone(), *offset));
         let accounts = self.accounts.items().map(Item::Account);
         let tcc = self.tcc.items().map(Item::Tcc);
-        trades.chain(refunds).chain(claims).chain(groups).chain(accounts).chain(tcc)
+        let messages = self.messages.items().map(Item::Message);
+        trades.chain(refunds).chain(claims).chain(groups).chain(accounts).chain(tcc).chain(messages)
     }
 
     pub(crate) fn scalars(&self) -> Scalars {
@@ -100,6 +102,7 @@ impl ShardIndex {
             }
             Item::Account(item) => self.accounts.restore(item)?,
             Item::Tcc(item) => self.tcc.restore(item)?,
+            Item::Message(item) => self.messages.restore(item)?,
         }
         Ok(())
     }

@@ -27,6 +27,8 @@ pub(crate) use crate::entries::RunStore;
 pub use crate::entries::{ClaimEntry, CreatedAt, GroupOffset, RefundEntry, StoredPart, TradeEntry};
 pub use crate::keys::{body_hash, order_key, refund_key};
 use crate::lifecycle::{next_state, Action, Lifecycle};
+use crate::message::MessageRecord;
+use crate::message_book::{MessageBook, MessageItem, MessageReceipt};
 use crate::partitioned::PartitionedMap;
 use crate::record::{RecordKind, TradeRecord};
 use crate::system_record::{ClaimOutcome, ClaimSettled, OffsetCommit, OrderClaim};
@@ -62,6 +64,8 @@ pub struct ShardIndex {
     accounts: AccountBook,
     /// The branches and activities of flexible transactions (`tcc_book.rs`).
     tcc: TccBook,
+    /// Half messages, scheduled messages, dead letters, producers (`message_book.rs`).
+    messages: MessageBook,
     /// The offset after the last durable trade event (system records after it are no events).
     events_end: u64,
     /// The record after the last one applied: the index holds the effect of every record
@@ -128,6 +132,20 @@ impl ShardIndex {
     /// The accounts, to apply a durable journal record to.
     pub(crate) fn accounts_mut(&mut self) -> &mut AccountBook {
         &mut self.accounts
+    }
+
+    /// The durable message state.
+    pub(crate) fn messages(&self) -> &MessageBook {
+        &self.messages
+    }
+
+    /// Applies a durable message record at `seq`; a delivered one moves the end of events.
+    pub(crate) fn apply_message(&mut self, seq: u64, record: &MessageRecord) -> Result<MessageReceipt, &'static str> {
+        let receipt = self.messages.apply(seq, record)?;
+        if record.is_delivered() {
+            self.events_end = self.events_end.max(seq + 1);
+        }
+        Ok(receipt)
     }
 
     /// The branches, activities and money in transit.

@@ -1,0 +1,135 @@
+//! The check-back of half messages: the embedder registers a checker per topic
+//! (`Options::checkers`), and the engine asks it about every half message left unresolved,
+//! first `Options::half_check_delay` after the prepare, then every
+//! `Options::half_check_interval`, up to `Options::half_checks_max` checks, after which the
+//! half message is rolled back (`RollbackReason::ChecksExhausted`). A check that answers
+//! commit or roll back resolves the half message as its producer would have; one that does
+//! not know, fails, or takes longer than `Options::participant_timeout` counts as a check made
+//! (recorded durably, so a restart neither forgets nor repeats the count). A topic with no
+//! checker counts every check as unanswered.
+//!
+//! The checks run on the engine's recovery thread (`activities.rs`), at its interval, and only
+//! send requests through a handle.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tradeshard_shard::RollbackReason;
+
+use crate::error::{Error, Result};
+use crate::handle::EngineHandle;
+use crate::messages::HalfMessage;
+use crate::ops;
+use crate::transfers::now_ms;
+
+/// What a checker says of a half message.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CheckAnswer {
+    /// The producer's transaction committed: deliver the message.
+    Commit,
+    /// It rolled back: never deliver the message.
+    Rollback,
+    /// Not known yet: ask again later.
+    Unknown,
+}
+
+/// What a checker's call returns.
+pub type CheckFuture<'a> = Pin<Box<dyn Future<Output = CheckAnswer> + Send + 'a>>;
+
+/// The embedder's answer to "is this half message valid?", for one topic.
+pub trait MessageChecker: Send + Sync + 'static {
+    fn check(&self, message: &HalfMessage) -> CheckFuture<'_>;
+}
+
+/// The checkers an engine asks, by topic.
+#[derive(Clone, Default)]
+pub struct MessageCheckers {
+    by_topic: Arc<BTreeMap<String, Arc<dyn MessageChecker>>>,
+}
+
+impl MessageCheckers {
+    /// These checkers and `checker` for `topic` (replacing one registered for it).
+    pub fn with(self, topic: impl Into<String>, checker: impl MessageChecker) -> MessageCheckers {
+        let mut by_topic = (*self.by_topic).clone();
+        by_topic.insert(topic.into(), Arc::new(checker));
+        MessageCheckers { by_topic: Arc::new(by_topic) }
+    }
+
+    fn get(&self, topic: &str) -> Option<&Arc<dyn MessageChecker>> {
+        self.by_topic.get(topic)
+    }
+}
+
+impl fmt::Debug for MessageCheckers {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_set().entries(self.by_topic.keys()).finish()
+    }
+}
+
+/// When half messages are checked, and how often at most.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct HalfChecks {
+    pub delay: Duration,
+    pub interval: Duration,
+    pub max: u8,
+}
+
+impl HalfChecks {
+    /// Whether `half` is due for a check at `now`.
+    fn due(&self, half: &HalfMessage, now: u64) -> bool {
+        let entry = &half.entry;
+        let since = match entry.checks {
+            0 => entry.prepared_ms + self.delay.as_millis() as u64,
+            _ => entry.checked_ms + self.interval.as_millis() as u64,
+        };
+        now >= since
+    }
+}
+
+/// Checks every half message due; one that fails does not hold up the others. Returns how
+/// many were resolved; `Closed` once the engine closes.
+pub(crate) async fn check_once(handle: &EngineHandle) -> Result<usize> {
+    let policy = handle.inner.half_checks;
+    let mut resolved = 0;
+    for half in handle.half_messages().await? {
+        if !policy.due(&half, now_ms()) {
+            continue;
+        }
+        let answer = match handle.inner.checkers.get(&half.entry.body.topic) {
+            Some(checker) => ask(handle, checker.as_ref(), &half).await?,
+            None => CheckAnswer::Unknown,
+        };
+        let checks = half.entry.checks.saturating_add(1);
+        let resolving = answer != CheckAnswer::Unknown || checks >= policy.max;
+        let written = match answer {
+            CheckAnswer::Commit => handle.resolve_checked(half.id, true, RollbackReason::Checker).await,
+            CheckAnswer::Rollback => handle.resolve_checked(half.id, false, RollbackReason::Checker).await,
+            CheckAnswer::Unknown if resolving => {
+                handle.resolve_checked(half.id, false, RollbackReason::ChecksExhausted).await
+            }
+            CheckAnswer::Unknown => handle.note_check(half.id, checks).await,
+        };
+        match written {
+            Ok(()) => resolved += usize::from(resolving),
+            Err(Error::Closed) => return Err(Error::Closed),
+            // Resolved meanwhile by its producer, a full disk...: met again at the next pass
+            // if still unresolved.
+            Err(_) => {}
+        }
+    }
+    Ok(resolved)
+}
+
+/// Asks `checker` about `half`, bounded by the participants' timeout.
+async fn ask(handle: &EngineHandle, checker: &dyn MessageChecker, half: &HalfMessage) -> Result<CheckAnswer> {
+    let timeout = handle.submit_waiting(0, ops::Sleep(handle.inner.participant_timeout)).await?;
+    let timed_out = async move {
+        let _ = timeout.await;
+        CheckAnswer::Unknown
+    };
+    Ok(futures_lite::future::or(checker.check(half), timed_out).await)
+}

@@ -1,0 +1,275 @@
+//! Application messages through the engine: topics, idempotent producers, delayed publishes,
+//! half messages (prepare, then commit or roll back), and each group's dead letters.
+//!
+//! A message goes to the partition (physical shard) of its key, `xxh3_64(key)` as a user's
+//! trades do, so a key's messages are in one log, in order; a message with an empty key goes
+//! to the partitions in turn. A message's id is its partition and the offset of the record
+//! that stored it. Every write is one record, durable with the shard's group commit before it
+//! is answered, and can be repeated: a producer's sequence number, a half message's
+//! resolution, a nack and the end of a dead letter each answer their first answer.
+
+use std::collections::HashMap;
+use std::fmt;
+use std::str::FromStr;
+use std::sync::atomic::Ordering;
+
+use tradeshard_shard::{
+    DeadEntry, HalfEntry, InputError, MessageBody, MessageCommand, MessageOutcome, MessageReceipt, RollbackReason,
+};
+
+use crate::blocking::blocking;
+use crate::error::Result;
+use crate::handle::EngineHandle;
+use crate::message_ops as ops;
+
+/// Where a message lies: its partition and the offset of the record that stored it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct MessageId {
+    pub partition: u32,
+    pub offset: u64,
+}
+
+impl fmt::Display for MessageId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}:{}", self.partition, self.offset)
+    }
+}
+
+impl FromStr for MessageId {
+    type Err = String;
+    /// `partition:offset`.
+    fn from_str(text: &str) -> std::result::Result<MessageId, String> {
+        let (partition, offset) = text.split_once(':').ok_or("a message id is partition:offset")?;
+        let partition = partition.parse().map_err(|_| format!("bad partition in '{text}'"))?;
+        let offset = offset.parse().map_err(|_| format!("bad offset in '{text}'"))?;
+        Ok(MessageId { partition, offset })
+    }
+}
+
+/// The answer of a message write: the message's id (for a resolution, a nack or a dead
+/// letter's end: where the record doing it lies), what it did, and whether it repeated one.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Published {
+    pub id: MessageId,
+    pub outcome: MessageOutcome,
+    pub replayed: bool,
+}
+
+impl Published {
+    fn of(partition: u32, receipt: MessageReceipt) -> Published {
+        Published {
+            id: MessageId { partition, offset: receipt.offset },
+            outcome: receipt.outcome,
+            replayed: receipt.replayed,
+        }
+    }
+}
+
+/// A message to publish.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct OutgoingMessage {
+    pub body: MessageBody,
+    /// Not delivered before this time (milliseconds since the Unix epoch); `None` or a time
+    /// past: at once.
+    pub deliver_at_ms: Option<u64>,
+    /// An idempotent producer's (id, sequence number in the partition), and the partition
+    /// they were taken for (see [`Producer`]).
+    producer: Option<(u32, u64, u64)>,
+}
+
+impl OutgoingMessage {
+    /// A message of `topic` under `key`.
+    pub fn new(topic: impl Into<String>, key: impl Into<Vec<u8>>, payload: impl Into<Vec<u8>>) -> OutgoingMessage {
+        let body = MessageBody { topic: topic.into(), key: key.into(), headers: Vec::new(), payload: payload.into() };
+        OutgoingMessage { body, deliver_at_ms: None, producer: None }
+    }
+
+    /// This message with a header added.
+    pub fn header(mut self, name: impl Into<String>, value: impl Into<Vec<u8>>) -> OutgoingMessage {
+        self.body.headers.push((name.into(), value.into()));
+        self
+    }
+
+    /// This message, delivered not before `at_ms`.
+    pub fn deliver_at(mut self, at_ms: u64) -> OutgoingMessage {
+        self.deliver_at_ms = Some(at_ms);
+        self
+    }
+}
+
+/// A half message, as a shard holds it until it is committed or rolled back.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HalfMessage {
+    pub id: MessageId,
+    pub entry: HalfEntry,
+}
+
+/// A message that failed its last attempt for a group.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DeadLetter {
+    pub id: MessageId,
+    pub entry: DeadEntry,
+}
+
+/// An idempotent producer: an id of its own, and a sequence number per partition that its
+/// every message takes when it is made ([`message`](Producer::message)). Publishing the same
+/// made message again (after a timeout, a full queue, a restart of the engine) stores it once
+/// and answers where it was stored (Kafka's idempotent producer). A shard remembers the last
+/// `PRODUCER_WINDOW` sequence numbers of each of its last `PRODUCERS_MAX` producers.
+pub struct Producer {
+    handle: EngineHandle,
+    id: u64,
+    next: HashMap<u32, u64>,
+}
+
+impl Producer {
+    /// This producer's id.
+    pub fn id(&self) -> u64 {
+        self.id
+    }
+
+    /// A message of `topic` under `key`, with this producer's next sequence number in the
+    /// key's partition: publish it (again, if need be) with `EngineHandle::publish`.
+    pub fn message(&mut self, topic: &str, key: &[u8], payload: &[u8]) -> OutgoingMessage {
+        let partition = self.handle.partition_of_key(key);
+        let next = self.next.entry(partition).or_insert(1);
+        let mut message = OutgoingMessage::new(topic, key, payload);
+        message.producer = Some((partition, self.id, *next));
+        *next += 1;
+        message
+    }
+
+    /// Makes and publishes a message (see [`message`](Self::message)).
+    pub async fn send(&mut self, topic: &str, key: &[u8], payload: &[u8]) -> Result<Published> {
+        let message = self.message(topic, key, payload);
+        self.handle.publish(&message).await
+    }
+
+    blocking!(send_blocking = send(&mut self, topic: &str, key: &[u8], payload: &[u8]) -> Result<Published>);
+}
+
+impl EngineHandle {
+    /// The partition of a message key: the key's hash, or the partitions in turn for an empty
+    /// key.
+    pub fn partition_of_key(&self, key: &[u8]) -> u32 {
+        let routing = self.routing();
+        if key.is_empty() {
+            let turn = self.inner.next_partition.fetch_add(1, Ordering::Relaxed);
+            return turn % routing.physical_shards;
+        }
+        let logical = (xxhash_rust::xxh3::xxh3_64(key) % routing.logical_shards as u64) as u32;
+        routing.physical_of_logical(logical)
+    }
+
+    /// A new idempotent producer (see [`Producer`]).
+    pub fn producer(&self) -> Producer {
+        use std::time::{SystemTime, UNIX_EPOCH};
+        let nanos = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_nanos());
+        let turn = self.inner.next_partition.fetch_add(1, Ordering::Relaxed);
+        let seed = [nanos.to_le_bytes().as_slice(), &std::process::id().to_le_bytes(), &turn.to_le_bytes()].concat();
+        Producer { handle: self.clone(), id: xxhash_rust::xxh3::xxh3_64(&seed), next: HashMap::new() }
+    }
+
+    async fn message_write(&self, partition: u32, command: MessageCommand) -> Result<Published> {
+        let partitions = self.routing().physical_shards;
+        if partition >= partitions {
+            return Err(InputError::BadPartition { partition, partitions }.into());
+        }
+        let receipt = self.on_shard(partition, ops::Message(command)).await?;
+        Ok(Published::of(partition, receipt))
+    }
+
+    /// Publishes `message` to its topic, durable when this resolves; delivered at once, or
+    /// not before its `deliver_at_ms`. Bounds (`MessageBody::validate`) are checked first.
+    pub async fn publish(&self, message: &OutgoingMessage) -> Result<Published> {
+        message.body.validate()?;
+        let (partition, producer) = match message.producer {
+            Some((partition, id, sequence)) => (partition, Some((id, sequence))),
+            None => (self.partition_of_key(&message.body.key), None),
+        };
+        let command = MessageCommand::Publish { body: message.body.clone(), producer, due_ms: message.deliver_at_ms };
+        self.message_write(partition, command).await
+    }
+
+    /// Stores a half message: durable, never delivered until [`commit_message`]; its id is
+    /// what to commit or roll back (and what the topic's checker is asked about).
+    ///
+    /// [`commit_message`]: Self::commit_message
+    pub async fn prepare(&self, message: &OutgoingMessage) -> Result<MessageId> {
+        message.body.validate()?;
+        let partition = self.partition_of_key(&message.body.key);
+        let published = self.message_write(partition, MessageCommand::Prepare { body: message.body.clone() }).await?;
+        Ok(published.id)
+    }
+
+    /// Commits the half message `id`: delivered from where the commit lies. A repeat answers
+    /// the first commit; after a rollback it is `Refusal::HalfResolved`.
+    pub async fn commit_message(&self, id: MessageId) -> Result<Published> {
+        let command = MessageCommand::Resolve { half: id.offset, commit: true, reason: RollbackReason::Asked };
+        self.message_write(id.partition, command).await
+    }
+
+    /// Rolls the half message `id` back: never delivered. A repeat answers the first
+    /// rollback; after a commit it is `Refusal::HalfResolved`.
+    pub async fn rollback_message(&self, id: MessageId) -> Result<Published> {
+        let command = MessageCommand::Resolve { half: id.offset, commit: false, reason: RollbackReason::Asked };
+        self.message_write(id.partition, command).await
+    }
+
+    pub(crate) async fn resolve_checked(&self, id: MessageId, commit: bool, reason: RollbackReason) -> Result<()> {
+        self.message_write(id.partition, MessageCommand::Resolve { half: id.offset, commit, reason }).await.map(drop)
+    }
+
+    pub(crate) async fn note_check(&self, id: MessageId, checks: u8) -> Result<()> {
+        self.message_write(id.partition, MessageCommand::Checked { half: id.offset, checks }).await.map(drop)
+    }
+
+    /// `group` failed on the message delivered at `id`: it is delivered to the group again
+    /// after the next delay of `Upkeep::messages`, or set aside in the group's dead letters
+    /// after the last. Repeats answer the first nack.
+    pub async fn nack(&self, group: &str, id: MessageId) -> Result<Published> {
+        self.message_write(id.partition, MessageCommand::Nack { group: group.to_string(), offset: id.offset }).await
+    }
+
+    /// Every half message not yet resolved, in partition and offset order.
+    pub async fn half_messages(&self) -> Result<Vec<HalfMessage>> {
+        let mut halves = Vec::new();
+        for per_executor in self.on_every_executor(ops::HalfMessages).await? {
+            for (partition, offset, entry) in per_executor {
+                halves.push(HalfMessage { id: MessageId { partition, offset }, entry });
+            }
+        }
+        halves.sort_by_key(|half| half.id);
+        Ok(halves)
+    }
+
+    /// The dead letters of `group`, in partition and offset order.
+    pub async fn dead_letters(&self, group: &str) -> Result<Vec<DeadLetter>> {
+        tradeshard_shard::validate_group(group)?;
+        let mut dead = Vec::new();
+        for per_executor in self.on_every_executor(ops::DeadLetters(group.to_string())).await? {
+            for (partition, offset, entry) in per_executor {
+                dead.push(DeadLetter { id: MessageId { partition, offset }, entry });
+            }
+        }
+        dead.sort_by_key(|letter| letter.id);
+        Ok(dead)
+    }
+
+    /// Sends the dead letter `id` back to `group` (delivered to it alone, as a first attempt),
+    /// or drops it (`replay: false`). Repeats answer the first.
+    pub async fn end_dead_letter(&self, group: &str, id: MessageId, replay: bool) -> Result<Published> {
+        tradeshard_shard::validate_group(group)?;
+        let command = MessageCommand::EndDeadLetter { group: group.to_string(), dead: id.offset, replay };
+        self.message_write(id.partition, command).await
+    }
+
+    blocking!(publish_blocking = publish(&self, message: &OutgoingMessage) -> Result<Published>);
+    blocking!(prepare_blocking = prepare(&self, message: &OutgoingMessage) -> Result<MessageId>);
+    blocking!(commit_message_blocking = commit_message(&self, id: MessageId) -> Result<Published>);
+    blocking!(rollback_message_blocking = rollback_message(&self, id: MessageId) -> Result<Published>);
+    blocking!(nack_blocking = nack(&self, group: &str, id: MessageId) -> Result<Published>);
+    blocking!(half_messages_blocking = half_messages(&self) -> Result<Vec<HalfMessage>>);
+    blocking!(dead_letters_blocking = dead_letters(&self, group: &str) -> Result<Vec<DeadLetter>>);
+    blocking!(end_dead_letter_blocking = end_dead_letter(&self, group: &str, id: MessageId, replay: bool) -> Result<Published>);
+}

@@ -1,0 +1,562 @@
+//! Application messages in a shard's log (system record kind 21): what was published,
+//! prepared (a half message), committed or rolled back, checked, negatively acknowledged,
+//! released when due, dead-lettered, replayed or dropped. Layout in `docs/FORMAT.md`.
+//!
+//! One record type serves every step, so the one decoder ([`MessageView::decode`], in place,
+//! never panicking) checks them all. A record that consumers see (a publish due at once, a
+//! commit, a release, a replay) carries the whole message, so a consumer reads it where it
+//! lies and nothing else: a committed half message is delivered at its commit, a retry at its
+//! release.
+
+use crate::bytes::Reader;
+use crate::error::InputError;
+use crate::record::RECORD_VERSION;
+use crate::system_record::OffsetCommit;
+
+/// The kind of a message record.
+pub const KIND_MESSAGE: u8 = 21;
+/// The built-in topic of trade events.
+pub const TRADES_TOPIC: &str = "trades";
+/// Longest topic name, in bytes (printable ASCII).
+pub const TOPIC_BYTES_MAX: usize = 64;
+/// Longest message key, in bytes.
+pub const KEY_BYTES_MAX: usize = 1024;
+/// Largest payload, in bytes.
+pub const PAYLOAD_BYTES_MAX: usize = 128 << 10;
+/// Most headers a message carries.
+pub const HEADERS_MAX: usize = 16;
+/// Most bytes of header names and values together.
+pub const HEADER_BYTES_MAX: usize = 4096;
+
+const FIXED_BYTES: usize = 16;
+const FLAG_REFERENCE: u8 = 1;
+const FLAG_PRODUCER: u8 = 2;
+const FLAG_BODY: u8 = 4;
+const FLAG_DUE: u8 = 8;
+
+/// What a message record records.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[repr(u8)]
+pub enum MessageOp {
+    /// A message published: delivered here, or scheduled when it has a due time.
+    Publish = 1,
+    /// A half message: stored, not delivered, until committed or rolled back.
+    Prepare = 2,
+    /// The half message at `reference` committed: delivered here.
+    Commit = 3,
+    /// The half message at `reference` rolled back (`detail`: a [`RollbackReason`]).
+    Rollback = 4,
+    /// The half message at `reference` was checked `detail` times, without an answer.
+    Checked = 5,
+    /// The message delivered at `reference` failed for `group`: delivered again when due.
+    Nack = 6,
+    /// The scheduled record at `reference` came due: delivered here (to `group` alone, if set).
+    Release = 7,
+    /// The message delivered at `reference` failed its last attempt: set aside for `group`.
+    DeadLetter = 8,
+    /// The dead letter at `reference` sent back to its group: delivered here to it.
+    Replay = 9,
+    /// The dead letter at `reference` dropped.
+    Drop = 10,
+}
+
+impl MessageOp {
+    fn from_u8(byte: u8) -> Option<MessageOp> {
+        use MessageOp::*;
+        Some(match byte {
+            1 => Publish,
+            2 => Prepare,
+            3 => Commit,
+            4 => Rollback,
+            5 => Checked,
+            6 => Nack,
+            7 => Release,
+            8 => DeadLetter,
+            9 => Replay,
+            10 => Drop,
+            _ => return None,
+        })
+    }
+
+    /// Which fields a record of this op has: (reference, body), and whether a producer or a
+    /// due time may come with it (its group: `group_needed`, `group_allowed`).
+    fn shape(self) -> (bool, bool, bool, bool) {
+        use MessageOp::*;
+        match self {
+            Publish => (false, true, true, true),
+            Prepare => (false, true, false, false),
+            Commit => (true, true, false, false),
+            Rollback | Checked => (true, false, false, false),
+            Nack => (true, true, false, true),
+            Release | DeadLetter | Replay => (true, true, false, false),
+            Drop => (true, false, false, false),
+        }
+    }
+}
+
+/// Why a half message was rolled back.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[repr(u8)]
+pub enum RollbackReason {
+    /// Its producer asked.
+    Asked = 1,
+    /// The topic's checker answered that it is not valid.
+    Checker = 2,
+    /// It was checked the most times allowed without an answer.
+    ChecksExhausted = 3,
+}
+
+impl RollbackReason {
+    pub(crate) fn from_u8(byte: u8) -> Option<RollbackReason> {
+        Some(match byte {
+            1 => RollbackReason::Asked,
+            2 => RollbackReason::Checker,
+            3 => RollbackReason::ChecksExhausted,
+            _ => return None,
+        })
+    }
+}
+
+/// A message as its producer gave it.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct MessageBody {
+    pub topic: String,
+    pub key: Vec<u8>,
+    pub headers: Vec<(String, Vec<u8>)>,
+    pub payload: Vec<u8>,
+}
+
+impl MessageBody {
+    /// Checks every bound: a topic of 1..=64 printable ASCII bytes other than `trades`, a key
+    /// of at most 1 KiB, at most 16 headers of non-empty names and 4 KiB, a payload of at most
+    /// 128 KiB.
+    pub fn validate(&self) -> Result<(), InputError> {
+        validate_topic(&self.topic)?;
+        if self.topic == TRADES_TOPIC {
+            return Err(InputError::ReservedTopic);
+        }
+        if self.key.len() > KEY_BYTES_MAX {
+            return Err(InputError::KeyTooLong { len: self.key.len(), max: KEY_BYTES_MAX });
+        }
+        let header_bytes: usize = self.headers.iter().map(|(name, value)| name.len() + value.len()).sum();
+        let bad_name = self.headers.iter().any(|(name, _)| name.is_empty() || name.len() > u8::MAX as usize);
+        if self.headers.len() > HEADERS_MAX || header_bytes > HEADER_BYTES_MAX || bad_name {
+            return Err(InputError::BadHeaders { count: self.headers.len(), bytes: header_bytes });
+        }
+        if self.payload.len() > PAYLOAD_BYTES_MAX {
+            return Err(InputError::PayloadTooLarge { len: self.payload.len(), max: PAYLOAD_BYTES_MAX });
+        }
+        Ok(())
+    }
+
+    /// Bytes this body takes in memory while a shard holds it (half, scheduled, dead).
+    pub(crate) fn held_bytes(&self) -> usize {
+        let headers: usize = self.headers.iter().map(|(name, value)| name.len() + value.len() + 48).sum();
+        self.topic.len() + self.key.len() + self.payload.len() + headers + 96
+    }
+}
+
+/// Checks a topic name: 1..=64 printable ASCII bytes.
+pub fn validate_topic(topic: &str) -> Result<(), InputError> {
+    if topic.is_empty() || topic.len() > TOPIC_BYTES_MAX || !topic.bytes().all(|b| b.is_ascii_graphic()) {
+        return Err(InputError::BadTopic { len: topic.len() });
+    }
+    Ok(())
+}
+
+/// One message record, owned (what the write path encodes).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MessageRecord {
+    pub op: MessageOp,
+    pub at_ms: u64,
+    /// The offset of the record this one is about.
+    pub reference: Option<u64>,
+    /// The delivery attempt this record leads to (0: the first).
+    pub attempt: u8,
+    /// `Rollback`: the reason; `Checked`: how many checks so far.
+    pub detail: u8,
+    /// An idempotent producer's id and sequence number.
+    pub producer: Option<(u64, u64)>,
+    /// Not delivered before this time (milliseconds since the Unix epoch).
+    pub due_ms: Option<u64>,
+    /// The consumer group the record is for (empty: every group).
+    pub group: String,
+    pub body: Option<MessageBody>,
+}
+
+impl MessageRecord {
+    /// A record of `op` at `at_ms` with no optional field set.
+    pub fn new(op: MessageOp, at_ms: u64) -> MessageRecord {
+        MessageRecord {
+            op,
+            at_ms,
+            reference: None,
+            attempt: 0,
+            detail: 0,
+            producer: None,
+            due_ms: None,
+            group: String::new(),
+            body: None,
+        }
+    }
+
+    pub fn encode(&self) -> Vec<u8> {
+        let body_len = self.body.as_ref().map_or(0, |b| b.held_bytes());
+        let mut out = Vec::with_capacity(FIXED_BYTES + 32 + self.group.len() + body_len);
+        let flags = [
+            (self.reference.is_some(), FLAG_REFERENCE),
+            (self.producer.is_some(), FLAG_PRODUCER),
+            (self.body.is_some(), FLAG_BODY),
+            (self.due_ms.is_some(), FLAG_DUE),
+        ]
+        .iter()
+        .fold(0, |flags, (set, flag)| if *set { flags | flag } else { flags });
+        let fixed = [RECORD_VERSION, KIND_MESSAGE, self.op as u8, flags, self.attempt, self.detail];
+        out.extend_from_slice(&fixed);
+        out.extend_from_slice(&[self.group.len() as u8, 0]);
+        out.extend_from_slice(&self.at_ms.to_le_bytes());
+        let optional = [self.reference, self.producer.map(|p| p.0), self.producer.map(|p| p.1), self.due_ms];
+        for field in optional.into_iter().flatten() {
+            out.extend_from_slice(&field.to_le_bytes());
+        }
+        out.extend_from_slice(self.group.as_bytes());
+        if let Some(body) = &self.body {
+            push_body(&mut out, body);
+        }
+        out
+    }
+}
+
+impl MessageRecord {
+    /// True when consumers see this record as a message.
+    pub fn is_delivered(&self) -> bool {
+        delivered(self.op, self.due_ms)
+    }
+}
+
+/// A message record read in place: every field checked, strings and bytes borrowed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct MessageView<'a> {
+    pub op: MessageOp,
+    pub at_ms: u64,
+    pub reference: Option<u64>,
+    pub attempt: u8,
+    pub detail: u8,
+    pub producer: Option<(u64, u64)>,
+    pub due_ms: Option<u64>,
+    pub group: &'a str,
+    /// Empty when the record carries no message.
+    pub topic: &'a str,
+    pub key: &'a [u8],
+    headers: &'a [u8],
+    header_count: u8,
+    pub payload: &'a [u8],
+    has_body: bool,
+}
+
+impl<'a> MessageView<'a> {
+    /// Decodes a message record, checking every byte; never panics.
+    pub fn decode(bytes: &'a [u8]) -> Result<MessageView<'a>, &'static str> {
+        let mut reader = Reader::new(bytes, 0, "message record cut short");
+        let fixed = reader.take(8)?;
+        if fixed[0] != RECORD_VERSION || fixed[1] != KIND_MESSAGE {
+            return Err("not a message record");
+        }
+        let op = MessageOp::from_u8(fixed[2]).ok_or("message record of an unknown op")?;
+        let flags = fixed[3];
+        let (attempt, detail, group_len) = (fixed[4], fixed[5], fixed[6] as usize);
+        if fixed[7] != 0 {
+            return Err("message record with a reserved byte set");
+        }
+        let at_ms = reader.u64()?;
+        let (reference, body, producer_ok, due_ok) = op.shape();
+        let has = |flag| flags & flag != 0;
+        if flags & !(FLAG_REFERENCE | FLAG_PRODUCER | FLAG_BODY | FLAG_DUE) != 0
+            || has(FLAG_REFERENCE) != reference
+            || has(FLAG_BODY) != body
+            || (has(FLAG_PRODUCER) && !producer_ok)
+            || (has(FLAG_DUE) && !due_ok)
+            || (op == MessageOp::Nack && !has(FLAG_DUE))
+        {
+            return Err("message record with fields its op does not have");
+        }
+        let reference = if reference { Some(reader.u64()?) } else { None };
+        let producer = if has(FLAG_PRODUCER) { Some((reader.u64()?, reader.u64()?)) } else { None };
+        let due_ms = if has(FLAG_DUE) { Some(reader.u64()?) } else { None };
+        let group = std::str::from_utf8(reader.take(group_len)?).map_err(|_| "message group is not UTF-8")?;
+        if !group.is_empty() && !OffsetCommit::valid_group(group) {
+            return Err("message group out of bounds");
+        }
+        if (group.is_empty() && group_needed(op)) || (!group.is_empty() && !group_allowed(op)) {
+            return Err("message record with a group its op does not have");
+        }
+        let mut view = MessageView {
+            op,
+            at_ms,
+            reference,
+            attempt,
+            detail,
+            producer,
+            due_ms,
+            group,
+            topic: "",
+            key: &[],
+            headers: &[],
+            header_count: 0,
+            payload: &[],
+            has_body: body,
+        };
+        match op {
+            MessageOp::Rollback if RollbackReason::from_u8(detail).is_none() => {
+                return Err("rollback of an unknown reason");
+            }
+            MessageOp::Checked if detail == 0 => return Err("a check record counts at least one check"),
+            MessageOp::Nack | MessageOp::DeadLetter if attempt == 0 => return Err("a nack follows an attempt"),
+            _ => {}
+        }
+        if body {
+            let BodyView { topic, key, headers, header_count, payload } = read_body(&mut reader)?;
+            (view.topic, view.key, view.headers, view.header_count, view.payload) =
+                (topic, key, headers, header_count, payload);
+        }
+        if !reader.done() {
+            return Err("message record longer than its fields");
+        }
+        Ok(view)
+    }
+
+    /// True when consumers see this record as a message (of its topic, to its group or all).
+    pub fn is_delivered(&self) -> bool {
+        delivered(self.op, self.due_ms)
+    }
+
+    /// The headers, in order (checked by `decode`).
+    pub fn headers(&self) -> impl Iterator<Item = (&'a str, &'a [u8])> {
+        headers_of(self.headers, self.header_count)
+    }
+
+    /// The message this record carries, owned.
+    pub fn body(&self) -> Option<MessageBody> {
+        self.has_body.then(|| MessageBody {
+            topic: self.topic.to_string(),
+            key: self.key.to_vec(),
+            headers: self.headers().map(|(name, value)| (name.to_string(), value.to_vec())).collect(),
+            payload: self.payload.to_vec(),
+        })
+    }
+
+    /// The record, owned.
+    pub fn to_record(&self) -> MessageRecord {
+        MessageRecord {
+            op: self.op,
+            at_ms: self.at_ms,
+            reference: self.reference,
+            attempt: self.attempt,
+            detail: self.detail,
+            producer: self.producer,
+            due_ms: self.due_ms,
+            group: self.group.to_string(),
+            body: self.body(),
+        }
+    }
+
+    /// The rollback's reason (`Rollback` records only).
+    pub fn rollback_reason(&self) -> Option<RollbackReason> {
+        (self.op == MessageOp::Rollback).then(|| RollbackReason::from_u8(self.detail)).flatten()
+    }
+}
+
+/// Appends a message's bytes: its topic, key, headers and payload, each with its length.
+pub(crate) fn push_body(out: &mut Vec<u8>, body: &MessageBody) {
+    out.push(body.topic.len() as u8);
+    out.extend_from_slice(body.topic.as_bytes());
+    out.extend_from_slice(&(body.key.len() as u16).to_le_bytes());
+    out.extend_from_slice(&body.key);
+    out.push(body.headers.len() as u8);
+    for (name, value) in &body.headers {
+        out.push(name.len() as u8);
+        out.extend_from_slice(name.as_bytes());
+        out.extend_from_slice(&(value.len() as u16).to_le_bytes());
+        out.extend_from_slice(value);
+    }
+    out.extend_from_slice(&(body.payload.len() as u32).to_le_bytes());
+    out.extend_from_slice(&body.payload);
+}
+
+/// A message's bytes read in place, every bound checked.
+pub(crate) struct BodyView<'a> {
+    pub topic: &'a str,
+    pub key: &'a [u8],
+    /// The headers' bytes and how many they are.
+    pub headers: &'a [u8],
+    pub header_count: u8,
+    pub payload: &'a [u8],
+}
+
+/// Reads what [`push_body`] wrote; never panics.
+pub(crate) fn read_body<'a>(reader: &mut Reader<'a>) -> Result<BodyView<'a>, &'static str> {
+    let topic_len = reader.u8()? as usize;
+    let topic = std::str::from_utf8(reader.take(topic_len)?).map_err(|_| "message topic is not UTF-8")?;
+    validate_topic(topic).map_err(|_| "message topic out of bounds")?;
+    let key_len = reader.u16()? as usize;
+    if key_len > KEY_BYTES_MAX {
+        return Err("message key too long");
+    }
+    let key = reader.take(key_len)?;
+    let header_count = reader.u8()?;
+    let headers_start = reader.at;
+    let mut header_bytes = 0;
+    for _ in 0..header_count {
+        let name_len = reader.u8()? as usize;
+        let name = reader.take(name_len)?;
+        if name.is_empty() || std::str::from_utf8(name).is_err() {
+            return Err("message header name empty or not UTF-8");
+        }
+        let value_len = reader.u16()? as usize;
+        reader.take(value_len)?;
+        header_bytes += name_len + value_len;
+    }
+    if header_count as usize > HEADERS_MAX || header_bytes > HEADER_BYTES_MAX {
+        return Err("message headers out of bounds");
+    }
+    let headers = reader.slice(headers_start);
+    let payload_len = reader.u32()? as usize;
+    if payload_len > PAYLOAD_BYTES_MAX {
+        return Err("message payload too large");
+    }
+    let payload = reader.take(payload_len)?;
+    Ok(BodyView { topic, key, headers, header_count, payload })
+}
+
+impl BodyView<'_> {
+    pub(crate) fn to_body(&self) -> MessageBody {
+        MessageBody {
+            topic: self.topic.to_string(),
+            key: self.key.to_vec(),
+            headers: headers_of(self.headers, self.header_count)
+                .map(|(name, value)| (name.to_string(), value.to_vec()))
+                .collect(),
+            payload: self.payload.to_vec(),
+        }
+    }
+}
+
+/// The headers of checked header bytes, in order.
+fn headers_of(bytes: &[u8], count: u8) -> impl Iterator<Item = (&str, &[u8])> {
+    let mut reader = Reader::new(bytes, 0, "checked");
+    (0..count).map(move |_| {
+        let name_len = reader.u8().expect("checked") as usize;
+        let name = std::str::from_utf8(reader.take(name_len).expect("checked")).expect("checked");
+        let value_len = reader.u16().expect("checked") as usize;
+        (name, reader.take(value_len).expect("checked"))
+    })
+}
+
+fn delivered(op: MessageOp, due_ms: Option<u64>) -> bool {
+    match op {
+        MessageOp::Publish => due_ms.is_none(),
+        MessageOp::Commit | MessageOp::Release | MessageOp::Replay => true,
+        _ => false,
+    }
+}
+
+fn group_needed(op: MessageOp) -> bool {
+    matches!(op, MessageOp::Nack | MessageOp::DeadLetter | MessageOp::Replay | MessageOp::Drop)
+}
+
+fn group_allowed(op: MessageOp) -> bool {
+    group_needed(op) || op == MessageOp::Release
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn body() -> MessageBody {
+        MessageBody {
+            topic: "orders".into(),
+            key: b"user-7".to_vec(),
+            headers: vec![("trace".into(), b"abc".to_vec()), ("x".into(), Vec::new())],
+            payload: vec![9; 300],
+        }
+    }
+
+    fn samples() -> Vec<MessageRecord> {
+        let mut publish = MessageRecord::new(MessageOp::Publish, 5);
+        publish.body = Some(body());
+        publish.producer = Some((77, 3));
+        let mut delayed = publish.clone();
+        delayed.due_ms = Some(9_000);
+        let mut prepare = MessageRecord::new(MessageOp::Prepare, 6);
+        prepare.body = Some(body());
+        let mut commit = MessageRecord::new(MessageOp::Commit, 7);
+        commit.reference = Some(41);
+        commit.body = Some(body());
+        let mut rollback = MessageRecord::new(MessageOp::Rollback, 8);
+        rollback.reference = Some(41);
+        rollback.detail = RollbackReason::ChecksExhausted as u8;
+        let mut nack = commit.clone();
+        nack.op = MessageOp::Nack;
+        nack.group = "billing".into();
+        nack.attempt = 2;
+        nack.due_ms = Some(20_000);
+        let mut release = nack.clone();
+        release.op = MessageOp::Release;
+        release.due_ms = None;
+        let mut drop = MessageRecord::new(MessageOp::Drop, 9);
+        drop.reference = Some(3);
+        drop.group = "billing".into();
+        vec![publish, delayed, prepare, commit, rollback, nack, release, drop]
+    }
+
+    #[test]
+    fn every_op_round_trips_and_says_whether_it_is_delivered() {
+        let delivered: Vec<bool> = samples()
+            .iter()
+            .map(|record| {
+                let bytes = record.encode();
+                let view = MessageView::decode(&bytes).unwrap();
+                assert_eq!(&view.to_record(), record);
+                view.is_delivered()
+            })
+            .collect();
+        assert_eq!(delivered, [true, false, false, true, false, false, true, false]);
+    }
+
+    #[test]
+    fn bounds_are_checked_on_input_and_on_decode() {
+        let mut big = body();
+        big.payload = vec![0; PAYLOAD_BYTES_MAX + 1];
+        assert!(matches!(big.validate(), Err(InputError::PayloadTooLarge { .. })));
+        let mut trades = body();
+        trades.topic = TRADES_TOPIC.into();
+        assert_eq!(trades.validate(), Err(InputError::ReservedTopic));
+        let mut spaced = body();
+        spaced.topic = "a b".into();
+        assert!(matches!(spaced.validate(), Err(InputError::BadTopic { .. })));
+        let mut rollback = samples()[4].encode();
+        rollback[5] = 9;
+        assert!(MessageView::decode(&rollback).is_err(), "an unknown reason is refused");
+        let mut nack = samples()[5].encode();
+        nack[3] &= !FLAG_DUE;
+        assert!(MessageView::decode(&nack).is_err());
+    }
+
+    proptest! {
+        #[test]
+        fn arbitrary_bytes_never_panic_and_what_decodes_round_trips(
+            which in 0usize..8, cut in 0usize..400, flip in 0usize..400, bit in 0u8..8,
+        ) {
+            let mut bytes = samples()[which].encode();
+            if flip < bytes.len() {
+                bytes[flip] ^= 1 << bit;
+            }
+            bytes.truncate(cut.max(1));
+            if let Ok(view) = MessageView::decode(&bytes) {
+                let record = view.to_record();
+                prop_assert_eq!(MessageView::decode(&record.encode()).unwrap().to_record(), record);
+            }
+        }
+    }
+}

@@ -1,0 +1,378 @@
+//! The write path of application messages: every step of `message.rs` checked against the
+//! durable [`MessageBook`] and the writes in flight, queued in the log as one record, and
+//! answered by the committer once durable. A refusal leaves no trace.
+//!
+//! Every write can be repeated: a producer's sequence number, a half message's resolution, a
+//! group's nack of a delivered message and the end of a dead letter are each answered once
+//! and then answered again from the book (`replayed`). A write whose key has a write in
+//! flight waits until that one is durable and is checked afresh, so it sees its answer.
+
+use std::collections::{BTreeMap, HashMap};
+use std::rc::Rc;
+use std::time::Duration;
+
+use tradeshard_wal::disk::Disk;
+
+use crate::error::{InputError, LogError, Refusal, TradeError};
+use crate::message::{MessageBody, MessageOp, MessageRecord, MessageView, RollbackReason};
+use crate::message_book::{group_hash, AnswerKey, MessageBook, MessageOutcome, MessagePolicy, MessageReceipt};
+use crate::shard::Shard;
+use crate::state::{Effect, EffectKeys, Inner, ShardReply, Waiter};
+use crate::system_record::LogRecord;
+use crate::trade::now_ms;
+use crate::validate::validate_group;
+
+/// Latest a delayed publish may be due, from now.
+pub const DELAY_MAX: Duration = Duration::from_secs(40 * 24 * 3600);
+
+/// A message write, as the engine hands it to the shard of its key or offset.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum MessageCommand {
+    /// Publishes `body`; with a producer's (id, sequence number), a repeat is stored once;
+    /// with `due_ms`, it is delivered not before then.
+    Publish { body: MessageBody, producer: Option<(u64, u64)>, due_ms: Option<u64> },
+    /// Stores a half message: not delivered until committed.
+    Prepare { body: MessageBody },
+    /// Commits (delivers) or rolls back the half message at offset `half`.
+    Resolve { half: u64, commit: bool, reason: RollbackReason },
+    /// Records the `checks`th check of the half message at `half`, which had no answer.
+    Checked { half: u64, checks: u8 },
+    /// `group` failed on the message delivered at `offset`: it comes back after the next
+    /// delay of the policy, or goes to the group's dead letters after the last.
+    Nack { group: String, offset: u64 },
+    /// Delivers the scheduled record at `scheduled` (the shard's scheduler sends it when due).
+    Release { scheduled: u64 },
+    /// Sends the dead letter at `dead` back to `group` (`replay`) or drops it.
+    EndDeadLetter { group: String, dead: u64, replay: bool },
+}
+
+/// A command waiting for a write in flight on its key.
+pub(crate) type ParkedMessage = (MessageCommand, ShardReply<MessageReceipt>);
+
+/// What a write in flight holds: producers' sequence numbers, halves, scheduled entries,
+/// dead letters, nacks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+enum Key {
+    Producer(u64, u64),
+    Half(u64),
+    Scheduled(u64),
+    Dead(u64),
+    Nack(u64, u64),
+}
+
+/// The message writes in flight.
+#[derive(Default)]
+pub(crate) struct InFlightMessages {
+    keys: HashMap<Key, u64>,
+    /// Bytes of bodies the writes in flight will add to the book, by seq.
+    held: BTreeMap<u64, usize>,
+    held_bytes: usize,
+    parked: BTreeMap<u64, Vec<ParkedMessage>>,
+}
+
+impl InFlightMessages {
+    /// Retires the durable write at `seq`; returns the commands that waited for it.
+    pub(crate) fn retire(&mut self, seq: u64) -> Vec<ParkedMessage> {
+        self.keys.retain(|_, at| *at != seq);
+        self.held_bytes -= self.held.remove(&seq).unwrap_or(0);
+        self.parked.remove(&seq).unwrap_or_default()
+    }
+
+    /// After the log failed: forgets everything and fails whoever waits.
+    pub(crate) fn fail(&mut self, error: &TradeError) {
+        self.keys.clear();
+        self.held.clear();
+        self.held_bytes = 0;
+        for (_, reply) in std::mem::take(&mut self.parked).into_values().flatten() {
+            reply.send(Err(error.clone()));
+        }
+    }
+}
+
+/// What checking a command decided.
+enum Checked {
+    Answer(MessageReceipt),
+    Write { record: MessageRecord, keys: Vec<Key>, held: usize },
+}
+
+fn replayed(offset: u64, outcome: MessageOutcome) -> MessageReceipt {
+    MessageReceipt { offset, outcome, replayed: true }
+}
+
+/// Checks `command` against the durable book (the keys in flight are checked before).
+fn check(book: &MessageBook, command: &MessageCommand) -> Result<Checked, TradeError> {
+    let now = now_ms();
+    let mut record = MessageRecord::new(MessageOp::Publish, now);
+    let write = |record, keys, held| Ok(Checked::Write { record, keys, held });
+    match command {
+        MessageCommand::Publish { body, producer, due_ms } => {
+            body.validate()?;
+            let due_ms = due_ms.filter(|due| *due > now);
+            if due_ms.is_some_and(|due| due - now > DELAY_MAX.as_millis() as u64) {
+                return Err(InputError::DelayTooLong { max_ms: DELAY_MAX.as_millis() as u64 }.into());
+            }
+            let mut keys = Vec::new();
+            if let Some((id, sequence)) = *producer {
+                match book.producer(id).map(|window| window.lookup(sequence)) {
+                    Some(Ok(Some(offset))) => {
+                        let outcome = match book.scheduled(offset) {
+                            Some(entry) => MessageOutcome::Scheduled { due_ms: entry.due_ms },
+                            None => MessageOutcome::Published,
+                        };
+                        return Ok(Checked::Answer(replayed(offset, outcome)));
+                    }
+                    Some(Err(())) => return Err(Refusal::StaleSequence { producer: id, sequence }.into()),
+                    _ => keys.push(Key::Producer(id, sequence)),
+                }
+            }
+            (record.producer, record.due_ms, record.body) = (*producer, due_ms, Some(body.clone()));
+            let held = due_ms.map_or(0, |_| body.held_bytes());
+            write(record, keys, held)
+        }
+        MessageCommand::Prepare { body } => {
+            body.validate()?;
+            record.op = MessageOp::Prepare;
+            record.body = Some(body.clone());
+            write(record, Vec::new(), body.held_bytes())
+        }
+        MessageCommand::Resolve { half, commit, reason } => {
+            if let Some(answer) = book.answer_of(AnswerKey::Half(*half)) {
+                return match (answer.outcome, commit) {
+                    (MessageOutcome::Committed, true) | (MessageOutcome::RolledBack(_), false) => {
+                        Ok(Checked::Answer(MessageReceipt { replayed: true, ..answer }))
+                    }
+                    (outcome, _) => Err(Refusal::HalfResolved { offset: *half, outcome: outcome_name(outcome) }.into()),
+                };
+            }
+            let entry = book.half(*half).ok_or(Refusal::UnknownMessage { offset: *half })?;
+            record.reference = Some(*half);
+            match commit {
+                true => (record.op, record.body) = (MessageOp::Commit, Some(entry.body.clone())),
+                false => (record.op, record.detail) = (MessageOp::Rollback, *reason as u8),
+            }
+            write(record, vec![Key::Half(*half)], 0)
+        }
+        MessageCommand::Checked { half, checks } => {
+            if let Some(answer) = book.answer_of(AnswerKey::Half(*half)) {
+                return Err(Refusal::HalfResolved { offset: *half, outcome: outcome_name(answer.outcome) }.into());
+            }
+            let entry = book.half(*half).ok_or(Refusal::UnknownMessage { offset: *half })?;
+            if *checks <= entry.checks {
+                return Ok(Checked::Answer(replayed(*half, MessageOutcome::Checked { checks: entry.checks })));
+            }
+            (record.op, record.reference, record.detail) = (MessageOp::Checked, Some(*half), *checks);
+            write(record, vec![Key::Half(*half)], 0)
+        }
+        MessageCommand::Nack { .. } => unreachable!("a nack is checked once its message is read"),
+        MessageCommand::Release { scheduled } => {
+            let entry = book.scheduled(*scheduled).ok_or(Refusal::UnknownMessage { offset: *scheduled })?;
+            (record.op, record.reference, record.attempt) = (MessageOp::Release, Some(*scheduled), entry.attempt);
+            (record.group, record.body) = (entry.group.clone(), Some(entry.body.clone()));
+            write(record, vec![Key::Scheduled(*scheduled)], 0)
+        }
+        MessageCommand::EndDeadLetter { group, dead, replay } => {
+            if let Some(answer) = book.answer_of(AnswerKey::Dead(*dead)) {
+                return match (answer.outcome, replay) {
+                    (MessageOutcome::Replayed, true) | (MessageOutcome::Dropped, false) => {
+                        Ok(Checked::Answer(MessageReceipt { replayed: true, ..answer }))
+                    }
+                    (outcome, _) => Err(Refusal::HalfResolved { offset: *dead, outcome: outcome_name(outcome) }.into()),
+                };
+            }
+            let entry = book.dead(*dead).filter(|entry| entry.group == *group);
+            let entry = entry.ok_or(Refusal::UnknownMessage { offset: *dead })?;
+            (record.reference, record.group) = (Some(*dead), group.clone());
+            match replay {
+                true => (record.op, record.body) = (MessageOp::Replay, Some(entry.body.clone())),
+                false => record.op = MessageOp::Drop,
+            }
+            write(record, vec![Key::Dead(*dead)], 0)
+        }
+    }
+}
+
+/// Refuses a write that would take the bodies held past the policy's bound, counting those
+/// the writes in flight will add.
+fn within_budget(
+    checked: Result<Checked, TradeError>,
+    book: &MessageBook,
+    in_flight: &InFlightMessages,
+    policy: &MessagePolicy,
+) -> Result<Checked, TradeError> {
+    match checked? {
+        Checked::Write { held, .. }
+            if held > 0 && book.held_bytes() + in_flight.held_bytes + held > policy.held_bytes_max =>
+        {
+            Err(Refusal::MessagesFull { held: book.held_bytes() + in_flight.held_bytes, max: policy.held_bytes_max }
+                .into())
+        }
+        checked => Ok(checked),
+    }
+}
+
+/// Checks a nack of the message `delivered` (read at `offset`) for `group`.
+fn check_nack(
+    book: &MessageBook,
+    policy: &MessagePolicy,
+    group: &str,
+    offset: u64,
+    delivered: &MessageView<'_>,
+) -> Result<Checked, TradeError> {
+    let key = AnswerKey::Nack { group: group_hash(group), offset };
+    if let Some(answer) = book.answer_of(key) {
+        return Ok(Checked::Answer(MessageReceipt { replayed: true, ..answer }));
+    }
+    if !delivered.is_delivered() || !(delivered.group.is_empty() || delivered.group == group) {
+        return Err(Refusal::NotDelivered { offset, group: group.to_string() }.into());
+    }
+    let now = now_ms();
+    let attempt = delivered.attempt.saturating_add(1);
+    let mut record = MessageRecord::new(MessageOp::DeadLetter, now);
+    (record.reference, record.attempt, record.group) = (Some(offset), attempt, group.to_string());
+    record.body = delivered.body();
+    if let Some(delay) = policy.delay_of(attempt) {
+        (record.op, record.due_ms) = (MessageOp::Nack, Some(now + delay.as_millis() as u64));
+    }
+    let held = record.body.as_ref().map_or(0, MessageBody::held_bytes);
+    Ok(Checked::Write { record, keys: vec![Key::Nack(group_hash(group), offset)], held })
+}
+
+fn outcome_name(outcome: MessageOutcome) -> &'static str {
+    match outcome {
+        MessageOutcome::Committed => "committed",
+        MessageOutcome::RolledBack(_) => "rolled back",
+        MessageOutcome::Replayed => "replayed",
+        MessageOutcome::Dropped => "dropped",
+        _ => "resolved",
+    }
+}
+
+impl<D: Disk> Shard<D> {
+    /// Makes a message write durable; `reply` is answered once it is, or with why not.
+    pub fn message(&self, command: MessageCommand, reply: ShardReply<MessageReceipt>) {
+        message_on(&self.inner, command, reply);
+    }
+
+    /// The durable message state.
+    pub fn with_messages<T>(&self, read: impl FnOnce(&MessageBook) -> T) -> T {
+        read(self.inner.index.borrow().messages())
+    }
+}
+
+/// [`Shard::message`] on the shard's state.
+pub(crate) fn message_on<D: Disk>(inner: &Rc<Inner<D>>, command: MessageCommand, reply: ShardReply<MessageReceipt>) {
+    if let MessageCommand::Nack { group, offset } = &command {
+        if let Err(error) = validate_group(group) {
+            return reply.send(Err(error.into()));
+        }
+        // The nacked message is read from the log: the shard is the one to say what it was.
+        let (inner, group, offset) = (inner.clone(), group.clone(), *offset);
+        let read = async move {
+            let (first, end) = (inner.wal.first_seq(), inner.wal.durable_end());
+            if offset < first || offset >= end {
+                return reply.send(Err(Refusal::OffsetOutOfRange { offset, first, end }.into()));
+            }
+            let mut reader = match inner.wal.reader(offset) {
+                Ok(reader) => reader,
+                Err(error) => return reply.send(Err(error.into())),
+            };
+            match reader.next().await {
+                Ok(Some((seq, bytes))) if seq == offset => nack_read(&inner, group, offset, bytes, reply),
+                Ok(_) => reply.send(Err(Refusal::NotDelivered { offset, group }.into())),
+                Err(error) => reply.send(Err(error.into())),
+            }
+        };
+        glommio::spawn_local(read).detach();
+        return;
+    }
+    let mut accepted = inner.accepted.borrow_mut();
+    if let Some(error) = refused_now(&accepted.failed, accepted.closing) {
+        return reply.send(Err(error));
+    }
+    if let Some(seq) = in_flight_key(&accepted.messages, &command) {
+        return accepted.messages.parked.entry(seq).or_default().push((command, reply));
+    }
+    let index = inner.index.borrow();
+    let policy = inner.checkpoints.upkeep.messages;
+    let checked = check(index.messages(), &command);
+    let checked = within_budget(checked, index.messages(), &accepted.messages, &policy);
+    drop(index);
+    enqueue(inner, &mut accepted, checked, reply);
+}
+
+/// The second half of a nack, once the message is read.
+fn nack_read<D: Disk>(
+    inner: &Rc<Inner<D>>,
+    group: String,
+    offset: u64,
+    bytes: &[u8],
+    reply: ShardReply<MessageReceipt>,
+) {
+    let mut accepted = inner.accepted.borrow_mut();
+    if let Some(error) = refused_now(&accepted.failed, accepted.closing) {
+        return reply.send(Err(error));
+    }
+    let key = Key::Nack(group_hash(&group), offset);
+    if let Some(&seq) = accepted.messages.keys.get(&key) {
+        let command = MessageCommand::Nack { group, offset };
+        return accepted.messages.parked.entry(seq).or_default().push((command, reply));
+    }
+    let Ok(view) = MessageView::decode(bytes) else {
+        return reply.send(Err(Refusal::NotDelivered { offset, group }.into()));
+    };
+    let index = inner.index.borrow();
+    let policy = inner.checkpoints.upkeep.messages;
+    let checked = check_nack(index.messages(), &policy, &group, offset, &view);
+    let checked = within_budget(checked, index.messages(), &accepted.messages, &policy);
+    drop(index);
+    enqueue(inner, &mut accepted, checked, reply);
+}
+
+fn refused_now(failed: &Option<TradeError>, closing: bool) -> Option<TradeError> {
+    match (failed, closing) {
+        (Some(failure), _) => Some(failure.clone()),
+        (None, true) => Some(TradeError::Log(LogError::Closed)),
+        (None, false) => None,
+    }
+}
+
+/// The seq of a write in flight on the command's key, if there is one.
+fn in_flight_key(in_flight: &InFlightMessages, command: &MessageCommand) -> Option<u64> {
+    let key = match command {
+        MessageCommand::Publish { producer: Some((id, sequence)), .. } => Key::Producer(*id, *sequence),
+        MessageCommand::Resolve { half, .. } | MessageCommand::Checked { half, .. } => Key::Half(*half),
+        MessageCommand::Release { scheduled } => Key::Scheduled(*scheduled),
+        MessageCommand::EndDeadLetter { dead, .. } => Key::Dead(*dead),
+        _ => return None,
+    };
+    in_flight.keys.get(&key).copied()
+}
+
+fn enqueue<D: Disk>(
+    inner: &Inner<D>,
+    accepted: &mut crate::state::Accepted,
+    checked: Result<Checked, TradeError>,
+    reply: ShardReply<MessageReceipt>,
+) {
+    let (record, keys, held) = match checked {
+        Ok(Checked::Answer(receipt)) => return reply.send(Ok(receipt)),
+        Ok(Checked::Write { record, keys, held }) => (record, keys, held),
+        Err(error) => return reply.send(Err(error)),
+    };
+    let ticket = match inner.wal.enqueue(&record.encode()) {
+        Ok(ticket) => ticket,
+        Err(error) => return reply.send(Err(error.into())),
+    };
+    let seq = ticket.seq();
+    let in_flight = &mut accepted.messages;
+    for key in keys {
+        in_flight.keys.insert(key, seq);
+    }
+    if held > 0 {
+        in_flight.held.insert(seq, held);
+        in_flight.held_bytes += held;
+    }
+    let record = LogRecord::Message(record);
+    let (keys, waiter) = (EffectKeys::None, Waiter::Message(reply));
+    accepted.push(Effect { seq, ticket: Some(ticket), record, keys, waiter, after: None });
+}
