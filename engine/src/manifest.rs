@@ -25,7 +25,7 @@ use crate::error::{Error, Result};
 /// confirmed claims are in sorted runs on disk; 7: accounts, journal records and flexible
 /// transactions, in the logs and in checkpoints of version 4; directories of formats 1 to 6
 /// are refused).
-pub const FORMAT_VERSION: u32 = 7;
+pub const FORMAT_VERSION: u32 = 8;
 const MANIFEST: &str = "MANIFEST";
 const LOCK: &str = "LOCK";
 /// Where the manifest is written before its rename; a leftover of an interrupted creation.
