@@ -238,10 +238,10 @@ async fn check_after_reopen(shard: &Shard<SimDisk>, model: &Rc<RefCell<Model>>) 
                 }
                 *last = receipt.offset;
             }
-            (MessageCommand::Resolve { .. }, MessageOutcome::Committed) => {
-                if !events.iter().any(|(offset, _, attempt)| *offset == receipt.offset && *attempt == 0) {
-                    return Err(format!("the commit at {} delivered nothing", receipt.offset));
-                }
+            (MessageCommand::Resolve { .. }, MessageOutcome::Committed)
+                if !events.iter().any(|(offset, _, attempt)| *offset == receipt.offset && *attempt == 0) =>
+            {
+                return Err(format!("the commit at {} delivered nothing", receipt.offset));
             }
             (MessageCommand::Nack { offset, .. }, MessageOutcome::Retrying { .. }) => {
                 let payload = payload_at(*offset).ok_or("a nack of an unknown message")?;

@@ -226,3 +226,14 @@ pub fn damage_in<T>(outcome: Result<T, tradeshard_shard::TradeError>, file: &str
         Ok(_) => panic!("damage to {file} went unreported"),
     }
 }
+
+/// The engine of the kill -9 test of messages (`engine_crash.rs` and its child): two shards,
+/// one retry 20 ms after a nack, then the dead letters; half messages checked only by the
+/// parent (the child's checks would come after a day).
+pub fn message_options(dir: &std::path::Path) -> tradeshard_engine::Options {
+    let mut options = engine_options(dir, 2, 2);
+    options.upkeep.messages.retries = 1;
+    options.upkeep.messages.retry_delays[0] = std::time::Duration::from_millis(20);
+    options.half_check_delay = std::time::Duration::from_secs(24 * 3600);
+    options
+}

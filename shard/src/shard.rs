@@ -59,6 +59,12 @@ pub struct ShardStats {
     /// deposits and withdrawals (a transfer's every step keeps it), so a reader can check
     /// conservation shard by shard at any instant.
     pub money: std::collections::BTreeMap<crate::currency::Currency, i128>,
+    /// Half messages not resolved, messages scheduled (delayed or retried), dead letters, and
+    /// the bytes of their bodies held in memory (`MessagePolicy::held_bytes_max`).
+    pub half_messages: u64,
+    pub scheduled_messages: u64,
+    pub dead_letters: u64,
+    pub message_bytes_held: u64,
     pub writes_in_flight: u64,
     pub wal: WalStats,
     pub cache: CacheStats,
@@ -328,6 +334,10 @@ impl<D: Disk> Shard<D> {
                 }
                 money
             },
+            half_messages: self.inner.index.borrow().messages().counts().0 as u64,
+            scheduled_messages: self.inner.index.borrow().messages().counts().1 as u64,
+            dead_letters: self.inner.index.borrow().messages().counts().2 as u64,
+            message_bytes_held: self.inner.index.borrow().messages().held_bytes() as u64,
             writes_in_flight: self.inner.accepted.borrow().effects.len() as u64,
             wal: self.inner.wal.stats(),
             cache: self.inner.trade_cache.cache().stats(),

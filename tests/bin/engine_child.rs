@@ -10,6 +10,11 @@
 //!   and across shards, printing `ACK transfer FROM TO AMOUNT REQUEST` or `ACK cancelled
 //!   FROM TO AMOUNT REQUEST` after each answer, until killed (`engine_crash.rs`). Activities
 //!   time out after 50 ms, so that an open after the kill finds some past their deadline.
+//! - `engine_child message-writer DIR CYCLE`: four idempotent producers publish to topic `t`
+//!   (`ACK publish PAYLOAD`), one thread prepares half messages and commits or rolls back
+//!   most (`ACK prepared PAYLOAD`; the payload says what it should become), and a consumer of
+//!   group `billing` nacks the messages whose payload asks for it (`ACK nack PAYLOAD`, or
+//!   `ACK dead PAYLOAD` once dead-lettered), until killed (`engine_crash.rs`).
 //! - `engine_child hold DIR`: opens DIR, prints `READY`, and holds it until stdin closes
 //!   (`engine_open_errors.rs`).
 //! - `engine_child try-open DIR`: opens DIR and prints `OUTCOME opened` or `OUTCOME <error>`
@@ -18,7 +23,7 @@
 use std::io::Write;
 use std::path::Path;
 
-use tradeshard_engine::{Engine, Options};
+use tradeshard_engine::{ConsumerConfig, Engine, MessageOutcome, Options, OutgoingMessage};
 use tradeshard_tests::{engine_options, new_trade};
 
 fn main() {
@@ -29,10 +34,14 @@ fn main() {
             crash_writer(Path::new(&args[2]), offset)
         }
         Some("transfer-writer") if args.len() == 3 => transfer_writer(Path::new(&args[2])),
+        Some("message-writer") if args.len() == 4 => message_writer(Path::new(&args[2]), &args[3]),
         Some("hold") if args.len() == 3 => hold(Path::new(&args[2])),
         Some("try-open") if args.len() == 3 => try_open(Path::new(&args[2])),
         _ => {
-            eprintln!("usage: engine_child crash-writer DIR OFFSET | hold DIR | try-open DIR");
+            eprintln!(
+                "usage: engine_child crash-writer DIR OFFSET | transfer-writer DIR | message-writer DIR CYCLE | \
+                 hold DIR | try-open DIR"
+            );
             std::process::exit(2)
         }
     }
@@ -103,6 +112,64 @@ fn transfer_writer(dir: &Path) {
         .collect();
     for writer in writers {
         writer.join().expect("writers end only by exiting the process");
+    }
+}
+
+fn message_writer(dir: &Path, cycle: &str) {
+    let engine = Engine::open(tradeshard_tests::message_options(dir)).unwrap_or_else(exit_with);
+    let handle = engine.handle();
+    let mut threads: Vec<_> = (0..4u64)
+        .map(|writer| {
+            let handle = handle.clone();
+            let cycle = cycle.to_string();
+            std::thread::spawn(move || {
+                let mut producer = handle.producer();
+                for n in 0u64.. {
+                    let suffix = ["", "", "", "-nack", "", "", "", "-dead", "", ""][n as usize % 10];
+                    let payload = format!("p{cycle}.{writer}.{n}{suffix}");
+                    let message = producer.message("t", format!("k{}", n % 5).as_bytes(), payload.as_bytes());
+                    handle.publish_blocking(&message).unwrap_or_else(exit_with);
+                    println!("ACK publish {payload}");
+                }
+            })
+        })
+        .collect();
+    let preparer = handle.clone();
+    let cycle_of_halves = cycle.to_string();
+    threads.push(std::thread::spawn(move || {
+        for n in 0u64.. {
+            let outcome = if n % 3 == 0 { "r" } else { "c" };
+            let open = if n % 5 == 0 { "-open" } else { "" };
+            let payload = format!("h{cycle_of_halves}.{n}-{outcome}{open}");
+            let message = OutgoingMessage::new("t", format!("h{}", n % 7), payload.clone());
+            let id = preparer.prepare_blocking(&message).unwrap_or_else(exit_with);
+            println!("ACK prepared {payload}");
+            if open.is_empty() {
+                let resolved = match outcome {
+                    "c" => preparer.commit_message_blocking(id),
+                    _ => preparer.rollback_message_blocking(id),
+                };
+                resolved.unwrap_or_else(exit_with);
+            }
+        }
+    }));
+    let mut consumer = handle.consumer(ConsumerConfig::topics("billing", &["t"])).unwrap_or_else(exit_with);
+    threads.push(std::thread::spawn(move || loop {
+        for message in
+            consumer.poll_messages_blocking(256, std::time::Duration::from_millis(50)).unwrap_or_else(exit_with)
+        {
+            let payload = String::from_utf8(message.payload.clone()).expect("UTF-8 payloads");
+            if payload.ends_with("-dead") || (payload.ends_with("-nack") && message.attempt == 0) {
+                match consumer.nack_blocking(&message).unwrap_or_else(exit_with).outcome {
+                    MessageOutcome::DeadLettered { .. } => println!("ACK dead {payload}"),
+                    _ => println!("ACK nack {payload}"),
+                }
+            }
+        }
+        consumer.commit_blocking().unwrap_or_else(exit_with);
+    }));
+    for thread in threads {
+        thread.join().expect("threads end only by exiting the process");
     }
 }
 
