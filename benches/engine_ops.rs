@@ -2,11 +2,11 @@
 //! one at a time from a plain thread (blocking calls) and 256 in flight from a client executor.
 
 use std::rc::Rc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
-use glommio::{LocalExecutorBuilder, Placement};
-use tradeshard_engine::{Engine, EngineHandle, NewTrade, Options, TradeId};
+use tradeshard_benches::{concurrent, open_engine as open};
+use tradeshard_engine::{NewTrade, TradeId};
 
 fn trade(buyer: u64, order: u64) -> NewTrade {
     NewTrade {
@@ -17,36 +17,6 @@ fn trade(buyer: u64, order: u64) -> NewTrade {
         currency: "CNY".into(),
         memo: String::new(),
     }
-}
-
-fn open(cache_bytes: usize) -> (tempfile::TempDir, Engine) {
-    let dir = tempfile::Builder::new().prefix("tradeshard-bench").tempdir_in(".").expect("temporary directory");
-    let options = Options { segment_bytes: 16 << 20, cache_bytes, ..Options::new(dir.path()) };
-    (dir, Engine::open(options).expect("engine"))
-}
-
-/// Runs `iters` rounds of `in_flight` concurrent requests made by `request`, from a client
-/// executor on this thread.
-fn concurrent<F, Fut>(handle: &EngineHandle, iters: u64, in_flight: u64, request: F) -> Duration
-where
-    F: Fn(EngineHandle, u64) -> Fut + 'static,
-    Fut: std::future::Future<Output = ()> + 'static,
-{
-    let client = LocalExecutorBuilder::new(Placement::Unbound).make().expect("client executor");
-    let request = Rc::new(request);
-    let handle = handle.clone();
-    client.run(async move {
-        let start = Instant::now();
-        for round in 0..iters {
-            let tasks: Vec<_> = (0..in_flight)
-                .map(|i| glommio::spawn_local((request.clone())(handle.clone(), round * in_flight + i)))
-                .collect();
-            for task in tasks {
-                task.await;
-            }
-        }
-        start.elapsed()
-    })
 }
 
 fn create_trade(c: &mut Criterion) {

@@ -1,9 +1,12 @@
 //! Shared set-up for the criterion benchmarks: a pinned glommio executor that outlives one
-//! benchmark's iterations, and a log opened on a temporary directory of the real disk.
+//! benchmark's iterations, a log opened on a temporary directory of the real disk, an engine
+//! opened on one, and rounds of concurrent requests from a client executor.
 
 use std::rc::Rc;
+use std::time::{Duration, Instant};
 
 use glommio::{LocalExecutor, LocalExecutorBuilder, Placement};
+use tradeshard_engine::{Engine, EngineHandle, Options};
 use tradeshard_wal::disk::DmaDisk;
 use tradeshard_wal::{Wal, WalConfig};
 
@@ -25,4 +28,35 @@ impl BenchLog {
         let wal = executor.run(async move { Wal::open(disk, config, |_, _| {}).await.expect("open log").0 });
         BenchLog { executor, wal: Rc::new(wal), _dir: dir }
     }
+}
+
+/// An engine on a temporary directory under the current one, with `cache_bytes` of cache.
+pub fn open_engine(cache_bytes: usize) -> (tempfile::TempDir, Engine) {
+    let dir = tempfile::Builder::new().prefix("tradeshard-bench").tempdir_in(".").expect("temporary directory");
+    let options = Options { segment_bytes: 16 << 20, cache_bytes, ..Options::new(dir.path()) };
+    (dir, Engine::open(options).expect("engine"))
+}
+
+/// Runs `iters` rounds of `in_flight` concurrent requests made by `request`, from a client
+/// executor on this thread.
+pub fn concurrent<F, Fut>(handle: &EngineHandle, iters: u64, in_flight: u64, request: F) -> Duration
+where
+    F: Fn(EngineHandle, u64) -> Fut + 'static,
+    Fut: std::future::Future<Output = ()> + 'static,
+{
+    let client = LocalExecutorBuilder::new(Placement::Unbound).make().expect("client executor");
+    let request = Rc::new(request);
+    let handle = handle.clone();
+    client.run(async move {
+        let start = Instant::now();
+        for round in 0..iters {
+            let tasks: Vec<_> = (0..in_flight)
+                .map(|i| glommio::spawn_local((request.clone())(handle.clone(), round * in_flight + i)))
+                .collect();
+            for task in tasks {
+                task.await;
+            }
+        }
+        start.elapsed()
+    })
 }

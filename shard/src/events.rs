@@ -22,7 +22,7 @@ use tradeshard_wal::disk::Disk;
 use tradeshard_wal::Wal;
 
 use crate::error::{Refusal, TradeError};
-use crate::message::{MessageBody, MessageView, KIND_MESSAGE, TRADES_TOPIC};
+use crate::message::{route, MessageBody, MessageView, KIND_MESSAGE, TRADES_TOPIC};
 use crate::record::{TradeRecord, TradeRecordView};
 use crate::system_record::LogRecord;
 
@@ -49,11 +49,11 @@ impl Subscription {
         Subscription { trades: true, topics: Arc::new([]), group: Arc::from("") }
     }
 
-    /// Whether a message record is delivered to this subscription.
-    fn takes(&self, message: &MessageView<'_>) -> bool {
-        message.is_delivered()
-            && (message.group.is_empty() || message.group == &*self.group)
-            && self.topics.iter().any(|topic| topic == message.topic)
+    /// Whether a message record is delivered to this subscription (its header only: the
+    /// reader of the batch decodes, and so checks, what it is given).
+    fn takes(&self, record: &[u8]) -> Result<bool, &'static str> {
+        let (delivered, group, topic) = route(record)?;
+        Ok(delivered && (group.is_empty() || group == &*self.group) && self.topics.iter().any(|t| t == topic))
     }
 }
 
@@ -225,7 +225,7 @@ pub(crate) async fn poll<D: Disk>(partition: u32, wal: &Wal<D>, query: PollQuery
         let bad = |reason| TradeError::BadRecord { seq: offset, reason };
         let message = record.get(1) == Some(&KIND_MESSAGE);
         let taken = match message {
-            true => query.subscription.takes(&MessageView::decode(record).map_err(bad)?),
+            true => query.subscription.takes(record).map_err(bad)?,
             false if LogRecord::is_system(record) => {
                 // Not an event; checked all the same, so a bad one is reported where it lies.
                 LogRecord::decode(record).map_err(bad)?;

@@ -452,6 +452,29 @@ fn headers_of(bytes: &[u8], count: u8) -> impl Iterator<Item = (&str, &[u8])> {
     })
 }
 
+/// What a poll needs of a message record to choose it: whether it is delivered, to which
+/// group, of which topic; read off the header without checking the rest (a consumer's decode
+/// checks every byte of what it is given).
+pub(crate) fn route(bytes: &[u8]) -> Result<(bool, &str, &str), &'static str> {
+    let short = "message record cut short";
+    let (op, flags, group_len) = match bytes.get(..8) {
+        Some(fixed) => (MessageOp::from_u8(fixed[2]).ok_or("message record of an unknown op")?, fixed[3], fixed[6]),
+        None => return Err(short),
+    };
+    let optional = [FLAG_REFERENCE, FLAG_PRODUCER, FLAG_PRODUCER, FLAG_DUE].iter().filter(|f| flags & *f != 0).count();
+    let group_at = FIXED_BYTES + 8 * optional;
+    let group = bytes.get(group_at..group_at + group_len as usize).ok_or(short)?;
+    let group = std::str::from_utf8(group).map_err(|_| "message group is not UTF-8")?;
+    let due = (flags & FLAG_DUE != 0).then_some(0);
+    if flags & FLAG_BODY == 0 || !delivered(op, due) {
+        return Ok((false, group, ""));
+    }
+    let topic_at = group_at + group_len as usize;
+    let topic_len = *bytes.get(topic_at).ok_or(short)? as usize;
+    let topic = bytes.get(topic_at + 1..topic_at + 1 + topic_len).ok_or(short)?;
+    Ok((true, group, std::str::from_utf8(topic).map_err(|_| "message topic is not UTF-8")?))
+}
+
 fn delivered(op: MessageOp, due_ms: Option<u64>) -> bool {
     match op {
         MessageOp::Publish => due_ms.is_none(),
@@ -553,7 +576,11 @@ mod tests {
                 bytes[flip] ^= 1 << bit;
             }
             bytes.truncate(cut.max(1));
+            let routed = route(&bytes);
             if let Ok(view) = MessageView::decode(&bytes) {
+                let (delivered, group, topic) = routed.expect("what decodes routes");
+                prop_assert_eq!((delivered, group), (view.is_delivered(), view.group));
+                prop_assert!(!delivered || topic == view.topic);
                 let record = view.to_record();
                 prop_assert_eq!(MessageView::decode(&record.encode()).unwrap().to_record(), record);
             }

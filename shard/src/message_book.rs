@@ -16,9 +16,11 @@ use crate::message::{MessageBody, MessageOp, MessageRecord, RollbackReason};
 
 /// Producers a shard remembers; a new one past this replaces the least recently used.
 pub const PRODUCERS_MAX: usize = 1024;
-/// Sequence numbers of one producer a shard remembers (a retry of an older one is refused as
-/// a stale duplicate: it was stored, its offset is no longer known).
-pub const PRODUCER_WINDOW: usize = 1024;
+/// Sequence numbers of one producer a shard remembers, back from its highest (a retry of an
+/// older one is refused as a stale duplicate: it was stored, its offset is no longer known).
+/// Kafka keeps a producer's last five batches; this bounds a producer's messages in flight to
+/// one partition that can still be retried.
+pub const PRODUCER_WINDOW: usize = 128;
 /// Answers of resolved half messages, nacks and dead letters a shard keeps for repeats.
 pub const ANSWERS_KEPT: usize = 65_536;
 /// Most retries a policy may schedule.
@@ -161,14 +163,14 @@ pub enum AnswerKey {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) struct ProducerWindow {
     /// (seq, offset) in slot `seq % PRODUCER_WINDOW`.
-    slots: Vec<(u64, u64)>,
+    slots: Box<[(u64, u64); PRODUCER_WINDOW]>,
     pub high: u64,
     pub last_ms: u64,
 }
 
 impl ProducerWindow {
     fn new() -> ProducerWindow {
-        ProducerWindow { slots: vec![(u64::MAX, 0); PRODUCER_WINDOW], high: 0, last_ms: 0 }
+        ProducerWindow { slots: Box::new([(u64::MAX, 0); PRODUCER_WINDOW]), high: 0, last_ms: 0 }
     }
 
     /// Where `seq` was stored: `Ok(Some(offset))`, `Ok(None)` if it never was, `Err(())` if
@@ -210,6 +212,8 @@ pub(crate) enum MessageItem {
 #[derive(Debug, Clone, Default)]
 pub struct MessageBook {
     producers: HashMap<u64, ProducerWindow>,
+    /// (last use, id) of every producer: the least recently used first.
+    producers_by_use: BTreeSet<(u64, u64)>,
     halves: BTreeMap<u64, HalfEntry>,
     scheduled: BTreeMap<u64, ScheduledEntry>,
     /// (due time, offset) of every scheduled entry: the next one due first.
@@ -318,11 +322,23 @@ impl MessageBook {
     }
 
     fn note_producer(&mut self, id: u64, sequence: u64, seq: u64, at_ms: u64) {
-        if !self.producers.contains_key(&id) && self.producers.len() >= PRODUCERS_MAX {
-            let oldest = self.producers.iter().min_by_key(|(id, p)| (p.last_ms, **id)).map(|(id, _)| *id);
-            self.producers.remove(&oldest.expect("full"));
+        match self.producers.get_mut(&id) {
+            Some(window) => {
+                self.producers_by_use.remove(&(window.last_ms, id));
+                window.note(sequence, seq, at_ms);
+                self.producers_by_use.insert((window.last_ms, id));
+            }
+            None => {
+                if self.producers.len() >= PRODUCERS_MAX {
+                    let (_, oldest) = self.producers_by_use.pop_first().expect("full");
+                    self.producers.remove(&oldest);
+                }
+                let mut window = ProducerWindow::new();
+                window.note(sequence, seq, at_ms);
+                self.producers_by_use.insert((window.last_ms, id));
+                self.producers.insert(id, window);
+            }
         }
-        self.producers.entry(id).or_insert_with(ProducerWindow::new).note(sequence, seq, at_ms);
     }
 
     fn answer(&mut self, key: AnswerKey, receipt: MessageReceipt) -> MessageReceipt {
@@ -404,12 +420,14 @@ impl MessageBook {
         match item {
             MessageItem::Producer { id, last_ms, entries } => {
                 let mut window = ProducerWindow::new();
+                window.last_ms = last_ms;
                 for (sequence, offset) in entries {
                     window.note(sequence, offset, last_ms);
                 }
                 if self.producers.insert(id, window).is_some() || self.producers.len() > PRODUCERS_MAX {
                     return Err(twice);
                 }
+                self.producers_by_use.insert((last_ms, id));
             }
             MessageItem::Half(offset, half) => {
                 self.held_bytes += half.body.held_bytes();

@@ -64,6 +64,8 @@ enum Key {
 #[derive(Default)]
 pub(crate) struct InFlightMessages {
     keys: HashMap<Key, u64>,
+    /// The keys each write in flight holds, by its seq.
+    keys_of: HashMap<u64, Vec<Key>>,
     /// Bytes of bodies the writes in flight will add to the book, by seq.
     held: BTreeMap<u64, usize>,
     held_bytes: usize,
@@ -73,7 +75,11 @@ pub(crate) struct InFlightMessages {
 impl InFlightMessages {
     /// Retires the durable write at `seq`; returns the commands that waited for it.
     pub(crate) fn retire(&mut self, seq: u64) -> Vec<ParkedMessage> {
-        self.keys.retain(|_, at| *at != seq);
+        for key in self.keys_of.remove(&seq).unwrap_or_default() {
+            if self.keys.get(&key) == Some(&seq) {
+                self.keys.remove(&key);
+            }
+        }
         self.held_bytes -= self.held.remove(&seq).unwrap_or(0);
         self.parked.remove(&seq).unwrap_or_default()
     }
@@ -81,6 +87,7 @@ impl InFlightMessages {
     /// After the log failed: forgets everything and fails whoever waits.
     pub(crate) fn fail(&mut self, error: &TradeError) {
         self.keys.clear();
+        self.keys_of.clear();
         self.held.clear();
         self.held_bytes = 0;
         for (_, reply) in std::mem::take(&mut self.parked).into_values().flatten() {
@@ -365,8 +372,11 @@ fn enqueue<D: Disk>(
     };
     let seq = ticket.seq();
     let in_flight = &mut accepted.messages;
-    for key in keys {
-        in_flight.keys.insert(key, seq);
+    if !keys.is_empty() {
+        for key in &keys {
+            in_flight.keys.insert(*key, seq);
+        }
+        in_flight.keys_of.insert(seq, keys);
     }
     if held > 0 {
         in_flight.held.insert(seq, held);

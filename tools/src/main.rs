@@ -3,10 +3,12 @@
 //! `load` drives the embedded engine (the main job), `settle` consumes and reconciles the
 //! settlement events, `stress` kills and recovers the engine and checks what survived,
 //! `compare` runs the same workload on RocksDB, `wal-bench` measures one write-ahead log alone,
-//! `inspect` shows what a data directory holds.
+//! `inspect` shows what a data directory holds, `dlq` lists, replays or drops a consumer
+//! group's dead letters.
 
 mod compare;
 mod data_dir;
+mod dlq;
 mod inspect;
 mod latency;
 mod load;
@@ -49,6 +51,8 @@ enum Command {
     /// Show what a data directory holds: per shard its segments, checkpoint, trades, consumer
     /// groups and their lag, and what opening it cost.
     Inspect(inspect::Args),
+    /// List a consumer group's dead letters, or send them back to it, or drop them.
+    Dlq(dlq::Args),
 }
 
 fn main() -> anyhow::Result<()> {
@@ -61,5 +65,6 @@ fn main() -> anyhow::Result<()> {
         Command::StressChild(args) => stress::child::run(args),
         Command::WalBench(args) => wal_bench::run(args),
         Command::Inspect(args) => inspect::run(args),
+        Command::Dlq(args) => dlq::run(args),
     }
 }

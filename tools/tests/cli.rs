@@ -184,3 +184,79 @@ fn compare_reports_every_figure_with_its_goal() {
     assert_eq!(run["events"], run["trades"], "every trade's event is consumed, hot and after reopening");
     assert!(std::fs::read_dir(dir.path()).unwrap().next().is_none(), "the temporary directory is removed");
 }
+
+/// The message workloads report their rates and check that what they stored is delivered:
+/// publishes read back once each; half messages committed (by their producer or, for those
+/// left to it, by the checker) reach a consumer, with the latency from prepare to delivery.
+#[test]
+fn load_publishes_and_half_messages_report_their_rates_and_deliver_everything() {
+    let dir = tempfile::tempdir().unwrap();
+    let common = ["--inflight", "64", "--users", "1000", "--json"];
+    let publish =
+        json(&tradeshard(&[&["load", "--workload", "publish", "--ops", "3000"], &common[..]].concat(), dir.path()));
+    assert!(publish["messages_per_sec"].as_f64().unwrap() > 0.0 && publish["consumed_per_sec"].as_f64().unwrap() > 0.0);
+    assert_eq!((publish["messages"].as_u64(), publish["delivered_ok"].as_bool()), (Some(3000), Some(true)));
+    let half = json(&tradeshard(
+        &[&["load", "--workload", "half-messages", "--ops", "2000"], &common[..]].concat(),
+        dir.path(),
+    ));
+    for key in ["commits_per_sec", "rollbacks_per_sec", "check_backs_per_sec"] {
+        assert!(half[key].as_f64().is_some_and(|v| v > 0.0), "{key} in {half}");
+    }
+    assert_eq!((half["left_to_checker"].as_u64(), half["delivered_ok"].as_bool()), (Some(20), Some(true)));
+    assert!(half["end_to_end_us"]["p99"].as_u64().is_some());
+}
+
+/// `dlq` lists a group's dead letters, replays one (delivered to the group again) and drops
+/// the rest.
+#[test]
+fn dlq_lists_replays_and_drops_a_groups_dead_letters() {
+    use tradeshard_engine::{ConsumerConfig, Engine, Options, OutgoingMessage};
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let options = || {
+        let mut options = Options { physical_shards: Some(2), executors: Some(1), pin: false, ..Options::new(&data) };
+        options.upkeep.messages.retries = 0;
+        options
+    };
+    let engine = Engine::open(options()).unwrap();
+    let handle = engine.handle();
+    for key in ["a", "b", "c"] {
+        handle.publish_blocking(&OutgoingMessage::new("jobs", key, format!("job {key}"))).unwrap();
+    }
+    let mut consumer = handle.consumer(ConsumerConfig::topics("workers", &["jobs"])).unwrap();
+    let mut failed = 0;
+    while failed < 3 {
+        for message in consumer.poll_messages_blocking(10, std::time::Duration::from_millis(100)).unwrap() {
+            consumer.nack_blocking(&message).unwrap();
+            failed += 1;
+        }
+    }
+    consumer.commit_blocking().unwrap();
+    drop(consumer);
+    engine.close().unwrap();
+    let data_arg = data.to_str().unwrap();
+    let list = || {
+        let output = tradeshard(&["dlq", "--dir", data_arg, "--group", "workers", "list", "--json"], dir.path());
+        assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+        let lines = String::from_utf8(output.stdout).unwrap();
+        lines.lines().map(|line| serde_json::from_str::<serde_json::Value>(line).unwrap()).collect::<Vec<_>>()
+    };
+    let listed = list();
+    assert_eq!(listed.len(), 3);
+    assert!(listed.iter().all(|letter| letter["topic"] == "jobs" && letter["attempts"] == 1));
+    let first = listed[0]["id"].as_str().unwrap().to_string();
+    let replay = tradeshard(&["dlq", "--dir", data_arg, "--group", "workers", "replay", "--id", &first], dir.path());
+    assert!(replay.status.success(), "{}", String::from_utf8_lossy(&replay.stderr));
+    assert_eq!(list().len(), 2);
+    assert!(tradeshard(&["dlq", "--dir", data_arg, "--group", "workers", "drop"], dir.path()).status.success());
+    assert!(list().is_empty());
+    assert!(!tradeshard(&["dlq", "--dir", data_arg, "--group", "workers", "burn"], dir.path()).status.success());
+    let engine = Engine::open(options()).unwrap();
+    let mut consumer = engine.handle().consumer(ConsumerConfig::topics("workers", &["jobs"])).unwrap();
+    let again = consumer.poll_messages_blocking(10, std::time::Duration::from_secs(2)).unwrap();
+    assert_eq!(again.len(), 1, "the replayed letter, to its group");
+    assert_eq!((again[0].attempt, again[0].topic.as_str()), (0, "jobs"));
+    drop(consumer);
+    engine.close().unwrap();
+}

@@ -20,6 +20,7 @@ use indicatif::{ProgressBar, ProgressStyle};
 use tradeshard_engine::{Engine, EngineHandle, Options, SyncMethod, TradeStatus, Upkeep};
 
 mod client;
+mod messages;
 mod report;
 mod retry;
 mod transfer;
@@ -59,9 +60,13 @@ pub struct Args {
     trade_memory: Option<u64>,
     /// ingest: creates only; mixed: create, pay, settle, get and list; read: gets by trade id
     /// after an untimed ingest of --read-trades trades; transfer: money moved between --users
-    /// users funded before the timed phase, then counted (`conservation_ok`).
-    #[arg(long, default_value = "mixed", value_parser = ["mixed", "ingest", "read", "transfer"])]
+    /// users funded before the timed phase, then counted (`conservation_ok`); publish and
+    /// half-messages: application messages (`load/messages.rs`).
+    #[arg(long, default_value = "mixed", value_parser = ["mixed", "ingest", "read", "transfer", "publish", "half-messages"])]
     workload: String,
+    /// Bytes of each message's payload (publish, half-messages).
+    #[arg(long, default_value_t = 256)]
+    payload_bytes: usize,
     /// Share of the transfer workload's transfers between users of two shards (each a TCC
     /// activity); the rest stay within one shard (one journal record each).
     #[arg(long, default_value_t = 0.5)]
@@ -137,6 +142,23 @@ pub struct Args {
     report_every: Option<Duration>,
 }
 
+/// Runs `work` on a client executor of its own thread (unpinned: the executors own the cores)
+/// and returns its result.
+fn on_client_executor<T, Fut>(work: impl FnOnce() -> Fut + Send + 'static) -> anyhow::Result<T>
+where
+    T: Send + 'static,
+    Fut: std::future::Future<Output = anyhow::Result<T>>,
+{
+    let client = std::thread::spawn(move || -> anyhow::Result<T> {
+        let executor = LocalExecutorBuilder::new(Placement::Unbound)
+            .name("load-client")
+            .make()
+            .map_err(|e| anyhow::anyhow!("starting the client executor: {e}"))?;
+        executor.run(work())
+    });
+    client.join().map_err(|_| anyhow::anyhow!("the client thread panicked"))?
+}
+
 pub fn run(args: Args) -> anyhow::Result<()> {
     if args.inflight == 0 || args.inflight > 1 << 20 {
         bail!("--inflight must be between 1 and 1048576");
@@ -183,6 +205,9 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     if args.durability == "buffered" {
         options = options.buffered(Duration::from_millis(10));
     }
+    if args.workload == "half-messages" {
+        options = messages::with_checker(options);
+    }
     let opening = Instant::now();
     let engine = Engine::open(options).with_context(|| format!("opening the engine in {}", dir.display()))?;
     let open_ms = opening.elapsed().as_millis() as u64;
@@ -214,20 +239,16 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     if args.workload == "transfer" {
         return transfer::run_on_thread(&args, engine, data_dir, open_ms, duration, run_tag());
     }
+    if args.workload == "publish" || args.workload == "half-messages" {
+        return messages::run_on_thread(&args, engine, data_dir, duration);
+    }
     let settle_stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
     let settler =
         args.settle.then(|| crate::settle::spawn(handle.clone(), "load-settlement".into(), settle_stop.clone()));
     let client_args = args.clone();
     let dir_for_client = dir.clone();
     let opened: Vec<_> = engine.handle().stats_blocking()?.shards.iter().map(|shard| shard.opened).collect();
-    let client = std::thread::spawn(move || -> anyhow::Result<Report> {
-        let executor = LocalExecutorBuilder::new(Placement::Unbound)
-            .name("load-client")
-            .make()
-            .map_err(|e| anyhow::anyhow!("starting the client executor: {e}"))?;
-        executor.run(drive(client_args, handle, users, duration, dir_for_client))
-    });
-    let mut report = client.join().map_err(|_| anyhow::anyhow!("the client thread panicked"))??;
+    let mut report = on_client_executor(move || drive(client_args, handle, users, duration, dir_for_client))?;
     report.open_ms = open_ms;
     report.replayed_records = opened.iter().map(|shard| shard.replayed_records).sum();
     settle_stop.store(true, std::sync::atomic::Ordering::Release);

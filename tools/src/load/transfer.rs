@@ -9,7 +9,6 @@ use std::time::{Duration, Instant};
 
 use anyhow::bail;
 use fastrand::Rng;
-use glommio::{LocalExecutorBuilder, Placement};
 use hdrhistogram::Histogram;
 use serde::Serialize;
 use tradeshard_engine::{EngineHandle, Error, Refusal};
@@ -247,25 +246,17 @@ pub(super) fn run_on_thread(
     duration: Option<Duration>,
     run_tag: String,
 ) -> anyhow::Result<()> {
-    let (handle, args_for_client) = (engine.handle(), args.clone());
-    let client = std::thread::spawn(move || -> anyhow::Result<TransferReport> {
-        let executor = LocalExecutorBuilder::new(Placement::Unbound)
-            .name("load-client")
-            .make()
-            .map_err(|e| anyhow::anyhow!("starting the client executor: {e}"))?;
-        let a = args_for_client;
-        let plan = TransferPlan {
-            users: a.users,
-            cross_ratio: a.cross_shard_ratio,
-            inflight: a.inflight,
-            duration,
-            ops_max: a.ops,
-            seed: a.seed,
-            run: run_tag,
-        };
-        executor.run(run(handle, plan))
-    });
-    let report = client.join().map_err(|_| anyhow::anyhow!("the client thread panicked"))??;
+    let handle = engine.handle();
+    let plan = TransferPlan {
+        users: args.users,
+        cross_ratio: args.cross_shard_ratio,
+        inflight: args.inflight,
+        duration,
+        ops_max: args.ops,
+        seed: args.seed,
+        run: run_tag,
+    };
+    let report = super::on_client_executor(move || run(handle, plan))?;
     engine.close().map_err(|e| anyhow::anyhow!("closing the engine: {e}"))?;
     eprintln!("load: opened in {open_ms} ms; data directory {} bytes", data_dir.disk_bytes());
     if args.keep {
