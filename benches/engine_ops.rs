@@ -5,7 +5,7 @@ use std::rc::Rc;
 use std::time::Duration;
 
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
-use tradeshard_benches::{concurrent, open_engine as open};
+use tradeshard_benches::{concurrent, drain, open_engine as open};
 use tradeshard_engine::{NewTrade, TradeId};
 
 fn trade(buyer: u64, order: u64) -> NewTrade {
@@ -122,33 +122,21 @@ fn consume(c: &mut Criterion) {
     let mut group = c.benchmark_group("engine_consume");
     group.throughput(Throughput::Elements(events));
     group.bench_function("drain_100k", |b| {
-        b.iter(|| {
-            for (partition, _) in consumer.assignment() {
-                consumer.seek_blocking(partition, 0).unwrap();
-            }
-            let mut seen = 0;
-            while seen < events {
-                seen += consumer.poll_blocking(4096, Duration::ZERO).unwrap().len() as u64;
-            }
-            assert!(consumer.poll_blocking(4096, Duration::ZERO).unwrap().is_empty());
-        })
+        b.iter(|| drain(&mut consumer, events, |c| c.poll_blocking(4096, Duration::ZERO).unwrap().len() as u64))
     });
     // The same drain read in place: each event's record decoded as a borrowed view.
     group.bench_function("drain_100k_raw", |b| {
         b.iter(|| {
-            for (partition, _) in consumer.assignment() {
-                consumer.seek_blocking(partition, 0).unwrap();
-            }
-            let mut seen = 0;
-            while seen < events {
-                for batch in consumer.poll_raw_blocking(4096, Duration::ZERO).unwrap() {
+            drain(&mut consumer, events, |c| {
+                let mut seen = 0;
+                for batch in c.poll_raw_blocking(4096, Duration::ZERO).unwrap() {
                     for view in batch.views() {
                         std::hint::black_box(view.unwrap().1.amount);
                         seen += 1;
                     }
                 }
-            }
-            assert!(consumer.poll_raw_blocking(4096, Duration::ZERO).unwrap().is_empty());
+                seen
+            })
         })
     });
     group.finish();

@@ -6,7 +6,7 @@ use std::rc::Rc;
 use std::time::{Duration, Instant};
 
 use glommio::{LocalExecutor, LocalExecutorBuilder, Placement};
-use tradeshard_engine::{Engine, EngineHandle, Options};
+use tradeshard_engine::{Consumer, Engine, EngineHandle, Options};
 use tradeshard_wal::disk::DmaDisk;
 use tradeshard_wal::{Wal, WalConfig};
 
@@ -59,4 +59,17 @@ where
         }
         start.elapsed()
     })
+}
+
+/// Seeks every partition of `consumer` back to the start and polls with `poll` (which returns
+/// how many events it read) until `events` are read; then checks that nothing is left.
+pub fn drain(consumer: &mut Consumer, events: u64, mut poll: impl FnMut(&mut Consumer) -> u64) {
+    for (partition, _) in consumer.assignment() {
+        consumer.seek_blocking(partition, 0).unwrap();
+    }
+    let mut seen = 0;
+    while seen < events {
+        seen += poll(consumer);
+    }
+    assert_eq!(poll(consumer), 0, "nothing past the events written");
 }

@@ -7,7 +7,7 @@ use std::rc::Rc;
 use std::time::Duration;
 
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
-use tradeshard_benches::{concurrent, open_engine};
+use tradeshard_benches::{concurrent, drain, open_engine};
 use tradeshard_engine::{ConsumerConfig, OutgoingMessage};
 
 const PAYLOAD: [u8; 256] = [7; 256];
@@ -60,31 +60,21 @@ fn consume(c: &mut Criterion) {
     group.throughput(Throughput::Elements(messages));
     group.bench_function("drain_40k", |b| {
         b.iter(|| {
-            for (partition, _) in consumer.assignment() {
-                consumer.seek_blocking(partition, 0).unwrap();
-            }
-            let mut seen = 0;
-            while seen < messages {
-                seen += consumer.poll_messages_blocking(4096, Duration::ZERO).unwrap().len() as u64;
-            }
-            assert!(consumer.poll_messages_blocking(4096, Duration::ZERO).unwrap().is_empty());
+            drain(&mut consumer, messages, |c| c.poll_messages_blocking(4096, Duration::ZERO).unwrap().len() as u64)
         })
     });
     group.bench_function("drain_40k_in_place", |b| {
         b.iter(|| {
-            for (partition, _) in consumer.assignment() {
-                consumer.seek_blocking(partition, 0).unwrap();
-            }
-            let mut seen = 0;
-            while seen < messages {
-                for batch in consumer.poll_raw_blocking(4096, Duration::ZERO).unwrap() {
+            drain(&mut consumer, messages, |c| {
+                let mut seen = 0;
+                for batch in c.poll_raw_blocking(4096, Duration::ZERO).unwrap() {
                     for message in batch.messages() {
                         std::hint::black_box(message.unwrap().1.payload.len());
                         seen += 1;
                     }
                 }
-            }
-            assert!(consumer.poll_raw_blocking(4096, Duration::ZERO).unwrap().is_empty());
+                seen
+            })
         })
     });
     group.finish();

@@ -22,7 +22,9 @@ use tradeshard_shard::{
     MessageBody, MessageCommand, MessageOutcome, MessagePolicy, MessageReceipt, PollQuery, Refusal, RollbackReason,
     Shard, Subscription, TradeError, Upkeep,
 };
-use tradeshard_tests::{call, rolling_shard_config, run_campaign, sim_disk_for_seed, upkeep_on_request};
+use tradeshard_tests::{
+    call, rolling_shard_config, run_campaign, run_until_crash, sim_disk_for_seed, upkeep_on_request,
+};
 use tradeshard_wal::disk::{SimDisk, SplitMix64};
 
 const GROUP: &str = "billing";
@@ -288,30 +290,9 @@ async fn run_seed(seed: u64) -> Result<usize, String> {
         let opened = Shard::open_with(disk.clone(), rolling_shard_config(), 0, upkeep()).await;
         let shard = Rc::new(opened.map_err(|e| format!("open: {e}"))?);
         checked += check_after_reopen(&shard, &model).await?;
-        disk.crash_at_op(disk.ops() + 1 + rng.below(300));
-        let mut tasks = Vec::new();
-        for task in 0..1 + rng.below(4) {
-            let client_rng = SplitMix64::new(rng.next_u64());
-            tasks.push(glommio::spawn_local(client(shard.clone(), model.clone(), client_rng, task, incarnation)));
-        }
-        let checkpoints = {
-            let shard = shard.clone();
-            let count = rng.below(4);
-            glommio::spawn_local(async move {
-                for _ in 0..count {
-                    glommio::timer::sleep(Duration::from_micros(300)).await;
-                    if shard.checkpoint().await.is_err() {
-                        return;
-                    }
-                }
-            })
-        };
-        for task in tasks {
-            task.await;
-        }
-        checkpoints.await;
-        drop(shard);
-        disk.crash(rng.next_u64());
+        let (clients, model) = (shard.clone(), model.clone());
+        let client = move |task, client_rng| client(clients.clone(), model.clone(), client_rng, task, incarnation);
+        run_until_crash(shard, &disk, &mut rng, 4, client).await;
     }
     Ok(checked)
 }

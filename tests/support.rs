@@ -237,3 +237,41 @@ pub fn message_options(dir: &std::path::Path) -> tradeshard_engine::Options {
     options.half_check_delay = std::time::Duration::from_secs(24 * 3600);
     options
 }
+
+/// One incarnation of a shard's crash campaign: arms a crash of `disk` at a random operation
+/// within the next 300, runs 1..=`clients_max` clients (`client(task, its own rng)`) and up to
+/// three checkpoints 300 us apart until all end (the crash fails what is left), then drops the
+/// shard and crashes the disk.
+pub async fn run_until_crash<Fut>(
+    shard: std::rc::Rc<tradeshard_shard::Shard<tradeshard_wal::disk::SimDisk>>,
+    disk: &tradeshard_wal::disk::SimDisk,
+    rng: &mut SplitMix64,
+    clients_max: u64,
+    client: impl Fn(u64, SplitMix64) -> Fut,
+) where
+    Fut: Future<Output = ()> + 'static,
+{
+    disk.crash_at_op(disk.ops() + 1 + rng.below(300));
+    let mut tasks = Vec::new();
+    for task in 0..1 + rng.below(clients_max) {
+        tasks.push(glommio::spawn_local(client(task, SplitMix64::new(rng.next_u64()))));
+    }
+    let checkpoints = {
+        let shard = shard.clone();
+        let count = rng.below(4);
+        glommio::spawn_local(async move {
+            for _ in 0..count {
+                glommio::timer::sleep(std::time::Duration::from_micros(300)).await;
+                if shard.checkpoint().await.is_err() {
+                    return;
+                }
+            }
+        })
+    };
+    for task in tasks {
+        task.await;
+    }
+    checkpoints.await;
+    drop(shard);
+    disk.crash(rng.next_u64());
+}
