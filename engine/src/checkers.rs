@@ -90,38 +90,48 @@ impl HalfChecks {
     }
 }
 
-/// Checks every half message due; one that fails does not hold up the others. Returns how
-/// many were resolved; `Closed` once the engine closes.
+/// Half messages checked at once within a pass.
+const CHECKS_AT_ONCE: usize = 256;
+
+/// Checks every half message due, `CHECKS_AT_ONCE` at a time; one that fails does not hold up
+/// the others. Returns how many were resolved; `Closed` once the engine closes.
 pub(crate) async fn check_once(handle: &EngineHandle) -> Result<usize> {
-    let policy = handle.inner.half_checks;
+    let now = now_ms();
+    let due: Vec<HalfMessage> =
+        handle.half_messages().await?.into_iter().filter(|half| handle.inner.half_checks.due(half, now)).collect();
     let mut resolved = 0;
-    for half in handle.half_messages().await? {
-        if !policy.due(&half, now_ms()) {
-            continue;
-        }
-        let answer = match handle.inner.checkers.get(&half.entry.body.topic) {
-            Some(checker) => ask(handle, checker.as_ref(), &half).await?,
-            None => CheckAnswer::Unknown,
-        };
-        let checks = half.entry.checks.saturating_add(1);
-        let resolving = answer != CheckAnswer::Unknown || checks >= policy.max;
-        let written = match answer {
-            CheckAnswer::Commit => handle.resolve_checked(half.id, true, RollbackReason::Checker).await,
-            CheckAnswer::Rollback => handle.resolve_checked(half.id, false, RollbackReason::Checker).await,
-            CheckAnswer::Unknown if resolving => {
-                handle.resolve_checked(half.id, false, RollbackReason::ChecksExhausted).await
+    for chunk in due.chunks(CHECKS_AT_ONCE) {
+        for outcome in tradeshard_shard::join_all(chunk.iter().map(|half| check_one(handle, half))).await {
+            match outcome {
+                Ok(done) => resolved += usize::from(done),
+                Err(Error::Closed) => return Err(Error::Closed),
+                // Resolved meanwhile by its producer, a full disk...: met again at the next
+                // pass if still unresolved.
+                Err(_) => {}
             }
-            CheckAnswer::Unknown => handle.note_check(half.id, checks).await,
-        };
-        match written {
-            Ok(()) => resolved += usize::from(resolving),
-            Err(Error::Closed) => return Err(Error::Closed),
-            // Resolved meanwhile by its producer, a full disk...: met again at the next pass
-            // if still unresolved.
-            Err(_) => {}
         }
     }
     Ok(resolved)
+}
+
+/// Asks about one half message and records the answer; true when it is resolved.
+async fn check_one(handle: &EngineHandle, half: &HalfMessage) -> Result<bool> {
+    let policy = handle.inner.half_checks;
+    let answer = match handle.inner.checkers.get(&half.entry.body.topic) {
+        Some(checker) => ask(handle, checker.as_ref(), half).await?,
+        None => CheckAnswer::Unknown,
+    };
+    let checks = half.entry.checks.saturating_add(1);
+    let resolving = answer != CheckAnswer::Unknown || checks >= policy.max;
+    match answer {
+        CheckAnswer::Commit => handle.resolve_checked(half.id, true, RollbackReason::Checker).await?,
+        CheckAnswer::Rollback => handle.resolve_checked(half.id, false, RollbackReason::Checker).await?,
+        CheckAnswer::Unknown if resolving => {
+            handle.resolve_checked(half.id, false, RollbackReason::ChecksExhausted).await?
+        }
+        CheckAnswer::Unknown => handle.note_check(half.id, checks).await?,
+    }
+    Ok(resolving)
 }
 
 /// Asks `checker` about `half`, bounded by the participants' timeout.

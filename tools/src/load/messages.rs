@@ -69,8 +69,10 @@ pub(super) struct MessageReport {
     pub(super) check_backs_per_sec: f64,
     pub(super) left_to_checker: u64,
     pub(super) latency_us: LatencySummary,
-    /// From a prepare's start to the delivery of its commit to a consumer.
+    /// From a prepare's start to the delivery of its commit to a consumer: committed by their
+    /// producer, and committed by the checker (asked half a second after the prepare).
     pub(super) end_to_end_us: Option<LatencySummary>,
+    pub(super) checker_end_to_end_us: Option<LatencySummary>,
     pub(super) fsyncs_per_sec: f64,
     pub(super) records_per_fsync: f64,
     pub(super) errors: u64,
@@ -125,10 +127,12 @@ impl Shared {
         self.first_error.borrow_mut().get_or_insert(error.to_string());
     }
 
-    /// A payload of the planned size that starts with the nanoseconds since `base`.
-    fn payload(&self) -> Vec<u8> {
-        let mut payload = vec![b'x'; self.plan.payload_bytes.max(8)];
+    /// A payload of the planned size that starts with the nanoseconds since `base`, then
+    /// whether the message is left to the checker.
+    fn payload(&self, left_to_checker: bool) -> Vec<u8> {
+        let mut payload = vec![b'x'; self.plan.payload_bytes.max(9)];
         payload[..8].copy_from_slice(&(self.base.elapsed().as_nanos() as u64).to_le_bytes());
+        payload[8] = u8::from(left_to_checker);
         payload
     }
 }
@@ -141,7 +145,7 @@ async fn worker(shared: Rc<Shared>, task: u64) {
         let started = Instant::now();
         let done = match shared.plan.half {
             false => {
-                let message = producer.borrow_mut().message(TOPIC, key.as_bytes(), &shared.payload());
+                let message = producer.borrow_mut().message(TOPIC, key.as_bytes(), &shared.payload(false));
                 shared.handle.publish(&message).await.map(|_| 0)
             }
             true => half_message(&shared, key, n).await,
@@ -161,7 +165,8 @@ async fn worker(shared: Rc<Shared>, task: u64) {
 
 /// Prepares a half message, then commits it (0), rolls it back (1) or leaves it (2).
 async fn half_message(shared: &Shared, key: String, n: u64) -> tradeshard_engine::Result<usize> {
-    let id = shared.handle.prepare(&OutgoingMessage::new(TOPIC, key, shared.payload())).await?;
+    let left = n.is_multiple_of(100);
+    let id = shared.handle.prepare(&OutgoingMessage::new(TOPIC, key, shared.payload(left))).await?;
     match n % 100 {
         0 => Ok(2),
         r if r % 10 == 1 => shared.handle.rollback_message(id).await.map(|_| 1),
@@ -225,7 +230,8 @@ pub(super) async fn run(handle: EngineHandle, plan: MessagePlan) -> anyhow::Resu
             // The checker commits what was left to it; the consumer waits for all of it.
             let expected = done + left;
             expecting.store(expected, Ordering::Release);
-            let (delivered, end_to_end) = thread.join().map_err(|_| anyhow::anyhow!("the consumer panicked"))??;
+            let (delivered, end_to_end, by_checker) =
+                thread.join().map_err(|_| anyhow::anyhow!("the consumer panicked"))??;
             report.commits_per_sec = done as f64 / elapsed;
             report.rollbacks_per_sec = rolled_back as f64 / elapsed;
             report.check_backs_per_sec = CHECKS.load(Ordering::Relaxed) as f64 / base.elapsed().as_secs_f64();
@@ -233,6 +239,7 @@ pub(super) async fn run(handle: EngineHandle, plan: MessagePlan) -> anyhow::Resu
             report.messages = delivered;
             report.delivered_ok = delivered == expected;
             report.end_to_end_us = Some(end_to_end);
+            report.checker_end_to_end_us = Some(by_checker);
         }
     }
     Ok(report)
@@ -257,17 +264,18 @@ async fn read_all(handle: &EngineHandle) -> anyhow::Result<u64> {
     }
 }
 
-type ConsumerThread = std::thread::JoinHandle<anyhow::Result<(u64, LatencySummary)>>;
+type ConsumerThread = std::thread::JoinHandle<anyhow::Result<(u64, LatencySummary, LatencySummary)>>;
 
 /// A consumer on a thread of its own: receives committed messages until it has the number
-/// the workload stores in the shared count (or 30 s pass without one), timing each.
+/// the workload stores in the shared count (or 30 s pass without one), timing each, those
+/// committed by their producer apart from those the checker committed.
 fn spawn_consumer(handle: EngineHandle, base: Instant) -> (Arc<AtomicU64>, ConsumerThread) {
     let expecting = Arc::new(AtomicU64::new(u64::MAX));
     let shared = expecting.clone();
     let thread = std::thread::spawn(move || {
         let config = ConsumerConfig::topics("load-half-messages", &[TOPIC]);
         let mut consumer = handle.consumer(config)?;
-        let mut histogram = latency::new_histogram();
+        let mut histograms = [latency::new_histogram(), latency::new_histogram()];
         let mut last_seen = Instant::now();
         let mut delivered = 0u64;
         while delivered < shared.load(Ordering::Acquire) && last_seen.elapsed() < Duration::from_secs(30) {
@@ -275,12 +283,12 @@ fn spawn_consumer(handle: EngineHandle, base: Instant) -> (Arc<AtomicU64>, Consu
             let now = base.elapsed().as_nanos() as u64;
             for message in &messages {
                 let sent = u64::from_le_bytes(message.payload[..8].try_into().expect("8 bytes"));
-                latency::record(&mut histogram, now.saturating_sub(sent) / 1000);
+                latency::record(&mut histograms[message.payload[8] as usize], now.saturating_sub(sent) / 1000);
                 last_seen = Instant::now();
             }
             delivered += messages.len() as u64;
         }
-        Ok((delivered, latency::summarize(&histogram)))
+        Ok((delivered, latency::summarize(&histograms[0]), latency::summarize(&histograms[1])))
     });
     (expecting, thread)
 }
