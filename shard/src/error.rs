@@ -164,9 +164,10 @@ pub enum Refusal {
     /// The transfer's activity was cancelled, and nothing moved.
     #[error("transfer cancelled ({reason:?}); activity {activity:#x}")]
     TransferCancelled { activity: u128, reason: CancelReason },
-    /// A producer's sequence number older than the window the shard remembers: it was stored
-    /// (a repeat), and its offset is no longer known.
-    #[error("producer {producer:#x} sequence {sequence} is an old duplicate")]
+    /// A producer's sequence number older than the window the shard remembers: whether it was
+    /// stored can no longer be told (a producer keeps its messages in flight to one partition
+    /// within `PRODUCER_WINDOW`).
+    #[error("producer {producer:#x} sequence {sequence} is older than the shard's window")]
     StaleSequence { producer: u64, sequence: u64 },
     /// No half message, scheduled message or dead letter is at this offset (or its answer
     /// is older than the answers kept).

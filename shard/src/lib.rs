@@ -67,11 +67,11 @@ pub use currency::Currency;
 pub use error::{InputError, LogError, Refusal, TradeError};
 pub use events::{Event, EventBatch, Message, PollQuery, Subscription, POLL_BYTES_MAX, POLL_EVENTS_MAX};
 pub use index::order_key;
+/// Awaits futures together (the engine's check-backs run a pass's checks at once).
+pub use join::join_all;
 /// The codec of every record of a shard's log, for fuzzing and tests (`testing` feature).
 #[cfg(any(test, feature = "testing"))]
 pub use journal::JournalRecord;
-/// Awaits futures together (the engine's check-backs run a pass's checks at once).
-pub use join::join_all;
 pub use journal::{AccountOp, REQUEST_NO_BYTES_MAX};
 pub use keys::account_request_key;
 pub use lifecycle::Move;

@@ -17,7 +17,7 @@ use crate::message::{MessageBody, MessageOp, MessageRecord, RollbackReason};
 /// Producers a shard remembers; a new one past this replaces the least recently used.
 pub const PRODUCERS_MAX: usize = 1024;
 /// Sequence numbers of one producer a shard remembers, back from its highest (a retry of an
-/// older one is refused as a stale duplicate: it was stored, its offset is no longer known).
+/// older one is refused: whether it was stored can no longer be told).
 /// Kafka keeps a producer's last five batches; this bounds a producer's messages in flight to
 /// one partition that can still be retried.
 pub const PRODUCER_WINDOW: usize = 128;

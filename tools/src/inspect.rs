@@ -77,6 +77,12 @@ struct ShardReport {
     branches: u64,
     activities: u64,
     activities_in_doubt: Vec<ActivityReport>,
+    /// Half messages not resolved, messages scheduled (delayed, retries), dead letters, and
+    /// the bytes of their bodies held in memory.
+    half_messages: u64,
+    scheduled_messages: u64,
+    dead_letters: u64,
+    message_bytes_held: u64,
     open_ms: u64,
     replayed_records: u64,
     skipped_segments: u64,
@@ -141,6 +147,10 @@ pub fn run(args: Args) -> anyhow::Result<()> {
             account_requests: shard.account_requests,
             branches: shard.branches,
             activities: shard.activities,
+            half_messages: shard.half_messages,
+            scheduled_messages: shard.scheduled_messages,
+            dead_letters: shard.dead_letters,
+            message_bytes_held: shard.message_bytes_held,
             activities_in_doubt: in_doubt
                 .iter()
                 .filter(|(home, _, _)| *home == shard.shard)
@@ -220,6 +230,13 @@ pub fn run(args: Args) -> anyhow::Result<()> {
             s.branches,
             s.activities,
             s.activities_in_doubt.len()
+        );
+        println!(
+            "  {} half messages, {} scheduled messages, {} dead letters ({:.1} MiB held)",
+            s.half_messages,
+            s.scheduled_messages,
+            s.dead_letters,
+            s.message_bytes_held as f64 / (1 << 20) as f64
         );
         for a in &s.activities_in_doubt {
             println!(
