@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 
 use tradeshard_engine::{
     CheckAnswer, CheckFuture, ConsumerConfig, Engine, EngineHandle, Error, HalfMessage, InputError, Message,
-    MessageChecker, MessageCheckers, MessageOutcome, MessagePolicy, Options, OutgoingMessage, Refusal,
+    MessageChecker, MessageCheckers, MessageOutcome, MessagePolicy, Options, OutgoingMessage, Refusal, KEY_BYTES_MAX,
     PAYLOAD_BYTES_MAX,
 };
 use tradeshard_tests::engine_options;
@@ -89,9 +89,12 @@ fn a_retried_publish_is_stored_once_and_bad_input_leaves_no_trace() {
     assert!(matches!(h.publish_blocking(&too_big), Err(Error::Invalid(InputError::ReservedTopic))));
     too_big.body.topic = "a topic".into();
     assert!(matches!(h.publish_blocking(&too_big), Err(Error::Invalid(InputError::BadTopic { .. }))));
+    let largest = OutgoingMessage::new("orders", vec![b'k'; KEY_BYTES_MAX], vec![b'z'; PAYLOAD_BYTES_MAX]);
+    h.publish_blocking(&largest).unwrap();
     let mut consumer = h.consumer(ConsumerConfig::topics("g", &["orders", "a", "trades"])).unwrap();
-    let got = drain(&mut consumer, 3, Duration::from_secs(2));
-    assert_eq!(payloads(&got), ["once", "twice"]);
+    let got = drain(&mut consumer, 4, Duration::from_secs(2));
+    assert_eq!(payloads(&got[..2]), ["once", "twice"]);
+    assert_eq!((got.len(), &got[2].payload, &got[2].key), (3, &largest.body.payload, &largest.body.key));
     engine.close().unwrap();
 }
 
@@ -274,4 +277,74 @@ fn a_delayed_publish_is_delivered_once_due_also_after_a_reopen() {
     assert_eq!(payloads(&got), ["after reopen"]);
     assert!(got[0].at_ms >= now + 1500, "released once due");
     engine.close().unwrap();
+}
+
+/// Broadcast consumers of a topic each read every message under offsets of their own; a
+/// clustered group's members split the partitions and read each message once between them.
+#[test]
+fn broadcast_consumers_each_read_every_message_and_a_group_reads_each_once() {
+    use tradeshard_engine::ConsumerMode;
+    let dir = tempfile::tempdir().unwrap();
+    let engine = Engine::open(engine_options(dir.path(), 4, 2)).unwrap();
+    let h = engine.handle();
+    for i in 0..100 {
+        publish(&h, "config", &format!("node-{}", i % 10), &format!("invalidate {i}"));
+    }
+    let broadcast = |instance: &str| {
+        let mode = ConsumerMode::Broadcast { instance: instance.into() };
+        h.consumer(ConsumerConfig { mode, ..ConsumerConfig::topics("caches", &["config"]) }).unwrap()
+    };
+    let (mut a, mut b) = (broadcast("a"), broadcast("b"));
+    assert_eq!(drain(&mut a, 100, Duration::from_secs(5)).len(), 100);
+    assert_eq!(drain(&mut b, 100, Duration::from_secs(5)).len(), 100);
+    let mut one = h.consumer(ConsumerConfig::topics("workers", &["config"])).unwrap();
+    let mut two = h.consumer(ConsumerConfig::topics("workers", &["config"])).unwrap();
+    let (mut seen_one, mut seen_two) = (Vec::new(), Vec::new());
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while seen_one.len() + seen_two.len() < 100 && Instant::now() < deadline {
+        seen_one.extend(payloads(&one.poll_messages_blocking(100, Duration::from_millis(20)).unwrap()));
+        seen_two.extend(payloads(&two.poll_messages_blocking(100, Duration::from_millis(20)).unwrap()));
+    }
+    assert!(!seen_one.is_empty() && !seen_two.is_empty(), "the members split the partitions");
+    let mut all: Vec<_> = seen_one.into_iter().chain(seen_two).collect();
+    all.sort();
+    all.dedup();
+    assert_eq!(all.len(), 100, "each message once between the members");
+    drop((a, b, one, two));
+    engine.close().unwrap();
+}
+
+/// Past the bytes of bodies a shard may hold, a prepare (or a delayed publish) is refused
+/// with a typed error and leaves no trace; once half messages resolve there is room again.
+#[test]
+fn held_message_bodies_are_bounded_and_a_refusal_leaves_no_trace() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut options = engine_options(dir.path(), 1, 1);
+    options.upkeep.messages.held_bytes_max = 4096;
+    let engine = Engine::open(options).unwrap();
+    let h = engine.handle();
+    let big = |i: usize| OutgoingMessage::new("pay", "k", vec![b'x'; 1000 + i]);
+    let mut prepared = Vec::new();
+    let refused = loop {
+        match h.prepare_blocking(&big(prepared.len())) {
+            Ok(id) => prepared.push(id),
+            Err(error) => break error,
+        }
+        assert!(prepared.len() < 10, "the bound must refuse");
+    };
+    assert!(matches!(refused, Error::Refused(Refusal::MessagesFull { max: 4096, .. })), "{refused:?}");
+    let end = h.stats_blocking().unwrap().shards[0].log_end;
+    let later = OutgoingMessage::new("pay", "k", vec![b'y'; 2000]).deliver_at(u64::MAX / 2);
+    assert!(matches!(h.publish_blocking(&later), Err(Error::Invalid(InputError::DelayTooLong { .. }))));
+    let soon = OutgoingMessage::new("pay", "k", vec![b'y'; 2000]).deliver_at(now_ms() + 60_000);
+    assert!(matches!(h.publish_blocking(&soon), Err(Error::Refused(Refusal::MessagesFull { .. }))));
+    assert_eq!(h.stats_blocking().unwrap().shards[0].log_end, end, "refusals write nothing");
+    assert_eq!(h.half_messages_blocking().unwrap().len(), prepared.len());
+    h.commit_message_blocking(prepared[0]).unwrap();
+    h.prepare_blocking(&big(0)).unwrap();
+    engine.close().unwrap();
+}
+
+fn now_ms() -> u64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_millis() as u64
 }

@@ -9,6 +9,7 @@ use tradeshard_wal::disk::DmaDisk;
 use tradeshard_wal::{Durability, SyncMethod, WalConfig};
 
 use crate::error::{LogError, TradeError};
+use crate::message::MESSAGE_RECORD_BYTES_MAX;
 use crate::record::RECORD_BYTES_MAX;
 use crate::retention::Upkeep;
 use crate::shard::{RecoveredShard, Shard};
@@ -17,6 +18,12 @@ use crate::shard::{RecoveredShard, Shard};
 /// point read decodes one piece of a frame (`WalConfig::piece_raw_bytes`), not the frame, so
 /// this bounds only what a sequential reader decodes at once.
 const FRAME_PAYLOAD_BYTES: u32 = 64 << 10;
+
+/// Largest record of a shard's log: a message record (trade, journal and transaction records
+/// are smaller), with room in a frame for its length prefix.
+const LOG_RECORD_BYTES_MAX: usize =
+    if MESSAGE_RECORD_BYTES_MAX > RECORD_BYTES_MAX { MESSAGE_RECORD_BYTES_MAX } else { RECORD_BYTES_MAX };
+const _: () = assert!(LOG_RECORD_BYTES_MAX + 4 <= FRAME_PAYLOAD_BYTES as usize, "a record fits a frame");
 
 /// Fewest records a shard's log lets wait for a flush, whatever the engine's queue depth.
 const PENDING_RECORDS_MIN: usize = 1 << 16;
@@ -49,7 +56,7 @@ impl ShardConfig {
             segment_bytes: self.segment_bytes,
             pending_records_max: self.pending_records_max.max(PENDING_RECORDS_MIN),
             frame_payload_bytes_max: FRAME_PAYLOAD_BYTES,
-            record_bytes_max: RECORD_BYTES_MAX as u32,
+            record_bytes_max: LOG_RECORD_BYTES_MAX as u32,
             ..WalConfig::default()
         }
     }

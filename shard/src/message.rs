@@ -11,7 +11,7 @@
 use crate::bytes::Reader;
 use crate::error::InputError;
 use crate::record::RECORD_VERSION;
-use crate::system_record::OffsetCommit;
+use crate::system_record::{OffsetCommit, GROUP_BYTES_MAX};
 
 /// The kind of a message record.
 pub const KIND_MESSAGE: u8 = 21;
@@ -21,14 +21,23 @@ pub const TRADES_TOPIC: &str = "trades";
 pub const TOPIC_BYTES_MAX: usize = 64;
 /// Longest message key, in bytes.
 pub const KEY_BYTES_MAX: usize = 1024;
-/// Largest payload, in bytes.
-pub const PAYLOAD_BYTES_MAX: usize = 128 << 10;
+/// Largest payload, in bytes (a record must fit one frame of the log, 64 KiB).
+pub const PAYLOAD_BYTES_MAX: usize = 32 << 10;
 /// Most headers a message carries.
 pub const HEADERS_MAX: usize = 16;
 /// Most bytes of header names and values together.
 pub const HEADER_BYTES_MAX: usize = 4096;
 
 const FIXED_BYTES: usize = 16;
+/// Largest message record: the fixed part, every optional field, a group, and a message of
+/// the largest topic, key, headers and payload.
+pub const MESSAGE_RECORD_BYTES_MAX: usize = FIXED_BYTES
+    + 4 * 8
+    + GROUP_BYTES_MAX
+    + (1 + TOPIC_BYTES_MAX)
+    + (2 + KEY_BYTES_MAX)
+    + (1 + HEADERS_MAX * 3 + HEADER_BYTES_MAX)
+    + (4 + PAYLOAD_BYTES_MAX);
 const FLAG_REFERENCE: u8 = 1;
 const FLAG_PRODUCER: u8 = 2;
 const FLAG_BODY: u8 = 4;
@@ -545,6 +554,24 @@ mod tests {
             })
             .collect();
         assert_eq!(delivered, [true, false, false, true, false, false, true, false]);
+    }
+
+    #[test]
+    fn the_largest_message_record_is_what_the_bound_says() {
+        let name = |c: char, len: usize| std::iter::repeat_n(c, len).collect::<String>();
+        let mut record = MessageRecord::new(MessageOp::Publish, 1);
+        let headers = (0..HEADERS_MAX).map(|i| (name('h', 1), vec![i as u8; HEADER_BYTES_MAX / HEADERS_MAX - 1]));
+        let body = MessageBody {
+            topic: name('t', TOPIC_BYTES_MAX),
+            key: vec![1; KEY_BYTES_MAX],
+            headers: headers.collect(),
+            payload: vec![2; PAYLOAD_BYTES_MAX],
+        };
+        body.validate().unwrap();
+        (record.producer, record.due_ms, record.body) = (Some((1, 2)), Some(3), Some(body));
+        let bytes = record.encode();
+        assert!(bytes.len() <= MESSAGE_RECORD_BYTES_MAX, "{} > {MESSAGE_RECORD_BYTES_MAX}", bytes.len());
+        assert_eq!(MessageView::decode(&bytes).unwrap().to_record(), record);
     }
 
     #[test]
