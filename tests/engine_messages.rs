@@ -121,10 +121,10 @@ fn half_messages_are_delivered_only_once_committed_and_where_the_commit_lies() {
     );
     assert!(matches!(
         h.rollback_message_blocking(committed),
-        Err(Error::Refused(Refusal::HalfResolved { outcome: "committed", .. }))
+        Err(Error::Refused(Refusal::Resolved { outcome: "committed", .. }))
     ));
     h.rollback_message_blocking(rolled_back).unwrap();
-    assert!(matches!(h.commit_message_blocking(rolled_back), Err(Error::Refused(Refusal::HalfResolved { .. }))));
+    assert!(matches!(h.commit_message_blocking(rolled_back), Err(Error::Refused(Refusal::Resolved { .. }))));
     let got = drain(&mut consumer, 2, Duration::from_millis(300));
     assert_eq!(payloads(&got), ["committed"]);
     assert_eq!(got[0].offset, commit.id.offset, "delivered where the commit lies");
@@ -347,4 +347,33 @@ fn held_message_bodies_are_bounded_and_a_refusal_leaves_no_trace() {
 
 fn now_ms() -> u64 {
     std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_millis() as u64
+}
+
+/// A half message made by a producer is prepared once however often it is sent; a delayed
+/// publish repeated after its release answers as it first did; a consumer of no topic is
+/// refused.
+#[test]
+fn a_producers_prepare_and_delayed_publish_answer_their_first_answer() {
+    let dir = tempfile::tempdir().unwrap();
+    let engine = Engine::open(engine_options(dir.path(), 2, 2)).unwrap();
+    let h = engine.handle();
+    let mut producer = h.producer();
+    let half = producer.message("pay", b"k", b"once");
+    let id = h.prepare_blocking(&half).unwrap();
+    assert_eq!(h.prepare_blocking(&half).unwrap(), id);
+    assert_eq!(h.half_messages_blocking().unwrap().len(), 1);
+    h.commit_message_blocking(id).unwrap();
+    assert_eq!(h.prepare_blocking(&half).unwrap(), id, "a repeat after the commit: the same id");
+    assert!(h.half_messages_blocking().unwrap().is_empty());
+    let delayed = producer.message("later", b"k", b"soon").deliver_at(now_ms() + 100);
+    let first = h.publish_blocking(&delayed).unwrap();
+    let mut consumer = h.consumer(ConsumerConfig::topics("g", &["later", "pay"])).unwrap();
+    assert_eq!(payloads(&drain(&mut consumer, 2, Duration::from_secs(3))), ["once", "soon"]);
+    let again = h.publish_blocking(&delayed).unwrap();
+    assert_eq!(again, tradeshard_engine::Published { replayed: true, ..first }, "still the first answer");
+    assert!(matches!(first.outcome, MessageOutcome::Scheduled { .. }));
+    let nothing = ConsumerConfig { topics: Vec::new(), ..ConsumerConfig::new("g") };
+    assert!(matches!(h.consumer(nothing), Err(Error::Invalid(InputError::NoTopics))));
+    drop(consumer);
+    engine.close().unwrap();
 }

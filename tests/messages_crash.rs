@@ -13,7 +13,7 @@
 //! (`TRADESHARD_SIM_SEED=<seed>`).
 
 use std::cell::RefCell;
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::rc::Rc;
 use std::sync::Arc;
 use std::time::Duration;
@@ -49,6 +49,7 @@ struct Model {
     lost: Vec<MessageCommand>,
     /// Half messages acknowledged as prepared and not yet resolved: offset → payload.
     open_halves: BTreeMap<u64, Vec<u8>>,
+    resolved_halves: BTreeSet<u64>,
     /// Where messages a group can nack were delivered (publishes, and retries once read).
     delivered: BTreeMap<u64, Vec<u8>>,
 }
@@ -83,8 +84,14 @@ async fn send(shard: &Shard<SimDisk>, model: &RefCell<Model>, command: MessageCo
 
 fn note(model: &mut Model, command: &MessageCommand, receipt: MessageReceipt) {
     match (command, receipt.outcome) {
-        (MessageCommand::Prepare { body }, _) => drop(model.open_halves.insert(receipt.offset, body.payload.clone())),
-        (MessageCommand::Resolve { half, .. }, _) => drop(model.open_halves.remove(half)),
+        // A repeat of a prepare since resolved answers it again: it stays resolved.
+        (MessageCommand::Prepare { body, .. }, _) if !model.resolved_halves.contains(&receipt.offset) => {
+            drop(model.open_halves.insert(receipt.offset, body.payload.clone()))
+        }
+        (MessageCommand::Resolve { half, .. }, _) => {
+            model.open_halves.remove(half);
+            model.resolved_halves.insert(*half);
+        }
         (MessageCommand::Publish { body, .. }, MessageOutcome::Published) if !receipt.replayed => {
             drop(model.delivered.insert(receipt.offset, body.payload.clone()))
         }
@@ -103,7 +110,13 @@ async fn client(shard: Rc<Shard<SimDisk>>, model: Rc<RefCell<Model>>, mut rng: S
                 producer: Some((producer, n)),
                 due_ms: None,
             },
-            2 => MessageCommand::Prepare { body: body(rng.below(3), payload) },
+            // Two prepares in three under the producer's sequence number (sent again after a
+            // crash, they take effect once); the third with none (a lost one is a stray half
+            // message, as the checker would find it).
+            2 => MessageCommand::Prepare {
+                body: body(rng.below(3), payload),
+                producer: (n % 3 != 0).then_some((producer, n)),
+            },
             3 | 4 => {
                 let Some((&half, _)) = model.borrow().open_halves.iter().nth(rng.below(4) as usize) else { continue };
                 MessageCommand::Resolve { half, commit: rng.below(2) == 0, reason: RollbackReason::Asked }
@@ -148,11 +161,11 @@ async fn check_after_reopen(shard: &Shard<SimDisk>, model: &Rc<RefCell<Model>>) 
     let lost_prepares: Vec<Vec<u8>> = lost
         .iter()
         .filter_map(|command| match command {
-            MessageCommand::Prepare { body } => Some(body.payload.clone()),
+            MessageCommand::Prepare { body, producer: None } => Some(body.payload.clone()),
             _ => None,
         })
         .collect();
-    for command in lost.into_iter().filter(|c| !matches!(c, MessageCommand::Prepare { .. })) {
+    for command in lost.into_iter().filter(|c| !matches!(c, MessageCommand::Prepare { producer: None, .. })) {
         let sent = command.clone();
         match call(|done| shard.message(sent, done)).await {
             Ok(receipt) => {
@@ -163,13 +176,13 @@ async fn check_after_reopen(shard: &Shard<SimDisk>, model: &Rc<RefCell<Model>>) 
                 note(&mut model.borrow_mut(), &command, receipt);
             }
             // A resolution of a half the other way, or a nack of a message since gone.
-            Err(TradeError::Refused(Refusal::HalfResolved { .. } | Refusal::UnknownMessage { .. })) => {}
+            Err(TradeError::Refused(Refusal::Resolved { .. } | Refusal::UnknownMessage { .. })) => {}
             Err(e) => return Err(format!("{command:?} sent again failed with the shard healthy: {e}")),
         }
     }
     let acked = model.borrow().acked.clone();
     for (command, receipt) in &acked {
-        if matches!(command, MessageCommand::Prepare { .. } | MessageCommand::Checked { .. }) {
+        if matches!(command, MessageCommand::Prepare { producer: None, .. } | MessageCommand::Checked { .. }) {
             continue; // no key: a prepare sent again is another half message
         }
         let sent = command.clone();

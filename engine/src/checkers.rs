@@ -18,7 +18,7 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
-use tradeshard_shard::RollbackReason;
+use tradeshard_shard::{HalfEntry, RollbackReason};
 
 use crate::error::{Error, Result};
 use crate::handle::EngineHandle;
@@ -79,9 +79,8 @@ pub struct HalfChecks {
 }
 
 impl HalfChecks {
-    /// Whether `half` is due for a check at `now`.
-    fn due(&self, half: &HalfMessage, now: u64) -> bool {
-        let entry = &half.entry;
+    /// Whether `entry` is due for a check at `now`.
+    pub(crate) fn due(&self, entry: &HalfEntry, now: u64) -> bool {
         let since = match entry.checks {
             0 => entry.prepared_ms + self.delay.as_millis() as u64,
             _ => entry.checked_ms + self.interval.as_millis() as u64,
@@ -96,9 +95,8 @@ const CHECKS_AT_ONCE: usize = 256;
 /// Checks every half message due, `CHECKS_AT_ONCE` at a time; one that fails does not hold up
 /// the others. Returns how many were resolved; `Closed` once the engine closes.
 pub(crate) async fn check_once(handle: &EngineHandle) -> Result<usize> {
-    let now = now_ms();
-    let due: Vec<HalfMessage> =
-        handle.half_messages().await?.into_iter().filter(|half| handle.inner.half_checks.due(half, now)).collect();
+    // Chosen on the executors: only the due ones cross, not every body held.
+    let due = handle.halves_due(now_ms()).await?;
     let mut resolved = 0;
     for chunk in due.chunks(CHECKS_AT_ONCE) {
         for outcome in tradeshard_shard::join_all(chunk.iter().map(|half| check_one(handle, half))).await {

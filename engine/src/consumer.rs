@@ -126,6 +126,9 @@ impl Consumer {
             ConsumerMode::Broadcast { instance } => format!("{}/{instance}", config.group),
         };
         validate_group(&offsets_key)?;
+        if config.topics.is_empty() {
+            return Err(InputError::NoTopics.into());
+        }
         let mut topics = Vec::new();
         for topic in &config.topics {
             validate_topic(topic)?;

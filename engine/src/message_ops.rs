@@ -4,6 +4,7 @@
 use tradeshard_shard::reply::Reply;
 use tradeshard_shard::{DeadEntry, DiskShard, HalfEntry, MessageCommand, MessageReceipt, ShardReply};
 
+use crate::checkers::HalfChecks;
 use crate::ops::{ExecutorOp, ExecutorShards, ShardOp};
 
 /// A message write (publish, prepare, resolve, check, nack, the end of a dead letter).
@@ -16,16 +17,20 @@ impl ShardOp for Message {
     }
 }
 
-/// The half messages not resolved of every shard of the executor: (shard, offset, entry).
+/// The half messages not resolved of every shard of the executor (with a time and a policy of
+/// checks, only those due for a check then): (shard, offset, entry).
 #[derive(Clone, Copy)]
-pub(crate) struct HalfMessages;
+pub(crate) struct HalfMessages(pub Option<(u64, HalfChecks)>);
 
 impl ExecutorOp for HalfMessages {
     type Output = Vec<(u32, u64, HalfEntry)>;
     fn start(self, shards: &ExecutorShards, reply: Reply<Self::Output>) {
         let mut halves = Vec::new();
         for (id, shard) in &shards.shards {
-            shard.with_messages(|book| halves.extend(book.halves().map(|(at, half)| (*id, at, half.clone()))));
+            shard.with_messages(|book| {
+                let taken = book.halves().filter(|(_, half)| self.0.is_none_or(|(now, checks)| checks.due(half, now)));
+                halves.extend(taken.map(|(at, half)| (*id, at, half.clone())))
+            });
         }
         reply.send(halves)
     }

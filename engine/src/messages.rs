@@ -129,7 +129,8 @@ impl Producer {
     }
 
     /// A message of `topic` under `key`, with this producer's next sequence number in the
-    /// key's partition: publish it (again, if need be) with `EngineHandle::publish`.
+    /// key's partition: publish it (again, if need be) with `EngineHandle::publish`, or
+    /// prepare it as a half message with `EngineHandle::prepare`.
     pub fn message(&mut self, topic: &str, key: &[u8], payload: &[u8]) -> OutgoingMessage {
         let partition = self.handle.partition_of_key(key);
         let next = self.next.entry(partition).or_insert(1);
@@ -183,10 +184,7 @@ impl EngineHandle {
     /// not before its `deliver_at_ms`. Bounds (`MessageBody::validate`) are checked first.
     pub async fn publish(&self, message: &OutgoingMessage) -> Result<Published> {
         message.body.validate()?;
-        let (partition, producer) = match message.producer {
-            Some((partition, id, sequence)) => (partition, Some((id, sequence))),
-            None => (self.partition_of_key(&message.body.key), None),
-        };
+        let (partition, producer) = self.partition_and_producer(message);
         let command = MessageCommand::Publish { body: message.body.clone(), producer, due_ms: message.deliver_at_ms };
         self.message_write(partition, command).await
     }
@@ -195,22 +193,33 @@ impl EngineHandle {
     /// what to commit or roll back (and what the topic's checker is asked about).
     ///
     /// [`commit_message`]: Self::commit_message
+    ///
+    /// A message made by a [`Producer`] is prepared once however often this is repeated (the
+    /// repeat answers the same id); any other is a new half message each time.
     pub async fn prepare(&self, message: &OutgoingMessage) -> Result<MessageId> {
         message.body.validate()?;
-        let partition = self.partition_of_key(&message.body.key);
-        let published = self.message_write(partition, MessageCommand::Prepare { body: message.body.clone() }).await?;
-        Ok(published.id)
+        let (partition, producer) = self.partition_and_producer(message);
+        let command = MessageCommand::Prepare { body: message.body.clone(), producer };
+        Ok(self.message_write(partition, command).await?.id)
+    }
+
+    /// Where `message` goes, and its producer's (id, sequence number) if a producer made it.
+    fn partition_and_producer(&self, message: &OutgoingMessage) -> (u32, Option<(u64, u64)>) {
+        match message.producer {
+            Some((partition, id, sequence)) => (partition, Some((id, sequence))),
+            None => (self.partition_of_key(&message.body.key), None),
+        }
     }
 
     /// Commits the half message `id`: delivered from where the commit lies. A repeat answers
-    /// the first commit; after a rollback it is `Refusal::HalfResolved`.
+    /// the first commit; after a rollback it is `Refusal::Resolved`.
     pub async fn commit_message(&self, id: MessageId) -> Result<Published> {
         let command = MessageCommand::Resolve { half: id.offset, commit: true, reason: RollbackReason::Asked };
         self.message_write(id.partition, command).await
     }
 
     /// Rolls the half message `id` back: never delivered. A repeat answers the first
-    /// rollback; after a commit it is `Refusal::HalfResolved`.
+    /// rollback; after a commit it is `Refusal::Resolved`.
     pub async fn rollback_message(&self, id: MessageId) -> Result<Published> {
         let command = MessageCommand::Resolve { half: id.offset, commit: false, reason: RollbackReason::Asked };
         self.message_write(id.partition, command).await
@@ -233,8 +242,17 @@ impl EngineHandle {
 
     /// Every half message not yet resolved, in partition and offset order.
     pub async fn half_messages(&self) -> Result<Vec<HalfMessage>> {
+        self.halves(ops::HalfMessages(None)).await
+    }
+
+    /// The half messages due for a check at `now_ms`.
+    pub(crate) async fn halves_due(&self, now_ms: u64) -> Result<Vec<HalfMessage>> {
+        self.halves(ops::HalfMessages(Some((now_ms, self.inner.half_checks)))).await
+    }
+
+    async fn halves(&self, op: ops::HalfMessages) -> Result<Vec<HalfMessage>> {
         let mut halves = Vec::new();
-        for per_executor in self.on_every_executor(ops::HalfMessages).await? {
+        for per_executor in self.on_every_executor(op).await? {
             for (partition, offset, entry) in per_executor {
                 halves.push(HalfMessage { id: MessageId { partition, offset }, entry });
             }

@@ -103,6 +103,12 @@ pub enum InputError {
     /// A delayed publish due further ahead than allowed.
     #[error("a message may be delayed at most {max_ms} ms")]
     DelayTooLong { max_ms: u64 },
+    /// A producer's sequence number of `u64::MAX` (which marks no sequence).
+    #[error("a producer's sequence number must be below u64::MAX")]
+    BadSequence,
+    /// A consumer subscribed to no topic.
+    #[error("a consumer reads at least one topic")]
+    NoTopics,
     /// A message id naming a partition the engine does not have.
     #[error("partition {partition} is not one of the {partitions} partitions")]
     BadPartition { partition: u32, partitions: u32 },
@@ -173,9 +179,14 @@ pub enum Refusal {
     /// is older than the answers kept).
     #[error("no message to act on at offset {offset}")]
     UnknownMessage { offset: u64 },
-    /// A half message (or dead letter) that was resolved the other way.
+    /// A half message resolved, or a dead letter ended, the other way (or a check of a half
+    /// message already resolved).
     #[error("the message at offset {offset} was {outcome}")]
-    HalfResolved { offset: u64, outcome: &'static str },
+    Resolved { offset: u64, outcome: &'static str },
+    /// A nack of a delivery so old that whether the group already nacked it can no longer be
+    /// told (its answer was among the oldest let go): refused rather than risk a second retry.
+    #[error("whether group '{group}' already nacked offset {offset} can no longer be told")]
+    NackTooOld { offset: u64, group: String },
     /// A nack of an offset that holds no message delivered to the group.
     #[error("offset {offset} holds no message delivered to group '{group}'")]
     NotDelivered { offset: u64, group: String },

@@ -1,8 +1,10 @@
 //! The shard's log read as a stream of events: each trade record (topic `trades`) and each
 //! delivered application message (`message.rs`) is an event whose offset is its sequence
 //! number; a poll returns those of the topics it subscribes to (and, of messages meant for one
-//! group, those of its group), and skips the rest: system records, half messages, scheduled
-//! ones, other topics.
+//! group, those of its group), and skips the rest: system records (decoded all the same, so a
+//! bad one is reported where it lies), and message records it does not take (half messages,
+//! scheduled ones, other topics; of those only the header is read: the consumer's decode checks
+//! every byte of what it is given).
 //!
 //! A poll returns durable events only, in log order, at most `max_events` and about
 //! `max_bytes` of records (always at least one event when one is there), and waits up to

@@ -49,7 +49,8 @@ const FLAG_DUE: u8 = 8;
 pub enum MessageOp {
     /// A message published: delivered here, or scheduled when it has a due time.
     Publish = 1,
-    /// A half message: stored, not delivered, until committed or rolled back.
+    /// A half message: stored, not delivered, until committed or rolled back (with a
+    /// producer's sequence number, a repeat is stored once).
     Prepare = 2,
     /// The half message at `reference` committed: delivered here.
     Commit = 3,
@@ -93,7 +94,7 @@ impl MessageOp {
         use MessageOp::*;
         match self {
             Publish => (false, true, true, true),
-            Prepare => (false, true, false, false),
+            Prepare => (false, true, true, false),
             Commit => (true, true, false, false),
             Rollback | Checked => (true, false, false, false),
             Nack => (true, true, false, true),
@@ -320,8 +321,18 @@ impl<'a> MessageView<'a> {
                 return Err("rollback of an unknown reason");
             }
             MessageOp::Checked if detail == 0 => return Err("a check record counts at least one check"),
-            MessageOp::Nack | MessageOp::DeadLetter if attempt == 0 => return Err("a nack follows an attempt"),
+            MessageOp::Rollback | MessageOp::Checked => {}
+            _ if detail != 0 => return Err("message record with a detail its op does not have"),
             _ => {}
+        }
+        let attempt_fits = match op {
+            MessageOp::Nack | MessageOp::DeadLetter => attempt > 0,
+            // A release of a delayed publish is a first attempt, of a retry a later one.
+            MessageOp::Release => (attempt == 0) == group.is_empty(),
+            _ => attempt == 0,
+        };
+        if !attempt_fits || producer.is_some_and(|(_, sequence)| sequence == u64::MAX) {
+            return Err("message record with an attempt or a sequence number its op does not have");
         }
         if body {
             let BodyView { topic, key, headers, header_count, payload } = read_body(&mut reader)?;
@@ -407,6 +418,9 @@ pub(crate) fn read_body<'a>(reader: &mut Reader<'a>) -> Result<BodyView<'a>, &'s
     let topic_len = reader.u8()? as usize;
     let topic = std::str::from_utf8(reader.take(topic_len)?).map_err(|_| "message topic is not UTF-8")?;
     validate_topic(topic).map_err(|_| "message topic out of bounds")?;
+    if topic == TRADES_TOPIC {
+        return Err("a message of the topic of trade events");
+    }
     let key_len = reader.u16()? as usize;
     if key_len > KEY_BYTES_MAX {
         return Err("message key too long");
@@ -470,8 +484,14 @@ pub(crate) fn route(bytes: &[u8]) -> Result<(bool, &str, &str), &'static str> {
         Some(fixed) => (MessageOp::from_u8(fixed[2]).ok_or("message record of an unknown op")?, fixed[3], fixed[6]),
         None => return Err(short),
     };
-    let optional = [FLAG_REFERENCE, FLAG_PRODUCER, FLAG_PRODUCER, FLAG_DUE].iter().filter(|f| flags & *f != 0).count();
-    let group_at = FIXED_BYTES + 8 * optional;
+    // The optional u64 fields before the group: a reference, a producer's id and sequence
+    // number (two), a due time.
+    let optional_u64s = [(FLAG_REFERENCE, 1), (FLAG_PRODUCER, 2), (FLAG_DUE, 1)]
+        .iter()
+        .filter(|(flag, _)| flags & flag != 0)
+        .map(|(_, count)| count)
+        .sum::<usize>();
+    let group_at = FIXED_BYTES + 8 * optional_u64s;
     let group = bytes.get(group_at..group_at + group_len as usize).ok_or(short)?;
     let group = std::str::from_utf8(group).map_err(|_| "message group is not UTF-8")?;
     let due = (flags & FLAG_DUE != 0).then_some(0);

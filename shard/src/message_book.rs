@@ -7,7 +7,10 @@
 //! Everything here is bounded by configuration, not by history: the bodies held (halves,
 //! scheduled, dead) by [`MessagePolicy::held_bytes_max`], the producers by
 //! [`PRODUCERS_MAX`] (the least recently used goes), each producer's window by
-//! [`PRODUCER_WINDOW`], the answers kept by [`ANSWERS_KEPT`] (oldest first).
+//! [`PRODUCER_WINDOW`], the answers kept by [`ANSWERS_KEPT`] of resolutions and as many of
+//! nacks (oldest first). A nack's answer that went leaves its group a floor: a nack of a
+//! delivery below it can no longer tell whether it repeats one, and is refused rather than
+//! risk a second retry.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 use std::time::Duration;
@@ -21,7 +24,8 @@ pub const PRODUCERS_MAX: usize = 1024;
 /// Kafka keeps a producer's last five batches; this bounds a producer's messages in flight to
 /// one partition that can still be retried.
 pub const PRODUCER_WINDOW: usize = 128;
-/// Answers of resolved half messages, nacks and dead letters a shard keeps for repeats.
+/// Answers a shard keeps for repeats: of half messages' resolutions and dead letters' ends,
+/// and as many again of nacks.
 pub const ANSWERS_KEPT: usize = 65_536;
 /// Most retries a policy may schedule.
 pub const RETRIES_MAX: usize = 32;
@@ -151,34 +155,53 @@ pub struct DeadEntry {
 }
 
 /// What a repeat is keyed by: the resolution of a half message, a group's nack of a delivered
-/// message, the end of a dead letter.
+/// message, the end of a group's dead letter (groups by `group_hash`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum AnswerKey {
     Half(u64),
     Nack { group: u64, offset: u64 },
-    Dead(u64),
+    Dead { group: u64, offset: u64 },
 }
 
-/// An idempotent producer's recent sequence numbers and the offsets they were stored at.
+impl AnswerKey {
+    /// Whether `outcome` is one a write under this key answers.
+    pub(crate) fn answers(&self, outcome: MessageOutcome) -> bool {
+        use MessageOutcome::*;
+        match self {
+            AnswerKey::Half(_) => matches!(outcome, Committed | RolledBack(_)),
+            AnswerKey::Nack { .. } => matches!(outcome, Retrying { .. } | DeadLettered { .. }),
+            AnswerKey::Dead { .. } => matches!(outcome, Replayed | Dropped),
+        }
+    }
+}
+
+/// A sequence number no producer may use: it marks an empty slot.
+pub const SEQUENCE_NONE: u64 = u64::MAX;
+
+/// What a producer's sequence number stored: the record's offset, and its due time (0: none).
+pub(crate) type Stored = (u64, u64);
+
+/// An idempotent producer's recent sequence numbers and what each stored.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) struct ProducerWindow {
-    /// (seq, offset) in slot `seq % PRODUCER_WINDOW`.
-    slots: Box<[(u64, u64); PRODUCER_WINDOW]>,
+    /// (seq, offset, due time) in slot `seq % PRODUCER_WINDOW`; a slot keeps the highest
+    /// sequence number that came to it.
+    slots: Box<[(u64, u64, u64); PRODUCER_WINDOW]>,
     pub high: u64,
     pub last_ms: u64,
 }
 
 impl ProducerWindow {
     fn new() -> ProducerWindow {
-        ProducerWindow { slots: Box::new([(u64::MAX, 0); PRODUCER_WINDOW]), high: 0, last_ms: 0 }
+        ProducerWindow { slots: Box::new([(SEQUENCE_NONE, 0, 0); PRODUCER_WINDOW]), high: 0, last_ms: 0 }
     }
 
-    /// Where `seq` was stored: `Ok(Some(offset))`, `Ok(None)` if it never was, `Err(())` if
-    /// it is too old to know.
-    pub(crate) fn lookup(&self, seq: u64) -> Result<Option<u64>, ()> {
+    /// What `seq` stored: `Ok(Some(stored))`, `Ok(None)` if it never was, `Err(())` if it is
+    /// too old to tell.
+    pub(crate) fn lookup(&self, seq: u64) -> Result<Option<Stored>, ()> {
         let slot = self.slots[seq as usize % PRODUCER_WINDOW];
         if slot.0 == seq {
-            return Ok(Some(slot.1));
+            return Ok(Some((slot.1, slot.2)));
         }
         if self.high >= PRODUCER_WINDOW as u64 && seq <= self.high - PRODUCER_WINDOW as u64 {
             return Err(());
@@ -186,26 +209,35 @@ impl ProducerWindow {
         Ok(None)
     }
 
-    fn note(&mut self, seq: u64, offset: u64, at_ms: u64) {
-        self.slots[seq as usize % PRODUCER_WINDOW] = (seq, offset);
+    fn note(&mut self, seq: u64, (offset, due): Stored, at_ms: u64) {
+        let slot = &mut self.slots[seq as usize % PRODUCER_WINDOW];
+        if slot.0 == SEQUENCE_NONE || slot.0 < seq {
+            *slot = (seq, offset, due);
+        }
         self.high = self.high.max(seq);
         self.last_ms = self.last_ms.max(at_ms);
     }
 
     /// The slots in use, for a checkpoint.
-    pub(crate) fn entries(&self) -> impl Iterator<Item = (u64, u64)> + '_ {
-        self.slots.iter().copied().filter(|(seq, _)| *seq != u64::MAX)
+    pub(crate) fn entries(&self) -> impl Iterator<Item = (u64, u64, u64)> + '_ {
+        self.slots.iter().copied().filter(|(seq, _, _)| *seq != SEQUENCE_NONE)
     }
 }
 
 /// One entry of the book, as a checkpoint holds it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) enum MessageItem {
-    Producer { id: u64, last_ms: u64, entries: Vec<(u64, u64)> },
+    Producer {
+        id: u64,
+        last_ms: u64,
+        entries: Vec<(u64, u64, u64)>,
+    },
     Half(u64, HalfEntry),
     Scheduled(u64, ScheduledEntry),
     Dead(u64, DeadEntry),
     Answer(AnswerKey, MessageReceipt),
+    /// A group's nacks below this delivered offset can no longer tell whether they repeat one.
+    NackFloor(u64, u64),
 }
 
 /// The durable message state of one shard.
@@ -220,7 +252,11 @@ pub struct MessageBook {
     due: BTreeSet<(u64, u64)>,
     dead: BTreeMap<u64, DeadEntry>,
     answers: HashMap<AnswerKey, MessageReceipt>,
+    /// The keys of the answers kept, oldest first: resolutions and dead letters' ends; nacks.
     answer_order: VecDeque<AnswerKey>,
+    nack_order: VecDeque<AnswerKey>,
+    /// Per group: nacks of deliveries below this offset can no longer tell.
+    nack_floors: HashMap<u64, u64>,
     held_bytes: usize,
 }
 
@@ -238,33 +274,36 @@ impl MessageBook {
         let reference = record.reference.unwrap_or(u64::MAX);
         Ok(match record.op {
             MessageOp::Publish => {
+                let body = body()?;
                 if let Some((id, sequence)) = record.producer {
-                    self.note_producer(id, sequence, seq, record.at_ms);
+                    self.note_producer(id, sequence, (seq, record.due_ms.unwrap_or(0)), record.at_ms);
                 }
                 match record.due_ms {
                     None => receipt(MessageOutcome::Published),
                     Some(due_ms) => {
-                        let entry = ScheduledEntry { body: body()?, due_ms, group: String::new(), attempt: 0 };
-                        self.schedule(seq, entry);
+                        self.schedule(seq, ScheduledEntry { body, due_ms, group: String::new(), attempt: 0 });
                         receipt(MessageOutcome::Scheduled { due_ms })
                     }
                 }
             }
             MessageOp::Prepare => {
                 let entry = HalfEntry { body: body()?, prepared_ms: record.at_ms, checks: 0, checked_ms: 0 };
+                if let Some((id, sequence)) = record.producer {
+                    self.note_producer(id, sequence, (seq, 0), record.at_ms);
+                }
                 self.held_bytes += entry.body.held_bytes();
                 self.halves.insert(seq, entry);
                 receipt(MessageOutcome::Prepared)
             }
             MessageOp::Commit | MessageOp::Rollback => {
-                let half = self.halves.remove(&reference).ok_or("a resolution of no half message")?;
-                self.held_bytes -= half.body.held_bytes();
                 let outcome = match record.op {
                     MessageOp::Commit => MessageOutcome::Committed,
                     _ => MessageOutcome::RolledBack(
                         RollbackReason::from_u8(record.detail).ok_or("a rollback of no reason")?,
                     ),
                 };
+                let half = self.halves.remove(&reference).ok_or("a resolution of no half message")?;
+                self.held_bytes -= half.body.held_bytes();
                 self.answer(AnswerKey::Half(reference), receipt(outcome))
             }
             MessageOp::Checked => {
@@ -310,7 +349,8 @@ impl MessageBook {
                     MessageOp::Replay => MessageOutcome::Replayed,
                     _ => MessageOutcome::Dropped,
                 };
-                self.answer(AnswerKey::Dead(reference), receipt(outcome))
+                let key = AnswerKey::Dead { group: group_hash(&record.group), offset: reference };
+                self.answer(key, receipt(outcome))
             }
         })
     }
@@ -321,11 +361,11 @@ impl MessageBook {
         self.scheduled.insert(seq, entry);
     }
 
-    fn note_producer(&mut self, id: u64, sequence: u64, seq: u64, at_ms: u64) {
+    fn note_producer(&mut self, id: u64, sequence: u64, stored: Stored, at_ms: u64) {
         match self.producers.get_mut(&id) {
             Some(window) => {
                 self.producers_by_use.remove(&(window.last_ms, id));
-                window.note(sequence, seq, at_ms);
+                window.note(sequence, stored, at_ms);
                 self.producers_by_use.insert((window.last_ms, id));
             }
             None => {
@@ -334,7 +374,7 @@ impl MessageBook {
                     self.producers.remove(&oldest);
                 }
                 let mut window = ProducerWindow::new();
-                window.note(sequence, seq, at_ms);
+                window.note(sequence, stored, at_ms);
                 self.producers_by_use.insert((window.last_ms, id));
                 self.producers.insert(id, window);
             }
@@ -342,14 +382,28 @@ impl MessageBook {
     }
 
     fn answer(&mut self, key: AnswerKey, receipt: MessageReceipt) -> MessageReceipt {
+        let order = match key {
+            AnswerKey::Nack { .. } => &mut self.nack_order,
+            _ => &mut self.answer_order,
+        };
         if self.answers.insert(key, receipt).is_none() {
-            self.answer_order.push_back(key);
+            order.push_back(key);
         }
-        while self.answer_order.len() > ANSWERS_KEPT {
-            let oldest = self.answer_order.pop_front().expect("over the bound");
+        while order.len() > ANSWERS_KEPT {
+            let oldest = order.pop_front().expect("over the bound");
             self.answers.remove(&oldest);
+            if let AnswerKey::Nack { group, offset } = oldest {
+                let floor = self.nack_floors.entry(group).or_insert(0);
+                *floor = (*floor).max(offset + 1);
+            }
         }
         receipt
+    }
+
+    /// Whether a nack by `group` (its hash) of the delivery at `offset` can no longer tell
+    /// whether it repeats one whose answer went.
+    pub(crate) fn nack_too_old(&self, group: u64, offset: u64) -> bool {
+        self.nack_floors.get(&group).is_some_and(|floor| offset < *floor)
     }
 
     pub(crate) fn producer(&self, id: u64) -> Option<&ProducerWindow> {
@@ -410,8 +464,10 @@ impl MessageBook {
         let halves = self.halves.iter().map(|(offset, half)| MessageItem::Half(*offset, half.clone()));
         let scheduled = self.scheduled.iter().map(|(offset, entry)| MessageItem::Scheduled(*offset, entry.clone()));
         let dead = self.dead.iter().map(|(offset, entry)| MessageItem::Dead(*offset, entry.clone()));
-        let answers = self.answer_order.iter().map(|key| MessageItem::Answer(*key, self.answers[key]));
-        producers.chain(halves).chain(scheduled).chain(dead).chain(answers)
+        let keys = self.answer_order.iter().chain(&self.nack_order);
+        let answers = keys.map(|key| MessageItem::Answer(*key, self.answers[key]));
+        let floors = self.nack_floors.iter().map(|(group, floor)| MessageItem::NackFloor(*group, *floor));
+        producers.chain(halves).chain(scheduled).chain(dead).chain(answers).chain(floors)
     }
 
     /// Adds an entry read from a checkpoint; one that contradicts those before it is an error.
@@ -421,8 +477,12 @@ impl MessageBook {
             MessageItem::Producer { id, last_ms, entries } => {
                 let mut window = ProducerWindow::new();
                 window.last_ms = last_ms;
-                for (sequence, offset) in entries {
-                    window.note(sequence, offset, last_ms);
+                for (sequence, offset, due) in entries {
+                    if sequence == SEQUENCE_NONE || window.slots[sequence as usize % PRODUCER_WINDOW].0 != SEQUENCE_NONE
+                    {
+                        return Err("a producer's sequence numbers out of their window in a checkpoint");
+                    }
+                    window.note(sequence, (offset, due), last_ms);
                 }
                 if self.producers.insert(id, window).is_some() || self.producers.len() > PRODUCERS_MAX {
                     return Err(twice);
@@ -448,12 +508,85 @@ impl MessageBook {
                 }
             }
             MessageItem::Answer(key, receipt) => {
-                if self.answers.contains_key(&key) || self.answers.len() >= ANSWERS_KEPT {
-                    return Err(twice);
+                let kept = match key {
+                    AnswerKey::Nack { .. } => self.nack_order.len(),
+                    _ => self.answer_order.len(),
+                };
+                if self.answers.contains_key(&key) || kept >= ANSWERS_KEPT || !key.answers(receipt.outcome) {
+                    return Err("an answer twice, too many, or not of its key in a checkpoint");
                 }
                 self.answer(key, receipt);
             }
+            MessageItem::NackFloor(group, floor) => {
+                if self.nack_floors.insert(group, floor).is_some() {
+                    return Err(twice);
+                }
+            }
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::message::MessageBody;
+
+    fn record(op: MessageOp, reference: Option<u64>, group: &str, attempt: u8) -> MessageRecord {
+        let mut record = MessageRecord::new(op, 1);
+        (record.reference, record.group, record.attempt) = (reference, group.to_string(), attempt);
+        record.body = Some(MessageBody { topic: "t".into(), ..MessageBody::default() });
+        record
+    }
+
+    #[test]
+    fn a_producers_window_keeps_the_highest_sequence_of_each_slot_and_tells_what_is_too_old() {
+        let mut window = ProducerWindow::new();
+        let slots = PRODUCER_WINDOW as u64;
+        window.note(1 + slots, (500, 0), 1);
+        window.note(1, (7, 0), 1);
+        assert_eq!(window.lookup(1 + slots), Ok(Some((500, 0))), "a lower sequence never replaces a higher");
+        assert_eq!(window.lookup(1), Err(()), "too old to tell");
+        assert_eq!(window.lookup(2 + slots), Ok(None));
+        window.note(2 + slots, (501, 90), 1);
+        assert_eq!(window.lookup(2 + slots), Ok(Some((501, 90))), "a delayed publish keeps its due time");
+    }
+
+    #[test]
+    fn a_nack_whose_answer_went_leaves_its_group_a_floor_that_replay_rebuilds() {
+        let mut book = MessageBook::default();
+        let mut seq = 0;
+        for offset in 0..=ANSWERS_KEPT as u64 {
+            let mut nack = record(MessageOp::Nack, Some(offset), "g", 1);
+            nack.due_ms = Some(u64::MAX);
+            seq += 1;
+            book.apply(1_000_000 + seq, &nack).unwrap();
+        }
+        let group = group_hash("g");
+        assert!(book.answer_of(AnswerKey::Nack { group, offset: 0 }).is_none(), "the oldest answer went");
+        assert!(book.nack_too_old(group, 0) && !book.nack_too_old(group, 1));
+        assert!(!book.nack_too_old(group_hash("other"), 0), "floors are per group");
+        let mut restored = MessageBook::default();
+        for item in book.items() {
+            restored.restore(item).unwrap();
+        }
+        assert!(restored.nack_too_old(group, 0) && !restored.nack_too_old(group, 1));
+        assert_eq!(
+            restored.answer_of(AnswerKey::Nack { group, offset: 7 }),
+            book.answer_of(AnswerKey::Nack { group, offset: 7 })
+        );
+        assert_eq!(restored.held_bytes(), book.held_bytes());
+    }
+
+    #[test]
+    fn a_dead_letters_end_is_kept_per_group() {
+        let mut book = MessageBook::default();
+        book.apply(10, &record(MessageOp::DeadLetter, Some(3), "g", 2)).unwrap();
+        assert!(book.apply(11, &record(MessageOp::Replay, Some(10), "h", 0)).is_err(), "another group's letter");
+        book.apply(11, &record(MessageOp::Replay, Some(10), "g", 0)).unwrap();
+        let answer = book.answer_of(AnswerKey::Dead { group: group_hash("g"), offset: 10 }).unwrap();
+        assert_eq!((answer.offset, answer.outcome), (11, MessageOutcome::Replayed));
+        assert!(book.answer_of(AnswerKey::Dead { group: group_hash("h"), offset: 10 }).is_none());
+        assert_eq!(book.held_bytes(), 0);
     }
 }

@@ -15,7 +15,9 @@ use tradeshard_wal::disk::Disk;
 
 use crate::error::{InputError, LogError, Refusal, TradeError};
 use crate::message::{MessageBody, MessageOp, MessageRecord, MessageView, RollbackReason};
-use crate::message_book::{group_hash, AnswerKey, MessageBook, MessageOutcome, MessagePolicy, MessageReceipt};
+use crate::message_book::{
+    group_hash, AnswerKey, MessageBook, MessageOutcome, MessagePolicy, MessageReceipt, SEQUENCE_NONE,
+};
 use crate::shard::Shard;
 use crate::state::{Effect, EffectKeys, Inner, ShardReply, Waiter};
 use crate::system_record::LogRecord;
@@ -31,8 +33,9 @@ pub enum MessageCommand {
     /// Publishes `body`; with a producer's (id, sequence number), a repeat is stored once;
     /// with `due_ms`, it is delivered not before then.
     Publish { body: MessageBody, producer: Option<(u64, u64)>, due_ms: Option<u64> },
-    /// Stores a half message: not delivered until committed.
-    Prepare { body: MessageBody },
+    /// Stores a half message: not delivered until committed; with a producer's (id, sequence
+    /// number), a repeat is stored once.
+    Prepare { body: MessageBody, producer: Option<(u64, u64)> },
     /// Commits (delivers) or rolls back the half message at offset `half`.
     Resolve { half: u64, commit: bool, reason: RollbackReason },
     /// Records the `checks`th check of the half message at `half`, which had no answer.
@@ -118,29 +121,25 @@ fn check(book: &MessageBook, command: &MessageCommand) -> Result<Checked, TradeE
             if due_ms.is_some_and(|due| due - now > DELAY_MAX.as_millis() as u64) {
                 return Err(InputError::DelayTooLong { max_ms: DELAY_MAX.as_millis() as u64 }.into());
             }
-            let mut keys = Vec::new();
-            if let Some((id, sequence)) = *producer {
-                match book.producer(id).map(|window| window.lookup(sequence)) {
-                    Some(Ok(Some(offset))) => {
-                        let outcome = match book.scheduled(offset) {
-                            Some(entry) => MessageOutcome::Scheduled { due_ms: entry.due_ms },
-                            None => MessageOutcome::Published,
-                        };
-                        return Ok(Checked::Answer(replayed(offset, outcome)));
-                    }
-                    Some(Err(())) => return Err(Refusal::StaleSequence { producer: id, sequence }.into()),
-                    _ => keys.push(Key::Producer(id, sequence)),
+            let keys = match producer_seen(book, *producer)? {
+                Some((offset, 0)) => return Ok(Checked::Answer(replayed(offset, MessageOutcome::Published))),
+                Some((offset, due_ms)) => {
+                    return Ok(Checked::Answer(replayed(offset, MessageOutcome::Scheduled { due_ms })));
                 }
-            }
+                None => producer.iter().map(|(id, sequence)| Key::Producer(*id, *sequence)).collect(),
+            };
             (record.producer, record.due_ms, record.body) = (*producer, due_ms, Some(body.clone()));
             let held = due_ms.map_or(0, |_| body.held_bytes());
             write(record, keys, held)
         }
-        MessageCommand::Prepare { body } => {
+        MessageCommand::Prepare { body, producer } => {
             body.validate()?;
-            record.op = MessageOp::Prepare;
-            record.body = Some(body.clone());
-            write(record, Vec::new(), body.held_bytes())
+            let keys = match producer_seen(book, *producer)? {
+                Some((offset, _)) => return Ok(Checked::Answer(replayed(offset, MessageOutcome::Prepared))),
+                None => producer.iter().map(|(id, sequence)| Key::Producer(*id, *sequence)).collect(),
+            };
+            (record.op, record.producer, record.body) = (MessageOp::Prepare, *producer, Some(body.clone()));
+            write(record, keys, body.held_bytes())
         }
         MessageCommand::Resolve { half, commit, reason } => {
             if let Some(answer) = book.answer_of(AnswerKey::Half(*half)) {
@@ -148,7 +147,7 @@ fn check(book: &MessageBook, command: &MessageCommand) -> Result<Checked, TradeE
                     (MessageOutcome::Committed, true) | (MessageOutcome::RolledBack(_), false) => {
                         Ok(Checked::Answer(MessageReceipt { replayed: true, ..answer }))
                     }
-                    (outcome, _) => Err(Refusal::HalfResolved { offset: *half, outcome: outcome_name(outcome) }.into()),
+                    (outcome, _) => Err(Refusal::Resolved { offset: *half, outcome: outcome_name(outcome) }.into()),
                 };
             }
             let entry = book.half(*half).ok_or(Refusal::UnknownMessage { offset: *half })?;
@@ -161,7 +160,7 @@ fn check(book: &MessageBook, command: &MessageCommand) -> Result<Checked, TradeE
         }
         MessageCommand::Checked { half, checks } => {
             if let Some(answer) = book.answer_of(AnswerKey::Half(*half)) {
-                return Err(Refusal::HalfResolved { offset: *half, outcome: outcome_name(answer.outcome) }.into());
+                return Err(Refusal::Resolved { offset: *half, outcome: outcome_name(answer.outcome) }.into());
             }
             let entry = book.half(*half).ok_or(Refusal::UnknownMessage { offset: *half })?;
             if *checks <= entry.checks {
@@ -178,12 +177,12 @@ fn check(book: &MessageBook, command: &MessageCommand) -> Result<Checked, TradeE
             write(record, vec![Key::Scheduled(*scheduled)], 0)
         }
         MessageCommand::EndDeadLetter { group, dead, replay } => {
-            if let Some(answer) = book.answer_of(AnswerKey::Dead(*dead)) {
+            if let Some(answer) = book.answer_of(AnswerKey::Dead { group: group_hash(group), offset: *dead }) {
                 return match (answer.outcome, replay) {
                     (MessageOutcome::Replayed, true) | (MessageOutcome::Dropped, false) => {
                         Ok(Checked::Answer(MessageReceipt { replayed: true, ..answer }))
                     }
-                    (outcome, _) => Err(Refusal::HalfResolved { offset: *dead, outcome: outcome_name(outcome) }.into()),
+                    (outcome, _) => Err(Refusal::Resolved { offset: *dead, outcome: outcome_name(outcome) }.into()),
                 };
             }
             let entry = book.dead(*dead).filter(|entry| entry.group == *group);
@@ -217,6 +216,20 @@ fn within_budget(
     }
 }
 
+/// What a producer's sequence number stored, if it did; a sequence number too old to tell,
+/// or `u64::MAX`, is refused.
+fn producer_seen(book: &MessageBook, producer: Option<(u64, u64)>) -> Result<Option<(u64, u64)>, TradeError> {
+    let Some((id, sequence)) = producer else { return Ok(None) };
+    if sequence == SEQUENCE_NONE {
+        return Err(InputError::BadSequence.into());
+    }
+    match book.producer(id).map(|window| window.lookup(sequence)) {
+        Some(Ok(stored)) => Ok(stored),
+        Some(Err(())) => Err(Refusal::StaleSequence { producer: id, sequence }.into()),
+        None => Ok(None),
+    }
+}
+
 /// Checks a nack of the message `delivered` (read at `offset`) for `group`.
 fn check_nack(
     book: &MessageBook,
@@ -228,6 +241,9 @@ fn check_nack(
     let key = AnswerKey::Nack { group: group_hash(group), offset };
     if let Some(answer) = book.answer_of(key) {
         return Ok(Checked::Answer(MessageReceipt { replayed: true, ..answer }));
+    }
+    if book.nack_too_old(group_hash(group), offset) {
+        return Err(Refusal::NackTooOld { offset, group: group.to_string() }.into());
     }
     if !delivered.is_delivered() || !(delivered.group.is_empty() || delivered.group == group) {
         return Err(Refusal::NotDelivered { offset, group: group.to_string() }.into());
@@ -346,7 +362,8 @@ fn refused_now(failed: &Option<TradeError>, closing: bool) -> Option<TradeError>
 /// The seq of a write in flight on the command's key, if there is one.
 fn in_flight_key(in_flight: &InFlightMessages, command: &MessageCommand) -> Option<u64> {
     let key = match command {
-        MessageCommand::Publish { producer: Some((id, sequence)), .. } => Key::Producer(*id, *sequence),
+        MessageCommand::Publish { producer: Some((id, sequence)), .. }
+        | MessageCommand::Prepare { producer: Some((id, sequence)), .. } => Key::Producer(*id, *sequence),
         MessageCommand::Resolve { half, .. } | MessageCommand::Checked { half, .. } => Key::Half(*half),
         MessageCommand::Release { scheduled } => Key::Scheduled(*scheduled),
         MessageCommand::EndDeadLetter { dead, .. } => Key::Dead(*dead),

@@ -5,7 +5,9 @@
 //! It sleeps until the earliest entry is due (at most a second, so a clock that jumps is
 //! noticed), or until the committer applies a record that scheduled something, and ends when
 //! the shard closes or its log fails. A release in flight holds its entry's key, so an entry is
-//! released once; the scheduler waits for its releases to be durable before it looks again.
+//! released once; the scheduler waits for every release of a round to be answered before it
+//! looks again, and after a refused one (a full log queue) waits a little more, so that the
+//! log's flusher runs and makes room.
 
 use std::rc::Rc;
 use std::task::Poll;
@@ -21,6 +23,8 @@ use crate::trade::now_ms;
 const RELEASES_PER_ROUND: usize = 4096;
 /// The longest the scheduler sleeps without looking.
 const LOOK_EVERY: Duration = Duration::from_secs(1);
+/// How long the scheduler waits after a release was refused.
+const AFTER_REFUSAL: Duration = Duration::from_millis(10);
 
 /// Runs until the shard closes or its log fails.
 pub(crate) async fn run<D: Disk>(inner: Rc<Inner<D>>) {
@@ -39,15 +43,18 @@ pub(crate) async fn run<D: Disk>(inner: Rc<Inner<D>>) {
             futures_lite::future::or(glommio::timer::sleep(sleep), woken(&inner)).await;
             continue;
         }
-        let mut last = None;
+        let mut answers = Vec::with_capacity(due.len());
         for scheduled in due {
             let (reply, answer) = crate::reply::channel();
             message_on(&inner, MessageCommand::Release { scheduled }, reply);
-            last = Some(answer);
+            answers.push(answer);
         }
-        if let Some(answer) = last {
-            // Durable (or refused, or failed) in log order: every release before it too.
-            let _ = answer.await;
+        let mut refused = false;
+        for answer in answers {
+            refused |= !matches!(answer.await, Some(Ok(_)));
+        }
+        if refused {
+            glommio::timer::sleep(AFTER_REFUSAL).await;
         }
     }
 }

@@ -316,6 +316,10 @@ impl<D: Disk> Shard<D> {
     /// Counters of the shard.
     pub fn stats(&self) -> ShardStats {
         let segments = self.inner.wal.segments();
+        let messages = self.with_messages(|book| {
+            let (halves, scheduled, dead, _) = book.counts();
+            (halves, scheduled, dead, book.held_bytes())
+        });
         ShardStats {
             shard: self.inner.shard_id,
             trades: self.inner.index.borrow().len() as u64,
@@ -334,10 +338,10 @@ impl<D: Disk> Shard<D> {
                 }
                 money
             },
-            half_messages: self.inner.index.borrow().messages().counts().0 as u64,
-            scheduled_messages: self.inner.index.borrow().messages().counts().1 as u64,
-            dead_letters: self.inner.index.borrow().messages().counts().2 as u64,
-            message_bytes_held: self.inner.index.borrow().messages().held_bytes() as u64,
+            half_messages: messages.0 as u64,
+            scheduled_messages: messages.1 as u64,
+            dead_letters: messages.2 as u64,
+            message_bytes_held: messages.3 as u64,
             writes_in_flight: self.inner.accepted.borrow().effects.len() as u64,
             wal: self.inner.wal.stats(),
             cache: self.inner.trade_cache.cache().stats(),

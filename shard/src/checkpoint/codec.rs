@@ -388,7 +388,7 @@ pub(crate) fn decode_items(payload: &[u8]) -> Result<PageItems, &'static str> {
             kind @ super::money::KIND_ACCOUNT..=super::money::KIND_IN_TRANSIT => {
                 super::money::decode(kind, &mut reader)?
             }
-            kind @ super::messages::KIND_PRODUCER..=super::messages::KIND_ANSWER => {
+            kind @ super::messages::KIND_PRODUCER..=super::messages::KIND_NACK_FLOOR => {
                 super::messages::decode(kind, &mut reader)?
             }
             KIND_END => {

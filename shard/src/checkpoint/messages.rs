@@ -1,6 +1,6 @@
 //! The checkpoint's entries of application messages: producers' windows, half messages,
-//! scheduled messages, dead letters and the answers kept for repeats (kinds 13 to 17;
-//! `docs/FORMAT.md`).
+//! scheduled messages, dead letters, the answers kept for repeats and the groups' floors of
+//! nacks (kinds 13 to 18; `docs/FORMAT.md`). The decoder takes only what the encoder writes.
 
 use crate::bytes::Reader;
 use crate::index::Item;
@@ -14,7 +14,8 @@ pub(super) const KIND_PRODUCER: u8 = 13;
 const KIND_HALF: u8 = 14;
 const KIND_SCHEDULED: u8 = 15;
 const KIND_DEAD: u8 = 16;
-pub(super) const KIND_ANSWER: u8 = 17;
+const KIND_ANSWER: u8 = 17;
+pub(super) const KIND_NACK_FLOOR: u8 = 18;
 
 fn u64s(out: &mut Vec<u8>, values: &[u64]) {
     values.iter().for_each(|v| out.extend_from_slice(&v.to_le_bytes()));
@@ -33,8 +34,8 @@ pub(super) fn encode(item: &Item, out: &mut Vec<u8>) {
             out.push(KIND_PRODUCER);
             u64s(out, &[*id, *last_ms]);
             out.extend_from_slice(&(entries.len() as u16).to_le_bytes());
-            for (sequence, offset) in entries {
-                u64s(out, &[*sequence, *offset]);
+            for (sequence, offset, due) in entries {
+                u64s(out, &[*sequence, *offset, *due]);
             }
         }
         MessageItem::Half(offset, half) => {
@@ -62,13 +63,17 @@ pub(super) fn encode(item: &Item, out: &mut Vec<u8>) {
             let (tag, a, b) = match *key {
                 AnswerKey::Half(offset) => (1, offset, 0),
                 AnswerKey::Nack { group, offset } => (2, group, offset),
-                AnswerKey::Dead(offset) => (3, offset, 0),
+                AnswerKey::Dead { group, offset } => (3, group, offset),
             };
             out.push(tag);
             u64s(out, &[a, b, receipt.offset]);
             let (tag, small, value) = outcome_fields(receipt.outcome);
             out.extend_from_slice(&[tag, small]);
             u64s(out, &[value]);
+        }
+        MessageItem::NackFloor(group, floor) => {
+            out.push(KIND_NACK_FLOOR);
+            u64s(out, &[*group, *floor]);
         }
     }
 }
@@ -90,7 +95,7 @@ fn outcome_fields(outcome: MessageOutcome) -> (u8, u8, u64) {
 }
 
 fn outcome_of(tag: u8, small: u8, value: u64) -> Result<MessageOutcome, &'static str> {
-    Ok(match tag {
+    let outcome = match tag {
         1 => MessageOutcome::Published,
         2 => MessageOutcome::Scheduled { due_ms: value },
         3 => MessageOutcome::Prepared,
@@ -103,7 +108,11 @@ fn outcome_of(tag: u8, small: u8, value: u64) -> Result<MessageOutcome, &'static
         10 => MessageOutcome::Replayed,
         11 => MessageOutcome::Dropped,
         _ => return Err("checkpoint answer of an unknown outcome"),
-    })
+    };
+    if outcome_fields(outcome) != (tag, small, value) {
+        return Err("checkpoint answer with fields its outcome does not have");
+    }
+    Ok(outcome)
 }
 
 fn group(reader: &mut Reader<'_>, may_be_empty: bool) -> Result<String, &'static str> {
@@ -128,7 +137,9 @@ pub(super) fn decode(kind: u8, reader: &mut Reader<'_>) -> Result<Item, &'static
             if n > PRODUCER_WINDOW {
                 return Err("checkpoint producer with more sequence numbers than its window");
             }
-            let entries = (0..n).map(|_| Ok((reader.u64()?, reader.u64()?))).collect::<Result<_, &'static str>>()?;
+            let entries = (0..n)
+                .map(|_| Ok((reader.u64()?, reader.u64()?, reader.u64()?)))
+                .collect::<Result<_, &'static str>>()?;
             MessageItem::Producer { id, last_ms, entries }
         }
         KIND_HALF => {
@@ -139,11 +150,17 @@ pub(super) fn decode(kind: u8, reader: &mut Reader<'_>) -> Result<Item, &'static
         KIND_SCHEDULED => {
             let (offset, due_ms, attempt) = (reader.u64()?, reader.u64()?, reader.u8()?);
             let group = group(reader, true)?;
+            if (attempt == 0) != group.is_empty() {
+                return Err("checkpoint scheduled message: a retry names its group, a delayed publish none");
+            }
             MessageItem::Scheduled(offset, ScheduledEntry { body: body(reader)?, due_ms, group, attempt })
         }
         KIND_DEAD => {
             let (offset, at_ms, origin, attempts) = (reader.u64()?, reader.u64()?, reader.u64()?, reader.u8()?);
             let group = group(reader, false)?;
+            if attempts == 0 {
+                return Err("checkpoint dead letter of no attempt");
+            }
             MessageItem::Dead(offset, DeadEntry { body: body(reader)?, group, attempts, at_ms, origin })
         }
         KIND_ANSWER => {
@@ -151,13 +168,17 @@ pub(super) fn decode(kind: u8, reader: &mut Reader<'_>) -> Result<Item, &'static
             let key = match (tag, b) {
                 (1, 0) => AnswerKey::Half(a),
                 (2, _) => AnswerKey::Nack { group: a, offset: b },
-                (3, 0) => AnswerKey::Dead(a),
+                (3, _) => AnswerKey::Dead { group: a, offset: b },
                 _ => return Err("checkpoint answer of an unknown key"),
             };
             let (tag, small, value) = (reader.u8()?, reader.u8()?, reader.u64()?);
             let receipt = MessageReceipt { offset, outcome: outcome_of(tag, small, value)?, replayed: false };
+            if !key.answers(receipt.outcome) {
+                return Err("checkpoint answer of an outcome its key does not have");
+            }
             MessageItem::Answer(key, receipt)
         }
+        KIND_NACK_FLOOR => MessageItem::NackFloor(reader.u64()?, reader.u64()?),
         _ => return Err("checkpoint entry of an unknown kind"),
     };
     Ok(Item::Message(item))

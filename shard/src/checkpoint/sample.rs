@@ -84,7 +84,7 @@ fn sample_messages() -> Vec<Item> {
     };
     let answer = |offset, outcome| MessageReceipt { offset, outcome, replayed: false };
     let items = vec![
-        MessageItem::Producer { id: 77, last_ms: 5, entries: vec![(1, 20), (2, 21)] },
+        MessageItem::Producer { id: 77, last_ms: 5, entries: vec![(1, 20, 0), (2, 21, 90)] },
         MessageItem::Half(22, HalfEntry { body: body.clone(), prepared_ms: 6, checks: 2, checked_ms: 9 }),
         MessageItem::Scheduled(
             23,
@@ -96,7 +96,8 @@ fn sample_messages() -> Vec<Item> {
             AnswerKey::Nack { group: 5, offset: 19 },
             answer(24, MessageOutcome::Retrying { attempt: 1, due_ms: 40 }),
         ),
-        MessageItem::Answer(AnswerKey::Dead(12), answer(26, MessageOutcome::Dropped)),
+        MessageItem::Answer(AnswerKey::Dead { group: 5, offset: 12 }, answer(26, MessageOutcome::Dropped)),
+        MessageItem::NackFloor(5, 3),
     ];
     items.into_iter().map(Item::Message).collect()
 }
