@@ -19,6 +19,10 @@
 //! - The shards answer polls with record bytes ([`EventBatch`]); `poll` decodes them into
 //!   owned [`Event`]s on the caller's thread, `poll_raw` hands them over as they are, to be
 //!   read in place (`EventBatch::views`) with no allocation per event.
+//! - A poll that delivered events from a partition sends the next poll of that partition
+//!   ahead, so the executor reads while the caller handles what it got; the next call takes
+//!   that answer when it asks from the same offset (a seek or a rebalance drops it). At most
+//!   one poll ahead per partition, of at most `max_bytes_per_poll`.
 
 use std::collections::BTreeMap;
 use std::future::Future;
@@ -100,6 +104,13 @@ struct Polled {
     moves: Vec<(u32, u64)>,
 }
 
+impl Polled {
+    /// The partitions that delivered events (a consumer catching up reads ahead in them).
+    fn busy(&self) -> Vec<u32> {
+        self.batches.iter().filter(|batch| !batch.is_empty()).map(|batch| batch.partition).collect()
+    }
+}
+
 /// Largest number of events one poll returns.
 pub const POLL_EVENTS_MAX: usize = tradeshard_shard::POLL_EVENTS_MAX;
 
@@ -117,6 +128,10 @@ pub struct Consumer {
     next_first: usize,
     /// What the shards deliver to this consumer.
     subscription: Subscription,
+    /// Polls sent ahead, by partition, with the offset each reads from: after a poll that
+    /// delivered events, the next one is on its way while the caller handles these, and the
+    /// next call takes its answer if it asks from that offset.
+    ahead: BTreeMap<u32, (u64, PendingPoll)>,
 }
 
 impl Consumer {
@@ -143,7 +158,18 @@ impl Consumer {
         };
         let member = (config.mode == ConsumerMode::Clustered).then(|| handle.inner.groups.join(&config.group));
         let positions = BTreeMap::new();
-        Ok(Consumer { handle, config, offsets_key, member, generation: 0, positions, next_first: 0, subscription })
+        let ahead = BTreeMap::new();
+        Ok(Consumer {
+            handle,
+            config,
+            offsets_key,
+            member,
+            generation: 0,
+            positions,
+            next_first: 0,
+            subscription,
+            ahead,
+        })
     }
 
     /// The partitions this consumer reads now, with the offset of the next event of each
@@ -165,6 +191,7 @@ impl Consumer {
             return Ok(());
         }
         self.positions.retain(|p, _| owned.contains(p));
+        self.ahead.retain(|p, _| owned.contains(p));
         let new: Vec<u32> = owned.into_iter().filter(|p| !self.positions.contains_key(p)).collect();
         self.take_partitions(new).await?;
         self.generation = generation;
@@ -211,13 +238,13 @@ impl Consumer {
         if !self.subscription.topics.is_empty() {
             return Err(InputError::NotTradeEvents.into());
         }
-        let Polled { batches, moves } = self.poll_undelivered(max_events, timeout).await?;
-        let mut delivered = Vec::with_capacity(batches.iter().map(EventBatch::len).sum());
-        for batch in &batches {
+        let polled = self.poll_undelivered(max_events, timeout).await?;
+        let mut delivered = Vec::with_capacity(polled.batches.iter().map(EventBatch::len).sum());
+        for batch in &polled.batches {
             // A bad record fails the poll before any position moves.
             delivered.extend(batch.decode()?);
         }
-        self.move_positions(&moves);
+        self.take(&polled, max_events).await;
         Ok(delivered)
     }
 
@@ -226,12 +253,12 @@ impl Consumer {
     /// one key comes after every earlier message of that key, except a retry, which comes
     /// where its release lies: after the messages published before it came due.
     pub async fn poll_messages(&mut self, max_events: usize, timeout: Duration) -> Result<Vec<Message>> {
-        let Polled { batches, moves } = self.poll_undelivered(max_events, timeout).await?;
-        let mut delivered = Vec::with_capacity(batches.iter().map(EventBatch::len).sum());
-        for batch in &batches {
+        let polled = self.poll_undelivered(max_events, timeout).await?;
+        let mut delivered = Vec::with_capacity(polled.batches.iter().map(EventBatch::len).sum());
+        for batch in &polled.batches {
             delivered.extend(batch.decode_messages()?);
         }
-        self.move_positions(&moves);
+        self.take(&polled, max_events).await;
         Ok(delivered)
     }
 
@@ -249,9 +276,9 @@ impl Consumer {
     /// `poll` moves them, past every event delivered, including one whose record `views()`
     /// then reports as bad (`seek` back to read it again).
     pub async fn poll_raw(&mut self, max_events: usize, timeout: Duration) -> Result<Vec<EventBatch>> {
-        let Polled { batches, moves } = self.poll_undelivered(max_events, timeout).await?;
-        self.move_positions(&moves);
-        Ok(batches)
+        let polled = self.poll_undelivered(max_events, timeout).await?;
+        self.take(&polled, max_events).await;
+        Ok(polled.batches)
     }
 
     /// The events a poll would deliver, and the positions delivering them moves to.
@@ -289,6 +316,18 @@ impl Consumer {
         Ok(())
     }
 
+    /// Moves the positions past what `polled` delivers, and sends the next poll ahead in each
+    /// partition that delivered events. A poll ahead that cannot be sent is simply not sent.
+    async fn take(&mut self, polled: &Polled, max_events: usize) {
+        self.move_positions(&polled.moves);
+        for partition in polled.busy() {
+            let Some(&from) = self.positions.get(&partition) else { continue };
+            if let Ok(pending) = self.send_poll(partition, from, max_events, Duration::ZERO).await {
+                self.ahead.insert(partition, (from, pending));
+            }
+        }
+    }
+
     fn move_positions(&mut self, moves: &[(u32, u64)]) {
         for (partition, next) in moves {
             if let Some(position) = self.positions.get_mut(partition) {
@@ -309,7 +348,13 @@ impl Consumer {
         self.next_first = self.next_first.wrapping_add(1);
         let mut pending: Vec<(u32, PendingPoll)> = Vec::new();
         for (partition, from) in partitions[first..].iter().chain(&partitions[..first]) {
-            pending.push((*partition, self.send_poll(*partition, *from, max_events, wait).await?));
+            // A poll sent ahead from this offset answers a round that does not wait; a round
+            // that waits asks afresh (an answer sent ahead may be empty, and must not end it).
+            let poll = match self.ahead.remove(partition) {
+                Some((at, poll)) if at == *from && wait.is_zero() => poll,
+                _ => self.send_poll(*partition, *from, max_events, wait).await?,
+            };
+            pending.push((*partition, poll));
         }
         let mut batches: Vec<EventBatch> = Vec::new();
         let wait_for_all = wait.is_zero();
@@ -382,6 +427,7 @@ impl Consumer {
     /// Moves the position in an assigned partition (the next poll reads from `offset`).
     pub async fn seek(&mut self, partition: u32, offset: u64) -> Result<()> {
         self.rebalance().await?;
+        self.ahead.remove(&partition);
         match self.positions.get_mut(&partition) {
             Some(position) => {
                 *position = offset;

@@ -55,7 +55,8 @@ impl Subscription {
     /// reader of the batch decodes, and so checks, what it is given).
     fn takes(&self, record: &[u8]) -> Result<bool, &'static str> {
         let (delivered, group, topic) = route(record)?;
-        Ok(delivered && (group.is_empty() || group == &*self.group) && self.topics.iter().any(|t| t == topic))
+        let for_group = group.is_empty() || group == self.group.as_bytes();
+        Ok(delivered && for_group && self.topics.iter().any(|t| t.as_bytes() == topic))
     }
 }
 

@@ -476,32 +476,27 @@ fn headers_of(bytes: &[u8], count: u8) -> impl Iterator<Item = (&str, &[u8])> {
 }
 
 /// What a poll needs of a message record to choose it: whether it is delivered, to which
-/// group, of which topic; read off the header without checking the rest (a consumer's decode
-/// checks every byte of what it is given).
-pub(crate) fn route(bytes: &[u8]) -> Result<(bool, &str, &str), &'static str> {
+/// group, of which topic (raw bytes); read off the header without checking the rest (a
+/// consumer's decode checks every byte of what it is given).
+pub(crate) fn route(bytes: &[u8]) -> Result<(bool, &[u8], &[u8]), &'static str> {
     let short = "message record cut short";
-    let (op, flags, group_len) = match bytes.get(..8) {
-        Some(fixed) => (MessageOp::from_u8(fixed[2]).ok_or("message record of an unknown op")?, fixed[3], fixed[6]),
-        None => return Err(short),
-    };
+    let fixed = bytes.get(..8).ok_or(short)?;
+    let (op, flags, group_len) =
+        (MessageOp::from_u8(fixed[2]).ok_or("message record of an unknown op")?, fixed[3], fixed[6]);
     // The optional u64 fields before the group: a reference, a producer's id and sequence
     // number (two), a due time.
-    let optional_u64s = [(FLAG_REFERENCE, 1), (FLAG_PRODUCER, 2), (FLAG_DUE, 1)]
-        .iter()
-        .filter(|(flag, _)| flags & flag != 0)
-        .map(|(_, count)| count)
-        .sum::<usize>();
+    let optional_u64s = usize::from(flags & FLAG_REFERENCE != 0)
+        + 2 * usize::from(flags & FLAG_PRODUCER != 0)
+        + usize::from(flags & FLAG_DUE != 0);
     let group_at = FIXED_BYTES + 8 * optional_u64s;
-    let group = bytes.get(group_at..group_at + group_len as usize).ok_or(short)?;
-    let group = std::str::from_utf8(group).map_err(|_| "message group is not UTF-8")?;
+    let topic_at = group_at + group_len as usize;
+    let group = bytes.get(group_at..topic_at).ok_or(short)?;
     let due = (flags & FLAG_DUE != 0).then_some(0);
     if flags & FLAG_BODY == 0 || !delivered(op, due) {
-        return Ok((false, group, ""));
+        return Ok((false, group, &[]));
     }
-    let topic_at = group_at + group_len as usize;
     let topic_len = *bytes.get(topic_at).ok_or(short)? as usize;
-    let topic = bytes.get(topic_at + 1..topic_at + 1 + topic_len).ok_or(short)?;
-    Ok((true, group, std::str::from_utf8(topic).map_err(|_| "message topic is not UTF-8")?))
+    Ok((true, group, bytes.get(topic_at + 1..topic_at + 1 + topic_len).ok_or(short)?))
 }
 
 fn delivered(op: MessageOp, due_ms: Option<u64>) -> bool {
@@ -626,8 +621,8 @@ mod tests {
             let routed = route(&bytes);
             if let Ok(view) = MessageView::decode(&bytes) {
                 let (delivered, group, topic) = routed.expect("what decodes routes");
-                prop_assert_eq!((delivered, group), (view.is_delivered(), view.group));
-                prop_assert!(!delivered || topic == view.topic);
+                prop_assert_eq!((delivered, group), (view.is_delivered(), view.group.as_bytes()));
+                prop_assert!(!delivered || topic == view.topic.as_bytes());
                 let record = view.to_record();
                 prop_assert_eq!(MessageView::decode(&record.encode()).unwrap().to_record(), record);
             }
