@@ -122,10 +122,14 @@ fn a_reader_racing_the_writer_sees_states_in_order() {
             ids
         };
         let stop = Arc::new(AtomicBool::new(false));
+        // The writer starts once the reader has read every trade once, so that the two race
+        // however the threads are scheduled.
+        let reading = Arc::new(AtomicBool::new(false));
         let answered: Arc<Vec<std::sync::atomic::AtomicU64>> =
             Arc::new((0..ids.len()).map(|_| std::sync::atomic::AtomicU64::new(0)).collect());
         let reader = {
             let (cache, stop, answered, ids) = (cache.clone(), stop.clone(), answered.clone(), ids.clone());
+            let reading = reading.clone();
             std::thread::spawn(move || -> Result<u64, String> {
                 let mut last = vec![0u64; ids.len()];
                 let mut reads = 0;
@@ -141,10 +145,14 @@ fn a_reader_racing_the_writer_sees_states_in_order() {
                         last[n] = rank;
                         reads += 1;
                     }
+                    reading.store(true, Ordering::Release);
                 }
                 Ok(reads)
             })
         };
+        while !reading.load(Ordering::Acquire) && !reader.is_finished() {
+            std::thread::sleep(std::time::Duration::from_millis(1));
+        }
         for (n, &id) in ids.iter().enumerate() {
             let steps = if n % 2 == 0 {
                 vec![Command::Move { id, to: Move::Pay }, Command::Move { id, to: Move::Settle }]
