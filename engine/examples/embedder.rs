@@ -60,6 +60,18 @@ fn main() -> Result<(), Error> {
     let (payer, payee) = (handle.balance_blocking(42, "CNY")?, handle.balance_blocking(7, "CNY")?);
     println!("user 42 holds {}, user 7 holds {} (across shards: {})", payer.available, payee.available, !moved.local);
 
+    // A transactional message: prepared with the service's own transaction, committed after
+    // it; a consumer of the topic sees it only then, where the commit lies.
+    let mut producer = handle.producer();
+    let notice = producer.message("payouts", b"user-42", b"{\"payout\":2500}");
+    let half = act_on(handle.prepare_blocking(&notice))?;
+    act_on(handle.commit_message_blocking(half))?;
+    let mut accounting = handle.consumer(ConsumerConfig::topics("accounting", &["payouts"]))?;
+    let delivered = accounting.poll_messages_blocking(10, Duration::from_secs(1))?;
+    println!("accounting received {} message(s) of topic payouts", delivered.len());
+    accounting.commit_blocking()?;
+    drop(accounting);
+
     engine.close()?;
     if std::env::args().nth(1).is_none() {
         let _ = std::fs::remove_dir_all(&dir);

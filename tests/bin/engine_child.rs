@@ -14,7 +14,8 @@
 //!   (`ACK publish PAYLOAD`), one thread prepares half messages and commits or rolls back
 //!   most (`ACK prepared PAYLOAD`; the payload says what it should become), and a consumer of
 //!   group `billing` nacks the messages whose payload asks for it (`ACK nack PAYLOAD`, or
-//!   `ACK dead PAYLOAD` once dead-lettered), until killed (`engine_crash.rs`).
+//!   `ACK dead PAYLOAD` once dead-lettered) and tells each retry it receives (`ACK retried
+//!   PAYLOAD`), until killed (`engine_crash.rs`).
 //! - `engine_child hold DIR`: opens DIR, prints `READY`, and holds it until stdin closes
 //!   (`engine_open_errors.rs`).
 //! - `engine_child try-open DIR`: opens DIR and prints `OUTCOME opened` or `OUTCOME <error>`
@@ -159,6 +160,9 @@ fn message_writer(dir: &Path, cycle: &str) {
             consumer.poll_messages_blocking(256, std::time::Duration::from_millis(50)).unwrap_or_else(exit_with)
         {
             let payload = String::from_utf8(message.payload.clone()).expect("UTF-8 payloads");
+            if message.attempt > 0 {
+                println!("ACK retried {payload}");
+            }
             if payload.ends_with("-dead") || (payload.ends_with("-nack") && message.attempt == 0) {
                 match consumer.nack_blocking(&message).unwrap_or_else(exit_with).outcome {
                     MessageOutcome::DeadLettered { .. } => println!("ACK dead {payload}"),
