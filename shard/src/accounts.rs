@@ -188,6 +188,9 @@ pub(crate) enum AccountItem {
 pub(crate) struct AccountBook {
     balances: PartitionedMap<AccountKey, Balance>,
     requests: PartitionedMap<u128, RequestEntry>,
+    /// Per currency, the sum of the balances' money, kept as each balance changes, so that a
+    /// reader of the totals costs the currencies, not the accounts.
+    totals: BTreeMap<Currency, u128>,
 }
 
 impl AccountBook {
@@ -198,7 +201,15 @@ impl AccountBook {
 
     /// Sets an account's balance (a step of a flexible transaction moved money).
     pub(crate) fn set_balance(&mut self, key: AccountKey, balance: Balance) {
-        self.balances.insert(key, balance);
+        self.put(key, balance);
+    }
+
+    /// Sets a balance and keeps its currency's total; returns the balance it replaced.
+    fn put(&mut self, key: AccountKey, balance: Balance) -> Option<Balance> {
+        let before = self.balances.insert(key, balance);
+        let total = self.totals.entry(key.currency).or_default();
+        *total = *total + u128::from(balance.money()) - u128::from(before.map_or(0, |b| b.money()));
+        before
     }
 
     /// The durable request made under this request key.
@@ -215,7 +226,7 @@ impl AccountBook {
         let movement = movement(record.op, record.user_id, record.currency, record.amount, |key| self.balance(key))
             .map_err(|_| "journal record takes a balance out of bounds")?;
         for (account, balance) in movement.changed() {
-            self.balances.insert(account, balance);
+            self.put(account, balance);
         }
         let after = movement.requester_after(record.op);
         let entry = RequestEntry {
@@ -239,7 +250,7 @@ impl AccountBook {
     /// not what was written.
     pub(crate) fn restore(&mut self, item: AccountItem) -> Result<(), &'static str> {
         let twice = match item {
-            AccountItem::Balance(key, balance) => self.balances.insert(key, balance).is_some(),
+            AccountItem::Balance(key, balance) => self.put(key, balance).is_some(),
             AccountItem::Request(key, entry) => self.requests.insert(key, entry).is_some(),
         };
         match twice {
@@ -251,11 +262,9 @@ impl AccountBook {
     /// Per currency, the sum of every account's available and frozen balance: what came in
     /// from outside minus what went out.
     pub(crate) fn totals(&self) -> BTreeMap<Currency, u128> {
-        let mut totals = BTreeMap::new();
-        for (key, balance) in self.balances.iter() {
-            *totals.entry(key.currency).or_default() += u128::from(balance.money());
-        }
-        totals
+        // Accounts are never removed, so a currency is here once any account of it exists, as
+        // a sum over the accounts would have it.
+        self.totals.clone()
     }
 
     /// Accounts and request numbers held.
@@ -289,6 +298,14 @@ mod tests {
         let usd = Currency::parse("USD").unwrap();
         assert_eq!(book.balance(AccountKey { user_id: 2, currency: usd }).available, 200);
         assert_eq!(book.totals()[&usd], 400);
+        let summed = |book: &AccountBook| book.balances.iter().map(|(_, b)| u128::from(b.money())).sum::<u128>();
+        book.set_balance(AccountKey { user_id: 2, currency: usd }, Balance { available: 50, frozen: 150, incoming: 9 });
+        assert_eq!(book.totals()[&usd], summed(&book), "the kept total is the sum over the accounts");
+        let mut restored = AccountBook::default();
+        for item in book.items() {
+            restored.restore(item).unwrap();
+        }
+        assert_eq!(restored.totals(), book.totals());
     }
 
     #[test]
