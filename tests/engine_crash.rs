@@ -16,8 +16,8 @@ use tradeshard_engine::{
 use tradeshard_tests::engine_options;
 
 /// Runs the child (`engine_child MODE DIR ARGS...`) until it has acknowledged at least `acks`
-/// writes, then SIGKILLs it. Returns the acknowledgements and what the child wrote on stderr
-/// (which explains an early end).
+/// writes, then SIGKILLs it. Returns every acknowledgement it printed, those after the first
+/// `acks` too, and what the child wrote on stderr (which explains an early end).
 fn run_child_and_kill(mode: &str, dir: &std::path::Path, args: &[String], acks: usize) -> (Vec<String>, String) {
     let stderr_path = dir.with_extension("child-stderr");
     let stderr_file = std::fs::File::create(&stderr_path).unwrap();
@@ -30,9 +30,9 @@ fn run_child_and_kill(mode: &str, dir: &std::path::Path, args: &[String], acks: 
         .spawn()
         .unwrap();
     let mut lines = Vec::new();
-    let reader = BufReader::new(child.stdout.take().unwrap());
+    let mut output = BufReader::new(child.stdout.take().unwrap()).lines();
     let started = Instant::now();
-    for line in reader.lines() {
+    for line in &mut output {
         let line = line.unwrap();
         if let Some(ack) = line.strip_prefix("ACK ") {
             lines.push(ack.to_string());
@@ -44,6 +44,8 @@ fn run_child_and_kill(mode: &str, dir: &std::path::Path, args: &[String], acks: 
     let exited_early = child.try_wait().unwrap();
     child.kill().unwrap();
     child.wait().unwrap();
+    // What the child printed before it died is acknowledged too (each line is one write).
+    lines.extend(output.map_while(Result::ok).filter_map(|line| line.strip_prefix("ACK ").map(str::to_string)));
     let stderr = std::fs::read_to_string(&stderr_path).unwrap_or_default();
     let _ = std::fs::remove_file(&stderr_path);
     if let Some(status) = exited_early {
