@@ -285,8 +285,10 @@ fn messages_are_delivered_once_and_half_messages_resolved_after_kill_9() {
     }
     println!(
         "kill -9 under messages: {cycles} cycles, {} acknowledgements; {halves_at_open} half messages at the opens, \
-         all resolved by the checker; {retries} retries and {} dead letters checked",
+         all resolved by the checker; {} nacks, each found retried ({retries} checks over the cycles); {} dead \
+         letters kept",
         acked.len(),
+        acked.iter().filter(|line| line.starts_with("nack ")).count(),
         acked.iter().filter(|line| line.starts_with("dead ")).count()
     );
 }
