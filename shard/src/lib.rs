@@ -31,6 +31,7 @@ mod key_runs;
 mod keys;
 mod lifecycle;
 mod message;
+mod message_body;
 mod message_book;
 mod message_write;
 mod partitioned;

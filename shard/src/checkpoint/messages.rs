@@ -4,7 +4,8 @@
 
 use crate::bytes::Reader;
 use crate::index::Item;
-use crate::message::{push_body, read_body, MessageBody, RollbackReason};
+use crate::message::RollbackReason;
+use crate::message_body::{push_body, read_body, MessageBody};
 use crate::message_book::{
     AnswerKey, DeadEntry, HalfEntry, MessageItem, MessageOutcome, MessageReceipt, ScheduledEntry, PRODUCER_WINDOW,
 };
