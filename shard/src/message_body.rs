@@ -30,7 +30,7 @@ pub struct MessageBody {
 impl MessageBody {
     /// Checks every bound: a topic of 1..=64 printable ASCII bytes other than `trades`, a key
     /// of at most 1 KiB, at most 16 headers of non-empty names and 4 KiB, a payload of at most
-    /// 128 KiB.
+    /// 32 KiB.
     pub fn validate(&self) -> Result<(), InputError> {
         validate_topic(&self.topic)?;
         if self.topic == TRADES_TOPIC {
