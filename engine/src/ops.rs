@@ -202,7 +202,7 @@ pub(crate) struct PartitionPosition {
     pub first: u64,
     /// The durable end: the offset the next record will get.
     pub end: u64,
-    /// The offset after the last trade event (offset commits are no events).
+    /// The offset after the last event, trade or message (offset commits are no events).
     pub events_end: u64,
 }
 

@@ -100,7 +100,7 @@ impl InFlightMessages {
 }
 
 /// What checking a command decided.
-enum Checked {
+enum Decision {
     Answer(MessageReceipt),
     Write { record: MessageRecord, keys: Vec<Key>, held: usize },
 }
@@ -110,10 +110,10 @@ fn replayed(offset: u64, outcome: MessageOutcome) -> MessageReceipt {
 }
 
 /// Checks `command` against the durable book (the keys in flight are checked before).
-fn check(book: &MessageBook, command: &MessageCommand) -> Result<Checked, TradeError> {
+fn check(book: &MessageBook, command: &MessageCommand) -> Result<Decision, TradeError> {
     let now = now_ms();
     let mut record = MessageRecord::new(MessageOp::Publish, now);
-    let write = |record, keys, held| Ok(Checked::Write { record, keys, held });
+    let write = |record, keys, held| Ok(Decision::Write { record, keys, held });
     match command {
         MessageCommand::Publish { body, producer, due_ms } => {
             body.validate()?;
@@ -122,9 +122,9 @@ fn check(book: &MessageBook, command: &MessageCommand) -> Result<Checked, TradeE
                 return Err(InputError::DelayTooLong { max_ms: DELAY_MAX.as_millis() as u64 }.into());
             }
             let keys = match producer_seen(book, *producer)? {
-                Some((offset, 0)) => return Ok(Checked::Answer(replayed(offset, MessageOutcome::Published))),
+                Some((offset, 0)) => return Ok(Decision::Answer(replayed(offset, MessageOutcome::Published))),
                 Some((offset, due_ms)) => {
-                    return Ok(Checked::Answer(replayed(offset, MessageOutcome::Scheduled { due_ms })));
+                    return Ok(Decision::Answer(replayed(offset, MessageOutcome::Scheduled { due_ms })));
                 }
                 None => producer.iter().map(|(id, sequence)| Key::Producer(*id, *sequence)).collect(),
             };
@@ -135,7 +135,7 @@ fn check(book: &MessageBook, command: &MessageCommand) -> Result<Checked, TradeE
         MessageCommand::Prepare { body, producer } => {
             body.validate()?;
             let keys = match producer_seen(book, *producer)? {
-                Some((offset, _)) => return Ok(Checked::Answer(replayed(offset, MessageOutcome::Prepared))),
+                Some((offset, _)) => return Ok(Decision::Answer(replayed(offset, MessageOutcome::Prepared))),
                 None => producer.iter().map(|(id, sequence)| Key::Producer(*id, *sequence)).collect(),
             };
             (record.op, record.producer, record.body) = (MessageOp::Prepare, *producer, Some(body.clone()));
@@ -145,7 +145,7 @@ fn check(book: &MessageBook, command: &MessageCommand) -> Result<Checked, TradeE
             if let Some(answer) = book.answer_of(AnswerKey::Half(*half)) {
                 return match (answer.outcome, commit) {
                     (MessageOutcome::Committed, true) | (MessageOutcome::RolledBack(_), false) => {
-                        Ok(Checked::Answer(MessageReceipt { replayed: true, ..answer }))
+                        Ok(Decision::Answer(MessageReceipt { replayed: true, ..answer }))
                     }
                     (outcome, _) => Err(Refusal::Resolved { offset: *half, outcome: outcome_name(outcome) }.into()),
                 };
@@ -164,7 +164,7 @@ fn check(book: &MessageBook, command: &MessageCommand) -> Result<Checked, TradeE
             }
             let entry = book.half(*half).ok_or(Refusal::UnknownMessage { offset: *half })?;
             if *checks <= entry.checks {
-                return Ok(Checked::Answer(replayed(*half, MessageOutcome::Checked { checks: entry.checks })));
+                return Ok(Decision::Answer(replayed(*half, MessageOutcome::Checked { checks: entry.checks })));
             }
             (record.op, record.reference, record.detail) = (MessageOp::Checked, Some(*half), *checks);
             write(record, vec![Key::Half(*half)], 0)
@@ -180,7 +180,7 @@ fn check(book: &MessageBook, command: &MessageCommand) -> Result<Checked, TradeE
             if let Some(answer) = book.answer_of(AnswerKey::Dead { group: group_hash(group), offset: *dead }) {
                 return match (answer.outcome, replay) {
                     (MessageOutcome::Replayed, true) | (MessageOutcome::Dropped, false) => {
-                        Ok(Checked::Answer(MessageReceipt { replayed: true, ..answer }))
+                        Ok(Decision::Answer(MessageReceipt { replayed: true, ..answer }))
                     }
                     (outcome, _) => Err(Refusal::Resolved { offset: *dead, outcome: outcome_name(outcome) }.into()),
                 };
@@ -200,13 +200,13 @@ fn check(book: &MessageBook, command: &MessageCommand) -> Result<Checked, TradeE
 /// Refuses a write that would take the bodies held past the policy's bound, counting those
 /// the writes in flight will add.
 fn within_budget(
-    checked: Result<Checked, TradeError>,
+    checked: Result<Decision, TradeError>,
     book: &MessageBook,
     in_flight: &InFlightMessages,
     policy: &MessagePolicy,
-) -> Result<Checked, TradeError> {
+) -> Result<Decision, TradeError> {
     match checked? {
-        Checked::Write { held, .. }
+        Decision::Write { held, .. }
             if held > 0 && book.held_bytes() + in_flight.held_bytes + held > policy.held_bytes_max =>
         {
             Err(Refusal::MessagesFull { held: book.held_bytes() + in_flight.held_bytes, max: policy.held_bytes_max }
@@ -237,10 +237,10 @@ fn check_nack(
     group: &str,
     offset: u64,
     delivered: &MessageView<'_>,
-) -> Result<Checked, TradeError> {
+) -> Result<Decision, TradeError> {
     let key = AnswerKey::Nack { group: group_hash(group), offset };
     if let Some(answer) = book.answer_of(key) {
-        return Ok(Checked::Answer(MessageReceipt { replayed: true, ..answer }));
+        return Ok(Decision::Answer(MessageReceipt { replayed: true, ..answer }));
     }
     if book.nack_too_old(group_hash(group), offset) {
         return Err(Refusal::NackTooOld { offset, group: group.to_string() }.into());
@@ -257,7 +257,7 @@ fn check_nack(
         (record.op, record.due_ms) = (MessageOp::Nack, Some(now + delay.as_millis() as u64));
     }
     let held = record.body.as_ref().map_or(0, MessageBody::held_bytes);
-    Ok(Checked::Write { record, keys: vec![Key::Nack(group_hash(group), offset)], held })
+    Ok(Decision::Write { record, keys: vec![Key::Nack(group_hash(group), offset)], held })
 }
 
 fn outcome_name(outcome: MessageOutcome) -> &'static str {
@@ -375,12 +375,12 @@ fn in_flight_key(in_flight: &InFlightMessages, command: &MessageCommand) -> Opti
 fn enqueue<D: Disk>(
     inner: &Inner<D>,
     accepted: &mut crate::state::Accepted,
-    checked: Result<Checked, TradeError>,
+    checked: Result<Decision, TradeError>,
     reply: ShardReply<MessageReceipt>,
 ) {
     let (record, keys, held) = match checked {
-        Ok(Checked::Answer(receipt)) => return reply.send(Ok(receipt)),
-        Ok(Checked::Write { record, keys, held }) => (record, keys, held),
+        Ok(Decision::Answer(receipt)) => return reply.send(Ok(receipt)),
+        Ok(Decision::Write { record, keys, held }) => (record, keys, held),
         Err(error) => return reply.send(Err(error)),
     };
     let ticket = match inner.wal.enqueue(&record.encode()) {

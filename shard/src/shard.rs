@@ -74,7 +74,7 @@ pub struct ShardStats {
     /// The first record the log still holds, and the record after its last.
     pub log_first: u64,
     pub log_end: u64,
-    /// The offset after the last trade event (a consumer's lag is measured to it).
+    /// The offset after the last event, a trade event or a delivered message (a consumer's lag is measured to it).
     pub events_end: u64,
     /// Segments in the log and the bytes they take.
     pub segments: u64,
@@ -292,7 +292,7 @@ impl<D: Disk> Shard<D> {
         (self.inner.wal.first_seq(), self.inner.wal.durable_end())
     }
 
-    /// The offset after the last durable trade event (offset commits after it are no events).
+    /// The offset after the last durable event, a trade event or a delivered message (offset commits after it are no events).
     pub fn events_end(&self) -> u64 {
         self.inner.index.borrow().events_end()
     }

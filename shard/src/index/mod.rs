@@ -66,7 +66,7 @@ pub struct ShardIndex {
     tcc: TccBook,
     /// Half messages, scheduled messages, dead letters, producers (`message_book.rs`).
     messages: MessageBook,
-    /// The offset after the last durable trade event (system records after it are no events).
+    /// The offset after the last durable event, a trade event or a delivered message (system records after it are no events).
     events_end: u64,
     /// The record after the last one applied: the index holds the effect of every record
     /// below it and of none above (a checkpoint's position).
@@ -304,7 +304,7 @@ impl ShardIndex {
         self.counter_max
     }
 
-    /// The offset after the last durable trade event: what a consumer's lag is measured to.
+    /// The offset after the last durable event (a trade event or a delivered message): what a consumer's lag is measured to.
     pub fn events_end(&self) -> u64 {
         self.events_end
     }
