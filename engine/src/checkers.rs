@@ -23,7 +23,6 @@ use tradeshard_shard::{HalfEntry, RollbackReason};
 use crate::error::{Error, Result};
 use crate::handle::EngineHandle;
 use crate::messages::HalfMessage;
-use crate::ops;
 use crate::transfers::now_ms;
 
 /// What a checker says of a half message.
@@ -116,7 +115,7 @@ pub(crate) async fn check_once(handle: &EngineHandle) -> Result<usize> {
 async fn check_one(handle: &EngineHandle, half: &HalfMessage) -> Result<bool> {
     let policy = handle.inner.half_checks;
     let answer = match handle.inner.checkers.get(&half.entry.body.topic) {
-        Some(checker) => ask(handle, checker.as_ref(), half).await?,
+        Some(checker) => handle.within_embedder_timeout(checker.check(half), CheckAnswer::Unknown).await?,
         None => CheckAnswer::Unknown,
     };
     let checks = half.entry.checks.saturating_add(1);
@@ -130,14 +129,4 @@ async fn check_one(handle: &EngineHandle, half: &HalfMessage) -> Result<bool> {
         CheckAnswer::Unknown => handle.note_check(half.id, checks).await?,
     }
     Ok(resolving)
-}
-
-/// Asks `checker` about `half`, bounded by the participants' timeout.
-async fn ask(handle: &EngineHandle, checker: &dyn MessageChecker, half: &HalfMessage) -> Result<CheckAnswer> {
-    let timeout = handle.submit_waiting(0, ops::Sleep(handle.inner.participant_timeout)).await?;
-    let timed_out = async move {
-        let _ = timeout.await;
-        CheckAnswer::Unknown
-    };
-    Ok(futures_lite::future::or(checker.check(half), timed_out).await)
 }

@@ -10,7 +10,8 @@
 //! did the first time without reserving twice. Confirm or Cancel is called until one answers
 //! with success: once in the caller's request, then at every pass of recovery
 //! (`Options::activity_recovery_interval`), which is its backoff. A call that takes longer than
-//! `Options::participant_timeout` counts as failed.
+//! `Options::participant_timeout` counts as failed. The same bound holds every call to an
+//! embedder's service, the checkers of half messages too (`within_embedder_timeout`).
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -53,5 +54,24 @@ impl Participants {
 impl fmt::Debug for Participants {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_set().entries(self.by_id.keys()).finish()
+    }
+}
+
+impl crate::handle::EngineHandle {
+    /// `call`'s outcome, or `late` once `Options::participant_timeout` passed: a service of the
+    /// embedder's (a participant, a checker) that never answers must not hold an activity,
+    /// recovery or a close forever. The timer runs on an executor (the caller may be on any
+    /// thread).
+    pub(crate) async fn within_embedder_timeout<T>(
+        &self,
+        call: impl Future<Output = T>,
+        late: T,
+    ) -> crate::error::Result<T> {
+        let timeout = self.submit_waiting(0, crate::ops::Sleep(self.inner.participant_timeout)).await?;
+        Ok(futures_lite::future::or(call, async move {
+            let _ = timeout.await;
+            late
+        })
+        .await)
     }
 }

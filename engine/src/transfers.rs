@@ -90,12 +90,9 @@ impl StepSender for EngineHandle {
         // A participant that never answers must not hold the activity, recovery or a close
         // forever: past the timeout the call failed (a Try: the activity is cancelled; a
         // Confirm or Cancel: recovery calls again).
-        let timeout = self.submit_waiting(0, ops::Sleep(self.inner.participant_timeout)).await?;
-        let answered = futures_lite::future::or(service.call(call, activity, branch, reference), async {
-            timeout.await;
-            Err(format!("no answer within {:?}", self.inner.participant_timeout))
-        });
-        answered.await.map_err(|message| Error::Participant { participant, message })
+        let late = Err(format!("no answer within {:?}", self.inner.participant_timeout));
+        let answered = self.within_embedder_timeout(service.call(call, activity, branch, reference), late).await?;
+        answered.map_err(|message| Error::Participant { participant, message })
     }
 }
 
