@@ -40,6 +40,7 @@ mod ops;
 mod options;
 mod orders;
 mod participants;
+mod partitions;
 mod routing;
 mod transfers;
 
@@ -54,15 +55,17 @@ pub use manifest::{Manifest, FORMAT_VERSION};
 pub use messages::{DeadLetter, HalfMessage, MessageId, OutgoingMessage, Producer, Published};
 pub use options::{cores, Backpressure, Durability, Options, SyncMethod, Upkeep};
 pub use participants::{BranchCall, Participant, ParticipantFuture, Participants};
+pub use partitions::PartitionPosition;
 pub use routing::Routing;
+pub use tradeshard_shard::{reply, validate_group, validate_topic};
 pub use tradeshard_shard::{
     AccountOp, AccountReceipt, ActivityEntry, ActivityState, Balance, BranchAction, BranchPlan, CacheStats,
     CancelReason, CheckpointStats, CreatedFields, CreatedFieldsView, Currency, DeadEntry, Decision, Event, EventBatch,
-    HalfEntry, InputError, Message, MessageBody, MessageOutcome, MessagePolicy, MessageView, NewTrade, OpenReport,
-    Receipt, RecordKind, Refusal, RollbackReason, ShardStats, Trade, TradeId, TradeRecord, TradeRecordView,
-    TradeStatus, WalStats, AMOUNT_MAX, BALANCE_MAX, DELAY_MAX, HEADERS_MAX, HEADER_BYTES_MAX, KEY_BYTES_MAX,
-    LOGICAL_SHARDS_MAX, MEMO_BYTES_MAX, ORDER_NO_BYTES_MAX, PAYLOAD_BYTES_MAX, REFUND_NO_BYTES_MAX,
-    REQUEST_NO_BYTES_MAX, TOPIC_BYTES_MAX, TRADES_TOPIC,
+    EventView, HalfEntry, InputError, Message, MessageBody, MessageOutcome, MessagePolicy, MessageView, NewTrade,
+    OpenReport, PollQuery, Receipt, RecordKind, Refusal, RollbackReason, ShardStats, Subscription, Trade, TradeId,
+    TradeRecord, TradeRecordView, TradeStatus, WalStats, AMOUNT_MAX, BALANCE_MAX, DELAY_MAX, HEADERS_MAX,
+    HEADER_BYTES_MAX, KEY_BYTES_MAX, LOGICAL_SHARDS_MAX, MEMO_BYTES_MAX, ORDER_NO_BYTES_MAX, PAYLOAD_BYTES_MAX,
+    POLL_BYTES_MAX, REFUND_NO_BYTES_MAX, REQUEST_NO_BYTES_MAX, TOPIC_BYTES_MAX, TRADES_TOPIC,
 };
 pub use transfers::{ActivityOutcome, TransferReceipt};
 

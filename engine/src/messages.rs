@@ -75,13 +75,30 @@ pub struct OutgoingMessage {
     /// An idempotent producer's (id, sequence number in the partition), and the partition
     /// they were taken for (see [`Producer`]).
     producer: Option<(u32, u64, u64)>,
+    /// The partition chosen by the sender instead of the key's hash.
+    partition: Option<u32>,
 }
 
 impl OutgoingMessage {
     /// A message of `topic` under `key`.
     pub fn new(topic: impl Into<String>, key: impl Into<Vec<u8>>, payload: impl Into<Vec<u8>>) -> OutgoingMessage {
         let body = MessageBody { topic: topic.into(), key: key.into(), headers: Vec::new(), payload: payload.into() };
-        OutgoingMessage { body, deliver_at_ms: None, producer: None }
+        OutgoingMessage { body, deliver_at_ms: None, producer: None, partition: None }
+    }
+
+    /// This message sent to `partition` rather than to its key's: for senders that choose
+    /// partitions themselves (a Kafka client's partitioner).
+    pub fn to_partition(mut self, partition: u32) -> OutgoingMessage {
+        self.partition = Some(partition);
+        self
+    }
+
+    /// This message sent to `partition` as the `sequence`th of producer `producer_id` there:
+    /// for an idempotent producer that numbers its messages itself (a Kafka client's producer
+    /// id and sequence numbers). Sent again, it is stored once, as with a [`Producer`].
+    pub fn sequenced(mut self, partition: u32, producer_id: u64, sequence: u64) -> OutgoingMessage {
+        self.producer = Some((partition, producer_id, sequence));
+        self
     }
 
     /// This message with a header added.
@@ -189,6 +206,42 @@ impl EngineHandle {
         self.message_write(partition, command).await
     }
 
+    /// Publishes every message of `messages` (a Kafka client's record batch), in order: all
+    /// are checked first, and one out of bounds refuses them all with nothing written; then
+    /// all are queued before any answer is awaited, so that they share group commits. Each
+    /// has its own answer, in order.
+    pub async fn publish_all(&self, messages: &[OutgoingMessage]) -> Result<Vec<Result<Published>>> {
+        let partitions = self.routing().physical_shards;
+        let mut commands = Vec::with_capacity(messages.len());
+        for message in messages {
+            message.body.validate()?;
+            let (partition, producer) = self.partition_and_producer(message);
+            if partition >= partitions {
+                return Err(InputError::BadPartition { partition, partitions }.into());
+            }
+            commands.push((
+                partition,
+                MessageCommand::Publish { body: message.body.clone(), producer, due_ms: message.deliver_at_ms },
+            ));
+        }
+        let mut answers = Vec::with_capacity(commands.len());
+        for (partition, command) in commands {
+            answers.push((partition, self.submit_to_shard(partition, ops::Message(command)).await));
+        }
+        let mut published = Vec::with_capacity(answers.len());
+        for (partition, answer) in answers {
+            published.push(match answer {
+                Ok(reply) => match reply.await {
+                    Some(Ok(receipt)) => Ok(Published::of(partition, receipt)),
+                    Some(Err(error)) => Err(error.into()),
+                    None => Err(crate::Error::Closed),
+                },
+                Err(error) => Err(error),
+            });
+        }
+        Ok(published)
+    }
+
     /// Stores a half message: durable, never delivered until [`commit_message`]; its id is
     /// what to commit or roll back (and what the topic's checker is asked about).
     ///
@@ -207,7 +260,7 @@ impl EngineHandle {
     fn partition_and_producer(&self, message: &OutgoingMessage) -> (u32, Option<(u64, u64)>) {
         match message.producer {
             Some((partition, id, sequence)) => (partition, Some((id, sequence))),
-            None => (self.partition_of_key(&message.body.key), None),
+            None => (message.partition.unwrap_or_else(|| self.partition_of_key(&message.body.key)), None),
         }
     }
 

@@ -195,7 +195,7 @@ impl ShardOp for CommitOffset {
 
 /// Where a consumer group stands in one partition.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) struct PartitionPosition {
+pub struct PartitionPosition {
     /// The group's committed offset, if it ever committed one.
     pub committed: Option<u64>,
     /// The first offset still in the log.

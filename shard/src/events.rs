@@ -107,6 +107,13 @@ pub struct Message {
     pub attempt: u8,
 }
 
+/// One event of an [`EventBatch`] read in place.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum EventView<'a> {
+    Trade(TradeRecordView<'a>),
+    Message(MessageView<'a>),
+}
+
 /// The events one poll read from one partition, undecoded: each event's offset and record
 /// bytes, as the log holds them. Read them in place with [`views`](EventBatch::views) or own
 /// them with [`decode`](EventBatch::decode).
@@ -159,6 +166,18 @@ impl EventBatch {
             MessageView::decode(bytes)
                 .map(|view| (e.offset, view))
                 .map_err(|reason| TradeError::BadRecord { seq: e.offset, reason })
+        })
+    }
+
+    /// Every event read in place, trade events and messages alike, in log order.
+    pub fn events(&self) -> impl Iterator<Item = Result<(u64, EventView<'_>), TradeError>> {
+        self.events.iter().map(|e| {
+            let bytes = &self.bytes[e.start as usize..(e.start + e.len) as usize];
+            let view = match e.message {
+                true => MessageView::decode(bytes).map(EventView::Message),
+                false => TradeRecordView::decode(bytes).map(EventView::Trade),
+            };
+            view.map(|view| (e.offset, view)).map_err(|reason| TradeError::BadRecord { seq: e.offset, reason })
         })
     }
 

@@ -66,7 +66,7 @@ pub use command::Command;
 pub use config::{DiskShard, ShardConfig};
 pub use currency::Currency;
 pub use error::{InputError, LogError, Refusal, TradeError};
-pub use events::{Event, EventBatch, Message, PollQuery, Subscription, POLL_BYTES_MAX, POLL_EVENTS_MAX};
+pub use events::{Event, EventBatch, EventView, Message, PollQuery, Subscription, POLL_BYTES_MAX, POLL_EVENTS_MAX};
 pub use index::order_key;
 /// Awaits futures together (the engine's check-backs run a pass's checks at once).
 pub use join::join_all;

@@ -4,7 +4,7 @@
 //! settlement events, `stress` kills and recovers the engine and checks what survived,
 //! `compare` runs the same workload on RocksDB, `wal-bench` measures one write-ahead log alone,
 //! `inspect` shows what a data directory holds, `dlq` lists, replays or drops a consumer
-//! group's dead letters.
+//! group's dead letters, `serve` serves a data directory over the Kafka protocol.
 
 mod compare;
 mod data_dir;
@@ -13,6 +13,7 @@ mod inspect;
 mod latency;
 mod load;
 mod readback;
+mod serve;
 mod settle;
 mod stress;
 mod units;
@@ -20,6 +21,11 @@ mod wal_bench;
 mod workload;
 
 use clap::{Parser, Subcommand};
+
+// `serve` decodes requests off the network with codecs that size vectors from counts on the
+// wire (`tradeshard_server::ReserveNothingForLarge`).
+#[global_allocator]
+static ALLOCATOR: tradeshard_server::ReserveNothingForLarge = tradeshard_server::ReserveNothingForLarge;
 
 #[derive(Parser)]
 #[command(name = "tradeshard", version, about = "tradeshard storage engine tool")]
@@ -53,6 +59,9 @@ enum Command {
     Inspect(inspect::Args),
     /// List a consumer group's dead letters, or send them back to it, or drop them.
     Dlq(dlq::Args),
+    /// Serve a data directory over the Kafka protocol, a `stats` text protocol and Prometheus
+    /// metrics until SIGINT or SIGTERM.
+    Serve(serve::Args),
 }
 
 fn main() -> anyhow::Result<()> {
@@ -66,5 +75,6 @@ fn main() -> anyhow::Result<()> {
         Command::WalBench(args) => wal_bench::run(args),
         Command::Inspect(args) => inspect::run(args),
         Command::Dlq(args) => dlq::run(args),
+        Command::Serve(args) => serve::run(args),
     }
 }

@@ -1,0 +1,151 @@
+//! Listeners and connections: an accept loop per listener on its executor, the limit on open
+//! connections, and reads that give way to a stop between requests.
+
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+
+use futures_lite::{AsyncReadExt, AsyncWriteExt};
+use glommio::net::{TcpListener, TcpStream};
+
+use crate::shutdown::{Shutdown, CHECK_INTERVAL};
+use crate::{ServerError, Shared};
+
+/// What a listener speaks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Protocol {
+    Kafka,
+    Stats,
+    Metrics,
+}
+
+/// Connections open now, over every listener.
+pub(crate) static OPEN_CONNECTIONS: AtomicUsize = AtomicUsize::new(0);
+
+/// Binds `addr` on executor `executor` and serves `protocol` there until the server stops;
+/// answers the address bound.
+pub(crate) fn listen(
+    shared: &Arc<Shared>,
+    executor: usize,
+    addr: SocketAddr,
+    protocol: Protocol,
+) -> Result<SocketAddr, ServerError> {
+    let (bound_tx, bound_rx) = std::sync::mpsc::channel();
+    let task_shared = shared.clone();
+    let guard = Shutdown::track(shared);
+    futures_lite::future::block_on(shared.handle.spawn_on(executor, move || async move {
+        let _guard = guard;
+        let listener = match TcpListener::bind(addr) {
+            Ok(listener) => listener,
+            Err(error) => {
+                let _ = bound_tx.send(Err(std::io::Error::other(error.to_string())));
+                return;
+            }
+        };
+        let _ = bound_tx.send(listener.local_addr().map_err(|e| std::io::Error::other(e.to_string())));
+        accept_loop(task_shared, listener, protocol).await
+    }))?;
+    match bound_rx.recv() {
+        Ok(Ok(bound)) => Ok(bound),
+        Ok(Err(source)) => Err(ServerError::Bind { addr, source }),
+        Err(_) => Err(ServerError::Bind { addr, source: std::io::Error::other("the listener's executor stopped") }),
+    }
+}
+
+async fn accept_loop(shared: Arc<Shared>, listener: TcpListener, protocol: Protocol) {
+    while !shared.shutdown.is_stopping() {
+        let accepted = futures_lite::future::or(async { Some(listener.accept().await) }, async {
+            glommio::timer::sleep(CHECK_INTERVAL).await;
+            None
+        })
+        .await;
+        let stream = match accepted {
+            None => continue,
+            Some(Ok(stream)) => stream,
+            Some(Err(_)) => {
+                // Out of descriptors, or a connection reset before it was taken: wait a
+                // little rather than spin, and go on.
+                glommio::timer::sleep(CHECK_INTERVAL).await;
+                continue;
+            }
+        };
+        if OPEN_CONNECTIONS.fetch_add(1, Ordering::SeqCst) >= shared.options.connections_max {
+            OPEN_CONNECTIONS.fetch_sub(1, Ordering::SeqCst);
+            shared.metrics.connections_refused.inc();
+            drop(stream);
+            continue;
+        }
+        shared.metrics.connections_accepted.inc();
+        let guard = Shutdown::track(&shared);
+        let conn_shared = shared.clone();
+        glommio::spawn_local(async move {
+            let _guard = guard;
+            let _ = stream.set_nodelay(true);
+            let _ = stream.set_read_timeout(Some(CHECK_INTERVAL));
+            let mut conn = Conn { stream, shared: conn_shared.clone() };
+            match protocol {
+                Protocol::Kafka => crate::kafka::serve(&mut conn).await,
+                Protocol::Stats => crate::stats::serve(&mut conn).await,
+                Protocol::Metrics => crate::metrics::serve(&mut conn).await,
+            }
+            OPEN_CONNECTIONS.fetch_sub(1, Ordering::SeqCst);
+        })
+        .detach();
+    }
+}
+
+/// One connection, on the executor that accepted it.
+pub(crate) struct Conn {
+    pub stream: TcpStream,
+    pub shared: Arc<Shared>,
+}
+
+/// Why a read gave up.
+#[derive(Debug)]
+pub(crate) enum ReadEnd {
+    /// The peer closed, reset, or the server is stopping between requests.
+    Closed,
+}
+
+impl Conn {
+    /// Fills `buf` from the stream. `between_requests`: nothing of a request read yet, so a
+    /// stop may end the connection here; within a request, it reads on.
+    pub(crate) async fn read_exact(&mut self, buf: &mut [u8], between_requests: bool) -> Result<(), ReadEnd> {
+        let mut filled = 0;
+        while filled < buf.len() {
+            match self.stream.read(&mut buf[filled..]).await {
+                Ok(0) => return Err(ReadEnd::Closed),
+                Ok(n) => filled += n,
+                Err(error) if is_timeout(&error) => {
+                    if self.shared.shutdown.is_stopping() && (between_requests && filled == 0) {
+                        return Err(ReadEnd::Closed);
+                    }
+                }
+                Err(_) => return Err(ReadEnd::Closed),
+            }
+        }
+        Ok(())
+    }
+
+    /// Reads up to and including the first `\n`, at most `max` bytes (else `Closed`).
+    pub(crate) async fn read_line(&mut self, line: &mut Vec<u8>, max: usize) -> Result<(), ReadEnd> {
+        line.clear();
+        let mut byte = [0u8; 1];
+        while line.last() != Some(&b'\n') {
+            if line.len() >= max {
+                return Err(ReadEnd::Closed);
+            }
+            self.read_exact(&mut byte, line.is_empty()).await?;
+            line.push(byte[0]);
+        }
+        Ok(())
+    }
+
+    pub(crate) async fn write_all(&mut self, bytes: &[u8]) -> Result<(), ReadEnd> {
+        self.stream.write_all(bytes).await.map_err(|_| ReadEnd::Closed)
+    }
+}
+
+fn is_timeout(error: &std::io::Error) -> bool {
+    matches!(error.kind(), std::io::ErrorKind::TimedOut | std::io::ErrorKind::WouldBlock)
+}

@@ -1,0 +1,272 @@
+//! Fetch and ListOffsets: reads of a topic in a partition, long-polled, and the offsets a
+//! client resets to.
+//!
+//! A Fetch first reads every partition asked without waiting; if that found fewer than
+//! `min_bytes`, it reads again with a wait, and answers as soon as one partition has data or
+//! the wait ends. Only durable records are read, and a half message is never a record of its
+//! topic until its commit, so the high watermark and the last stable offset are one: the
+//! log's durable end.
+
+use std::future::Future;
+use std::pin::Pin;
+use std::task::Poll;
+use std::time::Duration;
+
+use kafka_protocol::messages::fetch_response::{FetchableTopicResponse, PartitionData};
+use kafka_protocol::messages::list_offsets_response::{ListOffsetsPartitionResponse, ListOffsetsTopicResponse};
+use kafka_protocol::messages::{FetchRequest, FetchResponse, ListOffsetsRequest, ListOffsetsResponse, RequestHeader};
+use kafka_protocol::ResponseError;
+use tradeshard_engine::{EventBatch, PollQuery, Subscription, TRADES_TOPIC};
+
+use super::records::encode_events;
+use super::{error_code, partition_of};
+use crate::Shared;
+
+/// Events one read of a partition takes at most.
+const EVENTS_PER_READ: usize = 16_384;
+
+/// One partition asked for.
+struct Wanted {
+    topic_index: usize,
+    topic: String,
+    index: i32,
+    partition: Option<u32>,
+    from: u64,
+    max_bytes: usize,
+}
+
+type Read = Pin<Box<dyn Future<Output = Result<EventBatch, tradeshard_engine::Error>>>>;
+
+fn subscription(topic: &str) -> Subscription {
+    match topic {
+        TRADES_TOPIC => Subscription::trades(),
+        _ => Subscription {
+            trades: false,
+            topics: std::sync::Arc::from(vec![topic.to_string()]),
+            group: std::sync::Arc::from(""),
+        },
+    }
+}
+
+fn read(shared: &Shared, wanted: &Wanted, wait: Duration) -> Option<Read> {
+    let partition = wanted.partition?;
+    let query = PollQuery {
+        from: wanted.from,
+        max_events: EVENTS_PER_READ,
+        max_bytes: wanted.max_bytes,
+        wait,
+        subscription: subscription(&wanted.topic),
+    };
+    let handle = shared.handle.clone();
+    Some(Box::pin(async move { handle.read_partition(partition, query).await }))
+}
+
+pub(crate) async fn fetch(shared: &Shared, _header: &RequestHeader, request: FetchRequest) -> FetchResponse {
+    let options = &shared.options;
+    let mut budget = (request.max_bytes.max(1) as usize).min(options.fetch_bytes_max);
+    let wait = Duration::from_millis(request.max_wait_ms.max(0) as u64).min(options.fetch_wait_max);
+    let min_bytes = request.min_bytes.max(0) as usize;
+    let mut wanted = Vec::new();
+    let mut topics = Vec::new();
+    for (topic_index, topic) in request.topics.iter().enumerate() {
+        let name = topic.topic.0.to_string();
+        topics.push(FetchableTopicResponse::default().with_topic(topic.topic.clone()));
+        for partition in &topic.partitions {
+            let valid_topic = super::metadata::topic_error(&name).is_none();
+            let max_bytes = (partition.partition_max_bytes.max(1) as usize).min(budget.max(1));
+            budget = budget.saturating_sub(max_bytes);
+            wanted.push(Wanted {
+                topic_index,
+                topic: name.clone(),
+                index: partition.partition,
+                partition: partition_of(shared, partition.partition).filter(|_| valid_topic),
+                from: partition.fetch_offset.max(0) as u64,
+                max_bytes,
+            });
+        }
+    }
+    let mut answers: Vec<Option<Result<EventBatch, tradeshard_engine::Error>>> = Vec::with_capacity(wanted.len());
+    for want in &wanted {
+        answers.push(match read(shared, want, Duration::ZERO) {
+            Some(read) => Some(read.await),
+            None => None,
+        });
+    }
+    let found = wanted
+        .iter()
+        .zip(&answers)
+        .filter(|(want, answer)| matches!(answer, Some(Ok(b)) if !b.is_empty() || b.next_offset > want.from))
+        .count();
+    let any_error = answers.iter().any(|a| matches!(a, Some(Err(_))));
+    if found == 0 && min_bytes > 0 && !wait.is_zero() && !any_error && !shared.shutdown.is_stopping() {
+        // Nothing yet: wait on every partition at once, answer with the first to have data.
+        let waited =
+            first_with_data(wanted.iter().map(|w| read(shared, w, wait)).collect(), wait + Duration::from_millis(50))
+                .await;
+        for (slot, answer) in answers.iter_mut().zip(waited) {
+            if let Some(answer) = answer {
+                *slot = Some(answer);
+            }
+        }
+    }
+    for (want, answer) in wanted.iter().zip(answers) {
+        let data = PartitionData::default().with_partition_index(want.index).with_log_start_offset(-1);
+        let data = match answer {
+            None => data.with_error_code(ResponseError::UnknownTopicOrPartition.code()).with_high_watermark(-1),
+            Some(Err(error)) => {
+                let code = error_code(&error);
+                match error {
+                    tradeshard_engine::Error::Refused(tradeshard_engine::Refusal::OffsetOutOfRange {
+                        end,
+                        first,
+                        ..
+                    }) => return_range(data, first, end),
+                    _ => data.with_high_watermark(-1),
+                }
+                .with_error_code(code)
+            }
+            Some(Ok(batch)) => {
+                let records = encode_events(&batch, &want.topic, want.from, shared.options.trades_encoding);
+                data.with_high_watermark(batch.end_offset as i64)
+                    .with_last_stable_offset(batch.end_offset as i64)
+                    .with_records(Some(records))
+            }
+        };
+        topics[want.topic_index].partitions.push(data);
+    }
+    FetchResponse::default().with_responses(topics)
+}
+
+fn return_range(data: PartitionData, first: u64, end: u64) -> PartitionData {
+    data.with_high_watermark(end as i64).with_last_stable_offset(end as i64).with_log_start_offset(first as i64)
+}
+
+/// Runs `reads` together until one answers with events (or an error), all have answered, or
+/// `limit` passes; answers what each had answered by then.
+async fn first_with_data(
+    mut reads: Vec<Option<Read>>,
+    limit: Duration,
+) -> Vec<Option<Result<EventBatch, tradeshard_engine::Error>>> {
+    let mut answers: Vec<Option<Result<EventBatch, tradeshard_engine::Error>>> = reads.iter().map(|_| None).collect();
+    let all = std::future::poll_fn(|cx| {
+        let mut pending = false;
+        let mut found = false;
+        for (read, answer) in reads.iter_mut().zip(answers.iter_mut()) {
+            let Some(future) = read else { continue };
+            match future.as_mut().poll(cx) {
+                Poll::Ready(result) => {
+                    // A waiting read answers once something lies beyond its offset (or its
+                    // wait ended, which ends every read's wait alike).
+                    found = true;
+                    *answer = Some(result);
+                    *read = None;
+                }
+                Poll::Pending => pending = true,
+            }
+        }
+        if found || !pending {
+            Poll::Ready(())
+        } else {
+            Poll::Pending
+        }
+    });
+    futures_lite::future::or(all, async {
+        glommio::timer::sleep(limit).await;
+    })
+    .await;
+    answers
+}
+
+pub(crate) async fn list_offsets(
+    shared: &Shared,
+    _header: &RequestHeader,
+    request: ListOffsetsRequest,
+) -> ListOffsetsResponse {
+    let mut topics = Vec::with_capacity(request.topics.len());
+    for topic in request.topics {
+        let name = topic.name.0.to_string();
+        let mut partitions = Vec::with_capacity(topic.partitions.len());
+        for asked in topic.partitions {
+            let answer = ListOffsetsPartitionResponse::default().with_partition_index(asked.partition_index);
+            let partition = partition_of(shared, asked.partition_index);
+            let (Some(partition), None) = (partition, super::metadata::topic_error(&name)) else {
+                partitions.push(answer.with_error_code(ResponseError::UnknownTopicOrPartition.code()).with_offset(-1));
+                continue;
+            };
+            partitions.push(match offset_for(shared, &name, partition, asked.timestamp).await {
+                Ok((offset, timestamp)) => answer.with_offset(offset).with_timestamp(timestamp),
+                Err(error) => answer.with_error_code(error_code(&error)).with_offset(-1),
+            });
+        }
+        topics.push(ListOffsetsTopicResponse::default().with_name(topic.name).with_partitions(partitions));
+    }
+    ListOffsetsResponse::default().with_topics(topics)
+}
+
+/// Reads one event of `topic` at or after `from`: its offset and time, if there is one
+/// before the end (reads through other topics' records a bounded number of times).
+async fn first_event_from(
+    shared: &Shared,
+    topic: &str,
+    partition: u32,
+    mut from: u64,
+) -> Result<Option<(u64, u64)>, tradeshard_engine::Error> {
+    for _ in 0..64 {
+        let query = PollQuery {
+            from,
+            max_events: 1,
+            max_bytes: 64 << 10,
+            wait: Duration::ZERO,
+            subscription: subscription(topic),
+        };
+        let batch = shared.handle.read_partition(partition, query).await?;
+        if let Some(event) = batch.events().next() {
+            let (offset, view) = event?;
+            let at_ms = match view {
+                tradeshard_engine::EventView::Trade(trade) => trade.at_ms,
+                tradeshard_engine::EventView::Message(message) => message.at_ms,
+            };
+            return Ok(Some((offset, at_ms)));
+        }
+        if batch.next_offset >= batch.end_offset || batch.next_offset == from {
+            return Ok(None);
+        }
+        from = batch.next_offset;
+    }
+    Ok(None)
+}
+
+/// ListOffsets' answer for one partition: -2 the earliest offset, -1 the latest (the durable
+/// end), otherwise the first event of the topic written at or after `timestamp` (a binary
+/// search over the log's offsets, whose write times only grow), or the end if none.
+async fn offset_for(
+    shared: &Shared,
+    topic: &str,
+    partition: u32,
+    timestamp: i64,
+) -> Result<(i64, i64), tradeshard_engine::Error> {
+    let position = shared.handle.partition_position("kafka", partition).await?;
+    match timestamp {
+        -2 => return Ok((position.first as i64, -1)),
+        -1 => return Ok((position.end as i64, -1)),
+        _ => {}
+    }
+    let wanted = timestamp.max(0) as u64;
+    let (mut low, mut high) = (position.first, position.end);
+    let mut found: Option<(u64, u64)> = None;
+    while low < high {
+        let middle = low + (high - low) / 2;
+        match first_event_from(shared, topic, partition, middle).await? {
+            Some((offset, at_ms)) if at_ms >= wanted => {
+                found = Some((offset, at_ms));
+                high = middle;
+            }
+            Some((offset, _)) => low = offset + 1,
+            None => high = middle,
+        }
+    }
+    Ok(match found {
+        Some((offset, at_ms)) => (offset as i64, at_ms as i64),
+        None => (position.end as i64, -1),
+    })
+}

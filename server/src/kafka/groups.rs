@@ -1,0 +1,463 @@
+//! The group coordinator of the Kafka protocol (the classic one: JoinGroup, SyncGroup,
+//! Heartbeat, LeaveGroup), as a state machine over plain data; `group_api.rs` drives it.
+//!
+//! A group's members are those of this server's connections; assignments are computed by the
+//! leader client, as in Kafka. States, as Kafka's: `Empty` → a join → `PreparingRebalance`
+//! (until every known member has joined again, or the rebalance timeout passes and the
+//! stragglers are removed) → `CompletingRebalance` (a new generation: waiting for the
+//! leader's assignments) → `Stable`. A member silent for its session timeout is removed, and
+//! so starts a rebalance of the others.
+//!
+//! Only membership lives here, in memory: offsets are the engine's, durable. A restart
+//! forgets the members, whose next heartbeat is told `UNKNOWN_MEMBER_ID`, and they join again.
+
+use std::collections::BTreeMap;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use kafka_protocol::ResponseError;
+use tradeshard_engine::reply::{self, Reply, ReplyFuture};
+
+/// Most groups coordinated at once, and members per group: a join past them is refused.
+pub(crate) const GROUPS_MAX: usize = 10_000;
+pub(crate) const MEMBERS_MAX: usize = 1_000;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum State {
+    Empty,
+    PreparingRebalance,
+    CompletingRebalance,
+    Stable,
+}
+
+/// What a join is answered.
+#[derive(Debug, Clone)]
+pub(crate) struct Joined {
+    pub generation: i32,
+    pub protocol: String,
+    pub leader: String,
+    pub member_id: String,
+    /// Every member's metadata for the chosen protocol: for the leader only.
+    pub members: Vec<(String, Bytes)>,
+}
+
+pub(crate) type JoinAnswer = Result<Joined, ResponseError>;
+pub(crate) type SyncAnswer = Result<Bytes, ResponseError>;
+
+struct Member {
+    protocols: Vec<(String, Bytes)>,
+    session_timeout: Duration,
+    rebalance_timeout: Duration,
+    last_seen: Instant,
+    join: Option<Reply<JoinAnswer>>,
+    sync: Option<Reply<SyncAnswer>>,
+    assignment: Bytes,
+}
+
+pub(crate) struct Group {
+    pub state: State,
+    pub generation: i32,
+    protocol_type: String,
+    protocol: String,
+    leader: String,
+    members: BTreeMap<String, Member>,
+    rebalance_deadline: Instant,
+}
+
+impl Group {
+    fn new(now: Instant) -> Group {
+        Group {
+            state: State::Empty,
+            generation: 0,
+            protocol_type: String::new(),
+            protocol: String::new(),
+            leader: String::new(),
+            members: BTreeMap::new(),
+            rebalance_deadline: now,
+        }
+    }
+
+    fn prepare_rebalance(&mut self, now: Instant) {
+        let timeout = self.members.values().map(|m| m.rebalance_timeout).max().unwrap_or_default();
+        if self.state != State::PreparingRebalance {
+            self.rebalance_deadline = now + timeout;
+        }
+        self.state = State::PreparingRebalance;
+        // Syncs waiting for a generation that will not be are told to join again.
+        for member in self.members.values_mut() {
+            if let Some(sync) = member.sync.take() {
+                sync.send(Err(ResponseError::RebalanceInProgress));
+            }
+        }
+    }
+
+    fn remove(&mut self, member_id: &str, now: Instant) {
+        if let Some(mut member) = self.members.remove(member_id) {
+            if let Some(join) = member.join.take() {
+                join.send(Err(ResponseError::UnknownMemberId));
+            }
+            if let Some(sync) = member.sync.take() {
+                sync.send(Err(ResponseError::UnknownMemberId));
+            }
+        }
+        if self.leader == member_id {
+            self.leader.clear();
+        }
+        if self.members.is_empty() {
+            self.state = State::Empty;
+            self.protocol_type.clear();
+        } else {
+            self.prepare_rebalance(now);
+        }
+    }
+
+    /// Removes members silent past their session timeout (members waiting in a join are not
+    /// silent), and completes a rebalance that can be completed.
+    fn tick(&mut self, now: Instant) {
+        let expired: Vec<String> = self
+            .members
+            .iter()
+            .filter(|(_, m)| m.join.is_none() && now.duration_since(m.last_seen) > m.session_timeout)
+            .map(|(id, _)| id.clone())
+            .collect();
+        for id in expired {
+            self.remove(&id, now);
+        }
+        if self.state == State::PreparingRebalance {
+            let all_joined = self.members.values().all(|m| m.join.is_some());
+            if all_joined || now >= self.rebalance_deadline {
+                self.complete_join(now);
+            }
+        }
+    }
+
+    fn complete_join(&mut self, now: Instant) {
+        let stragglers: Vec<String> =
+            self.members.iter().filter(|(_, m)| m.join.is_none()).map(|(id, _)| id.clone()).collect();
+        for id in stragglers {
+            self.members.remove(&id);
+            if self.leader == id {
+                self.leader.clear();
+            }
+        }
+        if self.members.is_empty() {
+            self.state = State::Empty;
+            return;
+        }
+        // The protocol: the first of the leader's (or first member's) that every member has.
+        if !self.members.contains_key(&self.leader) {
+            self.leader = self.members.keys().next().cloned().unwrap_or_default();
+        }
+        let leader_protocols: Vec<String> =
+            self.members[&self.leader].protocols.iter().map(|(n, _)| n.clone()).collect();
+        let protocol = leader_protocols
+            .into_iter()
+            .find(|name| self.members.values().all(|m| m.protocols.iter().any(|(n, _)| n == name)));
+        let Some(protocol) = protocol else {
+            // No protocol in common: every join waiting is refused.
+            for member in self.members.values_mut() {
+                if let Some(join) = member.join.take() {
+                    join.send(Err(ResponseError::InconsistentGroupProtocol));
+                }
+            }
+            self.members.clear();
+            self.state = State::Empty;
+            return;
+        };
+        self.protocol = protocol;
+        self.generation += 1;
+        self.state = State::CompletingRebalance;
+        let all: Vec<(String, Bytes)> = self
+            .members
+            .iter()
+            .map(|(id, m)| {
+                let metadata = m.protocols.iter().find(|(n, _)| *n == self.protocol).map(|(_, b)| b.clone());
+                (id.clone(), metadata.unwrap_or_default())
+            })
+            .collect();
+        for (id, member) in self.members.iter_mut() {
+            member.last_seen = now;
+            member.assignment = Bytes::new();
+            if let Some(join) = member.join.take() {
+                join.send(Ok(Joined {
+                    generation: self.generation,
+                    protocol: self.protocol.clone(),
+                    leader: self.leader.clone(),
+                    member_id: id.clone(),
+                    members: if *id == self.leader { all.clone() } else { Vec::new() },
+                }));
+            }
+        }
+    }
+}
+
+/// A join's request, as the coordinator needs it.
+pub(crate) struct JoinRequest {
+    pub member_id: String,
+    pub client_id: String,
+    pub protocol_type: String,
+    pub protocols: Vec<(String, Bytes)>,
+    pub session_timeout: Duration,
+    pub rebalance_timeout: Duration,
+}
+
+/// Every group coordinated by this server.
+#[derive(Default)]
+pub(crate) struct Coordinator {
+    groups: BTreeMap<String, Group>,
+    next_member: u64,
+}
+
+impl Coordinator {
+    #[cfg(test)]
+    pub(crate) fn group(&self, group: &str) -> Option<&Group> {
+        self.groups.get(group)
+    }
+
+    /// Completes what time allows in `group` (expiries, rebalances past their deadline).
+    pub(crate) fn tick(&mut self, group: &str, now: Instant) {
+        if let Some(g) = self.groups.get_mut(group) {
+            g.tick(now);
+        }
+    }
+
+    pub(crate) fn join(
+        &mut self,
+        group: &str,
+        request: JoinRequest,
+        now: Instant,
+    ) -> Result<ReplyFuture<JoinAnswer>, ResponseError> {
+        if request.protocols.is_empty() || request.protocol_type.is_empty() {
+            return Err(ResponseError::InconsistentGroupProtocol);
+        }
+        if !self.groups.contains_key(group) && self.groups.len() >= GROUPS_MAX {
+            return Err(ResponseError::CoordinatorNotAvailable);
+        }
+        let g = self.groups.entry(group.to_string()).or_insert_with(|| Group::new(now));
+        g.tick(now);
+        if g.state != State::Empty && g.protocol_type != request.protocol_type {
+            return Err(ResponseError::InconsistentGroupProtocol);
+        }
+        let member_id = if request.member_id.is_empty() {
+            if g.members.len() >= MEMBERS_MAX {
+                return Err(ResponseError::GroupMaxSizeReached);
+            }
+            self.next_member += 1;
+            format!("{}-{}", request.client_id, self.next_member)
+        } else if !g.members.contains_key(&request.member_id) {
+            return Err(ResponseError::UnknownMemberId);
+        } else {
+            request.member_id
+        };
+        let (reply, answer) = reply::channel();
+        let member = g.members.entry(member_id).or_insert_with(|| Member {
+            protocols: Vec::new(),
+            session_timeout: request.session_timeout,
+            rebalance_timeout: request.rebalance_timeout,
+            last_seen: now,
+            join: None,
+            sync: None,
+            assignment: Bytes::new(),
+        });
+        member.protocols = request.protocols;
+        member.session_timeout = request.session_timeout;
+        member.rebalance_timeout = request.rebalance_timeout;
+        member.last_seen = now;
+        if let Some(earlier) = member.join.replace(reply) {
+            earlier.send(Err(ResponseError::RebalanceInProgress));
+        }
+        g.protocol_type = request.protocol_type;
+        g.prepare_rebalance(now);
+        g.tick(now);
+        Ok(answer)
+    }
+
+    pub(crate) fn sync(
+        &mut self,
+        group: &str,
+        generation: i32,
+        member_id: &str,
+        assignments: Vec<(String, Bytes)>,
+        now: Instant,
+    ) -> Result<ReplyFuture<SyncAnswer>, ResponseError> {
+        let g = self.groups.get_mut(group).ok_or(ResponseError::UnknownMemberId)?;
+        g.tick(now);
+        let Some(member) = g.members.get_mut(member_id) else { return Err(ResponseError::UnknownMemberId) };
+        if generation != g.generation {
+            return Err(ResponseError::IllegalGeneration);
+        }
+        member.last_seen = now;
+        let (reply, answer) = reply::channel();
+        match g.state {
+            State::Empty | State::PreparingRebalance => return Err(ResponseError::RebalanceInProgress),
+            State::Stable => reply.send(Ok(member.assignment.clone())),
+            State::CompletingRebalance => {
+                if let Some(earlier) = member.sync.replace(reply) {
+                    earlier.send(Err(ResponseError::RebalanceInProgress));
+                }
+                if member_id == g.leader {
+                    let mut assignments: BTreeMap<String, Bytes> = assignments.into_iter().collect();
+                    for (id, member) in g.members.iter_mut() {
+                        member.assignment = assignments.remove(id).unwrap_or_default();
+                        if let Some(sync) = member.sync.take() {
+                            sync.send(Ok(member.assignment.clone()));
+                        }
+                    }
+                    g.state = State::Stable;
+                }
+            }
+        }
+        Ok(answer)
+    }
+
+    pub(crate) fn heartbeat(
+        &mut self,
+        group: &str,
+        generation: i32,
+        member_id: &str,
+        now: Instant,
+    ) -> Result<(), ResponseError> {
+        let g = self.groups.get_mut(group).ok_or(ResponseError::UnknownMemberId)?;
+        g.tick(now);
+        let Some(member) = g.members.get_mut(member_id) else { return Err(ResponseError::UnknownMemberId) };
+        member.last_seen = now;
+        if generation != g.generation {
+            return Err(ResponseError::IllegalGeneration);
+        }
+        match g.state {
+            State::PreparingRebalance => Err(ResponseError::RebalanceInProgress),
+            _ => Ok(()),
+        }
+    }
+
+    pub(crate) fn leave(&mut self, group: &str, member_id: &str, now: Instant) -> Result<(), ResponseError> {
+        let g = self.groups.get_mut(group).ok_or(ResponseError::UnknownMemberId)?;
+        if !g.members.contains_key(member_id) {
+            return Err(ResponseError::UnknownMemberId);
+        }
+        g.remove(member_id, now);
+        g.tick(now);
+        if g.state == State::Empty {
+            self.groups.remove(group);
+        }
+        Ok(())
+    }
+
+    /// Whether a commit of `member_id` in `generation` may go on: a commit from outside the
+    /// group protocol (generation -1, no member) always may.
+    pub(crate) fn may_commit(
+        &mut self,
+        group: &str,
+        generation: i32,
+        member_id: &str,
+        now: Instant,
+    ) -> Result<(), ResponseError> {
+        if generation < 0 && member_id.is_empty() {
+            return Ok(());
+        }
+        let g = self.groups.get_mut(group).ok_or(ResponseError::UnknownMemberId)?;
+        g.tick(now);
+        let Some(member) = g.members.get_mut(member_id) else { return Err(ResponseError::UnknownMemberId) };
+        member.last_seen = now;
+        if generation != g.generation {
+            return Err(ResponseError::IllegalGeneration);
+        }
+        match g.state {
+            State::PreparingRebalance => Err(ResponseError::RebalanceInProgress),
+            _ => Ok(()),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn join_request(member_id: &str) -> JoinRequest {
+        JoinRequest {
+            member_id: member_id.into(),
+            client_id: "c".into(),
+            protocol_type: "consumer".into(),
+            protocols: vec![("range".into(), Bytes::from_static(b"meta"))],
+            session_timeout: Duration::from_secs(10),
+            rebalance_timeout: Duration::from_secs(30),
+        }
+    }
+
+    fn take<T>(mut answer: ReplyFuture<T>) -> Option<T> {
+        answer.try_take()
+    }
+
+    #[test]
+    fn a_lone_member_joins_leads_and_syncs_its_own_assignment() {
+        let mut c = Coordinator::default();
+        let now = Instant::now();
+        let joined = take(c.join("g", join_request(""), now).unwrap()).unwrap().unwrap();
+        assert_eq!((joined.generation, joined.leader == joined.member_id, joined.members.len()), (1, true, 1));
+        let assignment = Bytes::from_static(b"all");
+        let synced =
+            c.sync("g", 1, &joined.member_id, vec![(joined.member_id.clone(), assignment.clone())], now).unwrap();
+        assert_eq!(take(synced).unwrap().unwrap(), assignment);
+        assert_eq!(c.group("g").unwrap().state, State::Stable);
+        assert!(c.heartbeat("g", 1, &joined.member_id, now).is_ok());
+    }
+
+    #[test]
+    fn a_second_member_makes_the_first_rejoin_and_both_get_the_new_generation() {
+        let mut c = Coordinator::default();
+        let now = Instant::now();
+        let first = take(c.join("g", join_request(""), now).unwrap()).unwrap().unwrap();
+        c.sync("g", 1, &first.member_id, vec![], now).unwrap();
+        let mut second = c.join("g", join_request(""), now).unwrap();
+        assert!(second.try_take().is_none(), "waits for the first member to rejoin");
+        assert_eq!(c.heartbeat("g", 1, &first.member_id, now), Err(ResponseError::RebalanceInProgress));
+        let again = take(c.join("g", join_request(&first.member_id), now).unwrap()).unwrap().unwrap();
+        let second = second.try_take().unwrap().unwrap();
+        assert_eq!((again.generation, second.generation), (2, 2));
+        assert_eq!(again.leader, first.member_id, "the leader stays the leader");
+        assert_eq!(again.members.len(), 2);
+        assert!(second.members.is_empty(), "only the leader gets the members");
+        let mut follower_sync = c.sync("g", 2, &second.member_id, vec![], now).unwrap();
+        assert!(follower_sync.try_take().is_none(), "a follower waits for the leader's assignments");
+        let plan = vec![
+            (second.member_id.clone(), Bytes::from_static(b"p1")),
+            (first.member_id.clone(), Bytes::from_static(b"p0")),
+        ];
+        let leader_sync = c.sync("g", 2, &first.member_id, plan, now).unwrap();
+        assert_eq!(take(leader_sync).unwrap().unwrap(), Bytes::from_static(b"p0"));
+        assert_eq!(follower_sync.try_take().unwrap().unwrap(), Bytes::from_static(b"p1"));
+    }
+
+    #[test]
+    fn a_silent_member_is_removed_after_its_session_and_a_straggler_after_the_rebalance_timeout() {
+        let mut c = Coordinator::default();
+        let now = Instant::now();
+        let first = take(c.join("g", join_request(""), now).unwrap()).unwrap().unwrap();
+        c.sync("g", 1, &first.member_id, vec![], now).unwrap();
+        let mut second = c.join("g", join_request(""), now).unwrap();
+        // The first never rejoins: after the rebalance timeout the second goes on alone.
+        c.tick("g", now + Duration::from_secs(31));
+        let second = second.try_take().unwrap().unwrap();
+        assert_eq!((second.generation, second.leader == second.member_id), (2, true));
+        assert_eq!(c.heartbeat("g", 2, &first.member_id, now), Err(ResponseError::UnknownMemberId));
+        c.sync("g", 2, &second.member_id, vec![], now).unwrap();
+        c.tick("g", now + Duration::from_secs(45));
+        assert_eq!(c.group("g").unwrap().state, State::Empty, "silent past its session timeout");
+    }
+
+    #[test]
+    fn leaving_rebalances_the_rest_and_commits_check_generation() {
+        let mut c = Coordinator::default();
+        let now = Instant::now();
+        let first = take(c.join("g", join_request(""), now).unwrap()).unwrap().unwrap();
+        let mut second = c.join("g", join_request(""), now).unwrap();
+        let first = take(c.join("g", join_request(&first.member_id), now).unwrap()).unwrap().unwrap();
+        let second = second.try_take().unwrap().unwrap();
+        assert_eq!(c.may_commit("g", 1, &first.member_id, now), Err(ResponseError::IllegalGeneration));
+        assert!(c.may_commit("g", -1, "", now).is_ok(), "a commit outside the group protocol");
+        c.leave("g", &first.member_id, now).unwrap();
+        assert_eq!(c.heartbeat("g", 2, &second.member_id, now), Err(ResponseError::RebalanceInProgress));
+        let alone = take(c.join("g", join_request(&second.member_id), now).unwrap()).unwrap().unwrap();
+        assert_eq!((alone.generation, alone.members.len()), (3, 1));
+    }
+}

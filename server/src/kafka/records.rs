@@ -1,0 +1,219 @@
+//! Kafka record batches (format v2, CRC-32C) out of the engine's events, and the engine's
+//! messages out of a producer's record batches.
+//!
+//! A topic's offsets have gaps where the log holds records of other topics or of no topic.
+//! When a read passed such records after its last event of the topic (or found none), its
+//! answer ends with a control record (a transaction marker, which clients skip) at the last
+//! offset passed, so that a client fetches next from `EventBatch::next_offset` instead of
+//! asking for the gap again.
+//!
+//! The topic `trades` carries each trade event under the key of its user id (decimal text)
+//! with a value in JSON (`docs/FORMAT.md`, "Trade events over Kafka") or, with
+//! [`TradesEncoding::Binary`], the trade record's own bytes.
+
+use bytes::{BufMut, Bytes, BytesMut};
+use kafka_protocol::indexmap::IndexMap;
+use kafka_protocol::protocol::StrBytes;
+use kafka_protocol::records::{
+    Compression, Record, RecordBatchDecoder, RecordBatchEncoder, RecordEncodeOptions, TimestampType,
+};
+use tradeshard_engine::{EventBatch, EventView, OutgoingMessage, TradeRecordView};
+
+/// How trade events are encoded in the topic `trades`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum TradesEncoding {
+    /// A JSON object per event (`docs/FORMAT.md`).
+    #[default]
+    Json,
+    /// The trade record's bytes as the log holds them (`docs/FORMAT.md`).
+    Binary,
+}
+
+/// The record batches of one partition's read of `topic`, from `from`; empty when the read
+/// neither found an event nor moved past anything.
+pub(crate) fn encode_events(batch: &EventBatch, topic: &str, from: u64, encoding: TradesEncoding) -> Bytes {
+    let mut records = Vec::with_capacity(batch.len() + 1);
+    for event in batch.events() {
+        // The shard checked every record it handed over; one that does not decode here ends
+        // the batch where it lies (the client asks again from there and gets the error).
+        let Ok((offset, view)) = event else { break };
+        if let Some(record) = record_of(offset, view, topic, encoding) {
+            records.push(record);
+        }
+    }
+    let end = batch.next_offset;
+    let covered = records.last().map_or(from, |r| r.offset as u64 + 1);
+    if end > covered {
+        records.push(gap_marker(end - 1));
+    }
+    let mut out = BytesMut::new();
+    let options = RecordEncodeOptions { version: 2, compression: Compression::None };
+    if RecordBatchEncoder::encode(&mut out, records.iter(), &options).is_err() {
+        return Bytes::new();
+    }
+    out.freeze()
+}
+
+/// A control record (a transaction's commit marker, which every client skips) at the last
+/// offset a read passed without finding its topic there: its batch tells the client to fetch
+/// next from past it. (An empty batch says the same, but librdkafka takes a response of no
+/// record for a record too large to fetch.)
+fn gap_marker(offset: u64) -> Record {
+    let mut key = BytesMut::with_capacity(4);
+    key.put_i16(0); // control record version
+    key.put_i16(1); // commit
+    let mut value = BytesMut::with_capacity(6);
+    value.put_i16(0); // version
+    value.put_i32(0); // coordinator epoch
+    Record {
+        transactional: true,
+        control: true,
+        delete_horizon: false,
+        partition_leader_epoch: 0,
+        producer_id: -1,
+        producer_epoch: -1,
+        timestamp_type: TimestampType::LogAppend,
+        offset: offset as i64,
+        sequence: -1,
+        timestamp: 0,
+        key: Some(key.freeze()),
+        value: Some(value.freeze()),
+        headers: IndexMap::new(),
+    }
+}
+
+fn record_of(offset: u64, view: EventView<'_>, topic: &str, encoding: TradesEncoding) -> Option<Record> {
+    let (key, value, headers, at_ms) = match view {
+        EventView::Trade(trade) => {
+            if topic != tradeshard_engine::TRADES_TOPIC {
+                return None;
+            }
+            let value = match encoding {
+                TradesEncoding::Json => Bytes::from(trade_json(&trade)),
+                TradesEncoding::Binary => Bytes::from(trade.to_record().encode()),
+            };
+            (Bytes::from(trade.user_id.to_string()), value, IndexMap::new(), trade.at_ms)
+        }
+        EventView::Message(message) => {
+            if message.topic != topic {
+                return None;
+            }
+            let mut headers = IndexMap::new();
+            for (name, value) in message.headers() {
+                headers.insert(StrBytes::from_string(name.to_string()), Some(Bytes::copy_from_slice(value)));
+            }
+            (Bytes::copy_from_slice(message.key), Bytes::copy_from_slice(message.payload), headers, message.at_ms)
+        }
+    };
+    Some(Record {
+        transactional: false,
+        control: false,
+        delete_horizon: false,
+        partition_leader_epoch: 0,
+        producer_id: -1,
+        producer_epoch: -1,
+        timestamp_type: TimestampType::LogAppend,
+        offset: offset as i64,
+        // Keeps offset minus sequence equal over the read, so it makes one batch.
+        sequence: offset as i32,
+        timestamp: at_ms as i64,
+        key: Some(key),
+        value: Some(value),
+        headers,
+    })
+}
+
+/// A trade event as JSON (`docs/FORMAT.md`, "Trade events over Kafka").
+pub(crate) fn trade_json(trade: &TradeRecordView<'_>) -> String {
+    let mut out = String::with_capacity(192);
+    out.push_str("{\"kind\":\"");
+    out.push_str(match trade.kind {
+        tradeshard_engine::RecordKind::Created => "created",
+        tradeshard_engine::RecordKind::Paid => "paid",
+        tradeshard_engine::RecordKind::Settled => "settled",
+        tradeshard_engine::RecordKind::Closed => "closed",
+        tradeshard_engine::RecordKind::Refunded => "refunded",
+    });
+    out.push_str(&format!(
+        "\",\"trade_id\":{},\"user_id\":{},\"merchant_id\":{},\"at_ms\":{},\"amount\":{},\"currency\":",
+        trade.trade_id.0, trade.user_id, trade.merchant_id, trade.at_ms, trade.amount
+    ));
+    push_json_string(&mut out, trade.currency.as_str());
+    if let Some(created) = &trade.created {
+        out.push_str(",\"merchant_order_no\":");
+        push_json_string(&mut out, created.merchant_order_no);
+        out.push_str(",\"memo\":");
+        push_json_string(&mut out, created.memo);
+    }
+    if let Some(refund_no) = trade.refund_no {
+        out.push_str(",\"refund_no\":");
+        push_json_string(&mut out, refund_no);
+    }
+    out.push('}');
+    out
+}
+
+fn push_json_string(out: &mut String, text: &str) {
+    out.push('"');
+    for c in text.chars() {
+        match c {
+            '"' => out.push_str("\\\""),
+            '\\' => out.push_str("\\\\"),
+            c if (c as u32) < 0x20 => out.push_str(&format!("\\u{:04x}", c as u32)),
+            c => out.push(c),
+        }
+    }
+    out.push('"');
+}
+
+/// Why a producer's records were refused.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum ProduceRefusal {
+    /// Not record batches of format v2, or bytes that do not decode.
+    Corrupt,
+    /// Compressed: this server stores messages as sent and decodes no compression.
+    Compressed,
+    /// Transactional or control batches: Kafka transactions are not served.
+    Transactional,
+}
+
+/// The messages of a producer's record batches for `topic` and `partition`; an idempotent
+/// producer's records carry its id and their sequence numbers (one added, the engine's
+/// numbering starting at 1).
+pub(crate) fn decode_produced(
+    records: Bytes,
+    topic: &str,
+    partition: u32,
+) -> Result<Vec<OutgoingMessage>, ProduceRefusal> {
+    let mut probe = records.clone();
+    let infos = RecordBatchDecoder::decode_batch_info(&mut probe).map_err(|_| ProduceRefusal::Corrupt)?;
+    for info in &infos {
+        if info.version != 2 {
+            return Err(ProduceRefusal::Corrupt);
+        }
+        if info.compression != Compression::None {
+            return Err(ProduceRefusal::Compressed);
+        }
+        if info.transactional || info.control {
+            return Err(ProduceRefusal::Transactional);
+        }
+    }
+    let mut bytes = records;
+    let sets = RecordBatchDecoder::decode_all(&mut bytes).map_err(|_| ProduceRefusal::Corrupt)?;
+    let mut messages = Vec::new();
+    for record in sets.into_iter().flat_map(|set| set.records) {
+        let key = record.key.map(|k| k.to_vec()).unwrap_or_default();
+        let payload = record.value.map(|v| v.to_vec()).unwrap_or_default();
+        let mut message = OutgoingMessage::new(topic, key, payload);
+        for (name, value) in record.headers {
+            message = message.header(name.to_string(), value.map(|v| v.to_vec()).unwrap_or_default());
+        }
+        message = if record.producer_id >= 0 && record.sequence >= 0 {
+            message.sequenced(partition, record.producer_id as u64, record.sequence as u64 + 1)
+        } else {
+            message.to_partition(partition)
+        };
+        messages.push(message);
+    }
+    Ok(messages)
+}
