@@ -2,7 +2,7 @@
 //! connections, and reads that give way to a stop between requests.
 
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
 use futures_lite::{AsyncReadExt, AsyncWriteExt};
@@ -18,9 +18,6 @@ pub(crate) enum Protocol {
     Stats,
     Metrics,
 }
-
-/// Connections open now, over every listener.
-pub(crate) static OPEN_CONNECTIONS: AtomicUsize = AtomicUsize::new(0);
 
 /// Binds `addr` on executor `executor` and serves `protocol` there until the server stops;
 /// answers the address bound.
@@ -69,8 +66,8 @@ async fn accept_loop(shared: Arc<Shared>, listener: TcpListener, protocol: Proto
                 continue;
             }
         };
-        if OPEN_CONNECTIONS.fetch_add(1, Ordering::SeqCst) >= shared.options.connections_max {
-            OPEN_CONNECTIONS.fetch_sub(1, Ordering::SeqCst);
+        if shared.open_connections.fetch_add(1, Ordering::SeqCst) >= shared.options.connections_max {
+            shared.open_connections.fetch_sub(1, Ordering::SeqCst);
             shared.metrics.connections_refused.inc();
             drop(stream);
             continue;
@@ -81,14 +78,13 @@ async fn accept_loop(shared: Arc<Shared>, listener: TcpListener, protocol: Proto
         glommio::spawn_local(async move {
             let _guard = guard;
             let _ = stream.set_nodelay(true);
-            let _ = stream.set_read_timeout(Some(CHECK_INTERVAL));
             let mut conn = Conn { stream, shared: conn_shared.clone() };
             match protocol {
                 Protocol::Kafka => crate::kafka::serve(&mut conn).await,
                 Protocol::Stats => crate::stats::serve(&mut conn).await,
                 Protocol::Metrics => crate::metrics::serve(&mut conn).await,
             }
-            OPEN_CONNECTIONS.fetch_sub(1, Ordering::SeqCst);
+            conn_shared.open_connections.fetch_sub(1, Ordering::SeqCst);
         })
         .detach();
     }
@@ -113,7 +109,15 @@ impl Conn {
     pub(crate) async fn read_exact(&mut self, buf: &mut [u8], between_requests: bool) -> Result<(), ReadEnd> {
         let mut filled = 0;
         while filled < buf.len() {
-            match self.stream.read(&mut buf[filled..]).await {
+            let read = futures_lite::future::or(async { Some(self.stream.read(&mut buf[filled..]).await) }, async {
+                glommio::timer::sleep(CHECK_INTERVAL).await;
+                None
+            });
+            let read = match read.await {
+                Some(read) => read,
+                None => Err(std::io::ErrorKind::TimedOut.into()),
+            };
+            match read {
                 Ok(0) => return Err(ReadEnd::Closed),
                 Ok(n) => filled += n,
                 Err(error) if is_timeout(&error) => {

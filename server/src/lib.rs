@@ -29,6 +29,7 @@ mod snapshot;
 mod stats;
 
 use std::net::SocketAddr;
+use std::sync::atomic::AtomicUsize;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -99,6 +100,8 @@ pub(crate) struct Shared {
     pub started: Instant,
     pub kafka: kafka::KafkaShared,
     pub metrics: metrics::Metrics,
+    /// Connections open now, over every listener.
+    pub open_connections: AtomicUsize,
 }
 
 /// A running server. [`stop`](Server::stop) it before closing the engine.
@@ -127,6 +130,7 @@ impl Server {
             started: Instant::now(),
             kafka: kafka::KafkaShared::default(),
             metrics: metrics::Metrics::default(),
+            open_connections: AtomicUsize::new(0),
         });
         let mut server = Server { shared: shared.clone(), kafka_addr: None, stats_addr: None, metrics_addr: None };
         let started = (|| {

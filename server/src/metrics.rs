@@ -76,7 +76,7 @@ impl Collector for Snapshot {
         for name in names {
             let samples: Vec<&Sample> = self.0.iter().filter(|s| s.name == name).collect();
             let first = samples[0];
-            let full_name = format!("tradeshard_{name}");
+            let full_name = name.to_string();
             let metric_type = match first.kind {
                 Kind::Counter => ConstCounter::new(0u64).metric_type(),
                 Kind::Gauge => ConstGauge::new(0.0f64).metric_type(),

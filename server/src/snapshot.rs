@@ -40,7 +40,7 @@ pub(crate) async fn take(shared: &Shared) -> Result<Vec<Sample>, tradeshard_engi
     let mut push = |name, help, kind, scope, value: f64| samples.push(Sample { name, help, kind, scope, value });
     let uptime = shared.started.elapsed().as_secs_f64();
     push("uptime_seconds", "Seconds since the server started.", Kind::Gauge, Scope::Total, uptime);
-    let open = crate::conn::OPEN_CONNECTIONS.load(Ordering::Relaxed) as f64;
+    let open = shared.open_connections.load(Ordering::Relaxed) as f64;
     push("connections", "Connections open now.", Kind::Gauge, Scope::Total, open);
     let mut totals: BTreeMap<&'static str, (Kind, &'static str, f64)> = BTreeMap::new();
     for shard in &stats.shards {

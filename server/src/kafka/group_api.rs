@@ -37,35 +37,23 @@ fn valid_group(group: &str) -> bool {
 }
 
 /// Waits for a coordinator's answer, moving the group's clock meanwhile (the first waiter to
-/// see a deadline pass completes the rebalance); a stop answers `error`.
+/// see a deadline pass completes the rebalance); a stop answers `stopped`. `None`: the
+/// coordinator dropped the question (it cannot: every waiting slot is answered or replaced).
 async fn wait_for<T>(shared: &Shared, group: &str, mut answer: ReplyFuture<T>, stopped: T) -> Option<T> {
     loop {
-        if let Some(value) = answer.try_take() {
-            return Some(value);
-        }
         if shared.shutdown.is_stopping() {
             return Some(stopped);
         }
-        let tick = futures_lite::future::or(async { answer_ready(&mut answer).await }, async {
+        let answered = futures_lite::future::or(async { Some((&mut answer).await) }, async {
             glommio::timer::sleep(CHECK_INTERVAL).await;
-            false
+            None
         })
         .await;
-        if !tick {
-            shared.kafka.groups.lock().expect("groups lock").tick(group, Instant::now());
+        match answered {
+            Some(value) => return value,
+            None => shared.kafka.groups.lock().expect("groups lock").tick(group, Instant::now()),
         }
     }
-}
-
-async fn answer_ready<T>(answer: &mut ReplyFuture<T>) -> bool {
-    std::future::poll_fn(|cx| {
-        use std::future::Future;
-        match std::pin::Pin::new(&mut *answer).poll(cx) {
-            std::task::Poll::Ready(_) => std::task::Poll::Ready(true),
-            std::task::Poll::Pending => std::task::Poll::Pending,
-        }
-    })
-    .await
 }
 
 pub(crate) async fn join(shared: &Shared, header: &RequestHeader, request: JoinGroupRequest) -> JoinGroupResponse {

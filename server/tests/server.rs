@@ -1,0 +1,314 @@
+//! `Server` against raw sockets: the Kafka protocol's answers and refusals on the wire, the
+//! limits, the stats and metrics faces, and a clean stop. (Real Kafka clients are driven by
+//! tests/kafka/e2e.py.)
+
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::time::Duration;
+
+use bytes::{BufMut, Bytes, BytesMut};
+use kafka_protocol::messages::fetch_request::{FetchPartition, FetchTopic};
+use kafka_protocol::messages::produce_request::{PartitionProduceData, TopicProduceData};
+use kafka_protocol::messages::*;
+use kafka_protocol::protocol::{Decodable, Encodable, HeaderVersion, Request, StrBytes};
+use kafka_protocol::records::{
+    Compression, Record, RecordBatchDecoder, RecordBatchEncoder, RecordEncodeOptions, TimestampType,
+};
+use kafka_protocol::ResponseError;
+use tradeshard_engine::{Engine, NewTrade, Options};
+use tradeshard_server::{ReserveNothingForLarge, Server, ServerOptions};
+
+#[global_allocator]
+static ALLOCATOR: ReserveNothingForLarge = ReserveNothingForLarge;
+
+fn loopback() -> Option<SocketAddr> {
+    Some(SocketAddr::from(([127, 0, 0, 1], 0)))
+}
+
+struct Running {
+    _dir: tempfile::TempDir,
+    engine: Option<Engine>,
+    server: Option<Server>,
+}
+
+impl Running {
+    fn start(options: ServerOptions) -> Running {
+        let dir = tempfile::tempdir().unwrap();
+        let mut engine_options = Options::new(dir.path());
+        engine_options.physical_shards = Some(2);
+        engine_options.executors = Some(2);
+        let engine = Engine::open(engine_options).unwrap();
+        let options = ServerOptions { kafka: loopback(), stats: loopback(), metrics: loopback(), ..options };
+        let server = Server::start(engine.handle(), options).unwrap();
+        Running { _dir: dir, engine: Some(engine), server: Some(server) }
+    }
+
+    fn server(&self) -> &Server {
+        self.server.as_ref().unwrap()
+    }
+
+    fn kafka(&self) -> TcpStream {
+        let stream = TcpStream::connect(self.server().kafka_addr().unwrap()).unwrap();
+        stream.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+        stream
+    }
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        assert!(self.server.take().unwrap().stop(), "every connection ended in time");
+        self.engine.take().unwrap().close().unwrap();
+    }
+}
+
+/// Sends `request` and reads its answer's body.
+fn call<R: Request>(stream: &mut TcpStream, version: i16, request: &R) -> R::Response {
+    let mut out = BytesMut::new();
+    out.put_i32(0);
+    let header = RequestHeader::default()
+        .with_request_api_key(R::KEY)
+        .with_request_api_version(version)
+        .with_correlation_id(42)
+        .with_client_id(Some(StrBytes::from_static_str("test")));
+    header.encode(&mut out, R::header_version(version)).unwrap();
+    request.encode(&mut out, version).unwrap();
+    let len = (out.len() - 4) as i32;
+    out[..4].copy_from_slice(&len.to_be_bytes());
+    stream.write_all(&out).unwrap();
+    let mut body = read_frame(stream).expect("an answer");
+    let header = ResponseHeader::decode(&mut body, R::Response::header_version(version)).unwrap();
+    assert_eq!(header.correlation_id, 42);
+    R::Response::decode(&mut body, version).unwrap()
+}
+
+fn read_frame(stream: &mut TcpStream) -> Option<Bytes> {
+    let mut size = [0u8; 4];
+    stream.read_exact(&mut size).ok()?;
+    let mut body = vec![0u8; i32::from_be_bytes(size) as usize];
+    stream.read_exact(&mut body).ok()?;
+    Some(Bytes::from(body))
+}
+
+/// Whether the server closed the connection (rather than answering or waiting).
+fn closed(stream: &mut TcpStream) -> bool {
+    let mut byte = [0u8; 1];
+    matches!(stream.read(&mut byte), Ok(0) | Err(_))
+}
+
+fn raw(stream: &mut TcpStream, bytes: &[u8]) {
+    stream.write_all(bytes).unwrap();
+}
+
+#[test]
+fn malformed_oversized_and_unknown_requests_close_their_connection_and_nothing_else() {
+    let running = Running::start(ServerOptions { request_bytes_max: 1024, ..ServerOptions::default() });
+    let mut negative = running.kafka();
+    raw(&mut negative, &(-1i32).to_be_bytes());
+    assert!(closed(&mut negative));
+    let mut oversized = running.kafka();
+    raw(&mut oversized, &2048i32.to_be_bytes());
+    assert!(closed(&mut oversized), "a request over request_bytes_max");
+    let mut unknown = running.kafka();
+    raw(&mut unknown, &[0, 0, 0, 10, 0x7f, 0x7f, 0, 0, 0, 0, 0, 1, 0xff, 0xff]);
+    assert!(closed(&mut unknown), "an unknown API key");
+    let mut garbage = running.kafka();
+    raw(&mut garbage, &[0, 0, 0, 12, 0, 3, 0, 9, 0, 0, 0, 1, 0x7f, 0x7f, 0xff, 0xff]);
+    assert!(closed(&mut garbage), "a Metadata request that does not decode");
+    let mut truncated = running.kafka();
+    raw(&mut truncated, &[0, 0, 0, 100, 0, 18, 0, 3]);
+    truncated.shutdown(std::net::Shutdown::Write).unwrap();
+    assert!(closed(&mut truncated), "a frame cut short");
+    // ApiVersions newer than the server's is answered at version 0 with the error and the
+    // versions there are.
+    let mut newer = running.kafka();
+    raw(&mut newer, &[0, 0, 0, 10, 0, 18, 0, 99, 0, 0, 0, 5, 0xff, 0xff]);
+    let mut body = read_frame(&mut newer).unwrap();
+    assert_eq!(ResponseHeader::decode(&mut body, 0).unwrap().correlation_id, 5);
+    let answer = ApiVersionsResponse::decode(&mut body, 0).unwrap();
+    assert_eq!(answer.error_code, ResponseError::UnsupportedVersion.code());
+    assert!(answer.api_keys.iter().any(|k| k.api_key == ApiKey::Fetch as i16));
+    // The server goes on.
+    let answer = call(&mut running.kafka(), 3, &ApiVersionsRequest::default());
+    assert_eq!(answer.error_code, 0);
+}
+
+fn record(key: &str, value: &str, sequence: i32) -> Record {
+    Record {
+        transactional: false,
+        control: false,
+        delete_horizon: false,
+        partition_leader_epoch: 0,
+        producer_id: 7,
+        producer_epoch: 0,
+        timestamp_type: TimestampType::Creation,
+        offset: sequence as i64,
+        sequence,
+        timestamp: 0,
+        key: Some(Bytes::copy_from_slice(key.as_bytes())),
+        value: Some(Bytes::copy_from_slice(value.as_bytes())),
+        headers: Default::default(),
+    }
+}
+
+fn produce(topic: &str, partition: i32, records: &[Record]) -> ProduceRequest {
+    let mut batch = BytesMut::new();
+    let options = RecordEncodeOptions { version: 2, compression: Compression::None };
+    RecordBatchEncoder::encode(&mut batch, records.iter(), &options).unwrap();
+    let data = PartitionProduceData::default().with_index(partition).with_records(Some(batch.freeze()));
+    let topic = TopicProduceData::default()
+        .with_name(TopicName(StrBytes::from_string(topic.into())))
+        .with_partition_data(vec![data]);
+    ProduceRequest::default().with_acks(-1).with_timeout_ms(5000).with_topic_data(vec![topic])
+}
+
+fn fetch(topic: &str, partition: i32, offset: i64) -> FetchRequest {
+    let asked =
+        FetchPartition::default().with_partition(partition).with_fetch_offset(offset).with_partition_max_bytes(1 << 20);
+    let topic =
+        FetchTopic::default().with_topic(TopicName(StrBytes::from_string(topic.into()))).with_partitions(vec![asked]);
+    FetchRequest::default().with_max_wait_ms(0).with_min_bytes(0).with_max_bytes(1 << 20).with_topics(vec![topic])
+}
+
+#[test]
+fn produced_messages_are_stored_once_and_fetched_with_their_errors_where_they_belong() {
+    let running = Running::start(ServerOptions::default());
+    let mut stream = running.kafka();
+    let records = [record("k1", "first", 0), record("k1", "second", 1)];
+    let answer = call(&mut stream, 9, &produce("payments", 1, &records));
+    let partition = &answer.responses[0].partition_responses[0];
+    assert_eq!(partition.error_code, 0);
+    let base = partition.base_offset;
+    // The same batch again (an idempotent producer's retry): the first answer, nothing new.
+    let again = call(&mut stream, 9, &produce("payments", 1, &records));
+    assert_eq!(again.responses[0].partition_responses[0].base_offset, base);
+    // A trade in the same partition's log, between the messages and the end.
+    let handle = running.engine.as_ref().unwrap().handle();
+    let buyer = (1..).find(|u| handle.routing().physical_of_user(*u) == 1).unwrap();
+    handle
+        .create_trade_blocking(NewTrade {
+            buyer_id: buyer,
+            merchant_id: 9,
+            merchant_order_no: "o-1".into(),
+            amount: 100,
+            currency: "CNY".into(),
+            memo: String::new(),
+        })
+        .unwrap();
+    let answer = call(&mut stream, 12, &fetch("payments", 1, 0));
+    let data = &answer.responses[0].partitions[0];
+    assert_eq!(data.error_code, 0);
+    let mut bytes = data.records.clone().unwrap();
+    let sets = RecordBatchDecoder::decode_all(&mut bytes).unwrap();
+    let all: Vec<&Record> = sets.iter().flat_map(|s| &s.records).collect();
+    let messages: Vec<&Record> = all.iter().copied().filter(|r| !r.control).collect();
+    let values: Vec<&[u8]> = messages.iter().map(|r| r.value.as_deref().unwrap()).collect();
+    assert_eq!(values, vec![&b"first"[..], &b"second"[..]], "stored once, in order");
+    let last = all.last().unwrap();
+    assert!(last.control, "the trade after them is passed over with a marker");
+    assert_eq!(last.offset + 1, data.high_watermark, "and the next fetch starts at the end");
+    // The trade, as the topic `trades` carries it.
+    let answer = call(&mut stream, 12, &fetch("trades", 1, 0));
+    let mut bytes = answer.responses[0].partitions[0].records.clone().unwrap();
+    let trade = RecordBatchDecoder::decode_all(&mut bytes).unwrap().remove(0).records.remove(0);
+    assert_eq!(trade.key.as_deref(), Some(buyer.to_string().as_bytes()));
+    let json = String::from_utf8(trade.value.unwrap().to_vec()).unwrap();
+    assert!(json.starts_with("{\"kind\":\"created\"") && json.contains("\"merchant_order_no\":\"o-1\""), "{json}");
+    // Errors where they belong.
+    let code = |answer: FetchResponse| answer.responses[0].partitions[0].error_code;
+    assert_eq!(code(call(&mut stream, 12, &fetch("payments", 9, 0))), ResponseError::UnknownTopicOrPartition.code());
+    assert_eq!(code(call(&mut stream, 12, &fetch("payments", 1, 1 << 40))), ResponseError::OffsetOutOfRange.code());
+    assert_eq!(code(call(&mut stream, 12, &fetch("bad topic", 1, 0))), ResponseError::UnknownTopicOrPartition.code());
+    let refused = call(&mut stream, 9, &produce("trades", 0, &records));
+    assert_eq!(refused.responses[0].partition_responses[0].error_code, ResponseError::InvalidTopicException.code());
+    let refused = call(&mut stream, 9, &produce("payments", 5, &records));
+    assert_eq!(refused.responses[0].partition_responses[0].error_code, ResponseError::UnknownTopicOrPartition.code());
+}
+
+#[test]
+fn connections_past_the_limit_are_closed_as_they_come() {
+    let running = Running::start(ServerOptions { connections_max: 2, ..ServerOptions::default() });
+    let mut held = [running.kafka(), running.kafka()];
+    for stream in &mut held {
+        assert_eq!(call(stream, 3, &ApiVersionsRequest::default()).error_code, 0);
+    }
+    let mut third = running.kafka();
+    assert!(closed(&mut third));
+    drop(held);
+    // Room again once they are gone (the server notices a closed peer at its next read).
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let mut stream = running.kafka();
+        raw(&mut stream, &[0, 0, 0, 10, 0, 18, 0, 2, 0, 0, 0, 42, 0xff, 0xff]);
+        if read_frame(&mut stream).is_some() {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "the limit never made room again");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+#[test]
+fn stats_and_metrics_answer_in_their_formats() {
+    let running = Running::start(ServerOptions::default());
+    let mut stats = TcpStream::connect(running.server().stats_addr().unwrap()).unwrap();
+    stats.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+    stats.write_all(b"stats\r\n").unwrap();
+    let mut text = String::new();
+    while !text.ends_with("END\r\n") {
+        let mut chunk = [0u8; 4096];
+        let n = stats.read(&mut chunk).unwrap();
+        assert!(n > 0, "closed before END: {text}");
+        text.push_str(std::str::from_utf8(&chunk[..n]).unwrap());
+    }
+    let lines: Vec<&str> = text.lines().collect();
+    for line in &lines[..lines.len() - 1] {
+        let parts: Vec<&str> = line.split(' ').collect();
+        assert_eq!((parts.len(), parts[0]), (3, "STAT"), "{line}");
+        assert!(parts[2].parse::<f64>().is_ok(), "{line}");
+    }
+    assert!(text.contains("STAT shard.1.trades 0\r\n") && text.contains("STAT uptime_seconds "), "{text}");
+    stats.write_all(b"bogus\r\n").unwrap();
+    let mut answer = [0u8; 7];
+    stats.read_exact(&mut answer).unwrap();
+    assert_eq!(&answer, b"ERROR\r\n");
+
+    let mut http = TcpStream::connect(running.server().metrics_addr().unwrap()).unwrap();
+    http.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n").unwrap();
+    let mut page = String::new();
+    http.read_to_string(&mut page).unwrap();
+    assert!(page.starts_with("HTTP/1.1 200 OK\r\n"), "{page}");
+    assert!(
+        page.contains("# TYPE tradeshard_trades gauge") && page.contains("tradeshard_trades{shard=\"0\"} 0"),
+        "{page}"
+    );
+    assert!(page.contains("# TYPE tradeshard_fsyncs counter") && page.trim_end().ends_with("# EOF"), "{page}");
+    let mut missing = TcpStream::connect(running.server().metrics_addr().unwrap()).unwrap();
+    missing.write_all(b"GET /nothing HTTP/1.1\r\n\r\n").unwrap();
+    let mut page = String::new();
+    missing.read_to_string(&mut page).unwrap();
+    assert!(page.starts_with("HTTP/1.1 404"), "{page}");
+}
+
+#[test]
+fn a_stop_ends_idle_connections_and_leaves_what_was_acknowledged() {
+    let mut running = Running::start(ServerOptions::default());
+    let mut idle = running.kafka();
+    let mut producer = running.kafka();
+    let answer = call(&mut producer, 9, &produce("audit", 0, &[record("k", "kept", 0)]));
+    assert_eq!(answer.responses[0].partition_responses[0].error_code, 0);
+    let started = std::time::Instant::now();
+    assert!(running.server.take().unwrap().stop(), "connections still open ended");
+    assert!(started.elapsed() < Duration::from_secs(5), "a stop waits for no client");
+    assert!(closed(&mut idle) && closed(&mut producer));
+    let handle = running.engine.as_ref().unwrap().handle();
+    let mut consumer = handle.consumer(tradeshard_engine::ConsumerConfig::topics("after-stop", &["audit"])).unwrap();
+    let messages = consumer.poll_messages_blocking(10, Duration::from_secs(5)).unwrap();
+    assert_eq!(messages.iter().map(|m| m.payload.as_slice()).collect::<Vec<_>>(), vec![&b"kept"[..]]);
+    running.server = Some(
+        Server::start(
+            handle,
+            ServerOptions { kafka: loopback(), stats: None, metrics: None, ..ServerOptions::default() },
+        )
+        .unwrap(),
+    );
+}
