@@ -54,3 +54,16 @@ fn unknown_keys_and_versions_are_told_apart() {
     ));
     assert!(matches!(decode_request(Bytes::from_static(&[0, 3])).unwrap_err(), RequestError::Short(2)));
 }
+
+#[test]
+fn the_fuzz_seeds_are_requests_the_server_answers() {
+    let seeds = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../fuzz/seeds/kafka_request");
+    let mut count = 0;
+    for entry in std::fs::read_dir(&seeds).unwrap() {
+        let path = entry.unwrap().path();
+        let frame = Bytes::from(std::fs::read(&path).unwrap());
+        assert!(decode_request(frame).is_ok(), "{} does not decode", path.display());
+        count += 1;
+    }
+    assert!(count >= 5, "{count} seeds");
+}
