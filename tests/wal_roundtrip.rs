@@ -220,6 +220,12 @@ async fn concurrent_appenders_share_flushes<D: Disk>(disk: D) {
     assert_eq!(stats.records, 256);
     assert!(stats.flushes * 8 <= stats.records, "256 concurrent appenders took {} flushes", stats.flushes);
     assert!(stats.fsyncs <= stats.flushes + stats.segments_created);
+    // The histograms count every flush once: by its records, and (each durable in the flush
+    // itself) by its time to durable.
+    assert_eq!(stats.flush_records.iter().sum::<u64>(), stats.flushes);
+    assert_eq!(stats.durable_flush_micros.iter().sum::<u64>(), stats.flushes);
+    let fullest = stats.flush_records.iter().rposition(|&n| n > 0).unwrap();
+    assert!(fullest >= 4, "a flush of at least 8 records lies in bucket 4 or above, not {fullest}");
     Rc::try_unwrap(wal).ok().unwrap().close().await.unwrap();
 }
 

@@ -14,7 +14,7 @@ use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
 use prometheus_client::registry::Registry;
 
 use crate::conn::Conn;
-use crate::snapshot::{self, Kind, Sample, Scope};
+use crate::snapshot::{self, HistogramSample, Kind, Sample, Scope};
 
 /// Longest request head read (request line and headers).
 const HEAD_LINES_MAX: usize = 64;
@@ -64,25 +64,31 @@ impl Metrics {
 
 /// The engine's numbers of one scrape, as a collector.
 #[derive(Debug)]
-struct Snapshot(Vec<Sample>);
+struct Scrape(Vec<Sample>, Vec<HistogramSample>);
 
-impl Collector for Snapshot {
+impl Collector for Scrape {
     fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        for histogram in &self.1 {
+            let metric_type = prometheus_client::metrics::MetricType::Histogram;
+            let mut family = encoder.encode_descriptor(histogram.name, histogram.help, None, metric_type)?;
+            family.encode_histogram::<Labels>(histogram.sum, histogram.count, &histogram.buckets, None)?;
+        }
         // One descriptor per name (OpenMetrics wants a family's samples together).
-        let mut names: Vec<&'static str> = self.0.iter().map(|s| s.name).collect();
+        let samples: Vec<&Sample> = self.0.iter().filter(|s| s.kind != Kind::Quantile).collect();
+        let mut names: Vec<&'static str> = samples.iter().map(|s| s.name).collect();
         names.dedup();
         names.sort_unstable();
         names.dedup();
         for name in names {
-            let samples: Vec<&Sample> = self.0.iter().filter(|s| s.name == name).collect();
-            let first = samples[0];
+            let named: Vec<&Sample> = samples.iter().copied().filter(|s| s.name == name).collect();
+            let first = named[0];
             let full_name = name.to_string();
             let metric_type = match first.kind {
                 Kind::Counter => ConstCounter::new(0u64).metric_type(),
-                Kind::Gauge => ConstGauge::new(0.0f64).metric_type(),
+                _ => ConstGauge::new(0.0f64).metric_type(),
             };
             let mut family = encoder.encode_descriptor(&full_name, first.help, None, metric_type)?;
-            for sample in samples {
+            for sample in named {
                 let labels: Labels = match &sample.scope {
                     Scope::Total => vec![],
                     Scope::Shard(shard) => vec![("shard", shard.to_string())],
@@ -93,7 +99,7 @@ impl Collector for Snapshot {
                 let encoder = family.encode_family(&labels)?;
                 match sample.kind {
                     Kind::Counter => ConstCounter::new(sample.value).encode(encoder)?,
-                    Kind::Gauge => ConstGauge::new(sample.value).encode(encoder)?,
+                    _ => ConstGauge::new(sample.value).encode(encoder)?,
                 }
             }
         }
@@ -103,9 +109,9 @@ impl Collector for Snapshot {
 
 /// The whole exposition of one scrape.
 pub(crate) async fn render(shared: &crate::Shared) -> Result<String, tradeshard_engine::Error> {
-    let samples = snapshot::take(shared).await?;
+    let snapshot = snapshot::take(shared).await?;
     let mut registry = Registry::with_prefix("tradeshard");
-    registry.register_collector(Box::new(Snapshot(samples)));
+    registry.register_collector(Box::new(Scrape(snapshot.samples, snapshot.histograms)));
     let metrics = &shared.metrics;
     registry.register("server_connections_accepted", "Connections accepted.", metrics.connections_accepted.clone());
     registry.register(

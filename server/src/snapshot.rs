@@ -11,6 +11,8 @@ use crate::Shared;
 pub(crate) enum Kind {
     Counter,
     Gauge,
+    /// A quantile's bucket bound, shown by `stats` only (metrics carry the histogram).
+    Quantile,
 }
 
 /// Whose number it is.
@@ -20,6 +22,38 @@ pub(crate) enum Scope {
     Shard(u32),
     /// A consumer group in a partition.
     Group(String, u32),
+}
+
+/// A histogram of the engine's, over every shard: per bucket its upper bound and count (not
+/// cumulative), the sum and the count.
+#[derive(Debug, Clone)]
+pub(crate) struct HistogramSample {
+    pub name: &'static str,
+    pub help: &'static str,
+    pub buckets: Vec<(f64, u64)>,
+    pub sum: f64,
+    pub count: u64,
+}
+
+impl HistogramSample {
+    /// The upper bound of the bucket holding quantile `q`.
+    pub(crate) fn quantile(&self, q: f64) -> f64 {
+        let wanted = (q * self.count as f64).ceil() as u64;
+        let mut seen = 0;
+        for (upper, count) in &self.buckets {
+            seen += count;
+            if seen >= wanted.max(1) {
+                return *upper;
+            }
+        }
+        0.0
+    }
+}
+
+/// One reading: numbers and histograms.
+pub(crate) struct Snapshot {
+    pub samples: Vec<Sample>,
+    pub histograms: Vec<HistogramSample>,
 }
 
 #[derive(Debug, Clone)]
@@ -33,7 +67,7 @@ pub(crate) struct Sample {
 }
 
 /// Reads the engine's counters and the consumer groups' positions.
-pub(crate) async fn take(shared: &Shared) -> Result<Vec<Sample>, tradeshard_engine::Error> {
+pub(crate) async fn take(shared: &Shared) -> Result<Snapshot, tradeshard_engine::Error> {
     let stats = shared.handle.stats().await?;
     let groups = shared.handle.groups().await?;
     let mut samples = Vec::new();
@@ -121,5 +155,58 @@ pub(crate) async fn take(shared: &Shared) -> Result<Vec<Sample>, tradeshard_engi
     }
     let requests = shared.metrics.requests_served();
     push("requests", "Requests answered over the Kafka protocol.", Kind::Counter, Scope::Total, requests as f64);
-    Ok(samples)
+    let histograms = histograms(&stats.shards);
+    for histogram in &histograms {
+        for (q, suffix) in [(0.5, "p50"), (0.99, "p99")] {
+            let name = match (histogram.name, suffix) {
+                ("durable_flush_seconds", "p50") => "durable_flush_p50_seconds",
+                ("durable_flush_seconds", _) => "durable_flush_p99_seconds",
+                (_, "p50") => "group_commit_records_p50",
+                _ => "group_commit_records_p99",
+            };
+            // The stats face shows the quantiles' bucket bounds; metrics carry the histograms.
+            samples.push(Sample {
+                name,
+                help: "",
+                kind: Kind::Quantile,
+                scope: Scope::Total,
+                value: histogram.quantile(q),
+            });
+        }
+    }
+    Ok(Snapshot { samples, histograms })
+}
+
+/// The log's histograms summed over the shards: the time to make a flush durable, and the
+/// records per flush (the group commit's size).
+fn histograms(shards: &[tradeshard_engine::ShardStats]) -> Vec<HistogramSample> {
+    let buckets = tradeshard_engine::HISTOGRAM_BUCKETS;
+    let (mut micros, mut records) = (vec![0u64; buckets], vec![0u64; buckets]);
+    let (mut micros_sum, mut records_sum) = (0u64, 0u64);
+    for shard in shards {
+        for i in 0..buckets {
+            micros[i] += shard.wal.durable_flush_micros[i];
+            records[i] += shard.wal.flush_records[i];
+        }
+        micros_sum += shard.wal.durable_flush_micros_sum;
+        records_sum += shard.wal.records;
+    }
+    // Bucket i holds values under 2^i; the last is open-ended.
+    let bound = |i: usize| if i + 1 == buckets { f64::INFINITY } else { (1u64 << i) as f64 };
+    vec![
+        HistogramSample {
+            name: "durable_flush_seconds",
+            help: "Time from a flush's first write to durable (writes and fdatasync, or O_DSYNC writes).",
+            buckets: micros.iter().enumerate().map(|(i, c)| (bound(i) / 1e6, *c)).collect(),
+            sum: micros_sum as f64 / 1e6,
+            count: micros.iter().sum(),
+        },
+        HistogramSample {
+            name: "group_commit_records",
+            help: "Records per flush of the log (one group commit).",
+            buckets: records.iter().enumerate().map(|(i, c)| (bound(i), *c)).collect(),
+            sum: records_sum as f64,
+            count: records.iter().sum(),
+        },
+    ]
 }

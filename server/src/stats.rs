@@ -14,7 +14,7 @@ pub(crate) async fn serve(conn: &mut Conn) {
         let command = String::from_utf8_lossy(&line);
         let answer = match command.trim() {
             "stats" => match snapshot::take(&conn.shared).await {
-                Ok(samples) => render(&samples),
+                Ok(snapshot) => render(&snapshot.samples),
                 Err(error) => format!("SERVER_ERROR {error}\r\n"),
             },
             "quit" => return,

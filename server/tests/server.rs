@@ -282,6 +282,8 @@ fn stats_and_metrics_answer_in_their_formats() {
         "{page}"
     );
     assert!(page.contains("# TYPE tradeshard_fsyncs counter") && page.trim_end().ends_with("# EOF"), "{page}");
+    assert!(page.contains("# TYPE tradeshard_durable_flush_seconds histogram"), "{page}");
+    assert!(page.contains("tradeshard_group_commit_records_bucket{le=\"+Inf\"}"), "{page}");
     let mut missing = TcpStream::connect(running.server().metrics_addr().unwrap()).unwrap();
     missing.write_all(b"GET /nothing HTTP/1.1\r\n\r\n").unwrap();
     let mut page = String::new();

@@ -109,5 +109,5 @@ pub use trade_cache::{CachedTrade, TradeCache, TradeCopy};
 #[cfg(any(test, feature = "testing"))]
 pub use trade_file::{decode_for_fuzzing as decode_trade_record, sample_for_fuzzing as sample_trade_record};
 pub use tradeshard_cache::{CacheStats, SharedCache};
-pub use tradeshard_wal::{Durability, SegmentInfo, SyncMethod, WalStats};
+pub use tradeshard_wal::{Durability, SegmentInfo, SyncMethod, WalStats, HISTOGRAM_BUCKETS};
 pub use validate::{validate_amount, validate_group, validate_order_no, validate_refund_no, validate_request_no};

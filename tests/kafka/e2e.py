@@ -176,7 +176,8 @@ def check_stats(address):
         assert word == "STAT", line
         stats[name] = float(value)
     for name in ["trades", "fsyncs", "records_per_fsync", "cache_hits", "half_messages", "disk_bytes", "uptime_seconds",
-                 "shard.0.trades"]:
+                 "shard.0.trades", "durable_flush_p99_seconds", "group_commit_records_p50", "activities_open",
+                 "group.settle.0.consumer_lag"]:
         assert name in stats, f"stats has no {name}"
     assert stats["trades"] > 0 and stats["fsyncs"] > 0, stats
     return stats
@@ -191,7 +192,11 @@ def check_metrics(address):
     for name in ["tradeshard_trades", "tradeshard_fsyncs", "tradeshard_cache_hit_ratio", "tradeshard_consumer_lag",
                  "tradeshard_kafka_request_duration_seconds", "tradeshard_kafka_requests"]:
         assert name in families, f"metrics have no {name}: {sorted(families)}"
-    assert families["tradeshard_kafka_request_duration_seconds"].type == "histogram"
+    for name in ["tradeshard_kafka_request_duration_seconds", "tradeshard_durable_flush_seconds",
+                 "tradeshard_group_commit_records"]:
+        assert families[name].type == "histogram", (name, families[name].type)
+    flushes = [s for s in families["tradeshard_group_commit_records"].samples if s.name.endswith("_count")]
+    assert flushes and flushes[0].value > 0, flushes
     total = [s for s in families["tradeshard_trades"].samples if not s.labels]
     assert total and total[0].value > 0, total
     return len(families)

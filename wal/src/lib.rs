@@ -41,5 +41,5 @@ pub use error::{Error, Result};
 pub use layout::BLOCK_BYTES;
 pub use reader::LogReader;
 pub use recovery::RecoveryReport;
-pub use state::{SegmentInfo, WalStats};
+pub use state::{log2_bucket, SegmentInfo, WalStats, HISTOGRAM_BUCKETS};
 pub use wal::{RecoveredWal, Wal};

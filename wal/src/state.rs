@@ -117,6 +117,25 @@ pub struct WalStats {
     pub memory_reads: u64,
     /// Bytes held in memory by the recent frames, records and slots (now, not a total).
     pub recent_frame_bytes: u64,
+    /// Flushes made durable in the flush itself (`Durability::Sync`), by the time from the
+    /// first write to durable (the writes and their fdatasync, or the `O_DSYNC` writes):
+    /// `[i]` counts those under 2^i microseconds (see [`log2_bucket`]).
+    pub durable_flush_micros: [u64; HISTOGRAM_BUCKETS],
+    /// The sum of those times, in microseconds.
+    pub durable_flush_micros_sum: u64,
+    /// Flushes by records in them (the group commit's size): `[i]` counts those of under
+    /// 2^i records.
+    pub flush_records: [u64; HISTOGRAM_BUCKETS],
+}
+
+/// Buckets of the log's histograms: powers of two up to 2^23 (8 s in microseconds, 8 M
+/// records), the last one open-ended.
+pub const HISTOGRAM_BUCKETS: usize = 24;
+
+/// The bucket of `value` in a histogram of powers of two: the smallest `i` with
+/// `value < 2^i`, the last bucket for anything larger.
+pub fn log2_bucket(value: u64) -> usize {
+    ((u64::BITS - value.leading_zeros()) as usize).min(HISTOGRAM_BUCKETS - 1)
 }
 
 /// What a log's owner sees of one segment.
@@ -174,5 +193,18 @@ impl<D: Disk> Shared<D> {
     /// The segment that holds `seq`, if it is retained.
     pub(crate) fn segment_for(&self, seq: u64) -> Option<Rc<SegmentState<D::File>>> {
         self.segments.borrow().range(..=seq).next_back().map(|(_, segment)| segment.clone())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_value_lies_in_the_first_bucket_whose_bound_is_above_it() {
+        assert_eq!(log2_bucket(0), 0);
+        assert_eq!(log2_bucket(1), 1);
+        assert_eq!((log2_bucket(7), log2_bucket(8)), (3, 4));
+        assert_eq!(log2_bucket(u64::MAX), HISTOGRAM_BUCKETS - 1);
     }
 }

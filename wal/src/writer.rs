@@ -27,6 +27,7 @@ use crate::layout::{align_up, BLOCK_BYTES, FRAME_HEADER_BYTES, RECORD_PREFIX_BYT
 use crate::piece::PieceSpan;
 use crate::record::record_len_at;
 use crate::roll::{write_all, SegmentMaker};
+use crate::state::log2_bucket;
 use crate::state::{SegmentState, Shared};
 
 /// A frame placed but not yet written.
@@ -162,6 +163,7 @@ impl<D: Disk> Writer<D> {
     }
 
     async fn flush(&mut self, batch: &Batch) -> Result<FlushedPieces> {
+        let started = Instant::now();
         self.maker.prepare_next();
         self.plan_frames(batch);
         let mut flushed = Vec::with_capacity(self.pieces.len());
@@ -188,6 +190,11 @@ impl<D: Disk> Writer<D> {
         }
         if self.sync_interval().is_none() {
             self.sync_tail().await?;
+            let micros = started.elapsed().as_micros() as u64;
+            self.shared.count(|s| {
+                s.durable_flush_micros[log2_bucket(micros)] += 1;
+                s.durable_flush_micros_sum += micros;
+            });
         }
         self.publish(batch);
         Ok(flushed.into())
@@ -339,6 +346,7 @@ impl<D: Disk> Writer<D> {
         let record_bytes = (batch.raw.len() - batch.count * RECORD_PREFIX_BYTES) as u64;
         self.shared.count(|s| {
             s.flushes += 1;
+            s.flush_records[log2_bucket(batch.count as u64)] += 1;
             s.records += batch.count as u64;
             s.record_bytes += record_bytes;
         });
