@@ -5,7 +5,9 @@
 //! for every topic it reads there (the engine's model). A group that commits several topics
 //! of one partition has the smallest of their offsets stored, so a restart resumes every
 //! topic at or before where it stood (at least once); the exact offset of each topic is kept
-//! in memory and answered to OffsetFetch until a restart.
+//! in memory and answered to OffsetFetch until a restart. After a restart, members fetch
+//! their topics' offsets before they commit, and each topic fetched counts at the durable
+//! offset until it commits, so one topic's commit does not carry the others past it.
 
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
@@ -74,7 +76,8 @@ pub(crate) async fn join(shared: &Shared, header: &RequestHeader, request: JoinG
     };
     let join = JoinRequest {
         member_id: request.member_id.to_string(),
-        client_id: header.client_id.as_ref().map_or("client".to_string(), |c| c.to_string()),
+        // A member id is the client's id (bounded) and a number.
+        client_id: header.client_id.as_ref().map_or("client".to_string(), |c| c.chars().take(64).collect()),
         protocol_type: request.protocol_type.to_string(),
         protocols: request.protocols.into_iter().map(|p| (p.name.to_string(), p.metadata)).collect(),
         session_timeout: session,
@@ -163,6 +166,9 @@ pub(crate) fn leave(shared: &Shared, _header: &RequestHeader, request: LeaveGrou
     LeaveGroupResponse::default().with_members(members)
 }
 
+/// Most (group, topic, partition) offsets remembered exactly.
+const EXACT_OFFSETS_MAX: usize = 100_000;
+
 /// The offsets a group committed per (topic, partition) since the start, beside the durable
 /// smallest per partition.
 #[derive(Default)]
@@ -211,7 +217,12 @@ pub(crate) async fn offset_commit(
 async fn commit(shared: &Shared, group: &str, topic: &str, partition: u32, offset: u64) -> i16 {
     let smallest = {
         let mut offsets = shared.kafka.offsets.lock().expect("offsets lock");
-        offsets.0.insert((group.to_string(), topic.to_string(), partition), offset as i64);
+        let key = (group.to_string(), topic.to_string(), partition);
+        // Past the bound, a new (group, topic, partition) is not remembered exactly: its
+        // OffsetFetch answers the durable offset, which is at or before it (at least once).
+        if offsets.0.len() < EXACT_OFFSETS_MAX || offsets.0.contains_key(&key) {
+            offsets.0.insert(key, offset as i64);
+        }
         offsets
             .0
             .range((group.to_string(), String::new(), 0)..)
@@ -219,7 +230,7 @@ async fn commit(shared: &Shared, group: &str, topic: &str, partition: u32, offse
             .filter(|((_, _, p), _)| *p == partition)
             .map(|(_, o)| *o)
             .min()
-            .unwrap_or(offset as i64) as u64
+            .map_or(offset, |smallest| smallest.min(offset as i64) as u64)
     };
     match shared.handle.commit_partition_offset(group, partition, smallest).await {
         Ok(_) => 0,
@@ -228,23 +239,23 @@ async fn commit(shared: &Shared, group: &str, topic: &str, partition: u32, offse
 }
 
 /// The offset a group has for `topic` in `partition`: the exact one committed since the
-/// start, else the durable one, else -1.
+/// start, else the durable one (remembered from then on as this topic's, so that a commit
+/// of another topic of the group cannot move the durable offset past it), else -1.
 async fn committed(shared: &Shared, group: &str, topic: &str, partition: u32) -> Result<i64, i16> {
-    let exact = shared
-        .kafka
-        .offsets
-        .lock()
-        .expect("offsets lock")
-        .0
-        .get(&(group.to_string(), topic.to_string(), partition))
-        .copied();
-    if let Some(offset) = exact {
+    let key = (group.to_string(), topic.to_string(), partition);
+    if let Some(offset) = shared.kafka.offsets.lock().expect("offsets lock").0.get(&key).copied() {
         return Ok(offset);
     }
-    match shared.handle.partition_position(group, partition).await {
-        Ok(position) => Ok(position.committed.map_or(-1, |o| o as i64)),
-        Err(error) => Err(error_code(&error)),
+    let durable = match shared.handle.partition_position(group, partition).await {
+        Ok(position) => position.committed,
+        Err(error) => return Err(error_code(&error)),
+    };
+    let Some(durable) = durable else { return Ok(-1) };
+    let mut offsets = shared.kafka.offsets.lock().expect("offsets lock");
+    if offsets.0.len() < EXACT_OFFSETS_MAX {
+        offsets.0.entry(key).or_insert(durable as i64);
     }
+    Ok(durable as i64)
 }
 
 pub(crate) async fn offset_fetch(

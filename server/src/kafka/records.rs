@@ -178,8 +178,8 @@ pub(crate) enum ProduceRefusal {
 }
 
 /// The messages of a producer's record batches for `topic` and `partition`; an idempotent
-/// producer's records carry its id and their sequence numbers (one added, the engine's
-/// numbering starting at 1).
+/// producer's records carry its (id, epoch) and their sequence numbers (one added, the
+/// engine's numbering starting at 1).
 pub(crate) fn decode_produced(
     records: Bytes,
     topic: &str,
@@ -209,7 +209,10 @@ pub(crate) fn decode_produced(
             message = message.header(name.to_string(), value.map(|v| v.to_vec()).unwrap_or_default());
         }
         message = if record.producer_id >= 0 && record.sequence >= 0 {
-            message.sequenced(partition, record.producer_id as u64, record.sequence as u64 + 1)
+            // A new epoch of the same producer id starts its sequence numbers again: the
+            // engine's producer is the (id, epoch) pair, so a new epoch's records are new.
+            let producer = [record.producer_id.to_le_bytes().as_slice(), &record.producer_epoch.to_le_bytes()].concat();
+            message.sequenced(partition, xxhash_rust::xxh3::xxh3_64(&producer), record.sequence as u64 + 1)
         } else {
             message.to_partition(partition)
         };
