@@ -169,6 +169,15 @@ impl EventBatch {
         })
     }
 
+    /// The batch's record bytes and where each event lies in them (offset, byte range, and
+    /// whether it is an application message rather than a trade event), for a server that
+    /// hands slices of them on without copying (`bytes::Bytes::slice`).
+    pub fn into_spans(self) -> (Vec<u8>, Vec<(u64, std::ops::Range<usize>, bool)>) {
+        let spans =
+            self.events.iter().map(|e| (e.offset, e.start as usize..(e.start + e.len) as usize, e.message)).collect();
+        (self.bytes, spans)
+    }
+
     /// Every event read in place, trade events and messages alike, in log order.
     pub fn events(&self) -> impl Iterator<Item = Result<(u64, EventView<'_>), TradeError>> {
         self.events.iter().map(|e| {

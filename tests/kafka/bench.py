@@ -37,9 +37,12 @@ def stop(server):
 
 def consume_all(bootstrap, expected, group):
     from confluent_kafka import Consumer
+    # librdkafka's defaults pause a partition's fetches for a second once 100,000 messages
+    # wait in its queue; a consumer meant to keep up lets more wait and pauses 5 ms.
     consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": group, "auto.offset.reset": "earliest",
                          "enable.auto.commit": False, "fetch.max.bytes": 64 << 20,
-                         "max.partition.fetch.bytes": 16 << 20, "queued.max.messages.kbytes": 1 << 20})
+                         "max.partition.fetch.bytes": 16 << 20, "queued.max.messages.kbytes": 1 << 20,
+                         "queued.min.messages": 1_000_000, "fetch.queue.backoff.ms": 5})
     consumer.subscribe(["trades"])
     count, started, deadline = 0, None, time.time() + 600
     while count < expected and time.time() < deadline:

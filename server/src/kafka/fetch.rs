@@ -126,10 +126,9 @@ pub(crate) async fn fetch(shared: &Shared, _header: &RequestHeader, request: Fet
                 .with_error_code(code)
             }
             Some(Ok(batch)) => {
-                let records = encode_events(&batch, &want.topic, want.from, shared.options.trades_encoding);
-                data.with_high_watermark(batch.end_offset as i64)
-                    .with_last_stable_offset(batch.end_offset as i64)
-                    .with_records(Some(records))
+                let end = batch.end_offset as i64;
+                let records = encode_events(batch, &want.topic, want.from, shared.options.trades_encoding);
+                data.with_high_watermark(end).with_last_stable_offset(end).with_records(Some(records))
             }
         };
         topics[want.topic_index].partitions.push(data);

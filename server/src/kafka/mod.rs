@@ -202,7 +202,13 @@ async fn send(
     correlation_id: i32,
     answer: &ResponseKind,
 ) -> Result<(), crate::conn::ReadEnd> {
-    let mut out = BytesMut::with_capacity(256);
+    // Sized first: a fetch's answer runs to megabytes, which growing by doubling would copy
+    // over and over.
+    let size = match answer {
+        ResponseKind::Fetch(fetch) => fetch.compute_size(version).unwrap_or(0),
+        _ => 0,
+    };
+    let mut out = BytesMut::with_capacity(size + 64);
     out.put_i32(0);
     // ApiVersions answers with header version 0 whatever its version (KIP-511).
     let header_version = match api_key {

@@ -17,7 +17,9 @@ use kafka_protocol::protocol::StrBytes;
 use kafka_protocol::records::{
     Compression, Record, RecordBatchDecoder, RecordBatchEncoder, RecordEncodeOptions, TimestampType,
 };
-use tradeshard_engine::{EventBatch, EventView, OutgoingMessage, TradeRecordView};
+use std::fmt::Write;
+
+use tradeshard_engine::{EventBatch, MessageView, OutgoingMessage, TradeRecordView};
 
 /// How trade events are encoded in the topic `trades`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -29,29 +31,108 @@ pub enum TradesEncoding {
     Binary,
 }
 
+/// Where a record's key or value lies: in the read's own bytes, or in the arena of bytes
+/// made for the answer (trade events' keys and JSON values).
+#[derive(Clone)]
+enum Part {
+    Read(std::ops::Range<usize>),
+    Made(std::ops::Range<usize>),
+}
+
+struct Planned {
+    offset: u64,
+    at_ms: u64,
+    key: Part,
+    value: Part,
+    headers: IndexMap<StrBytes, Option<Bytes>>,
+}
+
 /// The record batches of one partition's read of `topic`, from `from`; empty when the read
-/// neither found an event nor moved past anything.
-pub(crate) fn encode_events(batch: &EventBatch, topic: &str, from: u64, encoding: TradesEncoding) -> Bytes {
-    let mut records = Vec::with_capacity(batch.len() + 1);
-    for event in batch.events() {
+/// neither found an event nor moved past anything. Keys and values are slices of the read's
+/// bytes (and of one buffer of the keys and JSON made here), not copies per record.
+pub(crate) fn encode_events(batch: EventBatch, topic: &str, from: u64, encoding: TradesEncoding) -> Bytes {
+    let end = batch.next_offset;
+    let (read, spans) = batch.into_spans();
+    let read = Bytes::from(read);
+    let within = |part: &[u8]| {
+        let start = part.as_ptr() as usize - read.as_ptr() as usize;
+        start..start + part.len()
+    };
+    let mut made = BytesMut::with_capacity(match encoding {
+        TradesEncoding::Json => spans.len() * 224,
+        TradesEncoding::Binary => spans.len() * 8,
+    });
+    let mut planned = Vec::with_capacity(spans.len());
+    for (offset, span, message) in spans {
+        let bytes = &read[span.clone()];
         // The shard checked every record it handed over; one that does not decode here ends
         // the batch where it lies (the client asks again from there and gets the error).
-        let Ok((offset, view)) = event else { break };
-        if let Some(record) = record_of(offset, view, topic, encoding) {
-            records.push(record);
+        if message {
+            let Ok(view) = MessageView::decode(bytes) else { break };
+            if view.topic != topic {
+                continue;
+            }
+            let mut headers = IndexMap::new();
+            for (name, value) in view.headers() {
+                headers.insert(StrBytes::from_string(name.to_string()), Some(read.slice(within(value))));
+            }
+            let (key, value) = (Part::Read(within(view.key)), Part::Read(within(view.payload)));
+            planned.push(Planned { offset, at_ms: view.at_ms, key, value, headers });
+        } else {
+            let Ok(trade) = TradeRecordView::decode(bytes) else { break };
+            if topic != tradeshard_engine::TRADES_TOPIC {
+                continue;
+            }
+            let key_start = made.len();
+            let _ = write!(made, "{}", trade.user_id);
+            let key = Part::Made(key_start..made.len());
+            let value = match encoding {
+                TradesEncoding::Binary => Part::Read(span),
+                TradesEncoding::Json => {
+                    let value_start = made.len();
+                    let _ = write_trade_json(&mut made, &trade);
+                    Part::Made(value_start..made.len())
+                }
+            };
+            planned.push(Planned { offset, at_ms: trade.at_ms, key, value, headers: IndexMap::new() });
         }
     }
-    let end = batch.next_offset;
+    let made = made.freeze();
+    let part = |part: &Part| match part {
+        Part::Read(range) => read.slice(range.clone()),
+        Part::Made(range) => made.slice(range.clone()),
+    };
+    let mut records: Vec<Record> =
+        planned.into_iter().map(|p| record(p.offset, p.at_ms, part(&p.key), part(&p.value), p.headers)).collect();
     let covered = records.last().map_or(from, |r| r.offset as u64 + 1);
     if end > covered {
         records.push(gap_marker(end - 1));
     }
-    let mut out = BytesMut::new();
+    let mut out = BytesMut::with_capacity(read.len() + made.len() + records.len() * 24 + 128);
     let options = RecordEncodeOptions { version: 2, compression: Compression::None };
     if RecordBatchEncoder::encode(&mut out, records.iter(), &options).is_err() {
         return Bytes::new();
     }
     out.freeze()
+}
+
+fn record(offset: u64, at_ms: u64, key: Bytes, value: Bytes, headers: IndexMap<StrBytes, Option<Bytes>>) -> Record {
+    Record {
+        transactional: false,
+        control: false,
+        delete_horizon: false,
+        partition_leader_epoch: 0,
+        producer_id: -1,
+        producer_epoch: -1,
+        timestamp_type: TimestampType::LogAppend,
+        offset: offset as i64,
+        // Keeps offset minus sequence equal over the read, so it makes one batch.
+        sequence: offset as i32,
+        timestamp: at_ms as i64,
+        key: Some(key),
+        value: Some(value),
+        headers,
+    }
 }
 
 /// A control record (a transaction's commit marker, which every client skips) at the last
@@ -82,88 +163,45 @@ fn gap_marker(offset: u64) -> Record {
     }
 }
 
-fn record_of(offset: u64, view: EventView<'_>, topic: &str, encoding: TradesEncoding) -> Option<Record> {
-    let (key, value, headers, at_ms) = match view {
-        EventView::Trade(trade) => {
-            if topic != tradeshard_engine::TRADES_TOPIC {
-                return None;
-            }
-            let value = match encoding {
-                TradesEncoding::Json => Bytes::from(trade_json(&trade)),
-                TradesEncoding::Binary => Bytes::from(trade.to_record().encode()),
-            };
-            (Bytes::from(trade.user_id.to_string()), value, IndexMap::new(), trade.at_ms)
-        }
-        EventView::Message(message) => {
-            if message.topic != topic {
-                return None;
-            }
-            let mut headers = IndexMap::new();
-            for (name, value) in message.headers() {
-                headers.insert(StrBytes::from_string(name.to_string()), Some(Bytes::copy_from_slice(value)));
-            }
-            (Bytes::copy_from_slice(message.key), Bytes::copy_from_slice(message.payload), headers, message.at_ms)
-        }
-    };
-    Some(Record {
-        transactional: false,
-        control: false,
-        delete_horizon: false,
-        partition_leader_epoch: 0,
-        producer_id: -1,
-        producer_epoch: -1,
-        timestamp_type: TimestampType::LogAppend,
-        offset: offset as i64,
-        // Keeps offset minus sequence equal over the read, so it makes one batch.
-        sequence: offset as i32,
-        timestamp: at_ms as i64,
-        key: Some(key),
-        value: Some(value),
-        headers,
-    })
-}
-
-/// A trade event as JSON (`docs/FORMAT.md`, "Trade events over Kafka").
-pub(crate) fn trade_json(trade: &TradeRecordView<'_>) -> String {
-    let mut out = String::with_capacity(192);
-    out.push_str("{\"kind\":\"");
-    out.push_str(match trade.kind {
+/// Writes a trade event as JSON (`docs/FORMAT.md`, "Trade events over Kafka").
+pub(crate) fn write_trade_json(out: &mut impl Write, trade: &TradeRecordView<'_>) -> std::fmt::Result {
+    let kind = match trade.kind {
         tradeshard_engine::RecordKind::Created => "created",
         tradeshard_engine::RecordKind::Paid => "paid",
         tradeshard_engine::RecordKind::Settled => "settled",
         tradeshard_engine::RecordKind::Closed => "closed",
         tradeshard_engine::RecordKind::Refunded => "refunded",
-    });
-    out.push_str(&format!(
-        "\",\"trade_id\":{},\"user_id\":{},\"merchant_id\":{},\"at_ms\":{},\"amount\":{},\"currency\":",
+    };
+    write!(
+        out,
+        "{{\"kind\":\"{kind}\",\"trade_id\":{},\"user_id\":{},\"merchant_id\":{},\"at_ms\":{},\"amount\":{},\"currency\":",
         trade.trade_id.0, trade.user_id, trade.merchant_id, trade.at_ms, trade.amount
-    ));
-    push_json_string(&mut out, trade.currency.as_str());
+    )?;
+    write_json_string(out, trade.currency.as_str())?;
     if let Some(created) = &trade.created {
-        out.push_str(",\"merchant_order_no\":");
-        push_json_string(&mut out, created.merchant_order_no);
-        out.push_str(",\"memo\":");
-        push_json_string(&mut out, created.memo);
+        out.write_str(",\"merchant_order_no\":")?;
+        write_json_string(out, created.merchant_order_no)?;
+        out.write_str(",\"memo\":")?;
+        write_json_string(out, created.memo)?;
     }
     if let Some(refund_no) = trade.refund_no {
-        out.push_str(",\"refund_no\":");
-        push_json_string(&mut out, refund_no);
+        out.write_str(",\"refund_no\":")?;
+        write_json_string(out, refund_no)?;
     }
-    out.push('}');
-    out
+    out.write_char('}')
 }
 
-fn push_json_string(out: &mut String, text: &str) {
-    out.push('"');
+fn write_json_string(out: &mut impl Write, text: &str) -> std::fmt::Result {
+    out.write_char('"')?;
     for c in text.chars() {
         match c {
-            '"' => out.push_str("\\\""),
-            '\\' => out.push_str("\\\\"),
-            c if (c as u32) < 0x20 => out.push_str(&format!("\\u{:04x}", c as u32)),
-            c => out.push(c),
+            '"' => out.write_str("\\\"")?,
+            '\\' => out.write_str("\\\\")?,
+            c if (c as u32) < 0x20 => write!(out, "\\u{:04x}", c as u32)?,
+            c => out.write_char(c)?,
         }
     }
-    out.push('"');
+    out.write_char('"')
 }
 
 /// Why a producer's records were refused.
