@@ -107,6 +107,10 @@ pub struct Message {
     pub attempt: u8,
 }
 
+/// Where one event of an [`EventBatch`] lies: its offset, its record's byte range in the
+/// batch's bytes, and whether it is an application message (else a trade event).
+pub type EventSpan = (u64, std::ops::Range<usize>, bool);
+
 /// One event of an [`EventBatch`] read in place.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum EventView<'a> {
@@ -172,7 +176,7 @@ impl EventBatch {
     /// The batch's record bytes and where each event lies in them (offset, byte range, and
     /// whether it is an application message rather than a trade event), for a server that
     /// hands slices of them on without copying (`bytes::Bytes::slice`).
-    pub fn into_spans(self) -> (Vec<u8>, Vec<(u64, std::ops::Range<usize>, bool)>) {
+    pub fn into_spans(self) -> (Vec<u8>, Vec<EventSpan>) {
         let spans =
             self.events.iter().map(|e| (e.offset, e.start as usize..(e.start + e.len) as usize, e.message)).collect();
         (self.bytes, spans)
