@@ -209,7 +209,8 @@ impl EngineHandle {
     /// Publishes every message of `messages` (a Kafka client's record batch), in order: all
     /// are checked first, and one out of bounds refuses them all with nothing written; then
     /// all are queued before any answer is awaited, so that they share group commits. Each
-    /// has its own answer, in order.
+    /// has its own answer, in order; once one is refused at the queue, those after it are
+    /// refused too, unsent.
     pub async fn publish_all(&self, messages: &[OutgoingMessage]) -> Result<Vec<Result<Published>>> {
         let partitions = self.routing().physical_shards;
         let mut commands = Vec::with_capacity(messages.len());
@@ -224,9 +225,18 @@ impl EngineHandle {
                 MessageCommand::Publish { body: message.body.clone(), producer, due_ms: message.deliver_at_ms },
             ));
         }
+        // Once one is refused at the queue, the rest are not sent: a client retrying the batch
+        // must not find later records stored before an earlier one.
         let mut answers = Vec::with_capacity(commands.len());
+        let mut refused = false;
         for (partition, command) in commands {
-            answers.push((partition, self.submit_to_shard(partition, ops::Message(command)).await));
+            let executor = self.routing().executor_of_physical(partition);
+            let answer = match refused {
+                true => Err(crate::Error::Backpressure { queue: crate::FullQueue::Executor { executor } }),
+                false => self.submit_to_shard(partition, ops::Message(command)).await,
+            };
+            refused |= answer.is_err();
+            answers.push((partition, answer));
         }
         let mut published = Vec::with_capacity(answers.len());
         for (partition, answer) in answers {

@@ -90,6 +90,10 @@ async fn accept_loop(shared: Arc<Shared>, listener: TcpListener, protocol: Proto
     }
 }
 
+/// How long a connection may send nothing before it is closed (Kafka's
+/// `connections.max.idle.ms`), so that silent sockets cannot hold the connection limit.
+pub(crate) const IDLE_MAX: std::time::Duration = std::time::Duration::from_secs(600);
+
 /// One connection, on the executor that accepted it.
 pub(crate) struct Conn {
     pub stream: TcpStream,
@@ -104,10 +108,10 @@ pub(crate) enum ReadEnd {
 }
 
 impl Conn {
-    /// Fills `buf` from the stream. `between_requests`: nothing of a request read yet, so a
-    /// stop may end the connection here; within a request, it reads on.
-    pub(crate) async fn read_exact(&mut self, buf: &mut [u8], between_requests: bool) -> Result<(), ReadEnd> {
+    /// Fills `buf` from the stream; a stop or a peer silent for [`IDLE_MAX`] ends it.
+    pub(crate) async fn read_exact(&mut self, buf: &mut [u8]) -> Result<(), ReadEnd> {
         let mut filled = 0;
+        let mut idle_since = std::time::Instant::now();
         while filled < buf.len() {
             let read = futures_lite::future::or(async { Some(self.stream.read(&mut buf[filled..]).await) }, async {
                 glommio::timer::sleep(CHECK_INTERVAL).await;
@@ -119,9 +123,14 @@ impl Conn {
             };
             match read {
                 Ok(0) => return Err(ReadEnd::Closed),
-                Ok(n) => filled += n,
+                Ok(n) => {
+                    filled += n;
+                    idle_since = std::time::Instant::now();
+                }
                 Err(error) if is_timeout(&error) => {
-                    if self.shared.shutdown.is_stopping() && (between_requests && filled == 0) {
+                    // A stop ends a connection between requests, or in the middle of one not
+                    // yet read whole (nothing of it was done); so does a peer silent too long.
+                    if self.shared.shutdown.is_stopping() || idle_since.elapsed() > IDLE_MAX {
                         return Err(ReadEnd::Closed);
                     }
                 }
@@ -139,7 +148,7 @@ impl Conn {
             if line.len() >= max {
                 return Err(ReadEnd::Closed);
             }
-            self.read_exact(&mut byte, line.is_empty()).await?;
+            self.read_exact(&mut byte).await?;
             line.push(byte[0]);
         }
         Ok(())

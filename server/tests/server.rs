@@ -314,3 +314,42 @@ fn a_stop_ends_idle_connections_and_leaves_what_was_acknowledged() {
         .unwrap(),
     );
 }
+
+fn produce_sequenced(topic: &str, partition: i32, count: i32) -> ProduceRequest {
+    let records: Vec<Record> = (0..count).map(|i| record("k", &format!("{topic}-{i}"), i)).collect();
+    produce(topic, partition, &records)
+}
+
+fn values_of(stream: &mut TcpStream, topic: &str, partition: i32) -> Vec<String> {
+    let answer = call(stream, 12, &fetch(topic, partition, 0));
+    let mut bytes = answer.responses[0].partitions[0].records.clone().unwrap();
+    let sets = RecordBatchDecoder::decode_all(&mut bytes).unwrap();
+    sets.iter()
+        .flat_map(|s| &s.records)
+        .filter(|r| !r.control)
+        .map(|r| String::from_utf8(r.value.as_deref().unwrap().to_vec()).unwrap())
+        .collect()
+}
+
+#[test]
+fn an_idempotent_producer_numbers_each_topic_apart_and_a_retried_large_batch_is_a_duplicate() {
+    let running = Running::start(ServerOptions::default());
+    let mut stream = running.kafka();
+    // The same producer, epoch and sequence numbers in two topics of one partition: Kafka
+    // numbers them per topic-partition, so both are new.
+    for topic in ["orders", "refunds"] {
+        let answer = call(&mut stream, 9, &produce_sequenced(topic, 0, 3));
+        assert_eq!(answer.responses[0].partition_responses[0].error_code, 0, "{topic}");
+    }
+    assert_eq!(values_of(&mut stream, "orders", 0), ["orders-0", "orders-1", "orders-2"]);
+    assert_eq!(values_of(&mut stream, "refunds", 0), ["refunds-0", "refunds-1", "refunds-2"]);
+    // A batch larger than the engine's window of remembered sequence numbers, sent again:
+    // its first records are older than the window, so the answer is Kafka's duplicate
+    // (which clients take as success) and nothing is stored twice.
+    let first = call(&mut stream, 9, &produce_sequenced("ledger", 1, 300));
+    assert_eq!(first.responses[0].partition_responses[0].error_code, 0);
+    let again = call(&mut stream, 9, &produce_sequenced("ledger", 1, 300));
+    let code = again.responses[0].partition_responses[0].error_code;
+    assert_eq!(code, ResponseError::DuplicateSequenceNumber.code());
+    assert_eq!(values_of(&mut stream, "ledger", 1).len(), 300, "stored once");
+}

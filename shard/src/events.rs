@@ -30,6 +30,10 @@ use crate::system_record::LogRecord;
 
 /// Largest number of events one poll may ask for.
 pub const POLL_EVENTS_MAX: usize = 65_536;
+/// Bytes of records not taken that a poll reads through, at most, looking for its first
+/// event (its answer then ends where it stopped, with no event).
+pub const SKIP_BYTES_MAX: usize = 4 << 20;
+
 /// Largest number of record bytes one poll may ask for.
 pub const POLL_BYTES_MAX: usize = 64 << 20;
 
@@ -253,7 +257,11 @@ pub(crate) async fn poll<D: Disk>(partition: u32, wal: &Wal<D>, query: PollQuery
         EventBatch { partition, next_offset: query.from, end_offset: wal.durable_end(), ..Default::default() };
     let mut reader = wal.reader(query.from)?;
     let mut bytes = 0;
-    while batch.events.len() < max_events && (bytes < max_bytes || batch.events.is_empty()) {
+    // A read goes on past `max_bytes` to take its first event (however large), but through at
+    // most `SKIP_BYTES_MAX` of records it does not take: a read of a topic with nothing left
+    // answers the offset it reached rather than scanning the log to its end.
+    let skip_max = max_bytes.max(SKIP_BYTES_MAX);
+    while batch.events.len() < max_events && (bytes < max_bytes || (batch.events.is_empty() && bytes < skip_max)) {
         let Some((offset, record)) = reader.next().await? else { break };
         bytes += record.len();
         batch.next_offset = offset + 1;

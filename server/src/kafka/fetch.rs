@@ -80,7 +80,8 @@ pub(crate) async fn fetch(shared: &Shared, _header: &RequestHeader, request: Fet
                 topic: name.clone(),
                 index: partition.partition,
                 partition: partition_of(shared, partition.partition).filter(|_| valid_topic),
-                from: partition.fetch_offset.max(0) as u64,
+                // A negative offset is past no log's start: the shard refuses it as out of range.
+                from: u64::try_from(partition.fetch_offset).unwrap_or(u64::MAX),
                 max_bytes,
             });
         }
@@ -100,9 +101,12 @@ pub(crate) async fn fetch(shared: &Shared, _header: &RequestHeader, request: Fet
     let any_error = answers.iter().any(|a| matches!(a, Some(Err(_))));
     if found == 0 && min_bytes > 0 && !wait.is_zero() && !any_error && !shared.shutdown.is_stopping() {
         // Nothing yet: wait on every partition at once, answer with the first to have data.
-        let waited =
-            first_with_data(wanted.iter().map(|w| read(shared, w, wait)).collect(), wait + Duration::from_millis(50))
-                .await;
+        let waited = first_with_data(
+            wanted.iter().map(|w| read(shared, w, wait)).collect(),
+            wait + Duration::from_millis(50),
+            &shared.shutdown,
+        )
+        .await;
         for (slot, answer) in answers.iter_mut().zip(waited) {
             if let Some(answer) = answer {
                 *slot = Some(answer);
@@ -140,11 +144,12 @@ fn return_range(data: PartitionData, first: u64, end: u64) -> PartitionData {
     data.with_high_watermark(end as i64).with_last_stable_offset(end as i64).with_log_start_offset(first as i64)
 }
 
-/// Runs `reads` together until one answers with events (or an error), all have answered, or
-/// `limit` passes; answers what each had answered by then.
+/// Runs `reads` together until one answers with events (or an error), all have answered,
+/// `limit` passes or the server stops; answers what each had answered by then.
 async fn first_with_data(
     mut reads: Vec<Option<Read>>,
     limit: Duration,
+    stopping: &crate::shutdown::Shutdown,
 ) -> Vec<Option<Result<EventBatch, tradeshard_engine::Error>>> {
     let mut answers: Vec<Option<Result<EventBatch, tradeshard_engine::Error>>> = reads.iter().map(|_| None).collect();
     let all = std::future::poll_fn(|cx| {
@@ -170,7 +175,15 @@ async fn first_with_data(
         }
     });
     futures_lite::future::or(all, async {
-        glommio::timer::sleep(limit).await;
+        // The wait ends at its limit, or early for a stop.
+        let deadline = std::time::Instant::now() + limit;
+        while !stopping.is_stopping() {
+            let left = deadline.saturating_duration_since(std::time::Instant::now());
+            if left.is_zero() {
+                return;
+            }
+            glommio::timer::sleep(left.min(crate::shutdown::CHECK_INTERVAL)).await;
+        }
     })
     .await;
     answers
@@ -202,15 +215,15 @@ pub(crate) async fn list_offsets(
     ListOffsetsResponse::default().with_topics(topics)
 }
 
-/// Reads one event of `topic` at or after `from`: its offset and time, if there is one
-/// before the end (reads through other topics' records a bounded number of times).
+/// Reads one event of `topic` at or after `from`: its offset and time, if one comes within
+/// four reads (each reads through at most `SKIP_BYTES_MAX` of other records).
 async fn first_event_from(
     shared: &Shared,
     topic: &str,
     partition: u32,
     mut from: u64,
 ) -> Result<Option<(u64, u64)>, tradeshard_engine::Error> {
-    for _ in 0..64 {
+    for _ in 0..4 {
         let query = PollQuery {
             from,
             max_events: 1,

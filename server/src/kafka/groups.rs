@@ -202,13 +202,30 @@ pub(crate) struct JoinRequest {
 }
 
 /// Every group coordinated by this server.
-#[derive(Default)]
 pub(crate) struct Coordinator {
     groups: BTreeMap<String, Group>,
     next_member: u64,
+    /// Part of every member id this server hands out, different at each start, so that a
+    /// client that kept its id across a restart is never taken for another's.
+    incarnation: u64,
+}
+
+impl Default for Coordinator {
+    fn default() -> Coordinator {
+        let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_nanos());
+        let incarnation = nanos as u64 ^ u64::from(std::process::id()).rotate_left(40);
+        Coordinator { groups: BTreeMap::new(), next_member: 0, incarnation }
+    }
 }
 
 impl Coordinator {
+    /// Forgets `group` once it has no member (its offsets are the engine's, durable).
+    fn forget_if_empty(&mut self, group: &str) {
+        if self.groups.get(group).is_some_and(|g| g.members.is_empty()) {
+            self.groups.remove(group);
+        }
+    }
+
     #[cfg(test)]
     pub(crate) fn group(&self, group: &str) -> Option<&Group> {
         self.groups.get(group)
@@ -219,6 +236,7 @@ impl Coordinator {
         if let Some(g) = self.groups.get_mut(group) {
             g.tick(now);
         }
+        self.forget_if_empty(group);
     }
 
     pub(crate) fn join(
@@ -230,25 +248,39 @@ impl Coordinator {
         if request.protocols.is_empty() || request.protocol_type.is_empty() {
             return Err(ResponseError::InconsistentGroupProtocol);
         }
-        if !self.groups.contains_key(group) && self.groups.len() >= GROUPS_MAX {
-            return Err(ResponseError::CoordinatorNotAvailable);
-        }
-        let g = self.groups.entry(group.to_string()).or_insert_with(|| Group::new(now));
-        g.tick(now);
-        if g.state != State::Empty && g.protocol_type != request.protocol_type {
-            return Err(ResponseError::InconsistentGroupProtocol);
+        // Checked before the group is made, so that a refused join leaves nothing behind.
+        let groups = self.groups.len();
+        match self.groups.get_mut(group) {
+            Some(g) => {
+                g.tick(now);
+                let others = || g.members.iter().filter(|(id, _)| **id != request.member_id);
+                if others().next().is_some() {
+                    let shared = request
+                        .protocols
+                        .iter()
+                        .any(|(name, _)| others().all(|(_, m)| m.protocols.iter().any(|(n, _)| n == name)));
+                    if g.protocol_type != request.protocol_type || !shared {
+                        return Err(ResponseError::InconsistentGroupProtocol);
+                    }
+                }
+                if !request.member_id.is_empty() && !g.members.contains_key(&request.member_id) {
+                    return Err(ResponseError::UnknownMemberId);
+                }
+                if request.member_id.is_empty() && g.members.len() >= MEMBERS_MAX {
+                    return Err(ResponseError::GroupMaxSizeReached);
+                }
+            }
+            None if !request.member_id.is_empty() => return Err(ResponseError::UnknownMemberId),
+            None if groups >= GROUPS_MAX => return Err(ResponseError::CoordinatorNotAvailable),
+            None => {}
         }
         let member_id = if request.member_id.is_empty() {
-            if g.members.len() >= MEMBERS_MAX {
-                return Err(ResponseError::GroupMaxSizeReached);
-            }
             self.next_member += 1;
-            format!("{}-{}", request.client_id, self.next_member)
-        } else if !g.members.contains_key(&request.member_id) {
-            return Err(ResponseError::UnknownMemberId);
+            format!("{}-{:x}-{}", request.client_id, self.incarnation, self.next_member)
         } else {
             request.member_id
         };
+        let g = self.groups.entry(group.to_string()).or_insert_with(|| Group::new(now));
         let (reply, answer) = reply::channel();
         let member = g.members.entry(member_id).or_insert_with(|| Member {
             protocols: Vec::new(),
@@ -337,9 +369,7 @@ impl Coordinator {
         }
         g.remove(member_id, now);
         g.tick(now);
-        if g.state == State::Empty {
-            self.groups.remove(group);
-        }
+        self.forget_if_empty(group);
         Ok(())
     }
 
@@ -363,7 +393,8 @@ impl Coordinator {
             return Err(ResponseError::IllegalGeneration);
         }
         match g.state {
-            State::PreparingRebalance => Err(ResponseError::RebalanceInProgress),
+            // Until the new assignments are out, no member knows what it owns.
+            State::PreparingRebalance | State::CompletingRebalance => Err(ResponseError::RebalanceInProgress),
             _ => Ok(()),
         }
     }
@@ -442,7 +473,7 @@ mod tests {
         assert_eq!(c.heartbeat("g", 2, &first.member_id, now), Err(ResponseError::UnknownMemberId));
         c.sync("g", 2, &second.member_id, vec![], now).unwrap();
         c.tick("g", now + Duration::from_secs(45));
-        assert_eq!(c.group("g").unwrap().state, State::Empty, "silent past its session timeout");
+        assert!(c.group("g").is_none(), "silent past its session timeout, and an empty group is forgotten");
     }
 
     #[test]
@@ -459,5 +490,32 @@ mod tests {
         assert_eq!(c.heartbeat("g", 2, &second.member_id, now), Err(ResponseError::RebalanceInProgress));
         let alone = take(c.join("g", join_request(&second.member_id), now).unwrap()).unwrap().unwrap();
         assert_eq!((alone.generation, alone.members.len()), (3, 1));
+    }
+
+    #[test]
+    fn a_refused_join_leaves_nothing_and_a_stranger_protocol_is_refused_alone() {
+        let mut c = Coordinator::default();
+        let now = Instant::now();
+        assert_eq!(c.join("g", join_request("someone"), now).err(), Some(ResponseError::UnknownMemberId));
+        assert!(c.group("g").is_none(), "no group made by a refused join");
+        let first = take(c.join("g", join_request(""), now).unwrap()).unwrap().unwrap();
+        c.sync("g", 1, &first.member_id, vec![], now).unwrap();
+        let stranger = JoinRequest { protocols: vec![("sticky".into(), Bytes::new())], ..join_request("") };
+        assert_eq!(c.join("g", stranger, now).err(), Some(ResponseError::InconsistentGroupProtocol));
+        assert_eq!(c.group("g").unwrap().state, State::Stable, "the group goes on undisturbed");
+        assert!(c.heartbeat("g", 1, &first.member_id, now).is_ok());
+    }
+
+    #[test]
+    fn member_ids_differ_between_coordinators_and_commits_wait_for_assignments() {
+        let now = Instant::now();
+        let (mut one, mut two) = (Coordinator::default(), Coordinator::default());
+        std::thread::sleep(Duration::from_millis(1));
+        let a = take(one.join("g", join_request(""), now).unwrap()).unwrap().unwrap();
+        let b = take(two.join("g", join_request(""), now).unwrap()).unwrap().unwrap();
+        assert_ne!(a.member_id, b.member_id, "a restarted server hands out other ids");
+        assert_eq!(one.may_commit("g", 1, &a.member_id, now), Err(ResponseError::RebalanceInProgress));
+        one.sync("g", 1, &a.member_id, vec![], now).unwrap();
+        assert!(one.may_commit("g", 1, &a.member_id, now).is_ok());
     }
 }

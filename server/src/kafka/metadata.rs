@@ -37,7 +37,16 @@ pub(crate) fn metadata(shared: &Shared, _header: &RequestHeader, request: Metada
         .with_host(StrBytes::from_string(host))
         .with_port(port as i32);
     let names: Vec<String> = match request.topics {
-        Some(topics) => topics.into_iter().filter_map(|t| t.name.map(|n| n.0.to_string())).collect(),
+        // Each name once, and at most as many as a listing of all topics holds, so that a
+        // small request cannot ask for an answer of hundreds of megabytes.
+        Some(topics) => {
+            let unique: std::collections::BTreeSet<String> = topics
+                .into_iter()
+                .filter_map(|t| t.name.map(|n| n.0.to_string()))
+                .take(super::TOPICS_LISTED_MAX)
+                .collect();
+            unique.into_iter().collect()
+        }
         None => {
             let mut all = vec![TRADES_TOPIC.to_string()];
             all.extend(shared.kafka.topics.lock().expect("topics lock").iter().cloned());

@@ -8,6 +8,7 @@
 //! (record batches say where they end, as compacted Kafka topics do); consumer groups'
 //! offsets are the engine's durable group offsets.
 
+mod bounds;
 pub(crate) mod fetch;
 mod group_api;
 pub(crate) mod groups;
@@ -108,7 +109,7 @@ pub(crate) async fn serve(conn: &mut Conn) {
     let limit = conn.shared.options.request_bytes_max;
     let mut size = [0u8; 4];
     loop {
-        if conn.read_exact(&mut size, true).await.is_err() {
+        if conn.read_exact(&mut size).await.is_err() {
             return;
         }
         let len = i32::from_be_bytes(size);
@@ -117,7 +118,7 @@ pub(crate) async fn serve(conn: &mut Conn) {
             return;
         }
         let mut frame = vec![0u8; len as usize];
-        if conn.read_exact(&mut frame, false).await.is_err() {
+        if conn.read_exact(&mut frame).await.is_err() {
             return;
         }
         let started = Instant::now();

@@ -51,7 +51,7 @@ struct Planned {
 /// neither found an event nor moved past anything. Keys and values are slices of the read's
 /// bytes (and of one buffer of the keys and JSON made here), not copies per record.
 pub(crate) fn encode_events(batch: EventBatch, topic: &str, from: u64, encoding: TradesEncoding) -> Bytes {
-    let end = batch.next_offset;
+    let mut end = batch.next_offset;
     let (read, spans) = batch.into_spans();
     let read = Bytes::from(read);
     let within = |part: &[u8]| {
@@ -68,7 +68,10 @@ pub(crate) fn encode_events(batch: EventBatch, topic: &str, from: u64, encoding:
         // The shard checked every record it handed over; one that does not decode here ends
         // the batch where it lies (the client asks again from there and gets the error).
         if message {
-            let Ok(view) = MessageView::decode(bytes) else { break };
+            let Ok(view) = MessageView::decode(bytes) else {
+                end = offset;
+                break;
+            };
             if view.topic != topic {
                 continue;
             }
@@ -79,7 +82,10 @@ pub(crate) fn encode_events(batch: EventBatch, topic: &str, from: u64, encoding:
             let (key, value) = (Part::Read(within(view.key)), Part::Read(within(view.payload)));
             planned.push(Planned { offset, at_ms: view.at_ms, key, value, headers });
         } else {
-            let Ok(trade) = TradeRecordView::decode(bytes) else { break };
+            let Ok(trade) = TradeRecordView::decode(bytes) else {
+                end = offset;
+                break;
+            };
             if topic != tradeshard_engine::TRADES_TOPIC {
                 continue;
             }
@@ -216,8 +222,8 @@ pub(crate) enum ProduceRefusal {
 }
 
 /// The messages of a producer's record batches for `topic` and `partition`; an idempotent
-/// producer's records carry its (id, epoch) and their sequence numbers (one added, the
-/// engine's numbering starting at 1).
+/// producer's records carry its (id, epoch, topic) and their sequence numbers (one added,
+/// the engine's numbering starting at 1).
 pub(crate) fn decode_produced(
     records: Bytes,
     topic: &str,
@@ -236,8 +242,18 @@ pub(crate) fn decode_produced(
             return Err(ProduceRefusal::Transactional);
         }
     }
-    let mut bytes = records;
-    let sets = RecordBatchDecoder::decode_all(&mut bytes).map_err(|_| ProduceRefusal::Corrupt)?;
+    if !super::bounds::counts_fit(&records) {
+        return Err(ProduceRefusal::Corrupt);
+    }
+    // As for requests: a panic of the codec on bytes it did not foresee is a corrupt batch.
+    let sets = std::panic::catch_unwind(move || {
+        let mut bytes = records;
+        RecordBatchDecoder::decode_all(&mut bytes)
+    });
+    let sets = match sets {
+        Ok(Ok(sets)) => sets,
+        _ => return Err(ProduceRefusal::Corrupt),
+    };
     let mut messages = Vec::new();
     for record in sets.into_iter().flat_map(|set| set.records) {
         let key = record.key.map(|k| k.to_vec()).unwrap_or_default();
@@ -247,9 +263,13 @@ pub(crate) fn decode_produced(
             message = message.header(name.to_string(), value.map(|v| v.to_vec()).unwrap_or_default());
         }
         message = if record.producer_id >= 0 && record.sequence >= 0 {
-            // A new epoch of the same producer id starts its sequence numbers again: the
-            // engine's producer is the (id, epoch) pair, so a new epoch's records are new.
-            let producer = [record.producer_id.to_le_bytes().as_slice(), &record.producer_epoch.to_le_bytes()].concat();
+            // Kafka numbers a producer's records per topic-partition and starts again at each
+            // new epoch; the engine numbers them per producer and partition. So the engine's
+            // producer is the (id, epoch, topic) triple: another topic's or epoch's records
+            // are never taken for repeats.
+            let producer =
+                [record.producer_id.to_le_bytes().as_slice(), &record.producer_epoch.to_le_bytes(), topic.as_bytes()]
+                    .concat();
             message.sequenced(partition, xxhash_rust::xxh3::xxh3_64(&producer), record.sequence as u64 + 1)
         } else {
             message.to_partition(partition)
