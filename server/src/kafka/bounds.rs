@@ -84,29 +84,7 @@ mod tests {
 
     use super::*;
 
-    fn batch(headers: usize) -> Vec<u8> {
-        let record = Record {
-            transactional: false,
-            control: false,
-            delete_horizon: false,
-            partition_leader_epoch: 0,
-            producer_id: -1,
-            producer_epoch: -1,
-            timestamp_type: TimestampType::Creation,
-            offset: 0,
-            sequence: -1,
-            timestamp: 0,
-            key: Some(Bytes::from_static(b"k")),
-            value: None,
-            headers: (0..headers).map(|i| (i.to_string().into(), Some(Bytes::from_static(b"v")))).collect(),
-        };
-        let mut out = BytesMut::new();
-        let options = RecordEncodeOptions { version: 2, compression: Compression::None };
-        RecordBatchEncoder::encode(&mut out, [record, record_copy()].iter(), &options).unwrap();
-        out.to_vec()
-    }
-
-    fn record_copy() -> Record {
+    fn record(offset: i64, key: Option<&'static [u8]>, value: Option<&'static [u8]>, headers: usize) -> Record {
         Record {
             transactional: false,
             control: false,
@@ -115,13 +93,22 @@ mod tests {
             producer_id: -1,
             producer_epoch: -1,
             timestamp_type: TimestampType::Creation,
-            offset: 1,
+            offset,
             sequence: -1,
             timestamp: 0,
-            key: None,
-            value: Some(Bytes::from_static(b"value")),
-            headers: Default::default(),
+            key: key.map(Bytes::from_static),
+            value: value.map(Bytes::from_static),
+            headers: (0..headers).map(|i| (i.to_string().into(), Some(Bytes::from_static(b"v")))).collect(),
         }
+    }
+
+    /// A record with a key and `headers` headers, then one with a value only.
+    fn batch(headers: usize) -> Vec<u8> {
+        let records = [record(0, Some(b"k"), None, headers), record(1, None, Some(b"value"), 0)];
+        let mut out = BytesMut::new();
+        let options = RecordEncodeOptions { version: 2, compression: Compression::None };
+        RecordBatchEncoder::encode(&mut out, records.iter(), &options).unwrap();
+        out.to_vec()
     }
 
     #[test]

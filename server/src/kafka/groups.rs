@@ -342,13 +342,14 @@ impl Coordinator {
         Ok(answer)
     }
 
-    pub(crate) fn heartbeat(
+    /// Finds `member_id` of `group` in `generation` (seen now) and answers the group's state.
+    fn member_in_generation(
         &mut self,
         group: &str,
         generation: i32,
         member_id: &str,
         now: Instant,
-    ) -> Result<(), ResponseError> {
+    ) -> Result<State, ResponseError> {
         let g = self.groups.get_mut(group).ok_or(ResponseError::UnknownMemberId)?;
         g.tick(now);
         let Some(member) = g.members.get_mut(member_id) else { return Err(ResponseError::UnknownMemberId) };
@@ -356,7 +357,17 @@ impl Coordinator {
         if generation != g.generation {
             return Err(ResponseError::IllegalGeneration);
         }
-        match g.state {
+        Ok(g.state)
+    }
+
+    pub(crate) fn heartbeat(
+        &mut self,
+        group: &str,
+        generation: i32,
+        member_id: &str,
+        now: Instant,
+    ) -> Result<(), ResponseError> {
+        match self.member_in_generation(group, generation, member_id, now)? {
             State::PreparingRebalance => Err(ResponseError::RebalanceInProgress),
             _ => Ok(()),
         }
@@ -385,14 +396,7 @@ impl Coordinator {
         if generation < 0 && member_id.is_empty() {
             return Ok(());
         }
-        let g = self.groups.get_mut(group).ok_or(ResponseError::UnknownMemberId)?;
-        g.tick(now);
-        let Some(member) = g.members.get_mut(member_id) else { return Err(ResponseError::UnknownMemberId) };
-        member.last_seen = now;
-        if generation != g.generation {
-            return Err(ResponseError::IllegalGeneration);
-        }
-        match g.state {
+        match self.member_in_generation(group, generation, member_id, now)? {
             // Until the new assignments are out, no member knows what it owns.
             State::PreparingRebalance | State::CompletingRebalance => Err(ResponseError::RebalanceInProgress),
             _ => Ok(()),
