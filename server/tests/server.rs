@@ -353,3 +353,51 @@ fn an_idempotent_producer_numbers_each_topic_apart_and_a_retried_large_batch_is_
     assert_eq!(code, ResponseError::DuplicateSequenceNumber.code());
     assert_eq!(values_of(&mut stream, "ledger", 1).len(), 300, "stored once");
 }
+
+fn list_offsets(topic: &str, partition: i32, timestamp: i64) -> ListOffsetsRequest {
+    use kafka_protocol::messages::list_offsets_request::{ListOffsetsPartition, ListOffsetsTopic};
+    let asked = ListOffsetsPartition::default().with_partition_index(partition).with_timestamp(timestamp);
+    let topic = ListOffsetsTopic::default()
+        .with_name(TopicName(StrBytes::from_string(topic.into())))
+        .with_partitions(vec![asked]);
+    ListOffsetsRequest::default().with_replica_id(BrokerId(-1)).with_topics(vec![topic])
+}
+
+#[test]
+fn list_offsets_answers_the_earliest_the_latest_and_the_first_at_or_after_a_time() {
+    let running = Running::start(ServerOptions::default());
+    let mut stream = running.kafka();
+    let mut offsets = Vec::new();
+    for i in 0..3 {
+        let answer = call(&mut stream, 9, &produce("clock", 0, &[record("k", &format!("m{i}"), -1)]));
+        offsets.push(answer.responses[0].partition_responses[0].base_offset);
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let offset_at = |stream: &mut TcpStream, timestamp: i64| {
+        let answer = call(stream, 7, &list_offsets("clock", 0, timestamp));
+        let partition = &answer.topics[0].partitions[0];
+        assert_eq!(partition.error_code, 0);
+        (partition.offset, partition.timestamp)
+    };
+    assert_eq!(offset_at(&mut stream, -2).0, 0, "the earliest: the log's first offset");
+    let (latest, _) = offset_at(&mut stream, -1);
+    assert_eq!(latest, offsets[2] + 1, "the latest: the durable end");
+    // Each message's own time finds it; a time before all finds the first, after all the end.
+    let times: Vec<i64> = values_with_times(&mut stream, "clock");
+    for (i, time) in times.iter().enumerate() {
+        // 20 ms apart, each message has a millisecond of its own.
+        assert_eq!(offset_at(&mut stream, *time), (offsets[i], *time), "message {i}");
+    }
+    assert_eq!(offset_at(&mut stream, 0).0, offsets[0]);
+    assert_eq!(offset_at(&mut stream, times[2] + 60_000).0, latest);
+    let unknown = call(&mut stream, 7, &list_offsets("clock", 7, -1));
+    assert_eq!(unknown.topics[0].partitions[0].error_code, ResponseError::UnknownTopicOrPartition.code());
+}
+
+/// The write time of each record of `topic` in partition 0.
+fn values_with_times(stream: &mut TcpStream, topic: &str) -> Vec<i64> {
+    let answer = call(stream, 12, &fetch(topic, 0, 0));
+    let mut bytes = answer.responses[0].partitions[0].records.clone().unwrap();
+    let sets = RecordBatchDecoder::decode_all(&mut bytes).unwrap();
+    sets.iter().flat_map(|s| &s.records).filter(|r| !r.control).map(|r| r.timestamp).collect()
+}
