@@ -401,3 +401,73 @@ fn values_with_times(stream: &mut TcpStream, topic: &str) -> Vec<i64> {
     let sets = RecordBatchDecoder::decode_all(&mut bytes).unwrap();
     sets.iter().flat_map(|s| &s.records).filter(|r| !r.control).map(|r| r.timestamp).collect()
 }
+
+fn offset_commit(group: &str, commits: &[(&str, i32, i64)]) -> OffsetCommitRequest {
+    use kafka_protocol::messages::offset_commit_request::{OffsetCommitRequestPartition, OffsetCommitRequestTopic};
+    let topics = commits
+        .iter()
+        .map(|(topic, partition, offset)| {
+            let asked =
+                OffsetCommitRequestPartition::default().with_partition_index(*partition).with_committed_offset(*offset);
+            OffsetCommitRequestTopic::default()
+                .with_name(TopicName(StrBytes::from_string(topic.to_string())))
+                .with_partitions(vec![asked])
+        })
+        .collect();
+    OffsetCommitRequest::default()
+        .with_group_id(GroupId(StrBytes::from_string(group.into())))
+        .with_generation_id_or_member_epoch(-1)
+        .with_topics(topics)
+}
+
+#[test]
+fn committed_offsets_are_exact_per_topic_across_a_restart_and_the_group_keeps_the_smallest() {
+    use kafka_protocol::messages::offset_fetch_request::OffsetFetchRequestTopic;
+    let dir = tempfile::tempdir().unwrap();
+    let options = || {
+        let mut options = Options::new(dir.path());
+        options.physical_shards = Some(2);
+        options.executors = Some(2);
+        options
+    };
+    let server_options = || ServerOptions { kafka: loopback(), stats: None, metrics: None, ..ServerOptions::default() };
+    let connect = |server: &Server| {
+        let stream = TcpStream::connect(server.kafka_addr().unwrap()).unwrap();
+        stream.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+        stream
+    };
+    let fetch_offsets = |stream: &mut TcpStream| -> Vec<i64> {
+        let topics = ["audit", "payments"]
+            .iter()
+            .map(|t| {
+                OffsetFetchRequestTopic::default()
+                    .with_name(TopicName(StrBytes::from_string(t.to_string())))
+                    .with_partition_indexes(vec![0])
+            })
+            .collect();
+        let request = OffsetFetchRequest::default()
+            .with_group_id(GroupId(StrBytes::from_static_str("billing")))
+            .with_topics(Some(topics));
+        let answer = call(stream, 7, &request);
+        answer.topics.iter().map(|t| t.partitions[0].committed_offset).collect()
+    };
+    let engine = Engine::open(options()).unwrap();
+    let server = Server::start(engine.handle(), server_options()).unwrap();
+    let mut stream = connect(&server);
+    let records: Vec<Record> = (0..5).map(|i| record("k", "v", i)).collect();
+    call(&mut stream, 9, &produce("audit", 0, &records));
+    let answer = call(&mut stream, 8, &offset_commit("billing", &[("audit", 0, 4), ("payments", 0, 2)]));
+    assert!(answer.topics.iter().all(|t| t.partitions[0].error_code == 0));
+    assert_eq!(fetch_offsets(&mut stream), [4, 2]);
+    assert!(server.stop());
+    engine.close().unwrap();
+
+    let engine = Engine::open(options()).unwrap();
+    let position = futures_lite::future::block_on(engine.handle().partition_position("billing", 0)).unwrap();
+    assert_eq!(position.committed, Some(2), "the group's own offset: the smallest of its topics");
+    let server = Server::start(engine.handle(), server_options()).unwrap();
+    let mut stream = connect(&server);
+    assert_eq!(fetch_offsets(&mut stream), [4, 2], "each topic's own offset, after a restart");
+    assert!(server.stop());
+    engine.close().unwrap();
+}

@@ -1,13 +1,13 @@
 //! The group requests: membership through the coordinator (`groups.rs`), offsets through the
 //! engine's durable group offsets.
 //!
-//! A Kafka group's offsets are the engine's group of the same name, one offset per partition
-//! for every topic it reads there (the engine's model). A group that commits several topics
-//! of one partition has the smallest of their offsets stored, so a restart resumes every
-//! topic at or before where it stood (at least once); the exact offset of each topic is kept
-//! in memory and answered to OffsetFetch until a restart. After a restart, members fetch
-//! their topics' offsets before they commit, and each topic fetched counts at the durable
-//! offset until it commits, so one topic's commit does not carry the others past it.
+//! A Kafka group's offsets are the engine's durable group offsets. Each commit is written
+//! twice in one group commit: exactly, under the engine group `group#topic` (a topic's own
+//! offsets, as Kafka keeps them), and under the group itself, one offset per partition for
+//! every topic it reads there (the engine's model, which embedded consumers of the group and
+//! its lag see): the smallest of its topics' offsets there. OffsetFetch answers the exact
+//! offset; a name too long for `group#topic` (over 64 bytes) has only the smallest, which
+//! resumes every topic at or before where it stood (at least once).
 
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
@@ -212,14 +212,23 @@ pub(crate) async fn offset_commit(
     OffsetCommitResponse::default().with_topics(topics)
 }
 
-/// Commits `offset` of `topic`: the durable offset of the partition becomes the smallest of
-/// the group's topics there. Answers an error code (0: none).
+/// The engine group that keeps `group`'s exact offsets of `topic` (`group#topic`), when the
+/// name fits a group name's bounds.
+fn topic_group(group: &str, topic: &str) -> Option<String> {
+    let key = format!("{group}#{topic}");
+    tradeshard_engine::validate_group(&key).is_ok().then_some(key)
+}
+
+/// Commits `offset` of `topic`, durably twice in one group commit: exactly, under the group's
+/// topic group (`group#topic`), and as the group's offset in the partition, the smallest of
+/// its topics there (what embedded consumers of the group and its lag see). Answers an error
+/// code (0: none).
 async fn commit(shared: &Shared, group: &str, topic: &str, partition: u32, offset: u64) -> i16 {
     let smallest = {
         let mut offsets = shared.kafka.offsets.lock().expect("offsets lock");
         let key = (group.to_string(), topic.to_string(), partition);
-        // Past the bound, a new (group, topic, partition) is not remembered exactly: its
-        // OffsetFetch answers the durable offset, which is at or before it (at least once).
+        // Past the bound, a new (group, topic, partition) is not remembered here: the
+        // smallest is then taken over those remembered, and its own offset.
         if offsets.0.len() < EXACT_OFFSETS_MAX || offsets.0.contains_key(&key) {
             offsets.0.insert(key, offset as i64);
         }
@@ -232,30 +241,51 @@ async fn commit(shared: &Shared, group: &str, topic: &str, partition: u32, offse
             .min()
             .map_or(offset, |smallest| smallest.min(offset as i64) as u64)
     };
-    match shared.handle.commit_partition_offset(group, partition, smallest).await {
+    let handle = &shared.handle;
+    let whole = handle.commit_partition_offset(group, partition, smallest);
+    let answers = match topic_group(group, topic) {
+        Some(exact) => {
+            let (whole, exact) =
+                futures_lite::future::zip(whole, handle.commit_partition_offset(&exact, partition, offset)).await;
+            whole.and(exact)
+        }
+        None => whole.await,
+    };
+    match answers {
         Ok(_) => 0,
         Err(error) => error_code(&error),
     }
 }
 
-/// The offset a group has for `topic` in `partition`: the exact one committed since the
-/// start, else the durable one (remembered from then on as this topic's, so that a commit
-/// of another topic of the group cannot move the durable offset past it), else -1.
+/// The offset a group has for `topic` in `partition`: the one committed since the start,
+/// else the durable one of its topic group, else the group's own (at or before it), else -1.
+/// What is found is remembered as this topic's, so that the group's own offset is never
+/// carried past a topic it reads.
 async fn committed(shared: &Shared, group: &str, topic: &str, partition: u32) -> Result<i64, i16> {
     let key = (group.to_string(), topic.to_string(), partition);
     if let Some(offset) = shared.kafka.offsets.lock().expect("offsets lock").0.get(&key).copied() {
         return Ok(offset);
     }
-    let durable = match shared.handle.partition_position(group, partition).await {
-        Ok(position) => position.committed,
-        Err(error) => return Err(error_code(&error)),
+    let durable = |name: String| async move {
+        match shared.handle.partition_position(&name, partition).await {
+            Ok(position) => Ok(position.committed),
+            Err(error) => Err(error_code(&error)),
+        }
     };
-    let Some(durable) = durable else { return Ok(-1) };
+    let exact = match topic_group(group, topic) {
+        Some(name) => durable(name).await?,
+        None => None,
+    };
+    let found = match exact {
+        Some(offset) => Some(offset),
+        None => durable(group.to_string()).await?,
+    };
+    let Some(found) = found else { return Ok(-1) };
     let mut offsets = shared.kafka.offsets.lock().expect("offsets lock");
     if offsets.0.len() < EXACT_OFFSETS_MAX {
-        offsets.0.entry(key).or_insert(durable as i64);
+        offsets.0.entry(key).or_insert(found as i64);
     }
-    Ok(durable as i64)
+    Ok(found as i64)
 }
 
 pub(crate) async fn offset_fetch(
