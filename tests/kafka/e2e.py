@@ -16,6 +16,7 @@ every wait is bounded. Checks:
 
 import json
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -263,6 +264,7 @@ def main(binary):
         bootstrap = ports["kafka"]
         # A third member, after the restart, resumes from the committed offsets.
         third = member("python", bootstrap, "settle", logs[2], 60, 5)
+        members.append(third)
         third.wait(timeout=120)
         assert third.returncode == 0
         deliveries, repeats = check_group_run(logs, expected)
@@ -280,6 +282,7 @@ def main(binary):
                 m.kill()
         if server.poll() is None:
             stop_server(server)
+        shutil.rmtree(work, ignore_errors=True)
 
 
 if __name__ == "__main__":
