@@ -1,6 +1,7 @@
 //! Any bytes as a Kafka request frame (without its length prefix), as `tradeshard serve`
-//! reads them off a connection: the decoder answers a request or an error, never a panic nor
-//! an allocation that ends the process (the server's allocator is the one installed here).
+//! reads them off a connection, and as the record batches of a Produce request: the decoders
+//! answer a request (messages) or an error, never a panic nor an allocation that ends the
+//! process (the server's allocator is the one installed here).
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
@@ -11,4 +12,5 @@ static ALLOCATOR: ReserveNothingForLarge = ReserveNothingForLarge;
 
 fuzz_target!(|bytes: &[u8]| {
     let _ = decode_request(bytes::Bytes::copy_from_slice(bytes));
+    let _ = tradeshard_server::fuzzing::produce_records(bytes::Bytes::copy_from_slice(bytes));
 });

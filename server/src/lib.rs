@@ -39,6 +39,16 @@ pub use alloc::{ReserveNothingForLarge, LARGE as LARGE_ALLOCATION_BYTES};
 pub use kafka::records::TradesEncoding;
 pub use kafka::{decode_request, DecodedRequest, RequestError};
 
+/// Entry points for the fuzz targets (`fuzz/`): decoders of bytes from the network.
+#[doc(hidden)]
+pub mod fuzzing {
+    /// A producer's record batches for partition 0 of topic `fuzz`, as a Produce request's
+    /// records are decoded: the messages made, or the refusal.
+    pub fn produce_records(bytes: bytes::Bytes) -> Result<usize, String> {
+        crate::kafka::records::decode_produced(bytes, "fuzz", 0).map(|m| m.len()).map_err(|e| format!("{e:?}"))
+    }
+}
+
 /// Where the server listens and what it bounds.
 #[derive(Debug, Clone)]
 pub struct ServerOptions {
