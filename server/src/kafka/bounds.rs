@@ -46,30 +46,46 @@ pub(crate) fn counts_fit(bytes: &[u8]) -> bool {
 
 /// The end of the record at `at` if its lengths and header count fit inside it.
 fn record_fits(bytes: &[u8], mut at: usize) -> Option<usize> {
-    let length = usize::try_from(varint(bytes, &mut at)?).ok()?;
+    let length = usize::try_from(varint32(bytes, &mut at)?).ok()?;
     let end = at.checked_add(length).filter(|end| *end <= bytes.len())?;
     let record = &bytes[..end];
     at += 1; // attributes
-    varint(record, &mut at)?; // timestamp delta
-    varint(record, &mut at)?; // offset delta
+    varint64(record, &mut at)?; // timestamp delta
+    varint32(record, &mut at)?; // offset delta
     for _ in 0..2 {
         // key, then value: a length (-1 for null) and its bytes
-        let len = varint(record, &mut at)?;
+        let len = varint32(record, &mut at)?;
         if len > 0 {
             at = at.checked_add(len as usize).filter(|a| *a <= end)?;
         }
     }
-    let headers = usize::try_from(varint(record, &mut at)?).ok()?;
+    let headers = usize::try_from(varint32(record, &mut at)?).ok()?;
     (headers <= end.saturating_sub(at) / HEADER_BYTES_MIN).then_some(end)
 }
 
-/// A zigzag varint (Kafka's record fields) at `at`, moving past it.
-fn varint(bytes: &[u8], at: &mut usize) -> Option<i64> {
-    let mut value = 0u64;
-    for shift in (0..70).step_by(7) {
+/// A zigzag varint of a 32-bit field at `at`, moving past it, read as the codec reads it
+/// (at most five bytes, the bits past 32 dropped); one whose fifth byte says more follows is
+/// refused, since the codec would stop there and read the rest as other fields.
+fn varint32(bytes: &[u8], at: &mut usize) -> Option<i32> {
+    let mut value = 0u32;
+    for i in 0..5 {
         let byte = *bytes.get(*at)?;
         *at += 1;
-        value |= u64::from(byte & 0x7f) << shift.min(63);
+        value |= u32::from(byte & 0x7f).wrapping_shl(7 * i);
+        if byte & 0x80 == 0 {
+            return Some((value >> 1) as i32 ^ -((value & 1) as i32));
+        }
+    }
+    None
+}
+
+/// A zigzag varint of a 64-bit field (at most ten bytes), likewise.
+fn varint64(bytes: &[u8], at: &mut usize) -> Option<i64> {
+    let mut value = 0u64;
+    for i in 0..10 {
+        let byte = *bytes.get(*at)?;
+        *at += 1;
+        value |= u64::from(byte & 0x7f).wrapping_shl(7 * i);
         if byte & 0x80 == 0 {
             return Some((value >> 1) as i64 ^ -((value & 1) as i64));
         }
@@ -131,7 +147,7 @@ mod tests {
         let mut bytes = fitting.clone();
         let first = BATCH_HEADER_BYTES;
         let mut at = first;
-        let length = varint(&bytes, &mut at).unwrap() as usize;
+        let length = varint32(&bytes, &mut at).unwrap() as usize;
         let header_count_at = at + length - 1;
         assert_eq!(bytes[header_count_at], 0, "no headers");
         bytes.splice(header_count_at..header_count_at + 1, [0xfe, 0xff, 0xff, 0xff, 0x0f]);
@@ -140,6 +156,17 @@ mod tests {
         bytes[8..12].copy_from_slice(&batch_length.to_be_bytes());
         assert!(!counts_fit(&bytes), "header count");
         assert!(!counts_fit(&fitting[..fitting.len() - 1]), "a batch cut short");
+        // An offset delta of six bytes: the codec reads five and would take the sixth for the
+        // key's length, so the walk refuses it rather than read otherwise than the codec.
+        let mut bytes = fitting.clone();
+        let mut at = first;
+        varint32(&bytes, &mut at).unwrap();
+        let offset_delta_at = at + 1 + 1; // attributes, a one-byte timestamp delta
+        bytes.splice(offset_delta_at..offset_delta_at + 1, [0x80, 0x80, 0x80, 0x80, 0x80, 0x00]);
+        bytes[first] = ((length + 5) * 2) as u8;
+        let batch_length = i32::from_be_bytes(bytes[8..12].try_into().unwrap()) + 5;
+        bytes[8..12].copy_from_slice(&batch_length.to_be_bytes());
+        assert!(!counts_fit(&bytes), "a varint longer than the codec reads");
         assert!(counts_fit(&[]), "no batch at all");
     }
 }

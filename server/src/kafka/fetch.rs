@@ -131,8 +131,13 @@ pub(crate) async fn fetch(shared: &Shared, _header: &RequestHeader, request: Fet
             }
             Some(Ok(batch)) => {
                 let end = batch.end_offset as i64;
-                let records = encode_events(batch, &want.topic, want.from, shared.options.trades_encoding);
-                data.with_high_watermark(end).with_last_stable_offset(end).with_records(Some(records))
+                match encode_events(batch, &want.topic, want.from, shared.options.trades_encoding) {
+                    Ok(records) => {
+                        data.with_high_watermark(end).with_last_stable_offset(end).with_records(Some(records))
+                    }
+                    // A record at the offset asked that does not decode: said, not skipped.
+                    Err(_) => data.with_high_watermark(end).with_error_code(ResponseError::CorruptMessage.code()),
+                }
             }
         };
         topics[want.topic_index].partitions.push(data);
@@ -207,7 +212,7 @@ pub(crate) async fn list_offsets(
             };
             partitions.push(match offset_for(shared, &name, partition, asked.timestamp).await {
                 Ok((offset, timestamp)) => answer.with_offset(offset).with_timestamp(timestamp),
-                Err(error) => answer.with_error_code(error_code(&error)).with_offset(-1),
+                Err(code) => answer.with_error_code(code).with_offset(-1),
             });
         }
         topics.push(ListOffsetsTopicResponse::default().with_name(topic.name).with_partitions(partitions));
@@ -215,15 +220,20 @@ pub(crate) async fn list_offsets(
     ListOffsetsResponse::default().with_topics(topics)
 }
 
-/// Reads one event of `topic` at or after `from`: its offset and time, if one comes within
-/// four reads (each reads through at most `SKIP_BYTES_MAX` of other records).
+/// Reads of other records a search by time goes through, at most, looking for one event
+/// (each read passes at most `SKIP_BYTES_MAX`).
+const SEARCH_READS_MAX: usize = 256;
+
+/// The first event of `topic` at or after `from` (its offset and write time), or `None` when
+/// the log has none up to its end; an error code when that takes more than
+/// `SEARCH_READS_MAX` reads.
 async fn first_event_from(
     shared: &Shared,
     topic: &str,
     partition: u32,
     mut from: u64,
-) -> Result<Option<(u64, u64)>, tradeshard_engine::Error> {
-    for _ in 0..4 {
+) -> Result<Option<(u64, u64)>, i16> {
+    for _ in 0..SEARCH_READS_MAX {
         let query = PollQuery {
             from,
             max_events: 1,
@@ -231,9 +241,9 @@ async fn first_event_from(
             wait: Duration::ZERO,
             subscription: subscription(topic),
         };
-        let batch = shared.handle.read_partition(partition, query).await?;
+        let batch = shared.handle.read_partition(partition, query).await.map_err(|e| error_code(&e))?;
         if let Some(event) = batch.events().next() {
-            let (offset, view) = event?;
+            let (offset, view) = event.map_err(|e| error_code(&e.into()))?;
             let at_ms = match view {
                 tradeshard_engine::EventView::Trade(trade) => trade.at_ms,
                 tradeshard_engine::EventView::Message(message) => message.at_ms,
@@ -245,19 +255,14 @@ async fn first_event_from(
         }
         from = batch.next_offset;
     }
-    Ok(None)
+    Err(ResponseError::RequestTimedOut.code())
 }
 
 /// ListOffsets' answer for one partition: -2 the earliest offset, -1 the latest (the durable
 /// end), otherwise the first event of the topic written at or after `timestamp` (a binary
 /// search over the log's offsets, whose write times only grow), or the end if none.
-async fn offset_for(
-    shared: &Shared,
-    topic: &str,
-    partition: u32,
-    timestamp: i64,
-) -> Result<(i64, i64), tradeshard_engine::Error> {
-    let position = shared.handle.partition_position("kafka", partition).await?;
+async fn offset_for(shared: &Shared, topic: &str, partition: u32, timestamp: i64) -> Result<(i64, i64), i16> {
+    let position = shared.handle.partition_position("kafka", partition).await.map_err(|e| error_code(&e))?;
     match timestamp {
         -2 => return Ok((position.first as i64, -1)),
         -1 => return Ok((position.end as i64, -1)),

@@ -34,8 +34,10 @@ use crate::Shared;
 const SESSION_TIMEOUT: std::ops::RangeInclusive<Duration> = Duration::from_secs(1)..=Duration::from_secs(300);
 const REBALANCE_TIMEOUT_MAX: Duration = Duration::from_secs(600);
 
+/// A Kafka group id the engine can keep offsets for: a valid engine group name without `#`,
+/// which separates a group from a topic in the names of the topics' exact offsets.
 fn valid_group(group: &str) -> bool {
-    tradeshard_engine::validate_group(group).is_ok()
+    tradeshard_engine::validate_group(group).is_ok() && !group.contains('#')
 }
 
 /// Waits for a coordinator's answer, moving the group's clock meanwhile (the first waiter to

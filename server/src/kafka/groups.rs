@@ -219,6 +219,15 @@ impl Default for Coordinator {
 }
 
 impl Coordinator {
+    /// Moves every group's clock, forgetting those left without members: at the limit of
+    /// groups, so that groups whose clients all went away do not hold it.
+    fn sweep(&mut self, now: Instant) {
+        for g in self.groups.values_mut() {
+            g.tick(now);
+        }
+        self.groups.retain(|_, g| !g.members.is_empty());
+    }
+
     /// Forgets `group` once it has no member (its offsets are the engine's, durable).
     fn forget_if_empty(&mut self, group: &str) {
         if self.groups.get(group).is_some_and(|g| g.members.is_empty()) {
@@ -249,30 +258,36 @@ impl Coordinator {
             return Err(ResponseError::InconsistentGroupProtocol);
         }
         // Checked before the group is made, so that a refused join leaves nothing behind.
+        if !self.groups.contains_key(group) && self.groups.len() >= GROUPS_MAX {
+            self.sweep(now);
+        }
         let groups = self.groups.len();
-        match self.groups.get_mut(group) {
+        let refusal = match self.groups.get_mut(group) {
             Some(g) => {
                 g.tick(now);
                 let others = || g.members.iter().filter(|(id, _)| **id != request.member_id);
-                if others().next().is_some() {
-                    let shared = request
-                        .protocols
-                        .iter()
-                        .any(|(name, _)| others().all(|(_, m)| m.protocols.iter().any(|(n, _)| n == name)));
-                    if g.protocol_type != request.protocol_type || !shared {
-                        return Err(ResponseError::InconsistentGroupProtocol);
-                    }
-                }
-                if !request.member_id.is_empty() && !g.members.contains_key(&request.member_id) {
-                    return Err(ResponseError::UnknownMemberId);
-                }
-                if request.member_id.is_empty() && g.members.len() >= MEMBERS_MAX {
-                    return Err(ResponseError::GroupMaxSizeReached);
+                let shared = request
+                    .protocols
+                    .iter()
+                    .any(|(name, _)| others().all(|(_, m)| m.protocols.iter().any(|(n, _)| n == name)));
+                if others().next().is_some() && (g.protocol_type != request.protocol_type || !shared) {
+                    Some(ResponseError::InconsistentGroupProtocol)
+                } else if !request.member_id.is_empty() && !g.members.contains_key(&request.member_id) {
+                    Some(ResponseError::UnknownMemberId)
+                } else if request.member_id.is_empty() && g.members.len() >= MEMBERS_MAX {
+                    Some(ResponseError::GroupMaxSizeReached)
+                } else {
+                    None
                 }
             }
-            None if !request.member_id.is_empty() => return Err(ResponseError::UnknownMemberId),
-            None if groups >= GROUPS_MAX => return Err(ResponseError::CoordinatorNotAvailable),
-            None => {}
+            None if !request.member_id.is_empty() => Some(ResponseError::UnknownMemberId),
+            None if groups >= GROUPS_MAX => Some(ResponseError::CoordinatorNotAvailable),
+            None => None,
+        };
+        if let Some(refusal) = refusal {
+            // The tick above may have emptied it.
+            self.forget_if_empty(group);
+            return Err(refusal);
         }
         let member_id = if request.member_id.is_empty() {
             self.next_member += 1;
@@ -397,8 +412,9 @@ impl Coordinator {
             return Ok(());
         }
         match self.member_in_generation(group, generation, member_id, now)? {
-            // Until the new assignments are out, no member knows what it owns.
-            State::PreparingRebalance | State::CompletingRebalance => Err(ResponseError::RebalanceInProgress),
+            // A member may still commit what it consumed while the group prepares a rebalance
+            // (the commit as partitions are revoked); not once new assignments are being made.
+            State::CompletingRebalance => Err(ResponseError::RebalanceInProgress),
             _ => Ok(()),
         }
     }
@@ -446,6 +462,7 @@ mod tests {
         let mut second = c.join("g", join_request(""), now).unwrap();
         assert!(second.try_take().is_none(), "waits for the first member to rejoin");
         assert_eq!(c.heartbeat("g", 1, &first.member_id, now), Err(ResponseError::RebalanceInProgress));
+        assert!(c.may_commit("g", 1, &first.member_id, now).is_ok(), "a commit as partitions are revoked");
         let again = take(c.join("g", join_request(&first.member_id), now).unwrap()).unwrap().unwrap();
         let second = second.try_take().unwrap().unwrap();
         assert_eq!((again.generation, second.generation), (2, 2));

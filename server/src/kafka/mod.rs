@@ -143,6 +143,8 @@ pub(crate) async fn serve(conn: &mut Conn) {
         let DecodedRequest { api_key, version, header, body } = request;
         let answer = match answer(conn, &header, body).await {
             Some(answer) => answer,
+            // Nothing to send (acks=0): on to the next request, unless the server stops.
+            None if conn.shared.shutdown.is_stopping() => return,
             None => continue,
         };
         if send(conn, api_key, version, header.correlation_id, &answer).await.is_err() {

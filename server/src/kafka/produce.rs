@@ -76,18 +76,16 @@ async fn produce_partition(
         }
     };
     let mut base_offset = None;
-    let mut stale = false;
     for answer in published {
         match answer {
             Ok(published) => {
                 base_offset.get_or_insert(published.id.offset as i64);
             }
-            // A repeat older than the producer's window was stored before (a producer's
-            // sequence numbers only grow): Kafka's DUPLICATE_SEQUENCE_NUMBER, which clients
-            // take as success.
-            Err(tradeshard_engine::Error::Refused(tradeshard_engine::Refusal::StaleSequence { .. })) => stale = true,
             // A record refused after others were stored: the client retries the batch, and an
-            // idempotent producer's stored records answer as repeats.
+            // idempotent producer's stored records answer as repeats. A repeat older than the
+            // producer's window (128 numbers) is refused too: the engine cannot tell it was
+            // stored (it does not require a producer's numbers without gaps), so it is never
+            // answered as a success.
             Err(error) => {
                 return PartitionProduceResponse::default()
                     .with_index(index)
@@ -95,10 +93,6 @@ async fn produce_partition(
                     .with_base_offset(-1)
             }
         }
-    }
-    if stale {
-        let code = ResponseError::DuplicateSequenceNumber.code();
-        return PartitionProduceResponse::default().with_index(index).with_error_code(code).with_base_offset(-1);
     }
     let mut topics = shared.kafka.topics.lock().expect("topics lock");
     if topics.len() < TOPICS_LISTED_MAX && !topics.contains(topic) {

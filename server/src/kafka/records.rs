@@ -49,9 +49,11 @@ struct Planned {
 
 /// The record batches of one partition's read of `topic`, from `from`; empty when the read
 /// neither found an event nor moved past anything. Keys and values are slices of the read's
-/// bytes (and of one buffer of the keys and JSON made here), not copies per record.
-pub(crate) fn encode_events(batch: EventBatch, topic: &str, from: u64, encoding: TradesEncoding) -> Bytes {
+/// bytes (and of one buffer of the keys and JSON made here), not copies per record. A record
+/// that does not decode ends the answer before it; the offset of one met first is the error.
+pub(crate) fn encode_events(batch: EventBatch, topic: &str, from: u64, encoding: TradesEncoding) -> Result<Bytes, u64> {
     let mut end = batch.next_offset;
+    let batch_next = batch.next_offset;
     let (read, spans) = batch.into_spans();
     let read = Bytes::from(read);
     let within = |part: &[u8]| {
@@ -103,6 +105,9 @@ pub(crate) fn encode_events(batch: EventBatch, topic: &str, from: u64, encoding:
             planned.push(Planned { offset, at_ms: trade.at_ms, key, value, headers: IndexMap::new() });
         }
     }
+    if planned.is_empty() && end == from && from < batch_next {
+        return Err(from);
+    }
     let made = made.freeze();
     let part = |part: &Part| match part {
         Part::Read(range) => read.slice(range.clone()),
@@ -117,9 +122,9 @@ pub(crate) fn encode_events(batch: EventBatch, topic: &str, from: u64, encoding:
     let mut out = BytesMut::with_capacity(read.len() + made.len() + records.len() * 24 + 128);
     let options = RecordEncodeOptions { version: 2, compression: Compression::None };
     if RecordBatchEncoder::encode(&mut out, records.iter(), &options).is_err() {
-        return Bytes::new();
+        return Ok(Bytes::new());
     }
-    out.freeze()
+    Ok(out.freeze())
 }
 
 fn record(offset: u64, at_ms: u64, key: Bytes, value: Bytes, headers: IndexMap<StrBytes, Option<Bytes>>) -> Record {
