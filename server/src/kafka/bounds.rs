@@ -96,31 +96,18 @@ fn varint64(bytes: &[u8], at: &mut usize) -> Option<i64> {
 #[cfg(test)]
 mod tests {
     use bytes::{Bytes, BytesMut};
-    use kafka_protocol::records::{Compression, Record, RecordBatchEncoder, RecordEncodeOptions, TimestampType};
+    use kafka_protocol::records::{Compression, RecordBatchEncoder, RecordEncodeOptions};
 
+    use super::super::records::record;
     use super::*;
-
-    fn record(offset: i64, key: Option<&'static [u8]>, value: Option<&'static [u8]>, headers: usize) -> Record {
-        Record {
-            transactional: false,
-            control: false,
-            delete_horizon: false,
-            partition_leader_epoch: 0,
-            producer_id: -1,
-            producer_epoch: -1,
-            timestamp_type: TimestampType::Creation,
-            offset,
-            sequence: -1,
-            timestamp: 0,
-            key: key.map(Bytes::from_static),
-            value: value.map(Bytes::from_static),
-            headers: (0..headers).map(|i| (i.to_string().into(), Some(Bytes::from_static(b"v")))).collect(),
-        }
-    }
 
     /// A record with a key and `headers` headers, then one with a value only.
     fn batch(headers: usize) -> Vec<u8> {
-        let records = [record(0, Some(b"k"), None, headers), record(1, None, Some(b"value"), 0)];
+        let headers = (0..headers).map(|i| (i.to_string().into(), Some(Bytes::from_static(b"v")))).collect();
+        let records = [
+            record(0, 0, Bytes::from_static(b"k"), Bytes::new(), headers),
+            record(1, 0, Bytes::new(), Bytes::from_static(b"value"), Default::default()),
+        ];
         let mut out = BytesMut::new();
         let options = RecordEncodeOptions { version: 2, compression: Compression::None };
         RecordBatchEncoder::encode(&mut out, records.iter(), &options).unwrap();

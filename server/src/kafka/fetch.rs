@@ -1,14 +1,13 @@
 //! Fetch and ListOffsets: reads of a topic in a partition, long-polled, and the offsets a
 //! client resets to.
 //!
-//! A Fetch first reads every partition asked without waiting; if that found fewer than
-//! `min_bytes`, it reads again with a wait, and answers as soon as one partition has data or
-//! the wait ends. Only durable records are read, and a half message is never a record of its
+//! A Fetch first reads every partition asked at once, without waiting; if that found nothing
+//! and the client allows a wait (`max_wait_ms`, `min_bytes` above 0), it reads again with a
+//! wait and answers as soon as one partition has data or the wait ends (a `min_bytes` above
+//! one event is taken as one event). Only durable records are read, and a half message is never a record of its
 //! topic until its commit, so the high watermark and the last stable offset are one: the
 //! log's durable end.
 
-use std::future::Future;
-use std::pin::Pin;
 use std::task::Poll;
 use std::time::Duration;
 
@@ -35,7 +34,7 @@ struct Wanted {
     max_bytes: usize,
 }
 
-type Read = Pin<Box<dyn Future<Output = Result<EventBatch, tradeshard_engine::Error>>>>;
+type Read = super::Pending<'static, Result<EventBatch, tradeshard_engine::Error>>;
 
 fn subscription(topic: &str) -> Subscription {
     match topic {
@@ -86,13 +85,19 @@ pub(crate) async fn fetch(shared: &Shared, _header: &RequestHeader, request: Fet
             });
         }
     }
-    let mut answers: Vec<Option<Result<EventBatch, tradeshard_engine::Error>>> = Vec::with_capacity(wanted.len());
-    for want in &wanted {
-        answers.push(match read(shared, want, Duration::ZERO) {
-            Some(read) => Some(read.await),
-            None => None,
-        });
-    }
+    let reads = wanted
+        .iter()
+        .map(|w| {
+            let read = read(shared, w, Duration::ZERO);
+            Box::pin(async move {
+                match read {
+                    Some(read) => Some(read.await),
+                    None => None,
+                }
+            }) as super::Pending<'_, Answer>
+        })
+        .collect();
+    let mut answers = super::join_all(reads).await;
     let found = wanted
         .iter()
         .zip(&answers)
@@ -149,37 +154,38 @@ fn return_range(data: PartitionData, first: u64, end: u64) -> PartitionData {
     data.with_high_watermark(end as i64).with_last_stable_offset(end as i64).with_log_start_offset(first as i64)
 }
 
-/// Runs `reads` together until one answers with events (or an error), all have answered,
-/// `limit` passes or the server stops; answers what each had answered by then.
+/// A partition's read: `None` for a partition that is not one.
+type Answer = Option<Result<EventBatch, tradeshard_engine::Error>>;
+
+/// Runs `reads` together until one answers (a waiting read answers once something lies
+/// beyond its offset, or its wait ended), `limit` passes or the server stops; answers what
+/// each had answered by then.
 async fn first_with_data(
     mut reads: Vec<Option<Read>>,
     limit: Duration,
     stopping: &crate::shutdown::Shutdown,
-) -> Vec<Option<Result<EventBatch, tradeshard_engine::Error>>> {
-    let mut answers: Vec<Option<Result<EventBatch, tradeshard_engine::Error>>> = reads.iter().map(|_| None).collect();
-    let all = std::future::poll_fn(|cx| {
-        let mut pending = false;
-        let mut found = false;
+) -> Vec<Answer> {
+    let mut answers: Vec<Answer> = reads.iter().map(|_| None).collect();
+    let first = std::future::poll_fn(|cx| {
+        let (mut pending, mut answered) = (false, false);
         for (read, answer) in reads.iter_mut().zip(answers.iter_mut()) {
             let Some(future) = read else { continue };
             match future.as_mut().poll(cx) {
                 Poll::Ready(result) => {
-                    // A waiting read answers once something lies beyond its offset (or its
-                    // wait ended, which ends every read's wait alike).
-                    found = true;
                     *answer = Some(result);
                     *read = None;
+                    answered = true;
                 }
                 Poll::Pending => pending = true,
             }
         }
-        if found || !pending {
+        if answered || !pending {
             Poll::Ready(())
         } else {
             Poll::Pending
         }
     });
-    futures_lite::future::or(all, async {
+    futures_lite::future::or(first, async {
         // The wait ends at its limit, or early for a stop.
         let deadline = std::time::Instant::now() + limit;
         while !stopping.is_stopping() {

@@ -249,6 +249,35 @@ fn api_name(api_key: ApiKey) -> &'static str {
     }
 }
 
+/// A future of a request's part, boxed so that parts of one request can be awaited together.
+pub(crate) type Pending<'a, T> = std::pin::Pin<Box<dyn std::future::Future<Output = T> + 'a>>;
+
+/// Awaits every future of `futures` together, answering in their order.
+pub(crate) async fn join_all<T>(futures: Vec<Pending<'_, T>>) -> Vec<T> {
+    let mut pending: Vec<Option<Pending<'_, T>>> = futures.into_iter().map(Some).collect();
+    let mut answers: Vec<Option<T>> = pending.iter().map(|_| None).collect();
+    std::future::poll_fn(|cx| {
+        let mut waiting = false;
+        for (slot, answer) in pending.iter_mut().zip(answers.iter_mut()) {
+            let Some(future) = slot else { continue };
+            match future.as_mut().poll(cx) {
+                std::task::Poll::Ready(value) => {
+                    *answer = Some(value);
+                    *slot = None;
+                }
+                std::task::Poll::Pending => waiting = true,
+            }
+        }
+        if waiting {
+            std::task::Poll::Pending
+        } else {
+            std::task::Poll::Ready(())
+        }
+    })
+    .await;
+    answers.into_iter().map(|answer| answer.expect("every future answered")).collect()
+}
+
 /// A Kafka partition index as the engine's partition, if it is one.
 pub(crate) fn partition_of(shared: &crate::Shared, index: i32) -> Option<u32> {
     let partitions = shared.handle.routing().physical_shards;

@@ -29,13 +29,30 @@ pub(crate) async fn produce(shared: &Shared, _header: &RequestHeader, request: P
         }
         return ProduceResponse::default().with_responses(responses);
     }
-    for topic in request.topic_data {
+    // Every partition's batch is sent before any answer is awaited, so that batches for
+    // partitions of different shards are made durable side by side, not one after another.
+    let mut names = Vec::with_capacity(request.topic_data.len());
+    let mut plan = Vec::new();
+    for (topic_index, topic) in request.topic_data.into_iter().enumerate() {
         let name = topic.name.0.to_string();
-        let mut partitions = Vec::with_capacity(topic.partition_data.len());
         for data in topic.partition_data {
-            partitions.push(produce_partition(shared, &name, data.index, data.records).await);
+            plan.push((topic_index, name.clone(), data.index, data.records));
         }
-        responses.push(TopicProduceResponse::default().with_name(topic.name).with_partition_responses(partitions));
+        names.push(topic.name);
+    }
+    let writes = plan
+        .iter()
+        .map(|(_, name, index, records)| {
+            Box::pin(produce_partition(shared, name, *index, records.clone()))
+                as super::Pending<'_, PartitionProduceResponse>
+        })
+        .collect();
+    let mut partitions: Vec<Vec<PartitionProduceResponse>> = names.iter().map(|_| Vec::new()).collect();
+    for ((topic_index, ..), answer) in plan.iter().zip(super::join_all(writes).await) {
+        partitions[*topic_index].push(answer);
+    }
+    for (name, partitions) in names.into_iter().zip(partitions) {
+        responses.push(TopicProduceResponse::default().with_name(name).with_partition_responses(partitions));
     }
     ProduceResponse::default().with_responses(responses)
 }

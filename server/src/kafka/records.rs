@@ -127,7 +127,14 @@ pub(crate) fn encode_events(batch: EventBatch, topic: &str, from: u64, encoding:
     Ok(out.freeze())
 }
 
-fn record(offset: u64, at_ms: u64, key: Bytes, value: Bytes, headers: IndexMap<StrBytes, Option<Bytes>>) -> Record {
+/// A record as fetches answer it: not transactional, the log-append time, no producer.
+pub(crate) fn record(
+    offset: u64,
+    at_ms: u64,
+    key: Bytes,
+    value: Bytes,
+    headers: IndexMap<StrBytes, Option<Bytes>>,
+) -> Record {
     Record {
         transactional: false,
         control: false,
@@ -160,17 +167,8 @@ fn gap_marker(offset: u64) -> Record {
     Record {
         transactional: true,
         control: true,
-        delete_horizon: false,
-        partition_leader_epoch: 0,
-        producer_id: -1,
-        producer_epoch: -1,
-        timestamp_type: TimestampType::LogAppend,
-        offset: offset as i64,
         sequence: -1,
-        timestamp: 0,
-        key: Some(key.freeze()),
-        value: Some(value.freeze()),
-        headers: IndexMap::new(),
+        ..record(offset, 0, key.freeze(), value.freeze(), IndexMap::new())
     }
 }
 
