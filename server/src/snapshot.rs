@@ -33,6 +33,8 @@ pub(crate) struct HistogramSample {
     pub buckets: Vec<(f64, u64)>,
     pub sum: f64,
     pub count: u64,
+    /// The names `stats` shows its p50 and p99 under.
+    pub quantile_names: [&'static str; 2],
 }
 
 impl HistogramSample {
@@ -157,13 +159,7 @@ pub(crate) async fn take(shared: &Shared) -> Result<Snapshot, tradeshard_engine:
     push("requests", "Requests answered over the Kafka protocol.", Kind::Counter, Scope::Total, requests as f64);
     let histograms = histograms(&stats.shards);
     for histogram in &histograms {
-        for (q, suffix) in [(0.5, "p50"), (0.99, "p99")] {
-            let name = match (histogram.name, suffix) {
-                ("durable_flush_seconds", "p50") => "durable_flush_p50_seconds",
-                ("durable_flush_seconds", _) => "durable_flush_p99_seconds",
-                (_, "p50") => "group_commit_records_p50",
-                _ => "group_commit_records_p99",
-            };
+        for (q, name) in [(0.5, histogram.quantile_names[0]), (0.99, histogram.quantile_names[1])] {
             // The stats face shows the quantiles' bucket bounds; metrics carry the histograms.
             samples.push(Sample {
                 name,
@@ -200,6 +196,7 @@ fn histograms(shards: &[tradeshard_engine::ShardStats]) -> Vec<HistogramSample> 
             buckets: micros.iter().enumerate().map(|(i, c)| (bound(i) / 1e6, *c)).collect(),
             sum: micros_sum as f64 / 1e6,
             count: micros.iter().sum(),
+            quantile_names: ["durable_flush_p50_seconds", "durable_flush_p99_seconds"],
         },
         HistogramSample {
             name: "group_commit_records",
@@ -207,6 +204,7 @@ fn histograms(shards: &[tradeshard_engine::ShardStats]) -> Vec<HistogramSample> 
             buckets: records.iter().enumerate().map(|(i, c)| (bound(i), *c)).collect(),
             sum: records_sum as f64,
             count: records.iter().sum(),
+            quantile_names: ["group_commit_records_p50", "group_commit_records_p99"],
         },
     ]
 }
