@@ -11,8 +11,8 @@ use std::path::PathBuf;
 
 use tradeshard_engine::{Manifest, FORMAT_VERSION};
 use tradeshard_shard::{
-    AccountOp, BranchAction, BranchPlan, Currency, Decision, JournalRecord, MessageBody, MessageOp, MessageRecord,
-    OffsetCommit, RecordKind, Step, TccRecord, TradeId, TradeRecord,
+    AccountOp, BranchAction, BranchPlan, Currency, Decision, Funding, JournalRecord, MessageBody, MessageOp,
+    MessageRecord, OffsetCommit, RecordKind, Step, TccRecord, TradeId, TradeRecord,
 };
 use tradeshard_tests::{new_trade, run};
 use tradeshard_wal::disk::SimDisk;
@@ -26,6 +26,7 @@ fn trade_records() -> Vec<Vec<u8>> {
     let id = TradeId::new(3, 41);
     let trade = new_trade(7, 1, 5000).validate().unwrap();
     let created = TradeRecord::created(id, &trade, 1_700_000_000_000);
+    let id2 = TradeId::new(3, 42);
     let change = |kind: RecordKind, amount: u64, at: u64| TradeRecord {
         kind,
         amount,
@@ -52,6 +53,16 @@ fn trade_records() -> Vec<Vec<u8>> {
         tcc_record().encode(),
         message_record(MessageOp::Publish).encode(),
         message_record(MessageOp::Nack).encode(),
+        // A second trade, paid from the buyer's balance and settled to a merchant of shard 1.
+        TradeRecord { trade_id: id2, ..created.clone() }.encode(),
+        TradeRecord { trade_id: id2, funding: Funding::Balance, ..change(RecordKind::Paid, 5000, 1_700_000_000_700) }
+            .encode(),
+        TradeRecord {
+            trade_id: id2,
+            funding: Funding::Settles { merchant_shard: 1, credit: 5000 },
+            ..change(RecordKind::Settled, 5000, 1_700_000_000_800)
+        }
+        .encode(),
     ]
 }
 

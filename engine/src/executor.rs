@@ -144,6 +144,7 @@ async fn run(
     for (shard_id, shard, cache) in recovered {
         match shard.start_with_cache(cache).await {
             Ok(shard) => {
+                shard.set_routing(plan.routing.users());
                 shards.shards.insert(shard_id, shard);
             }
             Err(error) => {

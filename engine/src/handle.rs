@@ -191,9 +191,18 @@ impl EngineHandle {
         self.write_to_trade(id, Command::Move { id, to: Move::Pay }).await
     }
 
-    /// `Paid → Settled`. Repeating it on a settled trade answers the original receipt.
+    /// `Paid → Settled`. Repeating it on a settled trade answers the original receipt. A trade
+    /// paid from a balance credits its merchant's account with what was not refunded (and
+    /// settles after a partial refund too): answered once the credit is made, or, if it could
+    /// not be made now, once it is recorded for recovery to make.
     pub async fn settle(&self, id: TradeId) -> Result<Receipt> {
-        self.write_to_trade(id, Command::Move { id, to: Move::Settle }).await
+        let settled = self.write_to_trade(id, Command::Move { id, to: Move::Settle }).await?;
+        if settled.from_balance {
+            // The trade is settled and the credit recorded: a failure to carry it out now is
+            // not the settle's, recovery makes the credit.
+            let _ = self.credit_settlement(&settled).await;
+        }
+        Ok(settled)
     }
 
     /// `Created → Closed`. Repeating it on a closed trade answers the original receipt.

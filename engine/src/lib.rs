@@ -42,6 +42,7 @@ mod orders;
 mod participants;
 mod partitions;
 mod routing;
+mod trade_payments;
 mod transfers;
 
 use glommio::ExecutorJoinHandle;

@@ -23,9 +23,10 @@ use crate::error::{Error, Result};
 /// The data directory format this build writes and reads (5: shards keep their trades in a
 /// table on disk, `trades.table`, and checkpoints no longer hold them; 6: order keys and
 /// confirmed claims are in sorted runs on disk; 7: accounts, journal records and flexible
-/// transactions, in the logs and in checkpoints of version 4; directories of formats 1 to 6
-/// are refused).
-pub const FORMAT_VERSION: u32 = 8;
+/// transactions, in the logs and in checkpoints of version 4; 8: application messages; 9:
+/// trades paid from a balance, in trade records' funding bytes and the stored status byte;
+/// directories of other formats are refused).
+pub const FORMAT_VERSION: u32 = 9;
 const MANIFEST: &str = "MANIFEST";
 const LOCK: &str = "LOCK";
 /// Where the manifest is written before its rename; a leftover of an interrupted creation.

@@ -7,7 +7,7 @@
 //! the same way without its user. A merchant order number has a home shard of its own, by the
 //! hash of (merchant, order number), where it is claimed (`orders.rs`).
 
-use tradeshard_shard::{TradeError, TradeId};
+use tradeshard_shard::{TradeError, TradeId, UserRouting};
 
 /// The routing of one open engine.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -20,7 +20,12 @@ pub struct Routing {
 impl Routing {
     /// The logical shard of a user.
     pub fn logical_of_user(&self, user_id: u64) -> u32 {
-        (xxhash_rust::xxh3::xxh3_64(&user_id.to_le_bytes()) % self.logical_shards as u64) as u32
+        self.users().logical_of_user(user_id)
+    }
+
+    /// The shard counts, as a shard routes a user.
+    pub fn users(&self) -> UserRouting {
+        UserRouting { logical_shards: self.logical_shards, physical_shards: self.physical_shards }
     }
 
     /// The home shard of a merchant order number, by its order key (`order_key`, an xxh3-128

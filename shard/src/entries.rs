@@ -76,6 +76,7 @@ impl TradeEntry {
             amount: self.lifecycle.amount,
             refunded_amount: self.lifecycle.refunded,
             updated_ms: self.updated_ms,
+            from_balance: self.lifecycle.from_balance,
             replayed,
         }
     }
@@ -149,7 +150,7 @@ pub(crate) fn sample_entry(status: crate::trade::TradeStatus, refunded: u64) -> 
         logical_shard: 7,
         user_id: 42,
         merchant_id: 9,
-        lifecycle: crate::lifecycle::Lifecycle { status, amount: 1_000, refunded },
+        lifecycle: crate::lifecycle::Lifecycle { status, amount: 1_000, refunded, from_balance: false },
         currency: crate::currency::Currency::parse("CNY").unwrap(),
         updated_ms: 1_700_000_000_000,
         created_at: CreatedAt::Stored(StoredPart { seq: 5, offset: 4_096, len: 140 }),

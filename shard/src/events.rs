@@ -305,6 +305,7 @@ mod tests {
             currency: Currency::parse("CNY").unwrap(),
             created: None,
             refund_no: None,
+            funding: Default::default(),
         }
         .encode()
     }

@@ -24,6 +24,14 @@ pub fn account_request_key(user_id: u64, request_no: &str) -> u128 {
     xxhash_rust::xxh3::xxh3_128_with_seed(request_no.as_bytes(), seed)
 }
 
+/// The id of the activity that credits the merchant of trade `id` (paid from a balance) in
+/// another shard when the trade settles: one per trade, found again by any retry.
+pub fn settlement_activity(id: crate::trade::TradeId) -> u128 {
+    let mut fixed = *b"settle::\0\0\0\0\0\0\0\0";
+    fixed[8..].copy_from_slice(&id.0.to_le_bytes());
+    xxhash_rust::xxh3::xxh3_128(&fixed)
+}
+
 /// The key of the idempotency map: a 128-bit hash of (merchant id, order number).
 pub fn order_key(merchant_id: u64, order_no: &str) -> u128 {
     let mut bytes = [0u8; 8 + ORDER_NO_BYTES_MAX];

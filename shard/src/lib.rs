@@ -40,6 +40,7 @@ mod read;
 mod record;
 pub mod reply;
 mod retention;
+mod routing;
 mod runs;
 mod scheduler;
 mod shard;
@@ -52,6 +53,7 @@ mod tcc_write;
 mod trade;
 mod trade_cache;
 mod trade_file;
+mod trade_money;
 mod trade_table;
 mod validate;
 mod write;
@@ -74,7 +76,7 @@ pub use join::join_all;
 #[cfg(any(test, feature = "testing"))]
 pub use journal::JournalRecord;
 pub use journal::{AccountOp, REQUEST_NO_BYTES_MAX};
-pub use keys::account_request_key;
+pub use keys::{account_request_key, settlement_activity};
 pub use lifecycle::Move;
 pub use message::{
     validate_topic, MessageBody, MessageOp, MessageRecord, MessageView, RollbackReason, HEADERS_MAX, HEADER_BYTES_MAX,
@@ -86,9 +88,10 @@ pub use message_book::{
 };
 pub use message_write::{MessageCommand, DELAY_MAX};
 pub use read::ListQuery;
-pub use record::{CreatedFields, CreatedFieldsView, RecordKind, TradeRecord, TradeRecordView};
+pub use record::{CreatedFields, CreatedFieldsView, Funding, RecordKind, TradeRecord, TradeRecordView};
 pub use reply::{Reply, ReplyFuture};
 pub use retention::Upkeep;
+pub use routing::UserRouting;
 /// The reader of a run file, for fuzzing (`testing` feature).
 #[cfg(any(test, feature = "testing"))]
 pub use runs::{decode_for_fuzzing as decode_run_file, sample_for_fuzzing as sample_run_file};

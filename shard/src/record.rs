@@ -50,6 +50,22 @@ impl RecordKind {
     }
 }
 
+/// Where a trade's money comes from and goes to: outside the engine, or the engine's own
+/// accounts (a trade paid from the buyer's balance, the merchant credited when it settles).
+/// Each record says what it moves, so that applying it needs nothing but the record.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Serialize, Deserialize)]
+pub enum Funding {
+    /// Paid outside the engine (a card, a bank), or a record that moves no money.
+    #[default]
+    External,
+    /// A Paid record debiting the buyer's available balance by the amount, or a Refunded
+    /// record crediting the refund back to it.
+    Balance,
+    /// A Settled record of a trade paid from a balance: credits `credit` (what was not
+    /// refunded) to the merchant, whose accounts live in physical shard `merchant_shard`.
+    Settles { merchant_shard: u16, credit: u64 },
+}
+
 /// One decoded record: a trade event.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct TradeRecord {
@@ -66,6 +82,9 @@ pub struct TradeRecord {
     /// `Refunded` only: the caller's refund request number, which makes a retried refund
     /// answer the original instead of refunding twice.
     pub refund_no: Option<String>,
+    /// What a Paid, Refunded or Settled record of a trade paid from a balance moves between
+    /// accounts; `External` for every other record.
+    pub funding: Funding,
 }
 
 /// The fields only a `Created` record carries.
@@ -91,6 +110,7 @@ impl TradeRecord {
                 memo: trade.memo.clone(),
             }),
             refund_no: None,
+            funding: Funding::External,
         }
     }
 
@@ -99,7 +119,14 @@ impl TradeRecord {
         out.push(RECORD_VERSION);
         out.push(self.kind as u8);
         out.extend_from_slice(&self.currency.bytes());
-        out.extend_from_slice(&[0; 3]);
+        match self.funding {
+            Funding::External => out.extend_from_slice(&[0; 3]),
+            Funding::Balance => out.extend_from_slice(&[1, 0, 0]),
+            Funding::Settles { merchant_shard, .. } => {
+                out.push(2);
+                out.extend_from_slice(&merchant_shard.to_le_bytes());
+            }
+        }
         for field in [self.trade_id.0, self.user_id, self.merchant_id, self.at_ms, self.amount] {
             out.extend_from_slice(&field.to_le_bytes());
         }
@@ -114,6 +141,10 @@ impl TradeRecord {
             assert!(self.kind == RecordKind::Refunded && (1..=REFUND_NO_BYTES_MAX).contains(&refund_no.len()));
             out.push(refund_no.len() as u8);
             out.extend_from_slice(refund_no.as_bytes());
+        }
+        if let Funding::Settles { credit, .. } = self.funding {
+            assert!(self.kind == RecordKind::Settled, "only a Settled record credits a merchant");
+            out.extend_from_slice(&credit.to_le_bytes());
         }
     }
 
@@ -147,6 +178,7 @@ pub struct TradeRecordView<'a> {
     pub created: Option<CreatedFieldsView<'a>>,
     /// `Refunded` only: the caller's refund request number.
     pub refund_no: Option<&'a str>,
+    pub funding: Funding,
 }
 
 /// The fields only a `Created` record carries, borrowed.
@@ -172,6 +204,7 @@ impl<'a> TradeRecordView<'a> {
                 memo: created.memo.to_string(),
             }),
             refund_no: self.refund_no.map(str::to_string),
+            funding: self.funding,
         }
     }
 
@@ -185,9 +218,14 @@ impl<'a> TradeRecordView<'a> {
         }
         let kind = RecordKind::from_u8(bytes[1]).ok_or("unknown record kind")?;
         let currency = Currency::from_bytes([bytes[2], bytes[3], bytes[4]]).ok_or("unknown currency in record")?;
-        if bytes[5..8] != [0; 3] {
-            return Err("reserved record bytes are not zero");
-        }
+        let merchant_shard = u16::from_le_bytes([bytes[6], bytes[7]]);
+        let mut funding = match (bytes[5], kind) {
+            (0, _) if merchant_shard == 0 => Funding::External,
+            (1, RecordKind::Paid | RecordKind::Refunded) if merchant_shard == 0 => Funding::Balance,
+            // The credit follows the fixed part.
+            (2, RecordKind::Settled) => Funding::Settles { merchant_shard, credit: 0 },
+            _ => return Err("funding bytes of an unknown kind, or on a record that moves no money"),
+        };
         let field = |i: usize| u64::from_le_bytes(bytes[8 + 8 * i..16 + 8 * i].try_into().expect("8 bytes"));
         let mut record = TradeRecordView {
             kind,
@@ -199,8 +237,18 @@ impl<'a> TradeRecordView<'a> {
             currency,
             created: None,
             refund_no: None,
+            funding,
         };
-        let rest = &bytes[FIXED_BYTES..];
+        let mut rest = &bytes[FIXED_BYTES..];
+        if let Funding::Settles { credit, .. } = &mut funding {
+            let credited: [u8; 8] = rest.get(..8).ok_or("settled record cut short")?.try_into().expect("8 bytes");
+            *credit = u64::from_le_bytes(credited);
+            if *credit == 0 || *credit > record.amount {
+                return Err("a merchant's credit of nothing, or of more than the trade's amount");
+            }
+            record.funding = funding;
+            rest = &rest[8..];
+        }
         if kind == RecordKind::Refunded {
             let (refund_no, rest) = take_string(rest, 1, REFUND_NO_BYTES_MAX)?;
             if refund_no.is_empty() || !refund_no.bytes().all(|b| b.is_ascii_graphic()) {
@@ -252,7 +300,40 @@ mod tests {
             created: (kind == RecordKind::Created)
                 .then(|| CreatedFields { merchant_order_no: "A-1".into(), memo: "gift wrap, 礼物".into() }),
             refund_no: (kind == RecordKind::Refunded).then(|| "R-2026-1".into()),
+            funding: Funding::External,
         }
+    }
+
+    #[test]
+    fn funding_round_trips_only_where_money_moves() {
+        let settles = Funding::Settles { merchant_shard: 513, credit: 400 };
+        for (kind, funding) in [
+            (RecordKind::Paid, Funding::Balance),
+            (RecordKind::Refunded, Funding::Balance),
+            (RecordKind::Settled, settles),
+        ] {
+            let record = TradeRecord { funding, ..sample(kind) };
+            let bytes = record.encode();
+            assert_eq!(TradeRecord::decode(&bytes), Ok(record));
+            assert!(TradeRecord::decode(&bytes[..bytes.len() - 1]).is_err());
+        }
+        let settled = TradeRecord { funding: settles, ..sample(RecordKind::Settled) }.encode();
+        for credit in [0u64, 501] {
+            let mut wrong = settled.clone();
+            wrong[48..56].copy_from_slice(&credit.to_le_bytes());
+            assert!(TradeRecord::decode(&wrong).is_err(), "credit {credit} of a 500 trade");
+        }
+        for kind in [RecordKind::Created, RecordKind::Closed] {
+            let mut bytes = sample(kind).encode();
+            bytes[5] = 1;
+            assert!(TradeRecord::decode(&bytes).is_err(), "{kind:?} moves no money");
+        }
+        let mut named = TradeRecord { funding: Funding::Balance, ..sample(RecordKind::Paid) }.encode();
+        named[6] = 1;
+        assert!(TradeRecord::decode(&named).is_err(), "only a Settled record names the merchant's shard");
+        let mut unknown = sample(RecordKind::Paid).encode();
+        unknown[5] = 2;
+        assert!(TradeRecord::decode(&unknown).is_err());
     }
 
     #[test]

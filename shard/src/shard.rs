@@ -30,7 +30,7 @@ use crate::id_hash::IdMap;
 use crate::index::ShardIndex;
 use crate::key_runs::KeyRuns;
 use crate::parts::PartsStore;
-use crate::record::{RecordKind, TradeRecord};
+use crate::record::{Funding, RecordKind, TradeRecord};
 use crate::retention::Upkeep;
 use crate::state::{Accepted, Inner, ShardReply};
 use crate::system_record::LogRecord;
@@ -142,6 +142,7 @@ impl<D: Disk> RecoveredShard<D> {
         opened.open_ms = began.elapsed().as_millis() as u64;
         let inner = Rc::new(Inner {
             shard_id,
+            routing: std::cell::Cell::new(crate::routing::UserRouting::SINGLE),
             wal,
             checkpoints: Checkpoints::new(upkeep, parts, table, checkpoint.as_ref()),
             opened,
@@ -158,6 +159,14 @@ impl<D: Disk> RecoveredShard<D> {
 }
 
 impl<D: Disk> Shard<D> {
+    /// Where users' accounts live, so that a trade paid from a balance credits its merchant in
+    /// the right shard when it settles. A shard opened on its own holds every user
+    /// ([`UserRouting::SINGLE`](crate::UserRouting::SINGLE)); the engine sets its directory's
+    /// shard counts before it takes a request.
+    pub fn set_routing(&self, routing: crate::routing::UserRouting) {
+        self.inner.routing.set(routing);
+    }
+
     /// Opens the shard's log on `disk`, loading the latest checkpoint and replaying the log
     /// after it, with a read-through cache of `cache_bytes` (0: every read goes to the log)
     /// and the default upkeep.
@@ -213,6 +222,15 @@ impl<D: Disk> Shard<D> {
             }
             index.note_applied(at.seq);
             let applied = LogRecord::decode(bytes).and_then(|record| match record {
+                // The money a record moves is applied in log order, even when the trade's own
+                // change waits for the table: account records after it were checked with it.
+                LogRecord::Trade(record) if record.funding != Funding::External => {
+                    index.apply_money(&record, shard_id)?;
+                    match deferred.takes(&index, &record) {
+                        true => Ok(deferred.records.push((record, at))),
+                        false => index.apply(&record, at),
+                    }
+                }
                 LogRecord::Trade(record) if deferred.takes(&index, &record) => {
                     deferred.records.push((record, at));
                     Ok(())

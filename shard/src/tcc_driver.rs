@@ -18,6 +18,11 @@
 //! 4. **Confirm** (or **Cancel**) each other branch, all at once.
 //! 5. **Complete** in the initiator's shard once every branch answered.
 //!
+//! An activity may also be recorded already decided to commit, with no Try made (the credit
+//! of a settled trade paid from a balance: the Settled record is the decision). Its Confirm
+//! finds no Try and is sent again with the Try before it, in one local transaction: Confirm
+//! still uses only what that Try reserved.
+//!
 //! Every step is idempotent, so a step sent twice (a retry, recovery driving an activity its
 //! initiator is still driving) changes nothing more. Recovery ([`finish_activity`]) takes an
 //! activity not completed from where its record stands: undecided past its deadline, it is
@@ -69,7 +74,19 @@ async fn reach<S: StepSender>(sender: &S, activity: u128, plan: BranchPlan, call
         BranchCall::Confirm => Step::Confirm { activity, branch },
         BranchCall::Cancel => Step::Cancel { activity, branch, action },
     };
-    sender.send(plan.shard, vec![step]).await.is_ok()
+    match sender.send(plan.shard, vec![step]).await {
+        Ok(_) => true,
+        // A branch of an activity recorded decided at its begin (the credit of a settled trade
+        // paid from a balance, `trade_money.rs`) has no Try before its Confirm: both go
+        // together, in one local transaction of the branch's shard.
+        Err(error)
+            if call == BranchCall::Confirm && matches!(error.refusal(), Some(Refusal::BranchNotTried { .. })) =>
+        {
+            let both = vec![Step::Try { activity, branch, action }, Step::Confirm { activity, branch }];
+            sender.send(plan.shard, both).await.is_ok()
+        }
+        Err(_) => false,
+    }
 }
 
 /// The branches whose steps go with the initiator's own records (accounts of its shard), and

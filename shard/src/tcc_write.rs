@@ -136,13 +136,25 @@ impl MoneyView for Books<'_> {
 }
 
 /// Durable state seen through the writes in flight, with a transaction's changes on top.
-struct Scratch<'a> {
+pub(crate) struct Scratch<'a> {
     accounts: &'a AccountBook,
     tcc: &'a TccBook,
     in_flight: &'a InFlightAccounts,
     balances: HashMap<AccountKey, Balance>,
     branches: HashMap<(u128, u16), BranchEntry>,
     activities: HashMap<u128, ActivityEntry>,
+}
+
+impl<'a> Scratch<'a> {
+    pub(crate) fn over(accounts: &'a AccountBook, tcc: &'a TccBook, in_flight: &'a InFlightAccounts) -> Scratch<'a> {
+        let (balances, branches, activities) = (HashMap::new(), HashMap::new(), HashMap::new());
+        Scratch { accounts, tcc, in_flight, balances, branches, activities }
+    }
+
+    /// The balances the rules changed.
+    pub(crate) fn into_balances(self) -> Vec<(AccountKey, Balance)> {
+        self.balances.into_iter().collect()
+    }
 }
 
 impl MoneyView for Scratch<'_> {
@@ -219,14 +231,7 @@ pub(crate) fn transact_on<D: Disk>(inner: &Rc<Inner<D>>, steps: Vec<Step>, reply
         }
     }
     let at_ms = now_ms();
-    let mut scratch = Scratch {
-        accounts: index.accounts(),
-        tcc: index.tcc(),
-        in_flight: &accepted.accounts,
-        balances: HashMap::new(),
-        branches: HashMap::new(),
-        activities: HashMap::new(),
-    };
+    let mut scratch = Scratch::over(index.accounts(), index.tcc(), &accepted.accounts);
     let mut answers = Vec::with_capacity(steps.len());
     for step in &steps {
         match apply_step(&mut scratch, step, at_ms) {
@@ -237,7 +242,7 @@ pub(crate) fn transact_on<D: Disk>(inner: &Rc<Inner<D>>, steps: Vec<Step>, reply
     if answers.iter().all(|answer| answer.repeat) {
         return reply.send(Ok(answers));
     }
-    let balances: Vec<(AccountKey, Balance)> = scratch.balances.into_iter().collect();
+    let balances = scratch.into_balances();
     let record = TccRecord { at_ms, steps };
     let ticket = match inner.wal.enqueue(&record.encode()) {
         Ok(ticket) => ticket,

@@ -142,6 +142,9 @@ pub struct Receipt {
     pub amount: u64,
     pub refunded_amount: u64,
     pub updated_ms: u64,
+    /// The trade was paid from the buyer's balance (`pay_from_balance`): its refunds go back
+    /// to that balance and settling it credits the merchant's account.
+    pub from_balance: bool,
     /// The request repeated one already done (a create of an order number already taken with
     /// the same body, a move the trade already made, a refund request number already
     /// refunded): this is the original's answer and nothing was written.

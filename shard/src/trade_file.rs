@@ -22,7 +22,7 @@ use crate::currency::Currency;
 use crate::error::{LogError, TradeError};
 use crate::index::{CreatedAt, StoredPart, TradeEntry};
 use crate::lifecycle::Lifecycle;
-use crate::trade::{TradeId, TradeStatus};
+use crate::trade::TradeId;
 
 /// The table's file name in the shard's directory.
 pub(crate) const TABLE_NAME: &str = "trades.table";
@@ -68,7 +68,7 @@ pub(crate) fn encode(id: TradeId, entry: &TradeEntry, version: u64, out: &mut [u
     let part_len = u16::try_from(part.len).map_err(|_| "a created part longer than a record can say")?;
     let out = &mut out[..RECORD_BYTES];
     out[0..2].copy_from_slice(&entry.logical_shard.to_le_bytes());
-    out[2] = entry.lifecycle.status as u8;
+    out[2] = entry.lifecycle.status_byte();
     out[3..6].copy_from_slice(&entry.currency.bytes());
     out[6..8].copy_from_slice(&part_len.to_le_bytes());
     let words = [
@@ -103,7 +103,7 @@ pub fn decode(counter: u64, bytes: &[u8]) -> Result<Option<TableRecord>, &'stati
         return Err("trade record checksum mismatch");
     }
     let logical_shard = u16::from_le_bytes([bytes[0], bytes[1]]);
-    let status = TradeStatus::from_u8(bytes[2]).ok_or("trade record with an unknown status")?;
+    let (status, from_balance) = Lifecycle::of_status_byte(bytes[2]).ok_or("trade record with an unknown status")?;
     let currency =
         Currency::from_bytes([bytes[3], bytes[4], bytes[5]]).ok_or("trade record with an unknown currency")?;
     let part_len = u16::from_le_bytes([bytes[6], bytes[7]]);
@@ -116,7 +116,7 @@ pub fn decode(counter: u64, bytes: &[u8]) -> Result<Option<TableRecord>, &'stati
         logical_shard,
         user_id: word(0),
         merchant_id: word(1),
-        lifecycle: Lifecycle { status, amount, refunded },
+        lifecycle: Lifecycle { status, amount, refunded, from_balance },
         currency,
         updated_ms: word(4),
         created_at: CreatedAt::Stored(StoredPart { offset: word(5), seq: word(6), len: u32::from(part_len) }),
@@ -235,7 +235,12 @@ pub fn sample_for_fuzzing() -> Vec<u8> {
         logical_shard: 3,
         user_id: 7,
         merchant_id: 1007,
-        lifecycle: Lifecycle { status: TradeStatus::Refunded, amount: 5_000, refunded: 1_000 },
+        lifecycle: Lifecycle {
+            status: crate::trade::TradeStatus::Refunded,
+            amount: 5_000,
+            refunded: 1_000,
+            from_balance: true,
+        },
         currency: Currency::parse("CNY").expect("a known code"),
         updated_ms: 1_700_000_000_300,
         created_at: CreatedAt::Stored(StoredPart { seq: 10, offset: 8_192, len: 120 }),
@@ -249,6 +254,7 @@ pub fn sample_for_fuzzing() -> Vec<u8> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::trade::TradeStatus;
 
     fn entry(status: TradeStatus, refunded: u64) -> TradeEntry {
         crate::entries::sample_entry(status, refunded)

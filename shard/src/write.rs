@@ -22,12 +22,14 @@ use crate::error::{InputError, LogError, Refusal, TradeError};
 use crate::index::{body_hash, order_key, refund_key, ShardIndex};
 use crate::key_runs::{KeyState, Lookup, RunRead};
 use crate::lifecycle::{next_state, Action, Lifecycle, Move};
-use crate::record::TradeRecord;
+use crate::record::{Funding, TradeRecord};
 use crate::shard::Shard;
 use crate::state::{Accepted, AfterDurable, Effect, EffectKeys, InFlight, Inner, ShardReply, Waiter, WaitingWrite};
 use crate::system_record::{LogRecord, OffsetCommit};
+use crate::tcc_write::Scratch;
 use crate::trade::now_ms;
 use crate::trade::{Receipt, TradeId, TradeStatus, ValidTrade, COUNTER_BITS};
+use crate::trade_money::apply_funding;
 
 /// A change to an existing trade, as the write path checks it.
 enum Change {
@@ -216,7 +218,7 @@ fn create<D: Disk>(
     };
     let seq = ticket.seq();
     accepted.next_counter += 1;
-    let lifecycle = Lifecycle { status: TradeStatus::Created, amount: trade.amount, refunded: 0 };
+    let lifecycle = Lifecycle { status: TradeStatus::Created, amount: trade.amount, refunded: 0, from_balance: false };
     let in_flight = InFlight {
         lifecycle,
         last_seq: seq,
@@ -288,6 +290,16 @@ fn change<D: Disk>(
         Ok(next) => next,
         Err(error) => return reply.send(Err(error)),
     };
+    let funding = match action {
+        Action::PayFromBalance => Funding::Balance,
+        Action::Refund(_) if next.from_balance => Funding::Balance,
+        Action::Settle if next.from_balance => {
+            let merchant_shard = inner.routing.get().physical_of_user(current.merchant_id);
+            let merchant_shard = u16::try_from(merchant_shard).expect("physical shards are fewer than logical ones");
+            Funding::Settles { merchant_shard, credit: next.settles() }
+        }
+        _ => Funding::External,
+    };
     let record = TradeRecord {
         kind: action.record_kind(),
         trade_id: id,
@@ -298,12 +310,22 @@ fn change<D: Disk>(
         currency: current.currency,
         created: None,
         refund_no,
+        funding,
     };
+    // The money it moves, checked against the balances durable and in flight.
+    let mut scratch = Scratch::over(index.accounts(), index.tcc(), &accepted.accounts);
+    if let Err(refusal) = apply_funding(&mut scratch, &record, inner.shard_id) {
+        return reply.send(Err(refusal.into()));
+    }
+    let balances = scratch.into_balances();
     let ticket = match inner.wal.enqueue(&record.encode()) {
         Ok(ticket) => ticket,
         Err(error) => return reply.send(Err(error.into())),
     };
     let seq = ticket.seq();
+    for (key, balance) in balances {
+        accepted.accounts.note_balance(key, balance, seq);
+    }
     accepted.trades.insert(id, InFlight { lifecycle: next, last_seq: seq, ..current });
     if let (EffectKeys::Refund { key }, Action::Refund(amount)) = (keys, action) {
         accepted.refunds.insert(key, (id, amount, seq));

@@ -10,7 +10,7 @@ use crate::index::{
 use crate::lifecycle::Lifecycle;
 use crate::system_record::OffsetCommit;
 use crate::tcc_book::TccItem;
-use crate::trade::{TradeId, TradeStatus, LOGICAL_SHARDS_MAX};
+use crate::trade::{TradeId, LOGICAL_SHARDS_MAX};
 
 /// The block pages start on.
 pub(crate) const PAGE_ALIGN: usize = 4096;
@@ -260,7 +260,7 @@ fn encode_item(item: &Item, out: &mut Vec<u8>) {
             let l = entry.lifecycle;
             u64s(out, &[id.0, entry.user_id, entry.merchant_id, l.amount, l.refunded, entry.updated_ms]);
             out.extend_from_slice(&entry.currency.bytes());
-            out.push(l.status as u8);
+            out.push(l.status_byte());
             u64s(out, &[part.seq, part.offset]);
             out.extend_from_slice(&part.len.to_le_bytes());
         }
@@ -330,7 +330,8 @@ pub(crate) fn decode_items(payload: &[u8]) -> Result<PageItems, &'static str> {
                     (reader.u64()?, reader.u64()?, reader.u64()?, reader.u64()?, reader.u64()?);
                 let currency_bytes: [u8; 3] = reader.take(3)?.try_into().expect("3 bytes");
                 let currency = Currency::from_bytes(currency_bytes).ok_or("checkpoint trade has no valid currency")?;
-                let status = TradeStatus::from_u8(reader.u8()?).ok_or("checkpoint trade has no valid status")?;
+                let (status, from_balance) =
+                    Lifecycle::of_status_byte(reader.u8()?).ok_or("checkpoint trade has no valid status")?;
                 if refunded > amount {
                     return Err("checkpoint trade refunded more than its amount");
                 }
@@ -339,7 +340,7 @@ pub(crate) fn decode_items(payload: &[u8]) -> Result<PageItems, &'static str> {
                     logical_shard: id.logical_shard() as u16,
                     user_id,
                     merchant_id,
-                    lifecycle: Lifecycle { status, amount, refunded },
+                    lifecycle: Lifecycle { status, amount, refunded, from_balance },
                     currency,
                     updated_ms,
                     created_at: CreatedAt::Stored(part),

@@ -27,7 +27,7 @@ pub(super) fn sample_items() -> Vec<Item> {
         logical_shard: 3,
         user_id: 11,
         merchant_id: 12,
-        lifecycle: Lifecycle { status: TradeStatus::Refunded, amount: 500, refunded: 120 },
+        lifecycle: Lifecycle { status: TradeStatus::Refunded, amount: 500, refunded: 120, from_balance: true },
         currency: Currency::parse("EUR").unwrap(),
         updated_ms: 1_700_000_000_123,
         created_at: CreatedAt::Stored(StoredPart { seq: 99, offset: 4_000, len: 140 }),

@@ -30,7 +30,7 @@ use crate::lifecycle::{next_state, Action, Lifecycle};
 use crate::message::MessageRecord;
 use crate::message_book::{MessageBook, MessageItem, MessageReceipt};
 use crate::partitioned::PartitionedMap;
-use crate::record::{RecordKind, TradeRecord};
+use crate::record::{Funding, RecordKind, TradeRecord};
 use crate::system_record::{ClaimOutcome, ClaimSettled, OffsetCommit, OrderClaim};
 use crate::tcc::TccRecord;
 use crate::tcc_book::{apply_step, StepAnswer, TccBook, TccItem};
@@ -158,6 +158,14 @@ impl ShardIndex {
         Books { accounts: &mut self.accounts, tcc: &mut self.tcc }
     }
 
+    /// Applies the money a durable trade record of shard `home` moves (a trade paid from a
+    /// balance, `trade_money.rs`), whether or not the trade's own change is applied now.
+    pub(crate) fn apply_money(&mut self, record: &TradeRecord, home: u32) -> Result<(), &'static str> {
+        let mut books = self.books();
+        crate::trade_money::apply_funding(&mut books, record, home)
+            .map_err(|_| "a trade's payment from a balance does not apply to the accounts")
+    }
+
     /// Applies a durable local transaction, step by step; returns each step's answer.
     pub(crate) fn apply_tcc(&mut self, record: &TccRecord) -> Result<Vec<StepAnswer>, &'static str> {
         let mut books = self.books();
@@ -272,13 +280,14 @@ impl ShardIndex {
 
     /// The answer a repeat of a durable refund gets: the trade as that refund left it.
     pub fn refund_receipt(&self, refund: &RefundEntry) -> Receipt {
-        let amount = self.get(refund.trade_id).map_or(0, |entry| entry.lifecycle.amount);
+        let trade = self.get(refund.trade_id).map(|entry| entry.lifecycle);
         Receipt {
             id: refund.trade_id,
             status: TradeStatus::Refunded,
-            amount,
+            amount: trade.map_or(0, |trade| trade.amount),
             refunded_amount: refund.refunded_after,
             updated_ms: refund.at_ms,
+            from_balance: trade.is_some_and(|trade| trade.from_balance),
             replayed: true,
         }
     }
@@ -385,7 +394,12 @@ impl ShardIndex {
                 logical_shard: id.logical_shard() as u16,
                 user_id: record.user_id,
                 merchant_id: record.merchant_id,
-                lifecycle: Lifecycle { status: TradeStatus::Created, amount: record.amount, refunded: 0 },
+                lifecycle: Lifecycle {
+                    status: TradeStatus::Created,
+                    amount: record.amount,
+                    refunded: 0,
+                    from_balance: false,
+                },
                 currency: record.currency,
                 updated_ms: record.at_ms,
                 created_at: CreatedAt::Log(at),
@@ -418,13 +432,23 @@ impl ShardIndex {
         }
         let entry = self.trades.get_mut(id).ok_or("change to a trade that does not exist")?;
         let action = match record.kind {
+            RecordKind::Paid if record.funding == Funding::Balance => Action::PayFromBalance,
             RecordKind::Paid => Action::Pay,
             RecordKind::Settled => Action::Settle,
             RecordKind::Closed => Action::Close,
             RecordKind::Refunded => Action::Refund(record.amount),
             RecordKind::Created => unreachable!("handled above"),
         };
-        entry.lifecycle = next_state(id, entry.lifecycle, action).map_err(|_| "change breaks the trade lifecycle")?;
+        let next = next_state(id, entry.lifecycle, action).map_err(|_| "change breaks the trade lifecycle")?;
+        // The money a record moved (applied on its own, `apply_money`) is the trade's to move.
+        let credit_ok = match record.funding {
+            Funding::Settles { credit, .. } => credit == next.settles(),
+            Funding::External | Funding::Balance => true,
+        };
+        if (record.funding != Funding::External) != next.from_balance || !credit_ok {
+            return Err("a record moves money the trade's payment does not");
+        }
+        entry.lifecycle = next;
         entry.updated_ms = record.at_ms;
         if record.kind == RecordKind::Refunded {
             let refund_no = record.refund_no.as_deref().ok_or("refund record without its request number")?;
