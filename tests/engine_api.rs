@@ -189,6 +189,24 @@ fn bad_input_is_a_typed_error_and_leaves_no_trace() {
             |e| matches!(e, Error::Invalid(InputError::BadTradeId { .. })),
         ),
         on_trade("pay unknown", unknown, |h, id| h.pay_blocking(id).map(drop), |e| matches!(e, Error::NotFound(_))),
+        on_trade(
+            "pay from balance, unknown trade",
+            unknown,
+            |h, id| h.pay_from_balance_blocking(id).map(drop),
+            |e| matches!(e, Error::NotFound(_)),
+        ),
+        on_trade(
+            "pay from balance, foreign shard",
+            foreign_shard,
+            |h, id| h.pay_from_balance_blocking(id).map(drop),
+            |e| matches!(e, Error::Invalid(InputError::BadTradeId { .. })),
+        ),
+        on_trade(
+            "pay from an empty balance",
+            created.id,
+            |h, id| h.pay_from_balance_blocking(id).map(drop),
+            |e| matches!(e, Error::Refused(Refusal::InsufficientFunds { available: 0, requested: 100, .. })),
+        ),
         on_trade("get unknown", unknown, |h, id| h.get_blocking(id).map(drop), |e| matches!(e, Error::NotFound(_))),
         on_trade(
             "empty refund number",

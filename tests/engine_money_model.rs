@@ -1,14 +1,16 @@
-//! A property test of accounts and transfers against a plain in-memory model: random
-//! deposits, withdrawals and transfers (within a shard and across shards) over a few users,
-//! their request numbers drawn from a few so that requests are retried and reused for other
-//! amounts, with reopens and checkpoints in between. Every answer is compared with the
-//! model's (done, a repeat answering the original, too little money, a conflict), and every
-//! balance after each step; the balances sum to deposits less withdrawals throughout.
+//! A property test of accounts, transfers and trades paid from balances against a plain
+//! in-memory model: random deposits, withdrawals and transfers (within a shard and across
+//! shards) over a few users, their request numbers drawn from a few so that requests are
+//! retried and reused for other amounts; trades bought from a balance, refunded under refund
+//! request numbers and settled to merchants among the same users; reopens and checkpoints in
+//! between. Every answer is compared with the model's (done, a repeat answering the original,
+//! too little money, a conflict, a move the trade's state forbids), and every balance after
+//! each step; balances plus what paid trades hold sum to deposits less withdrawals throughout.
 
 use std::collections::HashMap;
 
 use proptest::prelude::*;
-use tradeshard_engine::{Engine, EngineHandle, Error, Refusal};
+use tradeshard_engine::{Engine, EngineHandle, Error, NewTrade, Refusal, TradeStatus};
 use tradeshard_tests::engine_options;
 
 const USERS: u64 = 6;
@@ -31,6 +33,22 @@ enum Op {
         amount: u64,
         number: u8,
     },
+    /// A trade of `buyer` to `merchant` created and paid from the buyer's balance.
+    Buy {
+        buyer: u64,
+        merchant: u64,
+        amount: u64,
+        order: u8,
+    },
+    /// A refund of the `pick`-th trade made so far, under refund request number `number`.
+    Refund {
+        pick: usize,
+        amount: u64,
+        number: u8,
+    },
+    Settle {
+        pick: usize,
+    },
     /// The `n`-th request sent so far, sent again as a client that lost its answer would.
     Again(usize),
     Reopen,
@@ -44,6 +62,11 @@ fn op() -> impl Strategy<Value = Op> {
         4 => (1..=USERS, 1..USERS, 1u64..400, 0u8..5).prop_map(|(from, step, amount, number)| {
             Op::Transfer { from, to: 1 + (from - 1 + step) % USERS, amount, number }
         }),
+        3 => (1..=USERS, 1..=USERS, 1u64..300, 0u8..4).prop_map(|(buyer, merchant, amount, order)| {
+            Op::Buy { buyer, merchant, amount, order }
+        }),
+        2 => (any::<usize>(), 1u64..150, 0u8..3).prop_map(|(pick, amount, number)| Op::Refund { pick, amount, number }),
+        2 => any::<usize>().prop_map(|pick| Op::Settle { pick }),
         3 => any::<usize>().prop_map(Op::Again),
         1 => Just(Op::Reopen),
         1 => Just(Op::Checkpoint),
@@ -65,6 +88,18 @@ enum Expected {
     Repeat,
     TooLittle,
     Conflict,
+    /// A move the trade's state forbids, or a refund beyond what is left.
+    Forbidden,
+}
+
+/// A trade the model made: (buyer, merchant, amount, status, refunded).
+#[derive(Debug, Clone, Copy)]
+struct TradeModel {
+    buyer: u64,
+    merchant: u64,
+    amount: u64,
+    status: TradeStatus,
+    refunded: u64,
 }
 
 #[derive(Default)]
@@ -72,6 +107,10 @@ struct Model {
     balances: HashMap<u64, u64>,
     /// (user, request number) → what it did.
     requests: HashMap<(u64, u8), Asked>,
+    /// Trades by order number, in the order they were made.
+    trades: Vec<(String, TradeModel)>,
+    /// (merchant, buyer, refund number) → the refunded trade's order number and the amount.
+    refunds: HashMap<(u64, u64, u8), (String, u64)>,
 }
 
 impl Model {
@@ -92,6 +131,69 @@ impl Model {
         self.requests.insert((user, number), asked);
         Expected::Done
     }
+
+    fn trade(&mut self, order_no: &str) -> Option<&mut TradeModel> {
+        self.trades.iter_mut().find(|(order, _)| order == order_no).map(|(_, trade)| trade)
+    }
+
+    /// A create (new, or repeated) and a payment from the buyer's balance.
+    fn buy(&mut self, order_no: &str, buyer: u64, merchant: u64, amount: u64) -> Expected {
+        if self.trade(order_no).is_none() {
+            let trade = TradeModel { buyer, merchant, amount, status: TradeStatus::Created, refunded: 0 };
+            self.trades.push((order_no.to_string(), trade));
+        }
+        let balance = self.balances.get(&buyer).copied().unwrap_or(0);
+        let trade = self.trade(order_no).expect("made above");
+        match trade.status {
+            TradeStatus::Created if balance < amount => Expected::TooLittle,
+            TradeStatus::Created => {
+                trade.status = TradeStatus::Paid;
+                *self.balances.entry(buyer).or_default() -= amount;
+                Expected::Done
+            }
+            // The trade made this move: a repeat. Past it, a payment is a move its state forbids.
+            TradeStatus::Paid => Expected::Repeat,
+            _ => Expected::Forbidden,
+        }
+    }
+
+    fn refund(&mut self, order_no: &str, amount: u64, number: u8) -> Expected {
+        let trade = *self.trade(order_no).expect("a trade made");
+        let key = (trade.merchant, trade.buyer, number);
+        if let Some((refunded, original)) = self.refunds.get(&key) {
+            return if refunded == order_no && *original == amount { Expected::Repeat } else { Expected::Conflict };
+        }
+        let refundable = matches!(trade.status, TradeStatus::Paid | TradeStatus::Refunded);
+        if !refundable || amount > trade.amount - trade.refunded {
+            return Expected::Forbidden;
+        }
+        let trade = self.trade(order_no).expect("a trade made");
+        (trade.status, trade.refunded) = (TradeStatus::Refunded, trade.refunded + amount);
+        let buyer = trade.buyer;
+        *self.balances.entry(buyer).or_default() += amount;
+        self.refunds.insert(key, (order_no.to_string(), amount));
+        Expected::Done
+    }
+
+    fn settle(&mut self, order_no: &str) -> Expected {
+        let trade = self.trade(order_no).expect("a trade made");
+        match trade.status {
+            TradeStatus::Settled => Expected::Repeat,
+            TradeStatus::Paid | TradeStatus::Refunded if trade.refunded < trade.amount => {
+                trade.status = TradeStatus::Settled;
+                let (merchant, credit) = (trade.merchant, trade.amount - trade.refunded);
+                *self.balances.entry(merchant).or_default() += credit;
+                Expected::Done
+            }
+            _ => Expected::Forbidden,
+        }
+    }
+
+    /// What paid trades hold: the money in transit.
+    fn held(&self) -> u64 {
+        let held = |t: &TradeModel| matches!(t.status, TradeStatus::Paid | TradeStatus::Refunded);
+        self.trades.iter().filter(|(_, t)| held(t)).map(|(_, t)| t.amount - t.refunded).sum()
+    }
 }
 
 /// The engine's answer, in the model's terms.
@@ -100,7 +202,12 @@ fn classify<T>(answer: Result<T, Error>, replayed: impl Fn(&T) -> bool) -> Expec
         Ok(receipt) if replayed(&receipt) => Expected::Repeat,
         Ok(_) => Expected::Done,
         Err(Error::Refused(Refusal::InsufficientFunds { .. })) => Expected::TooLittle,
-        Err(Error::Refused(Refusal::AccountRequestConflict { .. })) => Expected::Conflict,
+        Err(Error::Refused(Refusal::AccountRequestConflict { .. } | Refusal::RefundRequestConflict { .. })) => {
+            Expected::Conflict
+        }
+        Err(Error::Refused(Refusal::IllegalTransition { .. } | Refusal::RefundExceedsPaid { .. })) => {
+            Expected::Forbidden
+        }
         Err(other) => panic!("an answer the model has no place for: {other}"),
     }
 }
@@ -115,7 +222,8 @@ fn check_balances(handle: &EngineHandle, model: &Model) {
     }
     let totals = handle.account_totals_blocking().unwrap();
     assert_eq!(totals.values().sum::<u128>(), u128::from(sum));
-    assert_eq!(handle.money_in_transit_blocking().unwrap().values().sum::<i128>(), 0);
+    let in_transit = handle.money_in_transit_blocking().unwrap().values().sum::<i128>();
+    assert_eq!(in_transit, i128::from(model.held()), "money in transit is what paid trades hold");
 }
 
 proptest! {
@@ -134,7 +242,13 @@ proptest! {
                 Op::Again(_) => continue,
                 ref other => other.clone(),
             };
-            if matches!(op, Op::Deposit { .. } | Op::Withdraw { .. } | Op::Transfer { .. }) {
+            // A refund or settle picks among the trades made so far.
+            let picked = |pick: usize| model.trades.get(pick % model.trades.len().max(1)).map(|(order, _)| order.clone());
+            let op = match op {
+                Op::Refund { pick, .. } | Op::Settle { pick } if picked(pick).is_none() => continue,
+                other => other,
+            };
+            if !matches!(op, Op::Reopen | Op::Checkpoint) {
                 sent.push(op.clone());
             }
             let (expected, got) = match op {
@@ -149,6 +263,33 @@ proptest! {
                 Op::Transfer { from, to, amount, number } => {
                     let answer = handle.transfer_blocking(from, to, "CNY", amount, &format!("n{number}"));
                     (model.apply(from, number, Asked::Transfer(to, amount)), classify(answer, |r| r.replayed))
+                }
+                Op::Buy { buyer, merchant, amount, order } => {
+                    let order_no = format!("B{buyer}-{order}-{amount}");
+                    let trade = NewTrade {
+                        buyer_id: buyer,
+                        merchant_id: merchant,
+                        merchant_order_no: order_no.clone(),
+                        amount,
+                        currency: "CNY".into(),
+                        memo: String::new(),
+                    };
+                    let id = handle.create_trade_blocking(trade).unwrap().id;
+                    let answer = handle.pay_from_balance_blocking(id);
+                    (model.buy(&order_no, buyer, merchant, amount), classify(answer, |r| r.replayed))
+                }
+                Op::Refund { pick, amount, number } => {
+                    let order_no = picked(pick).expect("checked above");
+                    let trade = *model.trade(&order_no).expect("made");
+                    let id = handle.get_by_order_blocking(trade.merchant, &order_no).unwrap().id;
+                    let answer = handle.refund_blocking(id, &format!("r{number}"), amount);
+                    (model.refund(&order_no, amount, number), classify(answer, |r| r.replayed))
+                }
+                Op::Settle { pick } => {
+                    let order_no = picked(pick).expect("checked above");
+                    let trade = *model.trade(&order_no).expect("made");
+                    let id = handle.get_by_order_blocking(trade.merchant, &order_no).unwrap().id;
+                    (model.settle(&order_no), classify(handle.settle_blocking(id), |r| r.replayed))
                 }
                 Op::Reopen => {
                     engine.close().unwrap();

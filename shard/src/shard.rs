@@ -226,10 +226,11 @@ impl<D: Disk> Shard<D> {
                 // change waits for the table: account records after it were checked with it.
                 LogRecord::Trade(record) if record.funding != Funding::External => {
                     index.apply_money(&record, shard_id)?;
-                    match deferred.takes(&index, &record) {
-                        true => Ok(deferred.records.push((record, at))),
-                        false => index.apply(&record, at),
+                    if !deferred.takes(&index, &record) {
+                        return index.apply(&record, at);
                     }
+                    deferred.records.push((record, at));
+                    Ok(())
                 }
                 LogRecord::Trade(record) if deferred.takes(&index, &record) => {
                     deferred.records.push((record, at));

@@ -19,7 +19,7 @@ use kafka_protocol::records::{
 };
 use std::fmt::Write;
 
-use tradeshard_engine::{EventBatch, MessageView, OutgoingMessage, TradeRecordView};
+use tradeshard_engine::{EventBatch, Funding, MessageView, OutgoingMessage, TradeRecordView};
 
 /// How trade events are encoded in the topic `trades`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -197,6 +197,11 @@ pub(crate) fn write_trade_json(out: &mut impl Write, trade: &TradeRecordView<'_>
         out.write_str(",\"refund_no\":")?;
         write_json_string(out, refund_no)?;
     }
+    match trade.funding {
+        Funding::External => {}
+        Funding::Balance => out.write_str(",\"from_balance\":true")?,
+        Funding::Settles { credit, .. } => write!(out, ",\"from_balance\":true,\"merchant_credit\":{credit}")?,
+    }
     out.write_char('}')
 }
 
@@ -280,4 +285,42 @@ pub(crate) fn decode_produced(
         messages.push(message);
     }
     Ok(messages)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tradeshard_engine::{Currency, RecordKind, TradeId, TradeRecord};
+
+    fn json(kind: RecordKind, funding: Funding) -> String {
+        let record = TradeRecord {
+            kind,
+            trade_id: TradeId(5),
+            user_id: 7,
+            merchant_id: 9,
+            at_ms: 11,
+            amount: 300,
+            currency: Currency::parse("CNY").unwrap(),
+            created: None,
+            refund_no: (kind == RecordKind::Refunded).then(|| "R-1".into()),
+            funding,
+        };
+        let bytes = record.encode();
+        let mut out = String::new();
+        write_trade_json(&mut out, &TradeRecordView::decode(&bytes).unwrap()).unwrap();
+        out
+    }
+
+    #[test]
+    fn events_of_a_trade_paid_from_a_balance_say_what_moved() {
+        let base = "\"kind\":\"paid\",\"trade_id\":5,\"user_id\":7,\"merchant_id\":9,\"at_ms\":11,\"amount\":300,";
+        assert_eq!(json(RecordKind::Paid, Funding::External), format!("{{{base}\"currency\":\"CNY\"}}"));
+        assert_eq!(
+            json(RecordKind::Paid, Funding::Balance),
+            format!("{{{base}\"currency\":\"CNY\",\"from_balance\":true}}")
+        );
+        let settled = json(RecordKind::Settled, Funding::Settles { merchant_shard: 1, credit: 250 });
+        assert!(settled.ends_with(",\"from_balance\":true,\"merchant_credit\":250}"), "{settled}");
+        assert!(json(RecordKind::Refunded, Funding::Balance).ends_with("\"refund_no\":\"R-1\",\"from_balance\":true}"));
+    }
 }
