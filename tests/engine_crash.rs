@@ -100,15 +100,17 @@ fn acknowledged_writes_survive_kill_9_exactly_once() {
     }
 }
 
-/// Kill -9 under transfers within and across shards: after each reopen, recovery leaves no
-/// activity unfinished (the child's were past their 50 ms deadline or decided), no account
-/// holds a reservation, no money is in transit, the balances sum to the deposits, and every
-/// acknowledged transfer, sent again, answers as it was acknowledged. Twenty cycles, or
+/// Kill -9 under transfers within and across shards and trades paid from balances: after each
+/// reopen, recovery leaves no activity unfinished (the child's were past their 50 ms deadline
+/// or decided, settlements' credits decided), no account holds a reservation, every
+/// acknowledged payment, refund and settlement is there, the money in transit is what paid
+/// trades hold, balances plus that sum to the deposits, and every acknowledged transfer, sent
+/// again, answers as it was acknowledged. Twenty cycles, or
 /// `TRADESHARD_KILL_CYCLES` (the long run in `TESTING.md`).
 #[test]
 fn transfers_end_once_and_conserve_money_after_kill_9() {
     let cycles: usize = std::env::var("TRADESHARD_KILL_CYCLES").ok().and_then(|n| n.parse().ok()).unwrap_or(20);
-    let (mut in_doubt_at_open, mut frozen_at_open) = (0u64, 0u64);
+    let (mut in_doubt_at_open, mut frozen_at_open, mut settled_trades) = (0u64, 0u64, 0usize);
     let dir = tempfile::tempdir().unwrap();
     let options =
         || Options { activity_recovery_interval: Duration::from_millis(20), ..engine_options(dir.path(), 2, 2) };
@@ -116,8 +118,15 @@ fn transfers_end_once_and_conserve_money_after_kill_9() {
     let mut acked: Vec<(u64, u64, u64, String, bool)> = Vec::new();
     for cycle in 0..cycles {
         let (lines, stderr) = run_child_and_kill("transfer-writer", dir.path(), &[], 16 + 200 + 100 * (cycle % 3));
-        let transfers: Vec<_> = lines.iter().filter(|line| !line.starts_with("deposit")).collect();
-        assert!(transfers.len() >= 200, "cycle {cycle}: {} transfers acknowledged; stderr:\n{stderr}", transfers.len());
+        let is_transfer = |line: &&String| line.starts_with("transfer") || line.starts_with("cancelled");
+        let transfers: Vec<_> = lines.iter().filter(is_transfer).collect();
+        assert!(transfers.len() >= 100, "cycle {cycle}: {} transfers acknowledged; stderr:\n{stderr}", transfers.len());
+        let trades: Vec<(&str, TradeId)> = lines
+            .iter()
+            .filter_map(|line| line.split_once(' '))
+            .filter(|(what, _)| ["paid", "refunded", "settled"].contains(what))
+            .map(|(what, id)| (what, TradeId(id.parse().unwrap())))
+            .collect();
         for line in transfers {
             let words: Vec<&str> = line.split(' ').collect();
             let number = |at: usize| words[at].parse::<u64>().unwrap();
@@ -138,15 +147,36 @@ fn transfers_end_once_and_conserve_money_after_kill_9() {
             assert!(started.elapsed() < Duration::from_secs(10), "cycle {cycle}: activities left in doubt");
             std::thread::sleep(Duration::from_millis(10));
         }
-        assert_eq!(handle.money_in_transit_blocking().unwrap().values().sum::<i128>(), 0);
+        // Every trade is paid from its buyer's balance: what the paid ones not settled hold is
+        // the money in transit, once no activity is in doubt.
+        for (what, id) in &trades {
+            let trade = handle.get_blocking(*id).unwrap();
+            let at_least = match *what {
+                "paid" => [TradeStatus::Paid, TradeStatus::Refunded, TradeStatus::Settled].contains(&trade.status),
+                "refunded" => trade.refunded_amount > 0 && trade.status != TradeStatus::Paid,
+                _ => trade.status == TradeStatus::Settled,
+            };
+            assert!(at_least, "cycle {cycle}: acknowledged {what}, found {trade:?}");
+        }
+        let mut held = 0;
+        for user in 1..=16 {
+            for trade in handle.list_user_trades_blocking(user, 10_000, None).unwrap() {
+                if matches!(trade.status, TradeStatus::Paid | TradeStatus::Refunded) {
+                    held += i128::from(trade.amount - trade.refunded_amount);
+                }
+            }
+        }
+        let in_transit = handle.money_in_transit_blocking().unwrap().values().sum::<i128>();
+        assert_eq!(in_transit, held, "cycle {cycle}: money in transit is what paid trades hold");
         let mut sum = 0;
         for user in 1..=16 {
             let balance = handle.balance_blocking(user, "CNY").unwrap();
             assert_eq!((balance.frozen, balance.incoming), (0, 0), "cycle {cycle}: user {user} {balance:?}");
             sum += balance.available;
         }
-        assert_eq!(sum, 16_000, "cycle {cycle}: balances sum to the deposits");
-        assert_eq!(handle.account_totals_blocking().unwrap()[&cny], 16_000);
+        assert_eq!(i128::from(sum) + held, 16_000, "cycle {cycle}: balances and trades hold the deposits");
+        assert_eq!(handle.account_totals_blocking().unwrap()[&cny] as i128 + in_transit, 16_000);
+        settled_trades += trades.iter().filter(|(what, _)| *what == "settled").count();
         for (from, to, amount, request_no, committed) in acked.iter().filter(|a| a.3.starts_with(&format!("c{cycle}-")))
         {
             let request_no = request_no.split_once('-').unwrap().1;
@@ -164,7 +194,7 @@ fn transfers_end_once_and_conserve_money_after_kill_9() {
             let _ = std::fs::remove_dir_all(&path).or_else(|_| std::fs::remove_file(&path));
         }
     }
-    println!("kill -9 under transfers: {cycles} cycles; {in_doubt_at_open} activities in doubt and {frozen_at_open} frozen at the opens, all driven to their end");
+    println!("kill -9 under transfers: {cycles} cycles; {in_doubt_at_open} activities in doubt and {frozen_at_open} frozen at the opens, all driven to their end; {settled_trades} acknowledged settlements of trades paid from balances");
 }
 
 /// Commits half messages whose payload asks for it (`-c`), rolls back the rest.

@@ -8,7 +8,9 @@
 //! - `engine_child transfer-writer DIR`: deposits 1,000 CNY to each of users 1..=16
 //!   (`ACK deposit USER`, then `FUNDED`), then eight threads transfer between them, within
 //!   and across shards, printing `ACK transfer FROM TO AMOUNT REQUEST` or `ACK cancelled
-//!   FROM TO AMOUNT REQUEST` after each answer, until killed (`engine_crash.rs`). Activities
+//!   FROM TO AMOUNT REQUEST` after each answer, and one request in four buy a trade from
+//!   another of them paid from the balance, half refunded now and then, and settled (`ACK
+//!   paid ID`, `ACK refunded ID`, `ACK settled ID`), until killed (`engine_crash.rs`). Activities
 //!   time out after 50 ms, so that an open after the kill finds some past their deadline.
 //! - `engine_child message-writer DIR CYCLE`: four idempotent producers publish to topic `t`
 //!   (`ACK publish PAYLOAD`), one thread prepares half messages and commits or rolls back
@@ -97,6 +99,10 @@ fn transfer_writer(dir: &Path) {
                     let to = 1 + (from + n % 15) % 16;
                     let amount = 1 + (n * 37 + writer) % 90;
                     let request_no = format!("w{writer}-{n}");
+                    if n % 4 == 3 {
+                        buy(&handle, from, to, amount, &request_no);
+                        continue;
+                    }
                     match handle.transfer_blocking(from, to, "CNY", amount, &request_no) {
                         Ok(_) => println!("ACK transfer {from} {to} {amount} {request_no}"),
                         Err(tradeshard_engine::Error::Refused(tradeshard_engine::Refusal::TransferCancelled {
@@ -114,6 +120,32 @@ fn transfer_writer(dir: &Path) {
     for writer in writers {
         writer.join().expect("writers end only by exiting the process");
     }
+}
+
+/// A trade of `buyer` to `merchant` paid from the buyer's balance (`ACK paid ID`), now and
+/// then half refunded (`ACK refunded ID`), then settled (`ACK settled ID`).
+fn buy(handle: &tradeshard_engine::EngineHandle, buyer: u64, merchant: u64, amount: u64, order: &str) {
+    use tradeshard_engine::{Error, Refusal};
+    let trade = tradeshard_engine::NewTrade {
+        buyer_id: buyer,
+        merchant_id: merchant,
+        merchant_order_no: order.into(),
+        amount,
+        currency: "CNY".into(),
+        memo: String::new(),
+    };
+    let id = handle.create_trade_blocking(trade).unwrap_or_else(exit_with).id;
+    match handle.pay_from_balance_blocking(id) {
+        Ok(_) => println!("ACK paid {}", id.0),
+        Err(Error::Refused(Refusal::InsufficientFunds { .. })) => return,
+        Err(error) => exit_with(error),
+    }
+    if amount > 1 && id.0 % 2 == 0 {
+        handle.refund_blocking(id, "half", amount / 2).unwrap_or_else(exit_with);
+        println!("ACK refunded {}", id.0);
+    }
+    handle.settle_blocking(id).unwrap_or_else(exit_with);
+    println!("ACK settled {}", id.0);
 }
 
 fn message_writer(dir: &Path, cycle: &str) {
