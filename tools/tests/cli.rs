@@ -69,6 +69,22 @@ fn load_transfers_report_their_rate_and_conserve_money() {
     assert!(shards.iter().all(|shard| shard["activities_in_doubt"].as_array().is_some_and(Vec::is_empty)));
 }
 
+/// With `--purchase-ratio`, half the requests are purchases: a trade paid from the buyer's
+/// balance and settled to its merchant; the money is counted at the end as for transfers.
+#[test]
+fn load_purchases_pay_from_balances_and_conserve_money() {
+    let dir = tempfile::tempdir().unwrap();
+    let args =
+        ["load", "--workload", "transfer", "--purchase-ratio", "0.5", "--ops", "2000", "--inflight", "32", "--json"];
+    let report = json(&tradeshard(&args, dir.path()));
+    let (purchases, transfers) = (report["purchases"].as_u64().unwrap(), report["transfers"].as_u64().unwrap());
+    assert!(purchases > 600 && transfers > 600 && purchases + transfers <= 2_000, "{report}");
+    assert!(report["purchases_per_sec"].as_f64().is_some_and(|v| v > 0.0), "{report}");
+    assert!(report["purchase_latency_us"]["p99"].as_u64().is_some(), "{report}");
+    assert_eq!(report["conservation_ok"], true, "{report}");
+    assert_eq!((report["in_transit_at_end"].as_i64(), report["errors"].as_u64()), (Some(0), Some(0)));
+}
+
 /// With `--retry-ratio`, a fifth of the acknowledged writes are sent again: every retry is
 /// answered as the original's repeat (or, for the order number sent with another buyer, a
 /// conflict), and every order number kept is found by merchant and order number.

@@ -71,6 +71,11 @@ pub struct Args {
     /// activity); the rest stay within one shard (one journal record each).
     #[arg(long, default_value_t = 0.5)]
     cross_shard_ratio: f64,
+    /// Share of the transfer workload's requests that are purchases instead: a trade from one
+    /// user to another (the merchant, of the same or another shard by --cross-shard-ratio)
+    /// created, paid from the buyer's balance and settled to the merchant.
+    #[arg(long, default_value_t = 0.0)]
+    purchase_ratio: f64,
     /// Trades created before the timed phase of the read workload.
     #[arg(long, default_value_t = 200_000)]
     read_trades: u64,

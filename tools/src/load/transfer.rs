@@ -1,7 +1,9 @@
 //! The transfer workload of the load tool: users funded before the timed phase, then tasks
 //! that move money between them, within a shard or across shards (`--cross-shard-ratio`), each
-//! with one transfer outstanding. At the end, once no activity is in doubt, the money is
-//! counted: balances plus money in transit must equal what was deposited (`conservation_ok`).
+//! with one request outstanding: a transfer, or (`--purchase-ratio`) a purchase, a trade
+//! created, paid from the buyer's balance and settled to its merchant. At the end, once no
+//! activity is in doubt, the money is counted: balances plus money in transit must equal what
+//! was deposited (`conservation_ok`).
 
 use std::cell::{Cell, RefCell};
 use std::rc::Rc;
@@ -11,7 +13,7 @@ use anyhow::bail;
 use fastrand::Rng;
 use hdrhistogram::Histogram;
 use serde::Serialize;
-use tradeshard_engine::{EngineHandle, Error, Refusal};
+use tradeshard_engine::{EngineHandle, Error, NewTrade, Refusal};
 
 use crate::latency::{self, LatencySummary};
 
@@ -36,6 +38,12 @@ pub(super) struct TransferReport {
     pub(super) errors: u64,
     pub(super) latency_us: LatencySummary,
     pub(super) cross_shard_latency_us: LatencySummary,
+    /// Purchases answered (created, paid from the balance, settled) per second; three writes
+    /// each, the settlement crediting a merchant of another shard by --cross-shard-ratio.
+    pub(super) purchases_per_sec: f64,
+    pub(super) purchases: u64,
+    pub(super) purchase_ratio: f64,
+    pub(super) purchase_latency_us: LatencySummary,
     pub(super) inflight: usize,
     pub(super) users: u64,
     pub(super) fsyncs_per_sec: f64,
@@ -56,12 +64,14 @@ struct Transfers {
     by_shard: Vec<Vec<u64>>,
     users: u64,
     cross_ratio: f64,
+    purchase_ratio: f64,
     stop: Cell<bool>,
     deadline: Option<Instant>,
     ops_max: Option<u64>,
     issued: Cell<u64>,
     local: RefCell<Histogram<u64>>,
     across: RefCell<Histogram<u64>>,
+    purchases: RefCell<Histogram<u64>>,
     cancelled: Cell<u64>,
     refused: Cell<u64>,
     errors: Cell<u64>,
@@ -73,6 +83,7 @@ struct Transfers {
 pub(super) struct TransferPlan {
     pub(super) users: u64,
     pub(super) cross_ratio: f64,
+    pub(super) purchase_ratio: f64,
     pub(super) inflight: usize,
     pub(super) duration: Option<Duration>,
     pub(super) ops_max: Option<u64>,
@@ -83,7 +94,7 @@ pub(super) struct TransferPlan {
 
 /// Funds the users, runs the timed phase, and counts the money.
 pub(super) async fn run(handle: EngineHandle, plan: TransferPlan) -> anyhow::Result<TransferReport> {
-    let TransferPlan { users, cross_ratio, inflight, duration, ops_max, seed, run } = plan;
+    let TransferPlan { users, cross_ratio, purchase_ratio, inflight, duration, ops_max, seed, run } = plan;
     let routing = handle.routing();
     let mut by_shard = vec![Vec::new(); routing.physical_shards as usize];
     for user in 1..=users {
@@ -99,12 +110,14 @@ pub(super) async fn run(handle: EngineHandle, plan: TransferPlan) -> anyhow::Res
         by_shard,
         users,
         cross_ratio,
+        purchase_ratio,
         stop: Cell::new(false),
         deadline: duration.map(|d| Instant::now() + d),
         ops_max,
         issued: Cell::new(0),
         local: RefCell::new(latency::new_histogram()),
         across: RefCell::new(latency::new_histogram()),
+        purchases: RefCell::new(latency::new_histogram()),
         cancelled: Cell::new(0),
         refused: Cell::new(0),
         errors: Cell::new(0),
@@ -136,7 +149,7 @@ pub(super) async fn run(handle: EngineHandle, plan: TransferPlan) -> anyhow::Res
     let currency = tradeshard_engine::Currency::parse(CURRENCY).expect("a known currency");
     let balances = handle.account_totals().await?.get(&currency).copied().unwrap_or(0) as i128;
     let in_transit: i128 = handle.money_in_transit().await?.values().sum();
-    let (local, across) = (state.local.borrow(), state.across.borrow());
+    let (local, across, purchases) = (state.local.borrow(), state.across.borrow(), state.purchases.borrow());
     let mut all = local.clone();
     all.add(&*across)?;
     let fsyncs = after.fsyncs - before.fsyncs;
@@ -153,6 +166,10 @@ pub(super) async fn run(handle: EngineHandle, plan: TransferPlan) -> anyhow::Res
         errors: state.errors.get(),
         latency_us: latency::summarize(&all),
         cross_shard_latency_us: latency::summarize(&across),
+        purchases_per_sec: purchases.len() as f64 / elapsed,
+        purchases: purchases.len(),
+        purchase_ratio,
+        purchase_latency_us: latency::summarize(&purchases),
         inflight,
         users,
         fsyncs_per_sec: fsyncs as f64 / elapsed,
@@ -221,9 +238,18 @@ async fn worker(state: Rc<Transfers>, task: usize, seed: u64) {
         let request_no = format!("{}-{task}-{n}", state.run);
         n += 1;
         let started = Instant::now();
-        match state.handle.transfer(from, to, CURRENCY, 1 + rng.u64(..100), &request_no).await {
-            Ok(_) => {
-                let histogram = if cross { &state.across } else { &state.local };
+        let purchase = rng.f64() < state.purchase_ratio;
+        let answer = match purchase {
+            true => buy(&state.handle, from, to, 1 + rng.u64(..100), request_no).await,
+            false => state.handle.transfer(from, to, CURRENCY, 1 + rng.u64(..100), &request_no).await.map(drop),
+        };
+        match answer {
+            Ok(()) => {
+                let histogram = match (purchase, cross) {
+                    (true, _) => &state.purchases,
+                    (false, true) => &state.across,
+                    (false, false) => &state.local,
+                };
                 latency::record(&mut histogram.borrow_mut(), started.elapsed().as_micros() as u64);
             }
             Err(Error::Refused(Refusal::TransferCancelled { .. })) => state.cancelled.set(state.cancelled.get() + 1),
@@ -235,6 +261,22 @@ async fn worker(state: Rc<Transfers>, task: usize, seed: u64) {
             }
         }
     }
+}
+
+/// A purchase: a trade of `buyer` to `merchant`, created under order number `order_no`, paid
+/// from the buyer's balance and settled (the merchant credited).
+async fn buy(handle: &EngineHandle, buyer: u64, merchant: u64, amount: u64, order_no: String) -> Result<(), Error> {
+    let trade = NewTrade {
+        buyer_id: buyer,
+        merchant_id: merchant,
+        merchant_order_no: order_no,
+        amount,
+        currency: CURRENCY.into(),
+        memo: String::new(),
+    };
+    let id = handle.create_trade(trade).await?.id;
+    handle.pay_from_balance(id).await?;
+    handle.settle(id).await.map(drop)
 }
 
 /// The transfer workload on a client thread of its own, then its report.
@@ -250,6 +292,7 @@ pub(super) fn run_on_thread(
     let plan = TransferPlan {
         users: args.users,
         cross_ratio: args.cross_shard_ratio,
+        purchase_ratio: args.purchase_ratio,
         inflight: args.inflight,
         duration,
         ops_max: args.ops,
