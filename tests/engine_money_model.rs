@@ -265,7 +265,7 @@ proptest! {
                     (model.apply(from, number, Asked::Transfer(to, amount)), classify(answer, |r| r.replayed))
                 }
                 Op::Buy { buyer, merchant, amount, order } => {
-                    let order_no = format!("B{buyer}-{order}-{amount}");
+                    let order_no = format!("B{buyer}-{merchant}-{order}-{amount}");
                     let trade = NewTrade {
                         buyer_id: buyer,
                         merchant_id: merchant,

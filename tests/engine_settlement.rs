@@ -25,7 +25,7 @@ impl Totals {
             self.applied_up_to.insert(event.partition, event.offset);
             if event.record.kind == RecordKind::Settled {
                 *self.settled.entry((event.record.merchant_id, event.record.currency)).or_insert(0) +=
-                    event.record.amount;
+                    event.record.settled_amount();
             }
         }
     }

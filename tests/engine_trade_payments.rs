@@ -8,6 +8,7 @@
 use std::collections::BTreeMap;
 
 use tradeshard_engine::{Currency, Engine, EngineHandle, Error, NewTrade, Options, Refusal, TradeId, TradeStatus};
+use tradeshard_shard::join_all;
 use tradeshard_tests::{engine_options, upkeep_on_request, SMALL_TRADE_MEMORY};
 
 const DEPOSITED: u64 = 10_000;
@@ -74,9 +75,13 @@ fn a_trade_paid_from_a_balance_moves_the_money_once_and_settles_to_its_merchant(
     let paid = h.pay_from_balance_blocking(near).unwrap();
     assert_eq!((paid.status, paid.from_balance, paid.replayed), (TradeStatus::Paid, true, false));
     assert_eq!((available(&h, buyer), in_transit(&h), money(&h)), (7_000, 3_000, DEPOSITED as i128));
-    // Retries of the payment, by either way of paying, answer it and take nothing more.
-    for again in [h.pay_from_balance_blocking(near).unwrap(), h.pay_blocking(near).unwrap()] {
-        assert_eq!(again, tradeshard_engine::Receipt { replayed: true, ..paid });
+    // A retry of the payment answers it and takes nothing more; a payment of the other kind
+    // (by card) is refused: it would be a second payment.
+    let again = h.pay_from_balance_blocking(near).unwrap();
+    assert_eq!(again, tradeshard_engine::Receipt { replayed: true, ..paid });
+    match h.pay_blocking(near) {
+        Err(Error::Refused(Refusal::IllegalTransition { from: TradeStatus::Paid, action: "pay", .. })) => {}
+        other => panic!("a card payment of a trade paid from the balance: {other:?}"),
     }
     assert_eq!(available(&h, buyer), 7_000);
 
@@ -125,23 +130,25 @@ fn a_payment_the_balance_cannot_cover_is_refused_and_leaves_no_trace() {
     assert_eq!(h.get_blocking(id).unwrap().status, TradeStatus::Created);
     assert_eq!((available(&h, buyer), in_transit(&h)), (1_000, 0));
 
-    // Writes in flight count: the second of two payments sent together finds the first's debit.
-    let second = h.create_trade_blocking(trade(buyer, same, "second", 600)).unwrap().id;
-    let third = h.create_trade_blocking(trade(buyer, same, "third", 600)).unwrap().id;
-    let both = futures_lite::future::block_on(futures_lite::future::zip(
-        h.pay_from_balance(second),
-        h.pay_from_balance(third),
-    ));
-    assert!(both.0.is_ok() != both.1.is_ok(), "one of two payments of 600 from 1,000: {both:?}");
-    assert_eq!((available(&h, buyer), money(&h)), (400, 1_000));
+    // Twenty payments of 100 sent together from 1,000: exactly ten are made. Those the
+    // executor takes in one batch are checked against each other's debits while in flight.
+    let ids: Vec<TradeId> =
+        (0..20).map(|n| h.create_trade_blocking(trade(buyer, same, &format!("small-{n}"), 100)).unwrap().id).collect();
+    let answers =
+        futures_lite::future::block_on(join_all(ids.iter().map(|id| h.pay_from_balance(*id)).collect::<Vec<_>>()));
+    let refused = |a: &&Result<_, Error>| matches!(a, Err(Error::Refused(Refusal::InsufficientFunds { .. })));
+    assert_eq!(answers.iter().filter(|a| a.is_ok()).count(), 10, "ten payments of 100 from 1,000");
+    assert_eq!(answers.iter().filter(refused).count(), 10, "the others refused for too little");
+    assert_eq!((available(&h, buyer), money(&h)), (0, 1_000));
 
-    // A trade paid outside the engine stays so: a payment from the balance repeats it.
+    // A trade paid outside the engine stays so: a payment from the balance is refused.
+    h.deposit_blocking(buyer, "CNY", 400, "more").unwrap();
     let outside = h.create_trade_blocking(trade(buyer, same, "card", 300)).unwrap().id;
     h.pay_blocking(outside).unwrap();
-    let again = h.pay_from_balance_blocking(outside).unwrap();
-    assert_eq!((again.replayed, again.from_balance), (true, false));
+    assert!(matches!(h.pay_from_balance_blocking(outside), Err(Error::Refused(Refusal::IllegalTransition { .. }))));
+    assert!(h.pay_blocking(outside).unwrap().replayed);
     h.refund_blocking(outside, "R-card", 300).unwrap();
-    assert_eq!((available(&h, buyer), money(&h)), (400, 1_000), "a card's refund is not the balance's");
+    assert_eq!((available(&h, buyer), money(&h)), (400, 1_400), "a card's refund is not the balance's");
     assert!(matches!(h.pay_from_balance_blocking(TradeId::new(0, 999_999)), Err(Error::NotFound(_))));
     engine.close().unwrap();
 }

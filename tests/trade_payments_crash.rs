@@ -4,7 +4,10 @@
 //! other, through the activity the Settled record begins (its Credit branch tried and confirmed
 //! by the activity manager's protocol). Each incarnation ends in a crash at a random operation
 //! of either disk, and a fraction of the settlements' credits stop on purpose after a random
-//! number of steps.
+//! number of steps. Checkpoints are taken all the while (a crash lands in one's write and
+//! switch as often as anywhere), and trades beyond a few a shard leave memory for the
+//! table on disk at each, so that replay starts from a checkpoint's balances and meets changes
+//! to trades the table holds.
 //!
 //! After each reopen, recovery carries out every credit not completed, every request whose
 //! answer was lost is sent again (creates, payments, refunds, settles), and the checks are:
@@ -20,9 +23,12 @@ use std::rc::Rc;
 
 use tradeshard_shard::{
     finish_activity, settlement_activity, AccountCommand, AccountOp, BranchCall, Command, Currency, LogError, Move,
-    NewTrade, Receipt, Refusal, Shard, Step, StepAnswer, StepSender, TradeError, TradeId, TradeStatus, UserRouting,
+    NewTrade, Receipt, Refusal, Shard, Step, StepAnswer, StepSender, TradeError, TradeId, TradeStatus, Upkeep,
+    UserRouting,
 };
-use tradeshard_tests::{call, campaign_shard_config, run_campaign, sim_disk_for_seed};
+use tradeshard_tests::{
+    call, campaign_shard_config, run_campaign, sim_disk_for_seed, upkeep_on_request, SMALL_TRADE_MEMORY,
+};
 use tradeshard_wal::disk::{SimDisk, SplitMix64};
 
 const ROUTING: UserRouting = UserRouting { logical_shards: 2, physical_shards: 2 };
@@ -101,6 +107,10 @@ struct Seen {
     credits_recovered: usize,
     credits_stopped: usize,
     retried: usize,
+    checkpoints: usize,
+    opened_from_checkpoint: usize,
+    /// Trades found only in the table on disk at the checks.
+    cold_at_checks: u64,
 }
 
 thread_local! {
@@ -115,7 +125,15 @@ async fn open(disks: &[SimDisk; 2]) -> Result<Pair, String> {
     let mut shards = Vec::new();
     for (n, disk) in disks.iter().enumerate() {
         let config = campaign_shard_config(n as u32);
-        let shard = Shard::open(disk.clone(), config, 1 << 16).await.map_err(|e| format!("open {n}: {e}"))?;
+        // Checkpoints when the workload asks, trades beyond a few leaving memory for the
+        // table at each: replay then starts from a checkpoint's balances and finds changes to
+        // trades the table holds, some written after that checkpoint.
+        let upkeep = Upkeep { trade_memory_bytes: SMALL_TRADE_MEMORY / 4, ..upkeep_on_request(false, None) };
+        let shard = Shard::open_with(disk.clone(), config, 1 << 16, upkeep).await;
+        let shard = shard.map_err(|e| format!("open {n}: {e}"))?;
+        if shard.stats().opened.checkpoint.is_some() {
+            seen(|s| s.opened_from_checkpoint += 1);
+        }
         shard.set_routing(ROUTING);
         shards.push(Rc::new(shard));
     }
@@ -241,6 +259,8 @@ async fn check(pair: &Pair, model: &Model) -> Result<usize, String> {
             "balances {total} and {in_transit} in transit ({held} held by trades), deposits {deposited}"
         ));
     }
+    let cold: u64 = pair.shards.iter().map(|shard| shard.stats()).map(|s| s.trades - s.trades_in_memory).sum();
+    seen(|s| s.cold_at_checks += cold);
     let unfinished = pair.shards.iter().map(|shard| shard.unfinished_activities().len()).sum::<usize>();
     if unfinished != 0 {
         return Err(format!("after recovery: {unfinished} credits unfinished"));
@@ -258,7 +278,7 @@ fn next_request(rng: &mut SplitMix64, model: &Model, n: u64) -> Request {
             .expect("a valid deposit");
         return Request::Deposit(command);
     }
-    if open.is_empty() || rng.one_in(3) {
+    if open.is_empty() || rng.one_in(2) {
         let buyer = 1 + rng.below(USERS);
         let merchant = 1 + (buyer + rng.below(USERS - 1)) % USERS;
         return Request::Create { buyer, merchant, order: n, amount: 1 + rng.below(300) };
@@ -280,7 +300,7 @@ async fn run_seed(seed: u64) -> Result<usize, String> {
     let mut model = Model::default();
     let mut checked = 0;
     let mut n = 0u64;
-    for _ in 0..3 {
+    for _ in 0..4 {
         let pair = open(&disks).await?;
         recover(&pair).await?;
         // Lost answers: sent again, in order; each takes effect once.
@@ -296,8 +316,15 @@ async fn run_seed(seed: u64) -> Result<usize, String> {
         checked += check(&pair, &model).await?;
         let crashing = &disks[rng.below(2) as usize];
         crashing.crash_at_op(crashing.ops() + 1 + rng.below(80));
-        for _ in 0..1 + rng.below(24) {
+        for _ in 0..1 + rng.below(64) {
             n += 1;
+            if rng.one_in(6) {
+                // A checkpoint of either shard, which the crash may cut midway.
+                match pair.shards[rng.below(2) as usize].checkpoint().await {
+                    Ok(_) => seen(|s| s.checkpoints += 1),
+                    Err(_) => break,
+                }
+            }
             let request = next_request(&mut rng, &model, n);
             // Now and then a settlement's caller dies after a few steps of its credit.
             pair.budget.set(if rng.one_in(4) { rng.below(3) as usize } else { usize::MAX });
@@ -323,4 +350,5 @@ fn payments_from_balances_move_money_once_and_conserve_it_after_power_loss_at_an
     assert!(count < 100 || checked > 1000, "the campaign must check trades: {checked}");
     let every_path = seen.paid > 0 && seen.refused > 0 && seen.settled_near > 0 && seen.settled_far > 0;
     assert!(count < 100 || every_path && seen.credits_recovered > 0 && seen.credits_stopped > 0, "{seen:?}");
+    assert!(count < 100 || seen.opened_from_checkpoint > 0 && seen.cold_at_checks > 0, "{seen:?}");
 }

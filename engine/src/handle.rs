@@ -327,8 +327,10 @@ impl EngineHandle {
         Ok(groups)
     }
 
-    /// The amounts of every durable settled trade, summed per (merchant, currency): a scan of
-    /// the store that a settlement consumer's totals can be reconciled against.
+    /// What every durable settled trade settled to its merchant (its amount, less refunds for
+    /// a trade paid from a balance: `TradeRecord::settled_amount` of its Settled event), summed
+    /// per (merchant, currency): a scan of the store that a settlement consumer's totals can be
+    /// reconciled against.
     pub async fn settled_totals(&self) -> Result<BTreeMap<(u64, Currency), u64>> {
         let mut totals = BTreeMap::new();
         for executor_totals in self.on_every_executor(ops::SettledTotals).await? {

@@ -8,13 +8,12 @@
 //! before it is answered. If that cannot be done now, the credit stays in transit, listed
 //! among the activities in doubt, and recovery carries it out.
 
-use tradeshard_shard::{finish_activity, settlement_activity, ActivityState, Command, Move, Receipt, TradeId};
+use tradeshard_shard::{commit_untried, settlement_activity, ActivityState, Command, Move, Receipt, TradeId};
 
 use crate::blocking::blocking;
 use crate::error::Result;
 use crate::handle::EngineHandle;
 use crate::ops;
-use crate::transfers::now_ms;
 
 impl EngineHandle {
     /// `Created → Paid`, paid from the buyer's available balance in the trade's currency: the
@@ -22,8 +21,9 @@ impl EngineHandle {
     /// (`Refusal::InsufficientFunds`). The money stays in the engine's hands (it counts in
     /// [`money_in_transit`](Self::money_in_transit)) until the trade settles, when the merchant
     /// is credited with what was not refunded; refunds go back to the buyer's balance.
-    /// Repeating a pay on a paid trade answers the original receipt (`replayed: true`; its
-    /// `from_balance` says how that trade was paid).
+    /// Repeating it on a trade it paid answers the original receipt (`replayed: true`); on a
+    /// trade paid otherwise (`pay`) it is refused (`IllegalTransition`), as `pay` is on a trade
+    /// it paid.
     pub async fn pay_from_balance(&self, id: TradeId) -> Result<Receipt> {
         let shard = self.routing().physical_of_trade(id)?;
         self.on_shard(shard, ops::Write(Command::Move { id, to: Move::PayFromBalance })).await
@@ -39,7 +39,7 @@ impl EngineHandle {
             return Ok(());
         };
         if matches!(entry.state, ActivityState::Decided(_)) {
-            finish_activity(self, home, activity, &entry, now_ms()).await?;
+            commit_untried(self, home, activity, &entry).await?;
         }
         Ok(())
     }

@@ -253,14 +253,15 @@ pub(crate) async fn read_many<D: Disk>(
     Ok(records)
 }
 
-/// The amounts of the durable settled trades, summed per (merchant, currency): the trades in
+/// What the durable settled trades settled to their merchants (the amount less refunds, which
+/// only a trade paid from a balance has before it settles), summed per (merchant, currency): the trades in
 /// memory as the call finds them, and those of the cold chunks as the table holds them while
 /// it is read (a trade changed meanwhile may be counted in its state before or after).
 pub(crate) async fn settled_totals<D: Disk>(inner: &Inner<D>) -> Result<SettledTotals, TradeError> {
     let mut totals: HashMap<(u64, Currency), u64> = HashMap::new();
     let mut add = |entry: &TradeEntry| {
         if entry.lifecycle.status == TradeStatus::Settled {
-            *totals.entry((entry.merchant_id, entry.currency)).or_default() += entry.lifecycle.amount;
+            *totals.entry((entry.merchant_id, entry.currency)).or_default() += entry.lifecycle.settles();
         }
     };
     // The memory side first, without holding a snapshot across the reads below (a snapshot

@@ -50,7 +50,7 @@ pub(crate) enum Action {
 }
 
 impl Action {
-    fn name(self) -> &'static str {
+    pub(crate) fn name(self) -> &'static str {
         match self {
             Action::Pay => "pay",
             Action::PayFromBalance => "pay from balance",
@@ -101,8 +101,8 @@ impl Lifecycle {
         }
     }
 
-    /// What settling credits the merchant of a trade paid from a balance: what was not
-    /// refunded.
+    /// What settling pays the merchant: what was not refunded (only a trade paid from a
+    /// balance settles after a refund).
     pub fn settles(&self) -> u64 {
         self.amount - self.refunded
     }

@@ -148,6 +148,15 @@ impl TradeRecord {
         }
     }
 
+    /// What a Settled record settles to the merchant: the credit of a trade paid from a balance
+    /// (its amount less refunds), else the trade's amount.
+    pub fn settled_amount(&self) -> u64 {
+        match self.funding {
+            Funding::Settles { credit, .. } => credit,
+            Funding::External | Funding::Balance => self.amount,
+        }
+    }
+
     /// The record's bytes.
     pub fn encode(&self) -> Vec<u8> {
         let mut out = Vec::with_capacity(FIXED_BYTES + 8);

@@ -13,9 +13,6 @@ pub struct UserRouting {
 }
 
 impl UserRouting {
-    /// One shard holding every user: a shard opened on its own.
-    pub const SINGLE: UserRouting = UserRouting { logical_shards: 1, physical_shards: 1 };
-
     /// The logical shard of a user.
     pub fn logical_of_user(&self, user_id: u64) -> u32 {
         (xxhash_rust::xxh3::xxh3_64(&user_id.to_le_bytes()) % u64::from(self.logical_shards)) as u32

@@ -142,7 +142,7 @@ impl<D: Disk> RecoveredShard<D> {
         opened.open_ms = began.elapsed().as_millis() as u64;
         let inner = Rc::new(Inner {
             shard_id,
-            routing: std::cell::Cell::new(crate::routing::UserRouting::SINGLE),
+            routing: std::cell::Cell::new(None),
             wal,
             checkpoints: Checkpoints::new(upkeep, parts, table, checkpoint.as_ref()),
             opened,
@@ -160,11 +160,11 @@ impl<D: Disk> RecoveredShard<D> {
 
 impl<D: Disk> Shard<D> {
     /// Where users' accounts live, so that a trade paid from a balance credits its merchant in
-    /// the right shard when it settles. A shard opened on its own holds every user
-    /// ([`UserRouting::SINGLE`](crate::UserRouting::SINGLE)); the engine sets its directory's
-    /// shard counts before it takes a request.
+    /// the right shard when it settles. Until it is set, every user's accounts are taken to be
+    /// in this shard (a shard opened on its own); the engine sets its directory's shard counts
+    /// before it takes a request.
     pub fn set_routing(&self, routing: crate::routing::UserRouting) {
-        self.inner.routing.set(routing);
+        self.inner.routing.set(Some(routing));
     }
 
     /// Opens the shard's log on `disk`, loading the latest checkpoint and replaying the log

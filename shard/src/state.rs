@@ -178,8 +178,8 @@ impl Accepted {
 pub(crate) struct Inner<D: Disk> {
     pub shard_id: u32,
     /// Where users' accounts live: the shard of a merchant that a trade paid from a balance
-    /// credits when it settles (`Shard::set_routing`; one shard until the engine says).
-    pub routing: std::cell::Cell<crate::routing::UserRouting>,
+    /// credits when it settles (`Shard::set_routing`; `None`: every user in this shard).
+    pub routing: std::cell::Cell<Option<crate::routing::UserRouting>>,
     pub wal: Wal<D>,
     pub checkpoints: Checkpoints<D>,
     pub opened: OpenReport,

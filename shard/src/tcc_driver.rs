@@ -215,6 +215,39 @@ pub async fn finish_activity<S: StepSender>(
     finish_decided(sender, home, activity, &entry.branches, decision).await.map(Some)
 }
 
+/// Carries out an activity recorded already decided to commit whose branches in other shards
+/// were never tried (the credit of a settled trade paid from a balance): each branch's Try and
+/// Confirm go together, one local transaction in its shard, then the activity completes. The
+/// steps are idempotent, so a branch tried and confirmed before answers as a repeat.
+pub async fn commit_untried<S: StepSender>(
+    sender: &S,
+    home: u32,
+    activity: u128,
+    entry: &ActivityEntry,
+) -> Result<Driven, S::Error> {
+    let decision = match entry.state {
+        ActivityState::Decided(Decision::Commit) => Decision::Commit,
+        ActivityState::Completed(decision) => return Ok(Driven { decision, completed: true, begun_before: true }),
+        ActivityState::Open | ActivityState::Decided(_) => {
+            return Err(Refusal::StepConflict { activity, reason: "not an activity decided to commit" }.into());
+        }
+    };
+    let (_, remote) = split(&entry.branches, home);
+    let steps = remote.iter().map(|plan| async move {
+        let (branch, action) = (plan.branch, plan.action);
+        let both = vec![Step::Try { activity, branch, action }, Step::Confirm { activity, branch }];
+        match action.account() {
+            Some(_) => sender.send(plan.shard, both).await.is_ok(),
+            None => reach(sender, activity, *plan, BranchCall::Confirm).await,
+        }
+    });
+    if !join_all(steps).await.iter().all(|answered| *answered) {
+        return Ok(Driven { decision, completed: false, begun_before: true });
+    }
+    sender.post(home, vec![Step::Complete { activity }]).await;
+    Ok(Driven { decision, completed: true, begun_before: true })
+}
+
 /// Sends a durable decision to every branch (the initiator's own first), then completes.
 async fn finish_decided<S: StepSender>(
     sender: &S,

@@ -256,6 +256,15 @@ fn change<D: Disk>(
         (None, None) => return reply.send(Err(TradeError::NotFound(id))),
     };
     let (action, keys, refund_no) = match change {
+        // Paid by card and paid from the balance are two different payments: a pay of the
+        // other kind on a paid trade is refused, never answered as the first one's repeat.
+        Change::Move(to @ (Move::Pay | Move::PayFromBalance))
+            if current.lifecycle.status == TradeStatus::Paid
+                && current.lifecycle.from_balance != (to == Move::PayFromBalance) =>
+        {
+            let action = to.action().name();
+            return reply.send(Err(Refusal::IllegalTransition { id, from: TradeStatus::Paid, action }.into()));
+        }
         Change::Move(to) if current.lifecycle.status == to.target() => {
             // The trade made this move already: its last write made it (only this move
             // leads to its status).
@@ -294,7 +303,10 @@ fn change<D: Disk>(
         Action::PayFromBalance => Funding::Balance,
         Action::Refund(_) if next.from_balance => Funding::Balance,
         Action::Settle if next.from_balance => {
-            let merchant_shard = inner.routing.get().physical_of_user(current.merchant_id);
+            let merchant_shard = match inner.routing.get() {
+                Some(routing) => routing.physical_of_user(current.merchant_id),
+                None => inner.shard_id,
+            };
             let merchant_shard = u16::try_from(merchant_shard).expect("physical shards are fewer than logical ones");
             Funding::Settles { merchant_shard, credit: next.settles() }
         }

@@ -140,7 +140,7 @@ fn buy(handle: &tradeshard_engine::EngineHandle, buyer: u64, merchant: u64, amou
         Err(Error::Refused(Refusal::InsufficientFunds { .. })) => return,
         Err(error) => exit_with(error),
     }
-    if amount > 1 && id.0 % 2 == 0 {
+    if amount > 1 && id.0.is_multiple_of(2) {
         handle.refund_blocking(id, "half", amount / 2).unwrap_or_else(exit_with);
         println!("ACK refunded {}", id.0);
     }

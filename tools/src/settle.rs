@@ -50,7 +50,8 @@ impl Settlement {
         self.applied_up_to.insert(event.partition, event.offset);
         self.events += 1;
         if event.record.kind == RecordKind::Settled {
-            *self.totals.entry((event.record.merchant_id, event.record.currency)).or_insert(0) += event.record.amount;
+            let settled = event.record.settled_amount();
+            *self.totals.entry((event.record.merchant_id, event.record.currency)).or_insert(0) += settled;
         }
     }
 
