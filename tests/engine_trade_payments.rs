@@ -101,6 +101,12 @@ fn a_trade_paid_from_a_balance_moves_the_money_once_and_settles_to_its_merchant(
     assert_eq!(available(&h, other), 1_500);
     completed(&h);
     assert_eq!((in_transit(&h), money(&h)), (0, DEPOSITED as i128));
+    // The credit's activity is forgotten once completed; its branch stays in the merchant's
+    // shard, which answers any late step.
+    let stats = h.stats_blocking().unwrap();
+    let (activities, branches): (u64, u64) =
+        stats.shards.iter().fold((0, 0), |(a, b), s| (a + s.activities, b + s.branches));
+    assert_eq!((activities, branches), (0, 1));
     assert!(h.settle_blocking(far).unwrap().replayed);
     assert!(matches!(h.refund_blocking(far, "R-2", 1), Err(Error::Refused(Refusal::IllegalTransition { .. }))));
     assert_eq!((available(&h, buyer), available(&h, same), available(&h, other)), (5_500, 3_000, 1_500));

@@ -16,7 +16,9 @@
 //! (`Refusal::DecidedOtherwise`), so that the steps sent with it are not applied.
 //!
 //! Memory: a branch about 64 bytes, an activity about 100 plus 48 per branch; both are kept
-//! after their end (so that late and repeated steps are answered) and are in checkpoints.
+//! after their end (so that late and repeated steps are answered) and are in checkpoints,
+//! except a settlement's credit, forgotten by its trade's shard once completed
+//! ([`DECIDED_AT_BEGIN`]).
 
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -44,6 +46,13 @@ pub struct BranchEntry {
     pub action: BranchAction,
     pub state: BranchState,
 }
+
+/// The deadline of an activity recorded already decided to commit (the credit of a settled
+/// trade paid from a balance, `trade_money.rs`): it has nothing to time out. Once completed it
+/// is forgotten, so that settlements leave nothing in memory or in checkpoints in the trade's
+/// shard: the trade's Settled state answers a repeated settle, and the credit's branch in the
+/// merchant's shard answers any late step.
+pub(crate) const DECIDED_AT_BEGIN: u64 = 0;
 
 /// Where an activity stands.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
@@ -306,6 +315,12 @@ impl TccBook {
 
     pub(crate) fn set_activity(&mut self, activity: u128, entry: ActivityEntry) {
         match entry.state {
+            ActivityState::Completed(_) if entry.deadline_ms == DECIDED_AT_BEGIN => {
+                // A settlement's credit, completed: forgotten (see `DECIDED_AT_BEGIN`).
+                self.unfinished.remove(&activity);
+                self.activities.remove(&activity);
+                return;
+            }
             ActivityState::Completed(_) => drop(self.unfinished.remove(&activity)),
             _ => drop(self.unfinished.insert(activity)),
         }

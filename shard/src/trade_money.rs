@@ -19,7 +19,7 @@ use crate::error::Refusal;
 use crate::keys::settlement_activity;
 use crate::record::{Funding, RecordKind, TradeRecord};
 use crate::tcc::{BranchAction, BranchPlan, Decision};
-use crate::tcc_book::{ActivityEntry, ActivityState, MoneyView};
+use crate::tcc_book::{ActivityEntry, ActivityState, MoneyView, DECIDED_AT_BEGIN};
 
 /// Applies the money `record` moves to `view`, in shard `home`; a refusal changes nothing.
 pub(crate) fn apply_funding(view: &mut impl MoneyView, record: &TradeRecord, home: u32) -> Result<(), Refusal> {
@@ -50,7 +50,7 @@ pub(crate) fn apply_funding(view: &mut impl MoneyView, record: &TradeRecord, hom
             let action = BranchAction::Credit { user_id: record.merchant_id, currency, amount: credit };
             let entry = ActivityEntry {
                 branches: vec![BranchPlan { shard: u32::from(merchant_shard), branch: 0, action }],
-                deadline_ms: record.at_ms,
+                deadline_ms: DECIDED_AT_BEGIN,
                 begun_ms: record.at_ms,
                 state: ActivityState::Decided(Decision::Commit),
             };
