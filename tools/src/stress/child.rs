@@ -1,6 +1,7 @@
 //! The child process of a stress cycle: opens the engine, says `READY` on stdout, then runs a
-//! random trade workload (creates, pays, settles, closes, partial refunds) on `workers` threads
-//! and a settlement consumer that polls and commits, journaling every intent before it is sent
+//! random trade workload (creates, pays, settles, closes, partial refunds) on `workers` threads,
+//! deposits and transfers on one more (`money.rs`), and a settlement consumer that polls and
+//! commits, journaling every intent before it is sent
 //! and every acknowledgement after it arrives, until the parent kills it.
 //!
 //! The child checks what only it can see: the consumer's events come in log order per
@@ -53,6 +54,14 @@ pub fn run(args: ChildArgs) -> anyhow::Result<()> {
         let (handle, args) = (handle.clone(), args.clone());
         threads.push(std::thread::spawn(move || trade_worker(&handle, &args, worker)));
     }
+    let (money_handle, money_args) = (handle.clone(), args.clone());
+    threads.push(std::thread::spawn(move || {
+        let mut journal = JournalWriter::create(&money_args.journal.join("money.log")).unwrap_or_else(|e| {
+            eprintln!("stress child: {e:#}");
+            std::process::exit(4)
+        });
+        super::money::run_child(&money_handle, &mut journal, money_args.seed, money_args.buyer_base)
+    }));
     let consumer_args = args.clone();
     threads.push(std::thread::spawn(move || settlement_consumer(&handle, &consumer_args)));
     for thread in threads {

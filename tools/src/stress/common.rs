@@ -23,6 +23,10 @@ pub(super) fn engine_options(dir: &Path) -> Options {
         ..Upkeep::default()
     };
     Options {
+        // Transfers across shards that a kill leaves undecided are cancelled soon after the
+        // next open, so that the check after it waits little for recovery.
+        activity_timeout: Duration::from_millis(200),
+        activity_recovery_interval: Duration::from_millis(50),
         physical_shards: Some(4),
         executors: Some(2),
         pin: false,

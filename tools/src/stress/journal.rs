@@ -13,6 +13,9 @@
 //! a <trade id>                    acknowledged change (the thread's last intent on that trade)
 //! K <partition> <offset>          intent: commit the settlement group's offset
 //! k <partition> <offset>          acknowledged commit
+//! M deposit <user> 0 <amount> <request>       intent: a deposit under request number <request>
+//! M transfer <from> <to> <amount> <request>   intent: a transfer
+//! m <request> done|cancelled|refused          its outcome
 //! X <text>                        the child saw something wrong and stopped
 //! ```
 
@@ -52,6 +55,37 @@ impl Change {
     }
 }
 
+/// A money request the child sends (`money.rs`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum MoneyOp {
+    Deposit { user: u64, amount: u64 },
+    Transfer { from: u64, to: u64, amount: u64 },
+}
+
+/// How a money request ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Outcome {
+    Done,
+    /// A transfer across shards cancelled (a branch refused, a deadline passed).
+    Cancelled,
+    /// Too little money: nothing moved.
+    Refused,
+}
+
+impl Outcome {
+    fn name(self) -> &'static str {
+        match self {
+            Outcome::Done => "done",
+            Outcome::Cancelled => "cancelled",
+            Outcome::Refused => "refused",
+        }
+    }
+
+    fn of(name: &str) -> Option<Outcome> {
+        [Outcome::Done, Outcome::Cancelled, Outcome::Refused].into_iter().find(|o| o.name() == name)
+    }
+}
+
 /// One line of a journal.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Entry {
@@ -61,6 +95,8 @@ pub enum Entry {
     ChangeAcked { id: u64 },
     CommitSent { partition: u32, offset: u64 },
     CommitAcked { partition: u32, offset: u64 },
+    MoneySent { op: MoneyOp, request: String },
+    MoneyAcked { request: String, outcome: Outcome },
     Failure(String),
 }
 
@@ -76,6 +112,13 @@ impl Entry {
             Entry::ChangeAcked { id } => format!("a {id}\n"),
             Entry::CommitSent { partition, offset } => format!("K {partition} {offset}\n"),
             Entry::CommitAcked { partition, offset } => format!("k {partition} {offset}\n"),
+            Entry::MoneySent { op: MoneyOp::Deposit { user, amount }, request } => {
+                format!("M deposit {user} 0 {amount} {request}\n")
+            }
+            Entry::MoneySent { op: MoneyOp::Transfer { from, to, amount }, request } => {
+                format!("M transfer {from} {to} {amount} {request}\n")
+            }
+            Entry::MoneyAcked { request, outcome } => format!("m {request} {}\n", outcome.name()),
             Entry::Failure(text) => format!("X {}\n", text.replace('\n', " ")),
         }
     }
@@ -94,6 +137,16 @@ impl Entry {
             ("a", 1) => Entry::ChangeAcked { id: number(0)? },
             ("K", 2) => Entry::CommitSent { partition: u32::try_from(number(0)?).ok()?, offset: number(1)? },
             ("k", 2) => Entry::CommitAcked { partition: u32::try_from(number(0)?).ok()?, offset: number(1)? },
+            ("M", 5) => {
+                let (first, second, amount, request) = (number(1)?, number(2)?, number(3)?, words[4].to_string());
+                let op = match words[0] {
+                    "deposit" if second == 0 => MoneyOp::Deposit { user: first, amount },
+                    "transfer" => MoneyOp::Transfer { from: first, to: second, amount },
+                    _ => return None,
+                };
+                Entry::MoneySent { op, request }
+            }
+            ("m", 2) => Entry::MoneyAcked { request: words[0].to_string(), outcome: Outcome::of(words[1])? },
             _ => return None,
         })
     }
@@ -149,6 +202,9 @@ mod tests {
             Entry::ChangeAcked { id: 1 << 40 },
             Entry::CommitSent { partition: 3, offset: 99 },
             Entry::CommitAcked { partition: 3, offset: 99 },
+            Entry::MoneySent { op: MoneyOp::Deposit { user: 5, amount: 70 }, request: "fund-1".into() },
+            Entry::MoneySent { op: MoneyOp::Transfer { from: 5, to: 6, amount: 9 }, request: "t-1-0".into() },
+            Entry::MoneyAcked { request: "t-1-0".into(), outcome: Outcome::Cancelled },
             Entry::Failure("bad\nthing".into()),
         ];
         let dir = tempfile::tempdir().unwrap();
@@ -157,7 +213,7 @@ mod tests {
         text.push_str("C 8 2");
         std::fs::write(&path, text).unwrap();
         let mut expected = entries;
-        expected[6] = Entry::Failure("bad thing".into());
+        expected[9] = Entry::Failure("bad thing".into());
         assert_eq!(read(&path).unwrap(), expected);
         std::fs::write(&path, "C 8 two 3\n").unwrap();
         assert!(read(&path).is_err(), "a damaged complete line is an error, not skipped");

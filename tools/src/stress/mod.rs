@@ -5,7 +5,8 @@
 //! data directory; the child runs a random workload and journals each intent before sending
 //! it and each acknowledgement after it ([`journal`]). The parent kills the child with SIGKILL
 //! at a random instant (now and then while it is still recovering), reopens the directory in
-//! its own process and checks it against the model of every journal so far ([`model`]). A new
+//! its own process and checks it against the model of every journal so far ([`model`]; money
+//! against [`money`]'s, after sending again the requests whose answers were lost). A new
 //! data directory is started every `--cycles-per-dir` cycles so that a long campaign also
 //! covers recovery of young logs and keeps each check bounded.
 //!
@@ -17,6 +18,7 @@ pub mod child;
 mod common;
 mod journal;
 mod model;
+mod money;
 
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
@@ -78,6 +80,10 @@ struct Summary {
     /// Shards whose log no longer started at its first record when reopened (retention ran).
     shard_opens_with_retained_log: u64,
     journal_entries: u64,
+    /// Money: deposits and transfers whose answer a kill took, sent again; transfers made
+    /// (counted at every check, so each once per check after it).
+    money_requests_retried: u64,
+    money_transfer_checks: u64,
     seconds: f64,
 }
 
@@ -95,6 +101,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     let mut summary = Summary { seed, ..Summary::default() };
     let mut rng = fastrand::Rng::with_seed(seed);
     let mut model = model::Model::default();
+    let mut money = money::MoneyModel::default();
     let mut data = PathBuf::new();
     for cycle in 0..args.cycles {
         if cycle % args.cycles_per_dir == 0 {
@@ -103,11 +110,12 @@ pub fn run(args: Args) -> anyhow::Result<()> {
             }
             data = root.path().join(format!("data-{cycle:06}"));
             model = model::Model::default();
+            money = money::MoneyModel::default();
             summary.data_dirs += 1;
         }
         let cycle_seed = rng.u64(..);
         if let Err(violation) =
-            run_cycle(&args, &mut rng, &data, root.path(), cycle, cycle_seed, &mut model, &mut summary)
+            run_cycle(&args, &mut rng, &data, root.path(), cycle, cycle_seed, (&mut model, &mut money), &mut summary)
         {
             let kept = root.keep();
             eprintln!("stress: VIOLATION in cycle {cycle} (seed {seed}, cycle seed {cycle_seed}): {violation:#}");
@@ -133,7 +141,8 @@ pub fn run(args: Args) -> anyhow::Result<()> {
             "stress: {} cycles ({} kills while recovering, {} data directories) in {:.0} s, seed {}: 0 violations\n\
              checked {} acknowledged trades, {} in-flight writes found, {} found absent, {} offset commits; \
              {} lost requests sent again, {} answered as repeats; {} shard opens from a checkpoint \
-             ({} records replayed), {} with segments removed by retention",
+             ({} records replayed), {} with segments removed by retention; money: {} lost requests sent \
+             again, {} transfer checks",
             summary.cycles,
             summary.kills_while_recovering,
             summary.data_dirs,
@@ -147,7 +156,9 @@ pub fn run(args: Args) -> anyhow::Result<()> {
             summary.retries_answered_as_repeat,
             summary.shard_opens_from_checkpoint,
             summary.replayed_records,
-            summary.shard_opens_with_retained_log
+            summary.shard_opens_with_retained_log,
+            summary.money_requests_retried,
+            summary.money_transfer_checks
         );
     }
     Ok(())
@@ -179,7 +190,7 @@ fn run_cycle(
     root: &Path,
     cycle: u64,
     cycle_seed: u64,
-    model: &mut model::Model,
+    (model, money): (&mut model::Model, &mut money::MoneyModel),
     summary: &mut Summary,
 ) -> anyhow::Result<()> {
     let journal_dir = root.join("journal");
@@ -237,7 +248,15 @@ fn run_cycle(
     for entry in std::fs::read_dir(&journal_dir)? {
         let entries = journal::read(&entry?.path())?;
         summary.journal_entries += entries.len() as u64;
-        model.merge(entries)?;
+        let mut trades = Vec::with_capacity(entries.len());
+        for entry in entries {
+            match entry {
+                journal::Entry::MoneySent { op, request } => money.sent(op, request)?,
+                journal::Entry::MoneyAcked { request, outcome } => money.acked(&request, outcome)?,
+                other => trades.push(other),
+            }
+        }
+        model.merge(trades)?;
     }
     // One executor: glommio 0.9 keeps one eventfd of every executor it ever ran (glommio
     // issue 448), so each check costs the parent one descriptor; see `check_descriptor_budget`.
@@ -250,12 +269,14 @@ fn run_cycle(
     }
     let checked = model.verify(&engine.handle()).and_then(|mut checked| {
         model.retry_lost(&engine.handle(), &mut checked)?;
-        Ok(checked)
+        Ok((checked, money.verify(&engine.handle())?))
     });
     let closed = engine.close();
     // A violation found by the check is the news; a failed close only after it.
-    let checked = checked?;
+    let (checked, money_checked) = checked?;
     closed.context("closing after the check")?;
+    summary.money_requests_retried += money_checked.retried;
+    summary.money_transfer_checks += money_checked.transfers_done;
     summary.acknowledged_trades_checked += checked.acknowledged_trades;
     summary.in_flight_found_present += checked.in_flight_present;
     summary.in_flight_found_absent += checked.in_flight_absent;

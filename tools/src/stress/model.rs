@@ -126,6 +126,7 @@ impl Model {
                     let highest = self.committed.entry(partition).or_default();
                     *highest = (*highest).max(offset);
                 }
+                Entry::MoneySent { .. } | Entry::MoneyAcked { .. } => bail!("money entries belong to the money model"),
                 Entry::Failure(text) => bail!("the child stopped: {text}"),
             }
         }
