@@ -157,9 +157,11 @@ fn apply_trade<D: Disk>(
         EffectKeys::Order { key, body } => Some((key, body)),
         _ => None,
     };
-    index.apply_money(&record, inner.shard_id).expect("a payment checked against the accepted view applies");
-    if let Some(account) = crate::trade_money::touched(&record, inner.shard_id) {
-        accepted.accounts.retire_balances(appended.seq, &[account]);
+    if record.funding != crate::record::Funding::External {
+        index.apply_money(&record, inner.shard_id).expect("a payment checked against the accepted view applies");
+        if let Some(account) = crate::trade_money::touched(&record, inner.shard_id) {
+            accepted.accounts.retire_balances(appended.seq, &[account]);
+        }
     }
     index.apply_keyed(&record, appended, order).expect("a write checked against the accepted view applies");
     let id = record.trade_id;

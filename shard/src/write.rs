@@ -325,11 +325,14 @@ fn change<D: Disk>(
         funding,
     };
     // The money it moves, checked against the balances durable and in flight.
-    let mut scratch = Scratch::over(index.accounts(), index.tcc(), &accepted.accounts);
-    if let Err(refusal) = apply_funding(&mut scratch, &record, inner.shard_id) {
-        return reply.send(Err(refusal.into()));
+    let mut balances = Vec::new();
+    if funding != Funding::External {
+        let mut scratch = Scratch::over(index.accounts(), index.tcc(), &accepted.accounts);
+        if let Err(refusal) = apply_funding(&mut scratch, &record, inner.shard_id) {
+            return reply.send(Err(refusal.into()));
+        }
+        balances = scratch.into_balances();
     }
-    let balances = scratch.into_balances();
     let ticket = match inner.wal.enqueue(&record.encode()) {
         Ok(ticket) => ticket,
         Err(error) => return reply.send(Err(error.into())),
