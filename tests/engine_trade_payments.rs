@@ -74,6 +74,7 @@ fn a_trade_paid_from_a_balance_moves_the_money_once_and_settles_to_its_merchant(
 
     let paid = h.pay_from_balance_blocking(near).unwrap();
     assert_eq!((paid.status, paid.from_balance, paid.replayed), (TradeStatus::Paid, true, false));
+    assert!(h.get_blocking(near).unwrap().from_balance, "a reader sees how the trade was paid");
     assert_eq!((available(&h, buyer), in_transit(&h), money(&h)), (7_000, 3_000, DEPOSITED as i128));
     // A retry of the payment answers it and takes nothing more; a payment of the other kind
     // (by card) is refused: it would be a second payment.
@@ -151,6 +152,7 @@ fn a_payment_the_balance_cannot_cover_is_refused_and_leaves_no_trace() {
     h.deposit_blocking(buyer, "CNY", 400, "more").unwrap();
     let outside = h.create_trade_blocking(trade(buyer, same, "card", 300)).unwrap().id;
     h.pay_blocking(outside).unwrap();
+    assert!(!h.get_blocking(outside).unwrap().from_balance);
     assert!(matches!(h.pay_from_balance_blocking(outside), Err(Error::Refused(Refusal::IllegalTransition { .. }))));
     assert!(h.pay_blocking(outside).unwrap().replayed);
     h.refund_blocking(outside, "R-card", 300).unwrap();

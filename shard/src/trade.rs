@@ -128,6 +128,9 @@ pub struct Trade {
     pub refunded_amount: u64,
     pub currency: Currency,
     pub status: TradeStatus,
+    /// Paid from the buyer's balance (`pay_from_balance`): refunds go back to it, and settling
+    /// credits the merchant's account.
+    pub from_balance: bool,
     /// Milliseconds since the Unix epoch.
     pub created_ms: u64,
     pub updated_ms: u64,

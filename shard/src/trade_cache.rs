@@ -21,10 +21,12 @@ use tradeshard_cache::SharedCache;
 use crate::currency::Currency;
 use crate::id_hash::IdHasher;
 use crate::index::TradeEntry;
-use crate::trade::{Trade, TradeId, TradeStatus, MEMO_BYTES_MAX, ORDER_NO_BYTES_MAX};
+use crate::lifecycle::Lifecycle;
+use crate::trade::{Trade, TradeId, MEMO_BYTES_MAX, ORDER_NO_BYTES_MAX};
 
 /// The block's fixed part: created, buyer, merchant, amount, refunded, updated (8 bytes each),
-/// status (1), currency (3), the order number's length (1); the order number and the memo
+/// status (1, with the bit of a trade paid from a balance), currency (3), the order number's
+/// length (1); the order number and the memo
 /// follow.
 const FIXED_BYTES: usize = 53;
 const AMOUNT_AT: usize = 24;
@@ -72,7 +74,7 @@ impl CachedTrade {
         block[AMOUNT_AT..AMOUNT_AT + 8].copy_from_slice(&entry.lifecycle.amount.to_le_bytes());
         block[REFUNDED_AT..REFUNDED_AT + 8].copy_from_slice(&entry.lifecycle.refunded.to_le_bytes());
         block[UPDATED_AT..UPDATED_AT + 8].copy_from_slice(&entry.updated_ms.to_le_bytes());
-        block[STATUS_AT] = entry.lifecycle.status as u8;
+        block[STATUS_AT] = entry.lifecycle.status_byte();
     }
 
     /// A copy for a reader, made under the stripe's lock without allocating.
@@ -108,6 +110,7 @@ fn word(block: &[u8], at: usize) -> u64 {
 /// A trade from its block (made by [`CachedTrade::new`], so every field is valid).
 fn compose(id: TradeId, block: &[u8]) -> Trade {
     let order_len = block[FIXED_BYTES - 1] as usize;
+    let (status, from_balance) = Lifecycle::of_status_byte(block[STATUS_AT]).expect("made from a status");
     let text = |range: std::ops::Range<usize>| std::str::from_utf8(&block[range]).expect("made from a str").to_string();
     Trade {
         id,
@@ -118,7 +121,8 @@ fn compose(id: TradeId, block: &[u8]) -> Trade {
         refunded_amount: word(block, REFUNDED_AT),
         currency: Currency::from_bytes(block[STATUS_AT + 1..STATUS_AT + 4].try_into().expect("three bytes"))
             .expect("made from a currency"),
-        status: TradeStatus::from_u8(block[STATUS_AT]).expect("made from a status"),
+        status,
+        from_balance,
         created_ms: word(block, 0),
         updated_ms: word(block, UPDATED_AT),
         memo: text(FIXED_BYTES + order_len..block.len()),
@@ -128,6 +132,7 @@ fn compose(id: TradeId, block: &[u8]) -> Trade {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::trade::TradeStatus;
 
     fn entry(status: TradeStatus, refunded: u64, updated_ms: u64) -> TradeEntry {
         TradeEntry { updated_ms, ..crate::entries::sample_entry(status, refunded) }
