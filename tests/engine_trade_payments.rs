@@ -9,7 +9,7 @@ use std::collections::BTreeMap;
 
 use tradeshard_engine::{Currency, Engine, EngineHandle, Error, NewTrade, Options, Refusal, TradeId, TradeStatus};
 use tradeshard_shard::join_all;
-use tradeshard_tests::{engine_options, upkeep_on_request, SMALL_TRADE_MEMORY};
+use tradeshard_tests::{engine_options, upkeep_on_request, wait_until_no_activity_in_doubt, SMALL_TRADE_MEMORY};
 
 const DEPOSITED: u64 = 10_000;
 
@@ -51,17 +51,6 @@ fn trade(buyer: u64, merchant: u64, order: &str, amount: u64) -> NewTrade {
     }
 }
 
-/// Waits (bounded) until no activity is in doubt: a settlement's credit in another shard is
-/// made before the settle answers, and its completion is queued right behind it.
-fn completed(h: &EngineHandle) {
-    let in_doubt = || h.stats_blocking().unwrap().shards.iter().map(|s| s.activities_in_doubt).sum::<u64>();
-    let started = std::time::Instant::now();
-    while in_doubt() > 0 {
-        assert!(started.elapsed() < std::time::Duration::from_secs(5), "activities left in doubt");
-        std::thread::sleep(std::time::Duration::from_millis(5));
-    }
-}
-
 #[test]
 fn a_trade_paid_from_a_balance_moves_the_money_once_and_settles_to_its_merchant() {
     let dir = tempfile::tempdir().unwrap();
@@ -100,7 +89,7 @@ fn a_trade_paid_from_a_balance_moves_the_money_once_and_settles_to_its_merchant(
     let settled = h.settle_blocking(far).unwrap();
     assert_eq!((settled.status, settled.refunded_amount), (TradeStatus::Settled, 500));
     assert_eq!(available(&h, other), 1_500);
-    completed(&h);
+    wait_until_no_activity_in_doubt(&h);
     assert_eq!((in_transit(&h), money(&h)), (0, DEPOSITED as i128));
     // The credit's activity is forgotten once completed; its branch stays in the merchant's
     // shard, which answers any late step.
@@ -185,7 +174,7 @@ fn payments_from_balances_survive_checkpoints_and_trades_that_left_memory() {
     h.refund_blocking(ids[1], "R-1", 40).unwrap();
     h.settle_blocking(ids[0]).unwrap();
     h.settle_blocking(ids[1]).unwrap();
-    completed(&h);
+    wait_until_no_activity_in_doubt(&h);
     let spent = 100 * count;
     assert_eq!(available(&h, buyer), DEPOSITED - spent + 80);
     assert_eq!((available(&h, same), available(&h, other)), (60, 60));

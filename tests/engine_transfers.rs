@@ -7,7 +7,7 @@
 use std::collections::BTreeMap;
 
 use tradeshard_engine::{Currency, Engine, EngineHandle, Error, InputError, Refusal, TransferReceipt};
-use tradeshard_tests::{engine_options, settled_records};
+use tradeshard_tests::{engine_options, settled_records, wait_until_no_activity_in_doubt};
 
 fn shard_of(h: &EngineHandle, user: u64) -> u32 {
     let routing = h.routing();
@@ -34,17 +34,6 @@ fn funded_users(h: &EngineHandle) -> ((u64, u64), (u64, u64)) {
         h.deposit_blocking(user, "CNY", 1_000, "fund").unwrap();
     }
     (same, across)
-}
-
-/// Waits (bounded) until no activity is in doubt: a transfer answers once every branch
-/// answered, and its completion is recorded right behind it.
-fn completed(h: &EngineHandle) {
-    let in_doubt = || h.stats_blocking().unwrap().shards.iter().map(|s| s.activities_in_doubt).sum::<u64>();
-    let started = std::time::Instant::now();
-    while in_doubt() > 0 {
-        assert!(started.elapsed() < std::time::Duration::from_secs(5), "activities left in doubt");
-        std::thread::sleep(std::time::Duration::from_millis(5));
-    }
 }
 
 fn available(h: &EngineHandle, user: u64) -> u64 {
@@ -118,7 +107,7 @@ fn transfers_move_money_once_within_a_shard_and_across_shards() {
     assert!(matches!(h.transfer_blocking(a, 0, "CNY", 1, "x"), Err(Error::Invalid(InputError::ZeroUserId))));
     let stats = h.stats_blocking().unwrap();
     assert_eq!(stats.shards.iter().map(|s| s.activities).sum::<u64>(), 2, "two transfers across shards");
-    completed(&h);
+    wait_until_no_activity_in_doubt(&h);
     engine.close().unwrap();
 
     // After a reopen: the same answers, from the log.
@@ -192,7 +181,7 @@ fn concurrent_transfers_conserve_money_at_every_observation() {
     stop.store(true, std::sync::atomic::Ordering::Relaxed);
     assert!(observer.join().unwrap() > 0);
     assert_eq!(money(&h)[&usd], 120_000, "balances plus money in transit equal the deposits");
-    completed(&h);
+    wait_until_no_activity_in_doubt(&h);
     assert_eq!(h.money_in_transit_blocking().unwrap().values().sum::<i128>(), 0);
     let sum: u64 = users.iter().map(|user| h.balance_blocking(*user, "USD").unwrap().available).sum();
     assert_eq!(sum, 120_000);

@@ -1,7 +1,12 @@
 //! Helpers shared by the integration tests: an executor to run on, log configurations sized
 //! for tests, deterministic record contents, and the seed count of the simulated campaigns.
 
+use std::cell::Cell;
 use std::future::Future;
+use std::rc::Rc;
+
+use tradeshard_shard::{BranchCall, LogError, Refusal, Shard, Step, StepAnswer, StepSender, TradeError};
+use tradeshard_wal::disk::SimDisk;
 
 use tradeshard_wal::disk::SplitMix64;
 use tradeshard_wal::{Compression, Durability, Preallocation, WalConfig};
@@ -274,4 +279,42 @@ pub async fn run_until_crash<Fut>(
     checkpoints.await;
     drop(shard);
     disk.crash(rng.next_u64());
+}
+
+/// Two shards on simulated disks as the activity manager reaches them (the campaigns of
+/// flexible transactions); after `budget` sends every send fails without reaching a shard, as
+/// a dying initiator's would.
+pub struct ShardPair {
+    pub shards: [Rc<Shard<SimDisk>>; 2],
+    pub budget: Cell<usize>,
+}
+
+impl StepSender for ShardPair {
+    type Error = TradeError;
+    async fn send(&self, shard: u32, steps: Vec<Step>) -> Result<Vec<StepAnswer>, TradeError> {
+        if self.budget.get() == 0 {
+            return Err(TradeError::Log(LogError::Closed));
+        }
+        self.budget.set(self.budget.get() - 1);
+        call(|reply| self.shards[shard as usize].transact(steps, reply)).await
+    }
+
+    async fn post(&self, shard: u32, steps: Vec<Step>) {
+        let _ = self.send(shard, steps).await;
+    }
+
+    async fn call(&self, _: u16, _: BranchCall, activity: u128, _: u16, _: u64) -> Result<(), TradeError> {
+        Err(Refusal::StepConflict { activity, reason: "the campaign's activities have no participants" }.into())
+    }
+}
+
+/// Waits (bounded, 5 s) until no activity is in doubt: an activity answers once every branch
+/// answered, and its completion is queued right behind it.
+pub fn wait_until_no_activity_in_doubt(handle: &tradeshard_engine::EngineHandle) {
+    let in_doubt = || handle.stats_blocking().unwrap().shards.iter().map(|s| s.activities_in_doubt).sum::<u64>();
+    let started = std::time::Instant::now();
+    while in_doubt() > 0 {
+        assert!(started.elapsed() < std::time::Duration::from_secs(5), "activities left in doubt");
+        std::thread::sleep(std::time::Duration::from_millis(5));
+    }
 }

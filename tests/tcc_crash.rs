@@ -19,9 +19,9 @@ use std::rc::Rc;
 
 use tradeshard_shard::{
     account_request_key, finish_activity, run_activity, AccountCommand, AccountOp, ActivityState, BranchAction,
-    BranchCall, BranchPlan, Currency, Decision, LogError, Refusal, Shard, Step, StepAnswer, StepSender, TradeError,
+    BranchPlan, Currency, Decision, Refusal, Shard, Step, TradeError,
 };
-use tradeshard_tests::{call, campaign_shard_config, run_campaign, sim_disk_for_seed};
+use tradeshard_tests::{call, campaign_shard_config, run_campaign, sim_disk_for_seed, ShardPair as Pair};
 use tradeshard_wal::disk::{SimDisk, SplitMix64};
 use tradeshard_wal::WalConfig;
 
@@ -38,32 +38,6 @@ fn config(shard_id: u32) -> WalConfig {
 
 fn cny() -> Currency {
     Currency::parse("CNY").unwrap()
-}
-
-/// The two shards, as the activity manager reaches them; after `budget` sends every send fails
-/// without reaching a shard, as a dying initiator's would.
-struct Pair {
-    shards: [Rc<Shard<SimDisk>>; 2],
-    budget: Cell<usize>,
-}
-
-impl StepSender for Pair {
-    type Error = TradeError;
-    async fn send(&self, shard: u32, steps: Vec<Step>) -> Result<Vec<StepAnswer>, TradeError> {
-        if self.budget.get() == 0 {
-            return Err(TradeError::Log(LogError::Closed));
-        }
-        self.budget.set(self.budget.get() - 1);
-        call(|reply| self.shards[shard as usize].transact(steps, reply)).await
-    }
-
-    async fn post(&self, shard: u32, steps: Vec<Step>) {
-        let _ = self.send(shard, steps).await;
-    }
-
-    async fn call(&self, _: u16, _: BranchCall, activity: u128, _: u16, _: u64) -> Result<(), TradeError> {
-        Err(Refusal::StepConflict { activity, reason: "the campaign's activities have no participants" }.into())
-    }
 }
 
 #[derive(Clone, Debug)]

@@ -22,12 +22,12 @@ use std::collections::HashMap;
 use std::rc::Rc;
 
 use tradeshard_shard::{
-    finish_activity, settlement_activity, AccountCommand, AccountOp, BranchCall, Command, Currency, LogError, Move,
-    NewTrade, Receipt, Refusal, Shard, Step, StepAnswer, StepSender, TradeError, TradeId, TradeStatus, Upkeep,
-    UserRouting,
+    finish_activity, settlement_activity, AccountCommand, AccountOp, Command, Currency, Move, NewTrade, Receipt,
+    Refusal, Shard, TradeError, TradeId, TradeStatus, Upkeep, UserRouting,
 };
 use tradeshard_tests::{
-    call, campaign_shard_config, run_campaign, sim_disk_for_seed, upkeep_on_request, SMALL_TRADE_MEMORY,
+    call, campaign_shard_config, run_campaign, sim_disk_for_seed, upkeep_on_request, ShardPair as Pair,
+    SMALL_TRADE_MEMORY,
 };
 use tradeshard_wal::disk::{SimDisk, SplitMix64};
 
@@ -40,32 +40,6 @@ fn shard_of(user: u64) -> u32 {
 
 fn cny() -> Currency {
     Currency::parse("CNY").unwrap()
-}
-
-/// The two shards, as the activity manager reaches them; after `budget` sends every send fails
-/// without reaching a shard, as a dying caller's would.
-struct Pair {
-    shards: [Rc<Shard<SimDisk>>; 2],
-    budget: Cell<usize>,
-}
-
-impl StepSender for Pair {
-    type Error = TradeError;
-    async fn send(&self, shard: u32, steps: Vec<Step>) -> Result<Vec<StepAnswer>, TradeError> {
-        if self.budget.get() == 0 {
-            return Err(TradeError::Log(LogError::Closed));
-        }
-        self.budget.set(self.budget.get() - 1);
-        call(|reply| self.shards[shard as usize].transact(steps, reply)).await
-    }
-
-    async fn post(&self, shard: u32, steps: Vec<Step>) {
-        let _ = self.send(shard, steps).await;
-    }
-
-    async fn call(&self, _: u16, _: BranchCall, activity: u128, _: u16, _: u64) -> Result<(), TradeError> {
-        Err(Refusal::StepConflict { activity, reason: "the campaign's activities have no participants" }.into())
-    }
 }
 
 /// A request of the campaign, kept to be sent again when its answer is lost.
