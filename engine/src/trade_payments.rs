@@ -34,6 +34,11 @@ impl EngineHandle {
     /// record credited them). A credit that cannot be made now is left to recovery.
     pub(crate) async fn credit_settlement(&self, settled: &Receipt) -> Result<()> {
         let home = self.routing().physical_of_trade(settled.id)?;
+        // The trade is in the cache once its settle is answered: a hit, on this thread.
+        let merchant = self.get(settled.id).await?.merchant_id;
+        if self.routing().physical_of_user(merchant) == home {
+            return Ok(());
+        }
         let activity = settlement_activity(settled.id);
         let Some(entry) = self.on_shard(home, ops::GetActivity(activity)).await? else {
             return Ok(());
