@@ -36,12 +36,12 @@ impl Routing {
 
     /// The physical shard holding a user's trades and accounts.
     pub fn physical_of_user(&self, user_id: u64) -> u32 {
-        self.physical_of_logical(self.logical_of_user(user_id))
+        self.users().physical_of_user(user_id)
     }
 
     /// The physical shard holding a logical shard.
     pub fn physical_of_logical(&self, logical: u32) -> u32 {
-        logical % self.physical_shards
+        self.users().physical_of_logical(logical)
     }
 
     /// The executor owning a physical shard.

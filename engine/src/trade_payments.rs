@@ -8,7 +8,9 @@
 //! before it is answered. If that cannot be done now, the credit stays in transit, listed
 //! among the activities in doubt, and recovery carries it out.
 
-use tradeshard_shard::{commit_untried, settlement_activity, ActivityState, Command, Move, Receipt, TradeId};
+use tradeshard_shard::{finish_activity, settlement_activity, ActivityState, Command, Move, Receipt, TradeId};
+
+use crate::transfers::now_ms;
 
 use crate::blocking::blocking;
 use crate::error::Result;
@@ -44,7 +46,8 @@ impl EngineHandle {
             return Ok(());
         };
         if matches!(entry.state, ActivityState::Decided(_)) {
-            commit_untried(self, home, activity, &entry).await?;
+            // Decided at its begin: its branch tried and confirmed together, then completed.
+            finish_activity(self, home, activity, &entry, now_ms()).await?;
         }
         Ok(())
     }

@@ -254,9 +254,10 @@ pub(crate) async fn read_many<D: Disk>(
 }
 
 /// What the durable settled trades settled to their merchants (the amount less refunds, which
-/// only a trade paid from a balance has before it settles), summed per (merchant, currency): the trades in
-/// memory as the call finds them, and those of the cold chunks as the table holds them while
-/// it is read (a trade changed meanwhile may be counted in its state before or after).
+/// only a trade paid from a balance has before it settles), summed per (merchant, currency):
+/// the trades in memory as the call finds them, and those of the cold chunks as the table holds
+/// them while it is read (a trade changed meanwhile may be counted in its state before or
+/// after).
 pub(crate) async fn settled_totals<D: Disk>(inner: &Inner<D>) -> Result<SettledTotals, TradeError> {
     let mut totals: HashMap<(u64, Currency), u64> = HashMap::new();
     let mut add = |entry: &TradeEntry| {

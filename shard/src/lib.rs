@@ -102,7 +102,7 @@ pub use system_record::ClaimOutcome;
 pub use system_record::{ClaimSettled, LogRecord, OffsetCommit, OrderClaim};
 pub use tcc::{BranchAction, BranchPlan, CancelReason, Decision, Step, TccRecord, BRANCHES_MAX, NO_SHARD, STEPS_MAX};
 pub use tcc_book::{ActivityEntry, ActivityState, BranchEntry, BranchState, StepAnswer, StepOutcome};
-pub use tcc_driver::{commit_untried, finish_activity, run_activity, BranchCall, Driven, StepError, StepSender};
+pub use tcc_driver::{finish_activity, run_activity, BranchCall, Driven, StepError, StepSender};
 pub use trade::{
     NewTrade, Receipt, Trade, TradeId, TradeStatus, ValidTrade, AMOUNT_MAX, COUNTER_BITS, LOGICAL_SHARDS_MAX,
     LOGICAL_SHARD_BITS, MEMO_BYTES_MAX, ORDER_NO_BYTES_MAX, REFUND_NO_BYTES_MAX,

@@ -19,9 +19,10 @@
 //! 5. **Complete** in the initiator's shard once every branch answered.
 //!
 //! An activity may also be recorded already decided to commit, with no Try made (the credit
-//! of a settled trade paid from a balance: the Settled record is the decision). Its Confirm
-//! finds no Try and is sent again with the Try before it, in one local transaction: Confirm
-//! still uses only what that Try reserved.
+//! of a settled trade paid from a balance: the Settled record is the decision; its deadline is
+//! `DECIDED_AT_BEGIN`). Each branch's Try and Confirm then go together, in one local
+//! transaction of its shard ([`commit_untried`]): Confirm still uses only what that Try
+//! reserved.
 //!
 //! Every step is idempotent, so a step sent twice (a retry, recovery driving an activity its
 //! initiator is still driving) changes nothing more. Recovery ([`finish_activity`]) takes an
@@ -33,7 +34,7 @@ use std::future::Future;
 use crate::error::{Refusal, TradeError};
 use crate::join::join_all;
 use crate::tcc::{BranchAction, BranchPlan, CancelReason, Decision, Step};
-use crate::tcc_book::{ActivityEntry, ActivityState, StepAnswer, StepOutcome};
+use crate::tcc_book::{ActivityEntry, ActivityState, StepAnswer, StepOutcome, DECIDED_AT_BEGIN};
 
 /// Carries a local transaction to a shard and brings back its answers, and calls the
 /// embedder's participants.
@@ -74,19 +75,7 @@ async fn reach<S: StepSender>(sender: &S, activity: u128, plan: BranchPlan, call
         BranchCall::Confirm => Step::Confirm { activity, branch },
         BranchCall::Cancel => Step::Cancel { activity, branch, action },
     };
-    match sender.send(plan.shard, vec![step]).await {
-        Ok(_) => true,
-        // A branch of an activity recorded decided at its begin (the credit of a settled trade
-        // paid from a balance, `trade_money.rs`) has no Try before its Confirm: both go
-        // together, in one local transaction of the branch's shard.
-        Err(error)
-            if call == BranchCall::Confirm && matches!(error.refusal(), Some(Refusal::BranchNotTried { .. })) =>
-        {
-            let both = vec![Step::Try { activity, branch, action }, Step::Confirm { activity, branch }];
-            sender.send(plan.shard, both).await.is_ok()
-        }
-        Err(_) => false,
-    }
+    sender.send(plan.shard, vec![step]).await.is_ok()
 }
 
 /// The branches whose steps go with the initiator's own records (accounts of its shard), and
@@ -207,6 +196,9 @@ pub async fn finish_activity<S: StepSender>(
                 Err(error) => decided_otherwise(&error).ok_or(error)?,
             }
         }
+        ActivityState::Decided(_) if entry.deadline_ms == DECIDED_AT_BEGIN => {
+            return commit_untried(sender, home, activity, entry).await.map(Some);
+        }
         ActivityState::Decided(decision) => decision,
         ActivityState::Completed(decision) => {
             return Ok(Some(Driven { decision, completed: true, begun_before: true }));
@@ -219,7 +211,7 @@ pub async fn finish_activity<S: StepSender>(
 /// were never tried (the credit of a settled trade paid from a balance): each branch's Try and
 /// Confirm go together, one local transaction in its shard, then the activity completes. The
 /// steps are idempotent, so a branch tried and confirmed before answers as a repeat.
-pub async fn commit_untried<S: StepSender>(
+async fn commit_untried<S: StepSender>(
     sender: &S,
     home: u32,
     activity: u128,
