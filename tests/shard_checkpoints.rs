@@ -13,8 +13,8 @@
 //!
 //! Trades beyond a small memory budget leave memory at every checkpoint, so reads, retries and
 //! changes find them in the table on disk, and power is lost during the table's writes too.
-//! Order keys leave memory for runs on disk at every checkpoint, so repeated creates read the
-//! runs, and power is lost during the runs' writes, merges and removals.
+//! Order keys and refunds leave memory for runs on disk at every checkpoint, so repeated creates
+//! and refunds read the runs, and power is lost during the runs' writes, merges and removals.
 //!
 //! Also: a damaged newest checkpoint is passed over for the one before it while the log still
 //! holds what that one needs, and refused (with its path and offset) once it does not; a

@@ -26,7 +26,7 @@ use crate::error::{Error, Result};
 /// transactions, in the logs and in checkpoints of version 4; 8: application messages; 9:
 /// trades paid from a balance, in trade records' funding bytes and the stored status byte;
 /// directories of other formats are refused).
-pub const FORMAT_VERSION: u32 = 9;
+pub const FORMAT_VERSION: u32 = 10;
 const MANIFEST: &str = "MANIFEST";
 const LOCK: &str = "LOCK";
 /// Where the manifest is written before its rename; a leftover of an interrupted creation.

@@ -20,7 +20,7 @@ use tradeshard_wal::disk::Disk;
 
 use crate::error::{Refusal, TradeError};
 use crate::index::{body_hash, order_key};
-use crate::key_runs::{Lookup, RunRead};
+use crate::key_runs::{KeyKind, Lookup, RunRead};
 use crate::shard::Shard;
 use crate::state::{Effect, EffectKeys, Inner, ShardReply, Waiter};
 use crate::system_record::{ClaimOutcome, ClaimSettled, LogRecord, OrderClaim};
@@ -108,7 +108,7 @@ fn read_then<D: Disk, R: 'static>(
     reply: ShardReply<R>,
     then: impl FnOnce(&Rc<Inner<D>>, ShardReply<R>, RunRead) + 'static,
 ) {
-    let reading = inner.key_runs.borrow().read(key);
+    let reading = inner.key_runs.borrow().read(key, KeyKind::Order);
     let inner = inner.clone();
     let task = async move {
         match reading.await {
@@ -144,7 +144,7 @@ fn claim_order<D: Disk>(
     if let Some(&(id, _, _)) = accepted.orders.get(&request.key) {
         return reply.send(Err(conflict(Some(id))));
     }
-    let lookup = inner.key_runs.borrow().lookup(&index, request.key, read.as_ref());
+    let lookup = inner.key_runs.borrow().lookup(&index, request.key, KeyKind::Order, read.as_ref());
     let durable = match lookup {
         Lookup::Known(state) => state,
         Lookup::MustRead => {
@@ -209,7 +209,7 @@ fn settle_claim<D: Disk>(
         None if accepted.claims.contains_key(&key) => return reply.send(Err(contradiction())),
         None => {}
     }
-    let lookup = inner.key_runs.borrow().lookup(&inner.index.borrow(), key, read.as_ref());
+    let lookup = inner.key_runs.borrow().lookup(&inner.index.borrow(), key, KeyKind::Order, read.as_ref());
     let claim = match lookup {
         Lookup::Known(state) => state.claim,
         Lookup::MustRead => {
@@ -248,7 +248,7 @@ fn settle_claim<D: Disk>(
 
 /// [`Shard::find_order`], with the key's state read from the runs if it was.
 fn find_order<D: Disk>(inner: &Rc<Inner<D>>, key: u128, reply: ShardReply<OrderLookup>, read: Option<RunRead>) {
-    let lookup = inner.key_runs.borrow().lookup(&inner.index.borrow(), key, read.as_ref());
+    let lookup = inner.key_runs.borrow().lookup(&inner.index.borrow(), key, KeyKind::Order, read.as_ref());
     let state = match lookup {
         Lookup::Known(state) => state,
         Lookup::MustRead => {

@@ -120,6 +120,8 @@ pub(crate) enum RunStore {
     Claims = 2,
     /// (User, trade id) → nothing: each user's trades, in creation order.
     Users = 3,
+    /// Refund key → the refund made under that request number (`RefundEntry`).
+    Refunds = 4,
 }
 
 impl RunStore {
@@ -128,7 +130,23 @@ impl RunStore {
             1 => Some(RunStore::Orders),
             2 => Some(RunStore::Claims),
             3 => Some(RunStore::Users),
+            4 => Some(RunStore::Refunds),
             _ => None,
+        }
+    }
+
+    /// Every store, in the order a checkpoint lists them.
+    pub(crate) const ALL: [RunStore; 4] = [RunStore::Orders, RunStore::Claims, RunStore::Users, RunStore::Refunds];
+
+    /// What its runs are like: a user's trades are asked for as a range only, which a Bloom
+    /// filter cannot answer, and they have no value; a refund's value is 32 bytes, an order's
+    /// and a claim's 24.
+    pub(crate) fn shape(self) -> crate::runs::Shape {
+        use crate::runs::{Filter, Shape};
+        match self {
+            RunStore::Orders | RunStore::Claims => Shape { filter: Filter::PerKey, value_bytes: 24 },
+            RunStore::Users => Shape { filter: Filter::RangesOnly, value_bytes: 0 },
+            RunStore::Refunds => Shape { filter: Filter::PerKey, value_bytes: 32 },
         }
     }
 
@@ -138,6 +156,7 @@ impl RunStore {
             RunStore::Orders => "orders",
             RunStore::Claims => "claims",
             RunStore::Users => "users",
+            RunStore::Refunds => "refunds",
         }
     }
 }

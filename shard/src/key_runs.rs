@@ -1,18 +1,21 @@
-//! Where a shard keeps its order keys and its users' lists once a checkpoint holds them: on
-//! disk, in sorted runs (`runs/`), so that memory holds only what was added since the last
+//! Where a shard keeps its order keys, refunds and users' lists once a checkpoint holds them:
+//! on disk, in sorted runs (`runs/`), so that memory holds only what was added since the last
 //! checkpoint, not every trade's keys.
 //!
-//! Three stores of runs per shard: `orders` (order key → the shard's trade with that order
+//! Four stores of runs per shard: `orders` (order key → the shard's trade with that order
 //! number and its body hash), `claims` (order key → the confirmed claim of a buyer of another
-//! shard: body hash, buyer, trade) and `users` (user and trade id → nothing: a user's trades
-//! are a range of keys, in creation order, since a user's trade ids grow with time). Pending
+//! shard: body hash, buyer, trade), `refunds` (refund key → the refund made under that request
+//! number: trade, amount, the trade's refunded total after it, time) and `users` (user and
+//! trade id → nothing: a user's trades are a range of keys, in creation order, since a user's
+//! trade ids grow with time). Pending
 //! claims are few and stay in memory and in the checkpoint file. Each checkpoint writes what
 //! was applied since the one before as one new run of each store and merges runs as the sets'
 //! policy says; the checkpoint file lists the runs in force (`Item::Run`). A run is removed
 //! once neither the latest checkpoint nor the one before it (the fallback) lists it.
 //!
-//! Asking for a key: the memory first (the index's keys since the last checkpoint, and the
-//! pending claims), then the runs' Bloom filters; only a key some filter may hold is read from
+//! Asking for a key (an order key by a create, a refund key by a refund): the memory first (the
+//! index's keys since the last checkpoint, and the pending claims), then the runs' Bloom
+//! filters; only a key some filter may hold is read from
 //! disk (one 4 KiB read per run that may hold it), by a task, after which the request is
 //! checked again with what was read ([`RunRead`]). A read is good only for the sets it was
 //! made against: a checkpoint that moves keys from memory into a new run changes the
@@ -28,9 +31,9 @@ use std::rc::Rc;
 use tradeshard_wal::disk::Disk;
 
 use crate::error::{LogError, TradeError};
-use crate::index::{ClaimEntry, RunStore, ShardIndex};
-use crate::runs::{merge, Filter, Run, RunSet, Value, VALUE_BYTES};
-use crate::trade::TradeId;
+use crate::index::{ClaimEntry, RefundEntry, RunStore, ShardIndex};
+use crate::runs::{merge, Run, RunSet, Value, VALUE_BYTES_MAX};
+use crate::trade::{TradeId, AMOUNT_MAX};
 
 /// The runs of one shard's three stores, oldest first each. A clone shares the runs.
 #[derive(Clone)]
@@ -38,12 +41,42 @@ pub(crate) struct RunSets<D: Disk> {
     pub orders: RunSet<D>,
     pub claims: RunSet<D>,
     pub users: RunSet<D>,
+    pub refunds: RunSet<D>,
+}
+
+impl<D: Disk> Default for RunSets<D> {
+    fn default() -> Self {
+        RunSets {
+            orders: RunSet::default(),
+            claims: RunSet::default(),
+            users: RunSet::default(),
+            refunds: RunSet::default(),
+        }
+    }
 }
 
 impl<D: Disk> RunSets<D> {
     /// Each store with its runs.
-    pub(crate) fn stores(&self) -> [(RunStore, &RunSet<D>); 3] {
-        [(RunStore::Orders, &self.orders), (RunStore::Claims, &self.claims), (RunStore::Users, &self.users)]
+    pub(crate) fn stores(&self) -> [(RunStore, &RunSet<D>); 4] {
+        RunStore::ALL.map(|store| (store, self.store(store)))
+    }
+
+    fn store(&self, store: RunStore) -> &RunSet<D> {
+        match store {
+            RunStore::Orders => &self.orders,
+            RunStore::Claims => &self.claims,
+            RunStore::Users => &self.users,
+            RunStore::Refunds => &self.refunds,
+        }
+    }
+
+    fn store_mut(&mut self, store: RunStore) -> &mut RunSet<D> {
+        match store {
+            RunStore::Orders => &mut self.orders,
+            RunStore::Claims => &mut self.claims,
+            RunStore::Users => &mut self.users,
+            RunStore::Refunds => &mut self.refunds,
+        }
     }
 
     /// Every run, as a checkpoint lists them.
@@ -69,19 +102,31 @@ pub(crate) struct KeyRuns<D: Disk> {
     pub reads: Cell<u64>,
 }
 
-/// What the memory and the runs know of an order key's durable state.
+/// What the memory and the runs know of an order key's or a refund key's durable state.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub(crate) struct KeyState {
     /// A trade of this shard has it, with this body hash.
     pub order: Option<(TradeId, u64)>,
     /// A buyer of another shard claimed it here.
     pub claim: Option<ClaimEntry>,
+    /// A refund of a trade of this shard was made under it.
+    pub refund: Option<RefundEntry>,
+}
+
+/// What a key names, so which stores are asked.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum KeyKind {
+    /// An order key: the orders and the claims.
+    Order,
+    /// A refund key: the refunds.
+    Refund,
 }
 
 /// A key's state as read from the runs, good while the runs are those of `generation`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) struct RunRead {
     pub key: u128,
+    kind: KeyKind,
     generation: u64,
     state: KeyState,
 }
@@ -93,21 +138,28 @@ pub(crate) enum Lookup {
     MustRead,
 }
 
+/// A value of these words, zero after them.
+fn value_of(words: &[u64]) -> Value {
+    let mut value = [0u8; VALUE_BYTES_MAX];
+    for (n, word) in words.iter().enumerate() {
+        value[8 * n..8 * n + 8].copy_from_slice(&word.to_le_bytes());
+    }
+    value
+}
+
 /// A trade's order key entry: its id and body hash.
 pub(crate) fn order_value(id: TradeId, body: u64) -> Value {
-    let mut value = [0u8; VALUE_BYTES];
-    value[..8].copy_from_slice(&id.0.to_le_bytes());
-    value[8..16].copy_from_slice(&body.to_le_bytes());
-    value
+    value_of(&[id.0, body])
 }
 
 /// A confirmed claim's entry: body hash, buyer and trade.
 pub(crate) fn claim_value(claim: &ClaimEntry, trade: TradeId) -> Value {
-    let mut value = [0u8; VALUE_BYTES];
-    for (n, word) in [claim.body, claim.buyer_id, trade.0].into_iter().enumerate() {
-        value[8 * n..8 * n + 8].copy_from_slice(&word.to_le_bytes());
-    }
-    value
+    value_of(&[claim.body, claim.buyer_id, trade.0])
+}
+
+/// A refund's entry: trade, amount, the trade's refunded total after it, and its time.
+pub(crate) fn refund_value(refund: &RefundEntry) -> Value {
+    value_of(&[refund.trade_id.0, refund.amount, refund.refunded_after, refund.at_ms])
 }
 
 fn word(value: &Value, n: usize) -> u64 {
@@ -134,18 +186,29 @@ fn decode_claim(value: &Value) -> Result<ClaimEntry, TradeError> {
     Ok(ClaimEntry { body: word(value, 0), buyer_id: word(value, 1), trade: Some(trade) })
 }
 
+fn decode_refund(value: &Value) -> Result<RefundEntry, TradeError> {
+    let refund = RefundEntry {
+        trade_id: TradeId(word(value, 0)),
+        amount: word(value, 1),
+        refunded_after: word(value, 2),
+        at_ms: word(value, 3),
+    };
+    let amounts_hold =
+        (1..=AMOUNT_MAX).contains(&refund.amount) && (refund.amount..=AMOUNT_MAX).contains(&refund.refunded_after);
+    if refund.trade_id.counter() == 0 || !amounts_hold {
+        return Err(bad_entry("a refund run entry that no checkpoint writes"));
+    }
+    Ok(refund)
+}
+
 impl<D: Disk> KeyRuns<D> {
     /// The runs a loaded checkpoint lists (oldest first, per store), opened; `next_id` is
     /// above every run file in the directory, listed or not.
     pub(crate) async fn open(disk: &D, listed: &[(RunStore, u64)]) -> Result<KeyRuns<D>, TradeError> {
-        let (mut orders, mut claims, mut users) = (Vec::new(), Vec::new(), Vec::new());
+        let mut sets = RunSets::default();
         for &(store, id) in listed {
-            let run = Rc::new(Run::open(disk, store.prefix(), id).await?);
-            match store {
-                RunStore::Orders => orders.push(run),
-                RunStore::Claims => claims.push(run),
-                RunStore::Users => users.push(run),
-            }
+            let run = Rc::new(Run::open(disk, store.prefix(), id, store.shape().value_bytes).await?);
+            sets.store_mut(store).push(run);
         }
         let on_disk = disk.list().map_err(|e| TradeError::Log(LogError::io("list", disk.path_of(""), e)))?;
         let on_disk: Vec<u64> = on_disk.iter().filter_map(|name| run_file_id::<D>(name)).collect();
@@ -157,11 +220,6 @@ impl<D: Disk> KeyRuns<D> {
                 reason: "a run file with the highest id there is",
             })
         })?;
-        let sets = RunSets {
-            orders: RunSet::from_runs(orders),
-            claims: RunSet::from_runs(claims),
-            users: RunSet::from_runs(users),
-        };
         Ok(KeyRuns {
             sets,
             generation: 0,
@@ -171,28 +229,54 @@ impl<D: Disk> KeyRuns<D> {
         })
     }
 
-    /// What the memory (`index`) and the Bloom filters tell of `key`, or that the runs must be
-    /// read; `read`, a read of the runs made before, counts if the runs are still those it read.
-    pub(crate) fn lookup(&self, index: &ShardIndex, key: u128, read: Option<&RunRead>) -> Lookup {
-        let in_memory = KeyState { order: index.by_order(key), claim: index.claim(key).copied() };
+    /// What the memory (`index`) and the Bloom filters tell of `key`, a key of `kind`, or that
+    /// the runs must be read; `read`, a read of the runs made before, counts if the runs are
+    /// still those it read.
+    pub(crate) fn lookup(&self, index: &ShardIndex, key: u128, kind: KeyKind, read: Option<&RunRead>) -> Lookup {
+        let in_memory = match kind {
+            KeyKind::Order => KeyState { order: index.by_order(key), claim: index.claim(key).copied(), refund: None },
+            KeyKind::Refund => KeyState { refund: index.refund(key).copied(), ..KeyState::default() },
+        };
         if in_memory != KeyState::default() {
             return Lookup::Known(in_memory);
         }
+        let may_hold = match kind {
+            KeyKind::Order => self.sets.orders.may_hold(key) || self.sets.claims.may_hold(key),
+            KeyKind::Refund => self.sets.refunds.may_hold(key),
+        };
         match read {
-            Some(read) if read.key == key && read.generation == self.generation => Lookup::Known(read.state),
-            _ if self.sets.orders.may_hold(key) || self.sets.claims.may_hold(key) => Lookup::MustRead,
+            Some(read) if (read.key, read.kind, read.generation) == (key, kind, self.generation) => {
+                Lookup::Known(read.state)
+            }
+            _ if may_hold => Lookup::MustRead,
             _ => Lookup::Known(KeyState::default()),
         }
     }
 
-    /// Reads `key` from the runs in force now; the future holds no borrow of `self`.
-    pub(crate) fn read(&self, key: u128) -> impl std::future::Future<Output = Result<RunRead, TradeError>> + 'static {
+    /// Reads `key`, a key of `kind`, from the runs in force now; the future holds no borrow of
+    /// `self`.
+    pub(crate) fn read(
+        &self,
+        key: u128,
+        kind: KeyKind,
+    ) -> impl std::future::Future<Output = Result<RunRead, TradeError>> + 'static {
         self.reads.set(self.reads.get() + 1);
-        let (order, claim, generation) = (self.sets.orders.get(key), self.sets.claims.get(key), self.generation);
+        let generation = self.generation;
+        let (first, second) = match kind {
+            KeyKind::Order => (self.sets.orders.get(key), Some(self.sets.claims.get(key))),
+            KeyKind::Refund => (self.sets.refunds.get(key), None),
+        };
         async move {
-            let order = order.await?.as_ref().map(decode_order).transpose()?;
-            let claim = claim.await?.as_ref().map(decode_claim).transpose()?;
-            Ok(RunRead { key, generation, state: KeyState { order, claim } })
+            let first = first.await?;
+            let state = match (kind, second) {
+                (KeyKind::Order, Some(claim)) => KeyState {
+                    order: first.as_ref().map(decode_order).transpose()?,
+                    claim: claim.await?.as_ref().map(decode_claim).transpose()?,
+                    refund: None,
+                },
+                _ => KeyState { refund: first.as_ref().map(decode_refund).transpose()?, ..KeyState::default() },
+            };
+            Ok(RunRead { key, kind, generation, state })
         }
     }
 }
@@ -238,17 +322,17 @@ pub(crate) fn user_trades<D: Disk>(
 
 /// The id of a run file of any store, or `None` for any other name.
 fn run_file_id<D: Disk>(name: &str) -> Option<u64> {
-    let stores = [RunStore::Orders, RunStore::Claims, RunStore::Users];
-    stores.into_iter().find_map(|store| Run::<D>::parse_file_name(store.prefix(), name))
+    RunStore::ALL.into_iter().find_map(|store| Run::<D>::parse_file_name(store.prefix(), name))
 }
 
 /// The sets after a checkpoint's runs were written, and what they cost.
 pub(crate) struct WrittenRuns<D: Disk> {
     pub sets: RunSets<D>,
     /// What is now in a run, to forget from memory once the checkpoint is durable: order
-    /// keys, confirmed claims, and how many of each user's oldest trades in memory.
+    /// keys, confirmed claims, refunds, and how many of each user's oldest trades in memory.
     pub order_keys: Vec<u128>,
     pub claim_keys: Vec<u128>,
+    pub refund_keys: Vec<u128>,
     pub user_counts: Vec<(u64, usize)>,
     /// Bytes of the runs written, merges included.
     pub bytes: u64,
@@ -263,40 +347,45 @@ pub(crate) async fn write_runs<D: Disk>(
     next_id: &Cell<u64>,
     snapshot: &ShardIndex,
 ) -> Result<WrittenRuns<D>, TradeError> {
-    let RunSets { mut orders, mut claims, mut users } = sets;
-    let mut order_entries: Vec<(u128, Value)> =
-        snapshot.recent_orders().map(|(key, id, body)| (key, order_value(id, body))).collect();
-    let mut claim_entries: Vec<(u128, Value)> =
-        snapshot.recent_confirmed_claims().map(|(key, claim, trade)| (key, claim_value(claim, trade))).collect();
-    order_entries.sort_unstable_by_key(|(key, _)| *key);
-    claim_entries.sort_unstable_by_key(|(key, _)| *key);
-    let order_keys = order_entries.iter().map(|(key, _)| *key).collect();
-    let claim_keys = claim_entries.iter().map(|(key, _)| *key).collect();
+    let mut sets = sets;
+    let sorted = |mut entries: Vec<(u128, Value)>| {
+        entries.sort_unstable_by_key(|(key, _)| *key);
+        entries
+    };
+    let order_entries = sorted(snapshot.recent_orders().map(|(key, id, body)| (key, order_value(id, body))).collect());
+    let claim_entries = sorted(
+        snapshot.recent_confirmed_claims().map(|(key, claim, trade)| (key, claim_value(claim, trade))).collect(),
+    );
+    let refund_entries = sorted(snapshot.recent_refunds().map(|(key, refund)| (key, refund_value(refund))).collect());
+    let keys_of = |entries: &[(u128, Value)]| entries.iter().map(|(key, _)| *key).collect();
+    let (order_keys, claim_keys, refund_keys) =
+        (keys_of(&order_entries), keys_of(&claim_entries), keys_of(&refund_entries));
     let user_counts: Vec<(u64, usize)> = snapshot.recent_users().map(|(user, ids)| (user, ids.len())).collect();
-    let mut user_entries: Vec<(u128, Value)> = snapshot
-        .recent_users()
-        .flat_map(|(user, ids)| ids.iter().map(move |id| (user_key(user, *id), [0u8; VALUE_BYTES])))
-        .collect();
-    user_entries.sort_unstable_by_key(|(key, _)| *key);
+    let user_entries = sorted(
+        snapshot
+            .recent_users()
+            .flat_map(|(user, ids)| ids.iter().map(move |id| (user_key(user, *id), [0u8; VALUE_BYTES_MAX])))
+            .collect(),
+    );
     let mut bytes = 0;
     let stores = [
-        (RunStore::Orders, &mut orders, order_entries),
-        (RunStore::Claims, &mut claims, claim_entries),
-        (RunStore::Users, &mut users, user_entries),
+        (RunStore::Orders, order_entries),
+        (RunStore::Claims, claim_entries),
+        (RunStore::Users, user_entries),
+        (RunStore::Refunds, refund_entries),
     ];
-    for (store, set, entries) in stores {
+    for (store, entries) in stores {
         if entries.is_empty() {
             continue;
         }
-        // A user's trades are asked for as a range only.
-        let filter = if store == RunStore::Users { Filter::RangesOnly } else { Filter::PerKey };
+        let (set, shape) = (sets.store_mut(store), store.shape());
         let id = take_id(next_id);
-        let run = Run::write(disk, store.prefix(), id, 0, filter, entries.len() as u64, entries).await?;
+        let run = Run::write(disk, store.prefix(), id, 0, shape, entries.len() as u64, entries).await?;
         bytes += run.file_bytes();
         set.push(Rc::new(run));
         while let Some((range, level)) = set.merge_plan() {
             let merged =
-                merge(disk, store.prefix(), take_id(next_id), level, filter, &set.runs()[range.clone()]).await?;
+                merge(disk, store.prefix(), take_id(next_id), level, shape, &set.runs()[range.clone()]).await?;
             bytes += merged.file_bytes();
             set.replace(range, Rc::new(merged));
         }
@@ -304,8 +393,7 @@ pub(crate) async fn write_runs<D: Disk>(
     if bytes > 0 {
         disk.sync_dir().await.map_err(|e| TradeError::Log(LogError::io("sync directory", disk.path_of(""), e)))?;
     }
-    let sets = RunSets { orders, claims, users };
-    Ok(WrittenRuns { sets, order_keys, claim_keys, user_counts, bytes })
+    Ok(WrittenRuns { sets, order_keys, claim_keys, refund_keys, user_counts, bytes })
 }
 
 /// The next run id, used up now whatever becomes of the run.

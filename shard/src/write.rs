@@ -9,18 +9,19 @@
 //! flight, the answer waits until it is durable. A refusal (bad state, a conflict, a full log
 //! queue) is answered at once and leaves no trace.
 //!
-//! Order numbers older than the last checkpoint are in runs on disk (`key_runs.rs`): a
-//! create whose key a run's Bloom filter may hold waits for one read of the runs, then is
-//! checked.
+//! Order numbers and refund request numbers older than the last checkpoint are in runs on disk
+//! (`key_runs.rs`): a create or a refund whose key a run's Bloom filter may hold waits for one
+//! read of the runs, then is checked.
 
 use std::rc::Rc;
 
 use tradeshard_wal::disk::Disk;
 
 use crate::command::Command;
+use crate::entries::RefundEntry;
 use crate::error::{InputError, LogError, Refusal, TradeError};
 use crate::index::{body_hash, order_key, refund_key, ShardIndex};
-use crate::key_runs::{KeyState, Lookup, RunRead};
+use crate::key_runs::{KeyKind, KeyState, Lookup, RunRead};
 use crate::lifecycle::{next_state, Action, Lifecycle, Move};
 use crate::record::{Funding, TradeRecord};
 use crate::shard::Shard;
@@ -34,7 +35,12 @@ use crate::trade_money::apply_funding;
 /// A change to an existing trade, as the write path checks it.
 enum Change {
     Move(Move),
-    Refund { amount: u64, refund_no: String },
+    /// `durable`: the refund already made under its request number, if one is durable.
+    Refund {
+        amount: u64,
+        refund_no: String,
+        durable: Option<RefundEntry>,
+    },
 }
 
 impl<D: Disk> Shard<D> {
@@ -53,9 +59,10 @@ impl<D: Disk> Shard<D> {
 
 /// Checks and queues a write. A create whose order key the memory cannot place (a run on disk
 /// may hold it) first has the runs read (`read`), then is checked again; a write to a trade
-/// that is not in memory first brings it back from the table on disk (`may_thaw`). Writes
-/// arriving meanwhile for the same order key, or the same trade, wait behind it, so that they
-/// are checked in the order they came.
+/// that is not in memory first brings it back from the table on disk (`may_thaw`), and a
+/// refund then has its refund key placed the way a create has its order key. Writes arriving
+/// meanwhile for the same key, or the same trade, wait behind it, so that they are checked in
+/// the order they came.
 fn submit_to<D: Disk>(
     inner: &Rc<Inner<D>>,
     command: Command,
@@ -83,12 +90,12 @@ fn submit_to<D: Disk>(
         }
         let in_flight = accepted.orders.contains_key(&key) || accepted.claims.contains_key(&key);
         let runs = inner.key_runs.borrow();
-        match runs.lookup(&index, key, read.as_ref()) {
+        match runs.lookup(&index, key, KeyKind::Order, read.as_ref()) {
             _ if in_flight => {}
             Lookup::Known(state) => durable = state,
             Lookup::MustRead => {
                 accepted.reading.insert(key, vec![WaitingWrite { command, reply, after, read: None }]);
-                let reading = runs.read(key);
+                let reading = runs.read(key, KeyKind::Order);
                 // The task may start at once: not under these borrows.
                 drop((accepted, index, runs));
                 glommio::spawn_local(read_then_submit(inner.clone(), key, reading)).detach();
@@ -109,19 +116,47 @@ fn submit_to<D: Disk>(
             }
         }
     }
+    // A refund's key, as durable state holds it: the trade is in memory by now (or does not
+    // exist, which `change` answers), and its parties make the key.
+    if let Command::Refund { id, refund_no, .. } = &command {
+        let parties = match (accepted.trades.get(id), index.get(*id)) {
+            (Some(in_flight), _) => Some((in_flight.merchant_id, in_flight.user_id)),
+            (None, Some(entry)) => Some((entry.merchant_id, entry.user_id)),
+            (None, None) => None,
+        };
+        if let Some((merchant_id, user_id)) = parties {
+            let key = refund_key(merchant_id, user_id, refund_no);
+            if let Some(waiting) = accepted.reading.get_mut(&key) {
+                return waiting.push(WaitingWrite { command, reply, after, read });
+            }
+            let runs = inner.key_runs.borrow();
+            match runs.lookup(&index, key, KeyKind::Refund, read.as_ref()) {
+                _ if accepted.refunds.contains_key(&key) => {}
+                Lookup::Known(state) => durable.refund = state.refund,
+                Lookup::MustRead => {
+                    accepted.reading.insert(key, vec![WaitingWrite { command, reply, after, read: None }]);
+                    let reading = runs.read(key, KeyKind::Refund);
+                    drop((accepted, index, runs));
+                    glommio::spawn_local(read_then_submit(inner.clone(), key, reading)).detach();
+                    return;
+                }
+            }
+        }
+    }
     match command {
         Command::Create { trade, logical_shard } => {
             create(inner, &mut accepted, &index, durable, trade, logical_shard, reply, after)
         }
         Command::Move { id, to } => change(inner, &mut accepted, &index, id, Change::Move(to), reply),
         Command::Refund { id, amount, refund_no } => {
-            change(inner, &mut accepted, &index, id, Change::Refund { amount, refund_no }, reply)
+            let refund = Change::Refund { amount, refund_no, durable: durable.refund };
+            change(inner, &mut accepted, &index, id, refund, reply)
         }
     }
 }
 
-/// Waits for the runs' answer on order key `key`, then submits the creates that waited for it,
-/// in the order they came.
+/// Waits for the runs' answer on key `key` (an order key or a refund key), then submits the
+/// writes that waited for it, in the order they came.
 async fn read_then_submit<D: Disk>(
     inner: Rc<Inner<D>>,
     key: u128,
@@ -275,7 +310,7 @@ fn change<D: Disk>(
             };
         }
         Change::Move(to) => (to.action(), EffectKeys::None, None),
-        Change::Refund { amount, refund_no } => {
+        Change::Refund { amount, refund_no, durable } => {
             let key = refund_key(current.merchant_id, current.user_id, &refund_no);
             let conflict = |existing, original| -> TradeError {
                 Refusal::RefundRequestConflict { refund_no: refund_no.clone(), existing, amount: original }.into()
@@ -286,9 +321,9 @@ fn change<D: Disk>(
                     false => reply.send(Err(conflict(existing, original))),
                 };
             }
-            if let Some(refund) = index.refund(key) {
+            if let Some(refund) = durable {
                 return match refund.trade_id == id && refund.amount == amount {
-                    true => reply.send(Ok(index.refund_receipt(refund))),
+                    true => reply.send(Ok(index.refund_receipt(&refund))),
                     false => reply.send(Err(conflict(refund.trade_id, refund.amount))),
                 };
             }

@@ -26,7 +26,7 @@ const PAGE_MAGIC: u32 = u32::from_le_bytes(*b"TSCK");
 /// (2: the header records the table of trades' highest counter; the trades are in the table.
 /// 3: the order keys and confirmed claims are in runs on disk, which the checkpoint lists.
 /// 4: accounts and account request numbers.)
-pub(crate) const CHECKPOINT_VERSION: u16 = 5;
+pub(crate) const CHECKPOINT_VERSION: u16 = 6;
 /// The name a checkpoint is written under before it is complete.
 pub(crate) const TEMP_NAME: &str = "checkpoint.tmp";
 /// Longest run of a user's trades in one entry.

@@ -11,6 +11,7 @@ pub(crate) enum Item {
     Run(RunStore, u64),
     /// A user's trades, oldest first (a long list comes as several items, in order).
     User(u64, Vec<TradeId>),
+    /// Not written since the refunds are in runs; read if present.
     Refund(u128, RefundEntry),
     Claim(u128, ClaimEntry),
     Group(String, GroupOffset),
@@ -34,15 +35,14 @@ impl ShardIndex {
     pub(crate) fn items(&self) -> impl Iterator<Item = Item> + '_ {
         // Dense trades are in the table on disk (`trade_file.rs`); only scattered ones here.
         let trades = self.trades.scattered().map(|(id, entry)| Item::Trade(id, *entry));
-        // Order keys, confirmed claims and the users' lists are in runs (`key_runs.rs`): the
-        // checkpointer lists them, and writes the pending claims only.
-        let refunds = self.refunds.iter().map(|(key, refund)| Item::Refund(*key, *refund));
+        // Order keys, confirmed claims, refunds and the users' lists are in runs
+        // (`key_runs.rs`): the checkpointer lists them, and writes the pending claims only.
         let claims = self.pending_claims.iter().map(|(key, claim)| Item::Claim(*key, *claim));
         let groups = self.offsets.iter().map(|(group, offset)| Item::Group(group.clone(), *offset));
         let accounts = self.accounts.items().map(Item::Account);
         let tcc = self.tcc.items().map(Item::Tcc);
         let messages = self.messages.items().map(Item::Message);
-        trades.chain(refunds).chain(claims).chain(groups).chain(accounts).chain(tcc).chain(messages)
+        trades.chain(claims).chain(groups).chain(accounts).chain(tcc).chain(messages)
     }
 
     pub(crate) fn scalars(&self) -> Scalars {

@@ -112,6 +112,18 @@ impl ShardIndex {
         }
     }
 
+    /// The refunds applied since the last checkpoint's run.
+    pub(crate) fn recent_refunds(&self) -> impl Iterator<Item = (u128, &RefundEntry)> + '_ {
+        self.refunds.iter().map(|(key, refund)| (*key, refund))
+    }
+
+    /// Forgets the refunds a durable checkpoint's run now holds.
+    pub(crate) fn forget_refunds(&mut self, keys: &[u128]) {
+        for key in keys {
+            self.refunds.remove(key);
+        }
+    }
+
     /// Forgets the order keys and confirmed claims a durable checkpoint's runs now hold.
     pub(crate) fn forget_in_runs(&mut self, order_keys: &[u128], claim_keys: &[u128]) {
         for key in order_keys {
@@ -273,7 +285,8 @@ impl ShardIndex {
         Ok(())
     }
 
-    /// The refund made under this refund key.
+    /// The refund made under this refund key, if it is among the refunds since the last
+    /// checkpoint's run (`key_runs.rs` asks the runs for the others).
     pub fn refund(&self, key: u128) -> Option<&RefundEntry> {
         self.refunds.get(&key)
     }

@@ -9,17 +9,14 @@
 use xxhash_rust::xxh3::{xxh3_64, xxh3_64_with_seed, Xxh3};
 
 use super::bloom::{Bloom, HASHES_MAX, LINE_WORDS};
-use super::{Value, KEY_BYTES, VALUE_BYTES};
+use super::{Value, KEY_BYTES, VALUE_BYTES_MAX};
 
 /// Bytes of a block: the unit of the data section, of the index section's padding and of the
 /// footer, and of every write.
 pub(super) const BLOCK: usize = tradeshard_wal::BLOCK_BYTES as usize;
 const BLOCK_U64: u64 = BLOCK as u64;
-pub(super) const ENTRY_BYTES: usize = KEY_BYTES + VALUE_BYTES;
-/// Entries of a full block.
-pub(super) const BLOCK_ENTRIES: usize = 102;
 /// Where a block's trailer starts: the entry count (u32), 4 reserved zero bytes, the checksum.
-const TRAILER_AT: usize = BLOCK_ENTRIES * ENTRY_BYTES;
+const TRAILER_AT: usize = BLOCK - 16;
 const RESERVED_AT: usize = TRAILER_AT + 4;
 const CHECKSUM_AT: usize = TRAILER_AT + 8;
 const MAGIC: [u8; 4] = *b"TSRN";
@@ -29,7 +26,18 @@ const FOOTER_FIELDS: usize = 64;
 const FOOTER_CHECKSUM_AT: usize = FOOTER_FIELDS - 8;
 const FENCE_BYTES: u64 = KEY_BYTES as u64;
 
-const _: () = assert!(CHECKSUM_AT + 8 == BLOCK && BLOCK_ENTRIES == (BLOCK - 16) / ENTRY_BYTES);
+const _: () = assert!(CHECKSUM_AT + 8 == BLOCK);
+
+/// Bytes of an entry whose value is `value_bytes` long, if a run may hold such entries: values
+/// are whole 8-byte words, none (a store of keys) up to `VALUE_BYTES_MAX`.
+pub(super) fn entry_bytes(value_bytes: usize) -> Option<usize> {
+    (value_bytes <= VALUE_BYTES_MAX && value_bytes.is_multiple_of(8)).then_some(KEY_BYTES + value_bytes)
+}
+
+/// Entries of a full block of entries of `entry_bytes` (255 of 16 bytes, 102 of 40, 85 of 48).
+pub(super) fn block_capacity(entry_bytes: usize) -> usize {
+    TRAILER_AT / entry_bytes
+}
 
 /// The seed of block `number`'s checksum in run `id`: a block copied into another place or
 /// another run does not pass. Injective while ids and block numbers stay below 2^32.
@@ -41,6 +49,8 @@ pub(super) fn block_seed(id: u64, number: u64) -> u64 {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(super) struct Footer {
     pub id: u64,
+    /// Bytes of an entry: the key's 16 and the value's.
+    pub entry_bytes: usize,
     pub level: u32,
     pub entries: u64,
     pub data_blocks: u64,
@@ -69,12 +79,23 @@ impl Footer {
         self.footer_offset() + BLOCK_U64
     }
 
+    /// Entries of a full block of this run.
+    pub(super) fn block_capacity(&self) -> usize {
+        block_capacity(self.entry_bytes)
+    }
+
+    /// Bytes of a value of this run.
+    pub(super) fn value_bytes(&self) -> usize {
+        self.entry_bytes - KEY_BYTES
+    }
+
     /// Entries block `number` holds: every block but the last is full.
     pub(super) fn block_entries(&self, number: u64) -> usize {
+        let full = self.block_capacity();
         if number + 1 < self.data_blocks {
-            BLOCK_ENTRIES
+            full
         } else {
-            (self.entries - (self.data_blocks - 1) * BLOCK_ENTRIES as u64) as usize
+            (self.entries - (self.data_blocks - 1) * full as u64) as usize
         }
     }
 
@@ -82,7 +103,7 @@ impl Footer {
         let mut out = Vec::with_capacity(BLOCK);
         out.extend_from_slice(&MAGIC);
         out.extend_from_slice(&VERSION.to_le_bytes());
-        out.extend_from_slice(&(ENTRY_BYTES as u16).to_le_bytes());
+        out.extend_from_slice(&(self.entry_bytes as u16).to_le_bytes());
         out.extend_from_slice(&self.id.to_le_bytes());
         out.extend_from_slice(&self.level.to_le_bytes());
         out.extend_from_slice(&self.entries.to_le_bytes());
@@ -117,11 +138,13 @@ impl Footer {
         if u16_at(4) != VERSION {
             return Err("a run file of an unknown format version");
         }
-        if usize::from(u16_at(6)) != ENTRY_BYTES {
-            return Err("a run file of entries of another size");
+        let entry_bytes = usize::from(u16_at(6));
+        if entry_bytes < KEY_BYTES || self::entry_bytes(entry_bytes - KEY_BYTES) != Some(entry_bytes) {
+            return Err("a run file of entries of a size no run has");
         }
         let footer = Footer {
             id: u64_at(8),
+            entry_bytes,
             level: u32_at(16),
             entries: u64_at(20),
             data_blocks: u64_at(28),
@@ -132,7 +155,7 @@ impl Footer {
         if footer.id != id {
             return Err("a run file whose footer names another run");
         }
-        if footer.entries == 0 || footer.data_blocks != footer.entries.div_ceil(BLOCK_ENTRIES as u64) {
+        if footer.entries == 0 || footer.data_blocks != footer.entries.div_ceil(footer.block_capacity() as u64) {
             return Err("a run footer whose entry and block counts disagree");
         }
         if footer.bloom_words == 0 || !footer.bloom_words.is_multiple_of(LINE_WORDS as u64) {
@@ -179,43 +202,47 @@ pub(super) fn check_block(bytes: &[u8], footer: &Footer, number: u64, fences: &[
     if number >= footer.data_blocks || count != footer.block_entries(number) {
         return Err("a run block holding another number of entries than its footer says");
     }
-    if block[count * ENTRY_BYTES..TRAILER_AT].iter().chain(&block[RESERVED_AT..CHECKSUM_AT]).any(|&b| b != 0) {
+    if block[count * footer.entry_bytes..TRAILER_AT].iter().chain(&block[RESERVED_AT..CHECKSUM_AT]).any(|&b| b != 0) {
         return Err("a run block with bytes where zeros belong");
     }
     let fence = fences.get(number as usize).ok_or("a run block without a fence key")?;
-    if key_at(block, 0) != *fence {
+    let key_at = |i| key_at(block, i, footer.entry_bytes);
+    if key_at(0) != *fence {
         return Err("a run block whose first key is not its fence key");
     }
-    if (1..count).any(|i| key_at(block, i - 1) >= key_at(block, i)) {
+    if (1..count).any(|i| key_at(i - 1) >= key_at(i)) {
         return Err("run block keys not strictly ascending");
     }
-    if fences.get(number as usize + 1).is_some_and(|next| key_at(block, count - 1) >= *next) {
+    if fences.get(number as usize + 1).is_some_and(|next| key_at(count - 1) >= *next) {
         return Err("a run block reaching past the next block's fence key");
     }
     Ok(count)
 }
 
-/// The key of entry `i` of a block.
-pub(super) fn key_at(block: &[u8], i: usize) -> u128 {
-    let at = i * ENTRY_BYTES;
+/// The key of entry `i` of a block of entries of `entry_bytes`.
+pub(super) fn key_at(block: &[u8], i: usize, entry_bytes: usize) -> u128 {
+    let at = i * entry_bytes;
     u128::from_le_bytes(block[at..at + KEY_BYTES].try_into().expect("16 bytes"))
 }
 
-/// The value of entry `i` of a block.
-pub(super) fn value_at(block: &[u8], i: usize) -> Value {
-    let at = i * ENTRY_BYTES + KEY_BYTES;
-    block[at..at + VALUE_BYTES].try_into().expect("24 bytes")
+/// The value of entry `i` of a block of entries of `entry_bytes`, zero past the run's value
+/// bytes.
+pub(super) fn value_at(block: &[u8], i: usize, entry_bytes: usize) -> Value {
+    let at = i * entry_bytes + KEY_BYTES;
+    let mut value = [0u8; VALUE_BYTES_MAX];
+    value[..entry_bytes - KEY_BYTES].copy_from_slice(&block[at..at + entry_bytes - KEY_BYTES]);
+    value
 }
 
 /// The value of `key` among the first `count` entries of a checked block (ascending keys).
-pub(super) fn find_in_block(block: &[u8], count: usize, key: u128) -> Option<Value> {
+pub(super) fn find_in_block(block: &[u8], count: usize, key: u128, entry_bytes: usize) -> Option<Value> {
     let (mut low, mut high) = (0, count);
     while low < high {
         let mid = low + (high - low) / 2;
-        match key_at(block, mid).cmp(&key) {
+        match key_at(block, mid, entry_bytes).cmp(&key) {
             std::cmp::Ordering::Less => low = mid + 1,
             std::cmp::Ordering::Greater => high = mid,
-            std::cmp::Ordering::Equal => return Some(value_at(block, mid)),
+            std::cmp::Ordering::Equal => return Some(value_at(block, mid, entry_bytes)),
         }
     }
     None
@@ -294,6 +321,7 @@ impl IndexDecoder {
 pub(super) struct Encoder {
     id: u64,
     level: u32,
+    entry_bytes: usize,
     block: Vec<u8>,
     in_block: usize,
     entries: u64,
@@ -303,18 +331,21 @@ pub(super) struct Encoder {
 }
 
 impl Encoder {
-    /// An encoder of run `id` at `level`, its Bloom filter sized for `capacity` entries.
-    pub(super) fn new(id: u64, level: u32, capacity: u64) -> Encoder {
-        Encoder {
+    /// An encoder of run `id` at `level` whose values are `value_bytes` long (as
+    /// [`entry_bytes`] allows), its Bloom filter sized for `capacity` entries.
+    pub(super) fn new(id: u64, level: u32, capacity: u64, value_bytes: usize) -> Result<Encoder, &'static str> {
+        let entry_bytes = entry_bytes(value_bytes).ok_or("a run of values of a size no run has")?;
+        Ok(Encoder {
             id,
             level,
+            entry_bytes,
             block: vec![0; BLOCK],
             in_block: 0,
             entries: 0,
             bloom: Bloom::with_capacity(capacity),
             fences: Vec::new(),
             last: None,
-        }
+        })
     }
 
     /// Entries pushed so far.
@@ -322,23 +353,27 @@ impl Encoder {
         self.entries
     }
 
-    /// Adds an entry (its key above every key pushed before); appends the block it fills, if
-    /// it fills one, to `out`.
+    /// Adds an entry (its key above every key pushed before, its value zero past the run's
+    /// value bytes); appends the block it fills, if it fills one, to `out`.
     pub(super) fn push(&mut self, key: u128, value: &Value, out: &mut Vec<u8>) -> Result<(), &'static str> {
         if self.last.is_some_and(|last| last >= key) {
             return Err("keys of a run not strictly ascending");
+        }
+        let value_bytes = self.entry_bytes - KEY_BYTES;
+        if value[value_bytes..].iter().any(|&b| b != 0) {
+            return Err("a value longer than its run's values");
         }
         self.last = Some(key);
         if self.in_block == 0 {
             self.fences.push(key);
         }
-        let at = self.in_block * ENTRY_BYTES;
+        let at = self.in_block * self.entry_bytes;
         self.block[at..at + KEY_BYTES].copy_from_slice(&key.to_le_bytes());
-        self.block[at + KEY_BYTES..at + ENTRY_BYTES].copy_from_slice(value);
+        self.block[at + KEY_BYTES..at + self.entry_bytes].copy_from_slice(&value[..value_bytes]);
         self.bloom.insert(key);
         self.in_block += 1;
         self.entries += 1;
-        if self.in_block == BLOCK_ENTRIES {
+        if self.in_block == block_capacity(self.entry_bytes) {
             self.seal(out);
         }
         Ok(())
@@ -364,6 +399,7 @@ impl Encoder {
         self.fences.shrink_to_fit();
         let footer = Footer {
             id: self.id,
+            entry_bytes: self.entry_bytes,
             level: self.level,
             entries: self.entries,
             data_blocks: self.fences.len() as u64,

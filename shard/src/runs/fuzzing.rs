@@ -2,7 +2,7 @@
 //! seeds (`testing` feature): the same footer, index and block checks, in the same order.
 
 use super::format::{check_block, key_at, value_at, Encoder, Footer, IndexDecoder, BLOCK};
-use super::{Value, READ_BYTES};
+use super::{Value, READ_BYTES, VALUE_BYTES_MAX};
 
 /// For fuzzing: `bytes` as the file of run `id`, read as an open reads it (footer, then the
 /// index section a megabyte at a time) and then as a full scan does (every block, and every
@@ -25,23 +25,26 @@ pub fn decode_for_fuzzing(bytes: &[u8], id: u64) -> Result<Vec<(u128, Value)>, &
     for (number, block) in bytes[..index_at].chunks(BLOCK).enumerate() {
         let count = check_block(block, &footer, number as u64, &fences)?;
         for i in 0..count {
-            let key = key_at(block, i);
+            let key = key_at(block, i, footer.entry_bytes);
             if !bloom.may_hold(key) {
                 return Err("a run key its Bloom filter does not hold");
             }
-            entries.push((key, value_at(block, i)));
+            entries.push((key, value_at(block, i, footer.entry_bytes)));
         }
     }
     Ok(entries)
 }
 
-/// The file of run `id` holding three entries (the fuzzer's seed).
-pub fn sample_for_fuzzing(id: u64) -> Vec<u8> {
-    let mut encoder = Encoder::new(id, 1, 3);
+/// The file of run `id` holding three entries of `value_bytes` each (the fuzzer's seeds: 24
+/// and 32).
+pub fn sample_for_fuzzing(id: u64, value_bytes: usize) -> Vec<u8> {
+    let mut encoder = Encoder::new(id, 1, 3, value_bytes).expect("a size runs have");
     let mut bytes = Vec::new();
     for n in 1..=3u8 {
         let key = u128::from(n) * 0x09E3_779B_97F4_A7C1_5F39_CC06_05CE_DC83;
-        encoder.push(key, &[n; 24], &mut bytes).expect("ascending keys");
+        let mut value = [0u8; VALUE_BYTES_MAX];
+        value[..value_bytes].fill(n);
+        encoder.push(key, &value, &mut bytes).expect("ascending keys");
     }
     let mut tail = encoder.finish(&mut bytes).expect("three entries");
     tail.write_to(&mut bytes, usize::MAX);

@@ -13,18 +13,21 @@
 //! A run is the file `{prefix}-{id:016x}.run` (16 lowercase hex digits); every integer is
 //! little-endian, every section starts on a 4096-byte block.
 //!
-//! - Data blocks of 4096 bytes from offset 0, numbered from 0: up to 102 entries of 40 bytes
-//!   (the key as a u128, then the 24-byte value) from byte 0, keys strictly ascending within
-//!   and across blocks, zeros up to byte 4080, then a 16-byte trailer: the entry count (u32,
-//!   1..=102), 4 zero bytes, and at 4088..4096 the checksum `xxh3_64_with_seed(block[0..4088],
-//!   id.rotate_left(32) ^ block_number)` (u64), so a block read from another place or another
-//!   run does not pass. Every block but the last holds 102 entries; the last holds the rest.
+//! - Data blocks of 4096 bytes from offset 0, numbered from 0: up to `4080 / E` entries of `E`
+//!   bytes (the key as a u128, then the value: `E` is the footer's entry bytes, 16 for a store
+//!   of keys alone, 255 to a block; 40 for 24-byte values, 102 to a block; 48 for 32-byte
+//!   values, 85 to a block) from
+//!   byte 0, keys strictly ascending within and across blocks, zeros up to byte 4080, then a
+//!   16-byte trailer: the entry count (u32), 4 zero bytes, and at 4088..4096 the checksum
+//!   `xxh3_64_with_seed(block[0..4088], id.rotate_left(32) ^ block_number)` (u64), so a block
+//!   read from another place or another run does not pass. Every block but the last is full;
+//!   the last holds the rest.
 //! - The index section from offset `data_blocks × 4096`: the Bloom filter's words (u64 each),
 //!   then the fence keys (the first key of each data block, u128 each, strictly ascending),
 //!   zero-padded to a multiple of 4096 bytes.
 //! - The footer, the file's last 4096 bytes: at 0 the magic `TSRN`, 4 the format version (u16,
-//!   1), 6 the entry bytes (u16, 40), 8 the run id (u64), 16 the level (u32), 20 the entry
-//!   count (u64, at least 1), 28 the data blocks (u64, `ceil(entries / 102)`), 36 the Bloom
+//!   1), 6 the entry bytes (u16: 16 plus a value of 0 to 32 bytes, a multiple of 8), 8 the run id (u64), 16 the level (u32), 20 the entry
+//!   count (u64, at least 1), 28 the data blocks (u64, `ceil(entries / (4080 / E))`), 36 the Bloom
 //!   filter's words (u64, a multiple of 8, at least 8), 44 the Bloom probe count (u32, 1..=7),
 //!   48 `xxh3_64` of the index section without its padding (u64), 56 `xxh3_64` of footer bytes
 //!   0..56 (u64); bytes 64..4096 are reserved and zero.
@@ -57,10 +60,12 @@ pub use fuzzing::{decode_for_fuzzing, sample_for_fuzzing};
 pub(crate) use set::RunSet;
 pub(crate) use write::merge;
 
-/// Bytes of a key and of a value; an entry is their sum (40 B), 102 to a 4 KiB block.
+/// Bytes of a key, and the most of a value: each store's runs have values of one size (a
+/// multiple of 8 up to this), and an entry is the key and the value.
 pub(crate) const KEY_BYTES: usize = 16;
-pub(crate) const VALUE_BYTES: usize = 24;
-pub(crate) type Value = [u8; VALUE_BYTES];
+pub(crate) const VALUE_BYTES_MAX: usize = 32;
+/// A value as the runs hand it over: a run's value bytes, then zeros.
+pub(crate) type Value = [u8; VALUE_BYTES_MAX];
 /// Runs merged at once: when the newest `MERGE_FANOUT` runs share a level, they become one run
 /// of the next level.
 pub(crate) const MERGE_FANOUT: usize = 4;
@@ -83,6 +88,14 @@ impl Filter {
             Filter::RangesOnly => 0,
         }
     }
+}
+
+/// What the runs of one store are like: their filter and the size of their values.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Shape {
+    pub filter: Filter,
+    /// Bytes of each value: a multiple of 8, up to [`VALUE_BYTES_MAX`]; none for a store of keys.
+    pub value_bytes: usize,
 }
 
 /// Bytes of the index section read at once by an open.
@@ -114,9 +127,10 @@ impl<D: Disk> Run<D> {
         u64::from_str_radix(hex, 16).ok()
     }
 
-    /// Opens run `id` of the store `prefix`, reading and checking its footer and index section.
-    /// A missing file is damage: only runs a checkpoint lists are opened.
-    pub(crate) async fn open(disk: &D, prefix: &str, id: u64) -> Result<Run<D>, TradeError> {
+    /// Opens run `id` of the store `prefix`, whose values are `value_bytes` long, reading and
+    /// checking its footer and index section. A missing file is damage: only runs a checkpoint
+    /// lists are opened.
+    pub(crate) async fn open(disk: &D, prefix: &str, id: u64, value_bytes: usize) -> Result<Run<D>, TradeError> {
         let name = Self::file_name(prefix, id);
         let file = match disk.open(&name).await {
             Ok(file) => file,
@@ -132,6 +146,9 @@ impl<D: Disk> Run<D> {
         let footer_at = size - BLOCK as u64;
         let bytes = file.read_at(footer_at, BLOCK).await.map_err(|e| io(disk, &name, "read", e))?;
         let footer = Footer::decode(&bytes, id, size).map_err(|reason| corrupt(disk, &name, footer_at, reason))?;
+        if footer.value_bytes() != value_bytes {
+            return Err(corrupt(disk, &name, footer_at, "a run file of entries of another size than its store's"));
+        }
         let mut index = IndexDecoder::new(footer);
         let mut at = footer.index_offset();
         while at < footer_at {
@@ -158,6 +175,11 @@ impl<D: Disk> Run<D> {
 
     pub(crate) fn entries(&self) -> u64 {
         self.footer.entries
+    }
+
+    /// Bytes of each value of the run.
+    pub(crate) fn value_bytes(&self) -> usize {
+        self.footer.value_bytes()
     }
 
     /// Bytes the run holds in memory (Bloom filter and fence keys).
@@ -192,7 +214,7 @@ impl<D: Disk> Run<D> {
             return Ok(None);
         };
         let (block, count) = self.read_block(number).await?;
-        Ok(find_in_block(&block, count, key))
+        Ok(find_in_block(&block, count, key, self.footer.entry_bytes))
     }
 
     /// Data block `number` and its entry count, checked.
@@ -213,7 +235,7 @@ impl<D: Disk> Run<D> {
         };
         while keys.len() < limit {
             let (block, count) = self.read_block(number).await?;
-            for key in (0..count).rev().map(|i| key_at(&block, i)).filter(|key| *key <= high) {
+            for key in (0..count).rev().map(|i| key_at(&block, i, self.footer.entry_bytes)).filter(|key| *key <= high) {
                 if key < low || keys.len() == limit {
                     return Ok(keys);
                 }

@@ -33,6 +33,7 @@ impl<D: Disk> Default for RunSet<D> {
 
 impl<D: Disk> RunSet<D> {
     /// A set of `runs`, oldest first.
+    #[cfg(test)]
     pub(crate) fn from_runs(runs: Vec<Rc<Run<D>>>) -> RunSet<D> {
         RunSet { runs }
     }

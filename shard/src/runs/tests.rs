@@ -8,21 +8,32 @@ use std::rc::Rc;
 
 use tradeshard_wal::disk::{Disk, Fault, SimDisk, SplitMix64};
 
-use super::format::{block_seed, BLOCK, BLOCK_ENTRIES};
+use super::format::{block_capacity, block_seed, BLOCK};
 use super::*;
 use crate::error::{LogError, TradeError};
 
 const PREFIX: &str = "t";
+/// The runs of most tests: a filter per key and 24-byte values, as the stores of order keys.
+const VALUE_BYTES: usize = 24;
+const SHAPE: Shape = Shape { filter: Filter::PerKey, value_bytes: VALUE_BYTES };
+/// Entries of a full block of such runs.
+const BLOCK_ENTRIES: usize = 102;
 
 fn run<T>(future: impl Future<Output = T>) -> T {
     glommio::LocalExecutorBuilder::default().make().unwrap().run(future)
 }
 
 fn value(key: u128, version: u64) -> Value {
-    let mut value = [0u8; VALUE_BYTES];
+    sized_value(key, version, VALUE_BYTES)
+}
+
+/// A value of `bytes` (the rest zero, as a run of such values hands it over).
+fn sized_value(key: u128, version: u64, bytes: usize) -> Value {
+    let mut value = [0u8; VALUE_BYTES_MAX];
     value[..8].copy_from_slice(&(key as u64 ^ (key >> 64) as u64).to_le_bytes());
     value[8..16].copy_from_slice(&version.to_le_bytes());
     value[16..].fill(version as u8);
+    value[bytes..].fill(0);
     value
 }
 
@@ -37,7 +48,7 @@ fn keys(seed: u64, count: usize) -> Vec<u128> {
 }
 
 async fn write(disk: &SimDisk, id: u64, level: u32, entries: &[(u128, Value)]) -> Result<Run<SimDisk>, TradeError> {
-    Run::write(disk, PREFIX, id, level, Filter::PerKey, entries.len() as u64, entries.iter().copied()).await
+    Run::write(disk, PREFIX, id, level, SHAPE, entries.len() as u64, entries.iter().copied()).await
 }
 
 /// The path and offset of a corruption error.
@@ -50,18 +61,29 @@ fn corruption(error: TradeError) -> (String, u64, &'static str) {
 
 #[test]
 fn every_key_reads_back_after_a_write_and_after_an_open() {
+    for (id, value_bytes, per_block) in [(7, VALUE_BYTES, BLOCK_ENTRIES), (8, 0, 255), (9, 8, 170), (10, 32, 85)] {
+        every_key_reads_back(id, value_bytes, per_block);
+    }
+}
+
+fn every_key_reads_back(id: u64, value_bytes: usize, per_block: usize) {
     run(async {
         let disk = SimDisk::new();
         let keys = keys(1, 5_000);
-        let entries: Vec<(u128, Value)> = keys.iter().map(|&k| (k, value(k, 1))).collect();
-        let written = write(&disk, 7, 2, &entries).await.unwrap();
-        let opened = Run::open(&disk, PREFIX, 7).await.unwrap();
-        let name = Run::<SimDisk>::file_name(PREFIX, 7);
-        assert_eq!(name, "t-0000000000000007.run");
+        let entries: Vec<(u128, Value)> = keys.iter().map(|&k| (k, sized_value(k, 1, value_bytes))).collect();
+        let shape = Shape { filter: Filter::PerKey, value_bytes };
+        let written = Run::write(&disk, PREFIX, id, 2, shape, 5_000, entries.iter().copied()).await.unwrap();
+        let opened = Run::open(&disk, PREFIX, id, value_bytes).await.unwrap();
+        let name = Run::<SimDisk>::file_name(PREFIX, id);
+        assert_eq!(name, format!("t-{id:016x}.run"));
+        let other_size = (value_bytes + 8) % (VALUE_BYTES_MAX + 8);
+        let (_, _, reason) = corruption(Run::open(&disk, PREFIX, id, other_size).await.err().unwrap());
+        assert_eq!(reason, "a run file of entries of another size than its store's");
+        assert_eq!(block_capacity(16 + value_bytes), per_block);
         for run in [&written, &opened] {
-            assert_eq!((run.id(), run.level(), run.entries()), (7, 2, 5_000));
+            assert_eq!((run.id(), run.level(), run.entries(), run.value_bytes()), (id, 2, 5_000, value_bytes));
             assert_eq!(run.file_bytes(), disk.file_len(&name).unwrap());
-            assert_eq!(run.data_blocks(), 5_000u64.div_ceil(BLOCK_ENTRIES as u64));
+            assert_eq!(run.data_blocks(), 5_000u64.div_ceil(per_block as u64));
             for &(key, value) in &entries {
                 assert!(run.may_hold(key), "no false negative");
                 assert_eq!(run.get(key).await.unwrap(), Some(value));
@@ -78,6 +100,13 @@ fn every_key_reads_back_after_a_write_and_after_an_open() {
         assert_eq!(written.bloom, opened.bloom);
         assert_eq!(written.fences, opened.fences);
         assert_eq!(written.footer, opened.footer);
+        let mut too_long = [0u8; VALUE_BYTES_MAX];
+        too_long[value_bytes..].fill(1);
+        if value_bytes < VALUE_BYTES_MAX {
+            let written = Run::write(&disk, PREFIX, 99, 0, shape, 1, [(1, too_long)]).await;
+            let (_, _, reason) = corruption(written.err().unwrap());
+            assert_eq!(reason, "a value longer than its run's values");
+        }
     });
 }
 
@@ -94,11 +123,13 @@ fn ranges_read_greatest_first_with_a_filter_per_key_or_none() {
         // Three "users" of 700 keys each (several blocks apiece), every third key.
         let keys: Vec<u128> =
             (1..=3u128).flat_map(|user| (0..2_100u128).step_by(3).map(move |n| user << 64 | n)).collect();
-        let entries: Vec<(u128, Value)> = keys.iter().map(|&k| (k, [0u8; VALUE_BYTES])).collect();
+        let entries: Vec<(u128, Value)> = keys.iter().map(|&k| (k, [0u8; VALUE_BYTES_MAX])).collect();
         for (id, filter) in [(1, Filter::PerKey), (2, Filter::RangesOnly)] {
             let count = entries.len() as u64;
-            let written = Run::write(&disk, PREFIX, id, 0, filter, count, entries.iter().copied()).await.unwrap();
-            let opened = Run::open(&disk, PREFIX, id).await.unwrap();
+            // As the users' runs are: keys alone.
+            let shape = Shape { filter, value_bytes: 0 };
+            let written = Run::write(&disk, PREFIX, id, 0, shape, count, entries.iter().copied()).await.unwrap();
+            let opened = Run::open(&disk, PREFIX, id, 0).await.unwrap();
             for run in [&written, &opened] {
                 for (low, high, limit) in [
                     (2u128 << 64, 2u128 << 64 | u64::MAX as u128, 5_000),
@@ -171,18 +202,18 @@ fn a_merge_keeps_the_newest_value_of_each_key() {
             model.extend(entries.iter().copied());
             runs.push(Rc::new(write(&disk, version, 0, &entries).await.unwrap()));
         }
-        let merged = merge(&disk, PREFIX, 10, 1, Filter::PerKey, &runs).await.unwrap();
+        let merged = merge(&disk, PREFIX, 10, 1, SHAPE, &runs).await.unwrap();
         assert_eq!((merged.id(), merged.level(), merged.entries()), (10, 1, model.len() as u64));
         let bytes = disk.read_file(&Run::<SimDisk>::file_name(PREFIX, 10)).unwrap();
         let scanned: BTreeMap<u128, Value> = decode_for_fuzzing(&bytes, 10).unwrap().into_iter().collect();
         assert_eq!(scanned, model);
-        let reopened = Run::open(&disk, PREFIX, 10).await.unwrap();
+        let reopened = Run::open(&disk, PREFIX, 10, VALUE_BYTES).await.unwrap();
         for (&key, &value) in &model {
             assert_eq!(reopened.get(key).await.unwrap(), Some(value));
         }
-        let single = merge(&disk, PREFIX, 11, 4, Filter::PerKey, &runs[..1]).await.unwrap();
+        let single = merge(&disk, PREFIX, 11, 4, SHAPE, &runs[..1]).await.unwrap();
         assert_eq!((single.entries(), single.level()), (runs[0].entries(), 4));
-        assert!(merge(&disk, PREFIX, 12, 1, Filter::PerKey, &[]).await.is_err(), "a merge of nothing");
+        assert!(merge(&disk, PREFIX, 12, 1, SHAPE, &[]).await.is_err(), "a merge of nothing");
     });
 }
 
@@ -209,7 +240,7 @@ proptest::proptest! {
                 set.push(Rc::new(write(&disk, next_id, 0, &entries).await.unwrap()));
                 while let Some((range, level)) = set.merge_plan() {
                     next_id += 1;
-                    let merged = merge(&disk, PREFIX, next_id, level, Filter::PerKey, &set.runs()[range.clone()]).await.unwrap();
+                    let merged = merge(&disk, PREFIX, next_id, level, SHAPE, &set.runs()[range.clone()]).await.unwrap();
                     set.replace(range, Rc::new(merged));
                 }
                 let levels: Vec<u32> = set.runs().iter().map(|run| run.level()).collect();
@@ -220,7 +251,7 @@ proptest::proptest! {
             let reopened: Vec<_> = {
                 let mut runs = Vec::new();
                 for run in set.runs() {
-                    runs.push(Rc::new(Run::open(&disk, PREFIX, run.id()).await.unwrap()));
+                    runs.push(Rc::new(Run::open(&disk, PREFIX, run.id(), VALUE_BYTES).await.unwrap()));
                 }
                 runs
             };
@@ -275,7 +306,7 @@ fn a_flipped_bit_in_a_block_fails_the_read_of_that_block_only() {
     run(async {
         let (disk, entries, name) = five_blocks().await;
         disk.flip_bit(&name, 2 * BLOCK as u64 + 100, 3);
-        let run = Rc::new(Run::open(&disk, PREFIX, 3).await.unwrap());
+        let run = Rc::new(Run::open(&disk, PREFIX, 3, VALUE_BYTES).await.unwrap());
         let in_block = |n: usize| entries[n * BLOCK_ENTRIES];
         let (path, offset, reason) = corruption(run.get(in_block(2).0).await.unwrap_err());
         assert_eq!(
@@ -285,7 +316,7 @@ fn a_flipped_bit_in_a_block_fails_the_read_of_that_block_only() {
         assert_eq!(run.get(in_block(1).0).await.unwrap(), Some(in_block(1).1));
         assert_eq!(run.get(in_block(3).0).await.unwrap(), Some(in_block(3).1));
         // A merge reads every block: it fails, and leaves no file behind.
-        let (_, offset, _) = corruption(merge(&disk, PREFIX, 4, 1, Filter::PerKey, &[run]).await.unwrap_err());
+        let (_, offset, _) = corruption(merge(&disk, PREFIX, 4, 1, SHAPE, &[run]).await.unwrap_err());
         assert_eq!(offset, 8192);
         assert_eq!(disk.file_len(&Run::<SimDisk>::file_name(PREFIX, 4)), None);
     });
@@ -301,12 +332,15 @@ fn a_flipped_bit_in_the_index_or_the_footer_fails_the_open() {
         for offset in [index, index + 700, index + 720, index + 4000, len - 4096, len - 4040, len - 2000, len - 1] {
             let (disk, _, name) = five_blocks().await;
             disk.flip_bit(&name, offset, 5);
-            let error = Run::open(&disk, PREFIX, 3).await.err().unwrap_or_else(|| panic!("offset {offset} passed"));
+            let error = Run::open(&disk, PREFIX, 3, VALUE_BYTES)
+                .await
+                .err()
+                .unwrap_or_else(|| panic!("offset {offset} passed"));
             let (path, at, _) = corruption(error);
             assert_eq!(path, "sim/t-0000000000000003.run");
             assert!(at == index || at == len - 4096, "offset {offset} reported at {at}");
         }
-        assert!(Run::open(&disk, PREFIX, 3).await.is_ok(), "the undamaged file opens");
+        assert!(Run::open(&disk, PREFIX, 3, VALUE_BYTES).await.is_ok(), "the undamaged file opens");
     });
 }
 
@@ -317,15 +351,15 @@ fn a_file_cut_short_or_missing_or_named_for_another_run_is_refused() {
         let bytes = disk.read_file(&name).unwrap();
         for cut in [1, 40, 4096, 8192, bytes.len() - 4096, bytes.len()] {
             disk.put_file(&name, &bytes[..bytes.len() - cut]);
-            assert!(Run::open(&disk, PREFIX, 3).await.is_err(), "cut by {cut}");
+            assert!(Run::open(&disk, PREFIX, 3, VALUE_BYTES).await.is_err(), "cut by {cut}");
         }
         disk.put_file(&name, &[bytes.clone(), vec![0; 4096]].concat());
-        assert!(Run::open(&disk, PREFIX, 3).await.is_err(), "a block too many");
+        assert!(Run::open(&disk, PREFIX, 3, VALUE_BYTES).await.is_err(), "a block too many");
         disk.put_file(&Run::<SimDisk>::file_name(PREFIX, 9), &bytes);
-        let (_, _, reason) = corruption(Run::open(&disk, PREFIX, 9).await.err().unwrap());
+        let (_, _, reason) = corruption(Run::open(&disk, PREFIX, 9, VALUE_BYTES).await.err().unwrap());
         assert_eq!(reason, "a run file whose footer names another run");
         disk.remove(&name).await.unwrap();
-        let (_, _, reason) = corruption(Run::open(&disk, PREFIX, 3).await.err().unwrap());
+        let (_, _, reason) = corruption(Run::open(&disk, PREFIX, 3, VALUE_BYTES).await.err().unwrap());
         assert_eq!(reason, "a run a checkpoint lists is missing");
     });
 }
@@ -346,18 +380,18 @@ fn entries_out_of_order_or_not_as_many_as_counted_are_refused_and_leave_no_file(
             assert_eq!(disk.file_len(&name), None);
         }
         for count in [299, 301] {
-            let result = Run::write(&disk, PREFIX, 1, 0, Filter::PerKey, count, ascending.iter().copied()).await;
+            let result = Run::write(&disk, PREFIX, 1, 0, SHAPE, count, ascending.iter().copied()).await;
             assert!(result.is_err(), "count {count}");
             assert_eq!(disk.file_len(&name), None);
         }
         assert!(
-            Run::write(&disk, PREFIX, 1, 0, Filter::PerKey, 0, std::iter::empty::<(u128, Value)>()).await.is_err(),
+            Run::write(&disk, PREFIX, 1, 0, SHAPE, 0, std::iter::empty::<(u128, Value)>()).await.is_err(),
             "an empty run"
         );
         // A leftover file of the name is replaced.
         disk.put_file(&name, b"leftover");
         write(&disk, 1, 0, &ascending).await.unwrap();
-        assert_eq!(Run::open(&disk, PREFIX, 1).await.unwrap().get(10).await.unwrap(), Some(value(1, 1)));
+        assert_eq!(Run::open(&disk, PREFIX, 1, VALUE_BYTES).await.unwrap().get(10).await.unwrap(), Some(value(1, 1)));
     });
 }
 
@@ -377,7 +411,7 @@ fn a_failed_write_leaves_no_file_and_a_written_run_is_durable() {
         write(&disk, 1, 0, &entries).await.unwrap();
         disk.sync_dir().await.unwrap();
         disk.crash(7);
-        let run = Run::open(&disk, PREFIX, 1).await.unwrap();
+        let run = Run::open(&disk, PREFIX, 1, VALUE_BYTES).await.unwrap();
         for &(key, value) in entries.iter().step_by(97) {
             assert_eq!(run.get(key).await.unwrap(), Some(value));
         }
@@ -386,7 +420,7 @@ fn a_failed_write_leaves_no_file_and_a_written_run_is_durable() {
 
 #[test]
 fn the_sample_file_is_laid_out_as_documented() {
-    let bytes = sample_for_fuzzing(1);
+    let bytes = sample_for_fuzzing(1, VALUE_BYTES);
     assert_eq!(bytes.len(), 3 * BLOCK, "a data block, an index block, the footer");
     let footer = &bytes[2 * BLOCK..];
     let u64_at = |at: usize| u64::from_le_bytes(footer[at..at + 8].try_into().unwrap());
@@ -405,11 +439,12 @@ fn the_sample_file_is_laid_out_as_documented() {
 
 #[test]
 fn the_fuzzing_decoder_reads_the_sample_and_refuses_every_damage() {
-    let sample = sample_for_fuzzing(1);
+    let sample = sample_for_fuzzing(1, VALUE_BYTES);
     let entries = decode_for_fuzzing(&sample, 1).unwrap();
     assert_eq!(entries.len(), 3);
     assert!(entries.windows(2).all(|w| w[0].0 < w[1].0));
-    assert_eq!(entries[2].1, [3; 24]);
+    assert_eq!(entries[2].1[..VALUE_BYTES], [3; VALUE_BYTES]);
+    assert_eq!(entries[2].1[VALUE_BYTES..], [0; VALUE_BYTES_MAX - VALUE_BYTES]);
     assert!(decode_for_fuzzing(&sample, 2).is_err(), "another run's id");
     for at in 0..sample.len() {
         let mut damaged = sample.clone();
@@ -429,7 +464,7 @@ proptest::proptest! {
         edits in proptest::collection::vec((0usize..3 * 4096, proptest::prelude::any::<u8>()), 0..4),
     ) {
         let _ = decode_for_fuzzing(&noise, 1);
-        let original = sample_for_fuzzing(1);
+        let original = sample_for_fuzzing(1, VALUE_BYTES);
         let mut sample = original.clone();
         for (at, byte) in edits {
             sample[at] = byte;

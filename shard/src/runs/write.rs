@@ -12,7 +12,7 @@ use std::rc::Rc;
 use tradeshard_wal::disk::{Disk, DiskFile, WriteBuf};
 
 use super::format::{check_block, key_at, value_at, Encoder, Tail, BLOCK};
-use super::{corrupt, io, Filter, Run, Value};
+use super::{corrupt, io, Run, Shape, Value};
 use crate::error::TradeError;
 
 /// Bytes written at once.
@@ -37,10 +37,19 @@ struct Sink<D: Disk> {
 }
 
 impl<D: Disk> RunWriter<D> {
-    /// Creates the file of run `id` (replacing a file of that name), its Bloom filter sized for
-    /// `capacity` entries.
-    async fn create(disk: &D, prefix: &str, id: u64, level: u32, capacity: u64) -> Result<RunWriter<D>, TradeError> {
+    /// Creates the file of run `id` (replacing a file of that name) of values of `value_bytes`,
+    /// its Bloom filter sized for `capacity` entries.
+    async fn create(
+        disk: &D,
+        prefix: &str,
+        id: u64,
+        level: u32,
+        capacity: u64,
+        value_bytes: usize,
+    ) -> Result<RunWriter<D>, TradeError> {
         let name = Run::<D>::file_name(prefix, id);
+        let encoder =
+            Encoder::new(id, level, capacity, value_bytes).map_err(|reason| corrupt(disk, &name, 0, reason))?;
         let file = match disk.create_for_fill(&name).await {
             Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
                 disk.remove(&name).await.map_err(|e| io(disk, &name, "remove", e))?;
@@ -50,7 +59,7 @@ impl<D: Disk> RunWriter<D> {
         };
         let file = file.map_err(|e| io(disk, &name, "create", e))?;
         let sink = Sink { disk: disk.clone(), name, file, out: Vec::with_capacity(WRITE_BYTES), written: 0 };
-        Ok(RunWriter { sink, encoder: Encoder::new(id, level, capacity) })
+        Ok(RunWriter { sink, encoder })
     }
 
     async fn push(&mut self, key: u128, value: &Value) -> Result<(), TradeError> {
@@ -146,23 +155,24 @@ impl<D: Disk> Sink<D> {
 }
 
 impl<D: Disk> Run<D> {
-    /// Writes run `id` of the store `prefix` at `level`: `count` entries, keys strictly
-    /// ascending (an error otherwise, and the file is removed; so is it if the entries are not
-    /// `count`, which sizes the Bloom filter as `filter` says). The file is synced, its
-    /// directory is not.
+    /// Writes run `id` of the store `prefix` at `level`: `count` entries of the `shape`'s
+    /// values, keys strictly ascending (an error otherwise, and the file is removed; so is it
+    /// if the entries are not `count`, which sizes the Bloom filter as the shape's filter
+    /// says). The file is synced, its directory is not.
     pub(crate) async fn write(
         disk: &D,
         prefix: &str,
         id: u64,
         level: u32,
-        filter: Filter,
+        shape: Shape,
         count: u64,
         entries: impl IntoIterator<Item = (u128, Value)>,
     ) -> Result<Run<D>, TradeError> {
         if count == 0 {
             return Err(corrupt(disk, &Run::<D>::file_name(prefix, id), 0, "an empty run"));
         }
-        let mut writer = RunWriter::create(disk, prefix, id, level, filter.capacity(count)).await?;
+        let capacity = shape.filter.capacity(count);
+        let mut writer = RunWriter::create(disk, prefix, id, level, capacity, shape.value_bytes).await?;
         let mut filled = Ok(());
         for (key, value) in entries {
             if writer.encoder.entries() == count {
@@ -187,25 +197,30 @@ impl<D: Disk> Run<D> {
     }
 }
 
-/// Merges `runs` (oldest first) into run `id` at `level` of the store `prefix`: a streaming
-/// k-way merge reading each run in order, every block checked; of a key in several runs the
-/// newest run's value is kept. Written like [`Run::write`] (synced, directory not). Memory: a
-/// read buffer per run, the write buffer and the new run's Bloom filter and fence keys.
+/// Merges `runs` (oldest first, of the `shape`'s values) into run `id` at `level` of the store
+/// `prefix`: a streaming k-way merge reading each run in order, every block checked; of a key
+/// in several runs the newest run's value is kept. Written like [`Run::write`] (synced,
+/// directory not). Memory: a read buffer per run, the write buffer and the new run's Bloom
+/// filter and fence keys.
 pub(crate) async fn merge<D: Disk>(
     disk: &D,
     prefix: &str,
     id: u64,
     level: u32,
-    filter: Filter,
+    shape: Shape,
     runs: &[Rc<Run<D>>],
 ) -> Result<Run<D>, TradeError> {
     if runs.is_empty() {
         return Err(corrupt(disk, &Run::<D>::file_name(prefix, id), 0, "a merge of no runs"));
     }
+    if let Some(other) = runs.iter().find(|run| run.value_bytes() != shape.value_bytes) {
+        return Err(other.corrupt(0, "a run of values of another size than its store's"));
+    }
     // Sized for every input entry: keys in several runs make the filter a little larger than
     // needed, never too small.
     let capacity = runs.iter().fold(0u64, |sum, run| sum.saturating_add(run.entries()));
-    let mut writer = RunWriter::create(disk, prefix, id, level, filter.capacity(capacity)).await?;
+    let (capacity, value_bytes) = (shape.filter.capacity(capacity), shape.value_bytes);
+    let mut writer = RunWriter::create(disk, prefix, id, level, capacity, value_bytes).await?;
     match merge_into(&mut writer, runs).await {
         Ok(()) => writer.finish().await,
         Err(e) => {
@@ -313,7 +328,8 @@ impl<D: Disk> Cursor<D> {
         }
         let number = self.block.unwrap_or(0);
         let block = self.block_bytes(number);
-        let (key, value) = (key_at(block, self.next), value_at(block, self.next));
+        let entry_bytes = run.footer.entry_bytes;
+        let (key, value) = (key_at(block, self.next, entry_bytes), value_at(block, self.next, entry_bytes));
         self.next += 1;
         // A filter that would answer "absent" for a key of its run makes lookups miss it:
         // refused here rather than carried on.
