@@ -404,7 +404,7 @@ pub(crate) struct GetAccountRequest(pub u128);
 impl ShardOp for GetAccountRequest {
     type Output = Option<(tradeshard_shard::AccountOp, u64)>;
     fn start(self, shard: &DiskShard, reply: ShardReply<Self::Output>) {
-        reply.send(Ok(shard.account_request(self.0)))
+        shard.find_account_request(self.0, reply)
     }
 }
 

@@ -8,8 +8,13 @@
 //! available, a balance past its limit, a full log queue) is answered at once and leaves no
 //! trace. One journal record is one movement naming both its sides, so a transfer is atomic:
 //! recovery applies all of it or nothing.
+//!
+//! Request numbers older than the last checkpoint are in runs on disk (`key_runs.rs`): a
+//! request whose key a run's Bloom filter may hold waits for one read of the runs, then is
+//! checked again.
 
 use std::collections::{BTreeMap, HashMap};
+use std::rc::Rc;
 
 use tradeshard_wal::disk::Disk;
 
@@ -18,9 +23,10 @@ use crate::currency::Currency;
 use crate::error::{LogError, Refusal, TradeError};
 use crate::id_hash::IdMap;
 use crate::journal::{AccountOp, JournalRecord};
+use crate::key_runs::{read_then, KeyKind, Lookup, RunRead};
 use crate::keys::account_request_key;
 use crate::shard::Shard;
-use crate::state::{Accepted, Effect, EffectKeys, ShardReply, Waiter};
+use crate::state::{Accepted, Effect, EffectKeys, Inner, ShardReply, Waiter};
 use crate::system_record::LogRecord;
 use crate::trade::now_ms;
 
@@ -88,66 +94,13 @@ impl InFlightAccounts {
 impl<D: Disk> Shard<D> {
     /// Makes an account request durable; `reply` is answered once it is, or with why not.
     pub fn post(&self, command: AccountCommand, reply: ShardReply<AccountReceipt>) {
-        let inner = &self.inner;
-        let mut accepted = inner.accepted.borrow_mut();
-        if let Some(failure) = &accepted.failed {
-            return reply.send(Err(failure.clone()));
-        }
-        if accepted.closing {
-            return reply.send(Err(TradeError::Log(LogError::Closed)));
-        }
-        if let Err(error) = command.check() {
-            return reply.send(Err(error.into()));
-        }
-        let index = inner.index.borrow();
-        let book = index.accounts();
-        let key = account_request_key(command.user_id, &command.request_no);
-        let asked = (command.op, command.currency, command.amount);
-        let Accepted { accounts, tcc, .. } = &mut *accepted;
-        if let Some(&((op, currency, amount), seq)) = accounts.requests.get(&key) {
-            if (op, currency, amount) != asked {
-                let original = RequestEntry { op, currency, amount, at_ms: 0, after: Balance::default() };
-                return reply.send(Err(original.conflict(&command.request_no).into()));
-            }
-            return accounts.repeats.entry(seq).or_default().push(reply);
-        }
-        if index.tcc().activity(key).is_some() || tcc.has_activity(key) {
-            // The number names an activity (a transfer across shards): the amount of its first
-            // branch, the payer's, once it is durable.
-            let amount = index.tcc().activity(key).and_then(|entry| entry.branches.first()?.action.account());
-            let (request_no, amount) = (command.request_no, amount.map_or(0, |(_, _, amount)| amount));
-            return reply.send(Err(Refusal::AccountRequestConflict { request_no, op: "transfer", amount }.into()));
-        }
-        if let Some(entry) = book.request(key) {
-            return match entry.same_as(&command) {
-                true => reply.send(Ok(entry.receipt(command.user_id, true))),
-                false => reply.send(Err(entry.conflict(&command.request_no).into())),
-            };
-        }
-        let balance_of = |account| accounts.balances.get(&account).map_or_else(|| book.balance(account), |b| b.0);
-        let moved = match movement(command.op, command.user_id, command.currency, command.amount, balance_of) {
-            Ok(moved) => moved,
-            Err(refusal) => return reply.send(Err(refusal.into())),
-        };
-        let AccountCommand { op, user_id, currency, amount, request_no } = command;
-        let record = JournalRecord { op, user_id, currency, amount, at_ms: now_ms(), request_no };
-        let ticket = match inner.wal.enqueue(&record.encode()) {
-            Ok(ticket) => ticket,
-            Err(error) => return reply.send(Err(error.into())),
-        };
-        let seq = ticket.seq();
-        for (account, balance) in moved.changed() {
-            accounts.balances.insert(account, (balance, seq));
-        }
-        accounts.requests.insert(key, (asked, seq));
-        let record = LogRecord::Journal(record);
-        let keys = EffectKeys::Account { key };
-        accepted.push(Effect { seq, ticket: Some(ticket), record, keys, waiter: Waiter::Account(reply), after: None });
+        post_on(&self.inner, command, reply, None)
     }
 
-    /// What the durable account request under `key` did: its operation and amount.
-    pub fn account_request(&self, key: u128) -> Option<(AccountOp, u64)> {
-        self.inner.index.borrow().accounts().request(key).map(|entry| (entry.op, entry.amount))
+    /// What the durable account request under `key` did, its operation and amount, or `None`
+    /// (read from the runs if a run may hold it).
+    pub fn find_account_request(&self, key: u128, reply: ShardReply<Option<(AccountOp, u64)>>) {
+        find_request(&self.inner, key, reply, None)
     }
 
     /// The account's durable balance (zero for an account never used).
@@ -160,4 +113,92 @@ impl<D: Disk> Shard<D> {
     pub fn account_totals(&self) -> BTreeMap<Currency, u128> {
         self.inner.index.borrow().accounts().totals()
     }
+}
+
+/// [`Shard::find_account_request`], with the key's state read from the runs if it was.
+fn find_request<D: Disk>(
+    inner: &Rc<Inner<D>>,
+    key: u128,
+    reply: ShardReply<Option<(AccountOp, u64)>>,
+    read: Option<RunRead>,
+) {
+    let lookup = inner.key_runs.borrow().lookup(&inner.index.borrow(), key, KeyKind::Request, read.as_ref());
+    match lookup {
+        Lookup::Known(state) => reply.send(Ok(state.request.map(|entry| (entry.op, entry.amount)))),
+        Lookup::MustRead => read_then(inner, key, KeyKind::Request, reply, move |inner, reply, read| {
+            find_request(inner, key, reply, Some(read))
+        }),
+    }
+}
+
+/// [`Shard::post`], with the request key's state read from the runs if it was.
+fn post_on<D: Disk>(
+    inner: &Rc<Inner<D>>,
+    command: AccountCommand,
+    reply: ShardReply<AccountReceipt>,
+    read: Option<RunRead>,
+) {
+    let mut accepted = inner.accepted.borrow_mut();
+    if let Some(failure) = &accepted.failed {
+        return reply.send(Err(failure.clone()));
+    }
+    if accepted.closing {
+        return reply.send(Err(TradeError::Log(LogError::Closed)));
+    }
+    if let Err(error) = command.check() {
+        return reply.send(Err(error.into()));
+    }
+    let index = inner.index.borrow();
+    let book = index.accounts();
+    let key = account_request_key(command.user_id, &command.request_no);
+    let asked = (command.op, command.currency, command.amount);
+    let Accepted { accounts, tcc, .. } = &mut *accepted;
+    if let Some(&((op, currency, amount), seq)) = accounts.requests.get(&key) {
+        if (op, currency, amount) != asked {
+            let original = RequestEntry { op, currency, amount, at_ms: 0, after: Balance::default() };
+            return reply.send(Err(original.conflict(&command.request_no).into()));
+        }
+        return accounts.repeats.entry(seq).or_default().push(reply);
+    }
+    if index.tcc().activity(key).is_some() || tcc.has_activity(key) {
+        // The number names an activity (a transfer across shards): the amount of its first
+        // branch, the payer's, once it is durable.
+        let amount = index.tcc().activity(key).and_then(|entry| entry.branches.first()?.action.account());
+        let (request_no, amount) = (command.request_no, amount.map_or(0, |(_, _, amount)| amount));
+        return reply.send(Err(Refusal::AccountRequestConflict { request_no, op: "transfer", amount }.into()));
+    }
+    let durable = match inner.key_runs.borrow().lookup(&index, key, KeyKind::Request, read.as_ref()) {
+        Lookup::Known(state) => state.request,
+        Lookup::MustRead => {
+            drop((accepted, index));
+            return read_then(inner, key, KeyKind::Request, reply, move |inner, reply, read| {
+                post_on(inner, command, reply, Some(read))
+            });
+        }
+    };
+    if let Some(entry) = durable {
+        return match entry.same_as(&command) {
+            true => reply.send(Ok(entry.receipt(command.user_id, true))),
+            false => reply.send(Err(entry.conflict(&command.request_no).into())),
+        };
+    }
+    let balance_of = |account| accounts.balances.get(&account).map_or_else(|| book.balance(account), |b| b.0);
+    let moved = match movement(command.op, command.user_id, command.currency, command.amount, balance_of) {
+        Ok(moved) => moved,
+        Err(refusal) => return reply.send(Err(refusal.into())),
+    };
+    let AccountCommand { op, user_id, currency, amount, request_no } = command;
+    let record = JournalRecord { op, user_id, currency, amount, at_ms: now_ms(), request_no };
+    let ticket = match inner.wal.enqueue(&record.encode()) {
+        Ok(ticket) => ticket,
+        Err(error) => return reply.send(Err(error.into())),
+    };
+    let seq = ticket.seq();
+    for (account, balance) in moved.changed() {
+        accounts.balances.insert(account, (balance, seq));
+    }
+    accounts.requests.insert(key, (asked, seq));
+    let record = LogRecord::Journal(record);
+    let keys = EffectKeys::Account { key };
+    accepted.push(Effect { seq, ticket: Some(ticket), record, keys, waiter: Waiter::Account(reply), after: None });
 }

@@ -212,12 +212,26 @@ impl AccountBook {
         before
     }
 
-    /// The durable request made under this request key.
+    /// The durable request made under this request key, if it is among those since the last
+    /// checkpoint's run (`key_runs.rs` asks the runs for the others).
     pub(crate) fn request(&self, key: u128) -> Option<&RequestEntry> {
         self.requests.get(&key)
     }
 
-    /// Applies a durable journal record; returns what its request answers.
+    /// The requests applied since the last checkpoint's run.
+    pub(crate) fn recent_requests(&self) -> impl Iterator<Item = (u128, &RequestEntry)> + '_ {
+        self.requests.iter().map(|(key, entry)| (*key, entry))
+    }
+
+    /// Forgets the requests a durable checkpoint's run now holds.
+    pub(crate) fn forget_requests(&mut self, keys: &[u128]) {
+        for key in keys {
+            self.requests.remove(key);
+        }
+    }
+
+    /// Applies a durable journal record; returns what its request answers. A number applied
+    /// twice is caught among the requests in memory only: the write path checked the runs.
     pub(crate) fn apply(&mut self, record: &JournalRecord) -> Result<RequestEntry, &'static str> {
         let key = account_request_key(record.user_id, &record.request_no);
         if self.requests.get(&key).is_some() {
@@ -240,10 +254,10 @@ impl AccountBook {
         Ok(entry)
     }
 
-    /// Every entry (a checkpoint writes them; [`restore`](Self::restore) reads them back).
+    /// Every balance (a checkpoint writes them; [`restore`](Self::restore) reads them back,
+    /// and requests too if a checkpoint holds any). The requests are in runs (`key_runs.rs`).
     pub(crate) fn items(&self) -> impl Iterator<Item = AccountItem> + '_ {
-        let balances = self.balances.iter().map(|(key, balance)| AccountItem::Balance(*key, *balance));
-        balances.chain(self.requests.iter().map(|(key, entry)| AccountItem::Request(*key, *entry)))
+        self.balances.iter().map(|(key, balance)| AccountItem::Balance(*key, *balance))
     }
 
     /// Adds an entry read from a checkpoint; a second entry of one key means the checkpoint is

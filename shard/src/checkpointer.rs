@@ -247,6 +247,10 @@ async fn take_runs<D: Disk>(inner: &Inner<D>, written: WrittenRuns<D>, new_posit
         inner.index.borrow_mut().forget_refunds(batch);
         glommio::yield_if_needed().await;
     }
+    for batch in written.request_keys.chunks(ITEMS_PER_YIELD) {
+        inner.index.borrow_mut().accounts_mut().forget_requests(batch);
+        glommio::yield_if_needed().await;
+    }
     for batch in written.user_counts.chunks(ITEMS_PER_YIELD) {
         inner.index.borrow_mut().forget_user_trades(batch);
         glommio::yield_if_needed().await;

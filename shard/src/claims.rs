@@ -20,7 +20,7 @@ use tradeshard_wal::disk::Disk;
 
 use crate::error::{Refusal, TradeError};
 use crate::index::{body_hash, order_key};
-use crate::key_runs::{KeyKind, Lookup, RunRead};
+use crate::key_runs::{read_then, KeyKind, Lookup, RunRead};
 use crate::shard::Shard;
 use crate::state::{Effect, EffectKeys, Inner, ShardReply, Waiter};
 use crate::system_record::{ClaimOutcome, ClaimSettled, LogRecord, OrderClaim};
@@ -99,26 +99,6 @@ impl<D: Disk> Shard<D> {
     }
 }
 
-/// Reads `key` from the runs on disk on a task, then calls `then` with what was read (or
-/// answers `reply` with why it could not be). The caller holds no borrow of the shard's state:
-/// the task may start at once.
-fn read_then<D: Disk, R: 'static>(
-    inner: &Rc<Inner<D>>,
-    key: u128,
-    reply: ShardReply<R>,
-    then: impl FnOnce(&Rc<Inner<D>>, ShardReply<R>, RunRead) + 'static,
-) {
-    let reading = inner.key_runs.borrow().read(key, KeyKind::Order);
-    let inner = inner.clone();
-    let task = async move {
-        match reading.await {
-            Ok(read) => then(&inner, reply, read),
-            Err(error) => reply.send(Err(error)),
-        }
-    };
-    glommio::spawn_local(task).detach();
-}
-
 /// [`Shard::claim_order`], with the key's state read from the runs if it was.
 fn claim_order<D: Disk>(
     inner: &Rc<Inner<D>>,
@@ -150,7 +130,7 @@ fn claim_order<D: Disk>(
         Lookup::MustRead => {
             drop((accepted, index));
             let key = request.key;
-            return read_then(inner, key, reply, move |inner, reply, read| {
+            return read_then(inner, key, KeyKind::Order, reply, move |inner, reply, read| {
                 claim_order(inner, request, reply, Some(read))
             });
         }
@@ -214,7 +194,7 @@ fn settle_claim<D: Disk>(
         Lookup::Known(state) => state.claim,
         Lookup::MustRead => {
             drop(accepted);
-            return read_then(inner, key, reply, move |inner, reply, read| {
+            return read_then(inner, key, KeyKind::Order, reply, move |inner, reply, read| {
                 settle_claim(inner, key, outcome, reply, Some(read))
             });
         }
@@ -252,7 +232,9 @@ fn find_order<D: Disk>(inner: &Rc<Inner<D>>, key: u128, reply: ShardReply<OrderL
     let state = match lookup {
         Lookup::Known(state) => state,
         Lookup::MustRead => {
-            return read_then(inner, key, reply, move |inner, reply, read| find_order(inner, key, reply, Some(read)))
+            return read_then(inner, key, KeyKind::Order, reply, move |inner, reply, read| {
+                find_order(inner, key, reply, Some(read))
+            })
         }
     };
     let found = match (state.order, state.claim) {

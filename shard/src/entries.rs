@@ -122,6 +122,8 @@ pub(crate) enum RunStore {
     Users = 3,
     /// Refund key → the refund made under that request number (`RefundEntry`).
     Refunds = 4,
+    /// Account request key → what the request did and the balance it left (`RequestEntry`).
+    Requests = 5,
 }
 
 impl RunStore {
@@ -131,22 +133,25 @@ impl RunStore {
             2 => Some(RunStore::Claims),
             3 => Some(RunStore::Users),
             4 => Some(RunStore::Refunds),
+            5 => Some(RunStore::Requests),
             _ => None,
         }
     }
 
     /// Every store, in the order a checkpoint lists them.
-    pub(crate) const ALL: [RunStore; 4] = [RunStore::Orders, RunStore::Claims, RunStore::Users, RunStore::Refunds];
+    pub(crate) const ALL: [RunStore; 5] =
+        [RunStore::Orders, RunStore::Claims, RunStore::Users, RunStore::Refunds, RunStore::Requests];
 
     /// What its runs are like: a user's trades are asked for as a range only, which a Bloom
-    /// filter cannot answer, and they have no value; a refund's value is 32 bytes, an order's
-    /// and a claim's 24.
+    /// filter cannot answer, and they have no value; an account request's value is 56 bytes
+    /// (the 52 of its fields in a checkpoint), a refund's 32, an order's and a claim's 24.
     pub(crate) fn shape(self) -> crate::runs::Shape {
         use crate::runs::{Filter, Shape};
         match self {
             RunStore::Orders | RunStore::Claims => Shape { filter: Filter::PerKey, value_bytes: 24 },
             RunStore::Users => Shape { filter: Filter::RangesOnly, value_bytes: 0 },
             RunStore::Refunds => Shape { filter: Filter::PerKey, value_bytes: 32 },
+            RunStore::Requests => Shape { filter: Filter::PerKey, value_bytes: 56 },
         }
     }
 
@@ -157,6 +162,7 @@ impl RunStore {
             RunStore::Claims => "claims",
             RunStore::Users => "users",
             RunStore::Refunds => "refunds",
+            RunStore::Requests => "requests",
         }
     }
 }

@@ -1,21 +1,22 @@
-//! Where a shard keeps its order keys, refunds and users' lists once a checkpoint holds them:
-//! on disk, in sorted runs (`runs/`), so that memory holds only what was added since the last
-//! checkpoint, not every trade's keys.
+//! Where a shard keeps its order keys, refunds, account request numbers and users' lists once a
+//! checkpoint holds them: on disk, in sorted runs (`runs/`), so that memory holds only what was
+//! added since the last checkpoint, not every trade's keys.
 //!
-//! Four stores of runs per shard: `orders` (order key → the shard's trade with that order
+//! Five stores of runs per shard: `orders` (order key → the shard's trade with that order
 //! number and its body hash), `claims` (order key → the confirmed claim of a buyer of another
 //! shard: body hash, buyer, trade), `refunds` (refund key → the refund made under that request
-//! number: trade, amount, the trade's refunded total after it, time) and `users` (user and
-//! trade id → nothing: a user's trades are a range of keys, in creation order, since a user's
-//! trade ids grow with time). Pending
+//! number: trade, amount, the trade's refunded total after it, time), `requests` (account
+//! request key → what the request did and the requester's balance after it) and `users` (user
+//! and trade id → nothing: a user's trades are a range of keys, in creation order, since a
+//! user's trade ids grow with time). Pending
 //! claims are few and stay in memory and in the checkpoint file. Each checkpoint writes what
 //! was applied since the one before as one new run of each store and merges runs as the sets'
 //! policy says; the checkpoint file lists the runs in force (`Item::Run`). A run is removed
 //! once neither the latest checkpoint nor the one before it (the fallback) lists it.
 //!
-//! Asking for a key (an order key by a create, a refund key by a refund): the memory first (the
-//! index's keys since the last checkpoint, and the pending claims), then the runs' Bloom
-//! filters; only a key some filter may hold is read from
+//! Asking for a key (an order key by a create, a refund key by a refund, a request key by an
+//! account request or the begin of a transfer's activity): the memory first (the index's keys
+//! since the last checkpoint, and the pending claims), then the runs' Bloom filters; only a key some filter may hold is read from
 //! disk (one 4 KiB read per run that may hold it), by a task, after which the request is
 //! checked again with what was read ([`RunRead`]). A read is good only for the sets it was
 //! made against: a checkpoint that moves keys from memory into a new run changes the
@@ -30,9 +31,13 @@ use std::rc::Rc;
 
 use tradeshard_wal::disk::Disk;
 
+use crate::accounts::RequestEntry;
+use crate::bytes::Reader;
+use crate::checkpoint::{push_request, read_request};
 use crate::error::{LogError, TradeError};
 use crate::index::{ClaimEntry, RefundEntry, RunStore, ShardIndex};
 use crate::runs::{merge, Run, RunSet, Value, VALUE_BYTES_MAX};
+use crate::state::{Inner, ShardReply};
 use crate::trade::{TradeId, AMOUNT_MAX};
 
 /// The runs of one shard's three stores, oldest first each. A clone shares the runs.
@@ -42,22 +47,19 @@ pub(crate) struct RunSets<D: Disk> {
     pub claims: RunSet<D>,
     pub users: RunSet<D>,
     pub refunds: RunSet<D>,
+    pub requests: RunSet<D>,
 }
 
 impl<D: Disk> Default for RunSets<D> {
     fn default() -> Self {
-        RunSets {
-            orders: RunSet::default(),
-            claims: RunSet::default(),
-            users: RunSet::default(),
-            refunds: RunSet::default(),
-        }
+        let none = RunSet::default;
+        RunSets { orders: none(), claims: none(), users: none(), refunds: none(), requests: none() }
     }
 }
 
 impl<D: Disk> RunSets<D> {
     /// Each store with its runs.
-    pub(crate) fn stores(&self) -> [(RunStore, &RunSet<D>); 4] {
+    pub(crate) fn stores(&self) -> [(RunStore, &RunSet<D>); 5] {
         RunStore::ALL.map(|store| (store, self.store(store)))
     }
 
@@ -67,6 +69,7 @@ impl<D: Disk> RunSets<D> {
             RunStore::Claims => &self.claims,
             RunStore::Users => &self.users,
             RunStore::Refunds => &self.refunds,
+            RunStore::Requests => &self.requests,
         }
     }
 
@@ -76,6 +79,7 @@ impl<D: Disk> RunSets<D> {
             RunStore::Claims => &mut self.claims,
             RunStore::Users => &mut self.users,
             RunStore::Refunds => &mut self.refunds,
+            RunStore::Requests => &mut self.requests,
         }
     }
 
@@ -111,6 +115,8 @@ pub(crate) struct KeyState {
     pub claim: Option<ClaimEntry>,
     /// A refund of a trade of this shard was made under it.
     pub refund: Option<RefundEntry>,
+    /// An account request was made under it.
+    pub request: Option<RequestEntry>,
 }
 
 /// What a key names, so which stores are asked.
@@ -120,6 +126,8 @@ pub(crate) enum KeyKind {
     Order,
     /// A refund key: the refunds.
     Refund,
+    /// An account request key: the requests.
+    Request,
 }
 
 /// A key's state as read from the runs, good while the runs are those of `generation`.
@@ -162,6 +170,15 @@ pub(crate) fn refund_value(refund: &RefundEntry) -> Value {
     value_of(&[refund.trade_id.0, refund.amount, refund.refunded_after, refund.at_ms])
 }
 
+/// An account request's entry: its fields as a checkpoint holds them, then zeros.
+pub(crate) fn request_value(request: &RequestEntry) -> Value {
+    let mut fields = Vec::with_capacity(VALUE_BYTES_MAX);
+    push_request(&mut fields, request);
+    let mut value = [0u8; VALUE_BYTES_MAX];
+    value[..fields.len()].copy_from_slice(&fields);
+    value
+}
+
 fn word(value: &Value, n: usize) -> u64 {
     u64::from_le_bytes(value[8 * n..8 * n + 8].try_into().expect("8 bytes"))
 }
@@ -184,6 +201,15 @@ fn decode_claim(value: &Value) -> Result<ClaimEntry, TradeError> {
         return Err(bad_entry("a claim run entry without its trade"));
     }
     Ok(ClaimEntry { body: word(value, 0), buyer_id: word(value, 1), trade: Some(trade) })
+}
+
+fn decode_request(value: &Value) -> Result<RequestEntry, TradeError> {
+    let mut reader = Reader::new(value, 0, "a request run entry cut short");
+    let request = read_request(&mut reader).map_err(bad_entry)?;
+    if value[reader.at..].iter().any(|&b| b != 0) {
+        return Err(bad_entry("a request run entry with bytes where zeros belong"));
+    }
+    Ok(request)
 }
 
 fn decode_refund(value: &Value) -> Result<RefundEntry, TradeError> {
@@ -234,8 +260,11 @@ impl<D: Disk> KeyRuns<D> {
     /// still those it read.
     pub(crate) fn lookup(&self, index: &ShardIndex, key: u128, kind: KeyKind, read: Option<&RunRead>) -> Lookup {
         let in_memory = match kind {
-            KeyKind::Order => KeyState { order: index.by_order(key), claim: index.claim(key).copied(), refund: None },
+            KeyKind::Order => {
+                KeyState { order: index.by_order(key), claim: index.claim(key).copied(), ..KeyState::default() }
+            }
             KeyKind::Refund => KeyState { refund: index.refund(key).copied(), ..KeyState::default() },
+            KeyKind::Request => KeyState { request: index.accounts().request(key).copied(), ..KeyState::default() },
         };
         if in_memory != KeyState::default() {
             return Lookup::Known(in_memory);
@@ -243,6 +272,7 @@ impl<D: Disk> KeyRuns<D> {
         let may_hold = match kind {
             KeyKind::Order => self.sets.orders.may_hold(key) || self.sets.claims.may_hold(key),
             KeyKind::Refund => self.sets.refunds.may_hold(key),
+            KeyKind::Request => self.sets.requests.may_hold(key),
         };
         match read {
             Some(read) if (read.key, read.kind, read.generation) == (key, kind, self.generation) => {
@@ -265,6 +295,7 @@ impl<D: Disk> KeyRuns<D> {
         let (first, second) = match kind {
             KeyKind::Order => (self.sets.orders.get(key), Some(self.sets.claims.get(key))),
             KeyKind::Refund => (self.sets.refunds.get(key), None),
+            KeyKind::Request => (self.sets.requests.get(key), None),
         };
         async move {
             let first = first.await?;
@@ -272,13 +303,37 @@ impl<D: Disk> KeyRuns<D> {
                 (KeyKind::Order, Some(claim)) => KeyState {
                     order: first.as_ref().map(decode_order).transpose()?,
                     claim: claim.await?.as_ref().map(decode_claim).transpose()?,
-                    refund: None,
+                    ..KeyState::default()
                 },
-                _ => KeyState { refund: first.as_ref().map(decode_refund).transpose()?, ..KeyState::default() },
+                (KeyKind::Refund, _) => {
+                    KeyState { refund: first.as_ref().map(decode_refund).transpose()?, ..KeyState::default() }
+                }
+                _ => KeyState { request: first.as_ref().map(decode_request).transpose()?, ..KeyState::default() },
             };
             Ok(RunRead { key, kind, generation, state })
         }
     }
+}
+
+/// Reads `key`, a key of `kind`, from the runs on disk on a task, then calls `then` with what
+/// was read (or answers `reply` with why it could not be). The caller holds no borrow of the
+/// shard's state: the task may start at once.
+pub(crate) fn read_then<D: Disk, R: 'static>(
+    inner: &Rc<Inner<D>>,
+    key: u128,
+    kind: KeyKind,
+    reply: ShardReply<R>,
+    then: impl FnOnce(&Rc<Inner<D>>, ShardReply<R>, RunRead) + 'static,
+) {
+    let reading = inner.key_runs.borrow().read(key, kind);
+    let inner = inner.clone();
+    let task = async move {
+        match reading.await {
+            Ok(read) => then(&inner, reply, read),
+            Err(error) => reply.send(Err(error)),
+        }
+    };
+    glommio::spawn_local(task).detach();
 }
 
 /// The key of a user's trade in the runs of users: the user, then the trade id, so that a
@@ -329,10 +384,12 @@ fn run_file_id<D: Disk>(name: &str) -> Option<u64> {
 pub(crate) struct WrittenRuns<D: Disk> {
     pub sets: RunSets<D>,
     /// What is now in a run, to forget from memory once the checkpoint is durable: order
-    /// keys, confirmed claims, refunds, and how many of each user's oldest trades in memory.
+    /// keys, confirmed claims, refunds, account requests, and how many of each user's oldest
+    /// trades in memory.
     pub order_keys: Vec<u128>,
     pub claim_keys: Vec<u128>,
     pub refund_keys: Vec<u128>,
+    pub request_keys: Vec<u128>,
     pub user_counts: Vec<(u64, usize)>,
     /// Bytes of the runs written, merges included.
     pub bytes: u64,
@@ -357,9 +414,11 @@ pub(crate) async fn write_runs<D: Disk>(
         snapshot.recent_confirmed_claims().map(|(key, claim, trade)| (key, claim_value(claim, trade))).collect(),
     );
     let refund_entries = sorted(snapshot.recent_refunds().map(|(key, refund)| (key, refund_value(refund))).collect());
+    let request_entries =
+        sorted(snapshot.accounts().recent_requests().map(|(key, request)| (key, request_value(request))).collect());
     let keys_of = |entries: &[(u128, Value)]| entries.iter().map(|(key, _)| *key).collect();
-    let (order_keys, claim_keys, refund_keys) =
-        (keys_of(&order_entries), keys_of(&claim_entries), keys_of(&refund_entries));
+    let (order_keys, claim_keys) = (keys_of(&order_entries), keys_of(&claim_entries));
+    let (refund_keys, request_keys) = (keys_of(&refund_entries), keys_of(&request_entries));
     let user_counts: Vec<(u64, usize)> = snapshot.recent_users().map(|(user, ids)| (user, ids.len())).collect();
     let user_entries = sorted(
         snapshot
@@ -373,6 +432,7 @@ pub(crate) async fn write_runs<D: Disk>(
         (RunStore::Claims, claim_entries),
         (RunStore::Users, user_entries),
         (RunStore::Refunds, refund_entries),
+        (RunStore::Requests, request_entries),
     ];
     for (store, entries) in stores {
         if entries.is_empty() {
@@ -393,7 +453,7 @@ pub(crate) async fn write_runs<D: Disk>(
     if bytes > 0 {
         disk.sync_dir().await.map_err(|e| TradeError::Log(LogError::io("sync directory", disk.path_of(""), e)))?;
     }
-    Ok(WrittenRuns { sets, order_keys, claim_keys, refund_keys, user_counts, bytes })
+    Ok(WrittenRuns { sets, order_keys, claim_keys, refund_keys, request_keys, user_counts, bytes })
 }
 
 /// The next run id, used up now whatever becomes of the run.

@@ -47,7 +47,8 @@ pub struct ShardStats {
     /// Trades in the shard, and those of them in memory (the rest are in the table on disk).
     pub trades: u64,
     pub trades_in_memory: u64,
-    /// Accounts (user and currency) and account request numbers held.
+    /// Accounts (user and currency), and account request numbers held in memory: those applied
+    /// since the last checkpoint (the older ones are in runs, counted in `checkpoints`).
     pub accounts: u64,
     pub account_requests: u64,
     /// Branches of flexible transactions this shard takes part in, activities it initiated,

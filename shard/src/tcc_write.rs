@@ -7,7 +7,9 @@
 //! that step is durable and is then checked afresh, so the durable state it is checked against
 //! is the state it will apply to. A transaction whose every step repeats one recorded answers
 //! at once and writes nothing. A transaction that finds the log's queue full waits for the
-//! last write in flight to be durable and is checked again, as a parked one is.
+//! last write in flight to be durable and is checked again, as a parked one is. The begin of an
+//! activity whose id a run of account requests may hold (`key_runs.rs`) waits for one read of
+//! the runs first.
 
 use std::collections::{BTreeMap, HashMap};
 use std::rc::Rc;
@@ -19,6 +21,7 @@ use crate::accounts::{AccountBook, AccountKey, Balance};
 use crate::currency::Currency;
 use crate::error::{InputError, LogError, Refusal, TradeError};
 use crate::id_hash::IdMap;
+use crate::key_runs::{read_then, KeyKind, Lookup, RunRead};
 use crate::shard::Shard;
 use crate::state::{Effect, EffectKeys, Inner, ShardReply, Waiter};
 use crate::system_record::LogRecord;
@@ -206,6 +209,17 @@ impl<D: Disk> Shard<D> {
 
 /// [`Shard::transact`] on a shard's state (the committer calls it again for parked ones).
 pub(crate) fn transact_on<D: Disk>(inner: &Rc<Inner<D>>, steps: Vec<Step>, reply: ShardReply<Vec<StepAnswer>>) {
+    transact_reading(inner, steps, reply, Vec::new())
+}
+
+/// [`transact_on`], with `reads`: the state of activity ids read from the runs of account
+/// requests (an id a run may hold is read before the transaction is checked).
+fn transact_reading<D: Disk>(
+    inner: &Rc<Inner<D>>,
+    steps: Vec<Step>,
+    reply: ShardReply<Vec<StepAnswer>>,
+    reads: Vec<RunRead>,
+) {
     let mut accepted = inner.accepted.borrow_mut();
     if let Some(failure) = &accepted.failed {
         return reply.send(Err(failure.clone()));
@@ -222,13 +236,30 @@ pub(crate) fn transact_on<D: Disk>(inner: &Rc<Inner<D>>, steps: Vec<Step>, reply
     let index = inner.index.borrow();
     // An activity's id may be its initiator's account request number (a transfer's): one
     // number is one request, either an account request or an activity.
+    let mut to_read = None;
     for step in &steps {
         if let Step::Begin { activity, .. } = step {
-            if index.accounts().request(*activity).is_some() || accepted.accounts.has_request(*activity) {
+            let read = reads.iter().find(|read| read.key == *activity);
+            let made = match inner.key_runs.borrow().lookup(&index, *activity, KeyKind::Request, read) {
+                Lookup::Known(state) => state.request.is_some() || accepted.accounts.has_request(*activity),
+                Lookup::MustRead => {
+                    to_read = Some(*activity);
+                    break;
+                }
+            };
+            if made {
                 let reason = "the activity's id is an account request already made";
                 return reply.send(Err(Refusal::StepConflict { activity: *activity, reason }.into()));
             }
         }
+    }
+    if let Some(activity) = to_read {
+        drop((accepted, index));
+        return read_then(inner, activity, KeyKind::Request, reply, move |inner, reply, read| {
+            let mut reads = reads;
+            reads.push(read);
+            transact_reading(inner, steps, reply, reads)
+        });
     }
     let at_ms = now_ms();
     let mut scratch = Scratch::over(index.accounts(), index.tcc(), &accepted.accounts);

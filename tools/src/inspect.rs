@@ -70,8 +70,9 @@ struct ShardReport {
     key_run_bytes: u64,
     key_run_memory_bytes: u64,
     groups: Vec<GroupReport>,
-    /// Accounts (user and currency), account request numbers, branches of flexible
-    /// transactions, activities initiated here, and those not completed.
+    /// Accounts (user and currency), account request numbers in memory (since the last
+    /// checkpoint), branches of flexible transactions, activities initiated here, and those
+    /// not completed.
     accounts: u64,
     account_requests: u64,
     branches: u64,
@@ -224,7 +225,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
             if s.passed_over_damaged_checkpoint { ", a damaged checkpoint passed over" } else { "" }
         );
         println!(
-            "  {} accounts, {} account requests, {} branches, {} activities, {} in doubt",
+            "  {} accounts, {} account requests in memory, {} branches, {} activities, {} in doubt",
             s.accounts,
             s.account_requests,
             s.branches,

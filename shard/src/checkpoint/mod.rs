@@ -26,5 +26,6 @@ pub(crate) use codec::{
     file_name, page_bytes, page_payload_len, parse_file_name, Encoder, Header, Restored, Restorer, PAGE_ALIGN,
     TEMP_NAME,
 };
+pub(crate) use money::{push_request, read_request};
 #[cfg(any(test, feature = "testing"))]
 pub use sample::sample_file;

@@ -27,12 +27,7 @@ pub(super) fn encode(item: &Item, out: &mut Vec<u8>) {
         Item::Account(AccountItem::Request(key, entry)) => {
             out.push(KIND_ACCOUNT_REQUEST);
             out.extend_from_slice(&key.to_le_bytes());
-            out.push(entry.op.code());
-            out.extend_from_slice(&entry.currency.bytes());
-            let after = entry.after;
-            let fields =
-                [entry.op.counterparty(), entry.amount, entry.at_ms, after.available, after.frozen, after.incoming];
-            u64s(out, &fields);
+            push_request(out, entry);
         }
         Item::Tcc(TccItem::Branch(activity, branch, entry)) => {
             out.push(KIND_BRANCH);
@@ -63,6 +58,28 @@ pub(super) fn encode(item: &Item, out: &mut Vec<u8>) {
     }
 }
 
+/// Appends an account request's fields (52 bytes): op u8, currency [3], counterparty, amount,
+/// at_ms, and the requester's available, frozen and incoming after it (u64 each). Checkpoints
+/// and the runs of requests (`key_runs.rs`) hold them so.
+pub(crate) fn push_request(out: &mut Vec<u8>, entry: &RequestEntry) {
+    out.push(entry.op.code());
+    out.extend_from_slice(&entry.currency.bytes());
+    let after = entry.after;
+    for field in [entry.op.counterparty(), entry.amount, entry.at_ms, after.available, after.frozen, after.incoming] {
+        out.extend_from_slice(&field.to_le_bytes());
+    }
+}
+
+/// Reads what [`push_request`] wrote, checked.
+pub(crate) fn read_request(reader: &mut Reader<'_>) -> Result<RequestEntry, &'static str> {
+    let op_code = reader.u8()?;
+    let currency = currency(reader)?;
+    let (counterparty, amount, at_ms) = (reader.u64()?, reader.u64()?, reader.u64()?);
+    let op = AccountOp::of(op_code, counterparty).ok_or("checkpoint account request of an unknown operation")?;
+    let after = balance(reader)?;
+    Ok(RequestEntry { op, currency, amount, at_ms, after })
+}
+
 /// Reads an entry of kind `kind` (8..=12), its kind byte already read.
 pub(super) fn decode(kind: u8, reader: &mut Reader<'_>) -> Result<Item, &'static str> {
     Ok(match kind {
@@ -77,13 +94,7 @@ pub(super) fn decode(kind: u8, reader: &mut Reader<'_>) -> Result<Item, &'static
         }
         KIND_ACCOUNT_REQUEST => {
             let key = reader.u128()?;
-            let op_code = reader.u8()?;
-            let currency = currency(reader)?;
-            let (counterparty, amount, at_ms) = (reader.u64()?, reader.u64()?, reader.u64()?);
-            let op =
-                AccountOp::of(op_code, counterparty).ok_or("checkpoint account request of an unknown operation")?;
-            let after = balance(reader)?;
-            Item::Account(AccountItem::Request(key, RequestEntry { op, currency, amount, at_ms, after }))
+            Item::Account(AccountItem::Request(key, read_request(reader)?))
         }
         KIND_BRANCH => {
             let (activity, branch) = (reader.u128()?, reader.u16()?);

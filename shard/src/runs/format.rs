@@ -34,7 +34,8 @@ pub(super) fn entry_bytes(value_bytes: usize) -> Option<usize> {
     (value_bytes <= VALUE_BYTES_MAX && value_bytes.is_multiple_of(8)).then_some(KEY_BYTES + value_bytes)
 }
 
-/// Entries of a full block of entries of `entry_bytes` (255 of 16 bytes, 102 of 40, 85 of 48).
+/// Entries of a full block of entries of `entry_bytes` (255 of 16 bytes, 102 of 40, 85 of 48,
+/// 56 of 72).
 pub(super) fn block_capacity(entry_bytes: usize) -> usize {
     TRAILER_AT / entry_bytes
 }

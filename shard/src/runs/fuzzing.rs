@@ -36,7 +36,7 @@ pub fn decode_for_fuzzing(bytes: &[u8], id: u64) -> Result<Vec<(u128, Value)>, &
 }
 
 /// The file of run `id` holding three entries of `value_bytes` each (the fuzzer's seeds: 24
-/// and 32).
+/// and 56).
 pub fn sample_for_fuzzing(id: u64, value_bytes: usize) -> Vec<u8> {
     let mut encoder = Encoder::new(id, 1, 3, value_bytes).expect("a size runs have");
     let mut bytes = Vec::new();

@@ -16,7 +16,7 @@
 //! - Data blocks of 4096 bytes from offset 0, numbered from 0: up to `4080 / E` entries of `E`
 //!   bytes (the key as a u128, then the value: `E` is the footer's entry bytes, 16 for a store
 //!   of keys alone, 255 to a block; 40 for 24-byte values, 102 to a block; 48 for 32-byte
-//!   values, 85 to a block) from
+//!   values, 85 to a block; 72 for 56-byte values, 56 to a block) from
 //!   byte 0, keys strictly ascending within and across blocks, zeros up to byte 4080, then a
 //!   16-byte trailer: the entry count (u32), 4 zero bytes, and at 4088..4096 the checksum
 //!   `xxh3_64_with_seed(block[0..4088], id.rotate_left(32) ^ block_number)` (u64), so a block
@@ -26,7 +26,7 @@
 //!   then the fence keys (the first key of each data block, u128 each, strictly ascending),
 //!   zero-padded to a multiple of 4096 bytes.
 //! - The footer, the file's last 4096 bytes: at 0 the magic `TSRN`, 4 the format version (u16,
-//!   1), 6 the entry bytes (u16: 16 plus a value of 0 to 32 bytes, a multiple of 8), 8 the run id (u64), 16 the level (u32), 20 the entry
+//!   1), 6 the entry bytes (u16: 16 plus a value of 0 to 56 bytes, a multiple of 8), 8 the run id (u64), 16 the level (u32), 20 the entry
 //!   count (u64, at least 1), 28 the data blocks (u64, `ceil(entries / (4080 / E))`), 36 the Bloom
 //!   filter's words (u64, a multiple of 8, at least 8), 44 the Bloom probe count (u32, 1..=7),
 //!   48 `xxh3_64` of the index section without its padding (u64), 56 `xxh3_64` of footer bytes
@@ -63,7 +63,7 @@ pub(crate) use write::merge;
 /// Bytes of a key, and the most of a value: each store's runs have values of one size (a
 /// multiple of 8 up to this), and an entry is the key and the value.
 pub(crate) const KEY_BYTES: usize = 16;
-pub(crate) const VALUE_BYTES_MAX: usize = 32;
+pub(crate) const VALUE_BYTES_MAX: usize = 56;
 /// A value as the runs hand it over: a run's value bytes, then zeros.
 pub(crate) type Value = [u8; VALUE_BYTES_MAX];
 /// Runs merged at once: when the newest `MERGE_FANOUT` runs share a level, they become one run

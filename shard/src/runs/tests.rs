@@ -61,7 +61,8 @@ fn corruption(error: TradeError) -> (String, u64, &'static str) {
 
 #[test]
 fn every_key_reads_back_after_a_write_and_after_an_open() {
-    for (id, value_bytes, per_block) in [(7, VALUE_BYTES, BLOCK_ENTRIES), (8, 0, 255), (9, 8, 170), (10, 32, 85)] {
+    let sizes = [(7, VALUE_BYTES, BLOCK_ENTRIES), (8, 0, 255), (9, 8, 170), (10, 32, 85), (11, 56, 56)];
+    for (id, value_bytes, per_block) in sizes {
         every_key_reads_back(id, value_bytes, per_block);
     }
 }
