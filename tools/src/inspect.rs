@@ -41,8 +41,9 @@ struct ActivityReport {
     /// `open` (undecided), or the decision being carried out.
     state: String,
     age_ms: u64,
-    /// Until recovery cancels it, for an undecided one (negative: past).
-    deadline_in_ms: i64,
+    /// Until recovery cancels it (negative: past); only for an undecided one, since a decided
+    /// one is carried out whatever its deadline (a settlement's credit has none).
+    deadline_in_ms: Option<i64>,
     /// Each branch: its shard and what it does.
     branches: Vec<String>,
 }
@@ -164,7 +165,8 @@ pub fn run(args: Args) -> anyhow::Result<()> {
                         }
                     },
                     age_ms: now_ms.saturating_sub(entry.begun_ms),
-                    deadline_in_ms: entry.deadline_ms as i64 - now_ms as i64,
+                    deadline_in_ms: (entry.state == ActivityState::Open)
+                        .then(|| entry.deadline_ms as i64 - now_ms as i64),
                     branches: entry
                         .branches
                         .iter()
@@ -240,12 +242,15 @@ pub fn run(args: Args) -> anyhow::Result<()> {
             s.message_bytes_held as f64 / (1 << 20) as f64
         );
         for a in &s.activities_in_doubt {
+            let deadline = match a.deadline_in_ms {
+                Some(ms) => format!(", deadline in {:.1} s", ms as f64 / 1000.0),
+                None => String::new(),
+            };
             println!(
-                "  activity {}: {}, {:.1} s old, deadline in {:.1} s; {}",
+                "  activity {}: {}, {:.1} s old{deadline}; {}",
                 a.id,
                 a.state,
                 a.age_ms as f64 / 1000.0,
-                a.deadline_in_ms as f64 / 1000.0,
                 a.branches.join("; ")
             );
         }
