@@ -59,6 +59,7 @@ pub(crate) async fn run<D: Disk>(inner: Rc<Inner<D>>) {
         if due(&inner) {
             // A failure is counted; the next attempt starts again from the last checkpoint.
             let _ = take(&inner).await;
+            crate::run_merges::spawn_if_due(&inner);
         }
     }
 }
@@ -187,7 +188,8 @@ async fn write_checkpoint<D: Disk>(inner: &Inner<D>) -> Result<Option<u64>, Trad
     });
     // Last: the checkpoint is complete and recorded whatever becomes of the removal (a failure
     // fails it as counted, and the next checkpoint removes them).
-    crate::key_runs::remove_unlisted(inner.wal.disk(), &kept_runs).await?;
+    let (kept, below) = kept_runs;
+    crate::key_runs::remove_unlisted(inner.wal.disk(), &kept, below).await?;
     Ok(Some(position))
 }
 
@@ -214,25 +216,27 @@ impl<D: Disk> Drop for Undo<'_, D> {
     }
 }
 
-/// Puts a durable checkpoint's runs in force: lookups read them from now on (a read made
-/// against the runs before is made again), and the keys they hold leave memory, in batches.
-/// Returns the runs this checkpoint and the one before it list (the others may go).
-async fn take_runs<D: Disk>(inner: &Inner<D>, written: WrittenRuns<D>, new_position: bool) -> Vec<u64> {
+/// Puts a durable checkpoint's new runs in force, after the runs in force now (merges may
+/// have replaced some of those it listed): lookups read them from now on (a read made against
+/// the runs before is made again), and the keys they hold leave memory, in batches. Returns
+/// the runs no removal may take (`KeyRuns::kept`).
+async fn take_runs<D: Disk>(inner: &Inner<D>, written: WrittenRuns<D>, new_position: bool) -> (Vec<u64>, u64) {
     let kept = {
         let mut runs = inner.key_runs.borrow_mut();
         if new_position {
-            runs.previous_ids = runs.sets.listed().into_iter().map(|(_, id)| id).collect();
+            runs.previous_ids = std::mem::take(&mut runs.latest_ids);
         }
-        if written.bytes > 0 {
-            runs.sets = written.sets;
+        runs.latest_ids = written.sets.listed().into_iter().map(|(_, id)| id).collect();
+        if !written.new_runs.is_empty() {
+            for (store, run) in written.new_runs {
+                runs.sets.store_mut(store).push(run);
+            }
             runs.generation += 1;
         }
-        let kept: Vec<u64> =
-            runs.sets.listed().into_iter().map(|(_, id)| id).chain(runs.previous_ids.iter().copied()).collect();
         inner.checkpoints.count(|s| {
             s.key_run_bytes_written += written.bytes;
         });
-        kept
+        runs.kept()
     };
     // Until a key is forgotten, memory and the runs both hold it, alike.
     for batch in written.order_keys.chunks(ITEMS_PER_YIELD) {

@@ -58,6 +58,11 @@ pub(crate) struct Checkpoints<D: Disk> {
     pub previous: Cell<Option<u64>>,
     /// One checkpoint at a time.
     pub busy: glommio::sync::Semaphore,
+    /// One merge of runs at a time (`run_merges.rs`), the task merging in the background, and
+    /// whether it is under way.
+    pub merge_lock: glommio::sync::Semaphore,
+    pub merge_task: std::cell::RefCell<Option<glommio::task::JoinHandle<()>>>,
+    pub merge_running: Cell<bool>,
     stats: Cell<CheckpointStats>,
     pub log_bytes_at_last: Cell<u64>,
     pub last_at: Cell<Instant>,
@@ -83,6 +88,9 @@ impl<D: Disk> Checkpoints<D> {
             latest: Cell::new(loaded.map(|h| h.scalars.applied_end)),
             previous: Cell::new(None),
             busy: glommio::sync::Semaphore::new(1),
+            merge_lock: glommio::sync::Semaphore::new(1),
+            merge_task: std::cell::RefCell::new(None),
+            merge_running: Cell::new(false),
             stats: Cell::new(stats),
             log_bytes_at_last: Cell::new(0),
             last_at: Cell::new(Instant::now()),

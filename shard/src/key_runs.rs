@@ -1,6 +1,7 @@
 //! Where a shard keeps its order keys, refunds, account request numbers and users' lists once a
 //! checkpoint holds them: on disk, in sorted runs (`runs/`), so that memory holds only what was
-//! added since the last checkpoint, not every trade's keys.
+//! added since the last checkpoint, not every trade's keys. Each checkpoint writes one new run
+//! of each store; merges happen apart from it (`run_merges.rs`).
 //!
 //! Five stores of runs per shard: `orders` (order key → the shard's trade with that order
 //! number and its body hash), `claims` (order key → the confirmed claim of a buyer of another
@@ -36,7 +37,7 @@ use crate::bytes::Reader;
 use crate::checkpoint::{push_request, read_request};
 use crate::error::{LogError, TradeError};
 use crate::index::{ClaimEntry, RefundEntry, RunStore, ShardIndex};
-use crate::runs::{merge, Run, RunSet, Value, VALUE_BYTES_MAX};
+use crate::runs::{Run, RunSet, Value, VALUE_BYTES_MAX};
 use crate::state::{Inner, ShardReply};
 use crate::trade::{TradeId, AMOUNT_MAX};
 
@@ -63,7 +64,7 @@ impl<D: Disk> RunSets<D> {
         RunStore::ALL.map(|store| (store, self.store(store)))
     }
 
-    fn store(&self, store: RunStore) -> &RunSet<D> {
+    pub(crate) fn store(&self, store: RunStore) -> &RunSet<D> {
         match store {
             RunStore::Orders => &self.orders,
             RunStore::Claims => &self.claims,
@@ -73,7 +74,7 @@ impl<D: Disk> RunSets<D> {
         }
     }
 
-    fn store_mut(&mut self, store: RunStore) -> &mut RunSet<D> {
+    pub(crate) fn store_mut(&mut self, store: RunStore) -> &mut RunSet<D> {
         match store {
             RunStore::Orders => &mut self.orders,
             RunStore::Claims => &mut self.claims,
@@ -99,9 +100,13 @@ pub(crate) struct KeyRuns<D: Disk> {
     /// once even when the checkpoint that wrote it failed (its file may already be listed by a
     /// checkpoint renamed into place before the failure).
     pub next_id: Rc<Cell<u64>>,
+    /// The runs the latest checkpoint lists (merges may have replaced some in the sets since).
+    pub latest_ids: Vec<u64>,
     /// The runs the checkpoint before the latest lists: kept while it is the fallback. At open,
     /// every run in the directory (the fallback there may list runs the latest merged away).
     pub previous_ids: Vec<u64>,
+    /// The run a merge under way is writing.
+    pub merging: Option<u64>,
     /// Keys read from the runs since open (retries, and the Bloom filters' false positives).
     pub reads: Cell<u64>,
 }
@@ -250,9 +255,19 @@ impl<D: Disk> KeyRuns<D> {
             sets,
             generation: 0,
             next_id: Rc::new(Cell::new(next_id)),
+            latest_ids: listed.iter().map(|(_, id)| *id).collect(),
             previous_ids: on_disk,
+            merging: None,
             reads: Cell::new(0),
         })
+    }
+
+    /// The runs no removal may take now: those in force, those the latest checkpoint and the
+    /// one before it list, the one a merge is writing, and (`ids >= .1`) any begun later.
+    pub(crate) fn kept(&self) -> (Vec<u64>, u64) {
+        let in_force = self.sets.listed().into_iter().map(|(_, id)| id);
+        let listed = self.latest_ids.iter().chain(&self.previous_ids).copied();
+        (in_force.chain(listed).chain(self.merging).collect(), self.next_id.get())
     }
 
     /// What the memory (`index`) and the Bloom filters tell of `key`, a key of `kind`, or that
@@ -380,9 +395,12 @@ fn run_file_id<D: Disk>(name: &str) -> Option<u64> {
     RunStore::ALL.into_iter().find_map(|store| Run::<D>::parse_file_name(store.prefix(), name))
 }
 
-/// The sets after a checkpoint's runs were written, and what they cost.
+/// The runs a checkpoint wrote, and what they cost.
 pub(crate) struct WrittenRuns<D: Disk> {
+    /// The sets the checkpoint lists: those in force when it began, and its new runs.
     pub sets: RunSets<D>,
+    /// Its new runs, to add to the sets in force once it is durable.
+    pub new_runs: Vec<(RunStore, Rc<Run<D>>)>,
     /// What is now in a run, to forget from memory once the checkpoint is durable: order
     /// keys, confirmed claims, refunds, account requests, and how many of each user's oldest
     /// trades in memory.
@@ -396,8 +414,8 @@ pub(crate) struct WrittenRuns<D: Disk> {
 }
 
 /// Writes the keys `snapshot` holds in memory as a new run of each store (after `sets`, the
-/// runs in force), merges as the sets' policy says, and syncs the directory. Nothing is in
-/// force until the checkpoint listing the runs is durable.
+/// runs in force) and syncs the directory. Nothing is in force until the checkpoint listing
+/// the runs is durable; merges come after it (`run_merges.rs`).
 pub(crate) async fn write_runs<D: Disk>(
     disk: &D,
     sets: RunSets<D>,
@@ -426,7 +444,7 @@ pub(crate) async fn write_runs<D: Disk>(
             .flat_map(|(user, ids)| ids.iter().map(move |id| (user_key(user, *id), [0u8; VALUE_BYTES_MAX])))
             .collect(),
     );
-    let mut bytes = 0;
+    let (mut bytes, mut new_runs) = (0, Vec::new());
     let stores = [
         (RunStore::Orders, order_entries),
         (RunStore::Claims, claim_entries),
@@ -438,40 +456,35 @@ pub(crate) async fn write_runs<D: Disk>(
         if entries.is_empty() {
             continue;
         }
-        let (set, shape) = (sets.store_mut(store), store.shape());
         let id = take_id(next_id);
-        let run = Run::write(disk, store.prefix(), id, 0, shape, entries.len() as u64, entries).await?;
+        let run = Rc::new(Run::write(disk, store.prefix(), id, 0, store.shape(), entries.len() as u64, entries).await?);
         bytes += run.file_bytes();
-        set.push(Rc::new(run));
-        while let Some((range, level)) = set.merge_plan() {
-            let merged =
-                merge(disk, store.prefix(), take_id(next_id), level, shape, &set.runs()[range.clone()]).await?;
-            bytes += merged.file_bytes();
-            set.replace(range, Rc::new(merged));
-        }
+        sets.store_mut(store).push(run.clone());
+        new_runs.push((store, run));
     }
     if bytes > 0 {
         disk.sync_dir().await.map_err(|e| TradeError::Log(LogError::io("sync directory", disk.path_of(""), e)))?;
     }
-    Ok(WrittenRuns { sets, order_keys, claim_keys, refund_keys, request_keys, user_counts, bytes })
+    Ok(WrittenRuns { sets, new_runs, order_keys, claim_keys, refund_keys, request_keys, user_counts, bytes })
 }
 
 /// The next run id, used up now whatever becomes of the run.
-fn take_id(next_id: &Cell<u64>) -> u64 {
+pub(crate) fn take_id(next_id: &Cell<u64>) -> u64 {
     let id = next_id.get();
     next_id.set(id + 1);
     id
 }
 
-/// Removes the run files whose ids `kept` does not hold (runs merged away two checkpoints ago,
-/// and runs of checkpoints that did not complete).
-pub(crate) async fn remove_unlisted<D: Disk>(disk: &D, kept: &[u64]) -> Result<(), TradeError> {
+/// Removes the run files below id `below` whose ids `kept` does not hold (runs merged away two
+/// checkpoints ago, runs of checkpoints that did not complete, merges cut short); a run of an
+/// id at or above `below` was begun after `kept` was taken.
+pub(crate) async fn remove_unlisted<D: Disk>(disk: &D, kept: &[u64], below: u64) -> Result<(), TradeError> {
     let io = |op, name: &str, e| TradeError::Log(LogError::io(op, disk.path_of(name), e));
     let mut names = disk.list().map_err(|e| io("list", "", e))?;
     // In order, so that a simulated campaign's operations are the same on every run.
     names.sort_unstable();
     for name in names {
-        if run_file_id::<D>(&name).is_some_and(|id| !kept.contains(&id)) {
+        if run_file_id::<D>(&name).is_some_and(|id| id < below && !kept.contains(&id)) {
             disk.remove(&name).await.map_err(|e| io("remove", &name, e))?;
         }
     }

@@ -41,6 +41,7 @@ mod record;
 pub mod reply;
 mod retention;
 mod routing;
+mod run_merges;
 mod runs;
 mod scheduler;
 mod shard;

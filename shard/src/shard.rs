@@ -295,11 +295,16 @@ impl<D: Disk> Shard<D> {
         })
     }
 
-    /// Takes a checkpoint now (after one under way), then applies retention; `None` if nothing
-    /// was applied since the last one.
+    /// Takes a checkpoint now (after one under way), applies retention, then merges the runs
+    /// it made due (after a merge under way); `None` if nothing was applied since the last
+    /// one.
     pub fn checkpoint(&self) -> impl std::future::Future<Output = Result<Option<u64>, TradeError>> + 'static {
         let inner = self.inner.clone();
-        async move { crate::checkpointer::take(&inner).await }
+        async move {
+            let taken = crate::checkpointer::take(&inner).await?;
+            crate::run_merges::merge_due(&inner).await?;
+            Ok(taken)
+        }
     }
 
     /// `group`'s durable committed offset in this shard, if it ever committed one.
@@ -413,6 +418,7 @@ impl<D: Disk> Shard<D> {
         if let Some(checkpointer) = self.checkpointer.take() {
             checkpointer.await;
         }
+        crate::run_merges::cancel(&self.inner).await;
         if self.inner.checkpoints.upkeep.checkpoint_on_close && self.inner.accepted.borrow().failed.is_none() {
             // A clean close leaves a checkpoint at the log's end, so the next open replays
             // nothing; if it fails, the next open replays more, and nothing is lost.

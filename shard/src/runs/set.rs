@@ -113,8 +113,23 @@ impl<D: Disk> RunSet<D> {
     }
 
     /// Replaces the runs in `range` by `merged`, the run they were merged into.
+    #[cfg(test)]
     pub(crate) fn replace(&mut self, range: Range<usize>, merged: Rc<Run<D>>) {
         self.runs.splice(range, std::iter::once(merged));
+    }
+
+    /// Replaces `inputs`, runs of the set one after another (newer runs may have been added
+    /// after them), by `merged`, the run they were merged into.
+    pub(crate) fn replace_runs(&mut self, inputs: &[Rc<Run<D>>], merged: Rc<Run<D>>) -> Result<(), TradeError> {
+        let start = inputs.first().and_then(|first| self.runs.iter().position(|run| Rc::ptr_eq(run, first)));
+        let end = start.map(|start| start + inputs.len()).filter(|end| *end <= self.runs.len());
+        match (start, end) {
+            (Some(start), Some(end)) if self.runs[start..end].iter().zip(inputs).all(|(a, b)| Rc::ptr_eq(a, b)) => {
+                self.runs.splice(start..end, std::iter::once(merged));
+                Ok(())
+            }
+            _ => Err(merged.corrupt(0, "a merge of runs no longer in force one after another")),
+        }
     }
 
     /// Entries of every run (a key in several runs counts in each).
