@@ -11,9 +11,10 @@
 //! and trade id → nothing: a user's trades are a range of keys, in creation order, since a
 //! user's trade ids grow with time). Pending
 //! claims are few and stay in memory and in the checkpoint file. Each checkpoint writes what
-//! was applied since the one before as one new run of each store and merges runs as the sets'
-//! policy says; the checkpoint file lists the runs in force (`Item::Run`). A run is removed
-//! once neither the latest checkpoint nor the one before it (the fallback) lists it.
+//! was applied since the one before as one new run of each store; merges follow on a task of
+//! their own (`run_merges.rs`); the checkpoint file lists the runs in force (`Item::Run`). A
+//! run is removed once it is not in force, neither the latest checkpoint nor the one before
+//! it (the fallback) lists it, and no merge is writing it.
 //!
 //! Asking for a key (an order key by a create, a refund key by a refund, a request key by an
 //! account request or the begin of a transfer's activity): the memory first (the index's keys
