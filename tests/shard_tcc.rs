@@ -249,3 +249,64 @@ fn transactions_that_find_the_log_queue_full_wait_for_room_and_land() {
         assert_eq!(shard.balance(1, cny()), Balance { available: 0, frozen: 10_000, incoming: 0 });
     });
 }
+
+#[test]
+fn a_transaction_naming_a_settlement_in_flight_waits_for_it_and_the_reverse_is_refused() {
+    run(async {
+        let routing = tradeshard_shard::UserRouting { logical_shards: 2, physical_shards: 2 };
+        let shard = Shard::open(SimDisk::new(), small_config(), 0).await.unwrap();
+        shard.set_routing(routing);
+        // A buyer of this shard (0) and a merchant of the other: settling begins the credit's
+        // activity here.
+        let buyer = (1..).find(|user| routing.physical_of_user(*user) == 0).unwrap();
+        let merchant = (1..).find(|user| routing.physical_of_user(*user) == 1).unwrap();
+        deposit(&shard, buyer, 10_000, "fund").await;
+        let mut ids = Vec::new();
+        for order in 0..2 {
+            let trade = tradeshard_shard::NewTrade {
+                buyer_id: buyer,
+                merchant_id: merchant,
+                merchant_order_no: format!("S-{order}"),
+                amount: 1_000,
+                currency: "CNY".into(),
+                memo: String::new(),
+            };
+            let create = tradeshard_shard::Command::Create { trade: trade.validate().unwrap(), logical_shard: 0 };
+            let id = call(|reply| shard.submit(create, reply)).await.unwrap().id;
+            let pay = tradeshard_shard::Command::Move { id, to: tradeshard_shard::Move::PayFromBalance };
+            call(|reply| shard.submit(pay, reply)).await.unwrap();
+            ids.push(id);
+        }
+        let other = BranchPlan { shard: 0, branch: 0, action: freeze(buyer, 1) };
+        let begin = |id| Step::Begin {
+            activity: tradeshard_shard::settlement_activity(id),
+            deadline_ms: 5,
+            branches: vec![other],
+        };
+
+        // The settle is queued, then a transaction names its activity: it waits for the Settled
+        // record and is then refused against the activity that record began.
+        let settle = tradeshard_shard::Command::Move { id: ids[0], to: tradeshard_shard::Move::Settle };
+        let (settled, answer) = tradeshard_shard::reply::channel();
+        shard.submit(settle, settled);
+        match send(&shard, vec![begin(ids[0])]).await {
+            Err(TradeError::Refused(Refusal::StepConflict { .. })) => {}
+            other => panic!("a transaction naming a settlement in flight: {other:?}"),
+        }
+        answer.await.unwrap().unwrap();
+        let begun = shard.activity(tradeshard_shard::settlement_activity(ids[0])).unwrap();
+        assert_eq!(begun.state, ActivityState::Decided(Decision::Commit), "the Settled record's activity stands");
+
+        // The reverse: a transaction naming the activity is in flight, then the settle comes:
+        // refused with nothing written (the transaction takes the id).
+        let (begun, begun_answer) = tradeshard_shard::reply::channel();
+        shard.transact(vec![begin(ids[1])], begun);
+        let settle = tradeshard_shard::Command::Move { id: ids[1], to: tradeshard_shard::Move::Settle };
+        match call(|reply| shard.submit(settle, reply)).await {
+            Err(TradeError::Refused(Refusal::StepConflict { .. })) => {}
+            other => panic!("a settle whose activity a transaction in flight names: {other:?}"),
+        }
+        begun_answer.await.unwrap().unwrap();
+        shard.close().await.unwrap();
+    });
+}

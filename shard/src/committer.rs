@@ -16,7 +16,7 @@ use tradeshard_wal::{Appended, Ticket};
 use crate::error::TradeError;
 use crate::index::ShardIndex;
 use crate::message_write::ParkedMessage;
-use crate::record::TradeRecord;
+use crate::record::{Funding, TradeRecord};
 use crate::state::{Accepted, EffectKeys, Inner, Waiter};
 use crate::system_record::LogRecord;
 use crate::tcc_write::Parked;
@@ -82,7 +82,7 @@ fn apply_durable<D: Disk>(inner: &Inner<D>, front: Appended) -> (Vec<Parked>, Ve
         index.note_applied(appended.seq);
         match (effect.record, effect.waiter) {
             (LogRecord::Trade(record), Waiter::Trade(reply)) => {
-                let id = apply_trade(inner, &mut accepted, &mut index, record, appended, effect.keys);
+                let id = apply_trade(inner, &mut accepted, &mut index, record, appended, effect.keys, &mut parked);
                 let receipt = index.get(id).expect("just applied").receipt(id, false);
                 if let Some(after) = effect.after {
                     after(&receipt);
@@ -143,8 +143,9 @@ fn apply_durable<D: Disk>(inner: &Inner<D>, front: Appended) -> (Vec<Parked>, Ve
     (parked, messages)
 }
 
-/// Applies a durable trade record to the index, retires its in-flight state, and caches a
-/// created trade or brings its cached copy up to date. Returns the trade's id.
+/// Applies a durable trade record to the index, retires its in-flight state (adding to
+/// `parked` the local transactions that waited for a settlement's activity it began), and
+/// caches a created trade or brings its cached copy up to date. Returns the trade's id.
 fn apply_trade<D: Disk>(
     inner: &Inner<D>,
     accepted: &mut Accepted,
@@ -152,15 +153,21 @@ fn apply_trade<D: Disk>(
     mut record: TradeRecord,
     appended: Appended,
     keys: EffectKeys,
+    parked: &mut Vec<Parked>,
 ) -> TradeId {
     let order = match keys {
         EffectKeys::Order { key, body } => Some((key, body)),
         _ => None,
     };
-    if record.funding != crate::record::Funding::External {
+    if record.funding != Funding::External {
         index.apply_money(&record, inner.shard_id).expect("a payment checked against the accepted view applies");
         if let Some(account) = crate::trade_money::touched(&record, inner.shard_id) {
             accepted.accounts.retire_balances(appended.seq, &[account]);
+        }
+        if matches!(record.funding, Funding::Settles { merchant_shard, .. } if u32::from(merchant_shard) != inner.shard_id)
+        {
+            let activity = crate::keys::settlement_activity(record.trade_id);
+            parked.extend(accepted.tcc.retire_settlement(activity, appended.seq));
         }
     }
     index.apply_keyed(&record, appended, order).expect("a write checked against the accepted view applies");

@@ -61,6 +61,21 @@ impl InFlightTcc {
         self.parked.remove(&seq).unwrap_or_default()
     }
 
+    /// Notes a Settled trade record at `seq` that begins the settlement `activity`: local
+    /// transactions naming it wait for that record, as for one of their own.
+    pub(crate) fn note_settlement(&mut self, activity: u128, seq: u64) {
+        self.keys.insert((activity, ACTIVITY), seq);
+    }
+
+    /// Retires the durable Settled record at `seq` that began `activity`; returns the
+    /// transactions that waited for it, to be checked again.
+    pub(crate) fn retire_settlement(&mut self, activity: u128, seq: u64) -> Vec<Parked> {
+        if self.keys.get(&(activity, ACTIVITY)) == Some(&seq) {
+            self.keys.remove(&(activity, ACTIVITY));
+        }
+        self.parked.remove(&seq).unwrap_or_default()
+    }
+
     /// True when a record in flight touches this activity's own entry.
     pub(crate) fn has_activity(&self, activity: u128) -> bool {
         self.keys.contains_key(&(activity, ACTIVITY))

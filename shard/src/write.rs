@@ -22,6 +22,7 @@ use crate::entries::RefundEntry;
 use crate::error::{InputError, LogError, Refusal, TradeError};
 use crate::index::{body_hash, order_key, refund_key, ShardIndex};
 use crate::key_runs::{KeyKind, KeyState, Lookup, RunRead};
+use crate::keys::settlement_activity;
 use crate::lifecycle::{next_state, Action, Lifecycle, Move};
 use crate::record::{Funding, TradeRecord};
 use crate::shard::Shard;
@@ -359,6 +360,16 @@ fn change<D: Disk>(
         refund_no,
         funding,
     };
+    // A settlement that begins its credit's activity in the merchant's shard: the activity's
+    // id must be free of local transactions in flight too (only a raw `Shard::transact` can
+    // name it), or the Settled record would not apply when durable.
+    let credit_elsewhere =
+        matches!(funding, Funding::Settles { merchant_shard, .. } if u32::from(merchant_shard) != inner.shard_id);
+    if credit_elsewhere && accepted.tcc.has_activity(settlement_activity(id)) {
+        let (activity, reason) =
+            (settlement_activity(id), "a local transaction in flight names the settlement's activity");
+        return reply.send(Err(Refusal::StepConflict { activity, reason }.into()));
+    }
     // The money it moves, checked against the balances durable and in flight.
     let mut balances = Vec::new();
     if funding != Funding::External {
@@ -375,6 +386,10 @@ fn change<D: Disk>(
     let seq = ticket.seq();
     for (key, balance) in balances {
         accepted.accounts.note_balance(key, balance, seq);
+    }
+    if credit_elsewhere {
+        // Local transactions naming the activity wait until this record is durable.
+        accepted.tcc.note_settlement(settlement_activity(id), seq);
     }
     accepted.trades.insert(id, InFlight { lifecycle: next, last_seq: seq, ..current });
     if let (EffectKeys::Refund { key }, Action::Refund(amount)) = (keys, action) {
