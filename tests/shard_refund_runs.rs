@@ -126,7 +126,6 @@ fn a_failed_read_of_a_run_refuses_the_refund_and_refunds_nothing() {
         // One trade, hot in memory after the checkpoint: the retry's first read is the run's.
         let (ids, receipts) = refund_in_checkpoints(&shard, 1, 1).await;
         let id = ids[0];
-        call(|done| shard.submit(Command::Move { id, to: Move::Settle }, done)).await.ok();
         let before = call(|done| shard.get(id, done)).await.unwrap();
         disk.fail_op(disk.ops() + 1, Fault::Eio);
         let failed = call(|done| shard.submit(refund(id, 100, &refund_no(0, 0)), done)).await;

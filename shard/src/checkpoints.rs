@@ -23,8 +23,8 @@ pub struct CheckpointStats {
     pub bytes: u64,
     /// Checkpoints written since open.
     pub written: u64,
-    /// Checkpoints, or the retention after one, that failed since open (the log still holds
-    /// everything).
+    /// Checkpoints, the retention after one, or merges of runs after one, that failed since
+    /// open (the log and the runs merged still hold everything).
     pub failed: u64,
     /// Bytes of the store of created parts.
     pub parts_bytes: u64,

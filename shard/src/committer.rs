@@ -164,9 +164,7 @@ fn apply_trade<D: Disk>(
         if let Some(account) = crate::trade_money::touched(&record, inner.shard_id) {
             accepted.accounts.retire_balances(appended.seq, &[account]);
         }
-        if matches!(record.funding, Funding::Settles { merchant_shard, .. } if u32::from(merchant_shard) != inner.shard_id)
-        {
-            let activity = crate::keys::settlement_activity(record.trade_id);
+        if let Some(activity) = crate::trade_money::settlement_begun(record.funding, record.trade_id, inner.shard_id) {
             parked.extend(accepted.tcc.retire_settlement(activity, appended.seq));
         }
     }

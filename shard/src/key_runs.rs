@@ -9,20 +9,21 @@
 //! number: trade, amount, the trade's refunded total after it, time), `requests` (account
 //! request key → what the request did and the requester's balance after it) and `users` (user
 //! and trade id → nothing: a user's trades are a range of keys, in creation order, since a
-//! user's trade ids grow with time). Pending
-//! claims are few and stay in memory and in the checkpoint file. Each checkpoint writes what
-//! was applied since the one before as one new run of each store; merges follow on a task of
-//! their own (`run_merges.rs`); the checkpoint file lists the runs in force (`Item::Run`). A
-//! run is removed once it is not in force, neither the latest checkpoint nor the one before
-//! it (the fallback) lists it, and no merge is writing it.
+//! user's trade ids grow with time). Pending claims are few and stay in memory and in the
+//! checkpoint file. Each checkpoint writes what was applied since the one before as one new run
+//! of each store; merges follow on a task of their own (`run_merges.rs`); the checkpoint file
+//! lists the runs in force (`Item::Run`). A run is removed once it is not in force, neither
+//! the latest checkpoint nor the one before it (the fallback) lists it, and no merge is
+//! writing it.
 //!
 //! Asking for a key (an order key by a create, a refund key by a refund, a request key by an
 //! account request or the begin of a transfer's activity): the memory first (the index's keys
-//! since the last checkpoint, and the pending claims), then the runs' Bloom filters; only a key some filter may hold is read from
-//! disk (one 4 KiB read per run that may hold it), by a task, after which the request is
-//! checked again with what was read ([`RunRead`]). A read is good only for the sets it was
-//! made against: a checkpoint that moves keys from memory into a new run changes the
-//! generation, and a request holding an older read reads again.
+//! since the last checkpoint, and the pending claims), then the runs' Bloom filters; only a
+//! key some filter may hold is read from disk (one 4 KiB read per run that may hold it), by a
+//! task, after which the request is checked again with what was read ([`RunRead`]). A read is
+//! good only for the sets it was made against: a checkpoint that moves keys from memory into a
+//! new run, or a merge, changes the generation, and a request holding an older read reads
+//! again.
 //!
 //! Listing a user's trades: the ids in memory (newest), then each run's range of the user's
 //! keys, newest run first, one 4 KiB read per run at least (a Bloom filter cannot tell of a
@@ -42,7 +43,7 @@ use crate::runs::{Run, RunSet, Value, VALUE_BYTES_MAX};
 use crate::state::{Inner, ShardReply};
 use crate::trade::{TradeId, AMOUNT_MAX};
 
-/// The runs of one shard's three stores, oldest first each. A clone shares the runs.
+/// The runs of one shard's five stores, oldest first each. A clone shares the runs.
 #[derive(Clone)]
 pub(crate) struct RunSets<D: Disk> {
     pub orders: RunSet<D>,

@@ -20,6 +20,7 @@ use crate::keys::settlement_activity;
 use crate::record::{Funding, RecordKind, TradeRecord};
 use crate::tcc::{BranchAction, BranchPlan, Decision};
 use crate::tcc_book::{ActivityEntry, ActivityState, MoneyView, DECIDED_AT_BEGIN};
+use crate::trade::TradeId;
 
 /// Applies the money `record` moves to `view`, in shard `home`; a refusal changes nothing.
 pub(crate) fn apply_funding(view: &mut impl MoneyView, record: &TradeRecord, home: u32) -> Result<(), Refusal> {
@@ -76,6 +77,15 @@ fn pay_out(view: &mut impl MoneyView, user_id: u64, record: &TradeRecord, amount
     view.set_balance(key, balance);
     view.add_in_transit(record.currency, -i128::from(amount));
     Ok(())
+}
+
+/// The settlement activity that a record of trade `id` with `funding` begins in shard `home`:
+/// a Settled record crediting a merchant of another shard begins one; no other record does.
+pub(crate) fn settlement_begun(funding: Funding, id: TradeId, home: u32) -> Option<u128> {
+    match funding {
+        Funding::Settles { merchant_shard, .. } if u32::from(merchant_shard) != home => Some(settlement_activity(id)),
+        _ => None,
+    }
 }
 
 /// The accounts `record` changes in shard `home` (at most one).

@@ -22,7 +22,6 @@ use crate::entries::RefundEntry;
 use crate::error::{InputError, LogError, Refusal, TradeError};
 use crate::index::{body_hash, order_key, refund_key, ShardIndex};
 use crate::key_runs::{KeyKind, KeyState, Lookup, RunRead};
-use crate::keys::settlement_activity;
 use crate::lifecycle::{next_state, Action, Lifecycle, Move};
 use crate::record::{Funding, TradeRecord};
 use crate::shard::Shard;
@@ -31,7 +30,7 @@ use crate::system_record::{LogRecord, OffsetCommit};
 use crate::tcc_write::Scratch;
 use crate::trade::now_ms;
 use crate::trade::{Receipt, TradeId, TradeStatus, ValidTrade, COUNTER_BITS};
-use crate::trade_money::apply_funding;
+use crate::trade_money::{apply_funding, settlement_begun};
 
 /// A change to an existing trade, as the write path checks it.
 enum Change {
@@ -363,11 +362,9 @@ fn change<D: Disk>(
     // A settlement that begins its credit's activity in the merchant's shard: the activity's
     // id must be free of local transactions in flight too (only a raw `Shard::transact` can
     // name it), or the Settled record would not apply when durable.
-    let credit_elsewhere =
-        matches!(funding, Funding::Settles { merchant_shard, .. } if u32::from(merchant_shard) != inner.shard_id);
-    if credit_elsewhere && accepted.tcc.has_activity(settlement_activity(id)) {
-        let (activity, reason) =
-            (settlement_activity(id), "a local transaction in flight names the settlement's activity");
+    let settlement = settlement_begun(funding, id, inner.shard_id);
+    if let Some(activity) = settlement.filter(|activity| accepted.tcc.has_activity(*activity)) {
+        let reason = "a local transaction in flight names the settlement's activity";
         return reply.send(Err(Refusal::StepConflict { activity, reason }.into()));
     }
     // The money it moves, checked against the balances durable and in flight.
@@ -387,9 +384,9 @@ fn change<D: Disk>(
     for (key, balance) in balances {
         accepted.accounts.note_balance(key, balance, seq);
     }
-    if credit_elsewhere {
+    if let Some(activity) = settlement {
         // Local transactions naming the activity wait until this record is durable.
-        accepted.tcc.note_settlement(settlement_activity(id), seq);
+        accepted.tcc.note_settlement(activity, seq);
     }
     accepted.trades.insert(id, InFlight { lifecycle: next, last_seq: seq, ..current });
     if let (EffectKeys::Refund { key }, Action::Refund(amount)) = (keys, action) {
