@@ -34,6 +34,11 @@ impl Routing {
         self.physical_of_logical(((key as u64) % self.logical_shards as u64) as u32)
     }
 
+    /// The home shard of merchant `merchant_id`'s order number `order_no`.
+    pub fn physical_of_order(&self, merchant_id: u64, order_no: &str) -> u32 {
+        self.physical_of_order_key(tradeshard_shard::order_key(merchant_id, order_no))
+    }
+
     /// The physical shard holding a user's trades and accounts.
     pub fn physical_of_user(&self, user_id: u64) -> u32 {
         self.users().physical_of_user(user_id)

@@ -62,6 +62,8 @@ pub(super) struct Client {
     /// This run's tag, in its order numbers.
     pub(super) run: String,
     pub(super) retries: super::retry::Retries,
+    /// Order numbers chosen with their home in the buyer's shard (`--order-home buyer`).
+    pub(super) orders_at_buyer: bool,
 }
 
 /// A trade of one task that can still move forward.
@@ -188,6 +190,27 @@ fn choose(client: &Client, rng: &mut Rng, open: &[OpenTrade]) -> usize {
     }
 }
 
+/// A new order number, with its home in the buyer's shard when the client asks for that: a
+/// suffix is counted up until the hash lands there (about as many tries as shards).
+fn order_number(client: &Client, buyer: u64, merchant: u64, task: usize, sent: u64) -> String {
+    use std::fmt::Write;
+    let mut order_no = String::with_capacity(28);
+    let _ = write!(order_no, "L{}-{task}-{sent}", client.run);
+    if client.orders_at_buyer {
+        let routing = client.handle.routing();
+        let home = routing.physical_of_user(buyer);
+        let stem = order_no.len();
+        for suffix in 0u32.. {
+            order_no.truncate(stem);
+            let _ = write!(order_no, "-{suffix}");
+            if routing.physical_of_order(merchant, &order_no) == home {
+                break;
+            }
+        }
+    }
+    order_no
+}
+
 async fn run_op(
     client: &Client,
     rng: &mut Rng,
@@ -201,14 +224,11 @@ async fn run_op(
         CREATE => {
             let buyer = client.users.pick(rng);
             let amount = 1 + rng.u64(..100_000);
-            let mut order_no = String::with_capacity(24);
-            {
-                use std::fmt::Write;
-                let _ = write!(order_no, "L{}-{task}-{sent}", client.run);
-            }
+            let merchant = 1 + buyer % 997;
+            let order_no = order_number(client, buyer, merchant, task, sent);
             let trade = NewTrade {
                 buyer_id: buyer,
-                merchant_id: 1 + buyer % 997,
+                merchant_id: merchant,
                 merchant_order_no: order_no,
                 amount,
                 currency: "CNY".into(),

@@ -112,6 +112,12 @@ pub struct Args {
     /// answer the original (a conflict for the other buyer); the report counts them.
     #[arg(long, default_value_t = 0.0)]
     retry_ratio: f64,
+    /// any: order numbers as they come, so with N shards most have their home in another
+    /// shard than the buyer's and are claimed there first; buyer: each order number chosen
+    /// with its home in the buyer's shard, so no create claims (the cost of the claims, on
+    /// the same build).
+    #[arg(long, default_value = "any", value_parser = ["any", "buyer"])]
+    order_home: String,
     /// sync: acknowledged after fdatasync; buffered: after the write, fdatasync every 10 ms.
     #[arg(long, default_value = "sync", value_parser = ["sync", "buffered"])]
     durability: String,
@@ -497,6 +503,7 @@ fn new_client(
         start: Instant::now(),
         run: run_tag(),
         retries: retry::Retries::new(args.retry_ratio),
+        orders_at_buyer: args.order_home == "buyer",
     }
 }
 
