@@ -87,6 +87,13 @@ fn acknowledged_writes_survive_kill_9_exactly_once() {
         }
         let stats = handle.stats_blocking().unwrap();
         assert!(stats.trades >= expected.len() as u64);
+        // Every acknowledged create's order number names it, its claim confirmed again by
+        // the open when the confirmation was lost with the process.
+        for id in expected.keys().take(500) {
+            let trade = handle.get_blocking(*id).unwrap();
+            let by_order = handle.get_by_order_blocking(trade.merchant_id, &trade.merchant_order_no);
+            assert_eq!(by_order.map(|found| found.id).ok(), Some(*id), "cycle {cycle}: order number of {id}");
+        }
         // Exactly once: every buyer of a create appears in one trade only.
         for (id, _) in expected.iter().take(50) {
             let buyer = handle.get_blocking(*id).unwrap().buyer_id;

@@ -17,6 +17,7 @@ use crate::error::{Error, Result};
 use crate::inbox::Inbox;
 use crate::ops::{ExecutorShards, Request};
 use crate::options::Options;
+use crate::outbox::Outbox;
 use crate::routing::Routing;
 
 /// Requests handed to shards before the dispatcher yields to the flushers.
@@ -27,8 +28,8 @@ pub(crate) struct ExecutorPlan {
     pub index: usize,
     /// Each shard's id, directory, and cache of trades (which the handle reads too).
     pub shard_dirs: Vec<(u32, PathBuf, Arc<TradeCache>)>,
-    /// Every executor's inbox; this executor drains its own (`index`) and may push
-    /// follow-ups onto the others without waiting.
+    /// Every executor's inbox; this executor drains its own (`index`) and hands follow-ups
+    /// to the others through its outbox (`outbox.rs`).
     pub inboxes: Vec<Arc<Inbox<Request>>>,
     pub routing: Routing,
 }
@@ -140,7 +141,8 @@ async fn run(
         release_closed_files().await;
         return Ok(());
     }
-    let mut shards = ExecutorShards { routing: plan.routing, shards: HashMap::new(), inboxes: plan.inboxes.clone() };
+    let mut shards =
+        ExecutorShards { routing: plan.routing, shards: HashMap::new(), outbox: Outbox::new(plan.inboxes.clone()) };
     for (shard_id, shard, cache) in recovered {
         match shard.start_with_cache(cache).await {
             Ok(shard) => {

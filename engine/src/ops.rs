@@ -7,29 +7,31 @@
 //! an operation"). An operation over all of an executor's shards is an [`ExecutorOp`].
 
 use std::collections::{BTreeMap, HashMap};
+use std::rc::Rc;
 use std::sync::Arc;
 use std::time::Duration;
 
 use tradeshard_shard::reply::{self, Reply, ReplyFuture};
 use tradeshard_shard::{
-    AccountCommand, AccountReceipt, ActivityEntry, Balance, ClaimOutcome, ClaimRequest, Command, Currency, DiskShard,
-    EventBatch, ListQuery, LogError, OrderLookup, PendingClaim, PollQuery, Receipt, ShardReply, ShardStats, Step,
-    StepAnswer, Trade, TradeError, TradeId, ValidTrade,
+    AccountCommand, AccountReceipt, ActivityEntry, Balance, Command, Currency, DiskShard, EventBatch, ListQuery,
+    LogError, PollQuery, Receipt, ShardReply, ShardStats, Step, StepAnswer, Trade, TradeError, TradeId,
 };
 
 use crate::inbox::{Inbox, Refused};
+use crate::outbox::Outbox;
 use crate::routing::Routing;
 
-/// The shards one executor owns, the routing that tells which one holds a trade, and every
-/// executor's inbox, for follow-ups pushed without waiting.
+/// The shards one executor owns, the routing that tells which one holds a trade, and the
+/// outbox of follow-ups for other executors.
 pub(crate) struct ExecutorShards {
     pub routing: Routing,
     pub shards: HashMap<u32, DiskShard>,
-    pub inboxes: Vec<Arc<Inbox<Request>>>,
+    /// Jobs for other executors, pushed once per turn.
+    pub outbox: Rc<Outbox>,
 }
 
 impl ExecutorShards {
-    fn shard(&self, shard: u32) -> &DiskShard {
+    pub(crate) fn shard(&self, shard: u32) -> &DiskShard {
         self.shards.get(&shard).expect("requests are routed to the executor owning the shard")
     }
 }
@@ -67,9 +69,9 @@ pub(crate) trait Job: Send {
     fn run(self: Box<Self>, shards: &ExecutorShards);
 }
 
-struct Call<Op: ExecutorOp> {
-    op: Op,
-    reply: Reply<Op::Output>,
+pub(crate) struct Call<Op: ExecutorOp> {
+    pub op: Op,
+    pub reply: Reply<Op::Output>,
 }
 
 impl<Op: ExecutorOp> Job for Call<Op> {
@@ -89,7 +91,7 @@ pub(crate) fn job<Op: ExecutorOp>(op: Op) -> (Box<dyn Job>, ReplyFuture<Op::Outp
 /// (the executors keep draining their own inboxes meanwhile, so two executors handing jobs to
 /// each other cannot wait on each other forever). A closed inbox drops the job, which answers
 /// its asker `None` (the engine is closing).
-async fn hand_over(inbox: Arc<Inbox<Request>>, mut job: Request) {
+pub(crate) async fn hand_over(inbox: Arc<Inbox<Request>>, mut job: Request) {
     loop {
         match inbox.push(job) {
             Ok(()) | Err(Refused::Closed) => return,
@@ -98,45 +100,6 @@ async fn hand_over(inbox: Arc<Inbox<Request>>, mut job: Request) {
                 std::future::poll_fn(|cx| inbox.poll_room(cx)).await;
             }
         }
-    }
-}
-
-/// A create whose order number's home shard is not its buyer's: sent to the home shard's
-/// executor, which claims the key and, once the claim is durable, hands the create to the
-/// buyer shard's executor with the caller's reply (see `orders.rs`). The caller makes one
-/// hand-off, as for any create.
-pub(crate) struct CreateAcross {
-    pub claim: ClaimRequest,
-    pub trade: ValidTrade,
-    pub logical_shard: u32,
-    pub home: u32,
-    pub buyer_shard: u32,
-}
-
-impl ExecutorOp for CreateAcross {
-    type Output = Result<Receipt, TradeError>;
-    fn start(self, shards: &ExecutorShards, reply: Reply<Self::Output>) {
-        let CreateAcross { claim, trade, logical_shard, home, buyer_shard } = self;
-        let key = claim.key;
-        let (claimed, answer) = reply::channel();
-        shards.shard(home).claim_order(claim, claimed);
-        let buyer_inbox = shards.inboxes[shards.routing.executor_of_physical(buyer_shard)].clone();
-        glommio::spawn_local(async move {
-            let job: Box<dyn Job> = match answer.await {
-                None => return reply.send(Err(TradeError::Log(LogError::Closed))),
-                Some(Err(refused)) => return reply.send(Err(refused)),
-                // Confirmed already (a retry of a create that finished): the trade is there.
-                Some(Ok(Some(_))) => {
-                    let op = OnShard { shard: buyer_shard, op: Write(Command::Create { trade, logical_shard }) };
-                    Box::new(Call { op, reply })
-                }
-                Some(Ok(None)) => {
-                    Box::new(Call { op: CreateClaimed { shard: buyer_shard, trade, logical_shard, home, key }, reply })
-                }
-            };
-            hand_over(buyer_inbox, job).await
-        })
-        .detach();
     }
 }
 
@@ -217,70 +180,6 @@ impl ShardOp for Position {
         let (first, end) = shard.offset_range();
         let committed = shard.committed_offset(&self.group);
         reply.send(Ok(PartitionPosition { committed, first, end, events_end: shard.events_end() }))
-    }
-}
-
-/// The second step of a create across shards: the trade in the buyer's shard, and, once it is
-/// durable, the confirmation of its claim pushed to the home shard's executor from here (not
-/// through the caller: one hand-off fewer per create). The push never waits: when that inbox
-/// is full or closed the claim stays pending, and the next open confirms it.
-pub(crate) struct CreateClaimed {
-    pub shard: u32,
-    pub trade: ValidTrade,
-    pub logical_shard: u32,
-    pub home: u32,
-    pub key: u128,
-}
-
-impl ExecutorOp for CreateClaimed {
-    type Output = Result<Receipt, TradeError>;
-    fn start(self, shards: &ExecutorShards, reply: Reply<Self::Output>) {
-        let CreateClaimed { shard, trade, logical_shard, home, key } = self;
-        let home_inbox = shards.inboxes[shards.routing.executor_of_physical(home)].clone();
-        let confirm = Box::new(move |receipt: &Receipt| {
-            let settle = SettleClaim { key, outcome: ClaimOutcome::Confirmed(receipt.id) };
-            let (job, _unawaited) = job(OnShard { shard: home, op: settle });
-            let _ = home_inbox.push(job);
-        });
-        shards.shard(shard).create_then(trade, logical_shard, reply, confirm)
-    }
-}
-
-/// The end of a pending claim: confirmed with its trade, or released.
-pub(crate) struct SettleClaim {
-    pub key: u128,
-    pub outcome: ClaimOutcome,
-}
-
-impl ShardOp for SettleClaim {
-    type Output = ();
-    fn start(self, shard: &DiskShard, reply: ShardReply<()>) {
-        shard.settle_claim(self.key, self.outcome, reply)
-    }
-}
-
-/// Where a shard knows an order key from.
-pub(crate) struct FindOrder(pub u128);
-
-impl ShardOp for FindOrder {
-    type Output = OrderLookup;
-    fn start(self, shard: &DiskShard, reply: ShardReply<OrderLookup>) {
-        shard.find_order(self.0, reply)
-    }
-}
-
-/// The pending claims of every shard of the executor, with their home shard.
-#[derive(Clone, Copy)]
-pub(crate) struct PendingClaims;
-
-impl ExecutorOp for PendingClaims {
-    type Output = Vec<(u32, PendingClaim)>;
-    fn start(self, shards: &ExecutorShards, reply: Reply<Self::Output>) {
-        let mut pending = Vec::new();
-        for (id, shard) in &shards.shards {
-            pending.extend(shard.pending_claims().into_iter().map(|claim| (*id, claim)));
-        }
-        reply.send(pending)
     }
 }
 

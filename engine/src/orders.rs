@@ -6,23 +6,30 @@
 //! The caller hands the create to the home shard's executor; once the claim is durable, that
 //! executor hands the create on to the buyer shard's executor with the caller's reply, so the
 //! caller makes one hand-off as for any create. The trade is acknowledged only after both
-//! writes are durable. Then the buyer shard's executor confirms the claim with the trade's id,
-//! pushing it to the home shard's executor without waiting (a full or closed inbox drops it):
-//! a confirmation lost so, or to a stop, is made when the engine opens. Executors hand jobs to
-//! each other only from tasks that wait for room as tasks, never from their dispatchers, so
-//! they cannot wait on each other forever.
+//! writes are durable. Then the buyer shard's executor confirms the claim with the trade's id;
+//! the home shard makes the confirmation in memory, with no record (the trade's durability in
+//! the buyer's shard is the fact it stands for), and its next checkpoint keeps it. Both
+//! hand-offs between executors go through their outboxes (`outbox.rs`), one push per turn
+//! for all the creates a group commit answered, from tasks that wait for room as tasks, never
+//! from dispatchers, so executors cannot wait on each other forever.
 //!
 //! `get_by_order` keeps what it found in the handle's cache of order keys (a thirty-second of
 //! `Options::cache_bytes`): an order number, once a durable trade holds it, names that trade
 //! forever, so a cached answer is never stale, and the next lookup of it reads the trade
 //! without asking the home shard (and, for a cached trade, on the caller's thread).
 //!
-//! A stop between the steps leaves a pending claim, resolved to exactly one trade or none:
+//! A stop between the steps leaves a pending claim, and so does a stop before a confirmation
+//! reached a checkpoint (the reopened home shard finds the claim in its log, not the
+//! confirmation). Each is resolved to exactly one trade or none:
 //! by the next retry of the create (the same body goes on to the buyer's shard, which answers
 //! the original trade or creates it), or when the engine opens, before it takes requests:
 //! the buyer's shard is asked whether the trade exists, and the claim is confirmed or
-//! released accordingly. Since nothing is created before the open returns, no trade can
-//! appear under a claim being released.
+//! released accordingly, in batches per shard (after a kill, the claims since the last
+//! checkpoint, so the work is bounded as the replay is). Only a release is written. Since
+//! nothing is created before the open returns, no trade can appear under a claim being
+//! released.
+
+use std::collections::BTreeMap;
 
 use tradeshard_shard::{
     order_key, validate_order_no, ClaimOutcome, ClaimRequest, InputError, OrderLookup, Receipt, Refusal, Trade,
@@ -30,9 +37,12 @@ use tradeshard_shard::{
 };
 
 use crate::blocking::blocking;
+use crate::claim_ops;
 use crate::error::{Error, Result};
 use crate::handle::EngineHandle;
-use crate::ops;
+
+/// Pending claims looked up, or settled, in one job at an open.
+const RESOLVE_BATCH: usize = 4096;
 
 /// Bytes an order key and its trade id take in the cache's slot.
 const ORDER_ID_BYTES: usize = 24;
@@ -52,7 +62,7 @@ impl EngineHandle {
         // Past the caller's hand-off to the home shard, the steps move between executors and
         // wait for room there, whatever the caller chose: refused in between, the create would
         // hold its order number until a retry or the next open.
-        let create = ops::CreateAcross { claim: request, trade, logical_shard, home, buyer_shard };
+        let create = claim_ops::CreateAcross { claim: request, trade, logical_shard, home, buyer_shard };
         let answer = self.submit(self.routing().executor_of_physical(home), create).await?;
         match answer.await.ok_or(Error::Closed)? {
             Ok(receipt) => Ok(receipt),
@@ -77,11 +87,11 @@ impl EngineHandle {
     /// confirmed yet, of the claim's buyer shard.
     async fn trade_of_order_key(&self, key: u128) -> Result<Option<TradeId>> {
         let routing = self.routing();
-        Ok(match self.on_shard(routing.physical_of_order_key(key), ops::FindOrder(key)).await? {
+        Ok(match self.on_shard(routing.physical_of_order_key(key), claim_ops::FindOrder(key)).await? {
             OrderLookup::Trade(id) | OrderLookup::Claimed { trade: Some(id), .. } => Some(id),
             OrderLookup::Claimed { buyer_id, trade: None } => {
                 let buyer_shard = routing.physical_of_user(buyer_id);
-                match self.on_shard(buyer_shard, ops::FindOrder(key)).await? {
+                match self.on_shard(buyer_shard, claim_ops::FindOrder(key)).await? {
                     OrderLookup::Trade(id) => Some(id),
                     _ => None,
                 }
@@ -112,20 +122,35 @@ impl EngineHandle {
     blocking!(get_by_order_blocking = get_by_order(&self, merchant_id: u64, order_no: &str) -> Result<Trade>);
 
     /// Confirms or releases every claim left pending, asking each claim's buyer shard whether
-    /// its trade exists; returns how many were resolved. Run by `Engine::open` before it
-    /// returns.
+    /// its trade exists, in batches (after a stop every claim since the last checkpoint may be
+    /// pending); returns how many were resolved. Run by `Engine::open` before it returns.
     pub(crate) async fn resolve_pending_claims(&self) -> Result<usize> {
         let routing = self.routing();
-        let mut resolved = 0;
-        for pending in self.on_every_executor(ops::PendingClaims).await? {
+        let mut by_buyer: BTreeMap<u32, Vec<(u32, u128)>> = BTreeMap::new();
+        for pending in self.on_every_executor(claim_ops::PendingClaims).await? {
             for (home, claim) in pending {
-                let buyer_shard = routing.physical_of_user(claim.buyer_id);
-                let outcome = match self.on_shard_waiting(buyer_shard, ops::FindOrder(claim.key)).await? {
-                    OrderLookup::Trade(id) => ClaimOutcome::Confirmed(id),
-                    _ => ClaimOutcome::Released,
-                };
-                self.on_shard_waiting(home, ops::SettleClaim { key: claim.key, outcome }).await?;
-                resolved += 1;
+                by_buyer.entry(routing.physical_of_user(claim.buyer_id)).or_default().push((home, claim.key));
+            }
+        }
+        let mut by_home: BTreeMap<u32, Vec<(u128, ClaimOutcome)>> = BTreeMap::new();
+        let mut resolved = 0;
+        for (buyer_shard, claims) in by_buyer {
+            for batch in claims.chunks(RESOLVE_BATCH) {
+                let keys = batch.iter().map(|&(_, key)| key).collect();
+                let found = self.on_shard_waiting(buyer_shard, claim_ops::FindOrders(keys)).await?;
+                for (&(home, key), lookup) in batch.iter().zip(found) {
+                    let outcome = match lookup {
+                        OrderLookup::Trade(id) => ClaimOutcome::Confirmed(id),
+                        _ => ClaimOutcome::Released,
+                    };
+                    by_home.entry(home).or_default().push((key, outcome));
+                }
+            }
+        }
+        for (home, outcomes) in by_home {
+            for batch in outcomes.chunks(RESOLVE_BATCH) {
+                self.on_shard_waiting(home, claim_ops::SettleClaims(batch.to_vec())).await?;
+                resolved += batch.len();
             }
         }
         Ok(resolved)

@@ -7,9 +7,11 @@
 //! A second create of the key is answered from the claim: the same body goes on to the buyer's
 //! shard (which answers the original trade, or creates it if the first attempt never got
 //! there); another body is a conflict. Once the trade exists the claim is confirmed with its
-//! id ([`Shard::settle_claim`]); a claim left pending by a stop between the two steps is
-//! confirmed or released when the engine opens, by asking the buyer's shard whether the trade
-//! exists. A create whose buyer lives in the home shard needs no claim: its own `Created`
+//! id ([`Shard::settle_claim`]), in memory only: that the trade is durable in its buyer's
+//! shard is a fact a record here would only repeat, and the next checkpoint keeps it (in
+//! the claims' runs). A claim left pending by a stop (between the two steps, or before its
+//! confirmation reached a checkpoint) is confirmed or released when the engine opens, by
+//! asking the buyer's shard whether the trade exists; only a release is written. A create whose buyer lives in the home shard needs no claim: its own `Created`
 //! record holds the key, and the checks here and in `write.rs` look at both. Confirmed claims
 //! older than the last checkpoint are in runs on disk (`key_runs.rs`): a request whose key a
 //! run may hold reads the runs first, on a task, and is checked again with what it read.
@@ -81,10 +83,18 @@ impl<D: Disk> Shard<D> {
         claim_order(&self.inner, request, reply, None)
     }
 
-    /// Ends the pending claim of `key`: confirmed with its trade, or released. Idempotent: a
-    /// claim settled the same way already (or being settled) is answered at once.
+    /// Ends the pending claim of `key`: confirmed with its trade (at once, in memory: the
+    /// caller has the trade durable in its buyer's shard), or released (once durable).
+    /// Idempotent: a claim settled the same way already (or being settled) is answered at once.
     pub fn settle_claim(&self, key: u128, outcome: ClaimOutcome, reply: ShardReply<()>) {
         settle_claim(&self.inner, key, outcome, reply, None)
+    }
+
+    /// Confirms the pending claim of `key` with `trade`, durable in the buyer's shard: in
+    /// memory, at once (see the module's text). False when no claim of `key` is pending here
+    /// (confirmed already, or being released).
+    pub fn confirm_claim(&self, key: u128, trade: TradeId) -> bool {
+        confirm_in_memory(&self.inner, key, trade)
     }
 
     /// Where this shard knows `key` from, in durable state.
@@ -189,6 +199,12 @@ fn settle_claim<D: Disk>(
         None if accepted.claims.contains_key(&key) => return reply.send(Err(contradiction())),
         None => {}
     }
+    // Not being released (checked above): a pending claim is confirmed in memory.
+    if let ClaimOutcome::Confirmed(trade) = outcome {
+        if inner.index.borrow_mut().confirm_pending_claim(key, trade) {
+            return reply.send(Ok(()));
+        }
+    }
     let lookup = inner.key_runs.borrow().lookup(&inner.index.borrow(), key, KeyKind::Order, read.as_ref());
     let claim = match lookup {
         Lookup::Known(state) => state.claim,
@@ -200,7 +216,7 @@ fn settle_claim<D: Disk>(
         }
     };
     let settled_already = match (claim.map(|claim| claim.trade), outcome) {
-        (Some(None), _) => false,
+        (Some(None), ClaimOutcome::Released) => false,
         (Some(Some(confirmed)), ClaimOutcome::Confirmed(id)) if confirmed == id => true,
         (None, ClaimOutcome::Released) => true,
         _ => return reply.send(Err(contradiction())),
@@ -224,6 +240,14 @@ fn settle_claim<D: Disk>(
         after: None,
     };
     accepted.push(effect);
+}
+
+/// [`Shard::confirm_claim`].
+fn confirm_in_memory<D: Disk>(inner: &Rc<Inner<D>>, key: u128, trade: TradeId) -> bool {
+    if inner.accepted.borrow().settling.contains_key(&key) {
+        return false;
+    }
+    inner.index.borrow_mut().confirm_pending_claim(key, trade)
 }
 
 /// [`Shard::find_order`], with the key's state read from the runs if it was.

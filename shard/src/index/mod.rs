@@ -271,6 +271,16 @@ impl ShardIndex {
         Ok(())
     }
 
+    /// Confirms a pending claim with its trade, in memory only (see `claims.rs`); false when
+    /// the key has no pending claim.
+    pub(crate) fn confirm_pending_claim(&mut self, key: u128, trade: TradeId) -> bool {
+        if self.pending_claims.remove(&key).is_none() {
+            return false;
+        }
+        self.claims.get_mut(&key).expect("a pending claim is a claim").trade = Some(trade);
+        true
+    }
+
     /// Applies the end of a pending claim: confirmed for a trade, or released.
     pub fn apply_claim_settled(&mut self, settled: &ClaimSettled) -> Result<(), &'static str> {
         if self.pending_claims.remove(&settled.key).is_none() {
