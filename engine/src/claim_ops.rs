@@ -96,7 +96,10 @@ pub(crate) struct SettleClaims(pub Vec<(u128, ClaimOutcome)>);
 impl ShardOp for SettleClaims {
     type Output = ();
     fn start(self, shard: &DiskShard, reply: ShardReply<()>) {
-        let answers = self.0.into_iter().map(|(key, outcome)| answer_of(|one| shard.settle_claim(key, outcome, one)));
+        let answers = self.0.into_iter().map(|(key, outcome)| match outcome {
+            ClaimOutcome::Confirmed(trade) if shard.confirm_claim(key, trade) => Answer::Ready(()),
+            _ => Answer::Later(answer_of(|one| shard.settle_claim(key, outcome, one))),
+        });
         all_then(answers.collect(), reply, |_| ())
     }
 }
@@ -117,7 +120,10 @@ pub(crate) struct FindOrders(pub Vec<u128>);
 impl ShardOp for FindOrders {
     type Output = Vec<OrderLookup>;
     fn start(self, shard: &DiskShard, reply: ShardReply<Vec<OrderLookup>>) {
-        let answers = self.0.into_iter().map(|key| answer_of(|one| shard.find_order(key, one)));
+        let answers = self.0.into_iter().map(|key| match shard.find_order_in_memory(key) {
+            Some(found) => Answer::Ready(found),
+            None => Answer::Later(answer_of(|one| shard.find_order(key, one))),
+        });
         all_then(answers.collect(), reply, |found| found)
     }
 }
@@ -139,6 +145,12 @@ impl ExecutorOp for PendingClaims {
 
 type ShardAnswer<T> = ReplyFuture<Result<T, TradeError>>;
 
+/// One of many answers: known at once (from memory), or to wait for.
+enum Answer<T> {
+    Ready(T),
+    Later(ShardAnswer<T>),
+}
+
 /// The future of what `ask` answers.
 fn answer_of<T>(ask: impl FnOnce(ShardReply<T>)) -> ShardAnswer<T> {
     let (one, answer) = reply::channel();
@@ -146,19 +158,30 @@ fn answer_of<T>(ask: impl FnOnce(ShardReply<T>)) -> ShardAnswer<T> {
     answer
 }
 
-/// Answers `reply` with `finish` of every answer once all are in, or the first error.
+/// Answers `reply` with `finish` of every answer once all are in, or the first error; at once
+/// when every answer is ready.
 fn all_then<T: 'static, U: Send + 'static>(
-    answers: Vec<ShardAnswer<T>>,
+    answers: Vec<Answer<T>>,
     reply: ShardReply<U>,
     finish: impl FnOnce(Vec<T>) -> U + 'static,
 ) {
+    if answers.iter().all(|answer| matches!(answer, Answer::Ready(_))) {
+        let values = answers.into_iter().map(|answer| match answer {
+            Answer::Ready(value) => value,
+            Answer::Later(_) => unreachable!("every answer is ready"),
+        });
+        return reply.send(Ok(finish(values.collect())));
+    }
     glommio::spawn_local(async move {
         let mut values = Vec::with_capacity(answers.len());
         for answer in answers {
-            match answer.await {
-                Some(Ok(value)) => values.push(value),
-                Some(Err(error)) => return reply.send(Err(error)),
-                None => return reply.send(Err(TradeError::Log(LogError::Closed))),
+            match answer {
+                Answer::Ready(value) => values.push(value),
+                Answer::Later(later) => match later.await {
+                    Some(Ok(value)) => values.push(value),
+                    Some(Err(error)) => return reply.send(Err(error)),
+                    None => return reply.send(Err(TradeError::Log(LogError::Closed))),
+                },
             }
         }
         reply.send(Ok(finish(values)))

@@ -102,6 +102,12 @@ impl<D: Disk> Shard<D> {
         find_order(&self.inner, key, reply, None)
     }
 
+    /// [`find_order`](Self::find_order) answered from memory at once, or `None` when a run on
+    /// disk must be read to tell (the open's resolution of many claims asks this first).
+    pub fn find_order_in_memory(&self, key: u128) -> Option<OrderLookup> {
+        order_lookup(&self.inner, key, None)
+    }
+
     /// The durable claims of this shard that are not settled yet.
     pub fn pending_claims(&self) -> Vec<PendingClaim> {
         let index = self.inner.index.borrow();
@@ -252,19 +258,23 @@ fn confirm_in_memory<D: Disk>(inner: &Rc<Inner<D>>, key: u128, trade: TradeId) -
 
 /// [`Shard::find_order`], with the key's state read from the runs if it was.
 fn find_order<D: Disk>(inner: &Rc<Inner<D>>, key: u128, reply: ShardReply<OrderLookup>, read: Option<RunRead>) {
-    let lookup = inner.key_runs.borrow().lookup(&inner.index.borrow(), key, KeyKind::Order, read.as_ref());
-    let state = match lookup {
+    match order_lookup(inner, key, read.as_ref()) {
+        Some(found) => reply.send(Ok(found)),
+        None => read_then(inner, key, KeyKind::Order, reply, move |inner, reply, read| {
+            find_order(inner, key, reply, Some(read))
+        }),
+    }
+}
+
+/// Where this shard knows `key` from, or `None` when a run on disk must be read to tell.
+fn order_lookup<D: Disk>(inner: &Rc<Inner<D>>, key: u128, read: Option<&RunRead>) -> Option<OrderLookup> {
+    let state = match inner.key_runs.borrow().lookup(&inner.index.borrow(), key, KeyKind::Order, read) {
         Lookup::Known(state) => state,
-        Lookup::MustRead => {
-            return read_then(inner, key, KeyKind::Order, reply, move |inner, reply, read| {
-                find_order(inner, key, reply, Some(read))
-            })
-        }
+        Lookup::MustRead => return None,
     };
-    let found = match (state.order, state.claim) {
+    Some(match (state.order, state.claim) {
         (Some((id, _)), _) => OrderLookup::Trade(id),
         (None, Some(claim)) => OrderLookup::Claimed { buyer_id: claim.buyer_id, trade: claim.trade },
         (None, None) => OrderLookup::Free,
-    };
-    reply.send(Ok(found))
+    })
 }
