@@ -34,7 +34,6 @@ fn a_confirmation_is_kept_by_the_next_checkpoint_and_lost_to_a_crash_before_it()
         assert_eq!(home.pending_claims().len(), 2);
 
         // Confirmed in memory, at once, and writing nothing.
-        let log_end = home.offset_range().1;
         assert!(home.confirm_claim(kept, TradeId(11)));
         assert!(!home.confirm_claim(kept, TradeId(11)), "a repeat finds nothing pending");
         assert_eq!(lookup(&home, kept).await, OrderLookup::Claimed { buyer_id: 7, trade: Some(TradeId(11)) });
@@ -42,7 +41,6 @@ fn a_confirmation_is_kept_by_the_next_checkpoint_and_lost_to_a_crash_before_it()
         let log_end_after_checkpoint = home.offset_range().1;
         call(|done| home.settle_claim(lost, ClaimOutcome::Confirmed(TradeId(12)), done)).await.unwrap();
         assert_eq!(home.offset_range().1, log_end_after_checkpoint, "a confirmation writes no record");
-        assert!(log_end_after_checkpoint >= log_end);
         assert!(home.pending_claims().is_empty());
 
         drop(home);
