@@ -30,6 +30,48 @@ fn load_reports_json_and_verifies_every_trade() {
     assert!(std::fs::read_dir(dir.path()).unwrap().next().is_none(), "the temporary data directory is removed");
 }
 
+/// With `--report-every`, the transfer workload reports each interval as it ends: its rate and
+/// p99, resident memory, the directory's bytes and the money's state held in memory.
+#[test]
+fn load_transfers_report_every_interval() {
+    let dir = tempfile::tempdir().unwrap();
+    let args = [
+        "load",
+        "--workload",
+        "transfer",
+        "--duration",
+        "4s",
+        "--report-every",
+        "500ms",
+        "--inflight",
+        "32",
+        "--users",
+        "200",
+        "--json",
+    ];
+    let output = tradeshard(&args, dir.path());
+    let report = json(&output);
+    let intervals = report["intervals"].as_array().unwrap_or_else(|| panic!("intervals in {report}"));
+    assert!(intervals.len() >= 5, "{report}");
+    let lines = String::from_utf8_lossy(&output.stderr).lines().filter(|l| l.starts_with("interval: ")).count();
+    assert_eq!(lines, intervals.len(), "each interval is printed as it ends");
+    let mut at_before = 0.0;
+    for interval in intervals {
+        let at = interval["at_sec"].as_f64().unwrap();
+        assert!(at > at_before, "{interval}");
+        at_before = at;
+        assert!(interval["ops_per_sec"].as_f64().is_some_and(|v| v > 0.0), "{interval}");
+        for key in ["p99_us", "resident_bytes", "disk_bytes"] {
+            assert!(interval[key].as_u64().is_some_and(|v| v > 0), "{key} in {interval}");
+        }
+        for key in ["account_requests", "branches", "activities"] {
+            assert!(interval[key].as_u64().is_some(), "{key} in {interval}");
+        }
+    }
+    assert!(report["resident_growth_after_warmup"].as_f64().is_some(), "{report}");
+    assert_eq!(report["conservation_ok"], true, "{report}");
+}
+
 /// The transfer workload funds its users, moves money within and across shards, and counts it
 /// at the end: balances plus money in transit equal the deposits, nothing left in doubt.
 #[test]

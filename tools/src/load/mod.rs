@@ -30,7 +30,7 @@ use crate::latency;
 use crate::units::parse_bytes;
 use crate::workload::UserChooser;
 use client::{run_workers, Client, ClientTotals, CREATE, OPS};
-use report::{growth_after_warmup, print_table, resident_bytes, IntervalReport, OpReport, Report};
+use report::{growth_after_warmup, interval_report, print_table, resident_bytes, OpReport, Report};
 
 #[derive(clap::Args, Debug, Clone)]
 pub struct Args {
@@ -345,7 +345,7 @@ async fn drive(
         glommio::timer::sleep(Duration::from_millis(200)).await;
         let elapsed = client.start.elapsed();
         if args.report_every.is_some_and(|every| interval_start.elapsed() >= every) {
-            let line = interval_report(&client, interval_start.elapsed(), &handle, &dir).await?;
+            let line = interval_report(client.start, &client.interval, interval_start.elapsed(), &handle, &dir).await?;
             let text = serde_json::to_string(&line)?;
             progress.suspend(|| eprintln!("interval: {text}"));
             intervals.push(line);
@@ -440,36 +440,6 @@ async fn drive(
 }
 
 /// The interval since the last report: throughput, p99, memory (and resets the histogram).
-async fn interval_report(
-    client: &Client,
-    length: Duration,
-    handle: &EngineHandle,
-    dir: &std::path::Path,
-) -> anyhow::Result<IntervalReport> {
-    let (ops, p99_us) = {
-        let mut interval = client.interval.borrow_mut();
-        let measured = (interval.len(), interval.value_at_quantile(0.99));
-        interval.reset();
-        measured
-    };
-    let stats = handle.stats().await?;
-    let engine_trades = stats.trades;
-    let trades_in_memory = stats.shards.iter().map(|shard| shard.trades_in_memory).sum();
-    let resident_bytes = resident_bytes();
-    Ok(IntervalReport {
-        at_sec: client.start.elapsed().as_secs_f64(),
-        ops_per_sec: ops as f64 / length.as_secs_f64(),
-        p99_us,
-        resident_bytes,
-        engine_trades,
-        trades_in_memory,
-        resident_bytes_per_trade: resident_bytes as f64 / engine_trades.max(1) as f64,
-        disk_bytes: crate::data_dir::disk_bytes(dir),
-    })
-}
-
-/// A tag unique to this run (its start time in base 36), put in its order numbers so that a run
-/// on the directory of an earlier one makes new trades, not repeats of the old ones.
 /// A client thread's state, before its tasks start.
 fn new_client(
     args: &Args,
@@ -507,6 +477,8 @@ fn new_client(
     }
 }
 
+/// A tag unique to this run (its start time in base 36), put in its order numbers so that a run
+/// on the directory of an earlier one makes new trades, not repeats of the old ones.
 fn run_tag() -> String {
     let mut ms = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis());
     let mut tag = Vec::new();

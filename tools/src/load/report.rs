@@ -1,9 +1,14 @@
 //! What the load tool reports: per operation, per interval, and the fit of resident memory
 //! to the trades held, as a table or as JSON.
 
+use std::cell::RefCell;
 use std::collections::HashMap;
+use std::path::Path;
+use std::time::{Duration, Instant};
 
+use hdrhistogram::Histogram;
 use serde::Serialize;
+use tradeshard_engine::{EngineHandle, ShardStats};
 
 use super::client::OPS;
 use crate::latency::LatencySummary;
@@ -23,6 +28,12 @@ pub(super) struct IntervalReport {
     pub(super) resident_bytes_per_trade: f64,
     /// Bytes the data directory takes on disk.
     pub(super) disk_bytes: u64,
+    /// Money's state held in memory: account request numbers applied since the last
+    /// checkpoint, branches of flexible transactions, and activities initiated (flat under
+    /// transfers when only the checkpoint interval sets them).
+    pub(super) account_requests: u64,
+    pub(super) branches: u64,
+    pub(super) activities: u64,
 }
 
 #[derive(Serialize)]
@@ -109,6 +120,39 @@ pub(super) struct Report {
 pub(super) struct ResidentFit {
     pub(super) bytes_per_added_trade: f64,
     pub(super) largest_miss: f64,
+}
+
+/// The interval of `length` that ends now: the operations `interval` recorded in it (then
+/// reset), and the engine's and the process's state at its end; `start` is the timed phase's.
+pub(super) async fn interval_report(
+    start: Instant,
+    interval: &RefCell<Histogram<u64>>,
+    length: Duration,
+    handle: &EngineHandle,
+    dir: &Path,
+) -> anyhow::Result<IntervalReport> {
+    let (ops, p99_us) = {
+        let mut interval = interval.borrow_mut();
+        let measured = (interval.len(), interval.value_at_quantile(0.99));
+        interval.reset();
+        measured
+    };
+    let stats = handle.stats().await?;
+    let sum = |count: fn(&ShardStats) -> u64| stats.shards.iter().map(count).sum::<u64>();
+    let resident_bytes = resident_bytes();
+    Ok(IntervalReport {
+        at_sec: start.elapsed().as_secs_f64(),
+        ops_per_sec: ops as f64 / length.as_secs_f64(),
+        p99_us,
+        resident_bytes,
+        engine_trades: stats.trades,
+        trades_in_memory: sum(|shard| shard.trades_in_memory),
+        resident_bytes_per_trade: resident_bytes as f64 / stats.trades.max(1) as f64,
+        disk_bytes: crate::data_dir::disk_bytes(dir),
+        account_requests: sum(|shard| shard.account_requests),
+        branches: sum(|shard| shard.branches),
+        activities: sum(|shard| shard.activities),
+    })
 }
 
 /// (max - min) / min of resident bytes over the intervals after the first fifth, and the fit
@@ -220,6 +264,9 @@ mod tests {
             trades_in_memory: trades,
             resident_bytes_per_trade: 0.0,
             disk_bytes: 0,
+            account_requests: 0,
+            branches: 0,
+            activities: 0,
         }
     }
 

@@ -3,9 +3,11 @@
 //! with one request outstanding: a transfer, or (`--purchase-ratio`) a purchase, a trade
 //! created, paid from the buyer's balance and settled to its merchant. At the end, once no
 //! activity is in doubt, the money is counted: balances plus money in transit must equal what
-//! was deposited (`conservation_ok`).
+//! was deposited (`conservation_ok`). With `--report-every`, each interval's rate, p99,
+//! resident memory, disk and the money's state held in memory are reported as it ends.
 
 use std::cell::{Cell, RefCell};
+use std::path::PathBuf;
 use std::rc::Rc;
 use std::time::{Duration, Instant};
 
@@ -15,6 +17,7 @@ use hdrhistogram::Histogram;
 use serde::Serialize;
 use tradeshard_engine::{EngineHandle, Error, NewTrade, Refusal};
 
+use super::report::{growth_after_warmup, interval_report, IntervalReport};
 use crate::latency::{self, LatencySummary};
 
 /// What each user is given before the timed phase, in minor units.
@@ -56,6 +59,12 @@ pub(super) struct TransferReport {
     pub(super) conservation_ok: bool,
     pub(super) executors: usize,
     pub(super) shards: u32,
+    /// With `--report-every`: one entry per interval, and (max - min) / min of resident
+    /// memory over the intervals after the first fifth.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub(super) intervals: Vec<IntervalReport>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(super) resident_growth_after_warmup: Option<f64>,
 }
 
 struct Transfers {
@@ -72,6 +81,8 @@ struct Transfers {
     local: RefCell<Histogram<u64>>,
     across: RefCell<Histogram<u64>>,
     purchases: RefCell<Histogram<u64>>,
+    /// Every answered request's latency since the last `--report-every` line.
+    interval: RefCell<Histogram<u64>>,
     cancelled: Cell<u64>,
     refused: Cell<u64>,
     errors: Cell<u64>,
@@ -90,11 +101,15 @@ pub(super) struct TransferPlan {
     pub(super) seed: u64,
     /// This run's tag, in its request numbers.
     pub(super) run: String,
+    pub(super) report_every: Option<Duration>,
+    /// The data directory, whose bytes each interval reports.
+    pub(super) dir: PathBuf,
 }
 
 /// Funds the users, runs the timed phase, and counts the money.
 pub(super) async fn run(handle: EngineHandle, plan: TransferPlan) -> anyhow::Result<TransferReport> {
-    let TransferPlan { users, cross_ratio, purchase_ratio, inflight, duration, ops_max, seed, run } = plan;
+    let TransferPlan { users, cross_ratio, purchase_ratio, inflight, duration, ops_max, seed, run, report_every, dir } =
+        plan;
     let routing = handle.routing();
     let mut by_shard = vec![Vec::new(); routing.physical_shards as usize];
     for user in 1..=users {
@@ -118,6 +133,7 @@ pub(super) async fn run(handle: EngineHandle, plan: TransferPlan) -> anyhow::Res
         local: RefCell::new(latency::new_histogram()),
         across: RefCell::new(latency::new_histogram()),
         purchases: RefCell::new(latency::new_histogram()),
+        interval: RefCell::new(latency::new_histogram()),
         cancelled: Cell::new(0),
         refused: Cell::new(0),
         errors: Cell::new(0),
@@ -128,6 +144,17 @@ pub(super) async fn run(handle: EngineHandle, plan: TransferPlan) -> anyhow::Res
     let tasks: Vec<_> = (0..inflight)
         .map(|task| glommio::spawn_local(worker(state.clone(), task, seed.wrapping_mul(1_000_003) ^ task as u64)))
         .collect();
+    let mut intervals = Vec::new();
+    let mut interval_start = Instant::now();
+    while !state.stop.get() {
+        glommio::timer::sleep(Duration::from_millis(200)).await;
+        if report_every.is_some_and(|every| interval_start.elapsed() >= every) {
+            let line = interval_report(start, &state.interval, interval_start.elapsed(), &handle, &dir).await?;
+            eprintln!("interval: {}", serde_json::to_string(&line)?);
+            intervals.push(line);
+            interval_start = Instant::now();
+        }
+    }
     for task in tasks {
         task.await;
     }
@@ -181,6 +208,8 @@ pub(super) async fn run(handle: EngineHandle, plan: TransferPlan) -> anyhow::Res
         conservation_ok: balances + in_transit == deposited as i128 && in_transit == 0 && in_doubt == 0,
         executors: routing.executors,
         shards: routing.physical_shards,
+        resident_growth_after_warmup: growth_after_warmup(&intervals).0,
+        intervals,
     })
 }
 
@@ -250,7 +279,9 @@ async fn worker(state: Rc<Transfers>, task: usize, seed: u64) {
                     (false, true) => &state.across,
                     (false, false) => &state.local,
                 };
-                latency::record(&mut histogram.borrow_mut(), started.elapsed().as_micros() as u64);
+                let micros = started.elapsed().as_micros() as u64;
+                latency::record(&mut histogram.borrow_mut(), micros);
+                latency::record(&mut state.interval.borrow_mut(), micros);
             }
             Err(Error::Refused(Refusal::TransferCancelled { .. })) => state.cancelled.set(state.cancelled.get() + 1),
             Err(Error::Refused(Refusal::InsufficientFunds { .. })) => state.refused.set(state.refused.get() + 1),
@@ -298,6 +329,8 @@ pub(super) fn run_on_thread(
         ops_max: args.ops,
         seed: args.seed,
         run: run_tag,
+        report_every: args.report_every,
+        dir: data_dir.path().to_path_buf(),
     };
     let report = super::on_client_executor(move || run(handle, plan))?;
     engine.close().map_err(|e| anyhow::anyhow!("closing the engine: {e}"))?;
