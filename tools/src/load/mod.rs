@@ -439,7 +439,6 @@ async fn drive(
     })
 }
 
-/// The interval since the last report: throughput, p99, memory (and resets the histogram).
 /// A client thread's state, before its tasks start.
 fn new_client(
     args: &Args,

@@ -144,15 +144,19 @@ pub(super) async fn run(handle: EngineHandle, plan: TransferPlan) -> anyhow::Res
     let tasks: Vec<_> = (0..inflight)
         .map(|task| glommio::spawn_local(worker(state.clone(), task, seed.wrapping_mul(1_000_003) ^ task as u64)))
         .collect();
+    // Without intervals to report, nothing waits beside the tasks, so the timed phase ends
+    // with the last of them rather than at the next tick of a reporting loop.
     let mut intervals = Vec::new();
-    let mut interval_start = Instant::now();
-    while !state.stop.get() {
-        glommio::timer::sleep(Duration::from_millis(200)).await;
-        if report_every.is_some_and(|every| interval_start.elapsed() >= every) {
-            let line = interval_report(start, &state.interval, interval_start.elapsed(), &handle, &dir).await?;
-            eprintln!("interval: {}", serde_json::to_string(&line)?);
-            intervals.push(line);
-            interval_start = Instant::now();
+    if let Some(every) = report_every {
+        let mut interval_start = Instant::now();
+        while !state.stop.get() {
+            glommio::timer::sleep(Duration::from_millis(200)).await;
+            if interval_start.elapsed() >= every {
+                let line = interval_report(start, &state.interval, interval_start.elapsed(), &handle, &dir).await?;
+                eprintln!("interval: {}", serde_json::to_string(&line)?);
+                intervals.push(line);
+                interval_start = Instant::now();
+            }
         }
     }
     for task in tasks {
