@@ -110,10 +110,28 @@ fn transfers_move_money_once_within_a_shard_and_across_shards() {
     wait_until_no_activity_in_doubt(&h);
     engine.close().unwrap();
 
-    // After a reopen: the same answers, from the log.
+    // After a reopen: the same answers, from the log; and again once a checkpoint moved the
+    // completed activities and their branches out of memory into runs.
     let engine = Engine::open(engine_options(dir.path(), 2, 2)).unwrap();
     let h = engine.handle();
     assert!(h.transfer_blocking(c, d, "CNY", 300, "T-1").unwrap().replayed);
+    h.checkpoint_blocking().unwrap();
+    let stats = h.stats_blocking().unwrap();
+    let held: u64 = stats.shards.iter().map(|s| s.activities + s.branches).sum();
+    assert_eq!(held, 0, "ended activities and branches left memory");
+    for (request_no, original) in [("T-1", 300), ("T-2", 700)] {
+        assert!(h.transfer_blocking(c, d, "CNY", original, request_no).unwrap().replayed);
+        match h.transfer_blocking(c, d, "CNY", 1, request_no) {
+            Err(Error::Refused(Refusal::AccountRequestConflict { op: "transfer", amount, .. })) => {
+                assert_eq!(amount, original)
+            }
+            other => panic!("a transfer's number in a run, for another amount: {other:?}"),
+        }
+        match h.deposit_blocking(c, "CNY", 5, request_no) {
+            Err(Error::Refused(Refusal::AccountRequestConflict { op: "transfer", .. })) => {}
+            other => panic!("a transfer's number in a run, for a deposit: {other:?}"),
+        }
+    }
     assert_eq!((available(&h, c), available(&h, d)), (0, 2_000));
     assert_eq!(money(&h)[&cny], 4_000);
     engine.close().unwrap();

@@ -4,6 +4,9 @@
 //! the payer's Confirm or Cancel, the payee's Confirm or Cancel, completion). Each incarnation
 //! ends in a crash at a random operation of either disk, and a fraction of the transfers stop
 //! on purpose after a random number of steps (the initiator dying between any two of them).
+//! Checkpoints of either shard come between transfers (the crash may cut one midway): each
+//! moves the ended branches and completed activities to runs on disk, where the retries and
+//! the checks below find them.
 //!
 //! After each reopen, recovery drives every activity not completed to its end (undecided ones
 //! as past their deadline: cancelled), and the checks are: nothing is left unfinished; no
@@ -19,7 +22,7 @@ use std::rc::Rc;
 
 use tradeshard_shard::{
     account_request_key, finish_activity, run_activity, AccountCommand, AccountOp, ActivityState, BranchAction,
-    BranchPlan, Currency, Decision, Refusal, Shard, Step, TradeError,
+    BranchPlan, Currency, Decision, FoundActivity, Refusal, Shard, Step, TradeError,
 };
 use tradeshard_tests::{call, campaign_shard_config, run_campaign, sim_disk_for_seed, ShardPair as Pair};
 use tradeshard_wal::disk::{SimDisk, SplitMix64};
@@ -70,8 +73,18 @@ impl Transfer {
     }
 }
 
-/// A transfer as the engine makes one: an activity already recorded is finished (or its end
-/// answered); a new one is run. `Ok(None)`: refused at its start, nothing recorded.
+/// An activity of `home`, in memory or in a run.
+async fn find(pair: &Pair, home: u32, activity: u128) -> Result<Option<FoundActivity>, TradeError> {
+    let found = call(|reply| pair.shards[home as usize].find_activity(activity, reply)).await?;
+    if let Some(FoundActivity::Ended(_)) = found {
+        SEEN.with(|seen| seen.borrow_mut().found_in_runs += 1);
+    }
+    Ok(found)
+}
+
+/// A transfer as the engine makes one: an activity under way in memory is finished; otherwise
+/// it is run, and a retry whose own Try is refused (its branch cancelled, maybe in a run) is
+/// answered from the activity's record. `Ok(None)`: refused at its start, nothing recorded.
 async fn transfer(pair: &Pair, transfer: &Transfer) -> Result<Option<Decision>, TradeError> {
     let (home, activity) = (shard_of(transfer.from), transfer.activity());
     if let Some(entry) = pair.shards[home as usize].activity(activity) {
@@ -81,6 +94,10 @@ async fn transfer(pair: &Pair, transfer: &Transfer) -> Result<Option<Decision>, 
     match run_activity(pair, home, activity, u64::MAX, transfer.branches()).await {
         Ok(driven) => Ok(Some(driven.decision)),
         Err(TradeError::Refused(Refusal::InsufficientFunds { .. })) => Ok(None),
+        Err(TradeError::Refused(refused)) => match find(pair, home, activity).await? {
+            Some(FoundActivity::Ended(ended)) => Ok(Some(ended.decision)),
+            _ => Err(TradeError::Refused(refused)),
+        },
         Err(error) => Err(error),
     }
 }
@@ -95,6 +112,9 @@ struct Seen {
     recovered_cancel: usize,
     /// Transfers whose initiator stopped on purpose between two steps.
     stopped: usize,
+    /// Completed activities found in a run, and checkpoints that completed.
+    found_in_runs: usize,
+    checkpoints: usize,
 }
 
 thread_local! {
@@ -142,8 +162,8 @@ async fn check(pair: &Pair, model: &mut Model) -> Result<usize, String> {
     }
     let mut checked = 0;
     for (transfer, acked) in model.transfers.clone() {
-        let home = &pair.shards[shard_of(transfer.from) as usize];
-        let found = home.activity(transfer.activity()).map(|entry| entry.state);
+        let found = find(pair, shard_of(transfer.from), transfer.activity()).await;
+        let found = found.map_err(|e| format!("{transfer:?}: {e}"))?.map(|found| found.state());
         let decision = match (acked, found) {
             (None, None) => continue,
             (Some(acked), Some(ActivityState::Completed(found))) if acked == found => found,
@@ -222,6 +242,12 @@ async fn run_seed(seed: u64) -> Result<usize, String> {
         crashing.crash_at_op(crashing.ops() + 1 + rng.below(80));
         for _ in 0..1 + rng.below(16) {
             next += 1;
+            if rng.one_in(8) {
+                match pair.shards[rng.below(2) as usize].checkpoint().await {
+                    Ok(_) => SEEN.with(|seen| seen.borrow_mut().checkpoints += 1),
+                    Err(_) => break,
+                }
+            }
             if rng.one_in(3) {
                 let user = 1 + rng.below(USERS);
                 let command =
@@ -264,6 +290,6 @@ fn transfers_across_shards_end_once_and_conserve_money_after_power_loss_at_any_s
     let seen = SEEN.with(|seen| *seen.borrow());
     println!("tcc crash campaign: {count} seeds, {checked} transfers checked after crashes; {seen:?}");
     assert!(count < 100 || checked > 1000, "the campaign must check transfers: {checked}");
-    let every_path = seen.committed > 0 && seen.cancelled > 0 && seen.stopped > 0;
+    let every_path = seen.committed > 0 && seen.cancelled > 0 && seen.stopped > 0 && seen.found_in_runs > 0;
     assert!(count < 100 || every_path && seen.recovered_commit > 0 && seen.recovered_cancel > 0, "{seen:?}");
 }

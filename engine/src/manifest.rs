@@ -25,8 +25,9 @@ use crate::error::{Error, Result};
 /// confirmed claims are in sorted runs on disk; 7: accounts, journal records and flexible
 /// transactions, in the logs and in checkpoints of version 4; 8: application messages; 9:
 /// trades paid from a balance, in trade records' funding bytes and the stored status byte;
-/// directories of other formats are refused).
-pub const FORMAT_VERSION: u32 = 10;
+/// 11: ended branches and completed activities in runs, and no repeated step in a log's
+/// records of flexible transactions; directories of other formats are refused).
+pub const FORMAT_VERSION: u32 = 11;
 const MANIFEST: &str = "MANIFEST";
 const LOCK: &str = "LOCK";
 /// Where the manifest is written before its rename; a leftover of an interrupted creation.

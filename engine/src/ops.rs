@@ -13,8 +13,8 @@ use std::time::Duration;
 
 use tradeshard_shard::reply::{self, Reply, ReplyFuture};
 use tradeshard_shard::{
-    AccountCommand, AccountReceipt, ActivityEntry, Balance, Command, Currency, DiskShard, EventBatch, ListQuery,
-    LogError, PollQuery, Receipt, ShardReply, ShardStats, Step, StepAnswer, Trade, TradeError, TradeId,
+    AccountCommand, AccountReceipt, ActivityEntry, Balance, Command, Currency, DiskShard, EventBatch, FoundActivity,
+    ListQuery, LogError, PollQuery, Receipt, ShardReply, ShardStats, Step, StepAnswer, Trade, TradeError, TradeId,
 };
 
 use crate::inbox::{Inbox, Refused};
@@ -307,13 +307,23 @@ impl ShardOp for GetAccountRequest {
     }
 }
 
-/// An activity the shard initiated.
-pub(crate) struct GetActivity(pub u128);
+/// An activity the shard initiated that its memory holds (under way, or recently completed).
+pub(crate) struct HeldActivity(pub u128);
 
-impl ShardOp for GetActivity {
+impl ShardOp for HeldActivity {
     type Output = Option<ActivityEntry>;
     fn start(self, shard: &DiskShard, reply: ShardReply<Option<ActivityEntry>>) {
         reply.send(Ok(shard.activity(self.0)))
+    }
+}
+
+/// An activity the shard initiated, held or completed and kept in a run on disk.
+pub(crate) struct FindActivity(pub u128);
+
+impl ShardOp for FindActivity {
+    type Output = Option<FoundActivity>;
+    fn start(self, shard: &DiskShard, reply: ShardReply<Option<FoundActivity>>) {
+        shard.find_activity(self.0, reply)
     }
 }
 

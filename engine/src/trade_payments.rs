@@ -42,7 +42,7 @@ impl EngineHandle {
             return Ok(());
         }
         let activity = settlement_activity(settled.id);
-        let Some(entry) = self.on_shard(home, ops::GetActivity(activity)).await? else {
+        let Some(entry) = self.on_shard(home, ops::HeldActivity(activity)).await? else {
             return Ok(());
         };
         if matches!(entry.state, ActivityState::Decided(_)) {

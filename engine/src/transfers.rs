@@ -13,8 +13,8 @@ use std::collections::BTreeMap;
 
 use tradeshard_shard::{
     account_request_key, finish_activity, run_activity, validate_amount, validate_request_no, AccountCommand,
-    AccountOp, ActivityEntry, ActivityState, BranchAction, BranchCall, BranchPlan, Currency, Decision, InputError,
-    Refusal, Step, StepAnswer, StepError, StepSender, BRANCHES_MAX, NO_SHARD,
+    AccountOp, ActivityEntry, ActivityState, BranchAction, BranchCall, BranchPlan, Currency, Decision, FoundActivity,
+    InputError, Refusal, Step, StepAnswer, StepError, StepSender, BRANCHES_MAX, NO_SHARD,
 };
 
 use crate::blocking::blocking;
@@ -150,8 +150,8 @@ impl EngineHandle {
     /// transfer across shards, or an account request, named with what it did.
     async fn request_conflict(&self, home: u32, key: u128, request_no: &str) -> Error {
         let request_no = request_no.to_string();
-        let original = match self.on_shard(home, ops::GetActivity(key)).await {
-            Ok(Some(entry)) => entry.branches.first().and_then(|plan| plan.action.account()).map(|a| ("transfer", a.2)),
+        let original = match self.on_shard(home, ops::FindActivity(key)).await {
+            Ok(Some(found)) => found.first_action().and_then(|action| action.account()).map(|a| ("transfer", a.2)),
             _ => match self.on_shard(home, ops::GetAccountRequest(key)).await {
                 Ok(Some((op, amount))) => Some((op.name(), amount)),
                 _ => None,
@@ -227,9 +227,9 @@ impl EngineHandle {
                 completed: driven.completed,
                 replayed: driven.begun_before,
             }),
-            Err(error) => match self.on_shard(home, ops::GetActivity(activity)).await? {
-                Some(entry) if error.refusal().is_some() && entry.branches == branches => {
-                    let (decision, completed) = self.finish_existing(home, activity, &entry).await?;
+            Err(error) => match self.on_shard(home, ops::FindActivity(activity)).await? {
+                Some(found) if error.refusal().is_some() && found.has_branches(&branches) => {
+                    let (decision, completed) = self.finish_existing(home, activity, found).await?;
                     Ok(ActivityOutcome { activity, decision, completed, replayed: true })
                 }
                 _ => Err(error),
@@ -239,12 +239,15 @@ impl EngineHandle {
 
     /// The decision of an activity already recorded, driving it to its end first if it is
     /// still under way (its first attempt stopped, or runs at the same time).
-    async fn finish_existing(&self, home: u32, activity: u128, entry: &ActivityEntry) -> Result<(Decision, bool)> {
-        if let ActivityState::Completed(decision) = entry.state {
-            return Ok((decision, true));
-        }
+    async fn finish_existing(&self, home: u32, activity: u128, found: FoundActivity) -> Result<(Decision, bool)> {
+        let mut entry = match found {
+            FoundActivity::Held(entry) if !matches!(entry.state, ActivityState::Completed(_)) => entry,
+            completed => match completed.state() {
+                ActivityState::Completed(decision) => return Ok((decision, true)),
+                _ => unreachable!("only a completed activity leaves memory"),
+            },
+        };
         // An undecided one is cancelled now: its first attempt's caller has this answer.
-        let mut entry = entry.clone();
         if entry.state == ActivityState::Open {
             entry.deadline_ms = 0;
         }

@@ -168,7 +168,7 @@ fn post_on<D: Disk>(
         return reply.send(Err(Refusal::AccountRequestConflict { request_no, op: "transfer", amount }.into()));
     }
     let durable = match inner.key_runs.borrow().lookup(&index, key, KeyKind::Request, read.as_ref()) {
-        Lookup::Known(state) => state.request,
+        Lookup::Known(state) => state,
         Lookup::MustRead => {
             drop((accepted, index));
             return read_then(inner, key, KeyKind::Request, reply, move |inner, reply, read| {
@@ -176,6 +176,13 @@ fn post_on<D: Disk>(
             });
         }
     };
+    if let Some(ended) = durable.activity {
+        // A completed transfer across shards, in a run: the payer's amount.
+        let amount = ended.first.account().map_or(0, |(_, _, amount)| amount);
+        let request_no = command.request_no;
+        return reply.send(Err(Refusal::AccountRequestConflict { request_no, op: "transfer", amount }.into()));
+    }
+    let durable = durable.request;
     if let Some(entry) = durable {
         return match entry.same_as(&command) {
             true => reply.send(Ok(entry.receipt(command.user_id, true))),

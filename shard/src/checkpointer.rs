@@ -255,6 +255,14 @@ async fn take_runs<D: Disk>(inner: &Inner<D>, written: WrittenRuns<D>, new_posit
         inner.index.borrow_mut().accounts_mut().forget_requests(batch);
         glommio::yield_if_needed().await;
     }
+    for batch in written.branches.chunks(ITEMS_PER_YIELD) {
+        inner.index.borrow_mut().tcc_mut().forget_ended(batch, &[]);
+        glommio::yield_if_needed().await;
+    }
+    for batch in written.activity_ids.chunks(ITEMS_PER_YIELD) {
+        inner.index.borrow_mut().tcc_mut().forget_ended(&[], batch);
+        glommio::yield_if_needed().await;
+    }
     for batch in written.user_counts.chunks(ITEMS_PER_YIELD) {
         inner.index.borrow_mut().forget_user_trades(batch);
         glommio::yield_if_needed().await;

@@ -117,9 +117,11 @@ fn apply_durable<D: Disk>(inner: &Inner<D>, front: Appended) -> (Vec<Parked>, Ve
                 accepted.accounts.retire(appended.seq, key, &record, receipt);
                 reply.send(Ok(receipt));
             }
-            (LogRecord::Tcc(record), Waiter::Tcc(reply)) => {
-                let answers =
+            (LogRecord::Tcc(record), Waiter::Tcc(reply, answers)) => {
+                let applied =
                     index.apply_tcc(&record).expect("a transaction checked against the accepted view applies");
+                let checked: Vec<_> = answers.iter().filter(|answer| !answer.repeat).copied().collect();
+                debug_assert_eq!(applied, checked, "a record applies as it was checked");
                 let Accepted { tcc, accounts, .. } = &mut *accepted;
                 parked.extend(tcc.retire(appended.seq, &record, accounts));
                 reply.send(Ok(answers));

@@ -124,6 +124,10 @@ pub(crate) enum RunStore {
     Refunds = 4,
     /// Account request key → what the request did and the balance it left (`RequestEntry`).
     Requests = 5,
+    /// Branch key (`run_values::branch_key`) → an ended branch of a flexible transaction.
+    Branches = 6,
+    /// Activity id → a completed activity this shard initiated (`EndedActivity`).
+    Activities = 7,
 }
 
 impl RunStore {
@@ -134,17 +138,27 @@ impl RunStore {
             3 => Some(RunStore::Users),
             4 => Some(RunStore::Refunds),
             5 => Some(RunStore::Requests),
+            6 => Some(RunStore::Branches),
+            7 => Some(RunStore::Activities),
             _ => None,
         }
     }
 
     /// Every store, in the order a checkpoint lists them.
-    pub(crate) const ALL: [RunStore; 5] =
-        [RunStore::Orders, RunStore::Claims, RunStore::Users, RunStore::Refunds, RunStore::Requests];
+    pub(crate) const ALL: [RunStore; 7] = [
+        RunStore::Orders,
+        RunStore::Claims,
+        RunStore::Users,
+        RunStore::Refunds,
+        RunStore::Requests,
+        RunStore::Branches,
+        RunStore::Activities,
+    ];
 
     /// What its runs are like: a user's trades are asked for as a range only, which a Bloom
     /// filter cannot answer, and they have no value; an account request's value is 56 bytes
-    /// (the 52 of its fields in a checkpoint), a refund's 32, an order's and a claim's 24.
+    /// (the 52 of its fields in a checkpoint), a completed activity's 48, an ended branch's 40,
+    /// a refund's 32, an order's and a claim's 24.
     pub(crate) fn shape(self) -> crate::runs::Shape {
         use crate::runs::{Filter, Shape};
         match self {
@@ -152,6 +166,8 @@ impl RunStore {
             RunStore::Users => Shape { filter: Filter::RangesOnly, value_bytes: 0 },
             RunStore::Refunds => Shape { filter: Filter::PerKey, value_bytes: 32 },
             RunStore::Requests => Shape { filter: Filter::PerKey, value_bytes: 56 },
+            RunStore::Branches => Shape { filter: Filter::PerKey, value_bytes: 40 },
+            RunStore::Activities => Shape { filter: Filter::PerKey, value_bytes: 48 },
         }
     }
 
@@ -163,6 +179,8 @@ impl RunStore {
             RunStore::Users => "users",
             RunStore::Refunds => "refunds",
             RunStore::Requests => "requests",
+            RunStore::Branches => "branches",
+            RunStore::Activities => "activities",
         }
     }
 }

@@ -1,15 +1,17 @@
-//! Where a shard keeps its order keys, refunds, account request numbers and users' lists once a
-//! checkpoint holds them: on disk, in sorted runs (`runs/`), so that memory holds only what was
+//! Where a shard keeps its order keys, refunds, account request numbers, users' lists and ended
+//! flexible transactions once a checkpoint holds them: on disk, in sorted runs (`runs/`), so that memory holds only what was
 //! added since the last checkpoint, not every trade's keys. Each checkpoint writes one new run
 //! of each store; merges happen apart from it (`run_merges.rs`).
 //!
-//! Five stores of runs per shard: `orders` (order key → the shard's trade with that order
+//! Seven stores of runs per shard: `orders` (order key → the shard's trade with that order
 //! number and its body hash), `claims` (order key → the confirmed claim of a buyer of another
 //! shard: body hash, buyer, trade), `refunds` (refund key → the refund made under that request
 //! number: trade, amount, the trade's refunded total after it, time), `requests` (account
-//! request key → what the request did and the requester's balance after it) and `users` (user
-//! and trade id → nothing: a user's trades are a range of keys, in creation order, since a
-//! user's trade ids grow with time). Pending claims are few and stay in memory and in the
+//! request key → what the request did and the requester's balance after it), `branches` (an
+//! ended branch of a flexible transaction), `activities` (a completed activity: an activity's id
+//! is its initiator's request key, so one number is an account request or an activity, and a
+//! request key is asked of both stores) and `users` (user and trade id → nothing: a user's
+//! trades are a range of keys, in creation order, since a user's trade ids grow with time). Pending claims are few and stay in memory and in the
 //! checkpoint file. Each checkpoint writes what was applied since the one before as one new run
 //! of each store; merges follow on a task of their own (`run_merges.rs`); the checkpoint file
 //! lists the runs in force (`Item::Run`). A run is removed once it is not in force, neither
@@ -17,7 +19,8 @@
 //! writing it.
 //!
 //! Asking for a key (an order key by a create, a refund key by a refund, a request key by an
-//! account request or the begin of a transfer's activity): the memory first (the index's keys
+//! account request or the begin of a transfer's activity, a branch by a step of it): the memory
+//! first (the index's keys
 //! since the last checkpoint, and the pending claims), then the runs' Bloom filters; only a
 //! key some filter may hold is read from disk (one 4 KiB read per run that may hold it), by a
 //! task, after which the request is checked again with what was read ([`RunRead`]). A read is
@@ -35,15 +38,19 @@ use std::rc::Rc;
 use tradeshard_wal::disk::Disk;
 
 use crate::accounts::RequestEntry;
-use crate::bytes::Reader;
-use crate::checkpoint::{push_request, read_request};
 use crate::error::{LogError, TradeError};
 use crate::index::{ClaimEntry, RefundEntry, RunStore, ShardIndex};
+use crate::run_values::{
+    activity_value, branch_key, branch_value, claim_value, decode_activity, decode_branch, decode_claim, decode_order,
+    decode_refund, decode_request, order_value, refund_value, request_value,
+};
 use crate::runs::{Run, RunSet, Value, VALUE_BYTES_MAX};
 use crate::state::{Inner, ShardReply};
-use crate::trade::{TradeId, AMOUNT_MAX};
+use crate::tcc_book::BranchEntry;
+use crate::tcc_ended::EndedActivity;
+use crate::trade::TradeId;
 
-/// The runs of one shard's five stores, oldest first each. A clone shares the runs.
+/// The runs of one shard's seven stores, oldest first each. A clone shares the runs.
 #[derive(Clone)]
 pub(crate) struct RunSets<D: Disk> {
     pub orders: RunSet<D>,
@@ -51,18 +58,28 @@ pub(crate) struct RunSets<D: Disk> {
     pub users: RunSet<D>,
     pub refunds: RunSet<D>,
     pub requests: RunSet<D>,
+    pub branches: RunSet<D>,
+    pub activities: RunSet<D>,
 }
 
 impl<D: Disk> Default for RunSets<D> {
     fn default() -> Self {
         let none = RunSet::default;
-        RunSets { orders: none(), claims: none(), users: none(), refunds: none(), requests: none() }
+        RunSets {
+            orders: none(),
+            claims: none(),
+            users: none(),
+            refunds: none(),
+            requests: none(),
+            branches: none(),
+            activities: none(),
+        }
     }
 }
 
 impl<D: Disk> RunSets<D> {
     /// Each store with its runs.
-    pub(crate) fn stores(&self) -> [(RunStore, &RunSet<D>); 5] {
+    pub(crate) fn stores(&self) -> [(RunStore, &RunSet<D>); 7] {
         RunStore::ALL.map(|store| (store, self.store(store)))
     }
 
@@ -73,6 +90,8 @@ impl<D: Disk> RunSets<D> {
             RunStore::Users => &self.users,
             RunStore::Refunds => &self.refunds,
             RunStore::Requests => &self.requests,
+            RunStore::Branches => &self.branches,
+            RunStore::Activities => &self.activities,
         }
     }
 
@@ -83,6 +102,8 @@ impl<D: Disk> RunSets<D> {
             RunStore::Users => &mut self.users,
             RunStore::Refunds => &mut self.refunds,
             RunStore::Requests => &mut self.requests,
+            RunStore::Branches => &mut self.branches,
+            RunStore::Activities => &mut self.activities,
         }
     }
 
@@ -124,6 +145,10 @@ pub(crate) struct KeyState {
     pub refund: Option<RefundEntry>,
     /// An account request was made under it.
     pub request: Option<RequestEntry>,
+    /// An activity begun under it completed (in memory only while under way or newly ended).
+    pub activity: Option<EndedActivity>,
+    /// The branch (in memory: in any state; in a run: ended).
+    pub branch: Option<BranchEntry>,
 }
 
 /// What a key names, so which stores are asked.
@@ -133,8 +158,11 @@ pub(crate) enum KeyKind {
     Order,
     /// A refund key: the refunds.
     Refund,
-    /// An account request key: the requests.
+    /// An account request key, which is also an activity's id: the requests and the
+    /// activities.
     Request,
+    /// A branch of a flexible transaction (its key is `run_values::branch_key`): the branches.
+    Branch { activity: u128, branch: u16 },
 }
 
 /// A key's state as read from the runs, good while the runs are those of `generation`.
@@ -147,91 +175,13 @@ pub(crate) struct RunRead {
 }
 
 /// What asking the memory found.
+// Known is large and MustRead empty, but a lookup is consumed where it is made: boxing the
+// state would allocate on every create, refund and step that asks.
+#[allow(clippy::large_enum_variant)]
 pub(crate) enum Lookup {
     Known(KeyState),
     /// A run may hold the key: read it ([`KeyRuns::read`]) and ask again with the read.
     MustRead,
-}
-
-/// A value of these words, zero after them.
-fn value_of(words: &[u64]) -> Value {
-    let mut value = [0u8; VALUE_BYTES_MAX];
-    for (n, word) in words.iter().enumerate() {
-        value[8 * n..8 * n + 8].copy_from_slice(&word.to_le_bytes());
-    }
-    value
-}
-
-/// A trade's order key entry: its id and body hash.
-pub(crate) fn order_value(id: TradeId, body: u64) -> Value {
-    value_of(&[id.0, body])
-}
-
-/// A confirmed claim's entry: body hash, buyer and trade.
-pub(crate) fn claim_value(claim: &ClaimEntry, trade: TradeId) -> Value {
-    value_of(&[claim.body, claim.buyer_id, trade.0])
-}
-
-/// A refund's entry: trade, amount, the trade's refunded total after it, and its time.
-pub(crate) fn refund_value(refund: &RefundEntry) -> Value {
-    value_of(&[refund.trade_id.0, refund.amount, refund.refunded_after, refund.at_ms])
-}
-
-/// An account request's entry: its fields as a checkpoint holds them, then zeros.
-pub(crate) fn request_value(request: &RequestEntry) -> Value {
-    let mut fields = Vec::with_capacity(VALUE_BYTES_MAX);
-    push_request(&mut fields, request);
-    let mut value = [0u8; VALUE_BYTES_MAX];
-    value[..fields.len()].copy_from_slice(&fields);
-    value
-}
-
-fn word(value: &Value, n: usize) -> u64 {
-    u64::from_le_bytes(value[8 * n..8 * n + 8].try_into().expect("8 bytes"))
-}
-
-fn bad_entry(reason: &'static str) -> TradeError {
-    TradeError::BadRecord { seq: 0, reason }
-}
-
-fn decode_order(value: &Value) -> Result<(TradeId, u64), TradeError> {
-    let id = TradeId(word(value, 0));
-    if id.counter() == 0 || word(value, 2) != 0 {
-        return Err(bad_entry("an order run entry that no checkpoint writes"));
-    }
-    Ok((id, word(value, 1)))
-}
-
-fn decode_claim(value: &Value) -> Result<ClaimEntry, TradeError> {
-    let trade = TradeId(word(value, 2));
-    if trade.counter() == 0 {
-        return Err(bad_entry("a claim run entry without its trade"));
-    }
-    Ok(ClaimEntry { body: word(value, 0), buyer_id: word(value, 1), trade: Some(trade) })
-}
-
-fn decode_request(value: &Value) -> Result<RequestEntry, TradeError> {
-    let mut reader = Reader::new(value, 0, "a request run entry cut short");
-    let request = read_request(&mut reader).map_err(bad_entry)?;
-    if value[reader.at..].iter().any(|&b| b != 0) {
-        return Err(bad_entry("a request run entry with bytes where zeros belong"));
-    }
-    Ok(request)
-}
-
-fn decode_refund(value: &Value) -> Result<RefundEntry, TradeError> {
-    let refund = RefundEntry {
-        trade_id: TradeId(word(value, 0)),
-        amount: word(value, 1),
-        refunded_after: word(value, 2),
-        at_ms: word(value, 3),
-    };
-    let amounts_hold =
-        (1..=AMOUNT_MAX).contains(&refund.amount) && (refund.amount..=AMOUNT_MAX).contains(&refund.refunded_after);
-    if refund.trade_id.counter() == 0 || !amounts_hold {
-        return Err(bad_entry("a refund run entry that no checkpoint writes"));
-    }
-    Ok(refund)
 }
 
 impl<D: Disk> KeyRuns<D> {
@@ -282,6 +232,9 @@ impl<D: Disk> KeyRuns<D> {
             }
             KeyKind::Refund => KeyState { refund: index.refund(key).copied(), ..KeyState::default() },
             KeyKind::Request => KeyState { request: index.accounts().request(key).copied(), ..KeyState::default() },
+            KeyKind::Branch { activity, branch } => {
+                KeyState { branch: index.tcc().branch(activity, branch), ..KeyState::default() }
+            }
         };
         if in_memory != KeyState::default() {
             return Lookup::Known(in_memory);
@@ -289,7 +242,8 @@ impl<D: Disk> KeyRuns<D> {
         let may_hold = match kind {
             KeyKind::Order => self.sets.orders.may_hold(key) || self.sets.claims.may_hold(key),
             KeyKind::Refund => self.sets.refunds.may_hold(key),
-            KeyKind::Request => self.sets.requests.may_hold(key),
+            KeyKind::Request => self.sets.requests.may_hold(key) || self.sets.activities.may_hold(key),
+            KeyKind::Branch { .. } => self.sets.branches.may_hold(key),
         };
         match read {
             Some(read) if (read.key, read.kind, read.generation) == (key, kind, self.generation) => {
@@ -312,7 +266,8 @@ impl<D: Disk> KeyRuns<D> {
         let (first, second) = match kind {
             KeyKind::Order => (self.sets.orders.get(key), Some(self.sets.claims.get(key))),
             KeyKind::Refund => (self.sets.refunds.get(key), None),
-            KeyKind::Request => (self.sets.requests.get(key), None),
+            KeyKind::Request => (self.sets.requests.get(key), Some(self.sets.activities.get(key))),
+            KeyKind::Branch { .. } => (self.sets.branches.get(key), None),
         };
         async move {
             let first = first.await?;
@@ -322,10 +277,16 @@ impl<D: Disk> KeyRuns<D> {
                     claim: claim.await?.as_ref().map(decode_claim).transpose()?,
                     ..KeyState::default()
                 },
-                (KeyKind::Refund, _) => {
-                    KeyState { refund: first.as_ref().map(decode_refund).transpose()?, ..KeyState::default() }
-                }
-                _ => KeyState { request: first.as_ref().map(decode_request).transpose()?, ..KeyState::default() },
+                (KeyKind::Request, Some(activity)) => KeyState {
+                    request: first.as_ref().map(decode_request).transpose()?,
+                    activity: activity.await?.as_ref().map(decode_activity).transpose()?,
+                    ..KeyState::default()
+                },
+                (KeyKind::Branch { activity, branch }, _) => KeyState {
+                    branch: first.as_ref().map(|value| decode_branch(value, activity, branch)).transpose()?,
+                    ..KeyState::default()
+                },
+                _ => KeyState { refund: first.as_ref().map(decode_refund).transpose()?, ..KeyState::default() },
             };
             Ok(RunRead { key, kind, generation, state })
         }
@@ -404,12 +365,14 @@ pub(crate) struct WrittenRuns<D: Disk> {
     /// Its new runs, to add to the sets in force once it is durable.
     pub new_runs: Vec<(RunStore, Rc<Run<D>>)>,
     /// What is now in a run, to forget from memory once the checkpoint is durable: order
-    /// keys, confirmed claims, refunds, account requests, and how many of each user's oldest
-    /// trades in memory.
+    /// keys, confirmed claims, refunds, account requests, ended branches and completed
+    /// activities, and how many of each user's oldest trades in memory.
     pub order_keys: Vec<u128>,
     pub claim_keys: Vec<u128>,
     pub refund_keys: Vec<u128>,
     pub request_keys: Vec<u128>,
+    pub branches: Vec<(u128, u16)>,
+    pub activity_ids: Vec<u128>,
     pub user_counts: Vec<(u64, usize)>,
     /// Bytes of the runs written, merges included.
     pub bytes: u64,
@@ -436,9 +399,15 @@ pub(crate) async fn write_runs<D: Disk>(
     let refund_entries = sorted(snapshot.recent_refunds().map(|(key, refund)| (key, refund_value(refund))).collect());
     let request_entries =
         sorted(snapshot.accounts().recent_requests().map(|(key, request)| (key, request_value(request))).collect());
+    let tcc = snapshot.tcc();
+    let branches: Vec<(u128, u16)> = tcc.ended_branches().map(|(activity, branch, _)| (activity, branch)).collect();
+    let branch_entries =
+        sorted(tcc.ended_branches().map(|(a, b, entry)| (branch_key(a, b), branch_value(a, b, entry))).collect());
+    let activity_entries = sorted(tcc.completed_activities().map(|(id, ended)| (id, activity_value(&ended))).collect());
     let keys_of = |entries: &[(u128, Value)]| entries.iter().map(|(key, _)| *key).collect();
     let (order_keys, claim_keys) = (keys_of(&order_entries), keys_of(&claim_entries));
     let (refund_keys, request_keys) = (keys_of(&refund_entries), keys_of(&request_entries));
+    let activity_ids = keys_of(&activity_entries);
     let user_counts: Vec<(u64, usize)> = snapshot.recent_users().map(|(user, ids)| (user, ids.len())).collect();
     let user_entries = sorted(
         snapshot
@@ -453,6 +422,8 @@ pub(crate) async fn write_runs<D: Disk>(
         (RunStore::Users, user_entries),
         (RunStore::Refunds, refund_entries),
         (RunStore::Requests, request_entries),
+        (RunStore::Branches, branch_entries),
+        (RunStore::Activities, activity_entries),
     ];
     for (store, entries) in stores {
         if entries.is_empty() {
@@ -467,7 +438,18 @@ pub(crate) async fn write_runs<D: Disk>(
     if bytes > 0 {
         disk.sync_dir().await.map_err(|e| TradeError::Log(LogError::io("sync directory", disk.path_of(""), e)))?;
     }
-    Ok(WrittenRuns { sets, new_runs, order_keys, claim_keys, refund_keys, request_keys, user_counts, bytes })
+    Ok(WrittenRuns {
+        sets,
+        new_runs,
+        order_keys,
+        claim_keys,
+        refund_keys,
+        request_keys,
+        branches,
+        activity_ids,
+        user_counts,
+        bytes,
+    })
 }
 
 /// The next run id, used up now whatever becomes of the run.

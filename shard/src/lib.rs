@@ -42,6 +42,7 @@ pub mod reply;
 mod retention;
 mod routing;
 mod run_merges;
+mod run_values;
 mod runs;
 mod scheduler;
 mod shard;
@@ -50,6 +51,7 @@ mod system_record;
 mod tcc;
 mod tcc_book;
 mod tcc_driver;
+mod tcc_ended;
 mod tcc_write;
 mod trade;
 mod trade_cache;
@@ -104,6 +106,7 @@ pub use system_record::{ClaimSettled, LogRecord, OffsetCommit, OrderClaim};
 pub use tcc::{BranchAction, BranchPlan, CancelReason, Decision, Step, TccRecord, BRANCHES_MAX, NO_SHARD, STEPS_MAX};
 pub use tcc_book::{ActivityEntry, ActivityState, BranchEntry, BranchState, StepAnswer, StepOutcome};
 pub use tcc_driver::{finish_activity, run_activity, BranchCall, Driven, StepError, StepSender};
+pub use tcc_ended::{plans_digest, EndedActivity, FoundActivity};
 pub use trade::{
     NewTrade, Receipt, Trade, TradeId, TradeStatus, ValidTrade, AMOUNT_MAX, COUNTER_BITS, LOGICAL_SHARDS_MAX,
     LOGICAL_SHARD_BITS, MEMO_BYTES_MAX, ORDER_NO_BYTES_MAX, REFUND_NO_BYTES_MAX,

@@ -57,8 +57,9 @@ pub(crate) enum Waiter {
     Settled(ShardReply<()>),
     /// An account request.
     Account(ShardReply<AccountReceipt>),
-    /// A local transaction of flexible-transaction steps.
-    Tcc(ShardReply<Vec<StepAnswer>>),
+    /// A local transaction of flexible-transaction steps, with every step's answer as checked
+    /// (the record holds only the steps that were not repeats).
+    Tcc(ShardReply<Vec<StepAnswer>>, Vec<StepAnswer>),
     /// A message write.
     Message(ShardReply<MessageReceipt>),
 }
@@ -71,7 +72,7 @@ impl Waiter {
             Waiter::Claim(reply) => reply.send(Err(error)),
             Waiter::Settled(reply) => reply.send(Err(error)),
             Waiter::Account(reply) => reply.send(Err(error)),
-            Waiter::Tcc(reply) => reply.send(Err(error)),
+            Waiter::Tcc(reply, _) => reply.send(Err(error)),
             Waiter::Message(reply) => reply.send(Err(error)),
         }
     }

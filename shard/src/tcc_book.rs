@@ -15,9 +15,13 @@
 //! recorded: a later Decide of the other outcome is refused naming the decision in force
 //! (`Refusal::DecidedOtherwise`), so that the steps sent with it are not applied.
 //!
-//! Memory: a branch about 64 bytes, an activity about 100 plus 48 per branch; both are kept
-//! after their end (so that late and repeated steps are answered) and are in checkpoints,
-//! except a settlement's credit, forgotten by its trade's shard once completed
+//! Memory: a branch about 64 bytes, an activity about 100 plus 48 per branch, while they are
+//! under way. Once ended (a branch confirmed, cancelled or fenced; an activity completed) they
+//! change no more, and the next checkpoint moves them to runs on disk (`key_runs.rs`), where
+//! late and repeated steps find them: the write path reads them into its scratch view
+//! ([`MoneyView::ended_activity`], and the branch itself) and leaves the steps they answer out
+//! of the record it writes, so no record applied to the durable books ever names an entry that
+//! left memory. A settlement's credit is forgotten by its trade's shard once completed
 //! ([`DECIDED_AT_BEGIN`]).
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -27,6 +31,7 @@ use crate::currency::Currency;
 use crate::error::Refusal;
 use crate::partitioned::PartitionedMap;
 use crate::tcc::{BranchAction, BranchPlan, Decision, Step};
+use crate::tcc_ended::{EndedActivity, FoundActivity};
 
 /// Where a branch stands.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
@@ -38,6 +43,33 @@ pub enum BranchState {
     Cancelled,
     /// Cancelled before any Try: nothing was reserved, and a later Try is refused.
     Fenced,
+}
+
+impl BranchState {
+    /// Its code in checkpoints and runs: 1 tried, 2 confirmed, 3 cancelled, 4 fenced.
+    pub(crate) fn code(self) -> u8 {
+        match self {
+            BranchState::Tried => 1,
+            BranchState::Confirmed => 2,
+            BranchState::Cancelled => 3,
+            BranchState::Fenced => 4,
+        }
+    }
+
+    pub(crate) fn of(code: u8) -> Option<BranchState> {
+        match code {
+            1 => Some(BranchState::Tried),
+            2 => Some(BranchState::Confirmed),
+            3 => Some(BranchState::Cancelled),
+            4 => Some(BranchState::Fenced),
+            _ => None,
+        }
+    }
+
+    /// No step changes it any more.
+    fn ended(self) -> bool {
+        self != BranchState::Tried
+    }
 }
 
 /// A branch this shard takes part in.
@@ -100,6 +132,11 @@ pub(crate) trait MoneyView {
     fn set_branch(&mut self, activity: u128, branch: u16, entry: BranchEntry);
     fn activity(&self, activity: u128) -> Option<ActivityEntry>;
     fn set_activity(&mut self, activity: u128, entry: ActivityEntry);
+    /// A completed activity that is not held ([`MoneyView::activity`] has none) but that a run
+    /// on disk keeps; only the write path's view reads the runs.
+    fn ended_activity(&self, _activity: u128) -> Option<EndedActivity> {
+        None
+    }
     /// Money moves into (`+`) or out of (`-`) the hands of activities.
     fn add_in_transit(&mut self, currency: Currency, amount: i128);
 }
@@ -120,8 +157,8 @@ fn answer(outcome: StepOutcome, repeat: bool) -> Result<StepAnswer, Refusal> {
 /// Applies one step to `view` (see the module's text); a refusal changes nothing.
 pub(crate) fn apply_step(view: &mut impl MoneyView, step: &Step, at_ms: u64) -> Result<StepAnswer, Refusal> {
     match step {
-        Step::Begin { activity, deadline_ms, branches } => match view.activity(*activity) {
-            Some(entry) if entry.branches == *branches => answer(StepOutcome::Begun(entry.state), true),
+        Step::Begin { activity, deadline_ms, branches } => match found(view, *activity) {
+            Some(found) if found.has_branches(branches) => answer(StepOutcome::Begun(found.state()), true),
             Some(_) => Err(Refusal::StepConflict { activity: *activity, reason: "begun with other branches" }),
             None => {
                 let entry = ActivityEntry {
@@ -138,11 +175,11 @@ pub(crate) fn apply_step(view: &mut impl MoneyView, step: &Step, at_ms: u64) -> 
         Step::Confirm { activity, branch } => confirm_branch(view, *activity, *branch),
         Step::Cancel { activity, branch, action } => cancel_branch(view, *activity, *branch, *action),
         Step::Decide { activity, decision } => {
-            let mut entry = view
-                .activity(*activity)
+            let found = found(view, *activity)
                 .ok_or(Refusal::StepConflict { activity: *activity, reason: "decision of an activity never begun" })?;
-            match entry.state {
+            match found.state() {
                 ActivityState::Open => {
+                    let FoundActivity::Held(mut entry) = found else { unreachable!("an open activity is held") };
                     entry.state = ActivityState::Decided(*decision);
                     view.set_activity(*activity, entry);
                     answer(StepOutcome::Decided(*decision), false)
@@ -155,15 +192,16 @@ pub(crate) fn apply_step(view: &mut impl MoneyView, step: &Step, at_ms: u64) -> 
             }
         }
         Step::Complete { activity } => {
-            let mut entry = view.activity(*activity).ok_or(Refusal::StepConflict {
+            let found = found(view, *activity).ok_or(Refusal::StepConflict {
                 activity: *activity,
                 reason: "completion of an activity never begun",
             })?;
-            match entry.state {
+            match found.state() {
                 ActivityState::Open => {
                     Err(Refusal::StepConflict { activity: *activity, reason: "completion before a decision" })
                 }
                 ActivityState::Decided(decision) => {
+                    let FoundActivity::Held(mut entry) = found else { unreachable!("a decided activity is held") };
                     entry.state = ActivityState::Completed(decision);
                     view.set_activity(*activity, entry);
                     answer(StepOutcome::Completed(decision), false)
@@ -171,6 +209,14 @@ pub(crate) fn apply_step(view: &mut impl MoneyView, step: &Step, at_ms: u64) -> 
                 ActivityState::Completed(decision) => answer(StepOutcome::Completed(decision), true),
             }
         }
+    }
+}
+
+/// The activity `view` holds, or else the completed one a run keeps.
+fn found(view: &impl MoneyView, activity: u128) -> Option<FoundActivity> {
+    match view.activity(activity) {
+        Some(entry) => Some(FoundActivity::Held(entry)),
+        None => view.ended_activity(activity).map(FoundActivity::Ended),
     }
 }
 
@@ -347,9 +393,38 @@ impl TccBook {
         (self.branches.len(), self.activities.len())
     }
 
+    /// The ended branches held: a checkpoint moves them to runs.
+    pub(crate) fn ended_branches(&self) -> impl Iterator<Item = (u128, u16, &BranchEntry)> + '_ {
+        self.branches.iter().filter(|(_, entry)| entry.state.ended()).map(|((a, b), entry)| (*a, *b, entry))
+    }
+
+    /// The completed activities held: a checkpoint moves them to runs.
+    pub(crate) fn completed_activities(&self) -> impl Iterator<Item = (u128, EndedActivity)> + '_ {
+        self.activities.iter().filter_map(|(id, entry)| Some((*id, EndedActivity::of(entry)?)))
+    }
+
+    /// Forgets the ended branches and completed activities a durable checkpoint's runs hold
+    /// (an entry ended never changes again).
+    pub(crate) fn forget_ended(&mut self, branches: &[(u128, u16)], activities: &[u128]) {
+        for key in branches {
+            if self.branches.get(key).is_some_and(|entry| entry.state.ended()) {
+                self.branches.remove(key);
+            }
+        }
+        for id in activities {
+            if self.activities.get(id).is_some_and(|entry| matches!(entry.state, ActivityState::Completed(_))) {
+                self.activities.remove(id);
+            }
+        }
+    }
+
+    /// The entries a checkpoint's file holds: those under way, and the money in transit (the
+    /// ended ones are in its runs).
     pub(crate) fn items(&self) -> impl Iterator<Item = TccItem> + '_ {
-        let branches = self.branches.iter().map(|((a, b), entry)| TccItem::Branch(*a, *b, *entry));
-        let activities = self.activities.iter().map(|(id, entry)| TccItem::Activity(*id, entry.clone()));
+        let branches = self.branches.iter().filter(|(_, entry)| !entry.state.ended());
+        let branches = branches.map(|((a, b), entry)| TccItem::Branch(*a, *b, *entry));
+        let activities = self.activities.iter().filter(|(_, entry)| EndedActivity::of(entry).is_none());
+        let activities = activities.map(|(id, entry)| TccItem::Activity(*id, entry.clone()));
         let transit = self.in_transit.iter().map(|(currency, amount)| TccItem::InTransit(*currency, *amount));
         branches.chain(activities).chain(transit)
     }

@@ -6,10 +6,12 @@
 //! A transaction that touches an activity or branch with a step still in flight waits until
 //! that step is durable and is then checked afresh, so the durable state it is checked against
 //! is the state it will apply to. A transaction whose every step repeats one recorded answers
-//! at once and writes nothing. A transaction that finds the log's queue full waits for the
-//! last write in flight to be durable and is checked again, as a parked one is. The begin of an
-//! activity whose id a run of account requests may hold (`key_runs.rs`) waits for one read of
-//! the runs first.
+//! at once and writes nothing; a repeated step among others is answered from the check and left
+//! out of the record. A transaction that finds the log's queue full waits for the
+//! last write in flight to be durable and is checked again, as a parked one is. A step naming an
+//! activity or branch that memory does not hold, and that a run may hold (`key_runs.rs`: an
+//! ended one, or an account request under an activity's id), waits for a read of the runs
+//! first.
 
 use std::collections::{BTreeMap, HashMap};
 use std::rc::Rc;
@@ -22,11 +24,13 @@ use crate::currency::Currency;
 use crate::error::{InputError, LogError, Refusal, TradeError};
 use crate::id_hash::IdMap;
 use crate::key_runs::{read_then, KeyKind, Lookup, RunRead};
+use crate::run_values::branch_key;
 use crate::shard::Shard;
 use crate::state::{Effect, EffectKeys, Inner, ShardReply, Waiter};
 use crate::system_record::LogRecord;
 use crate::tcc::{BranchAction, Step, TccRecord, BRANCHES_MAX, STEPS_MAX};
 use crate::tcc_book::{apply_step, ActivityEntry, BranchEntry, MoneyView, StepAnswer, TccBook};
+use crate::tcc_ended::{EndedActivity, FoundActivity};
 use crate::trade::now_ms;
 use crate::validate::validate_amount;
 
@@ -153,7 +157,28 @@ impl MoneyView for Books<'_> {
     }
 }
 
-/// Durable state seen through the writes in flight, with a transaction's changes on top.
+/// What the runs on disk keep of the branches and activities a transaction names and memory
+/// does not hold.
+#[derive(Default)]
+struct RunsHold {
+    branches: HashMap<(u128, u16), BranchEntry>,
+    activities: HashMap<u128, EndedActivity>,
+}
+
+/// The key a step's entry has in the runs, and which stores hold it.
+fn run_key(step: &Step) -> (u128, KeyKind) {
+    match *step {
+        Step::Try { activity, branch, .. }
+        | Step::Confirm { activity, branch }
+        | Step::Cancel { activity, branch, .. } => (branch_key(activity, branch), KeyKind::Branch { activity, branch }),
+        Step::Begin { activity, .. } | Step::Decide { activity, .. } | Step::Complete { activity } => {
+            (activity, KeyKind::Request)
+        }
+    }
+}
+
+/// Durable state seen through the writes in flight, with a transaction's changes on top (and
+/// under them, the ended entries read from the runs).
 pub(crate) struct Scratch<'a> {
     accounts: &'a AccountBook,
     tcc: &'a TccBook,
@@ -161,12 +186,13 @@ pub(crate) struct Scratch<'a> {
     balances: HashMap<AccountKey, Balance>,
     branches: HashMap<(u128, u16), BranchEntry>,
     activities: HashMap<u128, ActivityEntry>,
+    ended: HashMap<u128, EndedActivity>,
 }
 
 impl<'a> Scratch<'a> {
     pub(crate) fn over(accounts: &'a AccountBook, tcc: &'a TccBook, in_flight: &'a InFlightAccounts) -> Scratch<'a> {
         let (balances, branches, activities) = (HashMap::new(), HashMap::new(), HashMap::new());
-        Scratch { accounts, tcc, in_flight, balances, branches, activities }
+        Scratch { accounts, tcc, in_flight, balances, branches, activities, ended: HashMap::new() }
     }
 
     /// The balances the rules changed.
@@ -195,6 +221,9 @@ impl MoneyView for Scratch<'_> {
     fn set_activity(&mut self, activity: u128, entry: ActivityEntry) {
         self.activities.insert(activity, entry);
     }
+    fn ended_activity(&self, activity: u128) -> Option<EndedActivity> {
+        self.ended.get(&activity).copied()
+    }
     fn add_in_transit(&mut self, _: Currency, _: i128) {}
 }
 
@@ -205,9 +234,15 @@ impl<D: Disk> Shard<D> {
         transact_on(&self.inner, steps, reply)
     }
 
-    /// An activity this shard initiated.
+    /// An activity this shard initiated that memory holds: under way, or completed since the
+    /// last checkpoint ([`Shard::find_activity`] finds the others too).
     pub fn activity(&self, activity: u128) -> Option<ActivityEntry> {
         self.inner.index.borrow().tcc().activity(activity).cloned()
+    }
+
+    /// An activity this shard initiated, held in memory or completed and kept in a run.
+    pub fn find_activity(&self, activity: u128, reply: ShardReply<Option<FoundActivity>>) {
+        find_activity_on(&self.inner, activity, reply, None)
     }
 
     /// The activities this shard initiated that are not completed (recovery drives them).
@@ -222,16 +257,36 @@ impl<D: Disk> Shard<D> {
     }
 }
 
+/// [`Shard::find_activity`], with the id's state read from the runs if it was.
+fn find_activity_on<D: Disk>(
+    inner: &Rc<Inner<D>>,
+    activity: u128,
+    reply: ShardReply<Option<FoundActivity>>,
+    read: Option<RunRead>,
+) {
+    if let Some(entry) = inner.index.borrow().tcc().activity(activity) {
+        return reply.send(Ok(Some(FoundActivity::Held(entry.clone()))));
+    }
+    let lookup = inner.key_runs.borrow().lookup(&inner.index.borrow(), activity, KeyKind::Request, read.as_ref());
+    match lookup {
+        Lookup::Known(state) => reply.send(Ok(state.activity.map(FoundActivity::Ended))),
+        Lookup::MustRead => read_then(inner, activity, KeyKind::Request, reply, move |inner, reply, read| {
+            find_activity_on(inner, activity, reply, Some(read))
+        }),
+    }
+}
+
 /// [`Shard::transact`] on a shard's state (the committer calls it again for parked ones).
 pub(crate) fn transact_on<D: Disk>(inner: &Rc<Inner<D>>, steps: Vec<Step>, reply: ShardReply<Vec<StepAnswer>>) {
     transact_reading(inner, steps, reply, Vec::new())
 }
 
-/// [`transact_on`], with `reads`: the state of activity ids read from the runs of account
-/// requests (an id a run may hold is read before the transaction is checked).
+/// [`transact_on`], with `reads`: what the runs hold of the activities and branches the steps
+/// name (an entry memory does not hold and a run may hold is read before the transaction is
+/// checked, one read at a time).
 fn transact_reading<D: Disk>(
     inner: &Rc<Inner<D>>,
-    steps: Vec<Step>,
+    mut steps: Vec<Step>,
     reply: ShardReply<Vec<StepAnswer>>,
     reads: Vec<RunRead>,
 ) {
@@ -249,35 +304,48 @@ fn transact_reading<D: Disk>(
         return accepted.tcc.parked.entry(seq).or_default().push((steps, reply));
     }
     let index = inner.index.borrow();
-    // An activity's id may be its initiator's account request number (a transfer's): one
-    // number is one request, either an account request or an activity.
-    let mut to_read = None;
+    let mut runs_hold = RunsHold::default();
     for step in &steps {
+        let (key, kind) = run_key(step);
+        let held = match kind {
+            KeyKind::Branch { activity, branch } => index.tcc().branch(activity, branch).is_some(),
+            _ => index.tcc().activity(step.activity()).is_some(),
+        };
+        // A Begin asks even of an activity held: its id must not be an account request's.
+        if held && !matches!(step, Step::Begin { .. }) {
+            continue;
+        }
+        let read = reads.iter().find(|read| read.key == key);
+        let state = match inner.key_runs.borrow().lookup(&index, key, kind, read) {
+            Lookup::Known(state) => state,
+            Lookup::MustRead => {
+                drop((accepted, index));
+                return read_then(inner, key, kind, reply, move |inner, reply, read| {
+                    let mut reads = reads;
+                    reads.push(read);
+                    transact_reading(inner, steps, reply, reads)
+                });
+            }
+        };
+        // An activity's id may be its initiator's account request number (a transfer's): one
+        // number is one request, either an account request or an activity.
         if let Step::Begin { activity, .. } = step {
-            let read = reads.iter().find(|read| read.key == *activity);
-            let made = match inner.key_runs.borrow().lookup(&index, *activity, KeyKind::Request, read) {
-                Lookup::Known(state) => state.request.is_some() || accepted.accounts.has_request(*activity),
-                Lookup::MustRead => {
-                    to_read = Some(*activity);
-                    break;
-                }
-            };
-            if made {
+            if state.request.is_some() || accepted.accounts.has_request(*activity) {
                 let reason = "the activity's id is an account request already made";
                 return reply.send(Err(Refusal::StepConflict { activity: *activity, reason }.into()));
             }
         }
-    }
-    if let Some(activity) = to_read {
-        drop((accepted, index));
-        return read_then(inner, activity, KeyKind::Request, reply, move |inner, reply, read| {
-            let mut reads = reads;
-            reads.push(read);
-            transact_reading(inner, steps, reply, reads)
-        });
+        if let (Some(ended), false) = (state.activity, held) {
+            runs_hold.activities.insert(step.activity(), ended);
+        }
+        if let (Some(entry), KeyKind::Branch { activity, branch }) = (state.branch, kind) {
+            runs_hold.branches.insert((activity, branch), entry);
+        }
     }
     let at_ms = now_ms();
     let mut scratch = Scratch::over(index.accounts(), index.tcc(), &accepted.accounts);
+    scratch.branches = runs_hold.branches;
+    scratch.ended = runs_hold.activities;
     let mut answers = Vec::with_capacity(steps.len());
     for step in &steps {
         match apply_step(&mut scratch, step, at_ms) {
@@ -288,15 +356,23 @@ fn transact_reading<D: Disk>(
     if answers.iter().all(|answer| answer.repeat) {
         return reply.send(Ok(answers));
     }
+    // A repeated step changes nothing: it is answered from this check and left out of the
+    // record, so that no record names an entry a checkpoint may have moved to a run.
+    let repeats = answers.iter().any(|answer| answer.repeat);
+    let written = match repeats {
+        false => std::mem::take(&mut steps),
+        true => steps.iter().zip(&answers).filter(|(_, answer)| !answer.repeat).map(|(step, _)| step.clone()).collect(),
+    };
+    let record = TccRecord { at_ms, steps: written };
     let balances = scratch.into_balances();
-    let record = TccRecord { at_ms, steps };
     let ticket = match inner.wal.enqueue(&record.encode()) {
         Ok(ticket) => ticket,
         // The log's queue is full: the steps of an activity wait here, for the last write in
         // flight to be durable, rather than be refused midway through an activity.
         Err(LogError::Backpressure { .. }) if !accepted.effects.is_empty() => {
             let last = accepted.effects.back().expect("checked").seq;
-            return accepted.tcc.parked.entry(last).or_default().push((record.steps, reply));
+            let steps = if repeats { steps } else { record.steps };
+            return accepted.tcc.parked.entry(last).or_default().push((steps, reply));
         }
         Err(error) => return reply.send(Err(error.into())),
     };
@@ -314,7 +390,7 @@ fn transact_reading<D: Disk>(
         ticket: Some(ticket),
         record,
         keys: EffectKeys::None,
-        waiter: Waiter::Tcc(reply),
+        waiter: Waiter::Tcc(reply, answers),
         after: None,
     });
 }

@@ -208,7 +208,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         };
         println!(
             "shard {}: {} trades ({} in memory); log {}..{} in {} segments ({:.1} MiB); {checkpoint}; created parts {:.1} MiB; \
-             {} order keys in {} runs ({:.1} MiB, {:.1} MiB in memory); open {} ms, {} records replayed, {} segments skipped{}",
+             {} keys in {} runs ({:.1} MiB, {:.1} MiB in memory); open {} ms, {} records replayed, {} segments skipped{}",
             s.shard,
             s.trades,
             s.trades_in_memory,

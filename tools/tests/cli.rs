@@ -102,12 +102,20 @@ fn load_transfers_report_their_rate_and_conserve_money() {
     assert_eq!(report["conservation_ok"], true, "{report}");
     assert_eq!(report["money_counted"].as_i64(), report["money_deposited"].as_i64());
     assert_eq!((report["in_transit_at_end"].as_i64(), report["errors"].as_u64()), (Some(0), Some(0)));
-    // `inspect` counts the accounts and activities, and lists none in doubt.
+    // `inspect` counts the accounts, and lists no activity in doubt. The close's checkpoint
+    // moved every completed activity and ended branch to runs, with the request numbers of the
+    // deposits and of the transfers within a shard: memory holds none of them.
     let inspect = json(&tradeshard(&["inspect", "--dir", "d", "--json"], dir.path()));
     let shards = inspect["shards"].as_array().unwrap();
     let sum = |key: &str| shards.iter().map(|shard| shard[key].as_u64().unwrap()).sum::<u64>();
     assert_eq!(sum("accounts"), 200, "{inspect}");
-    assert_eq!(sum("activities"), cross, "one activity per transfer across shards: {inspect}");
+    assert_eq!((sum("activities"), sum("branches"), sum("account_requests")), (0, 0, 0), "{inspect}");
+    let in_runs = 200 + (transfers - cross) + 3 * cross;
+    assert_eq!(
+        sum("key_run_entries"),
+        in_runs,
+        "deposits, transfers within a shard, activities and branches: {inspect}"
+    );
     assert!(shards.iter().all(|shard| shard["activities_in_doubt"].as_array().is_some_and(Vec::is_empty)));
 }
 

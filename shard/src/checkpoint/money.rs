@@ -33,7 +33,7 @@ pub(super) fn encode(item: &Item, out: &mut Vec<u8>) {
             out.push(KIND_BRANCH);
             out.extend_from_slice(&activity.to_le_bytes());
             out.extend_from_slice(&branch.to_le_bytes());
-            out.push(branch_state_code(entry.state));
+            out.push(entry.state.code());
             push_action(out, &entry.action);
         }
         Item::Tcc(TccItem::Activity(id, entry)) => {
@@ -98,13 +98,7 @@ pub(super) fn decode(kind: u8, reader: &mut Reader<'_>) -> Result<Item, &'static
         }
         KIND_BRANCH => {
             let (activity, branch) = (reader.u128()?, reader.u16()?);
-            let state = match reader.u8()? {
-                1 => BranchState::Tried,
-                2 => BranchState::Confirmed,
-                3 => BranchState::Cancelled,
-                4 => BranchState::Fenced,
-                _ => return Err("checkpoint branch of an unknown state"),
-            };
+            let state = BranchState::of(reader.u8()?).ok_or("checkpoint branch of an unknown state")?;
             Item::Tcc(TccItem::Branch(activity, branch, BranchEntry { action: reader.action()?, state }))
         }
         KIND_ACTIVITY => {
@@ -127,15 +121,6 @@ pub(super) fn decode(kind: u8, reader: &mut Reader<'_>) -> Result<Item, &'static
         }
         _ => return Err("checkpoint entry of an unknown kind"),
     })
-}
-
-fn branch_state_code(state: BranchState) -> u8 {
-    match state {
-        BranchState::Tried => 1,
-        BranchState::Confirmed => 2,
-        BranchState::Cancelled => 3,
-        BranchState::Fenced => 4,
-    }
 }
 
 fn currency(reader: &mut Reader<'_>) -> Result<Currency, &'static str> {

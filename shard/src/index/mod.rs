@@ -165,6 +165,11 @@ impl ShardIndex {
         &self.tcc
     }
 
+    /// The branches and activities, to forget those a checkpoint's runs hold.
+    pub(crate) fn tcc_mut(&mut self) -> &mut TccBook {
+        &mut self.tcc
+    }
+
     /// The accounts and the flexible transactions together, as the rules of a step see them.
     pub(crate) fn books(&mut self) -> Books<'_> {
         Books { accounts: &mut self.accounts, tcc: &mut self.tcc }
