@@ -1,7 +1,6 @@
 //! Where a shard keeps its order keys, refunds, account request numbers, users' lists and ended
-//! flexible transactions once a checkpoint holds them: on disk, in sorted runs (`runs/`), so that memory holds only what was
-//! added since the last checkpoint, not every trade's keys. Each checkpoint writes one new run
-//! of each store; merges happen apart from it (`run_merges.rs`).
+//! flexible transactions once a checkpoint holds them: on disk, in sorted runs (`runs/`), so
+//! that memory holds only what was added since the last checkpoint, not every trade's keys.
 //!
 //! Seven stores of runs per shard: `orders` (order key → the shard's trade with that order
 //! number and its body hash), `claims` (order key → the confirmed claim of a buyer of another
@@ -11,18 +10,18 @@
 //! ended branch of a flexible transaction), `activities` (a completed activity: an activity's id
 //! is its initiator's request key, so one number is an account request or an activity, and a
 //! request key is asked of both stores) and `users` (user and trade id → nothing: a user's
-//! trades are a range of keys, in creation order, since a user's trade ids grow with time). Pending claims are few and stay in memory and in the
-//! checkpoint file. Each checkpoint writes what was applied since the one before as one new run
-//! of each store; merges follow on a task of their own (`run_merges.rs`); the checkpoint file
-//! lists the runs in force (`Item::Run`). A run is removed once it is not in force, neither
-//! the latest checkpoint nor the one before it (the fallback) lists it, and no merge is
+//! trades are a range of keys, in creation order, since a user's trade ids grow with time).
+//! Pending claims, tried branches and activities under way are few and stay in memory and in
+//! the checkpoint file. Each checkpoint writes what was applied since the one before as one new
+//! run of each store; merges follow on a task of their own (`run_merges.rs`); the checkpoint
+//! file lists the runs in force (`Item::Run`). A run is removed once it is not in force,
+//! neither the latest checkpoint nor the one before it (the fallback) lists it, and no merge is
 //! writing it.
 //!
 //! Asking for a key (an order key by a create, a refund key by a refund, a request key by an
-//! account request or the begin of a transfer's activity, a branch by a step of it): the memory
-//! first (the index's keys
-//! since the last checkpoint, and the pending claims), then the runs' Bloom filters; only a
-//! key some filter may hold is read from disk (one 4 KiB read per run that may hold it), by a
+//! account request or a step of an activity, a branch key by a step of a branch): the memory
+//! first (the keys since the last checkpoint, the pending claims, the entries under way), then
+//! the runs' Bloom filters; only a key some filter may hold is read from disk (one 4 KiB read per run that may hold it), by a
 //! task, after which the request is checked again with what was read ([`RunRead`]). A read is
 //! good only for the sets it was made against: a checkpoint that moves keys from memory into a
 //! new run, or a merge, changes the generation, and a request holding an older read reads

@@ -423,7 +423,8 @@ impl TccBook {
     pub(crate) fn items(&self) -> impl Iterator<Item = TccItem> + '_ {
         let branches = self.branches.iter().filter(|(_, entry)| !entry.state.ended());
         let branches = branches.map(|((a, b), entry)| TccItem::Branch(*a, *b, *entry));
-        let activities = self.activities.iter().filter(|(_, entry)| EndedActivity::of(entry).is_none());
+        let activities =
+            self.activities.iter().filter(|(_, entry)| !matches!(entry.state, ActivityState::Completed(_)));
         let activities = activities.map(|(id, entry)| TccItem::Activity(*id, entry.clone()));
         let transit = self.in_transit.iter().map(|(currency, amount)| TccItem::InTransit(*currency, *amount));
         branches.chain(activities).chain(transit)

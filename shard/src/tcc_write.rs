@@ -157,14 +157,6 @@ impl MoneyView for Books<'_> {
     }
 }
 
-/// What the runs on disk keep of the branches and activities a transaction names and memory
-/// does not hold.
-#[derive(Default)]
-struct RunsHold {
-    branches: HashMap<(u128, u16), BranchEntry>,
-    activities: HashMap<u128, EndedActivity>,
-}
-
 /// The key a step's entry has in the runs, and which stores hold it.
 fn run_key(step: &Step) -> (u128, KeyKind) {
     match *step {
@@ -304,7 +296,8 @@ fn transact_reading<D: Disk>(
         return accepted.tcc.parked.entry(seq).or_default().push((steps, reply));
     }
     let index = inner.index.borrow();
-    let mut runs_hold = RunsHold::default();
+    // What the runs keep of the branches and activities the steps name and memory does not hold.
+    let (mut run_branches, mut run_activities) = (HashMap::new(), HashMap::new());
     for step in &steps {
         let (key, kind) = run_key(step);
         let held = match kind {
@@ -336,16 +329,15 @@ fn transact_reading<D: Disk>(
             }
         }
         if let (Some(ended), false) = (state.activity, held) {
-            runs_hold.activities.insert(step.activity(), ended);
+            run_activities.insert(step.activity(), ended);
         }
         if let (Some(entry), KeyKind::Branch { activity, branch }) = (state.branch, kind) {
-            runs_hold.branches.insert((activity, branch), entry);
+            run_branches.insert((activity, branch), entry);
         }
     }
     let at_ms = now_ms();
     let mut scratch = Scratch::over(index.accounts(), index.tcc(), &accepted.accounts);
-    scratch.branches = runs_hold.branches;
-    scratch.ended = runs_hold.activities;
+    (scratch.branches, scratch.ended) = (run_branches, run_activities);
     let mut answers = Vec::with_capacity(steps.len());
     for step in &steps {
         match apply_step(&mut scratch, step, at_ms) {
