@@ -3,7 +3,8 @@
 //! in memory (a repeat, or the same refusal), nothing moves money twice, a transaction mixing a
 //! repeat with a new step writes and applies only the new one, an account request cannot take a
 //! completed activity's number, memory and the checkpoint no longer grow with the activities,
-//! all of it again after a reopen; a failed read of a run refuses the steps and changes nothing.
+//! all of it again after a reopen; a failed read of a run refuses the steps and changes nothing;
+//! reads made stale by a checkpoint that replaced the runs are made again, and still answer.
 
 use tradeshard_shard::{
     account_request_key, ActivityState, Balance, BranchAction, BranchPlan, CancelReason, Currency, Decision,
@@ -242,5 +243,57 @@ fn a_failed_read_of_a_run_refuses_the_steps_and_changes_nothing() {
         let again = send(&shard, vec![late]).await;
         assert!(matches!(again, Err(TradeError::Refused(Refusal::BranchCancelled { .. }))), "{again:?}");
         shard.close().await.unwrap();
+    });
+}
+
+/// Late steps whose reads of the runs race with checkpoints that install new runs (each read
+/// then found stale and made again) all answer, as repeats, and move nothing.
+#[test]
+fn late_steps_answer_while_checkpoints_replace_the_runs_they_read() {
+    run(async {
+        let disk = SimDisk::new();
+        let shard = std::rc::Rc::new(open(&disk).await.unwrap());
+        let deposit = AccountCommand::new(AccountOp::Deposit, 1, "CNY", 10_000, "D").unwrap();
+        call(|reply| shard.post(deposit, reply)).await.unwrap();
+        for n in 0..40 {
+            Activity { n }.run(&shard).await;
+        }
+        shard.checkpoint().await.unwrap();
+        // Reads complete after 0 to 3 yields, so that a checkpoint installs its runs while
+        // some are in flight.
+        disk.slow_reads(7);
+        let mut stale_reads_made_again = 0;
+        for round in 0..20u64 {
+            // Something for the checkpoint to move: an activity ended since the last one.
+            Activity { n: 1_000 + round }.run(&shard).await;
+            let before = balances(&shard);
+            let reads = shard.stats().checkpoints.key_run_reads;
+            let late: Vec<_> = (0..40)
+                .map(|n| {
+                    let shard = shard.clone();
+                    glommio::spawn_local(async move { send(&shard, Activity { n }.decide()).await }).detach()
+                })
+                .collect();
+            let checkpoint = shard.checkpoint();
+            let answers = glommio::timer::timeout(std::time::Duration::from_secs(10), async {
+                checkpoint.await.unwrap();
+                let mut answers = Vec::new();
+                for task in late {
+                    answers.push(task.await.expect("the task ran"));
+                }
+                Ok(answers)
+            })
+            .await
+            .unwrap_or_else(|_| panic!("round {round}: late steps left unanswered"));
+            for (n, answer) in answers.into_iter().enumerate() {
+                let answer = answer.unwrap_or_else(|e| panic!("round {round}, activity {n}: {e:?}"));
+                assert!(answer.iter().all(|step| step.repeat), "round {round}, activity {n}: {answer:?}");
+            }
+            assert_eq!(balances(&shard), before, "round {round}: the late steps moved nothing");
+            // Three keys an activity: more reads than that were reads made again.
+            stale_reads_made_again += (shard.stats().checkpoints.key_run_reads - reads).saturating_sub(40 * 3);
+        }
+        assert!(stale_reads_made_again > 0, "no read of the runs was made stale by a checkpoint");
+        std::rc::Rc::into_inner(shard).expect("the tasks ended").close().await.unwrap();
     });
 }

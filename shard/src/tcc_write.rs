@@ -314,7 +314,10 @@ fn transact_reading<D: Disk>(
             Lookup::MustRead => {
                 drop((accepted, index));
                 return read_then(inner, key, kind, reply, move |inner, reply, read| {
+                    // A read of this key made before the runs changed is stale: the new one
+                    // stands in its place, or the lookup would keep finding the stale one.
                     let mut reads = reads;
+                    reads.retain(|earlier| earlier.key != read.key);
                     reads.push(read);
                     transact_reading(inner, steps, reply, reads)
                 });

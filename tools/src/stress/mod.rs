@@ -10,7 +10,8 @@
 //! data directory is started every `--cycles-per-dir` cycles so that a long campaign also
 //! covers recovery of young logs and keeps each check bounded.
 //!
-//! A violation prints the cycle and the seed, keeps the directory, and exits non-zero. Timing
+//! A violation prints the cycle and the seed, keeps the directory, and exits non-zero; so does
+//! a step of a cycle that stalls past `--stall-secs` (a request never answered). Timing
 //! decides where a kill lands, so a seed fixes the workload and the kill delays, not the
 //! instant within the child's progress.
 
@@ -23,7 +24,7 @@ mod money;
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
-use std::sync::mpsc;
+use std::sync::{mpsc, Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, bail, Context};
@@ -53,6 +54,10 @@ pub struct Args {
     /// Longest time the child runs after opening before it is killed, in milliseconds.
     #[arg(long, default_value_t = 200)]
     run_ms_max: u64,
+    /// Seconds one step of a cycle may take before the campaign fails as stalled (a request
+    /// that never answers is a violation too, and must name where it stopped).
+    #[arg(long, default_value_t = 300)]
+    stall_secs: u64,
     /// Print the summary as one JSON object on stdout.
     #[arg(long)]
     json: bool,
@@ -88,8 +93,13 @@ struct Summary {
 }
 
 pub fn run(args: Args) -> anyhow::Result<()> {
-    if args.cycles_per_dir == 0 || args.workers == 0 || args.workers > 256 || args.run_ms_max == 0 {
-        bail!("--cycles-per-dir, --workers (at most 256) and --run-ms-max must be above zero");
+    if args.cycles_per_dir == 0
+        || args.workers == 0
+        || args.workers > 256
+        || args.run_ms_max == 0
+        || args.stall_secs == 0
+    {
+        bail!("--cycles-per-dir, --workers (at most 256), --run-ms-max and --stall-secs must be above zero");
     }
     let seed = args.seed.unwrap_or_else(|| {
         std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(1, |d| d.as_nanos() as u64)
@@ -98,6 +108,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     let root = DataDir::new(args.dir.as_deref(), "tradeshard-stress")?;
     eprintln!("stress: {} cycles, seed {seed}, in {}", args.cycles, root.path().display());
     let started = Instant::now();
+    let watchdog = Watchdog::start(Duration::from_secs(args.stall_secs), seed, root.path());
     let mut summary = Summary { seed, ..Summary::default() };
     let mut rng = fastrand::Rng::with_seed(seed);
     let mut model = model::Model::default();
@@ -114,8 +125,9 @@ pub fn run(args: Args) -> anyhow::Result<()> {
             summary.data_dirs += 1;
         }
         let cycle_seed = rng.u64(..);
+        let models = (&mut model, &mut money);
         if let Err(violation) =
-            run_cycle(&args, &mut rng, &data, root.path(), cycle, cycle_seed, (&mut model, &mut money), &mut summary)
+            run_cycle(&args, &mut rng, &data, root.path(), (cycle, cycle_seed), models, &watchdog, &mut summary)
         {
             let kept = root.keep();
             eprintln!("stress: VIOLATION in cycle {cycle} (seed {seed}, cycle seed {cycle_seed}): {violation:#}");
@@ -188,11 +200,12 @@ fn run_cycle(
     rng: &mut fastrand::Rng,
     data: &Path,
     root: &Path,
-    cycle: u64,
-    cycle_seed: u64,
+    (cycle, cycle_seed): (u64, u64),
     (model, money): (&mut model::Model, &mut money::MoneyModel),
+    watchdog: &Watchdog,
     summary: &mut Summary,
 ) -> anyhow::Result<()> {
+    watchdog.enter(cycle, "starting and killing the child");
     let journal_dir = root.join("journal");
     if journal_dir.exists() {
         std::fs::remove_dir_all(&journal_dir)?;
@@ -245,6 +258,7 @@ fn run_cycle(
     if std::os::unix::process::ExitStatusExt::signal(&status) != Some(9) {
         return Err(child_failed(status));
     }
+    watchdog.enter(cycle, "merging the journals");
     for entry in std::fs::read_dir(&journal_dir)? {
         let entries = journal::read(&entry?.path())?;
         summary.journal_entries += entries.len() as u64;
@@ -261,16 +275,21 @@ fn run_cycle(
     // One executor: glommio 0.9 keeps one eventfd of every executor it ever ran (glommio
     // issue 448), so each check costs the parent one descriptor; see `check_descriptor_budget`.
     let options = Options { executors: Some(1), ..engine_options(data) };
+    watchdog.enter(cycle, "reopening the engine");
     let engine = Engine::open(options).context("reopening after the kill")?;
     for shard in engine.handle().stats_blocking()?.shards {
         summary.shard_opens_from_checkpoint += u64::from(shard.opened.checkpoint.is_some());
         summary.replayed_records += shard.opened.replayed_records;
         summary.shard_opens_with_retained_log += u64::from(shard.log_first > 0);
     }
+    watchdog.enter(cycle, "checking the trades");
     let checked = model.verify(&engine.handle()).and_then(|mut checked| {
+        watchdog.enter(cycle, "sending lost trade requests again");
         model.retry_lost(&engine.handle(), &mut checked)?;
+        watchdog.enter(cycle, "sending lost money requests again and checking the balances");
         Ok((checked, money.verify(&engine.handle())?))
     });
+    watchdog.enter(cycle, "closing the engine");
     let closed = engine.close();
     // A violation found by the check is the news; a failed close only after it.
     let (checked, money_checked) = checked?;
@@ -284,4 +303,49 @@ fn run_cycle(
     summary.retries_sent += checked.retries_sent;
     summary.retries_answered_as_repeat += checked.retries_answered_as_repeat;
     Ok(())
+}
+
+/// The step name that stops the watchdog.
+const DONE: &str = "";
+
+/// Ends the campaign when one step of a cycle runs past its limit: it prints the cycle, the
+/// step and the seed, leaves the directories where they are, and exits with status 2 (the
+/// stalled step's thread cannot be stopped from outside).
+struct Watchdog {
+    /// The cycle and step under way, and when the step began.
+    step: Arc<Mutex<(u64, &'static str, Instant)>>,
+}
+
+impl Watchdog {
+    fn start(limit: Duration, seed: u64, root: &Path) -> Watchdog {
+        let step = Arc::new(Mutex::new((0, "starting", Instant::now())));
+        let (watched, root) = (step.clone(), root.to_path_buf());
+        std::thread::spawn(move || loop {
+            std::thread::sleep(Duration::from_secs(1).min(limit));
+            let (cycle, name, since) = *watched.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+            if name == DONE {
+                return;
+            }
+            if since.elapsed() > limit {
+                eprintln!(
+                    "stress: STALLED in cycle {cycle} (seed {seed}): {name} took more than {} s; the directories are \
+                     kept in {}",
+                    limit.as_secs(),
+                    root.display()
+                );
+                std::process::exit(2);
+            }
+        });
+        Watchdog { step }
+    }
+
+    fn enter(&self, cycle: u64, name: &'static str) {
+        *self.step.lock().unwrap_or_else(|poisoned| poisoned.into_inner()) = (cycle, name, Instant::now());
+    }
+}
+
+impl Drop for Watchdog {
+    fn drop(&mut self) {
+        self.enter(0, DONE);
+    }
 }
