@@ -2,7 +2,8 @@
 //! refunded, a consumer committing offsets, and checkpoints taken all the while, each followed
 //! by retention (segments removed past a byte budget); the simulated machine loses power at a
 //! random operation, during a checkpoint's write, its switch, the copy of created parts or a
-//! segment's removal as often as anywhere else; the shard reopens from whatever checkpoint
+//! segment's removal (a rename to a free file) and a free file's reuse as a new segment as
+//! often as anywhere else; the shard reopens from whatever checkpoint
 //! survived, over and over.
 //!
 //! After every reopen: every acknowledged trade is there in its acknowledged state or a later
@@ -64,6 +65,8 @@ struct Seen {
     checkpoints: u64,
     opened_from_checkpoint: u64,
     segments_removed: u64,
+    /// Segments made from files retention removed (the crashes land in their reuse too).
+    segments_recycled: u64,
     offsets_retained_away: u64,
     trades_evicted: u64,
     /// Opens that found order keys in runs on disk (the repeated creates read them).
@@ -255,6 +258,7 @@ async fn run_seed(seed: u64, seen: Rc<RefCell<Seen>>) -> Result<usize, String> {
             let mut seen = seen.borrow_mut();
             seen.checkpoints += stats.checkpoints.written;
             seen.segments_removed += stats.wal.segments_removed;
+            seen.segments_recycled += stats.wal.segments_recycled;
             seen.trades_evicted += stats.checkpoints.trades_evicted;
             seen.offsets_retained_away += retained_away;
         }
@@ -271,10 +275,11 @@ fn power_loss_during_checkpoints_and_retention_loses_nothing_acknowledged() {
     let (count, checked) = run_campaign(200, move |seed| run_seed(seed, totals.clone()));
     let seen = seen.borrow();
     println!(
-        "checkpoint campaign: {count} seeds, {checked} checks, {} checkpoints, {} opens from a checkpoint, {} segments removed, {} offsets retained away, {} trades left memory, {} opens with order keys in runs",
+        "checkpoint campaign: {count} seeds, {checked} checks, {} checkpoints, {} opens from a checkpoint, {} segments removed, {} recycled, {} offsets retained away, {} trades left memory, {} opens with order keys in runs",
         seen.checkpoints,
         seen.opened_from_checkpoint,
         seen.segments_removed,
+        seen.segments_recycled,
         seen.offsets_retained_away,
         seen.trades_evicted,
         seen.opened_with_key_runs
@@ -283,6 +288,7 @@ fn power_loss_during_checkpoints_and_retention_loses_nothing_acknowledged() {
         assert!(checked > 1000, "the campaign must check trades: {checked}");
         assert!(seen.opened_from_checkpoint > count as u64, "opens must start from checkpoints");
         assert!(seen.segments_removed > count as u64, "retention must remove segments");
+        assert!(seen.segments_recycled > count as u64, "removed segments must be made segments again");
         assert!(seen.trades_evicted > count as u64, "trades must leave memory for the table");
         assert!(seen.opened_with_key_runs > count as u64, "repeated creates must find their keys in runs");
     }

@@ -35,6 +35,7 @@ pub fn small_config() -> WalConfig {
         read_chunk_bytes: 16 << 10,
         index_interval_bytes: 8 << 10,
         recent_frames_bytes: 0,
+        recycled_segments_max: 4,
     }
 }
 

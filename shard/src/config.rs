@@ -57,6 +57,7 @@ impl ShardConfig {
             pending_records_max: self.pending_records_max.max(PENDING_RECORDS_MIN),
             frame_payload_bytes_max: FRAME_PAYLOAD_BYTES,
             record_bytes_max: LOG_RECORD_BYTES_MAX as u32,
+            recycled_segments_max: self.upkeep.recycled_segments_max,
             ..WalConfig::default()
         }
     }

@@ -29,6 +29,10 @@ pub struct Upkeep {
     pub retention_time: Option<Duration>,
     /// The oldest segments go while the log without them still holds this many bytes.
     pub retention_bytes: Option<u64>,
+    /// Segments that retention took, kept as files to be made the next segments (at most
+    /// this many, each `segment_bytes` of disk), so that a roll writes no new file; 0 removes
+    /// them (`WalConfig::recycled_segments_max`).
+    pub recycled_segments_max: usize,
     /// A group that committed nothing for this long expires: its offsets are forgotten and no
     /// longer hold the log (Kafka's `offsets.retention.minutes`).
     pub group_idle_expiry: Option<Duration>,
@@ -71,6 +75,7 @@ impl Default for Upkeep {
             checkpoint_on_close: true,
             retention_time: Some(WEEK),
             retention_bytes: None,
+            recycled_segments_max: 4,
             group_idle_expiry: Some(WEEK),
             trade_memory_bytes: 512 << 20,
             messages: crate::message_book::MessagePolicy::default(),

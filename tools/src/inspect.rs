@@ -53,6 +53,9 @@ struct ShardReport {
     shard: u32,
     segments: u64,
     segment_bytes: u64,
+    /// Segments retention removed, kept as files for the next segments, and their bytes.
+    free_segments: u64,
+    free_segment_bytes: u64,
     /// The first offset the log still holds, and the offset after its last record.
     log_first: u64,
     log_end: u64,
@@ -125,6 +128,8 @@ pub fn run(args: Args) -> anyhow::Result<()> {
             shard: shard.shard,
             segments: shard.segments,
             segment_bytes: shard.segment_bytes,
+            free_segments: shard.wal.free_segments,
+            free_segment_bytes: shard.wal.free_segments * shard.segment_bytes / shard.segments.max(1),
             log_first: shard.log_first,
             log_end: shard.log_end,
             checkpoint_position: checkpoint,
@@ -207,7 +212,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
             _ => "no checkpoint".into(),
         };
         println!(
-            "shard {}: {} trades ({} in memory); log {}..{} in {} segments ({:.1} MiB); {checkpoint}; created parts {:.1} MiB; \
+            "shard {}: {} trades ({} in memory); log {}..{} in {} segments ({:.1} MiB, {} free files of {:.1} MiB); {checkpoint}; created parts {:.1} MiB; \
              {} keys in {} runs ({:.1} MiB, {:.1} MiB in memory); open {} ms, {} records replayed, {} segments skipped{}",
             s.shard,
             s.trades,
@@ -216,6 +221,8 @@ pub fn run(args: Args) -> anyhow::Result<()> {
             s.log_end,
             s.segments,
             s.segment_bytes as f64 / (1 << 20) as f64,
+            s.free_segments,
+            s.free_segment_bytes as f64 / (1 << 20) as f64,
             s.parts_bytes as f64 / (1 << 20) as f64,
             s.key_run_entries,
             s.key_runs,

@@ -7,6 +7,9 @@
 
 use std::time::Duration;
 
+/// The most free segments a log may keep (`WalConfig::recycled_segments_max`).
+const RECYCLED_SEGMENTS_LIMIT: usize = 64;
+
 use crate::error::{Error, Result};
 use crate::layout::{
     align_up, BLOCK_BYTES, FRAME_HEADER_BYTES, FRAME_PAYLOAD_BYTES_LIMIT, PIECE_HEADER_BYTES, RECORD_PREFIX_BYTES,
@@ -86,6 +89,10 @@ pub struct WalConfig {
     /// the writer (a tailing consumer, a read of a record just written): they read no device.
     /// 0 keeps none.
     pub recent_frames_bytes: usize,
+    /// Most segments that retention removed kept as free files, to be made the next segments
+    /// instead of new files (`recycle.rs`): at most this many times `segment_bytes` of disk
+    /// held beside the log. 0 removes every segment retention takes.
+    pub recycled_segments_max: usize,
 }
 
 impl Default for WalConfig {
@@ -104,6 +111,7 @@ impl Default for WalConfig {
             read_chunk_bytes: 1 << 20,
             index_interval_bytes: 64 << 10,
             recent_frames_bytes: 8 << 20,
+            recycled_segments_max: 4,
         }
     }
 }
@@ -155,6 +163,12 @@ impl WalConfig {
         }
         if self.read_chunk_bytes < BLOCK_BYTES as usize || self.index_interval_bytes == 0 {
             return fail("read_chunk_bytes must be at least one block and index_interval_bytes above 0".into());
+        }
+        if self.recycled_segments_max > RECYCLED_SEGMENTS_LIMIT {
+            return fail(format!(
+                "recycled_segments_max {} is above {RECYCLED_SEGMENTS_LIMIT}",
+                self.recycled_segments_max
+            ));
         }
         if let Durability::Buffered { sync_interval } = self.durability {
             if sync_interval.is_zero() {

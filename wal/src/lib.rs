@@ -26,6 +26,7 @@ mod reader;
 mod recent;
 mod record;
 mod recovery;
+mod recycle;
 mod roll;
 mod segment;
 mod state;

@@ -7,7 +7,10 @@
 //! `synced_seq` (every record below it was durable when the frame was written), which is that
 //! proof: a later frame whose `synced_seq` is above the damaged frame's first record means the
 //! damage hit durable data. A torn tail is truncated and the truncation synced; corruption
-//! fails the open with the segment and offset, and nothing is changed.
+//! fails the open with the segment and offset, and nothing is changed. A sealed segment ends
+//! where the next one begins, and nothing after its last frame is read: a recycled file
+//! (`recycle.rs`) holds old frames there, numbered below its first record, which past the
+//! last segment's tail count as space never written.
 //!
 //! Recovery reads only: what it would change (cut a torn tail, remove a torn segment creation
 //! or a leftover preparation) it notes as [`Repair`]s, made by [`repair`] when the owner
@@ -29,6 +32,7 @@ use crate::disk::{Disk, DiskFile};
 use crate::error::{Error, Result};
 use crate::layout::{BLOCK_BYTES, FRAME_HEADER_BYTES, SEGMENT_HEADER_BYTES, SEGMENT_VERSION};
 use crate::record::records;
+use crate::recycle;
 use crate::segment::{self, HeaderDefect, SegmentHeader};
 use crate::state::SegmentState;
 
@@ -81,6 +85,8 @@ pub(crate) struct Recovered<F> {
     pub report: RecoveryReport,
     /// In the order they are to be made.
     pub repairs: Vec<Repair>,
+    /// The free files beside the log (`recycle.rs`), adopted when the log starts.
+    pub free: Vec<String>,
 }
 
 fn corruption<D: Disk>(disk: &D, name: &str, offset: u64, reason: &'static str) -> Error {
@@ -106,6 +112,7 @@ pub(crate) async fn recover<D: Disk>(
         last_checksum: 0,
         report: RecoveryReport::default(),
         repairs: Vec::new(),
+        free: names.iter().filter(|name| recycle::is_free_name(name)).cloned().collect(),
     };
     let mut expected: Option<u64> = None;
     // The chain seed of a segment after a skipped one cannot be checked: its predecessor's
@@ -125,7 +132,7 @@ pub(crate) async fn recover<D: Disk>(
         let header = match read_header(disk, &name, &file, config).await? {
             Ok(header) => header,
             Err(reason) => {
-                let rest = scan_rest(&file, size, BLOCK_BYTES, 0, config).await;
+                let rest = scan_rest(&file, size, BLOCK_BYTES, (0, base), config).await;
                 let torn_creation = is_last && rest.is_ok_and(|rest| rest.proof.is_none());
                 if !torn_creation {
                     return Err(corruption(disk, &name, 0, reason));
@@ -163,8 +170,9 @@ pub(crate) async fn recover<D: Disk>(
             recovered.segments.insert(base, segment);
             continue;
         }
+        let ends_at = bases.get(i + 1).copied();
         let scan =
-            scan_segment(disk, &segment, size, header.chain_seed, is_last, config, &mut gated, &mut recovered).await?;
+            scan_segment(disk, &segment, size, header.chain_seed, ends_at, config, &mut gated, &mut recovered).await?;
         chain_known = true;
         recovered.last_checksum = scan;
         recovered.report.segments += 1;
@@ -228,14 +236,18 @@ async fn read_header<D: Disk>(
 }
 
 /// Verifies every frame of a segment, replays its records and notes them in its index.
-/// Returns the checksum of its last frame (or `chain_seed` if it has none).
+/// Returns the checksum of its last frame (or `chain_seed` if it has none). A sealed segment
+/// ends where the next one begins (`ends_at`, that one's first record): what lies after its
+/// last frame is not read, for a recycled file holds old frames there (`recycle.rs`). The last
+/// segment ends at its first defect, and an old frame (numbered below the segment's first
+/// record) counts as space never written.
 #[allow(clippy::too_many_arguments)]
 async fn scan_segment<D: Disk>(
     disk: &D,
     segment: &SegmentState<D::File>,
     size: u64,
     chain_seed: u64,
-    is_last: bool,
+    ends_at: Option<u64>,
     config: &WalConfig,
     replay: &mut dyn FnMut(Appended, &[u8]),
     recovered: &mut Recovered<D::File>,
@@ -246,8 +258,12 @@ async fn scan_segment<D: Disk>(
         FrameCursor::new(segment.file.clone(), size, config.read_chunk_bytes, config.frame_payload_bytes_max);
     let mut offset = BLOCK_BYTES;
     let mut prev_checksum = chain_seed;
+    let is_last = ends_at.is_none();
     while offset < size {
         let expected_seq = segment.end_seq.get();
+        if ends_at == Some(expected_seq) {
+            break;
+        }
         let defect = match cursor.frame_at(offset).await.map_err(|e| Error::io("read", path(), e))? {
             Ok(frame) if frame.header.first_seq == expected_seq && frame.header.prev_checksum == prev_checksum => {
                 let mut seq = frame.header.first_seq;
@@ -270,24 +286,25 @@ async fn scan_segment<D: Disk>(
                 offset = next;
                 continue;
             }
+            Ok(frame) if is_last && frame.header.first_seq < segment.base_seq => None,
             Ok(_) => Some("frame out of sequence or off the checksum chain"),
             Err(FrameDefect::Unwritten) => None,
             Err(defect) => Some(defect.reason()),
         };
-        // Past the last frame of a sealed segment is space never written; any defect other
-        // than that, or any valid frame after it, is corruption.
-        let synced_min = if is_last { expected_seq + 1 } else { 0 };
-        if let (false, Some(reason)) = (is_last, defect) {
+        // A sealed segment holds every record up to the next segment's first: stopping short
+        // of it is corruption.
+        if !is_last {
+            let reason = defect.unwrap_or("unwritten block before the segment's last record");
             return Err(Error::Corruption { path: path(), offset, reason });
         }
-        let rest = scan_rest(&segment.file, size, offset + BLOCK_BYTES, synced_min, config)
+        let rest = scan_rest(&segment.file, size, offset + BLOCK_BYTES, (expected_seq + 1, segment.base_seq), config)
             .await
             .map_err(|e| Error::io("read", path(), e))?;
         if rest.proof.is_some() {
             let reason = defect.unwrap_or("unwritten block before a durable frame");
             return Err(Error::Corruption { path: path(), offset, reason });
         }
-        if is_last && (defect.is_some() || rest.dirty) {
+        if defect.is_some() || rest.dirty {
             report.truncated = Some((path(), offset));
             recovered.repairs.push(Repair::CutTail { base: segment.base_seq, offset });
         }
@@ -306,12 +323,13 @@ struct Rest {
 
 /// Looks at every block from `from` on for a valid frame whose `synced_seq` is at least
 /// `synced_min` (proof that the log was durable past a damaged spot before it), and for any
-/// written block at all.
+/// written block at all; a valid frame numbered below `base` is an old frame of a recycled
+/// file (`recycle.rs`), neither proof nor a write of this segment's.
 async fn scan_rest<F: DiskFile>(
     file: &Rc<F>,
     size: u64,
     from: u64,
-    synced_min: u64,
+    (synced_min, base): (u64, u64),
     config: &WalConfig,
 ) -> std::io::Result<Rest> {
     let mut cursor = FrameCursor::new(file.clone(), size, config.read_chunk_bytes, config.frame_payload_bytes_max);
@@ -319,6 +337,7 @@ async fn scan_rest<F: DiskFile>(
     let mut offset = from;
     while offset < size {
         match cursor.frame_at(offset).await? {
+            Ok(frame) if frame.header.first_seq < base => offset = next_frame_offset(offset, &frame.header),
             Ok(frame) if frame.header.synced_seq >= synced_min => {
                 rest.proof = Some(offset);
                 return Ok(rest);

@@ -1,14 +1,17 @@
 //! Making segment files: the next one is ready, its header durable and its name durable,
 //! before any frame is written into it.
 //!
-//! Under `Preallocation::Zeroed` the next segment is prepared in the background while the
-//! current one fills (from the first flush after an open; at the open itself only when the log
-//! has no segment yet or its tail is three quarters full): created as `PREPARED_NAME`, reserved, filled with zeros and synced, so
-//! that appends overwrite written blocks and each fdatasync flushes data alone. At the roll its
-//! header is written and synced, and only then is it renamed to its segment name and the
-//! directory synced: a crash leaves either no new segment or a complete empty one, and a
-//! leftover prepared file is removed by recovery. Under `Preallocation::Reserved` the segment
-//! is created, its header written, its space reserved with `fallocate`, all synced, at the roll.
+//! A free file (a segment retention removed, `recycle.rs`) is used first, whatever the policy:
+//! its blocks are written already. Otherwise, under `Preallocation::Zeroed` the next segment is
+//! prepared in the background while the current one fills (from the first flush after an
+//! open; at the open itself only when the log has no segment yet or its tail is three quarters
+//! full), unless a free file waits: created as `PREPARED_NAME`, reserved, filled with zeros
+//! and synced, so that appends overwrite written blocks and each fdatasync flushes data alone.
+//! At the roll its header is written and synced, and only then is it renamed to its segment
+//! name and the directory synced: a crash leaves either no new segment or a complete empty
+//! one, and a leftover prepared file is removed by recovery. Under `Preallocation::Reserved`
+//! the segment is created, its header written, its space reserved with `fallocate`, all
+//! synced, at the roll.
 
 use glommio::task::JoinHandle;
 
@@ -16,6 +19,7 @@ use crate::config::{Preallocation, WalConfig};
 use crate::disk::{Disk, DiskFile, SyncMethod, WriteBuf};
 use crate::error::{Error, Result};
 use crate::layout::{BLOCK_BYTES, SEGMENT_HEADER_BYTES};
+use crate::recycle::{self, FreeSegments};
 use crate::segment::{self, SegmentHeader, PREPARED_NAME};
 
 /// Zeros are written in pieces of this size.
@@ -28,6 +32,8 @@ pub(crate) struct MadeSegment<F> {
     pub bytes_written: u64,
     pub fsyncs: u64,
     pub created_ms: u64,
+    /// Made from a free file (a segment retention removed).
+    pub recycled: bool,
 }
 
 type Preparing<F> = JoinHandle<Result<F>>;
@@ -38,23 +44,25 @@ pub(crate) struct SegmentMaker<D: Disk> {
     segment_bytes: u64,
     preallocation: Preallocation,
     preparing: Option<Preparing<D::File>>,
+    free: FreeSegments,
 }
 
 impl<D: Disk> SegmentMaker<D> {
-    pub(crate) fn new(disk: D, config: &WalConfig) -> Self {
+    pub(crate) fn new(disk: D, config: &WalConfig, free: FreeSegments) -> Self {
         SegmentMaker {
             disk,
             shard_id: config.shard_id,
             segment_bytes: config.segment_bytes,
             preallocation: config.preallocation,
             preparing: None,
+            free,
         }
     }
 
-    /// Starts preparing the next segment in the background, if that is the policy and none is
-    /// under way.
+    /// Starts preparing the next segment in the background, if that is the policy, none is
+    /// under way and no free file will be the next segment.
     pub(crate) fn prepare_next(&mut self) {
-        if self.preallocation == Preallocation::Zeroed && self.preparing.is_none() {
+        if self.preallocation == Preallocation::Zeroed && self.preparing.is_none() && self.free.borrow().is_empty() {
             let task = prepare(self.disk.clone(), self.segment_bytes);
             self.preparing = Some(glommio::spawn_local(task).detach());
         }
@@ -71,6 +79,17 @@ impl<D: Disk> SegmentMaker<D> {
     pub(crate) async fn make(&mut self, base_seq: u64, chain_seed: u64) -> Result<MadeSegment<D::File>> {
         let header = SegmentHeader { shard_id: self.shard_id, base_seq, chain_seed, created_ms: segment::now_ms() };
         let name = segment::file_name(base_seq);
+        if let Some(file) = recycle::take(&self.disk, &self.free, &header).await? {
+            let bytes_written = BLOCK_BYTES;
+            return Ok(MadeSegment {
+                name,
+                file,
+                bytes_written,
+                fsyncs: 2,
+                created_ms: header.created_ms,
+                recycled: true,
+            });
+        }
         match self.preallocation {
             Preallocation::Zeroed => {
                 self.prepare_next();
@@ -89,6 +108,7 @@ impl<D: Disk> SegmentMaker<D> {
                     bytes_written: self.segment_bytes,
                     fsyncs: 2,
                     created_ms: header.created_ms,
+                    recycled: false,
                 })
             }
             Preallocation::Reserved => {
@@ -99,7 +119,8 @@ impl<D: Disk> SegmentMaker<D> {
                     .map_err(|e| Error::io("fallocate", disk.path_of(&name), e))?;
                 write_header(disk, &file, &name, &header).await?;
                 sync_dir(disk).await?;
-                Ok(MadeSegment { name, file, bytes_written: BLOCK_BYTES, fsyncs: 1, created_ms: header.created_ms })
+                let created_ms = header.created_ms;
+                Ok(MadeSegment { name, file, bytes_written: BLOCK_BYTES, fsyncs: 1, created_ms, recycled: false })
             }
         }
     }
@@ -110,7 +131,7 @@ async fn sync_dir<D: Disk>(disk: &D) -> Result<()> {
 }
 
 /// Writes the header block at offset 0 and makes it durable.
-async fn write_header<D: Disk>(disk: &D, file: &D::File, name: &str, header: &SegmentHeader) -> Result<()> {
+pub(crate) async fn write_header<D: Disk>(disk: &D, file: &D::File, name: &str, header: &SegmentHeader) -> Result<()> {
     let path = || disk.path_of(name);
     let mut buf = file.alloc(BLOCK_BYTES as usize);
     let bytes = buf.bytes_mut();

@@ -13,6 +13,7 @@ use crate::config::WalConfig;
 use crate::disk::Disk;
 use crate::layout::BLOCK_BYTES;
 use crate::recent::RecentFrames;
+use crate::recycle::FreeSegments;
 
 /// One segment file and what is known of its contents.
 pub(crate) struct SegmentState<F> {
@@ -111,8 +112,12 @@ pub struct WalStats {
     pub disk_bytes: u64,
     /// Segments created.
     pub segments_created: u64,
-    /// Segments removed (retention).
+    /// Segments removed (retention), made free files or deleted.
     pub segments_removed: u64,
+    /// Segments made from free files (segments retention removed) instead of new files.
+    pub segments_recycled: u64,
+    /// Free files waiting to be made segments (now, not a total), each `segment_bytes` on disk.
+    pub free_segments: u64,
     /// Frames that readers took from the recent frames in memory instead of the device.
     pub memory_reads: u64,
     /// Bytes held in memory by the recent frames, records and slots (now, not a total).
@@ -173,6 +178,8 @@ pub(crate) struct Shared<D: Disk> {
     pub waits_stopped: Cell<bool>,
     /// The last acknowledged frames, for readers that keep up (`recent.rs`).
     pub recent: RefCell<RecentFrames>,
+    /// Removed segments kept as free files, for the next rolls (`recycle.rs`).
+    pub free: FreeSegments,
 }
 
 impl<D: Disk> Shared<D> {

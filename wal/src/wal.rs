@@ -20,6 +20,7 @@ use crate::reader::LogReader;
 use crate::recent::RecentFrames;
 use crate::record::records;
 use crate::recovery::{self, RecoveryReport};
+use crate::recycle;
 use crate::state::{SegmentInfo, Shared, WalStats};
 use crate::writer::Writer;
 
@@ -42,6 +43,8 @@ impl<D: Disk> RecoveredWal<D> {
     pub async fn start(self) -> Result<Wal<D>> {
         let RecoveredWal { disk, config, recovered } = self;
         recovery::repair(&disk, &config, &recovered).await?;
+        let segments = &recovered.segments;
+        let free = recycle::adopt(&disk, &config, recovered.free, |base| segments.contains_key(&base)).await?;
         let report = recovered.report;
         let queue = Queue::new(report.next_seq, config.pending_bytes_max, config.pending_records_max);
         let config_recent_bytes = config.recent_frames_bytes;
@@ -57,6 +60,7 @@ impl<D: Disk> RecoveredWal<D> {
             end_waiters: Default::default(),
             waits_stopped: Default::default(),
             recent: RefCell::new(RecentFrames::new(config_recent_bytes)),
+            free: Rc::new(RefCell::new(free)),
         });
         let writer = Writer::new(shared.clone(), recovered.last_checksum);
         let flusher = glommio::spawn_local(writer.run()).detach();
@@ -279,7 +283,8 @@ impl<D: Disk> Wal<D> {
 
     /// Removes the sealed segments that hold only records below `keep_from` (never the tail
     /// segment), oldest first, each removal durable before the next, so that a crash leaves
-    /// the log a contiguous run of segments. Readers asking for a removed record get
+    /// the log a contiguous run of segments. A removed segment that no reader holds is kept
+    /// as a free file for a later roll while there is room (`recycle.rs`). Readers asking for a removed record get
     /// `OutOfRange` naming the new first record; a reader already inside a removed segment
     /// finishes reading it (its file stays open). Returns how many segments went.
     pub async fn remove_segments_below(&self, keep_from: u64) -> Result<usize> {
@@ -296,10 +301,7 @@ impl<D: Disk> Wal<D> {
             let Some((segment, next_base)) = victim else { return Ok(removed) };
             self.shared.segments.borrow_mut().remove(&segment.base_seq);
             self.shared.first_seq.set(next_base);
-            let disk = &self.shared.disk;
-            let path = || disk.path_of(&segment.name);
-            disk.remove(&segment.name).await.map_err(|e| Error::io("remove", path(), e))?;
-            disk.sync_dir().await.map_err(|e| Error::io("sync directory", disk.path_of(""), e))?;
+            recycle::free_or_remove(&self.shared, segment).await?;
             removed += 1;
             self.shared.count(|s| s.segments_removed += 1);
         }
@@ -313,7 +315,11 @@ impl<D: Disk> Wal<D> {
 
     /// Counters since open.
     pub fn stats(&self) -> WalStats {
-        WalStats { recent_frame_bytes: self.shared.recent.borrow().bytes() as u64, ..self.shared.stats.get() }
+        WalStats {
+            recent_frame_bytes: self.shared.recent.borrow().bytes() as u64,
+            free_segments: self.shared.free.borrow().len() as u64,
+            ..self.shared.stats.get()
+        }
     }
 
     /// The disk the log lives on (its directory), for owners that keep files beside it.

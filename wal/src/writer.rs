@@ -75,7 +75,7 @@ impl<D: Disk> Writer<D> {
             stored: Vec::new(),
             pieces: Vec::new(),
             plan: Vec::new(),
-            maker: SegmentMaker::new(shared.disk.clone(), &shared.config),
+            maker: SegmentMaker::new(shared.disk.clone(), &shared.config, shared.free.clone()),
             shared,
         }
     }
@@ -294,6 +294,7 @@ impl<D: Disk> Writer<D> {
         self.shared.segments.borrow_mut().insert(base_seq, segment.clone());
         self.shared.count(|s| {
             s.segments_created += 1;
+            s.segments_recycled += u64::from(made.recycled);
             s.fsyncs += made.fsyncs;
             s.disk_bytes += made.bytes_written;
         });

@@ -54,6 +54,10 @@ pub struct Args {
     /// The oldest segments go while a shard's log without them holds this many bytes.
     #[arg(long, value_parser = parse_bytes)]
     retention_bytes: Option<u64>,
+    /// Segments retention took that each shard keeps as files for its next segments (default
+    /// 4; 0 removes them, and every new segment is a new file).
+    #[arg(long)]
+    recycled_segments: Option<usize>,
     /// Memory for each shard's trades (e.g. 64MiB; default 512MiB): past it, the oldest trades
     /// leave memory for the shard's table on disk at each checkpoint.
     #[arg(long, value_parser = parse_bytes)]
@@ -201,6 +205,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         checkpoint_interval: args.checkpoint_every.unwrap_or(defaults.checkpoint_interval),
         retention_time: args.retention.or(defaults.retention_time),
         retention_bytes: args.retention_bytes.or(defaults.retention_bytes),
+        recycled_segments_max: args.recycled_segments.unwrap_or(defaults.recycled_segments_max),
         trade_memory_bytes: args.trade_memory.unwrap_or(defaults.trade_memory_bytes),
         ..defaults
     };
