@@ -321,7 +321,12 @@ pub(super) fn run_on_thread(
         false => println!("{}", serde_json::to_string_pretty(&report)?),
     }
     if !report.delivered_ok || report.errors > 0 {
-        anyhow::bail!("{} messages delivered of those stored; {} writes failed", report.messages, report.errors);
+        anyhow::bail!(
+            "of {} messages stored, not every one was read back exactly once (retention by time or bytes \
+             removes what no consumer took); {} writes failed",
+            report.messages,
+            report.errors
+        );
     }
     Ok(())
 }
