@@ -341,3 +341,27 @@ fn a_refused_open_changes_none_of_the_other_shards() {
     let prep = std::fs::read(dir.path().join("shards/0001/next-segment.prep"));
     assert!(prep.map_or(true, |bytes| bytes.len() != 8192), "the half-made preparation was made anew");
 }
+
+#[test]
+fn options_out_of_bounds_are_refused_before_anything_is_made() {
+    use std::time::Duration;
+    type Change = fn(Options) -> Options;
+    let changes: [(&str, Change); 3] = [
+        ("preempt_interval 0", |o: Options| Options { preempt_interval: Duration::ZERO, ..o }),
+        ("preempt_interval 2 s", |o: Options| Options { preempt_interval: Duration::from_secs(2), ..o }),
+        ("no checkpoint interval", |o: Options| Options {
+            upkeep: Upkeep { checkpoint_interval: Duration::ZERO, ..o.upkeep },
+            ..o
+        }),
+    ];
+    for (what, change) in changes {
+        let dir = tempfile::tempdir().unwrap();
+        let data = dir.path().join("data");
+        match Engine::open(change(options(&data))) {
+            Err(Error::InvalidOptions(reason)) => assert!(!reason.is_empty(), "{what}"),
+            Err(other) => panic!("{what}: {other}"),
+            Ok(_) => panic!("{what}: opened"),
+        }
+        assert!(!data.exists(), "{what}: the refused open made the directory");
+    }
+}

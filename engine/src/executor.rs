@@ -108,6 +108,7 @@ pub(crate) fn start(plan: ExecutorPlan, options: &Options) -> Result<StartingExe
     let handle = LocalExecutorBuilder::new(placement)
         .name(&format!("tradeshard-{index}"))
         .io_memory(options.io_memory_bytes)
+        .preempt_timer(options.preempt_interval)
         .spawn(move || run(plan, shard_config, report_tx, go_rx))
         .map_err(|e| Error::Executor { executor: index, source: Arc::new(e.into()) })?;
     Ok(StartingExecutor { index, handle, reports, go })

@@ -76,6 +76,10 @@ pub use transfers::{ActivityOutcome, TransferReceipt};
 /// The share of `Options::cache_bytes` kept for order numbers found by `get_by_order` (one
 /// part in this many); the rest goes to the shards' caches of trades.
 const ORDER_IDS_SHARE: usize = 32;
+/// The bounds of `Options::preempt_interval`: below the first an executor would spend its
+/// time on its timer; above the second requests would wait that long behind background work.
+const PREEMPT_INTERVAL_MIN: std::time::Duration = std::time::Duration::from_micros(100);
+const PREEMPT_INTERVAL_MAX: std::time::Duration = std::time::Duration::from_secs(1);
 
 use crate::executor::ExecutorPlan;
 use crate::handle::HandleInner;
@@ -112,6 +116,12 @@ impl Engine {
             return Err(Error::InvalidOptions(
                 "activity_timeout, activity_recovery_interval and participant_timeout must be above zero".into(),
             ));
+        }
+        if !(PREEMPT_INTERVAL_MIN..=PREEMPT_INTERVAL_MAX).contains(&options.preempt_interval) {
+            return Err(Error::InvalidOptions(format!(
+                "preempt_interval {:?} is not within {PREEMPT_INTERVAL_MIN:?}..={PREEMPT_INTERVAL_MAX:?}",
+                options.preempt_interval
+            )));
         }
         if options.queue_depth_max == 0 || options.executors == Some(0) {
             return Err(Error::InvalidOptions("queue_depth_max and executors must be above zero".into()));

@@ -45,6 +45,11 @@ pub struct Options {
     pub segment_bytes: u64,
     /// glommio io_memory per executor (registered buffers for the logs' writes).
     pub io_memory_bytes: usize,
+    /// How long an executor runs ready tasks before it looks at its ring again (completed
+    /// writes, timers): glommio's preemption timer. While a checkpoint's work is ready to run
+    /// the ring waits this long, and so do the acknowledgements of completed writes; glommio's
+    /// default of 100 ms held requests for a tenth of a second at every checkpoint.
+    pub preempt_interval: Duration,
     /// Bytes of read-through cache in all: a thirty-second for order numbers found by
     /// `get_by_order`, the rest split evenly across the physical shards' caches of trades; 0
     /// turns caching off (every `get` reads the log).
@@ -90,6 +95,7 @@ impl Options {
             backpressure: Backpressure::Wait,
             segment_bytes: 128 << 20,
             io_memory_bytes: 64 << 20,
+            preempt_interval: Duration::from_millis(5),
             cache_bytes: 256 << 20,
             upkeep: Upkeep::default(),
             activity_timeout: Duration::from_secs(10),

@@ -43,11 +43,10 @@ use crate::system_record::LogRecord;
 use crate::trade::now_ms;
 use crate::trade::TradeId;
 use crate::trade_table::Dirty;
+use crate::turns::{take_turn, ITEMS_PER_TURN};
 
 /// How often the background task looks whether a checkpoint is due.
 const DUE_CHECK_EVERY: Duration = Duration::from_millis(50);
-/// Entries encoded between yields to the shard's requests.
-const ITEMS_PER_YIELD: usize = 4096;
 
 /// The background task: takes a checkpoint when one is due, until the shard closes.
 pub(crate) async fn run<D: Disk>(inner: Rc<Inner<D>>) {
@@ -153,14 +152,14 @@ async fn write_checkpoint<D: Disk>(inner: &Inner<D>) -> Result<Option<u64>, Trad
     let kept_runs = take_runs(inner, runs, new_position).await;
     // In batches, so that a checkpoint of many new trades does not hold up requests.
     let stored: Vec<(TradeId, StoredPart)> = stored.into_iter().collect();
-    for batch in stored.chunks(ITEMS_PER_YIELD) {
+    for batch in stored.chunks(ITEMS_PER_TURN) {
         {
             let mut index = inner.index.borrow_mut();
             for (id, part) in batch {
                 index.note_stored(*id, *part);
             }
         }
-        glommio::yield_if_needed().await;
+        take_turn().await;
     }
     if let Some(idle_before) = idle_before {
         // A group that committed since the snapshot is not idle any more, and stays.
@@ -239,33 +238,33 @@ async fn take_runs<D: Disk>(inner: &Inner<D>, written: WrittenRuns<D>, new_posit
         runs.kept()
     };
     // Until a key is forgotten, memory and the runs both hold it, alike.
-    for batch in written.order_keys.chunks(ITEMS_PER_YIELD) {
+    for batch in written.order_keys.chunks(ITEMS_PER_TURN) {
         inner.index.borrow_mut().forget_in_runs(batch, &[]);
-        glommio::yield_if_needed().await;
+        take_turn().await;
     }
-    for batch in written.claim_keys.chunks(ITEMS_PER_YIELD) {
+    for batch in written.claim_keys.chunks(ITEMS_PER_TURN) {
         inner.index.borrow_mut().forget_in_runs(&[], batch);
-        glommio::yield_if_needed().await;
+        take_turn().await;
     }
-    for batch in written.refund_keys.chunks(ITEMS_PER_YIELD) {
+    for batch in written.refund_keys.chunks(ITEMS_PER_TURN) {
         inner.index.borrow_mut().forget_refunds(batch);
-        glommio::yield_if_needed().await;
+        take_turn().await;
     }
-    for batch in written.request_keys.chunks(ITEMS_PER_YIELD) {
+    for batch in written.request_keys.chunks(ITEMS_PER_TURN) {
         inner.index.borrow_mut().accounts_mut().forget_requests(batch);
-        glommio::yield_if_needed().await;
+        take_turn().await;
     }
-    for batch in written.branches.chunks(ITEMS_PER_YIELD) {
+    for batch in written.branches.chunks(ITEMS_PER_TURN) {
         inner.index.borrow_mut().tcc_mut().forget_ended(batch, &[]);
-        glommio::yield_if_needed().await;
+        take_turn().await;
     }
-    for batch in written.activity_ids.chunks(ITEMS_PER_YIELD) {
+    for batch in written.activity_ids.chunks(ITEMS_PER_TURN) {
         inner.index.borrow_mut().tcc_mut().forget_ended(&[], batch);
-        glommio::yield_if_needed().await;
+        take_turn().await;
     }
-    for batch in written.user_counts.chunks(ITEMS_PER_YIELD) {
+    for batch in written.user_counts.chunks(ITEMS_PER_TURN) {
         inner.index.borrow_mut().forget_user_trades(batch);
-        glommio::yield_if_needed().await;
+        take_turn().await;
     }
     kept
 }
@@ -382,8 +381,8 @@ async fn write_file<D: Disk>(
             written +=
                 write_pages(&file, &mut out, written).await.map_err(|e| io("write", checkpoint::TEMP_NAME, e))?;
         }
-        if n % ITEMS_PER_YIELD == 0 {
-            glommio::yield_if_needed().await;
+        if n % ITEMS_PER_TURN == 0 {
+            take_turn().await;
         }
     }
     encoder.finish(&mut out);

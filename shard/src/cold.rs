@@ -97,7 +97,7 @@ pub(crate) async fn write_dirty<D: Disk>(
         table.write_pages(first, &bytes).await?;
         written += bytes.len() as u64;
         run_start = run_end;
-        glommio::yield_if_needed().await;
+        crate::turns::take_turn().await;
     }
     if written > 0 {
         table.sync().await?;
@@ -315,7 +315,7 @@ async fn scan<D: Disk>(
             }
         }
         counter = run_end;
-        glommio::yield_if_needed().await;
+        crate::turns::take_turn().await;
     }
     Ok(())
 }

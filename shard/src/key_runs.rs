@@ -48,6 +48,7 @@ use crate::state::{Inner, ShardReply};
 use crate::tcc_book::BranchEntry;
 use crate::tcc_ended::EndedActivity;
 use crate::trade::TradeId;
+use crate::turns::{collect_in_turns, sorted_by_key};
 
 /// The runs of one shard's seven stores, oldest first each. A clone shares the runs.
 #[derive(Clone)]
@@ -387,33 +388,35 @@ pub(crate) async fn write_runs<D: Disk>(
     snapshot: &ShardIndex,
 ) -> Result<WrittenRuns<D>, TradeError> {
     let mut sets = sets;
-    let sorted = |mut entries: Vec<(u128, Value)>| {
-        entries.sort_unstable_by_key(|(key, _)| *key);
-        entries
-    };
-    let order_entries = sorted(snapshot.recent_orders().map(|(key, id, body)| (key, order_value(id, body))).collect());
-    let claim_entries = sorted(
-        snapshot.recent_confirmed_claims().map(|(key, claim, trade)| (key, claim_value(claim, trade))).collect(),
-    );
-    let refund_entries = sorted(snapshot.recent_refunds().map(|(key, refund)| (key, refund_value(refund))).collect());
+    // Each step in turns: a checkpoint may hold a million entries to sort (`turns.rs`).
+    let order_entries =
+        sorted_by_key(snapshot.recent_orders().map(|(key, id, body)| (key, order_value(id, body)))).await;
+    let claim_entries =
+        sorted_by_key(snapshot.recent_confirmed_claims().map(|(key, claim, trade)| (key, claim_value(claim, trade))))
+            .await;
+    let refund_entries =
+        sorted_by_key(snapshot.recent_refunds().map(|(key, refund)| (key, refund_value(refund)))).await;
     let request_entries =
-        sorted(snapshot.accounts().recent_requests().map(|(key, request)| (key, request_value(request))).collect());
+        sorted_by_key(snapshot.accounts().recent_requests().map(|(key, request)| (key, request_value(request)))).await;
     let tcc = snapshot.tcc();
-    let branches: Vec<(u128, u16)> = tcc.ended_branches().map(|(activity, branch, _)| (activity, branch)).collect();
+    let branches = collect_in_turns(tcc.ended_branches().map(|(activity, branch, _)| (activity, branch))).await;
     let branch_entries =
-        sorted(tcc.ended_branches().map(|(a, b, entry)| (branch_key(a, b), branch_value(a, b, entry))).collect());
-    let activity_entries = sorted(tcc.completed_activities().map(|(id, ended)| (id, activity_value(&ended))).collect());
+        sorted_by_key(tcc.ended_branches().map(|(a, b, entry)| (branch_key(a, b), branch_value(a, b, entry)))).await;
+    let activity_entries =
+        sorted_by_key(tcc.completed_activities().map(|(id, ended)| (id, activity_value(&ended)))).await;
+    // A copy of sorted keys: a millisecond for a million, not worth a turn.
     let keys_of = |entries: &[(u128, Value)]| entries.iter().map(|(key, _)| *key).collect();
     let (order_keys, claim_keys) = (keys_of(&order_entries), keys_of(&claim_entries));
     let (refund_keys, request_keys) = (keys_of(&refund_entries), keys_of(&request_entries));
     let activity_ids = keys_of(&activity_entries);
-    let user_counts: Vec<(u64, usize)> = snapshot.recent_users().map(|(user, ids)| (user, ids.len())).collect();
-    let user_entries = sorted(
+    let user_counts: Vec<(u64, usize)> =
+        collect_in_turns(snapshot.recent_users().map(|(user, ids)| (user, ids.len()))).await;
+    let user_entries = sorted_by_key(
         snapshot
             .recent_users()
-            .flat_map(|(user, ids)| ids.iter().map(move |id| (user_key(user, *id), [0u8; VALUE_BYTES_MAX])))
-            .collect(),
-    );
+            .flat_map(|(user, ids)| ids.iter().map(move |id| (user_key(user, *id), [0u8; VALUE_BYTES_MAX]))),
+    )
+    .await;
     let (mut bytes, mut new_runs) = (0, Vec::new());
     let stores = [
         (RunStore::Orders, order_entries),

@@ -58,6 +58,7 @@ mod trade_cache;
 mod trade_file;
 mod trade_money;
 mod trade_table;
+mod turns;
 mod validate;
 mod write;
 

@@ -159,7 +159,7 @@ impl<D: Disk> Run<D> {
             }
             index.feed(&bytes).map_err(|reason| corrupt(disk, &name, at, reason))?;
             at += want as u64;
-            glommio::yield_if_needed().await;
+            crate::turns::take_turn().await;
         }
         let (bloom, fences) = index.finish().map_err(|reason| corrupt(disk, &name, footer.index_offset(), reason))?;
         Ok(Run { disk: disk.clone(), name, file, footer, bloom, fences })

@@ -119,7 +119,7 @@ impl<D: Disk> Sink<D> {
             }
             self.written += len as u64;
             done += len;
-            glommio::yield_if_needed().await;
+            crate::turns::take_turn().await;
         }
         self.out.drain(..whole);
         Ok(())
@@ -319,7 +319,7 @@ impl<D: Disk> Cursor<D> {
                 }
                 (self.buf, self.buf_first, self.buf_blocks) = (Some(bytes), number, blocks);
                 // Keys in many runs are written once: a merge may read much between writes.
-                glommio::yield_if_needed().await;
+                crate::turns::take_turn().await;
             }
             let block = self.block_bytes(number);
             self.count = check_block(block, &run.footer, number, &run.fences)
