@@ -110,10 +110,17 @@ pub(crate) async fn free_or_remove<D: Disk>(shared: &Shared<D>, segment: Rc<Segm
 }
 
 /// A free file made the segment of `header`, durable in header and name; `None` when no file
-/// is free.
+/// is free. A free file someone removed is passed over (the segment is made as if none were
+/// free); any other failure fails the roll, as a failed write does.
 pub(crate) async fn take<D: Disk>(disk: &D, free: &FreeSegments, header: &SegmentHeader) -> Result<Option<D::File>> {
-    let Some(name) = free.borrow_mut().pop() else { return Ok(None) };
-    let file = disk.open(&name).await.map_err(io(disk, "open", &name))?;
+    let (name, file) = loop {
+        let Some(name) = free.borrow_mut().pop() else { return Ok(None) };
+        match disk.open(&name).await {
+            Ok(file) => break (name, file),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+            Err(e) => return Err(io(disk, "open", &name)(e)),
+        }
+    };
     write_header(disk, &file, &name, header).await?;
     let target = segment::file_name(header.base_seq);
     disk.rename(&name, &target).await.map_err(io(disk, "rename", &target))?;
