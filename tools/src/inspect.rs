@@ -113,6 +113,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     if let Some(bytes) = args.trade_memory {
         options.upkeep.trade_memory_bytes = bytes;
     }
+    let options_segment_bytes = options.segment_bytes;
     let engine = Engine::open(options).with_context(|| format!("opening {}", args.dir.display()))?;
     let open_ms = opening.elapsed().as_millis() as u64;
     let handle = engine.handle();
@@ -129,7 +130,8 @@ pub fn run(args: Args) -> anyhow::Result<()> {
             segments: shard.segments,
             segment_bytes: shard.segment_bytes,
             free_segments: shard.wal.free_segments,
-            free_segment_bytes: shard.wal.free_segments * shard.segment_bytes / shard.segments.max(1),
+            // A free file is kept at open only at the configured segment size.
+            free_segment_bytes: shard.wal.free_segments * options_segment_bytes,
             log_first: shard.log_first,
             log_end: shard.log_end,
             checkpoint_position: checkpoint,

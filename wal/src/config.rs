@@ -7,14 +7,14 @@
 
 use std::time::Duration;
 
-/// The most free segments a log may keep (`WalConfig::recycled_segments_max`).
-const RECYCLED_SEGMENTS_LIMIT: usize = 64;
-
 use crate::error::{Error, Result};
 use crate::layout::{
     align_up, BLOCK_BYTES, FRAME_HEADER_BYTES, FRAME_PAYLOAD_BYTES_LIMIT, PIECE_HEADER_BYTES, RECORD_PREFIX_BYTES,
     SEGMENT_BYTES_LIMIT,
 };
+
+/// The most free segments a log may keep (`WalConfig::recycled_segments_max`).
+const RECYCLED_SEGMENTS_LIMIT: usize = 64;
 
 /// How much an acknowledgement promises, and so what a crash may lose.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

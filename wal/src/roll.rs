@@ -79,16 +79,9 @@ impl<D: Disk> SegmentMaker<D> {
     pub(crate) async fn make(&mut self, base_seq: u64, chain_seed: u64) -> Result<MadeSegment<D::File>> {
         let header = SegmentHeader { shard_id: self.shard_id, base_seq, chain_seed, created_ms: segment::now_ms() };
         let name = segment::file_name(base_seq);
+        let created_ms = header.created_ms;
         if let Some(file) = recycle::take(&self.disk, &self.free, &header).await? {
-            let bytes_written = BLOCK_BYTES;
-            return Ok(MadeSegment {
-                name,
-                file,
-                bytes_written,
-                fsyncs: 2,
-                created_ms: header.created_ms,
-                recycled: true,
-            });
+            return Ok(MadeSegment { name, file, bytes_written: BLOCK_BYTES, fsyncs: 2, created_ms, recycled: true });
         }
         match self.preallocation {
             Preallocation::Zeroed => {
@@ -107,7 +100,7 @@ impl<D: Disk> SegmentMaker<D> {
                     file,
                     bytes_written: self.segment_bytes,
                     fsyncs: 2,
-                    created_ms: header.created_ms,
+                    created_ms,
                     recycled: false,
                 })
             }
@@ -119,7 +112,6 @@ impl<D: Disk> SegmentMaker<D> {
                     .map_err(|e| Error::io("fallocate", disk.path_of(&name), e))?;
                 write_header(disk, &file, &name, &header).await?;
                 sync_dir(disk).await?;
-                let created_ms = header.created_ms;
                 Ok(MadeSegment { name, file, bytes_written: BLOCK_BYTES, fsyncs: 1, created_ms, recycled: false })
             }
         }

@@ -284,9 +284,10 @@ impl<D: Disk> Wal<D> {
     /// Removes the sealed segments that hold only records below `keep_from` (never the tail
     /// segment), oldest first, each removal durable before the next, so that a crash leaves
     /// the log a contiguous run of segments. A removed segment that no reader holds is kept
-    /// as a free file for a later roll while there is room (`recycle.rs`). Readers asking for a removed record get
-    /// `OutOfRange` naming the new first record; a reader already inside a removed segment
-    /// finishes reading it (its file stays open). Returns how many segments went.
+    /// as a free file for a later roll while there is room (`recycle.rs`). Readers asking for
+    /// a removed record get `OutOfRange` naming the new first record; a reader already inside
+    /// a removed segment finishes reading it (its file stays open). Returns how many segments
+    /// went.
     pub async fn remove_segments_below(&self, keep_from: u64) -> Result<usize> {
         let mut removed = 0;
         loop {
