@@ -6,13 +6,14 @@
 //! allocation of [`LARGE`] bytes or more from an anonymous mapping that reserves nothing
 //! (`MAP_NORESERVE`): a capacity costs address space until its pages are written, and the
 //! decoder writes only as many elements as the frame (bounded by `request_bytes_max`) holds
-//! before it fails and frees the vector. Smaller allocations go to the system allocator.
+//! before it fails and frees the vector. Smaller allocations go to the allocator it wraps: the
+//! system's by default, or the one the binary chose (`tradeshard` wraps mimalloc).
 //!
-//! A binary that runs the server installs it (`tradeshard` does):
+//! A binary that runs the server installs it:
 //!
 //! ```ignore
 //! #[global_allocator]
-//! static ALLOCATOR: tradeshard_server::ReserveNothingForLarge = tradeshard_server::ReserveNothingForLarge;
+//! static ALLOCATOR: tradeshard_server::ReserveNothingForLarge = tradeshard_server::ReserveNothingForLarge(std::alloc::System);
 //! ```
 
 use std::alloc::{GlobalAlloc, Layout, System};
@@ -21,8 +22,8 @@ use std::alloc::{GlobalAlloc, Layout, System};
 pub const LARGE: usize = 64 << 20;
 const PAGE: usize = 4096;
 
-/// See the module documentation.
-pub struct ReserveNothingForLarge;
+/// See the module documentation; `A` serves the allocations below [`LARGE`].
+pub struct ReserveNothingForLarge<A = System>(pub A);
 
 fn is_large(layout: &Layout) -> bool {
     layout.size() >= LARGE && layout.align() <= PAGE
@@ -49,12 +50,12 @@ unsafe fn map(size: usize) -> *mut u8 {
 
 // SAFETY: large blocks are page-aligned mappings of at least their layout's size, unmapped
 // with that size; everything else is the system allocator's, with its own contract.
-unsafe impl GlobalAlloc for ReserveNothingForLarge {
+unsafe impl<A: GlobalAlloc> GlobalAlloc for ReserveNothingForLarge<A> {
     unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
         if is_large(&layout) {
             unsafe { map(layout.size()) }
         } else {
-            unsafe { System.alloc(layout) }
+            unsafe { self.0.alloc(layout) }
         }
     }
 
@@ -63,7 +64,7 @@ unsafe impl GlobalAlloc for ReserveNothingForLarge {
             // Fresh anonymous pages read as zero.
             unsafe { map(layout.size()) }
         } else {
-            unsafe { System.alloc_zeroed(layout) }
+            unsafe { self.0.alloc_zeroed(layout) }
         }
     }
 
@@ -71,14 +72,14 @@ unsafe impl GlobalAlloc for ReserveNothingForLarge {
         if is_large(&layout) {
             unsafe { libc::munmap(pointer.cast(), layout.size()) };
         } else {
-            unsafe { System.dealloc(pointer, layout) }
+            unsafe { self.0.dealloc(pointer, layout) }
         }
     }
 
     unsafe fn realloc(&self, pointer: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
         let new_layout = unsafe { Layout::from_size_align_unchecked(new_size, layout.align()) };
         match (is_large(&layout), is_large(&new_layout)) {
-            (false, false) => unsafe { System.realloc(pointer, layout, new_size) },
+            (false, false) => unsafe { self.0.realloc(pointer, layout, new_size) },
             (true, true) => {
                 let moved = unsafe { libc::mremap(pointer.cast(), layout.size(), new_size, libc::MREMAP_MAYMOVE) };
                 if moved == libc::MAP_FAILED {

@@ -4,7 +4,7 @@ use bytes::{BufMut, Bytes, BytesMut};
 use tradeshard_server::{decode_request, ReserveNothingForLarge};
 
 #[global_allocator]
-static ALLOCATOR: ReserveNothingForLarge = ReserveNothingForLarge;
+static ALLOCATOR: ReserveNothingForLarge = ReserveNothingForLarge(std::alloc::System);
 
 fn frame(api_key: i16, version: i16, body: &[u8]) -> Bytes {
     let mut out = BytesMut::new();

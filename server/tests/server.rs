@@ -19,7 +19,7 @@ use tradeshard_engine::{Engine, NewTrade, Options};
 use tradeshard_server::{ReserveNothingForLarge, Server, ServerOptions};
 
 #[global_allocator]
-static ALLOCATOR: ReserveNothingForLarge = ReserveNothingForLarge;
+static ALLOCATOR: ReserveNothingForLarge = ReserveNothingForLarge(std::alloc::System);
 
 fn loopback() -> Option<SocketAddr> {
     Some(SocketAddr::from(([127, 0, 0, 1], 0)))

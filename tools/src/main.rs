@@ -23,9 +23,13 @@ mod workload;
 use clap::{Parser, Subcommand};
 
 // `serve` decodes requests off the network with codecs that size vectors from counts on the
-// wire (`tradeshard_server::ReserveNothingForLarge`).
+// wire (`tradeshard_server::ReserveNothingForLarge`). The rest goes to mimalloc: requests are
+// allocated on one thread and freed on another (a job, its reply, a step's vector), which
+// glibc's allocator serves through shared arenas and consolidation (BENCHMARKS.md, "The
+// allocator").
 #[global_allocator]
-static ALLOCATOR: tradeshard_server::ReserveNothingForLarge = tradeshard_server::ReserveNothingForLarge;
+static ALLOCATOR: tradeshard_server::ReserveNothingForLarge<mimalloc::MiMalloc> =
+    tradeshard_server::ReserveNothingForLarge(mimalloc::MiMalloc);
 
 #[derive(Parser)]
 #[command(name = "tradeshard", version, about = "tradeshard storage engine tool")]
