@@ -13,7 +13,7 @@
 //! request whose key a run's Bloom filter may hold waits for one read of the runs, then is
 //! checked again.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 use std::rc::Rc;
 
 use tradeshard_wal::disk::Disk;
@@ -34,7 +34,7 @@ use crate::trade::now_ms;
 #[derive(Default)]
 pub(crate) struct InFlightAccounts {
     /// Account → its balance once every request in flight is durable, and the seq of the last.
-    balances: HashMap<AccountKey, (Balance, u64)>,
+    balances: IdMap<AccountKey, (Balance, u64)>,
     /// Request key → (operation, currency, amount) and the seq of its record.
     requests: IdMap<u128, ((AccountOp, Currency, u64), u64)>,
     /// Requests that repeated one in flight, by the seq of that one.

@@ -13,7 +13,7 @@
 //! ended one, or an account request under an activity's id), waits for a read of the runs
 //! first.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 use std::rc::Rc;
 
 use tradeshard_wal::disk::Disk;
@@ -175,16 +175,16 @@ pub(crate) struct Scratch<'a> {
     accounts: &'a AccountBook,
     tcc: &'a TccBook,
     in_flight: &'a InFlightAccounts,
-    balances: HashMap<AccountKey, Balance>,
-    branches: HashMap<(u128, u16), BranchEntry>,
-    activities: HashMap<u128, ActivityEntry>,
-    ended: HashMap<u128, EndedActivity>,
+    balances: IdMap<AccountKey, Balance>,
+    branches: IdMap<(u128, u16), BranchEntry>,
+    activities: IdMap<u128, ActivityEntry>,
+    ended: IdMap<u128, EndedActivity>,
 }
 
 impl<'a> Scratch<'a> {
     pub(crate) fn over(accounts: &'a AccountBook, tcc: &'a TccBook, in_flight: &'a InFlightAccounts) -> Scratch<'a> {
-        let (balances, branches, activities) = (HashMap::new(), HashMap::new(), HashMap::new());
-        Scratch { accounts, tcc, in_flight, balances, branches, activities, ended: HashMap::new() }
+        let (balances, branches, activities) = (IdMap::default(), IdMap::default(), IdMap::default());
+        Scratch { accounts, tcc, in_flight, balances, branches, activities, ended: IdMap::default() }
     }
 
     /// The balances the rules changed.
@@ -297,7 +297,7 @@ fn transact_reading<D: Disk>(
     }
     let index = inner.index.borrow();
     // What the runs keep of the branches and activities the steps name and memory does not hold.
-    let (mut run_branches, mut run_activities) = (HashMap::new(), HashMap::new());
+    let (mut run_branches, mut run_activities) = (IdMap::default(), IdMap::default());
     for step in &steps {
         let (key, kind) = run_key(step);
         let held = match kind {

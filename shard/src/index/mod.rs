@@ -55,7 +55,7 @@ pub struct ShardIndex {
     claims: PartitionedMap<u128, ClaimEntry>,
     /// The claims not settled yet: few (the creates in flight when the engine stopped, and
     /// confirmations not yet written), resolved when the engine opens.
-    pending_claims: HashMap<u128, ClaimEntry>,
+    pending_claims: IdMap<u128, ClaimEntry>,
     /// Highest counter part of any trade id in the shard.
     counter_max: u64,
     /// Each consumer group's committed offset in this shard's log.
