@@ -72,6 +72,33 @@ fn load_transfers_report_every_interval() {
     assert_eq!(report["conservation_ok"], true, "{report}");
 }
 
+/// With `--rate`, the transfer workload sends on schedule (an open loop): about rate times
+/// duration transfers, where 32 tasks left to themselves send many more.
+#[test]
+fn load_transfers_keep_to_the_rate_asked() {
+    let dir = tempfile::tempdir().unwrap();
+    let args = [
+        "load",
+        "--workload",
+        "transfer",
+        "--rate",
+        "500",
+        "--duration",
+        "2s",
+        "--inflight",
+        "32",
+        "--users",
+        "200",
+        "--json",
+    ];
+    let report = json(&tradeshard(&args, dir.path()));
+    let sent = report["transfers"].as_u64().unwrap()
+        + report["cancelled"].as_u64().unwrap()
+        + report["refused"].as_u64().unwrap();
+    assert!((500..=1_100).contains(&sent), "500 a second for 2 s: {report}");
+    assert_eq!(report["conservation_ok"], true, "{report}");
+}
+
 /// The transfer workload funds its users, moves money within and across shards, and counts it
 /// at the end: balances plus money in transit equal the deposits, nothing left in doubt.
 #[test]
@@ -200,7 +227,15 @@ fn wal_bench_reports_json() {
 #[test]
 fn bad_arguments_exit_non_zero() {
     let dir = tempfile::tempdir().unwrap();
-    for args in [&["load", "--inflight", "0"][..], &["load", "--read-ratio", "2"], &["load", "--duration", "soon"]] {
+    let bad: [&[&str]; 6] = [
+        &["load", "--inflight", "0"],
+        &["load", "--read-ratio", "2"],
+        &["load", "--duration", "soon"],
+        &["load", "--rate", "0"],
+        &["load", "--rate", "NaN"],
+        &["load", "--workload", "publish", "--rate", "100"],
+    ];
+    for args in bad {
         assert!(!tradeshard(args, dir.path()).status.success(), "{args:?}");
     }
 }

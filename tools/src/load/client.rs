@@ -138,19 +138,7 @@ async fn worker(client: Rc<Client>, task: usize, seed: u64) {
             }
         }
         client.issued.set(client.issued.get() + 1);
-        let intended = match client.rate {
-            Some(rate) => {
-                // Tasks interleave their send slots: task i sends at slots i, i + inflight, ...
-                let slot = (sent as f64 * client.inflight as f64 + task as f64) / rate;
-                let at = client.start + Duration::from_secs_f64(slot);
-                let now = Instant::now();
-                if at > now {
-                    glommio::timer::sleep(at - now).await;
-                }
-                at
-            }
-            None => Instant::now(),
-        };
+        let intended = send_slot(client.rate, client.start, client.inflight, task, sent).await;
         sent += 1;
         let op = choose(&client, &mut rng, &open);
         let outcome = run_op(&client, &mut rng, &mut open, op, task, sent).await;
@@ -168,6 +156,22 @@ async fn worker(client: Rc<Client>, task: usize, seed: u64) {
         // A cache hit is answered without ever waiting: let the progress reports run.
         glommio::yield_if_needed().await;
     }
+}
+
+/// The intended send time of the `sent`-th request of open-loop task `task` of `inflight`, at
+/// `rate` requests a second from `start`, waited for (latency counts from it); without a rate,
+/// now. Tasks interleave their slots: task i sends at slots i, i + inflight, ...
+pub(super) async fn send_slot(rate: Option<f64>, start: Instant, inflight: usize, task: usize, sent: u64) -> Instant {
+    let Some(rate) = rate else {
+        return Instant::now();
+    };
+    let slot = (sent as f64 * inflight as f64 + task as f64) / rate;
+    let at = start + Duration::from_secs_f64(slot);
+    let now = Instant::now();
+    if at > now {
+        glommio::timer::sleep(at - now).await;
+    }
+    at
 }
 
 fn choose(client: &Client, rng: &mut Rng, open: &[OpenTrade]) -> usize {

@@ -132,7 +132,8 @@ pub struct Args {
     /// Seed of every random choice.
     #[arg(long, default_value_t = 1)]
     seed: u64,
-    /// Operations per second to send (open loop; latency counts from the intended send time).
+    /// Operations per second to send (open loop; latency counts from the intended send time):
+    /// mixed, ingest, read and transfer workloads.
     #[arg(long)]
     rate: Option<f64>,
     /// Executors (default: one per core).
@@ -195,6 +196,12 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     }
     if !(0.0..=1.0).contains(&args.read_ratio) {
         bail!("--read-ratio must be between 0 and 1");
+    }
+    if args.rate.is_some_and(|rate| !(rate.is_finite() && rate > 0.0)) {
+        bail!("--rate must be a positive number of operations per second");
+    }
+    if args.rate.is_some() && (args.workload == "publish" || args.workload == "half-messages") {
+        bail!("--rate is not supported by the {} workload: it sends as fast as --inflight allows", args.workload);
     }
     let users = UserChooser::new(args.users, args.zipf).map_err(anyhow::Error::msg)?;
     let data_dir = DataDir::new_or_engine(args.dir.as_deref(), "tradeshard-load")?;

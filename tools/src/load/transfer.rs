@@ -1,7 +1,8 @@
 //! The transfer workload of the load tool: users funded before the timed phase, then tasks
 //! that move money between them, within a shard or across shards (`--cross-shard-ratio`), each
 //! with one request outstanding: a transfer, or (`--purchase-ratio`) a purchase, a trade
-//! created, paid from the buyer's balance and settled to its merchant. At the end, once no
+//! created, paid from the buyer's balance and settled to its merchant; with `--rate`, sent at
+//! that rate (open loop: latency counts from the intended send time). At the end, once no
 //! activity is in doubt, the money is counted: balances plus money in transit must equal what
 //! was deposited (`conservation_ok`). With `--report-every`, each interval's rate, p99,
 //! resident memory, disk and the money's state held in memory are reported as it ends.
@@ -17,6 +18,7 @@ use hdrhistogram::Histogram;
 use serde::Serialize;
 use tradeshard_engine::{EngineHandle, Error, NewTrade, Refusal};
 
+use super::client::send_slot;
 use super::report::{growth_after_warmup, interval_report, IntervalReport};
 use crate::latency::{self, LatencySummary};
 
@@ -78,6 +80,10 @@ struct Transfers {
     deadline: Option<Instant>,
     ops_max: Option<u64>,
     issued: Cell<u64>,
+    rate: Option<f64>,
+    inflight: usize,
+    /// The start of the timed phase: the open loop's slots count from it.
+    start: Instant,
     local: RefCell<Histogram<u64>>,
     across: RefCell<Histogram<u64>>,
     purchases: RefCell<Histogram<u64>>,
@@ -98,6 +104,8 @@ pub(super) struct TransferPlan {
     pub(super) inflight: usize,
     pub(super) duration: Option<Duration>,
     pub(super) ops_max: Option<u64>,
+    /// Transfers a second to send (open loop), or as fast as `inflight` tasks go.
+    pub(super) rate: Option<f64>,
     pub(super) seed: u64,
     /// This run's tag, in its request numbers.
     pub(super) run: String,
@@ -108,8 +116,19 @@ pub(super) struct TransferPlan {
 
 /// Funds the users, runs the timed phase, and counts the money.
 pub(super) async fn run(handle: EngineHandle, plan: TransferPlan) -> anyhow::Result<TransferReport> {
-    let TransferPlan { users, cross_ratio, purchase_ratio, inflight, duration, ops_max, seed, run, report_every, dir } =
-        plan;
+    let TransferPlan {
+        users,
+        cross_ratio,
+        purchase_ratio,
+        inflight,
+        duration,
+        ops_max,
+        rate,
+        seed,
+        run,
+        report_every,
+        dir,
+    } = plan;
     let routing = handle.routing();
     let mut by_shard = vec![Vec::new(); routing.physical_shards as usize];
     for user in 1..=users {
@@ -130,6 +149,9 @@ pub(super) async fn run(handle: EngineHandle, plan: TransferPlan) -> anyhow::Res
         deadline: duration.map(|d| Instant::now() + d),
         ops_max,
         issued: Cell::new(0),
+        rate,
+        inflight,
+        start: Instant::now(),
         local: RefCell::new(latency::new_histogram()),
         across: RefCell::new(latency::new_histogram()),
         purchases: RefCell::new(latency::new_histogram()),
@@ -140,7 +162,7 @@ pub(super) async fn run(handle: EngineHandle, plan: TransferPlan) -> anyhow::Res
         first_error: RefCell::new(None),
         run,
     });
-    let start = Instant::now();
+    let start = state.start;
     let tasks: Vec<_> = (0..inflight)
         .map(|task| glommio::spawn_local(worker(state.clone(), task, seed.wrapping_mul(1_000_003) ^ task as u64)))
         .collect();
@@ -269,8 +291,8 @@ async fn worker(state: Rc<Transfers>, task: usize, seed: u64) {
             continue;
         }
         let request_no = format!("{}-{task}-{n}", state.run);
+        let started = send_slot(state.rate, state.start, state.inflight, task, n).await;
         n += 1;
-        let started = Instant::now();
         let purchase = rng.f64() < state.purchase_ratio;
         let answer = match purchase {
             true => buy(&state.handle, from, to, 1 + rng.u64(..100), request_no).await,
@@ -331,6 +353,7 @@ pub(super) fn run_on_thread(
         inflight: args.inflight,
         duration,
         ops_max: args.ops,
+        rate: args.rate,
         seed: args.seed,
         run: run_tag,
         report_every: args.report_every,
