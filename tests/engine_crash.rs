@@ -29,29 +29,67 @@ fn run_child_and_kill(mode: &str, dir: &std::path::Path, args: &[String], acks: 
         .stderr(stderr_file)
         .spawn()
         .unwrap();
-    let mut lines = Vec::new();
-    let mut output = BufReader::new(child.stdout.take().unwrap()).lines();
-    let started = Instant::now();
-    for line in &mut output {
-        let line = line.unwrap();
-        if let Some(ack) = line.strip_prefix("ACK ") {
-            lines.push(ack.to_string());
+    // Lines come through a thread, so that a child that falls silent (a hang) is seen as
+    // such rather than blocking the parent's read forever.
+    let (line_tx, line_rx) = std::sync::mpsc::channel();
+    let stdout = child.stdout.take().unwrap();
+    let reader = std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            if line_tx.send(line).is_err() {
+                return;
+            }
         }
-        if lines.len() >= acks || started.elapsed() > Duration::from_secs(60) {
-            break;
+    });
+    let mut lines = Vec::new();
+    let started = Instant::now();
+    let mut silent = None;
+    while lines.len() < acks && started.elapsed() < Duration::from_secs(60) {
+        match line_rx.recv_timeout(CHILD_SILENCE_MAX) {
+            Ok(line) => lines.extend(line.strip_prefix("ACK ").map(str::to_string)),
+            Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {
+                silent = Some(threads_of(child.id()));
+                break;
+            }
+            Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => break,
         }
     }
     let exited_early = child.try_wait().unwrap();
     child.kill().unwrap();
     child.wait().unwrap();
+    reader.join().unwrap();
     // What the child printed before it died is acknowledged too (each line is one write).
-    lines.extend(output.map_while(Result::ok).filter_map(|line| line.strip_prefix("ACK ").map(str::to_string)));
+    lines.extend(line_rx.try_iter().filter_map(|line| line.strip_prefix("ACK ").map(str::to_string)));
     let stderr = std::fs::read_to_string(&stderr_path).unwrap_or_default();
     let _ = std::fs::remove_file(&stderr_path);
+    if let Some(threads) = silent {
+        panic!(
+            "the child printed nothing for {CHILD_SILENCE_MAX:?} after {} acknowledgements (a hang); its threads \
+             and where each waited: {threads}; its stderr:\n{stderr}",
+            lines.len()
+        );
+    }
     if let Some(status) = exited_early {
         panic!("the child ended by itself ({status}) after {} acknowledgements; its stderr:\n{stderr}", lines.len());
     }
     (lines, stderr)
+}
+
+/// How long a child may print nothing before it is taken for hung.
+const CHILD_SILENCE_MAX: Duration = Duration::from_secs(30);
+
+/// Each thread of process `pid` with the kernel function it waits in, for the report of a
+/// hang.
+fn threads_of(pid: u32) -> String {
+    let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
+        return "(not readable)".into();
+    };
+    let read = |path: std::path::PathBuf| std::fs::read_to_string(path).unwrap_or_default().trim().to_string();
+    let mut threads: Vec<String> = tasks
+        .filter_map(Result::ok)
+        .map(|task| format!("{} in {}", read(task.path().join("comm")), read(task.path().join("wchan"))))
+        .collect();
+    threads.sort();
+    threads.join(", ")
 }
 
 #[test]
