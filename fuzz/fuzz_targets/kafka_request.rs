@@ -8,7 +8,7 @@ use libfuzzer_sys::fuzz_target;
 use tradeshard_server::{decode_request, ReserveNothingForLarge};
 
 #[global_allocator]
-static ALLOCATOR: ReserveNothingForLarge = ReserveNothingForLarge;
+static ALLOCATOR: ReserveNothingForLarge = ReserveNothingForLarge(std::alloc::System);
 
 fuzz_target!(|bytes: &[u8]| {
     let _ = decode_request(bytes::Bytes::copy_from_slice(bytes));
