@@ -133,7 +133,7 @@ pub struct Args {
     #[arg(long, default_value_t = 1)]
     seed: u64,
     /// Operations per second to send (open loop; latency counts from the intended send time):
-    /// mixed, ingest, read and transfer workloads.
+    /// mixed, ingest, read and transfer workloads, in all (shared among `--clients`).
     #[arg(long)]
     rate: Option<f64>,
     /// Executors (default: one per core).
@@ -479,7 +479,8 @@ fn new_client(
         created: RefCell::new(Vec::new()),
         errors: Cell::new(0),
         first_error: RefCell::new(None),
-        rate: args.rate,
+        // Each client thread sends its share of the rate.
+        rate: args.rate.map(|rate| rate / args.clients as f64),
         inflight: args.inflight,
         start: Instant::now(),
         run: run_tag(),
