@@ -45,6 +45,7 @@ mod participants;
 mod partitions;
 mod routing;
 mod trade_payments;
+mod transfer_batch;
 mod transfers;
 
 use glommio::ExecutorJoinHandle;
@@ -71,6 +72,7 @@ pub use tradeshard_shard::{
     MEMO_BYTES_MAX, ORDER_NO_BYTES_MAX, PAYLOAD_BYTES_MAX, POLL_BYTES_MAX, REFUND_NO_BYTES_MAX, REQUEST_NO_BYTES_MAX,
     TOPIC_BYTES_MAX, TRADES_TOPIC,
 };
+pub use transfer_batch::{TransferRequest, TRANSFERS_PER_CALL_MAX};
 pub use transfers::{ActivityOutcome, TransferReceipt};
 
 /// The share of `Options::cache_bytes` kept for order numbers found by `get_by_order` (one

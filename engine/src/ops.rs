@@ -287,6 +287,16 @@ impl ShardOp for Post {
     }
 }
 
+/// Account requests of one shard in one trip (`transfer_batch.rs`), answered together.
+pub(crate) struct PostMany(pub Vec<AccountCommand>);
+
+impl ShardOp for PostMany {
+    type Output = Vec<Result<AccountReceipt, TradeError>>;
+    fn start(self, shard: &DiskShard, reply: ShardReply<Self::Output>) {
+        shard.post_many(self.0, reply)
+    }
+}
+
 /// A local transaction of flexible-transaction steps.
 pub(crate) struct Transact(pub Vec<Step>);
 

@@ -112,6 +112,9 @@ pub enum InputError {
     /// A message id naming a partition the engine does not have.
     #[error("partition {partition} is not one of the {partitions} partitions")]
     BadPartition { partition: u32, partitions: u32 },
+    /// A batch of more requests than one call takes.
+    #[error("a batch holds at most {max} requests, not {count}")]
+    BadBatch { count: usize, max: usize },
     /// A consumer subscribed to application topics polled for trade events only.
     #[error("this consumer subscribes to application topics: poll it with poll_messages")]
     NotTradeEvents,

@@ -146,6 +146,21 @@ fn load_transfers_report_their_rate_and_conserve_money() {
     assert!(shards.iter().all(|shard| shard["activities_in_doubt"].as_array().is_some_and(Vec::is_empty)));
 }
 
+/// With `--batch`, each request is a batch of transfers (`transfer_many`): every transfer is
+/// counted as one alone, within a shard and across shards, and the money is conserved.
+#[test]
+fn load_transfers_in_batches_conserve_money() {
+    let dir = tempfile::tempdir().unwrap();
+    let args = ["load", "--workload", "transfer", "--batch", "16", "--ops", "3200", "--inflight", "4", "--json"];
+    let report = json(&tradeshard(&args, dir.path()));
+    assert_eq!((report["batch"].as_u64(), report["inflight"].as_u64()), (Some(16), Some(4)), "{report}");
+    let (transfers, cross) = (report["transfers"].as_u64().unwrap(), report["cross_shard"].as_u64().unwrap());
+    assert!(transfers > 2_400 && transfers <= 3_200 && cross > 600 && cross < transfers - 600, "{report}");
+    assert!(report["latency_us"]["p99"].as_u64().is_some(), "{report}");
+    assert_eq!(report["conservation_ok"], true, "{report}");
+    assert_eq!((report["in_transit_at_end"].as_i64(), report["errors"].as_u64()), (Some(0), Some(0)));
+}
+
 /// With `--purchase-ratio`, half the requests are purchases: a trade paid from the buyer's
 /// balance and settled to its merchant; the money is counted at the end as for transfers.
 #[test]
@@ -227,13 +242,16 @@ fn wal_bench_reports_json() {
 #[test]
 fn bad_arguments_exit_non_zero() {
     let dir = tempfile::tempdir().unwrap();
-    let bad: [&[&str]; 6] = [
+    let bad: [&[&str]; 9] = [
         &["load", "--inflight", "0"],
         &["load", "--read-ratio", "2"],
         &["load", "--duration", "soon"],
         &["load", "--rate", "0"],
         &["load", "--rate", "NaN"],
         &["load", "--workload", "publish", "--rate", "100"],
+        &["load", "--workload", "ingest", "--batch", "4"],
+        &["load", "--workload", "transfer", "--batch", "4", "--purchase-ratio", "0.5"],
+        &["load", "--workload", "transfer", "--batch", "8193"],
     ];
     for args in bad {
         assert!(!tradeshard(args, dir.path()).status.success(), "{args:?}");

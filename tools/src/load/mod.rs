@@ -83,7 +83,8 @@ pub struct Args {
     /// Trades created before the timed phase of the read workload.
     #[arg(long, default_value_t = 200_000)]
     read_trades: u64,
-    /// Gets per request in the read workload (`get_many` when above 1).
+    /// Gets per request in the read workload (`get_many` when above 1); transfers per request
+    /// in the transfer workload (`transfer_many` when above 1; --inflight counts requests).
     #[arg(long, default_value_t = 1)]
     batch: usize,
     /// Bytes of read-through cache in all (0 turns it off).
@@ -187,6 +188,17 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     }
     if args.batch == 0 || args.batch > 1 << 16 {
         bail!("--batch must be between 1 and 65536");
+    }
+    if args.batch > 1 && args.workload != "read" && args.workload != "transfer" {
+        bail!("--batch above 1 is for the read and transfer workloads");
+    }
+    if args.workload == "transfer" && args.batch > 1 {
+        if args.batch > tradeshard_engine::TRANSFERS_PER_CALL_MAX {
+            bail!("--batch of transfers must be at most {}", tradeshard_engine::TRANSFERS_PER_CALL_MAX);
+        }
+        if args.purchase_ratio > 0.0 {
+            bail!("--batch above 1 sends transfers only: purchases (--purchase-ratio) go one at a time");
+        }
     }
     if !(0.0..=1.0).contains(&args.retry_ratio) {
         bail!("--retry-ratio must be between 0 and 1");

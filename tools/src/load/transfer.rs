@@ -1,7 +1,8 @@
 //! The transfer workload of the load tool: users funded before the timed phase, then tasks
 //! that move money between them, within a shard or across shards (`--cross-shard-ratio`), each
-//! with one request outstanding: a transfer, or (`--purchase-ratio`) a purchase, a trade
-//! created, paid from the buyer's balance and settled to its merchant; with `--rate`, sent at
+//! with one request outstanding: a transfer, a batch of `--batch` transfers (`transfer_many`),
+//! or (`--purchase-ratio`) a purchase, a trade created, paid from the buyer's balance and
+//! settled to its merchant; with `--rate`, sent at
 //! that rate (open loop: latency counts from the intended send time). At the end, once no
 //! activity is in doubt, the money is counted: balances plus money in transit must equal what
 //! was deposited (`conservation_ok`). With `--report-every`, each interval's rate, p99,
@@ -16,7 +17,7 @@ use anyhow::bail;
 use fastrand::Rng;
 use hdrhistogram::Histogram;
 use serde::Serialize;
-use tradeshard_engine::{EngineHandle, Error, NewTrade, Refusal};
+use tradeshard_engine::{EngineHandle, Error, NewTrade, Refusal, TransferRequest};
 
 use super::client::send_slot;
 use super::report::{growth_after_warmup, interval_report, IntervalReport};
@@ -49,7 +50,9 @@ pub(super) struct TransferReport {
     pub(super) purchases: u64,
     pub(super) purchase_ratio: f64,
     pub(super) purchase_latency_us: LatencySummary,
+    /// Requests outstanding; each of `batch` transfers.
     pub(super) inflight: usize,
+    pub(super) batch: usize,
     pub(super) users: u64,
     pub(super) fsyncs_per_sec: f64,
     pub(super) records_per_fsync: f64,
@@ -82,6 +85,7 @@ struct Transfers {
     issued: Cell<u64>,
     rate: Option<f64>,
     inflight: usize,
+    batch: usize,
     /// The start of the timed phase: the open loop's slots count from it.
     start: Instant,
     local: RefCell<Histogram<u64>>,
@@ -102,6 +106,8 @@ pub(super) struct TransferPlan {
     pub(super) cross_ratio: f64,
     pub(super) purchase_ratio: f64,
     pub(super) inflight: usize,
+    /// Transfers per request (`transfer_many` when above 1).
+    pub(super) batch: usize,
     pub(super) duration: Option<Duration>,
     pub(super) ops_max: Option<u64>,
     /// Transfers a second to send (open loop), or as fast as `inflight` tasks go.
@@ -121,6 +127,7 @@ pub(super) async fn run(handle: EngineHandle, plan: TransferPlan) -> anyhow::Res
         cross_ratio,
         purchase_ratio,
         inflight,
+        batch,
         duration,
         ops_max,
         rate,
@@ -151,6 +158,7 @@ pub(super) async fn run(handle: EngineHandle, plan: TransferPlan) -> anyhow::Res
         issued: Cell::new(0),
         rate,
         inflight,
+        batch,
         start: Instant::now(),
         local: RefCell::new(latency::new_histogram()),
         across: RefCell::new(latency::new_histogram()),
@@ -224,6 +232,7 @@ pub(super) async fn run(handle: EngineHandle, plan: TransferPlan) -> anyhow::Res
         purchase_ratio,
         purchase_latency_us: latency::summarize(&purchases),
         inflight,
+        batch,
         users,
         fsyncs_per_sec: fsyncs as f64 / elapsed,
         records_per_fsync: if fsyncs == 0 { 0.0 } else { records as f64 / fsyncs as f64 },
@@ -273,23 +282,12 @@ async fn worker(state: Rc<Transfers>, task: usize, seed: u64) {
             state.stop.set(true);
             return;
         }
+        if state.batch > 1 {
+            send_batch(&state, &mut rng, task, &mut n).await;
+            continue;
+        }
         state.issued.set(state.issued.get() + 1);
-        let from = 1 + rng.u64(..state.users);
-        let routing = state.handle.routing();
-        let home = routing.physical_of_user(from) as usize;
-        let cross = rng.f64() < state.cross_ratio;
-        let shard = match cross {
-            true => (home + 1 + rng.usize(..state.by_shard.len() - 1)) % state.by_shard.len(),
-            false => home,
-        };
-        let candidates = &state.by_shard[shard];
-        if candidates.is_empty() {
-            continue;
-        }
-        let to = candidates[rng.usize(..candidates.len())];
-        if to == from {
-            continue;
-        }
+        let Some((from, to, cross)) = choose_pair(&state, &mut rng) else { continue };
         let request_no = format!("{}-{task}-{n}", state.run);
         let started = send_slot(state.rate, state.start, state.inflight, task, n).await;
         n += 1;
@@ -298,24 +296,81 @@ async fn worker(state: Rc<Transfers>, task: usize, seed: u64) {
             true => buy(&state.handle, from, to, 1 + rng.u64(..100), request_no).await,
             false => state.handle.transfer(from, to, CURRENCY, 1 + rng.u64(..100), &request_no).await.map(drop),
         };
-        match answer {
-            Ok(()) => {
-                let histogram = match (purchase, cross) {
-                    (true, _) => &state.purchases,
-                    (false, true) => &state.across,
-                    (false, false) => &state.local,
-                };
-                let micros = started.elapsed().as_micros() as u64;
-                latency::record(&mut histogram.borrow_mut(), micros);
-                latency::record(&mut state.interval.borrow_mut(), micros);
+        let histogram = match (purchase, cross) {
+            (true, _) => &state.purchases,
+            (false, true) => &state.across,
+            (false, false) => &state.local,
+        };
+        count_answer(&state, answer, histogram, started);
+    }
+}
+
+/// A payer and a payee (of another shard by --cross-shard-ratio), and whether they are in two
+/// shards; `None` for a draw that found no payee.
+fn choose_pair(state: &Transfers, rng: &mut Rng) -> Option<(u64, u64, bool)> {
+    let from = 1 + rng.u64(..state.users);
+    let home = state.handle.routing().physical_of_user(from) as usize;
+    let cross = rng.f64() < state.cross_ratio;
+    let shard = match cross {
+        true => (home + 1 + rng.usize(..state.by_shard.len() - 1)) % state.by_shard.len(),
+        false => home,
+    };
+    let candidates = &state.by_shard[shard];
+    let to = *candidates.get(rng.usize(..candidates.len().max(1)))?;
+    (to != from).then_some((from, to, cross))
+}
+
+/// One batch of `--batch` transfers through `transfer_many`; each answer is counted as a
+/// transfer alone would be, its latency the batch's.
+async fn send_batch(state: &Transfers, rng: &mut Rng, task: usize, n: &mut u64) {
+    let mut chosen = Vec::with_capacity(state.batch);
+    while chosen.len() < state.batch {
+        if let Some((from, to, cross)) = choose_pair(state, rng) {
+            let request_no = format!("{}-{task}-{}-{}", state.run, *n, chosen.len());
+            chosen.push((from, to, cross, 1 + rng.u64(..100), request_no));
+        }
+    }
+    state.issued.set(state.issued.get() + state.batch as u64);
+    let requests: Vec<TransferRequest> = chosen
+        .iter()
+        .map(|(from, to, _, amount, request_no)| TransferRequest {
+            from_user: *from,
+            to_user: *to,
+            currency: CURRENCY,
+            amount: *amount,
+            request_no,
+        })
+        .collect();
+    // A batch is `batch` operations of the open loop's rate.
+    let rate = state.rate.map(|rate| rate / state.batch as f64);
+    let started = send_slot(rate, state.start, state.inflight, task, *n).await;
+    *n += 1;
+    match state.handle.transfer_many(&requests).await {
+        Ok(answers) => {
+            for ((_, _, cross, _, _), answer) in chosen.iter().zip(answers) {
+                let histogram = if *cross { &state.across } else { &state.local };
+                count_answer(state, answer.map(drop), histogram, started);
             }
-            Err(Error::Refused(Refusal::TransferCancelled { .. })) => state.cancelled.set(state.cancelled.get() + 1),
-            Err(Error::Refused(Refusal::InsufficientFunds { .. })) => state.refused.set(state.refused.get() + 1),
-            Err(error) => {
-                state.errors.set(state.errors.get() + 1);
-                state.first_error.borrow_mut().get_or_insert(error.to_string());
-                state.stop.set(true);
-            }
+        }
+        Err(error) => count_answer(state, Err(error), &state.local, started),
+    }
+}
+
+/// Counts one answer: its latency from `started` if it moved money, else why not; an error
+/// stops the run.
+fn count_answer(state: &Transfers, answer: Result<(), Error>, histogram: &RefCell<Histogram<u64>>, started: Instant) {
+    match answer {
+        Ok(()) => {
+            let micros = started.elapsed().as_micros() as u64;
+            latency::record(&mut histogram.borrow_mut(), micros);
+            latency::record(&mut state.interval.borrow_mut(), micros);
+        }
+        Err(Error::Refused(Refusal::TransferCancelled { .. })) => state.cancelled.set(state.cancelled.get() + 1),
+        Err(Error::Refused(Refusal::InsufficientFunds { .. })) => state.refused.set(state.refused.get() + 1),
+        Err(error) => {
+            state.errors.set(state.errors.get() + 1);
+            state.first_error.borrow_mut().get_or_insert(error.to_string());
+            state.stop.set(true);
         }
     }
 }
@@ -351,6 +406,7 @@ pub(super) fn run_on_thread(
         cross_ratio: args.cross_shard_ratio,
         purchase_ratio: args.purchase_ratio,
         inflight: args.inflight,
+        batch: args.batch,
         duration,
         ops_max: args.ops,
         rate: args.rate,
