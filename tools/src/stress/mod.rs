@@ -20,6 +20,7 @@ mod common;
 mod journal;
 mod model;
 mod money;
+mod stuck;
 
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
@@ -243,9 +244,14 @@ fn run_cycle(
     } else {
         let delay = Duration::from_millis(1 + rng.u64(..args.run_ms_max));
         if ready_rx.recv_timeout(Duration::from_secs(60)).is_err() {
+            let threads = stuck::describe(child.id());
+            let stuck_path = root.join("stuck-child.txt");
+            let _ = std::fs::write(&stuck_path, &threads);
             let _ = child.kill();
             let status = child.wait()?;
-            return Err(child_failed(status).context("the child did not open the engine within 60 s"));
+            let context =
+                format!("the child did not open the engine within 60 s; its threads: {}", stuck_path.display());
+            return Err(child_failed(status).context(context));
         }
         std::thread::sleep(delay);
     }
