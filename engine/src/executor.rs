@@ -32,6 +32,8 @@ pub(crate) struct ExecutorPlan {
     /// to the others through its outbox (`outbox.rs`).
     pub inboxes: Vec<Arc<Inbox<Request>>>,
     pub routing: Routing,
+    /// This executor's beat, watched by the engine's kicker (`kick.rs`).
+    pub beat: Arc<crate::kick::Beat>,
 }
 
 /// An executor recovering its shards, waiting to be told whether to start them.
@@ -120,6 +122,7 @@ async fn run(
     report: mpsc::Sender<Result<()>>,
     go: mpsc::Receiver<bool>,
 ) -> Result<()> {
+    let _beating = plan.beat.start_on_executor();
     // First every shard is recovered, reading only.
     let mut recovered = Vec::new();
     for (shard_id, dir, cache) in &plan.shard_dirs {
@@ -137,7 +140,7 @@ async fn run(
     let _ = report.send(Ok(()));
     // Then, once every executor's shards recovered, they start (repairs included). Nothing
     // else runs on this executor yet, so waiting on the channel blocks nothing.
-    if !go.recv().unwrap_or(false) {
+    if !plan.beat.parked_while(|| go.recv()).unwrap_or(false) {
         drop(recovered);
         release_closed_files().await;
         return Ok(());

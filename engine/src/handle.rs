@@ -45,6 +45,8 @@ pub(crate) struct HandleInner {
     pub half_checks: crate::checkers::HalfChecks,
     /// The next partition of a message with an empty key.
     pub next_partition: std::sync::atomic::AtomicU32,
+    /// Each executor's beat, and the kicks it took (`kick.rs`).
+    pub beats: Vec<Arc<crate::kick::Beat>>,
 }
 
 /// A cheap, cloneable handle to an open engine (`Clone + Send + Sync`).
@@ -69,6 +71,9 @@ pub struct EngineStats {
     pub cache: tradeshard_shard::CacheStats,
     /// Counters of the handle's cache of order numbers found by `get_by_order`.
     pub order_ids: tradeshard_shard::CacheStats,
+    /// Signals sent to executors whose beat stood still (`kick.rs`): each one woke an
+    /// executor left asleep by the kernel, or found it in a long turn.
+    pub executor_kicks: u64,
 }
 
 impl EngineHandle {
@@ -303,6 +308,7 @@ impl EngineHandle {
             stats.cache.add(&shard.cache);
         }
         stats.order_ids = self.inner.order_ids.stats();
+        stats.executor_kicks = self.inner.beats.iter().map(|beat| beat.kicks()).sum();
         Ok(stats)
     }
 
@@ -384,6 +390,7 @@ mod tests {
                 max: 1,
             },
             next_partition: Default::default(),
+            beats: Vec::new(),
         };
         (EngineHandle { inner: Arc::new(inner) }, inbox)
     }

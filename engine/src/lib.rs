@@ -34,6 +34,7 @@ mod executor;
 mod groups;
 mod handle;
 mod inbox;
+mod kick;
 mod manifest;
 mod message_ops;
 mod messages;
@@ -95,6 +96,8 @@ pub struct Engine {
     executors: Vec<ExecutorJoinHandle<Result<()>>>,
     data_dir: DataDir,
     activities: Option<activities::ActivityRecovery>,
+    /// Wakes an executor the kernel left asleep (`kick.rs`), from before the open to the close.
+    kicker: kick::Kicker,
 }
 
 impl Engine {
@@ -149,6 +152,7 @@ impl Engine {
             Routing { logical_shards: manifest.logical_shards, physical_shards: manifest.physical_shards, executors };
         let inboxes: Vec<_> =
             (0..executors).map(|_| std::sync::Arc::new(Inbox::new(options.queue_depth_max))).collect();
+        let beats: Vec<std::sync::Arc<kick::Beat>> = (0..executors).map(|_| Default::default()).collect();
         let cache_bytes_per_shard =
             (options.cache_bytes - options.cache_bytes / ORDER_IDS_SHARE) / manifest.physical_shards as usize;
         let trade_caches: Vec<_> = (0..manifest.physical_shards)
@@ -172,19 +176,22 @@ impl Engine {
                     max: options.half_checks_max,
                 },
                 next_partition: Default::default(),
+                beats: beats.clone(),
             }),
         };
-        let mut engine = Engine { handle, executors: Vec::new(), data_dir, activities: None };
+        let kicker = kick::Kicker::start(beats.clone());
+        let mut engine = Engine { handle, executors: Vec::new(), data_dir, activities: None, kicker };
         // Two phases, so that a refused open changes no shard: every executor recovers its
         // shards (in parallel, reading only); only if all succeed do they repair and start them.
         let mut starting = Vec::new();
         let mut refusal = None;
-        for index in 0..inboxes.len() {
+        for (index, beat) in beats.iter().enumerate() {
             let shard_dirs = routing
                 .shards_of_executor(index)
                 .map(|s| (s, engine.data_dir.shard_dir(s), trade_caches[s as usize].clone()))
                 .collect();
-            let plan = ExecutorPlan { index, shard_dirs, inboxes: inboxes.clone(), routing };
+            let beat = beat.clone();
+            let plan = ExecutorPlan { index, shard_dirs, inboxes: inboxes.clone(), routing, beat };
             match executor::start(plan, &options) {
                 Ok(executor) => starting.push(executor),
                 Err(error) => {
@@ -252,6 +259,7 @@ impl Engine {
                 first_error.get_or_insert(error);
             }
         }
+        self.kicker.stop();
         // Handles outlive the engine; what their caches hold goes with it.
         for cache in &self.handle.inner.trade_caches {
             cache.clear();

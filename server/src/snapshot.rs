@@ -78,6 +78,8 @@ pub(crate) async fn take(shared: &Shared) -> Result<Snapshot, tradeshard_engine:
     push("uptime_seconds", "Seconds since the server started.", Kind::Gauge, Scope::Total, uptime);
     let open = shared.open_connections.load(Ordering::Relaxed) as f64;
     push("connections", "Connections open now.", Kind::Gauge, Scope::Total, open);
+    let kicks = stats.executor_kicks as f64;
+    push("executor_kicks", "Signals that woke an executor whose beat stood still.", Kind::Counter, Scope::Total, kicks);
     let mut totals: BTreeMap<&'static str, (Kind, &'static str, f64)> = BTreeMap::new();
     for shard in &stats.shards {
         let wal = &shard.wal;

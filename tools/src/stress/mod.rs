@@ -85,6 +85,9 @@ struct Summary {
     replayed_records: u64,
     /// Shards whose log no longer started at its first record when reopened (retention ran).
     shard_opens_with_retained_log: u64,
+    /// Signals the checking engines sent to an executor whose beat stood still
+    /// (`engine/src/kick.rs`).
+    executor_kicks: u64,
     journal_entries: u64,
     /// Money: deposits and transfers whose answer a kill took, sent again; transfers made
     /// (counted at every check, so each once per check after it).
@@ -296,6 +299,7 @@ fn run_cycle(
         Ok((checked, money.verify(&engine.handle())?))
     });
     watchdog.enter(cycle, "closing the engine");
+    summary.executor_kicks += engine.handle().stats_blocking().map_or(0, |stats| stats.executor_kicks);
     let closed = engine.close();
     // A violation found by the check is the news; a failed close only after it.
     let (checked, money_checked) = checked?;
@@ -333,11 +337,14 @@ impl Watchdog {
                 return;
             }
             if since.elapsed() > limit {
+                let stuck_path = root.join("stuck-campaign.txt");
+                let _ = std::fs::write(&stuck_path, stuck::describe(std::process::id()));
                 eprintln!(
                     "stress: STALLED in cycle {cycle} (seed {seed}): {name} took more than {} s; the directories are \
-                     kept in {}",
+                     kept in {}, what each thread was doing in {}",
                     limit.as_secs(),
-                    root.display()
+                    root.display(),
+                    stuck_path.display()
                 );
                 std::process::exit(2);
             }

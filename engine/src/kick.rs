@@ -1,0 +1,234 @@
+//! Waking an executor that the kernel left asleep with its completion posted.
+//!
+//! An executor with nothing to run parks in `io_uring_enter`, waiting for one completion on
+//! its main ring (glommio links its other rings to that one). On a loaded machine the kill -9
+//! campaign caught executors asleep there for minutes, once in a few hundred opens, with the
+//! completion they waited for already in that ring, unreaped (`/proc/PID/fdinfo` of the ring:
+//! `CqTail` one past `CqHead`; the campaign writes what each thread of a stuck child was
+//! doing, `tools/src/stress/stuck.rs`). Nothing inside the process wakes such a thread: its
+//! own timers complete through the same ring.
+//!
+//! A signal does: the wait returns `EINTR`, which glommio takes as a wake-up, and it reaps
+//! every ring. So each executor beats (a task of its own bumps a counter every
+//! [`HEARTBEAT`]), and one thread per engine signals an executor whose beat stood still for
+//! [`STALL`] while it was not parked on purpose (waiting for the other executors at open).
+//! The handler does nothing and other system calls restart (`SA_RESTART`), so a signal that
+//! finds the executor merely busy (a long turn) costs nothing. Kicks are counted
+//! (`EngineStats::executor_kicks`). The handler is installed once per process, and not at
+//! all if the embedder has one for the same signal (then executors are not kicked).
+
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Condvar, Mutex, Once};
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+/// How often an executor's beat task bumps its counter.
+pub(crate) const HEARTBEAT: Duration = Duration::from_millis(100);
+/// How long a beat may stand still before its executor is signalled.
+pub(crate) const STALL: Duration = Duration::from_secs(2);
+/// How often the kicking thread looks at the beats.
+const CHECK: Duration = Duration::from_millis(250);
+
+/// The signal that wakes an executor: a real-time signal well above the ones the C library
+/// keeps for itself.
+fn kick_signal() -> libc::c_int {
+    libc::SIGRTMIN() + 5
+}
+
+extern "C" fn ignore(_: libc::c_int) {}
+
+/// Installs the handler once; false if the embedder handles the signal itself.
+fn handler_installed() -> bool {
+    static INSTALL: Once = Once::new();
+    static INSTALLED: AtomicBool = AtomicBool::new(false);
+    INSTALL.call_once(|| {
+        // SAFETY: sigaction with valid pointers; the handler is async-signal-safe (it does
+        // nothing).
+        unsafe {
+            let mut old: libc::sigaction = std::mem::zeroed();
+            if libc::sigaction(kick_signal(), std::ptr::null(), &mut old) != 0 || old.sa_sigaction != libc::SIG_DFL {
+                return;
+            }
+            let mut action: libc::sigaction = std::mem::zeroed();
+            action.sa_sigaction = ignore as extern "C" fn(libc::c_int) as libc::sighandler_t;
+            action.sa_flags = libc::SA_RESTART;
+            libc::sigemptyset(&mut action.sa_mask);
+            INSTALLED.store(libc::sigaction(kick_signal(), &action, std::ptr::null_mut()) == 0, Ordering::Relaxed);
+        }
+    });
+    INSTALLED.load(Ordering::Relaxed)
+}
+
+/// One executor's beat, shared by the executor and the kicking thread.
+#[derive(Default)]
+pub(crate) struct Beat {
+    /// The executor's thread (`pthread_t`), once it runs.
+    thread: Mutex<Option<libc::pthread_t>>,
+    beats: AtomicU64,
+    /// Blocked on purpose (a channel at open), not to be kicked.
+    parked: AtomicBool,
+    kicks: AtomicU64,
+}
+
+impl Beat {
+    /// On the executor's thread, first thing: records the thread and starts the beat task.
+    /// The executor keeps the guard until it returns: its drop, still on the thread, forgets
+    /// the thread, so that no signal is sent to it once it may be gone.
+    pub(crate) fn start_on_executor(self: &Arc<Self>) -> BeatGuard {
+        // SAFETY: pthread_self has no preconditions.
+        *self.thread.lock().unwrap_or_else(|p| p.into_inner()) = Some(unsafe { libc::pthread_self() });
+        let beat = self.clone();
+        glommio::spawn_local(async move {
+            loop {
+                glommio::timer::sleep(HEARTBEAT).await;
+                beat.beats.fetch_add(1, Ordering::Relaxed);
+            }
+        })
+        .detach();
+        BeatGuard(self.clone())
+    }
+
+    /// Runs `wait`, a blocking wait of the executor's thread, with the kicks held off.
+    pub(crate) fn parked_while<T>(&self, wait: impl FnOnce() -> T) -> T {
+        self.parked.store(true, Ordering::Relaxed);
+        let out = wait();
+        self.parked.store(false, Ordering::Relaxed);
+        out
+    }
+
+    /// Times this executor was signalled.
+    pub(crate) fn kicks(&self) -> u64 {
+        self.kicks.load(Ordering::Relaxed)
+    }
+}
+
+/// Held by a running executor (see [`Beat::start_on_executor`]).
+pub(crate) struct BeatGuard(Arc<Beat>);
+
+impl Drop for BeatGuard {
+    fn drop(&mut self) {
+        *self.0.thread.lock().unwrap_or_else(|p| p.into_inner()) = None;
+    }
+}
+
+/// The thread that watches the beats of one engine's executors (module text).
+pub(crate) struct Kicker {
+    stop: Arc<(Mutex<bool>, Condvar)>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl Kicker {
+    /// Starts watching `beats`; does nothing where the signal cannot be used.
+    pub(crate) fn start(beats: Vec<Arc<Beat>>) -> Kicker {
+        let stop = Arc::new((Mutex::new(false), Condvar::new()));
+        if !handler_installed() {
+            return Kicker { stop, thread: None };
+        }
+        let stopping = stop.clone();
+        let thread = std::thread::Builder::new()
+            .name("tradeshard-kick".into())
+            .spawn(move || watch(&beats, &stopping))
+            .expect("a thread to watch the executors");
+        Kicker { stop, thread: Some(thread) }
+    }
+
+    /// Stops the thread.
+    pub(crate) fn stop(&mut self) {
+        *self.stop.0.lock().unwrap_or_else(|p| p.into_inner()) = true;
+        self.stop.1.notify_all();
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
+}
+
+impl Drop for Kicker {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+fn watch(beats: &[Arc<Beat>], stop: &(Mutex<bool>, Condvar)) {
+    let mut seen: Vec<(u64, Duration)> = vec![(0, Duration::ZERO); beats.len()];
+    let mut stopped = stop.0.lock().unwrap_or_else(|p| p.into_inner());
+    while !*stopped {
+        stopped = stop.1.wait_timeout(stopped, CHECK).unwrap_or_else(|p| p.into_inner()).0;
+        for (beat, (last, still)) in beats.iter().zip(&mut seen) {
+            let now = beat.beats.load(Ordering::Relaxed);
+            if now != *last || beat.parked.load(Ordering::Relaxed) {
+                (*last, *still) = (now, Duration::ZERO);
+                continue;
+            }
+            *still += CHECK;
+            if *still < STALL {
+                continue;
+            }
+            *still = Duration::ZERO;
+            // Under the lock: the executor forgets its thread under it before the thread ends.
+            let thread = beat.thread.lock().unwrap_or_else(|p| p.into_inner());
+            if let Some(thread) = *thread {
+                // SAFETY: an executor's thread that has not dropped its guard, so still running.
+                if unsafe { libc::pthread_kill(thread, kick_signal()) } == 0 {
+                    beat.kicks.fetch_add(1, Ordering::Relaxed);
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::mpsc;
+    use std::time::Instant;
+
+    use glommio::{LocalExecutorBuilder, Placement};
+
+    use super::*;
+
+    /// Runs `stuck` on an executor whose beat a kicker watches, after its first beats; returns
+    /// whether it ended within `limit`, how long it took, and the kicks.
+    fn on_watched_executor(stuck: fn(&Beat), limit: Duration) -> (bool, Duration, u64) {
+        let beat = Arc::new(Beat::default());
+        let mut kicker = Kicker::start(vec![beat.clone()]);
+        let (ended, ended_rx) = mpsc::channel();
+        let on_executor = beat.clone();
+        let executor = LocalExecutorBuilder::new(Placement::Unbound)
+            .spawn(move || async move {
+                let _beating = on_executor.start_on_executor();
+                glommio::timer::sleep(HEARTBEAT * 3).await;
+                let started = Instant::now();
+                stuck(&on_executor);
+                let _ = ended.send(started.elapsed());
+            })
+            .unwrap();
+        let took = ended_rx.recv_timeout(limit);
+        if took.is_ok() {
+            executor.join().unwrap();
+        }
+        kicker.stop();
+        (took.is_ok(), took.unwrap_or(limit), beat.kicks())
+    }
+
+    #[test]
+    fn an_executor_in_a_wait_that_only_a_signal_ends_is_kicked_out_of_it() {
+        assert!(handler_installed(), "no one else handles the signal in the tests");
+        // SAFETY: pause has no preconditions; it returns once a handled signal arrives.
+        let (ended, took, kicks) = on_watched_executor(
+            |_| unsafe {
+                let _ = libc::pause();
+            },
+            STALL * 5,
+        );
+        assert!(ended, "the stuck executor was woken");
+        assert!(took >= STALL - CHECK * 2, "not before its beat stood still for a while: {took:?}");
+        assert_eq!(kicks, 1);
+    }
+
+    #[test]
+    fn an_executor_parked_on_purpose_or_beating_is_left_alone() {
+        let (ended, _, kicks) =
+            on_watched_executor(|beat| beat.parked_while(|| std::thread::sleep(STALL * 2)), STALL * 5);
+        assert!(ended);
+        assert_eq!(kicks, 0, "a wait on purpose is not kicked");
+    }
+}
