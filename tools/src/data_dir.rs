@@ -72,3 +72,20 @@ pub fn disk_bytes(dir: &Path) -> u64 {
         })
         .sum()
 }
+
+/// The segment size of the engine directory `dir`, read from its segments' files (each is
+/// made at the full size), or `None` if it has none. The size is not in the manifest; an
+/// engine opened with another size would remove the directory's free segments (they could
+/// not serve it) and make its new ones at that size.
+pub fn segment_bytes_of(dir: &Path) -> Option<u64> {
+    let shards = std::fs::read_dir(dir.join("shards")).ok()?;
+    let segment =
+        |name: &str| name.len() == 24 && name.ends_with(".log") && name[..20].bytes().all(|b| b.is_ascii_digit());
+    shards
+        .flatten()
+        .filter_map(|shard| std::fs::read_dir(shard.path()).ok())
+        .flat_map(|files| files.flatten())
+        .filter(|file| segment(&file.file_name().to_string_lossy()))
+        .filter_map(|file| file.metadata().ok().map(|meta| meta.len()))
+        .max()
+}

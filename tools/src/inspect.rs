@@ -110,6 +110,10 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     }
     let opening = Instant::now();
     let mut options = Options::new(&args.dir);
+    // Opened at its own segment size, the directory keeps its free segments.
+    if let Some(bytes) = crate::data_dir::segment_bytes_of(&args.dir) {
+        options.segment_bytes = bytes;
+    }
     if let Some(bytes) = args.trade_memory {
         options.upkeep.trade_memory_bytes = bytes;
     }
@@ -130,7 +134,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
             segments: shard.segments,
             segment_bytes: shard.segment_bytes,
             free_segments: shard.wal.free_segments,
-            // A free file is kept at open only at the configured segment size.
+            // A free file is kept at open only at the segment size it was opened with.
             free_segment_bytes: shard.wal.free_segments * options_segment_bytes,
             log_first: shard.log_first,
             log_end: shard.log_end,

@@ -287,6 +287,20 @@ fn stress_kills_and_recovers_the_engine_and_reports_what_it_checked() {
     assert!(!refused.status.success());
 }
 
+/// `inspect` opens a directory at its own segment size (the stress campaign's are 1 MiB): a
+/// free segment of that size is kept and reported, not removed as one of another size.
+#[test]
+fn inspect_keeps_the_free_segments_of_a_directory_of_another_segment_size() {
+    let dir = tempfile::tempdir().unwrap();
+    let args = ["stress", "--cycles", "2", "--cycles-per-dir", "2", "--seed", "9", "--dir", "s", "--json"];
+    json(&tradeshard(&args, dir.path()));
+    let free = dir.path().join("s/data-000000/shards/0000/recycled-00000000099999999999.seg");
+    std::fs::write(&free, vec![0u8; 1 << 20]).unwrap();
+    let report = json(&tradeshard(&["inspect", "--dir", "s/data-000000", "--json"], dir.path()));
+    assert!(free.exists(), "the free segment is kept: {report}");
+    assert_eq!(report["shards"][0]["free_segment_bytes"], 1 << 20, "{report}");
+}
+
 #[test]
 fn compare_reports_every_figure_with_its_goal() {
     let dir = tempfile::tempdir().unwrap();

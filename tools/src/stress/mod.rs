@@ -246,14 +246,18 @@ fn run_cycle(
         summary.kills_while_recovering += u64::from(ready_rx.try_recv().is_err());
     } else {
         let delay = Duration::from_millis(1 + rng.u64(..args.run_ms_max));
-        if ready_rx.recv_timeout(Duration::from_secs(60)).is_err() {
+        // Within the watchdog's limit, so that the child, not this process, is described.
+        let open_limit = Duration::from_secs(60).min(Duration::from_secs(args.stall_secs) / 2);
+        if ready_rx.recv_timeout(open_limit).is_err() {
             let threads = stuck::describe(child.id());
             let stuck_path = root.join("stuck-child.txt");
             let _ = std::fs::write(&stuck_path, &threads);
             let _ = child.kill();
             let status = child.wait()?;
-            let context =
-                format!("the child did not open the engine within 60 s; its threads: {}", stuck_path.display());
+            let context = format!(
+                "the child did not open the engine within {open_limit:?}; its threads: {}",
+                stuck_path.display()
+            );
             return Err(child_failed(status).context(context));
         }
         std::thread::sleep(delay);
