@@ -5,27 +5,13 @@
 //! transit equal deposits); all of it survives reopening, with and without a checkpoint, and
 //! with the trades in the table on disk.
 
-use std::collections::BTreeMap;
-
-use tradeshard_engine::{Currency, Engine, EngineHandle, Error, NewTrade, Options, Refusal, TradeId, TradeStatus};
+use tradeshard_engine::{Engine, EngineHandle, Error, NewTrade, Options, Refusal, TradeId, TradeStatus};
 use tradeshard_shard::join_all;
-use tradeshard_tests::{engine_options, upkeep_on_request, wait_until_no_activity_in_doubt, SMALL_TRADE_MEMORY};
+use tradeshard_tests::{
+    available, engine_options, money_cny, upkeep_on_request, wait_until_no_activity_in_doubt, SMALL_TRADE_MEMORY,
+};
 
 const DEPOSITED: u64 = 10_000;
-
-/// Balances plus money in transit, in CNY: deposits less withdrawals, at every instant.
-fn money(h: &EngineHandle) -> i128 {
-    let cny = Currency::parse("CNY").unwrap();
-    let totals: BTreeMap<_, _> = h.account_totals_blocking().unwrap();
-    let in_transit = h.money_in_transit_blocking().unwrap();
-    totals.get(&cny).copied().unwrap_or(0) as i128 + in_transit.get(&cny).copied().unwrap_or(0)
-}
-
-fn available(h: &EngineHandle, user: u64) -> u64 {
-    let balance = h.balance_blocking(user, "CNY").unwrap();
-    assert_eq!((balance.frozen, balance.incoming), (0, 0), "no reservation left behind");
-    balance.available
-}
 
 fn in_transit(h: &EngineHandle) -> i128 {
     h.money_in_transit_blocking().unwrap().values().sum()
@@ -64,7 +50,7 @@ fn a_trade_paid_from_a_balance_moves_the_money_once_and_settles_to_its_merchant(
     let paid = h.pay_from_balance_blocking(near).unwrap();
     assert_eq!((paid.status, paid.from_balance, paid.replayed), (TradeStatus::Paid, true, false));
     assert!(h.get_blocking(near).unwrap().from_balance, "a reader sees how the trade was paid");
-    assert_eq!((available(&h, buyer), in_transit(&h), money(&h)), (7_000, 3_000, DEPOSITED as i128));
+    assert_eq!((available(&h, buyer), in_transit(&h), money_cny(&h)), (7_000, 3_000, DEPOSITED as i128));
     // A retry of the payment answers it and takes nothing more; a payment of the other kind
     // (by card) is refused: it would be a second payment.
     let again = h.pay_from_balance_blocking(near).unwrap();
@@ -79,7 +65,7 @@ fn a_trade_paid_from_a_balance_moves_the_money_once_and_settles_to_its_merchant(
     let refund = h.refund_blocking(far, "R-1", 500).unwrap();
     assert_eq!((refund.refunded_amount, refund.from_balance), (500, true));
     assert!(h.refund_blocking(far, "R-1", 500).unwrap().replayed);
-    assert_eq!((available(&h, buyer), in_transit(&h), money(&h)), (5_500, 4_500, DEPOSITED as i128));
+    assert_eq!((available(&h, buyer), in_transit(&h), money_cny(&h)), (5_500, 4_500, DEPOSITED as i128));
 
     // Settling credits the merchant with what was not refunded: in the trade's shard at once,
     // in another through an activity made before the settle answers.
@@ -90,7 +76,7 @@ fn a_trade_paid_from_a_balance_moves_the_money_once_and_settles_to_its_merchant(
     assert_eq!((settled.status, settled.refunded_amount), (TradeStatus::Settled, 500));
     assert_eq!(available(&h, other), 1_500);
     wait_until_no_activity_in_doubt(&h);
-    assert_eq!((in_transit(&h), money(&h)), (0, DEPOSITED as i128));
+    assert_eq!((in_transit(&h), money_cny(&h)), (0, DEPOSITED as i128));
     // The credit's activity is forgotten once completed; its branch stays in the merchant's
     // shard, which answers any late step.
     let stats = h.stats_blocking().unwrap();
@@ -106,7 +92,7 @@ fn a_trade_paid_from_a_balance_moves_the_money_once_and_settles_to_its_merchant(
     let engine = Engine::open(engine_options(dir.path(), 2, 2)).unwrap();
     let h = engine.handle();
     assert_eq!((available(&h, buyer), available(&h, same), available(&h, other)), (5_500, 3_000, 1_500));
-    assert_eq!((in_transit(&h), money(&h)), (0, DEPOSITED as i128));
+    assert_eq!((in_transit(&h), money_cny(&h)), (0, DEPOSITED as i128));
     assert_eq!(h.get_blocking(far).unwrap().status, TradeStatus::Settled);
     engine.close().unwrap();
 }
@@ -135,7 +121,7 @@ fn a_payment_the_balance_cannot_cover_is_refused_and_leaves_no_trace() {
     let refused = |a: &&Result<_, Error>| matches!(a, Err(Error::Refused(Refusal::InsufficientFunds { .. })));
     assert_eq!(answers.iter().filter(|a| a.is_ok()).count(), 10, "ten payments of 100 from 1,000");
     assert_eq!(answers.iter().filter(refused).count(), 10, "the others refused for too little");
-    assert_eq!((available(&h, buyer), money(&h)), (0, 1_000));
+    assert_eq!((available(&h, buyer), money_cny(&h)), (0, 1_000));
 
     // A trade paid outside the engine stays so: a payment from the balance is refused.
     h.deposit_blocking(buyer, "CNY", 400, "more").unwrap();
@@ -145,7 +131,7 @@ fn a_payment_the_balance_cannot_cover_is_refused_and_leaves_no_trace() {
     assert!(matches!(h.pay_from_balance_blocking(outside), Err(Error::Refused(Refusal::IllegalTransition { .. }))));
     assert!(h.pay_blocking(outside).unwrap().replayed);
     h.refund_blocking(outside, "R-card", 300).unwrap();
-    assert_eq!((available(&h, buyer), money(&h)), (400, 1_400), "a card's refund is not the balance's");
+    assert_eq!((available(&h, buyer), money_cny(&h)), (400, 1_400), "a card's refund is not the balance's");
     assert!(matches!(h.pay_from_balance_blocking(TradeId::new(0, 999_999)), Err(Error::NotFound(_))));
     engine.close().unwrap();
 }
@@ -187,13 +173,13 @@ fn payments_from_balances_survive_checkpoints_and_trades_that_left_memory() {
     let h = engine.handle();
     assert_eq!(available(&h, buyer), DEPOSITED - spent + 80);
     assert_eq!((available(&h, same), available(&h, other)), (60, 60));
-    assert_eq!((in_transit(&h), money(&h)), (i128::from(spent - 200), DEPOSITED as i128));
+    assert_eq!((in_transit(&h), money_cny(&h)), (i128::from(spent - 200), DEPOSITED as i128));
     let trade = h.get_blocking(ids[1]).unwrap();
     assert_eq!((trade.status, trade.refunded_amount), (TradeStatus::Settled, 40));
     // A refund of a trade that left memory still goes back to the buyer.
     h.checkpoint_blocking().unwrap();
     h.refund_blocking(ids[2], "R-2", 100).unwrap();
     assert_eq!(available(&h, buyer), DEPOSITED - spent + 180);
-    assert_eq!(money(&h), DEPOSITED as i128);
+    assert_eq!(money_cny(&h), DEPOSITED as i128);
     engine.close().unwrap();
 }

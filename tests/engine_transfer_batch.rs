@@ -7,26 +7,12 @@
 use std::collections::BTreeMap;
 
 use tradeshard_engine::{
-    Currency, Engine, EngineHandle, Error, InputError, Refusal, TransferReceipt, TransferRequest,
-    TRANSFERS_PER_CALL_MAX,
+    Engine, EngineHandle, Error, InputError, Refusal, TransferReceipt, TransferRequest, TRANSFERS_PER_CALL_MAX,
 };
-use tradeshard_tests::{engine_options, settled_records, wait_until_no_activity_in_doubt};
+use tradeshard_tests::{available, engine_options, money_cny, settled_records, wait_until_no_activity_in_doubt};
 
 const USERS: u64 = 40;
 const FUNDING: u64 = 1_000;
-
-fn available(h: &EngineHandle, user: u64) -> u64 {
-    let balance = h.balance_blocking(user, "CNY").unwrap();
-    assert_eq!((balance.frozen, balance.incoming), (0, 0), "no reservation left behind");
-    balance.available
-}
-
-/// Balances plus money in transit, in CNY.
-fn money(h: &EngineHandle) -> i128 {
-    let cny = Currency::parse("CNY").unwrap();
-    let balances = h.account_totals_blocking().unwrap().get(&cny).copied().unwrap_or(0) as i128;
-    balances + h.money_in_transit_blocking().unwrap().get(&cny).copied().unwrap_or(0)
-}
 
 /// What each transfer of the batch must answer the first time.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -111,7 +97,7 @@ fn each_transfer_of_a_batch_answers_as_alone_and_a_batch_sent_again_answers_the_
     for (user, balance) in &expected_balance {
         assert_eq!(available(&h, *user), *balance, "user {user}: each transfer moved its money once");
     }
-    assert_eq!(money(&h), (USERS * FUNDING) as i128, "money is conserved");
+    assert_eq!(money_cny(&h), (USERS * FUNDING) as i128, "money is conserved");
 
     // Sent again: every transfer answers its original, and nothing moves or is written.
     let check_resent = |h: &EngineHandle| {
@@ -155,6 +141,6 @@ fn each_transfer_of_a_batch_answers_as_alone_and_a_batch_sent_again_answers_the_
     check_resent(&h);
     h.checkpoint_blocking().unwrap();
     check_resent(&h);
-    assert_eq!(money(&h), (USERS * FUNDING) as i128);
+    assert_eq!(money_cny(&h), (USERS * FUNDING) as i128);
     engine.close().unwrap();
 }

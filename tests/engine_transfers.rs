@@ -7,7 +7,7 @@
 use std::collections::BTreeMap;
 
 use tradeshard_engine::{Currency, Engine, EngineHandle, Error, InputError, Refusal, TransferReceipt};
-use tradeshard_tests::{engine_options, settled_records, wait_until_no_activity_in_doubt};
+use tradeshard_tests::{available, engine_options, money, settled_records, wait_until_no_activity_in_doubt};
 
 fn shard_of(h: &EngineHandle, user: u64) -> u32 {
     let routing = h.routing();
@@ -34,22 +34,6 @@ fn funded_users(h: &EngineHandle) -> ((u64, u64), (u64, u64)) {
         h.deposit_blocking(user, "CNY", 1_000, "fund").unwrap();
     }
     (same, across)
-}
-
-fn available(h: &EngineHandle, user: u64) -> u64 {
-    let balance = h.balance_blocking(user, "CNY").unwrap();
-    assert_eq!((balance.frozen, balance.incoming), (0, 0), "no reservation left behind");
-    balance.available
-}
-
-/// Balances plus money in transit, per currency.
-fn money(h: &EngineHandle) -> BTreeMap<Currency, i128> {
-    let mut money: BTreeMap<Currency, i128> =
-        h.account_totals_blocking().unwrap().into_iter().map(|(c, t)| (c, t as i128)).collect();
-    for (currency, amount) in h.money_in_transit_blocking().unwrap() {
-        *money.entry(currency).or_default() += amount;
-    }
-    money
 }
 
 #[test]

@@ -319,3 +319,27 @@ pub fn wait_until_no_activity_in_doubt(handle: &tradeshard_engine::EngineHandle)
         std::thread::sleep(std::time::Duration::from_millis(5));
     }
 }
+
+/// A user's available CNY, asserting that nothing of theirs is frozen or reserved.
+pub fn available(handle: &tradeshard_engine::EngineHandle, user: u64) -> u64 {
+    let balance = handle.balance_blocking(user, "CNY").unwrap();
+    assert_eq!((balance.frozen, balance.incoming), (0, 0), "no reservation left behind");
+    balance.available
+}
+
+/// Balances plus money in transit, per currency: deposits less withdrawals, at every instant.
+pub fn money(
+    handle: &tradeshard_engine::EngineHandle,
+) -> std::collections::BTreeMap<tradeshard_engine::Currency, i128> {
+    let mut money: std::collections::BTreeMap<_, i128> =
+        handle.account_totals_blocking().unwrap().into_iter().map(|(c, t)| (c, t as i128)).collect();
+    for (currency, amount) in handle.money_in_transit_blocking().unwrap() {
+        *money.entry(currency).or_default() += amount;
+    }
+    money
+}
+
+/// [`money`] in CNY.
+pub fn money_cny(handle: &tradeshard_engine::EngineHandle) -> i128 {
+    money(handle).get(&tradeshard_engine::Currency::parse("CNY").unwrap()).copied().unwrap_or(0)
+}

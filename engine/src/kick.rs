@@ -225,7 +225,7 @@ mod tests {
     }
 
     #[test]
-    fn an_executor_parked_on_purpose_or_beating_is_left_alone() {
+    fn an_executor_parked_on_purpose_is_left_alone() {
         let (ended, _, kicks) =
             on_watched_executor(|beat| beat.parked_while(|| std::thread::sleep(STALL * 2)), STALL * 5);
         assert!(ended);
