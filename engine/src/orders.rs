@@ -40,6 +40,7 @@ use crate::blocking::blocking;
 use crate::claim_ops;
 use crate::error::{Error, Result};
 use crate::handle::EngineHandle;
+use crate::ops::OnShard;
 
 /// Pending claims looked up, or settled, in one job at an open.
 const RESOLVE_BATCH: usize = 4096;
@@ -124,6 +125,8 @@ impl EngineHandle {
     /// Confirms or releases every claim left pending, asking each claim's buyer shard whether
     /// its trade exists, in batches (after a stop every claim since the last checkpoint may be
     /// pending); returns how many were resolved. Run by `Engine::open` before it returns.
+    /// Every batch of a step is queued before the first answer is awaited, so both executors
+    /// work through their share at once instead of waiting on the caller between batches.
     pub(crate) async fn resolve_pending_claims(&self) -> Result<usize> {
         let routing = self.routing();
         let mut by_buyer: BTreeMap<u32, Vec<(u32, u128)>> = BTreeMap::new();
@@ -132,26 +135,37 @@ impl EngineHandle {
                 by_buyer.entry(routing.physical_of_user(claim.buyer_id)).or_default().push((home, claim.key));
             }
         }
-        let mut by_home: BTreeMap<u32, Vec<(u128, ClaimOutcome)>> = BTreeMap::new();
-        let mut resolved = 0;
-        for (buyer_shard, claims) in by_buyer {
+        let mut lookups = Vec::new();
+        for (buyer_shard, claims) in &by_buyer {
             for batch in claims.chunks(RESOLVE_BATCH) {
                 let keys = batch.iter().map(|&(_, key)| key).collect();
-                let found = self.on_shard_waiting(buyer_shard, claim_ops::FindOrders(keys)).await?;
-                for (&(home, key), lookup) in batch.iter().zip(found) {
-                    let outcome = match lookup {
-                        OrderLookup::Trade(id) => ClaimOutcome::Confirmed(id),
-                        _ => ClaimOutcome::Released,
-                    };
-                    by_home.entry(home).or_default().push((key, outcome));
-                }
+                let executor = routing.executor_of_physical(*buyer_shard);
+                let op = OnShard { shard: *buyer_shard, op: claim_ops::FindOrders(keys) };
+                lookups.push((batch, self.submit_waiting(executor, op).await?));
             }
         }
+        let mut by_home: BTreeMap<u32, Vec<(u128, ClaimOutcome)>> = BTreeMap::new();
+        for (batch, answer) in lookups {
+            let found = answer.await.ok_or(Error::Closed)??;
+            for (&(home, key), lookup) in batch.iter().zip(found) {
+                let outcome = match lookup {
+                    OrderLookup::Trade(id) => ClaimOutcome::Confirmed(id),
+                    _ => ClaimOutcome::Released,
+                };
+                by_home.entry(home).or_default().push((key, outcome));
+            }
+        }
+        let mut settles = Vec::new();
         for (home, outcomes) in by_home {
             for batch in outcomes.chunks(RESOLVE_BATCH) {
-                self.on_shard_waiting(home, claim_ops::SettleClaims(batch.to_vec())).await?;
-                resolved += batch.len();
+                let op = OnShard { shard: home, op: claim_ops::SettleClaims(batch.to_vec()) };
+                settles.push((batch.len(), self.submit_waiting(routing.executor_of_physical(home), op).await?));
             }
+        }
+        let mut resolved = 0;
+        for (count, answer) in settles {
+            answer.await.ok_or(Error::Closed)??;
+            resolved += count;
         }
         Ok(resolved)
     }
