@@ -2,6 +2,10 @@
 //! merchant and currency, commits its offsets as it goes, and reconciles its totals with a
 //! scan of the trade store.
 //!
+//! `load --settle` may run on the directory of an earlier run: its consumer starts at the log's
+//! end before the load begins, and what it reconciles is the store's totals less those it had
+//! then, so trades settled by earlier runs count on neither side.
+//!
 //! Delivery is at least once, so the consumer is idempotent on (partition, offset): events of
 //! a partition come in offset order, and one at or below the highest offset already applied
 //! in that partition is a redelivery and is not counted again.
@@ -14,7 +18,9 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use anyhow::{bail, Context};
 use serde::Serialize;
-use tradeshard_engine::{ConsumerConfig, Currency, Engine, EngineHandle, Event, Options, RecordKind, StartPosition};
+use tradeshard_engine::{
+    Consumer, ConsumerConfig, Currency, Engine, EngineHandle, Event, Options, RecordKind, StartPosition,
+};
 
 use crate::latency::{self, LatencySummary};
 
@@ -31,10 +37,13 @@ pub struct Args {
     json: bool,
 }
 
+/// Settled amounts per (merchant, currency).
+pub type Totals = BTreeMap<(u64, Currency), u64>;
+
 /// Totals of settled amounts, idempotent on (partition, offset).
 #[derive(Default)]
 pub struct Settlement {
-    pub totals: BTreeMap<(u64, Currency), u64>,
+    pub totals: Totals,
     applied_up_to: HashMap<u32, u64>,
     pub events: u64,
     pub redelivered: u64,
@@ -55,14 +64,16 @@ impl Settlement {
         }
     }
 
-    /// The (merchant, currency) keys where the totals differ from the store's.
-    pub fn differences(&self, store: &BTreeMap<(u64, Currency), u64>) -> Vec<String> {
+    /// The (merchant, currency) keys where the totals differ from the store's gain since
+    /// `base` (its totals when this consumer started).
+    pub fn differences(&self, store: &Totals, base: &Totals) -> Vec<String> {
         let mut keys: Vec<_> = self.totals.keys().chain(store.keys()).collect();
         keys.sort();
         keys.dedup();
+        let of = |totals: &Totals, key| totals.get(key).copied().unwrap_or(0);
         keys.into_iter()
             .filter_map(|key| {
-                let (ours, theirs) = (self.totals.get(key).copied().unwrap_or(0), store.get(key).copied().unwrap_or(0));
+                let (ours, theirs) = (of(&self.totals, key), of(store, key).wrapping_sub(of(base, key)));
                 (ours != theirs).then(|| format!("merchant {} {}: consumer {ours}, store {theirs}", key.0, key.1))
             })
             .collect()
@@ -85,11 +96,37 @@ fn now_ms() -> u64 {
     SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64)
 }
 
+/// Where a settlement consumer starts, and the store's totals its own are checked against.
+pub enum Start {
+    /// The group's committed offsets, reconciled with the store's whole totals: the group has
+    /// read every settlement (`tradeshard settle`).
+    Committed,
+    /// The log's end, reconciled with what the store settled since (`load --settle`).
+    Latest,
+}
+
 /// Consumes until `stop` is set and the group has caught up, committing after every poll,
 /// then reconciles with the store.
-pub fn consume(handle: &EngineHandle, group: &str, stop: &AtomicBool) -> anyhow::Result<SettleReport> {
-    let config = ConsumerConfig { start: StartPosition::Committed, ..ConsumerConfig::new(group) };
-    let mut consumer = handle.consumer(config)?;
+pub fn consume(handle: &EngineHandle, group: &str, start: Start, stop: &AtomicBool) -> anyhow::Result<SettleReport> {
+    let (consumer, base) = start_consumer(handle, group, start)?;
+    settle(handle, consumer, base, stop)
+}
+
+/// The consumer and the store's totals it starts from.
+fn start_consumer(handle: &EngineHandle, group: &str, start: Start) -> anyhow::Result<(Consumer, Totals)> {
+    let (start, base) = match start {
+        Start::Committed => (StartPosition::Committed, Totals::new()),
+        Start::Latest => (StartPosition::Latest, handle.settled_totals_blocking()?),
+    };
+    Ok((handle.consumer(ConsumerConfig { start, ..ConsumerConfig::new(group) })?, base))
+}
+
+fn settle(
+    handle: &EngineHandle,
+    mut consumer: Consumer,
+    base: Totals,
+    stop: &AtomicBool,
+) -> anyhow::Result<SettleReport> {
     let mut settlement = Settlement::default();
     let mut end_to_end = latency::new_histogram();
     let started = Instant::now();
@@ -114,17 +151,33 @@ pub fn consume(handle: &EngineHandle, group: &str, stop: &AtomicBool) -> anyhow:
         events_per_sec: settlement.events as f64 / elapsed,
         merchants_settled: settlement.totals.len(),
         end_to_end_us: latency::summarize(&end_to_end),
-        differences: settlement.differences(&store),
+        differences: settlement.differences(&store, &base),
     })
 }
 
-/// Runs [`consume`] on its own thread until `stop` is set.
+/// Runs a consumer starting at the log's end on its own thread until `stop` is set. Returns
+/// once that consumer exists and the store's totals are taken, so that every settlement made
+/// after this returns is the consumer's to see.
 pub fn spawn(
     handle: EngineHandle,
     group: String,
     stop: Arc<AtomicBool>,
-) -> std::thread::JoinHandle<anyhow::Result<SettleReport>> {
-    std::thread::spawn(move || consume(&handle, &group, &stop))
+) -> anyhow::Result<std::thread::JoinHandle<anyhow::Result<SettleReport>>> {
+    let (started, ready) = std::sync::mpsc::channel();
+    let thread = std::thread::spawn(move || {
+        let (consumer, base) = match start_consumer(&handle, &group, Start::Latest) {
+            Ok(begun) => begun,
+            Err(error) => {
+                let message = format!("{error:#}");
+                let _ = started.send(Err(error));
+                bail!("the settlement consumer did not start: {message}");
+            }
+        };
+        let _ = started.send(Ok(()));
+        settle(&handle, consumer, base, &stop)
+    });
+    ready.recv().context("the settlement thread ended before it started")??;
+    Ok(thread)
 }
 
 pub fn run(args: Args) -> anyhow::Result<()> {
@@ -132,7 +185,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         bail!("{} is not a tradeshard data directory", args.dir.display());
     }
     let engine = Engine::open(Options::new(&args.dir)).with_context(|| format!("opening {}", args.dir.display()))?;
-    let report = consume(&engine.handle(), &args.group, &AtomicBool::new(true))?;
+    let report = consume(&engine.handle(), &args.group, Start::Committed, &AtomicBool::new(true))?;
     engine.close()?;
     if args.json {
         println!("{}", serde_json::to_string(&report)?);

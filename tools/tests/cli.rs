@@ -259,7 +259,7 @@ fn bad_arguments_exit_non_zero() {
 }
 
 #[test]
-fn load_with_settle_reconciles_and_settle_rereads_a_directory() {
+fn load_with_settle_reconciles_runs_again_on_its_directory_and_settle_rereads_it() {
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().join("data");
     let args = ["load", "--ops", "3000", "--inflight", "16", "--settle", "--dir", data.to_str().unwrap(), "--json"];
@@ -267,6 +267,13 @@ fn load_with_settle_reconciles_and_settle_rereads_a_directory() {
     assert!(report["events_per_sec"].as_f64().is_some_and(|v| v > 0.0), "{report}");
     assert!(report["end_to_end_p99_us"].as_u64().is_some());
     assert_eq!(report["settlement"]["differences"].as_array().map(Vec::len), Some(0));
+    assert_eq!(report["errors"].as_u64(), Some(0), "{report}");
+    // A second run on the same directory: its refund numbers are its own, and its consumer
+    // reconciles what this run settled, not the totals of both runs.
+    let again = json(&tradeshard(&args, dir.path()));
+    assert_eq!(again["errors"].as_u64(), Some(0), "{again}");
+    assert!(again["settlement"]["events"].as_u64().is_some_and(|events| events > 0), "{again}");
+    assert_eq!(again["settlement"]["differences"].as_array().map(Vec::len), Some(0), "{again}");
     let settled =
         json(&tradeshard(&["settle", "--dir", data.to_str().unwrap(), "--group", "audit", "--json"], dir.path()));
     assert!(settled["events"].as_u64().unwrap() > 0);

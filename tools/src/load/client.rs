@@ -276,7 +276,7 @@ async fn run_op(
             let mut refund_no = String::new();
             if op == REFUND {
                 use std::fmt::Write;
-                let _ = write!(refund_no, "LR{task}-{sent}");
+                let _ = write!(refund_no, "LR{}-{task}-{sent}", client.run);
             }
             let send = || async {
                 match op {

@@ -278,8 +278,10 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         return messages::run_on_thread(&args, engine, data_dir, duration);
     }
     let settle_stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
-    let settler =
-        args.settle.then(|| crate::settle::spawn(handle.clone(), "load-settlement".into(), settle_stop.clone()));
+    let settler = match args.settle {
+        true => Some(crate::settle::spawn(handle.clone(), "load-settlement".into(), settle_stop.clone())?),
+        false => None,
+    };
     let client_args = args.clone();
     let dir_for_client = dir.clone();
     let opened: Vec<_> = engine.handle().stats_blocking()?.shards.iter().map(|shard| shard.opened).collect();
