@@ -42,10 +42,8 @@ fn reads_after_each_acknowledged_write_show_it_with_the_cache_on_and_off() {
                             );
                         }
                         let trade = handle.get_blocking(created.id).unwrap();
-                        assert_eq!(
-                            (trade.merchant_order_no, trade.memo),
-                            (format!("ORD-{buyer}-{n}"), format!("order {n} of buyer {buyer}"))
-                        );
+                        let sent = new_trade(buyer, n, 1000);
+                        assert_eq!((trade.merchant_order_no, trade.memo), (sent.merchant_order_no, sent.memo));
                     }
                 })
             })

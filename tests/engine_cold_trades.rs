@@ -137,15 +137,17 @@ fn a_damaged_record_in_the_table_is_reported_with_its_path() {
     engine.close().unwrap();
     let table = dir.path().join("shards").join("0000").join("trades.table");
     // Trade counter 1 is the second record of the first sector: flip a bit of its amount.
+    let record = tradeshard_shard::trade_record_offset(1) as usize;
+    assert_eq!(record, tradeshard_shard::TRADE_RECORD_BYTES);
     let mut bytes = std::fs::read(&table).unwrap();
-    bytes[80 + 24] ^= 0x10;
+    bytes[record + 24] ^= 0x10;
     std::fs::write(&table, &bytes).unwrap();
 
     let engine = Engine::open(options(dir.path(), true)).unwrap();
     match engine.handle().get_blocking(ids[0]) {
         Err(Error::Corrupt { path, offset, .. }) => {
             assert_eq!(path, table);
-            assert_eq!(offset, 80);
+            assert_eq!(offset, record as u64);
         }
         other => panic!("a damaged record must be reported, not read: {other:?}"),
     }

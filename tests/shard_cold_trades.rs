@@ -37,7 +37,10 @@ async fn paid_trades(shard: &Shard<SimDisk>, n: u64) -> Vec<TradeId> {
 
 /// Where the table of trades keeps the record of `counter` (`docs/FORMAT.md`).
 fn record_offset(counter: u64) -> u64 {
-    counter / 48 * 4096 + (counter % 48 / 6) * 512 + counter % 6 * 80
+    // Four 128-byte records a 512-byte sector, as docs/FORMAT.md lays them out.
+    let offset = counter / 4 * 512 + counter % 4 * 128;
+    assert_eq!(offset, tradeshard_shard::trade_record_offset(counter));
+    offset
 }
 
 fn newest_checkpoint(disk: &SimDisk) -> String {
@@ -171,9 +174,32 @@ fn a_missing_record_of_a_trade_on_disk_is_damage_not_a_missing_trade() {
         drop(shard);
         let counter = ids[3].counter();
         let offset = record_offset(counter);
-        disk.overwrite("trades.table", offset, &[0u8; 80]);
+        disk.overwrite("trades.table", offset, &[0u8; tradeshard_shard::TRADE_RECORD_BYTES]);
         let shard = open(&disk).await.unwrap();
         // Reported, not read as no trade.
         assert_eq!(damage_in(call(|done| shard.get(ids[3], done)).await, "trades.table"), offset);
+    });
+}
+
+/// A trade that left memory is read whole with one device read when its order number and memo
+/// fit in its record of the table, and with two (the record, then the store of created parts)
+/// when they do not.
+#[test]
+fn a_cold_trade_is_one_device_read_when_its_created_part_is_inline() {
+    run(async {
+        let disk = SimDisk::new();
+        let shard = open(&disk).await.unwrap();
+        let ids = paid_trades(&shard, 100).await;
+        drop(shard);
+        let shard = open(&disk).await.unwrap();
+        // `new_trade` gives every third order (order % 3 == 2) a memo too long to be inline.
+        for (order, reads) in [(3, 1), (4, 1), (5, 2), (8, 2)] {
+            let before = disk.ops();
+            let trade = call(|done| shard.get(ids[order], done)).await.unwrap();
+            assert_eq!(disk.ops() - before, reads, "device reads for order {order}");
+            let sent = new_trade(1, order as u64, 1_000);
+            assert_eq!((trade.merchant_order_no, trade.memo), (sent.merchant_order_no, sent.memo));
+            assert_eq!(trade.status, TradeStatus::Paid);
+        }
     });
 }

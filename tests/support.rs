@@ -104,7 +104,12 @@ pub fn new_trade(buyer: u64, order: u64, amount: u64) -> tradeshard_engine::NewT
         merchant_order_no: format!("ORD-{buyer}-{order}"),
         amount,
         currency: "CNY".into(),
-        memo: format!("order {order} of buyer {buyer}"),
+        // Every third memo too long to be kept inline in the trade table's record, so that
+        // tests cover both places a checkpoint puts a created part (`docs/FORMAT.md`).
+        memo: match order % 3 {
+            2 => format!("order {order} of buyer {buyer}, with a memo longer than a table record keeps"),
+            _ => format!("order {order} of buyer {buyer}"),
+        },
     }
 }
 

@@ -26,8 +26,10 @@ use crate::error::{Error, Result};
 /// transactions, in the logs and in checkpoints of version 4; 8: application messages; 9:
 /// trades paid from a balance, in trade records' funding bytes and the stored status byte;
 /// 11: ended branches and completed activities in runs, and no repeated step in a log's
-/// records of flexible transactions; directories of other formats are refused).
-pub const FORMAT_VERSION: u32 = 11;
+/// records of flexible transactions; 12: 128-byte records of the trade table, holding the
+/// trade's order number and memo inline where they fit; directories of other formats are
+/// refused).
+pub const FORMAT_VERSION: u32 = 12;
 const MANIFEST: &str = "MANIFEST";
 const LOCK: &str = "LOCK";
 /// Where the manifest is written before its rename; a leftover of an interrupted creation.

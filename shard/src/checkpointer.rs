@@ -33,15 +33,14 @@ use tradeshard_wal::disk::{Disk, DiskFile, WriteBuf};
 use crate::checkpoint::{self, Encoder, Header, Restored, Restorer};
 use crate::error::{LogError, TradeError};
 use crate::id_hash::IdMap;
-use crate::index::{CreatedAt, Item, RunStore, ShardIndex, StoredPart};
+use crate::index::{CreatedAt, Item, RunStore, ShardIndex};
 use crate::key_runs::WrittenRuns;
-use crate::parts::{encode_entry, PartsMark};
-use crate::record::{RecordKind, TradeRecordView};
+use crate::parts::PartsMark;
 use crate::retention::keep_from;
 use crate::state::Inner;
-use crate::system_record::LogRecord;
 use crate::trade::now_ms;
 use crate::trade::TradeId;
+use crate::trade_file::PlacedPart;
 use crate::trade_table::Dirty;
 use crate::turns::{take_turn, ITEMS_PER_TURN};
 
@@ -144,19 +143,19 @@ async fn write_checkpoint<D: Disk>(inner: &Inner<D>) -> Result<Option<u64>, Trad
     }
     let position = snapshot.applied_end();
     let mut taken = Undo { inner, dirty: Some(dirty), parts: Some(inner.checkpoints.parts.mark()) };
-    let (bytes, stored, table_bytes, runs) =
+    let (bytes, placed, table_bytes, runs) =
         write_durable(inner, &snapshot, taken.dirty.as_ref().expect("taken"), since, now).await?;
     (taken.dirty, taken.parts) = (None, None);
     drop(snapshot);
     let new_position = checkpoints.latest.get() != Some(position);
     let kept_runs = take_runs(inner, runs, new_position).await;
     // In batches, so that a checkpoint of many new trades does not hold up requests.
-    let stored: Vec<(TradeId, StoredPart)> = stored.into_iter().collect();
-    for batch in stored.chunks(ITEMS_PER_TURN) {
+    let placed: Vec<(TradeId, CreatedAt)> = placed.into_iter().map(|(id, part)| (id, part.at)).collect();
+    for batch in placed.chunks(ITEMS_PER_TURN) {
         {
             let mut index = inner.index.borrow_mut();
-            for (id, part) in batch {
-                index.note_stored(*id, *part);
+            for (id, at) in batch {
+                index.note_stored(*id, *at);
             }
         }
         take_turn().await;
@@ -269,7 +268,7 @@ async fn take_runs<D: Disk>(inner: &Inner<D>, written: WrittenRuns<D>, new_posit
     kept
 }
 
-/// The durable steps of a checkpoint of `snapshot`: the created parts stored, the changed
+/// The durable steps of a checkpoint of `snapshot`: the created parts placed, the changed
 /// trades written to the table, the file written and switched to. Returns the file's bytes,
 /// where the parts went, and the bytes written to the table.
 async fn write_durable<D: Disk>(
@@ -278,11 +277,11 @@ async fn write_durable<D: Disk>(
     dirty: &Dirty,
     since: u64,
     now: u64,
-) -> Result<(u64, IdMap<TradeId, StoredPart>, u64, WrittenRuns<D>), TradeError> {
+) -> Result<(u64, IdMap<TradeId, PlacedPart>, u64, WrittenRuns<D>), TradeError> {
     let position = snapshot.applied_end();
     wait_synced(inner, position).await?;
-    let stored = store_created_parts(inner, since, position).await?;
-    let table_bytes = crate::cold::write_dirty(&inner.checkpoints.table, snapshot, dirty, &stored, position).await?;
+    let placed = crate::parts::place_created_parts(inner, snapshot, since, position).await?;
+    let table_bytes = crate::cold::write_dirty(&inner.checkpoints.table, snapshot, dirty, &placed, position).await?;
     let (sets, next_id) = {
         let runs = inner.key_runs.borrow();
         (runs.sets.clone(), runs.next_id.clone())
@@ -294,8 +293,8 @@ async fn write_durable<D: Disk>(
         parts_len: inner.checkpoints.parts.len(),
         created_ms: now,
     };
-    let bytes = write_file(inner, snapshot, &header, &stored, &runs.sets.listed()).await?;
-    Ok((bytes, stored, table_bytes, runs))
+    let bytes = write_file(inner, snapshot, &header, &placed, &runs.sets.listed()).await?;
+    Ok((bytes, placed, table_bytes, runs))
 }
 
 /// Waits until every record below `position` is durable on the device (under `Buffered`, the
@@ -310,47 +309,12 @@ async fn wait_synced<D: Disk>(inner: &Inner<D>, position: u64) -> Result<(), Tra
     Ok(())
 }
 
-/// Copies the `Created` records in `[since, position)` to the store of created parts, synced, a
-/// megabyte at a time.
-async fn store_created_parts<D: Disk>(
-    inner: &Inner<D>,
-    since: u64,
-    position: u64,
-) -> Result<IdMap<TradeId, StoredPart>, TradeError> {
-    const APPEND_BYTES: usize = 1 << 20;
-    let parts = &inner.checkpoints.parts;
-    let mut entries = Vec::with_capacity(APPEND_BYTES + 4096);
-    let mut stored = IdMap::default();
-    let mut reader = inner.wal.reader(since)?;
-    while let Some((seq, record)) = reader.next().await? {
-        if seq >= position {
-            break;
-        }
-        if LogRecord::is_system(record) {
-            continue;
-        }
-        let view = TradeRecordView::decode(record).map_err(|reason| TradeError::BadRecord { seq, reason })?;
-        if view.kind == RecordKind::Created {
-            let offset = parts.len() + entries.len() as u64;
-            let len = encode_entry(record, &mut entries);
-            stored.insert(view.trade_id, StoredPart { seq, offset, len });
-        }
-        if entries.len() >= APPEND_BYTES {
-            parts.append(&entries).await?;
-            entries.clear();
-        }
-    }
-    parts.append(&entries).await?;
-    parts.sync().await?;
-    Ok(stored)
-}
-
 /// Writes the checkpoint file and makes it the one an open starts from. Returns its bytes.
 async fn write_file<D: Disk>(
     inner: &Inner<D>,
     snapshot: &ShardIndex,
     header: &Header,
-    stored: &IdMap<TradeId, StoredPart>,
+    placed: &IdMap<TradeId, PlacedPart>,
     runs: &[(RunStore, u64)],
 ) -> Result<u64, TradeError> {
     let disk = inner.wal.disk();
@@ -368,11 +332,13 @@ async fn write_file<D: Disk>(
     for (n, item) in listed.chain(snapshot.items()).enumerate() {
         let item = match item {
             Item::Trade(id, mut entry) if matches!(entry.created_at, CreatedAt::Log(_)) => {
-                let part = stored.get(&id).ok_or(TradeError::BadRecord {
-                    seq: entry.created_at.seq(),
-                    reason: "a trade's created part is neither stored nor among those to store",
-                })?;
-                entry.created_at = CreatedAt::Stored(*part);
+                let part = placed.get(&id).filter(|part| matches!(part.at, CreatedAt::Stored(_))).ok_or(
+                    TradeError::BadRecord {
+                        seq: entry.created_at.seq(),
+                        reason: "a trade's created part is neither stored nor among those to store",
+                    },
+                )?;
+                entry.created_at = part.at;
                 Item::Trade(id, entry)
             }
             item => item,

@@ -13,12 +13,13 @@ use crate::currency::Currency;
 use crate::join::join_all;
 use crate::trade::TradeStatus;
 
+use crate::created::CreatedPart;
 use crate::error::TradeError;
 use crate::id_hash::IdMap;
-use crate::index::{CreatedAt, ShardIndex, StoredPart, TradeEntry};
+use crate::index::{CreatedAt, ShardIndex, TradeEntry};
 use crate::state::Inner;
 use crate::trade::TradeId;
-use crate::trade_file::{self, TableRecord, TradeFile, RECORDS_PER_PAGE, RECORD_BYTES};
+use crate::trade_file::{self, PlacedPart, TableRecord, TradeFile, RECORDS_PER_PAGE, RECORD_BYTES};
 use crate::trade_table::Dirty;
 
 /// Settled amounts per (merchant, currency).
@@ -31,13 +32,14 @@ const PAGES_PER_RUN: u64 = 256;
 const READS_IN_FLIGHT: usize = 32;
 
 /// Writes the trades of `dirty`, as `snapshot` holds them, to the table with version
-/// `position`, and syncs it. A page holding a trade only the table knows is read first (those
-/// reads go out together); `stored`: where the created parts copied by this checkpoint went.
+/// `position`, and syncs it. A page is read first when it holds a trade only the table knows,
+/// or one whose created part only the table holds (inline, kept as it was); those reads go out
+/// together. `placed`: where this checkpoint put the created parts it copied from the log.
 pub(crate) async fn write_dirty<D: Disk>(
     table: &TradeFile<D>,
     snapshot: &ShardIndex,
     dirty: &Dirty,
-    stored: &IdMap<TradeId, StoredPart>,
+    placed: &IdMap<TradeId, PlacedPart>,
     position: u64,
 ) -> Result<u64, TradeError> {
     let trades = snapshot.trade_table();
@@ -45,8 +47,12 @@ pub(crate) async fn write_dirty<D: Disk>(
     let counters_of = |page: u64| page * RECORDS_PER_PAGE..(page + 1) * RECORDS_PER_PAGE;
     let mut pages: Vec<u64> = dirty.counters().map(|counter| counter / RECORDS_PER_PAGE).collect();
     pages.dedup();
-    let to_read: Vec<u64> =
-        pages.iter().copied().filter(|&page| counters_of(page).any(|c| trades.at_counter(c).is_err())).collect();
+    let needs_disk = |counter| match trades.at_counter(counter) {
+        Err(()) => true,
+        Ok(Some((_, entry))) => matches!(entry.created_at, CreatedAt::Table(_)),
+        Ok(None) => false,
+    };
+    let to_read: Vec<u64> = pages.iter().copied().filter(|&page| counters_of(page).any(needs_disk)).collect();
     let mut on_disk: IdMap<u64, Vec<u8>> = IdMap::default();
     for window in to_read.chunks(READS_IN_FLIGHT) {
         let reads = join_all(window.iter().map(|&page| table.read_pages(page, 1))).await;
@@ -75,21 +81,33 @@ pub(crate) async fn write_dirty<D: Disk>(
             }
             for counter in counters_of(page_no) {
                 let (_, at) = trade_file::place(counter);
-                let record = &mut page[at..at + RECORD_BYTES];
                 match trades.at_counter(counter) {
                     Ok(Some((id, entry))) => {
                         let mut entry = *entry;
-                        if let CreatedAt::Log(log_at) = entry.created_at {
-                            let part = stored.get(&id).ok_or(TradeError::BadRecord {
-                                seq: log_at.seq,
-                                reason: "a trade's created part is neither stored nor among those to store",
-                            })?;
-                            entry.created_at = CreatedAt::Stored(*part);
-                        }
-                        trade_file::encode(id, &entry, position, record)
+                        let inline = match entry.created_at {
+                            CreatedAt::Log(log_at) => {
+                                let part = placed.get(&id).ok_or(TradeError::BadRecord {
+                                    seq: log_at.seq,
+                                    reason: "a trade's created part is neither stored nor among those to store",
+                                })?;
+                                entry.created_at = part.at;
+                                part.inline
+                            }
+                            CreatedAt::Stored(_) => None,
+                            // Read with the page above: the record on disk holds the part.
+                            CreatedAt::Table(_) => trade_file::record_in_page(counter, page)
+                                .map_err(|reason| table.corrupt(trade_file::file_offset(counter), reason))?
+                                .and_then(|on_disk| on_disk.inline)
+                                .map(Some)
+                                .ok_or_else(|| {
+                                    table.corrupt(trade_file::file_offset(counter), "a trade's inline part is missing")
+                                })?,
+                        };
+                        let record = &mut page[at..at + RECORD_BYTES];
+                        trade_file::encode(id, &entry, position, inline.as_ref(), record)
                             .map_err(|reason| TradeError::BadRecord { seq: entry.created_at.seq(), reason })?;
                     }
-                    Ok(None) => record.fill(0),
+                    Ok(None) => page[at..at + RECORD_BYTES].fill(0),
                     Err(()) => {}
                 }
             }
@@ -146,6 +164,7 @@ fn check_part<D: Disk>(
 ) -> Result<(), TradeError> {
     match record.entry.created_at {
         CreatedAt::Stored(part) if part.offset + u64::from(part.len) <= parts_len => Ok(()),
+        CreatedAt::Table(_) => Ok(()),
         _ => {
             Err(table
                 .corrupt(trade_file::file_offset(counter), "a trade record points past the store of created parts"))
@@ -212,10 +231,29 @@ async fn find<D: Disk>(inner: &Inner<D>, id: TradeId) -> Result<Found, TradeErro
 /// The trade's durable entry: from memory, or from the table when it is cold. `None`: no such
 /// trade.
 pub(crate) async fn entry<D: Disk>(inner: &Inner<D>, id: TradeId) -> Result<Option<TradeEntry>, TradeError> {
+    Ok(entry_and_part(inner, id).await?.map(|(entry, _)| entry))
+}
+
+/// [`entry`], with the trade's created part when the read of a cold trade's record brought it
+/// (inline), so that such a trade is read whole with one device read.
+pub(crate) async fn entry_and_part<D: Disk>(
+    inner: &Inner<D>,
+    id: TradeId,
+) -> Result<Option<(TradeEntry, Option<CreatedPart>)>, TradeError> {
     Ok(match find(inner, id).await? {
-        Found::InMemory(entry) => Some(entry),
-        Found::OnDisk(record) => record.map(|record| record.entry),
+        Found::InMemory(entry) => Some((entry, None)),
+        Found::OnDisk(record) => record.map(|record| (record.entry, record.created_part())),
     })
+}
+
+/// The created part a trade's record holds inline, read from the table (the trade may be in
+/// memory: its part is on disk all the same).
+pub(crate) async fn inline_part<D: Disk>(inner: &Inner<D>, id: TradeId) -> Result<CreatedPart, TradeError> {
+    let table = &inner.checkpoints.table;
+    read_cold(inner, id)
+        .await?
+        .and_then(|record| record.created_part())
+        .ok_or_else(|| table.corrupt(trade_file::file_offset(id.counter()), "a trade's inline part is missing"))
 }
 
 /// Brings the trade back into memory (to be changed), unless it is there already or is no

@@ -38,13 +38,26 @@ pub struct TradeEntry {
     pub created_at: CreatedAt,
 }
 
-/// Where a trade's `Created` record can be read: in the log until a checkpoint copies it to
-/// the shard's store of created parts (`parts.rs`), from which it is read ever after, so that
-/// retention can remove the log segment it was written in.
+/// Where a trade's `Created` record can be read: in the log until a checkpoint copies what a
+/// read needs of it (creation time, order number, memo) inline into the trade's record of the
+/// table (`trade_file.rs`) where it fits, or else the whole record to the shard's store of
+/// created parts (`parts.rs`); it is read from there ever after, so that retention can remove
+/// the log segment it was written in.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum CreatedAt {
     Log(Appended),
     Stored(StoredPart),
+    Table(TablePart),
+}
+
+/// A `Created` record kept inline in the trade's record of the table: a read of the trade
+/// finds its order number and memo in the same device read as its state.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TablePart {
+    /// The record's sequence number in the log.
+    pub seq: u64,
+    /// The trade's creation time (the record's), milliseconds since the Unix epoch.
+    pub created_ms: u64,
 }
 
 /// A `Created` record in the store of created parts.
@@ -63,6 +76,7 @@ impl CreatedAt {
         match self {
             CreatedAt::Log(at) => at.seq,
             CreatedAt::Stored(part) => part.seq,
+            CreatedAt::Table(part) => part.seq,
         }
     }
 }

@@ -115,7 +115,12 @@ pub use trade::{
 pub use trade_cache::{CachedTrade, TradeCache, TradeCopy};
 /// The decoder of a record of the table of trades, for fuzzing (`testing` feature).
 #[cfg(any(test, feature = "testing"))]
-pub use trade_file::{decode_for_fuzzing as decode_trade_record, sample_for_fuzzing as sample_trade_record};
+pub use trade_file::{
+    decode_for_fuzzing as decode_trade_record, inline_sample_for_fuzzing as inline_sample_trade_record,
+    sample_for_fuzzing as sample_trade_record,
+};
+/// Where a trade's record lies in its shard's table, and its length (tests damage records).
+pub use trade_file::{file_offset as trade_record_offset, RECORD_BYTES as TRADE_RECORD_BYTES};
 pub use tradeshard_cache::{CacheStats, SharedCache};
 pub use tradeshard_wal::{Durability, SegmentInfo, SyncMethod, WalStats, HISTOGRAM_BUCKETS};
 pub use validate::{validate_amount, validate_group, validate_order_no, validate_refund_no, validate_request_no};

@@ -1,6 +1,8 @@
-//! The store of created parts: every trade's `Created` record (order number, memo, creation
-//! time) copied out of the log by a checkpoint, so that retention can remove the segment it was
-//! written in while the trade lives on.
+//! The store of created parts: the `Created` record (order number, memo, creation time) of
+//! every trade whose order number and memo do not fit inline in its record of the table
+//! (`trade_file.rs`), copied out of the log by a checkpoint, so that retention can remove the
+//! segment it was written in while the trade lives on; and the checkpoint's choice, for each
+//! new trade, of where its part goes ([`place_created_parts`]).
 //!
 //! One append-only file per shard, `created.parts`: entries back to back, each a 4-byte
 //! length, an 8-byte checksum of the record and the record's bytes as the log held them. An
@@ -17,7 +19,13 @@ use tradeshard_wal::disk::{Disk, DiskFile, WriteBuf};
 use tradeshard_wal::BLOCK_BYTES;
 
 use crate::error::{LogError, TradeError};
-use crate::index::StoredPart;
+use crate::id_hash::IdMap;
+use crate::index::{CreatedAt, ShardIndex, StoredPart, TablePart};
+use crate::record::{RecordKind, TradeRecordView};
+use crate::state::Inner;
+use crate::system_record::LogRecord;
+use crate::trade::TradeId;
+use crate::trade_file::{self, PlacedPart};
 
 /// The store's file name in the shard's directory.
 pub(crate) const PARTS_NAME: &str = "created.parts";
@@ -183,6 +191,56 @@ fn next_entry(bytes: &[u8]) -> Option<Result<(&[u8], usize), &'static str>> {
 
 fn corrupt(disk: &impl Disk, offset: u64, reason: &'static str) -> TradeError {
     TradeError::Log(LogError::Corruption { path: disk.path_of(PARTS_NAME), offset, reason })
+}
+
+/// Places the `Created` records in `[since, position)`: inline in their trades' records of the
+/// table where the order number and memo fit (written with the table), else copied to the
+/// store of created parts, synced, a megabyte at a time. Scattered trades, which the checkpoint
+/// file keeps rather than the table, always go to the store.
+pub(crate) async fn place_created_parts<D: Disk>(
+    inner: &Inner<D>,
+    snapshot: &ShardIndex,
+    since: u64,
+    position: u64,
+) -> Result<IdMap<TradeId, PlacedPart>, TradeError> {
+    const APPEND_BYTES: usize = 1 << 20;
+    let parts = &inner.checkpoints.parts;
+    let scattered: std::collections::HashSet<TradeId> = snapshot.trade_table().scattered().map(|(id, _)| id).collect();
+    let mut entries = Vec::with_capacity(APPEND_BYTES + 4096);
+    let mut placed = IdMap::default();
+    let mut reader = inner.wal.reader(since)?;
+    while let Some((seq, record)) = reader.next().await? {
+        if seq >= position {
+            break;
+        }
+        if LogRecord::is_system(record) {
+            continue;
+        }
+        let view = TradeRecordView::decode(record).map_err(|reason| TradeError::BadRecord { seq, reason })?;
+        let Some(created) = view.created.as_ref().filter(|_| view.kind == RecordKind::Created) else { continue };
+        let inline = match scattered.contains(&view.trade_id) {
+            true => None,
+            false => trade_file::inline_part(created.merchant_order_no, created.memo),
+        };
+        let part = match inline {
+            Some(inline) => {
+                PlacedPart { at: CreatedAt::Table(TablePart { seq, created_ms: view.at_ms }), inline: Some(inline) }
+            }
+            None => {
+                let offset = parts.len() + entries.len() as u64;
+                let len = encode_entry(record, &mut entries);
+                PlacedPart { at: CreatedAt::Stored(StoredPart { seq, offset, len }), inline: None }
+            }
+        };
+        placed.insert(view.trade_id, part);
+        if entries.len() >= APPEND_BYTES {
+            parts.append(&entries).await?;
+            entries.clear();
+        }
+    }
+    parts.append(&entries).await?;
+    parts.sync().await?;
+    Ok(placed)
 }
 
 #[cfg(test)]

@@ -126,10 +126,12 @@ async fn load_trade<D: Disk>(inner: &Inner<D>, id: TradeId) -> Result<CachedTrad
     let mut part = None;
     loop {
         let evictions = inner.index.borrow().trade_table().evictions();
-        let entry = crate::cold::entry(inner, id).await?.ok_or(TradeError::NotFound(id))?;
-        let part = match &part {
-            Some(part) => part,
-            None => part.insert(read_created_part(inner, id, entry.created_at).await?),
+        let (entry, with_record) = crate::cold::entry_and_part(inner, id).await?.ok_or(TradeError::NotFound(id))?;
+        let part = match (&part, with_record) {
+            (Some(part), _) => part,
+            // A cold trade's record held its part inline: one device read for the whole trade.
+            (None, Some(with_record)) => part.insert(with_record),
+            (None, None) => part.insert(read_created_part(inner, id, entry.created_at).await?),
         };
         let index = inner.index.borrow();
         let latest = match index.get(id) {
@@ -141,9 +143,10 @@ async fn load_trade<D: Disk>(inner: &Inner<D>, id: TradeId) -> Result<CachedTrad
     }
 }
 
-/// Reads a trade's `Created` record (direct I/O): a cache miss. From the log, or from the
-/// store of created parts once a checkpoint copied it there; a read of the log that finds the
-/// segment removed by retention meanwhile reads the store instead.
+/// Reads a trade's created part (direct I/O): a cache miss. From its `Created` record in the
+/// log, from its record of the table once a checkpoint put it there inline, or from the store
+/// of created parts once a checkpoint copied the record there; a read of the log that finds
+/// the segment removed by retention meanwhile reads where the checkpoint put it instead.
 async fn read_created_part<D: Disk>(
     inner: &Inner<D>,
     id: TradeId,
@@ -151,12 +154,14 @@ async fn read_created_part<D: Disk>(
 ) -> Result<CreatedPart, TradeError> {
     let bytes = match created_at {
         CreatedAt::Stored(part) => inner.checkpoints.parts.read(part).await?,
+        CreatedAt::Table(_) => return crate::cold::inline_part(inner, id).await,
         CreatedAt::Log(at) => match inner.wal.read_at(at.seq, at.piece).await {
             Ok(bytes) => bytes,
             Err(LogError::OutOfRange { .. }) => {
                 let now = crate::cold::entry(inner, id).await?.map(|e| e.created_at).ok_or(TradeError::NotFound(id))?;
                 match now {
                     CreatedAt::Stored(part) => inner.checkpoints.parts.read(part).await?,
+                    CreatedAt::Table(_) => return crate::cold::inline_part(inner, id).await,
                     CreatedAt::Log(at) => inner.wal.read_at(at.seq, at.piece).await?,
                 }
             }

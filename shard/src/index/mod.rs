@@ -24,7 +24,7 @@ pub(crate) use items::{Item, Scalars};
 
 use crate::accounts::{AccountBook, AccountItem};
 pub(crate) use crate::entries::RunStore;
-pub use crate::entries::{ClaimEntry, CreatedAt, GroupOffset, RefundEntry, StoredPart, TradeEntry};
+pub use crate::entries::{ClaimEntry, CreatedAt, GroupOffset, RefundEntry, StoredPart, TablePart, TradeEntry};
 pub use crate::keys::{body_hash, order_key, refund_key};
 use crate::lifecycle::{next_state, Action, Lifecycle};
 use crate::message::MessageRecord;
@@ -382,13 +382,14 @@ impl ShardIndex {
         self.applied_end = seq + 1;
     }
 
-    /// Points a trade's `Created` record at its copy in the store of created parts, unless the
-    /// trade is gone or already points elsewhere.
-    pub fn note_stored(&mut self, id: TradeId, part: StoredPart) {
+    /// Points a trade's `Created` record at where a checkpoint kept it (`place`: the store of
+    /// created parts, or the trade's record of the table), unless the trade is gone or
+    /// already points elsewhere.
+    pub fn note_stored(&mut self, id: TradeId, place: CreatedAt) {
         // Unmarked: the table on disk holds the stored part already (`checkpointer.rs`).
         if let Some(entry) = self.trades.get_mut_unmarked(id) {
-            if matches!(entry.created_at, CreatedAt::Log(at) if at.seq == part.seq) {
-                entry.created_at = CreatedAt::Stored(part);
+            if matches!(entry.created_at, CreatedAt::Log(at) if at.seq == place.seq()) {
+                entry.created_at = place;
             }
         }
     }
