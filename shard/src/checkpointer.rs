@@ -32,15 +32,14 @@ use tradeshard_wal::disk::{Disk, DiskFile, WriteBuf};
 
 use crate::checkpoint::{self, Encoder, Header, Restored, Restorer};
 use crate::error::{LogError, TradeError};
-use crate::id_hash::IdMap;
 use crate::index::{CreatedAt, Item, RunStore, ShardIndex};
 use crate::key_runs::WrittenRuns;
-use crate::parts::PartsMark;
+use crate::parts::{PartsMark, PlacedParts};
 use crate::retention::keep_from;
 use crate::state::Inner;
 use crate::trade::now_ms;
 use crate::trade::TradeId;
-use crate::trade_file::PlacedPart;
+
 use crate::trade_table::Dirty;
 use crate::turns::{take_turn, ITEMS_PER_TURN};
 
@@ -150,7 +149,7 @@ async fn write_checkpoint<D: Disk>(inner: &Inner<D>) -> Result<Option<u64>, Trad
     let new_position = checkpoints.latest.get() != Some(position);
     let kept_runs = take_runs(inner, runs, new_position).await;
     // In batches, so that a checkpoint of many new trades does not hold up requests.
-    let placed: Vec<(TradeId, CreatedAt)> = placed.into_iter().map(|(id, part)| (id, part.at)).collect();
+    let placed: Vec<(TradeId, CreatedAt)> = placed.into_places().collect();
     for batch in placed.chunks(ITEMS_PER_TURN) {
         {
             let mut index = inner.index.borrow_mut();
@@ -277,7 +276,7 @@ async fn write_durable<D: Disk>(
     dirty: &Dirty,
     since: u64,
     now: u64,
-) -> Result<(u64, IdMap<TradeId, PlacedPart>, u64, WrittenRuns<D>), TradeError> {
+) -> Result<(u64, PlacedParts, u64, WrittenRuns<D>), TradeError> {
     let position = snapshot.applied_end();
     wait_synced(inner, position).await?;
     let placed = crate::parts::place_created_parts(inner, snapshot, since, position).await?;
@@ -314,7 +313,7 @@ async fn write_file<D: Disk>(
     inner: &Inner<D>,
     snapshot: &ShardIndex,
     header: &Header,
-    placed: &IdMap<TradeId, PlacedPart>,
+    placed: &PlacedParts,
     runs: &[(RunStore, u64)],
 ) -> Result<u64, TradeError> {
     let disk = inner.wal.disk();
@@ -332,13 +331,13 @@ async fn write_file<D: Disk>(
     for (n, item) in listed.chain(snapshot.items()).enumerate() {
         let item = match item {
             Item::Trade(id, mut entry) if matches!(entry.created_at, CreatedAt::Log(_)) => {
-                let part = placed.get(&id).filter(|part| matches!(part.at, CreatedAt::Stored(_))).ok_or(
+                let (at, _) = placed.get(id).filter(|(at, _)| matches!(at, CreatedAt::Stored(_))).ok_or(
                     TradeError::BadRecord {
                         seq: entry.created_at.seq(),
                         reason: "a trade's created part is neither stored nor among those to store",
                     },
                 )?;
-                entry.created_at = part.at;
+                entry.created_at = at;
                 Item::Trade(id, entry)
             }
             item => item,

@@ -17,9 +17,10 @@ use crate::created::CreatedPart;
 use crate::error::TradeError;
 use crate::id_hash::IdMap;
 use crate::index::{CreatedAt, ShardIndex, TradeEntry};
+use crate::parts::PlacedParts;
 use crate::state::Inner;
 use crate::trade::TradeId;
-use crate::trade_file::{self, PlacedPart, TableRecord, TradeFile, RECORDS_PER_PAGE, RECORD_BYTES};
+use crate::trade_file::{self, TableRecord, TradeFile, RECORDS_PER_PAGE, RECORD_BYTES};
 use crate::trade_table::Dirty;
 
 /// Settled amounts per (merchant, currency).
@@ -39,7 +40,7 @@ pub(crate) async fn write_dirty<D: Disk>(
     table: &TradeFile<D>,
     snapshot: &ShardIndex,
     dirty: &Dirty,
-    placed: &IdMap<TradeId, PlacedPart>,
+    placed: &PlacedParts,
     position: u64,
 ) -> Result<u64, TradeError> {
     let trades = snapshot.trade_table();
@@ -86,12 +87,12 @@ pub(crate) async fn write_dirty<D: Disk>(
                         let mut entry = *entry;
                         let inline = match entry.created_at {
                             CreatedAt::Log(log_at) => {
-                                let part = placed.get(&id).ok_or(TradeError::BadRecord {
+                                let (at, inline) = placed.get(id).ok_or(TradeError::BadRecord {
                                     seq: log_at.seq,
                                     reason: "a trade's created part is neither stored nor among those to store",
                                 })?;
-                                entry.created_at = part.at;
-                                part.inline
+                                entry.created_at = at;
+                                inline
                             }
                             CreatedAt::Stored(_) => None,
                             // Read with the page above: the record on disk holds the part.

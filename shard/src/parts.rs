@@ -25,7 +25,7 @@ use crate::record::{RecordKind, TradeRecordView};
 use crate::state::Inner;
 use crate::system_record::LogRecord;
 use crate::trade::TradeId;
-use crate::trade_file::{self, PlacedPart};
+use crate::trade_file::{inline_part, InlinePart, INLINE_BYTES};
 
 /// The store's file name in the shard's directory.
 pub(crate) const PARTS_NAME: &str = "created.parts";
@@ -193,6 +193,63 @@ fn corrupt(disk: &impl Disk, offset: u64, reason: &'static str) -> TradeError {
     TradeError::Log(LogError::Corruption { path: disk.path_of(PARTS_NAME), offset, reason })
 }
 
+/// Where a checkpoint put the created parts of the trades created since the one before: the
+/// store of created parts, or inline in the trades' records of the table. A checkpoint may
+/// place millions, so an inline part waits for the table's write packed in one buffer (its
+/// two lengths and its bytes) rather than as a whole inline part per trade.
+#[derive(Default)]
+pub(crate) struct PlacedParts {
+    places: IdMap<TradeId, Placed>,
+    packed: Vec<u8>,
+}
+
+#[derive(Clone, Copy)]
+enum Placed {
+    Stored(StoredPart),
+    /// Inline, its packed bytes at `at` in `packed`.
+    Table {
+        part: TablePart,
+        at: u32,
+    },
+}
+
+impl PlacedParts {
+    pub(crate) fn stored(&mut self, id: TradeId, part: StoredPart) {
+        self.places.insert(id, Placed::Stored(part));
+    }
+
+    /// Places the part inline if it fits; false if it does not (nothing placed).
+    pub(crate) fn inline(&mut self, id: TradeId, part: TablePart, merchant_order_no: &str, memo: &str) -> bool {
+        let Some(inline) = inline_part(merchant_order_no, memo) else { return false };
+        let Ok(at) = u32::try_from(self.packed.len()) else { return false };
+        self.packed.extend_from_slice(&inline[..2 + inline[0] as usize + inline[1] as usize]);
+        self.places.insert(id, Placed::Table { part, at });
+        true
+    }
+
+    /// Where trade `id`'s part went, and the part when inline.
+    pub(crate) fn get(&self, id: TradeId) -> Option<(CreatedAt, Option<InlinePart>)> {
+        Some(match *self.places.get(&id)? {
+            Placed::Stored(part) => (CreatedAt::Stored(part), None),
+            Placed::Table { part, at } => {
+                let at = at as usize;
+                let len = 2 + self.packed[at] as usize + self.packed[at + 1] as usize;
+                let mut inline = [0u8; INLINE_BYTES];
+                inline[..len].copy_from_slice(&self.packed[at..at + len]);
+                (CreatedAt::Table(part), Some(inline))
+            }
+        })
+    }
+
+    /// Every trade placed, with where its part went.
+    pub(crate) fn into_places(self) -> impl Iterator<Item = (TradeId, CreatedAt)> {
+        self.places.into_iter().map(|(id, placed)| match placed {
+            Placed::Stored(part) => (id, CreatedAt::Stored(part)),
+            Placed::Table { part, .. } => (id, CreatedAt::Table(part)),
+        })
+    }
+}
+
 /// Places the `Created` records in `[since, position)`: inline in their trades' records of the
 /// table where the order number and memo fit (written with the table), else copied to the
 /// store of created parts, synced, a megabyte at a time. Scattered trades, which the checkpoint
@@ -202,12 +259,12 @@ pub(crate) async fn place_created_parts<D: Disk>(
     snapshot: &ShardIndex,
     since: u64,
     position: u64,
-) -> Result<IdMap<TradeId, PlacedPart>, TradeError> {
+) -> Result<PlacedParts, TradeError> {
     const APPEND_BYTES: usize = 1 << 20;
     let parts = &inner.checkpoints.parts;
     let scattered: std::collections::HashSet<TradeId> = snapshot.trade_table().scattered().map(|(id, _)| id).collect();
     let mut entries = Vec::with_capacity(APPEND_BYTES + 4096);
-    let mut placed = IdMap::default();
+    let mut placed = PlacedParts::default();
     let mut reader = inner.wal.reader(since)?;
     while let Some((seq, record)) = reader.next().await? {
         if seq >= position {
@@ -218,21 +275,14 @@ pub(crate) async fn place_created_parts<D: Disk>(
         }
         let view = TradeRecordView::decode(record).map_err(|reason| TradeError::BadRecord { seq, reason })?;
         let Some(created) = view.created.as_ref().filter(|_| view.kind == RecordKind::Created) else { continue };
-        let inline = match scattered.contains(&view.trade_id) {
-            true => None,
-            false => trade_file::inline_part(created.merchant_order_no, created.memo),
-        };
-        let part = match inline {
-            Some(inline) => {
-                PlacedPart { at: CreatedAt::Table(TablePart { seq, created_ms: view.at_ms }), inline: Some(inline) }
-            }
-            None => {
-                let offset = parts.len() + entries.len() as u64;
-                let len = encode_entry(record, &mut entries);
-                PlacedPart { at: CreatedAt::Stored(StoredPart { seq, offset, len }), inline: None }
-            }
-        };
-        placed.insert(view.trade_id, part);
+        let part = TablePart { seq, created_ms: view.at_ms };
+        let inline = !scattered.contains(&view.trade_id)
+            && placed.inline(view.trade_id, part, created.merchant_order_no, created.memo);
+        if !inline {
+            let offset = parts.len() + entries.len() as u64;
+            let len = encode_entry(record, &mut entries);
+            placed.stored(view.trade_id, StoredPart { seq, offset, len });
+        }
         if entries.len() >= APPEND_BYTES {
             parts.append(&entries).await?;
             entries.clear();

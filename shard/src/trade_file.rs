@@ -75,14 +75,6 @@ impl TableRecord {
     }
 }
 
-/// Where a checkpoint put a trade's `Created` record: the store of created parts, or inline
-/// in the trade's record of the table (with the part).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) struct PlacedPart {
-    pub at: CreatedAt,
-    pub inline: Option<InlinePart>,
-}
-
 /// The inline part of an order number and a memo, or `None` when they do not fit.
 pub(crate) fn inline_part(merchant_order_no: &str, memo: &str) -> Option<InlinePart> {
     let (order, memo) = (merchant_order_no.as_bytes(), memo.as_bytes());
