@@ -125,11 +125,20 @@ impl EngineHandle {
         Ok(answer.await.ok_or(Error::Closed)??)
     }
 
+    /// [`submit_to_shard`](Self::submit_to_shard), waiting for room in a full queue whatever
+    /// the caller chose (see [`submit_waiting`](Self::submit_waiting)).
+    pub(crate) async fn submit_to_shard_waiting<Op: ShardOp>(
+        &self,
+        shard: u32,
+        op: Op,
+    ) -> Result<ReplyFuture<Result<Op::Output, TradeError>>> {
+        self.submit_waiting(self.inner.routing.executor_of_physical(shard), OnShard { shard, op }).await
+    }
+
     /// [`on_shard`](Self::on_shard), waiting for room in a full queue whatever the caller
     /// chose (see [`submit_waiting`](Self::submit_waiting)).
     pub(crate) async fn on_shard_waiting<Op: ShardOp>(&self, shard: u32, op: Op) -> Result<Op::Output> {
-        let executor = self.inner.routing.executor_of_physical(shard);
-        let answer = self.submit_waiting(executor, OnShard { shard, op }).await?;
+        let answer = self.submit_to_shard_waiting(shard, op).await?;
         Ok(answer.await.ok_or(Error::Closed)??)
     }
 

@@ -40,7 +40,6 @@ use crate::blocking::blocking;
 use crate::claim_ops;
 use crate::error::{Error, Result};
 use crate::handle::EngineHandle;
-use crate::ops::OnShard;
 
 /// Pending claims looked up, or settled, in one job at an open.
 const RESOLVE_BATCH: usize = 4096;
@@ -139,9 +138,7 @@ impl EngineHandle {
         for (buyer_shard, claims) in &by_buyer {
             for batch in claims.chunks(RESOLVE_BATCH) {
                 let keys = batch.iter().map(|&(_, key)| key).collect();
-                let executor = routing.executor_of_physical(*buyer_shard);
-                let op = OnShard { shard: *buyer_shard, op: claim_ops::FindOrders(keys) };
-                lookups.push((batch, self.submit_waiting(executor, op).await?));
+                lookups.push((batch, self.submit_to_shard_waiting(*buyer_shard, claim_ops::FindOrders(keys)).await?));
             }
         }
         let mut by_home: BTreeMap<u32, Vec<(u128, ClaimOutcome)>> = BTreeMap::new();
@@ -158,8 +155,8 @@ impl EngineHandle {
         let mut settles = Vec::new();
         for (home, outcomes) in by_home {
             for batch in outcomes.chunks(RESOLVE_BATCH) {
-                let op = OnShard { shard: home, op: claim_ops::SettleClaims(batch.to_vec()) };
-                settles.push((batch.len(), self.submit_waiting(routing.executor_of_physical(home), op).await?));
+                let op = claim_ops::SettleClaims(batch.to_vec());
+                settles.push((batch.len(), self.submit_to_shard_waiting(home, op).await?));
             }
         }
         let mut resolved = 0;

@@ -39,7 +39,6 @@ use crate::retention::keep_from;
 use crate::state::Inner;
 use crate::trade::now_ms;
 use crate::trade::TradeId;
-
 use crate::trade_table::Dirty;
 use crate::turns::{take_turn, ITEMS_PER_TURN};
 

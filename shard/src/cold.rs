@@ -96,13 +96,13 @@ pub(crate) async fn write_dirty<D: Disk>(
                             }
                             CreatedAt::Stored(_) => None,
                             // Read with the page above: the record on disk holds the part.
-                            CreatedAt::Table(_) => trade_file::record_in_page(counter, page)
-                                .map_err(|reason| table.corrupt(trade_file::file_offset(counter), reason))?
-                                .and_then(|on_disk| on_disk.inline)
-                                .map(Some)
-                                .ok_or_else(|| {
-                                    table.corrupt(trade_file::file_offset(counter), "a trade's inline part is missing")
-                                })?,
+                            CreatedAt::Table(_) => {
+                                let offset = trade_file::file_offset(counter);
+                                let on_disk = trade_file::record_in_page(counter, page)
+                                    .map_err(|reason| table.corrupt(offset, reason))?;
+                                let inline = on_disk.and_then(|record| record.inline);
+                                Some(inline.ok_or_else(|| table.corrupt(offset, "a trade's inline part is missing"))?)
+                            }
                         };
                         let record = &mut page[at..at + RECORD_BYTES];
                         trade_file::encode(id, &entry, position, inline.as_ref(), record)
@@ -249,7 +249,7 @@ pub(crate) async fn entry_and_part<D: Disk>(
 
 /// The created part a trade's record holds inline, read from the table (the trade may be in
 /// memory: its part is on disk all the same).
-pub(crate) async fn inline_part<D: Disk>(inner: &Inner<D>, id: TradeId) -> Result<CreatedPart, TradeError> {
+pub(crate) async fn read_inline_part<D: Disk>(inner: &Inner<D>, id: TradeId) -> Result<CreatedPart, TradeError> {
     let table = &inner.checkpoints.table;
     read_cold(inner, id)
         .await?

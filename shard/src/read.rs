@@ -154,14 +154,14 @@ async fn read_created_part<D: Disk>(
 ) -> Result<CreatedPart, TradeError> {
     let bytes = match created_at {
         CreatedAt::Stored(part) => inner.checkpoints.parts.read(part).await?,
-        CreatedAt::Table(_) => return crate::cold::inline_part(inner, id).await,
+        CreatedAt::Table(_) => return crate::cold::read_inline_part(inner, id).await,
         CreatedAt::Log(at) => match inner.wal.read_at(at.seq, at.piece).await {
             Ok(bytes) => bytes,
             Err(LogError::OutOfRange { .. }) => {
                 let now = crate::cold::entry(inner, id).await?.map(|e| e.created_at).ok_or(TradeError::NotFound(id))?;
                 match now {
                     CreatedAt::Stored(part) => inner.checkpoints.parts.read(part).await?,
-                    CreatedAt::Table(_) => return crate::cold::inline_part(inner, id).await,
+                    CreatedAt::Table(_) => return crate::cold::read_inline_part(inner, id).await,
                     CreatedAt::Log(at) => inner.wal.read_at(at.seq, at.piece).await?,
                 }
             }
