@@ -11,8 +11,9 @@ use std::path::PathBuf;
 
 use tradeshard_engine::{Manifest, FORMAT_VERSION};
 use tradeshard_shard::{
-    AccountOp, BranchAction, BranchPlan, Currency, Decision, Funding, JournalRecord, MessageBody, MessageOp,
-    MessageRecord, OffsetCommit, RecordKind, Step, TccRecord, TradeId, TradeRecord,
+    AccountOp, BranchAction, BranchPlan, ClaimOutcome, ClaimSettled, ClaimsKnown, Currency, Decision, Funding,
+    JournalRecord, MessageBody, MessageOp, MessageRecord, OffsetCommit, OrderClaim, RecordKind, Step, TccRecord,
+    TradeId, TradeRecord,
 };
 use tradeshard_tests::{new_trade, run};
 use tradeshard_wal::disk::SimDisk;
@@ -63,6 +64,12 @@ fn trade_records() -> Vec<Vec<u8>> {
             ..change(RecordKind::Settled, 5000, 1_700_000_000_800)
         }
         .encode(),
+        // An order number claimed for a buyer of another shard, the claim's confirmation, and
+        // a buyer shard's note of the claims it knows durable.
+        OrderClaim { key: 1 << 90, body: 3, buyer_id: 8, merchant_id: 9, at_ms: 1_700_000_000_900 }.encode(),
+        ClaimSettled { key: 1 << 90, outcome: ClaimOutcome::Confirmed(TradeId::new(2, 5)), at_ms: 1_700_000_001_000 }
+            .encode(),
+        ClaimsKnown { below_counter: 43, at_ms: 1_700_000_001_100 }.encode(),
     ]
 }
 

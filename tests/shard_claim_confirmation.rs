@@ -5,7 +5,7 @@
 //! from the checkpoint's runs; a confirmation writes nothing to the log.
 
 use tradeshard_shard::{order_key, ClaimOutcome, ClaimRequest, OrderLookup, Shard, TradeError, TradeId};
-use tradeshard_tests::{call, new_trade, rolling_shard_config, run, upkeep_on_request};
+use tradeshard_tests::{call, claim_durably, new_trade, rolling_shard_config, run, upkeep_on_request};
 use tradeshard_wal::disk::SimDisk;
 
 async fn open(disk: &SimDisk) -> Result<Shard<SimDisk>, TradeError> {
@@ -16,7 +16,7 @@ async fn open(disk: &SimDisk) -> Result<Shard<SimDisk>, TradeError> {
 async fn claim(home: &Shard<SimDisk>, buyer: u64, n: u64) -> u128 {
     let trade = new_trade(buyer, n, 100).validate().unwrap();
     let key = order_key(trade.merchant_id, &trade.merchant_order_no);
-    let found = call(|done| home.claim_order(ClaimRequest::of(&trade), done)).await.unwrap();
+    let found = claim_durably(home, ClaimRequest::of(&trade)).await.unwrap();
     assert_eq!(found, None, "a new claim");
     key
 }

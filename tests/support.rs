@@ -120,6 +120,18 @@ pub async fn call<T>(start: impl FnOnce(tradeshard_shard::ShardReply<T>)) -> Res
     answer.await.expect("a shard answers every request it takes")
 }
 
+/// Claims an order number in its home shard and waits until the claim is durable: the trade
+/// it was confirmed with, if a create of the same body got that far.
+pub async fn claim_durably(
+    home: &tradeshard_shard::Shard<tradeshard_wal::disk::SimDisk>,
+    request: tradeshard_shard::ClaimRequest,
+) -> Result<Option<tradeshard_shard::TradeId>, tradeshard_shard::TradeError> {
+    match call(|reply| home.claim_order(request, reply)).await? {
+        tradeshard_shard::Reservation::Durable(trade) => Ok(trade),
+        tradeshard_shard::Reservation::Pending(durable) => durable.await.expect("a shard answers every claim"),
+    }
+}
+
 /// Runs a simulated campaign over `seeds(default_count)` seeds, one after another on one
 /// executor; each seed's run returns how many things it checked, or a failure, which panics
 /// with the seed to replay. Returns (seeds run, things checked).

@@ -5,16 +5,16 @@
 
 use tradeshard_shard::reply::{self, Reply, ReplyFuture};
 use tradeshard_shard::{
-    ClaimOutcome, ClaimRequest, Command, DiskShard, LogError, OrderLookup, PendingClaim, Receipt, ShardReply,
-    TradeError, TradeId, ValidTrade,
+    ClaimOutcome, ClaimRequest, ClaimState, Command, DiskShard, LogError, OrderLookup, PendingClaim, Receipt,
+    Reservation, ShardReply, TradeError, TradeId, ValidTrade,
 };
 
-use crate::ops::{Call, ExecutorOp, ExecutorShards, Job, OnShard, Request, ShardOp, Write};
+use crate::ops::{Call, ExecutorOp, ExecutorShards, Job, OnShard, ShardOp, Write};
 
 /// A create whose order number's home shard is not its buyer's: sent to the home shard's
-/// executor, which claims the key and, once the claim is durable, hands the create to the
-/// buyer shard's executor with the caller's reply, through its outbox (see `orders.rs`). The
-/// caller makes one hand-off, as for any create.
+/// executor, which claims the key and hands the create at once to the buyer shard's executor
+/// with the caller's reply and the claim's durability to wait for, through its outbox (see
+/// `orders.rs`). The caller makes one hand-off, as for any create.
 pub(crate) struct CreateAcross {
     pub claim: ClaimRequest,
     pub trade: ValidTrade,
@@ -28,50 +28,56 @@ impl ExecutorOp for CreateAcross {
     fn start(self, shards: &ExecutorShards, reply: Reply<Self::Output>) {
         let CreateAcross { claim, trade, logical_shard, home, buyer_shard } = self;
         let key = claim.key;
-        let (claimed, answer) = reply::channel();
+        let (claimed, mut answer) = reply::channel();
         shards.shard(home).claim_order(claim, claimed);
         let buyer_executor = shards.routing.executor_of_physical(buyer_shard);
         let outbox = shards.outbox.clone();
-        glommio::spawn_local(async move {
-            let job: Request = match answer.await {
+        let next = move |reservation: Option<Result<Reservation, TradeError>>| {
+            let claim = match reservation {
                 None => return reply.send(Err(TradeError::Log(LogError::Closed))),
                 Some(Err(refused)) => return reply.send(Err(refused)),
                 // Confirmed already (a retry of a create that finished): the trade is there.
-                Some(Ok(Some(_))) => {
+                Some(Ok(Reservation::Durable(Some(_)))) => {
                     let op = OnShard { shard: buyer_shard, op: Write(Command::Create { trade, logical_shard }) };
-                    Box::new(Call { op, reply })
+                    return outbox.send(buyer_executor, Box::new(Call { op, reply }));
                 }
-                Some(Ok(None)) => {
-                    Box::new(Call { op: CreateClaimed { shard: buyer_shard, trade, logical_shard, home, key }, reply })
-                }
+                Some(Ok(Reservation::Durable(None))) => ClaimState::Durable,
+                Some(Ok(Reservation::Pending(durable))) => ClaimState::Pending(durable),
             };
-            outbox.send(buyer_executor, job)
-        })
-        .detach();
+            let op = CreateClaimed { shard: buyer_shard, trade, logical_shard, home, key, claim };
+            outbox.send(buyer_executor, Box::new(Call { op, reply }))
+        };
+        // Answered at once unless the home shard reads its runs on disk first.
+        match answer.try_take() {
+            Some(reservation) => next(Some(reservation)),
+            None => drop(glommio::spawn_local(async move { next(answer.await) }).detach()),
+        }
     }
 }
 
-/// The second step of a create across shards: the trade in the buyer's shard, and, once it is
-/// durable, the confirmation of its claim sent to the home shard's executor from here (not
-/// through the caller: one hand-off fewer per create), with the other jobs of this turn.
+/// The second step of a create across shards: the trade in the buyer's shard, answered once
+/// it and its claim are durable; then the claim's confirmation goes to the home shard's
+/// executor from here (not through the caller: one hand-off fewer per create), with the other
+/// jobs of this turn.
 pub(crate) struct CreateClaimed {
     pub shard: u32,
     pub trade: ValidTrade,
     pub logical_shard: u32,
     pub home: u32,
     pub key: u128,
+    pub claim: ClaimState,
 }
 
 impl ExecutorOp for CreateClaimed {
     type Output = Result<Receipt, TradeError>;
     fn start(self, shards: &ExecutorShards, reply: Reply<Self::Output>) {
-        let CreateClaimed { shard, trade, logical_shard, home, key } = self;
+        let CreateClaimed { shard, trade, logical_shard, home, key, claim } = self;
         let home_executor = shards.routing.executor_of_physical(home);
         let outbox = shards.outbox.clone();
         let confirm = Box::new(move |receipt: &Receipt| {
             outbox.send(home_executor, Box::new(ConfirmClaim { shard: home, key, trade: receipt.id }));
         });
-        shards.shard(shard).create_then(trade, logical_shard, reply, confirm)
+        shards.shard(shard).create_claimed(trade, logical_shard, claim, reply, confirm)
     }
 }
 
@@ -101,6 +107,39 @@ impl ShardOp for SettleClaims {
             _ => Answer::Later(answer_of(|one| shard.settle_claim(key, outcome, one))),
         });
         all_then(answers.collect(), reply, |_| ())
+    }
+}
+
+/// The trades a shard's open found with their claim in doubt (`doubts.rs` in the shard crate).
+pub(crate) struct TradesInDoubt;
+
+impl ShardOp for TradesInDoubt {
+    type Output = Vec<TradeId>;
+    fn start(self, shard: &DiskShard, reply: ShardReply<Vec<TradeId>>) {
+        shard.take_trades_in_doubt(reply)
+    }
+}
+
+/// Claims of durable trades whose claims a stop may have lost, in their home shard: each
+/// answered with how it stands (the first refusal fails them all).
+pub(crate) struct ClaimAgain(pub Vec<ClaimRequest>);
+
+impl ShardOp for ClaimAgain {
+    type Output = Vec<Reservation>;
+    fn start(self, shard: &DiskShard, reply: ShardReply<Vec<Reservation>>) {
+        let answers = self.0.into_iter().map(|request| Answer::Later(answer_of(|one| shard.claim_order(request, one))));
+        all_then(answers.collect(), reply, |reservations| reservations)
+    }
+}
+
+/// The claims of these trades of the shard are durable in their home shards.
+pub(crate) struct ClaimsKnown(pub Vec<TradeId>);
+
+impl ShardOp for ClaimsKnown {
+    type Output = ();
+    fn start(self, shard: &DiskShard, reply: ShardReply<()>) {
+        shard.claims_known(&self.0);
+        reply.send(Ok(()))
     }
 }
 

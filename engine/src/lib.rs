@@ -220,7 +220,10 @@ impl Engine {
         }
         // Before any request is taken: creates interrupted between their two steps end with
         // exactly one trade or none (`orders.rs`).
-        futures_lite::future::block_on(engine.handle.resolve_pending_claims())?;
+        futures_lite::future::block_on(async {
+            engine.handle.claim_trades_in_doubt().await?;
+            engine.handle.resolve_pending_claims().await
+        })?;
         // Activities decided before a stop are carried out; undecided ones are cancelled once
         // past their deadline (`activities.rs`).
         let recovery = activities::ActivityRecovery::start(engine.handle.clone(), options.activity_recovery_interval)?;

@@ -27,9 +27,10 @@ use crate::error::{Error, Result};
 /// trades paid from a balance, in trade records' funding bytes and the stored status byte;
 /// 11: ended branches and completed activities in runs, and no repeated step in a log's
 /// records of flexible transactions; 12: 128-byte records of the trade table, holding the
-/// trade's order number and memo inline where they fit; directories of other formats are
-/// refused).
-pub const FORMAT_VERSION: u32 = 12;
+/// trade's order number and memo inline where they fit; 13: `ClaimsKnown` records and the
+/// checkpoint's known-claims counter, for creates whose claim and trade are written at once;
+/// directories of other formats are refused).
+pub const FORMAT_VERSION: u32 = 13;
 const MANIFEST: &str = "MANIFEST";
 const LOCK: &str = "LOCK";
 /// Where the manifest is written before its rename; a leftover of an interrupted creation.

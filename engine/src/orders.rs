@@ -1,11 +1,12 @@
 //! Merchant order numbers across shards: the engine's side of the claim protocol (the home
 //! shard's side is `shard/src/claims.rs`), and the lookup of a trade by its order number.
 //!
-//! A create whose order number's home shard is not its buyer's shard takes two steps, each a
-//! group-committed write: the claim in the home shard, then the trade in the buyer's shard.
-//! The caller hands the create to the home shard's executor; once the claim is durable, that
-//! executor hands the create on to the buyer shard's executor with the caller's reply, so the
-//! caller makes one hand-off as for any create. The trade is acknowledged only after both
+//! A create whose order number's home shard is not its buyer's shard takes two writes, each
+//! group-committed in its own shard: the claim in the home shard and the trade in the buyer's
+//! shard, at the same time. The caller hands the create to the home shard's executor, which
+//! claims the key (held in memory at once, its record queued) and hands the create on to the
+//! buyer shard's executor with the caller's reply and the claim's durability to wait for, so
+//! the caller makes one hand-off as for any create. The trade is acknowledged only once both
 //! writes are durable. Then the buyer shard's executor confirms the claim with the trade's id;
 //! the home shard makes the confirmation in memory, with no record (the trade's durability in
 //! the buyer's shard is the fact it stands for), and its next checkpoint keeps it. Both
@@ -18,28 +19,36 @@
 //! forever, so a cached answer is never stale, and the next lookup of it reads the trade
 //! without asking the home shard (and, for a cached trade, on the caller's thread).
 //!
-//! A stop between the steps leaves a pending claim, and so does a stop before a confirmation
-//! reached a checkpoint (the reopened home shard finds the claim in its log, not the
-//! confirmation). Each is resolved to exactly one trade or none:
-//! by the next retry of the create (the same body goes on to the buyer's shard, which answers
-//! the original trade or creates it), or when the engine opens, before it takes requests:
-//! the buyer's shard is asked whether the trade exists, and the claim is confirmed or
-//! released accordingly, in batches per shard (after a kill, the claims since the last
-//! checkpoint, so the work is bounded as the replay is). Only a release is written. Since
+//! A stop can leave a trade whose claim was lost: the buyer's shard keeps such trades in doubt
+//! until it learns the claim is durable, and an open finds them again (`doubts.rs` in the
+//! shard crate). The engine claims each in its home shard before anything else, so that no
+//! durable trade's order number looks free. A stop can also leave a pending claim (its trade
+//! never written, or its confirmation not in a checkpoint yet). Each is resolved to exactly
+//! one trade or none: by the next retry of the create (the same body goes on to the buyer's
+//! shard, which answers the original trade or creates it), or when the engine opens, before
+//! it takes requests: the buyer's shard is asked whether the trade exists, and the claim is
+//! confirmed or released accordingly, in batches per shard (after a kill, the claims since the
+//! last checkpoint, so the work is bounded as the replay is). Only a release is written. Since
 //! nothing is created before the open returns, no trade can appear under a claim being
 //! released.
 
 use std::collections::BTreeMap;
 
 use tradeshard_shard::{
-    order_key, validate_order_no, ClaimOutcome, ClaimRequest, InputError, OrderLookup, Receipt, Refusal, Trade,
-    TradeId, ValidTrade,
+    order_key, validate_order_no, ClaimOutcome, ClaimRequest, InputError, OrderLookup, Receipt, Refusal, Reservation,
+    Trade, TradeError, TradeId, ValidTrade,
 };
 
 use crate::blocking::blocking;
 use crate::claim_ops;
 use crate::error::{Error, Result};
 use crate::handle::EngineHandle;
+
+/// A durable trade whose order number's home shard holds it for another trade: what no log
+/// this engine wrote can hold.
+fn claimed_by_another() -> Error {
+    TradeError::BadRecord { seq: 0, reason: "a durable trade's order number is claimed for another trade" }.into()
+}
 
 /// Pending claims looked up, or settled, in one job at an open.
 const RESOLVE_BATCH: usize = 4096;
@@ -120,6 +129,58 @@ impl EngineHandle {
     }
 
     blocking!(get_by_order_blocking = get_by_order(&self, merchant_id: u64, order_no: &str) -> Result<Trade>);
+
+    /// Claims again, in their home shards, the trades whose claims a stop may have lost (each
+    /// shard's open found them: `doubts.rs` in the shard crate), so that no durable trade's
+    /// order number looks free; then their shards know them. Run by `Engine::open` before
+    /// [`resolve_pending_claims`](Self::resolve_pending_claims), which confirms these claims.
+    /// Returns how many trades were in doubt.
+    pub(crate) async fn claim_trades_in_doubt(&self) -> Result<usize> {
+        let routing = self.routing();
+        let mut in_doubt = Vec::new();
+        for shard in 0..routing.physical_shards {
+            in_doubt.push((shard, self.submit_to_shard_waiting(shard, claim_ops::TradesInDoubt).await?));
+        }
+        let mut by_home: BTreeMap<u32, Vec<(ClaimRequest, TradeId)>> = BTreeMap::new();
+        let mut known: Vec<(u32, Vec<TradeId>)> = Vec::new();
+        for (buyer_shard, answer) in in_doubt {
+            let ids = answer.await.ok_or(Error::Closed)??;
+            for batch in ids.chunks(RESOLVE_BATCH) {
+                for trade in self.get_many(batch).await? {
+                    let trade = trade?;
+                    let request = ClaimRequest::of_trade(&trade);
+                    let home = routing.physical_of_order_key(request.key);
+                    if home != buyer_shard {
+                        by_home.entry(home).or_default().push((request, trade.id));
+                    }
+                }
+            }
+            known.push((buyer_shard, ids));
+        }
+        for (home, claims) in by_home {
+            for batch in claims.chunks(RESOLVE_BATCH) {
+                let requests = batch.iter().map(|(request, _)| request.clone()).collect();
+                let reservations = self.on_shard_waiting(home, claim_ops::ClaimAgain(requests)).await?;
+                let mut confirms = Vec::with_capacity(batch.len());
+                for ((request, id), reservation) in batch.iter().zip(reservations) {
+                    match reservation {
+                        Reservation::Durable(Some(confirmed)) if confirmed == *id => continue,
+                        Reservation::Durable(Some(_)) => return Err(claimed_by_another()),
+                        Reservation::Durable(None) => {}
+                        Reservation::Pending(durable) => drop(durable.await.ok_or(Error::Closed)??),
+                    }
+                    confirms.push((request.key, ClaimOutcome::Confirmed(*id)));
+                }
+                self.on_shard_waiting(home, claim_ops::SettleClaims(confirms)).await?;
+            }
+        }
+        let mut count = 0;
+        for (buyer_shard, ids) in known {
+            count += ids.len();
+            self.on_shard_waiting(buyer_shard, claim_ops::ClaimsKnown(ids)).await?;
+        }
+        Ok(count)
+    }
 
     /// Confirms or releases every claim left pending, asking each claim's buyer shard whether
     /// its trade exists, in batches (after a stop every claim since the last checkpoint may be

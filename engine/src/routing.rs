@@ -31,7 +31,7 @@ impl Routing {
     /// The home shard of a merchant order number, by its order key (`order_key`, an xxh3-128
     /// hash of merchant and order number): where the key is claimed.
     pub fn physical_of_order_key(&self, key: u128) -> u32 {
-        self.physical_of_logical(((key as u64) % self.logical_shards as u64) as u32)
+        self.users().physical_of_order_key(key)
     }
 
     /// The home shard of merchant `merchant_id`'s order number `order_no`.

@@ -15,6 +15,7 @@ fuzz_target!(|bytes: &[u8]| {
         LogRecord::Journal(journal) => journal.encode(),
         LogRecord::Tcc(tcc) => tcc.encode(),
         LogRecord::Message(message) => message.encode(),
+        LogRecord::ClaimsKnown(mark) => mark.encode(),
     };
     assert_eq!(LogRecord::decode(&encoded).expect("an encoded record decodes"), record);
 });

@@ -236,5 +236,5 @@ fn post_on<D: Disk>(
     accounts.requests.insert(key, (asked, seq));
     let record = LogRecord::Journal(record);
     let keys = EffectKeys::Account { key };
-    accepted.push(Effect { seq, ticket: Some(ticket), record, keys, waiter: Waiter::Account(reply), after: None });
+    accepted.push(Effect { seq, ticket: Some(ticket), record, keys, waiter: Waiter::Account(reply) });
 }

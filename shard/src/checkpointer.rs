@@ -134,7 +134,11 @@ async fn write_checkpoint<D: Disk>(inner: &Inner<D>) -> Result<Option<u64>, Trad
     let (mut snapshot, dirty) = {
         let mut index = inner.index.borrow_mut();
         let dirty = index.take_dirty();
-        (index.clone(), dirty)
+        let mut snapshot = index.clone();
+        // Trades created with their claim in doubt stay in doubt for the next open.
+        let accepted = inner.accepted.borrow();
+        snapshot.set_claims_known_below(accepted.doubts.known_below(accepted.next_counter));
+        (snapshot, dirty)
     };
     if let Some(idle_before) = idle_before {
         snapshot.expire_groups(idle_before);

@@ -2,19 +2,23 @@
 //! across all shards.
 //!
 //! The key (merchant, order number) has a home shard of its own. A create whose buyer lives in
-//! another shard first claims the key there ([`Shard::claim_order`]): the claim, durable
-//! before the trade is created in the buyer's shard, holds the create's body hash and buyer.
-//! A second create of the key is answered from the claim: the same body goes on to the buyer's
-//! shard (which answers the original trade, or creates it if the first attempt never got
-//! there); another body is a conflict. Once the trade exists the claim is confirmed with its
-//! id ([`Shard::settle_claim`]), in memory only: that the trade is durable in its buyer's
-//! shard is a fact a record here would only repeat, and the next checkpoint keeps it (in
-//! the claims' runs). A claim left pending by a stop (between the two steps, or before its
-//! confirmation reached a checkpoint) is confirmed or released when the engine opens, by
-//! asking the buyer's shard whether the trade exists; only a release is written. A create whose buyer lives in the home shard needs no claim: its own `Created`
-//! record holds the key, and the checks here and in `write.rs` look at both. Confirmed claims
-//! older than the last checkpoint are in runs on disk (`key_runs.rs`): a request whose key a
-//! run may hold reads the runs first, on a task, and is checked again with what it read.
+//! another shard claims the key there ([`Shard::claim_order`]): the claim holds the create's
+//! body hash and buyer, and is answered at once, with its durability to wait for, so that the
+//! trade is written in the buyer's shard while the claim is written here; the create is
+//! acknowledged once both are durable (the buyer's side is `doubts.rs`). Until the claim is
+//! durable the key is held in memory. A second create of the key is answered from the claim:
+//! the same body goes on to the buyer's shard (which answers the original trade, or creates it
+//! if the first attempt never got there); another body is a conflict. Once the trade exists
+//! the claim is confirmed with its id ([`Shard::settle_claim`]), in memory only: that the
+//! trade is durable in its buyer's shard is a fact a record here would only repeat, and the
+//! next checkpoint keeps it (in the claims' runs). A claim left pending by a stop (its trade
+//! never written, or its confirmation not yet in a checkpoint) is confirmed or released when
+//! the engine opens, by asking the buyer's shard whether the trade exists; only a release is
+//! written. A trade whose claim a stop lost is claimed again first (`doubts.rs`). A create
+//! whose buyer lives in the home shard needs no claim: its own `Created` record holds the key,
+//! and the checks here and in `write.rs` look at both. Confirmed claims older than the last
+//! checkpoint are in runs on disk (`key_runs.rs`): a request whose key a run may hold reads
+//! the runs first, on a task, and is checked again with what it read.
 
 use std::rc::Rc;
 
@@ -23,11 +27,12 @@ use tradeshard_wal::disk::Disk;
 use crate::error::{Refusal, TradeError};
 use crate::index::{body_hash, order_key};
 use crate::key_runs::{read_then, KeyKind, Lookup, RunRead};
+use crate::reply::{self, ReplyFuture};
 use crate::shard::Shard;
 use crate::state::{Effect, EffectKeys, Inner, ShardReply, Waiter};
 use crate::system_record::{ClaimOutcome, ClaimSettled, LogRecord, OrderClaim};
 use crate::trade::now_ms;
-use crate::trade::{TradeId, ValidTrade};
+use crate::trade::{Trade, TradeId, ValidTrade};
 
 /// A create's claim of its order key, sent to the key's home shard.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -45,13 +50,20 @@ pub struct ClaimRequest {
 impl ClaimRequest {
     /// The claim of a validated create's order number.
     pub fn of(trade: &ValidTrade) -> ClaimRequest {
-        ClaimRequest {
-            key: order_key(trade.merchant_id, &trade.merchant_order_no),
-            body: body_hash(trade.buyer_id, trade.amount, trade.currency, &trade.memo),
-            buyer_id: trade.buyer_id,
-            merchant_id: trade.merchant_id,
-            order_no: trade.merchant_order_no.clone(),
-        }
+        let body = body_hash(trade.buyer_id, trade.amount, trade.currency, &trade.memo);
+        ClaimRequest::new(trade.merchant_id, &trade.merchant_order_no, trade.buyer_id, body)
+    }
+
+    /// The claim of a durable trade's order number (an open claims again the trades whose
+    /// claim a stop may have lost: `doubts.rs`).
+    pub fn of_trade(trade: &Trade) -> ClaimRequest {
+        let body = body_hash(trade.buyer_id, trade.amount, trade.currency, &trade.memo);
+        ClaimRequest::new(trade.merchant_id, &trade.merchant_order_no, trade.buyer_id, body)
+    }
+
+    fn new(merchant_id: u64, order_no: &str, buyer_id: u64, body: u64) -> ClaimRequest {
+        let key = order_key(merchant_id, order_no);
+        ClaimRequest { key, body, buyer_id, merchant_id, order_no: order_no.to_string() }
     }
 }
 
@@ -67,6 +79,16 @@ pub enum OrderLookup {
     Free,
 }
 
+/// How a claim stands once [`Shard::claim_order`] made it, or found it made.
+pub enum Reservation {
+    /// Durable before this request: with the trade it was confirmed with (`None`: pending).
+    Durable(Option<TradeId>),
+    /// Made now, or by a create of the same body still in flight: the future answers once it
+    /// is durable (with `None`), or why it failed. Until then the key is held in memory, and
+    /// a create with another body is refused all the same.
+    Pending(ReplyFuture<Result<Option<TradeId>, TradeError>>),
+}
+
 /// A claim not settled yet, as the engine resolves it when it opens.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct PendingClaim {
@@ -75,11 +97,11 @@ pub struct PendingClaim {
 }
 
 impl<D: Disk> Shard<D> {
-    /// Claims `request.key` for a create of a buyer of another shard. Answers once the claim
-    /// is durable, with the trade the key was confirmed with if a create of the same body got
-    /// that far (`None` for a new or pending claim); another body holding the key is
+    /// Claims `request.key` for a create of a buyer of another shard. Answers at once: the
+    /// claim made now and its durability to wait for, or the durable claim of a create of the
+    /// same body (with its trade, if it got that far); another body holding the key is
     /// `Refusal::IdempotencyConflict`.
-    pub fn claim_order(&self, request: ClaimRequest, reply: ShardReply<Option<TradeId>>) {
+    pub fn claim_order(&self, request: ClaimRequest, reply: ShardReply<Reservation>) {
         claim_order(&self.inner, request, reply, None)
     }
 
@@ -119,7 +141,7 @@ impl<D: Disk> Shard<D> {
 fn claim_order<D: Disk>(
     inner: &Rc<Inner<D>>,
     request: ClaimRequest,
-    reply: ShardReply<Option<TradeId>>,
+    reply: ShardReply<Reservation>,
     read: Option<RunRead>,
 ) {
     let mut accepted = inner.accepted.borrow_mut();
@@ -133,7 +155,11 @@ fn claim_order<D: Disk>(
     };
     if let Some(&(body, seq)) = accepted.claims.get(&request.key) {
         return match body == request.body {
-            true => accepted.claim_repeats.entry(seq).or_default().push(reply),
+            true => {
+                let (durable, answer) = reply::channel();
+                accepted.claim_repeats.entry(seq).or_default().push(durable);
+                reply.send(Ok(Reservation::Pending(answer)))
+            }
             false => reply.send(Err(conflict(None))),
         };
     }
@@ -153,7 +179,7 @@ fn claim_order<D: Disk>(
     };
     if let Some(claim) = durable.claim {
         return match claim.body == request.body {
-            true => reply.send(Ok(claim.trade)),
+            true => reply.send(Ok(Reservation::Durable(claim.trade))),
             false => reply.send(Err(conflict(claim.trade))),
         };
     }
@@ -174,14 +200,9 @@ fn claim_order<D: Disk>(
     let seq = ticket.seq();
     accepted.claims.insert(request.key, (request.body, seq));
     let record = LogRecord::Claim(claim);
-    accepted.push(Effect {
-        seq,
-        ticket: Some(ticket),
-        record,
-        keys: EffectKeys::None,
-        waiter: Waiter::Claim(reply),
-        after: None,
-    });
+    let (durable, answer) = reply::channel();
+    accepted.push(Effect { seq, ticket: Some(ticket), record, keys: EffectKeys::None, waiter: Waiter::Claim(durable) });
+    reply.send(Ok(Reservation::Pending(answer)));
 }
 
 /// [`Shard::settle_claim`], with the key's state read from the runs if it was.
@@ -243,7 +264,6 @@ fn settle_claim<D: Disk>(
         record,
         keys: EffectKeys::None,
         waiter: Waiter::Settled(reply),
-        after: None,
     };
     accepted.push(effect);
 }

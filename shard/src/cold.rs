@@ -257,6 +257,15 @@ pub(crate) async fn read_inline_part<D: Disk>(inner: &Inner<D>, id: TradeId) -> 
         .ok_or_else(|| table.corrupt(trade_file::file_offset(id.counter()), "a trade's inline part is missing"))
 }
 
+/// The id of the table's trade at `counter` (`None`: the table holds none there), for an
+/// open that knows only the counter of a cold trade.
+pub(crate) async fn id_at_counter<D: Disk>(inner: &Inner<D>, counter: u64) -> Result<Option<TradeId>, TradeError> {
+    if counter > inner.index.borrow().trade_table().dense_max() {
+        return Ok(None);
+    }
+    Ok(inner.checkpoints.table.read(counter).await?.map(|record| record.id))
+}
+
 /// Brings the trade back into memory (to be changed), unless it is there already or is no
 /// trade. Returns whether it is in memory now.
 pub(crate) async fn thaw<D: Disk>(inner: &Inner<D>, id: TradeId) -> Result<bool, TradeError> {

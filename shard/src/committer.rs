@@ -84,9 +84,6 @@ fn apply_durable<D: Disk>(inner: &Inner<D>, front: Appended) -> (Vec<Parked>, Ve
             (LogRecord::Trade(record), Waiter::Trade(reply)) => {
                 let id = apply_trade(inner, &mut accepted, &mut index, record, appended, effect.keys, &mut parked);
                 let receipt = index.get(id).expect("just applied").receipt(id, false);
-                if let Some(after) = effect.after {
-                    after(&receipt);
-                }
                 reply.send(Ok(receipt));
                 for repeat in accepted.repeats.remove(&appended.seq).unwrap_or_default() {
                     repeat.send(Ok(Receipt { replayed: true, ..receipt }));
@@ -138,6 +135,11 @@ fn apply_durable<D: Disk>(inner: &Inner<D>, front: Appended) -> (Vec<Parked>, Ve
                     }
                 }
                 reply.send(Ok(receipt));
+            }
+            (LogRecord::ClaimsKnown(_), Waiter::Mark) => {
+                if let Some(below) = crate::doubts::marked(&mut accepted) {
+                    crate::doubts::write_mark(inner, &mut accepted, below);
+                }
             }
             _ => unreachable!("a record and its waiter are of one family"),
         }

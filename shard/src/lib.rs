@@ -19,6 +19,7 @@ mod committer;
 mod config;
 mod created;
 mod currency;
+mod doubts;
 mod entries;
 mod error;
 mod events;
@@ -67,10 +68,11 @@ pub use accounts::{AccountCommand, AccountReceipt, Balance, BALANCE_MAX};
 #[cfg(any(test, feature = "testing"))]
 pub use checkpoint::{decode_file as decode_checkpoint, sample_file as sample_checkpoint};
 pub use checkpoints::{CheckpointStats, OpenReport};
-pub use claims::{ClaimRequest, OrderLookup, PendingClaim};
+pub use claims::{ClaimRequest, OrderLookup, PendingClaim, Reservation};
 pub use command::Command;
 pub use config::{DiskShard, ShardConfig};
 pub use currency::Currency;
+pub use doubts::ClaimState;
 pub use error::{InputError, LogError, Refusal, TradeError};
 pub use events::{Event, EventBatch, EventView, Message, PollQuery, Subscription, POLL_BYTES_MAX, POLL_EVENTS_MAX};
 pub use index::order_key;
@@ -100,10 +102,10 @@ pub use routing::UserRouting;
 #[cfg(any(test, feature = "testing"))]
 pub use runs::{decode_for_fuzzing as decode_run_file, sample_for_fuzzing as sample_run_file};
 pub use shard::{RecoveredShard, Shard, ShardStats};
-pub use state::{AfterDurable, ShardReply};
+pub use state::ShardReply;
 pub use system_record::ClaimOutcome;
 #[cfg(any(test, feature = "testing"))]
-pub use system_record::{ClaimSettled, LogRecord, OffsetCommit, OrderClaim};
+pub use system_record::{ClaimSettled, ClaimsKnown, LogRecord, OffsetCommit, OrderClaim};
 pub use tcc::{BranchAction, BranchPlan, CancelReason, Decision, Step, TccRecord, BRANCHES_MAX, NO_SHARD, STEPS_MAX};
 pub use tcc_book::{ActivityEntry, ActivityState, BranchEntry, BranchState, StepAnswer, StepOutcome};
 pub use tcc_driver::{finish_activity, run_activity, BranchCall, Driven, StepError, StepSender};

@@ -401,5 +401,5 @@ fn enqueue<D: Disk>(
     }
     let record = LogRecord::Message(record);
     let (keys, waiter) = (EffectKeys::None, Waiter::Message(reply));
-    accepted.push(Effect { seq, ticket: Some(ticket), record, keys, waiter, after: None });
+    accepted.push(Effect { seq, ticket: Some(ticket), record, keys, waiter });
 }

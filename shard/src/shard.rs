@@ -139,7 +139,8 @@ impl<D: Disk> RecoveredShard<D> {
             Some(table) => table,
             None => TradeFile::open(&disk).await?,
         };
-        let accepted = Accepted { next_counter: index.counter_max() + 1, ..Accepted::default() };
+        let mut accepted = Accepted { next_counter: index.counter_max() + 1, ..Accepted::default() };
+        accepted.doubts.checkpoint_max = checkpoint.as_ref().map_or(0, |header| header.scalars.counter_max);
         opened.open_ms = began.elapsed().as_millis() as u64;
         let inner = Rc::new(Inner {
             shard_id,
@@ -164,8 +165,13 @@ impl<D: Disk> Shard<D> {
     /// the right shard when it settles. Until it is set, every user's accounts are taken to be
     /// in this shard (a shard opened on its own); the engine sets its directory's shard counts
     /// before it takes a request.
+    ///
+    /// With the routing known, the trades the open found with their order number's claim in
+    /// doubt are noted (`doubts.rs`), so it must be set before the shard's first yield after
+    /// it started; the engine then claims them ([`Shard::take_trades_in_doubt`]).
     pub fn set_routing(&self, routing: crate::routing::UserRouting) {
         self.inner.routing.set(Some(routing));
+        crate::doubts::recover(&self.inner, routing);
     }
 
     /// Opens the shard's log on `disk`, loading the latest checkpoint and replaying the log
@@ -244,6 +250,10 @@ impl<D: Disk> Shard<D> {
                 }
                 LogRecord::Claim(claim) => index.apply_claim(&claim),
                 LogRecord::ClaimSettled(settled) => index.apply_claim_settled(&settled),
+                LogRecord::ClaimsKnown(mark) => {
+                    index.note_claims_known(mark.below_counter);
+                    Ok(())
+                }
                 LogRecord::Journal(record) => index.accounts_mut().apply(&record).map(drop),
                 LogRecord::Tcc(record) => index.apply_tcc(&record).map(drop),
                 LogRecord::Message(record) => index.apply_message(at.seq, &record).map(drop),

@@ -20,6 +20,7 @@ use crate::accounts::AccountReceipt;
 use crate::checkpoints::{Checkpoints, OpenReport};
 use crate::command::Command;
 use crate::currency::Currency;
+use crate::doubts::ClaimDoubts;
 use crate::error::TradeError;
 use crate::id_hash::{IdHasher, IdMap};
 use crate::index::ShardIndex;
@@ -62,6 +63,8 @@ pub(crate) enum Waiter {
     Tcc(ShardReply<Vec<StepAnswer>>, Vec<StepAnswer>),
     /// A message write.
     Message(ShardReply<MessageReceipt>),
+    /// A `ClaimsKnown` record (`doubts.rs`): nobody waits for it.
+    Mark,
 }
 
 impl Waiter {
@@ -74,6 +77,7 @@ impl Waiter {
             Waiter::Account(reply) => reply.send(Err(error)),
             Waiter::Tcc(reply, _) => reply.send(Err(error)),
             Waiter::Message(reply) => reply.send(Err(error)),
+            Waiter::Mark => {}
         }
     }
 }
@@ -97,16 +101,14 @@ pub(crate) enum EffectKeys {
     },
 }
 
-/// What the caller of a create wants done on the shard's executor once the trade is durable,
-/// before it is answered (the engine confirms an order number's claim with it).
-pub type AfterDurable = Box<dyn FnOnce(&Receipt)>;
-
 /// A write waiting for its trade to come back from the table on disk, or for its order key
 /// to be read from the runs on disk.
 pub(crate) struct WaitingWrite {
     pub command: Command,
     pub reply: ShardReply<Receipt>,
-    pub after: Option<AfterDurable>,
+    /// A create whose order number's claim in another shard is not known durable yet
+    /// (`doubts.rs`).
+    pub in_doubt: bool,
     /// The order key's state read from the runs, if it was.
     pub read: Option<RunRead>,
 }
@@ -118,7 +120,6 @@ pub(crate) struct Effect {
     pub record: LogRecord,
     pub keys: EffectKeys,
     pub waiter: Waiter,
-    pub after: Option<AfterDurable>,
 }
 
 #[derive(Default)]
@@ -153,6 +154,8 @@ pub(crate) struct Accepted {
     /// The shard's scheduler, waiting for the next message due (`message_write.rs`).
     pub scheduler: Option<Waker>,
     pub next_counter: u64,
+    /// Trades created with their order number's claim in doubt (`doubts.rs`).
+    pub doubts: ClaimDoubts,
     pub committer: Option<Waker>,
     pub failed: Option<TradeError>,
     pub closing: bool,

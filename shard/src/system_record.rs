@@ -1,6 +1,7 @@
 //! The records of a shard's log that are not trade events (system records, kinds 16 and
 //! above): consumer groups' offset commits, the claims of merchant order numbers in their
-//! home shard with how each ended, and account journal records (`journal.rs`). Consumers skip them; replay applies them. Layout in
+//! home shard with how each ended, a buyer shard's note of which of its trades' claims are
+//! known durable (`doubts.rs`), and account journal records (`journal.rs`). Consumers skip them; replay applies them. Layout in
 //! `docs/FORMAT.md`. Decoding checks every byte and never panics.
 
 use serde::{Deserialize, Serialize};
@@ -167,6 +168,39 @@ impl ClaimSettled {
     }
 }
 
+/// The kind of a [`ClaimsKnown`] record.
+pub const KIND_CLAIMS_KNOWN: u8 = 22;
+const CLAIMS_KNOWN_BYTES: usize = 24;
+
+/// A buyer shard's note that every trade of it below a counter has its order number's claim
+/// durable in the number's home shard, or needed none (a system record; `doubts.rs`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ClaimsKnown {
+    pub below_counter: u64,
+    pub at_ms: u64,
+}
+
+impl ClaimsKnown {
+    pub fn encode(&self) -> Vec<u8> {
+        let mut out = Vec::with_capacity(CLAIMS_KNOWN_BYTES);
+        out.extend_from_slice(&[RECORD_VERSION, KIND_CLAIMS_KNOWN, 0, 0, 0, 0, 0, 0]);
+        out.extend_from_slice(&self.below_counter.to_le_bytes());
+        out.extend_from_slice(&self.at_ms.to_le_bytes());
+        out
+    }
+
+    fn decode(bytes: &[u8]) -> Result<ClaimsKnown, &'static str> {
+        if bytes.len() != CLAIMS_KNOWN_BYTES || bytes[2..8] != [0; 6] {
+            return Err("claims-known record of the wrong length or with reserved bytes set");
+        }
+        let below_counter = u64_at(bytes, 8);
+        if below_counter == 0 || below_counter > 1 << crate::trade::COUNTER_BITS {
+            return Err("claims-known record with a counter out of range");
+        }
+        Ok(ClaimsKnown { below_counter, at_ms: u64_at(bytes, 16) })
+    }
+}
+
 /// Any record of a shard's log.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum LogRecord {
@@ -177,6 +211,7 @@ pub enum LogRecord {
     Journal(JournalRecord),
     Tcc(TccRecord),
     Message(MessageRecord),
+    ClaimsKnown(ClaimsKnown),
 }
 
 impl LogRecord {
@@ -198,6 +233,9 @@ impl LogRecord {
             }
             Some(&KIND_JOURNAL) if bytes[0] == RECORD_VERSION => JournalRecord::decode(bytes).map(LogRecord::Journal),
             Some(&KIND_TCC) if bytes[0] == RECORD_VERSION => TccRecord::decode(bytes).map(LogRecord::Tcc),
+            Some(&KIND_CLAIMS_KNOWN) if bytes[0] == RECORD_VERSION => {
+                ClaimsKnown::decode(bytes).map(LogRecord::ClaimsKnown)
+            }
             Some(&KIND_MESSAGE) => MessageView::decode(bytes).map(|view| LogRecord::Message(view.to_record())),
             Some(kind) if *kind >= SYSTEM_KIND_MIN => Err("unknown system record kind"),
             _ => TradeRecord::decode(bytes).map(LogRecord::Trade),
@@ -223,6 +261,18 @@ mod tests {
         let mut confirmed_nothing = ClaimSettled { key: 1, outcome: ClaimOutcome::Released, at_ms: 0 }.encode();
         confirmed_nothing[2] = 1;
         assert!(LogRecord::decode(&confirmed_nothing).is_err(), "a confirmation names a trade");
+    }
+
+    #[test]
+    fn claims_known_marks_round_trip_and_refuse_a_zero_counter() {
+        let mark = ClaimsKnown { below_counter: 12, at_ms: 3 };
+        assert_eq!(LogRecord::decode(&mark.encode()), Ok(LogRecord::ClaimsKnown(mark)));
+        assert!(LogRecord::is_system(&mark.encode()));
+        let zero = ClaimsKnown { below_counter: 0, at_ms: 3 }.encode();
+        assert!(LogRecord::decode(&zero).is_err());
+        let mut reserved = mark.encode();
+        reserved[5] = 1;
+        assert!(LogRecord::decode(&reserved).is_err());
     }
 
     #[test]

@@ -386,6 +386,5 @@ fn transact_reading<D: Disk>(
         record,
         keys: EffectKeys::None,
         waiter: Waiter::Tcc(reply, answers),
-        after: None,
     });
 }

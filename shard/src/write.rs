@@ -25,7 +25,7 @@ use crate::key_runs::{KeyKind, KeyState, Lookup, RunRead};
 use crate::lifecycle::{next_state, Action, Lifecycle, Move};
 use crate::record::{Funding, TradeRecord};
 use crate::shard::Shard;
-use crate::state::{Accepted, AfterDurable, Effect, EffectKeys, InFlight, Inner, ShardReply, Waiter, WaitingWrite};
+use crate::state::{Accepted, Effect, EffectKeys, InFlight, Inner, ShardReply, Waiter, WaitingWrite};
 use crate::system_record::{LogRecord, OffsetCommit};
 use crate::tcc_write::Scratch;
 use crate::trade::now_ms;
@@ -46,15 +46,20 @@ enum Change {
 impl<D: Disk> Shard<D> {
     /// Starts a write; `reply` is answered once it is durable, or with why not.
     pub fn submit(&self, command: Command, reply: ShardReply<Receipt>) {
-        submit_to(&self.inner, command, reply, None, None, true)
+        submit_to(&self.inner, command, reply, false, None, true)
     }
+}
 
-    /// [`submit`](Self::submit) of a create, with `after` run on this executor with the
-    /// receipt once the trade is durable (a new trade, or the durable original of a repeat;
-    /// not for a repeat of a create still in flight, whose own `after` runs).
-    pub fn create_then(&self, trade: ValidTrade, logical_shard: u32, reply: ShardReply<Receipt>, after: AfterDurable) {
-        submit_to(&self.inner, Command::Create { trade, logical_shard }, reply, Some(after), None, true)
-    }
+/// [`Shard::submit`] of a create; `in_doubt`: its order number's claim in another shard is
+/// not known durable yet, so the new trade is noted in the shard's doubts (`doubts.rs`).
+pub(crate) fn submit_create<D: Disk>(
+    inner: &Rc<Inner<D>>,
+    trade: ValidTrade,
+    logical_shard: u32,
+    reply: ShardReply<Receipt>,
+    in_doubt: bool,
+) {
+    submit_to(inner, Command::Create { trade, logical_shard }, reply, in_doubt, None, true)
 }
 
 /// Checks and queues a write. A create whose order key the memory cannot place (a run on disk
@@ -67,7 +72,7 @@ fn submit_to<D: Disk>(
     inner: &Rc<Inner<D>>,
     command: Command,
     reply: ShardReply<Receipt>,
-    after: Option<AfterDurable>,
+    in_doubt: bool,
     read: Option<RunRead>,
     may_thaw: bool,
 ) {
@@ -86,7 +91,7 @@ fn submit_to<D: Disk>(
     if let Command::Create { trade, .. } = &command {
         let key = order_key(trade.merchant_id, &trade.merchant_order_no);
         if let Some(waiting) = accepted.reading.get_mut(&key) {
-            return waiting.push(WaitingWrite { command, reply, after, read });
+            return waiting.push(WaitingWrite { command, reply, in_doubt, read });
         }
         let in_flight = accepted.orders.contains_key(&key) || accepted.claims.contains_key(&key);
         let runs = inner.key_runs.borrow();
@@ -94,7 +99,7 @@ fn submit_to<D: Disk>(
             _ if in_flight => {}
             Lookup::Known(state) => durable = state,
             Lookup::MustRead => {
-                accepted.reading.insert(key, vec![WaitingWrite { command, reply, after, read: None }]);
+                accepted.reading.insert(key, vec![WaitingWrite { command, reply, in_doubt, read: None }]);
                 let reading = runs.read(key, KeyKind::Order);
                 // The task may start at once: not under these borrows.
                 drop((accepted, index, runs));
@@ -106,10 +111,10 @@ fn submit_to<D: Disk>(
     if index.trade_table().has_cold() || !accepted.thawing.is_empty() {
         if let Some(id) = target(&command, &durable) {
             if let Some(waiting) = accepted.thawing.get_mut(&id) {
-                return waiting.push(WaitingWrite { command, reply, after, read });
+                return waiting.push(WaitingWrite { command, reply, in_doubt, read });
             }
             if may_thaw && !accepted.trades.contains_key(&id) && index.trade_table().is_cold(id) {
-                accepted.thawing.insert(id, vec![WaitingWrite { command, reply, after, read }]);
+                accepted.thawing.insert(id, vec![WaitingWrite { command, reply, in_doubt, read }]);
                 drop((accepted, index));
                 glommio::spawn_local(thaw_then_submit(inner.clone(), id)).detach();
                 return;
@@ -127,14 +132,14 @@ fn submit_to<D: Disk>(
         if let Some((merchant_id, user_id)) = parties {
             let key = refund_key(merchant_id, user_id, refund_no);
             if let Some(waiting) = accepted.reading.get_mut(&key) {
-                return waiting.push(WaitingWrite { command, reply, after, read });
+                return waiting.push(WaitingWrite { command, reply, in_doubt, read });
             }
             let runs = inner.key_runs.borrow();
             match runs.lookup(&index, key, KeyKind::Refund, read.as_ref()) {
                 _ if accepted.refunds.contains_key(&key) => {}
                 Lookup::Known(state) => durable.refund = state.refund,
                 Lookup::MustRead => {
-                    accepted.reading.insert(key, vec![WaitingWrite { command, reply, after, read: None }]);
+                    accepted.reading.insert(key, vec![WaitingWrite { command, reply, in_doubt, read: None }]);
                     let reading = runs.read(key, KeyKind::Refund);
                     drop((accepted, index, runs));
                     glommio::spawn_local(read_then_submit(inner.clone(), key, reading)).detach();
@@ -145,7 +150,7 @@ fn submit_to<D: Disk>(
     }
     match command {
         Command::Create { trade, logical_shard } => {
-            create(inner, &mut accepted, &index, durable, trade, logical_shard, reply, after)
+            create(inner, &mut accepted, &index, durable, trade, logical_shard, reply, in_doubt)
         }
         Command::Move { id, to } => change(inner, &mut accepted, &index, id, Change::Move(to), reply),
         Command::Refund { id, amount, refund_no } => {
@@ -164,9 +169,9 @@ async fn read_then_submit<D: Disk>(
 ) {
     let read = reading.await;
     let waiting = inner.accepted.borrow_mut().reading.remove(&key).unwrap_or_default();
-    for WaitingWrite { command, reply, after, .. } in waiting {
+    for WaitingWrite { command, reply, in_doubt, .. } in waiting {
         match &read {
-            Ok(read) => submit_to(&inner, command, reply, after, Some(*read), true),
+            Ok(read) => submit_to(&inner, command, reply, in_doubt, Some(*read), true),
             Err(error) => reply.send(Err(error.clone())),
         }
     }
@@ -177,9 +182,9 @@ async fn read_then_submit<D: Disk>(
 async fn thaw_then_submit<D: Disk>(inner: Rc<Inner<D>>, id: TradeId) {
     let thawed = crate::cold::thaw(&inner, id).await;
     let waiting = inner.accepted.borrow_mut().thawing.remove(&id).unwrap_or_default();
-    for WaitingWrite { command, reply, after, read } in waiting {
+    for WaitingWrite { command, reply, in_doubt, read } in waiting {
         match &thawed {
-            Ok(_) => submit_to(&inner, command, reply, after, read, false),
+            Ok(_) => submit_to(&inner, command, reply, in_doubt, read, false),
             Err(error) => reply.send(Err(error.clone())),
         }
     }
@@ -204,7 +209,7 @@ fn create<D: Disk>(
     trade: ValidTrade,
     logical_shard: u32,
     reply: ShardReply<Receipt>,
-    after: Option<AfterDurable>,
+    in_doubt: bool,
 ) {
     let key = order_key(trade.merchant_id, &trade.merchant_order_no);
     let body = body_hash(trade.buyer_id, trade.amount, trade.currency, &trade.memo);
@@ -235,11 +240,7 @@ fn create<D: Disk>(
             // nothing, which no log this engine wrote can make.
             return reply.send(Err(TradeError::BadRecord { seq: 0, reason: "an order number points at no trade" }));
         };
-        let receipt = entry.receipt(id, true);
-        if let Some(after) = after {
-            after(&receipt);
-        }
-        return reply.send(Ok(receipt));
+        return reply.send(Ok(entry.receipt(id, true)));
     }
     let counter = accepted.next_counter;
     if counter >= 1 << COUNTER_BITS {
@@ -263,9 +264,12 @@ fn create<D: Disk>(
     };
     accepted.trades.insert(id, in_flight);
     accepted.orders.insert(key, (id, body, seq));
+    if in_doubt {
+        accepted.doubts.doubt(id);
+    }
     let record = LogRecord::Trade(record);
     let waiter = Waiter::Trade(reply);
-    accepted.push(Effect { seq, ticket: Some(ticket), record, keys: EffectKeys::Order { key, body }, waiter, after });
+    accepted.push(Effect { seq, ticket: Some(ticket), record, keys: EffectKeys::Order { key, body }, waiter });
 }
 
 /// Queues a move or a refund, or answers at once: the original's receipt for a repeat, or
@@ -393,7 +397,7 @@ fn change<D: Disk>(
         accepted.refunds.insert(key, (id, amount, seq));
     }
     let record = LogRecord::Trade(record);
-    accepted.push(Effect { seq, ticket: Some(ticket), record, keys, waiter: Waiter::Trade(reply), after: None });
+    accepted.push(Effect { seq, ticket: Some(ticket), record, keys, waiter: Waiter::Trade(reply) });
 }
 
 impl<D: Disk> Shard<D> {
@@ -428,7 +432,6 @@ impl<D: Disk> Shard<D> {
             record: LogRecord::Offset(commit),
             keys: EffectKeys::None,
             waiter: Waiter::Offset(reply),
-            after: None,
         };
         self.inner.accepted.borrow_mut().push(effect);
     }

@@ -10,7 +10,7 @@ use crate::index::{
 use crate::lifecycle::Lifecycle;
 use crate::system_record::OffsetCommit;
 use crate::tcc_book::TccItem;
-use crate::trade::{TradeId, LOGICAL_SHARDS_MAX};
+use crate::trade::{TradeId, COUNTER_BITS, LOGICAL_SHARDS_MAX};
 
 /// The block pages start on.
 pub(crate) const PAGE_ALIGN: usize = 4096;
@@ -25,8 +25,9 @@ const PAGE_MAGIC: u32 = u32::from_le_bytes(*b"TSCK");
 /// The checkpoint format this build writes and reads.
 /// (2: the header records the table of trades' highest counter; the trades are in the table.
 /// 3: the order keys and confirmed claims are in runs on disk, which the checkpoint lists.
-/// 4: accounts and account request numbers.)
-pub(crate) const CHECKPOINT_VERSION: u16 = 6;
+/// 4: accounts and account request numbers. 7: the counter below which every trade's claim
+/// is known durable.)
+pub(crate) const CHECKPOINT_VERSION: u16 = 7;
 /// The name a checkpoint is written under before it is complete.
 pub(crate) const TEMP_NAME: &str = "checkpoint.tmp";
 /// Longest run of a user's trades in one entry.
@@ -76,6 +77,7 @@ impl Header {
         out[32..40].copy_from_slice(&self.parts_len.to_le_bytes());
         out[40..48].copy_from_slice(&self.created_ms.to_le_bytes());
         out[48..56].copy_from_slice(&self.scalars.table_counter_max.to_le_bytes());
+        out[56..64].copy_from_slice(&self.scalars.claims_known_below.to_le_bytes());
         out
     }
 
@@ -93,13 +95,14 @@ impl Header {
         let shard_id = reader.u32()?;
         let (applied_end, events_end, counter_max) = (reader.u64()?, reader.u64()?, reader.u64()?);
         let (parts_len, created_ms, table_counter_max) = (reader.u64()?, reader.u64()?, reader.u64()?);
-        if reader.u64()? != 0 {
-            return Err("checkpoint header has reserved bytes set");
-        }
+        let claims_known_below = reader.u64()?;
         if table_counter_max > counter_max {
             return Err("checkpoint header's table counter above its counter");
         }
-        let scalars = Scalars { applied_end, events_end, counter_max, table_counter_max };
+        if claims_known_below == 0 || claims_known_below > 1 << COUNTER_BITS {
+            return Err("checkpoint header's known-claims counter out of range");
+        }
+        let scalars = Scalars { applied_end, events_end, counter_max, table_counter_max, claims_known_below };
         Ok(Header { shard_id, scalars, parts_len, created_ms })
     }
 }

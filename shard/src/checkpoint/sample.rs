@@ -105,7 +105,13 @@ fn sample_messages() -> Vec<Item> {
 pub(super) fn encode_sample(items: &[Item]) -> Vec<u8> {
     let header = Header {
         shard_id: 2,
-        scalars: Scalars { applied_end: 100, events_end: 98, counter_max: 9, table_counter_max: 0 },
+        scalars: Scalars {
+            applied_end: 100,
+            events_end: 98,
+            counter_max: 9,
+            table_counter_max: 0,
+            claims_known_below: 8,
+        },
         parts_len: 4_140,
         created_ms: 8,
     };

@@ -28,6 +28,8 @@ pub(crate) struct Scalars {
     pub counter_max: u64,
     /// The highest counter the table of trades holds (`TradeTable::dense_max`).
     pub table_counter_max: u64,
+    /// Every trade below this counter has its claim known durable (`doubts.rs`).
+    pub claims_known_below: u64,
 }
 
 impl ShardIndex {
@@ -51,6 +53,7 @@ impl ShardIndex {
             events_end: self.events_end,
             counter_max: self.counter_max,
             table_counter_max: self.trades.dense_max(),
+            claims_known_below: self.claims_known_below,
         }
     }
 
@@ -61,6 +64,7 @@ impl ShardIndex {
             events_end: scalars.events_end,
             counter_max: scalars.counter_max,
             restored_table_max: scalars.table_counter_max,
+            claims_known_below: scalars.claims_known_below,
             ..ShardIndex::default()
         }
     }

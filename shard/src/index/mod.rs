@@ -58,6 +58,10 @@ pub struct ShardIndex {
     pending_claims: IdMap<u128, ClaimEntry>,
     /// Highest counter part of any trade id in the shard.
     counter_max: u64,
+    /// Every trade below this counter has its order number's claim durable in the number's
+    /// home shard, or needed none (`doubts.rs`): as of the checkpoint, then as the log's
+    /// `ClaimsKnown` records say.
+    claims_known_below: u64,
     /// Each consumer group's committed offset in this shard's log.
     offsets: HashMap<String, GroupOffset>,
     /// The users' accounts and the account request numbers applied (`accounts.rs`).
@@ -339,6 +343,21 @@ impl ShardIndex {
     /// Highest counter of any trade id seen: new ids continue above it.
     pub fn counter_max(&self) -> u64 {
         self.counter_max
+    }
+
+    /// Every trade below this counter has its claim known durable (`doubts.rs`).
+    pub(crate) fn claims_known_below(&self) -> u64 {
+        self.claims_known_below
+    }
+
+    /// A `ClaimsKnown` record replayed.
+    pub(crate) fn note_claims_known(&mut self, below_counter: u64) {
+        self.claims_known_below = self.claims_known_below.max(below_counter);
+    }
+
+    /// A checkpoint's snapshot takes the live shard's value (`doubts.rs`).
+    pub(crate) fn set_claims_known_below(&mut self, below_counter: u64) {
+        self.claims_known_below = below_counter;
     }
 
     /// The offset after the last durable event (a trade event or a delivered message): what a consumer's lag is measured to.
