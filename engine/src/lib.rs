@@ -218,8 +218,9 @@ impl Engine {
             // Dropping the engine closes and joins the executors that did start.
             return Err(error);
         }
-        // Before any request is taken: creates interrupted between their two steps end with
-        // exactly one trade or none (`orders.rs`).
+        // Before any request is taken: creates across shards that a stop interrupted end with
+        // exactly one trade or none, and no durable trade's order number looks free
+        // (`orders.rs`).
         futures_lite::future::block_on(async {
             engine.handle.claim_trades_in_doubt().await?;
             engine.handle.resolve_pending_claims().await

@@ -58,7 +58,7 @@ const ORDER_ID_BYTES: usize = 24;
 
 impl EngineHandle {
     /// The create of a trade whose order number's home shard is `home`, not the buyer's shard
-    /// `buyer_shard`: claim, then create, then confirm (see the module's text).
+    /// `buyer_shard`: claim and create at once, then confirm (see the module's text).
     pub(crate) async fn create_claimed(
         &self,
         trade: ValidTrade,

@@ -135,9 +135,12 @@ async fn write_checkpoint<D: Disk>(inner: &Inner<D>) -> Result<Option<u64>, Trad
         let mut index = inner.index.borrow_mut();
         let dirty = index.take_dirty();
         let mut snapshot = index.clone();
-        // Trades created with their claim in doubt stay in doubt for the next open.
+        // Trades created with their claim in doubt stay in doubt for the next open. Counters
+        // of creates still in flight are not the snapshot's to vouch for: a stop may lose
+        // those creates, and the next open gives their counters to new trades.
         let accepted = inner.accepted.borrow();
-        snapshot.set_claims_known_below(accepted.doubts.known_below(accepted.next_counter));
+        let known_below = accepted.doubts.known_below(accepted.next_counter).min(snapshot.counter_max() + 1);
+        snapshot.set_claims_known_below(known_below);
         (snapshot, dirty)
     };
     if let Some(idle_before) = idle_before {

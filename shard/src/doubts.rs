@@ -48,6 +48,9 @@ pub(crate) struct ClaimDoubts {
     recovered_cold: Vec<u64>,
     /// The highest counter of the checkpoint the open loaded (0: none).
     pub(crate) checkpoint_max: u64,
+    /// The open's trades in doubt were noted (once: a second count would miss the trades in
+    /// doubt created since).
+    recovered_once: bool,
 }
 
 impl ClaimDoubts {
@@ -162,7 +165,13 @@ impl<D: Disk> Shard<D> {
 /// home is), and the trades replayed since whose order number's home is another shard by
 /// `routing`. Run once the routing is known, before the shard takes a request.
 pub(crate) fn recover<D: Disk>(inner: &Inner<D>, routing: UserRouting) {
-    let checkpoint_max = inner.accepted.borrow().doubts.checkpoint_max;
+    let checkpoint_max = {
+        let mut accepted = inner.accepted.borrow_mut();
+        if std::mem::replace(&mut accepted.doubts.recovered_once, true) {
+            return;
+        }
+        accepted.doubts.checkpoint_max
+    };
     let index = inner.index.borrow();
     let known_below = index.claims_known_below();
     let (mut recovered, mut recovered_cold) = (Vec::new(), Vec::new());
@@ -195,7 +204,11 @@ pub(crate) async fn take_recovered<D: Disk>(inner: &Inner<D>) -> Result<Vec<Trad
         (std::mem::take(&mut doubts.recovered), std::mem::take(&mut doubts.recovered_cold))
     };
     for counter in cold {
-        ids.extend(crate::cold::id_at_counter(inner, counter).await?);
+        match crate::cold::id_at_counter(inner, counter).await? {
+            Some(id) => ids.push(id),
+            // No trade there: nothing to claim, and nothing to hold the known counter down.
+            None => drop(inner.accepted.borrow_mut().doubts.open.remove(&counter)),
+        }
     }
     Ok(ids)
 }

@@ -72,7 +72,7 @@ const ORDER_CLAIM_BYTES: usize = 56;
 const CLAIM_SETTLED_BYTES: usize = 40;
 
 /// A merchant order number claimed in its home shard for a trade of a buyer in another shard
-/// (a system record). The claim is durable before the trade is created; until a
+/// (a system record), written while the trade is written in the buyer's shard; until a
 /// [`ClaimSettled`] names the trade it is pending.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct OrderClaim {

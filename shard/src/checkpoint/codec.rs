@@ -10,7 +10,7 @@ use crate::index::{
 use crate::lifecycle::Lifecycle;
 use crate::system_record::OffsetCommit;
 use crate::tcc_book::TccItem;
-use crate::trade::{TradeId, COUNTER_BITS, LOGICAL_SHARDS_MAX};
+use crate::trade::{TradeId, LOGICAL_SHARDS_MAX};
 
 /// The block pages start on.
 pub(crate) const PAGE_ALIGN: usize = 4096;
@@ -67,7 +67,7 @@ pub(crate) struct Header {
 }
 
 impl Header {
-    fn encode(&self) -> Vec<u8> {
+    pub(crate) fn encode(&self) -> Vec<u8> {
         let mut out = vec![0u8; HEADER_PAYLOAD_BYTES];
         out[0..2].copy_from_slice(&CHECKPOINT_VERSION.to_le_bytes());
         out[4..8].copy_from_slice(&self.shard_id.to_le_bytes());
@@ -99,7 +99,7 @@ impl Header {
         if table_counter_max > counter_max {
             return Err("checkpoint header's table counter above its counter");
         }
-        if claims_known_below == 0 || claims_known_below > 1 << COUNTER_BITS {
+        if claims_known_below == 0 || claims_known_below > counter_max + 1 {
             return Err("checkpoint header's known-claims counter out of range");
         }
         let scalars = Scalars { applied_end, events_end, counter_max, table_counter_max, claims_known_below };

@@ -1,7 +1,7 @@
 //! The checkpoint codec's tests: round trips, long lists across pages, every flipped bit.
 use super::codec::*;
 use super::sample::{encode_sample, sample_items};
-use crate::index::{Item, RefundEntry};
+use crate::index::{Item, RefundEntry, Scalars};
 use crate::trade::TradeId;
 
 fn encode(items: &[Item]) -> Vec<u8> {
@@ -83,4 +83,21 @@ fn names_parse_back() {
     assert_eq!(parse_file_name(&file_name(123)), Some(123));
     assert_eq!(parse_file_name("checkpoint.tmp"), None);
     assert_eq!(parse_file_name("checkpoint-12.ckpt"), None);
+}
+
+#[test]
+fn the_known_claims_counter_is_refused_past_the_checkpoints_trades() {
+    let header = |claims_known_below| Header {
+        shard_id: 1,
+        scalars: Scalars { applied_end: 10, events_end: 10, counter_max: 9, table_counter_max: 0, claims_known_below },
+        parts_len: 0,
+        created_ms: 1,
+    };
+    // Up to the counter after the highest trade held: what a snapshot can vouch for.
+    assert!(Header::decode(&header(10).encode()).is_ok());
+    assert!(Header::decode(&header(1).encode()).is_ok());
+    // Past it (creates in flight at the snapshot, whose counters a stop may give to new
+    // trades), or zero: damage.
+    assert!(Header::decode(&header(11).encode()).is_err());
+    assert!(Header::decode(&header(0).encode()).is_err());
 }
