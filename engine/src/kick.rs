@@ -29,6 +29,16 @@ pub(crate) const STALL: Duration = Duration::from_secs(2);
 /// How often the kicking thread looks at the beats.
 const CHECK: Duration = Duration::from_millis(250);
 
+/// Kicks sent by every engine of this process, also while an engine is still opening (when
+/// it has no stats to ask yet).
+static KICKS_IN_PROCESS: AtomicU64 = AtomicU64::new(0);
+
+/// Kicks sent by every engine of this process so far (for a report of a process that stopped
+/// answering: whether its executors were signalled).
+pub fn kicks_in_process() -> u64 {
+    KICKS_IN_PROCESS.load(Ordering::Relaxed)
+}
+
 /// The signal that wakes an executor: a real-time signal well above the ones the C library
 /// keeps for itself.
 fn kick_signal() -> libc::c_int {
@@ -170,6 +180,7 @@ fn watch(beats: &[Arc<Beat>], stop: &(Mutex<bool>, Condvar)) {
                 // SAFETY: an executor's thread that has not dropped its guard, so still running.
                 if unsafe { libc::pthread_kill(thread, kick_signal()) } == 0 {
                     beat.kicks.fetch_add(1, Ordering::Relaxed);
+                    KICKS_IN_PROCESS.fetch_add(1, Ordering::Relaxed);
                 }
             }
         }

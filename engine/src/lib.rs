@@ -56,6 +56,7 @@ pub use checkers::{CheckAnswer, CheckFuture, MessageChecker, MessageCheckers};
 pub use consumer::{Consumer, ConsumerConfig, ConsumerMode, StartPosition, POLL_EVENTS_MAX};
 pub use error::{Error, FullQueue, Result};
 pub use handle::{EngineHandle, EngineStats};
+pub use kick::kicks_in_process;
 pub use manifest::{Manifest, FORMAT_VERSION};
 pub use messages::{DeadLetter, HalfMessage, MessageId, OutgoingMessage, Producer, Published};
 pub use options::{cores, Backpressure, Durability, Options, SyncMethod, Upkeep};
