@@ -342,10 +342,8 @@ impl Watchdog {
             }
             if since.elapsed() > limit {
                 let stuck_path = root.join("stuck-campaign.txt");
-                let kicks = format!(
-                    "executor kicks sent in this process so far: {}\n",
-                    tradeshard_engine::kicks_in_process()
-                );
+                let kicks =
+                    format!("executor kicks sent in this process so far: {}\n", tradeshard_engine::kicks_in_process());
                 let _ = std::fs::write(&stuck_path, kicks + &stuck::describe(std::process::id()));
                 eprintln!(
                     "stress: STALLED in cycle {cycle} (seed {seed}): {name} took more than {} s; the directories are \
