@@ -183,7 +183,7 @@ fn a_missing_record_of_a_trade_on_disk_is_damage_not_a_missing_trade() {
 
 /// A trade that left memory is read whole with one device read when its order number and memo
 /// fit in its record of the table, and with two (the record, then the store of created parts)
-/// when they do not.
+/// when they do not; the shard's stats count each where it went.
 #[test]
 fn a_cold_trade_is_one_device_read_when_its_created_part_is_inline() {
     run(async {
@@ -194,9 +194,13 @@ fn a_cold_trade_is_one_device_read_when_its_created_part_is_inline() {
         let shard = open(&disk).await.unwrap();
         // `new_trade` gives every third order (order % 3 == 2) a memo too long to be inline.
         for (order, reads) in [(3, 1), (4, 1), (5, 2), (8, 2)] {
-            let before = disk.ops();
+            let (before, counted) = (disk.ops(), shard.stats().checkpoints);
             let trade = call(|done| shard.get(ids[order], done)).await.unwrap();
             assert_eq!(disk.ops() - before, reads, "device reads for order {order}");
+            let now = shard.stats().checkpoints;
+            assert_eq!(now.table_reads - counted.table_reads, 1, "one read of the table for order {order}");
+            assert_eq!(now.parts_reads - counted.parts_reads, reads - 1, "reads of created parts for order {order}");
+            assert_eq!(shard.stats().wal.point_device_reads, 0, "no point read of the log");
             let sent = new_trade(1, order as u64, 1_000);
             assert_eq!((trade.merchant_order_no, trade.memo), (sent.merchant_order_no, sent.memo));
             assert_eq!(trade.status, TradeStatus::Paid);

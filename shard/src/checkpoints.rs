@@ -45,6 +45,11 @@ pub struct CheckpointStats {
     /// Requests that read the runs since open: retries of old keys, and the Bloom filters'
     /// false positives.
     pub key_run_reads: u64,
+    /// Device reads of one trade's record in the table since open (a trade that left
+    /// memory, or the created part its record holds inline), and of one created part in the
+    /// store of created parts.
+    pub table_reads: u64,
+    pub parts_reads: u64,
 }
 
 /// What a shard keeps of its checkpoints.
@@ -98,7 +103,7 @@ impl<D: Disk> Checkpoints<D> {
     }
 
     pub(crate) fn stats(&self) -> CheckpointStats {
-        self.stats.get()
+        CheckpointStats { table_reads: self.table.reads(), parts_reads: self.parts.reads(), ..self.stats.get() }
     }
 
     pub(crate) fn count(&self, update: impl FnOnce(&mut CheckpointStats)) {

@@ -47,6 +47,8 @@ pub(crate) struct PartsStore<D: Disk> {
     end: Cell<u64>,
     /// The bytes of the block `end` lies in, before `end`.
     tail: RefCell<Vec<u8>>,
+    /// Reads of one entry since open (`read`).
+    reads: Cell<u64>,
 }
 
 /// Where the store ended at some moment (see [`PartsStore::mark`]).
@@ -95,7 +97,8 @@ impl<D: Disk> PartsStore<D> {
             let held = block.get(..in_block).ok_or_else(|| corrupt(disk, len, "store cut short"))?;
             tail.extend_from_slice(held);
         }
-        Ok(PartsStore { disk: disk.clone(), file: Rc::new(file), end: Cell::new(len), tail: RefCell::new(tail) })
+        let (file, end, tail) = (Rc::new(file), Cell::new(len), RefCell::new(tail));
+        Ok(PartsStore { disk: disk.clone(), file, end, tail, reads: Cell::new(0) })
     }
 
     /// Bytes of entries in the store.
@@ -152,6 +155,11 @@ impl<D: Disk> PartsStore<D> {
         self.file.fdatasync().await.map_err(|e| io(&self.disk, "fdatasync", e))
     }
 
+    /// Reads of one entry since open.
+    pub(crate) fn reads(&self) -> u64 {
+        self.reads.get()
+    }
+
     /// The record of one entry, checked.
     pub(crate) async fn read(&self, part: StoredPart) -> Result<Vec<u8>, TradeError> {
         if part.offset + part.len as u64 > self.end.get() || (part.len as usize) < ENTRY_HEADER_BYTES {
@@ -160,6 +168,7 @@ impl<D: Disk> PartsStore<D> {
         let first_block = part.offset / BLOCK_BYTES * BLOCK_BYTES;
         let end = part.offset + part.len as u64;
         let len = (end - first_block).div_ceil(BLOCK_BYTES) * BLOCK_BYTES;
+        self.reads.set(self.reads.get() + 1);
         let blocks = self.file.read_at(first_block, len as usize).await.map_err(|e| io(&self.disk, "read", e))?;
         let entry = blocks
             .get((part.offset - first_block) as usize..(end - first_block) as usize)

@@ -217,19 +217,21 @@ pub fn decode(counter: u64, bytes: &[u8]) -> Result<Option<TableRecord>, &'stati
 pub(crate) struct TradeFile<D: Disk> {
     disk: D,
     file: D::File,
+    /// Point reads of one record since open (`read`).
+    reads: std::cell::Cell<u64>,
 }
 
 impl<D: Disk> TradeFile<D> {
     /// Opens the table, creating it if absent.
     pub(crate) async fn open(disk: &D) -> Result<TradeFile<D>, TradeError> {
         let file = crate::files::open_or_create(disk, TABLE_NAME).await?;
-        Ok(TradeFile { disk: disk.clone(), file })
+        Ok(TradeFile { disk: disk.clone(), file, reads: Default::default() })
     }
 
     /// Opens the table if it exists, changing nothing.
     pub(crate) async fn open_existing(disk: &D) -> Result<Option<TradeFile<D>>, TradeError> {
         match disk.open(TABLE_NAME).await {
-            Ok(file) => Ok(Some(TradeFile { disk: disk.clone(), file })),
+            Ok(file) => Ok(Some(TradeFile { disk: disk.clone(), file, reads: Default::default() })),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
             Err(e) => Err(io(disk, "open", e)),
         }
@@ -240,9 +242,15 @@ impl<D: Disk> TradeFile<D> {
         let (page, at) = place(counter);
         let sector_at = at / SECTOR_BYTES * SECTOR_BYTES;
         let offset = page * PAGE_BYTES as u64 + sector_at as u64;
+        self.reads.set(self.reads.get() + 1);
         let sector = self.file.read_at(offset, SECTOR_BYTES).await.map_err(|e| io(&self.disk, "read", e))?;
         let Some(bytes) = sector.get(at - sector_at..at - sector_at + RECORD_BYTES) else { return Ok(None) };
         decode(counter, bytes).map_err(|reason| self.corrupt(offset + (at - sector_at) as u64, reason))
+    }
+
+    /// Point reads of one record since open.
+    pub(crate) fn reads(&self) -> u64 {
+        self.reads.get()
     }
 
     /// `count` pages from page `first`, zeros past the end of the file.

@@ -177,6 +177,7 @@ impl<D: Disk> Wal<D> {
         let path = || self.shared.disk.path_of(&segment.name);
         let corrupt = |reason| Error::Corruption { path: path(), offset: piece.offset(), reason };
         let (offset, len) = piece.blocks();
+        self.shared.count(|s| s.point_device_reads += 1);
         let buf = segment.file.read_at(offset, len).await.map_err(|e| Error::io("read", path(), e))?;
         let bytes = buf.get(piece.start_in_blocks()..).ok_or_else(|| corrupt(FrameDefect::Short.reason()))?;
         let mut raw = Vec::new();

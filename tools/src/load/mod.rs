@@ -30,7 +30,7 @@ use crate::latency;
 use crate::units::parse_bytes;
 use crate::workload::UserChooser;
 use client::{run_workers, Client, ClientTotals, CREATE, OPS};
-use report::{growth_after_warmup, interval_report, print_table, resident_bytes, OpReport, Report};
+use report::{growth_after_warmup, interval_report, print_table, resident_bytes, shard_sum, OpReport, Report};
 
 #[derive(clap::Args, Debug, Clone)]
 pub struct Args {
@@ -443,6 +443,12 @@ async fn drive(
         key_run_memory_bytes: after.shards.iter().map(|shard| shard.checkpoints.key_run_memory_bytes).sum(),
         key_run_reads: after.shards.iter().map(|shard| shard.checkpoints.key_run_reads).sum(),
         log_memory_reads: after.shards.iter().map(|shard| shard.wal.memory_reads).sum(),
+        point_device_reads: report::PointReads {
+            log: shard_sum(&after, &before, |s| s.wal.point_device_reads),
+            table: shard_sum(&after, &before, |s| s.checkpoints.table_reads),
+            parts: shard_sum(&after, &before, |s| s.checkpoints.parts_reads),
+            key_runs: shard_sum(&after, &before, |s| s.checkpoints.key_run_reads),
+        },
         resident_bytes: resident,
         events_per_sec: None,
         end_to_end_p99_us: None,

@@ -71,6 +71,8 @@ pub(super) struct Report {
     pub(super) key_run_reads: u64,
     /// Frames the logs' readers took from their recent frames in memory, not the device.
     pub(super) log_memory_reads: u64,
+    /// Device reads of one trade or part during the timed phase, by where they went.
+    pub(super) point_device_reads: PointReads,
     /// Resident memory of the process (engine and client) at the end of the timed phase.
     pub(super) resident_bytes: u64,
     /// With `--settle`: events the settlement consumer consumed per second.
@@ -286,4 +288,26 @@ mod tests {
         assert!((growth.unwrap() - 0.05).abs() < 1e-9);
         assert_eq!(growth_after_warmup(&flat[..4]), (None, None));
     }
+}
+
+/// The device reads of single trades during the timed phase, by where each went: a created
+/// record in the log (a trade not in a checkpoint yet, missing the cache), a record of the
+/// table (a trade that left memory, or a created part held inline), a part in the store of
+/// created parts, and reads of the runs of keys.
+#[derive(Debug, Default, Serialize)]
+pub(super) struct PointReads {
+    pub(super) log: u64,
+    pub(super) table: u64,
+    pub(super) parts: u64,
+    pub(super) key_runs: u64,
+}
+
+/// The growth of one counter of every shard between two snapshots of the engine's stats.
+pub(super) fn shard_sum(
+    after: &tradeshard_engine::EngineStats,
+    before: &tradeshard_engine::EngineStats,
+    counter: impl Fn(&ShardStats) -> u64,
+) -> u64 {
+    let total = |stats: &tradeshard_engine::EngineStats| stats.shards.iter().map(&counter).sum::<u64>();
+    total(after).saturating_sub(total(before))
 }
