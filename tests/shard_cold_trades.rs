@@ -192,6 +192,7 @@ fn a_cold_trade_is_one_device_read_when_its_created_part_is_inline() {
         let ids = paid_trades(&shard, 100).await;
         drop(shard);
         let shard = open(&disk).await.unwrap();
+        assert!(shard.stats().checkpoints.table_page_reads > 0, "the open loads the newest trades' pages");
         // `new_trade` gives every third order (order % 3 == 2) a memo too long to be inline.
         for (order, reads) in [(3, 1), (4, 1), (5, 2), (8, 2)] {
             let (before, counted) = (disk.ops(), shard.stats().checkpoints);

@@ -412,13 +412,16 @@ fn recent_frames_serve_readers_that_keep_up_and_agree_with_the_device() {
         }
         assert!(wal.stats().recent_frame_bytes <= 32 << 10);
         assert!(wal.stats().memory_reads > 0);
+        assert_eq!((wal.stats().device_frames_read, wal.stats().point_device_reads), (0, 0));
         // From the start: the oldest records from the device, the latest from memory.
         let before = disk.ops();
         reads_back_from_the_start(&wal, &records).await;
         assert!(disk.ops() > before, "the oldest records are no longer in memory");
+        assert!(wal.stats().device_frames_read > 0, "counted as frames read from the device");
         for (ack, record) in acks.iter().zip(&records) {
             assert_eq!(&wal.read_at(ack.seq, ack.piece).await.unwrap(), record);
         }
+        assert!(wal.stats().point_device_reads > 0, "the oldest records' point reads went to the device");
         wal.close().await.unwrap();
     });
 }

@@ -50,6 +50,9 @@ pub struct CheckpointStats {
     /// store of created parts.
     pub table_reads: u64,
     pub parts_reads: u64,
+    /// Pages of the table read whole since open: a checkpoint rewriting a page first reads it
+    /// to keep the inline parts it holds, and an open loads the newest trades.
+    pub table_page_reads: u64,
 }
 
 /// What a shard keeps of its checkpoints.
@@ -103,7 +106,9 @@ impl<D: Disk> Checkpoints<D> {
     }
 
     pub(crate) fn stats(&self) -> CheckpointStats {
-        CheckpointStats { table_reads: self.table.reads(), parts_reads: self.parts.reads(), ..self.stats.get() }
+        let (table_reads, parts_reads, table_page_reads) =
+            (self.table.reads(), self.parts.reads(), self.table.page_reads());
+        CheckpointStats { table_reads, parts_reads, table_page_reads, ..self.stats.get() }
     }
 
     pub(crate) fn count(&self, update: impl FnOnce(&mut CheckpointStats)) {

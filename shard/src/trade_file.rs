@@ -217,21 +217,28 @@ pub fn decode(counter: u64, bytes: &[u8]) -> Result<Option<TableRecord>, &'stati
 pub(crate) struct TradeFile<D: Disk> {
     disk: D,
     file: D::File,
-    /// Point reads of one record since open (`read`).
+    /// Point reads of one record since open (`read`), and pages read whole (`read_pages`: a
+    /// checkpoint keeping the inline parts of pages it rewrites, an open loading trades).
     reads: std::cell::Cell<u64>,
+    page_reads: std::cell::Cell<u64>,
 }
 
 impl<D: Disk> TradeFile<D> {
     /// Opens the table, creating it if absent.
     pub(crate) async fn open(disk: &D) -> Result<TradeFile<D>, TradeError> {
         let file = crate::files::open_or_create(disk, TABLE_NAME).await?;
-        Ok(TradeFile { disk: disk.clone(), file, reads: Default::default() })
+        Ok(TradeFile { disk: disk.clone(), file, reads: Default::default(), page_reads: Default::default() })
     }
 
     /// Opens the table if it exists, changing nothing.
     pub(crate) async fn open_existing(disk: &D) -> Result<Option<TradeFile<D>>, TradeError> {
         match disk.open(TABLE_NAME).await {
-            Ok(file) => Ok(Some(TradeFile { disk: disk.clone(), file, reads: Default::default() })),
+            Ok(file) => Ok(Some(TradeFile {
+                disk: disk.clone(),
+                file,
+                reads: Default::default(),
+                page_reads: Default::default(),
+            })),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
             Err(e) => Err(io(disk, "open", e)),
         }
@@ -253,9 +260,15 @@ impl<D: Disk> TradeFile<D> {
         self.reads.get()
     }
 
+    /// Pages read whole since open.
+    pub(crate) fn page_reads(&self) -> u64 {
+        self.page_reads.get()
+    }
+
     /// `count` pages from page `first`, zeros past the end of the file.
     pub(crate) async fn read_pages(&self, first: u64, count: usize) -> Result<Vec<u8>, TradeError> {
         let len = count * PAGE_BYTES;
+        self.page_reads.set(self.page_reads.get() + count as u64);
         let read = self.file.read_at(first * PAGE_BYTES as u64, len).await.map_err(|e| io(&self.disk, "read", e))?;
         let mut bytes = read.to_vec();
         bytes.resize(len, 0);

@@ -127,6 +127,7 @@ impl<D: Disk> LogReader<D> {
                 });
             }
             segment.note_read_frame(header.first_seq, self.offset, self.shared.config.index_interval_bytes);
+            self.shared.count(|s| s.device_frames_read += 1);
             self.offset = next_frame_offset(self.offset, &header);
             if header.end_seq() <= self.next_seq {
                 continue;

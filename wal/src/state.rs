@@ -122,6 +122,8 @@ pub struct WalStats {
     pub memory_reads: u64,
     /// Point reads of one record (`Wal::read_at`) that went to the device.
     pub point_device_reads: u64,
+    /// Frames that readers decoded from the device (read in chunks of `read_chunk_bytes`).
+    pub device_frames_read: u64,
     /// Bytes held in memory by the recent frames, records and slots (now, not a total).
     pub recent_frame_bytes: u64,
     /// Flushes made durable in the flush itself (`Durability::Sync`), by the time from the

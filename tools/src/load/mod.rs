@@ -448,6 +448,8 @@ async fn drive(
             table: shard_sum(&after, &before, |s| s.checkpoints.table_reads),
             parts: shard_sum(&after, &before, |s| s.checkpoints.parts_reads),
             key_runs: shard_sum(&after, &before, |s| s.checkpoints.key_run_reads),
+            table_pages: shard_sum(&after, &before, |s| s.checkpoints.table_page_reads),
+            log_frames: shard_sum(&after, &before, |s| s.wal.device_frames_read),
         },
         resident_bytes: resident,
         events_per_sec: None,

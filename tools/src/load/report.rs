@@ -300,6 +300,10 @@ pub(super) struct PointReads {
     pub(super) table: u64,
     pub(super) parts: u64,
     pub(super) key_runs: u64,
+    /// Not single trades, for comparison: pages of the table read whole (checkpoints keeping
+    /// inline parts), and frames the logs' readers (consumers) decoded from the device.
+    pub(super) table_pages: u64,
+    pub(super) log_frames: u64,
 }
 
 /// The growth of one counter of every shard between two snapshots of the engine's stats.
