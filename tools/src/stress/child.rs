@@ -20,6 +20,9 @@ use tradeshard_engine::{
 
 use super::journal::{Change, Entry, JournalWriter};
 
+/// The file in the cycle's journal directory holding the kicks the child sent so far.
+pub const KICKS_FILE: &str = "kicks";
+
 /// Arguments of the child; the parent builds them.
 #[derive(clap::Args, Clone, Debug)]
 pub struct ChildArgs {
@@ -45,6 +48,13 @@ pub fn run(args: ChildArgs) -> anyhow::Result<()> {
         eprintln!("stress child: {info}");
         std::process::exit(6);
     }));
+    // The executor kicks this process sent, kept current in a file for the parent's report of
+    // a child that stopped answering (the count dies with the child otherwise).
+    let kicks_path = args.journal.join(KICKS_FILE);
+    std::thread::spawn(move || loop {
+        let _ = std::fs::write(&kicks_path, tradeshard_engine::kicks_in_process().to_string());
+        std::thread::sleep(Duration::from_millis(500));
+    });
     let engine = Engine::open(super::common::engine_options(&args.dir))?;
     let handle = engine.handle();
     println!("READY");

@@ -249,7 +249,9 @@ fn run_cycle(
         // Within the watchdog's limit, so that the child, not this process, is described.
         let open_limit = Duration::from_secs(60).min(Duration::from_secs(args.stall_secs) / 2);
         if ready_rx.recv_timeout(open_limit).is_err() {
-            let threads = stuck::describe(child.id());
+            let kicks = std::fs::read_to_string(journal_dir.join(child::KICKS_FILE)).unwrap_or_default();
+            let threads =
+                format!("executor kicks sent in the child so far: {}\n", kicks.trim()) + &stuck::describe(child.id());
             let stuck_path = root.join("stuck-child.txt");
             let _ = std::fs::write(&stuck_path, &threads);
             let _ = child.kill();
@@ -273,7 +275,11 @@ fn run_cycle(
     }
     watchdog.enter(cycle, "merging the journals");
     for entry in std::fs::read_dir(&journal_dir)? {
-        let entries = journal::read(&entry?.path())?;
+        let entry = entry?;
+        if entry.file_name() == child::KICKS_FILE {
+            continue;
+        }
+        let entries = journal::read(&entry.path())?;
         summary.journal_entries += entries.len() as u64;
         let mut trades = Vec::with_capacity(entries.len());
         for entry in entries {
