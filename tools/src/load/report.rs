@@ -252,6 +252,32 @@ pub(super) fn print_table(report: &Report) {
     }
 }
 
+/// The device reads of single trades during the timed phase, by where each went: a created
+/// record in the log (a trade not in a checkpoint yet, missing the cache), a record of the
+/// table (a trade that left memory, or a created part held inline), a part in the store of
+/// created parts, and reads of the runs of keys.
+#[derive(Debug, Default, Serialize)]
+pub(super) struct PointReads {
+    pub(super) log: u64,
+    pub(super) table: u64,
+    pub(super) parts: u64,
+    pub(super) key_runs: u64,
+    /// Not single trades, for comparison: pages of the table read whole (checkpoints keeping
+    /// inline parts), and frames the logs' readers (consumers) decoded from the device.
+    pub(super) table_pages: u64,
+    pub(super) log_frames: u64,
+}
+
+/// The growth of one counter of every shard between two snapshots of the engine's stats.
+pub(super) fn shard_sum(
+    after: &tradeshard_engine::EngineStats,
+    before: &tradeshard_engine::EngineStats,
+    counter: impl Fn(&ShardStats) -> u64,
+) -> u64 {
+    let total = |stats: &tradeshard_engine::EngineStats| stats.shards.iter().map(&counter).sum::<u64>();
+    total(after).saturating_sub(total(before))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -288,30 +314,4 @@ mod tests {
         assert!((growth.unwrap() - 0.05).abs() < 1e-9);
         assert_eq!(growth_after_warmup(&flat[..4]), (None, None));
     }
-}
-
-/// The device reads of single trades during the timed phase, by where each went: a created
-/// record in the log (a trade not in a checkpoint yet, missing the cache), a record of the
-/// table (a trade that left memory, or a created part held inline), a part in the store of
-/// created parts, and reads of the runs of keys.
-#[derive(Debug, Default, Serialize)]
-pub(super) struct PointReads {
-    pub(super) log: u64,
-    pub(super) table: u64,
-    pub(super) parts: u64,
-    pub(super) key_runs: u64,
-    /// Not single trades, for comparison: pages of the table read whole (checkpoints keeping
-    /// inline parts), and frames the logs' readers (consumers) decoded from the device.
-    pub(super) table_pages: u64,
-    pub(super) log_frames: u64,
-}
-
-/// The growth of one counter of every shard between two snapshots of the engine's stats.
-pub(super) fn shard_sum(
-    after: &tradeshard_engine::EngineStats,
-    before: &tradeshard_engine::EngineStats,
-    counter: impl Fn(&ShardStats) -> u64,
-) -> u64 {
-    let total = |stats: &tradeshard_engine::EngineStats| stats.shards.iter().map(&counter).sum::<u64>();
-    total(after).saturating_sub(total(before))
 }
