@@ -346,11 +346,15 @@ fn a_refused_open_changes_none_of_the_other_shards() {
 fn options_out_of_bounds_are_refused_before_anything_is_made() {
     use std::time::Duration;
     type Change = fn(Options) -> Options;
-    let changes: [(&str, Change); 3] = [
+    let changes: [(&str, Change); 4] = [
         ("preempt_interval 0", |o: Options| Options { preempt_interval: Duration::ZERO, ..o }),
         ("preempt_interval 2 s", |o: Options| Options { preempt_interval: Duration::from_secs(2), ..o }),
         ("no checkpoint interval", |o: Options| Options {
             upkeep: Upkeep { checkpoint_interval: Duration::ZERO, ..o.upkeep },
+            ..o
+        }),
+        ("no memory for recent work", |o: Options| Options {
+            upkeep: Upkeep { checkpoint_memory_bytes: 0, ..o.upkeep },
             ..o
         }),
     ];

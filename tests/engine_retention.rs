@@ -1,8 +1,9 @@
 //! Checkpoints and retention through the engine's API: an open after a clean close replays
 //! nothing; segments go once every live group consumed them (and only then), idle groups
 //! expire and stop holding the log (also in a shard that takes no more writes), a consumer asking for a removed offset gets the typed
-//! refusal naming the first offset kept, and every trade stays readable and changeable after
-//! the log that held it is gone.
+//! refusal naming the first offset kept, every trade stays readable and changeable after
+//! the log that held it is gone, and a shard checkpoints once the memory it holds for the work
+//! since its last checkpoint passes its budget.
 
 use std::time::Duration;
 
@@ -145,4 +146,47 @@ fn an_idle_shard_still_expires_groups_and_removes_old_segments() {
     assert!(after.wal.segments_removed > before.wal.segments_removed, "old segments went: {after:?}");
     assert_eq!(after.log_end, before.log_end, "nothing was written meanwhile");
     engine.close().unwrap();
+}
+
+/// Creates 600 trades and makes 300 deposits in one shard whose checkpoints come only from
+/// `checkpoint_memory_bytes`; returns the shard's stats once its background upkeep had time
+/// to act, and the memory it held before the deposits.
+fn work_under_memory_budget(checkpoint_memory_bytes: u64) -> (tradeshard_engine::ShardStats, u64) {
+    let dir = tempfile::tempdir().unwrap();
+    let upkeep = Upkeep { checkpoint_memory_bytes, ..upkeep_on_request(false, None) };
+    let engine = Engine::open(Options { upkeep, ..engine_options(dir.path(), 1, 1) }).unwrap();
+    let handle = engine.handle();
+    create(&handle, 0, 600);
+    let before_deposits = handle.stats_blocking().unwrap().shards[0].checkpoints.held_bytes;
+    for n in 0..300u64 {
+        handle.deposit_blocking(1 + n % 13, "USD", 100, &format!("D-{n}")).unwrap();
+    }
+    // The upkeep looks every 50 ms; wait until it has nothing more to do.
+    let mut stats = handle.stats_blocking().unwrap().shards[0].clone();
+    for _ in 0..100 {
+        std::thread::sleep(Duration::from_millis(50));
+        stats = handle.stats_blocking().unwrap().shards[0].clone();
+        if stats.checkpoints.held_bytes < checkpoint_memory_bytes {
+            break;
+        }
+    }
+    engine.close().unwrap();
+    (stats, before_deposits)
+}
+
+/// With checkpoints by log bytes and by time out of reach, the memory the shard holds for its
+/// recent work (order keys, users' lists, new trades, account requests) still triggers them,
+/// and stays under the budget; without that budget the same work takes none and the memory
+/// grows with every create and every deposit.
+#[test]
+fn a_shard_checkpoints_once_the_memory_held_for_recent_work_passes_its_budget() {
+    let budget = 32 << 10;
+    let (bounded, _) = work_under_memory_budget(budget);
+    assert!(bounded.checkpoints.written >= 2, "checkpoints came from the memory held: {bounded:?}");
+    assert!(bounded.checkpoints.held_bytes < budget, "the memory held is under its budget: {bounded:?}");
+
+    let (unbounded, before_deposits) = work_under_memory_budget(u64::MAX);
+    assert_eq!(unbounded.checkpoints.written, 0, "nothing else triggers a checkpoint: {unbounded:?}");
+    assert!(before_deposits >= 600 * 96, "each new trade holds its entry and keys: {before_deposits}");
+    assert!(unbounded.checkpoints.held_bytes > before_deposits, "deposits hold their request numbers: {unbounded:?}");
 }

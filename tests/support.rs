@@ -228,6 +228,7 @@ pub fn upkeep_on_request(on_close: bool, retention_bytes: Option<u64>) -> trades
     tradeshard_shard::Upkeep {
         checkpoint_log_bytes: u64::MAX,
         checkpoint_interval: std::time::Duration::from_secs(3600),
+        checkpoint_memory_bytes: u64::MAX,
         checkpoint_on_close: on_close,
         retention_time: None,
         retention_bytes,

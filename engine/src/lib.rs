@@ -133,9 +133,12 @@ impl Engine {
             return Err(Error::InvalidOptions("queue_depth_max and executors must be above zero".into()));
         }
         let upkeep = &options.upkeep;
-        if upkeep.checkpoint_log_bytes == 0 || upkeep.checkpoint_interval.is_zero() {
+        if upkeep.checkpoint_log_bytes == 0
+            || upkeep.checkpoint_interval.is_zero()
+            || upkeep.checkpoint_memory_bytes == 0
+        {
             return Err(Error::InvalidOptions(
-                "checkpoint_log_bytes and checkpoint_interval must be above zero".into(),
+                "checkpoint_log_bytes, checkpoint_interval and checkpoint_memory_bytes must be above zero".into(),
             ));
         }
         let new_layout = Manifest {

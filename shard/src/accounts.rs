@@ -281,6 +281,11 @@ impl AccountBook {
         self.totals.clone()
     }
 
+    /// Bytes of the request numbers held: a checkpoint moves them to runs.
+    pub(crate) fn request_bytes(&self) -> u64 {
+        self.requests.entry_bytes()
+    }
+
     /// Accounts and request numbers held.
     pub(crate) fn len(&self) -> (usize, usize) {
         (self.balances.len(), self.requests.len())

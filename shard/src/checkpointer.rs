@@ -67,7 +67,8 @@ fn due<D: Disk>(inner: &Inner<D>) -> bool {
     let behind = inner.index.borrow().applied_end() > checkpoints.latest.get().unwrap_or(0);
     let interval_passed = checkpoints.last_at.get().elapsed() >= upkeep.checkpoint_interval;
     if behind {
-        return grown >= upkeep.checkpoint_log_bytes || interval_passed;
+        let held = inner.index.borrow().held_bytes().saturating_sub(checkpoints.held_bytes_at_last.get());
+        return grown >= upkeep.checkpoint_log_bytes || interval_passed || held >= upkeep.checkpoint_memory_bytes;
     }
     // A shard that takes no writes still lets idle groups expire and old segments go, once
     // an interval.
@@ -101,6 +102,7 @@ pub(crate) async fn take<D: Disk>(inner: &Inner<D>) -> Result<Option<u64>, Trade
     let result = match write_checkpoint(inner).await {
         Ok(Some(position)) => {
             checkpoints.log_bytes_at_last.set(inner.wal.stats().disk_bytes);
+            checkpoints.held_bytes_at_last.set(inner.index.borrow().held_bytes());
             checkpoints.last_at.set(Instant::now());
             apply_retention(inner).await.map(|()| Some(position))
         }

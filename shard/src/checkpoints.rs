@@ -50,6 +50,9 @@ pub struct CheckpointStats {
     /// store of created parts.
     pub table_reads: u64,
     pub parts_reads: u64,
+    /// Estimated bytes the index holds in memory for the work since the last checkpoint
+    /// (`Upkeep::checkpoint_memory_bytes`).
+    pub held_bytes: u64,
     /// Pages of the table read whole since open: a checkpoint rewriting a page first reads it
     /// to keep the inline parts it holds, and an open loads the newest trades.
     pub table_page_reads: u64,
@@ -73,6 +76,9 @@ pub(crate) struct Checkpoints<D: Disk> {
     pub merge_running: Cell<bool>,
     stats: Cell<CheckpointStats>,
     pub log_bytes_at_last: Cell<u64>,
+    /// What the index held (`index/held.rs`) once the last checkpoint was done: what a
+    /// checkpoint does not move out, which the memory trigger takes off.
+    pub held_bytes_at_last: Cell<u64>,
     pub last_at: Cell<Instant>,
 }
 
@@ -101,6 +107,7 @@ impl<D: Disk> Checkpoints<D> {
             merge_running: Cell::new(false),
             stats: Cell::new(stats),
             log_bytes_at_last: Cell::new(0),
+            held_bytes_at_last: Cell::new(0),
             last_at: Cell::new(Instant::now()),
         }
     }

@@ -75,6 +75,12 @@ impl<K: Hash + Eq + Clone, V: Clone> PartitionedMap<K, V> {
         self.parts.iter().map(|part| part.len()).sum()
     }
 
+    /// Bytes its entries take at their size, a control byte each: what it holds, without the
+    /// slack of its tables.
+    pub fn entry_bytes(&self) -> u64 {
+        self.len() as u64 * (std::mem::size_of::<(K, V)>() as u64 + 1)
+    }
+
     /// Every entry, in no particular order.
     pub fn iter(&self) -> impl Iterator<Item = (&K, &V)> {
         self.parts.iter().flat_map(|part| part.iter())

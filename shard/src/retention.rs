@@ -21,8 +21,13 @@ pub struct Upkeep {
     /// A checkpoint is taken once the log has written this many bytes since the last one
     /// (frames with their padding, and the zeros of segments prepared ahead).
     pub checkpoint_log_bytes: u64,
-    /// ... or once this long has passed with records applied since the last one.
+    /// ... or once this long has passed with records applied since the last one ...
     pub checkpoint_interval: Duration,
+    /// ... or once what the shard holds in memory for the work since the last one has grown
+    /// by this many bytes (order keys, users' lists, refunds, claims, account requests,
+    /// branches and activities, the new trades' entries: `index/held.rs`). Each entry counts
+    /// at its size; the hash tables' slack can add as much again.
+    pub checkpoint_memory_bytes: u64,
     /// Take a checkpoint when the shard closes, so the next open replays nothing.
     pub checkpoint_on_close: bool,
     /// Segments whose last record is older than this go, whatever the groups' offsets.
@@ -72,6 +77,7 @@ impl Default for Upkeep {
         Upkeep {
             checkpoint_log_bytes: 1 << 30,
             checkpoint_interval: Duration::from_secs(60),
+            checkpoint_memory_bytes: 128 << 20,
             checkpoint_on_close: true,
             retention_time: Some(WEEK),
             retention_bytes: None,

@@ -388,6 +388,12 @@ impl TccBook {
         self.unfinished.iter().filter_map(|id| Some((*id, self.activities.get(id)?)))
     }
 
+    /// Bytes of the branches and activities held (their plans' vectors not counted): a
+    /// checkpoint moves the ended ones to runs.
+    pub(crate) fn entry_bytes(&self) -> u64 {
+        self.branches.entry_bytes() + self.activities.entry_bytes()
+    }
+
     /// Branches and activities held.
     pub(crate) fn len(&self) -> (usize, usize) {
         (self.branches.len(), self.activities.len())

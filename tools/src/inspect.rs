@@ -73,6 +73,9 @@ struct ShardReport {
     key_run_entries: u64,
     key_run_bytes: u64,
     key_run_memory_bytes: u64,
+    /// Estimated bytes in memory for the work since the checkpoint (the log the open
+    /// replayed): what the next checkpoint gives back (`Upkeep::checkpoint_memory_bytes`).
+    held_bytes: u64,
     groups: Vec<GroupReport>,
     /// Accounts (user and currency), account request numbers in memory (since the last
     /// checkpoint), branches of flexible transactions, activities initiated here, and those
@@ -147,6 +150,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
             key_run_entries: shard.checkpoints.key_run_entries,
             key_run_bytes: shard.checkpoints.key_run_bytes,
             key_run_memory_bytes: shard.checkpoints.key_run_memory_bytes,
+            held_bytes: shard.checkpoints.held_bytes,
             groups: groups
                 .into_iter()
                 .map(|(group, offset, at_ms)| GroupReport {
@@ -240,7 +244,8 @@ pub fn run(args: Args) -> anyhow::Result<()> {
             if s.passed_over_damaged_checkpoint { ", a damaged checkpoint passed over" } else { "" }
         );
         println!(
-            "  {} accounts, {} account requests in memory, {} branches, {} activities, {} in doubt",
+            "  {:.1} MiB held for the work since the checkpoint; {} accounts, {} account requests in memory, {} branches, {} activities, {} in doubt",
+            s.held_bytes as f64 / (1 << 20) as f64,
             s.accounts,
             s.account_requests,
             s.branches,

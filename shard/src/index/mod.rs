@@ -18,6 +18,7 @@ use crate::id_hash::IdMap;
 
 use tradeshard_wal::Appended;
 
+mod held;
 mod items;
 
 pub(crate) use items::{Item, Scalars};

@@ -45,9 +45,13 @@ pub struct Args {
     /// Each shard checkpoints once its log grew by this many bytes (e.g. 256MiB)...
     #[arg(long, value_parser = parse_bytes)]
     checkpoint_bytes: Option<u64>,
-    /// ... or this long after its last checkpoint (e.g. 60s).
+    /// ... or this long after its last checkpoint (e.g. 60s) ...
     #[arg(long, value_parser = latency::parse_duration)]
     checkpoint_every: Option<Duration>,
+    /// ... or once what it holds in memory for the work since then grew by this many bytes
+    /// (e.g. 64MiB; default 128MiB)
+    #[arg(long, value_parser = parse_bytes)]
+    checkpoint_memory: Option<u64>,
     /// Log segments whose last record is older than this go (e.g. 2m; default 7 days).
     #[arg(long, value_parser = latency::parse_duration)]
     retention: Option<Duration>,
@@ -222,6 +226,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     let upkeep = Upkeep {
         checkpoint_log_bytes: args.checkpoint_bytes.unwrap_or(defaults.checkpoint_log_bytes),
         checkpoint_interval: args.checkpoint_every.unwrap_or(defaults.checkpoint_interval),
+        checkpoint_memory_bytes: args.checkpoint_memory.unwrap_or(defaults.checkpoint_memory_bytes),
         retention_time: args.retention.or(defaults.retention_time),
         retention_bytes: args.retention_bytes.or(defaults.retention_bytes),
         recycled_segments_max: args.recycled_segments.unwrap_or(defaults.recycled_segments_max),

@@ -1,0 +1,35 @@
+//! What the index holds in memory because of the work since the last checkpoint, estimated in
+//! bytes: the memory a checkpoint gives back, and what `Upkeep::checkpoint_memory_bytes`
+//! bounds (`checkpointer.rs`).
+//!
+//! Everything a checkpoint moves out of memory is counted: the order keys, users' lists,
+//! refunds and confirmed claims applied since the last one, the account requests, and the
+//! branches and activities (the ended ones go to runs). So are the entries of the trades
+//! created since, which stay in memory on top of the trades' own budget until a checkpoint
+//! writes them. Each entry counts at its size; the hash tables' slack is not counted (it can
+//! add as much again), nor what stays after a checkpoint (pending claims, branches and
+//! activities under way), which the checkpointer measures once a checkpoint is done and takes
+//! off.
+
+use crate::retention::TRADE_ENTRY_BYTES;
+use crate::trade::TradeId;
+
+use super::ShardIndex;
+
+impl ShardIndex {
+    /// Estimated bytes held in memory for the work since the last checkpoint (see the module's
+    /// text).
+    pub(crate) fn held_bytes(&self) -> u64 {
+        // One order key per trade created since the last checkpoint's run, and one id in its
+        // user's list.
+        let created = self.by_order.len() as u64;
+        let new_trades = created * (TRADE_ENTRY_BYTES + std::mem::size_of::<TradeId>() as u64);
+        self.by_order.entry_bytes()
+            + self.by_user.entry_bytes()
+            + new_trades
+            + self.refunds.entry_bytes()
+            + self.claims.entry_bytes()
+            + self.accounts.request_bytes()
+            + self.tcc.entry_bytes()
+    }
+}
