@@ -11,12 +11,14 @@ pub(super) const GROUP: &str = "stress-settlement";
 
 /// Engine options of both the child and the checking parent: small segments so that the
 /// campaign crosses segment rolls, four shards on two executors, and checkpoints every
-/// 256 KiB of log or 200 ms, so that kills land in checkpoints, in the removal of the
-/// segments the settlement group consumed, and in the writes of the table of trades.
+/// 256 KiB of log, 200 ms or 64 KiB of memory held for recent work, so that kills land in
+/// checkpoints (each trigger among them), in the removal of the segments the settlement group
+/// consumed, and in the writes of the table of trades.
 pub(super) fn engine_options(dir: &Path) -> Options {
     let upkeep = Upkeep {
         checkpoint_log_bytes: 256 << 10,
         checkpoint_interval: Duration::from_millis(200),
+        checkpoint_memory_bytes: 64 << 10,
         // 1,024 trades a shard in memory: the campaign's trades leave memory, and its changes
         // and reads find them in the table on disk.
         trade_memory_bytes: 1024 * 88,
