@@ -9,7 +9,9 @@
 //! writes them. Each entry counts at its size; the hash tables' slack is not counted (it can
 //! add as much again), nor what stays after a checkpoint (pending claims, branches and
 //! activities under way), which the checkpointer measures once a checkpoint is done and takes
-//! off.
+//! off. That measure also holds the work applied while the checkpoint was written, which the
+//! next one moves: so what a shard holds peaks near the budget plus one checkpoint's duration
+//! of work, not at the budget.
 
 use crate::retention::TRADE_ENTRY_BYTES;
 use crate::trade::TradeId;
