@@ -118,7 +118,12 @@ fn start_consumer(handle: &EngineHandle, group: &str, start: Start) -> anyhow::R
         Start::Committed => (StartPosition::Committed, Totals::new()),
         Start::Latest => (StartPosition::Latest, handle.settled_totals_blocking()?),
     };
-    Ok((handle.consumer(ConsumerConfig { start, ..ConsumerConfig::new(group) })?, base))
+    let mut consumer = handle.consumer(ConsumerConfig { start, ..ConsumerConfig::new(group) })?;
+    // A consumer takes its partitions, and so the log's end, at its first call: take them now,
+    // before the load starts, or its first settlements could fall before that end and be
+    // missed by the consumer while the store counts them.
+    consumer.lag_blocking()?;
+    Ok((consumer, base))
 }
 
 fn settle(
