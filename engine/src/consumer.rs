@@ -58,7 +58,9 @@ pub enum StartPosition {
     Committed,
     /// The first event still in the log.
     Earliest,
-    /// The durable end: only events written from now on.
+    /// The durable end when the consumer takes the partition, at its first call (a poll, a
+    /// lag): only events written from then on. A caller that must see everything after a
+    /// point makes a first call at that point.
     Latest,
 }
 
