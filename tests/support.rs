@@ -301,8 +301,9 @@ pub async fn run_until_crash<Fut>(
 }
 
 /// Two shards on simulated disks as the activity manager reaches them (the campaigns of
-/// flexible transactions); after `budget` sends every send fails without reaching a shard, as
-/// a dying initiator's would.
+/// flexible transactions), a batch's transactions for one shard in one hand-off as the engine
+/// carries them; after `budget` hand-offs every one fails without reaching a shard, as a dying
+/// initiator's would.
 pub struct ShardPair {
     pub shards: [Rc<Shard<SimDisk>>; 2],
     pub budget: Cell<usize>,
@@ -320,6 +321,22 @@ impl StepSender for ShardPair {
 
     async fn post(&self, shard: u32, steps: Vec<Step>) {
         let _ = self.send(shard, steps).await;
+    }
+
+    async fn send_many(
+        &self,
+        shard: u32,
+        transactions: Vec<Vec<Step>>,
+    ) -> Result<Vec<Result<Vec<StepAnswer>, TradeError>>, TradeError> {
+        if self.budget.get() == 0 {
+            return Err(TradeError::Log(LogError::Closed));
+        }
+        self.budget.set(self.budget.get() - 1);
+        call(|reply| self.shards[shard as usize].transact_many(transactions, reply)).await
+    }
+
+    async fn post_many(&self, shard: u32, transactions: Vec<Vec<Step>>) {
+        let _ = self.send_many(shard, transactions).await;
     }
 
     async fn call(&self, _: u16, _: BranchCall, activity: u128, _: u16, _: u64) -> Result<(), TradeError> {

@@ -4,6 +4,9 @@
 //! the payer's Confirm or Cancel, the payee's Confirm or Cancel, completion). Each incarnation
 //! ends in a crash at a random operation of either disk, and a fraction of the transfers stop
 //! on purpose after a random number of steps (the initiator dying between any two of them).
+//! Now and then a few transfers go as a batch (`run_activities`, each step one hand-off to each
+//! shard for all of them; a repeat of one among them), and the initiator may die between any
+//! two of its hand-offs.
 //! Checkpoints of either shard come between transfers (the crash may cut one midway): each
 //! moves the ended branches and completed activities to runs on disk, where the retries and
 //! the checks below find them.
@@ -21,8 +24,9 @@ use std::collections::HashMap;
 use std::rc::Rc;
 
 use tradeshard_shard::{
-    account_request_key, finish_activity, run_activity, AccountCommand, AccountOp, ActivityState, BranchAction,
-    BranchPlan, Currency, Decision, FoundActivity, Refusal, Shard, Step, TradeError,
+    account_request_key, finish_activity, run_activities, run_activity, AccountCommand, AccountOp, ActivityState,
+    BatchDriven, BranchAction, BranchPlan, Currency, Decision, FoundActivity, PlannedActivity, Refusal, Shard, Step,
+    TradeError,
 };
 use tradeshard_tests::{call, campaign_shard_config, run_campaign, sim_disk_for_seed, ShardPair as Pair};
 use tradeshard_wal::disk::{SimDisk, SplitMix64};
@@ -102,6 +106,32 @@ async fn transfer(pair: &Pair, transfer: &Transfer) -> Result<Option<Decision>, 
     }
 }
 
+/// Transfers as a batch makes them ([`run_activities`]: each step one hand-off per shard for
+/// all of them), with those the batch left aside made alone, as the engine's `transfer_many`
+/// does.
+async fn transfer_batch(pair: &Pair, batch: &[Transfer]) -> Vec<Result<Option<Decision>, TradeError>> {
+    let planned: Vec<PlannedActivity> = batch
+        .iter()
+        .map(|t| PlannedActivity {
+            home: shard_of(t.from),
+            activity: t.activity(),
+            deadline_ms: u64::MAX,
+            branches: t.branches(),
+        })
+        .collect();
+    let mut answers = Vec::with_capacity(batch.len());
+    for (t, driven) in batch.iter().zip(run_activities(pair, &planned).await) {
+        answers.push(match driven {
+            BatchDriven::Driven(driven) => {
+                SEEN.with(|seen| seen.borrow_mut().batched += 1);
+                Ok(Some(driven.decision))
+            }
+            BatchDriven::Alone { .. } => transfer(pair, t).await,
+        });
+    }
+    answers
+}
+
 /// What the campaign went through, so that a run shows it reached the cases it is about.
 #[derive(Default, Clone, Copy, Debug)]
 struct Seen {
@@ -115,6 +145,8 @@ struct Seen {
     /// Completed activities found in a run, and checkpoints that completed.
     found_in_runs: usize,
     checkpoints: usize,
+    /// Transfers a batch drove to their decision.
+    batched: usize,
 }
 
 thread_local! {
@@ -263,18 +295,48 @@ async fn run_seed(seed: u64) -> Result<usize, String> {
                 }
                 continue;
             }
-            let from = 1 + rng.below(USERS);
-            let to = 1 + (from + rng.below(USERS - 1)) % USERS;
-            let sent = Transfer { from, to, amount: 1 + rng.below(200), request_no: format!("t{incarnation}-{next}") };
+            // One transfer, or now and then a batch of a few (two of them maybe from one payer
+            // with one number: one is the original, the other its repeat).
+            let count = if rng.one_in(4) { 2 + rng.below(4) } else { 1 };
+            let mut sent = Vec::new();
+            for n in 0..count {
+                let from = 1 + rng.below(USERS);
+                let to = 1 + (from + rng.below(USERS - 1)) % USERS;
+                let request_no = format!("t{incarnation}-{next}-{n}");
+                sent.push(Transfer { from, to, amount: 1 + rng.below(200), request_no });
+            }
+            if count > 1 && rng.one_in(4) {
+                sent.push(sent[0].clone());
+            }
             // Now and then the initiator dies after a few steps.
             pair.budget.set(if rng.one_in(4) { rng.below(6) as usize } else { usize::MAX });
-            let answer = transfer(&pair, &sent).await;
+            let answers = match sent.len() {
+                1 => vec![transfer(&pair, &sent[0]).await],
+                _ => transfer_batch(&pair, &sent).await,
+            };
             let stopped = pair.budget.get() == 0;
             SEEN.with(|seen| seen.borrow_mut().stopped += usize::from(stopped));
             pair.budget.set(usize::MAX);
-            match answer {
-                Ok(decision) if !stopped => model.transfers.push((sent, decision)),
-                _ => model.lost_transfers.push(sent),
+            let mut answers = answers;
+            if sent.len() > count as usize {
+                // The repeat answers what its original answered, or, when the original was
+                // refused at its start (nothing recorded), may be made itself, or its answer
+                // lost: the model holds one of them.
+                sent.pop();
+                let repeat = answers.pop().expect("an answer for each");
+                match (&answers[0], repeat, stopped) {
+                    (Ok(None), made_or_lost, false) => answers[0] = made_or_lost,
+                    (Ok(original), Ok(repeat), false) if *original != repeat => {
+                        return Err(format!("a repeat in a batch answered {repeat:?}, its original {original:?}"));
+                    }
+                    _ => {}
+                }
+            }
+            for (sent, answer) in sent.into_iter().zip(answers) {
+                match answer {
+                    Ok(decision) if !stopped => model.transfers.push((sent, decision)),
+                    _ => model.lost_transfers.push(sent),
+                }
             }
         }
         drop(pair);
@@ -290,6 +352,7 @@ fn transfers_across_shards_end_once_and_conserve_money_after_power_loss_at_any_s
     let seen = SEEN.with(|seen| *seen.borrow());
     println!("tcc crash campaign: {count} seeds, {checked} transfers checked after crashes; {seen:?}");
     assert!(count < 100 || checked > 1000, "the campaign must check transfers: {checked}");
-    let every_path = seen.committed > 0 && seen.cancelled > 0 && seen.stopped > 0 && seen.found_in_runs > 0;
+    let every_path =
+        seen.committed > 0 && seen.cancelled > 0 && seen.stopped > 0 && seen.found_in_runs > 0 && seen.batched > 0;
     assert!(count < 100 || every_path && seen.recovered_commit > 0 && seen.recovered_cancel > 0, "{seen:?}");
 }

@@ -307,6 +307,16 @@ impl ShardOp for Transact {
     }
 }
 
+/// Many local transactions of flexible-transaction steps, each made or refused on its own.
+pub(crate) struct TransactMany(pub Vec<Vec<Step>>);
+
+impl ShardOp for TransactMany {
+    type Output = Vec<Result<Vec<StepAnswer>, TradeError>>;
+    fn start(self, shard: &DiskShard, reply: ShardReply<Self::Output>) {
+        shard.transact_many(self.0, reply)
+    }
+}
+
 /// What a durable account request did, by its request key.
 pub(crate) struct GetAccountRequest(pub u128);
 

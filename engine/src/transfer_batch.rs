@@ -1,7 +1,8 @@
 //! Many transfers in one call, for callers that move money in bulk (a clearing run, a payroll):
 //! the transfers between users of one shard go to it as one job, one hand-off and one answer
-//! for all of them, and become durable in the same group commits; those across
-//! shards run as activities side by side, a bounded number at a time.
+//! for all of them, and become durable in the same group commits; those across shards run as
+//! activities driven together (`tradeshard_shard::run_activities`): each step of the protocol
+//! is one hand-off to each shard for the whole batch.
 //!
 //! The batch is no transaction. Each transfer is its own request, idempotent on its payer's
 //! request number exactly as one [`EngineHandle::transfer`] is, and answers on its own: a
@@ -13,19 +14,23 @@ use std::future::Future;
 use std::pin::Pin;
 use std::task::Poll;
 
-use tradeshard_shard::{account_request_key, AccountCommand, AccountOp, InputError};
+use tradeshard_shard::{
+    account_request_key, run_activities, AccountCommand, AccountOp, BatchDriven, Decision, InputError, PlannedActivity,
+    Refusal,
+};
 
 use crate::error::{Error, Result};
 use crate::handle::EngineHandle;
 use crate::ops;
-use crate::transfers::TransferReceipt;
+use crate::transfers::{now_ms, transfer_branches, TransferReceipt};
 
 /// The most transfers one [`EngineHandle::transfer_many`] takes: an executor posts a batch's
 /// transfers in one turn, and a bound keeps that turn, and the answer, of bounded size.
 pub const TRANSFERS_PER_CALL_MAX: usize = 8_192;
 
-/// Transfers across shards of one batch under way at once: each is an activity driven from
-/// the caller's thread, and a bound keeps what one batch holds of the executors' queues.
+/// Transfers across shards of one batch that the batch left aside (module text), under way at
+/// once: each is an activity driven from the caller's thread, and a bound keeps what one
+/// batch holds of the executors' queues.
 const ACTIVITIES_AT_ONCE: usize = 64;
 
 /// One transfer of a batch: what [`EngineHandle::transfer`] takes.
@@ -72,7 +77,7 @@ impl EngineHandle {
                 slots.push(slot);
                 commands.push(command);
             } else {
-                across.push(slot);
+                across.push((slot, home, command));
             }
         }
         // The local transfers are under way while the activities run.
@@ -83,13 +88,7 @@ impl EngineHandle {
                 Err(error) => slots.into_iter().for_each(|slot| answers[slot] = Some(Err(error.clone()))),
             }
         }
-        let activities = across.iter().map(|&slot| {
-            let t = transfers[slot];
-            self.transfer(t.from_user, t.to_user, t.currency, t.amount, t.request_no)
-        });
-        for (slot, answer) in across.iter().zip(at_most_at_once(activities, ACTIVITIES_AT_ONCE).await) {
-            answers[*slot] = Some(answer);
-        }
+        self.transfer_across(transfers, &across, &mut answers).await;
         for (slots, answer) in waiting {
             let posted = match answer.await {
                 Some(Ok(posted)) => posted,
@@ -113,6 +112,67 @@ impl EngineHandle {
             }
         }
         Ok(answers.into_iter().map(|answer| answer.expect("every transfer answered")).collect())
+    }
+
+    /// The transfers of a batch across shards: run together as activities
+    /// ([`run_activities`]), with those the batch left aside run one by one as
+    /// [`transfer`](Self::transfer) runs them, a bounded number at a time.
+    async fn transfer_across(
+        &self,
+        transfers: &[TransferRequest<'_>],
+        across: &[(usize, u32, AccountCommand)],
+        answers: &mut [Option<Answer>],
+    ) {
+        let deadline_ms = now_ms() + self.inner.activity_timeout.as_millis() as u64;
+        let planned: Vec<PlannedActivity> = across
+            .iter()
+            .map(|&(slot, home, ref command)| {
+                let t = transfers[slot];
+                let payee_shard = self.routing().physical_of_user(t.to_user);
+                let activity = account_request_key(t.from_user, t.request_no);
+                PlannedActivity {
+                    home,
+                    activity,
+                    deadline_ms,
+                    branches: transfer_branches(home, payee_shard, command, t.to_user),
+                }
+            })
+            .collect();
+        let mut alone = Vec::new();
+        for ((&(slot, _, ref command), plan), driven) in
+            across.iter().zip(&planned).zip(run_activities(self, &planned).await)
+        {
+            let t = transfers[slot];
+            answers[slot] = Some(match driven {
+                BatchDriven::Driven(driven) => match driven.decision {
+                    Decision::Commit => Ok(TransferReceipt {
+                        activity: plan.activity,
+                        from_user: t.from_user,
+                        to_user: t.to_user,
+                        currency: command.currency,
+                        amount: t.amount,
+                        local: false,
+                        replayed: false,
+                    }),
+                    Decision::Cancel(reason) => {
+                        Err(Refusal::TransferCancelled { activity: plan.activity, reason }.into())
+                    }
+                },
+                BatchDriven::Alone { begun } => {
+                    alone.push((slot, begun));
+                    continue;
+                }
+            });
+        }
+        let activities = alone.iter().map(|&(slot, _)| {
+            let t = transfers[slot];
+            self.transfer(t.from_user, t.to_user, t.currency, t.amount, t.request_no)
+        });
+        for (&(slot, begun), answer) in alone.iter().zip(at_most_at_once(activities, ACTIVITIES_AT_ONCE).await) {
+            // Begun by the batch, the activity is this request's own, not a repeat's.
+            answers[slot] =
+                Some(answer.map(|receipt| TransferReceipt { replayed: receipt.replayed && !begun, ..receipt }));
+        }
     }
 
     crate::blocking::blocking!(transfer_many_blocking = transfer_many(&self, transfers: &[TransferRequest<'_>]) -> Result<Vec<Answer>>);

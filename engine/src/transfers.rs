@@ -76,6 +76,16 @@ impl StepSender for EngineHandle {
         let _ = self.submit_waiting(executor, ops::OnShard { shard, op: ops::Transact(steps) }).await;
     }
 
+    async fn send_many(&self, shard: u32, transactions: Vec<Vec<Step>>) -> Result<Vec<Result<Vec<StepAnswer>>>> {
+        let answers = self.on_shard_waiting(shard, ops::TransactMany(transactions)).await?;
+        Ok(answers.into_iter().map(|answer| answer.map_err(Error::from)).collect())
+    }
+
+    async fn post_many(&self, shard: u32, transactions: Vec<Vec<Step>>) {
+        let executor = self.routing().executor_of_physical(shard);
+        let _ = self.submit_waiting(executor, ops::OnShard { shard, op: ops::TransactMany(transactions) }).await;
+    }
+
     async fn call(
         &self,
         participant: u16,
@@ -122,18 +132,7 @@ impl EngineHandle {
             let answer = self.on_shard(home, ops::Post(command)).await?;
             return Ok(receipt(true, answer.replayed));
         }
-        let branches = vec![
-            BranchPlan {
-                shard: home,
-                branch: 0,
-                action: BranchAction::Freeze { user_id: from_user, currency, amount },
-            },
-            BranchPlan {
-                shard: payee_shard,
-                branch: 1,
-                action: BranchAction::Credit { user_id: to_user, currency, amount },
-            },
-        ];
+        let branches = transfer_branches(home, payee_shard, &command, to_user);
         let outcome = match self.drive(home, activity, branches).await {
             Err(Error::Refused(Refusal::StepConflict { activity: conflicting, .. })) if conflicting == activity => {
                 return Err(self.request_conflict(home, activity, request_no).await);
@@ -280,6 +279,29 @@ impl EngineHandle {
     blocking!(transfer_blocking = transfer(&self, from_user: u64, to_user: u64, currency: &str, amount: u64, request_no: &str) -> Result<TransferReceipt>);
     blocking!(run_activity_blocking = run_activity(&self, initiator: u64, request_no: &str, actions: &[BranchAction]) -> Result<ActivityOutcome>);
     blocking!(money_in_transit_blocking = money_in_transit(&self) -> Result<BTreeMap<Currency, i128>>);
+}
+
+/// A transfer's branches across shards: a Freeze of the payer's money in its shard (branch
+/// 0) and a Credit of the payee in theirs (branch 1).
+pub(crate) fn transfer_branches(
+    home: u32,
+    payee_shard: u32,
+    command: &AccountCommand,
+    to_user: u64,
+) -> Vec<BranchPlan> {
+    let (currency, amount) = (command.currency, command.amount);
+    vec![
+        BranchPlan {
+            shard: home,
+            branch: 0,
+            action: BranchAction::Freeze { user_id: command.user_id, currency, amount },
+        },
+        BranchPlan {
+            shard: payee_shard,
+            branch: 1,
+            action: BranchAction::Credit { user_id: to_user, currency, amount },
+        },
+    ]
 }
 
 /// Milliseconds since the Unix epoch.

@@ -32,7 +32,7 @@ use crate::system_record::LogRecord;
 use crate::trade::now_ms;
 
 /// Requests of a batch posted between two chances for the executor's other tasks to run.
-const POSTS_PER_TURN: usize = 256;
+pub(crate) const POSTS_PER_TURN: usize = 256;
 
 /// The account requests in flight: the balances they leave, and their request numbers.
 #[derive(Default)]

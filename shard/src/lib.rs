@@ -50,6 +50,7 @@ mod shard;
 mod state;
 mod system_record;
 mod tcc;
+mod tcc_batch;
 mod tcc_book;
 mod tcc_driver;
 mod tcc_ended;
@@ -107,8 +108,9 @@ pub use system_record::ClaimOutcome;
 #[cfg(any(test, feature = "testing"))]
 pub use system_record::{ClaimSettled, ClaimsKnown, LogRecord, OffsetCommit, OrderClaim};
 pub use tcc::{BranchAction, BranchPlan, CancelReason, Decision, Step, TccRecord, BRANCHES_MAX, NO_SHARD, STEPS_MAX};
+pub use tcc_batch::{run_activities, BatchDriven, PlannedActivity};
 pub use tcc_book::{ActivityEntry, ActivityState, BranchEntry, BranchState, StepAnswer, StepOutcome};
-pub use tcc_driver::{finish_activity, run_activity, BranchCall, Driven, StepError, StepSender};
+pub use tcc_driver::{finish_activity, run_activity, BranchCall, Driven, ManyAnswers, StepError, StepSender};
 pub use tcc_ended::{plans_digest, EndedActivity, FoundActivity};
 pub use trade::{
     NewTrade, Receipt, Trade, TradeId, TradeStatus, ValidTrade, AMOUNT_MAX, COUNTER_BITS, LOGICAL_SHARDS_MAX,

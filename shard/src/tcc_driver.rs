@@ -44,6 +44,23 @@ pub trait StepSender {
     /// Queues steps whose answer nobody waits for (an activity's completion): lost, they are
     /// sent again by recovery.
     fn post(&self, shard: u32, steps: Vec<Step>) -> impl Future<Output = ()>;
+    /// Carries several local transactions to one shard, each made or refused on its own, and
+    /// brings back each one's answer in order (`Err`: none could be carried). A carrier that
+    /// can take them in one hand-off ([`run_activities`](crate::run_activities) sends a
+    /// batch's steps so) overrides this one at a time.
+    fn send_many(
+        &self,
+        shard: u32,
+        transactions: Vec<Vec<Step>>,
+    ) -> impl Future<Output = Result<ManyAnswers<Self::Error>, Self::Error>> {
+        async move { Ok(join_all(transactions.into_iter().map(|steps| self.send(shard, steps))).await) }
+    }
+    /// [`post`](Self::post) of several local transactions to one shard.
+    fn post_many(&self, shard: u32, transactions: Vec<Vec<Step>>) -> impl Future<Output = ()> {
+        async move {
+            join_all(transactions.into_iter().map(|steps| self.post(shard, steps))).await;
+        }
+    }
     /// Asks the embedder's participant `participant` to try, confirm or cancel its branch.
     fn call(
         &self,
@@ -54,6 +71,9 @@ pub trait StepSender {
         reference: u64,
     ) -> impl Future<Output = Result<(), Self::Error>>;
 }
+
+/// The answers of several local transactions sent together, each its own.
+pub type ManyAnswers<E> = Vec<Result<Vec<StepAnswer>, E>>;
 
 /// What the manager asks of a branch.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -80,7 +100,7 @@ async fn reach<S: StepSender>(sender: &S, activity: u128, plan: BranchPlan, call
 
 /// The branches whose steps go with the initiator's own records (accounts of its shard), and
 /// the others (accounts of other shards, and the embedder's participants).
-fn split(branches: &[BranchPlan], home: u32) -> (Vec<BranchPlan>, Vec<BranchPlan>) {
+pub(crate) fn split(branches: &[BranchPlan], home: u32) -> (Vec<BranchPlan>, Vec<BranchPlan>) {
     branches.iter().partition(|plan| plan.shard == home && plan.action.account().is_some())
 }
 
@@ -128,7 +148,7 @@ pub struct Driven {
 }
 
 /// The step that carries `decision` out on a branch.
-fn outcome_step(activity: u128, plan: &BranchPlan, decision: Decision) -> Step {
+pub(crate) fn outcome_step(activity: u128, plan: &BranchPlan, decision: Decision) -> Step {
     match decision {
         Decision::Commit => Step::Confirm { activity, branch: plan.branch },
         Decision::Cancel(_) => Step::Cancel { activity, branch: plan.branch, action: plan.action },

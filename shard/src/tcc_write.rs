@@ -18,12 +18,13 @@ use std::rc::Rc;
 
 use tradeshard_wal::disk::Disk;
 
-use crate::account_write::InFlightAccounts;
+use crate::account_write::{InFlightAccounts, POSTS_PER_TURN};
 use crate::accounts::{AccountBook, AccountKey, Balance};
 use crate::currency::Currency;
 use crate::error::{InputError, LogError, Refusal, TradeError};
 use crate::id_hash::IdMap;
 use crate::key_runs::{read_then, KeyKind, Lookup, RunRead};
+use crate::reply;
 use crate::run_values::branch_key;
 use crate::shard::Shard;
 use crate::state::{Effect, EffectKeys, Inner, ShardReply, Waiter};
@@ -224,6 +225,35 @@ impl<D: Disk> Shard<D> {
     /// answer once durable, or with why not (the first step refused, nothing written).
     pub fn transact(&self, steps: Vec<Step>, reply: ShardReply<Vec<StepAnswer>>) {
         transact_on(&self.inner, steps, reply)
+    }
+
+    /// Many local transactions, each as [`transact`](Self::transact) would make it (one
+    /// refused leaves the others); `reply` is answered once the last is durable or refused,
+    /// with each one's answer in the order given. They are started in turns of
+    /// `POSTS_PER_TURN`, as a batch of account requests is.
+    pub fn transact_many(
+        &self,
+        transactions: Vec<Vec<Step>>,
+        reply: ShardReply<Vec<Result<Vec<StepAnswer>, TradeError>>>,
+    ) {
+        let inner = self.inner.clone();
+        glommio::spawn_local(async move {
+            let mut answers = Vec::with_capacity(transactions.len());
+            for (n, steps) in transactions.into_iter().enumerate() {
+                if n > 0 && n % POSTS_PER_TURN == 0 {
+                    glommio::yield_if_needed().await;
+                }
+                let (one, answer) = reply::channel();
+                transact_on(&inner, steps, one);
+                answers.push(answer);
+            }
+            let mut made = Vec::with_capacity(answers.len());
+            for answer in answers {
+                made.push(answer.await.unwrap_or(Err(TradeError::Log(LogError::Closed))));
+            }
+            reply.send(Ok(made))
+        })
+        .detach();
     }
 
     /// An activity this shard initiated that memory holds: under way, or completed since the

@@ -7,8 +7,9 @@
 //!   stderr (`engine_crash.rs`).
 //! - `engine_child transfer-writer DIR`: deposits 1,000 CNY to each of users 1..=16
 //!   (`ACK deposit USER`, then `FUNDED`), then eight threads transfer between them, within
-//!   and across shards, printing `ACK transfer FROM TO AMOUNT REQUEST` or `ACK cancelled
-//!   FROM TO AMOUNT REQUEST` after each answer, and one request in four buy a trade from
+//!   and across shards (one request in four a batch of four, `transfer_many`), printing `ACK
+//!   transfer FROM TO AMOUNT REQUEST` or `ACK cancelled FROM TO AMOUNT REQUEST` after each
+//!   answer, and one request in four buy a trade from
 //!   another of them paid from the balance, half refunded now and then, and settled (`ACK
 //!   paid ID`, `ACK refunded ID`, `ACK settled ID`), until killed (`engine_crash.rs`). Activities
 //!   time out after 50 ms, so that an open after the kill finds some past their deadline.
@@ -103,22 +104,57 @@ fn transfer_writer(dir: &Path) {
                         buy(&handle, from, to, amount, &request_no);
                         continue;
                     }
-                    match handle.transfer_blocking(from, to, "CNY", amount, &request_no) {
-                        Ok(_) => println!("ACK transfer {from} {to} {amount} {request_no}"),
-                        Err(tradeshard_engine::Error::Refused(tradeshard_engine::Refusal::TransferCancelled {
-                            ..
-                        })) => println!("ACK cancelled {from} {to} {amount} {request_no}"),
-                        Err(tradeshard_engine::Error::Refused(tradeshard_engine::Refusal::InsufficientFunds {
-                            ..
-                        })) => {}
-                        Err(error) => exit_with(error),
+                    if n % 4 == 1 {
+                        transfer_batch(&handle, from, amount, &request_no);
+                        continue;
                     }
+                    let answer = handle.transfer_blocking(from, to, "CNY", amount, &request_no);
+                    acknowledge_transfer(from, to, amount, &request_no, answer);
                 }
             })
         })
         .collect();
     for writer in writers {
         writer.join().expect("writers end only by exiting the process");
+    }
+}
+
+/// Prints a transfer's answer: `ACK transfer` once made, `ACK cancelled` once its activity
+/// was cancelled; too little money is no answer to check, anything else ends the process.
+fn acknowledge_transfer(
+    from: u64,
+    to: u64,
+    amount: u64,
+    request_no: &str,
+    answer: tradeshard_engine::Result<tradeshard_engine::TransferReceipt>,
+) {
+    use tradeshard_engine::{Error, Refusal};
+    match answer {
+        Ok(_) => println!("ACK transfer {from} {to} {amount} {request_no}"),
+        Err(Error::Refused(Refusal::TransferCancelled { .. })) => {
+            println!("ACK cancelled {from} {to} {amount} {request_no}")
+        }
+        Err(Error::Refused(Refusal::InsufficientFunds { .. })) => {}
+        Err(error) => exit_with(error),
+    }
+}
+
+/// Four transfers from `from` to four others, within and across shards, in one batch
+/// (`transfer_many`), each answer printed as a lone transfer's is.
+fn transfer_batch(handle: &tradeshard_engine::EngineHandle, from: u64, amount: u64, request_no: &str) {
+    let numbers: Vec<String> = (0..4).map(|k| format!("{request_no}-{k}")).collect();
+    let requests: Vec<tradeshard_engine::TransferRequest> = (0..4u64)
+        .map(|k| tradeshard_engine::TransferRequest {
+            from_user: from,
+            to_user: 1 + (from + 1 + k * 4) % 16,
+            currency: "CNY",
+            amount: amount / 4 + 1,
+            request_no: &numbers[k as usize],
+        })
+        .collect();
+    let answers = handle.transfer_many_blocking(&requests).unwrap_or_else(exit_with);
+    for (t, answer) in requests.iter().zip(answers) {
+        acknowledge_transfer(t.from_user, t.to_user, t.amount, t.request_no, answer);
     }
 }
 
