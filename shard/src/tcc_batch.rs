@@ -6,6 +6,11 @@
 //! the initiator's own Confirms or Cancels; the other Confirms or Cancels; completion. The
 //! batch is no transaction: a refusal of one activity leaves the others as they were.
 //!
+//! The steps no book the engine made refuses (the decisions, the Confirms and Cancels of what
+//! Tries reserved, the completions) go many activities to a local transaction, up to
+//! `STEPS_MAX` steps, so a transfer across shards costs about two records and a fraction,
+//! not five; the Begins and Tries, which may be refused, go one activity to a transaction.
+//!
 //! The batch drives an activity only along the path of one it began itself. Wherever an
 //! activity leaves that path (its Begin repeats one recorded before or is refused, its Decide
 //! is refused, a hand-off of its Begin or Decide fails), the batch steps aside and the caller
@@ -16,7 +21,7 @@
 use std::collections::BTreeMap;
 
 use crate::join::join_all;
-use crate::tcc::{BranchPlan, CancelReason, Decision, Step};
+use crate::tcc::{BranchPlan, CancelReason, Decision, Step, STEPS_MAX};
 use crate::tcc_book::StepAnswer;
 use crate::tcc_driver::{outcome_step, split, Driven, StepSender};
 
@@ -59,7 +64,7 @@ pub async fn run_activities<S: StepSender>(sender: &S, planned: &[PlannedActivit
         steps.extend(local[at].iter().map(|plan| Step::Try { activity, branch: plan.branch, action: plan.action }));
         (home, at, steps)
     });
-    for (at, answer) in deliver(sender, begins.collect()).await {
+    for (at, answer) in deliver(sender, begins.collect(), Packing::Alone).await {
         let begun_here = matches!(answer.as_deref(), Some([StepAnswer { repeat: false, .. }, ..]));
         if !begun_here {
             aside[at] = Some(BatchDriven::Alone { begun: false });
@@ -74,7 +79,7 @@ pub async fn run_activities<S: StepSender>(sender: &S, planned: &[PlannedActivit
             .iter()
             .map(move |plan| (plan.shard, at, vec![Step::Try { activity, branch: plan.branch, action: plan.action }]))
     });
-    for (at, answer) in deliver(sender, tries.collect()).await {
+    for (at, answer) in deliver(sender, tries.collect(), Packing::Alone).await {
         tried[at] &= answer.is_some();
     }
     let decision_of = |at: usize| if tried[at] { Decision::Commit } else { Decision::Cancel(CancelReason::TryRefused) };
@@ -85,7 +90,7 @@ pub async fn run_activities<S: StepSender>(sender: &S, planned: &[PlannedActivit
         steps.extend(local[at].iter().map(|plan| outcome_step(activity, plan, decision)));
         (home, at, steps)
     });
-    for (at, answer) in deliver(sender, decides.collect()).await {
+    for (at, answer) in deliver(sender, decides.collect(), Packing::Together).await {
         // Decided otherwise meanwhile (recovery past the deadline), or not known to be
         // decided: driven alone from its record.
         if answer.is_none() {
@@ -99,14 +104,19 @@ pub async fn run_activities<S: StepSender>(sender: &S, planned: &[PlannedActivit
         let (activity, decision) = (planned[at].activity, decision_of(at));
         remote[at].iter().map(move |plan| (plan.shard, at, vec![outcome_step(activity, plan, decision)]))
     });
-    for (at, answer) in deliver(sender, outcomes.collect()).await {
+    for (at, answer) in deliver(sender, outcomes.collect(), Packing::Together).await {
         answered[at] &= answer.is_some();
     }
 
+    // Completions are queued, not waited for: lost, recovery makes them.
     let mut completions: BTreeMap<u32, Vec<Vec<Step>>> = BTreeMap::new();
     for at in under_way(&aside).into_iter().filter(|&at| answered[at]) {
-        let activity = planned[at].activity;
-        completions.entry(planned[at].home).or_default().push(vec![Step::Complete { activity }]);
+        let transactions = completions.entry(planned[at].home).or_default();
+        if transactions.last().is_none_or(|last| last.len() == STEPS_MAX) {
+            transactions.push(Vec::with_capacity(STEPS_MAX));
+        }
+        let last = transactions.last_mut().expect("pushed");
+        last.push(Step::Complete { activity: planned[at].activity });
     }
     join_all(completions.into_iter().map(|(home, transactions)| sender.post_many(home, transactions))).await;
 
@@ -121,26 +131,55 @@ pub async fn run_activities<S: StepSender>(sender: &S, planned: &[PlannedActivit
         .collect()
 }
 
+/// How the items of one step are made into local transactions.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Packing {
+    /// Each item its own transaction: its refusal must leave the others (a Begin with the
+    /// payer's Try, a payee's Try: too little money, a number used before).
+    Alone,
+    /// Consecutive items of one shard together, up to `STEPS_MAX` steps a transaction, so
+    /// that many activities' steps are one record: for steps no book the engine made refuses
+    /// (a decision of an activity this batch began, a Confirm or Cancel of what a Try
+    /// reserved, a completion). Should one be refused after all, the whole transaction is,
+    /// and each of its items is handled as a failure of its own (driven alone, or left to
+    /// recovery).
+    Together,
+}
+
 /// Sends each item's steps (shard, item, steps) to its shard, every item of one shard in one
 /// hand-off and the shards at once; each item's answers, or `None` when its transaction was
 /// refused or not known to be carried.
 async fn deliver<S: StepSender>(
     sender: &S,
     items: Vec<(u32, usize, Vec<Step>)>,
+    packing: Packing,
 ) -> Vec<(usize, Option<Vec<StepAnswer>>)> {
-    let mut by_shard: BTreeMap<u32, (Vec<usize>, Vec<Vec<Step>>)> = BTreeMap::new();
+    // Per shard: the transactions, and for each the items it carries (item, steps).
+    type Carried = Vec<Vec<(usize, usize)>>;
+    let mut by_shard: BTreeMap<u32, (Carried, Vec<Vec<Step>>)> = BTreeMap::new();
     for (shard, at, steps) in items {
-        let (ats, transactions) = by_shard.entry(shard).or_default();
-        ats.push(at);
-        transactions.push(steps);
-    }
-    let sent = by_shard.into_iter().map(|(shard, (ats, transactions))| async move {
-        match sender.send_many(shard, transactions).await {
-            Ok(answers) if answers.len() == ats.len() => {
-                ats.into_iter().zip(answers).map(|(at, answer)| (at, answer.ok())).collect::<Vec<_>>()
-            }
-            _ => ats.into_iter().map(|at| (at, None)).collect(),
+        let (carried, transactions) = by_shard.entry(shard).or_default();
+        let room = transactions.last().is_some_and(|last| last.len() + steps.len() <= STEPS_MAX);
+        if packing == Packing::Alone || !room {
+            carried.push(Vec::new());
+            transactions.push(Vec::new());
         }
+        carried.last_mut().expect("pushed").push((at, steps.len()));
+        transactions.last_mut().expect("pushed").extend(steps);
+    }
+    let sent = by_shard.into_iter().map(|(shard, (carried, transactions))| async move {
+        let answers = match sender.send_many(shard, transactions).await {
+            Ok(answers) if answers.len() == carried.len() => answers.into_iter().map(Result::ok).collect(),
+            _ => vec![None; carried.len()],
+        };
+        let mut delivered = Vec::new();
+        for (items, answer) in carried.into_iter().zip(answers) {
+            let mut answer = answer.map(Vec::into_iter);
+            for (at, steps) in items {
+                delivered.push((at, answer.as_mut().map(|answers| answers.by_ref().take(steps).collect())));
+            }
+        }
+        delivered
     });
     join_all(sent).await.into_iter().flatten().collect()
 }

@@ -1,0 +1,183 @@
+//! Activities driven together (`run_activities`), between two shards on simulated disks: each
+//! activity of a batch ends as it would alone, in fewer records (the decisions, Confirms and
+//! completions of many activities share records); the ones that leave the batch's path (a
+//! Begin refused or repeated, a decision refused because the activity was decided otherwise
+//! meanwhile) are set aside, to be driven alone, and end right.
+
+use std::cell::Cell;
+use std::rc::Rc;
+
+use tradeshard_shard::{
+    account_request_key, run_activities, run_activity, AccountCommand, AccountOp, BatchDriven, BranchAction,
+    BranchCall, BranchPlan, CancelReason, Currency, Decision, Driven, ManyAnswers, PlannedActivity, Shard, Step,
+    StepAnswer, StepSender, TradeError,
+};
+use tradeshard_tests::{call, campaign_shard_config, run, ShardPair};
+use tradeshard_wal::disk::SimDisk;
+
+const PAYERS: u64 = 40;
+const FUNDING: u64 = 1_000;
+
+fn cny() -> Currency {
+    Currency::parse("CNY").unwrap()
+}
+
+/// Payers 1..=40 in shard 0, payees 101..=140 in shard 1.
+fn shard_of(user: u64) -> u32 {
+    u32::from(user > 100)
+}
+
+async fn pair() -> ShardPair {
+    let mut shards = Vec::new();
+    for id in 0..2 {
+        shards.push(Rc::new(Shard::open(SimDisk::new(), campaign_shard_config(id), 1 << 16).await.unwrap()));
+    }
+    let pair = ShardPair { shards: [shards[0].clone(), shards[1].clone()], budget: Cell::new(usize::MAX) };
+    for payer in 1..=PAYERS {
+        let command = AccountCommand::new(AccountOp::Deposit, payer, "CNY", FUNDING, "fund").unwrap();
+        call(|reply| pair.shards[0].post(command, reply)).await.unwrap();
+    }
+    pair
+}
+
+fn transfer(from: u64, to: u64, amount: u64, request_no: &str) -> PlannedActivity {
+    let (currency, activity) = (cny(), account_request_key(from, request_no));
+    let branches = vec![
+        BranchPlan {
+            shard: shard_of(from),
+            branch: 0,
+            action: BranchAction::Freeze { user_id: from, currency, amount },
+        },
+        BranchPlan { shard: shard_of(to), branch: 1, action: BranchAction::Credit { user_id: to, currency, amount } },
+    ];
+    PlannedActivity { home: shard_of(from), activity, deadline_ms: u64::MAX, branches }
+}
+
+fn records(pair: &ShardPair) -> u64 {
+    pair.shards.iter().map(|shard| shard.stats().log_end).sum()
+}
+
+/// Drives alone what the batch set aside, as the engine does.
+async fn alone<S: StepSender>(sender: &S, plan: &PlannedActivity) -> Result<Driven, S::Error> {
+    run_activity(sender, plan.home, plan.activity, plan.deadline_ms, plan.branches.clone()).await
+}
+
+fn committed() -> BatchDriven {
+    BatchDriven::Driven(Driven { decision: Decision::Commit, completed: true, begun_before: false })
+}
+
+/// Every payer's and payee's balance, nothing frozen or reserved, nothing in transit or
+/// unfinished: `moved[k]` went from payer `1 + k` to payee `101 + k`.
+fn check_books(pair: &ShardPair, moved: &[u64]) {
+    for (k, amount) in moved.iter().enumerate() {
+        let (payer, payee) = (1 + k as u64, 101 + k as u64);
+        let (paid, got) = (pair.shards[0].balance(payer, cny()), pair.shards[1].balance(payee, cny()));
+        assert_eq!((paid.available, paid.frozen, paid.incoming), (FUNDING - amount, 0, 0), "payer {payer}");
+        assert_eq!((got.available, got.frozen, got.incoming), (*amount, 0, 0), "payee {payee}");
+    }
+    let in_transit: i128 = pair.shards.iter().flat_map(|shard| shard.in_transit().into_values()).sum();
+    let unfinished: usize = pair.shards.iter().map(|shard| shard.unfinished_activities().len()).sum();
+    assert_eq!((in_transit, unfinished), (0, 0), "no money in transit, no activity unfinished");
+}
+
+#[test]
+fn each_activity_of_a_batch_ends_as_alone_in_fewer_records_and_the_odd_ones_are_set_aside() {
+    run(async {
+        let pair = pair().await;
+        let mut batch: Vec<PlannedActivity> =
+            (0..PAYERS).map(|k| transfer(1 + k, 101 + k, 10 + k, &format!("t{k}"))).collect();
+        let before = records(&pair);
+        let driven = run_activities(&pair, &batch).await;
+        assert!(driven.iter().all(|d| *d == committed()), "{driven:?}");
+        // Alone, five records each (Begin with the payer's Try, the payee's Try, the decision
+        // with the payer's Confirm, the payee's Confirm, completion); together the last three
+        // kinds share records.
+        let written = records(&pair) - before;
+        assert!(written <= 2 * PAYERS + PAYERS / 2, "{written} records for {PAYERS} activities");
+        let mut moved: Vec<u64> = (0..PAYERS).map(|k| 10 + k).collect();
+        check_books(&pair, &moved);
+
+        // Sent again, with one too large for its payer and a repeat of one of them: all set
+        // aside (their Begins repeat, or are refused), nothing written; alone, each answers
+        // its first answer and moves nothing more.
+        batch.push(transfer(1, 101, FUNDING, "too-much"));
+        batch.push(batch[3].clone());
+        let before = records(&pair);
+        let driven = run_activities(&pair, &batch).await;
+        assert!(driven.iter().all(|d| *d == BatchDriven::Alone { begun: false }), "{driven:?}");
+        assert_eq!(records(&pair), before, "a batch of repeats and refusals writes nothing");
+        for plan in &batch[..PAYERS as usize] {
+            let again = alone(&pair, plan).await.unwrap();
+            assert_eq!((again.decision, again.begun_before), (Decision::Commit, true));
+        }
+        assert!(alone(&pair, &batch[PAYERS as usize]).await.is_err(), "too little available");
+        check_books(&pair, &moved);
+
+        // One of a new batch decided otherwise while its Tries run (recovery cancelled it past
+        // its deadline): the decisions it shared a record with are refused with it and set
+        // aside; alone, it carries out its cancel and the others their commit.
+        let batch: Vec<PlannedActivity> =
+            (0..PAYERS).map(|k| transfer(1 + k, 101 + k, 1 + k % 5, &format!("u{k}"))).collect();
+        let cancelled = batch[17].activity;
+        let racing = DecidingFirst { pair: &pair, activity: cancelled, done: Cell::new(false) };
+        let driven = run_activities(&racing, &batch).await;
+        assert!(racing.done.get(), "the racing decision was made");
+        assert_eq!(driven[17], BatchDriven::Alone { begun: true });
+        let aside = driven.iter().filter(|d| **d == BatchDriven::Alone { begun: true }).count();
+        assert!(aside > 1 && aside < PAYERS as usize, "the refused record's other activities: {aside}");
+        for (k, (plan, driven)) in batch.iter().zip(&driven).enumerate() {
+            let decision = match driven {
+                BatchDriven::Driven(driven) => driven.decision,
+                BatchDriven::Alone { .. } => alone(&pair, plan).await.unwrap().decision,
+            };
+            match k {
+                17 => assert_eq!(decision, Decision::Cancel(CancelReason::Timeout)),
+                _ => {
+                    assert_eq!(decision, Decision::Commit, "activity {k}");
+                    moved[k] += 1 + k as u64 % 5;
+                }
+            }
+        }
+        check_books(&pair, &moved);
+    });
+}
+
+/// Carries steps as the pair does, but first records a cancel of `activity` in its home shard
+/// when the batch's decisions come: as recovery would, past the activity's deadline.
+struct DecidingFirst<'a> {
+    pair: &'a ShardPair,
+    activity: u128,
+    done: Cell<bool>,
+}
+
+impl StepSender for DecidingFirst<'_> {
+    type Error = TradeError;
+
+    async fn send(&self, shard: u32, steps: Vec<Step>) -> Result<Vec<StepAnswer>, TradeError> {
+        self.pair.send(shard, steps).await
+    }
+
+    async fn post(&self, shard: u32, steps: Vec<Step>) {
+        self.pair.post(shard, steps).await
+    }
+
+    async fn send_many(&self, shard: u32, transactions: Vec<Vec<Step>>) -> Result<ManyAnswers<TradeError>, TradeError> {
+        let deciding = transactions.iter().flatten().any(|step| matches!(step, Step::Decide { .. }));
+        if deciding && !self.done.replace(true) {
+            let cancel = Decision::Cancel(CancelReason::Timeout);
+            self.pair.send(0, vec![Step::Decide { activity: self.activity, decision: cancel }]).await?;
+        }
+        self.pair.send_many(shard, transactions).await
+    }
+
+    async fn call(
+        &self,
+        participant: u16,
+        call: BranchCall,
+        activity: u128,
+        branch: u16,
+        reference: u64,
+    ) -> Result<(), TradeError> {
+        self.pair.call(participant, call, activity, branch, reference).await
+    }
+}
