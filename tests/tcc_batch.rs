@@ -139,6 +139,30 @@ fn each_activity_of_a_batch_ends_as_alone_in_fewer_records_and_the_odd_ones_are_
             }
         }
         check_books(&pair, &moved);
+
+        // Two of a new batch find their payee's branch fenced (a Cancel came first): their
+        // Tries are refused, and their cancels share records with the others' commits, in
+        // the payers' shard and in the payees'.
+        let batch: Vec<PlannedActivity> = (0..PAYERS).map(|k| transfer(1 + k, 101 + k, 2, &format!("v{k}"))).collect();
+        for k in [5, 30] {
+            let fence = Step::Cancel { activity: batch[k].activity, branch: 1, action: batch[k].branches[1].action };
+            call(|reply| pair.shards[1].transact(vec![fence], reply)).await.unwrap();
+        }
+        let before = records(&pair);
+        let driven = run_activities(&pair, &batch).await;
+        for (k, driven) in driven.iter().enumerate() {
+            let BatchDriven::Driven(driven) = driven else { panic!("activity {k} set aside: {driven:?}") };
+            match k {
+                5 | 30 => assert_eq!(driven.decision, Decision::Cancel(CancelReason::TryRefused)),
+                _ => {
+                    assert_eq!(driven.decision, Decision::Commit, "activity {k}");
+                    moved[k] += 2;
+                }
+            }
+        }
+        let written = records(&pair) - before;
+        assert!(written <= 2 * PAYERS + PAYERS / 2, "{written} records for {PAYERS} activities");
+        check_books(&pair, &moved);
     });
 }
 

@@ -1,4 +1,4 @@
-//! The write path of local transactions: 1..=8 steps of flexible transactions (`tcc.rs`)
+//! The write path of local transactions: 1..=17 steps of flexible transactions (`tcc.rs`)
 //! checked together and made durable as one record, or refused with no trace.
 //!
 //! A transaction is checked by running the rules (`tcc_book.rs`) on a scratch view: durable
