@@ -25,14 +25,10 @@ use crate::id_hash::IdMap;
 use crate::journal::{AccountOp, JournalRecord};
 use crate::key_runs::{read_then, KeyKind, Lookup, RunRead};
 use crate::keys::account_request_key;
-use crate::reply;
 use crate::shard::Shard;
-use crate::state::{Accepted, Effect, EffectKeys, Inner, ShardReply, Waiter};
+use crate::state::{start_each, Accepted, Effect, EffectKeys, Inner, ShardReply, Waiter};
 use crate::system_record::LogRecord;
 use crate::trade::now_ms;
-
-/// Requests of a batch posted between two chances for the executor's other tasks to run.
-pub(crate) const POSTS_PER_TURN: usize = 256;
 
 /// The account requests in flight: the balances they leave, and their request numbers.
 #[derive(Default)]
@@ -103,27 +99,9 @@ impl<D: Disk> Shard<D> {
 
     /// Makes many account requests durable, each as [`post`](Self::post) would; `reply` is
     /// answered once the last is durable or refused, with each one's answer in the order
-    /// given. They are posted in turns of `POSTS_PER_TURN`, so that a large batch never holds
-    /// the executor for one long turn.
+    /// given, posted in turns (`state::start_each`).
     pub fn post_many(&self, commands: Vec<AccountCommand>, reply: ShardReply<Vec<Result<AccountReceipt, TradeError>>>) {
-        let inner = self.inner.clone();
-        glommio::spawn_local(async move {
-            let mut answers = Vec::with_capacity(commands.len());
-            for (n, command) in commands.into_iter().enumerate() {
-                if n > 0 && n % POSTS_PER_TURN == 0 {
-                    glommio::yield_if_needed().await;
-                }
-                let (one, answer) = reply::channel();
-                post_on(&inner, command, one, None);
-                answers.push(answer);
-            }
-            let mut posted = Vec::with_capacity(answers.len());
-            for answer in answers {
-                posted.push(answer.await.unwrap_or(Err(TradeError::Log(LogError::Closed))));
-            }
-            reply.send(Ok(posted))
-        })
-        .detach();
+        start_each(&self.inner, commands, |inner, command, one| post_on(inner, command, one, None), reply)
     }
 
     /// What the durable account request under `key` did, its operation and amount, or `None`

@@ -9,6 +9,7 @@
 use std::cell::RefCell;
 use std::collections::{BTreeMap, VecDeque};
 use std::hash::BuildHasherDefault;
+use std::rc::Rc;
 use std::task::Waker;
 
 use tradeshard_cache::ReadThrough;
@@ -21,7 +22,7 @@ use crate::checkpoints::{Checkpoints, OpenReport};
 use crate::command::Command;
 use crate::currency::Currency;
 use crate::doubts::ClaimDoubts;
-use crate::error::TradeError;
+use crate::error::{LogError, TradeError};
 use crate::id_hash::{IdHasher, IdMap};
 use crate::index::ShardIndex;
 use crate::key_runs::{KeyRuns, RunRead};
@@ -37,6 +38,39 @@ use crate::trade_cache::CachedTrade;
 
 /// A shard's answer to one request: the result, or why not.
 pub type ShardReply<T> = Reply<Result<T, TradeError>>;
+
+/// Requests of a batch started between two chances for the executor's other tasks to run.
+const STARTS_PER_TURN: usize = 256;
+
+/// Starts each of `items` as a request of its own (`start`, which answers its reply once the
+/// request is durable or refused), in turns of `STARTS_PER_TURN` so that a large batch never
+/// holds the executor for one long turn; `reply` is answered once every one was, with each
+/// one's answer in the order given.
+pub(crate) fn start_each<D: Disk + 'static, I: 'static, T: 'static>(
+    inner: &Rc<Inner<D>>,
+    items: Vec<I>,
+    start: fn(&Rc<Inner<D>>, I, ShardReply<T>),
+    reply: ShardReply<Vec<Result<T, TradeError>>>,
+) {
+    let inner = inner.clone();
+    glommio::spawn_local(async move {
+        let mut answers = Vec::with_capacity(items.len());
+        for (n, item) in items.into_iter().enumerate() {
+            if n > 0 && n % STARTS_PER_TURN == 0 {
+                glommio::yield_if_needed().await;
+            }
+            let (one, answer) = crate::reply::channel();
+            start(&inner, item, one);
+            answers.push(answer);
+        }
+        let mut made = Vec::with_capacity(answers.len());
+        for answer in answers {
+            made.push(answer.await.unwrap_or(Err(TradeError::Log(LogError::Closed))));
+        }
+        reply.send(Ok(made))
+    })
+    .detach();
+}
 
 /// A trade with writes in flight: its accepted (not yet durable) state.
 #[derive(Clone, Copy)]

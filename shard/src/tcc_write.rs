@@ -18,16 +18,15 @@ use std::rc::Rc;
 
 use tradeshard_wal::disk::Disk;
 
-use crate::account_write::{InFlightAccounts, POSTS_PER_TURN};
+use crate::account_write::InFlightAccounts;
 use crate::accounts::{AccountBook, AccountKey, Balance};
 use crate::currency::Currency;
 use crate::error::{InputError, LogError, Refusal, TradeError};
 use crate::id_hash::IdMap;
 use crate::key_runs::{read_then, KeyKind, Lookup, RunRead};
-use crate::reply;
 use crate::run_values::branch_key;
 use crate::shard::Shard;
-use crate::state::{Effect, EffectKeys, Inner, ShardReply, Waiter};
+use crate::state::{start_each, Effect, EffectKeys, Inner, ShardReply, Waiter};
 use crate::system_record::LogRecord;
 use crate::tcc::{BranchAction, Step, TccRecord, BRANCHES_MAX, STEPS_MAX};
 use crate::tcc_book::{apply_step, ActivityEntry, BranchEntry, MoneyView, StepAnswer, TccBook};
@@ -229,31 +228,13 @@ impl<D: Disk> Shard<D> {
 
     /// Many local transactions, each as [`transact`](Self::transact) would make it (one
     /// refused leaves the others); `reply` is answered once the last is durable or refused,
-    /// with each one's answer in the order given. They are started in turns of
-    /// `POSTS_PER_TURN`, as a batch of account requests is.
+    /// with each one's answer in the order given, started in turns (`state::start_each`).
     pub fn transact_many(
         &self,
         transactions: Vec<Vec<Step>>,
         reply: ShardReply<Vec<Result<Vec<StepAnswer>, TradeError>>>,
     ) {
-        let inner = self.inner.clone();
-        glommio::spawn_local(async move {
-            let mut answers = Vec::with_capacity(transactions.len());
-            for (n, steps) in transactions.into_iter().enumerate() {
-                if n > 0 && n % POSTS_PER_TURN == 0 {
-                    glommio::yield_if_needed().await;
-                }
-                let (one, answer) = reply::channel();
-                transact_on(&inner, steps, one);
-                answers.push(answer);
-            }
-            let mut made = Vec::with_capacity(answers.len());
-            for answer in answers {
-                made.push(answer.await.unwrap_or(Err(TradeError::Log(LogError::Closed))));
-            }
-            reply.send(Ok(made))
-        })
-        .detach();
+        start_each(&self.inner, transactions, transact_on, reply)
     }
 
     /// An activity this shard initiated that memory holds: under way, or completed since the
