@@ -4,7 +4,8 @@
 //! exactly once (no refund counted twice, every refund's receipt as it was); writes sent
 //! together to a trade on disk are checked in the order they came; a table missing under a
 //! checkpoint that needs it, a missing record, a bit flipped in a record: each refused with the
-//! table's path and the record's offset.
+//! table's path and the record's offset, by the open when its replay needs the record and by
+//! the read of the trade otherwise.
 
 use tradeshard_shard::{Command, Move, Shard, TradeError, TradeId, TradeStatus, Upkeep};
 use tradeshard_tests::{call, damage_in, new_trade, rolling_shard_config, run, upkeep_on_request};
@@ -43,6 +44,17 @@ fn record_offset(counter: u64) -> u64 {
     offset
 }
 
+/// Waits until the newest trades came back into memory after an open (in the background,
+/// between requests), a bounded number of turns.
+async fn warmed(shard: &Shard<SimDisk>) {
+    let mut turns = 0;
+    while shard.stats().checkpoints.warming {
+        turns += 1;
+        assert!(turns < 10_000, "the newest trades never came back: {}", shard.stats().trades_in_memory);
+        glommio::timer::sleep(std::time::Duration::from_millis(1)).await;
+    }
+}
+
 fn newest_checkpoint(disk: &SimDisk) -> String {
     let mut names: Vec<String> = disk.list_names().into_iter().filter(|n| n.starts_with("checkpoint-")).collect();
     names.sort();
@@ -51,40 +63,77 @@ fn newest_checkpoint(disk: &SimDisk) -> String {
 
 #[test]
 fn a_table_newer_than_the_checkpoint_applies_each_change_once() {
+    // Trades a chunk apart are read one at a time by the open; trades of one chunk (of 8) make
+    // it load the chunk whole.
+    for (old, other) in [(3, 20), (8, 9)] {
+        run(table_newer(old, other));
+    }
+}
+
+/// One case of the test above: refunds of trades `old` and `other` (of 100) after the first
+/// checkpoint, written to the table by a second one whose file is then lost.
+async fn table_newer(old: usize, other: usize) {
+    let disk = SimDisk::new();
+    let shard = open(&disk).await.unwrap();
+    let ids = paid_trades(&shard, 100).await;
+    let (old, other, new) = (ids[old], ids[other], ids[97]);
+    // Two refunds on a trade that left memory, one on another and one on a trade still in
+    // memory; the checkpoint writes them to the table, then its file is lost.
+    for (id, number, amount) in [(old, "A", 100), (old, "B", 250), (other, "O", 40), (new, "C", 70)] {
+        submit(&shard, Command::Refund { id, amount, refund_no: number.into() }).await;
+    }
+    shard.checkpoint().await.unwrap();
+    submit(&shard, Command::Move { id: ids[5], to: Move::Settle }).await;
+    drop(shard);
+    disk.remove(&newest_checkpoint(&disk)).await.unwrap();
+    disk.sync_dir().await.unwrap();
+
+    let shard = open(&disk).await.unwrap();
+    assert!(shard.stats().opened.replayed_records >= 5, "the open replayed the refunds");
+    for (id, status, refunded) in [
+        (old, TradeStatus::Refunded, 350),
+        (other, TradeStatus::Refunded, 40),
+        (new, TradeStatus::Refunded, 70),
+        (ids[5], TradeStatus::Settled, 0),
+    ] {
+        let trade = call(|done| shard.get(id, done)).await.unwrap();
+        assert_eq!((trade.status, trade.refunded_amount), (status, refunded), "{id}");
+    }
+    // Each repeated refund answers its own receipt: the refunded total it left.
+    for (id, number, amount, after) in
+        [(old, "A", 100, 100), (old, "B", 250, 350), (other, "O", 40, 40), (new, "C", 70, 70)]
+    {
+        let again = submit(&shard, Command::Refund { id, amount, refund_no: number.into() }).await;
+        assert_eq!((again.replayed, again.refunded_amount), (true, after), "refund {number}");
+    }
+    // And the trade still takes new changes, counted from the right total.
+    let more = submit(&shard, Command::Refund { id: old, amount: 650, refund_no: "D".into() }).await;
+    assert_eq!(more.refunded_amount, 1_000);
+    let over = call(|done| shard.submit(Command::Refund { id: old, amount: 1, refund_no: "E".into() }, done)).await;
+    assert!(over.is_err(), "nothing is left to refund");
+}
+
+#[test]
+fn the_newest_trades_come_back_into_memory_after_the_open() {
     run(async {
         let disk = SimDisk::new();
         let shard = open(&disk).await.unwrap();
         let ids = paid_trades(&shard, 100).await;
-        let (old, new) = (ids[3], ids[97]);
-        // Two refunds on a trade that left memory and one on a trade still in memory; the
-        // checkpoint writes them to the table, then its file is lost.
-        for (id, number, amount) in [(old, "A", 100), (old, "B", 250), (new, "C", 70)] {
-            submit(&shard, Command::Refund { id, amount, refund_no: number.into() }).await;
-        }
-        shard.checkpoint().await.unwrap();
-        submit(&shard, Command::Move { id: ids[5], to: Move::Settle }).await;
+        let held = shard.stats().trades_in_memory;
+        assert!((8..100).contains(&held), "the oldest trades left memory: {held}");
         drop(shard);
-        disk.remove(&newest_checkpoint(&disk)).await.unwrap();
-        disk.sync_dir().await.unwrap();
-
         let shard = open(&disk).await.unwrap();
-        assert!(shard.stats().opened.replayed_records >= 4, "the open replayed the refunds");
-        for (id, status, refunded) in
-            [(old, TradeStatus::Refunded, 350), (new, TradeStatus::Refunded, 70), (ids[5], TradeStatus::Settled, 0)]
-        {
-            let trade = call(|done| shard.get(id, done)).await.unwrap();
-            assert_eq!((trade.status, trade.refunded_amount), (status, refunded), "{id}");
-        }
-        // Each repeated refund answers its own receipt: the refunded total it left.
-        for (id, number, amount, after) in [(old, "A", 100, 100), (old, "B", 250, 350), (new, "C", 70, 70)] {
-            let again = submit(&shard, Command::Refund { id, amount, refund_no: number.into() }).await;
-            assert_eq!((again.replayed, again.refunded_amount), (true, after), "refund {number}");
-        }
-        // And the trade still takes new changes, counted from the right total.
-        let more = submit(&shard, Command::Refund { id: old, amount: 650, refund_no: "D".into() }).await;
-        assert_eq!(more.refunded_amount, 1_000);
-        let over = call(|done| shard.submit(Command::Refund { id: old, amount: 1, refund_no: "E".into() }, done)).await;
-        assert!(over.is_err(), "nothing is left to refund");
+        warmed(&shard).await;
+        assert_eq!(shard.stats().trades_in_memory, held, "the budget's worth, no more");
+        assert!(shard.stats().checkpoints.chunks_warmed > 0);
+        // A change to a trade in memory reads nothing; one to a trade that left it reads its record.
+        let reads = shard.stats().checkpoints.table_reads;
+        let newest = submit(&shard, Command::Move { id: ids[99], to: Move::Settle }).await;
+        assert_eq!(newest.status, TradeStatus::Settled);
+        assert_eq!(shard.stats().checkpoints.table_reads, reads, "the newest trade is in memory");
+        let oldest = submit(&shard, Command::Move { id: ids[0], to: Move::Settle }).await;
+        assert_eq!(oldest.status, TradeStatus::Settled);
+        assert_eq!(shard.stats().checkpoints.table_reads, reads + 1, "the oldest is read from the table");
     });
 }
 
@@ -102,17 +151,36 @@ fn a_missing_table_under_a_checkpoint_is_refused() {
 }
 
 #[test]
-fn a_flipped_bit_in_a_loaded_record_fails_the_open_with_its_offset() {
+fn a_flipped_bit_in_a_record_the_replay_reads_fails_the_open_with_its_offset() {
+    run(async {
+        let disk = SimDisk::new();
+        let shard = open(&disk).await.unwrap();
+        let ids = paid_trades(&shard, 40).await;
+        // A change after the checkpoint: the replay reads the trade's record to apply it.
+        let id = *ids.last().unwrap();
+        submit(&shard, Command::Move { id, to: Move::Settle }).await;
+        drop(shard);
+        let offset = record_offset(id.counter());
+        disk.flip_bit("trades.table", offset + 20, 2);
+        assert_eq!(damage_in(open(&disk).await, "trades.table"), offset);
+    });
+}
+
+#[test]
+fn a_flipped_bit_in_a_record_no_replay_needs_is_reported_by_the_read_of_its_trade() {
     run(async {
         let disk = SimDisk::new();
         let shard = open(&disk).await.unwrap();
         let ids = paid_trades(&shard, 40).await;
         drop(shard);
-        // The newest trade is loaded at open; its record is the counter's place in the table.
-        let counter = ids.last().unwrap().counter();
-        let offset = record_offset(counter);
+        // The open reads no record of the table; the newest trades come back after it.
+        let (damaged, sound) = (*ids.last().unwrap(), ids[0]);
+        let offset = record_offset(damaged.counter());
         disk.flip_bit("trades.table", offset + 20, 2);
-        assert_eq!(damage_in(open(&disk).await, "trades.table"), offset);
+        let shard = open(&disk).await.unwrap();
+        assert_eq!(damage_in(call(|done| shard.get(damaged, done)).await, "trades.table"), offset);
+        let trade = call(|done| shard.get(sound, done)).await.unwrap();
+        assert_eq!(trade.status, TradeStatus::Paid);
     });
 }
 
@@ -192,7 +260,8 @@ fn a_cold_trade_is_one_device_read_when_its_created_part_is_inline() {
         let ids = paid_trades(&shard, 100).await;
         drop(shard);
         let shard = open(&disk).await.unwrap();
-        assert!(shard.stats().checkpoints.table_page_reads > 0, "the open loads the newest trades' pages");
+        warmed(&shard).await;
+        assert!(shard.stats().checkpoints.table_page_reads > 0, "the newest trades' pages came back after the open");
         // `new_trade` gives every third order (order % 3 == 2) a memo too long to be inline.
         for (order, reads) in [(3, 1), (4, 1), (5, 2), (8, 2)] {
             let (before, counted) = (disk.ops(), shard.stats().checkpoints);

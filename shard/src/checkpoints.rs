@@ -54,8 +54,13 @@ pub struct CheckpointStats {
     /// (`Upkeep::checkpoint_memory_bytes`).
     pub held_bytes: u64,
     /// Pages of the table read whole since open: a checkpoint rewriting a page first reads it
-    /// to keep the inline parts it holds, and an open loads the newest trades.
+    /// to keep the inline parts it holds, an open loads the chunks its replay changed in
+    /// numbers, and the newest trades come back into memory after it.
     pub table_page_reads: u64,
+    /// The newest trades are still coming back into memory after the open (`warm.rs`), and
+    /// the chunks of trades brought back so far.
+    pub warming: bool,
+    pub chunks_warmed: u64,
 }
 
 /// What a shard keeps of its checkpoints.
@@ -93,6 +98,7 @@ impl<D: Disk> Checkpoints<D> {
             position: loaded.map_or(0, |h| h.scalars.applied_end),
             taken_ms: loaded.map_or(0, |h| h.created_ms),
             parts_bytes: parts.len(),
+            warming: true,
             ..CheckpointStats::default()
         };
         Checkpoints {
@@ -138,4 +144,10 @@ pub struct OpenReport {
     pub skipped_segments: u64,
     /// Time from the start of the recovery to the shard's start.
     pub open_ms: u64,
+    /// Of that, the time spent loading the checkpoint, the runs' summaries and the newest
+    /// trades of the table.
+    pub load_ms: u64,
+    /// Of that, the time spent replaying the log after the checkpoint (with the changes to
+    /// trades read back from the table).
+    pub replay_ms: u64,
 }

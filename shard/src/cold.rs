@@ -1,6 +1,6 @@
 //! Trades that leave memory: a checkpoint writes the trades changed since the last one to the
-//! table on disk (`trade_file.rs`); an open loads the newest back; a read or a change of a
-//! trade that is not in memory reads its record, with one device read.
+//! table on disk (`trade_file.rs`); a read or a change of a trade that is not in memory reads
+//! its record, with one device read; whole chunks come back through `warm.rs`.
 //!
 //! The in-memory side (which chunks are resident, which trades are thawed or dirty) is the
 //! trade table's (`trade_table/`); this module moves records between it and the file.
@@ -10,7 +10,7 @@ use std::collections::HashMap;
 use tradeshard_wal::disk::Disk;
 
 use crate::currency::Currency;
-use crate::join::join_all;
+use crate::join::{join_all, start};
 use crate::trade::TradeStatus;
 
 use crate::created::CreatedPart;
@@ -20,7 +20,7 @@ use crate::index::{CreatedAt, ShardIndex, TradeEntry};
 use crate::parts::PlacedParts;
 use crate::state::Inner;
 use crate::trade::TradeId;
-use crate::trade_file::{self, TableRecord, TradeFile, RECORDS_PER_PAGE, RECORD_BYTES};
+use crate::trade_file::{self, TableRecord, TableState, TradeFile, RECORDS_PER_PAGE, RECORD_BYTES};
 use crate::trade_table::Dirty;
 
 /// Settled amounts per (merchant, currency).
@@ -124,46 +124,14 @@ pub(crate) async fn write_dirty<D: Disk>(
     Ok(written)
 }
 
-/// Loads the newest `chunks` chunks of trades from the table into `index` (laid out cold, as
-/// a checkpoint left it); a record must point inside the `parts_len` bytes of the store.
-pub(crate) async fn load_newest<D: Disk>(
-    table: &TradeFile<D>,
-    index: &mut ShardIndex,
-    chunks: usize,
-    parts_len: u64,
-) -> Result<(), TradeError> {
-    let (dense_max, replay_from) = (index.trade_table().dense_max(), index.applied_end());
-    let ranges: Vec<_> = index.trade_table().cold_ranges().collect();
-    let slots = index.trade_table().chunk_slots();
-    for range in ranges.into_iter().rev().take(chunks) {
-        let counters = range.start.max(1)..range.end.min(dense_max + 1);
-        let chunk = (range.start / slots) as usize;
-        let mut loaded = Vec::with_capacity(counters.clone().count());
-        scan(
-            table,
-            counters,
-            |_| false,
-            |c, record| {
-                check_part(table, c, &record, parts_len)?;
-                index.note_table_record(record.id, &record.entry, record.version, replay_from);
-                loaded.push(((c - range.start) as usize, record.entry));
-                Ok(())
-            },
-        )
-        .await?;
-        index.trade_table_mut().load_chunk(chunk, loaded);
-    }
-    Ok(())
-}
-
 /// A record's created part must lie in the store as the checkpoint left it.
-fn check_part<D: Disk>(
+pub(crate) fn check_part<D: Disk>(
     table: &TradeFile<D>,
     counter: u64,
-    record: &TableRecord,
+    entry: &TradeEntry,
     parts_len: u64,
 ) -> Result<(), TradeError> {
-    match record.entry.created_at {
+    match entry.created_at {
         CreatedAt::Stored(part) if part.offset + u64::from(part.len) <= parts_len => Ok(()),
         CreatedAt::Table(_) => Ok(()),
         _ => {
@@ -189,7 +157,7 @@ pub(crate) async fn read<D: Disk>(
     match table.read(id.counter()).await? {
         None => Err(table.corrupt(trade_file::file_offset(id.counter()), "no record for a trade the table holds")),
         Some(record) => {
-            check_part(table, id.counter(), &record, parts_len)?;
+            check_part(table, id.counter(), &record.entry, parts_len)?;
             Ok(Some(record).filter(|record| record.id == id))
         }
     }
@@ -340,30 +308,75 @@ pub(crate) async fn settled_totals<D: Disk>(inner: &Inner<D>) -> Result<SettledT
     Ok(totals.into_iter().collect())
 }
 
-/// Reads the records of `counters` from the table, a run of pages at a time, and calls `each`
-/// with every record, but for the counters `skip` names. Every counter must have its record.
+/// Reads the trades' states of `counters` from the table, a run of pages at a time, and calls
+/// `each` with every one, but for the counters `skip` names. Every counter must have its record.
 async fn scan<D: Disk>(
     table: &TradeFile<D>,
     counters: std::ops::Range<u64>,
     skip: impl Fn(u64) -> bool,
-    mut each: impl FnMut(u64, TableRecord) -> Result<(), TradeError>,
+    mut each: impl FnMut(u64, TableState) -> Result<(), TradeError>,
 ) -> Result<(), TradeError> {
-    let mut counter = counters.start;
-    while counter < counters.end {
-        let first_page = counter / RECORDS_PER_PAGE;
-        let last_page = ((counters.end - 1) / RECORDS_PER_PAGE).min(first_page + PAGES_PER_RUN - 1);
-        let bytes = table.read_pages(first_page, (last_page - first_page + 1) as usize).await?;
-        let run_end = ((last_page + 1) * RECORDS_PER_PAGE).min(counters.end);
-        for c in (counter..run_end).filter(|&c| !skip(c)) {
-            let page = &bytes[((c / RECORDS_PER_PAGE - first_page) as usize) * trade_file::page_bytes()..];
-            let offset = trade_file::file_offset(c);
-            match trade_file::record_in_page(c, page).map_err(|reason| table.corrupt(offset, reason))? {
-                Some(record) => each(c, record)?,
-                None => return Err(table.corrupt(offset, "no record for a trade the table holds")),
-            }
+    scan_states(table, counters, |c, state| {
+        if skip(c) {
+            return Ok(());
         }
-        counter = run_end;
-        crate::turns::take_turn().await;
+        match state {
+            Some(state) => each(c, state),
+            None => Err(table.corrupt(trade_file::file_offset(c), "no record for a trade the table holds")),
+        }
+    })
+    .await
+}
+
+/// Reads the trades' states of `counters` from the table, a run of pages at a time, and calls
+/// `each` with every counter's (`None`: no record there). The next run's read is in flight
+/// while a run is decoded.
+pub(crate) async fn scan_states<D: Disk>(
+    table: &TradeFile<D>,
+    counters: std::ops::Range<u64>,
+    mut each: impl FnMut(u64, Option<TableState>) -> Result<(), TradeError>,
+) -> Result<(), TradeError> {
+    let run_of = |start: u64| {
+        let first_page = start / RECORDS_PER_PAGE;
+        let last_page = ((counters.end - 1) / RECORDS_PER_PAGE).min(first_page + PAGES_PER_RUN - 1);
+        (start, first_page, last_page - first_page + 1, ((last_page + 1) * RECORDS_PER_PAGE).min(counters.end))
+    };
+    let read_run = |start: u64| {
+        let (_, first_page, pages, _) = run_of(start);
+        table.read_pages_as_read(first_page, pages as usize)
+    };
+    if counters.is_empty() {
+        return Ok(());
     }
-    Ok(())
+    let mut run = run_of(counters.start);
+    let mut reading = start(read_run(run.0)).await;
+    loop {
+        let (first_counter, first_page, _, run_end) = run;
+        let bytes = reading.finish().await?;
+        let next = (run_end < counters.end).then(|| run_of(run_end));
+        // Sent to the device now, the next run's read completes while this one decodes.
+        let next_read = match next {
+            Some(next) => Some(start(read_run(next.0)).await),
+            None => None,
+        };
+        for c in first_counter..run_end {
+            let page_at = ((c / RECORDS_PER_PAGE - first_page) as usize) * trade_file::page_bytes();
+            // Past the end of the file: no record.
+            let state = match bytes.get(page_at..page_at + trade_file::page_bytes()) {
+                Some(page) => trade_file::state_in_page(c, page)
+                    .map_err(|reason| table.corrupt(trade_file::file_offset(c), reason))?,
+                None => None,
+            };
+            each(c, state)?;
+        }
+        drop(bytes);
+        crate::turns::take_turn().await;
+        match (next, next_read) {
+            (Some(next), Some(read)) => {
+                run = next;
+                reading = read;
+            }
+            _ => return Ok(()),
+        }
+    }
 }

@@ -62,6 +62,7 @@ mod trade_money;
 mod trade_table;
 mod turns;
 mod validate;
+mod warm;
 mod write;
 
 pub use accounts::{AccountCommand, AccountReceipt, Balance, BALANCE_MAX};

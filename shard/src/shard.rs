@@ -211,14 +211,15 @@ impl<D: Disk> Shard<D> {
         index.lay_out_trades(upkeep.chunk_bits());
         let table = TradeFile::open_existing(&disk).await?;
         let key_runs = KeyRuns::open(&disk, &index.take_listed_runs()).await?;
+        // The newest trades come back into memory after the open, in the background
+        // (`warm.rs`); the replay reads what it changes.
         if let Some(header) = &checkpoint {
             crate::parts::check_len(&disk, header.parts_len).await?;
-            match &table {
-                Some(table) => cold::load_newest(table, &mut index, upkeep.resident_chunks(), header.parts_len).await?,
-                None if index.trade_table().dense_max() > 0 => return Err(missing_table(&disk)),
-                None => {}
+            if table.is_none() && index.trade_table().dense_max() > 0 {
+                return Err(missing_table(&disk));
             }
         }
+        let loaded_at = Instant::now();
         let mut replay_error = None;
         // Changes to trades that are not in memory wait until the replay ends, when their
         // records are read from the table (the replay cannot wait for the device).
@@ -268,7 +269,7 @@ impl<D: Disk> Shard<D> {
         }
         if let Some(table) = &table {
             let parts_len = checkpoint.as_ref().map_or(0, |header| header.parts_len);
-            deferred.apply(table, &mut index, from, parts_len).await?;
+            deferred.apply(table, &mut index, from, parts_len, upkeep.resident_chunks()).await?;
         } else if !deferred.records.is_empty() {
             return Err(missing_table(&disk));
         }
@@ -289,6 +290,8 @@ impl<D: Disk> Shard<D> {
             replayed_records: report.replayed,
             skipped_segments: report.skipped_segments as u64,
             open_ms: 0,
+            load_ms: loaded_at.duration_since(began).as_millis() as u64,
+            replay_ms: loaded_at.elapsed().as_millis() as u64,
         };
         Ok(RecoveredShard {
             shard_id,
@@ -480,15 +483,36 @@ impl Deferred {
     }
 
     /// Reads the trades from the table and applies their changes, in log order (the replay
-    /// started at `from`; records must point inside the `parts_len` bytes of the store).
+    /// started at `from`; records must point inside the `parts_len` bytes of the store). A
+    /// chunk with many of those trades is loaded whole (up to `chunks_max` of them, the
+    /// newest), the other trades are read one at a time.
     async fn apply<D: Disk>(
         self,
         table: &TradeFile<D>,
         index: &mut ShardIndex,
         from: u64,
         parts_len: u64,
+        chunks_max: usize,
     ) -> Result<(), TradeError> {
-        let mut ids: Vec<TradeId> = self.ids.into_keys().collect();
+        let mut per_chunk: IdMap<usize, usize> = IdMap::default();
+        for id in self.ids.keys() {
+            *per_chunk.entry(index.trade_table().chunk_of(id.counter())).or_default() += 1;
+        }
+        let mut whole: Vec<usize> = per_chunk
+            .into_iter()
+            .filter(|&(chunk, trades)| {
+                crate::warm::load_whole(index.trade_table().chunk_slots(), trades)
+                    && index.trade_table().is_cold_chunk(chunk)
+            })
+            .map(|(chunk, _)| chunk)
+            .collect();
+        whole.sort_unstable_by(|a, b| b.cmp(a));
+        whole.truncate(chunks_max);
+        for &chunk in &whole {
+            let read = crate::warm::read_chunk(table, index, chunk).await?;
+            crate::warm::install(table, index, read, parts_len, Some(from))?;
+        }
+        let mut ids: Vec<TradeId> = self.ids.into_keys().filter(|id| index.trade_table().is_cold(*id)).collect();
         ids.sort_unstable();
         let dense_max = index.trade_table().dense_max();
         for (id, record) in ids.iter().zip(cold::read_many(table, &ids, dense_max, parts_len).await?) {

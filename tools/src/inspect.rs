@@ -92,6 +92,8 @@ struct ShardReport {
     dead_letters: u64,
     message_bytes_held: u64,
     open_ms: u64,
+    load_ms: u64,
+    replay_ms: u64,
     replayed_records: u64,
     skipped_segments: u64,
     passed_over_damaged_checkpoint: bool,
@@ -190,6 +192,8 @@ pub fn run(args: Args) -> anyhow::Result<()> {
                 })
                 .collect(),
             open_ms: shard.opened.open_ms,
+            load_ms: shard.opened.load_ms,
+            replay_ms: shard.opened.replay_ms,
             replayed_records: shard.opened.replayed_records,
             skipped_segments: shard.opened.skipped_segments,
             passed_over_damaged_checkpoint: shard.opened.passed_over_damaged_checkpoint,
@@ -223,7 +227,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         };
         println!(
             "shard {}: {} trades ({} in memory); log {}..{} in {} segments ({:.1} MiB, {} free files of {:.1} MiB); {checkpoint}; created parts {:.1} MiB; \
-             {} keys in {} runs ({:.1} MiB, {:.1} MiB in memory); open {} ms, {} records replayed, {} segments skipped{}",
+             {} keys in {} runs ({:.1} MiB, {:.1} MiB in memory); open {} ms (load {} ms, replay {} ms), {} records replayed, {} segments skipped{}",
             s.shard,
             s.trades,
             s.trades_in_memory,
@@ -239,6 +243,8 @@ pub fn run(args: Args) -> anyhow::Result<()> {
             s.key_run_bytes as f64 / (1 << 20) as f64,
             s.key_run_memory_bytes as f64 / (1 << 20) as f64,
             s.open_ms,
+            s.load_ms,
+            s.replay_ms,
             s.replayed_records,
             s.skipped_segments,
             if s.passed_over_damaged_checkpoint { ", a damaged checkpoint passed over" } else { "" }

@@ -280,20 +280,43 @@ impl<V: Entry + Clone> TradeTable<V> {
         self.dense_max = counter_max;
     }
 
-    /// Makes cold chunk `chunk` resident with `entries` (slot, entry), read from the table.
+    /// Makes cold chunk `chunk` resident with `entries` (slot, entry), read from the table, and
+    /// the chunk's thawed trades, which win over an entry read for the same slot (memory may
+    /// have changed them, or made them new, since the table was written).
     pub fn load_chunk(&mut self, chunk: usize, entries: impl IntoIterator<Item = (usize, V)>) {
         assert!(matches!(self.chunks.get(chunk), Some(None)), "only a cold chunk is loaded");
         let mut slots: Vec<Slot<V>> = (0..1usize << self.bits).map(|_| None).collect();
-        let mut count = 0u32;
         for (slot, entry) in entries {
-            let counter = ((chunk as u64) << self.bits) + slot as u64;
-            slots[slot] = Some(self.thawed.remove(&counter).unwrap_or(entry));
-            count += 1;
+            slots[slot] = Some(entry);
         }
+        if !self.thawed.is_empty() {
+            let first = (chunk as u64) << self.bits;
+            for (slot, held) in slots.iter_mut().enumerate() {
+                if let Some(entry) = self.thawed.remove(&(first + slot as u64)) {
+                    *held = Some(entry);
+                }
+            }
+        }
+        let count = slots.iter().filter(|slot| slot.is_some()).count() as u32;
         self.len = self.len - self.counts[chunk] as usize + count as usize;
         self.counts[chunk] = count;
         self.chunks[chunk] = Some(slots.into());
         self.cold_chunks -= 1;
+    }
+
+    /// Whether chunk `chunk` is laid out and cold.
+    pub fn is_cold_chunk(&self, chunk: usize) -> bool {
+        matches!(self.chunks.get(chunk), Some(None))
+    }
+
+    /// Chunks in memory.
+    pub fn resident_chunks(&self) -> usize {
+        self.chunks.len() - self.cold_chunks
+    }
+
+    /// The chunk that holds `counter`.
+    pub fn chunk_of(&self, counter: u64) -> usize {
+        self.place(counter).0
     }
 
     /// Takes the counters changed since the last call (a checkpoint is about to write them).

@@ -171,6 +171,35 @@ pub(crate) fn encode(
 /// The record of `counter` in `bytes` (`RECORD_BYTES` long): `None` if it was never written
 /// (all zeros).
 pub fn decode(counter: u64, bytes: &[u8]) -> Result<Option<TableRecord>, &'static str> {
+    let record = decode_leaving_inline(counter, bytes)?;
+    if let Some(inline) = record.as_ref().and_then(|record| record.inline.as_ref()) {
+        inline_fields(inline)?;
+    }
+    Ok(record)
+}
+
+/// A trade's state as its record holds it, without its order number and memo: what an open
+/// loads and a scan sums, which never read the inline part.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct TableState {
+    pub id: TradeId,
+    pub entry: TradeEntry,
+    pub version: u64,
+}
+
+/// [`decode`] for the trade's state alone: the checksum and every field of the state are
+/// checked, the inline part is not read (whoever reads it decodes the record with
+/// [`decode`]). Checking its text was a quarter of loading a table into memory.
+pub(crate) fn decode_state(counter: u64, bytes: &[u8]) -> Result<Option<TableState>, &'static str> {
+    Ok(decode_leaving_inline(counter, bytes)?.map(|record| TableState {
+        id: record.id,
+        entry: record.entry,
+        version: record.version,
+    }))
+}
+
+/// [`decode`] but for the check of the inline part's lengths and text.
+fn decode_leaving_inline(counter: u64, bytes: &[u8]) -> Result<Option<TableRecord>, &'static str> {
     let bytes = bytes.get(..RECORD_BYTES).ok_or("a trade record cut short")?;
     if bytes.iter().all(|&b| b == 0) {
         return Ok(None);
@@ -191,10 +220,7 @@ pub fn decode(counter: u64, bytes: &[u8]) -> Result<Option<TableRecord>, &'stati
     }
     let inline_bytes: InlinePart = bytes[INLINE_AT..CHECKSUM_AT].try_into().expect("the inline part's bytes");
     let (created_at, inline) = match part_len {
-        0 => {
-            inline_fields(&inline_bytes)?;
-            (CreatedAt::Table(TablePart { seq: word(6), created_ms: word(5) }), Some(inline_bytes))
-        }
+        0 => (CreatedAt::Table(TablePart { seq: word(6), created_ms: word(5) }), Some(inline_bytes)),
         len if inline_bytes.iter().all(|&b| b == 0) => {
             (CreatedAt::Stored(StoredPart { offset: word(5), seq: word(6), len: u32::from(len) }), None)
         }
@@ -265,6 +291,17 @@ impl<D: Disk> TradeFile<D> {
         self.page_reads.get()
     }
 
+    /// Up to `count` pages from page `first`, as the disk read them: fewer past the end of the
+    /// file.
+    pub(crate) async fn read_pages_as_read(
+        &self,
+        first: u64,
+        count: usize,
+    ) -> Result<<D::File as DiskFile>::ReadBuf, TradeError> {
+        self.page_reads.set(self.page_reads.get() + count as u64);
+        self.file.read_at(first * PAGE_BYTES as u64, count * PAGE_BYTES).await.map_err(|e| io(&self.disk, "read", e))
+    }
+
     /// `count` pages from page `first`, zeros past the end of the file.
     pub(crate) async fn read_pages(&self, first: u64, count: usize) -> Result<Vec<u8>, TradeError> {
         let len = count * PAGE_BYTES;
@@ -312,6 +349,12 @@ pub(crate) fn record_in_page(counter: u64, page: &[u8]) -> Result<Option<TableRe
     decode(counter, &page[at..at + RECORD_BYTES])
 }
 
+/// [`record_in_page`] for the trade's state alone ([`decode_state`]).
+pub(crate) fn state_in_page(counter: u64, page: &[u8]) -> Result<Option<TableState>, &'static str> {
+    let (_, at) = place(counter);
+    decode_state(counter, &page[at..at + RECORD_BYTES])
+}
+
 /// Where in the file the record of `counter` starts (for error reports).
 pub fn file_offset(counter: u64) -> u64 {
     let (page, at) = place(counter);
@@ -323,56 +366,10 @@ pub(crate) const fn page_bytes() -> usize {
     PAGE_BYTES
 }
 
-/// A record's bytes as read, and as encoded again from what they decoded to.
 #[cfg(any(test, feature = "testing"))]
-pub type ReadAndAgain = (Vec<u8>, Vec<u8>);
-
-/// For fuzzing: the first 8 bytes are a counter, the rest a record at that counter. A record
-/// that decodes is encoded again; the fuzz target checks the bytes come back the same.
+mod fuzzing;
 #[cfg(any(test, feature = "testing"))]
-pub fn decode_for_fuzzing(bytes: &[u8]) -> Result<Option<ReadAndAgain>, &'static str> {
-    let counter = u64::from_le_bytes(bytes.get(..8).ok_or("no counter")?.try_into().expect("8 bytes"));
-    let Some(record) = decode(counter, &bytes[8..])? else { return Ok(None) };
-    let mut again = vec![0u8; RECORD_BYTES];
-    encode(record.id, &record.entry, record.version, record.inline.as_ref(), &mut again)?;
-    Ok(Some((bytes[8..8 + RECORD_BYTES].to_vec(), again)))
-}
-
-/// A record of every field, as [`decode_for_fuzzing`] takes it (the fuzzers' seed).
-#[cfg(any(test, feature = "testing"))]
-pub fn sample_for_fuzzing() -> Vec<u8> {
-    let entry = TradeEntry {
-        logical_shard: 3,
-        user_id: 7,
-        merchant_id: 1007,
-        lifecycle: Lifecycle {
-            status: crate::trade::TradeStatus::Refunded,
-            amount: 5_000,
-            refunded: 1_000,
-            from_balance: true,
-        },
-        currency: Currency::parse("CNY").expect("a known code"),
-        updated_ms: 1_700_000_000_300,
-        created_at: CreatedAt::Stored(StoredPart { seq: 10, offset: 8_192, len: 120 }),
-    };
-    let mut bytes = 41u64.to_le_bytes().to_vec();
-    bytes.resize(8 + RECORD_BYTES, 0);
-    encode(TradeId::new(3, 41), &entry, 400, None, &mut bytes[8..]).expect("a stored part");
-    bytes
-}
-
-/// [`sample_for_fuzzing`] with its created part inline.
-#[cfg(any(test, feature = "testing"))]
-pub fn inline_sample_for_fuzzing() -> Vec<u8> {
-    let mut bytes = sample_for_fuzzing();
-    let counter = u64::from_le_bytes(bytes[..8].try_into().expect("8 bytes"));
-    let record = decode(counter, &bytes[8..]).expect("the sample decodes").expect("a record");
-    let mut entry = record.entry;
-    entry.created_at = CreatedAt::Table(TablePart { seq: 10, created_ms: 1_700_000_000_000 });
-    let inline = inline_part("ORD-2026-0041", "备注").expect("fits");
-    encode(record.id, &entry, record.version, Some(&inline), &mut bytes[8..]).expect("an inline part");
-    bytes
-}
+pub use fuzzing::{decode_for_fuzzing, inline_sample_for_fuzzing, sample_for_fuzzing};
 
 #[cfg(test)]
 mod tests {
@@ -405,6 +402,7 @@ mod tests {
                 let mut damaged = bytes.to_vec();
                 damaged[bit / 8] ^= 1 << (bit % 8);
                 assert!(decode(counter, &damaged).is_err(), "bit {bit}");
+                assert!(decode_state(counter, &damaged).is_err(), "bit {bit}, the state alone");
             }
         }
     }
