@@ -201,3 +201,40 @@ fn a_reader_reports_corruption_found_after_open() {
         assert!(matches!(reader.next().await, Err(Error::Corruption { .. })));
     });
 }
+
+/// Frames of the scanned segment below the position an owner replays from (a checkpoint holds
+/// their effect) are checked by their checksum alone, not decoded: damage to one is refused
+/// all the same, and on a sound log only the records from that position are replayed, while a
+/// reader still reads the ones below it.
+#[test]
+fn a_frame_below_the_replay_is_still_checked() {
+    run(async {
+        let disk = log_of(10).await;
+        let (recovered, _) = Wal::recover_from(disk.clone(), small_config(), 8, |_, _| {}).await.unwrap();
+        let wal = recovered.start().await.unwrap();
+        let mut reader = wal.reader(2).unwrap();
+        let (seq, record) = reader.next().await.unwrap().expect("record 2");
+        assert_eq!((seq, record.len()), (2, 3000));
+        drop(reader);
+        wal.close().await.unwrap();
+
+        let mut replayed = Vec::new();
+        let outcome =
+            Wal::recover_from(disk.clone(), small_config(), 8, |at, record| replayed.push((at.seq, record.len())))
+                .await;
+        assert!(outcome.is_ok());
+        assert_eq!(replayed, [(8, 3000), (9, 3000)]);
+
+        let name = file_name(0);
+        let third_frame = BLOCK_BYTES * 3;
+        disk.flip_bit(&name, third_frame + 100, 3);
+        match Wal::recover_from(disk.clone(), small_config(), 8, |_, _| {}).await {
+            Err(Error::Corruption { path, offset, .. }) => {
+                assert!(path.ends_with(&name), "{path:?}");
+                assert_eq!(offset, third_frame);
+            }
+            Err(other) => panic!("expected corruption, got {other:?}"),
+            Ok(_) => panic!("a damaged frame below the replay went unreported"),
+        }
+    });
+}

@@ -102,6 +102,13 @@ impl<F: DiskFile> FrameCursor<F> {
 
     /// Decodes and verifies the frame at `offset` (block aligned).
     pub(crate) async fn frame_at(&mut self, offset: u64) -> FrameRead<'_> {
+        self.frame_at_from(offset, 0).await
+    }
+
+    /// [`frame_at`](Self::frame_at), but a frame whose records all lie below `records_from`
+    /// is verified by its checksum alone: its pieces are not decoded, and the view has no
+    /// records and no pieces (an open skipping what a checkpoint holds).
+    pub(crate) async fn frame_at_from(&mut self, offset: u64, records_from: u64) -> FrameRead<'_> {
         if !self.ensure(offset, FRAME_HEADER_BYTES).await? {
             return Ok(Err(FrameDefect::Short));
         }
@@ -121,6 +128,10 @@ impl<F: DiskFile> FrameCursor<F> {
         let (header_bytes, stored) = bytes.split_at(FRAME_HEADER_BYTES);
         if let Err(defect) = frame::verify(&header, header_bytes, stored) {
             return Ok(Err(defect));
+        }
+        if header.end_seq() <= records_from {
+            self.pieces.clear();
+            return Ok(Ok(FrameView { header, raw: &[], pieces: &self.pieces }));
         }
         let raw = match frame::raw_payload(&header, stored, &mut self.scratch, &mut self.pieces) {
             Ok(raw) => raw,

@@ -171,8 +171,17 @@ pub(crate) async fn recover<D: Disk>(
             continue;
         }
         let ends_at = bases.get(i + 1).copied();
-        let scan =
-            scan_segment(disk, &segment, size, header.chain_seed, ends_at, config, &mut gated, &mut recovered).await?;
+        let scan = scan_segment(
+            disk,
+            &segment,
+            size,
+            (header.chain_seed, from_seq),
+            ends_at,
+            config,
+            &mut gated,
+            &mut recovered,
+        )
+        .await?;
         chain_known = true;
         recovered.last_checksum = scan;
         recovered.report.segments += 1;
@@ -235,7 +244,9 @@ async fn read_header<D: Disk>(
     }
 }
 
-/// Verifies every frame of a segment, replays its records and notes them in its index.
+/// Verifies every frame of a segment, replays its records from `replay_from` on and notes them
+/// in its index (a frame wholly below `replay_from` is checked by its checksum, its pieces not
+/// decoded: a checkpoint holds its effect).
 /// Returns the checksum of its last frame (or `chain_seed` if it has none). A sealed segment
 /// ends where the next one begins (`ends_at`, that one's first record): what lies after its
 /// last frame is not read, for a recycled file holds old frames there (`recycle.rs`). The last
@@ -246,7 +257,7 @@ async fn scan_segment<D: Disk>(
     disk: &D,
     segment: &SegmentState<D::File>,
     size: u64,
-    chain_seed: u64,
+    (chain_seed, replay_from): (u64, u64),
     ends_at: Option<u64>,
     config: &WalConfig,
     replay: &mut dyn FnMut(Appended, &[u8]),
@@ -264,17 +275,23 @@ async fn scan_segment<D: Disk>(
         if ends_at == Some(expected_seq) {
             break;
         }
-        let defect = match cursor.frame_at(offset).await.map_err(|e| Error::io("read", path(), e))? {
+        let read = cursor.frame_at_from(offset, replay_from).await.map_err(|e| Error::io("read", path(), e))?;
+        let defect = match read {
             Ok(frame) if frame.header.first_seq == expected_seq && frame.header.prev_checksum == prev_checksum => {
-                let mut seq = frame.header.first_seq;
                 let next = next_frame_offset(offset, &frame.header);
                 let payload_at = offset + FRAME_HEADER_BYTES as u64;
+                // A frame wholly below the replay was checked by its checksum alone.
+                let mut seq = match frame.pieces.is_empty() {
+                    true => frame.header.end_seq(),
+                    false => frame.header.first_seq,
+                };
                 let mut pieces = frame.pieces.iter().peekable();
-                let mut piece = pieces.next().expect("a valid frame has a piece");
+                let mut piece = pieces.peek().copied();
                 for record in records(frame.raw) {
                     while pieces.peek().is_some_and(|p| p.first_seq <= seq) {
-                        piece = pieces.next().expect("peeked");
+                        piece = pieces.next();
                     }
+                    let piece = piece.expect("a decoded frame has a piece");
                     let at = PiecePos::new(segment.base_seq, payload_at + piece.start as u64, piece.len as u64);
                     replay(Appended { seq, piece: at }, record);
                     seq += 1;
