@@ -83,7 +83,8 @@ async fn table_newer(old: usize, other: usize) {
         submit(&shard, Command::Refund { id, amount, refund_no: number.into() }).await;
     }
     shard.checkpoint().await.unwrap();
-    submit(&shard, Command::Move { id: ids[5], to: Move::Settle }).await;
+    // A chunk of its own: the chunks of `old` and `other` keep the count of trades above.
+    submit(&shard, Command::Move { id: ids[60], to: Move::Settle }).await;
     drop(shard);
     disk.remove(&newest_checkpoint(&disk)).await.unwrap();
     disk.sync_dir().await.unwrap();
@@ -94,7 +95,7 @@ async fn table_newer(old: usize, other: usize) {
         (old, TradeStatus::Refunded, 350),
         (other, TradeStatus::Refunded, 40),
         (new, TradeStatus::Refunded, 70),
-        (ids[5], TradeStatus::Settled, 0),
+        (ids[60], TradeStatus::Settled, 0),
     ] {
         let trade = call(|done| shard.get(id, done)).await.unwrap();
         assert_eq!((trade.status, trade.refunded_amount), (status, refunded), "{id}");
@@ -135,6 +136,60 @@ fn the_newest_trades_come_back_into_memory_after_the_open() {
         assert_eq!(oldest.status, TradeStatus::Settled);
         assert_eq!(shard.stats().checkpoints.table_reads, reads + 1, "the oldest is read from the table");
     });
+}
+
+/// Changes, creates and checkpoints (which evict) while the newest trades come back into
+/// memory, with reads completing after a seeded number of yields: every trade ends as it was
+/// last acknowledged, in memory and after a reopen.
+#[test]
+fn work_during_the_warm_after_an_open_is_kept() {
+    for seed in 0..20 {
+        run(work_during_the_warm(seed));
+    }
+}
+
+async fn work_during_the_warm(seed: u64) {
+    let disk = SimDisk::new();
+    let shard = open(&disk).await.unwrap();
+    let mut ids = paid_trades(&shard, 100).await;
+    drop(shard);
+    disk.slow_reads(seed);
+    let shard = open(&disk).await.unwrap();
+    let mut expected: Vec<TradeStatus> = vec![TradeStatus::Paid; ids.len()];
+    let mut step = 0;
+    while shard.stats().checkpoints.warming || step < 12 {
+        // The newest trades (those coming back), an old one, and a new one each step.
+        for at in [99 - step % 30, (step * 7) % 40] {
+            if expected[at] == TradeStatus::Paid {
+                let receipt = submit(&shard, Command::Move { id: ids[at], to: Move::Settle }).await;
+                assert_eq!(receipt.status, TradeStatus::Settled);
+                expected[at] = TradeStatus::Settled;
+            }
+        }
+        let trade = new_trade(1, 1_000 + step as u64, 1_000).validate().unwrap();
+        ids.push(submit(&shard, Command::Create { trade, logical_shard: 1 }).await.id);
+        expected.push(TradeStatus::Created);
+        if step % 3 == 0 {
+            shard.checkpoint().await.unwrap();
+        }
+        step += 1;
+        assert!(step < 10_000, "the warm never ended");
+    }
+    assert!(shard.stats().checkpoints.warm_failures == 0);
+    let check = |shard: Shard<SimDisk>| {
+        let (ids, expected) = (ids.clone(), expected.clone());
+        async move {
+            for (id, status) in ids.iter().zip(&expected) {
+                let trade = call(|done| shard.get(*id, done)).await.unwrap();
+                assert_eq!(trade.status, *status, "{id} (seed {seed})");
+            }
+            shard
+        }
+    };
+    let shard = check(shard).await;
+    shard.checkpoint().await.unwrap();
+    drop(shard);
+    check(open(&disk).await.unwrap()).await;
 }
 
 #[test]

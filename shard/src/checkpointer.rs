@@ -47,9 +47,6 @@ const DUE_CHECK_EVERY: Duration = Duration::from_millis(50);
 
 /// The background task: takes a checkpoint when one is due, until the shard closes.
 pub(crate) async fn run<D: Disk>(inner: Rc<Inner<D>>) {
-    // First the newest trades come back into memory; no checkpoint (and so no eviction)
-    // runs meanwhile. A failure leaves the rest in the table, read from there.
-    let _ = crate::warm::newest(&inner, inner.checkpoints.upkeep.resident_chunks()).await;
     loop {
         glommio::timer::sleep(DUE_CHECK_EVERY).await;
         if inner.accepted.borrow().closing || inner.accepted.borrow().failed.is_some() {

@@ -57,10 +57,12 @@ pub struct CheckpointStats {
     /// to keep the inline parts it holds, an open loads the chunks its replay changed in
     /// numbers, and the newest trades come back into memory after it.
     pub table_page_reads: u64,
-    /// The newest trades are still coming back into memory after the open (`warm.rs`), and
-    /// the chunks of trades brought back so far.
+    /// The newest trades are still coming back into memory after the open (`warm.rs`), the
+    /// chunks of trades brought back so far, and those whose read failed (left in the table,
+    /// where a read of one of their trades reports the error).
     pub warming: bool,
     pub chunks_warmed: u64,
+    pub warm_failures: u64,
 }
 
 /// What a shard keeps of its checkpoints.
@@ -144,8 +146,8 @@ pub struct OpenReport {
     pub skipped_segments: u64,
     /// Time from the start of the recovery to the shard's start.
     pub open_ms: u64,
-    /// Of that, the time spent loading the checkpoint, the runs' summaries and the newest
-    /// trades of the table.
+    /// Of that, the time spent loading the checkpoint and the runs' summaries (the newest
+    /// trades of the table come back after the open, `CheckpointStats::warming`).
     pub load_ms: u64,
     /// Of that, the time spent replaying the log after the checkpoint (with the changes to
     /// trades read back from the table).

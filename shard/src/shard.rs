@@ -156,6 +156,9 @@ impl<D: Disk> RecoveredShard<D> {
         let committer = glommio::spawn_local(crate::committer::run(inner.clone())).detach();
         let checkpointer = glommio::spawn_local(crate::checkpointer::run(inner.clone())).detach();
         let scheduler = glommio::spawn_local(crate::scheduler::run(inner.clone())).detach();
+        // Ends on its own, and at the close (which waits for every holder of `inner`).
+        let warming = inner.clone();
+        glommio::spawn_local(async move { crate::warm::newest(&warming, upkeep.resident_chunks()).await }).detach();
         Ok(Shard { inner, committer: Some(committer), checkpointer: Some(checkpointer), scheduler: Some(scheduler) })
     }
 }
@@ -507,7 +510,7 @@ impl Deferred {
             .map(|(chunk, _)| chunk)
             .collect();
         whole.sort_unstable_by(|a, b| b.cmp(a));
-        whole.truncate(chunks_max);
+        whole.truncate(chunks_max.saturating_sub(index.trade_table().resident_chunks()));
         for &chunk in &whole {
             let read = crate::warm::read_chunk(table, index, chunk).await?;
             crate::warm::install(table, index, read, parts_len, Some(from))?;

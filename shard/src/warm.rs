@@ -96,41 +96,54 @@ pub(crate) fn install<D: Disk>(
 }
 
 /// After an open: loads the newest cold chunks until `chunks` are resident, newest first,
-/// between the shard's requests. Stops when the shard closes or fails, and at the first error
-/// (a trade the read could not bring stays in the table, where a read of it reports the
-/// error).
-pub(crate) async fn newest<D: Disk>(inner: &Inner<D>, chunks: usize) -> Result<(), TradeError> {
-    let warmed = warm_newest(inner, chunks).await;
-    inner.checkpoints.count(|stats| stats.warming = false);
-    warmed
-}
-
-async fn warm_newest<D: Disk>(inner: &Inner<D>, chunks: usize) -> Result<(), TradeError> {
-    let table = &inner.checkpoints.table;
-    loop {
-        if inner.accepted.borrow().closing || inner.accepted.borrow().failed.is_some() {
-            return Ok(());
+/// between the shard's requests, in a task of its own (checkpoints go on meanwhile). Stops
+/// when the shard closes or fails. A chunk whose read fails is counted and left in the table
+/// (a read of one of its trades reports the error); the older chunks are still loaded.
+pub(crate) async fn newest<D: Disk>(inner: &Inner<D>, chunks: usize) {
+    // The chunks cold at the open, newest first; every chunk made since is resident.
+    let cold: Vec<usize> = {
+        let index = inner.index.borrow();
+        let trades = index.trade_table();
+        let mut cold: Vec<usize> = trades.cold_ranges().map(|range| trades.chunk_of(range.start)).collect();
+        cold.reverse();
+        cold
+    };
+    for chunk in cold {
+        let closing = || inner.accepted.borrow().closing || inner.accepted.borrow().failed.is_some();
+        if closing() || inner.index.borrow().trade_table().resident_chunks() >= chunks {
+            break;
         }
-        let (chunk, evictions) = {
-            let index = inner.index.borrow();
-            let trades = index.trade_table();
-            if trades.resident_chunks() >= chunks {
-                return Ok(());
-            }
-            let Some(newest_cold) = trades.cold_ranges().last() else { return Ok(()) };
-            (trades.chunk_of(newest_cold.start), trades.evictions())
-        };
-        let counters = chunk_counters(&inner.index.borrow(), chunk);
-        let read = read_counters(table, chunk, counters).await?;
-        {
-            let mut index = inner.index.borrow_mut();
-            // An eviction meanwhile may have let go a trade whose record the read found older
-            // than what the checkpoint before it wrote: read the chunk again.
-            if index.trade_table().evictions() == evictions && index.trade_table().is_cold_chunk(chunk) {
-                install(table, &mut index, read, inner.checkpoints.parts.len(), None)?;
-                inner.checkpoints.count(|stats| stats.chunks_warmed += 1);
-            }
+        match warm_chunk(inner, chunk).await {
+            Ok(true) => inner.checkpoints.count(|stats| stats.chunks_warmed += 1),
+            Ok(false) => {}
+            Err(_) => inner.checkpoints.count(|stats| stats.warm_failures += 1),
         }
         crate::turns::take_turn().await;
+    }
+    inner.checkpoints.count(|stats| stats.warming = false);
+}
+
+/// Reads chunk `chunk` and makes it resident, unless it is no longer cold; reads it again
+/// while an eviction overtakes the read (one may have let go a trade whose record the read
+/// found older than what the checkpoint before it wrote). Returns whether it loaded it.
+async fn warm_chunk<D: Disk>(inner: &Inner<D>, chunk: usize) -> Result<bool, TradeError> {
+    let table = &inner.checkpoints.table;
+    loop {
+        let (counters, evictions) = {
+            let index = inner.index.borrow();
+            if !index.trade_table().is_cold_chunk(chunk) {
+                return Ok(false);
+            }
+            (chunk_counters(&index, chunk), index.trade_table().evictions())
+        };
+        let read = read_counters(table, chunk, counters).await?;
+        let mut index = inner.index.borrow_mut();
+        if !index.trade_table().is_cold_chunk(chunk) {
+            return Ok(false);
+        }
+        if index.trade_table().evictions() == evictions {
+            install(table, &mut index, read, inner.checkpoints.parts.len(), None)?;
+            return Ok(true);
+        }
     }
 }

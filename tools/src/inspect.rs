@@ -63,7 +63,8 @@ struct ShardReport {
     checkpoint_position: Option<u64>,
     checkpoint_age_ms: Option<u64>,
     trades: u64,
-    /// Of them, loaded in memory by the open (the rest are in the table on disk).
+    /// Of them, in memory now (the rest are in the table on disk; the newest come back into
+    /// memory in the background after the open).
     trades_in_memory: u64,
     /// Bytes of the store of created parts (every checkpointed trade's order number and memo).
     parts_bytes: u64,

@@ -176,3 +176,23 @@ fn dense_counters_fill_chunks_in_order() {
     assert_eq!(table.get(TradeId::new(3, 9_999)), Some(&Held(3, 9_999)));
     assert_eq!(table.len(), 10_002);
 }
+
+/// A chunk loaded from the disk takes the entries read, but a trade memory holds in the chunk
+/// (thawed and changed, or made new while it was cold) keeps memory's entry.
+#[test]
+fn a_loaded_chunk_keeps_what_memory_holds_of_it() {
+    let mut table: TradeTable<Held> = TradeTable::with_chunk_bits(3);
+    table.lay_out_cold(12);
+    assert_eq!((table.len(), table.resident_len()), (12, 0));
+    table.thaw(TradeId::new(1, 9), Held(1, 90));
+    table.get_mut(TradeId::new(1, 9)).unwrap().1 = 91;
+    table.insert_new(TradeId::new(1, 13), Held(1, 130));
+    assert!(table.is_cold_chunk(1) && table.resident_chunks() == 0);
+    table.load_chunk(1, (8..13).map(|c| ((c - 8) as usize, Held(1, c))));
+    assert!(!table.is_cold_chunk(1) && table.resident_chunks() == 1);
+    assert_eq!(table.get(TradeId::new(1, 9)), Some(&Held(1, 91)), "memory's change kept");
+    assert_eq!(table.get(TradeId::new(1, 13)), Some(&Held(1, 130)), "memory's new trade kept");
+    assert_eq!(table.get(TradeId::new(1, 10)), Some(&Held(1, 10)), "read from the disk");
+    assert_eq!((table.len(), table.resident_len()), (13, 6));
+    assert!(table.is_cold(TradeId::new(1, 3)), "the other chunk stays cold");
+}
