@@ -20,7 +20,8 @@ pub struct Args {
     #[arg(long)]
     json: bool,
     /// Memory for each shard's trades, as the engine that uses the directory sets it (e.g.
-    /// 64MiB; default 512MiB): the open loads that many of the newest trades.
+    /// 64MiB; default 512MiB): that many of the newest trades come back into memory after the
+    /// open.
     #[arg(long, value_parser = crate::units::parse_bytes)]
     trade_memory: Option<u64>,
 }

@@ -212,7 +212,7 @@ impl ShardIndex {
     }
 
     /// Lays the trade table out in chunks of `2^chunk_bits`, every chunk up to the counter
-    /// cold (in the table on disk): how an open finds it, before loading the newest chunks.
+    /// cold (in the table on disk): how an open finds it (the newest come back after it).
     pub(crate) fn lay_out_trades(&mut self, chunk_bits: u32) {
         let mut table = TradeTable::with_chunk_bits(chunk_bits);
         for (id, entry) in self.trades.scattered() {

@@ -244,7 +244,7 @@ pub(crate) struct TradeFile<D: Disk> {
     disk: D,
     file: D::File,
     /// Point reads of one record since open (`read`), and pages read whole (`read_pages`: a
-    /// checkpoint keeping the inline parts of pages it rewrites, an open loading trades).
+    /// checkpoint keeping the inline parts of pages it rewrites, chunks of trades brought back).
     reads: std::cell::Cell<u64>,
     page_reads: std::cell::Cell<u64>,
 }
