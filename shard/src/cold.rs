@@ -336,27 +336,25 @@ pub(crate) async fn scan_states<D: Disk>(
     counters: std::ops::Range<u64>,
     mut each: impl FnMut(u64, Option<TableState>) -> Result<(), TradeError>,
 ) -> Result<(), TradeError> {
-    let run_of = |start: u64| {
-        let first_page = start / RECORDS_PER_PAGE;
+    // A run from counter `first`: its first page, its pages, the counter after it.
+    let run_of = |first: u64| {
+        let first_page = first / RECORDS_PER_PAGE;
         let last_page = ((counters.end - 1) / RECORDS_PER_PAGE).min(first_page + PAGES_PER_RUN - 1);
-        (start, first_page, last_page - first_page + 1, ((last_page + 1) * RECORDS_PER_PAGE).min(counters.end))
+        (first_page, last_page - first_page + 1, ((last_page + 1) * RECORDS_PER_PAGE).min(counters.end))
     };
-    let read_run = |start: u64| {
-        let (_, first_page, pages, _) = run_of(start);
-        table.read_pages_as_read(first_page, pages as usize)
-    };
+    let read_run = |(first_page, pages, _): (u64, u64, u64)| table.read_pages_as_read(first_page, pages as usize);
     if counters.is_empty() {
         return Ok(());
     }
-    let mut run = run_of(counters.start);
-    let mut reading = start(read_run(run.0)).await;
+    let (mut first_counter, mut run) = (counters.start, run_of(counters.start));
+    let mut reading = start(read_run(run)).await;
     loop {
-        let (first_counter, first_page, _, run_end) = run;
+        let (first_page, _, run_end) = run;
         let bytes = reading.finish().await?;
         let next = (run_end < counters.end).then(|| run_of(run_end));
         // Sent to the device now, the next run's read completes while this one decodes.
         let next_read = match next {
-            Some(next) => Some(start(read_run(next.0)).await),
+            Some(next) => Some(start(read_run(next)).await),
             None => None,
         };
         for c in first_counter..run_end {
@@ -373,7 +371,7 @@ pub(crate) async fn scan_states<D: Disk>(
         crate::turns::take_turn().await;
         match (next, next_read) {
             (Some(next), Some(read)) => {
-                run = next;
+                (first_counter, run) = (run_end, next);
                 reading = read;
             }
             _ => return Ok(()),
