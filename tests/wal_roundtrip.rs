@@ -4,10 +4,11 @@
 
 use std::os::fd::AsRawFd;
 use std::rc::Rc;
+use std::time::Duration;
 
 use tradeshard_tests::{random_record, run, small_config, zeroed_config};
 use tradeshard_wal::disk::{Disk, DmaDisk, SimDisk, SplitMix64};
-use tradeshard_wal::{Error, SyncMethod, Wal, WalConfig};
+use tradeshard_wal::{Durability, Error, SyncMethod, Wal, WalConfig};
 
 /// Runs `scenario` once on a simulated disk and on temporary real directories, once with each
 /// sync method.
@@ -232,6 +233,35 @@ async fn concurrent_appenders_share_flushes<D: Disk>(disk: D) {
 #[test]
 fn concurrent_appenders_share_one_flush() {
     on_both_disks(|choice| async move { with_disk!(choice(), |disk| concurrent_appenders_share_flushes(disk).await) });
+}
+
+/// Under `Durability::Buffered`, records written by O_DSYNC writes are synced when the write
+/// completes, with no interval's fdatasync to wait for: a checkpoint waits for the synced end,
+/// and an engine on O_DSYNC files once waited for it forever. Written by plain writes, they are
+/// synced only by the interval's fdatasync (an hour here, so not during the test).
+async fn buffered_synced_end_follows_the_sync_method<D: Disk>(disk: D) {
+    let buffered = Durability::Buffered { sync_interval: Duration::from_secs(3600) };
+    let (wal, _) = open(&disk, WalConfig { durability: buffered, ..small_config() }).await;
+    let records: Vec<Vec<u8>> = (0..300u32).map(|i| i.to_le_bytes().repeat(40)).collect();
+    let acks = append_all(&wal, &records).await;
+    assert_eq!(wal.durable_end(), 300, "every record acknowledged: {}", acks.len());
+    let expected = match disk.sync_method() {
+        SyncMethod::DsyncWrites => 300,
+        SyncMethod::Fdatasync => 0,
+    };
+    assert_eq!(wal.synced_end(), expected, "synced end with {:?}", disk.sync_method());
+    wal.close().await.unwrap();
+}
+
+#[test]
+fn buffered_records_written_o_dsync_are_synced_at_once() {
+    run(buffered_synced_end_follows_the_sync_method(SimDisk::new()));
+    run(buffered_synced_end_follows_the_sync_method(SimDisk::with_dsync_writes()));
+    for method in [SyncMethod::Fdatasync, SyncMethod::DsyncWrites] {
+        let dir = tempfile::tempdir().unwrap();
+        let disk = DmaDisk::new(dir.path().join("log")).unwrap().with_sync_method(method);
+        run(buffered_synced_end_follows_the_sync_method(disk));
+    }
 }
 
 /// With `SyncMethod::DsyncWrites` the segment files are really opened `O_DSYNC` (the kernel's

@@ -195,6 +195,10 @@ impl<D: Disk> Writer<D> {
                 s.durable_flush_micros[log2_bucket(micros)] += 1;
                 s.durable_flush_micros_sum += micros;
             });
+        } else if !self.tail_dirty {
+            // Buffered, with every write of this flush durable on completion (`O_DSYNC`): its
+            // records are synced now; no interval's fdatasync would come to say so.
+            self.note_synced();
         }
         self.publish(batch);
         Ok(flushed.into())
@@ -312,10 +316,15 @@ impl<D: Disk> Writer<D> {
             }
         }
         self.tail_dirty = false;
+        self.note_synced();
+        Ok(())
+    }
+
+    /// Every record written so far is durable on the device.
+    fn note_synced(&mut self) {
         self.last_sync = Instant::now();
         self.synced_end = self.write_end_seq();
         self.shared.synced_end.set(self.synced_end);
-        Ok(())
     }
 
     /// Sequence number after the last record written (acknowledged or about to be).
