@@ -25,6 +25,10 @@ use crate::latency::{self, LatencySummary};
 
 /// What each user is given before the timed phase, in minor units.
 const FUNDING: u64 = 1_000_000;
+/// Deposits in flight while users are funded, at the least: a run of a few batches in flight
+/// (`--inflight 4 --batch 1024`) would otherwise fund its users four at a time, for longer
+/// than it measures.
+const FUNDING_INFLIGHT_MIN: usize = 1024;
 const CURRENCY: &str = "CNY";
 
 /// The transfer workload's report.
@@ -144,7 +148,7 @@ pub(super) async fn run(handle: EngineHandle, plan: TransferPlan) -> anyhow::Res
     if by_shard.iter().filter(|users| !users.is_empty()).count() < 2 && cross_ratio > 0.0 {
         anyhow::bail!("transfers across shards need users in two shards: more --users or --shards");
     }
-    fund(&handle, users, inflight, &run).await?;
+    fund(&handle, users, (inflight * batch).max(FUNDING_INFLIGHT_MIN), &run).await?;
     let before = handle.stats().await?;
     let state = Rc::new(Transfers {
         handle: handle.clone(),
