@@ -36,6 +36,16 @@ async fn paid_trades(shard: &Shard<SimDisk>, n: u64) -> Vec<TradeId> {
     ids
 }
 
+/// A disk with `n` paid trades and a checkpoint, and its shard reopened on it.
+async fn reopened_with_paid_trades(n: u64) -> (SimDisk, Shard<SimDisk>, Vec<TradeId>) {
+    let disk = SimDisk::new();
+    let shard = open(&disk).await.unwrap();
+    let ids = paid_trades(&shard, n).await;
+    drop(shard);
+    let shard = open(&disk).await.unwrap();
+    (disk, shard, ids)
+}
+
 /// Where the table of trades keeps the record of `counter` (`docs/FORMAT.md`).
 fn record_offset(counter: u64) -> u64 {
     // Four 128-byte records a 512-byte sector, as docs/FORMAT.md lays them out.
@@ -192,6 +202,58 @@ async fn work_during_the_warm(seed: u64) {
     check(open(&disk).await.unwrap()).await;
 }
 
+/// A chunk coming back into memory whose read is overtaken by a checkpoint that writes the
+/// table and lets trades of that chunk go again: what the read found is older than the table
+/// (a trade changed, trades made), so the chunk is read again, and no trade goes back to what
+/// it was. The read is held in flight while the work happens (`SimDisk::hold_next_read`).
+#[test]
+fn a_chunk_read_overtaken_by_an_eviction_is_read_again() {
+    const SETTLED_FROM: usize = 72;
+    run(async {
+        let (disk, shard, ids) = reopened_with_paid_trades(100).await;
+        // The warm's next read of a chunk waits.
+        disk.hold_next_read("trades.table");
+        let mut turns = 0;
+        while !disk.read_held() {
+            turns += 1;
+            assert!(turns < 10_000, "the warm never read the table");
+            futures_lite::future::yield_now().await;
+        }
+        // The trades of the chunk being read are among these (the open may have warmed the
+        // newest chunk before the hold).
+        for id in &ids[SETTLED_FROM..] {
+            let settled = submit(&shard, Command::Move { id: *id, to: Move::Settle }).await;
+            assert_eq!(settled.status, TradeStatus::Settled);
+        }
+        let mut made = Vec::new();
+        for order in 0..40 {
+            let trade = new_trade(1, 1_000 + order, 1_000).validate().unwrap();
+            made.push(submit(&shard, Command::Create { trade, logical_shard: 1 }).await.id);
+        }
+        let evicted = shard.stats().checkpoints.trades_evicted;
+        shard.checkpoint().await.unwrap();
+        assert!(shard.stats().checkpoints.trades_evicted > evicted, "the checkpoint let trades go");
+        disk.release_reads();
+        warmed(&shard).await;
+        assert_eq!(shard.stats().checkpoints.warm_failures, 0);
+        let check = |shard: Shard<SimDisk>| {
+            let (ids, made) = (ids.clone(), made.clone());
+            async move {
+                let expected = ids.iter().enumerate().map(|(at, id)| match at >= SETTLED_FROM {
+                    true => (*id, TradeStatus::Settled),
+                    false => (*id, TradeStatus::Paid),
+                });
+                for (id, status) in expected.chain(made.iter().map(|id| (*id, TradeStatus::Created))) {
+                    assert_eq!(call(|done| shard.get(id, done)).await.unwrap().status, status, "{id}");
+                }
+                shard
+            }
+        };
+        drop(check(shard).await);
+        check(open(&disk).await.unwrap()).await;
+    });
+}
+
 #[test]
 fn a_missing_table_under_a_checkpoint_is_refused() {
     run(async {
@@ -310,11 +372,7 @@ fn a_missing_record_of_a_trade_on_disk_is_damage_not_a_missing_trade() {
 #[test]
 fn a_cold_trade_is_one_device_read_when_its_created_part_is_inline() {
     run(async {
-        let disk = SimDisk::new();
-        let shard = open(&disk).await.unwrap();
-        let ids = paid_trades(&shard, 100).await;
-        drop(shard);
-        let shard = open(&disk).await.unwrap();
+        let (disk, shard, ids) = reopened_with_paid_trades(100).await;
         warmed(&shard).await;
         assert!(shard.stats().checkpoints.table_page_reads > 0, "the newest trades' pages came back after the open");
         // `new_trade` gives every third order (order % 3 == 2) a memo too long to be inline.

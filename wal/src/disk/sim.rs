@@ -18,6 +18,9 @@
 //!   may still land, whole, torn or not at all; lengths still wait for `fdatasync`. Files made
 //!   with `create_for_fill` are not `O_DSYNC`: their writes wait for `fdatasync`.
 //! - Bits of durable data can be flipped ([`SimDisk::flip_bit`]) to model media corruption.
+//! - Reads can be slowed ([`SimDisk::slow_reads`]: a few yields each), or one held in flight
+//!   until released ([`SimDisk::hold_next_read`]), its bytes read when it was made, so that
+//!   work can be made to happen under it.
 //!
 //! Every operation is counted, so a test can name "the Nth operation" and sweep N. Handles
 //! opened before a crash fail every call afterwards, so no task left over from the crashed
@@ -116,6 +119,10 @@ struct SimState {
     sync_method: Option<SyncMethod>,
     /// With `slow_reads`: how many times each read yields before it completes.
     read_latency: Option<SplitMix64>,
+    /// With `hold_next_read`: the file whose next read waits for `release_reads`.
+    hold_armed: Option<InodeRef>,
+    /// A held read is waiting.
+    holding: bool,
 }
 
 /// An in-memory disk with the fault model above. Clones share one disk.
@@ -266,6 +273,38 @@ impl SimDisk {
         self.state.borrow_mut().read_latency = Some(SplitMix64::new(seed));
     }
 
+    /// Makes the next read of `name` wait, in flight, until [`release_reads`](Self::release_reads)
+    /// (other work goes on meanwhile): what a slow device read lets happen under a read can be
+    /// made to happen at will.
+    pub fn hold_next_read(&self, name: &str) {
+        let mut state = self.state.borrow_mut();
+        let inode = state.live_names.get(name).expect("hold_next_read: no such file").clone();
+        state.hold_armed = Some(inode);
+    }
+
+    /// Whether a read held by [`hold_next_read`](Self::hold_next_read) waits now.
+    pub fn read_held(&self) -> bool {
+        self.state.borrow().holding
+    }
+
+    /// Lets the held read complete, with the bytes it read when it was made.
+    pub fn release_reads(&self) {
+        let mut state = self.state.borrow_mut();
+        state.hold_armed = None;
+        state.holding = false;
+    }
+
+    /// Takes the armed hold if `inode` is its file: true when this read must wait.
+    fn take_hold(&self, inode: &InodeRef) -> bool {
+        let mut state = self.state.borrow_mut();
+        if state.hold_armed.as_ref().is_some_and(|armed| Rc::ptr_eq(armed, inode)) {
+            state.hold_armed = None;
+            state.holding = true;
+            return true;
+        }
+        false
+    }
+
     fn read_yields(&self) -> u64 {
         self.state.borrow_mut().read_latency.as_mut().map_or(0, |rng| rng.below(4))
     }
@@ -408,10 +447,18 @@ impl DiskFile for SimFile {
         for _ in 0..self.disk.read_yields() {
             futures_lite::future::yield_now().await;
         }
-        let inode = self.inode.borrow();
-        let start = (offset as usize).min(inode.live.len());
-        let end = (start + len).min(inode.live.len());
-        Ok(inode.live[start..end].to_vec())
+        let bytes = {
+            let inode = self.inode.borrow();
+            let start = (offset as usize).min(inode.live.len());
+            let end = (start + len).min(inode.live.len());
+            inode.live[start..end].to_vec()
+        };
+        if self.disk.take_hold(&self.inode) {
+            while self.disk.read_held() {
+                futures_lite::future::yield_now().await;
+            }
+        }
+        Ok(bytes)
     }
 
     async fn fdatasync(&self) -> io::Result<()> {
