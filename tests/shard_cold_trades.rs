@@ -202,6 +202,29 @@ async fn work_during_the_warm(seed: u64) {
     check(open(&disk).await.unwrap()).await;
 }
 
+/// Waits, a bounded number of turns, until the read `SimDisk::hold_next_read` armed is held.
+async fn read_under_way(disk: &SimDisk) {
+    let mut turns = 0;
+    while !disk.read_held() {
+        turns += 1;
+        assert!(turns < 10_000, "the held read never started");
+        futures_lite::future::yield_now().await;
+    }
+}
+
+/// 40 new trades, then a checkpoint that writes the table and lets trades go; their ids.
+async fn made_and_let_go(shard: &Shard<SimDisk>) -> Vec<TradeId> {
+    let mut made = Vec::new();
+    for order in 0..40 {
+        let trade = new_trade(1, 1_000 + order, 1_000).validate().unwrap();
+        made.push(submit(shard, Command::Create { trade, logical_shard: 1 }).await.id);
+    }
+    let evicted = shard.stats().checkpoints.trades_evicted;
+    shard.checkpoint().await.unwrap();
+    assert!(shard.stats().checkpoints.trades_evicted > evicted, "the checkpoint let trades go");
+    made
+}
+
 /// A chunk coming back into memory whose read is overtaken by a checkpoint that writes the
 /// table and lets trades of that chunk go again: what the read found is older than the table
 /// (a trade changed, trades made), so the chunk is read again, and no trade goes back to what
@@ -213,26 +236,14 @@ fn a_chunk_read_overtaken_by_an_eviction_is_read_again() {
         let (disk, shard, ids) = reopened_with_paid_trades(100).await;
         // The warm's next read of a chunk waits.
         disk.hold_next_read("trades.table");
-        let mut turns = 0;
-        while !disk.read_held() {
-            turns += 1;
-            assert!(turns < 10_000, "the warm never read the table");
-            futures_lite::future::yield_now().await;
-        }
+        read_under_way(&disk).await;
         // The trades of the chunk being read are among these (the open may have warmed the
         // newest chunk before the hold).
         for id in &ids[SETTLED_FROM..] {
             let settled = submit(&shard, Command::Move { id: *id, to: Move::Settle }).await;
             assert_eq!(settled.status, TradeStatus::Settled);
         }
-        let mut made = Vec::new();
-        for order in 0..40 {
-            let trade = new_trade(1, 1_000 + order, 1_000).validate().unwrap();
-            made.push(submit(&shard, Command::Create { trade, logical_shard: 1 }).await.id);
-        }
-        let evicted = shard.stats().checkpoints.trades_evicted;
-        shard.checkpoint().await.unwrap();
-        assert!(shard.stats().checkpoints.trades_evicted > evicted, "the checkpoint let trades go");
+        let made = made_and_let_go(&shard).await;
         disk.release_reads();
         warmed(&shard).await;
         assert_eq!(shard.stats().checkpoints.warm_failures, 0);
@@ -251,6 +262,33 @@ fn a_chunk_read_overtaken_by_an_eviction_is_read_again() {
         };
         drop(check(shard).await);
         check(open(&disk).await.unwrap()).await;
+    });
+}
+
+/// A read of a cold trade (a cache miss) overtaken by a change to that trade and a checkpoint
+/// that writes it to the table and lets it go: what the read found is older than the table, and
+/// caching it would serve the old state from then on; the trade is read again. The read is
+/// held in flight while the work happens.
+#[test]
+fn a_cold_read_overtaken_by_an_eviction_is_read_again() {
+    run(async {
+        let disk = SimDisk::new();
+        let shard = open(&disk).await.unwrap();
+        let ids = paid_trades(&shard, 100).await;
+        drop(shard);
+        let shard = Shard::open_with(disk.clone(), rolling_shard_config(), 1 << 20, upkeep()).await.unwrap();
+        warmed(&shard).await;
+        let id = ids[0];
+        disk.hold_next_read("trades.table");
+        let (reply, answer) = tradeshard_shard::reply::channel();
+        shard.get(id, reply);
+        read_under_way(&disk).await;
+        assert_eq!(submit(&shard, Command::Move { id, to: Move::Settle }).await.status, TradeStatus::Settled);
+        made_and_let_go(&shard).await;
+        disk.release_reads();
+        answer.await.expect("answered").unwrap();
+        // Whatever the first read answered (it began before the change), what it cached is now.
+        assert_eq!(call(|done| shard.get(id, done)).await.unwrap().status, TradeStatus::Settled);
     });
 }
 
