@@ -194,6 +194,11 @@ pub(crate) struct AccountBook {
 }
 
 impl AccountBook {
+    /// Room for `requests` more account requests (an open's replay: `ShardIndex::reserve_recent`).
+    pub(crate) fn reserve_requests(&mut self, requests: usize) {
+        self.requests.reserve(requests);
+    }
+
     /// The account's durable balance (zero for an account never used).
     pub(crate) fn balance(&self, key: AccountKey) -> Balance {
         self.balances.get(&key).copied().unwrap_or_default()

@@ -107,6 +107,12 @@ impl<D: Disk> RunSets<D> {
         }
     }
 
+    /// Entries of the store's newest run when a checkpoint wrote it (not a merge): what one
+    /// interval between checkpoints moved out of memory.
+    pub(crate) fn newest_written(&self, store: RunStore) -> u64 {
+        self.store(store).runs().last().filter(|run| run.level() == 0).map_or(0, |run| run.entries())
+    }
+
     /// Every run, as a checkpoint lists them.
     pub(crate) fn listed(&self) -> Vec<(RunStore, u64)> {
         let stores = self.stores();

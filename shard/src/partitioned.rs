@@ -81,6 +81,16 @@ impl<K: Hash + Eq + Clone, V: Clone> PartitionedMap<K, V> {
         self.len() as u64 * (std::mem::size_of::<(K, V)>() as u64 + 1)
     }
 
+    /// Room for `entries` more in all, spread over the parts: a map about to be filled with
+    /// about that many grows once, not by a doubling of every part again and again.
+    pub fn reserve(&mut self, entries: usize) {
+        if entries > 0 {
+            for part in &mut self.parts {
+                Rc::make_mut(part).reserve(entries.div_ceil(PARTS));
+            }
+        }
+    }
+
     /// Every entry, in no particular order.
     pub fn iter(&self) -> impl Iterator<Item = (&K, &V)> {
         self.parts.iter().flat_map(|part| part.iter())
@@ -129,5 +139,21 @@ mod tests {
         let sizes: Vec<usize> = map.parts.iter().map(|p| p.len()).collect();
         let (min, max) = (sizes.iter().min().unwrap(), sizes.iter().max().unwrap());
         assert!(*min > 0 && *max < 3 * (len / PARTS), "part sizes {min}..{max}");
+    }
+
+    #[test]
+    fn a_reserved_map_is_filled_without_growing_again() {
+        let mut map: PartitionedMap<u64, u64> = PartitionedMap::default();
+        map.reserve(200_000);
+        let capacities = |map: &PartitionedMap<u64, u64>| map.parts.iter().map(|p| p.capacity()).collect::<Vec<_>>();
+        let reserved = capacities(&map);
+        assert!(reserved.iter().all(|&c| c >= 200_000 / PARTS), "every part has room for its share: {reserved:?}");
+        // Half the reservation: no part, even one that draws more than its share, grows.
+        for key in 0..100_000u64 {
+            map.insert(key, key);
+        }
+        assert_eq!(capacities(&map), reserved);
+        map.reserve(0);
+        assert_eq!(capacities(&map), reserved, "reserving nothing changes nothing");
     }
 }

@@ -214,6 +214,7 @@ impl<D: Disk> Shard<D> {
         index.lay_out_trades(upkeep.chunk_bits());
         let table = TradeFile::open_existing(&disk).await?;
         let key_runs = KeyRuns::open(&disk, &index.take_listed_runs()).await?;
+        index.reserve_recent(|store| key_runs.sets.newest_written(store));
         // The newest trades come back into memory after the open, in the background
         // (`warm.rs`); the replay reads what it changes.
         if let Some(header) = &checkpoint {

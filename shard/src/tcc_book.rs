@@ -347,6 +347,12 @@ pub(crate) struct TccBook {
 }
 
 impl TccBook {
+    /// Room for `branches` and `activities` more (an open's replay: `ShardIndex::reserve_recent`).
+    pub(crate) fn reserve(&mut self, branches: usize, activities: usize) {
+        self.branches.reserve(branches);
+        self.activities.reserve(activities);
+    }
+
     pub(crate) fn branch(&self, activity: u128, branch: u16) -> Option<BranchEntry> {
         self.branches.get(&(activity, branch)).copied()
     }

@@ -39,6 +39,10 @@ use crate::tcc_write::Books;
 use crate::trade::{Receipt, TradeId, TradeStatus, COUNTER_BITS};
 use crate::trade_table::{Dirty, TradeTable};
 
+/// The most entries an open reserves in one map for its replay (`reserve_recent`): a bound on
+/// what a damaged or unusual run's count can make an open allocate.
+const RESERVED_ENTRIES_MAX: u64 = 1 << 22;
+
 /// The durable indexes of one shard. Cloning shares the large maps with the clone, part by
 /// part (`trade_table/`, `partitioned.rs`): a checkpoint's snapshot.
 #[derive(Default, Clone)]
@@ -220,6 +224,20 @@ impl ShardIndex {
         }
         table.lay_out_cold(self.restored_table_max);
         self.trades = table;
+    }
+
+    /// Sizes the maps of recent keys for an open's replay, each for `expected(store)` entries:
+    /// what the last checkpoint moved to that store's runs, one interval's work, which is about
+    /// what a replay after a crash brings back (after a clean close, what the next interval
+    /// will hold). Filled from empty, each of their parts would double again and again, moving
+    /// every entry it holds each time.
+    pub(crate) fn reserve_recent(&mut self, expected: impl Fn(RunStore) -> u64) {
+        let entries = |store| expected(store).min(RESERVED_ENTRIES_MAX) as usize;
+        self.by_order.reserve(entries(RunStore::Orders));
+        self.claims.reserve(entries(RunStore::Claims));
+        self.refunds.reserve(entries(RunStore::Refunds));
+        self.accounts.reserve_requests(entries(RunStore::Requests));
+        self.tcc.reserve(entries(RunStore::Branches), entries(RunStore::Activities));
     }
 
     /// A trade read back from the table on disk while an open replays the log from
