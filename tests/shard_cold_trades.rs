@@ -36,13 +36,14 @@ async fn paid_trades(shard: &Shard<SimDisk>, n: u64) -> Vec<TradeId> {
     ids
 }
 
-/// A disk with `n` paid trades and a checkpoint, and its shard reopened on it.
-async fn reopened_with_paid_trades(n: u64) -> (SimDisk, Shard<SimDisk>, Vec<TradeId>) {
+/// A disk with `n` paid trades and a checkpoint, and its shard reopened on it with a cache of
+/// `cache_bytes` (0: none).
+async fn reopened_with_paid_trades(n: u64, cache_bytes: usize) -> (SimDisk, Shard<SimDisk>, Vec<TradeId>) {
     let disk = SimDisk::new();
     let shard = open(&disk).await.unwrap();
     let ids = paid_trades(&shard, n).await;
     drop(shard);
-    let shard = open(&disk).await.unwrap();
+    let shard = Shard::open_with(disk.clone(), rolling_shard_config(), cache_bytes, upkeep()).await.unwrap();
     (disk, shard, ids)
 }
 
@@ -233,7 +234,7 @@ async fn made_and_let_go(shard: &Shard<SimDisk>) -> Vec<TradeId> {
 fn a_chunk_read_overtaken_by_an_eviction_is_read_again() {
     const SETTLED_FROM: usize = 72;
     run(async {
-        let (disk, shard, ids) = reopened_with_paid_trades(100).await;
+        let (disk, shard, ids) = reopened_with_paid_trades(100, 0).await;
         // The warm's next read of a chunk waits.
         disk.hold_next_read("trades.table");
         read_under_way(&disk).await;
@@ -272,11 +273,7 @@ fn a_chunk_read_overtaken_by_an_eviction_is_read_again() {
 #[test]
 fn a_cold_read_overtaken_by_an_eviction_is_read_again() {
     run(async {
-        let disk = SimDisk::new();
-        let shard = open(&disk).await.unwrap();
-        let ids = paid_trades(&shard, 100).await;
-        drop(shard);
-        let shard = Shard::open_with(disk.clone(), rolling_shard_config(), 1 << 20, upkeep()).await.unwrap();
+        let (disk, shard, ids) = reopened_with_paid_trades(100, 1 << 20).await;
         warmed(&shard).await;
         let id = ids[0];
         disk.hold_next_read("trades.table");
@@ -410,7 +407,7 @@ fn a_missing_record_of_a_trade_on_disk_is_damage_not_a_missing_trade() {
 #[test]
 fn a_cold_trade_is_one_device_read_when_its_created_part_is_inline() {
     run(async {
-        let (disk, shard, ids) = reopened_with_paid_trades(100).await;
+        let (disk, shard, ids) = reopened_with_paid_trades(100, 0).await;
         warmed(&shard).await;
         assert!(shard.stats().checkpoints.table_page_reads > 0, "the newest trades' pages came back after the open");
         // `new_trade` gives every third order (order % 3 == 2) a memo too long to be inline.
