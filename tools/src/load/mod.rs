@@ -134,6 +134,10 @@ pub struct Args {
     /// engine's default); fdatasync: a write and then an fdatasync.
     #[arg(long, default_value = "dsync", value_parser = ["dsync", "fdatasync"])]
     sync_method: String,
+    /// How long an executor runs ready tasks before it reaps completed I/O (e.g. 1ms; default:
+    /// the engine's, `Options::preempt_interval`).
+    #[arg(long, value_parser = latency::parse_duration)]
+    preempt_interval: Option<Duration>,
     /// Seed of every random choice.
     #[arg(long, default_value_t = 1)]
     seed: u64,
@@ -242,6 +246,9 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         sync_method: if args.sync_method == "dsync" { SyncMethod::DsyncWrites } else { SyncMethod::Fdatasync },
         ..Options::new(&dir)
     };
+    if let Some(interval) = args.preempt_interval {
+        options.preempt_interval = interval;
+    }
     if args.durability == "buffered" {
         options = options.buffered(Duration::from_millis(10));
     }
