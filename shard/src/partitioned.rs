@@ -50,7 +50,9 @@ impl<K: Hash + Eq + Clone, V: Clone> PartitionedMap<K, V> {
 
     pub fn get_mut(&mut self, key: &K) -> Option<&mut V> {
         let part = &mut self.parts[Self::part(key)];
-        if !part.contains_key(key) {
+        // A part no snapshot shares is changed in place with one probe; a shared one is
+        // copied only when it holds the key.
+        if Rc::get_mut(part).is_none() && !part.contains_key(key) {
             return None;
         }
         Rc::make_mut(part).get_mut(key)
@@ -59,7 +61,7 @@ impl<K: Hash + Eq + Clone, V: Clone> PartitionedMap<K, V> {
     /// Removes `key`, returning its value.
     pub fn remove(&mut self, key: &K) -> Option<V> {
         let part = &mut self.parts[Self::part(key)];
-        if !part.contains_key(key) {
+        if Rc::get_mut(part).is_none() && !part.contains_key(key) {
             return None;
         }
         Rc::make_mut(part).remove(key)

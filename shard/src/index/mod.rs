@@ -20,8 +20,10 @@ use tradeshard_wal::Appended;
 
 mod held;
 mod items;
+mod user_trades;
 
 pub(crate) use items::{Item, Scalars};
+use user_trades::UserTrades;
 
 use crate::accounts::{AccountBook, AccountItem};
 pub(crate) use crate::entries::RunStore;
@@ -53,7 +55,7 @@ pub struct ShardIndex {
     /// Order keys of this shard's trades applied since the last checkpoint's run.
     by_order: PartitionedMap<u128, (TradeId, u64)>,
     /// Each user's trades applied since the last checkpoint's run, oldest first.
-    by_user: PartitionedMap<u64, Vec<TradeId>>,
+    by_user: PartitionedMap<u64, UserTrades>,
     refunds: PartitionedMap<u128, RefundEntry>,
     /// Order numbers whose home is this shard, claimed for trades of other shards: pending
     /// ones, and those confirmed since the last checkpoint's run.
@@ -113,7 +115,7 @@ impl ShardIndex {
     pub(crate) fn forget_user_trades(&mut self, counts: &[(u64, usize)]) {
         for &(user, count) in counts {
             if let Some(ids) = self.by_user.get_mut(&user) {
-                ids.drain(..count.min(ids.len()));
+                ids.forget_oldest(count);
                 if ids.is_empty() {
                     self.by_user.remove(&user);
                 }
@@ -290,11 +292,14 @@ impl ShardIndex {
     /// claim holds it; checked against memory only: the runs were checked before the claim
     /// was written).
     pub fn apply_claim(&mut self, claim: &OrderClaim) -> Result<(), &'static str> {
-        if self.by_order.get(&claim.key).is_some() || self.claims.get(&claim.key).is_some() {
+        if self.by_order.get(&claim.key).is_some() {
             return Err("order number claimed twice");
         }
         let entry = ClaimEntry { body: claim.body, buyer_id: claim.buyer_id, trade: None };
-        self.claims.insert(claim.key, entry);
+        if let Some(held) = self.claims.insert(claim.key, entry) {
+            self.claims.insert(claim.key, held);
+            return Err("order number claimed twice");
+        }
         self.pending_claims.insert(claim.key, entry);
         Ok(())
     }
@@ -346,7 +351,7 @@ impl ShardIndex {
     /// The user's trades since the last checkpoint's run, oldest first (`key_runs.rs` lists
     /// the others).
     pub fn user_trades(&self, user_id: u64) -> &[TradeId] {
-        self.by_user.get(&user_id).map_or(&[], Vec::as_slice)
+        self.by_user.get(&user_id).map_or(&[], UserTrades::as_slice)
     }
 
     /// Trades in the shard, in memory or not.
@@ -471,11 +476,15 @@ impl ShardIndex {
                 updated_ms: record.at_ms,
                 created_at: CreatedAt::Log(at),
             };
-            if self.by_order.get(&key).is_some() || self.claims.get(&key).is_some() {
+            if self.claims.get(&key).is_some() {
+                return Err("order number used by two trades");
+            }
+            // One probe both checks the key is free and takes it.
+            if let Some(held) = self.by_order.insert(key, (id, body)) {
+                self.by_order.insert(key, held);
                 return Err("order number used by two trades");
             }
             self.trades.insert_new(id, entry);
-            self.by_order.insert(key, (id, body));
             self.by_user.get_or_default(record.user_id).push(id);
             self.counter_max = self.counter_max.max(id.counter());
             return Ok(());
