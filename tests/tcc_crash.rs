@@ -126,7 +126,10 @@ async fn transfer_batch(pair: &Pair, batch: &[Transfer]) -> Vec<Result<Option<De
                 SEEN.with(|seen| seen.borrow_mut().batched += 1);
                 Ok(Some(driven.decision))
             }
-            BatchDriven::Alone { .. } => transfer(pair, t).await,
+            BatchDriven::Alone { .. } => {
+                SEEN.with(|seen| seen.borrow_mut().aside += 1);
+                transfer(pair, t).await
+            }
         });
     }
     answers
@@ -145,8 +148,9 @@ struct Seen {
     /// Completed activities found in a run, and checkpoints that completed.
     found_in_runs: usize,
     checkpoints: usize,
-    /// Transfers a batch drove to their decision.
+    /// Transfers a batch drove to their decision, and those it left aside, made alone.
     batched: usize,
+    aside: usize,
 }
 
 thread_local! {
@@ -352,7 +356,11 @@ fn transfers_across_shards_end_once_and_conserve_money_after_power_loss_at_any_s
     let seen = SEEN.with(|seen| *seen.borrow());
     println!("tcc crash campaign: {count} seeds, {checked} transfers checked after crashes; {seen:?}");
     assert!(count < 100 || checked > 1000, "the campaign must check transfers: {checked}");
-    let every_path =
-        seen.committed > 0 && seen.cancelled > 0 && seen.stopped > 0 && seen.found_in_runs > 0 && seen.batched > 0;
+    let every_path = seen.committed > 0
+        && seen.cancelled > 0
+        && seen.stopped > 0
+        && seen.found_in_runs > 0
+        && seen.batched > 0
+        && seen.aside > 0;
     assert!(count < 100 || every_path && seen.recovered_commit > 0 && seen.recovered_cancel > 0, "{seen:?}");
 }
