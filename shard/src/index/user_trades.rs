@@ -100,7 +100,7 @@ mod tests {
     }
 
     #[test]
-    fn is_no_larger_than_the_vector_it_replaces() {
+    fn is_at_most_a_word_larger_than_the_vector_it_replaces() {
         assert!(std::mem::size_of::<UserTrades>() <= std::mem::size_of::<Vec<TradeId>>() + 8);
     }
 }
