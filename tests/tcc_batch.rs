@@ -1,16 +1,17 @@
 //! Activities driven together (`run_activities`), between two shards on simulated disks: each
-//! activity of a batch ends as it would alone, in fewer records (the decisions, Confirms and
-//! completions of many activities share records); the ones that leave the batch's path (a
-//! Begin refused or repeated, a decision refused because the activity was decided otherwise
-//! meanwhile) are set aside, to be driven alone, and end right.
+//! activity of a batch ends as it would alone, in fewer records (every step of many
+//! activities shares records); a refusal in a shared record falls on its own activity only;
+//! the ones that leave the batch's path (a Begin repeated or refused for another reason than
+//! funds, a decision refused because the activity was decided otherwise meanwhile) are set
+//! aside, to be driven alone, and end right.
 
 use std::cell::Cell;
 use std::rc::Rc;
 
 use tradeshard_shard::{
     account_request_key, run_activities, run_activity, AccountCommand, AccountOp, BatchDriven, BranchAction,
-    BranchCall, BranchPlan, CancelReason, Currency, Decision, Driven, ManyAnswers, PlannedActivity, Shard, Step,
-    StepAnswer, StepSender, TradeError,
+    BranchCall, BranchPlan, CancelReason, Currency, Decision, Driven, ManyAnswers, PlannedActivity, Refusal, Shard,
+    Step, StepAnswer, StepSender, TradeError,
 };
 use tradeshard_tests::{call, campaign_shard_config, run, ShardPair};
 use tradeshard_wal::disk::SimDisk;
@@ -90,21 +91,30 @@ fn each_activity_of_a_batch_ends_as_alone_in_fewer_records_and_the_odd_ones_are_
         let driven = run_activities(&pair, &batch).await;
         assert!(driven.iter().all(|d| *d == committed()), "{driven:?}");
         // Alone, five records each (Begin with the payer's Try, the payee's Try, the decision
-        // with the payer's Confirm, the payee's Confirm, completion); together the last three
-        // kinds share records.
+        // with the payer's Confirm, the payee's Confirm, completion); together, every kind
+        // shares records: eight Begins or decisions to one, seventeen of the rest.
         let written = records(&pair) - before;
-        assert!(written <= 2 * PAYERS + PAYERS / 2, "{written} records for {PAYERS} activities");
+        assert!(written <= PAYERS / 2, "{written} records for {PAYERS} activities");
         let mut moved: Vec<u64> = (0..PAYERS).map(|k| 10 + k).collect();
         check_books(&pair, &moved);
 
-        // Sent again, with one too large for its payer and a repeat of one of them: all set
-        // aside (their Begins repeat, or are refused), nothing written; alone, each answers
-        // its first answer and moves nothing more.
+        // Sent again, with one too large for its payer and a repeat of one of them: the
+        // repeats set aside (their Begins repeat), the one too large refused for funds, its
+        // refusal falling on it alone, nothing written; alone, each repeat answers its first
+        // answer and moves nothing more.
         batch.push(transfer(1, 101, FUNDING, "too-much"));
         batch.push(batch[3].clone());
         let before = records(&pair);
         let driven = run_activities(&pair, &batch).await;
-        assert!(driven.iter().all(|d| *d == BatchDriven::Alone { begun: false }), "{driven:?}");
+        for (k, driven) in driven.iter().enumerate() {
+            match k == PAYERS as usize {
+                true => assert!(
+                    matches!(driven, BatchDriven::Refused(Refusal::InsufficientFunds { user_id: 1, .. })),
+                    "{driven:?}"
+                ),
+                false => assert_eq!(*driven, BatchDriven::Alone { begun: false }, "activity {k}"),
+            }
+        }
         assert_eq!(records(&pair), before, "a batch of repeats and refusals writes nothing");
         for plan in &batch[..PAYERS as usize] {
             let again = alone(&pair, plan).await.unwrap();
@@ -129,6 +139,7 @@ fn each_activity_of_a_batch_ends_as_alone_in_fewer_records_and_the_odd_ones_are_
             let decision = match driven {
                 BatchDriven::Driven(driven) => driven.decision,
                 BatchDriven::Alone { .. } => alone(&pair, plan).await.unwrap().decision,
+                BatchDriven::Refused(refusal) => panic!("activity {k} refused: {refusal}"),
             };
             match k {
                 17 => assert_eq!(decision, Decision::Cancel(CancelReason::Timeout)),
@@ -160,8 +171,21 @@ fn each_activity_of_a_batch_ends_as_alone_in_fewer_records_and_the_odd_ones_are_
                 }
             }
         }
+        // The two refused Tries' shared records were sent again one activity to a record.
         let written = records(&pair) - before;
         assert!(written <= 2 * PAYERS + PAYERS / 2, "{written} records for {PAYERS} activities");
+        check_books(&pair, &moved);
+
+        // One new activity twice in a batch, its two Begins in one record: begun once,
+        // driven by the batch; the other set aside, and alone it finds it begun.
+        let mut batch: Vec<PlannedActivity> = (0..4).map(|k| transfer(1 + k, 101 + k, 3, &format!("w{k}"))).collect();
+        batch.push(batch[2].clone());
+        let driven = run_activities(&pair, &batch).await;
+        assert!(driven[..4].iter().all(|d| *d == committed()), "{driven:?}");
+        assert_eq!(driven[4], BatchDriven::Alone { begun: false });
+        let again = alone(&pair, &batch[4]).await.unwrap();
+        assert_eq!((again.decision, again.begun_before), (Decision::Commit, true));
+        (0..4).for_each(|k| moved[k] += 3);
         check_books(&pair, &moved);
     });
 }

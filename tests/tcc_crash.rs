@@ -130,6 +130,13 @@ async fn transfer_batch(pair: &Pair, batch: &[Transfer]) -> Vec<Result<Option<De
                 SEEN.with(|seen| seen.borrow_mut().aside += 1);
                 transfer(pair, t).await
             }
+            BatchDriven::Refused(refusal) => {
+                SEEN.with(|seen| seen.borrow_mut().refused_in_batch += 1);
+                match refusal {
+                    Refusal::InsufficientFunds { .. } => Ok(None),
+                    refused => Err(TradeError::Refused(refused)),
+                }
+            }
         });
     }
     answers
@@ -148,9 +155,11 @@ struct Seen {
     /// Completed activities found in a run, and checkpoints that completed.
     found_in_runs: usize,
     checkpoints: usize,
-    /// Transfers a batch drove to their decision, and those it left aside, made alone.
+    /// Transfers a batch drove to their decision, those it left aside, made alone, and
+    /// those it refused for funds at their Begin.
     batched: usize,
     aside: usize,
+    refused_in_batch: usize,
 }
 
 thread_local! {
@@ -361,6 +370,7 @@ fn transfers_across_shards_end_once_and_conserve_money_after_power_loss_at_any_s
         && seen.stopped > 0
         && seen.found_in_runs > 0
         && seen.batched > 0
-        && seen.aside > 0;
+        && seen.aside > 0
+        && seen.refused_in_batch > 0;
     assert!(count < 100 || every_path && seen.recovered_commit > 0 && seen.recovered_cancel > 0, "{seen:?}");
 }

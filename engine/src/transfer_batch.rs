@@ -158,6 +158,7 @@ impl EngineHandle {
                         Err(Refusal::TransferCancelled { activity: plan.activity, reason }.into())
                     }
                 },
+                BatchDriven::Refused(refusal) => Err(refusal.into()),
                 BatchDriven::Alone { begun } => {
                     alone.push((slot, begun));
                     continue;

@@ -6,24 +6,28 @@
 //! the initiator's own Confirms or Cancels; the other Confirms or Cancels; completion. The
 //! batch is no transaction: a refusal of one activity leaves the others as they were.
 //!
-//! The steps no book the engine made refuses (the decisions, the Confirms and Cancels of what
-//! Tries reserved, the completions) go many activities to a local transaction, up to
-//! `STEPS_MAX` steps, so a transfer across shards costs about two records and a fraction,
-//! not five; the Begins and Tries, which may be refused, go one activity to a transaction.
+//! Every step goes many activities to a local transaction, up to `STEPS_MAX` steps, so a
+//! transfer across shards costs about one record and a fraction, not five. A transaction is
+//! refused whole, with no trace, when one of its steps is: the Begins and Tries, which a
+//! book may refuse (too little available, a branch fenced by a Cancel), are then sent again
+//! one activity to a transaction, so that each refusal is its own activity's alone.
 //!
 //! The batch drives an activity only along the path of one it began itself. Wherever an
 //! activity leaves that path (its Begin repeats one recorded before or is refused, its Decide
 //! is refused, a hand-off of its Begin or Decide fails), the batch steps aside and the caller
 //! drives that one alone ([`run_activity`](crate::run_activity)), which takes it from where its
-//! record stands: every step is idempotent. An activity with a branch of the embedder's
-//! participants is always left to be driven alone.
+//! record stands: every step is idempotent. A Begin refused for too little available is the
+//! exception: nothing was recorded, and alone it would be refused again, so that refusal is
+//! its answer. An activity with a branch of the embedder's participants is always left to be
+//! driven alone.
 
 use std::collections::BTreeMap;
 
+use crate::error::Refusal;
 use crate::join::join_all;
 use crate::tcc::{BranchPlan, CancelReason, Decision, Step, STEPS_MAX};
 use crate::tcc_book::StepAnswer;
-use crate::tcc_driver::{outcome_step, split, Driven, StepSender};
+use crate::tcc_driver::{outcome_step, split, Driven, StepError, StepSender};
 
 /// An activity to run from its start, as [`run_activity`](crate::run_activity) takes one.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -36,10 +40,13 @@ pub struct PlannedActivity {
 }
 
 /// What the batch did with one activity.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum BatchDriven {
     /// Begun by this batch and driven to its decision, as `run_activity` would have.
     Driven(Driven),
+    /// Refused at its Begin (too little available to the initiator's Tries): nothing was
+    /// recorded, as `run_activity` would have answered.
+    Refused(Refusal),
     /// Left to be driven alone; `begun` when this batch recorded its Begin (so a run alone
     /// finds it begun, though the caller's request is its first).
     Alone { begun: bool },
@@ -64,11 +71,14 @@ pub async fn run_activities<S: StepSender>(sender: &S, planned: &[PlannedActivit
         steps.extend(local[at].iter().map(|plan| Step::Try { activity, branch: plan.branch, action: plan.action }));
         (home, at, steps)
     });
-    for (at, answer) in deliver(sender, begins.collect(), Packing::Alone).await {
-        let begun_here = matches!(answer.as_deref(), Some([StepAnswer { repeat: false, .. }, ..]));
-        if !begun_here {
-            aside[at] = Some(BatchDriven::Alone { begun: false });
-        }
+    for (at, delivered) in deliver_refusable(sender, begins.collect()).await {
+        aside[at] = match delivered {
+            Delivered::Answered(answers) if answers.first().is_some_and(|begun| !begun.repeat) => continue,
+            Delivered::Refused(Some(refusal @ Refusal::InsufficientFunds { .. })) => {
+                Some(BatchDriven::Refused(refusal))
+            }
+            _ => Some(BatchDriven::Alone { begun: false }),
+        };
     }
 
     // Any failure of a Try, a refusal or not knowing whether it landed, cancels.
@@ -79,8 +89,8 @@ pub async fn run_activities<S: StepSender>(sender: &S, planned: &[PlannedActivit
             .iter()
             .map(move |plan| (plan.shard, at, vec![Step::Try { activity, branch: plan.branch, action: plan.action }]))
     });
-    for (at, answer) in deliver(sender, tries.collect(), Packing::Alone).await {
-        tried[at] &= answer.is_some();
+    for (at, delivered) in deliver_refusable(sender, tries.collect()).await {
+        tried[at] &= matches!(delivered, Delivered::Answered(_));
     }
     let decision_of = |at: usize| if tried[at] { Decision::Commit } else { Decision::Cancel(CancelReason::TryRefused) };
 
@@ -90,10 +100,10 @@ pub async fn run_activities<S: StepSender>(sender: &S, planned: &[PlannedActivit
         steps.extend(local[at].iter().map(|plan| outcome_step(activity, plan, decision)));
         (home, at, steps)
     });
-    for (at, answer) in deliver(sender, decides.collect(), Packing::Together).await {
+    for (at, delivered) in deliver_together(sender, decides.collect()).await {
         // Decided otherwise meanwhile (recovery past the deadline), or not known to be
         // decided: driven alone from its record.
-        if answer.is_none() {
+        if !matches!(delivered, Delivered::Answered(_)) {
             aside[at] = Some(BatchDriven::Alone { begun: true });
         }
     }
@@ -104,8 +114,8 @@ pub async fn run_activities<S: StepSender>(sender: &S, planned: &[PlannedActivit
         let (activity, decision) = (planned[at].activity, decision_of(at));
         remote[at].iter().map(move |plan| (plan.shard, at, vec![outcome_step(activity, plan, decision)]))
     });
-    for (at, answer) in deliver(sender, outcomes.collect(), Packing::Together).await {
-        answered[at] &= answer.is_some();
+    for (at, delivered) in deliver_together(sender, outcomes.collect()).await {
+        answered[at] &= matches!(delivered, Delivered::Answered(_));
     }
 
     // Completions are queued, not waited for: lost, recovery makes them.
@@ -120,9 +130,11 @@ pub async fn run_activities<S: StepSender>(sender: &S, planned: &[PlannedActivit
     }
     join_all(completions.into_iter().map(|(home, transactions)| sender.post_many(home, transactions))).await;
 
-    (0..planned.len())
-        .map(|at| {
-            aside[at].unwrap_or(BatchDriven::Driven(Driven {
+    aside
+        .into_iter()
+        .enumerate()
+        .map(|(at, aside)| {
+            aside.unwrap_or(BatchDriven::Driven(Driven {
                 decision: decision_of(at),
                 completed: answered[at],
                 begun_before: false,
@@ -134,52 +146,99 @@ pub async fn run_activities<S: StepSender>(sender: &S, planned: &[PlannedActivit
 /// How the items of one step are made into local transactions.
 #[derive(Clone, Copy, PartialEq, Eq)]
 enum Packing {
-    /// Each item its own transaction: its refusal must leave the others (a Begin with the
-    /// payer's Try, a payee's Try: too little money, a number used before).
+    /// Each item its own transaction, so that its refusal is its own.
     Alone,
     /// Consecutive items of one shard together, up to `STEPS_MAX` steps a transaction, so
-    /// that many activities' steps are one record: for steps no book the engine made refuses
-    /// (a decision of an activity this batch began, a Confirm or Cancel of what a Try
-    /// reserved, a completion). Should one be refused after all, the whole transaction is,
-    /// and each of its items is handled as a failure of its own (driven alone, or left to
-    /// recovery).
+    /// that many activities' steps are one record. A refused transaction is refused for each
+    /// of its items.
     Together,
 }
 
-/// Sends each item's steps (shard, item, steps) to its shard, every item of one shard in one
-/// hand-off and the shards at once; each item's answers, or `None` when its transaction was
-/// refused or not known to be carried.
-async fn deliver<S: StepSender>(
-    sender: &S,
-    items: Vec<(u32, usize, Vec<Step>)>,
-    packing: Packing,
-) -> Vec<(usize, Option<Vec<StepAnswer>>)> {
+/// What became of one item's steps.
+enum Delivered {
+    /// Made, or answered as repeats: the item's answers, in order.
+    Answered(Vec<StepAnswer>),
+    /// Refused with no trace: the refusal when the transaction carried this item alone, or
+    /// `None` when it carried others too (any of them may be the cause).
+    Refused(Option<Refusal>),
+    /// Not known to be carried: the hand-off, or the shard, failed.
+    Unknown,
+}
+
+/// An item: the shard, the activity's place in the batch, the steps.
+type Item = (u32, usize, Vec<Step>);
+
+/// Delivers steps a book may refuse: together, then again alone for the items of the
+/// transactions refused, so that each refusal falls on its own item only. Each item's
+/// activity, and what became of it, in the items' order.
+async fn deliver_refusable<S: StepSender>(sender: &S, items: Vec<Item>) -> Vec<(usize, Delivered)> {
+    let mut delivered = deliver(sender, &items, Packing::Together).await;
+    let again: Vec<usize> =
+        (0..items.len()).filter(|&item| matches!(delivered[item], Delivered::Refused(None))).collect();
+    if !again.is_empty() {
+        let alone: Vec<Item> = again.iter().map(|&item| items[item].clone()).collect();
+        for (item, answer) in again.into_iter().zip(deliver(sender, &alone, Packing::Alone).await) {
+            delivered[item] = answer;
+        }
+    }
+    items.iter().map(|(_, at, _)| *at).zip(delivered).collect()
+}
+
+/// Delivers steps no book the engine made refuses: together. Each item's activity, and what
+/// became of it, in the items' order.
+async fn deliver_together<S: StepSender>(sender: &S, items: Vec<Item>) -> Vec<(usize, Delivered)> {
+    let delivered = deliver(sender, &items, Packing::Together).await;
+    items.iter().map(|(_, at, _)| *at).zip(delivered).collect()
+}
+
+/// Sends each item's steps to its shard, every item of one shard in one hand-off and the
+/// shards at once; what became of each item, in the items' order.
+async fn deliver<S: StepSender>(sender: &S, items: &[Item], packing: Packing) -> Vec<Delivered> {
     // Per shard: the transactions, and for each the items it carries (item, steps).
     type Carried = Vec<Vec<(usize, usize)>>;
     let mut by_shard: BTreeMap<u32, (Carried, Vec<Vec<Step>>)> = BTreeMap::new();
-    for (shard, at, steps) in items {
-        let (carried, transactions) = by_shard.entry(shard).or_default();
+    for (item, (shard, _, steps)) in items.iter().enumerate() {
+        let (carried, transactions) = by_shard.entry(*shard).or_default();
         let room = transactions.last().is_some_and(|last| last.len() + steps.len() <= STEPS_MAX);
         if packing == Packing::Alone || !room {
             carried.push(Vec::new());
             transactions.push(Vec::new());
         }
-        carried.last_mut().expect("pushed").push((at, steps.len()));
-        transactions.last_mut().expect("pushed").extend(steps);
+        carried.last_mut().expect("pushed").push((item, steps.len()));
+        transactions.last_mut().expect("pushed").extend(steps.iter().cloned());
     }
     let sent = by_shard.into_iter().map(|(shard, (carried, transactions))| async move {
-        let answers = match sender.send_many(shard, transactions).await {
-            Ok(answers) if answers.len() == carried.len() => answers.into_iter().map(Result::ok).collect(),
-            _ => vec![None; carried.len()],
+        let count = carried.len();
+        let answers: Vec<Option<Result<Vec<StepAnswer>, S::Error>>> = match sender.send_many(shard, transactions).await
+        {
+            Ok(answers) if answers.len() == count => answers.into_iter().map(Some).collect(),
+            _ => (0..count).map(|_| None).collect(),
         };
         let mut delivered = Vec::new();
-        for (items, answer) in carried.into_iter().zip(answers) {
-            let mut answer = answer.map(Vec::into_iter);
-            for (at, steps) in items {
-                delivered.push((at, answer.as_mut().map(|answers| answers.by_ref().take(steps).collect())));
+        for (carried, answer) in carried.into_iter().zip(answers) {
+            let refusal = match &answer {
+                Some(Err(error)) => error.refusal().cloned(),
+                _ => None,
+            };
+            let alone = carried.len() == 1;
+            let mut answers = match answer {
+                Some(Ok(answers)) => Some(answers.into_iter()),
+                _ => None,
+            };
+            for (item, steps) in carried {
+                let outcome = match (&mut answers, &refusal) {
+                    (Some(answers), _) => Delivered::Answered(answers.by_ref().take(steps).collect()),
+                    (None, Some(refusal)) => Delivered::Refused(alone.then(|| refusal.clone())),
+                    (None, None) => Delivered::Unknown,
+                };
+                delivered.push((item, outcome));
             }
         }
         delivered
     });
-    join_all(sent).await.into_iter().flatten().collect()
+    let mut delivered: Vec<Option<Delivered>> = (0..items.len()).map(|_| None).collect();
+    for (item, outcome) in join_all(sent).await.into_iter().flatten() {
+        delivered[item] = Some(outcome);
+    }
+    delivered.into_iter().map(|outcome| outcome.expect("every item delivered")).collect()
 }
