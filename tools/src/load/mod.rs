@@ -22,6 +22,7 @@ use tradeshard_engine::{Engine, EngineHandle, Options, SyncMethod, TradeStatus, 
 mod client;
 mod messages;
 mod report;
+mod request_numbers;
 mod retry;
 mod transfer;
 

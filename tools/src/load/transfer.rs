@@ -21,6 +21,7 @@ use tradeshard_engine::{EngineHandle, Error, NewTrade, Refusal, TransferRequest}
 
 use super::client::send_slot;
 use super::report::{growth_after_warmup, interval_report, IntervalReport};
+use super::request_numbers::RequestNumbers;
 use crate::latency::{self, LatencySummary};
 
 /// What each user is given before the timed phase, in minor units.
@@ -278,6 +279,7 @@ async fn fund(handle: &EngineHandle, users: u64, inflight: usize, run: &str) -> 
 
 async fn worker(state: Rc<Transfers>, task: usize, seed: u64) {
     let mut rng = Rng::with_seed(seed);
+    let mut numbers = RequestNumbers::new(&state.run, task);
     let mut n = 0u64;
     while !state.stop.get() {
         if state.deadline.is_some_and(|deadline| Instant::now() >= deadline)
@@ -287,18 +289,18 @@ async fn worker(state: Rc<Transfers>, task: usize, seed: u64) {
             return;
         }
         if state.batch > 1 {
-            send_batch(&state, &mut rng, task, &mut n).await;
+            send_batch(&state, &mut rng, &numbers, task, &mut n).await;
             continue;
         }
         state.issued.set(state.issued.get() + 1);
         let Some((from, to, cross)) = choose_pair(&state, &mut rng) else { continue };
-        let request_no = format!("{}-{task}-{n}", state.run);
+        let request_no = numbers.name(n);
         let started = send_slot(state.rate, state.start, state.inflight, task, n).await;
         n += 1;
         let purchase = rng.f64() < state.purchase_ratio;
         let answer = match purchase {
-            true => buy(&state.handle, from, to, 1 + rng.u64(..100), request_no).await,
-            false => state.handle.transfer(from, to, CURRENCY, 1 + rng.u64(..100), &request_no).await.map(drop),
+            true => buy(&state.handle, from, to, 1 + rng.u64(..100), request_no.to_string()).await,
+            false => state.handle.transfer(from, to, CURRENCY, 1 + rng.u64(..100), request_no).await.map(drop),
         };
         let histogram = match (purchase, cross) {
             (true, _) => &state.purchases,
@@ -326,8 +328,10 @@ fn choose_pair(state: &Transfers, rng: &mut Rng) -> Option<(u64, u64, bool)> {
 
 /// One batch of `--batch` transfers through `transfer_many`; each answer is counted as a
 /// transfer alone would be, its latency the batch's.
-async fn send_batch(state: &Transfers, rng: &mut Rng, task: usize, n: &mut u64) {
+async fn send_batch(state: &Transfers, rng: &mut Rng, numbers: &RequestNumbers, task: usize, n: &mut u64) {
     let mut chosen = Vec::with_capacity(state.batch);
+    // Every request number of the batch, one after another in one buffer.
+    let mut names = String::with_capacity(state.batch * 32);
     // Draws are bounded, as one at a time they end at the deadline: users so few that most
     // draws find no payee make smaller batches, or none.
     for _ in 0..state.batch * 8 {
@@ -335,8 +339,9 @@ async fn send_batch(state: &Transfers, rng: &mut Rng, task: usize, n: &mut u64) 
             break;
         }
         if let Some((from, to, cross)) = choose_pair(state, rng) {
-            let request_no = format!("{}-{task}-{}-{}", state.run, *n, chosen.len());
-            chosen.push((from, to, cross, 1 + rng.u64(..100), request_no));
+            let start = names.len();
+            numbers.append_batch_name(&mut names, *n, chosen.len() as u64);
+            chosen.push((from, to, cross, 1 + rng.u64(..100), start..names.len()));
         }
     }
     state.issued.set(state.issued.get() + state.batch as u64);
@@ -345,12 +350,12 @@ async fn send_batch(state: &Transfers, rng: &mut Rng, task: usize, n: &mut u64) 
     }
     let requests: Vec<TransferRequest> = chosen
         .iter()
-        .map(|(from, to, _, amount, request_no)| TransferRequest {
+        .map(|(from, to, _, amount, name)| TransferRequest {
             from_user: *from,
             to_user: *to,
             currency: CURRENCY,
             amount: *amount,
-            request_no,
+            request_no: &names[name.clone()],
         })
         .collect();
     // A batch is `batch` operations of the open loop's rate.
