@@ -157,8 +157,13 @@ impl Engine {
         let inboxes: Vec<_> =
             (0..executors).map(|_| std::sync::Arc::new(Inbox::new(options.queue_depth_max))).collect();
         let beats: Vec<std::sync::Arc<kick::Beat>> = (0..executors).map(|_| Default::default()).collect();
-        let cache_bytes_per_shard =
-            (options.cache_bytes - options.cache_bytes / ORDER_IDS_SHARE) / manifest.physical_shards as usize;
+        // An order number names one trade forever, so a cached one is never stale; with a key
+        // window it may name a newer trade once the window has passed, and none is cached.
+        let order_ids_bytes = match options.upkeep.key_window {
+            None => options.cache_bytes / ORDER_IDS_SHARE,
+            Some(_) => 0,
+        };
+        let cache_bytes_per_shard = (options.cache_bytes - order_ids_bytes) / manifest.physical_shards as usize;
         let trade_caches: Vec<_> = (0..manifest.physical_shards)
             .map(|_| std::sync::Arc::new(TradeCache::with_hasher(cache_bytes_per_shard)))
             .collect();
@@ -167,7 +172,7 @@ impl Engine {
                 routing,
                 inboxes: inboxes.clone(),
                 trade_caches: trade_caches.clone(),
-                order_ids: tradeshard_shard::SharedCache::new(options.cache_bytes / ORDER_IDS_SHARE),
+                order_ids: tradeshard_shard::SharedCache::new(order_ids_bytes),
                 backpressure: options.backpressure,
                 groups: groups::Groups::default(),
                 activity_timeout: options.activity_timeout,

@@ -17,7 +17,10 @@
 //! `get_by_order` keeps what it found in the handle's cache of order keys (a thirty-second of
 //! `Options::cache_bytes`): an order number, once a durable trade holds it, names that trade
 //! forever, so a cached answer is never stale, and the next lookup of it reads the trade
-//! without asking the home shard (and, for a cached trade, on the caller's thread).
+//! without asking the home shard (and, for a cached trade, on the caller's thread). With a key
+//! window (`Upkeep::key_window`) an old order number may name a newer trade, and nothing is
+//! cached. A lookup by order number finds a trade however old: it reads the runs past the
+//! window too.
 //!
 //! A stop can leave a trade whose claim was lost: the buyer's shard keeps such trades in doubt
 //! until it learns the claim is durable, and an open finds them again (`doubts.rs` in the

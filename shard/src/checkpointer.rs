@@ -36,6 +36,7 @@ use crate::index::{CreatedAt, Item, RunStore, ShardIndex};
 use crate::key_runs::WrittenRuns;
 use crate::parts::{PartsMark, PlacedParts};
 use crate::retention::keep_from;
+use crate::runs::{Filter, KeysAge};
 use crate::state::Inner;
 use crate::trade::now_ms;
 use crate::trade::TradeId;
@@ -182,6 +183,7 @@ async fn write_checkpoint<D: Disk>(inner: &Inner<D>) -> Result<Option<u64>, Trad
         checkpoints.previous.set(checkpoints.latest.get());
     }
     checkpoints.latest.set(Some(position));
+    expire_runs(inner);
     checkpoints.count(|s| {
         s.position = position;
         s.taken_ms = now;
@@ -196,6 +198,23 @@ async fn write_checkpoint<D: Disk>(inner: &Inner<D>) -> Result<Option<u64>, Trad
     let (kept, below) = kept_runs;
     crate::key_runs::remove_unlisted(inner.wal.disk(), &kept, below).await?;
     Ok(Some(position))
+}
+
+/// Lets the runs now past the key window go past it (`runs/set.rs`): a run's records must lie
+/// below the fallback checkpoint, the oldest an open may start from.
+fn expire_runs<D: Disk>(inner: &Inner<D>) {
+    let (Some(window), Some(fallback)) = (inner.checkpoints.upkeep.key_window, inner.checkpoints.previous.get()) else {
+        return;
+    };
+    let window_ms = u64::try_from(window.as_millis()).unwrap_or(u64::MAX);
+    let runs = inner.key_runs.borrow();
+    let now = now_ms();
+    // A user's trades are listed, never checked: their runs have no filter per key to let go.
+    let stores = runs.sets.stores().into_iter().filter(|(store, _)| store.shape().filter == Filter::PerKey);
+    let went: usize = stores.map(|(_, set)| set.expire(now, window_ms, fallback)).sum();
+    if went > 0 {
+        inner.checkpoints.count(|s| s.key_runs_past_window += went as u64);
+    }
 }
 
 /// What a checkpoint undoes unless it completes (whether it failed or was dropped half way):
@@ -293,7 +312,8 @@ async fn write_durable<D: Disk>(
         let runs = inner.key_runs.borrow();
         (runs.sets.clone(), runs.next_id.clone())
     };
-    let runs = crate::key_runs::write_runs(inner.wal.disk(), sets, &next_id, snapshot).await?;
+    let age = KeysAge { newest_ms: now, through: position };
+    let runs = crate::key_runs::write_runs(inner.wal.disk(), sets, &next_id, snapshot, age).await?;
     let header = Header {
         shard_id: inner.shard_id,
         scalars: snapshot.scalars(),

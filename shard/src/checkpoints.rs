@@ -45,6 +45,10 @@ pub struct CheckpointStats {
     /// Requests that read the runs since open: retries of old keys, and the Bloom filters'
     /// false positives.
     pub key_run_reads: u64,
+    /// Runs that went past the key window since open (`Upkeep::key_window`), and those past it
+    /// now: their Bloom filters left memory.
+    pub key_runs_past_window: u64,
+    pub key_runs_past_window_now: u64,
     /// Device reads of one trade's record in the table since open (a trade that left
     /// memory, or the created part its record holds inline), and of one created part in the
     /// store of created parts.

@@ -26,7 +26,7 @@ use tradeshard_wal::disk::Disk;
 
 use crate::error::{Refusal, TradeError};
 use crate::index::{body_hash, order_key};
-use crate::key_runs::{read_then, KeyKind, Lookup, RunRead};
+use crate::key_runs::{read_reaching_then, read_then, KeyKind, Lookup, Reach, RunRead};
 use crate::reply::{self, ReplyFuture};
 use crate::shard::Shard;
 use crate::state::{Effect, EffectKeys, Inner, ShardReply, Waiter};
@@ -280,15 +280,17 @@ fn confirm_in_memory<D: Disk>(inner: &Rc<Inner<D>>, key: u128, trade: TradeId) -
 fn find_order<D: Disk>(inner: &Rc<Inner<D>>, key: u128, reply: ShardReply<OrderLookup>, read: Option<RunRead>) {
     match order_lookup(inner, key, read.as_ref()) {
         Some(found) => reply.send(Ok(found)),
-        None => read_then(inner, key, KeyKind::Order, reply, move |inner, reply, read| {
+        None => read_reaching_then(inner, key, KeyKind::Order, Reach::All, reply, move |inner, reply, read| {
             find_order(inner, key, reply, Some(read))
         }),
     }
 }
 
-/// Where this shard knows `key` from, or `None` when a run on disk must be read to tell.
+/// Where this shard knows `key` from, however long ago it was used (past the key window too),
+/// or `None` when a run on disk must be read to tell.
 fn order_lookup<D: Disk>(inner: &Rc<Inner<D>>, key: u128, read: Option<&RunRead>) -> Option<OrderLookup> {
-    let state = match inner.key_runs.borrow().lookup(&inner.index.borrow(), key, KeyKind::Order, read) {
+    let lookup = inner.key_runs.borrow().lookup_reaching(&inner.index.borrow(), key, KeyKind::Order, Reach::All, read);
+    let state = match lookup {
         Lookup::Known(state) => state,
         Lookup::MustRead => return None,
     };

@@ -43,7 +43,7 @@ use crate::run_values::{
     activity_value, branch_key, branch_value, claim_value, decode_activity, decode_branch, decode_claim, decode_order,
     decode_refund, decode_request, order_value, refund_value, request_value,
 };
-use crate::runs::{Run, RunSet, Value, VALUE_BYTES_MAX};
+use crate::runs::{KeysAge, Run, RunSet, Value, VALUE_BYTES_MAX};
 use crate::state::{Inner, ShardReply};
 use crate::tcc_book::BranchEntry;
 use crate::tcc_ended::EndedActivity;
@@ -171,11 +171,22 @@ pub(crate) enum KeyKind {
     Branch { activity: u128, branch: u16 },
 }
 
+/// Which runs a lookup reaches.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Reach {
+    /// Those within the key window (`runs/set.rs`): a check of a request's key, for uniqueness
+    /// or idempotency, and what answers a request made under it.
+    Window,
+    /// Every run: finding a trade by an order number however old.
+    All,
+}
+
 /// A key's state as read from the runs, good while the runs are those of `generation`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) struct RunRead {
     pub key: u128,
     kind: KeyKind,
+    reach: Reach,
     generation: u64,
     state: KeyState,
 }
@@ -228,10 +239,22 @@ impl<D: Disk> KeyRuns<D> {
         (in_force.chain(listed).chain(self.merging).collect(), self.next_id.get())
     }
 
-    /// What the memory (`index`) and the Bloom filters tell of `key`, a key of `kind`, or that
-    /// the runs must be read; `read`, a read of the runs made before, counts if the runs are
-    /// still those it read.
+    /// What the memory (`index`) and the Bloom filters of the runs within the key window tell
+    /// of `key`, a key of `kind`, or that the runs must be read; `read`, a read of the runs made
+    /// before, counts if the runs are still those it read.
     pub(crate) fn lookup(&self, index: &ShardIndex, key: u128, kind: KeyKind, read: Option<&RunRead>) -> Lookup {
+        self.lookup_reaching(index, key, kind, Reach::Window, read)
+    }
+
+    /// [`lookup`](Self::lookup) reaching the runs `reach` says.
+    pub(crate) fn lookup_reaching(
+        &self,
+        index: &ShardIndex,
+        key: u128,
+        kind: KeyKind,
+        reach: Reach,
+        read: Option<&RunRead>,
+    ) -> Lookup {
         let in_memory = match kind {
             KeyKind::Order => {
                 KeyState { order: index.by_order(key), claim: index.claim(key).copied(), ..KeyState::default() }
@@ -245,14 +268,18 @@ impl<D: Disk> KeyRuns<D> {
         if in_memory != KeyState::default() {
             return Lookup::Known(in_memory);
         }
+        let may_hold = |set: &RunSet<D>| match reach {
+            Reach::Window => set.may_hold(key),
+            Reach::All => set.may_hold_any(key),
+        };
         let may_hold = match kind {
-            KeyKind::Order => self.sets.orders.may_hold(key) || self.sets.claims.may_hold(key),
-            KeyKind::Refund => self.sets.refunds.may_hold(key),
-            KeyKind::Request => self.sets.requests.may_hold(key) || self.sets.activities.may_hold(key),
-            KeyKind::Branch { .. } => self.sets.branches.may_hold(key),
+            KeyKind::Order => may_hold(&self.sets.orders) || may_hold(&self.sets.claims),
+            KeyKind::Refund => may_hold(&self.sets.refunds),
+            KeyKind::Request => may_hold(&self.sets.requests) || may_hold(&self.sets.activities),
+            KeyKind::Branch { .. } => may_hold(&self.sets.branches),
         };
         match read {
-            Some(read) if (read.key, read.kind, read.generation) == (key, kind, self.generation) => {
+            Some(read) if (read.key, read.kind, read.reach, read.generation) == (key, kind, reach, self.generation) => {
                 Lookup::Known(read.state)
             }
             _ if may_hold => Lookup::MustRead,
@@ -260,20 +287,22 @@ impl<D: Disk> KeyRuns<D> {
         }
     }
 
-    /// Reads `key`, a key of `kind`, from the runs in force now; the future holds no borrow of
-    /// `self`.
+    /// Reads `key`, a key of `kind`, from the runs in force now that `reach` says; the future
+    /// holds no borrow of `self`.
     pub(crate) fn read(
         &self,
         key: u128,
         kind: KeyKind,
+        reach: Reach,
     ) -> impl std::future::Future<Output = Result<RunRead, TradeError>> + 'static {
         self.reads.set(self.reads.get() + 1);
         let generation = self.generation;
+        let get = |set: &RunSet<D>| set.get_reaching(key, reach == Reach::All);
         let (first, second) = match kind {
-            KeyKind::Order => (self.sets.orders.get(key), Some(self.sets.claims.get(key))),
-            KeyKind::Refund => (self.sets.refunds.get(key), None),
-            KeyKind::Request => (self.sets.requests.get(key), Some(self.sets.activities.get(key))),
-            KeyKind::Branch { .. } => (self.sets.branches.get(key), None),
+            KeyKind::Order => (get(&self.sets.orders), Some(get(&self.sets.claims))),
+            KeyKind::Refund => (get(&self.sets.refunds), None),
+            KeyKind::Request => (get(&self.sets.requests), Some(get(&self.sets.activities))),
+            KeyKind::Branch { .. } => (get(&self.sets.branches), None),
         };
         async move {
             let first = first.await?;
@@ -294,14 +323,14 @@ impl<D: Disk> KeyRuns<D> {
                 },
                 _ => KeyState { refund: first.as_ref().map(decode_refund).transpose()?, ..KeyState::default() },
             };
-            Ok(RunRead { key, kind, generation, state })
+            Ok(RunRead { key, kind, reach, generation, state })
         }
     }
 }
 
-/// Reads `key`, a key of `kind`, from the runs on disk on a task, then calls `then` with what
-/// was read (or answers `reply` with why it could not be). The caller holds no borrow of the
-/// shard's state: the task may start at once.
+/// Reads `key`, a key of `kind`, from the runs on disk within the key window on a task, then
+/// calls `then` with what was read (or answers `reply` with why it could not be). The caller
+/// holds no borrow of the shard's state: the task may start at once.
 pub(crate) fn read_then<D: Disk, R: 'static>(
     inner: &Rc<Inner<D>>,
     key: u128,
@@ -309,7 +338,19 @@ pub(crate) fn read_then<D: Disk, R: 'static>(
     reply: ShardReply<R>,
     then: impl FnOnce(&Rc<Inner<D>>, ShardReply<R>, RunRead) + 'static,
 ) {
-    let reading = inner.key_runs.borrow().read(key, kind);
+    read_reaching_then(inner, key, kind, Reach::Window, reply, then)
+}
+
+/// [`read_then`] reaching the runs `reach` says.
+pub(crate) fn read_reaching_then<D: Disk, R: 'static>(
+    inner: &Rc<Inner<D>>,
+    key: u128,
+    kind: KeyKind,
+    reach: Reach,
+    reply: ShardReply<R>,
+    then: impl FnOnce(&Rc<Inner<D>>, ShardReply<R>, RunRead) + 'static,
+) {
+    let reading = inner.key_runs.borrow().read(key, kind, reach);
     let inner = inner.clone();
     let task = async move {
         match reading.await {
@@ -385,13 +426,14 @@ pub(crate) struct WrittenRuns<D: Disk> {
 }
 
 /// Writes the keys `snapshot` holds in memory as a new run of each store (after `sets`, the
-/// runs in force) and syncs the directory. Nothing is in force until the checkpoint listing
+/// runs in force; `age`, how old their keys are) and syncs the directory. Nothing is in force until the checkpoint listing
 /// the runs is durable; merges come after it (`run_merges.rs`).
 pub(crate) async fn write_runs<D: Disk>(
     disk: &D,
     sets: RunSets<D>,
     next_id: &Cell<u64>,
     snapshot: &ShardIndex,
+    age: KeysAge,
 ) -> Result<WrittenRuns<D>, TradeError> {
     let mut sets = sets;
     // Each step in turns: a checkpoint may hold a million entries to sort (`turns.rs`).
@@ -438,7 +480,8 @@ pub(crate) async fn write_runs<D: Disk>(
             continue;
         }
         let id = take_id(next_id);
-        let run = Rc::new(Run::write(disk, store.prefix(), id, 0, store.shape(), entries.len() as u64, entries).await?);
+        let count = entries.len() as u64;
+        let run = Rc::new(Run::write(disk, store.prefix(), id, 0, age, store.shape(), count, entries).await?);
         bytes += run.file_bytes();
         sets.store_mut(store).push(run.clone());
         new_runs.push((store, run));

@@ -47,6 +47,15 @@ pub struct Upkeep {
     pub trade_memory_bytes: u64,
     /// How application messages are retried, and how many bytes of them the shard holds.
     pub messages: crate::message_book::MessagePolicy,
+    /// How long a key is remembered for uniqueness and idempotency at least: merchant order
+    /// numbers, refund and account request numbers, the branches and activities of flexible
+    /// transactions. A request repeating a key older than this may be taken as new (a second
+    /// trade with an old order number, a second transfer under an old request number). The
+    /// runs past it keep no Bloom filter in memory (`runs/set.rs`), so that memory is set by
+    /// the keys of one window, not by every key ever held; a trade stays found by its order
+    /// number however old. `None`: every key is remembered, and the filters' memory grows with
+    /// the keys held (about 2 bytes a key).
+    pub key_window: Option<Duration>,
 }
 
 /// Bytes of a trade's entry in memory (asserted in `index.rs`).
@@ -85,6 +94,7 @@ impl Default for Upkeep {
             group_idle_expiry: Some(WEEK),
             trade_memory_bytes: 512 << 20,
             messages: crate::message_book::MessagePolicy::default(),
+            key_window: None,
         }
     }
 }

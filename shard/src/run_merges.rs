@@ -22,7 +22,7 @@ use tradeshard_wal::disk::Disk;
 use crate::error::{LogError, TradeError};
 use crate::index::RunStore;
 use crate::key_runs::take_id;
-use crate::runs::merge;
+use crate::runs::{merge, Filter, Shape};
 use crate::state::Inner;
 
 /// Merges runs until no store's policy asks for one. Waits for a merge under way first.
@@ -34,20 +34,23 @@ pub(crate) async fn merge_due<D: Disk>(inner: &Inner<D>) -> Result<(), TradeErro
         let planned = {
             let mut runs = inner.key_runs.borrow_mut();
             let plan = RunStore::ALL.into_iter().find_map(|store| {
-                let (range, level) = runs.sets.store(store).merge_plan()?;
-                Some((store, runs.sets.store(store).runs()[range].to_vec(), level))
+                let (range, level, past_window) = runs.sets.store(store).merge_plan()?;
+                Some((store, runs.sets.store(store).runs()[range].to_vec(), level, past_window))
             });
-            plan.map(|(store, inputs, level)| {
+            plan.map(|(store, inputs, level, past_window)| {
                 let id = take_id(&runs.next_id);
                 runs.merging = Some(id);
-                (store, inputs, level, id)
+                (store, inputs, level, past_window, id)
             })
         };
-        let Some((store, inputs, level, id)) = planned else { return Ok(()) };
-        let merged = merge_one(inner, store, &inputs, level, id).await;
+        let Some((store, inputs, level, past_window, id)) = planned else { return Ok(()) };
+        let merged = merge_one(inner, store, &inputs, level, past_window, id).await;
         let mut runs = inner.key_runs.borrow_mut();
         runs.merging = None;
         let merged = merged?;
+        if past_window {
+            merged.forget_filter();
+        }
         let bytes = merged.file_bytes();
         runs.sets.store_mut(store).replace_runs(&inputs, Rc::new(merged))?;
         runs.generation += 1;
@@ -55,16 +58,22 @@ pub(crate) async fn merge_due<D: Disk>(inner: &Inner<D>) -> Result<(), TradeErro
     }
 }
 
-/// Writes the merge of `inputs` as run `id` at `level`, synced with its directory entry.
+/// Writes the merge of `inputs` as run `id` at `level`, synced with its directory entry; runs
+/// past the key window merge with the least filter, which nothing will ask.
 async fn merge_one<D: Disk>(
     inner: &Inner<D>,
     store: RunStore,
     inputs: &[Rc<crate::runs::Run<D>>],
     level: u32,
+    past_window: bool,
     id: u64,
 ) -> Result<crate::runs::Run<D>, TradeError> {
     let disk = inner.wal.disk();
-    let merged = merge(disk, store.prefix(), id, level, store.shape(), inputs).await?;
+    let shape = match past_window {
+        true => Shape { filter: Filter::RangesOnly, ..store.shape() },
+        false => store.shape(),
+    };
+    let merged = merge(disk, store.prefix(), id, level, shape, inputs).await?;
     disk.sync_dir().await.map_err(|e| TradeError::Log(LogError::io("sync directory", disk.path_of(""), e)))?;
     Ok(merged)
 }

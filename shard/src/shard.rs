@@ -396,6 +396,7 @@ impl<D: Disk> Shard<D> {
                 stats.key_run_bytes = sets.iter().map(|set| set.file_bytes()).sum();
                 stats.key_run_memory_bytes = sets.iter().map(|set| set.memory_bytes() as u64).sum();
                 stats.key_run_reads = runs.reads.get();
+                stats.key_runs_past_window_now = sets.iter().map(|set| set.past_window() as u64).sum();
                 stats.held_bytes = self.inner.index.borrow().held_bytes();
                 stats
             },

@@ -21,7 +21,7 @@ use crate::command::Command;
 use crate::entries::RefundEntry;
 use crate::error::{InputError, LogError, Refusal, TradeError};
 use crate::index::{body_hash, order_key, refund_key, ShardIndex};
-use crate::key_runs::{KeyKind, KeyState, Lookup, RunRead};
+use crate::key_runs::{KeyKind, KeyState, Lookup, Reach, RunRead};
 use crate::lifecycle::{next_state, Action, Lifecycle, Move};
 use crate::record::{Funding, TradeRecord};
 use crate::shard::Shard;
@@ -100,7 +100,7 @@ fn submit_to<D: Disk>(
             Lookup::Known(state) => durable = state,
             Lookup::MustRead => {
                 accepted.reading.insert(key, vec![WaitingWrite { command, reply, in_doubt, read: None }]);
-                let reading = runs.read(key, KeyKind::Order);
+                let reading = runs.read(key, KeyKind::Order, Reach::Window);
                 // The task may start at once: not under these borrows.
                 drop((accepted, index, runs));
                 glommio::spawn_local(read_then_submit(inner.clone(), key, reading)).detach();
@@ -140,7 +140,7 @@ fn submit_to<D: Disk>(
                 Lookup::Known(state) => durable.refund = state.refund,
                 Lookup::MustRead => {
                     accepted.reading.insert(key, vec![WaitingWrite { command, reply, in_doubt, read: None }]);
-                    let reading = runs.read(key, KeyKind::Refund);
+                    let reading = runs.read(key, KeyKind::Refund, Reach::Window);
                     drop((accepted, index, runs));
                     glommio::spawn_local(read_then_submit(inner.clone(), key, reading)).detach();
                     return;

@@ -20,10 +20,15 @@ const TRAILER_AT: usize = BLOCK - 16;
 const RESERVED_AT: usize = TRAILER_AT + 4;
 const CHECKSUM_AT: usize = TRAILER_AT + 8;
 const MAGIC: [u8; 4] = *b"TSRN";
-const VERSION: u16 = 1;
-/// Bytes of the footer's fields; the rest of its block is reserved (zero).
-const FOOTER_FIELDS: usize = 64;
-const FOOTER_CHECKSUM_AT: usize = FOOTER_FIELDS - 8;
+/// The version written. Version 1 footers (no age of their keys) are still read: their keys'
+/// age is unknown, so they never pass a key window.
+const VERSION: u16 = 2;
+/// Bytes of the footer's fields, by version; the rest of its block is reserved (zero). The
+/// checksum is the fields' last 8 bytes.
+const FOOTER_FIELDS_V1: usize = 64;
+const FOOTER_FIELDS: usize = 80;
+/// Where version 2's age fields start (the newest time, then the position).
+const AGE_AT: usize = 56;
 const FENCE_BYTES: u64 = KEY_BYTES as u64;
 
 const _: () = assert!(CHECKSUM_AT + 8 == BLOCK);
@@ -59,6 +64,26 @@ pub(super) struct Footer {
     pub hashes: u32,
     /// xxh3_64 of the index section without its padding.
     pub index_checksum: u64,
+    /// How old the run's keys are.
+    pub age: KeysAge,
+}
+
+/// How old the keys of a run are: none was added after `newest_ms` (ms since the Unix epoch),
+/// and every one was applied below log position `through`. A merge's is the greatest of its
+/// inputs'. Unknown (a version 1 file): both at their greatest, never past any window.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct KeysAge {
+    pub newest_ms: u64,
+    pub through: u64,
+}
+
+impl KeysAge {
+    pub(crate) const UNKNOWN: KeysAge = KeysAge { newest_ms: u64::MAX, through: u64::MAX };
+
+    /// The age of the keys of two runs together.
+    pub(crate) fn max(self, other: KeysAge) -> KeysAge {
+        KeysAge { newest_ms: self.newest_ms.max(other.newest_ms), through: self.through.max(other.through) }
+    }
 }
 
 impl Footer {
@@ -112,7 +137,9 @@ impl Footer {
         out.extend_from_slice(&self.bloom_words.to_le_bytes());
         out.extend_from_slice(&self.hashes.to_le_bytes());
         out.extend_from_slice(&self.index_checksum.to_le_bytes());
-        debug_assert_eq!(out.len(), FOOTER_CHECKSUM_AT);
+        out.extend_from_slice(&self.age.newest_ms.to_le_bytes());
+        out.extend_from_slice(&self.age.through.to_le_bytes());
+        debug_assert_eq!(out.len(), FOOTER_FIELDS - 8);
         let sum = xxh3_64(&out);
         out.extend_from_slice(&sum.to_le_bytes());
         out.resize(BLOCK, 0);
@@ -130,15 +157,21 @@ impl Footer {
         if bytes[..4] != MAGIC {
             return Err("not a run file (no run footer)");
         }
-        if u64_at(FOOTER_CHECKSUM_AT) != xxh3_64(&bytes[..FOOTER_CHECKSUM_AT]) {
+        let fields = match u16_at(4) {
+            1 => FOOTER_FIELDS_V1,
+            VERSION => FOOTER_FIELDS,
+            _ => return Err("a run file of an unknown format version"),
+        };
+        if u64_at(fields - 8) != xxh3_64(&bytes[..fields - 8]) {
             return Err("run footer checksum mismatch");
         }
-        if bytes[FOOTER_FIELDS..].iter().any(|&b| b != 0) {
+        if bytes[fields..].iter().any(|&b| b != 0) {
             return Err("a run footer with bytes where zeros belong");
         }
-        if u16_at(4) != VERSION {
-            return Err("a run file of an unknown format version");
-        }
+        let age = match fields {
+            FOOTER_FIELDS => KeysAge { newest_ms: u64_at(AGE_AT), through: u64_at(AGE_AT + 8) },
+            _ => KeysAge::UNKNOWN,
+        };
         let entry_bytes = usize::from(u16_at(6));
         if entry_bytes < KEY_BYTES || self::entry_bytes(entry_bytes - KEY_BYTES) != Some(entry_bytes) {
             return Err("a run file of entries of a size no run has");
@@ -152,6 +185,7 @@ impl Footer {
             bloom_words: u64_at(36),
             hashes: u32_at(44),
             index_checksum: u64_at(48),
+            age,
         };
         if footer.id != id {
             return Err("a run file whose footer names another run");
@@ -322,6 +356,7 @@ impl IndexDecoder {
 pub(super) struct Encoder {
     id: u64,
     level: u32,
+    age: KeysAge,
     entry_bytes: usize,
     block: Vec<u8>,
     in_block: usize,
@@ -339,6 +374,7 @@ impl Encoder {
         Ok(Encoder {
             id,
             level,
+            age: KeysAge::UNKNOWN,
             entry_bytes,
             block: vec![0; BLOCK],
             in_block: 0,
@@ -347,6 +383,11 @@ impl Encoder {
             fences: Vec::new(),
             last: None,
         })
+    }
+
+    /// The age of the run's keys, written in its footer (unknown unless set).
+    pub(super) fn set_age(&mut self, age: KeysAge) {
+        self.age = age;
     }
 
     /// Entries pushed so far.
@@ -407,6 +448,7 @@ impl Encoder {
             bloom_words: self.bloom.words().len() as u64,
             hashes: self.bloom.hashes(),
             index_checksum: 0,
+            age: self.age,
         };
         Ok(Tail { footer, bloom: self.bloom, fences: self.fences, next: 0, hasher: Box::new(Xxh3::new()), done: false })
     }

@@ -35,10 +35,14 @@ pub fn decode_for_fuzzing(bytes: &[u8], id: u64) -> Result<Vec<(u128, Value)>, &
     Ok(entries)
 }
 
+/// The age of the sample's keys.
+pub(super) const SAMPLE_AGE: super::KeysAge = super::KeysAge { newest_ms: 1_764_000_000_000, through: 4_242 };
+
 /// The file of run `id` holding three entries of `value_bytes` each (the fuzzer's seeds: 24
 /// and 56).
 pub fn sample_for_fuzzing(id: u64, value_bytes: usize) -> Vec<u8> {
     let mut encoder = Encoder::new(id, 1, 3, value_bytes).expect("a size runs have");
+    encoder.set_age(SAMPLE_AGE);
     let mut bytes = Vec::new();
     for n in 1..=3u8 {
         let key = u128::from(n) * 0x09E3_779B_97F4_A7C1_5F39_CC06_05CE_DC83;

@@ -26,11 +26,14 @@
 //!   then the fence keys (the first key of each data block, u128 each, strictly ascending),
 //!   zero-padded to a multiple of 4096 bytes.
 //! - The footer, the file's last 4096 bytes: at 0 the magic `TSRN`, 4 the format version (u16,
-//!   1), 6 the entry bytes (u16: 16 plus a value of 0 to 56 bytes, a multiple of 8), 8 the run id (u64), 16 the level (u32), 20 the entry
+//!   2), 6 the entry bytes (u16: 16 plus a value of 0 to 56 bytes, a multiple of 8), 8 the run id (u64), 16 the level (u32), 20 the entry
 //!   count (u64, at least 1), 28 the data blocks (u64, `ceil(entries / (4080 / E))`), 36 the Bloom
 //!   filter's words (u64, a multiple of 8, at least 8), 44 the Bloom probe count (u32, 1..=7),
-//!   48 `xxh3_64` of the index section without its padding (u64), 56 `xxh3_64` of footer bytes
-//!   0..56 (u64); bytes 64..4096 are reserved and zero.
+//!   48 `xxh3_64` of the index section without its padding (u64), 56 the newest time a key was
+//!   added (u64, ms since the Unix epoch), 64 the log position every key was applied below
+//!   (u64), 72 `xxh3_64` of footer bytes 0..72 (u64); bytes 80..4096 are reserved and zero.
+//!   Version 1 has no age: its checksum is at 56, over bytes 0..56, and bytes 64..4096 are zero;
+//!   it is still read, its keys of unknown age (never past a key window).
 //!
 //! The file is exactly `(data_blocks + ceil(index_bytes / 4096) + 1) × 4096` bytes long, where
 //! `index_bytes = 8 × bloom_words + 16 × data_blocks`. An open reads and checks the footer
@@ -49,11 +52,15 @@ mod set;
 mod tests;
 mod write;
 
+use std::cell::RefCell;
+
 use tradeshard_wal::disk::{Disk, DiskFile};
 
 use crate::error::{LogError, TradeError};
 use bloom::Bloom;
 use format::{check_block, find_in_block, key_at, Footer, IndexDecoder, BLOCK};
+
+pub(crate) use format::KeysAge;
 
 #[cfg(any(test, feature = "testing"))]
 pub use fuzzing::{decode_for_fuzzing, sample_for_fuzzing};
@@ -101,13 +108,15 @@ pub(crate) struct Shape {
 /// Bytes of the index section read at once by an open.
 const READ_BYTES: usize = 1 << 20;
 
-/// One run file, open: its Bloom filter and fence keys in memory, its entries on disk.
+/// One run file, open: its Bloom filter and fence keys in memory, its entries on disk. A run
+/// past its store's key window (`set.rs`) lets its filter go: it is read only by lookups that
+/// must find old keys, one block read each, never by a check of a new key.
 pub(crate) struct Run<D: Disk> {
     disk: D,
     name: String,
     file: D::File,
     footer: Footer,
-    bloom: Bloom,
+    bloom: RefCell<Option<Bloom>>,
     fences: Vec<u128>,
 }
 
@@ -162,7 +171,7 @@ impl<D: Disk> Run<D> {
             crate::turns::take_turn().await;
         }
         let (bloom, fences) = index.finish().map_err(|reason| corrupt(disk, &name, footer.index_offset(), reason))?;
-        Ok(Run { disk: disk.clone(), name, file, footer, bloom, fences })
+        Ok(Run { disk: disk.clone(), name, file, footer, bloom: RefCell::new(Some(bloom)), fences })
     }
 
     pub(crate) fn id(&self) -> u64 {
@@ -182,9 +191,32 @@ impl<D: Disk> Run<D> {
         self.footer.value_bytes()
     }
 
+    /// How old its keys are.
+    pub(crate) fn age(&self) -> KeysAge {
+        self.footer.age
+    }
+
     /// Bytes the run holds in memory (Bloom filter and fence keys).
     pub(crate) fn memory_bytes(&self) -> usize {
-        self.bloom.memory_bytes() + self.fences.capacity() * KEY_BYTES
+        let bloom = self.bloom.borrow().as_ref().map_or(0, Bloom::memory_bytes);
+        bloom + self.fences.capacity() * KEY_BYTES
+    }
+
+    /// Lets the Bloom filter go: the run is past its store's key window (`set.rs`). From now
+    /// on it may hold any key, and a lookup that asks it reads it.
+    pub(crate) fn forget_filter(&self) {
+        self.bloom.borrow_mut().take();
+    }
+
+    /// Whether the run is past its store's key window (it let its filter go).
+    pub(crate) fn past_window(&self) -> bool {
+        self.bloom.borrow().is_none()
+    }
+
+    /// False if the run is past its key window or its filter says the key is surely not in it:
+    /// what a check of a new key asks.
+    pub(crate) fn may_hold_within_window(&self, key: u128) -> bool {
+        self.bloom.borrow().as_ref().is_some_and(|bloom| bloom.may_hold(key))
     }
 
     /// Bytes of the file.
@@ -193,9 +225,9 @@ impl<D: Disk> Run<D> {
     }
 
     /// False only if the key is surely not in the run (the Bloom filter has no false
-    /// negatives).
+    /// negatives; a run without its filter may hold any key).
     pub(crate) fn may_hold(&self, key: u128) -> bool {
-        self.bloom.may_hold(key)
+        self.bloom.borrow().as_ref().is_none_or(|bloom| bloom.may_hold(key))
     }
 
     /// The key's value in this run: the Bloom filter, then the fence keys, then one read of

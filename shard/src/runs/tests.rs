@@ -48,7 +48,7 @@ fn keys(seed: u64, count: usize) -> Vec<u128> {
 }
 
 async fn write(disk: &SimDisk, id: u64, level: u32, entries: &[(u128, Value)]) -> Result<Run<SimDisk>, TradeError> {
-    Run::write(disk, PREFIX, id, level, SHAPE, entries.len() as u64, entries.iter().copied()).await
+    Run::write(disk, PREFIX, id, level, KeysAge::UNKNOWN, SHAPE, entries.len() as u64, entries.iter().copied()).await
 }
 
 /// The path and offset of a corruption error.
@@ -73,7 +73,8 @@ fn every_key_reads_back(id: u64, value_bytes: usize, per_block: usize) {
         let keys = keys(1, 5_000);
         let entries: Vec<(u128, Value)> = keys.iter().map(|&k| (k, sized_value(k, 1, value_bytes))).collect();
         let shape = Shape { filter: Filter::PerKey, value_bytes };
-        let written = Run::write(&disk, PREFIX, id, 2, shape, 5_000, entries.iter().copied()).await.unwrap();
+        let written =
+            Run::write(&disk, PREFIX, id, 2, KeysAge::UNKNOWN, shape, 5_000, entries.iter().copied()).await.unwrap();
         let opened = Run::open(&disk, PREFIX, id, value_bytes).await.unwrap();
         let name = Run::<SimDisk>::file_name(PREFIX, id);
         assert_eq!(name, format!("t-{id:016x}.run"));
@@ -104,7 +105,7 @@ fn every_key_reads_back(id: u64, value_bytes: usize, per_block: usize) {
         let mut too_long = [0u8; VALUE_BYTES_MAX];
         too_long[value_bytes..].fill(1);
         if value_bytes < VALUE_BYTES_MAX {
-            let written = Run::write(&disk, PREFIX, 99, 0, shape, 1, [(1, too_long)]).await;
+            let written = Run::write(&disk, PREFIX, 99, 0, KeysAge::UNKNOWN, shape, 1, [(1, too_long)]).await;
             let (_, _, reason) = corruption(written.err().unwrap());
             assert_eq!(reason, "a value longer than its run's values");
         }
@@ -129,7 +130,9 @@ fn ranges_read_greatest_first_with_a_filter_per_key_or_none() {
             let count = entries.len() as u64;
             // As the users' runs are: keys alone.
             let shape = Shape { filter, value_bytes: 0 };
-            let written = Run::write(&disk, PREFIX, id, 0, shape, count, entries.iter().copied()).await.unwrap();
+            let written = Run::write(&disk, PREFIX, id, 0, KeysAge::UNKNOWN, shape, count, entries.iter().copied())
+                .await
+                .unwrap();
             let opened = Run::open(&disk, PREFIX, id, 0).await.unwrap();
             for run in [&written, &opened] {
                 for (low, high, limit) in [
@@ -239,7 +242,7 @@ proptest::proptest! {
                 model.extend(entries.iter().copied());
                 next_id += 1;
                 set.push(Rc::new(write(&disk, next_id, 0, &entries).await.unwrap()));
-                while let Some((range, level)) = set.merge_plan() {
+                while let Some((range, level, _)) = set.merge_plan() {
                     next_id += 1;
                     let merged = merge(&disk, PREFIX, next_id, level, SHAPE, &set.runs()[range.clone()]).await.unwrap();
                     set.replace(range, Rc::new(merged));
@@ -381,12 +384,15 @@ fn entries_out_of_order_or_not_as_many_as_counted_are_refused_and_leave_no_file(
             assert_eq!(disk.file_len(&name), None);
         }
         for count in [299, 301] {
-            let result = Run::write(&disk, PREFIX, 1, 0, SHAPE, count, ascending.iter().copied()).await;
+            let result =
+                Run::write(&disk, PREFIX, 1, 0, KeysAge::UNKNOWN, SHAPE, count, ascending.iter().copied()).await;
             assert!(result.is_err(), "count {count}");
             assert_eq!(disk.file_len(&name), None);
         }
         assert!(
-            Run::write(&disk, PREFIX, 1, 0, SHAPE, 0, std::iter::empty::<(u128, Value)>()).await.is_err(),
+            Run::write(&disk, PREFIX, 1, 0, KeysAge::UNKNOWN, SHAPE, 0, std::iter::empty::<(u128, Value)>())
+                .await
+                .is_err(),
             "an empty run"
         );
         // A leftover file of the name is replaced.
@@ -425,17 +431,46 @@ fn the_sample_file_is_laid_out_as_documented() {
     assert_eq!(bytes.len(), 3 * BLOCK, "a data block, an index block, the footer");
     let footer = &bytes[2 * BLOCK..];
     let u64_at = |at: usize| u64::from_le_bytes(footer[at..at + 8].try_into().unwrap());
-    assert_eq!(&footer[..8], b"TSRN\x01\x00\x28\x00");
+    assert_eq!(&footer[..8], b"TSRN\x02\x00\x28\x00");
     assert_eq!((u64_at(8), &footer[16..20], u64_at(20), u64_at(28), u64_at(36)), (1, &[1, 0, 0, 0][..], 3, 1, 8));
     assert_eq!(&footer[44..48], &[7, 0, 0, 0]);
     assert_eq!(u64_at(48), xxhash_rust::xxh3::xxh3_64(&bytes[BLOCK..BLOCK + 8 * 8 + 16]));
-    assert_eq!(u64_at(56), xxhash_rust::xxh3::xxh3_64(&footer[..56]));
+    assert_eq!((u64_at(56), u64_at(64)), (fuzzing::SAMPLE_AGE.newest_ms, fuzzing::SAMPLE_AGE.through));
+    assert_eq!(u64_at(72), xxhash_rust::xxh3::xxh3_64(&footer[..72]));
+    assert!(footer[80..].iter().all(|&b| b == 0));
     let block = &bytes[..BLOCK];
     assert_eq!(&block[4080..4088], &[3, 0, 0, 0, 0, 0, 0, 0]);
     let sum = xxhash_rust::xxh3::xxh3_64_with_seed(&block[..4088], 1u64.rotate_left(32));
     assert_eq!(block_seed(1, 0), 1 << 32);
     assert_eq!(&block[4088..], &sum.to_le_bytes());
     assert_eq!(&bytes[BLOCK + 64..BLOCK + 80], &block[..16], "the fence key is the block's first key");
+}
+
+#[test]
+fn a_version_1_footer_still_opens_with_its_keys_of_unknown_age() {
+    let mut bytes = sample_for_fuzzing(1, VALUE_BYTES);
+    let len = bytes.len() as u64;
+    let footer_at = 2 * BLOCK;
+    let aged = format::Footer::decode(&bytes[footer_at..], 1, len).unwrap();
+    assert_eq!(aged.age, fuzzing::SAMPLE_AGE);
+    // Version 1: no age fields, the checksum at 56 over the 56 bytes before it.
+    bytes[footer_at + 4] = 1;
+    bytes[footer_at + 56..footer_at + 80].fill(0);
+    let sum = xxhash_rust::xxh3::xxh3_64(&bytes[footer_at..footer_at + 56]);
+    bytes[footer_at + 56..footer_at + 64].copy_from_slice(&sum.to_le_bytes());
+    let old = format::Footer::decode(&bytes[footer_at..], 1, len).unwrap();
+    assert_eq!(old, format::Footer { age: KeysAge::UNKNOWN, ..aged });
+    assert_eq!(
+        decode_for_fuzzing(&bytes, 1).unwrap(),
+        decode_for_fuzzing(&sample_for_fuzzing(1, VALUE_BYTES), 1).unwrap()
+    );
+    // A version 1 footer with an age where its zeros belong, or a version 3, is refused.
+    let mut aged_v1 = bytes.clone();
+    aged_v1[footer_at + 64] = 1;
+    assert!(format::Footer::decode(&aged_v1[footer_at..], 1, len).is_err());
+    let mut v3 = sample_for_fuzzing(1, VALUE_BYTES);
+    v3[footer_at + 4] = 3;
+    assert!(format::Footer::decode(&v3[footer_at..], 1, len).is_err());
 }
 
 #[test]

@@ -12,7 +12,7 @@ use std::rc::Rc;
 use tradeshard_wal::disk::{Disk, DiskFile, WriteBuf};
 
 use super::format::{check_block, key_at, value_at, Encoder, Tail, BLOCK};
-use super::{corrupt, io, Run, Shape, Value};
+use super::{corrupt, io, KeysAge, Run, Shape, Value};
 use crate::error::TradeError;
 
 /// Bytes written at once.
@@ -83,7 +83,7 @@ impl<D: Disk> RunWriter<D> {
         match written {
             Ok((footer, bloom, fences)) => {
                 let Sink { disk, name, file, .. } = sink;
-                Ok(Run { disk, name, file, footer, bloom, fences })
+                Ok(Run { disk, name, file, footer, bloom: std::cell::RefCell::new(Some(bloom)), fences })
             }
             Err(e) => {
                 sink.discard().await;
@@ -158,12 +158,14 @@ impl<D: Disk> Run<D> {
     /// Writes run `id` of the store `prefix` at `level`: `count` entries of the `shape`'s
     /// values, keys strictly ascending (an error otherwise, and the file is removed; so is it
     /// if the entries are not `count`, which sizes the Bloom filter as the shape's filter
-    /// says). The file is synced, its directory is not.
+    /// says); `age` is its keys' age, for its footer. The file is synced, its directory is not.
+    #[allow(clippy::too_many_arguments)]
     pub(crate) async fn write(
         disk: &D,
         prefix: &str,
         id: u64,
         level: u32,
+        age: KeysAge,
         shape: Shape,
         count: u64,
         entries: impl IntoIterator<Item = (u128, Value)>,
@@ -173,6 +175,7 @@ impl<D: Disk> Run<D> {
         }
         let capacity = shape.filter.capacity(count);
         let mut writer = RunWriter::create(disk, prefix, id, level, capacity, shape.value_bytes).await?;
+        writer.encoder.set_age(age);
         let mut filled = Ok(());
         for (key, value) in entries {
             if writer.encoder.entries() == count {
@@ -221,6 +224,7 @@ pub(crate) async fn merge<D: Disk>(
     let capacity = runs.iter().fold(0u64, |sum, run| sum.saturating_add(run.entries()));
     let (capacity, value_bytes) = (shape.filter.capacity(capacity), shape.value_bytes);
     let mut writer = RunWriter::create(disk, prefix, id, level, capacity, value_bytes).await?;
+    writer.encoder.set_age(runs.iter().map(|run| run.age()).fold(runs[0].age(), KeysAge::max));
     match merge_into(&mut writer, runs).await {
         Ok(()) => writer.finish().await,
         Err(e) => {

@@ -67,6 +67,10 @@ pub struct Args {
     /// leave memory for the shard's table on disk at each checkpoint.
     #[arg(long, value_parser = parse_bytes)]
     trade_memory: Option<u64>,
+    /// Remember order, refund and request numbers for uniqueness and idempotency this long at
+    /// least (e.g. 60s or 24h; default: forever): the Bloom filters of older keys leave memory.
+    #[arg(long, value_parser = latency::parse_duration)]
+    key_window: Option<Duration>,
     /// ingest: creates only; mixed: create, pay, settle, get and list; read: gets by trade id
     /// after an untimed ingest of --read-trades trades; transfer: money moved between --users
     /// users funded before the timed phase, then counted (`conservation_ok`); publish and
@@ -236,6 +240,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         retention_bytes: args.retention_bytes.or(defaults.retention_bytes),
         recycled_segments_max: args.recycled_segments.unwrap_or(defaults.recycled_segments_max),
         trade_memory_bytes: args.trade_memory.unwrap_or(defaults.trade_memory_bytes),
+        key_window: args.key_window.or(defaults.key_window),
         ..defaults
     };
     let mut options = Options {

@@ -34,6 +34,10 @@ pub(super) struct IntervalReport {
     pub(super) account_requests: u64,
     pub(super) branches: u64,
     pub(super) activities: u64,
+    /// Bytes the runs of keys hold in memory (Bloom filters and fences: flat in the keys held
+    /// once runs go past a key window, `--key-window`), and the runs past it.
+    pub(super) key_run_memory_bytes: u64,
+    pub(super) key_runs_past_window: u64,
 }
 
 #[derive(Serialize)]
@@ -154,6 +158,8 @@ pub(super) async fn interval_report(
         account_requests: sum(|shard| shard.account_requests),
         branches: sum(|shard| shard.branches),
         activities: sum(|shard| shard.activities),
+        key_run_memory_bytes: sum(|shard| shard.checkpoints.key_run_memory_bytes),
+        key_runs_past_window: sum(|shard| shard.checkpoints.key_runs_past_window_now),
     })
 }
 
@@ -295,6 +301,8 @@ mod tests {
             account_requests: 0,
             branches: 0,
             activities: 0,
+            key_run_memory_bytes: 0,
+            key_runs_past_window: 0,
         }
     }
 

@@ -12,6 +12,8 @@ use tradeshard_engine::{EngineHandle, Error, NewTrade, Receipt, Refusal, TradeId
 
 /// Creates whose order numbers the read-back looks up.
 const ORDERS_CHECKED_MAX: usize = 100_000;
+/// Lookups of the read-back under way at once.
+const CHECKS_AT_ONCE: usize = 256;
 
 /// What the retries found, for the report.
 #[derive(Serialize, Debug, Default, Clone, Copy)]
@@ -88,16 +90,24 @@ impl Retries {
         }
     }
 
-    /// Looks every kept order number up; returns the report.
+    /// Looks every kept order number up, `CHECKS_AT_ONCE` at a time (an old order number past
+    /// a key window costs a device read per run it may be in); returns the report.
     pub(super) async fn check_orders(&self, handle: &EngineHandle) -> RetryReport {
         let orders = std::mem::take(&mut *self.orders.borrow_mut());
         let mut order_mismatches = 0;
-        for (merchant, order_no, id) in &orders {
-            match handle.get_by_order(*merchant, order_no).await {
-                Ok(trade) if trade.id == *id => {}
-                other => {
-                    order_mismatches += 1;
-                    self.first_mismatch.borrow_mut().get_or_insert(format!("order {order_no}: {other:?}"));
+        for chunk in orders.chunks(CHECKS_AT_ONCE) {
+            let lookups = chunk.iter().map(|(merchant, order_no, _)| {
+                let (handle, merchant, order_no) = (handle.clone(), *merchant, order_no.clone());
+                glommio::spawn_local(async move { handle.get_by_order(merchant, &order_no).await })
+            });
+            let lookups: Vec<_> = lookups.collect();
+            for ((_, order_no, id), lookup) in chunk.iter().zip(lookups) {
+                match lookup.await {
+                    Ok(trade) if trade.id == *id => {}
+                    other => {
+                        order_mismatches += 1;
+                        self.first_mismatch.borrow_mut().get_or_insert(format!("order {order_no}: {other:?}"));
+                    }
                 }
             }
         }
