@@ -24,8 +24,11 @@ use tradeshard_wal::disk::{SimDisk, SplitMix64};
 
 const WINDOW: Duration = Duration::from_millis(20);
 
+/// Checkpoints on request; retention takes every segment below the fallback checkpoint, so
+/// that the log no longer holds its first record (while it does, an open that loads no
+/// checkpoint could replay it all, and no run goes past the window).
 fn upkeep(window: Option<Duration>) -> Upkeep {
-    Upkeep { key_window: window, ..upkeep_on_request(false, None) }
+    Upkeep { key_window: window, ..upkeep_on_request(false, Some(0)) }
 }
 
 async fn open(disk: &SimDisk, window: Option<Duration>) -> Result<Shard<SimDisk>, TradeError> {
@@ -103,6 +106,20 @@ fn keys_older_than_the_window_are_taken_as_new_and_old_trades_stay_found() {
 }
 
 #[test]
+fn while_the_log_holds_its_first_record_no_run_goes_past_the_window() {
+    run(async {
+        let disk = SimDisk::new();
+        let upkeep = Upkeep { key_window: Some(Duration::ZERO), ..upkeep_on_request(false, None) };
+        let shard = Shard::open_with(disk.clone(), rolling_shard_config(), 0, upkeep).await.unwrap();
+        let ids = old_keys_past_the_window(&shard).await;
+        assert_eq!(shard.stats().log_first, 0, "nothing retained away");
+        assert_eq!(shard.stats().checkpoints.key_runs_past_window, 0);
+        assert_eq!(create(&shard, 3, 1_000).await, (ids[3], true));
+        shard.close().await.unwrap();
+    });
+}
+
+#[test]
 fn without_a_window_no_key_is_forgotten() {
     run(async {
         let disk = SimDisk::new();
@@ -123,9 +140,14 @@ fn a_run_the_fallback_checkpoint_would_replay_over_stays_within_the_window() {
         let disk = SimDisk::new();
         let shard = open(&disk, Some(Duration::ZERO)).await.unwrap();
         let (first, _) = create(&shard, 1, 1_000).await;
+        // Enough writes that the log rolls, and retention can take its first segment.
+        for order in 10..40 {
+            create(&shard, order, 1_000).await;
+        }
         shard.checkpoint().await.unwrap();
         let (second, _) = create(&shard, 2, 1_000).await;
         shard.checkpoint().await.unwrap();
+        assert!(shard.stats().log_first > 0, "the log's first segment is gone");
         // Order 1's run lies below the fallback checkpoint: past the window. Order 2's run lies
         // above it: a replay from the fallback would meet its create, so it stays.
         assert!(!create(&shard, 1, 1_000).await.1, "order 1 is taken as new");

@@ -153,15 +153,17 @@ impl ShardOp for FindOrder {
     }
 }
 
-/// Where a shard knows each of these order keys from, in their order.
+/// Where a shard knows each of these order keys from within the key window, in their order
+/// (the open's resolution of pending claims: a trade under the number from before the window
+/// is not the claim's).
 pub(crate) struct FindOrders(pub Vec<u128>);
 
 impl ShardOp for FindOrders {
     type Output = Vec<OrderLookup>;
     fn start(self, shard: &DiskShard, reply: ShardReply<Vec<OrderLookup>>) {
-        let answers = self.0.into_iter().map(|key| match shard.find_order_in_memory(key) {
+        let answers = self.0.into_iter().map(|key| match shard.find_recent_order_in_memory(key) {
             Some(found) => Answer::Ready(found),
-            None => Answer::Later(answer_of(|one| shard.find_order(key, one))),
+            None => Answer::Later(answer_of(|one| shard.find_recent_order(key, one))),
         });
         all_then(answers.collect(), reply, |found| found)
     }

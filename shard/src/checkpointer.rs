@@ -33,9 +33,9 @@ use tradeshard_wal::disk::{Disk, DiskFile, WriteBuf};
 use crate::checkpoint::{self, Encoder, Header, Restored, Restorer};
 use crate::error::{LogError, TradeError};
 use crate::index::{CreatedAt, Item, RunStore, ShardIndex};
-use crate::key_runs::WrittenRuns;
+use crate::key_runs::{RunSets, WrittenRuns};
 use crate::parts::{PartsMark, PlacedParts};
-use crate::retention::keep_from;
+use crate::retention::{keep_from, Upkeep};
 use crate::runs::{Filter, KeysAge};
 use crate::state::Inner;
 use crate::trade::now_ms;
@@ -114,8 +114,11 @@ pub(crate) async fn take<D: Disk>(inner: &Inner<D>) -> Result<Option<u64>, Trade
         }
         Err(error) => Err(error),
     };
-    if result.is_err() {
-        checkpoints.count(|s| s.failed += 1);
+    match result {
+        // After retention: what it removed (old checkpoints, the log's oldest segments) may
+        // let runs go past the key window.
+        Ok(_) => expire_runs(inner),
+        Err(_) => checkpoints.count(|s| s.failed += 1),
     }
     result
 }
@@ -183,7 +186,6 @@ async fn write_checkpoint<D: Disk>(inner: &Inner<D>) -> Result<Option<u64>, Trad
         checkpoints.previous.set(checkpoints.latest.get());
     }
     checkpoints.latest.set(Some(position));
-    expire_runs(inner);
     checkpoints.count(|s| {
         s.position = position;
         s.taken_ms = now;
@@ -200,21 +202,41 @@ async fn write_checkpoint<D: Disk>(inner: &Inner<D>) -> Result<Option<u64>, Trad
     Ok(Some(position))
 }
 
-/// Lets the runs now past the key window go past it (`runs/set.rs`): a run's records must lie
-/// below the fallback checkpoint, the oldest an open may start from.
+/// Lets the runs now past the key window go past it (`runs/set.rs`) after a checkpoint and its
+/// retention.
 fn expire_runs<D: Disk>(inner: &Inner<D>) {
-    let (Some(window), Some(fallback)) = (inner.checkpoints.upkeep.key_window, inner.checkpoints.previous.get()) else {
-        return;
-    };
-    let window_ms = u64::try_from(window.as_millis()).unwrap_or(u64::MAX);
-    let runs = inner.key_runs.borrow();
-    let now = now_ms();
-    // A user's trades are listed, never checked: their runs have no filter per key to let go.
-    let stores = runs.sets.stores().into_iter().filter(|(store, _)| store.shape().filter == Filter::PerKey);
-    let went: usize = stores.map(|(_, set)| set.expire(now, window_ms, fallback)).sum();
+    let went = expire_key_runs(
+        &inner.key_runs.borrow().sets,
+        &inner.checkpoints.upkeep,
+        inner.wal.disk(),
+        inner.wal.first_seq(),
+    );
     if went > 0 {
         inner.checkpoints.count(|s| s.key_runs_past_window += went as u64);
     }
+}
+
+/// Lets the runs of `sets` now past `upkeep`'s key window go past it: a run's records must lie
+/// below every position a replay may start from ([`replay_floor`]). Returns how many went.
+pub(crate) fn expire_key_runs<D: Disk>(sets: &RunSets<D>, upkeep: &Upkeep, disk: &D, log_first: u64) -> usize {
+    let (Some(window), Some(floor)) = (upkeep.key_window, replay_floor(disk, log_first)) else { return 0 };
+    let window_ms = u64::try_from(window.as_millis()).unwrap_or(u64::MAX);
+    let now = now_ms();
+    // A user's trades are listed, never checked: their runs have no filter per key to let go.
+    let stores = sets.stores().into_iter().filter(|(store, _)| store.shape().filter == Filter::PerKey);
+    stores.map(|(_, set)| set.expire(now, window_ms, floor)).sum()
+}
+
+/// The lowest log position a replay may start from, as the files on disk tell: the oldest
+/// checkpoint file there (an open tries each, newest first, and older ones linger until a
+/// checkpoint's retention removes them); none while the log still holds its first record,
+/// since an open that loads no checkpoint replays the whole log.
+fn replay_floor<D: Disk>(disk: &D, log_first: u64) -> Option<u64> {
+    if log_first == 0 {
+        return None;
+    }
+    let names = disk.list().ok()?;
+    names.iter().filter_map(|name| checkpoint::parse_file_name(name)).min()
 }
 
 /// What a checkpoint undoes unless it completes (whether it failed or was dropped half way):

@@ -119,15 +119,24 @@ impl<D: Disk> Shard<D> {
         confirm_in_memory(&self.inner, key, trade)
     }
 
-    /// Where this shard knows `key` from, in durable state.
+    /// Where this shard knows `key` from, in durable state, however long ago it was used (past
+    /// the key window too: a lookup of a trade by its order number).
     pub fn find_order(&self, key: u128, reply: ShardReply<OrderLookup>) {
-        find_order(&self.inner, key, reply, None)
+        find_order(&self.inner, key, Reach::All, reply, None)
     }
 
-    /// [`find_order`](Self::find_order) answered from memory at once, or `None` when a run on
-    /// disk must be read to tell (the open's resolution of many claims asks this first).
-    pub fn find_order_in_memory(&self, key: u128) -> Option<OrderLookup> {
-        order_lookup(&self.inner, key, None)
+    /// Where this shard knows `key` from within the key window, as a create's check sees it
+    /// (the open's resolution of pending claims: a trade past the window under the same number
+    /// is not the claim's).
+    pub fn find_recent_order(&self, key: u128, reply: ShardReply<OrderLookup>) {
+        find_order(&self.inner, key, Reach::Window, reply, None)
+    }
+
+    /// [`find_recent_order`](Self::find_recent_order) answered from memory at once, or `None`
+    /// when a run on disk must be read to tell (the open's resolution of many claims asks this
+    /// first).
+    pub fn find_recent_order_in_memory(&self, key: u128) -> Option<OrderLookup> {
+        order_lookup(&self.inner, key, Reach::Window, None)
     }
 
     /// The durable claims of this shard that are not settled yet.
@@ -276,20 +285,27 @@ fn confirm_in_memory<D: Disk>(inner: &Rc<Inner<D>>, key: u128, trade: TradeId) -
     inner.index.borrow_mut().confirm_pending_claim(key, trade)
 }
 
-/// [`Shard::find_order`], with the key's state read from the runs if it was.
-fn find_order<D: Disk>(inner: &Rc<Inner<D>>, key: u128, reply: ShardReply<OrderLookup>, read: Option<RunRead>) {
-    match order_lookup(inner, key, read.as_ref()) {
+/// [`Shard::find_order`] reaching the runs `reach` says, with the key's state read from them
+/// if it was.
+fn find_order<D: Disk>(
+    inner: &Rc<Inner<D>>,
+    key: u128,
+    reach: Reach,
+    reply: ShardReply<OrderLookup>,
+    read: Option<RunRead>,
+) {
+    match order_lookup(inner, key, reach, read.as_ref()) {
         Some(found) => reply.send(Ok(found)),
-        None => read_reaching_then(inner, key, KeyKind::Order, Reach::All, reply, move |inner, reply, read| {
-            find_order(inner, key, reply, Some(read))
+        None => read_reaching_then(inner, key, KeyKind::Order, reach, reply, move |inner, reply, read| {
+            find_order(inner, key, reach, reply, Some(read))
         }),
     }
 }
 
-/// Where this shard knows `key` from, however long ago it was used (past the key window too),
-/// or `None` when a run on disk must be read to tell.
-fn order_lookup<D: Disk>(inner: &Rc<Inner<D>>, key: u128, read: Option<&RunRead>) -> Option<OrderLookup> {
-    let lookup = inner.key_runs.borrow().lookup_reaching(&inner.index.borrow(), key, KeyKind::Order, Reach::All, read);
+/// Where this shard knows `key` from, in the runs `reach` says, or `None` when a run on disk
+/// must be read to tell.
+fn order_lookup<D: Disk>(inner: &Rc<Inner<D>>, key: u128, reach: Reach, read: Option<&RunRead>) -> Option<OrderLookup> {
+    let lookup = inner.key_runs.borrow().lookup_reaching(&inner.index.borrow(), key, KeyKind::Order, reach, read);
     let state = match lookup {
         Lookup::Known(state) => state,
         Lookup::MustRead => return None,

@@ -202,13 +202,14 @@ pub(crate) enum Lookup {
 }
 
 impl<D: Disk> KeyRuns<D> {
-    /// The runs a loaded checkpoint lists (oldest first, per store), opened; `next_id` is
-    /// above every run file in the directory, listed or not.
-    pub(crate) async fn open(disk: &D, listed: &[(RunStore, u64)]) -> Result<KeyRuns<D>, TradeError> {
+    /// The runs a loaded checkpoint lists (oldest first, per store), opened, those of unknown
+    /// age taken as `assumed`; `next_id` is above every run file in the directory, listed or not.
+    pub(crate) async fn open(disk: &D, listed: &[(RunStore, u64)], assumed: KeysAge) -> Result<KeyRuns<D>, TradeError> {
         let mut sets = RunSets::default();
         for &(store, id) in listed {
-            let run = Rc::new(Run::open(disk, store.prefix(), id, store.shape().value_bytes).await?);
-            sets.store_mut(store).push(run);
+            let mut run = Run::open(disk, store.prefix(), id, store.shape().value_bytes).await?;
+            run.assume_age(assumed);
+            sets.store_mut(store).push(Rc::new(run));
         }
         let on_disk = disk.list().map_err(|e| TradeError::Log(LogError::io("list", disk.path_of(""), e)))?;
         let on_disk: Vec<u64> = on_disk.iter().filter_map(|name| run_file_id::<D>(name)).collect();
@@ -304,7 +305,22 @@ impl<D: Disk> KeyRuns<D> {
             KeyKind::Request => (get(&self.sets.requests), Some(get(&self.sets.activities))),
             KeyKind::Branch { .. } => (get(&self.sets.branches), None),
         };
+        // An order number used again after it left the window may be in both stores, its old
+        // use past the window: what the runs within it hold is the newer, and wins.
+        let within = (kind == KeyKind::Order && reach == Reach::All)
+            .then(|| (self.sets.orders.get_reaching(key, false), self.sets.claims.get_reaching(key, false)));
         async move {
+            if let Some((order, claim)) = within {
+                let (order, claim) = (order.await?, claim.await?);
+                if order.is_some() || claim.is_some() {
+                    let state = KeyState {
+                        order: order.as_ref().map(decode_order).transpose()?,
+                        claim: claim.as_ref().map(decode_claim).transpose()?,
+                        ..KeyState::default()
+                    };
+                    return Ok(RunRead { key, kind, reach, generation, state });
+                }
+            }
             let first = first.await?;
             let state = match (kind, second) {
                 (KeyKind::Order, Some(claim)) => KeyState {

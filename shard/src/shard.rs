@@ -32,9 +32,10 @@ use crate::key_runs::KeyRuns;
 use crate::parts::PartsStore;
 use crate::record::{Funding, RecordKind, TradeRecord};
 use crate::retention::Upkeep;
+use crate::runs::KeysAge;
 use crate::state::{Accepted, Inner, ShardReply};
 use crate::system_record::LogRecord;
-use crate::trade::TradeId;
+use crate::trade::{now_ms, TradeId};
 use crate::trade_cache::TradeCache;
 use crate::trade_file::TradeFile;
 use tradeshard_wal::Appended;
@@ -213,7 +214,10 @@ impl<D: Disk> Shard<D> {
         let from = index.applied_end();
         index.lay_out_trades(upkeep.chunk_bits());
         let table = TradeFile::open_existing(&disk).await?;
-        let key_runs = KeyRuns::open(&disk, &index.take_listed_runs()).await?;
+        // Runs of a version without their keys' age hold keys below the loaded checkpoint's
+        // position and no newer than now.
+        let assumed = KeysAge { newest_ms: now_ms(), through: from };
+        let key_runs = KeyRuns::open(&disk, &index.take_listed_runs(), assumed).await?;
         index.reserve_recent(|store| key_runs.sets.newest_written(store));
         // The newest trades come back into memory after the open, in the background
         // (`warm.rs`); the replay reads what it changes.
@@ -288,6 +292,8 @@ impl<D: Disk> Shard<D> {
         if report.next_seq < from {
             return Err(refuse("the log ends before the latest checkpoint"));
         }
+        // The runs past the key window go past it again: their filters are not kept.
+        crate::checkpointer::expire_key_runs(&key_runs.sets, &upkeep, &disk, report.first_seq);
         let opened = OpenReport {
             checkpoint: checkpoint.as_ref().map(|header| header.scalars.applied_end),
             passed_over_damaged_checkpoint: found.passed_over.is_some(),

@@ -196,6 +196,14 @@ impl<D: Disk> Run<D> {
         self.footer.age
     }
 
+    /// Takes its keys to be `age` if its footer does not tell (a version 1 file): a merge
+    /// then passes a known age on, and the run can go past a key window.
+    pub(crate) fn assume_age(&mut self, age: KeysAge) {
+        if self.footer.age == KeysAge::UNKNOWN {
+            self.footer.age = age;
+        }
+    }
+
     /// Bytes the run holds in memory (Bloom filter and fence keys).
     pub(crate) fn memory_bytes(&self) -> usize {
         let bloom = self.bloom.borrow().as_ref().map_or(0, Bloom::memory_bytes);
