@@ -197,7 +197,7 @@ fn campaign(default_seeds: u64, config: WalConfig) {
 
 #[test]
 fn acknowledged_records_survive_crashes_exactly_once() {
-    campaign(1000, small_config());
+    campaign(400, small_config());
 }
 
 #[test]
