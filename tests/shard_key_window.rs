@@ -15,7 +15,7 @@ use std::rc::Rc;
 use std::time::Duration;
 
 use tradeshard_shard::{
-    order_key, AccountCommand, AccountOp, Command, Currency, OrderLookup, Shard, TradeError, TradeId, Upkeep,
+    body_hash, order_key, AccountCommand, AccountOp, Command, Currency, OrderLookup, Shard, TradeError, TradeId, Upkeep,
 };
 use tradeshard_tests::{
     call, new_trade, rolling_shard_config, run, run_campaign, sim_disk_for_seed, upkeep_on_request,
@@ -102,6 +102,48 @@ fn keys_older_than_the_window_are_taken_as_new_and_old_trades_stay_found() {
         }
         assert_eq!(create(&shard, 3, 1_000).await, (again, true), "the new trade is within the window");
         shard.close().await.unwrap();
+    });
+}
+
+/// The order key of order `order` of buyer 1, and the body hash of its create of `amount`.
+fn key_and_body(order: u64, amount: u64) -> (u128, u64) {
+    let trade = new_trade(1, order, amount);
+    let currency = Currency::parse(&trade.currency).unwrap();
+    let body = body_hash(trade.buyer_id, trade.amount, currency, &trade.memo);
+    (order_key(trade.merchant_id, &trade.merchant_order_no), body)
+}
+
+/// What the engine's open asks of a buyer's shard for a claim left pending by a stop: a trade
+/// past the window is the claim's only with the claim's body (its own trade, aged past the
+/// window during a long stop, is confirmed, not released; a trade of an earlier use of the
+/// number is not); a trade within the window is the claim's whatever the body.
+#[test]
+fn a_pending_claim_finds_its_own_trade_past_the_window_by_its_body() {
+    run(async {
+        let disk = SimDisk::new();
+        let opened = open(&disk, Some(WINDOW)).await.unwrap();
+        let ids = old_keys_past_the_window(&opened).await;
+        let shard = &opened;
+        let claims_trade = |key, body| call(move |done| shard.find_claims_trade(key, body, done));
+
+        let (old_key, old_body) = key_and_body(4, 1_000);
+        assert_eq!(shard.find_claims_trade_in_memory(old_key), None, "past the window: read and compared");
+        assert_eq!(claims_trade(old_key, old_body).await.unwrap(), OrderLookup::Trade(ids[4]));
+        let (_, other_body) = key_and_body(4, 999);
+        assert_eq!(claims_trade(old_key, other_body).await.unwrap(), OrderLookup::Free, "an earlier use's trade");
+
+        // Within the window (the last checkpoint's run), and in memory (no checkpoint since).
+        let (recent_key, _) = key_and_body(101, 1_000);
+        let recent = find(shard, 101).await;
+        assert!(matches!(recent, OrderLookup::Trade(_)));
+        assert_eq!(claims_trade(recent_key, other_body).await.unwrap(), recent, "within the window");
+        let (newest, _) = create(shard, 102, 1_000).await;
+        let (newest_key, _) = key_and_body(102, 1_000);
+        assert_eq!(shard.find_claims_trade_in_memory(newest_key), Some(OrderLookup::Trade(newest)));
+
+        let (unused_key, unused_body) = key_and_body(999, 1_000);
+        assert_eq!(claims_trade(unused_key, unused_body).await.unwrap(), OrderLookup::Free);
+        opened.close().await.unwrap();
     });
 }
 

@@ -153,17 +153,18 @@ impl ShardOp for FindOrder {
     }
 }
 
-/// Where a shard knows each of these order keys from within the key window, in their order
-/// (the open's resolution of pending claims: a trade under the number from before the window
-/// is not the claim's).
-pub(crate) struct FindOrders(pub Vec<u128>);
+/// Where a shard knows each of these order keys from, in their order, for the pending claims
+/// of the creates of these bodies (the open's resolution of pending claims: a trade under the
+/// number is the claim's when it is within the key window, or past it with the claim's body;
+/// `Shard::find_claims_trade`).
+pub(crate) struct FindOrders(pub Vec<(u128, u64)>);
 
 impl ShardOp for FindOrders {
     type Output = Vec<OrderLookup>;
     fn start(self, shard: &DiskShard, reply: ShardReply<Vec<OrderLookup>>) {
-        let answers = self.0.into_iter().map(|key| match shard.find_recent_order_in_memory(key) {
+        let answers = self.0.into_iter().map(|(key, body)| match shard.find_claims_trade_in_memory(key) {
             Some(found) => Answer::Ready(found),
-            None => Answer::Later(answer_of(|one| shard.find_recent_order(key, one))),
+            None => Answer::Later(answer_of(|one| shard.find_claims_trade(key, body, one))),
         });
         all_then(answers.collect(), reply, |found| found)
     }

@@ -192,23 +192,24 @@ impl EngineHandle {
     /// work through their share at once instead of waiting on the caller between batches.
     pub(crate) async fn resolve_pending_claims(&self) -> Result<usize> {
         let routing = self.routing();
-        let mut by_buyer: BTreeMap<u32, Vec<(u32, u128)>> = BTreeMap::new();
+        let mut by_buyer: BTreeMap<u32, Vec<(u32, u128, u64)>> = BTreeMap::new();
         for pending in self.on_every_executor(claim_ops::PendingClaims).await? {
             for (home, claim) in pending {
-                by_buyer.entry(routing.physical_of_user(claim.buyer_id)).or_default().push((home, claim.key));
+                let buyer_shard = routing.physical_of_user(claim.buyer_id);
+                by_buyer.entry(buyer_shard).or_default().push((home, claim.key, claim.body));
             }
         }
         let mut lookups = Vec::new();
         for (buyer_shard, claims) in &by_buyer {
             for batch in claims.chunks(RESOLVE_BATCH) {
-                let keys = batch.iter().map(|&(_, key)| key).collect();
+                let keys = batch.iter().map(|&(_, key, body)| (key, body)).collect();
                 lookups.push((batch, self.submit_to_shard_waiting(*buyer_shard, claim_ops::FindOrders(keys)).await?));
             }
         }
         let mut by_home: BTreeMap<u32, Vec<(u128, ClaimOutcome)>> = BTreeMap::new();
         for (batch, answer) in lookups {
             let found = answer.await.ok_or(Error::Closed)??;
-            for (&(home, key), lookup) in batch.iter().zip(found) {
+            for (&(home, key, _), lookup) in batch.iter().zip(found) {
                 let outcome = match lookup {
                     OrderLookup::Trade(id) => ClaimOutcome::Confirmed(id),
                     _ => ClaimOutcome::Released,

@@ -93,6 +93,8 @@ pub enum Reservation {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct PendingClaim {
     pub key: u128,
+    /// The body hash of the create that claimed it.
+    pub body: u64,
     pub buyer_id: u64,
 }
 
@@ -125,24 +127,37 @@ impl<D: Disk> Shard<D> {
         find_order(&self.inner, key, Reach::All, reply, None)
     }
 
-    /// Where this shard knows `key` from within the key window, as a create's check sees it
-    /// (the open's resolution of pending claims: a trade past the window under the same number
-    /// is not the claim's).
-    pub fn find_recent_order(&self, key: u128, reply: ShardReply<OrderLookup>) {
-        find_order(&self.inner, key, Reach::Window, reply, None)
+    /// Where this shard knows `key` from, for the resolution of a pending claim of a create
+    /// of body `body` (the engine's open): a trade under the key within the key window is the
+    /// claim's (a create's check sees no other). Past the window a trade is the claim's only if
+    /// it is of the same body: the claim's own trade may have aged past the window while the
+    /// claim waited (a long stop), and a trade of an earlier use of the number may lie there too.
+    pub fn find_claims_trade(&self, key: u128, body: u64, reply: ShardReply<OrderLookup>) {
+        let inner = self.inner.clone();
+        glommio::spawn_local(async move { reply.send(claims_trade(&inner, key, body).await) }).detach();
     }
 
-    /// [`find_recent_order`](Self::find_recent_order) answered from memory at once, or `None`
-    /// when a run on disk must be read to tell (the open's resolution of many claims asks this
-    /// first).
-    pub fn find_recent_order_in_memory(&self, key: u128) -> Option<OrderLookup> {
-        order_lookup(&self.inner, key, Reach::Window, None)
+    /// [`find_claims_trade`](Self::find_claims_trade) answered from memory at once, or `None`
+    /// when a run on disk must be read or a trade past the window compared (the open's
+    /// resolution of many claims asks this first).
+    pub fn find_claims_trade_in_memory(&self, key: u128) -> Option<OrderLookup> {
+        let recent = order_lookup(&self.inner, key, Reach::Window, None)?;
+        if matches!(recent, OrderLookup::Trade(_)) {
+            return Some(recent);
+        }
+        match order_lookup(&self.inner, key, Reach::All, None)? {
+            OrderLookup::Trade(_) => None,
+            _ => Some(recent),
+        }
     }
 
     /// The durable claims of this shard that are not settled yet.
     pub fn pending_claims(&self) -> Vec<PendingClaim> {
         let index = self.inner.index.borrow();
-        index.pending_claims().map(|(key, claim)| PendingClaim { key, buyer_id: claim.buyer_id }).collect()
+        index
+            .pending_claims()
+            .map(|(key, claim)| PendingClaim { key, body: claim.body, buyer_id: claim.buyer_id })
+            .collect()
     }
 }
 
@@ -300,6 +315,29 @@ fn find_order<D: Disk>(
             find_order(inner, key, reach, reply, Some(read))
         }),
     }
+}
+
+/// [`Shard::find_claims_trade`].
+async fn claims_trade<D: Disk>(inner: &Rc<Inner<D>>, key: u128, body: u64) -> Result<OrderLookup, TradeError> {
+    let recent = asked(|one| find_order(inner, key, Reach::Window, one, None)).await?;
+    if matches!(recent, OrderLookup::Trade(_)) {
+        return Ok(recent);
+    }
+    let OrderLookup::Trade(id) = asked(|one| find_order(inner, key, Reach::All, one, None)).await? else {
+        return Ok(recent);
+    };
+    let trade = crate::read::read_trade(inner, id, false).await?;
+    Ok(match body_hash(trade.buyer_id, trade.amount, trade.currency, &trade.memo) == body {
+        true => OrderLookup::Trade(id),
+        false => recent,
+    })
+}
+
+/// What `ask` answers through the reply it is given.
+async fn asked<T>(ask: impl FnOnce(ShardReply<T>)) -> Result<T, TradeError> {
+    let (one, answer) = reply::channel();
+    ask(one);
+    answer.await.unwrap_or(Err(TradeError::Log(crate::error::LogError::Closed)))
 }
 
 /// Where this shard knows `key` from, in the runs `reach` says, or `None` when a run on disk

@@ -77,7 +77,7 @@ pub use currency::Currency;
 pub use doubts::ClaimState;
 pub use error::{InputError, LogError, Refusal, TradeError};
 pub use events::{Event, EventBatch, EventView, Message, PollQuery, Subscription, POLL_BYTES_MAX, POLL_EVENTS_MAX};
-pub use index::order_key;
+pub use index::{body_hash, order_key};
 /// Awaits futures together (the engine's check-backs run a pass's checks at once).
 pub use join::join_all;
 /// The codec of every record of a shard's log, for fuzzing and tests (`testing` feature).

@@ -106,7 +106,7 @@ impl<D: Disk> Shard<D> {
 
 /// The trade's durable state, from the cache or loaded into it. `missed`: the caller already
 /// looked the cache up and missed.
-async fn read_trade<D: Disk>(inner: &Inner<D>, id: TradeId, missed: bool) -> Result<Trade, TradeError> {
+pub(crate) async fn read_trade<D: Disk>(inner: &Inner<D>, id: TradeId, missed: bool) -> Result<Trade, TradeError> {
     let cache = &inner.trade_cache;
     if !missed {
         // A hit is copied out under the stripe's lock without allocating, as callers copy it.
