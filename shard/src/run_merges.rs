@@ -48,9 +48,6 @@ pub(crate) async fn merge_due<D: Disk>(inner: &Inner<D>) -> Result<(), TradeErro
         let mut runs = inner.key_runs.borrow_mut();
         runs.merging = None;
         let merged = merged?;
-        if past_window {
-            merged.forget_filter();
-        }
         let bytes = merged.file_bytes();
         runs.sets.store_mut(store).replace_runs(&inputs, Rc::new(merged))?;
         runs.generation += 1;

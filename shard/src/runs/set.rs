@@ -191,8 +191,14 @@ impl<D: Disk> RunSet<D> {
     }
 
     /// Replaces `inputs`, runs of the set one after another (newer runs may have been added
-    /// after them), by `merged`, the run they were merged into.
+    /// after them), by `merged`, the run they were merged into. When every input is past the
+    /// key window, so is the merge: a merge planned within the window whose inputs all went
+    /// past it while it was written would otherwise bring their keys back into the window
+    /// until the next expiry.
     pub(crate) fn replace_runs(&mut self, inputs: &[Rc<Run<D>>], merged: Rc<Run<D>>) -> Result<(), TradeError> {
+        if !inputs.is_empty() && inputs.iter().all(|run| run.past_window()) {
+            merged.forget_filter();
+        }
         let start = inputs.first().and_then(|first| self.runs.iter().position(|run| Rc::ptr_eq(run, first)));
         let end = start.map(|start| start + inputs.len()).filter(|end| *end <= self.runs.len());
         match (start, end) {
@@ -277,6 +283,7 @@ mod tests {
             let merged = merge(&disk, "w", 20, level, SHAPE, &set.runs()[range.clone()]).await.unwrap();
             assert_eq!(merged.age(), KeysAge { newest_ms: 9_000, through: 90 });
             set.replace(range, Rc::new(merged));
+            assert_eq!(set.past_window(), 6, "a merge within the window keeps its filter");
 
             // All past the window: eight or more of them merge four at a time, with no filter.
             assert_eq!(set.expire(60_000, 2_000, 1_000), 1);
@@ -300,6 +307,24 @@ mod tests {
                 assert_eq!(set.get_reaching(key, true).await.unwrap(), Some(value(key)), "key {key}");
                 assert!(!set.may_hold(key));
             }
+        });
+    }
+
+    #[test]
+    fn a_merge_whose_inputs_went_past_the_window_while_it_was_written_is_past_it_too() {
+        glommio::LocalExecutorBuilder::default().make().unwrap().run(async {
+            let disk = SimDisk::new();
+            let mut set = ten_runs(&disk).await;
+            let (range, level, past) = set.merge_plan().unwrap();
+            assert_eq!((range.clone(), past), (6..10, false), "planned within the window");
+            let inputs = set.runs()[range.clone()].to_vec();
+            let merged = merge(&disk, "w", 20, level, SHAPE, &inputs).await.unwrap();
+            // A checkpoint's expiry while the merge was written: every input goes past.
+            assert_eq!(set.expire(60_000, 2_000, 1_000), 10);
+            set.replace_runs(&inputs, Rc::new(merged)).unwrap();
+            assert_eq!(set.past_window(), 7, "the merge of four runs past the window is past it");
+            assert!(!set.may_hold(6_005), "a check of a new key skips it");
+            assert_eq!(set.get_reaching(6_005, true).await.unwrap(), Some(value(6_005)), "a find reads it");
         });
     }
 }
