@@ -121,7 +121,8 @@ async fn recover(home: &SimShard, buyer: &SimShard) -> Result<(), String> {
     }
     buyer.claims_known(&in_doubt);
     for claim in home.pending_claims() {
-        let found = call(|reply| buyer.find_order(claim.key, reply)).await.map_err(|e| e.to_string())?;
+        let found =
+            call(|reply| buyer.find_claims_trade(claim.key, claim.body, reply)).await.map_err(|e| e.to_string())?;
         let outcome = match found {
             OrderLookup::Trade(id) => ClaimOutcome::Confirmed(id),
             _ => ClaimOutcome::Released,
