@@ -310,3 +310,41 @@ fn a_transaction_naming_a_settlement_in_flight_waits_for_it_and_the_reverse_is_r
         shard.close().await.unwrap();
     });
 }
+
+/// A transaction that finds the log's queue full waits for the newest write in flight to be
+/// durable and is checked again, whatever that write is: here deposits fill the queue, and the
+/// transaction comes behind the last of them.
+#[test]
+fn a_transaction_finding_the_queue_full_behind_deposits_is_answered_once_they_are_durable() {
+    run(async {
+        let config = tradeshard_wal::WalConfig { pending_records_max: 4, ..small_config() };
+        let shard = Shard::open(SimDisk::new(), config, 0).await.unwrap();
+        deposit(&shard, 1, 1_000, "first").await;
+        // Sent without waiting, the deposits fill the queue (the flusher has not run yet).
+        let deposits: Vec<_> = (0..8)
+            .map(|n| {
+                let command = AccountCommand::new(AccountOp::Deposit, 2, "CNY", 10, &format!("d{n}")).unwrap();
+                let (reply, answer) = tradeshard_shard::reply::channel();
+                shard.post(command, reply);
+                answer
+            })
+            .collect();
+        let (reply, answer) = tradeshard_shard::reply::channel();
+        shard.transact(vec![Step::Try { activity: 9, branch: 0, action: freeze(1, 100) }], reply);
+        let mut refused = 0;
+        for deposit in deposits {
+            match deposit.await.unwrap() {
+                Ok(_) => {}
+                Err(TradeError::Log(tradeshard_shard::LogError::Backpressure { .. })) => refused += 1,
+                Err(other) => panic!("{other:?}"),
+            }
+        }
+        assert!(refused > 0, "the deposits filled the queue");
+        let answered =
+            glommio::timer::timeout(std::time::Duration::from_secs(10), async move { Ok(answer.await) }).await;
+        let tried = answered.expect("the parked transaction is answered").unwrap().unwrap();
+        assert_eq!(tried, vec![fresh(StepOutcome::Branch(BranchState::Tried))]);
+        assert_eq!(shard.balance(1, cny()), Balance { available: 900, frozen: 100, incoming: 0 });
+        shard.close().await.unwrap();
+    });
+}

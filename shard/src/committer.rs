@@ -143,6 +143,12 @@ fn apply_durable<D: Disk>(inner: &Inner<D>, front: Appended) -> (Vec<Parked>, Ve
             }
             _ => unreachable!("a record and its waiter are of one family"),
         }
+        // A local transaction that found the log's queue full waited for the newest write in
+        // flight then, of whatever kind (a local transaction's or a settlement's own waiters
+        // were taken above).
+        if let Some(waiting) = accepted.tcc.parked_behind(appended.seq) {
+            parked.extend(waiting);
+        }
     }
     (parked, messages)
 }

@@ -81,6 +81,12 @@ impl InFlightTcc {
     }
 
     /// True when a record in flight touches this activity's own entry.
+    /// The transactions that waited for the write at `seq`, whatever its kind (one that found
+    /// the log's queue full waits for the newest write in flight).
+    pub(crate) fn parked_behind(&mut self, seq: u64) -> Option<Vec<Parked>> {
+        self.parked.remove(&seq)
+    }
+
     pub(crate) fn has_activity(&self, activity: u128) -> bool {
         self.keys.contains_key(&(activity, ACTIVITY))
     }
