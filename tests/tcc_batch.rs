@@ -190,6 +190,78 @@ fn each_activity_of_a_batch_ends_as_alone_in_fewer_records_and_the_odd_ones_are_
     });
 }
 
+/// One activity twice in a batch, too large for its payer: the copy alone in its record is
+/// refused for funds at once, the other, in a record refused whole, is sent again alone after
+/// the payer was funded meanwhile, and begins. The refused copy is set aside, not answered as
+/// refused: alone it finds the activity begun and answers its commit, and the money moves
+/// once.
+#[test]
+fn a_copy_refused_for_funds_while_the_other_begins_is_set_aside() {
+    run(async {
+        let pair = pair().await;
+        let large = transfer(1, 101, FUNDING + 500, "large");
+        let mut batch = vec![large.clone()];
+        // Seven more Begins fill the first record (eight to a record); the last copy is alone.
+        batch.extend((0..7).map(|k| transfer(2 + k, 102 + k, 5, &format!("x{k}"))));
+        batch.push(large.clone());
+        let funding = FundingBetween { pair: &pair, begins_sent: Cell::new(0) };
+        let driven = run_activities(&funding, &batch).await;
+        assert_eq!(funding.begins_sent.get(), 2, "the Begins went together, then the refused record's alone");
+        assert_eq!(driven[0], committed(), "the copy sent again after the funding began");
+        assert_eq!(driven[8], BatchDriven::Alone { begun: false }, "the copy refused first is set aside");
+        let again = alone(&pair, &batch[8]).await.unwrap();
+        assert_eq!((again.decision, again.begun_before), (Decision::Commit, true));
+        let (paid, got) = (pair.shards[0].balance(1, cny()), pair.shards[1].balance(101, cny()));
+        assert_eq!((paid.available, paid.frozen), (2 * FUNDING - large_amount(&large), 0), "moved once");
+        assert_eq!(got.available, large_amount(&large));
+    });
+}
+
+fn large_amount(plan: &PlannedActivity) -> u64 {
+    plan.branches[0].action.account().expect("an account's branch").2
+}
+
+/// Carries steps as the pair does, but funds payer 1 with `FUNDING` more before the second
+/// hand-off of Begins (the batch's Begins sent again alone).
+struct FundingBetween<'a> {
+    pair: &'a ShardPair,
+    begins_sent: Cell<usize>,
+}
+
+impl StepSender for FundingBetween<'_> {
+    type Error = TradeError;
+
+    async fn send(&self, shard: u32, steps: Vec<Step>) -> Result<Vec<StepAnswer>, TradeError> {
+        self.pair.send(shard, steps).await
+    }
+
+    async fn post(&self, shard: u32, steps: Vec<Step>) {
+        self.pair.post(shard, steps).await
+    }
+
+    async fn send_many(&self, shard: u32, transactions: Vec<Vec<Step>>) -> Result<ManyAnswers<TradeError>, TradeError> {
+        if transactions.iter().flatten().any(|step| matches!(step, Step::Begin { .. })) {
+            self.begins_sent.set(self.begins_sent.get() + 1);
+            if self.begins_sent.get() == 2 {
+                let command = AccountCommand::new(AccountOp::Deposit, 1, "CNY", FUNDING, "more").unwrap();
+                call(|reply| self.pair.shards[0].post(command, reply)).await?;
+            }
+        }
+        self.pair.send_many(shard, transactions).await
+    }
+
+    async fn call(
+        &self,
+        participant: u16,
+        call: BranchCall,
+        activity: u128,
+        branch: u16,
+        reference: u64,
+    ) -> Result<(), TradeError> {
+        self.pair.call(participant, call, activity, branch, reference).await
+    }
+}
+
 /// Carries steps as the pair does, but first records a cancel of `activity` in its home shard
 /// when the batch's decisions come: as recovery would, past the activity's deadline.
 struct DecidingFirst<'a> {

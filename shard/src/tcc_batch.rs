@@ -71,10 +71,18 @@ pub async fn run_activities<S: StepSender>(sender: &S, planned: &[PlannedActivit
         steps.extend(local[at].iter().map(|plan| Step::Try { activity, branch: plan.branch, action: plan.action }));
         (home, at, steps)
     });
+    // An activity the batch carries twice may be refused for funds in one place and begun in
+    // another (its funds may come in between): a refusal answers it only when it is once.
+    let mut carried: BTreeMap<u128, usize> = BTreeMap::new();
+    for plan in planned {
+        *carried.entry(plan.activity).or_default() += 1;
+    }
     for (at, delivered) in deliver_refusable(sender, begins.collect()).await {
         aside[at] = match delivered {
             Delivered::Answered(answers) if answers.first().is_some_and(|begun| !begun.repeat) => continue,
-            Delivered::Refused(Some(refusal @ Refusal::InsufficientFunds { .. })) => {
+            Delivered::Refused(Some(refusal @ Refusal::InsufficientFunds { .. }))
+                if carried[&planned[at].activity] == 1 =>
+            {
                 Some(BatchDriven::Refused(refusal))
             }
             _ => Some(BatchDriven::Alone { begun: false }),
