@@ -34,7 +34,7 @@ use tradeshard_tests::{
     call, check_read_back, damage_in, new_trade, rolling_shard_config, run, run_campaign, sim_disk_for_seed,
     upkeep_on_request,
 };
-use tradeshard_wal::disk::{SimDisk, SplitMix64};
+use tradeshard_wal::disk::{Fault, SimDisk, SplitMix64};
 use tradeshard_wal::WalConfig;
 
 const GROUP: &str = "settlement";
@@ -367,5 +367,46 @@ fn a_missing_or_cut_store_of_created_parts_is_refused() {
         let parts = disk.read_file("created.parts").unwrap();
         disk.put_file("created.parts", &parts[..parts.len() / 2]);
         damage_in(Shard::open_with(disk.clone(), config(), 0, upkeep()).await, "created.parts");
+    });
+}
+
+/// A checkpoint that fails once its file has its name (the directory's sync failed) leaves no
+/// file an open would load: it is not in force, and the next checkpoint may remove the runs it
+/// lists. Every operation of a checkpoint fails in turn; after each failure no checkpoint file
+/// is newer than the one in force, and a reopen finds every trade.
+#[test]
+fn a_checkpoint_failing_at_any_step_leaves_no_newer_file_behind() {
+    run(async {
+        let disk = SimDisk::new();
+        let shard = Shard::open_with(disk.clone(), config(), 0, upkeep()).await.unwrap();
+        let mut ids = Vec::new();
+        let (mut failed_after_rename, mut nth) = (0, 1);
+        loop {
+            let trade = new_trade(1, ids.len() as u64, 100).validate().unwrap();
+            ids.push(call(|done| shard.submit(Command::Create { trade, logical_shard: 1 }, done)).await.unwrap().id);
+            disk.fail_op(disk.ops() + nth, Fault::Eio);
+            let result = shard.checkpoint().await;
+            disk.clear_faults();
+            let in_force = shard.stats().checkpoints.position;
+            let newer: Vec<String> = checkpoint_names(&disk)
+                .into_iter()
+                .filter(|name| name[11..31].parse::<u64>().unwrap() > in_force)
+                .collect();
+            assert!(newer.is_empty(), "step {nth}: {newer:?} beside the checkpoint in force at {in_force}");
+            match result {
+                Ok(_) => break,
+                Err(error) => {
+                    let renamed = !disk.list_names().iter().any(|name| name == "checkpoint.tmp");
+                    failed_after_rename += (renamed && error.to_string().contains("sync directory")) as u32;
+                }
+            }
+            nth += 1;
+        }
+        assert!(failed_after_rename > 0, "a failure after the rename was injected ({nth} steps)");
+        drop(shard);
+        let shard = Shard::open_with(disk.clone(), config(), 0, upkeep()).await.unwrap();
+        for id in ids {
+            call(|done| shard.get(id, done)).await.unwrap();
+        }
     });
 }

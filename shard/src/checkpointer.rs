@@ -405,7 +405,14 @@ async fn write_file<D: Disk>(
     file.fdatasync().await.map_err(|e| io("fdatasync", checkpoint::TEMP_NAME, e))?;
     drop(file);
     disk.rename(checkpoint::TEMP_NAME, &name).await.map_err(|e| io("rename", &name, e))?;
-    disk.sync_dir().await.map_err(|e| io("sync directory", "", e))?;
+    if let Err(e) = disk.sync_dir().await {
+        // The file may stand under its name all the same. This checkpoint is not in force, and
+        // the next one may remove the runs it lists: no open must load it. (Best effort: if
+        // the removal fails too, the file stays, and only damage to every newer checkpoint
+        // would make an open load it.)
+        let _ = disk.remove(&name).await;
+        return Err(io("sync directory", "", e));
+    }
     Ok(written)
 }
 
