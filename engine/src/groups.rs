@@ -17,8 +17,8 @@ struct GroupState {
 }
 
 impl GroupState {
-    fn changed(&mut self) {
-        self.generation += 1;
+    fn changed(&mut self, generation: u64) {
+        self.generation = generation;
         for waker in self.waiting.drain(..) {
             waker.wake();
         }
@@ -26,11 +26,14 @@ impl GroupState {
 }
 
 /// The clustered groups of one engine: who is in each, and a generation that moves on every
-/// join and leave.
+/// join and leave. A group its last member left is forgotten, so that the names of groups
+/// once used do not pile up; generations are drawn from one counter for all groups, so a
+/// group formed again under a name never repeats a generation of the one before.
 #[derive(Default)]
 pub(crate) struct Groups {
     groups: Mutex<HashMap<String, GroupState>>,
     next_member: AtomicU64,
+    next_generation: AtomicU64,
 }
 
 impl Groups {
@@ -39,7 +42,7 @@ impl Groups {
         let mut groups = self.groups.lock().expect("groups lock");
         let state = groups.entry(group.to_string()).or_default();
         state.members.insert(member);
-        state.changed();
+        state.changed(self.next_generation.fetch_add(1, Ordering::Relaxed) + 1);
         member
     }
 
@@ -47,8 +50,17 @@ impl Groups {
         let mut groups = self.groups.lock().expect("groups lock");
         if let Some(state) = groups.get_mut(group) {
             state.members.remove(&member);
-            state.changed();
+            state.changed(self.next_generation.fetch_add(1, Ordering::Relaxed) + 1);
+            if state.members.is_empty() {
+                groups.remove(group);
+            }
         }
+    }
+
+    /// Groups with a member.
+    #[cfg(test)]
+    fn len(&self) -> usize {
+        self.groups.lock().expect("groups lock").len()
     }
 
     /// The generation and the partitions `member` owns now.
@@ -74,5 +86,31 @@ impl Groups {
             Poll::Pending
         })
         .await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_group_its_last_member_left_is_forgotten_and_formed_again_with_new_generations() {
+        let groups = Groups::default();
+        let first = groups.join("settle");
+        let second = groups.join("settle");
+        let (before, owned) = groups.assignment("settle", second, 4);
+        assert_eq!(owned, vec![1, 3]);
+        groups.leave("settle", first);
+        groups.leave("settle", second);
+        assert_eq!(groups.len(), 0, "an empty group is not kept");
+        let again = groups.join("settle");
+        let (after, owned) = groups.assignment("settle", again, 4);
+        assert_eq!(owned, vec![0, 1, 2, 3]);
+        assert!(after > before, "generation {after} after {before}");
+        for n in 0..100 {
+            let member = groups.join(&format!("instance-{n}"));
+            groups.leave(&format!("instance-{n}"), member);
+        }
+        assert_eq!(groups.len(), 1, "only the group with a member");
     }
 }
