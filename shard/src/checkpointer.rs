@@ -447,6 +447,7 @@ async fn apply_retention<D: Disk>(inner: &Inner<D>) -> Result<(), TradeError> {
     let groups_floor = inner.index.borrow().groups().map(|(_, group)| group.offset).min();
     let keep = keep_from(&inner.wal.segments(), previous, groups_floor, &checkpoints.upkeep, now_ms());
     inner.wal.remove_segments_below(keep).await?;
+    inner.index.borrow_mut().forget_nack_floors_below(inner.wal.first_seq());
     Ok(())
 }
 

@@ -400,6 +400,13 @@ impl MessageBook {
         receipt
     }
 
+    /// Forgets the floors at or below `first` (the log's first offset, which retention moves
+    /// on): they refuse only nacks of offsets the log no longer holds, which are refused as out
+    /// of range anyway, and a floor per group ever nacked would otherwise stay forever.
+    pub(crate) fn forget_nack_floors_below(&mut self, first: u64) {
+        self.nack_floors.retain(|_, floor| *floor > first);
+    }
+
     /// Whether a nack by `group` (its hash) of the delivery at `offset` can no longer tell
     /// whether it repeats one whose answer went.
     pub(crate) fn nack_too_old(&self, group: u64, offset: u64) -> bool {
@@ -576,6 +583,12 @@ mod tests {
             book.answer_of(AnswerKey::Nack { group, offset: 7 })
         );
         assert_eq!(restored.held_bytes(), book.held_bytes());
+        // Retention past the floor: the floor goes (the log no longer holds what it refused).
+        restored.forget_nack_floors_below(0);
+        assert!(restored.nack_too_old(group, 0), "a floor above the log's first offset stays");
+        restored.forget_nack_floors_below(1);
+        assert!(!restored.nack_too_old(group, 0), "a floor at the log's first offset goes");
+        assert!(restored.items().all(|item| !matches!(item, MessageItem::NackFloor(..))), "nor is it checkpointed");
     }
 
     #[test]

@@ -162,6 +162,12 @@ impl ShardIndex {
         &self.messages
     }
 
+    /// Forgets the nack floors at or below `first`, the log's first offset: a nack of an offset
+    /// below it is refused as out of range whatever its group's floor.
+    pub(crate) fn forget_nack_floors_below(&mut self, first: u64) {
+        self.messages.forget_nack_floors_below(first)
+    }
+
     /// Applies a durable message record at `seq`; a delivered one moves the end of events.
     pub(crate) fn apply_message(&mut self, seq: u64, record: &MessageRecord) -> Result<MessageReceipt, &'static str> {
         let receipt = self.messages.apply(seq, record)?;
