@@ -73,7 +73,15 @@ pub(crate) struct InFlightMessages {
     held: BTreeMap<u64, usize>,
     held_bytes: usize,
     parked: BTreeMap<u64, Vec<ParkedMessage>>,
+    /// Per producer, the sequence number of a write the log's queue refused, and the refusal:
+    /// writes of that producer numbered after it are refused alike until one numbered at or
+    /// before it comes (the retry), so that a retried batch never finds a later message stored
+    /// before an earlier one. At most `REFUSED_PRODUCERS_MAX` (then all are forgotten).
+    refused_from: HashMap<u64, (u64, TradeError)>,
 }
+
+/// Producers whose refusal at the queue is remembered ([`InFlightMessages::refused_from`]).
+const REFUSED_PRODUCERS_MAX: usize = 1024;
 
 impl InFlightMessages {
     /// Retires the durable write at `seq`; returns the commands that waited for it.
@@ -87,8 +95,31 @@ impl InFlightMessages {
         self.parked.remove(&seq).unwrap_or_default()
     }
 
+    /// The refusal a write of `producer` numbered `sequence` takes because an earlier write of
+    /// the producer was refused at the log's queue; a write numbered at or before that one
+    /// ends the refusals.
+    fn refused_after_earlier(&mut self, producer: Option<(u64, u64)>) -> Option<TradeError> {
+        let (id, sequence) = producer?;
+        let (from, refusal) = self.refused_from.get(&id)?;
+        if sequence > *from {
+            return Some(refusal.clone());
+        }
+        self.refused_from.remove(&id);
+        None
+    }
+
+    /// Notes that the log's queue refused the write of `producer` (if any) with `refusal`.
+    fn note_refused(&mut self, producer: Option<(u64, u64)>, refusal: &TradeError) {
+        let Some((id, sequence)) = producer else { return };
+        if self.refused_from.len() >= REFUSED_PRODUCERS_MAX {
+            self.refused_from.clear();
+        }
+        self.refused_from.insert(id, (sequence, refusal.clone()));
+    }
+
     /// After the log failed: forgets everything and fails whoever waits.
     pub(crate) fn fail(&mut self, error: &TradeError) {
+        self.refused_from.clear();
         self.keys.clear();
         self.keys_of.clear();
         self.held.clear();
@@ -312,6 +343,9 @@ pub(crate) fn message_on<D: Disk>(inner: &Rc<Inner<D>>, command: MessageCommand,
     if let Some(error) = refused_now(&accepted.failed, accepted.closing) {
         return reply.send(Err(error));
     }
+    if let Some(refusal) = accepted.messages.refused_after_earlier(producer_of(&command)) {
+        return reply.send(Err(refusal));
+    }
     if let Some(seq) = in_flight_key(&accepted.messages, &command) {
         return accepted.messages.parked.entry(seq).or_default().push((command, reply));
     }
@@ -359,6 +393,14 @@ fn refused_now(failed: &Option<TradeError>, closing: bool) -> Option<TradeError>
     }
 }
 
+/// The producer and sequence number of a publish or prepare made by a producer.
+fn producer_of(command: &MessageCommand) -> Option<(u64, u64)> {
+    match command {
+        MessageCommand::Publish { producer, .. } | MessageCommand::Prepare { producer, .. } => *producer,
+        _ => None,
+    }
+}
+
 /// The seq of a write in flight on the command's key, if there is one.
 fn in_flight_key(in_flight: &InFlightMessages, command: &MessageCommand) -> Option<u64> {
     let key = match command {
@@ -385,7 +427,13 @@ fn enqueue<D: Disk>(
     };
     let ticket = match inner.wal.enqueue(&record.encode()) {
         Ok(ticket) => ticket,
-        Err(error) => return reply.send(Err(error.into())),
+        Err(error) => {
+            let error = TradeError::from(error);
+            if matches!(error, TradeError::Log(LogError::Backpressure { .. })) {
+                accepted.messages.note_refused(record.producer, &error);
+            }
+            return reply.send(Err(error));
+        }
     };
     let seq = ticket.seq();
     let in_flight = &mut accepted.messages;

@@ -1,0 +1,64 @@
+//! A producer's messages under a full log queue: once the queue refuses one, the shard refuses
+//! the producer's later ones too, until the refused one comes again; so a retried batch never
+//! finds a later message stored before an earlier one.
+
+use tradeshard_shard::{LogError, MessageBody, MessageCommand, MessageReceipt, Shard, TradeError};
+use tradeshard_tests::{call, run, small_config};
+use tradeshard_wal::disk::SimDisk;
+use tradeshard_wal::WalConfig;
+
+fn publish(sequence: u64, payload_bytes: usize) -> MessageCommand {
+    let body = MessageBody {
+        topic: "t".into(),
+        key: b"k".to_vec(),
+        headers: Vec::new(),
+        payload: vec![b'a' + sequence as u8; payload_bytes],
+    };
+    MessageCommand::Publish { body, producer: Some((7, sequence)), due_ms: None }
+}
+
+/// Record sizes a little above 31 KiB, and a queue that holds one such record and not much
+/// more: a small message, a large one and a small one sent at once find the large one refused.
+fn config() -> WalConfig {
+    WalConfig {
+        segment_bytes: 1 << 20,
+        frame_payload_bytes_max: 64 << 10,
+        record_bytes_max: 31 << 10,
+        pending_bytes_max: (31 << 10) + 64,
+        ..small_config()
+    }
+}
+
+#[test]
+fn a_producers_messages_after_one_the_queue_refused_wait_for_its_retry() {
+    run(async {
+        let shard = Shard::open(SimDisk::new(), config(), 0).await.unwrap();
+        let sizes = [500, 31_500, 500];
+        let answers: Vec<_> = sizes
+            .iter()
+            .enumerate()
+            .map(|(n, &size)| {
+                let (reply, answer) = tradeshard_shard::reply::channel::<Result<MessageReceipt, TradeError>>();
+                shard.message(publish(1 + n as u64, size), reply);
+                answer
+            })
+            .collect();
+        let mut outcomes = Vec::new();
+        for answer in answers {
+            outcomes.push(answer.await.unwrap());
+        }
+        assert!(outcomes[0].is_ok(), "{:?}", outcomes[0]);
+        for (n, outcome) in outcomes.iter().enumerate().skip(1) {
+            assert!(matches!(outcome, Err(TradeError::Log(LogError::Backpressure { .. }))), "message {n}: {outcome:?}");
+        }
+        // The client sends the batch again, in order: each lands once, in the batch's order.
+        let mut offsets = Vec::new();
+        for (n, &size) in sizes.iter().enumerate() {
+            let receipt = call(|reply| shard.message(publish(1 + n as u64, size), reply)).await.unwrap();
+            assert_eq!(receipt.replayed, n == 0, "message {n}");
+            offsets.push(receipt.offset);
+        }
+        assert!(offsets.windows(2).all(|pair| pair[0] < pair[1]), "stored in order: {offsets:?}");
+        shard.close().await.unwrap();
+    });
+}
