@@ -210,3 +210,32 @@ fn buffered_crashes_lose_only_a_suffix_and_never_look_corrupt() {
     let buffered = Durability::Buffered { sync_interval: Duration::from_micros(200) };
     campaign(400, WalConfig { durability: buffered, ..zeroed_config() });
 }
+
+/// A process killed between a write and its sync leaves the write readable but not durable;
+/// the next open reads it as the log's tail, so it must make it durable before it serves it or
+/// writes after it: a power loss after that open keeps every record the open found.
+#[test]
+fn the_tail_an_open_finds_unsynced_is_made_durable_before_the_log_starts() {
+    run(async {
+        let hour = Durability::Buffered { sync_interval: Duration::from_secs(3600) };
+        for seed in 0..20u64 {
+            let disk = SimDisk::new();
+            let config = WalConfig { durability: hour, ..small_config() };
+            let (wal, _) = Wal::open(disk.clone(), config.clone(), |_, _| {}).await.unwrap();
+            for n in 0..40u8 {
+                wal.append(&[n; 100]).await.unwrap();
+            }
+            // The process dies: nothing synced the appends, but the files hold them.
+            drop(wal);
+            let mut found = 0u64;
+            let (reopened, _) = Wal::open(disk.clone(), config.clone(), |_, _| found += 1).await.unwrap();
+            assert_eq!(found, 40, "seed {seed}: the open read every record the files hold");
+            drop(reopened);
+            disk.crash(seed);
+            let mut kept = 0u64;
+            let (wal, _) = Wal::open(disk.clone(), config, |_, _| kept += 1).await.unwrap();
+            assert_eq!(kept, 40, "seed {seed}: power lost after the open kept what it found");
+            wal.close().await.unwrap();
+        }
+    });
+}

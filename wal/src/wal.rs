@@ -43,6 +43,14 @@ impl<D: Disk> RecoveredWal<D> {
     pub async fn start(self) -> Result<Wal<D>> {
         let RecoveredWal { disk, config, recovered } = self;
         recovery::repair(&disk, &config, &recovered).await?;
+        // The tail recovery read may have been written and never synced (a process killed
+        // between a write and its fdatasync leaves it readable): it is made durable before the
+        // log counts it as synced, serves it, or writes after it a frame whose `synced_seq`
+        // vouches for it.
+        if let Some(tail) = recovered.segments.values().next_back() {
+            let path = || disk.path_of(&tail.name);
+            tail.file.fdatasync().await.map_err(|e| crate::error::Error::io("fdatasync", path(), e))?;
+        }
         let segments = &recovered.segments;
         let free = recycle::adopt(&disk, &config, recovered.free, |base| segments.contains_key(&base)).await?;
         let report = recovered.report;
