@@ -169,6 +169,31 @@ fn fetch(topic: &str, partition: i32, offset: i64) -> FetchRequest {
     FetchRequest::default().with_max_wait_ms(0).with_min_bytes(0).with_max_bytes(1 << 20).with_topics(vec![topic])
 }
 
+/// A Fetch naming one partition many times with tiny limits: each read answers at least one
+/// message, so each is charged a floor against the request's budget and the partitions past it
+/// are answered empty, unread; the answer stays near the budget, not a message per entry.
+#[test]
+fn a_fetch_of_many_partitions_with_tiny_limits_stays_within_its_budget() {
+    let running = Running::start(ServerOptions::default());
+    let mut stream = running.kafka();
+    let payload = "p".repeat(30_000);
+    let answer = call(&mut stream, 9, &produce("wide", 0, &[record("k", &payload, -1)]));
+    assert_eq!(answer.responses[0].partition_responses[0].error_code, 0);
+    let asked: Vec<FetchPartition> = (0..2_000)
+        .map(|_| FetchPartition::default().with_partition(0).with_fetch_offset(0).with_partition_max_bytes(1))
+        .collect();
+    let topic =
+        FetchTopic::default().with_topic(TopicName(StrBytes::from_string("wide".into()))).with_partitions(asked);
+    let request =
+        FetchRequest::default().with_max_wait_ms(0).with_min_bytes(0).with_max_bytes(1 << 20).with_topics(vec![topic]);
+    let answer = call(&mut stream, 4, &request);
+    let partitions = &answer.responses[0].partitions;
+    assert_eq!(partitions.len(), 2_000, "every entry answered");
+    assert!(partitions.iter().all(|p| p.error_code == 0), "none refused");
+    let read = partitions.iter().filter(|p| p.records.as_ref().is_some_and(|r| !r.is_empty())).count();
+    assert!((1..=16).contains(&read), "{read} entries read: the budget is 1 MiB, at least 64 KiB a read");
+}
+
 #[test]
 fn produced_messages_are_stored_once_and_fetched_with_their_errors_where_they_belong() {
     let running = Running::start(ServerOptions::default());

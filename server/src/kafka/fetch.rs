@@ -24,6 +24,11 @@ use crate::Shared;
 /// Events one read of a partition takes at most.
 const EVENTS_PER_READ: usize = 16_384;
 
+/// What one read is charged against a Fetch's byte budget at least: a read answers at least
+/// one event whatever its `max_bytes` (a message record is at most 38,120 bytes), so a request
+/// naming many partitions with tiny limits would otherwise read far past the budget.
+const READ_CHARGE_MIN: usize = 64 << 10;
+
 /// One partition asked for.
 struct Wanted {
     topic_index: usize,
@@ -32,6 +37,8 @@ struct Wanted {
     partition: Option<u32>,
     from: u64,
     max_bytes: usize,
+    /// The request's budget was spent before this partition: it is answered empty, unread.
+    over_budget: bool,
 }
 
 type Read = super::Pending<'static, Result<EventBatch, tradeshard_engine::Error>>;
@@ -48,7 +55,7 @@ fn subscription(topic: &str) -> Subscription {
 }
 
 fn read(shared: &Shared, wanted: &Wanted, wait: Duration) -> Option<Read> {
-    let partition = wanted.partition?;
+    let partition = wanted.partition.filter(|_| !wanted.over_budget)?;
     let query = PollQuery {
         from: wanted.from,
         max_events: EVENTS_PER_READ,
@@ -72,9 +79,11 @@ pub(crate) async fn fetch(shared: &Shared, _header: &RequestHeader, request: Fet
         topics.push(FetchableTopicResponse::default().with_topic(topic.topic.clone()));
         for partition in &topic.partitions {
             let valid_topic = super::metadata::topic_error(&name).is_none();
+            let over_budget = budget == 0;
             let max_bytes = (partition.partition_max_bytes.max(1) as usize).min(budget.max(1));
-            budget = budget.saturating_sub(max_bytes);
+            budget = budget.saturating_sub(max_bytes.max(READ_CHARGE_MIN));
             wanted.push(Wanted {
+                over_budget,
                 topic_index,
                 topic: name.clone(),
                 index: partition.partition,
@@ -121,6 +130,7 @@ pub(crate) async fn fetch(shared: &Shared, _header: &RequestHeader, request: Fet
     for (want, answer) in wanted.iter().zip(answers) {
         let data = PartitionData::default().with_partition_index(want.index).with_log_start_offset(-1);
         let data = match answer {
+            None if want.over_budget && want.partition.is_some() => data.with_high_watermark(-1),
             None => data.with_error_code(ResponseError::UnknownTopicOrPartition.code()).with_high_watermark(-1),
             Some(Err(error)) => {
                 let code = error_code(&error);
