@@ -485,6 +485,10 @@ fn committed_offsets_are_exact_per_topic_across_a_restart_and_the_group_keeps_th
     let answer = call(&mut stream, 8, &offset_commit("billing", &[("audit", 0, 4), ("payments", 0, 2)]));
     assert!(answer.topics.iter().all(|t| t.partitions[0].error_code == 0));
     assert_eq!(fetch_offsets(&mut stream), [4, 2]);
+    // A commit the engine refuses (past the log's end) is not fetched afterwards.
+    let refused = call(&mut stream, 8, &offset_commit("billing", &[("audit", 0, 1_000_000)]));
+    assert_ne!(refused.topics[0].partitions[0].error_code, 0, "past the end");
+    assert_eq!(fetch_offsets(&mut stream), [4, 2], "the refused offset is not answered");
     assert!(server.stop());
     engine.close().unwrap();
 

@@ -226,22 +226,24 @@ fn topic_group(group: &str, topic: &str) -> Option<String> {
 /// its topics there (what embedded consumers of the group and its lag see). Answers an error
 /// code (0: none).
 async fn commit(shared: &Shared, group: &str, topic: &str, partition: u32, offset: u64) -> i16 {
-    let smallest = {
+    let key = (group.to_string(), topic.to_string(), partition);
+    let (smallest, before) = {
         let mut offsets = shared.kafka.offsets.lock().expect("offsets lock");
-        let key = (group.to_string(), topic.to_string(), partition);
         // Past the bound, a new (group, topic, partition) is not remembered here: the
         // smallest is then taken over those remembered, and its own offset.
-        if offsets.0.len() < EXACT_OFFSETS_MAX || offsets.0.contains_key(&key) {
-            offsets.0.insert(key, offset as i64);
-        }
-        offsets
+        let before = match offsets.0.len() < EXACT_OFFSETS_MAX || offsets.0.contains_key(&key) {
+            true => Some(offsets.0.insert(key.clone(), offset as i64)),
+            false => None,
+        };
+        let smallest = offsets
             .0
             .range((group.to_string(), String::new(), 0)..)
             .take_while(|((g, _, _), _)| g == group)
             .filter(|((_, _, p), _)| *p == partition)
             .map(|(_, o)| *o)
             .min()
-            .map_or(offset, |smallest| smallest.min(offset as i64) as u64)
+            .map_or(offset, |smallest| smallest.min(offset as i64) as u64);
+        (smallest, before)
     };
     let handle = &shared.handle;
     let whole = handle.commit_partition_offset(group, partition, smallest);
@@ -255,7 +257,20 @@ async fn commit(shared: &Shared, group: &str, topic: &str, partition: u32, offse
     };
     match answers {
         Ok(_) => 0,
-        Err(error) => error_code(&error),
+        Err(error) => {
+            // Not durable: the offset remembered before stands again (unless a later commit
+            // of the same key replaced this one meanwhile), so that no fetch answers it.
+            if let Some(before) = before {
+                let mut offsets = shared.kafka.offsets.lock().expect("offsets lock");
+                if offsets.0.get(&key) == Some(&(offset as i64)) {
+                    match before {
+                        Some(earlier) => offsets.0.insert(key, earlier),
+                        None => offsets.0.remove(&key),
+                    };
+                }
+            }
+            error_code(&error)
+        }
     }
 }
 
