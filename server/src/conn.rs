@@ -94,6 +94,9 @@ async fn accept_loop(shared: Arc<Shared>, listener: TcpListener, protocol: Proto
 /// `connections.max.idle.ms`), so that silent sockets cannot hold the connection limit.
 pub(crate) const IDLE_MAX: std::time::Duration = std::time::Duration::from_secs(600);
 
+/// How long one answer may take to be written before the connection is closed.
+pub(crate) const WRITE_MAX: std::time::Duration = std::time::Duration::from_secs(30);
+
 /// One connection, on the executor that accepted it.
 pub(crate) struct Conn {
     pub stream: TcpStream,
@@ -110,6 +113,11 @@ pub(crate) enum ReadEnd {
 impl Conn {
     /// Fills `buf` from the stream; a stop or a peer silent for [`IDLE_MAX`] ends it.
     pub(crate) async fn read_exact(&mut self, buf: &mut [u8]) -> Result<(), ReadEnd> {
+        // Requests already buffered are not served once a stop began: a client with many
+        // queued would otherwise hold the stop until they are all answered.
+        if self.shared.shutdown.is_stopping() {
+            return Err(ReadEnd::Closed);
+        }
         let mut filled = 0;
         let mut idle_since = std::time::Instant::now();
         while filled < buf.len() {
@@ -154,8 +162,25 @@ impl Conn {
         Ok(())
     }
 
+    /// Writes `bytes` whole; a stop, or a peer that takes none of it for [`WRITE_MAX`], ends
+    /// the connection (a client that sends requests and never reads its answers would
+    /// otherwise hold its slot, and a stop, forever).
     pub(crate) async fn write_all(&mut self, bytes: &[u8]) -> Result<(), ReadEnd> {
-        self.stream.write_all(bytes).await.map_err(|_| ReadEnd::Closed)
+        let started = std::time::Instant::now();
+        let mut write = std::pin::pin!(self.stream.write_all(bytes));
+        loop {
+            let ticked = futures_lite::future::or(async { Some((&mut write).await) }, async {
+                glommio::timer::sleep(CHECK_INTERVAL).await;
+                None
+            });
+            match ticked.await {
+                Some(written) => return written.map_err(|_| ReadEnd::Closed),
+                None if self.shared.shutdown.is_stopping() || started.elapsed() > WRITE_MAX => {
+                    return Err(ReadEnd::Closed)
+                }
+                None => {}
+            }
+        }
     }
 }
 

@@ -194,6 +194,33 @@ fn a_fetch_of_many_partitions_with_tiny_limits_stays_within_its_budget() {
     assert!((1..=16).contains(&read), "{read} entries read: the budget is 1 MiB, at least 64 KiB a read");
 }
 
+/// A client that sends requests and never reads their answers: once its socket's buffers are
+/// full the server's write waits, and a stop still ends the connection at once.
+#[test]
+fn a_client_that_never_reads_does_not_hold_a_stop() {
+    let mut running = Running::start(ServerOptions::default());
+    let mut stats = TcpStream::connect(running.server().stats_addr().unwrap()).unwrap();
+    stats.set_write_timeout(Some(Duration::from_secs(2))).unwrap();
+    // Far more answers than the socket buffers hold; the writes stop once the server stops
+    // reading (its own write waits), or when the test has sent enough.
+    for _ in 0..20_000 {
+        if stats.write_all(b"stats\n").is_err() {
+            break;
+        }
+    }
+    std::thread::sleep(Duration::from_millis(300));
+    let started = std::time::Instant::now();
+    assert!(running.server.take().unwrap().stop(), "every connection ended in time");
+    assert!(started.elapsed() < Duration::from_secs(10), "a stop waits for no reader: {:?}", started.elapsed());
+    running.server = Some(
+        Server::start(
+            running.engine.as_ref().unwrap().handle(),
+            ServerOptions { kafka: loopback(), stats: None, metrics: None, ..ServerOptions::default() },
+        )
+        .unwrap(),
+    );
+}
+
 #[test]
 fn produced_messages_are_stored_once_and_fetched_with_their_errors_where_they_belong() {
     let running = Running::start(ServerOptions::default());
