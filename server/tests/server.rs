@@ -221,6 +221,31 @@ fn a_client_that_never_reads_does_not_hold_a_stop() {
     );
 }
 
+/// A JoinGroup whose protocols carry more than 64 KiB is refused: a member's protocols are
+/// kept while it is a member.
+#[test]
+fn a_join_with_oversized_protocol_metadata_is_refused() {
+    use kafka_protocol::messages::join_group_request::JoinGroupRequestProtocol;
+    let running = Running::start(ServerOptions::default());
+    let mut stream = running.kafka();
+    let join = |metadata: usize| {
+        let protocol = JoinGroupRequestProtocol::default()
+            .with_name(StrBytes::from_static_str("range"))
+            .with_metadata(Bytes::from(vec![0u8; metadata]));
+        JoinGroupRequest::default()
+            .with_group_id(GroupId(StrBytes::from_static_str("wide")))
+            .with_session_timeout_ms(10_000)
+            .with_rebalance_timeout_ms(10_000)
+            .with_member_id(StrBytes::from_static_str(""))
+            .with_protocol_type(StrBytes::from_static_str("consumer"))
+            .with_protocols(vec![protocol])
+    };
+    let refused = call(&mut stream, 5, &join(100_000));
+    assert_eq!(refused.error_code, ResponseError::InvalidRequest.code());
+    let joined = call(&mut stream, 5, &join(100));
+    assert_eq!(joined.error_code, 0, "a member with its metadata within bounds joins");
+}
+
 #[test]
 fn produced_messages_are_stored_once_and_fetched_with_their_errors_where_they_belong() {
     let running = Running::start(ServerOptions::default());

@@ -60,12 +60,23 @@ async fn wait_for<T>(shared: &Shared, group: &str, mut answer: ReplyFuture<T>, s
     }
 }
 
+/// Protocols one member may offer, and the bytes of their names and metadata together (a
+/// consumer's subscription and assignment data: a few hundred bytes in practice).
+const PROTOCOLS_MAX: usize = 16;
+const PROTOCOL_BYTES_MAX: usize = 64 << 10;
+
 pub(crate) async fn join(shared: &Shared, header: &RequestHeader, request: JoinGroupRequest) -> JoinGroupResponse {
     let group = request.group_id.0.to_string();
     let refuse =
         |error: ResponseError| JoinGroupResponse::default().with_error_code(error.code()).with_generation_id(-1);
     if !valid_group(&group) {
         return refuse(ResponseError::InvalidGroupId);
+    }
+    // A member's protocols are kept while it is a member: bounded, and copied out of the
+    // request's frame (a slice of it would keep the whole frame alive).
+    let metadata_bytes: usize = request.protocols.iter().map(|p| p.name.len() + p.metadata.len()).sum();
+    if request.protocols.len() > PROTOCOLS_MAX || metadata_bytes > PROTOCOL_BYTES_MAX {
+        return refuse(ResponseError::InvalidRequest);
     }
     let session = Duration::from_millis(request.session_timeout_ms.max(0) as u64);
     if !SESSION_TIMEOUT.contains(&session) {
@@ -81,7 +92,11 @@ pub(crate) async fn join(shared: &Shared, header: &RequestHeader, request: JoinG
         // A member id is the client's id (bounded) and a number.
         client_id: header.client_id.as_ref().map_or("client".to_string(), |c| c.chars().take(64).collect()),
         protocol_type: request.protocol_type.to_string(),
-        protocols: request.protocols.into_iter().map(|p| (p.name.to_string(), p.metadata)).collect(),
+        protocols: request
+            .protocols
+            .into_iter()
+            .map(|p| (p.name.to_string(), bytes::Bytes::copy_from_slice(&p.metadata)))
+            .collect(),
         session_timeout: session,
         rebalance_timeout: rebalance,
     };

@@ -20,6 +20,8 @@ use tradeshard_engine::reply::{self, Reply, ReplyFuture};
 
 /// Most groups coordinated at once, and members per group: a join past them is refused.
 pub(crate) const GROUPS_MAX: usize = 10_000;
+/// New groups between two sweeps of every group's clock ([`Coordinator::sweep`]).
+const SWEEP_EVERY_NEW_GROUPS: usize = 256;
 pub(crate) const MEMBERS_MAX: usize = 1_000;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -205,6 +207,7 @@ pub(crate) struct JoinRequest {
 pub(crate) struct Coordinator {
     groups: BTreeMap<String, Group>,
     next_member: u64,
+    new_groups_since_sweep: usize,
     /// Part of every member id this server hands out, different at each start, so that a
     /// client that kept its id across a restart is never taken for another's.
     incarnation: u64,
@@ -214,13 +217,14 @@ impl Default for Coordinator {
     fn default() -> Coordinator {
         let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_nanos());
         let incarnation = nanos as u64 ^ u64::from(std::process::id()).rotate_left(40);
-        Coordinator { groups: BTreeMap::new(), next_member: 0, incarnation }
+        Coordinator { groups: BTreeMap::new(), next_member: 0, incarnation, new_groups_since_sweep: 0 }
     }
 }
 
 impl Coordinator {
     /// Moves every group's clock, forgetting those left without members: at the limit of
-    /// groups, so that groups whose clients all went away do not hold it.
+    /// groups and every `SWEEP_EVERY_NEW_GROUPS` new ones, so that groups whose clients all
+    /// went away neither hold the limit nor their members' data.
     fn sweep(&mut self, now: Instant) {
         for g in self.groups.values_mut() {
             g.tick(now);
@@ -257,9 +261,15 @@ impl Coordinator {
         if request.protocols.is_empty() || request.protocol_type.is_empty() {
             return Err(ResponseError::InconsistentGroupProtocol);
         }
-        // Checked before the group is made, so that a refused join leaves nothing behind.
-        if !self.groups.contains_key(group) && self.groups.len() >= GROUPS_MAX {
-            self.sweep(now);
+        // Checked before the group is made, so that a refused join leaves nothing behind. New
+        // groups also sweep now and then, so that groups whose members all stopped calling go
+        // in time below the limit too, not only at it.
+        if !self.groups.contains_key(group) {
+            self.new_groups_since_sweep += 1;
+            if self.groups.len() >= GROUPS_MAX || self.new_groups_since_sweep >= SWEEP_EVERY_NEW_GROUPS {
+                self.new_groups_since_sweep = 0;
+                self.sweep(now);
+            }
         }
         let groups = self.groups.len();
         let refusal = match self.groups.get_mut(group) {
@@ -437,6 +447,22 @@ mod tests {
 
     fn take<T>(mut answer: ReplyFuture<T>) -> Option<T> {
         answer.try_take()
+    }
+
+    #[test]
+    fn groups_whose_members_stopped_calling_go_below_the_limit_too() {
+        let mut c = Coordinator::default();
+        let now = Instant::now();
+        for n in 0..100 {
+            take(c.join(&format!("silent-{n}"), join_request(""), now).unwrap()).unwrap().unwrap();
+        }
+        // Past every session: each new group counts, and a sweep comes within 256 of them.
+        let later = now + Duration::from_secs(60);
+        for n in 0..SWEEP_EVERY_NEW_GROUPS {
+            take(c.join(&format!("new-{n}"), join_request(""), later).unwrap()).unwrap().unwrap();
+        }
+        assert!((0..100).all(|n| c.group(&format!("silent-{n}")).is_none()), "the silent groups went");
+        assert!(c.groups.len() <= SWEEP_EVERY_NEW_GROUPS, "{} groups", c.groups.len());
     }
 
     #[test]
