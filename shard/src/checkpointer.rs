@@ -103,7 +103,8 @@ pub(crate) async fn take<D: Disk>(inner: &Inner<D>) -> Result<Option<u64>, Trade
     let result = match write_checkpoint(inner).await {
         Ok(Some(position)) => {
             checkpoints.log_bytes_at_last.set(inner.wal.stats().disk_bytes);
-            checkpoints.held_bytes_at_last.set(inner.index.borrow().held_bytes());
+            let held = inner.index.borrow().held_bytes();
+            checkpoints.held_bytes_at_last.set(held.saturating_sub(checkpoints.held_bytes_arrived.get()));
             checkpoints.last_at.set(Instant::now());
             apply_retention(inner).await.map(|()| Some(position))
         }
@@ -137,9 +138,10 @@ async fn write_checkpoint<D: Disk>(inner: &Inner<D>) -> Result<Option<u64>, Trad
     // durable: an expiry in memory alone would let retention remove what the group still holds
     // after the next open.
     let idle_before = idle_before(inner, now);
-    let (mut snapshot, dirty) = {
+    let (mut snapshot, dirty, held_at_snapshot) = {
         let mut index = inner.index.borrow_mut();
         let dirty = index.take_dirty();
+        let held_at_snapshot = index.held_bytes();
         let mut snapshot = index.clone();
         // Trades created with their claim in doubt stay in doubt for the next open. Counters
         // of creates still in flight are not the snapshot's to vouch for: a stop may lose
@@ -147,7 +149,7 @@ async fn write_checkpoint<D: Disk>(inner: &Inner<D>) -> Result<Option<u64>, Trad
         let accepted = inner.accepted.borrow();
         let known_below = accepted.doubts.known_below(accepted.next_counter).min(snapshot.counter_max() + 1);
         snapshot.set_claims_known_below(known_below);
-        (snapshot, dirty)
+        (snapshot, dirty, held_at_snapshot)
     };
     if let Some(idle_before) = idle_before {
         snapshot.expire_groups(idle_before);
@@ -158,6 +160,10 @@ async fn write_checkpoint<D: Disk>(inner: &Inner<D>) -> Result<Option<u64>, Trad
         write_durable(inner, &snapshot, taken.dirty.as_ref().expect("taken"), since, now).await?;
     (taken.dirty, taken.parts) = (None, None);
     drop(snapshot);
+    // What the work that came while the checkpoint was written holds: this checkpoint does not
+    // cover it, so it counts towards the next one's trigger (`due`), not into the baseline.
+    let arrived = inner.index.borrow().held_bytes().saturating_sub(held_at_snapshot);
+    checkpoints.held_bytes_arrived.set(arrived);
     let new_position = checkpoints.latest.get() != Some(position);
     let kept_runs = take_runs(inner, runs, new_position).await;
     // In batches, so that a checkpoint of many new trades does not hold up requests.

@@ -87,9 +87,13 @@ pub(crate) struct Checkpoints<D: Disk> {
     pub merge_running: Cell<bool>,
     stats: Cell<CheckpointStats>,
     pub log_bytes_at_last: Cell<u64>,
-    /// What the index held (`index/held.rs`) once the last checkpoint was done: what a
-    /// checkpoint does not move out, which the memory trigger takes off.
+    /// What the index held (`index/held.rs`) once the last checkpoint was done, less what the
+    /// work that came while it was written held: what a checkpoint does not move out, which
+    /// the memory trigger takes off.
     pub held_bytes_at_last: Cell<u64>,
+    /// What the work that came while the last checkpoint was written held when it was
+    /// written (`checkpointer::write_checkpoint`).
+    pub held_bytes_arrived: Cell<u64>,
     pub last_at: Cell<Instant>,
 }
 
@@ -120,6 +124,7 @@ impl<D: Disk> Checkpoints<D> {
             stats: Cell::new(stats),
             log_bytes_at_last: Cell::new(0),
             held_bytes_at_last: Cell::new(0),
+            held_bytes_arrived: Cell::new(0),
             last_at: Cell::new(Instant::now()),
         }
     }
