@@ -15,7 +15,8 @@ use std::rc::Rc;
 use std::time::Duration;
 
 use tradeshard_shard::{
-    body_hash, order_key, AccountCommand, AccountOp, Command, Currency, OrderLookup, Shard, TradeError, TradeId, Upkeep,
+    account_request_key, body_hash, order_key, AccountCommand, AccountOp, BranchAction, BranchPlan, CancelReason,
+    Command, Currency, Decision, OrderLookup, Shard, Step, TradeError, TradeId, Upkeep,
 };
 use tradeshard_tests::{
     call, new_trade, rolling_shard_config, run, run_campaign, sim_disk_for_seed, upkeep_on_request,
@@ -145,6 +146,64 @@ fn a_pending_claim_finds_its_own_trade_past_the_window_by_its_body() {
         assert_eq!(claims_trade(unused_key, unused_body).await.unwrap(), OrderLookup::Free);
         opened.close().await.unwrap();
     });
+}
+
+/// A transfer's retry after its payer's branch went past the window, its activity not: the
+/// repeated Begin finds the activity ended, and the Try sent with it must not freeze the payer's
+/// money again under a branch nothing would ever confirm or cancel.
+#[test]
+fn a_retried_try_of_an_ended_activity_whose_branch_went_past_the_window_moves_no_money() {
+    for decision in [Decision::Commit, Decision::Cancel(CancelReason::TryRefused)] {
+        run(async move {
+            let disk = SimDisk::new();
+            let shard = open(&disk, Some(WINDOW)).await.unwrap();
+            // Enough log that retention takes its first segment.
+            for order in 0..10 {
+                create(&shard, order, 1_000).await;
+            }
+            assert!(!deposit(&shard, "funds").await);
+            let cny = Currency::parse("CNY").unwrap();
+            let activity = account_request_key(7, "transfer-1");
+            let freeze = BranchAction::Freeze { user_id: 7, currency: cny, amount: 60 };
+            let branches = vec![
+                BranchPlan { shard: 0, branch: 0, action: freeze },
+                BranchPlan {
+                    shard: 1,
+                    branch: 1,
+                    action: BranchAction::Credit { user_id: 8, currency: cny, amount: 60 },
+                },
+            ];
+            let begin = vec![
+                Step::Begin { activity, deadline_ms: u64::MAX, branches },
+                Step::Try { activity, branch: 0, action: freeze },
+            ];
+            let send = |steps: Vec<Step>| call(|reply| shard.transact(steps, reply));
+            send(begin.clone()).await.unwrap();
+            let outcome = match decision {
+                Decision::Commit => Step::Confirm { activity, branch: 0 },
+                Decision::Cancel(_) => Step::Cancel { activity, branch: 0, action: freeze },
+            };
+            send(vec![Step::Decide { activity, decision }, outcome]).await.unwrap();
+            let settled = shard.balance(7, cny);
+            // The ended branch goes to a run; the activity, decided but not completed, stays.
+            shard.checkpoint().await.unwrap();
+            std::thread::sleep(2 * WINDOW);
+            send(vec![Step::Complete { activity }]).await.unwrap();
+            shard.checkpoint().await.unwrap();
+            assert!(!deposit(&shard, "later").await);
+            shard.checkpoint().await.unwrap();
+            let stats = shard.stats().checkpoints;
+            assert!(stats.key_runs_past_window >= 1, "the branch's run went past the window: {stats:?}");
+
+            match send(begin).await {
+                Err(TradeError::Refused(_)) => {}
+                other => panic!("the Try of an ended activity is refused, its Begin answering the end: {other:?}"),
+            }
+            let after = shard.balance(7, cny);
+            assert_eq!((after.available, after.frozen), (settled.available + 100, settled.frozen), "{decision:?}");
+            shard.close().await.unwrap();
+        });
+    }
 }
 
 #[test]

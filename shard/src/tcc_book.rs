@@ -137,6 +137,11 @@ pub(crate) trait MoneyView {
     fn ended_activity(&self, _activity: u128) -> Option<EndedActivity> {
         None
     }
+    /// Whether the activity is known to be decided (held, or in a run). Only the write path's
+    /// view answers it: a durable record was checked there and applies as written.
+    fn activity_decided(&self, _activity: u128) -> bool {
+        false
+    }
     /// Money moves into (`+`) or out of (`-`) the hands of activities.
     fn add_in_transit(&mut self, currency: Currency, amount: i128);
 }
@@ -234,6 +239,12 @@ fn try_branch(
             BranchState::Tried | BranchState::Confirmed => answer(StepOutcome::Branch(BranchState::Tried), true),
             BranchState::Cancelled | BranchState::Fenced => Err(Refusal::BranchCancelled { activity, branch }),
         };
+    }
+    // The branch may be gone from memory and from the runs the key window keeps while its
+    // activity, decided, is still known (a late retry of the Begin with its Try): a new
+    // reservation then would have no decision left to carry it out, and stay frozen.
+    if view.activity_decided(activity) {
+        return Err(Refusal::StepConflict { activity, reason: "a Try of an activity already decided" });
     }
     let (key, amount) = account_of(&action, activity)?;
     let mut balance = view.balance(key);

@@ -29,7 +29,7 @@ use crate::shard::Shard;
 use crate::state::{start_each, Effect, EffectKeys, Inner, ShardReply, Waiter};
 use crate::system_record::LogRecord;
 use crate::tcc::{BranchAction, Step, TccRecord, BRANCHES_MAX, STEPS_MAX};
-use crate::tcc_book::{apply_step, ActivityEntry, BranchEntry, MoneyView, StepAnswer, TccBook};
+use crate::tcc_book::{apply_step, ActivityEntry, ActivityState, BranchEntry, MoneyView, StepAnswer, TccBook};
 use crate::tcc_ended::{EndedActivity, FoundActivity};
 use crate::trade::now_ms;
 use crate::validate::validate_amount;
@@ -221,6 +221,12 @@ impl MoneyView for Scratch<'_> {
     }
     fn ended_activity(&self, activity: u128) -> Option<EndedActivity> {
         self.ended.get(&activity).copied()
+    }
+    fn activity_decided(&self, activity: u128) -> bool {
+        match self.activities.get(&activity).or_else(|| self.tcc.activity(activity)) {
+            Some(entry) => entry.state != ActivityState::Open,
+            None => self.ended.contains_key(&activity),
+        }
     }
     fn add_in_transit(&mut self, _: Currency, _: i128) {}
 }
