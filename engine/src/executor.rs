@@ -168,7 +168,7 @@ async fn run(
     loop {
         std::future::poll_fn(|cx| inbox.poll_requests(cx)).await;
         let taken = inbox.drain(DRAIN_BATCH_MAX, |job| job.run(&shards));
-        if taken == 0 && inbox.is_closed() && inbox.is_empty() {
+        if taken == 0 && inbox.is_closed() && inbox.is_drained() {
             break;
         }
         futures_lite::future::yield_now().await;

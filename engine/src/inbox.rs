@@ -8,7 +8,7 @@
 //! other is read, with sequentially consistent ordering on both sides, so no wake-up is lost.
 //! A full queue is backpressure: senders may wait for room (woken after each drain) or fail.
 
-use std::sync::atomic::{AtomicBool, Ordering::SeqCst};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering::SeqCst};
 use std::sync::Mutex;
 use std::task::{Context, Poll, Waker};
 
@@ -21,6 +21,9 @@ pub(crate) struct Inbox<T> {
     space_wanted: AtomicBool,
     space_waiters: Mutex<Vec<Waker>>,
     closed: AtomicBool,
+    /// Senders between their look at `closed` and the end of their push: the executor stops
+    /// only once none is, or a request pushed just after the close would never be answered.
+    pushing: AtomicUsize,
 }
 
 /// Why a request was not queued.
@@ -38,15 +41,27 @@ impl<T> Inbox<T> {
             space_wanted: AtomicBool::new(false),
             space_waiters: Mutex::new(Vec::new()),
             closed: AtomicBool::new(false),
+            pushing: AtomicUsize::new(0),
         }
     }
 
     /// Queues a request and wakes the executor if it sleeps.
     pub(crate) fn push(&self, request: T) -> Result<(), Refused<T>> {
-        if self.closed.load(SeqCst) {
-            return Err(Refused::Closed);
-        }
-        self.queue.push(request).map_err(Refused::Full)?;
+        self.push_after_look(request, || {})
+    }
+
+    /// [`push`](Self::push), calling `between` after the look at `closed` (a test's way to
+    /// close the inbox in that window).
+    fn push_after_look(&self, request: T, between: impl FnOnce()) -> Result<(), Refused<T>> {
+        self.pushing.fetch_add(1, SeqCst);
+        let closed = self.closed.load(SeqCst);
+        between();
+        let pushed = match closed {
+            true => Err(Refused::Closed),
+            false => self.queue.push(request).map_err(Refused::Full),
+        };
+        self.pushing.fetch_sub(1, SeqCst);
+        pushed?;
         if self.parked.load(SeqCst) && self.parked.swap(false, SeqCst) {
             if let Some(waker) = self.dispatcher.lock().expect("inbox lock").take() {
                 waker.wake();
@@ -115,7 +130,64 @@ impl<T> Inbox<T> {
         self.closed.load(SeqCst)
     }
 
-    pub(crate) fn is_empty(&self) -> bool {
-        self.queue.is_empty()
+    /// Nothing queued and no push under way. Once the inbox is closed and this holds, no
+    /// request can arrive: a sender counts itself in `pushing` before it looks at `closed`.
+    pub(crate) fn is_drained(&self) -> bool {
+        self.pushing.load(SeqCst) == 0 && self.queue.is_empty()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::Arc;
+
+    /// The executor's loop as the engine runs it (`executor.rs`): what it took before it stopped.
+    fn executor(inbox: Arc<Inbox<u64>>) -> std::thread::JoinHandle<usize> {
+        std::thread::spawn(move || {
+            let mut drained = 0;
+            loop {
+                let taken = inbox.drain(64, |_| drained += 1);
+                if taken == 0 && inbox.is_closed() && inbox.is_drained() {
+                    return drained;
+                }
+                std::thread::yield_now();
+            }
+        })
+    }
+
+    #[test]
+    fn a_request_pushed_as_the_inbox_closes_is_drained_before_the_executor_stops() {
+        let inbox = Arc::new(Inbox::<u64>::new(16));
+        let running = executor(inbox.clone());
+        // The sender found the inbox open; the close comes before its request is queued, and
+        // the executor has time to find the queue empty.
+        let pushed = inbox.push_after_look(7, || {
+            inbox.close();
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        });
+        assert!(pushed.is_ok());
+        assert_eq!(running.join().unwrap(), 1, "the request queued is taken, so its caller is answered");
+        assert!(matches!(inbox.push(8), Err(Refused::Closed)));
+    }
+
+    /// Senders race the close while an executor drains: every request a sender was told is
+    /// queued is taken by the executor before it stops.
+    #[test]
+    fn every_request_queued_before_or_during_the_close_is_drained() {
+        for round in 0..50 {
+            let inbox = Arc::new(Inbox::<u64>::new(1 << 16));
+            let senders: Vec<_> = (0..2)
+                .map(|_| {
+                    let inbox = inbox.clone();
+                    std::thread::spawn(move || (0..).take_while(|&n| inbox.push(n).is_ok()).count())
+                })
+                .collect();
+            let running = executor(inbox.clone());
+            std::thread::sleep(std::time::Duration::from_micros(50 + round % 7 * 20));
+            inbox.close();
+            let queued: usize = senders.into_iter().map(|sender| sender.join().unwrap()).sum();
+            assert_eq!(running.join().unwrap(), queued, "round {round}");
+        }
     }
 }
