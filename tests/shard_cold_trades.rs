@@ -425,3 +425,27 @@ fn a_cold_trade_is_one_device_read_when_its_created_part_is_inline() {
         }
     });
 }
+
+/// Cold trades brought back to be changed stay in memory until a checkpoint writes them: they
+/// count toward the memory held for recent work (what `Upkeep::checkpoint_memory_bytes` bounds),
+/// and a checkpoint gives it back.
+#[test]
+fn cold_trades_changed_count_toward_the_memory_held_for_recent_work() {
+    run(async {
+        let (_disk, shard, ids) = reopened_with_paid_trades(2_000, 0).await;
+        warmed(&shard).await;
+        let held = || shard.stats().checkpoints.held_bytes;
+        let (held_before, in_memory_before) = (held(), shard.stats().trades_in_memory);
+        // The oldest trades are cold: settling them brings them back.
+        for &id in &ids[..1_000] {
+            assert_eq!(submit(&shard, Command::Move { id, to: Move::Settle }).await.status, TradeStatus::Settled);
+        }
+        let thawed = shard.stats().trades_in_memory - in_memory_before;
+        assert!(thawed >= 900, "the settled trades came back into memory: {thawed}");
+        // A trade entry's size at least (`retention.rs`), each.
+        assert!(held() - held_before >= thawed * 88, "{} held for {thawed} thawed", held() - held_before);
+        shard.checkpoint().await.unwrap();
+        assert!(held() <= held_before, "the checkpoint wrote them and let them go: {} > {held_before}", held());
+        assert_eq!(call(|done| shard.get(ids[0], done)).await.unwrap().status, TradeStatus::Settled);
+    });
+}

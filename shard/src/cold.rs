@@ -29,13 +29,16 @@ pub type SettledTotals = Vec<((u64, Currency), u64)>;
 /// Pages of the table in one write or one read.
 const PAGES_PER_RUN: u64 = 256;
 
+/// Pages a checkpoint reads ahead of its writes, held at once at most (1 MiB), beside a run's.
+const PAGES_READ_HELD: usize = PAGES_PER_RUN as usize;
+
 /// Reads in flight at once when many records or pages are read apart.
 const READS_IN_FLIGHT: usize = 32;
 
 /// Writes the trades of `dirty`, as `snapshot` holds them, to the table with version
 /// `position`, and syncs it. A page is read first when it holds a trade only the table knows,
 /// or one whose created part only the table holds (inline, kept as it was); those reads go out
-/// together. `placed`: where this checkpoint put the created parts it copied from the log.
+/// together, a group of runs at a time ([`plan_writes`]). `placed`: where this checkpoint put the created parts it copied from the log.
 pub(crate) async fn write_dirty<D: Disk>(
     table: &TradeFile<D>,
     snapshot: &ShardIndex,
@@ -53,75 +56,114 @@ pub(crate) async fn write_dirty<D: Disk>(
         Ok(Some((_, entry))) => matches!(entry.created_at, CreatedAt::Table(_)),
         Ok(None) => false,
     };
-    let to_read: Vec<u64> = pages.iter().copied().filter(|&page| counters_of(page).any(needs_disk)).collect();
-    let mut on_disk: IdMap<u64, Vec<u8>> = IdMap::default();
-    for window in to_read.chunks(READS_IN_FLIGHT) {
-        let reads = join_all(window.iter().map(|&page| table.read_pages(page, 1))).await;
-        for (page, read) in window.iter().zip(reads) {
-            on_disk.insert(*page, read?);
-        }
-    }
     let mut written = 0u64;
-    let mut run_start = 0;
-    while run_start < pages.len() {
-        // A run of consecutive pages, written at once.
-        let first = pages[run_start];
-        let mut run_end = run_start + 1;
-        while run_end < pages.len()
-            && pages[run_end] == pages[run_end - 1] + 1
-            && pages[run_end] - first < PAGES_PER_RUN
-        {
-            run_end += 1;
-        }
-        let count = pages[run_end - 1] - first + 1;
-        let mut bytes = vec![0u8; count as usize * page_bytes];
-        for (n, page) in bytes.chunks_mut(page_bytes).enumerate() {
-            let page_no = first + n as u64;
-            if let Some(held) = on_disk.get(&page_no) {
-                page.copy_from_slice(held);
+    for group in plan_writes(&pages, |page| counters_of(page).any(needs_disk)) {
+        let mut on_disk: IdMap<u64, Vec<u8>> = IdMap::default();
+        for window in group.to_read.chunks(READS_IN_FLIGHT) {
+            let reads = join_all(window.iter().map(|&page| table.read_pages(page, 1))).await;
+            for (page, read) in window.iter().zip(reads) {
+                on_disk.insert(*page, read?);
             }
-            for counter in counters_of(page_no) {
-                let (_, at) = trade_file::place(counter);
-                match trades.at_counter(counter) {
-                    Ok(Some((id, entry))) => {
-                        let mut entry = *entry;
-                        let inline = match entry.created_at {
-                            CreatedAt::Log(log_at) => {
-                                let (at, inline) = placed.get(id).ok_or(TradeError::BadRecord {
-                                    seq: log_at.seq,
-                                    reason: "a trade's created part is neither stored nor among those to store",
-                                })?;
-                                entry.created_at = at;
-                                inline
-                            }
-                            CreatedAt::Stored(_) => None,
-                            // Read with the page above: the record on disk holds the part.
-                            CreatedAt::Table(_) => {
-                                let offset = trade_file::file_offset(counter);
-                                let on_disk = trade_file::record_in_page(counter, page)
-                                    .map_err(|reason| table.corrupt(offset, reason))?;
-                                let inline = on_disk.and_then(|record| record.inline);
-                                Some(inline.ok_or_else(|| table.corrupt(offset, "a trade's inline part is missing"))?)
-                            }
-                        };
-                        let record = &mut page[at..at + RECORD_BYTES];
-                        trade_file::encode(id, &entry, position, inline.as_ref(), record)
-                            .map_err(|reason| TradeError::BadRecord { seq: entry.created_at.seq(), reason })?;
-                    }
-                    Ok(None) => page[at..at + RECORD_BYTES].fill(0),
-                    Err(()) => {}
+        }
+        for (first, count) in group.runs {
+            let mut bytes = vec![0u8; count as usize * page_bytes];
+            for (n, page) in bytes.chunks_mut(page_bytes).enumerate() {
+                let page_no = first + n as u64;
+                if let Some(held) = on_disk.get(&page_no) {
+                    page.copy_from_slice(held);
                 }
+                fill_page(table, trades, placed, position, page_no, page)?;
             }
+            table.write_pages(first, &bytes).await?;
+            written += bytes.len() as u64;
+            crate::turns::take_turn().await;
         }
-        table.write_pages(first, &bytes).await?;
-        written += bytes.len() as u64;
-        run_start = run_end;
-        crate::turns::take_turn().await;
     }
     if written > 0 {
         table.sync().await?;
     }
     Ok(written)
+}
+
+/// Writes the records of page `page_no` as `trades` holds them over `page` (the page as the
+/// table holds it, where it had to be read): a cold trade's record stays as it is.
+fn fill_page<D: Disk>(
+    table: &TradeFile<D>,
+    trades: &crate::trade_table::TradeTable<TradeEntry>,
+    placed: &PlacedParts,
+    position: u64,
+    page_no: u64,
+    page: &mut [u8],
+) -> Result<(), TradeError> {
+    for counter in page_no * RECORDS_PER_PAGE..(page_no + 1) * RECORDS_PER_PAGE {
+        let (_, at) = trade_file::place(counter);
+        match trades.at_counter(counter) {
+            Ok(Some((id, entry))) => {
+                let mut entry = *entry;
+                let inline = match entry.created_at {
+                    CreatedAt::Log(log_at) => {
+                        let (at, inline) = placed.get(id).ok_or(TradeError::BadRecord {
+                            seq: log_at.seq,
+                            reason: "a trade's created part is neither stored nor among those to store",
+                        })?;
+                        entry.created_at = at;
+                        inline
+                    }
+                    CreatedAt::Stored(_) => None,
+                    // Read with the page: the record on disk holds the part.
+                    CreatedAt::Table(_) => {
+                        let offset = trade_file::file_offset(counter);
+                        let on_disk = trade_file::record_in_page(counter, page)
+                            .map_err(|reason| table.corrupt(offset, reason))?;
+                        let inline = on_disk.and_then(|record| record.inline);
+                        Some(inline.ok_or_else(|| table.corrupt(offset, "a trade's inline part is missing"))?)
+                    }
+                };
+                let record = &mut page[at..at + RECORD_BYTES];
+                trade_file::encode(id, &entry, position, inline.as_ref(), record)
+                    .map_err(|reason| TradeError::BadRecord { seq: entry.created_at.seq(), reason })?;
+            }
+            Ok(None) => page[at..at + RECORD_BYTES].fill(0),
+            Err(()) => {}
+        }
+    }
+    Ok(())
+}
+
+/// A part of a checkpoint's writes to the table: runs of consecutive pages (first page, pages),
+/// and the pages of those runs to read before they are written.
+#[derive(Debug, PartialEq)]
+struct WriteGroup {
+    runs: Vec<(u64, u64)>,
+    to_read: Vec<u64>,
+}
+
+/// Splits the write of `pages` (ascending, distinct) into runs of consecutive pages, at most
+/// [`PAGES_PER_RUN`] each, and the runs into groups that read at most [`PAGES_READ_HELD`]
+/// pages (`needs_read`) between them: the pages read are held until their group is written,
+/// so a checkpoint of trades changed far apart holds a group's pages, not one per trade.
+fn plan_writes(pages: &[u64], needs_read: impl Fn(u64) -> bool) -> Vec<WriteGroup> {
+    let mut groups = Vec::new();
+    let mut group = WriteGroup { runs: Vec::new(), to_read: Vec::new() };
+    let mut at = 0;
+    while at < pages.len() {
+        let first = pages[at];
+        let mut end = at + 1;
+        while end < pages.len() && pages[end] == pages[end - 1] + 1 && pages[end] - first < PAGES_PER_RUN {
+            end += 1;
+        }
+        let reads: Vec<u64> = pages[at..end].iter().copied().filter(|&page| needs_read(page)).collect();
+        if !group.runs.is_empty() && group.to_read.len() + reads.len() > PAGES_READ_HELD {
+            groups.push(std::mem::replace(&mut group, WriteGroup { runs: Vec::new(), to_read: Vec::new() }));
+        }
+        group.runs.push((first, (end - at) as u64));
+        group.to_read.extend(reads);
+        at = end;
+    }
+    if !group.runs.is_empty() {
+        groups.push(group);
+    }
+    groups
 }
 
 /// A record's created part must lie in the store as the checkpoint left it.
@@ -288,8 +330,8 @@ pub(crate) async fn settled_totals<D: Disk>(inner: &Inner<D>) -> Result<SettledT
         let trades = index.trade_table();
         trades.iter().for_each(|(_, entry)| add(entry));
         let cold: Vec<_> = trades.cold_ranges().collect();
-        let in_memory: std::collections::HashSet<u64> =
-            cold.iter().flat_map(|range| range.clone().filter(|&c| trades.at_counter(c).is_ok())).collect();
+        // A cold chunk's trade is in memory only thawed: those few, not every cold counter.
+        let in_memory: std::collections::HashSet<u64> = trades.thawed_counters().collect();
         (cold, in_memory, trades.dense_max())
     };
     for range in cold {
@@ -376,5 +418,50 @@ pub(crate) async fn scan_states<D: Disk>(
             }
             _ => return Ok(()),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn pages_of(groups: &[WriteGroup]) -> Vec<u64> {
+        groups.iter().flat_map(|group| group.runs.iter().flat_map(|&(first, count)| first..first + count)).collect()
+    }
+
+    #[test]
+    fn a_checkpoint_of_pages_far_apart_holds_a_group_of_reads_at_a_time() {
+        // Every other page, each to read: runs of one page, groups of PAGES_READ_HELD reads.
+        let pages: Vec<u64> = (0..1_000).map(|n| 2 * n).collect();
+        let groups = plan_writes(&pages, |_| true);
+        assert_eq!(pages_of(&groups), pages, "every page written once, in order");
+        assert!(groups.iter().all(|group| group.to_read.len() <= PAGES_READ_HELD), "{:?}", groups.len());
+        assert_eq!(groups.len(), 1_000usize.div_ceil(PAGES_READ_HELD));
+        for group in &groups {
+            let in_runs: Vec<u64> = group.runs.iter().map(|&(first, _)| first).collect();
+            assert_eq!(group.to_read, in_runs, "a group reads its own runs' pages");
+        }
+    }
+
+    #[test]
+    fn consecutive_pages_make_runs_and_pages_needing_no_read_one_group() {
+        let pages: Vec<u64> = (10..10 + 3 * PAGES_PER_RUN).chain([5_000, 5_001]).collect();
+        let groups = plan_writes(&pages, |_| false);
+        assert_eq!(groups.len(), 1);
+        assert_eq!(
+            groups[0].runs,
+            vec![
+                (10, PAGES_PER_RUN),
+                (10 + PAGES_PER_RUN, PAGES_PER_RUN),
+                (10 + 2 * PAGES_PER_RUN, PAGES_PER_RUN),
+                (5_000, 2)
+            ]
+        );
+        assert!(groups[0].to_read.is_empty());
+        // Some pages of each run to read: no group holds more than its share, and runs stay whole.
+        let groups = plan_writes(&pages, |page| page % 3 == 0);
+        assert_eq!(pages_of(&groups), pages);
+        assert!(groups.len() > 1 && groups.iter().all(|group| group.to_read.len() <= PAGES_READ_HELD));
+        assert!(plan_writes(&[], |_| true).is_empty());
     }
 }

@@ -6,7 +6,7 @@
 //! refunds and confirmed claims applied since the last one, the account requests, and the
 //! branches and activities (the ended ones go to runs). So are the entries of the trades
 //! created since, which stay in memory on top of the trades' own budget until a checkpoint
-//! writes them. Each entry counts at its size; the hash tables' slack is not counted (it can
+//! writes them, and the cold trades brought back to be changed. Each entry counts at its size; the hash tables' slack is not counted (it can
 //! add as much again), nor what stays after a checkpoint (pending claims, branches and
 //! activities under way), which the checkpointer measures once a checkpoint is done and takes
 //! off. That measure also holds the work applied while the checkpoint was written, which the
@@ -26,9 +26,13 @@ impl ShardIndex {
         // user's list.
         let created = self.by_order.len() as u64;
         let new_trades = created * (TRADE_ENTRY_BYTES + std::mem::size_of::<TradeId>() as u64);
+        // Cold trades brought back to be changed stay until a checkpoint writes them (a key and
+        // a control byte each in the map that holds them).
+        let thawed = self.trades.thawed_len() as u64 * (TRADE_ENTRY_BYTES + 9);
         self.by_order.entry_bytes()
             + self.by_user.entry_bytes()
             + new_trades
+            + thawed
             + self.refunds.entry_bytes()
             + self.claims.entry_bytes()
             + self.accounts.request_bytes()

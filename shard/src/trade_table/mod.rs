@@ -412,6 +412,16 @@ impl<V: Entry + Clone> TradeTable<V> {
         resident + self.thawed.len() + self.scattered.len()
     }
 
+    /// Trades of cold chunks back in memory (thawed to be changed), by counter.
+    pub fn thawed_counters(&self) -> impl Iterator<Item = u64> + '_ {
+        self.thawed.keys().copied()
+    }
+
+    /// How many trades of cold chunks are back in memory.
+    pub fn thawed_len(&self) -> usize {
+        self.thawed.len()
+    }
+
     /// The counter ranges of the cold chunks, ascending.
     pub fn cold_ranges(&self) -> impl Iterator<Item = std::ops::Range<u64>> + '_ {
         (0..self.chunks.len())
