@@ -449,3 +449,27 @@ fn cold_trades_changed_count_toward_the_memory_held_for_recent_work() {
         assert_eq!(call(|done| shard.get(ids[0], done)).await.unwrap().status, TradeStatus::Settled);
     });
 }
+
+/// A record whose checksum holds but whose created part lies at an offset no store reaches
+/// (near 2^64, where adding its length wraps): its read is refused as damage at its offset.
+#[test]
+fn a_record_pointing_past_any_store_is_damage_not_an_overflow() {
+    run(async {
+        let disk = SimDisk::new();
+        let shard = open(&disk).await.unwrap();
+        let ids = paid_trades(&shard, 100).await;
+        drop(shard);
+        // Order 5 has a memo too long to be inline: its record points into the store.
+        let counter = ids[5].counter();
+        let offset = record_offset(counter);
+        let table = disk.read_file("trades.table").unwrap();
+        let mut record = table[offset as usize..offset as usize + 128].to_vec();
+        record[48..56].copy_from_slice(&(u64::MAX - 4).to_le_bytes());
+        let sum = xxhash_rust::xxh3::xxh3_64_with_seed(&record[..124], counter) as u32;
+        record[124..128].copy_from_slice(&sum.to_le_bytes());
+        disk.overwrite("trades.table", offset, &record);
+        let shard = open(&disk).await.unwrap();
+        assert_eq!(damage_in(call(|done| shard.get(ids[5], done)).await, "trades.table"), offset);
+        assert_eq!(call(|done| shard.get(ids[0], done)).await.unwrap().status, TradeStatus::Paid);
+    });
+}

@@ -174,7 +174,9 @@ pub(crate) fn check_part<D: Disk>(
     parts_len: u64,
 ) -> Result<(), TradeError> {
     match entry.created_at {
-        CreatedAt::Stored(part) if part.offset + u64::from(part.len) <= parts_len => Ok(()),
+        CreatedAt::Stored(part) if part.offset.checked_add(u64::from(part.len)).is_some_and(|end| end <= parts_len) => {
+            Ok(())
+        }
         CreatedAt::Table(_) => Ok(()),
         _ => {
             Err(table

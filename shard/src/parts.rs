@@ -162,11 +162,14 @@ impl<D: Disk> PartsStore<D> {
 
     /// The record of one entry, checked.
     pub(crate) async fn read(&self, part: StoredPart) -> Result<Vec<u8>, TradeError> {
-        if part.offset + part.len as u64 > self.end.get() || (part.len as usize) < ENTRY_HEADER_BYTES {
+        // A damaged record may name any offset and length: no sum may wrap, no read be larger
+        // than an entry can be.
+        let end = part.offset.checked_add(part.len as u64).filter(|&end| end <= self.end.get());
+        let sized = (ENTRY_HEADER_BYTES..=ENTRY_HEADER_BYTES + RECORD_BYTES_MAX).contains(&(part.len as usize));
+        let (Some(end), true) = (end, sized) else {
             return Err(corrupt(&self.disk, part.offset, "trade points past the store of created parts"));
-        }
+        };
         let first_block = part.offset / BLOCK_BYTES * BLOCK_BYTES;
-        let end = part.offset + part.len as u64;
         let len = (end - first_block).div_ceil(BLOCK_BYTES) * BLOCK_BYTES;
         self.reads.set(self.reads.get() + 1);
         let blocks = self.file.read_at(first_block, len as usize).await.map_err(|e| io(&self.disk, "read", e))?;

@@ -96,6 +96,11 @@ impl Header {
         let (applied_end, events_end, counter_max) = (reader.u64()?, reader.u64()?, reader.u64()?);
         let (parts_len, created_ms, table_counter_max) = (reader.u64()?, reader.u64()?, reader.u64()?);
         let claims_known_below = reader.u64()?;
+        // Every trade id's counter is below 2^COUNTER_BITS (`trade.rs`): a higher one is damage,
+        // and would overflow the counters computed from it.
+        if counter_max >= 1 << crate::trade::COUNTER_BITS {
+            return Err("checkpoint header's counter past any trade id's");
+        }
         if table_counter_max > counter_max {
             return Err("checkpoint header's table counter above its counter");
         }

@@ -101,3 +101,17 @@ fn the_known_claims_counter_is_refused_past_the_checkpoints_trades() {
     assert!(Header::decode(&header(11).encode()).is_err());
     assert!(Header::decode(&header(0).encode()).is_err());
 }
+
+#[test]
+fn a_counter_past_any_trade_ids_is_refused() {
+    let header = |counter_max, table_counter_max| Header {
+        shard_id: 1,
+        scalars: Scalars { applied_end: 10, events_end: 10, counter_max, table_counter_max, claims_known_below: 1 },
+        parts_len: 0,
+        created_ms: 1,
+    };
+    let highest = (1u64 << crate::trade::COUNTER_BITS) - 1;
+    assert!(Header::decode(&header(highest, highest).encode()).is_ok());
+    assert!(Header::decode(&header(highest + 1, 0).encode()).is_err());
+    assert!(Header::decode(&header(u64::MAX, u64::MAX).encode()).is_err(), "no overflow, a refusal");
+}
