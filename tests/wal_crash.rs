@@ -202,7 +202,7 @@ fn acknowledged_records_survive_crashes_exactly_once() {
 
 #[test]
 fn acknowledged_records_survive_crashes_with_segments_prepared_ahead() {
-    campaign(700, zeroed_config());
+    campaign(400, zeroed_config());
 }
 
 #[test]
