@@ -1,7 +1,8 @@
 //! Activities with the embedder's own participants, through `EngineHandle::run_activity`: a
 //! participant's Try refused cancels every branch (the account's money comes back, the
 //! participant is told to cancel); a Confirm that fails is sent again by recovery until it
-//! succeeds, and the activity completes; account branches must balance; an unknown
+//! succeeds, and the activity completes, without waiting behind activities whose participant
+//! stopped answering; account branches must balance; an unknown
 //! participant and bad input are refused with no trace.
 
 use std::sync::{Arc, Mutex};
@@ -21,6 +22,8 @@ struct Coupons {
     calls: Mutex<Vec<(BranchCall, u128, u64)>>,
     cancelled: Mutex<Vec<u128>>,
     confirm_failures: Mutex<u32>,
+    /// From when it is set, a Confirm of a reference from 1,000 on never answers.
+    hang: std::sync::atomic::AtomicBool,
 }
 
 struct Shared(Arc<Coupons>);
@@ -37,6 +40,9 @@ impl Participant for Shared {
                 BranchCall::Cancel => {
                     coupons.cancelled.lock().unwrap().push(activity);
                     Ok(())
+                }
+                BranchCall::Confirm if reference >= 1_000 && coupons.hang.load(std::sync::atomic::Ordering::SeqCst) => {
+                    std::future::pending().await
                 }
                 BranchCall::Confirm if reference >= 1_000 => Err("this coupon's service is down".into()),
                 BranchCall::Confirm => {
@@ -150,6 +156,51 @@ fn a_failing_confirm_is_sent_again_by_recovery_until_the_activity_completes() {
     assert_eq!(h.balance_blocking(b, "CNY").unwrap().available, 1_101, "both credits confirmed");
     let again = h.run_activity_blocking(a, "buy", &actions).unwrap();
     assert_eq!((again.decision, again.completed, again.replayed), (Decision::Commit, true, true));
+    engine.close().unwrap();
+}
+
+/// Recovery drives the activities in doubt side by side: two whose participant stopped
+/// answering (each call waits out `participant_timeout`) come before another in recovery's
+/// order, and that one is still completed well within one timeout.
+#[test]
+fn a_participant_that_never_answers_does_not_hold_up_the_recovery_of_other_activities() {
+    let dir = tempfile::tempdir().unwrap();
+    let coupons = Arc::new(Coupons { confirm_failures: Mutex::new(u32::MAX), ..Coupons::default() });
+    let options = Options {
+        participants: Participants::default().with(7, Shared(coupons.clone())),
+        activity_recovery_interval: Duration::from_millis(20),
+        participant_timeout: Duration::from_secs(3),
+        ..engine_options(dir.path(), 2, 2)
+    };
+    let engine = Engine::open(options).unwrap();
+    let h = engine.handle();
+    let (a, b) = two_users(&h);
+    let actions = |reference| {
+        [
+            BranchAction::Freeze { user_id: a, currency: cny(), amount: 1 },
+            BranchAction::Credit { user_id: b, currency: cny(), amount: 1 },
+            BranchAction::External { participant: 7, reference },
+        ]
+    };
+    let buy_id = tradeshard_shard::account_request_key(a, "buy");
+    let earlier =
+        (0..).map(|n| format!("stuck-{n}")).filter(|no| tradeshard_shard::account_request_key(a, no) < buy_id);
+    for no in earlier.take(2) {
+        let stuck = h.run_activity_blocking(a, &no, &actions(1_000)).unwrap();
+        assert_eq!((stuck.decision, stuck.completed), (Decision::Commit, false));
+    }
+    // Its Confirms fail until the other two's participant falls silent; then they succeed.
+    let outcome = h.run_activity_blocking(a, "buy", &actions(8)).unwrap();
+    assert_eq!((outcome.decision, outcome.completed), (Decision::Commit, false));
+    coupons.hang.store(true, std::sync::atomic::Ordering::SeqCst);
+    *coupons.confirm_failures.lock().unwrap() = 0;
+    let started = Instant::now();
+    while h.activities_in_doubt_blocking().unwrap().iter().any(|(_, id, _)| *id == outcome.activity) {
+        // One activity at a time, the two ahead of it would take two timeouts (6 s).
+        assert!(started.elapsed() < Duration::from_millis(2_500), "recovery waited on the silent participant first");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    assert_eq!(h.activities_in_doubt_blocking().unwrap().len(), 2, "the two whose participant is silent");
     engine.close().unwrap();
 }
 

@@ -72,20 +72,34 @@ impl ActivityRecovery {
     }
 }
 
-/// Drives every activity not completed; a decided one younger than `grace` is left to its
-/// initiator. One that fails (a shard that failed, a participant that does not answer) does
-/// not hold up the others: it is met again at the next pass. Returns how many were driven to
-/// their end; `Closed` once the engine closes.
+/// Activities driven at once within a pass: one whose participant does not answer holds up
+/// the others of its window for `Options::participant_timeout`, not every activity after it.
+const DRIVEN_AT_ONCE: usize = 64;
+
+/// Drives every activity not completed, `DRIVEN_AT_ONCE` at a time; a decided one younger than
+/// `grace` is left to its initiator. One that fails (a shard that failed, a participant that
+/// does not answer) is met again at the next pass. Returns how many were driven to their end;
+/// `Closed` once the engine closes.
 pub(crate) async fn recover_once(handle: &EngineHandle, grace: Duration) -> Result<usize> {
-    let mut driven = 0;
-    for unfinished in handle.on_every_executor(ops::UnfinishedActivities).await? {
-        for (home, activity, entry) in unfinished {
-            let now = now_ms();
+    let now = now_ms();
+    let due: Vec<_> = handle
+        .on_every_executor(ops::UnfinishedActivities)
+        .await?
+        .into_iter()
+        .flatten()
+        .filter(|(_, _, entry)| {
             let young = now.saturating_sub(entry.begun_ms) < grace.as_millis() as u64;
-            if matches!(entry.state, ActivityState::Decided(_)) && young {
-                continue;
-            }
-            match finish_activity(handle, home, activity, &entry, now).await {
+            !(matches!(entry.state, ActivityState::Decided(_)) && young)
+        })
+        .collect();
+    let mut driven = 0;
+    for window in due.chunks(DRIVEN_AT_ONCE) {
+        let ends = tradeshard_shard::join_all(
+            window.iter().map(|(home, activity, entry)| finish_activity(handle, *home, *activity, entry, now_ms())),
+        )
+        .await;
+        for end in ends {
+            match end {
                 Ok(Some(end)) if end.completed => driven += 1,
                 Ok(_) => {}
                 Err(Error::Closed) => return Err(Error::Closed),
