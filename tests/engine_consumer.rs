@@ -124,6 +124,34 @@ fn a_leaving_member_hands_its_partitions_over_at_their_committed_offsets() {
     engine.close().unwrap();
 }
 
+/// A member that made no call while another held one of its partitions for a generation (and
+/// read further and committed there) takes that partition back at the committed offset: its
+/// own older position would commit the group's offset backwards and deliver again what the
+/// other committed.
+#[test]
+fn a_member_idle_across_rebalances_never_commits_an_offset_backwards() {
+    let dir = tempfile::tempdir().unwrap();
+    let engine = Engine::open(engine_options(dir.path(), 2, 1)).unwrap();
+    let handle = engine.handle();
+    write(&handle, 4, 5, 0);
+    let mut a = handle.consumer(ConsumerConfig::new("g")).unwrap();
+    assert_eq!(drain(&mut a).iter().map(|e| e.partition).collect::<HashSet<u32>>().len(), 2, "a reads both");
+    write(&handle, 4, 5, 100);
+    let mut b = handle.consumer(ConsumerConfig::new("g")).unwrap();
+    let from_b = drain(&mut b);
+    let taken = from_b.first().expect("b reads its share").partition;
+    b.commit_blocking().unwrap();
+    let committed = |consumer: &tradeshard_engine::Consumer| {
+        consumer.committed_blocking().unwrap().into_iter().find(|(p, _)| *p == taken).and_then(|(_, o)| o)
+    };
+    let by_b = committed(&b).expect("b committed");
+    drop(b);
+    a.commit_blocking().unwrap();
+    assert!(committed(&a).unwrap() >= by_b, "the group's offset went back: {:?} < {by_b}", committed(&a));
+    assert!(drain(&mut a).iter().all(|e| e.partition != taken), "nothing b committed is delivered again");
+    engine.close().unwrap();
+}
+
 #[test]
 fn broadcast_consumers_each_see_everything_with_their_own_offsets() {
     let dir = tempfile::tempdir().unwrap();

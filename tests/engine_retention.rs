@@ -1,7 +1,8 @@
 //! Checkpoints and retention through the engine's API: an open after a clean close replays
 //! nothing; segments go once every live group consumed them (and only then), idle groups
-//! expire and stop holding the log (also in a shard that takes no more writes), a consumer asking for a removed offset gets the typed
-//! refusal naming the first offset kept, every trade stays readable and changeable after
+//! expire and stop holding the log (also in a shard that takes no more writes), a consumer asking
+//! for a removed offset, or resuming from a committed one, gets the typed refusal naming the
+//! first offset kept, every trade stays readable and changeable after
 //! the log that held it is gone, and a shard checkpoints once the memory it holds for the work
 //! since its last checkpoint passes its budget.
 
@@ -47,6 +48,38 @@ fn an_open_after_a_clean_close_replays_nothing() {
     for id in ids {
         assert_eq!(engine.handle().get_blocking(id).unwrap().status, TradeStatus::Created);
     }
+    engine.close().unwrap();
+}
+
+/// Retention by bytes takes segments whatever the groups' offsets: a member resuming a group
+/// whose committed offset went with them is told, by the refusal naming the first offset kept,
+/// rather than moved past the events it never read; it goes on from where it seeks.
+#[test]
+fn a_group_whose_committed_offset_retention_removed_is_told_not_moved_past_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let upkeep = upkeep_on_request(true, Some(0));
+    let engine = Engine::open(Options { segment_bytes: 1 << 20, upkeep, ..engine_options(dir.path(), 1, 1) }).unwrap();
+    let handle = engine.handle();
+    create(&handle, 0, 10);
+    let mut behind = handle.consumer(ConsumerConfig::new("behind")).unwrap();
+    behind.commit_offsets_blocking(&[(0, 5)]).unwrap();
+    drop(behind);
+    create(&handle, 10, 800);
+    // The second checkpoint becomes the one an open falls back to: the log below it may go.
+    handle.checkpoint_blocking().unwrap();
+    create(&handle, 810, 1);
+    handle.checkpoint_blocking().unwrap();
+    let first = handle.stats_blocking().unwrap().shards[0].log_first;
+    assert!(first > 5, "retention removed the group's offset: the log starts at {first}");
+
+    let mut behind = handle.consumer(ConsumerConfig::new("behind")).unwrap();
+    match behind.poll_blocking(10, Duration::from_millis(10)) {
+        Err(Error::Refused(Refusal::OffsetOutOfRange { offset: 5, first: named, .. })) => assert_eq!(named, first),
+        other => panic!("expected the refusal naming the first offset, got {other:?}"),
+    }
+    behind.seek_blocking(0, first).unwrap();
+    let events = behind.poll_blocking(10, Duration::from_millis(10)).unwrap();
+    assert_eq!(events.first().map(|event| event.offset), Some(first));
     engine.close().unwrap();
 }
 

@@ -54,7 +54,10 @@ pub enum ConsumerMode {
 /// for `Earliest`/`Latest`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum StartPosition {
-    /// The group's committed offset; the earliest event if it has none.
+    /// The group's committed offset; the earliest event if it has none. A committed offset
+    /// that retention removed is kept: the first poll is refused with
+    /// `Refusal::OffsetOutOfRange` naming the first offset kept (the partition is the one
+    /// [`Consumer::assignment`] places at the refused offset; seek it there to go on).
     Committed,
     /// The first event still in the log.
     Earliest,
@@ -180,8 +183,10 @@ impl Consumer {
         self.positions.iter().map(|(p, o)| (*p, *o)).collect()
     }
 
-    /// Follows the group's membership: drops partitions given away, takes new ones at their
-    /// start position.
+    /// Follows the group's membership: at each new generation, takes every partition it owns
+    /// at its start position again. A partition it kept may have been another member's in a
+    /// generation between (one it made no call in), read further and committed there: its own
+    /// older position would commit the group's offset backwards.
     async fn rebalance(&mut self) -> Result<()> {
         let partitions = self.handle.routing().physical_shards;
         let (generation, owned) = match self.member {
@@ -192,10 +197,9 @@ impl Consumer {
         if generation == self.generation {
             return Ok(());
         }
-        self.positions.retain(|p, _| owned.contains(p));
-        self.ahead.retain(|p, _| owned.contains(p));
-        let new: Vec<u32> = owned.into_iter().filter(|p| !self.positions.contains_key(p)).collect();
-        self.take_partitions(new).await?;
+        self.positions.clear();
+        self.ahead.clear();
+        self.take_partitions(owned).await?;
         self.generation = generation;
         Ok(())
     }
@@ -203,12 +207,14 @@ impl Consumer {
     async fn take_partitions(&mut self, partitions: Vec<u32>) -> Result<()> {
         for partition in partitions {
             let PartitionPosition { committed, first, end, .. } = self.position_of(partition).await?;
-            let start = match self.config.start {
-                StartPosition::Committed => committed.unwrap_or(first),
-                StartPosition::Earliest => first,
-                StartPosition::Latest => end,
+            // A committed offset that retention removed stays the position: the first poll is
+            // refused naming the first offset kept, so the group learns it missed events.
+            let start = match (self.config.start, committed) {
+                (StartPosition::Committed, Some(committed)) => committed,
+                (StartPosition::Committed | StartPosition::Earliest, _) => first,
+                (StartPosition::Latest, _) => end,
             };
-            self.positions.insert(partition, start.max(first));
+            self.positions.insert(partition, start);
         }
         Ok(())
     }
