@@ -43,9 +43,9 @@ fn check_all(handle: &EngineHandle, expected: &Expected) {
         let trade = handle.get_blocking(*id).unwrap();
         assert_eq!((trade.status, trade.refunded_amount), (*status, *refunded), "trade {id}");
     }
-    let settled: u64 = expected.values().filter(|(s, _)| *s == TradeStatus::Settled).count() as u64 * 1_000;
+    let settled = expected.values().filter(|(s, _)| *s == TradeStatus::Settled).count() as u128 * 1_000;
     let totals = handle.settled_totals_blocking().unwrap();
-    assert_eq!(totals.values().sum::<u64>(), settled, "the settled totals count the trades on disk");
+    assert_eq!(totals.values().sum::<u128>(), settled, "the settled totals count the trades on disk");
 }
 
 fn memory(handle: &EngineHandle) -> (u64, u64) {

@@ -10,7 +10,7 @@ use tradeshard_tests::{engine_options, new_trade};
 
 #[derive(Default)]
 struct Totals {
-    settled: BTreeMap<(u64, Currency), u64>,
+    settled: BTreeMap<(u64, Currency), u128>,
     applied_up_to: HashMap<u32, u64>,
     redelivered: u64,
 }
@@ -25,7 +25,7 @@ impl Totals {
             self.applied_up_to.insert(event.partition, event.offset);
             if event.record.kind == RecordKind::Settled {
                 *self.settled.entry((event.record.merchant_id, event.record.currency)).or_insert(0) +=
-                    event.record.settled_amount();
+                    u128::from(event.record.settled_amount());
             }
         }
     }

@@ -346,7 +346,7 @@ impl EngineHandle {
     /// a trade paid from a balance: `TradeRecord::settled_amount` of its Settled event), summed
     /// per (merchant, currency): a scan of the store that a settlement consumer's totals can be
     /// reconciled against.
-    pub async fn settled_totals(&self) -> Result<BTreeMap<(u64, Currency), u64>> {
+    pub async fn settled_totals(&self) -> Result<BTreeMap<(u64, Currency), u128>> {
         let mut totals = BTreeMap::new();
         for executor_totals in self.on_every_executor(ops::SettledTotals).await? {
             for (key, amount) in executor_totals? {
@@ -367,7 +367,7 @@ impl EngineHandle {
     blocking!(stats_blocking = stats(&self) -> Result<EngineStats>);
     blocking!(checkpoint_blocking = checkpoint(&self) -> Result<Vec<Option<u64>>>);
     blocking!(groups_blocking = groups(&self) -> Result<Vec<Vec<(String, u64, u64)>>>);
-    blocking!(settled_totals_blocking = settled_totals(&self) -> Result<BTreeMap<(u64, Currency), u64>>);
+    blocking!(settled_totals_blocking = settled_totals(&self) -> Result<BTreeMap<(u64, Currency), u128>>);
 }
 
 #[cfg(test)]

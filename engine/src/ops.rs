@@ -255,7 +255,7 @@ impl ExecutorOp for Stats {
 pub(crate) struct SettledTotals;
 
 impl ExecutorOp for SettledTotals {
-    type Output = Result<BTreeMap<(u64, Currency), u64>, TradeError>;
+    type Output = Result<BTreeMap<(u64, Currency), u128>, TradeError>;
     fn start(self, shards: &ExecutorShards, reply: Reply<Self::Output>) {
         // Trades not in memory are read from each shard's table on disk.
         let scans: Vec<_> = shards.shards.values().map(|shard| shard.settled_totals()).collect();

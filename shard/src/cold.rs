@@ -23,8 +23,8 @@ use crate::trade::TradeId;
 use crate::trade_file::{self, TableRecord, TableState, TradeFile, RECORDS_PER_PAGE, RECORD_BYTES};
 use crate::trade_table::Dirty;
 
-/// Settled amounts per (merchant, currency).
-pub type SettledTotals = Vec<((u64, Currency), u64)>;
+/// Settled amounts per (merchant, currency); wide enough for any number of the largest trades.
+pub type SettledTotals = Vec<((u64, Currency), u128)>;
 
 /// Pages of the table in one write or one read.
 const PAGES_PER_RUN: u64 = 256;
@@ -319,10 +319,10 @@ pub(crate) async fn read_many<D: Disk>(
 /// them while it is read (a trade changed meanwhile may be counted in its state before or
 /// after).
 pub(crate) async fn settled_totals<D: Disk>(inner: &Inner<D>) -> Result<SettledTotals, TradeError> {
-    let mut totals: HashMap<(u64, Currency), u64> = HashMap::new();
+    let mut totals: HashMap<(u64, Currency), u128> = HashMap::new();
     let mut add = |entry: &TradeEntry| {
         if entry.lifecycle.status == TradeStatus::Settled {
-            *totals.entry((entry.merchant_id, entry.currency)).or_default() += entry.lifecycle.settles();
+            *totals.entry((entry.merchant_id, entry.currency)).or_default() += u128::from(entry.lifecycle.settles());
         }
     };
     // The memory side first, without holding a snapshot across the reads below (a snapshot

@@ -38,7 +38,7 @@ pub struct Args {
 }
 
 /// Settled amounts per (merchant, currency).
-pub type Totals = BTreeMap<(u64, Currency), u64>;
+pub type Totals = BTreeMap<(u64, Currency), u128>;
 
 /// Totals of settled amounts, idempotent on (partition, offset).
 #[derive(Default)]
@@ -60,7 +60,7 @@ impl Settlement {
         self.events += 1;
         if event.record.kind == RecordKind::Settled {
             let settled = event.record.settled_amount();
-            *self.totals.entry((event.record.merchant_id, event.record.currency)).or_insert(0) += settled;
+            *self.totals.entry((event.record.merchant_id, event.record.currency)).or_insert(0) += u128::from(settled);
         }
     }
 

@@ -186,7 +186,7 @@ impl Model {
                 }
             }
         }
-        let mut settled: BTreeMap<u64, u64> = BTreeMap::new();
+        let mut settled: BTreeMap<u64, u128> = BTreeMap::new();
         let mut lost = Vec::new();
         for (key, expected) in self.orders.iter_mut() {
             let Some(trade) = found.get(key) else {
@@ -241,7 +241,7 @@ impl Model {
             expected.in_flight = None;
             expected.in_flight_change = None;
             if actual.0 == TradeStatus::Settled {
-                *settled.entry(trade.merchant_id).or_default() += trade.amount;
+                *settled.entry(trade.merchant_id).or_default() += u128::from(trade.amount);
             }
         }
         // Nothing held that was never sent, and no order twice: the engine holds exactly the
@@ -250,7 +250,7 @@ impl Model {
         if stats.trades != found.len() as u64 {
             bail!("the engine counts {} trades, the users hold {}", stats.trades, found.len());
         }
-        let totals: BTreeMap<u64, u64> =
+        let totals: BTreeMap<u64, u128> =
             handle.settled_totals_blocking()?.into_iter().map(|((merchant, _), sum)| (merchant, sum)).collect();
         if totals != settled {
             bail!("settled totals {totals:?} do not reconcile with the settled trades {settled:?}");
