@@ -12,9 +12,15 @@ struct GroupState {
     /// Members in join order (member ids are increasing).
     members: BTreeSet<u64>,
     generation: u64,
-    /// Members waiting for the next change (members with no partition, in a long poll).
+    /// Members waiting for the next change (members with no partition, in a long poll), at
+    /// most `WAITING_MAX`.
     waiting: Vec<Waker>,
 }
+
+/// Wakers a group keeps for its next change. A waiter whose poll ended on its timer leaves its
+/// waker behind, and each new task brings another; the oldest go first. A waiter whose waker
+/// went still wakes on its own timer.
+const WAITING_MAX: usize = 256;
 
 impl GroupState {
     fn changed(&mut self, generation: u64) {
@@ -81,6 +87,9 @@ impl Groups {
                 return Poll::Ready(());
             }
             if !state.waiting.iter().any(|w| w.will_wake(cx.waker())) {
+                if state.waiting.len() >= WAITING_MAX {
+                    state.waiting.remove(0);
+                }
                 state.waiting.push(cx.waker().clone());
             }
             Poll::Pending
@@ -112,5 +121,37 @@ mod tests {
             groups.leave(&format!("instance-{n}"), member);
         }
         assert_eq!(groups.len(), 1, "only the group with a member");
+    }
+
+    /// A waker that counts its wakes, one per test task.
+    struct Counted(std::sync::atomic::AtomicUsize);
+
+    impl std::task::Wake for Counted {
+        fn wake(self: std::sync::Arc<Self>) {
+            self.0.fetch_add(1, Ordering::SeqCst);
+        }
+    }
+
+    #[test]
+    fn waits_that_ended_on_their_timers_leave_a_bounded_number_of_wakers() {
+        let groups = Groups::default();
+        let member = groups.join("settle");
+        let (generation, _) = groups.assignment("settle", member, 1);
+        let mut wakers = Vec::new();
+        for _ in 0..3 * WAITING_MAX {
+            let counted = std::sync::Arc::new(Counted(Default::default()));
+            let waker = Waker::from(counted.clone());
+            let mut wait = std::pin::pin!(groups.changed_since("settle", generation));
+            // Polled once, then dropped: its timer won.
+            let polled = std::future::Future::poll(wait.as_mut(), &mut std::task::Context::from_waker(&waker));
+            assert!(polled.is_pending());
+            wakers.push(counted);
+        }
+        let held = groups.groups.lock().unwrap()["settle"].waiting.len();
+        assert_eq!(held, WAITING_MAX);
+        groups.join("settle");
+        let woken = wakers.iter().filter(|c| c.0.load(Ordering::SeqCst) > 0).count();
+        assert_eq!(woken, WAITING_MAX, "the newest waiters are woken by the change");
+        assert!(wakers.last().unwrap().0.load(Ordering::SeqCst) == 1);
     }
 }
