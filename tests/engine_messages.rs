@@ -381,3 +381,43 @@ fn a_producers_prepare_and_delayed_publish_answer_their_first_answer() {
     drop(consumer);
     engine.close().unwrap();
 }
+
+/// The messages of one `publish_all` to one partition (a Kafka client's record batch) lie at
+/// consecutive offsets, whatever other writes the shard takes meanwhile: a Kafka producer
+/// takes its records' offsets as the batch's first plus their index.
+#[test]
+fn a_batch_published_together_lies_at_consecutive_offsets_among_other_writes() {
+    let dir = tempfile::tempdir().unwrap();
+    let engine = Engine::open(engine_options(dir.path(), 1, 1)).unwrap();
+    let h = engine.handle();
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let writers: Vec<_> = (0..2u64)
+        .map(|writer| {
+            let (h, stop) = (h.clone(), stop.clone());
+            std::thread::spawn(move || {
+                let mut order = 0;
+                // Until told to stop, or the engine closes under a failed assertion.
+                while !stop.load(Ordering::SeqCst)
+                    && h.create_trade_blocking(tradeshard_tests::new_trade(1 + writer, writer * 1_000_000 + order, 10))
+                        .is_ok()
+                {
+                    order += 1;
+                }
+            })
+        })
+        .collect();
+    for batch in 0..50 {
+        let messages: Vec<_> = (0..32)
+            .map(|n| OutgoingMessage::new("ledger", format!("k{n}"), format!("{batch}-{n}")).to_partition(0))
+            .collect();
+        let published = futures_lite::future::block_on(h.publish_all(&messages)).unwrap();
+        let offsets: Vec<u64> = published.into_iter().map(|p| p.unwrap().id.offset).collect();
+        let base = offsets[0];
+        assert_eq!(offsets, (base..base + 32).collect::<Vec<_>>(), "batch {batch}");
+    }
+    stop.store(true, Ordering::SeqCst);
+    for writer in writers {
+        writer.join().unwrap();
+    }
+    engine.close().unwrap();
+}

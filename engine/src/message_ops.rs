@@ -2,7 +2,9 @@
 //! on one shard, and the half messages and dead letters of every shard of an executor.
 
 use tradeshard_shard::reply::Reply;
-use tradeshard_shard::{DeadEntry, DiskShard, HalfEntry, MessageCommand, MessageReceipt, ShardReply};
+use tradeshard_shard::{
+    DeadEntry, DiskShard, HalfEntry, LogError, MessageCommand, MessageReceipt, ShardReply, TradeError,
+};
 
 use crate::checkers::HalfChecks;
 use crate::ops::{ExecutorOp, ExecutorShards, ShardOp};
@@ -14,6 +16,48 @@ impl ShardOp for Message {
     type Output = MessageReceipt;
     fn start(self, shard: &DiskShard, reply: ShardReply<MessageReceipt>) {
         shard.message(self.0, reply)
+    }
+}
+
+/// Message writes to one shard, made one after another in one turn of its executor: those
+/// written lie at consecutive offsets (a Kafka client's record batch, whose records' offsets
+/// its producer takes as the first plus their index). Once one is refused as it is checked,
+/// the ones after it are refused unsent, so that a retry of the batch finds no later message
+/// stored before an earlier one.
+pub(crate) struct Messages(pub Vec<MessageCommand>);
+
+impl ShardOp for Messages {
+    type Output = Vec<Result<MessageReceipt, TradeError>>;
+    fn start(self, shard: &DiskShard, reply: ShardReply<Self::Output>) {
+        let mut answers = Vec::with_capacity(self.0.len());
+        let mut refused: Option<TradeError> = None;
+        for command in self.0 {
+            if let Some(error) = &refused {
+                answers.push(Err(Err(error.clone())));
+                continue;
+            }
+            let (sent, mut answer) = tradeshard_shard::reply::channel();
+            shard.message(command, sent);
+            match answer.try_take() {
+                Some(Err(error)) => {
+                    refused = Some(error.clone());
+                    answers.push(Err(Err(error)));
+                }
+                Some(receipt) => answers.push(Err(receipt)),
+                None => answers.push(Ok(answer)),
+            }
+        }
+        let gather = async move {
+            let mut receipts = Vec::with_capacity(answers.len());
+            for answer in answers {
+                receipts.push(match answer {
+                    Ok(waiting) => waiting.await.unwrap_or(Err(TradeError::Log(LogError::Closed))),
+                    Err(now) => now,
+                });
+            }
+            reply.send(Ok(receipts))
+        };
+        glommio::spawn_local(gather).detach();
     }
 }
 

@@ -208,46 +208,59 @@ impl EngineHandle {
 
     /// Publishes every message of `messages` (a Kafka client's record batch), in order: all
     /// are checked first, and one out of bounds refuses them all with nothing written; then
-    /// all are queued before any answer is awaited, so that they share group commits. Each
-    /// has its own answer, in order; once one is refused at the queue, those after it are
+    /// all are queued before any answer is awaited, so that they share group commits, and
+    /// consecutive ones to one partition are written one after another, at consecutive
+    /// offsets (Kafka's producers take a record's offset as its batch's first plus its
+    /// index). Each has its own answer, in order; once one is refused, those after it are
     /// refused too, unsent.
     pub async fn publish_all(&self, messages: &[OutgoingMessage]) -> Result<Vec<Result<Published>>> {
         let partitions = self.routing().physical_shards;
-        let mut commands = Vec::with_capacity(messages.len());
+        let mut runs: Vec<(u32, Vec<MessageCommand>)> = Vec::new();
         for message in messages {
             message.body.validate()?;
             let (partition, producer) = self.partition_and_producer(message);
             if partition >= partitions {
                 return Err(InputError::BadPartition { partition, partitions }.into());
             }
-            commands.push((
-                partition,
-                MessageCommand::Publish { body: message.body.clone(), producer, due_ms: message.deliver_at_ms },
-            ));
+            let command =
+                MessageCommand::Publish { body: message.body.clone(), producer, due_ms: message.deliver_at_ms };
+            match runs.last_mut() {
+                Some((last, run)) if *last == partition => run.push(command),
+                _ => runs.push((partition, vec![command])),
+            }
         }
-        // Once one is refused at the queue, the rest are not sent: a client retrying the batch
-        // must not find later records stored before an earlier one.
-        let mut answers = Vec::with_capacity(commands.len());
+        // Each run of one partition is one job, which the shard writes in one turn (within it,
+        // the shard refuses those after a refused one). Once a job is refused at the queue, the
+        // later ones are not sent: a client retrying the batch must not find later records
+        // stored before an earlier one.
+        let mut answers = Vec::with_capacity(runs.len());
         let mut refused = false;
-        for (partition, command) in commands {
-            let executor = self.routing().executor_of_physical(partition);
+        for (partition, run) in runs {
+            let (executor, count) = (self.routing().executor_of_physical(partition), run.len());
             let answer = match refused {
                 true => Err(crate::Error::Backpressure { queue: crate::FullQueue::Executor { executor } }),
-                false => self.submit_to_shard(partition, ops::Message(command)).await,
+                false => self.submit_to_shard(partition, ops::Messages(run)).await,
             };
             refused |= answer.is_err();
-            answers.push((partition, answer));
+            answers.push((partition, count, answer));
         }
-        let mut published = Vec::with_capacity(answers.len());
-        for (partition, answer) in answers {
-            published.push(match answer {
+        let mut published = Vec::with_capacity(messages.len());
+        for (partition, count, answer) in answers {
+            let receipts = match answer {
                 Ok(reply) => match reply.await {
-                    Some(Ok(receipt)) => Ok(Published::of(partition, receipt)),
-                    Some(Err(error)) => Err(error.into()),
+                    Some(receipts) => receipts.map_err(Into::into),
                     None => Err(crate::Error::Closed),
                 },
                 Err(error) => Err(error),
-            });
+            };
+            match receipts {
+                Ok(receipts) => published.extend(
+                    receipts
+                        .into_iter()
+                        .map(|receipt| receipt.map(|r| Published::of(partition, r)).map_err(Into::into)),
+                ),
+                Err(error) => published.extend(std::iter::repeat_n(Err(error), count)),
+            }
         }
         Ok(published)
     }

@@ -2,7 +2,9 @@
 //! the topic, in the partition the client chose; an answer with `acks` 1 or all is sent only
 //! once every record of the request is durable (the engine acknowledges nothing sooner, so
 //! both wait for the group commit; `acks=0` is answered with nothing, as Kafka does).
-//! An idempotent producer's retried batch is stored once and answers the first offsets.
+//! An idempotent producer's retried batch is stored once and answers the first offsets. A
+//! batch's records lie at consecutive offsets (`publish_all`), so the base offset answered
+//! places every record of it, as Kafka's clients take it.
 
 use kafka_protocol::messages::produce_response::{PartitionProduceResponse, TopicProduceResponse};
 use kafka_protocol::messages::{
