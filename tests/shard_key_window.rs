@@ -15,11 +15,12 @@ use std::rc::Rc;
 use std::time::Duration;
 
 use tradeshard_shard::{
-    account_request_key, body_hash, order_key, AccountCommand, AccountOp, BranchAction, BranchPlan, CancelReason,
-    Command, Currency, Decision, OrderLookup, Shard, Step, TradeError, TradeId, Upkeep,
+    account_request_key, body_hash, finish_activity, order_key, settlement_activity, AccountCommand, AccountOp,
+    BranchAction, BranchPlan, CancelReason, Command, Currency, Decision, Move, NewTrade, OrderLookup, Shard, Step,
+    TradeError, TradeId, Upkeep, UserRouting,
 };
 use tradeshard_tests::{
-    call, new_trade, rolling_shard_config, run, run_campaign, sim_disk_for_seed, upkeep_on_request,
+    call, new_trade, rolling_shard_config, run, run_campaign, sim_disk_for_seed, upkeep_on_request, ShardPair,
 };
 use tradeshard_wal::disk::{SimDisk, SplitMix64};
 
@@ -148,6 +149,10 @@ fn a_pending_claim_finds_its_own_trade_past_the_window_by_its_body() {
     });
 }
 
+fn now_ms() -> u64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_millis() as u64
+}
+
 /// A transfer's retry after its payer's branch went past the window, its activity not: the
 /// repeated Begin finds the activity ended, and the Try sent with it must not freeze the payer's
 /// money again under a branch nothing would ever confirm or cancel.
@@ -204,6 +209,76 @@ fn a_retried_try_of_an_ended_activity_whose_branch_went_past_the_window_moves_no
             shard.close().await.unwrap();
         });
     }
+}
+
+/// The credit of a trade paid from a balance and settled to a merchant of another shard,
+/// carried out but not completed (its completion lost), then driven again by recovery after
+/// the merchant's shard let the branch's run go past the window: the merchant is not credited
+/// twice. The credit stays in doubt, its money in transit, for want of a shard that remembers.
+#[test]
+fn a_settlement_credit_driven_again_past_the_window_is_not_paid_twice() {
+    run(async {
+        let routing = UserRouting { logical_shards: 2, physical_shards: 2 };
+        let mut shards = Vec::new();
+        for shard_id in 0..2 {
+            let config = tradeshard_wal::WalConfig { shard_id, ..rolling_shard_config() };
+            let shard = Shard::open_with(SimDisk::new(), config, 0, upkeep(Some(WINDOW))).await.unwrap();
+            shard.set_routing(routing);
+            shards.push(Rc::new(shard));
+        }
+        let pair = ShardPair {
+            shards: [shards[0].clone(), shards[1].clone()],
+            budget: std::cell::Cell::new(usize::MAX),
+            key_window: Some(WINDOW),
+        };
+        let of = |shard| (1..).find(|user| routing.physical_of_user(*user) == shard).unwrap();
+        let (buyer, merchant, cny) = (of(0), of(1), Currency::parse("CNY").unwrap());
+        let fund = AccountCommand::new(AccountOp::Deposit, buyer, "CNY", 1_000, "fund").unwrap();
+        call(|done| pair.shards[0].post(fund, done)).await.unwrap();
+        let trade = NewTrade { merchant_id: merchant, ..new_trade(buyer, 1, 300) }.validate().unwrap();
+        let create = Command::Create { trade, logical_shard: routing.logical_of_user(buyer) };
+        let id = call(|done| pair.shards[0].submit(create, done)).await.unwrap().id;
+        for to in [Move::PayFromBalance, Move::Settle] {
+            call(|done| pair.shards[0].submit(Command::Move { id, to }, done)).await.unwrap();
+        }
+        let activity = settlement_activity(id);
+        let entry = pair.shards[0].activity(activity).expect("the credit is recorded with the settle");
+        // The credit's Try and Confirm reach the merchant's shard; its completion is lost.
+        pair.budget.set(1);
+        let driven = finish_activity(&pair, 0, activity, &entry, now_ms()).await.unwrap().unwrap();
+        assert!(driven.completed, "every branch answered (the completion was posted, and lost)");
+        pair.budget.set(usize::MAX);
+        assert_eq!(pair.shards[1].balance(merchant, cny).available, 300);
+        assert_eq!(pair.shards[0].unfinished_activities().len(), 1);
+
+        // The merchant's shard moves the branch to a run, then lets the run go past the window.
+        pair.shards[1].checkpoint().await.unwrap();
+        std::thread::sleep(2 * WINDOW);
+        for n in 0..40 {
+            let more = AccountCommand::new(AccountOp::Deposit, merchant + 2, "CNY", 1, &format!("d-{n}")).unwrap();
+            call(|done| pair.shards[1].post(more, done)).await.unwrap();
+            if n % 20 == 19 {
+                pair.shards[1].checkpoint().await.unwrap();
+            }
+        }
+        assert!(
+            pair.shards[1].stats().checkpoints.key_runs_past_window >= 1,
+            "{:?}",
+            pair.shards[1].stats().checkpoints
+        );
+
+        for (activity, entry) in pair.shards[0].unfinished_activities() {
+            let driven = finish_activity(&pair, 0, activity, &entry, now_ms()).await.unwrap().unwrap();
+            assert!(!driven.completed, "the forgotten branch is not confirmed again");
+        }
+        assert_eq!(pair.shards[1].balance(merchant, cny).available, 300, "credited once");
+        let in_transit: i128 = pair.shards.iter().map(|shard| shard.in_transit().values().sum::<i128>()).sum();
+        assert_eq!(
+            in_transit, 0,
+            "no money made: the credit left the trade's shard once and reached the merchant once"
+        );
+        assert_eq!(pair.shards[0].unfinished_activities().len(), 1, "in doubt, for an operator");
+    });
 }
 
 #[test]

@@ -307,6 +307,8 @@ pub async fn run_until_crash<Fut>(
 pub struct ShardPair {
     pub shards: [Rc<Shard<SimDisk>>; 2],
     pub budget: Cell<usize>,
+    /// The shards' key window, as the engine tells the activity manager.
+    pub key_window: Option<std::time::Duration>,
 }
 
 impl StepSender for ShardPair {
@@ -321,6 +323,10 @@ impl StepSender for ShardPair {
 
     async fn post(&self, shard: u32, steps: Vec<Step>) {
         let _ = self.send(shard, steps).await;
+    }
+
+    fn branches_remembered_for(&self) -> Option<std::time::Duration> {
+        self.key_window
     }
 
     async fn send_many(

@@ -33,7 +33,8 @@ async fn pair() -> ShardPair {
     for id in 0..2 {
         shards.push(Rc::new(Shard::open(SimDisk::new(), campaign_shard_config(id), 1 << 16).await.unwrap()));
     }
-    let pair = ShardPair { shards: [shards[0].clone(), shards[1].clone()], budget: Cell::new(usize::MAX) };
+    let pair =
+        ShardPair { shards: [shards[0].clone(), shards[1].clone()], budget: Cell::new(usize::MAX), key_window: None };
     for payer in 1..=PAYERS {
         let command = AccountCommand::new(AccountOp::Deposit, payer, "CNY", FUNDING, "fund").unwrap();
         call(|reply| pair.shards[0].post(command, reply)).await.unwrap();

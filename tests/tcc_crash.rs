@@ -180,7 +180,7 @@ struct Model {
 async fn open(disks: &[SimDisk; 2]) -> Result<Pair, String> {
     let a = Shard::open(disks[0].clone(), config(0), 1 << 16).await.map_err(|e| format!("open 0: {e}"))?;
     let b = Shard::open(disks[1].clone(), config(1), 1 << 16).await.map_err(|e| format!("open 1: {e}"))?;
-    Ok(Pair { shards: [Rc::new(a), Rc::new(b)], budget: Cell::new(usize::MAX) })
+    Ok(Pair { shards: [Rc::new(a), Rc::new(b)], budget: Cell::new(usize::MAX), key_window: None })
 }
 
 /// What recovery does: every activity not completed driven to its end.

@@ -112,7 +112,7 @@ async fn open(disks: &[SimDisk; 2]) -> Result<Pair, String> {
         shards.push(Rc::new(shard));
     }
     let shards = [shards[0].clone(), shards[1].clone()];
-    Ok(Pair { shards, budget: Cell::new(usize::MAX) })
+    Ok(Pair { shards, budget: Cell::new(usize::MAX), key_window: None })
 }
 
 /// Carries out the credit of a settled trade whose merchant lives in the other shard, as the

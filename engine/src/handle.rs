@@ -40,6 +40,8 @@ pub(crate) struct HandleInner {
     /// The embedder's participants in activities, and how long a call to one may take.
     pub participants: crate::participants::Participants,
     pub participant_timeout: std::time::Duration,
+    /// How long the shards remember the keys of ended work (`Upkeep::key_window`).
+    pub key_window: Option<std::time::Duration>,
     /// The checkers of half messages, by topic, and when they are asked.
     pub checkers: crate::checkers::MessageCheckers,
     pub half_checks: crate::checkers::HalfChecks,
@@ -392,6 +394,7 @@ mod tests {
             activity_timeout: Duration::from_secs(1),
             participants: Default::default(),
             participant_timeout: Duration::from_secs(1),
+            key_window: None,
             checkers: Default::default(),
             half_checks: crate::checkers::HalfChecks {
                 delay: Duration::from_secs(1),

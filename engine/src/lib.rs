@@ -178,6 +178,7 @@ impl Engine {
                 activity_timeout: options.activity_timeout,
                 participants: options.participants.clone(),
                 participant_timeout: options.participant_timeout,
+                key_window: options.upkeep.key_window,
                 checkers: options.checkers.clone(),
                 half_checks: checkers::HalfChecks {
                     delay: options.half_check_delay,

@@ -76,6 +76,10 @@ impl StepSender for EngineHandle {
         let _ = self.submit_waiting(executor, ops::OnShard { shard, op: ops::Transact(steps) }).await;
     }
 
+    fn branches_remembered_for(&self) -> Option<std::time::Duration> {
+        self.inner.key_window
+    }
+
     async fn send_many(&self, shard: u32, transactions: Vec<Vec<Step>>) -> Result<Vec<Result<Vec<StepAnswer>>>> {
         let answers = self.on_shard_waiting(shard, ops::TransactMany(transactions)).await?;
         Ok(answers.into_iter().map(|answer| answer.map_err(Error::from)).collect())

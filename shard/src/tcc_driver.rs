@@ -61,6 +61,11 @@ pub trait StepSender {
             join_all(transactions.into_iter().map(|steps| self.post(shard, steps))).await;
         }
     }
+    /// How long a shard remembers a branch it ended: past it (the key window,
+    /// `Upkeep::key_window`), a Try of that branch sent again is taken as new. `None`: forever.
+    fn branches_remembered_for(&self) -> Option<std::time::Duration> {
+        None
+    }
     /// Asks the embedder's participant `participant` to try, confirm or cancel its branch.
     fn call(
         &self,
@@ -217,7 +222,7 @@ pub async fn finish_activity<S: StepSender>(
             }
         }
         ActivityState::Decided(_) if entry.deadline_ms == DECIDED_AT_BEGIN => {
-            return commit_untried(sender, home, activity, entry).await.map(Some);
+            return commit_untried(sender, home, activity, entry, now_ms).await.map(Some);
         }
         ActivityState::Decided(decision) => decision,
         ActivityState::Completed(decision) => {
@@ -230,12 +235,17 @@ pub async fn finish_activity<S: StepSender>(
 /// Carries out an activity recorded already decided to commit whose branches in other shards
 /// were never tried (the credit of a settled trade paid from a balance): each branch's Try and
 /// Confirm go together, one local transaction in its shard, then the activity completes. The
-/// steps are idempotent, so a branch tried and confirmed before answers as a repeat.
+/// steps are idempotent, so a branch tried and confirmed before answers as a repeat, as long
+/// as its shard remembers it: from half its key window after the activity began, only the
+/// Confirm is sent again, which confirms a branch still known and is refused where the shard
+/// forgot it (the activity then stays in doubt, its money in transit, rather than credit the
+/// merchant twice).
 async fn commit_untried<S: StepSender>(
     sender: &S,
     home: u32,
     activity: u128,
     entry: &ActivityEntry,
+    now_ms: u64,
 ) -> Result<Driven, S::Error> {
     let decision = match entry.state {
         ActivityState::Decided(Decision::Commit) => Decision::Commit,
@@ -244,12 +254,17 @@ async fn commit_untried<S: StepSender>(
             return Err(Refusal::StepConflict { activity, reason: "not an activity decided to commit" }.into());
         }
     };
+    let age_ms = now_ms.saturating_sub(entry.begun_ms);
+    let try_again = sender.branches_remembered_for().is_none_or(|window| u128::from(age_ms) < window.as_millis() / 2);
     let (_, remote) = split(&entry.branches, home);
     let steps = remote.iter().map(|plan| async move {
         let (branch, action) = (plan.branch, plan.action);
-        let both = vec![Step::Try { activity, branch, action }, Step::Confirm { activity, branch }];
+        let steps = match try_again {
+            true => vec![Step::Try { activity, branch, action }, Step::Confirm { activity, branch }],
+            false => vec![Step::Confirm { activity, branch }],
+        };
         match action.account() {
-            Some(_) => sender.send(plan.shard, both).await.is_ok(),
+            Some(_) => sender.send(plan.shard, steps).await.is_ok(),
             None => reach(sender, activity, *plan, BranchCall::Confirm).await,
         }
     });
