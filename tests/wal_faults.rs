@@ -171,3 +171,34 @@ fn a_failure_during_recovery_fails_the_open_and_a_retry_recovers() {
         assert!(failed_opens >= 8, "recovery has at least list/open/stat/read/truncate/sync calls: {failed_opens}");
     });
 }
+
+/// An open that removed a segment whose creation was torn and died before its directory's
+/// sync (the removal done, not durable), then an open retried without a power loss: the retry
+/// finds the directory as the first left it and must make it durable before it acknowledges
+/// anything, or a power loss brings the removed segment back, and the log ends before what the
+/// retry acknowledged.
+#[test]
+fn records_acknowledged_after_a_retried_open_survive_a_power_loss() {
+    run(async {
+        for seed in 0..16 {
+            let disk = SimDisk::new();
+            let (wal, _) = open(&disk).await;
+            for i in 0..20u8 {
+                wal.append(&[i; 3000]).await.unwrap();
+            }
+            wal.close().await.unwrap();
+            let torn = tradeshard_wal::testing::file_name(20);
+            disk.put_file(&torn, &[0; 4096]);
+            // What the first open did before it died.
+            tradeshard_wal::disk::Disk::remove(&disk, &torn).await.unwrap();
+            let (wal, _) = open(&disk).await;
+            let acked = wal.append(b"acknowledged after the retry").await.unwrap().seq;
+            drop(wal);
+            disk.crash(seed);
+            let mut found = Vec::new();
+            let (wal, _) = Wal::open(disk.clone(), small_config(), |seq, _| found.push(seq)).await.unwrap();
+            assert!(found.contains(&acked), "seed {seed}: record {acked} lost: {found:?}");
+            wal.close().await.unwrap();
+        }
+    });
+}

@@ -53,6 +53,11 @@ impl<D: Disk> RecoveredWal<D> {
         }
         let segments = &recovered.segments;
         let free = recycle::adopt(&disk, &config, recovered.free, |base| segments.contains_key(&base)).await?;
+        // The directory recovery read may not be durable either: a process that died between a
+        // change to it and its sync (a roll, a removal, a recycling rename, an earlier open's
+        // repair) leaves names a power loss would undo. Made durable before anything is
+        // written under them.
+        disk.sync_dir().await.map_err(|e| crate::error::Error::io("sync directory", disk.path_of(""), e))?;
         let report = recovered.report;
         let queue = Queue::new(report.next_seq, config.pending_bytes_max, config.pending_records_max);
         let config_recent_bytes = config.recent_frames_bytes;
