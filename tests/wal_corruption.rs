@@ -171,6 +171,27 @@ fn a_segment_torn_while_being_created_is_removed() {
     });
 }
 
+/// A replay starting at the torn segment's base skips the segment before it; once the torn one
+/// is removed that segment is the tail, and the log must go on from its true end and last
+/// frame: a later open that reads every segment accepts the chain, and every record is kept.
+#[test]
+fn a_segment_torn_while_being_created_after_a_skipped_one_leaves_a_sound_chain() {
+    run(async {
+        let disk = log_of(5).await;
+        let torn = file_name(5);
+        disk.put_file(&torn, &[0; 4096]);
+        let (recovered, report) = Wal::recover_from(disk.clone(), small_config(), 5, |_, _| {}).await.unwrap();
+        assert!(report.removed_segment.is_some_and(|p| p.ends_with(&torn)));
+        let wal = recovered.start().await.unwrap();
+        assert_eq!(wal.append(b"after the torn segment").await.unwrap().seq, 5);
+        wal.close().await.unwrap();
+        let (wal, replayed, _) = reopen(&disk).await.expect("the whole log opens");
+        assert_eq!(replayed.len(), 6);
+        assert_eq!(replayed[5], b"after the torn segment");
+        wal.close().await.unwrap();
+    });
+}
+
 #[test]
 fn a_zeroed_block_before_durable_frames_is_refused() {
     run(async {

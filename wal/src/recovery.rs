@@ -107,7 +107,7 @@ pub(crate) async fn recover<D: Disk>(
     let mut bases: Vec<u64> = names.iter().filter_map(|name| segment::parse_file_name(name)).collect();
     bases.sort_unstable();
 
-    let mut recovered = Recovered {
+    let mut recovered: Recovered<D::File> = Recovered {
         segments: BTreeMap::new(),
         last_checksum: 0,
         report: RecoveryReport::default(),
@@ -139,6 +139,30 @@ pub(crate) async fn recover<D: Disk>(
                 }
                 recovered.report.removed_segment = Some(disk.path_of(&name));
                 recovered.repairs.push(Repair::RemoveTornSegment { name });
+                if !chain_known {
+                    // The segment before it was skipped (wholly below the replay's start, this one
+                    // after it). The tail now, it is scanned for where it ends and for its last
+                    // frame's checksum, which the next segment's chain seed must be.
+                    let tail = recovered.segments.values().next_back().expect("a skipped segment is kept").clone();
+                    let path = || disk.path_of(&tail.name);
+                    let size = tail.file.size().await.map_err(|e| Error::io("stat", path(), e))?;
+                    let header = read_header(disk, &tail.name, &tail.file, config)
+                        .await?
+                        .map_err(|reason| corruption(disk, &tail.name, 0, reason))?;
+                    let segment = Rc::new(SegmentState::new(
+                        tail.base_seq,
+                        tail.name.clone(),
+                        tail.file.clone(),
+                        header.created_ms,
+                    ));
+                    let seed = (header.chain_seed, from_seq);
+                    let scan =
+                        scan_segment(disk, &segment, size, seed, None, config, &mut gated, &mut recovered).await?;
+                    recovered.last_checksum = scan;
+                    recovered.report.skipped_segments -= 1;
+                    expected = Some(segment.end_seq.get());
+                    recovered.segments.insert(tail.base_seq, segment);
+                }
                 break;
             }
         };
