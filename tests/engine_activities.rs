@@ -161,7 +161,7 @@ fn a_failing_confirm_is_sent_again_by_recovery_until_the_activity_completes() {
 
 /// Recovery drives the activities in doubt side by side: two whose participant stopped
 /// answering (each call waits out `participant_timeout`) come before another in recovery's
-/// order, and that one is still completed well within one timeout.
+/// order, and that one is still completed within about one timeout, not two.
 #[test]
 fn a_participant_that_never_answers_does_not_hold_up_the_recovery_of_other_activities() {
     let dir = tempfile::tempdir().unwrap();
@@ -169,7 +169,7 @@ fn a_participant_that_never_answers_does_not_hold_up_the_recovery_of_other_activ
     let options = Options {
         participants: Participants::default().with(7, Shared(coupons.clone())),
         activity_recovery_interval: Duration::from_millis(20),
-        participant_timeout: Duration::from_secs(3),
+        participant_timeout: Duration::from_secs(2),
         ..engine_options(dir.path(), 2, 2)
     };
     let engine = Engine::open(options).unwrap();
@@ -192,12 +192,13 @@ fn a_participant_that_never_answers_does_not_hold_up_the_recovery_of_other_activ
     // Its Confirms fail until the other two's participant falls silent; then they succeed.
     let outcome = h.run_activity_blocking(a, "buy", &actions(8)).unwrap();
     assert_eq!((outcome.decision, outcome.completed), (Decision::Commit, false));
-    coupons.hang.store(true, std::sync::atomic::Ordering::SeqCst);
     *coupons.confirm_failures.lock().unwrap() = 0;
+    coupons.hang.store(true, std::sync::atomic::Ordering::SeqCst);
     let started = Instant::now();
     while h.activities_in_doubt_blocking().unwrap().iter().any(|(_, id, _)| *id == outcome.activity) {
-        // One activity at a time, the two ahead of it would take two timeouts (6 s).
-        assert!(started.elapsed() < Duration::from_millis(2_500), "recovery waited on the silent participant first");
+        // A pass under way may wait out one timeout before the next drives it; one activity at
+        // a time, the two ahead of it would hold every pass for two timeouts.
+        assert!(started.elapsed() < Duration::from_millis(3_000), "recovery waited on the silent participant first");
         std::thread::sleep(Duration::from_millis(10));
     }
     assert_eq!(h.activities_in_doubt_blocking().unwrap().len(), 2, "the two whose participant is silent");
