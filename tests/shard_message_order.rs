@@ -1,6 +1,8 @@
-//! A producer's messages under a full log queue: once the queue refuses one, the shard refuses
-//! the producer's later ones too, until the refused one comes again; so a retried batch never
-//! finds a later message stored before an earlier one.
+//! A producer's messages under a full log queue. Written in order (a Kafka client's batches),
+//! once the queue refuses one, the shard refuses the producer's later ones too, until the
+//! refused one comes again, so that a retried batch never finds a later message stored before
+//! an earlier one; written one by one (the engine's `Producer`), a refused one holds nothing
+//! back.
 
 use tradeshard_shard::{LogError, MessageBody, MessageCommand, MessageReceipt, Shard, TradeError};
 use tradeshard_tests::{call, run, small_config};
@@ -39,7 +41,7 @@ fn a_producers_messages_after_one_the_queue_refused_wait_for_its_retry() {
             .enumerate()
             .map(|(n, &size)| {
                 let (reply, answer) = tradeshard_shard::reply::channel::<Result<MessageReceipt, TradeError>>();
-                shard.message(publish(1 + n as u64, size), reply);
+                shard.message_in_order(publish(1 + n as u64, size), reply);
                 answer
             })
             .collect();
@@ -54,11 +56,40 @@ fn a_producers_messages_after_one_the_queue_refused_wait_for_its_retry() {
         // The client sends the batch again, in order: each lands once, in the batch's order.
         let mut offsets = Vec::new();
         for (n, &size) in sizes.iter().enumerate() {
-            let receipt = call(|reply| shard.message(publish(1 + n as u64, size), reply)).await.unwrap();
+            let receipt = call(|reply| shard.message_in_order(publish(1 + n as u64, size), reply)).await.unwrap();
             assert_eq!(receipt.replayed, n == 0, "message {n}");
             offsets.push(receipt.offset);
         }
         assert!(offsets.windows(2).all(|pair| pair[0] < pair[1]), "stored in order: {offsets:?}");
+        shard.close().await.unwrap();
+    });
+}
+
+/// A producer that sends each message once, as the engine's `Producer::send` does (a refused
+/// one is the caller's to send again or to give up): a refusal at the queue does not hold its
+/// later messages back once the queue has room.
+#[test]
+fn a_producer_not_writing_in_order_goes_on_after_a_refusal() {
+    run(async {
+        let shard = Shard::open(SimDisk::new(), config(), 0).await.unwrap();
+        let answers: Vec<_> = [500, 31_500]
+            .iter()
+            .enumerate()
+            .map(|(n, &size)| {
+                let (reply, answer) = tradeshard_shard::reply::channel::<Result<MessageReceipt, TradeError>>();
+                shard.message(publish(1 + n as u64, size), reply);
+                answer
+            })
+            .collect();
+        let mut outcomes = Vec::new();
+        for answer in answers {
+            outcomes.push(answer.await.unwrap());
+        }
+        assert!(outcomes[0].is_ok(), "{:?}", outcomes[0]);
+        assert!(matches!(outcomes[1], Err(TradeError::Log(LogError::Backpressure { .. }))), "{:?}", outcomes[1]);
+        // The queue is empty again: the next message is stored, the refused one given up.
+        let receipt = call(|reply| shard.message(publish(3, 500), reply)).await.unwrap();
+        assert!(!receipt.replayed);
         shard.close().await.unwrap();
     });
 }

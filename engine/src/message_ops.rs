@@ -37,7 +37,7 @@ impl ShardOp for Messages {
                 continue;
             }
             let (sent, mut answer) = tradeshard_shard::reply::channel();
-            shard.message(command, sent);
+            shard.message_in_order(command, sent);
             match answer.try_take() {
                 Some(Err(error)) => {
                     refused = Some(error.clone());

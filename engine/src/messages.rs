@@ -131,8 +131,10 @@ pub struct DeadLetter {
 /// An idempotent producer: an id of its own, and a sequence number per partition that its
 /// every message takes when it is made ([`message`](Producer::message)). Publishing the same
 /// made message again (after a timeout, a full queue, a restart of the engine) stores it once
-/// and answers where it was stored (Kafka's idempotent producer). A shard remembers the last
-/// `PRODUCER_WINDOW` sequence numbers of each of its last `PRODUCERS_MAX` producers.
+/// and answers where it was stored (Kafka's idempotent producer). A message refused (a full
+/// queue) holds none of the producer's later ones back: sending it again, or not, is the
+/// caller's choice, and one sent again after later ones lies after them. A shard remembers the
+/// last `PRODUCER_WINDOW` sequence numbers of each of its last `PRODUCERS_MAX` producers.
 pub struct Producer {
     handle: EngineHandle,
     id: u64,

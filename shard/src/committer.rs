@@ -50,8 +50,8 @@ pub(crate) async fn run<D: Disk>(inner: Rc<Inner<D>>) {
                 for (steps, reply) in parked {
                     crate::tcc_write::transact_on(&inner, steps, reply);
                 }
-                for (command, reply) in messages {
-                    crate::message_write::message_on(&inner, command, reply);
+                for (command, reply, in_order) in messages {
+                    crate::message_write::message_on(&inner, command, reply, in_order);
                 }
             }
             Err(error) => {

@@ -49,8 +49,9 @@ pub enum MessageCommand {
     EndDeadLetter { group: String, dead: u64, replay: bool },
 }
 
-/// A command waiting for a write in flight on its key.
-pub(crate) type ParkedMessage = (MessageCommand, ShardReply<MessageReceipt>);
+/// A command waiting for a write in flight on its key, and whether its producer's order is
+/// kept across refusals ([`Shard::message_in_order`]).
+pub(crate) type ParkedMessage = (MessageCommand, ShardReply<MessageReceipt>, bool);
 
 /// What a write in flight holds: producers' sequence numbers, halves, scheduled entries,
 /// dead letters, nacks.
@@ -73,10 +74,11 @@ pub(crate) struct InFlightMessages {
     held: BTreeMap<u64, usize>,
     held_bytes: usize,
     parked: BTreeMap<u64, Vec<ParkedMessage>>,
-    /// Per producer, the sequence number of a write the log's queue refused, and the refusal:
-    /// writes of that producer numbered after it are refused alike until one numbered at or
-    /// before it comes (the retry), so that a retried batch never finds a later message stored
-    /// before an earlier one. At most `REFUSED_PRODUCERS_MAX` (then all are forgotten).
+    /// Per producer writing in order ([`Shard::message_in_order`]), the sequence number of a
+    /// write the log's queue refused, and the refusal: writes of that producer numbered after
+    /// it are refused alike until one numbered at or before it comes (the retry), so that a
+    /// retried batch never finds a later message stored before an earlier one. At most
+    /// `REFUSED_PRODUCERS_MAX` (then all are forgotten).
     refused_from: HashMap<u64, (u64, TradeError)>,
 }
 
@@ -124,7 +126,7 @@ impl InFlightMessages {
         self.keys_of.clear();
         self.held.clear();
         self.held_bytes = 0;
-        for (_, reply) in std::mem::take(&mut self.parked).into_values().flatten() {
+        for (_, reply, _) in std::mem::take(&mut self.parked).into_values().flatten() {
             reply.send(Err(error.clone()));
         }
     }
@@ -302,9 +304,19 @@ fn outcome_name(outcome: MessageOutcome) -> &'static str {
 }
 
 impl<D: Disk> Shard<D> {
-    /// Makes a message write durable; `reply` is answered once it is, or with why not.
+    /// Makes a message write durable; `reply` is answered once it is, or with why not. A
+    /// producer's message the log's queue refused is the caller's to send again or not; its
+    /// later messages are stored meanwhile.
     pub fn message(&self, command: MessageCommand, reply: ShardReply<MessageReceipt>) {
-        message_on(&self.inner, command, reply);
+        message_on(&self.inner, command, reply, false);
+    }
+
+    /// [`message`](Self::message) for a producer that sends its messages again from the first
+    /// one a full queue refused (a Kafka client's batches, several in flight): once one is
+    /// refused at the queue, the producer's later ones are refused too, until the refused one
+    /// comes again, so that none is stored before an earlier one.
+    pub fn message_in_order(&self, command: MessageCommand, reply: ShardReply<MessageReceipt>) {
+        message_on(&self.inner, command, reply, true);
     }
 
     /// The durable message state.
@@ -314,7 +326,12 @@ impl<D: Disk> Shard<D> {
 }
 
 /// [`Shard::message`] on the shard's state.
-pub(crate) fn message_on<D: Disk>(inner: &Rc<Inner<D>>, command: MessageCommand, reply: ShardReply<MessageReceipt>) {
+pub(crate) fn message_on<D: Disk>(
+    inner: &Rc<Inner<D>>,
+    command: MessageCommand,
+    reply: ShardReply<MessageReceipt>,
+    in_order: bool,
+) {
     if let MessageCommand::Nack { group, offset } = &command {
         if let Err(error) = validate_group(group) {
             return reply.send(Err(error.into()));
@@ -343,18 +360,18 @@ pub(crate) fn message_on<D: Disk>(inner: &Rc<Inner<D>>, command: MessageCommand,
     if let Some(error) = refused_now(&accepted.failed, accepted.closing) {
         return reply.send(Err(error));
     }
-    if let Some(refusal) = accepted.messages.refused_after_earlier(producer_of(&command)) {
+    if let Some(refusal) = accepted.messages.refused_after_earlier(producer_of(&command).filter(|_| in_order)) {
         return reply.send(Err(refusal));
     }
     if let Some(seq) = in_flight_key(&accepted.messages, &command) {
-        return accepted.messages.parked.entry(seq).or_default().push((command, reply));
+        return accepted.messages.parked.entry(seq).or_default().push((command, reply, in_order));
     }
     let index = inner.index.borrow();
     let policy = inner.checkpoints.upkeep.messages;
     let checked = check(index.messages(), &command);
     let checked = within_budget(checked, index.messages(), &accepted.messages, &policy);
     drop(index);
-    enqueue(inner, &mut accepted, checked, reply);
+    enqueue(inner, &mut accepted, checked, reply, in_order);
 }
 
 /// The second half of a nack, once the message is read.
@@ -372,7 +389,7 @@ fn nack_read<D: Disk>(
     let key = Key::Nack(group_hash(&group), offset);
     if let Some(&seq) = accepted.messages.keys.get(&key) {
         let command = MessageCommand::Nack { group, offset };
-        return accepted.messages.parked.entry(seq).or_default().push((command, reply));
+        return accepted.messages.parked.entry(seq).or_default().push((command, reply, false));
     }
     let Ok(view) = MessageView::decode(bytes) else {
         return reply.send(Err(Refusal::NotDelivered { offset, group }.into()));
@@ -382,7 +399,7 @@ fn nack_read<D: Disk>(
     let checked = check_nack(index.messages(), &policy, &group, offset, &view);
     let checked = within_budget(checked, index.messages(), &accepted.messages, &policy);
     drop(index);
-    enqueue(inner, &mut accepted, checked, reply);
+    enqueue(inner, &mut accepted, checked, reply, false);
 }
 
 fn refused_now(failed: &Option<TradeError>, closing: bool) -> Option<TradeError> {
@@ -419,6 +436,7 @@ fn enqueue<D: Disk>(
     accepted: &mut crate::state::Accepted,
     checked: Result<Decision, TradeError>,
     reply: ShardReply<MessageReceipt>,
+    in_order: bool,
 ) {
     let (record, keys, held) = match checked {
         Ok(Decision::Answer(receipt)) => return reply.send(Ok(receipt)),
@@ -429,7 +447,7 @@ fn enqueue<D: Disk>(
         Ok(ticket) => ticket,
         Err(error) => {
             let error = TradeError::from(error);
-            if matches!(error, TradeError::Log(LogError::Backpressure { .. })) {
+            if in_order && matches!(error, TradeError::Log(LogError::Backpressure { .. })) {
                 accepted.messages.note_refused(record.producer, &error);
             }
             return reply.send(Err(error));

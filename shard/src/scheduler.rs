@@ -46,7 +46,7 @@ pub(crate) async fn run<D: Disk>(inner: Rc<Inner<D>>) {
         let mut answers = Vec::with_capacity(due.len());
         for scheduled in due {
             let (reply, answer) = crate::reply::channel();
-            message_on(&inner, MessageCommand::Release { scheduled }, reply);
+            message_on(&inner, MessageCommand::Release { scheduled }, reply, false);
             answers.push(answer);
         }
         let mut refused = false;
