@@ -38,6 +38,11 @@ pub struct ChildArgs {
     /// The first buyer id of this cycle; worker `w` uses buyers `base + w * 1000 + 0..50`.
     #[arg(long)]
     pub buyer_base: u64,
+    /// The first buyer id of an earlier cycle on the same directory: each worker also changes
+    /// that cycle's trades of its buyers that are not final, many of them in the table on disk
+    /// by now (out of memory).
+    #[arg(long)]
+    pub old_buyer_base: Option<u64>,
 }
 
 /// Runs until killed; returns only if the engine does not open.
@@ -112,6 +117,19 @@ fn trade_worker(handle: &EngineHandle, args: &ChildArgs, worker: usize) {
     });
     let mut rng = fastrand::Rng::with_seed(args.seed ^ (worker as u64 + 1).wrapping_mul(0x9E37_79B9_7F4A_7C15));
     let mut open: Vec<OpenTrade> = Vec::new();
+    if let Some(old_base) = args.old_buyer_base {
+        for buyer in (0..50).map(|n| old_base + worker as u64 * 1000 + n) {
+            let trades = retrying(&mut journal, "list", || handle.list_user_trades_blocking(buyer, 1024, None));
+            let not_final =
+                trades.into_iter().filter(|t| !matches!(t.status, TradeStatus::Settled | TradeStatus::Closed));
+            open.extend(not_final.map(|t| OpenTrade {
+                id: t.id,
+                status: t.status,
+                amount: t.amount,
+                refunded: t.refunded_amount,
+            }));
+        }
+    }
     for order in 1.. {
         if open.is_empty() || rng.u64(..10) < 4 {
             let buyer = args.buyer_base + worker as u64 * 1000 + rng.u64(..50);

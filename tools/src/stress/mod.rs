@@ -75,6 +75,9 @@ struct Summary {
     in_flight_found_present: u64,
     in_flight_found_absent: u64,
     offset_commits_checked: u64,
+    /// Changes sent to trades of earlier cycles of the directory, many of them out of memory
+    /// (in the table on disk) by then.
+    older_trades_changed: u64,
     /// Requests in flight at a kill, sent again after the check, and how many of them were
     /// answered as repeats of writes that had landed.
     retries_sent: u64,
@@ -155,8 +158,8 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     } else {
         println!(
             "stress: {} cycles ({} kills while recovering, {} data directories) in {:.0} s, seed {}: 0 violations\n\
-             checked {} acknowledged trades, {} in-flight writes found, {} found absent, {} offset commits; \
-             {} lost requests sent again, {} answered as repeats; {} shard opens from a checkpoint \
+             checked {} acknowledged trades, {} in-flight writes found, {} found absent, {} offset commits, \
+             {} changes to trades of earlier cycles; {} lost requests sent again, {} answered as repeats; {} shard opens from a checkpoint \
              ({} records replayed), {} with segments removed by retention; money: {} lost requests sent \
              again, {} transfer checks",
             summary.cycles,
@@ -168,6 +171,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
             summary.in_flight_found_present,
             summary.in_flight_found_absent,
             summary.offset_commits_checked,
+            summary.older_trades_changed,
             summary.retries_sent,
             summary.retries_answered_as_repeat,
             summary.shard_opens_from_checkpoint,
@@ -215,6 +219,15 @@ fn run_cycle(
         std::fs::remove_dir_all(&journal_dir)?;
     }
     std::fs::create_dir_all(&journal_dir)?;
+    // An earlier cycle of this directory whose trades the child changes too (a third of the
+    // time the directory's first, whose trades have left memory by its later cycles).
+    let first_of_dir = cycle - cycle % args.cycles_per_dir;
+    let old_cycle = match (cycle > first_of_dir, rng.u64(..3)) {
+        (false, _) => None,
+        (true, 0) => Some(first_of_dir),
+        (true, _) => Some(rng.u64(first_of_dir..cycle)),
+    };
+    let old_buyer_base = old_cycle.map(|old| (old + 1) * 1_000_000);
     let stderr_path = root.join("child-stderr.log");
     let mut child = Command::new(std::env::current_exe()?)
         .arg("stress-child")
@@ -222,6 +235,7 @@ fn run_cycle(
         .args(["--journal".as_ref(), journal_dir.as_os_str()])
         .args(["--seed", &cycle_seed.to_string(), "--workers", &args.workers.to_string()])
         .args(["--buyer-base", &((cycle + 1) * 1_000_000).to_string()])
+        .args(old_buyer_base.iter().flat_map(|base| ["--old-buyer-base".to_string(), base.to_string()]))
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(std::fs::File::create(&stderr_path)?)
@@ -289,7 +303,7 @@ fn run_cycle(
                 other => trades.push(other),
             }
         }
-        model.merge(trades)?;
+        summary.older_trades_changed += model.merge(trades)?;
     }
     // One executor: glommio 0.9 keeps one eventfd of every executor it ever ran (glommio
     // issue 448), so each check costs the parent one descriptor; see `check_descriptor_budget`.

@@ -64,8 +64,10 @@ pub struct Model {
     orders: HashMap<(u64, u64), Expected>,
     by_id: HashMap<TradeId, (u64, u64)>,
     buyers: BTreeSet<u64>,
-    /// Per partition, the highest offset a returned commit acknowledged.
+    /// Per partition, the highest offset a returned commit acknowledged, or a check found.
     committed: BTreeMap<u32, u64>,
+    /// Per partition, the highest offset a commit was sent for: no check may find one above.
+    commits_sent: BTreeMap<u32, u64>,
     /// Checks made so far: rotates the sample of users listed.
     listings: u64,
     /// The requests whose answers the last kill took, found by the last check.
@@ -84,8 +86,11 @@ fn after(state: State, amount: u64, change: Change) -> Option<State> {
 }
 
 impl Model {
-    /// Adds one thread's journal of the cycle that just ended.
-    pub fn merge(&mut self, entries: Vec<Entry>) -> anyhow::Result<()> {
+    /// Adds one thread's journal of the cycle that just ended; returns how many changes it
+    /// sent to trades of earlier cycles (ones it did not create).
+    pub fn merge(&mut self, entries: Vec<Entry>) -> anyhow::Result<u64> {
+        let mut created = std::collections::HashSet::new();
+        let mut older_changed = 0;
         for entry in entries {
             match entry {
                 Entry::CreateSent { buyer, order, amount } => {
@@ -107,8 +112,10 @@ impl Model {
                         self.orders.get_mut(&(buyer, order)).ok_or_else(|| anyhow!("ack of an unsent create"))?;
                     expected.id = Some(TradeId(id));
                     self.by_id.insert(TradeId(id), (buyer, order));
+                    created.insert(id);
                 }
                 Entry::ChangeSent { id, change } => {
+                    older_changed += u64::from(!created.contains(&id));
                     let expected = self.expected_mut(TradeId(id))?;
                     let next = after(expected.state, expected.amount, change).ok_or_else(|| {
                         anyhow!("the child sent {change:?} to {} in {:?}", TradeId(id), expected.state)
@@ -121,7 +128,10 @@ impl Model {
                     expected.state = expected.in_flight.take().ok_or_else(|| anyhow!("ack of an unsent change"))?;
                     expected.in_flight_change = None;
                 }
-                Entry::CommitSent { .. } => {}
+                Entry::CommitSent { partition, offset } => {
+                    let highest = self.commits_sent.entry(partition).or_default();
+                    *highest = (*highest).max(offset);
+                }
                 Entry::CommitAcked { partition, offset } => {
                     let highest = self.committed.entry(partition).or_default();
                     *highest = (*highest).max(offset);
@@ -130,7 +140,7 @@ impl Model {
                 Entry::Failure(text) => bail!("the child stopped: {text}"),
             }
         }
-        Ok(())
+        Ok(older_changed)
     }
 
     fn expected_mut(&mut self, id: TradeId) -> anyhow::Result<&mut Expected> {
@@ -237,6 +247,13 @@ impl Model {
             if trade.amount != expected.amount {
                 bail!("trade {} holds amount {}, was sent {}", trade.id, trade.amount, expected.amount);
             }
+            let sent = super::common::new_trade(key.0, key.1, expected.amount);
+            let held = (trade.buyer_id, trade.merchant_id, &trade.merchant_order_no, &trade.memo);
+            if held != (sent.buyer_id, sent.merchant_id, &sent.merchant_order_no, &sent.memo)
+                || trade.currency.to_string() != sent.currency
+            {
+                bail!("trade {} holds {trade:?}, was sent {sent:?}", trade.id);
+            }
             expected.state = actual;
             expected.in_flight = None;
             expected.in_flight_change = None;
@@ -259,9 +276,20 @@ impl Model {
         for (partition, offset) in consumer.committed_blocking()? {
             let acknowledged = self.committed.get(&partition).copied().unwrap_or(0);
             if offset.unwrap_or(0) < acknowledged {
-                bail!("partition {partition}: committed offset {offset:?} is behind acknowledged {acknowledged}");
+                bail!(
+                    "partition {partition}: committed offset {offset:?} is behind {acknowledged}, acknowledged or seen"
+                );
+            }
+            let sent = self.commits_sent.get(&partition).copied();
+            if offset.is_some_and(|offset| sent.is_none_or(|sent| offset > sent)) {
+                bail!("partition {partition}: committed offset {offset:?} was never sent (highest sent {sent:?})");
             }
             checked.offset_commits += u64::from(self.committed.contains_key(&partition));
+            // What a check found stands, as a trade's state does: a later check must not find
+            // less.
+            if let Some(offset) = offset {
+                self.committed.insert(partition, acknowledged.max(offset));
+            }
         }
         self.lost = lost;
         Ok(checked)
