@@ -151,8 +151,9 @@ impl Model {
                 *self.balances.entry(buyer).or_default() -= amount;
                 Expected::Done
             }
-            // The trade made this move: a repeat. Past it, a payment is a move its state forbids.
-            TradeStatus::Paid => Expected::Repeat,
+            // The trade made this move: a repeat, also once refunded or settled since (only a
+            // paid trade gets there). A closed one was never paid: its state forbids it.
+            TradeStatus::Paid | TradeStatus::Refunded | TradeStatus::Settled => Expected::Repeat,
             _ => Expected::Forbidden,
         }
     }

@@ -183,3 +183,32 @@ fn payments_from_balances_survive_checkpoints_and_trades_that_left_memory() {
     assert_eq!(money_cny(&h), DEPOSITED as i128);
     engine.close().unwrap();
 }
+
+/// A pay retried after the trade was refused or settled since (its first answer lost) is a
+/// repeat: answered with the trade as it stands, nothing taken again; a pay of the other kind
+/// is still refused.
+#[test]
+fn a_pay_retried_after_a_refund_or_a_settle_is_a_repeat() {
+    let dir = tempfile::tempdir().unwrap();
+    let engine = Engine::open(engine_options(dir.path(), 2, 2)).unwrap();
+    let h = engine.handle();
+    let (buyer, same, _) = users(&h);
+    h.deposit_blocking(buyer, "CNY", DEPOSITED, "fund").unwrap();
+    let refunded = h.create_trade_blocking(trade(buyer, same, "refunded", 3_000)).unwrap().id;
+    h.pay_from_balance_blocking(refunded).unwrap();
+    h.refund_blocking(refunded, "r-1", 1_000).unwrap();
+    let settled = h.create_trade_blocking(trade(buyer, same, "settled", 2_000)).unwrap().id;
+    h.pay_blocking(settled).unwrap();
+    h.settle_blocking(settled).unwrap();
+    let (before, money) = (available(&h, buyer), money_cny(&h));
+
+    let again = h.pay_from_balance_blocking(refunded).unwrap();
+    assert_eq!((again.status, again.refunded_amount, again.replayed), (TradeStatus::Refunded, 1_000, true));
+    let again = h.pay_blocking(settled).unwrap();
+    assert_eq!((again.status, again.replayed), (TradeStatus::Settled, true));
+    assert_eq!((available(&h, buyer), money_cny(&h)), (before, money), "nothing taken again");
+    for refused in [h.pay_blocking(refunded), h.pay_from_balance_blocking(settled)] {
+        assert!(matches!(refused, Err(Error::Refused(Refusal::IllegalTransition { .. }))), "{refused:?}");
+    }
+    engine.close().unwrap();
+}

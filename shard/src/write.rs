@@ -304,9 +304,9 @@ fn change<D: Disk>(
             let action = to.action().name();
             return reply.send(Err(Refusal::IllegalTransition { id, from: TradeStatus::Paid, action }.into()));
         }
-        Change::Move(to) if current.lifecycle.status == to.target() => {
+        Change::Move(to) if current.lifecycle.status == to.target() || paid_before(&current.lifecycle, to) => {
             // The trade made this move already: its last write made it (only this move
-            // leads to its status).
+            // leads to its status), or, for a pay, a refund or a settle since.
             return match (in_flight, index.get(id)) {
                 (Some(in_flight), _) => accepted.repeat_of(in_flight.last_seq, reply),
                 (None, Some(entry)) => reply.send(Ok(entry.receipt(id, true))),
@@ -435,4 +435,13 @@ impl<D: Disk> Shard<D> {
         };
         self.inner.accepted.borrow_mut().push(effect);
     }
+}
+
+/// Whether `to` is a pay of the kind this trade was paid with, made already and followed by a
+/// refund or a settle (only a paid trade reaches those): a retry of it is a repeat, answered
+/// with the trade as it stands, not refused as a move from its new status.
+fn paid_before(lifecycle: &Lifecycle, to: Move) -> bool {
+    matches!(to, Move::Pay | Move::PayFromBalance)
+        && matches!(lifecycle.status, TradeStatus::Refunded | TradeStatus::Settled)
+        && lifecycle.from_balance == (to == Move::PayFromBalance)
 }
