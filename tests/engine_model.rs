@@ -67,9 +67,7 @@ type Refunds = HashMap<(u64, u64, u8), (TradeId, u64, u64)>;
 fn apply_model(id: TradeId, trade: &mut ModelTrade, refunds: &mut Refunds, op: &Op) -> Expected {
     use TradeStatus::*;
     let next = match (trade.status, op) {
-        // A pay repeats once the trade was refunded or settled since, too: only a paid trade
-        // gets there (every pay of this model is by card).
-        (Paid | Refunded, Op::Pay(_)) | (Settled, Op::Settle(_) | Op::Pay(_)) | (Closed, Op::Close(_)) => {
+        (Paid, Op::Pay(_)) | (Settled, Op::Settle(_)) | (Closed, Op::Close(_)) => {
             return Expected::Repeat(trade.status, trade.refunded)
         }
         (_, Op::Refund(_, amount, n)) if refunds.contains_key(&(trade.merchant, trade.buyer, *n)) => {

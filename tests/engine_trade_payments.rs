@@ -184,11 +184,11 @@ fn payments_from_balances_survive_checkpoints_and_trades_that_left_memory() {
     engine.close().unwrap();
 }
 
-/// A pay retried after the trade was refused or settled since (its first answer lost) is a
-/// repeat: answered with the trade as it stands, nothing taken again; a pay of the other kind
-/// is still refused.
+/// A pay from the balance retried after the trade was refunded or settled since (its first
+/// answer lost) is a repeat: answered with the trade as it stands, nothing taken again. A pay
+/// by card there, or of the other kind, is still refused.
 #[test]
-fn a_pay_retried_after_a_refund_or_a_settle_is_a_repeat() {
+fn a_pay_from_the_balance_retried_after_a_refund_or_a_settle_is_a_repeat() {
     let dir = tempfile::tempdir().unwrap();
     let engine = Engine::open(engine_options(dir.path(), 2, 2)).unwrap();
     let h = engine.handle();
@@ -198,16 +198,19 @@ fn a_pay_retried_after_a_refund_or_a_settle_is_a_repeat() {
     h.pay_from_balance_blocking(refunded).unwrap();
     h.refund_blocking(refunded, "r-1", 1_000).unwrap();
     let settled = h.create_trade_blocking(trade(buyer, same, "settled", 2_000)).unwrap().id;
-    h.pay_blocking(settled).unwrap();
+    h.pay_from_balance_blocking(settled).unwrap();
     h.settle_blocking(settled).unwrap();
+    let by_card = h.create_trade_blocking(trade(buyer, same, "by-card", 500)).unwrap().id;
+    h.pay_blocking(by_card).unwrap();
+    h.settle_blocking(by_card).unwrap();
     let (before, money) = (available(&h, buyer), money_cny(&h));
 
     let again = h.pay_from_balance_blocking(refunded).unwrap();
     assert_eq!((again.status, again.refunded_amount, again.replayed), (TradeStatus::Refunded, 1_000, true));
-    let again = h.pay_blocking(settled).unwrap();
+    let again = h.pay_from_balance_blocking(settled).unwrap();
     assert_eq!((again.status, again.replayed), (TradeStatus::Settled, true));
     assert_eq!((available(&h, buyer), money_cny(&h)), (before, money), "nothing taken again");
-    for refused in [h.pay_blocking(refunded), h.pay_from_balance_blocking(settled)] {
+    for refused in [h.pay_blocking(refunded), h.pay_blocking(by_card), h.pay_from_balance_blocking(by_card)] {
         assert!(matches!(refused, Err(Error::Refused(Refusal::IllegalTransition { .. }))), "{refused:?}");
     }
     engine.close().unwrap();

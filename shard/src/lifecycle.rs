@@ -7,8 +7,8 @@ use crate::record::RecordKind;
 use crate::trade::{TradeId, TradeStatus};
 
 /// A move of a trade's lifecycle that a caller asks for by name. Repeating one the trade has
-/// made already (its status is the move's target, or, for a pay of the kind it was paid with,
-/// a refund or a settle came since) answers the trade as it stands, as a repeat.
+/// made already (its status is the move's target, or, for a pay from the balance of a trade
+/// paid so, a refund or a settle came since) answers the trade as it stands, as a repeat.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Move {
     /// Paid outside the engine.

@@ -437,11 +437,12 @@ impl<D: Disk> Shard<D> {
     }
 }
 
-/// Whether `to` is a pay of the kind this trade was paid with, made already and followed by a
-/// refund or a settle (only a paid trade reaches those): a retry of it is a repeat, answered
-/// with the trade as it stands, not refused as a move from its new status.
+/// Whether `to` is a pay from the balance of a trade paid so, refunded or settled since (only
+/// a paid trade reaches those): a retry of it is a repeat, answered with the trade as it
+/// stands, not refused as a move from its new status. A pay by card there stays refused: it
+/// reports a payment made outside the engine, and one after a settle may be a second charge.
 fn paid_before(lifecycle: &Lifecycle, to: Move) -> bool {
-    matches!(to, Move::Pay | Move::PayFromBalance)
+    to == Move::PayFromBalance
+        && lifecycle.from_balance
         && matches!(lifecycle.status, TradeStatus::Refunded | TradeStatus::Settled)
-        && lifecycle.from_balance == (to == Move::PayFromBalance)
 }
