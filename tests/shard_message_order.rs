@@ -31,24 +31,36 @@ fn config() -> WalConfig {
     }
 }
 
+type Outcome = Result<MessageReceipt, TradeError>;
+
+/// Publishes messages `1..` of producer 7 with the payload sizes `sizes`, all sent before any
+/// answer is awaited, in order (`message_in_order`) or one by one (`message`); their outcomes.
+async fn publish_at_once(shard: &Shard<SimDisk>, sizes: &[usize], in_order: bool) -> Vec<Outcome> {
+    let answers: Vec<_> = sizes
+        .iter()
+        .enumerate()
+        .map(|(n, &size)| {
+            let (reply, answer) = tradeshard_shard::reply::channel::<Outcome>();
+            match in_order {
+                true => shard.message_in_order(publish(1 + n as u64, size), reply),
+                false => shard.message(publish(1 + n as u64, size), reply),
+            }
+            answer
+        })
+        .collect();
+    let mut outcomes = Vec::new();
+    for answer in answers {
+        outcomes.push(answer.await.unwrap());
+    }
+    outcomes
+}
+
 #[test]
 fn a_producers_messages_after_one_the_queue_refused_wait_for_its_retry() {
     run(async {
         let shard = Shard::open(SimDisk::new(), config(), 0).await.unwrap();
         let sizes = [500, 31_500, 500];
-        let answers: Vec<_> = sizes
-            .iter()
-            .enumerate()
-            .map(|(n, &size)| {
-                let (reply, answer) = tradeshard_shard::reply::channel::<Result<MessageReceipt, TradeError>>();
-                shard.message_in_order(publish(1 + n as u64, size), reply);
-                answer
-            })
-            .collect();
-        let mut outcomes = Vec::new();
-        for answer in answers {
-            outcomes.push(answer.await.unwrap());
-        }
+        let outcomes = publish_at_once(&shard, &sizes, true).await;
         assert!(outcomes[0].is_ok(), "{:?}", outcomes[0]);
         for (n, outcome) in outcomes.iter().enumerate().skip(1) {
             assert!(matches!(outcome, Err(TradeError::Log(LogError::Backpressure { .. }))), "message {n}: {outcome:?}");
@@ -72,19 +84,7 @@ fn a_producers_messages_after_one_the_queue_refused_wait_for_its_retry() {
 fn a_producer_not_writing_in_order_goes_on_after_a_refusal() {
     run(async {
         let shard = Shard::open(SimDisk::new(), config(), 0).await.unwrap();
-        let answers: Vec<_> = [500, 31_500]
-            .iter()
-            .enumerate()
-            .map(|(n, &size)| {
-                let (reply, answer) = tradeshard_shard::reply::channel::<Result<MessageReceipt, TradeError>>();
-                shard.message(publish(1 + n as u64, size), reply);
-                answer
-            })
-            .collect();
-        let mut outcomes = Vec::new();
-        for answer in answers {
-            outcomes.push(answer.await.unwrap());
-        }
+        let outcomes = publish_at_once(&shard, &[500, 31_500], false).await;
         assert!(outcomes[0].is_ok(), "{:?}", outcomes[0]);
         assert!(matches!(outcomes[1], Err(TradeError::Log(LogError::Backpressure { .. }))), "{:?}", outcomes[1]);
         // The queue is empty again: the next message is stored, the refused one given up.

@@ -33,32 +33,38 @@ impl ShardOp for Messages {
         let mut refused: Option<TradeError> = None;
         for command in self.0 {
             if let Some(error) = &refused {
-                answers.push(Err(Err(error.clone())));
+                answers.push(Answer::Now(Err(error.clone())));
                 continue;
             }
             let (sent, mut answer) = tradeshard_shard::reply::channel();
             shard.message_in_order(command, sent);
-            match answer.try_take() {
+            answers.push(match answer.try_take() {
                 Some(Err(error)) => {
                     refused = Some(error.clone());
-                    answers.push(Err(Err(error)));
+                    Answer::Now(Err(error))
                 }
-                Some(receipt) => answers.push(Err(receipt)),
-                None => answers.push(Ok(answer)),
-            }
+                Some(receipt) => Answer::Now(receipt),
+                None => Answer::Later(answer),
+            });
         }
         let gather = async move {
             let mut receipts = Vec::with_capacity(answers.len());
             for answer in answers {
                 receipts.push(match answer {
-                    Ok(waiting) => waiting.await.unwrap_or(Err(TradeError::Log(LogError::Closed))),
-                    Err(now) => now,
+                    Answer::Now(receipt) => receipt,
+                    Answer::Later(waiting) => waiting.await.unwrap_or(Err(TradeError::Log(LogError::Closed))),
                 });
             }
             reply.send(Ok(receipts))
         };
         glommio::spawn_local(gather).detach();
     }
+}
+
+/// A message write's answer: given as it was checked, or to come once durable.
+enum Answer {
+    Now(Result<MessageReceipt, TradeError>),
+    Later(tradeshard_shard::reply::ReplyFuture<Result<MessageReceipt, TradeError>>),
 }
 
 /// The half messages not resolved of every shard of the executor (with a time and a policy of

@@ -38,7 +38,8 @@ const READS_IN_FLIGHT: usize = 32;
 /// Writes the trades of `dirty`, as `snapshot` holds them, to the table with version
 /// `position`, and syncs it. A page is read first when it holds a trade only the table knows,
 /// or one whose created part only the table holds (inline, kept as it was); those reads go out
-/// together, a group of runs at a time ([`plan_writes`]). `placed`: where this checkpoint put the created parts it copied from the log.
+/// together, a group of runs at a time ([`plan_writes`]). `placed`: where this checkpoint put
+/// the created parts it copied from the log.
 pub(crate) async fn write_dirty<D: Disk>(
     table: &TradeFile<D>,
     snapshot: &ShardIndex,

@@ -306,7 +306,7 @@ fn change<D: Disk>(
         }
         Change::Move(to) if current.lifecycle.status == to.target() || paid_before(&current.lifecycle, to) => {
             // The trade made this move already: its last write made it (only this move
-            // leads to its status), or, for a pay, a refund or a settle since.
+            // leads to its status), or, for a pay from the balance, a refund or a settle since.
             return match (in_flight, index.get(id)) {
                 (Some(in_flight), _) => accepted.repeat_of(in_flight.last_seq, reply),
                 (None, Some(entry)) => reply.send(Ok(entry.receipt(id, true))),

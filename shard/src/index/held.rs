@@ -2,16 +2,16 @@
 //! bytes: the memory a checkpoint gives back, and what `Upkeep::checkpoint_memory_bytes`
 //! bounds (`checkpointer.rs`).
 //!
-//! Everything a checkpoint moves out of memory is counted: the order keys, users' lists,
-//! refunds and confirmed claims applied since the last one, the account requests, and the
-//! branches and activities (the ended ones go to runs). So are the entries of the trades
-//! created since, which stay in memory on top of the trades' own budget until a checkpoint
-//! writes them, and the cold trades brought back to be changed. Each entry counts at its size; the hash tables' slack is not counted (it can
-//! add as much again), nor what stays after a checkpoint (pending claims, branches and
-//! activities under way), which the checkpointer measures once a checkpoint is done and takes
-//! off. That measure also holds the work applied while the checkpoint was written, which the
-//! next one moves: so what a shard holds peaks near the budget plus one checkpoint's duration
-//! of work, not at the budget.
+//! Everything a checkpoint moves out of memory is counted: the order keys, users' lists, refunds
+//! and confirmed claims applied since the last one, the account requests, and the branches and
+//! activities (the ended ones go to runs). So are the entries of the trades created since, which
+//! stay in memory on top of the trades' own budget until a checkpoint writes them, and the cold
+//! trades brought back to be changed. Each entry counts at its size; the hash tables' slack is not
+//! counted (it can add as much again), nor what stays after a checkpoint (pending claims, branches
+//! and activities under way), which the checkpointer measures once a checkpoint is done and takes
+//! off. That measure also holds the work applied while the checkpoint was written, which the next
+//! one moves: so what a shard holds peaks near the budget plus one checkpoint's duration of work,
+//! not at the budget.
 
 use crate::retention::TRADE_ENTRY_BYTES;
 use crate::trade::TradeId;
