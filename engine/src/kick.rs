@@ -1,33 +1,46 @@
-//! Waking an executor that the kernel left asleep with its completion posted.
+//! Waking an executor that sleeps while it has work to do.
 //!
 //! An executor with nothing to run parks in `io_uring_enter`, waiting for one completion on
-//! its main ring (glommio links its other rings to that one). On a loaded machine the kill -9
-//! campaign caught executors asleep there for minutes, once in a few hundred opens, with the
-//! completion they waited for already in that ring, unreaped (`/proc/PID/fdinfo` of the ring:
-//! `CqTail` one past `CqHead`; the campaign writes what each thread of a stuck child was
-//! doing, `tools/src/stress/stuck.rs`). Nothing inside the process wakes such a thread: its
-//! own timers complete through the same ring.
+//! its main ring (glommio links its other rings to that one). Two ways were seen to leave it
+//! asleep there with work waiting:
 //!
-//! A signal does: the wait returns `EINTR`, which glommio takes as a wake-up, and it reaps
-//! every ring. So each executor beats (a task of its own bumps a counter every
-//! [`HEARTBEAT`]), and one thread per engine signals an executor whose beat stood still for
-//! [`STALL`] while it was not parked on purpose (waiting for the other executors at open).
-//! The handler does nothing and other system calls restart (`SA_RESTART`), so a signal that
-//! finds the executor merely busy (a long turn) costs nothing. Kicks are counted
-//! (`EngineStats::executor_kicks`). The handler is installed once per process, and not at
-//! all if the embedder has one for the same signal (then executors are not kicked).
+//! - **A completion posted and not reaped.** On a loaded machine the kill -9 campaign caught
+//!   executors asleep for minutes with the completion they waited for already in the ring
+//!   (`/proc/PID/fdinfo` of the ring: `CqTail` one past `CqHead`; the campaign writes what
+//!   each thread of a stuck child was doing, `tools/src/stress/stuck.rs`).
+//! - **A task woken and never run.** glommio 0.9's loop ends a turn without running any task
+//!   queue when its preemption timer has already fired as the turn begins (a thread
+//!   descheduled for longer than the preemption interval), takes that for "nothing to run",
+//!   and parks. Its sleep arms a timeout only for timers still waiting, so a task woken by its
+//!   timer and not yet run (the beat below, among others) sleeps until some other completion
+//!   comes, which in an open, with every other task waiting on it, may be never.
+//!
+//! So each executor beats (a task of its own bumps a counter every [`HEARTBEAT`]), and one
+//! thread per engine looks at the beats. When an executor's beat stood still for [`STALL`]
+//! while it was not parked on purpose (waiting for the other executors at open), the thread
+//! wakes the beat task from outside, which writes the executor's eventfd (glommio's path for
+//! a wake from another thread) and so ends any sleep or the next one, and sends the executor's
+//! thread a signal, whose `EINTR` ends the wait even if that wake were lost. Either way glommio
+//! reaps every ring and runs its task queues again. The handler does nothing and other system
+//! calls restart (`SA_RESTART`), so a kick that finds the executor merely busy (a long turn)
+//! costs nothing. Kicks are counted (`EngineStats::executor_kicks`). The handler is installed
+//! once per process, and not at all if the embedder has one for the same signal (then only
+//! the wake is sent).
 
+use std::future::Future;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex, Once};
+use std::task::Waker;
 use std::thread::JoinHandle;
 use std::time::Duration;
 
 /// How often an executor's beat task bumps its counter.
 pub(crate) const HEARTBEAT: Duration = Duration::from_millis(100);
-/// How long a beat may stand still before its executor is signalled.
-pub(crate) const STALL: Duration = Duration::from_secs(2);
+/// How long a beat may stand still before its executor is kicked: long enough that a busy
+/// executor is rarely kicked, short enough that an open is not held long by a lost wake-up.
+pub(crate) const STALL: Duration = Duration::from_millis(500);
 /// How often the kicking thread looks at the beats.
-const CHECK: Duration = Duration::from_millis(250);
+const CHECK: Duration = Duration::from_millis(100);
 
 /// Kicks sent by every engine of this process, also while an engine is still opening (when
 /// it has no stats to ask yet).
@@ -74,6 +87,8 @@ fn handler_installed() -> bool {
 pub(crate) struct Beat {
     /// The executor's thread (`pthread_t`), once it runs.
     thread: Mutex<Option<libc::pthread_t>>,
+    /// The beat task's waker, while the executor runs.
+    waker: Mutex<Option<Waker>>,
     beats: AtomicU64,
     /// Blocked on purpose (a channel at open), not to be kicked.
     parked: AtomicBool,
@@ -90,7 +105,16 @@ impl Beat {
         let beat = self.clone();
         glommio::spawn_local(async move {
             loop {
-                glommio::timer::sleep(HEARTBEAT).await;
+                let mut sleep = std::pin::pin!(glommio::timer::sleep(HEARTBEAT));
+                std::future::poll_fn(|cx| {
+                    let mut waker = beat.waker.lock().unwrap_or_else(|p| p.into_inner());
+                    if !waker.as_ref().is_some_and(|w| w.will_wake(cx.waker())) {
+                        *waker = Some(cx.waker().clone());
+                    }
+                    drop(waker);
+                    sleep.as_mut().poll(cx)
+                })
+                .await;
                 beat.beats.fetch_add(1, Ordering::Relaxed);
             }
         })
@@ -106,7 +130,29 @@ impl Beat {
         out
     }
 
-    /// Times this executor was signalled.
+    /// Wakes the beat task from outside and, with `signal`, signals the executor's thread;
+    /// whether either was sent.
+    fn kick(&self, signal: bool) -> bool {
+        // Under the locks: the executor forgets its waker and thread under them before it ends.
+        let woken = match self.waker.lock().unwrap_or_else(|p| p.into_inner()).as_ref() {
+            Some(waker) => {
+                waker.wake_by_ref();
+                true
+            }
+            None => false,
+        };
+        let thread = self.thread.lock().unwrap_or_else(|p| p.into_inner());
+        // SAFETY: an executor's thread that has not dropped its guard, so still running.
+        let signalled =
+            signal && thread.is_some_and(|thread| unsafe { libc::pthread_kill(thread, kick_signal()) } == 0);
+        let kicked = woken || signalled;
+        if kicked {
+            self.kicks.fetch_add(1, Ordering::Relaxed);
+        }
+        kicked
+    }
+
+    /// Times this executor was kicked.
     pub(crate) fn kicks(&self) -> u64 {
         self.kicks.load(Ordering::Relaxed)
     }
@@ -118,6 +164,8 @@ pub(crate) struct BeatGuard(Arc<Beat>);
 impl Drop for BeatGuard {
     fn drop(&mut self) {
         *self.0.thread.lock().unwrap_or_else(|p| p.into_inner()) = None;
+        // Dropped here, on the executor's thread, before its task is gone.
+        self.0.waker.lock().unwrap_or_else(|p| p.into_inner()).take();
     }
 }
 
@@ -128,16 +176,14 @@ pub(crate) struct Kicker {
 }
 
 impl Kicker {
-    /// Starts watching `beats`; does nothing where the signal cannot be used.
+    /// Starts watching `beats` (kicking with the wake alone where the signal cannot be used).
     pub(crate) fn start(beats: Vec<Arc<Beat>>) -> Kicker {
         let stop = Arc::new((Mutex::new(false), Condvar::new()));
-        if !handler_installed() {
-            return Kicker { stop, thread: None };
-        }
+        let signal = handler_installed();
         let stopping = stop.clone();
         let thread = std::thread::Builder::new()
             .name("tradeshard-kick".into())
-            .spawn(move || watch(&beats, &stopping))
+            .spawn(move || watch(&beats, &stopping, signal))
             .expect("a thread to watch the executors");
         Kicker { stop, thread: Some(thread) }
     }
@@ -158,7 +204,7 @@ impl Drop for Kicker {
     }
 }
 
-fn watch(beats: &[Arc<Beat>], stop: &(Mutex<bool>, Condvar)) {
+fn watch(beats: &[Arc<Beat>], stop: &(Mutex<bool>, Condvar), signal: bool) {
     let mut seen: Vec<(u64, Duration)> = vec![(0, Duration::ZERO); beats.len()];
     let mut stopped = stop.0.lock().unwrap_or_else(|p| p.into_inner());
     while !*stopped {
@@ -174,14 +220,8 @@ fn watch(beats: &[Arc<Beat>], stop: &(Mutex<bool>, Condvar)) {
                 continue;
             }
             *still = Duration::ZERO;
-            // Under the lock: the executor forgets its thread under it before the thread ends.
-            let thread = beat.thread.lock().unwrap_or_else(|p| p.into_inner());
-            if let Some(thread) = *thread {
-                // SAFETY: an executor's thread that has not dropped its guard, so still running.
-                if unsafe { libc::pthread_kill(thread, kick_signal()) } == 0 {
-                    beat.kicks.fetch_add(1, Ordering::Relaxed);
-                    KICKS_IN_PROCESS.fetch_add(1, Ordering::Relaxed);
-                }
+            if beat.kick(signal) {
+                KICKS_IN_PROCESS.fetch_add(1, Ordering::Relaxed);
             }
         }
     }
@@ -233,6 +273,40 @@ mod tests {
         assert!(ended, "the stuck executor was woken");
         assert!(took >= STALL - CHECK * 2, "not before its beat stood still for a while: {took:?}");
         assert_eq!(kicks, 1);
+    }
+
+    /// Counts its wakes.
+    struct Counted(AtomicU64);
+
+    impl std::task::Wake for Counted {
+        fn wake(self: Arc<Self>) {
+            self.0.fetch_add(1, Ordering::SeqCst);
+        }
+    }
+
+    #[test]
+    fn a_stalled_beat_wakes_its_task_from_outside_without_a_signal() {
+        // No thread to signal: a wake from outside is all the kick can be, and it is sent.
+        let beat = Arc::new(Beat::default());
+        let wakes = Arc::new(Counted(AtomicU64::new(0)));
+        *beat.waker.lock().unwrap() = Some(Waker::from(wakes.clone()));
+        let mut kicker = Kicker::start(vec![beat.clone()]);
+        let started = Instant::now();
+        while wakes.0.load(Ordering::SeqCst) == 0 && started.elapsed() < STALL * 10 {
+            std::thread::sleep(CHECK);
+        }
+        kicker.stop();
+        let took = started.elapsed();
+        assert!(wakes.0.load(Ordering::SeqCst) >= 1, "the beat task was woken");
+        assert!(took >= STALL, "not before its beat stood still for {STALL:?}: {took:?}");
+        assert!(beat.kicks() >= 1);
+        // Once the executor's guard has dropped the waker, nothing is woken any more.
+        beat.waker.lock().unwrap().take();
+        let before = wakes.0.load(Ordering::SeqCst);
+        let mut kicker = Kicker::start(vec![beat.clone()]);
+        std::thread::sleep(STALL * 3);
+        kicker.stop();
+        assert_eq!(wakes.0.load(Ordering::SeqCst), before);
     }
 
     #[test]
