@@ -9,8 +9,8 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use tradeshard_engine::{
-    BranchAction, BranchCall, CancelReason, Currency, Decision, Engine, EngineHandle, Error, InputError, Options,
-    Participant, ParticipantFuture, Participants,
+    ActivityState, BranchAction, BranchCall, CancelReason, Currency, Decision, Engine, EngineHandle, Error, InputError,
+    Options, Participant, ParticipantFuture, Participants,
 };
 use tradeshard_tests::engine_options;
 
@@ -234,5 +234,49 @@ fn unbalanced_branches_unknown_participants_and_bad_input_are_refused_with_no_tr
     }
     assert!(h.stats_blocking().unwrap().shards.iter().all(|shard| shard.activities == 0), "nothing recorded");
     assert!(coupons.calls.lock().unwrap().is_empty(), "no participant called");
+    engine.close().unwrap();
+}
+
+/// A read-only open (`Options::read_only`, what `tradeshard inspect` opens with) leaves an
+/// activity in doubt as it found it: listed with its decision, its participant not called;
+/// the next open that may write carries it on.
+#[test]
+fn a_read_only_open_shows_an_activity_in_doubt_and_does_not_drive_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let coupons = Arc::new(Coupons::default());
+    let engine = open(dir.path(), &coupons);
+    let h = engine.handle();
+    let (a, _) = two_users(&h);
+    // The participant's Confirm fails for a reference from 1,000 on: the activity stays
+    // decided and not completed.
+    // Its one branch is the participant's, so that recovery's first step is to call it.
+    let actions = [BranchAction::External { participant: 7, reference: 1_000 }];
+    let outcome = h.run_activity_blocking(a, "stuck", &actions).unwrap();
+    assert_eq!((outcome.decision, outcome.completed), (Decision::Commit, false));
+    engine.close().unwrap();
+    let calls_before = calls(&coupons, outcome.activity).len();
+
+    let options = Options {
+        read_only: true,
+        participants: Participants::default().with(7, Shared(coupons.clone())),
+        activity_recovery_interval: Duration::from_millis(20),
+        ..engine_options(dir.path(), 2, 2)
+    };
+    let engine = Engine::open(options).unwrap();
+    let h = engine.handle();
+    std::thread::sleep(Duration::from_millis(200));
+    let in_doubt = h.activities_in_doubt_blocking().unwrap();
+    assert_eq!(in_doubt.iter().map(|(_, id, _)| *id).collect::<Vec<_>>(), vec![outcome.activity]);
+    assert_eq!(calls(&coupons, outcome.activity).len(), calls_before, "no participant was called");
+    assert_eq!(in_doubt[0].2.state, ActivityState::Decided(Decision::Commit), "as found: decided, not completed");
+    engine.close().unwrap();
+
+    // An open that may write drives it again (this participant's Confirm keeps failing).
+    let engine = open(dir.path(), &coupons);
+    let started = Instant::now();
+    while calls(&coupons, outcome.activity).len() == calls_before {
+        assert!(started.elapsed() < Duration::from_secs(10), "recovery did not call the participant");
+        std::thread::sleep(Duration::from_millis(10));
+    }
     engine.close().unwrap();
 }

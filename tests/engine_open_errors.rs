@@ -13,7 +13,7 @@ use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 
-use tradeshard_engine::{ConsumerConfig, Engine, Error, Options, StartPosition, Upkeep, FORMAT_VERSION};
+use tradeshard_engine::{ConsumerConfig, Engine, Error, Options, Refusal, StartPosition, Upkeep, FORMAT_VERSION};
 use tradeshard_tests::{engine_options, new_trade};
 
 const NOBODY: u32 = 65534;
@@ -222,6 +222,43 @@ fn a_damaged_segment_below_the_checkpoint_is_refused_to_its_reader() {
     }
     drop(consumer);
     engine.close().unwrap();
+}
+
+/// A read-only open (`Options::read_only`, as `tradeshard inspect` opens) of a directory whose
+/// log holds records past its checkpoint: reads and polls answer, a write is refused with
+/// `Refusal::ReadOnly` and leaves no trace, and the close takes no checkpoint though its
+/// options ask for one, so the next open replays as much again; no file changes.
+#[test]
+fn a_read_only_open_answers_reads_refuses_writes_and_changes_no_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let engine = Engine::open(no_checkpoint(options(dir.path()))).unwrap();
+    let handle = engine.handle();
+    let ids: Vec<_> =
+        (1..=40u64).map(|n| handle.create_trade_blocking(new_trade(1 + n % 7, n, 100)).unwrap().id).collect();
+    engine.close().unwrap();
+    // What an open repairs or prepares is in place before the picture is taken.
+    Engine::open(no_checkpoint(options(dir.path()))).unwrap().close().unwrap();
+    let before = snapshot(dir.path());
+    let mut replayed = Vec::new();
+    for _ in 0..2 {
+        let engine = Engine::open(Options { read_only: true, ..options(dir.path()) }).unwrap();
+        let handle = engine.handle();
+        replayed.push(handle.stats_blocking().unwrap().shards[0].opened.replayed_records);
+        assert_eq!(handle.get_blocking(ids[7]).unwrap().id, ids[7]);
+        let config = ConsumerConfig { start: StartPosition::Earliest, ..ConsumerConfig::new("audit") };
+        let mut consumer = handle.consumer(config).unwrap();
+        let polled = consumer.poll_blocking(1000, std::time::Duration::from_millis(200)).unwrap();
+        assert!(!polled.is_empty(), "the log's events are read");
+        drop(consumer);
+        match handle.create_trade_blocking(new_trade(3, 1_000, 100)) {
+            Err(Error::Refused(Refusal::ReadOnly)) => {}
+            other => panic!("a write is refused as read-only, got {other:?}"),
+        }
+        assert_eq!(handle.stats_blocking().unwrap().trades, 40, "no trace of the refused write");
+        engine.close().unwrap();
+        assert_eq!(snapshot(dir.path()), before, "a read-only open and close change no file");
+    }
+    assert!(replayed[0] >= 40 && replayed[1] == replayed[0], "each open replays the same records: {replayed:?}");
 }
 
 /// Runs an open of `dir` as uid 65534 in a child process; `None` (with a message) where this

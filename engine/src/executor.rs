@@ -105,13 +105,14 @@ pub(crate) fn start(plan: ExecutorPlan, options: &Options) -> Result<StartingExe
         cache_bytes: 0,
         upkeep: options.upkeep,
     };
+    let read_only = options.read_only;
     let (report_tx, reports) = mpsc::channel();
     let (go, go_rx) = mpsc::channel();
     let handle = LocalExecutorBuilder::new(placement)
         .name(&format!("tradeshard-{index}"))
         .io_memory(options.io_memory_bytes)
         .preempt_timer(options.preempt_interval)
-        .spawn(move || run(plan, shard_config, report_tx, go_rx))
+        .spawn(move || run(plan, shard_config, read_only, report_tx, go_rx))
         .map_err(|e| Error::Executor { executor: index, source: Arc::new(e.into()) })?;
     Ok(StartingExecutor { index, handle, reports, go })
 }
@@ -119,6 +120,7 @@ pub(crate) fn start(plan: ExecutorPlan, options: &Options) -> Result<StartingExe
 async fn run(
     plan: ExecutorPlan,
     shard_config: ShardConfig,
+    read_only: bool,
     report: mpsc::Sender<Result<()>>,
     go: mpsc::Receiver<bool>,
 ) -> Result<()> {
@@ -150,6 +152,10 @@ async fn run(
     for (shard_id, shard, cache) in recovered {
         match shard.start_with_cache(cache).await {
             Ok(shard) => {
+                // Before the routing, which may queue a record of the claims it found.
+                if read_only {
+                    shard.refuse_writes();
+                }
                 shard.set_routing(plan.routing.users());
                 shards.shards.insert(shard_id, shard);
             }

@@ -228,6 +228,10 @@ impl Engine {
             // Dropping the engine closes and joins the executors that did start.
             return Err(error);
         }
+        if options.read_only {
+            // Nothing can be written: the work a stop interrupted stays as found, to be seen.
+            return Ok(engine);
+        }
         // Before any request is taken: creates across shards that a stop interrupted end with
         // exactly one trade or none, and no durable trade's order number looks free
         // (`orders.rs`).

@@ -78,6 +78,12 @@ pub struct Options {
     pub half_check_interval: Duration,
     /// ... at most this many times, then rolled back (RocketMQ's defaults: 6 s, 60 s, 15).
     pub half_checks_max: u8,
+    /// Open to look, not to change: every write is refused (`Refusal::ReadOnly`), no
+    /// checkpoint is taken and no segment removed (at close neither), and the work a stop
+    /// interrupted is left as found (creates in doubt, activities not completed), so that it
+    /// can be seen. The open still repairs the log as every open does (a torn tail cut, a
+    /// preparation of the next segment restarted). Reads, listings, polls and stats work.
+    pub read_only: bool,
 }
 
 impl Options {
@@ -106,6 +112,7 @@ impl Options {
             half_check_delay: Duration::from_secs(6),
             half_check_interval: Duration::from_secs(60),
             half_checks_max: 15,
+            read_only: false,
         }
     }
 

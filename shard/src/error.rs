@@ -199,4 +199,9 @@ pub enum Refusal {
     /// The shard issued every id its counter can hold.
     #[error("trade id counter exhausted")]
     CounterExhausted,
+    /// The shard was opened to be looked at, not changed ([`Shard::refuse_writes`]).
+    ///
+    /// [`Shard::refuse_writes`]: crate::Shard::refuse_writes
+    #[error("the shard is open read-only: nothing is written")]
+    ReadOnly,
 }

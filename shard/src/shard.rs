@@ -24,7 +24,7 @@ use crate::checkpoint::Header;
 use crate::checkpointer::Loaded;
 use crate::checkpoints::{CheckpointStats, Checkpoints, OpenReport};
 use crate::cold::{self, SettledTotals};
-use crate::error::{LogError, TradeError};
+use crate::error::{LogError, Refusal, TradeError};
 use crate::events::{EventBatch, PollQuery};
 use crate::id_hash::IdMap;
 use crate::index::ShardIndex;
@@ -176,6 +176,20 @@ impl<D: Disk> Shard<D> {
     pub fn set_routing(&self, routing: crate::routing::UserRouting) {
         self.inner.routing.set(Some(routing));
         crate::doubts::recover(&self.inner, routing);
+    }
+
+    /// Refuses every write from now on with [`Refusal::ReadOnly`], as a failed log would
+    /// (`committer.rs`): no record is written, no checkpoint taken (at close neither), so no
+    /// segment is removed, and no message released. For looking at a directory without
+    /// changing it (`tradeshard inspect`); the open's repairs of the log (a torn tail cut) are
+    /// made before, as by every open. Reads, listings and polls go on.
+    pub fn refuse_writes(&self) {
+        let mut accepted = self.inner.accepted.borrow_mut();
+        accepted.failed.get_or_insert(TradeError::Refused(Refusal::ReadOnly));
+        accepted.wake();
+        if let Some(scheduler) = accepted.scheduler.take() {
+            scheduler.wake();
+        }
     }
 
     /// Opens the shard's log on `disk`, loading the latest checkpoint and replaying the log

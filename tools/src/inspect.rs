@@ -1,8 +1,11 @@
 //! `tradeshard inspect`: what a data directory holds, shard by shard: its log's segments and
 //! bytes, its checkpoint's position and age, the trades it holds, the store of created parts,
 //! each consumer group's offset and lag, and what the open cost (`open_ms`,
-//! `replayed_records`). It opens the engine (so no other may have the directory open) and
-//! closes it again, which leaves a checkpoint at the log's end.
+//! `replayed_records`). It opens the engine read-only (`Options::read_only`; no other may
+//! have the directory open): nothing is written but what every open repairs in the log, no
+//! checkpoint is taken and no segment removed, and the work a stop interrupted (activities in
+//! doubt, creates whose claim is in doubt) is shown as found, not carried on. So the same
+//! directory inspected twice reports the same open.
 
 use std::path::PathBuf;
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
@@ -116,7 +119,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         bail!("{} is not a tradeshard data directory (no MANIFEST)", args.dir.display());
     }
     let opening = Instant::now();
-    let mut options = Options::new(&args.dir);
+    let mut options = Options { read_only: true, ..Options::new(&args.dir) };
     // Opened at its own segment size, the directory keeps its free segments.
     if let Some(bytes) = crate::data_dir::segment_bytes_of(&args.dir) {
         options.segment_bytes = bytes;
