@@ -7,10 +7,12 @@ use std::path::{Path, PathBuf};
 
 use anyhow::bail;
 
-/// A data directory for one run; a temporary one is removed on drop.
+/// A data directory for one run; a temporary one is removed on drop, unless it is to be kept
+/// ([`keep_at_end`](Self::keep_at_end)), whether the run succeeded or failed.
 pub struct DataDir {
     path: PathBuf,
-    _temporary: Option<tempfile::TempDir>,
+    temporary: Option<tempfile::TempDir>,
+    keep_at_end: bool,
 }
 
 impl DataDir {
@@ -22,11 +24,11 @@ impl DataDir {
                 if dir.exists() && std::fs::read_dir(dir)?.next().is_some() {
                     bail!("{} is not empty: give a new directory", dir.display());
                 }
-                Ok(DataDir { path: dir.to_path_buf(), _temporary: None })
+                Ok(DataDir { path: dir.to_path_buf(), temporary: None, keep_at_end: false })
             }
             None => {
                 let temporary = tempfile::Builder::new().prefix(prefix).tempdir_in(".")?;
-                Ok(DataDir { path: temporary.path().to_path_buf(), _temporary: Some(temporary) })
+                Ok(DataDir { path: temporary.path().to_path_buf(), temporary: Some(temporary), keep_at_end: false })
             }
         }
     }
@@ -35,7 +37,9 @@ impl DataDir {
     /// else an error; a new temporary directory named `prefix…` when `given` is `None`.
     pub fn new_or_engine(given: Option<&Path>, prefix: &str) -> anyhow::Result<DataDir> {
         match given {
-            Some(dir) if dir.join("MANIFEST").is_file() => Ok(DataDir { path: dir.to_path_buf(), _temporary: None }),
+            Some(dir) if dir.join("MANIFEST").is_file() => {
+                Ok(DataDir { path: dir.to_path_buf(), temporary: None, keep_at_end: false })
+            }
             _ => DataDir::new(given, prefix),
         }
     }
@@ -47,15 +51,31 @@ impl DataDir {
     }
 
     /// Keeps a temporary directory on disk (to inspect a failure) and returns its path.
-    pub fn keep(self) -> PathBuf {
-        if let Some(temporary) = self._temporary {
+    pub fn keep(mut self) -> PathBuf {
+        if let Some(temporary) = self.temporary.take() {
             return temporary.keep();
         }
-        self.path
+        self.path.clone()
+    }
+
+    /// With `keep`, a temporary directory stays on disk when this is dropped, also when the
+    /// command fails on its way (which is when it is most wanted), and its path is printed.
+    pub fn keep_at_end(&mut self, keep: bool) {
+        self.keep_at_end = keep;
     }
 
     pub fn path(&self) -> &Path {
         &self.path
+    }
+}
+
+impl Drop for DataDir {
+    fn drop(&mut self) {
+        if self.keep_at_end {
+            if let Some(temporary) = self.temporary.take() {
+                eprintln!("kept {}", temporary.keep().display());
+            }
+        }
     }
 }
 

@@ -134,9 +134,16 @@ fn settle(
 ) -> anyhow::Result<SettleReport> {
     let mut settlement = Settlement::default();
     let mut end_to_end = latency::new_histogram();
-    let started = Instant::now();
+    // The rate is over the span the consumer had events to read (from the first to the last
+    // poll that returned any), not over the time the run spent before or after its load.
+    let mut first_events: Option<Instant> = None;
+    let mut last_events = Instant::now();
     loop {
         let events = consumer.poll_blocking(4096, Duration::from_millis(50))?;
+        if !events.is_empty() {
+            first_events.get_or_insert_with(Instant::now);
+            last_events = Instant::now();
+        }
         let now = now_ms();
         for event in &events {
             settlement.apply(event);
@@ -148,12 +155,12 @@ fn settle(
             break;
         }
     }
-    let elapsed = started.elapsed().as_secs_f64();
+    let elapsed = first_events.map_or(0.0, |first| last_events.duration_since(first).as_secs_f64());
     let store = handle.settled_totals_blocking()?;
     Ok(SettleReport {
         events: settlement.events,
         redelivered: settlement.redelivered,
-        events_per_sec: settlement.events as f64 / elapsed,
+        events_per_sec: if elapsed > 0.0 { settlement.events as f64 / elapsed } else { 0.0 },
         merchants_settled: settlement.totals.len(),
         end_to_end_us: latency::summarize(&end_to_end),
         differences: settlement.differences(&store, &base),

@@ -99,6 +99,60 @@ fn load_transfers_keep_to_the_rate_asked() {
     assert_eq!(report["conservation_ok"], true, "{report}");
 }
 
+/// A rate so low that most tasks' first slot lies past the duration: the run ends at its
+/// duration, not at the last slot a task had started waiting for (25.5 s here).
+#[test]
+fn load_at_a_low_rate_ends_at_its_duration() {
+    let dir = tempfile::tempdir().unwrap();
+    let args = ["load", "--workload", "ingest", "--rate", "10", "--duration", "1s", "--users", "50", "--json"];
+    let report = json(&tradeshard(&args, dir.path()));
+    let elapsed = report["elapsed_sec"].as_f64().unwrap();
+    assert!(elapsed < 5.0, "a 1 s run took {elapsed} s: {report}");
+    let created = report["ops"]["create"]["count"].as_u64().unwrap();
+    assert!((1..=12).contains(&created), "10 a second for 1 s: {report}");
+}
+
+/// Transfers and publishes run again on the directory of an earlier run: the money and the
+/// messages that run left are counted apart, so the checks hold.
+#[test]
+fn load_transfers_and_publishes_run_again_on_their_directory() {
+    let dir = tempfile::tempdir().unwrap();
+    for workload in ["transfer", "publish"] {
+        let data = format!("d-{workload}");
+        let args = [
+            "load",
+            "--workload",
+            workload,
+            "--ops",
+            "500",
+            "--inflight",
+            "16",
+            "--users",
+            "100",
+            "--dir",
+            &data,
+            "--json",
+        ];
+        for run in 0..2 {
+            let report = json(&tradeshard(&args, dir.path()));
+            match workload {
+                "transfer" => assert_eq!(report["conservation_ok"], true, "run {run}: {report}"),
+                _ => assert_eq!(report["delivered_ok"], true, "run {run}: {report}"),
+            }
+        }
+    }
+}
+
+/// `--ops` is the run's operations in all, shared among `--clients`.
+#[test]
+fn load_ops_are_shared_among_client_threads() {
+    let dir = tempfile::tempdir().unwrap();
+    let args = ["load", "--workload", "read", "--read-trades", "500", "--ops", "1001", "--clients", "2", "--json"];
+    let report = json(&tradeshard(&args, dir.path()));
+    let gets = report["ops"]["get"]["count"].as_u64().unwrap();
+    assert_eq!(gets, 1001, "{report}");
+}
+
 /// The transfer workload funds its users, moves money within and across shards, and counts it
 /// at the end: balances plus money in transit equal the deposits, nothing left in doubt.
 #[test]
@@ -242,7 +296,7 @@ fn wal_bench_reports_json() {
 #[test]
 fn bad_arguments_exit_non_zero() {
     let dir = tempfile::tempdir().unwrap();
-    let bad: [&[&str]; 9] = [
+    let bad: [&[&str]; 12] = [
         &["load", "--inflight", "0"],
         &["load", "--read-ratio", "2"],
         &["load", "--duration", "soon"],
@@ -252,6 +306,9 @@ fn bad_arguments_exit_non_zero() {
         &["load", "--workload", "ingest", "--batch", "4"],
         &["load", "--workload", "transfer", "--batch", "4", "--purchase-ratio", "0.5"],
         &["load", "--workload", "transfer", "--batch", "8193"],
+        &["load", "--workload", "publish", "--payload-bytes", "18446744073709551615"],
+        &["load", "--workload", "read", "--read-trades", "100000000000"],
+        &["load", "--workload", "transfer", "--users", "1000000000000"],
     ];
     for args in bad {
         assert!(!tradeshard(args, dir.path()).status.success(), "{args:?}");

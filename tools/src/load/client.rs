@@ -138,11 +138,18 @@ async fn worker(client: Rc<Client>, task: usize, seed: u64) {
             }
         }
         client.issued.set(client.issued.get() + 1);
-        let intended = send_slot(client.rate, client.start, client.inflight, task, sent).await;
+        let Some(intended) = send_slot(client.rate, client.start, client.inflight, task, sent, client.deadline).await
+        else {
+            // This task's next slot is past the deadline; the others end at theirs.
+            break;
+        };
         sent += 1;
         let op = choose(&client, &mut rng, &open);
-        let outcome = run_op(&client, &mut rng, &mut open, op, task, sent).await;
-        let micros = intended.elapsed().as_micros() as u64;
+        let mut answered = None;
+        let outcome = run_op(&client, &mut rng, &mut open, op, task, sent, &mut answered).await;
+        // Until the operation's own answer: a retry sent after it (`--retry-ratio`) is not
+        // part of its latency.
+        let micros = answered.unwrap_or_else(Instant::now).duration_since(intended).as_micros() as u64;
         match outcome {
             Ok(()) => {
                 latency::record(&mut client.histograms.borrow_mut()[op], micros);
@@ -160,18 +167,30 @@ async fn worker(client: Rc<Client>, task: usize, seed: u64) {
 
 /// The intended send time of the `sent`-th request of open-loop task `task` of `inflight`, at
 /// `rate` requests a second from `start`, waited for (latency counts from it); without a rate,
-/// now. Tasks interleave their slots: task i sends at slots i, i + inflight, ...
-pub(super) async fn send_slot(rate: Option<f64>, start: Instant, inflight: usize, task: usize, sent: u64) -> Instant {
+/// now. Tasks interleave their slots: task i sends at slots i, i + inflight, ... `None`, at
+/// once, when the slot lies past `deadline` (or past any time a clock can hold): the run ends
+/// at its deadline, not at the last slot a task had started waiting for.
+pub(super) async fn send_slot(
+    rate: Option<f64>,
+    start: Instant,
+    inflight: usize,
+    task: usize,
+    sent: u64,
+    deadline: Option<Instant>,
+) -> Option<Instant> {
     let Some(rate) = rate else {
-        return Instant::now();
+        return Some(Instant::now());
     };
     let slot = (sent as f64 * inflight as f64 + task as f64) / rate;
-    let at = start + Duration::from_secs_f64(slot);
+    let at = start.checked_add(Duration::try_from_secs_f64(slot).ok()?)?;
+    if deadline.is_some_and(|deadline| at >= deadline) {
+        return None;
+    }
     let now = Instant::now();
     if at > now {
         glommio::timer::sleep(at - now).await;
     }
-    at
+    Some(at)
 }
 
 fn choose(client: &Client, rng: &mut Rng, open: &[OpenTrade]) -> usize {
@@ -222,6 +241,7 @@ async fn run_op(
     op: usize,
     task: usize,
     sent: u64,
+    answered: &mut Option<Instant>,
 ) -> Result<(), tradeshard_engine::Error> {
     let handle = &client.handle;
     match op {
@@ -241,6 +261,7 @@ async fn run_op(
             let retry = client.retries.ratio > 0.0 && rng.f64() < client.retries.ratio;
             let kept = (retry || client.retries.wants_order()).then(|| trade.clone());
             let receipt = handle.create_trade(trade).await?;
+            *answered = Some(Instant::now());
             if let Some(trade) = kept {
                 client.retries.created(&trade, receipt.id);
                 if retry {
@@ -286,6 +307,7 @@ async fn run_op(
                 }
             };
             let receipt = send().await?;
+            *answered = Some(Instant::now());
             if client.retries.ratio > 0.0 && rng.f64() < client.retries.ratio {
                 client.retries.changed_again(send().await, &receipt);
             }

@@ -108,7 +108,7 @@ pub struct Args {
     /// How long to run (e.g. 10s); the default when --ops is not given.
     #[arg(long, value_parser = latency::parse_duration)]
     duration: Option<Duration>,
-    /// Operations to run instead of a duration.
+    /// Operations to run instead of a duration (in all, shared among `--clients`).
     #[arg(long)]
     ops: Option<u64>,
     /// Requests outstanding at once, per client thread.
@@ -189,6 +189,11 @@ where
     client.join().map_err(|_| anyhow::anyhow!("the client thread panicked"))?
 }
 
+/// Trades the read workload creates before its timed phase at most (their ids are held).
+const READ_TRADES_MAX: u64 = 100_000_000;
+/// Users of the transfer workload at most: each is held, and funded before the timed phase.
+const TRANSFER_USERS_MAX: u64 = 100_000_000;
+
 pub fn run(args: Args) -> anyhow::Result<()> {
     if args.inflight == 0 || args.inflight > 1 << 20 {
         bail!("--inflight must be between 1 and 1048576");
@@ -228,8 +233,18 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     if args.rate.is_some() && (args.workload == "publish" || args.workload == "half-messages") {
         bail!("--rate is not supported by the {} workload: it sends as fast as --inflight allows", args.workload);
     }
+    if args.payload_bytes > tradeshard_engine::PAYLOAD_BYTES_MAX {
+        bail!("--payload-bytes must be at most {}", tradeshard_engine::PAYLOAD_BYTES_MAX);
+    }
+    if args.read_trades > READ_TRADES_MAX {
+        bail!("--read-trades must be at most {READ_TRADES_MAX}");
+    }
+    if args.workload == "transfer" && args.users > TRANSFER_USERS_MAX {
+        bail!("--users of the transfer workload must be at most {TRANSFER_USERS_MAX} (each is funded first)");
+    }
     let users = UserChooser::new(args.users, args.zipf).map_err(anyhow::Error::msg)?;
-    let data_dir = DataDir::new_or_engine(args.dir.as_deref(), "tradeshard-load")?;
+    let mut data_dir = DataDir::new_or_engine(args.dir.as_deref(), "tradeshard-load")?;
+    data_dir.keep_at_end(args.keep);
     let dir = data_dir.path().to_path_buf();
     let defaults = Upkeep::default();
     let upkeep = Upkeep {
@@ -315,9 +330,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     }
     engine.close().context("closing the engine")?;
     report.disk_bytes = data_dir.disk_bytes();
-    if args.keep {
-        eprintln!("load: kept {}", data_dir.keep().display());
-    }
+    drop(data_dir);
     if args.json {
         println!("{}", serde_json::to_string(&report)?);
     } else {
@@ -370,23 +383,34 @@ async fn drive(
                     .make()
                     .map_err(|e| anyhow::anyhow!("starting a client executor: {e}"))?;
                 Ok(executor.run(async move {
-                    let client = Rc::new(new_client(&args, handle, users, read_only, deadline));
+                    let client = Rc::new(new_client(index, &args, handle, users, read_only, deadline));
                     run_workers(client.clone(), args.inflight, args.seed, index).await;
                     ClientTotals::of(&client)
                 }))
             })
         })
         .collect();
-    let client = Rc::new(new_client(&args, handle.clone(), users, read_only, deadline));
+    let client = Rc::new(new_client(0, &args, handle.clone(), users, read_only, deadline));
     if let Some((ids, _)) = &client.read_only {
         client.acked.borrow_mut().extend(ids.iter().map(|id| (*id, TradeStatus::Created)));
     }
-    let tasks = glommio::spawn_local(run_workers(client.clone(), args.inflight, args.seed, 0));
+    let mut tasks = glommio::spawn_local(run_workers(client.clone(), args.inflight, args.seed, 0));
     let progress = progress_bar(duration);
     let mut intervals = Vec::new();
     let mut interval_start = Instant::now();
-    while !client.stop.get() {
-        glommio::timer::sleep(Duration::from_millis(200)).await;
+    // Set once this thread's workers ended by themselves (`--ops` done), so that the run's
+    // time ends with them, not at the next look.
+    let mut finished = false;
+    while !client.stop.get() && !finished {
+        let ended = async {
+            (&mut tasks).await;
+            true
+        };
+        let look = async {
+            glommio::timer::sleep(Duration::from_millis(200)).await;
+            false
+        };
+        finished = futures_lite::future::or(ended, look).await;
         let elapsed = client.start.elapsed();
         if args.report_every.is_some_and(|every| interval_start.elapsed() >= every) {
             let line = interval_report(client.start, &client.interval, interval_start.elapsed(), &handle, &dir).await?;
@@ -410,7 +434,9 @@ async fn drive(
             client.stop.set(true);
         }
     }
-    tasks.await;
+    if !finished {
+        tasks.await;
+    }
     for more in more_clients {
         more.join().map_err(|_| anyhow::anyhow!("a client thread panicked"))??.add_to(&client)?;
     }
@@ -491,8 +517,9 @@ async fn drive(
     })
 }
 
-/// A client thread's state, before its tasks start.
+/// The state of client thread `index`, before its tasks start.
 fn new_client(
+    index: usize,
     args: &Args,
     handle: EngineHandle,
     users: UserChooser,
@@ -510,7 +537,8 @@ fn new_client(
         stop: Cell::new(false),
         deadline,
         issued: Cell::new(0),
-        ops_max: args.ops,
+        // Each client thread makes its share of the operations.
+        ops_max: args.ops.map(|ops| ops / args.clients as u64 + u64::from((index as u64) < ops % args.clients as u64)),
         histograms: RefCell::new((0..OPS.len()).map(|_| latency::new_histogram()).collect()),
         interval: RefCell::new(latency::new_histogram()),
         tracked: Cell::new(0),

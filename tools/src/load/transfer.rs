@@ -61,7 +61,8 @@ pub(super) struct TransferReport {
     pub(super) users: u64,
     pub(super) fsyncs_per_sec: f64,
     pub(super) records_per_fsync: f64,
-    /// Deposited before the timed phase, and balances plus money in transit at the end.
+    /// Deposited before the timed phase (by this run, and by earlier runs in the directory),
+    /// and balances plus money in transit at the end.
     pub(super) money_deposited: u128,
     pub(super) money_counted: i128,
     pub(super) in_transit_at_end: i128,
@@ -149,6 +150,9 @@ pub(super) async fn run(handle: EngineHandle, plan: TransferPlan) -> anyhow::Res
     if by_shard.iter().filter(|users| !users.is_empty()).count() < 2 && cross_ratio > 0.0 {
         anyhow::bail!("transfers across shards need users in two shards: more --users or --shards");
     }
+    // A directory of an earlier run (`--dir`) holds its money too.
+    let currency = tradeshard_engine::Currency::parse(CURRENCY).expect("a known currency");
+    let earlier = handle.account_totals().await?.get(&currency).copied().unwrap_or(0);
     fund(&handle, users, (inflight * batch).max(FUNDING_INFLIGHT_MIN), &run).await?;
     let before = handle.stats().await?;
     let state = Rc::new(Transfers {
@@ -211,8 +215,7 @@ pub(super) async fn run(handle: EngineHandle, plan: TransferPlan) -> anyhow::Res
             glommio::timer::sleep(Duration::from_millis(50)).await;
         }
     }
-    let deposited = u128::from(users) * u128::from(FUNDING);
-    let currency = tradeshard_engine::Currency::parse(CURRENCY).expect("a known currency");
+    let deposited = earlier + u128::from(users) * u128::from(FUNDING);
     let balances = handle.account_totals().await?.get(&currency).copied().unwrap_or(0) as i128;
     let in_transit: i128 = handle.money_in_transit().await?.values().sum();
     let (local, across, purchases) = (state.local.borrow(), state.across.borrow(), state.purchases.borrow());
@@ -289,13 +292,19 @@ async fn worker(state: Rc<Transfers>, task: usize, seed: u64) {
             return;
         }
         if state.batch > 1 {
-            send_batch(&state, &mut rng, &numbers, task, &mut n).await;
+            if !send_batch(&state, &mut rng, &numbers, task, &mut n).await {
+                // This task's next slot is past the deadline; the others end at theirs.
+                return;
+            }
             continue;
         }
         state.issued.set(state.issued.get() + 1);
         let Some((from, to, cross)) = choose_pair(&state, &mut rng) else { continue };
         let request_no = numbers.name(n);
-        let started = send_slot(state.rate, state.start, state.inflight, task, n).await;
+        let Some(started) = send_slot(state.rate, state.start, state.inflight, task, n, state.deadline).await else {
+            // This task's next slot is past the deadline; the others end at theirs.
+            return;
+        };
         n += 1;
         let purchase = rng.f64() < state.purchase_ratio;
         let answer = match purchase {
@@ -327,8 +336,9 @@ fn choose_pair(state: &Transfers, rng: &mut Rng) -> Option<(u64, u64, bool)> {
 }
 
 /// One batch of `--batch` transfers through `transfer_many`; each answer is counted as a
-/// transfer alone would be, its latency the batch's.
-async fn send_batch(state: &Transfers, rng: &mut Rng, numbers: &RequestNumbers, task: usize, n: &mut u64) {
+/// transfer alone would be, its latency the batch's. False when the task's next slot lies
+/// past the deadline (nothing sent).
+async fn send_batch(state: &Transfers, rng: &mut Rng, numbers: &RequestNumbers, task: usize, n: &mut u64) -> bool {
     let mut chosen = Vec::with_capacity(state.batch);
     // Every request number of the batch, one after another in one buffer.
     let mut names = String::with_capacity(state.batch * 32);
@@ -346,7 +356,7 @@ async fn send_batch(state: &Transfers, rng: &mut Rng, numbers: &RequestNumbers, 
     }
     state.issued.set(state.issued.get() + state.batch as u64);
     if chosen.is_empty() {
-        return;
+        return true;
     }
     let requests: Vec<TransferRequest> = chosen
         .iter()
@@ -360,7 +370,9 @@ async fn send_batch(state: &Transfers, rng: &mut Rng, numbers: &RequestNumbers, 
         .collect();
     // A batch is `batch` operations of the open loop's rate.
     let rate = state.rate.map(|rate| rate / state.batch as f64);
-    let started = send_slot(rate, state.start, state.inflight, task, *n).await;
+    let Some(started) = send_slot(rate, state.start, state.inflight, task, *n, state.deadline).await else {
+        return false;
+    };
     *n += 1;
     match state.handle.transfer_many(&requests).await {
         Ok(answers) => {
@@ -371,6 +383,7 @@ async fn send_batch(state: &Transfers, rng: &mut Rng, numbers: &RequestNumbers, 
         }
         Err(error) => count_answer(state, Err(error), &state.local, started),
     }
+    true
 }
 
 /// Counts one answer: its latency from `started` if it moved money, else why not; an error
@@ -435,9 +448,7 @@ pub(super) fn run_on_thread(
     let report = super::on_client_executor(move || run(handle, plan))?;
     engine.close().map_err(|e| anyhow::anyhow!("closing the engine: {e}"))?;
     eprintln!("load: opened in {open_ms} ms; data directory {} bytes", data_dir.disk_bytes());
-    if args.keep {
-        eprintln!("load: kept {}", data_dir.keep().display());
-    }
+    drop(data_dir);
     if args.json {
         println!("{}", serde_json::to_string(&report)?);
     } else {
