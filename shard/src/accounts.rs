@@ -7,9 +7,9 @@
 //! would take a balance below zero or above [`BALANCE_MAX`] cannot have been written by this
 //! engine and is refused as a bad record.
 //!
-//! Memory: about 56 bytes per account and 100 per applied request number, all in memory (both
-//! are in checkpoints, so an open does not replay them); request numbers do not leave memory
-//! yet, as refund request numbers do not.
+//! Memory: about 56 bytes per account, all in memory and in checkpoints; about 100 per request
+//! number applied since the last checkpoint, which moves them to the shard's sorted runs on
+//! disk (`key_runs.rs`), where a repeat still finds its first answer.
 
 use std::collections::BTreeMap;
 
