@@ -49,13 +49,34 @@ pub(crate) fn listen(
     }
 }
 
+/// Connections open at once on the `stats` listener, and on the metrics one: each counted
+/// apart from the Kafka listener's, so that monitoring and clients cannot starve each other.
+const MONITOR_CONNECTIONS_MAX: usize = 64;
+
+/// How long an HTTP request's head may take to arrive whole (the idle limit of a connection
+/// applies between bytes: a peer sending one byte now and then would hold its slot for hours).
+pub(crate) const HEAD_MAX: std::time::Duration = std::time::Duration::from_secs(10);
+
 async fn accept_loop(shared: Arc<Shared>, listener: TcpListener, protocol: Protocol) {
+    let limit = match protocol {
+        Protocol::Kafka => shared.options.connections_max,
+        Protocol::Stats | Protocol::Metrics => shared.options.connections_max.min(MONITOR_CONNECTIONS_MAX),
+    };
+    // A monitoring listener's connections, all served on this executor (the Kafka listeners,
+    // one per executor, share one count).
+    let open_here = std::rc::Rc::new(std::cell::Cell::new(0usize));
+    // One accept stays in flight across the looks at the stop flag: an io_uring accept
+    // cancelled as it completes would take a connection and drop it unanswered.
+    let mut accept = Box::pin(listener.accept());
     while !shared.shutdown.is_stopping() {
-        let accepted = futures_lite::future::or(async { Some(listener.accept().await) }, async {
+        let accepted = futures_lite::future::or(async { Some(accept.as_mut().await) }, async {
             glommio::timer::sleep(CHECK_INTERVAL).await;
             None
         })
         .await;
+        if accepted.is_some() {
+            accept = Box::pin(listener.accept());
+        }
         let stream = match accepted {
             None => continue,
             Some(Ok(stream)) => stream,
@@ -66,16 +87,17 @@ async fn accept_loop(shared: Arc<Shared>, listener: TcpListener, protocol: Proto
                 continue;
             }
         };
-        if shared.open_connections.fetch_add(1, Ordering::SeqCst) >= shared.options.connections_max {
-            shared.open_connections.fetch_sub(1, Ordering::SeqCst);
+        let Some(slot) = Slot::take(&shared, &open_here, protocol, limit) else {
             shared.metrics.connections_refused.inc();
             drop(stream);
             continue;
-        }
+        };
+        shared.open_connections.fetch_add(1, Ordering::SeqCst);
         shared.metrics.connections_accepted.inc();
         let guard = Shutdown::track(&shared);
         let conn_shared = shared.clone();
         glommio::spawn_local(async move {
+            let _slot = slot;
             let _guard = guard;
             let _ = stream.set_nodelay(true);
             let mut conn = Conn { stream, shared: conn_shared.clone() };
@@ -87,6 +109,50 @@ async fn accept_loop(shared: Arc<Shared>, listener: TcpListener, protocol: Proto
             conn_shared.open_connections.fetch_sub(1, Ordering::SeqCst);
         })
         .detach();
+    }
+}
+
+/// A connection's place under its listener's limit, given back when it drops.
+enum Slot {
+    Kafka(Arc<Shared>),
+    Monitor(std::rc::Rc<std::cell::Cell<usize>>),
+}
+
+impl Slot {
+    /// A place under `limit`, if there is one.
+    fn take(
+        shared: &Arc<Shared>,
+        open_here: &std::rc::Rc<std::cell::Cell<usize>>,
+        protocol: Protocol,
+        limit: usize,
+    ) -> Option<Slot> {
+        match protocol {
+            Protocol::Kafka => {
+                if shared.kafka_connections.fetch_add(1, Ordering::SeqCst) >= limit {
+                    shared.kafka_connections.fetch_sub(1, Ordering::SeqCst);
+                    return None;
+                }
+                Some(Slot::Kafka(shared.clone()))
+            }
+            Protocol::Stats | Protocol::Metrics => {
+                if open_here.get() >= limit {
+                    return None;
+                }
+                open_here.set(open_here.get() + 1);
+                Some(Slot::Monitor(open_here.clone()))
+            }
+        }
+    }
+}
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        match self {
+            Slot::Kafka(shared) => {
+                shared.kafka_connections.fetch_sub(1, Ordering::SeqCst);
+            }
+            Slot::Monitor(open) => open.set(open.get() - 1),
+        }
     }
 }
 

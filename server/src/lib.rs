@@ -61,7 +61,8 @@ pub struct ServerOptions {
     /// The host and port Kafka clients are told to connect to (Metadata, FindCoordinator):
     /// the Kafka listener's own address when `None`.
     pub advertised: Option<(String, u16)>,
-    /// Connections open at once, over all listeners; more are closed as they come.
+    /// Kafka connections open at once; more are closed as they come. The `stats` and metrics
+    /// listeners each hold at most 64 (and no more than this) of their own.
     pub connections_max: usize,
     /// Largest request a client may send (Kafka's `socket.request.max.bytes`); a larger one
     /// closes its connection.
@@ -112,6 +113,8 @@ pub(crate) struct Shared {
     pub metrics: metrics::Metrics,
     /// Connections open now, over every listener.
     pub open_connections: AtomicUsize,
+    /// Of them, Kafka connections (over every executor's listener), under `connections_max`.
+    pub kafka_connections: AtomicUsize,
 }
 
 /// A running server. [`stop`](Server::stop) it before closing the engine.
@@ -141,6 +144,7 @@ impl Server {
             kafka: kafka::KafkaShared::default(),
             metrics: metrics::Metrics::default(),
             open_connections: AtomicUsize::new(0),
+            kafka_connections: AtomicUsize::new(0),
         });
         let mut server = Server { shared: shared.clone(), kafka_addr: None, stats_addr: None, metrics_addr: None };
         let started = (|| {

@@ -73,8 +73,17 @@ impl Collector for Scrape {
             let mut family = encoder.encode_descriptor(histogram.name, histogram.help, None, metric_type)?;
             family.encode_histogram::<Labels>(histogram.sum, histogram.count, &histogram.buckets, None)?;
         }
-        // One descriptor per name (OpenMetrics wants a family's samples together).
-        let samples: Vec<&Sample> = self.0.iter().filter(|s| s.kind != Kind::Quantile).collect();
+        // One descriptor per name (OpenMetrics wants a family's samples together). A family
+        // with per-shard series carries no unlabelled total beside them, which a query's
+        // `sum` would count twice (the `stats` face keeps the totals).
+        let sharded: std::collections::BTreeSet<&'static str> =
+            self.0.iter().filter(|s| matches!(s.scope, Scope::Shard(_))).map(|s| s.name).collect();
+        let samples: Vec<&Sample> = self
+            .0
+            .iter()
+            .filter(|s| s.kind != Kind::Quantile)
+            .filter(|s| !(s.scope == Scope::Total && sharded.contains(s.name)))
+            .collect();
         let mut names: Vec<&'static str> = samples.iter().map(|s| s.name).collect();
         names.dedup();
         names.sort_unstable();
@@ -107,6 +116,21 @@ impl Collector for Scrape {
     }
 }
 
+/// Reads a request's head; its request line, or `None` if the peer closed or sent a line
+/// past `LINE_MAX`.
+async fn read_head(conn: &mut Conn) -> Option<String> {
+    let mut line = Vec::new();
+    conn.read_line(&mut line, LINE_MAX).await.ok()?;
+    let request_line = String::from_utf8_lossy(&line).to_string();
+    for _ in 0..HEAD_LINES_MAX {
+        conn.read_line(&mut line, LINE_MAX).await.ok()?;
+        if line == b"\r\n" || line == b"\n" {
+            break;
+        }
+    }
+    Some(request_line)
+}
+
 /// The whole exposition of one scrape.
 pub(crate) async fn render(shared: &crate::Shared) -> Result<String, tradeshard_engine::Error> {
     let snapshot = snapshot::take(shared).await?;
@@ -132,21 +156,18 @@ pub(crate) async fn render(shared: &crate::Shared) -> Result<String, tradeshard_
 }
 
 pub(crate) async fn serve(conn: &mut Conn) {
-    let mut line = Vec::new();
-    if conn.read_line(&mut line, LINE_MAX).await.is_err() {
+    // The whole head within `HEAD_MAX`, not only each byte within the idle limit.
+    let head = futures_lite::future::or(async { Some(read_head(conn).await) }, async {
+        glommio::timer::sleep(crate::conn::HEAD_MAX).await;
+        None
+    });
+    let Some(Some(request_line)) = head.await else {
         return;
-    }
-    let request_line = String::from_utf8_lossy(&line).to_string();
-    for _ in 0..HEAD_LINES_MAX {
-        if conn.read_line(&mut line, LINE_MAX).await.is_err() {
-            return;
-        }
-        if line == b"\r\n" || line == b"\n" {
-            break;
-        }
-    }
+    };
     let mut parts = request_line.split_whitespace();
-    let (method, path) = (parts.next().unwrap_or(""), parts.next().unwrap_or(""));
+    let method = parts.next().unwrap_or("");
+    // A query (`/metrics?x=1`, as scrapers with parameters send) names the same page.
+    let path = parts.next().unwrap_or("").split('?').next().unwrap_or("");
     let (status, content_type, body) = match (method, path) {
         ("GET", "/metrics") => match render(&conn.shared).await {
             Ok(body) => ("200 OK", "application/openmetrics-text; version=1.0.0; charset=utf-8", body),
@@ -155,8 +176,9 @@ pub(crate) async fn serve(conn: &mut Conn) {
         ("GET", _) => ("404 Not Found", "text/plain", "not found: try /metrics\n".to_string()),
         _ => ("405 Method Not Allowed", "text/plain", "only GET\n".to_string()),
     };
+    let allow = if status.starts_with("405") { "Allow: GET\r\n" } else { "" };
     let head = format!(
-        "HTTP/1.1 {status}\r\nContent-Type: {content_type}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+        "HTTP/1.1 {status}\r\n{allow}Content-Type: {content_type}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
         body.len()
     );
     if conn.write_all(head.as_bytes()).await.is_ok() {

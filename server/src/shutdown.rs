@@ -15,6 +15,8 @@ pub(crate) const CHECK_INTERVAL: Duration = Duration::from_millis(100);
 #[derive(Default)]
 pub(crate) struct Shutdown {
     stopping: AtomicBool,
+    /// Set by the first stop: a later one (the drop after `Server::stop`) waits no longer.
+    deadline: std::sync::OnceLock<Instant>,
     tasks: AtomicUsize,
     ended: Mutex<()>,
     ended_signal: Condvar,
@@ -44,10 +46,11 @@ impl Shutdown {
         TaskGuard(shared.clone())
     }
 
-    /// Raises the flag and waits up to `wait` for every task to end; whether they did.
+    /// Raises the flag and waits up to `wait` from the first stop for every task to end;
+    /// whether they did.
     pub(crate) fn stop_and_wait(&self, wait: Duration) -> bool {
         self.stopping.store(true, Ordering::SeqCst);
-        let deadline = Instant::now() + wait;
+        let deadline = *self.deadline.get_or_init(|| Instant::now() + wait);
         let mut ended = self.ended.lock().expect("shutdown lock");
         while self.tasks.load(Ordering::SeqCst) > 0 {
             let left = deadline.saturating_duration_since(Instant::now());

@@ -304,6 +304,12 @@ fn produced_messages_are_stored_once_and_fetched_with_their_errors_where_they_be
 #[test]
 fn connections_past_the_limit_are_closed_as_they_come() {
     let running = Running::start(ServerOptions { connections_max: 2, ..ServerOptions::default() });
+    // Idle monitoring connections are counted apart (each of those listeners holds at most
+    // `connections_max` too here): they take no room from Kafka clients.
+    let metrics = running.server().metrics_addr().unwrap();
+    let mut idle_monitors = [TcpStream::connect(metrics).unwrap(), TcpStream::connect(metrics).unwrap()];
+    let mut third_monitor = TcpStream::connect(metrics).unwrap();
+    assert!(closed(&mut third_monitor), "the metrics listener's own limit");
     let mut held = [running.kafka(), running.kafka()];
     for stream in &mut held {
         assert_eq!(call(stream, 3, &ApiVersionsRequest::default()).error_code, 0);
@@ -311,6 +317,12 @@ fn connections_past_the_limit_are_closed_as_they_come() {
     let mut third = running.kafka();
     assert!(closed(&mut third));
     drop(held);
+    for monitor in &mut idle_monitors {
+        monitor.write_all(b"GET /metrics HTTP/1.1\r\n\r\n").unwrap();
+        let mut page = String::new();
+        monitor.read_to_string(&mut page).unwrap();
+        assert!(page.starts_with("HTTP/1.1 200 OK\r\n"), "{page}");
+    }
     // Room again once they are gone (the server notices a closed peer at its next read).
     let deadline = std::time::Instant::now() + Duration::from_secs(10);
     loop {
@@ -359,6 +371,19 @@ fn stats_and_metrics_answer_in_their_formats() {
         "{page}"
     );
     assert!(page.contains("# TYPE tradeshard_fsyncs counter") && page.trim_end().ends_with("# EOF"), "{page}");
+    // A family with per-shard series has no unlabelled total beside them (a `sum` would count
+    // it twice).
+    for family in
+        ["tradeshard_trades ", "tradeshard_records_total ", "tradeshard_fsyncs_total ", "tradeshard_disk_bytes "]
+    {
+        assert!(!page.lines().any(|line| line.starts_with(family)), "{family}in {page}");
+    }
+    assert!(page.contains("tradeshard_records_total{shard=\"0\"}"), "{page}");
+    let mut with_query = TcpStream::connect(running.server().metrics_addr().unwrap()).unwrap();
+    with_query.write_all(b"GET /metrics?from=test HTTP/1.1\r\n\r\n").unwrap();
+    let mut page = String::new();
+    with_query.read_to_string(&mut page).unwrap();
+    assert!(page.starts_with("HTTP/1.1 200 OK\r\n"), "a query names the same page: {page}");
     assert!(page.contains("# TYPE tradeshard_durable_flush_seconds histogram"), "{page}");
     assert!(page.contains("tradeshard_group_commit_records_bucket{le=\"+Inf\"}"), "{page}");
     let mut missing = TcpStream::connect(running.server().metrics_addr().unwrap()).unwrap();

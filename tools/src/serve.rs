@@ -43,7 +43,8 @@ pub struct Args {
     /// Connections open at once, over all listeners.
     #[arg(long, default_value_t = 1024)]
     connections_max: usize,
-    /// Largest Kafka request accepted, in bytes.
+    /// Largest Kafka request accepted, in bytes: 8 MiB, above the library's 2 MiB, so that a
+    /// produce request carrying full batches of several partitions fits.
     #[arg(long, default_value_t = 8 << 20)]
     request_bytes_max: usize,
     /// Also create this many trades per second while serving.
@@ -87,6 +88,10 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     };
     let stop = Arc::new(AtomicBool::new(false));
     for signal in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
+        // The first signal asks for a clean stop; a second, while that stop is under way,
+        // ends the process at once (exit code 1).
+        signal_hook::flag::register_conditional_shutdown(signal, 1, stop.clone())
+            .context("installing the signal handlers")?;
         signal_hook::flag::register(signal, stop.clone()).context("installing the signal handlers")?;
     }
     let engine = Engine::open(Options::new(&args.dir)).with_context(|| format!("opening {}", args.dir.display()))?;
