@@ -127,6 +127,10 @@ fn an_activity_is_decided_once_and_a_local_transaction_applies_whole_or_not_at_a
             other => panic!("a second decision: {other:?}"),
         }
         assert_eq!(shard.balance(1, cny()).frozen, 80, "the Confirm sent with it was not applied");
+        // A cancel for another reason is the same decision: a repeat, naming the first reason.
+        let refused = Decision::Cancel(CancelReason::TryRefused);
+        let again = send(&shard, vec![Step::Decide { activity, decision: refused }]).await.unwrap();
+        assert_eq!(again, vec![repeat(StepOutcome::Decided(cancel))]);
         let steps = vec![Step::Cancel { activity, branch: 0, action: plan.action }, Step::Complete { activity }];
         send(&shard, steps).await.unwrap();
         assert_eq!(shard.activity(activity).unwrap().state, ActivityState::Completed(cancel));

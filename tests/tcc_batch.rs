@@ -302,3 +302,71 @@ impl StepSender for DecidingFirst<'_> {
         self.pair.call(participant, call, activity, branch, reference).await
     }
 }
+
+/// Carries steps as the pair does, but the first time a record of Tries holding `activity`'s
+/// goes to the payees' shard, that record fails with an error that is no refusal (as a failed
+/// read of a run would), unwritten, while the others of the hand-off are written.
+struct FailingTry<'a> {
+    pair: &'a ShardPair,
+    activity: u128,
+    failed: Cell<bool>,
+}
+
+impl StepSender for FailingTry<'_> {
+    type Error = TradeError;
+
+    async fn send(&self, shard: u32, steps: Vec<Step>) -> Result<Vec<StepAnswer>, TradeError> {
+        self.pair.send(shard, steps).await
+    }
+
+    async fn post(&self, shard: u32, steps: Vec<Step>) {
+        self.pair.post(shard, steps).await
+    }
+
+    async fn send_many(&self, shard: u32, transactions: Vec<Vec<Step>>) -> Result<ManyAnswers<TradeError>, TradeError> {
+        let holds = |steps: &Vec<Step>| {
+            steps.iter().any(|step| matches!(step, Step::Try { activity, .. } if *activity == self.activity))
+        };
+        match transactions.iter().position(holds) {
+            Some(at) if shard == 1 && !self.failed.replace(true) => {
+                let mut others = transactions;
+                others.remove(at);
+                let mut answers = self.pair.send_many(shard, others).await?;
+                answers.insert(at, Err(TradeError::BadRecord { seq: 0, reason: "a run's block did not read" }));
+                Ok(answers)
+            }
+            _ => self.pair.send_many(shard, transactions).await,
+        }
+    }
+
+    async fn call(
+        &self,
+        participant: u16,
+        call: BranchCall,
+        activity: u128,
+        branch: u16,
+        reference: u64,
+    ) -> Result<(), TradeError> {
+        self.pair.call(participant, call, activity, branch, reference).await
+    }
+}
+
+/// An error that is no refusal on one record of payees' Tries shared by many activities falls
+/// on its own activity only: the record's activities are sent again one to a record, and each
+/// ends as its own Try answers (here all commit, the failure having passed).
+#[test]
+fn an_error_of_a_shared_record_of_tries_falls_on_each_activity_alone() {
+    run(async {
+        let pair = pair().await;
+        let batch: Vec<PlannedActivity> = (0..PAYERS).map(|k| transfer(1 + k, 101 + k, 7, &format!("f{k}"))).collect();
+        let failing = FailingTry { pair: &pair, activity: batch[9].activity, failed: Cell::new(false) };
+        let driven = run_activities(&failing, &batch).await;
+        assert!(failing.failed.get(), "the record failed once");
+        for (k, driven) in driven.iter().enumerate() {
+            assert_eq!(*driven, committed(), "activity {k}");
+        }
+        for k in 0..PAYERS {
+            assert_eq!(pair.shards[1].balance(101 + k, cny()).available, 7, "payee {k} credited once");
+        }
+    });
+}

@@ -197,18 +197,18 @@ fn campaign(default_seeds: u64, config: WalConfig) {
 
 #[test]
 fn acknowledged_records_survive_crashes_exactly_once() {
-    campaign(400, small_config());
+    campaign(250, small_config());
 }
 
 #[test]
 fn acknowledged_records_survive_crashes_with_segments_prepared_ahead() {
-    campaign(400, zeroed_config());
+    campaign(250, zeroed_config());
 }
 
 #[test]
 fn buffered_crashes_lose_only_a_suffix_and_never_look_corrupt() {
     let buffered = Durability::Buffered { sync_interval: Duration::from_micros(200) };
-    campaign(400, WalConfig { durability: buffered, ..zeroed_config() });
+    campaign(250, WalConfig { durability: buffered, ..zeroed_config() });
 }
 
 /// A process killed between a write and its sync leaves the write readable but not durable;

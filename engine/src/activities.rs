@@ -77,7 +77,7 @@ impl ActivityRecovery {
 const DRIVEN_AT_ONCE: usize = 64;
 
 /// Drives every activity not completed, `DRIVEN_AT_ONCE` at a time; a decided one younger than
-/// `grace` is left to its initiator. One that fails (a shard that failed, a participant that
+/// `grace`, or still driven by a caller, is left to its initiator. One that fails (a shard that failed, a participant that
 /// does not answer) is met again at the next pass. Returns how many were driven to their end;
 /// `Closed` once the engine closes.
 pub(crate) async fn recover_once(handle: &EngineHandle, grace: Duration) -> Result<usize> {
@@ -87,9 +87,12 @@ pub(crate) async fn recover_once(handle: &EngineHandle, grace: Duration) -> Resu
         .await?
         .into_iter()
         .flatten()
-        .filter(|(_, _, entry)| {
+        .filter(|(_, activity, entry)| {
+            // A decided one is left to its initiator while young, and while a caller of this
+            // engine still drives it (else both would send its outcome to every branch).
             let young = now.saturating_sub(entry.begun_ms) < grace.as_millis() as u64;
-            !(matches!(entry.state, ActivityState::Decided(_)) && young)
+            let driven = handle.inner.driving.is_driven(*activity);
+            !(matches!(entry.state, ActivityState::Decided(_)) && (young || driven))
         })
         .collect();
     let mut driven = 0;

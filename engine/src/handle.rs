@@ -49,6 +49,8 @@ pub(crate) struct HandleInner {
     pub next_partition: std::sync::atomic::AtomicU32,
     /// Each executor's beat, and the kicks it took (`kick.rs`).
     pub beats: Vec<Arc<crate::kick::Beat>>,
+    /// Activities callers are driving now (`transfers.rs`).
+    pub driving: crate::transfers::Driving,
 }
 
 /// A cheap, cloneable handle to an open engine (`Clone + Send + Sync`).
@@ -403,6 +405,7 @@ mod tests {
             },
             next_partition: Default::default(),
             beats: Vec::new(),
+            driving: Default::default(),
         };
         (EngineHandle { inner: Arc::new(inner) }, inbox)
     }

@@ -187,6 +187,7 @@ impl Engine {
                 },
                 next_partition: Default::default(),
                 beats: beats.clone(),
+                driving: Default::default(),
             }),
         };
         let kicker = kick::Kicker::start(beats.clone());

@@ -139,9 +139,10 @@ impl EngineHandle {
             })
             .collect();
         let mut alone = Vec::new();
-        for ((&(slot, _, ref command), plan), driven) in
-            across.iter().zip(&planned).zip(run_activities(self, &planned).await)
-        {
+        let driving = self.inner.driving.guard(planned.iter().map(|plan| plan.activity));
+        let driven_together = run_activities(self, &planned).await;
+        drop(driving);
+        for ((&(slot, _, ref command), plan), driven) in across.iter().zip(&planned).zip(driven_together) {
             let t = transfers[slot];
             answers[slot] = Some(match driven {
                 BatchDriven::Driven(driven) => match driven.decision {

@@ -22,6 +22,51 @@ use crate::error::{Error, Result};
 use crate::handle::EngineHandle;
 use crate::ops;
 
+/// How often a retry waiting for an activity that a first attempt still drives looks again.
+const DRIVEN_LOOK: std::time::Duration = std::time::Duration::from_millis(2);
+
+/// The activities callers of this engine are driving now, with how many callers each: a
+/// retry that finds one undecided waits for its first attempt instead of cancelling it.
+#[derive(Default)]
+pub(crate) struct Driving(std::sync::Mutex<std::collections::HashMap<u128, u32>>);
+
+impl Driving {
+    /// Counts `activities` as driven until the guard drops (also when the caller's future is
+    /// dropped: then nobody drives them, and a retry may end them).
+    pub(crate) fn guard(&self, activities: impl IntoIterator<Item = u128>) -> DrivingGuard<'_> {
+        let activities: Vec<u128> = activities.into_iter().collect();
+        let mut driven = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        for activity in &activities {
+            *driven.entry(*activity).or_default() += 1;
+        }
+        DrivingGuard { driving: self, activities }
+    }
+
+    pub(crate) fn is_driven(&self, activity: u128) -> bool {
+        self.0.lock().unwrap_or_else(|p| p.into_inner()).contains_key(&activity)
+    }
+}
+
+/// Held while its activities are driven ([`Driving::guard`]).
+pub(crate) struct DrivingGuard<'a> {
+    driving: &'a Driving,
+    activities: Vec<u128>,
+}
+
+impl Drop for DrivingGuard<'_> {
+    fn drop(&mut self) {
+        let mut driven = self.driving.0.lock().unwrap_or_else(|p| p.into_inner());
+        for activity in &self.activities {
+            if let std::collections::hash_map::Entry::Occupied(mut callers) = driven.entry(*activity) {
+                *callers.get_mut() -= 1;
+                if *callers.get() == 0 {
+                    callers.remove();
+                }
+            }
+        }
+    }
+}
+
 /// What a durable transfer answers.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct TransferReceipt {
@@ -223,7 +268,10 @@ impl EngineHandle {
         // A retry finds its activity begun (the Begin answers a repeat), or refused (its
         // branch was cancelled): then it is driven to its end from its record.
         let deadline_ms = now_ms() + self.inner.activity_timeout.as_millis() as u64;
-        match run_activity(self, home, activity, deadline_ms, branches.clone()).await {
+        let driving = self.inner.driving.guard([activity]);
+        let first_attempt = run_activity(self, home, activity, deadline_ms, branches.clone()).await;
+        drop(driving);
+        match first_attempt {
             Ok(driven) => Ok(ActivityOutcome {
                 activity,
                 decision: driven.decision,
@@ -242,15 +290,32 @@ impl EngineHandle {
 
     /// The decision of an activity already recorded, driving it to its end first if it is
     /// still under way (its first attempt stopped, or runs at the same time).
-    async fn finish_existing(&self, home: u32, activity: u128, found: FoundActivity) -> Result<(Decision, bool)> {
-        let mut entry = match found {
-            FoundActivity::Held(entry) if !matches!(entry.state, ActivityState::Completed(_)) => entry,
-            completed => match completed.state() {
-                ActivityState::Completed(decision) => return Ok((decision, true)),
-                _ => unreachable!("only a completed activity leaves memory"),
-            },
+    async fn finish_existing(&self, home: u32, activity: u128, mut found: FoundActivity) -> Result<(Decision, bool)> {
+        let mut entry = loop {
+            let entry = match found {
+                FoundActivity::Held(entry) if !matches!(entry.state, ActivityState::Completed(_)) => entry,
+                completed => match completed.state() {
+                    ActivityState::Completed(decision) => return Ok((decision, true)),
+                    _ => unreachable!("only a completed activity leaves memory"),
+                },
+            };
+            // An undecided one that a caller of this engine still drives (the first attempt,
+            // or a request with the same number at the same time) is waited for, until it is
+            // decided or its deadline passed: ending it now would cancel a transfer that may
+            // be about to commit, under its own caller.
+            if entry.state != ActivityState::Open
+                || now_ms() >= entry.deadline_ms
+                || !self.inner.driving.is_driven(activity)
+            {
+                break entry;
+            }
+            let _ = self.submit_waiting(0, ops::Sleep(DRIVEN_LOOK)).await?.await;
+            found = match self.on_shard_waiting(home, ops::FindActivity(activity)).await? {
+                Some(found) => found,
+                None => break entry,
+            };
         };
-        // An undecided one is cancelled now: its first attempt's caller has this answer.
+        // An undecided one nobody drives is cancelled now: its first attempt's caller is gone.
         if entry.state == ActivityState::Open {
             entry.deadline_ms = 0;
         }
@@ -311,4 +376,71 @@ pub(crate) fn transfer_branches(
 /// Milliseconds since the Unix epoch.
 pub(crate) fn now_ms() -> u64 {
     std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::sync::Arc;
+    use std::time::Duration;
+
+    use futures_lite::future::block_on;
+
+    use super::*;
+    use crate::participants::{Participant, ParticipantFuture, Participants};
+
+    /// A participant whose Try answers once the test opens its gate.
+    struct Gate(Arc<AtomicBool>);
+
+    impl Participant for Gate {
+        fn call(&self, call: BranchCall, _: u128, _: u16, _: u64) -> ParticipantFuture<'_> {
+            Box::pin(async move {
+                while call == BranchCall::Try && !self.0.load(Ordering::SeqCst) {
+                    futures_lite::future::yield_now().await;
+                }
+                Ok(())
+            })
+        }
+    }
+
+    /// A request that finds an undecided activity its first attempt still drives (the same
+    /// request number at the same time) waits for that attempt's decision rather than
+    /// cancelling it under its caller: both answer the commit.
+    #[test]
+    fn an_activity_its_first_attempt_still_drives_is_waited_for_not_cancelled() {
+        let dir = tempfile::tempdir().unwrap();
+        let gate = Arc::new(AtomicBool::new(false));
+        let options = crate::Options {
+            physical_shards: Some(1),
+            executors: Some(1),
+            participants: Participants::default().with(7, Gate(gate.clone())),
+            ..crate::Options::new(dir.path())
+        };
+        let engine = crate::Engine::open(options).unwrap();
+        let handle = engine.handle();
+        let actions = [BranchAction::External { participant: 7, reference: 1 }];
+        let first = {
+            let handle = handle.clone();
+            std::thread::spawn(move || handle.run_activity_blocking(1, "X", &actions))
+        };
+        let activity = account_request_key(1, "X");
+        let found = loop {
+            if let Some(found) = block_on(handle.on_shard(0, ops::FindActivity(activity))).unwrap() {
+                break found;
+            }
+            std::thread::sleep(Duration::from_millis(1));
+        };
+        assert_eq!(found.state(), ActivityState::Open, "its Try has not answered");
+        let second = {
+            let handle = handle.clone();
+            std::thread::spawn(move || block_on(handle.finish_existing(0, activity, found)))
+        };
+        std::thread::sleep(Duration::from_millis(100));
+        gate.store(true, Ordering::SeqCst);
+        let first = first.join().unwrap().unwrap();
+        assert_eq!(first.decision, Decision::Commit, "the first attempt commits: {first:?}");
+        let (decision, _) = second.join().unwrap().unwrap();
+        assert_eq!(decision, Decision::Commit);
+        engine.close().unwrap();
+    }
 }

@@ -177,12 +177,15 @@ enum Delivered {
 type Item = (u32, usize, Vec<Step>);
 
 /// Delivers steps a book may refuse: together, then again alone for the items of the
-/// transactions refused, so that each refusal falls on its own item only. Each item's
-/// activity, and what became of it, in the items' order.
+/// transactions refused or failed, so that each refusal or error (a failed read of a run for
+/// one of them) falls on its own item only; the steps are idempotent, so an item whose
+/// transaction landed unanswered is answered as a repeat. Each item's activity, and what
+/// became of it, in the items' order.
 async fn deliver_refusable<S: StepSender>(sender: &S, items: Vec<Item>) -> Vec<(usize, Delivered)> {
     let mut delivered = deliver(sender, &items, Packing::Together).await;
-    let again: Vec<usize> =
-        (0..items.len()).filter(|&item| matches!(delivered[item], Delivered::Refused(None))).collect();
+    let again: Vec<usize> = (0..items.len())
+        .filter(|&item| matches!(delivered[item], Delivered::Refused(None) | Delivered::Unknown))
+        .collect();
     if !again.is_empty() {
         let alone: Vec<Item> = again.iter().map(|&item| items[item].clone()).collect();
         for (item, answer) in again.into_iter().zip(deliver(sender, &alone, Packing::Alone).await) {

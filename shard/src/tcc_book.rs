@@ -13,7 +13,9 @@
 //! activity that is over; Confirm and Cancel answer a repeat with the first answer; Confirm
 //! after Cancel and Cancel after Confirm are refused. An activity's decision is the first one
 //! recorded: a later Decide of the other outcome is refused naming the decision in force
-//! (`Refusal::DecidedOtherwise`), so that the steps sent with it are not applied.
+//! (`Refusal::DecidedOtherwise`), so that the steps sent with it are not applied; a cancel
+//! for another reason is a repeat, answered with the first one's (so that a record of a
+//! batch's decisions is not refused whole for one activity recovery cancelled first).
 //!
 //! Memory: a branch about 64 bytes, an activity about 100 plus 48 per branch, while they are
 //! under way. Once ended (a branch confirmed, cancelled or fenced; an activity completed) they
@@ -189,7 +191,11 @@ pub(crate) fn apply_step(view: &mut impl MoneyView, step: &Step, at_ms: u64) -> 
                     view.set_activity(*activity, entry);
                     answer(StepOutcome::Decided(*decision), false)
                 }
-                ActivityState::Decided(first) | ActivityState::Completed(first) if first != *decision => {
+                // The other outcome is refused; a cancel for another reason (the initiator's
+                // refused Try after recovery's timeout) is the same decision, a repeat.
+                ActivityState::Decided(first) | ActivityState::Completed(first)
+                    if matches!(first, Decision::Commit) != matches!(decision, Decision::Commit) =>
+                {
                     Err(Refusal::DecidedOtherwise { activity: *activity, decision: first })
                 }
                 ActivityState::Decided(first) => answer(StepOutcome::Decided(first), true),
