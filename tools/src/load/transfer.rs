@@ -47,8 +47,11 @@ pub(super) struct TransferReport {
     pub(super) cancelled: u64,
     pub(super) refused: u64,
     pub(super) errors: u64,
+    /// Transfers that moved money; the cancelled and refused ones apart (their answers count
+    /// as much for a caller, and a cancel after a timeout is the slowest of all).
     pub(super) latency_us: LatencySummary,
     pub(super) cross_shard_latency_us: LatencySummary,
+    pub(super) unmoved_latency_us: LatencySummary,
     /// Purchases answered (created, paid from the balance, settled) per second; three writes
     /// each, the settlement crediting a merchant of another shard by --cross-shard-ratio.
     pub(super) purchases_per_sec: f64,
@@ -97,6 +100,8 @@ struct Transfers {
     local: RefCell<Histogram<u64>>,
     across: RefCell<Histogram<u64>>,
     purchases: RefCell<Histogram<u64>>,
+    /// Transfers answered cancelled or refused.
+    unmoved: RefCell<Histogram<u64>>,
     /// Every answered request's latency since the last `--report-every` line.
     interval: RefCell<Histogram<u64>>,
     cancelled: Cell<u64>,
@@ -172,6 +177,7 @@ pub(super) async fn run(handle: EngineHandle, plan: TransferPlan) -> anyhow::Res
         local: RefCell::new(latency::new_histogram()),
         across: RefCell::new(latency::new_histogram()),
         purchases: RefCell::new(latency::new_histogram()),
+        unmoved: RefCell::new(latency::new_histogram()),
         interval: RefCell::new(latency::new_histogram()),
         cancelled: Cell::new(0),
         refused: Cell::new(0),
@@ -218,6 +224,7 @@ pub(super) async fn run(handle: EngineHandle, plan: TransferPlan) -> anyhow::Res
     let deposited = earlier + u128::from(users) * u128::from(FUNDING);
     let balances = handle.account_totals().await?.get(&currency).copied().unwrap_or(0) as i128;
     let in_transit: i128 = handle.money_in_transit().await?.values().sum();
+    let unmoved_latency = latency::summarize(&state.unmoved.borrow());
     let (local, across, purchases) = (state.local.borrow(), state.across.borrow(), state.purchases.borrow());
     let mut all = local.clone();
     all.add(&*across)?;
@@ -235,6 +242,7 @@ pub(super) async fn run(handle: EngineHandle, plan: TransferPlan) -> anyhow::Res
         errors: state.errors.get(),
         latency_us: latency::summarize(&all),
         cross_shard_latency_us: latency::summarize(&across),
+        unmoved_latency_us: unmoved_latency,
         purchases_per_sec: purchases.len() as f64 / elapsed,
         purchases: purchases.len(),
         purchase_ratio,
@@ -395,14 +403,27 @@ fn count_answer(state: &Transfers, answer: Result<(), Error>, histogram: &RefCel
             latency::record(&mut histogram.borrow_mut(), micros);
             latency::record(&mut state.interval.borrow_mut(), micros);
         }
-        Err(Error::Refused(Refusal::TransferCancelled { .. })) => state.cancelled.set(state.cancelled.get() + 1),
-        Err(Error::Refused(Refusal::InsufficientFunds { .. })) => state.refused.set(state.refused.get() + 1),
+        Err(Error::Refused(Refusal::TransferCancelled { .. })) => {
+            state.cancelled.set(state.cancelled.get() + 1);
+            unmoved(state, started);
+        }
+        Err(Error::Refused(Refusal::InsufficientFunds { .. })) => {
+            state.refused.set(state.refused.get() + 1);
+            unmoved(state, started);
+        }
         Err(error) => {
             state.errors.set(state.errors.get() + 1);
             state.first_error.borrow_mut().get_or_insert(error.to_string());
             state.stop.set(true);
         }
     }
+}
+
+/// Records the latency of a transfer answered without moving money.
+fn unmoved(state: &Transfers, started: Instant) {
+    let micros = started.elapsed().as_micros() as u64;
+    latency::record(&mut state.unmoved.borrow_mut(), micros);
+    latency::record(&mut state.interval.borrow_mut(), micros);
 }
 
 /// A purchase: a trade of `buyer` to `merchant`, created under order number `order_no`, paid
