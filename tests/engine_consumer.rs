@@ -6,7 +6,7 @@ use std::collections::{BTreeMap, HashSet};
 use std::time::Duration;
 
 use tradeshard_engine::{
-    ConsumerConfig, ConsumerMode, Engine, EngineHandle, Event, RecordKind, StartPosition, TradeId,
+    ConsumerConfig, ConsumerMode, Engine, EngineHandle, Error, Event, RecordKind, Refusal, StartPosition, TradeId,
 };
 use tradeshard_tests::{engine_options, new_trade};
 
@@ -149,6 +149,39 @@ fn a_member_idle_across_rebalances_never_commits_an_offset_backwards() {
     a.commit_blocking().unwrap();
     assert!(committed(&a).unwrap() >= by_b, "the group's offset went back: {:?} < {by_b}", committed(&a));
     assert!(drain(&mut a).iter().all(|e| e.partition != taken), "nothing b committed is delivered again");
+    engine.close().unwrap();
+}
+
+/// A commit of explicit offsets names partitions the member owns now: once another member
+/// joined and took one, a commit of it is refused with nothing committed (a commit of the
+/// generation before), and one of a partition it kept goes through.
+#[test]
+fn a_member_cannot_commit_a_partition_the_group_gave_another() {
+    let dir = tempfile::tempdir().unwrap();
+    let engine = Engine::open(engine_options(dir.path(), 2, 1)).unwrap();
+    let handle = engine.handle();
+    write(&handle, 4, 5, 0);
+    let mut a = handle.consumer(ConsumerConfig::new("g")).unwrap();
+    let read_by_a = drain(&mut a);
+    let ends: Vec<(u32, u64)> = [0u32, 1]
+        .iter()
+        .map(|p| (*p, read_by_a.iter().filter(|e| e.partition == *p).map(|e| e.offset + 1).max().unwrap()))
+        .collect();
+    let mut b = handle.consumer(ConsumerConfig::new("g")).unwrap();
+    let taken = drain(&mut b).first().expect("b reads its share").partition;
+    let kept = 1 - taken;
+    let given_away = ends.iter().copied().find(|(p, _)| *p == taken).unwrap();
+    match a.commit_offsets_blocking(&[given_away]) {
+        Err(Error::Refused(Refusal::NotAssigned { partition })) => assert_eq!(partition, taken),
+        other => panic!("a commit of a partition b owns now: {other:?}"),
+    }
+    let committed = |consumer: &tradeshard_engine::Consumer, partition: u32| {
+        consumer.committed_blocking().unwrap().into_iter().find(|(p, _)| *p == partition).and_then(|(_, o)| o)
+    };
+    assert_eq!(committed(&a, taken), None, "nothing was committed");
+    let own = ends.iter().copied().find(|(p, _)| *p == kept).unwrap();
+    a.commit_offsets_blocking(&[own]).unwrap();
+    assert_eq!(committed(&a, kept), Some(own.1));
     engine.close().unwrap();
 }
 

@@ -419,8 +419,16 @@ impl Consumer {
         self.commit_offsets(&positions).await
     }
 
-    /// Commits explicit (partition, next offset) pairs durably.
+    /// Commits explicit (partition, next offset) pairs durably, of partitions this consumer
+    /// owns in its group's current generation: one another member owns now (the group
+    /// changed since this one read it) is refused with `Refusal::NotAssigned` and nothing is
+    /// committed, as Kafka refuses a commit of a past generation; the next poll reads the
+    /// current assignment.
     pub async fn commit_offsets(&mut self, offsets: &[(u32, u64)]) -> Result<()> {
+        self.rebalance().await?;
+        if let Some((partition, _)) = offsets.iter().find(|(partition, _)| !self.positions.contains_key(partition)) {
+            return Err(Refusal::NotAssigned { partition: *partition }.into());
+        }
         let mut waiting = Vec::new();
         for (partition, offset) in offsets {
             let commit = CommitOffset { group: self.offsets_key.clone(), offset: *offset };
