@@ -410,3 +410,43 @@ fn a_checkpoint_failing_at_any_step_leaves_no_newer_file_behind() {
         }
     });
 }
+
+/// A checkpoint that replaces the one in force at its position (an idle group expires, nothing
+/// applied since) and fails at the directory's sync leaves a checkpoint file at that position:
+/// the one in force or its replacement, not neither. The next checkpoint then makes the old
+/// in-force one its fallback, and a reopen starts from a checkpoint, not from the log's start.
+#[test]
+fn a_failed_rewrite_at_the_same_position_leaves_the_checkpoint_in_force() {
+    run(async {
+        let disk = SimDisk::new();
+        let upkeep = Upkeep { group_idle_expiry: Some(Duration::from_millis(20)), ..upkeep() };
+        let shard = Shard::open_with(disk.clone(), config(), 0, upkeep).await.unwrap();
+        let mut ids = Vec::new();
+        let mut nth = 1;
+        loop {
+            // A group commits (a record), a checkpoint holds it, and the group goes idle.
+            let trade = new_trade(1, ids.len() as u64, 100).validate().unwrap();
+            ids.push(call(|done| shard.submit(Command::Create { trade, logical_shard: 1 }, done)).await.unwrap().id);
+            call(|done| shard.commit_offset(&format!("g{nth}"), 0, done)).await.unwrap();
+            let in_force = shard.checkpoint().await.unwrap().expect("a checkpoint of the new records");
+            glommio::timer::sleep(Duration::from_millis(30)).await;
+            disk.fail_op(disk.ops() + nth, Fault::Eio);
+            let result = shard.checkpoint().await;
+            disk.clear_faults();
+            let file =
+                checkpoint_names(&disk).into_iter().find(|name| name[11..31].parse::<u64>().unwrap() == in_force);
+            assert!(file.is_some(), "step {nth}: no checkpoint at {in_force} is left: {:?}", checkpoint_names(&disk));
+            match result {
+                Err(error) if error.to_string().contains("sync directory") => break,
+                _ => nth += 1,
+            }
+            assert!(nth < 64, "no failure at the directory's sync was injected");
+        }
+        drop(shard);
+        let shard = Shard::open_with(disk.clone(), config(), 0, upkeep).await.unwrap();
+        assert!(shard.stats().opened.checkpoint.is_some(), "the open started from a checkpoint");
+        for id in ids {
+            call(|done| shard.get(id, done)).await.unwrap();
+        }
+    });
+}

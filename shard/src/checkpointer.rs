@@ -412,11 +412,16 @@ async fn write_file<D: Disk>(
     drop(file);
     disk.rename(checkpoint::TEMP_NAME, &name).await.map_err(|e| io("rename", &name, e))?;
     if let Err(e) = disk.sync_dir().await {
-        // The file may stand under its name all the same. This checkpoint is not in force, and
-        // the next one may remove the runs it lists: no open must load it. (Best effort: if
-        // the removal fails too, the file stays, and only damage to every newer checkpoint
-        // would make an open load it.)
-        let _ = disk.remove(&name).await;
+        // The file may stand under its name all the same. A checkpoint at a new position is
+        // not in force, and the next one may remove the runs it lists: no open must load it.
+        // (Best effort: if the removal fails too, the file stays, and only damage to every
+        // newer checkpoint would make an open load it.) One that replaced the checkpoint in
+        // force at its position (groups expired, nothing applied) is kept: the name holds the
+        // one in force or its replacement, both of that position and listing the same runs,
+        // and removing it would leave the shard without the checkpoint memory says it has.
+        if inner.checkpoints.latest.get() != Some(header.scalars.applied_end) {
+            let _ = disk.remove(&name).await;
+        }
         return Err(io("sync directory", "", e));
     }
     Ok(written)
