@@ -302,6 +302,23 @@ fn a_missing_table_under_a_checkpoint_is_refused() {
     });
 }
 
+/// A table cut shorter than the last trade its checkpoint says it holds is refused at the
+/// open, naming the table and its length, before memory lays out chunks up to that trade.
+#[test]
+fn a_table_shorter_than_its_checkpoint_says_is_refused() {
+    run(async {
+        let disk = SimDisk::new();
+        let shard = open(&disk).await.unwrap();
+        paid_trades(&shard, 40).await;
+        drop(shard);
+        let table = disk.read_file("trades.table").unwrap();
+        assert!(table.len() >= 4096, "the table holds a page");
+        disk.put_file("trades.table", &table[..table.len() - 4096]);
+        disk.sync_dir().await.unwrap();
+        assert_eq!(damage_in(open(&disk).await, "trades.table"), table.len() as u64 - 4096);
+    });
+}
+
 #[test]
 fn a_flipped_bit_in_a_record_the_replay_reads_fails_the_open_with_its_offset() {
     run(async {

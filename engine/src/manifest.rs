@@ -114,9 +114,19 @@ fn refuse_foreign(dir: &Path, manifest_path: &Path) -> Result<()> {
     Ok(())
 }
 
+/// Bytes a manifest may have: it is two short lines; a larger file is not one.
+const MANIFEST_BYTES_MAX: u64 = 64 << 10;
+
 /// The manifest at `path`, `None` if there is none.
 fn read_manifest(path: &Path) -> Result<Option<Manifest>> {
-    match fs::read(path) {
+    let read = File::open(path).and_then(|file| {
+        let mut bytes = Vec::new();
+        std::io::Read::read_to_end(&mut std::io::Read::take(file, MANIFEST_BYTES_MAX + 1), &mut bytes).map(|_| bytes)
+    });
+    match read {
+        Ok(bytes) if bytes.len() as u64 > MANIFEST_BYTES_MAX => {
+            Err(Error::BadManifest { path: path.to_path_buf(), reason: "larger than a manifest can be".into() })
+        }
         Ok(bytes) => parse(path, &bytes).map(Some),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
         Err(e) => Err(Error::io("reading", path, e)),
@@ -165,7 +175,11 @@ fn parse(path: &Path, bytes: &[u8]) -> Result<Manifest> {
         });
     }
     let manifest: Manifest = serde_json::from_value(value).map_err(|e| bad(&e.to_string()))?;
+    // The same bounds as the options that create a directory: a count past them (damage
+    // whose checksum was made again) would have the open make a cache per shard by the
+    // billions, or trade ids that cannot name their logical shard.
     if manifest.logical_shards == 0
+        || manifest.logical_shards > tradeshard_shard::LOGICAL_SHARDS_MAX
         || manifest.physical_shards == 0
         || manifest.physical_shards > manifest.logical_shards
     {
@@ -202,6 +216,19 @@ mod tests {
                 "cut {cut}"
             );
         }
+    }
+
+    #[test]
+    fn shard_counts_past_the_options_bounds_are_refused() {
+        for (logical_shards, physical_shards) in [(70_000, 4), (0, 0), (8, 9), (u32::MAX, u32::MAX)] {
+            let text = encode(&Manifest { logical_shards, physical_shards, ..layout() });
+            assert!(
+                matches!(parse(Path::new("m"), text.as_bytes()), Err(Error::BadManifest { .. })),
+                "{logical_shards} logical, {physical_shards} physical"
+            );
+        }
+        let most = encode(&Manifest { logical_shards: tradeshard_shard::LOGICAL_SHARDS_MAX, ..layout() });
+        assert!(parse(Path::new("m"), most.as_bytes()).is_ok());
     }
 
     #[test]

@@ -226,8 +226,11 @@ impl<D: Disk> Shard<D> {
             None => (None, ShardIndex::default()),
         };
         let from = index.applied_end();
-        index.lay_out_trades(upkeep.chunk_bits());
         let table = TradeFile::open_existing(&disk).await?;
+        if let Some(table) = &table {
+            table.check_holds(index.restored_table_max()).await?;
+        }
+        index.lay_out_trades(upkeep.chunk_bits());
         // Runs of a version without their keys' age hold keys below the loaded checkpoint's
         // position and no newer than now.
         let assumed = KeysAge { newest_ms: now_ms(), through: from };

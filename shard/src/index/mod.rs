@@ -223,6 +223,11 @@ impl ShardIndex {
         &mut self.trades
     }
 
+    /// The last trade the loaded checkpoint's table holds (0: none).
+    pub(crate) fn restored_table_max(&self) -> u64 {
+        self.restored_table_max
+    }
+
     /// Lays the trade table out in chunks of `2^chunk_bits`, every chunk up to the counter
     /// cold (in the table on disk): how an open finds it (the newest come back after it).
     pub(crate) fn lay_out_trades(&mut self, chunk_bits: u32) {

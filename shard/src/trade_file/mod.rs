@@ -270,6 +270,22 @@ impl<D: Disk> TradeFile<D> {
         }
     }
 
+    /// Refuses a table too short to hold the record of `counter_max`, the last trade a
+    /// checkpoint says it holds: memory lays out a chunk for every trade up to it before any
+    /// is read, so a counter that damage made huge (its checksum made again) must not reach
+    /// that layout.
+    pub(crate) async fn check_holds(&self, counter_max: u64) -> Result<(), TradeError> {
+        if counter_max == 0 {
+            return Ok(());
+        }
+        let needed = (place(counter_max).0 + 1).saturating_mul(PAGE_BYTES as u64);
+        let size = self.file.size().await.map_err(|e| io(&self.disk, "stat", e))?;
+        if size < needed {
+            return Err(self.corrupt(size, "the table of trades is shorter than its checkpoint says"));
+        }
+        Ok(())
+    }
+
     /// The record of `counter`, with one read.
     pub(crate) async fn read(&self, counter: u64) -> Result<Option<TableRecord>, TradeError> {
         let (page, at) = place(counter);
