@@ -137,6 +137,37 @@ async fn reopen_continues_numbering<D: Disk>(disk: D) {
     wal.close().await.unwrap();
 }
 
+/// A log reopened with a segment size below its tail's end (the operator lowered it) goes on:
+/// the tail counts as full, the next record goes to a new segment, and everything reads back.
+async fn reopen_with_smaller_segments_goes_on<D: Disk>(disk: D) {
+    let mut rng = SplitMix64::new(3);
+    let records: Vec<Vec<u8>> = (0..20).map(|_| random_record(&mut rng, 1500)).collect();
+    // One flush each, a block each: the tail ends past 40 KiB of its 64 KiB.
+    let (wal, _) = open(&disk, small_config()).await;
+    for record in &records[..10] {
+        wal.append(record).await.unwrap();
+    }
+    assert_eq!(wal.stats().segments_created, 1);
+    wal.close().await.unwrap();
+    let smaller = WalConfig { segment_bytes: 32 << 10, ..small_config() };
+    let (wal, replayed) = open(&disk, smaller.clone()).await;
+    assert_eq!(replayed.len(), 10);
+    for record in &records[10..] {
+        wal.append(record).await.unwrap();
+    }
+    wal.close().await.unwrap();
+    let (wal, replayed) = open(&disk, smaller).await;
+    assert_eq!(replayed.iter().map(|(_, r)| r.clone()).collect::<Vec<_>>(), records);
+    wal.close().await.unwrap();
+}
+
+#[test]
+fn a_log_reopened_with_smaller_segments_goes_on() {
+    on_both_disks(
+        |choice| async move { with_disk!(choice(), |disk| reopen_with_smaller_segments_goes_on(disk).await) },
+    );
+}
+
 #[test]
 fn reopen_replays_everything_and_continues_numbering() {
     on_both_disks(|choice| async move { with_disk!(choice(), |disk| reopen_continues_numbering(disk).await) });

@@ -338,9 +338,15 @@ async fn scan_segment<D: Disk>(
             let reason = defect.unwrap_or("unwritten block before the segment's last record");
             return Err(Error::Corruption { path: path(), offset, reason });
         }
-        let rest = scan_rest(&segment.file, size, offset + BLOCK_BYTES, (expected_seq + 1, segment.base_seq), config)
-            .await
-            .map_err(|e| Error::io("read", path(), e))?;
+        let rest = scan_rest(
+            &segment.file,
+            size,
+            offset + BLOCK_BYTES,
+            (expected_seq.saturating_add(1), segment.base_seq),
+            config,
+        )
+        .await
+        .map_err(|e| Error::io("read", path(), e))?;
         if rest.proof.is_some() {
             let reason = defect.unwrap_or("unwritten block before a durable frame");
             return Err(Error::Corruption { path: path(), offset, reason });

@@ -86,7 +86,8 @@ impl<D: Disk> Writer<D> {
         // that an opener that only reads writes nothing; unless the log has no segment yet or
         // its tail is nearly full, when the first appends would soon wait for it.
         let segment_bytes = self.shared.config.segment_bytes;
-        if self.tail.is_none() || segment_bytes - self.write_offset < segment_bytes / 4 {
+        // A tail past the segment size (the size was lowered since it was written) is full.
+        if self.tail.is_none() || segment_bytes.saturating_sub(self.write_offset) < segment_bytes / 4 {
             self.maker.prepare_next();
         }
         loop {
