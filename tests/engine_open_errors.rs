@@ -255,6 +255,10 @@ fn a_read_only_open_answers_reads_refuses_writes_and_changes_no_file() {
             other => panic!("a write is refused as read-only, got {other:?}"),
         }
         assert_eq!(handle.stats_blocking().unwrap().trades, 40, "no trace of the refused write");
+        match handle.checkpoint_blocking() {
+            Err(Error::Refused(Refusal::ReadOnly)) => {}
+            other => panic!("a checkpoint asked for is refused as read-only, got {other:?}"),
+        }
         engine.close().unwrap();
         assert_eq!(snapshot(dir.path()), before, "a read-only open and close change no file");
     }

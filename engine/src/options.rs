@@ -82,7 +82,8 @@ pub struct Options {
     /// checkpoint is taken and no segment removed (at close neither), and the work a stop
     /// interrupted is left as found (creates in doubt, activities not completed), so that it
     /// can be seen. The open still repairs the log as every open does (a torn tail cut, a
-    /// preparation of the next segment restarted). Reads, listings, polls and stats work.
+    /// preparation of the next segment restarted), and a shard never checkpointed gets its
+    /// empty table files. Reads, listings, polls and stats work.
     pub read_only: bool,
 }
 

@@ -98,6 +98,11 @@ fn retention_would_remove<D: Disk>(inner: &Inner<D>) -> bool {
 /// Takes a checkpoint now (waiting for one under way), then applies retention. Returns the
 /// checkpoint's position, or `None` if nothing was applied since the last one.
 pub(crate) async fn take<D: Disk>(inner: &Inner<D>) -> Result<Option<u64>, TradeError> {
+    // A shard that writes nothing more (its log failed, or it is open read-only) takes no
+    // checkpoint either, asked or due: nor does it apply retention.
+    if let Some(failure) = inner.accepted.borrow().failed.clone() {
+        return Err(failure);
+    }
     let checkpoints = &inner.checkpoints;
     let _one_at_a_time = checkpoints.busy.acquire_permit(1).await.map_err(|_| TradeError::Log(LogError::Closed))?;
     let result = match write_checkpoint(inner).await {
@@ -417,10 +422,18 @@ async fn write_file<D: Disk>(
         // (Best effort: if the removal fails too, the file stays, and only damage to every
         // newer checkpoint would make an open load it.) One that replaced the checkpoint in
         // force at its position (groups expired, nothing applied) is kept: the name holds the
-        // one in force or its replacement, both of that position and listing the same runs,
-        // and removing it would leave the shard without the checkpoint memory says it has.
+        // one in force or its replacement, both of that position, and removing it would leave
+        // the shard without the checkpoint memory says it has. The runs either lists are kept
+        // (a merge between them may have replaced some) until a later checkpoint lists others.
         if inner.checkpoints.latest.get() != Some(header.scalars.applied_end) {
             let _ = disk.remove(&name).await;
+        } else {
+            let mut key_runs = inner.key_runs.borrow_mut();
+            for (_, id) in runs {
+                if !key_runs.latest_ids.contains(id) {
+                    key_runs.latest_ids.push(*id);
+                }
+            }
         }
         return Err(io("sync directory", "", e));
     }

@@ -226,9 +226,12 @@ impl<D: Disk> Shard<D> {
             None => (None, ShardIndex::default()),
         };
         let from = index.applied_end();
+        // Before memory lays out a chunk for every trade the checkpoint says the table holds.
         let table = TradeFile::open_existing(&disk).await?;
-        if let Some(table) = &table {
-            table.check_holds(index.restored_table_max()).await?;
+        match &table {
+            Some(table) => table.check_holds(index.restored_table_max()).await?,
+            None if index.restored_table_max() > 0 => return Err(missing_table(&disk)),
+            None => {}
         }
         index.lay_out_trades(upkeep.chunk_bits());
         // Runs of a version without their keys' age hold keys below the loaded checkpoint's
@@ -240,9 +243,6 @@ impl<D: Disk> Shard<D> {
         // (`warm.rs`); the replay reads what it changes.
         if let Some(header) = &checkpoint {
             crate::parts::check_len(&disk, header.parts_len).await?;
-            if table.is_none() && index.trade_table().dense_max() > 0 {
-                return Err(missing_table(&disk));
-            }
         }
         let loaded_at = Instant::now();
         let mut replay_error = None;
