@@ -153,8 +153,9 @@ fn a_member_idle_across_rebalances_never_commits_an_offset_backwards() {
 }
 
 /// A commit of explicit offsets names partitions the member owns now: once another member
-/// joined and took one, a commit of it is refused with nothing committed (a commit of the
-/// generation before), and one of a partition it kept goes through.
+/// joined and took one, a commit of it is refused with nothing committed, and one of a
+/// partition it kept goes through; once that member left, what the first read before is of
+/// a past generation, refused too, and what it reads anew commits.
 #[test]
 fn a_member_cannot_commit_a_partition_the_group_gave_another() {
     let dir = tempfile::tempdir().unwrap();
@@ -171,6 +172,8 @@ fn a_member_cannot_commit_a_partition_the_group_gave_another() {
     let taken = drain(&mut b).first().expect("b reads its share").partition;
     let kept = 1 - taken;
     let given_away = ends.iter().copied().find(|(p, _)| *p == taken).unwrap();
+    // a follows the group (its next poll), and then names the partition b took.
+    drain(&mut a);
     match a.commit_offsets_blocking(&[given_away]) {
         Err(Error::Refused(Refusal::NotAssigned { partition })) => assert_eq!(partition, taken),
         other => panic!("a commit of a partition b owns now: {other:?}"),
@@ -182,6 +185,19 @@ fn a_member_cannot_commit_a_partition_the_group_gave_another() {
     let own = ends.iter().copied().find(|(p, _)| *p == kept).unwrap();
     a.commit_offsets_blocking(&[own]).unwrap();
     assert_eq!(committed(&a, kept), Some(own.1));
+    // b commits further and leaves: the partition is a's again, but what a read of it before
+    // is of a past generation.
+    b.commit_blocking().unwrap();
+    let by_b = committed(&b, taken).expect("b committed");
+    drop(b);
+    match a.commit_offsets_blocking(&[given_away]) {
+        Err(Error::Refused(Refusal::StaleGeneration { .. })) => {}
+        other => panic!("a commit of offsets read before the group changed: {other:?}"),
+    }
+    assert_eq!(committed(&a, taken), Some(by_b), "b's commit stands");
+    drain(&mut a);
+    a.commit_blocking().unwrap();
+    assert!(committed(&a, taken).unwrap() >= by_b);
     engine.close().unwrap();
 }
 

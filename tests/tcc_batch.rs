@@ -130,9 +130,9 @@ fn each_activity_of_a_batch_ends_as_alone_in_fewer_records_and_the_odd_ones_are_
         let batch: Vec<PlannedActivity> =
             (0..PAYERS).map(|k| transfer(1 + k, 101 + k, 1 + k % 5, &format!("u{k}"))).collect();
         let cancelled = batch[17].activity;
-        let racing = DecidingFirst { pair: &pair, activity: cancelled, done: Cell::new(false) };
+        let racing = Hooked { pair: &pair, hook: DecidingFirst { activity: cancelled, done: Cell::new(false) } };
         let driven = run_activities(&racing, &batch).await;
-        assert!(racing.done.get(), "the racing decision was made");
+        assert!(racing.hook.done.get(), "the racing decision was made");
         assert_eq!(driven[17], BatchDriven::Alone { begun: true });
         let aside = driven.iter().filter(|d| **d == BatchDriven::Alone { begun: true }).count();
         assert!(aside > 1 && aside < PAYERS as usize, "the refused record's other activities: {aside}");
@@ -205,9 +205,9 @@ fn a_copy_refused_for_funds_while_the_other_begins_is_set_aside() {
         // Seven more Begins fill the first record (eight to a record); the last copy is alone.
         batch.extend((0..7).map(|k| transfer(2 + k, 102 + k, 5, &format!("x{k}"))));
         batch.push(large.clone());
-        let funding = FundingBetween { pair: &pair, begins_sent: Cell::new(0) };
+        let funding = Hooked { pair: &pair, hook: FundingBetween { begins_sent: Cell::new(0) } };
         let driven = run_activities(&funding, &batch).await;
-        assert_eq!(funding.begins_sent.get(), 2, "the Begins went together, then the refused record's alone");
+        assert_eq!(funding.hook.begins_sent.get(), 2, "the Begins went together, then the refused record's alone");
         assert_eq!(driven[0], committed(), "the copy sent again after the funding began");
         assert_eq!(driven[8], BatchDriven::Alone { begun: false }, "the copy refused first is set aside");
         let again = alone(&pair, &batch[8]).await.unwrap();
@@ -222,14 +222,23 @@ fn large_amount(plan: &PlannedActivity) -> u64 {
     plan.branches[0].action.account().expect("an account's branch").2
 }
 
-/// Carries steps as the pair does, but funds payer 1 with `FUNDING` more before the second
-/// hand-off of Begins (the batch's Begins sent again alone).
-struct FundingBetween<'a> {
-    pair: &'a ShardPair,
-    begins_sent: Cell<usize>,
+/// What a test's sender does with a hand-off of many transactions, in place of the pair.
+trait OnSendMany {
+    async fn send_many(
+        &self,
+        pair: &ShardPair,
+        shard: u32,
+        transactions: Vec<Vec<Step>>,
+    ) -> Result<ManyAnswers<TradeError>, TradeError>;
 }
 
-impl StepSender for FundingBetween<'_> {
+/// Carries steps as the pair does, but hands each hand-off of many transactions to `hook`.
+struct Hooked<'a, H> {
+    pair: &'a ShardPair,
+    hook: H,
+}
+
+impl<H: OnSendMany> StepSender for Hooked<'_, H> {
     type Error = TradeError;
 
     async fn send(&self, shard: u32, steps: Vec<Step>) -> Result<Vec<StepAnswer>, TradeError> {
@@ -241,89 +250,83 @@ impl StepSender for FundingBetween<'_> {
     }
 
     async fn send_many(&self, shard: u32, transactions: Vec<Vec<Step>>) -> Result<ManyAnswers<TradeError>, TradeError> {
+        self.hook.send_many(self.pair, shard, transactions).await
+    }
+
+    async fn call(
+        &self,
+        participant: u16,
+        call: BranchCall,
+        activity: u128,
+        branch: u16,
+        reference: u64,
+    ) -> Result<(), TradeError> {
+        self.pair.call(participant, call, activity, branch, reference).await
+    }
+}
+
+/// Funds payer 1 with `FUNDING` more before the second hand-off of Begins (the batch's Begins
+/// sent again alone).
+struct FundingBetween {
+    begins_sent: Cell<usize>,
+}
+
+impl OnSendMany for FundingBetween {
+    async fn send_many(
+        &self,
+        pair: &ShardPair,
+        shard: u32,
+        transactions: Vec<Vec<Step>>,
+    ) -> Result<ManyAnswers<TradeError>, TradeError> {
         if transactions.iter().flatten().any(|step| matches!(step, Step::Begin { .. })) {
             self.begins_sent.set(self.begins_sent.get() + 1);
             if self.begins_sent.get() == 2 {
                 let command = AccountCommand::new(AccountOp::Deposit, 1, "CNY", FUNDING, "more").unwrap();
-                call(|reply| self.pair.shards[0].post(command, reply)).await?;
+                call(|reply| pair.shards[0].post(command, reply)).await?;
             }
         }
-        self.pair.send_many(shard, transactions).await
-    }
-
-    async fn call(
-        &self,
-        participant: u16,
-        call: BranchCall,
-        activity: u128,
-        branch: u16,
-        reference: u64,
-    ) -> Result<(), TradeError> {
-        self.pair.call(participant, call, activity, branch, reference).await
+        pair.send_many(shard, transactions).await
     }
 }
 
-/// Carries steps as the pair does, but first records a cancel of `activity` in its home shard
-/// when the batch's decisions come: as recovery would, past the activity's deadline.
-struct DecidingFirst<'a> {
-    pair: &'a ShardPair,
+/// First records a cancel of `activity` in its home shard when the batch's decisions come: as
+/// recovery would, past the activity's deadline.
+struct DecidingFirst {
     activity: u128,
     done: Cell<bool>,
 }
 
-impl StepSender for DecidingFirst<'_> {
-    type Error = TradeError;
-
-    async fn send(&self, shard: u32, steps: Vec<Step>) -> Result<Vec<StepAnswer>, TradeError> {
-        self.pair.send(shard, steps).await
-    }
-
-    async fn post(&self, shard: u32, steps: Vec<Step>) {
-        self.pair.post(shard, steps).await
-    }
-
-    async fn send_many(&self, shard: u32, transactions: Vec<Vec<Step>>) -> Result<ManyAnswers<TradeError>, TradeError> {
+impl OnSendMany for DecidingFirst {
+    async fn send_many(
+        &self,
+        pair: &ShardPair,
+        shard: u32,
+        transactions: Vec<Vec<Step>>,
+    ) -> Result<ManyAnswers<TradeError>, TradeError> {
         let deciding = transactions.iter().flatten().any(|step| matches!(step, Step::Decide { .. }));
         if deciding && !self.done.replace(true) {
             let cancel = Decision::Cancel(CancelReason::Timeout);
-            self.pair.send(0, vec![Step::Decide { activity: self.activity, decision: cancel }]).await?;
+            pair.send(0, vec![Step::Decide { activity: self.activity, decision: cancel }]).await?;
         }
-        self.pair.send_many(shard, transactions).await
-    }
-
-    async fn call(
-        &self,
-        participant: u16,
-        call: BranchCall,
-        activity: u128,
-        branch: u16,
-        reference: u64,
-    ) -> Result<(), TradeError> {
-        self.pair.call(participant, call, activity, branch, reference).await
+        pair.send_many(shard, transactions).await
     }
 }
 
-/// Carries steps as the pair does, but the first time a record of Tries holding `activity`'s
-/// goes to the payees' shard, that record fails with an error that is no refusal (as a failed
-/// read of a run would), unwritten, while the others of the hand-off are written.
-struct FailingTry<'a> {
-    pair: &'a ShardPair,
+/// The first time a record of Tries holding `activity`'s goes to the payees' shard, fails that
+/// record with an error that is no refusal (as a failed read of a run would), unwritten, while
+/// the others of the hand-off are written.
+struct FailingTry {
     activity: u128,
     failed: Cell<bool>,
 }
 
-impl StepSender for FailingTry<'_> {
-    type Error = TradeError;
-
-    async fn send(&self, shard: u32, steps: Vec<Step>) -> Result<Vec<StepAnswer>, TradeError> {
-        self.pair.send(shard, steps).await
-    }
-
-    async fn post(&self, shard: u32, steps: Vec<Step>) {
-        self.pair.post(shard, steps).await
-    }
-
-    async fn send_many(&self, shard: u32, transactions: Vec<Vec<Step>>) -> Result<ManyAnswers<TradeError>, TradeError> {
+impl OnSendMany for FailingTry {
+    async fn send_many(
+        &self,
+        pair: &ShardPair,
+        shard: u32,
+        transactions: Vec<Vec<Step>>,
+    ) -> Result<ManyAnswers<TradeError>, TradeError> {
         let holds = |steps: &Vec<Step>| {
             steps.iter().any(|step| matches!(step, Step::Try { activity, .. } if *activity == self.activity))
         };
@@ -331,23 +334,12 @@ impl StepSender for FailingTry<'_> {
             Some(at) if shard == 1 && !self.failed.replace(true) => {
                 let mut others = transactions;
                 others.remove(at);
-                let mut answers = self.pair.send_many(shard, others).await?;
+                let mut answers = pair.send_many(shard, others).await?;
                 answers.insert(at, Err(TradeError::BadRecord { seq: 0, reason: "a run's block did not read" }));
                 Ok(answers)
             }
-            _ => self.pair.send_many(shard, transactions).await,
+            _ => pair.send_many(shard, transactions).await,
         }
-    }
-
-    async fn call(
-        &self,
-        participant: u16,
-        call: BranchCall,
-        activity: u128,
-        branch: u16,
-        reference: u64,
-    ) -> Result<(), TradeError> {
-        self.pair.call(participant, call, activity, branch, reference).await
     }
 }
 
@@ -359,14 +351,41 @@ fn an_error_of_a_shared_record_of_tries_falls_on_each_activity_alone() {
     run(async {
         let pair = pair().await;
         let batch: Vec<PlannedActivity> = (0..PAYERS).map(|k| transfer(1 + k, 101 + k, 7, &format!("f{k}"))).collect();
-        let failing = FailingTry { pair: &pair, activity: batch[9].activity, failed: Cell::new(false) };
+        let failing =
+            Hooked { pair: &pair, hook: FailingTry { activity: batch[9].activity, failed: Cell::new(false) } };
         let driven = run_activities(&failing, &batch).await;
-        assert!(failing.failed.get(), "the record failed once");
+        assert!(failing.hook.failed.get(), "the record failed once");
         for (k, driven) in driven.iter().enumerate() {
             assert_eq!(*driven, committed(), "activity {k}");
         }
         for k in 0..PAYERS {
             assert_eq!(pair.shards[1].balance(101 + k, cny()).available, 7, "payee {k} credited once");
         }
+    });
+}
+
+/// One of a batch whose payee's branch was fenced (its Try refused), and which recovery
+/// cancelled past its deadline before the batch's decisions came: the batch's cancel for
+/// another reason is the same decision, a repeat, so the record it shares with the others'
+/// commits is not refused; every activity is driven by the batch, and the fenced one answers
+/// the cancel recorded first.
+#[test]
+fn a_cancel_recorded_first_for_another_reason_is_the_batchs_decision_too() {
+    run(async {
+        let pair = pair().await;
+        let batch: Vec<PlannedActivity> = (0..8).map(|k| transfer(1 + k, 101 + k, 4, &format!("c{k}"))).collect();
+        let fenced = &batch[3];
+        let fence = Step::Cancel { activity: fenced.activity, branch: 1, action: fenced.branches[1].action };
+        call(|reply| pair.shards[1].transact(vec![fence], reply)).await.unwrap();
+        let racing = Hooked { pair: &pair, hook: DecidingFirst { activity: fenced.activity, done: Cell::new(false) } };
+        let driven = run_activities(&racing, &batch).await;
+        assert!(racing.hook.done.get(), "recovery's cancel came first");
+        for (k, driven) in driven.iter().enumerate() {
+            let BatchDriven::Driven(driven) = driven else { panic!("activity {k} set aside: {driven:?}") };
+            let expected = if k == 3 { Decision::Cancel(CancelReason::Timeout) } else { Decision::Commit };
+            assert_eq!(driven.decision, expected, "activity {k}");
+        }
+        let again = alone(&pair, fenced).await;
+        assert!(again.is_err() || again.unwrap().decision == Decision::Cancel(CancelReason::Timeout));
     });
 }

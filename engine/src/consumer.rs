@@ -419,13 +419,19 @@ impl Consumer {
         self.commit_offsets(&positions).await
     }
 
-    /// Commits explicit (partition, next offset) pairs durably, of partitions this consumer
-    /// owns in its group's current generation: one another member owns now (the group
-    /// changed since this one read it) is refused with `Refusal::NotAssigned` and nothing is
-    /// committed, as Kafka refuses a commit of a past generation; the next poll reads the
-    /// current assignment.
+    /// Commits explicit (partition, next offset) pairs durably, read in the group's current
+    /// generation, of partitions this consumer owns in it. Offsets read before the group
+    /// changed are refused with `Refusal::StaleGeneration` (another member may have read and
+    /// committed further meanwhile), a partition another member owns with
+    /// `Refusal::NotAssigned`; either way nothing is committed, as Kafka refuses a commit of
+    /// a past generation, and the next poll reads the current assignment.
     pub async fn commit_offsets(&mut self, offsets: &[(u32, u64)]) -> Result<()> {
+        let read_in = self.generation;
         self.rebalance().await?;
+        // Generation 0: nothing read yet, so nothing read in a past generation.
+        if read_in != 0 && read_in != self.generation {
+            return Err(Refusal::StaleGeneration { read: read_in, current: self.generation }.into());
+        }
         if let Some((partition, _)) = offsets.iter().find(|(partition, _)| !self.positions.contains_key(partition)) {
             return Err(Refusal::NotAssigned { partition: *partition }.into());
         }

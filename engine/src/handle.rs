@@ -75,8 +75,9 @@ pub struct EngineStats {
     pub cache: tradeshard_shard::CacheStats,
     /// Counters of the handle's cache of order numbers found by `get_by_order`.
     pub order_ids: tradeshard_shard::CacheStats,
-    /// Signals sent to executors whose beat stood still (`kick.rs`): each one woke an
-    /// executor left asleep by the kernel, or found it in a long turn.
+    /// Kicks sent to executors whose beat stood still (`kick.rs`: a wake of the beat task from
+    /// outside, and a signal where the handler is installed): each one woke an executor left
+    /// asleep with work to do, or found it in a long turn.
     pub executor_kicks: u64,
 }
 

@@ -79,7 +79,13 @@ pub(crate) async fn take(shared: &Shared) -> Result<Snapshot, tradeshard_engine:
     let open = shared.open_connections.load(Ordering::Relaxed) as f64;
     push("connections", "Connections open now.", Kind::Gauge, Scope::Total, open);
     let kicks = stats.executor_kicks as f64;
-    push("executor_kicks", "Signals that woke an executor whose beat stood still.", Kind::Counter, Scope::Total, kicks);
+    push(
+        "executor_kicks",
+        "Kicks (a wake from outside and a signal) sent to executors whose beat stood still.",
+        Kind::Counter,
+        Scope::Total,
+        kicks,
+    );
     let mut totals: BTreeMap<&'static str, (Kind, &'static str, f64)> = BTreeMap::new();
     for shard in &stats.shards {
         let wal = &shard.wal;

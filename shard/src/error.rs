@@ -143,6 +143,11 @@ pub enum Refusal {
     /// A consumer asked about a partition its group did not assign it.
     #[error("partition {partition} is not assigned to this consumer")]
     NotAssigned { partition: u32 },
+    /// A consumer's commit of offsets it read before its group changed (a member joined or
+    /// left): another member may have read and committed further since. Poll again, and
+    /// commit what that poll delivers (Kafka's `ILLEGAL_GENERATION`).
+    #[error("the group changed since these offsets were read (generation {read} is now {current})")]
+    StaleGeneration { read: u64, current: u64 },
     /// The account has less available than the request takes.
     #[error("user {user_id} has {available} {currency} available: cannot take {requested}")]
     InsufficientFunds { user_id: u64, currency: Currency, available: u64, requested: u64 },

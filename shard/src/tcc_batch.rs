@@ -27,7 +27,7 @@ use crate::error::Refusal;
 use crate::join::join_all;
 use crate::tcc::{BranchPlan, CancelReason, Decision, Step, STEPS_MAX};
 use crate::tcc_book::StepAnswer;
-use crate::tcc_driver::{outcome_step, split, Driven, StepError, StepSender};
+use crate::tcc_driver::{decision_in_force, outcome_step, split, Driven, StepError, StepSender};
 
 /// An activity to run from its start, as [`run_activity`](crate::run_activity) takes one.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -100,21 +100,27 @@ pub async fn run_activities<S: StepSender>(sender: &S, planned: &[PlannedActivit
     for (at, delivered) in deliver_refusable(sender, tries.collect()).await {
         tried[at] &= matches!(delivered, Delivered::Answered(_));
     }
-    let decision_of = |at: usize| if tried[at] { Decision::Commit } else { Decision::Cancel(CancelReason::TryRefused) };
+    let mut decided: Vec<Decision> = tried
+        .iter()
+        .map(|&tried| if tried { Decision::Commit } else { Decision::Cancel(CancelReason::TryRefused) })
+        .collect();
 
     let decides = under_way(&aside).into_iter().map(|at| {
-        let (home, activity, decision) = (planned[at].home, planned[at].activity, decision_of(at));
+        let (home, activity, decision) = (planned[at].home, planned[at].activity, decided[at]);
         let mut steps = vec![Step::Decide { activity, decision }];
         steps.extend(local[at].iter().map(|plan| outcome_step(activity, plan, decision)));
         (home, at, steps)
     });
     for (at, delivered) in deliver_together(sender, decides.collect()).await {
-        // Decided otherwise meanwhile (recovery past the deadline), or not known to be
-        // decided: driven alone from its record.
-        if !matches!(delivered, Delivered::Answered(_)) {
-            aside[at] = Some(BatchDriven::Alone { begun: true });
+        match delivered {
+            // A repeat names the decision recorded first (a cancel for another reason).
+            Delivered::Answered(answers) => decided[at] = decision_in_force(&answers, decided[at]),
+            // Decided otherwise meanwhile (recovery past the deadline), or not known to be
+            // decided: driven alone from its record.
+            _ => aside[at] = Some(BatchDriven::Alone { begun: true }),
         }
     }
+    let decision_of = |at: usize| decided[at];
 
     // A branch that did not answer leaves the activity to recovery.
     let mut answered = vec![true; planned.len()];

@@ -131,6 +131,16 @@ impl StepError for TradeError {
     }
 }
 
+/// The decision in force once a Decide of `sent` was answered (`answers`, the Decide's
+/// first): `sent`, or, for a repeat, the one recorded first (a cancel recorded for another
+/// reason), so that every caller names the same.
+pub(crate) fn decision_in_force(answers: &[StepAnswer], sent: Decision) -> Decision {
+    match answers.first().map(|answer| answer.outcome) {
+        Some(StepOutcome::Decided(first) | StepOutcome::Completed(first)) => first,
+        _ => sent,
+    }
+}
+
 /// The decision in force named by a refused Decide, if that is what `error` is.
 fn decided_otherwise(error: &impl StepError) -> Option<Decision> {
     match error.refusal() {
@@ -193,7 +203,7 @@ pub async fn run_activity<S: StepSender>(
     let mut decide = vec![Step::Decide { activity, decision }];
     decide.extend(local.iter().map(|plan| outcome_step(activity, plan, decision)));
     let driven = match sender.send(home, decide).await {
-        Ok(_) => carry_out(sender, home, activity, &remote, decision).await,
+        Ok(answers) => carry_out(sender, home, activity, &remote, decision_in_force(&answers, decision)).await,
         Err(error) => match decided_otherwise(&error) {
             Some(decision) => finish_decided(sender, home, activity, &branches, decision).await,
             None => Err(error),
@@ -217,7 +227,7 @@ pub async fn finish_activity<S: StepSender>(
         ActivityState::Open => {
             let decision = Decision::Cancel(CancelReason::Timeout);
             match sender.send(home, vec![Step::Decide { activity, decision }]).await {
-                Ok(_) => decision,
+                Ok(answers) => decision_in_force(&answers, decision),
                 Err(error) => decided_otherwise(&error).ok_or(error)?,
             }
         }

@@ -40,7 +40,8 @@ pub struct Args {
     /// How trade events are encoded in the topic `trades`.
     #[arg(long, value_enum, default_value = "json")]
     trades_encoding: Encoding,
-    /// Connections open at once, over all listeners.
+    /// Kafka connections open at once (the stats and metrics listeners hold at most 64 each,
+    /// of their own).
     #[arg(long, default_value_t = 1024)]
     connections_max: usize,
     /// Largest Kafka request accepted, in bytes: 8 MiB, above the library's 2 MiB, so that a

@@ -134,14 +134,16 @@ fn settle(
 ) -> anyhow::Result<SettleReport> {
     let mut settlement = Settlement::default();
     let mut end_to_end = latency::new_histogram();
-    // The rate is over the span the consumer had events to read (from the first to the last
-    // poll that returned any), not over the time the run spent before or after its load.
+    // The rate is over the span the consumer had events to read (from the start of the first
+    // poll that returned any to the end of the last), not over the time the run spent before
+    // or after its load.
     let mut first_events: Option<Instant> = None;
     let mut last_events = Instant::now();
     loop {
+        let polled_at = Instant::now();
         let events = consumer.poll_blocking(4096, Duration::from_millis(50))?;
         if !events.is_empty() {
-            first_events.get_or_insert_with(Instant::now);
+            first_events.get_or_insert(polled_at);
             last_events = Instant::now();
         }
         let now = now_ms();

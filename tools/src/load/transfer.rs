@@ -47,8 +47,8 @@ pub(super) struct TransferReport {
     pub(super) cancelled: u64,
     pub(super) refused: u64,
     pub(super) errors: u64,
-    /// Transfers that moved money; the cancelled and refused ones apart (their answers count
-    /// as much for a caller, and a cancel after a timeout is the slowest of all).
+    /// Transfers that moved money; the cancelled and refused ones (purchases too) apart: their
+    /// answers count as much for a caller, and a cancel after a timeout is the slowest of all.
     pub(super) latency_us: LatencySummary,
     pub(super) cross_shard_latency_us: LatencySummary,
     pub(super) unmoved_latency_us: LatencySummary,
@@ -100,7 +100,7 @@ struct Transfers {
     local: RefCell<Histogram<u64>>,
     across: RefCell<Histogram<u64>>,
     purchases: RefCell<Histogram<u64>>,
-    /// Transfers answered cancelled or refused.
+    /// Transfers and purchases answered cancelled or refused.
     unmoved: RefCell<Histogram<u64>>,
     /// Every answered request's latency since the last `--report-every` line.
     interval: RefCell<Histogram<u64>>,
