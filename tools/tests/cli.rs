@@ -112,12 +112,12 @@ fn load_at_a_low_rate_ends_at_its_duration() {
     assert!((1..=12).contains(&created), "10 a second for 1 s: {report}");
 }
 
-/// Transfers and publishes run again on the directory of an earlier run: the money and the
-/// messages that run left are counted apart, so the checks hold.
+/// Transfers, publishes and half messages run again on the directory of an earlier run: the
+/// money and the messages that run left are counted apart, so the checks hold.
 #[test]
-fn load_transfers_and_publishes_run_again_on_their_directory() {
+fn load_transfers_and_messages_run_again_on_their_directory() {
     let dir = tempfile::tempdir().unwrap();
-    for workload in ["transfer", "publish"] {
+    for workload in ["transfer", "publish", "half-messages"] {
         let data = format!("d-{workload}");
         let args = [
             "load",

@@ -184,7 +184,10 @@ pub(super) async fn run(handle: EngineHandle, plan: MessagePlan) -> anyhow::Resu
     let before = handle.stats().await?;
     let base = Instant::now();
     let inflight = plan.inflight;
-    let consumer = plan.half.then(|| spawn_consumer(handle.clone(), base));
+    let consumer = match plan.half {
+        true => Some(spawn_consumer(handle.clone(), base).await?),
+        false => None,
+    };
     let shared = Rc::new(Shared {
         handle: handle.clone(),
         producers: (0..PRODUCERS).map(|_| RefCell::new(handle.producer())).collect(),
@@ -273,12 +276,16 @@ type ConsumerThread = std::thread::JoinHandle<anyhow::Result<(u64, LatencySummar
 /// A consumer on a thread of its own: receives committed messages until it has the number
 /// the workload stores in the shared count (or 30 s pass without one), timing each, those
 /// committed by their producer apart from those the checker committed.
-fn spawn_consumer(handle: EngineHandle, base: Instant) -> (Arc<AtomicU64>, ConsumerThread) {
+async fn spawn_consumer(handle: EngineHandle, base: Instant) -> anyhow::Result<(Arc<AtomicU64>, ConsumerThread)> {
     let expecting = Arc::new(AtomicU64::new(u64::MAX));
     let shared = expecting.clone();
+    // From the logs' ends, taken now, before the workload starts: a directory of an earlier
+    // run (`--dir`) holds its messages too, and they are not this run's to count.
+    let config =
+        ConsumerConfig { start: StartPosition::Latest, ..ConsumerConfig::topics("load-half-messages", &[TOPIC]) };
+    let mut consumer = handle.consumer(config)?;
+    consumer.lag().await?;
     let thread = std::thread::spawn(move || {
-        let config = ConsumerConfig::topics("load-half-messages", &[TOPIC]);
-        let mut consumer = handle.consumer(config)?;
         let mut histograms = [latency::new_histogram(), latency::new_histogram()];
         let mut last_seen = Instant::now();
         let mut delivered = 0u64;
@@ -294,7 +301,7 @@ fn spawn_consumer(handle: EngineHandle, base: Instant) -> (Arc<AtomicU64>, Consu
         }
         Ok((delivered, latency::summarize(&histograms[0]), latency::summarize(&histograms[1])))
     });
-    (expecting, thread)
+    Ok((expecting, thread))
 }
 
 /// The message workloads on a client thread of their own, then their report.
