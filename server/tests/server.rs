@@ -95,6 +95,14 @@ fn closed(stream: &mut TcpStream) -> bool {
     matches!(stream.read(&mut byte), Ok(0) | Err(_))
 }
 
+/// Sends `request` (an HTTP request's head) on `stream` and reads the answer to its end.
+fn http(mut stream: TcpStream, request: &[u8]) -> String {
+    stream.write_all(request).unwrap();
+    let mut page = String::new();
+    stream.read_to_string(&mut page).unwrap();
+    page
+}
+
 fn raw(stream: &mut TcpStream, bytes: &[u8]) {
     stream.write_all(bytes).unwrap();
 }
@@ -307,7 +315,7 @@ fn connections_past_the_limit_are_closed_as_they_come() {
     // Idle monitoring connections are counted apart (each of those listeners holds at most
     // `connections_max` too here): they take no room from Kafka clients.
     let metrics = running.server().metrics_addr().unwrap();
-    let mut idle_monitors = [TcpStream::connect(metrics).unwrap(), TcpStream::connect(metrics).unwrap()];
+    let idle_monitors = [TcpStream::connect(metrics).unwrap(), TcpStream::connect(metrics).unwrap()];
     let mut third_monitor = TcpStream::connect(metrics).unwrap();
     assert!(closed(&mut third_monitor), "the metrics listener's own limit");
     let mut held = [running.kafka(), running.kafka()];
@@ -317,10 +325,8 @@ fn connections_past_the_limit_are_closed_as_they_come() {
     let mut third = running.kafka();
     assert!(closed(&mut third));
     drop(held);
-    for monitor in &mut idle_monitors {
-        monitor.write_all(b"GET /metrics HTTP/1.1\r\n\r\n").unwrap();
-        let mut page = String::new();
-        monitor.read_to_string(&mut page).unwrap();
+    for monitor in idle_monitors {
+        let page = http(monitor, b"GET /metrics HTTP/1.1\r\n\r\n");
         assert!(page.starts_with("HTTP/1.1 200 OK\r\n"), "{page}");
     }
     // Room again once they are gone (the server notices a closed peer at its next read).
@@ -361,10 +367,8 @@ fn stats_and_metrics_answer_in_their_formats() {
     stats.read_exact(&mut answer).unwrap();
     assert_eq!(&answer, b"ERROR\r\n");
 
-    let mut http = TcpStream::connect(running.server().metrics_addr().unwrap()).unwrap();
-    http.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n").unwrap();
-    let mut page = String::new();
-    http.read_to_string(&mut page).unwrap();
+    let metrics = running.server().metrics_addr().unwrap();
+    let page = http(TcpStream::connect(metrics).unwrap(), b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n");
     assert!(page.starts_with("HTTP/1.1 200 OK\r\n"), "{page}");
     assert!(
         page.contains("# TYPE tradeshard_trades gauge") && page.contains("tradeshard_trades{shard=\"0\"} 0"),
@@ -379,17 +383,11 @@ fn stats_and_metrics_answer_in_their_formats() {
         assert!(!page.lines().any(|line| line.starts_with(family)), "{family}in {page}");
     }
     assert!(page.contains("tradeshard_records_total{shard=\"0\"}"), "{page}");
-    let mut with_query = TcpStream::connect(running.server().metrics_addr().unwrap()).unwrap();
-    with_query.write_all(b"GET /metrics?from=test HTTP/1.1\r\n\r\n").unwrap();
-    let mut page = String::new();
-    with_query.read_to_string(&mut page).unwrap();
-    assert!(page.starts_with("HTTP/1.1 200 OK\r\n"), "a query names the same page: {page}");
     assert!(page.contains("# TYPE tradeshard_durable_flush_seconds histogram"), "{page}");
     assert!(page.contains("tradeshard_group_commit_records_bucket{le=\"+Inf\"}"), "{page}");
-    let mut missing = TcpStream::connect(running.server().metrics_addr().unwrap()).unwrap();
-    missing.write_all(b"GET /nothing HTTP/1.1\r\n\r\n").unwrap();
-    let mut page = String::new();
-    missing.read_to_string(&mut page).unwrap();
+    let page = http(TcpStream::connect(metrics).unwrap(), b"GET /metrics?from=test HTTP/1.1\r\n\r\n");
+    assert!(page.starts_with("HTTP/1.1 200 OK\r\n"), "a query names the same page: {page}");
+    let page = http(TcpStream::connect(metrics).unwrap(), b"GET /nothing HTTP/1.1\r\n\r\n");
     assert!(page.starts_with("HTTP/1.1 404"), "{page}");
 }
 
