@@ -108,8 +108,6 @@ pub(crate) async fn take<D: Disk>(inner: &Inner<D>) -> Result<Option<u64>, Trade
     let result = match write_checkpoint(inner).await {
         Ok(Some(position)) => {
             checkpoints.log_bytes_at_last.set(inner.wal.stats().disk_bytes);
-            let held = inner.index.borrow().held_bytes();
-            checkpoints.held_bytes_at_last.set(held.saturating_sub(checkpoints.held_bytes_arrived.get()));
             checkpoints.last_at.set(Instant::now());
             apply_retention(inner).await.map(|()| Some(position))
         }
@@ -165,21 +163,16 @@ async fn write_checkpoint<D: Disk>(inner: &Inner<D>) -> Result<Option<u64>, Trad
         write_durable(inner, &snapshot, taken.dirty.as_ref().expect("taken"), since, now).await?;
     (taken.dirty, taken.parts) = (None, None);
     drop(snapshot);
-    // What the work that came while the checkpoint was written holds: this checkpoint does not
-    // cover it, so it counts towards the next one's trigger (`due`), not into the baseline.
-    let arrived = inner.index.borrow().held_bytes().saturating_sub(held_at_snapshot);
-    checkpoints.held_bytes_arrived.set(arrived);
     let new_position = checkpoints.latest.get() != Some(position);
-    let kept_runs = take_runs(inner, runs, new_position).await;
+    let (kept_runs, mut moved_out) = take_runs(inner, runs, new_position).await;
     // In batches, so that a checkpoint of many new trades does not hold up requests.
     let placed: Vec<(TradeId, CreatedAt)> = placed.into_places().collect();
     for batch in placed.chunks(ITEMS_PER_TURN) {
-        {
-            let mut index = inner.index.borrow_mut();
+        moved_out += lowering(inner, |index| {
             for (id, at) in batch {
                 index.note_stored(*id, *at);
             }
-        }
+        });
         take_turn().await;
     }
     if let Some(idle_before) = idle_before {
@@ -188,11 +181,15 @@ async fn write_checkpoint<D: Disk>(inner: &Inner<D>) -> Result<Option<u64>, Trad
         checkpoints.count(|s| s.groups_expired += expired as u64);
     }
     // Only now may trades leave memory: the table holds them as of this checkpoint.
-    let evicted = {
+    let mut evicted = 0;
+    moved_out += lowering(inner, |index| {
         let pinned: Vec<TradeId> = inner.accepted.borrow().trades.keys().copied().collect();
-        let keep = checkpoints.upkeep.resident_chunks();
-        inner.index.borrow_mut().trade_table_mut().evict(keep, &pinned)
-    };
+        evicted = index.trade_table_mut().evict(checkpoints.upkeep.resident_chunks(), &pinned);
+    });
+    // What the memory trigger (`due`) takes off from now on: what the snapshot held less what
+    // this checkpoint moved out. The work that came since the snapshot, whenever it came, is
+    // not covered by this checkpoint and counts towards the next one.
+    checkpoints.held_bytes_at_last.set(held_at_snapshot.saturating_sub(moved_out));
     if checkpoints.latest.get() != Some(position) {
         checkpoints.previous.set(checkpoints.latest.get());
     }
@@ -206,10 +203,13 @@ async fn write_checkpoint<D: Disk>(inner: &Inner<D>) -> Result<Option<u64>, Trad
         s.table_bytes_written += table_bytes;
         s.trades_evicted += evicted as u64;
     });
-    // Last: the checkpoint is complete and recorded whatever becomes of the removal (a failure
-    // fails it as counted, and the next checkpoint removes them).
+    // Last: the checkpoint is complete and in force whatever becomes of the removal. A run
+    // left behind is removed by the next checkpoint, so a failure here is counted apart and
+    // fails nothing: retention after this checkpoint still runs.
     let (kept, below) = kept_runs;
-    crate::key_runs::remove_unlisted(inner.wal.disk(), &kept, below).await?;
+    if crate::key_runs::remove_unlisted(inner.wal.disk(), &kept, below).await.is_err() {
+        checkpoints.count(|s| s.run_removals_failed += 1);
+    }
     Ok(Some(position))
 }
 
@@ -277,7 +277,19 @@ impl<D: Disk> Drop for Undo<'_, D> {
 /// have replaced some of those it listed): lookups read them from now on (a read made against
 /// the runs before is made again), and the keys they hold leave memory, in batches. Returns
 /// the runs no removal may take (`KeyRuns::kept`).
-async fn take_runs<D: Disk>(inner: &Inner<D>, written: WrittenRuns<D>, new_position: bool) -> (Vec<u64>, u64) {
+/// Runs `change` on the index; returns by how much it lowered what the index holds
+/// (`index/held.rs`). Nothing else runs in between, so the difference is the change's alone.
+fn lowering<D: Disk>(inner: &Inner<D>, change: impl FnOnce(&mut ShardIndex)) -> u64 {
+    let mut index = inner.index.borrow_mut();
+    let before = index.held_bytes();
+    change(&mut index);
+    before.saturating_sub(index.held_bytes())
+}
+
+/// Puts the runs `written` in force and forgets from memory the keys they hold. Returns the
+/// runs to keep and the run ids below which others may go ([`RunSets::kept`]), and by how
+/// much forgetting lowered what the index holds.
+async fn take_runs<D: Disk>(inner: &Inner<D>, written: WrittenRuns<D>, new_position: bool) -> ((Vec<u64>, u64), u64) {
     let kept = {
         let mut runs = inner.key_runs.borrow_mut();
         if new_position {
@@ -296,35 +308,36 @@ async fn take_runs<D: Disk>(inner: &Inner<D>, written: WrittenRuns<D>, new_posit
         runs.kept()
     };
     // Until a key is forgotten, memory and the runs both hold it, alike.
+    let mut forgotten = 0;
     for batch in written.order_keys.chunks(ITEMS_PER_TURN) {
-        inner.index.borrow_mut().forget_in_runs(batch, &[]);
+        forgotten += lowering(inner, |index| index.forget_in_runs(batch, &[]));
         take_turn().await;
     }
     for batch in written.claim_keys.chunks(ITEMS_PER_TURN) {
-        inner.index.borrow_mut().forget_in_runs(&[], batch);
+        forgotten += lowering(inner, |index| index.forget_in_runs(&[], batch));
         take_turn().await;
     }
     for batch in written.refund_keys.chunks(ITEMS_PER_TURN) {
-        inner.index.borrow_mut().forget_refunds(batch);
+        forgotten += lowering(inner, |index| index.forget_refunds(batch));
         take_turn().await;
     }
     for batch in written.request_keys.chunks(ITEMS_PER_TURN) {
-        inner.index.borrow_mut().accounts_mut().forget_requests(batch);
+        forgotten += lowering(inner, |index| index.accounts_mut().forget_requests(batch));
         take_turn().await;
     }
     for batch in written.branches.chunks(ITEMS_PER_TURN) {
-        inner.index.borrow_mut().tcc_mut().forget_ended(batch, &[]);
+        forgotten += lowering(inner, |index| index.tcc_mut().forget_ended(batch, &[]));
         take_turn().await;
     }
     for batch in written.activity_ids.chunks(ITEMS_PER_TURN) {
-        inner.index.borrow_mut().tcc_mut().forget_ended(&[], batch);
+        forgotten += lowering(inner, |index| index.tcc_mut().forget_ended(&[], batch));
         take_turn().await;
     }
     for batch in written.user_counts.chunks(ITEMS_PER_TURN) {
-        inner.index.borrow_mut().forget_user_trades(batch);
+        forgotten += lowering(inner, |index| index.forget_user_trades(batch));
         take_turn().await;
     }
-    kept
+    (kept, forgotten)
 }
 
 /// The durable steps of a checkpoint of `snapshot`: the created parts placed, the changed

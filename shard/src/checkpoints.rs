@@ -26,6 +26,9 @@ pub struct CheckpointStats {
     /// Checkpoints, the retention after one, or merges of runs after one, that failed since
     /// open (the log and the runs merged still hold everything).
     pub failed: u64,
+    /// Removals of runs no kept checkpoint lists that failed since open: the checkpoint
+    /// stands, and the next one removes them.
+    pub run_removals_failed: u64,
     /// Bytes of the store of created parts.
     pub parts_bytes: u64,
     /// Consumer groups expired since open.
@@ -87,13 +90,10 @@ pub(crate) struct Checkpoints<D: Disk> {
     pub merge_running: Cell<bool>,
     stats: Cell<CheckpointStats>,
     pub log_bytes_at_last: Cell<u64>,
-    /// What the index held (`index/held.rs`) once the last checkpoint was done, less what the
-    /// work that came while it was written held: what a checkpoint does not move out, which
-    /// the memory trigger takes off.
+    /// What the index held (`index/held.rs`) at the last checkpoint's snapshot, less what
+    /// that checkpoint moved out of memory: what a checkpoint does not move out, which the
+    /// memory trigger and [`CheckpointStats::held_bytes`] take off.
     pub held_bytes_at_last: Cell<u64>,
-    /// What the work that came while the last checkpoint was written held when it was
-    /// written (`checkpointer::write_checkpoint`).
-    pub held_bytes_arrived: Cell<u64>,
     pub last_at: Cell<Instant>,
 }
 
@@ -124,7 +124,6 @@ impl<D: Disk> Checkpoints<D> {
             stats: Cell::new(stats),
             log_bytes_at_last: Cell::new(0),
             held_bytes_at_last: Cell::new(0),
-            held_bytes_arrived: Cell::new(0),
             last_at: Cell::new(Instant::now()),
         }
     }

@@ -420,7 +420,8 @@ impl<D: Disk> Shard<D> {
                 stats.key_run_memory_bytes = sets.iter().map(|set| set.memory_bytes() as u64).sum();
                 stats.key_run_reads = runs.reads.get();
                 stats.key_runs_past_window_now = sets.iter().map(|set| set.past_window() as u64).sum();
-                stats.held_bytes = self.inner.index.borrow().held_bytes();
+                let baseline = self.inner.checkpoints.held_bytes_at_last.get();
+                stats.held_bytes = self.inner.index.borrow().held_bytes().saturating_sub(baseline);
                 stats
             },
             opened: self.inner.opened,
