@@ -174,6 +174,9 @@ pub(crate) struct Conn {
 pub(crate) enum ReadEnd {
     /// The peer closed, reset, or the server is stopping between requests.
     Closed,
+    /// A line past the length its reader allows ([`Conn::read_line`]): the reader answers it
+    /// with its protocol's error before it closes.
+    TooLong,
 }
 
 impl Conn {
@@ -214,13 +217,13 @@ impl Conn {
         Ok(())
     }
 
-    /// Reads up to and including the first `\n`, at most `max` bytes (else `Closed`).
+    /// Reads up to and including the first `\n`, at most `max` bytes (else `TooLong`).
     pub(crate) async fn read_line(&mut self, line: &mut Vec<u8>, max: usize) -> Result<(), ReadEnd> {
         line.clear();
         let mut byte = [0u8; 1];
         while line.last() != Some(&b'\n') {
             if line.len() >= max {
-                return Err(ReadEnd::Closed);
+                return Err(ReadEnd::TooLong);
             }
             self.read_exact(&mut byte).await?;
             line.push(byte[0]);

@@ -13,7 +13,7 @@ use prometheus_client::metrics::gauge::ConstGauge;
 use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
 use prometheus_client::registry::Registry;
 
-use crate::conn::Conn;
+use crate::conn::{Conn, ReadEnd};
 use crate::snapshot::{self, HistogramSample, Kind, Sample, Scope};
 
 /// Longest request head read (request line and headers).
@@ -116,19 +116,34 @@ impl Collector for Scrape {
     }
 }
 
-/// Reads a request's head; its request line, or `None` if the peer closed or sent a line
-/// past `LINE_MAX`.
-async fn read_head(conn: &mut Conn) -> Option<String> {
+/// What a request's head came to.
+enum Head {
+    /// Its request line (the header lines are read and not used).
+    Request(String),
+    /// A request line past `LINE_MAX`.
+    LineTooLong,
+    /// A header line past `LINE_MAX`, or more than `HEAD_LINES_MAX` of them.
+    HeadersTooLarge,
+}
+
+/// Reads a request's head, or `None` if the peer closed first.
+async fn read_head(conn: &mut Conn) -> Option<Head> {
     let mut line = Vec::new();
-    conn.read_line(&mut line, LINE_MAX).await.ok()?;
+    match conn.read_line(&mut line, LINE_MAX).await {
+        Ok(()) => {}
+        Err(ReadEnd::TooLong) => return Some(Head::LineTooLong),
+        Err(ReadEnd::Closed) => return None,
+    }
     let request_line = String::from_utf8_lossy(&line).to_string();
     for _ in 0..HEAD_LINES_MAX {
-        conn.read_line(&mut line, LINE_MAX).await.ok()?;
-        if line == b"\r\n" || line == b"\n" {
-            break;
+        match conn.read_line(&mut line, LINE_MAX).await {
+            Ok(()) if line == b"\r\n" || line == b"\n" => return Some(Head::Request(request_line)),
+            Ok(()) => {}
+            Err(ReadEnd::TooLong) => return Some(Head::HeadersTooLarge),
+            Err(ReadEnd::Closed) => return None,
         }
     }
-    Some(request_line)
+    Some(Head::HeadersTooLarge)
 }
 
 /// The whole exposition of one scrape.
@@ -161,8 +176,16 @@ pub(crate) async fn serve(conn: &mut Conn) {
         glommio::timer::sleep(crate::conn::HEAD_MAX).await;
         None
     });
-    let Some(Some(request_line)) = head.await else {
-        return;
+    let request_line = match head.await {
+        Some(Some(Head::Request(line))) => line,
+        // Answered, then closed: the rest of the head is not read.
+        Some(Some(Head::LineTooLong)) => {
+            return answer(conn, "414 URI Too Long", "text/plain", "request line too long\n".into()).await
+        }
+        Some(Some(Head::HeadersTooLarge)) => {
+            return answer(conn, "431 Request Header Fields Too Large", "text/plain", "head too large\n".into()).await
+        }
+        Some(None) | None => return,
     };
     let mut parts = request_line.split_whitespace();
     let method = parts.next().unwrap_or("");
@@ -176,6 +199,11 @@ pub(crate) async fn serve(conn: &mut Conn) {
         ("GET", _) => ("404 Not Found", "text/plain", "not found: try /metrics\n".to_string()),
         _ => ("405 Method Not Allowed", "text/plain", "only GET\n".to_string()),
     };
+    answer(conn, status, content_type, body).await;
+}
+
+/// Writes one whole answer; the connection closes after it.
+async fn answer(conn: &mut Conn, status: &str, content_type: &str, body: String) {
     let allow = if status.starts_with("405") { "Allow: GET\r\n" } else { "" };
     let head = format!(
         "HTTP/1.1 {status}\r\n{allow}Content-Type: {content_type}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",

@@ -1,8 +1,11 @@
 //! The `stats` text protocol, as memcached has it: a client sends `stats` and reads one
 //! `STAT <name> <value>` line per number, then `END`; `quit` closes. Totals are named plainly,
-//! a shard's numbers `shard.<n>.<name>`, a group's lag `group.<name>.<partition>.consumer_lag`.
+//! a shard's numbers `shard.<n>.<name>`, a group's lag `group.<name>.<partition>.consumer_lag`
+//! (a group's name is printable ASCII without spaces but may hold dots: read the partition and
+//! the number's name from the right). A line past 1,024 bytes is answered `CLIENT_ERROR`, and
+//! the connection closes.
 
-use crate::conn::Conn;
+use crate::conn::{Conn, ReadEnd};
 use crate::snapshot::{self, Scope};
 
 /// Longest command line read.
@@ -10,7 +13,17 @@ const LINE_MAX: usize = 1024;
 
 pub(crate) async fn serve(conn: &mut Conn) {
     let mut line = Vec::new();
-    while conn.read_line(&mut line, LINE_MAX).await.is_ok() {
+    loop {
+        match conn.read_line(&mut line, LINE_MAX).await {
+            Ok(()) => {}
+            // memcached's answer to a line it will not read; the rest of it is not read
+            // either, so the connection ends.
+            Err(ReadEnd::TooLong) => {
+                let _ = conn.write_all(b"CLIENT_ERROR line too long\r\n").await;
+                return;
+            }
+            Err(ReadEnd::Closed) => return,
+        }
         let command = String::from_utf8_lossy(&line);
         let answer = match command.trim() {
             "stats" => match snapshot::take(&conn.shared).await {

@@ -391,6 +391,36 @@ fn stats_and_metrics_answer_in_their_formats() {
     assert!(page.starts_with("HTTP/1.1 404"), "{page}");
 }
 
+/// A line past a face's limit is answered with that protocol's error, then the connection
+/// closes: `stats` lines of 1,024 bytes, HTTP lines of 4,096 and heads of 64 header lines. (Each
+/// request below is exactly what the server reads before it answers, so that nothing unread is
+/// left to reset the connection under the answer.)
+#[test]
+fn lines_past_the_limits_are_answered_with_their_protocols_error() {
+    let running = Running::start(ServerOptions::default());
+    let mut stats = TcpStream::connect(running.server().stats_addr().unwrap()).unwrap();
+    stats.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+    stats.write_all(&[b's'; 1024]).unwrap();
+    let mut answer = String::new();
+    stats.read_to_string(&mut answer).unwrap();
+    assert_eq!(answer, "CLIENT_ERROR line too long\r\n");
+
+    let metrics = running.server().metrics_addr().unwrap();
+    let mut long_line = b"GET /metrics?".to_vec();
+    long_line.resize(4096, b'q');
+    let page = http(TcpStream::connect(metrics).unwrap(), &long_line);
+    assert!(page.starts_with("HTTP/1.1 414 "), "{page}");
+    let mut long_header = b"GET /metrics HTTP/1.1\r\nX-Long: ".to_vec();
+    long_header.resize(23 + 4096, b'h');
+    let page = http(TcpStream::connect(metrics).unwrap(), &long_header);
+    assert!(page.starts_with("HTTP/1.1 431 "), "{page}");
+    let many_headers = format!("GET /metrics HTTP/1.1\r\n{}", "X-Many: 1\r\n".repeat(64));
+    let page = http(TcpStream::connect(metrics).unwrap(), many_headers.as_bytes());
+    assert!(page.starts_with("HTTP/1.1 431 "), "{page}");
+    let page = http(TcpStream::connect(metrics).unwrap(), b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n");
+    assert!(page.starts_with("HTTP/1.1 200 OK\r\n"), "and the face still answers: {page}");
+}
+
 #[test]
 fn a_stop_ends_idle_connections_and_leaves_what_was_acknowledged() {
     let mut running = Running::start(ServerOptions::default());
