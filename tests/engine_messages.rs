@@ -89,6 +89,9 @@ fn a_retried_publish_is_stored_once_and_bad_input_leaves_no_trace() {
     assert!(matches!(h.publish_blocking(&too_big), Err(Error::Invalid(InputError::ReservedTopic))));
     too_big.body.topic = "a topic".into();
     assert!(matches!(h.publish_blocking(&too_big), Err(Error::Invalid(InputError::BadTopic { .. }))));
+    // Sequence numbers from 2^63 on are not an embedder's (the top bit marks wrapping ones).
+    let numbered = OutgoingMessage::new("orders", "k", "numbered").sequenced(0, 9, 1 << 63);
+    assert!(matches!(h.publish_blocking(&numbered), Err(Error::Invalid(InputError::BadSequence))));
     let largest = OutgoingMessage::new("orders", vec![b'k'; KEY_BYTES_MAX], vec![b'z'; PAYLOAD_BYTES_MAX]);
     h.publish_blocking(&largest).unwrap();
     let mut consumer = h.consumer(ConsumerConfig::topics("g", &["orders", "a", "trades"])).unwrap();

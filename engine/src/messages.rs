@@ -15,6 +15,7 @@ use std::sync::atomic::Ordering;
 
 use tradeshard_shard::{
     DeadEntry, HalfEntry, InputError, MessageBody, MessageCommand, MessageOutcome, MessageReceipt, RollbackReason,
+    SEQUENCE_WRAPS,
 };
 
 use crate::blocking::blocking;
@@ -94,10 +95,23 @@ impl OutgoingMessage {
     }
 
     /// This message sent to `partition` as the `sequence`th of producer `producer_id` there:
-    /// for an idempotent producer that numbers its messages itself (a Kafka client's producer
-    /// id and sequence numbers). Sent again, it is stored once, as with a [`Producer`].
+    /// for an idempotent producer that numbers its messages itself. Sent again, it is stored
+    /// once, as with a [`Producer`]. Numbers from 2^63 on are refused
+    /// (`InputError::BadSequence`).
     pub fn sequenced(mut self, partition: u32, producer_id: u64, sequence: u64) -> OutgoingMessage {
+        let sequence = if sequence >= SEQUENCE_WRAPS { u64::MAX } else { sequence };
         self.producer = Some((partition, producer_id, sequence));
+        self
+    }
+
+    /// [`sequenced`](Self::sequenced) for a producer whose numbers wrap, as a Kafka producer's
+    /// do: `sequence` counts from 0 and goes back to 0 after `i32::MAX`. The shard takes it as
+    /// the number nearest the producer's highest so far that agrees with it modulo 2^31, so
+    /// the producer goes on past the wrap and a repeat across it is still stored once (as long
+    /// as the producer's messages in flight span less than 2^30 numbers).
+    pub fn sequenced_wrapping(mut self, partition: u32, producer_id: u64, sequence: u32) -> OutgoingMessage {
+        let sequence = u64::from(sequence & (i32::MAX as u32)) + 1;
+        self.producer = Some((partition, producer_id, SEQUENCE_WRAPS | sequence));
         self
     }
 

@@ -485,6 +485,25 @@ fn an_idempotent_producer_numbers_each_topic_apart_and_a_retried_large_batch_is_
     assert_eq!(values_of(&mut stream, "ledger", 1).len(), 300, "stored once");
 }
 
+/// Kafka numbers a producer's records from 0 and wraps to 0 after `i32::MAX`: the records
+/// after the wrap are stored, and retries of the batches on either side of it are stored once.
+#[test]
+fn an_idempotent_producer_goes_on_past_the_wrap_of_its_sequence_numbers() {
+    let running = Running::start(ServerOptions::default());
+    let mut stream = running.kafka();
+    let batch = |sequences: &[i32]| -> Vec<Record> {
+        sequences.iter().map(|sequence| record("k", &format!("v{sequence}"), *sequence)).collect()
+    };
+    let (before, after) = (batch(&[i32::MAX - 1, i32::MAX]), batch(&[0, 1, 2]));
+    for records in [&before, &after, &after, &before] {
+        let answer = call(&mut stream, 9, &produce("wrapping", 0, records));
+        let code = answer.responses[0].partition_responses[0].error_code;
+        assert!(code == 0 || code == ResponseError::DuplicateSequenceNumber.code(), "answered {code}");
+    }
+    let stored = values_of(&mut stream, "wrapping", 0);
+    assert_eq!(stored, ["v2147483646", "v2147483647", "v0", "v1", "v2"], "each stored once, in order");
+}
+
 fn list_offsets(topic: &str, partition: i32, timestamp: i64) -> ListOffsetsRequest {
     use kafka_protocol::messages::list_offsets_request::{ListOffsetsPartition, ListOffsetsTopic};
     let asked = ListOffsetsPartition::default().with_partition_index(partition).with_timestamp(timestamp);

@@ -92,7 +92,7 @@ pub use message::{
 };
 pub use message_book::{
     DeadEntry, HalfEntry, MessageBook, MessageOutcome, MessagePolicy, MessageReceipt, ScheduledEntry, ANSWERS_KEPT,
-    PRODUCERS_MAX, PRODUCER_WINDOW, RETRIES_MAX,
+    PRODUCERS_MAX, PRODUCER_WINDOW, RETRIES_MAX, SEQUENCE_WRAPS,
 };
 pub use message_write::{MessageCommand, DELAY_MAX};
 pub use read::ListQuery;

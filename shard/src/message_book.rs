@@ -178,6 +178,34 @@ impl AnswerKey {
 /// A sequence number no producer may use: it marks an empty slot.
 pub const SEQUENCE_NONE: u64 = u64::MAX;
 
+/// Set on a [`MessageCommand`](crate::MessageCommand)'s sequence number: the low 32 bits are a
+/// number that wraps, as a Kafka producer's do (from 1 to 2^31, the record's sequence plus
+/// one); the shard takes the number nearest the producer's highest that agrees with it modulo
+/// 2^31 ([`unwrap_sequence`]), so a producer goes on past the wrap and a repeat across it is
+/// still found. The record written holds the number taken.
+pub const SEQUENCE_WRAPS: u64 = 1 << 63;
+
+/// The period of wrapping sequence numbers ([`SEQUENCE_WRAPS`]).
+const WRAP_PERIOD: u64 = 1 << 31;
+
+/// The sequence number `sequence` stands for, given the producer's highest so far (`high`, 0
+/// for none): itself, or for a wrapping one, the number nearest `high` that agrees with it
+/// modulo 2^31 (at least 1).
+pub(crate) fn unwrap_sequence(sequence: u64, high: u64) -> u64 {
+    if sequence & SEQUENCE_WRAPS == 0 || sequence == SEQUENCE_NONE {
+        return sequence;
+    }
+    let wrapped = sequence & (WRAP_PERIOD - 1);
+    let base = high - high % WRAP_PERIOD;
+    [base.checked_sub(WRAP_PERIOD), Some(base), base.checked_add(WRAP_PERIOD)]
+        .into_iter()
+        .flatten()
+        .filter_map(|start| start.checked_add(wrapped))
+        .filter(|candidate| *candidate >= 1)
+        .min_by_key(|candidate| candidate.abs_diff(high))
+        .unwrap_or(WRAP_PERIOD)
+}
+
 /// What a producer's sequence number stored: the record's offset, and its due time (0: none).
 pub(crate) type Stored = (u64, u64);
 

@@ -66,3 +66,21 @@ fn a_dead_letters_end_is_kept_per_group() {
     assert!(book.answer_of(AnswerKey::Dead { group: group_hash("h"), offset: 10 }).is_none());
     assert_eq!(book.held_bytes(), 0);
 }
+
+#[test]
+fn wrapping_sequence_numbers_unwrap_near_the_producers_highest() {
+    let period = 1u64 << 31;
+    let wrapping = |kafka: u64| SEQUENCE_WRAPS | (kafka + 1);
+    // Plain numbers are themselves.
+    assert_eq!(unwrap_sequence(5, 1 << 40), 5);
+    // A new producer's numbers are Kafka's plus one, up to the wrap.
+    assert_eq!(unwrap_sequence(wrapping(0), 0), 1);
+    assert_eq!(unwrap_sequence(wrapping(period - 1), 0), period);
+    // Past the wrap, numbers go on; a repeat from before it is found where it was.
+    assert_eq!(unwrap_sequence(wrapping(0), period), period + 1);
+    assert_eq!(unwrap_sequence(wrapping(period - 1), period + 3), period);
+    assert_eq!(unwrap_sequence(wrapping(5), 7 * period + 2), 7 * period + 6);
+    assert_eq!(unwrap_sequence(wrapping(period - 2), 7 * period + 2), 7 * period - 1);
+    // Near the top of u64, no number overflows.
+    assert!(unwrap_sequence(wrapping(3), u64::MAX - 10) >= u64::MAX - 10 - period);
+}

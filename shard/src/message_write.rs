@@ -356,6 +356,7 @@ pub(crate) fn message_on<D: Disk>(
         glommio::spawn_local(read).detach();
         return;
     }
+    let command = unwrapped(inner.index.borrow().messages(), command);
     let mut accepted = inner.accepted.borrow_mut();
     if let Some(error) = refused_now(&accepted.failed, accepted.closing) {
         return reply.send(Err(error));
@@ -411,6 +412,18 @@ fn refused_now(failed: &Option<TradeError>, closing: bool) -> Option<TradeError>
 }
 
 /// The producer and sequence number of a publish or prepare made by a producer.
+/// `command` with a wrapping sequence number ([`crate::SEQUENCE_WRAPS`]) replaced by the one it stands
+/// for, from here on: in the checks, the keys in flight and the record written.
+fn unwrapped(book: &MessageBook, mut command: MessageCommand) -> MessageCommand {
+    if let MessageCommand::Publish { producer: Some((id, sequence)), .. }
+    | MessageCommand::Prepare { producer: Some((id, sequence)), .. } = &mut command
+    {
+        let high = book.producer(*id).map_or(0, |window| window.high);
+        *sequence = crate::message_book::unwrap_sequence(*sequence, high);
+    }
+    command
+}
+
 fn producer_of(command: &MessageCommand) -> Option<(u64, u64)> {
     match command {
         MessageCommand::Publish { producer, .. } | MessageCommand::Prepare { producer, .. } => *producer,

@@ -278,7 +278,8 @@ pub(crate) fn decode_produced(
             let producer =
                 [record.producer_id.to_le_bytes().as_slice(), &record.producer_epoch.to_le_bytes(), topic.as_bytes()]
                     .concat();
-            message.sequenced(partition, xxhash_rust::xxh3::xxh3_64(&producer), record.sequence as u64 + 1)
+            // Kafka's numbers wrap to 0 after `i32::MAX`; the shard unwraps them.
+            message.sequenced_wrapping(partition, xxhash_rust::xxh3::xxh3_64(&producer), record.sequence as u32)
         } else {
             message.to_partition(partition)
         };
