@@ -209,9 +209,9 @@ fn work_under_memory_budget(checkpoint_memory_bytes: u64) -> (tradeshard_engine:
 
 /// With checkpoints by log bytes and by time out of reach, the memory the shard holds for its
 /// recent work (order keys, users' lists, new trades, account requests) still triggers them,
-/// and stays under what a checkpoint leaves plus the budget (what a checkpoint leaves is small
-/// here: under one budget); without that budget the same work takes none and the memory grows
-/// with every create and every deposit.
+/// and what is held for the work since the last checkpoint stays near the budget (under twice
+/// it: the work of one checkpoint's duration comes on top); without that budget the same work
+/// takes none and the memory grows with every create and every deposit.
 #[test]
 fn a_shard_checkpoints_once_the_memory_held_for_recent_work_passes_its_budget() {
     let budget = 32 << 10;

@@ -2,9 +2,10 @@
 //! once the queue refuses one, the shard refuses the producer's later ones too, until the
 //! refused one comes again, so that a retried batch never finds a later message stored before
 //! an earlier one; written one by one (the engine's `Producer`), a refused one holds nothing
-//! back.
+//! back. A producer whose numbers wrap (a Kafka client's) goes on past the wrap with writes in
+//! flight on both sides of it.
 
-use tradeshard_shard::{LogError, MessageBody, MessageCommand, MessageReceipt, Shard, TradeError};
+use tradeshard_shard::{LogError, MessageBody, MessageCommand, MessageReceipt, Shard, TradeError, SEQUENCE_WRAPS};
 use tradeshard_tests::{call, run, small_config};
 use tradeshard_wal::disk::SimDisk;
 use tradeshard_wal::WalConfig;
@@ -90,6 +91,39 @@ fn a_producer_not_writing_in_order_goes_on_after_a_refusal() {
         // The queue is empty again: the next message is stored, the refused one given up.
         let receipt = call(|reply| shard.message(publish(3, 500), reply)).await.unwrap();
         assert!(!receipt.replayed);
+        shard.close().await.unwrap();
+    });
+}
+
+/// A new producer whose numbers wrap (Kafka's, plus one) sends a batch up to the wrap and one
+/// after it before the first is durable: the second is numbered after the first, not taken
+/// for a producer starting over, so its retry finds it stored.
+#[test]
+fn a_wrapping_producer_numbers_writes_in_flight_across_the_wrap_in_order() {
+    run(async {
+        let shard = Shard::open(SimDisk::new(), config(), 0).await.unwrap();
+        let wrapping = |kafka: u64| {
+            let MessageCommand::Publish { body, .. } = publish(kafka % 26, 100) else { unreachable!() };
+            MessageCommand::Publish { body, producer: Some((9, SEQUENCE_WRAPS | (kafka + 1))), due_ms: None }
+        };
+        let last = (1u64 << 31) - 1;
+        let batches = [(last - 9..=last).collect::<Vec<u64>>(), (0..10).collect()];
+        let answers: Vec<_> = batches
+            .iter()
+            .flatten()
+            .map(|kafka| {
+                let (reply, answer) = tradeshard_shard::reply::channel::<Outcome>();
+                shard.message_in_order(wrapping(*kafka), reply);
+                answer
+            })
+            .collect();
+        for answer in answers {
+            assert!(!answer.await.unwrap().unwrap().replayed);
+        }
+        for kafka in &batches[1] {
+            let again = call(|reply| shard.message_in_order(wrapping(*kafka), reply)).await.unwrap();
+            assert!(again.replayed, "number {kafka} after the wrap is found stored");
+        }
         shard.close().await.unwrap();
     });
 }

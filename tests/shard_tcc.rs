@@ -352,3 +352,26 @@ fn a_transaction_finding_the_queue_full_behind_deposits_is_answered_once_they_ar
         shard.close().await.unwrap();
     });
 }
+
+/// What a checkpoint leaves in memory (a branch under way, the request numbers a checkpoint
+/// moved out aside) is not counted as memory held for new work (`CheckpointStats::held_bytes`,
+/// what the memory trigger compares with its budget), after the checkpoint and after an open
+/// that loads it.
+#[test]
+fn what_a_checkpoint_leaves_in_memory_is_not_counted_as_new_work_after_a_reopen() {
+    run(async {
+        let disk = SimDisk::new();
+        let upkeep = upkeep_on_request(false, None);
+        let shard = Shard::open_with(disk.clone(), small_config(), 0, upkeep).await.unwrap();
+        deposit(&shard, 1, 1_000, "d").await;
+        send(&shard, vec![Step::Try { activity: 9, branch: 0, action: freeze(1, 300) }]).await.unwrap();
+        assert!(shard.stats().checkpoints.held_bytes > 0);
+        shard.checkpoint().await.unwrap().expect("a checkpoint");
+        assert_eq!(shard.stats().checkpoints.held_bytes, 0, "after the checkpoint");
+        shard.close().await.unwrap();
+        let shard = Shard::open_with(disk.clone(), small_config(), 0, upkeep).await.unwrap();
+        assert_eq!(shard.stats().branches, 1, "the branch under way is held");
+        assert_eq!(shard.stats().checkpoints.held_bytes, 0, "after an open that loaded the checkpoint");
+        shard.close().await.unwrap();
+    });
+}

@@ -179,7 +179,35 @@ pub(crate) enum ReadEnd {
     TooLong,
 }
 
+/// How long a connection ended with its peer's bytes unread keeps reading and dropping them
+/// ([`Conn::linger`]), and how many it drops at most.
+const LINGER_MAX: std::time::Duration = std::time::Duration::from_secs(1);
+const LINGER_BYTES_MAX: usize = 1 << 20;
+
 impl Conn {
+    /// Ends a connection whose peer may still be sending what will not be read, once its
+    /// answer is written: the write side is shut (the peer reads the answer to its end), then
+    /// what the peer sends is read and dropped for a short while. Closed with those bytes
+    /// unread, the socket would reset the connection, and the peer could lose the answer.
+    pub(crate) async fn linger(&mut self) {
+        if self.stream.shutdown(std::net::Shutdown::Write).await.is_err() {
+            return;
+        }
+        let (started, mut dropped) = (std::time::Instant::now(), 0);
+        let mut sink = [0u8; 4096];
+        while dropped < LINGER_BYTES_MAX {
+            let Some(left) = LINGER_MAX.checked_sub(started.elapsed()) else { return };
+            let read = futures_lite::future::or(async { Some(self.stream.read(&mut sink).await) }, async {
+                glommio::timer::sleep(left).await;
+                None
+            });
+            match read.await {
+                Some(Ok(n)) if n > 0 => dropped += n,
+                _ => return,
+            }
+        }
+    }
+
     /// Fills `buf` from the stream; a stop or a peer silent for [`IDLE_MAX`] ends it.
     pub(crate) async fn read_exact(&mut self, buf: &mut [u8]) -> Result<(), ReadEnd> {
         // Requests already buffered are not served once a stop began: a client with many

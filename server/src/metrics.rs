@@ -16,7 +16,8 @@ use prometheus_client::registry::Registry;
 use crate::conn::{Conn, ReadEnd};
 use crate::snapshot::{self, HistogramSample, Kind, Sample, Scope};
 
-/// Longest request head read (request line and headers).
+/// The most header lines a request's head may have (its blank line not counted), and the
+/// longest line of it, the request line included.
 const HEAD_LINES_MAX: usize = 64;
 const LINE_MAX: usize = 4096;
 
@@ -135,7 +136,7 @@ async fn read_head(conn: &mut Conn) -> Option<Head> {
         Err(ReadEnd::Closed) => return None,
     }
     let request_line = String::from_utf8_lossy(&line).to_string();
-    for _ in 0..HEAD_LINES_MAX {
+    for _ in 0..=HEAD_LINES_MAX {
         match conn.read_line(&mut line, LINE_MAX).await {
             Ok(()) if line == b"\r\n" || line == b"\n" => return Some(Head::Request(request_line)),
             Ok(()) => {}
@@ -180,10 +181,12 @@ pub(crate) async fn serve(conn: &mut Conn) {
         Some(Some(Head::Request(line))) => line,
         // Answered, then closed: the rest of the head is not read.
         Some(Some(Head::LineTooLong)) => {
-            return answer(conn, "414 URI Too Long", "text/plain", "request line too long\n".into()).await
+            answer(conn, "414 URI Too Long", "text/plain", "request line too long\n".into()).await;
+            return conn.linger().await;
         }
         Some(Some(Head::HeadersTooLarge)) => {
-            return answer(conn, "431 Request Header Fields Too Large", "text/plain", "head too large\n".into()).await
+            answer(conn, "431 Request Header Fields Too Large", "text/plain", "head too large\n".into()).await;
+            return conn.linger().await;
         }
         Some(None) | None => return,
     };

@@ -19,7 +19,9 @@ pub(crate) async fn serve(conn: &mut Conn) {
             // memcached's answer to a line it will not read; the rest of it is not read
             // either, so the connection ends.
             Err(ReadEnd::TooLong) => {
-                let _ = conn.write_all(b"CLIENT_ERROR line too long\r\n").await;
+                if conn.write_all(b"CLIENT_ERROR line too long\r\n").await.is_ok() {
+                    conn.linger().await;
+                }
                 return;
             }
             Err(ReadEnd::Closed) => return,

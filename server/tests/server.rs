@@ -392,31 +392,33 @@ fn stats_and_metrics_answer_in_their_formats() {
 }
 
 /// A line past a face's limit is answered with that protocol's error, then the connection
-/// closes: `stats` lines of 1,024 bytes, HTTP lines of 4,096 and heads of 64 header lines. (Each
-/// request below is exactly what the server reads before it answers, so that nothing unread is
-/// left to reset the connection under the answer.)
+/// closes: `stats` lines of 1,024 bytes, HTTP lines of 4,096 and heads of more than 64 header
+/// lines. The lines sent go on past what the server reads: it drops the rest while it closes,
+/// so that the answer is not lost to a reset.
 #[test]
 fn lines_past_the_limits_are_answered_with_their_protocols_error() {
     let running = Running::start(ServerOptions::default());
     let mut stats = TcpStream::connect(running.server().stats_addr().unwrap()).unwrap();
     stats.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
-    stats.write_all(&[b's'; 1024]).unwrap();
+    stats.write_all(&[b's'; 100_000]).unwrap();
     let mut answer = String::new();
     stats.read_to_string(&mut answer).unwrap();
     assert_eq!(answer, "CLIENT_ERROR line too long\r\n");
 
     let metrics = running.server().metrics_addr().unwrap();
     let mut long_line = b"GET /metrics?".to_vec();
-    long_line.resize(4096, b'q');
+    long_line.resize(100_000, b'q');
     let page = http(TcpStream::connect(metrics).unwrap(), &long_line);
     assert!(page.starts_with("HTTP/1.1 414 "), "{page}");
     let mut long_header = b"GET /metrics HTTP/1.1\r\nX-Long: ".to_vec();
-    long_header.resize(23 + 4096, b'h');
+    long_header.resize(100_000, b'h');
     let page = http(TcpStream::connect(metrics).unwrap(), &long_header);
     assert!(page.starts_with("HTTP/1.1 431 "), "{page}");
-    let many_headers = format!("GET /metrics HTTP/1.1\r\n{}", "X-Many: 1\r\n".repeat(64));
-    let page = http(TcpStream::connect(metrics).unwrap(), many_headers.as_bytes());
+    let headers = |count: usize| format!("GET /metrics HTTP/1.1\r\n{}\r\n", "X-Many: 1\r\n".repeat(count));
+    let page = http(TcpStream::connect(metrics).unwrap(), headers(65).as_bytes());
     assert!(page.starts_with("HTTP/1.1 431 "), "{page}");
+    let page = http(TcpStream::connect(metrics).unwrap(), headers(64).as_bytes());
+    assert!(page.starts_with("HTTP/1.1 200 OK\r\n"), "64 header lines are read: {page}");
     let page = http(TcpStream::connect(metrics).unwrap(), b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n");
     assert!(page.starts_with("HTTP/1.1 200 OK\r\n"), "and the face still answers: {page}");
 }
@@ -486,16 +488,26 @@ fn an_idempotent_producer_numbers_each_topic_apart_and_a_retried_large_batch_is_
 }
 
 /// Kafka numbers a producer's records from 0 and wraps to 0 after `i32::MAX`: the records
-/// after the wrap are stored, and retries of the batches on either side of it are stored once.
+/// after the wrap are stored, also in a batch that crosses it, and retries of the batches are
+/// stored once.
 #[test]
 fn an_idempotent_producer_goes_on_past_the_wrap_of_its_sequence_numbers() {
     let running = Running::start(ServerOptions::default());
     let mut stream = running.kafka();
-    let batch = |sequences: &[i32]| -> Vec<Record> {
-        sequences.iter().map(|sequence| record("k", &format!("v{sequence}"), *sequence)).collect()
+    // One batch: its records numbered from its first one's number by their offsets in it, as
+    // clients send them (the codec puts records apart in two batches otherwise).
+    let batch = |first_offset: i64, first: i32, count: i32| -> Vec<Record> {
+        let records = (0..count).map(|i| (first.wrapping_add(i), first_offset + i64::from(i)));
+        let kafka_number = |sequence: i32| sequence as u32 & i32::MAX as u32;
+        records
+            .map(|(sequence, offset)| Record {
+                offset,
+                ..record("k", &format!("v{}", kafka_number(sequence)), sequence)
+            })
+            .collect()
     };
-    let (before, after) = (batch(&[i32::MAX - 1, i32::MAX]), batch(&[0, 1, 2]));
-    for records in [&before, &after, &after, &before] {
+    let (across, after) = (batch(0, i32::MAX - 1, 3), batch(3, 1, 2));
+    for records in [&across, &after, &after, &across] {
         let answer = call(&mut stream, 9, &produce("wrapping", 0, records));
         let code = answer.responses[0].partition_responses[0].error_code;
         assert!(code == 0 || code == ResponseError::DuplicateSequenceNumber.code(), "answered {code}");

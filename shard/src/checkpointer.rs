@@ -188,7 +188,9 @@ async fn write_checkpoint<D: Disk>(inner: &Inner<D>) -> Result<Option<u64>, Trad
     });
     // What the memory trigger (`due`) takes off from now on: what the snapshot held less what
     // this checkpoint moved out. The work that came since the snapshot, whenever it came, is
-    // not covered by this checkpoint and counts towards the next one.
+    // not covered by this checkpoint and counts towards the next one. (Other changes that
+    // lower what the index holds while a batch is forgotten count as moved out too; the
+    // baseline is an estimate, as the measure is.)
     checkpoints.held_bytes_at_last.set(held_at_snapshot.saturating_sub(moved_out));
     if checkpoints.latest.get() != Some(position) {
         checkpoints.previous.set(checkpoints.latest.get());
@@ -273,10 +275,6 @@ impl<D: Disk> Drop for Undo<'_, D> {
     }
 }
 
-/// Puts a durable checkpoint's new runs in force, after the runs in force now (merges may
-/// have replaced some of those it listed): lookups read them from now on (a read made against
-/// the runs before is made again), and the keys they hold leave memory, in batches. Returns
-/// the runs no removal may take (`KeyRuns::kept`).
 /// Runs `change` on the index; returns by how much it lowered what the index holds
 /// (`index/held.rs`). Nothing else runs in between, so the difference is the change's alone.
 fn lowering<D: Disk>(inner: &Inner<D>, change: impl FnOnce(&mut ShardIndex)) -> u64 {
@@ -286,9 +284,11 @@ fn lowering<D: Disk>(inner: &Inner<D>, change: impl FnOnce(&mut ShardIndex)) -> 
     before.saturating_sub(index.held_bytes())
 }
 
-/// Puts the runs `written` in force and forgets from memory the keys they hold. Returns the
-/// runs to keep and the run ids below which others may go ([`RunSets::kept`]), and by how
-/// much forgetting lowered what the index holds.
+/// Puts a durable checkpoint's new runs in force, after the runs in force now (merges may
+/// have replaced some of those it listed): lookups read them from now on (a read made against
+/// the runs before is made again), and the keys they hold leave memory, in batches. Returns
+/// the runs no removal may take (`KeyRuns::kept`), and by how much forgetting lowered what the
+/// index holds.
 async fn take_runs<D: Disk>(inner: &Inner<D>, written: WrittenRuns<D>, new_position: bool) -> ((Vec<u64>, u64), u64) {
     let kept = {
         let mut runs = inner.key_runs.borrow_mut();

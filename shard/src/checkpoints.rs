@@ -103,6 +103,7 @@ impl<D: Disk> Checkpoints<D> {
         parts: PartsStore<D>,
         table: TradeFile<D>,
         loaded: Option<&Header>,
+        held_at_load: u64,
     ) -> Checkpoints<D> {
         let stats = CheckpointStats {
             position: loaded.map_or(0, |h| h.scalars.applied_end),
@@ -123,7 +124,7 @@ impl<D: Disk> Checkpoints<D> {
             merge_running: Cell::new(false),
             stats: Cell::new(stats),
             log_bytes_at_last: Cell::new(0),
-            held_bytes_at_last: Cell::new(0),
+            held_bytes_at_last: Cell::new(held_at_load),
             last_at: Cell::new(Instant::now()),
         }
     }

@@ -103,8 +103,8 @@ pub enum InputError {
     /// A delayed publish due further ahead than allowed.
     #[error("a message may be delayed at most {max_ms} ms")]
     DelayTooLong { max_ms: u64 },
-    /// A producer's sequence number of 2^63 or more (`u64::MAX` marks no sequence; the top
-    /// bit marks a Kafka producer's wrapping numbers).
+    /// A producer's sequence number of `u64::MAX` (which marks no sequence), or one of 2^63 or
+    /// more given to the engine (the top bit marks a Kafka producer's wrapping numbers).
     #[error("a producer's sequence number must be below 2^63")]
     BadSequence,
     /// A consumer subscribed to no topic.

@@ -178,11 +178,12 @@ impl AnswerKey {
 /// A sequence number no producer may use: it marks an empty slot.
 pub const SEQUENCE_NONE: u64 = u64::MAX;
 
-/// Set on a [`MessageCommand`](crate::MessageCommand)'s sequence number: the low 32 bits are a
-/// number that wraps, as a Kafka producer's do (from 1 to 2^31, the record's sequence plus
-/// one); the shard takes the number nearest the producer's highest that agrees with it modulo
-/// 2^31 ([`unwrap_sequence`]), so a producer goes on past the wrap and a repeat across it is
-/// still found. The record written holds the number taken.
+/// Set on a [`MessageCommand`](crate::MessageCommand)'s sequence number: the rest is a number
+/// that wraps, as a Kafka producer's do (from 1 to 2^31, the record's sequence plus one, read
+/// modulo 2^31); the shard takes the number nearest the producer's highest so far (written or
+/// in flight) that agrees with it modulo 2^31 ([`unwrap_sequence`]), so a producer goes on past
+/// the wrap and a repeat across it is still found. The record written holds the number taken.
+/// The engine refuses an embedder's own numbers from 2^63 on.
 pub const SEQUENCE_WRAPS: u64 = 1 << 63;
 
 /// The period of wrapping sequence numbers ([`SEQUENCE_WRAPS`]).

@@ -80,6 +80,10 @@ pub(crate) struct InFlightMessages {
     /// retried batch never finds a later message stored before an earlier one. At most
     /// `REFUSED_PRODUCERS_MAX` (then all are forgotten).
     refused_from: HashMap<u64, (u64, TradeError)>,
+    /// Per producer whose numbers wrap, the highest number taken for its writes
+    /// ([`unwrapped`]). At most `REFUSED_PRODUCERS_MAX` (then all are forgotten, and the
+    /// book's highest serves alone).
+    unwrapped_high: HashMap<u64, u64>,
 }
 
 /// Producers whose refusal at the queue is remembered ([`InFlightMessages::refused_from`]).
@@ -122,6 +126,7 @@ impl InFlightMessages {
     /// After the log failed: forgets everything and fails whoever waits.
     pub(crate) fn fail(&mut self, error: &TradeError) {
         self.refused_from.clear();
+        self.unwrapped_high.clear();
         self.keys.clear();
         self.keys_of.clear();
         self.held.clear();
@@ -356,11 +361,11 @@ pub(crate) fn message_on<D: Disk>(
         glommio::spawn_local(read).detach();
         return;
     }
-    let command = unwrapped(inner.index.borrow().messages(), command);
     let mut accepted = inner.accepted.borrow_mut();
     if let Some(error) = refused_now(&accepted.failed, accepted.closing) {
         return reply.send(Err(error));
     }
+    let command = unwrapped(inner.index.borrow().messages(), &mut accepted.messages, command);
     if let Some(refusal) = accepted.messages.refused_after_earlier(producer_of(&command).filter(|_| in_order)) {
         return reply.send(Err(refusal));
     }
@@ -411,19 +416,30 @@ fn refused_now(failed: &Option<TradeError>, closing: bool) -> Option<TradeError>
     }
 }
 
-/// The producer and sequence number of a publish or prepare made by a producer.
-/// `command` with a wrapping sequence number ([`crate::SEQUENCE_WRAPS`]) replaced by the one it stands
-/// for, from here on: in the checks, the keys in flight and the record written.
-fn unwrapped(book: &MessageBook, mut command: MessageCommand) -> MessageCommand {
+/// `command` with a wrapping sequence number ([`crate::SEQUENCE_WRAPS`]) replaced by the one
+/// it stands for, from here on: in the checks, the keys in flight and the record written. The
+/// producer's highest so far is the greater of the book's and of the numbers taken for its
+/// writes since, which may not be durable yet.
+fn unwrapped(book: &MessageBook, in_flight: &mut InFlightMessages, mut command: MessageCommand) -> MessageCommand {
     if let MessageCommand::Publish { producer: Some((id, sequence)), .. }
     | MessageCommand::Prepare { producer: Some((id, sequence)), .. } = &mut command
     {
-        let high = book.producer(*id).map_or(0, |window| window.high);
-        *sequence = crate::message_book::unwrap_sequence(*sequence, high);
+        if *sequence & crate::SEQUENCE_WRAPS == 0 {
+            return command;
+        }
+        let durable = book.producer(*id).map_or(0, |window| window.high);
+        let taken = in_flight.unwrapped_high.get(id).copied().unwrap_or(0);
+        *sequence = crate::message_book::unwrap_sequence(*sequence, durable.max(taken));
+        if in_flight.unwrapped_high.len() >= REFUSED_PRODUCERS_MAX {
+            in_flight.unwrapped_high.clear();
+        }
+        let high = in_flight.unwrapped_high.entry(*id).or_default();
+        *high = (*high).max(*sequence);
     }
     command
 }
 
+/// The producer and sequence number of a publish or prepare made by a producer.
 fn producer_of(command: &MessageCommand) -> Option<(u64, u64)> {
     match command {
         MessageCommand::Publish { producer, .. } | MessageCommand::Prepare { producer, .. } => *producer,

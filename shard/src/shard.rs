@@ -103,6 +103,9 @@ pub struct RecoveredShard<D: Disk> {
     cache_bytes: usize,
     upkeep: Upkeep,
     checkpoint: Option<Header>,
+    /// What the index held once the checkpoint was loaded, before the replay: what that
+    /// checkpoint left in memory, which the memory trigger takes off (`index/held.rs`).
+    held_at_load: u64,
     opened: OpenReport,
     began: Instant,
 }
@@ -130,6 +133,7 @@ impl<D: Disk> RecoveredShard<D> {
             cache_bytes: _,
             upkeep,
             checkpoint,
+            held_at_load,
             mut opened,
             began,
         } = self;
@@ -147,7 +151,7 @@ impl<D: Disk> RecoveredShard<D> {
             shard_id,
             routing: std::cell::Cell::new(None),
             wal,
-            checkpoints: Checkpoints::new(upkeep, parts, table, checkpoint.as_ref()),
+            checkpoints: Checkpoints::new(upkeep, parts, table, checkpoint.as_ref(), held_at_load),
             opened,
             index: RefCell::new(index),
             key_runs: RefCell::new(key_runs),
@@ -245,6 +249,7 @@ impl<D: Disk> Shard<D> {
             crate::parts::check_len(&disk, header.parts_len).await?;
         }
         let loaded_at = Instant::now();
+        let held_at_load = index.held_bytes();
         let mut replay_error = None;
         // Changes to trades that are not in memory wait until the replay ends, when their
         // records are read from the table (the replay cannot wait for the device).
@@ -330,6 +335,7 @@ impl<D: Disk> Shard<D> {
             cache_bytes,
             upkeep,
             checkpoint,
+            held_at_load,
             opened,
             began,
         })

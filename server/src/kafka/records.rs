@@ -262,15 +262,24 @@ pub(crate) fn decode_produced(
         Ok(Ok(sets)) => sets,
         _ => return Err(ProduceRefusal::Corrupt),
     };
+    if sets.len() != infos.len() {
+        return Err(ProduceRefusal::Corrupt);
+    }
     let mut messages = Vec::new();
-    for record in sets.into_iter().flat_map(|set| set.records) {
+    // A batch is an idempotent producer's when it carries a producer id and a base sequence;
+    // its records' numbers follow the base and wrap past `i32::MAX` (the codec adds their
+    // offsets with a wrapping add, so a number past the wrap reads negative).
+    let batches = infos.iter().zip(sets).map(|(info, set)| (info.producer_id >= 0 && info.base_sequence >= 0, set));
+    for (idempotent, record) in
+        batches.flat_map(|(idempotent, set)| set.records.into_iter().map(move |r| (idempotent, r)))
+    {
         let key = record.key.map(|k| k.to_vec()).unwrap_or_default();
         let payload = record.value.map(|v| v.to_vec()).unwrap_or_default();
         let mut message = OutgoingMessage::new(topic, key, payload);
         for (name, value) in record.headers {
             message = message.header(name.to_string(), value.map(|v| v.to_vec()).unwrap_or_default());
         }
-        message = if record.producer_id >= 0 && record.sequence >= 0 {
+        message = if idempotent {
             // Kafka numbers a producer's records per topic-partition and starts again at each
             // new epoch; the engine numbers them per producer and partition. So the engine's
             // producer is the (id, epoch, topic) triple: another topic's or epoch's records

@@ -8,10 +8,11 @@
 //! stay in memory on top of the trades' own budget until a checkpoint writes them, and the cold
 //! trades brought back to be changed. Each entry counts at its size; the hash tables' slack is not
 //! counted (it can add as much again), nor what stays after a checkpoint (pending claims, branches
-//! and activities under way), which the checkpointer measures once a checkpoint is done and takes
-//! off. That measure also holds the work applied while the checkpoint was written, which the next
-//! one moves: so what a shard holds peaks near the budget plus one checkpoint's duration of work,
-//! not at the budget.
+//! and activities under way): the checkpointer takes off what its snapshot held less what it
+//! moved out, and an open what the checkpoint it loaded left. The work applied after the
+//! snapshot counts towards the next checkpoint, and the snapshot's own keys leave memory only
+//! as the checkpoint forgets them: so what a shard holds peaks near the budget plus one
+//! checkpoint's duration of work, not at the budget.
 
 use crate::retention::TRADE_ENTRY_BYTES;
 use crate::trade::TradeId;
