@@ -72,3 +72,49 @@ pub(super) fn new_trade(buyer: u64, order: u64, amount: u64) -> NewTrade {
 pub(super) fn refund_no(id: tradeshard_engine::TradeId, refunded_before: u64) -> String {
     format!("RF-{}-{refunded_before}", id.0)
 }
+
+/// How long the checking parent sends one request again while the engine refuses it for a
+/// full queue (a reopened engine's recovery can fill them) before it gives up.
+const RETRYABLE_FOR: Duration = Duration::from_secs(30);
+
+/// `request` until it is not refused for a full queue (`Error::is_retryable`), for at most
+/// [`RETRYABLE_FOR`]: the checking parent's requests, whose refusal for a full queue says
+/// nothing about the engine's state.
+pub(super) fn retrying<T>(mut request: impl FnMut() -> tradeshard_engine::Result<T>) -> tradeshard_engine::Result<T> {
+    let started = std::time::Instant::now();
+    loop {
+        match request() {
+            Err(error) if error.is_retryable() && started.elapsed() < RETRYABLE_FOR => {
+                std::thread::sleep(Duration::from_micros(200))
+            }
+            answer => return answer,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tradeshard_engine::{Error, FullQueue};
+
+    #[test]
+    fn requests_refused_for_a_full_queue_are_sent_again_and_others_answer_at_once() {
+        let full = || Error::Backpressure { queue: FullQueue::Executor { executor: 0 } };
+        let mut sent = 0;
+        let answer = retrying(|| {
+            sent += 1;
+            if sent < 3 {
+                Err(full())
+            } else {
+                Ok(sent)
+            }
+        });
+        assert_eq!(answer.unwrap(), 3, "sent until it was not refused");
+        let mut sent = 0;
+        let answer: tradeshard_engine::Result<()> = retrying(|| {
+            sent += 1;
+            Err(Error::Closed)
+        });
+        assert!(matches!(answer, Err(Error::Closed)) && sent == 1, "another error answers at once");
+    }
+}

@@ -19,7 +19,7 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 use anyhow::{anyhow, bail};
 use tradeshard_engine::{ConsumerConfig, EngineHandle, Error, Trade, TradeId, TradeStatus};
 
-use super::common::{new_trade, refund_no};
+use super::common::{new_trade, refund_no, retrying};
 use super::journal::{Change, Entry};
 
 /// A trade's status and refunded total.
@@ -303,7 +303,8 @@ impl Model {
             match lost {
                 Lost::Create { key: (buyer, order), landed } => {
                     let expected = self.orders.get_mut(&(buyer, order)).expect("lost creates are known");
-                    let receipt = handle.create_trade_blocking(new_trade(buyer, order, expected.amount))?;
+                    let trade = new_trade(buyer, order, expected.amount);
+                    let receipt = retrying(|| handle.create_trade_blocking(trade.clone()))?;
                     match (landed, expected.id) {
                         (true, Some(id)) if receipt.id == id && receipt.replayed => {}
                         (false, _) if !receipt.replayed => {}
@@ -318,12 +319,12 @@ impl Model {
                 Lost::Change { key, change, before, landed } => {
                     let expected = self.orders.get_mut(&key).expect("lost changes are known");
                     let id = expected.id.expect("changes follow acknowledged creates");
-                    let receipt = match change {
-                        Change::Pay => handle.pay_blocking(id)?,
-                        Change::Settle => handle.settle_blocking(id)?,
-                        Change::Close => handle.close_trade_blocking(id)?,
-                        Change::Refund(amount) => handle.refund_blocking(id, &refund_no(id, before.1), amount)?,
-                    };
+                    let receipt = retrying(|| match change {
+                        Change::Pay => handle.pay_blocking(id),
+                        Change::Settle => handle.settle_blocking(id),
+                        Change::Close => handle.close_trade_blocking(id),
+                        Change::Refund(amount) => handle.refund_blocking(id, &refund_no(id, before.1), amount),
+                    })?;
                     let wanted = after(before, expected.amount, change).expect("the change was valid when sent");
                     if (receipt.status, receipt.refunded_amount) != wanted || receipt.replayed != landed {
                         bail!("a retried {change:?} of {id} answered {receipt:?}: wanted {wanted:?}, landed {landed}");

@@ -107,7 +107,8 @@ impl MoneyModel {
         let mut checked = MoneyChecked::default();
         for (request, (op, outcome)) in self.requests.iter_mut().filter(|(_, (_, outcome))| outcome.is_none()) {
             checked.retried += 1;
-            *outcome = Some(request_once(handle, *op, request).map_err(|e| anyhow!("retried {request}: {e}"))?);
+            let answer = super::common::retrying(|| request_once(handle, *op, request));
+            *outcome = Some(answer.map_err(|e| anyhow!("retried {request}: {e}"))?);
         }
         // The completions of activities are queued behind their answers: wait (bounded) until
         // none is in doubt.
