@@ -181,12 +181,16 @@ pub(crate) async fn serve(conn: &mut Conn) {
         Some(Some(Head::Request(line))) => line,
         // Answered, then closed: the rest of the head is not read.
         Some(Some(Head::LineTooLong)) => {
-            answer(conn, "414 URI Too Long", "text/plain", "request line too long\n".into()).await;
-            return conn.linger().await;
+            if answer(conn, "414 URI Too Long", "text/plain", "request line too long\n".into()).await {
+                conn.linger().await;
+            }
+            return;
         }
         Some(Some(Head::HeadersTooLarge)) => {
-            answer(conn, "431 Request Header Fields Too Large", "text/plain", "head too large\n".into()).await;
-            return conn.linger().await;
+            if answer(conn, "431 Request Header Fields Too Large", "text/plain", "head too large\n".into()).await {
+                conn.linger().await;
+            }
+            return;
         }
         Some(None) | None => return,
     };
@@ -205,14 +209,12 @@ pub(crate) async fn serve(conn: &mut Conn) {
     answer(conn, status, content_type, body).await;
 }
 
-/// Writes one whole answer; the connection closes after it.
-async fn answer(conn: &mut Conn, status: &str, content_type: &str, body: String) {
+/// Writes one whole answer (whether it was written); the connection closes after it.
+async fn answer(conn: &mut Conn, status: &str, content_type: &str, body: String) -> bool {
     let allow = if status.starts_with("405") { "Allow: GET\r\n" } else { "" };
     let head = format!(
         "HTTP/1.1 {status}\r\n{allow}Content-Type: {content_type}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
         body.len()
     );
-    if conn.write_all(head.as_bytes()).await.is_ok() {
-        let _ = conn.write_all(body.as_bytes()).await;
-    }
+    conn.write_all(head.as_bytes()).await.is_ok() && conn.write_all(body.as_bytes()).await.is_ok()
 }

@@ -424,14 +424,21 @@ fn unwrapped(book: &MessageBook, in_flight: &mut InFlightMessages, mut command: 
     if let MessageCommand::Publish { producer: Some((id, sequence)), .. }
     | MessageCommand::Prepare { producer: Some((id, sequence)), .. } = &mut command
     {
-        if *sequence & crate::SEQUENCE_WRAPS == 0 {
+        // No sequence (refused by the check) is not a number to remember.
+        if *sequence & crate::SEQUENCE_WRAPS == 0 || *sequence == SEQUENCE_NONE {
             return command;
         }
         let durable = book.producer(*id).map_or(0, |window| window.high);
         let taken = in_flight.unwrapped_high.get(id).copied().unwrap_or(0);
         *sequence = crate::message_book::unwrap_sequence(*sequence, durable.max(taken));
-        if in_flight.unwrapped_high.len() >= REFUSED_PRODUCERS_MAX {
-            in_flight.unwrapped_high.clear();
+        if in_flight.unwrapped_high.len() >= REFUSED_PRODUCERS_MAX && !in_flight.unwrapped_high.contains_key(id) {
+            // Those the book has caught up with tell nothing more; if every one is still ahead
+            // of it, all are forgotten.
+            let book_high = |id: &u64| book.producer(*id).map_or(0, |window| window.high);
+            in_flight.unwrapped_high.retain(|id, high| *high > book_high(id));
+            if in_flight.unwrapped_high.len() >= REFUSED_PRODUCERS_MAX {
+                in_flight.unwrapped_high.clear();
+            }
         }
         let high = in_flight.unwrapped_high.entry(*id).or_default();
         *high = (*high).max(*sequence);
