@@ -206,7 +206,11 @@ pub(crate) async fn serve(conn: &mut Conn) {
         ("GET", _) => ("404 Not Found", "text/plain", "not found: try /metrics\n".to_string()),
         _ => ("405 Method Not Allowed", "text/plain", "only GET\n".to_string()),
     };
-    answer(conn, status, content_type, body).await;
+    // A request of another method may carry a body, which is not read: closed unread, it
+    // could reset the connection under the answer.
+    if answer(conn, status, content_type, body).await && method != "GET" {
+        conn.linger().await;
+    }
 }
 
 /// Writes one whole answer (whether it was written); the connection closes after it.

@@ -419,6 +419,11 @@ fn lines_past_the_limits_are_answered_with_their_protocols_error() {
     assert!(page.starts_with("HTTP/1.1 431 "), "{page}");
     let page = http(TcpStream::connect(metrics).unwrap(), headers(64).as_bytes());
     assert!(page.starts_with("HTTP/1.1 200 OK\r\n"), "64 header lines are read: {page}");
+    // A body the server does not read (another method's) does not lose the answer either.
+    let mut post = b"POST /metrics HTTP/1.1\r\nContent-Length: 100000\r\n\r\n".to_vec();
+    post.resize(post.len() + 100_000, b'b');
+    let page = http(TcpStream::connect(metrics).unwrap(), &post);
+    assert!(page.starts_with("HTTP/1.1 405 "), "{page}");
     let page = http(TcpStream::connect(metrics).unwrap(), b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n");
     assert!(page.starts_with("HTTP/1.1 200 OK\r\n"), "and the face still answers: {page}");
 }
