@@ -119,7 +119,9 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         bail!("{} is not a tradeshard data directory (no MANIFEST)", args.dir.display());
     }
     let opening = Instant::now();
-    let mut options = Options { read_only: true, ..Options::new(&args.dir) };
+    // A read-only open writes nothing: its executors need little registered io memory, which
+    // each pins and zeroes as it starts (64 MiB by default, a writer's).
+    let mut options = Options { read_only: true, io_memory_bytes: 4 << 20, ..Options::new(&args.dir) };
     // Opened at its own segment size, the directory keeps its free segments.
     if let Some(bytes) = crate::data_dir::segment_bytes_of(&args.dir) {
         options.segment_bytes = bytes;
