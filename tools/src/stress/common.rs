@@ -78,8 +78,8 @@ pub(super) fn refund_no(id: tradeshard_engine::TradeId, refunded_before: u64) ->
 const RETRYABLE_FOR: Duration = Duration::from_secs(30);
 
 /// `request` until it is not refused for a full queue (`Error::is_retryable`), for at most
-/// [`RETRYABLE_FOR`]: the checking parent's requests, whose refusal for a full queue says
-/// nothing about the engine's state.
+/// [`RETRYABLE_FOR`]: the checking parent's requests and reads, whose refusal for a full queue
+/// says nothing about the engine's state.
 pub(super) fn retrying<T>(mut request: impl FnMut() -> tradeshard_engine::Result<T>) -> tradeshard_engine::Result<T> {
     let started = std::time::Instant::now();
     loop {

@@ -156,7 +156,7 @@ impl Model {
         // By id: every trade whose id is known, in batches.
         let known: Vec<TradeId> = self.orders.values().filter_map(|e| e.id).collect();
         for chunk in known.chunks(1024) {
-            for (id, result) in chunk.iter().zip(handle.get_many_blocking(chunk)?) {
+            for (id, result) in chunk.iter().zip(retrying(|| handle.get_many_blocking(chunk))?) {
                 match result {
                     Ok(trade) if trade.id == *id => {
                         found.insert(self.by_id[id], trade);
@@ -178,7 +178,7 @@ impl Model {
             .collect();
         self.listings += 1;
         for buyer in listed {
-            for trade in handle.list_user_trades_blocking(buyer, 10_000, None)? {
+            for trade in retrying(|| handle.list_user_trades_blocking(buyer, 10_000, None))? {
                 let order = super::common::order_of(&trade.merchant_order_no)
                     .filter(|(b, order)| *b == buyer && self.orders.contains_key(&(buyer, *order)))
                     .ok_or_else(|| anyhow!("trade {} ({}) was never sent", trade.id, trade.merchant_order_no))?;
@@ -263,12 +263,14 @@ impl Model {
         }
         // Nothing held that was never sent, and no order twice: the engine holds exactly the
         // trades found.
-        let stats = handle.stats_blocking()?;
+        let stats = retrying(|| handle.stats_blocking())?;
         if stats.trades != found.len() as u64 {
             bail!("the engine counts {} trades, the users hold {}", stats.trades, found.len());
         }
-        let totals: BTreeMap<u64, u128> =
-            handle.settled_totals_blocking()?.into_iter().map(|((merchant, _), sum)| (merchant, sum)).collect();
+        let totals: BTreeMap<u64, u128> = retrying(|| handle.settled_totals_blocking())?
+            .into_iter()
+            .map(|((merchant, _), sum)| (merchant, sum))
+            .collect();
         if totals != settled {
             bail!("settled totals {totals:?} do not reconcile with the settled trades {settled:?}");
         }
@@ -343,7 +345,7 @@ impl Model {
         for ((buyer, order), expected) in &self.orders {
             let Some(id) = expected.id else { continue };
             let trade = new_trade(*buyer, *order, expected.amount);
-            let found = handle.get_by_order_blocking(trade.merchant_id, &trade.merchant_order_no)?;
+            let found = retrying(|| handle.get_by_order_blocking(trade.merchant_id, &trade.merchant_order_no))?;
             if found.id != id {
                 bail!(
                     "order {} of merchant {} names {}, not {id}",

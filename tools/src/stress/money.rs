@@ -113,7 +113,11 @@ impl MoneyModel {
         // The completions of activities are queued behind their answers: wait (bounded) until
         // none is in doubt.
         let started = Instant::now();
-        while handle.stats_blocking()?.shards.iter().any(|shard| shard.activities_in_doubt > 0) {
+        while super::common::retrying(|| handle.stats_blocking())?
+            .shards
+            .iter()
+            .any(|shard| shard.activities_in_doubt > 0)
+        {
             if started.elapsed() > Duration::from_secs(30) {
                 bail!("activities left in doubt after every lost request was sent again");
             }
@@ -138,15 +142,15 @@ impl MoneyModel {
             }
         }
         for user in FIRST_USER + 1..=FIRST_USER + USERS {
-            let balance = handle.balance_blocking(user, CURRENCY)?;
+            let balance = super::common::retrying(|| handle.balance_blocking(user, CURRENCY))?;
             let wanted = balances.get(&user).copied().unwrap_or(0);
             if (balance.frozen, balance.incoming) != (0, 0) || i128::from(balance.available) != wanted {
                 bail!("user {user} holds {balance:?}; the outcomes make {wanted}");
             }
         }
         let currency = Currency::parse(CURRENCY).expect("a known code");
-        let totals = handle.account_totals_blocking()?.get(&currency).copied().unwrap_or(0);
-        let in_transit: i128 = handle.money_in_transit_blocking()?.values().sum();
+        let totals = super::common::retrying(|| handle.account_totals_blocking())?.get(&currency).copied().unwrap_or(0);
+        let in_transit: i128 = super::common::retrying(|| handle.money_in_transit_blocking())?.values().sum();
         if totals != deposited || in_transit != 0 {
             bail!("accounts hold {totals} and {in_transit} is in transit; {deposited} was deposited");
         }
