@@ -319,6 +319,34 @@ fn checkpoint_names(disk: &SimDisk) -> Vec<String> {
     names
 }
 
+/// A checkpoint names a log frame near its position, and an open reads the segment holding the
+/// position from that frame on, not from the segment's first frame: the bytes before it are
+/// counted unread, and what was written after the checkpoint is replayed all the same.
+#[test]
+fn an_open_reads_the_log_from_the_checkpoints_frame() {
+    run(async {
+        let disk = SimDisk::new();
+        let mut ids = build(&disk, 250).await;
+        let shard = Shard::open_with(disk.clone(), config(), 0, upkeep()).await.unwrap();
+        let opened = shard.stats().opened;
+        assert!(opened.checkpoint.is_some());
+        assert!(opened.unread_log_bytes > 0, "{opened:?}");
+        assert_eq!(opened.replayed_records, 0);
+        for order in 1_000..1_010 {
+            let trade = new_trade(1, order, 100).validate().unwrap();
+            ids.push(call(|done| shard.submit(Command::Create { trade, logical_shard: 1 }, done)).await.unwrap().id);
+        }
+        drop(shard);
+        let shard = Shard::open_with(disk.clone(), config(), 0, upkeep()).await.unwrap();
+        let reopened = shard.stats().opened;
+        assert_eq!((reopened.checkpoint, reopened.unread_log_bytes), (opened.checkpoint, opened.unread_log_bytes));
+        assert_eq!(reopened.replayed_records, 10);
+        for id in ids {
+            call(|done| shard.get(id, done)).await.unwrap();
+        }
+    });
+}
+
 #[test]
 fn a_damaged_newest_checkpoint_falls_back_while_the_log_reaches_the_one_before() {
     run(async {

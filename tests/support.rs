@@ -200,6 +200,9 @@ pub fn campaign_shard_config(shard_id: u32) -> WalConfig {
         frame_payload_bytes_max: 16 << 10,
         record_bytes_max: 4 << 10,
         preallocation: Preallocation::Zeroed,
+        // Several entries a segment, so that checkpoints name frames past a segment's first
+        // and opens start reading there.
+        index_interval_bytes: 4 << 10,
         ..WalConfig::default()
     }
 }
@@ -213,6 +216,7 @@ pub fn rolling_shard_config() -> WalConfig {
         piece_raw_bytes: 1 << 10,
         record_bytes_max: 4 << 10,
         preallocation: Preallocation::Zeroed,
+        index_interval_bytes: 4 << 10,
         ..WalConfig::default()
     }
 }

@@ -260,6 +260,80 @@ fn a_frame_below_the_replay_is_still_checked() {
     });
 }
 
+/// An owner's checkpoint names a frame at or before its last record (`Wal::frame_pos`), and a
+/// recovery from it reads the segment from that frame on: damage before the frame goes unseen
+/// (it is below the checkpoint), exactly the records from the position are replayed, the log
+/// goes on, and a reader still reads the records before the frame. A position that names no
+/// frame of the segment, or one numbered otherwise, is passed over for the full scan.
+#[test]
+fn a_recovery_from_a_checkpoints_frame_reads_nothing_before_it() {
+    run(async {
+        let disk = SimDisk::new();
+        let (wal, _) = Wal::open(disk.clone(), small_config(), |_, _| {}).await.unwrap();
+        let mut rng = SplitMix64::new(12);
+        let records: Vec<Vec<u8>> =
+            (0..12).map(|_| (0..3000).map(|_| rng.next_u64() as u8).collect::<Vec<u8>>()).collect();
+        for record in &records {
+            wal.append(record).await.unwrap();
+        }
+        assert_eq!(wal.frame_pos(0), None, "the segment's first frame is no position to keep");
+        assert_eq!(wal.frame_pos(12), None, "not in the log");
+        let at = wal.frame_pos(9).expect("an indexed frame before record 9");
+        assert!(at.segment_base == 0 && at.first_seq <= 9 && at.first_seq > 0, "{at:?}");
+        // Each record is a frame of one block, at block `seq + 1`.
+        assert_eq!(at.offset, (at.first_seq + 1) * BLOCK_BYTES);
+        wal.close().await.unwrap();
+
+        let replay_from = |from: (u64, Option<tradeshard_wal::FramePos>)| {
+            let disk = disk.clone();
+            async move {
+                let mut replayed = Vec::new();
+                let outcome = Wal::recover_from_frame(disk, small_config(), from, |at, record| {
+                    replayed.push((at.seq, record.to_vec()))
+                })
+                .await;
+                outcome.map(|(recovered, report)| (recovered, report, replayed))
+            }
+        };
+        let expected: Vec<_> = (10..12).map(|seq| (seq, records[seq as usize].clone())).collect();
+        let moved = |offset, first_seq| tradeshard_wal::FramePos { offset, first_seq, ..at };
+        // Off a frame's start, on a frame numbered otherwise, past the position, in another
+        // segment: a full scan, the same records.
+        for wrong in [
+            moved(at.offset + BLOCK_BYTES, at.first_seq),
+            moved(at.offset, at.first_seq + 1),
+            moved(12 * BLOCK_BYTES, 11),
+        ] {
+            let (_, report, replayed) = replay_from((10, Some(wrong))).await.unwrap();
+            assert_eq!((report.unread_bytes, &replayed), (0, &expected), "{wrong:?}");
+        }
+        let elsewhere = tradeshard_wal::FramePos { segment_base: 1, ..at };
+        assert_eq!(replay_from((10, Some(elsewhere))).await.unwrap().1.unread_bytes, 0);
+
+        // A bit flipped in a frame before the named one: unseen from it, refused by a full scan.
+        let name = file_name(0);
+        disk.flip_bit(&name, 2 * BLOCK_BYTES + 100, 3);
+        assert!(
+            matches!(replay_from((10, None)).await, Err(Error::Corruption { offset, .. }) if offset == 2 * BLOCK_BYTES)
+        );
+        let (recovered, report, replayed) = replay_from((10, Some(at))).await.unwrap();
+        assert_eq!(replayed, expected);
+        assert_eq!(report.unread_bytes, at.offset - BLOCK_BYTES);
+        assert_eq!(report.next_seq, 12);
+        let wal = recovered.start().await.unwrap();
+        assert_eq!(wal.append(b"after the open").await.unwrap().seq, 12);
+        let mut reader = wal.reader(at.first_seq + 1).unwrap();
+        let (seq, record) = reader.next().await.unwrap().expect("a record after the named frame");
+        assert_eq!((seq, record), (at.first_seq + 1, &records[at.first_seq as usize + 1][..]));
+        drop(reader);
+        wal.close().await.unwrap();
+        // The frames from the named one on, and the new one, still chain: a later open from the
+        // same frame reads them all.
+        let (_, report, replayed) = replay_from((10, Some(at))).await.unwrap();
+        assert_eq!((report.next_seq, replayed.len()), (13, 3));
+    });
+}
+
 /// Records sent together share a frame, so a position to replay from can fall inside one (that
 /// frame is decoded and its records from the position on replayed) or on a frame's start (the
 /// frames before it are checked by their checksum alone): from any position, exactly the

@@ -365,6 +365,7 @@ async fn write_durable<D: Disk>(
         scalars: snapshot.scalars(),
         parts_len: inner.checkpoints.parts.len(),
         created_ms: now,
+        frame: position.checked_sub(1).and_then(|last| inner.wal.frame_pos(last)),
     };
     let bytes = write_file(inner, snapshot, &header, &placed, &runs.sets.listed()).await?;
     Ok((bytes, placed, table_bytes, runs))

@@ -153,6 +153,9 @@ pub struct OpenReport {
     pub replayed_records: u64,
     /// Segments not read at all (wholly below the checkpoint).
     pub skipped_segments: u64,
+    /// Bytes of the segment holding the checkpoint's position not read either: they lie before
+    /// the log frame the checkpoint names.
+    pub unread_log_bytes: u64,
     /// Time from the start of the recovery to the shard's start.
     pub open_ms: u64,
     /// Of that, the time spent loading the checkpoint and the runs' summaries (the newest

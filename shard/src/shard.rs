@@ -254,7 +254,8 @@ impl<D: Disk> Shard<D> {
         // Changes to trades that are not in memory wait until the replay ends, when their
         // records are read from the table (the replay cannot wait for the device).
         let mut deferred = Deferred::default();
-        let (wal, report) = Wal::recover_from(disk.clone(), wal_config, from, |at, bytes| {
+        let from_frame = checkpoint.as_ref().and_then(|header| header.frame);
+        let (wal, report) = Wal::recover_from_frame(disk.clone(), wal_config, (from, from_frame), |at, bytes| {
             if replay_error.is_some() {
                 return;
             }
@@ -321,6 +322,7 @@ impl<D: Disk> Shard<D> {
             passed_over_damaged_checkpoint: found.passed_over.is_some(),
             replayed_records: report.replayed,
             skipped_segments: report.skipped_segments as u64,
+            unread_log_bytes: report.unread_bytes,
             open_ms: 0,
             load_ms: loaded_at.duration_since(began).as_millis() as u64,
             replay_ms: loaded_at.elapsed().as_millis() as u64,

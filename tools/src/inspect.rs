@@ -101,6 +101,7 @@ struct ShardReport {
     replay_ms: u64,
     replayed_records: u64,
     skipped_segments: u64,
+    unread_log_bytes: u64,
     passed_over_damaged_checkpoint: bool,
 }
 
@@ -203,6 +204,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
             replay_ms: shard.opened.replay_ms,
             replayed_records: shard.opened.replayed_records,
             skipped_segments: shard.opened.skipped_segments,
+            unread_log_bytes: shard.opened.unread_log_bytes,
             passed_over_damaged_checkpoint: shard.opened.passed_over_damaged_checkpoint,
         });
     }
@@ -234,7 +236,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         };
         println!(
             "shard {}: {} trades ({} in memory); log {}..{} in {} segments ({:.1} MiB, {} free files of {:.1} MiB); {checkpoint}; created parts {:.1} MiB; \
-             {} keys in {} runs ({:.1} MiB, {:.1} MiB in memory); open {} ms (load {} ms, replay {} ms), {} records replayed, {} segments skipped{}",
+             {} keys in {} runs ({:.1} MiB, {:.1} MiB in memory); open {} ms (load {} ms, replay {} ms), {} records replayed, {} segments and {:.1} MiB of log unread{}",
             s.shard,
             s.trades,
             s.trades_in_memory,
@@ -254,6 +256,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
             s.replay_ms,
             s.replayed_records,
             s.skipped_segments,
+            s.unread_log_bytes as f64 / (1 << 20) as f64,
             if s.passed_over_damaged_checkpoint { ", a damaged checkpoint passed over" } else { "" }
         );
         println!(

@@ -41,6 +41,6 @@ pub use disk::SyncMethod;
 pub use error::{Error, Result};
 pub use layout::BLOCK_BYTES;
 pub use reader::LogReader;
-pub use recovery::RecoveryReport;
+pub use recovery::{FramePos, RecoveryReport};
 pub use state::{log2_bucket, SegmentInfo, WalStats, HISTOGRAM_BUCKETS};
 pub use wal::{RecoveredWal, Wal};

@@ -36,6 +36,17 @@ use crate::recycle;
 use crate::segment::{self, HeaderDefect, SegmentHeader};
 use crate::state::SegmentState;
 
+/// Where a frame of the log starts: the segment (by its first record), the frame's offset in
+/// it and the frame's first record. An owner that keeps the log's effect elsewhere (a
+/// checkpoint) keeps the position of a frame at or before its last record, so that recovery
+/// starts reading there instead of at the segment's first frame.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct FramePos {
+    pub segment_base: u64,
+    pub offset: u64,
+    pub first_seq: u64,
+}
+
 /// What recovery found and did.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct RecoveryReport {
@@ -50,6 +61,9 @@ pub struct RecoveryReport {
     /// Sealed segments wholly below the position replayed from: their headers checked, their
     /// frames not read (they were verified when written and by earlier opens).
     pub skipped_segments: usize,
+    /// Bytes of the segment replayed from that were not read: they lie below the frame the
+    /// owner named ([`FramePos`]), and are in its checkpoint.
+    pub unread_bytes: u64,
     /// The first record in the log.
     pub first_seq: u64,
     /// The sequence number the next append gets.
@@ -96,13 +110,17 @@ fn corruption<D: Disk>(disk: &D, name: &str, offset: u64, reason: &'static str) 
 /// Recovers the log in `disk`, handing every record from `from_seq` on to `replay` in order.
 /// Sealed segments wholly below `from_seq` are opened and their headers checked, not scanned:
 /// the owner holds their effect elsewhere (a checkpoint), and an open must not cost the whole
-/// history.
+/// history. In the segment that holds `from_seq`, reading starts at `from_frame` when that names
+/// a valid frame of it at or before `from_seq`, and at the segment's first frame otherwise.
 pub(crate) async fn recover<D: Disk>(
     disk: &D,
     config: &WalConfig,
-    from_seq: u64,
+    (from_seq, from_frame): (u64, Option<FramePos>),
     replay: &mut dyn FnMut(Appended, &[u8]),
 ) -> Result<Recovered<D::File>> {
+    // A frame past `from_seq` would skip records to replay; one below its segment is not of it.
+    let start_in =
+        |base: u64| from_frame.filter(|at| at.segment_base == base && at.first_seq >= base && at.first_seq <= from_seq);
     let names = disk.list().map_err(|e| Error::io("list", disk.path_of(""), e))?;
     let mut bases: Vec<u64> = names.iter().filter_map(|name| segment::parse_file_name(name)).collect();
     bases.sort_unstable();
@@ -155,9 +173,9 @@ pub(crate) async fn recover<D: Disk>(
                         tail.file.clone(),
                         header.created_ms,
                     ));
-                    let seed = (header.chain_seed, from_seq);
+                    let from = (header.chain_seed, from_seq, start_in(tail.base_seq));
                     let scan =
-                        scan_segment(disk, &segment, size, seed, None, config, &mut gated, &mut recovered).await?;
+                        scan_segment(disk, &segment, size, from, None, config, &mut gated, &mut recovered).await?;
                     recovered.last_checksum = scan;
                     recovered.report.skipped_segments -= 1;
                     expected = Some(segment.end_seq.get());
@@ -199,7 +217,7 @@ pub(crate) async fn recover<D: Disk>(
             disk,
             &segment,
             size,
-            (header.chain_seed, from_seq),
+            (header.chain_seed, from_seq, start_in(base)),
             ends_at,
             config,
             &mut gated,
@@ -276,12 +294,17 @@ async fn read_header<D: Disk>(
 /// last frame is not read, for a recycled file holds old frames there (`recycle.rs`). The last
 /// segment ends at its first defect, and an old frame (numbered below the segment's first
 /// record) counts as space never written.
+///
+/// With `start`, the scan begins at that frame when it is valid and numbered as named (the
+/// frames before it are in the owner's checkpoint; the chain is taken up from the frame's own
+/// link), and at the first frame otherwise: a position that names no frame costs a longer
+/// scan, never a record.
 #[allow(clippy::too_many_arguments)]
 async fn scan_segment<D: Disk>(
     disk: &D,
     segment: &SegmentState<D::File>,
     size: u64,
-    (chain_seed, replay_from): (u64, u64),
+    (chain_seed, replay_from, start): (u64, u64, Option<FramePos>),
     ends_at: Option<u64>,
     config: &WalConfig,
     replay: &mut dyn FnMut(Appended, &[u8]),
@@ -293,6 +316,15 @@ async fn scan_segment<D: Disk>(
         FrameCursor::new(segment.file.clone(), size, config.read_chunk_bytes, config.frame_payload_bytes_max);
     let mut offset = BLOCK_BYTES;
     let mut prev_checksum = chain_seed;
+    if let Some(start) = start.filter(|at| at.offset > BLOCK_BYTES && at.offset.is_multiple_of(BLOCK_BYTES)) {
+        let read = cursor.frame_at_from(start.offset, replay_from).await.map_err(|e| Error::io("read", path(), e))?;
+        if let Some(frame) = read.ok().filter(|frame| frame.header.first_seq == start.first_seq) {
+            prev_checksum = frame.header.prev_checksum;
+            segment.start_at_frame(start.first_seq, start.offset);
+            report.unread_bytes = start.offset - BLOCK_BYTES;
+            offset = start.offset;
+        }
+    }
     let is_last = ends_at.is_none();
     while offset < size {
         let expected_seq = segment.end_seq.get();

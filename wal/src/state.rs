@@ -80,9 +80,24 @@ impl<F> SegmentState<F> {
 
     /// Offset of a frame at or before the one holding `seq`, to scan forward from.
     pub(crate) fn scan_start(&self, seq: u64) -> u64 {
+        self.indexed_frame(seq).1
+    }
+
+    /// The index's entry for a frame at or before the one holding `seq`: its first record and
+    /// its offset.
+    pub(crate) fn indexed_frame(&self, seq: u64) -> (u64, u64) {
         let index = self.index.borrow();
         let at = index.partition_point(|&(first, _)| first <= seq);
-        index[at.saturating_sub(1)].1
+        index[at.saturating_sub(1)]
+    }
+
+    /// Makes the frame at `offset`, whose first record is `first_seq`, the next one noted:
+    /// recovery starting from a frame an owner named (`FramePos`) rather than the first.
+    pub(crate) fn start_at_frame(&self, first_seq: u64, offset: u64) {
+        assert!(self.end_seq.get() == self.base_seq && offset > BLOCK_BYTES, "only a segment not yet scanned");
+        self.index.borrow_mut().push((first_seq, offset));
+        self.end_offset.set(offset);
+        self.end_seq.set(first_seq);
     }
 
     /// Entries in the sparse index (for tests of memory use).

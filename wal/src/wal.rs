@@ -14,12 +14,12 @@ use crate::config::{Durability, WalConfig};
 use crate::defect::FrameDefect;
 use crate::disk::{Disk, DiskFile};
 use crate::error::{Error, Result};
-use crate::layout::RECORD_PREFIX_BYTES;
+use crate::layout::{BLOCK_BYTES, RECORD_PREFIX_BYTES};
 use crate::piece::decode_piece_into;
 use crate::reader::LogReader;
 use crate::recent::RecentFrames;
 use crate::record::records;
-use crate::recovery::{self, RecoveryReport};
+use crate::recovery::{self, FramePos, RecoveryReport};
 use crate::recycle;
 use crate::state::{SegmentInfo, Shared, WalStats};
 use crate::writer::Writer;
@@ -127,10 +127,23 @@ impl<D: Disk> Wal<D> {
         disk: D,
         config: WalConfig,
         from_seq: u64,
+        replay: impl FnMut(Appended, &[u8]),
+    ) -> Result<(RecoveredWal<D>, RecoveryReport)> {
+        Self::recover_from_frame(disk, config, (from_seq, None), replay).await
+    }
+
+    /// [`recover_from`](Self::recover_from), reading the segment that holds `from_seq` from
+    /// `from_frame` on (a position [`frame_pos`](Self::frame_pos) gave for a record below
+    /// `from_seq`) instead of from its first frame. The frames before it are not read, so not
+    /// checked; a position that names no valid frame is passed over for a full scan.
+    pub async fn recover_from_frame(
+        disk: D,
+        config: WalConfig,
+        from: (u64, Option<FramePos>),
         mut replay: impl FnMut(Appended, &[u8]),
     ) -> Result<(RecoveredWal<D>, RecoveryReport)> {
         config.validate()?;
-        let recovered = recovery::recover(&disk, &config, from_seq, &mut replay).await?;
+        let recovered = recovery::recover(&disk, &config, from, &mut replay).await?;
         let report = recovered.report.clone();
         Ok((RecoveredWal { disk, config, recovered }, report))
     }
@@ -274,6 +287,20 @@ impl<D: Disk> Wal<D> {
             Durability::Sync => self.shared.visible_end.get(),
             Durability::Buffered { .. } => self.shared.synced_end.get().min(self.shared.visible_end.get()),
         }
+    }
+
+    /// The position of a frame at or before the one holding acknowledged record `seq`, from the
+    /// segments' sparse index (within `index_interval_bytes` of it), for an owner's checkpoint
+    /// ([`recover_from_frame`](Self::recover_from_frame)); `None` when that is its segment's
+    /// first frame, or `seq` is not in the log.
+    pub fn frame_pos(&self, seq: u64) -> Option<FramePos> {
+        if seq >= self.shared.visible_end.get() {
+            return None;
+        }
+        let segments = self.shared.segments.borrow();
+        let (_, segment) = segments.range(..=seq).next_back()?;
+        let (first_seq, offset) = segment.indexed_frame(seq);
+        (offset > BLOCK_BYTES).then_some(FramePos { segment_base: segment.base_seq, offset, first_seq })
     }
 
     /// The segments, oldest first.

@@ -11,6 +11,7 @@ use crate::lifecycle::Lifecycle;
 use crate::system_record::OffsetCommit;
 use crate::tcc_book::TccItem;
 use crate::trade::{TradeId, LOGICAL_SHARDS_MAX};
+use tradeshard_wal::{FramePos, BLOCK_BYTES};
 
 /// The block pages start on.
 pub(crate) const PAGE_ALIGN: usize = 4096;
@@ -26,14 +27,17 @@ const PAGE_MAGIC: u32 = u32::from_le_bytes(*b"TSCK");
 /// (2: the header records the table of trades' highest counter; the trades are in the table.
 /// 3: the order keys and confirmed claims are in runs on disk, which the checkpoint lists.
 /// 4: accounts and account request numbers. 7: the counter below which every trade's claim
-/// is known durable.)
-pub(crate) const CHECKPOINT_VERSION: u16 = 7;
+/// is known durable. 8: the log frame an open starts reading from; 7 is still read.)
+pub(crate) const CHECKPOINT_VERSION: u16 = 8;
+/// The version before: its header has no log frame.
+const CHECKPOINT_VERSION_NO_FRAME: u16 = 7;
 /// The name a checkpoint is written under before it is complete.
 pub(crate) const TEMP_NAME: &str = "checkpoint.tmp";
 /// Longest run of a user's trades in one entry.
 const USER_IDS_PER_ITEM: usize = 4096;
 
-const HEADER_PAYLOAD_BYTES: usize = 64;
+const HEADER_PAYLOAD_BYTES: usize = 88;
+const HEADER_PAYLOAD_BYTES_NO_FRAME: usize = 64;
 const KIND_TRADE: u8 = 1;
 const KIND_RUN: u8 = 2;
 const KIND_USER: u8 = 3;
@@ -64,6 +68,9 @@ pub(crate) struct Header {
     /// Bytes of the store of created parts that the checkpoint's trades point into.
     pub parts_len: u64,
     pub created_ms: u64,
+    /// A frame of the log at or before the checkpoint's last record, where an open starts
+    /// reading its segment (none: at the segment's first frame).
+    pub frame: Option<FramePos>,
 }
 
 impl Header {
@@ -78,15 +85,23 @@ impl Header {
         out[40..48].copy_from_slice(&self.created_ms.to_le_bytes());
         out[48..56].copy_from_slice(&self.scalars.table_counter_max.to_le_bytes());
         out[56..64].copy_from_slice(&self.scalars.claims_known_below.to_le_bytes());
+        if let Some(frame) = self.frame {
+            out[64..72].copy_from_slice(&frame.segment_base.to_le_bytes());
+            out[72..80].copy_from_slice(&frame.offset.to_le_bytes());
+            out[80..88].copy_from_slice(&frame.first_seq.to_le_bytes());
+        }
         out
     }
 
     pub(crate) fn decode(bytes: &[u8]) -> Result<Header, &'static str> {
-        if bytes.len() != HEADER_PAYLOAD_BYTES {
+        let version = bytes.get(0..2).map(|v| u16::from_le_bytes([v[0], v[1]]));
+        let expected_len = match version.ok_or("checkpoint header has the wrong length")? {
+            CHECKPOINT_VERSION => HEADER_PAYLOAD_BYTES,
+            CHECKPOINT_VERSION_NO_FRAME => HEADER_PAYLOAD_BYTES_NO_FRAME,
+            _ => return Err("checkpoint version this build does not read"),
+        };
+        if bytes.len() != expected_len {
             return Err("checkpoint header has the wrong length");
-        }
-        if u16::from_le_bytes([bytes[0], bytes[1]]) != CHECKPOINT_VERSION {
-            return Err("checkpoint version this build does not read");
         }
         if bytes[2..4] != [0, 0] {
             return Err("checkpoint header has reserved bytes set");
@@ -107,9 +122,31 @@ impl Header {
         if claims_known_below == 0 || claims_known_below > counter_max + 1 {
             return Err("checkpoint header's known-claims counter out of range");
         }
+        let frame = match bytes.len() > HEADER_PAYLOAD_BYTES_NO_FRAME {
+            true => decode_frame(reader.u64()?, reader.u64()?, reader.u64()?, applied_end)?,
+            false => None,
+        };
         let scalars = Scalars { applied_end, events_end, counter_max, table_counter_max, claims_known_below };
-        Ok(Header { shard_id, scalars, parts_len, created_ms })
+        Ok(Header { shard_id, scalars, parts_len, created_ms, frame })
     }
+}
+
+/// The header's log frame (all zeros: none). A frame holds records below the checkpoint's
+/// position `applied_end`, of its segment, past the segment's header block.
+fn decode_frame(
+    segment_base: u64,
+    offset: u64,
+    first_seq: u64,
+    applied_end: u64,
+) -> Result<Option<FramePos>, &'static str> {
+    if (segment_base, offset, first_seq) == (0, 0, 0) {
+        return Ok(None);
+    }
+    let in_segment = first_seq >= segment_base && first_seq < applied_end;
+    if !in_segment || offset <= BLOCK_BYTES || !offset.is_multiple_of(BLOCK_BYTES) {
+        return Err("checkpoint header's log frame out of range");
+    }
+    Ok(Some(FramePos { segment_base, offset, first_seq }))
 }
 
 /// Counts of each kind of entry, kept by the encoder and checked by the decoder.

@@ -3,6 +3,7 @@ use super::codec::*;
 use super::sample::{encode_sample, sample_items};
 use crate::index::{Item, RefundEntry, Scalars};
 use crate::trade::TradeId;
+use tradeshard_wal::{FramePos, BLOCK_BYTES};
 
 fn encode(items: &[Item]) -> Vec<u8> {
     encode_sample(items)
@@ -92,6 +93,7 @@ fn the_known_claims_counter_is_refused_past_the_checkpoints_trades() {
         scalars: Scalars { applied_end: 10, events_end: 10, counter_max: 9, table_counter_max: 0, claims_known_below },
         parts_len: 0,
         created_ms: 1,
+        frame: None,
     };
     // Up to the counter after the highest trade held: what a snapshot can vouch for.
     assert!(Header::decode(&header(10).encode()).is_ok());
@@ -102,6 +104,50 @@ fn the_known_claims_counter_is_refused_past_the_checkpoints_trades() {
     assert!(Header::decode(&header(0).encode()).is_err());
 }
 
+/// A header at position 10 with `frame`.
+fn header_with(frame: Option<FramePos>) -> Header {
+    Header {
+        shard_id: 1,
+        scalars: Scalars {
+            applied_end: 10,
+            events_end: 10,
+            counter_max: 9,
+            table_counter_max: 0,
+            claims_known_below: 1,
+        },
+        parts_len: 3,
+        created_ms: 1,
+        frame,
+    }
+}
+
+#[test]
+fn the_log_frame_is_kept_and_refused_outside_the_checkpoints_records() {
+    let header = header_with;
+    let at = |segment_base, offset, first_seq| Some(FramePos { segment_base, offset, first_seq });
+    for frame in [None, at(0, 2 * BLOCK_BYTES, 9), at(4, 9 * BLOCK_BYTES, 4)] {
+        assert_eq!(Header::decode(&header(frame).encode()), Ok(header(frame)));
+    }
+    // At or past the checkpoint's position, below its segment, in the segment's header block,
+    // or off a block: damage.
+    for frame in [at(0, 2 * BLOCK_BYTES, 10), at(5, 9 * BLOCK_BYTES, 4), at(0, BLOCK_BYTES, 3), at(0, 5000, 3)] {
+        assert!(Header::decode(&header(frame).encode()).is_err(), "{frame:?}");
+    }
+}
+
+#[test]
+fn a_header_of_the_version_before_is_read_without_a_log_frame() {
+    let header = header_with(None);
+    let mut before = header.encode()[..64].to_vec();
+    before[0..2].copy_from_slice(&7u16.to_le_bytes());
+    assert_eq!(Header::decode(&before), Ok(header));
+    // The version before at the new length, or the new at the old: damage.
+    assert!(Header::decode(&header.encode()[..64]).is_err());
+    before.extend_from_slice(&[0; 24]);
+    assert!(Header::decode(&before).is_err());
+    assert!(Header::decode(&[8]).is_err());
+}
+
 #[test]
 fn a_counter_past_any_trade_ids_is_refused() {
     let header = |counter_max, table_counter_max| Header {
@@ -109,6 +155,7 @@ fn a_counter_past_any_trade_ids_is_refused() {
         scalars: Scalars { applied_end: 10, events_end: 10, counter_max, table_counter_max, claims_known_below: 1 },
         parts_len: 0,
         created_ms: 1,
+        frame: None,
     };
     let highest = (1u64 << crate::trade::COUNTER_BITS) - 1;
     assert!(Header::decode(&header(highest, highest).encode()).is_ok());
