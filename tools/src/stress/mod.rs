@@ -15,6 +15,7 @@
 //! decides where a kill lands, so a seed fixes the workload and the kill delays, not the
 //! instant within the child's progress.
 
+mod audit;
 pub mod child;
 mod common;
 mod journal;
@@ -92,6 +93,8 @@ struct Summary {
     /// (`engine/src/kick.rs`).
     executor_kicks: u64,
     journal_entries: u64,
+    /// Trade events the audit group read, each replayed into its trade's state.
+    events_audited: u64,
     /// Money: deposits and transfers whose answer a kill took, sent again; transfers made
     /// (counted at every check, so each once per check after it).
     money_requests_retried: u64,
@@ -111,7 +114,8 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     let seed = args.seed.unwrap_or_else(|| {
         std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(1, |d| d.as_nanos() as u64)
     });
-    check_descriptor_budget(args.cycles)?;
+    // A check after every cycle, and the audit's pin in every directory.
+    check_descriptor_budget(args.cycles + args.cycles.div_ceil(args.cycles_per_dir))?;
     let root = DataDir::new(args.dir.as_deref(), "tradeshard-stress")?;
     eprintln!("stress: {} cycles, seed {seed}, in {}", args.cycles, root.path().display());
     let started = Instant::now();
@@ -120,6 +124,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     let mut rng = fastrand::Rng::with_seed(seed);
     let mut model = model::Model::default();
     let mut money = money::MoneyModel::default();
+    let mut audit = audit::Audit::default();
     let mut data = PathBuf::new();
     for cycle in 0..args.cycles {
         if cycle % args.cycles_per_dir == 0 {
@@ -129,10 +134,11 @@ pub fn run(args: Args) -> anyhow::Result<()> {
             data = root.path().join(format!("data-{cycle:06}"));
             model = model::Model::default();
             money = money::MoneyModel::default();
+            audit = audit::Audit::begin(checking_options(&data))?;
             summary.data_dirs += 1;
         }
         let cycle_seed = rng.u64(..);
-        let models = (&mut model, &mut money);
+        let models = (&mut model, &mut money, &mut audit);
         if let Err(violation) =
             run_cycle(&args, &mut rng, &data, root.path(), (cycle, cycle_seed), models, &watchdog, &mut summary)
         {
@@ -159,7 +165,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         println!(
             "stress: {} cycles ({} kills while recovering, {} data directories) in {:.0} s, seed {}: 0 violations\n\
              checked {} acknowledged trades, {} in-flight writes found, {} found absent, {} offset commits, \
-             {} changes to trades of earlier cycles; {} lost requests sent again, {} answered as repeats; {} shard opens from a checkpoint \
+             {} changes to trades of earlier cycles, {} trade events audited; {} lost requests sent again, {} answered as repeats; {} shard opens from a checkpoint \
              ({} records replayed), {} with segments removed by retention; money: {} lost requests sent \
              again, {} transfer checks",
             summary.cycles,
@@ -172,6 +178,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
             summary.in_flight_found_absent,
             summary.offset_commits_checked,
             summary.older_trades_changed,
+            summary.events_audited,
             summary.retries_sent,
             summary.retries_answered_as_repeat,
             summary.shard_opens_from_checkpoint,
@@ -184,9 +191,10 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Refuses a campaign longer than the process's open-file limit allows: each check leaves
-/// one descriptor behind (see `run_cycle`). Raise `ulimit -n`, or run shorter campaigns.
-fn check_descriptor_budget(cycles: u64) -> anyhow::Result<()> {
+/// Refuses a campaign longer than the process's open-file limit allows: each of the parent's
+/// `opens` leaves one descriptor behind (see `checking_options`). Raise `ulimit -n`, or run
+/// shorter campaigns.
+fn check_descriptor_budget(opens: u64) -> anyhow::Result<()> {
     let limits = std::fs::read_to_string("/proc/self/limits").unwrap_or_default();
     let soft = limits
         .lines()
@@ -194,11 +202,18 @@ fn check_descriptor_budget(cycles: u64) -> anyhow::Result<()> {
         .and_then(|line| line.split_whitespace().nth(3))
         .and_then(|soft| soft.parse::<u64>().ok());
     match soft {
-        Some(soft) if cycles + 256 > soft => {
-            bail!("{cycles} cycles need an open-file limit above {}; it is {soft} (ulimit -n)", cycles + 256)
+        Some(soft) if opens + 256 > soft => {
+            bail!("{opens} engine opens need an open-file limit above {}; it is {soft} (ulimit -n)", opens + 256)
         }
         _ => Ok(()),
     }
+}
+
+/// The options of the checking parent's engine. One executor: glommio 0.9 keeps one eventfd of
+/// every executor it ever ran (glommio issue 448), so each open costs the parent one
+/// descriptor; see `check_descriptor_budget`.
+fn checking_options(data: &Path) -> Options {
+    Options { executors: Some(1), ..engine_options(data) }
 }
 
 /// One cycle: start the child, kill it, merge its journals, reopen and verify.
@@ -209,7 +224,7 @@ fn run_cycle(
     data: &Path,
     root: &Path,
     (cycle, cycle_seed): (u64, u64),
-    (model, money): (&mut model::Model, &mut money::MoneyModel),
+    (model, money, audit): (&mut model::Model, &mut money::MoneyModel, &mut audit::Audit),
     watchdog: &Watchdog,
     summary: &mut Summary,
 ) -> anyhow::Result<()> {
@@ -305,11 +320,8 @@ fn run_cycle(
         }
         summary.older_trades_changed += model.merge(trades)?;
     }
-    // One executor: glommio 0.9 keeps one eventfd of every executor it ever ran (glommio
-    // issue 448), so each check costs the parent one descriptor; see `check_descriptor_budget`.
-    let options = Options { executors: Some(1), ..engine_options(data) };
     watchdog.enter(cycle, "reopening the engine");
-    let engine = Engine::open(options).context("reopening after the kill")?;
+    let engine = Engine::open(checking_options(data)).context("reopening after the kill")?;
     for shard in engine.handle().stats_blocking()?.shards {
         summary.shard_opens_from_checkpoint += u64::from(shard.opened.checkpoint.is_some());
         summary.replayed_records += shard.opened.replayed_records;
@@ -319,6 +331,9 @@ fn run_cycle(
     let checked = model.verify(&engine.handle()).and_then(|mut checked| {
         watchdog.enter(cycle, "sending lost trade requests again");
         model.retry_lost(&engine.handle(), &mut checked)?;
+        watchdog.enter(cycle, "reading the settlement stream on and checking it holds every change");
+        summary.events_audited += audit.read_on(&engine.handle())?;
+        audit.check(&model.held_states())?;
         watchdog.enter(cycle, "sending lost money requests again and checking the balances");
         Ok((checked, money.verify(&engine.handle())?))
     });

@@ -23,7 +23,7 @@ use super::common::{new_trade, refund_no, retrying};
 use super::journal::{Change, Entry};
 
 /// A trade's status and refunded total.
-type State = (TradeStatus, u64);
+use super::audit::State;
 
 /// What the journals say of one create (a buyer's order).
 struct Expected {
@@ -141,6 +141,11 @@ impl Model {
             }
         }
         Ok(older_changed)
+    }
+
+    /// Every trade the engine holds, as the last check and the retries after it left it.
+    pub fn held_states(&self) -> HashMap<TradeId, State> {
+        self.orders.values().filter_map(|expected| Some((expected.id?, expected.state))).collect()
     }
 
     fn expected_mut(&mut self, id: TradeId) -> anyhow::Result<&mut Expected> {
