@@ -64,6 +64,8 @@ struct Model {
 struct Seen {
     checkpoints: u64,
     opened_from_checkpoint: u64,
+    /// Of those, opens that read the log from the frame the checkpoint names.
+    opened_at_frame: u64,
     segments_removed: u64,
     /// Segments made from files retention removed (the crashes land in their reuse too).
     segments_recycled: u64,
@@ -232,6 +234,9 @@ async fn run_seed(seed: u64, seen: Rc<RefCell<Seen>>) -> Result<usize, String> {
         if shard.stats().opened.checkpoint.is_some() {
             seen.borrow_mut().opened_from_checkpoint += 1;
         }
+        if shard.stats().opened.unread_log_bytes > 0 {
+            seen.borrow_mut().opened_at_frame += 1;
+        }
         if shard.stats().checkpoints.key_runs > 0 {
             seen.borrow_mut().opened_with_key_runs += 1;
         }
@@ -275,9 +280,10 @@ fn power_loss_during_checkpoints_and_retention_loses_nothing_acknowledged() {
     let (count, checked) = run_campaign(200, move |seed| run_seed(seed, totals.clone()));
     let seen = seen.borrow();
     println!(
-        "checkpoint campaign: {count} seeds, {checked} checks, {} checkpoints, {} opens from a checkpoint, {} segments removed, {} recycled, {} offsets retained away, {} trades left memory, {} opens with order keys in runs",
+        "checkpoint campaign: {count} seeds, {checked} checks, {} checkpoints, {} opens from a checkpoint ({} from its log frame), {} segments removed, {} recycled, {} offsets retained away, {} trades left memory, {} opens with order keys in runs",
         seen.checkpoints,
         seen.opened_from_checkpoint,
+        seen.opened_at_frame,
         seen.segments_removed,
         seen.segments_recycled,
         seen.offsets_retained_away,
@@ -287,6 +293,7 @@ fn power_loss_during_checkpoints_and_retention_loses_nothing_acknowledged() {
     if count >= 100 {
         assert!(checked > 1000, "the campaign must check trades: {checked}");
         assert!(seen.opened_from_checkpoint > count as u64, "opens must start from checkpoints");
+        assert!(seen.opened_at_frame > count as u64 / 2, "opens must start reading at checkpoints' frames");
         assert!(seen.segments_removed > count as u64, "retention must remove segments");
         assert!(seen.segments_recycled > count as u64, "removed segments must be made segments again");
         assert!(seen.trades_evicted > count as u64, "trades must leave memory for the table");
