@@ -487,6 +487,52 @@ fn recent_frames_serve_readers_that_keep_up_and_agree_with_the_device() {
     });
 }
 
+/// An open that started at the frame a checkpoint named did not read the part of that segment
+/// before it: the first reader of a record there scans from the segment's first frame and
+/// indexes what it passes, so that the next reader starts near the record.
+#[test]
+fn readers_index_the_part_of_a_segment_before_a_checkpoints_frame() {
+    run(async {
+        let disk = SimDisk::new();
+        let config = WalConfig { segment_bytes: 4 << 20, ..small_config() };
+        let (wal, _) = open(&disk, config.clone()).await;
+        let records = incompressible_records(5).into_iter().cycle().take(1_200).collect::<Vec<_>>();
+        for chunk in records.chunks(8) {
+            append_all(&wal, chunk).await;
+        }
+        let (segments, _) = wal.index_footprint();
+        assert_eq!(segments, 1, "the records fit one segment");
+        let from = records.len() as u64 - 1;
+        let at = wal.frame_pos(from - 1).expect("a frame deep in the segment");
+        wal.close().await.unwrap();
+        let (recovered, report) =
+            Wal::recover_from_frame(disk.clone(), config, (from, Some(at)), |_, _| {}).await.unwrap();
+        assert!(report.unread_bytes > 0);
+        let wal = recovered.start().await.unwrap();
+        let (_, unindexed) = wal.index_footprint();
+        let deep = at.first_seq - 100;
+        let read_deep = |wal: &Wal<SimDisk>| {
+            let mut reader = wal.reader(deep).unwrap();
+            async move { reader.next().await.unwrap().map(|(seq, record)| (seq, record.to_vec())) }
+        };
+        let before = disk.ops();
+        assert_eq!(read_deep(&wal).await, Some((deep, records[deep as usize].clone())));
+        let first_read_ops = disk.ops() - before;
+        let (_, indexed) = wal.index_footprint();
+        assert!(indexed > unindexed, "the reader indexed what it scanned: {unindexed} -> {indexed}");
+        let before = disk.ops();
+        assert_eq!(read_deep(&wal).await, Some((deep, records[deep as usize].clone())));
+        let second_read_ops = disk.ops() - before;
+        assert!(
+            second_read_ops < first_read_ops,
+            "the second reader starts near the record: {second_read_ops} reads against {first_read_ops}"
+        );
+        reads_back_from_the_start(&wal, &records).await;
+        assert_eq!(wal.append(b"after").await.unwrap().seq, records.len() as u64);
+        wal.close().await.unwrap();
+    });
+}
+
 /// A segment that recovery did not scan (it lies below the position the owner replays from)
 /// gets its sparse index from its readers: the first reader scans it from its first frame,
 /// and a reader made afterwards for a record deep in it starts near that record, as a

@@ -65,16 +65,21 @@ impl<F> SegmentState<F> {
     }
 
     /// Adds a frame a reader found at `offset` to the sparse index when it lies an interval or
-    /// more past the index's last entry: a segment that recovery did not scan gets its index as
-    /// it is read, so that the next reader (each poll of a consumer makes one) starts near the
-    /// records it wants, not at the segment's first frame. The index stays sorted: an entry
-    /// goes only past the last one, readers see only frames below the segment's end, and the
-    /// flusher notes only frames at or past it.
+    /// more past the entry before it and before the entry after it: the parts of a segment that
+    /// recovery did not scan (all of a segment below the replay, or the part of the replay's
+    /// first segment before the frame its checkpoint named) get their index as they are read,
+    /// so that the next reader (each poll of a consumer makes one) starts near the records it
+    /// wants, not at the segment's first frame. The index stays sorted, with an entry at most
+    /// every interval after each one.
     pub(crate) fn note_read_frame(&self, first_seq: u64, offset: u64, interval: u64) {
         let mut index = self.index.borrow_mut();
-        let &(last_seq, last_at) = index.last().expect("an index starts at the segment's first frame");
-        if first_seq > last_seq && offset >= last_at.saturating_add(interval) {
-            index.push((first_seq, offset));
+        let at = index.partition_point(|&(seq, _)| seq <= first_seq);
+        let Some(&(before_seq, before_at)) = at.checked_sub(1).and_then(|before| index.get(before)) else {
+            return;
+        };
+        let before_next = index.get(at).is_none_or(|&(next_seq, next_at)| first_seq < next_seq && offset < next_at);
+        if first_seq > before_seq && offset >= before_at.saturating_add(interval) && before_next {
+            index.insert(at, (first_seq, offset));
         }
     }
 

@@ -289,12 +289,13 @@ impl<D: Disk> Wal<D> {
         }
     }
 
-    /// The position of a frame at or before the one holding acknowledged record `seq`, from the
-    /// segments' sparse index (within `index_interval_bytes` of it), for an owner's checkpoint
+    /// The position of a frame at or before the one holding durable record `seq`, from the
+    /// segments' sparse index (within `index_interval_bytes` of it where the segment is
+    /// indexed that far), for an owner's checkpoint
     /// ([`recover_from_frame`](Self::recover_from_frame)); `None` when that is its segment's
-    /// first frame, or `seq` is not in the log.
+    /// first frame, or `seq` is not in the log or not yet durable.
     pub fn frame_pos(&self, seq: u64) -> Option<FramePos> {
-        if seq >= self.shared.visible_end.get() {
+        if seq >= self.synced_end() {
             return None;
         }
         let segments = self.shared.segments.borrow();
