@@ -230,6 +230,65 @@ impl<D: Disk> Shared<D> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use proptest::prelude::*;
+
+    proptest! {
+        /// However the index is filled (the flusher's frames in order, an open starting at a
+        /// named frame, readers' frames in any order), it stays sorted, holds only frames of
+        /// the segment, and sends each reader to a frame at or before the one it wants.
+        #[test]
+        fn the_sparse_index_stays_sorted_and_sends_readers_back_never_forward(
+            blocks in proptest::collection::vec((1u64..5, 1u64..40), 2..120),
+            flushed in 0usize..120,
+            start in proptest::option::of(1usize..120),
+            reads in proptest::collection::vec(0usize..120, 0..200),
+            interval in 1u64..5,
+        ) {
+            let base = 1_000u64;
+            // The segment's frames: (first record, offset), each `blocks` long and holding
+            // `records`.
+            let mut frames = Vec::new();
+            let (mut seq, mut offset) = (base, BLOCK_BYTES);
+            for (frame_blocks, records) in &blocks {
+                frames.push((seq, offset));
+                seq += records;
+                offset += frame_blocks * BLOCK_BYTES;
+            }
+            let interval = interval * BLOCK_BYTES;
+            let segment = SegmentState::new(base, "segment".into(), Rc::new(()), 0);
+            let start = start.filter(|&at| at < frames.len());
+            let noted_from = match start {
+                Some(at) => {
+                    segment.start_at_frame(frames[at].0, frames[at].1);
+                    at
+                }
+                None => 0,
+            };
+            let noted_to = flushed.clamp(noted_from, frames.len());
+            for at in noted_from..noted_to {
+                let next = frames.get(at + 1).map_or(offset, |frame| frame.1);
+                let end_seq = frames.get(at + 1).map_or(seq, |frame| frame.0);
+                segment.note_frame(frames[at].0, end_seq, frames[at].1, next, interval);
+            }
+            let reads: Vec<usize> = reads.into_iter().filter(|&at| at < noted_to.max(1)).collect();
+            for &at in &reads {
+                segment.note_read_frame(frames[at].0, frames[at].1, interval);
+            }
+            // A frame a reader passed is found again from less than an interval before it.
+            for &at in &reads {
+                let (first, frame_at) = frames[at];
+                prop_assert!(frame_at - segment.scan_start(first) < interval, "frame {:?} read, not indexed", frames[at]);
+            }
+            let index = segment.index.borrow().clone();
+            prop_assert_eq!(index[0], (base, BLOCK_BYTES));
+            prop_assert!(index.windows(2).all(|pair| pair[0].0 < pair[1].0 && pair[0].1 < pair[1].1), "{:?}", index);
+            prop_assert!(index.iter().all(|entry| frames.contains(entry)), "{:?}", index);
+            for (first, frame_at) in &frames {
+                let found = segment.scan_start(*first);
+                prop_assert!(found <= *frame_at, "record {} at {} sent to {}", first, frame_at, found);
+            }
+        }
+    }
 
     #[test]
     fn a_value_lies_in_the_first_bucket_whose_bound_is_above_it() {
