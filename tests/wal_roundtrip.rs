@@ -487,6 +487,28 @@ fn recent_frames_serve_readers_that_keep_up_and_agree_with_the_device() {
     });
 }
 
+/// Reads record `deep` twice, each time with a new reader: the first indexes what it scans,
+/// and the second starts near the record, reading less of the device.
+async fn second_reader_starts_near(wal: &Wal<SimDisk>, disk: &SimDisk, records: &[Vec<u8>], deep: u64) {
+    let (_, unindexed) = wal.index_footprint();
+    let read_deep = || {
+        let mut reader = wal.reader(deep).unwrap();
+        async move { reader.next().await.unwrap().map(|(seq, record)| (seq, record.to_vec())) }
+    };
+    let before = disk.ops();
+    assert_eq!(read_deep().await, Some((deep, records[deep as usize].clone())));
+    let first_read_ops = disk.ops() - before;
+    let (_, indexed) = wal.index_footprint();
+    assert!(indexed > unindexed, "the reader indexed what it scanned: {unindexed} -> {indexed}");
+    let before = disk.ops();
+    assert_eq!(read_deep().await, Some((deep, records[deep as usize].clone())));
+    let second_read_ops = disk.ops() - before;
+    assert!(
+        second_read_ops < first_read_ops,
+        "the second reader starts near the record: {second_read_ops} reads against {first_read_ops}"
+    );
+}
+
 /// An open that started at the frame a checkpoint named did not read the part of that segment
 /// before it: the first reader of a record there scans from the segment's first frame and
 /// indexes what it passes, so that the next reader starts near the record.
@@ -509,24 +531,7 @@ fn readers_index_the_part_of_a_segment_before_a_checkpoints_frame() {
             Wal::recover_from_frame(disk.clone(), config, (from, Some(at)), |_, _| {}).await.unwrap();
         assert!(report.unread_bytes > 0);
         let wal = recovered.start().await.unwrap();
-        let (_, unindexed) = wal.index_footprint();
-        let deep = at.first_seq - 100;
-        let read_deep = |wal: &Wal<SimDisk>| {
-            let mut reader = wal.reader(deep).unwrap();
-            async move { reader.next().await.unwrap().map(|(seq, record)| (seq, record.to_vec())) }
-        };
-        let before = disk.ops();
-        assert_eq!(read_deep(&wal).await, Some((deep, records[deep as usize].clone())));
-        let first_read_ops = disk.ops() - before;
-        let (_, indexed) = wal.index_footprint();
-        assert!(indexed > unindexed, "the reader indexed what it scanned: {unindexed} -> {indexed}");
-        let before = disk.ops();
-        assert_eq!(read_deep(&wal).await, Some((deep, records[deep as usize].clone())));
-        let second_read_ops = disk.ops() - before;
-        assert!(
-            second_read_ops < first_read_ops,
-            "the second reader starts near the record: {second_read_ops} reads against {first_read_ops}"
-        );
+        second_reader_starts_near(&wal, &disk, &records, at.first_seq - 100).await;
         reads_back_from_the_start(&wal, &records).await;
         assert_eq!(wal.append(b"after").await.unwrap().seq, records.len() as u64);
         wal.close().await.unwrap();
@@ -554,24 +559,7 @@ fn readers_index_a_segment_recovery_did_not_scan() {
         let from = records.len() as u64 - 1;
         let (recovered, _) = Wal::recover_from(disk.clone(), config, from, |_, _| {}).await.unwrap();
         let wal = recovered.start().await.unwrap();
-        let (_, unindexed) = wal.index_footprint();
-        let deep = 600u64;
-        let read_deep = |wal: &Wal<SimDisk>| {
-            let mut reader = wal.reader(deep).unwrap();
-            async move { reader.next().await.unwrap().map(|(seq, record)| (seq, record.to_vec())) }
-        };
-        let before = disk.ops();
-        assert_eq!(read_deep(&wal).await, Some((deep, records[deep as usize].clone())));
-        let first_read_ops = disk.ops() - before;
-        let (_, indexed) = wal.index_footprint();
-        assert!(indexed > unindexed, "the reader indexed what it scanned: {unindexed} -> {indexed}");
-        let before = disk.ops();
-        assert_eq!(read_deep(&wal).await, Some((deep, records[deep as usize].clone())));
-        let second_read_ops = disk.ops() - before;
-        assert!(
-            second_read_ops < first_read_ops,
-            "the second reader starts near the record: {second_read_ops} reads against {first_read_ops}"
-        );
+        second_reader_starts_near(&wal, &disk, &records, 600).await;
         reads_back_from_the_start(&wal, &records).await;
         wal.close().await.unwrap();
     });
