@@ -5,31 +5,53 @@
 //! that retention, which waits for every live group, keeps each event until the audit read
 //! it). After each kill the checking parent reads the group on to the end of the log,
 //! replaying each trade's state from its events (a refund event carries the refund's own
-//! amount), and commits. The replayed state of every trade must then be the state the check
-//! found and the retries left (`Model::verify`, `Model::retry_lost`): a change acknowledged
-//! but missing from the stream, or there twice, or an event of a trade that does not exist,
-//! is a violation. The child's own consumer checks order as it reads; this checks that
-//! nothing is missing.
+//! amount), checks, and only then commits. The replayed state of every trade must be the
+//! state the check found and the retries left (`Model::verify`, `Model::retry_lost`), and its
+//! `Created` event must carry the buyer and amount the child sent: a change acknowledged but
+//! missing from the stream, or there twice, an event under another user, or an event of a
+//! trade that does not exist, is a violation. The group must resume exactly where the audit
+//! last committed: an offset the engine lost or moved is a violation of its own. The child's
+//! own consumer checks order as it reads; this checks that nothing is missing in what the
+//! log delivers after a reopen.
 
 use std::collections::HashMap;
 use std::time::Duration;
 
 use anyhow::{anyhow, bail, Context};
 use futures_lite::future::block_on;
-use tradeshard_engine::{ConsumerConfig, Engine, EngineHandle, RecordKind, StartPosition, TradeId, TradeStatus};
+use tradeshard_engine::{
+    Consumer, ConsumerConfig, Engine, EngineHandle, RecordKind, StartPosition, TradeId, TradeStatus,
+};
 
 use super::common::retrying;
 
 /// The consumer group of the audit (the child never uses it).
 const AUDIT_GROUP: &str = "stress-audit";
 
+/// Empty polls in a row that move no position, short of the log's end, before the audit gives
+/// up: a poll passes at most a few MiB of records that are no events, so each one moves.
+const STUCK_POLLS_MAX: u32 = 100;
+
 /// A trade's status and refunded total, as its events make it.
 pub(super) type State = (TradeStatus, u64);
 
-/// Each trade's state as the events read so far make it.
+/// A trade's buyer and amount, as its `Created` event carries them.
+pub(super) type Origin = (u64, u64);
+
+/// What the audit expects of the stream: every trade the engine holds, with its state, and
+/// the buyer and amount its create was sent with.
+pub(super) struct Expected {
+    pub states: HashMap<TradeId, State>,
+    pub origins: HashMap<TradeId, Origin>,
+}
+
+/// Each trade's state and origin as the events read so far make them, and the offsets the
+/// audit group last committed.
 #[derive(Default)]
 pub(super) struct Audit {
     states: HashMap<TradeId, State>,
+    origins: HashMap<TradeId, Origin>,
+    committed: Vec<(u32, Option<u64>)>,
 }
 
 impl Audit {
@@ -41,50 +63,81 @@ impl Audit {
         let config = ConsumerConfig { start: StartPosition::Earliest, ..ConsumerConfig::new(AUDIT_GROUP) };
         let mut consumer = engine.handle().consumer(config)?;
         retrying(|| block_on(consumer.commit())).context("pinning the audit group")?;
+        let committed = retrying(|| consumer.committed_blocking())?;
         drop(consumer);
         engine.close().context("closing after pinning the audit group")?;
-        Ok(Audit::default())
+        Ok(Audit { committed, ..Audit::default() })
     }
 
-    /// Reads the audit group on to the end of the log and commits; returns the events read.
-    pub(super) fn read_on(&mut self, handle: &EngineHandle) -> anyhow::Result<u64> {
+    /// Reads the audit group on to the end of the log, checks what the events make against
+    /// `expected`, then commits; returns the events read.
+    pub(super) fn read_check_commit(&mut self, handle: &EngineHandle, expected: &Expected) -> anyhow::Result<u64> {
         let mut consumer = handle.consumer(ConsumerConfig::new(AUDIT_GROUP))?;
-        let mut read = 0;
-        loop {
-            // An empty poll after its wait: the group has read to the end of the log.
-            let events = retrying(|| consumer.poll_blocking(4096, Duration::from_millis(20)))?;
-            if events.is_empty() {
-                break;
-            }
-            read += events.len() as u64;
-            for event in events {
-                let record = &event.record;
-                let before = self.states.get(&record.trade_id).copied();
-                let after = apply(before, record.kind, record.amount).ok_or_else(|| {
-                    anyhow!(
-                        "trade {}: event {:?} at offset {} after {before:?}",
-                        record.trade_id,
-                        record.kind,
-                        event.offset
-                    )
-                })?;
-                self.states.insert(record.trade_id, after);
-            }
+        let resumed = retrying(|| consumer.committed_blocking())?;
+        if resumed != self.committed {
+            bail!("the audit group resumes at {resumed:?}, it committed {:?}", self.committed);
         }
+        let read = self.read_to_end(&mut consumer)?;
+        self.check(expected)?;
         retrying(|| block_on(consumer.commit())).context("committing the audit group")?;
+        self.committed = retrying(|| consumer.committed_blocking())?;
         Ok(read)
     }
 
-    /// Checks the states the events make against `expected`, every trade the engine holds
-    /// with the state it holds: the same trades, each in the same state.
-    pub(super) fn check(&self, expected: &HashMap<TradeId, State>) -> anyhow::Result<()> {
-        for (id, state) in expected {
+    /// Reads until every partition's position is at its end (an empty poll can stop short of
+    /// it, having passed records that are no events).
+    fn read_to_end(&mut self, consumer: &mut Consumer) -> anyhow::Result<u64> {
+        let (mut read, mut stuck) = (0, 0);
+        loop {
+            let before = consumer.assignment();
+            let events = retrying(|| consumer.poll_blocking(4096, Duration::from_millis(20)))?;
+            if events.is_empty() {
+                let ends: HashMap<u32, u64> = retrying(|| consumer.end_offsets_blocking())?.into_iter().collect();
+                let positions = consumer.assignment();
+                if !positions.is_empty() && positions.iter().all(|(partition, at)| *at >= ends[partition]) {
+                    return Ok(read);
+                }
+                stuck = if positions == before { stuck + 1 } else { 0 };
+                if stuck > STUCK_POLLS_MAX {
+                    bail!("the audit group stays at {positions:?}, short of the log's end {ends:?}");
+                }
+                continue;
+            }
+            read += events.len() as u64;
+            for event in events {
+                self.apply_event(&event.record, event.offset)?;
+            }
+        }
+    }
+
+    fn apply_event(&mut self, record: &tradeshard_engine::TradeRecord, offset: u64) -> anyhow::Result<()> {
+        let id = record.trade_id;
+        let before = self.states.get(&id).copied();
+        let after = apply(before, record.kind, record.amount)
+            .ok_or_else(|| anyhow!("trade {id}: event {:?} at offset {offset} after {before:?}", record.kind))?;
+        if record.kind == RecordKind::Created {
+            self.origins.insert(id, (record.user_id, record.amount));
+        } else if self.origins.get(&id).map(|origin| origin.0) != Some(record.user_id) {
+            bail!("trade {id}: event {:?} at offset {offset} under user {}", record.kind, record.user_id);
+        }
+        self.states.insert(id, after);
+        Ok(())
+    }
+
+    /// Checks the states and origins the events make against `expected`: the same trades,
+    /// each in the same state, each created with the buyer and amount the child sent.
+    fn check(&self, expected: &Expected) -> anyhow::Result<()> {
+        for (id, state) in &expected.states {
             match self.states.get(id) {
                 Some(seen) if seen == state => {}
                 seen => bail!("trade {id} is {state:?}, its events make it {seen:?}: a change missing or twice"),
             }
+            let (sent, seen) = (expected.origins.get(id), self.origins.get(id));
+            if sent != seen {
+                bail!("trade {id} was sent as (buyer, amount) {sent:?}, its Created event says {seen:?}");
+            }
         }
-        if let Some(id) = self.states.keys().find(|id| !expected.contains_key(id)) {
+        if let Some(id) = self.states.keys().find(|id| !expected.states.contains_key(id)) {
             bail!("events of trade {id}, which the engine does not hold");
         }
         Ok(())
@@ -126,14 +179,45 @@ mod tests {
         assert_eq!(apply(None, RecordKind::Paid, 500), None);
     }
 
+    fn expected(states: &[(u64, State, Origin)]) -> Expected {
+        Expected {
+            states: states.iter().map(|&(id, state, _)| (TradeId(id), state)).collect(),
+            origins: states.iter().map(|&(id, _, origin)| (TradeId(id), origin)).collect(),
+        }
+    }
+
     #[test]
     fn a_change_missing_from_the_events_or_a_trade_unknown_is_refused() {
         let mut audit = Audit::default();
         audit.states.insert(TradeId(1), (TradeStatus::Paid, 0));
-        let expected = |state| HashMap::from([(TradeId(1), state)]);
-        assert!(audit.check(&expected((TradeStatus::Paid, 0))).is_ok());
-        assert!(audit.check(&expected((TradeStatus::Settled, 0))).is_err(), "the settle's event is missing");
-        assert!(audit.check(&HashMap::new()).is_err(), "events of a trade not held");
-        assert!(audit.check(&HashMap::from([(TradeId(2), (TradeStatus::Created, 0))])).is_err());
+        audit.origins.insert(TradeId(1), (7, 500));
+        assert!(audit.check(&expected(&[(1, (TradeStatus::Paid, 0), (7, 500))])).is_ok());
+        let settled = expected(&[(1, (TradeStatus::Settled, 0), (7, 500))]);
+        assert!(audit.check(&settled).is_err(), "the settle's event is missing");
+        assert!(audit.check(&expected(&[])).is_err(), "events of a trade not held");
+        assert!(audit.check(&expected(&[(2, (TradeStatus::Created, 0), (7, 500))])).is_err());
+        assert!(audit.check(&expected(&[(1, (TradeStatus::Paid, 0), (8, 500))])).is_err(), "another buyer");
+        assert!(audit.check(&expected(&[(1, (TradeStatus::Paid, 0), (7, 501))])).is_err(), "another amount");
+    }
+
+    #[test]
+    fn an_event_under_another_user_than_its_create_is_refused() {
+        let record = |kind, user_id| tradeshard_engine::TradeRecord {
+            kind,
+            trade_id: TradeId(1),
+            user_id,
+            merchant_id: 2,
+            at_ms: 0,
+            amount: 500,
+            currency: tradeshard_engine::Currency::parse("CNY").unwrap(),
+            created: None,
+            refund_no: None,
+            funding: tradeshard_engine::Funding::External,
+        };
+        let mut audit = Audit::default();
+        audit.apply_event(&record(RecordKind::Created, 7), 0).unwrap();
+        assert!(audit.apply_event(&record(RecordKind::Paid, 8), 1).is_err());
+        audit.apply_event(&record(RecordKind::Paid, 7), 1).unwrap();
+        assert_eq!(audit.states[&TradeId(1)], (TradeStatus::Paid, 0));
     }
 }

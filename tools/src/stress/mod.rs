@@ -332,8 +332,8 @@ fn run_cycle(
         watchdog.enter(cycle, "sending lost trade requests again");
         model.retry_lost(&engine.handle(), &mut checked)?;
         watchdog.enter(cycle, "reading the settlement stream on and checking it holds every change");
-        summary.events_audited += audit.read_on(&engine.handle())?;
-        audit.check(&model.held_states())?;
+        let expected = audit::Expected { states: model.held_states(), origins: model.held_origins() };
+        summary.events_audited += audit.read_check_commit(&engine.handle(), &expected)?;
         watchdog.enter(cycle, "sending lost money requests again and checking the balances");
         Ok((checked, money.verify(&engine.handle())?))
     });

@@ -148,6 +148,14 @@ impl Model {
         self.orders.values().filter_map(|expected| Some((expected.id?, expected.state))).collect()
     }
 
+    /// The buyer and amount of every create the engine holds, as the child sent it.
+    pub fn held_origins(&self) -> HashMap<TradeId, super::audit::Origin> {
+        self.orders
+            .iter()
+            .filter_map(|(&(buyer, _), expected)| Some((expected.id?, (buyer, expected.amount))))
+            .collect()
+    }
+
     fn expected_mut(&mut self, id: TradeId) -> anyhow::Result<&mut Expected> {
         let key = self.by_id.get(&id).ok_or_else(|| anyhow!("change to {id}, never acknowledged as created"))?;
         Ok(self.orders.get_mut(key).expect("by_id names known orders"))
