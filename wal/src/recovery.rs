@@ -118,9 +118,10 @@ pub(crate) async fn recover<D: Disk>(
     (from_seq, from_frame): (u64, Option<FramePos>),
     replay: &mut dyn FnMut(Appended, &[u8]),
 ) -> Result<Recovered<D::File>> {
-    // A frame past `from_seq` would skip records to replay; one below its segment is not of it.
+    // A frame past `from_seq` would skip records to replay; one numbered at or below its
+    // segment's base is not one a checkpoint names (the first frame holds the base).
     let start_in =
-        |base: u64| from_frame.filter(|at| at.segment_base == base && at.first_seq >= base && at.first_seq <= from_seq);
+        |base: u64| from_frame.filter(|at| at.segment_base == base && at.first_seq > base && at.first_seq <= from_seq);
     let names = disk.list().map_err(|e| Error::io("list", disk.path_of(""), e))?;
     let mut bases: Vec<u64> = names.iter().filter_map(|name| segment::parse_file_name(name)).collect();
     bases.sort_unstable();

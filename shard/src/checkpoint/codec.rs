@@ -123,7 +123,7 @@ impl Header {
             return Err("checkpoint header's known-claims counter out of range");
         }
         let frame = match bytes.len() > HEADER_PAYLOAD_BYTES_NO_FRAME {
-            true => decode_frame(reader.u64()?, reader.u64()?, reader.u64()?, applied_end)?,
+            true => decode_frame(reader.u64()?, reader.u64()?, reader.u64()?, applied_end),
             false => None,
         };
         let scalars = Scalars { applied_end, events_end, counter_max, table_counter_max, claims_known_below };
@@ -132,21 +132,18 @@ impl Header {
 }
 
 /// The header's log frame (all zeros: none). A frame holds records below the checkpoint's
-/// position `applied_end`, of its segment, past the segment's header block.
-fn decode_frame(
-    segment_base: u64,
-    offset: u64,
-    first_seq: u64,
-    applied_end: u64,
-) -> Result<Option<FramePos>, &'static str> {
-    if (segment_base, offset, first_seq) == (0, 0, 0) {
-        return Ok(None);
-    }
-    let in_segment = first_seq >= segment_base && first_seq < applied_end;
-    if !in_segment || offset <= BLOCK_BYTES || !offset.is_multiple_of(BLOCK_BYTES) {
-        return Err("checkpoint header's log frame out of range");
-    }
-    Ok(Some(FramePos { segment_base, offset, first_seq }))
+/// position `applied_end`, of its segment, past the segment's first frame (which starts at the
+/// block after the header block and holds the segment's first record: a checkpoint names none
+/// there). A frame out of those bounds is taken as none: the frame only saves the open a
+/// scan, and the rest of the checkpoint does not depend on it, so a wrong one costs time, not
+/// the checkpoint.
+fn decode_frame(segment_base: u64, offset: u64, first_seq: u64, applied_end: u64) -> Option<FramePos> {
+    let in_segment = first_seq > segment_base && first_seq < applied_end;
+    (in_segment && offset > BLOCK_BYTES && offset.is_multiple_of(BLOCK_BYTES)).then_some(FramePos {
+        segment_base,
+        offset,
+        first_seq,
+    })
 }
 
 /// Counts of each kind of entry, kept by the encoder and checked by the decoder.
