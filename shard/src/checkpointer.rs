@@ -34,6 +34,7 @@ use crate::checkpoint::{self, Encoder, Header, Restored, Restorer};
 use crate::error::{LogError, TradeError};
 use crate::index::{CreatedAt, Item, RunStore, ShardIndex};
 use crate::key_runs::{RunSets, WrittenRuns};
+use crate::layered::SETTLE_PARTS;
 use crate::parts::{PartsMark, PlacedParts};
 use crate::retention::{keep_from, Upkeep};
 use crate::runs::{Filter, KeysAge};
@@ -145,6 +146,8 @@ async fn write_checkpoint<D: Disk>(inner: &Inner<D>) -> Result<Option<u64>, Trad
         let mut index = inner.index.borrow_mut();
         let dirty = index.take_dirty();
         let held_at_snapshot = index.held_bytes();
+        // The books of transactions are shared whole, not part by part (`layered.rs`).
+        index.tcc_mut().freeze();
         let mut snapshot = index.clone();
         // Trades created with their claim in doubt stay in doubt for the next open. Counters
         // of creates still in flight are not the snapshot's to vouch for: a stop may lose
@@ -325,12 +328,12 @@ async fn take_runs<D: Disk>(inner: &Inner<D>, written: WrittenRuns<D>, new_posit
         forgotten += lowering(inner, |index| index.accounts_mut().forget_requests(batch));
         take_turn().await;
     }
-    for batch in written.branches.chunks(ITEMS_PER_TURN) {
-        forgotten += lowering(inner, |index| index.tcc_mut().forget_ended(batch, &[]));
-        take_turn().await;
-    }
-    for batch in written.activity_ids.chunks(ITEMS_PER_TURN) {
-        forgotten += lowering(inner, |index| index.tcc_mut().forget_ended(&[], batch));
+    // The snapshot froze the books of transactions: what they held ended is in the runs now.
+    for part in 0..SETTLE_PARTS {
+        if !inner.index.borrow().tcc().has_frozen() {
+            break;
+        }
+        forgotten += lowering(inner, |index| index.tcc_mut().settle_part(part));
         take_turn().await;
     }
     for batch in written.user_counts.chunks(ITEMS_PER_TURN) {

@@ -428,14 +428,13 @@ pub(crate) struct WrittenRuns<D: Disk> {
     /// Its new runs, to add to the sets in force once it is durable.
     pub new_runs: Vec<(RunStore, Rc<Run<D>>)>,
     /// What is now in a run, to forget from memory once the checkpoint is durable: order
-    /// keys, confirmed claims, refunds, account requests, ended branches and completed
-    /// activities, and how many of each user's oldest trades in memory.
+    /// keys, confirmed claims, refunds, account requests, and how many of each user's oldest
+    /// trades in memory (the ended branches and completed activities go with the books'
+    /// frozen layer, `TccBook::settle_part`).
     pub order_keys: Vec<u128>,
     pub claim_keys: Vec<u128>,
     pub refund_keys: Vec<u128>,
     pub request_keys: Vec<u128>,
-    pub branches: Vec<(u128, u16)>,
-    pub activity_ids: Vec<u128>,
     pub user_counts: Vec<(u64, usize)>,
     /// Bytes of the runs written, merges included.
     pub bytes: u64,
@@ -463,7 +462,6 @@ pub(crate) async fn write_runs<D: Disk>(
     let request_entries =
         sorted_by_key(snapshot.accounts().recent_requests().map(|(key, request)| (key, request_value(request)))).await;
     let tcc = snapshot.tcc();
-    let branches = collect_in_turns(tcc.ended_branches().map(|(activity, branch, _)| (activity, branch))).await;
     let branch_entries =
         sorted_by_key(tcc.ended_branches().map(|(a, b, entry)| (branch_key(a, b), branch_value(a, b, entry)))).await;
     let activity_entries =
@@ -472,7 +470,6 @@ pub(crate) async fn write_runs<D: Disk>(
     let keys_of = |entries: &[(u128, Value)]| entries.iter().map(|(key, _)| *key).collect();
     let (order_keys, claim_keys) = (keys_of(&order_entries), keys_of(&claim_entries));
     let (refund_keys, request_keys) = (keys_of(&refund_entries), keys_of(&request_entries));
-    let activity_ids = keys_of(&activity_entries);
     let user_counts: Vec<(u64, usize)> =
         collect_in_turns(snapshot.recent_users().map(|(user, ids)| (user, ids.len()))).await;
     let user_entries = sorted_by_key(
@@ -505,18 +502,7 @@ pub(crate) async fn write_runs<D: Disk>(
     if bytes > 0 {
         disk.sync_dir().await.map_err(|e| TradeError::Log(LogError::io("sync directory", disk.path_of(""), e)))?;
     }
-    Ok(WrittenRuns {
-        sets,
-        new_runs,
-        order_keys,
-        claim_keys,
-        refund_keys,
-        request_keys,
-        branches,
-        activity_ids,
-        user_counts,
-        bytes,
-    })
+    Ok(WrittenRuns { sets, new_runs, order_keys, claim_keys, refund_keys, request_keys, user_counts, bytes })
 }
 
 /// The next run id, used up now whatever becomes of the run.

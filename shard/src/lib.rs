@@ -30,6 +30,7 @@ mod join;
 mod journal;
 mod key_runs;
 mod keys;
+mod layered;
 mod lifecycle;
 mod message;
 mod message_body;

@@ -19,7 +19,8 @@ use std::rc::Rc;
 
 use crate::id_hash::{IdHasher, IdMap};
 
-const PARTS: usize = 256;
+/// Parts of every map.
+pub(crate) const PARTS: usize = 256;
 
 /// A map of `K` to `V` in 256 parts (see the module's text). Cloning it shares every part
 /// with the clone.
@@ -96,6 +97,17 @@ impl<K: Hash + Eq + Clone, V: Clone> PartitionedMap<K, V> {
     /// Every entry, in no particular order.
     pub fn iter(&self) -> impl Iterator<Item = (&K, &V)> {
         self.parts.iter().flat_map(|part| part.iter())
+    }
+
+    /// Takes part `part` (`0..PARTS`) out of the map, leaving it empty: the entries whose keys
+    /// the part holds.
+    pub fn take_part(&mut self, part: usize) -> Rc<IdMap<K, V>> {
+        std::mem::take(&mut self.parts[part])
+    }
+
+    /// Whether no part holds an entry.
+    pub fn is_empty(&self) -> bool {
+        self.parts.iter().all(|part| part.is_empty())
     }
 
     /// The value of `key`, inserted as `V::default()` first if absent.

@@ -31,7 +31,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use crate::accounts::{AccountKey, Balance, BALANCE_MAX};
 use crate::currency::Currency;
 use crate::error::Refusal;
-use crate::partitioned::PartitionedMap;
+use crate::layered::LayeredMap;
 use crate::tcc::{BranchAction, BranchPlan, Decision, Step};
 use crate::tcc_ended::{EndedActivity, FoundActivity};
 
@@ -353,11 +353,12 @@ pub(crate) enum TccItem {
 }
 
 /// The durable branches, activities and money in transit of one shard. Cloning shares the
-/// maps with the clone, part by part (a checkpoint's snapshot).
+/// maps with the clone; a checkpoint freezes them first ([`TccBook::freeze`]), so that the
+/// writes while its snapshot lives copy nothing (`layered.rs`).
 #[derive(Default, Clone)]
 pub(crate) struct TccBook {
-    branches: PartitionedMap<(u128, u16), BranchEntry>,
-    activities: PartitionedMap<u128, ActivityEntry>,
+    branches: LayeredMap<(u128, u16), BranchEntry>,
+    activities: LayeredMap<u128, ActivityEntry>,
     /// Activities begun or decided and not completed: few, and what recovery drives on.
     unfinished: BTreeSet<u128>,
     in_transit: BTreeMap<Currency, i128>,
@@ -376,6 +377,26 @@ impl TccBook {
 
     pub(crate) fn set_branch(&mut self, activity: u128, branch: u16, entry: BranchEntry) {
         self.branches.insert((activity, branch), entry);
+    }
+
+    /// Freezes the branches and activities held, for a checkpoint's snapshot (`layered.rs`).
+    pub(crate) fn freeze(&mut self) {
+        self.branches.freeze();
+        self.activities.freeze();
+    }
+
+    /// Once the checkpoint of the last freeze is durable, its runs holding the ended branches
+    /// and completed activities: drops part `part` (`0..SETTLE_PARTS`) of what was frozen,
+    /// keeping the entries under way.
+    pub(crate) fn settle_part(&mut self, part: usize) {
+        self.branches.settle_part(part, |entry| !entry.state.ended());
+        self.activities.settle_part(part, |entry| !matches!(entry.state, ActivityState::Completed(_)));
+    }
+
+    /// Whether a frozen layer waits for [`settle_part`](Self::settle_part) (it goes with its
+    /// last part, or at once once empty).
+    pub(crate) fn has_frozen(&self) -> bool {
+        self.branches.has_frozen() || self.activities.has_frozen()
     }
 
     pub(crate) fn activity(&self, activity: u128) -> Option<&ActivityEntry> {
@@ -411,13 +432,14 @@ impl TccBook {
         self.unfinished.iter().filter_map(|id| Some((*id, self.activities.get(id)?)))
     }
 
-    /// Bytes of the branches and activities held (their plans' vectors not counted): a
-    /// checkpoint moves the ended ones to runs.
+    /// Bytes of the branches and activities held (their plans' vectors not counted; while a
+    /// checkpoint is under way, an entry changed since its snapshot counts twice): a checkpoint
+    /// moves the ended ones to runs.
     pub(crate) fn entry_bytes(&self) -> u64 {
         self.branches.entry_bytes() + self.activities.entry_bytes()
     }
 
-    /// Branches and activities held.
+    /// Branches and activities held (a pass over them).
     pub(crate) fn len(&self) -> (usize, usize) {
         (self.branches.len(), self.activities.len())
     }
@@ -430,21 +452,6 @@ impl TccBook {
     /// The completed activities held: a checkpoint moves them to runs.
     pub(crate) fn completed_activities(&self) -> impl Iterator<Item = (u128, EndedActivity)> + '_ {
         self.activities.iter().filter_map(|(id, entry)| Some((*id, EndedActivity::of(entry)?)))
-    }
-
-    /// Forgets the ended branches and completed activities a durable checkpoint's runs hold
-    /// (an entry ended never changes again).
-    pub(crate) fn forget_ended(&mut self, branches: &[(u128, u16)], activities: &[u128]) {
-        for key in branches {
-            if self.branches.get(key).is_some_and(|entry| entry.state.ended()) {
-                self.branches.remove(key);
-            }
-        }
-        for id in activities {
-            if self.activities.get(id).is_some_and(|entry| matches!(entry.state, ActivityState::Completed(_))) {
-                self.activities.remove(id);
-            }
-        }
     }
 
     /// The entries a checkpoint's file holds: those under way, and the money in transit (the
@@ -461,7 +468,11 @@ impl TccBook {
 
     pub(crate) fn restore(&mut self, item: TccItem) -> Result<(), &'static str> {
         let twice = match item {
-            TccItem::Branch(activity, branch, entry) => self.branches.insert((activity, branch), entry).is_some(),
+            TccItem::Branch(activity, branch, entry) => {
+                let twice = self.branches.get(&(activity, branch)).is_some();
+                self.branches.insert((activity, branch), entry);
+                twice
+            }
             TccItem::Activity(id, entry) => {
                 let twice = self.activities.get(&id).is_some();
                 self.set_activity(id, entry);

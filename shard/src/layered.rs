@@ -1,0 +1,234 @@
+//! A map with a frozen layer under its live one, so that a checkpoint's snapshot shares the
+//! map without copying it.
+//!
+//! The books of flexible transactions take an entry per branch and activity, about a million
+//! between two checkpoints under a stream of transfers. A snapshot that shares a
+//! [`PartitionedMap`] copies each part the live map writes while the snapshot holds it: the
+//! whole map once per checkpoint, into freshly zeroed pages, and the ended entries that the
+//! checkpoint then moves to runs are forgotten one key at a time. Here the snapshot freezes
+//! the live entries instead ([`LayeredMap::freeze`]): the frozen layer is never written again,
+//! so the snapshot and the live map share it whole, and new writes go to a live layer that
+//! starts empty and shadows it. Once the checkpoint is durable, [`LayeredMap::settle_part`]
+//! carries the frozen entries that must stay (those under way) up into the live layer and
+//! drops the rest with the layer, part by part, so no turn of the executor holds it long.
+//!
+//! A key removed while the frozen layer holds it is a tombstone (`None`) in the live layer
+//! until that part of the frozen layer goes.
+
+use std::hash::Hash;
+
+use crate::partitioned::{PartitionedMap, PARTS};
+
+/// A live layer over at most one frozen one (module text).
+#[derive(Clone)]
+pub(crate) struct LayeredMap<K, V> {
+    live: PartitionedMap<K, Option<V>>,
+    frozen: Option<PartitionedMap<K, Option<V>>>,
+}
+
+impl<K, V> Default for LayeredMap<K, V> {
+    fn default() -> Self {
+        LayeredMap { live: PartitionedMap::default(), frozen: None }
+    }
+}
+
+impl<K: Hash + Eq + Clone, V: Clone> LayeredMap<K, V> {
+    pub(crate) fn get(&self, key: &K) -> Option<&V> {
+        match self.live.get(key) {
+            Some(value) => value.as_ref(),
+            None => self.frozen.as_ref()?.get(key)?.as_ref(),
+        }
+    }
+
+    pub(crate) fn insert(&mut self, key: K, value: V) {
+        self.live.insert(key, Some(value));
+    }
+
+    pub(crate) fn remove(&mut self, key: &K) {
+        match self.frozen.as_ref().is_some_and(|frozen| frozen.get(key).is_some()) {
+            true => drop(self.live.insert(key.clone(), None)),
+            false => drop(self.live.remove(key)),
+        }
+    }
+
+    /// Room for `entries` more in the live layer.
+    pub(crate) fn reserve(&mut self, entries: usize) {
+        self.live.reserve(entries);
+    }
+
+    /// Freezes the live entries (a checkpoint's snapshot is about to share the map): writes from
+    /// now on go to an empty live layer. A frozen layer still there (its checkpoint failed)
+    /// takes the live entries over its own, so there is never more than one.
+    pub(crate) fn freeze(&mut self) {
+        let live = std::mem::take(&mut self.live);
+        match &mut self.frozen {
+            None => self.frozen = Some(live),
+            Some(frozen) => {
+                for (key, value) in live.iter() {
+                    frozen.insert(key.clone(), value.clone());
+                }
+            }
+        }
+    }
+
+    /// Whether a frozen layer is there, waiting for [`settle_part`](Self::settle_part).
+    pub(crate) fn has_frozen(&self) -> bool {
+        self.frozen.is_some()
+    }
+
+    /// Drops part `part` (`0..PARTS`) of the frozen layer, carrying up into the live layer the
+    /// entries `keep` names that the live layer does not shadow; the frozen layer goes with its
+    /// last part. Only once what the frozen layer held is durable elsewhere.
+    pub(crate) fn settle_part(&mut self, part: usize, keep: impl Fn(&V) -> bool) {
+        let Some(frozen) = &mut self.frozen else { return };
+        let taken = frozen.take_part(part);
+        for (key, value) in taken.iter() {
+            match (self.live.get(key), value) {
+                // A tombstone shadowed this entry; with the entry gone it shadows nothing.
+                (Some(None), _) => drop(self.live.remove(key)),
+                (None, Some(value)) if keep(value) => drop(self.live.insert(key.clone(), Some(value.clone()))),
+                _ => {}
+            }
+        }
+        if part == PARTS - 1 || frozen.is_empty() {
+            self.frozen = None;
+        }
+    }
+
+    /// Every entry, each key once (the live layer's first).
+    pub(crate) fn iter(&self) -> impl Iterator<Item = (&K, &V)> + '_ {
+        let live = self.live.iter().filter_map(|(key, value)| Some((key, value.as_ref()?)));
+        let frozen = self.frozen.iter().flat_map(|frozen| frozen.iter());
+        let frozen = frozen.filter(|(key, _)| self.live.get(key).is_none());
+        live.chain(frozen.filter_map(|(key, value)| Some((key, value.as_ref()?))))
+    }
+
+    /// Entries held in both layers, shadowed ones and tombstones counted: the measure of memory
+    /// held, without a pass over the entries.
+    pub(crate) fn slots(&self) -> usize {
+        self.live.len() + self.frozen.as_ref().map_or(0, |frozen| frozen.len())
+    }
+
+    /// Bytes of the slots at their size, a control byte each.
+    pub(crate) fn entry_bytes(&self) -> u64 {
+        self.slots() as u64 * (std::mem::size_of::<(K, Option<V>)>() as u64 + 1)
+    }
+
+    /// Entries, each key once (a pass over them).
+    pub(crate) fn len(&self) -> usize {
+        self.iter().count()
+    }
+}
+
+/// Parts [`LayeredMap::settle_part`] goes through.
+pub(crate) const SETTLE_PARTS: usize = PARTS;
+
+#[cfg(test)]
+mod tests {
+    use std::collections::HashMap;
+
+    use proptest::prelude::*;
+
+    use super::*;
+
+    #[derive(Debug, Clone)]
+    enum Op {
+        Insert(u64, u64),
+        Remove(u64),
+        Freeze,
+        Settle,
+    }
+
+    fn op() -> impl Strategy<Value = Op> {
+        prop_oneof![
+            6 => (0u64..64, 0u64..10).prop_map(|(k, v)| Op::Insert(k, v)),
+            2 => (0u64..64).prop_map(Op::Remove),
+            1 => Just(Op::Freeze),
+            1 => Just(Op::Settle),
+        ]
+    }
+
+    proptest! {
+        /// Against a plain map: every read, at every step, reads as the model; a snapshot
+        /// (a clone right after a freeze) keeps the entries of its moment whatever the live map
+        /// does after; a settle drops exactly the entries `keep` does not name (even values
+        /// here), as forgetting them would.
+        #[test]
+        fn reads_as_one_map_with_snapshots_that_stay(ops in proptest::collection::vec(op(), 1..200)) {
+            let mut map: LayeredMap<u64, u64> = LayeredMap::default();
+            let mut model: HashMap<u64, u64> = HashMap::new();
+            let mut snapshots: Vec<(LayeredMap<u64, u64>, HashMap<u64, u64>)> = Vec::new();
+            // Keys written since the last freeze (the live layer's), and whether a layer is
+            // frozen: a settle forgets the ended entries (even values) of the others.
+            let (mut written_since_freeze, mut frozen) = (std::collections::HashSet::new(), false);
+            for op in ops {
+                match op {
+                    Op::Insert(k, v) => {
+                        map.insert(k, v);
+                        model.insert(k, v);
+                        written_since_freeze.insert(k);
+                    }
+                    Op::Remove(k) => {
+                        map.remove(&k);
+                        model.remove(&k);
+                        written_since_freeze.insert(k);
+                    }
+                    Op::Freeze => {
+                        map.freeze();
+                        snapshots.push((map.clone(), model.clone()));
+                        (written_since_freeze, frozen) = (Default::default(), true);
+                    }
+                    Op::Settle => {
+                        for part in 0..SETTLE_PARTS {
+                            map.settle_part(part, |v| v % 2 == 1);
+                        }
+                        prop_assert!(!map.has_frozen());
+                        if frozen {
+                            model.retain(|k, v| *v % 2 == 1 || written_since_freeze.contains(k));
+                        }
+                        frozen = false;
+                        snapshots.clear();
+                    }
+                }
+                for k in 0..64 {
+                    prop_assert_eq!(map.get(&k), model.get(&k), "key {}", k);
+                }
+                let mut seen: Vec<(u64, u64)> = map.iter().map(|(k, v)| (*k, *v)).collect();
+                seen.sort_unstable();
+                let mut expected: Vec<(u64, u64)> = model.iter().map(|(k, v)| (*k, *v)).collect();
+                expected.sort_unstable();
+                prop_assert_eq!(&seen, &expected);
+                prop_assert_eq!(map.len(), model.len());
+                prop_assert!(map.slots() >= map.len());
+                for (snapshot, at) in &snapshots {
+                    for k in 0..64 {
+                        prop_assert_eq!(snapshot.get(&k), at.get(&k));
+                    }
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn a_settle_keeps_what_is_under_way_and_lets_the_rest_go_with_the_layer() {
+        let mut map: LayeredMap<u64, u64> = LayeredMap::default();
+        for k in 0..10_000 {
+            map.insert(k, k % 3);
+        }
+        map.freeze();
+        let snapshot = map.clone();
+        map.insert(1, 7);
+        map.remove(&2);
+        for part in 0..SETTLE_PARTS {
+            map.settle_part(part, |v| *v == 0);
+        }
+        assert!(!map.has_frozen());
+        assert_eq!(map.get(&1), Some(&7), "the live layer's write stays");
+        assert_eq!(map.get(&2), None, "removed");
+        assert_eq!(map.get(&3), Some(&0), "under way: carried up");
+        assert_eq!(map.get(&4), None, "ended: gone with the layer");
+        assert_eq!(map.len(), map.slots(), "no tombstone is left");
+        assert_eq!(map.len(), (0..10_000).filter(|k| k % 3 == 0).count() + 1);
+        assert_eq!(snapshot.get(&4), Some(&1), "the snapshot keeps its moment");
+    }
+}
