@@ -5,7 +5,9 @@
 //! and every acknowledgement after it arrives, until the parent kills it.
 //!
 //! The child checks what only it can see: the consumer's events come in log order per
-//! partition and in lifecycle order per trade. Anything unexpected (an error that is not
+//! partition and in lifecycle order per trade; and it journals, at each commit, the span of
+//! each partition it read and the digest of the events it took there, which the parent checks
+//! against the recovered log (`delivered.rs`). Anything unexpected (an error that is not
 //! backpressure, an event out of order) is journaled as a failure and the child exits with a
 //! non-zero status, which the parent reports as a violation.
 
@@ -13,6 +15,8 @@ use std::collections::HashMap;
 use std::io::Write;
 use std::path::PathBuf;
 use std::time::Duration;
+
+use super::delivered::event_digest;
 
 use tradeshard_engine::{
     ConsumerConfig, Engine, EngineHandle, Error, NewTrade, RecordKind, Refusal, StartPosition, TradeId, TradeStatus,
@@ -201,9 +205,21 @@ fn settlement_consumer(handle: &EngineHandle, args: &ChildArgs) {
     let mut rng = fastrand::Rng::with_seed(args.seed ^ 0xC0FFEE);
     let mut last_offset: HashMap<u32, u64> = HashMap::new();
     let mut last_kind: HashMap<TradeId, RecordKind> = HashMap::new();
+    // Per partition since the last commit (or the group's offset at the start): where it
+    // began, the events taken and their digest, journaled at each commit (`delivered.rs`).
+    // A partition the group never committed starts its first span at the first commit.
+    let mut spans: HashMap<u32, (Option<u64>, u64, u64)> =
+        retrying(&mut journal, "committed", || consumer.committed_blocking())
+            .into_iter()
+            .map(|(partition, committed)| (partition, (committed, 0, 0)))
+            .collect();
     loop {
         let events = retrying(&mut journal, "poll", || consumer.poll_blocking(2000, Duration::from_millis(20)));
         for event in &events {
+            let record = &event.record;
+            let span = spans.entry(event.partition).or_insert((None, 0, 0));
+            span.1 += 1;
+            span.2 = event_digest(span.2, event.offset, record.trade_id, record.kind, record.amount, record.user_id);
             if let Some(previous) = last_offset.insert(event.partition, event.offset) {
                 if event.offset <= previous {
                     fail(
@@ -213,7 +229,6 @@ fn settlement_consumer(handle: &EngineHandle, args: &ChildArgs) {
                 }
             }
             // A change to a trade created before this consumer's start has nothing to follow.
-            let record = &event.record;
             match last_kind.insert(record.trade_id, record.kind) {
                 Some(previous) if !follows(previous, record.kind) => {
                     fail(&mut journal, format!("trade {}: event {:?} after {previous:?}", record.trade_id, record.kind))
@@ -229,6 +244,10 @@ fn settlement_consumer(handle: &EngineHandle, args: &ChildArgs) {
             retrying(&mut journal, "commit", || futures_lite::future::block_on(consumer.commit_offsets(&positions)));
             for (partition, offset) in &positions {
                 journal.write(&Entry::CommitAcked { partition: *partition, offset: *offset });
+                if let Some((Some(from), count, digest)) = spans.get(partition).copied() {
+                    journal.write(&Entry::Consumed { partition: *partition, from, to: *offset, count, digest });
+                }
+                spans.insert(*partition, (Some(*offset), 0, 0));
             }
         }
     }

@@ -89,14 +89,48 @@ impl Outcome {
 /// One line of a journal.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Entry {
-    CreateSent { buyer: u64, order: u64, amount: u64 },
-    CreateAcked { buyer: u64, order: u64, id: u64 },
-    ChangeSent { id: u64, change: Change },
-    ChangeAcked { id: u64 },
-    CommitSent { partition: u32, offset: u64 },
-    CommitAcked { partition: u32, offset: u64 },
-    MoneySent { op: MoneyOp, request: String },
-    MoneyAcked { request: String, outcome: Outcome },
+    CreateSent {
+        buyer: u64,
+        order: u64,
+        amount: u64,
+    },
+    CreateAcked {
+        buyer: u64,
+        order: u64,
+        id: u64,
+    },
+    ChangeSent {
+        id: u64,
+        change: Change,
+    },
+    ChangeAcked {
+        id: u64,
+    },
+    CommitSent {
+        partition: u32,
+        offset: u64,
+    },
+    CommitAcked {
+        partition: u32,
+        offset: u64,
+    },
+    /// The events the child's consumer took from `partition` between two of its commits
+    /// (offsets `from..to`): how many, and their digest (`common::event_digest`).
+    Consumed {
+        partition: u32,
+        from: u64,
+        to: u64,
+        count: u64,
+        digest: u64,
+    },
+    MoneySent {
+        op: MoneyOp,
+        request: String,
+    },
+    MoneyAcked {
+        request: String,
+        outcome: Outcome,
+    },
     Failure(String),
 }
 
@@ -112,6 +146,9 @@ impl Entry {
             Entry::ChangeAcked { id } => format!("a {id}\n"),
             Entry::CommitSent { partition, offset } => format!("K {partition} {offset}\n"),
             Entry::CommitAcked { partition, offset } => format!("k {partition} {offset}\n"),
+            Entry::Consumed { partition, from, to, count, digest } => {
+                format!("D {partition} {from} {to} {count} {digest}\n")
+            }
             Entry::MoneySent { op: MoneyOp::Deposit { user, amount }, request } => {
                 format!("M deposit {user} 0 {amount} {request}\n")
             }
@@ -137,6 +174,13 @@ impl Entry {
             ("a", 1) => Entry::ChangeAcked { id: number(0)? },
             ("K", 2) => Entry::CommitSent { partition: u32::try_from(number(0)?).ok()?, offset: number(1)? },
             ("k", 2) => Entry::CommitAcked { partition: u32::try_from(number(0)?).ok()?, offset: number(1)? },
+            ("D", 5) => Entry::Consumed {
+                partition: u32::try_from(number(0)?).ok()?,
+                from: number(1)?,
+                to: number(2)?,
+                count: number(3)?,
+                digest: number(4)?,
+            },
             ("M", 5) => {
                 let (first, second, amount, request) = (number(1)?, number(2)?, number(3)?, words[4].to_string());
                 let op = match words[0] {
@@ -202,6 +246,7 @@ mod tests {
             Entry::ChangeAcked { id: 1 << 40 },
             Entry::CommitSent { partition: 3, offset: 99 },
             Entry::CommitAcked { partition: 3, offset: 99 },
+            Entry::Consumed { partition: 3, from: 40, to: 99, count: 12, digest: u64::MAX - 1 },
             Entry::MoneySent { op: MoneyOp::Deposit { user: 5, amount: 70 }, request: "fund-1".into() },
             Entry::MoneySent { op: MoneyOp::Transfer { from: 5, to: 6, amount: 9 }, request: "t-1-0".into() },
             Entry::MoneyAcked { request: "t-1-0".into(), outcome: Outcome::Cancelled },
@@ -213,7 +258,7 @@ mod tests {
         text.push_str("C 8 2");
         std::fs::write(&path, text).unwrap();
         let mut expected = entries;
-        expected[9] = Entry::Failure("bad thing".into());
+        expected[10] = Entry::Failure("bad thing".into());
         assert_eq!(read(&path).unwrap(), expected);
         std::fs::write(&path, "C 8 two 3\n").unwrap();
         assert!(read(&path).is_err(), "a damaged complete line is an error, not skipped");

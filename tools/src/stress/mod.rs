@@ -18,6 +18,7 @@
 mod audit;
 pub mod child;
 mod common;
+mod delivered;
 mod journal;
 mod model;
 mod money;
@@ -95,6 +96,12 @@ struct Summary {
     journal_entries: u64,
     /// Trade events the audit group read, each replayed into its trade's state.
     events_audited: u64,
+    /// Spans of a partition the child's consumer took between two commits, read again from
+    /// the recovered log and found the same (`delivered.rs`); their events; spans whose start
+    /// retention had removed by the check.
+    consumed_spans_checked: u64,
+    consumed_events_checked: u64,
+    consumed_spans_retained_away: u64,
     /// Money: deposits and transfers whose answer a kill took, sent again; transfers made
     /// (counted at every check, so each once per check after it).
     money_requests_retried: u64,
@@ -165,7 +172,8 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         println!(
             "stress: {} cycles ({} kills while recovering, {} data directories) in {:.0} s, seed {}: 0 violations\n\
              checked {} acknowledged trades, {} in-flight writes found, {} found absent, {} offset commits, \
-             {} changes to trades of earlier cycles, {} trade events audited; {} lost requests sent again, {} answered as repeats; {} shard opens from a checkpoint \
+             {} changes to trades of earlier cycles, {} trade events audited, {} events taken live found in the log \
+             ({} spans, {} retained away); {} lost requests sent again, {} answered as repeats; {} shard opens from a checkpoint \
              ({} records replayed), {} with segments removed by retention; money: {} lost requests sent \
              again, {} transfer checks",
             summary.cycles,
@@ -179,6 +187,9 @@ pub fn run(args: Args) -> anyhow::Result<()> {
             summary.offset_commits_checked,
             summary.older_trades_changed,
             summary.events_audited,
+            summary.consumed_events_checked,
+            summary.consumed_spans_checked,
+            summary.consumed_spans_retained_away,
             summary.retries_sent,
             summary.retries_answered_as_repeat,
             summary.shard_opens_from_checkpoint,
@@ -331,6 +342,11 @@ fn run_cycle(
     let checked = model.verify(&engine.handle()).and_then(|mut checked| {
         watchdog.enter(cycle, "sending lost trade requests again");
         model.retry_lost(&engine.handle(), &mut checked)?;
+        watchdog.enter(cycle, "reading what the child's consumer took from the log again");
+        let delivered = delivered::check(&engine.handle(), &model.take_consumed())?;
+        summary.consumed_spans_checked += delivered.spans;
+        summary.consumed_events_checked += delivered.events;
+        summary.consumed_spans_retained_away += delivered.spans_retained_away;
         watchdog.enter(cycle, "reading the settlement stream on and checking it holds every change");
         let expected = audit::Expected { states: model.held_states(), origins: model.held_origins() };
         summary.events_audited += audit.read_check_commit(&engine.handle(), &expected)?;

@@ -72,6 +72,8 @@ pub struct Model {
     listings: u64,
     /// The requests whose answers the last kill took, found by the last check.
     lost: Vec<Lost>,
+    /// The spans the child's consumer journaled since the last check (`delivered.rs`).
+    consumed: Vec<super::delivered::Consumed>,
 }
 
 fn after(state: State, amount: u64, change: Change) -> Option<State> {
@@ -136,6 +138,9 @@ impl Model {
                     let highest = self.committed.entry(partition).or_default();
                     *highest = (*highest).max(offset);
                 }
+                Entry::Consumed { partition, from, to, count, digest } => {
+                    self.consumed.push(super::delivered::Consumed { partition, from, to, count, digest });
+                }
                 Entry::MoneySent { .. } | Entry::MoneyAcked { .. } => bail!("money entries belong to the money model"),
                 Entry::Failure(text) => bail!("the child stopped: {text}"),
             }
@@ -146,6 +151,11 @@ impl Model {
     /// Every trade the engine holds, as the last check and the retries after it left it.
     pub fn held_states(&self) -> HashMap<TradeId, State> {
         self.orders.values().filter_map(|expected| Some((expected.id?, expected.state))).collect()
+    }
+
+    /// The spans the child's consumer journaled since the last call.
+    pub fn take_consumed(&mut self) -> Vec<super::delivered::Consumed> {
+        std::mem::take(&mut self.consumed)
     }
 
     /// The buyer and amount of every create the engine holds, as the child sent it.
