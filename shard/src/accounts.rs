@@ -17,6 +17,7 @@ use crate::currency::Currency;
 use crate::error::Refusal;
 use crate::journal::{AccountOp, JournalRecord};
 use crate::keys::account_request_key;
+use crate::layered::LayeredMap;
 use crate::partitioned::PartitionedMap;
 
 /// The most a balance (available, frozen and incoming) may hold, in minor units: room for 4,000
@@ -187,7 +188,9 @@ pub(crate) enum AccountItem {
 #[derive(Default, Clone)]
 pub(crate) struct AccountBook {
     balances: PartitionedMap<AccountKey, Balance>,
-    requests: PartitionedMap<u128, RequestEntry>,
+    /// Frozen at a checkpoint's snapshot, so that the snapshot shares them without a copy
+    /// (`layered.rs`); all of them go to the checkpoint's run.
+    requests: LayeredMap<u128, RequestEntry>,
     /// Per currency, the sum of the balances' money, kept as each balance changes, so that a
     /// reader of the totals costs the currencies, not the accounts.
     totals: BTreeMap<Currency, u128>,
@@ -228,11 +231,20 @@ impl AccountBook {
         self.requests.iter().map(|(key, entry)| (*key, entry))
     }
 
-    /// Forgets the requests a durable checkpoint's run now holds.
-    pub(crate) fn forget_requests(&mut self, keys: &[u128]) {
-        for key in keys {
-            self.requests.remove(key);
-        }
+    /// Freezes the requests held, for a checkpoint's snapshot (`layered.rs`).
+    pub(crate) fn freeze_requests(&mut self) {
+        self.requests.freeze();
+    }
+
+    /// Once the checkpoint of the last freeze is durable, its run holding every request it
+    /// froze: drops part `part` (`0..SETTLE_PARTS`) of them.
+    pub(crate) fn settle_requests_part(&mut self, part: usize) {
+        self.requests.settle_part(part, |_| false);
+    }
+
+    /// Whether frozen requests wait for [`settle_requests_part`](Self::settle_requests_part).
+    pub(crate) fn has_frozen_requests(&self) -> bool {
+        self.requests.has_frozen()
     }
 
     /// Applies a durable journal record; returns what its request answers. A number applied
@@ -270,7 +282,11 @@ impl AccountBook {
     pub(crate) fn restore(&mut self, item: AccountItem) -> Result<(), &'static str> {
         let twice = match item {
             AccountItem::Balance(key, balance) => self.put(key, balance).is_some(),
-            AccountItem::Request(key, entry) => self.requests.insert(key, entry).is_some(),
+            AccountItem::Request(key, entry) => {
+                let twice = self.requests.get(&key).is_some();
+                self.requests.insert(key, entry);
+                twice
+            }
         };
         match twice {
             true => Err("account entry twice in a checkpoint"),
@@ -291,7 +307,7 @@ impl AccountBook {
         self.requests.entry_bytes()
     }
 
-    /// Accounts and request numbers held.
+    /// Accounts and request numbers held (a pass over the requests).
     pub(crate) fn len(&self) -> (usize, usize) {
         (self.balances.len(), self.requests.len())
     }

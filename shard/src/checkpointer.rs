@@ -146,8 +146,8 @@ async fn write_checkpoint<D: Disk>(inner: &Inner<D>) -> Result<Option<u64>, Trad
         let mut index = inner.index.borrow_mut();
         let dirty = index.take_dirty();
         let held_at_snapshot = index.held_bytes();
-        // The books of transactions are shared whole, not part by part (`layered.rs`).
-        index.tcc_mut().freeze();
+        // The maps of recent work are shared whole, not part by part (`layered.rs`).
+        index.freeze_for_snapshot();
         let mut snapshot = index.clone();
         // Trades created with their claim in doubt stay in doubt for the next open. Counters
         // of creates still in flight are not the snapshot's to vouch for: a stop may lose
@@ -324,16 +324,13 @@ async fn take_runs<D: Disk>(inner: &Inner<D>, written: WrittenRuns<D>, new_posit
         forgotten += lowering(inner, |index| index.forget_refunds(batch));
         take_turn().await;
     }
-    for batch in written.request_keys.chunks(ITEMS_PER_TURN) {
-        forgotten += lowering(inner, |index| index.accounts_mut().forget_requests(batch));
-        take_turn().await;
-    }
-    // The snapshot froze the books of transactions: what they held ended is in the runs now.
+    // The snapshot froze the account requests and the books of transactions: what they held
+    // that ended is in the runs now.
     for part in 0..SETTLE_PARTS {
-        if !inner.index.borrow().tcc().has_frozen() {
+        if !inner.index.borrow().has_frozen() {
             break;
         }
-        forgotten += lowering(inner, |index| index.tcc_mut().settle_part(part));
+        forgotten += lowering(inner, |index| index.settle_frozen_part(part));
         take_turn().await;
     }
     for batch in written.user_counts.chunks(ITEMS_PER_TURN) {

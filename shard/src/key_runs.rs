@@ -428,13 +428,12 @@ pub(crate) struct WrittenRuns<D: Disk> {
     /// Its new runs, to add to the sets in force once it is durable.
     pub new_runs: Vec<(RunStore, Rc<Run<D>>)>,
     /// What is now in a run, to forget from memory once the checkpoint is durable: order
-    /// keys, confirmed claims, refunds, account requests, and how many of each user's oldest
-    /// trades in memory (the ended branches and completed activities go with the books'
-    /// frozen layer, `TccBook::settle_part`).
+    /// keys, confirmed claims, refunds, and how many of each user's oldest trades in memory
+    /// (account requests, ended branches and completed activities go with their maps' frozen
+    /// layers, `ShardIndex::settle_frozen_part`).
     pub order_keys: Vec<u128>,
     pub claim_keys: Vec<u128>,
     pub refund_keys: Vec<u128>,
-    pub request_keys: Vec<u128>,
     pub user_counts: Vec<(u64, usize)>,
     /// Bytes of the runs written, merges included.
     pub bytes: u64,
@@ -469,7 +468,7 @@ pub(crate) async fn write_runs<D: Disk>(
     // A copy of sorted keys: a millisecond for a million, not worth a turn.
     let keys_of = |entries: &[(u128, Value)]| entries.iter().map(|(key, _)| *key).collect();
     let (order_keys, claim_keys) = (keys_of(&order_entries), keys_of(&claim_entries));
-    let (refund_keys, request_keys) = (keys_of(&refund_entries), keys_of(&request_entries));
+    let refund_keys = keys_of(&refund_entries);
     let user_counts: Vec<(u64, usize)> =
         collect_in_turns(snapshot.recent_users().map(|(user, ids)| (user, ids.len()))).await;
     let user_entries = sorted_by_key(
@@ -502,7 +501,7 @@ pub(crate) async fn write_runs<D: Disk>(
     if bytes > 0 {
         disk.sync_dir().await.map_err(|e| TradeError::Log(LogError::io("sync directory", disk.path_of(""), e)))?;
     }
-    Ok(WrittenRuns { sets, new_runs, order_keys, claim_keys, refund_keys, request_keys, user_counts, bytes })
+    Ok(WrittenRuns { sets, new_runs, order_keys, claim_keys, refund_keys, user_counts, bytes })
 }
 
 /// The next run id, used up now whatever becomes of the run.

@@ -393,14 +393,17 @@ impl<D: Disk> Shard<D> {
             let (halves, scheduled, dead, _) = book.counts();
             (halves, scheduled, dead, book.held_bytes())
         });
+        // Counts of layered maps are a pass over them (`layered.rs`): each taken once.
+        let (accounts, account_requests) = self.inner.index.borrow().accounts().len();
+        let (branches, activities) = self.inner.index.borrow().tcc().len();
         ShardStats {
             shard: self.inner.shard_id,
             trades: self.inner.index.borrow().len() as u64,
             trades_in_memory: self.inner.index.borrow().resident_len() as u64,
-            accounts: self.inner.index.borrow().accounts().len().0 as u64,
-            account_requests: self.inner.index.borrow().accounts().len().1 as u64,
-            branches: self.inner.index.borrow().tcc().len().0 as u64,
-            activities: self.inner.index.borrow().tcc().len().1 as u64,
+            accounts: accounts as u64,
+            account_requests: account_requests as u64,
+            branches: branches as u64,
+            activities: activities as u64,
             activities_in_doubt: self.inner.index.borrow().tcc().unfinished().count() as u64,
             money: {
                 let index = self.inner.index.borrow();

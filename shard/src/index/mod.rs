@@ -183,8 +183,24 @@ impl ShardIndex {
     }
 
     /// The branches and activities, to forget those a checkpoint's runs hold.
-    pub(crate) fn tcc_mut(&mut self) -> &mut TccBook {
-        &mut self.tcc
+    /// Freezes the maps of recent work that a checkpoint's snapshot would otherwise copy part
+    /// by part while it lives (`layered.rs`): the account requests and the books of
+    /// transactions.
+    pub(crate) fn freeze_for_snapshot(&mut self) {
+        self.accounts.freeze_requests();
+        self.tcc.freeze();
+    }
+
+    /// Once the checkpoint of the last freeze is durable: drops part `part` of what was frozen,
+    /// keeping what is still under way (`layered.rs`).
+    pub(crate) fn settle_frozen_part(&mut self, part: usize) {
+        self.accounts.settle_requests_part(part);
+        self.tcc.settle_part(part);
+    }
+
+    /// Whether frozen entries wait for [`settle_frozen_part`](Self::settle_frozen_part).
+    pub(crate) fn has_frozen(&self) -> bool {
+        self.accounts.has_frozen_requests() || self.tcc.has_frozen()
     }
 
     /// The accounts and the flexible transactions together, as the rules of a step see them.
