@@ -5,7 +5,9 @@
 //! shard's requests:
 //!
 //! 1. the indexes are cloned; the clone shares their chunks and parts, and a write during the
-//!    checkpoint copies the one chunk or part it touches (`trade_table/`, `partitioned.rs`);
+//!    checkpoint copies the one chunk or part it touches (`trade_table/`, `partitioned.rs`),
+//!    but for the account requests and the books of transactions, frozen first and shared
+//!    whole while writes go to a live layer over them (`layered.rs`);
 //! 2. once the log is synced up to `P` (at once under `Durability::Sync`), the `Created`
 //!    records written since the last checkpoint are read back from the log and appended to
 //!    the store of created parts (`parts.rs`), which is synced;
@@ -17,7 +19,7 @@
 //!    runs) is written as `checkpoint.tmp` in pages, yielding between them, synced, renamed to
 //!    its name, and the directory synced: from here on an open starts from it;
 //! 6. the live indexes point the copied trades at the store and take the new runs in place of
-//!    the keys they hold; trades past the memory budget leave memory (`trade_table/`);
+//!    the keys they hold (the frozen layers go, with what they held under way carried up); trades past the memory budget leave memory (`trade_table/`);
 //!    checkpoints older than the one before, and runs neither lists, are removed; retention
 //!    removes the segments it allows (`retention.rs`).
 //!

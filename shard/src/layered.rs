@@ -24,11 +24,14 @@ use crate::partitioned::{PartitionedMap, PARTS};
 pub(crate) struct LayeredMap<K, V> {
     live: PartitionedMap<K, Option<V>>,
     frozen: Option<PartitionedMap<K, Option<V>>>,
+    /// Keys that read as present, kept as the layers change, so that counting costs nothing
+    /// (stats and metrics ask for it on the executor).
+    len: usize,
 }
 
 impl<K, V> Default for LayeredMap<K, V> {
     fn default() -> Self {
-        LayeredMap { live: PartitionedMap::default(), frozen: None }
+        LayeredMap { live: PartitionedMap::default(), frozen: None, len: 0 }
     }
 }
 
@@ -41,14 +44,27 @@ impl<K: Hash + Eq + Clone, V: Clone> LayeredMap<K, V> {
     }
 
     pub(crate) fn insert(&mut self, key: K, value: V) {
+        // The frozen layer is asked only for a key the live one does not hold.
+        let held = match self.live.get(&key) {
+            Some(value) => value.is_some(),
+            None => self.frozen_holds(&key),
+        };
         self.live.insert(key, Some(value));
+        self.len += usize::from(!held);
     }
 
     pub(crate) fn remove(&mut self, key: &K) {
+        if self.get(key).is_some() {
+            self.len -= 1;
+        }
         match self.frozen.as_ref().is_some_and(|frozen| frozen.get(key).is_some()) {
             true => drop(self.live.insert(key.clone(), None)),
             false => drop(self.live.remove(key)),
         }
+    }
+
+    fn frozen_holds(&self, key: &K) -> bool {
+        self.frozen.as_ref().and_then(|frozen| frozen.get(key)).is_some_and(Option::is_some)
     }
 
     /// Room for `entries` more in the live layer.
@@ -87,6 +103,7 @@ impl<K: Hash + Eq + Clone, V: Clone> LayeredMap<K, V> {
                 // A tombstone shadowed this entry; with the entry gone it shadows nothing.
                 (Some(None), _) => drop(self.live.remove(key)),
                 (None, Some(value)) if keep(value) => drop(self.live.insert(key.clone(), Some(value.clone()))),
+                (None, Some(_)) => self.len -= 1,
                 _ => {}
             }
         }
@@ -114,9 +131,9 @@ impl<K: Hash + Eq + Clone, V: Clone> LayeredMap<K, V> {
         self.slots() as u64 * (std::mem::size_of::<(K, Option<V>)>() as u64 + 1)
     }
 
-    /// Entries, each key once (a pass over them).
+    /// Entries, each key once.
     pub(crate) fn len(&self) -> usize {
-        self.iter().count()
+        self.len
     }
 }
 
@@ -199,6 +216,7 @@ mod tests {
                 expected.sort_unstable();
                 prop_assert_eq!(&seen, &expected);
                 prop_assert_eq!(map.len(), model.len());
+                prop_assert_eq!(map.iter().count(), model.len());
                 prop_assert!(map.slots() >= map.len());
                 for (snapshot, at) in &snapshots {
                     for k in 0..64 {

@@ -389,8 +389,9 @@ impl TccBook {
     /// and completed activities: drops part `part` (`0..SETTLE_PARTS`) of what was frozen,
     /// keeping the entries under way.
     pub(crate) fn settle_part(&mut self, part: usize) {
+        // Kept: whatever the runs do not take (`ended_branches`, `completed_activities`).
         self.branches.settle_part(part, |entry| !entry.state.ended());
-        self.activities.settle_part(part, |entry| !matches!(entry.state, ActivityState::Completed(_)));
+        self.activities.settle_part(part, |entry| EndedActivity::of(entry).is_none());
     }
 
     /// Whether a frozen layer waits for [`settle_part`](Self::settle_part) (it goes with its

@@ -182,7 +182,6 @@ impl ShardIndex {
         &self.tcc
     }
 
-    /// The branches and activities, to forget those a checkpoint's runs hold.
     /// Freezes the maps of recent work that a checkpoint's snapshot would otherwise copy part
     /// by part while it lives (`layered.rs`): the account requests and the books of
     /// transactions.
