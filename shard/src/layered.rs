@@ -44,12 +44,13 @@ impl<K: Hash + Eq + Clone, V: Clone> LayeredMap<K, V> {
     }
 
     pub(crate) fn insert(&mut self, key: K, value: V) {
-        // The frozen layer is asked only for a key the live one does not hold.
-        let held = match self.live.get(&key) {
-            Some(value) => value.is_some(),
-            None => self.frozen_holds(&key),
+        // One probe of the live layer; the frozen one is asked only for a key the live one
+        // did not hold.
+        let asked_below = self.frozen.is_some().then(|| key.clone());
+        let held = match self.live.insert(key, Some(value)) {
+            Some(previous) => previous.is_some(),
+            None => asked_below.is_some_and(|key| self.frozen_holds(&key)),
         };
-        self.live.insert(key, Some(value));
         self.len += usize::from(!held);
     }
 
