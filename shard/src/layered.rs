@@ -1,8 +1,9 @@
 //! A map with a frozen layer under its live one, so that a checkpoint's snapshot shares the
 //! map without copying it.
 //!
-//! The books of flexible transactions take an entry per branch and activity, about a million
-//! between two checkpoints under a stream of transfers. A snapshot that shares a
+//! The account requests and the books of flexible transactions take an entry per request,
+//! branch and activity, about a million between two checkpoints under a stream of transfers.
+//! A snapshot that shares a
 //! [`PartitionedMap`] copies each part the live map writes while the snapshot holds it: the
 //! whole map once per checkpoint, into freshly zeroed pages, and the ended entries that the
 //! checkpoint then moves to runs are forgotten one key at a time. Here the snapshot freezes
