@@ -237,9 +237,9 @@ impl AccountBook {
     }
 
     /// Once the checkpoint of the last freeze is durable, its run holding every request it
-    /// froze: drops part `part` (`0..SETTLE_PARTS`) of them.
-    pub(crate) fn settle_requests_part(&mut self, part: usize) {
-        self.requests.settle_part(part, |_| false);
+    /// froze: drops part `part` (`0..SETTLE_PARTS`) of them; returns how many the part held.
+    pub(crate) fn settle_requests_part(&mut self, part: usize) -> usize {
+        self.requests.settle_part(part, |_| false)
     }
 
     /// Whether frozen requests wait for [`settle_requests_part`](Self::settle_requests_part).

@@ -328,11 +328,16 @@ async fn take_runs<D: Disk>(inner: &Inner<D>, written: WrittenRuns<D>, new_posit
     }
     // The snapshot froze the account requests and the books of transactions: what they held
     // that ended is in the runs now.
-    for part in 0..SETTLE_PARTS {
-        if !inner.index.borrow().has_frozen() {
-            break;
-        }
-        forgotten += lowering(inner, |index| index.settle_frozen_part(part));
+    // A turn's worth of entries at a time: a layer of a few entries goes in one turn.
+    let mut part = 0;
+    while part < SETTLE_PARTS && inner.index.borrow().has_frozen() {
+        forgotten += lowering(inner, |index| {
+            let mut entries = 0;
+            while part < SETTLE_PARTS && entries < ITEMS_PER_TURN {
+                entries += index.settle_frozen_part(part);
+                part += 1;
+            }
+        });
         take_turn().await;
     }
     for batch in written.user_counts.chunks(ITEMS_PER_TURN) {

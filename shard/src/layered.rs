@@ -96,9 +96,10 @@ impl<K: Hash + Eq + Clone, V: Clone> LayeredMap<K, V> {
 
     /// Drops part `part` (`0..PARTS`) of the frozen layer, carrying up into the live layer the
     /// entries `keep` names that the live layer does not shadow; the frozen layer goes with its
-    /// last part. Only once what the frozen layer held is durable elsewhere.
-    pub(crate) fn settle_part(&mut self, part: usize, keep: impl Fn(&V) -> bool) {
-        let Some(frozen) = &mut self.frozen else { return };
+    /// last part. Only once what the frozen layer held is durable elsewhere. Returns the
+    /// entries the part held (the work it was).
+    pub(crate) fn settle_part(&mut self, part: usize, keep: impl Fn(&V) -> bool) -> usize {
+        let Some(frozen) = &mut self.frozen else { return 0 };
         let taken = frozen.take_part(part);
         for (key, value) in taken.iter() {
             match (self.live.get(key), value) {
@@ -109,9 +110,10 @@ impl<K: Hash + Eq + Clone, V: Clone> LayeredMap<K, V> {
                 _ => {}
             }
         }
-        if part == PARTS - 1 || frozen.is_empty() {
+        if part == PARTS - 1 {
             self.frozen = None;
         }
+        taken.len()
     }
 
     /// Every entry, each key once (the live layer's first).

@@ -105,11 +105,6 @@ impl<K: Hash + Eq + Clone, V: Clone> PartitionedMap<K, V> {
         std::mem::take(&mut self.parts[part])
     }
 
-    /// Whether no part holds an entry.
-    pub fn is_empty(&self) -> bool {
-        self.parts.iter().all(|part| part.is_empty())
-    }
-
     /// The value of `key`, inserted as `V::default()` first if absent.
     pub fn get_or_default(&mut self, key: K) -> &mut V
     where

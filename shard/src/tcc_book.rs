@@ -388,14 +388,15 @@ impl TccBook {
     /// Once the checkpoint of the last freeze is durable, its runs holding the ended branches
     /// and completed activities: drops part `part` (`0..SETTLE_PARTS`) of what was frozen,
     /// keeping the entries under way.
-    pub(crate) fn settle_part(&mut self, part: usize) {
+    /// Returns the entries the part held.
+    pub(crate) fn settle_part(&mut self, part: usize) -> usize {
         // Kept: whatever the runs do not take (`ended_branches`, `completed_activities`).
-        self.branches.settle_part(part, |entry| !entry.state.ended());
-        self.activities.settle_part(part, |entry| EndedActivity::of(entry).is_none());
+        self.branches.settle_part(part, |entry| !entry.state.ended())
+            + self.activities.settle_part(part, |entry| EndedActivity::of(entry).is_none())
     }
 
     /// Whether a frozen layer waits for [`settle_part`](Self::settle_part) (it goes with its
-    /// last part, or at once once empty).
+    /// last part).
     pub(crate) fn has_frozen(&self) -> bool {
         self.branches.has_frozen() || self.activities.has_frozen()
     }

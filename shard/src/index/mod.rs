@@ -191,10 +191,9 @@ impl ShardIndex {
     }
 
     /// Once the checkpoint of the last freeze is durable: drops part `part` of what was frozen,
-    /// keeping what is still under way (`layered.rs`).
-    pub(crate) fn settle_frozen_part(&mut self, part: usize) {
-        self.accounts.settle_requests_part(part);
-        self.tcc.settle_part(part);
+    /// keeping what is still under way (`layered.rs`); returns the entries the part held.
+    pub(crate) fn settle_frozen_part(&mut self, part: usize) -> usize {
+        self.accounts.settle_requests_part(part) + self.tcc.settle_part(part)
     }
 
     /// Whether frozen entries wait for [`settle_frozen_part`](Self::settle_frozen_part).
