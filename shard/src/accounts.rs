@@ -307,7 +307,7 @@ impl AccountBook {
         self.requests.entry_bytes()
     }
 
-    /// Accounts and request numbers held (a pass over the requests).
+    /// Accounts and request numbers held.
     pub(crate) fn len(&self) -> (usize, usize) {
         (self.balances.len(), self.requests.len())
     }

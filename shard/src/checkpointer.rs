@@ -19,8 +19,8 @@
 //!    runs) is written as `checkpoint.tmp` in pages, yielding between them, synced, renamed to
 //!    its name, and the directory synced: from here on an open starts from it;
 //! 6. the live indexes point the copied trades at the store and take the new runs in place of
-//!    the keys they hold (the frozen layers go, with what they held under way carried up); trades past the memory budget leave memory (`trade_table/`);
-//!    checkpoints older than the one before, and runs neither lists, are removed; retention
+//!    the keys they hold (the frozen layers go, with what they held under way carried up);
+//!    trades past the memory budget leave memory (`trade_table/`); checkpoints older than the one before, and runs neither lists, are removed; retention
 //!    removes the segments it allows (`retention.rs`).
 //!
 //! A crash anywhere leaves the previous checkpoint in force and the log it needs; a failed
@@ -327,8 +327,8 @@ async fn take_runs<D: Disk>(inner: &Inner<D>, written: WrittenRuns<D>, new_posit
         take_turn().await;
     }
     // The snapshot froze the account requests and the books of transactions: what they held
-    // that ended is in the runs now.
-    // A turn's worth of entries at a time: a layer of a few entries goes in one turn.
+    // that ended is in the runs now. A turn's worth of entries at a time, so a layer of a few
+    // entries goes in one turn.
     let mut part = 0;
     while part < SETTLE_PARTS && inner.index.borrow().has_frozen() {
         forgotten += lowering(inner, |index| {

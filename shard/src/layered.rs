@@ -56,10 +56,13 @@ impl<K: Hash + Eq + Clone, V: Clone> LayeredMap<K, V> {
     }
 
     pub(crate) fn remove(&mut self, key: &K) {
-        if self.get(key).is_some() {
-            self.len -= 1;
-        }
-        match self.frozen.as_ref().is_some_and(|frozen| frozen.get(key).is_some()) {
+        let below = self.frozen.as_ref().and_then(|frozen| frozen.get(key));
+        let held = match self.live.get(key) {
+            Some(value) => value.is_some(),
+            None => below.is_some_and(Option::is_some),
+        };
+        self.len -= usize::from(held);
+        match below.is_some() {
             true => drop(self.live.insert(key.clone(), None)),
             false => drop(self.live.remove(key)),
         }

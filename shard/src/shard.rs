@@ -393,7 +393,6 @@ impl<D: Disk> Shard<D> {
             let (halves, scheduled, dead, _) = book.counts();
             (halves, scheduled, dead, book.held_bytes())
         });
-        // Counts of layered maps are a pass over them (`layered.rs`): each taken once.
         let (accounts, account_requests) = self.inner.index.borrow().accounts().len();
         let (branches, activities) = self.inner.index.borrow().tcc().len();
         ShardStats {

@@ -387,8 +387,7 @@ impl TccBook {
 
     /// Once the checkpoint of the last freeze is durable, its runs holding the ended branches
     /// and completed activities: drops part `part` (`0..SETTLE_PARTS`) of what was frozen,
-    /// keeping the entries under way.
-    /// Returns the entries the part held.
+    /// keeping the entries under way; returns the entries the part held.
     pub(crate) fn settle_part(&mut self, part: usize) -> usize {
         // Kept: whatever the runs do not take (`ended_branches`, `completed_activities`).
         self.branches.settle_part(part, |entry| !entry.state.ended())
@@ -441,7 +440,7 @@ impl TccBook {
         self.branches.entry_bytes() + self.activities.entry_bytes()
     }
 
-    /// Branches and activities held (a pass over them).
+    /// Branches and activities held.
     pub(crate) fn len(&self) -> (usize, usize) {
         (self.branches.len(), self.activities.len())
     }

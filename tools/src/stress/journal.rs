@@ -86,51 +86,20 @@ impl Outcome {
     }
 }
 
-/// One line of a journal.
+/// One line of a journal. `Consumed`: the events the child's consumer took from `partition`
+/// between two of its commits (offsets `from..to`), how many and their digest
+/// (`delivered::event_digest`).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Entry {
-    CreateSent {
-        buyer: u64,
-        order: u64,
-        amount: u64,
-    },
-    CreateAcked {
-        buyer: u64,
-        order: u64,
-        id: u64,
-    },
-    ChangeSent {
-        id: u64,
-        change: Change,
-    },
-    ChangeAcked {
-        id: u64,
-    },
-    CommitSent {
-        partition: u32,
-        offset: u64,
-    },
-    CommitAcked {
-        partition: u32,
-        offset: u64,
-    },
-    /// The events the child's consumer took from `partition` between two of its commits
-    /// (offsets `from..to`): how many, and their digest (`common::event_digest`).
-    Consumed {
-        partition: u32,
-        from: u64,
-        to: u64,
-        count: u64,
-        digest: u64,
-    },
-    MoneySent {
-        op: MoneyOp,
-        request: String,
-    },
-    MoneyAcked {
-        request: String,
-        outcome: Outcome,
-    },
+    CreateSent { buyer: u64, order: u64, amount: u64 },
+    CreateAcked { buyer: u64, order: u64, id: u64 },
+    ChangeSent { id: u64, change: Change },
+    ChangeAcked { id: u64 },
+    CommitSent { partition: u32, offset: u64 },
+    CommitAcked { partition: u32, offset: u64 },
+    Consumed { partition: u32, from: u64, to: u64, count: u64, digest: u64 },
+    MoneySent { op: MoneyOp, request: String },
+    MoneyAcked { request: String, outcome: Outcome },
     Failure(String),
 }
 
