@@ -193,6 +193,7 @@ fn seeds() -> Vec<Seed> {
     seeds.push(("checkpoint", "every-kind".into(), tradeshard_shard::sample_checkpoint()));
     seeds.push(("trade_record", "refunded".into(), tradeshard_shard::sample_trade_record()));
     seeds.push(("trade_record", "inline-part".into(), tradeshard_shard::inline_sample_trade_record()));
+    seeds.push(("frozen_block", "one-block".into(), tradeshard_shard::sample_frozen_block()));
     seeds.push(("run_file", "three-entries".into(), tradeshard_shard::sample_run_file(1, 24)));
     seeds.push(("run_file", "three-wide-entries".into(), tradeshard_shard::sample_run_file(1, 56)));
     seeds

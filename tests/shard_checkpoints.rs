@@ -73,6 +73,8 @@ struct Seen {
     trades_evicted: u64,
     /// Opens that found order keys in runs on disk (the repeated creates read them).
     opened_with_key_runs: u64,
+    /// Opens that found blocks of the table frozen (compressed copies, pages punched out).
+    opened_with_frozen_blocks: u64,
 }
 
 type SharedShard = Rc<Shard<SimDisk>>;
@@ -240,7 +242,16 @@ async fn run_seed(seed: u64, seen: Rc<RefCell<Seen>>) -> Result<usize, String> {
         if shard.stats().checkpoints.key_runs > 0 {
             seen.borrow_mut().opened_with_key_runs += 1;
         }
+        if shard.stats().checkpoints.frozen_blocks > 0 {
+            seen.borrow_mut().opened_with_frozen_blocks += 1;
+        }
         checked += check(&shard, &model).await?;
+        if incarnation == 0 {
+            // Trades enough for blocks of the table to be frozen from the start.
+            trade_task(shard.clone(), model.clone(), 52, order, 170, false).await;
+            shard.checkpoint().await.map_err(|e| format!("checkpoint: {e}"))?;
+            order += 1_000;
+        }
         disk.crash_at_op(disk.ops() + 1 + rng.below(600));
         let mut tasks = Vec::new();
         for _ in 0..1 + rng.below(5) {
@@ -249,6 +260,11 @@ async fn run_seed(seed: u64, seen: Rc<RefCell<Seen>>) -> Result<usize, String> {
             tasks.push(glommio::spawn_local(trade_task(shard, model, buyer, order, steps, refund)));
             order += 100;
         }
+        // A run of trades past the ones memory holds, so that checkpoints freeze blocks of the
+        // table (128 trades each) and the crashes land in that too.
+        let (bulk_shard, bulk_model, bulk_steps) = (shard.clone(), model.clone(), 40 + rng.below(120));
+        tasks.push(glommio::spawn_local(trade_task(bulk_shard, bulk_model, 51, order, bulk_steps, false)));
+        order += 1_000;
         let late = (shard.clone(), model.clone(), rng.below(8) as usize);
         tasks.push(glommio::spawn_local(late_refund_task(late.0, late.1, late.2, incarnation)));
         let consumer = glommio::spawn_local(consumer_task(shard.clone(), model.clone(), 2 + rng.below(6)));
@@ -280,7 +296,7 @@ fn power_loss_during_checkpoints_and_retention_loses_nothing_acknowledged() {
     let (count, checked) = run_campaign(200, move |seed| run_seed(seed, totals.clone()));
     let seen = seen.borrow();
     println!(
-        "checkpoint campaign: {count} seeds, {checked} checks, {} checkpoints, {} opens from a checkpoint ({} from its log frame), {} segments removed, {} recycled, {} offsets retained away, {} trades left memory, {} opens with order keys in runs",
+        "checkpoint campaign: {count} seeds, {checked} checks, {} checkpoints, {} opens from a checkpoint ({} from its log frame), {} segments removed, {} recycled, {} offsets retained away, {} trades left memory, {} opens with order keys in runs, {} with frozen blocks",
         seen.checkpoints,
         seen.opened_from_checkpoint,
         seen.opened_at_frame,
@@ -288,7 +304,8 @@ fn power_loss_during_checkpoints_and_retention_loses_nothing_acknowledged() {
         seen.segments_recycled,
         seen.offsets_retained_away,
         seen.trades_evicted,
-        seen.opened_with_key_runs
+        seen.opened_with_key_runs,
+        seen.opened_with_frozen_blocks
     );
     if count >= 100 {
         assert!(checked > 1000, "the campaign must check trades: {checked}");
@@ -298,6 +315,7 @@ fn power_loss_during_checkpoints_and_retention_loses_nothing_acknowledged() {
         assert!(seen.segments_recycled > count as u64, "removed segments must be made segments again");
         assert!(seen.trades_evicted > count as u64, "trades must leave memory for the table");
         assert!(seen.opened_with_key_runs > count as u64, "repeated creates must find their keys in runs");
+        assert!(seen.opened_with_frozen_blocks > count as u64, "opens must find frozen blocks of the table");
     }
 }
 

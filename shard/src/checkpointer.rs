@@ -347,6 +347,24 @@ async fn take_runs<D: Disk>(inner: &Inner<D>, written: WrittenRuns<D>, new_posit
     (kept, forgotten)
 }
 
+/// Blocks of the table frozen by one checkpoint at most (a million trades, 128 MiB of the
+/// table read), so that one checkpoint's work stays bounded after a long time without.
+const FREEZE_BLOCKS_MAX: u64 = 8192;
+
+/// Freezes the blocks of the table whose trades are all older than the newest ones the memory
+/// budget holds (`Upkeep::trade_memory_bytes`) and within what `snapshot` has the table hold:
+/// their compressed copies replace their pages (`trade_file/frozen.rs`). The table was just
+/// synced, and nothing else writes it meanwhile.
+async fn freeze_old_blocks<D: Disk>(inner: &Inner<D>, snapshot: &ShardIndex) -> Result<(), TradeError> {
+    use crate::trade_file::frozen::BLOCK_RECORDS;
+    let plain = inner.checkpoints.upkeep.trades_in_budget();
+    let held = snapshot.trade_table().dense_max() + 1;
+    let upto = held.saturating_sub(plain) / BLOCK_RECORDS;
+    let frozen = inner.checkpoints.table.freeze(upto, FREEZE_BLOCKS_MAX).await?;
+    inner.checkpoints.count(|s| s.frozen_bytes_written += frozen.copy_bytes);
+    Ok(())
+}
+
 /// The durable steps of a checkpoint of `snapshot`: the created parts placed, the changed
 /// trades written to the table, the file written and switched to. Returns the file's bytes,
 /// where the parts went, and the bytes written to the table.
@@ -361,6 +379,7 @@ async fn write_durable<D: Disk>(
     wait_synced(inner, position).await?;
     let placed = crate::parts::place_created_parts(inner, snapshot, since, position).await?;
     let table_bytes = crate::cold::write_dirty(&inner.checkpoints.table, snapshot, dirty, &placed, position).await?;
+    freeze_old_blocks(inner, snapshot).await?;
     let (sets, next_id) = {
         let runs = inner.key_runs.borrow();
         (runs.sets.clone(), runs.next_id.clone())
@@ -373,6 +392,7 @@ async fn write_durable<D: Disk>(
         parts_len: inner.checkpoints.parts.len(),
         created_ms: now,
         frame: position.checked_sub(1).and_then(|last| inner.wal.frame_pos(last)),
+        frozen_blocks: inner.checkpoints.table.frozen_len(),
     };
     let bytes = write_file(inner, snapshot, &header, &placed, &runs.sets.listed()).await?;
     Ok((bytes, placed, table_bytes, runs))

@@ -70,6 +70,12 @@ pub struct CheckpointStats {
     pub warming: bool,
     pub chunks_warmed: u64,
     pub warm_failures: u64,
+    /// Blocks of the table frozen (`trade_file/frozen.rs`): held as compressed copies, their
+    /// pages punched out of the table; the copies' bytes written since open; copies read since
+    /// open.
+    pub frozen_blocks: u64,
+    pub frozen_bytes_written: u64,
+    pub frozen_reads: u64,
 }
 
 /// What a shard keeps of its checkpoints.
@@ -132,7 +138,8 @@ impl<D: Disk> Checkpoints<D> {
     pub(crate) fn stats(&self) -> CheckpointStats {
         let (table_reads, parts_reads, table_page_reads) =
             (self.table.reads(), self.parts.reads(), self.table.page_reads());
-        CheckpointStats { table_reads, parts_reads, table_page_reads, ..self.stats.get() }
+        let (frozen_blocks, frozen_reads) = (self.table.frozen_len(), self.table.frozen_reads());
+        CheckpointStats { table_reads, parts_reads, table_page_reads, frozen_blocks, frozen_reads, ..self.stats.get() }
     }
 
     pub(crate) fn count(&self, update: impl FnOnce(&mut CheckpointStats)) {

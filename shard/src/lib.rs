@@ -125,6 +125,12 @@ pub use trade_file::{
     decode_for_fuzzing as decode_trade_record, inline_sample_for_fuzzing as inline_sample_trade_record,
     sample_for_fuzzing as sample_trade_record,
 };
+/// The decoder of a frozen block of the table (its index entry and compressed copy), for
+/// fuzzing (`testing` feature).
+#[cfg(any(test, feature = "testing"))]
+pub use trade_file::{
+    decode_frozen_for_fuzzing as decode_frozen_block, sample_frozen_for_fuzzing as sample_frozen_block,
+};
 /// Where a trade's record lies in its shard's table, and its length (tests damage records).
 pub use trade_file::{file_offset as trade_record_offset, RECORD_BYTES as TRADE_RECORD_BYTES};
 pub use tradeshard_cache::{CacheStats, SharedCache};

@@ -63,7 +63,7 @@ pub(crate) const TRADE_ENTRY_BYTES: u64 = 88;
 
 impl Upkeep {
     /// Trades the memory budget holds.
-    fn trades_in_budget(&self) -> u64 {
+    pub(crate) fn trades_in_budget(&self) -> u64 {
         self.trade_memory_bytes / TRADE_ENTRY_BYTES
     }
 

@@ -233,7 +233,10 @@ impl<D: Disk> Shard<D> {
         // Before memory lays out a chunk for every trade the checkpoint says the table holds.
         let table = TradeFile::open_existing(&disk).await?;
         match &table {
-            Some(table) => table.check_holds(index.restored_table_max()).await?,
+            Some(table) => {
+                table.check_holds(index.restored_table_max()).await?;
+                table.load_frozen(checkpoint.as_ref().map_or(0, |header| header.frozen_blocks)).await?;
+            }
             None if index.restored_table_max() > 0 => return Err(missing_table(&disk)),
             None => {}
         }

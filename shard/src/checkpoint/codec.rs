@@ -27,16 +27,20 @@ const PAGE_MAGIC: u32 = u32::from_le_bytes(*b"TSCK");
 /// (2: the header records the table of trades' highest counter; the trades are in the table.
 /// 3: the order keys and confirmed claims are in runs on disk, which the checkpoint lists.
 /// 4: accounts and account request numbers. 7: the counter below which every trade's claim
-/// is known durable. 8: the log frame an open starts reading from; 7 is still read.)
-pub(crate) const CHECKPOINT_VERSION: u16 = 8;
-/// The version before: its header has no log frame.
+/// is known durable. 8: the log frame an open starts reading from. 9: the table's blocks
+/// frozen; 7 and 8 are still read.)
+pub(crate) const CHECKPOINT_VERSION: u16 = 9;
+/// The version before: its header counts no frozen blocks.
+const CHECKPOINT_VERSION_NO_FROZEN: u16 = 8;
+/// The version before that: its header has no log frame either.
 const CHECKPOINT_VERSION_NO_FRAME: u16 = 7;
 /// The name a checkpoint is written under before it is complete.
 pub(crate) const TEMP_NAME: &str = "checkpoint.tmp";
 /// Longest run of a user's trades in one entry.
 const USER_IDS_PER_ITEM: usize = 4096;
 
-const HEADER_PAYLOAD_BYTES: usize = 88;
+const HEADER_PAYLOAD_BYTES: usize = 96;
+const HEADER_PAYLOAD_BYTES_NO_FROZEN: usize = 88;
 const HEADER_PAYLOAD_BYTES_NO_FRAME: usize = 64;
 const KIND_TRADE: u8 = 1;
 const KIND_RUN: u8 = 2;
@@ -71,6 +75,9 @@ pub(crate) struct Header {
     /// A frame of the log at or before the checkpoint's last record, where an open starts
     /// reading its segment (none: at the segment's first frame).
     pub frame: Option<FramePos>,
+    /// Blocks of the table whose copies were durable when the checkpoint was written
+    /// (`trade_file/frozen.rs`): an open must find at least these.
+    pub frozen_blocks: u64,
 }
 
 impl Header {
@@ -90,6 +97,7 @@ impl Header {
             out[72..80].copy_from_slice(&frame.offset.to_le_bytes());
             out[80..88].copy_from_slice(&frame.first_seq.to_le_bytes());
         }
+        out[88..96].copy_from_slice(&self.frozen_blocks.to_le_bytes());
         out
     }
 
@@ -97,6 +105,7 @@ impl Header {
         let version = bytes.get(0..2).map(|v| u16::from_le_bytes([v[0], v[1]]));
         let expected_len = match version.ok_or("checkpoint header has the wrong length")? {
             CHECKPOINT_VERSION => HEADER_PAYLOAD_BYTES,
+            CHECKPOINT_VERSION_NO_FROZEN => HEADER_PAYLOAD_BYTES_NO_FROZEN,
             CHECKPOINT_VERSION_NO_FRAME => HEADER_PAYLOAD_BYTES_NO_FRAME,
             _ => return Err("checkpoint version this build does not read"),
         };
@@ -126,8 +135,16 @@ impl Header {
             true => decode_frame(reader.u64()?, reader.u64()?, reader.u64()?, applied_end),
             false => None,
         };
+        let frozen_blocks = match bytes.len() > HEADER_PAYLOAD_BYTES_NO_FROZEN {
+            true => reader.u64()?,
+            false => 0,
+        };
+        // A frozen block holds trades the table holds.
+        if frozen_blocks > table_counter_max.div_ceil(crate::trade_file::frozen::BLOCK_RECORDS) {
+            return Err("checkpoint header's frozen blocks past its table");
+        }
         let scalars = Scalars { applied_end, events_end, counter_max, table_counter_max, claims_known_below };
-        Ok(Header { shard_id, scalars, parts_len, created_ms, frame })
+        Ok(Header { shard_id, scalars, parts_len, created_ms, frame, frozen_blocks })
     }
 }
 

@@ -115,6 +115,7 @@ pub(super) fn encode_sample(items: &[Item]) -> Vec<u8> {
         parts_len: 4_140,
         created_ms: 8,
         frame: Some(tradeshard_wal::FramePos { segment_base: 64, offset: 3 * 4096, first_seq: 96 }),
+        frozen_blocks: 0,
     };
     let mut out = Vec::new();
     let mut encoder = Encoder::new(&header, &mut out);

@@ -94,6 +94,7 @@ fn the_known_claims_counter_is_refused_past_the_checkpoints_trades() {
         parts_len: 0,
         created_ms: 1,
         frame: None,
+        frozen_blocks: 0,
     };
     // Up to the counter after the highest trade held: what a snapshot can vouch for.
     assert!(Header::decode(&header(10).encode()).is_ok());
@@ -118,6 +119,7 @@ fn header_with(frame: Option<FramePos>) -> Header {
         parts_len: 3,
         created_ms: 1,
         frame,
+        frozen_blocks: 0,
     }
 }
 
@@ -156,6 +158,23 @@ fn a_header_of_the_version_before_is_read_without_a_log_frame() {
 }
 
 #[test]
+fn a_header_of_version_8_counts_no_frozen_blocks_and_the_count_stays_within_the_table() {
+    let frame = Some(FramePos { segment_base: 0, offset: 2 * BLOCK_BYTES, first_seq: 3 });
+    let header = header_with(frame);
+    let mut eight = header.encode()[..88].to_vec();
+    eight[0..2].copy_from_slice(&8u16.to_le_bytes());
+    assert_eq!(Header::decode(&eight), Ok(header));
+    assert!(Header::decode(&header.encode()[..88]).is_err(), "the new version at the old length");
+    // Block 0 holds counters 0..128: a table up to counter 1 can have it frozen, not two.
+    let mut scalars = header.scalars;
+    scalars.table_counter_max = 1;
+    scalars.counter_max = 9;
+    let frozen = |blocks| Header { scalars, frozen_blocks: blocks, ..header };
+    assert_eq!(Header::decode(&frozen(1).encode()), Ok(frozen(1)));
+    assert!(Header::decode(&frozen(2).encode()).is_err());
+}
+
+#[test]
 fn a_counter_past_any_trade_ids_is_refused() {
     let header = |counter_max, table_counter_max| Header {
         shard_id: 1,
@@ -163,6 +182,7 @@ fn a_counter_past_any_trade_ids_is_refused() {
         parts_len: 0,
         created_ms: 1,
         frame: None,
+        frozen_blocks: 0,
     };
     let highest = (1u64 << crate::trade::COUNTER_BITS) - 1;
     assert!(Header::decode(&header(highest, highest).encode()).is_ok());

@@ -18,6 +18,9 @@
 //! the table, and an open skips the log records a record already holds (`index.rs`). The
 //! layout is in `docs/FORMAT.md`.
 
+use std::cell::{Cell, RefCell};
+use std::rc::Rc;
+
 use tradeshard_wal::disk::{Disk, DiskFile, WriteBuf};
 use tradeshard_wal::BLOCK_BYTES;
 
@@ -27,6 +30,9 @@ use crate::error::{LogError, TradeError};
 use crate::index::{CreatedAt, StoredPart, TablePart, TradeEntry};
 use crate::lifecycle::Lifecycle;
 use crate::trade::TradeId;
+use frozen::{block_of, FrozenBlock, BLOCK_RAW_BYTES, BLOCK_RECORDS, ENTRY_BYTES, FROZEN_INDEX_NAME, FROZEN_NAME};
+
+pub(crate) mod frozen;
 
 /// The table's file name in the shard's directory.
 pub(crate) const TABLE_NAME: &str = "trades.table";
@@ -39,6 +45,10 @@ const PAGE_BYTES: usize = BLOCK_BYTES as usize;
 pub(crate) const RECORDS_PER_PAGE: u64 = RECORDS_PER_SECTOR * (PAGE_BYTES / SECTOR_BYTES) as u64;
 /// Pages written at once.
 const PAGES_PER_WRITE: usize = 256;
+/// Blocks frozen with one write of their copies (1 MiB of the table read at a time).
+const BLOCKS_PER_WRITE: u64 = 64;
+/// Bytes of the frozen blocks' index read at a time at an open.
+const INDEX_READ_BYTES: usize = 1 << 20;
 /// Where the inline part starts: its order number's length u8, its memo's length u8, the
 /// order number, the memo, zeros.
 const INLINE_AT: usize = 72;
@@ -245,26 +255,57 @@ pub(crate) struct TradeFile<D: Disk> {
     file: D::File,
     /// Point reads of one record since open (`read`), and pages read whole (`read_pages`: a
     /// checkpoint keeping the inline parts of pages it rewrites, chunks of trades brought back).
-    reads: std::cell::Cell<u64>,
-    page_reads: std::cell::Cell<u64>,
+    reads: Cell<u64>,
+    page_reads: Cell<u64>,
+    /// The index of the frozen blocks' copies (`frozen.rs`), entry `b` for block `b`.
+    frozen: RefCell<Vec<FrozenBlock>>,
+    /// Their files, once made or found.
+    frozen_files: RefCell<Option<Rc<FrozenFiles<D>>>>,
+    /// Copies read since open.
+    frozen_reads: Cell<u64>,
+}
+
+/// The files of the frozen blocks: the copies and their index.
+struct FrozenFiles<D: Disk> {
+    copies: D::File,
+    index: D::File,
+    /// Where the next copies are written: past every byte written before, so that no entry
+    /// an open may take ever points at bytes written again.
+    copies_end: Cell<u64>,
+}
+
+/// What a checkpoint's freeze did.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Frozen {
+    /// Blocks frozen and punched out of the table.
+    pub blocks: u64,
+    /// Bytes of their copies.
+    pub copy_bytes: u64,
 }
 
 impl<D: Disk> TradeFile<D> {
+    fn with_file(disk: &D, file: D::File) -> TradeFile<D> {
+        TradeFile {
+            disk: disk.clone(),
+            file,
+            reads: Default::default(),
+            page_reads: Default::default(),
+            frozen: Default::default(),
+            frozen_files: Default::default(),
+            frozen_reads: Default::default(),
+        }
+    }
+
     /// Opens the table, creating it if absent.
     pub(crate) async fn open(disk: &D) -> Result<TradeFile<D>, TradeError> {
         let file = crate::files::open_or_create(disk, TABLE_NAME).await?;
-        Ok(TradeFile { disk: disk.clone(), file, reads: Default::default(), page_reads: Default::default() })
+        Ok(Self::with_file(disk, file))
     }
 
     /// Opens the table if it exists, changing nothing.
     pub(crate) async fn open_existing(disk: &D) -> Result<Option<TradeFile<D>>, TradeError> {
         match disk.open(TABLE_NAME).await {
-            Ok(file) => Ok(Some(TradeFile {
-                disk: disk.clone(),
-                file,
-                reads: Default::default(),
-                page_reads: Default::default(),
-            })),
+            Ok(file) => Ok(Some(Self::with_file(disk, file))),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
             Err(e) => Err(io(disk, "open", e)),
         }
@@ -286,7 +327,9 @@ impl<D: Disk> TradeFile<D> {
         Ok(())
     }
 
-    /// The record of `counter`, with one read.
+    /// The record of `counter`, with one read; a second when the table has no record there
+    /// and the counter's block is frozen (the first then reads a hole, which the file system
+    /// answers without the device).
     pub(crate) async fn read(&self, counter: u64) -> Result<Option<TableRecord>, TradeError> {
         let (page, at) = place(counter);
         let sector_at = at / SECTOR_BYTES * SECTOR_BYTES;
@@ -294,7 +337,15 @@ impl<D: Disk> TradeFile<D> {
         self.reads.set(self.reads.get() + 1);
         let sector = self.file.read_at(offset, SECTOR_BYTES).await.map_err(|e| io(&self.disk, "read", e))?;
         let Some(bytes) = sector.get(at - sector_at..at - sector_at + RECORD_BYTES) else { return Ok(None) };
-        decode(counter, bytes).map_err(|reason| self.corrupt(offset + (at - sector_at) as u64, reason))
+        let offset = offset + (at - sector_at) as u64;
+        if bytes.iter().all(|&b| b == 0) {
+            // Looked at after the read: a block is in the index before its pages are punched.
+            if let Some(columns) = self.frozen_block(block_of(counter)).await? {
+                let record = frozen::record_of(&columns, (counter % BLOCK_RECORDS) as usize);
+                return decode(counter, &record).map_err(|reason| self.corrupt(offset, reason));
+            }
+        }
+        decode(counter, bytes).map_err(|reason| self.corrupt(offset, reason))
     }
 
     /// Point reads of one record since open.
@@ -307,25 +358,54 @@ impl<D: Disk> TradeFile<D> {
         self.page_reads.get()
     }
 
-    /// Up to `count` pages from page `first`, as the disk read them: fewer past the end of the
-    /// file.
-    pub(crate) async fn read_pages_as_read(
-        &self,
-        first: u64,
-        count: usize,
-    ) -> Result<<D::File as DiskFile>::ReadBuf, TradeError> {
+    /// Up to `count` pages from page `first`: fewer past the end of the file.
+    pub(crate) async fn read_pages_as_read(&self, first: u64, count: usize) -> Result<Vec<u8>, TradeError> {
         self.page_reads.set(self.page_reads.get() + count as u64);
-        self.file.read_at(first * PAGE_BYTES as u64, count * PAGE_BYTES).await.map_err(|e| io(&self.disk, "read", e))
+        let read = self
+            .file
+            .read_at(first * PAGE_BYTES as u64, count * PAGE_BYTES)
+            .await
+            .map_err(|e| io(&self.disk, "read", e))?;
+        let mut bytes = read.to_vec();
+        drop(read);
+        self.fill_from_frozen(first, &mut bytes).await?;
+        Ok(bytes)
     }
 
     /// `count` pages from page `first`, zeros past the end of the file.
     pub(crate) async fn read_pages(&self, first: u64, count: usize) -> Result<Vec<u8>, TradeError> {
-        let len = count * PAGE_BYTES;
-        self.page_reads.set(self.page_reads.get() + count as u64);
-        let read = self.file.read_at(first * PAGE_BYTES as u64, len).await.map_err(|e| io(&self.disk, "read", e))?;
-        let mut bytes = read.to_vec();
-        bytes.resize(len, 0);
+        let mut bytes = self.read_pages_as_read(first, count).await?;
+        bytes.resize(count * PAGE_BYTES, 0);
         Ok(bytes)
+    }
+
+    /// Fills the zero records of frozen blocks in `bytes` (pages read from page `first`) from
+    /// their copies.
+    async fn fill_from_frozen(&self, first: u64, bytes: &mut [u8]) -> Result<(), TradeError> {
+        let first_counter = first * RECORDS_PER_PAGE;
+        let records = (bytes.len() / RECORD_BYTES) as u64;
+        let frozen = self.frozen_len();
+        if records == 0 || block_of(first_counter) >= frozen {
+            return Ok(());
+        }
+        let last_block = block_of(first_counter + records - 1).min(frozen - 1);
+        for block in block_of(first_counter)..=last_block {
+            let counters =
+                (block * BLOCK_RECORDS).max(first_counter)..((block + 1) * BLOCK_RECORDS).min(first_counter + records);
+            let at = |c: u64| (c - first_counter) as usize * RECORD_BYTES;
+            let zero = |c: u64, bytes: &[u8]| bytes[at(c)..at(c) + RECORD_BYTES].iter().all(|&b| b == 0);
+            if !counters.clone().any(|c| zero(c, bytes)) {
+                continue;
+            }
+            let Some(columns) = self.frozen_block(block).await? else { continue };
+            for c in counters {
+                if zero(c, bytes) {
+                    let record = frozen::record_of(&columns, (c - block * BLOCK_RECORDS) as usize);
+                    bytes[at(c)..at(c) + RECORD_BYTES].copy_from_slice(&record);
+                }
+            }
+        }
+        Ok(())
     }
 
     /// Writes whole pages starting at page `first` (`bytes` a multiple of a page long), a run
@@ -345,6 +425,179 @@ impl<D: Disk> TradeFile<D> {
         Ok(())
     }
 
+    /// Blocks frozen: counters below `frozen_len() * BLOCK_RECORDS` may be read from their
+    /// copies.
+    pub(crate) fn frozen_len(&self) -> u64 {
+        self.frozen.borrow().len() as u64
+    }
+
+    /// Copies read since open.
+    pub(crate) fn frozen_reads(&self) -> u64 {
+        self.frozen_reads.get()
+    }
+
+    /// Block `block`'s records as its copy holds them (transposed, `frozen::record_of`),
+    /// `None` when it is not frozen.
+    async fn frozen_block(&self, block: u64) -> Result<Option<Vec<u8>>, TradeError> {
+        let Some(entry) = self.frozen.borrow().get(block as usize).copied() else { return Ok(None) };
+        let files = self.frozen_files.borrow().clone().expect("a frozen block has its files");
+        self.frozen_reads.set(self.frozen_reads.get() + 1);
+        let copy = files
+            .copies
+            .read_at(entry.offset, entry.len as usize)
+            .await
+            .map_err(|e| frozen_io(&self.disk, FROZEN_NAME, "read", e))?;
+        frozen::decompress(block, &entry, &copy)
+            .map(Some)
+            .map_err(|reason| corrupt_at(&self.disk, FROZEN_NAME, entry.offset, reason))
+    }
+
+    /// Loads the index of the frozen blocks, taking every leading entry that checks; the
+    /// checkpoint loaded says at least `at_least` are there (fewer is damage).
+    pub(crate) async fn load_frozen(&self, at_least: u64) -> Result<(), TradeError> {
+        let (copies, index) = match (self.disk.open(FROZEN_NAME).await, self.disk.open(FROZEN_INDEX_NAME).await) {
+            (Ok(copies), Ok(index)) => (copies, index),
+            _ if at_least == 0 => return Ok(()),
+            _ => {
+                return Err(corrupt_at(
+                    &self.disk,
+                    FROZEN_INDEX_NAME,
+                    0,
+                    "the frozen blocks a checkpoint counts are missing",
+                ))
+            }
+        };
+        let copies_len = copies.size().await.map_err(|e| frozen_io(&self.disk, FROZEN_NAME, "stat", e))?;
+        let index_len = index.size().await.map_err(|e| frozen_io(&self.disk, FROZEN_INDEX_NAME, "stat", e))?;
+        let mut blocks = Vec::new();
+        let mut at = 0u64;
+        'read: while at < index_len {
+            let len = (index_len - at).min(INDEX_READ_BYTES as u64) as usize;
+            let read = index.read_at(at, len).await.map_err(|e| frozen_io(&self.disk, FROZEN_INDEX_NAME, "read", e))?;
+            for bytes in read.chunks_exact(ENTRY_BYTES) {
+                let block = blocks.len() as u64;
+                match frozen::decode_entry(block, bytes) {
+                    Some(entry) if entry.offset + u64::from(entry.len) <= copies_len => blocks.push(entry),
+                    _ => break 'read,
+                }
+            }
+            if read.len() < len {
+                break;
+            }
+            at += len as u64;
+        }
+        if (blocks.len() as u64) < at_least {
+            let offset = blocks.len() as u64 * ENTRY_BYTES as u64;
+            return Err(corrupt_at(
+                &self.disk,
+                FROZEN_INDEX_NAME,
+                offset,
+                "a frozen block's index entry is damaged or missing",
+            ));
+        }
+        *self.frozen.borrow_mut() = blocks;
+        let copies_end = copies_len.next_multiple_of(PAGE_BYTES as u64);
+        *self.frozen_files.borrow_mut() =
+            Some(Rc::new(FrozenFiles { copies, index, copies_end: Cell::new(copies_end) }));
+        Ok(())
+    }
+
+    /// Freezes the blocks from the first not frozen up to block `upto` (at most `max` of them):
+    /// their pages as the table holds them now are compressed into copies, the copies and
+    /// their index entries are made durable, and the pages are punched out of the table. No
+    /// write of the table may come between the reads here and the punch (the checkpointer,
+    /// its only writer, calls this between its own writes).
+    pub(crate) async fn freeze(&self, upto: u64, max: u64) -> Result<Frozen, TradeError> {
+        let from = self.frozen_len();
+        let to = upto.min(from.saturating_add(max));
+        if to <= from {
+            return Ok(Frozen::default());
+        }
+        let files = self.frozen_files_made().await?;
+        // A copy must not hold a record a crash could still take from the table's page.
+        self.sync().await?;
+        let copies_io = |op, e| frozen_io(&self.disk, FROZEN_NAME, op, e);
+        let mut entries = Vec::with_capacity((to - from) as usize);
+        let mut copy_bytes = 0u64;
+        let pages_per_block = BLOCK_RAW_BYTES / PAGE_BYTES;
+        let mut block = from;
+        while block < to {
+            let batch = (to - block).min(BLOCKS_PER_WRITE);
+            let raw = self.read_pages(block * pages_per_block as u64, batch as usize * pages_per_block).await?;
+            let mut out = Vec::new();
+            let at = files.copies_end.get();
+            for (n, block_raw) in raw.chunks_exact(BLOCK_RAW_BYTES).enumerate() {
+                let (copy, checksum) = frozen::compress(block + n as u64, block_raw);
+                entries.push(FrozenBlock { offset: at + out.len() as u64, len: copy.len() as u32, checksum });
+                out.extend_from_slice(&copy);
+            }
+            copy_bytes += out.len() as u64;
+            let padded = out.len().next_multiple_of(PAGE_BYTES);
+            let mut buf = files.copies.alloc(padded);
+            buf.bytes_mut()[..out.len()].copy_from_slice(&out);
+            buf.bytes_mut()[out.len()..].fill(0);
+            // Past whatever happens to this write, the next goes after it.
+            files.copies_end.set(at + padded as u64);
+            let done = files.copies.write_at(buf, at).await.map_err(|e| copies_io("write", e))?;
+            if done != padded {
+                return Err(copies_io("write", std::io::Error::new(std::io::ErrorKind::WriteZero, "short write")));
+            }
+            block += batch;
+            crate::turns::take_turn().await;
+        }
+        files.copies.fdatasync().await.map_err(|e| copies_io("fdatasync", e))?;
+        self.write_index(&files, from, &entries).await?;
+        // The copies are durable: reads may take them from here on, and the table's pages go.
+        self.frozen.borrow_mut().extend_from_slice(&entries);
+        let (start, end) = (from * BLOCK_RAW_BYTES as u64, to * BLOCK_RAW_BYTES as u64);
+        self.file.punch_hole(start, end - start).await.map_err(|e| io(&self.disk, "punch", e))?;
+        Ok(Frozen { blocks: to - from, copy_bytes })
+    }
+
+    /// Writes the index entries of the blocks from `from` (the pages they fall in, with the
+    /// entries before them as memory holds them) and syncs the index.
+    async fn write_index(&self, files: &FrozenFiles<D>, from: u64, entries: &[FrozenBlock]) -> Result<(), TradeError> {
+        let index_io = |op, e| frozen_io(&self.disk, FROZEN_INDEX_NAME, op, e);
+        let per_page = (PAGE_BYTES / ENTRY_BYTES) as u64;
+        let first_page = from / per_page;
+        let first_in_page = first_page * per_page;
+        let end = from + entries.len() as u64;
+        let pages = (end - first_in_page).div_ceil(per_page) as usize;
+        let mut buf = files.index.alloc(pages * PAGE_BYTES);
+        let bytes = buf.bytes_mut();
+        bytes.fill(0);
+        {
+            let held = self.frozen.borrow();
+            for block in first_in_page..end {
+                let entry = match block < from {
+                    true => held[block as usize],
+                    false => entries[(block - from) as usize],
+                };
+                let at = (block - first_in_page) as usize * ENTRY_BYTES;
+                bytes[at..at + ENTRY_BYTES].copy_from_slice(&frozen::encode_entry(block, &entry));
+            }
+        }
+        let done = files.index.write_at(buf, first_page * PAGE_BYTES as u64).await.map_err(|e| index_io("write", e))?;
+        if done != pages * PAGE_BYTES {
+            return Err(index_io("write", std::io::Error::new(std::io::ErrorKind::WriteZero, "short write")));
+        }
+        files.index.fdatasync().await.map_err(|e| index_io("fdatasync", e))
+    }
+
+    /// The frozen blocks' files, made (and the directory synced) if absent.
+    async fn frozen_files_made(&self) -> Result<Rc<FrozenFiles<D>>, TradeError> {
+        if let Some(files) = self.frozen_files.borrow().clone() {
+            return Ok(files);
+        }
+        let copies = crate::files::open_or_create(&self.disk, FROZEN_NAME).await?;
+        let index = crate::files::open_or_create(&self.disk, FROZEN_INDEX_NAME).await?;
+        let copies_len = copies.size().await.map_err(|e| frozen_io(&self.disk, FROZEN_NAME, "stat", e))?;
+        let end = Cell::new(copies_len.next_multiple_of(PAGE_BYTES as u64));
+        let files = Rc::new(FrozenFiles { copies, index, copies_end: end });
+        *self.frozen_files.borrow_mut() = Some(files.clone());
+        Ok(files)
+    }
+
     pub(crate) async fn sync(&self) -> Result<(), TradeError> {
         self.file.fdatasync().await.map_err(|e| io(&self.disk, "fdatasync", e))
     }
@@ -356,7 +609,15 @@ impl<D: Disk> TradeFile<D> {
 }
 
 fn io(disk: &impl Disk, op: &'static str, source: std::io::Error) -> TradeError {
-    TradeError::Log(LogError::io(op, disk.path_of(TABLE_NAME), source))
+    frozen_io(disk, TABLE_NAME, op, source)
+}
+
+fn frozen_io(disk: &impl Disk, name: &str, op: &'static str, source: std::io::Error) -> TradeError {
+    TradeError::Log(LogError::io(op, disk.path_of(name), source))
+}
+
+fn corrupt_at(disk: &impl Disk, name: &str, offset: u64, reason: &'static str) -> TradeError {
+    TradeError::Log(LogError::Corruption { path: disk.path_of(name), offset, reason })
 }
 
 /// Decodes the record of `counter` out of its page (`page` is `place(counter).0`'s bytes).
@@ -384,6 +645,8 @@ pub(crate) const fn page_bytes() -> usize {
 
 #[cfg(any(test, feature = "testing"))]
 mod fuzzing;
+#[cfg(any(test, feature = "testing"))]
+pub use frozen::{decode_for_fuzzing as decode_frozen_for_fuzzing, sample_for_fuzzing as sample_frozen_for_fuzzing};
 #[cfg(any(test, feature = "testing"))]
 pub use fuzzing::{decode_for_fuzzing, inline_sample_for_fuzzing, sample_for_fuzzing};
 

@@ -190,4 +190,8 @@ impl DiskFile for DmaFile {
     async fn size(&self) -> io::Result<u64> {
         DmaFile::file_size(self).await.map_err(io::Error::from)
     }
+
+    async fn punch_hole(&self, offset: u64, len: u64) -> io::Result<()> {
+        DmaFile::deallocate(self, offset, len).await.map_err(io::Error::from)
+    }
 }

@@ -489,4 +489,18 @@ impl DiskFile for SimFile {
         self.disk.begin(Some(self.generation))?;
         Ok(self.inode.borrow().live.len() as u64)
     }
+
+    async fn punch_hole(&self, offset: u64, len: u64) -> io::Result<()> {
+        self.disk.begin(Some(self.generation))?;
+        let mut inode = self.inode.borrow_mut();
+        let end = offset.saturating_add(len).min(inode.live.len() as u64);
+        if offset < end {
+            // Zeros written in place: a crash resolves them sector by sector like a write,
+            // which is as much as the length-keeping punch of a real file system promises.
+            let zeros = vec![0u8; (end - offset) as usize];
+            write_into(&mut inode.live, offset, &zeros);
+            inode.unsynced.push(UnsyncedOp::Write { offset, data: zeros });
+        }
+        Ok(())
+    }
 }

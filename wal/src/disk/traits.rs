@@ -84,4 +84,8 @@ pub trait DiskFile: 'static {
     async fn truncate(&self, len: u64) -> io::Result<()>;
     /// The file's current length.
     async fn size(&self) -> io::Result<u64>;
+    /// Frees the space of `len` bytes at `offset` (block aligned) without changing the file's
+    /// length: the range reads as zeros, at once, and durably after the next `fdatasync`
+    /// (until then a crash may leave any sector of it as it was).
+    async fn punch_hole(&self, offset: u64, len: u64) -> io::Result<()>;
 }
