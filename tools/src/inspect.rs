@@ -72,6 +72,8 @@ struct ShardReport {
     trades_in_memory: u64,
     /// Bytes of the store of created parts (every checkpointed trade's order number and memo).
     parts_bytes: u64,
+    /// Blocks of 128 trades of the table kept as compressed copies, their pages punched out.
+    frozen_blocks: u64,
     /// Runs of order keys on disk, the keys they hold, their bytes on disk and in memory
     /// (Bloom filters and fences).
     key_runs: u64,
@@ -156,6 +158,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
             trades: shard.trades,
             trades_in_memory: shard.trades_in_memory,
             parts_bytes: shard.checkpoints.parts_bytes,
+            frozen_blocks: shard.checkpoints.frozen_blocks,
             key_runs: shard.checkpoints.key_runs,
             key_run_entries: shard.checkpoints.key_run_entries,
             key_run_bytes: shard.checkpoints.key_run_bytes,
@@ -235,7 +238,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
             _ => "no checkpoint".into(),
         };
         println!(
-            "shard {}: {} trades ({} in memory); log {}..{} in {} segments ({:.1} MiB, {} free files of {:.1} MiB); {checkpoint}; created parts {:.1} MiB; \
+            "shard {}: {} trades ({} in memory); log {}..{} in {} segments ({:.1} MiB, {} free files of {:.1} MiB); {checkpoint}; created parts {:.1} MiB; {} blocks of trades frozen; \
              {} keys in {} runs ({:.1} MiB, {:.1} MiB in memory); open {} ms (load {} ms, replay {} ms), {} records replayed, {} segments and {:.1} MiB of log unread{}",
             s.shard,
             s.trades,
@@ -247,6 +250,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
             s.free_segments,
             s.free_segment_bytes as f64 / (1 << 20) as f64,
             s.parts_bytes as f64 / (1 << 20) as f64,
+            s.frozen_blocks,
             s.key_run_entries,
             s.key_runs,
             s.key_run_bytes as f64 / (1 << 20) as f64,
