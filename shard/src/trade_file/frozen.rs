@@ -4,8 +4,12 @@
 //!
 //! The table is cut into blocks of [`BLOCK_RECORDS`] counters (four pages). A checkpoint
 //! compresses the blocks of the trades past the ones memory holds: each block's records as the
-//! table holds them, transposed byte by byte (the same field of every record side by side, where
-//! they repeat) and compressed with LZ4. Once the copy and its index entry are durable, the
+//! table holds them, byte `j` of every record taken as a column, and each column stored as its
+//! least value and the records' differences from it in as few bits as they need (most bytes of
+//! a record are the same in every trade of a block: currency, shard, the high bytes of ids,
+//! times and amounts, the unused inline bytes); a record's checksum, different in every
+//! trade, is kept as its xor with the checksum of the record's other bytes, zero when it is
+//! whole. Any one record is read back from the copy without decoding the others. Once the copy and its index entry are durable, the
 //! block's pages are punched out of the table (`trade_file/mod.rs`): the table reads as zeros
 //! there, and a zero record of a frozen block is read from its copy. A later change to such a
 //! trade writes its page again, and the table's record wins over the copy.
@@ -19,7 +23,7 @@
 
 use xxhash_rust::xxh3::xxh3_64_with_seed;
 
-use super::RECORD_BYTES;
+use super::{checksum, CHECKSUM_AT, RECORD_BYTES};
 
 /// The copies' file name in the shard's directory.
 pub(crate) const FROZEN_NAME: &str = "trades.frozen";
@@ -31,8 +35,8 @@ pub(crate) const BLOCK_RECORDS: u64 = 128;
 pub(crate) const BLOCK_RAW_BYTES: usize = BLOCK_RECORDS as usize * RECORD_BYTES;
 /// Bytes of an index entry.
 pub(crate) const ENTRY_BYTES: usize = 32;
-/// No block's copy is longer (LZ4's bound for a block's bytes).
-const COPY_BYTES_MAX: usize = BLOCK_RAW_BYTES + BLOCK_RAW_BYTES / 255 + 16;
+/// No block's copy is longer (every column eight bits wide).
+const COPY_BYTES_MAX: usize = COLUMNS_AT + BLOCK_RAW_BYTES;
 /// Seeds the copies' checksums apart from the entries'.
 const COPY_SEED: u64 = 0x5453_465a_434f_5059;
 
@@ -70,47 +74,127 @@ pub(crate) fn decode_entry(block: u64, bytes: &[u8]) -> Option<FrozenBlock> {
         .then_some(entry)
 }
 
+/// Bytes before a copy's columns: each column's least byte, then its width in bits, a nibble
+/// each (two columns to a byte, the even one low).
+const COLUMNS_AT: usize = RECORD_BYTES + RECORD_BYTES / 2;
+/// Bytes a column of width `w` takes: a bit per record and bit of width.
+const fn column_bytes(width: u8) -> usize {
+    BLOCK_RECORDS as usize * width as usize / 8
+}
+
 /// The copy of block `block` from its records as the table holds them (`raw`,
-/// [`BLOCK_RAW_BYTES`] long), with its checksum.
+/// [`BLOCK_RAW_BYTES`] long), with its checksum. Byte `j` of every record is a column; a
+/// column is stored as its least value and each record's difference from it in as many bits
+/// as the greatest difference needs (none for a column that never changes, as most do). A
+/// record's checksum, which no two records share, is kept as its xor with the checksum its
+/// other bytes give ([`sum_residue`]): zero for every whole record, so that column costs no
+/// bits, and any record still comes back byte for byte.
 pub(crate) fn compress(block: u64, raw: &[u8]) -> (Vec<u8>, u32) {
     assert_eq!(raw.len(), BLOCK_RAW_BYTES, "a block is compressed whole");
-    let mut columns = vec![0u8; BLOCK_RAW_BYTES];
-    for (record, bytes) in raw.chunks_exact(RECORD_BYTES).enumerate() {
-        for (at, byte) in bytes.iter().enumerate() {
-            columns[at * BLOCK_RECORDS as usize + record] = *byte;
+    let mut raw = raw.to_vec();
+    for (n, record) in raw.chunks_exact_mut(RECORD_BYTES).enumerate() {
+        let residue = sum_residue(block, n, record) ^ stored_sum(record);
+        record[CHECKSUM_AT..].copy_from_slice(&residue.to_le_bytes());
+    }
+    let column = |j: usize| raw.chunks_exact(RECORD_BYTES).map(move |record| record[j]);
+    let mut copy = vec![0u8; COLUMNS_AT];
+    for j in 0..RECORD_BYTES {
+        let (least, most) = (column(j).min().expect("records"), column(j).max().expect("records"));
+        let width = (8 - (most - least).leading_zeros()) as u8;
+        copy[j] = least;
+        copy[RECORD_BYTES + j / 2] |= width << (4 * (j % 2));
+        let at = copy.len();
+        copy.resize(at + column_bytes(width), 0);
+        if width == 0 {
+            continue;
+        }
+        for (n, value) in column(j).enumerate() {
+            let bits = u16::from(value - least) << ((n * width as usize) % 8);
+            let byte = at + n * width as usize / 8;
+            copy[byte] |= bits as u8;
+            if bits > 0xff {
+                copy[byte + 1] |= (bits >> 8) as u8;
+            }
         }
     }
-    let copy = lz4_flex::block::compress(&columns);
     let checksum = copy_checksum(block, &copy);
     (copy, checksum)
+}
+
+/// What a record's stored checksum is xored with in a copy: the checksum its other bytes
+/// give, or zero when they are all zero (a counter never written), so that both a whole
+/// record and an empty one keep a residue of zero.
+fn sum_residue(block: u64, n: usize, record: &[u8]) -> u32 {
+    let body = &record[..CHECKSUM_AT];
+    if body.iter().all(|&b| b == 0) {
+        0
+    } else {
+        checksum(block.wrapping_mul(BLOCK_RECORDS).wrapping_add(n as u64), record)
+    }
+}
+
+fn stored_sum(record: &[u8]) -> u32 {
+    u32::from_le_bytes(record[CHECKSUM_AT..CHECKSUM_AT + 4].try_into().expect("4 bytes"))
 }
 
 fn copy_checksum(block: u64, copy: &[u8]) -> u32 {
     xxh3_64_with_seed(copy, block ^ COPY_SEED) as u32
 }
 
-/// Block `block`'s records as the table held them, from its copy (`copy`, as `entry` says it
-/// is), still transposed: [`record_of`] takes one out. An error names what is wrong with it.
-pub(crate) fn decompress(block: u64, entry: &FrozenBlock, copy: &[u8]) -> Result<Vec<u8>, &'static str> {
+/// A block's copy, checked: any record of it can be taken out ([`record_of`]).
+pub(crate) struct CheckedCopy {
+    block: u64,
+    bytes: Vec<u8>,
+    /// Where each column starts.
+    columns: [u32; RECORD_BYTES],
+}
+
+/// Block `block`'s copy (`copy`, as `entry` says it is), checked; an error names what is
+/// wrong with it.
+pub(crate) fn decompress(block: u64, entry: &FrozenBlock, copy: &[u8]) -> Result<CheckedCopy, &'static str> {
     if copy.len() != entry.len as usize {
         return Err("a frozen block is shorter than its index entry says");
     }
     if copy_checksum(block, copy) != entry.checksum {
         return Err("a frozen block fails its checksum");
     }
-    let mut columns = vec![0u8; BLOCK_RAW_BYTES];
-    match lz4_flex::block::decompress_into(copy, &mut columns) {
-        Ok(BLOCK_RAW_BYTES) => Ok(columns),
-        _ => Err("a frozen block does not decompress to a block"),
+    let mut columns = [0u32; RECORD_BYTES];
+    let mut at = COLUMNS_AT;
+    for (j, start) in columns.iter_mut().enumerate() {
+        let width = width_of(copy, j);
+        if width > 8 {
+            return Err("a frozen block's column wider than a byte");
+        }
+        *start = at as u32;
+        at += column_bytes(width);
     }
+    if at != copy.len() {
+        return Err("a frozen block's columns do not fill its copy");
+    }
+    Ok(CheckedCopy { block, bytes: copy.to_vec(), columns })
 }
 
-/// Record `n` of a block (`0..BLOCK_RECORDS`) out of its [`decompress`]ed columns.
-pub(crate) fn record_of(columns: &[u8], n: usize) -> [u8; RECORD_BYTES] {
+fn width_of(copy: &[u8], j: usize) -> u8 {
+    (copy[RECORD_BYTES + j / 2] >> (4 * (j % 2))) & 0xf
+}
+
+/// Record `n` of a block (`0..BLOCK_RECORDS`) out of its checked copy.
+pub(crate) fn record_of(copy: &CheckedCopy, n: usize) -> [u8; RECORD_BYTES] {
+    let bytes = &copy.bytes;
     let mut record = [0u8; RECORD_BYTES];
-    for (at, byte) in record.iter_mut().enumerate() {
-        *byte = columns[at * BLOCK_RECORDS as usize + n];
+    for (j, out) in record.iter_mut().enumerate() {
+        let width = width_of(bytes, j) as usize;
+        let mut value = 0u16;
+        if width > 0 {
+            let bit = n * width;
+            let at = copy.columns[j] as usize + bit / 8;
+            let pair = u16::from(bytes[at]) | bytes.get(at + 1).map_or(0, |&b| u16::from(b) << 8);
+            value = (pair >> (bit % 8)) & ((1u16 << width) - 1);
+        }
+        *out = bytes[j].wrapping_add(value as u8);
     }
+    let stored = sum_residue(copy.block, n, &record) ^ stored_sum(&record);
+    record[CHECKSUM_AT..].copy_from_slice(&stored.to_le_bytes());
     record
 }
 
@@ -121,10 +205,10 @@ pub(crate) fn record_of(columns: &[u8], n: usize) -> [u8; RECORD_BYTES] {
 pub fn decode_for_fuzzing(bytes: &[u8]) -> Option<Vec<u8>> {
     let block = u64::from_le_bytes(bytes.get(..8)?.try_into().expect("8 bytes"));
     let entry = decode_entry(block, bytes.get(8..8 + ENTRY_BYTES)?)?;
-    let columns = decompress(block, &entry, &bytes[8 + ENTRY_BYTES..]).ok()?;
+    let copy = decompress(block, &entry, &bytes[8 + ENTRY_BYTES..]).ok()?;
     let mut records = Vec::with_capacity(BLOCK_RAW_BYTES);
     for n in 0..BLOCK_RECORDS as usize {
-        let record = record_of(&columns, n);
+        let record = record_of(&copy, n);
         let _ = super::decode(block.saturating_mul(BLOCK_RECORDS).saturating_add(n as u64), &record);
         records.extend_from_slice(&record);
     }
@@ -176,14 +260,34 @@ mod tests {
         let (copy, checksum) = compress(9, &raw);
         assert!(copy.len() < raw.len() / 2, "{} bytes", copy.len());
         let entry = FrozenBlock { offset: 4096, len: copy.len() as u32, checksum };
-        let columns = decompress(9, &entry, &copy).unwrap();
-        let records: Vec<u8> = (0..BLOCK_RECORDS as usize).flat_map(|n| record_of(&columns, n)).collect();
+        let checked = decompress(9, &entry, &copy).unwrap();
+        let records: Vec<u8> = (0..BLOCK_RECORDS as usize).flat_map(|n| record_of(&checked, n)).collect();
         assert_eq!(records, raw);
         assert!(decompress(10, &entry, &copy).is_err(), "another block's copy");
         let mut flipped = copy.clone();
         flipped[copy.len() / 2] ^= 4;
         assert!(decompress(9, &entry, &flipped).is_err());
         assert!(decompress(9, &entry, &copy[..copy.len() - 1]).is_err());
+    }
+
+    #[test]
+    fn whole_and_empty_records_cost_no_bits_for_their_checksums() {
+        let block = 5;
+        let mut raw = sample_block(1);
+        for (n, record) in raw.chunks_exact_mut(RECORD_BYTES).enumerate() {
+            if n % 4 == 3 {
+                record.fill(0);
+                continue;
+            }
+            let sum = checksum(block * BLOCK_RECORDS + n as u64, record);
+            record[CHECKSUM_AT..].copy_from_slice(&sum.to_le_bytes());
+        }
+        let (copy, checksum) = compress(block, &raw);
+        assert!((CHECKSUM_AT..RECORD_BYTES).all(|j| width_of(&copy, j) == 0));
+        let entry = FrozenBlock { offset: 0, len: copy.len() as u32, checksum };
+        let checked = decompress(block, &entry, &copy).unwrap();
+        let records: Vec<u8> = (0..BLOCK_RECORDS as usize).flat_map(|n| record_of(&checked, n)).collect();
+        assert_eq!(records, raw);
     }
 
     #[test]
@@ -197,6 +301,44 @@ mod tests {
         }
         for len in 0..sample.len() {
             assert_eq!(decode_for_fuzzing(&sample[..len]), None);
+        }
+    }
+
+    #[test]
+    fn blocks_of_any_bytes_come_back_whole() {
+        let mut rng = 0x1234_5678_9abc_def0u64;
+        let mut next = || {
+            rng ^= rng << 13;
+            rng ^= rng >> 7;
+            rng ^= rng << 17;
+            rng
+        };
+        for case in 0..200u64 {
+            // Each column spans a range of its own, from constant to every byte value.
+            let spans: Vec<u64> = (0..RECORD_BYTES).map(|_| 1 << (next() % 9)).collect();
+            let base: Vec<u64> = (0..RECORD_BYTES).map(|_| next() % 256).collect();
+            let mut raw = vec![0u8; BLOCK_RAW_BYTES];
+            for record in raw.chunks_exact_mut(RECORD_BYTES) {
+                for (j, byte) in record.iter_mut().enumerate() {
+                    *byte = ((base[j] + next() % spans[j]) % 256) as u8;
+                }
+            }
+            if case == 0 {
+                raw.fill(0);
+            } else if case == 1 {
+                raw.fill(0xff);
+            }
+            let (copy, checksum) = compress(case, &raw);
+            let entry = FrozenBlock { offset: 0, len: copy.len() as u32, checksum };
+            let checked = decompress(case, &entry, &copy).unwrap();
+            for n in 0..BLOCK_RECORDS as usize {
+                assert_eq!(
+                    record_of(&checked, n),
+                    raw[n * RECORD_BYTES..(n + 1) * RECORD_BYTES],
+                    "case {case} record {n}"
+                );
+            }
+            assert!(copy.len() <= COPY_BYTES_MAX);
         }
     }
 

@@ -340,8 +340,8 @@ impl<D: Disk> TradeFile<D> {
         let offset = offset + (at - sector_at) as u64;
         if bytes.iter().all(|&b| b == 0) {
             // Looked at after the read: a block is in the index before its pages are punched.
-            if let Some(columns) = self.frozen_block(block_of(counter)).await? {
-                let record = frozen::record_of(&columns, (counter % BLOCK_RECORDS) as usize);
+            if let Some(copy) = self.frozen_block(block_of(counter)).await? {
+                let record = frozen::record_of(&copy, (counter % BLOCK_RECORDS) as usize);
                 return decode(counter, &record).map_err(|reason| self.corrupt(offset, reason));
             }
         }
@@ -397,10 +397,10 @@ impl<D: Disk> TradeFile<D> {
             if !counters.clone().any(|c| zero(c, bytes)) {
                 continue;
             }
-            let Some(columns) = self.frozen_block(block).await? else { continue };
+            let Some(copy) = self.frozen_block(block).await? else { continue };
             for c in counters {
                 if zero(c, bytes) {
-                    let record = frozen::record_of(&columns, (c - block * BLOCK_RECORDS) as usize);
+                    let record = frozen::record_of(&copy, (c - block * BLOCK_RECORDS) as usize);
                     bytes[at(c)..at(c) + RECORD_BYTES].copy_from_slice(&record);
                 }
             }
@@ -436,9 +436,9 @@ impl<D: Disk> TradeFile<D> {
         self.frozen_reads.get()
     }
 
-    /// Block `block`'s records as its copy holds them (transposed, `frozen::record_of`),
-    /// `None` when it is not frozen.
-    async fn frozen_block(&self, block: u64) -> Result<Option<Vec<u8>>, TradeError> {
+    /// Block `block`'s copy, checked (`frozen::record_of` takes its records out), `None`
+    /// when it is not frozen.
+    async fn frozen_block(&self, block: u64) -> Result<Option<frozen::CheckedCopy>, TradeError> {
         let Some(entry) = self.frozen.borrow().get(block as usize).copied() else { return Ok(None) };
         let files = self.frozen_files.borrow().clone().expect("a frozen block has its files");
         self.frozen_reads.set(self.frozen_reads.get() + 1);
