@@ -14,6 +14,7 @@ mod checkpointer;
 mod checkpoints;
 mod claims;
 mod cold;
+mod columns;
 mod command;
 mod committer;
 mod config;

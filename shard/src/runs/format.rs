@@ -2,6 +2,12 @@
 //! encoding and decoding the footer and the index section, and the encoder that turns sorted
 //! entries into a file's bytes.
 //!
+//! A data block holds its entries as columns (`columns.rs`): sorted keys share their high
+//! bytes, and values hold shard bits, small ids and zeros, so a block holds about half again
+//! as many entries as it would back to back, and a point read still reads one block. Blocks
+//! of files written before (version 1 and 2) hold their entries back to back, a fixed number
+//! to a block, and are still read.
+//!
 //! Everything here is a pure function over byte slices, so that the disk path (`mod.rs`,
 //! `write.rs`) and the fuzzer (`fuzzing.rs`) run the same checks: a file the fuzzer cannot
 //! make an open or a read accept is a file the store does not accept either.
@@ -10,6 +16,7 @@ use xxhash_rust::xxh3::{xxh3_64, xxh3_64_with_seed, Xxh3};
 
 use super::bloom::{Bloom, HASHES_MAX, LINE_WORDS};
 use super::{Value, KEY_BYTES, VALUE_BYTES_MAX};
+use crate::columns::{self, Columns, Spans};
 
 /// Bytes of a block: the unit of the data section, of the index section's padding and of the
 /// footer, and of every write.
@@ -20,9 +27,14 @@ const TRAILER_AT: usize = BLOCK - 16;
 const RESERVED_AT: usize = TRAILER_AT + 4;
 const CHECKSUM_AT: usize = TRAILER_AT + 8;
 const MAGIC: [u8; 4] = *b"TSRN";
-/// The version written. Version 1 footers (no age of their keys) are still read: their keys'
-/// age is unknown, so they never pass a key window.
-const VERSION: u16 = 2;
+/// The version written: blocks of columns. Version 2 (entries back to back) is still read,
+/// and so is version 1 (that, and no age of its keys: it never passes a key window).
+const VERSION: u16 = 3;
+/// The version of entries back to back with the age of their keys.
+const VERSION_FIXED: u16 = 2;
+/// Entries a block of columns holds at most (whatever its entries' bits), so that a block's
+/// entries decoded stay small.
+pub(super) const BLOCK_ENTRIES_MAX: usize = 1024;
 /// Bytes of the footer's fields, by version; the rest of its block is reserved (zero). The
 /// checksum is the fields' last 8 bytes.
 const FOOTER_FIELDS_V1: usize = 64;
@@ -55,6 +67,8 @@ pub(super) fn block_seed(id: u64, number: u64) -> u64 {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(super) struct Footer {
     pub id: u64,
+    /// Whether its blocks hold columns (version 3), not entries back to back.
+    pub columns: bool,
     /// Bytes of an entry: the key's 16 and the value's.
     pub entry_bytes: usize,
     pub level: u32,
@@ -105,8 +119,8 @@ impl Footer {
         self.footer_offset() + BLOCK_U64
     }
 
-    /// Entries of a full block of this run.
-    pub(super) fn block_capacity(&self) -> usize {
+    /// Entries of a full block of a run of entries back to back.
+    fn block_capacity(&self) -> usize {
         block_capacity(self.entry_bytes)
     }
 
@@ -115,8 +129,9 @@ impl Footer {
         self.entry_bytes - KEY_BYTES
     }
 
-    /// Entries block `number` holds: every block but the last is full.
-    pub(super) fn block_entries(&self, number: u64) -> usize {
+    /// Entries block `number` of a run of entries back to back holds: every block but the
+    /// last is full.
+    fn block_entries(&self, number: u64) -> usize {
         let full = self.block_capacity();
         if number + 1 < self.data_blocks {
             full
@@ -126,6 +141,7 @@ impl Footer {
     }
 
     pub(super) fn encode(&self) -> Vec<u8> {
+        assert!(self.columns, "files are written with blocks of columns");
         let mut out = Vec::with_capacity(BLOCK);
         out.extend_from_slice(&MAGIC);
         out.extend_from_slice(&VERSION.to_le_bytes());
@@ -157,9 +173,10 @@ impl Footer {
         if bytes[..4] != MAGIC {
             return Err("not a run file (no run footer)");
         }
-        let fields = match u16_at(4) {
-            1 => FOOTER_FIELDS_V1,
-            VERSION => FOOTER_FIELDS,
+        let (fields, columns) = match u16_at(4) {
+            1 => (FOOTER_FIELDS_V1, false),
+            VERSION_FIXED => (FOOTER_FIELDS, false),
+            VERSION => (FOOTER_FIELDS, true),
             _ => return Err("a run file of an unknown format version"),
         };
         if u64_at(fields - 8) != xxh3_64(&bytes[..fields - 8]) {
@@ -178,6 +195,7 @@ impl Footer {
         }
         let footer = Footer {
             id: u64_at(8),
+            columns,
             entry_bytes,
             level: u32_at(16),
             entries: u64_at(20),
@@ -190,7 +208,17 @@ impl Footer {
         if footer.id != id {
             return Err("a run file whose footer names another run");
         }
-        if footer.entries == 0 || footer.data_blocks != footer.entries.div_ceil(footer.block_capacity() as u64) {
+        let blocks_agree = match footer.columns {
+            true => {
+                (1..=footer.entries).contains(&footer.data_blocks)
+                    && footer
+                        .data_blocks
+                        .checked_mul(BLOCK_ENTRIES_MAX as u64)
+                        .is_some_and(|most| footer.entries <= most)
+            }
+            false => footer.data_blocks == footer.entries.div_ceil(footer.block_capacity() as u64),
+        };
+        if footer.entries == 0 || !blocks_agree {
             return Err("a run footer whose entry and block counts disagree");
         }
         if footer.bloom_words == 0 || !footer.bloom_words.is_multiple_of(LINE_WORDS as u64) {
@@ -214,8 +242,8 @@ impl Footer {
     }
 }
 
-/// Writes block `number` of run `id`'s trailer into `block` (whose first `count` entries are
-/// filled and the rest zero).
+/// Writes block `number` of run `id`'s trailer into `block` (which holds `count` entries, and
+/// zeros after them).
 fn seal_block(block: &mut [u8], id: u64, number: u64, count: usize) {
     block[TRAILER_AT..RESERVED_AT].copy_from_slice(&(count as u32).to_le_bytes());
     block[RESERVED_AT..CHECKSUM_AT].fill(0);
@@ -223,25 +251,49 @@ fn seal_block(block: &mut [u8], id: u64, number: u64, count: usize) {
     block[CHECKSUM_AT..].copy_from_slice(&sum.to_le_bytes());
 }
 
+/// A checked block's entries, back to back.
+pub(super) struct Entries {
+    pub bytes: Vec<u8>,
+    pub count: usize,
+}
+
 /// Checks block `number` (`bytes`, the block as read) of the run `footer` describes, whose
-/// fence keys are `fences`; returns how many entries it holds. A block that passes holds the
-/// entries the run was written with, in strictly ascending order, all at or above its fence
-/// key and below the next block's.
-pub(super) fn check_block(bytes: &[u8], footer: &Footer, number: u64, fences: &[u128]) -> Result<usize, &'static str> {
+/// fence keys are `fences`; returns its entries. A block that passes holds the entries the
+/// run was written with, in strictly ascending order, all at or above its fence key and below
+/// the next block's.
+pub(super) fn check_block(
+    bytes: &[u8],
+    footer: &Footer,
+    number: u64,
+    fences: &[u128],
+) -> Result<Entries, &'static str> {
     let block = bytes.get(..BLOCK).ok_or("a run file cut short inside a block")?;
     let stored = u64::from_le_bytes(block[CHECKSUM_AT..].try_into().expect("8 bytes"));
     if stored != xxh3_64_with_seed(&block[..CHECKSUM_AT], block_seed(footer.id, number)) {
         return Err("run block checksum mismatch");
     }
     let count = u32::from_le_bytes(block[TRAILER_AT..RESERVED_AT].try_into().expect("4 bytes")) as usize;
-    if number >= footer.data_blocks || count != footer.block_entries(number) {
+    let counted = match footer.columns {
+        true => (1..=BLOCK_ENTRIES_MAX).contains(&count),
+        false => count == footer.block_entries(number),
+    };
+    if number >= footer.data_blocks || !counted {
         return Err("a run block holding another number of entries than its footer says");
     }
-    if block[count * footer.entry_bytes..TRAILER_AT].iter().chain(&block[RESERVED_AT..CHECKSUM_AT]).any(|&b| b != 0) {
+    let (entries, end) = match footer.columns {
+        true => {
+            let columns = Columns::parse(&block[..TRAILER_AT], footer.entry_bytes, count)?;
+            let mut entries = vec![0u8; count * footer.entry_bytes];
+            columns.decode_all(block, &mut entries);
+            (entries, columns.end())
+        }
+        false => (block[..count * footer.entry_bytes].to_vec(), count * footer.entry_bytes),
+    };
+    if block[end..TRAILER_AT].iter().chain(&block[RESERVED_AT..CHECKSUM_AT]).any(|&b| b != 0) {
         return Err("a run block with bytes where zeros belong");
     }
     let fence = fences.get(number as usize).ok_or("a run block without a fence key")?;
-    let key_at = |i| key_at(block, i, footer.entry_bytes);
+    let key_at = |i| key_at(&entries, i, footer.entry_bytes);
     if key_at(0) != *fence {
         return Err("a run block whose first key is not its fence key");
     }
@@ -251,17 +303,17 @@ pub(super) fn check_block(bytes: &[u8], footer: &Footer, number: u64, fences: &[
     if fences.get(number as usize + 1).is_some_and(|next| key_at(count - 1) >= *next) {
         return Err("a run block reaching past the next block's fence key");
     }
-    Ok(count)
+    Ok(Entries { bytes: entries, count })
 }
 
-/// The key of entry `i` of a block of entries of `entry_bytes`.
+/// The key of entry `i` of entries of `entry_bytes` back to back.
 pub(super) fn key_at(block: &[u8], i: usize, entry_bytes: usize) -> u128 {
     let at = i * entry_bytes;
     u128::from_le_bytes(block[at..at + KEY_BYTES].try_into().expect("16 bytes"))
 }
 
-/// The value of entry `i` of a block of entries of `entry_bytes`, zero past the run's value
-/// bytes.
+/// The value of entry `i` of entries of `entry_bytes` back to back, zero past the run's
+/// value bytes.
 pub(super) fn value_at(block: &[u8], i: usize, entry_bytes: usize) -> Value {
     let at = i * entry_bytes + KEY_BYTES;
     let mut value = [0u8; VALUE_BYTES_MAX];
@@ -269,7 +321,7 @@ pub(super) fn value_at(block: &[u8], i: usize, entry_bytes: usize) -> Value {
     value
 }
 
-/// The value of `key` among the first `count` entries of a checked block (ascending keys).
+/// The value of `key` among the `count` entries of a checked block (ascending keys).
 pub(super) fn find_in_block(block: &[u8], count: usize, key: u128, entry_bytes: usize) -> Option<Value> {
     let (mut low, mut high) = (0, count);
     while low < high {
@@ -358,8 +410,9 @@ pub(super) struct Encoder {
     level: u32,
     age: KeysAge,
     entry_bytes: usize,
-    block: Vec<u8>,
-    in_block: usize,
+    /// The entries of the block being filled, back to back, and what their columns take.
+    pending: Vec<u8>,
+    spans: Spans,
     entries: u64,
     bloom: Bloom,
     fences: Vec<u128>,
@@ -376,8 +429,8 @@ impl Encoder {
             level,
             age: KeysAge::UNKNOWN,
             entry_bytes,
-            block: vec![0; BLOCK],
-            in_block: 0,
+            pending: Vec::with_capacity(BLOCK_ENTRIES_MAX * entry_bytes),
+            spans: Spans::new(entry_bytes),
             entries: 0,
             bloom: Bloom::with_capacity(capacity),
             fences: Vec::new(),
@@ -396,7 +449,7 @@ impl Encoder {
     }
 
     /// Adds an entry (its key above every key pushed before, its value zero past the run's
-    /// value bytes); appends the block it fills, if it fills one, to `out`.
+    /// value bytes); appends the block it closes, if it finds the block full, to `out`.
     pub(super) fn push(&mut self, key: u128, value: &Value, out: &mut Vec<u8>) -> Result<(), &'static str> {
         if self.last.is_some_and(|last| last >= key) {
             return Err("keys of a run not strictly ascending");
@@ -406,27 +459,33 @@ impl Encoder {
             return Err("a value longer than its run's values");
         }
         self.last = Some(key);
-        if self.in_block == 0 {
-            self.fences.push(key);
-        }
-        let at = self.in_block * self.entry_bytes;
-        self.block[at..at + KEY_BYTES].copy_from_slice(&key.to_le_bytes());
-        self.block[at + KEY_BYTES..at + self.entry_bytes].copy_from_slice(&value[..value_bytes]);
-        self.bloom.insert(key);
-        self.in_block += 1;
-        self.entries += 1;
-        if self.in_block == block_capacity(self.entry_bytes) {
+        let mut entry = [0u8; KEY_BYTES + VALUE_BYTES_MAX];
+        entry[..KEY_BYTES].copy_from_slice(&key.to_le_bytes());
+        entry[KEY_BYTES..self.entry_bytes].copy_from_slice(&value[..value_bytes]);
+        let entry = &entry[..self.entry_bytes];
+        let rows = self.spans.rows();
+        if rows == BLOCK_ENTRIES_MAX || (rows > 0 && self.spans.encoded_len_with(entry) > TRAILER_AT) {
             self.seal(out);
         }
+        if self.spans.rows() == 0 {
+            self.fences.push(key);
+        }
+        self.pending.extend_from_slice(entry);
+        self.spans.take(entry);
+        self.bloom.insert(key);
+        self.entries += 1;
         Ok(())
     }
 
     fn seal(&mut self, out: &mut Vec<u8>) {
         let number = self.fences.len() as u64 - 1;
-        seal_block(&mut self.block, self.id, number, self.in_block);
-        out.extend_from_slice(&self.block);
-        self.block.fill(0);
-        self.in_block = 0;
+        let start = out.len();
+        columns::encode_spanned(&self.pending, &self.spans, out);
+        debug_assert!(out.len() - start <= TRAILER_AT, "a block's columns fit before its trailer");
+        out.resize(start + BLOCK, 0);
+        seal_block(&mut out[start..], self.id, number, self.spans.rows());
+        self.pending.clear();
+        self.spans.clear();
     }
 
     /// Seals the last block (appended to `out`); the index section and the footer are left to
@@ -435,12 +494,13 @@ impl Encoder {
         if self.entries == 0 {
             return Err("an empty run");
         }
-        if self.in_block > 0 {
+        if self.spans.rows() > 0 {
             self.seal(out);
         }
         self.fences.shrink_to_fit();
         let footer = Footer {
             id: self.id,
+            columns: true,
             entry_bytes: self.entry_bytes,
             level: self.level,
             entries: self.entries,

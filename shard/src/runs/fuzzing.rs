@@ -23,14 +23,17 @@ pub fn decode_for_fuzzing(bytes: &[u8], id: u64) -> Result<Vec<(u128, Value)>, &
     let (bloom, fences) = index.finish()?;
     let mut entries = Vec::with_capacity(footer.entries as usize);
     for (number, block) in bytes[..index_at].chunks(BLOCK).enumerate() {
-        let count = check_block(block, &footer, number as u64, &fences)?;
-        for i in 0..count {
-            let key = key_at(block, i, footer.entry_bytes);
+        let block = check_block(block, &footer, number as u64, &fences)?;
+        for i in 0..block.count {
+            let key = key_at(&block.bytes, i, footer.entry_bytes);
             if !bloom.may_hold(key) {
                 return Err("a run key its Bloom filter does not hold");
             }
-            entries.push((key, value_at(block, i, footer.entry_bytes)));
+            entries.push((key, value_at(&block.bytes, i, footer.entry_bytes)));
         }
+    }
+    if entries.len() as u64 != footer.entries {
+        return Err("a run whose blocks hold another number of entries than its footer says");
     }
     Ok(entries)
 }

@@ -1,4 +1,4 @@
-//! Immutable sorted runs of fixed-size entries on disk, and the set of runs of one store with
+//! Immutable sorted runs of entries of one size on disk, and the set of runs of one store with
 //! its merge policy: a key's value is found with its Bloom filter and fence keys in memory and
 //! at most one 4 KiB read per run that may hold it, so a store can keep far more keys than
 //! memory could hold as a map.
@@ -13,21 +13,23 @@
 //! A run is the file `{prefix}-{id:016x}.run` (16 lowercase hex digits); every integer is
 //! little-endian, every section starts on a 4096-byte block.
 //!
-//! - Data blocks of 4096 bytes from offset 0, numbered from 0: up to `4080 / E` entries of `E`
-//!   bytes (the key as a u128, then the value: `E` is the footer's entry bytes, 16 for a store
-//!   of keys alone, 255 to a block; 40 for 24-byte values, 102 to a block; 48 for 32-byte
-//!   values, 85 to a block; 72 for 56-byte values, 56 to a block) from
-//!   byte 0, keys strictly ascending within and across blocks, zeros up to byte 4080, then a
-//!   16-byte trailer: the entry count (u32), 4 zero bytes, and at 4088..4096 the checksum
+//! - Data blocks of 4096 bytes from offset 0, numbered from 0: entries of `E` bytes (the key
+//!   as a u128, then the value: `E` is the footer's entry bytes, 16 for a store of keys alone,
+//!   40 for 24-byte values, up to 72), keys strictly ascending within and across blocks, stored
+//!   as columns (`columns.rs`: most of an entry's bytes vary little within a block) from byte
+//!   0, zeros up to byte 4080, then a 16-byte trailer: the entry count (u32, 1 to
+//!   [`format::BLOCK_ENTRIES_MAX`]), 4 zero bytes, and at 4088..4096 the checksum
 //!   `xxh3_64_with_seed(block[0..4088], id.rotate_left(32) ^ block_number)` (u64), so a block
-//!   read from another place or another run does not pass. Every block but the last is full;
-//!   the last holds the rest.
+//!   read from another place or another run does not pass. A block takes entries while their
+//!   columns fit. Versions 1 and 2 held the entries back to back instead, `4080 / E` to every
+//!   block but the last; they are still read.
 //! - The index section from offset `data_blocks × 4096`: the Bloom filter's words (u64 each),
 //!   then the fence keys (the first key of each data block, u128 each, strictly ascending),
 //!   zero-padded to a multiple of 4096 bytes.
 //! - The footer, the file's last 4096 bytes: at 0 the magic `TSRN`, 4 the format version (u16,
-//!   2), 6 the entry bytes (u16: 16 plus a value of 0 to 56 bytes, a multiple of 8), 8 the run id (u64), 16 the level (u32), 20 the entry
-//!   count (u64, at least 1), 28 the data blocks (u64, `ceil(entries / (4080 / E))`), 36 the Bloom
+//!   3), 6 the entry bytes (u16: 16 plus a value of 0 to 56 bytes, a multiple of 8), 8 the run id (u64), 16 the level (u32), 20 the entry
+//!   count (u64, at least 1), 28 the data blocks (u64, at least 1, at most `entries`, and
+//!   `entries ≤ 1024 × data_blocks`; versions 1 and 2: `ceil(entries / (4080 / E))`), 36 the Bloom
 //!   filter's words (u64, a multiple of 8, at least 8), 44 the Bloom probe count (u32, 1..=7),
 //!   48 `xxh3_64` of the index section without its padding (u64), 56 the newest time a key was
 //!   added (u64, ms since the Unix epoch), 64 the log position every key was applied below
@@ -58,7 +60,7 @@ use tradeshard_wal::disk::{Disk, DiskFile};
 
 use crate::error::{LogError, TradeError};
 use bloom::Bloom;
-use format::{check_block, find_in_block, key_at, Footer, IndexDecoder, BLOCK};
+use format::{check_block, find_in_block, key_at, Entries, Footer, IndexDecoder, BLOCK};
 
 pub(crate) use format::KeysAge;
 
@@ -253,17 +255,15 @@ impl<D: Disk> Run<D> {
         let Some(number) = self.fences.partition_point(|fence| *fence <= key).checked_sub(1) else {
             return Ok(None);
         };
-        let (block, count) = self.read_block(number).await?;
-        Ok(find_in_block(&block, count, key, self.footer.entry_bytes))
+        let entries = self.read_block(number).await?;
+        Ok(find_in_block(&entries.bytes, entries.count, key, self.footer.entry_bytes))
     }
 
-    /// Data block `number` and its entry count, checked.
-    async fn read_block(&self, number: usize) -> Result<(<D::File as DiskFile>::ReadBuf, usize), TradeError> {
+    /// Data block `number`'s entries, checked.
+    async fn read_block(&self, number: usize) -> Result<Entries, TradeError> {
         let offset = number as u64 * BLOCK as u64;
         let block = self.file.read_at(offset, BLOCK).await.map_err(|e| io(&self.disk, &self.name, "read", e))?;
-        let count = check_block(&block, &self.footer, number as u64, &self.fences)
-            .map_err(|reason| self.corrupt(offset, reason))?;
-        Ok((block, count))
+        check_block(&block, &self.footer, number as u64, &self.fences).map_err(|reason| self.corrupt(offset, reason))
     }
 
     /// The run's keys in `low..=high`, greatest first, at most `limit`: the blocks that can
@@ -274,8 +274,9 @@ impl<D: Disk> Run<D> {
             return Ok(keys);
         };
         while keys.len() < limit {
-            let (block, count) = self.read_block(number).await?;
-            for key in (0..count).rev().map(|i| key_at(&block, i, self.footer.entry_bytes)).filter(|key| *key <= high) {
+            let entries = self.read_block(number).await?;
+            let key_at = |i| key_at(&entries.bytes, i, self.footer.entry_bytes);
+            for key in (0..entries.count).rev().map(key_at).filter(|key| *key <= high) {
                 if key < low || keys.len() == limit {
                     return Ok(keys);
                 }

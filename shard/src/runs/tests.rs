@@ -16,7 +16,7 @@ const PREFIX: &str = "t";
 /// The runs of most tests: a filter per key and 24-byte values, as the stores of order keys.
 const VALUE_BYTES: usize = 24;
 const SHAPE: Shape = Shape { filter: Filter::PerKey, value_bytes: VALUE_BYTES };
-/// Entries of a full block of such runs.
+/// Entries of a full block of such runs with entries back to back (versions 1 and 2).
 const BLOCK_ENTRIES: usize = 102;
 
 fn run<T>(future: impl Future<Output = T>) -> T {
@@ -82,10 +82,14 @@ fn every_key_reads_back(id: u64, value_bytes: usize, per_block: usize) {
         let (_, _, reason) = corruption(Run::open(&disk, PREFIX, id, other_size).await.err().unwrap());
         assert_eq!(reason, "a run file of entries of another size than its store's");
         assert_eq!(block_capacity(16 + value_bytes), per_block);
+        let blocks_back_to_back = 5_000u64.div_ceil(per_block as u64);
         for run in [&written, &opened] {
             assert_eq!((run.id(), run.level(), run.entries(), run.value_bytes()), (id, 2, 5_000, value_bytes));
             assert_eq!(run.file_bytes(), disk.file_len(&name).unwrap());
-            assert_eq!(run.data_blocks(), 5_000u64.div_ceil(per_block as u64));
+            // Random keys share few bits: blocks of columns hold about as many entries as
+            // blocks of entries back to back, and no fewer than two less.
+            let blocks = run.data_blocks();
+            assert!(blocks <= 5_000u64.div_ceil(per_block as u64 - 2), "{blocks} blocks against {blocks_back_to_back}");
             for &(key, value) in &entries {
                 assert!(run.may_hold(key), "no false negative");
                 assert_eq!(run.get(key).await.unwrap(), Some(value));
@@ -297,11 +301,11 @@ fn file_names_and_ids_are_one_to_one() {
     }
 }
 
-/// A run of 500 entries (five blocks) on a fresh disk.
+/// A run of five blocks on a fresh disk.
 async fn five_blocks() -> (SimDisk, Vec<(u128, Value)>, String) {
     let disk = SimDisk::new();
-    let entries: Vec<(u128, Value)> = keys(5, 500).iter().map(|&k| (k, value(k, 1))).collect();
-    write(&disk, 3, 0, &entries).await.unwrap();
+    let entries: Vec<(u128, Value)> = keys(5, 760).iter().map(|&k| (k, value(k, 1))).collect();
+    assert_eq!(write(&disk, 3, 0, &entries).await.unwrap().data_blocks(), 5);
     (disk, entries, Run::<SimDisk>::file_name(PREFIX, 3))
 }
 
@@ -311,7 +315,7 @@ fn a_flipped_bit_in_a_block_fails_the_read_of_that_block_only() {
         let (disk, entries, name) = five_blocks().await;
         disk.flip_bit(&name, 2 * BLOCK as u64 + 100, 3);
         let run = Rc::new(Run::open(&disk, PREFIX, 3, VALUE_BYTES).await.unwrap());
-        let in_block = |n: usize| entries[n * BLOCK_ENTRIES];
+        let in_block = |n: usize| *entries.iter().find(|entry| entry.0 == run.fences[n]).unwrap();
         let (path, offset, reason) = corruption(run.get(in_block(2).0).await.unwrap_err());
         assert_eq!(
             (path.as_str(), offset, reason),
@@ -405,7 +409,8 @@ fn entries_out_of_order_or_not_as_many_as_counted_are_refused_and_leave_no_file(
 #[test]
 fn a_failed_write_leaves_no_file_and_a_written_run_is_durable() {
     run(async {
-        let entries: Vec<(u128, Value)> = (0..30_000u128).map(|k| (k, value(k, 1))).collect();
+        // Random keys, which blocks of columns shrink little: more than a megabyte.
+        let entries: Vec<(u128, Value)> = keys(8, 60_000).iter().map(|&k| (k, value(k, 1))).collect();
         let name = Run::<SimDisk>::file_name(PREFIX, 1);
         // Operation 1 creates the file, 2 writes the first megabyte, then the second, ...
         for op in [2, 3, 4] {
@@ -416,6 +421,7 @@ fn a_failed_write_leaves_no_file_and_a_written_run_is_durable() {
         }
         let disk = SimDisk::new();
         write(&disk, 1, 0, &entries).await.unwrap();
+        assert!(disk.file_len(&name).unwrap() > 1 << 20);
         disk.sync_dir().await.unwrap();
         disk.crash(7);
         let run = Run::open(&disk, PREFIX, 1, VALUE_BYTES).await.unwrap();
@@ -431,7 +437,7 @@ fn the_sample_file_is_laid_out_as_documented() {
     assert_eq!(bytes.len(), 3 * BLOCK, "a data block, an index block, the footer");
     let footer = &bytes[2 * BLOCK..];
     let u64_at = |at: usize| u64::from_le_bytes(footer[at..at + 8].try_into().unwrap());
-    assert_eq!(&footer[..8], b"TSRN\x02\x00\x28\x00");
+    assert_eq!(&footer[..8], b"TSRN\x03\x00\x28\x00");
     assert_eq!((u64_at(8), &footer[16..20], u64_at(20), u64_at(28), u64_at(36)), (1, &[1, 0, 0, 0][..], 3, 1, 8));
     assert_eq!(&footer[44..48], &[7, 0, 0, 0]);
     assert_eq!(u64_at(48), xxhash_rust::xxh3::xxh3_64(&bytes[BLOCK..BLOCK + 8 * 8 + 16]));
@@ -443,12 +449,58 @@ fn the_sample_file_is_laid_out_as_documented() {
     let sum = xxhash_rust::xxh3::xxh3_64_with_seed(&block[..4088], 1u64.rotate_left(32));
     assert_eq!(block_seed(1, 0), 1 << 32);
     assert_eq!(&block[4088..], &sum.to_le_bytes());
-    assert_eq!(&bytes[BLOCK + 64..BLOCK + 80], &block[..16], "the fence key is the block's first key");
+    let first_key = 0x09E3_779B_97F4_A7C1_5F39_CC06_05CE_DC83u128;
+    assert_eq!(&bytes[BLOCK + 64..BLOCK + 80], &first_key.to_le_bytes(), "the fence key is the block's first key");
+    // The block's entries as columns: the least byte of each, then the widths.
+    let columns = crate::columns::Columns::parse(&block[..4080], 40, 3).unwrap();
+    assert!(block[columns.end()..4080].iter().all(|&b| b == 0));
+    let mut entry = [0u8; 40];
+    columns.row(block, 0, &mut entry);
+    assert_eq!((&entry[..16], &entry[16..]), (&first_key.to_le_bytes()[..], &[1u8; 24][..]));
+}
+
+/// Files of the two sample runs as the build before wrote them (version 2: entries back to
+/// back).
+const VERSION_2_SAMPLES: [(&[u8], usize); 2] = [
+    (include_bytes!("fixtures/version-2-three-entries.run"), 24),
+    (include_bytes!("fixtures/version-2-three-wide-entries.run"), 56),
+];
+
+#[test]
+fn a_version_2_file_still_reads_as_it_was_written() {
+    for (bytes, value_bytes) in VERSION_2_SAMPLES {
+        assert_eq!(&bytes[bytes.len() - BLOCK..][..6], b"TSRN\x02\x00");
+        assert_eq!(
+            decode_for_fuzzing(bytes, 1).unwrap(),
+            decode_for_fuzzing(&sample_for_fuzzing(1, value_bytes), 1).unwrap()
+        );
+        for at in (0..bytes.len()).step_by(7) {
+            let mut damaged = bytes.to_vec();
+            damaged[at] ^= 1 << (at % 8);
+            assert!(decode_for_fuzzing(&damaged, 1).is_err(), "byte {at}");
+        }
+    }
+    run(async {
+        let disk = SimDisk::new();
+        let name = Run::<SimDisk>::file_name(PREFIX, 1);
+        disk.put_file(&name, VERSION_2_SAMPLES[0].0);
+        let old = Run::open(&disk, PREFIX, 1, VALUE_BYTES).await.unwrap();
+        let sample = decode_for_fuzzing(&sample_for_fuzzing(1, VALUE_BYTES), 1).unwrap();
+        for (key, value) in &sample {
+            assert_eq!(old.get(*key).await.unwrap(), Some(*value));
+        }
+        // A merge of it writes the new layout.
+        let merged = merge(&disk, PREFIX, 2, 1, SHAPE, &[Rc::new(old)]).await.unwrap();
+        assert!(merged.footer.columns);
+        for (key, value) in &sample {
+            assert_eq!(merged.get(*key).await.unwrap(), Some(*value));
+        }
+    });
 }
 
 #[test]
 fn a_version_1_footer_still_opens_with_its_keys_of_unknown_age() {
-    let mut bytes = sample_for_fuzzing(1, VALUE_BYTES);
+    let mut bytes = VERSION_2_SAMPLES[0].0.to_vec();
     let len = bytes.len() as u64;
     let footer_at = 2 * BLOCK;
     let aged = format::Footer::decode(&bytes[footer_at..], 1, len).unwrap();
@@ -464,13 +516,15 @@ fn a_version_1_footer_still_opens_with_its_keys_of_unknown_age() {
         decode_for_fuzzing(&bytes, 1).unwrap(),
         decode_for_fuzzing(&sample_for_fuzzing(1, VALUE_BYTES), 1).unwrap()
     );
-    // A version 1 footer with an age where its zeros belong, or a version 3, is refused.
+    // A version 1 footer with an age where its zeros belong, or a version 4, is refused.
     let mut aged_v1 = bytes.clone();
     aged_v1[footer_at + 64] = 1;
     assert!(format::Footer::decode(&aged_v1[footer_at..], 1, len).is_err());
-    let mut v3 = sample_for_fuzzing(1, VALUE_BYTES);
-    v3[footer_at + 4] = 3;
-    assert!(format::Footer::decode(&v3[footer_at..], 1, len).is_err());
+    let mut v4 = sample_for_fuzzing(1, VALUE_BYTES);
+    v4[footer_at + 4] = 4;
+    let sum = xxhash_rust::xxh3::xxh3_64(&v4[footer_at..footer_at + 72]);
+    v4[footer_at + 72..footer_at + 80].copy_from_slice(&sum.to_le_bytes());
+    assert_eq!(format::Footer::decode(&v4[footer_at..], 1, len).err(), Some("a run file of an unknown format version"));
 }
 
 #[test]

@@ -295,15 +295,17 @@ struct Cursor<D: Disk> {
     /// The block `buf` starts with, and how many it holds.
     buf_first: u64,
     buf_blocks: u64,
-    /// The block being read (`None` before the first), its entry count and the next entry.
+    /// The block being read (`None` before the first), its entries and their count, and the
+    /// next entry.
     block: Option<u64>,
+    entries: Vec<u8>,
     count: usize,
     next: usize,
 }
 
 impl<D: Disk> Cursor<D> {
     fn new(run: Rc<Run<D>>) -> Cursor<D> {
-        Cursor { run, buf: None, buf_first: 0, buf_blocks: 0, block: None, count: 0, next: 0 }
+        Cursor { run, buf: None, buf_first: 0, buf_blocks: 0, block: None, entries: Vec::new(), count: 0, next: 0 }
     }
 
     /// The next entry of the run, or `None` after its last.
@@ -326,14 +328,15 @@ impl<D: Disk> Cursor<D> {
                 crate::turns::take_turn().await;
             }
             let block = self.block_bytes(number);
-            self.count = check_block(block, &run.footer, number, &run.fences)
+            let entries = check_block(block, &run.footer, number, &run.fences)
                 .map_err(|reason| run.corrupt(number * BLOCK as u64, reason))?;
-            (self.block, self.next) = (Some(number), 0);
+            self.count = entries.count;
+            (self.block, self.entries, self.next) = (Some(number), entries.bytes, 0);
         }
         let number = self.block.unwrap_or(0);
-        let block = self.block_bytes(number);
         let entry_bytes = run.footer.entry_bytes;
-        let (key, value) = (key_at(block, self.next, entry_bytes), value_at(block, self.next, entry_bytes));
+        let (key, value) =
+            (key_at(&self.entries, self.next, entry_bytes), value_at(&self.entries, self.next, entry_bytes));
         self.next += 1;
         // A filter that would answer "absent" for a key of its run makes lookups miss it:
         // refused here rather than carried on.

@@ -24,6 +24,7 @@
 use xxhash_rust::xxh3::xxh3_64_with_seed;
 
 use super::{checksum, CHECKSUM_AT, RECORD_BYTES};
+use crate::columns::{self, Columns};
 
 /// The copies' file name in the shard's directory.
 pub(crate) const FROZEN_NAME: &str = "trades.frozen";
@@ -36,7 +37,7 @@ pub(crate) const BLOCK_RAW_BYTES: usize = BLOCK_RECORDS as usize * RECORD_BYTES;
 /// Bytes of an index entry.
 pub(crate) const ENTRY_BYTES: usize = 32;
 /// No block's copy is longer (every column eight bits wide).
-const COPY_BYTES_MAX: usize = COLUMNS_AT + BLOCK_RAW_BYTES;
+const COPY_BYTES_MAX: usize = columns::header_bytes(RECORD_BYTES) + BLOCK_RAW_BYTES;
 /// Seeds the copies' checksums apart from the entries'.
 const COPY_SEED: u64 = 0x5453_465a_434f_5059;
 
@@ -74,49 +75,20 @@ pub(crate) fn decode_entry(block: u64, bytes: &[u8]) -> Option<FrozenBlock> {
         .then_some(entry)
 }
 
-/// Bytes before a copy's columns: each column's least byte, then its width in bits, a nibble
-/// each (two columns to a byte, the even one low).
-const COLUMNS_AT: usize = RECORD_BYTES + RECORD_BYTES / 2;
-/// Bytes a column of width `w` takes: a bit per record and bit of width.
-const fn column_bytes(width: u8) -> usize {
-    BLOCK_RECORDS as usize * width as usize / 8
-}
-
 /// The copy of block `block` from its records as the table holds them (`raw`,
-/// [`BLOCK_RAW_BYTES`] long), with its checksum. Byte `j` of every record is a column; a
-/// column is stored as its least value and each record's difference from it in as many bits
-/// as the greatest difference needs (none for a column that never changes, as most do). A
+/// [`BLOCK_RAW_BYTES`] long), with its checksum: the records as columns (`columns.rs`). A
 /// record's checksum, which no two records share, is kept as its xor with the checksum its
 /// other bytes give ([`sum_residue`]): zero for every whole record, so that column costs no
 /// bits, and any record still comes back byte for byte.
 pub(crate) fn compress(block: u64, raw: &[u8]) -> (Vec<u8>, u32) {
     assert_eq!(raw.len(), BLOCK_RAW_BYTES, "a block is compressed whole");
-    let mut raw = raw.to_vec();
-    for (n, record) in raw.chunks_exact_mut(RECORD_BYTES).enumerate() {
+    let mut rows = raw.to_vec();
+    for (n, record) in rows.chunks_exact_mut(RECORD_BYTES).enumerate() {
         let residue = sum_residue(block, n, record) ^ stored_sum(record);
         record[CHECKSUM_AT..].copy_from_slice(&residue.to_le_bytes());
     }
-    let column = |j: usize| raw.chunks_exact(RECORD_BYTES).map(move |record| record[j]);
-    let mut copy = vec![0u8; COLUMNS_AT];
-    for j in 0..RECORD_BYTES {
-        let (least, most) = (column(j).min().expect("records"), column(j).max().expect("records"));
-        let width = (8 - (most - least).leading_zeros()) as u8;
-        copy[j] = least;
-        copy[RECORD_BYTES + j / 2] |= width << (4 * (j % 2));
-        let at = copy.len();
-        copy.resize(at + column_bytes(width), 0);
-        if width == 0 {
-            continue;
-        }
-        for (n, value) in column(j).enumerate() {
-            let bits = u16::from(value - least) << ((n * width as usize) % 8);
-            let byte = at + n * width as usize / 8;
-            copy[byte] |= bits as u8;
-            if bits > 0xff {
-                copy[byte + 1] |= (bits >> 8) as u8;
-            }
-        }
-    }
+    let mut copy = Vec::new();
+    columns::encode(&rows, RECORD_BYTES, &mut copy);
     let checksum = copy_checksum(block, &copy);
     (copy, checksum)
 }
@@ -145,8 +117,7 @@ fn copy_checksum(block: u64, copy: &[u8]) -> u32 {
 pub(crate) struct CheckedCopy {
     block: u64,
     bytes: Vec<u8>,
-    /// Where each column starts.
-    columns: [u32; RECORD_BYTES],
+    columns: Columns,
 }
 
 /// Block `block`'s copy (`copy`, as `entry` says it is), checked; an error names what is
@@ -158,41 +129,17 @@ pub(crate) fn decompress(block: u64, entry: &FrozenBlock, copy: &[u8]) -> Result
     if copy_checksum(block, copy) != entry.checksum {
         return Err("a frozen block fails its checksum");
     }
-    let mut columns = [0u32; RECORD_BYTES];
-    let mut at = COLUMNS_AT;
-    for (j, start) in columns.iter_mut().enumerate() {
-        let width = width_of(copy, j);
-        if width > 8 {
-            return Err("a frozen block's column wider than a byte");
-        }
-        *start = at as u32;
-        at += column_bytes(width);
-    }
-    if at != copy.len() {
+    let columns = Columns::parse(copy, RECORD_BYTES, BLOCK_RECORDS as usize)?;
+    if columns.end() != copy.len() {
         return Err("a frozen block's columns do not fill its copy");
     }
     Ok(CheckedCopy { block, bytes: copy.to_vec(), columns })
 }
 
-fn width_of(copy: &[u8], j: usize) -> u8 {
-    (copy[RECORD_BYTES + j / 2] >> (4 * (j % 2))) & 0xf
-}
-
 /// Record `n` of a block (`0..BLOCK_RECORDS`) out of its checked copy.
 pub(crate) fn record_of(copy: &CheckedCopy, n: usize) -> [u8; RECORD_BYTES] {
-    let bytes = &copy.bytes;
     let mut record = [0u8; RECORD_BYTES];
-    for (j, out) in record.iter_mut().enumerate() {
-        let width = width_of(bytes, j) as usize;
-        let mut value = 0u16;
-        if width > 0 {
-            let bit = n * width;
-            let at = copy.columns[j] as usize + bit / 8;
-            let pair = u16::from(bytes[at]) | bytes.get(at + 1).map_or(0, |&b| u16::from(b) << 8);
-            value = (pair >> (bit % 8)) & ((1u16 << width) - 1);
-        }
-        *out = bytes[j].wrapping_add(value as u8);
-    }
+    copy.columns.row(&copy.bytes, n, &mut record);
     let stored = sum_residue(copy.block, n, &record) ^ stored_sum(&record);
     record[CHECKSUM_AT..].copy_from_slice(&stored.to_le_bytes());
     record
@@ -283,7 +230,8 @@ mod tests {
             record[CHECKSUM_AT..].copy_from_slice(&sum.to_le_bytes());
         }
         let (copy, checksum) = compress(block, &raw);
-        assert!((CHECKSUM_AT..RECORD_BYTES).all(|j| width_of(&copy, j) == 0));
+        // The checksums' four columns: widths of zero bits, two nibbles to a byte.
+        assert_eq!(copy[RECORD_BYTES + CHECKSUM_AT / 2..RECORD_BYTES + RECORD_BYTES / 2], [0, 0]);
         let entry = FrozenBlock { offset: 0, len: copy.len() as u32, checksum };
         let checked = decompress(block, &entry, &copy).unwrap();
         let records: Vec<u8> = (0..BLOCK_RECORDS as usize).flat_map(|n| record_of(&checked, n)).collect();
