@@ -388,3 +388,35 @@ pub fn money(
 pub fn money_cny(handle: &tradeshard_engine::EngineHandle) -> i128 {
     money(handle).get(&tradeshard_engine::Currency::parse("CNY").unwrap()).copied().unwrap_or(0)
 }
+
+/// Sends `command` to `shard` and waits for its receipt, which must not be an error.
+pub async fn submit(
+    shard: &tradeshard_shard::Shard<tradeshard_wal::disk::SimDisk>,
+    command: tradeshard_shard::Command,
+) -> tradeshard_shard::Receipt {
+    call(|done| shard.submit(command, done)).await.unwrap()
+}
+
+/// `n` paid trades of buyer 1 from order `first` (`new_trade(1, order, 1_000)`, logical shard
+/// 1); returns their ids.
+pub async fn paid_from(
+    shard: &tradeshard_shard::Shard<tradeshard_wal::disk::SimDisk>,
+    first: u64,
+    n: u64,
+) -> Vec<tradeshard_shard::TradeId> {
+    let mut ids = Vec::new();
+    for order in first..first + n {
+        let trade = new_trade(1, order, 1_000).validate().unwrap();
+        let id = submit(shard, tradeshard_shard::Command::Create { trade, logical_shard: 1 }).await.id;
+        submit(shard, tradeshard_shard::Command::Move { id, to: tradeshard_shard::Move::Pay }).await;
+        ids.push(id);
+    }
+    ids
+}
+
+/// The name of the newest checkpoint file on `disk`.
+pub fn newest_checkpoint(disk: &tradeshard_wal::disk::SimDisk) -> String {
+    let mut names: Vec<String> = disk.list_names().into_iter().filter(|n| n.starts_with("checkpoint-")).collect();
+    names.sort();
+    names.pop().expect("a checkpoint")
+}

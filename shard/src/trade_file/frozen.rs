@@ -9,10 +9,11 @@
 //! a record are the same in every trade of a block: currency, shard, the high bytes of ids,
 //! times and amounts, the unused inline bytes); a record's checksum, different in every
 //! trade, is kept as its xor with the checksum of the record's other bytes, zero when it is
-//! whole. Any one record is read back from the copy without decoding the others. Once the copy and its index entry are durable, the
-//! block's pages are punched out of the table (`trade_file/mod.rs`): the table reads as zeros
-//! there, and a zero record of a frozen block is read from its copy. A later change to such a
-//! trade writes its page again, and the table's record wins over the copy.
+//! whole (`columns.rs` holds the codec). Any one record is read back from the copy without
+//! decoding the others. Once the copy and its index entry are durable, the block's pages are
+//! punched out of the table (`freeze.rs`): the table reads as zeros there, and a zero record
+//! of a frozen block is read from its copy. A later change to such a trade writes its page
+//! again, and the table's record wins over the copy.
 //!
 //! The index is an array of fixed entries, entry `b` for block `b`, each with its own checksum;
 //! blocks are frozen in order and an entry, once durable, is never written again. An open takes
