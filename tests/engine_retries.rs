@@ -4,6 +4,7 @@
 //! also after a reopen; and lookups by merchant and order number.
 
 use tradeshard_engine::{Engine, EngineHandle, Error, InputError, NewTrade, Receipt, Refusal, TradeId};
+use tradeshard_shard::order_key;
 use tradeshard_tests::{engine_options, new_trade, settled_records};
 
 /// A client that lost an answer sends the request again: a move the trade made already and a
@@ -150,5 +151,66 @@ fn creates_are_idempotent_on_merchant_and_order_number() {
     let receipts: Vec<_> = racers.into_iter().map(|t| t.join().unwrap()).collect();
     assert!(receipts.iter().all(|r| r.id == receipts[0].id));
     assert_eq!(receipts.iter().filter(|r| !r.replayed).count(), 1, "exactly one create wrote");
+    engine.close().unwrap();
+}
+
+/// Once checkpoints moved an order number's key into runs (its trade's entry in the buyer's
+/// shard, and its confirmed claim, kept by the trade alone, in its home shard), it is still
+/// unique and still answers retries: buyers of other logical shards are refused by the home
+/// shard, buyers of the first buyer's own logical shard by the buyer's shard from the trade's
+/// fields, as is the first buyer with another memo; the first buyer's retry answers its
+/// trade. Also after a reopen.
+#[test]
+fn order_numbers_whose_keys_are_in_runs_stay_unique_and_answer_retries() {
+    let dir = tempfile::tempdir().unwrap();
+    let engine = Engine::open(engine_options(dir.path(), 4, 2)).unwrap();
+    let h = engine.handle();
+    let routing = h.routing();
+    let buyer = 1;
+    // Order numbers whose home shard is not the buyer's: each claimed in another shard.
+    let firsts: Vec<(String, TradeId)> = (0..400)
+        .map(|n| format!("R-{n}"))
+        .filter(|no| routing.physical_of_order_key(order_key(77, no)) != routing.physical_of_user(buyer))
+        .take(24)
+        .map(|no| {
+            let id = h.create_trade_blocking(order(77, &no, buyer, 500)).unwrap().id;
+            (no, id)
+        })
+        .collect();
+    // Confirmations reach the home shards after the creates are answered: the second
+    // checkpoint keeps every confirmed claim in a run.
+    h.checkpoint_blocking().unwrap();
+    std::thread::sleep(std::time::Duration::from_millis(200));
+    h.checkpoint_blocking().unwrap();
+    let same_logical: Vec<u64> =
+        (2..100_000).filter(|&b| routing.logical_of_user(b) == routing.logical_of_user(buyer)).take(3).collect();
+    let other_logical: Vec<u64> =
+        (2..100).filter(|&b| routing.logical_of_user(b) != routing.logical_of_user(buyer)).take(12).collect();
+    assert_eq!(same_logical.len(), 3, "buyers of the first buyer's logical shard exist");
+    let check = |h: &EngineHandle| {
+        for (no, id) in &firsts {
+            for &other in same_logical.iter().chain(&other_logical) {
+                match h.create_trade_blocking(order(77, no, other, 500)) {
+                    Err(Error::Refused(Refusal::IdempotencyConflict { existing, .. })) => {
+                        assert_eq!(existing, Some(*id), "the conflict over {no} names its trade")
+                    }
+                    other_answer => panic!("buyer {other} took order {no} again: {other_answer:?}"),
+                }
+            }
+            let mut changed = order(77, no, buyer, 500);
+            changed.memo = "another memo".into();
+            assert!(
+                matches!(h.create_trade_blocking(changed), Err(Error::Refused(Refusal::IdempotencyConflict { .. }))),
+                "another memo under {no}"
+            );
+            let retry = h.create_trade_blocking(order(77, no, buyer, 500)).unwrap();
+            assert_eq!((retry.id, retry.replayed), (*id, true), "the retry of {no}");
+        }
+    };
+    check(&h);
+    engine.close().unwrap();
+    let engine = Engine::open(engine_options(dir.path(), 4, 2)).unwrap();
+    check(&engine.handle());
+    assert_eq!(engine.handle().stats_blocking().unwrap().trades, firsts.len() as u64, "no second trade");
     engine.close().unwrap();
 }

@@ -72,7 +72,7 @@ async fn create(
 ) -> Result<Option<Receipt>, TradeError> {
     let trade = trade.validate().map_err(TradeError::from)?;
     let key = order_key(trade.merchant_id, &trade.merchant_order_no);
-    let claim = match call(|reply| home.claim_order(ClaimRequest::of(&trade), reply)).await? {
+    let claim = match call(|reply| home.claim_order(ClaimRequest::of(&trade, BUYER_LOGICAL), reply)).await? {
         Reservation::Durable(Some(_)) => {
             let command = Command::Create { trade, logical_shard: BUYER_LOGICAL };
             return Ok(Some(call(|reply| buyer.submit(command, reply)).await?));
@@ -148,9 +148,8 @@ async fn check(
     };
     let claim = call(|reply| home.find_order(key, reply)).await.map_err(|e| format!("order {order_no}: {e}"))?;
     match (acked, trade, claim) {
-        (Some(acked), Some(id), OrderLookup::Claimed { trade: Some(confirmed), .. })
-            if acked == id && id == confirmed => {}
-        (None, Some(id), OrderLookup::Claimed { trade: Some(confirmed), .. }) if id == confirmed => {}
+        (Some(acked), Some(id), OrderLookup::Claimed(confirmed)) if acked == id && id == confirmed => {}
+        (None, Some(id), OrderLookup::Claimed(confirmed)) if id == confirmed => {}
         (None, None, OrderLookup::Free) => {}
         other => return Err(format!("order {order_no}: acknowledged, trade, claim = {other:?}")),
     }

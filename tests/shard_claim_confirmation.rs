@@ -16,7 +16,7 @@ async fn open(disk: &SimDisk) -> Result<Shard<SimDisk>, TradeError> {
 async fn claim(home: &Shard<SimDisk>, buyer: u64, n: u64) -> u128 {
     let trade = new_trade(buyer, n, 100).validate().unwrap();
     let key = order_key(trade.merchant_id, &trade.merchant_order_no);
-    let found = claim_durably(home, ClaimRequest::of(&trade)).await.unwrap();
+    let found = claim_durably(home, ClaimRequest::of(&trade, 1)).await.unwrap();
     assert_eq!(found, None, "a new claim");
     key
 }
@@ -32,11 +32,16 @@ fn a_confirmation_is_kept_by_the_next_checkpoint_and_lost_to_a_crash_before_it()
         let home = open(&disk).await.unwrap();
         let (kept, lost) = (claim(&home, 7, 1).await, claim(&home, 7, 2).await);
         assert_eq!(home.pending_claims().len(), 2);
+        assert_eq!(
+            lookup(&home, kept).await,
+            OrderLookup::ClaimPending { buyer_id: 7 },
+            "pending: its buyer names the shard to ask"
+        );
 
         // Confirmed in memory, at once, and writing nothing.
         assert!(home.confirm_claim(kept, TradeId(11)));
         assert!(!home.confirm_claim(kept, TradeId(11)), "a repeat finds nothing pending");
-        assert_eq!(lookup(&home, kept).await, OrderLookup::Claimed { buyer_id: 7, trade: Some(TradeId(11)) });
+        assert_eq!(lookup(&home, kept).await, OrderLookup::Claimed(TradeId(11)));
         home.checkpoint().await.unwrap();
         let log_end_after_checkpoint = home.offset_range().1;
         call(|done| home.settle_claim(lost, ClaimOutcome::Confirmed(TradeId(12)), done)).await.unwrap();
@@ -48,7 +53,7 @@ fn a_confirmation_is_kept_by_the_next_checkpoint_and_lost_to_a_crash_before_it()
         let home = open(&disk).await.unwrap();
         assert_eq!(
             lookup(&home, kept).await,
-            OrderLookup::Claimed { buyer_id: 7, trade: Some(TradeId(11)) },
+            OrderLookup::Claimed(TradeId(11)),
             "confirmed before the checkpoint: kept"
         );
         let pending: Vec<u128> = home.pending_claims().into_iter().map(|claim| claim.key).collect();

@@ -1,12 +1,12 @@
 //! Order numbers that checkpoints moved out of memory into sorted runs on disk, on the
-//! simulated disk: retries of old creates answer the original trade, another body under an old
-//! order number is a conflict naming the trade, runs merge and stay few, all of it again after
+//! simulated disk: retries of old creates answer the original trade as it is now, another body
+//! under an old order number (another amount, another memo) is a conflict naming the trade, runs merge and stay few, all of it again after
 //! reopens; a run whose read fails refuses the create rather than creating a second trade; a
 //! damaged run is refused with its path and offset.
 
 use std::time::Duration;
 
-use tradeshard_shard::{Command, ListQuery, Refusal, Shard, TradeError, TradeId, Upkeep};
+use tradeshard_shard::{Command, ListQuery, Move, Refusal, Shard, TradeError, TradeId, TradeStatus, Upkeep};
 use tradeshard_tests::{call, damage_in, new_trade, rolling_shard_config, run, upkeep_on_request};
 use tradeshard_wal::disk::{Fault, SimDisk};
 
@@ -47,6 +47,14 @@ async fn retries_answer_the_originals(shard: &Shard<SimDisk>, ids: &[TradeId]) {
             }
             other => panic!("another body under order {order}: {other:?}"),
         }
+        // A run keeps no body hash: the trade's own memo tells this from a repeat.
+        let Command::Create { mut trade, logical_shard } = create(1, order as u64, 1_000) else { unreachable!() };
+        trade.memo.push_str(", changed");
+        let other = call(|done| shard.submit(Command::Create { trade, logical_shard }, done)).await;
+        assert!(
+            matches!(&other, Err(TradeError::Refused(Refusal::IdempotencyConflict { existing: Some(e), .. })) if e == id),
+            "another memo under order {order}: {other:?}"
+        );
     }
 }
 
@@ -83,6 +91,26 @@ fn order_numbers_in_runs_answer_retries_and_conflicts_before_and_after_reopens()
         let all: Vec<TradeId> = ids.into_iter().chain(more).collect();
         retries_answer_the_originals(&shard, &all).await;
         assert_eq!(shard.stats().trades, 680, "no retry created a trade");
+        shard.close().await.unwrap();
+    });
+}
+
+#[test]
+fn a_repeat_of_an_order_number_in_a_run_answers_its_trade_as_it_is_now() {
+    run(async {
+        let disk = SimDisk::new();
+        let shard = open(&disk).await.unwrap();
+        let ids = create_in_checkpoints(&shard, 0..30, 10).await;
+        for &id in &ids[..10] {
+            call(|done| shard.submit(Command::Move { id, to: Move::Pay }, done)).await.unwrap();
+        }
+        shard.checkpoint().await.unwrap();
+        for (order, &id) in ids.iter().enumerate() {
+            let again = call(|done| shard.submit(create(1, order as u64, 1_000), done)).await.unwrap();
+            let status = if order < 10 { TradeStatus::Paid } else { TradeStatus::Created };
+            assert_eq!((again.id, again.status, again.replayed), (id, status, true), "order {order}");
+        }
+        assert_eq!(shard.stats().trades, 30, "no repeat created a trade");
         shard.close().await.unwrap();
     });
 }

@@ -70,7 +70,7 @@ impl EngineHandle {
         home: u32,
         buyer_shard: u32,
     ) -> Result<Receipt> {
-        let request = ClaimRequest::of(&trade);
+        let request = ClaimRequest::of(&trade, logical_shard);
         // Past the caller's hand-off to the home shard, the steps move between executors and
         // wait for room there, whatever the caller chose: refused in between, the create would
         // hold its order number until a retry or the next open.
@@ -100,8 +100,8 @@ impl EngineHandle {
     async fn trade_of_order_key(&self, key: u128) -> Result<Option<TradeId>> {
         let routing = self.routing();
         Ok(match self.on_shard(routing.physical_of_order_key(key), claim_ops::FindOrder(key)).await? {
-            OrderLookup::Trade(id) | OrderLookup::Claimed { trade: Some(id), .. } => Some(id),
-            OrderLookup::Claimed { buyer_id, trade: None } => {
+            OrderLookup::Trade(id) | OrderLookup::Claimed(id) => Some(id),
+            OrderLookup::ClaimPending { buyer_id } => {
                 let buyer_shard = routing.physical_of_user(buyer_id);
                 match self.on_shard(buyer_shard, claim_ops::FindOrder(key)).await? {
                     OrderLookup::Trade(id) => Some(id),

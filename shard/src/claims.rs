@@ -24,6 +24,7 @@ use std::rc::Rc;
 
 use tradeshard_wal::disk::Disk;
 
+use crate::entries::ClaimEntry;
 use crate::error::{Refusal, TradeError};
 use crate::index::{body_hash, order_key};
 use crate::key_runs::{read_reaching_then, read_then, KeyKind, Lookup, Reach, RunRead};
@@ -42,28 +43,44 @@ pub struct ClaimRequest {
     /// `body_hash` of the create.
     pub body: u64,
     pub buyer_id: u64,
+    /// The buyer's logical shard, which the id of the buyer's trade carries.
+    pub logical_shard: u32,
     pub merchant_id: u64,
     /// For the conflict's message.
     pub order_no: String,
 }
 
 impl ClaimRequest {
-    /// The claim of a validated create's order number.
-    pub fn of(trade: &ValidTrade) -> ClaimRequest {
+    /// The claim of a validated create's order number, for a buyer of logical shard
+    /// `logical_shard`.
+    pub fn of(trade: &ValidTrade, logical_shard: u32) -> ClaimRequest {
         let body = body_hash(trade.buyer_id, trade.amount, trade.currency, &trade.memo);
-        ClaimRequest::new(trade.merchant_id, &trade.merchant_order_no, trade.buyer_id, body)
+        ClaimRequest::new(trade.merchant_id, &trade.merchant_order_no, trade.buyer_id, logical_shard, body)
     }
 
     /// The claim of a durable trade's order number (an open claims again the trades whose
     /// claim a stop may have lost: `doubts.rs`).
     pub fn of_trade(trade: &Trade) -> ClaimRequest {
         let body = body_hash(trade.buyer_id, trade.amount, trade.currency, &trade.memo);
-        ClaimRequest::new(trade.merchant_id, &trade.merchant_order_no, trade.buyer_id, body)
+        let logical_shard = trade.id.logical_shard();
+        ClaimRequest::new(trade.merchant_id, &trade.merchant_order_no, trade.buyer_id, logical_shard, body)
     }
 
-    fn new(merchant_id: u64, order_no: &str, buyer_id: u64, body: u64) -> ClaimRequest {
+    fn new(merchant_id: u64, order_no: &str, buyer_id: u64, logical_shard: u32, body: u64) -> ClaimRequest {
         let key = order_key(merchant_id, order_no);
-        ClaimRequest { key, body, buyer_id, merchant_id, order_no: order_no.to_string() }
+        ClaimRequest { key, body, buyer_id, logical_shard, merchant_id, order_no: order_no.to_string() }
+    }
+
+    /// Whether this may be the create that made `claim`, a durable claim of its key: the same
+    /// body hash; or, for a confirmed claim a run keeps by its trade alone, a buyer of the
+    /// trade's logical shard. A buyer of another logical shard is another buyer, so another
+    /// body; a buyer of the same one is sent on to that shard, which holds the key with its
+    /// trade and tells a repeat from a conflict by the trade's own fields (`write.rs`).
+    fn may_have_made(&self, claim: &ClaimEntry) -> bool {
+        match claim.trade {
+            Some(trade) if !claim.kept_whole() => trade.logical_shard() == self.logical_shard,
+            _ => claim.body == self.body,
+        }
     }
 }
 
@@ -72,9 +89,12 @@ impl ClaimRequest {
 pub enum OrderLookup {
     /// A durable trade of this shard has it.
     Trade(TradeId),
-    /// This shard is its home and holds a claim for a buyer of another shard: confirmed with
-    /// its trade, or pending.
-    Claimed { buyer_id: u64, trade: Option<TradeId> },
+    /// This shard is its home and holds a claim confirmed with this trade, of a buyer of
+    /// another shard.
+    Claimed(TradeId),
+    /// This shard is its home and holds a claim of this buyer (of another shard) not confirmed
+    /// yet: the buyer's shard may hold the trade.
+    ClaimPending { buyer_id: u64 },
     /// Neither.
     Free,
 }
@@ -202,7 +222,7 @@ fn claim_order<D: Disk>(
         }
     };
     if let Some(claim) = durable.claim {
-        return match claim.body == request.body {
+        return match request.may_have_made(&claim) {
             true => reply.send(Ok(Reservation::Durable(claim.trade))),
             false => reply.send(Err(conflict(claim.trade))),
         };
@@ -350,7 +370,10 @@ fn order_lookup<D: Disk>(inner: &Rc<Inner<D>>, key: u128, reach: Reach, read: Op
     };
     Some(match (state.order, state.claim) {
         (Some((id, _)), _) => OrderLookup::Trade(id),
-        (None, Some(claim)) => OrderLookup::Claimed { buyer_id: claim.buyer_id, trade: claim.trade },
+        (None, Some(claim)) => match claim.trade {
+            Some(trade) => OrderLookup::Claimed(trade),
+            None => OrderLookup::ClaimPending { buyer_id: claim.buyer_id },
+        },
         (None, None) => OrderLookup::Free,
     })
 }

@@ -109,11 +109,25 @@ pub struct RefundEntry {
 /// An order number claimed in this shard, its home, for a trade of a buyer in another shard.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct ClaimEntry {
-    /// The body hash of the create that claimed it.
+    /// The body hash of the create that claimed it (0 where not kept, below).
     pub body: u64,
+    /// The buyer (0 where not kept: a confirmed claim as a run keeps it, by its trade alone,
+    /// since a claim's buyer and body are needed only while it is pending).
     pub buyer_id: u64,
     /// The trade, once the claim is confirmed; `None` while it is pending.
     pub trade: Option<TradeId>,
+}
+
+impl ClaimEntry {
+    /// A confirmed claim as a run keeps it: its trade alone.
+    pub(crate) fn confirmed(trade: TradeId) -> ClaimEntry {
+        ClaimEntry { body: 0, buyer_id: 0, trade: Some(trade) }
+    }
+
+    /// Whether the claim's body hash and buyer are known (no claim is made with buyer 0).
+    pub(crate) fn kept_whole(&self) -> bool {
+        self.buyer_id != 0
+    }
 }
 
 /// A consumer group's durable committed offset in a shard, and when it was committed.

@@ -143,8 +143,9 @@ pub(crate) struct KeyRuns<D: Disk> {
 /// What the memory and the runs know of an order key's or a refund key's durable state.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub(crate) struct KeyState {
-    /// A trade of this shard has it, with this body hash.
-    pub order: Option<(TradeId, u64)>,
+    /// A trade of this shard has it, with this body hash if it is known (memory knows it; a run
+    /// does not: the trade's own fields tell).
+    pub order: Option<(TradeId, Option<u64>)>,
     /// A buyer of another shard claimed it here.
     pub claim: Option<ClaimEntry>,
     /// A refund of a trade of this shard was made under it.
@@ -257,9 +258,11 @@ impl<D: Disk> KeyRuns<D> {
         read: Option<&RunRead>,
     ) -> Lookup {
         let in_memory = match kind {
-            KeyKind::Order => {
-                KeyState { order: index.by_order(key), claim: index.claim(key).copied(), ..KeyState::default() }
-            }
+            KeyKind::Order => KeyState {
+                order: index.by_order(key).map(|(id, body)| (id, Some(body))),
+                claim: index.claim(key).copied(),
+                ..KeyState::default()
+            },
             KeyKind::Refund => KeyState { refund: index.refund(key).copied(), ..KeyState::default() },
             KeyKind::Request => KeyState { request: index.accounts().request(key).copied(), ..KeyState::default() },
             KeyKind::Branch { activity, branch } => {
@@ -451,11 +454,9 @@ pub(crate) async fn write_runs<D: Disk>(
 ) -> Result<WrittenRuns<D>, TradeError> {
     let mut sets = sets;
     // Each step in turns: a checkpoint may hold a million entries to sort (`turns.rs`).
-    let order_entries =
-        sorted_by_key(snapshot.recent_orders().map(|(key, id, body)| (key, order_value(id, body)))).await;
+    let order_entries = sorted_by_key(snapshot.recent_orders().map(|(key, id, _)| (key, order_value(id)))).await;
     let claim_entries =
-        sorted_by_key(snapshot.recent_confirmed_claims().map(|(key, claim, trade)| (key, claim_value(claim, trade))))
-            .await;
+        sorted_by_key(snapshot.recent_confirmed_claims().map(|(key, _, trade)| (key, claim_value(trade)))).await;
     let refund_entries =
         sorted_by_key(snapshot.recent_refunds().map(|(key, refund)| (key, refund_value(refund)))).await;
     let request_entries =

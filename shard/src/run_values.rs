@@ -27,14 +27,19 @@ fn value_of(words: &[u64]) -> Value {
     value
 }
 
-/// A trade's order key entry: its id and body hash.
-pub(crate) fn order_value(id: TradeId, body: u64) -> Value {
-    value_of(&[id.0, body])
+/// A trade's order key entry: its id alone. A create repeated after its key left memory is
+/// checked against the trade itself (`write.rs` reads it), so the entry does not spend eight
+/// bytes no codec shrinks on the create's body hash. Runs written before held the body hash
+/// in the second word, and are read as before.
+pub(crate) fn order_value(id: TradeId) -> Value {
+    value_of(&[id.0])
 }
 
-/// A confirmed claim's entry: body hash, buyer and trade.
-pub(crate) fn claim_value(claim: &ClaimEntry, trade: TradeId) -> Value {
-    value_of(&[claim.body, claim.buyer_id, trade.0])
+/// A confirmed claim's entry: its trade alone, in the third word (the first two, zero, held
+/// the body hash and the buyer in runs written before; `ClaimRequest::may_have_made` says why
+/// the trade is enough).
+pub(crate) fn claim_value(trade: TradeId) -> Value {
+    value_of(&[0, 0, trade.0])
 }
 
 /// A refund's entry: trade, amount, the trade's refunded total after it, and its time.
@@ -57,12 +62,14 @@ fn bad_entry(reason: &'static str) -> TradeError {
     TradeError::BadRecord { seq: 0, reason }
 }
 
-pub(crate) fn decode_order(value: &Value) -> Result<(TradeId, u64), TradeError> {
+/// An order key entry's trade, and the body hash of the create if the entry holds one (runs
+/// written before `order_value` left it out; zero where none was kept).
+pub(crate) fn decode_order(value: &Value) -> Result<(TradeId, Option<u64>), TradeError> {
     let id = TradeId(word(value, 0));
     if id.counter() == 0 || word(value, 2) != 0 {
         return Err(bad_entry("an order run entry that no checkpoint writes"));
     }
-    Ok((id, word(value, 1)))
+    Ok((id, Some(word(value, 1)).filter(|&body| body != 0)))
 }
 
 pub(crate) fn decode_claim(value: &Value) -> Result<ClaimEntry, TradeError> {
@@ -70,7 +77,11 @@ pub(crate) fn decode_claim(value: &Value) -> Result<ClaimEntry, TradeError> {
     if trade.counter() == 0 {
         return Err(bad_entry("a claim run entry without its trade"));
     }
-    Ok(ClaimEntry { body: word(value, 0), buyer_id: word(value, 1), trade: Some(trade) })
+    match (word(value, 0), word(value, 1)) {
+        (0, 0) => Ok(ClaimEntry::confirmed(trade)),
+        (_, 0) => Err(bad_entry("a claim run entry with a body hash and no buyer")),
+        (body, buyer_id) => Ok(ClaimEntry { body, buyer_id, trade: Some(trade) }),
+    }
 }
 
 pub(crate) fn decode_request(value: &Value) -> Result<RequestEntry, TradeError> {

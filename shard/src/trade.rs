@@ -137,6 +137,21 @@ pub struct Trade {
     pub memo: String,
 }
 
+impl Trade {
+    /// The trade's state as a write's answer.
+    pub fn receipt(&self, replayed: bool) -> Receipt {
+        Receipt {
+            id: self.id,
+            status: self.status,
+            amount: self.amount,
+            refunded_amount: self.refunded_amount,
+            updated_ms: self.updated_ms,
+            from_balance: self.from_balance,
+            replayed,
+        }
+    }
+}
+
 /// What a write returns once durable.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Receipt {

@@ -193,7 +193,12 @@ async fn thaw_then_submit<D: Disk>(inner: Rc<Inner<D>>, id: TradeId) {
 /// The trade a write needs: the one it changes, or the original of a repeated create.
 fn target(command: &Command, durable: &KeyState) -> Option<TradeId> {
     match command {
-        Command::Create { .. } => Some(durable.order?.0),
+        // A repeat is answered from memory when the body hash is known; a run keeps none, and
+        // the answer reads the trade without bringing it back into memory (`answer_repeat`).
+        Command::Create { .. } => match durable.order? {
+            (id, Some(_)) => Some(id),
+            (_, None) => None,
+        },
         Command::Move { id, .. } | Command::Refund { id, .. } => Some(*id),
     }
 }
@@ -202,7 +207,7 @@ fn target(command: &Command, durable: &KeyState) -> Option<TradeId> {
 /// that is already durable). `durable`: the order key's durable state.
 #[allow(clippy::too_many_arguments)]
 fn create<D: Disk>(
-    inner: &Inner<D>,
+    inner: &Rc<Inner<D>>,
     accepted: &mut Accepted,
     index: &ShardIndex,
     durable: KeyState,
@@ -231,16 +236,20 @@ fn create<D: Disk>(
     if let Some(claim) = durable.claim {
         return reply.send(Err(conflict(claim.trade)));
     }
-    if let Some((id, original_body)) = durable.order {
-        if original_body != body {
-            return reply.send(Err(conflict(Some(id))));
+    match durable.order {
+        Some((id, Some(original_body))) if original_body != body => return reply.send(Err(conflict(Some(id)))),
+        Some((id, Some(_))) => {
+            let Some(entry) = index.get(id) else {
+                return reply.send(Err(no_trade()));
+            };
+            return reply.send(Ok(entry.receipt(id, true)));
         }
-        let Some(entry) = index.get(id) else {
-            // Not in memory even after a read of the table: the order index points at
-            // nothing, which no log this engine wrote can make.
-            return reply.send(Err(TradeError::BadRecord { seq: 0, reason: "an order number points at no trade" }));
-        };
-        return reply.send(Ok(entry.receipt(id, true)));
+        Some((id, None)) => {
+            let conflict = conflict(Some(id));
+            glommio::spawn_local(answer_repeat(inner.clone(), id, body, conflict, reply)).detach();
+            return;
+        }
+        None => {}
     }
     let counter = accepted.next_counter;
     if counter >= 1 << COUNTER_BITS {
@@ -270,6 +279,33 @@ fn create<D: Disk>(
     let record = LogRecord::Trade(record);
     let waiter = Waiter::Trade(reply);
     accepted.push(Effect { seq, ticket: Some(ticket), record, keys: EffectKeys::Order { key, body }, waiter });
+}
+
+/// The error of an order key whose trade is not there, which no log this engine wrote can make.
+fn no_trade() -> TradeError {
+    TradeError::BadRecord { seq: 0, reason: "an order number points at no trade" }
+}
+
+/// Answers a create whose order key a run gives to trade `id`: a run keeps no body hash, so
+/// the trade's own fields tell a repeat (the original's receipt) from another create under the
+/// same order number (`conflict`). Nothing is written either way, so the answer needs no place
+/// in the queue of writes.
+async fn answer_repeat<D: Disk>(
+    inner: Rc<Inner<D>>,
+    id: TradeId,
+    body: u64,
+    conflict: TradeError,
+    reply: ShardReply<Receipt>,
+) {
+    let answer = match crate::read::read_trade(&inner, id, false).await {
+        Ok(trade) if body_hash(trade.buyer_id, trade.amount, trade.currency, &trade.memo) == body => {
+            Ok(trade.receipt(true))
+        }
+        Ok(_) => Err(conflict),
+        Err(TradeError::NotFound(_)) => Err(no_trade()),
+        Err(error) => Err(error),
+    };
+    reply.send(answer);
 }
 
 /// Queues a move or a refund, or answers at once: the original's receipt for a repeat, or
