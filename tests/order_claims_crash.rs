@@ -9,7 +9,9 @@
 //! create is one trade whose claim is confirmed with it; every other create is one trade
 //! (claim confirmed) or none (claim released); nothing is left pending or in doubt; a retry of
 //! any create answers its trade (or makes it, exactly once); another body under a used order
-//! number is a conflict. A failure names its seed (`TRADESHARD_SIM_SEED=<seed>`).
+//! number is a conflict, whether another buyer of the buyer's logical shard asks or one of
+//! another. Checkpoints between the creates move confirmed claims and order keys into runs,
+//! and crashes land in them too. A failure names its seed (`TRADESHARD_SIM_SEED=<seed>`).
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -190,9 +192,18 @@ async fn run_seed(seed: u64) -> Result<usize, String> {
             checked += 1;
         }
         if let Some((&order_no, _)) = orders.iter().find(|(_, acked)| acked.is_some()) {
+            // Another buyer of the same logical shard: told apart by the buyer's shard.
             match create(&home, &buyer, &order(order_no, 7777), Stop::Never).await {
                 Err(TradeError::Refused(Refusal::IdempotencyConflict { .. })) => {}
                 other => return Err(format!("order {order_no} with another buyer: {other:?}")),
+            }
+            // A buyer of another logical shard: refused by the home shard, whose claim (in a run
+            // once a checkpoint moved it there) names a trade of logical shard 1.
+            let elsewhere = ClaimRequest::of(&order(order_no, 8888).validate().expect("a valid create"), 0);
+            match call(|reply| home.claim_order(elsewhere, reply)).await {
+                Err(TradeError::Refused(Refusal::IdempotencyConflict { .. })) => {}
+                Err(other) => return Err(format!("order {order_no} claimed for another logical shard: {other}")),
+                Ok(_) => return Err(format!("order {order_no} claimed again for another logical shard")),
             }
         }
         let crashing = if rng.one_in(2) { &home_disk } else { &buyer_disk };
@@ -210,6 +221,14 @@ async fn run_seed(seed: u64) -> Result<usize, String> {
                 Ok(Some(receipt)) => drop(orders.insert(order_no, Some(receipt.id))),
                 Ok(None) => {}
                 Err(_) => break,
+            }
+            // Checkpoints move confirmed claims and order keys into runs, which keep a trade
+            // alone; the crash may land in one.
+            if rng.one_in(4) {
+                let shard = if rng.one_in(2) { &home } else { &buyer };
+                if shard.checkpoint().await.is_err() {
+                    break;
+                }
             }
         }
         drop((home, buyer));

@@ -84,6 +84,9 @@ struct Summary {
     /// answered as repeats of writes that had landed.
     retries_sent: u64,
     retries_answered_as_repeat: u64,
+    /// Acknowledged creates sent again after a check, by their buyer and by another
+    /// (`Model::check_lookups_by_order`).
+    old_creates_repeated: u64,
     /// Shards whose reopen after a kill started from a checkpoint, and the log records those
     /// reopens replayed after it.
     shard_opens_from_checkpoint: u64,
@@ -173,7 +176,8 @@ pub fn run(args: Args) -> anyhow::Result<()> {
             "stress: {} cycles ({} kills while recovering, {} data directories) in {:.0} s, seed {}: 0 violations\n\
              checked {} acknowledged trades, {} in-flight writes found, {} found absent, {} offset commits, \
              {} changes to trades of earlier cycles, {} trade events audited, {} events taken live found in the log \
-             ({} spans, {} retained away); {} lost requests sent again, {} answered as repeats; {} shard opens from a checkpoint \
+             ({} spans, {} retained away); {} lost requests sent again, {} answered as repeats; {} acknowledged creates \
+             sent again by their buyer and by another; {} shard opens from a checkpoint \
              ({} records replayed), {} with segments removed by retention; money: {} lost requests sent \
              again, {} transfer checks",
             summary.cycles,
@@ -192,6 +196,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
             summary.consumed_spans_retained_away,
             summary.retries_sent,
             summary.retries_answered_as_repeat,
+            summary.old_creates_repeated,
             summary.shard_opens_from_checkpoint,
             summary.replayed_records,
             summary.shard_opens_with_retained_log,
@@ -367,6 +372,7 @@ fn run_cycle(
     summary.offset_commits_checked += checked.offset_commits;
     summary.retries_sent += checked.retries_sent;
     summary.retries_answered_as_repeat += checked.retries_answered_as_repeat;
+    summary.old_creates_repeated += checked.old_creates_repeated;
     Ok(())
 }
 

@@ -17,7 +17,7 @@
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 
 use anyhow::{anyhow, bail};
-use tradeshard_engine::{ConsumerConfig, EngineHandle, Error, Trade, TradeId, TradeStatus};
+use tradeshard_engine::{ConsumerConfig, EngineHandle, Error, NewTrade, Refusal, Trade, TradeId, TradeStatus};
 
 use super::common::{new_trade, refund_no, retrying};
 use super::journal::{Change, Entry};
@@ -50,6 +50,8 @@ pub struct Checked {
     pub retries_sent: u64,
     /// Retries answered as repeats of writes that had landed.
     pub retries_answered_as_repeat: u64,
+    /// Acknowledged creates sent again after the check, by their buyer and by another.
+    pub old_creates_repeated: u64,
 }
 
 /// A request whose answer the kill took, to send again.
@@ -359,15 +361,34 @@ impl Model {
                 }
             }
         }
-        self.check_lookups_by_order(handle)
+        self.check_lookups_by_order(handle, checked)
     }
 
     /// Every order number known to hold a trade is found by merchant and order number, and
-    /// names that trade.
-    fn check_lookups_by_order(&self, handle: &EngineHandle) -> anyhow::Result<()> {
+    /// names that trade. A sixteenth of them, rotating with the checks, is created again: by
+    /// its buyer, answered by its trade as it is now and marked a repeat; by the next buyer
+    /// (of another shard, mostly), a conflict naming the trade. Most of these numbers are
+    /// old, their keys in runs on disk, which keep a trade and no body hash.
+    fn check_lookups_by_order(&self, handle: &EngineHandle, checked: &mut Checked) -> anyhow::Result<()> {
         for ((buyer, order), expected) in &self.orders {
             let Some(id) = expected.id else { continue };
             let trade = new_trade(*buyer, *order, expected.amount);
+            if (order + self.listings).is_multiple_of(16) {
+                checked.old_creates_repeated += 1;
+                let again = retrying(|| handle.create_trade_blocking(trade.clone()))?;
+                if (again.id, again.replayed, (again.status, again.refunded_amount)) != (id, true, expected.state) {
+                    bail!(
+                        "order {order} of buyer {buyer} ({id}, {:?}) created again answered {again:?}",
+                        expected.state
+                    );
+                }
+                let taken = NewTrade { buyer_id: buyer + 1, ..trade.clone() };
+                match retrying(|| handle.create_trade_blocking(taken.clone())) {
+                    Err(Error::Refused(Refusal::IdempotencyConflict { existing: Some(holder), .. }))
+                        if holder == id => {}
+                    other => bail!("order {order} of buyer {buyer} ({id}) taken by another buyer: {other:?}"),
+                }
+            }
             let found = retrying(|| handle.get_by_order_blocking(trade.merchant_id, &trade.merchant_order_no))?;
             if found.id != id {
                 bail!(
