@@ -252,7 +252,10 @@ fn a_failed_read_of_a_run_refuses_the_steps_and_changes_nothing() {
 fn late_steps_answer_while_checkpoints_replace_the_runs_they_read() {
     run(async {
         let disk = SimDisk::new();
-        let shard = std::rc::Rc::new(open(&disk).await.unwrap());
+        // No run blocks kept in memory: every read of the runs goes to the slow disk below.
+        let upkeep = tradeshard_shard::Upkeep { run_cache_bytes: 0, ..upkeep_on_request(false, None) };
+        let shard = Shard::open_with(disk.clone(), rolling_shard_config(), 0, upkeep).await.unwrap();
+        let shard = std::rc::Rc::new(shard);
         let deposit = AccountCommand::new(AccountOp::Deposit, 1, "CNY", 10_000, "D").unwrap();
         call(|reply| shard.post(deposit, reply)).await.unwrap();
         for n in 0..40 {

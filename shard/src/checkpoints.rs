@@ -48,6 +48,11 @@ pub struct CheckpointStats {
     /// Requests that read the runs since open: retries of old keys, and the Bloom filters'
     /// false positives.
     pub key_run_reads: u64,
+    /// Blocks of the runs that lookups and listings found in memory (`runs/blocks.rs`) and
+    /// that they read from the device, since open; the bytes of blocks kept now.
+    pub run_block_hits: u64,
+    pub run_block_device_reads: u64,
+    pub run_block_cache_bytes: u64,
     /// Runs that went past the key window since open (`Upkeep::key_window`), and those past it
     /// now: their Bloom filters left memory.
     pub key_runs_past_window: u64,

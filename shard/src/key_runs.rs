@@ -43,7 +43,7 @@ use crate::run_values::{
     activity_value, branch_key, branch_value, claim_value, decode_activity, decode_branch, decode_claim, decode_order,
     decode_refund, decode_request, order_value, refund_value, request_value,
 };
-use crate::runs::{KeysAge, Run, RunSet, Value, VALUE_BYTES_MAX};
+use crate::runs::{BlockCache, KeysAge, Run, RunSet, Value, VALUE_BYTES_MAX};
 use crate::state::{Inner, ShardReply};
 use crate::tcc_book::BranchEntry;
 use crate::tcc_ended::EndedActivity;
@@ -138,6 +138,8 @@ pub(crate) struct KeyRuns<D: Disk> {
     pub merging: Option<u64>,
     /// Keys read from the runs since open (retries, and the Bloom filters' false positives).
     pub reads: Cell<u64>,
+    /// The runs' blocks read lately.
+    pub blocks: Rc<BlockCache>,
 }
 
 /// What the memory and the runs know of an order key's or a refund key's durable state.
@@ -205,7 +207,13 @@ pub(crate) enum Lookup {
 impl<D: Disk> KeyRuns<D> {
     /// The runs a loaded checkpoint lists (oldest first, per store), opened, those of unknown
     /// age taken as `assumed`; `next_id` is above every run file in the directory, listed or not.
-    pub(crate) async fn open(disk: &D, listed: &[(RunStore, u64)], assumed: KeysAge) -> Result<KeyRuns<D>, TradeError> {
+    /// Their blocks read lately are kept in `block_cache_bytes` of memory.
+    pub(crate) async fn open(
+        disk: &D,
+        listed: &[(RunStore, u64)],
+        assumed: KeysAge,
+        block_cache_bytes: u64,
+    ) -> Result<KeyRuns<D>, TradeError> {
         let mut sets = RunSets::default();
         for &(store, id) in listed {
             let mut run = Run::open(disk, store.prefix(), id, store.shape().value_bytes).await?;
@@ -230,6 +238,7 @@ impl<D: Disk> KeyRuns<D> {
             previous_ids: on_disk,
             merging: None,
             reads: Cell::new(0),
+            blocks: Rc::new(BlockCache::new(block_cache_bytes)),
         })
     }
 
@@ -301,7 +310,7 @@ impl<D: Disk> KeyRuns<D> {
     ) -> impl std::future::Future<Output = Result<RunRead, TradeError>> + 'static {
         self.reads.set(self.reads.get() + 1);
         let generation = self.generation;
-        let get = |set: &RunSet<D>| set.get_reaching(key, reach == Reach::All);
+        let get = |set: &RunSet<D>| set.get_reaching(key, reach == Reach::All, &self.blocks);
         let (first, second) = match kind {
             KeyKind::Order => (get(&self.sets.orders), Some(get(&self.sets.claims))),
             KeyKind::Refund => (get(&self.sets.refunds), None),
@@ -310,8 +319,10 @@ impl<D: Disk> KeyRuns<D> {
         };
         // An order number used again after it left the window may be in both stores, its old
         // use past the window: what the runs within it hold is the newer, and wins.
-        let within = (kind == KeyKind::Order && reach == Reach::All)
-            .then(|| (self.sets.orders.get_reaching(key, false), self.sets.claims.get_reaching(key, false)));
+        let within = (kind == KeyKind::Order && reach == Reach::All).then(|| {
+            let within = |set: &RunSet<D>| set.get_reaching(key, false, &self.blocks);
+            (within(&self.sets.orders), within(&self.sets.claims))
+        });
         async move {
             if let Some((order, claim)) = within {
                 let (order, claim) = (order.await?, claim.await?);
@@ -392,6 +403,7 @@ pub(crate) fn user_key(user_id: u64, id: TradeId) -> u128 {
 pub(crate) fn user_trades<D: Disk>(
     index: &ShardIndex,
     users: &RunSet<D>,
+    blocks: &Rc<BlockCache>,
     user_id: u64,
     limit: usize,
     before: Option<TradeId>,
@@ -410,7 +422,7 @@ pub(crate) fn user_trades<D: Disk>(
     let from_runs = (ids.len() < limit)
         .then_some(high)
         .flatten()
-        .map(|high| users.keys_down(user_key(user_id, TradeId(0)), high, limit - ids.len()));
+        .map(|high| users.keys_down(user_key(user_id, TradeId(0)), high, limit - ids.len(), blocks));
     async move {
         if let Some(from_runs) = from_runs {
             ids.extend(from_runs.await?.into_iter().map(|key| TradeId(key as u64)));

@@ -71,8 +71,15 @@ impl<D: Disk> Shard<D> {
         // The trades since the last checkpoint are in memory, the others in runs on disk.
         let ids = {
             let index = self.inner.index.borrow();
-            let users = &self.inner.key_runs.borrow().sets.users;
-            crate::key_runs::user_trades(&index, users, query.user_id, query.limit, query.before)
+            let runs = self.inner.key_runs.borrow();
+            crate::key_runs::user_trades(
+                &index,
+                &runs.sets.users,
+                &runs.blocks,
+                query.user_id,
+                query.limit,
+                query.before,
+            )
         };
         // The reads go out `LIST_READS_IN_FLIGHT` at a time, so a page of a listing costs
         // about one read's latency, not one per trade, and a long listing no more I/O memory.

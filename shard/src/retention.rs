@@ -56,6 +56,9 @@ pub struct Upkeep {
     /// number however old. `None`: every key is remembered, and the filters' memory grows with
     /// the keys held (about 2 bytes a key).
     pub key_window: Option<Duration>,
+    /// Memory for the blocks of the runs of keys read lately (`runs/blocks.rs`): a user's
+    /// listing and a retried create read them again without the device. 0 keeps none.
+    pub run_cache_bytes: u64,
 }
 
 /// Bytes of a trade's entry in memory (asserted in `index.rs`).
@@ -95,6 +98,7 @@ impl Default for Upkeep {
             trade_memory_bytes: 512 << 20,
             messages: crate::message_book::MessagePolicy::default(),
             key_window: None,
+            run_cache_bytes: 16 << 20,
         }
     }
 }

@@ -244,7 +244,7 @@ impl<D: Disk> Shard<D> {
         // Runs of a version without their keys' age hold keys below the loaded checkpoint's
         // position and no newer than now.
         let assumed = KeysAge { newest_ms: now_ms(), through: from };
-        let key_runs = KeyRuns::open(&disk, &index.take_listed_runs(), assumed).await?;
+        let key_runs = KeyRuns::open(&disk, &index.take_listed_runs(), assumed, upkeep.run_cache_bytes).await?;
         index.reserve_recent(|store| key_runs.sets.newest_written(store));
         // The newest trades come back into memory after the open, in the background
         // (`warm.rs`); the replay reads what it changes.
@@ -432,6 +432,10 @@ impl<D: Disk> Shard<D> {
                 stats.key_run_bytes = sets.iter().map(|set| set.file_bytes()).sum();
                 stats.key_run_memory_bytes = sets.iter().map(|set| set.memory_bytes() as u64).sum();
                 stats.key_run_reads = runs.reads.get();
+                let blocks = runs.blocks.stats();
+                stats.run_block_hits = blocks.hits;
+                stats.run_block_device_reads = blocks.misses;
+                stats.run_block_cache_bytes = blocks.bytes;
                 stats.key_runs_past_window_now = sets.iter().map(|set| set.past_window() as u64).sum();
                 let baseline = self.inner.checkpoints.held_bytes_at_last.get();
                 stats.held_bytes = self.inner.index.borrow().held_bytes().saturating_sub(baseline);

@@ -45,6 +45,7 @@
 //! fence key, last key below the next fence key). The Bloom filter is in `bloom.rs`: a blocked
 //! filter of 64-byte lines, 16 bits and 7 probes per entry.
 
+mod blocks;
 mod bloom;
 mod format;
 #[cfg(any(test, feature = "testing"))]
@@ -62,6 +63,7 @@ use crate::error::{LogError, TradeError};
 use bloom::Bloom;
 use format::{check_block, find_in_block, key_at, Entries, Footer, IndexDecoder, BLOCK};
 
+pub(crate) use blocks::BlockCache;
 pub(crate) use format::KeysAge;
 
 #[cfg(any(test, feature = "testing"))]
@@ -240,41 +242,55 @@ impl<D: Disk> Run<D> {
         self.bloom.borrow().as_ref().is_none_or(|bloom| bloom.may_hold(key))
     }
 
-    /// The key's value in this run: the Bloom filter, then the fence keys, then one read of
-    /// the one block that can hold it, checked.
-    pub(crate) async fn get(&self, key: u128) -> Result<Option<Value>, TradeError> {
+    /// The key's value in this run: the Bloom filter, then the fence keys, then the one block
+    /// that can hold it (from `blocks`, or one read), checked.
+    pub(crate) async fn get(&self, key: u128, blocks: &BlockCache) -> Result<Option<Value>, TradeError> {
         if !self.may_hold(key) {
             return Ok(None);
         }
-        self.read(key).await
+        self.read(key, blocks).await
     }
 
     /// The key's value, read without asking the Bloom filter first.
-    async fn read(&self, key: u128) -> Result<Option<Value>, TradeError> {
+    async fn read(&self, key: u128, blocks: &BlockCache) -> Result<Option<Value>, TradeError> {
         // The block whose fence key is the greatest at or below the key; none below the first.
         let Some(number) = self.fences.partition_point(|fence| *fence <= key).checked_sub(1) else {
             return Ok(None);
         };
-        let entries = self.read_block(number).await?;
+        let entries = self.read_block(number, blocks).await?;
         Ok(find_in_block(&entries.bytes, entries.count, key, self.footer.entry_bytes))
     }
 
-    /// Data block `number`'s entries, checked.
-    async fn read_block(&self, number: usize) -> Result<Entries, TradeError> {
+    /// Data block `number`'s entries, checked: kept in `blocks` after a read from the device.
+    async fn read_block(&self, number: usize, blocks: &BlockCache) -> Result<Entries, TradeError> {
         let offset = number as u64 * BLOCK as u64;
+        let check = |block: &[u8]| {
+            check_block(block, &self.footer, number as u64, &self.fences).map_err(|reason| self.corrupt(offset, reason))
+        };
+        if let Some(block) = blocks.get(self.footer.id, number as u32) {
+            return check(&block);
+        }
         let block = self.file.read_at(offset, BLOCK).await.map_err(|e| io(&self.disk, &self.name, "read", e))?;
-        check_block(&block, &self.footer, number as u64, &self.fences).map_err(|reason| self.corrupt(offset, reason))
+        let entries = check(&block)?;
+        blocks.insert(self.footer.id, number as u32, &block);
+        Ok(entries)
     }
 
     /// The run's keys in `low..=high`, greatest first, at most `limit`: the blocks that can
     /// hold them are read from the last back (the Bloom filter cannot tell of a range).
-    pub(crate) async fn keys_down(&self, low: u128, high: u128, limit: usize) -> Result<Vec<u128>, TradeError> {
+    pub(crate) async fn keys_down(
+        &self,
+        low: u128,
+        high: u128,
+        limit: usize,
+        blocks: &BlockCache,
+    ) -> Result<Vec<u128>, TradeError> {
         let mut keys = Vec::new();
         let Some(mut number) = self.fences.partition_point(|fence| *fence <= high).checked_sub(1) else {
             return Ok(keys);
         };
         while keys.len() < limit {
-            let entries = self.read_block(number).await?;
+            let entries = self.read_block(number, blocks).await?;
             let key_at = |i| key_at(&entries.bytes, i, self.footer.entry_bytes);
             for key in (0..entries.count).rev().map(key_at).filter(|key| *key <= high) {
                 if key < low || keys.len() == limit {

@@ -29,7 +29,7 @@ use std::rc::Rc;
 
 use tradeshard_wal::disk::Disk;
 
-use super::{Run, Value, MERGE_FANOUT};
+use super::{BlockCache, Run, Value, MERGE_FANOUT};
 use crate::error::TradeError;
 
 /// The runs of one store, oldest first. A clone shares the runs.
@@ -78,7 +78,7 @@ impl<D: Disk> RunSet<D> {
     /// awaiting.
     #[cfg(test)]
     pub(crate) fn get(&self, key: u128) -> impl Future<Output = Result<Option<Value>, TradeError>> + 'static {
-        self.get_reaching(key, false)
+        self.get_reaching(key, false, &Rc::new(BlockCache::new(0)))
     }
 
     /// [`get`](Self::get), or with `past_window` the newest value of the key in any run, past
@@ -87,7 +87,9 @@ impl<D: Disk> RunSet<D> {
         &self,
         key: u128,
         past_window: bool,
+        blocks: &Rc<BlockCache>,
     ) -> impl Future<Output = Result<Option<Value>, TradeError>> + 'static {
+        let blocks = blocks.clone();
         let candidates: Vec<Rc<Run<D>>> = self
             .runs
             .iter()
@@ -98,7 +100,7 @@ impl<D: Disk> RunSet<D> {
         async move {
             for run in candidates {
                 // `get` asks the filter again: a hash and a line the filter just loaded.
-                if let Some(value) = run.get(key).await? {
+                if let Some(value) = run.get(key, &blocks).await? {
                     return Ok(Some(value));
                 }
             }
@@ -114,8 +116,10 @@ impl<D: Disk> RunSet<D> {
         low: u128,
         high: u128,
         limit: usize,
+        blocks: &Rc<BlockCache>,
     ) -> impl Future<Output = Result<Vec<u128>, TradeError>> + 'static {
         let runs: Vec<Rc<Run<D>>> = self.runs.iter().rev().cloned().collect();
+        let blocks = blocks.clone();
         async move {
             // One run after another, newest first, so that a page found in the newest runs
             // reads no older one: reading every run at once waited less per listing but read
@@ -125,7 +129,7 @@ impl<D: Disk> RunSet<D> {
                 if keys.len() == limit {
                     break;
                 }
-                keys.extend(run.keys_down(low, high, limit - keys.len()).await?);
+                keys.extend(run.keys_down(low, high, limit - keys.len(), &blocks).await?);
                 // An older run holds only smaller keys; one that holds a key again (written
                 // twice by checkpoints that did not complete) does not list it twice.
                 match keys.last() {
@@ -273,9 +277,13 @@ mod tests {
                 assert_eq!(set.may_hold(key), !past, "key {key}");
                 let checked = set.get(key).await.unwrap();
                 assert_eq!(checked, (!past).then(|| value(key)), "a check of key {key}");
-                assert_eq!(set.get_reaching(key, true).await.unwrap(), Some(value(key)), "a find of key {key}");
+                assert_eq!(
+                    set.get_reaching(key, true, &Rc::new(BlockCache::new(0))).await.unwrap(),
+                    Some(value(key)),
+                    "a find of key {key}"
+                );
             }
-            assert_eq!(set.get_reaching(123_456, true).await.unwrap(), None);
+            assert_eq!(set.get_reaching(123_456, true, &Rc::new(BlockCache::new(0))).await.unwrap(), None);
 
             // The four newest (6..=9) still merge as ever, within the window.
             let (range, level, past) = set.merge_plan().unwrap();
@@ -304,7 +312,11 @@ mod tests {
             set.replace(range, Rc::new(merged));
             assert_eq!(set.past_window(), 5);
             for key in [5u128, 3_099, 9_000, 90_050] {
-                assert_eq!(set.get_reaching(key, true).await.unwrap(), Some(value(key)), "key {key}");
+                assert_eq!(
+                    set.get_reaching(key, true, &Rc::new(BlockCache::new(0))).await.unwrap(),
+                    Some(value(key)),
+                    "key {key}"
+                );
                 assert!(!set.may_hold(key));
             }
         });
@@ -324,7 +336,11 @@ mod tests {
             set.replace_runs(&inputs, Rc::new(merged)).unwrap();
             assert_eq!(set.past_window(), 7, "the merge of four runs past the window is past it");
             assert!(!set.may_hold(6_005), "a check of a new key skips it");
-            assert_eq!(set.get_reaching(6_005, true).await.unwrap(), Some(value(6_005)), "a find reads it");
+            assert_eq!(
+                set.get_reaching(6_005, true, &Rc::new(BlockCache::new(0))).await.unwrap(),
+                Some(value(6_005)),
+                "a find reads it"
+            );
         });
     }
 }

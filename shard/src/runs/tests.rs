@@ -51,6 +51,11 @@ async fn write(disk: &SimDisk, id: u64, level: u32, entries: &[(u128, Value)]) -
     Run::write(disk, PREFIX, id, level, KeysAge::UNKNOWN, SHAPE, entries.len() as u64, entries.iter().copied()).await
 }
 
+/// No blocks kept: every read goes to the disk.
+fn no_cache() -> BlockCache {
+    BlockCache::new(0)
+}
+
 /// The path and offset of a corruption error.
 fn corruption(error: TradeError) -> (String, u64, &'static str) {
     match error {
@@ -92,15 +97,15 @@ fn every_key_reads_back(id: u64, value_bytes: usize, per_block: usize) {
             assert!(blocks <= 5_000u64.div_ceil(per_block as u64 - 2), "{blocks} blocks against {blocks_back_to_back}");
             for &(key, value) in &entries {
                 assert!(run.may_hold(key), "no false negative");
-                assert_eq!(run.get(key).await.unwrap(), Some(value));
+                assert_eq!(run.get(key, &no_cache()).await.unwrap(), Some(value));
             }
             // Absent keys: below the first, above the last, between neighbours, at random.
             let mut absent = vec![0, u128::MAX, keys[0] - 1, keys[4_999] + 1];
             absent.extend(keys.windows(2).filter(|w| w[1] - w[0] > 1).take(500).map(|w| w[0] + 1));
             absent.extend(self::keys(2, 500));
             for key in absent.into_iter().filter(|k| keys.binary_search(k).is_err()) {
-                assert_eq!(run.get(key).await.unwrap(), None, "{key:#x}");
-                assert_eq!(run.read(key).await.unwrap(), None, "{key:#x}, the filter not asked");
+                assert_eq!(run.get(key, &no_cache()).await.unwrap(), None, "{key:#x}");
+                assert_eq!(run.read(key, &no_cache()).await.unwrap(), None, "{key:#x}, the filter not asked");
             }
         }
         assert_eq!(written.bloom, opened.bloom);
@@ -148,12 +153,15 @@ fn ranges_read_greatest_first_with_a_filter_per_key_or_none() {
                     let want: Vec<u128> =
                         keys.iter().rev().filter(|&&k| low <= k && k <= high).take(limit).copied().collect();
                     assert_eq!(
-                        run.keys_down(low, high, limit).await.unwrap(),
+                        run.keys_down(low, high, limit, &no_cache()).await.unwrap(),
                         want,
                         "{filter:?} {low:x}..={high:x}, {limit}"
                     );
                 }
-                assert!(run.keys_down(4 << 64, 5 << 64, 10).await.unwrap().is_empty(), "past the last key");
+                assert!(
+                    run.keys_down(4 << 64, 5 << 64, 10, &no_cache()).await.unwrap().is_empty(),
+                    "past the last key"
+                );
             }
             let per_entry = written.memory_bytes() as f64 / count as f64;
             match filter {
@@ -217,7 +225,7 @@ fn a_merge_keeps_the_newest_value_of_each_key() {
         assert_eq!(scanned, model);
         let reopened = Run::open(&disk, PREFIX, 10, VALUE_BYTES).await.unwrap();
         for (&key, &value) in &model {
-            assert_eq!(reopened.get(key).await.unwrap(), Some(value));
+            assert_eq!(reopened.get(key, &no_cache()).await.unwrap(), Some(value));
         }
         let single = merge(&disk, PREFIX, 11, 4, SHAPE, &runs[..1]).await.unwrap();
         assert_eq!((single.entries(), single.level()), (runs[0].entries(), 4));
@@ -310,19 +318,47 @@ async fn five_blocks() -> (SimDisk, Vec<(u128, Value)>, String) {
 }
 
 #[test]
+fn a_block_read_once_is_read_again_from_memory_and_a_failed_read_keeps_nothing() {
+    run(async {
+        let (disk, entries, _) = five_blocks().await;
+        let run = Run::open(&disk, PREFIX, 3, VALUE_BYTES).await.unwrap();
+        let in_block = |n: usize| *entries.iter().find(|entry| entry.0 == run.fences[n]).unwrap();
+        let blocks = BlockCache::new(1 << 20);
+        // The read of block 2 fails: nothing is kept, and the next get reads the device.
+        disk.fail_op(disk.ops() + 1, Fault::Eio);
+        assert!(run.get(in_block(2).0, &blocks).await.is_err());
+        assert_eq!(blocks.stats().entries, 0);
+        let ops = disk.ops();
+        assert_eq!(run.get(in_block(2).0, &blocks).await.unwrap(), Some(in_block(2).1));
+        assert_eq!(disk.ops(), ops + 1, "one read");
+        for _ in 0..3 {
+            assert_eq!(run.get(in_block(2).0, &blocks).await.unwrap(), Some(in_block(2).1));
+        }
+        let keys: Vec<u128> = run.keys_down(0, u128::MAX, 5, &blocks).await.unwrap();
+        assert_eq!(disk.ops(), ops + 2, "the gets again from memory, the listing's last block one read");
+        assert_eq!(keys, entries.iter().rev().take(5).map(|entry| entry.0).collect::<Vec<_>>());
+        // No budget, no blocks kept.
+        let none = no_cache();
+        run.get(in_block(2).0, &none).await.unwrap();
+        run.get(in_block(2).0, &none).await.unwrap();
+        assert_eq!(disk.ops(), ops + 4);
+    });
+}
+
+#[test]
 fn a_flipped_bit_in_a_block_fails_the_read_of_that_block_only() {
     run(async {
         let (disk, entries, name) = five_blocks().await;
         disk.flip_bit(&name, 2 * BLOCK as u64 + 100, 3);
         let run = Rc::new(Run::open(&disk, PREFIX, 3, VALUE_BYTES).await.unwrap());
         let in_block = |n: usize| *entries.iter().find(|entry| entry.0 == run.fences[n]).unwrap();
-        let (path, offset, reason) = corruption(run.get(in_block(2).0).await.unwrap_err());
+        let (path, offset, reason) = corruption(run.get(in_block(2).0, &no_cache()).await.unwrap_err());
         assert_eq!(
             (path.as_str(), offset, reason),
             ("sim/t-0000000000000003.run", 8192, "run block checksum mismatch")
         );
-        assert_eq!(run.get(in_block(1).0).await.unwrap(), Some(in_block(1).1));
-        assert_eq!(run.get(in_block(3).0).await.unwrap(), Some(in_block(3).1));
+        assert_eq!(run.get(in_block(1).0, &no_cache()).await.unwrap(), Some(in_block(1).1));
+        assert_eq!(run.get(in_block(3).0, &no_cache()).await.unwrap(), Some(in_block(3).1));
         // A merge reads every block: it fails, and leaves no file behind.
         let (_, offset, _) = corruption(merge(&disk, PREFIX, 4, 1, SHAPE, &[run]).await.unwrap_err());
         assert_eq!(offset, 8192);
@@ -402,7 +438,10 @@ fn entries_out_of_order_or_not_as_many_as_counted_are_refused_and_leave_no_file(
         // A leftover file of the name is replaced.
         disk.put_file(&name, b"leftover");
         write(&disk, 1, 0, &ascending).await.unwrap();
-        assert_eq!(Run::open(&disk, PREFIX, 1, VALUE_BYTES).await.unwrap().get(10).await.unwrap(), Some(value(1, 1)));
+        assert_eq!(
+            Run::open(&disk, PREFIX, 1, VALUE_BYTES).await.unwrap().get(10, &no_cache()).await.unwrap(),
+            Some(value(1, 1))
+        );
     });
 }
 
@@ -426,7 +465,7 @@ fn a_failed_write_leaves_no_file_and_a_written_run_is_durable() {
         disk.crash(7);
         let run = Run::open(&disk, PREFIX, 1, VALUE_BYTES).await.unwrap();
         for &(key, value) in entries.iter().step_by(97) {
-            assert_eq!(run.get(key).await.unwrap(), Some(value));
+            assert_eq!(run.get(key, &no_cache()).await.unwrap(), Some(value));
         }
     });
 }
@@ -487,13 +526,13 @@ fn a_version_2_file_still_reads_as_it_was_written() {
         let old = Run::open(&disk, PREFIX, 1, VALUE_BYTES).await.unwrap();
         let sample = decode_for_fuzzing(&sample_for_fuzzing(1, VALUE_BYTES), 1).unwrap();
         for (key, value) in &sample {
-            assert_eq!(old.get(*key).await.unwrap(), Some(*value));
+            assert_eq!(old.get(*key, &no_cache()).await.unwrap(), Some(*value));
         }
         // A merge of it writes the new layout.
         let merged = merge(&disk, PREFIX, 2, 1, SHAPE, &[Rc::new(old)]).await.unwrap();
         assert!(merged.footer.columns);
         for (key, value) in &sample {
-            assert_eq!(merged.get(*key).await.unwrap(), Some(*value));
+            assert_eq!(merged.get(*key, &no_cache()).await.unwrap(), Some(*value));
         }
     });
 }

@@ -67,6 +67,10 @@ pub struct Args {
     /// leave memory for the shard's table on disk at each checkpoint.
     #[arg(long, value_parser = parse_bytes)]
     trade_memory: Option<u64>,
+    /// Memory for each shard's blocks of its runs of keys read lately (e.g. 64MiB; default
+    /// 16MiB; 0 keeps none): listings and retried creates read them again without the device.
+    #[arg(long, value_parser = crate::units::parse_budget)]
+    run_cache: Option<u64>,
     /// Remember order, refund and request numbers for uniqueness and idempotency this long at
     /// least (e.g. 60s or 24h; default: forever): the Bloom filters of older keys leave memory.
     #[arg(long, value_parser = latency::parse_duration)]
@@ -255,6 +259,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         retention_bytes: args.retention_bytes.or(defaults.retention_bytes),
         recycled_segments_max: args.recycled_segments.unwrap_or(defaults.recycled_segments_max),
         trade_memory_bytes: args.trade_memory.unwrap_or(defaults.trade_memory_bytes),
+        run_cache_bytes: args.run_cache.unwrap_or(defaults.run_cache_bytes),
         key_window: args.key_window.or(defaults.key_window),
         ..defaults
     };
@@ -486,6 +491,8 @@ async fn drive(
         key_run_entries: after.shards.iter().map(|shard| shard.checkpoints.key_run_entries).sum(),
         key_run_memory_bytes: after.shards.iter().map(|shard| shard.checkpoints.key_run_memory_bytes).sum(),
         key_run_reads: after.shards.iter().map(|shard| shard.checkpoints.key_run_reads).sum(),
+        run_block_hits: shard_sum(&after, &before, |s| s.checkpoints.run_block_hits),
+        run_block_device_reads: shard_sum(&after, &before, |s| s.checkpoints.run_block_device_reads),
         log_memory_reads: after.shards.iter().map(|shard| shard.wal.memory_reads).sum(),
         point_device_reads: report::PointReads {
             log: shard_sum(&after, &before, |s| s.wal.point_device_reads),

@@ -73,6 +73,9 @@ pub(super) struct Report {
     pub(super) key_run_entries: u64,
     pub(super) key_run_memory_bytes: u64,
     pub(super) key_run_reads: u64,
+    /// Blocks of the runs found in memory and read from the device during the run.
+    pub(super) run_block_hits: u64,
+    pub(super) run_block_device_reads: u64,
     /// Frames the logs' readers took from their recent frames in memory, not the device.
     pub(super) log_memory_reads: u64,
     /// Device reads of one trade or part during the timed phase, by where they went.

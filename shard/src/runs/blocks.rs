@@ -1,0 +1,47 @@
+//! A shard's run blocks read lately, kept in memory up to a byte budget
+//! (`Upkeep::run_cache_bytes`), so that what is asked again (a user's list, whose newest
+//! entries are spread over every run; a retried create's order key) costs no device read.
+//!
+//! A block is kept as the run file holds it, 4 KiB, and checked again at every use as a read
+//! from the device is (`format::check_block`): a few microseconds against a device read's
+//! hundred, and a quarter of the memory its decoded entries take. Runs are never changed and
+//! their ids never reused in a shard, so an entry is never stale: one of a run removed ages
+//! out. Eviction is the engine's S3-FIFO (`tradeshard_cache`), which a merge's or a scan's
+//! one-time reads pass through without flushing the blocks read often.
+
+use std::cell::RefCell;
+use std::rc::Rc;
+
+use tradeshard_cache::{Cache, CacheStats};
+
+use super::format::BLOCK;
+
+/// A block's place: its run's id and its number in the run.
+type BlockAt = (u64, u32);
+
+/// The blocks of one shard's runs, by run id and block number.
+pub(crate) struct BlockCache {
+    blocks: RefCell<Cache<BlockAt, Rc<[u8]>>>,
+}
+
+impl BlockCache {
+    pub(crate) fn new(budget_bytes: u64) -> BlockCache {
+        let budget = usize::try_from(budget_bytes).unwrap_or(usize::MAX);
+        BlockCache { blocks: RefCell::new(Cache::new(budget)) }
+    }
+
+    /// Block `number` of run `run`, if kept.
+    pub(crate) fn get(&self, run: u64, number: u32) -> Option<Rc<[u8]>> {
+        self.blocks.borrow_mut().get(&(run, number))
+    }
+
+    /// Keeps block `number` of run `run`, as read and checked.
+    pub(crate) fn insert(&self, run: u64, number: u32, block: &[u8]) {
+        debug_assert_eq!(block.len(), BLOCK);
+        self.blocks.borrow_mut().insert((run, number), Rc::from(block), BLOCK);
+    }
+
+    pub(crate) fn stats(&self) -> CacheStats {
+        self.blocks.borrow().stats()
+    }
+}
