@@ -81,6 +81,9 @@ pub struct CheckpointStats {
     pub frozen_blocks: u64,
     pub frozen_bytes_written: u64,
     pub frozen_reads: u64,
+    /// Pages of frozen blocks that a stop or a failed punch had left in the table, punched
+    /// out by a later freeze since open.
+    pub frozen_leftover_pages_punched: u64,
 }
 
 /// What a shard keeps of its checkpoints.
@@ -144,7 +147,16 @@ impl<D: Disk> Checkpoints<D> {
         let (table_reads, parts_reads, table_page_reads) =
             (self.table.reads(), self.parts.reads(), self.table.page_reads());
         let (frozen_blocks, frozen_reads) = (self.table.frozen_len(), self.table.frozen_reads());
-        CheckpointStats { table_reads, parts_reads, table_page_reads, frozen_blocks, frozen_reads, ..self.stats.get() }
+        let frozen_leftover_pages_punched = self.table.leftover_pages_punched();
+        CheckpointStats {
+            table_reads,
+            parts_reads,
+            table_page_reads,
+            frozen_blocks,
+            frozen_reads,
+            frozen_leftover_pages_punched,
+            ..self.stats.get()
+        }
     }
 
     pub(crate) fn count(&self, update: impl FnOnce(&mut CheckpointStats)) {

@@ -137,6 +137,9 @@ impl<D: Disk> TradeFile<D> {
             ));
         }
         *self.frozen.borrow_mut() = blocks;
+        // The checkpoint punched the blocks it counts before it was written; those frozen after
+        // it, by a checkpoint that did not complete, may not be.
+        self.punched.set(at_least);
         let copies_end = copies_len.next_multiple_of(PAGE_BYTES as u64);
         *self.frozen_files.borrow_mut() =
             Some(Rc::new(FrozenFiles { copies, index, copies_end: Cell::new(copies_end) }));
@@ -149,6 +152,7 @@ impl<D: Disk> TradeFile<D> {
     /// write of the table may come between the reads here and the punch (the checkpointer,
     /// its only writer, calls this between its own writes).
     pub(crate) async fn freeze(&self, upto: u64, max: u64) -> Result<Frozen, TradeError> {
+        self.punch_leftovers().await?;
         let from = self.frozen_len();
         let to = upto.min(from.saturating_add(max));
         if to <= from {
@@ -192,7 +196,56 @@ impl<D: Disk> TradeFile<D> {
         self.frozen.borrow_mut().extend_from_slice(&entries);
         let (start, end) = (from * BLOCK_RAW_BYTES as u64, to * BLOCK_RAW_BYTES as u64);
         self.file.punch_hole(start, end - start).await.map_err(|e| io(&self.disk, "punch", e))?;
+        // Durable before the checkpoint that counts these blocks: an open takes the blocks a
+        // checkpoint counts as punched, and a punch, like a write, may not outlive a crash
+        // before a sync.
+        self.sync().await?;
+        self.punched.set(to);
         Ok(Frozen { blocks: to - from, copy_bytes })
+    }
+
+    /// Punches out of the table what an earlier freeze left in it: a stop or a failed punch
+    /// between a freeze's index and its punch leaves the frozen blocks' pages allocated, and
+    /// nothing else would give them back. Each page of the frozen blocks from `punched` on
+    /// whose every record is zero or the one its block's copy holds is punched (reads find the
+    /// same records in the copy); a page written since its freeze (a changed trade) differs
+    /// and stays. Only the checkpointer writes the table, and it calls this between its own
+    /// writes, so no write comes between the comparison and the punch.
+    async fn punch_leftovers(&self) -> Result<(), TradeError> {
+        let (from, to) = (self.punched.get(), self.frozen_len());
+        let pages_per_block = BLOCK_RAW_BYTES / PAGE_BYTES;
+        let punched_before = self.leftover_pages_punched.get();
+        for block in from..to {
+            let at = block * BLOCK_RAW_BYTES as u64;
+            let raw = self.file.read_at(at, BLOCK_RAW_BYTES).await.map_err(|e| io(&self.disk, "read", e))?;
+            let Some(copy) = self.frozen_block(block).await? else { break };
+            for page in 0..pages_per_block {
+                // Past the file's end (a short read) the table holds zeros.
+                let bytes = raw.get(page * PAGE_BYTES..(page + 1) * PAGE_BYTES).unwrap_or(&[]);
+                let records = bytes.chunks_exact(RECORD_BYTES).enumerate();
+                let first = page * RECORDS_PER_PAGE as usize;
+                let as_copied = records
+                    .clone()
+                    .all(|(n, record)| record.iter().all(|&b| b == 0) || record == frozen::record_of(&copy, first + n));
+                if as_copied && bytes.iter().any(|&b| b != 0) {
+                    let page_at = at + (page * PAGE_BYTES) as u64;
+                    self.file.punch_hole(page_at, PAGE_BYTES as u64).await.map_err(|e| io(&self.disk, "punch", e))?;
+                    self.leftover_pages_punched.set(self.leftover_pages_punched.get() + 1);
+                }
+            }
+            crate::turns::take_turn().await;
+        }
+        if self.leftover_pages_punched.get() > punched_before {
+            self.sync().await?;
+        }
+        self.punched.set(to);
+        Ok(())
+    }
+
+    /// Pages of frozen blocks that an earlier freeze left in the table and a later one gave
+    /// back, since open.
+    pub(crate) fn leftover_pages_punched(&self) -> u64 {
+        self.leftover_pages_punched.get()
     }
 
     /// Writes the index entries of the blocks from `from` (the pages they fall in, with the

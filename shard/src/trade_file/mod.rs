@@ -261,6 +261,11 @@ pub(crate) struct TradeFile<D: Disk> {
     frozen_files: RefCell<Option<Rc<FrozenFiles<D>>>>,
     /// Copies read since open.
     frozen_reads: Cell<u64>,
+    /// Frozen blocks below this are punched out of the table (or written again since); those
+    /// above it, up to `frozen_len()`, may still have their pages (`freeze.rs`).
+    punched: Cell<u64>,
+    /// Pages such leftovers gave back since open.
+    leftover_pages_punched: Cell<u64>,
 }
 
 impl<D: Disk> TradeFile<D> {
@@ -273,6 +278,8 @@ impl<D: Disk> TradeFile<D> {
             frozen: Default::default(),
             frozen_files: Default::default(),
             frozen_reads: Default::default(),
+            punched: Default::default(),
+            leftover_pages_punched: Default::default(),
         }
     }
 
