@@ -45,3 +45,40 @@ impl BlockCache {
         self.blocks.borrow().stats()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use tradeshard_wal::disk::Fault;
+
+    use super::BlockCache;
+    use crate::runs::tests::{five_blocks, no_cache, run, PREFIX, VALUE_BYTES};
+    use crate::runs::Run;
+
+    #[test]
+    fn a_block_read_once_is_read_again_from_memory_and_a_failed_read_keeps_nothing() {
+        run(async {
+            let (disk, entries, _) = five_blocks().await;
+            let run = Run::open(&disk, PREFIX, 3, VALUE_BYTES).await.unwrap();
+            let in_block = |n: usize| *entries.iter().find(|entry| entry.0 == run.fences[n]).unwrap();
+            let blocks = BlockCache::new(1 << 20);
+            // The read of block 2 fails: nothing is kept, and the next get reads the device.
+            disk.fail_op(disk.ops() + 1, Fault::Eio);
+            assert!(run.get(in_block(2).0, &blocks).await.is_err());
+            assert_eq!(blocks.stats().entries, 0);
+            let ops = disk.ops();
+            assert_eq!(run.get(in_block(2).0, &blocks).await.unwrap(), Some(in_block(2).1));
+            assert_eq!(disk.ops(), ops + 1, "one read");
+            for _ in 0..3 {
+                assert_eq!(run.get(in_block(2).0, &blocks).await.unwrap(), Some(in_block(2).1));
+            }
+            let keys: Vec<u128> = run.keys_down(0, u128::MAX, 5, &blocks).await.unwrap();
+            assert_eq!(disk.ops(), ops + 2, "the gets again from memory, the listing's last block one read");
+            assert_eq!(keys, entries.iter().rev().take(5).map(|entry| entry.0).collect::<Vec<_>>());
+            // No budget, no blocks kept.
+            let none = no_cache();
+            run.get(in_block(2).0, &none).await.unwrap();
+            run.get(in_block(2).0, &none).await.unwrap();
+            assert_eq!(disk.ops(), ops + 4);
+        });
+    }
+}

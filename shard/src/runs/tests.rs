@@ -12,14 +12,14 @@ use super::format::{block_capacity, block_seed, BLOCK};
 use super::*;
 use crate::error::{LogError, TradeError};
 
-const PREFIX: &str = "t";
+pub(super) const PREFIX: &str = "t";
 /// The runs of most tests: a filter per key and 24-byte values, as the stores of order keys.
-const VALUE_BYTES: usize = 24;
+pub(super) const VALUE_BYTES: usize = 24;
 const SHAPE: Shape = Shape { filter: Filter::PerKey, value_bytes: VALUE_BYTES };
 /// Entries of a full block of such runs with entries back to back (versions 1 and 2).
 const BLOCK_ENTRIES: usize = 102;
 
-fn run<T>(future: impl Future<Output = T>) -> T {
+pub(super) fn run<T>(future: impl Future<Output = T>) -> T {
     glommio::LocalExecutorBuilder::default().make().unwrap().run(future)
 }
 
@@ -52,7 +52,7 @@ async fn write(disk: &SimDisk, id: u64, level: u32, entries: &[(u128, Value)]) -
 }
 
 /// No blocks kept: every read goes to the disk.
-fn no_cache() -> BlockCache {
+pub(super) fn no_cache() -> BlockCache {
     BlockCache::new(0)
 }
 
@@ -310,39 +310,11 @@ fn file_names_and_ids_are_one_to_one() {
 }
 
 /// A run of five blocks on a fresh disk.
-async fn five_blocks() -> (SimDisk, Vec<(u128, Value)>, String) {
+pub(super) async fn five_blocks() -> (SimDisk, Vec<(u128, Value)>, String) {
     let disk = SimDisk::new();
     let entries: Vec<(u128, Value)> = keys(5, 760).iter().map(|&k| (k, value(k, 1))).collect();
     assert_eq!(write(&disk, 3, 0, &entries).await.unwrap().data_blocks(), 5);
     (disk, entries, Run::<SimDisk>::file_name(PREFIX, 3))
-}
-
-#[test]
-fn a_block_read_once_is_read_again_from_memory_and_a_failed_read_keeps_nothing() {
-    run(async {
-        let (disk, entries, _) = five_blocks().await;
-        let run = Run::open(&disk, PREFIX, 3, VALUE_BYTES).await.unwrap();
-        let in_block = |n: usize| *entries.iter().find(|entry| entry.0 == run.fences[n]).unwrap();
-        let blocks = BlockCache::new(1 << 20);
-        // The read of block 2 fails: nothing is kept, and the next get reads the device.
-        disk.fail_op(disk.ops() + 1, Fault::Eio);
-        assert!(run.get(in_block(2).0, &blocks).await.is_err());
-        assert_eq!(blocks.stats().entries, 0);
-        let ops = disk.ops();
-        assert_eq!(run.get(in_block(2).0, &blocks).await.unwrap(), Some(in_block(2).1));
-        assert_eq!(disk.ops(), ops + 1, "one read");
-        for _ in 0..3 {
-            assert_eq!(run.get(in_block(2).0, &blocks).await.unwrap(), Some(in_block(2).1));
-        }
-        let keys: Vec<u128> = run.keys_down(0, u128::MAX, 5, &blocks).await.unwrap();
-        assert_eq!(disk.ops(), ops + 2, "the gets again from memory, the listing's last block one read");
-        assert_eq!(keys, entries.iter().rev().take(5).map(|entry| entry.0).collect::<Vec<_>>());
-        // No budget, no blocks kept.
-        let none = no_cache();
-        run.get(in_block(2).0, &none).await.unwrap();
-        run.get(in_block(2).0, &none).await.unwrap();
-        assert_eq!(disk.ops(), ops + 4);
-    });
 }
 
 #[test]
