@@ -72,6 +72,13 @@ fn apply_durable<D: Disk>(inner: &Inner<D>, front: Appended) -> (Vec<Parked>, Ve
     let mut accepted = inner.accepted.borrow_mut();
     let mut index = inner.index.borrow_mut();
     let mut front = Some(front);
+    // The entries of the durable transactions looked up together first (`TccBook::touch`).
+    let durable = accepted.effects.iter().take_while(|effect| effect.seq < durable_end);
+    for effect in durable {
+        if let LogRecord::Tcc(record) = &effect.record {
+            record.steps.iter().for_each(|step| index.tcc().touch(step));
+        }
+    }
     while accepted.effects.front().is_some_and(|effect| effect.seq < durable_end) {
         let mut effect = accepted.effects.pop_front().expect("checked");
         let appended = match front.take() {
