@@ -95,6 +95,14 @@ pub struct CreatedFields {
 }
 
 impl TradeRecord {
+    /// A `Created` record's order key and body hash (`keys.rs`); none for a change.
+    pub fn created_keys(&self) -> Option<(u128, u64)> {
+        self.created.as_ref().map(|created| {
+            let key = crate::keys::order_key(self.merchant_id, &created.merchant_order_no);
+            (key, crate::keys::body_hash(self.user_id, self.amount, self.currency, &created.memo))
+        })
+    }
+
     /// The `Created` record of a validated trade.
     pub fn created(id: TradeId, trade: &ValidTrade, at_ms: u64) -> TradeRecord {
         TradeRecord {

@@ -258,46 +258,27 @@ impl<D: Disk> Shard<D> {
         // records are read from the table (the replay cannot wait for the device).
         let mut deferred = Deferred::default();
         let from_frame = checkpoint.as_ref().and_then(|header| header.frame);
+        let mut batch = Vec::with_capacity(REPLAY_BATCH);
         let (wal, report) = Wal::recover_from_frame(disk.clone(), wal_config, (from, from_frame), |at, bytes| {
             if replay_error.is_some() {
                 return;
             }
-            index.note_applied(at.seq);
-            let applied = LogRecord::decode(bytes).and_then(|record| match record {
-                // The money a record moves is applied in log order, even when the trade's own
-                // change waits for the table: account records after it were checked with it.
-                LogRecord::Trade(record) if record.funding != Funding::External => {
-                    index.apply_money(&record, shard_id)?;
-                    if !deferred.takes(&index, &record) {
-                        return index.apply(&record, at);
-                    }
-                    deferred.records.push((record, at));
-                    Ok(())
+            match LogRecord::decode(bytes) {
+                Ok(record) => batch.push((at, record)),
+                Err(reason) => {
+                    let replayed = replay_batch(&mut index, &mut deferred, shard_id, &mut batch);
+                    replay_error = Some(replayed.err().unwrap_or(TradeError::BadRecord { seq: at.seq, reason }));
+                    return;
                 }
-                LogRecord::Trade(record) if deferred.takes(&index, &record) => {
-                    deferred.records.push((record, at));
-                    Ok(())
-                }
-                LogRecord::Trade(record) => index.apply(&record, at),
-                LogRecord::Offset(commit) => {
-                    index.apply_offset(&commit);
-                    Ok(())
-                }
-                LogRecord::Claim(claim) => index.apply_claim(&claim),
-                LogRecord::ClaimSettled(settled) => index.apply_claim_settled(&settled),
-                LogRecord::ClaimsKnown(mark) => {
-                    index.note_claims_known(mark.below_counter);
-                    Ok(())
-                }
-                LogRecord::Journal(record) => index.accounts_mut().apply(&record).map(drop),
-                LogRecord::Tcc(record) => index.apply_tcc(&record).map(drop),
-                LogRecord::Message(record) => index.apply_message(at.seq, &record).map(drop),
-            });
-            if let Err(reason) = applied {
-                replay_error = Some(TradeError::BadRecord { seq: at.seq, reason });
+            }
+            if batch.len() == REPLAY_BATCH {
+                replay_error = replay_batch(&mut index, &mut deferred, shard_id, &mut batch).err();
             }
         })
         .await?;
+        if replay_error.is_none() {
+            replay_error = replay_batch(&mut index, &mut deferred, shard_id, &mut batch).err();
+        }
         if let Some(error) = replay_error {
             return Err(error);
         }
@@ -507,6 +488,71 @@ impl<D: Disk> Drop for Shard<D> {
             scheduler.wake();
         }
     }
+}
+
+/// Records an open's replay decodes before applying them: their entries are looked up together
+/// first ([`ShardIndex::touch_replayed`]), so that the cache misses overlap.
+const REPLAY_BATCH: usize = 64;
+
+/// Applies the replayed records of `batch` in log order and empties it; stops at the first that
+/// does not apply.
+fn replay_batch(
+    index: &mut ShardIndex,
+    deferred: &mut Deferred,
+    shard_id: u32,
+    batch: &mut Vec<(Appended, LogRecord)>,
+) -> Result<(), TradeError> {
+    let keys: Vec<Option<(u128, u64)>> = batch
+        .iter()
+        .map(|(_, record)| match record {
+            LogRecord::Trade(record) => record.created_keys(),
+            _ => None,
+        })
+        .collect();
+    for ((_, record), keys) in batch.iter().zip(&keys) {
+        index.touch_replayed(record, *keys);
+    }
+    for ((at, record), keys) in batch.drain(..).zip(keys) {
+        index.note_applied(at.seq);
+        let applied = match record {
+            // The money a record moves is applied in log order, even when the trade's own
+            // change waits for the table: account records after it were checked with it.
+            LogRecord::Trade(record) if record.funding != Funding::External => {
+                index.apply_money(&record, shard_id).and_then(|()| match deferred.takes(index, &record) {
+                    false => index.apply_keyed(&record, at, keys),
+                    true => {
+                        deferred.records.push((record, at));
+                        Ok(())
+                    }
+                })
+            }
+            // Changes to trades that are not in memory wait until the replay ends, when their
+            // records are read from the table (the replay cannot wait for the device).
+            LogRecord::Trade(record) if deferred.takes(index, &record) => {
+                deferred.records.push((record, at));
+                Ok(())
+            }
+            LogRecord::Trade(record) => index.apply_keyed(&record, at, keys),
+            LogRecord::Offset(commit) => {
+                index.apply_offset(&commit);
+                Ok(())
+            }
+            LogRecord::Claim(claim) => index.apply_claim(&claim),
+            LogRecord::ClaimSettled(settled) => index.apply_claim_settled(&settled),
+            LogRecord::ClaimsKnown(mark) => {
+                index.note_claims_known(mark.below_counter);
+                Ok(())
+            }
+            LogRecord::Journal(record) => index.accounts_mut().apply(&record).map(drop),
+            LogRecord::Tcc(record) => index.apply_tcc(&record).map(drop),
+            LogRecord::Message(record) => index.apply_message(at.seq, &record).map(drop),
+        };
+        if let Err(reason) = applied {
+            // The drain, dropped, empties the rest of the batch.
+            return Err(TradeError::BadRecord { seq: at.seq, reason });
+        }
+    }
+    Ok(())
 }
 
 /// The changes an open's replay met for trades not in memory, in log order.

@@ -34,7 +34,7 @@ use crate::message::MessageRecord;
 use crate::message_book::{MessageBook, MessageItem, MessageReceipt};
 use crate::partitioned::PartitionedMap;
 use crate::record::{Funding, RecordKind, TradeRecord};
-use crate::system_record::{ClaimOutcome, ClaimSettled, OffsetCommit, OrderClaim};
+use crate::system_record::{ClaimOutcome, ClaimSettled, LogRecord, OffsetCommit, OrderClaim};
 use crate::tcc::TccRecord;
 use crate::tcc_book::{apply_step, StepAnswer, TccBook, TccItem};
 use crate::tcc_write::Books;
@@ -465,11 +465,27 @@ impl ShardIndex {
     /// Applies a durable record. A record that breaks the lifecycle cannot have been written by
     /// this engine, so it is an error (the log is not what it should be), not something to skip.
     pub fn apply(&mut self, record: &TradeRecord, at: Appended) -> Result<(), &'static str> {
-        let keys = record.created.as_ref().map(|created| {
-            let key = order_key(record.merchant_id, &created.merchant_order_no);
-            (key, body_hash(record.user_id, record.amount, record.currency, &created.memo))
-        });
-        self.apply_keyed(record, at, keys)
+        self.apply_keyed(record, at, record.created_keys())
+    }
+
+    /// Looks up the entries a replayed record will change and drops the answers: run over a
+    /// batch of records before their applies, so that the cache misses of the lookups (maps of
+    /// millions of entries) overlap instead of coming one after another. `keys`: a create's
+    /// order key and body hash.
+    pub(crate) fn touch_replayed(&self, record: &LogRecord, keys: Option<(u128, u64)>) {
+        match record {
+            LogRecord::Trade(record) => {
+                if let Some((key, _)) = keys {
+                    std::hint::black_box((self.by_order.get(&key), self.claims.get(&key)));
+                    std::hint::black_box(self.by_user.get(&record.user_id));
+                }
+            }
+            LogRecord::Claim(claim) => {
+                std::hint::black_box((self.by_order.get(&claim.key), self.claims.get(&claim.key)));
+            }
+            LogRecord::Tcc(record) => record.steps.iter().for_each(|step| self.tcc.touch(step)),
+            _ => {}
+        }
     }
 
     /// [`apply`](Self::apply) with a `Created` record's order key and body hash already
