@@ -512,47 +512,52 @@ fn replay_batch(
     for ((_, record), keys) in batch.iter().zip(&keys) {
         index.touch_replayed(record, *keys);
     }
-    for ((at, record), keys) in batch.drain(..).zip(keys) {
+    // Applied where they lie: a record is 192 bytes, and moving each out of the batch cost
+    // more than its apply.
+    let mut result = Ok(());
+    for ((at, record), keys) in batch.iter().zip(keys) {
+        let at = *at;
         index.note_applied(at.seq);
         let applied = match record {
             // The money a record moves is applied in log order, even when the trade's own
             // change waits for the table: account records after it were checked with it.
             LogRecord::Trade(record) if record.funding != Funding::External => {
-                index.apply_money(&record, shard_id).and_then(|()| match deferred.takes(index, &record) {
-                    false => index.apply_keyed(&record, at, keys),
+                index.apply_money(record, shard_id).and_then(|()| match deferred.takes(index, record) {
+                    false => index.apply_keyed(record, at, keys),
                     true => {
-                        deferred.records.push((record, at));
+                        deferred.records.push((record.clone(), at));
                         Ok(())
                     }
                 })
             }
             // Changes to trades that are not in memory wait until the replay ends, when their
             // records are read from the table (the replay cannot wait for the device).
-            LogRecord::Trade(record) if deferred.takes(index, &record) => {
-                deferred.records.push((record, at));
+            LogRecord::Trade(record) if deferred.takes(index, record) => {
+                deferred.records.push((record.clone(), at));
                 Ok(())
             }
-            LogRecord::Trade(record) => index.apply_keyed(&record, at, keys),
+            LogRecord::Trade(record) => index.apply_keyed(record, at, keys),
             LogRecord::Offset(commit) => {
-                index.apply_offset(&commit);
+                index.apply_offset(commit);
                 Ok(())
             }
-            LogRecord::Claim(claim) => index.apply_claim(&claim),
-            LogRecord::ClaimSettled(settled) => index.apply_claim_settled(&settled),
+            LogRecord::Claim(claim) => index.apply_claim(claim),
+            LogRecord::ClaimSettled(settled) => index.apply_claim_settled(settled),
             LogRecord::ClaimsKnown(mark) => {
                 index.note_claims_known(mark.below_counter);
                 Ok(())
             }
-            LogRecord::Journal(record) => index.accounts_mut().apply(&record).map(drop),
-            LogRecord::Tcc(record) => index.apply_tcc(&record).map(drop),
-            LogRecord::Message(record) => index.apply_message(at.seq, &record).map(drop),
+            LogRecord::Journal(record) => index.accounts_mut().apply(record).map(drop),
+            LogRecord::Tcc(record) => index.apply_tcc(record).map(drop),
+            LogRecord::Message(record) => index.apply_message(at.seq, record).map(drop),
         };
         if let Err(reason) = applied {
-            // The drain, dropped, empties the rest of the batch.
-            return Err(TradeError::BadRecord { seq: at.seq, reason });
+            result = Err(TradeError::BadRecord { seq: at.seq, reason });
+            break;
         }
     }
-    Ok(())
+    batch.clear();
+    result
 }
 
 /// The changes an open's replay met for trades not in memory, in log order.
