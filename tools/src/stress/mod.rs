@@ -128,6 +128,11 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     check_descriptor_budget(args.cycles + args.cycles.div_ceil(args.cycles_per_dir))?;
     let root = DataDir::new(args.dir.as_deref(), "tradeshard-stress")?;
     eprintln!("stress: {} cycles, seed {seed}, in {}", args.cycles, root.path().display());
+    // The children run a copy of this binary, so that a rebuild during the campaign neither
+    // stops it nor mixes builds within it.
+    let child_exe = root.path().join("tradeshard-child");
+    let exe = std::env::current_exe().context("finding this binary")?;
+    std::fs::copy(&exe, &child_exe).with_context(|| format!("copying {} for the children", exe.display()))?;
     let started = Instant::now();
     let watchdog = Watchdog::start(Duration::from_secs(args.stall_secs), seed, root.path());
     let mut summary = Summary { seed, ..Summary::default() };
@@ -149,9 +154,16 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         }
         let cycle_seed = rng.u64(..);
         let models = (&mut model, &mut money, &mut audit);
-        if let Err(violation) =
-            run_cycle(&args, &mut rng, &data, root.path(), (cycle, cycle_seed), models, &watchdog, &mut summary)
+        let paths = (data.as_path(), root.path(), child_exe.as_path());
+        if let Err(violation) = run_cycle(&args, &mut rng, paths, (cycle, cycle_seed), models, &watchdog, &mut summary)
         {
+            if let Some(harness) = violation.downcast_ref::<HarnessError>() {
+                // Nothing was learnt about the engine: not a violation.
+                let kept = root.keep();
+                eprintln!("stress: cycle {cycle} could not run (seed {seed}): {harness}");
+                eprintln!("stress: the data directory and journals are kept in {}", kept.display());
+                bail!("cycle {cycle} could not run: {harness}");
+            }
             let kept = root.keep();
             eprintln!("stress: VIOLATION in cycle {cycle} (seed {seed}, cycle seed {cycle_seed}): {violation:#}");
             eprintln!("stress: the data directory and journals are kept in {}", kept.display());
@@ -232,13 +244,25 @@ fn checking_options(data: &Path) -> Options {
     Options { executors: Some(1), ..engine_options(data) }
 }
 
-/// One cycle: start the child, kill it, merge its journals, reopen and verify.
-#[allow(clippy::too_many_arguments)]
+/// A cycle that could not run for a reason outside the engine (its child could not be started):
+/// reported as such, not as a violation.
+#[derive(Debug)]
+struct HarnessError(String);
+
+impl std::fmt::Display for HarnessError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for HarnessError {}
+
+/// One cycle: start the child (`child_exe`), kill it, merge its journals, reopen and verify
+/// the engine in `data`.
 fn run_cycle(
     args: &Args,
     rng: &mut fastrand::Rng,
-    data: &Path,
-    root: &Path,
+    (data, root, child_exe): (&Path, &Path, &Path),
     (cycle, cycle_seed): (u64, u64),
     (model, money, audit): (&mut model::Model, &mut money::MoneyModel, &mut audit::Audit),
     watchdog: &Watchdog,
@@ -260,7 +284,7 @@ fn run_cycle(
     };
     let old_buyer_base = old_cycle.map(|old| (old + 1) * 1_000_000);
     let stderr_path = root.join("child-stderr.log");
-    let mut child = Command::new(std::env::current_exe()?)
+    let mut child = Command::new(child_exe)
         .arg("stress-child")
         .args(["--dir".as_ref(), data.as_os_str()])
         .args(["--journal".as_ref(), journal_dir.as_os_str()])
@@ -271,7 +295,7 @@ fn run_cycle(
         .stdout(Stdio::piped())
         .stderr(std::fs::File::create(&stderr_path)?)
         .spawn()
-        .context("starting the child")?;
+        .map_err(|error| HarnessError(format!("starting the child {}: {error}", child_exe.display())))?;
     let stdout = child.stdout.take().expect("piped");
     let (ready_tx, ready_rx) = mpsc::channel();
     std::thread::spawn(move || {
