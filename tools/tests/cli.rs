@@ -358,6 +358,7 @@ fn inspect_keeps_the_free_segments_of_a_directory_of_another_segment_size() {
     let dir = tempfile::tempdir().unwrap();
     let args = ["stress", "--cycles", "2", "--cycles-per-dir", "2", "--seed", "9", "--dir", "s", "--json"];
     json(&tradeshard(&args, dir.path()));
+    assert!(!dir.path().join("s/tradeshard-child").exists(), "the children's copy of the binary is removed");
     let free = dir.path().join("s/data-000000/shards/0000/recycled-00000000099999999999.seg");
     std::fs::write(&free, vec![0u8; 1 << 20]).unwrap();
     let report = json(&tradeshard(&["inspect", "--dir", "s/data-000000", "--json"], dir.path()));

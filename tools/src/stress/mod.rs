@@ -132,6 +132,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     // stops it nor mixes builds within it.
     let child_exe = root.path().join("tradeshard-child");
     let exe = std::env::current_exe().context("finding this binary")?;
+    std::fs::create_dir_all(root.path()).with_context(|| format!("making {}", root.path().display()))?;
     std::fs::copy(&exe, &child_exe).with_context(|| format!("copying {} for the children", exe.display()))?;
     let started = Instant::now();
     let watchdog = Watchdog::start(Duration::from_secs(args.stall_secs), seed, root.path());
@@ -181,6 +182,8 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         }
     }
     summary.seconds = started.elapsed().as_secs_f64();
+    // A directory the caller named stays; the copy of the binary is not theirs to keep.
+    std::fs::remove_file(&child_exe).with_context(|| format!("removing {}", child_exe.display()))?;
     if args.json {
         println!("{}", serde_json::to_string(&summary)?);
     } else {
