@@ -41,6 +41,7 @@ mod partitioned;
 mod parts;
 mod read;
 mod record;
+mod replay;
 pub mod reply;
 mod retention;
 mod routing;

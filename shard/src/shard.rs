@@ -26,19 +26,17 @@ use crate::checkpoints::{CheckpointStats, Checkpoints, OpenReport};
 use crate::cold::{self, SettledTotals};
 use crate::error::{LogError, Refusal, TradeError};
 use crate::events::{EventBatch, PollQuery};
-use crate::id_hash::IdMap;
 use crate::index::ShardIndex;
 use crate::key_runs::KeyRuns;
 use crate::parts::PartsStore;
-use crate::record::{Funding, RecordKind, TradeRecord};
+use crate::replay::{replay_batch, Deferred, REPLAY_BATCH};
 use crate::retention::Upkeep;
 use crate::runs::KeysAge;
 use crate::state::{Accepted, Inner, ShardReply};
 use crate::system_record::LogRecord;
-use crate::trade::{now_ms, TradeId};
+use crate::trade::now_ms;
 use crate::trade_cache::TradeCache;
 use crate::trade_file::TradeFile;
-use tradeshard_wal::Appended;
 
 /// Counters of one shard.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -487,141 +485,6 @@ impl<D: Disk> Drop for Shard<D> {
         if let Some(scheduler) = accepted.scheduler.take() {
             scheduler.wake();
         }
-    }
-}
-
-/// Records an open's replay decodes before applying them: their entries are looked up together
-/// first ([`ShardIndex::touch_replayed`]), so that the cache misses overlap.
-const REPLAY_BATCH: usize = 64;
-
-/// Applies the replayed records of `batch` in log order and empties it; stops at the first that
-/// does not apply.
-fn replay_batch(
-    index: &mut ShardIndex,
-    deferred: &mut Deferred,
-    shard_id: u32,
-    batch: &mut Vec<(Appended, LogRecord)>,
-) -> Result<(), TradeError> {
-    let keys: Vec<Option<(u128, u64)>> = batch
-        .iter()
-        .map(|(_, record)| match record {
-            LogRecord::Trade(record) => record.created_keys(),
-            _ => None,
-        })
-        .collect();
-    for ((_, record), keys) in batch.iter().zip(&keys) {
-        index.touch_replayed(record, *keys);
-    }
-    // Applied where they lie: a record is 192 bytes, and moving each out of the batch cost
-    // more than its apply.
-    let mut result = Ok(());
-    for ((at, record), keys) in batch.iter().zip(keys) {
-        let at = *at;
-        index.note_applied(at.seq);
-        let applied = match record {
-            // The money a record moves is applied in log order, even when the trade's own
-            // change waits for the table: account records after it were checked with it.
-            LogRecord::Trade(record) if record.funding != Funding::External => {
-                index.apply_money(record, shard_id).and_then(|()| match deferred.takes(index, record) {
-                    false => index.apply_keyed(record, at, keys),
-                    true => {
-                        deferred.records.push((record.clone(), at));
-                        Ok(())
-                    }
-                })
-            }
-            // Changes to trades that are not in memory wait until the replay ends, when their
-            // records are read from the table (the replay cannot wait for the device).
-            LogRecord::Trade(record) if deferred.takes(index, record) => {
-                deferred.records.push((record.clone(), at));
-                Ok(())
-            }
-            LogRecord::Trade(record) => index.apply_keyed(record, at, keys),
-            LogRecord::Offset(commit) => {
-                index.apply_offset(commit);
-                Ok(())
-            }
-            LogRecord::Claim(claim) => index.apply_claim(claim),
-            LogRecord::ClaimSettled(settled) => index.apply_claim_settled(settled),
-            LogRecord::ClaimsKnown(mark) => {
-                index.note_claims_known(mark.below_counter);
-                Ok(())
-            }
-            LogRecord::Journal(record) => index.accounts_mut().apply(record).map(drop),
-            LogRecord::Tcc(record) => index.apply_tcc(record).map(drop),
-            LogRecord::Message(record) => index.apply_message(at.seq, record).map(drop),
-        };
-        if let Err(reason) = applied {
-            result = Err(TradeError::BadRecord { seq: at.seq, reason });
-            break;
-        }
-    }
-    batch.clear();
-    result
-}
-
-/// The changes an open's replay met for trades not in memory, in log order.
-#[derive(Default)]
-struct Deferred {
-    records: Vec<(TradeRecord, Appended)>,
-    ids: IdMap<TradeId, ()>,
-}
-
-impl Deferred {
-    /// Whether `record` waits: it changes a trade not in memory, or one with changes waiting.
-    fn takes(&mut self, index: &ShardIndex, record: &TradeRecord) -> bool {
-        let id = record.trade_id;
-        let waits =
-            record.kind != RecordKind::Created && (self.ids.contains_key(&id) || index.trade_table().is_cold(id));
-        if waits {
-            self.ids.insert(id, ());
-        }
-        waits
-    }
-
-    /// Reads the trades from the table and applies their changes, in log order (the replay
-    /// started at `from`; records must point inside the `parts_len` bytes of the store). A
-    /// chunk with many of those trades is loaded whole (up to `chunks_max` of them, the
-    /// newest), the other trades are read one at a time.
-    async fn apply<D: Disk>(
-        self,
-        table: &TradeFile<D>,
-        index: &mut ShardIndex,
-        from: u64,
-        parts_len: u64,
-        chunks_max: usize,
-    ) -> Result<(), TradeError> {
-        let mut per_chunk: IdMap<usize, usize> = IdMap::default();
-        for id in self.ids.keys() {
-            *per_chunk.entry(index.trade_table().chunk_of(id.counter())).or_default() += 1;
-        }
-        let mut whole: Vec<usize> = per_chunk
-            .into_iter()
-            .filter(|&(chunk, trades)| {
-                crate::warm::load_whole(index.trade_table().chunk_slots(), trades)
-                    && index.trade_table().is_cold_chunk(chunk)
-            })
-            .map(|(chunk, _)| chunk)
-            .collect();
-        whole.sort_unstable_by(|a, b| b.cmp(a));
-        whole.truncate(chunks_max.saturating_sub(index.trade_table().resident_chunks()));
-        for &chunk in &whole {
-            let read = crate::warm::read_chunk(table, index, chunk).await?;
-            crate::warm::install(table, index, read, parts_len, Some(from))?;
-        }
-        let mut ids: Vec<TradeId> = self.ids.into_keys().filter(|id| index.trade_table().is_cold(*id)).collect();
-        ids.sort_unstable();
-        let dense_max = index.trade_table().dense_max();
-        for (id, record) in ids.iter().zip(cold::read_many(table, &ids, dense_max, parts_len).await?) {
-            if let Some(record) = record {
-                index.note_table_record(*id, &record.entry, record.version, from);
-                index.trade_table_mut().thaw(*id, record.entry);
-            }
-        }
-        for (record, at) in self.records {
-            index.apply(&record, at).map_err(|reason| TradeError::BadRecord { seq: at.seq, reason })?;
-        }
-        Ok(())
     }
 }
 
