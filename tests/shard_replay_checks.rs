@@ -5,7 +5,8 @@
 //! simulated disk, as a damaged or foreign log would hold them.
 
 use tradeshard_shard::{
-    order_key, CreatedFields, Currency, Funding, OrderClaim, RecordKind, Shard, TradeError, TradeId, TradeRecord,
+    order_key, ClaimOutcome, ClaimSettled, CreatedFields, Currency, Funding, OrderClaim, RecordKind, Shard, TradeError,
+    TradeId, TradeRecord,
 };
 use tradeshard_tests::{rolling_shard_config, run, upkeep_on_request};
 use tradeshard_wal::disk::SimDisk;
@@ -76,6 +77,37 @@ fn a_log_with_two_claims_of_one_order_number_is_refused_at_the_second() {
     run(async {
         let opened = open_over(&[claim("C-1"), claim("C-2"), claim("C-1")]).await;
         assert_eq!(refusal(opened), (2, "order number claimed twice"));
+    });
+}
+
+fn released(order_no: &str) -> Vec<u8> {
+    ClaimSettled { key: order_key(MERCHANT, order_no), outcome: ClaimOutcome::Released, at_ms: 2 }.encode()
+}
+
+#[test]
+fn an_order_number_released_by_its_claim_can_be_a_trade_of_this_shard() {
+    run(async {
+        let shard = open_over(&[claim("E-1"), released("E-1"), created(1, "E-1")]).await.unwrap();
+        assert_eq!(shard.stats().trades, 1);
+        shard.close().await.unwrap();
+        let opened = open_over(&[claim("E-2"), created(1, "E-2"), released("E-2")]).await;
+        assert_eq!(refusal(opened), (1, "order number used by two trades"), "the claim still held it");
+    });
+}
+
+#[test]
+fn of_several_bad_records_the_first_in_the_log_is_reported() {
+    run(async {
+        // The maps' changes are applied part by part, whichever part each key lies in: either
+        // order of the two faults reports the earlier.
+        let (first, second) = ("F-1", "F-2");
+        let opened = open_over(&[created(1, first), created(2, second), created(3, first), created(4, second)]).await;
+        assert_eq!(refusal(opened), (2, "order number used by two trades"));
+        let opened = open_over(&[created(1, first), created(2, second), created(3, second), created(4, first)]).await;
+        assert_eq!(refusal(opened), (2, "order number used by two trades"));
+        // A record refused on its own (its trade id taken) after one refused by its key.
+        let opened = open_over(&[created(1, "G-1"), created(2, "G-1"), created(1, "G-2")]).await;
+        assert_eq!(refusal(opened), (1, "order number used by two trades"));
     });
 }
 

@@ -41,16 +41,17 @@ impl<K, V> Default for PartitionedMap<K, V> {
 }
 
 impl<K: Hash + Eq + Clone, V: Clone> PartitionedMap<K, V> {
-    fn part(key: &K) -> usize {
+    /// The part `key` lives in.
+    pub(crate) fn part_of(key: &K) -> usize {
         (BuildHasherDefault::<IdHasher>::default().hash_one(key) >> 48) as usize % PARTS
     }
 
     pub fn get(&self, key: &K) -> Option<&V> {
-        self.parts[Self::part(key)].get(key)
+        self.parts[Self::part_of(key)].get(key)
     }
 
     pub fn get_mut(&mut self, key: &K) -> Option<&mut V> {
-        let part = &mut self.parts[Self::part(key)];
+        let part = &mut self.parts[Self::part_of(key)];
         // A part no snapshot shares is changed in place with one probe; a shared one is
         // copied only when it holds the key.
         if Rc::get_mut(part).is_none() && !part.contains_key(key) {
@@ -61,7 +62,7 @@ impl<K: Hash + Eq + Clone, V: Clone> PartitionedMap<K, V> {
 
     /// Removes `key`, returning its value.
     pub fn remove(&mut self, key: &K) -> Option<V> {
-        let part = &mut self.parts[Self::part(key)];
+        let part = &mut self.parts[Self::part_of(key)];
         if Rc::get_mut(part).is_none() && !part.contains_key(key) {
             return None;
         }
@@ -70,7 +71,7 @@ impl<K: Hash + Eq + Clone, V: Clone> PartitionedMap<K, V> {
 
     /// Inserts, returning the value `key` held before.
     pub fn insert(&mut self, key: K, value: V) -> Option<V> {
-        Rc::make_mut(&mut self.parts[Self::part(&key)]).insert(key, value)
+        Rc::make_mut(&mut self.parts[Self::part_of(&key)]).insert(key, value)
     }
 
     /// Entries held (a sum over the parts).
@@ -110,7 +111,7 @@ impl<K: Hash + Eq + Clone, V: Clone> PartitionedMap<K, V> {
     where
         V: Default,
     {
-        match Rc::make_mut(&mut self.parts[Self::part(&key)]).entry(key) {
+        match Rc::make_mut(&mut self.parts[Self::part_of(&key)]).entry(key) {
             Entry::Occupied(entry) => entry.into_mut(),
             Entry::Vacant(entry) => entry.insert(V::default()),
         }

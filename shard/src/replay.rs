@@ -1,5 +1,6 @@
 //! An open's replay of the log after its checkpoint into the shard's index: records applied
-//! in log order, in batches whose entries are looked up together first, and the changes to
+//! in log order, in batches whose entries are looked up together first, their changes to the
+//! keyed maps set aside and applied part by part (`index/staged.rs`), and the changes to
 //! trades not in memory set aside until their records are read from the table.
 
 use tradeshard_wal::disk::Disk;
@@ -8,21 +9,23 @@ use tradeshard_wal::Appended;
 use crate::cold;
 use crate::error::TradeError;
 use crate::id_hash::IdMap;
-use crate::index::ShardIndex;
+use crate::index::{ShardIndex, StagedKeys};
 use crate::record::{Funding, RecordKind, TradeRecord};
 use crate::system_record::LogRecord;
 use crate::trade::TradeId;
 use crate::trade_file::TradeFile;
 
-/// Records an open's replay decodes before applying them: their entries are looked up together
-/// first ([`ShardIndex::touch_replayed`]), so that the cache misses overlap.
+/// Records an open's replay decodes before applying them: their branches and activities are
+/// looked up together first ([`ShardIndex::touch_replayed`]), so that the cache misses overlap.
 pub(crate) const REPLAY_BATCH: usize = 64;
 
 /// Applies the replayed records of `batch` in log order and empties it; stops at the first that
-/// does not apply.
+/// does not apply. Their changes to the order keys, claims and users' lists are set aside in
+/// `staged` (applied once it is full, and by [`apply_staged`] at the replay's end).
 pub(crate) fn replay_batch(
     index: &mut ShardIndex,
     deferred: &mut Deferred,
+    staged: &mut StagedKeys,
     shard_id: u32,
     batch: &mut Vec<(Appended, LogRecord)>,
 ) -> Result<(), TradeError> {
@@ -33,8 +36,8 @@ pub(crate) fn replay_batch(
             _ => None,
         })
         .collect();
-    for ((_, record), keys) in batch.iter().zip(&keys) {
-        index.touch_replayed(record, *keys);
+    for (_, record) in batch.iter() {
+        index.touch_replayed(record);
     }
     // Applied where they lie: a record is 192 bytes, and moving each out of the batch cost
     // more than its apply.
@@ -47,7 +50,7 @@ pub(crate) fn replay_batch(
             // change waits for the table: account records after it were checked with it.
             LogRecord::Trade(record) if record.funding != Funding::External => {
                 index.apply_money(record, shard_id).and_then(|()| match deferred.takes(index, record) {
-                    false => index.apply_keyed(record, at, keys),
+                    false => apply_trade(index, staged, record, at, keys),
                     true => {
                         deferred.records.push((record.clone(), at));
                         Ok(())
@@ -60,13 +63,19 @@ pub(crate) fn replay_batch(
                 deferred.records.push((record.clone(), at));
                 Ok(())
             }
-            LogRecord::Trade(record) => index.apply_keyed(record, at, keys),
+            LogRecord::Trade(record) => apply_trade(index, staged, record, at, keys),
             LogRecord::Offset(commit) => {
                 index.apply_offset(commit);
                 Ok(())
             }
-            LogRecord::Claim(claim) => index.apply_claim(claim),
-            LogRecord::ClaimSettled(settled) => index.apply_claim_settled(settled),
+            LogRecord::Claim(claim) => {
+                staged.claim(claim, at.seq);
+                Ok(())
+            }
+            LogRecord::ClaimSettled(settled) => {
+                staged.settled(settled, at.seq);
+                Ok(())
+            }
             LogRecord::ClaimsKnown(mark) => {
                 index.note_claims_known(mark.below_counter);
                 Ok(())
@@ -81,7 +90,33 @@ pub(crate) fn replay_batch(
         }
     }
     batch.clear();
+    if result.is_ok() && staged.full() {
+        result = apply_staged(index, staged);
+    }
     result
+}
+
+/// Applies the changes to the keyed maps set aside (`index/staged.rs`). Every one of them came
+/// from a record before any that failed to apply, so its error, if any, is the replay's first.
+pub(crate) fn apply_staged(index: &mut ShardIndex, staged: &mut StagedKeys) -> Result<(), TradeError> {
+    index.apply_staged(staged).map_err(|(seq, reason)| TradeError::BadRecord { seq, reason })
+}
+
+/// A trade's record, its order key and user's list set aside when it creates the trade.
+fn apply_trade(
+    index: &mut ShardIndex,
+    staged: &mut StagedKeys,
+    record: &TradeRecord,
+    at: Appended,
+    keys: Option<(u128, u64)>,
+) -> Result<(), &'static str> {
+    if record.kind != RecordKind::Created {
+        return index.apply_keyed(record, at, None);
+    }
+    let (key, body) = keys.ok_or("created record without its fields")?;
+    index.apply_created_unkeyed(record, at)?;
+    staged.created(key, record.trade_id, body, record.user_id, at.seq);
+    Ok(())
 }
 
 /// The changes an open's replay met for trades not in memory, in log order.

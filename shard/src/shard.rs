@@ -26,10 +26,10 @@ use crate::checkpoints::{CheckpointStats, Checkpoints, OpenReport};
 use crate::cold::{self, SettledTotals};
 use crate::error::{LogError, Refusal, TradeError};
 use crate::events::{EventBatch, PollQuery};
-use crate::index::ShardIndex;
+use crate::index::{ShardIndex, StagedKeys};
 use crate::key_runs::KeyRuns;
 use crate::parts::PartsStore;
-use crate::replay::{replay_batch, Deferred, REPLAY_BATCH};
+use crate::replay::{apply_staged, replay_batch, Deferred, REPLAY_BATCH};
 use crate::retention::Upkeep;
 use crate::runs::KeysAge;
 use crate::state::{Accepted, Inner, ShardReply};
@@ -256,6 +256,7 @@ impl<D: Disk> Shard<D> {
         // records are read from the table (the replay cannot wait for the device).
         let mut deferred = Deferred::default();
         let from_frame = checkpoint.as_ref().and_then(|header| header.frame);
+        let mut staged = StagedKeys::default();
         let mut batch = Vec::with_capacity(REPLAY_BATCH);
         let (wal, report) = Wal::recover_from_frame(disk.clone(), wal_config, (from, from_frame), |at, bytes| {
             if replay_error.is_some() {
@@ -264,19 +265,21 @@ impl<D: Disk> Shard<D> {
             match LogRecord::decode(bytes) {
                 Ok(record) => batch.push((at, record)),
                 Err(reason) => {
-                    let replayed = replay_batch(&mut index, &mut deferred, shard_id, &mut batch);
+                    let replayed = replay_batch(&mut index, &mut deferred, &mut staged, shard_id, &mut batch);
                     replay_error = Some(replayed.err().unwrap_or(TradeError::BadRecord { seq: at.seq, reason }));
                     return;
                 }
             }
             if batch.len() == REPLAY_BATCH {
-                replay_error = replay_batch(&mut index, &mut deferred, shard_id, &mut batch).err();
+                replay_error = replay_batch(&mut index, &mut deferred, &mut staged, shard_id, &mut batch).err();
             }
         })
         .await?;
         if replay_error.is_none() {
-            replay_error = replay_batch(&mut index, &mut deferred, shard_id, &mut batch).err();
+            replay_error = replay_batch(&mut index, &mut deferred, &mut staged, shard_id, &mut batch).err();
         }
+        // The changes set aside came before any record that failed: theirs is the first error.
+        apply_staged(&mut index, &mut staged)?;
         if let Some(error) = replay_error {
             return Err(error);
         }

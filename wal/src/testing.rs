@@ -13,3 +13,9 @@ pub use crate::layout::{FRAME_HEADER_BYTES, SEGMENT_HEADER_BYTES};
 pub use crate::piece::{decode_piece_into, PieceHeader, PieceSpan};
 pub use crate::record::{push_record, records};
 pub use crate::segment::{file_name, HeaderDefect, SegmentHeader, PREPARED_NAME};
+
+/// An acknowledgement of record `seq` in a one-block piece at the start of segment 0: for
+/// tests that apply records without writing them.
+pub fn appended_at(seq: u64) -> crate::Appended {
+    crate::Appended { seq, piece: crate::PiecePos::new(0, 0, 1) }
+}

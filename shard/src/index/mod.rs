@@ -20,9 +20,11 @@ use tradeshard_wal::Appended;
 
 mod held;
 mod items;
+mod staged;
 mod user_trades;
 
 pub(crate) use items::{Item, Scalars};
+pub(crate) use staged::StagedKeys;
 use user_trades::UserTrades;
 
 use crate::accounts::{AccountBook, AccountItem};
@@ -468,24 +470,48 @@ impl ShardIndex {
         self.apply_keyed(record, at, record.created_keys())
     }
 
-    /// Looks up the entries a replayed record will change and drops the answers: run over a
-    /// batch of records before their applies, so that the cache misses of the lookups (maps of
-    /// millions of entries) overlap instead of coming one after another. `keys`: a create's
-    /// order key and body hash.
-    pub(crate) fn touch_replayed(&self, record: &LogRecord, keys: Option<(u128, u64)>) {
-        match record {
-            LogRecord::Trade(record) => {
-                if let Some((key, _)) = keys {
-                    std::hint::black_box((self.by_order.get(&key), self.claims.get(&key)));
-                    std::hint::black_box(self.by_user.get(&record.user_id));
-                }
-            }
-            LogRecord::Claim(claim) => {
-                std::hint::black_box((self.by_order.get(&claim.key), self.claims.get(&claim.key)));
-            }
-            LogRecord::Tcc(record) => record.steps.iter().for_each(|step| self.tcc.touch(step)),
-            _ => {}
+    /// Looks up the branches and activities a replayed record will change and drops the
+    /// answers: run over a batch of records before their applies, so that the cache misses of
+    /// the lookups (maps of millions of entries) overlap instead of coming one after another.
+    /// (The order keys, claims and users' lists are applied part by part: `staged.rs`.)
+    pub(crate) fn touch_replayed(&self, record: &LogRecord) {
+        if let LogRecord::Tcc(record) = record {
+            record.steps.iter().for_each(|step| self.tcc.touch(step));
         }
+    }
+
+    /// Takes `key` for trade `id`: no trade of this shard has it, no claim holds it.
+    fn take_order_key(&mut self, key: u128, id: TradeId, body: u64) -> Result<(), &'static str> {
+        if self.claims.get(&key).is_some() {
+            return Err("order number used by two trades");
+        }
+        // One probe both checks the key is free and takes it.
+        if let Some(held) = self.by_order.insert(key, (id, body)) {
+            self.by_order.insert(key, held);
+            return Err("order number used by two trades");
+        }
+        Ok(())
+    }
+
+    /// Adds the trade a `Created` record made (its id is new).
+    fn insert_created(&mut self, record: &TradeRecord, at: Appended) {
+        let id = record.trade_id;
+        let entry = TradeEntry {
+            logical_shard: id.logical_shard() as u16,
+            user_id: record.user_id,
+            merchant_id: record.merchant_id,
+            lifecycle: Lifecycle {
+                status: TradeStatus::Created,
+                amount: record.amount,
+                refunded: 0,
+                from_balance: false,
+            },
+            currency: record.currency,
+            updated_ms: record.at_ms,
+            created_at: CreatedAt::Log(at),
+        };
+        self.trades.insert_new(id, entry);
+        self.counter_max = self.counter_max.max(id.counter());
     }
 
     /// [`apply`](Self::apply) with a `Created` record's order key and body hash already
@@ -503,31 +529,9 @@ impl ShardIndex {
             if self.trades.contains(id) {
                 return Err("trade created twice");
             }
-            let entry = TradeEntry {
-                logical_shard: id.logical_shard() as u16,
-                user_id: record.user_id,
-                merchant_id: record.merchant_id,
-                lifecycle: Lifecycle {
-                    status: TradeStatus::Created,
-                    amount: record.amount,
-                    refunded: 0,
-                    from_balance: false,
-                },
-                currency: record.currency,
-                updated_ms: record.at_ms,
-                created_at: CreatedAt::Log(at),
-            };
-            if self.claims.get(&key).is_some() {
-                return Err("order number used by two trades");
-            }
-            // One probe both checks the key is free and takes it.
-            if let Some(held) = self.by_order.insert(key, (id, body)) {
-                self.by_order.insert(key, held);
-                return Err("order number used by two trades");
-            }
-            self.trades.insert_new(id, entry);
+            self.take_order_key(key, id, body)?;
+            self.insert_created(record, at);
             self.by_user.get_or_default(record.user_id).push(id);
-            self.counter_max = self.counter_max.max(id.counter());
             return Ok(());
         }
         if let Some(&(version, _)) = self.table_newer.get(&id) {
