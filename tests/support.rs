@@ -225,6 +225,12 @@ pub fn rolling_shard_config() -> WalConfig {
 /// table on disk and reads and changes find them there.
 pub const SMALL_TRADE_MEMORY: u64 = 32 * 88;
 
+/// Checkpoints only when asked (and at close); retention keeps about three segments of
+/// [`rolling_shard_config`]'s.
+pub fn upkeep_retaining_three_segments() -> tradeshard_shard::Upkeep {
+    upkeep_on_request(true, Some(3 * rolling_shard_config().segment_bytes))
+}
+
 /// Checkpoints only when a test asks (and at close if `on_close`); segments go by bytes alone
 /// (`retention_bytes`), never by time, and groups never expire; trades beyond a small memory
 /// leave memory at each checkpoint.
