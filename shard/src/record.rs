@@ -206,6 +206,20 @@ pub struct CreatedFieldsView<'a> {
 }
 
 impl<'a> TradeRecordView<'a> {
+    /// A `Created` record's order key and body hash (`keys.rs`); none for a change.
+    pub fn created_keys(&self) -> Option<(u128, u64)> {
+        self.created.map(|created| {
+            let key = crate::keys::order_key(self.merchant_id, created.merchant_order_no);
+            (key, crate::keys::body_hash(self.user_id, self.amount, self.currency, created.memo))
+        })
+    }
+
+    /// The owned record but for a create's order number and memo (`created` is `None`): for an
+    /// open's replay, which needs only their keys ([`created_keys`](Self::created_keys)).
+    pub(crate) fn into_record_without_created(self) -> TradeRecord {
+        TradeRecordView { created: None, ..self }.to_record()
+    }
+
     /// The owned record.
     pub fn to_record(&self) -> TradeRecord {
         TradeRecord {

@@ -10,7 +10,7 @@ use crate::cold;
 use crate::error::TradeError;
 use crate::id_hash::IdMap;
 use crate::index::{ShardIndex, StagedKeys};
-use crate::record::{Funding, RecordKind, TradeRecord};
+use crate::record::{Funding, RecordKind, TradeRecord, TradeRecordView};
 use crate::system_record::LogRecord;
 use crate::trade::TradeId;
 use crate::trade_file::TradeFile;
@@ -18,6 +18,23 @@ use crate::trade_file::TradeFile;
 /// Records an open's replay decodes before applying them: their branches and activities are
 /// looked up together first ([`ShardIndex::touch_replayed`]), so that the cache misses overlap.
 pub(crate) const REPLAY_BATCH: usize = 64;
+
+/// A create's order key and body hash; none for other records.
+type CreatedKeys = Option<(u128, u64)>;
+
+/// A replayed record where it lies in the log, with its [`CreatedKeys`].
+pub(crate) type Replayed = (Appended, LogRecord, CreatedKeys);
+
+/// Decodes a record for the replay, checking everything: a create's order number and memo
+/// become the keys they hash to and its record keeps neither (the index holds no strings, so
+/// the replay allocates none for them).
+pub(crate) fn decode(bytes: &[u8]) -> Result<(LogRecord, CreatedKeys), &'static str> {
+    if LogRecord::is_system(bytes) {
+        return LogRecord::decode(bytes).map(|record| (record, None));
+    }
+    let view = TradeRecordView::decode(bytes)?;
+    Ok((LogRecord::Trade(view.into_record_without_created()), view.created_keys()))
+}
 
 /// Applies the replayed records of `batch` in log order and empties it; stops at the first that
 /// does not apply. Their changes to the order keys, claims and users' lists are set aside in
@@ -27,23 +44,15 @@ pub(crate) fn replay_batch(
     deferred: &mut Deferred,
     staged: &mut StagedKeys,
     shard_id: u32,
-    batch: &mut Vec<(Appended, LogRecord)>,
+    batch: &mut Vec<Replayed>,
 ) -> Result<(), TradeError> {
-    let keys: Vec<Option<(u128, u64)>> = batch
-        .iter()
-        .map(|(_, record)| match record {
-            LogRecord::Trade(record) => record.created_keys(),
-            _ => None,
-        })
-        .collect();
-    for (_, record) in batch.iter() {
+    for (_, record, _) in batch.iter() {
         index.touch_replayed(record);
     }
     // Applied where they lie: a record is 192 bytes, and moving each out of the batch cost
     // more than its apply.
     let mut result = Ok(());
-    for ((at, record), keys) in batch.iter().zip(keys) {
-        let at = *at;
+    for &(at, ref record, keys) in batch.iter() {
         index.note_applied(at.seq);
         let applied = match record {
             // The money a record moves is applied in log order, even when the trade's own
@@ -108,7 +117,7 @@ fn apply_trade(
     staged: &mut StagedKeys,
     record: &TradeRecord,
     at: Appended,
-    keys: Option<(u128, u64)>,
+    keys: CreatedKeys,
 ) -> Result<(), &'static str> {
     if record.kind != RecordKind::Created {
         return index.apply_keyed(record, at, None);

@@ -26,14 +26,13 @@ use crate::checkpoints::{CheckpointStats, Checkpoints, OpenReport};
 use crate::cold::{self, SettledTotals};
 use crate::error::{LogError, Refusal, TradeError};
 use crate::events::{EventBatch, PollQuery};
-use crate::index::{ShardIndex, StagedKeys};
+use crate::index::{RunStore, ShardIndex, StagedKeys};
 use crate::key_runs::KeyRuns;
 use crate::parts::PartsStore;
 use crate::replay::{apply_staged, replay_batch, Deferred, REPLAY_BATCH};
 use crate::retention::Upkeep;
 use crate::runs::KeysAge;
 use crate::state::{Accepted, Inner, ShardReply};
-use crate::system_record::LogRecord;
 use crate::trade::now_ms;
 use crate::trade_cache::TradeCache;
 use crate::trade_file::TradeFile;
@@ -256,14 +255,18 @@ impl<D: Disk> Shard<D> {
         // records are read from the table (the replay cannot wait for the device).
         let mut deferred = Deferred::default();
         let from_frame = checkpoint.as_ref().and_then(|header| header.frame);
-        let mut staged = StagedKeys::default();
+        let expected = |store| key_runs.sets.newest_written(store);
+        let mut staged = StagedKeys::with_expected(
+            expected(RunStore::Orders) + 2 * expected(RunStore::Claims),
+            expected(RunStore::Users),
+        );
         let mut batch = Vec::with_capacity(REPLAY_BATCH);
         let (wal, report) = Wal::recover_from_frame(disk.clone(), wal_config, (from, from_frame), |at, bytes| {
             if replay_error.is_some() {
                 return;
             }
-            match LogRecord::decode(bytes) {
-                Ok(record) => batch.push((at, record)),
+            match crate::replay::decode(bytes) {
+                Ok((record, keys)) => batch.push((at, record, keys)),
                 Err(reason) => {
                     let replayed = replay_batch(&mut index, &mut deferred, &mut staged, shard_id, &mut batch);
                     replay_error = Some(replayed.err().unwrap_or(TradeError::BadRecord { seq: at.seq, reason }));

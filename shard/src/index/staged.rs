@@ -43,13 +43,18 @@ pub(crate) struct StagedKeys {
     limit: usize,
 }
 
-impl Default for StagedKeys {
-    fn default() -> Self {
-        Self::with_limit(STAGED_MAX)
-    }
-}
-
 impl StagedKeys {
+    /// Room for about `keys` changes to the order keys and claims and `users` to the users'
+    /// lists (what the last interval between checkpoints wrote to runs), so that the lists do
+    /// not grow by doubling; each bound by [`STAGED_MAX`].
+    pub(crate) fn with_expected(keys: u64, users: u64) -> Self {
+        let mut staged = Self::with_limit(STAGED_MAX);
+        let per_part = |expected: u64| (expected.min(STAGED_MAX as u64) as usize).div_ceil(PARTS);
+        staged.keys.iter_mut().for_each(|part| part.reserve(per_part(keys)));
+        staged.users.iter_mut().for_each(|part| part.reserve(per_part(users)));
+        staged
+    }
+
     fn with_limit(limit: usize) -> Self {
         StagedKeys {
             keys: (0..PARTS).map(|_| Vec::new()).collect(),
@@ -276,7 +281,11 @@ mod tests {
         let mut staged = StagedKeys::with_limit(limit);
         let mut failed = None;
         for chunk in records.chunks(batch) {
-            let mut batch = chunk.to_vec();
+            let keyed = |(at, record): &(Appended, LogRecord)| match record {
+                LogRecord::Trade(trade) => (*at, record.clone(), trade.created_keys()),
+                _ => (*at, record.clone(), None),
+            };
+            let mut batch: Vec<_> = chunk.iter().map(keyed).collect();
             if let Err(error) = replay_batch(&mut index, &mut deferred, &mut staged, 0, &mut batch) {
                 failed = Some(error);
                 break;
