@@ -23,8 +23,8 @@ use crate::trade::TradeId;
 
 use super::ShardIndex;
 
-/// Changes set aside before they are applied: a bound on the memory they hold (about 64 bytes
-/// each).
+/// Changes set aside before they are applied: a bound on the memory they hold (64 bytes each,
+/// and 16 for a create's user: about 160 MB).
 pub(crate) const STAGED_MAX: usize = 1 << 21;
 
 /// A change to the order keys or the claims, with the position of its record.
@@ -33,6 +33,8 @@ enum KeyChange {
     Claim { claim: OrderClaim, seq: u64 },
     Settled { settled: ClaimSettled, seq: u64 },
 }
+
+const _: () = assert!(std::mem::size_of::<KeyChange>() <= 64, "STAGED_MAX's bound on memory counts 64 bytes a change");
 
 /// The changes to the keyed maps set aside, per part, each part's in log order.
 pub(crate) struct StagedKeys {
@@ -117,10 +119,10 @@ impl ShardIndex {
                     if first.is_none_or(|(first_seq, _)| seq < first_seq) {
                         first = Some((seq, reason));
                     }
+                    // (The drain empties the list all the same.)
                     break;
                 }
             }
-            part.clear();
         }
         for part in staged.users.iter_mut() {
             for (user_id, id) in part.drain(..) {
