@@ -27,7 +27,8 @@ pub(crate) type Replayed = (Appended, LogRecord, CreatedKeys);
 
 /// Decodes a record for the replay, checking everything: a create's order number and memo
 /// become the keys they hash to and its record keeps neither (the index holds no strings, so
-/// the replay allocates none for them).
+/// the replay allocates none for them; a create is never set aside for the table, whose
+/// changes are applied again from their records: [`Deferred::takes`]).
 pub(crate) fn decode(bytes: &[u8]) -> Result<(LogRecord, CreatedKeys), &'static str> {
     if LogRecord::is_system(bytes) {
         return LogRecord::decode(bytes).map(|record| (record, None));

@@ -283,6 +283,8 @@ impl<D: Disk> Shard<D> {
         }
         // The changes set aside came before any record that failed: theirs is the first error.
         apply_staged(&mut index, &mut staged)?;
+        // Their lists (sized for a whole interval's keys) go before the table's chunks load.
+        drop(staged);
         if let Some(error) = replay_error {
             return Err(error);
         }
