@@ -94,13 +94,24 @@ pub struct CreatedFields {
     pub memo: String,
 }
 
+/// A create's order key and body hash (`keys.rs`), whether its record is owned or a view.
+fn keys_of_create(
+    merchant_id: u64,
+    buyer_id: u64,
+    amount: u64,
+    currency: Currency,
+    created: CreatedFieldsView<'_>,
+) -> (u128, u64) {
+    let key = crate::keys::order_key(merchant_id, created.merchant_order_no);
+    (key, crate::keys::body_hash(buyer_id, amount, currency, created.memo))
+}
+
 impl TradeRecord {
     /// A `Created` record's order key and body hash (`keys.rs`); none for a change.
     pub fn created_keys(&self) -> Option<(u128, u64)> {
-        self.created.as_ref().map(|created| {
-            let key = crate::keys::order_key(self.merchant_id, &created.merchant_order_no);
-            (key, crate::keys::body_hash(self.user_id, self.amount, self.currency, &created.memo))
-        })
+        let created = self.created.as_ref()?;
+        let fields = CreatedFieldsView { merchant_order_no: &created.merchant_order_no, memo: &created.memo };
+        Some(keys_of_create(self.merchant_id, self.user_id, self.amount, self.currency, fields))
     }
 
     /// The `Created` record of a validated trade.
@@ -208,10 +219,8 @@ pub struct CreatedFieldsView<'a> {
 impl<'a> TradeRecordView<'a> {
     /// A `Created` record's order key and body hash (`keys.rs`); none for a change.
     pub fn created_keys(&self) -> Option<(u128, u64)> {
-        self.created.map(|created| {
-            let key = crate::keys::order_key(self.merchant_id, created.merchant_order_no);
-            (key, crate::keys::body_hash(self.user_id, self.amount, self.currency, created.memo))
-        })
+        let fields = self.created?;
+        Some(keys_of_create(self.merchant_id, self.user_id, self.amount, self.currency, fields))
     }
 
     /// The owned record but for a create's order number and memo (`created` is `None`): for an
