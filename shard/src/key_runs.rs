@@ -464,57 +464,85 @@ pub(crate) async fn write_runs<D: Disk>(
     snapshot: &ShardIndex,
     age: KeysAge,
 ) -> Result<WrittenRuns<D>, TradeError> {
-    let mut sets = sets;
-    // Each step in turns: a checkpoint may hold a million entries to sort (`turns.rs`).
-    let order_entries = sorted_by_key(snapshot.recent_orders().map(|(key, id, _)| (key, order_value(id)))).await;
-    let claim_entries =
-        sorted_by_key(snapshot.recent_confirmed_claims().map(|(key, _, trade)| (key, claim_value(trade)))).await;
-    let refund_entries =
-        sorted_by_key(snapshot.recent_refunds().map(|(key, refund)| (key, refund_value(refund)))).await;
-    let request_entries =
-        sorted_by_key(snapshot.accounts().recent_requests().map(|(key, request)| (key, request_value(request)))).await;
-    let tcc = snapshot.tcc();
-    let branch_entries =
-        sorted_by_key(tcc.ended_branches().map(|(a, b, entry)| (branch_key(a, b), branch_value(a, b, entry)))).await;
-    let activity_entries =
-        sorted_by_key(tcc.completed_activities().map(|(id, ended)| (id, activity_value(&ended)))).await;
-    // A copy of sorted keys: a millisecond for a million, not worth a turn.
-    let keys_of = |entries: &[(u128, Value)]| entries.iter().map(|(key, _)| *key).collect();
-    let (order_keys, claim_keys) = (keys_of(&order_entries), keys_of(&claim_entries));
-    let refund_keys = keys_of(&refund_entries);
+    let mut written = StoreWriter { disk, next_id, age, sets, new_runs: Vec::new(), bytes: 0 };
+    // Each store sorted in turns (a checkpoint may hold millions of entries, `turns.rs`) and
+    // written before the next is sorted, so that a checkpoint holds one store's entries at a
+    // time. Order keys, claims, refunds and users' lists are sorted as their keys and what their
+    // values are made of (an id, a refund, nothing), their 56-byte values made as the run is
+    // written.
+    let orders = sorted_by_key(snapshot.recent_orders().map(|(key, id, _)| (key, id))).await;
+    written.write(RunStore::Orders, &orders, |id| order_value(*id)).await?;
+    let order_keys = keys_of(&orders);
+    drop(orders);
+    let claims = sorted_by_key(snapshot.recent_confirmed_claims().map(|(key, _, trade)| (key, trade))).await;
+    written.write(RunStore::Claims, &claims, |trade| claim_value(*trade)).await?;
+    let claim_keys = keys_of(&claims);
+    drop(claims);
     let user_counts: Vec<(u64, usize)> =
         collect_in_turns(snapshot.recent_users().map(|(user, ids)| (user, ids.len()))).await;
-    let user_entries = sorted_by_key(
-        snapshot
-            .recent_users()
-            .flat_map(|(user, ids)| ids.iter().map(move |id| (user_key(user, *id), [0u8; VALUE_BYTES_MAX]))),
+    let users = sorted_by_key(
+        snapshot.recent_users().flat_map(|(user, ids)| ids.iter().map(move |id| (user_key(user, *id), ()))),
     )
     .await;
-    let (mut bytes, mut new_runs) = (0, Vec::new());
-    let stores = [
-        (RunStore::Orders, order_entries),
-        (RunStore::Claims, claim_entries),
-        (RunStore::Users, user_entries),
-        (RunStore::Refunds, refund_entries),
-        (RunStore::Requests, request_entries),
-        (RunStore::Branches, branch_entries),
-        (RunStore::Activities, activity_entries),
-    ];
-    for (store, entries) in stores {
-        if entries.is_empty() {
-            continue;
-        }
-        let id = take_id(next_id);
-        let count = entries.len() as u64;
-        let run = Rc::new(Run::write(disk, store.prefix(), id, 0, age, store.shape(), count, entries).await?);
-        bytes += run.file_bytes();
-        sets.store_mut(store).push(run.clone());
-        new_runs.push((store, run));
-    }
+    written.write(RunStore::Users, &users, |()| [0u8; VALUE_BYTES_MAX]).await?;
+    drop(users);
+    let refunds = sorted_by_key(snapshot.recent_refunds().map(|(key, refund)| (key, *refund))).await;
+    written.write(RunStore::Refunds, &refunds, refund_value).await?;
+    let refund_keys = keys_of(&refunds);
+    drop(refunds);
+    // These three make their values as they are collected, in the maps' order: made in the
+    // keys' order they would read the entries at random, a cache miss each.
+    let requests = snapshot.accounts().recent_requests().map(|(key, entry)| (key, request_value(entry)));
+    written.write(RunStore::Requests, &sorted_by_key(requests).await, |value| *value).await?;
+    let tcc = snapshot.tcc();
+    let branches = tcc.ended_branches().map(|(a, b, entry)| (branch_key(a, b), branch_value(a, b, entry)));
+    written.write(RunStore::Branches, &sorted_by_key(branches).await, |value| *value).await?;
+    let activities = tcc.completed_activities().map(|(id, ended)| (id, activity_value(&ended)));
+    written.write(RunStore::Activities, &sorted_by_key(activities).await, |value| *value).await?;
+    let StoreWriter { sets, new_runs, bytes, .. } = written;
     if bytes > 0 {
         disk.sync_dir().await.map_err(|e| TradeError::Log(LogError::io("sync directory", disk.path_of(""), e)))?;
     }
     Ok(WrittenRuns { sets, new_runs, order_keys, claim_keys, refund_keys, user_counts, bytes })
+}
+
+/// The sorted keys of a store's entries (a copy: a millisecond for a million, not worth a turn).
+fn keys_of<V>(entries: &[(u128, V)]) -> Vec<u128> {
+    entries.iter().map(|(key, _)| *key).collect()
+}
+
+/// What [`write_runs`] has written so far, and where to write the next store's run.
+struct StoreWriter<'a, D: Disk> {
+    disk: &'a D,
+    next_id: &'a Cell<u64>,
+    age: KeysAge,
+    sets: RunSets<D>,
+    new_runs: Vec<(RunStore, Rc<Run<D>>)>,
+    bytes: u64,
+}
+
+impl<D: Disk> StoreWriter<'_, D> {
+    /// Writes `entries` (sorted by key) as a new run of `store`, each value made by `value` as
+    /// it is written; no run for no entries.
+    async fn write<V>(
+        &mut self,
+        store: RunStore,
+        entries: &[(u128, V)],
+        value: impl Fn(&V) -> Value,
+    ) -> Result<(), TradeError> {
+        if entries.is_empty() {
+            return Ok(());
+        }
+        let id = take_id(self.next_id);
+        let count = entries.len() as u64;
+        let values = entries.iter().map(|(key, entry)| (*key, value(entry)));
+        let run = Run::write(self.disk, store.prefix(), id, 0, self.age, store.shape(), count, values).await?;
+        let run = Rc::new(run);
+        self.bytes += run.file_bytes();
+        self.sets.store_mut(store).push(run.clone());
+        self.new_runs.push((store, run));
+        Ok(())
+    }
 }
 
 /// The next run id, used up now whatever becomes of the run.

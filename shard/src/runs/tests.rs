@@ -573,3 +573,27 @@ proptest::proptest! {
         proptest::prop_assert_eq!(decode_for_fuzzing(&sample, 1).is_ok(), sample == original);
     }
 }
+
+/// A run's write and a merge give the executor back every `ITEMS_PER_TURN` entries.
+#[test]
+fn a_write_and_a_merge_give_turns_back_every_few_thousand_entries() {
+    run(async {
+        let (disk, turns, stop) =
+            (SimDisk::new(), Rc::new(std::cell::Cell::new(0)), Rc::new(std::cell::Cell::new(false)));
+        let (counted, stopped) = (turns.clone(), stop.clone());
+        let other = glommio::spawn_local(async move {
+            while !stopped.get() {
+                counted.set(counted.get() + 1);
+                futures_lite::future::yield_now().await;
+            }
+        });
+        let entries: Vec<(u128, Value)> =
+            keys(5, 5 * crate::turns::ITEMS_PER_TURN).iter().map(|&k| (k, value(k, 1))).collect();
+        let written = Rc::new(write(&disk, 1, 0, &entries).await.unwrap());
+        let during_write = turns.replace(0);
+        merge(&disk, PREFIX, 2, 1, SHAPE, &[written]).await.unwrap();
+        stop.set(true);
+        other.await;
+        assert!(during_write >= 4 && turns.get() >= 4, "turns: {during_write} writing, {} merging", turns.get());
+    });
+}

@@ -14,6 +14,7 @@ use tradeshard_wal::disk::{Disk, DiskFile, WriteBuf};
 use super::format::{check_block, key_at, value_at, Encoder, Tail, BLOCK};
 use super::{corrupt, io, KeysAge, Run, Shape, Value};
 use crate::error::TradeError;
+use crate::turns::{take_turn, ITEMS_PER_TURN};
 
 /// Bytes written at once.
 const WRITE_BYTES: usize = 1 << 20;
@@ -177,7 +178,13 @@ impl<D: Disk> Run<D> {
         let mut writer = RunWriter::create(disk, prefix, id, level, capacity, shape.value_bytes).await?;
         writer.encoder.set_age(age);
         let mut filled = Ok(());
-        for (key, value) in entries {
+        for (n, (key, value)) in entries.into_iter().enumerate() {
+            // The encoding, the filter and the values the caller makes cost about a
+            // microsecond an entry: a megabyte written between turns would hold the shard's
+            // requests for tens of milliseconds.
+            if n > 0 && n.is_multiple_of(ITEMS_PER_TURN) {
+                take_turn().await;
+            }
             if writer.encoder.entries() == count {
                 filled = Err(writer.sink.corrupt(writer.sink.offset(), "a run given more entries than its count"));
                 break;
@@ -270,7 +277,14 @@ async fn merge_into<D: Disk>(writer: &mut RunWriter<D>, runs: &[Rc<Run<D>>]) -> 
             heap.push(Head { key, run, value });
         }
     }
+    let mut pushed = 0usize;
     while let Some(Head { key, run, value }) = heap.pop() {
+        // Turns given back as `Run::write` gives them: the reads yield only when a run's
+        // buffer runs out.
+        pushed += 1;
+        if pushed.is_multiple_of(ITEMS_PER_TURN) {
+            take_turn().await;
+        }
         // The same key in older runs: an older value, skipped.
         while heap.peek().is_some_and(|head| head.key == key) {
             if let Some(older) = heap.pop() {
