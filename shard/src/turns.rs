@@ -26,37 +26,57 @@ pub(crate) async fn collect_in_turns<T>(items: impl Iterator<Item = T>) -> Vec<T
     out
 }
 
-/// `entries` sorted by key: taken and sorted a turn's worth at a time, then merged, with a
-/// turn given back between each step. Equal keys keep no particular order.
-pub(crate) async fn sorted_by_key<V>(entries: impl Iterator<Item = (u128, V)>) -> Vec<(u128, V)> {
+/// Entries sorted by key in pieces: [`sorted_by_key`] sorts each turn's worth of them in place,
+/// in one buffer, and [`SortedInTurns::iter`] merges the pieces as it is read. Merging as they
+/// are read, rather than into a second buffer, halves the memory a sort takes (a checkpoint's
+/// may hold millions of entries, each a fresh page's worth of zeroing) and leaves the merge's
+/// turns to the reader.
+pub(crate) struct SortedInTurns<V> {
+    entries: Vec<(u128, V)>,
+}
+
+/// `entries` (about `expected` of them: the buffer is made that large at once) sorted by key
+/// in pieces of [`ITEMS_PER_TURN`], with a turn given back after each piece. Equal keys keep
+/// no particular order.
+pub(crate) async fn sorted_by_key<V>(entries: impl Iterator<Item = (u128, V)>, expected: usize) -> SortedInTurns<V> {
     let mut entries = entries.peekable();
-    let mut chunks = Vec::new();
+    let mut sorted = Vec::with_capacity(expected);
     while entries.peek().is_some() {
-        let mut chunk: Vec<(u128, V)> = entries.by_ref().take(ITEMS_PER_TURN).collect();
-        chunk.sort_unstable_by_key(|(key, _)| *key);
-        chunks.push(chunk.into_iter());
+        let start = sorted.len();
+        sorted.extend(entries.by_ref().take(ITEMS_PER_TURN));
+        sorted[start..].sort_unstable_by_key(|(key, _)| *key);
         take_turn().await;
     }
-    if chunks.len() <= 1 {
-        return chunks.pop().map(Vec::from_iter).unwrap_or_default();
+    SortedInTurns { entries: sorted }
+}
+
+impl<V> SortedInTurns<V> {
+    pub(crate) fn len(&self) -> usize {
+        self.entries.len()
     }
-    let total = chunks.iter().map(|chunk| chunk.len()).sum();
-    let mut heads: BinaryHeap<Reverse<(u128, usize)>> = chunks
-        .iter()
-        .enumerate()
-        .filter_map(|(n, chunk)| chunk.as_slice().first().map(|(key, _)| Reverse((*key, n))))
-        .collect();
-    let mut out = Vec::with_capacity(total);
-    while let Some(Reverse((_, n))) = heads.pop() {
-        out.push(chunks[n].next().expect("a chunk in the heap has a head"));
-        if let Some((key, _)) = chunks[n].as_slice().first() {
-            heads.push(Reverse((*key, n)));
-        }
-        if out.len().is_multiple_of(ITEMS_PER_TURN) {
-            take_turn().await;
-        }
+
+    pub(crate) fn is_empty(&self) -> bool {
+        self.entries.is_empty()
     }
-    out
+
+    /// Every entry in key order: a k-way merge of the pieces.
+    pub(crate) fn iter(&self) -> impl Iterator<Item = &(u128, V)> + '_ {
+        let mut pieces: Vec<std::slice::Iter<'_, (u128, V)>> =
+            self.entries.chunks(ITEMS_PER_TURN).map(|piece| piece.iter()).collect();
+        let mut heads: BinaryHeap<Reverse<(u128, usize)>> = pieces
+            .iter()
+            .enumerate()
+            .filter_map(|(n, piece)| piece.as_slice().first().map(|(key, _)| Reverse((*key, n))))
+            .collect();
+        std::iter::from_fn(move || {
+            let Reverse((_, n)) = heads.pop()?;
+            let entry = pieces[n].next()?;
+            if let Some((key, _)) = pieces[n].as_slice().first() {
+                heads.push(Reverse((*key, n)));
+            }
+            Some(entry)
+        })
+    }
 }
 
 #[cfg(test)]
@@ -67,12 +87,18 @@ mod tests {
     proptest! {
         #![proptest_config(ProptestConfig::with_cases(32))]
         #[test]
-        fn sorting_in_turns_sorts_and_keeps_every_entry(keys in proptest::collection::vec(any::<u128>(), 0..20_000)) {
+        /// Any count against any expected count (the buffer's first size), keys repeated or not.
+        fn sorting_in_turns_sorts_and_keeps_every_entry(
+            keys in proptest::collection::vec(prop_oneof![any::<u128>(), 0u128..64], 0..20_000),
+            expected in 0usize..30_000,
+        ) {
             let entries = keys.iter().enumerate().map(|(n, key)| (*key, n));
             let sorted = glommio::LocalExecutorBuilder::default()
                 .make()
                 .unwrap()
-                .run(sorted_by_key(entries));
+                .run(sorted_by_key(entries, expected));
+            prop_assert_eq!(sorted.len(), keys.len());
+            let sorted: Vec<&(u128, usize)> = sorted.iter().collect();
             prop_assert!(sorted.windows(2).all(|pair| pair[0].0 <= pair[1].0));
             let mut seen: Vec<usize> = sorted.iter().map(|(key, n)| { assert_eq!(keys[*n], *key); *n }).collect();
             seen.sort_unstable();

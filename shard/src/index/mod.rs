@@ -97,6 +97,11 @@ pub struct ShardIndex {
 }
 
 impl ShardIndex {
+    /// Order keys, claims (confirmed or not) and refunds held: what a checkpoint's runs take, at most.
+    pub(crate) fn recent_key_counts(&self) -> (usize, usize, usize) {
+        (self.by_order.len(), self.claims.len(), self.refunds.len())
+    }
+
     /// The order keys applied since the last checkpoint's run: key, trade, body hash.
     pub(crate) fn recent_orders(&self) -> impl Iterator<Item = (u128, TradeId, u64)> + '_ {
         self.by_order.iter().map(|(key, (id, body))| (*key, *id, *body))
