@@ -119,7 +119,7 @@ impl ShardIndex {
                     if first.is_none_or(|(first_seq, _)| seq < first_seq) {
                         first = Some((seq, reason));
                     }
-                    // (The drain empties the list all the same.)
+                    // Dropping the drain empties the rest of the part's list.
                     break;
                 }
             }

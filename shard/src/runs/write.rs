@@ -179,9 +179,9 @@ impl<D: Disk> Run<D> {
         writer.encoder.set_age(age);
         let mut filled = Ok(());
         for (n, (key, value)) in entries.into_iter().enumerate() {
-            // The encoding, the filter and the values the caller makes cost about a
-            // microsecond an entry: a megabyte written between turns would hold the shard's
-            // requests for tens of milliseconds.
+            // The encoding, the filter and the values the caller makes are a checkpoint's CPU:
+            // the writes alone yield once a megabyte of output, many thousands of entries,
+            // too long to hold the shard's requests.
             if n > 0 && n.is_multiple_of(ITEMS_PER_TURN) {
                 take_turn().await;
             }
