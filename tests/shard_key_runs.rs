@@ -249,3 +249,58 @@ fn a_checkpoint_at_the_same_position_after_an_open_keeps_the_fallbacks_runs() {
         shard.close().await.unwrap();
     });
 }
+
+/// Trades created while a checkpoint is under way (between its snapshot and the moment the
+/// keys it wrote leave memory) land in users' lists that the checkpoint's runs also hold in
+/// part: every list comes out whole, each trade once, and every order number answers its trade,
+/// after that checkpoint, after the next one and after a reopen.
+#[test]
+fn keys_written_while_a_checkpoint_is_under_way_stay_whole() {
+    run(async {
+        let disk = SimDisk::new();
+        let shard = open(&disk).await.unwrap();
+        let buyer = |n: u64| 1 + n % 3;
+        let mut ids = Vec::new();
+        for n in 0..60u64 {
+            ids.push(call(|done| shard.submit(create(buyer(n), n, 1_000), done)).await.unwrap().id);
+        }
+        let finished = std::rc::Rc::new(std::cell::Cell::new(false));
+        let checkpoint = shard.checkpoint();
+        let checkpoint = glommio::spawn_local({
+            let finished = finished.clone();
+            async move {
+                let taken = checkpoint.await;
+                finished.set(true);
+                taken
+            }
+        });
+        let mut during = 0;
+        while !finished.get() || ids.len() < 120 {
+            during += u64::from(!finished.get());
+            let n = ids.len() as u64;
+            ids.push(call(|done| shard.submit(create(buyer(n), n, 1_000), done)).await.unwrap().id);
+        }
+        checkpoint.await.unwrap();
+        assert!(during > 1, "creates landed while the checkpoint was under way ({during})");
+        let check = |shard: Shard<SimDisk>, ids: Vec<TradeId>, when: &'static str| async move {
+            for user in 1..=3u64 {
+                let mut want: Vec<TradeId> =
+                    (0..ids.len()).filter(|&n| buyer(n as u64) == user).map(|n| ids[n]).collect();
+                want.reverse();
+                assert_eq!(list_by_pages(&shard, user, 7).await, want, "{when}: user {user}, newest first");
+            }
+            for (n, id) in ids.iter().enumerate() {
+                let again = call(|done| shard.submit(create(buyer(n as u64), n as u64, 1_000), done)).await.unwrap();
+                assert_eq!((again.id, again.replayed), (*id, true), "{when}: order {n} answers its trade");
+            }
+            assert_eq!(shard.stats().trades, ids.len() as u64, "{when}: no retry created a trade");
+            shard
+        };
+        let shard = check(shard, ids.clone(), "after the checkpoint").await;
+        shard.checkpoint().await.unwrap();
+        let shard = check(shard, ids.clone(), "after the next one").await;
+        shard.close().await.unwrap();
+        let shard = check(open(&disk).await.unwrap(), ids, "after a reopen").await;
+        shard.close().await.unwrap();
+    });
+}

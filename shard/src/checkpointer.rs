@@ -6,8 +6,9 @@
 //!
 //! 1. the indexes are cloned; the clone shares their chunks and parts, and a write during the
 //!    checkpoint copies the one chunk or part it touches (`trade_table/`, `partitioned.rs`),
-//!    but for the account requests and the books of transactions, frozen first and shared
-//!    whole while writes go to a live layer over them (`layered.rs`);
+//!    but for the maps of recent work (order keys, users' lists, claims, refunds, account
+//!    requests, the books of transactions), frozen first and shared whole while writes go to a
+//!    live layer over them (`layered.rs`);
 //! 2. once the log is synced up to `P` (at once under `Durability::Sync`), the `Created`
 //!    records written since the last checkpoint are read back from the log and appended to
 //!    the store of created parts (`parts.rs`), which is synced;
@@ -312,23 +313,10 @@ async fn take_runs<D: Disk>(inner: &Inner<D>, written: WrittenRuns<D>, new_posit
         });
         runs.kept()
     };
-    // Until a key is forgotten, memory and the runs both hold it, alike.
+    // The snapshot froze the maps of recent work: what they held, but for what is under way,
+    // is in the runs now, and until it goes memory and the runs both hold it, alike. A turn's
+    // worth of entries at a time, so a layer of a few entries goes in one turn.
     let mut forgotten = 0;
-    for batch in written.order_keys.chunks(ITEMS_PER_TURN) {
-        forgotten += lowering(inner, |index| index.forget_in_runs(batch, &[]));
-        take_turn().await;
-    }
-    for batch in written.claim_keys.chunks(ITEMS_PER_TURN) {
-        forgotten += lowering(inner, |index| index.forget_in_runs(&[], batch));
-        take_turn().await;
-    }
-    for batch in written.refund_keys.chunks(ITEMS_PER_TURN) {
-        forgotten += lowering(inner, |index| index.forget_refunds(batch));
-        take_turn().await;
-    }
-    // The snapshot froze the account requests and the books of transactions: what they held
-    // that ended is in the runs now. A turn's worth of entries at a time, so a layer of a few
-    // entries goes in one turn.
     let mut part = 0;
     while part < SETTLE_PARTS && inner.index.borrow().has_frozen() {
         forgotten += lowering(inner, |index| {
@@ -338,10 +326,6 @@ async fn take_runs<D: Disk>(inner: &Inner<D>, written: WrittenRuns<D>, new_posit
                 part += 1;
             }
         });
-        take_turn().await;
-    }
-    for batch in written.user_counts.chunks(ITEMS_PER_TURN) {
-        forgotten += lowering(inner, |index| index.forget_user_trades(batch));
         take_turn().await;
     }
     (kept, forgotten)

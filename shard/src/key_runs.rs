@@ -48,7 +48,7 @@ use crate::state::{Inner, ShardReply};
 use crate::tcc_book::BranchEntry;
 use crate::tcc_ended::EndedActivity;
 use crate::trade::TradeId;
-use crate::turns::{collect_in_turns, sorted_by_key, SortedInTurns};
+use crate::turns::{sorted_by_key, SortedInTurns};
 
 /// The runs of one shard's seven stores, oldest first each. A clone shares the runs.
 #[derive(Clone)]
@@ -440,16 +440,9 @@ fn run_file_id<D: Disk>(name: &str) -> Option<u64> {
 pub(crate) struct WrittenRuns<D: Disk> {
     /// The sets the checkpoint lists: those in force when it began, and its new runs.
     pub sets: RunSets<D>,
-    /// Its new runs, to add to the sets in force once it is durable.
+    /// Its new runs, to add to the sets in force once it is durable (what they hold leaves
+    /// memory with the frozen layers of the maps, `ShardIndex::settle_frozen_part`).
     pub new_runs: Vec<(RunStore, Rc<Run<D>>)>,
-    /// What is now in a run, to forget from memory once the checkpoint is durable: order
-    /// keys, confirmed claims, refunds, and how many of each user's oldest trades in memory
-    /// (account requests, ended branches and completed activities go with their maps' frozen
-    /// layers, `ShardIndex::settle_frozen_part`).
-    pub order_keys: Vec<u128>,
-    pub claim_keys: Vec<u128>,
-    pub refund_keys: Vec<u128>,
-    pub user_counts: Vec<(u64, usize)>,
     /// Bytes of the runs written, merges included.
     pub bytes: u64,
 }
@@ -469,39 +462,35 @@ pub(crate) async fn write_runs<D: Disk>(
     // written before the next is sorted, so that a checkpoint holds one store's entries at a
     // time. Order keys, claims, refunds and users' lists are sorted as their keys and what their
     // values are made of (an id, a refund, nothing), their 56-byte values made as the run is
-    // written; the keys of the first three are kept, to forget them once the checkpoint is
-    // durable.
+    // written.
     let (order_count, claim_count, refund_count) = snapshot.recent_key_counts();
     let orders = sorted_by_key(snapshot.recent_orders().map(|(key, id, _)| (key, id)), order_count).await;
-    let order_keys = written.write(RunStore::Orders, orders, |id| order_value(*id), true).await?;
+    written.write(RunStore::Orders, orders, |id| order_value(*id)).await?;
     let claims = snapshot.recent_confirmed_claims().map(|(key, _, trade)| (key, trade));
-    let claims = sorted_by_key(claims, claim_count).await;
-    let claim_keys = written.write(RunStore::Claims, claims, |trade| claim_value(*trade), true).await?;
-    let user_counts: Vec<(u64, usize)> =
-        collect_in_turns(snapshot.recent_users().map(|(user, ids)| (user, ids.len()))).await;
+    written.write(RunStore::Claims, sorted_by_key(claims, claim_count).await, |trade| claim_value(*trade)).await?;
+    // A trade created since the last checkpoint has an order key and a place in its user's
+    // list: about as many ids as order keys (the sort takes any first size).
     let users = snapshot.recent_users().flat_map(|(user, ids)| ids.iter().map(move |id| (user_key(user, *id), ())));
-    let users = sorted_by_key(users, user_counts.iter().map(|(_, count)| count).sum()).await;
-    written.write(RunStore::Users, users, |()| [0u8; VALUE_BYTES_MAX], false).await?;
+    written.write(RunStore::Users, sorted_by_key(users, order_count).await, |()| [0u8; VALUE_BYTES_MAX]).await?;
     let refunds = snapshot.recent_refunds().map(|(key, refund)| (key, *refund));
-    let refund_keys =
-        written.write(RunStore::Refunds, sorted_by_key(refunds, refund_count).await, refund_value, true).await?;
+    written.write(RunStore::Refunds, sorted_by_key(refunds, refund_count).await, refund_value).await?;
     // These three make their values as they are collected, in the maps' order: made in the
     // keys' order they would read the entries at random, a cache miss each.
     let requests = snapshot.accounts().recent_requests().map(|(key, entry)| (key, request_value(entry)));
     let requests = sorted_by_key(requests, snapshot.accounts().len().1).await;
-    written.write(RunStore::Requests, requests, |value| *value, false).await?;
+    written.write(RunStore::Requests, requests, |value| *value).await?;
     let tcc = snapshot.tcc();
     let (branch_count, activity_count) = tcc.len();
     let branches = tcc.ended_branches().map(|(a, b, entry)| (branch_key(a, b), branch_value(a, b, entry)));
-    written.write(RunStore::Branches, sorted_by_key(branches, branch_count).await, |value| *value, false).await?;
+    written.write(RunStore::Branches, sorted_by_key(branches, branch_count).await, |value| *value).await?;
     let activities = tcc.completed_activities().map(|(id, ended)| (id, activity_value(&ended)));
     let activities = sorted_by_key(activities, activity_count).await;
-    written.write(RunStore::Activities, activities, |value| *value, false).await?;
+    written.write(RunStore::Activities, activities, |value| *value).await?;
     let StoreWriter { sets, new_runs, bytes, .. } = written;
     if bytes > 0 {
         disk.sync_dir().await.map_err(|e| TradeError::Log(LogError::io("sync directory", disk.path_of(""), e)))?;
     }
-    Ok(WrittenRuns { sets, new_runs, order_keys, claim_keys, refund_keys, user_counts, bytes })
+    Ok(WrittenRuns { sets, new_runs, bytes })
 }
 
 /// What [`write_runs`] has written so far, and where to write the next store's run.
@@ -516,32 +505,25 @@ struct StoreWriter<'a, D: Disk> {
 
 impl<D: Disk> StoreWriter<'_, D> {
     /// Writes `entries` as a new run of `store`, each value made by `value` as it is written
-    /// (no run for no entries); returns the keys written if `keep_keys`.
+    /// (no run for no entries).
     async fn write<V>(
         &mut self,
         store: RunStore,
         entries: SortedInTurns<V>,
         value: impl Fn(&V) -> Value,
-        keep_keys: bool,
-    ) -> Result<Vec<u128>, TradeError> {
-        let mut keys = Vec::with_capacity(if keep_keys { entries.len() } else { 0 });
+    ) -> Result<(), TradeError> {
         if entries.is_empty() {
-            return Ok(keys);
+            return Ok(());
         }
         let id = take_id(self.next_id);
         let count = entries.len() as u64;
-        let values = entries.iter().map(|(key, entry)| {
-            if keep_keys {
-                keys.push(*key);
-            }
-            (*key, value(entry))
-        });
+        let values = entries.iter().map(|(key, entry)| (*key, value(entry)));
         let run = Run::write(self.disk, store.prefix(), id, 0, self.age, store.shape(), count, values).await?;
         let run = Rc::new(run);
         self.bytes += run.file_bytes();
         self.sets.store_mut(store).push(run.clone());
         self.new_runs.push((store, run));
-        Ok(keys)
+        Ok(())
     }
 }
 

@@ -1,12 +1,13 @@
 //! A map with a frozen layer under its live one, so that a checkpoint's snapshot shares the
 //! map without copying it.
 //!
-//! The account requests and the books of flexible transactions take an entry per request,
-//! branch and activity, about a million between two checkpoints under a stream of transfers.
-//! A snapshot that shares a
-//! [`PartitionedMap`] copies each part the live map writes while the snapshot holds it: the
-//! whole map once per checkpoint, into freshly zeroed pages, and the ended entries that the
-//! checkpoint then moves to runs are forgotten one key at a time. Here the snapshot freezes
+//! The maps of recent work take an entry per request, branch and activity, per trade created
+//! (its order key, its place in its user's list) and per claim and refund: millions between two
+//! checkpoints. A snapshot that shares a [`PartitionedMap`] copies each part the live map
+//! writes while the snapshot holds it: the whole map once per checkpoint, into freshly zeroed
+//! pages, and mostly in the first write after the snapshot, which touches every part of a map
+//! keyed by random keys (a stall of the executor); and the entries that the checkpoint then
+//! moves to runs are forgotten one key at a time. Here the snapshot freezes
 //! the live entries instead ([`LayeredMap::freeze`]): the frozen layer is never written again,
 //! so the snapshot and the live map share it whole, and new writes go to a live layer that
 //! starts empty and shadows it. Once the checkpoint is durable, [`LayeredMap::settle_part`]
@@ -14,7 +15,10 @@
 //! drops the rest with the layer, part by part, so no turn of the executor holds it long.
 //!
 //! A key removed while the frozen layer holds it is a tombstone (`None`) in the live layer
-//! until that part of the frozen layer goes.
+//! until that part of the frozen layer goes. A value changed in place while the frozen layer
+//! holds it is carried up first ([`LayeredMap::get_mut`]); a settle shows the map what the
+//! frozen value was beside the live one ([`LayeredMap::settle_part_with`]), so that a value
+//! that grew (a user's list) can drop what the runs now hold.
 
 use std::hash::Hash;
 
@@ -53,6 +57,48 @@ impl<K: Hash + Eq + Clone, V: Clone> LayeredMap<K, V> {
             None => asked_below.is_some_and(|key| self.frozen_holds(&key)),
         };
         self.len += usize::from(!held);
+    }
+
+    /// Inserts `value` under `key` unless the key reads as present; whether it inserted.
+    pub(crate) fn insert_new(&mut self, key: K, value: V) -> bool {
+        let present = match self.live.get(&key) {
+            Some(held) => held.is_some(),
+            None => self.frozen_holds(&key),
+        };
+        if !present {
+            self.live.insert(key, Some(value));
+            self.len += 1;
+        }
+        !present
+    }
+
+    /// The value of `key`, to change in place: an entry only the frozen layer holds is carried
+    /// up into the live layer first (the frozen layer is never written).
+    pub(crate) fn get_mut(&mut self, key: &K) -> Option<&mut V> {
+        if self.live.get(key).is_none() {
+            let below = self.frozen.as_ref()?.get(key)?.clone()?;
+            self.live.insert(key.clone(), Some(below));
+        }
+        self.live.get_mut(key)?.as_mut()
+    }
+
+    /// The value of `key` to change in place, `V::default()` first if the key reads as absent
+    /// (carried up as [`get_mut`](Self::get_mut) carries it).
+    pub(crate) fn get_or_default(&mut self, key: K) -> &mut V
+    where
+        V: Default,
+    {
+        let in_live = self.live.get(&key).map(Option::is_some);
+        if in_live != Some(true) {
+            // A tombstone (`Some(false)`) shadows what the frozen layer holds.
+            let below = match in_live {
+                None => self.frozen.as_ref().and_then(|frozen| frozen.get(&key)).and_then(Clone::clone),
+                Some(_) => None,
+            };
+            self.len += usize::from(below.is_none());
+            self.live.insert(key.clone(), Some(below.unwrap_or_default()));
+        }
+        self.live.get_mut(&key).and_then(Option::as_mut).expect("placed above")
     }
 
     pub(crate) fn remove(&mut self, key: &K) {
@@ -102,12 +148,31 @@ impl<K: Hash + Eq + Clone, V: Clone> LayeredMap<K, V> {
     /// last part. Only once what the frozen layer held is durable elsewhere. Returns the
     /// entries the part held (the work it was).
     pub(crate) fn settle_part(&mut self, part: usize, keep: impl Fn(&V) -> bool) -> usize {
+        self.settle_part_with(part, keep, |_, _| true)
+    }
+
+    /// [`settle_part`](Self::settle_part), with `shadowed` called on each entry of the part
+    /// that the live layer holds too (carried up and changed since): the frozen value and the
+    /// live one, which it may change; it answers whether the live entry stays.
+    pub(crate) fn settle_part_with(
+        &mut self,
+        part: usize,
+        keep: impl Fn(&V) -> bool,
+        mut shadowed: impl FnMut(&V, &mut V) -> bool,
+    ) -> usize {
         let Some(frozen) = &mut self.frozen else { return 0 };
         let taken = frozen.take_part(part);
         for (key, value) in taken.iter() {
             match (self.live.get(key), value) {
                 // A tombstone shadowed this entry; with the entry gone it shadows nothing.
                 (Some(None), _) => drop(self.live.remove(key)),
+                (Some(Some(_)), Some(below)) => {
+                    let live = self.live.get_mut(key).and_then(Option::as_mut).expect("held");
+                    if !shadowed(below, live) {
+                        self.live.remove(key);
+                        self.len -= 1;
+                    }
+                }
                 (None, Some(value)) if keep(value) => drop(self.live.insert(key.clone(), Some(value.clone()))),
                 (None, Some(_)) => self.len -= 1,
                 _ => {}
@@ -158,6 +223,11 @@ mod tests {
     #[derive(Debug, Clone)]
     enum Op {
         Insert(u64, u64),
+        InsertNew(u64, u64),
+        /// Adds to the value in place, from zero if absent (`get_or_default`).
+        Add(u64, u64),
+        /// Adds one in place if present (`get_mut`).
+        Bump(u64),
         Remove(u64),
         Freeze,
         Settle,
@@ -165,18 +235,29 @@ mod tests {
 
     fn op() -> impl Strategy<Value = Op> {
         prop_oneof![
-            6 => (0u64..64, 0u64..10).prop_map(|(k, v)| Op::Insert(k, v)),
+            4 => (0u64..64, 0u64..10).prop_map(|(k, v)| Op::Insert(k, v)),
+            2 => (0u64..64, 0u64..10).prop_map(|(k, v)| Op::InsertNew(k, v)),
+            2 => (0u64..64, 1u64..4).prop_map(|(k, v)| Op::Add(k, v)),
+            2 => (0u64..64).prop_map(Op::Bump),
             2 => (0u64..64).prop_map(Op::Remove),
             1 => Just(Op::Freeze),
             1 => Just(Op::Settle),
         ]
     }
 
+    /// What a settle tells of an entry both layers hold (the frozen value, the live one): the
+    /// live one becomes their sum, and stays unless a multiple of three.
+    fn shadowed(frozen: &u64, live: &mut u64) -> bool {
+        *live = live.wrapping_add(*frozen);
+        !live.is_multiple_of(3)
+    }
+
     proptest! {
         /// Against a plain map: every read, at every step, reads as the model; a snapshot
         /// (a clone right after a freeze) keeps the entries of its moment whatever the live map
         /// does after; a settle drops exactly the entries `keep` does not name (even values
-        /// here), as forgetting them would.
+        /// here), as forgetting them would, and hands each entry written since the freeze that
+        /// the frozen layer held to `shadowed`.
         #[test]
         fn reads_as_one_map_with_snapshots_that_stay(ops in proptest::collection::vec(op(), 1..200)) {
             let mut map: LayeredMap<u64, u64> = LayeredMap::default();
@@ -185,12 +266,40 @@ mod tests {
             // Keys written since the last freeze (the live layer's), and whether a layer is
             // frozen: a settle forgets the ended entries (even values) of the others.
             let (mut written_since_freeze, mut frozen) = (std::collections::HashSet::new(), false);
+            let mut at_freeze: HashMap<u64, u64> = HashMap::new();
             for op in ops {
                 match op {
                     Op::Insert(k, v) => {
                         map.insert(k, v);
                         model.insert(k, v);
                         written_since_freeze.insert(k);
+                    }
+                    Op::InsertNew(k, v) => {
+                        let absent = !model.contains_key(&k);
+                        prop_assert_eq!(map.insert_new(k, v), absent);
+                        if absent {
+                            model.insert(k, v);
+                            written_since_freeze.insert(k);
+                        }
+                    }
+                    Op::Add(k, v) => {
+                        *map.get_or_default(k) += v;
+                        *model.entry(k).or_default() += v;
+                        written_since_freeze.insert(k);
+                    }
+                    Op::Bump(k) => {
+                        let bumped = map.get_mut(&k).map(|value| {
+                            *value += 1;
+                            *value
+                        });
+                        let expected = model.get_mut(&k).map(|value| {
+                            *value += 1;
+                            *value
+                        });
+                        prop_assert_eq!(bumped, expected);
+                        if expected.is_some() {
+                            written_since_freeze.insert(k);
+                        }
                     }
                     Op::Remove(k) => {
                         map.remove(&k);
@@ -200,15 +309,20 @@ mod tests {
                     Op::Freeze => {
                         map.freeze();
                         snapshots.push((map.clone(), model.clone()));
+                        at_freeze = model.clone();
                         (written_since_freeze, frozen) = (Default::default(), true);
                     }
                     Op::Settle => {
                         for part in 0..SETTLE_PARTS {
-                            map.settle_part(part, |v| v % 2 == 1);
+                            map.settle_part_with(part, |v| v % 2 == 1, shadowed);
                         }
                         prop_assert!(!map.has_frozen());
                         if frozen {
-                            model.retain(|k, v| *v % 2 == 1 || written_since_freeze.contains(k));
+                            model.retain(|k, v| match (written_since_freeze.contains(k), at_freeze.get(k)) {
+                                (true, Some(below)) => shadowed(below, v),
+                                (true, None) => true,
+                                (false, _) => *v % 2 == 1,
+                            });
                         }
                         frozen = false;
                         snapshots.clear();

@@ -13,7 +13,6 @@
 //! use its low bits to place it and its top seven bits as the tag they compare first, so the
 //! bits that choose the part are bits no part uses: each part's keys stay spread.
 
-use std::collections::hash_map::Entry;
 use std::hash::{BuildHasher, BuildHasherDefault, Hash};
 use std::rc::Rc;
 
@@ -79,12 +78,6 @@ impl<K: Hash + Eq + Clone, V: Clone> PartitionedMap<K, V> {
         self.parts.iter().map(|part| part.len()).sum()
     }
 
-    /// Bytes its entries take at their size, a control byte each: what it holds, without the
-    /// slack of its tables.
-    pub fn entry_bytes(&self) -> u64 {
-        self.len() as u64 * (std::mem::size_of::<(K, V)>() as u64 + 1)
-    }
-
     /// Room for `entries` more in all, spread over the parts: a map about to be filled with
     /// about that many grows once, not by a doubling of every part again and again.
     pub fn reserve(&mut self, entries: usize) {
@@ -105,17 +98,6 @@ impl<K: Hash + Eq + Clone, V: Clone> PartitionedMap<K, V> {
     pub fn take_part(&mut self, part: usize) -> Rc<IdMap<K, V>> {
         std::mem::take(&mut self.parts[part])
     }
-
-    /// The value of `key`, inserted as `V::default()` first if absent.
-    pub fn get_or_default(&mut self, key: K) -> &mut V
-    where
-        V: Default,
-    {
-        match Rc::make_mut(&mut self.parts[Self::part_of(&key)]).entry(key) {
-            Entry::Occupied(entry) => entry.into_mut(),
-            Entry::Vacant(entry) => entry.insert(V::default()),
-        }
-    }
 }
 
 #[cfg(test)]
@@ -131,10 +113,7 @@ mod tests {
             assert_eq!(map.insert(key, key + 1), model.insert(key, key + 1));
         }
         assert_eq!(map.insert(7, 0), model.insert(7, 0));
-        *map.get_or_default(1 << 40) += 5;
-        *model.entry(1 << 40).or_default() += 5;
-        *map.get_or_default(7) += 1;
-        *model.entry(7).or_default() += 1;
+        assert_eq!(map.insert(1 << 40, 5), model.insert(1 << 40, 5));
         *map.get_mut(&7).unwrap() += 1;
         *model.get_mut(&7).unwrap() += 1;
         assert_eq!(map.remove(&8), model.remove(&8));

@@ -15,17 +15,6 @@ pub(crate) async fn take_turn() {
     futures_lite::future::yield_now().await
 }
 
-/// Everything `items` yields, taken a turn's worth at a time.
-pub(crate) async fn collect_in_turns<T>(items: impl Iterator<Item = T>) -> Vec<T> {
-    let mut items = items.peekable();
-    let mut out = Vec::new();
-    while items.peek().is_some() {
-        out.extend(items.by_ref().take(ITEMS_PER_TURN));
-        take_turn().await;
-    }
-    out
-}
-
 /// Entries sorted by key in pieces: [`sorted_by_key`] sorts each turn's worth of them in place,
 /// in one buffer, and [`SortedInTurns::iter`] merges the pieces as it is read. Merging as they
 /// are read, rather than into a second buffer, halves the memory a sort takes (a checkpoint's

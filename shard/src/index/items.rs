@@ -87,12 +87,12 @@ impl ShardIndex {
             }
             Item::User(user, ids) => self.by_user.get_or_default(user).extend(ids),
             Item::Refund(key, refund) => {
-                if self.refunds.insert(key, refund).is_some() {
+                if !self.refunds.insert_new(key, refund) {
                     return Err("refund key twice in a checkpoint");
                 }
             }
             Item::Claim(key, claim) => {
-                if self.claims.insert(key, claim).is_some() {
+                if !self.claims.insert_new(key, claim) {
                     return Err("claim twice in a checkpoint");
                 }
                 if claim.trade.is_none() {

@@ -20,6 +20,8 @@ use tradeshard_wal::Appended;
 
 mod held;
 mod items;
+#[cfg(test)]
+mod settle_tests;
 mod staged;
 mod user_trades;
 
@@ -31,10 +33,10 @@ use crate::accounts::{AccountBook, AccountItem};
 pub(crate) use crate::entries::RunStore;
 pub use crate::entries::{ClaimEntry, CreatedAt, GroupOffset, RefundEntry, StoredPart, TablePart, TradeEntry};
 pub use crate::keys::{body_hash, order_key, refund_key};
+use crate::layered::LayeredMap;
 use crate::lifecycle::{next_state, Action, Lifecycle};
 use crate::message::MessageRecord;
 use crate::message_book::{MessageBook, MessageItem, MessageReceipt};
-use crate::partitioned::PartitionedMap;
 use crate::record::{Funding, RecordKind, TradeRecord};
 use crate::system_record::{ClaimOutcome, ClaimSettled, LogRecord, OffsetCommit, OrderClaim};
 use crate::tcc::TccRecord;
@@ -55,13 +57,13 @@ pub struct ShardIndex {
     // millions of entries never grows all at once (partitioned.rs).
     trades: TradeTable<TradeEntry>,
     /// Order keys of this shard's trades applied since the last checkpoint's run.
-    by_order: PartitionedMap<u128, (TradeId, u64)>,
+    by_order: LayeredMap<u128, (TradeId, u64)>,
     /// Each user's trades applied since the last checkpoint's run, oldest first.
-    by_user: PartitionedMap<u64, UserTrades>,
-    refunds: PartitionedMap<u128, RefundEntry>,
+    by_user: LayeredMap<u64, UserTrades>,
+    refunds: LayeredMap<u128, RefundEntry>,
     /// Order numbers whose home is this shard, claimed for trades of other shards: pending
     /// ones, and those confirmed since the last checkpoint's run.
-    claims: PartitionedMap<u128, ClaimEntry>,
+    claims: LayeredMap<u128, ClaimEntry>,
     /// The claims not settled yet: few (the creates in flight when the engine stopped, and
     /// confirmations not yet written), resolved when the engine opens.
     pending_claims: IdMap<u128, ClaimEntry>,
@@ -117,41 +119,9 @@ impl ShardIndex {
         self.by_user.iter().map(|(user, ids)| (*user, ids.as_slice()))
     }
 
-    /// Forgets the oldest `count` trades in memory of each user: a durable checkpoint's run
-    /// holds them (trades applied since were added after them).
-    pub(crate) fn forget_user_trades(&mut self, counts: &[(u64, usize)]) {
-        for &(user, count) in counts {
-            if let Some(ids) = self.by_user.get_mut(&user) {
-                ids.forget_oldest(count);
-                if ids.is_empty() {
-                    self.by_user.remove(&user);
-                }
-            }
-        }
-    }
-
     /// The refunds applied since the last checkpoint's run.
     pub(crate) fn recent_refunds(&self) -> impl Iterator<Item = (u128, &RefundEntry)> + '_ {
         self.refunds.iter().map(|(key, refund)| (*key, refund))
-    }
-
-    /// Forgets the refunds a durable checkpoint's run now holds.
-    pub(crate) fn forget_refunds(&mut self, keys: &[u128]) {
-        for key in keys {
-            self.refunds.remove(key);
-        }
-    }
-
-    /// Forgets the order keys and confirmed claims a durable checkpoint's runs now hold.
-    pub(crate) fn forget_in_runs(&mut self, order_keys: &[u128], claim_keys: &[u128]) {
-        for key in order_keys {
-            self.by_order.remove(key);
-        }
-        for key in claim_keys {
-            if self.claims.get(key).is_some_and(|claim| claim.trade.is_some()) {
-                self.claims.remove(key);
-            }
-        }
     }
 
     /// The accounts and the account requests applied.
@@ -190,22 +160,43 @@ impl ShardIndex {
     }
 
     /// Freezes the maps of recent work that a checkpoint's snapshot would otherwise copy part
-    /// by part while it lives (`layered.rs`): the account requests and the books of
-    /// transactions.
+    /// by part while it lives (`layered.rs`): the order keys, the users' lists, the claims, the
+    /// refunds, the account requests and the books of transactions.
     pub(crate) fn freeze_for_snapshot(&mut self) {
+        self.by_order.freeze();
+        self.by_user.freeze();
+        self.claims.freeze();
+        self.refunds.freeze();
         self.accounts.freeze_requests();
         self.tcc.freeze();
     }
 
-    /// Once the checkpoint of the last freeze is durable: drops part `part` of what was frozen,
-    /// keeping what is still under way (`layered.rs`); returns the entries the part held.
+    /// Once the checkpoint of the last freeze is durable (its runs hold what was frozen, but for
+    /// what is under way): drops part `part` of what was frozen, keeping the pending claims and
+    /// the requests, branches and activities under way (`layered.rs`); returns the entries the
+    /// part held.
     pub(crate) fn settle_frozen_part(&mut self, part: usize) -> usize {
-        self.accounts.settle_requests_part(part) + self.tcc.settle_part(part)
+        // A user's list carried up since the snapshot still begins with the ids the run holds.
+        let trim_user = |frozen: &UserTrades, live: &mut UserTrades| {
+            live.forget_oldest(frozen.as_slice().len());
+            !live.is_empty()
+        };
+        self.by_order.settle_part(part, |_| false)
+            + self.by_user.settle_part_with(part, |_| false, trim_user)
+            + self.claims.settle_part(part, |claim| claim.trade.is_none())
+            + self.refunds.settle_part(part, |_| false)
+            + self.accounts.settle_requests_part(part)
+            + self.tcc.settle_part(part)
     }
 
     /// Whether frozen entries wait for [`settle_frozen_part`](Self::settle_frozen_part).
     pub(crate) fn has_frozen(&self) -> bool {
-        self.accounts.has_frozen_requests() || self.tcc.has_frozen()
+        self.by_order.has_frozen()
+            || self.by_user.has_frozen()
+            || self.claims.has_frozen()
+            || self.refunds.has_frozen()
+            || self.accounts.has_frozen_requests()
+            || self.tcc.has_frozen()
     }
 
     /// The accounts and the flexible transactions together, as the rules of a step see them.
@@ -328,8 +319,7 @@ impl ShardIndex {
             return Err("order number claimed twice");
         }
         let entry = ClaimEntry { body: claim.body, buyer_id: claim.buyer_id, trade: None };
-        if let Some(held) = self.claims.insert(claim.key, entry) {
-            self.claims.insert(claim.key, held);
+        if !self.claims.insert_new(claim.key, entry) {
             return Err("order number claimed twice");
         }
         self.pending_claims.insert(claim.key, entry);
@@ -355,7 +345,7 @@ impl ShardIndex {
             ClaimOutcome::Confirmed(id) => {
                 self.claims.get_mut(&settled.key).expect("a pending claim is a claim").trade = Some(id);
             }
-            ClaimOutcome::Released => drop(self.claims.remove(&settled.key)),
+            ClaimOutcome::Released => self.claims.remove(&settled.key),
         }
         Ok(())
     }
@@ -490,9 +480,7 @@ impl ShardIndex {
         if self.claims.get(&key).is_some() {
             return Err("order number used by two trades");
         }
-        // One probe both checks the key is free and takes it.
-        if let Some(held) = self.by_order.insert(key, (id, body)) {
-            self.by_order.insert(key, held);
+        if !self.by_order.insert_new(key, (id, body)) {
             return Err("order number used by two trades");
         }
         Ok(())
@@ -548,7 +536,7 @@ impl ShardIndex {
                     let key = refund_key(record.merchant_id, record.user_id, refund_no);
                     let refund =
                         RefundEntry { trade_id: id, amount: record.amount, refunded_after: 0, at_ms: record.at_ms };
-                    if self.refunds.insert(key, refund).is_some() {
+                    if !self.refunds.insert_new(key, refund) {
                         return Err("refund request number used twice");
                     }
                     self.refunds_held.push((id, key));
@@ -584,7 +572,7 @@ impl ShardIndex {
                 refunded_after: entry.lifecycle.refunded,
                 at_ms: record.at_ms,
             };
-            if self.refunds.insert(refund_key(record.merchant_id, record.user_id, refund_no), refund).is_some() {
+            if !self.refunds.insert_new(refund_key(record.merchant_id, record.user_id, refund_no), refund) {
                 return Err("refund request number used twice");
             }
         }
