@@ -208,12 +208,27 @@ fn corrupt(disk: &impl Disk, offset: u64, reason: &'static str) -> TradeError {
 /// Where a checkpoint put the created parts of the trades created since the one before: the
 /// store of created parts, or inline in the trades' records of the table. A checkpoint may
 /// place millions, so an inline part waits for the table's write packed in one buffer (its
-/// two lengths and its bytes) rather than as a whole inline part per trade.
+/// two lengths and its bytes) rather than as a whole inline part per trade, and the places are
+/// laid out by the trades' counters, which a shard issues one after another: the table's
+/// writer asks for them page by page, in counter order, and reads them in sequence, where a
+/// hash map's probes were a cache miss each (and its doublings, fresh pages). A trade whose
+/// counter lies outside the range laid out (an id the engine did not issue) goes to a map.
 #[derive(Default)]
 pub(crate) struct PlacedParts {
-    places: IdMap<TradeId, Placed>,
+    /// The counter of `by_counter[0]`.
+    first: u64,
+    /// By counter from `first`: the trade placed, and where its part went.
+    by_counter: Vec<Option<(TradeId, Placed)>>,
+    /// Trades placed in `by_counter`.
+    laid_out: usize,
+    others: IdMap<TradeId, Placed>,
     packed: Vec<u8>,
 }
+
+/// Slots [`PlacedParts`] lays out below the first counter placed (a create that took its
+/// counter earlier may be written later) and beyond the trades it holds: a bound on the memory
+/// a log of sparse counters could make it take.
+const SLOTS_SPARE: usize = 1 << 16;
 
 #[derive(Clone, Copy)]
 enum Placed {
@@ -226,8 +241,42 @@ enum Placed {
 }
 
 impl PlacedParts {
+    /// Places laid out by counter for about `expected` trades (the spare slots below the
+    /// first one counted, so that the slots do not grow by doubling past them).
+    fn with_expected(expected: usize) -> PlacedParts {
+        PlacedParts { by_counter: Vec::with_capacity(expected + SLOTS_SPARE), ..PlacedParts::default() }
+    }
+
+    fn place(&mut self, id: TradeId, placed: Placed) {
+        if self.laid_out == 0 && self.by_counter.is_empty() {
+            self.first = id.counter().saturating_sub(SLOTS_SPARE as u64);
+        }
+        let slot = id.counter().checked_sub(self.first).and_then(|slot| usize::try_from(slot).ok());
+        // Laid out while the slots stay within twice the trades placed, and the spare.
+        let room = 2 * (self.laid_out + 1) + 2 * SLOTS_SPARE;
+        match slot.filter(|&slot| slot < room) {
+            Some(slot) if self.by_counter.get(slot).is_none_or(|held| held.is_none_or(|(held, _)| held == id)) => {
+                if slot >= self.by_counter.len() {
+                    self.by_counter.resize(slot + 1, None);
+                }
+                self.laid_out += usize::from(self.by_counter[slot].is_none());
+                self.by_counter[slot] = Some((id, placed));
+            }
+            // Far from the others, or another id of a counter laid out: not one this engine issued.
+            _ => drop(self.others.insert(id, placed)),
+        }
+    }
+
+    fn placed(&self, id: TradeId) -> Option<Placed> {
+        let slot = id.counter().checked_sub(self.first).and_then(|slot| usize::try_from(slot).ok());
+        match slot.and_then(|slot| self.by_counter.get(slot)).copied().flatten() {
+            Some((held, placed)) if held == id => Some(placed),
+            _ => self.others.get(&id).copied(),
+        }
+    }
+
     pub(crate) fn stored(&mut self, id: TradeId, part: StoredPart) {
-        self.places.insert(id, Placed::Stored(part));
+        self.place(id, Placed::Stored(part));
     }
 
     /// Places the part inline if it fits; false if it does not (nothing placed).
@@ -235,13 +284,13 @@ impl PlacedParts {
         let Some(inline) = inline_part(merchant_order_no, memo) else { return false };
         let Ok(at) = u32::try_from(self.packed.len()) else { return false };
         self.packed.extend_from_slice(&inline[..2 + inline[0] as usize + inline[1] as usize]);
-        self.places.insert(id, Placed::Table { part, at });
+        self.place(id, Placed::Table { part, at });
         true
     }
 
     /// Where trade `id`'s part went, and the part when inline.
     pub(crate) fn get(&self, id: TradeId) -> Option<(CreatedAt, Option<InlinePart>)> {
-        Some(match *self.places.get(&id)? {
+        Some(match self.placed(id)? {
             Placed::Stored(part) => (CreatedAt::Stored(part), None),
             Placed::Table { part, at } => {
                 let at = at as usize;
@@ -253,9 +302,11 @@ impl PlacedParts {
         })
     }
 
-    /// Every trade placed, with where its part went.
+    /// Every trade placed, with where its part went: those laid out in counter order, then
+    /// the others.
     pub(crate) fn into_places(self) -> impl Iterator<Item = (TradeId, CreatedAt)> {
-        self.places.into_iter().map(|(id, placed)| match placed {
+        let laid_out = self.by_counter.into_iter().flatten();
+        laid_out.chain(self.others).map(|(id, placed)| match placed {
             Placed::Stored(part) => (id, CreatedAt::Stored(part)),
             Placed::Table { part, .. } => (id, CreatedAt::Table(part)),
         })
@@ -276,8 +327,9 @@ pub(crate) async fn place_created_parts<D: Disk>(
     let parts = &inner.checkpoints.parts;
     let scattered: std::collections::HashSet<TradeId> = snapshot.trade_table().scattered().map(|(id, _)| id).collect();
     let mut entries = Vec::with_capacity(APPEND_BYTES + 4096);
-    let mut placed = PlacedParts::default();
     let mut reader = inner.wal.reader(since)?;
+    // A trade created since the last checkpoint has an order key there.
+    let mut placed = PlacedParts::with_expected(snapshot.recent_key_counts().0);
     while let Some((seq, record)) = reader.next().await? {
         if seq >= position {
             break;
@@ -316,6 +368,55 @@ mod tests {
         fn any_bytes_parse_without_panic(bytes in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..200)) {
             if let Some(Ok((record, len))) = next_entry(&bytes) {
                 proptest::prop_assert!(len <= bytes.len() && record.len() + ENTRY_HEADER_BYTES == len);
+            }
+        }
+    }
+
+    proptest::proptest! {
+        /// Against a map: every trade placed reads back where its part went (the last place
+        /// given), inline parts with their bytes, whatever the counters (near each other, a
+        /// create written before one of a lower counter, far apart, one counter under two
+        /// logical shards); the places come out once each, those laid out in counter order.
+        #[test]
+        fn places_read_back_as_a_map_holds_them(
+            trades in proptest::collection::vec((0u32..3, 0u64..40, 0u64..4, proptest::prelude::any::<bool>()), 1..120),
+        ) {
+            let mut placed = PlacedParts::with_expected(8);
+            let mut model: std::collections::HashMap<TradeId, (CreatedAt, Option<InlinePart>)> = Default::default();
+            for (n, (logical, step, far, inline)) in trades.into_iter().enumerate() {
+                // Counters from 100_000, most near each other, some far above or below.
+                let counter = match far {
+                    0 => 1 + n as u64 * 1_000_000,
+                    1 => 100_000 - step,
+                    _ => 100_000 + step,
+                };
+                let id = TradeId::new(logical, counter);
+                let seq = n as u64;
+                let order = format!("O-{n}");
+                let at = match inline {
+                    true => {
+                        let part = TablePart { seq, created_ms: 7 };
+                        proptest::prop_assert!(placed.inline(id, part, &order, "memo"));
+                        (CreatedAt::Table(part), inline_part(&order, "memo"))
+                    }
+                    false => {
+                        let part = StoredPart { seq, offset: seq * 100, len: 50 };
+                        placed.stored(id, part);
+                        (CreatedAt::Stored(part), None)
+                    }
+                };
+                model.insert(id, at);
+            }
+            for (id, at) in &model {
+                proptest::prop_assert_eq!(placed.get(*id), Some(*at));
+            }
+            proptest::prop_assert_eq!(placed.get(TradeId::new(5, 100_000)), None);
+            let laid_out: Vec<u64> = placed.by_counter.iter().flatten().map(|(id, _)| id.counter()).collect();
+            proptest::prop_assert!(laid_out.windows(2).all(|pair| pair[0] < pair[1]));
+            let places: Vec<(TradeId, CreatedAt)> = placed.into_places().collect();
+            proptest::prop_assert_eq!(places.len(), model.len());
+            for (id, at) in places {
+                proptest::prop_assert_eq!(Some(at), model.get(&id).map(|(at, _)| *at));
             }
         }
     }
