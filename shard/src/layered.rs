@@ -61,6 +61,20 @@ impl<K: Hash + Eq + Clone, V: Clone> LayeredMap<K, V> {
 
     /// Inserts `value` under `key` unless the key reads as present; whether it inserted.
     pub(crate) fn insert_new(&mut self, key: K, value: V) -> bool {
+        if self.frozen.is_none() {
+            // No layer below to ask: one probe both checks and takes the key (a replay's
+            // every create asks).
+            return match self.live.insert(key.clone(), Some(value)) {
+                Some(Some(held)) => {
+                    self.live.insert(key, Some(held));
+                    false
+                }
+                _ => {
+                    self.len += 1;
+                    true
+                }
+            };
+        }
         let present = match self.live.get(&key) {
             Some(held) => held.is_some(),
             None => self.frozen_holds(&key),
@@ -75,7 +89,7 @@ impl<K: Hash + Eq + Clone, V: Clone> LayeredMap<K, V> {
     /// The value of `key`, to change in place: an entry only the frozen layer holds is carried
     /// up into the live layer first (the frozen layer is never written).
     pub(crate) fn get_mut(&mut self, key: &K) -> Option<&mut V> {
-        if self.live.get(key).is_none() {
+        if self.frozen.is_some() && self.live.get(key).is_none() {
             let below = self.frozen.as_ref()?.get(key)?.clone()?;
             self.live.insert(key.clone(), Some(below));
         }
@@ -88,6 +102,15 @@ impl<K: Hash + Eq + Clone, V: Clone> LayeredMap<K, V> {
     where
         V: Default,
     {
+        if self.frozen.is_none() {
+            // One probe; with no layer below, no tombstone is left and `None` reads as absent.
+            let slot = self.live.get_or_default(key);
+            if slot.is_none() {
+                *slot = Some(V::default());
+                self.len += 1;
+            }
+            return slot.as_mut().expect("placed above");
+        }
         let in_live = self.live.get(&key).map(Option::is_some);
         if in_live != Some(true) {
             // A tombstone (`Some(false)`) shadows what the frozen layer holds.

@@ -93,6 +93,14 @@ impl<K: Hash + Eq + Clone, V: Clone> PartitionedMap<K, V> {
         self.parts.iter().flat_map(|part| part.iter())
     }
 
+    /// The value of `key`, inserted as `V::default()` first if absent: one probe.
+    pub fn get_or_default(&mut self, key: K) -> &mut V
+    where
+        V: Default,
+    {
+        Rc::make_mut(&mut self.parts[Self::part_of(&key)]).entry(key).or_default()
+    }
+
     /// Takes part `part` (`0..PARTS`) out of the map, leaving it empty: the entries whose keys
     /// the part holds.
     pub fn take_part(&mut self, part: usize) -> Rc<IdMap<K, V>> {
@@ -113,7 +121,10 @@ mod tests {
             assert_eq!(map.insert(key, key + 1), model.insert(key, key + 1));
         }
         assert_eq!(map.insert(7, 0), model.insert(7, 0));
-        assert_eq!(map.insert(1 << 40, 5), model.insert(1 << 40, 5));
+        *map.get_or_default(1 << 40) += 5;
+        *model.entry(1 << 40).or_default() += 5;
+        *map.get_or_default(7) += 1;
+        *model.entry(7).or_default() += 1;
         *map.get_mut(&7).unwrap() += 1;
         *model.get_mut(&7).unwrap() += 1;
         assert_eq!(map.remove(&8), model.remove(&8));

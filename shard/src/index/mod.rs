@@ -13,6 +13,7 @@
 //! `ARCHITECTURE.md`).
 
 use std::collections::HashMap;
+use std::num::NonZeroU64;
 
 use crate::id_hash::IdMap;
 
@@ -56,8 +57,9 @@ pub struct ShardIndex {
     // Laid out by counter (trade_table/); the others are partitioned, so that a map of
     // millions of entries never grows all at once (partitioned.rs).
     trades: TradeTable<TradeEntry>,
-    /// Order keys of this shard's trades applied since the last checkpoint's run.
-    by_order: LayeredMap<u128, (TradeId, u64)>,
+    /// Order keys of this shard's trades applied since the last checkpoint's run: the trade's
+    /// id (never zero, so that the layered map's slot, an `Option`, takes no more) and body hash.
+    by_order: LayeredMap<u128, (NonZeroU64, u64)>,
     /// Each user's trades applied since the last checkpoint's run, oldest first.
     by_user: LayeredMap<u64, UserTrades>,
     refunds: LayeredMap<u128, RefundEntry>,
@@ -106,7 +108,7 @@ impl ShardIndex {
 
     /// The order keys applied since the last checkpoint's run: key, trade, body hash.
     pub(crate) fn recent_orders(&self) -> impl Iterator<Item = (u128, TradeId, u64)> + '_ {
-        self.by_order.iter().map(|(key, (id, body))| (*key, *id, *body))
+        self.by_order.iter().map(|(key, (id, body))| (*key, TradeId(id.get()), *body))
     }
 
     /// The claims confirmed since the last checkpoint's run, with their trades.
@@ -297,7 +299,7 @@ impl ShardIndex {
     /// The trade created with this order key, and its body hash, if it is among the keys
     /// since the last checkpoint's run (`key_runs.rs` asks the runs for the others).
     pub fn by_order(&self, key: u128) -> Option<(TradeId, u64)> {
-        self.by_order.get(&key).copied()
+        self.by_order.get(&key).map(|(id, body)| (TradeId(id.get()), *body))
     }
 
     /// The claim of an order key, if this shard is its home and it is claimed: pending, or
@@ -480,6 +482,7 @@ impl ShardIndex {
         if self.claims.get(&key).is_some() {
             return Err("order number used by two trades");
         }
+        let id = NonZeroU64::new(id.0).ok_or("a trade of id zero")?;
         if !self.by_order.insert_new(key, (id, body)) {
             return Err("order number used by two trades");
         }
@@ -581,3 +584,4 @@ impl ShardIndex {
 }
 
 const _: () = assert!(COUNTER_BITS >= 40, "a shard issues at least 2^40 trade ids");
+const _: () = assert!(std::mem::size_of::<Option<(NonZeroU64, u64)>>() == 16, "an order key's slot holds no tag");
