@@ -14,8 +14,9 @@
 //!    the store of created parts (`parts.rs`), which is synced;
 //! 3. the trades changed since the last checkpoint are written to the table on disk
 //!    (`cold.rs`, `trade_file.rs`), which is synced;
-//! 4. the order keys and confirmed claims applied since the last checkpoint are written as new
-//!    runs, and runs merged as their policy says (`key_runs.rs`), synced;
+//! 4. the order keys, confirmed claims, refunds, users' lists, account requests, ended branches
+//!    and completed activities applied since the last checkpoint are written as new runs
+//!    (`key_runs.rs`), synced;
 //! 5. the clone (without the trades of the table and the keys of the runs, with the list of
 //!    runs) is written as `checkpoint.tmp` in pages, yielding between them, synced, renamed to
 //!    its name, and the directory synced: from here on an open starts from it;
@@ -292,7 +293,8 @@ fn lowering<D: Disk>(inner: &Inner<D>, change: impl FnOnce(&mut ShardIndex)) -> 
 
 /// Puts a durable checkpoint's new runs in force, after the runs in force now (merges may
 /// have replaced some of those it listed): lookups read them from now on (a read made against
-/// the runs before is made again), and the keys they hold leave memory, in batches. Returns
+/// the runs before is made again), and the keys they hold leave memory with the frozen layers,
+/// part by part. Returns
 /// the runs no removal may take (`KeyRuns::kept`), and by how much forgetting lowered what the
 /// index holds.
 async fn take_runs<D: Disk>(inner: &Inner<D>, written: WrittenRuns<D>, new_position: bool) -> ((Vec<u64>, u64), u64) {
@@ -314,8 +316,10 @@ async fn take_runs<D: Disk>(inner: &Inner<D>, written: WrittenRuns<D>, new_posit
         runs.kept()
     };
     // The snapshot froze the maps of recent work: what they held, but for what is under way,
-    // is in the runs now, and until it goes memory and the runs both hold it, alike. A turn's
-    // worth of entries at a time, so a layer of a few entries goes in one turn.
+    // is in the runs now, and until it goes memory and the runs both hold it, alike. Parts
+    // until a turn's worth of entries, so a layer of a few entries goes in one turn; a turn
+    // settles at least one part of every map (a 256th of each, tens of thousands of entries
+    // after an interval of millions).
     let mut forgotten = 0;
     let mut part = 0;
     while part < SETTLE_PARTS && inner.index.borrow().has_frozen() {

@@ -212,7 +212,8 @@ fn corrupt(disk: &impl Disk, offset: u64, reason: &'static str) -> TradeError {
 /// laid out by the trades' counters, which a shard issues one after another: the table's
 /// writer asks for them page by page, in counter order, and reads them in sequence, where a
 /// hash map's probes were a cache miss each (and its doublings, fresh pages). A trade whose
-/// counter lies outside the range laid out (an id the engine did not issue) goes to a map.
+/// counter lies outside the range laid out (far from the others: an id the engine did not
+/// issue, or a create written long after its counter was taken) goes to a map.
 #[derive(Default)]
 pub(crate) struct PlacedParts {
     /// The counter of `by_counter[0]`.
@@ -261,6 +262,10 @@ impl PlacedParts {
                 }
                 self.laid_out += usize::from(self.by_counter[slot].is_none());
                 self.by_counter[slot] = Some((id, placed));
+                // Placed before while it was too far from the others to lay out.
+                if !self.others.is_empty() {
+                    self.others.remove(&id);
+                }
             }
             // Far from the others, or another id of a counter laid out: not one this engine issued.
             _ => drop(self.others.insert(id, placed)),
@@ -419,6 +424,26 @@ mod tests {
                 proptest::prop_assert_eq!(Some(at), model.get(&id).map(|(at, _)| *at));
             }
         }
+    }
+
+    /// A trade placed while too far from the others to lay out, then placed again once the
+    /// others reached it, comes out once, where it was placed last.
+    #[test]
+    fn a_trade_placed_again_once_laid_out_comes_out_once() {
+        let mut placed = PlacedParts::with_expected(0);
+        placed.stored(TradeId::new(0, 999), StoredPart { seq: 0, offset: 0, len: 50 });
+        let far = TradeId::new(0, 1_000 + 4 * SLOTS_SPARE as u64);
+        placed.stored(far, StoredPart { seq: 1, offset: 0, len: 50 });
+        assert!(!placed.by_counter.iter().flatten().any(|(id, _)| *id == far), "too far to lay out at first");
+        for counter in 1_000..1_000 + 2 * SLOTS_SPARE as u64 {
+            placed.stored(TradeId::new(0, counter), StoredPart { seq: counter, offset: 0, len: 50 });
+        }
+        let last = StoredPart { seq: 2, offset: 100, len: 50 };
+        placed.stored(far, last);
+        assert!(placed.by_counter.iter().flatten().any(|(id, _)| *id == far), "laid out now");
+        assert_eq!(placed.get(far), Some((CreatedAt::Stored(last), None)));
+        let places: Vec<(TradeId, CreatedAt)> = placed.into_places().filter(|(id, _)| *id == far).collect();
+        assert_eq!(places, vec![(far, CreatedAt::Stored(last))]);
     }
 
     #[test]

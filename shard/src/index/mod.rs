@@ -51,11 +51,13 @@ use crate::trade_table::{Dirty, TradeTable};
 const RESERVED_ENTRIES_MAX: u64 = 1 << 22;
 
 /// The durable indexes of one shard. Cloning shares the large maps with the clone, part by
-/// part (`trade_table/`, `partitioned.rs`): a checkpoint's snapshot.
+/// part (`trade_table/`, `partitioned.rs`), and the maps of recent work whole once frozen
+/// (`layered.rs`): a checkpoint's snapshot.
 #[derive(Default, Clone)]
 pub struct ShardIndex {
     // Laid out by counter (trade_table/); the others are partitioned, so that a map of
-    // millions of entries never grows all at once (partitioned.rs).
+    // millions of entries never grows all at once (partitioned.rs), and the maps of recent
+    // work layered over that (layered.rs).
     trades: TradeTable<TradeEntry>,
     /// Order keys of this shard's trades applied since the last checkpoint's run: the trade's
     /// id (never zero, so that the layered map's slot, an `Option`, takes no more) and body hash.
