@@ -249,7 +249,7 @@ impl PlacedParts {
     }
 
     fn place(&mut self, id: TradeId, placed: Placed) {
-        if self.laid_out == 0 && self.by_counter.is_empty() {
+        if self.by_counter.is_empty() {
             self.first = id.counter().saturating_sub(SLOTS_SPARE as u64);
         }
         let slot = id.counter().checked_sub(self.first).and_then(|slot| usize::try_from(slot).ok());
