@@ -46,7 +46,7 @@ use crate::state::Inner;
 use crate::trade::now_ms;
 use crate::trade::TradeId;
 use crate::trade_table::Dirty;
-use crate::turns::{take_turn, ITEMS_PER_TURN};
+use crate::turns::{take_turn, timed, ITEMS_PER_TURN};
 
 /// How often the background task looks whether a checkpoint is due.
 const DUE_CHECK_EVERY: Duration = Duration::from_millis(50);
@@ -110,19 +110,24 @@ pub(crate) async fn take<D: Disk>(inner: &Inner<D>) -> Result<Option<u64>, Trade
     }
     let checkpoints = &inner.checkpoints;
     let _one_at_a_time = checkpoints.busy.acquire_permit(1).await.map_err(|_| TradeError::Log(LogError::Closed))?;
-    let result = match write_checkpoint(inner).await {
-        Ok(Some(position)) => {
-            checkpoints.log_bytes_at_last.set(inner.wal.stats().disk_bytes);
-            checkpoints.last_at.set(Instant::now());
-            apply_retention(inner).await.map(|()| Some(position))
+    let mut spent = Duration::ZERO;
+    let work = async {
+        match write_checkpoint(inner).await {
+            Ok(Some(position)) => {
+                checkpoints.log_bytes_at_last.set(inner.wal.stats().disk_bytes);
+                checkpoints.last_at.set(Instant::now());
+                apply_retention(inner).await.map(|()| Some(position))
+            }
+            Ok(None) => {
+                checkpoints.last_at.set(Instant::now());
+                // Nothing new to hold, but time passes: segments may have aged out.
+                apply_retention(inner).await.map(|()| None)
+            }
+            Err(error) => Err(error),
         }
-        Ok(None) => {
-            checkpoints.last_at.set(Instant::now());
-            // Nothing new to hold, but time passes: segments may have aged out.
-            apply_retention(inner).await.map(|()| None)
-        }
-        Err(error) => Err(error),
     };
+    let result = timed(work, |turn| spent += turn).await;
+    checkpoints.count(|s| s.busy_us += spent.as_micros() as u64);
     match result {
         // After retention: what it removed (old checkpoints, the log's oldest segments) may
         // let runs go past the key window.
@@ -312,6 +317,7 @@ async fn take_runs<D: Disk>(inner: &Inner<D>, written: WrittenRuns<D>, new_posit
         }
         inner.checkpoints.count(|s| {
             s.key_run_bytes_written += written.bytes;
+            s.key_run_entries_written += written.entries;
         });
         runs.kept()
     };

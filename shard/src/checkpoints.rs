@@ -45,6 +45,14 @@ pub struct CheckpointStats {
     pub key_run_memory_bytes: u64,
     /// Bytes written to runs since open (merges included).
     pub key_run_bytes_written: u64,
+    /// Entries the checkpoints wrote to new runs since open (merges not included).
+    pub key_run_entries_written: u64,
+    /// Microseconds of the shard's executor that the checkpoints' own turns took since open
+    /// (collecting, sorting, encoding and writing runs and the table, settling the maps,
+    /// retention), and those of merges of runs: the time taken from the requests beside them,
+    /// their waits for the device not counted.
+    pub busy_us: u64,
+    pub merge_busy_us: u64,
     /// Requests that read the runs since open: retries of old keys, and the Bloom filters'
     /// false positives.
     pub key_run_reads: u64,

@@ -443,8 +443,9 @@ pub(crate) struct WrittenRuns<D: Disk> {
     /// Its new runs, to add to the sets in force once it is durable (what they hold leaves
     /// memory with the frozen layers of the maps, `ShardIndex::settle_frozen_part`).
     pub new_runs: Vec<(RunStore, Rc<Run<D>>)>,
-    /// Bytes of the runs written, merges included.
+    /// Bytes and entries of the runs written.
     pub bytes: u64,
+    pub entries: u64,
 }
 
 /// Writes the keys `snapshot` holds in memory as a new run of each store (after `sets`, the
@@ -457,7 +458,7 @@ pub(crate) async fn write_runs<D: Disk>(
     snapshot: &ShardIndex,
     age: KeysAge,
 ) -> Result<WrittenRuns<D>, TradeError> {
-    let mut written = StoreWriter { disk, next_id, age, sets, new_runs: Vec::new(), bytes: 0 };
+    let mut written = StoreWriter { disk, next_id, age, sets, new_runs: Vec::new(), bytes: 0, entries: 0 };
     // Each store sorted in turns (a checkpoint may hold millions of entries, `turns.rs`) and
     // written before the next is sorted, so that a checkpoint holds one store's entries at a
     // time. Order keys, claims, refunds and users' lists are sorted as their keys and what their
@@ -486,11 +487,11 @@ pub(crate) async fn write_runs<D: Disk>(
     let activities = tcc.completed_activities().map(|(id, ended)| (id, activity_value(&ended)));
     let activities = sorted_by_key(activities, activity_count).await;
     written.write(RunStore::Activities, activities, |value| *value).await?;
-    let StoreWriter { sets, new_runs, bytes, .. } = written;
+    let StoreWriter { sets, new_runs, bytes, entries, .. } = written;
     if bytes > 0 {
         disk.sync_dir().await.map_err(|e| TradeError::Log(LogError::io("sync directory", disk.path_of(""), e)))?;
     }
-    Ok(WrittenRuns { sets, new_runs, bytes })
+    Ok(WrittenRuns { sets, new_runs, bytes, entries })
 }
 
 /// What [`write_runs`] has written so far, and where to write the next store's run.
@@ -501,6 +502,7 @@ struct StoreWriter<'a, D: Disk> {
     sets: RunSets<D>,
     new_runs: Vec<(RunStore, Rc<Run<D>>)>,
     bytes: u64,
+    entries: u64,
 }
 
 impl<D: Disk> StoreWriter<'_, D> {
@@ -521,6 +523,7 @@ impl<D: Disk> StoreWriter<'_, D> {
         let run = Run::write(self.disk, store.prefix(), id, 0, self.age, store.shape(), count, values).await?;
         let run = Rc::new(run);
         self.bytes += run.file_bytes();
+        self.entries += count;
         self.sets.store_mut(store).push(run.clone());
         self.new_runs.push((store, run));
         Ok(())

@@ -25,8 +25,16 @@ use crate::key_runs::take_id;
 use crate::runs::{merge, Filter, Shape};
 use crate::state::Inner;
 
-/// Merges runs until no store's policy asks for one. Waits for a merge under way first.
+/// Merges runs until no store's policy asks for one. Waits for a merge under way first. The
+/// merges' turns are counted (`CheckpointStats::merge_busy_us`).
 pub(crate) async fn merge_due<D: Disk>(inner: &Inner<D>) -> Result<(), TradeError> {
+    let mut spent = std::time::Duration::ZERO;
+    let merged = crate::turns::timed(merge_all_due(inner), |turn| spent += turn).await;
+    inner.checkpoints.count(|s| s.merge_busy_us += spent.as_micros() as u64);
+    merged
+}
+
+async fn merge_all_due<D: Disk>(inner: &Inner<D>) -> Result<(), TradeError> {
     let checkpoints = &inner.checkpoints;
     let _one_at_a_time =
         checkpoints.merge_lock.acquire_permit(1).await.map_err(|_| TradeError::Log(LogError::Closed))?;

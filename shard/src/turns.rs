@@ -3,9 +3,16 @@
 //! few thousand items. glommio's `yield_if_needed` yields only once the executor's preemption
 //! timer has fired (100 ms by default), which let one checkpoint's sort hold every request
 //! of its shard for a fifth of a second.
+//!
+//! [`timed`] measures what such work costs its executor: the time of its turns alone, not its
+//! waits for the device, so that a checkpoint's cost can be read apart from the requests it
+//! runs beside (`CheckpointStats::busy_us`).
 
 use std::cmp::Reverse;
 use std::collections::BinaryHeap;
+use std::future::Future;
+use std::pin::pin;
+use std::time::{Duration, Instant};
 
 /// Items handled between two turns given back.
 pub(crate) const ITEMS_PER_TURN: usize = 4096;
@@ -13,6 +20,19 @@ pub(crate) const ITEMS_PER_TURN: usize = 4096;
 /// Lets every other ready task of the executor run before this one goes on.
 pub(crate) async fn take_turn() {
     futures_lite::future::yield_now().await
+}
+
+/// Runs `work`, adding the time each of its turns takes (each poll, from its start to its
+/// return) to `spent`; the time it waits between turns is not counted.
+pub(crate) async fn timed<T>(work: impl Future<Output = T>, mut spent: impl FnMut(Duration)) -> T {
+    let mut work = pin!(work);
+    std::future::poll_fn(move |cx| {
+        let started = Instant::now();
+        let polled = work.as_mut().poll(cx);
+        spent(started.elapsed());
+        polled
+    })
+    .await
 }
 
 /// Entries sorted by key in pieces: [`sorted_by_key`] sorts each turn's worth of them in place,

@@ -30,6 +30,20 @@ fn load_reports_json_and_verifies_every_trade() {
     assert!(std::fs::read_dir(dir.path()).unwrap().next().is_none(), "the temporary data directory is removed");
 }
 
+/// Checkpoints during the timed phase are reported with the time their turns took.
+#[test]
+fn load_reports_what_its_checkpoints_took() {
+    let dir = tempfile::tempdir().unwrap();
+    let args = ["load", "--ops", "20000", "--inflight", "64", "--checkpoint-every", "50ms", "--json"];
+    let report = json(&tradeshard(&args, dir.path()));
+    assert!(report["checkpoints_written"].as_u64().is_some_and(|n| n > 0), "{report}");
+    for key in ["checkpoint_busy_ms", "checkpoint_busy_ns_per_run_entry"] {
+        assert!(report[key].as_f64().is_some_and(|v| v > 0.0), "{key} in {report}");
+    }
+    assert!(report["run_entries_written"].as_u64().is_some_and(|n| n > 0), "{report}");
+    assert!(report["merge_busy_ms"].as_f64().is_some(), "{report}");
+}
+
 /// With `--report-every`, the transfer workload reports each interval as it ends: its rate and
 /// p99, resident memory, the directory's bytes and the money's state held in memory.
 #[test]

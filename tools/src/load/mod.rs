@@ -521,6 +521,7 @@ async fn drive(
         open_ms: 0,
         replayed_records: 0,
         disk_bytes: 0,
+        checkpoint_work: report::CheckpointWork::between(&after, &before),
     })
 }
 

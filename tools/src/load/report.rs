@@ -122,6 +122,8 @@ pub(super) struct Report {
     pub(super) replayed_records: u64,
     /// Bytes the data directory takes on disk after the engine closed.
     pub(super) disk_bytes: u64,
+    #[serde(flatten)]
+    pub(super) checkpoint_work: CheckpointWork,
 }
 
 /// Resident memory against trades held, after the warm-up.
@@ -236,6 +238,15 @@ pub(super) fn print_table(report: &Report) {
         report.mismatches
     );
     println!("opened in {} ms, replaying {} log records", report.open_ms, report.replayed_records);
+    let w = &report.checkpoint_work;
+    println!(
+        "checkpoints: {} written, their turns {:.0} ms ({:.0} ns per run entry, {} entries), merges' {:.0} ms",
+        w.checkpoints_written,
+        w.checkpoint_busy_ms,
+        w.checkpoint_busy_ns_per_run_entry,
+        w.run_entries_written,
+        w.merge_busy_ms
+    );
     let r = &report.retries;
     println!(
         "retries: {} sent, {} answered as repeats, {} conflicts, {} mismatches; {} order numbers looked up, {} wrong",
@@ -275,6 +286,33 @@ pub(super) struct PointReads {
     /// inline parts), and frames the logs' readers (consumers) decoded from the device.
     pub(super) table_pages: u64,
     pub(super) log_frames: u64,
+}
+
+/// What the shards' checkpoints and merges of runs took of their executors during the timed
+/// phase (their turns alone, not their waits for the device).
+#[derive(Serialize, Clone, Copy, Debug, Default, PartialEq)]
+pub(super) struct CheckpointWork {
+    pub(super) checkpoints_written: u64,
+    pub(super) checkpoint_busy_ms: f64,
+    pub(super) merge_busy_ms: f64,
+    /// Entries the checkpoints wrote to new runs, and the checkpoints' time per entry (0 with
+    /// none written).
+    pub(super) run_entries_written: u64,
+    pub(super) checkpoint_busy_ns_per_run_entry: f64,
+}
+
+impl CheckpointWork {
+    pub(super) fn between(after: &tradeshard_engine::EngineStats, before: &tradeshard_engine::EngineStats) -> Self {
+        let busy_us = shard_sum(after, before, |s| s.checkpoints.busy_us);
+        let entries = shard_sum(after, before, |s| s.checkpoints.key_run_entries_written);
+        CheckpointWork {
+            checkpoints_written: shard_sum(after, before, |s| s.checkpoints.written),
+            checkpoint_busy_ms: busy_us as f64 / 1e3,
+            merge_busy_ms: shard_sum(after, before, |s| s.checkpoints.merge_busy_us) as f64 / 1e3,
+            run_entries_written: entries,
+            checkpoint_busy_ns_per_run_entry: if entries == 0 { 0.0 } else { busy_us as f64 * 1e3 / entries as f64 },
+        }
+    }
 }
 
 /// The growth of one counter of every shard between two snapshots of the engine's stats.

@@ -79,6 +79,8 @@ pub(super) struct TransferReport {
     pub(super) intervals: Vec<IntervalReport>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub(super) resident_growth_after_warmup: Option<f64>,
+    #[serde(flatten)]
+    pub(super) checkpoint_work: super::report::CheckpointWork,
 }
 
 struct Transfers {
@@ -261,6 +263,7 @@ pub(super) async fn run(handle: EngineHandle, plan: TransferPlan) -> anyhow::Res
         shards: routing.physical_shards,
         resident_growth_after_warmup: growth_after_warmup(&intervals).0,
         intervals,
+        checkpoint_work: super::report::CheckpointWork::between(&after, &before),
     })
 }
 
