@@ -57,6 +57,37 @@ impl Spans {
         self.rows
     }
 
+    /// Takes `row` if the rows taken and it encode in at most `limit` bytes. A row inside
+    /// every column's span (most rows, once a block holds a few) costs one pass of compares.
+    pub(crate) fn take_if_fits(&mut self, row: &[u8], limit: usize) -> bool {
+        if self.widened_by(row) {
+            if self.encoded_len_with(row) > limit {
+                return false;
+            }
+            self.take(row);
+            return true;
+        }
+        if self.encoded_len(&self.of_width, self.rows + 1) > limit {
+            return false;
+        }
+        self.rows += 1;
+        true
+    }
+
+    /// Whether `row` has a byte outside its column's span (without branches, so that the
+    /// compiler can compare many bytes at once).
+    fn widened_by(&self, row: &[u8]) -> bool {
+        row.iter()
+            .zip(&self.least)
+            .zip(&self.most)
+            .fold(false, |out, ((&byte, &least), &most)| out | (byte < least) | (byte > most))
+    }
+
+    fn encoded_len(&self, of_width: &[usize; 9], rows: usize) -> usize {
+        let columns: usize = (1..=8).map(|width| of_width[width] * column_bytes(rows, width as u8)).sum();
+        header_bytes(self.least.len()) + columns
+    }
+
     /// Bytes the rows taken and `row` would take together.
     pub(crate) fn encoded_len_with(&self, row: &[u8]) -> usize {
         let mut of_width = self.of_width;
@@ -67,8 +98,7 @@ impl Spans {
                 of_width[width as usize] += 1;
             }
         }
-        let columns: usize = (1..=8).map(|width| of_width[width] * column_bytes(self.rows + 1, width as u8)).sum();
-        header_bytes(self.least.len()) + columns
+        self.encoded_len(&of_width, self.rows + 1)
     }
 
     pub(crate) fn take(&mut self, row: &[u8]) {
@@ -241,14 +271,24 @@ mod tests {
                 }
             }
             let mut taken = Spans::new(row_bytes);
+            let mut fitted = Spans::new(row_bytes);
             let mut predicted = header_bytes(row_bytes);
             for row in rows.chunks_exact(row_bytes) {
                 predicted = taken.encoded_len_with(row);
                 taken.take(row);
+                // One byte short of what the row needs is refused, leaving the spans as they
+                // were; exactly enough takes it.
+                assert!(!fitted.take_if_fits(row, predicted - 1), "case {case}");
+                assert!(fitted.take_if_fits(row, predicted), "case {case}");
+                assert_eq!(fitted.encoded_len_with(row), taken.encoded_len_with(row), "case {case}");
             }
+            assert_eq!(fitted.rows(), count);
             let mut out = vec![0xaa; 3];
             encode(&rows, row_bytes, &mut out);
             assert_eq!(out.len() - 3, predicted, "case {case}");
+            let mut by_fitted = vec![0xaa; 3];
+            encode_spanned(&rows, &fitted, &mut by_fitted);
+            assert_eq!(by_fitted, out, "case {case}: the spans taken if fitting encode alike");
             assert!(out.len() - 3 <= header_bytes(row_bytes) + rows.len());
             let columns = Columns::parse(&out[3..], row_bytes, count).unwrap();
             assert_eq!(columns.end(), out.len() - 3);

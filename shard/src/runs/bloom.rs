@@ -59,8 +59,14 @@ impl Bloom {
         Bloom { words, hashes }
     }
 
+    /// Inserts at once (a run's writer queues its inserts instead, [`Filling`]).
+    #[cfg(test)]
     pub(super) fn insert(&mut self, key: u128) {
-        let (line, mut g) = probe(key, self.words.len() / LINE_WORDS);
+        let (line, g) = probe(key, self.words.len() / LINE_WORDS);
+        self.set(line, g);
+    }
+
+    fn set(&mut self, line: usize, mut g: u64) {
         for _ in 0..self.hashes {
             let bit = (g & (LINE_BITS - 1)) as usize;
             self.words[line + bit / 64] |= 1 << (bit % 64);
@@ -92,5 +98,81 @@ impl Bloom {
     /// Bytes the filter holds.
     pub(super) fn memory_bytes(&self) -> usize {
         self.words.capacity() * 8
+    }
+}
+
+/// Inserts queued before their bits are set: a run's writer inserts its keys one after another,
+/// each into a random line of a filter of megabytes, and each insert made at once waits for
+/// its own cache miss. Queued, a key's line is fetched when it comes and its bits are set
+/// [`AHEAD`] keys later, so that the misses overlap. The filter is whole once
+/// [`finish`](Self::finish) has set the keys still queued.
+pub(super) struct Filling {
+    bloom: Bloom,
+    queued: [(usize, u64); AHEAD],
+    /// Keys queued, and the slot of the oldest once the queue is full.
+    len: usize,
+    oldest: usize,
+}
+
+/// Keys whose bits wait in a [`Filling`]: enough lines in flight to cover a miss.
+pub(super) const AHEAD: usize = 16;
+
+impl Filling {
+    pub(super) fn new(bloom: Bloom) -> Filling {
+        Filling { bloom, queued: [(0, 0); AHEAD], len: 0, oldest: 0 }
+    }
+
+    pub(super) fn insert(&mut self, key: u128) {
+        let (line, g) = probe(key, self.bloom.words.len() / LINE_WORDS);
+        prefetch(&self.bloom.words[line]);
+        if self.len < AHEAD {
+            self.queued[self.len] = (line, g);
+            self.len += 1;
+            return;
+        }
+        let (due_line, due_g) = std::mem::replace(&mut self.queued[self.oldest], (line, g));
+        self.bloom.set(due_line, due_g);
+        self.oldest = (self.oldest + 1) % AHEAD;
+    }
+
+    /// The filter, every key inserted set in it.
+    pub(super) fn finish(mut self) -> Bloom {
+        for (line, g) in self.queued.into_iter().take(self.len) {
+            self.bloom.set(line, g);
+        }
+        self.bloom
+    }
+}
+
+/// Asks the CPU to bring `word`'s cache line in without waiting for it.
+#[inline(always)]
+fn prefetch(word: &u64) {
+    #[cfg(target_arch = "x86_64")]
+    // SAFETY: a prefetch only hints the cache; it reads nothing and cannot fault, and the
+    // pointer comes from a live reference besides.
+    unsafe {
+        std::arch::x86_64::_mm_prefetch::<{ std::arch::x86_64::_MM_HINT_T0 }>((word as *const u64).cast::<i8>());
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    let _ = word;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_filling_sets_the_same_bits_as_inserts_made_at_once() {
+        // Fewer keys than the queue holds, as many, one more, and many.
+        for count in [0u128, 1, AHEAD as u128 - 1, AHEAD as u128, AHEAD as u128 + 1, 5_000] {
+            let mut direct = Bloom::with_capacity(1_000);
+            let mut filling = Filling::new(Bloom::with_capacity(1_000));
+            for n in 0..count {
+                let key = n.wrapping_mul(0x9E37_79B9_7F4A_7C15_F39C_C060_5CED_C835);
+                direct.insert(key);
+                filling.insert(key);
+            }
+            assert_eq!(filling.finish(), direct, "{count} keys");
+        }
     }
 }

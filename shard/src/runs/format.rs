@@ -14,7 +14,7 @@
 
 use xxhash_rust::xxh3::{xxh3_64, xxh3_64_with_seed, Xxh3};
 
-use super::bloom::{Bloom, HASHES_MAX, LINE_WORDS};
+use super::bloom::{Bloom, Filling, HASHES_MAX, LINE_WORDS};
 use super::{Value, KEY_BYTES, VALUE_BYTES_MAX};
 use crate::columns::{self, Columns, Spans};
 
@@ -414,7 +414,7 @@ pub(super) struct Encoder {
     pending: Vec<u8>,
     spans: Spans,
     entries: u64,
-    bloom: Bloom,
+    bloom: Filling,
     fences: Vec<u128>,
     last: Option<u128>,
 }
@@ -432,7 +432,7 @@ impl Encoder {
             pending: Vec::with_capacity(BLOCK_ENTRIES_MAX * entry_bytes),
             spans: Spans::new(entry_bytes),
             entries: 0,
-            bloom: Bloom::with_capacity(capacity),
+            bloom: Filling::new(Bloom::with_capacity(capacity)),
             fences: Vec::new(),
             last: None,
         })
@@ -464,14 +464,15 @@ impl Encoder {
         entry[KEY_BYTES..self.entry_bytes].copy_from_slice(&value[..value_bytes]);
         let entry = &entry[..self.entry_bytes];
         let rows = self.spans.rows();
-        if rows == BLOCK_ENTRIES_MAX || (rows > 0 && self.spans.encoded_len_with(entry) > TRAILER_AT) {
-            self.seal(out);
-        }
-        if self.spans.rows() == 0 {
+        let joined = rows > 0 && rows < BLOCK_ENTRIES_MAX && self.spans.take_if_fits(entry, TRAILER_AT);
+        if !joined {
+            if rows > 0 {
+                self.seal(out);
+            }
             self.fences.push(key);
+            self.spans.take(entry);
         }
         self.pending.extend_from_slice(entry);
-        self.spans.take(entry);
         self.bloom.insert(key);
         self.entries += 1;
         Ok(())
@@ -498,6 +499,7 @@ impl Encoder {
             self.seal(out);
         }
         self.fences.shrink_to_fit();
+        let bloom = self.bloom.finish();
         let footer = Footer {
             id: self.id,
             columns: true,
@@ -505,12 +507,12 @@ impl Encoder {
             level: self.level,
             entries: self.entries,
             data_blocks: self.fences.len() as u64,
-            bloom_words: self.bloom.words().len() as u64,
-            hashes: self.bloom.hashes(),
+            bloom_words: bloom.words().len() as u64,
+            hashes: bloom.hashes(),
             index_checksum: 0,
             age: self.age,
         };
-        Ok(Tail { footer, bloom: self.bloom, fences: self.fences, next: 0, hasher: Box::new(Xxh3::new()), done: false })
+        Ok(Tail { footer, bloom, fences: self.fences, next: 0, hasher: Box::new(Xxh3::new()), done: false })
     }
 }
 
