@@ -8,8 +8,6 @@
 //! waits for the device, so that a checkpoint's cost can be read apart from the requests it
 //! runs beside (`CheckpointStats::busy_us`).
 
-use std::cmp::Reverse;
-use std::collections::BinaryHeap;
 use std::future::Future;
 use std::pin::pin;
 use std::time::{Duration, Instant};
@@ -35,28 +33,105 @@ pub(crate) async fn timed<T>(work: impl Future<Output = T>, mut spent: impl FnMu
     .await
 }
 
-/// Entries sorted by key in pieces: [`sorted_by_key`] sorts each turn's worth of them in place,
-/// in one buffer, and [`SortedInTurns::iter`] merges the pieces as it is read. Merging as they
-/// are read, rather than into a second buffer, halves the memory a sort takes (a checkpoint's
-/// may hold millions of entries, each a fresh page's worth of zeroing) and leaves the merge's
-/// turns to the reader.
+/// Entries sorted by key, in turns: [`sorted_by_key`]'s result.
 pub(crate) struct SortedInTurns<V> {
     entries: Vec<(u128, V)>,
 }
 
-/// `entries` (about `expected` of them: the buffer is made that large at once) sorted by key
-/// in pieces of [`ITEMS_PER_TURN`], with a turn given back after each piece. Equal keys keep
-/// no particular order.
+/// Buckets of one pass of the sort's split: a range of keys is split by the 12 bits below
+/// the highest bit in which its keys differ.
+const SPLIT_BITS: u32 = 12;
+const BUCKETS: usize = 1 << SPLIT_BITS;
+
+/// `entries` (about `expected` of them: the buffer is made that large at once) sorted by key,
+/// in place and in turns, with a turn given back every few thousand items. Equal keys keep no
+/// particular order.
+///
+/// A most-significant-digit radix sort (in-place, American flag): a range longer than a
+/// turn's items is split into [`BUCKETS`] by the bits that tell its keys apart, each bucket
+/// moved into place by swaps, and each bucket split again or, once short, sorted by
+/// comparison. Keys that are hashes split evenly, so one split leaves buckets a fraction of a
+/// turn long; keys that share their high bits (a user's in the users' lists) take a split
+/// more. Sorted in one buffer, the entries are read in order without a merge, and the sort
+/// takes no second buffer (a checkpoint may hold millions of entries, each a fresh page's
+/// worth of zeroing).
 pub(crate) async fn sorted_by_key<V>(entries: impl Iterator<Item = (u128, V)>, expected: usize) -> SortedInTurns<V> {
     let mut entries = entries.peekable();
     let mut sorted = Vec::with_capacity(expected);
     while entries.peek().is_some() {
-        let start = sorted.len();
         sorted.extend(entries.by_ref().take(ITEMS_PER_TURN));
-        sorted[start..].sort_unstable_by_key(|(key, _)| *key);
         take_turn().await;
     }
+    let mut ranges = Vec::new();
+    ranges.push(0..sorted.len());
+    let mut since_turn = 0;
+    while let Some(range) = ranges.pop() {
+        let slice = &mut sorted[range.clone()];
+        if slice.len() <= ITEMS_PER_TURN {
+            slice.sort_unstable_by_key(|(key, _)| *key);
+            since_turn += slice.len();
+            if since_turn >= ITEMS_PER_TURN {
+                take_turn().await;
+                since_turn = 0;
+            }
+            continue;
+        }
+        let Some(bounds) = split(slice).await else { continue };
+        ranges
+            .extend(bounds.windows(2).map(|pair| range.start + pair[0]..range.start + pair[1]).filter(|r| r.len() > 1));
+        since_turn = 0;
+    }
     SortedInTurns { entries: sorted }
+}
+
+/// Moves `slice`'s entries into [`BUCKETS`] by their keys' bits below the highest in which
+/// they differ, returning the buckets' bounds (`BUCKETS + 1` of them), at least two buckets
+/// holding entries; `None` when every key is equal (sorted already). Takes turns as it goes.
+async fn split<V>(slice: &mut [(u128, V)]) -> Option<Vec<usize>> {
+    let (mut least, mut most) = (u128::MAX, 0);
+    for piece in slice.chunks(ITEMS_PER_TURN * 4) {
+        for (key, _) in piece {
+            least = least.min(*key);
+            most = most.max(*key);
+        }
+        take_turn().await;
+    }
+    if least == most {
+        return None;
+    }
+    let spread = 128 - (most - least).leading_zeros();
+    let shift = spread.saturating_sub(SPLIT_BITS);
+    let bucket = |key: u128| ((key - least) >> shift) as usize;
+    let mut bounds = vec![0usize; BUCKETS + 1];
+    for piece in slice.chunks(ITEMS_PER_TURN * 4) {
+        for (key, _) in piece {
+            bounds[bucket(*key) + 1] += 1;
+        }
+        take_turn().await;
+    }
+    for b in 0..BUCKETS {
+        bounds[b + 1] += bounds[b];
+    }
+    // Each bucket's next slot not yet holding one of its own entries. Every bucket before
+    // `b` is whole when `b` is filled, so a misplaced entry goes to a bucket after it.
+    let mut next: Vec<usize> = bounds[..BUCKETS].to_vec();
+    let mut moves = 0;
+    for b in 0..BUCKETS {
+        while next[b] < bounds[b + 1] {
+            let home = bucket(slice[next[b]].0);
+            if home == b {
+                next[b] += 1;
+            } else {
+                slice.swap(next[b], next[home]);
+                next[home] += 1;
+            }
+            moves += 1;
+            if moves % ITEMS_PER_TURN == 0 {
+                take_turn().await;
+            }
+        }
+    }
+    Some(bounds)
 }
 
 impl<V> SortedInTurns<V> {
@@ -68,23 +143,9 @@ impl<V> SortedInTurns<V> {
         self.entries.is_empty()
     }
 
-    /// Every entry in key order: a k-way merge of the pieces.
+    /// Every entry in key order.
     pub(crate) fn iter(&self) -> impl Iterator<Item = &(u128, V)> + '_ {
-        let mut pieces: Vec<std::slice::Iter<'_, (u128, V)>> =
-            self.entries.chunks(ITEMS_PER_TURN).map(|piece| piece.iter()).collect();
-        let mut heads: BinaryHeap<Reverse<(u128, usize)>> = pieces
-            .iter()
-            .enumerate()
-            .filter_map(|(n, piece)| piece.as_slice().first().map(|(key, _)| Reverse((*key, n))))
-            .collect();
-        std::iter::from_fn(move || {
-            let Reverse((_, n)) = heads.pop()?;
-            let entry = pieces[n].next()?;
-            if let Some((key, _)) = pieces[n].as_slice().first() {
-                heads.push(Reverse((*key, n)));
-            }
-            Some(entry)
-        })
+        self.entries.iter()
     }
 }
 
@@ -98,7 +159,12 @@ mod tests {
         #[test]
         /// Any count against any expected count (the buffer's first size), keys repeated or not.
         fn sorting_in_turns_sorts_and_keeps_every_entry(
-            keys in proptest::collection::vec(prop_oneof![any::<u128>(), 0u128..64], 0..20_000),
+            keys in proptest::collection::vec(prop_oneof![
+                any::<u128>(),
+                0u128..64,
+                // Keys sharing their high bits, as a few users' lists do.
+                (0u128..4, any::<u16>()).prop_map(|(user, id)| user << 64 | u128::from(id)),
+            ], 0..20_000),
             expected in 0usize..30_000,
         ) {
             let entries = keys.iter().enumerate().map(|(n, key)| (*key, n));
@@ -113,5 +179,20 @@ mod tests {
             seen.sort_unstable();
             prop_assert_eq!(seen, (0..keys.len()).collect::<Vec<_>>());
         }
+    }
+
+    #[test]
+    fn ranges_of_equal_keys_longer_than_a_turn_end_the_split() {
+        let run = |keys: Vec<u128>| {
+            let entries = keys.into_iter().map(|key| (key, ()));
+            let sorted = glommio::LocalExecutorBuilder::default().make().unwrap().run(sorted_by_key(entries, 0));
+            sorted.iter().map(|(key, ())| *key).collect::<Vec<_>>()
+        };
+        assert_eq!(run(vec![7; 3 * ITEMS_PER_TURN]), vec![7; 3 * ITEMS_PER_TURN]);
+        // Two values far apart, each repeated past a turn's items.
+        let two: Vec<u128> = (0..4 * ITEMS_PER_TURN).map(|n| if n % 2 == 0 { u128::MAX } else { 1 }).collect();
+        let sorted = run(two);
+        assert!(sorted[..2 * ITEMS_PER_TURN].iter().all(|&k| k == 1));
+        assert!(sorted[2 * ITEMS_PER_TURN..].iter().all(|&k| k == u128::MAX));
     }
 }
