@@ -124,7 +124,9 @@ impl Filling {
 
     pub(super) fn insert(&mut self, key: u128) {
         let (line, g) = probe(key, self.bloom.words.len() / LINE_WORDS);
+        // Both ends of the line: a filter's words need not start on a cache line's boundary.
         prefetch(&self.bloom.words[line]);
+        prefetch(&self.bloom.words[line + LINE_WORDS - 1]);
         if self.len < AHEAD {
             self.queued[self.len] = (line, g);
             self.len += 1;
