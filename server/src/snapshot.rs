@@ -87,8 +87,10 @@ pub(crate) async fn take(shared: &Shared) -> Result<Snapshot, tradeshard_engine:
         kicks,
     );
     let mut totals: BTreeMap<&'static str, (Kind, &'static str, f64)> = BTreeMap::new();
+    let now_ms = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64);
     for shard in &stats.shards {
         let wal = &shard.wal;
+        let checkpoints = &shard.checkpoints;
         let fsyncs = (wal.fsyncs + wal.durable_writes) as f64;
         let hit_ratio = match shard.cache.hits + shard.cache.misses {
             0 => 0.0,
@@ -120,12 +122,37 @@ pub(crate) async fn take(shared: &Shared) -> Result<Snapshot, tradeshard_engine:
             ("dead_letters", "Messages set aside after their last attempt.", Kind::Gauge, shard.dead_letters as f64),
             ("activities_open", "Activities not completed.", Kind::Gauge, shard.activities_in_doubt as f64),
             ("writes_in_flight", "Writes waiting for their group commit.", Kind::Gauge, shard.writes_in_flight as f64),
+            ("checkpoints", "Checkpoints written since the open.", Kind::Counter, checkpoints.written as f64),
+            (
+                "checkpoints_failed",
+                "Checkpoints, retention or merges of runs that failed since the open (the log still holds their work).",
+                Kind::Counter,
+                checkpoints.failed as f64,
+            ),
+            (
+                "checkpoint_busy_seconds",
+                "Executor time the checkpoints' own turns took since the open (their waits for the device not counted).",
+                Kind::Counter,
+                checkpoints.busy_us as f64 / 1e6,
+            ),
+            (
+                "run_merge_busy_seconds",
+                "Executor time the merges of runs took since the open.",
+                Kind::Counter,
+                checkpoints.merge_busy_us as f64 / 1e6,
+            ),
         ];
         for (name, help, kind, value) in per_shard {
             push(name, help, kind, Scope::Shard(shard.shard), value);
             if name != "cache_hit_ratio" && name != "log_end_offset" {
                 totals.entry(name).or_insert((kind, help, 0.0)).2 += value;
             }
+        }
+        if checkpoints.taken_ms > 0 {
+            // Per shard only: a sum of ages means nothing. A shard with no checkpoint yet has none.
+            let age = now_ms.saturating_sub(checkpoints.taken_ms) as f64 / 1e3;
+            let help = "Seconds since the shard's latest checkpoint was taken.";
+            push("checkpoint_age_seconds", help, Kind::Gauge, Scope::Shard(shard.shard), age);
         }
         let per_fsync = if fsyncs > 0.0 { wal.records as f64 / fsyncs } else { 0.0 };
         push("records_per_fsync", "Records made durable per fsync.", Kind::Gauge, Scope::Shard(shard.shard), per_fsync);

@@ -52,8 +52,20 @@ fn stats_and_metrics_answer_in_their_formats() {
         assert!(!page.lines().any(|line| line.starts_with(family)), "{family}in {page}");
     }
     assert!(page.contains("tradeshard_records_total{shard=\"0\"}"), "{page}");
+    // What the checkpoints did and took, per shard (none yet on a fresh engine).
+    for counter in ["checkpoints", "checkpoints_failed", "checkpoint_busy_seconds", "run_merge_busy_seconds"] {
+        assert!(page.contains(&format!("# TYPE tradeshard_{counter} counter")), "{counter} in {page}");
+        assert!(page.contains(&format!("tradeshard_{counter}_total{{shard=\"1\"}} 0")), "{counter} in {page}");
+    }
     assert!(page.contains("# TYPE tradeshard_durable_flush_seconds histogram"), "{page}");
     assert!(page.contains("tradeshard_group_commit_records_bucket{le=\"+Inf\"}"), "{page}");
+    assert!(!page.contains("tradeshard_checkpoint_age_seconds{"), "no age before a checkpoint: {page}");
+    running.engine.as_ref().unwrap().handle().checkpoint_blocking().unwrap();
+    let page = http(TcpStream::connect(metrics).unwrap(), b"GET /metrics HTTP/1.1\r\n\r\n");
+    assert!(page.contains("tradeshard_checkpoints_total{shard=\"0\"} 1"), "{page}");
+    assert!(page.contains("# TYPE tradeshard_checkpoint_age_seconds gauge"), "{page}");
+    let age = page.lines().find_map(|line| line.strip_prefix("tradeshard_checkpoint_age_seconds{shard=\"1\"} "));
+    assert!(age.and_then(|age| age.parse::<f64>().ok()).is_some_and(|age| (0.0..60.0).contains(&age)), "{page}");
     let page = http(TcpStream::connect(metrics).unwrap(), b"GET /metrics?from=test HTTP/1.1\r\n\r\n");
     assert!(page.starts_with("HTTP/1.1 200 OK\r\n"), "a query names the same page: {page}");
     let page = http(TcpStream::connect(metrics).unwrap(), b"GET /nothing HTTP/1.1\r\n\r\n");
