@@ -236,6 +236,11 @@ impl AccountBook {
         self.requests.freeze();
     }
 
+    /// Part `part` of the requests since a failed checkpoint moved down (`LayeredMap::fold_live_part`).
+    pub(crate) fn fold_live_requests_part(&mut self, part: usize) -> usize {
+        self.requests.fold_live_part(part)
+    }
+
     /// Once the checkpoint of the last freeze is durable, its run holding every request it
     /// froze: drops part `part` (`0..SETTLE_PARTS`) of them; returns how many the part held.
     pub(crate) fn settle_requests_part(&mut self, part: usize) -> usize {

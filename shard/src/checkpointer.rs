@@ -151,6 +151,15 @@ async fn write_checkpoint<D: Disk>(inner: &Inner<D>) -> Result<Option<u64>, Trad
     // durable: an expiry in memory alone would let retention remove what the group still holds
     // after the next open.
     let idle_before = idle_before(inner, now);
+    // A checkpoint that failed left its frozen layers: what came since moves down into them
+    // part by part, a turn each, so that the freeze below merges a turn's writes, not an
+    // interval's in one turn.
+    if inner.index.borrow().has_frozen() {
+        for part in 0..SETTLE_PARTS {
+            inner.index.borrow_mut().fold_live_part(part);
+            take_turn().await;
+        }
+    }
     let (mut snapshot, dirty, held_at_snapshot) = {
         let mut index = inner.index.borrow_mut();
         let dirty = index.take_dirty();

@@ -161,6 +161,20 @@ impl<K: Hash + Eq + Clone, V: Clone> LayeredMap<K, V> {
         }
     }
 
+    /// Moves part `part` (`0..PARTS`) of the live layer down into the frozen layer, if one is
+    /// there (its checkpoint failed): done part by part in turns before the next freeze, so
+    /// that the freeze merges only what was written meanwhile rather than an interval's
+    /// entries in one turn. Reads are unchanged; the entries moved are frozen ones from now
+    /// on, as a freeze would have made them. Returns the entries moved.
+    pub(crate) fn fold_live_part(&mut self, part: usize) -> usize {
+        let Some(frozen) = &mut self.frozen else { return 0 };
+        let live = self.live.take_part(part);
+        for (key, value) in live.iter() {
+            frozen.insert(key.clone(), value.clone());
+        }
+        live.len()
+    }
+
     /// Whether a frozen layer is there, waiting for [`settle_part`](Self::settle_part).
     pub(crate) fn has_frozen(&self) -> bool {
         self.frozen.is_some()
@@ -254,6 +268,8 @@ mod tests {
         Remove(u64),
         Freeze,
         Settle,
+        /// Moves the live layer's part holding this key down into the frozen one.
+        Fold(u64),
     }
 
     fn op() -> impl Strategy<Value = Op> {
@@ -265,6 +281,7 @@ mod tests {
             2 => (0u64..64).prop_map(Op::Remove),
             1 => Just(Op::Freeze),
             1 => Just(Op::Settle),
+            1 => (0u64..64).prop_map(Op::Fold),
         ]
     }
 
@@ -334,6 +351,21 @@ mod tests {
                         snapshots.push((map.clone(), model.clone()));
                         at_freeze = model.clone();
                         (written_since_freeze, frozen) = (Default::default(), true);
+                    }
+                    Op::Fold(k) => {
+                        let part = PartitionedMap::<u64, Option<u64>>::part_of(&k);
+                        map.fold_live_part(part);
+                        if frozen {
+                            // The part's keys read as before, but are frozen ones now: written
+                            // at the moment of a freeze, as far as a settle can tell.
+                            for j in (0..64).filter(|j| PartitionedMap::<u64, Option<u64>>::part_of(j) == part) {
+                                written_since_freeze.remove(&j);
+                                match model.get(&j) {
+                                    Some(v) => at_freeze.insert(j, *v),
+                                    None => at_freeze.remove(&j),
+                                };
+                            }
+                        }
                     }
                     Op::Settle => {
                         for part in 0..SETTLE_PARTS {

@@ -401,6 +401,11 @@ impl TccBook {
         self.activities.freeze();
     }
 
+    /// Part `part` of what came since a failed checkpoint moved down (`LayeredMap::fold_live_part`).
+    pub(crate) fn fold_live_part(&mut self, part: usize) -> usize {
+        self.branches.fold_live_part(part) + self.activities.fold_live_part(part)
+    }
+
     /// Once the checkpoint of the last freeze is durable, its runs holding the ended branches
     /// and completed activities: drops part `part` (`0..SETTLE_PARTS`) of what was frozen,
     /// keeping the entries under way; returns the entries the part held.
