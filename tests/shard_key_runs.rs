@@ -309,3 +309,40 @@ fn keys_written_while_a_checkpoint_is_under_way_stay_whole() {
         shard.close().await.unwrap();
     });
 }
+
+/// Checkpoints that fail leave their frozen layers, and what comes between them moves down
+/// into those before the next freeze: retries, listings and the runs stay whole through three
+/// failed checkpoints, the one that succeeds after them, and a reopen.
+#[test]
+fn keys_written_between_failed_checkpoints_stay_whole() {
+    run(async {
+        let disk = SimDisk::new();
+        let shard = open(&disk).await.unwrap();
+        let (mut ids, mut newest_first) = (Vec::new(), Vec::new());
+        for round in 0..4u64 {
+            for n in 0..40 {
+                let id = call(|done| shard.submit(create(1, round * 40 + n, 1_000), done)).await.unwrap().id;
+                ids.push(id);
+                newest_first.insert(0, id);
+            }
+            if round < 3 {
+                // Its first device operation fails, after its snapshot froze the maps.
+                disk.fail_op(disk.ops() + 1, Fault::Eio);
+                assert!(shard.checkpoint().await.is_err(), "round {round}");
+                disk.clear_faults();
+            }
+        }
+        assert_eq!(shard.stats().checkpoints.failed, 3);
+        retries_answer_the_originals(&shard, &ids).await;
+        assert_eq!(list_by_pages(&shard, 1, 9).await, newest_first);
+        shard.checkpoint().await.unwrap();
+        assert_eq!(shard.stats().checkpoints.key_run_entries, 2 * 160, "every order key and list place in a run");
+        retries_answer_the_originals(&shard, &ids).await;
+        assert_eq!(list_by_pages(&shard, 1, 9).await, newest_first);
+        shard.close().await.unwrap();
+        let shard = open(&disk).await.unwrap();
+        retries_answer_the_originals(&shard, &ids).await;
+        assert_eq!(list_by_pages(&shard, 1, 9).await, newest_first, "after a reopen");
+        shard.close().await.unwrap();
+    });
+}
