@@ -237,7 +237,7 @@ impl AccountBook {
     }
 
     /// Part `part` of the requests since a failed checkpoint moved down (`LayeredMap::fold_live_part`).
-    pub(crate) fn fold_live_requests_part(&mut self, part: usize) -> usize {
+    pub(crate) fn fold_live_requests_part(&mut self, part: usize) {
         self.requests.fold_live_part(part)
     }
 

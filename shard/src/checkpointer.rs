@@ -110,7 +110,6 @@ pub(crate) async fn take<D: Disk>(inner: &Inner<D>) -> Result<Option<u64>, Trade
     }
     let checkpoints = &inner.checkpoints;
     let _one_at_a_time = checkpoints.busy.acquire_permit(1).await.map_err(|_| TradeError::Log(LogError::Closed))?;
-    let mut spent = Duration::ZERO;
     let work = async {
         match write_checkpoint(inner).await {
             Ok(Some(position)) => {
@@ -126,7 +125,7 @@ pub(crate) async fn take<D: Disk>(inner: &Inner<D>) -> Result<Option<u64>, Trade
             Err(error) => Err(error),
         }
     };
-    let result = timed(work, |turn| spent += turn).await;
+    let (result, spent) = timed(work).await;
     checkpoints.count(|s| s.busy_us += spent.as_micros() as u64);
     match result {
         // After retention: what it removed (old checkpoints, the log's oldest segments) may

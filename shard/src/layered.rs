@@ -165,14 +165,12 @@ impl<K: Hash + Eq + Clone, V: Clone> LayeredMap<K, V> {
     /// there (its checkpoint failed): done part by part in turns before the next freeze, so
     /// that the freeze merges only what was written meanwhile rather than an interval's
     /// entries in one turn. Reads are unchanged; the entries moved are frozen ones from now
-    /// on, as a freeze would have made them. Returns the entries moved.
-    pub(crate) fn fold_live_part(&mut self, part: usize) -> usize {
-        let Some(frozen) = &mut self.frozen else { return 0 };
-        let live = self.live.take_part(part);
-        for (key, value) in live.iter() {
+    /// on, as a freeze would have made them.
+    pub(crate) fn fold_live_part(&mut self, part: usize) {
+        let Some(frozen) = &mut self.frozen else { return };
+        for (key, value) in self.live.take_part(part).iter() {
             frozen.insert(key.clone(), value.clone());
         }
-        live.len()
     }
 
     /// Whether a frozen layer is there, waiting for [`settle_part`](Self::settle_part).

@@ -28,8 +28,7 @@ use crate::state::Inner;
 /// Merges runs until no store's policy asks for one. Waits for a merge under way first. The
 /// merges' turns are counted (`CheckpointStats::merge_busy_us`).
 pub(crate) async fn merge_due<D: Disk>(inner: &Inner<D>) -> Result<(), TradeError> {
-    let mut spent = std::time::Duration::ZERO;
-    let merged = crate::turns::timed(merge_all_due(inner), |turn| spent += turn).await;
+    let (merged, spent) = crate::turns::timed(merge_all_due(inner)).await;
     inner.checkpoints.count(|s| s.merge_busy_us += spent.as_micros() as u64);
     merged
 }

@@ -402,8 +402,9 @@ impl TccBook {
     }
 
     /// Part `part` of what came since a failed checkpoint moved down (`LayeredMap::fold_live_part`).
-    pub(crate) fn fold_live_part(&mut self, part: usize) -> usize {
-        self.branches.fold_live_part(part) + self.activities.fold_live_part(part)
+    pub(crate) fn fold_live_part(&mut self, part: usize) {
+        self.branches.fold_live_part(part);
+        self.activities.fold_live_part(part);
     }
 
     /// Once the checkpoint of the last freeze is durable, its runs holding the ended branches

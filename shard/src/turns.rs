@@ -20,17 +20,19 @@ pub(crate) async fn take_turn() {
     futures_lite::future::yield_now().await
 }
 
-/// Runs `work`, adding the time each of its turns takes (each poll, from its start to its
-/// return) to `spent`; the time it waits between turns is not counted.
-pub(crate) async fn timed<T>(work: impl Future<Output = T>, mut spent: impl FnMut(Duration)) -> T {
+/// Runs `work`; its output and the time its turns took (each poll, from its start to its
+/// return), the time it waited between turns not counted.
+pub(crate) async fn timed<T>(work: impl Future<Output = T>) -> (T, Duration) {
     let mut work = pin!(work);
-    std::future::poll_fn(move |cx| {
+    let mut spent = Duration::ZERO;
+    let output = std::future::poll_fn(|cx| {
         let started = Instant::now();
         let polled = work.as_mut().poll(cx);
-        spent(started.elapsed());
+        spent += started.elapsed();
         polled
     })
-    .await
+    .await;
+    (output, spent)
 }
 
 /// Entries sorted by key, in turns: [`sorted_by_key`]'s result.

@@ -194,13 +194,13 @@ impl ShardIndex {
     }
 
     /// Part `part` of every live layer moved down after a failed checkpoint (`layered.rs`).
-    pub(crate) fn fold_live_part(&mut self, part: usize) -> usize {
-        self.by_order.fold_live_part(part)
-            + self.by_user.fold_live_part(part)
-            + self.claims.fold_live_part(part)
-            + self.refunds.fold_live_part(part)
-            + self.accounts.fold_live_requests_part(part)
-            + self.tcc.fold_live_part(part)
+    pub(crate) fn fold_live_part(&mut self, part: usize) {
+        self.by_order.fold_live_part(part);
+        self.by_user.fold_live_part(part);
+        self.claims.fold_live_part(part);
+        self.refunds.fold_live_part(part);
+        self.accounts.fold_live_requests_part(part);
+        self.tcc.fold_live_part(part);
     }
 
     /// Whether frozen entries wait for [`settle_frozen_part`](Self::settle_frozen_part).
