@@ -4,7 +4,9 @@
 //! random operation, during a checkpoint's write, its switch, the copy of created parts or a
 //! segment's removal (a rename to a free file) and a free file's reuse as a new segment as
 //! often as anywhere else; the shard reopens from whatever checkpoint
-//! survived, over and over.
+//! survived, over and over. In half the runs between two power losses, one to three operations
+//! before it fail with EIO or ENOSPC: a checkpoint they fail leaves its frozen layers, and the
+//! shard goes on writing and checkpointing over them.
 //!
 //! After every reopen: every acknowledged trade is there in its acknowledged state or a later
 //! one sent to it (read through the store of created parts once the log that held it is gone);
@@ -33,7 +35,7 @@ use tradeshard_tests::{
     call, check_read_back, new_trade, rolling_shard_config, run_campaign, sim_disk_for_seed,
     upkeep_retaining_three_segments,
 };
-use tradeshard_wal::disk::{SimDisk, SplitMix64};
+use tradeshard_wal::disk::{Fault, SimDisk, SplitMix64};
 use tradeshard_wal::WalConfig;
 
 const GROUP: &str = "settlement";
@@ -69,6 +71,10 @@ struct Seen {
     segments_recycled: u64,
     offsets_retained_away: u64,
     trades_evicted: u64,
+    /// Checkpoints failed by an injected EIO or ENOSPC or by the power loss.
+    checkpoints_failed: u64,
+    /// Checkpoints written on a running shard after one had failed on it.
+    written_after_failure: u64,
     /// Opens that found order keys in runs on disk (the repeated creates read them).
     opened_with_key_runs: u64,
     /// Opens that found blocks of the table frozen (compressed copies, pages punched out).
@@ -172,15 +178,22 @@ async fn consumer_task(shard: SharedShard, model: Rc<RefCell<Model>>, rounds: u6
     Ok(retained_away)
 }
 
-async fn checkpoint_task(shard: SharedShard, rounds: u64) {
+/// Takes `rounds` checkpoints, going on after failed ones: an injected EIO or ENOSPC fails a
+/// checkpoint and leaves its frozen layers, which the next one on the same shard must take up.
+/// Returns how many checkpoints were written after one had failed.
+async fn checkpoint_task(shard: SharedShard, rounds: u64) -> u64 {
+    let (mut failed, mut written_after_failure) = (false, 0);
     for _ in 0..rounds {
         for _ in 0..20 {
             futures_lite::future::yield_now().await;
         }
-        if shard.checkpoint().await.is_err() {
-            return;
+        match shard.checkpoint().await {
+            Ok(Some(_)) if failed => written_after_failure += 1,
+            Ok(_) => {}
+            Err(_) => failed = true,
         }
     }
+    written_after_failure
 }
 
 /// The rules after a reopen (see the module's text).
@@ -250,7 +263,17 @@ async fn run_seed(seed: u64, seen: Rc<RefCell<Seen>>) -> Result<usize, String> {
             shard.checkpoint().await.map_err(|e| format!("checkpoint: {e}"))?;
             order += 1_000;
         }
-        disk.crash_at_op(disk.ops() + 1 + rng.below(600));
+        let crash_at = disk.ops() + 1 + rng.below(600);
+        disk.crash_at_op(crash_at);
+        // In half the incarnations, one to three operations before the power loss fail: in a
+        // log's write or sync the shard acknowledges nothing more, anywhere in a checkpoint it
+        // fails that checkpoint only, and the shard goes on writing and checkpointing.
+        if rng.one_in(2) {
+            for _ in 0..1 + rng.below(3) {
+                let fault = if rng.one_in(2) { Fault::Eio } else { Fault::Enospc };
+                disk.fail_op(disk.ops() + 1 + rng.below(crash_at - disk.ops()), fault);
+            }
+        }
         let mut tasks = Vec::new();
         for _ in 0..1 + rng.below(5) {
             let (shard, model) = (shard.clone(), model.clone());
@@ -271,7 +294,7 @@ async fn run_seed(seed: u64, seen: Rc<RefCell<Seen>>) -> Result<usize, String> {
             task.await;
         }
         let retained_away = consumer.await?;
-        checkpoints.await;
+        let written_after_failure = checkpoints.await;
         let stats = shard.stats();
         {
             let mut seen = seen.borrow_mut();
@@ -279,6 +302,8 @@ async fn run_seed(seed: u64, seen: Rc<RefCell<Seen>>) -> Result<usize, String> {
             seen.segments_removed += stats.wal.segments_removed;
             seen.segments_recycled += stats.wal.segments_recycled;
             seen.trades_evicted += stats.checkpoints.trades_evicted;
+            seen.checkpoints_failed += stats.checkpoints.failed;
+            seen.written_after_failure += written_after_failure;
             seen.offsets_retained_away += retained_away;
         }
         drop(shard);
@@ -294,7 +319,7 @@ fn power_loss_during_checkpoints_and_retention_loses_nothing_acknowledged() {
     let (count, checked) = run_campaign(200, move |seed| run_seed(seed, totals.clone()));
     let seen = seen.borrow();
     println!(
-        "checkpoint campaign: {count} seeds, {checked} checks, {} checkpoints, {} opens from a checkpoint ({} from its log frame), {} segments removed, {} recycled, {} offsets retained away, {} trades left memory, {} opens with order keys in runs, {} with frozen blocks",
+        "checkpoint campaign: {count} seeds, {checked} checks, {} checkpoints, {} opens from a checkpoint ({} from its log frame), {} segments removed, {} recycled, {} offsets retained away, {} trades left memory, {} opens with order keys in runs, {} with frozen blocks, {} checkpoints failed, {} written after a failure on the same shard",
         seen.checkpoints,
         seen.opened_from_checkpoint,
         seen.opened_at_frame,
@@ -303,7 +328,9 @@ fn power_loss_during_checkpoints_and_retention_loses_nothing_acknowledged() {
         seen.offsets_retained_away,
         seen.trades_evicted,
         seen.opened_with_key_runs,
-        seen.opened_with_frozen_blocks
+        seen.opened_with_frozen_blocks,
+        seen.checkpoints_failed,
+        seen.written_after_failure
     );
     if count >= 100 {
         assert!(checked > 1000, "the campaign must check trades: {checked}");
@@ -314,5 +341,10 @@ fn power_loss_during_checkpoints_and_retention_loses_nothing_acknowledged() {
         assert!(seen.trades_evicted > count as u64, "trades must leave memory for the table");
         assert!(seen.opened_with_key_runs > count as u64, "repeated creates must find their keys in runs");
         assert!(seen.opened_with_frozen_blocks > count as u64, "opens must find frozen blocks of the table");
+        assert!(
+            seen.written_after_failure > count as u64 / 20,
+            "checkpoints must be written after failed ones on the same shard: {}",
+            seen.written_after_failure
+        );
     }
 }
