@@ -39,13 +39,14 @@ use tradeshard_wal::disk::Disk;
 use crate::accounts::RequestEntry;
 use crate::error::{LogError, TradeError};
 use crate::index::{ClaimEntry, RefundEntry, RunStore, ShardIndex};
+use crate::prefetch::prefetch;
 use crate::run_values::{
     activity_value, branch_key, branch_value, claim_value, decode_activity, decode_branch, decode_claim, decode_order,
     decode_refund, decode_request, order_value, refund_value, request_value,
 };
 use crate::runs::{BlockCache, KeysAge, Run, RunSet, Value, VALUE_BYTES_MAX};
 use crate::state::{Inner, ShardReply};
-use crate::tcc_book::BranchEntry;
+use crate::tcc_book::{ActivityEntry, BranchEntry};
 use crate::tcc_ended::EndedActivity;
 use crate::trade::TradeId;
 use crate::turns::{sorted_by_key, SortedInTurns};
@@ -466,32 +467,47 @@ pub(crate) async fn write_runs<D: Disk>(
     // written.
     let (order_count, claim_count, refund_count) = snapshot.recent_key_counts();
     let orders = sorted_by_key(snapshot.recent_orders().map(|(key, id, _)| (key, id)), order_count).await;
-    written.write(RunStore::Orders, orders, |id| order_value(*id)).await?;
+    written.write(RunStore::Orders, orders, nothing_ahead(), |id| order_value(*id)).await?;
     let claims = snapshot.recent_confirmed_claims().map(|(key, _, trade)| (key, trade));
-    written.write(RunStore::Claims, sorted_by_key(claims, claim_count).await, |trade| claim_value(*trade)).await?;
+    let claims = sorted_by_key(claims, claim_count).await;
+    written.write(RunStore::Claims, claims, nothing_ahead(), |trade| claim_value(*trade)).await?;
     // A trade created since the last checkpoint has an order key and a place in its user's
     // list: about as many ids as order keys (the sort takes any first size).
     let users = snapshot.recent_users().flat_map(|(user, ids)| ids.iter().map(move |id| (user_key(user, *id), ())));
-    written.write(RunStore::Users, sorted_by_key(users, order_count).await, |()| [0u8; VALUE_BYTES_MAX]).await?;
+    let users = sorted_by_key(users, order_count).await;
+    written.write(RunStore::Users, users, nothing_ahead(), |()| [0u8; VALUE_BYTES_MAX]).await?;
     let refunds = snapshot.recent_refunds().map(|(key, refund)| (key, *refund));
-    written.write(RunStore::Refunds, sorted_by_key(refunds, refund_count).await, refund_value).await?;
-    // These three make their values as they are collected, in the maps' order: made in the
-    // keys' order they would read the entries at random, a cache miss each.
-    let requests = snapshot.accounts().recent_requests().map(|(key, entry)| (key, request_value(entry)));
-    let requests = sorted_by_key(requests, snapshot.accounts().len().1).await;
-    written.write(RunStore::Requests, requests, |value| *value).await?;
+    written.write(RunStore::Refunds, sorted_by_key(refunds, refund_count).await, nothing_ahead(), refund_value).await?;
+    // These three are sorted as references to the snapshot's entries (32 bytes each, against
+    // 80 for a key and its value made), their values made as the run is written: in the keys'
+    // order the entries are read at random, so each is prefetched some entries ahead (and an
+    // activity's branches, which its value digests, a few after it).
+    let requests = sorted_by_key(snapshot.accounts().recent_requests(), snapshot.accounts().len().1).await;
+    let request = |entry: &&RequestEntry| request_value(entry);
+    written.write(RunStore::Requests, requests, (|entry| prefetch(*entry), |_| {}), request).await?;
     let tcc = snapshot.tcc();
     let (branch_count, activity_count) = tcc.len();
-    let branches = tcc.ended_branches().map(|(a, b, entry)| (branch_key(a, b), branch_value(a, b, entry)));
-    written.write(RunStore::Branches, sorted_by_key(branches, branch_count).await, |value| *value).await?;
-    let activities = tcc.completed_activities().map(|(id, ended)| (id, activity_value(&ended)));
-    let activities = sorted_by_key(activities, activity_count).await;
-    written.write(RunStore::Activities, activities, |value| *value).await?;
+    let branches = tcc.ended_branches().map(|(named, entry)| (branch_key(named.0, named.1), (named, entry)));
+    let branches = sorted_by_key(branches, branch_count).await;
+    let branch = |(named, entry): &(&(u128, u16), &BranchEntry)| branch_value(named.0, named.1, entry);
+    written.write(RunStore::Branches, branches, (|(_, entry)| prefetch(*entry), |_| {}), branch).await?;
+    let activities = sorted_by_key(tcc.completed_activities(), activity_count).await;
+    let plans = |entry: &&ActivityEntry| entry.branches.first().into_iter().for_each(prefetch);
+    let activity = |entry: &&ActivityEntry| activity_value(&EndedActivity::of(entry).expect("collected as completed"));
+    written.write(RunStore::Activities, activities, (|entry| prefetch(*entry), plans), activity).await?;
     let StoreWriter { sets, new_runs, bytes, entries, .. } = written;
     if bytes > 0 {
         disk.sync_dir().await.map_err(|e| TradeError::Log(LogError::io("sync directory", disk.path_of(""), e)))?;
     }
     Ok(WrittenRuns { sets, new_runs, bytes, entries })
+}
+
+/// What [`StoreWriter::write`] calls on the entries ahead: far, then near.
+type Ahead<V> = (fn(&V), fn(&V));
+
+/// For stores whose values are made of what their sorted entries hold: nothing to prefetch.
+fn nothing_ahead<V>() -> Ahead<V> {
+    (|_| {}, |_| {})
 }
 
 /// What [`write_runs`] has written so far, and where to write the next store's run.
@@ -506,12 +522,14 @@ struct StoreWriter<'a, D: Disk> {
 }
 
 impl<D: Disk> StoreWriter<'_, D> {
-    /// Writes `entries` as a new run of `store`, each value made by `value` as it is written
-    /// (no run for no entries).
+    /// Writes `entries` as a new run of `store`, each value made by `value` as it is written,
+    /// `ahead`'s far and near calls given each entry some places before
+    /// (`SortedInTurns::iter_ahead`; no run for no entries).
     async fn write<V>(
         &mut self,
         store: RunStore,
         entries: SortedInTurns<V>,
+        (far, near): (impl Fn(&V), impl Fn(&V)),
         value: impl Fn(&V) -> Value,
     ) -> Result<(), TradeError> {
         if entries.is_empty() {
@@ -519,7 +537,7 @@ impl<D: Disk> StoreWriter<'_, D> {
         }
         let id = take_id(self.next_id);
         let count = entries.len() as u64;
-        let values = entries.iter().map(|(key, entry)| (*key, value(entry)));
+        let values = entries.iter_ahead(far, near).map(|(key, entry)| (*key, value(entry)));
         let run = Run::write(self.disk, store.prefix(), id, 0, self.age, store.shape(), count, values).await?;
         let run = Rc::new(run);
         self.bytes += run.file_bytes();

@@ -39,6 +39,7 @@ mod message_book;
 mod message_write;
 mod partitioned;
 mod parts;
+mod prefetch;
 mod read;
 mod record;
 mod replay;

@@ -468,13 +468,14 @@ impl TccBook {
     }
 
     /// The ended branches held: a checkpoint moves them to runs.
-    pub(crate) fn ended_branches(&self) -> impl Iterator<Item = (u128, u16, &BranchEntry)> + '_ {
-        self.branches.iter().filter(|(_, entry)| entry.state.ended()).map(|((a, b), entry)| (*a, *b, entry))
+    pub(crate) fn ended_branches(&self) -> impl Iterator<Item = (&(u128, u16), &BranchEntry)> + '_ {
+        self.branches.iter().filter(|(_, entry)| entry.state.ended())
     }
 
-    /// The completed activities held: a checkpoint moves them to runs.
-    pub(crate) fn completed_activities(&self) -> impl Iterator<Item = (u128, EndedActivity)> + '_ {
-        self.activities.iter().filter_map(|(id, entry)| Some((*id, EndedActivity::of(entry)?)))
+    /// The completed activities held (each has an [`EndedActivity::of`]): a checkpoint moves
+    /// them to runs.
+    pub(crate) fn completed_activities(&self) -> impl Iterator<Item = (u128, &ActivityEntry)> + '_ {
+        self.activities.iter().filter(|(_, entry)| EndedActivity::ends(entry)).map(|(id, entry)| (*id, entry))
     }
 
     /// The entries a checkpoint's file holds: those under way, and the money in transit (the

@@ -20,6 +20,11 @@ pub struct EndedActivity {
 }
 
 impl EndedActivity {
+    /// Whether `entry` is completed ([`of`](Self::of) makes what the runs keep of it).
+    pub(crate) fn ends(entry: &ActivityEntry) -> bool {
+        matches!(entry.state, ActivityState::Completed(_)) && !entry.branches.is_empty()
+    }
+
     /// What the runs keep of `entry`, if it is completed.
     pub(crate) fn of(entry: &ActivityEntry) -> Option<EndedActivity> {
         let ActivityState::Completed(decision) = entry.state else { return None };

@@ -15,6 +15,9 @@ use std::time::{Duration, Instant};
 /// Items handled between two turns given back.
 pub(crate) const ITEMS_PER_TURN: usize = 4096;
 
+/// How far ahead [`SortedInTurns::iter_ahead`] looks: enough misses in flight to cover one.
+pub(crate) const AHEAD: usize = 16;
+
 /// Lets every other ready task of the executor run before this one goes on.
 pub(crate) async fn take_turn() {
     futures_lite::future::yield_now().await
@@ -146,8 +149,30 @@ impl<V> SortedInTurns<V> {
     }
 
     /// Every entry in key order.
+    #[cfg(test)]
     pub(crate) fn iter(&self) -> impl Iterator<Item = &(u128, V)> + '_ {
         self.entries.iter()
+    }
+
+    /// Every entry in key order, `far` called on the entry `2 × AHEAD` places after each one
+    /// and `near` on the one [`AHEAD`] places after it as that one is yielded: where values
+    /// point into memory in another order, `far` prefetches what a later entry points to and
+    /// `near` what that points to in turn (by then in the cache), so that their misses overlap
+    /// the work between.
+    pub(crate) fn iter_ahead<'a>(
+        &'a self,
+        far: impl Fn(&V) + 'a,
+        near: impl Fn(&V) + 'a,
+    ) -> impl Iterator<Item = &'a (u128, V)> + 'a {
+        self.entries.iter().enumerate().map(move |(at, entry)| {
+            if let Some((_, later)) = self.entries.get(at + 2 * AHEAD) {
+                far(later);
+            }
+            if let Some((_, later)) = self.entries.get(at + AHEAD) {
+                near(later);
+            }
+            entry
+        })
     }
 }
 
@@ -180,6 +205,31 @@ mod tests {
             let mut seen: Vec<usize> = sorted.iter().map(|(key, n)| { assert_eq!(keys[*n], *key); *n }).collect();
             seen.sort_unstable();
             prop_assert_eq!(seen, (0..keys.len()).collect::<Vec<_>>());
+        }
+    }
+
+    #[test]
+    fn iter_ahead_yields_in_order_and_touches_the_entries_ahead_of_each() {
+        for count in [0, 1, AHEAD, AHEAD + 1, 2 * AHEAD, 3 * AHEAD + 5] {
+            let entries = (0..count as u128).rev().map(|key| (key, key as usize));
+            let sorted = glommio::LocalExecutorBuilder::default().make().unwrap().run(sorted_by_key(entries, count));
+            let touched = std::cell::RefCell::new(Vec::new());
+            let yielded: Vec<(usize, Vec<(&str, usize)>)> = sorted
+                .iter_ahead(
+                    |value| touched.borrow_mut().push(("far", *value)),
+                    |value| touched.borrow_mut().push(("near", *value)),
+                )
+                .map(|(_, value)| (*value, std::mem::take(&mut *touched.borrow_mut())))
+                .collect();
+            // Entry n is yielded after entry n + 2 AHEAD was touched far and n + AHEAD near.
+            let expected: Vec<(usize, Vec<(&str, usize)>)> = (0..count)
+                .map(|n| {
+                    let far = (n + 2 * AHEAD < count).then_some(("far", n + 2 * AHEAD));
+                    let near = (n + AHEAD < count).then_some(("near", n + AHEAD));
+                    (n, far.into_iter().chain(near).collect())
+                })
+                .collect();
+            assert_eq!(yielded, expected, "{count} entries");
         }
     }
 

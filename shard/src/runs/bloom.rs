@@ -12,6 +12,8 @@
 //! probe can hit a bit another probe of the same key set, which only costs a little of that.
 //! A filter never answers "absent" for a key inserted into it.
 
+use crate::prefetch::prefetch;
+
 /// Bits of filter per entry the filter is sized for.
 pub(super) const BITS_PER_ENTRY: u64 = 16;
 /// Probes per key in the filters this build writes.
@@ -144,19 +146,6 @@ impl Filling {
         }
         self.bloom
     }
-}
-
-/// Asks the CPU to bring `word`'s cache line in without waiting for it.
-#[inline(always)]
-fn prefetch(word: &u64) {
-    #[cfg(target_arch = "x86_64")]
-    // SAFETY: a prefetch only hints the cache; it reads nothing and cannot fault, and the
-    // pointer comes from a live reference besides.
-    unsafe {
-        std::arch::x86_64::_mm_prefetch::<{ std::arch::x86_64::_MM_HINT_T0 }>((word as *const u64).cast::<i8>());
-    }
-    #[cfg(not(target_arch = "x86_64"))]
-    let _ = word;
 }
 
 #[cfg(test)]
