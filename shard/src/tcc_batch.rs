@@ -218,8 +218,9 @@ async fn deliver<S: StepSender>(sender: &S, items: &[Item], packing: Packing) ->
         let (carried, transactions) = by_shard.entry(*shard).or_default();
         let room = transactions.last().is_some_and(|last| last.len() + steps.len() <= STEPS_MAX);
         if packing == Packing::Alone || !room {
+            let capacity = if packing == Packing::Alone { steps.len() } else { STEPS_MAX };
             carried.push(Vec::new());
-            transactions.push(Vec::new());
+            transactions.push(Vec::with_capacity(capacity));
         }
         carried.last_mut().expect("pushed").push((item, steps.len()));
         transactions.last_mut().expect("pushed").extend(steps.iter().cloned());
@@ -231,7 +232,7 @@ async fn deliver<S: StepSender>(sender: &S, items: &[Item], packing: Packing) ->
             Ok(answers) if answers.len() == count => answers.into_iter().map(Some).collect(),
             _ => (0..count).map(|_| None).collect(),
         };
-        let mut delivered = Vec::new();
+        let mut delivered = Vec::with_capacity(carried.iter().map(Vec::len).sum());
         for (carried, answer) in carried.into_iter().zip(answers) {
             let refusal = match &answer {
                 Some(Err(error)) => error.refusal().cloned(),

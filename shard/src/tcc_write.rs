@@ -188,9 +188,23 @@ pub(crate) struct Scratch<'a> {
 }
 
 impl<'a> Scratch<'a> {
-    pub(crate) fn over(accounts: &'a AccountBook, tcc: &'a TccBook, in_flight: &'a InFlightAccounts) -> Scratch<'a> {
-        let (balances, branches, activities) = (IdMap::default(), IdMap::default(), IdMap::default());
-        Scratch { accounts, tcc, in_flight, balances, branches, activities, ended: IdMap::default() }
+    /// For `steps` steps: each changes at most one balance, branch and activity, so the
+    /// changes' maps are made that large at once rather than grown step by step.
+    pub(crate) fn over(
+        accounts: &'a AccountBook,
+        tcc: &'a TccBook,
+        in_flight: &'a InFlightAccounts,
+        steps: usize,
+    ) -> Scratch<'a> {
+        Scratch {
+            accounts,
+            tcc,
+            in_flight,
+            balances: IdMap::with_capacity_and_hasher(steps, Default::default()),
+            branches: IdMap::with_capacity_and_hasher(steps, Default::default()),
+            activities: IdMap::with_capacity_and_hasher(steps, Default::default()),
+            ended: IdMap::default(),
+        }
     }
 
     /// The balances the rules changed.
@@ -366,8 +380,9 @@ fn transact_reading<D: Disk>(
         }
     }
     let at_ms = now_ms();
-    let mut scratch = Scratch::over(index.accounts(), index.tcc(), &accepted.accounts);
-    (scratch.branches, scratch.ended) = (run_branches, run_activities);
+    let mut scratch = Scratch::over(index.accounts(), index.tcc(), &accepted.accounts, steps.len());
+    scratch.branches.extend(run_branches);
+    scratch.ended = run_activities;
     let mut answers = Vec::with_capacity(steps.len());
     for step in &steps {
         match apply_step(&mut scratch, step, at_ms) {
