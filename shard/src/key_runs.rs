@@ -478,13 +478,15 @@ pub(crate) async fn write_runs<D: Disk>(
     written.write(RunStore::Users, users, nothing_ahead(), |()| [0u8; VALUE_BYTES_MAX]).await?;
     let refunds = snapshot.recent_refunds().map(|(key, refund)| (key, *refund));
     written.write(RunStore::Refunds, sorted_by_key(refunds, refund_count).await, nothing_ahead(), refund_value).await?;
-    // These three are sorted as references to the snapshot's entries (32 bytes each, against
-    // 80 for a key and its value made), their values made as the run is written: in the keys'
+    // Account requests make their values as they are collected, in the map's order (a copy of
+    // their fields: made in the keys' order, each would be a miss). Ended branches and completed
+    // activities are sorted as references to the snapshot's entries (32 bytes each, against 80
+    // for a key and its value made), their values made as the run is written: in the keys'
     // order the entries are read at random, so each is prefetched some entries ahead (and an
-    // activity's branches, which its value digests, a few after it).
-    let requests = sorted_by_key(snapshot.accounts().recent_requests(), snapshot.accounts().len().1).await;
-    let request = |entry: &&RequestEntry| request_value(entry);
-    written.write(RunStore::Requests, requests, (|entry| prefetch(*entry), |_| {}), request).await?;
+    // activity's branch plans, which its value digests, a few after it).
+    let requests = snapshot.accounts().recent_requests().map(|(key, entry)| (key, request_value(entry)));
+    let requests = sorted_by_key(requests, snapshot.accounts().len().1).await;
+    written.write(RunStore::Requests, requests, nothing_ahead(), |value| *value).await?;
     let tcc = snapshot.tcc();
     let (branch_count, activity_count) = tcc.len();
     let branches = tcc.ended_branches().map(|(named, entry)| (branch_key(named.0, named.1), (named, entry)));
