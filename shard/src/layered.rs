@@ -213,6 +213,10 @@ impl<K: Hash + Eq + Clone, V: Clone> LayeredMap<K, V> {
                 _ => {}
             }
         }
+        // A tombstone is made only over a key the frozen layer holds, in the part it is in:
+        // with that part gone none is left, which the one-probe paths of a map with nothing
+        // frozen rely on.
+        debug_assert!(self.live.part(part).values().all(Option::is_some), "a tombstone outlived its frozen part");
         if part == PARTS - 1 {
             self.frozen = None;
         }

@@ -101,6 +101,11 @@ impl<K: Hash + Eq + Clone, V: Clone> PartitionedMap<K, V> {
         Rc::make_mut(&mut self.parts[Self::part_of(&key)]).entry(key).or_default()
     }
 
+    /// The entries of part `part` (`0..PARTS`).
+    pub(crate) fn part(&self, part: usize) -> &IdMap<K, V> {
+        &self.parts[part]
+    }
+
     /// Takes part `part` (`0..PARTS`) out of the map, leaving it empty: the entries whose keys
     /// the part holds.
     pub fn take_part(&mut self, part: usize) -> Rc<IdMap<K, V>> {
