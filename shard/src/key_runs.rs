@@ -504,12 +504,9 @@ pub(crate) async fn write_runs<D: Disk>(
     Ok(WrittenRuns { sets, new_runs, bytes, entries })
 }
 
-/// What [`StoreWriter::write`] calls on the entries ahead: far, then near.
-type Ahead<V> = (fn(&V), fn(&V));
-
 /// For stores whose values are made of what their sorted entries hold: nothing to prefetch.
-fn nothing_ahead<V>() -> Ahead<V> {
-    (|_| {}, |_| {})
+fn nothing_ahead<V>() -> (impl Fn(&V), impl Fn(&V)) {
+    (|_: &V| {}, |_: &V| {})
 }
 
 /// What [`write_runs`] has written so far, and where to write the next store's run.
