@@ -413,7 +413,7 @@ impl TccBook {
     pub(crate) fn settle_part(&mut self, part: usize) -> usize {
         // Kept: whatever the runs do not take (`ended_branches`, `completed_activities`).
         self.branches.settle_part(part, |entry| !entry.state.ended())
-            + self.activities.settle_part(part, |entry| EndedActivity::of(entry).is_none())
+            + self.activities.settle_part(part, |entry| !EndedActivity::ends(entry))
     }
 
     /// Whether a frozen layer waits for [`settle_part`](Self::settle_part) (it goes with its
@@ -475,7 +475,12 @@ impl TccBook {
     /// The completed activities held (each has an [`EndedActivity::of`]): a checkpoint moves
     /// them to runs.
     pub(crate) fn completed_activities(&self) -> impl Iterator<Item = (u128, &ActivityEntry)> + '_ {
-        self.activities.iter().filter(|(_, entry)| EndedActivity::ends(entry)).map(|(id, entry)| (*id, entry))
+        let ends = |entry: &ActivityEntry| {
+            let ends = EndedActivity::ends(entry);
+            debug_assert_eq!(ends, EndedActivity::of(entry).is_some(), "what the runs keep of a completed activity");
+            ends
+        };
+        self.activities.iter().filter(move |(_, entry)| ends(entry)).map(|(id, entry)| (*id, entry))
     }
 
     /// The entries a checkpoint's file holds: those under way, and the money in transit (the

@@ -189,7 +189,8 @@ pub(crate) struct Scratch<'a> {
 
 impl<'a> Scratch<'a> {
     /// For `steps` steps: each changes at most one balance, branch and activity, so the
-    /// changes' maps are made that large at once rather than grown step by step.
+    /// changes' maps are made that large at once rather than grown step by step (none is
+    /// allocated for 0, until its first write).
     pub(crate) fn over(
         accounts: &'a AccountBook,
         tcc: &'a TccBook,

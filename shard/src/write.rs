@@ -410,8 +410,8 @@ fn change<D: Disk>(
     // The money it moves, checked against the balances durable and in flight.
     let mut balances = Vec::new();
     if funding != Funding::External {
-        // One balance or one activity changed: as a local transaction of one step.
-        let mut scratch = Scratch::over(index.accounts(), index.tcc(), &accepted.accounts, 1);
+        // One balance or one activity changed at most: the maps are made when first written.
+        let mut scratch = Scratch::over(index.accounts(), index.tcc(), &accepted.accounts, 0);
         if let Err(refusal) = apply_funding(&mut scratch, &record, inner.shard_id) {
             return reply.send(Err(refusal.into()));
         }
