@@ -20,7 +20,8 @@ pub struct EndedActivity {
 }
 
 impl EndedActivity {
-    /// Whether `entry` is completed ([`of`](Self::of) makes what the runs keep of it).
+    /// Whether `entry` is completed with a branch: exactly the entries [`of`](Self::of) makes
+    /// what the runs keep of, without digesting their plans.
     pub(crate) fn ends(entry: &ActivityEntry) -> bool {
         matches!(entry.state, ActivityState::Completed(_)) && !entry.branches.is_empty()
     }
