@@ -2,7 +2,7 @@
 //! Try, Confirm and Cancel with their fences and repeats; an activity's Begin, Decide and
 //! Complete; a local transaction applied whole or refused whole; a step sent while another on
 //! the same branch is in flight waits for it; all of it found again after reopens from the log
-//! and from a checkpoint.
+//! and from a checkpoint; books made under many transactions in flight made again by a replay.
 
 use tradeshard_shard::{
     AccountCommand, AccountOp, ActivityState, Balance, BranchAction, BranchPlan, BranchState, CancelReason, Currency,
@@ -374,4 +374,122 @@ fn what_a_checkpoint_leaves_in_memory_is_not_counted_as_new_work_after_a_reopen(
         assert_eq!(shard.stats().checkpoints.held_bytes, 0, "after an open that loaded the checkpoint");
         shard.close().await.unwrap();
     });
+}
+
+mod live_against_replayed {
+    //! Random transactions and deposits sent many at a time, so that the checks read balances
+    //! that writes in flight leave and steps wait behind one another on their branches, leave
+    //! books that a replay of the log alone makes again: every balance, the money in
+    //! activities' hands, every activity and those not completed.
+
+    use proptest::prelude::*;
+
+    use super::*;
+
+    #[derive(Debug, Clone)]
+    enum Op {
+        Deposit { user: u64, amount: u64 },
+        Steps(Vec<Step>),
+    }
+
+    enum Answer {
+        Posted(tradeshard_shard::reply::ReplyFuture<Result<tradeshard_shard::AccountReceipt, TradeError>>),
+        Steps(tradeshard_shard::reply::ReplyFuture<Result<Vec<StepAnswer>, TradeError>>),
+    }
+
+    const USERS: u64 = 3;
+    const ACTIVITIES: u128 = 5;
+
+    fn action() -> impl Strategy<Value = BranchAction> {
+        (1..=USERS, 1u64..300, any::<bool>()).prop_map(|(user_id, amount, credit)| match credit {
+            true => BranchAction::Credit { user_id, currency: cny(), amount },
+            false => freeze(user_id, amount),
+        })
+    }
+
+    fn step() -> impl Strategy<Value = Step> {
+        let activity = 1..=ACTIVITIES;
+        prop_oneof![
+            3 => (activity.clone(), 0u16..3, action()).prop_map(|(activity, branch, action)| Step::Try { activity, branch, action }),
+            3 => (activity.clone(), 0u16..3).prop_map(|(activity, branch)| Step::Confirm { activity, branch }),
+            2 => (activity.clone(), 0u16..3, action()).prop_map(|(activity, branch, action)| Step::Cancel { activity, branch, action }),
+            1 => (activity.clone(), action()).prop_map(|(activity, action)| {
+                let plan = BranchPlan { shard: 0, branch: 0, action };
+                Step::Begin { activity, deadline_ms: 1_000, branches: vec![plan] }
+            }),
+            1 => (activity.clone(), any::<bool>()).prop_map(|(activity, commit)| {
+                let decision = if commit { Decision::Commit } else { Decision::Cancel(CancelReason::TryRefused) };
+                Step::Decide { activity, decision }
+            }),
+            1 => activity.prop_map(|activity| Step::Complete { activity }),
+        ]
+    }
+
+    fn op() -> impl Strategy<Value = Op> {
+        prop_oneof![
+            1 => (1..=USERS, 1u64..500).prop_map(|(user, amount)| Op::Deposit { user, amount }),
+            4 => prop::collection::vec(step(), 1..4).prop_map(Op::Steps),
+        ]
+    }
+
+    /// What the books read as: every balance, the money in activities' hands, every activity.
+    type Books = (Vec<Balance>, Vec<(Currency, i128)>, Vec<Option<ActivityState>>);
+
+    fn books(shard: &SimShard) -> Books {
+        let balances = (1..=USERS).map(|user| shard.balance(user, cny())).collect();
+        let in_transit = shard.in_transit().into_iter().collect();
+        let activities = (1..=ACTIVITIES).map(|id| shard.activity(id).map(|entry| entry.state)).collect();
+        (balances, in_transit, activities)
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig { cases: 48, ..ProptestConfig::default() })]
+
+        #[test]
+        fn the_books_live_are_the_books_replayed(groups in prop::collection::vec(prop::collection::vec(op(), 1..8), 1..8)) {
+            run(async {
+                let disk = SimDisk::new();
+                let upkeep = upkeep_on_request(false, None);
+                let (live, branches) = {
+                    let shard = Shard::open_with(disk.clone(), small_config(), 0, upkeep).await.unwrap();
+                    let mut deposits = 0;
+                    for group in &groups {
+                        // A group's operations are all in flight at once.
+                        let mut answers = Vec::new();
+                        for op in group.clone() {
+                            match op {
+                                Op::Deposit { user, amount } => {
+                                    deposits += 1;
+                                    let request = format!("d{deposits}");
+                                    let command = AccountCommand::new(AccountOp::Deposit, user, "CNY", amount, &request).unwrap();
+                                    let (reply, posted) = tradeshard_shard::reply::channel();
+                                    shard.post(command, reply);
+                                    answers.push(Answer::Posted(posted));
+                                }
+                                Op::Steps(steps) => {
+                                    let (reply, answered) = tradeshard_shard::reply::channel();
+                                    shard.transact(steps, reply);
+                                    answers.push(Answer::Steps(answered));
+                                }
+                            }
+                        }
+                        for answer in answers {
+                            // Refusals are part of the run: only that every one is answered counts.
+                            match answer {
+                                Answer::Posted(posted) => drop(posted.await.expect("answered")),
+                                Answer::Steps(answered) => drop(answered.await.expect("answered")),
+                            }
+                        }
+                    }
+                    // Branches are seen through what they do to balances and in-transit money (a
+                    // step to read one would change it).
+                    (books(&shard), shard.unfinished_activities())
+                };
+                let replayed = Shard::open_with(disk.clone(), small_config(), 0, upkeep).await.unwrap();
+                assert!(replayed.stats().opened.checkpoint.is_none(), "the books come from the log alone");
+                assert_eq!(books(&replayed), live);
+                assert_eq!(replayed.unfinished_activities(), branches);
+            });
+        }
+    }
 }
