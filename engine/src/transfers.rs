@@ -26,9 +26,11 @@ use crate::ops;
 const DRIVEN_LOOK: std::time::Duration = std::time::Duration::from_millis(2);
 
 /// The activities callers of this engine are driving now, with how many callers each: a
-/// retry that finds one undecided waits for its first attempt instead of cancelling it.
+/// retry that finds one undecided waits for its first attempt instead of cancelling it. Keyed
+/// by activity ids (request keys made by xxh3, or an embedder's own), which `IdMap`'s one
+/// multiply spreads as well as SipHash would.
 #[derive(Default)]
-pub(crate) struct Driving(std::sync::Mutex<std::collections::HashMap<u128, u32>>);
+pub(crate) struct Driving(std::sync::Mutex<tradeshard_shard::IdMap<u128, u32>>);
 
 impl Driving {
     /// Counts `activities` as driven until the guard drops (also when the caller's future is

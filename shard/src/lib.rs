@@ -81,6 +81,7 @@ pub use currency::Currency;
 pub use doubts::ClaimState;
 pub use error::{InputError, LogError, Refusal, TradeError};
 pub use events::{Event, EventBatch, EventView, Message, PollQuery, Subscription, POLL_BYTES_MAX, POLL_EVENTS_MAX};
+pub use id_hash::{IdHasher, IdMap};
 pub use index::{body_hash, order_key};
 /// Awaits futures together (the engine's check-backs run a pass's checks at once).
 pub use join::join_all;
