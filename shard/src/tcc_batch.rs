@@ -27,7 +27,7 @@ use crate::error::Refusal;
 use crate::join::join_all;
 use crate::tcc::{BranchPlan, CancelReason, Decision, Step, STEPS_MAX};
 use crate::tcc_book::StepAnswer;
-use crate::tcc_driver::{decision_in_force, outcome_step, split, Driven, StepError, StepSender};
+use crate::tcc_driver::{decision_in_force, goes_home, outcome_step, Driven, StepError, StepSender};
 
 /// An activity to run from its start, as [`run_activity`](crate::run_activity) takes one.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -61,14 +61,18 @@ pub async fn run_activities<S: StepSender>(sender: &S, planned: &[PlannedActivit
             external.then_some(BatchDriven::Alone { begun: false })
         })
         .collect();
-    let (local, remote): (Vec<_>, Vec<_>) = planned.iter().map(|plan| split(&plan.branches, plan.home)).unzip();
+    // An activity's branches whose steps go with its own records, and the others: read from
+    // its plan at each step rather than copied out per activity.
+    let local = |at: usize| planned[at].branches.iter().filter(move |plan| goes_home(plan, planned[at].home));
+    let remote = |at: usize| planned[at].branches.iter().filter(move |plan| !goes_home(plan, planned[at].home));
     let under_way =
         |aside: &[Option<BatchDriven>]| -> Vec<usize> { (0..aside.len()).filter(|&at| aside[at].is_none()).collect() };
 
     let begins = under_way(&aside).into_iter().map(|at| {
         let PlannedActivity { home, activity, deadline_ms, ref branches } = planned[at];
-        let mut steps = vec![Step::Begin { activity, deadline_ms, branches: branches.clone() }];
-        steps.extend(local[at].iter().map(|plan| Step::Try { activity, branch: plan.branch, action: plan.action }));
+        let mut steps = Vec::with_capacity(1 + local(at).count());
+        steps.push(Step::Begin { activity, deadline_ms, branches: branches.clone() });
+        steps.extend(local(at).map(|plan| Step::Try { activity, branch: plan.branch, action: plan.action }));
         (home, at, steps)
     });
     // An activity the batch carries twice may be refused for funds in one place and begun in
@@ -93,8 +97,7 @@ pub async fn run_activities<S: StepSender>(sender: &S, planned: &[PlannedActivit
     let mut tried = vec![true; planned.len()];
     let tries = under_way(&aside).into_iter().flat_map(|at| {
         let activity = planned[at].activity;
-        remote[at]
-            .iter()
+        remote(at)
             .map(move |plan| (plan.shard, at, vec![Step::Try { activity, branch: plan.branch, action: plan.action }]))
     });
     for (at, delivered) in deliver_refusable(sender, tries.collect()).await {
@@ -107,8 +110,9 @@ pub async fn run_activities<S: StepSender>(sender: &S, planned: &[PlannedActivit
 
     let decides = under_way(&aside).into_iter().map(|at| {
         let (home, activity, decision) = (planned[at].home, planned[at].activity, decided[at]);
-        let mut steps = vec![Step::Decide { activity, decision }];
-        steps.extend(local[at].iter().map(|plan| outcome_step(activity, plan, decision)));
+        let mut steps = Vec::with_capacity(1 + local(at).count());
+        steps.push(Step::Decide { activity, decision });
+        steps.extend(local(at).map(|plan| outcome_step(activity, plan, decision)));
         (home, at, steps)
     });
     for (at, delivered) in deliver_together(sender, decides.collect()).await {
@@ -126,7 +130,7 @@ pub async fn run_activities<S: StepSender>(sender: &S, planned: &[PlannedActivit
     let mut answered = vec![true; planned.len()];
     let outcomes = under_way(&aside).into_iter().flat_map(|at| {
         let (activity, decision) = (planned[at].activity, decision_of(at));
-        remote[at].iter().map(move |plan| (plan.shard, at, vec![outcome_step(activity, plan, decision)]))
+        remote(at).map(move |plan| (plan.shard, at, vec![outcome_step(activity, plan, decision)]))
     });
     for (at, delivered) in deliver_together(sender, outcomes.collect()).await {
         answered[at] &= matches!(delivered, Delivered::Answered(_));
@@ -219,7 +223,7 @@ async fn deliver<S: StepSender>(sender: &S, items: &[Item], packing: Packing) ->
         let room = transactions.last().is_some_and(|last| last.len() + steps.len() <= STEPS_MAX);
         if packing == Packing::Alone || !room {
             let capacity = if packing == Packing::Alone { steps.len() } else { STEPS_MAX };
-            carried.push(Vec::new());
+            carried.push(Vec::with_capacity(if packing == Packing::Alone { 1 } else { STEPS_MAX }));
             transactions.push(Vec::with_capacity(capacity));
         }
         carried.last_mut().expect("pushed").push((item, steps.len()));

@@ -106,7 +106,12 @@ async fn reach<S: StepSender>(sender: &S, activity: u128, plan: BranchPlan, call
 /// The branches whose steps go with the initiator's own records (accounts of its shard), and
 /// the others (accounts of other shards, and the embedder's participants).
 pub(crate) fn split(branches: &[BranchPlan], home: u32) -> (Vec<BranchPlan>, Vec<BranchPlan>) {
-    branches.iter().partition(|plan| plan.shard == home && plan.action.account().is_some())
+    branches.iter().partition(|plan| goes_home(plan, home))
+}
+
+/// Whether a branch's steps go with the initiator's own records ([`split`]).
+pub(crate) fn goes_home(plan: &BranchPlan, home: u32) -> bool {
+    plan.shard == home && plan.action.account().is_some()
 }
 
 fn call_of(decision: Decision) -> BranchCall {
