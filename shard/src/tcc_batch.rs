@@ -22,6 +22,7 @@
 //! driven alone.
 
 use std::collections::BTreeMap;
+use std::ops::Range;
 
 use crate::error::Refusal;
 use crate::join::join_all;
@@ -68,22 +69,22 @@ pub async fn run_activities<S: StepSender>(sender: &S, planned: &[PlannedActivit
     let under_way =
         |aside: &[Option<BatchDriven>]| -> Vec<usize> { (0..aside.len()).filter(|&at| aside[at].is_none()).collect() };
 
-    let begins = under_way(&aside).into_iter().map(|at| {
+    let mut begins = Items::default();
+    for at in under_way(&aside) {
         let PlannedActivity { home, activity, deadline_ms, ref branches } = planned[at];
-        let mut steps = Vec::with_capacity(1 + local(at).count());
-        steps.push(Step::Begin { activity, deadline_ms, branches: branches.clone() });
-        steps.extend(local(at).map(|plan| Step::Try { activity, branch: plan.branch, action: plan.action }));
-        (home, at, steps)
-    });
+        let begin = Step::Begin { activity, deadline_ms, branches: branches.clone() };
+        let tries = local(at).map(|plan| Step::Try { activity, branch: plan.branch, action: plan.action });
+        begins.push(home, at, std::iter::once(begin).chain(tries));
+    }
     // An activity the batch carries twice may be refused for funds in one place and begun in
     // another (its funds may come in between): a refusal answers it only when it is once.
     let mut carried: BTreeMap<u128, usize> = BTreeMap::new();
     for plan in planned {
         *carried.entry(plan.activity).or_default() += 1;
     }
-    for (at, delivered) in deliver_refusable(sender, begins.collect()).await {
+    for (at, delivered) in deliver_refusable(sender, begins).await {
         aside[at] = match delivered {
-            Delivered::Answered(answers) if answers.first().is_some_and(|begun| !begun.repeat) => continue,
+            Delivered::Answered(begun) if begun.is_some_and(|begun| !begun.repeat) => continue,
             Delivered::Refused(Some(refusal @ Refusal::InsufficientFunds { .. }))
                 if carried[&planned[at].activity] == 1 =>
             {
@@ -95,12 +96,14 @@ pub async fn run_activities<S: StepSender>(sender: &S, planned: &[PlannedActivit
 
     // Any failure of a Try, a refusal or not knowing whether it landed, cancels.
     let mut tried = vec![true; planned.len()];
-    let tries = under_way(&aside).into_iter().flat_map(|at| {
+    let mut tries = Items::default();
+    for at in under_way(&aside) {
         let activity = planned[at].activity;
-        remote(at)
-            .map(move |plan| (plan.shard, at, vec![Step::Try { activity, branch: plan.branch, action: plan.action }]))
-    });
-    for (at, delivered) in deliver_refusable(sender, tries.collect()).await {
+        for plan in remote(at) {
+            tries.push(plan.shard, at, [Step::Try { activity, branch: plan.branch, action: plan.action }]);
+        }
+    }
+    for (at, delivered) in deliver_refusable(sender, tries).await {
         tried[at] &= matches!(delivered, Delivered::Answered(_));
     }
     let mut decided: Vec<Decision> = tried
@@ -108,17 +111,16 @@ pub async fn run_activities<S: StepSender>(sender: &S, planned: &[PlannedActivit
         .map(|&tried| if tried { Decision::Commit } else { Decision::Cancel(CancelReason::TryRefused) })
         .collect();
 
-    let decides = under_way(&aside).into_iter().map(|at| {
+    let mut decides = Items::default();
+    for at in under_way(&aside) {
         let (home, activity, decision) = (planned[at].home, planned[at].activity, decided[at]);
-        let mut steps = Vec::with_capacity(1 + local(at).count());
-        steps.push(Step::Decide { activity, decision });
-        steps.extend(local(at).map(|plan| outcome_step(activity, plan, decision)));
-        (home, at, steps)
-    });
-    for (at, delivered) in deliver_together(sender, decides.collect()).await {
+        let outcomes = local(at).map(|plan| outcome_step(activity, plan, decision));
+        decides.push(home, at, std::iter::once(Step::Decide { activity, decision }).chain(outcomes));
+    }
+    for (at, delivered) in deliver_together(sender, decides).await {
         match delivered {
             // A repeat names the decision recorded first (a cancel for another reason).
-            Delivered::Answered(answers) => decided[at] = decision_in_force(&answers, decided[at]),
+            Delivered::Answered(decided_as) => decided[at] = decision_in_force(decided_as.as_slice(), decided[at]),
             // Decided otherwise meanwhile (recovery past the deadline), or not known to be
             // decided: driven alone from its record.
             _ => aside[at] = Some(BatchDriven::Alone { begun: true }),
@@ -128,11 +130,14 @@ pub async fn run_activities<S: StepSender>(sender: &S, planned: &[PlannedActivit
 
     // A branch that did not answer leaves the activity to recovery.
     let mut answered = vec![true; planned.len()];
-    let outcomes = under_way(&aside).into_iter().flat_map(|at| {
+    let mut outcomes = Items::default();
+    for at in under_way(&aside) {
         let (activity, decision) = (planned[at].activity, decision_of(at));
-        remote(at).map(move |plan| (plan.shard, at, vec![outcome_step(activity, plan, decision)]))
-    });
-    for (at, delivered) in deliver_together(sender, outcomes.collect()).await {
+        for plan in remote(at) {
+            outcomes.push(plan.shard, at, [outcome_step(activity, plan, decision)]);
+        }
+    }
+    for (at, delivered) in deliver_together(sender, outcomes).await {
         answered[at] &= matches!(delivered, Delivered::Answered(_));
     }
 
@@ -174,8 +179,9 @@ enum Packing {
 
 /// What became of one item's steps.
 enum Delivered {
-    /// Made, or answered as repeats: the item's answers, in order.
-    Answered(Vec<StepAnswer>),
+    /// Made, or answered as repeats: the answer to the item's first step (the Begin or the
+    /// Decide the item leads with; of the others, only that they were answered counts).
+    Answered(Option<StepAnswer>),
     /// Refused with no trace: the refusal when the transaction carried this item alone, or
     /// `None` when it carried others too (any of them may be the cause).
     Refused(Option<Refusal>),
@@ -183,43 +189,77 @@ enum Delivered {
     Unknown,
 }
 
-/// An item: the shard, the activity's place in the batch, the steps.
-type Item = (u32, usize, Vec<Step>);
+/// The items of one step of the protocol, each an activity's steps for one shard: their steps
+/// one after another in one vector (not a vector an item, which the shard would free), and
+/// each item's shard, activity (its place in the batch) and range of steps.
+#[derive(Default)]
+struct Items {
+    steps: Vec<Step>,
+    items: Vec<(u32, usize, Range<usize>)>,
+}
+
+impl Items {
+    fn push(&mut self, shard: u32, at: usize, steps: impl IntoIterator<Item = Step>) {
+        let start = self.steps.len();
+        self.steps.extend(steps);
+        self.items.push((shard, at, start..self.steps.len()));
+    }
+
+    /// Item `item`'s shard and steps.
+    fn get(&self, item: usize) -> (u32, &[Step]) {
+        let (shard, _, ref range) = self.items[item];
+        (shard, &self.steps[range.clone()])
+    }
+
+    fn len(&self) -> usize {
+        self.items.len()
+    }
+
+    /// Each item's activity, with what became of it.
+    fn activities_with(&self, delivered: Vec<Delivered>) -> Vec<(usize, Delivered)> {
+        self.items.iter().map(|(_, at, _)| *at).zip(delivered).collect()
+    }
+}
 
 /// Delivers steps a book may refuse: together, then again alone for the items of the
 /// transactions refused or failed, so that each refusal or error (a failed read of a run for
 /// one of them) falls on its own item only; the steps are idempotent, so an item whose
 /// transaction landed unanswered is answered as a repeat. Each item's activity, and what
 /// became of it, in the items' order.
-async fn deliver_refusable<S: StepSender>(sender: &S, items: Vec<Item>) -> Vec<(usize, Delivered)> {
+async fn deliver_refusable<S: StepSender>(sender: &S, items: Items) -> Vec<(usize, Delivered)> {
     let mut delivered = deliver(sender, &items, Packing::Together).await;
     let again: Vec<usize> = (0..items.len())
         .filter(|&item| matches!(delivered[item], Delivered::Refused(None) | Delivered::Unknown))
         .collect();
     if !again.is_empty() {
-        let alone: Vec<Item> = again.iter().map(|&item| items[item].clone()).collect();
+        let mut alone = Items::default();
+        for &item in &again {
+            let (shard, steps) = items.get(item);
+            alone.push(shard, items.items[item].1, steps.iter().cloned());
+        }
         for (item, answer) in again.into_iter().zip(deliver(sender, &alone, Packing::Alone).await) {
             delivered[item] = answer;
         }
     }
-    items.iter().map(|(_, at, _)| *at).zip(delivered).collect()
+    items.activities_with(delivered)
 }
 
 /// Delivers steps no book the engine made refuses: together. Each item's activity, and what
 /// became of it, in the items' order.
-async fn deliver_together<S: StepSender>(sender: &S, items: Vec<Item>) -> Vec<(usize, Delivered)> {
+async fn deliver_together<S: StepSender>(sender: &S, items: Items) -> Vec<(usize, Delivered)> {
     let delivered = deliver(sender, &items, Packing::Together).await;
-    items.iter().map(|(_, at, _)| *at).zip(delivered).collect()
+    items.activities_with(delivered)
 }
 
 /// Sends each item's steps to its shard, every item of one shard in one hand-off and the
 /// shards at once; what became of each item, in the items' order.
-async fn deliver<S: StepSender>(sender: &S, items: &[Item], packing: Packing) -> Vec<Delivered> {
+async fn deliver<S: StepSender>(sender: &S, items: &Items, packing: Packing) -> Vec<Delivered> {
     // Per shard: the transactions, and for each the items it carries (item, steps).
     type Carried = Vec<Vec<(usize, usize)>>;
     let mut by_shard: BTreeMap<u32, (Carried, Vec<Vec<Step>>)> = BTreeMap::new();
-    for (item, (shard, _, steps)) in items.iter().enumerate() {
-        let (carried, transactions) = by_shard.entry(*shard).or_default();
+    for item in 0..items.len() {
+        let (shard, steps) = items.get(item);
+        let (carried, transactions) = by_shard.entry(shard).or_default();
         let room = transactions.last().is_some_and(|last| last.len() + steps.len() <= STEPS_MAX);
         if packing == Packing::Alone || !room {
             let capacity = if packing == Packing::Alone { steps.len() } else { STEPS_MAX };
@@ -249,7 +289,11 @@ async fn deliver<S: StepSender>(sender: &S, items: &[Item], packing: Packing) ->
             };
             for (item, steps) in carried {
                 let outcome = match (&mut answers, &refusal) {
-                    (Some(answers), _) => Delivered::Answered(answers.by_ref().take(steps).collect()),
+                    (Some(answers), _) => {
+                        let first = answers.next();
+                        answers.by_ref().take(steps.saturating_sub(1)).for_each(drop);
+                        Delivered::Answered(first)
+                    }
                     (None, Some(refusal)) => Delivered::Refused(alone.then(|| refusal.clone())),
                     (None, None) => Delivered::Unknown,
                 };
