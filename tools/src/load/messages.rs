@@ -285,7 +285,7 @@ async fn spawn_consumer(handle: EngineHandle, base: Instant) -> anyhow::Result<(
         ConsumerConfig { start: StartPosition::Latest, ..ConsumerConfig::topics("load-half-messages", &[TOPIC]) };
     let mut consumer = handle.consumer(config)?;
     consumer.lag().await?;
-    let thread = std::thread::spawn(move || {
+    let thread = std::thread::Builder::new().name("load-consumer".into()).spawn(move || {
         let mut histograms = [latency::new_histogram(), latency::new_histogram()];
         let mut last_seen = Instant::now();
         let mut delivered = 0u64;
@@ -300,7 +300,7 @@ async fn spawn_consumer(handle: EngineHandle, base: Instant) -> anyhow::Result<(
             delivered += messages.len() as u64;
         }
         Ok((delivered, latency::summarize(&histograms[0]), latency::summarize(&histograms[1])))
-    });
+    })?;
     Ok((expecting, thread))
 }
 

@@ -20,6 +20,7 @@ use indicatif::{ProgressBar, ProgressStyle};
 use tradeshard_engine::{Engine, EngineHandle, Options, SyncMethod, TradeStatus, Upkeep};
 
 mod client;
+mod cpu;
 mod messages;
 mod report;
 mod request_numbers;
@@ -183,13 +184,14 @@ where
     T: Send + 'static,
     Fut: std::future::Future<Output = anyhow::Result<T>>,
 {
-    let client = std::thread::spawn(move || -> anyhow::Result<T> {
+    let client = std::thread::Builder::new().name("load-client".into()).spawn(move || -> anyhow::Result<T> {
         let executor = LocalExecutorBuilder::new(Placement::Unbound)
             .name("load-client")
             .make()
             .map_err(|e| anyhow::anyhow!("starting the client executor: {e}"))?;
         executor.run(work())
     });
+    let client = client.map_err(|e| anyhow::anyhow!("starting the client thread: {e}"))?;
     client.join().map_err(|_| anyhow::anyhow!("the client thread panicked"))?
 }
 
@@ -378,23 +380,27 @@ async fn drive(
         None
     };
     let before = handle.stats().await?;
+    let cpu_before = cpu::ThreadTimes::now();
     let deadline = duration.map(|d| Instant::now() + d);
     let more_clients: Vec<_> = (1..args.clients)
         .map(|index| {
             let (args, handle, users, read_only) = (args.clone(), handle.clone(), users.clone(), read_only.clone());
-            std::thread::spawn(move || -> anyhow::Result<ClientTotals> {
-                let executor = LocalExecutorBuilder::new(Placement::Unbound)
-                    .name(&format!("load-client-{index}"))
-                    .make()
-                    .map_err(|e| anyhow::anyhow!("starting a client executor: {e}"))?;
-                Ok(executor.run(async move {
-                    let client = Rc::new(new_client(index, &args, handle, users, read_only, deadline));
-                    run_workers(client.clone(), args.inflight, args.seed, index).await;
-                    ClientTotals::of(&client)
-                }))
-            })
+            std::thread::Builder::new().name(format!("load-client-{index}")).spawn(
+                move || -> anyhow::Result<ClientTotals> {
+                    let executor = LocalExecutorBuilder::new(Placement::Unbound)
+                        .name(&format!("load-client-{index}"))
+                        .make()
+                        .map_err(|e| anyhow::anyhow!("starting a client executor: {e}"))?;
+                    Ok(executor.run(async move {
+                        let client = Rc::new(new_client(index, &args, handle, users, read_only, deadline));
+                        run_workers(client.clone(), args.inflight, args.seed, index).await;
+                        ClientTotals::of(&client)
+                    }))
+                },
+            )
         })
-        .collect();
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| anyhow::anyhow!("starting a client thread: {e}"))?;
     let client = Rc::new(new_client(0, &args, handle.clone(), users, read_only, deadline));
     if let Some((ids, _)) = &client.read_only {
         client.acked.borrow_mut().extend(ids.iter().map(|id| (*id, TradeStatus::Created)));
@@ -447,6 +453,7 @@ async fn drive(
     }
     let elapsed = client.start.elapsed().as_secs_f64();
     let after = handle.stats().await?;
+    let cpu_after = cpu::ThreadTimes::now();
     let resident = resident_bytes();
     progress.finish_and_clear();
     if let Some(error) = client.first_error.borrow().as_ref() {
@@ -522,6 +529,7 @@ async fn drive(
         replayed_records: 0,
         disk_bytes: 0,
         checkpoint_work: report::CheckpointWork::between(&after, &before),
+        cpu: cpu_after.per_op_since(&cpu_before, histograms.iter().map(|h| h.len()).sum()),
     })
 }
 

@@ -124,6 +124,8 @@ pub(super) struct Report {
     pub(super) disk_bytes: u64,
     #[serde(flatten)]
     pub(super) checkpoint_work: CheckpointWork,
+    #[serde(flatten)]
+    pub(super) cpu: super::cpu::CpuPerOp,
 }
 
 /// Resident memory against trades held, after the warm-up.
@@ -246,6 +248,11 @@ pub(super) fn print_table(report: &Report) {
         w.checkpoint_busy_ns_per_run_entry,
         w.run_entries_written,
         w.merge_busy_ms
+    );
+    let cpu = &report.cpu;
+    println!(
+        "CPU per operation: engine {:.2} µs, load tool {:.2} µs, other threads {:.2} µs",
+        cpu.engine_cpu_us_per_op, cpu.client_cpu_us_per_op, cpu.other_cpu_us_per_op
     );
     let r = &report.retries;
     println!(

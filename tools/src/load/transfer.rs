@@ -81,6 +81,9 @@ pub(super) struct TransferReport {
     pub(super) resident_growth_after_warmup: Option<f64>,
     #[serde(flatten)]
     pub(super) checkpoint_work: super::report::CheckpointWork,
+    /// Per request answered (transfers, purchases, and those that moved no money).
+    #[serde(flatten)]
+    pub(super) cpu: super::cpu::CpuPerOp,
 }
 
 struct Transfers {
@@ -162,6 +165,7 @@ pub(super) async fn run(handle: EngineHandle, plan: TransferPlan) -> anyhow::Res
     let earlier = handle.account_totals().await?.get(&currency).copied().unwrap_or(0);
     fund(&handle, users, (inflight * batch).max(FUNDING_INFLIGHT_MIN), &run).await?;
     let before = handle.stats().await?;
+    let cpu_before = super::cpu::ThreadTimes::now();
     let state = Rc::new(Transfers {
         handle: handle.clone(),
         by_shard,
@@ -211,6 +215,7 @@ pub(super) async fn run(handle: EngineHandle, plan: TransferPlan) -> anyhow::Res
     }
     let elapsed = start.elapsed().as_secs_f64();
     let after = handle.stats().await?;
+    let cpu_after = super::cpu::ThreadTimes::now();
     if let Some(error) = state.first_error.borrow().as_ref() {
         eprintln!("load: first error: {error}");
     }
@@ -226,6 +231,7 @@ pub(super) async fn run(handle: EngineHandle, plan: TransferPlan) -> anyhow::Res
     let deposited = earlier + u128::from(users) * u128::from(FUNDING);
     let balances = handle.account_totals().await?.get(&currency).copied().unwrap_or(0) as i128;
     let in_transit: i128 = handle.money_in_transit().await?.values().sum();
+    let unmoved = state.unmoved.borrow().len();
     let unmoved_latency = latency::summarize(&state.unmoved.borrow());
     let (local, across, purchases) = (state.local.borrow(), state.across.borrow(), state.purchases.borrow());
     let mut all = local.clone();
@@ -264,6 +270,7 @@ pub(super) async fn run(handle: EngineHandle, plan: TransferPlan) -> anyhow::Res
         resident_growth_after_warmup: growth_after_warmup(&intervals).0,
         intervals,
         checkpoint_work: super::report::CheckpointWork::between(&after, &before),
+        cpu: cpu_after.per_op_since(&cpu_before, all.len() + purchases.len() + unmoved),
     })
 }
 
