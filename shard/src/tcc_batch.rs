@@ -28,7 +28,7 @@ use crate::error::Refusal;
 use crate::join::join_all;
 use crate::tcc::{BranchPlan, CancelReason, Decision, Step, STEPS_MAX};
 use crate::tcc_book::StepAnswer;
-use crate::tcc_driver::{decision_in_force, goes_home, outcome_step, Driven, StepError, StepSender};
+use crate::tcc_driver::{self, decision_in_force, outcome_step, Driven, StepError, StepSender};
 
 /// An activity to run from its start, as [`run_activity`](crate::run_activity) takes one.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -64,8 +64,8 @@ pub async fn run_activities<S: StepSender>(sender: &S, planned: &[PlannedActivit
         .collect();
     // An activity's branches whose steps go with its own records, and the others: read from
     // its plan at each step rather than copied out per activity.
-    let local = |at: usize| planned[at].branches.iter().filter(move |plan| goes_home(plan, planned[at].home));
-    let remote = |at: usize| planned[at].branches.iter().filter(move |plan| !goes_home(plan, planned[at].home));
+    let local = |at: usize| tcc_driver::local(&planned[at].branches, planned[at].home);
+    let remote = |at: usize| tcc_driver::remote(&planned[at].branches, planned[at].home);
     let under_way =
         |aside: &[Option<BatchDriven>]| -> Vec<usize> { (0..aside.len()).filter(|&at| aside[at].is_none()).collect() };
 

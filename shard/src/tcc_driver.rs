@@ -103,15 +103,20 @@ async fn reach<S: StepSender>(sender: &S, activity: u128, plan: BranchPlan, call
     sender.send(plan.shard, vec![step]).await.is_ok()
 }
 
-/// The branches whose steps go with the initiator's own records (accounts of its shard), and
-/// the others (accounts of other shards, and the embedder's participants).
-pub(crate) fn split(branches: &[BranchPlan], home: u32) -> (Vec<BranchPlan>, Vec<BranchPlan>) {
-    branches.iter().partition(|plan| goes_home(plan, home))
+/// Whether a branch's steps go with the initiator's own records (an account of its shard), or
+/// are sent on their own (an account of another shard, a participant of the embedder's).
+fn goes_home(plan: &BranchPlan, home: u32) -> bool {
+    plan.shard == home && plan.action.account().is_some()
 }
 
-/// Whether a branch's steps go with the initiator's own records ([`split`]).
-pub(crate) fn goes_home(plan: &BranchPlan, home: u32) -> bool {
-    plan.shard == home && plan.action.account().is_some()
+/// The branches of `branches` whose steps go with the initiator's own records.
+pub(crate) fn local(branches: &[BranchPlan], home: u32) -> impl Iterator<Item = &BranchPlan> + '_ {
+    branches.iter().filter(move |plan| goes_home(plan, home))
+}
+
+/// The others: branches of other shards and the embedder's.
+pub(crate) fn remote(branches: &[BranchPlan], home: u32) -> impl Iterator<Item = &BranchPlan> + '_ {
+    branches.iter().filter(move |plan| !goes_home(plan, home))
 }
 
 fn call_of(decision: Decision) -> BranchCall {
@@ -184,9 +189,9 @@ pub async fn run_activity<S: StepSender>(
     deadline_ms: u64,
     branches: Vec<BranchPlan>,
 ) -> Result<Driven, S::Error> {
-    let (local, remote) = split(&branches, home);
-    let mut begin = vec![Step::Begin { activity, deadline_ms, branches: branches.clone() }];
-    begin.extend(local.iter().map(|plan| Step::Try { activity, branch: plan.branch, action: plan.action }));
+    let mut begin = Vec::with_capacity(1 + local(&branches, home).count());
+    begin.push(Step::Begin { activity, deadline_ms, branches: branches.clone() });
+    begin.extend(local(&branches, home).map(|plan| Step::Try { activity, branch: plan.branch, action: plan.action }));
     let begun = sender.send(home, begin).await?.first().copied();
     let begun_before = begun.is_some_and(|answer| answer.repeat);
     // A retry of an activity already decided carries its decision out: no branch is asked to
@@ -200,15 +205,16 @@ pub async fn run_activity<S: StepSender>(
             }
         }
     }
-    let tries = remote.iter().map(|plan| reach(sender, activity, *plan, BranchCall::Try));
+    let tries = remote(&branches, home).map(|plan| reach(sender, activity, *plan, BranchCall::Try));
     // Any failure, a refusal or not knowing whether the Try landed, cancels: a Cancel releases
     // what a Try reserved, or fences a Try still on its way.
     let all_tried = join_all(tries).await.iter().all(|tried| *tried);
     let decision = if all_tried { Decision::Commit } else { Decision::Cancel(CancelReason::TryRefused) };
-    let mut decide = vec![Step::Decide { activity, decision }];
-    decide.extend(local.iter().map(|plan| outcome_step(activity, plan, decision)));
+    let mut decide = Vec::with_capacity(1 + local(&branches, home).count());
+    decide.push(Step::Decide { activity, decision });
+    decide.extend(local(&branches, home).map(|plan| outcome_step(activity, plan, decision)));
     let driven = match sender.send(home, decide).await {
-        Ok(answers) => carry_out(sender, home, activity, &remote, decision_in_force(&answers, decision)).await,
+        Ok(answers) => carry_out(sender, home, activity, &branches, decision_in_force(&answers, decision)).await,
         Err(error) => match decided_otherwise(&error) {
             Some(decision) => finish_decided(sender, home, activity, &branches, decision).await,
             None => Err(error),
@@ -271,8 +277,7 @@ async fn commit_untried<S: StepSender>(
     };
     let age_ms = now_ms.saturating_sub(entry.begun_ms);
     let try_again = sender.branches_remembered_for().is_none_or(|window| u128::from(age_ms) < window.as_millis() / 2);
-    let (_, remote) = split(&entry.branches, home);
-    let steps = remote.iter().map(|plan| async move {
+    let steps = remote(&entry.branches, home).map(|plan| async move {
         let (branch, action) = (plan.branch, plan.action);
         let steps = match try_again {
             true => vec![Step::Try { activity, branch, action }, Step::Confirm { activity, branch }],
@@ -298,23 +303,23 @@ async fn finish_decided<S: StepSender>(
     branches: &[BranchPlan],
     decision: Decision,
 ) -> Result<Driven, S::Error> {
-    let (local, remote) = split(branches, home);
-    if !local.is_empty() {
-        sender.send(home, local.iter().map(|plan| outcome_step(activity, plan, decision)).collect()).await?;
+    if local(branches, home).next().is_some() {
+        sender.send(home, local(branches, home).map(|plan| outcome_step(activity, plan, decision)).collect()).await?;
     }
-    carry_out(sender, home, activity, &remote, decision).await
+    carry_out(sender, home, activity, branches, decision).await
 }
 
-/// Sends the decision to the branches of other shards and to the embedder's; completes the activity once each
-/// answered. A branch that did not answer leaves the activity to recovery.
+/// Sends the decision to the branches of other shards and to the embedder's (of `branches`,
+/// the activity's); completes the activity once each answered. A branch that did not answer
+/// leaves the activity to recovery.
 async fn carry_out<S: StepSender>(
     sender: &S,
     home: u32,
     activity: u128,
-    remote: &[BranchPlan],
+    branches: &[BranchPlan],
     decision: Decision,
 ) -> Result<Driven, S::Error> {
-    let steps = remote.iter().map(|plan| reach(sender, activity, *plan, call_of(decision)));
+    let steps = remote(branches, home).map(|plan| reach(sender, activity, *plan, call_of(decision)));
     let answered = join_all(steps).await.iter().all(|answered| *answered);
     if !answered {
         return Ok(Driven { decision, completed: false, begun_before: true });
