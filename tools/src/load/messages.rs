@@ -79,6 +79,9 @@ pub(super) struct MessageReport {
     pub(super) errors: u64,
     pub(super) executors: usize,
     pub(super) shards: u32,
+    /// Per message published, or half message resolved, over the timed phase.
+    #[serde(flatten)]
+    pub(super) cpu: super::cpu::CpuPerOp,
 }
 
 /// What the workload runs.
@@ -182,6 +185,7 @@ pub(super) async fn run(handle: EngineHandle, plan: MessagePlan) -> anyhow::Resu
     // them apart.
     let earlier = if plan.half { 0 } else { read_all(&handle).await? };
     let before = handle.stats().await?;
+    let cpu_before = super::cpu::ThreadTimes::now();
     let base = Instant::now();
     let inflight = plan.inflight;
     let consumer = match plan.half {
@@ -206,6 +210,7 @@ pub(super) async fn run(handle: EngineHandle, plan: MessagePlan) -> anyhow::Resu
     }
     let elapsed = base.elapsed().as_secs_f64();
     let after = handle.stats().await?;
+    let cpu_after = super::cpu::ThreadTimes::now();
     if let Some(error) = shared.first_error.borrow().as_ref() {
         eprintln!("load: first error: {error}");
     }
@@ -222,6 +227,7 @@ pub(super) async fn run(handle: EngineHandle, plan: MessagePlan) -> anyhow::Resu
         errors: shared.errors.get(),
         executors: routing.executors,
         shards: routing.physical_shards,
+        cpu: cpu_after.per_op_since(&cpu_before, done + rolled_back + left),
         ..MessageReport::default()
     };
     match consumer {
