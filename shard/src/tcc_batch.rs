@@ -62,9 +62,8 @@ pub async fn run_activities<S: StepSender>(sender: &S, planned: &[PlannedActivit
             external.then_some(BatchDriven::Alone { begun: false })
         })
         .collect();
-    // An activity's branches whose steps go with its own records, and the others: read from
-    // its plan at each step rather than copied out per activity.
-    let local = |at: usize| tcc_driver::local(&planned[at].branches, planned[at].home);
+    // An activity's branches sent on their own (the others go with its own records): read
+    // from its plan at each step rather than copied out per activity.
     let remote = |at: usize| tcc_driver::remote(&planned[at].branches, planned[at].home);
     let under_way =
         |aside: &[Option<BatchDriven>]| -> Vec<usize> { (0..aside.len()).filter(|&at| aside[at].is_none()).collect() };
@@ -72,9 +71,7 @@ pub async fn run_activities<S: StepSender>(sender: &S, planned: &[PlannedActivit
     let mut begins = Items::default();
     for at in under_way(&aside) {
         let PlannedActivity { home, activity, deadline_ms, ref branches } = planned[at];
-        let begin = Step::Begin { activity, deadline_ms, branches: branches.clone() };
-        let tries = local(at).map(|plan| Step::Try { activity, branch: plan.branch, action: plan.action });
-        begins.push(home, at, std::iter::once(begin).chain(tries));
+        begins.push(home, at, tcc_driver::begin_steps(activity, deadline_ms, branches, home));
     }
     // An activity the batch carries twice may be refused for funds in one place and begun in
     // another (its funds may come in between): a refusal answers it only when it is once.
@@ -113,9 +110,8 @@ pub async fn run_activities<S: StepSender>(sender: &S, planned: &[PlannedActivit
 
     let mut decides = Items::default();
     for at in under_way(&aside) {
-        let (home, activity, decision) = (planned[at].home, planned[at].activity, decided[at]);
-        let outcomes = local(at).map(|plan| outcome_step(activity, plan, decision));
-        decides.push(home, at, std::iter::once(Step::Decide { activity, decision }).chain(outcomes));
+        let PlannedActivity { home, activity, ref branches, .. } = planned[at];
+        decides.push(home, at, tcc_driver::decide_steps(activity, decided[at], branches, home));
     }
     for (at, delivered) in deliver_together(sender, decides).await {
         match delivered {
@@ -262,9 +258,13 @@ async fn deliver<S: StepSender>(sender: &S, items: &Items, packing: Packing) -> 
         let (carried, transactions) = by_shard.entry(shard).or_default();
         let room = transactions.last().is_some_and(|last| last.len() + steps.len() <= STEPS_MAX);
         if packing == Packing::Alone || !room {
-            let capacity = if packing == Packing::Alone { steps.len() } else { STEPS_MAX };
-            carried.push(Vec::with_capacity(if packing == Packing::Alone { 1 } else { STEPS_MAX }));
-            transactions.push(Vec::with_capacity(capacity));
+            // Room for the transaction's items and steps: one item alone, else up to STEPS_MAX.
+            let (items_room, steps_room) = match packing {
+                Packing::Alone => (1, steps.len()),
+                Packing::Together => (STEPS_MAX, STEPS_MAX),
+            };
+            carried.push(Vec::with_capacity(items_room));
+            transactions.push(Vec::with_capacity(steps_room));
         }
         carried.last_mut().expect("pushed").push((item, steps.len()));
         transactions.last_mut().expect("pushed").extend(steps.iter().cloned());

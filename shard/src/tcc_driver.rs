@@ -119,6 +119,30 @@ pub(crate) fn remote(branches: &[BranchPlan], home: u32) -> impl Iterator<Item =
     branches.iter().filter(move |plan| !goes_home(plan, home))
 }
 
+/// The initiator's first record of an activity: its Begin, with the Tries of the branches
+/// that go with it.
+pub(crate) fn begin_steps(
+    activity: u128,
+    deadline_ms: u64,
+    branches: &[BranchPlan],
+    home: u32,
+) -> impl Iterator<Item = Step> + '_ {
+    let begin = Step::Begin { activity, deadline_ms, branches: branches.to_vec() };
+    let tries = local(branches, home).map(move |plan| Step::Try { activity, branch: plan.branch, action: plan.action });
+    std::iter::once(begin).chain(tries)
+}
+
+/// The initiator's decision, with the Confirms or Cancels of the branches that go with it.
+pub(crate) fn decide_steps(
+    activity: u128,
+    decision: Decision,
+    branches: &[BranchPlan],
+    home: u32,
+) -> impl Iterator<Item = Step> + '_ {
+    let outcomes = local(branches, home).map(move |plan| outcome_step(activity, plan, decision));
+    std::iter::once(Step::Decide { activity, decision }).chain(outcomes)
+}
+
 fn call_of(decision: Decision) -> BranchCall {
     match decision {
         Decision::Commit => BranchCall::Confirm,
@@ -189,10 +213,8 @@ pub async fn run_activity<S: StepSender>(
     deadline_ms: u64,
     branches: Vec<BranchPlan>,
 ) -> Result<Driven, S::Error> {
-    let mut begin = Vec::with_capacity(1 + local(&branches, home).count());
-    begin.push(Step::Begin { activity, deadline_ms, branches: branches.clone() });
-    begin.extend(local(&branches, home).map(|plan| Step::Try { activity, branch: plan.branch, action: plan.action }));
-    let begun = sender.send(home, begin).await?.first().copied();
+    let begun =
+        sender.send(home, begin_steps(activity, deadline_ms, &branches, home).collect()).await?.first().copied();
     let begun_before = begun.is_some_and(|answer| answer.repeat);
     // A retry of an activity already decided carries its decision out: no branch is asked to
     // try again.
@@ -210,10 +232,7 @@ pub async fn run_activity<S: StepSender>(
     // what a Try reserved, or fences a Try still on its way.
     let all_tried = join_all(tries).await.iter().all(|tried| *tried);
     let decision = if all_tried { Decision::Commit } else { Decision::Cancel(CancelReason::TryRefused) };
-    let mut decide = Vec::with_capacity(1 + local(&branches, home).count());
-    decide.push(Step::Decide { activity, decision });
-    decide.extend(local(&branches, home).map(|plan| outcome_step(activity, plan, decision)));
-    let driven = match sender.send(home, decide).await {
+    let driven = match sender.send(home, decide_steps(activity, decision, &branches, home).collect()).await {
         Ok(answers) => carry_out(sender, home, activity, &branches, decision_in_force(&answers, decision)).await,
         Err(error) => match decided_otherwise(&error) {
             Some(decision) => finish_decided(sender, home, activity, &branches, decision).await,
