@@ -9,8 +9,9 @@ use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::mpsc;
 use std::sync::Arc;
+use std::thread::JoinHandle;
 
-use glommio::{ExecutorJoinHandle, LocalExecutorBuilder, Placement};
+use glommio::{LocalExecutorBuilder, Placement};
 use tradeshard_shard::{DiskShard, ShardConfig, TradeCache};
 
 use crate::error::{Error, Result};
@@ -39,7 +40,7 @@ pub(crate) struct ExecutorPlan {
 /// An executor recovering its shards, waiting to be told whether to start them.
 pub(crate) struct StartingExecutor {
     index: usize,
-    handle: ExecutorJoinHandle<Result<()>>,
+    handle: JoinHandle<Result<()>>,
     /// The executor's two reports: its shards recovered, then its shards started.
     reports: mpsc::Receiver<Result<()>>,
     go: mpsc::Sender<bool>,
@@ -59,27 +60,27 @@ impl StartingExecutor {
     /// With `go`, has the executor repair and start its shards and returns it running; without,
     /// has it drop what it recovered (changing nothing) and stop. Called once `recovered`
     /// answered, whatever it answered.
-    pub(crate) fn finish(self, go: bool) -> Result<Option<ExecutorJoinHandle<Result<()>>>> {
+    pub(crate) fn finish(self, go: bool) -> Result<Option<JoinHandle<Result<()>>>> {
         if !go {
             // An executor that refused has stopped already; the send then fails, harmlessly.
             let _ = self.go.send(false);
-            let _ = self.handle.join();
+            let _ = join(self.index, self.handle);
             return Ok(None);
         }
         if self.go.send(true).is_err() {
             let error = self.stopped();
-            let _ = self.handle.join();
+            let _ = join(self.index, self.handle);
             return Err(error);
         }
         match self.reports.recv() {
             Ok(Ok(())) => Ok(Some(self.handle)),
             Ok(Err(error)) => {
-                let _ = self.handle.join();
+                let _ = join(self.index, self.handle);
                 Err(error)
             }
             Err(_) => {
                 let error = self.stopped();
-                let _ = self.handle.join();
+                let _ = join(self.index, self.handle);
                 Err(error)
             }
         }
@@ -108,13 +109,30 @@ pub(crate) fn start(plan: ExecutorPlan, options: &Options) -> Result<StartingExe
     let read_only = options.read_only;
     let (report_tx, reports) = mpsc::channel();
     let (go, go_rx) = mpsc::channel();
-    let handle = LocalExecutorBuilder::new(placement)
-        .name(&format!("tradeshard-{index}"))
-        .io_memory(options.io_memory_bytes)
-        .preempt_timer(options.preempt_interval)
-        .spawn(move || run(plan, shard_config, read_only, report_tx, go_rx))
-        .map_err(|e| Error::Executor { executor: index, source: Arc::new(e.into()) })?;
+    let builder =
+        LocalExecutorBuilder::new(placement).io_memory(options.io_memory_bytes).preempt_timer(options.preempt_interval);
+    // The thread is the engine's, not glommio's (`LocalExecutorBuilder::spawn`), so that the
+    // kicker knows it before the executor's loop first turns (`kick.rs`).
+    let handle = std::thread::Builder::new()
+        .name(format!("tradeshard-{index}"))
+        .spawn(move || {
+            let _known = plan.beat.on_this_thread();
+            match builder.make() {
+                Ok(executor) => executor.run(run(plan, shard_config, read_only, report_tx, go_rx)),
+                Err(error) => {
+                    let error = Error::Executor { executor: index, source: Arc::new(error.into()) };
+                    let _ = report_tx.send(Err(error.clone()));
+                    Err(error)
+                }
+            }
+        })
+        .map_err(|e| Error::Executor { executor: index, source: Arc::new(e) })?;
     Ok(StartingExecutor { index, handle, reports, go })
+}
+
+/// Joins an executor's thread: what its run returned, or the panic that ended it.
+pub(crate) fn join(executor: usize, handle: JoinHandle<Result<()>>) -> Result<()> {
+    handle.join().unwrap_or_else(|_| Err(stopped(executor, "panicked")))
 }
 
 async fn run(

@@ -13,10 +13,15 @@
 //!   descheduled for longer than the preemption interval), takes that for "nothing to run",
 //!   and parks. Its sleep arms a timeout only for timers still waiting, so a task woken by its
 //!   timer and not yet run (the beat below, among others) sleeps until some other completion
-//!   comes, which in an open, with every other task waiting on it, may be never.
+//!   comes, which in an open, with every other task waiting on it, may be never. It happens
+//!   at the executor's very first turn too, before its first task (the engine's) has run and
+//!   so before any beat exists: a test of an open on four executors on two busy cores stood
+//!   still so, its executor asleep after three time slices of its life.
 //!
 //! So each executor beats (a task of its own bumps a counter every [`HEARTBEAT`]), and one
-//! thread per engine looks at the beats. When an executor's beat stood still for [`STALL`]
+//! thread per engine looks at the beats. The executor's thread is known to its beat from
+//! before the executor is made (the engine starts the thread itself), so a beat that never
+//! started stands still too. When an executor's beat stood still for [`STALL`]
 //! while it was not parked on purpose (waiting for the other executors at open), the thread
 //! wakes the beat task from outside, which writes the executor's eventfd (glommio's path for
 //! a wake from another thread) and so ends any sleep or the next one, and sends the executor's
@@ -96,12 +101,20 @@ pub(crate) struct Beat {
 }
 
 impl Beat {
-    /// On the executor's thread, first thing: records the thread and starts the beat task.
-    /// The executor keeps the guard until it returns: its drop, still on the thread, forgets
-    /// the thread, so that no signal is sent to it once it may be gone.
-    pub(crate) fn start_on_executor(self: &Arc<Self>) -> BeatGuard {
+    /// On the executor's thread, before its executor is made: records the thread, so that a
+    /// kick reaches it even before the executor's first task runs (glommio's first turn may
+    /// park with that task still waiting, the second case of the module text). The thread keeps
+    /// the guard until it ends: its drop forgets the thread, so that no signal is sent to it once
+    /// it may be gone.
+    pub(crate) fn on_this_thread(self: &Arc<Self>) -> ThreadGuard {
         // SAFETY: pthread_self has no preconditions.
         *self.thread.lock().unwrap_or_else(|p| p.into_inner()) = Some(unsafe { libc::pthread_self() });
+        ThreadGuard(self.clone())
+    }
+
+    /// On the executor, first thing: starts the beat task. The executor keeps the guard until
+    /// it returns: its drop, still on the executor, forgets the task's waker.
+    pub(crate) fn start_on_executor(self: &Arc<Self>) -> BeatGuard {
         let beat = self.clone();
         glommio::spawn_local(async move {
             loop {
@@ -158,13 +171,21 @@ impl Beat {
     }
 }
 
+/// Held by an executor's thread (see [`Beat::on_this_thread`]).
+pub(crate) struct ThreadGuard(Arc<Beat>);
+
+impl Drop for ThreadGuard {
+    fn drop(&mut self) {
+        *self.0.thread.lock().unwrap_or_else(|p| p.into_inner()) = None;
+    }
+}
+
 /// Held by a running executor (see [`Beat::start_on_executor`]).
 pub(crate) struct BeatGuard(Arc<Beat>);
 
 impl Drop for BeatGuard {
     fn drop(&mut self) {
-        *self.0.thread.lock().unwrap_or_else(|p| p.into_inner()) = None;
-        // Dropped here, on the executor's thread, before its task is gone.
+        // Dropped here, on the executor, before its task is gone.
         self.0.waker.lock().unwrap_or_else(|p| p.into_inner()).take();
     }
 }
@@ -237,27 +258,54 @@ mod tests {
     use super::*;
 
     /// Runs `stuck` on an executor whose beat a kicker watches, after its first beats; returns
-    /// whether it ended within `limit`, how long it took, and the kicks.
+    /// whether it ended within `limit`, how long it took, and the kicks. The thread is made
+    /// as the engine makes its executors' (`executor.rs`).
     fn on_watched_executor(stuck: fn(&Beat), limit: Duration) -> (bool, Duration, u64) {
         let beat = Arc::new(Beat::default());
         let mut kicker = Kicker::start(vec![beat.clone()]);
         let (ended, ended_rx) = mpsc::channel();
         let on_executor = beat.clone();
-        let executor = LocalExecutorBuilder::new(Placement::Unbound)
-            .spawn(move || async move {
+        let executor = std::thread::spawn(move || {
+            let _known = on_executor.on_this_thread();
+            LocalExecutorBuilder::new(Placement::Unbound).make().unwrap().run(async move {
                 let _beating = on_executor.start_on_executor();
                 glommio::timer::sleep(HEARTBEAT * 3).await;
                 let started = Instant::now();
                 stuck(&on_executor);
                 let _ = ended.send(started.elapsed());
             })
-            .unwrap();
+        });
         let took = ended_rx.recv_timeout(limit);
         if took.is_ok() {
             executor.join().unwrap();
         }
         kicker.stop();
         (took.is_ok(), took.unwrap_or(limit), beat.kicks())
+    }
+
+    #[test]
+    fn a_thread_whose_executor_never_ran_a_task_is_kicked() {
+        // glommio's first turn may park before the executor's first task ran, so before any
+        // beat task exists: the thread alone is known, and the signal alone must end the wait.
+        assert!(handler_installed(), "no one else handles the signal in the tests");
+        let beat = Arc::new(Beat::default());
+        let mut kicker = Kicker::start(vec![beat.clone()]);
+        let (ended, ended_rx) = mpsc::channel();
+        let on_thread = beat.clone();
+        let thread = std::thread::spawn(move || {
+            let _known = on_thread.on_this_thread();
+            let started = Instant::now();
+            // SAFETY: pause has no preconditions; it returns once a handled signal arrives.
+            let _ = unsafe { libc::pause() };
+            let _ = ended.send(started.elapsed());
+        });
+        let took = ended_rx.recv_timeout(STALL * 5);
+        kicker.stop();
+        assert!(took.is_ok(), "the thread was signalled with no beat task to wake");
+        thread.join().unwrap();
+        assert!(beat.waker.lock().unwrap().is_none(), "no beat task ever ran");
+        assert_eq!(beat.kicks(), 1);
+        assert!(beat.thread.lock().unwrap().is_none(), "the thread is forgotten once it ends");
     }
 
     #[test]

@@ -49,7 +49,6 @@ mod trade_payments;
 mod transfer_batch;
 mod transfers;
 
-use glommio::ExecutorJoinHandle;
 use tradeshard_shard::TradeCache;
 
 pub use checkers::{CheckAnswer, CheckFuture, MessageChecker, MessageCheckers};
@@ -94,7 +93,7 @@ use crate::manifest::DataDir;
 /// then lost, data is not: nothing acknowledged depends on closing).
 pub struct Engine {
     handle: EngineHandle,
-    executors: Vec<ExecutorJoinHandle<Result<()>>>,
+    executors: Vec<std::thread::JoinHandle<Result<()>>>,
     data_dir: DataDir,
     activities: Option<activities::ActivityRecovery>,
     /// Wakes an executor the kernel left asleep (`kick.rs`), from before the open to the close.
@@ -272,9 +271,7 @@ impl Engine {
         }
         let mut first_error = None;
         for (index, executor) in self.executors.drain(..).enumerate() {
-            let outcome =
-                executor.join().map_err(|e| Error::Executor { executor: index, source: std::sync::Arc::new(e.into()) });
-            if let Err(error) = outcome.and_then(|closed| closed) {
+            if let Err(error) = executor::join(index, executor) {
                 first_error.get_or_insert(error);
             }
         }

@@ -10,8 +10,9 @@ use std::collections::HashMap;
 
 use serde::Serialize;
 
-/// Threads named after the engine's executors (`tradeshard-<executor>-<id>`), and the load
-/// tool's own threads (`load-client`, `load-client-<n>`, `load-consumer`).
+/// Threads named after the engine's executors (`tradeshard-<executor>`, a name glommio's
+/// blocking threads of that executor share), and the load tool's own threads (`load-client`,
+/// `load-client-<n>`, `load-consumer`).
 const ENGINE_PREFIX: &str = "tradeshard-";
 const CLIENT_PREFIX: &str = "load-";
 
@@ -116,9 +117,9 @@ mod tests {
         let times = |threads: &[(u32, &str, u64)]| {
             ThreadTimes(threads.iter().map(|(tid, name, ns)| (*tid, (name.to_string(), *ns))).collect())
         };
-        let before = times(&[(1, "tradeshard-0-0", 1_000), (2, "load-client", 500), (3, "iou-wrk-1", 7)]);
+        let before = times(&[(1, "tradeshard-0", 1_000), (2, "load-client", 500), (3, "iou-wrk-1", 7)]);
         // Thread 3 is gone, thread 4 was born; the engine spent 2 ms, the client 1 ms.
-        let after = times(&[(1, "tradeshard-0-0", 2_001_000), (2, "load-client", 1_000_500), (4, "main", 300_000)]);
+        let after = times(&[(1, "tradeshard-0", 2_001_000), (2, "load-client", 1_000_500), (4, "main", 300_000)]);
         let per_op = after.per_op_since(&before, 1_000);
         assert_eq!(per_op, CpuPerOp { engine_cpu_us_per_op: 2.0, client_cpu_us_per_op: 1.0, other_cpu_us_per_op: 0.3 });
         assert_eq!(after.per_op_since(&before, 0), CpuPerOp::default());
