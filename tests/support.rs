@@ -86,6 +86,7 @@ pub fn sim_disk_for_seed(seed: u64) -> tradeshard_wal::disk::SimDisk {
 /// Engine options for tests: a fresh directory, small segments (fast to prepare), `shards`
 /// physical shards on `executors` executors, unpinned (tests share the machine).
 pub fn engine_options(dir: &std::path::Path, shards: u32, executors: usize) -> tradeshard_engine::Options {
+    start_watchdog();
     tradeshard_engine::Options {
         physical_shards: Some(shards),
         executors: Some(executors),
@@ -94,6 +95,44 @@ pub fn engine_options(dir: &std::path::Path, shards: u32, executors: usize) -> t
         io_memory_bytes: 4 << 20,
         ..tradeshard_engine::Options::new(dir)
     }
+}
+
+/// Seconds a test binary that opens engines may run before its watchdog reports every thread
+/// and aborts it (`TRADESHARD_TEST_DEADLINE_SECS`; 0 turns the watchdog off).
+const TEST_DEADLINE_SECS: u64 = 300;
+
+/// Starts, once per test binary, a thread that waits out the binary's deadline: a test standing
+/// still (an executor left asleep, a reply never sent) then fails with what every thread was
+/// doing (`tradeshard_engine::describe_threads`) instead of holding CI until its own limit.
+pub fn start_watchdog() {
+    static STARTED: std::sync::Once = std::sync::Once::new();
+    STARTED.call_once(|| {
+        let deadline = std::env::var("TRADESHARD_TEST_DEADLINE_SECS")
+            .ok()
+            .and_then(|secs| secs.parse().ok())
+            .unwrap_or(TEST_DEADLINE_SECS);
+        if deadline == 0 {
+            return;
+        }
+        let started = std::time::Instant::now();
+        std::thread::Builder::new()
+            .name("test-watchdog".into())
+            .spawn(move || {
+                std::thread::sleep(std::time::Duration::from_secs(deadline));
+                let report = format!(
+                    "test binary still running after {:?} (deadline {deadline} s); executor kicks sent so far: {}; \
+                     every thread:\n{}",
+                    started.elapsed(),
+                    tradeshard_engine::kicks_in_process(),
+                    tradeshard_engine::describe_threads(std::process::id())
+                );
+                // To the descriptor itself: the test harness captures `eprintln!` of threads a
+                // test started, and that capture dies with the process.
+                let _ = std::io::Write::write_all(&mut std::io::stderr(), report.as_bytes());
+                std::process::abort();
+            })
+            .expect("the test watchdog's thread");
+    });
 }
 
 /// A valid new trade for `buyer`, order number `order`.

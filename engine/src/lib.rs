@@ -45,6 +45,7 @@ mod outbox;
 mod participants;
 mod partitions;
 mod routing;
+mod stall_report;
 mod trade_payments;
 mod transfer_batch;
 mod transfers;
@@ -62,6 +63,7 @@ pub use options::{cores, Backpressure, Durability, Options, SyncMethod, Upkeep};
 pub use participants::{BranchCall, Participant, ParticipantFuture, Participants};
 pub use partitions::PartitionPosition;
 pub use routing::Routing;
+pub use stall_report::describe_threads;
 pub use tradeshard_shard::{reply, validate_group, validate_topic};
 pub use tradeshard_shard::{
     AccountOp, AccountReceipt, ActivityEntry, ActivityState, Balance, BranchAction, BranchPlan, CacheStats,
