@@ -410,3 +410,23 @@ fn options_out_of_bounds_are_refused_before_anything_is_made() {
         assert!(!data.exists(), "{what}: the refused open made the directory");
     }
 }
+
+#[test]
+fn an_executor_that_cannot_be_made_refuses_the_open_and_changes_nothing() {
+    // More memory for I/O buffers than any machine maps: glommio cannot make the executor on
+    // the thread the engine started for it (it panics there, and the panic's message shows in
+    // the test's output).
+    let dir = tempfile::tempdir().unwrap();
+    populated(dir.path(), 20);
+    let error = open_fails(dir.path(), Options { io_memory_bytes: 1 << 50, ..options(dir.path()) });
+    match error {
+        Error::Executor { executor: 0, source } => {
+            assert!(source.to_string().starts_with("glommio could not make the executor"), "{source}")
+        }
+        other => panic!("expected the executor's error, got {other:?}"),
+    }
+    // Nothing held: the same directory opens with workable options.
+    let engine = Engine::open(options(dir.path())).unwrap();
+    assert_eq!(engine.handle().stats_blocking().unwrap().shards.iter().map(|s| s.trades).sum::<u64>(), 20);
+    engine.close().unwrap();
+}

@@ -117,10 +117,10 @@ pub(crate) fn start(plan: ExecutorPlan, options: &Options) -> Result<StartingExe
         .name(format!("tradeshard-{index}"))
         .spawn(move || {
             let _known = plan.beat.on_this_thread();
-            match builder.make() {
+            match make(builder) {
                 Ok(executor) => executor.run(run(plan, shard_config, read_only, report_tx, go_rx)),
                 Err(error) => {
-                    let error = Error::Executor { executor: index, source: Arc::new(error.into()) };
+                    let error = Error::Executor { executor: index, source: Arc::new(error) };
                     let _ = report_tx.send(Err(error.clone()));
                     Err(error)
                 }
@@ -128,6 +128,22 @@ pub(crate) fn start(plan: ExecutorPlan, options: &Options) -> Result<StartingExe
         })
         .map_err(|e| Error::Executor { executor: index, source: Arc::new(e) })?;
     Ok(StartingExecutor { index, handle, reports, go })
+}
+
+/// Makes the executor on this thread. glommio panics where it could have failed (I/O memory
+/// it cannot allocate), so its panic is the error too.
+fn make(builder: LocalExecutorBuilder) -> std::io::Result<glommio::LocalExecutor> {
+    match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| builder.make())) {
+        Ok(made) => made.map_err(std::io::Error::from),
+        Err(panic) => {
+            let what = panic
+                .downcast_ref::<&str>()
+                .map(|s| s.to_string())
+                .or_else(|| panic.downcast_ref::<String>().cloned())
+                .unwrap_or_default();
+            Err(std::io::Error::other(format!("glommio could not make the executor: {what}")))
+        }
+    }
 }
 
 /// Joins an executor's thread: what its run returned, or the panic that ended it.
