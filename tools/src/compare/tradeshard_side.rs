@@ -8,7 +8,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use glommio::{LocalExecutorBuilder, Placement};
-use tradeshard_engine::{ConsumerConfig, Engine, EngineHandle, Options, StartPosition, TradeId};
+use tradeshard_engine::{Consumer, ConsumerConfig, Engine, EngineHandle, Options, StartPosition, TradeId};
 
 use super::suite::{Store, Timed, TradeSource};
 use crate::latency;
@@ -20,12 +20,16 @@ pub struct TradeshardStore {
     engine: Option<Engine>,
     /// Consumer groups used so far (each consumption starts a new one at the earliest event).
     passes: u32,
+    /// The last consumption's group, its offsets not committed: committed before the reopen,
+    /// they would let the close's checkpoint remove segments the pass after the reopen must
+    /// read; `settle_disk` commits them.
+    last_pass: Option<Consumer>,
 }
 
 impl TradeshardStore {
     pub fn open(dir: PathBuf, cache_bytes: usize) -> anyhow::Result<TradeshardStore> {
         let engine = Engine::open(Options { cache_bytes, ..Options::new(&dir) })?;
-        Ok(TradeshardStore { dir, cache_bytes, engine: Some(engine), passes: 0 })
+        Ok(TradeshardStore { dir, cache_bytes, engine: Some(engine), passes: 0, last_pass: None })
     }
 
     fn handle(&self) -> EngineHandle {
@@ -167,8 +171,7 @@ impl Store for TradeshardStore {
             let batches = consumer.poll_raw_blocking(100_000, Duration::ZERO)?;
             if batches.is_empty() {
                 anyhow::ensure!(bytes > 0 || events == 0, "empty events");
-                // The group's offsets, so that retention may remove what it consumed.
-                consumer.commit_blocking()?;
+                self.last_pass = Some(consumer);
                 return Ok(events);
             }
             for batch in &batches {
@@ -180,15 +183,21 @@ impl Store for TradeshardStore {
         }
     }
 
-    /// Two checkpoints: the second lets retention remove every segment the groups consumed
-    /// (the log is kept back to the previous checkpoint).
+    /// The last pass's offsets committed, then two checkpoints: the second lets retention
+    /// remove every segment that group consumed (the log is kept back to the previous
+    /// checkpoint).
     fn settle_disk(&mut self) -> anyhow::Result<()> {
+        if let Some(mut consumer) = self.last_pass.take() {
+            consumer.commit_blocking()?;
+        }
         self.handle().checkpoint_blocking()?;
         self.handle().checkpoint_blocking()?;
         Ok(())
     }
 
     fn reopen(&mut self) -> anyhow::Result<()> {
+        // Its group never committed, so it holds nothing back after the reopen.
+        self.last_pass = None;
         self.engine.take().expect("open").close()?;
         super::suite::drop_page_cache();
         self.engine = Some(Engine::open(Options { cache_bytes: self.cache_bytes, ..Options::new(&self.dir) })?);
