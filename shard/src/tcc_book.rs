@@ -475,12 +475,7 @@ impl TccBook {
     /// The completed activities held (each has an [`EndedActivity::of`]): a checkpoint moves
     /// them to runs.
     pub(crate) fn completed_activities(&self) -> impl Iterator<Item = (u128, &ActivityEntry)> + '_ {
-        let ends = |entry: &ActivityEntry| {
-            let ends = EndedActivity::ends(entry);
-            debug_assert_eq!(ends, EndedActivity::of(entry).is_some(), "what the runs keep of a completed activity");
-            ends
-        };
-        self.activities.iter().filter(move |(_, entry)| ends(entry)).map(|(id, entry)| (*id, entry))
+        self.activities.iter().filter(|(_, entry)| EndedActivity::ends(entry)).map(|(id, entry)| (*id, entry))
     }
 
     /// The entries a checkpoint's file holds: those under way, and the money in transit (the

@@ -20,22 +20,29 @@ pub struct EndedActivity {
 }
 
 impl EndedActivity {
-    /// Whether `entry` is completed with a branch: exactly the entries [`of`](Self::of) makes
-    /// what the runs keep of, without digesting their plans.
+    /// Whether `entry` is completed with a branch: the entries [`of`](Self::of) makes what
+    /// the runs keep of, without digesting their plans.
     pub(crate) fn ends(entry: &ActivityEntry) -> bool {
-        matches!(entry.state, ActivityState::Completed(_)) && !entry.branches.is_empty()
+        Self::completed(entry).is_some()
     }
 
     /// What the runs keep of `entry`, if it is completed.
     pub(crate) fn of(entry: &ActivityEntry) -> Option<EndedActivity> {
-        let ActivityState::Completed(decision) = entry.state else { return None };
+        let (decision, first) = Self::completed(entry)?;
         Some(EndedActivity {
             decision,
             deadline_ms: entry.deadline_ms,
             begun_ms: entry.begun_ms,
             plans_digest: plans_digest(&entry.branches),
-            first: entry.branches.first()?.action,
+            first,
         })
+    }
+
+    /// The decision and first branch of a completed activity with a branch: the one condition
+    /// of both [`ends`](Self::ends) and [`of`](Self::of).
+    fn completed(entry: &ActivityEntry) -> Option<(Decision, BranchAction)> {
+        let ActivityState::Completed(decision) = entry.state else { return None };
+        Some((decision, entry.branches.first()?.action))
     }
 }
 
