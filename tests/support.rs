@@ -97,8 +97,11 @@ pub fn engine_options(dir: &std::path::Path, shards: u32, executors: usize) -> t
     }
 }
 
-/// Seconds a test binary that opens engines may run before its watchdog reports every thread
-/// and aborts it (`TRADESHARD_TEST_DEADLINE_SECS`; 0 turns the watchdog off).
+/// Seconds a test binary that opens engines may run, from its first `engine_options`, before
+/// its watchdog reports every thread and aborts it (`TRADESHARD_TEST_DEADLINE_SECS`; 0 turns
+/// the watchdog off). Runs sized by hand (`TRADESHARD_KILL_CYCLES`, `TRADESHARD_SIM_SEEDS`:
+/// the long runs of `TESTING.md`, some of which take a quarter of an hour) have none unless
+/// the deadline is given too.
 const TEST_DEADLINE_SECS: u64 = 300;
 
 /// Starts, once per test binary, a thread that waits out the binary's deadline: a test standing
@@ -107,10 +110,12 @@ const TEST_DEADLINE_SECS: u64 = 300;
 pub fn start_watchdog() {
     static STARTED: std::sync::Once = std::sync::Once::new();
     STARTED.call_once(|| {
+        let sized_by_hand =
+            ["TRADESHARD_KILL_CYCLES", "TRADESHARD_SIM_SEEDS"].iter().any(|v| std::env::var_os(v).is_some());
         let deadline = std::env::var("TRADESHARD_TEST_DEADLINE_SECS")
             .ok()
             .and_then(|secs| secs.parse().ok())
-            .unwrap_or(TEST_DEADLINE_SECS);
+            .unwrap_or(if sized_by_hand { 0 } else { TEST_DEADLINE_SECS });
         if deadline == 0 {
             return;
         }

@@ -116,9 +116,13 @@ pub(crate) fn start(plan: ExecutorPlan, options: &Options) -> Result<StartingExe
     let handle = std::thread::Builder::new()
         .name(format!("tradeshard-{index}"))
         .spawn(move || {
-            let _known = plan.beat.on_this_thread();
             match make(builder) {
-                Ok(executor) => executor.run(run(plan, shard_config, read_only, report_tx, go_rx)),
+                Ok(executor) => {
+                    // Known once made, not while glommio makes it: a kick then could interrupt
+                    // its registration of I/O memory, which some kernels fail with EINTR.
+                    let _known = plan.beat.on_this_thread();
+                    executor.run(run(plan, shard_config, read_only, report_tx, go_rx))
+                }
                 Err(error) => {
                     let error = Error::Executor { executor: index, source: Arc::new(error) };
                     let _ = report_tx.send(Err(error.clone()));
@@ -131,7 +135,7 @@ pub(crate) fn start(plan: ExecutorPlan, options: &Options) -> Result<StartingExe
 }
 
 /// Makes the executor on this thread. glommio panics where it could have failed (I/O memory
-/// it cannot allocate), so its panic is the error too.
+/// it cannot allocate), so its panic is the error too (where panics unwind).
 fn make(builder: LocalExecutorBuilder) -> std::io::Result<glommio::LocalExecutor> {
     match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| builder.make())) {
         Ok(made) => made.map_err(std::io::Error::from),

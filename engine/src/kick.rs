@@ -20,8 +20,8 @@
 //!
 //! So each executor beats (a task of its own bumps a counter every [`HEARTBEAT`]), and one
 //! thread per engine looks at the beats. The executor's thread is known to its beat from
-//! before the executor is made (the engine starts the thread itself), so a beat that never
-//! started stands still too. When an executor's beat stood still for [`STALL`]
+//! before the executor's loop first turns (the engine starts the thread itself and records it
+//! once glommio has made the executor on it), so a beat that never started stands still too. When an executor's beat stood still for [`STALL`]
 //! while it was not parked on purpose (waiting for the other executors at open), the thread
 //! wakes the beat task from outside, which writes the executor's eventfd (glommio's path for
 //! a wake from another thread) and so ends any sleep or the next one, and sends the executor's
@@ -30,7 +30,7 @@
 //! calls restart (`SA_RESTART`), so a kick that finds the executor merely busy (a long turn)
 //! costs nothing. Kicks are counted (`EngineStats::executor_kicks`). The handler is installed
 //! once per process, and not at all if the embedder has one for the same signal (then only
-//! the wake is sent).
+//! the wake is sent, which cannot reach an executor whose first task has not run).
 
 use std::future::Future;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -101,8 +101,8 @@ pub(crate) struct Beat {
 }
 
 impl Beat {
-    /// On the executor's thread, before its executor is made: records the thread, so that a
-    /// kick reaches it even before the executor's first task runs (glommio's first turn may
+    /// On the executor's thread, once its executor is made and before it runs: records the
+    /// thread, so that a kick reaches it even before the executor's first task runs (glommio's first turn may
     /// park with that task still waiting, the second case of the module text). The thread keeps
     /// the guard until it ends: its drop forgets the thread, so that no signal is sent to it once
     /// it may be gone.
@@ -266,8 +266,9 @@ mod tests {
         let (ended, ended_rx) = mpsc::channel();
         let on_executor = beat.clone();
         let executor = std::thread::spawn(move || {
+            let executor = LocalExecutorBuilder::new(Placement::Unbound).make().unwrap();
             let _known = on_executor.on_this_thread();
-            LocalExecutorBuilder::new(Placement::Unbound).make().unwrap().run(async move {
+            executor.run(async move {
                 let _beating = on_executor.start_on_executor();
                 glommio::timer::sleep(HEARTBEAT * 3).await;
                 let started = Instant::now();
