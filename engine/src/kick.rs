@@ -21,16 +21,17 @@
 //! So each executor beats (a task of its own bumps a counter every [`HEARTBEAT`]), and one
 //! thread per engine looks at the beats. The executor's thread is known to its beat from
 //! before the executor's loop first turns (the engine starts the thread itself and records it
-//! once glommio has made the executor on it), so a beat that never started stands still too. When an executor's beat stood still for [`STALL`]
-//! while it was not parked on purpose (waiting for the other executors at open), the thread
-//! wakes the beat task from outside, which writes the executor's eventfd (glommio's path for
-//! a wake from another thread) and so ends any sleep or the next one, and sends the executor's
-//! thread a signal, whose `EINTR` ends the wait even if that wake were lost. Either way glommio
-//! reaps every ring and runs its task queues again. The handler does nothing and other system
-//! calls restart (`SA_RESTART`), so a kick that finds the executor merely busy (a long turn)
-//! costs nothing. Kicks are counted (`EngineStats::executor_kicks`). The handler is installed
-//! once per process, and not at all if the embedder has one for the same signal (then only
-//! the wake is sent, which cannot reach an executor whose first task has not run).
+//! once glommio has made the executor on it), so a beat that never started stands still too.
+//! When an executor's beat stood still for [`STALL`] while it was not parked on purpose
+//! (waiting for the other executors at open), the thread wakes the beat task from outside,
+//! which writes the executor's eventfd (glommio's path for a wake from another thread) and so
+//! ends any sleep or the next one, and sends the executor's thread a signal, whose `EINTR` ends
+//! the wait even if that wake were lost. Either way glommio reaps every ring and runs its task
+//! queues again. The handler does nothing and other system calls restart (`SA_RESTART`), so a
+//! kick that finds the executor merely busy (a long turn) costs nothing. Kicks are counted
+//! (`EngineStats::executor_kicks`). The handler is installed once per process, and not at all
+//! if the embedder has one for the same signal (then only the wake is sent, which cannot reach
+//! an executor whose first task has not run).
 
 use std::future::Future;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -102,10 +103,10 @@ pub(crate) struct Beat {
 
 impl Beat {
     /// On the executor's thread, once its executor is made and before it runs: records the
-    /// thread, so that a kick reaches it even before the executor's first task runs (glommio's first turn may
-    /// park with that task still waiting, the second case of the module text). The thread keeps
-    /// the guard until it ends: its drop forgets the thread, so that no signal is sent to it once
-    /// it may be gone.
+    /// thread, so that a kick reaches it even before the executor's first task runs (glommio's
+    /// first turn may park with that task still waiting, the second case of the module text).
+    /// The thread keeps the guard until it ends: its drop forgets the thread, so that no signal
+    /// is sent to it once it may be gone.
     pub(crate) fn on_this_thread(self: &Arc<Self>) -> ThreadGuard {
         // SAFETY: pthread_self has no preconditions.
         *self.thread.lock().unwrap_or_else(|p| p.into_inner()) = Some(unsafe { libc::pthread_self() });

@@ -1,6 +1,7 @@
 //! The CPU time the process spent over the timed phase, by group of threads: the engine's
-//! executors, the load tool's own threads (its clients and consumers), and the rest (the engine's helpers, the kernel's
-//! io_uring workers, the main thread). Read per thread from `/proc/self/task/*/schedstat`.
+//! executors, the load tool's own threads (its clients and consumers), and the rest (the
+//! engine's helpers, the kernel's io_uring workers, the main thread). Read per thread from
+//! `/proc/self/task/*/schedstat`.
 //!
 //! On a host whose speed changes from one hour to the next, CPU per operation moves with it
 //! less than the rate does; and the client's share says how much of the machine the load
