@@ -12,7 +12,12 @@
 //! so the snapshot and the live map share it whole, and new writes go to a live layer that
 //! starts empty and shadows it. Once the checkpoint is durable, [`LayeredMap::settle_part`]
 //! carries the frozen entries that must stay (those under way) up into the live layer and
-//! drops the rest with the layer, part by part, so no turn of the executor holds it long.
+//! drops the rest with the layer, part by part, so no turn of the executor holds it long. The
+//! tables of the parts dropped are kept, emptied, for the live layer of the next freeze (or
+//! for the live part at once, if larger): each interval then fills tables the last one grew,
+//! in pages already written, instead of doubling from empty into fresh pages that the kernel
+//! zeroes on first touch. Memory so stays at its level between checkpoints rather than falling
+//! and climbing again: at most one interval's tables.
 //!
 //! A key removed while the frozen layer holds it is a tombstone (`None`) in the live layer
 //! until that part of the frozen layer goes. A value changed in place while the frozen layer
@@ -22,21 +27,36 @@
 
 use std::hash::Hash;
 
+use crate::id_hash::IdMap;
 use crate::partitioned::{PartitionedMap, PARTS};
 
 /// A live layer over at most one frozen one (module text).
-#[derive(Clone)]
 pub(crate) struct LayeredMap<K, V> {
     live: PartitionedMap<K, Option<V>>,
     frozen: Option<PartitionedMap<K, Option<V>>>,
     /// Keys that read as present, kept as the layers change, so that counting costs nothing
     /// (stats and metrics ask for it on the executor).
     len: usize,
+    /// Tables of settled frozen parts, emptied, that the next freeze's live layer starts
+    /// with (the module's text); a clone (a snapshot) has none.
+    spares: Vec<Option<IdMap<K, Option<V>>>>,
 }
 
 impl<K, V> Default for LayeredMap<K, V> {
     fn default() -> Self {
-        LayeredMap { live: PartitionedMap::default(), frozen: None, len: 0 }
+        LayeredMap { live: PartitionedMap::default(), frozen: None, len: 0, spares: Vec::new() }
+    }
+}
+
+impl<K: Hash + Eq + Clone, V: Clone> Clone for LayeredMap<K, V> {
+    fn clone(&self) -> Self {
+        // An empty live layer (a snapshot's clone comes right after a freeze) is not shared:
+        // the first write to a shared part copies it, and its room with it.
+        let live = match self.live.len() {
+            0 => PartitionedMap::default(),
+            _ => self.live.clone(),
+        };
+        LayeredMap { live, frozen: self.frozen.clone(), len: self.len, spares: Vec::new() }
     }
 }
 
@@ -150,7 +170,11 @@ impl<K: Hash + Eq + Clone, V: Clone> LayeredMap<K, V> {
     /// now on go to an empty live layer. A frozen layer still there (its checkpoint failed)
     /// takes the live entries over its own, so there is never more than one.
     pub(crate) fn freeze(&mut self) {
-        let live = std::mem::take(&mut self.live);
+        let spares = std::mem::take(&mut self.spares);
+        let live = std::mem::replace(
+            &mut self.live,
+            PartitionedMap::from_tables(spares.into_iter().map(Option::unwrap_or_default)),
+        );
         match &mut self.frozen {
             None => self.frozen = Some(live),
             Some(frozen) => {
@@ -217,10 +241,27 @@ impl<K: Hash + Eq + Clone, V: Clone> LayeredMap<K, V> {
         // with that part gone none is left, which the one-probe paths of a map with nothing
         // frozen rely on.
         debug_assert!(self.live.part(part).values().all(Option::is_some), "a tombstone outlived its frozen part");
+        let held = taken.len();
+        // The part's table is kept once no snapshot holds it: the live part's from now on if
+        // larger, else the next live layer's first, emptied now (in this turn's bounded work
+        // rather than in the freeze's one turn). The next interval, much like the last, then
+        // fills it without growing. One that the last interval filled to less than a quarter
+        // goes, so that tables shrink when the work does.
+        if let Ok(mut table) = std::rc::Rc::try_unwrap(taken) {
+            if held >= table.capacity() / 4 {
+                if table.capacity() > self.live.part(part).capacity() {
+                    self.live.refill_part(part, table);
+                } else {
+                    table.clear();
+                    self.spares.resize_with(PARTS, || None);
+                    self.spares[part] = Some(table);
+                }
+            }
+        }
         if part == PARTS - 1 {
             self.frozen = None;
         }
-        taken.len()
+        held
     }
 
     /// Every entry, each key once (the live layer's first).
@@ -370,6 +411,9 @@ mod tests {
                         }
                     }
                     Op::Settle => {
+                        // The checkpointer drops its snapshot before it settles, which lets the
+                        // settled parts' tables be kept for the next live layer.
+                        snapshots.clear();
                         for part in 0..SETTLE_PARTS {
                             map.settle_part_with(part, |v| v % 2 == 1, shadowed);
                         }
@@ -382,7 +426,6 @@ mod tests {
                             });
                         }
                         frozen = false;
-                        snapshots.clear();
                     }
                 }
                 for k in 0..64 {
@@ -426,5 +469,56 @@ mod tests {
         assert_eq!(map.len(), map.slots(), "no tombstone is left");
         assert_eq!(map.len(), (0..10_000).filter(|k| k % 3 == 0).count() + 1);
         assert_eq!(snapshot.get(&4), Some(&1), "the snapshot keeps its moment");
+    }
+
+    fn live_room(map: &LayeredMap<u64, u64>) -> usize {
+        (0..PARTS).map(|part| map.live.part(part).capacity()).sum()
+    }
+
+    fn settle_all(map: &mut LayeredMap<u64, u64>) {
+        for part in 0..SETTLE_PARTS {
+            map.settle_part(part, |_| false);
+        }
+    }
+
+    #[test]
+    fn the_tables_a_settle_lets_go_serve_the_live_layer_and_shrink_when_the_work_does() {
+        let mut map: LayeredMap<u64, u64> = LayeredMap::default();
+        let fill = |map: &mut LayeredMap<u64, u64>, keys: std::ops::Range<u64>| keys.for_each(|k| map.insert(k, k));
+        fill(&mut map, 0..100_000);
+        let grown = live_room(&map);
+        map.freeze();
+        drop(map.clone());
+        settle_all(&mut map);
+        assert_eq!(live_room(&map), grown, "an empty live part takes the larger table at once");
+        // A snapshot held meanwhile shares none of it: the live layer fills it in place.
+        let snapshot = map.clone();
+        assert_eq!(live_room(&snapshot), 0);
+        fill(&mut map, 100_000..200_000);
+        assert_eq!(live_room(&map), grown, "an interval like the last one fills the room without growing");
+        drop(snapshot);
+        // Live parts as large as the frozen ones: the frozen tables wait, emptied, for the
+        // next freeze's live layer.
+        map.freeze();
+        fill(&mut map, 200_000..300_000);
+        drop(map.clone());
+        settle_all(&mut map);
+        assert_eq!(live_room(&map), grown);
+        map.freeze();
+        assert_eq!(live_room(&map), grown, "the next live layer starts with the last one's room");
+        fill(&mut map, 300_000..400_000);
+        assert_eq!(live_room(&map), grown);
+        assert_eq!((map.get(&5), map.get(&250_000), map.get(&350_000)), (None, Some(&250_000), Some(&350_000)));
+        // A small interval in the large tables: they go at its settle, and the live layer after
+        // it starts small.
+        map.freeze();
+        drop(map.clone());
+        settle_all(&mut map);
+        fill(&mut map, 0..1_000);
+        map.freeze();
+        drop(map.clone());
+        settle_all(&mut map);
+        map.freeze();
+        assert!(live_room(&map) < grown / 20, "room {} after a small interval, {grown} before", live_room(&map));
     }
 }

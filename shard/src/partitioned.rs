@@ -40,6 +40,15 @@ impl<K, V> Default for PartitionedMap<K, V> {
 }
 
 impl<K: Hash + Eq + Clone, V: Clone> PartitionedMap<K, V> {
+    /// A map whose parts start as `tables` (emptied ones, with their room), then empty ones up
+    /// to [`PARTS`].
+    pub(crate) fn from_tables(tables: impl IntoIterator<Item = IdMap<K, V>>) -> Self {
+        let mut parts: Vec<Rc<IdMap<K, V>>> = tables.into_iter().take(PARTS).map(Rc::new).collect();
+        debug_assert!(parts.iter().all(|part| part.is_empty()), "tables given emptied");
+        parts.resize_with(PARTS, || Rc::new(IdMap::default()));
+        PartitionedMap { parts }
+    }
+
     /// The part `key` lives in.
     pub(crate) fn part_of(key: &K) -> usize {
         (BuildHasherDefault::<IdHasher>::default().hash_one(key) >> 48) as usize % PARTS
@@ -110,6 +119,19 @@ impl<K: Hash + Eq + Clone, V: Clone> PartitionedMap<K, V> {
     /// the part holds.
     pub fn take_part(&mut self, part: usize) -> Rc<IdMap<K, V>> {
         std::mem::take(&mut self.parts[part])
+    }
+
+    /// Makes `table` part `part` (`0..PARTS`), emptied first, with the entries the part held
+    /// moved into it: a table another map grew and no longer needs takes the place of a
+    /// smaller one, so that the part fills memory already written instead of doubling into
+    /// fresh pages (which the kernel zeroes on first touch).
+    pub(crate) fn refill_part(&mut self, part: usize, mut table: IdMap<K, V>) {
+        table.clear();
+        match Rc::try_unwrap(std::mem::take(&mut self.parts[part])) {
+            Ok(entries) => table.extend(entries),
+            Err(shared) => table.extend(shared.iter().map(|(key, value)| (key.clone(), value.clone()))),
+        }
+        self.parts[part] = Rc::new(table);
     }
 }
 
