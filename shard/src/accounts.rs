@@ -236,6 +236,12 @@ impl AccountBook {
         self.requests.freeze();
     }
 
+    /// Gives back the room the requests' map keeps for the next interval
+    /// (`LayeredMap::release_room`).
+    pub(crate) fn release_requests_room(&mut self) {
+        self.requests.release_room()
+    }
+
     /// Part `part` of the requests since a failed checkpoint moved down (`LayeredMap::fold_live_part`).
     pub(crate) fn fold_live_requests_part(&mut self, part: usize) {
         self.requests.fold_live_part(part)

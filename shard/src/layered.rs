@@ -12,12 +12,15 @@
 //! so the snapshot and the live map share it whole, and new writes go to a live layer that
 //! starts empty and shadows it. Once the checkpoint is durable, [`LayeredMap::settle_part`]
 //! carries the frozen entries that must stay (those under way) up into the live layer and
-//! drops the rest with the layer, part by part, so no turn of the executor holds it long. The
-//! tables of the parts dropped are kept, emptied, for the live layer of the next freeze (or
-//! for the live part at once, if larger): each interval then fills tables the last one grew,
-//! in pages already written, instead of doubling from empty into fresh pages that the kernel
-//! zeroes on first touch. Memory so stays at its level between checkpoints rather than falling
-//! and climbing again: at most one interval's tables.
+//! drops the rest, part by part, so no turn of the executor holds it long. The tables of the
+//! parts dropped are kept, emptied, for the live layer of the next freeze (or for the live
+//! part at once, if larger): each interval then fills tables the last one grew, in pages
+//! already written, instead of doubling from empty into fresh pages that the kernel zeroes on
+//! first touch. So memory stays at its level between checkpoints rather than falling and
+//! climbing again: the live tables and those kept for the next freeze, each about an
+//! interval's room (a table filled to less than a quarter is not kept), until a shard with
+//! nothing applied since its last checkpoint gives the kept room back
+//! ([`LayeredMap::release_room`]).
 //!
 //! A key removed while the frozen layer holds it is a tombstone (`None`) in the live layer
 //! until that part of the frozen layer goes. A value changed in place while the frozen layer
@@ -167,7 +170,7 @@ impl<K: Hash + Eq + Clone, V: Clone> LayeredMap<K, V> {
     }
 
     /// Freezes the live entries (a checkpoint's snapshot is about to share the map): writes from
-    /// now on go to an empty live layer. A frozen layer still there (its checkpoint failed)
+    /// now on go to an empty live layer (in the tables the last settle kept). A frozen layer still there (its checkpoint failed)
     /// takes the live entries over its own, so there is never more than one.
     pub(crate) fn freeze(&mut self) {
         let spares = std::mem::take(&mut self.spares);
@@ -197,14 +200,23 @@ impl<K: Hash + Eq + Clone, V: Clone> LayeredMap<K, V> {
         }
     }
 
+    /// Gives back the room kept for work that has stopped coming: the tables waiting for the
+    /// next freeze go, and a live part filled to less than a quarter shrinks to its entries.
+    /// For a shard with nothing applied since its last checkpoint, whose next interval may
+    /// never come.
+    pub(crate) fn release_room(&mut self) {
+        self.spares = Vec::new();
+        self.live.shrink_sparse_parts();
+    }
+
     /// Whether a frozen layer is there, waiting for [`settle_part`](Self::settle_part).
     pub(crate) fn has_frozen(&self) -> bool {
         self.frozen.is_some()
     }
 
     /// Drops part `part` (`0..PARTS`) of the frozen layer, carrying up into the live layer the
-    /// entries `keep` names that the live layer does not shadow; the frozen layer goes with its
-    /// last part. Only once what the frozen layer held is durable elsewhere. Returns the
+    /// entries `keep` names that the live layer does not shadow, and keeping its table for the
+    /// live layer (the module's text); the frozen layer goes with its last part. Only once what the frozen layer held is durable elsewhere. Returns the
     /// entries the part held (the work it was).
     pub(crate) fn settle_part(&mut self, part: usize, keep: impl Fn(&V) -> bool) -> usize {
         self.settle_part_with(part, keep, |_, _| true)
@@ -481,17 +493,26 @@ mod tests {
         }
     }
 
-    #[test]
-    fn the_tables_a_settle_lets_go_serve_the_live_layer_and_shrink_when_the_work_does() {
-        let mut map: LayeredMap<u64, u64> = LayeredMap::default();
-        let fill = |map: &mut LayeredMap<u64, u64>, keys: std::ops::Range<u64>| keys.for_each(|k| map.insert(k, k));
-        fill(&mut map, 0..100_000);
-        let grown = live_room(&map);
+    fn fill(map: &mut LayeredMap<u64, u64>, keys: std::ops::Range<u64>) {
+        keys.for_each(|k| map.insert(k, k));
+    }
+
+    /// A checkpoint's freeze, snapshot (dropped once written) and settle.
+    fn checkpoint(map: &mut LayeredMap<u64, u64>) {
         map.freeze();
         drop(map.clone());
-        settle_all(&mut map);
+        settle_all(map);
+    }
+
+    #[test]
+    fn the_tables_a_settle_lets_go_serve_the_live_layer() {
+        let mut map: LayeredMap<u64, u64> = LayeredMap::default();
+        fill(&mut map, 0..100_000);
+        let grown = live_room(&map);
+        checkpoint(&mut map);
         assert_eq!(live_room(&map), grown, "an empty live part takes the larger table at once");
-        // A snapshot held meanwhile shares none of it: the live layer fills it in place.
+        // A snapshot taken at a freeze shares none of the room of the empty live layer, which
+        // the first write would otherwise copy.
         let snapshot = map.clone();
         assert_eq!(live_room(&snapshot), 0);
         fill(&mut map, 100_000..200_000);
@@ -509,16 +530,42 @@ mod tests {
         fill(&mut map, 300_000..400_000);
         assert_eq!(live_room(&map), grown);
         assert_eq!((map.get(&5), map.get(&250_000), map.get(&350_000)), (None, Some(&250_000), Some(&350_000)));
-        // A small interval in the large tables: they go at its settle, and the live layer after
-        // it starts small.
+    }
+
+    #[test]
+    fn the_tables_of_a_small_interval_go() {
+        let mut map: LayeredMap<u64, u64> = LayeredMap::default();
+        fill(&mut map, 0..100_000);
+        checkpoint(&mut map);
+        assert!(live_room(&map) > 100_000);
+        // A thousand keys in room for a hundred thousand: at its settle the tables are too
+        // large for the work, and neither the live layer nor the next one takes them.
+        fill(&mut map, 100_000..101_000);
+        checkpoint(&mut map);
+        assert_eq!(live_room(&map), 0);
         map.freeze();
+        assert_eq!(live_room(&map), 0, "none waits for the next live layer either");
+    }
+
+    #[test]
+    fn an_idle_map_gives_back_the_room_it_kept() {
+        let mut map: LayeredMap<u64, u64> = LayeredMap::default();
+        fill(&mut map, 0..100_000);
+        let grown = live_room(&map);
+        map.freeze();
+        fill(&mut map, 100_000..200_000);
         drop(map.clone());
         settle_all(&mut map);
-        fill(&mut map, 0..1_000);
+        map.release_room();
+        assert_eq!(live_room(&map), grown, "a live layer filled as it is keeps its room");
         map.freeze();
-        drop(map.clone());
-        settle_all(&mut map);
-        map.freeze();
-        assert!(live_room(&map) < grown / 20, "room {} after a small interval, {grown} before", live_room(&map));
+        assert_eq!(live_room(&map), 0, "the tables kept for the next live layer went");
+        // A live layer of a few entries in the room of many shrinks to them.
+        checkpoint(&mut map);
+        assert_eq!(live_room(&map), grown);
+        fill(&mut map, 500_000..500_010);
+        map.release_room();
+        assert!(live_room(&map) < grown / 20, "room {} for 10 entries", live_room(&map));
+        assert_eq!((map.len(), map.get(&500_005)), (10, Some(&500_005)));
     }
 }

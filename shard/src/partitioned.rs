@@ -121,10 +121,19 @@ impl<K: Hash + Eq + Clone, V: Clone> PartitionedMap<K, V> {
         std::mem::take(&mut self.parts[part])
     }
 
+    /// Shrinks each part filled to less than a quarter of its room to fit its entries.
+    pub(crate) fn shrink_sparse_parts(&mut self) {
+        for part in &mut self.parts {
+            if part.len() < part.capacity() / 4 {
+                Rc::make_mut(part).shrink_to_fit();
+            }
+        }
+    }
+
     /// Makes `table` part `part` (`0..PARTS`), emptied first, with the entries the part held
-    /// moved into it: a table another map grew and no longer needs takes the place of a
-    /// smaller one, so that the part fills memory already written instead of doubling into
-    /// fresh pages (which the kernel zeroes on first touch).
+    /// moved into it: a larger table grown before (a settled frozen layer's, `layered.rs`)
+    /// takes the place of the part's, so that the part fills memory already written instead of
+    /// doubling into fresh pages (which the kernel zeroes on first touch).
     pub(crate) fn refill_part(&mut self, part: usize, mut table: IdMap<K, V>) {
         table.clear();
         match Rc::try_unwrap(std::mem::take(&mut self.parts[part])) {

@@ -416,6 +416,12 @@ impl TccBook {
             + self.activities.settle_part(part, |entry| !EndedActivity::ends(entry))
     }
 
+    /// Gives back the room its maps keep for the next interval (`LayeredMap::release_room`).
+    pub(crate) fn release_room(&mut self) {
+        self.branches.release_room();
+        self.activities.release_room();
+    }
+
     /// Whether a frozen layer waits for [`settle_part`](Self::settle_part) (it goes with its
     /// last part).
     pub(crate) fn has_frozen(&self) -> bool {

@@ -7,7 +7,9 @@
 //! activities (the ended ones go to runs). So are the entries of the trades created since, which
 //! stay in memory on top of the trades' own budget until a checkpoint writes them, and the cold
 //! trades brought back to be changed. Each entry counts at its size; the hash tables' slack is not
-//! counted (it can add as much again), nor what stays after a checkpoint (pending claims, branches
+//! counted (it can add as much again), nor the room the maps keep for the next interval once a
+//! checkpoint forgot their entries (`layered.rs`: about an interval's tables, given back when
+//! the shard is idle), nor what stays after a checkpoint (pending claims, branches
 //! and activities under way): the checkpointer takes off what its snapshot held less what it
 //! moved out, and an open what the checkpoint it loaded left. The work applied after the
 //! snapshot counts towards the next checkpoint, and the snapshot's own keys leave memory only

@@ -193,6 +193,17 @@ impl ShardIndex {
             + self.tcc.settle_part(part)
     }
 
+    /// Gives back the room the maps of recent work keep for the next interval
+    /// (`LayeredMap::release_room`): a shard with nothing applied since its last checkpoint.
+    pub(crate) fn release_room(&mut self) {
+        self.by_order.release_room();
+        self.by_user.release_room();
+        self.claims.release_room();
+        self.refunds.release_room();
+        self.accounts.release_requests_room();
+        self.tcc.release_room();
+    }
+
     /// Part `part` of every live layer moved down after a failed checkpoint (`layered.rs`).
     pub(crate) fn fold_live_part(&mut self, part: usize) {
         self.by_order.fold_live_part(part);
