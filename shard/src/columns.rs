@@ -34,9 +34,21 @@ pub(crate) struct Spans {
     least: Vec<u8>,
     most: Vec<u8>,
     widths: Vec<u8>,
+    /// The values each column can take without its width growing (`most - mask ..= least +
+    /// mask`, `mask` its width's greatest difference): a row within them widens spans but
+    /// changes no width, so its cost is known without a look at which columns it widens.
+    keeps_width_from: Vec<u8>,
+    keeps_width_to: Vec<u8>,
+    /// Each column's width's greatest difference.
+    masks: Vec<u8>,
     /// Columns of each width, 0 to 8.
     of_width: [usize; 9],
     rows: usize,
+}
+
+/// The greatest difference a column of `width` bits holds.
+fn mask_of(width: u8) -> u8 {
+    ((1u16 << width) - 1) as u8
 }
 
 impl Spans {
@@ -47,6 +59,9 @@ impl Spans {
             least: vec![u8::MAX; row_bytes],
             most: vec![0; row_bytes],
             widths: vec![0; row_bytes],
+            keeps_width_from: vec![0; row_bytes],
+            keeps_width_to: vec![u8::MAX; row_bytes],
+            masks: vec![0; row_bytes],
             of_width,
             rows: 0,
         }
@@ -58,20 +73,59 @@ impl Spans {
     }
 
     /// Takes `row` if the rows taken and it encode in at most `limit` bytes. A row inside
-    /// every column's span (most rows, once a block holds a few) costs one pass of compares.
+    /// every column's span (most rows, once a block holds a few) costs one pass of compares; a
+    /// row that widens spans without changing a width (most of the rest: a column of sorted
+    /// keys' high bytes grows a little with every row) two passes without branches.
     pub(crate) fn take_if_fits(&mut self, row: &[u8], limit: usize) -> bool {
-        if self.widened_by(row) {
-            if self.encoded_len_with(row) > limit {
+        if !self.widened_by(row) {
+            if self.encoded_len(&self.of_width, self.rows + 1) > limit {
                 return false;
             }
-            self.take(row);
+            self.rows += 1;
             return true;
         }
-        if self.encoded_len(&self.of_width, self.rows + 1) > limit {
+        if self.keeps_widths(row) {
+            if self.encoded_len(&self.of_width, self.rows + 1) > limit {
+                return false;
+            }
+            self.widen_to(row);
+            self.rows += 1;
+            return true;
+        }
+        if self.encoded_len_with(row) > limit {
             return false;
         }
-        self.rows += 1;
+        self.take(row);
         true
+    }
+
+    /// Whether `row` lies within the values that keep every column's width.
+    fn keeps_widths(&self, row: &[u8]) -> bool {
+        row.iter()
+            .zip(&self.keeps_width_from)
+            .zip(&self.keeps_width_to)
+            .fold(true, |kept, ((&byte, &from), &to)| kept & (byte >= from) & (byte <= to))
+    }
+
+    /// Widens every column's span to `row`'s byte, its width unchanged, and the values that
+    /// keep it with it (bytewise minimums, maximums and saturating sums over slices of one
+    /// length, which the compiler turns into vector instructions).
+    fn widen_to(&mut self, row: &[u8]) {
+        let n = row.len();
+        let (least, most, masks) = (&mut self.least[..n], &mut self.most[..n], &self.masks[..n]);
+        let (from, to) = (&mut self.keeps_width_from[..n], &mut self.keeps_width_to[..n]);
+        for j in 0..n {
+            least[j] = least[j].min(row[j]);
+            most[j] = most[j].max(row[j]);
+            from[j] = most[j].saturating_sub(masks[j]);
+            to[j] = least[j].saturating_add(masks[j]);
+        }
+    }
+
+    fn set_keeps_width(&mut self, j: usize) {
+        self.masks[j] = mask_of(self.widths[j]);
+        self.keeps_width_from[j] = self.most[j].saturating_sub(self.masks[j]);
+        self.keeps_width_to[j] = self.least[j].saturating_add(self.masks[j]);
     }
 
     /// Whether `row` has a byte outside its column's span (without branches, so that the
@@ -110,6 +164,7 @@ impl Spans {
                 self.of_width[self.widths[j] as usize] -= 1;
                 self.of_width[width as usize] += 1;
                 self.widths[j] = width;
+                self.set_keeps_width(j);
             }
         }
         self.rows += 1;
@@ -120,6 +175,9 @@ impl Spans {
         self.least.fill(u8::MAX);
         self.most.fill(0);
         self.widths.fill(0);
+        self.keeps_width_from.fill(0);
+        self.keeps_width_to.fill(u8::MAX);
+        self.masks.fill(0);
         self.of_width = [0; 9];
         self.of_width[0] = self.least.len();
         self.rows = 0;
@@ -269,6 +327,13 @@ mod tests {
                 for (j, byte) in row.iter_mut().enumerate() {
                     *byte = ((base[j] + xorshift(&mut rng) % spans[j]) % 256) as u8;
                 }
+            }
+            if case % 2 == 1 {
+                // Sorted as a run's little-endian keys are: the high columns grow row by row,
+                // widening their spans a little at a time.
+                let mut sorted: Vec<&[u8]> = rows.chunks_exact(row_bytes).collect();
+                sorted.sort_by(|a, b| a.iter().rev().cmp(b.iter().rev()));
+                rows = sorted.concat();
             }
             let mut taken = Spans::new(row_bytes);
             let mut fitted = Spans::new(row_bytes);
