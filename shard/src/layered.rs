@@ -84,29 +84,24 @@ impl<K: Hash + Eq + Clone, V: Clone> LayeredMap<K, V> {
 
     /// Inserts `value` under `key` unless the key reads as present; whether it inserted.
     pub(crate) fn insert_new(&mut self, key: K, value: V) -> bool {
-        if self.frozen.is_none() {
-            // No layer below to ask: one probe both checks and takes the key (a replay's
-            // every create asks).
-            return match self.live.insert(key.clone(), Some(value)) {
-                Some(Some(held)) => {
-                    self.live.insert(key, Some(held));
-                    false
-                }
-                _ => {
-                    self.len += 1;
-                    true
-                }
-            };
-        }
-        let present = match self.live.get(&key) {
-            Some(held) => held.is_some(),
-            None => self.frozen_holds(&key),
+        // One probe of the live layer both checks and takes the key (a replay's every create
+        // asks, and every account request): a key found present after all, the rare case, is
+        // put back as it was.
+        let asked_below = self.frozen.is_some().then(|| key.clone());
+        let inserted = match self.live.insert(key.clone(), Some(value)) {
+            Some(Some(held)) => {
+                self.live.insert(key, Some(held));
+                false
+            }
+            Some(None) => true,
+            None if asked_below.is_some_and(|below| self.frozen_holds(&below)) => {
+                self.live.remove(&key);
+                false
+            }
+            None => true,
         };
-        if !present {
-            self.live.insert(key, Some(value));
-            self.len += 1;
-        }
-        !present
+        self.len += usize::from(inserted);
+        inserted
     }
 
     /// The value of `key`, to change in place: an entry only the frozen layer holds is carried
