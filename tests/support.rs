@@ -158,7 +158,9 @@ pub fn new_trade(buyer: u64, order: u64, amount: u64) -> tradeshard_engine::NewT
 }
 
 /// Runs a shard call that answers through a `Reply` and resolves to its answer.
-pub async fn call<T>(start: impl FnOnce(tradeshard_shard::ShardReply<T>)) -> Result<T, tradeshard_shard::TradeError> {
+pub async fn call<T: Send + 'static>(
+    start: impl FnOnce(tradeshard_shard::ShardReply<T>),
+) -> Result<T, tradeshard_shard::TradeError> {
     let (reply, answer) = tradeshard_shard::reply::channel();
     start(reply);
     answer.await.expect("a shard answers every request it takes")

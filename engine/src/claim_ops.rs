@@ -9,7 +9,7 @@ use tradeshard_shard::{
     Reservation, ShardReply, TradeError, TradeId, ValidTrade,
 };
 
-use crate::ops::{Call, ExecutorOp, ExecutorShards, Job, OnShard, ShardOp, Write};
+use crate::ops::{Call, ExecutorOp, ExecutorShards, Job, OnShard, Request, ShardOp, Write};
 
 /// A create whose order number's home shard is not its buyer's: sent to the home shard's
 /// executor, which claims the key and hands the create at once to the buyer shard's executor
@@ -39,13 +39,13 @@ impl ExecutorOp for CreateAcross {
                 // Confirmed already (a retry of a create that finished): the trade is there.
                 Some(Ok(Reservation::Durable(Some(_)))) => {
                     let op = OnShard { shard: buyer_shard, op: Write(Command::Create { trade, logical_shard }) };
-                    return outbox.send(buyer_executor, Box::new(Call { op, reply }));
+                    return outbox.send(buyer_executor, Request::owned(Call { op, reply }));
                 }
                 Some(Ok(Reservation::Durable(None))) => ClaimState::Durable,
                 Some(Ok(Reservation::Pending(durable))) => ClaimState::Pending(durable),
             };
             let op = CreateClaimed { shard: buyer_shard, trade, logical_shard, home, key, claim };
-            outbox.send(buyer_executor, Box::new(Call { op, reply }))
+            outbox.send(buyer_executor, Request::owned(Call { op, reply }))
         };
         // Answered at once unless the home shard reads its runs on disk first.
         match answer.try_take() {
@@ -75,7 +75,7 @@ impl ExecutorOp for CreateClaimed {
         let home_executor = shards.routing.executor_of_physical(home);
         let outbox = shards.outbox.clone();
         let confirm = Box::new(move |receipt: &Receipt| {
-            outbox.send(home_executor, Box::new(ConfirmClaim { shard: home, key, trade: receipt.id }));
+            outbox.send(home_executor, Request::owned(ConfirmClaim { shard: home, key, trade: receipt.id }));
         });
         shards.shard(shard).create_claimed(trade, logical_shard, claim, reply, confirm)
     }
@@ -194,7 +194,7 @@ enum Answer<T> {
 }
 
 /// The future of what `ask` answers.
-fn answer_of<T>(ask: impl FnOnce(ShardReply<T>)) -> ShardAnswer<T> {
+fn answer_of<T: Send + 'static>(ask: impl FnOnce(ShardReply<T>)) -> ShardAnswer<T> {
     let (one, answer) = reply::channel();
     ask(one);
     answer

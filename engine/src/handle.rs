@@ -435,6 +435,14 @@ mod tests {
         assert!(waiter.join().unwrap().is_ok(), "the waiting caller got the room");
     }
 
+    #[test]
+    fn a_request_dropped_unrun_answers_its_caller_none() {
+        let (handle, inbox) = handle_of_unserved_inbox(Backpressure::Fail);
+        let answer = block_on(handle.submit(0, ops::Sleep(Duration::ZERO))).expect("queued");
+        assert_eq!(inbox.drain(1, drop), 1, "the request is taken and dropped, as a closing executor does");
+        assert_eq!(block_on(answer), None, "its caller learns that no answer comes");
+    }
+
     /// Holds its executor's thread until told to let go: nothing else runs there meanwhile.
     struct HoldExecutor(std::sync::mpsc::Receiver<()>);
 

@@ -1,6 +1,6 @@
 //! The operations an executor runs: one named request type each, and what the executor does
 //! with it. Everything that crosses from a caller's thread to an executor is one of these,
-//! boxed as a [`Job`] with the [`Reply`] its answer goes to.
+//! made a [`Request`] with the [`Reply`] its answer goes to.
 //!
 //! Adding an operation on one shard is a type here with a [`ShardOp`] impl that calls one
 //! shard method, and one `EngineHandle` method that sends it (`ARCHITECTURE.md`, "How to add
@@ -8,10 +8,10 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::rc::Rc;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use tradeshard_shard::reply::{self, Reply, ReplyFuture};
+use tradeshard_shard::reply::{self, HoldsReply, Reply, ReplyFuture, ReplySlot};
 use tradeshard_shard::{
     AccountCommand, AccountReceipt, ActivityEntry, Balance, Command, Currency, DiskShard, EventBatch, FoundActivity,
     ListQuery, LogError, PollQuery, Receipt, ShardReply, ShardStats, Step, StepAnswer, Trade, TradeError, TradeId,
@@ -61,14 +61,54 @@ impl<Op: ShardOp> ExecutorOp for OnShard<Op> {
     }
 }
 
-/// What a caller hands an executor: an operation and the reply it owes.
-pub(crate) type Request = Box<dyn Job>;
+/// What an executor's inbox carries: an operation with the reply it owes. Dropped without
+/// running (a closed inbox), it answers its asker `None`.
+pub(crate) struct Request(Kind);
 
-/// What an executor's inbox carries: an operation with the reply it owes.
+enum Kind {
+    /// A job whose reply, if any, is its own (sent between executors).
+    Owned(Box<dyn Job>),
+    /// A caller's operation sharing one allocation with the slot of its answer.
+    Asked(Arc<dyn AskedJob>),
+    /// Run already.
+    Taken,
+}
+
+impl Request {
+    pub(crate) fn owned(job: impl Job + 'static) -> Request {
+        Request(Kind::Owned(Box::new(job)))
+    }
+
+    pub(crate) fn run(mut self, shards: &ExecutorShards) {
+        match std::mem::replace(&mut self.0, Kind::Taken) {
+            Kind::Owned(job) => job.run(shards),
+            Kind::Asked(job) => job.run(shards),
+            Kind::Taken => unreachable!("a request runs once"),
+        }
+    }
+}
+
+impl Drop for Request {
+    fn drop(&mut self) {
+        if let Kind::Asked(job) = std::mem::replace(&mut self.0, Kind::Taken) {
+            job.abandon();
+        }
+    }
+}
+
+/// A job an executor runs once, owning the reply it owes.
 pub(crate) trait Job: Send {
     fn run(self: Box<Self>, shards: &ExecutorShards);
 }
 
+/// A job whose reply slot is in its own allocation, which the asker holds too.
+trait AskedJob: Send + Sync {
+    fn run(self: Arc<Self>, shards: &ExecutorShards);
+    /// Never to run: answers the asker `None`.
+    fn abandon(self: Arc<Self>);
+}
+
+/// An operation with the reply it owes.
 pub(crate) struct Call<Op: ExecutorOp> {
     pub op: Op,
     pub reply: Reply<Op::Output>,
@@ -81,10 +121,35 @@ impl<Op: ExecutorOp> Job for Call<Op> {
     }
 }
 
+/// A caller's operation and the slot of its answer (`reply.rs`): one allocation per request,
+/// freed by the caller once it read the answer.
+struct Ask<Op: ExecutorOp> {
+    op: Mutex<Option<Op>>,
+    answer: ReplySlot<Op::Output>,
+}
+
+impl<Op: ExecutorOp> HoldsReply<Op::Output> for Ask<Op> {
+    fn reply_slot(&self) -> &ReplySlot<Op::Output> {
+        &self.answer
+    }
+}
+
+impl<Op: ExecutorOp> AskedJob for Ask<Op> {
+    fn run(self: Arc<Self>, shards: &ExecutorShards) {
+        let op = self.op.lock().expect("job lock").take().expect("a job runs once");
+        op.start(shards, Reply::of(self))
+    }
+
+    fn abandon(self: Arc<Self>) {
+        drop(Reply::of(self))
+    }
+}
+
 /// `op` as a job for an inbox, and the future of its answer.
-pub(crate) fn job<Op: ExecutorOp>(op: Op) -> (Box<dyn Job>, ReplyFuture<Op::Output>) {
-    let (reply, answer) = reply::channel();
-    (Box::new(Call { op, reply }), answer)
+pub(crate) fn job<Op: ExecutorOp>(op: Op) -> (Request, ReplyFuture<Op::Output>) {
+    let ask = Arc::new(Ask { op: Mutex::new(Some(op)), answer: ReplySlot::default() });
+    let answer = ReplyFuture::of(ask.clone());
+    (Request(Kind::Asked(ask)), answer)
 }
 
 /// Hands `job` to another executor's inbox from a task of this one, waiting for room as a task

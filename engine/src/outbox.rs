@@ -57,7 +57,7 @@ impl Outbox {
         for (executor, mut jobs) in batches {
             let job: Request = match jobs.len() {
                 1 => jobs.pop().expect("one job"),
-                _ => Box::new(Batch(jobs)),
+                _ => Request::owned(Batch(jobs)),
             };
             hand_over(self.inboxes[executor].clone(), job).await;
         }

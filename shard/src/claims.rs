@@ -354,7 +354,7 @@ async fn claims_trade<D: Disk>(inner: &Rc<Inner<D>>, key: u128, body: u64) -> Re
 }
 
 /// What `ask` answers through the reply it is given.
-async fn asked<T>(ask: impl FnOnce(ShardReply<T>)) -> Result<T, TradeError> {
+async fn asked<T: Send + 'static>(ask: impl FnOnce(ShardReply<T>)) -> Result<T, TradeError> {
     let (one, answer) = reply::channel();
     ask(one);
     answer.await.unwrap_or(Err(TradeError::Log(crate::error::LogError::Closed)))

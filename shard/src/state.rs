@@ -46,7 +46,7 @@ const STARTS_PER_TURN: usize = 256;
 /// request is durable or refused), in turns of `STARTS_PER_TURN` so that a large batch never
 /// holds the executor for one long turn; `reply` is answered once every one was, with each
 /// one's answer in the order given.
-pub(crate) fn start_each<D: Disk + 'static, I: 'static, T: 'static>(
+pub(crate) fn start_each<D: Disk + 'static, I: 'static, T: Send + 'static>(
     inner: &Rc<Inner<D>>,
     items: Vec<I>,
     start: fn(&Rc<Inner<D>>, I, ShardReply<T>),
