@@ -348,8 +348,21 @@ fn choose_pair(state: &Transfers, rng: &mut Rng) -> Option<(u64, u64, bool)> {
         true => (home + 1 + rng.usize(..state.by_shard.len() - 1)) % state.by_shard.len(),
         false => home,
     };
-    let candidates = &state.by_shard[shard];
-    let to = *candidates.get(rng.usize(..candidates.len().max(1)))?;
+    // Users drawn until one lives in `shard` (as uniform over its users as the table, without
+    // a read of it: a random read of a table of every user misses the caches the engine's
+    // threads fill, a stall of the client's thread per transfer); the table after a few
+    // draws, for few users or many shards.
+    let routing = state.handle.routing();
+    let drawn = (0..4 * state.by_shard.len())
+        .map(|_| 1 + rng.u64(..state.users))
+        .find(|user| routing.physical_of_user(*user) as usize == shard);
+    let to = match drawn {
+        Some(user) => user,
+        None => {
+            let candidates = &state.by_shard[shard];
+            *candidates.get(rng.usize(..candidates.len().max(1)))?
+        }
+    };
     (to != from).then_some((from, to, cross))
 }
 
