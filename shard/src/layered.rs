@@ -165,8 +165,9 @@ impl<K: Hash + Eq + Clone, V: Clone> LayeredMap<K, V> {
     }
 
     /// Freezes the live entries (a checkpoint's snapshot is about to share the map): writes from
-    /// now on go to an empty live layer (in the tables the last settle kept). A frozen layer still there (its checkpoint failed)
-    /// takes the live entries over its own, so there is never more than one.
+    /// now on go to an empty live layer (in the tables the last settle kept). A frozen layer
+    /// still there (its checkpoint failed) takes the live entries over its own, so there is
+    /// never more than one.
     pub(crate) fn freeze(&mut self) {
         let spares = std::mem::take(&mut self.spares);
         let live = std::mem::replace(
@@ -211,8 +212,9 @@ impl<K: Hash + Eq + Clone, V: Clone> LayeredMap<K, V> {
 
     /// Drops part `part` (`0..PARTS`) of the frozen layer, carrying up into the live layer the
     /// entries `keep` names that the live layer does not shadow, and keeping its table for the
-    /// live layer (the module's text); the frozen layer goes with its last part. Only once what the frozen layer held is durable elsewhere. Returns the
-    /// entries the part held (the work it was).
+    /// live layer (the module's text); the frozen layer goes with its last part. Only once what
+    /// the frozen layer held is durable elsewhere. Returns the entries the part held (the work
+    /// it was).
     pub(crate) fn settle_part(&mut self, part: usize, keep: impl Fn(&V) -> bool) -> usize {
         self.settle_part_with(part, keep, |_, _| true)
     }

@@ -2,10 +2,10 @@
 //! any thread or runtime.
 //!
 //! One allocation per request (the shared slot), which may be the request's own: a holder of
-//! a [`ReplySlot`] (the engine's job, carrying the operation too) gives both ends with
-//! [`channel_in`], so that the request and its answer cost one allocation, freed by the asker
-//! when it has read the answer rather than by the answering thread (a free across threads is
-//! the allocator's slow path). Sending stores the answer and wakes the asker's waker (a
+//! a [`ReplySlot`] (the engine's job, carrying the operation too) makes both ends
+//! ([`Reply::of`], [`ReplyFuture::of`]), so that the request and its answer cost one
+//! allocation, freed by the asker when it has read the answer rather than by the answering
+//! thread (a free across threads is the allocator's slow path). Sending stores the answer and wakes the asker's waker (a
 //! thread unpark for blocking callers, a task wake for async ones); it never runs the asker's
 //! code, so a shard may answer while it holds its own borrows. A [`Reply`] dropped without an
 //! answer (an executor that stopped) resolves the future to `None`.
@@ -22,7 +22,7 @@ struct Slot<T> {
 }
 
 /// Where one answer waits for its asker: alone ([`channel`]) or inside what holds it
-/// ([`channel_in`]).
+/// ([`HoldsReply`]).
 pub struct ReplySlot<T>(Mutex<Slot<T>>);
 
 impl<T> Default for ReplySlot<T> {
@@ -58,13 +58,8 @@ pub struct ReplyFuture<T>(Shared<T>);
 
 /// A connected [`Reply`] and [`ReplyFuture`].
 pub fn channel<T: Send + 'static>() -> (Reply<T>, ReplyFuture<T>) {
-    channel_in(Arc::new(ReplySlot::default()))
-}
-
-/// A connected [`Reply`] and [`ReplyFuture`] whose slot is `holder`'s (see the module's text).
-/// Either end may be made later with [`Reply::of`]; there must be one [`Reply`] in all.
-pub fn channel_in<T, H: HoldsReply<T> + 'static>(holder: Arc<H>) -> (Reply<T>, ReplyFuture<T>) {
-    (Reply(Some(holder.clone())), ReplyFuture(holder))
+    let slot = Arc::new(ReplySlot::default());
+    (Reply::of(slot.clone()), ReplyFuture::of(slot))
 }
 
 impl<T> Reply<T> {
@@ -183,7 +178,8 @@ mod tests {
         let request = Arc::new(Request { asked: 1, answer: ReplySlot::default() });
         let rx = ReplyFuture::of(request.clone());
         drop(Reply::of(request));
-        assert_eq!(futures_lite::future::block_on(rx), None, "a reply dropped unanswered");
+        let answered = futures_lite::future::block_on(futures_lite::future::poll_once(rx));
+        assert_eq!(answered, Some(None), "a reply dropped unanswered resolves the future");
     }
 
     #[test]
