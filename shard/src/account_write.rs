@@ -30,7 +30,18 @@ use crate::state::{start_each, Accepted, Effect, EffectKeys, Inner, ShardReply, 
 use crate::system_record::LogRecord;
 use crate::trade::now_ms;
 
+/// Entries the in-flight maps hold before the committer sweeps out those now durable.
+const SWEEP_MIN: usize = 16_384;
+
 /// The account requests in flight: the balances they leave, and their request numbers.
+///
+/// An entry counts while the record that wrote it is not yet applied: the committer notes
+/// each record it applies (`note_applied`), and an entry at or below that seq reads as absent,
+/// the durable books now holding what it held. Entries are not removed one by one as their
+/// records become durable: each removal probed a map whose lines the group commit's other
+/// work had evicted, and it was the largest part of a durable request's retirement. They go
+/// in sweeps, once the maps hold twice what was live at the last sweep (at least
+/// [`SWEEP_MIN`]), so the maps stay bounded by the requests in flight.
 #[derive(Default)]
 pub(crate) struct InFlightAccounts {
     /// Account → its balance once every request in flight is durable, and the seq of the last.
@@ -39,32 +50,38 @@ pub(crate) struct InFlightAccounts {
     requests: IdMap<u128, ((AccountOp, Currency, u64), u64)>,
     /// Requests that repeated one in flight, by the seq of that one.
     repeats: BTreeMap<u64, Vec<ShardReply<AccountReceipt>>>,
+    /// The seq of the last record the committer applied.
+    applied: u64,
+    /// Entries held (both maps) at which the next sweep runs.
+    sweep_at: usize,
 }
 
 impl InFlightAccounts {
-    /// Retires a durable record's in-flight state and answers its repeats with `receipt`.
-    pub(crate) fn retire(&mut self, seq: u64, key: u128, record: &JournalRecord, receipt: AccountReceipt) {
-        self.requests.remove(&key);
-        let touched = [Some(record.user_id), Some(record.op.counterparty()).filter(|user| *user != 0)];
-        for user_id in touched.into_iter().flatten() {
-            let account = AccountKey { user_id, currency: record.currency };
-            if self.balances.get(&account).is_some_and(|(_, last)| *last == seq) {
-                self.balances.remove(&account);
-            }
-        }
+    /// Notes that the record at `seq`, and every one before it, is applied to the books.
+    pub(crate) fn note_applied(&mut self, seq: u64) {
+        self.applied = seq;
+    }
+
+    /// Answers the repeats of the durable journal record at `seq` with `receipt`.
+    pub(crate) fn answer_repeats(&mut self, seq: u64, receipt: AccountReceipt) {
         for repeat in self.repeats.remove(&seq).unwrap_or_default() {
             repeat.send(Ok(AccountReceipt { replayed: true, ..receipt }));
         }
     }
 
+    /// The account request in flight under `key`, with the seq of its record.
+    fn request(&self, key: u128) -> Option<((AccountOp, Currency, u64), u64)> {
+        self.requests.get(&key).copied().filter(|(_, seq)| *seq > self.applied)
+    }
+
     /// True when an account request in flight has this request key.
     pub(crate) fn has_request(&self, key: u128) -> bool {
-        self.requests.contains_key(&key)
+        self.request(key).is_some()
     }
 
     /// An account's balance once every request in flight is durable.
     pub(crate) fn balance(&self, key: AccountKey) -> Option<Balance> {
-        self.balances.get(&key).map(|(balance, _)| *balance)
+        self.balances.get(&key).filter(|(_, seq)| *seq > self.applied).map(|(balance, _)| *balance)
     }
 
     /// Notes a balance a write at `seq` leaves.
@@ -72,13 +89,27 @@ impl InFlightAccounts {
         self.balances.insert(key, (balance, seq));
     }
 
-    /// Forgets the balances the write at `seq` left, unless a later write changed them again.
-    pub(crate) fn retire_balances(&mut self, seq: u64, keys: &[AccountKey]) {
-        for key in keys {
-            if self.balances.get(key).is_some_and(|(_, last)| *last == seq) {
-                self.balances.remove(key);
-            }
+    /// Notes the account request under `key` that the write at `seq` makes.
+    pub(crate) fn note_request(&mut self, key: u128, asked: (AccountOp, Currency, u64), seq: u64) {
+        self.requests.insert(key, (asked, seq));
+    }
+
+    /// Removes the entries of applied records once the maps hold twice what was live at the
+    /// last sweep: a pass over the maps every so many requests, not a probe per request.
+    pub(crate) fn sweep(&mut self) {
+        if self.balances.len() + self.requests.len() < self.sweep_at.max(SWEEP_MIN) {
+            return;
         }
+        let applied = self.applied;
+        self.balances.retain(|_, (_, seq)| *seq > applied);
+        self.requests.retain(|_, (_, seq)| *seq > applied);
+        self.sweep_at = 2 * (self.balances.len() + self.requests.len());
+    }
+
+    /// Entries held, live or waiting for a sweep (balances, requests).
+    #[cfg(test)]
+    pub(crate) fn held(&self) -> (usize, usize) {
+        (self.balances.len(), self.requests.len())
     }
 
     /// After the log failed: forgets everything and fails the repeats waiting.
@@ -160,7 +191,7 @@ fn post_on<D: Disk>(
     let key = account_request_key(command.user_id, &command.request_no);
     let asked = (command.op, command.currency, command.amount);
     let Accepted { accounts, tcc, .. } = &mut *accepted;
-    if let Some(&((op, currency, amount), seq)) = accounts.requests.get(&key) {
+    if let Some(((op, currency, amount), seq)) = accounts.request(key) {
         if (op, currency, amount) != asked {
             let original = RequestEntry { op, currency, amount, at_ms: 0, after: Balance::default() };
             return reply.send(Err(original.conflict(&command.request_no).into()));
@@ -196,7 +227,7 @@ fn post_on<D: Disk>(
             false => reply.send(Err(entry.conflict(&command.request_no).into())),
         };
     }
-    let balance_of = |account| accounts.balances.get(&account).map_or_else(|| book.balance(account), |b| b.0);
+    let balance_of = |account| accounts.balance(account).unwrap_or_else(|| book.balance(account));
     let moved = match movement(command.op, command.user_id, command.currency, command.amount, balance_of) {
         Ok(moved) => moved,
         Err(refusal) => return reply.send(Err(refusal.into())),
@@ -209,10 +240,68 @@ fn post_on<D: Disk>(
     };
     let seq = ticket.seq();
     for (account, balance) in moved.changed() {
-        accounts.balances.insert(account, (balance, seq));
+        accounts.note_balance(account, balance, seq);
     }
-    accounts.requests.insert(key, (asked, seq));
+    accounts.note_request(key, asked, seq);
     let record = LogRecord::Journal(record);
-    let keys = EffectKeys::Account { key };
+    let keys = EffectKeys::None;
     accepted.push(Effect { seq, ticket: Some(ticket), record, keys, waiter: Waiter::Account(reply) });
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn account(user_id: u64) -> AccountKey {
+        AccountKey { user_id, currency: Currency::parse("USD").unwrap() }
+    }
+
+    fn balance(available: u64) -> Balance {
+        Balance { available, ..Balance::default() }
+    }
+
+    fn deposit(amount: u64) -> (AccountOp, Currency, u64) {
+        (AccountOp::Deposit, Currency::parse("USD").unwrap(), amount)
+    }
+
+    #[test]
+    fn an_entry_counts_until_the_record_that_wrote_it_is_applied() {
+        let mut in_flight = InFlightAccounts::default();
+        in_flight.note_balance(account(1), balance(5), 10);
+        in_flight.note_request(7, deposit(5), 10);
+        in_flight.note_balance(account(2), balance(9), 11);
+        assert_eq!(in_flight.balance(account(1)), Some(balance(5)));
+        assert!(in_flight.has_request(7));
+        in_flight.note_applied(10);
+        assert_eq!(in_flight.balance(account(1)), None, "applied: the books hold it now");
+        assert!(!in_flight.has_request(7));
+        assert_eq!(in_flight.balance(account(2)), Some(balance(9)), "its record is not applied yet");
+        in_flight.note_balance(account(1), balance(3), 12);
+        assert_eq!(in_flight.balance(account(1)), Some(balance(3)), "a later write counts again");
+    }
+
+    #[test]
+    fn sweeps_bound_the_maps_by_the_entries_live_and_keep_those() {
+        let mut in_flight = InFlightAccounts::default();
+        let live = 1_000;
+        for seq in 1..=100_000u64 {
+            in_flight.note_balance(account(seq), balance(seq), seq);
+            in_flight.note_request(u128::from(seq), deposit(seq), seq);
+            in_flight.note_applied(seq.saturating_sub(live));
+            in_flight.sweep();
+            let (balances, requests) = in_flight.held();
+            assert!(balances + requests < SWEEP_MIN, "{balances} + {requests} held at seq {seq}");
+        }
+        for seq in 100_000 - live + 1..=100_000 {
+            assert_eq!(in_flight.balance(account(seq)), Some(balance(seq)), "live at {seq}");
+            assert!(in_flight.has_request(u128::from(seq)));
+        }
+        in_flight.note_applied(100_000);
+        for seq in 100_001..100_001 + SWEEP_MIN as u64 {
+            in_flight.note_balance(account(seq), balance(seq), seq);
+        }
+        in_flight.note_applied(100_000 + SWEEP_MIN as u64);
+        in_flight.sweep();
+        assert_eq!(in_flight.held(), (0, 0), "nothing live: a sweep leaves nothing");
+    }
 }

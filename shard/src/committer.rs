@@ -117,8 +117,7 @@ fn apply_durable<D: Disk>(inner: &Inner<D>, front: Appended) -> (Vec<Parked>, Ve
                 let entry =
                     index.accounts_mut().apply(&record).expect("a request checked against the accepted view applies");
                 let receipt = entry.receipt(record.user_id, false);
-                let EffectKeys::Account { key } = effect.keys else { unreachable!("an account request has its key") };
-                accepted.accounts.retire(appended.seq, key, &record, receipt);
+                accepted.accounts.answer_repeats(appended.seq, receipt);
                 reply.send(Ok(receipt));
             }
             (LogRecord::Tcc(record), Waiter::Tcc(reply, answers)) => {
@@ -126,8 +125,7 @@ fn apply_durable<D: Disk>(inner: &Inner<D>, front: Appended) -> (Vec<Parked>, Ve
                     index.apply_tcc(&record).expect("a transaction checked against the accepted view applies");
                 let checked: Vec<_> = answers.iter().filter(|answer| !answer.repeat).copied().collect();
                 debug_assert_eq!(applied, checked, "a record applies as it was checked");
-                let Accepted { tcc, accounts, .. } = &mut *accepted;
-                parked.extend(tcc.retire(appended.seq, &record, accounts));
+                parked.extend(accepted.tcc.retire(appended.seq, &record));
                 reply.send(Ok(answers));
             }
             (LogRecord::Message(record), Waiter::Message(reply)) => {
@@ -156,7 +154,10 @@ fn apply_durable<D: Disk>(inner: &Inner<D>, front: Appended) -> (Vec<Parked>, Ve
         if let Some(waiting) = accepted.tcc.parked_behind(appended.seq) {
             parked.extend(waiting);
         }
+        // From here on, what the record left in flight reads from the books.
+        accepted.accounts.note_applied(appended.seq);
     }
+    accepted.accounts.sweep();
     (parked, messages)
 }
 
@@ -178,9 +179,6 @@ fn apply_trade<D: Disk>(
     };
     if record.funding != Funding::External {
         index.apply_money(&record, inner.shard_id).expect("a payment checked against the accepted view applies");
-        if let Some(account) = crate::trade_money::touched(&record, inner.shard_id) {
-            accepted.accounts.retire_balances(appended.seq, &[account]);
-        }
         if let Some(activity) = crate::trade_money::settlement_begun(record.funding, record.trade_id, inner.shard_id) {
             parked.extend(accepted.tcc.retire_settlement(activity, appended.seq));
         }
@@ -193,7 +191,7 @@ fn apply_trade<D: Disk>(
     match keys {
         EffectKeys::Order { key, .. } => drop(accepted.orders.remove(&key)),
         EffectKeys::Refund { key } => drop(accepted.refunds.remove(&key)),
-        EffectKeys::None | EffectKeys::Account { .. } => {}
+        EffectKeys::None => {}
     }
     let entry = index.get(id).expect("just applied");
     let cache = inner.trade_cache.cache();

@@ -129,10 +129,6 @@ pub(crate) enum EffectKeys {
     Refund {
         key: u128,
     },
-    /// An account request's request key.
-    Account {
-        key: u128,
-    },
 }
 
 /// A write waiting for its trade to come back from the table on disk, or for its order key

@@ -45,23 +45,21 @@ pub(crate) type Parked = (Vec<Step>, ShardReply<Vec<StepAnswer>>);
 pub(crate) struct InFlightTcc {
     /// (activity, branch or `ACTIVITY`) → seq of the last record touching it.
     keys: IdMap<(u128, u32), u64>,
-    /// The accounts each record in flight changed, by its seq.
-    touched: IdMap<u64, Vec<AccountKey>>,
     /// Transactions waiting for the record at a seq.
     parked: BTreeMap<u64, Vec<Parked>>,
 }
 
 impl InFlightTcc {
-    /// Retires the durable record at `seq`: forgets its keys and the balances it left; returns
-    /// the transactions that waited for it, to be checked again.
-    pub(crate) fn retire(&mut self, seq: u64, record: &TccRecord, accounts: &mut InFlightAccounts) -> Vec<Parked> {
+    /// Retires the durable record at `seq`: forgets its keys (the balances it left stop
+    /// counting once the committer notes it applied); returns the transactions that waited
+    /// for it, to be checked again.
+    pub(crate) fn retire(&mut self, seq: u64, record: &TccRecord) -> Vec<Parked> {
         for step in &record.steps {
             let key = key_of(step);
             if self.keys.get(&key) == Some(&seq) {
                 self.keys.remove(&key);
             }
         }
-        accounts.retire_balances(seq, &self.touched.remove(&seq).unwrap_or_default());
         self.parked.remove(&seq).unwrap_or_default()
     }
 
@@ -94,7 +92,6 @@ impl InFlightTcc {
     /// After the log failed: forgets everything and fails the waiting transactions.
     pub(crate) fn fail(&mut self, error: &TradeError) {
         self.keys.clear();
-        self.touched.clear();
         for (_, reply) in std::mem::take(&mut self.parked).into_values().flatten() {
             reply.send(Err(error.clone()));
         }
@@ -418,7 +415,6 @@ fn transact_reading<D: Disk>(
     for (key, balance) in &balances {
         accepted.accounts.note_balance(*key, *balance, seq);
     }
-    accepted.tcc.touched.insert(seq, balances.iter().map(|(key, _)| *key).collect());
     for step in &record.steps {
         accepted.tcc.keys.insert(key_of(step), seq);
     }

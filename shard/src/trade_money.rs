@@ -87,13 +87,3 @@ pub(crate) fn settlement_begun(funding: Funding, id: TradeId, home: u32) -> Opti
         _ => None,
     }
 }
-
-/// The accounts `record` changes in shard `home` (at most one).
-pub(crate) fn touched(record: &TradeRecord, home: u32) -> Option<AccountKey> {
-    let user_id = match (record.funding, record.kind) {
-        (Funding::Balance, _) => record.user_id,
-        (Funding::Settles { merchant_shard, .. }, _) if u32::from(merchant_shard) == home => record.merchant_id,
-        _ => return None,
-    };
-    Some(AccountKey { user_id, currency: record.currency })
-}
