@@ -39,6 +39,43 @@ async fn deposit(shard: &SimShard, user: u64, amount: u64, request_no: &str) {
 }
 
 #[test]
+fn the_first_record_of_a_log_counts_as_in_flight_until_it_is_applied() {
+    fn credit(user_id: u64, amount: u64) -> BranchAction {
+        BranchAction::Credit { user_id, currency: cny(), amount }
+    }
+    run(async {
+        // A deposit that is the log's first record (seq 0), then a withdrawal of all of it in
+        // the same group: checked against what the deposit in flight leaves.
+        let shard = Shard::open(SimDisk::new(), small_config(), 0).await.unwrap();
+        let (deposited, deposit_answer) = tradeshard_shard::reply::channel();
+        let command = AccountCommand::new(AccountOp::Deposit, 1, "CNY", 100, "first").unwrap();
+        shard.post(command, deposited);
+        let (withdrawn, withdraw_answer) = tradeshard_shard::reply::channel();
+        let command = AccountCommand::new(AccountOp::Withdraw, 1, "CNY", 100, "second").unwrap();
+        shard.post(command, withdrawn);
+        assert!(deposit_answer.await.unwrap().is_ok());
+        match withdraw_answer.await.unwrap() {
+            Ok(receipt) => assert_eq!(receipt.amount, 100),
+            other => panic!("a withdrawal of what a deposit in flight brings: {other:?}"),
+        }
+        assert_eq!(shard.balance(1, cny()), Balance::default());
+
+        // A Try that is the log's first record, then another Try of the branch in the same
+        // group: it waits for the first, then finds the branch tried with another action.
+        let shard = Shard::open(SimDisk::new(), small_config(), 0).await.unwrap();
+        let (tried, try_answer) = tradeshard_shard::reply::channel();
+        shard.transact(vec![Step::Try { activity: 9, branch: 0, action: credit(2, 1) }], tried);
+        let (tried_again, again_answer) = tradeshard_shard::reply::channel();
+        shard.transact(vec![Step::Try { activity: 9, branch: 0, action: credit(2, 2) }], tried_again);
+        assert_eq!(try_answer.await.unwrap().unwrap(), vec![fresh(StepOutcome::Branch(BranchState::Tried))]);
+        match again_answer.await.unwrap() {
+            Err(TradeError::Refused(Refusal::StepConflict { .. })) => {}
+            other => panic!("a branch tried with another action while the first was in flight: {other:?}"),
+        }
+    });
+}
+
+#[test]
 fn branches_keep_their_fences_and_answer_repeats_with_the_first_answer() {
     run(async {
         let shard = Shard::open(SimDisk::new(), small_config(), 0).await.unwrap();

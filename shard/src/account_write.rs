@@ -21,7 +21,7 @@ use tradeshard_wal::disk::Disk;
 use crate::accounts::{movement, AccountCommand, AccountKey, AccountReceipt, Balance, RequestEntry};
 use crate::currency::Currency;
 use crate::error::{LogError, Refusal, TradeError};
-use crate::id_hash::IdMap;
+use crate::in_flight::{Applied, InFlightMap};
 use crate::journal::{AccountOp, JournalRecord};
 use crate::key_runs::{read_then, KeyKind, Lookup, RunRead};
 use crate::keys::account_request_key;
@@ -30,36 +30,24 @@ use crate::state::{start_each, Accepted, Effect, EffectKeys, Inner, ShardReply, 
 use crate::system_record::LogRecord;
 use crate::trade::now_ms;
 
-/// Entries the in-flight maps hold before the committer sweeps out those now durable.
-const SWEEP_MIN: usize = 16_384;
-
-/// The account requests in flight: the balances they leave, and their request numbers.
-///
-/// An entry counts while the record that wrote it is not yet applied: the committer notes
-/// each record it applies (`note_applied`), and an entry at or below that seq reads as absent,
-/// the durable books now holding what it held. Entries are not removed one by one as their
-/// records become durable: each removal probed a map whose lines the group commit's other
-/// work had evicted, and it was the largest part of a durable request's retirement. They go
-/// in sweeps, once the maps hold twice what was live at the last sweep (at least
-/// [`SWEEP_MIN`]), so the maps stay bounded by the requests in flight.
+/// The account requests in flight: the balances they leave, and their request numbers. Their
+/// entries count until the committer applies the record that wrote them (`in_flight.rs`).
 #[derive(Default)]
 pub(crate) struct InFlightAccounts {
-    /// Account → its balance once every request in flight is durable, and the seq of the last.
-    balances: IdMap<AccountKey, (Balance, u64)>,
-    /// Request key → (operation, currency, amount) and the seq of its record.
-    requests: IdMap<u128, ((AccountOp, Currency, u64), u64)>,
+    /// Account → its balance once every request in flight is durable.
+    balances: InFlightMap<AccountKey, Balance>,
+    /// Request key → (operation, currency, amount).
+    requests: InFlightMap<u128, (AccountOp, Currency, u64)>,
     /// Requests that repeated one in flight, by the seq of that one.
     repeats: BTreeMap<u64, Vec<ShardReply<AccountReceipt>>>,
-    /// The seq of the last record the committer applied.
-    applied: u64,
-    /// Entries held (both maps) at which the next sweep runs.
-    sweep_at: usize,
+    /// Which records the committer applied.
+    applied: Applied,
 }
 
 impl InFlightAccounts {
     /// Notes that the record at `seq`, and every one before it, is applied to the books.
     pub(crate) fn note_applied(&mut self, seq: u64) {
-        self.applied = seq;
+        self.applied.note(seq);
     }
 
     /// Answers the repeats of the durable journal record at `seq` with `receipt`.
@@ -71,7 +59,7 @@ impl InFlightAccounts {
 
     /// The account request in flight under `key`, with the seq of its record.
     fn request(&self, key: u128) -> Option<((AccountOp, Currency, u64), u64)> {
-        self.requests.get(&key).copied().filter(|(_, seq)| *seq > self.applied)
+        self.requests.get(&key, self.applied).map(|(asked, seq)| (*asked, seq))
     }
 
     /// True when an account request in flight has this request key.
@@ -81,35 +69,23 @@ impl InFlightAccounts {
 
     /// An account's balance once every request in flight is durable.
     pub(crate) fn balance(&self, key: AccountKey) -> Option<Balance> {
-        self.balances.get(&key).filter(|(_, seq)| *seq > self.applied).map(|(balance, _)| *balance)
+        self.balances.get(&key, self.applied).map(|(balance, _)| *balance)
     }
 
     /// Notes a balance a write at `seq` leaves.
     pub(crate) fn note_balance(&mut self, key: AccountKey, balance: Balance, seq: u64) {
-        self.balances.insert(key, (balance, seq));
+        self.balances.insert(key, balance, seq);
     }
 
     /// Notes the account request under `key` that the write at `seq` makes.
-    pub(crate) fn note_request(&mut self, key: u128, asked: (AccountOp, Currency, u64), seq: u64) {
-        self.requests.insert(key, (asked, seq));
+    fn note_request(&mut self, key: u128, asked: (AccountOp, Currency, u64), seq: u64) {
+        self.requests.insert(key, asked, seq);
     }
 
-    /// Removes the entries of applied records once the maps hold twice what was live at the
-    /// last sweep: a pass over the maps every so many requests, not a probe per request.
+    /// Removes the entries of applied records, if enough are held (`InFlightMap::sweep`).
     pub(crate) fn sweep(&mut self) {
-        if self.balances.len() + self.requests.len() < self.sweep_at.max(SWEEP_MIN) {
-            return;
-        }
-        let applied = self.applied;
-        self.balances.retain(|_, (_, seq)| *seq > applied);
-        self.requests.retain(|_, (_, seq)| *seq > applied);
-        self.sweep_at = 2 * (self.balances.len() + self.requests.len());
-    }
-
-    /// Entries held, live or waiting for a sweep (balances, requests).
-    #[cfg(test)]
-    pub(crate) fn held(&self) -> (usize, usize) {
-        (self.balances.len(), self.requests.len())
+        self.balances.sweep(self.applied);
+        self.requests.sweep(self.applied);
     }
 
     /// After the log failed: forgets everything and fails the repeats waiting.
@@ -246,62 +222,4 @@ fn post_on<D: Disk>(
     let record = LogRecord::Journal(record);
     let keys = EffectKeys::None;
     accepted.push(Effect { seq, ticket: Some(ticket), record, keys, waiter: Waiter::Account(reply) });
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn account(user_id: u64) -> AccountKey {
-        AccountKey { user_id, currency: Currency::parse("USD").unwrap() }
-    }
-
-    fn balance(available: u64) -> Balance {
-        Balance { available, ..Balance::default() }
-    }
-
-    fn deposit(amount: u64) -> (AccountOp, Currency, u64) {
-        (AccountOp::Deposit, Currency::parse("USD").unwrap(), amount)
-    }
-
-    #[test]
-    fn an_entry_counts_until_the_record_that_wrote_it_is_applied() {
-        let mut in_flight = InFlightAccounts::default();
-        in_flight.note_balance(account(1), balance(5), 10);
-        in_flight.note_request(7, deposit(5), 10);
-        in_flight.note_balance(account(2), balance(9), 11);
-        assert_eq!(in_flight.balance(account(1)), Some(balance(5)));
-        assert!(in_flight.has_request(7));
-        in_flight.note_applied(10);
-        assert_eq!(in_flight.balance(account(1)), None, "applied: the books hold it now");
-        assert!(!in_flight.has_request(7));
-        assert_eq!(in_flight.balance(account(2)), Some(balance(9)), "its record is not applied yet");
-        in_flight.note_balance(account(1), balance(3), 12);
-        assert_eq!(in_flight.balance(account(1)), Some(balance(3)), "a later write counts again");
-    }
-
-    #[test]
-    fn sweeps_bound_the_maps_by_the_entries_live_and_keep_those() {
-        let mut in_flight = InFlightAccounts::default();
-        let live = 1_000;
-        for seq in 1..=100_000u64 {
-            in_flight.note_balance(account(seq), balance(seq), seq);
-            in_flight.note_request(u128::from(seq), deposit(seq), seq);
-            in_flight.note_applied(seq.saturating_sub(live));
-            in_flight.sweep();
-            let (balances, requests) = in_flight.held();
-            assert!(balances + requests < SWEEP_MIN, "{balances} + {requests} held at seq {seq}");
-        }
-        for seq in 100_000 - live + 1..=100_000 {
-            assert_eq!(in_flight.balance(account(seq)), Some(balance(seq)), "live at {seq}");
-            assert!(in_flight.has_request(u128::from(seq)));
-        }
-        in_flight.note_applied(100_000);
-        for seq in 100_001..100_001 + SWEEP_MIN as u64 {
-            in_flight.note_balance(account(seq), balance(seq), seq);
-        }
-        in_flight.note_applied(100_000 + SWEEP_MIN as u64);
-        in_flight.sweep();
-        assert_eq!(in_flight.held(), (0, 0), "nothing live: a sweep leaves nothing");
-    }
 }

@@ -89,7 +89,7 @@ fn apply_durable<D: Disk>(inner: &Inner<D>, front: Appended) -> (Vec<Parked>, Ve
         index.note_applied(appended.seq);
         match (effect.record, effect.waiter) {
             (LogRecord::Trade(record), Waiter::Trade(reply)) => {
-                let id = apply_trade(inner, &mut accepted, &mut index, record, appended, effect.keys, &mut parked);
+                let id = apply_trade(inner, &mut accepted, &mut index, record, appended, effect.keys);
                 let receipt = index.get(id).expect("just applied").receipt(id, false);
                 reply.send(Ok(receipt));
                 for repeat in accepted.repeats.remove(&appended.seq).unwrap_or_default() {
@@ -125,7 +125,6 @@ fn apply_durable<D: Disk>(inner: &Inner<D>, front: Appended) -> (Vec<Parked>, Ve
                     index.apply_tcc(&record).expect("a transaction checked against the accepted view applies");
                 let checked: Vec<_> = answers.iter().filter(|answer| !answer.repeat).copied().collect();
                 debug_assert_eq!(applied, checked, "a record applies as it was checked");
-                parked.extend(accepted.tcc.retire(appended.seq, &record));
                 reply.send(Ok(answers));
             }
             (LogRecord::Message(record), Waiter::Message(reply)) => {
@@ -148,22 +147,21 @@ fn apply_durable<D: Disk>(inner: &Inner<D>, front: Appended) -> (Vec<Parked>, Ve
             }
             _ => unreachable!("a record and its waiter are of one family"),
         }
-        // A local transaction that found the log's queue full waited for the newest write in
-        // flight then, of whatever kind (a local transaction's or a settlement's own waiters
-        // were taken above).
+        // Local transactions that waited for this record: one that touched an activity or
+        // branch it touched (a local transaction's or a settlement's), or one that found the
+        // log's queue full and waited for the newest write in flight then, of whatever kind.
         if let Some(waiting) = accepted.tcc.parked_behind(appended.seq) {
             parked.extend(waiting);
         }
         // From here on, what the record left in flight reads from the books.
-        accepted.accounts.note_applied(appended.seq);
+        accepted.note_applied(appended.seq);
     }
-    accepted.accounts.sweep();
+    accepted.sweep_in_flight();
     (parked, messages)
 }
 
-/// Applies a durable trade record to the index, retires its in-flight state (adding to
-/// `parked` the local transactions that waited for a settlement's activity it began), and
-/// caches a created trade or brings its cached copy up to date. Returns the trade's id.
+/// Applies a durable trade record to the index, retires its in-flight state, and caches a
+/// created trade or brings its cached copy up to date. Returns the trade's id.
 fn apply_trade<D: Disk>(
     inner: &Inner<D>,
     accepted: &mut Accepted,
@@ -171,7 +169,6 @@ fn apply_trade<D: Disk>(
     mut record: TradeRecord,
     appended: Appended,
     keys: EffectKeys,
-    parked: &mut Vec<Parked>,
 ) -> TradeId {
     let order = match keys {
         EffectKeys::Order { key, body } => Some((key, body)),
@@ -179,9 +176,6 @@ fn apply_trade<D: Disk>(
     };
     if record.funding != Funding::External {
         index.apply_money(&record, inner.shard_id).expect("a payment checked against the accepted view applies");
-        if let Some(activity) = crate::trade_money::settlement_begun(record.funding, record.trade_id, inner.shard_id) {
-            parked.extend(accepted.tcc.retire_settlement(activity, appended.seq));
-        }
     }
     index.apply_keyed(&record, appended, order).expect("a write checked against the accepted view applies");
     let id = record.trade_id;

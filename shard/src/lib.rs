@@ -26,6 +26,7 @@ mod error;
 mod events;
 mod files;
 mod id_hash;
+mod in_flight;
 mod index;
 mod join;
 mod journal;

@@ -14,6 +14,7 @@ use std::time::Duration;
 use tradeshard_wal::disk::Disk;
 
 use crate::error::{InputError, LogError, Refusal, TradeError};
+use crate::in_flight::{Applied, InFlightMap};
 use crate::message::{MessageBody, MessageOp, MessageRecord, MessageView, RollbackReason};
 use crate::message_book::{
     group_hash, AnswerKey, MessageBook, MessageOutcome, MessagePolicy, MessageReceipt, SEQUENCE_NONE,
@@ -67,9 +68,11 @@ enum Key {
 /// The message writes in flight.
 #[derive(Default)]
 pub(crate) struct InFlightMessages {
-    keys: HashMap<Key, u64>,
-    /// The keys each write in flight holds, by its seq.
-    keys_of: HashMap<u64, Vec<Key>>,
+    /// The keys the writes in flight hold, each counted until the committer applies the
+    /// write (`in_flight.rs`).
+    keys: InFlightMap<Key, ()>,
+    /// Which records the committer applied.
+    applied: Applied,
     /// Bytes of bodies the writes in flight will add to the book, by seq.
     held: BTreeMap<u64, usize>,
     held_bytes: usize,
@@ -90,13 +93,24 @@ pub(crate) struct InFlightMessages {
 const REFUSED_PRODUCERS_MAX: usize = 1024;
 
 impl InFlightMessages {
+    /// Notes that the record at `seq`, and every one before it, is applied to the books: the
+    /// keys its write held stop counting.
+    pub(crate) fn note_applied(&mut self, seq: u64) {
+        self.applied.note(seq);
+    }
+
+    /// Removes the keys of applied writes, if enough are held (`InFlightMap::sweep`).
+    pub(crate) fn sweep(&mut self) {
+        self.keys.sweep(self.applied);
+    }
+
+    /// The seq of the write in flight that holds `key`, if any.
+    fn in_flight(&self, key: &Key) -> Option<u64> {
+        self.keys.get(key, self.applied).map(|(_, seq)| seq)
+    }
+
     /// Retires the durable write at `seq`; returns the commands that waited for it.
     pub(crate) fn retire(&mut self, seq: u64) -> Vec<ParkedMessage> {
-        for key in self.keys_of.remove(&seq).unwrap_or_default() {
-            if self.keys.get(&key) == Some(&seq) {
-                self.keys.remove(&key);
-            }
-        }
         self.held_bytes -= self.held.remove(&seq).unwrap_or(0);
         self.parked.remove(&seq).unwrap_or_default()
     }
@@ -128,7 +142,6 @@ impl InFlightMessages {
         self.refused_from.clear();
         self.unwrapped_high.clear();
         self.keys.clear();
-        self.keys_of.clear();
         self.held.clear();
         self.held_bytes = 0;
         for (_, reply, _) in std::mem::take(&mut self.parked).into_values().flatten() {
@@ -393,7 +406,7 @@ fn nack_read<D: Disk>(
         return reply.send(Err(error));
     }
     let key = Key::Nack(group_hash(&group), offset);
-    if let Some(&seq) = accepted.messages.keys.get(&key) {
+    if let Some(seq) = accepted.messages.in_flight(&key) {
         let command = MessageCommand::Nack { group, offset };
         return accepted.messages.parked.entry(seq).or_default().push((command, reply, false));
     }
@@ -464,7 +477,7 @@ fn in_flight_key(in_flight: &InFlightMessages, command: &MessageCommand) -> Opti
         MessageCommand::EndDeadLetter { dead, .. } => Key::Dead(*dead),
         _ => return None,
     };
-    in_flight.keys.get(&key).copied()
+    in_flight.in_flight(&key)
 }
 
 fn enqueue<D: Disk>(
@@ -491,11 +504,8 @@ fn enqueue<D: Disk>(
     };
     let seq = ticket.seq();
     let in_flight = &mut accepted.messages;
-    if !keys.is_empty() {
-        for key in &keys {
-            in_flight.keys.insert(*key, seq);
-        }
-        in_flight.keys_of.insert(seq, keys);
+    for key in keys {
+        in_flight.keys.insert(key, (), seq);
     }
     if held > 0 {
         in_flight.held.insert(seq, held);

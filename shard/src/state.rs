@@ -192,6 +192,21 @@ pub(crate) struct Accepted {
 }
 
 impl Accepted {
+    /// Notes that the record at `seq`, and every one before it, is applied to the books: what
+    /// it left in the maps of writes in flight stops counting (`in_flight.rs`).
+    pub(crate) fn note_applied(&mut self, seq: u64) {
+        self.accounts.note_applied(seq);
+        self.tcc.note_applied(seq);
+        self.messages.note_applied(seq);
+    }
+
+    /// Sweeps the maps of writes in flight (`InFlightMap::sweep`).
+    pub(crate) fn sweep_in_flight(&mut self) {
+        self.accounts.sweep();
+        self.tcc.sweep();
+        self.messages.sweep();
+    }
+
     pub(crate) fn push(&mut self, effect: Effect) {
         self.effects.push_back(effect);
         self.wake();

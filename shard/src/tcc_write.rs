@@ -23,6 +23,7 @@ use crate::accounts::{AccountBook, AccountKey, Balance};
 use crate::currency::Currency;
 use crate::error::{InputError, LogError, Refusal, TradeError};
 use crate::id_hash::IdMap;
+use crate::in_flight::{Applied, InFlightMap};
 use crate::key_runs::{read_then, KeyKind, Lookup, RunRead};
 use crate::run_values::branch_key;
 use crate::shard::Shard;
@@ -43,39 +44,36 @@ pub(crate) type Parked = (Vec<Step>, ShardReply<Vec<StepAnswer>>);
 /// The local transactions in flight: which activities and branches they touch, and who waits.
 #[derive(Default)]
 pub(crate) struct InFlightTcc {
-    /// (activity, branch or `ACTIVITY`) → seq of the last record touching it.
-    keys: IdMap<(u128, u32), u64>,
+    /// (activity, branch or `ACTIVITY`) → the last record touching it, counted until the
+    /// committer applies that record (`in_flight.rs`).
+    keys: InFlightMap<(u128, u32), ()>,
     /// Transactions waiting for the record at a seq.
     parked: BTreeMap<u64, Vec<Parked>>,
+    /// Which records the committer applied.
+    applied: Applied,
 }
 
 impl InFlightTcc {
-    /// Retires the durable record at `seq`: forgets its keys (the balances it left stop
-    /// counting once the committer notes it applied); returns the transactions that waited
-    /// for it, to be checked again.
-    pub(crate) fn retire(&mut self, seq: u64, record: &TccRecord) -> Vec<Parked> {
-        for step in &record.steps {
-            let key = key_of(step);
-            if self.keys.get(&key) == Some(&seq) {
-                self.keys.remove(&key);
-            }
-        }
-        self.parked.remove(&seq).unwrap_or_default()
+    /// Notes that the record at `seq`, and every one before it, is applied to the books: the
+    /// keys it touched stop counting.
+    pub(crate) fn note_applied(&mut self, seq: u64) {
+        self.applied.note(seq);
+    }
+
+    /// Removes the keys of applied records, if enough are held (`InFlightMap::sweep`).
+    pub(crate) fn sweep(&mut self) {
+        self.keys.sweep(self.applied);
+    }
+
+    /// The seq of the record in flight that last touched `key`, if any.
+    fn in_flight(&self, key: (u128, u32)) -> Option<u64> {
+        self.keys.get(&key, self.applied).map(|(_, seq)| seq)
     }
 
     /// Notes a Settled trade record at `seq` that begins the settlement `activity`: local
     /// transactions naming it wait for that record, as for one of their own.
     pub(crate) fn note_settlement(&mut self, activity: u128, seq: u64) {
-        self.keys.insert((activity, ACTIVITY), seq);
-    }
-
-    /// Retires the durable Settled record at `seq` that began `activity`; returns the
-    /// transactions that waited for it, to be checked again.
-    pub(crate) fn retire_settlement(&mut self, activity: u128, seq: u64) -> Vec<Parked> {
-        if self.keys.get(&(activity, ACTIVITY)) == Some(&seq) {
-            self.keys.remove(&(activity, ACTIVITY));
-        }
-        self.parked.remove(&seq).unwrap_or_default()
+        self.keys.insert((activity, ACTIVITY), (), seq);
     }
 
     /// True when a record in flight touches this activity's own entry.
@@ -86,7 +84,7 @@ impl InFlightTcc {
     }
 
     pub(crate) fn has_activity(&self, activity: u128) -> bool {
-        self.keys.contains_key(&(activity, ACTIVITY))
+        self.in_flight((activity, ACTIVITY)).is_some()
     }
 
     /// After the log failed: forgets everything and fails the waiting transactions.
@@ -331,7 +329,7 @@ fn transact_reading<D: Disk>(
     if let Err(error) = check_steps(&steps) {
         return reply.send(Err(error.into()));
     }
-    if let Some(seq) = steps.iter().filter_map(|step| accepted.tcc.keys.get(&key_of(step)).copied()).max() {
+    if let Some(seq) = steps.iter().filter_map(|step| accepted.tcc.in_flight(key_of(step))).max() {
         return accepted.tcc.parked.entry(seq).or_default().push((steps, reply));
     }
     let index = inner.index.borrow();
@@ -416,7 +414,7 @@ fn transact_reading<D: Disk>(
         accepted.accounts.note_balance(*key, *balance, seq);
     }
     for step in &record.steps {
-        accepted.tcc.keys.insert(key_of(step), seq);
+        accepted.tcc.keys.insert(key_of(step), (), seq);
     }
     let record = LogRecord::Tcc(record);
     accepted.push(Effect {
