@@ -3,10 +3,11 @@
 //!
 //! Each entry carries the seq of that record. The committer notes every record it applies
 //! (`Accepted::note_applied`, an [`Applied`] in each owner of such maps), and an entry whose
-//! record is applied reads as absent: the durable books hold what it held. Entries are not removed one by one as their records become durable: each
-//! removal probed a map whose lines the rest of the group commit's work had evicted by then.
-//! They go in sweeps, once a map holds twice what was live at its last sweep (at least
-//! [`SWEEP_MIN`]), so a map stays bounded by the writes in flight.
+//! record is applied reads as absent: the durable books hold what it held. Entries are not
+//! removed one by one as their records become durable: each removal probed a map whose lines
+//! the rest of the group commit's work had evicted by then. They go in sweeps, once a map
+//! holds twice what was live at its last sweep (at least [`SWEEP_MIN`]), so a map stays
+//! bounded by the writes in flight.
 
 use std::hash::Hash;
 
