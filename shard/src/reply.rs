@@ -5,10 +5,11 @@
 //! a [`ReplySlot`] (the engine's job, carrying the operation too) makes both ends
 //! ([`Reply::of`], [`ReplyFuture::of`]), so that the request and its answer cost one
 //! allocation, freed by the asker when it has read the answer rather than by the answering
-//! thread (a free across threads is the allocator's slow path). Sending stores the answer and wakes the asker's waker (a
-//! thread unpark for blocking callers, a task wake for async ones); it never runs the asker's
-//! code, so a shard may answer while it holds its own borrows. A [`Reply`] dropped without an
-//! answer (an executor that stopped) resolves the future to `None`.
+//! thread (a free across threads is the allocator's slow path). Sending stores the answer and
+//! wakes the asker's waker (a thread unpark for blocking callers, a task wake for async ones);
+//! it never runs the asker's code, so a shard may answer while it holds its own borrows. A
+//! [`Reply`] dropped without an answer (an executor that stopped) resolves the future to
+//! `None`.
 
 use std::future::Future;
 use std::pin::Pin;

@@ -76,13 +76,14 @@ impl InFlightTcc {
         self.keys.insert((activity, ACTIVITY), (), seq);
     }
 
-    /// True when a record in flight touches this activity's own entry.
-    /// The transactions that waited for the write at `seq`, whatever its kind (one that found
-    /// the log's queue full waits for the newest write in flight).
+    /// The transactions that waited for the durable write at `seq`: those that touched an
+    /// activity or branch it touched, and those that found the log's queue full (which wait
+    /// for the newest write in flight, whatever its kind).
     pub(crate) fn parked_behind(&mut self, seq: u64) -> Option<Vec<Parked>> {
         self.parked.remove(&seq)
     }
 
+    /// True when a record in flight touches this activity's own entry.
     pub(crate) fn has_activity(&self, activity: u128) -> bool {
         self.in_flight((activity, ACTIVITY)).is_some()
     }
