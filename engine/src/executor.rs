@@ -7,6 +7,7 @@
 
 use std::collections::HashMap;
 use std::path::PathBuf;
+use std::rc::Rc;
 use std::sync::mpsc;
 use std::sync::Arc;
 use std::thread::JoinHandle;
@@ -185,8 +186,12 @@ async fn run(
         release_closed_files().await;
         return Ok(());
     }
-    let mut shards =
-        ExecutorShards { routing: plan.routing, shards: HashMap::new(), outbox: Outbox::new(plan.inboxes.clone()) };
+    let mut shards = ExecutorShards {
+        routing: plan.routing,
+        shards: HashMap::new(),
+        outbox: Outbox::new(plan.inboxes.clone()),
+        requests_in_place: Default::default(),
+    };
     for (shard_id, shard, cache) in recovered {
         match shard.start_with_cache(cache).await {
             Ok(shard) => {
@@ -209,6 +214,8 @@ async fn run(
     }
     let _ = report.send(Ok(()));
     let inbox = plan.inboxes[plan.index].clone();
+    let shards = Rc::new(shards);
+    let running_here = crate::local::enter(inbox.clone(), shards.clone());
     loop {
         std::future::poll_fn(|cx| inbox.poll_requests(cx)).await;
         let taken = inbox.drain(DRAIN_BATCH_MAX, |job| job.run(&shards));
@@ -217,6 +224,11 @@ async fn run(
         }
         futures_lite::future::yield_now().await;
     }
+    // Requests made on this thread from now on go to the closed inbox, and are refused.
+    drop(running_here);
+    let Ok(shards) = Rc::try_unwrap(shards) else {
+        unreachable!("only this loop and the thread's naming held the executor's shards")
+    };
     let mut first_error = None;
     for (_, shard) in shards.shards {
         if let Err(error) = shard.close().await {

@@ -79,6 +79,9 @@ pub struct EngineStats {
     /// outside, and a signal where the handler is installed): each one woke an executor left
     /// asleep with work to do, or found it in a long turn.
     pub executor_kicks: u64,
+    /// Requests made on the executor that owns them (by tasks of `spawn_on`) and run there at
+    /// once, with no hand-off between threads.
+    pub requests_in_place: u64,
 }
 
 impl EngineHandle {
@@ -161,8 +164,10 @@ impl EngineHandle {
         Ok(outputs)
     }
 
-    async fn send(&self, executor: usize, mut request: Request, backpressure: Backpressure) -> Result<()> {
+    async fn send(&self, executor: usize, request: Request, backpressure: Backpressure) -> Result<()> {
         let inbox = &self.inner.inboxes[executor];
+        // Made on the executor that owns it: run now, with no hand-off (`local.rs`).
+        let Some(mut request) = crate::local::run_here(inbox, request) else { return Ok(()) };
         loop {
             match inbox.push(request) {
                 Ok(()) => return Ok(()),
@@ -309,8 +314,9 @@ impl EngineHandle {
     /// Counters of every shard, summed.
     pub async fn stats(&self) -> Result<EngineStats> {
         let mut stats = EngineStats::default();
-        for shards in self.on_every_executor(ops::Stats).await? {
+        for (shards, in_place) in self.on_every_executor(ops::Stats).await? {
             stats.shards.extend(shards);
+            stats.requests_in_place += in_place;
         }
         stats.shards.sort_by_key(|shard| shard.shard);
         for shard in &stats.shards {

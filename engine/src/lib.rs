@@ -35,6 +35,7 @@ mod groups;
 mod handle;
 mod inbox;
 mod kick;
+mod local;
 mod manifest;
 mod message_ops;
 mod messages;

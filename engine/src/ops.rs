@@ -6,6 +6,7 @@
 //! shard method, and one `EngineHandle` method that sends it (`ARCHITECTURE.md`, "How to add
 //! an operation"). An operation over all of an executor's shards is an [`ExecutorOp`].
 
+use std::cell::Cell;
 use std::collections::{BTreeMap, HashMap};
 use std::rc::Rc;
 use std::sync::{Arc, Mutex};
@@ -28,6 +29,8 @@ pub(crate) struct ExecutorShards {
     pub shards: HashMap<u32, DiskShard>,
     /// Jobs for other executors, pushed once per turn.
     pub outbox: Rc<Outbox>,
+    /// Requests made on this executor's thread and run there, with no hand-off (`local.rs`).
+    pub requests_in_place: Cell<u64>,
 }
 
 impl ExecutorShards {
@@ -309,9 +312,10 @@ impl ShardOp for Groups {
 pub(crate) struct Stats;
 
 impl ExecutorOp for Stats {
-    type Output = Vec<ShardStats>;
-    fn start(self, shards: &ExecutorShards, reply: Reply<Vec<ShardStats>>) {
-        reply.send(shards.shards.values().map(|shard| shard.stats()).collect())
+    /// Each shard's counters, and the requests run in place.
+    type Output = (Vec<ShardStats>, u64);
+    fn start(self, shards: &ExecutorShards, reply: Reply<(Vec<ShardStats>, u64)>) {
+        reply.send((shards.shards.values().map(|shard| shard.stats()).collect(), shards.requests_in_place.get()))
     }
 }
 

@@ -35,7 +35,9 @@ impl EngineHandle {
 
     /// Runs the future `make_task` makes as a task of executor `executor`, beside its shards;
     /// resolves once it is spawned. The task must end by itself before the engine closes (a
-    /// service stops its tasks, then closes the engine); it may call this handle, as any task.
+    /// service stops its tasks, then closes the engine); it may call this handle, as any task,
+    /// and its requests for this executor's own shards then run in place, with no hand-off
+    /// between threads (`local.rs`).
     pub async fn spawn_on<F, Fut>(&self, executor: usize, make_task: F) -> Result<()>
     where
         F: FnOnce() -> Fut + Send + 'static,

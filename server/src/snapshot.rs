@@ -86,6 +86,13 @@ pub(crate) async fn take(shared: &Shared) -> Result<Snapshot, tradeshard_engine:
         Scope::Total,
         kicks,
     );
+    push(
+        "requests_in_place",
+        "Requests made on the executor that owns them and run there, with no hand-off between threads.",
+        Kind::Counter,
+        Scope::Total,
+        stats.requests_in_place as f64,
+    );
     let mut totals: BTreeMap<&'static str, (Kind, &'static str, f64)> = BTreeMap::new();
     let now_ms = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64);
     for shard in &stats.shards {
