@@ -214,6 +214,34 @@ fn load_transfers_report_their_rate_and_conserve_money() {
     assert!(shards.iter().all(|shard| shard["activities_in_doubt"].as_array().is_some_and(Vec::is_empty)));
 }
 
+/// With `--on-executors`, the tasks run on the engine's executors, each sending its own
+/// shards' payers' transfers, which the engine runs in place; the money is conserved.
+#[test]
+fn load_transfers_on_the_executors_run_in_place_and_conserve_money() {
+    let dir = tempfile::tempdir().unwrap();
+    let args = [
+        "load",
+        "--workload",
+        "transfer",
+        "--on-executors",
+        "--ops",
+        "3000",
+        "--inflight",
+        "32",
+        "--users",
+        "200",
+        "--json",
+    ];
+    let report = json(&tradeshard(&args, dir.path()));
+    assert_eq!(report["on_executors"], true, "{report}");
+    let (transfers, cross) = (report["transfers"].as_u64().unwrap(), report["cross_shard"].as_u64().unwrap());
+    assert!(transfers > 2_000 && transfers <= 3_000 && cross > 500 && cross < transfers, "{report}");
+    // Each transfer within a shard is one request, made on its payer's executor.
+    assert!(report["requests_in_place"].as_u64().unwrap() >= transfers - cross, "{report}");
+    assert_eq!(report["conservation_ok"], true, "{report}");
+    assert_eq!((report["in_transit_at_end"].as_i64(), report["errors"].as_u64()), (Some(0), Some(0)));
+}
+
 /// With `--batch`, each request is a batch of transfers (`transfer_many`): every transfer is
 /// counted as one alone, within a shard and across shards, and the money is conserved.
 #[test]
@@ -310,7 +338,7 @@ fn wal_bench_reports_json() {
 #[test]
 fn bad_arguments_exit_non_zero() {
     let dir = tempfile::tempdir().unwrap();
-    let bad: [&[&str]; 12] = [
+    let bad: [&[&str]; 14] = [
         &["load", "--inflight", "0"],
         &["load", "--read-ratio", "2"],
         &["load", "--duration", "soon"],
@@ -323,6 +351,8 @@ fn bad_arguments_exit_non_zero() {
         &["load", "--workload", "publish", "--payload-bytes", "18446744073709551615"],
         &["load", "--workload", "read", "--read-trades", "100000000000"],
         &["load", "--workload", "transfer", "--users", "1000000000000"],
+        &["load", "--workload", "ingest", "--on-executors"],
+        &["load", "--workload", "transfer", "--on-executors", "--report-every", "1s"],
     ];
     for args in bad {
         assert!(!tradeshard(args, dir.path()).status.success(), "{args:?}");

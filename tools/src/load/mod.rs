@@ -123,6 +123,12 @@ pub struct Args {
     /// of a cached trade is answered on its caller's thread, so more callers read more.
     #[arg(long, default_value_t = 1)]
     clients: usize,
+    /// Run the transfer workload's client tasks on the engine's own executors instead of a
+    /// thread of their own: each executor's tasks send the transfers whose payers live in its
+    /// shards (a shard-aware caller, as a thread-per-core service's connections are), which the
+    /// engine runs on the spot with no hand-off between threads.
+    #[arg(long)]
+    on_executors: bool,
     /// Share of reads in the mixed workload.
     #[arg(long, default_value_t = 0.2)]
     read_ratio: f64,
@@ -223,6 +229,12 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         if args.purchase_ratio > 0.0 {
             bail!("--batch above 1 sends transfers only: purchases (--purchase-ratio) go one at a time");
         }
+    }
+    if args.on_executors && args.workload != "transfer" {
+        bail!("--on-executors is for the transfer workload");
+    }
+    if args.on_executors && args.report_every.is_some() {
+        bail!("--on-executors reports at the end only: without --report-every");
     }
     if !(0.0..=1.0).contains(&args.retry_ratio) {
         bail!("--retry-ratio must be between 0 and 1");

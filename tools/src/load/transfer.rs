@@ -11,6 +11,7 @@
 use std::cell::{Cell, RefCell};
 use std::path::PathBuf;
 use std::rc::Rc;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::bail;
@@ -61,6 +62,12 @@ pub(super) struct TransferReport {
     /// Requests outstanding; each of `batch` transfers.
     pub(super) inflight: usize,
     pub(super) batch: usize,
+    /// The tasks ran on the engine's executors, each sending its own shards' payers'
+    /// transfers (`--on-executors`): their CPU counts as the engine's.
+    pub(super) on_executors: bool,
+    /// Requests the engine ran on the executor that made them, with no hand-off, during the
+    /// timed phase (`EngineStats::requests_in_place`).
+    pub(super) requests_in_place: u64,
     pub(super) users: u64,
     pub(super) fsyncs_per_sec: f64,
     pub(super) records_per_fsync: f64,
@@ -86,22 +93,37 @@ pub(super) struct TransferReport {
     pub(super) cpu: super::cpu::CpuPerOp,
 }
 
-struct Transfers {
+/// What every part of the timed phase shares: the users, the shape of the load, its clock.
+#[derive(Clone)]
+struct Phase {
     handle: EngineHandle,
     /// Users of each physical shard.
-    by_shard: Vec<Vec<u64>>,
+    by_shard: Arc<Vec<Vec<u64>>>,
     users: u64,
     cross_ratio: f64,
     purchase_ratio: f64,
-    stop: Cell<bool>,
     deadline: Option<Instant>,
-    ops_max: Option<u64>,
-    issued: Cell<u64>,
     rate: Option<f64>,
+    /// Requests outstanding in the whole run: the open loop's slots count them all.
     inflight: usize,
     batch: usize,
     /// The start of the timed phase: the open loop's slots count from it.
     start: Instant,
+    seed: u64,
+    /// This run's tag, in its request numbers.
+    run: String,
+}
+
+/// One part of the timed phase, on one thread: the whole of it on the load tool's thread, or
+/// one executor's share with `--on-executors`.
+struct Transfers {
+    phase: Phase,
+    /// With `--on-executors`: the executor whose shards' users pay in this part.
+    payers_on: Option<usize>,
+    stop: Cell<bool>,
+    /// Requests this part may send (`--ops`, shared among the parts).
+    ops_max: Option<u64>,
+    issued: Cell<u64>,
     local: RefCell<Histogram<u64>>,
     across: RefCell<Histogram<u64>>,
     purchases: RefCell<Histogram<u64>>,
@@ -113,7 +135,78 @@ struct Transfers {
     refused: Cell<u64>,
     errors: Cell<u64>,
     first_error: RefCell<Option<String>>,
-    run: String,
+}
+
+/// What the parts of the timed phase counted, added together.
+struct Tally {
+    local: Histogram<u64>,
+    across: Histogram<u64>,
+    purchases: Histogram<u64>,
+    unmoved: Histogram<u64>,
+    cancelled: u64,
+    refused: u64,
+    errors: u64,
+    first_error: Option<String>,
+}
+
+impl Phase {
+    fn part(&self, payers_on: Option<usize>, ops_max: Option<u64>) -> Transfers {
+        Transfers {
+            phase: self.clone(),
+            payers_on,
+            stop: Cell::new(false),
+            ops_max,
+            issued: Cell::new(0),
+            local: RefCell::new(latency::new_histogram()),
+            across: RefCell::new(latency::new_histogram()),
+            purchases: RefCell::new(latency::new_histogram()),
+            unmoved: RefCell::new(latency::new_histogram()),
+            interval: RefCell::new(latency::new_histogram()),
+            cancelled: Cell::new(0),
+            refused: Cell::new(0),
+            errors: Cell::new(0),
+            first_error: RefCell::new(None),
+        }
+    }
+}
+
+impl Transfers {
+    /// Spawns the part's tasks, numbered `tasks` among the run's.
+    fn spawn_tasks(self: &Rc<Self>, tasks: std::ops::Range<usize>) -> Vec<glommio::Task<()>> {
+        let seed = self.phase.seed;
+        tasks
+            .map(|task| glommio::spawn_local(worker(self.clone(), task, seed.wrapping_mul(1_000_003) ^ task as u64)))
+            .collect()
+    }
+
+    fn tally(&self) -> Tally {
+        Tally {
+            local: self.local.replace(latency::new_histogram()),
+            across: self.across.replace(latency::new_histogram()),
+            purchases: self.purchases.replace(latency::new_histogram()),
+            unmoved: self.unmoved.replace(latency::new_histogram()),
+            cancelled: self.cancelled.get(),
+            refused: self.refused.get(),
+            errors: self.errors.get(),
+            first_error: self.first_error.take(),
+        }
+    }
+}
+
+impl Tally {
+    fn add(&mut self, other: Tally) -> anyhow::Result<()> {
+        self.local.add(&other.local)?;
+        self.across.add(&other.across)?;
+        self.purchases.add(&other.purchases)?;
+        self.unmoved.add(&other.unmoved)?;
+        self.cancelled += other.cancelled;
+        self.refused += other.refused;
+        self.errors += other.errors;
+        if self.first_error.is_none() {
+            self.first_error = other.first_error;
+        }
+        Ok(())
+    }
 }
 
 /// What the transfer workload runs.
@@ -134,6 +227,8 @@ pub(super) struct TransferPlan {
     pub(super) report_every: Option<Duration>,
     /// The data directory, whose bytes each interval reports.
     pub(super) dir: PathBuf,
+    /// The tasks run on the engine's executors (`--on-executors`).
+    pub(super) on_executors: bool,
 }
 
 /// Funds the users, runs the timed phase, and counts the money.
@@ -151,6 +246,7 @@ pub(super) async fn run(handle: EngineHandle, plan: TransferPlan) -> anyhow::Res
         run,
         report_every,
         dir,
+        on_executors,
     } = plan;
     let routing = handle.routing();
     let mut by_shard = vec![Vec::new(); routing.physical_shards as usize];
@@ -166,57 +262,52 @@ pub(super) async fn run(handle: EngineHandle, plan: TransferPlan) -> anyhow::Res
     fund(&handle, users, (inflight * batch).max(FUNDING_INFLIGHT_MIN), &run).await?;
     let before = handle.stats().await?;
     let cpu_before = super::cpu::ThreadTimes::now();
-    let state = Rc::new(Transfers {
+    let start = Instant::now();
+    let phase = Phase {
         handle: handle.clone(),
-        by_shard,
+        by_shard: Arc::new(by_shard),
         users,
         cross_ratio,
         purchase_ratio,
-        stop: Cell::new(false),
-        deadline: duration.map(|d| Instant::now() + d),
-        ops_max,
-        issued: Cell::new(0),
+        deadline: duration.map(|d| start + d),
         rate,
         inflight,
         batch,
-        start: Instant::now(),
-        local: RefCell::new(latency::new_histogram()),
-        across: RefCell::new(latency::new_histogram()),
-        purchases: RefCell::new(latency::new_histogram()),
-        unmoved: RefCell::new(latency::new_histogram()),
-        interval: RefCell::new(latency::new_histogram()),
-        cancelled: Cell::new(0),
-        refused: Cell::new(0),
-        errors: Cell::new(0),
-        first_error: RefCell::new(None),
+        start,
+        seed,
         run,
-    });
-    let start = state.start;
-    let tasks: Vec<_> = (0..inflight)
-        .map(|task| glommio::spawn_local(worker(state.clone(), task, seed.wrapping_mul(1_000_003) ^ task as u64)))
-        .collect();
-    // Without intervals to report, nothing waits beside the tasks, so the timed phase ends
-    // with the last of them rather than at the next tick of a reporting loop.
+    };
     let mut intervals = Vec::new();
-    if let Some(every) = report_every {
-        let mut interval_start = Instant::now();
-        while !state.stop.get() {
-            glommio::timer::sleep(Duration::from_millis(200)).await;
-            if interval_start.elapsed() >= every {
-                let line = interval_report(start, &state.interval, interval_start.elapsed(), &handle, &dir).await?;
-                eprintln!("interval: {}", serde_json::to_string(&line)?);
-                intervals.push(line);
-                interval_start = Instant::now();
+    let tally = match on_executors {
+        true => on_the_executors(&phase, ops_max).await?,
+        false => {
+            let state = Rc::new(phase.part(None, ops_max));
+            let tasks = state.spawn_tasks(0..inflight);
+            // Without intervals to report, nothing waits beside the tasks, so the timed phase
+            // ends with the last of them rather than at the next tick of a reporting loop.
+            if let Some(every) = report_every {
+                let mut interval_start = Instant::now();
+                while !state.stop.get() {
+                    glommio::timer::sleep(Duration::from_millis(200)).await;
+                    if interval_start.elapsed() >= every {
+                        let line =
+                            interval_report(start, &state.interval, interval_start.elapsed(), &handle, &dir).await?;
+                        eprintln!("interval: {}", serde_json::to_string(&line)?);
+                        intervals.push(line);
+                        interval_start = Instant::now();
+                    }
+                }
             }
+            for task in tasks {
+                task.await;
+            }
+            state.tally()
         }
-    }
-    for task in tasks {
-        task.await;
-    }
+    };
     let elapsed = start.elapsed().as_secs_f64();
     let after = handle.stats().await?;
     let cpu_after = super::cpu::ThreadTimes::now();
-    if let Some(error) = state.first_error.borrow().as_ref() {
+    if let Some(error) = tally.first_error.as_ref() {
         eprintln!("load: first error: {error}");
     }
     // Activities a task left (none, unless a step failed) are finished by recovery.
@@ -231,11 +322,10 @@ pub(super) async fn run(handle: EngineHandle, plan: TransferPlan) -> anyhow::Res
     let deposited = earlier + u128::from(users) * u128::from(FUNDING);
     let balances = handle.account_totals().await?.get(&currency).copied().unwrap_or(0) as i128;
     let in_transit: i128 = handle.money_in_transit().await?.values().sum();
-    let unmoved = state.unmoved.borrow().len();
-    let unmoved_latency = latency::summarize(&state.unmoved.borrow());
-    let (local, across, purchases) = (state.local.borrow(), state.across.borrow(), state.purchases.borrow());
+    let unmoved = tally.unmoved.len();
+    let (local, across, purchases) = (&tally.local, &tally.across, &tally.purchases);
     let mut all = local.clone();
-    all.add(&*across)?;
+    all.add(across)?;
     let fsyncs = after.fsyncs - before.fsyncs;
     let records = after.records - before.records;
     Ok(TransferReport {
@@ -245,18 +335,20 @@ pub(super) async fn run(handle: EngineHandle, plan: TransferPlan) -> anyhow::Res
         transfers: all.len(),
         cross_shard: across.len(),
         cross_shard_ratio: cross_ratio,
-        cancelled: state.cancelled.get(),
-        refused: state.refused.get(),
-        errors: state.errors.get(),
+        cancelled: tally.cancelled,
+        refused: tally.refused,
+        errors: tally.errors,
         latency_us: latency::summarize(&all),
-        cross_shard_latency_us: latency::summarize(&across),
-        unmoved_latency_us: unmoved_latency,
+        cross_shard_latency_us: latency::summarize(across),
+        unmoved_latency_us: latency::summarize(&tally.unmoved),
         purchases_per_sec: purchases.len() as f64 / elapsed,
         purchases: purchases.len(),
         purchase_ratio,
-        purchase_latency_us: latency::summarize(&purchases),
+        purchase_latency_us: latency::summarize(purchases),
         inflight,
         batch,
+        on_executors,
+        requests_in_place: after.requests_in_place - before.requests_in_place,
         users,
         fsyncs_per_sec: fsyncs as f64 / elapsed,
         records_per_fsync: if fsyncs == 0 { 0.0 } else { records as f64 / fsyncs as f64 },
@@ -272,6 +364,50 @@ pub(super) async fn run(handle: EngineHandle, plan: TransferPlan) -> anyhow::Res
         checkpoint_work: super::report::CheckpointWork::between(&after, &before),
         cpu: cpu_after.per_op_since(&cpu_before, all.len() + purchases.len() + unmoved),
     })
+}
+
+/// The timed phase as tasks on the engine's executors (`--on-executors`): each executor runs
+/// its share of the tasks, whose payers live in its shards, and answers what they counted.
+async fn on_the_executors(phase: &Phase, ops_max: Option<u64>) -> anyhow::Result<Tally> {
+    let handle = &phase.handle;
+    let executors = handle.executors();
+    let routing = handle.routing();
+    let mut answers = Vec::with_capacity(executors);
+    let mut first_task = 0;
+    for executor in 0..executors {
+        // The tasks in turn, the first executors taking one more of a remainder.
+        let tasks = phase.inflight / executors + usize::from(executor < phase.inflight % executors);
+        let holds_payers = (0..routing.physical_shards)
+            .any(|shard| routing.executor_of_physical(shard) == executor && !phase.by_shard[shard as usize].is_empty());
+        if tasks == 0 || !holds_payers {
+            continue;
+        }
+        let tasks = first_task..first_task + tasks;
+        first_task = tasks.end;
+        let share = ops_max.map(|max| max * tasks.len() as u64 / phase.inflight as u64);
+        let (reply, answer) = tradeshard_engine::reply::channel();
+        let phase = phase.clone();
+        handle
+            .spawn_on(executor, move || async move {
+                let state = Rc::new(phase.part(Some(executor), share));
+                for task in state.spawn_tasks(tasks) {
+                    task.await;
+                }
+                reply.send(state.tally());
+            })
+            .await?;
+        answers.push(answer);
+    }
+    let mut tally = None::<Tally>;
+    for answer in answers {
+        let part =
+            answer.await.ok_or_else(|| anyhow::anyhow!("an executor stopped before its part of the load ended"))?;
+        match tally.as_mut() {
+            Some(tally) => tally.add(part)?,
+            None => tally = Some(part),
+        }
+    }
+    tally.ok_or_else(|| anyhow::anyhow!("no executor holds users to pay: more --users"))
 }
 
 /// Deposits `FUNDING` to every user, `inflight` at a time (untimed).
@@ -300,16 +436,16 @@ async fn fund(handle: &EngineHandle, users: u64, inflight: usize, run: &str) -> 
 
 async fn worker(state: Rc<Transfers>, task: usize, seed: u64) {
     let mut rng = Rng::with_seed(seed);
-    let mut numbers = RequestNumbers::new(&state.run, task);
+    let mut numbers = RequestNumbers::new(&state.phase.run, task);
     let mut n = 0u64;
     while !state.stop.get() {
-        if state.deadline.is_some_and(|deadline| Instant::now() >= deadline)
+        if state.phase.deadline.is_some_and(|deadline| Instant::now() >= deadline)
             || state.ops_max.is_some_and(|max| state.issued.get() >= max)
         {
             state.stop.set(true);
             return;
         }
-        if state.batch > 1 {
+        if state.phase.batch > 1 {
             if !send_batch(&state, &mut rng, &numbers, task, &mut n).await {
                 // This task's next slot is past the deadline; the others end at theirs.
                 return;
@@ -319,15 +455,17 @@ async fn worker(state: Rc<Transfers>, task: usize, seed: u64) {
         state.issued.set(state.issued.get() + 1);
         let Some((from, to, cross)) = choose_pair(&state, &mut rng) else { continue };
         let request_no = numbers.name(n);
-        let Some(started) = send_slot(state.rate, state.start, state.inflight, task, n, state.deadline).await else {
+        let Some(started) =
+            send_slot(state.phase.rate, state.phase.start, state.phase.inflight, task, n, state.phase.deadline).await
+        else {
             // This task's next slot is past the deadline; the others end at theirs.
             return;
         };
         n += 1;
-        let purchase = rng.f64() < state.purchase_ratio;
+        let purchase = rng.f64() < state.phase.purchase_ratio;
         let answer = match purchase {
-            true => buy(&state.handle, from, to, 1 + rng.u64(..100), request_no.to_string()).await,
-            false => state.handle.transfer(from, to, CURRENCY, 1 + rng.u64(..100), request_no).await.map(drop),
+            true => buy(&state.phase.handle, from, to, 1 + rng.u64(..100), request_no.to_string()).await,
+            false => state.phase.handle.transfer(from, to, CURRENCY, 1 + rng.u64(..100), request_no).await.map(drop),
         };
         let histogram = match (purchase, cross) {
             (true, _) => &state.purchases,
@@ -338,45 +476,61 @@ async fn worker(state: Rc<Transfers>, task: usize, seed: u64) {
     }
 }
 
-/// A payer and a payee (of another shard by --cross-shard-ratio), and whether they are in two
-/// shards; `None` for a draw that found no payee.
+/// A payer (of this part's executor with `--on-executors`) and a payee (of another shard by
+/// --cross-shard-ratio), and whether they are in two shards; `None` for a draw that found none.
 fn choose_pair(state: &Transfers, rng: &mut Rng) -> Option<(u64, u64, bool)> {
-    let from = 1 + rng.u64(..state.users);
-    let home = state.handle.routing().physical_of_user(from) as usize;
-    let cross = rng.f64() < state.cross_ratio;
+    let phase = &state.phase;
+    let routing = phase.handle.routing();
+    let from = match state.payers_on {
+        None => 1 + rng.u64(..phase.users),
+        Some(executor) => draw_user(phase, rng, |shard| routing.executor_of_physical(shard as u32) == executor)?,
+    };
+    let home = routing.physical_of_user(from) as usize;
+    let cross = rng.f64() < phase.cross_ratio;
     let shard = match cross {
-        true => (home + 1 + rng.usize(..state.by_shard.len() - 1)) % state.by_shard.len(),
+        true => (home + 1 + rng.usize(..phase.by_shard.len() - 1)) % phase.by_shard.len(),
         false => home,
     };
-    // Users drawn until one lives in `shard` (as uniform over its users as the table, without
-    // a read of it: a random read of a table of every user misses the caches the engine's
-    // threads fill, a stall of the client's thread per transfer); the table after a few
-    // draws, for few users or many shards.
-    let routing = state.handle.routing();
-    let drawn = (0..4 * state.by_shard.len())
-        .map(|_| 1 + rng.u64(..state.users))
-        .find(|user| routing.physical_of_user(*user) as usize == shard);
-    let to = match drawn {
-        Some(user) => user,
-        None => {
-            let candidates = &state.by_shard[shard];
-            *candidates.get(rng.usize(..candidates.len().max(1)))?
-        }
-    };
+    let to = draw_user(phase, rng, |of| of == shard)?;
     (to != from).then_some((from, to, cross))
+}
+
+/// A user of a shard that `wanted` accepts, uniform over those shards' users: drawn until one
+/// lives in one (as uniform as the table, without a read of it: a random read of a table of
+/// every user misses the caches the engine's threads fill, a stall per transfer); the table
+/// after a few draws, for few users or many shards.
+fn draw_user(phase: &Phase, rng: &mut Rng, wanted: impl Fn(usize) -> bool) -> Option<u64> {
+    let routing = phase.handle.routing();
+    let drawn = (0..4 * phase.by_shard.len())
+        .map(|_| 1 + rng.u64(..phase.users))
+        .find(|user| wanted(routing.physical_of_user(*user) as usize));
+    if drawn.is_some() {
+        return drawn;
+    }
+    let shards: Vec<usize> = (0..phase.by_shard.len()).filter(|shard| wanted(*shard)).collect();
+    let held: usize = shards.iter().map(|shard| phase.by_shard[*shard].len()).sum();
+    let mut nth = rng.usize(..held.max(1));
+    for shard in shards {
+        let users = &phase.by_shard[shard];
+        if nth < users.len() {
+            return Some(users[nth]);
+        }
+        nth -= users.len();
+    }
+    None
 }
 
 /// One batch of `--batch` transfers through `transfer_many`; each answer is counted as a
 /// transfer alone would be, its latency the batch's. False when the task's next slot lies
 /// past the deadline (nothing sent).
 async fn send_batch(state: &Transfers, rng: &mut Rng, numbers: &RequestNumbers, task: usize, n: &mut u64) -> bool {
-    let mut chosen = Vec::with_capacity(state.batch);
+    let mut chosen = Vec::with_capacity(state.phase.batch);
     // Every request number of the batch, one after another in one buffer.
-    let mut names = String::with_capacity(state.batch * 32);
+    let mut names = String::with_capacity(state.phase.batch * 32);
     // Draws are bounded, as one at a time they end at the deadline: users so few that most
     // draws find no payee make smaller batches, or none.
-    for _ in 0..state.batch * 8 {
-        if chosen.len() == state.batch {
+    for _ in 0..state.phase.batch * 8 {
+        if chosen.len() == state.phase.batch {
             break;
         }
         if let Some((from, to, cross)) = choose_pair(state, rng) {
@@ -385,7 +539,7 @@ async fn send_batch(state: &Transfers, rng: &mut Rng, numbers: &RequestNumbers, 
             chosen.push((from, to, cross, 1 + rng.u64(..100), start..names.len()));
         }
     }
-    state.issued.set(state.issued.get() + state.batch as u64);
+    state.issued.set(state.issued.get() + state.phase.batch as u64);
     if chosen.is_empty() {
         return true;
     }
@@ -400,12 +554,13 @@ async fn send_batch(state: &Transfers, rng: &mut Rng, numbers: &RequestNumbers, 
         })
         .collect();
     // A batch is `batch` operations of the open loop's rate.
-    let rate = state.rate.map(|rate| rate / state.batch as f64);
-    let Some(started) = send_slot(rate, state.start, state.inflight, task, *n, state.deadline).await else {
+    let rate = state.phase.rate.map(|rate| rate / state.phase.batch as f64);
+    let Some(started) = send_slot(rate, state.phase.start, state.phase.inflight, task, *n, state.phase.deadline).await
+    else {
         return false;
     };
     *n += 1;
-    match state.handle.transfer_many(&requests).await {
+    match state.phase.handle.transfer_many(&requests).await {
         Ok(answers) => {
             for ((_, _, cross, _, _), answer) in chosen.iter().zip(answers) {
                 let histogram = if *cross { &state.across } else { &state.local };
@@ -488,6 +643,7 @@ pub(super) fn run_on_thread(
         run: run_tag,
         report_every: args.report_every,
         dir: data_dir.path().to_path_buf(),
+        on_executors: args.on_executors,
     };
     let report = super::on_client_executor(move || run(handle, plan))?;
     engine.close().map_err(|e| anyhow::anyhow!("closing the engine: {e}"))?;
