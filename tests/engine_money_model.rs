@@ -6,6 +6,8 @@
 //! between. Every answer is compared with the model's (done, a repeat answering the original,
 //! too little money, a conflict, a move the trade's state forbids), and every balance after
 //! each step; balances plus what paid trades hold sum to deposits less withdrawals throughout.
+//! Each request comes from the test's thread or from a task on one of the engine's executors,
+//! where the requests for that executor's own shards run in place (`engine/src/local.rs`).
 
 use std::collections::HashMap;
 
@@ -213,6 +215,29 @@ fn classify<T>(answer: Result<T, Error>, replayed: impl Fn(&T) -> bool) -> Expec
     }
 }
 
+/// Runs `request` on the test's thread, or (`on`) as a task of that executor, and waits for
+/// its answer.
+fn ask<T, Fut>(
+    handle: &EngineHandle,
+    on: Option<usize>,
+    request: impl FnOnce(EngineHandle) -> Fut + Send + 'static,
+) -> T
+where
+    T: Send + 'static,
+    Fut: std::future::Future<Output = T> + 'static,
+{
+    let Some(executor) = on else {
+        return futures_lite::future::block_on(request(handle.clone()));
+    };
+    let (tx, rx) = std::sync::mpsc::channel();
+    let task_handle = handle.clone();
+    futures_lite::future::block_on(handle.spawn_on(executor, move || async move {
+        let _ = tx.send(request(task_handle).await);
+    }))
+    .unwrap();
+    rx.recv_timeout(std::time::Duration::from_secs(60)).expect("the executor's task answers")
+}
+
 fn check_balances(handle: &EngineHandle, model: &Model) {
     let mut sum = 0;
     for user in 1..=USERS {
@@ -231,13 +256,18 @@ proptest! {
     #![proptest_config(ProptestConfig { cases: 24, ..ProptestConfig::default() })]
 
     #[test]
-    fn accounts_and_transfers_agree_with_a_simple_model(ops in prop::collection::vec(op(), 1..50)) {
+    fn accounts_and_transfers_agree_with_a_simple_model(
+        ops in prop::collection::vec(op(), 1..50),
+        callers in prop::collection::vec(0usize..3, 50),
+    ) {
         let dir = tempfile::tempdir().unwrap();
         let mut engine = Engine::open(engine_options(dir.path(), 2, 2)).unwrap();
         let mut model = Model::default();
         let mut sent: Vec<Op> = Vec::new();
-        for op in &ops {
+        for (step, op) in ops.iter().enumerate() {
             let handle = engine.handle();
+            // The test's thread, or a task of executor 0 or 1.
+            let on = callers[step % callers.len()].checked_sub(1);
             let op = match *op {
                 Op::Again(n) if !sent.is_empty() => sent[n % sent.len()].clone(),
                 Op::Again(_) => continue,
@@ -254,15 +284,15 @@ proptest! {
             }
             let (expected, got) = match op {
                 Op::Deposit { user, amount, number } => {
-                    let answer = handle.deposit_blocking(user, "CNY", amount, &format!("n{number}"));
+                    let answer = ask(&handle, on, move |h| async move { h.deposit(user, "CNY", amount, &format!("n{number}")).await });
                     (model.apply(user, number, Asked::Deposit(amount)), classify(answer, |r| r.replayed))
                 }
                 Op::Withdraw { user, amount, number } => {
-                    let answer = handle.withdraw_blocking(user, "CNY", amount, &format!("n{number}"));
+                    let answer = ask(&handle, on, move |h| async move { h.withdraw(user, "CNY", amount, &format!("n{number}")).await });
                     (model.apply(user, number, Asked::Withdraw(amount)), classify(answer, |r| r.replayed))
                 }
                 Op::Transfer { from, to, amount, number } => {
-                    let answer = handle.transfer_blocking(from, to, "CNY", amount, &format!("n{number}"));
+                    let answer = ask(&handle, on, move |h| async move { h.transfer(from, to, "CNY", amount, &format!("n{number}")).await });
                     (model.apply(from, number, Asked::Transfer(to, amount)), classify(answer, |r| r.replayed))
                 }
                 Op::Buy { buyer, merchant, amount, order } => {
@@ -275,22 +305,31 @@ proptest! {
                         currency: "CNY".into(),
                         memo: String::new(),
                     };
-                    let id = handle.create_trade_blocking(trade).unwrap().id;
-                    let answer = handle.pay_from_balance_blocking(id);
+                    let answer = ask(&handle, on, move |h| async move {
+                        let id = h.create_trade(trade).await.unwrap().id;
+                        h.pay_from_balance(id).await
+                    });
                     (model.buy(&order_no, buyer, merchant, amount), classify(answer, |r| r.replayed))
                 }
                 Op::Refund { pick, amount, number } => {
                     let order_no = picked(pick).expect("checked above");
                     let trade = *model.trade(&order_no).expect("made");
-                    let id = handle.get_by_order_blocking(trade.merchant, &order_no).unwrap().id;
-                    let answer = handle.refund_blocking(id, &format!("r{number}"), amount);
+                    let order = order_no.clone();
+                    let answer = ask(&handle, on, move |h| async move {
+                        let id = h.get_by_order(trade.merchant, &order).await.unwrap().id;
+                        h.refund(id, &format!("r{number}"), amount).await
+                    });
                     (model.refund(&order_no, amount, number), classify(answer, |r| r.replayed))
                 }
                 Op::Settle { pick } => {
                     let order_no = picked(pick).expect("checked above");
                     let trade = *model.trade(&order_no).expect("made");
-                    let id = handle.get_by_order_blocking(trade.merchant, &order_no).unwrap().id;
-                    (model.settle(&order_no), classify(handle.settle_blocking(id), |r| r.replayed))
+                    let order = order_no.clone();
+                    let answer = ask(&handle, on, move |h| async move {
+                        let id = h.get_by_order(trade.merchant, &order).await.unwrap().id;
+                        h.settle(id).await
+                    });
+                    (model.settle(&order_no), classify(answer, |r| r.replayed))
                 }
                 Op::Reopen => {
                     engine.close().unwrap();
