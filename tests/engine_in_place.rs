@@ -156,3 +156,39 @@ fn requests_in_place_and_handed_over_mix_on_one_shard_with_money_conserved() {
     assert_eq!(balances, 8 * 10_000);
     engine.close().unwrap();
 }
+
+/// A task looping on requests answered in place at once (a refusal, a read) still lets its
+/// executor flush and apply the writes of other threads: here it loops until it reads a deposit
+/// another thread made to the same shard, which it can see only if the executor went on.
+#[test]
+fn a_task_looping_on_answers_given_in_place_lets_its_executor_go_on() {
+    let dir = tempfile::tempdir().unwrap();
+    let engine = Engine::open(engine_options(dir.path(), 2, 2)).unwrap();
+    let h = engine.handle();
+    let user = users_of(&h, 0, 1)[0];
+    h.deposit_blocking(user, "CNY", 100, "fund").unwrap();
+    let home = h.routing().executor_of_physical(0);
+    let (looping_tx, looping_rx) = mpsc::channel();
+    let task_handle = h.clone();
+    let looping = std::thread::spawn(move || {
+        on_executor(&task_handle, home, move |h| async move {
+            let _ = looping_tx.send(());
+            for refusals in 0..1_000_000u64 {
+                match h.withdraw(user, "CNY", 1_000_000, "too-much").await {
+                    Err(Error::Refused(Refusal::InsufficientFunds { .. })) => {}
+                    other => return Err(format!("a withdrawal of too much answered {other:?}")),
+                }
+                if h.balance(user, "CNY").await.map_err(|e| e.to_string())?.available == 150 {
+                    return Ok(refusals + 1);
+                }
+            }
+            Err("the deposit never became durable while the task looped".to_string())
+        })
+    });
+    looping_rx.recv().unwrap();
+    h.deposit_blocking(user, "CNY", 50, "late").unwrap();
+    let refusals = looping.join().unwrap().unwrap();
+    assert!(refusals > 0);
+    assert!(in_place(&h) >= 2 * refusals - 1, "the loop's requests ran in place");
+    engine.close().unwrap();
+}

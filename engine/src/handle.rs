@@ -90,8 +90,9 @@ impl EngineHandle {
         self.inner.routing
     }
 
-    /// Queues `op` for `executor`, waiting for room or failing per the backpressure choice;
-    /// resolves to the future of its answer once queued.
+    /// Queues `op` for `executor`, waiting for room or failing per the backpressure choice
+    /// (or, made on that executor, runs it in place: `local.rs`); resolves to the future of
+    /// its answer once queued or run.
     pub(crate) async fn submit<Op: ExecutorOp>(&self, executor: usize, op: Op) -> Result<ReplyFuture<Op::Output>> {
         self.submit_with(executor, op, self.inner.backpressure).await
     }
@@ -166,8 +167,14 @@ impl EngineHandle {
 
     async fn send(&self, executor: usize, request: Request, backpressure: Backpressure) -> Result<()> {
         let inbox = &self.inner.inboxes[executor];
-        // Made on the executor that owns it: run now, with no hand-off (`local.rs`).
-        let Some(mut request) = crate::local::run_here(inbox, request) else { return Ok(()) };
+        // Made on the executor that owns it: run now, with no hand-off (`local.rs`). Its answer
+        // may be there already (a refusal, a repeat, a full log's queue), so a caller looping
+        // on such answers would never give the executor's flushers a turn: it yields once its
+        // time slice is used up, as a task answered from the cache does.
+        let Some(mut request) = crate::local::run_here(inbox, request) else {
+            glommio::yield_if_needed().await;
+            return Ok(());
+        };
         loop {
             match inbox.push(request) {
                 Ok(()) => return Ok(()),

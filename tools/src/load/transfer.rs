@@ -11,6 +11,7 @@
 use std::cell::{Cell, RefCell};
 use std::path::PathBuf;
 use std::rc::Rc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -112,6 +113,8 @@ struct Phase {
     seed: u64,
     /// This run's tag, in its request numbers.
     run: String,
+    /// Set by the first error of any part: every part stops.
+    halted: Arc<AtomicBool>,
 }
 
 /// One part of the timed phase, on one thread: the whole of it on the load tool's thread, or
@@ -276,6 +279,7 @@ pub(super) async fn run(handle: EngineHandle, plan: TransferPlan) -> anyhow::Res
         start,
         seed,
         run,
+        halted: Arc::new(AtomicBool::new(false)),
     };
     let mut intervals = Vec::new();
     let tally = match on_executors {
@@ -372,24 +376,34 @@ async fn on_the_executors(phase: &Phase, ops_max: Option<u64>) -> anyhow::Result
     let handle = &phase.handle;
     let executors = handle.executors();
     let routing = handle.routing();
-    let mut answers = Vec::with_capacity(executors);
+    // The executors whose shards hold users to pay share the tasks, the first ones taking one
+    // more of a remainder, and `--ops` likewise.
+    let paying: Vec<usize> = (0..executors)
+        .filter(|executor| {
+            routing
+                .shards_of_executor(*executor)
+                .any(|shard| phase.by_shard.get(shard as usize).is_some_and(|users| !users.is_empty()))
+        })
+        .collect();
+    if paying.is_empty() {
+        anyhow::bail!("no executor holds users to pay: more --users");
+    }
+    let share =
+        |total: u64, part: usize| total / paying.len() as u64 + u64::from((part as u64) < total % paying.len() as u64);
+    let mut answers = Vec::with_capacity(paying.len());
     let mut first_task = 0;
-    for executor in 0..executors {
-        // The tasks in turn, the first executors taking one more of a remainder.
-        let tasks = phase.inflight / executors + usize::from(executor < phase.inflight % executors);
-        let holds_payers = (0..routing.physical_shards)
-            .any(|shard| routing.executor_of_physical(shard) == executor && !phase.by_shard[shard as usize].is_empty());
-        if tasks == 0 || !holds_payers {
+    for (part, &executor) in paying.iter().enumerate() {
+        let tasks = first_task..first_task + share(phase.inflight as u64, part) as usize;
+        first_task = tasks.end;
+        if tasks.is_empty() {
             continue;
         }
-        let tasks = first_task..first_task + tasks;
-        first_task = tasks.end;
-        let share = ops_max.map(|max| max * tasks.len() as u64 / phase.inflight as u64);
+        let ops = ops_max.map(|max| share(max, part));
         let (reply, answer) = tradeshard_engine::reply::channel();
         let phase = phase.clone();
         handle
             .spawn_on(executor, move || async move {
-                let state = Rc::new(phase.part(Some(executor), share));
+                let state = Rc::new(phase.part(Some(executor), ops));
                 for task in state.spawn_tasks(tasks) {
                     task.await;
                 }
@@ -407,7 +421,7 @@ async fn on_the_executors(phase: &Phase, ops_max: Option<u64>) -> anyhow::Result
             None => tally = Some(part),
         }
     }
-    tally.ok_or_else(|| anyhow::anyhow!("no executor holds users to pay: more --users"))
+    tally.ok_or_else(|| anyhow::anyhow!("no part of the load ran: more --inflight"))
 }
 
 /// Deposits `FUNDING` to every user, `inflight` at a time (untimed).
@@ -438,7 +452,7 @@ async fn worker(state: Rc<Transfers>, task: usize, seed: u64) {
     let mut rng = Rng::with_seed(seed);
     let mut numbers = RequestNumbers::new(&state.phase.run, task);
     let mut n = 0u64;
-    while !state.stop.get() {
+    while !state.stop.get() && !state.phase.halted.load(Ordering::Relaxed) {
         if state.phase.deadline.is_some_and(|deadline| Instant::now() >= deadline)
             || state.ops_max.is_some_and(|max| state.issued.get() >= max)
         {
@@ -453,7 +467,12 @@ async fn worker(state: Rc<Transfers>, task: usize, seed: u64) {
             continue;
         }
         state.issued.set(state.issued.get() + 1);
-        let Some((from, to, cross)) = choose_pair(&state, &mut rng) else { continue };
+        let Some((from, to, cross)) = choose_pair(&state, &mut rng) else {
+            // A draw that found no pair sends nothing, so nothing waits: yield now and then, or
+            // the loop holds the thread (with --on-executors, the engine's executor).
+            glommio::yield_if_needed().await;
+            continue;
+        };
         let request_no = numbers.name(n);
         let Some(started) =
             send_slot(state.phase.rate, state.phase.start, state.phase.inflight, task, n, state.phase.deadline).await
@@ -541,6 +560,7 @@ async fn send_batch(state: &Transfers, rng: &mut Rng, numbers: &RequestNumbers, 
     }
     state.issued.set(state.issued.get() + state.phase.batch as u64);
     if chosen.is_empty() {
+        glommio::yield_if_needed().await;
         return true;
     }
     let requests: Vec<TransferRequest> = chosen
@@ -593,6 +613,7 @@ fn count_answer(state: &Transfers, answer: Result<(), Error>, histogram: &RefCel
             state.errors.set(state.errors.get() + 1);
             state.first_error.borrow_mut().get_or_insert(error.to_string());
             state.stop.set(true);
+            state.phase.halted.store(true, Ordering::Relaxed);
         }
     }
 }
