@@ -30,6 +30,26 @@ fn load_reports_json_and_verifies_every_trade() {
     assert!(std::fs::read_dir(dir.path()).unwrap().next().is_none(), "the temporary data directory is removed");
 }
 
+/// With `--on-executors`, the mixed workload's tasks run on the engine's executors: every
+/// acknowledged trade reads back, every retry answers its original, and requests ran in place.
+#[test]
+fn load_on_the_executors_verifies_every_trade_and_retry() {
+    let dir = tempfile::tempdir().unwrap();
+    let args = ["load", "--on-executors", "--ops", "3000", "--inflight", "32", "--retry-ratio", "0.1", "--json"];
+    let report = json(&tradeshard(&args, dir.path()));
+    assert_eq!(report["on_executors"], true, "{report}");
+    let creates = report["ops"]["create"]["count"].as_u64().unwrap();
+    assert!(creates > 500, "{report}");
+    let ops: u64 = report["ops"].as_object().unwrap().values().map(|op| op["count"].as_u64().unwrap()).sum();
+    assert!(ops > 2_000 && ops <= 3_000, "the parts share --ops: {report}");
+    assert!(report["requests_in_place"].as_u64().unwrap() > 0, "{report}");
+    assert_eq!((report["mismatches"].as_u64(), report["errors"].as_u64()), (Some(0), Some(0)), "{report}");
+    assert!(report["verified"].as_u64().unwrap() >= creates, "every part's creates read back: {report}");
+    assert!(report["retries_sent"].as_u64().unwrap() > 0, "{report}");
+    assert_eq!((report["retry_mismatches"].as_u64(), report["order_mismatches"].as_u64()), (Some(0), Some(0)));
+    assert!(report["orders_checked"].as_u64().unwrap() >= creates, "every part's orders looked up: {report}");
+}
+
 /// Checkpoints during the timed phase are reported with the time their turns took.
 #[test]
 fn load_reports_what_its_checkpoints_took() {
@@ -338,7 +358,7 @@ fn wal_bench_reports_json() {
 #[test]
 fn bad_arguments_exit_non_zero() {
     let dir = tempfile::tempdir().unwrap();
-    let bad: [&[&str]; 14] = [
+    let bad: [&[&str]; 15] = [
         &["load", "--inflight", "0"],
         &["load", "--read-ratio", "2"],
         &["load", "--duration", "soon"],
@@ -351,7 +371,8 @@ fn bad_arguments_exit_non_zero() {
         &["load", "--workload", "publish", "--payload-bytes", "18446744073709551615"],
         &["load", "--workload", "read", "--read-trades", "100000000000"],
         &["load", "--workload", "transfer", "--users", "1000000000000"],
-        &["load", "--workload", "ingest", "--on-executors"],
+        &["load", "--workload", "read", "--on-executors"],
+        &["load", "--workload", "ingest", "--on-executors", "--rate", "1000"],
         &["load", "--workload", "transfer", "--on-executors", "--report-every", "1s"],
     ];
     for args in bad {

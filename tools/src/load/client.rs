@@ -64,6 +64,10 @@ pub(super) struct Client {
     pub(super) retries: super::retry::Retries,
     /// Order numbers chosen with their home in the buyer's shard (`--order-home buyer`).
     pub(super) orders_at_buyer: bool,
+    /// With `--on-executors`: the executor this client runs on, whose shards' users it buys
+    /// for, and the number of its first task among the run's.
+    pub(super) payers_on: Option<usize>,
+    pub(super) first_task: usize,
 }
 
 /// A trade of one task that can still move forward.
@@ -79,7 +83,8 @@ pub(super) struct OpenTrade {
 /// A client thread's `inflight` tasks, run until they stop; `index`: which client thread,
 /// so that each thread's tasks choose differently.
 pub(super) async fn run_workers(client: Rc<Client>, inflight: usize, seed: u64, index: usize) {
-    let tasks: Vec<_> = (0..inflight)
+    let first = client.first_task;
+    let tasks: Vec<_> = (first..first + inflight)
         .map(|task| {
             let task_seed = seed.wrapping_mul(1_000_003) ^ (index * inflight + task) as u64;
             glommio::spawn_local(worker(client.clone(), task, task_seed))
@@ -90,12 +95,17 @@ pub(super) async fn run_workers(client: Rc<Client>, inflight: usize, seed: u64, 
     }
 }
 
-/// What a further client thread did, added to the first one's before the report.
+/// What a further client (a thread of the read workload, or an executor's part with
+/// `--on-executors`) did, added to the first one's before the report.
 pub(super) struct ClientTotals {
     histograms: Vec<Histogram<u64>>,
     reads: u64,
     errors: u64,
     first_error: Option<String>,
+    /// Its acknowledgements, for the read-back.
+    acked: Vec<(TradeId, TradeStatus)>,
+    untracked: u64,
+    retries: super::retry::RetryTotals,
 }
 
 impl ClientTotals {
@@ -105,6 +115,9 @@ impl ClientTotals {
             reads: client.reads.get(),
             errors: client.errors.get(),
             first_error: client.first_error.borrow().clone(),
+            acked: client.acked.take(),
+            untracked: client.untracked.get(),
+            retries: client.retries.take_totals(),
         }
     }
 
@@ -117,8 +130,28 @@ impl ClientTotals {
         if let Some(error) = self.first_error {
             client.first_error.borrow_mut().get_or_insert(error);
         }
+        client.acked.borrow_mut().extend(self.acked);
+        client.untracked.set(client.untracked.get() + self.untracked);
+        client.retries.add_totals(self.retries);
         Ok(())
     }
+}
+
+/// A buyer: with `--on-executors`, drawn until one lives on the client's executor (a few
+/// draws; any user after 64, whose request is then handed over).
+fn pick_buyer(client: &Client, rng: &mut Rng) -> u64 {
+    let Some(executor) = client.payers_on else {
+        return client.users.pick(rng);
+    };
+    let routing = client.handle.routing();
+    let mut buyer = client.users.pick(rng);
+    for _ in 0..64 {
+        if routing.executor_of_physical(routing.physical_of_user(buyer)) == executor {
+            break;
+        }
+        buyer = client.users.pick(rng);
+    }
+    buyer
 }
 
 /// One outstanding request at a time, until told to stop.
@@ -246,7 +279,7 @@ async fn run_op(
     let handle = &client.handle;
     match op {
         CREATE => {
-            let buyer = client.users.pick(rng);
+            let buyer = pick_buyer(client, rng);
             let amount = 1 + rng.u64(..100_000);
             let merchant = 1 + buyer % 997;
             let order_no = order_number(client, buyer, merchant, task, sent);
@@ -349,7 +382,7 @@ async fn run_op(
             }
         }
         _ => {
-            handle.list_user_trades(client.users.pick(rng), 20, None).await?;
+            handle.list_user_trades(pick_buyer(client, rng), 20, None).await?;
         }
     }
     Ok(())

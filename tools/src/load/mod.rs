@@ -123,10 +123,11 @@ pub struct Args {
     /// of a cached trade is answered on its caller's thread, so more callers read more.
     #[arg(long, default_value_t = 1)]
     clients: usize,
-    /// Run the transfer workload's client tasks on the engine's own executors instead of a
-    /// thread of their own: each executor's tasks send the transfers whose payers live in its
-    /// shards (a shard-aware caller, as a thread-per-core service's connections are), which the
-    /// engine runs on the spot with no hand-off between threads.
+    /// Run the client tasks on the engine's own executors instead of a thread of their own
+    /// (transfer, ingest and mixed workloads): each executor's tasks send the transfers whose
+    /// payers, or create the trades whose buyers, live in its shards (a shard-aware caller, as
+    /// a thread-per-core service's connections are), which the engine runs on the spot with no
+    /// hand-off between threads.
     #[arg(long)]
     on_executors: bool,
     /// Share of reads in the mixed workload.
@@ -230,8 +231,11 @@ pub fn run(args: Args) -> anyhow::Result<()> {
             bail!("--batch above 1 sends transfers only: purchases (--purchase-ratio) go one at a time");
         }
     }
-    if args.on_executors && args.workload != "transfer" {
-        bail!("--on-executors is for the transfer workload");
+    if args.on_executors && !["transfer", "ingest", "mixed"].contains(&args.workload.as_str()) {
+        bail!("--on-executors is for the transfer, ingest and mixed workloads");
+    }
+    if args.on_executors && args.rate.is_some() && args.workload != "transfer" {
+        bail!("--on-executors sends as fast as --inflight allows in the {} workload: without --rate", args.workload);
     }
     if args.on_executors && args.report_every.is_some() {
         bail!("--on-executors reports at the end only: without --report-every");
@@ -417,7 +421,10 @@ async fn drive(
     if let Some((ids, _)) = &client.read_only {
         client.acked.borrow_mut().extend(ids.iter().map(|id| (*id, TradeStatus::Created)));
     }
-    let mut tasks = glommio::spawn_local(run_workers(client.clone(), args.inflight, args.seed, 0));
+    let mut tasks = match args.on_executors {
+        false => glommio::spawn_local(run_workers(client.clone(), args.inflight, args.seed, 0)),
+        true => glommio::spawn_local(on_the_executors(client.clone(), args.clone(), handle.clone(), deadline)),
+    };
     let progress = progress_bar(duration);
     let mut intervals = Vec::new();
     let mut interval_start = Instant::now();
@@ -526,6 +533,8 @@ async fn drive(
         end_to_end_p99_us: None,
         settlement: None,
         inflight: args.inflight,
+        on_executors: args.on_executors,
+        requests_in_place: after.requests_in_place - before.requests_in_place,
         users: args.users,
         zipf: args.zipf,
         durability: args.durability.clone(),
@@ -546,6 +555,55 @@ async fn drive(
 }
 
 /// The state of client thread `index`, before its tasks start.
+/// The timed phase as tasks on the engine's executors (`--on-executors`): each executor runs
+/// its share of the tasks and of `--ops`, buying for the users of its own shards, and its
+/// counts and acknowledgements are added to `client`'s (which runs no task of its own).
+async fn on_the_executors(client: Rc<Client>, args: Args, handle: EngineHandle, deadline: Option<Instant>) {
+    let executors = handle.executors();
+    let share =
+        |total: u64, part: usize| total / executors as u64 + u64::from((part as u64) < total % executors as u64);
+    let mut answers = Vec::with_capacity(executors);
+    let mut first_task = 0;
+    for executor in 0..executors {
+        let inflight = share(args.inflight as u64, executor) as usize;
+        if inflight == 0 {
+            continue;
+        }
+        let (reply, answer) = tradeshard_engine::reply::channel();
+        let (args, task_handle, users) = (args.clone(), handle.clone(), client.users.clone());
+        let ops_max = args.ops.map(|ops| share(ops, executor));
+        let spawned = handle
+            .spawn_on(executor, move || async move {
+                let mut part = new_client(executor + 1, &args, task_handle, users, None, deadline);
+                (part.ops_max, part.payers_on, part.first_task) = (ops_max, Some(executor), first_task);
+                let part = Rc::new(part);
+                run_workers(part.clone(), inflight, args.seed, executor + 1).await;
+                reply.send(ClientTotals::of(&part));
+            })
+            .await;
+        match spawned {
+            Ok(()) => answers.push(answer),
+            Err(error) => {
+                client
+                    .first_error
+                    .borrow_mut()
+                    .get_or_insert(format!("starting a part on executor {executor}: {error}"));
+            }
+        }
+        first_task += inflight;
+    }
+    for answer in answers {
+        let added = match answer.await {
+            Some(totals) => totals.add_to(&client).map_err(|e| e.to_string()),
+            None => Err("an executor stopped before its part of the load ended".to_string()),
+        };
+        if let Err(error) = added {
+            client.errors.set(client.errors.get() + 1);
+            client.first_error.borrow_mut().get_or_insert(error);
+        }
+    }
+}
+
 fn new_client(
     index: usize,
     args: &Args,
@@ -582,6 +640,8 @@ fn new_client(
         run: run_tag(),
         retries: retry::Retries::new(args.retry_ratio),
         orders_at_buyer: args.order_home == "buyer",
+        payers_on: None,
+        first_task: 0,
     }
 }
 

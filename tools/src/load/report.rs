@@ -92,6 +92,12 @@ pub(super) struct Report {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub(super) settlement: Option<crate::settle::SettleReport>,
     pub(super) inflight: usize,
+    /// The client tasks ran on the engine's executors (`--on-executors`): their CPU counts as
+    /// the engine's.
+    pub(super) on_executors: bool,
+    /// Requests the engine ran on the executor that made them, with no hand-off, during the
+    /// timed phase (`EngineStats::requests_in_place`).
+    pub(super) requests_in_place: u64,
     pub(super) users: u64,
     pub(super) zipf: f64,
     pub(super) durability: String,

@@ -42,9 +42,46 @@ pub(super) struct Retries {
     orders: RefCell<Vec<(u64, String, TradeId)>>,
 }
 
+/// What one client's retries counted, taken to add to another client's.
+#[derive(Default)]
+pub(super) struct RetryTotals {
+    sent: u64,
+    repeats: u64,
+    conflicts: u64,
+    mismatches: u64,
+    first_mismatch: Option<String>,
+    orders: Vec<(u64, String, TradeId)>,
+}
+
 impl Retries {
     pub(super) fn new(ratio: f64) -> Retries {
         Retries { ratio, ..Retries::default() }
+    }
+
+    /// Takes what these retries counted and kept.
+    pub(super) fn take_totals(&self) -> RetryTotals {
+        RetryTotals {
+            sent: self.sent.take(),
+            repeats: self.repeats.take(),
+            conflicts: self.conflicts.take(),
+            mismatches: self.mismatches.take(),
+            first_mismatch: self.first_mismatch.take(),
+            orders: self.orders.take(),
+        }
+    }
+
+    /// Adds another client's counts and kept orders (up to `ORDERS_CHECKED_MAX` in all).
+    pub(super) fn add_totals(&self, totals: RetryTotals) {
+        self.sent.set(self.sent.get() + totals.sent);
+        self.repeats.set(self.repeats.get() + totals.repeats);
+        self.conflicts.set(self.conflicts.get() + totals.conflicts);
+        self.mismatches.set(self.mismatches.get() + totals.mismatches);
+        if let Some(first) = totals.first_mismatch {
+            self.first_mismatch.borrow_mut().get_or_insert(first);
+        }
+        let mut orders = self.orders.borrow_mut();
+        let room = ORDERS_CHECKED_MAX.saturating_sub(orders.len());
+        orders.extend(totals.orders.into_iter().take(room));
     }
 
     fn mismatch(&self, what: String) {
