@@ -239,19 +239,8 @@ fn load_transfers_report_their_rate_and_conserve_money() {
 #[test]
 fn load_transfers_on_the_executors_run_in_place_and_conserve_money() {
     let dir = tempfile::tempdir().unwrap();
-    let args = [
-        "load",
-        "--workload",
-        "transfer",
-        "--on-executors",
-        "--ops",
-        "3000",
-        "--inflight",
-        "32",
-        "--users",
-        "200",
-        "--json",
-    ];
+    let args: Vec<&str> =
+        "load --workload transfer --on-executors --ops 3000 --inflight 32 --users 200 --json".split(' ').collect();
     let report = json(&tradeshard(&args, dir.path()));
     assert_eq!(report["on_executors"], true, "{report}");
     let (transfers, cross) = (report["transfers"].as_u64().unwrap(), report["cross_shard"].as_u64().unwrap());

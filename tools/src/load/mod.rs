@@ -8,7 +8,6 @@
 //! first creates `--read-trades` trades (untimed), then reads them by id, uniformly or with
 //! `--zipf` skew over the trades, reporting the cache's hit ratio.
 
-use std::cell::{Cell, RefCell};
 use std::collections::HashMap;
 use std::path::PathBuf;
 use std::rc::Rc;
@@ -31,7 +30,7 @@ use crate::data_dir::DataDir;
 use crate::latency;
 use crate::units::parse_bytes;
 use crate::workload::UserChooser;
-use client::{run_workers, Client, ClientTotals, CREATE, OPS};
+use client::{new_client, on_the_executors, run_tag, run_workers, ClientTotals, CREATE, OPS};
 use report::{growth_after_warmup, interval_report, print_table, resident_bytes, shard_sum, OpReport, Report};
 
 #[derive(clap::Args, Debug, Clone)]
@@ -555,109 +554,6 @@ async fn drive(
 }
 
 /// The state of client thread `index`, before its tasks start.
-/// The timed phase as tasks on the engine's executors (`--on-executors`): each executor runs
-/// its share of the tasks and of `--ops`, buying for the users of its own shards, and its
-/// counts and acknowledgements are added to `client`'s (which runs no task of its own).
-async fn on_the_executors(client: Rc<Client>, args: Args, handle: EngineHandle, deadline: Option<Instant>) {
-    let executors = handle.executors();
-    let share =
-        |total: u64, part: usize| total / executors as u64 + u64::from((part as u64) < total % executors as u64);
-    let mut answers = Vec::with_capacity(executors);
-    let mut first_task = 0;
-    for executor in 0..executors {
-        let inflight = share(args.inflight as u64, executor) as usize;
-        if inflight == 0 {
-            continue;
-        }
-        let (reply, answer) = tradeshard_engine::reply::channel();
-        let (args, task_handle, users) = (args.clone(), handle.clone(), client.users.clone());
-        let ops_max = args.ops.map(|ops| share(ops, executor));
-        let spawned = handle
-            .spawn_on(executor, move || async move {
-                let mut part = new_client(executor + 1, &args, task_handle, users, None, deadline);
-                (part.ops_max, part.payers_on, part.first_task) = (ops_max, Some(executor), first_task);
-                let part = Rc::new(part);
-                run_workers(part.clone(), inflight, args.seed, executor + 1).await;
-                reply.send(ClientTotals::of(&part));
-            })
-            .await;
-        match spawned {
-            Ok(()) => answers.push(answer),
-            Err(error) => {
-                client
-                    .first_error
-                    .borrow_mut()
-                    .get_or_insert(format!("starting a part on executor {executor}: {error}"));
-            }
-        }
-        first_task += inflight;
-    }
-    for answer in answers {
-        let added = match answer.await {
-            Some(totals) => totals.add_to(&client).map_err(|e| e.to_string()),
-            None => Err("an executor stopped before its part of the load ended".to_string()),
-        };
-        if let Err(error) = added {
-            client.errors.set(client.errors.get() + 1);
-            client.first_error.borrow_mut().get_or_insert(error);
-        }
-    }
-}
-
-fn new_client(
-    index: usize,
-    args: &Args,
-    handle: EngineHandle,
-    users: UserChooser,
-    read_only: Option<(Vec<tradeshard_engine::TradeId>, UserChooser)>,
-    deadline: Option<Instant>,
-) -> Client {
-    Client {
-        handle,
-        users,
-        read_ratio: args.read_ratio,
-        ingest: args.workload == "ingest",
-        read_only,
-        batch: args.batch.max(1),
-        reads: Cell::new(0),
-        stop: Cell::new(false),
-        deadline,
-        issued: Cell::new(0),
-        // Each client thread makes its share of the operations.
-        ops_max: args.ops.map(|ops| ops / args.clients as u64 + u64::from((index as u64) < ops % args.clients as u64)),
-        histograms: RefCell::new((0..OPS.len()).map(|_| latency::new_histogram()).collect()),
-        interval: RefCell::new(latency::new_histogram()),
-        tracked: Cell::new(0),
-        untracked: Cell::new(0),
-        acked: RefCell::new(Vec::new()),
-        created: RefCell::new(Vec::new()),
-        errors: Cell::new(0),
-        first_error: RefCell::new(None),
-        // Each client thread sends its share of the rate.
-        rate: args.rate.map(|rate| rate / args.clients as f64),
-        inflight: args.inflight,
-        start: Instant::now(),
-        run: run_tag(),
-        retries: retry::Retries::new(args.retry_ratio),
-        orders_at_buyer: args.order_home == "buyer",
-        payers_on: None,
-        first_task: 0,
-    }
-}
-
-/// A tag unique to this run (its start time in base 36), put in its order numbers so that a run
-/// on the directory of an earlier one makes new trades, not repeats of the old ones.
-fn run_tag() -> String {
-    let mut ms = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis());
-    let mut tag = Vec::new();
-    while ms > 0 {
-        tag.push(b"0123456789abcdefghijklmnopqrstuvwxyz"[(ms % 36) as usize]);
-        ms /= 36;
-    }
-    tag.reverse();
-    String::from_utf8(tag).expect("ASCII")
-}
-
 fn progress_bar(duration: Option<Duration>) -> ProgressBar {
     let bar = ProgressBar::new(duration.map_or(0, |d| d.as_millis() as u64));
     bar.set_style(ProgressStyle::with_template("{elapsed_precise} [{bar:30}] {msg}").expect("valid template"));
