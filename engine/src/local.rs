@@ -13,11 +13,11 @@
 //! them, and a caller's own requests still run in the order it makes them. The inbox's bound
 //! (`FullQueue::Executor`) does not apply to it; the shard's do (a write meets the log's
 //! queue, and a full one waits in the shard or is refused as `Backpressure`, as from the
-//! inbox). Nothing runs inside another request's start: a task's
-//! turn never begins inside the dispatcher's. A request run here may be answered before its
-//! caller ever waits (a refusal, a repeat, a full log's queue); the handle then yields once the
-//! task's time slice is used up, so a caller looping on such answers holds its executor's
-//! flushers and committers back for at most a slice (`Options::preempt_interval`).
+//! inbox). Nothing runs inside another request's start: a task's turn never begins inside
+//! the dispatcher's. A request run here may be answered before its caller ever waits (a
+//! refusal, a repeat, a full log's queue); the handle then yields once the task's time slice is
+//! used up, so a caller looping on such answers holds its executor's flushers and committers
+//! back for at most a slice (`Options::preempt_interval`).
 //!
 //! [`EngineHandle::spawn_on`]: crate::EngineHandle::spawn_on
 
