@@ -76,12 +76,16 @@ fn order_numbers_in_runs_answer_retries_and_conflicts_before_and_after_reopens()
         assert_eq!(stats.key_run_entries, 2 * 640, "every order key is in a run");
         assert_eq!(stats.key_runs, 2, "16 runs of each store merged by fours leave one");
         assert!(stats.key_run_memory_bytes > 0);
+        assert!(stats.sort_room_bytes > 0, "the checkpoints keep the memory they sorted in: {stats:?}");
         assert_eq!(stats.key_run_entries_written, 2 * 640, "the checkpoints wrote each key once (merges not counted)");
         assert!(
             stats.busy_us > 0 && stats.merge_busy_us > 0,
             "the checkpoints' and the merges' turns are timed: {stats:?}"
         );
         retries_answer_the_originals(&shard, &ids).await;
+        // A checkpoint with nothing applied since the last lets it go, as an idle shard's maps.
+        shard.checkpoint().await.unwrap();
+        assert_eq!(shard.stats().checkpoints.sort_room_bytes, 0, "an idle shard keeps no room to sort in");
         // New order numbers are still free, and their trades follow on.
         let more = create_in_checkpoints(&shard, 640..680, 20).await;
         assert_eq!(shard.stats().checkpoints.key_runs, 2 * 3);

@@ -146,6 +146,7 @@ async fn write_checkpoint<D: Disk>(inner: &Inner<D>) -> Result<Option<u64>, Trad
     if nothing_applied && !groups_to_expire(inner, now) {
         // An idle shard keeps no room for an interval that may not come.
         inner.index.borrow_mut().release_room();
+        inner.key_runs.borrow().sort_room.release();
         return Ok(None);
     }
     // Groups expire in the snapshot, and in memory only once the checkpoint recording it is
@@ -384,12 +385,12 @@ async fn write_durable<D: Disk>(
     let placed = crate::parts::place_created_parts(inner, snapshot, since, position).await?;
     let table_bytes = crate::cold::write_dirty(&inner.checkpoints.table, snapshot, dirty, &placed, position).await?;
     freeze_old_blocks(inner, snapshot).await?;
-    let (sets, next_id) = {
+    let (sets, next_id, room) = {
         let runs = inner.key_runs.borrow();
-        (runs.sets.clone(), runs.next_id.clone())
+        (runs.sets.clone(), runs.next_id.clone(), runs.sort_room.clone())
     };
     let age = KeysAge { newest_ms: now, through: position };
-    let runs = crate::key_runs::write_runs(inner.wal.disk(), sets, &next_id, snapshot, age).await?;
+    let runs = crate::key_runs::write_runs(inner.wal.disk(), sets, &next_id, snapshot, age, &room).await?;
     let header = Header {
         shard_id: inner.shard_id,
         scalars: snapshot.scalars(),

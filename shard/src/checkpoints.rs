@@ -43,6 +43,8 @@ pub struct CheckpointStats {
     pub key_run_entries: u64,
     pub key_run_bytes: u64,
     pub key_run_memory_bytes: u64,
+    /// Bytes kept to sort the next checkpoint's entries in (`sort_room.rs`).
+    pub sort_room_bytes: u64,
     /// Bytes written to runs since open (merges included).
     pub key_run_bytes_written: u64,
     /// Entries the checkpoints wrote to new runs since open (merges not included).

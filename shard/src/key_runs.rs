@@ -45,6 +45,7 @@ use crate::run_values::{
     decode_refund, decode_request, order_value, refund_value, request_value,
 };
 use crate::runs::{BlockCache, KeysAge, Run, RunSet, Value, VALUE_BYTES_MAX};
+use crate::sort_room::SortRoom;
 use crate::state::{Inner, ShardReply};
 use crate::tcc_book::{ActivityEntry, BranchEntry};
 use crate::tcc_ended::EndedActivity;
@@ -141,6 +142,8 @@ pub(crate) struct KeyRuns<D: Disk> {
     pub reads: Cell<u64>,
     /// The runs' blocks read lately.
     pub blocks: Rc<BlockCache>,
+    /// The memory the checkpoints sort their stores' entries in (`sort_room.rs`).
+    pub sort_room: Rc<SortRoom>,
 }
 
 /// What the memory and the runs know of an order key's or a refund key's durable state.
@@ -240,6 +243,7 @@ impl<D: Disk> KeyRuns<D> {
             merging: None,
             reads: Cell::new(0),
             blocks: Rc::new(BlockCache::new(block_cache_bytes)),
+            sort_room: Rc::default(),
         })
     }
 
@@ -458,6 +462,7 @@ pub(crate) async fn write_runs<D: Disk>(
     next_id: &Cell<u64>,
     snapshot: &ShardIndex,
     age: KeysAge,
+    room: &SortRoom,
 ) -> Result<WrittenRuns<D>, TradeError> {
     let mut written = StoreWriter { disk, next_id, age, sets, new_runs: Vec::new(), bytes: 0, entries: 0 };
     // Each store sorted in turns (a checkpoint may hold millions of entries, `turns.rs`) and
@@ -466,18 +471,20 @@ pub(crate) async fn write_runs<D: Disk>(
     // values are made of (an id, a refund, nothing), their 56-byte values made as the run is
     // written.
     let (order_count, claim_count, refund_count) = snapshot.recent_key_counts();
-    let orders = sorted_by_key(snapshot.recent_orders().map(|(key, id, _)| (key, id)), order_count).await;
+    let orders = sorted_by_key(snapshot.recent_orders().map(|(key, id, _)| (key, id)), order_count, room).await;
     written.write(RunStore::Orders, orders, nothing_ahead(), |id| order_value(*id)).await?;
     let claims = snapshot.recent_confirmed_claims().map(|(key, _, trade)| (key, trade));
-    let claims = sorted_by_key(claims, claim_count).await;
+    let claims = sorted_by_key(claims, claim_count, room).await;
     written.write(RunStore::Claims, claims, nothing_ahead(), |trade| claim_value(*trade)).await?;
     // A trade created since the last checkpoint has an order key and a place in its user's
     // list: about as many ids as order keys (the sort takes any first size).
     let users = snapshot.recent_users().flat_map(|(user, ids)| ids.iter().map(move |id| (user_key(user, *id), ())));
-    let users = sorted_by_key(users, order_count).await;
+    let users = sorted_by_key(users, order_count, room).await;
     written.write(RunStore::Users, users, nothing_ahead(), |()| [0u8; VALUE_BYTES_MAX]).await?;
     let refunds = snapshot.recent_refunds().map(|(key, refund)| (key, *refund));
-    written.write(RunStore::Refunds, sorted_by_key(refunds, refund_count).await, nothing_ahead(), refund_value).await?;
+    written
+        .write(RunStore::Refunds, sorted_by_key(refunds, refund_count, room).await, nothing_ahead(), refund_value)
+        .await?;
     // Account requests make their values as they are collected, in the map's order (a copy of
     // their fields: made in the keys' order, each would be a miss). Ended branches and completed
     // activities are sorted as references to the snapshot's entries (32 bytes each, against 80
@@ -485,15 +492,15 @@ pub(crate) async fn write_runs<D: Disk>(
     // order the entries are read at random, so each is prefetched some entries ahead (and an
     // activity's branch plans, which its value digests, a few after it).
     let requests = snapshot.accounts().recent_requests().map(|(key, entry)| (key, request_value(entry)));
-    let requests = sorted_by_key(requests, snapshot.accounts().len().1).await;
+    let requests = sorted_by_key(requests, snapshot.accounts().len().1, room).await;
     written.write(RunStore::Requests, requests, nothing_ahead(), |value| *value).await?;
     let tcc = snapshot.tcc();
     let (branch_count, activity_count) = tcc.len();
     let branches = tcc.ended_branches().map(|(named, entry)| (branch_key(named.0, named.1), (named, entry)));
-    let branches = sorted_by_key(branches, branch_count).await;
+    let branches = sorted_by_key(branches, branch_count, room).await;
     let branch = |(named, entry): &(&(u128, u16), &BranchEntry)| branch_value(named.0, named.1, entry);
     written.write(RunStore::Branches, branches, (|(_, entry)| prefetch(*entry), |_| {}), branch).await?;
-    let activities = sorted_by_key(tcc.completed_activities(), activity_count).await;
+    let activities = sorted_by_key(tcc.completed_activities(), activity_count, room).await;
     let plans = |entry: &&ActivityEntry| entry.branches.first().into_iter().for_each(prefetch);
     let activity = |entry: &&ActivityEntry| activity_value(&EndedActivity::of(entry).expect("collected as completed"));
     written.write(RunStore::Activities, activities, (|entry| prefetch(*entry), plans), activity).await?;
@@ -527,7 +534,7 @@ impl<D: Disk> StoreWriter<'_, D> {
     async fn write<V>(
         &mut self,
         store: RunStore,
-        entries: SortedInTurns<V>,
+        entries: SortedInTurns<'_, V>,
         (far, near): (impl Fn(&V), impl Fn(&V)),
         value: impl Fn(&V) -> Value,
     ) -> Result<(), TradeError> {

@@ -52,6 +52,7 @@ mod run_values;
 mod runs;
 mod scheduler;
 mod shard;
+mod sort_room;
 mod state;
 mod system_record;
 mod tcc;

@@ -418,6 +418,7 @@ impl<D: Disk> Shard<D> {
                 stats.key_run_entries = sets.iter().map(|set| set.entries()).sum();
                 stats.key_run_bytes = sets.iter().map(|set| set.file_bytes()).sum();
                 stats.key_run_memory_bytes = sets.iter().map(|set| set.memory_bytes() as u64).sum();
+                stats.sort_room_bytes = runs.sort_room.bytes() as u64;
                 stats.key_run_reads = runs.reads.get();
                 let blocks = runs.blocks.stats();
                 stats.run_block_hits = blocks.hits;

@@ -12,6 +12,8 @@ use std::future::Future;
 use std::pin::pin;
 use std::time::{Duration, Instant};
 
+use crate::sort_room::SortRoom;
+
 /// Items handled between two turns given back.
 pub(crate) const ITEMS_PER_TURN: usize = 4096;
 
@@ -38,9 +40,17 @@ pub(crate) async fn timed<T>(work: impl Future<Output = T>) -> (T, Duration) {
     (output, spent)
 }
 
-/// Entries sorted by key, in turns: [`sorted_by_key`]'s result.
-pub(crate) struct SortedInTurns<V> {
+/// Entries sorted by key, in turns: [`sorted_by_key`]'s result. Dropped, it gives its memory
+/// back to the room it was made in.
+pub(crate) struct SortedInTurns<'room, V> {
     entries: Vec<(u128, V)>,
+    room: &'room SortRoom,
+}
+
+impl<V> Drop for SortedInTurns<'_, V> {
+    fn drop(&mut self) {
+        self.room.give_back(std::mem::take(&mut self.entries));
+    }
 }
 
 /// Buckets of one pass of the sort's split: a range of keys is split by the 12 bits below
@@ -48,8 +58,8 @@ pub(crate) struct SortedInTurns<V> {
 const SPLIT_BITS: u32 = 12;
 const BUCKETS: usize = 1 << SPLIT_BITS;
 
-/// `entries` (about `expected` of them: the buffer is made that large at once) sorted by key,
-/// in place and in turns, with a turn given back every few thousand items. Equal keys keep no
+/// `entries` (about `expected` of them: the buffer is made that large at once, in `room`'s
+/// memory when it holds them) sorted by key, in place and in turns, with a turn given back every few thousand items. Equal keys keep no
 /// particular order.
 ///
 /// A most-significant-digit radix sort (in-place, American flag): a range longer than a
@@ -60,9 +70,13 @@ const BUCKETS: usize = 1 << SPLIT_BITS;
 /// more. Sorted in one buffer, the entries are read in order without a merge, and the sort
 /// takes no second buffer (a checkpoint may hold millions of entries, each a fresh page's
 /// worth of zeroing).
-pub(crate) async fn sorted_by_key<V>(entries: impl Iterator<Item = (u128, V)>, expected: usize) -> SortedInTurns<V> {
+pub(crate) async fn sorted_by_key<V>(
+    entries: impl Iterator<Item = (u128, V)>,
+    expected: usize,
+    room: &SortRoom,
+) -> SortedInTurns<'_, V> {
     let mut entries = entries.peekable();
-    let mut sorted = Vec::with_capacity(expected);
+    let mut sorted = room.take(expected);
     while entries.peek().is_some() {
         sorted.extend(entries.by_ref().take(ITEMS_PER_TURN));
         take_turn().await;
@@ -86,7 +100,7 @@ pub(crate) async fn sorted_by_key<V>(entries: impl Iterator<Item = (u128, V)>, e
             .extend(bounds.windows(2).map(|pair| range.start + pair[0]..range.start + pair[1]).filter(|r| r.len() > 1));
         since_turn = 0;
     }
-    SortedInTurns { entries: sorted }
+    SortedInTurns { entries: sorted, room }
 }
 
 /// Moves `slice`'s entries into [`BUCKETS`] by their keys' bits below the highest in which
@@ -139,7 +153,7 @@ async fn split<V>(slice: &mut [(u128, V)]) -> Option<Vec<usize>> {
     Some(bounds)
 }
 
-impl<V> SortedInTurns<V> {
+impl<V> SortedInTurns<'_, V> {
     pub(crate) fn len(&self) -> usize {
         self.entries.len()
     }
@@ -193,14 +207,19 @@ mod tests {
                 (0u128..4, any::<u16>()).prop_map(|(user, id)| user << 64 | u128::from(id)),
             ], 0..20_000),
             expected in 0usize..30_000,
+            room_left in 0usize..20_000,
         ) {
             let entries = keys.iter().enumerate().map(|(n, key)| (*key, n));
+            let room = SortRoom::default();
+            // The room holds memory another entry type left, as a checkpoint's stores leave it.
+            room.give_back(Vec::<(u128, [u8; 56])>::with_capacity(room_left));
             let sorted = glommio::LocalExecutorBuilder::default()
                 .make()
                 .unwrap()
-                .run(sorted_by_key(entries, expected));
+                .run(async { sorted_by_key(entries, expected, &room).await.iter().cloned().collect::<Vec<_>>() });
             prop_assert_eq!(sorted.len(), keys.len());
             let sorted: Vec<&(u128, usize)> = sorted.iter().collect();
+            prop_assert!(room.bytes() >= keys.len() * 32, "the sort's memory went back to the room");
             prop_assert!(sorted.windows(2).all(|pair| pair[0].0 <= pair[1].0));
             let mut seen: Vec<usize> = sorted.iter().map(|(key, n)| { assert_eq!(keys[*n], *key); *n }).collect();
             seen.sort_unstable();
@@ -212,7 +231,9 @@ mod tests {
     fn iter_ahead_yields_in_order_and_touches_the_entries_ahead_of_each() {
         for count in [0, 1, AHEAD, AHEAD + 1, 2 * AHEAD, 3 * AHEAD + 5] {
             let entries = (0..count as u128).rev().map(|key| (key, key as usize));
-            let sorted = glommio::LocalExecutorBuilder::default().make().unwrap().run(sorted_by_key(entries, count));
+            let room = SortRoom::default();
+            let sorted =
+                glommio::LocalExecutorBuilder::default().make().unwrap().run(sorted_by_key(entries, count, &room));
             let touched = std::cell::RefCell::new(Vec::new());
             let yielded: Vec<(usize, Vec<(&str, usize)>)> = sorted
                 .iter_ahead(
@@ -237,7 +258,8 @@ mod tests {
     fn ranges_of_equal_keys_longer_than_a_turn_end_the_split() {
         let run = |keys: Vec<u128>| {
             let entries = keys.into_iter().map(|key| (key, ()));
-            let sorted = glommio::LocalExecutorBuilder::default().make().unwrap().run(sorted_by_key(entries, 0));
+            let room = SortRoom::default();
+            let sorted = glommio::LocalExecutorBuilder::default().make().unwrap().run(sorted_by_key(entries, 0, &room));
             sorted.iter().map(|(key, ())| *key).collect::<Vec<_>>()
         };
         assert_eq!(run(vec![7; 3 * ITEMS_PER_TURN]), vec![7; 3 * ITEMS_PER_TURN]);
