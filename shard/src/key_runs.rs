@@ -286,15 +286,12 @@ impl<D: Disk> KeyRuns<D> {
         if in_memory != KeyState::default() {
             return Lookup::Known(in_memory);
         }
-        let may_hold = |set: &RunSet<D>| match reach {
-            Reach::Window => set.may_hold(key),
-            Reach::All => set.may_hold_any(key),
-        };
-        let may_hold = match kind {
-            KeyKind::Order => may_hold(&self.sets.orders) || may_hold(&self.sets.claims),
-            KeyKind::Refund => may_hold(&self.sets.refunds),
-            KeyKind::Request => may_hold(&self.sets.requests) || may_hold(&self.sets.activities),
-            KeyKind::Branch { .. } => may_hold(&self.sets.branches),
+        let may_hold = match reach {
+            Reach::Window => {
+                let h = crate::runs::key_hash(key);
+                self.sets_of(kind).any(|set| set.may_hold_hashed(h))
+            }
+            Reach::All => self.sets_of(kind).any(|set| set.may_hold_any(key)),
         };
         match read {
             Some(read) if (read.key, read.kind, read.reach, read.generation) == (key, kind, reach, self.generation) => {
@@ -303,6 +300,25 @@ impl<D: Disk> KeyRuns<D> {
             _ if may_hold => Lookup::MustRead,
             _ => Lookup::Known(KeyState::default()),
         }
+    }
+
+    /// The stores that hold keys of `kind`.
+    fn sets_of(&self, kind: KeyKind) -> impl Iterator<Item = &RunSet<D>> {
+        let (first, second) = match kind {
+            KeyKind::Order => (&self.sets.orders, Some(&self.sets.claims)),
+            KeyKind::Refund => (&self.sets.refunds, None),
+            KeyKind::Request => (&self.sets.requests, Some(&self.sets.activities)),
+            KeyKind::Branch { .. } => (&self.sets.branches, None),
+        };
+        std::iter::once(first).chain(second)
+    }
+
+    /// Asks for the lines of `key` in the filters a check of it as a new key reads, without
+    /// waiting: run over a batch of steps before their checks (`tcc_write.rs`), so that each
+    /// check finds its lines in the cache rather than waiting for a miss in every run.
+    pub(crate) fn prefetch_filters(&self, key: u128, kind: KeyKind) {
+        let h = crate::runs::key_hash(key);
+        self.sets_of(kind).for_each(|set| set.prefetch_filter_lines(h));
     }
 
     /// Reads `key`, a key of `kind`, from the runs in force now that `reach` says; the future

@@ -1,7 +1,7 @@
 //! The cache hint that lets misses overlap: a loop that will read entries scattered over
 //! hundreds of megabytes (a filter's lines, a map's entries in key order) asks for the ones it
 //! reads a few steps later, so that it waits for several misses at once instead of each in
-//! turn. The crate's one `unsafe`: the hint is an intrinsic.
+//! turn. The hint is an intrinsic, so `unsafe` (the crate has one other, `sort_room.rs`).
 
 /// Asks the CPU to bring the cache line that starts `value` in, without waiting for it.
 #[inline(always)]

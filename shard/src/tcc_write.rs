@@ -257,10 +257,19 @@ impl<D: Disk> Shard<D> {
         transactions: Vec<Vec<Step>>,
         reply: ShardReply<Vec<Result<Vec<StepAnswer>, TradeError>>>,
     ) {
-        // Their entries looked up together first, so that the checks find them in the cache.
+        // Their entries looked up together first, so that the checks find them in the cache;
+        // and for the steps that make entries (a Begin, a Try), the lines of the runs' filters
+        // their checks read.
         let index = self.inner.index.borrow();
-        transactions.iter().flatten().for_each(|step| index.tcc().touch(step));
-        drop(index);
+        let runs = self.inner.key_runs.borrow();
+        for step in transactions.iter().flatten() {
+            index.tcc().touch(step);
+            if matches!(step, Step::Begin { .. } | Step::Try { .. }) {
+                let (key, kind) = run_key(step);
+                runs.prefetch_filters(key, kind);
+            }
+        }
+        drop((index, runs));
         start_each(&self.inner, transactions, transact_on, reply)
     }
 

@@ -37,9 +37,19 @@ pub(super) fn words_for(capacity: u64) -> usize {
     usize::try_from(lines).unwrap_or(usize::MAX / LINE_WORDS).saturating_mul(LINE_WORDS)
 }
 
+/// The key's hash, `h` of the module's text: the same in every filter, so a key asked of
+/// several is hashed once.
+pub(crate) fn key_hash(key: u128) -> u64 {
+    xxhash_rust::xxh3::xxh3_64(&key.to_le_bytes())
+}
+
 /// The first word of the key's line and the bits that choose its positions.
 fn probe(key: u128, lines: usize) -> (usize, u64) {
-    let h = xxhash_rust::xxh3::xxh3_64(&key.to_le_bytes());
+    probe_hashed(key_hash(key), lines)
+}
+
+/// [`probe`] of a key whose hash is `h`.
+fn probe_hashed(h: u64, lines: usize) -> (usize, u64) {
     let line = ((u128::from(h) * lines as u128) >> 64) as usize;
     let mut g = h;
     g = (g ^ (g >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
@@ -78,7 +88,21 @@ impl Bloom {
 
     /// False only if `key` was surely never inserted.
     pub(super) fn may_hold(&self, key: u128) -> bool {
-        let (line, mut g) = probe(key, self.words.len() / LINE_WORDS);
+        self.may_hold_hashed(key_hash(key))
+    }
+
+    /// Asks for the line of the key whose hash is `h` ([`key_hash`]), without waiting for it:
+    /// before asking several filters about one key, so that their misses overlap.
+    pub(super) fn prefetch_hashed(&self, h: u64) {
+        let (line, _) = probe_hashed(h, self.words.len() / LINE_WORDS);
+        // Both ends of the line: a filter's words need not start on a cache line's boundary.
+        prefetch(&self.words[line]);
+        prefetch(&self.words[line + LINE_WORDS - 1]);
+    }
+
+    /// [`may_hold`](Self::may_hold) of the key whose hash is `h` ([`key_hash`]).
+    pub(super) fn may_hold_hashed(&self, h: u64) -> bool {
+        let (line, mut g) = probe_hashed(h, self.words.len() / LINE_WORDS);
         for _ in 0..self.hashes {
             let bit = (g & (LINE_BITS - 1)) as usize;
             if self.words[line + bit / 64] & (1 << (bit % 64)) == 0 {
@@ -165,5 +189,27 @@ mod tests {
             }
             assert_eq!(filling.finish(), direct, "{count} keys");
         }
+    }
+
+    #[test]
+    fn a_key_hashed_once_gets_the_answers_of_the_key() {
+        // Filters of one line and of many, the key hashed once for all of them.
+        let mut filters = [Bloom::with_capacity(1), Bloom::with_capacity(10_000)];
+        let key = |n: u128| n.wrapping_mul(0x9E37_79B9_7F4A_7C15_F39C_C060_5CED_C835);
+        for filter in &mut filters {
+            (0..2_000).for_each(|n| filter.insert(key(n)));
+        }
+        for n in 0..20_000 {
+            let h = key_hash(key(n));
+            for filter in &filters {
+                filter.prefetch_hashed(h);
+                assert_eq!(filter.may_hold_hashed(h), filter.may_hold(key(n)), "key {n}");
+            }
+        }
+        assert!((0..2_000).all(|n| filters[1].may_hold_hashed(key_hash(key(n)))), "no false negative");
+        assert!(
+            (2_000..20_000).any(|n| !filters[1].may_hold_hashed(key_hash(key(n)))),
+            "a key not inserted is told apart"
+        );
     }
 }

@@ -60,6 +60,7 @@ use std::cell::RefCell;
 use tradeshard_wal::disk::{Disk, DiskFile};
 
 use crate::error::{LogError, TradeError};
+pub(crate) use bloom::key_hash;
 use bloom::Bloom;
 use format::{check_block, find_in_block, key_at, Entries, Footer, IndexDecoder, BLOCK};
 
@@ -228,7 +229,20 @@ impl<D: Disk> Run<D> {
     /// False if the run is past its key window or its filter says the key is surely not in it:
     /// what a check of a new key asks.
     pub(crate) fn may_hold_within_window(&self, key: u128) -> bool {
-        self.bloom.borrow().as_ref().is_some_and(|bloom| bloom.may_hold(key))
+        self.may_hold_hashed_within_window(bloom::key_hash(key))
+    }
+
+    /// [`may_hold_within_window`](Self::may_hold_within_window) of the key whose hash is `h`
+    /// (`bloom::key_hash`).
+    pub(crate) fn may_hold_hashed_within_window(&self, h: u64) -> bool {
+        self.bloom.borrow().as_ref().is_some_and(|bloom| bloom.may_hold_hashed(h))
+    }
+
+    /// Asks for the filter's line of the key whose hash is `h`, without waiting (`set.rs`).
+    pub(crate) fn prefetch_filter_line(&self, h: u64) {
+        if let Some(bloom) = self.bloom.borrow().as_ref() {
+            bloom.prefetch_hashed(h);
+        }
     }
 
     /// Bytes of the file.

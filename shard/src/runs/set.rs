@@ -62,9 +62,25 @@ impl<D: Disk> RunSet<D> {
     }
 
     /// Whether any run within the key window may hold the key (false: none holds it, nothing
-    /// to read for a check of a new key).
+    /// to read for a check of a new key). The lookups ask it through
+    /// [`may_hold_hashed`](Self::may_hold_hashed), over several sets at once (`key_runs.rs`).
+    #[cfg(test)]
     pub(crate) fn may_hold(&self, key: u128) -> bool {
-        self.runs.iter().any(|run| run.may_hold_within_window(key))
+        let h = super::key_hash(key);
+        self.prefetch_filter_lines(h);
+        self.may_hold_hashed(h)
+    }
+
+    /// Asks for the line of the key whose hash is `h` (`runs::key_hash`) in every run's filter
+    /// within the key window, without waiting: a new key is asked of every run, so its misses
+    /// come together instead of one after another.
+    pub(crate) fn prefetch_filter_lines(&self, h: u64) {
+        self.runs.iter().for_each(|run| run.prefetch_filter_line(h));
+    }
+
+    /// [`may_hold`](Self::may_hold) of the key whose hash is `h`.
+    pub(crate) fn may_hold_hashed(&self, h: u64) -> bool {
+        self.runs.iter().any(|run| run.may_hold_hashed_within_window(h))
     }
 
     /// Whether any run, past the key window or not, may hold the key.
