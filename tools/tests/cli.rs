@@ -521,3 +521,40 @@ fn dlq_lists_replays_and_drops_a_groups_dead_letters() {
     drop(consumer);
     engine.close().unwrap();
 }
+
+/// `THP_enabled` of a running `tradeshard load` (3 s long), as `/proc/<pid>/status` shows it:
+/// until it reads `0`, or for its first second and a half.
+fn huge_pages_of_a_running_load(keep: Option<&str>) -> Option<String> {
+    let dir = tempfile::tempdir().unwrap();
+    let mut command = Command::new(env!("CARGO_BIN_EXE_tradeshard"));
+    command.args(["load", "--duration", "3s", "--inflight", "8", "--json"]).current_dir(dir.path());
+    command.stdout(std::process::Stdio::null()).stderr(std::process::Stdio::null());
+    if let Some(keep) = keep {
+        command.env("TRADESHARD_HUGE_PAGES", keep);
+    }
+    let mut child = command.spawn().expect("tradeshard runs");
+    let status_path = format!("/proc/{}/status", child.id());
+    let started = std::time::Instant::now();
+    let mut seen = None;
+    // The setting is made at the start of `main`, a moment after the process starts.
+    while child.try_wait().unwrap().is_none() && started.elapsed() < std::time::Duration::from_millis(1500) {
+        let status = std::fs::read_to_string(&status_path).unwrap_or_default();
+        seen = status.lines().find_map(|line| line.strip_prefix("THP_enabled:")).map(|v| v.trim().to_string());
+        if seen.as_deref() == Some("0") {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    child.kill().ok();
+    child.wait().unwrap();
+    seen
+}
+
+/// The binary turns transparent huge pages off for itself (`main.rs`, `without_huge_pages`),
+/// unless `TRADESHARD_HUGE_PAGES=1` keeps them.
+#[test]
+fn the_binary_runs_without_transparent_huge_pages_unless_asked() {
+    assert_eq!(huge_pages_of_a_running_load(None).as_deref(), Some("0"), "THP_enabled by default");
+    assert_eq!(huge_pages_of_a_running_load(Some("0")).as_deref(), Some("0"), "only 1 keeps them");
+    assert_eq!(huge_pages_of_a_running_load(Some("1")).as_deref(), Some("1"), "kept when asked");
+}
