@@ -564,3 +564,33 @@ fn readers_index_a_segment_recovery_did_not_scan() {
         wal.close().await.unwrap();
     });
 }
+
+/// The log counts what compression did: records that repeat themselves are stored in compressed
+/// pieces, random ones raw, and the payload bytes before and after add up to each.
+#[test]
+fn stats_count_the_pieces_compression_paid_on() {
+    run(async {
+        let disk = SimDisk::new();
+        let (wal, _) = open(&disk, small_config()).await;
+        // Four records of 4,000 repeated bytes: compressed pieces.
+        append_all(&wal, &vec![vec![b'r'; 4000]; 4]).await;
+        let after_repeated = wal.stats();
+        assert!(after_repeated.pieces >= 1, "{after_repeated:?}");
+        assert_eq!(after_repeated.pieces_compressed, after_repeated.pieces, "every piece of repeated bytes pays");
+        assert_eq!(after_repeated.payload_raw_bytes, 4 * (4 + 4000), "records with their length prefixes");
+        assert!(after_repeated.payload_stored_bytes < after_repeated.payload_raw_bytes / 8);
+        // Random records: stored raw, a piece's header more than their bytes.
+        let mut rng = SplitMix64::new(5);
+        for _ in 0..3 {
+            let record: Vec<u8> = (0..3000).map(|_| rng.next_u64() as u8).collect();
+            wal.append(&record).await.unwrap();
+        }
+        let stats = wal.stats();
+        assert_eq!(stats.pieces_compressed, after_repeated.pieces_compressed, "random bytes are stored raw");
+        assert_eq!(stats.pieces, after_repeated.pieces + 3, "one flush, one piece, each: {stats:?}");
+        let raw_added = stats.payload_raw_bytes - after_repeated.payload_raw_bytes;
+        let stored_added = stats.payload_stored_bytes - after_repeated.payload_stored_bytes;
+        assert!(stored_added > raw_added, "raw pieces add their headers: {raw_added} raw, {stored_added} stored");
+        wal.close().await.unwrap();
+    });
+}

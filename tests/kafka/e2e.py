@@ -178,7 +178,7 @@ def check_stats(address):
         stats[name] = float(value)
     for name in ["trades", "fsyncs", "records_per_fsync", "cache_hits", "half_messages", "disk_bytes", "uptime_seconds",
                  "shard.0.trades", "durable_flush_p99_seconds", "group_commit_records_p50", "activities_open",
-                 "group.settle.0.consumer_lag"]:
+                 "log_pieces", "log_pieces_compressed", "group.settle.0.consumer_lag"]:
         assert name in stats, f"stats has no {name}"
     assert stats["trades"] > 0 and stats["fsyncs"] > 0, stats
     return stats
@@ -191,6 +191,7 @@ def check_metrics(address):
         body = answer.read().decode()
     families = {family.name: family for family in text_string_to_metric_families(body)}
     for name in ["tradeshard_trades", "tradeshard_fsyncs", "tradeshard_cache_hit_ratio", "tradeshard_consumer_lag",
+                 "tradeshard_log_payload_raw_bytes", "tradeshard_log_payload_stored_bytes",
                  "tradeshard_kafka_request_duration_seconds", "tradeshard_kafka_requests"]:
         assert name in families, f"metrics have no {name}: {sorted(families)}"
     for name in ["tradeshard_kafka_request_duration_seconds", "tradeshard_durable_flush_seconds",

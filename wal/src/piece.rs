@@ -98,6 +98,12 @@ pub struct PieceSpan {
     pub len: u32,
 }
 
+/// Whether the sealed piece that `piece` starts with is stored compressed (its header's flags,
+/// at the offset [`PieceHeader::encode`] writes them).
+pub(crate) fn stored_compressed(piece: &[u8]) -> bool {
+    le_u16(piece, 12) & FLAG_LZ4 != 0
+}
+
 /// Appends one piece over `raw` (`record_count` records from `first_seq`) to `stored`.
 pub(crate) fn seal_piece(
     raw: &[u8],
@@ -223,6 +229,7 @@ mod tests {
         let header = crate::frame::FrameHeader::decode(&bytes, 1 << 20).unwrap();
         let piece = PieceHeader::decode(&bytes[FRAME_HEADER_BYTES..], 1 << 20).unwrap();
         assert_eq!(piece.flags & FLAG_LZ4, FLAG_LZ4);
+        assert!(stored_compressed(&bytes[FRAME_HEADER_BYTES..]));
         assert_eq!(piece.record_count, 2, "a piece closes once it reaches 4096 raw bytes");
         assert!(header.stored_len < header.raw_len / 8);
     }
@@ -235,5 +242,6 @@ mod tests {
         let piece = PieceHeader::decode(&bytes[FRAME_HEADER_BYTES..], 1 << 20).unwrap();
         assert_eq!(piece.flags, 0);
         assert_eq!(piece.stored_len, piece.raw_len);
+        assert!(!stored_compressed(&bytes[FRAME_HEADER_BYTES..]));
     }
 }

@@ -124,6 +124,15 @@ pub struct WalStats {
     pub durable_writes: u64,
     /// Frames written.
     pub frames: u64,
+    /// Record bytes (length prefixes included) of the frames written, before compression.
+    pub payload_raw_bytes: u64,
+    /// The same frames' payloads as stored: their pieces, each compressed where LZ4 saved at
+    /// least an eighth of it, headers included.
+    pub payload_stored_bytes: u64,
+    /// Pieces written.
+    pub pieces: u64,
+    /// Of them, those stored compressed.
+    pub pieces_compressed: u64,
     /// Records acknowledged.
     pub records: u64,
     /// Record bytes acknowledged (without length prefixes).

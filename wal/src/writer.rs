@@ -24,7 +24,7 @@ use crate::disk::{Disk, DiskFile, SyncMethod, WriteBuf};
 use crate::error::{Error, Result};
 use crate::frame::{seal_frame, FrameHeader, SealParams};
 use crate::layout::{align_up, BLOCK_BYTES, FRAME_HEADER_BYTES, RECORD_PREFIX_BYTES};
-use crate::piece::PieceSpan;
+use crate::piece::{stored_compressed, PieceSpan};
 use crate::record::record_len_at;
 use crate::roll::{write_all, SegmentMaker};
 use crate::state::log2_bucket;
@@ -277,10 +277,23 @@ impl<D: Disk> Writer<D> {
         let durable = self.shared.disk.sync_method() == SyncMethod::DsyncWrites;
         self.tail_dirty = !durable;
         self.write_offset = first_offset + run_bytes as u64;
+        let (mut raw_bytes, mut stored_bytes, mut pieces, mut compressed) = (0u64, 0u64, 0u64, 0u64);
+        for (index, planned) in self.plan.iter().enumerate().take(run.end).skip(run.start) {
+            raw_bytes += u64::from(planned.header.raw_len);
+            stored_bytes += u64::from(planned.header.stored_len);
+            for span in &self.pieces[planned.pieces.clone()] {
+                pieces += 1;
+                compressed += u64::from(stored_compressed(&self.stored[index][span.start as usize..]));
+            }
+        }
         self.shared.count(|s| {
             s.disk_bytes += run_bytes as u64;
             s.frames += run.len() as u64;
             s.durable_writes += u64::from(durable);
+            s.payload_raw_bytes += raw_bytes;
+            s.payload_stored_bytes += stored_bytes;
+            s.pieces += pieces;
+            s.pieces_compressed += compressed;
         });
         Ok(())
     }
