@@ -71,6 +71,10 @@ pub struct EngineStats {
     pub fsyncs: u64,
     pub flushes: u64,
     pub disk_bytes: u64,
+    /// Record bytes the logs wrote before compression, and the same as stored (pieces
+    /// compressed where LZ4 paid, their headers included): `WalStats::payload_*_bytes`.
+    pub payload_raw_bytes: u64,
+    pub payload_stored_bytes: u64,
     /// Cache counters summed over the shards.
     pub cache: tradeshard_shard::CacheStats,
     /// Counters of the handle's cache of order numbers found by `get_by_order`.
@@ -332,6 +336,8 @@ impl EngineHandle {
             stats.fsyncs += shard.wal.fsyncs + shard.wal.durable_writes;
             stats.flushes += shard.wal.flushes;
             stats.disk_bytes += shard.wal.disk_bytes;
+            stats.payload_raw_bytes += shard.wal.payload_raw_bytes;
+            stats.payload_stored_bytes += shard.wal.payload_stored_bytes;
             stats.cache.add(&shard.cache);
         }
         stats.order_ids = self.inner.order_ids.stats();

@@ -20,6 +20,9 @@ fn load_reports_json_and_verifies_every_trade() {
     for key in ["trades_per_sec", "fsyncs_per_sec", "records_per_fsync"] {
         assert!(report[key].as_f64().is_some_and(|v| v > 0.0), "{key} in {report}");
     }
+    // Trade records compress: the logs store fewer bytes than they were given.
+    let stored_per_raw = report["log_stored_per_raw_byte"].as_f64().unwrap();
+    assert!(stored_per_raw > 0.0 && stored_per_raw < 1.0, "log_stored_per_raw_byte {stored_per_raw}");
     let create = &report["ops"]["create"];
     assert!(create["count"].as_u64().unwrap() > 0 && create["ops_per_sec"].as_f64().unwrap() > 0.0);
     for percentile in ["p50", "p99", "p999", "max"] {

@@ -74,8 +74,8 @@ pub(super) struct MessageReport {
     /// producer, and committed by the checker (asked half a second after the prepare).
     pub(super) end_to_end_us: Option<LatencySummary>,
     pub(super) checker_end_to_end_us: Option<LatencySummary>,
-    pub(super) fsyncs_per_sec: f64,
-    pub(super) records_per_fsync: f64,
+    #[serde(flatten)]
+    pub(super) log: super::report::LogFigures,
     pub(super) errors: u64,
     pub(super) executors: usize,
     pub(super) shards: u32,
@@ -215,15 +215,13 @@ pub(super) async fn run(handle: EngineHandle, plan: MessagePlan) -> anyhow::Resu
         eprintln!("load: first error: {error}");
     }
     let [done, rolled_back, left] = shared.outcomes.get();
-    let fsyncs = after.fsyncs - before.fsyncs;
     let mut report = MessageReport {
         workload: if shared.plan.half { "half-messages" } else { "publish" },
         elapsed_sec: elapsed,
         payload_bytes: shared.plan.payload_bytes,
         inflight,
         latency_us: latency::summarize(&shared.latency.borrow()),
-        fsyncs_per_sec: fsyncs as f64 / elapsed,
-        records_per_fsync: if fsyncs == 0 { 0.0 } else { (after.records - before.records) as f64 / fsyncs as f64 },
+        log: super::report::LogFigures::between(&before, &after, elapsed),
         errors: shared.errors.get(),
         executors: routing.executors,
         shards: routing.physical_shards,

@@ -494,8 +494,6 @@ async fn drive(
             )
         })
         .collect::<HashMap<_, _>>();
-    let fsyncs = after.fsyncs - before.fsyncs;
-    let records = after.records - before.records;
     let (hits, misses) = (after.cache.hits - before.cache.hits, after.cache.misses - before.cache.misses);
     Ok(Report {
         workload: args.workload.clone(),
@@ -505,8 +503,7 @@ async fn drive(
         reads_per_sec: client.reads.get() as f64 / elapsed,
         hit_ratio: if hits + misses == 0 { 0.0 } else { hits as f64 / (hits + misses) as f64 },
         cache_bytes: args.cache_bytes,
-        fsyncs_per_sec: fsyncs as f64 / elapsed,
-        records_per_fsync: if fsyncs == 0 { 0.0 } else { records as f64 / fsyncs as f64 },
+        log: report::LogFigures::between(&before, &after, elapsed),
         ops,
         verified,
         mismatches,

@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 use hdrhistogram::Histogram;
 use serde::Serialize;
-use tradeshard_engine::{EngineHandle, ShardStats};
+use tradeshard_engine::{EngineHandle, EngineStats, ShardStats};
 
 use super::client::OPS;
 use crate::latency::LatencySummary;
@@ -47,6 +47,31 @@ pub(super) struct OpReport {
     pub(super) latency_us: LatencySummary,
 }
 
+/// What the logs did over a timed phase, in every workload's report.
+#[derive(Serialize, Clone, Copy, Debug, Default, PartialEq)]
+pub(super) struct LogFigures {
+    pub(super) fsyncs_per_sec: f64,
+    pub(super) records_per_fsync: f64,
+    /// Bytes the logs stored per byte of records they wrote: pieces compressed where LZ4 paid,
+    /// their headers included (0 when nothing was written).
+    pub(super) log_stored_per_raw_byte: f64,
+}
+
+impl LogFigures {
+    /// The figures between two snapshots of the engine's counters, `elapsed` seconds apart.
+    pub(super) fn between(before: &EngineStats, after: &EngineStats, elapsed: f64) -> LogFigures {
+        let fsyncs = after.fsyncs - before.fsyncs;
+        let records = after.records - before.records;
+        let raw = after.payload_raw_bytes - before.payload_raw_bytes;
+        let stored = after.payload_stored_bytes - before.payload_stored_bytes;
+        LogFigures {
+            fsyncs_per_sec: fsyncs as f64 / elapsed,
+            records_per_fsync: if fsyncs == 0 { 0.0 } else { records as f64 / fsyncs as f64 },
+            log_stored_per_raw_byte: if raw == 0 { 0.0 } else { stored as f64 / raw as f64 },
+        }
+    }
+}
+
 #[derive(Serialize)]
 pub(super) struct Report {
     pub(super) workload: String,
@@ -58,8 +83,8 @@ pub(super) struct Report {
     /// Cache hits over cache lookups in the timed phase.
     pub(super) hit_ratio: f64,
     pub(super) cache_bytes: usize,
-    pub(super) fsyncs_per_sec: f64,
-    pub(super) records_per_fsync: f64,
+    #[serde(flatten)]
+    pub(super) log: LogFigures,
     pub(super) ops: HashMap<&'static str, OpReport>,
     pub(super) verified: u64,
     pub(super) mismatches: u64,
@@ -219,8 +244,8 @@ pub(super) fn print_table(report: &Report) {
         report.elapsed_sec,
         report.trades_per_sec,
         report.ops_per_sec,
-        report.fsyncs_per_sec,
-        report.records_per_fsync,
+        report.log.fsyncs_per_sec,
+        report.log.records_per_fsync,
         report.hit_ratio
     );
     println!(
@@ -341,6 +366,27 @@ pub(super) fn shard_sum(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn log_figures_are_the_differences_over_the_phase() {
+        let before = EngineStats {
+            fsyncs: 10,
+            records: 100,
+            payload_raw_bytes: 1_000,
+            payload_stored_bytes: 900,
+            ..Default::default()
+        };
+        let after = EngineStats {
+            fsyncs: 30,
+            records: 500,
+            payload_raw_bytes: 5_000,
+            payload_stored_bytes: 2_900,
+            ..Default::default()
+        };
+        let figures = LogFigures::between(&before, &after, 2.0);
+        assert_eq!(figures, LogFigures { fsyncs_per_sec: 10.0, records_per_fsync: 20.0, log_stored_per_raw_byte: 0.5 });
+        assert_eq!(LogFigures::between(&after, &after, 1.0), LogFigures::default(), "nothing written: zeros, not NaN");
+    }
 
     fn interval(trades: u64, resident: u64) -> IntervalReport {
         IntervalReport {

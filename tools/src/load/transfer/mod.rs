@@ -70,8 +70,8 @@ pub(super) struct TransferReport {
     /// timed phase (`EngineStats::requests_in_place`).
     pub(super) requests_in_place: u64,
     pub(super) users: u64,
-    pub(super) fsyncs_per_sec: f64,
-    pub(super) records_per_fsync: f64,
+    #[serde(flatten)]
+    pub(super) log: super::report::LogFigures,
     /// Deposited before the timed phase (by this run, and by earlier runs in the directory),
     /// and balances plus money in transit at the end.
     pub(super) money_deposited: u128,
@@ -330,8 +330,6 @@ pub(super) async fn run(handle: EngineHandle, plan: TransferPlan) -> anyhow::Res
     let (local, across, purchases) = (&tally.local, &tally.across, &tally.purchases);
     let mut all = local.clone();
     all.add(across)?;
-    let fsyncs = after.fsyncs - before.fsyncs;
-    let records = after.records - before.records;
     Ok(TransferReport {
         workload: "transfer",
         elapsed_sec: elapsed,
@@ -354,8 +352,7 @@ pub(super) async fn run(handle: EngineHandle, plan: TransferPlan) -> anyhow::Res
         on_executors,
         requests_in_place: after.requests_in_place - before.requests_in_place,
         users,
-        fsyncs_per_sec: fsyncs as f64 / elapsed,
-        records_per_fsync: if fsyncs == 0 { 0.0 } else { records as f64 / fsyncs as f64 },
+        log: super::report::LogFigures::between(&before, &after, elapsed),
         money_deposited: deposited,
         money_counted: balances + in_transit,
         in_transit_at_end: in_transit,
