@@ -470,3 +470,25 @@ fn requests_refused_by_a_full_queue_leave_no_trace() {
         engine.close().unwrap();
     }
 }
+
+/// Every committer turn is counted, by length: at least one a shard that took writes, none in
+/// a shard that took none since the open, and the total time within the histogram's bounds.
+#[test]
+fn the_committers_turns_are_counted() {
+    let dir = tempfile::tempdir().unwrap();
+    let engine = Engine::open(engine_options(dir.path(), 2, 2)).unwrap();
+    let h = engine.handle();
+    let idle = h.stats_blocking().unwrap().shards;
+    for created in 1..=20u64 {
+        h.create_trade_blocking(new_trade(created, 1, created)).unwrap();
+    }
+    let busy = h.stats_blocking().unwrap().shards;
+    for (before, after) in idle.iter().zip(&busy) {
+        let turns = |shard: &tradeshard_engine::ShardStats| shard.apply_turns.micros.iter().sum::<u64>();
+        let (taken, records) = (turns(after) - turns(before), after.wal.records - before.wal.records);
+        assert!(taken >= 1 && taken <= records, "shard {}: {taken} turns for {records} records", after.shard);
+        let longest = after.apply_turns.micros.iter().rposition(|count| *count > 0).unwrap();
+        assert!(after.apply_turns.micros_sum < (taken + turns(before)) << longest, "the sum fits the buckets");
+    }
+    engine.close().unwrap();
+}

@@ -229,19 +229,21 @@ pub(crate) async fn take(shared: &Shared) -> Result<Snapshot, tradeshard_engine:
     Ok(Snapshot { samples, histograms })
 }
 
-/// The log's histograms summed over the shards: the time to make a flush durable, and the
-/// records per flush (the group commit's size).
+/// The log's histograms summed over the shards: the time to make a flush durable, the records
+/// per flush (the group commit's size), and the committers' turns.
 fn histograms(shards: &[tradeshard_engine::ShardStats]) -> Vec<HistogramSample> {
     let buckets = tradeshard_engine::HISTOGRAM_BUCKETS;
-    let (mut micros, mut records) = (vec![0u64; buckets], vec![0u64; buckets]);
-    let (mut micros_sum, mut records_sum) = (0u64, 0u64);
+    let (mut micros, mut records, mut turns) = (vec![0u64; buckets], vec![0u64; buckets], vec![0u64; buckets]);
+    let (mut micros_sum, mut records_sum, mut turns_sum) = (0u64, 0u64, 0u64);
     for shard in shards {
         for i in 0..buckets {
             micros[i] += shard.wal.durable_flush_micros[i];
             records[i] += shard.wal.flush_records[i];
+            turns[i] += shard.apply_turns.micros[i];
         }
         micros_sum += shard.wal.durable_flush_micros_sum;
         records_sum += shard.wal.records;
+        turns_sum += shard.apply_turns.micros_sum;
     }
     // Bucket i holds values under 2^i; the last is open-ended.
     let bound = |i: usize| if i + 1 == buckets { f64::INFINITY } else { (1u64 << i) as f64 };
@@ -261,6 +263,14 @@ fn histograms(shards: &[tradeshard_engine::ShardStats]) -> Vec<HistogramSample> 
             sum: records_sum as f64,
             count: records.iter().sum(),
             quantile_names: ["group_commit_records_p50", "group_commit_records_p99"],
+        },
+        HistogramSample {
+            name: "committer_turn_seconds",
+            help: "Turns of the shards' committers, each applying what a group commit made durable, by how long each held its executor.",
+            buckets: turns.iter().enumerate().map(|(i, c)| (bound(i) / 1e6, *c)).collect(),
+            sum: turns_sum as f64 / 1e6,
+            count: turns.iter().sum(),
+            quantile_names: ["committer_turn_p50_seconds", "committer_turn_p99_seconds"],
         },
     ]
 }

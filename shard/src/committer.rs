@@ -46,6 +46,7 @@ pub(crate) async fn run<D: Disk>(inner: Rc<Inner<D>>) {
             Ok(appended) => {
                 // Transactions that waited for a step now durable are checked again, outside
                 // the borrows of the application.
+                let began = std::time::Instant::now();
                 let (parked, messages) = apply_durable(&inner, appended);
                 for (steps, reply) in parked {
                     crate::tcc_write::transact_on(&inner, steps, reply);
@@ -53,6 +54,9 @@ pub(crate) async fn run<D: Disk>(inner: Rc<Inner<D>>) {
                 for (command, reply, in_order) in messages {
                     crate::message_write::message_on(&inner, command, reply, in_order);
                 }
+                let mut turns = inner.apply_turns.get();
+                turns.record(began.elapsed().as_micros() as u64);
+                inner.apply_turns.set(turns);
             }
             Err(error) => {
                 fail_all(&inner, error.into());

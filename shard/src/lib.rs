@@ -111,7 +111,7 @@ pub use routing::UserRouting;
 #[cfg(any(test, feature = "testing"))]
 pub use runs::{decode_for_fuzzing as decode_run_file, sample_for_fuzzing as sample_run_file};
 pub use shard::{RecoveredShard, Shard, ShardStats};
-pub use state::ShardReply;
+pub use state::{ShardReply, TurnTimes};
 pub use system_record::ClaimOutcome;
 #[cfg(any(test, feature = "testing"))]
 pub use system_record::{ClaimSettled, ClaimsKnown, LogRecord, OffsetCommit, OrderClaim};

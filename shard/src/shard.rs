@@ -32,7 +32,7 @@ use crate::parts::PartsStore;
 use crate::replay::{apply_staged, replay_batch, Deferred, REPLAY_BATCH};
 use crate::retention::Upkeep;
 use crate::runs::KeysAge;
-use crate::state::{Accepted, Inner, ShardReply};
+use crate::state::{Accepted, Inner, ShardReply, TurnTimes};
 use crate::trade::now_ms;
 use crate::trade_cache::TradeCache;
 use crate::trade_file::TradeFile;
@@ -65,6 +65,9 @@ pub struct ShardStats {
     pub dead_letters: u64,
     pub message_bytes_held: u64,
     pub writes_in_flight: u64,
+    /// The committer's turns since the open: each applies what a group commit made durable,
+    /// answers its callers and checks again the transactions that waited for it.
+    pub apply_turns: TurnTimes,
     pub wal: WalStats,
     pub cache: CacheStats,
     pub checkpoints: CheckpointStats,
@@ -154,6 +157,7 @@ impl<D: Disk> RecoveredShard<D> {
             key_runs: RefCell::new(key_runs),
             accepted: RefCell::new(accepted),
             trade_cache: ReadThrough::over(cache),
+            apply_turns: Default::default(),
         });
         let committer = glommio::spawn_local(crate::committer::run(inner.clone())).detach();
         let checkpointer = glommio::spawn_local(crate::checkpointer::run(inner.clone())).detach();
@@ -408,6 +412,7 @@ impl<D: Disk> Shard<D> {
             dead_letters: messages.2 as u64,
             message_bytes_held: messages.3 as u64,
             writes_in_flight: self.inner.accepted.borrow().effects.len() as u64,
+            apply_turns: self.inner.apply_turns.get(),
             wal: self.inner.wal.stats(),
             cache: self.inner.trade_cache.cache().stats(),
             checkpoints: {

@@ -6,7 +6,7 @@
 //! and queues it; the committer (`committer.rs`) moves it from the accepted view into the
 //! durable indexes once the log says it is durable, and answers its caller.
 
-use std::cell::RefCell;
+use std::cell::{Cell, RefCell};
 use std::collections::{BTreeMap, VecDeque};
 use std::hash::BuildHasherDefault;
 use std::rc::Rc;
@@ -238,4 +238,22 @@ pub(crate) struct Inner<D: Disk> {
     pub accepted: RefCell<Accepted>,
     /// Whole trades, read by callers on other threads too (`trade_cache.rs`).
     pub trade_cache: ReadThrough<TradeId, CachedTrade, TradeError, BuildHasherDefault<IdHasher>>,
+    /// The committer's turns (`committer.rs`), by how long each held the executor.
+    pub apply_turns: Cell<TurnTimes>,
+}
+
+/// Turns of one kind by their length: `micros[i]` counts those under 2^i microseconds
+/// (`tradeshard_wal::log2_bucket`), and `micros_sum` their total. A turn holds the executor:
+/// nothing else of the shard runs, and no completion of the device is taken, until it ends.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct TurnTimes {
+    pub micros: [u64; tradeshard_wal::HISTOGRAM_BUCKETS],
+    pub micros_sum: u64,
+}
+
+impl TurnTimes {
+    pub(crate) fn record(&mut self, micros: u64) {
+        self.micros[tradeshard_wal::log2_bucket(micros)] += 1;
+        self.micros_sum += micros;
+    }
 }

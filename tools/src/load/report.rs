@@ -47,7 +47,7 @@ pub(super) struct OpReport {
     pub(super) latency_us: LatencySummary,
 }
 
-/// What the logs did over a timed phase, in every workload's report.
+/// What the logs and their committers did over a timed phase, in every workload's report.
 #[derive(Serialize, Clone, Copy, Debug, Default, PartialEq)]
 pub(super) struct LogFigures {
     pub(super) fsyncs_per_sec: f64,
@@ -55,6 +55,12 @@ pub(super) struct LogFigures {
     /// Bytes the logs stored per byte of records they wrote: pieces compressed where LZ4 paid,
     /// their headers included (0 when nothing was written).
     pub(super) log_stored_per_raw_byte: f64,
+    /// The committers' turns (`ShardStats::apply_turns`), each applying what one group commit
+    /// made durable: the power of two of microseconds that half, 99% and all of them stayed
+    /// under (0 when there was none).
+    pub(super) committer_turn_p50_under_us: u64,
+    pub(super) committer_turn_p99_under_us: u64,
+    pub(super) committer_turn_max_under_us: u64,
 }
 
 impl LogFigures {
@@ -64,12 +70,42 @@ impl LogFigures {
         let records = after.records - before.records;
         let raw = after.payload_raw_bytes - before.payload_raw_bytes;
         let stored = after.payload_stored_bytes - before.payload_stored_bytes;
+        let turns = |stats: &EngineStats| {
+            let mut summed = [0u64; tradeshard_engine::HISTOGRAM_BUCKETS];
+            for shard in &stats.shards {
+                summed.iter_mut().zip(shard.apply_turns.micros).for_each(|(sum, count)| *sum += count);
+            }
+            summed
+        };
+        let (turns_before, mut turns) = (turns(before), turns(after));
+        turns.iter_mut().zip(turns_before).for_each(|(count, earlier)| *count -= earlier);
         LogFigures {
             fsyncs_per_sec: fsyncs as f64 / elapsed,
             records_per_fsync: if fsyncs == 0 { 0.0 } else { records as f64 / fsyncs as f64 },
             log_stored_per_raw_byte: if raw == 0 { 0.0 } else { stored as f64 / raw as f64 },
+            committer_turn_p50_under_us: under(&turns, 0.5),
+            committer_turn_p99_under_us: under(&turns, 0.99),
+            committer_turn_max_under_us: under(&turns, 1.0),
         }
     }
+}
+
+/// The bound of the first bucket of `counts` (bucket `i`: values under 2^i) by which a
+/// fraction `q` of the values is counted; 0 for no values.
+fn under(counts: &[u64], q: f64) -> u64 {
+    let total: u64 = counts.iter().sum();
+    if total == 0 {
+        return 0;
+    }
+    let wanted = ((total as f64 * q).ceil() as u64).max(1);
+    let mut seen = 0;
+    for (bucket, count) in counts.iter().enumerate() {
+        seen += count;
+        if seen >= wanted {
+            return 1u64 << bucket;
+        }
+    }
+    1u64 << (counts.len() - 1)
 }
 
 #[derive(Serialize)]
@@ -384,8 +420,35 @@ mod tests {
             ..Default::default()
         };
         let figures = LogFigures::between(&before, &after, 2.0);
-        assert_eq!(figures, LogFigures { fsyncs_per_sec: 10.0, records_per_fsync: 20.0, log_stored_per_raw_byte: 0.5 });
+        assert_eq!(
+            figures,
+            LogFigures {
+                fsyncs_per_sec: 10.0,
+                records_per_fsync: 20.0,
+                log_stored_per_raw_byte: 0.5,
+                ..Default::default()
+            }
+        );
         assert_eq!(LogFigures::between(&after, &after, 1.0), LogFigures::default(), "nothing written: zeros, not NaN");
+    }
+
+    #[test]
+    fn committer_turns_are_counted_over_the_phase_only() {
+        let shard = |counts: &[(usize, u64)]| {
+            let mut stats = tradeshard_engine::ShardStats::default();
+            counts.iter().for_each(|&(bucket, count)| stats.apply_turns.micros[bucket] = count);
+            stats
+        };
+        // Before the phase: 1,000 turns over 2^20 µs, which the phase's figures must not see.
+        let before = EngineStats { shards: vec![shard(&[(20, 1_000)]), shard(&[])], ..Default::default() };
+        let after = EngineStats {
+            shards: vec![shard(&[(20, 1_000), (3, 60), (10, 1)]), shard(&[(5, 39)])],
+            ..Default::default()
+        };
+        let figures = LogFigures::between(&before, &after, 1.0);
+        assert_eq!(figures.committer_turn_p50_under_us, 8, "60 of 100 under 2^3");
+        assert_eq!(figures.committer_turn_p99_under_us, 32, "99 of 100 under 2^5");
+        assert_eq!(figures.committer_turn_max_under_us, 1024);
     }
 
     fn interval(trades: u64, resident: u64) -> IntervalReport {
