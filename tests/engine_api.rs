@@ -471,8 +471,8 @@ fn requests_refused_by_a_full_queue_leave_no_trace() {
     }
 }
 
-/// Every committer turn is counted, by length: at least one a shard that took writes, none in
-/// a shard that took none since the open, and the total time within the histogram's bounds.
+/// Every committer turn is counted, by length: each shard that took writes counts at least one
+/// turn and at most one a record, and the turns' total time lies within their buckets' bounds.
 #[test]
 fn the_committers_turns_are_counted() {
     let dir = tempfile::tempdir().unwrap();

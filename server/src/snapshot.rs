@@ -38,17 +38,10 @@ pub(crate) struct HistogramSample {
 }
 
 impl HistogramSample {
-    /// The upper bound of the bucket holding quantile `q`.
+    /// The upper bound of the bucket holding quantile `q` (0 for no values).
     pub(crate) fn quantile(&self, q: f64) -> f64 {
-        let wanted = (q * self.count as f64).ceil() as u64;
-        let mut seen = 0;
-        for (upper, count) in &self.buckets {
-            seen += count;
-            if seen >= wanted.max(1) {
-                return *upper;
-            }
-        }
-        0.0
+        let counts: Vec<u64> = self.buckets.iter().map(|(_, count)| *count).collect();
+        tradeshard_engine::quantile_bucket(&counts, q).map_or(0.0, |bucket| self.buckets[bucket].0)
     }
 }
 

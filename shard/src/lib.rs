@@ -140,5 +140,5 @@ pub use trade_file::{
 /// Where a trade's record lies in its shard's table, and its length (tests damage records).
 pub use trade_file::{file_offset as trade_record_offset, RECORD_BYTES as TRADE_RECORD_BYTES};
 pub use tradeshard_cache::{CacheStats, SharedCache};
-pub use tradeshard_wal::{Durability, SegmentInfo, SyncMethod, WalStats, HISTOGRAM_BUCKETS};
+pub use tradeshard_wal::{quantile_bucket, Durability, SegmentInfo, SyncMethod, WalStats, HISTOGRAM_BUCKETS};
 pub use validate::{validate_amount, validate_group, validate_order_no, validate_refund_no, validate_request_no};

@@ -42,5 +42,5 @@ pub use error::{Error, Result};
 pub use layout::BLOCK_BYTES;
 pub use reader::LogReader;
 pub use recovery::{FramePos, RecoveryReport};
-pub use state::{log2_bucket, SegmentInfo, WalStats, HISTOGRAM_BUCKETS};
+pub use state::{log2_bucket, quantile_bucket, SegmentInfo, WalStats, HISTOGRAM_BUCKETS};
 pub use wal::{RecoveredWal, Wal};

@@ -176,6 +176,18 @@ pub fn log2_bucket(value: u64) -> usize {
     ((u64::BITS - value.leading_zeros()) as usize).min(HISTOGRAM_BUCKETS - 1)
 }
 
+/// The bucket of a histogram (`counts` per bucket, not cumulative) by which a fraction `q` of
+/// its values is counted: the quantile lies under that bucket's bound. `None` for no values.
+pub fn quantile_bucket(counts: &[u64], q: f64) -> Option<usize> {
+    let total: u64 = counts.iter().sum();
+    let wanted = ((q * total as f64).ceil() as u64).max(1);
+    let mut seen = 0;
+    counts.iter().position(|count| {
+        seen += count;
+        seen >= wanted
+    })
+}
+
 /// What a log's owner sees of one segment.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct SegmentInfo {
@@ -240,6 +252,18 @@ impl<D: Disk> Shared<D> {
 mod tests {
     use super::*;
     use proptest::prelude::*;
+
+    #[test]
+    fn a_quantile_lies_in_the_bucket_that_counts_its_share() {
+        let counts = [0, 60, 0, 39, 1];
+        assert_eq!(quantile_bucket(&counts, 0.5), Some(1));
+        assert_eq!(quantile_bucket(&counts, 0.6), Some(1));
+        assert_eq!(quantile_bucket(&counts, 0.61), Some(3));
+        assert_eq!(quantile_bucket(&counts, 0.99), Some(3));
+        assert_eq!(quantile_bucket(&counts, 1.0), Some(4));
+        assert_eq!(quantile_bucket(&counts, 0.0), Some(1), "the smallest value's bucket");
+        assert_eq!(quantile_bucket(&[0, 0], 0.5), None);
+    }
 
     proptest! {
         /// However the index is filled (the flusher's frames in order, an open starting at a

@@ -261,6 +261,8 @@ impl<D: Disk> Writer<D> {
         let run_bytes = (last.offset + align_up(last.header.frame_bytes()) - first_offset) as usize;
         let mut buf = tail.file.alloc(run_bytes);
         let bytes = buf.bytes_mut();
+        // What compression did, counted once the write succeeds.
+        let (mut raw_bytes, mut stored_bytes, mut pieces, mut compressed) = (0u64, 0u64, 0u64, 0u64);
         for (index, planned) in self.plan.iter().enumerate().take(run.end).skip(run.start) {
             let at = (planned.offset - first_offset) as usize;
             let stored = &self.stored[index][..planned.header.stored_len as usize];
@@ -269,6 +271,12 @@ impl<D: Disk> Writer<D> {
             bytes[at + FRAME_HEADER_BYTES..end].copy_from_slice(stored);
             bytes[end..at + align_up(planned.header.frame_bytes()) as usize].fill(0);
             self.last_checksum = planned.header.checksum;
+            raw_bytes += u64::from(planned.header.raw_len);
+            stored_bytes += stored.len() as u64;
+            for span in &self.pieces[planned.pieces.clone()] {
+                pieces += 1;
+                compressed += u64::from(stored_compressed(&stored[span.start as usize..]));
+            }
         }
         let path = || self.shared.disk.path_of(&tail.name);
         self.tail_dirty = true;
@@ -277,15 +285,6 @@ impl<D: Disk> Writer<D> {
         let durable = self.shared.disk.sync_method() == SyncMethod::DsyncWrites;
         self.tail_dirty = !durable;
         self.write_offset = first_offset + run_bytes as u64;
-        let (mut raw_bytes, mut stored_bytes, mut pieces, mut compressed) = (0u64, 0u64, 0u64, 0u64);
-        for (index, planned) in self.plan.iter().enumerate().take(run.end).skip(run.start) {
-            raw_bytes += u64::from(planned.header.raw_len);
-            stored_bytes += u64::from(planned.header.stored_len);
-            for span in &self.pieces[planned.pieces.clone()] {
-                pieces += 1;
-                compressed += u64::from(stored_compressed(&self.stored[index][span.start as usize..]));
-            }
-        }
         self.shared.count(|s| {
             s.disk_bytes += run_bytes as u64;
             s.frames += run.len() as u64;

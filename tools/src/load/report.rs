@@ -90,22 +90,10 @@ impl LogFigures {
     }
 }
 
-/// The bound of the first bucket of `counts` (bucket `i`: values under 2^i) by which a
-/// fraction `q` of the values is counted; 0 for no values.
-fn under(counts: &[u64], q: f64) -> u64 {
-    let total: u64 = counts.iter().sum();
-    if total == 0 {
-        return 0;
-    }
-    let wanted = ((total as f64 * q).ceil() as u64).max(1);
-    let mut seen = 0;
-    for (bucket, count) in counts.iter().enumerate() {
-        seen += count;
-        if seen >= wanted {
-            return 1u64 << bucket;
-        }
-    }
-    1u64 << (counts.len() - 1)
+/// The bound, in microseconds, of the bucket of `turns` (bucket `i`: under 2^i) by which a
+/// fraction `q` of them is counted; 0 for no turns.
+fn under(turns: &[u64], q: f64) -> u64 {
+    tradeshard_engine::quantile_bucket(turns, q).map_or(0, |bucket| 1 << bucket)
 }
 
 #[derive(Serialize)]
