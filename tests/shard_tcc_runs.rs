@@ -167,6 +167,10 @@ fn ended_flexible_transactions_in_runs_answer_late_steps_before_and_after_a_reop
         for n in 0..120 {
             Activity { n }.run(&shard).await;
             if (n + 1) % 30 == 0 {
+                // Each completed activity keeps its payer's branch: held on their own are
+                // the payees' and the fenced branches, two an activity, not three.
+                let stats = shard.stats();
+                assert_eq!((stats.branches, stats.activities), (60, 30), "after activity {n}");
                 shard.checkpoint().await.unwrap();
             }
         }
@@ -177,6 +181,8 @@ fn ended_flexible_transactions_in_runs_answer_late_steps_before_and_after_a_reop
             names.iter().any(|name| name.starts_with("branches-"))
                 && names.iter().any(|n| n.starts_with("activities-"))
         );
+        let entries = shard.stats().checkpoints.key_run_entries_written;
+        assert_eq!(entries, 1 + 120 * 3, "the deposit; per activity its entry, its payee's branch and a fenced branch");
         let reads = shard.stats().checkpoints.key_run_reads;
         late_steps_answer_as_before(&shard, 120).await;
         assert!(shard.stats().checkpoints.key_run_reads > reads + 120, "the late steps read the runs");

@@ -289,9 +289,12 @@ impl<D: Disk> KeyRuns<D> {
         let may_hold = match reach {
             Reach::Window => {
                 let h = crate::runs::key_hash(key);
-                self.sets_of(kind).any(|set| set.may_hold_hashed(h))
+                self.stores_of(key, kind).any(|(set, asked)| match asked == key {
+                    true => set.may_hold_hashed(h),
+                    false => set.may_hold_hashed(crate::runs::key_hash(asked)),
+                })
             }
-            Reach::All => self.sets_of(kind).any(|set| set.may_hold_any(key)),
+            Reach::All => self.stores_of(key, kind).any(|(set, asked)| set.may_hold_any(asked)),
         };
         match read {
             Some(read) if (read.key, read.kind, read.reach, read.generation) == (key, kind, reach, self.generation) => {
@@ -302,15 +305,19 @@ impl<D: Disk> KeyRuns<D> {
         }
     }
 
-    /// The stores that hold keys of `kind`.
-    fn sets_of(&self, kind: KeyKind) -> impl Iterator<Item = &RunSet<D>> {
+    /// The stores that may hold `key`, a key of `kind`, each with the key it is asked by: a
+    /// branch numbered 0 is also asked of the activities, by its activity's id, since a
+    /// completed activity keeps the first branch its initiator's shard held
+    /// (`EndedActivity::first_ended`).
+    fn stores_of(&self, key: u128, kind: KeyKind) -> impl Iterator<Item = (&RunSet<D>, u128)> {
         let (first, second) = match kind {
-            KeyKind::Order => (&self.sets.orders, Some(&self.sets.claims)),
+            KeyKind::Order => (&self.sets.orders, Some((&self.sets.claims, key))),
             KeyKind::Refund => (&self.sets.refunds, None),
-            KeyKind::Request => (&self.sets.requests, Some(&self.sets.activities)),
+            KeyKind::Request => (&self.sets.requests, Some((&self.sets.activities, key))),
+            KeyKind::Branch { activity, branch: 0 } => (&self.sets.branches, Some((&self.sets.activities, activity))),
             KeyKind::Branch { .. } => (&self.sets.branches, None),
         };
-        std::iter::once(first).chain(second)
+        std::iter::once((first, key)).chain(second)
     }
 
     /// Asks for the lines of `key` in the filters a check of it as a new key reads, without
@@ -318,7 +325,10 @@ impl<D: Disk> KeyRuns<D> {
     /// check finds its lines in the cache rather than waiting for a miss in every run.
     pub(crate) fn prefetch_filters(&self, key: u128, kind: KeyKind) {
         let h = crate::runs::key_hash(key);
-        self.sets_of(kind).for_each(|set| set.prefetch_filter_lines(h));
+        self.stores_of(key, kind).for_each(|(set, asked)| match asked == key {
+            true => set.prefetch_filter_lines(h),
+            false => set.prefetch_filter_lines(crate::runs::key_hash(asked)),
+        });
     }
 
     /// Reads `key`, a key of `kind`, from the runs in force now that `reach` says; the future
@@ -331,13 +341,9 @@ impl<D: Disk> KeyRuns<D> {
     ) -> impl std::future::Future<Output = Result<RunRead, TradeError>> + 'static {
         self.reads.set(self.reads.get() + 1);
         let generation = self.generation;
-        let get = |set: &RunSet<D>| set.get_reaching(key, reach == Reach::All, &self.blocks);
-        let (first, second) = match kind {
-            KeyKind::Order => (get(&self.sets.orders), Some(get(&self.sets.claims))),
-            KeyKind::Refund => (get(&self.sets.refunds), None),
-            KeyKind::Request => (get(&self.sets.requests), Some(get(&self.sets.activities))),
-            KeyKind::Branch { .. } => (get(&self.sets.branches), None),
-        };
+        let mut stores =
+            self.stores_of(key, kind).map(|(set, asked)| set.get_reaching(asked, reach == Reach::All, &self.blocks));
+        let (first, second) = (stores.next().expect("every kind has a store"), stores.next());
         // An order number used again after it left the window may be in both stores, its old
         // use past the window: what the runs within it hold is the newer, and wins.
         let within = (kind == KeyKind::Order && reach == Reach::All).then(|| {
@@ -368,10 +374,14 @@ impl<D: Disk> KeyRuns<D> {
                     activity: activity.await?.as_ref().map(decode_activity).transpose()?,
                     ..KeyState::default()
                 },
-                (KeyKind::Branch { activity, branch }, _) => KeyState {
-                    branch: first.as_ref().map(|value| decode_branch(value, activity, branch)).transpose()?,
-                    ..KeyState::default()
-                },
+                (KeyKind::Branch { activity, branch }, kept) => {
+                    let mut found = first.as_ref().map(|value| decode_branch(value, activity, branch)).transpose()?;
+                    if let (None, Some(kept)) = (found, kept) {
+                        let ended = kept.await?.as_ref().map(decode_activity).transpose()?;
+                        found = ended.and_then(|ended| ended.branch(branch));
+                    }
+                    KeyState { branch: found, ..KeyState::default() }
+                }
                 _ => KeyState { refund: first.as_ref().map(decode_refund).transpose()?, ..KeyState::default() },
             };
             Ok(RunRead { key, kind, reach, generation, state })

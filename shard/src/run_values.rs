@@ -139,8 +139,9 @@ pub(crate) fn decode_branch(value: &Value, activity: u128, branch: u16) -> Resul
     Ok(BranchEntry { action, state: state.expect("checked") })
 }
 
-/// A completed activity's entry (46 bytes, then zeros): deadline_ms, begun_ms, decision [2],
-/// the digest of its branches u64, its first branch's action.
+/// A completed activity's entry (47 bytes, then zeros): deadline_ms, begun_ms, decision [2],
+/// the digest of its branches u64, its first branch's action, the state that branch ended in
+/// when the entry keeps it (as a branch's: 2, 3 or 4), else 0.
 pub(crate) fn activity_value(ended: &EndedActivity) -> Value {
     let mut fields = Vec::with_capacity(VALUE_BYTES_MAX);
     for word in [ended.deadline_ms, ended.begun_ms] {
@@ -149,6 +150,7 @@ pub(crate) fn activity_value(ended: &EndedActivity) -> Value {
     fields.extend_from_slice(&ended.decision.code());
     fields.extend_from_slice(&ended.plans_digest.to_le_bytes());
     push_action(&mut fields, &ended.first);
+    fields.push(ended.first_ended.map_or(0, BranchState::code));
     padded(&fields)
 }
 
@@ -160,10 +162,21 @@ pub(crate) fn decode_activity(value: &Value) -> Result<EndedActivity, TradeError
     let decision = Decision::of(code).map_err(bad_entry)?;
     let plans_digest = reader.u64().map_err(bad_entry)?;
     let first = action_of(reader.take(ACTION_BYTES).map_err(bad_entry)?).map_err(bad_entry)?;
+    let first_ended = match reader.u8().map_err(bad_entry)? {
+        0 => None,
+        code => match BranchState::of(code) {
+            Some(state @ (BranchState::Confirmed | BranchState::Cancelled | BranchState::Fenced))
+                if first.account().is_some() =>
+            {
+                Some(state)
+            }
+            _ => return Err(bad_entry("an activity run entry keeping a branch that no checkpoint writes")),
+        },
+    };
     if !zeros_after(value, reader.at) {
         return Err(bad_entry("an activity run entry with bytes where zeros belong"));
     }
-    Ok(EndedActivity { decision, deadline_ms, begun_ms, plans_digest, first })
+    Ok(EndedActivity { decision, deadline_ms, begun_ms, plans_digest, first, first_ended })
 }
 
 /// `fields`, then zeros.
@@ -193,6 +206,7 @@ mod tests {
             begun_ms: 4,
             plans_digest: 0xfeed,
             first: action,
+            first_ended: Some(BranchState::Cancelled),
         };
         (branch, activity)
     }
@@ -208,6 +222,14 @@ mod tests {
         let tried = branch_value(5, 1, &BranchEntry { state: BranchState::Tried, ..branch });
         assert!(decode_branch(&tried, 5, 1).is_err(), "a branch under way is never in a run");
         assert_eq!(decode_activity(&activity_value(&activity)).unwrap(), activity);
+        let kept = decode_activity(&activity_value(&activity)).unwrap().branch(0);
+        assert_eq!(kept, Some(BranchEntry { action: activity.first, state: BranchState::Cancelled }));
+        assert_eq!(activity.branch(1), None, "only the first branch is kept");
+        let alone = EndedActivity { first_ended: None, ..activity };
+        assert_eq!(decode_activity(&activity_value(&alone)).unwrap().branch(0), None, "a first branch kept apart");
+        let mut tried = activity_value(&activity);
+        tried[46] = BranchState::Tried.code();
+        assert!(decode_activity(&tried).is_err(), "a branch under way is never kept by a completed activity");
         let mut trailing = activity_value(&activity);
         trailing[VALUE_BYTES_MAX - 1] = 1;
         assert!(decode_activity(&trailing).is_err(), "bytes where zeros belong");

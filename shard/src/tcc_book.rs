@@ -24,7 +24,9 @@
 //! ([`MoneyView::ended_activity`], and the branch itself) and leaves the steps they answer out
 //! of the record it writes, so no record applied to the durable books ever names an entry that
 //! left memory. A settlement's credit is forgotten by its trade's shard once completed
-//! ([`DECIDED_AT_BEGIN`]).
+//! ([`DECIDED_AT_BEGIN`]). A completed activity keeps its first branch when its own shard held
+//! it (a transfer's payer, [`ActivityEntry::first_ended`]): one entry instead of two, in
+//! memory, in the checkpoint's sort and in the runs.
 
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -106,6 +108,20 @@ pub struct ActivityEntry {
     pub deadline_ms: u64,
     pub begun_ms: u64,
     pub state: ActivityState,
+    /// The state its first branch ended in, once the activity completed, when this shard held
+    /// that branch (a transfer's payer): the branch's entry is then kept here, not on its own
+    /// ([`TccBook::set_activity`]). `None` for an activity under way.
+    pub first_ended: Option<BranchState>,
+}
+
+impl ActivityEntry {
+    /// Its first branch when the entry keeps it ([`first_ended`](Self::first_ended)); only a
+    /// first branch numbered 0 is kept, so that a lookup of any other branch that memory
+    /// misses asks no more than the branches.
+    pub(crate) fn first_branch(&self) -> Option<BranchEntry> {
+        let plan = self.branches.first().filter(|plan| plan.branch == 0)?;
+        Some(BranchEntry { action: plan.action, state: self.first_ended? })
+    }
 }
 
 /// What a step answers: its outcome, and whether it repeated one already recorded.
@@ -173,6 +189,7 @@ pub(crate) fn apply_step(view: &mut impl MoneyView, step: &Step, at_ms: u64) -> 
                     deadline_ms: *deadline_ms,
                     begun_ms: at_ms,
                     state: ActivityState::Open,
+                    first_ended: None,
                 };
                 view.set_activity(*activity, entry);
                 answer(StepOutcome::Begun(ActivityState::Open), false)
@@ -372,7 +389,12 @@ impl TccBook {
     }
 
     pub(crate) fn branch(&self, activity: u128, branch: u16) -> Option<BranchEntry> {
-        self.branches.get(&(activity, branch)).copied()
+        match self.branches.get(&(activity, branch)) {
+            Some(entry) => Some(*entry),
+            // The first branch of an activity completed here is kept in the activity's entry.
+            None if branch == 0 => self.activities.get(&activity)?.first_branch(),
+            None => None,
+        }
     }
 
     /// Looks up the entry `step` names and drops the answer: run over a batch of steps before
@@ -385,8 +407,13 @@ impl TccBook {
             | Step::Cancel { activity, branch, .. } => {
                 std::hint::black_box(self.branches.get(&(activity, branch)));
             }
-            Step::Begin { activity, .. } | Step::Decide { activity, .. } | Step::Complete { activity } => {
+            Step::Begin { activity, .. } | Step::Decide { activity, .. } => {
                 std::hint::black_box(self.activities.get(&activity));
+            }
+            // A completion takes its activity's first branch in (`set_activity`).
+            Step::Complete { activity } => {
+                std::hint::black_box(self.activities.get(&activity));
+                std::hint::black_box(self.branches.get(&(activity, 0)));
             }
         }
     }
@@ -432,7 +459,7 @@ impl TccBook {
         self.activities.get(&activity)
     }
 
-    pub(crate) fn set_activity(&mut self, activity: u128, entry: ActivityEntry) {
+    pub(crate) fn set_activity(&mut self, activity: u128, mut entry: ActivityEntry) {
         match entry.state {
             ActivityState::Completed(_) if entry.deadline_ms == DECIDED_AT_BEGIN => {
                 // A settlement's credit, completed: forgotten (see `DECIDED_AT_BEGIN`).
@@ -440,10 +467,28 @@ impl TccBook {
                 self.activities.remove(&activity);
                 return;
             }
-            ActivityState::Completed(_) => drop(self.unfinished.remove(&activity)),
+            ActivityState::Completed(_) => {
+                self.unfinished.remove(&activity);
+                self.take_in_first_branch(activity, &mut entry);
+            }
             _ => drop(self.unfinished.insert(activity)),
         }
         self.activities.insert(activity, entry);
+    }
+
+    /// Moves the first branch of `activity`, completed, into its entry when this shard holds
+    /// that branch, ended, with the plan's action: a transfer's payer then costs one entry, in
+    /// memory and in the runs, not two. Every branch answered before a completion, and an
+    /// ended branch changes no more, so the entry keeps all there is of it.
+    fn take_in_first_branch(&mut self, activity: u128, entry: &mut ActivityEntry) {
+        let Some(plan) = entry.branches.first().filter(|plan| plan.branch == 0) else { return };
+        match self.branches.get(&(activity, 0)) {
+            Some(branch) if branch.state.ended() && branch.action == plan.action => {
+                entry.first_ended = Some(branch.state);
+                self.branches.remove(&(activity, 0));
+            }
+            _ => {}
+        }
     }
 
     pub(crate) fn add_in_transit(&mut self, currency: Currency, amount: i128) {

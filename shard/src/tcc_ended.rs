@@ -1,11 +1,11 @@
 //! What is kept of a flexible transaction's activity once it completed and a checkpoint moved
 //! it out of memory into a run on disk (`key_runs.rs`): not its branches, which no late step
 //! needs, but enough to answer every one of them and a retry of its begin (its decision, a
-//! digest of its branches, its first branch's action); and an activity as a lookup finds it,
-//! in memory or in a run.
+//! digest of its branches, its first branch's action, and that branch's end when the shard
+//! held it); and an activity as a lookup finds it, in memory or in a run.
 
 use crate::tcc::{push_plans, BranchAction, BranchPlan, Decision};
-use crate::tcc_book::{ActivityEntry, ActivityState};
+use crate::tcc_book::{ActivityEntry, ActivityState, BranchEntry, BranchState};
 
 /// A completed activity as the runs on disk keep it: what answers its late steps and retries.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -17,6 +17,10 @@ pub struct EndedActivity {
     pub plans_digest: u64,
     /// Its first branch's action (a transfer's: the payer's).
     pub first: BranchAction,
+    /// How its first branch, numbered 0, ended, when the initiator's shard held it (a
+    /// transfer's payer): that branch is kept here, not in the branches
+    /// ([`ActivityEntry::first_ended`]).
+    pub first_ended: Option<BranchState>,
 }
 
 impl EndedActivity {
@@ -35,7 +39,16 @@ impl EndedActivity {
             begun_ms: entry.begun_ms,
             plans_digest: plans_digest(&entry.branches),
             first,
+            first_ended: entry.first_ended,
         })
+    }
+
+    /// Branch `branch` of the activity, if this entry keeps it (`first_ended`).
+    pub(crate) fn branch(&self, branch: u16) -> Option<BranchEntry> {
+        match branch {
+            0 => Some(BranchEntry { action: self.first, state: self.first_ended? }),
+            _ => None,
+        }
     }
 
     /// The decision and first branch of a completed activity with a branch: the one condition

@@ -37,6 +37,8 @@ pub(super) fn encode(item: &Item, out: &mut Vec<u8>) {
             push_action(out, &entry.action);
         }
         Item::Tcc(TccItem::Activity(id, entry)) => {
+            // Only activities under way are written (`TccBook::items`): none keeps a branch.
+            debug_assert!(entry.first_ended.is_none(), "a completed activity in a checkpoint's file");
             out.push(KIND_ACTIVITY);
             out.extend_from_slice(&id.to_le_bytes());
             u64s(out, &[entry.deadline_ms, entry.begun_ms]);
@@ -112,7 +114,10 @@ pub(super) fn decode(kind: u8, reader: &mut Reader<'_>) -> Result<Item, &'static
                 _ => return Err("checkpoint activity of an unknown state"),
             };
             let branches = reader.plans()?;
-            Item::Tcc(TccItem::Activity(id, ActivityEntry { branches, deadline_ms, begun_ms, state }))
+            Item::Tcc(TccItem::Activity(
+                id,
+                ActivityEntry { branches, deadline_ms, begun_ms, state, first_ended: None },
+            ))
         }
         KIND_IN_TRANSIT => {
             let currency = currency(reader)?;
