@@ -93,8 +93,8 @@ pub(crate) enum Waiter {
     /// An account request.
     Account(ShardReply<AccountReceipt>),
     /// A local transaction of flexible-transaction steps, with every step's answer as checked
-    /// (the record holds only the steps that were not repeats).
-    Tcc(ShardReply<Vec<StepAnswer>>, Vec<StepAnswer>),
+    /// (the record holds only the steps that were not repeats) and what they change.
+    Tcc(ShardReply<Vec<StepAnswer>>, Vec<StepAnswer>, crate::tcc_write::TccChanges),
     /// A message write.
     Message(ShardReply<MessageReceipt>),
     /// A `ClaimsKnown` record (`doubts.rs`): nobody waits for it.
@@ -109,7 +109,7 @@ impl Waiter {
             Waiter::Claim(reply) => reply.send(Err(error)),
             Waiter::Settled(reply) => reply.send(Err(error)),
             Waiter::Account(reply) => reply.send(Err(error)),
-            Waiter::Tcc(reply, _) => reply.send(Err(error)),
+            Waiter::Tcc(reply, ..) => reply.send(Err(error)),
             Waiter::Message(reply) => reply.send(Err(error)),
             Waiter::Mark => {}
         }

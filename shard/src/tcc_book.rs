@@ -4,9 +4,10 @@
 //!
 //! The rules ([`apply_step`]) are written once, over a [`MoneyView`]: the write path runs them
 //! on a scratch view (durable state, the balances of requests in flight, and the record's own
-//! earlier steps) to check a record before it is written; the committer and replay run them on
-//! the durable books. A step the write path accepted therefore applies, and a record that
-//! does not apply cannot have been written by this engine.
+//! earlier steps) to check a record before it is written; replay runs them on the durable
+//! books, and the committer installs what the check computed (`tcc_write::TccChanges`), which
+//! is what they make there. A step the write path accepted therefore applies, and a record
+//! that does not apply cannot have been written by this engine.
 //!
 //! Fences (the lessons of Seata's TCC fence): a Cancel that comes before its Try records the
 //! branch as fenced, and the Try that comes later is refused, so nothing stays reserved for an

@@ -180,7 +180,60 @@ pub(crate) struct Scratch<'a> {
     balances: IdMap<AccountKey, Balance>,
     branches: IdMap<(u128, u16), BranchEntry>,
     activities: IdMap<u128, ActivityEntry>,
+    in_transit: Vec<(Currency, i128)>,
+    /// Ended branches and completed activities read from the runs: what the steps found, not
+    /// what they changed.
+    run_branches: IdMap<(u128, u16), BranchEntry>,
     ended: IdMap<u128, EndedActivity>,
+}
+
+/// What a local transaction's steps change, as the write path's check computed it: the
+/// entries and balances they leave and the money they move into or out of activities' hands.
+/// The committer installs it once the record is durable (`ShardIndex::install_tcc`) instead of
+/// running the rules again: the check ran them on the state the record applies to (durable
+/// state and the writes in flight before it, which become durable first, in log order, and
+/// nothing else changes the entries it names while it is in flight). Replay, which has only
+/// the record, runs the rules.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub(crate) struct TccChanges {
+    pub balances: Vec<(AccountKey, Balance)>,
+    pub branches: Vec<((u128, u16), BranchEntry)>,
+    pub activities: Vec<(u128, ActivityEntry)>,
+    pub in_transit: Vec<(Currency, i128)>,
+}
+
+impl TccChanges {
+    /// The same changes, whatever their order.
+    #[cfg(debug_assertions)]
+    fn sorted(mut self) -> TccChanges {
+        self.balances.sort_unstable_by_key(|(key, _)| *key);
+        self.branches.sort_unstable_by_key(|(key, _)| *key);
+        self.activities.sort_unstable_by_key(|(key, _)| *key);
+        let mut moved = BTreeMap::<Currency, i128>::new();
+        for (currency, amount) in self.in_transit {
+            *moved.entry(currency).or_default() += amount;
+        }
+        self.in_transit = moved.into_iter().filter(|(_, amount)| *amount != 0).collect();
+        self
+    }
+}
+
+/// What the rules make of `record`'s steps on the durable books of `index` alone: in debug
+/// builds the committer checks the changes the write path computed against it.
+#[cfg(debug_assertions)]
+pub(crate) fn check_changes(index: &crate::index::ShardIndex, record: &TccRecord, changes: &TccChanges) {
+    let none_in_flight = InFlightAccounts::default();
+    let mut rules = Scratch::over(index.accounts(), index.tcc(), &none_in_flight, record.steps.len());
+    for step in &record.steps {
+        apply_step(&mut rules, step, record.at_ms).expect("a durable record's steps apply to the durable books");
+    }
+    let computed = TccChanges {
+        balances: changes.balances.clone(),
+        branches: changes.branches.clone(),
+        activities: changes.activities.clone(),
+        in_transit: changes.in_transit.clone(),
+    };
+    assert_eq!(rules.into_changes().sorted(), computed.sorted(), "a record's changes are what the rules make of it");
 }
 
 impl<'a> Scratch<'a> {
@@ -200,6 +253,8 @@ impl<'a> Scratch<'a> {
             balances: IdMap::with_capacity_and_hasher(steps, Default::default()),
             branches: IdMap::with_capacity_and_hasher(steps, Default::default()),
             activities: IdMap::with_capacity_and_hasher(steps, Default::default()),
+            in_transit: Vec::new(),
+            run_branches: IdMap::default(),
             ended: IdMap::default(),
         }
     }
@@ -207,6 +262,16 @@ impl<'a> Scratch<'a> {
     /// The balances the rules changed.
     pub(crate) fn into_balances(self) -> Vec<(AccountKey, Balance)> {
         self.balances.into_iter().collect()
+    }
+
+    /// Everything the rules changed.
+    pub(crate) fn into_changes(self) -> TccChanges {
+        TccChanges {
+            balances: self.balances.into_iter().collect(),
+            branches: self.branches.into_iter().collect(),
+            activities: self.activities.into_iter().collect(),
+            in_transit: self.in_transit,
+        }
     }
 }
 
@@ -219,7 +284,9 @@ impl MoneyView for Scratch<'_> {
         self.balances.insert(key, balance);
     }
     fn branch(&self, activity: u128, branch: u16) -> Option<BranchEntry> {
-        self.branches.get(&(activity, branch)).copied().or_else(|| self.tcc.branch(activity, branch))
+        let key = (activity, branch);
+        let read = || self.run_branches.get(&key).copied().or_else(|| self.tcc.branch(activity, branch));
+        self.branches.get(&key).copied().or_else(read)
     }
     fn set_branch(&mut self, activity: u128, branch: u16, entry: BranchEntry) {
         self.branches.insert((activity, branch), entry);
@@ -239,7 +306,9 @@ impl MoneyView for Scratch<'_> {
             None => self.ended.contains_key(&activity),
         }
     }
-    fn add_in_transit(&mut self, _: Currency, _: i128) {}
+    fn add_in_transit(&mut self, currency: Currency, amount: i128) {
+        self.in_transit.push((currency, amount));
+    }
 }
 
 impl<D: Disk> Shard<D> {
@@ -387,7 +456,7 @@ fn transact_reading<D: Disk>(
     }
     let at_ms = now_ms();
     let mut scratch = Scratch::over(index.accounts(), index.tcc(), &accepted.accounts, steps.len());
-    scratch.branches.extend(run_branches);
+    scratch.run_branches = run_branches;
     scratch.ended = run_activities;
     let mut answers = Vec::with_capacity(steps.len());
     for step in &steps {
@@ -407,7 +476,7 @@ fn transact_reading<D: Disk>(
         true => steps.iter().zip(&answers).filter(|(_, answer)| !answer.repeat).map(|(step, _)| step.clone()).collect(),
     };
     let record = TccRecord { at_ms, steps: written };
-    let balances = scratch.into_balances();
+    let changes = scratch.into_changes();
     let ticket = match inner.wal.enqueue(&record.encode()) {
         Ok(ticket) => ticket,
         // The log's queue is full: the steps of an activity wait here, for the last write in
@@ -420,7 +489,7 @@ fn transact_reading<D: Disk>(
         Err(error) => return reply.send(Err(error.into())),
     };
     let seq = ticket.seq();
-    for (key, balance) in &balances {
+    for (key, balance) in &changes.balances {
         accepted.accounts.note_balance(*key, *balance, seq);
     }
     for step in &record.steps {
@@ -432,6 +501,6 @@ fn transact_reading<D: Disk>(
         ticket: Some(ticket),
         record,
         keys: EffectKeys::None,
-        waiter: Waiter::Tcc(reply, answers),
+        waiter: Waiter::Tcc(reply, answers, changes),
     });
 }

@@ -186,6 +186,24 @@ impl ShardIndex {
         record.steps.iter().map(apply).collect()
     }
 
+    /// Installs what a durable local transaction changes, as its check computed it
+    /// (`TccChanges`): the balances, then the branches, then the activities (a completed one
+    /// takes in its first branch, `TccBook::set_activity`, as the rules' order leaves it).
+    pub(crate) fn install_tcc(&mut self, changes: crate::tcc_write::TccChanges) {
+        for (key, balance) in changes.balances {
+            self.accounts.set_balance(key, balance);
+        }
+        for ((activity, branch), entry) in changes.branches {
+            self.tcc.set_branch(activity, branch, entry);
+        }
+        for (activity, entry) in changes.activities {
+            self.tcc.set_activity(activity, entry);
+        }
+        for (currency, amount) in changes.in_transit {
+            self.tcc.add_in_transit(currency, amount);
+        }
+    }
+
     /// The trade's entry, if it is in memory (a cold one is in the table on disk).
     pub fn get(&self, id: TradeId) -> Option<&TradeEntry> {
         self.trades.get(id)
