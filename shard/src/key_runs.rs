@@ -286,15 +286,6 @@ impl<D: Disk> KeyRuns<D> {
         if in_memory != KeyState::default() {
             return Lookup::Known(in_memory);
         }
-        self.lookup_past_memory_reaching(key, kind, reach, read)
-    }
-
-    /// [`lookup`](Self::lookup) of a key the caller just found that memory does not hold.
-    pub(crate) fn lookup_past_memory(&self, key: u128, kind: KeyKind, read: Option<&RunRead>) -> Lookup {
-        self.lookup_past_memory_reaching(key, kind, Reach::Window, read)
-    }
-
-    fn lookup_past_memory_reaching(&self, key: u128, kind: KeyKind, reach: Reach, read: Option<&RunRead>) -> Lookup {
         let may_hold = match reach {
             Reach::Window => {
                 let h = crate::runs::key_hash(key);

@@ -181,12 +181,9 @@ pub(crate) struct Scratch<'a> {
     branches: IdMap<(u128, u16), BranchEntry>,
     activities: IdMap<u128, ActivityEntry>,
     in_transit: Vec<(Currency, i128)>,
-    /// The branches and activities the steps name as memory or the runs hold them (`None`:
-    /// neither), looked up once before the check: what the steps found, not what they changed.
-    /// A key missing here is asked of the durable book.
-    found_branches: IdMap<(u128, u16), Option<BranchEntry>>,
-    found_activities: IdMap<u128, Option<&'a ActivityEntry>>,
-    /// Completed activities read from the runs.
+    /// Ended branches and completed activities read from the runs: what the steps found, not
+    /// what they changed.
+    run_branches: IdMap<(u128, u16), BranchEntry>,
     ended: IdMap<u128, EndedActivity>,
 }
 
@@ -257,8 +254,7 @@ impl<'a> Scratch<'a> {
             branches: IdMap::with_capacity_and_hasher(steps, Default::default()),
             activities: IdMap::with_capacity_and_hasher(steps, Default::default()),
             in_transit: Vec::new(),
-            found_branches: IdMap::default(),
-            found_activities: IdMap::default(),
+            run_branches: IdMap::default(),
             ended: IdMap::default(),
         }
     }
@@ -266,14 +262,6 @@ impl<'a> Scratch<'a> {
     /// The balances the rules changed.
     pub(crate) fn into_balances(self) -> Vec<(AccountKey, Balance)> {
         self.balances.into_iter().collect()
-    }
-
-    /// The activity the durable book holds, as looked up before the check if it was.
-    fn held_activity(&self, activity: u128) -> Option<&'a ActivityEntry> {
-        match self.found_activities.get(&activity) {
-            Some(found) => *found,
-            None => self.tcc.activity(activity),
-        }
     }
 
     /// Everything the rules changed.
@@ -297,17 +285,14 @@ impl MoneyView for Scratch<'_> {
     }
     fn branch(&self, activity: u128, branch: u16) -> Option<BranchEntry> {
         let key = (activity, branch);
-        let found = || match self.found_branches.get(&key) {
-            Some(found) => *found,
-            None => self.tcc.branch(activity, branch),
-        };
-        self.branches.get(&key).copied().or_else(found)
+        let read = || self.run_branches.get(&key).copied().or_else(|| self.tcc.branch(activity, branch));
+        self.branches.get(&key).copied().or_else(read)
     }
     fn set_branch(&mut self, activity: u128, branch: u16, entry: BranchEntry) {
         self.branches.insert((activity, branch), entry);
     }
     fn activity(&self, activity: u128) -> Option<ActivityEntry> {
-        self.activities.get(&activity).or_else(|| self.held_activity(activity)).cloned()
+        self.activities.get(&activity).cloned().or_else(|| self.tcc.activity(activity).cloned())
     }
     fn set_activity(&mut self, activity: u128, entry: ActivityEntry) {
         self.activities.insert(activity, entry);
@@ -316,7 +301,7 @@ impl MoneyView for Scratch<'_> {
         self.ended.get(&activity).copied()
     }
     fn activity_decided(&self, activity: u128) -> bool {
-        match self.activities.get(&activity).or_else(|| self.held_activity(activity)) {
+        match self.activities.get(&activity).or_else(|| self.tcc.activity(activity)) {
             Some(entry) => entry.state != ActivityState::Open,
             None => self.ended.contains_key(&activity),
         }
@@ -427,37 +412,20 @@ fn transact_reading<D: Disk>(
         return accepted.tcc.parked.entry(seq).or_default().push((steps, reply));
     }
     let index = inner.index.borrow();
-    // What memory holds of the branches and activities the steps name, and what the runs keep
-    // of those it does not hold: each looked up once, here, for the check.
-    let (mut found_branches, mut found_activities) = (IdMap::default(), IdMap::default());
-    let mut run_activities = IdMap::default();
+    // What the runs keep of the branches and activities the steps name and memory does not hold.
+    let (mut run_branches, mut run_activities) = (IdMap::default(), IdMap::default());
     for step in &steps {
         let (key, kind) = run_key(step);
         let held = match kind {
-            KeyKind::Branch { activity, branch } => {
-                let held = index.tcc().branch(activity, branch);
-                found_branches.insert((activity, branch), held);
-                held.is_some()
-            }
-            _ => {
-                let held = index.tcc().activity(step.activity());
-                found_activities.insert(step.activity(), held);
-                held.is_some()
-            }
+            KeyKind::Branch { activity, branch } => index.tcc().branch(activity, branch).is_some(),
+            _ => index.tcc().activity(step.activity()).is_some(),
         };
         // A Begin asks even of an activity held: its id must not be an account request's.
         if held && !matches!(step, Step::Begin { .. }) {
             continue;
         }
         let read = reads.iter().find(|read| read.key == key);
-        let runs = inner.key_runs.borrow();
-        let lookup = match kind {
-            // Memory was asked of the branch just above.
-            KeyKind::Branch { .. } => runs.lookup_past_memory(key, kind, read),
-            _ => runs.lookup(&index, key, kind, read),
-        };
-        drop(runs);
-        let state = match lookup {
+        let state = match inner.key_runs.borrow().lookup(&index, key, kind, read) {
             Lookup::Known(state) => state,
             Lookup::MustRead => {
                 drop((accepted, index));
@@ -483,13 +451,12 @@ fn transact_reading<D: Disk>(
             run_activities.insert(step.activity(), ended);
         }
         if let (Some(entry), KeyKind::Branch { activity, branch }) = (state.branch, kind) {
-            found_branches.insert((activity, branch), Some(entry));
+            run_branches.insert((activity, branch), entry);
         }
     }
     let at_ms = now_ms();
     let mut scratch = Scratch::over(index.accounts(), index.tcc(), &accepted.accounts, steps.len());
-    scratch.found_branches = found_branches;
-    scratch.found_activities = found_activities;
+    scratch.run_branches = run_branches;
     scratch.ended = run_activities;
     let mut answers = Vec::with_capacity(steps.len());
     for step in &steps {
