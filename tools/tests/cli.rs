@@ -228,11 +228,16 @@ fn load_transfers_report_their_rate_and_conserve_money() {
     let sum = |key: &str| shards.iter().map(|shard| shard[key].as_u64().unwrap()).sum::<u64>();
     assert_eq!(sum("accounts"), 200, "{inspect}");
     assert_eq!((sum("activities"), sum("branches"), sum("account_requests")), (0, 0, 0), "{inspect}");
-    let in_runs = 200 + (transfers - cross) + 3 * cross;
-    assert_eq!(
-        sum("key_run_entries"),
-        in_runs,
-        "deposits, transfers within a shard, activities and branches: {inspect}"
+    // A transfer across shards leaves its activity, which keeps the payer's branch, and the
+    // payee's branch; the payer's branch is an entry of its own only when a checkpoint came
+    // between its end and the activity's completion (a few of the 32 in flight at each).
+    let in_runs = 200 + (transfers - cross) + 2 * cross;
+    let entries = sum("key_run_entries");
+    assert!(
+        (in_runs..=in_runs + cross / 4).contains(&entries),
+        "deposits, transfers within a shard, activities and the payees' branches: {in_runs} and at most \
+         {} more, {entries} in runs: {inspect}",
+        cross / 4
     );
     assert!(shards.iter().all(|shard| shard["activities_in_doubt"].as_array().is_some_and(Vec::is_empty)));
 }
