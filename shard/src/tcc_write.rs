@@ -181,8 +181,7 @@ pub(crate) struct Scratch<'a> {
     branches: IdMap<(u128, u16), BranchEntry>,
     activities: IdMap<u128, ActivityEntry>,
     in_transit: Vec<(Currency, i128)>,
-    /// Ended branches and completed activities read from the runs: what the steps found, not
-    /// what they changed.
+    /// Ended branches read from the runs: what the steps found, not what they changed.
     run_branches: IdMap<(u128, u16), BranchEntry>,
     ended: IdMap<u128, EndedActivity>,
 }
