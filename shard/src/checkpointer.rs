@@ -35,9 +35,10 @@ use std::time::{Duration, Instant};
 use tradeshard_wal::disk::{Disk, DiskFile, WriteBuf};
 
 use crate::checkpoint::{self, Encoder, Header, Restored, Restorer};
+use crate::checkpoint_runs::WrittenRuns;
 use crate::error::{LogError, TradeError};
 use crate::index::{CreatedAt, Item, RunStore, ShardIndex};
-use crate::key_runs::{RunSets, WrittenRuns};
+use crate::key_runs::RunSets;
 use crate::layered::SETTLE_PARTS;
 use crate::parts::{PartsMark, PlacedParts};
 use crate::retention::{keep_from, Upkeep};
@@ -390,7 +391,7 @@ async fn write_durable<D: Disk>(
         (runs.sets.clone(), runs.next_id.clone(), runs.sort_room.clone())
     };
     let age = KeysAge { newest_ms: now, through: position };
-    let runs = crate::key_runs::write_runs(inner.wal.disk(), sets, &next_id, snapshot, age, &room).await?;
+    let runs = crate::checkpoint_runs::write_runs(inner.wal.disk(), sets, &next_id, snapshot, age, &room).await?;
     let header = Header {
         shard_id: inner.shard_id,
         scalars: snapshot.scalars(),

@@ -10,6 +10,7 @@ mod account_write;
 mod accounts;
 mod bytes;
 mod checkpoint;
+mod checkpoint_runs;
 mod checkpointer;
 mod checkpoints;
 mod claims;
