@@ -218,6 +218,34 @@ fn a_step_waits_for_one_in_flight_on_its_branch_and_everything_survives_reopens(
     });
 }
 
+/// A Try reads its activity's decision: sent while the decision is in flight, it waits for it
+/// and is refused, rather than reserve money that no decision would release.
+#[test]
+fn a_try_sent_behind_its_activitys_decision_in_flight_waits_and_is_refused() {
+    run(async {
+        let shard = Shard::open(SimDisk::new(), small_config(), 0).await.unwrap();
+        deposit(&shard, 2, 88, "d").await;
+        let plan = BranchPlan { shard: 0, branch: 0, action: freeze(1, 1) };
+        let decision = Decision::Cancel(CancelReason::TryRefused);
+        let (decide_reply, decided) = tradeshard_shard::reply::channel();
+        let begin_and_decide = vec![
+            Step::Begin { activity: 4, deadline_ms: 1_000, branches: vec![plan] },
+            Step::Decide { activity: 4, decision },
+        ];
+        shard.transact(begin_and_decide, decide_reply);
+        let (try_reply, tried) = tradeshard_shard::reply::channel();
+        shard.transact(vec![Step::Try { activity: 4, branch: 0, action: freeze(2, 1) }], try_reply);
+        assert!(decided.await.unwrap().is_ok());
+        match tried.await.unwrap() {
+            Err(TradeError::Refused(Refusal::StepConflict { activity: 4, .. })) => {}
+            other => panic!("a Try of an activity whose cancel was in flight: {other:?}"),
+        }
+        assert_eq!(shard.balance(2, cny()), Balance { available: 88, frozen: 0, incoming: 0 });
+        assert_eq!(shard.stats().branches, 0, "no branch reserved");
+        shard.close().await.unwrap();
+    });
+}
+
 /// The shard's own API checks what it is given as the engine does: what no state could
 /// accept is refused with no trace, never written (a decoder would refuse it on replay) and
 /// never a panic.

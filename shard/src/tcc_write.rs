@@ -3,8 +3,8 @@
 //!
 //! A transaction is checked by running the rules (`tcc_book.rs`) on a scratch view: durable
 //! state, the balances that writes in flight leave, and the transaction's own earlier steps.
-//! A transaction that touches an activity or branch with a step still in flight waits until
-//! that step is durable and is then checked afresh, so the durable state it is checked against
+//! A transaction that touches or reads an activity or branch with a step still in flight (a Try
+//! reads its activity's decision) waits until that step is durable and is then checked afresh, so the durable state it is checked against
 //! is the state it will apply to. A transaction whose every step repeats one recorded answers
 //! at once and writes nothing; a repeated step among others is answered from the check and left
 //! out of the record. A transaction that finds the log's queue full waits for the
@@ -127,6 +127,14 @@ fn key_of(step: &Step) -> (u128, u32) {
             (activity, ACTIVITY)
         }
     }
+}
+
+/// The keys of steps in flight whose records `step`'s check reads: its own, and for a Try its
+/// activity's too (a Try of an activity decided is refused, so it must not be checked before a
+/// decision in flight is durable).
+fn keys_read(step: &Step) -> impl Iterator<Item = (u128, u32)> {
+    let activity = matches!(step, Step::Try { .. }).then_some((step.activity(), ACTIVITY));
+    std::iter::once(key_of(step)).chain(activity)
 }
 
 /// The durable books, as the rules change them.
@@ -405,7 +413,7 @@ fn transact_reading<D: Disk>(
     if let Err(error) = check_steps(&steps) {
         return reply.send(Err(error.into()));
     }
-    if let Some(seq) = steps.iter().filter_map(|step| accepted.tcc.in_flight(key_of(step))).max() {
+    if let Some(seq) = steps.iter().flat_map(keys_read).filter_map(|key| accepted.tcc.in_flight(key)).max() {
         return accepted.tcc.parked.entry(seq).or_default().push((steps, reply));
     }
     let index = inner.index.borrow();
