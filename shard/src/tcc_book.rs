@@ -29,11 +29,12 @@
 //! it (a transfer's payer, [`ActivityEntry::first_ended`]): one entry instead of two, in
 //! memory, in the checkpoint's sort and in the runs.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeMap;
 
 use crate::accounts::{AccountKey, Balance, BALANCE_MAX};
 use crate::currency::Currency;
 use crate::error::Refusal;
+use crate::id_hash::IdSet;
 use crate::layered::LayeredMap;
 use crate::tcc::{BranchAction, BranchPlan, Decision, Step};
 use crate::tcc_ended::{EndedActivity, FoundActivity};
@@ -377,8 +378,9 @@ pub(crate) enum TccItem {
 pub(crate) struct TccBook {
     branches: LayeredMap<(u128, u16), BranchEntry>,
     activities: LayeredMap<u128, ActivityEntry>,
-    /// Activities begun or decided and not completed: few, and what recovery drives on.
-    unfinished: BTreeSet<u128>,
+    /// Activities begun or decided and not completed: the activities under way, and what
+    /// recovery drives on (a hash set: each activity goes in and out once, on the write path).
+    unfinished: IdSet<u128>,
     in_transit: BTreeMap<Currency, i128>,
 }
 
@@ -502,7 +504,8 @@ impl TccBook {
         &self.in_transit
     }
 
-    /// The activities this shard initiated that are not completed, with their entries.
+    /// The activities this shard initiated that are not completed, with their entries, in no
+    /// order.
     pub(crate) fn unfinished(&self) -> impl Iterator<Item = (u128, &ActivityEntry)> + '_ {
         self.unfinished.iter().filter_map(|id| Some((*id, self.activities.get(id)?)))
     }

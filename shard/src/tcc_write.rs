@@ -3,8 +3,9 @@
 //!
 //! A transaction is checked by running the rules (`tcc_book.rs`) on a scratch view: durable
 //! state, the balances that writes in flight leave, and the transaction's own earlier steps.
-//! A transaction that touches or reads an activity or branch with a step still in flight (a Try
-//! reads its activity's decision) waits until that step is durable and is then checked afresh, so the durable state it is checked against
+//! A transaction that names an activity with a step still in flight (on the activity's own
+//! entry or on one of its branches: a Try reads its activity's decision) waits until that
+//! step is durable and is then checked afresh, so the durable state it is checked against
 //! is the state it will apply to. A transaction whose every step repeats one recorded answers
 //! at once and writes nothing; a repeated step among others is answered from the check and left
 //! out of the record. A transaction that finds the log's queue full waits for the
@@ -35,18 +36,17 @@ use crate::tcc_ended::{EndedActivity, FoundActivity};
 use crate::trade::now_ms;
 use crate::validate::validate_amount;
 
-/// The branch number standing for an activity's own record in the keys of steps in flight.
-const ACTIVITY: u32 = u32::MAX;
-
-/// A transaction waiting for a step in flight on one of its activities or branches.
+/// A transaction waiting for a step in flight on one of its activities.
 pub(crate) type Parked = (Vec<Step>, ShardReply<Vec<StepAnswer>>);
 
-/// The local transactions in flight: which activities and branches they touch, and who waits.
+/// The local transactions in flight: which activities they touch, and who waits.
 #[derive(Default)]
 pub(crate) struct InFlightTcc {
-    /// (activity, branch or `ACTIVITY`) → the last record touching it, counted until the
-    /// committer applies that record (`in_flight.rs`).
-    keys: InFlightMap<(u128, u32), ()>,
+    /// Activity → the record in flight touching it (one at most: a transaction naming an
+    /// activity in flight waits), counted until the committer applies that record
+    /// (`in_flight.rs`); `true` when the record touches the activity's own entry (a Begin, a
+    /// decision, a completion, a settlement), not only its branches.
+    activities: InFlightMap<u128, bool>,
     /// Transactions waiting for the record at a seq.
     parked: BTreeMap<u64, Vec<Parked>>,
     /// Which records the committer applied.
@@ -62,18 +62,18 @@ impl InFlightTcc {
 
     /// Removes the keys of applied records, if enough are held (`InFlightMap::sweep`).
     pub(crate) fn sweep(&mut self) {
-        self.keys.sweep(self.applied);
+        self.activities.sweep(self.applied);
     }
 
-    /// The seq of the record in flight that last touched `key`, if any.
-    fn in_flight(&self, key: (u128, u32)) -> Option<u64> {
-        self.keys.get(&key, self.applied).map(|(_, seq)| seq)
+    /// The seq of the record in flight that touches `activity`, if any.
+    fn in_flight(&self, activity: u128) -> Option<u64> {
+        self.activities.get(&activity, self.applied).map(|(_, seq)| seq)
     }
 
     /// Notes a Settled trade record at `seq` that begins the settlement `activity`: local
     /// transactions naming it wait for that record, as for one of their own.
     pub(crate) fn note_settlement(&mut self, activity: u128, seq: u64) {
-        self.keys.insert((activity, ACTIVITY), (), seq);
+        self.activities.insert(activity, true, seq);
     }
 
     /// The transactions that waited for the durable write at `seq`: those that touched an
@@ -85,12 +85,12 @@ impl InFlightTcc {
 
     /// True when a record in flight touches this activity's own entry.
     pub(crate) fn has_activity(&self, activity: u128) -> bool {
-        self.in_flight((activity, ACTIVITY)).is_some()
+        self.activities.get(&activity, self.applied).is_some_and(|(own, _)| *own)
     }
 
     /// After the log failed: forgets everything and fails the waiting transactions.
     pub(crate) fn fail(&mut self, error: &TradeError) {
-        self.keys.clear();
+        self.activities.clear();
         for (_, reply) in std::mem::take(&mut self.parked).into_values().flatten() {
             reply.send(Err(error.clone()));
         }
@@ -118,23 +118,9 @@ fn check_steps(steps: &[Step]) -> Result<(), InputError> {
     }
 }
 
-fn key_of(step: &Step) -> (u128, u32) {
-    match *step {
-        Step::Try { activity, branch, .. }
-        | Step::Confirm { activity, branch }
-        | Step::Cancel { activity, branch, .. } => (activity, u32::from(branch)),
-        Step::Begin { activity, .. } | Step::Decide { activity, .. } | Step::Complete { activity } => {
-            (activity, ACTIVITY)
-        }
-    }
-}
-
-/// The keys of steps in flight whose records `step`'s check reads: its own, and for a Try its
-/// activity's too (a Try of an activity decided is refused, so it must not be checked before a
-/// decision in flight is durable).
-fn keys_read(step: &Step) -> impl Iterator<Item = (u128, u32)> {
-    let activity = matches!(step, Step::Try { .. }).then_some((step.activity(), ACTIVITY));
-    std::iter::once(key_of(step)).chain(activity)
+/// Whether `step` changes its activity's own entry rather than only one of its branches.
+fn touches_own_entry(step: &Step) -> bool {
+    matches!(step, Step::Begin { .. } | Step::Decide { .. } | Step::Complete { .. })
 }
 
 /// The durable books, as the rules change them.
@@ -358,9 +344,12 @@ impl<D: Disk> Shard<D> {
         find_activity_on(&self.inner, activity, reply, None)
     }
 
-    /// The activities this shard initiated that are not completed (recovery drives them).
+    /// The activities this shard initiated that are not completed (recovery drives them), by id.
     pub fn unfinished_activities(&self) -> Vec<(u128, ActivityEntry)> {
-        self.inner.index.borrow().tcc().unfinished().map(|(id, entry)| (id, entry.clone())).collect()
+        let index = self.inner.index.borrow();
+        let mut unfinished: Vec<_> = index.tcc().unfinished().map(|(id, entry)| (id, entry.clone())).collect();
+        unfinished.sort_unstable_by_key(|(id, _)| *id);
+        unfinished
     }
 
     /// Per currency, money this shard's branches confirmed out of payers less money they
@@ -413,7 +402,7 @@ fn transact_reading<D: Disk>(
     if let Err(error) = check_steps(&steps) {
         return reply.send(Err(error.into()));
     }
-    if let Some(seq) = steps.iter().flat_map(keys_read).filter_map(|key| accepted.tcc.in_flight(key)).max() {
+    if let Some(seq) = steps.iter().filter_map(|step| accepted.tcc.in_flight(step.activity())).max() {
         return accepted.tcc.parked.entry(seq).or_default().push((steps, reply));
     }
     let index = inner.index.borrow();
@@ -497,8 +486,12 @@ fn transact_reading<D: Disk>(
     for (key, balance) in &changes.balances {
         accepted.accounts.note_balance(*key, *balance, seq);
     }
-    for step in &record.steps {
-        accepted.tcc.keys.insert(key_of(step), (), seq);
+    // The steps on activities' own entries last, so that an activity one of them touches is
+    // noted so whatever the record's other steps of it.
+    for own in [false, true] {
+        for step in record.steps.iter().filter(|step| touches_own_entry(step) == own) {
+            accepted.tcc.activities.insert(step.activity(), own, seq);
+        }
     }
     let record = LogRecord::Tcc(record);
     accepted.push(Effect {
