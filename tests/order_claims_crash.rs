@@ -20,7 +20,7 @@ use tradeshard_shard::{
     order_key, ClaimOutcome, ClaimRequest, ClaimState, Command, NewTrade, OrderLookup, Receipt, Refusal, Reservation,
     Shard, TradeError, TradeId, UserRouting,
 };
-use tradeshard_tests::{call, campaign_shard_config, claim_durably, run_campaign, sim_disk_for_seed};
+use tradeshard_tests::{call, campaign_shard_config, claim_durably, run_campaign_part, sim_disk_for_seed};
 use tradeshard_wal::disk::{SimDisk, SplitMix64};
 use tradeshard_wal::WalConfig;
 
@@ -238,9 +238,11 @@ async fn run_seed(seed: u64) -> Result<usize, String> {
     Ok(checked)
 }
 
-#[test]
-fn a_create_across_shards_ends_as_one_trade_or_none_after_power_loss_between_its_steps() {
-    let (count, checked) = run_campaign(300, run_seed);
+tradeshard_tests::campaign_halves!(a_create_across_shards_ends_as_one_trade_or_none_after_power_loss_between_its_steps);
+
+/// Half `part` of the campaign's seeds.
+fn campaign(part: usize) {
+    let (count, checked) = run_campaign_part(300, part, 2, run_seed);
     let lost = CLAIMS_LOST.load(Ordering::Relaxed);
     println!("claim crash campaign: {count} seeds, {checked} order numbers checked after crashes, {lost} claims lost");
     assert!(count < 100 || checked > 1000, "the campaign must check order numbers: {checked}");

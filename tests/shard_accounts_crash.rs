@@ -15,7 +15,7 @@ use std::rc::Rc;
 
 use tradeshard_shard::{AccountCommand, AccountOp, AccountReceipt, Currency, Refusal, Shard, TradeError, Upkeep};
 use tradeshard_tests::{
-    call, rolling_shard_config, run_campaign, run_until_crash, sim_disk_for_seed, upkeep_on_request,
+    call, rolling_shard_config, run_campaign_part, run_until_crash, sim_disk_for_seed, upkeep_on_request,
 };
 use tradeshard_wal::disk::{SimDisk, SplitMix64};
 
@@ -151,9 +151,13 @@ async fn run_seed(seed: u64) -> Result<usize, String> {
     Ok(checked)
 }
 
-#[test]
-fn acknowledged_account_requests_survive_power_loss_exactly_once_and_money_is_conserved() {
-    let (count, checked) = run_campaign(200, run_seed);
+tradeshard_tests::campaign_halves!(
+    acknowledged_account_requests_survive_power_loss_exactly_once_and_money_is_conserved
+);
+
+/// Half `part` of the campaign's seeds.
+fn campaign(part: usize) {
+    let (count, checked) = run_campaign_part(200, part, 2, run_seed);
     let seen = SEEN.with(|seen| *seen.borrow());
     println!(
         "accounts crash campaign: {count} seeds, {checked} acknowledged requests checked after crashes; lost answers: \

@@ -32,7 +32,7 @@ use tradeshard_shard::{
     Command, Move, PollQuery, Refusal, Shard, Subscription, TradeError, TradeId, TradeStatus, Upkeep,
 };
 use tradeshard_tests::{
-    call, check_read_back, new_trade, rolling_shard_config, run_campaign, sim_disk_for_seed,
+    call, check_read_back, new_trade, rolling_shard_config, run_campaign_part, sim_disk_for_seed,
     upkeep_retaining_three_segments,
 };
 use tradeshard_wal::disk::{Fault, SimDisk, SplitMix64};
@@ -312,11 +312,13 @@ async fn run_seed(seed: u64, seen: Rc<RefCell<Seen>>) -> Result<usize, String> {
     Ok(checked)
 }
 
-#[test]
-fn power_loss_during_checkpoints_and_retention_loses_nothing_acknowledged() {
+tradeshard_tests::campaign_halves!(power_loss_during_checkpoints_and_retention_loses_nothing_acknowledged);
+
+/// Half `part` of the campaign's seeds.
+fn campaign(part: usize) {
     let seen = Rc::new(RefCell::new(Seen::default()));
     let totals = seen.clone();
-    let (count, checked) = run_campaign(200, move |seed| run_seed(seed, totals.clone()));
+    let (count, checked) = run_campaign_part(200, part, 2, move |seed| run_seed(seed, totals.clone()));
     let seen = seen.borrow();
     println!(
         "checkpoint campaign: {count} seeds, {checked} checks, {} checkpoints, {} opens from a checkpoint ({} from its log frame), {} segments removed, {} recycled, {} offsets retained away, {} trades left memory, {} opens with order keys in runs, {} with frozen blocks, {} checkpoints failed, {} written after a failure on the same shard",

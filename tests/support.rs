@@ -186,7 +186,20 @@ where
     F: Fn(u64) -> Fut + 'static,
     Fut: Future<Output = Result<usize, String>>,
 {
-    let seeds = seeds(default_count);
+    run_campaign_part(default_count, 0, 1, run_seed)
+}
+
+/// [`run_campaign`] over part `part` of `parts` equal slices of the seeds, in order: the parts
+/// of a campaign are tests of their own, which the test threads run side by side. A single
+/// seed (`TRADESHARD_SIM_SEED`) falls in part 0.
+pub fn run_campaign_part<F, Fut>(default_count: u64, part: usize, parts: usize, run_seed: F) -> (usize, usize)
+where
+    F: Fn(u64) -> Fut + 'static,
+    Fut: Future<Output = Result<usize, String>>,
+{
+    let all = seeds(default_count);
+    let slice = all.len().div_ceil(parts);
+    let seeds: Vec<u64> = all.into_iter().skip(part * slice).take(slice).collect();
     let count = seeds.len();
     let checked = run(async move {
         let mut checked = 0;
@@ -471,4 +484,25 @@ pub fn newest_checkpoint(disk: &tradeshard_wal::disk::SimDisk) -> String {
     let mut names: Vec<String> = disk.list_names().into_iter().filter(|n| n.starts_with("checkpoint-")).collect();
     names.sort();
     names.pop().expect("a checkpoint")
+}
+
+/// A campaign as two tests over the halves of its seeds ([`run_campaign_part`]), in a module
+/// named for the behaviour it checks: `campaign_halves!(name)` calls the test file's
+/// `campaign(part)` with part 0 and part 1.
+#[macro_export]
+macro_rules! campaign_halves {
+    ($name:ident) => {
+        /// The campaign in two halves of its seeds, which the test threads run side by side.
+        mod $name {
+            #[test]
+            fn first_half_of_the_seeds() {
+                super::campaign(0);
+            }
+
+            #[test]
+            fn second_half_of_the_seeds() {
+                super::campaign(1);
+            }
+        }
+    };
 }

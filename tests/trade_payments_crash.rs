@@ -26,7 +26,7 @@ use tradeshard_shard::{
     Refusal, Shard, TradeError, TradeId, TradeStatus, Upkeep, UserRouting,
 };
 use tradeshard_tests::{
-    call, campaign_shard_config, run_campaign, sim_disk_for_seed, upkeep_on_request, ShardPair as Pair,
+    call, campaign_shard_config, run_campaign_part, sim_disk_for_seed, upkeep_on_request, ShardPair as Pair,
     SMALL_TRADE_MEMORY,
 };
 use tradeshard_wal::disk::{SimDisk, SplitMix64};
@@ -316,9 +316,11 @@ async fn run_seed(seed: u64) -> Result<usize, String> {
     Ok(checked)
 }
 
-#[test]
-fn payments_from_balances_move_money_once_and_conserve_it_after_power_loss_at_any_step() {
-    let (count, checked) = run_campaign(300, run_seed);
+tradeshard_tests::campaign_halves!(payments_from_balances_move_money_once_and_conserve_it_after_power_loss_at_any_step);
+
+/// Half `part` of the campaign's seeds.
+fn campaign(part: usize) {
+    let (count, checked) = run_campaign_part(300, part, 2, run_seed);
     let seen = SEEN.with(|seen| *seen.borrow());
     println!("trade payments crash campaign: {count} seeds, {checked} trades checked after crashes; {seen:?}");
     assert!(count < 100 || checked > 1000, "the campaign must check trades: {checked}");
