@@ -38,6 +38,9 @@ pub(super) struct IntervalReport {
     /// once runs go past a key window, `--key-window`), and the runs past it.
     pub(super) key_run_memory_bytes: u64,
     pub(super) key_runs_past_window: u64,
+    /// Bytes the shards keep to sort their next checkpoints' entries in: part of resident
+    /// memory once a checkpoint ran, sized by the last one's entries.
+    pub(super) sort_room_bytes: u64,
 }
 
 #[derive(Serialize)]
@@ -222,6 +225,7 @@ pub(super) async fn interval_report(
         activities: sum(|shard| shard.activities),
         key_run_memory_bytes: sum(|shard| shard.checkpoints.key_run_memory_bytes),
         key_runs_past_window: sum(|shard| shard.checkpoints.key_runs_past_window_now),
+        sort_room_bytes: sum(|shard| shard.checkpoints.sort_room_bytes),
     })
 }
 
@@ -454,6 +458,7 @@ mod tests {
             activities: 0,
             key_run_memory_bytes: 0,
             key_runs_past_window: 0,
+            sort_room_bytes: 0,
         }
     }
 
