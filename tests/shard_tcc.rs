@@ -1,8 +1,9 @@
 //! The rules of flexible-transaction steps in one shard, through `Shard::transact`: a branch's
 //! Try, Confirm and Cancel with their fences and repeats; an activity's Begin, Decide and
 //! Complete; a local transaction applied whole or refused whole; a step sent while another on
-//! the same branch is in flight waits for it; all of it found again after reopens from the log
-//! and from a checkpoint; books made under many transactions in flight made again by a replay.
+//! the same activity is in flight waits for it (a Try behind its activity's decision too); all
+//! of it found again after reopens from the log and from a checkpoint; books made under many
+//! transactions in flight made again by a replay.
 
 use tradeshard_shard::{
     AccountCommand, AccountOp, ActivityState, Balance, BranchAction, BranchPlan, BranchState, CancelReason, Currency,
