@@ -42,8 +42,9 @@ pub(crate) type Parked = (Vec<Step>, ShardReply<Vec<StepAnswer>>);
 /// The local transactions in flight: which activities they touch, and who waits.
 #[derive(Default)]
 pub(crate) struct InFlightTcc {
-    /// Activity → the record in flight touching it (one at most: a transaction naming an
-    /// activity in flight waits), counted until the committer applies that record
+    /// Activity → the last record in flight touching it (a transaction naming an activity in
+    /// flight waits, so at most one local transaction of an activity is in flight; a
+    /// settlement may begin one beside it), counted until the committer applies that record
     /// (`in_flight.rs`); `true` when the record touches the activity's own entry (a Begin, a
     /// decision, a completion, a settlement), not only its branches.
     activities: InFlightMap<u128, bool>,
@@ -486,8 +487,8 @@ fn transact_reading<D: Disk>(
     for (key, balance) in &changes.balances {
         accepted.accounts.note_balance(*key, *balance, seq);
     }
-    // The steps on activities' own entries last, so that an activity one of them touches is
-    // noted so whatever the record's other steps of it.
+    // Steps on activities' own entries go last: an activity is noted as touched on its own
+    // entry when any step of the record touches it so.
     for own in [false, true] {
         for step in record.steps.iter().filter(|step| touches_own_entry(step) == own) {
             accepted.tcc.activities.insert(step.activity(), own, seq);
