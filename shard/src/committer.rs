@@ -151,9 +151,9 @@ fn apply_durable<D: Disk>(inner: &Inner<D>, front: Appended) -> (Vec<Parked>, Ve
             }
             _ => unreachable!("a record and its waiter are of one family"),
         }
-        // Local transactions that waited for this record: one that touched an activity or
-        // branch it touched (a local transaction's or a settlement's), or one that found the
-        // log's queue full and waited for the newest write in flight then, of whatever kind.
+        // Local transactions that waited for this record: one that named an activity it
+        // touched (a local transaction's or a settlement's), or one that found the log's
+        // queue full and waited for the newest write in flight then, of whatever kind.
         if let Some(waiting) = accepted.tcc.parked_behind(appended.seq) {
             parked.extend(waiting);
         }

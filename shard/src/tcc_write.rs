@@ -77,8 +77,8 @@ impl InFlightTcc {
         self.activities.insert(activity, true, seq);
     }
 
-    /// The transactions that waited for the durable write at `seq`: those that touched an
-    /// activity or branch it touched, and those that found the log's queue full (which wait
+    /// The transactions that waited for the durable write at `seq`: those that named an
+    /// activity it touched, and those that found the log's queue full (which wait
     /// for the newest write in flight, whatever its kind).
     pub(crate) fn parked_behind(&mut self, seq: u64) -> Option<Vec<Parked>> {
         self.parked.remove(&seq)
