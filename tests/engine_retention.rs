@@ -148,8 +148,9 @@ fn an_idle_shard_still_expires_groups_and_removes_old_segments() {
     let upkeep = Upkeep {
         checkpoint_interval: Duration::from_millis(100),
         group_idle_expiry: Some(Duration::from_millis(300)),
-        // Long enough that the writes below end before it, on a loaded machine too.
-        retention_time: Some(Duration::from_millis(2_000)),
+        // Long against the writes after the log's last new segment (under a segment's worth of
+        // flushes): the segment before the tail is still kept when the writes end.
+        retention_time: Some(Duration::from_millis(3_000)),
         ..upkeep_on_request(true, None)
     };
     let engine = Engine::open(Options { segment_bytes: 1 << 20, upkeep, ..engine_options(dir.path(), 1, 1) }).unwrap();
@@ -164,7 +165,9 @@ fn an_idle_shard_still_expires_groups_and_removes_old_segments() {
     create(&handle, 1200, 10);
     handle.checkpoint_blocking().unwrap();
     let before = handle.stats_blocking().unwrap().shards[0].clone();
-    assert!(before.segments >= 3, "the log filled several segments: {before:?}");
+    // The writes may take longer than the retention, on a loaded machine, and the oldest
+    // segments go meanwhile; the one before the tail is still there.
+    assert!(before.segments >= 2, "the log holds a segment besides its tail: {before:?}");
 
     // Then nothing: no write, no call, only time.
     let mut after = before.clone();
