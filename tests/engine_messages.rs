@@ -268,21 +268,30 @@ fn a_delayed_publish_is_delivered_once_due_also_after_a_reopen() {
     let dir = tempfile::tempdir().unwrap();
     let engine = Engine::open(engine_options(dir.path(), 2, 2)).unwrap();
     let h = engine.handle();
-    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_millis() as u64;
-    let soon = h.publish_blocking(&OutgoingMessage::new("later", "a", "soon").deliver_at(now + 300)).unwrap();
+    let now_ms = || std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_millis() as u64;
+    // Due far enough ahead that a slow start still leaves seconds of polling before the first,
+    // and that the second is still scheduled when the engine closes.
+    let now = now_ms();
+    let (soon_due, later_due) = (now + 3_000, now + 5_000);
+    let soon = h.publish_blocking(&OutgoingMessage::new("later", "a", "soon").deliver_at(soon_due)).unwrap();
     assert!(matches!(soon.outcome, MessageOutcome::Scheduled { .. }));
-    h.publish_blocking(&OutgoingMessage::new("later", "b", "after reopen").deliver_at(now + 1500)).unwrap();
+    h.publish_blocking(&OutgoingMessage::new("later", "b", "after reopen").deliver_at(later_due)).unwrap();
     let mut consumer = h.consumer(ConsumerConfig::topics("g", &["later"])).unwrap();
-    assert!(drain(&mut consumer, 1, Duration::from_millis(150)).is_empty(), "not before its time");
-    assert_eq!(payloads(&drain(&mut consumer, 1, Duration::from_secs(3))), ["soon"]);
+    // Polled until a second before it is due, however long the steps above took: a poll begun
+    // just before then waits 50 ms, well inside that second.
+    let until_early = Duration::from_millis((soon_due - 1_000).saturating_sub(now_ms()));
+    assert!(drain(&mut consumer, 1, until_early).is_empty(), "not before its time");
+    let got = drain(&mut consumer, 1, Duration::from_secs(10));
+    assert_eq!(payloads(&got), ["soon"]);
+    assert!(got[0].at_ms >= soon_due, "released once due");
     consumer.commit_blocking().unwrap();
     drop(consumer);
     engine.close().unwrap();
     let engine = Engine::open(engine_options(dir.path(), 2, 2)).unwrap();
     let mut consumer = engine.handle().consumer(ConsumerConfig::topics("g", &["later"])).unwrap();
-    let got = drain(&mut consumer, 1, Duration::from_secs(5));
+    let got = drain(&mut consumer, 1, Duration::from_secs(10));
     assert_eq!(payloads(&got), ["after reopen"]);
-    assert!(got[0].at_ms >= now + 1500, "released once due");
+    assert!(got[0].at_ms >= later_due, "released once due");
     engine.close().unwrap();
 }
 

@@ -214,18 +214,29 @@ where
     (count, checked)
 }
 
-/// What `read` gives once it stops changing between two reads 20 ms apart: the logs standing
-/// still, since a claim's confirmation is written after its create is answered. A bounded wait
-/// (5 s) that fails with a message.
+/// What `read` gives once it stays the same over 100 ms (five reads 25 ms apart): the logs
+/// standing still, since some records are written after the request that made them was
+/// answered (a claim's confirmation after its create, an activity's completion after its
+/// transfer). A record is counted once its write is durable, and on a loaded host one fsync
+/// can outlast a single pause between two reads. A bounded wait (5 s) that fails with a
+/// message.
 pub fn once_still<T: PartialEq>(read: impl Fn() -> T) -> T {
+    const PAUSE: std::time::Duration = std::time::Duration::from_millis(25);
+    const SAME_READS: u32 = 4;
+    let started = std::time::Instant::now();
     let mut last = read();
-    for _ in 0..250 {
-        std::thread::sleep(std::time::Duration::from_millis(20));
+    let mut same = 0;
+    while started.elapsed() < std::time::Duration::from_secs(5) {
+        std::thread::sleep(PAUSE);
         let now = read();
-        if now == last {
+        if now != last {
+            (last, same) = (now, 0);
+            continue;
+        }
+        same += 1;
+        if same == SAME_READS {
             return now;
         }
-        last = now;
     }
     panic!("the logs kept moving with no request sent");
 }
