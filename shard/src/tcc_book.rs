@@ -25,9 +25,10 @@
 //! ([`MoneyView::ended_activity`], and the branch itself) and leaves the steps they answer out
 //! of the record it writes, so no record applied to the durable books ever names an entry that
 //! left memory. A settlement's credit is forgotten by its trade's shard once completed
-//! ([`DECIDED_AT_BEGIN`]). A completed activity keeps its first branch when its own shard held
-//! it (a transfer's payer, [`ActivityEntry::first_ended`]): one entry instead of two, in
-//! memory, in the checkpoint's sort and in the runs.
+//! ([`DECIDED_AT_BEGIN`]). An activity's entry keeps its first branch when its own shard holds
+//! it (a transfer's payer, [`ActivityEntry::keeps_branch`]), from the branch's Try on: one
+//! entry instead of two, in memory, in the checkpoint's sort and in the runs, and one lookup
+//! for each step of the payer's that goes with its activity's own.
 
 use std::collections::BTreeMap;
 
@@ -110,19 +111,46 @@ pub struct ActivityEntry {
     pub deadline_ms: u64,
     pub begun_ms: u64,
     pub state: ActivityState,
-    /// The state its first branch ended in, once the activity completed, when this shard held
-    /// that branch (a transfer's payer): the branch's entry is then kept here, not on its own
-    /// ([`TccBook::set_activity`]). `None` for an activity under way.
-    pub first_ended: Option<BranchState>,
+    /// The state of its first branch when this entry keeps that branch
+    /// ([`keeps_branch`](Self::keeps_branch)): a transfer's payer, whose Try goes with the
+    /// Begin, then has no entry of its own, from its Try to the runs. `None`: the branches keep
+    /// it, if this shard holds it at all.
+    pub first_state: Option<BranchState>,
 }
 
 impl ActivityEntry {
-    /// Its first branch when the entry keeps it ([`first_ended`](Self::first_ended)); only a
-    /// first branch numbered 0 is kept, so that a lookup of any other branch that memory
-    /// misses asks no more than the branches.
+    /// Its first branch when the entry keeps it ([`first_state`](Self::first_state)); only a
+    /// first branch numbered 0 is kept, so that a lookup of any other branch asks no more than
+    /// the branches.
     pub(crate) fn first_branch(&self) -> Option<BranchEntry> {
         let plan = self.branches.first().filter(|plan| plan.branch == 0)?;
-        Some(BranchEntry { action: plan.action, state: self.first_ended? })
+        Some(BranchEntry { action: plan.action, state: self.first_state? })
+    }
+
+    /// Whether this entry keeps branch `branch` of its activity, changed to `entry`: the first
+    /// branch, numbered 0, with its plan's action, unless it has an entry of its own already
+    /// (`elsewhere`, asked only while this entry keeps no branch: a Cancel that fenced the
+    /// branch before the Begin, a Try made before it). Every view of the books decides so,
+    /// which keeps the entries a record leaves the same whoever applies it.
+    pub(crate) fn keeps_branch(&self, branch: u16, entry: &BranchEntry, elsewhere: impl FnOnce() -> bool) -> bool {
+        branch == 0
+            && self.branches.first().is_some_and(|plan| plan.branch == 0 && plan.action == entry.action)
+            && (self.first_state.is_some() || !elsewhere())
+    }
+
+    /// The first branch this entry, about to be set, keeps and must give an entry of its own:
+    /// one still tried when the activity completes, or any when a completed settlement's credit
+    /// is forgotten ([`DECIDED_AT_BEGIN`]). Only raw steps make either (a completion comes after
+    /// every branch answered), and the runs then take the activity without its branch.
+    pub(crate) fn give_out_first_branch(&mut self) -> Option<BranchEntry> {
+        let give_out = match self.state {
+            ActivityState::Completed(_) if self.deadline_ms == DECIDED_AT_BEGIN => true,
+            ActivityState::Completed(_) => self.first_state == Some(BranchState::Tried),
+            _ => false,
+        };
+        let branch = self.first_branch().filter(|_| give_out)?;
+        self.first_state = None;
+        Some(branch)
     }
 }
 
@@ -191,7 +219,7 @@ pub(crate) fn apply_step(view: &mut impl MoneyView, step: &Step, at_ms: u64) -> 
                     deadline_ms: *deadline_ms,
                     begun_ms: at_ms,
                     state: ActivityState::Open,
-                    first_ended: None,
+                    first_state: None,
                 };
                 view.set_activity(*activity, entry);
                 answer(StepOutcome::Begun(ActivityState::Open), false)
@@ -392,12 +420,19 @@ impl TccBook {
     }
 
     pub(crate) fn branch(&self, activity: u128, branch: u16) -> Option<BranchEntry> {
-        match self.branches.get(&(activity, branch)) {
-            Some(entry) => Some(*entry),
-            // The first branch of an activity completed here is kept in the activity's entry.
-            None if branch == 0 => self.activities.get(&activity)?.first_branch(),
-            None => None,
+        // A first branch is asked of its activity's entry first: a transfer's payer is kept
+        // there, in the shard that holds both (`ActivityEntry::keeps_branch`).
+        if branch == 0 {
+            if let Some(entry) = self.activities.get(&activity).and_then(ActivityEntry::first_branch) {
+                return Some(entry);
+            }
         }
+        self.branches.get(&(activity, branch)).copied()
+    }
+
+    /// Whether the branch has an entry of its own (not one its activity's entry keeps).
+    pub(crate) fn branch_on_its_own(&self, activity: u128, branch: u16) -> bool {
+        self.branches.get(&(activity, branch)).is_some()
     }
 
     /// Looks up the entry `step` names and drops the answer: run over a batch of steps before
@@ -405,23 +440,43 @@ impl TccBook {
     /// entries) overlap instead of coming one after another.
     pub(crate) fn touch(&self, step: &Step) {
         match *step {
-            Step::Try { activity, branch, .. }
-            | Step::Confirm { activity, branch }
-            | Step::Cancel { activity, branch, .. } => {
+            // A first branch is asked of its activity first; a Try or a Cancel that finds none
+            // there asks the branches too (a Confirm of a transfer's payer does not).
+            Step::Try { activity, branch, .. } | Step::Cancel { activity, branch, .. } => {
+                if branch == 0 {
+                    std::hint::black_box(self.activities.get(&activity));
+                }
                 std::hint::black_box(self.branches.get(&(activity, branch)));
             }
-            Step::Begin { activity, .. } | Step::Decide { activity, .. } => {
+            Step::Confirm { activity, branch: 0 } => {
                 std::hint::black_box(self.activities.get(&activity));
             }
-            // A completion takes its activity's first branch in (`set_activity`).
-            Step::Complete { activity } => {
+            Step::Confirm { activity, branch } => {
+                std::hint::black_box(self.branches.get(&(activity, branch)));
+            }
+            Step::Begin { activity, .. } | Step::Decide { activity, .. } | Step::Complete { activity } => {
                 std::hint::black_box(self.activities.get(&activity));
-                std::hint::black_box(self.branches.get(&(activity, 0)));
             }
         }
     }
 
+    /// Sets a branch where [`ActivityEntry::keeps_branch`] says: the rules' way, for a replay
+    /// and a restore.
     pub(crate) fn set_branch(&mut self, activity: u128, branch: u16, entry: BranchEntry) {
+        let branches = &self.branches;
+        let kept = self
+            .activities
+            .get(&activity)
+            .is_some_and(|held| held.keeps_branch(branch, &entry, || branches.get(&(activity, branch)).is_some()));
+        match kept {
+            true => self.activities.get_mut(&activity).expect("the entry just read").first_state = Some(entry.state),
+            false => self.branches.insert((activity, branch), entry),
+        }
+    }
+
+    /// Sets a branch in an entry of its own, where the write path's check put it (the
+    /// committer's install: the check decided as the rules do, `tcc_write::Scratch`).
+    pub(crate) fn put_branch(&mut self, activity: u128, branch: u16, entry: BranchEntry) {
         self.branches.insert((activity, branch), entry);
     }
 
@@ -463,6 +518,9 @@ impl TccBook {
     }
 
     pub(crate) fn set_activity(&mut self, activity: u128, mut entry: ActivityEntry) {
+        if let Some(branch) = entry.give_out_first_branch() {
+            self.branches.insert((activity, 0), branch);
+        }
         match entry.state {
             ActivityState::Completed(_) if entry.deadline_ms == DECIDED_AT_BEGIN => {
                 // A settlement's credit, completed: forgotten (see `DECIDED_AT_BEGIN`).
@@ -470,28 +528,10 @@ impl TccBook {
                 self.activities.remove(&activity);
                 return;
             }
-            ActivityState::Completed(_) => {
-                self.unfinished.remove(&activity);
-                self.take_in_first_branch(activity, &mut entry);
-            }
+            ActivityState::Completed(_) => drop(self.unfinished.remove(&activity)),
             _ => drop(self.unfinished.insert(activity)),
         }
         self.activities.insert(activity, entry);
-    }
-
-    /// Moves the first branch of `activity`, completed, into its entry when this shard holds
-    /// that branch, ended, with the plan's action: a transfer's payer then costs one entry, in
-    /// memory and in the runs, not two. Every branch answered before a completion, and an
-    /// ended branch changes no more, so the entry keeps all there is of it.
-    fn take_in_first_branch(&mut self, activity: u128, entry: &mut ActivityEntry) {
-        let Some(plan) = entry.branches.first().filter(|plan| plan.branch == 0) else { return };
-        match self.branches.get(&(activity, 0)) {
-            Some(branch) if branch.state.ended() && branch.action == plan.action => {
-                entry.first_ended = Some(branch.state);
-                self.branches.remove(&(activity, 0));
-            }
-            _ => {}
-        }
     }
 
     pub(crate) fn add_in_transit(&mut self, currency: Currency, amount: i128) {
@@ -534,13 +574,19 @@ impl TccBook {
     }
 
     /// The entries a checkpoint's file holds: those under way, and the money in transit (the
-    /// ended ones are in its runs).
+    /// ended ones are in its runs). The branches with entries of their own come first, then
+    /// each activity under way followed by the first branch its entry keeps (in whatever
+    /// state), so that a restore ([`set_branch`](Self::set_branch)) puts every branch back
+    /// where it was kept.
     pub(crate) fn items(&self) -> impl Iterator<Item = TccItem> + '_ {
         let branches = self.branches.iter().filter(|(_, entry)| !entry.state.ended());
         let branches = branches.map(|((a, b), entry)| TccItem::Branch(*a, *b, *entry));
         let activities =
             self.activities.iter().filter(|(_, entry)| !matches!(entry.state, ActivityState::Completed(_)));
-        let activities = activities.map(|(id, entry)| TccItem::Activity(*id, entry.clone()));
+        let activities = activities.flat_map(|(id, entry)| {
+            let first = entry.first_branch().map(|branch| TccItem::Branch(*id, 0, branch));
+            std::iter::once(TccItem::Activity(*id, ActivityEntry { first_state: None, ..entry.clone() })).chain(first)
+        });
         let transit = self.in_transit.iter().map(|(currency, amount)| TccItem::InTransit(*currency, *amount));
         branches.chain(activities).chain(transit)
     }
@@ -548,8 +594,8 @@ impl TccBook {
     pub(crate) fn restore(&mut self, item: TccItem) -> Result<(), &'static str> {
         let twice = match item {
             TccItem::Branch(activity, branch, entry) => {
-                let twice = self.branches.get(&(activity, branch)).is_some();
-                self.branches.insert((activity, branch), entry);
+                let twice = self.branch(activity, branch).is_some();
+                self.set_branch(activity, branch, entry);
                 twice
             }
             TccItem::Activity(id, entry) => {

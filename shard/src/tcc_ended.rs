@@ -19,7 +19,7 @@ pub struct EndedActivity {
     pub first: BranchAction,
     /// How its first branch, numbered 0, ended, when the initiator's shard held it (a
     /// transfer's payer): that branch is kept here, not in the branches
-    /// ([`ActivityEntry::first_ended`]).
+    /// ([`ActivityEntry::first_state`]).
     pub first_ended: Option<BranchState>,
 }
 
@@ -33,13 +33,15 @@ impl EndedActivity {
     /// What the runs keep of `entry`, if it is completed.
     pub(crate) fn of(entry: &ActivityEntry) -> Option<EndedActivity> {
         let (decision, first) = Self::completed(entry)?;
+        // A completed entry keeps no branch still tried (`TccBook::set_activity`).
+        debug_assert_ne!(entry.first_state, Some(BranchState::Tried), "a completed activity keeps a tried branch");
         Some(EndedActivity {
             decision,
             deadline_ms: entry.deadline_ms,
             begun_ms: entry.begun_ms,
             plans_digest: plans_digest(&entry.branches),
             first,
-            first_ended: entry.first_ended,
+            first_ended: entry.first_state,
         })
     }
 

@@ -277,16 +277,41 @@ impl MoneyView for Scratch<'_> {
     }
     fn branch(&self, activity: u128, branch: u16) -> Option<BranchEntry> {
         let key = (activity, branch);
+        // A first branch its activity's entry keeps, changed here (`TccBook::branch`).
+        if let Some(kept) = self.activities.get(&activity).filter(|_| branch == 0).and_then(ActivityEntry::first_branch)
+        {
+            return Some(kept);
+        }
         let read = || self.run_branches.get(&key).copied().or_else(|| self.tcc.branch(activity, branch));
         self.branches.get(&key).copied().or_else(read)
     }
     fn set_branch(&mut self, activity: u128, branch: u16, entry: BranchEntry) {
-        self.branches.insert((activity, branch), entry);
+        // Kept where the durable books will keep it (`ActivityEntry::keeps_branch`): in the
+        // activity's entry, which the changes then carry, or on its own.
+        let key = (activity, branch);
+        let elsewhere = || {
+            self.branches.contains_key(&key)
+                || self.run_branches.contains_key(&key)
+                || self.tcc.branch_on_its_own(activity, branch)
+        };
+        let held = self.activities.get(&activity).or_else(|| self.tcc.activity(activity));
+        if !held.is_some_and(|held| held.keeps_branch(branch, &entry, elsewhere)) {
+            self.branches.insert(key, entry);
+            return;
+        }
+        let tcc = self.tcc;
+        let held =
+            self.activities.entry(activity).or_insert_with(|| tcc.activity(activity).expect("read above").clone());
+        held.first_state = Some(entry.state);
     }
     fn activity(&self, activity: u128) -> Option<ActivityEntry> {
         self.activities.get(&activity).cloned().or_else(|| self.tcc.activity(activity).cloned())
     }
-    fn set_activity(&mut self, activity: u128, entry: ActivityEntry) {
+    fn set_activity(&mut self, activity: u128, mut entry: ActivityEntry) {
+        // As the durable books will set it (`TccBook::set_activity`).
+        if let Some(branch) = entry.give_out_first_branch() {
+            self.branches.insert((activity, 0), branch);
+        }
         self.activities.insert(activity, entry);
     }
     fn ended_activity(&self, activity: u128) -> Option<EndedActivity> {

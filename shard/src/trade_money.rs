@@ -54,7 +54,7 @@ pub(crate) fn apply_funding(view: &mut impl MoneyView, record: &TradeRecord, hom
                 deadline_ms: DECIDED_AT_BEGIN,
                 begun_ms: record.at_ms,
                 state: ActivityState::Decided(Decision::Commit),
-                first_ended: None,
+                first_state: None,
             };
             view.set_activity(activity, entry);
             Ok(())

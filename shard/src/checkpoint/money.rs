@@ -37,8 +37,9 @@ pub(super) fn encode(item: &Item, out: &mut Vec<u8>) {
             push_action(out, &entry.action);
         }
         Item::Tcc(TccItem::Activity(id, entry)) => {
-            // Only activities under way are written (`TccBook::items`): none keeps a branch.
-            debug_assert!(entry.first_ended.is_none(), "a completed activity in a checkpoint's file");
+            // Only activities under way are written (`TccBook::items`), and a first branch their
+            // entry keeps as a branch after them.
+            debug_assert!(entry.first_state.is_none(), "an activity's first branch in its item");
             out.push(KIND_ACTIVITY);
             out.extend_from_slice(&id.to_le_bytes());
             u64s(out, &[entry.deadline_ms, entry.begun_ms]);
@@ -116,7 +117,7 @@ pub(super) fn decode(kind: u8, reader: &mut Reader<'_>) -> Result<Item, &'static
             let branches = reader.plans()?;
             Item::Tcc(TccItem::Activity(
                 id,
-                ActivityEntry { branches, deadline_ms, begun_ms, state, first_ended: None },
+                ActivityEntry { branches, deadline_ms, begun_ms, state, first_state: None },
             ))
         }
         KIND_IN_TRANSIT => {

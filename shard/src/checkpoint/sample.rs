@@ -56,7 +56,7 @@ pub(super) fn sample_items() -> Vec<Item> {
                 deadline_ms: 9,
                 begun_ms: 8,
                 state: ActivityState::Decided(Decision::Cancel(CancelReason::Timeout)),
-                first_ended: None,
+                first_state: None,
             },
         )),
         Item::Tcc(TccItem::InTransit(eur, -70)),

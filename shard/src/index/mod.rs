@@ -194,7 +194,7 @@ impl ShardIndex {
             self.accounts.set_balance(key, balance);
         }
         for ((activity, branch), entry) in changes.branches {
-            self.tcc.set_branch(activity, branch, entry);
+            self.tcc.put_branch(activity, branch, entry);
         }
         for (activity, entry) in changes.activities {
             self.tcc.set_activity(activity, entry);
