@@ -440,9 +440,15 @@ impl TccBook {
     /// entries) overlap instead of coming one after another.
     pub(crate) fn touch(&self, step: &Step) {
         match *step {
-            // A first branch is asked of its activity first; a Try or a Cancel that finds none
-            // there asks the branches too (a Confirm of a transfer's payer does not).
-            Step::Try { activity, branch, .. } | Step::Cancel { activity, branch, .. } => {
+            // A first branch is asked of its activity first, and a Try reads its activity's
+            // decision (a payee's, in a shard that does not hold its activity, misses there);
+            // a Try or a Cancel that finds no branch kept asks the branches too (a Confirm of a
+            // transfer's payer does not).
+            Step::Try { activity, branch, .. } => {
+                std::hint::black_box(self.activities.get(&activity));
+                std::hint::black_box(self.branches.get(&(activity, branch)));
+            }
+            Step::Cancel { activity, branch, .. } => {
                 if branch == 0 {
                     std::hint::black_box(self.activities.get(&activity));
                 }

@@ -294,8 +294,10 @@ impl MoneyView for Scratch<'_> {
                 || self.run_branches.contains_key(&key)
                 || self.tcc.branch_on_its_own(activity, branch)
         };
-        let held = self.activities.get(&activity).or_else(|| self.tcc.activity(activity));
-        if !held.is_some_and(|held| held.keeps_branch(branch, &entry, elsewhere)) {
+        // Only a first branch may be kept: no other asks the activities (a payee's, in a shard
+        // that does not hold its activity, would miss there).
+        let held = (branch == 0).then(|| self.activities.get(&activity).or_else(|| self.tcc.activity(activity)));
+        if !held.flatten().is_some_and(|held| held.keeps_branch(branch, &entry, elsewhere)) {
             self.branches.insert(key, entry);
             return;
         }
