@@ -49,8 +49,10 @@ pub struct ShardStats {
     /// since the last checkpoint (the older ones are in runs, counted in `checkpoints`).
     pub accounts: u64,
     pub account_requests: u64,
-    /// Branches of flexible transactions this shard takes part in, activities it initiated,
-    /// and those of them not completed (in doubt until recovery drives them to their end).
+    /// Branches of flexible transactions this shard holds in entries of their own (not a
+    /// transfer's payer, which its activity's entry keeps), activities it initiated, and those
+    /// of them not completed (in doubt until recovery drives them to their end); those ended and
+    /// completed are held until a checkpoint moves them to runs.
     pub branches: u64,
     pub activities: u64,
     pub activities_in_doubt: u64,

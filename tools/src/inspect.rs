@@ -85,8 +85,8 @@ struct ShardReport {
     held_bytes: u64,
     groups: Vec<GroupReport>,
     /// Accounts (user and currency), account request numbers in memory (since the last
-    /// checkpoint), branches of flexible transactions, activities initiated here, and those
-    /// not completed.
+    /// checkpoint), branches of flexible transactions held on their own (a transfer's payer is
+    /// kept in its activity's entry), activities initiated here, and those not completed.
     accounts: u64,
     account_requests: u64,
     branches: u64,
