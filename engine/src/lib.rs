@@ -67,13 +67,13 @@ pub use routing::Routing;
 pub use stall_report::describe_threads;
 pub use tradeshard_shard::{
     quantile_bucket, AccountOp, AccountReceipt, ActivityEntry, ActivityState, Balance, BranchAction, BranchPlan,
-    CacheStats, CancelReason, CheckpointStats, CreatedFields, CreatedFieldsView, Currency, DeadEntry, Decision,
-    EndedActivity, Event, EventBatch, EventView, FoundActivity, Funding, HalfEntry, InputError, Message, MessageBody,
-    MessageOutcome, MessagePolicy, MessageView, NewTrade, OpenReport, PollQuery, Receipt, RecordKind, Refusal,
-    RollbackReason, ShardStats, Subscription, Trade, TradeId, TradeRecord, TradeRecordView, TradeStatus, TurnTimes,
-    WalStats, AMOUNT_MAX, BALANCE_MAX, DELAY_MAX, HEADERS_MAX, HEADER_BYTES_MAX, HISTOGRAM_BUCKETS, KEY_BYTES_MAX,
-    LOGICAL_SHARDS_MAX, MEMO_BYTES_MAX, ORDER_NO_BYTES_MAX, PAYLOAD_BYTES_MAX, POLL_BYTES_MAX, REFUND_NO_BYTES_MAX,
-    REQUEST_NO_BYTES_MAX, TOPIC_BYTES_MAX, TRADES_TOPIC,
+    BranchPlans, CacheStats, CancelReason, CheckpointStats, CreatedFields, CreatedFieldsView, Currency, DeadEntry,
+    Decision, EndedActivity, Event, EventBatch, EventView, FoundActivity, Funding, HalfEntry, InputError, Message,
+    MessageBody, MessageOutcome, MessagePolicy, MessageView, NewTrade, OpenReport, PollQuery, Receipt, RecordKind,
+    Refusal, RollbackReason, ShardStats, Subscription, Trade, TradeId, TradeRecord, TradeRecordView, TradeStatus,
+    TurnTimes, WalStats, AMOUNT_MAX, BALANCE_MAX, DELAY_MAX, HEADERS_MAX, HEADER_BYTES_MAX, HISTOGRAM_BUCKETS,
+    KEY_BYTES_MAX, LOGICAL_SHARDS_MAX, MEMO_BYTES_MAX, ORDER_NO_BYTES_MAX, PAYLOAD_BYTES_MAX, POLL_BYTES_MAX,
+    REFUND_NO_BYTES_MAX, REQUEST_NO_BYTES_MAX, TOPIC_BYTES_MAX, TRADES_TOPIC,
 };
 pub use tradeshard_shard::{reply, validate_group, validate_topic};
 pub use transfer_batch::{TransferRequest, TRANSFERS_PER_CALL_MAX};

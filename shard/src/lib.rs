@@ -116,7 +116,9 @@ pub use state::{ShardReply, TurnTimes};
 pub use system_record::ClaimOutcome;
 #[cfg(any(test, feature = "testing"))]
 pub use system_record::{ClaimSettled, ClaimsKnown, LogRecord, OffsetCommit, OrderClaim};
-pub use tcc::{BranchAction, BranchPlan, CancelReason, Decision, Step, TccRecord, BRANCHES_MAX, NO_SHARD, STEPS_MAX};
+pub use tcc::{
+    BranchAction, BranchPlan, BranchPlans, CancelReason, Decision, Step, TccRecord, BRANCHES_MAX, NO_SHARD, STEPS_MAX,
+};
 pub use tcc_batch::{run_activities, BatchDriven, PlannedActivity};
 pub use tcc_book::{ActivityEntry, ActivityState, BranchEntry, BranchState, StepAnswer, StepOutcome};
 pub use tcc_driver::{finish_activity, run_activity, BranchCall, Driven, ManyAnswers, StepError, StepSender};

@@ -63,6 +63,70 @@ pub struct BranchPlan {
     pub action: BranchAction,
 }
 
+/// An activity's branch plans as its entry holds them: up to two (a transfer's) inside the
+/// entry, more on the heap. An activity of two branches then costs no allocation to make, to
+/// copy into a check's scratch view or to drop, and its first branch (which the entry may
+/// keep, `ActivityEntry::keeps_branch`) is read from the entry's own cache lines rather than
+/// through a pointer to another.
+#[derive(Clone)]
+pub struct BranchPlans(Plans);
+
+#[derive(Clone)]
+enum Plans {
+    /// `len` (1 or 2) plans; a slot past `len` repeats the first.
+    Inline {
+        len: u8,
+        plans: [BranchPlan; 2],
+    },
+    Heap(Vec<BranchPlan>),
+}
+
+// The plans of a transfer fit in two of the entry's cache lines with the rest of it.
+const _: () = assert!(std::mem::size_of::<BranchPlans>() <= 72);
+
+impl std::ops::Deref for BranchPlans {
+    type Target = [BranchPlan];
+    fn deref(&self) -> &[BranchPlan] {
+        match &self.0 {
+            Plans::Inline { len, plans } => &plans[..usize::from(*len)],
+            Plans::Heap(plans) => plans,
+        }
+    }
+}
+
+impl From<&[BranchPlan]> for BranchPlans {
+    fn from(plans: &[BranchPlan]) -> BranchPlans {
+        BranchPlans(match *plans {
+            [one] => Plans::Inline { len: 1, plans: [one, one] },
+            [first, second] => Plans::Inline { len: 2, plans: [first, second] },
+            _ => Plans::Heap(plans.to_vec()),
+        })
+    }
+}
+
+impl From<Vec<BranchPlan>> for BranchPlans {
+    fn from(plans: Vec<BranchPlan>) -> BranchPlans {
+        match plans.len() {
+            1 | 2 => BranchPlans::from(&plans[..]),
+            _ => BranchPlans(Plans::Heap(plans)),
+        }
+    }
+}
+
+impl PartialEq for BranchPlans {
+    fn eq(&self, other: &BranchPlans) -> bool {
+        **self == **other
+    }
+}
+
+impl Eq for BranchPlans {}
+
+impl std::fmt::Debug for BranchPlans {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_list().entries(self.iter()).finish()
+    }
+}
+
 /// Why an activity was cancelled.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
 pub enum CancelReason {

@@ -18,10 +18,11 @@
 //! for another reason is a repeat, answered with the first one's (so that a record of a
 //! batch's decisions is not refused whole for one activity recovery cancelled first).
 //!
-//! Memory: a branch about 64 bytes, an activity about 100 plus 48 per branch, while they are
-//! under way. Once ended (a branch confirmed, cancelled or fenced; an activity completed) they
-//! change no more, and the next checkpoint moves them to runs on disk (`key_runs.rs`), where
-//! late and repeated steps find them: the write path reads them into its scratch view
+//! Memory: a branch 64 bytes in its map, an activity 112 with the plans of up to two branches
+//! inside it (more go to the heap, 32 bytes a plan), while they are under way. Once ended (a
+//! branch confirmed, cancelled or fenced; an activity completed) they change no more, and the
+//! next checkpoint moves them to runs on disk (`key_runs.rs`), where late and repeated steps
+//! find them: the write path reads them into its scratch view
 //! ([`MoneyView::ended_activity`], and the branch itself) and leaves the steps they answer out
 //! of the record it writes, so no record applied to the durable books ever names an entry that
 //! left memory. A settlement's credit is forgotten by its trade's shard once completed
@@ -37,7 +38,7 @@ use crate::currency::Currency;
 use crate::error::Refusal;
 use crate::id_hash::IdSet;
 use crate::layered::LayeredMap;
-use crate::tcc::{BranchAction, BranchPlan, Decision, Step};
+use crate::tcc::{BranchAction, BranchPlans, Decision, Step};
 use crate::tcc_ended::{EndedActivity, FoundActivity};
 
 /// Where a branch stands.
@@ -107,7 +108,7 @@ pub enum ActivityState {
 /// An activity this shard initiated.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ActivityEntry {
-    pub branches: Vec<BranchPlan>,
+    pub branches: BranchPlans,
     pub deadline_ms: u64,
     pub begun_ms: u64,
     pub state: ActivityState,
@@ -215,7 +216,7 @@ pub(crate) fn apply_step(view: &mut impl MoneyView, step: &Step, at_ms: u64) -> 
             Some(_) => Err(Refusal::StepConflict { activity: *activity, reason: "begun with other branches" }),
             None => {
                 let entry = ActivityEntry {
-                    branches: branches.clone(),
+                    branches: BranchPlans::from(&branches[..]),
                     deadline_ms: *deadline_ms,
                     begun_ms: at_ms,
                     state: ActivityState::Open,
@@ -556,9 +557,9 @@ impl TccBook {
         self.unfinished.iter().filter_map(|id| Some((*id, self.activities.get(id)?)))
     }
 
-    /// Bytes of the branches and activities held (their plans' vectors not counted; while a
-    /// checkpoint is under way, an entry changed since its snapshot counts twice): a checkpoint
-    /// moves the ended ones to runs.
+    /// Bytes of the branches and activities held (plans on the heap, past two, not counted;
+    /// while a checkpoint is under way, an entry changed since its snapshot counts twice): a
+    /// checkpoint moves the ended ones to runs.
     pub(crate) fn entry_bytes(&self) -> u64 {
         self.branches.entry_bytes() + self.activities.entry_bytes()
     }

@@ -88,7 +88,7 @@ impl FoundActivity {
     /// True when it was begun with `branches`.
     pub fn has_branches(&self, branches: &[BranchPlan]) -> bool {
         match self {
-            FoundActivity::Held(entry) => entry.branches == branches,
+            FoundActivity::Held(entry) => *entry.branches == *branches,
             FoundActivity::Ended(ended) => ended.plans_digest == plans_digest(branches),
         }
     }

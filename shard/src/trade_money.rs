@@ -18,7 +18,7 @@ use crate::accounts::{AccountKey, BALANCE_MAX};
 use crate::error::Refusal;
 use crate::keys::settlement_activity;
 use crate::record::{Funding, RecordKind, TradeRecord};
-use crate::tcc::{BranchAction, BranchPlan, Decision};
+use crate::tcc::{BranchAction, BranchPlan, BranchPlans, Decision};
 use crate::tcc_book::{ActivityEntry, ActivityState, MoneyView, DECIDED_AT_BEGIN};
 use crate::trade::TradeId;
 
@@ -50,7 +50,7 @@ pub(crate) fn apply_funding(view: &mut impl MoneyView, record: &TradeRecord, hom
             }
             let action = BranchAction::Credit { user_id: record.merchant_id, currency, amount: credit };
             let entry = ActivityEntry {
-                branches: vec![BranchPlan { shard: u32::from(merchant_shard), branch: 0, action }],
+                branches: BranchPlans::from(&[BranchPlan { shard: u32::from(merchant_shard), branch: 0, action }][..]),
                 deadline_ms: DECIDED_AT_BEGIN,
                 begun_ms: record.at_ms,
                 state: ActivityState::Decided(Decision::Commit),

@@ -117,7 +117,7 @@ pub(super) fn decode(kind: u8, reader: &mut Reader<'_>) -> Result<Item, &'static
             let branches = reader.plans()?;
             Item::Tcc(TccItem::Activity(
                 id,
-                ActivityEntry { branches, deadline_ms, begun_ms, state, first_state: None },
+                ActivityEntry { branches: branches.into(), deadline_ms, begun_ms, state, first_state: None },
             ))
         }
         KIND_IN_TRANSIT => {

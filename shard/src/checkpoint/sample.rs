@@ -52,7 +52,7 @@ pub(super) fn sample_items() -> Vec<Item> {
         Item::Tcc(TccItem::Activity(
             47,
             ActivityEntry {
-                branches: vec![plan],
+                branches: vec![plan].into(),
                 deadline_ms: 9,
                 begun_ms: 8,
                 state: ActivityState::Decided(Decision::Cancel(CancelReason::Timeout)),
