@@ -16,8 +16,8 @@ use std::time::Duration;
 
 use tradeshard_shard::{
     account_request_key, body_hash, finish_activity, order_key, settlement_activity, AccountCommand, AccountOp,
-    BranchAction, BranchPlan, CancelReason, Command, Currency, Decision, Move, NewTrade, OrderLookup, Shard, Step,
-    TradeError, TradeId, Upkeep, UserRouting,
+    ActivityState, BranchAction, BranchPlan, BranchState, CancelReason, Command, Currency, Decision, Move, NewTrade,
+    OrderLookup, Refusal, Shard, Step, StepAnswer, StepOutcome, TradeError, TradeId, Upkeep, UserRouting,
 };
 use tradeshard_tests::{
     call, new_trade, rolling_shard_config, run, run_campaign, sim_disk_for_seed, upkeep_on_request, ShardPair,
@@ -153,12 +153,21 @@ fn now_ms() -> u64 {
     std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_millis() as u64
 }
 
-/// A transfer's retry after its payer's branch went past the window, its activity not: the
-/// repeated Begin finds the activity ended, and the Try sent with it must not freeze the payer's
-/// money again under a branch nothing would ever confirm or cancel.
+/// A transfer's retry after its activity ended and a checkpoint moved it to a run, with the
+/// payer's branch either kept in the activity's entry (numbered 0, a transfer's) or on its own
+/// (numbered 1) and then gone past the window while the activity was not: the repeated Begin
+/// finds the activity ended, and the Try sent with it must not freeze the payer's money again
+/// under a branch nothing would ever confirm or cancel. Kept in the activity, the branch is
+/// remembered as long as it is: the Try answers as the repeat it is (or refused, after a
+/// Cancel); on its own and forgotten, the Try is refused by its activity's decision.
 #[test]
 fn a_retried_try_of_an_ended_activity_whose_branch_went_past_the_window_moves_no_money() {
-    for decision in [Decision::Commit, Decision::Cancel(CancelReason::TryRefused)] {
+    for (payer_branch, decision) in [
+        (0, Decision::Commit),
+        (0, Decision::Cancel(CancelReason::TryRefused)),
+        (1, Decision::Commit),
+        (1, Decision::Cancel(CancelReason::TryRefused)),
+    ] {
         run(async move {
             let disk = SimDisk::new();
             let shard = open(&disk, Some(WINDOW)).await.unwrap();
@@ -170,27 +179,27 @@ fn a_retried_try_of_an_ended_activity_whose_branch_went_past_the_window_moves_no
             let cny = Currency::parse("CNY").unwrap();
             let activity = account_request_key(7, "transfer-1");
             let freeze = BranchAction::Freeze { user_id: 7, currency: cny, amount: 60 };
-            let branches = vec![
-                BranchPlan { shard: 0, branch: 0, action: freeze },
-                BranchPlan {
-                    shard: 1,
-                    branch: 1,
-                    action: BranchAction::Credit { user_id: 8, currency: cny, amount: 60 },
-                },
-            ];
+            let payer = BranchPlan { shard: 0, branch: payer_branch, action: freeze };
+            let payee = BranchPlan {
+                shard: 1,
+                branch: 1 - payer_branch,
+                action: BranchAction::Credit { user_id: 8, currency: cny, amount: 60 },
+            };
+            let branches = if payer_branch == 0 { vec![payer, payee] } else { vec![payee, payer] };
             let begin = vec![
                 Step::Begin { activity, deadline_ms: u64::MAX, branches },
-                Step::Try { activity, branch: 0, action: freeze },
+                Step::Try { activity, branch: payer_branch, action: freeze },
             ];
             let send = |steps: Vec<Step>| call(|reply| shard.transact(steps, reply));
             send(begin.clone()).await.unwrap();
             let outcome = match decision {
-                Decision::Commit => Step::Confirm { activity, branch: 0 },
-                Decision::Cancel(_) => Step::Cancel { activity, branch: 0, action: freeze },
+                Decision::Commit => Step::Confirm { activity, branch: payer_branch },
+                Decision::Cancel(_) => Step::Cancel { activity, branch: payer_branch, action: freeze },
             };
             send(vec![Step::Decide { activity, decision }, outcome]).await.unwrap();
             let settled = shard.balance(7, cny);
-            // The ended branch goes to a run; the activity, decided but not completed, stays.
+            // A branch on its own, ended, goes to a run; the activity, decided but not
+            // completed, stays (with the branch it keeps).
             shard.checkpoint().await.unwrap();
             std::thread::sleep(2 * WINDOW);
             send(vec![Step::Complete { activity }]).await.unwrap();
@@ -198,14 +207,25 @@ fn a_retried_try_of_an_ended_activity_whose_branch_went_past_the_window_moves_no
             assert!(!deposit(&shard, "later").await);
             shard.checkpoint().await.unwrap();
             let stats = shard.stats().checkpoints;
-            assert!(stats.key_runs_past_window >= 1, "the branch's run went past the window: {stats:?}");
+            assert!(stats.key_runs_past_window >= 1, "the first runs went past the window: {stats:?}");
 
-            match send(begin).await {
-                Err(TradeError::Refused(_)) => {}
-                other => panic!("the Try of an ended activity is refused, its Begin answering the end: {other:?}"),
+            let retried = send(begin).await;
+            match (payer_branch, decision, retried) {
+                (0, Decision::Commit, Ok(answers)) => assert_eq!(
+                    answers,
+                    [
+                        StepAnswer { outcome: StepOutcome::Begun(ActivityState::Completed(decision)), repeat: true },
+                        StepAnswer { outcome: StepOutcome::Branch(BranchState::Tried), repeat: true },
+                    ],
+                    "answered as repeats"
+                ),
+                (0, Decision::Cancel(_), Err(TradeError::Refused(Refusal::BranchCancelled { .. }))) => {}
+                (1, _, Err(TradeError::Refused(Refusal::StepConflict { .. }))) => {}
+                (_, _, other) => panic!("a retried Try of an ended activity moves no money: {other:?}"),
             }
             let after = shard.balance(7, cny);
-            assert_eq!((after.available, after.frozen), (settled.available + 100, settled.frozen), "{decision:?}");
+            let case = (payer_branch, decision);
+            assert_eq!((after.available, after.frozen), (settled.available + 100, settled.frozen), "{case:?}");
             shard.close().await.unwrap();
         });
     }
