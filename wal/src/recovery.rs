@@ -36,6 +36,10 @@ use crate::recycle;
 use crate::segment::{self, HeaderDefect, SegmentHeader};
 use crate::state::SegmentState;
 
+/// Chunks a scan keeps under way ahead of the one it decodes (`cursor.rs`): the replay runs
+/// between its reads without waiting, so a read it needs was submitted a few chunks before.
+const READS_AHEAD: usize = 4;
+
 /// Where a frame of the log starts: the segment (by its first record), the frame's offset in
 /// it and the frame's first record. An owner that keeps the log's effect elsewhere (a
 /// checkpoint) keeps the position of a frame at or before its last record, so that recovery
@@ -314,7 +318,8 @@ async fn scan_segment<D: Disk>(
     let report = &mut recovered.report;
     let path = || disk.path_of(&segment.name);
     let mut cursor =
-        FrameCursor::new(segment.file.clone(), size, config.read_chunk_bytes, config.frame_payload_bytes_max);
+        FrameCursor::new(segment.file.clone(), size, config.read_chunk_bytes, config.frame_payload_bytes_max)
+            .reading_ahead(READS_AHEAD);
     let mut offset = BLOCK_BYTES;
     let mut prev_checksum = chain_seed;
     if let Some(start) = start.filter(|at| at.offset > BLOCK_BYTES && at.offset.is_multiple_of(BLOCK_BYTES)) {
@@ -412,7 +417,8 @@ async fn scan_rest<F: DiskFile>(
     (synced_min, base): (u64, u64),
     config: &WalConfig,
 ) -> std::io::Result<Rest> {
-    let mut cursor = FrameCursor::new(file.clone(), size, config.read_chunk_bytes, config.frame_payload_bytes_max);
+    let mut cursor = FrameCursor::new(file.clone(), size, config.read_chunk_bytes, config.frame_payload_bytes_max)
+        .reading_ahead(READS_AHEAD);
     let mut rest = Rest { proof: None, dirty: false };
     let mut offset = from;
     while offset < size {
