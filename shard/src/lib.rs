@@ -61,6 +61,7 @@ mod tcc_batch;
 mod tcc_book;
 mod tcc_driver;
 mod tcc_ended;
+mod tcc_rules;
 mod tcc_write;
 mod trade;
 mod trade_cache;

@@ -1,7 +1,7 @@
 //! The write path of local transactions: 1..=17 steps of flexible transactions (`tcc.rs`)
 //! checked together and made durable as one record, or refused with no trace.
 //!
-//! A transaction is checked by running the rules (`tcc_book.rs`) on a scratch view: durable
+//! A transaction is checked by running the rules (`tcc_rules.rs`) on a scratch view: durable
 //! state, the balances that writes in flight leave, and the transaction's own earlier steps.
 //! A transaction that names an activity with a step still in flight (on the activity's own
 //! entry or on one of its branches: a Try reads its activity's decision) waits until that
@@ -31,8 +31,9 @@ use crate::shard::Shard;
 use crate::state::{start_each, Effect, EffectKeys, Inner, ShardReply, Waiter};
 use crate::system_record::LogRecord;
 use crate::tcc::{BranchAction, Step, TccRecord, BRANCHES_MAX, STEPS_MAX};
-use crate::tcc_book::{apply_step, ActivityEntry, ActivityState, BranchEntry, MoneyView, StepAnswer, TccBook};
+use crate::tcc_book::{ActivityEntry, ActivityState, BranchEntry, StepAnswer, TccBook};
 use crate::tcc_ended::{EndedActivity, FoundActivity};
+use crate::tcc_rules::{apply_step, MoneyView};
 use crate::trade::now_ms;
 use crate::validate::validate_amount;
 

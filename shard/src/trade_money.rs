@@ -19,7 +19,8 @@ use crate::error::Refusal;
 use crate::keys::settlement_activity;
 use crate::record::{Funding, RecordKind, TradeRecord};
 use crate::tcc::{BranchAction, BranchPlan, BranchPlans, Decision};
-use crate::tcc_book::{ActivityEntry, ActivityState, MoneyView, DECIDED_AT_BEGIN};
+use crate::tcc_book::{ActivityEntry, ActivityState, DECIDED_AT_BEGIN};
+use crate::tcc_rules::MoneyView;
 use crate::trade::TradeId;
 
 /// Applies the money `record` moves to `view`, in shard `home`; a refusal changes nothing.
