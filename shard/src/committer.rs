@@ -17,7 +17,7 @@ use crate::error::TradeError;
 use crate::index::ShardIndex;
 use crate::message_write::ParkedMessage;
 use crate::record::{Funding, TradeRecord};
-use crate::state::{Accepted, EffectKeys, Inner, Waiter};
+use crate::state::{Accepted, Effect, EffectKeys, Inner, Waiter};
 use crate::system_record::LogRecord;
 use crate::tcc_write::Parked;
 use crate::trade::{Receipt, TradeId};
@@ -66,6 +66,11 @@ pub(crate) async fn run<D: Disk>(inner: Rc<Inner<D>>) {
     }
 }
 
+/// How many effects ahead of the one it applies the committer looks up the entries of local
+/// transactions: enough for their misses to overlap, few enough for what they bring to stay in
+/// a core's cache until they are applied (a group commit may hold thousands).
+const TOUCH_AHEAD: usize = 32;
+
 /// Applies every write the log now holds durably (the front one is `front`). Answers only
 /// wake their askers, so they are sent under the borrows. Returns the local transactions and
 /// the message writes that waited for one of these writes.
@@ -76,14 +81,15 @@ fn apply_durable<D: Disk>(inner: &Inner<D>, front: Appended) -> (Vec<Parked>, Ve
     let mut accepted = inner.accepted.borrow_mut();
     let mut index = inner.index.borrow_mut();
     let mut front = Some(front);
-    // The entries of the durable transactions looked up together first (`TccBook::touch`).
-    let durable = accepted.effects.iter().take_while(|effect| effect.seq < durable_end);
-    for effect in durable {
-        if let LogRecord::Tcc(record) = &effect.record {
-            record.steps.iter().for_each(|step| index.tcc().touch(step));
-        }
-    }
+    // The entries a transaction's changes install are looked up `TOUCH_AHEAD` effects before
+    // it is applied, so that their misses overlap and are still in the cache when it is.
+    let touch = |effect: Option<&Effect>, index: &ShardIndex| match effect {
+        Some(Effect { seq, waiter: Waiter::Tcc(_, _, changes), .. }) if *seq < durable_end => changes.touch(index),
+        _ => {}
+    };
+    accepted.effects.iter().take(TOUCH_AHEAD).for_each(|effect| touch(Some(effect), &index));
     while accepted.effects.front().is_some_and(|effect| effect.seq < durable_end) {
+        touch(accepted.effects.get(TOUCH_AHEAD), &index);
         let mut effect = accepted.effects.pop_front().expect("checked");
         let appended = match front.take() {
             Some(appended) => appended,

@@ -198,6 +198,21 @@ pub(crate) struct TccChanges {
 }
 
 impl TccChanges {
+    /// Looks up the entries these changes install and drops the answers: the committer runs it
+    /// a few transactions ahead of installing them (`committer.rs`), so that the misses of the
+    /// lookups (maps of millions of entries) overlap.
+    pub(crate) fn touch(&self, index: &crate::index::ShardIndex) {
+        for (key, _) in &self.balances {
+            std::hint::black_box(index.accounts().balance(*key));
+        }
+        for ((activity, branch), _) in &self.branches {
+            std::hint::black_box(index.tcc().branch_on_its_own(*activity, *branch));
+        }
+        for (activity, _) in &self.activities {
+            std::hint::black_box(index.tcc().activity(*activity));
+        }
+    }
+
     /// The same changes, whatever their order.
     #[cfg(debug_assertions)]
     fn sorted(mut self) -> TccChanges {
