@@ -2,7 +2,7 @@
 //! well spread or dense, so one multiply does what SipHash would, at a tenth of the write
 //! path's CPU less.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 
 /// A hasher for keys that are already well spread or dense integers (trade ids, user ids,
 /// 128-bit order hashes): one multiply instead of SipHash, which the maps of millions of
@@ -60,6 +60,3 @@ impl std::hash::Hasher for IdHasher {
 
 /// `HashMap` with [`IdHasher`].
 pub type IdMap<K, V> = HashMap<K, V, std::hash::BuildHasherDefault<IdHasher>>;
-
-/// `HashSet` with [`IdHasher`].
-pub type IdSet<K> = HashSet<K, std::hash::BuildHasherDefault<IdHasher>>;

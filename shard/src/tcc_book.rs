@@ -19,10 +19,9 @@
 use std::collections::BTreeMap;
 
 use crate::currency::Currency;
-use crate::id_hash::IdSet;
 use crate::layered::LayeredMap;
+use crate::partitioned::PartitionedMap;
 use crate::tcc::{BranchAction, BranchPlans, Decision, Step};
-use crate::tcc_ended::EndedActivity;
 
 /// Where a branch stands.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
@@ -165,20 +164,32 @@ pub(crate) enum TccItem {
 }
 
 /// The durable branches, activities and money in transit of one shard. Cloning shares the
-/// maps with the clone; a checkpoint freezes them first ([`TccBook::freeze`]), so that the
-/// writes while its snapshot lives copy nothing (`layered.rs`).
+/// maps with the clone; a checkpoint freezes the maps of ended entries first
+/// ([`TccBook::freeze`]), so that the writes while its snapshot lives copy nothing
+/// (`layered.rs`).
+///
+/// An entry is in one of two maps: under way (a branch tried, an activity not completed) or
+/// ended. The entries under way are few (those of the activities in flight, and any in doubt)
+/// and take nearly every lookup and change (each step of an activity after its first finds
+/// its entry there, twice: the write path's check and the committer's install), so their maps
+/// stay in the processor's cache; the ended ones gather by the million between two
+/// checkpoints, and are met once, when their entry ends and moves there.
 #[derive(Default, Clone)]
 pub(crate) struct TccBook {
+    /// Branches tried, neither confirmed nor cancelled.
+    branches_under_way: PartitionedMap<(u128, u16), BranchEntry>,
+    /// Activities begun or decided and not completed: what recovery drives on.
+    activities_under_way: PartitionedMap<u128, ActivityEntry>,
+    /// Branches ended (confirmed, cancelled, fenced) since the last checkpoint took them.
     branches: LayeredMap<(u128, u16), BranchEntry>,
+    /// Activities completed since the last checkpoint took them.
     activities: LayeredMap<u128, ActivityEntry>,
-    /// Activities begun or decided and not completed: the activities under way, and what
-    /// recovery drives on (a hash set: each activity goes in and out once, on the write path).
-    unfinished: IdSet<u128>,
     in_transit: BTreeMap<Currency, i128>,
 }
 
 impl TccBook {
-    /// Room for `branches` and `activities` more (an open's replay: `ShardIndex::reserve_recent`).
+    /// Room for `branches` and `activities` more ended (an open's replay:
+    /// `ShardIndex::reserve_recent`).
     pub(crate) fn reserve(&mut self, branches: usize, activities: usize) {
         self.branches.reserve(branches);
         self.activities.reserve(activities);
@@ -188,16 +199,22 @@ impl TccBook {
         // A first branch is asked of its activity's entry first: a transfer's payer is kept
         // there, in the shard that holds both (`ActivityEntry::keeps_branch`).
         if branch == 0 {
-            if let Some(entry) = self.activities.get(&activity).and_then(ActivityEntry::first_branch) {
+            if let Some(entry) = self.activity(activity).and_then(ActivityEntry::first_branch) {
                 return Some(entry);
             }
         }
-        self.branches.get(&(activity, branch)).copied()
+        self.branch_of_its_own(activity, branch).copied()
+    }
+
+    /// The branch's entry of its own (not one its activity's entry keeps), under way first.
+    fn branch_of_its_own(&self, activity: u128, branch: u16) -> Option<&BranchEntry> {
+        let key = (activity, branch);
+        self.branches_under_way.get(&key).or_else(|| self.branches.get(&key))
     }
 
     /// Whether the branch has an entry of its own (not one its activity's entry keeps).
     pub(crate) fn branch_on_its_own(&self, activity: u128, branch: u16) -> bool {
-        self.branches.get(&(activity, branch)).is_some()
+        self.branch_of_its_own(activity, branch).is_some()
     }
 
     /// Looks up the entry `step` names and drops the answer: run over a batch of steps before
@@ -210,24 +227,43 @@ impl TccBook {
             // a Try or a Cancel that finds no branch kept asks the branches too (a Confirm of a
             // transfer's payer does not).
             Step::Try { activity, branch, .. } => {
-                std::hint::black_box(self.activities.get(&activity));
-                std::hint::black_box(self.branches.get(&(activity, branch)));
+                std::hint::black_box(self.activity(activity));
+                std::hint::black_box(self.branch_of_its_own(activity, branch));
             }
             Step::Cancel { activity, branch, .. } => {
                 if branch == 0 {
-                    std::hint::black_box(self.activities.get(&activity));
+                    std::hint::black_box(self.activity(activity));
                 }
-                std::hint::black_box(self.branches.get(&(activity, branch)));
+                std::hint::black_box(self.branch_of_its_own(activity, branch));
             }
             Step::Confirm { activity, branch: 0 } => {
-                std::hint::black_box(self.activities.get(&activity));
+                std::hint::black_box(self.activity(activity));
             }
             Step::Confirm { activity, branch } => {
-                std::hint::black_box(self.branches.get(&(activity, branch)));
+                std::hint::black_box(self.branch_of_its_own(activity, branch));
             }
             Step::Begin { activity, .. } | Step::Decide { activity, .. } | Step::Complete { activity } => {
-                std::hint::black_box(self.activities.get(&activity));
+                std::hint::black_box(self.activity(activity));
             }
+        }
+    }
+
+    /// Looks up where [`put_branch`](Self::put_branch) will put `entry` and drops the answer
+    /// (the committer's lookups ahead, `TccChanges::touch`): the map of branches under way, and
+    /// the map of ended ones only for an entry that ends.
+    pub(crate) fn touch_branch_install(&self, activity: u128, branch: u16, entry: &BranchEntry) {
+        let key = (activity, branch);
+        std::hint::black_box(self.branches_under_way.get(&key));
+        if entry.state.ended() {
+            std::hint::black_box(self.branches.get(&key));
+        }
+    }
+
+    /// [`touch_branch_install`](Self::touch_branch_install) for [`set_activity`](Self::set_activity).
+    pub(crate) fn touch_activity_install(&self, activity: u128, entry: &ActivityEntry) {
+        std::hint::black_box(self.activities_under_way.get(&activity));
+        if matches!(entry.state, ActivityState::Completed(_)) {
+            std::hint::black_box(self.activities.get(&activity));
         }
     }
 
@@ -235,22 +271,38 @@ impl TccBook {
     /// and a restore.
     pub(crate) fn set_branch(&mut self, activity: u128, branch: u16, entry: BranchEntry) {
         let kept = self
-            .activities
-            .get(&activity)
+            .activity(activity)
             .is_some_and(|held| held.keeps_branch(branch, &entry, || self.branch_on_its_own(activity, branch)));
         match kept {
-            true => self.activities.get_mut(&activity).expect("the entry just read").first_state = Some(entry.state),
-            false => self.branches.insert((activity, branch), entry),
+            true => {
+                let held = match self.activities_under_way.get_mut(&activity) {
+                    Some(held) => held,
+                    None => self.activities.get_mut(&activity).expect("the entry just read"),
+                };
+                held.first_state = Some(entry.state);
+            }
+            false => self.put_branch(activity, branch, entry),
         }
     }
 
     /// Sets a branch in an entry of its own, where the write path's check put it (the
     /// committer's install: the check decided as the rules do, `tcc_write::Scratch`).
     pub(crate) fn put_branch(&mut self, activity: u128, branch: u16, entry: BranchEntry) {
-        self.branches.insert((activity, branch), entry);
+        let key = (activity, branch);
+        match entry.state.ended() {
+            true => {
+                self.branches_under_way.remove(&key);
+                self.branches.insert(key, entry);
+            }
+            false => {
+                debug_assert!(self.branches.get(&key).is_none(), "an ended branch under way again");
+                self.branches_under_way.insert(key, entry);
+            }
+        }
     }
 
-    /// Freezes the branches and activities held, for a checkpoint's snapshot (`layered.rs`).
+    /// Freezes the ended branches and activities held, for a checkpoint's snapshot
+    /// (`layered.rs`); the snapshot's clone of the maps under way shares their parts.
     pub(crate) fn freeze(&mut self) {
         self.branches.freeze();
         self.activities.freeze();
@@ -263,12 +315,11 @@ impl TccBook {
     }
 
     /// Once the checkpoint of the last freeze is durable, its runs holding the ended branches
-    /// and completed activities: drops part `part` (`0..SETTLE_PARTS`) of what was frozen,
-    /// keeping the entries under way; returns the entries the part held.
+    /// and completed activities: drops part `part` (`0..SETTLE_PARTS`) of what was frozen (all
+    /// of it ended: the entries under way are in maps of their own); returns the entries the
+    /// part held.
     pub(crate) fn settle_part(&mut self, part: usize) -> usize {
-        // Kept: whatever the runs do not take (`ended_branches`, `completed_activities`).
-        self.branches.settle_part(part, |entry| !entry.state.ended())
-            + self.activities.settle_part(part, |entry| !EndedActivity::ends(entry))
+        self.branches.settle_part(part, |_| false) + self.activities.settle_part(part, |_| false)
     }
 
     /// Gives back the room its maps keep for the next interval (`LayeredMap::release_room`).
@@ -284,24 +335,28 @@ impl TccBook {
     }
 
     pub(crate) fn activity(&self, activity: u128) -> Option<&ActivityEntry> {
-        self.activities.get(&activity)
+        self.activities_under_way.get(&activity).or_else(|| self.activities.get(&activity))
     }
 
     pub(crate) fn set_activity(&mut self, activity: u128, mut entry: ActivityEntry) {
         if let Some(branch) = entry.give_out_first_branch() {
-            self.branches.insert((activity, 0), branch);
+            self.put_branch(activity, 0, branch);
         }
         match entry.state {
             ActivityState::Completed(_) if entry.deadline_ms == DECIDED_AT_BEGIN => {
                 // A settlement's credit, completed: forgotten (see `DECIDED_AT_BEGIN`).
-                self.unfinished.remove(&activity);
+                self.activities_under_way.remove(&activity);
                 self.activities.remove(&activity);
-                return;
             }
-            ActivityState::Completed(_) => drop(self.unfinished.remove(&activity)),
-            _ => drop(self.unfinished.insert(activity)),
+            ActivityState::Completed(_) => {
+                self.activities_under_way.remove(&activity);
+                self.activities.insert(activity, entry);
+            }
+            _ => {
+                debug_assert!(self.activities.get(&activity).is_none(), "a completed activity under way again");
+                self.activities_under_way.insert(activity, entry);
+            }
         }
-        self.activities.insert(activity, entry);
     }
 
     pub(crate) fn add_in_transit(&mut self, currency: Currency, amount: i128) {
@@ -317,30 +372,36 @@ impl TccBook {
     /// The activities this shard initiated that are not completed, with their entries, in no
     /// order.
     pub(crate) fn unfinished(&self) -> impl Iterator<Item = (u128, &ActivityEntry)> + '_ {
-        self.unfinished.iter().filter_map(|id| Some((*id, self.activities.get(id)?)))
+        self.activities_under_way.iter().map(|(id, entry)| (*id, entry))
     }
 
     /// Bytes of the branches and activities held (plans on the heap, past two, not counted;
     /// while a checkpoint is under way, an entry changed since its snapshot counts twice): a
     /// checkpoint moves the ended ones to runs.
     pub(crate) fn entry_bytes(&self) -> u64 {
-        self.branches.entry_bytes() + self.activities.entry_bytes()
+        fn bytes<K, V>(entries: usize) -> u64 {
+            entries as u64 * (std::mem::size_of::<(K, V)>() as u64 + 1)
+        }
+        self.branches.entry_bytes()
+            + self.activities.entry_bytes()
+            + bytes::<(u128, u16), BranchEntry>(self.branches_under_way.len())
+            + bytes::<u128, ActivityEntry>(self.activities_under_way.len())
     }
 
     /// Branches and activities held.
     pub(crate) fn len(&self) -> (usize, usize) {
-        (self.branches.len(), self.activities.len())
+        (self.branches.len() + self.branches_under_way.len(), self.activities.len() + self.activities_under_way.len())
     }
 
     /// The ended branches held: a checkpoint moves them to runs.
     pub(crate) fn ended_branches(&self) -> impl Iterator<Item = (&(u128, u16), &BranchEntry)> + '_ {
-        self.branches.iter().filter(|(_, entry)| entry.state.ended())
+        self.branches.iter()
     }
 
-    /// The completed activities held (each has an [`EndedActivity::of`]): a checkpoint moves
-    /// them to runs.
+    /// The completed activities held (each has a [`crate::tcc_ended::EndedActivity::of`]): a
+    /// checkpoint moves them to runs.
     pub(crate) fn completed_activities(&self) -> impl Iterator<Item = (u128, &ActivityEntry)> + '_ {
-        self.activities.iter().filter(|(_, entry)| EndedActivity::ends(entry)).map(|(id, entry)| (*id, entry))
+        self.activities.iter().map(|(id, entry)| (*id, entry))
     }
 
     /// The entries a checkpoint's file holds: those under way, and the money in transit (the
@@ -349,11 +410,8 @@ impl TccBook {
     /// state), so that a restore ([`set_branch`](Self::set_branch)) puts every branch back
     /// where it was kept.
     pub(crate) fn items(&self) -> impl Iterator<Item = TccItem> + '_ {
-        let branches = self.branches.iter().filter(|(_, entry)| !entry.state.ended());
-        let branches = branches.map(|((a, b), entry)| TccItem::Branch(*a, *b, *entry));
-        let activities =
-            self.activities.iter().filter(|(_, entry)| !matches!(entry.state, ActivityState::Completed(_)));
-        let activities = activities.flat_map(|(id, entry)| {
+        let branches = self.branches_under_way.iter().map(|((a, b), entry)| TccItem::Branch(*a, *b, *entry));
+        let activities = self.activities_under_way.iter().flat_map(|(id, entry)| {
             let first = entry.first_branch().map(|branch| TccItem::Branch(*id, 0, branch));
             std::iter::once(TccItem::Activity(*id, ActivityEntry { first_state: None, ..entry.clone() })).chain(first)
         });
@@ -369,7 +427,7 @@ impl TccBook {
                 twice
             }
             TccItem::Activity(id, entry) => {
-                let twice = self.activities.get(&id).is_some();
+                let twice = self.activity(id).is_some();
                 self.set_activity(id, entry);
                 twice
             }
@@ -379,5 +437,81 @@ impl TccBook {
             true => Err("tcc entry twice in a checkpoint"),
             false => Ok(()),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::layered::SETTLE_PARTS;
+    use crate::tcc::BranchPlan;
+
+    fn freeze_action(user_id: u64) -> BranchAction {
+        BranchAction::Freeze { user_id, currency: Currency::parse("CNY").unwrap(), amount: 5 }
+    }
+
+    fn activity(state: ActivityState) -> ActivityEntry {
+        let plans = vec![
+            BranchPlan { shard: 0, branch: 0, action: freeze_action(1) },
+            BranchPlan { shard: 1, branch: 1, action: freeze_action(2) },
+        ];
+        ActivityEntry { branches: BranchPlans::from(plans), deadline_ms: 10, begun_ms: 1, state, first_state: None }
+    }
+
+    fn branch(state: BranchState) -> BranchEntry {
+        BranchEntry { action: freeze_action(3), state }
+    }
+
+    /// What a checkpoint's file and runs would take of `book`: the ids under way, the ended.
+    fn split(book: &TccBook) -> (Vec<u128>, Vec<u128>) {
+        let mut under_way: Vec<u128> = book
+            .items()
+            .filter_map(|item| match item {
+                TccItem::Branch(activity, _, _) | TccItem::Activity(activity, _) => Some(activity),
+                TccItem::InTransit(..) => None,
+            })
+            .collect();
+        let mut ended: Vec<u128> = book
+            .ended_branches()
+            .map(|((activity, _), _)| *activity)
+            .chain(book.completed_activities().map(|(id, _)| id))
+            .collect();
+        under_way.sort_unstable();
+        ended.sort_unstable();
+        (under_way, ended)
+    }
+
+    #[test]
+    fn an_entry_is_under_way_or_ended_never_both_and_a_snapshot_keeps_what_it_saw() {
+        let mut book = TccBook::default();
+        let commit = ActivityState::Completed(Decision::Commit);
+        book.set_activity(7, activity(ActivityState::Open));
+        book.put_branch(8, 1, branch(BranchState::Tried));
+        book.set_activity(9, activity(commit));
+        assert_eq!(split(&book), (vec![7, 8], vec![9]));
+        assert_eq!(book.unfinished().map(|(id, _)| id).collect::<Vec<_>>(), vec![7]);
+
+        book.freeze();
+        let snapshot = book.clone();
+        book.set_activity(7, activity(ActivityState::Decided(Decision::Commit)));
+        book.set_activity(7, activity(commit));
+        book.put_branch(8, 1, branch(BranchState::Confirmed));
+        assert_eq!(split(&book), (vec![], vec![7, 8, 9]));
+        assert_eq!(book.len(), (1, 2), "each entry counted once, wherever it is");
+        assert_eq!(book.unfinished().count(), 0);
+        assert_eq!(book.activity(7).map(|entry| entry.state), Some(commit));
+        assert_eq!(book.branch(8, 1).map(|entry| entry.state), Some(BranchState::Confirmed));
+        assert_eq!(split(&snapshot), (vec![7, 8], vec![9]), "the snapshot's file holds what was under way at it");
+
+        // The checkpoint of that snapshot durable: what it froze goes; what ended since stays.
+        for part in 0..SETTLE_PARTS {
+            book.settle_part(part);
+        }
+        assert_eq!(split(&book), (vec![], vec![7, 8]));
+        book.freeze();
+        for part in 0..SETTLE_PARTS {
+            book.settle_part(part);
+        }
+        assert_eq!((book.len(), book.activity(7), book.branch(8, 1)), ((0, 0), None, None));
     }
 }

@@ -24,12 +24,6 @@ pub struct EndedActivity {
 }
 
 impl EndedActivity {
-    /// Whether `entry` is completed with a branch: the entries [`of`](Self::of) makes what
-    /// the runs keep of, without digesting their plans.
-    pub(crate) fn ends(entry: &ActivityEntry) -> bool {
-        Self::completed(entry).is_some()
-    }
-
     /// What the runs keep of `entry`, if it is completed.
     pub(crate) fn of(entry: &ActivityEntry) -> Option<EndedActivity> {
         let (decision, first) = Self::completed(entry)?;

@@ -205,11 +205,11 @@ impl TccChanges {
         for (key, _) in &self.balances {
             std::hint::black_box(index.accounts().balance(*key));
         }
-        for ((activity, branch), _) in &self.branches {
-            std::hint::black_box(index.tcc().branch_on_its_own(*activity, *branch));
+        for ((activity, branch), entry) in &self.branches {
+            index.tcc().touch_branch_install(*activity, *branch, entry);
         }
-        for (activity, _) in &self.activities {
-            std::hint::black_box(index.tcc().activity(*activity));
+        for (activity, entry) in &self.activities {
+            index.tcc().touch_activity_install(*activity, entry);
         }
     }
 
