@@ -344,9 +344,10 @@ impl TccBook {
         }
         match entry.state {
             ActivityState::Completed(_) if entry.deadline_ms == DECIDED_AT_BEGIN => {
-                // A settlement's credit, completed: forgotten (see `DECIDED_AT_BEGIN`).
+                // A settlement's credit, completed: forgotten (see `DECIDED_AT_BEGIN`). It was
+                // under way until now: the ended ones never hold it.
                 self.activities_under_way.remove(&activity);
-                self.activities.remove(&activity);
+                debug_assert!(self.activities.get(&activity).is_none(), "a forgotten activity among the ended");
             }
             ActivityState::Completed(_) => {
                 self.activities_under_way.remove(&activity);
