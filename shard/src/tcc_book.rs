@@ -259,10 +259,11 @@ impl TccBook {
         }
     }
 
-    /// [`touch_branch_install`](Self::touch_branch_install) for [`set_activity`](Self::set_activity).
+    /// [`touch_branch_install`](Self::touch_branch_install) for [`set_activity`](Self::set_activity)
+    /// (a settlement's credit, completed, is forgotten, not moved: `DECIDED_AT_BEGIN`).
     pub(crate) fn touch_activity_install(&self, activity: u128, entry: &ActivityEntry) {
         std::hint::black_box(self.activities_under_way.get(&activity));
-        if matches!(entry.state, ActivityState::Completed(_)) {
+        if matches!(entry.state, ActivityState::Completed(_)) && entry.deadline_ms != DECIDED_AT_BEGIN {
             std::hint::black_box(self.activities.get(&activity));
         }
     }
