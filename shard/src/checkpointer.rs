@@ -21,7 +21,8 @@
 //!    runs) is written as `checkpoint.tmp` in pages, yielding between them, synced, renamed to
 //!    its name, and the directory synced: from here on an open starts from it;
 //! 6. the live indexes point the copied trades at the store and take the new runs in place of
-//!    the keys they hold (the frozen layers go, with what they held under way carried up);
+//!    the keys they hold (the frozen layers go, with the pending claims they held carried
+//!    up);
 //!    trades past the memory budget leave memory (`trade_table/`); checkpoints older than the one before, and runs neither lists, are removed; retention
 //!    removes the segments it allows (`retention.rs`).
 //!

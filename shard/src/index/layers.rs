@@ -21,9 +21,9 @@ impl ShardIndex {
     }
 
     /// Once the checkpoint of the last freeze is durable (its runs hold what was frozen, but for
-    /// what is under way): drops part `part` of what was frozen, keeping the pending claims and
-    /// the requests, branches and activities under way (`layered.rs`); returns the entries the
-    /// part held.
+    /// what is under way): drops part `part` of what was frozen, keeping only the pending claims
+    /// (`layered.rs`; the books of transactions freeze only their ended entries, those under
+    /// way being in maps of their own); returns the entries the part held.
     pub(crate) fn settle_frozen_part(&mut self, part: usize) -> usize {
         // A user's list carried up since the snapshot still begins with the ids the run holds.
         let trim_user = |frozen: &UserTrades, live: &mut UserTrades| {

@@ -189,7 +189,8 @@ impl ShardIndex {
 
     /// Installs what a durable local transaction changes, as its check computed it
     /// (`TccChanges`): the balances, then the branches, then the activities (a completed one
-    /// takes in its first branch, `TccBook::set_activity`, as the rules' order leaves it).
+    /// may give out the first branch it keeps, `ActivityEntry::give_out_first_branch`, as the
+    /// rules' order leaves it).
     pub(crate) fn install_tcc(&mut self, changes: crate::tcc_write::TccChanges) {
         for (key, balance) in changes.balances {
             self.accounts.set_balance(key, balance);
