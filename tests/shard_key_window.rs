@@ -20,7 +20,7 @@ use tradeshard_shard::{
     OrderLookup, Refusal, Shard, Step, StepAnswer, StepOutcome, TradeError, TradeId, Upkeep, UserRouting,
 };
 use tradeshard_tests::{
-    call, new_trade, rolling_shard_config, run, run_campaign, sim_disk_for_seed, upkeep_on_request, ShardPair,
+    call, new_trade, rolling_shard_config, run, run_campaign_part, sim_disk_for_seed, upkeep_on_request, ShardPair,
 };
 use tradeshard_wal::disk::{SimDisk, SplitMix64};
 
@@ -440,11 +440,13 @@ async fn run_seed(seed: u64, seen: Rc<RefCell<Seen>>) -> Result<usize, String> {
     Ok(checked)
 }
 
-#[test]
-fn power_loss_with_a_window_of_zero_opens_every_time_and_loses_no_trade() {
+tradeshard_tests::campaign_halves!(power_loss_with_a_window_of_zero_opens_every_time_and_loses_no_trade);
+
+/// Half `part` of the campaign's seeds.
+fn campaign(part: usize) {
     let seen = Rc::new(RefCell::new(Seen::default()));
     let totals = seen.clone();
-    let (count, checked) = run_campaign(200, move |seed| run_seed(seed, totals.clone()));
+    let (count, checked) = run_campaign_part(200, part, 2, move |seed| run_seed(seed, totals.clone()));
     let seen = seen.borrow();
     println!("key window campaign: {count} seeds, {checked} checks; {seen:?}");
     assert!(count < 100 || (seen.runs_past_window > 0 && seen.new_trades_under_old_numbers > 0), "{seen:?}");

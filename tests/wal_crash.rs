@@ -168,8 +168,12 @@ async fn run_seed(seed: u64, config: &WalConfig, coverage: &mut Coverage) -> Res
     wal.close().await.map_err(|e| format!("close: {e}"))
 }
 
-fn campaign(default_seeds: u64, config: WalConfig) {
-    let seeds = seeds(default_seeds);
+/// Half `part` of the campaign's seeds: the halves are tests of their own, which the test
+/// threads run side by side.
+fn campaign(default_seeds: u64, part: usize, config: WalConfig) {
+    let all = seeds(default_seeds);
+    let half = all.len().div_ceil(2);
+    let seeds: Vec<u64> = all.into_iter().skip(part * half).take(half).collect();
     let count = seeds.len();
     let (durability, preallocation) = (config.durability, config.preallocation);
     let coverage = run(async move {
@@ -195,21 +199,33 @@ fn campaign(default_seeds: u64, config: WalConfig) {
     }
 }
 
-#[test]
-fn acknowledged_records_survive_crashes_exactly_once() {
-    campaign(250, small_config());
+/// The tests of one campaign, one for each half of its seeds.
+macro_rules! campaign_halves {
+    ($name:ident, $config:expr) => {
+        mod $name {
+            use super::*;
+
+            #[test]
+            fn first_half_of_the_seeds() {
+                campaign(250, 0, $config);
+            }
+
+            #[test]
+            fn second_half_of_the_seeds() {
+                campaign(250, 1, $config);
+            }
+        }
+    };
 }
 
-#[test]
-fn acknowledged_records_survive_crashes_with_segments_prepared_ahead() {
-    campaign(250, zeroed_config());
-}
+campaign_halves!(acknowledged_records_survive_crashes_exactly_once, small_config());
 
-#[test]
-fn buffered_crashes_lose_only_a_suffix_and_never_look_corrupt() {
-    let buffered = Durability::Buffered { sync_interval: Duration::from_micros(200) };
-    campaign(250, WalConfig { durability: buffered, ..zeroed_config() });
-}
+campaign_halves!(acknowledged_records_survive_crashes_with_segments_prepared_ahead, zeroed_config());
+
+campaign_halves!(
+    buffered_crashes_lose_only_a_suffix_and_never_look_corrupt,
+    WalConfig { durability: Durability::Buffered { sync_interval: Duration::from_micros(200) }, ..zeroed_config() }
+);
 
 /// A process killed between a write and its sync leaves the write readable but not durable;
 /// the next open reads it as the log's tail, so it must make it durable before it serves it or
