@@ -57,6 +57,7 @@ mod sort_room;
 mod state;
 mod system_record;
 mod tcc;
+mod tcc_aside;
 mod tcc_batch;
 mod tcc_book;
 mod tcc_driver;

@@ -1,7 +1,8 @@
 //! An open's replay of the log after its checkpoint into the shard's index: records applied
 //! in log order, in batches whose entries are looked up together first, their changes to the
-//! keyed maps set aside and applied part by part (`index/staged.rs`), and the changes to
-//! trades not in memory set aside until their records are read from the table.
+//! keyed maps and the branches and activities that end set aside and applied part by part
+//! (`index/staged.rs`, `tcc_aside.rs`), and the changes to trades not in memory set aside
+//! until their records are read from the table.
 
 use tradeshard_wal::disk::Disk;
 use tradeshard_wal::Appended;
@@ -91,7 +92,7 @@ pub(crate) fn replay_batch(
                 Ok(())
             }
             LogRecord::Journal(record) => index.accounts_mut().apply(record).map(drop),
-            LogRecord::Tcc(record) => index.apply_tcc(record).map(drop),
+            LogRecord::Tcc(record) => index.apply_tcc_replayed(record, &mut staged.ended).map(drop),
             LogRecord::Message(record) => index.apply_message(at.seq, record).map(drop),
         };
         if let Err(reason) = applied {

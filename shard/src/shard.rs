@@ -265,6 +265,7 @@ impl<D: Disk> Shard<D> {
         let mut staged = StagedKeys::with_expected(
             expected(RunStore::Orders) + 2 * expected(RunStore::Claims),
             expected(RunStore::Users),
+            (expected(RunStore::Branches), expected(RunStore::Activities)),
         );
         let mut batch = Vec::with_capacity(REPLAY_BATCH);
         let (wal, report) = Wal::recover_from_frame(disk.clone(), wal_config, (from, from_frame), |at, bytes| {

@@ -20,8 +20,9 @@ use std::collections::BTreeMap;
 
 use crate::currency::Currency;
 use crate::layered::LayeredMap;
-use crate::partitioned::PartitionedMap;
+use crate::partitioned::{PartitionedMap, PARTS};
 use crate::tcc::{BranchAction, BranchPlans, Decision, Step};
+use crate::tcc_aside::EndedAside;
 
 /// Where a branch stands.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
@@ -271,6 +272,18 @@ impl TccBook {
     /// Sets a branch where [`ActivityEntry::keeps_branch`] says: the rules' way, for a replay
     /// and a restore.
     pub(crate) fn set_branch(&mut self, activity: u128, branch: u16, entry: BranchEntry) {
+        self.set_branch_or_aside(activity, branch, entry, None)
+    }
+
+    /// [`set_branch`](Self::set_branch), with an ended branch set `aside` when given (an open's
+    /// replay, `tcc_aside.rs`).
+    pub(crate) fn set_branch_or_aside(
+        &mut self,
+        activity: u128,
+        branch: u16,
+        entry: BranchEntry,
+        aside: Option<&mut EndedAside>,
+    ) {
         let kept = self
             .activity(activity)
             .is_some_and(|held| held.keeps_branch(branch, &entry, || self.branch_on_its_own(activity, branch)));
@@ -282,18 +295,25 @@ impl TccBook {
                 };
                 held.first_state = Some(entry.state);
             }
-            false => self.put_branch(activity, branch, entry),
+            false => self.put_branch_or_aside(activity, branch, entry, aside),
         }
     }
 
     /// Sets a branch in an entry of its own, where the write path's check put it (the
     /// committer's install: the check decided as the rules do, `tcc_write::Scratch`).
     pub(crate) fn put_branch(&mut self, activity: u128, branch: u16, entry: BranchEntry) {
+        self.put_branch_or_aside(activity, branch, entry, None)
+    }
+
+    fn put_branch_or_aside(&mut self, activity: u128, branch: u16, entry: BranchEntry, aside: Option<&mut EndedAside>) {
         let key = (activity, branch);
         match entry.state.ended() {
             true => {
                 self.branches_under_way.remove(&key);
-                self.branches.insert(key, entry);
+                match aside {
+                    Some(aside) => aside.branch(key, entry),
+                    None => self.branches.insert(key, entry),
+                }
             }
             false => {
                 debug_assert!(self.branches.get(&key).is_none(), "an ended branch under way again");
@@ -329,6 +349,19 @@ impl TccBook {
         self.activities.release_room();
     }
 
+    /// Inserts the ended entries set aside, part by part, and empties `aside`.
+    pub(crate) fn insert_aside(&mut self, aside: &mut EndedAside) {
+        for part in 0..PARTS {
+            let (branches, activities) = aside.take_part(part);
+            for (key, entry) in branches {
+                self.branches.insert(key, entry);
+            }
+            for (activity, entry) in activities {
+                self.activities.insert(activity, entry);
+            }
+        }
+    }
+
     /// Whether a frozen layer waits for [`settle_part`](Self::settle_part) (it goes with its
     /// last part).
     pub(crate) fn has_frozen(&self) -> bool {
@@ -339,9 +372,20 @@ impl TccBook {
         self.activities_under_way.get(&activity).or_else(|| self.activities.get(&activity))
     }
 
-    pub(crate) fn set_activity(&mut self, activity: u128, mut entry: ActivityEntry) {
+    pub(crate) fn set_activity(&mut self, activity: u128, entry: ActivityEntry) {
+        self.set_activity_or_aside(activity, entry, None)
+    }
+
+    /// [`set_activity`](Self::set_activity), with a completed activity (and an ended branch it
+    /// gives out) set `aside` when given (an open's replay, `tcc_aside.rs`).
+    pub(crate) fn set_activity_or_aside(
+        &mut self,
+        activity: u128,
+        mut entry: ActivityEntry,
+        mut aside: Option<&mut EndedAside>,
+    ) {
         if let Some(branch) = entry.give_out_first_branch() {
-            self.put_branch(activity, 0, branch);
+            self.put_branch_or_aside(activity, 0, branch, aside.as_deref_mut());
         }
         match entry.state {
             ActivityState::Completed(_) if entry.deadline_ms == DECIDED_AT_BEGIN => {
@@ -352,7 +396,10 @@ impl TccBook {
             }
             ActivityState::Completed(_) => {
                 self.activities_under_way.remove(&activity);
-                self.activities.insert(activity, entry);
+                match aside {
+                    Some(aside) => aside.activity(activity, entry),
+                    None => self.activities.insert(activity, entry),
+                }
             }
             _ => {
                 debug_assert!(self.activities.get(&activity).is_none(), "a completed activity under way again");

@@ -31,6 +31,7 @@ use crate::shard::Shard;
 use crate::state::{start_each, Effect, EffectKeys, Inner, ShardReply, Waiter};
 use crate::system_record::LogRecord;
 use crate::tcc::{BranchAction, Step, TccRecord, BRANCHES_MAX, STEPS_MAX};
+use crate::tcc_aside::EndedAside;
 use crate::tcc_book::{ActivityEntry, ActivityState, BranchEntry, StepAnswer, TccBook};
 use crate::tcc_ended::{EndedActivity, FoundActivity};
 use crate::tcc_rules::{apply_step, MoneyView};
@@ -129,6 +130,8 @@ fn touches_own_entry(step: &Step) -> bool {
 pub(crate) struct Books<'a> {
     pub accounts: &'a mut AccountBook,
     pub tcc: &'a mut TccBook,
+    /// Where an open's replay sets the entries that end aside (`tcc_aside.rs`); none live.
+    pub ended_aside: Option<&'a mut EndedAside>,
 }
 
 impl MoneyView for Books<'_> {
@@ -142,13 +145,13 @@ impl MoneyView for Books<'_> {
         self.tcc.branch(activity, branch)
     }
     fn set_branch(&mut self, activity: u128, branch: u16, entry: BranchEntry) {
-        self.tcc.set_branch(activity, branch, entry)
+        self.tcc.set_branch_or_aside(activity, branch, entry, self.ended_aside.as_deref_mut())
     }
     fn activity(&self, activity: u128) -> Option<ActivityEntry> {
         self.tcc.activity(activity).cloned()
     }
     fn set_activity(&mut self, activity: u128, entry: ActivityEntry) {
-        self.tcc.set_activity(activity, entry)
+        self.tcc.set_activity_or_aside(activity, entry, self.ended_aside.as_deref_mut())
     }
     fn add_in_transit(&mut self, currency: Currency, amount: i128) {
         self.tcc.add_in_transit(currency, amount)

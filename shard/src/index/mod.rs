@@ -42,6 +42,7 @@ use crate::message_book::{MessageBook, MessageItem, MessageReceipt};
 use crate::record::{Funding, RecordKind, TradeRecord};
 use crate::system_record::{ClaimOutcome, ClaimSettled, LogRecord, OffsetCommit, OrderClaim};
 use crate::tcc::TccRecord;
+use crate::tcc_aside::EndedAside;
 use crate::tcc_book::{StepAnswer, TccBook, TccItem};
 use crate::tcc_rules::apply_step;
 use crate::tcc_write::Books;
@@ -167,7 +168,7 @@ impl ShardIndex {
 
     /// The accounts and the flexible transactions together, as the rules of a step see them.
     pub(crate) fn books(&mut self) -> Books<'_> {
-        Books { accounts: &mut self.accounts, tcc: &mut self.tcc }
+        Books { accounts: &mut self.accounts, tcc: &mut self.tcc, ended_aside: None }
     }
 
     /// Applies the money a durable trade record of shard `home` moves (a trade paid from a
@@ -178,9 +179,14 @@ impl ShardIndex {
             .map_err(|_| "a trade's payment from a balance does not apply to the accounts")
     }
 
-    /// Applies a durable local transaction, step by step; returns each step's answer.
-    pub(crate) fn apply_tcc(&mut self, record: &TccRecord) -> Result<Vec<StepAnswer>, &'static str> {
-        let mut books = self.books();
+    /// Applies a durable local transaction, step by step, as an open's replay does: the entries
+    /// that end are set `aside` (`tcc_aside.rs`). Returns each step's answer.
+    pub(crate) fn apply_tcc_replayed(
+        &mut self,
+        record: &TccRecord,
+        aside: &mut EndedAside,
+    ) -> Result<Vec<StepAnswer>, &'static str> {
+        let mut books = Books { accounts: &mut self.accounts, tcc: &mut self.tcc, ended_aside: Some(aside) };
         let apply = |step| {
             apply_step(&mut books, step, record.at_ms).map_err(|_| "a step of a local transaction does not apply")
         };

@@ -19,6 +19,7 @@ use tradeshard_wal::Appended;
 use crate::partitioned::{PartitionedMap, PARTS};
 use crate::record::TradeRecord;
 use crate::system_record::{ClaimSettled, OrderClaim};
+use crate::tcc_aside::EndedAside;
 use crate::trade::TradeId;
 
 use super::ShardIndex;
@@ -40,27 +41,32 @@ const _: () = assert!(std::mem::size_of::<KeyChange>() <= 64, "STAGED_MAX's boun
 pub(crate) struct StagedKeys {
     keys: Vec<Vec<KeyChange>>,
     users: Vec<Vec<(u64, TradeId)>>,
+    /// The branches and activities that ended (`tcc_aside.rs`).
+    pub(crate) ended: EndedAside,
     staged: usize,
     /// Changes set aside before they must be applied: [`STAGED_MAX`] but in tests.
     limit: usize,
 }
 
 impl StagedKeys {
-    /// Room for about `keys` changes to the order keys and claims and `users` to the users'
-    /// lists (what the last interval between checkpoints wrote to runs), so that the lists do
-    /// not grow by doubling; each bound by [`STAGED_MAX`].
-    pub(crate) fn with_expected(keys: u64, users: u64) -> Self {
+    /// Room for about `keys` changes to the order keys and claims, `users` to the users' lists
+    /// and `ended` branches and activities (what the last interval between checkpoints wrote
+    /// to runs), so that the lists do not grow by doubling; each bound by [`STAGED_MAX`] (the
+    /// ended entries by theirs).
+    pub(crate) fn with_expected(keys: u64, users: u64, (branches, activities): (u64, u64)) -> Self {
         let mut staged = Self::with_limit(STAGED_MAX);
+        staged.ended = EndedAside::with_expected(branches, activities);
         let per_part = |expected: u64| (expected.min(STAGED_MAX as u64) as usize).div_ceil(PARTS);
         staged.keys.iter_mut().for_each(|part| part.reserve(per_part(keys)));
         staged.users.iter_mut().for_each(|part| part.reserve(per_part(users)));
         staged
     }
 
-    fn with_limit(limit: usize) -> Self {
+    pub(crate) fn with_limit(limit: usize) -> Self {
         StagedKeys {
             keys: (0..PARTS).map(|_| Vec::new()).collect(),
             users: (0..PARTS).map(|_| Vec::new()).collect(),
+            ended: EndedAside::with_limit(limit),
             staged: 0,
             limit,
         }
@@ -84,9 +90,10 @@ impl StagedKeys {
         self.staged += 1;
     }
 
-    /// Whether the changes set aside reached their bound ([`STAGED_MAX`]).
+    /// Whether the changes set aside reached their bound ([`STAGED_MAX`]), or the ended
+    /// entries theirs.
     pub(crate) fn full(&self) -> bool {
-        self.staged >= self.limit
+        self.staged >= self.limit || self.ended.full()
     }
 }
 
@@ -129,6 +136,7 @@ impl ShardIndex {
                 self.by_user.get_or_default(user_id).push(id);
             }
         }
+        self.tcc.insert_aside(&mut staged.ended);
         staged.staged = 0;
         first.map_or(Ok(()), Err)
     }

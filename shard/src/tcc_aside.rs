@@ -1,0 +1,86 @@
+//! The branches and activities an open's replay ends, set aside per part of their maps and
+//! inserted part by part (at the replay's end, or once the aside is full).
+//!
+//! A replay of cross-shard transfers ends about two entries a transfer (the payer's activity,
+//! the payee's branch), each inserted into a map of the interval's ended entries that grows to
+//! millions: one cache miss per insert, at random, a quarter of such a replay's time. No record
+//! names an entry that ended before it (the write path answers the steps on an ended entry as
+//! repeats or refusals and leaves them out of its record), so nothing later in the replay
+//! looks for the entries set aside: the books' rules, which the replay applies
+//! (`Books` in `tcc_write.rs`), see them as a checkpoint's runs would keep them, out of memory.
+//! Inserted part by part, each part of a replay's ended entries fits in a core's cache.
+//!
+//! The one step that may name an ended entry is a Cancel that fences the first branch of a
+//! completed activity that never kept it (only raw steps make one). Live, the activity in
+//! memory takes the fence; replayed with the activity set aside, the fence goes in a branch of
+//! its own, as it does after the activity moved to runs. Both answer every step alike.
+
+use crate::partitioned::{PartitionedMap, PARTS};
+use crate::tcc_book::{ActivityEntry, BranchEntry};
+
+/// Ended entries set aside before they must be inserted: a bound on the memory they hold
+/// (64 bytes a branch, about 130 an activity: at most about 130 MB).
+pub(crate) const ENDED_ASIDE_MAX: usize = 1 << 20;
+
+/// An ended branch, keyed by activity and branch number.
+pub(crate) type EndedBranch = ((u128, u16), BranchEntry);
+
+/// The ended entries set aside, per part of their maps, each part's in log order.
+pub(crate) struct EndedAside {
+    branches: Vec<Vec<EndedBranch>>,
+    activities: Vec<Vec<(u128, ActivityEntry)>>,
+    held: usize,
+    /// Entries held before they must be inserted: [`ENDED_ASIDE_MAX`] but in tests.
+    limit: usize,
+}
+
+impl EndedAside {
+    /// Room for about `branches` and `activities` ended entries (what the last interval
+    /// between checkpoints moved to runs), bound by [`ENDED_ASIDE_MAX`].
+    pub(crate) fn with_expected(branches: u64, activities: u64) -> Self {
+        let mut aside = Self::with_limit(ENDED_ASIDE_MAX);
+        let per_part = |expected: u64| (expected.min(ENDED_ASIDE_MAX as u64) as usize).div_ceil(PARTS);
+        aside.branches.iter_mut().for_each(|part| part.reserve(per_part(branches)));
+        aside.activities.iter_mut().for_each(|part| part.reserve(per_part(activities)));
+        aside
+    }
+
+    pub(crate) fn with_limit(limit: usize) -> Self {
+        EndedAside {
+            branches: (0..PARTS).map(|_| Vec::new()).collect(),
+            activities: (0..PARTS).map(|_| Vec::new()).collect(),
+            held: 0,
+            limit,
+        }
+    }
+
+    pub(crate) fn branch(&mut self, key: (u128, u16), entry: BranchEntry) {
+        self.branches[PartitionedMap::<(u128, u16), ()>::part_of(&key)].push((key, entry));
+        self.held += 1;
+    }
+
+    pub(crate) fn activity(&mut self, activity: u128, entry: ActivityEntry) {
+        self.activities[PartitionedMap::<u128, ()>::part_of(&activity)].push((activity, entry));
+        self.held += 1;
+    }
+
+    /// Whether the entries set aside reached their bound.
+    pub(crate) fn full(&self) -> bool {
+        self.held >= self.limit
+    }
+
+    /// Part `part`'s entries, in the order they were set aside, to insert; once every part was
+    /// taken, the aside is empty.
+    pub(crate) fn take_part(
+        &mut self,
+        part: usize,
+    ) -> (std::vec::Drain<'_, EndedBranch>, std::vec::Drain<'_, (u128, ActivityEntry)>) {
+        let taken = self.branches[part].len() + self.activities[part].len();
+        self.held -= taken;
+        (self.branches[part].drain(..), self.activities[part].drain(..))
+    }
+}
+
+#[cfg(test)]
+#[path = "tcc_aside_tests.rs"]
+mod tests;
