@@ -261,6 +261,39 @@ impl AccountBook {
     /// Applies a durable journal record; returns what its request answers. A number applied
     /// twice is caught among the requests in memory only: the write path checked the runs.
     pub(crate) fn apply(&mut self, record: &JournalRecord) -> Result<RequestEntry, &'static str> {
+        let (key, entry, movement) = self.movement_of(record)?;
+        // One probe of the requests both checks the number and takes it: every transfer of
+        // the shard inserts into this map of millions, where each probe is a cache miss.
+        self.take_request(key, entry)?;
+        for (account, balance) in movement.changed() {
+            self.put(account, balance);
+        }
+        Ok(entry)
+    }
+
+    /// [`apply`](Self::apply) for an open's replay: the balances change now, and the request
+    /// number and its answer are returned, for [`take_request`](Self::take_request) once
+    /// the replay's changes set aside are applied part by part (`index/staged.rs`; the
+    /// replay reads no request).
+    pub(crate) fn apply_but_request(&mut self, record: &JournalRecord) -> Result<(u128, RequestEntry), &'static str> {
+        let (key, entry, movement) = self.movement_of(record)?;
+        for (account, balance) in movement.changed() {
+            self.put(account, balance);
+        }
+        Ok((key, entry))
+    }
+
+    /// Takes request number `key` for `entry`; a number taken already is refused.
+    pub(crate) fn take_request(&mut self, key: u128, entry: RequestEntry) -> Result<(), &'static str> {
+        match self.requests.insert_new(key, entry) {
+            true => Ok(()),
+            false => Err("account request number applied twice"),
+        }
+    }
+
+    /// A journal record's request number, what it answers, and the balances it moves, checked
+    /// against the balances held; nothing changes.
+    fn movement_of(&self, record: &JournalRecord) -> Result<(u128, RequestEntry, Movement), &'static str> {
         let key = account_request_key(record.user_id, &record.request_no);
         let movement = movement(record.op, record.user_id, record.currency, record.amount, |key| self.balance(key))
             .map_err(|_| "journal record takes a balance out of bounds")?;
@@ -272,15 +305,7 @@ impl AccountBook {
             at_ms: record.at_ms,
             after,
         };
-        // One probe of the requests both checks the number and takes it: every transfer of
-        // the shard inserts into this map of millions, where each probe is a cache miss.
-        if !self.requests.insert_new(key, entry) {
-            return Err("account request number applied twice");
-        }
-        for (account, balance) in movement.changed() {
-            self.put(account, balance);
-        }
-        Ok(entry)
+        Ok((key, entry, movement))
     }
 
     /// Every balance (a checkpoint writes them; [`restore`](Self::restore) reads them back,

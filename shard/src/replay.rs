@@ -91,7 +91,9 @@ pub(crate) fn replay_batch(
                 index.note_claims_known(mark.below_counter);
                 Ok(())
             }
-            LogRecord::Journal(record) => index.accounts_mut().apply(record).map(drop),
+            LogRecord::Journal(record) => index.accounts_mut().apply_but_request(record).map(|(key, entry)| {
+                staged.request(key, entry, at.seq);
+            }),
             LogRecord::Tcc(record) => index.apply_tcc_replayed(record, &mut staged.ended).map(drop),
             LogRecord::Message(record) => index.apply_message(at.seq, record).map(drop),
         };

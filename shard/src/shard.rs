@@ -26,7 +26,7 @@ use crate::checkpoints::{CheckpointStats, Checkpoints, OpenReport};
 use crate::cold::{self, SettledTotals};
 use crate::error::{LogError, Refusal, TradeError};
 use crate::events::{EventBatch, PollQuery};
-use crate::index::{RunStore, ShardIndex, StagedKeys};
+use crate::index::{ShardIndex, StagedKeys};
 use crate::key_runs::KeyRuns;
 use crate::parts::PartsStore;
 use crate::replay::{apply_staged, replay_batch, Deferred, REPLAY_BATCH};
@@ -262,11 +262,7 @@ impl<D: Disk> Shard<D> {
         let mut deferred = Deferred::default();
         let from_frame = checkpoint.as_ref().and_then(|header| header.frame);
         let expected = |store| key_runs.sets.newest_written(store);
-        let mut staged = StagedKeys::with_expected(
-            expected(RunStore::Orders) + 2 * expected(RunStore::Claims),
-            expected(RunStore::Users),
-            (expected(RunStore::Branches), expected(RunStore::Activities)),
-        );
+        let mut staged = StagedKeys::with_expected(expected);
         let mut batch = Vec::with_capacity(REPLAY_BATCH);
         let (wal, report) = Wal::recover_from_frame(disk.clone(), wal_config, (from, from_frame), |at, bytes| {
             if replay_error.is_some() {

@@ -1,5 +1,6 @@
-//! An open's replay of the keyed maps: the order keys, the claims and the users' lists that the
-//! replayed records change are set aside per part of their map and applied part by part.
+//! An open's replay of the keyed maps: the order keys, the claims, the account requests' numbers
+//! and the users' lists that the replayed records change are set aside per part of their map
+//! and applied part by part.
 //!
 //! Applied one record at a time, in log order, every record's order key and user land in a
 //! random place of maps of millions of entries, far larger than the caches: a miss per map per
@@ -16,16 +17,17 @@
 
 use tradeshard_wal::Appended;
 
+use crate::accounts::RequestEntry;
 use crate::partitioned::{PartitionedMap, PARTS};
 use crate::record::TradeRecord;
 use crate::system_record::{ClaimSettled, OrderClaim};
 use crate::tcc_aside::EndedAside;
 use crate::trade::TradeId;
 
-use super::ShardIndex;
+use super::{RunStore, ShardIndex};
 
 /// Changes set aside before they are applied: a bound on the memory they hold (64 bytes each,
-/// and 16 for a create's user: about 160 MB).
+/// 96 for an account request, and 16 for a create's user: about 200 MB at most).
 pub(crate) const STAGED_MAX: usize = 1 << 21;
 
 /// A change to the order keys or the claims, with the position of its record.
@@ -35,12 +37,17 @@ enum KeyChange {
     Settled { settled: ClaimSettled, seq: u64 },
 }
 
+/// An account request's number taken, with what it answers and the position of its record.
+type RequestTaken = (u128, RequestEntry, u64);
+
 const _: () = assert!(std::mem::size_of::<KeyChange>() <= 64, "STAGED_MAX's bound on memory counts 64 bytes a change");
+const _: () = assert!(std::mem::size_of::<RequestTaken>() <= 96, "STAGED_MAX's bound counts 96 bytes a request");
 
 /// The changes to the keyed maps set aside, per part, each part's in log order.
 pub(crate) struct StagedKeys {
     keys: Vec<Vec<KeyChange>>,
     users: Vec<Vec<(u64, TradeId)>>,
+    requests: Vec<Vec<RequestTaken>>,
     /// The branches and activities that ended (`tcc_aside.rs`).
     pub(crate) ended: EndedAside,
     staged: usize,
@@ -49,16 +56,17 @@ pub(crate) struct StagedKeys {
 }
 
 impl StagedKeys {
-    /// Room for about `keys` changes to the order keys and claims, `users` to the users' lists
-    /// and `ended` branches and activities (what the last interval between checkpoints wrote
-    /// to runs), so that the lists do not grow by doubling; each bound by [`STAGED_MAX`] (the
-    /// ended entries by theirs).
-    pub(crate) fn with_expected(keys: u64, users: u64, (branches, activities): (u64, u64)) -> Self {
+    /// Room for about the changes the last interval between checkpoints wrote to each store's
+    /// runs (`expected`), so that the lists do not grow by doubling; each bound by
+    /// [`STAGED_MAX`] (the ended entries by theirs).
+    pub(crate) fn with_expected(expected: impl Fn(RunStore) -> u64) -> Self {
         let mut staged = Self::with_limit(STAGED_MAX);
-        staged.ended = EndedAside::with_expected(branches, activities);
+        staged.ended = EndedAside::with_expected(expected(RunStore::Branches), expected(RunStore::Activities));
         let per_part = |expected: u64| (expected.min(STAGED_MAX as u64) as usize).div_ceil(PARTS);
+        let keys = expected(RunStore::Orders) + 2 * expected(RunStore::Claims);
         staged.keys.iter_mut().for_each(|part| part.reserve(per_part(keys)));
-        staged.users.iter_mut().for_each(|part| part.reserve(per_part(users)));
+        staged.users.iter_mut().for_each(|part| part.reserve(per_part(expected(RunStore::Users))));
+        staged.requests.iter_mut().for_each(|part| part.reserve(per_part(expected(RunStore::Requests))));
         staged
     }
 
@@ -66,6 +74,7 @@ impl StagedKeys {
         StagedKeys {
             keys: (0..PARTS).map(|_| Vec::new()).collect(),
             users: (0..PARTS).map(|_| Vec::new()).collect(),
+            requests: (0..PARTS).map(|_| Vec::new()).collect(),
             ended: EndedAside::with_limit(limit),
             staged: 0,
             limit,
@@ -76,6 +85,12 @@ impl StagedKeys {
     pub(crate) fn created(&mut self, key: u128, id: TradeId, body: u64, user_id: u64, seq: u64) {
         self.keys[PartitionedMap::<u128, ()>::part_of(&key)].push(KeyChange::Created { key, id, body, seq });
         self.users[PartitionedMap::<u64, ()>::part_of(&user_id)].push((user_id, id));
+        self.staged += 1;
+    }
+
+    /// Sets aside an account request's number (`AccountBook::apply_but_request`).
+    pub(crate) fn request(&mut self, key: u128, entry: RequestEntry, seq: u64) {
+        self.requests[PartitionedMap::<u128, ()>::part_of(&key)].push((key, entry, seq));
         self.staged += 1;
     }
 
@@ -131,6 +146,16 @@ impl ShardIndex {
                 }
             }
         }
+        for part in staged.requests.iter_mut() {
+            for (key, entry, seq) in part.drain(..) {
+                if let Err(reason) = self.accounts.take_request(key, entry) {
+                    if first.is_none_or(|(first_seq, _)| seq < first_seq) {
+                        first = Some((seq, reason));
+                    }
+                    break;
+                }
+            }
+        }
         for part in staged.users.iter_mut() {
             for (user_id, id) in part.drain(..) {
                 self.by_user.get_or_default(user_id).push(id);
@@ -147,14 +172,17 @@ mod tests {
     //! The replay with its keyed changes set aside (flushed early and often, or once at the
     //! end) against a model of the order-number rules applied one record at a time.
 
-    use std::collections::HashMap;
+    use std::collections::{HashMap, HashSet};
 
     use proptest::prelude::*;
     use tradeshard_wal::testing::appended_at;
     use tradeshard_wal::Appended;
 
     use super::StagedKeys;
+    use crate::accounts::AccountKey;
     use crate::index::{order_key, ShardIndex};
+    use crate::journal::{AccountOp, JournalRecord};
+    use crate::keys::account_request_key;
     use crate::record::{CreatedFields, Funding, RecordKind, TradeRecord};
     use crate::replay::{apply_staged, replay_batch, Deferred};
     use crate::system_record::{ClaimOutcome, ClaimSettled, LogRecord, OrderClaim};
@@ -166,10 +194,25 @@ mod tests {
 
     #[derive(Debug, Clone)]
     enum Op {
-        Create { user: u64, order: u8 },
-        Claim { order: u8 },
-        Confirm { order: u8 },
-        Release { order: u8 },
+        Create {
+            user: u64,
+            order: u8,
+        },
+        Claim {
+            order: u8,
+        },
+        Confirm {
+            order: u8,
+        },
+        Release {
+            order: u8,
+        },
+        /// An account request: a deposit, or a withdrawal (refused past the balance).
+        Money {
+            user: u64,
+            request: u8,
+            withdraw: bool,
+        },
     }
 
     #[derive(Debug, Clone, Copy, PartialEq)]
@@ -185,6 +228,8 @@ mod tests {
             2 => (0u8..40).prop_map(|order| Op::Claim { order }),
             1 => (0u8..40).prop_map(|order| Op::Confirm { order }),
             1 => (0u8..40).prop_map(|order| Op::Release { order }),
+            3 => (0u64..3, 0u8..12, 0u8..4)
+                .prop_map(|(user, request, kind)| Op::Money { user, request, withdraw: kind == 0 }),
         ]
     }
 
@@ -221,6 +266,14 @@ mod tests {
             Op::Release { order } => {
                 LogRecord::ClaimSettled(ClaimSettled { key: key(order), outcome: ClaimOutcome::Released, at_ms: 1 })
             }
+            Op::Money { user, request, withdraw } => LogRecord::Journal(JournalRecord {
+                op: if withdraw { AccountOp::Withdraw } else { AccountOp::Deposit },
+                user_id: user + 1,
+                currency: Currency::parse("CNY").unwrap(),
+                amount: 10,
+                at_ms: 1,
+                request_no: format!("R-{request}"),
+            }),
         };
         ops.iter().enumerate().map(|(seq, op)| (appended_at(seq as u64), record(seq, op))).collect()
     }
@@ -228,10 +281,13 @@ mod tests {
     /// A refused record's position and reason.
     type Refused = (u64, &'static str);
 
-    /// Who holds each order key, each user's trades, and the first record refused.
+    /// Who holds each order key, each user's trades and balance, the account requests taken,
+    /// and the first record refused.
     struct Model {
         holders: HashMap<u128, Holder>,
         users: HashMap<u64, Vec<TradeId>>,
+        balances: HashMap<u64, u64>,
+        requests: HashSet<(u64, String)>,
         refused: Option<Refused>,
     }
 
@@ -239,6 +295,8 @@ mod tests {
     fn model(records: &[(Appended, LogRecord)]) -> Model {
         let mut holders = HashMap::new();
         let mut users: HashMap<u64, Vec<TradeId>> = HashMap::new();
+        let mut balances: HashMap<u64, u64> = HashMap::new();
+        let mut requests = HashSet::new();
         for (at, record) in records {
             let refused = match record {
                 LogRecord::Trade(trade) => {
@@ -270,13 +328,34 @@ mod tests {
                     }
                     _ => Some("settlement of a claim that is not pending"),
                 },
+                LogRecord::Journal(journal) => {
+                    let balance = balances.entry(journal.user_id).or_default();
+                    match journal.op {
+                        AccountOp::Withdraw if *balance < journal.amount => {
+                            Some("journal record takes a balance out of bounds")
+                        }
+                        // The balance moves before the number is looked at: a record
+                        // refused for its number stops the replay all the same.
+                        _ if !requests.insert((journal.user_id, journal.request_no.clone())) => {
+                            Some("account request number applied twice")
+                        }
+                        AccountOp::Withdraw => {
+                            *balance -= journal.amount;
+                            None
+                        }
+                        _ => {
+                            *balance += journal.amount;
+                            None
+                        }
+                    }
+                }
                 _ => unreachable!("the test makes no other records"),
             };
             if let Some(reason) = refused {
-                return Model { holders, users, refused: Some((at.seq, reason)) };
+                return Model { holders, users, balances, requests, refused: Some((at.seq, reason)) };
             }
         }
-        Model { holders, users, refused: None }
+        Model { holders, users, balances, requests, refused: None }
     }
 
     /// The replay as an open makes it, in batches of `batch` records.
@@ -316,7 +395,7 @@ mod tests {
             limit in prop_oneof![1usize..8, Just(usize::MAX)],
         ) {
             let records = records(&ops);
-            let Model { holders, users, refused } = model(&records);
+            let Model { holders, users, balances, requests, refused } = model(&records);
             let (index, failed) = replayed(&records, batch, limit);
             prop_assert_eq!(failed, refused);
             if refused.is_some() {
@@ -336,6 +415,14 @@ mod tests {
             prop_assert_eq!(pending, holders.values().filter(|holder| **holder == Holder::Pending).count());
             for user in 0..6 {
                 prop_assert_eq!(index.user_trades(user), users.get(&user).map_or(&[][..], Vec::as_slice));
+                let account = AccountKey { user_id: user + 1, currency: Currency::parse("CNY").unwrap() };
+                let available = index.accounts().balance(account).available;
+                prop_assert_eq!(available, balances.get(&(user + 1)).copied().unwrap_or(0), "user {}", user + 1);
+            }
+            prop_assert_eq!(index.accounts().len().1, requests.len());
+            for (user_id, request_no) in &requests {
+                let key = account_request_key(*user_id, request_no);
+                prop_assert!(index.accounts().request(key).is_some(), "request {} of user {}", request_no, user_id);
             }
         }
     }
