@@ -12,8 +12,8 @@
 //!
 //! The one step that may name an ended entry is a Cancel that fences the first branch of a
 //! completed activity that never kept it (only raw steps make one). Live, the activity in
-//! memory takes the fence; replayed with the activity set aside, the fence goes in a branch of
-//! its own, as it does after the activity moved to runs. Both answer every step alike.
+//! memory takes the fence; replayed, the activity set aside is looked for in its part's list
+//! and takes it the same way (a scan of the list, for a step that rare).
 
 use crate::partitioned::{PartitionedMap, PARTS};
 use crate::tcc_book::{ActivityEntry, BranchEntry};
@@ -62,6 +62,17 @@ impl EndedAside {
     pub(crate) fn activity(&mut self, activity: u128, entry: ActivityEntry) {
         self.activities[PartitionedMap::<u128, ()>::part_of(&activity)].push((activity, entry));
         self.held += 1;
+    }
+
+    /// The newest version set aside of a completed activity's entry, if any.
+    pub(crate) fn activity_mut(&mut self, activity: u128) -> Option<&mut ActivityEntry> {
+        let part = &mut self.activities[PartitionedMap::<u128, ()>::part_of(&activity)];
+        part.iter_mut().rev().find(|(id, _)| *id == activity).map(|(_, entry)| entry)
+    }
+
+    /// Whether an ended branch of this key is set aside.
+    pub(crate) fn holds_branch(&self, key: (u128, u16)) -> bool {
+        self.branches[PartitionedMap::<(u128, u16), ()>::part_of(&key)].iter().any(|(held, _)| *held == key)
     }
 
     /// Whether the entries set aside reached their bound.

@@ -282,8 +282,21 @@ impl TccBook {
         activity: u128,
         branch: u16,
         entry: BranchEntry,
-        aside: Option<&mut EndedAside>,
+        mut aside: Option<&mut EndedAside>,
     ) {
+        if branch == 0 && self.activity(activity).is_none() {
+            if let Some(aside) = aside.as_deref_mut() {
+                // A completed activity set aside keeps its first branch as it would in memory
+                // (a fence of a branch it never kept, `tcc_aside.rs`).
+                let elsewhere = self.branch_on_its_own(activity, 0) || aside.holds_branch((activity, 0));
+                if let Some(held) = aside.activity_mut(activity) {
+                    if held.keeps_branch(0, &entry, || elsewhere) {
+                        held.first_state = Some(entry.state);
+                        return;
+                    }
+                }
+            }
+        }
         let kept = self
             .activity(activity)
             .is_some_and(|held| held.keeps_branch(branch, &entry, || self.branch_on_its_own(activity, branch)));
