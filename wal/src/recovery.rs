@@ -40,6 +40,11 @@ use crate::state::SegmentState;
 /// between its reads without waiting, so a read it needs was submitted a few chunks before.
 const READS_AHEAD: usize = 4;
 
+/// Chunks the scan past a segment's last frame keeps under way (`scan_rest`): nothing runs
+/// between its reads but a look at each block's header, so it waits on the device, which
+/// reads faster with more reads in flight.
+const SCAN_READS_AHEAD: usize = 16;
+
 /// Where a frame of the log starts: the segment (by its first record), the frame's offset in
 /// it and the frame's first record. An owner that keeps the log's effect elsewhere (a
 /// checkpoint) keeps the position of a frame at or before its last record, so that recovery
@@ -418,7 +423,7 @@ async fn scan_rest<F: DiskFile>(
     config: &WalConfig,
 ) -> std::io::Result<Rest> {
     let mut cursor = FrameCursor::new(file.clone(), size, config.read_chunk_bytes, config.frame_payload_bytes_max)
-        .reading_ahead(READS_AHEAD);
+        .reading_ahead(SCAN_READS_AHEAD);
     let mut rest = Rest { proof: None, dirty: false };
     let mut offset = from;
     while offset < size {
