@@ -288,12 +288,8 @@ impl TccBook {
             if let Some(aside) = aside.as_deref_mut() {
                 // A completed activity set aside keeps its first branch as it would in memory
                 // (a fence of a branch it never kept, `tcc_aside.rs`).
-                let elsewhere = self.branch_on_its_own(activity, 0) || aside.holds_branch((activity, 0));
-                if let Some(held) = aside.activity_mut(activity) {
-                    if held.keeps_branch(0, &entry, || elsewhere) {
-                        held.first_state = Some(entry.state);
-                        return;
-                    }
+                if aside.keep_first_branch(activity, &entry, || self.branch_on_its_own(activity, 0)) {
+                    return;
                 }
             }
         }
