@@ -284,13 +284,14 @@ impl TccBook {
         entry: BranchEntry,
         mut aside: Option<&mut EndedAside>,
     ) {
-        if branch == 0 && self.activity(activity).is_none() {
-            if let Some(aside) = aside.as_deref_mut() {
-                // A completed activity set aside keeps its first branch as it would in memory
-                // (a fence of a branch it never kept, `tcc_aside.rs`).
-                if aside.keep_first_branch(activity, &entry, || self.branch_on_its_own(activity, 0)) {
-                    return;
-                }
+        if let Some(aside) = aside.as_deref_mut() {
+            // A completed activity set aside keeps its first branch as it would in memory (a
+            // fence of a branch it never kept, `tcc_aside.rs`).
+            if branch == 0
+                && self.activity(activity).is_none()
+                && aside.keep_first_branch(activity, &entry, || self.branch_on_its_own(activity, 0))
+            {
+                return;
             }
         }
         let kept = self
