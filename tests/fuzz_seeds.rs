@@ -5,7 +5,7 @@
 //!
 //! This test checks that the committed seeds are what the encoders make today, so that a
 //! format change cannot leave the fuzzers starting from bytes of an old format. Refresh them
-//! with `TRADESHARD_WRITE_FUZZ_SEEDS=1 cargo test -p tradeshard-tests --test fuzz_seeds`.
+//! with `TRADESHARD_WRITE_FUZZ_SEEDS=1 cargo test -p tradeshard-tests --test suite fuzz_seeds::`.
 
 use std::path::PathBuf;
 

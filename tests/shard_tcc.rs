@@ -531,5 +531,4 @@ fn what_a_checkpoint_leaves_in_memory_is_not_counted_as_new_work_after_a_reopen(
     });
 }
 
-#[path = "shard_tcc/live_against_replayed.rs"]
 mod live_against_replayed;

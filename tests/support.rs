@@ -102,7 +102,7 @@ pub fn engine_options(dir: &std::path::Path, shards: u32, executors: usize) -> t
 /// the watchdog off). Runs sized by hand (`TRADESHARD_KILL_CYCLES`, `TRADESHARD_SIM_SEEDS`:
 /// the long runs of `TESTING.md`, some of which take a quarter of an hour) have none unless
 /// the deadline is given too.
-const TEST_DEADLINE_SECS: u64 = 300;
+const TEST_DEADLINE_SECS: u64 = 400;
 
 /// Starts, once per test binary, a thread that waits out the binary's deadline: a test standing
 /// still (an executor left asleep, a reply never sent) then fails with what every thread was

@@ -427,5 +427,4 @@ fn stats_count_the_pieces_compression_paid_on() {
     });
 }
 
-#[path = "wal_roundtrip/reads.rs"]
 mod reads;
