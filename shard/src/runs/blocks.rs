@@ -16,8 +16,9 @@ use tradeshard_cache::{Cache, CacheStats};
 
 use super::format::BLOCK;
 
-/// A block's place: its run's id and its number in the run.
-type BlockAt = (u64, u32);
+/// A block's place: its run's id and its number in the run (or, for a page of fence keys
+/// left on disk, the page's number with the top bit set: `fences.rs`).
+type BlockAt = (u64, u64);
 
 /// The blocks of one shard's runs, by run id and block number.
 pub(crate) struct BlockCache {
@@ -31,14 +32,15 @@ impl BlockCache {
     }
 
     /// Block `number` of run `run`, if kept.
-    pub(crate) fn get(&self, run: u64, number: u32) -> Option<Rc<[u8]>> {
+    pub(crate) fn get(&self, run: u64, number: u64) -> Option<Rc<[u8]>> {
         self.blocks.borrow_mut().get(&(run, number))
     }
 
-    /// Keeps block `number` of run `run`, as read and checked.
-    pub(crate) fn insert(&self, run: u64, number: u32, block: &[u8]) {
-        debug_assert_eq!(block.len(), BLOCK);
-        self.blocks.borrow_mut().insert((run, number), Rc::from(block), BLOCK);
+    /// Keeps block `number` of run `run`, as read and checked (a page of fence keys may be
+    /// shorter than a block).
+    pub(crate) fn insert(&self, run: u64, number: u64, block: &[u8]) {
+        debug_assert!(block.len() <= BLOCK);
+        self.blocks.borrow_mut().insert((run, number), Rc::from(block), block.len());
     }
 
     pub(crate) fn stats(&self) -> CacheStats {
@@ -59,7 +61,7 @@ mod tests {
         run(async {
             let (disk, entries, _) = five_blocks().await;
             let run = Run::open(&disk, PREFIX, 3, VALUE_BYTES).await.unwrap();
-            let in_block = |n: usize| *entries.iter().find(|entry| entry.0 == run.fences[n]).unwrap();
+            let in_block = |n: usize| *entries.iter().find(|entry| entry.0 == run.fences.borrow().held()[n]).unwrap();
             let blocks = BlockCache::new(1 << 20);
             // The read of block 2 fails: nothing is kept, and the next get reads the device.
             disk.fail_op(disk.ops() + 1, Fault::Eio);

@@ -15,6 +15,7 @@
 use xxhash_rust::xxh3::{xxh3_64, xxh3_64_with_seed, Xxh3};
 
 use super::bloom::{Bloom, Filling, HASHES_MAX, LINE_WORDS};
+use super::fences::Bounds;
 use super::{Value, KEY_BYTES, VALUE_BYTES_MAX};
 use crate::columns::{self, Columns, Spans};
 
@@ -41,7 +42,7 @@ const FOOTER_FIELDS_V1: usize = 64;
 const FOOTER_FIELDS: usize = 80;
 /// Where version 2's age fields start (the newest time, then the position).
 const AGE_AT: usize = 56;
-const FENCE_BYTES: u64 = KEY_BYTES as u64;
+pub(super) const FENCE_BYTES: u64 = KEY_BYTES as u64;
 
 const _: () = assert!(CHECKSUM_AT + 8 == BLOCK);
 
@@ -257,16 +258,11 @@ pub(super) struct Entries {
     pub count: usize,
 }
 
-/// Checks block `number` (`bytes`, the block as read) of the run `footer` describes, whose
-/// fence keys are `fences`; returns its entries. A block that passes holds the entries the
-/// run was written with, in strictly ascending order, all at or above its fence key and below
-/// the next block's.
-pub(super) fn check_block(
-    bytes: &[u8],
-    footer: &Footer,
-    number: u64,
-    fences: &[u128],
-) -> Result<Entries, &'static str> {
+/// Checks the block at `bounds` (`bytes`, the block as read) of the run `footer` describes;
+/// returns its entries. A block that passes holds the entries the run was written with, in
+/// strictly ascending order, all at or above its fence key and below the next block's.
+pub(super) fn check_block(bytes: &[u8], footer: &Footer, bounds: Bounds) -> Result<Entries, &'static str> {
+    let number = bounds.number;
     let block = bytes.get(..BLOCK).ok_or("a run file cut short inside a block")?;
     let stored = u64::from_le_bytes(block[CHECKSUM_AT..].try_into().expect("8 bytes"));
     if stored != xxh3_64_with_seed(&block[..CHECKSUM_AT], block_seed(footer.id, number)) {
@@ -292,15 +288,14 @@ pub(super) fn check_block(
     if block[end..TRAILER_AT].iter().chain(&block[RESERVED_AT..CHECKSUM_AT]).any(|&b| b != 0) {
         return Err("a run block with bytes where zeros belong");
     }
-    let fence = fences.get(number as usize).ok_or("a run block without a fence key")?;
     let key_at = |i| key_at(&entries, i, footer.entry_bytes);
-    if key_at(0) != *fence {
+    if key_at(0) != bounds.fence {
         return Err("a run block whose first key is not its fence key");
     }
     if (1..count).any(|i| key_at(i - 1) >= key_at(i)) {
         return Err("run block keys not strictly ascending");
     }
-    if fences.get(number as usize + 1).is_some_and(|next| key_at(count - 1) >= *next) {
+    if bounds.next.is_some_and(|next| key_at(count - 1) >= next) {
         return Err("a run block reaching past the next block's fence key");
     }
     Ok(Entries { bytes: entries, count })

@@ -1,6 +1,7 @@
 //! A run file held in memory, read the way the disk path reads one, for the fuzzer and its
 //! seeds (`testing` feature): the same footer, index and block checks, in the same order.
 
+use super::fences::bounds_in;
 use super::format::{check_block, key_at, value_at, Encoder, Footer, IndexDecoder, BLOCK};
 use super::{Value, READ_BYTES, VALUE_BYTES_MAX};
 
@@ -23,7 +24,7 @@ pub fn decode_for_fuzzing(bytes: &[u8], id: u64) -> Result<Vec<(u128, Value)>, &
     let (bloom, fences) = index.finish()?;
     let mut entries = Vec::with_capacity(footer.entries as usize);
     for (number, block) in bytes[..index_at].chunks(BLOCK).enumerate() {
-        let block = check_block(block, &footer, number as u64, &fences)?;
+        let block = check_block(block, &footer, bounds_in(&fences, number as u64)?)?;
         for i in 0..block.count {
             let key = key_at(&block.bytes, i, footer.entry_bytes);
             if !bloom.may_hold(key) {

@@ -47,6 +47,7 @@
 
 mod blocks;
 mod bloom;
+mod fences;
 mod format;
 #[cfg(any(test, feature = "testing"))]
 mod fuzzing;
@@ -62,6 +63,7 @@ use tradeshard_wal::disk::{Disk, DiskFile};
 use crate::error::{LogError, TradeError};
 pub(crate) use bloom::key_hash;
 use bloom::Bloom;
+use fences::{Bounds, Fences};
 use format::{check_block, find_in_block, key_at, Entries, Footer, IndexDecoder, BLOCK};
 
 pub(crate) use blocks::BlockCache;
@@ -114,15 +116,16 @@ pub(crate) struct Shape {
 const READ_BYTES: usize = 1 << 20;
 
 /// One run file, open: its Bloom filter and fence keys in memory, its entries on disk. A run
-/// past its store's key window (`set.rs`) lets its filter go: it is read only by lookups that
-/// must find old keys, one block read each, never by a check of a new key.
+/// past its store's key window (`set.rs`) lets its filter go and leaves its fence keys on disk
+/// (`fences.rs`): it is read only by lookups that must find old keys, never by a check of a
+/// new key.
 pub(crate) struct Run<D: Disk> {
     disk: D,
     name: String,
     file: D::File,
     footer: Footer,
     bloom: RefCell<Option<Bloom>>,
-    fences: Vec<u128>,
+    fences: RefCell<Fences>,
 }
 
 impl<D: Disk> Run<D> {
@@ -176,7 +179,8 @@ impl<D: Disk> Run<D> {
             crate::turns::take_turn().await;
         }
         let (bloom, fences) = index.finish().map_err(|reason| corrupt(disk, &name, footer.index_offset(), reason))?;
-        Ok(Run { disk: disk.clone(), name, file, footer, bloom: RefCell::new(Some(bloom)), fences })
+        let (bloom, fences) = (RefCell::new(Some(bloom)), RefCell::new(Fences::Held(fences)));
+        Ok(Run { disk: disk.clone(), name, file, footer, bloom, fences })
     }
 
     pub(crate) fn id(&self) -> u64 {
@@ -212,13 +216,15 @@ impl<D: Disk> Run<D> {
     /// Bytes the run holds in memory (Bloom filter and fence keys).
     pub(crate) fn memory_bytes(&self) -> usize {
         let bloom = self.bloom.borrow().as_ref().map_or(0, Bloom::memory_bytes);
-        bloom + self.fences.capacity() * KEY_BYTES
+        bloom + self.fences.borrow().memory_bytes()
     }
 
-    /// Lets the Bloom filter go: the run is past its store's key window (`set.rs`). From now
-    /// on it may hold any key, and a lookup that asks it reads it.
+    /// Lets the Bloom filter go and leaves the fence keys on disk: the run is past its store's
+    /// key window (`set.rs`). From now on it may hold any key, and a lookup that asks it reads
+    /// it.
     pub(crate) fn forget_filter(&self) {
         self.bloom.borrow_mut().take();
+        self.fences.borrow_mut().page_out();
     }
 
     /// Whether the run is past its store's key window (it let its filter go).
@@ -268,25 +274,25 @@ impl<D: Disk> Run<D> {
     /// The key's value, read without asking the Bloom filter first.
     async fn read(&self, key: u128, blocks: &BlockCache) -> Result<Option<Value>, TradeError> {
         // The block whose fence key is the greatest at or below the key; none below the first.
-        let Some(number) = self.fences.partition_point(|fence| *fence <= key).checked_sub(1) else {
+        let Some(bounds) = self.block_for(key, blocks).await? else {
             return Ok(None);
         };
-        let entries = self.read_block(number, blocks).await?;
+        let entries = self.read_block(bounds, blocks).await?;
         Ok(find_in_block(&entries.bytes, entries.count, key, self.footer.entry_bytes))
     }
 
-    /// Data block `number`'s entries, checked: kept in `blocks` after a read from the device.
-    async fn read_block(&self, number: usize, blocks: &BlockCache) -> Result<Entries, TradeError> {
-        let offset = number as u64 * BLOCK as u64;
-        let check = |block: &[u8]| {
-            check_block(block, &self.footer, number as u64, &self.fences).map_err(|reason| self.corrupt(offset, reason))
-        };
-        if let Some(block) = blocks.get(self.footer.id, number as u32) {
+    /// The entries of the data block at `bounds`, checked: kept in `blocks` after a read from
+    /// the device.
+    async fn read_block(&self, bounds: Bounds, blocks: &BlockCache) -> Result<Entries, TradeError> {
+        let offset = bounds.number * BLOCK as u64;
+        let check =
+            |block: &[u8]| check_block(block, &self.footer, bounds).map_err(|reason| self.corrupt(offset, reason));
+        if let Some(block) = blocks.get(self.footer.id, bounds.number) {
             return check(&block);
         }
         let block = self.file.read_at(offset, BLOCK).await.map_err(|e| io(&self.disk, &self.name, "read", e))?;
         let entries = check(&block)?;
-        blocks.insert(self.footer.id, number as u32, &block);
+        blocks.insert(self.footer.id, bounds.number, &block);
         Ok(entries)
     }
 
@@ -300,11 +306,12 @@ impl<D: Disk> Run<D> {
         blocks: &BlockCache,
     ) -> Result<Vec<u128>, TradeError> {
         let mut keys = Vec::new();
-        let Some(mut number) = self.fences.partition_point(|fence| *fence <= high).checked_sub(1) else {
+        let Some(mut bounds) = self.block_for(high, blocks).await? else {
             return Ok(keys);
         };
+        let mut page = None;
         while keys.len() < limit {
-            let entries = self.read_block(number, blocks).await?;
+            let entries = self.read_block(bounds, blocks).await?;
             let key_at = |i| key_at(&entries.bytes, i, self.footer.entry_bytes);
             for key in (0..entries.count).rev().map(key_at).filter(|key| *key <= high) {
                 if key < low || keys.len() == limit {
@@ -313,10 +320,10 @@ impl<D: Disk> Run<D> {
                 keys.push(key);
             }
             // The blocks before hold keys below this one's first.
-            if number == 0 || self.fences[number] <= low {
+            if bounds.number == 0 || bounds.fence <= low {
                 break;
             }
-            number -= 1;
+            bounds = self.bounds(bounds.number - 1, &mut page, Some(blocks)).await?;
         }
         Ok(keys)
     }

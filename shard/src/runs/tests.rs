@@ -109,7 +109,7 @@ fn every_key_reads_back(id: u64, value_bytes: usize, per_block: usize) {
             }
         }
         assert_eq!(written.bloom, opened.bloom);
-        assert_eq!(written.fences, opened.fences);
+        assert_eq!(written.fences.borrow().held(), opened.fences.borrow().held());
         assert_eq!(written.footer, opened.footer);
         let mut too_long = [0u8; VALUE_BYTES_MAX];
         too_long[value_bytes..].fill(1);
@@ -233,6 +233,7 @@ fn a_merge_keeps_the_newest_value_of_each_key() {
     });
 }
 
+mod paged_fences;
 mod set_model;
 
 #[test]
@@ -270,7 +271,7 @@ fn a_flipped_bit_in_a_block_fails_the_read_of_that_block_only() {
         let (disk, entries, name) = five_blocks().await;
         disk.flip_bit(&name, 2 * BLOCK as u64 + 100, 3);
         let run = Rc::new(Run::open(&disk, PREFIX, 3, VALUE_BYTES).await.unwrap());
-        let in_block = |n: usize| *entries.iter().find(|entry| entry.0 == run.fences[n]).unwrap();
+        let in_block = |n: usize| *entries.iter().find(|entry| entry.0 == run.fences.borrow().held()[n]).unwrap();
         let (path, offset, reason) = corruption(run.get(in_block(2).0, &no_cache()).await.unwrap_err());
         assert_eq!(
             (path.as_str(), offset, reason),

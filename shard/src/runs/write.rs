@@ -6,11 +6,13 @@
 //! anywhere (a checkpoint). A write that fails removes the file it made, so a store never keeps
 //! half a run under a run's name; a crash can still leave one, which no checkpoint lists.
 
+use std::cell::RefCell;
 use std::collections::BinaryHeap;
 use std::rc::Rc;
 
 use tradeshard_wal::disk::{Disk, DiskFile, WriteBuf};
 
+use super::fences::{Fences, Page};
 use super::format::{check_block, key_at, value_at, Encoder, Tail, BLOCK};
 use super::{corrupt, io, KeysAge, Run, Shape, Value};
 use crate::error::TradeError;
@@ -84,7 +86,8 @@ impl<D: Disk> RunWriter<D> {
         match written {
             Ok((footer, bloom, fences)) => {
                 let Sink { disk, name, file, .. } = sink;
-                Ok(Run { disk, name, file, footer, bloom: std::cell::RefCell::new(Some(bloom)), fences })
+                let (bloom, fences) = (RefCell::new(Some(bloom)), RefCell::new(Fences::Held(fences)));
+                Ok(Run { disk, name, file, footer, bloom, fences })
             }
             Err(e) => {
                 sink.discard().await;
@@ -315,11 +318,14 @@ struct Cursor<D: Disk> {
     entries: Vec<u8>,
     count: usize,
     next: usize,
+    /// The page of fence keys read last, where the run's are left on disk (`fences.rs`).
+    page: Option<Page>,
 }
 
 impl<D: Disk> Cursor<D> {
     fn new(run: Rc<Run<D>>) -> Cursor<D> {
-        Cursor { run, buf: None, buf_first: 0, buf_blocks: 0, block: None, entries: Vec::new(), count: 0, next: 0 }
+        let (entries, page) = (Vec::new(), None);
+        Cursor { run, buf: None, buf_first: 0, buf_blocks: 0, block: None, entries, count: 0, next: 0, page }
     }
 
     /// The next entry of the run, or `None` after its last.
@@ -341,9 +347,10 @@ impl<D: Disk> Cursor<D> {
                 // Keys in many runs are written once: a merge may read much between writes.
                 crate::turns::take_turn().await;
             }
+            let bounds = run.bounds(number, &mut self.page, None).await?;
             let block = self.block_bytes(number);
-            let entries = check_block(block, &run.footer, number, &run.fences)
-                .map_err(|reason| run.corrupt(number * BLOCK as u64, reason))?;
+            let entries =
+                check_block(block, &run.footer, bounds).map_err(|reason| run.corrupt(number * BLOCK as u64, reason))?;
             self.count = entries.count;
             (self.block, self.entries, self.next) = (Some(number), entries.bytes, 0);
         }

@@ -1,0 +1,206 @@
+//! A run's fence keys (the first key of each data block): held in memory while the run is
+//! within its store's key window, and left on disk once it is past it, where memory keeps only
+//! the first key and a checksum of each page of 256 of them.
+//!
+//! Runs past the window hold the store's history, and their fences, 16 bytes a data block, were
+//! the one part of a shard's memory that grew with it (about 0.1-0.3 bytes a key, 72 MB a shard
+//! at 10^8 trades). Paged, they take 24 bytes a page of 256 blocks: a run of 10^8 keys keeps a
+//! few kilobytes. A lookup in such a run reads the page it needs (one more read, kept in the
+//! shard's block cache like a data block, so the pages of runs asked often stay in memory);
+//! the run is read only by finds of old keys, never by a check of a new key (`set.rs`).
+//!
+//! A page is the run file's bytes, as the index section holds them (`mod.rs`, "File
+//! format"): the open checked them with the section's checksum, and the checksum kept here
+//! for each page (xxh3-64 of its bytes) checks them again at every use, so damage after the
+//! open is refused with its offset, never read as a wrong block boundary that would answer
+//! "absent" for a key the run holds.
+
+use tradeshard_wal::disk::{Disk, DiskFile};
+use xxhash_rust::xxh3::xxh3_64;
+
+use super::blocks::BlockCache;
+use super::format::FENCE_BYTES;
+use super::{io, Run};
+use crate::error::TradeError;
+
+/// Fence keys in a page: 4096 bytes of them.
+const PAGE_FENCES: usize = 256;
+
+/// A data block's place in its run: its number, its fence key and the next block's (none
+/// after the last block).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) struct Bounds {
+    pub number: u64,
+    pub fence: u128,
+    pub next: Option<u128>,
+}
+
+/// Block `number`'s bounds among fence keys held whole.
+pub(super) fn bounds_in(fences: &[u128], number: u64) -> Result<Bounds, &'static str> {
+    let fence = *fences.get(number as usize).ok_or("a run block without a fence key")?;
+    Ok(Bounds { number, fence, next: fences.get(number as usize + 1).copied() })
+}
+
+/// A run's fence keys, in memory or paged out.
+pub(super) enum Fences {
+    Held(Vec<u128>),
+    Paged(Paged),
+}
+
+/// What memory keeps of fence keys left on disk.
+pub(super) struct Paged {
+    /// The first key of each page, and xxh3-64 of each page's bytes.
+    firsts: Vec<u128>,
+    sums: Vec<u64>,
+    /// Fence keys in all (the run's data blocks).
+    count: u64,
+}
+
+/// A page of fence keys, read and checked: its number and keys. A walk over blocks in order
+/// (a merge, a listing) keeps the page it read last.
+pub(super) struct Page {
+    number: u64,
+    keys: Vec<u128>,
+}
+
+impl Fences {
+    /// Bytes held in memory.
+    pub(super) fn memory_bytes(&self) -> usize {
+        match self {
+            Fences::Held(fences) => fences.capacity() * FENCE_BYTES as usize,
+            Fences::Paged(paged) => paged.firsts.capacity() * 16 + paged.sums.capacity() * 8,
+        }
+    }
+
+    /// Keeps only the pages' first keys and checksums.
+    pub(super) fn page_out(&mut self) {
+        let Fences::Held(fences) = self else { return };
+        let mut paged = Paged { firsts: Vec::new(), sums: Vec::new(), count: fences.len() as u64 };
+        let mut bytes = Vec::with_capacity(PAGE_FENCES * FENCE_BYTES as usize);
+        for page in fences.chunks(PAGE_FENCES) {
+            bytes.clear();
+            page.iter().for_each(|key| bytes.extend_from_slice(&key.to_le_bytes()));
+            paged.firsts.push(page[0]);
+            paged.sums.push(xxh3_64(&bytes));
+        }
+        *self = Fences::Paged(paged);
+    }
+
+    #[cfg(test)]
+    pub(super) fn held(&self) -> &[u128] {
+        match self {
+            Fences::Held(fences) => fences,
+            Fences::Paged(_) => panic!("fence keys paged out"),
+        }
+    }
+}
+
+/// Where the pages' keys are cached: above every data block number (`blocks.rs`).
+const PAGE_IN_CACHE: u64 = 1 << 63;
+
+impl<D: Disk> Run<D> {
+    /// Whether the run's fence keys are left on disk.
+    #[cfg(test)]
+    pub(super) fn fences_paged(&self) -> bool {
+        matches!(*self.fences.borrow(), Fences::Paged(_))
+    }
+
+    /// The block that can hold `key` (the greatest fence key at or below it), or `None` below
+    /// the first.
+    pub(super) async fn block_for(&self, key: u128, blocks: &BlockCache) -> Result<Option<Bounds>, TradeError> {
+        let page = match &*self.fences.borrow() {
+            Fences::Held(fences) => {
+                let Some(number) = fences.partition_point(|fence| *fence <= key).checked_sub(1) else {
+                    return Ok(None);
+                };
+                return Ok(Some(bounds_in(fences, number as u64).expect("a fence key of a block below the count")));
+            }
+            Fences::Paged(paged) => match paged.firsts.partition_point(|first| *first <= key).checked_sub(1) {
+                Some(page) => page as u64,
+                None => return Ok(None),
+            },
+        };
+        let mut read = None;
+        let keys = self.page(page, &mut read, Some(blocks)).await?;
+        // The page's first key is at or below the key: the index is at least 0.
+        let index = keys.partition_point(|fence| *fence <= key) - 1;
+        self.bounds_in_page(page, keys, index).map(Some)
+    }
+
+    /// Block `number`'s bounds; `page` keeps the page of paged fence keys read last, for a walk
+    /// over blocks in order.
+    pub(super) async fn bounds(
+        &self,
+        number: u64,
+        page: &mut Option<Page>,
+        blocks: Option<&BlockCache>,
+    ) -> Result<Bounds, TradeError> {
+        if let Fences::Held(fences) = &*self.fences.borrow() {
+            let offset = self.footer.index_offset();
+            return bounds_in(fences, number).map_err(|reason| self.corrupt(offset, reason));
+        }
+        let at = number / PAGE_FENCES as u64;
+        let keys = self.page(at, page, blocks).await?;
+        self.bounds_in_page(at, keys, (number % PAGE_FENCES as u64) as usize)
+    }
+
+    /// Bounds of the block at `index` of page `at`, whose keys are `keys`.
+    fn bounds_in_page(&self, at: u64, keys: &[u128], index: usize) -> Result<Bounds, TradeError> {
+        let Fences::Paged(paged) = &*self.fences.borrow() else { unreachable!("the keys of a page") };
+        let fence =
+            *keys.get(index).ok_or_else(|| self.corrupt(self.page_offset(at), "a run block without a fence key"))?;
+        let next = keys.get(index + 1).copied().or_else(|| paged.firsts.get(at as usize + 1).copied());
+        Ok(Bounds { number: at * PAGE_FENCES as u64 + index as u64, fence, next })
+    }
+
+    /// Page `at`'s keys: those of `kept` if it is that page, else from `blocks` or one read,
+    /// checked against the page's checksum, and left in `kept`.
+    async fn page<'a>(
+        &self,
+        at: u64,
+        kept: &'a mut Option<Page>,
+        blocks: Option<&BlockCache>,
+    ) -> Result<&'a [u128], TradeError> {
+        if kept.as_ref().is_none_or(|page| page.number != at) {
+            let (sum, keys) = match &*self.fences.borrow() {
+                Fences::Paged(paged) => {
+                    let first = at * PAGE_FENCES as u64;
+                    (paged.sums[at as usize], (paged.count - first).min(PAGE_FENCES as u64) as usize)
+                }
+                Fences::Held(_) => unreachable!("a page of fence keys held in memory"),
+            };
+            let offset = self.page_offset(at);
+            let cached = blocks.and_then(|blocks| blocks.get(self.footer.id, PAGE_IN_CACHE | at));
+            let bytes: Vec<u8> = match &cached {
+                Some(bytes) => bytes.to_vec(),
+                None => {
+                    let len = keys * FENCE_BYTES as usize;
+                    let read =
+                        self.file.read_at(offset, len).await.map_err(|e| io(&self.disk, &self.name, "read", e))?;
+                    if read.len() != len {
+                        return Err(self.corrupt(offset + read.len() as u64, "a run file cut short"));
+                    }
+                    read.to_vec()
+                }
+            };
+            if xxh3_64(&bytes) != sum {
+                return Err(self.corrupt(offset, "a page of run fence keys changed since the run was opened"));
+            }
+            if cached.is_none() {
+                if let Some(blocks) = blocks {
+                    blocks.insert(self.footer.id, PAGE_IN_CACHE | at, &bytes);
+                }
+            }
+            let keys =
+                bytes.chunks_exact(16).map(|key| u128::from_le_bytes(key.try_into().expect("16 bytes"))).collect();
+            *kept = Some(Page { number: at, keys });
+        }
+        Ok(&kept.as_ref().expect("kept above").keys)
+    }
+
+    /// Offset in the file of page `at` of fence keys.
+    fn page_offset(&self, at: u64) -> u64 {
+        let fences_at = self.footer.index_offset() + self.footer.bloom_words * 8;
+        fences_at + at * (PAGE_FENCES as u64 * FENCE_BYTES)
+    }
+}
