@@ -194,3 +194,35 @@ fn a_damaged_index_entry_a_checkpoint_counts_fails_the_open_with_its_offset() {
         assert_eq!(damage_in(open(&disk).await, "trades.frozen.idx"), 32);
     });
 }
+
+/// An open reads the index from the page of the first block its checkpoint does not count: an
+/// entry damaged in an earlier page does not fail the open, only the reads of its own block's
+/// trades, with its offset; every other trade reads back, from cached pages or one read of its
+/// page.
+#[test]
+fn an_open_reads_the_index_from_its_checkpoints_last_page_and_the_rest_when_asked() {
+    run(async {
+        let disk = SimDisk::new();
+        let shard = open(&disk).await.unwrap();
+        // 132 blocks: a whole page of 128 index entries (4 KiB) and four on the next.
+        let ids = paid_from(&shard, 0, 16_928).await;
+        shard.checkpoint().await.unwrap();
+        assert_eq!(shard.stats().checkpoints.frozen_blocks, 132);
+        drop(shard);
+        disk.flip_bit("trades.frozen.idx", 5 * 32 + 9, 0);
+        let shard = open(&disk).await.unwrap();
+        assert_eq!(shard.stats().checkpoints.frozen_blocks, 132);
+        let in_block = |block: u64| ids[(block * BLOCK_RECORDS + 7 - 1) as usize];
+        for _ in 0..2 {
+            assert_eq!(damage_in(call(|done| shard.get(in_block(5), done)).await, "trades.frozen.idx"), 5 * 32);
+        }
+        for block in [0, 4, 6, 100, 127, 128, 131] {
+            let trade = call(|done| shard.get(in_block(block), done)).await;
+            assert_eq!(trade.unwrap_or_else(|e| panic!("block {block}: {e}")).status, TradeStatus::Paid);
+        }
+        let other: Vec<TradeId> = ids.iter().enumerate().filter(|(n, _)| n / 128 != 5).map(|(_, id)| *id).collect();
+        for id in other.iter().step_by(97) {
+            assert_eq!(call(|done| shard.get(*id, done)).await.unwrap().status, TradeStatus::Paid);
+        }
+    });
+}

@@ -10,6 +10,7 @@ use tradeshard_wal::disk::{Disk, DiskFile, WriteBuf};
 use super::frozen::{
     self, block_of, FrozenBlock, BLOCK_RAW_BYTES, BLOCK_RECORDS, ENTRY_BYTES, FROZEN_INDEX_NAME, FROZEN_NAME,
 };
+use super::frozen_index::ENTRIES_PER_PAGE;
 use super::{corrupt_at, frozen_io, io, TradeFile, PAGE_BYTES, RECORDS_PER_PAGE, RECORD_BYTES};
 use crate::error::TradeError;
 
@@ -21,7 +22,7 @@ const INDEX_READ_BYTES: usize = 1 << 20;
 /// The files of the frozen blocks: the copies and their index.
 pub(super) struct FrozenFiles<D: Disk> {
     copies: D::File,
-    index: D::File,
+    pub(super) index: D::File,
     /// Where the next copies are written: past every byte written before, so that no entry
     /// an open may take ever points at bytes written again.
     copies_end: Cell<u64>,
@@ -66,12 +67,6 @@ impl<D: Disk> TradeFile<D> {
         Ok(())
     }
 
-    /// Blocks frozen: counters below `frozen_len() * BLOCK_RECORDS` may be read from their
-    /// copies.
-    pub(crate) fn frozen_len(&self) -> u64 {
-        self.frozen.borrow().len() as u64
-    }
-
     /// Copies read since open.
     pub(crate) fn frozen_reads(&self) -> u64 {
         self.frozen_reads.get()
@@ -80,7 +75,7 @@ impl<D: Disk> TradeFile<D> {
     /// Block `block`'s copy, checked (`frozen::record_of` takes its records out), `None`
     /// when it is not frozen.
     pub(super) async fn frozen_block(&self, block: u64) -> Result<Option<frozen::CheckedCopy>, TradeError> {
-        let Some(entry) = self.frozen.borrow().get(block as usize).copied() else { return Ok(None) };
+        let Some(entry) = self.frozen_entry(block).await? else { return Ok(None) };
         let files = self.frozen_files.borrow().clone().expect("a frozen block has its files");
         self.frozen_reads.set(self.frozen_reads.get() + 1);
         let copy = files
@@ -93,8 +88,9 @@ impl<D: Disk> TradeFile<D> {
             .map_err(|reason| corrupt_at(&self.disk, FROZEN_NAME, entry.offset, reason))
     }
 
-    /// Loads the index of the frozen blocks, taking every leading entry that checks; the
-    /// checkpoint loaded says at least `at_least` are there (fewer is damage).
+    /// Loads the index of the frozen blocks from the page of block `at_least` on, taking every
+    /// leading entry that checks; the checkpoint loaded says at least `at_least` are there
+    /// (fewer is damage). The entries below are read when asked for (`frozen_index.rs`).
     pub(crate) async fn load_frozen(&self, at_least: u64) -> Result<(), TradeError> {
         let (copies, index) = match (self.disk.open(FROZEN_NAME).await, self.disk.open(FROZEN_INDEX_NAME).await) {
             (Ok(copies), Ok(index)) => (copies, index),
@@ -110,13 +106,22 @@ impl<D: Disk> TradeFile<D> {
         };
         let copies_len = copies.size().await.map_err(|e| frozen_io(&self.disk, FROZEN_NAME, "stat", e))?;
         let index_len = index.size().await.map_err(|e| frozen_io(&self.disk, FROZEN_INDEX_NAME, "stat", e))?;
+        let start = at_least / ENTRIES_PER_PAGE * ENTRIES_PER_PAGE;
+        if index_len < at_least * ENTRY_BYTES as u64 {
+            return Err(corrupt_at(
+                &self.disk,
+                FROZEN_INDEX_NAME,
+                index_len,
+                "the frozen blocks' index is shorter than its checkpoint counts",
+            ));
+        }
         let mut blocks = Vec::new();
-        let mut at = 0u64;
+        let mut at = start * ENTRY_BYTES as u64;
         'read: while at < index_len {
             let len = (index_len - at).min(INDEX_READ_BYTES as u64) as usize;
             let read = index.read_at(at, len).await.map_err(|e| frozen_io(&self.disk, FROZEN_INDEX_NAME, "read", e))?;
             for bytes in read.chunks_exact(ENTRY_BYTES) {
-                let block = blocks.len() as u64;
+                let block = start + blocks.len() as u64;
                 match frozen::decode_entry(block, bytes) {
                     Some(entry) if entry.offset + u64::from(entry.len) <= copies_len => blocks.push(entry),
                     _ => break 'read,
@@ -127,8 +132,8 @@ impl<D: Disk> TradeFile<D> {
             }
             at += len as u64;
         }
-        if (blocks.len() as u64) < at_least {
-            let offset = blocks.len() as u64 * ENTRY_BYTES as u64;
+        if start + (blocks.len() as u64) < at_least {
+            let offset = (start + blocks.len() as u64) * ENTRY_BYTES as u64;
             return Err(corrupt_at(
                 &self.disk,
                 FROZEN_INDEX_NAME,
@@ -136,7 +141,7 @@ impl<D: Disk> TradeFile<D> {
                 "a frozen block's index entry is damaged or missing",
             ));
         }
-        *self.frozen.borrow_mut() = blocks;
+        self.set_frozen(start, blocks);
         // The checkpoint punched the blocks it counts before it was written; those frozen after
         // it, by a checkpoint that did not complete, may not be.
         self.punched.set(at_least);
@@ -193,7 +198,7 @@ impl<D: Disk> TradeFile<D> {
         files.copies.fdatasync().await.map_err(|e| copies_io("fdatasync", e))?;
         self.write_index(&files, from, &entries).await?;
         // The copies are durable: reads may take them from here on, and the table's pages go.
-        self.frozen.borrow_mut().extend_from_slice(&entries);
+        self.frozen.borrow_mut().extend(&entries);
         let (start, end) = (from * BLOCK_RAW_BYTES as u64, to * BLOCK_RAW_BYTES as u64);
         self.file.punch_hole(start, end - start).await.map_err(|e| io(&self.disk, "punch", e))?;
         // Durable before the checkpoint that counts these blocks: an open takes the blocks a
@@ -261,10 +266,11 @@ impl<D: Disk> TradeFile<D> {
         let bytes = buf.bytes_mut();
         bytes.fill(0);
         {
-            let held = self.frozen.borrow();
+            let index = self.frozen.borrow();
+            let held = index.tail_before(from);
             for block in first_in_page..end {
                 let entry = match block < from {
-                    true => held[block as usize],
+                    true => held[(block - first_in_page) as usize],
                     false => entries[(block - from) as usize],
                 };
                 let at = (block - first_in_page) as usize * ENTRY_BYTES;

@@ -31,10 +31,12 @@ use crate::index::{CreatedAt, StoredPart, TablePart, TradeEntry};
 use crate::lifecycle::Lifecycle;
 use crate::trade::TradeId;
 use freeze::FrozenFiles;
-use frozen::{block_of, FrozenBlock, BLOCK_RECORDS};
+use frozen::{block_of, BLOCK_RECORDS};
+use frozen_index::FrozenIndex;
 
 mod freeze;
 pub(crate) mod frozen;
+mod frozen_index;
 
 /// The table's file name in the shard's directory.
 pub(crate) const TABLE_NAME: &str = "trades.table";
@@ -255,8 +257,9 @@ pub(crate) struct TradeFile<D: Disk> {
     /// checkpoint keeping the inline parts of pages it rewrites, chunks of trades brought back).
     reads: Cell<u64>,
     page_reads: Cell<u64>,
-    /// The index of the frozen blocks' copies (`frozen.rs`), entry `b` for block `b`.
-    frozen: RefCell<Vec<FrozenBlock>>,
+    /// The index of the frozen blocks' copies (`frozen.rs`), entry `b` for block `b`: its
+    /// last page and the pages read lately (`frozen_index.rs`).
+    frozen: RefCell<FrozenIndex>,
     /// Their files, once made or found.
     frozen_files: RefCell<Option<Rc<FrozenFiles<D>>>>,
     /// Copies read since open.
