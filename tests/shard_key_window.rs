@@ -16,8 +16,8 @@ use std::time::Duration;
 
 use tradeshard_shard::{
     account_request_key, body_hash, finish_activity, order_key, settlement_activity, AccountCommand, AccountOp,
-    ActivityState, BranchAction, BranchPlan, BranchState, CancelReason, Command, Currency, Decision, Move, NewTrade,
-    OrderLookup, Refusal, Shard, Step, StepAnswer, StepOutcome, TradeError, TradeId, Upkeep, UserRouting,
+    ActivityState, BranchAction, BranchPlan, BranchState, CancelReason, Command, Currency, Decision, ListQuery, Move,
+    NewTrade, OrderLookup, Refusal, Shard, Step, StepAnswer, StepOutcome, TradeError, TradeId, Upkeep, UserRouting,
 };
 use tradeshard_tests::{
     call, new_trade, rolling_shard_config, run, run_campaign_part, sim_disk_for_seed, upkeep_on_request, ShardPair,
@@ -377,10 +377,21 @@ struct Seen {
 /// Acknowledged trades by order number, in the order acknowledged.
 type Acked = HashMap<u64, Vec<TradeId>>;
 
-/// Every acknowledged trade reads back with its order number, and each order number finds a
-/// trade holding it that is no older than the newest acknowledged one.
+/// Every acknowledged trade reads back with its order number and is in its buyer's list (newest
+/// first, through runs whose fence keys may be on disk), and each order number finds a trade
+/// holding it that is no older than the newest acknowledged one.
 async fn check(shard: &Shard<SimDisk>, acked: &Acked) -> Result<usize, String> {
     let mut checked = 0;
+    let all = ListQuery { user_id: 1, limit: 100_000, before: None };
+    let listed = call(|done| shard.list(all, done)).await.map_err(|e| format!("list: {e}"))?;
+    let listed: Vec<u64> = listed.iter().map(|trade| trade.id.counter()).collect();
+    if listed.windows(2).any(|pair| pair[0] <= pair[1]) {
+        return Err(format!("the buyer's list is not newest first: {listed:?}"));
+    }
+    if let Some(missing) = acked.values().flatten().find(|id| listed.binary_search_by(|c| id.counter().cmp(c)).is_err())
+    {
+        return Err(format!("trade {missing:?} is not in its buyer's list"));
+    }
     for (&order, ids) in acked {
         let want = new_trade(1, order, 1).merchant_order_no;
         for &id in ids {

@@ -260,9 +260,16 @@ pub(crate) fn expire_key_runs<D: Disk>(sets: &RunSets<D>, upkeep: &Upkeep, disk:
     let (Some(window), Some(floor)) = (upkeep.key_window, replay_floor(disk, log_first)) else { return 0 };
     let window_ms = u64::try_from(window.as_millis()).unwrap_or(u64::MAX);
     let now = now_ms();
-    // A user's trades are listed, never checked: their runs have no filter per key to let go.
-    let stores = sets.stores().into_iter().filter(|(store, _)| store.shape().filter == Filter::PerKey);
-    stores.map(|(_, set)| set.expire(now, window_ms, floor)).sum()
+    // A user's trades are listed, never checked: their runs have no filter per key to let go,
+    // only fence keys to leave on disk.
+    let mut went = 0;
+    for (store, set) in sets.stores() {
+        match store.shape().filter {
+            Filter::PerKey => went += set.expire(now, window_ms, floor),
+            Filter::RangesOnly => _ = set.page_old_fences(now, window_ms, floor),
+        }
+    }
+    went
 }
 
 /// The lowest log position a replay may start from, as the files on disk tell: the oldest

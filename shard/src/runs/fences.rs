@@ -75,7 +75,9 @@ impl Fences {
     /// Keeps only the pages' first keys and checksums.
     pub(super) fn page_out(&mut self) {
         let Fences::Held(fences) = self else { return };
-        let mut paged = Paged { firsts: Vec::new(), sums: Vec::new(), count: fences.len() as u64 };
+        let pages = fences.len().div_ceil(PAGE_FENCES);
+        let (firsts, sums) = (Vec::with_capacity(pages), Vec::with_capacity(pages));
+        let mut paged = Paged { firsts, sums, count: fences.len() as u64 };
         let mut bytes = Vec::with_capacity(PAGE_FENCES * FENCE_BYTES as usize);
         for page in fences.chunks(PAGE_FENCES) {
             bytes.clear();

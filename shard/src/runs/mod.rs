@@ -227,6 +227,14 @@ impl<D: Disk> Run<D> {
         self.fences.borrow_mut().page_out();
     }
 
+    /// Leaves the fence keys on disk, keeping the filter; false if they were already.
+    pub(crate) fn page_fences(&self) -> bool {
+        let mut fences = self.fences.borrow_mut();
+        let held = matches!(*fences, Fences::Held(_));
+        fences.page_out();
+        held
+    }
+
     /// Whether the run is past its store's key window (it let its filter go).
     pub(crate) fn past_window(&self) -> bool {
         self.bloom.borrow().is_none()

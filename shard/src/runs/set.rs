@@ -174,6 +174,18 @@ impl<D: Disk> RunSet<D> {
     }
 
     /// Runs past the key window.
+    /// Leaves on disk the fence keys of the runs whose keys are as old as
+    /// [`expire`](Self::expire) asks, keeping their filters: for a store only listed (users'
+    /// lists), which has no filter per key to let go but whose fences would grow with its
+    /// history. Returns how many runs paged them out now.
+    pub(crate) fn page_old_fences(&self, now_ms: u64, window_ms: u64, fallback: u64) -> usize {
+        let old = |run: &&Rc<Run<D>>| {
+            let age = run.age();
+            age.newest_ms.saturating_add(window_ms) <= now_ms && age.through <= fallback
+        };
+        self.runs.iter().filter(old).filter(|run| run.page_fences()).count()
+    }
+
     pub(crate) fn past_window(&self) -> usize {
         self.runs.iter().filter(|run| run.past_window()).count()
     }
@@ -271,6 +283,33 @@ mod tests {
             set.push(Rc::new(run.unwrap()));
         }
         set
+    }
+
+    /// A store only listed leaves the fence keys of its old runs on disk and keeps their
+    /// filters: its runs answer as before, none goes past the window, and the merge plan
+    /// stays.
+    #[test]
+    fn old_runs_of_a_listed_store_leave_their_fences_on_disk_and_answer_as_before() {
+        glommio::LocalExecutorBuilder::default().make().unwrap().run(async {
+            let disk = SimDisk::new();
+            let set = ten_runs(&disk).await;
+            let memory = set.memory_bytes();
+            let blocks = Rc::new(BlockCache::new(0));
+            let listing = set.keys_down(0, u128::MAX, 2_000, &blocks).await.unwrap();
+            assert_eq!(listing.len(), 1_000);
+            // As `expire` asks: old enough at 60,000 ms, and below the fallback at 50.
+            assert_eq!(set.page_old_fences(60_000, 2_000, 50), 6);
+            assert_eq!(set.page_old_fences(60_000, 2_000, 50), 0, "paged once");
+            let paged: Vec<bool> = set.runs().iter().map(|run| run.fences_paged()).collect();
+            assert_eq!(paged, [true, true, true, true, true, true, false, false, false, false]);
+            assert_eq!((set.past_window(), set.merge_plan()), (0, Some((6..10, 1, false))));
+            assert_eq!(set.memory_bytes(), memory + 6 * (24 - 16), "a page for a block: 24 bytes, not 16");
+            assert_eq!(set.keys_down(0, u128::MAX, 2_000, &blocks).await.unwrap(), listing);
+            for key in [5u128, 5_005, 6_005, 9_099] {
+                assert!(set.may_hold(key), "the filter of key {key} stays");
+                assert_eq!(set.get(key).await.unwrap(), Some(value(key)), "key {key}");
+            }
+        });
     }
 
     #[test]

@@ -23,7 +23,7 @@ fn a_run_past_its_window_keeps_a_few_bytes_of_fences_and_finds_every_key() {
         let held = run.memory_bytes();
         run.forget_filter();
         assert!(run.fences_paged() && run.past_window());
-        assert!(held > 600 * 16 && run.memory_bytes() <= 4 * 24, "{held} bytes held, then {}", run.memory_bytes());
+        assert!(held > 600 * 16 && run.memory_bytes() == 3 * 24, "{held} bytes held, then {}", run.memory_bytes());
 
         let keys: Vec<u128> = entries.iter().map(|entry| entry.0).collect();
         for &(key, value) in entries.iter().step_by(7) {
