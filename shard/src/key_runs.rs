@@ -242,6 +242,18 @@ impl<D: Disk> KeyRuns<D> {
         })
     }
 
+    /// Reads the Bloom filters an open left unread (version 4 runs read their fence keys
+    /// alone): called once the open has let the runs past the key window go, so that only the
+    /// runs within it read theirs.
+    pub(crate) async fn read_filters(&self) -> Result<(), TradeError> {
+        for (_, set) in self.sets.stores() {
+            for run in set.runs() {
+                run.read_filter().await?;
+            }
+        }
+        Ok(())
+    }
+
     /// The runs no removal may take now: those in force, those the latest checkpoint and the
     /// one before it list, the one a merge is writing, and (`ids >= .1`) any begun later.
     pub(crate) fn kept(&self) -> (Vec<u64>, u64) {

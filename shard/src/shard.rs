@@ -308,8 +308,9 @@ impl<D: Disk> Shard<D> {
         if report.next_seq < from {
             return Err(refuse("the log ends before the latest checkpoint"));
         }
-        // The runs past the key window go past it again: their filters are not kept.
+        // The runs past the key window go past it again: their filters are not kept, nor read.
         crate::checkpointer::expire_key_runs(&key_runs.sets, &upkeep, &disk, report.first_seq);
+        key_runs.read_filters().await?;
         let opened = OpenReport {
             checkpoint: checkpoint.as_ref().map(|header| header.scalars.applied_end),
             passed_over_damaged_checkpoint: found.passed_over.is_some(),

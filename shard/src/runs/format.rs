@@ -28,9 +28,12 @@ const TRAILER_AT: usize = BLOCK - 16;
 const RESERVED_AT: usize = TRAILER_AT + 4;
 const CHECKSUM_AT: usize = TRAILER_AT + 8;
 const MAGIC: [u8; 4] = *b"TSRN";
-/// The version written: blocks of columns. Version 2 (entries back to back) is still read,
-/// and so is version 1 (that, and no age of its keys: it never passes a key window).
-const VERSION: u16 = 3;
+/// The version written: blocks of columns, and a checksum of the fence keys alone in the
+/// footer. Version 3 (no such checksum) is still read, and so are version 2 (entries back to
+/// back) and version 1 (that, and no age of its keys: it never passes a key window).
+const VERSION: u16 = 4;
+/// Blocks of columns without a checksum of the fence keys alone.
+const VERSION_COLUMNS: u16 = 3;
 /// The version of entries back to back with the age of their keys.
 const VERSION_FIXED: u16 = 2;
 /// Entries a block of columns holds at most (whatever its entries' bits), so that a block's
@@ -39,7 +42,10 @@ pub(super) const BLOCK_ENTRIES_MAX: usize = 1024;
 /// Bytes of the footer's fields, by version; the rest of its block is reserved (zero). The
 /// checksum is the fields' last 8 bytes.
 const FOOTER_FIELDS_V1: usize = 64;
-const FOOTER_FIELDS: usize = 80;
+const FOOTER_FIELDS_V3: usize = 80;
+const FOOTER_FIELDS: usize = 88;
+/// Where version 4's checksum of the fence keys is.
+const FENCES_CHECKSUM_AT: usize = 72;
 /// Where version 2's age fields start (the newest time, then the position).
 const AGE_AT: usize = 56;
 pub(super) const FENCE_BYTES: u64 = KEY_BYTES as u64;
@@ -79,6 +85,9 @@ pub(super) struct Footer {
     pub hashes: u32,
     /// xxh3_64 of the index section without its padding.
     pub index_checksum: u64,
+    /// xxh3_64 of the fence keys alone (version 4), so that they can be read and checked
+    /// without the Bloom filter.
+    pub fences_checksum: Option<u64>,
     /// How old the run's keys are.
     pub age: KeysAge,
 }
@@ -156,6 +165,7 @@ impl Footer {
         out.extend_from_slice(&self.index_checksum.to_le_bytes());
         out.extend_from_slice(&self.age.newest_ms.to_le_bytes());
         out.extend_from_slice(&self.age.through.to_le_bytes());
+        out.extend_from_slice(&self.fences_checksum.expect("written with a checksum of its fence keys").to_le_bytes());
         debug_assert_eq!(out.len(), FOOTER_FIELDS - 8);
         let sum = xxh3_64(&out);
         out.extend_from_slice(&sum.to_le_bytes());
@@ -176,7 +186,8 @@ impl Footer {
         }
         let (fields, columns) = match u16_at(4) {
             1 => (FOOTER_FIELDS_V1, false),
-            VERSION_FIXED => (FOOTER_FIELDS, false),
+            VERSION_FIXED => (FOOTER_FIELDS_V3, false),
+            VERSION_COLUMNS => (FOOTER_FIELDS_V3, true),
             VERSION => (FOOTER_FIELDS, true),
             _ => return Err("a run file of an unknown format version"),
         };
@@ -187,9 +198,10 @@ impl Footer {
             return Err("a run footer with bytes where zeros belong");
         }
         let age = match fields {
-            FOOTER_FIELDS => KeysAge { newest_ms: u64_at(AGE_AT), through: u64_at(AGE_AT + 8) },
-            _ => KeysAge::UNKNOWN,
+            FOOTER_FIELDS_V1 => KeysAge::UNKNOWN,
+            _ => KeysAge { newest_ms: u64_at(AGE_AT), through: u64_at(AGE_AT + 8) },
         };
+        let fences_checksum = (fields == FOOTER_FIELDS).then(|| u64_at(FENCES_CHECKSUM_AT));
         let entry_bytes = usize::from(u16_at(6));
         if entry_bytes < KEY_BYTES || self::entry_bytes(entry_bytes - KEY_BYTES) != Some(entry_bytes) {
             return Err("a run file of entries of a size no run has");
@@ -204,6 +216,7 @@ impl Footer {
             bloom_words: u64_at(36),
             hashes: u32_at(44),
             index_checksum: u64_at(48),
+            fences_checksum,
             age,
         };
         if footer.id != id {
@@ -241,6 +254,30 @@ impl Footer {
         }
         Ok(footer)
     }
+}
+
+/// xxh3_64 of fence keys as the index section holds them (u128 each, little-endian).
+pub(super) fn fences_checksum(fences: &[u128]) -> u64 {
+    let mut hasher = Xxh3::new();
+    fences.iter().for_each(|fence| hasher.update(&fence.to_le_bytes()));
+    hasher.digest()
+}
+
+/// The fence keys of a version 4 run from `bytes`, the index section's part after the Bloom
+/// filter (`footer.data_blocks` keys), checked against the footer's checksum of them.
+pub(super) fn decode_fences(footer: &Footer, bytes: &[u8]) -> Result<Vec<u128>, &'static str> {
+    if bytes.len() as u64 != footer.data_blocks * FENCE_BYTES {
+        return Err("run fence keys cut short");
+    }
+    if footer.fences_checksum != Some(xxh3_64(bytes)) {
+        return Err("run fence keys checksum mismatch");
+    }
+    let fences: Vec<u128> =
+        bytes.chunks_exact(16).map(|key| u128::from_le_bytes(key.try_into().expect("16 bytes"))).collect();
+    if fences.windows(2).any(|pair| pair[0] >= pair[1]) {
+        return Err("run fence keys not strictly ascending");
+    }
+    Ok(fences)
 }
 
 /// Writes block `number` of run `id`'s trailer into `block` (which holds `count` entries, and
@@ -394,6 +431,9 @@ impl IndexDecoder {
         if self.hasher.digest() != self.footer.index_checksum {
             return Err("run index checksum mismatch");
         }
+        if self.footer.fences_checksum.is_some_and(|sum| sum != fences_checksum(&self.fences)) {
+            return Err("run fence keys checksum mismatch");
+        }
         Ok((Bloom::from_words(self.bloom, self.footer.hashes), self.fences))
     }
 }
@@ -505,6 +545,7 @@ impl Encoder {
             bloom_words: bloom.words().len() as u64,
             hashes: bloom.hashes(),
             index_checksum: 0,
+            fences_checksum: Some(fences_checksum(&self.fences)),
             age: self.age,
         };
         Ok(Tail { footer, bloom, fences: self.fences, next: 0, hasher: Box::new(Xxh3::new()), done: false })

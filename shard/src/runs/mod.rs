@@ -27,20 +27,25 @@
 //!   then the fence keys (the first key of each data block, u128 each, strictly ascending),
 //!   zero-padded to a multiple of 4096 bytes.
 //! - The footer, the file's last 4096 bytes: at 0 the magic `TSRN`, 4 the format version (u16,
-//!   3), 6 the entry bytes (u16: 16 plus a value of 0 to 56 bytes, a multiple of 8), 8 the run id (u64), 16 the level (u32), 20 the entry
+//!   4), 6 the entry bytes (u16: 16 plus a value of 0 to 56 bytes, a multiple of 8), 8 the run id (u64), 16 the level (u32), 20 the entry
 //!   count (u64, at least 1), 28 the data blocks (u64, at least 1, at most `entries`, and
 //!   `entries ≤ 1024 × data_blocks`; versions 1 and 2: `ceil(entries / (4080 / E))`), 36 the Bloom
 //!   filter's words (u64, a multiple of 8, at least 8), 44 the Bloom probe count (u32, 1..=7),
 //!   48 `xxh3_64` of the index section without its padding (u64), 56 the newest time a key was
 //!   added (u64, ms since the Unix epoch), 64 the log position every key was applied below
-//!   (u64), 72 `xxh3_64` of footer bytes 0..72 (u64); bytes 80..4096 are reserved and zero.
-//!   Version 1 has no age: its checksum is at 56, over bytes 0..56, and bytes 64..4096 are zero;
+//!   (u64), 72 `xxh3_64` of the fence keys alone (u64), 80 `xxh3_64` of footer bytes 0..80
+//!   (u64); bytes 88..4096 are reserved and zero. Versions 2 and 3 have no checksum of the
+//!   fence keys: theirs is at 72, over bytes 0..72, and bytes 80..4096 are zero; they are still
+//!   read. Version 1 has no age: its checksum is at 56, over bytes 0..56, and bytes 64..4096 are zero;
 //!   it is still read, its keys of unknown age (never past a key window).
 //!
 //! The file is exactly `(data_blocks + ceil(index_bytes / 4096) + 1) × 4096` bytes long, where
 //! `index_bytes = 8 × bloom_words + 16 × data_blocks`. An open reads and checks the footer
 //! (checksum, magic, version, entry size, the id against the file's name, the sizes against the
-//! file's length) and the index section (checksum, padding, fences ascending); a read checks
+//! file's length) and a version 4 run's fence keys (their checksum, ascending); the Bloom
+//! filter waits until the open knows the run stays within its store's key window
+//! ([`Run::read_filter`], which checks the whole index section: checksum, padding). A version 3
+//! run's index section is read and checked whole at the open. A read checks
 //! the one block it reads (checksum, count, padding, keys ascending, first key equal to its
 //! fence key, last key below the next fence key). The Bloom filter is in `bloom.rs`: a blocked
 //! filter of 64-byte lines, 16 bits and 7 probes per entry.
@@ -64,7 +69,7 @@ use crate::error::{LogError, TradeError};
 pub(crate) use bloom::key_hash;
 use bloom::Bloom;
 use fences::{Bounds, Fences};
-use format::{check_block, find_in_block, key_at, Entries, Footer, IndexDecoder, BLOCK};
+use format::{check_block, decode_fences, find_in_block, key_at, Entries, Footer, IndexDecoder, BLOCK};
 
 pub(crate) use blocks::BlockCache;
 pub(crate) use format::KeysAge;
@@ -124,8 +129,26 @@ pub(crate) struct Run<D: Disk> {
     name: String,
     file: D::File,
     footer: Footer,
-    bloom: RefCell<Option<Bloom>>,
+    bloom: RefCell<FilterState>,
     fences: RefCell<Fences>,
+}
+
+/// A run's Bloom filter: not read yet (an open reads a version 4 run's fence keys alone, and
+/// its filter only once the run is known to stay within the key window), held, or let go past
+/// the window.
+enum FilterState {
+    Unread,
+    Held(Bloom),
+    Gone,
+}
+
+impl FilterState {
+    fn held(&self) -> Option<&Bloom> {
+        match self {
+            FilterState::Held(bloom) => Some(bloom),
+            FilterState::Unread | FilterState::Gone => None,
+        }
+    }
 }
 
 impl<D: Disk> Run<D> {
@@ -166,21 +189,33 @@ impl<D: Disk> Run<D> {
         if footer.value_bytes() != value_bytes {
             return Err(corrupt(disk, &name, footer_at, "a run file of entries of another size than its store's"));
         }
-        let mut index = IndexDecoder::new(footer);
-        let mut at = footer.index_offset();
-        while at < footer_at {
-            let want = (footer_at - at).min(READ_BYTES as u64) as usize;
-            let bytes = file.read_at(at, want).await.map_err(|e| io(disk, &name, "read", e))?;
-            if bytes.len() != want {
-                return Err(corrupt(disk, &name, at + bytes.len() as u64, "a run file cut short"));
-            }
-            index.feed(&bytes).map_err(|reason| corrupt(disk, &name, at, reason))?;
-            at += want as u64;
-            crate::turns::take_turn().await;
+        if footer.fences_checksum.is_some() {
+            // The fence keys alone: the filter waits until the run is known to need it.
+            let at = footer.index_offset() + footer.bloom_words * 8;
+            let len = (footer.data_blocks * format::FENCE_BYTES) as usize;
+            let bytes = file.read_at(at, len).await.map_err(|e| io(disk, &name, "read", e))?;
+            let fences = decode_fences(&footer, &bytes).map_err(|reason| corrupt(disk, &name, at, reason))?;
+            let (bloom, fences) = (RefCell::new(FilterState::Unread), RefCell::new(Fences::Held(fences)));
+            return Ok(Run { disk: disk.clone(), name, file, footer, bloom, fences });
         }
-        let (bloom, fences) = index.finish().map_err(|reason| corrupt(disk, &name, footer.index_offset(), reason))?;
-        let (bloom, fences) = (RefCell::new(Some(bloom)), RefCell::new(Fences::Held(fences)));
+        let (bloom, fences) = read_index(disk, &name, &file, &footer).await?;
+        let (bloom, fences) = (RefCell::new(FilterState::Held(bloom)), RefCell::new(Fences::Held(fences)));
         Ok(Run { disk: disk.clone(), name, file, footer, bloom, fences })
+    }
+
+    /// Reads the Bloom filter an open left unread (`FilterState::Unread`), checking the whole
+    /// index section; nothing to do for a run whose filter is held or gone.
+    pub(crate) async fn read_filter(&self) -> Result<(), TradeError> {
+        if !matches!(*self.bloom.borrow(), FilterState::Unread) {
+            return Ok(());
+        }
+        let (bloom, _) = read_index(&self.disk, &self.name, &self.file, &self.footer).await?;
+        let mut state = self.bloom.borrow_mut();
+        // A run let go past the window meanwhile stays so.
+        if matches!(*state, FilterState::Unread) {
+            *state = FilterState::Held(bloom);
+        }
+        Ok(())
     }
 
     pub(crate) fn id(&self) -> u64 {
@@ -215,7 +250,7 @@ impl<D: Disk> Run<D> {
 
     /// Bytes the run holds in memory (Bloom filter and fence keys).
     pub(crate) fn memory_bytes(&self) -> usize {
-        let bloom = self.bloom.borrow().as_ref().map_or(0, Bloom::memory_bytes);
+        let bloom = self.bloom.borrow().held().map_or(0, Bloom::memory_bytes);
         bloom + self.fences.borrow().memory_bytes()
     }
 
@@ -223,7 +258,7 @@ impl<D: Disk> Run<D> {
     /// key window (`set.rs`). From now on it may hold any key, and a lookup that asks it reads
     /// it.
     pub(crate) fn forget_filter(&self) {
-        self.bloom.borrow_mut().take();
+        *self.bloom.borrow_mut() = FilterState::Gone;
         self.fences.borrow_mut().page_out();
     }
 
@@ -237,7 +272,7 @@ impl<D: Disk> Run<D> {
 
     /// Whether the run is past its store's key window (it let its filter go).
     pub(crate) fn past_window(&self) -> bool {
-        self.bloom.borrow().is_none()
+        matches!(*self.bloom.borrow(), FilterState::Gone)
     }
 
     /// False if the run is past its key window or its filter says the key is surely not in it:
@@ -249,12 +284,17 @@ impl<D: Disk> Run<D> {
     /// [`may_hold_within_window`](Self::may_hold_within_window) of the key whose hash is `h`
     /// (`bloom::key_hash`).
     pub(crate) fn may_hold_hashed_within_window(&self, h: u64) -> bool {
-        self.bloom.borrow().as_ref().is_some_and(|bloom| bloom.may_hold_hashed(h))
+        match &*self.bloom.borrow() {
+            FilterState::Held(bloom) => bloom.may_hold_hashed(h),
+            // Not read yet: the run may hold any key, and a check reads it.
+            FilterState::Unread => true,
+            FilterState::Gone => false,
+        }
     }
 
     /// Asks for the filter's line of the key whose hash is `h`, without waiting (`set.rs`).
     pub(crate) fn prefetch_filter_line(&self, h: u64) {
-        if let Some(bloom) = self.bloom.borrow().as_ref() {
+        if let Some(bloom) = self.bloom.borrow().held() {
             bloom.prefetch_hashed(h);
         }
     }
@@ -267,7 +307,7 @@ impl<D: Disk> Run<D> {
     /// False only if the key is surely not in the run (the Bloom filter has no false
     /// negatives; a run without its filter may hold any key).
     pub(crate) fn may_hold(&self, key: u128) -> bool {
-        self.bloom.borrow().as_ref().is_none_or(|bloom| bloom.may_hold(key))
+        self.bloom.borrow().held().is_none_or(|bloom| bloom.may_hold(key))
     }
 
     /// The key's value in this run: the Bloom filter, then the fence keys, then the one block
@@ -352,6 +392,29 @@ impl<D: Disk> std::fmt::Debug for Run<D> {
             .field("entries", &entries)
             .finish()
     }
+}
+
+/// The Bloom filter and fence keys of the index section of `name`, read whole and checked.
+async fn read_index<D: Disk>(
+    disk: &D,
+    name: &str,
+    file: &D::File,
+    footer: &Footer,
+) -> Result<(Bloom, Vec<u128>), TradeError> {
+    let footer_at = footer.footer_offset();
+    let mut index = IndexDecoder::new(*footer);
+    let mut at = footer.index_offset();
+    while at < footer_at {
+        let want = (footer_at - at).min(READ_BYTES as u64) as usize;
+        let bytes = file.read_at(at, want).await.map_err(|e| io(disk, name, "read", e))?;
+        if bytes.len() != want {
+            return Err(corrupt(disk, name, at + bytes.len() as u64, "a run file cut short"));
+        }
+        index.feed(&bytes).map_err(|reason| corrupt(disk, name, at, reason))?;
+        at += want as u64;
+        crate::turns::take_turn().await;
+    }
+    index.finish().map_err(|reason| corrupt(disk, name, footer.index_offset(), reason))
 }
 
 fn io(disk: &impl Disk, name: &str, op: &'static str, source: std::io::Error) -> TradeError {

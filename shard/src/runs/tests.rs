@@ -108,7 +108,10 @@ fn every_key_reads_back(id: u64, value_bytes: usize, per_block: usize) {
                 assert_eq!(run.read(key, &no_cache()).await.unwrap(), None, "{key:#x}, the filter not asked");
             }
         }
-        assert_eq!(written.bloom, opened.bloom);
+        // The open read the fence keys alone; the filter comes when asked for, checked.
+        assert!(matches!(*opened.bloom.borrow(), FilterState::Unread));
+        opened.read_filter().await.unwrap();
+        assert_eq!(written.bloom.borrow().held(), opened.bloom.borrow().held());
         assert_eq!(written.fences.borrow().held(), opened.fences.borrow().held());
         assert_eq!(written.footer, opened.footer);
         let mut too_long = [0u8; VALUE_BYTES_MAX];
@@ -296,10 +299,11 @@ fn a_flipped_bit_in_the_index_or_the_footer_fails_the_open() {
         for offset in [index, index + 700, index + 720, index + 4000, len - 4096, len - 4040, len - 2000, len - 1] {
             let (disk, _, name) = five_blocks().await;
             disk.flip_bit(&name, offset, 5);
-            let error = Run::open(&disk, PREFIX, 3, VALUE_BYTES)
-                .await
-                .err()
-                .unwrap_or_else(|| panic!("offset {offset} passed"));
+            // The open reads the fence keys and the footer; the Bloom filter, when it is read.
+            let error = match Run::open(&disk, PREFIX, 3, VALUE_BYTES).await {
+                Err(error) => error,
+                Ok(run) => run.read_filter().await.err().unwrap_or_else(|| panic!("offset {offset} passed")),
+            };
             let (path, at, _) = corruption(error);
             assert_eq!(path, "sim/t-0000000000000003.run");
             assert!(at == index || at == len - 4096, "offset {offset} reported at {at}");
@@ -396,13 +400,14 @@ fn the_sample_file_is_laid_out_as_documented() {
     assert_eq!(bytes.len(), 3 * BLOCK, "a data block, an index block, the footer");
     let footer = &bytes[2 * BLOCK..];
     let u64_at = |at: usize| u64::from_le_bytes(footer[at..at + 8].try_into().unwrap());
-    assert_eq!(&footer[..8], b"TSRN\x03\x00\x28\x00");
+    assert_eq!(&footer[..8], b"TSRN\x04\x00\x28\x00");
     assert_eq!((u64_at(8), &footer[16..20], u64_at(20), u64_at(28), u64_at(36)), (1, &[1, 0, 0, 0][..], 3, 1, 8));
     assert_eq!(&footer[44..48], &[7, 0, 0, 0]);
     assert_eq!(u64_at(48), xxhash_rust::xxh3::xxh3_64(&bytes[BLOCK..BLOCK + 8 * 8 + 16]));
     assert_eq!((u64_at(56), u64_at(64)), (fuzzing::SAMPLE_AGE.newest_ms, fuzzing::SAMPLE_AGE.through));
-    assert_eq!(u64_at(72), xxhash_rust::xxh3::xxh3_64(&footer[..72]));
-    assert!(footer[80..].iter().all(|&b| b == 0));
+    assert_eq!(u64_at(72), xxhash_rust::xxh3::xxh3_64(&bytes[BLOCK + 64..BLOCK + 80]), "the fence keys' checksum");
+    assert_eq!(u64_at(80), xxhash_rust::xxh3::xxh3_64(&footer[..80]));
+    assert!(footer[88..].iter().all(|&b| b == 0));
     let block = &bytes[..BLOCK];
     assert_eq!(&block[4080..4088], &[3, 0, 0, 0, 0, 0, 0, 0]);
     let sum = xxhash_rust::xxh3::xxh3_64_with_seed(&block[..4088], 1u64.rotate_left(32));
@@ -457,6 +462,33 @@ fn a_version_2_file_still_reads_as_it_was_written() {
     });
 }
 
+/// The sample run as the build before wrote it (version 3: no checksum of the fence keys
+/// alone, so an open reads and checks the whole index section, filter included).
+const VERSION_3_SAMPLE: &[u8] = include_bytes!("fixtures/version-3-three-entries.run");
+
+#[test]
+fn a_version_3_file_still_reads_and_opens_with_its_filter() {
+    assert_eq!(&VERSION_3_SAMPLE[VERSION_3_SAMPLE.len() - BLOCK..][..6], b"TSRN\x03\x00");
+    let sample = decode_for_fuzzing(&sample_for_fuzzing(1, VALUE_BYTES), 1).unwrap();
+    assert_eq!(decode_for_fuzzing(VERSION_3_SAMPLE, 1).unwrap(), sample);
+    for at in (0..VERSION_3_SAMPLE.len()).step_by(7) {
+        let mut damaged = VERSION_3_SAMPLE.to_vec();
+        damaged[at] ^= 1 << (at % 8);
+        assert!(decode_for_fuzzing(&damaged, 1).is_err(), "byte {at}");
+    }
+    run(async {
+        let disk = SimDisk::new();
+        disk.put_file(&Run::<SimDisk>::file_name(PREFIX, 1), VERSION_3_SAMPLE);
+        let old = Run::open(&disk, PREFIX, 1, VALUE_BYTES).await.unwrap();
+        assert!(matches!(*old.bloom.borrow(), FilterState::Held(_)), "the filter read at the open");
+        for (key, value) in &sample {
+            assert_eq!(old.get(*key, &no_cache()).await.unwrap(), Some(*value));
+        }
+        let merged = merge(&disk, PREFIX, 2, 1, SHAPE, &[Rc::new(old)]).await.unwrap();
+        assert!(merged.footer.fences_checksum.is_some(), "a merge writes version 4");
+    });
+}
+
 #[test]
 fn a_version_1_footer_still_opens_with_its_keys_of_unknown_age() {
     let mut bytes = VERSION_2_SAMPLES[0].0.to_vec();
@@ -475,15 +507,15 @@ fn a_version_1_footer_still_opens_with_its_keys_of_unknown_age() {
         decode_for_fuzzing(&bytes, 1).unwrap(),
         decode_for_fuzzing(&sample_for_fuzzing(1, VALUE_BYTES), 1).unwrap()
     );
-    // A version 1 footer with an age where its zeros belong, or a version 4, is refused.
+    // A version 1 footer with an age where its zeros belong, or a version 5, is refused.
     let mut aged_v1 = bytes.clone();
     aged_v1[footer_at + 64] = 1;
     assert!(format::Footer::decode(&aged_v1[footer_at..], 1, len).is_err());
-    let mut v4 = sample_for_fuzzing(1, VALUE_BYTES);
-    v4[footer_at + 4] = 4;
-    let sum = xxhash_rust::xxh3::xxh3_64(&v4[footer_at..footer_at + 72]);
-    v4[footer_at + 72..footer_at + 80].copy_from_slice(&sum.to_le_bytes());
-    assert_eq!(format::Footer::decode(&v4[footer_at..], 1, len).err(), Some("a run file of an unknown format version"));
+    let mut v5 = sample_for_fuzzing(1, VALUE_BYTES);
+    v5[footer_at + 4] = 5;
+    let sum = xxhash_rust::xxh3::xxh3_64(&v5[footer_at..footer_at + 80]);
+    v5[footer_at + 80..footer_at + 88].copy_from_slice(&sum.to_le_bytes());
+    assert_eq!(format::Footer::decode(&v5[footer_at..], 1, len).err(), Some("a run file of an unknown format version"));
 }
 
 #[test]

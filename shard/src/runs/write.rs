@@ -14,7 +14,7 @@ use tradeshard_wal::disk::{Disk, DiskFile, WriteBuf};
 
 use super::fences::{Fences, Page};
 use super::format::{check_block, key_at, value_at, Encoder, Tail, BLOCK};
-use super::{corrupt, io, KeysAge, Run, Shape, Value};
+use super::{corrupt, io, FilterState, KeysAge, Run, Shape, Value};
 use crate::error::TradeError;
 use crate::turns::{take_turn, ITEMS_PER_TURN};
 
@@ -86,7 +86,7 @@ impl<D: Disk> RunWriter<D> {
         match written {
             Ok((footer, bloom, fences)) => {
                 let Sink { disk, name, file, .. } = sink;
-                let (bloom, fences) = (RefCell::new(Some(bloom)), RefCell::new(Fences::Held(fences)));
+                let (bloom, fences) = (RefCell::new(FilterState::Held(bloom)), RefCell::new(Fences::Held(fences)));
                 Ok(Run { disk, name, file, footer, bloom, fences })
             }
             Err(e) => {

@@ -31,7 +31,9 @@ fn check_run_set(batches: Vec<Vec<u128>>) {
         let reopened: Vec<_> = {
             let mut runs = Vec::new();
             for run in set.runs() {
-                runs.push(Rc::new(Run::open(&disk, PREFIX, run.id(), VALUE_BYTES).await.unwrap()));
+                let reopened = Run::open(&disk, PREFIX, run.id(), VALUE_BYTES).await.unwrap();
+                reopened.read_filter().await.unwrap();
+                runs.push(Rc::new(reopened));
             }
             runs
         };
