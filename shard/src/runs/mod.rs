@@ -1,7 +1,8 @@
 //! Immutable sorted runs of entries of one size on disk, and the set of runs of one store with
 //! its merge policy: a key's value is found with its Bloom filter and fence keys in memory and
-//! at most one 4 KiB read per run that may hold it, so a store can keep far more keys than
-//! memory could hold as a map.
+//! at most one 4 KiB read per run that may hold it (two for a run past the key window, whose
+//! fence keys are on disk: `fences.rs`), so a store can keep far more keys than memory could
+//! hold as a map.
 //!
 //! A run is written once, whole, and never changed ([`Run::write`], [`merge`]); the newest run
 //! holding a key has its value ([`RunSet`]). Runs are merged when the newest [`MERGE_FANOUT`]
