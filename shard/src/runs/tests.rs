@@ -290,7 +290,7 @@ fn a_flipped_bit_in_a_block_fails_the_read_of_that_block_only() {
 }
 
 #[test]
-fn a_flipped_bit_in_the_index_or_the_footer_fails_the_open() {
+fn a_flipped_bit_in_the_index_or_the_footer_fails_the_open_or_the_filters_read() {
     run(async {
         let (disk, _, name) = five_blocks().await;
         let len = disk.file_len(&name).unwrap();
