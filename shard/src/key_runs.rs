@@ -242,9 +242,10 @@ impl<D: Disk> KeyRuns<D> {
         })
     }
 
-    /// Reads the Bloom filters an open left unread (version 4 runs read their fence keys
-    /// alone): called once the open has let the runs past the key window go, so that only the
-    /// runs within it read theirs.
+    /// Reads the Bloom filters an open left unread (version 5 runs read their page directory
+    /// alone, version 4 runs their fence keys), and the fence keys of version 5 runs: called
+    /// once the open has let the runs past the key window go and left the fence keys of old
+    /// users' runs on disk, so that only the runs within the window read theirs.
     pub(crate) async fn read_filters(&self) -> Result<(), TradeError> {
         for (_, set) in self.sets.stores() {
             for run in set.runs() {

@@ -61,6 +61,7 @@ mod tests {
         run(async {
             let (disk, entries, _) = five_blocks().await;
             let run = Run::open(&disk, PREFIX, 3, VALUE_BYTES).await.unwrap();
+            run.read_filter().await.unwrap();
             let in_block = |n: usize| *entries.iter().find(|entry| entry.0 == run.fences.borrow().held()[n]).unwrap();
             let blocks = BlockCache::new(1 << 20);
             // The read of block 2 fails: nothing is kept, and the next get reads the device.

@@ -10,21 +10,23 @@
 //! the run is read only by finds of old keys, never by a check of a new key (`set.rs`).
 //!
 //! A page is the run file's bytes, as the index section holds them (`mod.rs`, "File
-//! format"): the open checked them with the section's checksum, and the checksum kept here
-//! for each page (xxh3-64 of its bytes) checks them again at every use, so damage after the
-//! open is refused with its offset, never read as a wrong block boundary that would answer
-//! "absent" for a key the run holds.
+//! format"). The checksum kept for each page (xxh3-64 of its bytes) comes from the page
+//! directory an open read (version 5, `index.rs`) or from the fence keys an open checked (an
+//! older run), and checks the page at every use, so damage is refused with its offset, never
+//! read as a wrong block boundary that would answer "absent" for a key the run holds.
+//!
+//! An open of a version 5 run reads its directory alone, so every such run starts paged; one
+//! that stays within the window holds its fences again once its filter is read, and one left
+//! on disk on purpose (past the window, or old in a store only listed) stays paged.
 
 use tradeshard_wal::disk::{Disk, DiskFile};
 use xxhash_rust::xxh3::xxh3_64;
 
 use super::blocks::BlockCache;
 use super::format::FENCE_BYTES;
+use super::index::{page_sum, PAGE_FENCES};
 use super::{io, Run};
 use crate::error::TradeError;
-
-/// Fence keys in a page: 4096 bytes of them.
-const PAGE_FENCES: usize = 256;
 
 /// A data block's place in its run: its number, its fence key and the next block's (none
 /// after the last block).
@@ -54,6 +56,9 @@ pub(super) struct Paged {
     sums: Vec<u64>,
     /// Fence keys in all (the run's data blocks).
     count: u64,
+    /// Left on disk on purpose (past the key window, or old in a store only listed), not only
+    /// because an open read the page directory alone.
+    kept_on_disk: bool,
 }
 
 /// A page of fence keys, read and checked: its number and keys. A walk over blocks in order
@@ -72,20 +77,40 @@ impl Fences {
         }
     }
 
-    /// Keeps only the pages' first keys and checksums.
-    pub(super) fn page_out(&mut self) {
-        let Fences::Held(fences) = self else { return };
+    /// The fence keys of `count` blocks as a page directory gives them (`index.rs`): the
+    /// pages' first keys and checksums.
+    pub(super) fn from_directory(firsts: Vec<u128>, sums: Vec<u64>, count: u64) -> Fences {
+        Fences::Paged(Paged { firsts, sums, count, kept_on_disk: false })
+    }
+
+    /// Leaves the fence keys on disk for good, keeping only the pages' first keys and
+    /// checksums; false if they were already.
+    pub(super) fn page_out(&mut self) -> bool {
+        let fences = match self {
+            Fences::Paged(paged) => return !std::mem::replace(&mut paged.kept_on_disk, true),
+            Fences::Held(fences) => fences,
+        };
         let pages = fences.len().div_ceil(PAGE_FENCES);
         let (firsts, sums) = (Vec::with_capacity(pages), Vec::with_capacity(pages));
-        let mut paged = Paged { firsts, sums, count: fences.len() as u64 };
-        let mut bytes = Vec::with_capacity(PAGE_FENCES * FENCE_BYTES as usize);
+        let mut paged = Paged { firsts, sums, count: fences.len() as u64, kept_on_disk: true };
         for page in fences.chunks(PAGE_FENCES) {
-            bytes.clear();
-            page.iter().for_each(|key| bytes.extend_from_slice(&key.to_le_bytes()));
             paged.firsts.push(page[0]);
-            paged.sums.push(xxh3_64(&bytes));
+            paged.sums.push(page_sum(page));
         }
         *self = Fences::Paged(paged);
+        true
+    }
+
+    /// Whether they are left on disk on purpose ([`page_out`](Self::page_out)).
+    pub(super) fn kept_on_disk(&self) -> bool {
+        matches!(self, Fences::Paged(Paged { kept_on_disk: true, .. }))
+    }
+
+    /// Holds `fences`, the run's fence keys read whole, unless they are left on disk on purpose.
+    pub(super) fn hold(&mut self, fences: Vec<u128>) {
+        if !self.kept_on_disk() {
+            *self = Fences::Held(fences);
+        }
     }
 
     #[cfg(test)]
@@ -124,8 +149,10 @@ impl<D: Disk> Run<D> {
         };
         let mut read = None;
         let keys = self.page(page, &mut read, Some(blocks)).await?;
-        // The page's first key is at or below the key: the index is at least 0.
-        let index = keys.partition_point(|fence| *fence <= key) - 1;
+        // The page's first key is the one memory holds for it, at or below the key.
+        let index = keys.partition_point(|fence| *fence <= key).checked_sub(1).ok_or_else(|| {
+            self.corrupt(self.page_offset(page), "a page of run fence keys whose first key is not its directory's")
+        })?;
         self.bounds_in_page(page, keys, index).map(Some)
     }
 
@@ -148,11 +175,15 @@ impl<D: Disk> Run<D> {
 
     /// Bounds of the block at `index` of page `at`, whose keys are `keys`.
     fn bounds_in_page(&self, at: u64, keys: &[u128], index: usize) -> Result<Bounds, TradeError> {
-        let Fences::Paged(paged) = &*self.fences.borrow() else { unreachable!("the keys of a page") };
+        let number = at * PAGE_FENCES as u64 + index as u64;
+        let next_first = match &*self.fences.borrow() {
+            Fences::Paged(paged) => paged.firsts.get(at as usize + 1).copied(),
+            // Held again while the page was read (the open read the run's filter meanwhile).
+            Fences::Held(fences) => fences.get((at as usize + 1) * PAGE_FENCES).copied(),
+        };
         let fence =
             *keys.get(index).ok_or_else(|| self.corrupt(self.page_offset(at), "a run block without a fence key"))?;
-        let next = keys.get(index + 1).copied().or_else(|| paged.firsts.get(at as usize + 1).copied());
-        Ok(Bounds { number: at * PAGE_FENCES as u64 + index as u64, fence, next })
+        Ok(Bounds { number, fence, next: keys.get(index + 1).copied().or(next_first) })
     }
 
     /// Page `at`'s keys: those of `kept` if it is that page, else from `blocks` or one read,
@@ -202,7 +233,6 @@ impl<D: Disk> Run<D> {
 
     /// Offset in the file of page `at` of fence keys.
     fn page_offset(&self, at: u64) -> u64 {
-        let fences_at = self.footer.index_offset() + self.footer.bloom_words * 8;
-        fences_at + at * (PAGE_FENCES as u64 * FENCE_BYTES)
+        self.footer.fences_offset() + at * (PAGE_FENCES as u64 * FENCE_BYTES)
     }
 }

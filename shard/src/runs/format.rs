@@ -16,6 +16,7 @@ use xxhash_rust::xxh3::{xxh3_64, xxh3_64_with_seed, Xxh3};
 
 use super::bloom::{Bloom, Filling, HASHES_MAX, LINE_WORDS};
 use super::fences::Bounds;
+use super::index::{self, DIRECTORY_ENTRY_BYTES};
 use super::{Value, KEY_BYTES, VALUE_BYTES_MAX};
 use crate::columns::{self, Columns, Spans};
 
@@ -28,10 +29,14 @@ const TRAILER_AT: usize = BLOCK - 16;
 const RESERVED_AT: usize = TRAILER_AT + 4;
 const CHECKSUM_AT: usize = TRAILER_AT + 8;
 const MAGIC: [u8; 4] = *b"TSRN";
-/// The version written: blocks of columns, and a checksum of the fence keys alone in the
-/// footer. Version 3 (no such checksum) is still read, and so are version 2 (entries back to
-/// back) and version 1 (that, and no age of its keys: it never passes a key window).
-const VERSION: u16 = 4;
+/// The version written: blocks of columns, and a page directory of the fence keys in the index
+/// section with its checksum in the footer (`index.rs`). Version 4 (a checksum of the fence
+/// keys alone, no directory) and version 3 (neither) are still read, and so are version 2
+/// (entries back to back) and version 1 (that, and no age of its keys: it never passes a key
+/// window).
+const VERSION: u16 = 5;
+/// Blocks of columns and a checksum of the fence keys alone.
+const VERSION_FENCES: u16 = 4;
 /// Blocks of columns without a checksum of the fence keys alone.
 const VERSION_COLUMNS: u16 = 3;
 /// The version of entries back to back with the age of their keys.
@@ -44,8 +49,8 @@ pub(super) const BLOCK_ENTRIES_MAX: usize = 1024;
 const FOOTER_FIELDS_V1: usize = 64;
 const FOOTER_FIELDS_V3: usize = 80;
 const FOOTER_FIELDS: usize = 88;
-/// Where version 4's checksum of the fence keys is.
-const FENCES_CHECKSUM_AT: usize = 72;
+/// Where version 4's checksum of the fence keys, and version 5's of the page directory, is.
+const FENCE_CHECK_AT: usize = 72;
 /// Where version 2's age fields start (the newest time, then the position).
 const AGE_AT: usize = 56;
 pub(super) const FENCE_BYTES: u64 = KEY_BYTES as u64;
@@ -85,11 +90,21 @@ pub(super) struct Footer {
     pub hashes: u32,
     /// xxh3_64 of the index section without its padding.
     pub index_checksum: u64,
-    /// xxh3_64 of the fence keys alone (version 4), so that they can be read and checked
-    /// without the Bloom filter.
-    pub fences_checksum: Option<u64>,
+    /// What checks the fence keys apart from the Bloom filter.
+    pub fence_check: FenceCheck,
     /// How old the run's keys are.
     pub age: KeysAge,
+}
+
+/// What a footer holds to check the fence keys without reading the Bloom filter.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum FenceCheck {
+    /// Nothing (versions 1 to 3): the index section is read and checked whole.
+    Whole,
+    /// xxh3_64 of the fence keys alone (version 4).
+    Fences(u64),
+    /// xxh3_64 of the page directory that follows the fence keys (version 5).
+    Directory(u64),
 }
 
 /// How old the keys of a run are: none was added after `newest_ms` (ms since the Unix epoch),
@@ -113,7 +128,25 @@ impl KeysAge {
 impl Footer {
     /// Bytes of the index section without its padding.
     pub(super) fn index_bytes(&self) -> u64 {
-        self.bloom_words * 8 + self.data_blocks * FENCE_BYTES
+        self.bloom_words * 8 + self.data_blocks * FENCE_BYTES + self.directory_bytes()
+    }
+
+    /// Bytes of the page directory (none before version 5).
+    pub(super) fn directory_bytes(&self) -> u64 {
+        match self.fence_check {
+            FenceCheck::Directory(_) => index::pages(self.data_blocks) * DIRECTORY_ENTRY_BYTES,
+            FenceCheck::Whole | FenceCheck::Fences(_) => 0,
+        }
+    }
+
+    /// Where the fence keys start.
+    pub(super) fn fences_offset(&self) -> u64 {
+        self.index_offset() + self.bloom_words * 8
+    }
+
+    /// Where the page directory starts.
+    pub(super) fn directory_offset(&self) -> u64 {
+        self.fences_offset() + self.data_blocks * FENCE_BYTES
     }
 
     pub(super) fn index_offset(&self) -> u64 {
@@ -165,7 +198,8 @@ impl Footer {
         out.extend_from_slice(&self.index_checksum.to_le_bytes());
         out.extend_from_slice(&self.age.newest_ms.to_le_bytes());
         out.extend_from_slice(&self.age.through.to_le_bytes());
-        out.extend_from_slice(&self.fences_checksum.expect("written with a checksum of its fence keys").to_le_bytes());
+        let FenceCheck::Directory(directory_sum) = self.fence_check else { panic!("written with a page directory") };
+        out.extend_from_slice(&directory_sum.to_le_bytes());
         debug_assert_eq!(out.len(), FOOTER_FIELDS - 8);
         let sum = xxh3_64(&out);
         out.extend_from_slice(&sum.to_le_bytes());
@@ -188,7 +222,7 @@ impl Footer {
             1 => (FOOTER_FIELDS_V1, false),
             VERSION_FIXED => (FOOTER_FIELDS_V3, false),
             VERSION_COLUMNS => (FOOTER_FIELDS_V3, true),
-            VERSION => (FOOTER_FIELDS, true),
+            VERSION_FENCES | VERSION => (FOOTER_FIELDS, true),
             _ => return Err("a run file of an unknown format version"),
         };
         if u64_at(fields - 8) != xxh3_64(&bytes[..fields - 8]) {
@@ -201,7 +235,11 @@ impl Footer {
             FOOTER_FIELDS_V1 => KeysAge::UNKNOWN,
             _ => KeysAge { newest_ms: u64_at(AGE_AT), through: u64_at(AGE_AT + 8) },
         };
-        let fences_checksum = (fields == FOOTER_FIELDS).then(|| u64_at(FENCES_CHECKSUM_AT));
+        let fence_check = match u16_at(4) {
+            VERSION_FENCES => FenceCheck::Fences(u64_at(FENCE_CHECK_AT)),
+            VERSION => FenceCheck::Directory(u64_at(FENCE_CHECK_AT)),
+            _ => FenceCheck::Whole,
+        };
         let entry_bytes = usize::from(u16_at(6));
         if entry_bytes < KEY_BYTES || self::entry_bytes(entry_bytes - KEY_BYTES) != Some(entry_bytes) {
             return Err("a run file of entries of a size no run has");
@@ -216,7 +254,7 @@ impl Footer {
             bloom_words: u64_at(36),
             hashes: u32_at(44),
             index_checksum: u64_at(48),
-            fences_checksum,
+            fence_check,
             age,
         };
         if footer.id != id {
@@ -243,10 +281,15 @@ impl Footer {
         }
         // The same sums as the methods above, checked: a footer whose sizes overflow cannot
         // add up to a real file's length.
+        let directory = match footer.fence_check {
+            FenceCheck::Directory(_) => index::pages(footer.data_blocks).checked_mul(DIRECTORY_ENTRY_BYTES),
+            FenceCheck::Whole | FenceCheck::Fences(_) => Some(0),
+        };
         let blocks = footer
             .bloom_words
             .checked_mul(8)
             .and_then(|bloom| bloom.checked_add(footer.data_blocks.checked_mul(FENCE_BYTES)?))
+            .and_then(|index| index.checked_add(directory?))
             .map(|index| index.div_ceil(BLOCK_U64))
             .and_then(|index_blocks| index_blocks.checked_add(footer.data_blocks)?.checked_add(1));
         if blocks.and_then(|blocks| blocks.checked_mul(BLOCK_U64)) != Some(file_len) {
@@ -254,30 +297,6 @@ impl Footer {
         }
         Ok(footer)
     }
-}
-
-/// xxh3_64 of fence keys as the index section holds them (u128 each, little-endian).
-pub(super) fn fences_checksum(fences: &[u128]) -> u64 {
-    let mut hasher = Xxh3::new();
-    fences.iter().for_each(|fence| hasher.update(&fence.to_le_bytes()));
-    hasher.digest()
-}
-
-/// The fence keys of a version 4 run from `bytes`, the index section's part after the Bloom
-/// filter (`footer.data_blocks` keys), checked against the footer's checksum of them.
-pub(super) fn decode_fences(footer: &Footer, bytes: &[u8]) -> Result<Vec<u128>, &'static str> {
-    if bytes.len() as u64 != footer.data_blocks * FENCE_BYTES {
-        return Err("run fence keys cut short");
-    }
-    if footer.fences_checksum != Some(xxh3_64(bytes)) {
-        return Err("run fence keys checksum mismatch");
-    }
-    let fences: Vec<u128> =
-        bytes.chunks_exact(16).map(|key| u128::from_le_bytes(key.try_into().expect("16 bytes"))).collect();
-    if fences.windows(2).any(|pair| pair[0] >= pair[1]) {
-        return Err("run fence keys not strictly ascending");
-    }
-    Ok(fences)
 }
 
 /// Writes block `number` of run `id`'s trailer into `block` (which holds `count` entries, and
@@ -365,77 +384,6 @@ pub(super) fn find_in_block(block: &[u8], count: usize, key: u128, entry_bytes: 
         }
     }
     None
-}
-
-/// Reads an index section fed in pieces (the disk path reads it a megabyte at a time): the
-/// Bloom filter's words, then the fence keys, then zero padding to a block.
-pub(super) struct IndexDecoder {
-    footer: Footer,
-    /// Bytes of the section taken so far.
-    at: u64,
-    hasher: Box<Xxh3>,
-    bloom: Vec<u64>,
-    fences: Vec<u128>,
-}
-
-impl IndexDecoder {
-    /// A decoder for the index of the run `footer` describes (a footer [`Footer::decode`]
-    /// accepted against the file's real length, so the sizes are those of bytes that exist).
-    pub(super) fn new(footer: Footer) -> IndexDecoder {
-        IndexDecoder {
-            footer,
-            at: 0,
-            hasher: Box::new(Xxh3::new()),
-            bloom: Vec::with_capacity(footer.bloom_words as usize),
-            fences: Vec::with_capacity(footer.data_blocks as usize),
-        }
-    }
-
-    /// Takes the next `bytes` of the section (a multiple of 16 bytes long: the disk path feeds
-    /// whole blocks).
-    pub(super) fn feed(&mut self, bytes: &[u8]) -> Result<(), &'static str> {
-        if !bytes.len().is_multiple_of(16) {
-            return Err("a run index fed in pieces of no whole words");
-        }
-        let bloom_end = self.footer.bloom_words * 8;
-        let end = self.footer.index_bytes();
-        let padded_end = self.footer.footer_offset() - self.footer.index_offset();
-        if self.at + bytes.len() as u64 > padded_end {
-            return Err("a run index longer than its footer says");
-        }
-        let held = end.saturating_sub(self.at).min(bytes.len() as u64) as usize;
-        self.hasher.update(&bytes[..held]);
-        for piece in bytes.chunks_exact(16) {
-            if self.at < bloom_end {
-                self.bloom.push(u64::from_le_bytes(piece[..8].try_into().expect("8 bytes")));
-                self.bloom.push(u64::from_le_bytes(piece[8..].try_into().expect("8 bytes")));
-            } else if self.at < end {
-                let fence = u128::from_le_bytes(piece.try_into().expect("16 bytes"));
-                if self.fences.last().is_some_and(|last| *last >= fence) {
-                    return Err("run fence keys not strictly ascending");
-                }
-                self.fences.push(fence);
-            } else if piece.iter().any(|&b| b != 0) {
-                return Err("a run index with bytes where zeros belong");
-            }
-            self.at += 16;
-        }
-        Ok(())
-    }
-
-    /// The Bloom filter and the fence keys, once the whole section was fed and checked.
-    pub(super) fn finish(self) -> Result<(Bloom, Vec<u128>), &'static str> {
-        if self.at != self.footer.footer_offset() - self.footer.index_offset() {
-            return Err("a run index cut short");
-        }
-        if self.hasher.digest() != self.footer.index_checksum {
-            return Err("run index checksum mismatch");
-        }
-        if self.footer.fences_checksum.is_some_and(|sum| sum != fences_checksum(&self.fences)) {
-            return Err("run fence keys checksum mismatch");
-        }
-        Ok((Bloom::from_words(self.bloom, self.footer.hashes), self.fences))
-    }
 }
 
 /// Turns entries in strictly ascending key order into a run file's bytes: data blocks as they
@@ -545,10 +493,12 @@ impl Encoder {
             bloom_words: bloom.words().len() as u64,
             hashes: bloom.hashes(),
             index_checksum: 0,
-            fences_checksum: Some(fences_checksum(&self.fences)),
+            fence_check: FenceCheck::Directory(0),
             age: self.age,
         };
-        Ok(Tail { footer, bloom, fences: self.fences, next: 0, hasher: Box::new(Xxh3::new()), done: false })
+        let directory = index::directory_bytes(&self.fences);
+        let footer = Footer { fence_check: FenceCheck::Directory(xxh3_64(&directory)), ..footer };
+        Ok(Tail { footer, bloom, fences: self.fences, directory, next: 0, hasher: Box::new(Xxh3::new()), done: false })
     }
 }
 
@@ -558,7 +508,10 @@ pub(super) struct Tail {
     footer: Footer,
     bloom: Bloom,
     fences: Vec<u128>,
-    /// The next word of the index to append: Bloom words first, then fence keys.
+    /// The page directory's bytes.
+    directory: Vec<u8>,
+    /// The next item of the index to append: Bloom words first, then fence keys, then the
+    /// directory's entries.
     next: usize,
     hasher: Box<Xxh3>,
     done: bool,
@@ -569,12 +522,15 @@ impl Tail {
     /// holds `limit` bytes or more; true once the footer is appended.
     pub(super) fn write_to(&mut self, out: &mut Vec<u8>, limit: usize) -> bool {
         let words = self.bloom.words();
-        let items = words.len() + self.fences.len();
+        let entry = DIRECTORY_ENTRY_BYTES as usize;
+        let (fences_at, directory_at) = (words.len(), words.len() + self.fences.len());
+        let items = directory_at + self.directory.len() / entry;
         let start = out.len();
         while self.next < items && out.len() < limit {
-            match words.get(self.next) {
-                Some(word) => out.extend_from_slice(&word.to_le_bytes()),
-                None => out.extend_from_slice(&self.fences[self.next - words.len()].to_le_bytes()),
+            match self.next {
+                n if n < fences_at => out.extend_from_slice(&words[n].to_le_bytes()),
+                n if n < directory_at => out.extend_from_slice(&self.fences[n - fences_at].to_le_bytes()),
+                n => out.extend_from_slice(&self.directory[(n - directory_at) * entry..][..entry]),
             }
             self.next += 1;
         }

@@ -2,7 +2,8 @@
 //! seeds (`testing` feature): the same footer, index and block checks, in the same order.
 
 use super::fences::bounds_in;
-use super::format::{check_block, key_at, value_at, Encoder, Footer, IndexDecoder, BLOCK};
+use super::format::{check_block, key_at, value_at, Encoder, FenceCheck, Footer, BLOCK};
+use super::index::{decode_directory, decode_fences, IndexDecoder};
 use super::{Value, READ_BYTES, VALUE_BYTES_MAX};
 
 /// For fuzzing: `bytes` as the file of run `id`, read as an open reads it (footer, then the
@@ -16,6 +17,19 @@ pub fn decode_for_fuzzing(bytes: &[u8], id: u64) -> Result<Vec<(u128, Value)>, &
     }
     let footer_at = bytes.len() - BLOCK;
     let footer = Footer::decode(&bytes[footer_at..], id, size)?;
+    // What an open reads before the filter: the page directory, or the fence keys alone.
+    match footer.fence_check {
+        FenceCheck::Directory(_) => {
+            _ = decode_directory(
+                &footer,
+                &bytes[footer.directory_offset() as usize..][..footer.directory_bytes() as usize],
+            )?
+        }
+        FenceCheck::Fences(_) => {
+            _ = decode_fences(&footer, &bytes[footer.fences_offset() as usize..footer.directory_offset() as usize])?
+        }
+        FenceCheck::Whole => {}
+    }
     let mut index = IndexDecoder::new(footer);
     let index_at = footer.index_offset() as usize;
     for piece in bytes[index_at..footer_at].chunks(READ_BYTES) {

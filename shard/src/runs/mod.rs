@@ -26,27 +26,32 @@
 //!   block but the last; they are still read.
 //! - The index section from offset `data_blocks × 4096`: the Bloom filter's words (u64 each),
 //!   then the fence keys (the first key of each data block, u128 each, strictly ascending),
-//!   zero-padded to a multiple of 4096 bytes.
+//!   then the page directory (`index.rs`): for each page of 256 fence keys, its first key
+//!   (u128), the xxh3-64 of its bytes (u64) and 8 zero bytes; zero-padded to a multiple of
+//!   4096 bytes.
 //! - The footer, the file's last 4096 bytes: at 0 the magic `TSRN`, 4 the format version (u16,
-//!   4), 6 the entry bytes (u16: 16 plus a value of 0 to 56 bytes, a multiple of 8), 8 the run id (u64), 16 the level (u32), 20 the entry
+//!   5), 6 the entry bytes (u16: 16 plus a value of 0 to 56 bytes, a multiple of 8), 8 the run id (u64), 16 the level (u32), 20 the entry
 //!   count (u64, at least 1), 28 the data blocks (u64, at least 1, at most `entries`, and
 //!   `entries ≤ 1024 × data_blocks`; versions 1 and 2: `ceil(entries / (4080 / E))`), 36 the Bloom
 //!   filter's words (u64, a multiple of 8, at least 8), 44 the Bloom probe count (u32, 1..=7),
 //!   48 `xxh3_64` of the index section without its padding (u64), 56 the newest time a key was
 //!   added (u64, ms since the Unix epoch), 64 the log position every key was applied below
-//!   (u64), 72 `xxh3_64` of the fence keys alone (u64), 80 `xxh3_64` of footer bytes 0..80
-//!   (u64); bytes 88..4096 are reserved and zero. Versions 2 and 3 have no checksum of the
-//!   fence keys: theirs is at 72, over bytes 0..72, and bytes 80..4096 are zero; they are still
-//!   read. Version 1 has no age: its checksum is at 56, over bytes 0..56, and bytes 64..4096 are zero;
+//!   (u64), 72 `xxh3_64` of the page directory (u64), 80 `xxh3_64` of footer bytes 0..80
+//!   (u64); bytes 88..4096 are reserved and zero. Version 4 has no page directory and at 72
+//!   the `xxh3_64` of the fence keys alone. Versions 2 and 3 have neither: their checksum is at
+//!   72, over bytes 0..72, and bytes 80..4096 are zero. All are still read. Version 1 has no age: its checksum is at 56, over bytes 0..56, and bytes 64..4096 are zero;
 //!   it is still read, its keys of unknown age (never past a key window).
 //!
 //! The file is exactly `(data_blocks + ceil(index_bytes / 4096) + 1) × 4096` bytes long, where
-//! `index_bytes = 8 × bloom_words + 16 × data_blocks`. An open reads and checks the footer
-//! (checksum, magic, version, entry size, the id against the file's name, the sizes against the
-//! file's length) and a version 4 run's fence keys (their checksum, ascending); the Bloom
-//! filter waits until the open knows the run stays within its store's key window
-//! ([`Run::read_filter`], which checks the whole index section: checksum, padding). A version 3
-//! run's index section is read and checked whole at the open. A read checks
+//! `index_bytes = 8 × bloom_words + 16 × data_blocks + 32 × ceil(data_blocks / 256)` (no
+//! directory before version 5). An open reads and checks the footer (checksum, magic, version,
+//! entry size, the id against the file's name, the sizes against the file's length) and a
+//! version 5 run's page directory (its checksum, first keys ascending): the fence keys stay on
+//! disk, and so what an open reads of a store's runs is 32 bytes a page of 256 blocks, not a
+//! part of its history. The Bloom filter and the fence keys wait until the open knows the run
+//! stays within its store's key window ([`Run::read_filter`], which checks the whole index
+//! section: checksum, padding, the directory against the fence keys). A version 4 run's fence
+//! keys, and a version 3 run's whole index section, are read and checked at the open. A read checks
 //! the one block it reads (checksum, count, padding, keys ascending, first key equal to its
 //! fence key, last key below the next fence key). The Bloom filter is in `bloom.rs`: a blocked
 //! filter of 64-byte lines, 16 bits and 7 probes per entry.
@@ -57,6 +62,7 @@ mod fences;
 mod format;
 #[cfg(any(test, feature = "testing"))]
 mod fuzzing;
+mod index;
 mod set;
 #[cfg(test)]
 mod tests;
@@ -70,7 +76,8 @@ use crate::error::{LogError, TradeError};
 pub(crate) use bloom::key_hash;
 use bloom::Bloom;
 use fences::{Bounds, Fences};
-use format::{check_block, decode_fences, find_in_block, key_at, Entries, Footer, IndexDecoder, BLOCK};
+use format::{check_block, find_in_block, key_at, Entries, FenceCheck, Footer, BLOCK};
+use index::{decode_directory, decode_fences, IndexDecoder};
 
 pub(crate) use blocks::BlockCache;
 pub(crate) use format::KeysAge;
@@ -134,9 +141,9 @@ pub(crate) struct Run<D: Disk> {
     fences: RefCell<Fences>,
 }
 
-/// A run's Bloom filter: not read yet (an open reads a version 4 run's fence keys alone, and
-/// its filter only once the run is known to stay within the key window), held, or let go past
-/// the window.
+/// A run's Bloom filter: not read yet (an open reads a version 5 run's page directory alone, or
+/// a version 4 run's fence keys, and its filter only once the run is known to stay within the
+/// key window), held, or let go past the window.
 enum FilterState {
     Unread,
     Held(Bloom),
@@ -190,31 +197,55 @@ impl<D: Disk> Run<D> {
         if footer.value_bytes() != value_bytes {
             return Err(corrupt(disk, &name, footer_at, "a run file of entries of another size than its store's"));
         }
-        if footer.fences_checksum.is_some() {
-            // The fence keys alone: the filter waits until the run is known to need it.
-            let at = footer.index_offset() + footer.bloom_words * 8;
-            let len = (footer.data_blocks * format::FENCE_BYTES) as usize;
-            let bytes = file.read_at(at, len).await.map_err(|e| io(disk, &name, "read", e))?;
-            let fences = decode_fences(&footer, &bytes).map_err(|reason| corrupt(disk, &name, at, reason))?;
-            let (bloom, fences) = (RefCell::new(FilterState::Unread), RefCell::new(Fences::Held(fences)));
-            return Ok(Run { disk: disk.clone(), name, file, footer, bloom, fences });
-        }
-        let (bloom, fences) = read_index(disk, &name, &file, &footer).await?;
-        let (bloom, fences) = (RefCell::new(FilterState::Held(bloom)), RefCell::new(Fences::Held(fences)));
+        // The filter, and with a page directory the fence keys too, wait until the run is known
+        // to need them.
+        let read = |at: u64, len: u64| {
+            let (file, name) = (&file, &name);
+            async move {
+                let bytes = file.read_at(at, len as usize).await.map_err(|e| io(disk, name, "read", e))?;
+                match bytes.len() as u64 == len {
+                    true => Ok(bytes),
+                    false => Err(corrupt(disk, name, at + bytes.len() as u64, "a run file cut short")),
+                }
+            }
+        };
+        let (bloom, fences) = match footer.fence_check {
+            FenceCheck::Directory(_) => {
+                let at = footer.directory_offset();
+                let bytes = read(at, footer.directory_bytes()).await?;
+                let (firsts, sums) =
+                    decode_directory(&footer, &bytes).map_err(|reason| corrupt(disk, &name, at, reason))?;
+                (FilterState::Unread, Fences::from_directory(firsts, sums, footer.data_blocks))
+            }
+            FenceCheck::Fences(_) => {
+                let at = footer.fences_offset();
+                let bytes = read(at, footer.data_blocks * format::FENCE_BYTES).await?;
+                let fences = decode_fences(&footer, &bytes).map_err(|reason| corrupt(disk, &name, at, reason))?;
+                (FilterState::Unread, Fences::Held(fences))
+            }
+            FenceCheck::Whole => {
+                let (bloom, fences) = read_index(disk, &name, &file, &footer).await?;
+                (FilterState::Held(bloom), Fences::Held(fences))
+            }
+        };
+        let (bloom, fences) = (RefCell::new(bloom), RefCell::new(fences));
         Ok(Run { disk: disk.clone(), name, file, footer, bloom, fences })
     }
 
-    /// Reads the Bloom filter an open left unread (`FilterState::Unread`), checking the whole
-    /// index section; nothing to do for a run whose filter is held or gone.
+    /// Reads the Bloom filter an open left unread (`FilterState::Unread`), and the fence keys
+    /// if the open read only their page directory, checking the whole index section. Nothing to
+    /// do for a run whose filter is held or gone, nor for one whose fences are left on disk on
+    /// purpose (an old run of a store only listed, whose filter answers for no key).
     pub(crate) async fn read_filter(&self) -> Result<(), TradeError> {
-        if !matches!(*self.bloom.borrow(), FilterState::Unread) {
+        if !matches!(*self.bloom.borrow(), FilterState::Unread) || self.fences.borrow().kept_on_disk() {
             return Ok(());
         }
-        let (bloom, _) = read_index(&self.disk, &self.name, &self.file, &self.footer).await?;
+        let (bloom, fences) = read_index(&self.disk, &self.name, &self.file, &self.footer).await?;
         let mut state = self.bloom.borrow_mut();
         // A run let go past the window meanwhile stays so.
         if matches!(*state, FilterState::Unread) {
             *state = FilterState::Held(bloom);
+            self.fences.borrow_mut().hold(fences);
         }
         Ok(())
     }
@@ -265,10 +296,7 @@ impl<D: Disk> Run<D> {
 
     /// Leaves the fence keys on disk, keeping the filter; false if they were already.
     pub(crate) fn page_fences(&self) -> bool {
-        let mut fences = self.fences.borrow_mut();
-        let held = matches!(*fences, Fences::Held(_));
-        fences.page_out();
-        held
+        self.fences.borrow_mut().page_out()
     }
 
     /// Whether the run is past its store's key window (it let its filter go).

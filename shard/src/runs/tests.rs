@@ -108,7 +108,8 @@ fn every_key_reads_back(id: u64, value_bytes: usize, per_block: usize) {
                 assert_eq!(run.read(key, &no_cache()).await.unwrap(), None, "{key:#x}, the filter not asked");
             }
         }
-        // The open read the fence keys alone; the filter comes when asked for, checked.
+        // The open read the page directory alone; the filter and the fence keys come when asked
+        // for, checked.
         assert!(matches!(*opened.bloom.borrow(), FilterState::Unread));
         opened.read_filter().await.unwrap();
         assert_eq!(written.bloom.borrow().held(), opened.bloom.borrow().held());
@@ -236,6 +237,7 @@ fn a_merge_keeps_the_newest_value_of_each_key() {
     });
 }
 
+mod old_versions;
 mod paged_fences;
 mod set_model;
 
@@ -274,6 +276,7 @@ fn a_flipped_bit_in_a_block_fails_the_read_of_that_block_only() {
         let (disk, entries, name) = five_blocks().await;
         disk.flip_bit(&name, 2 * BLOCK as u64 + 100, 3);
         let run = Rc::new(Run::open(&disk, PREFIX, 3, VALUE_BYTES).await.unwrap());
+        run.read_filter().await.unwrap();
         let in_block = |n: usize| *entries.iter().find(|entry| entry.0 == run.fences.borrow().held()[n]).unwrap();
         let (path, offset, reason) = corruption(run.get(in_block(2).0, &no_cache()).await.unwrap_err());
         assert_eq!(
@@ -400,12 +403,12 @@ fn the_sample_file_is_laid_out_as_documented() {
     assert_eq!(bytes.len(), 3 * BLOCK, "a data block, an index block, the footer");
     let footer = &bytes[2 * BLOCK..];
     let u64_at = |at: usize| u64::from_le_bytes(footer[at..at + 8].try_into().unwrap());
-    assert_eq!(&footer[..8], b"TSRN\x04\x00\x28\x00");
+    assert_eq!(&footer[..8], b"TSRN\x05\x00\x28\x00");
     assert_eq!((u64_at(8), &footer[16..20], u64_at(20), u64_at(28), u64_at(36)), (1, &[1, 0, 0, 0][..], 3, 1, 8));
     assert_eq!(&footer[44..48], &[7, 0, 0, 0]);
-    assert_eq!(u64_at(48), xxhash_rust::xxh3::xxh3_64(&bytes[BLOCK..BLOCK + 8 * 8 + 16]));
+    assert_eq!(u64_at(48), xxhash_rust::xxh3::xxh3_64(&bytes[BLOCK..BLOCK + 8 * 8 + 16 + 32]));
     assert_eq!((u64_at(56), u64_at(64)), (fuzzing::SAMPLE_AGE.newest_ms, fuzzing::SAMPLE_AGE.through));
-    assert_eq!(u64_at(72), xxhash_rust::xxh3::xxh3_64(&bytes[BLOCK + 64..BLOCK + 80]), "the fence keys' checksum");
+    assert_eq!(u64_at(72), xxhash_rust::xxh3::xxh3_64(&bytes[BLOCK + 80..BLOCK + 112]), "the directory's checksum");
     assert_eq!(u64_at(80), xxhash_rust::xxh3::xxh3_64(&footer[..80]));
     assert!(footer[88..].iter().all(|&b| b == 0));
     let block = &bytes[..BLOCK];
@@ -415,107 +418,16 @@ fn the_sample_file_is_laid_out_as_documented() {
     assert_eq!(&block[4088..], &sum.to_le_bytes());
     let first_key = 0x09E3_779B_97F4_A7C1_5F39_CC06_05CE_DC83u128;
     assert_eq!(&bytes[BLOCK + 64..BLOCK + 80], &first_key.to_le_bytes(), "the fence key is the block's first key");
+    // The page directory: the page's first key, xxh3 of its fence keys, zeros.
+    assert_eq!(&bytes[BLOCK + 80..BLOCK + 96], &first_key.to_le_bytes());
+    assert_eq!(&bytes[BLOCK + 96..BLOCK + 104], &xxhash_rust::xxh3::xxh3_64(&first_key.to_le_bytes()).to_le_bytes());
+    assert!(bytes[BLOCK + 104..2 * BLOCK].iter().all(|&b| b == 0));
     // The block's entries as columns: the least byte of each, then the widths.
     let columns = crate::columns::Columns::parse(&block[..4080], 40, 3).unwrap();
     assert!(block[columns.end()..4080].iter().all(|&b| b == 0));
     let mut entry = [0u8; 40];
     columns.row(block, 0, &mut entry);
     assert_eq!((&entry[..16], &entry[16..]), (&first_key.to_le_bytes()[..], &[1u8; 24][..]));
-}
-
-/// Files of the two sample runs as the build before wrote them (version 2: entries back to
-/// back).
-const VERSION_2_SAMPLES: [(&[u8], usize); 2] = [
-    (include_bytes!("fixtures/version-2-three-entries.run"), 24),
-    (include_bytes!("fixtures/version-2-three-wide-entries.run"), 56),
-];
-
-#[test]
-fn a_version_2_file_still_reads_as_it_was_written() {
-    for (bytes, value_bytes) in VERSION_2_SAMPLES {
-        assert_eq!(&bytes[bytes.len() - BLOCK..][..6], b"TSRN\x02\x00");
-        assert_eq!(
-            decode_for_fuzzing(bytes, 1).unwrap(),
-            decode_for_fuzzing(&sample_for_fuzzing(1, value_bytes), 1).unwrap()
-        );
-        for at in (0..bytes.len()).step_by(7) {
-            let mut damaged = bytes.to_vec();
-            damaged[at] ^= 1 << (at % 8);
-            assert!(decode_for_fuzzing(&damaged, 1).is_err(), "byte {at}");
-        }
-    }
-    run(async {
-        let disk = SimDisk::new();
-        let name = Run::<SimDisk>::file_name(PREFIX, 1);
-        disk.put_file(&name, VERSION_2_SAMPLES[0].0);
-        let old = Run::open(&disk, PREFIX, 1, VALUE_BYTES).await.unwrap();
-        let sample = decode_for_fuzzing(&sample_for_fuzzing(1, VALUE_BYTES), 1).unwrap();
-        for (key, value) in &sample {
-            assert_eq!(old.get(*key, &no_cache()).await.unwrap(), Some(*value));
-        }
-        // A merge of it writes the new layout.
-        let merged = merge(&disk, PREFIX, 2, 1, SHAPE, &[Rc::new(old)]).await.unwrap();
-        assert!(merged.footer.columns);
-        for (key, value) in &sample {
-            assert_eq!(merged.get(*key, &no_cache()).await.unwrap(), Some(*value));
-        }
-    });
-}
-
-/// The sample run as the build before wrote it (version 3: no checksum of the fence keys
-/// alone, so an open reads and checks the whole index section, filter included).
-const VERSION_3_SAMPLE: &[u8] = include_bytes!("fixtures/version-3-three-entries.run");
-
-#[test]
-fn a_version_3_file_still_reads_and_opens_with_its_filter() {
-    assert_eq!(&VERSION_3_SAMPLE[VERSION_3_SAMPLE.len() - BLOCK..][..6], b"TSRN\x03\x00");
-    let sample = decode_for_fuzzing(&sample_for_fuzzing(1, VALUE_BYTES), 1).unwrap();
-    assert_eq!(decode_for_fuzzing(VERSION_3_SAMPLE, 1).unwrap(), sample);
-    for at in (0..VERSION_3_SAMPLE.len()).step_by(7) {
-        let mut damaged = VERSION_3_SAMPLE.to_vec();
-        damaged[at] ^= 1 << (at % 8);
-        assert!(decode_for_fuzzing(&damaged, 1).is_err(), "byte {at}");
-    }
-    run(async {
-        let disk = SimDisk::new();
-        disk.put_file(&Run::<SimDisk>::file_name(PREFIX, 1), VERSION_3_SAMPLE);
-        let old = Run::open(&disk, PREFIX, 1, VALUE_BYTES).await.unwrap();
-        assert!(matches!(*old.bloom.borrow(), FilterState::Held(_)), "the filter read at the open");
-        for (key, value) in &sample {
-            assert_eq!(old.get(*key, &no_cache()).await.unwrap(), Some(*value));
-        }
-        let merged = merge(&disk, PREFIX, 2, 1, SHAPE, &[Rc::new(old)]).await.unwrap();
-        assert!(merged.footer.fences_checksum.is_some(), "a merge writes version 4");
-    });
-}
-
-#[test]
-fn a_version_1_footer_still_opens_with_its_keys_of_unknown_age() {
-    let mut bytes = VERSION_2_SAMPLES[0].0.to_vec();
-    let len = bytes.len() as u64;
-    let footer_at = 2 * BLOCK;
-    let aged = format::Footer::decode(&bytes[footer_at..], 1, len).unwrap();
-    assert_eq!(aged.age, fuzzing::SAMPLE_AGE);
-    // Version 1: no age fields, the checksum at 56 over the 56 bytes before it.
-    bytes[footer_at + 4] = 1;
-    bytes[footer_at + 56..footer_at + 80].fill(0);
-    let sum = xxhash_rust::xxh3::xxh3_64(&bytes[footer_at..footer_at + 56]);
-    bytes[footer_at + 56..footer_at + 64].copy_from_slice(&sum.to_le_bytes());
-    let old = format::Footer::decode(&bytes[footer_at..], 1, len).unwrap();
-    assert_eq!(old, format::Footer { age: KeysAge::UNKNOWN, ..aged });
-    assert_eq!(
-        decode_for_fuzzing(&bytes, 1).unwrap(),
-        decode_for_fuzzing(&sample_for_fuzzing(1, VALUE_BYTES), 1).unwrap()
-    );
-    // A version 1 footer with an age where its zeros belong, or a version 5, is refused.
-    let mut aged_v1 = bytes.clone();
-    aged_v1[footer_at + 64] = 1;
-    assert!(format::Footer::decode(&aged_v1[footer_at..], 1, len).is_err());
-    let mut v5 = sample_for_fuzzing(1, VALUE_BYTES);
-    v5[footer_at + 4] = 5;
-    let sum = xxhash_rust::xxh3::xxh3_64(&v5[footer_at..footer_at + 80]);
-    v5[footer_at + 80..footer_at + 88].copy_from_slice(&sum.to_le_bytes());
-    assert_eq!(format::Footer::decode(&v5[footer_at..], 1, len).err(), Some("a run file of an unknown format version"));
 }
 
 #[test]

@@ -10,6 +10,7 @@ async fn run_of_three_pages(disk: &SimDisk, id: u64) -> (Run<SimDisk>, Vec<(u128
     let entries: Vec<(u128, Value)> = keys(21, 110_000).iter().map(|&k| (k, value(k, 1))).collect();
     write(disk, id, 3, &entries).await.unwrap();
     let run = Run::open(disk, PREFIX, id, VALUE_BYTES).await.unwrap();
+    run.read_filter().await.unwrap();
     let fences = run.fences.borrow().held().to_vec();
     assert!((513..768).contains(&fences.len()), "{} blocks", fences.len());
     (run, entries, fences)
@@ -98,5 +99,78 @@ fn a_page_of_fences_damaged_after_the_open_is_refused_with_its_offset() {
         let (_, offset, _) = corruption(merge(&disk, PREFIX, 2, 4, SHAPE, &[Rc::new(run)]).await.unwrap_err());
         assert_eq!(offset, page_1);
         assert_eq!(disk.file_len(&Run::<SimDisk>::file_name(PREFIX, 2)), None, "no merged run left");
+    });
+}
+
+#[test]
+fn an_open_reads_the_page_directory_alone_and_holds_the_fences_once_the_filter_is_read() {
+    run(async {
+        let disk = SimDisk::new();
+        let (_, entries, fences) = run_of_three_pages(&disk, 1).await;
+        let in_block = |n: usize| entries[entries.binary_search_by_key(&fences[n], |entry| entry.0).unwrap()];
+        let ops = disk.ops();
+        let opened = Run::open(&disk, PREFIX, 1, VALUE_BYTES).await.unwrap();
+        assert_eq!(disk.ops() - ops, 4, "the file's open and size, its footer and its page directory");
+        assert!(opened.fences_paged() && matches!(*opened.bloom.borrow(), FilterState::Unread));
+        assert_eq!(opened.memory_bytes(), 3 * 24);
+        let ops = disk.ops();
+        assert_eq!(opened.get(in_block(300).0, &no_cache()).await.unwrap(), Some(in_block(300).1));
+        assert_eq!(disk.ops() - ops, 2, "before the filter is read: the page and the block");
+        opened.read_filter().await.unwrap();
+        assert_eq!(opened.fences.borrow().held(), &fences[..], "held once the run is known to stay within the window");
+        let ops = disk.ops();
+        assert_eq!(opened.get(in_block(300).0, &no_cache()).await.unwrap(), Some(in_block(300).1));
+        assert_eq!(disk.ops() - ops, 1, "the block alone");
+
+        // Left on disk on purpose before the filter is read (an old run of a store only
+        // listed): the filter's read reads nothing, and the fences stay paged.
+        let old = Run::open(&disk, PREFIX, 1, VALUE_BYTES).await.unwrap();
+        assert!(old.page_fences(), "left on disk on purpose now");
+        assert!(!old.page_fences(), "once");
+        let ops = disk.ops();
+        old.read_filter().await.unwrap();
+        assert_eq!(disk.ops(), ops, "nothing read");
+        assert!(old.fences_paged() && matches!(*old.bloom.borrow(), FilterState::Unread));
+        let want: Vec<u128> = entries.iter().rev().take(600).map(|entry| entry.0).collect();
+        assert_eq!(old.keys_down(0, u128::MAX, 600, &no_cache()).await.unwrap(), want);
+    });
+}
+
+#[test]
+fn a_damaged_page_directory_fails_the_open_and_one_not_of_its_fences_fails_the_filters_read() {
+    run(async {
+        let disk = SimDisk::new();
+        let (run, entries, fences) = run_of_three_pages(&disk, 1).await;
+        let footer = run.footer;
+        let name = Run::<SimDisk>::file_name(PREFIX, 1);
+        let pristine = disk.read_file(&name).unwrap();
+        let directory_at = footer.directory_offset();
+        disk.flip_bit(&name, directory_at + 32 + 3, 5);
+        let (_, offset, reason) = corruption(Run::open(&disk, PREFIX, 1, VALUE_BYTES).await.unwrap_err());
+        assert_eq!((offset, reason), (directory_at, "run page directory checksum mismatch"));
+
+        // Page 1's checksum changed, and every checksum over it made again: the open takes the
+        // directory, a read of that page refuses it, and so does the filter's read.
+        let mut bytes = pristine;
+        let sum_at = (directory_at + 32 + 16) as usize;
+        bytes[sum_at] ^= 1;
+        let (index_at, footer_at) = (footer.index_offset() as usize, footer.footer_offset() as usize);
+        let sum = |range: std::ops::Range<usize>, bytes: &[u8]| xxhash_rust::xxh3::xxh3_64(&bytes[range]).to_le_bytes();
+        let directory = directory_at as usize..directory_at as usize + footer.directory_bytes() as usize;
+        let at_72 = sum(directory.clone(), &bytes);
+        bytes[footer_at + 72..footer_at + 80].copy_from_slice(&at_72);
+        let at_48 = sum(index_at..directory.end, &bytes);
+        bytes[footer_at + 48..footer_at + 56].copy_from_slice(&at_48);
+        let at_80 = sum(footer_at..footer_at + 80, &bytes);
+        bytes[footer_at + 80..footer_at + 88].copy_from_slice(&at_80);
+        disk.put_file(&name, &bytes);
+        let opened = Run::open(&disk, PREFIX, 1, VALUE_BYTES).await.unwrap();
+        let in_block = |n: usize| entries[entries.binary_search_by_key(&fences[n], |entry| entry.0).unwrap()];
+        assert_eq!(opened.get(in_block(10).0, &no_cache()).await.unwrap(), Some(in_block(10).1));
+        let (_, offset, _) = corruption(opened.get(in_block(300).0, &no_cache()).await.unwrap_err());
+        assert_eq!(offset, footer.fences_offset() + 4096);
+        let (_, offset, reason) = corruption(opened.read_filter().await.unwrap_err());
+        assert_eq!((offset, reason), (footer.index_offset(), "a run page directory that is not its fence keys'"));
+        assert_eq!(decode_for_fuzzing(&bytes, 1).err(), Some("a run page directory that is not its fence keys'"));
     });
 }
