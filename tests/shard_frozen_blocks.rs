@@ -5,7 +5,7 @@
 //! passes over a damaged checkpoint still finds the copies the newer one made; damage to a copy
 //! or to the index is reported with its path and offset.
 
-use tradeshard_shard::{Command, Move, Shard, TradeError, TradeId, TradeStatus};
+use tradeshard_shard::{Command, Move, Shard, TradeError, TradeId, TradeStatus, Upkeep};
 use tradeshard_tests::{
     call, damage_in, new_trade, newest_checkpoint, paid_from, rolling_shard_config, run, submit, upkeep_on_request,
 };
@@ -223,6 +223,31 @@ fn an_open_reads_the_index_from_its_checkpoints_last_page_and_the_rest_when_aske
         let other: Vec<TradeId> = ids.iter().enumerate().filter(|(n, _)| n / 128 != 5).map(|(_, id)| *id).collect();
         for id in other.iter().step_by(97) {
             assert_eq!(call(|done| shard.get(*id, done)).await.unwrap().status, TradeStatus::Paid);
+        }
+    });
+}
+
+/// The pages of the index read lately are kept within `Upkeep::frozen_index_cache_bytes`: with
+/// the default, a cold trade of an early page costs its index page's read once (after the
+/// table's punched page and before its copy), and not again; with no memory for them, every
+/// time.
+#[test]
+fn the_index_pages_read_lately_are_kept_within_their_budget() {
+    run(async {
+        let disk = SimDisk::new();
+        let shard = open(&disk).await.unwrap();
+        let ids = paid_from(&shard, 0, 16_928).await;
+        shard.checkpoint().await.unwrap();
+        drop(shard);
+        let in_block = |block: u64| ids[(block * BLOCK_RECORDS + 7 - 1) as usize];
+        for (cache_bytes, reads) in [(4 << 20, [3, 2, 2]), (0, [3, 3, 3])] {
+            let upkeep = Upkeep { frozen_index_cache_bytes: cache_bytes, ..upkeep_on_request(false, None) };
+            let shard = Shard::open_with(disk.clone(), rolling_shard_config(), 0, upkeep).await.unwrap();
+            for (block, want) in [3, 50, 3].into_iter().zip(reads) {
+                let ops = disk.ops();
+                assert_eq!(call(|done| shard.get(in_block(block), done)).await.unwrap().status, TradeStatus::Paid);
+                assert_eq!(disk.ops() - ops, want, "block {block} with {cache_bytes} bytes of pages");
+            }
         }
     });
 }

@@ -59,6 +59,10 @@ pub struct Upkeep {
     /// Memory for the blocks of the runs of keys read lately (`runs/blocks.rs`): a user's
     /// listing and a retried create read them again without the device. 0 keeps none.
     pub run_cache_bytes: u64,
+    /// Memory for the pages of the frozen blocks' index read lately
+    /// (`trade_file/frozen_index.rs`): a page of 2 KiB of entries covers 16,384 trades, and a
+    /// cold trade whose page is kept costs one read instead of two. 0 keeps none.
+    pub frozen_index_cache_bytes: u64,
 }
 
 /// Bytes of a trade's entry in memory (asserted in `index.rs`).
@@ -99,6 +103,7 @@ impl Default for Upkeep {
             messages: crate::message_book::MessagePolicy::default(),
             key_window: None,
             run_cache_bytes: 16 << 20,
+            frozen_index_cache_bytes: 4 << 20,
         }
     }
 }

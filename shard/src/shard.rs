@@ -144,7 +144,7 @@ impl<D: Disk> RecoveredShard<D> {
         let parts = PartsStore::open(&disk, parts_len).await?;
         let table = match table {
             Some(table) => table,
-            None => TradeFile::open(&disk).await?,
+            None => TradeFile::open(&disk, upkeep.frozen_index_cache_bytes).await?,
         };
         let mut accepted = Accepted { next_counter: index.counter_max() + 1, ..Accepted::default() };
         accepted.doubts.checkpoint_max = checkpoint.as_ref().map_or(0, |header| header.scalars.counter_max);
@@ -234,7 +234,7 @@ impl<D: Disk> Shard<D> {
         };
         let from = index.applied_end();
         // Before memory lays out a chunk for every trade the checkpoint says the table holds.
-        let table = TradeFile::open_existing(&disk).await?;
+        let table = TradeFile::open_existing(&disk, upkeep.frozen_index_cache_bytes).await?;
         match &table {
             Some(table) => {
                 table.check_holds(index.restored_table_max()).await?;

@@ -1,6 +1,6 @@
 //! The index of the frozen blocks' copies as memory holds it: how many blocks are frozen, the
 //! entries of the index file's last page (the page the next freeze writes again), and the
-//! whole pages read lately, up to a fixed budget. Every other entry stays in
+//! whole pages read lately, up to a budget (`Upkeep::frozen_index_cache_bytes`). Every other entry stays in
 //! `trades.frozen.idx` and is read a page at a time when a read needs a copy.
 //!
 //! The index grows by an entry of 16 bytes for every 128 trades that stopped changing; held
@@ -22,9 +22,6 @@ use crate::error::TradeError;
 
 /// Entries in a page of the index file.
 pub(super) const ENTRIES_PER_PAGE: u64 = (PAGE_BYTES / ENTRY_BYTES) as u64;
-/// Memory for the pages read lately: 2,048 pages, the copies of 33.5 M trades.
-const PAGES_CACHED_BYTES: usize = 4 << 20;
-
 /// The frozen blocks' index in memory.
 pub(super) struct FrozenIndex {
     /// Blocks frozen: entry `b` is durable and checks for every `b` below.
@@ -35,13 +32,13 @@ pub(super) struct FrozenIndex {
     pages: Cache<u64, Rc<[FrozenBlock]>>,
 }
 
-impl Default for FrozenIndex {
-    fn default() -> FrozenIndex {
-        FrozenIndex { len: 0, tail: Vec::new(), pages: Cache::new(PAGES_CACHED_BYTES) }
-    }
-}
-
 impl FrozenIndex {
+    /// An empty index keeping at most `cache_bytes` of the pages read lately.
+    pub(super) fn new(cache_bytes: u64) -> FrozenIndex {
+        let cache_bytes = usize::try_from(cache_bytes).unwrap_or(usize::MAX);
+        FrozenIndex { len: 0, tail: Vec::new(), pages: Cache::new(cache_bytes) }
+    }
+
     /// The first block of the page block `len` falls in.
     fn tail_start(&self) -> u64 {
         self.len / ENTRIES_PER_PAGE * ENTRIES_PER_PAGE
@@ -127,7 +124,8 @@ impl<D: Disk> TradeFile<D> {
     /// entries below, which the checkpoint counts, are read when asked for.
     pub(super) fn set_frozen(&self, start: u64, found: Vec<FrozenBlock>) {
         debug_assert!(start.is_multiple_of(ENTRIES_PER_PAGE));
-        let mut index = FrozenIndex { len: start, ..FrozenIndex::default() };
+        let cache_bytes = self.frozen.borrow().pages.budget();
+        let mut index = FrozenIndex { len: start, ..FrozenIndex::new(cache_bytes as u64) };
         index.extend(&found);
         *self.frozen.borrow_mut() = index;
     }

@@ -272,13 +272,13 @@ pub(crate) struct TradeFile<D: Disk> {
 }
 
 impl<D: Disk> TradeFile<D> {
-    fn with_file(disk: &D, file: D::File) -> TradeFile<D> {
+    fn with_file(disk: &D, file: D::File, frozen_cache_bytes: u64) -> TradeFile<D> {
         TradeFile {
             disk: disk.clone(),
             file,
             reads: Default::default(),
             page_reads: Default::default(),
-            frozen: Default::default(),
+            frozen: RefCell::new(FrozenIndex::new(frozen_cache_bytes)),
             frozen_files: Default::default(),
             frozen_reads: Default::default(),
             punched: Default::default(),
@@ -286,16 +286,17 @@ impl<D: Disk> TradeFile<D> {
         }
     }
 
-    /// Opens the table, creating it if absent.
-    pub(crate) async fn open(disk: &D) -> Result<TradeFile<D>, TradeError> {
+    /// Opens the table, creating it if absent; the pages of its frozen blocks' index read
+    /// lately are kept in `frozen_cache_bytes` of memory.
+    pub(crate) async fn open(disk: &D, frozen_cache_bytes: u64) -> Result<TradeFile<D>, TradeError> {
         let file = crate::files::open_or_create(disk, TABLE_NAME).await?;
-        Ok(Self::with_file(disk, file))
+        Ok(Self::with_file(disk, file, frozen_cache_bytes))
     }
 
     /// Opens the table if it exists, changing nothing.
-    pub(crate) async fn open_existing(disk: &D) -> Result<Option<TradeFile<D>>, TradeError> {
+    pub(crate) async fn open_existing(disk: &D, frozen_cache_bytes: u64) -> Result<Option<TradeFile<D>>, TradeError> {
         match disk.open(TABLE_NAME).await {
-            Ok(file) => Ok(Some(Self::with_file(disk, file))),
+            Ok(file) => Ok(Some(Self::with_file(disk, file, frozen_cache_bytes))),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
             Err(e) => Err(io(disk, "open", e)),
         }

@@ -71,6 +71,11 @@ pub struct Args {
     /// 16MiB; 0 keeps none): listings and retried creates read them again without the device.
     #[arg(long, value_parser = crate::units::parse_budget)]
     run_cache: Option<u64>,
+    /// Memory for each shard's pages of its frozen blocks' index read lately (e.g. 16MiB;
+    /// default 4MiB, the pages of 33.5 M trades; 0 keeps none): a cold trade whose page is kept
+    /// costs one read, otherwise two.
+    #[arg(long, value_parser = crate::units::parse_budget)]
+    frozen_index_cache: Option<u64>,
     /// Remember order, refund and request numbers for uniqueness and idempotency this long at
     /// least (e.g. 60s or 24h; default: forever): the Bloom filters of older keys leave memory.
     #[arg(long, value_parser = latency::parse_duration)]
@@ -277,6 +282,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         recycled_segments_max: args.recycled_segments.unwrap_or(defaults.recycled_segments_max),
         trade_memory_bytes: args.trade_memory.unwrap_or(defaults.trade_memory_bytes),
         run_cache_bytes: args.run_cache.unwrap_or(defaults.run_cache_bytes),
+        frozen_index_cache_bytes: args.frozen_index_cache.unwrap_or(defaults.frozen_index_cache_bytes),
         key_window: args.key_window.or(defaults.key_window),
         ..defaults
     };
