@@ -15,16 +15,21 @@
 //! older run), and checks the page at every use, so damage is refused with its offset, never
 //! read as a wrong block boundary that would answer "absent" for a key the run holds.
 //!
+//! A page is also checked against the directory: its first key must be the directory's, its
+//! keys ascending and below the next page's first key. A directory whose own checksums pass
+//! but which is not its run's (only a writer's bug could make one) is refused by the read of
+//! a page it disagrees with and by the filter's read, which compares them whole; a next page's
+//! first key set too high is the one disagreement the page before it cannot show.
+//!
 //! An open of a version 5 run reads its directory alone, so every such run starts paged; one
 //! that stays within the window holds its fences again once its filter is read, and one left
 //! on disk on purpose (past the window, or old in a store only listed) stays paged.
 
 use tradeshard_wal::disk::{Disk, DiskFile};
-use xxhash_rust::xxh3::xxh3_64;
 
 use super::blocks::BlockCache;
 use super::format::FENCE_BYTES;
-use super::index::{page_sum, PAGE_FENCES};
+use super::index::{check_page, page_sum, PAGE_FENCES};
 use super::{io, Run};
 use crate::error::TradeError;
 
@@ -195,10 +200,13 @@ impl<D: Disk> Run<D> {
         blocks: Option<&BlockCache>,
     ) -> Result<&'a [u128], TradeError> {
         if kept.as_ref().is_none_or(|page| page.number != at) {
-            let (sum, keys) = match &*self.fences.borrow() {
+            // What memory keeps of the page, taken before any wait: the fence keys may be held
+            // again meanwhile (the open reading the run's filter), and the page is still good.
+            let (sum, first, next_first, keys) = match &*self.fences.borrow() {
                 Fences::Paged(paged) => {
-                    let first = at * PAGE_FENCES as u64;
-                    (paged.sums[at as usize], (paged.count - first).min(PAGE_FENCES as u64) as usize)
+                    let keys = (paged.count - at * PAGE_FENCES as u64).min(PAGE_FENCES as u64) as usize;
+                    let next_first = paged.firsts.get(at as usize + 1).copied();
+                    (paged.sums[at as usize], paged.firsts[at as usize], next_first, keys)
                 }
                 Fences::Held(_) => unreachable!("a page of fence keys held in memory"),
             };
@@ -216,16 +224,12 @@ impl<D: Disk> Run<D> {
                     read.to_vec()
                 }
             };
-            if xxh3_64(&bytes) != sum {
-                return Err(self.corrupt(offset, "a page of run fence keys changed since the run was opened"));
-            }
+            let keys = check_page(&bytes, sum, first, next_first).map_err(|reason| self.corrupt(offset, reason))?;
             if cached.is_none() {
                 if let Some(blocks) = blocks {
                     blocks.insert(self.footer.id, PAGE_IN_CACHE | at, &bytes);
                 }
             }
-            let keys =
-                bytes.chunks_exact(16).map(|key| u128::from_le_bytes(key.try_into().expect("16 bytes"))).collect();
             *kept = Some(Page { number: at, keys });
         }
         Ok(&kept.as_ref().expect("kept above").keys)

@@ -1,9 +1,11 @@
 //! A run file held in memory, read the way the disk path reads one, for the fuzzer and its
-//! seeds (`testing` feature): the same footer, index and block checks, in the same order.
+//! seeds (`testing` feature): the same footer, index and block checks, in the same order, and
+//! every page of fence keys checked against the page directory as a run past the key window
+//! checks the page it reads.
 
 use super::fences::bounds_in;
 use super::format::{check_block, key_at, value_at, Encoder, FenceCheck, Footer, BLOCK};
-use super::index::{decode_directory, decode_fences, IndexDecoder};
+use super::index::{check_page, decode_directory, decode_fences, IndexDecoder, PAGE_FENCES};
 use super::{Value, READ_BYTES, VALUE_BYTES_MAX};
 
 /// For fuzzing: `bytes` as the file of run `id`, read as an open reads it (footer, then the
@@ -20,10 +22,12 @@ pub fn decode_for_fuzzing(bytes: &[u8], id: u64) -> Result<Vec<(u128, Value)>, &
     // What an open reads before the filter: the page directory, or the fence keys alone.
     match footer.fence_check {
         FenceCheck::Directory(_) => {
-            _ = decode_directory(
-                &footer,
-                &bytes[footer.directory_offset() as usize..][..footer.directory_bytes() as usize],
-            )?
+            let directory = &bytes[footer.directory_offset() as usize..][..footer.directory_bytes() as usize];
+            let (firsts, sums) = decode_directory(&footer, directory)?;
+            let fences = &bytes[footer.fences_offset() as usize..footer.directory_offset() as usize];
+            for (at, page) in fences.chunks(PAGE_FENCES * 16).enumerate() {
+                check_page(page, sums[at], firsts[at], firsts.get(at + 1).copied())?;
+            }
         }
         FenceCheck::Fences(_) => {
             _ = decode_fences(&footer, &bytes[footer.fences_offset() as usize..footer.directory_offset() as usize])?

@@ -71,6 +71,31 @@ pub(super) fn decode_directory(footer: &Footer, bytes: &[u8]) -> Result<(Vec<u12
     Ok((firsts, sums))
 }
 
+/// The keys of a page of fence keys read on its own (`bytes`, as the index section holds them),
+/// checked against what memory keeps of it: the page's checksum `sum`, its first key `first`,
+/// and the next page's first key `next_first` (none after the last page), which every key of
+/// the page must be below. A page that passed its checksum but disagrees with its directory
+/// would give a block a wrong boundary, and a lookup would answer "absent" for a key the run
+/// holds.
+pub(super) fn check_page(
+    bytes: &[u8],
+    sum: u64,
+    first: u128,
+    next_first: Option<u128>,
+) -> Result<Vec<u128>, &'static str> {
+    if xxh3_64(bytes) != sum {
+        return Err("a page of run fence keys changed since the run was opened");
+    }
+    let keys: Vec<u128> =
+        bytes.chunks_exact(16).map(|key| u128::from_le_bytes(key.try_into().expect("16 bytes"))).collect();
+    let ascending = keys.windows(2).all(|pair| pair[0] < pair[1]);
+    let bounded = keys.last().is_some_and(|last| next_first.is_none_or(|next| *last < next));
+    if !bytes.len().is_multiple_of(16) || keys.first() != Some(&first) || !ascending || !bounded {
+        return Err("a page of run fence keys that disagrees with its directory");
+    }
+    Ok(keys)
+}
+
 /// The fence keys of a version 4 run from `bytes`, the index section's part after the Bloom
 /// filter (`footer.data_blocks` keys), checked against the footer's checksum of them.
 pub(super) fn decode_fences(footer: &Footer, bytes: &[u8]) -> Result<Vec<u128>, &'static str> {

@@ -128,10 +128,10 @@ pub(crate) struct Shape {
 /// Bytes of the index section read at once by an open.
 const READ_BYTES: usize = 1 << 20;
 
-/// One run file, open: its Bloom filter and fence keys in memory, its entries on disk. A run
-/// past its store's key window (`set.rs`) lets its filter go and leaves its fence keys on disk
-/// (`fences.rs`): it is read only by lookups that must find old keys, never by a check of a
-/// new key.
+/// One run file, open: its Bloom filter and fence keys in memory once the open knows it stays
+/// within its store's key window, its entries on disk. A run past the window (`set.rs`) lets
+/// its filter go and leaves its fence keys on disk (`fences.rs`): it is read only by lookups
+/// that must find old keys, never by a check of a new key.
 pub(crate) struct Run<D: Disk> {
     disk: D,
     name: String,
@@ -176,7 +176,9 @@ impl<D: Disk> Run<D> {
     }
 
     /// Opens run `id` of the store `prefix`, whose values are `value_bytes` long, reading and
-    /// checking its footer and index section. A missing file is damage: only runs a checkpoint
+    /// checking its footer and what of its index section its version lets an open leave for
+    /// later ([`read_filter`](Self::read_filter)): the page directory (version 5), the fence
+    /// keys (version 4) or the whole section. A missing file is damage: only runs a checkpoint
     /// lists are opened.
     pub(crate) async fn open(disk: &D, prefix: &str, id: u64, value_bytes: usize) -> Result<Run<D>, TradeError> {
         let name = Self::file_name(prefix, id);

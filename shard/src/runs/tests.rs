@@ -297,19 +297,25 @@ fn a_flipped_bit_in_the_index_or_the_footer_fails_the_open_or_the_filters_read()
     run(async {
         let (disk, _, name) = five_blocks().await;
         let len = disk.file_len(&name).unwrap();
-        let index = 5 * BLOCK as u64;
-        // Bloom words, fence keys, index padding; footer fields, checksum, reserved bytes.
-        for offset in [index, index + 700, index + 720, index + 4000, len - 4096, len - 4040, len - 2000, len - 1] {
+        let footer = Run::open(&disk, PREFIX, 3, VALUE_BYTES).await.unwrap().footer;
+        let (index, fences, directory) = (footer.index_offset(), footer.fences_offset(), footer.directory_offset());
+        assert_eq!((index, directory), (5 * BLOCK as u64, fences + 5 * 16));
+        // Bloom words, fence keys, the page directory, index padding; footer fields, checksum,
+        // reserved bytes.
+        let offsets =
+            [index, index + 700, fences, fences + 70, directory, directory + 20, directory + 40, index + 4000];
+        for offset in offsets.into_iter().chain([len - 4096, len - 4040, len - 2000, len - 1]) {
             let (disk, _, name) = five_blocks().await;
             disk.flip_bit(&name, offset, 5);
-            // The open reads the fence keys and the footer; the Bloom filter, when it is read.
+            // The open reads the page directory and the footer; the Bloom filter and the fence
+            // keys, when the filter is read.
             let error = match Run::open(&disk, PREFIX, 3, VALUE_BYTES).await {
                 Err(error) => error,
                 Ok(run) => run.read_filter().await.err().unwrap_or_else(|| panic!("offset {offset} passed")),
             };
             let (path, at, _) = corruption(error);
             assert_eq!(path, "sim/t-0000000000000003.run");
-            assert!(at == index || at == len - 4096, "offset {offset} reported at {at}");
+            assert!([index, directory, len - 4096].contains(&at), "offset {offset} reported at {at}");
         }
         assert!(Run::open(&disk, PREFIX, 3, VALUE_BYTES).await.is_ok(), "the undamaged file opens");
     });

@@ -72,7 +72,7 @@ pub struct Args {
     #[arg(long, value_parser = crate::units::parse_budget)]
     run_cache: Option<u64>,
     /// Memory for each shard's pages of its frozen blocks' index read lately (e.g. 16MiB;
-    /// default 4MiB, the pages of 33.5 M trades; 0 keeps none): a cold trade whose page is kept
+    /// default 4MiB, the pages of about 31 M trades; 0 keeps none): a cold trade whose page is kept
     /// costs one read, otherwise two.
     #[arg(long, value_parser = crate::units::parse_budget)]
     frozen_index_cache: Option<u64>,

@@ -149,28 +149,48 @@ fn a_damaged_page_directory_fails_the_open_and_one_not_of_its_fences_fails_the_f
         let (_, offset, reason) = corruption(Run::open(&disk, PREFIX, 1, VALUE_BYTES).await.unwrap_err());
         assert_eq!((offset, reason), (directory_at, "run page directory checksum mismatch"));
 
-        // Page 1's checksum changed, and every checksum over it made again: the open takes the
-        // directory, a read of that page refuses it, and so does the filter's read.
-        let mut bytes = pristine;
-        let sum_at = (directory_at + 32 + 16) as usize;
-        bytes[sum_at] ^= 1;
+        // A directory changed by `change`, and every checksum over it made again (as only a
+        // writer's bug could make one): the open takes it, a read of the page that disagrees
+        // with it is refused, and so is the filter's read and the fuzz decoder's.
         let (index_at, footer_at) = (footer.index_offset() as usize, footer.footer_offset() as usize);
-        let sum = |range: std::ops::Range<usize>, bytes: &[u8]| xxhash_rust::xxh3::xxh3_64(&bytes[range]).to_le_bytes();
         let directory = directory_at as usize..directory_at as usize + footer.directory_bytes() as usize;
-        let at_72 = sum(directory.clone(), &bytes);
-        bytes[footer_at + 72..footer_at + 80].copy_from_slice(&at_72);
-        let at_48 = sum(index_at..directory.end, &bytes);
-        bytes[footer_at + 48..footer_at + 56].copy_from_slice(&at_48);
-        let at_80 = sum(footer_at..footer_at + 80, &bytes);
-        bytes[footer_at + 80..footer_at + 88].copy_from_slice(&at_80);
-        disk.put_file(&name, &bytes);
-        let opened = Run::open(&disk, PREFIX, 1, VALUE_BYTES).await.unwrap();
+        let rewritten = |change: &dyn Fn(&mut [u8])| {
+            let mut bytes = pristine.clone();
+            change(&mut bytes[directory.clone()]);
+            let sum =
+                |range: std::ops::Range<usize>, bytes: &[u8]| xxhash_rust::xxh3::xxh3_64(&bytes[range]).to_le_bytes();
+            let at_72 = sum(directory.clone(), &bytes);
+            bytes[footer_at + 72..footer_at + 80].copy_from_slice(&at_72);
+            let at_48 = sum(index_at..directory.end, &bytes);
+            bytes[footer_at + 48..footer_at + 56].copy_from_slice(&at_48);
+            let at_80 = sum(footer_at..footer_at + 80, &bytes);
+            bytes[footer_at + 80..footer_at + 88].copy_from_slice(&at_80);
+            bytes
+        };
         let in_block = |n: usize| entries[entries.binary_search_by_key(&fences[n], |entry| entry.0).unwrap()];
-        assert_eq!(opened.get(in_block(10).0, &no_cache()).await.unwrap(), Some(in_block(10).1));
-        let (_, offset, _) = corruption(opened.get(in_block(300).0, &no_cache()).await.unwrap_err());
-        assert_eq!(offset, footer.fences_offset() + 4096);
-        let (_, offset, reason) = corruption(opened.read_filter().await.unwrap_err());
-        assert_eq!((offset, reason), (footer.index_offset(), "a run page directory that is not its fence keys'"));
-        assert_eq!(decode_for_fuzzing(&bytes, 1).err(), Some("a run page directory that is not its fence keys'"));
+        let page_1 = footer.fences_offset() + 4096;
+        // Page 1's checksum, one bit off; then its first key, one below the page's.
+        let lower_first = (fences[256] - 1).to_le_bytes();
+        type Change<'a> = &'a dyn Fn(&mut [u8]);
+        let changes: [(Change, &str); 2] = [
+            (&|directory| directory[32 + 16] ^= 1, "a page of run fence keys changed since the run was opened"),
+            (
+                &|directory| directory[32..48].copy_from_slice(&lower_first),
+                "a page of run fence keys that disagrees with its directory",
+            ),
+        ];
+        for (change, page_reason) in changes {
+            let bytes = rewritten(change);
+            disk.put_file(&name, &bytes);
+            let opened = Run::open(&disk, PREFIX, 1, VALUE_BYTES).await.unwrap();
+            assert_eq!(opened.get(in_block(10).0, &no_cache()).await.unwrap(), Some(in_block(10).1));
+            for key in [in_block(300).0, fences[256], fences[256] + 1] {
+                let (_, offset, reason) = corruption(opened.get(key, &no_cache()).await.unwrap_err());
+                assert_eq!((offset, reason), (page_1, page_reason), "{key:#x}");
+            }
+            let (_, offset, reason) = corruption(opened.read_filter().await.unwrap_err());
+            assert_eq!((offset, reason), (footer.index_offset(), "a run page directory that is not its fence keys'"));
+            assert!(decode_for_fuzzing(&bytes, 1).is_err());
+        }
     });
 }
