@@ -419,7 +419,10 @@ pub(crate) fn read_reaching_then<D: Disk, R: 'static>(
     reply: ShardReply<R>,
     then: impl FnOnce(&Rc<Inner<D>>, ShardReply<R>, RunRead) + 'static,
 ) {
-    let reading = inner.key_runs.borrow().read(key, kind, reach);
+    // Boxed: the task may start at once on this stack, and `then` may come back here for the
+    // next key a transaction must read, so a read's whole future (pages, blocks, several runs)
+    // would be on the stack once for every such key.
+    let reading = Box::pin(inner.key_runs.borrow().read(key, kind, reach));
     let inner = inner.clone();
     let task = async move {
         match reading.await {
