@@ -154,10 +154,9 @@ impl<D: Disk> Run<D> {
         };
         let mut read = None;
         let keys = self.page(page, &mut read, Some(blocks)).await?;
-        // The page's first key is the one memory holds for it, at or below the key.
-        let index = keys.partition_point(|fence| *fence <= key).checked_sub(1).ok_or_else(|| {
-            self.corrupt(self.page_offset(page), "a page of run fence keys whose first key is not its directory's")
-        })?;
+        // The page's first key is the one memory holds for it (`check_page`), at or below the
+        // key: the index is at least 0.
+        let index = keys.partition_point(|fence| *fence <= key) - 1;
         self.bounds_in_page(page, keys, index).map(Some)
     }
 

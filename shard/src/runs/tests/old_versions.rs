@@ -19,11 +19,7 @@ fn a_version_2_file_still_reads_as_it_was_written() {
             decode_for_fuzzing(bytes, 1).unwrap(),
             decode_for_fuzzing(&sample_for_fuzzing(1, value_bytes), 1).unwrap()
         );
-        for at in (0..bytes.len()).step_by(7) {
-            let mut damaged = bytes.to_vec();
-            damaged[at] ^= 1 << (at % 8);
-            assert!(decode_for_fuzzing(&damaged, 1).is_err(), "byte {at}");
-        }
+        every_flip_is_refused(bytes);
     }
     run(async {
         let disk = SimDisk::new();
@@ -56,11 +52,7 @@ fn an_old_sample_reads_and_merges(bytes: &'static [u8], version: u8, check: fn(&
     assert_eq!(&bytes[bytes.len() - BLOCK..][..6], &[b'T', b'S', b'R', b'N', version, 0]);
     let sample = decode_for_fuzzing(&sample_for_fuzzing(1, VALUE_BYTES), 1).unwrap();
     assert_eq!(decode_for_fuzzing(bytes, 1).unwrap(), sample);
-    for at in (0..bytes.len()).step_by(7) {
-        let mut damaged = bytes.to_vec();
-        damaged[at] ^= 1 << (at % 8);
-        assert!(decode_for_fuzzing(&damaged, 1).is_err(), "byte {at}");
-    }
+    every_flip_is_refused(bytes);
     run(async {
         let disk = SimDisk::new();
         disk.put_file(&Run::<SimDisk>::file_name(PREFIX, 1), bytes);
@@ -118,4 +110,13 @@ fn a_version_1_footer_still_opens_with_its_keys_of_unknown_age() {
     let sum = xxhash_rust::xxh3::xxh3_64(&v6[footer_at..footer_at + 80]);
     v6[footer_at + 80..footer_at + 88].copy_from_slice(&sum.to_le_bytes());
     assert_eq!(format::Footer::decode(&v6[footer_at..], 1, len).err(), Some("a run file of an unknown format version"));
+}
+
+/// A bit flipped in every seventh byte of `bytes`, each in its own copy, is refused.
+fn every_flip_is_refused(bytes: &[u8]) {
+    for at in (0..bytes.len()).step_by(7) {
+        let mut damaged = bytes.to_vec();
+        damaged[at] ^= 1 << (at % 8);
+        assert!(decode_for_fuzzing(&damaged, 1).is_err(), "byte {at}");
+    }
 }
